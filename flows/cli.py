@@ -1,0 +1,273 @@
+"""The `lmforge` command line.
+
+The workspace is activated before anything imports Prefect (Prefect reads `PREFECT_HOME` once,
+at import), which is why flow modules are imported inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from storage.workspace import activate_workspace
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
+runs_app = typer.Typer(help="Run history from the DuckDB registry.")
+corpus_app = typer.Typer(help="The corpus: what ingest and cleaning kept and removed.")
+server_app = typer.Typer(help="The workspace's background Prefect server.")
+app.add_typer(runs_app, name="runs")
+app.add_typer(corpus_app, name="corpus")
+app.add_typer(server_app, name="server")
+# Piped output (CI logs, `| less`) gets wide tables instead of 80 columns of wrapped ids.
+console = Console(width=None if sys.stdout.isatty() else 200)
+errors = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+
+
+def _fail(message: str) -> typer.Exit:
+    errors.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code=1)
+
+
+def _registry():
+    from storage.registry import RunRegistry
+
+    return RunRegistry(activate_workspace().registry_path)
+
+
+def _table(columns: list[str], rows: list[tuple], title: str | None = None) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*("" if value is None else str(value) for value in row))
+    return table
+
+
+@app.command()
+def run(
+    config: Annotated[str | None, typer.Argument(help="preset name or TOML path")] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="override a setting: key.path=value")
+    ] = None,
+) -> None:
+    """Run the whole pipeline (default: the bundled corpus) and record it in the registry."""
+    from lm.config import ConfigError, load_config
+
+    workspace = activate_workspace()
+    try:
+        load_config(config, overrides)  # fail fast on a bad config, before any server starts
+    except ConfigError as error:
+        raise _fail(str(error)) from None
+    from flows.prefect_server import ServerError, ensure_server
+
+    try:
+        ensure_server(workspace)
+    except ServerError as error:
+        raise _fail(str(error)) from None
+    from flows.pipeline import lm_pipeline
+    from lm.text.sources import InputError
+    from storage.registry import RegistryError
+
+    try:
+        summary = lm_pipeline(config=config, overrides=overrides or [])
+    except (InputError, ConfigError, RegistryError) as error:
+        raise _fail(str(error)) from None
+    rows = [
+        (
+            s["stage"],
+            "cached" if s["cached"] else "ran",
+            f"{s['seconds']:.2f}",
+            (s["output_digest"] or "")[:12],
+        )
+        for s in summary["stages"]
+    ]
+    console.print(_table(["stage", "state", "seconds", "digest"], rows, f"run {summary['run_id']}"))
+    corpus = summary["corpus"]
+    console.print(
+        f"corpus {corpus['digest'][:12]}: {corpus['kept']:,} of {corpus['documents']:,} documents"
+        f" kept, {corpus['kept_bytes'] / 1e6:.1f} MB  ({workspace.root / corpus['path']})"
+    )
+
+
+@runs_app.callback(invoke_without_command=True)
+def runs_list(
+    context: typer.Context,
+    limit: Annotated[int, typer.Option(help="how many of the newest runs")] = 20,
+) -> None:
+    """List runs, newest first."""
+    if context.invoked_subcommand is not None:
+        return
+    from storage.registry import RegistryError
+
+    try:
+        columns, rows = _registry().query(
+            "SELECT r.run_id, r.status, r.preset, r.started_at::TIMESTAMP(0) AS started, "
+            "round(r.seconds, 1) AS seconds, left(r.corpus_digest, 12) AS corpus, "
+            "d.kept AS documents, "
+            "(SELECT value FROM latest_metrics m WHERE m.run_id = r.run_id AND m.key = 'val/bpb')"
+            " AS val_bpb FROM runs r LEFT JOIN datasets d ON d.digest = r.corpus_digest "
+            "ORDER BY r.started_at DESC LIMIT ?",
+            [limit],
+        )
+    except RegistryError as error:
+        raise _fail(str(error)) from None
+    console.print(_table(columns, rows))
+
+
+@runs_app.command("show")
+def runs_show(run_id: Annotated[str, typer.Argument(help="a run id or a unique prefix")]) -> None:
+    """One run in full: settings, stages, metrics, and the command that reproduces it."""
+    from storage.registry import RegistryError
+
+    registry = _registry()
+    try:
+        found = registry.find_run(run_id)
+        stage_columns, stages = registry.query(
+            "SELECT stage, CASE WHEN cached THEN 'cached' ELSE 'ran' END AS state, "
+            "round(seconds, 2) AS seconds, left(output_digest, 12) AS digest, output_path "
+            "FROM stages WHERE run_id = ? ORDER BY finished_at, rowid",
+            [found["run_id"]],
+        )
+        metric_columns, metrics = registry.query(
+            "SELECT key, step, value FROM latest_metrics WHERE run_id = ? ORDER BY key",
+            [found["run_id"]],
+        )
+    except RegistryError as error:
+        raise _fail(str(error)) from None
+    for key in ("run_id", "status", "preset", "started_at", "ended_at", "seconds", "flow_run_id"):
+        console.print(f"[bold]{key}[/]: {found[key]}", highlight=False)
+    for key in ("corpus_digest", "config_digest", "code_digest", "git_sha", "device", "error"):
+        if found[key]:
+            console.print(f"[bold]{key}[/]: {found[key]}", highlight=False)
+    console.print(_table(stage_columns, stages, "stages"))
+    if metrics:
+        console.print(_table(metric_columns, metrics, "metrics"))
+    console.print("[bold]reproduce[/]:", found["command"], highlight=False)
+
+
+@app.command()
+def sql(query: Annotated[str, typer.Argument(help="a DuckDB SQL query (read-only)")]) -> None:
+    """Query the registry (runs, stages, metrics, datasets, ...) and the corpus (`corpus`,
+    `clean_corpus`, `corpus_versions`) with SQL. Nothing can be changed from here."""
+    import duckdb
+
+    from storage.query import sql_session
+    from storage.registry import RegistryError
+
+    workspace = activate_workspace()
+    try:
+        with sql_session(_registry(), workspace.root) as connection:
+            result = connection.execute(query)
+            columns = [d[0] for d in result.description] if result.description else []
+            rows = result.fetchall()
+    except (RegistryError, duckdb.Error) as error:
+        raise _fail(str(error)) from None
+    console.print(_table(columns, rows))
+
+
+@corpus_app.command("stats")
+def corpus_stats(
+    digest: Annotated[str | None, typer.Option(help="a corpus version (default: newest)")] = None,
+    documents: Annotated[int, typer.Option(help="how many documents to list")] = 20,
+    all_documents: Annotated[bool, typer.Option("--all", help="list every document")] = False,
+) -> None:
+    """Documents kept and removed per filter, characters, split sizes and sources."""
+    import duckdb
+
+    from storage.query import sql_session
+    from storage.registry import RegistryError
+
+    workspace = activate_workspace()
+    try:
+        with sql_session(_registry(), workspace.root) as connection:
+            version = connection.execute(
+                "SELECT digest, parquet_path, documents, kept, kept_chars, kept_bytes, "
+                "train_documents, val_documents, test_documents, "
+                "train_bytes, val_bytes, test_bytes, sources FROM corpus_versions "
+                "WHERE digest LIKE ? ORDER BY created_at DESC LIMIT 1",
+                [(digest or "") + "%"],
+            ).fetchone()
+            if version is None:
+                raise RegistryError(f"no corpus version {digest or ''} (run `lmforge run`)")
+            filters = connection.execute(
+                "SELECT filter, flagged, removed FROM dataset_filters WHERE dataset_digest = ? "
+                "ORDER BY removed DESC, flagged DESC, filter",
+                [version[0]],
+            ).fetchall()
+            limit = "" if all_documents else f"LIMIT {int(documents)}"
+            listing = connection.execute(
+                "SELECT source, split, CASE WHEN keep THEN 'kept' ELSE reject_reason END, "
+                f"n_words, n_chars FROM read_parquet(?) {limit}",
+                [version[1]],
+            ).fetchall()
+    except (RegistryError, duckdb.Error) as error:
+        raise _fail(str(error)) from None
+    (
+        version_digest, path, total, kept, chars, size,
+        train, val, test, train_bytes, val_bytes, test_bytes, sources,
+    ) = version  # fmt: skip
+    console.print(f"[bold]corpus[/] {version_digest}  ({path})", highlight=False)
+    console.print(
+        f"{kept:,} of {total:,} documents kept ({total - kept:,} removed), "
+        f"{chars:,} characters, {size / 1e6:.2f} MB"
+    )
+    console.print(
+        _table(
+            ["split", "documents", "bytes"],
+            [("train", train, train_bytes), ("val", val, val_bytes), ("test", test, test_bytes)],
+            "splits (kept documents)",
+        )
+    )
+    console.print(
+        _table(["filter", "documents failing it", "removed by it first"], filters, "filters")
+    )
+    source_rows = [(name, c["documents"], c["kept"]) for name, c in json.loads(sources).items()]
+    console.print(_table(["source", "documents", "kept"], source_rows, "sources"))
+    shown = "" if all_documents else f" (first {len(listing)} of {total:,}; --all lists every one)"
+    console.print(
+        _table(["document", "split", "decision", "words", "chars"], listing, "documents" + shown)
+    )
+
+
+@server_app.command("start")
+def server_start() -> None:
+    """Start (or find) the workspace's Prefect server and print its API URL."""
+    from flows.prefect_server import ServerError, ensure_server
+
+    try:
+        url = ensure_server(activate_workspace())
+    except ServerError as error:
+        raise _fail(str(error)) from None
+    console.print(url or "ephemeral mode: no server", highlight=False)
+
+
+@server_app.command("stop")
+def server_stop() -> None:
+    """Stop the workspace's Prefect server."""
+    from flows.prefect_server import stop_server
+
+    stopped = stop_server(activate_workspace())
+    console.print("stopped" if stopped else "no server was running")
+
+
+@server_app.command("status")
+def server_status() -> None:
+    from flows.prefect_server import running_server
+
+    state = running_server(activate_workspace())
+    if state is None:
+        raise _fail("no server is running for this workspace")
+    console.print(f"running: pid {state['pid']}, {state['api_url']}", highlight=False)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""The `lm-pipeline` flow: ingest → clean → record, each stage a cached task.
+
+The flow owns the run: it registers the run in DuckDB when it starts, times every stage and
+notes whether Prefect served it from cache, and records the outcome, completed or failed with
+its error, in one batch at the end. Stages pass descriptors (paths and digests), never data.
+"""
+
+from __future__ import annotations
+
+import getpass
+import importlib.metadata
+import os
+import shlex
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+from prefect import Task, flow
+from prefect.runtime import deployment, flow_run
+
+from lm.config import PipelineConfig, load_config, resolve_preset
+from storage.artifacts import ArtifactStore, Descriptor
+from storage.metrics_log import MetricsLog
+from storage.registry import DatasetRecord, RunRegistry, StageRecord
+from storage.workspace import Workspace
+from tasks.caching import REPO_ROOT, code_digest
+from tasks.clean import clean_key, clean_task, corpus_store
+from tasks.ingest import ingest_key, ingest_store, ingest_task
+from tasks.record import record_task
+
+TRACKED_PACKAGES = ("prefect", "duckdb", "pyarrow", "numpy", "torch", "gensim", "sentencepiece")
+
+
+def new_run_id() -> str:
+    return f"{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+def _git_sha() -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None
+
+
+def _package_versions() -> dict[str, str]:
+    versions = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def reproduce_command(config_path: str, overrides: list[str]) -> str:
+    words = ["lmforge", "run", config_path, *(f"--set {shlex.quote(o)}" for o in overrides)]
+    return " ".join(words)
+
+
+def _run_row(run_id: str, config: PipelineConfig, config_path: str, overrides: list[str]) -> dict:
+    return {
+        "run_id": run_id,
+        "flow_run_id": flow_run.get_id(),
+        "deployment": deployment.get_name(),
+        "preset": config.name,
+        "config_path": config_path,
+        "status": "running",
+        "started_at": datetime.now(),
+        "config": config.model_dump(mode="json"),
+        "config_digest": config.digest(),
+        "code_digest": code_digest("lm", "storage", "tasks", "flows"),
+        "git_sha": _git_sha(),
+        "package_versions": _package_versions(),
+        "device": f"cpu x{os.cpu_count()}",
+        "seed": config.seed,
+        "command": reproduce_command(config_path, overrides),
+        "hostname": f"{getpass.getuser()}@{socket.gethostname()}",
+        "pid": os.getpid(),
+    }
+
+
+def _run_stage(
+    stages: list[StageRecord], stage_task: Task, key: str, store: ArtifactStore, **parameters: Any
+) -> Descriptor:
+    """Run one cached stage and note how it went. A missing or incomplete output directory
+    refreshes the cache: Prefect's record alone is never trusted to mean the files exist."""
+    started = time.perf_counter()
+    refresh = not store.is_complete(key)
+    state = stage_task.with_options(refresh_cache=refresh)(**parameters, return_state=True)
+    descriptor: Descriptor = state.result()
+    stages.append(
+        StageRecord(
+            stage=stage_task.name,
+            cache_key=key,
+            cached=state.name == "Cached",
+            seconds=time.perf_counter() - started,
+            output_digest=descriptor.digest,
+            output_path=descriptor.path,
+            stats=descriptor.stats,
+        )
+    )
+    return descriptor
+
+
+@flow(name="lm-pipeline", persist_result=False)
+def lm_pipeline(config: str | None = None, overrides: list[str] | None = None) -> dict:
+    """Run the pipeline for a preset name or TOML path, with optional `key.path=value`
+    overrides, and return a summary of the run."""
+    overrides = list(overrides or [])
+    config_path = str(resolve_preset(config))
+    settings = load_config(config_path, overrides)
+    workspace = Workspace.from_env().ensure()
+    registry = RunRegistry(workspace.registry_path)
+    run_id = new_run_id()
+    registry.start_run(_run_row(run_id, settings, config_path, overrides))
+    metrics = MetricsLog(workspace.runs / run_id / "metrics.jsonl")
+    stages: list[StageRecord] = []
+    try:
+        raw = _run_stage(
+            stages,
+            ingest_task,
+            ingest_key(settings.ingest),
+            ingest_store(workspace),
+            config=settings.ingest,
+        )
+        corpus = _run_stage(
+            stages,
+            clean_task,
+            clean_key(raw, settings.clean, settings.split),
+            corpus_store(workspace),
+            raw=raw,
+            config=settings.clean,
+            split=settings.split,
+        )
+        metrics.log_many(
+            {
+                "corpus/documents": corpus.stats["documents"],
+                "corpus/kept": corpus.stats["kept"],
+                "corpus/kept_bytes": corpus.stats["kept_bytes"],
+                **{f"stage/{s.stage}/seconds": s.seconds for s in stages},
+            }
+        )
+        dataset = DatasetRecord(corpus.digest, corpus.key, corpus.path, corpus.stats)
+        record_task(run_id, "completed", stages, [dataset], corpus.digest, str(metrics.path))
+    except BaseException as error:
+        record_task(
+            run_id,
+            "failed",
+            stages,
+            [],
+            None,
+            str(metrics.path),
+            error=f"{type(error).__name__}: {error}",
+        )
+        raise
+    return {
+        "run_id": run_id,
+        "stages": [asdict(stage) for stage in stages],
+        "corpus": {"digest": corpus.digest, "path": corpus.path, **corpus.stats},
+    }

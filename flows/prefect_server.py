@@ -1,0 +1,148 @@
+"""A long-lived local Prefect server for the workspace, started on first use.
+
+Without `PREFECT_API_URL`, Prefect starts a temporary server inside every process that runs a
+flow and stops it at exit: about 10 s per `lmforge run` on this machine, which would dwarf a fully
+cached run, and two runs at once would each run a server on one SQLite file. Instead the first
+`lmforge run` starts `prefect server start` on 127.0.0.1 in the background (its own session, log
+in `prefect/server.log`), records its pid and port in `prefect/lmforge-server.json`, and later
+runs reuse it: a cached run then costs about 4 s. `lmforge server stop` ends it.
+
+A `PREFECT_API_URL` already set (a shared server, a worker's environment) always wins, and
+`LMFORGE_PREFECT_SERVER=ephemeral` restores Prefect's own per-process behaviour.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from storage.workspace import Workspace
+
+STATE_FILE = "lmforge-server.json"
+STARTUP_TIMEOUT_S = 90.0
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+def _state_path(workspace: Workspace) -> Path:
+    return workspace.prefect_home / STATE_FILE
+
+
+def _healthy(url: str, timeout_s: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=timeout_s) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _free_port() -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def running_server(workspace: Workspace) -> dict | None:
+    """The workspace's server, if one is recorded and answering."""
+    path = _state_path(workspace)
+    if not path.is_file():
+        return None
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if _alive(state["pid"]) and _healthy(state["api_url"]):
+        return state
+    return None
+
+
+def ensure_server(workspace: Workspace) -> str | None:
+    """Point this process (and its children) at a Prefect API, starting the workspace's server
+    if needed. Returns the API URL, or None for Prefect's ephemeral mode."""
+    if os.environ.get("PREFECT_API_URL"):
+        return os.environ["PREFECT_API_URL"]
+    if os.environ.get("LMFORGE_PREFECT_SERVER", "").lower() == "ephemeral":
+        return None
+    lock_path = workspace.prefect_home / "lmforge-server.lock"
+    workspace.prefect_home.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two runs starting together start one server
+        state = running_server(workspace) or _start(workspace)
+    os.environ["PREFECT_API_URL"] = state["api_url"]
+    return state["api_url"]
+
+
+def _start(workspace: Workspace) -> dict:
+    port = _free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    log_path = workspace.prefect_home / "server.log"
+    prefect_cli = Path(sys.executable).with_name("prefect")
+    command = [str(prefect_cli), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    environment = dict(os.environ)
+    environment.pop("PREFECT_API_URL", None)
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # outlives this command; stopped by `lmforge server stop`
+            env=environment,
+        )
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while not _healthy(api_url, timeout_s=1.0):
+        if process.poll() is not None or time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            tail = log_path.read_text(errors="replace")[-2000:]
+            raise ServerError(f"the Prefect server did not start; the end of {log_path}:\n{tail}")
+        time.sleep(0.2)
+    state = {"pid": process.pid, "port": port, "api_url": api_url, "log": str(log_path)}
+    partial = _state_path(workspace).with_suffix(".partial")
+    partial.write_text(json.dumps(state))
+    os.replace(partial, _state_path(workspace))
+    return state
+
+
+def stop_server(workspace: Workspace, timeout_s: float = 15.0) -> bool:
+    """Stop the workspace's server and everything it started. Returns whether one was running."""
+    path = _state_path(workspace)
+    if not path.is_file():
+        return False
+    state = json.loads(path.read_text())
+    pid = state["pid"]
+    was_running = _alive(pid)
+    if was_running:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while _alive(pid) and time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            time.sleep(0.1)
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+    path.unlink(missing_ok=True)
+    return was_running

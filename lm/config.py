@@ -1,0 +1,196 @@
+"""Typed pipeline configuration, loaded from TOML presets.
+
+Every default lives here, in one place. Models forbid unknown keys so that a typo in a preset is an
+error naming the key and the file, not a silently ignored setting. Each stage receives only its own
+section, and the digest of that section is part of the stage's cache key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_PRESET = "default"
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be used; the message names the file."""
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def digest(self) -> str:
+        """A stable digest of these settings, for cache keys."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+SourceFormat = Literal["auto", "text", "jsonl", "parquet", "csv", "wikipedia"]
+
+
+class SourceConfig(StrictModel):
+    """One input: a file, a folder, a recursive glob, an http(s) URL, or `gensim:NAME` for a file
+    that gensim ships in its test data."""
+
+    path: str
+    format: SourceFormat = "auto"
+    text_field: str = Field("text", description="JSONL field or Parquet/CSV column with the text")
+    one_doc_per_line: bool = Field(False, description="each non-empty line is its own document")
+
+
+class IngestConfig(StrictModel):
+    sources: list[SourceConfig] = Field(min_length=1)
+    encoding_errors: Literal["strict", "replace"] = "strict"
+    url_timeout_s: float = 30.0
+    row_group_docs: int = Field(2000, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sources_may_be_plain_paths(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("sources"), list):
+            data = dict(data)
+            data["sources"] = [{"path": s} if isinstance(s, str) else s for s in data["sources"]]
+        return data
+
+
+class QualityConfig(StrictModel):
+    """Document quality rules after Gopher (Rae et al. 2021, appendix A). Each one is a column in
+    the corpus, so a threshold can be changed without re-reading sources."""
+
+    enabled: bool = True
+    min_words: int = 50
+    max_words: int = 100_000
+    min_mean_word_length: float = 3.0
+    max_mean_word_length: float = 10.0
+    max_symbol_word_ratio: float = 0.1
+    max_ellipsis_line_fraction: float = 0.3
+    max_bullet_line_fraction: float = 0.9
+    min_alpha_word_fraction: float = 0.8
+    max_duplicate_line_fraction: float = 0.3
+    max_duplicate_line_char_fraction: float = 0.2
+    max_duplicate_paragraph_fraction: float = 0.3
+    max_duplicate_paragraph_char_fraction: float = 0.2
+    # Most frequent 2-, 3-, 4-gram: largest share of characters it may cover.
+    max_top_ngram_char_fraction: list[float] = [0.20, 0.18, 0.16]
+    # All repeated 5- to 10-grams: largest share of characters they may cover.
+    max_duplicate_ngram_char_fraction: list[float] = [0.15, 0.14, 0.13, 0.12, 0.11, 0.10]
+
+    @model_validator(mode="after")
+    def _ngram_lists_have_the_right_length(self) -> QualityConfig:
+        if len(self.max_top_ngram_char_fraction) != 3:
+            raise ValueError("max_top_ngram_char_fraction needs 3 values (n = 2, 3, 4)")
+        if len(self.max_duplicate_ngram_char_fraction) != 6:
+            raise ValueError("max_duplicate_ngram_char_fraction needs 6 values (n = 5 … 10)")
+        return self
+
+
+class NearDupConfig(StrictModel):
+    """MinHash LSH over word shingles; a document whose estimated Jaccard similarity to an earlier
+    kept document reaches `threshold` is marked `near_dup_of` that document."""
+
+    enabled: bool = True
+    shingle_size: int = Field(5, ge=1)
+    threshold: float = Field(0.8, gt=0.0, le=1.0)
+    num_perm: int = Field(128, ge=8)
+    seed: int = 1
+
+
+class CleanConfig(StrictModel):
+    normalization: Literal["NFC", "NFKC"] = "NFC"
+    strip_wiki_markup: bool = True
+    collapse_whitespace: bool = True
+    min_chars: int = Field(1, ge=0)
+    exact_dedup: bool = True
+    quality: QualityConfig = QualityConfig()
+    near_dup: NearDupConfig = NearDupConfig()
+    workers: int = Field(0, ge=0, description="processes for cleaning; 0 means one per core")
+    row_group_docs: int = Field(2000, ge=1)
+
+
+class SplitConfig(StrictModel):
+    """Held-out fractions. The split of a document is a function of its `doc_id` alone, so adding
+    documents never moves an existing one between splits."""
+
+    val: float = Field(0.05, ge=0.0, lt=1.0)
+    test: float = Field(0.05, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _leaves_room_for_train(self) -> SplitConfig:
+        if self.val + self.test >= 1.0:
+            raise ValueError("split.val + split.test must leave some data for train")
+        return self
+
+
+class PipelineConfig(StrictModel):
+    name: str = DEFAULT_PRESET
+    seed: int = 1337
+    ingest: IngestConfig
+    clean: CleanConfig = CleanConfig()
+    split: SplitConfig = SplitConfig()
+
+
+def resolve_preset(config: str | None) -> Path:
+    """A config argument is a TOML path, or the name of a preset in `configs/`."""
+    if config is None:
+        config = DEFAULT_PRESET
+    path = Path(config).expanduser()
+    if path.suffix != ".toml" and not path.exists():
+        path = REPO_CONFIGS / f"{config}.toml"
+    if not path.is_file():
+        presets = sorted(p.stem for p in REPO_CONFIGS.glob("*.toml"))
+        raise ConfigError(f"{config}: no such config file (presets: {', '.join(presets)})")
+    return path.resolve()
+
+
+def load_config(config: str | None = None, overrides: list[str] | None = None) -> PipelineConfig:
+    """Load a preset or TOML file, apply `key.path=value` overrides, and validate it."""
+    path = resolve_preset(config)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from error
+    for override in overrides or []:
+        _apply_override(data, override, path)
+    return parse_config(data, origin=str(path))
+
+
+def parse_config(data: dict[str, Any], origin: str) -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(f"{origin}: {_describe(error)}") from None
+
+
+def _describe(error: ValidationError) -> str:
+    problems = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"])
+        if item["type"] == "extra_forbidden":
+            problems.append(f"unknown key '{key}'")
+        else:
+            problems.append(f"'{key}': {item['msg']}" if key else item["msg"])
+    return "; ".join(problems)
+
+
+def _apply_override(data: dict[str, Any], override: str, path: Path) -> None:
+    key, sep, raw_value = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override '{override}': expected KEY.PATH=VALUE")
+    try:
+        value = tomllib.loads(f"v = {raw_value}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw_value  # a bare word: treat it as a string
+    *parents, leaf = key.strip().split(".")
+    node = data
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{override}': '{part}' in {path} is not a table")
+    node[leaf] = value

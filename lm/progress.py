@@ -1,0 +1,62 @@
+"""Progress for long work: a periodic log line with done/total, rate and ETA.
+
+Log lines rather than a terminal bar, because stages run inside Prefect tasks, in workers and in
+CI, where a log line reaches the user (and Prefect's UI) and a redrawn bar does not.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+logger = logging.getLogger("lm.progress")
+
+
+def _format_amount(value: float, unit: str) -> str:
+    if unit == "B":
+        for scale, suffix in ((1 << 30, "GB"), (1 << 20, "MB"), (1 << 10, "kB")):
+            if value >= scale:
+                return f"{value / scale:.1f} {suffix}"
+        return f"{value:.0f} B"
+    return f"{value:,.0f} {unit}"
+
+
+def _format_seconds(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+@dataclass
+class ProgressLog:
+    """Call `update(done)` as often as you like; it logs at most every `interval_s` seconds."""
+
+    name: str
+    total: float | None
+    unit: str = "B"
+    interval_s: float = 5.0
+    _start: float = field(default_factory=time.monotonic)
+    _last_log: float = field(default_factory=time.monotonic)
+    done: float = 0.0
+
+    def update(self, done: float, force: bool = False) -> None:
+        self.done = done
+        now = time.monotonic()
+        if force or now - self._last_log >= self.interval_s:
+            self._last_log = now
+            logger.info(self.line(now))
+
+    def line(self, now: float | None = None) -> str:
+        elapsed = max((now or time.monotonic()) - self._start, 1e-9)
+        rate = self.done / elapsed
+        text = f"{self.name}: {_format_amount(self.done, self.unit)}"
+        if self.total:
+            share = min(self.done / self.total, 1.0)
+            text += f" / {_format_amount(self.total, self.unit)} ({share:.0%})"
+        text += f", {_format_amount(rate, self.unit)}/s"
+        if self.total and rate > 0:
+            text += f", ETA {_format_seconds(max(self.total - self.done, 0) / rate)}"
+        return text + f", elapsed {_format_seconds(elapsed)}"
+
+    def finish(self) -> None:
+        self.update(self.done, force=True)

@@ -1,0 +1,209 @@
+"""Cleaning: raw documents in, the same documents out with their text normalized and every
+decision recorded as a column.
+
+Two phases, after datatrove's stats-counting steps and dolma's attribute/mixer split:
+
+1. `annotate_batch` (pure, per document, runs in worker processes): strip wiki markup, normalize,
+   hash into `doc_id`, measure quality, compute the MinHash signature.
+2. `DecisionMaker` (sequential, in order): exact and near duplicates need to know which documents
+   came before, so this runs in one process over the annotated stream, in input order, which
+   makes the corpus identical however many workers annotated it.
+
+Nothing is dropped: rejected documents stay in the output with `keep = false` and the first rule
+they failed in `reject_reason`; the clean view is `WHERE keep`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import multiprocessing
+import os
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+
+import numpy as np
+
+from lm.config import CleanConfig, SplitConfig
+from lm.text.near_duplicates import MinHasher, NearDuplicateIndex
+from lm.text.normalize import normalize_text
+from lm.text.quality import QUALITY_FLAGS, measure_quality, quality_flags
+from lm.text.wikitext import strip_wikitext
+
+logger = logging.getLogger("lm.text.clean")
+
+# Decision columns in the order a document is judged; `reject_reason` names the first that holds.
+DECISION_FLAGS = ("too_short", *QUALITY_FLAGS, "exact_duplicate", "near_duplicate")
+RawRow = tuple[str, str, str, str]  # (source, source_file, text, markup)
+
+
+@dataclass
+class AnnotatedDocument:
+    source: str
+    source_file: str
+    text: str
+    doc_id: str
+    measurements: dict
+    flags: dict[str, bool]
+    signature: np.ndarray | None
+
+
+def annotate_batch(batch: list[RawRow], config: CleanConfig) -> list[AnnotatedDocument]:
+    hasher = (
+        MinHasher(config.near_dup.num_perm, config.near_dup.shingle_size, config.near_dup.seed)
+        if config.near_dup.enabled
+        else None
+    )
+    annotated = []
+    for source, source_file, raw_text, markup in batch:
+        text = raw_text
+        if markup == "wikitext" and config.strip_wiki_markup:
+            text = strip_wikitext(text)
+        text = normalize_text(text, config.normalization, config.collapse_whitespace)
+        measurements = measure_quality(text)
+        flags = {"too_short": len(text) < config.min_chars} | quality_flags(
+            measurements, config.quality
+        )
+        signature = hasher.signature(text.split()) if hasher and not any(flags.values()) else None
+        annotated.append(
+            AnnotatedDocument(
+                source=source,
+                source_file=source_file,
+                text=text,
+                doc_id=hashlib.sha256(text.encode()).hexdigest(),
+                measurements=measurements,
+                flags=flags,
+                signature=signature,
+            )
+        )
+    return annotated
+
+
+def split_of(doc_id: str, split: SplitConfig) -> str:
+    """`train`, `val` or `test`, from the document's hash alone (stable as the corpus grows)."""
+    position = int(doc_id[:16], 16) / float(1 << 64)
+    if position < split.val:
+        return "val"
+    if position < split.val + split.test:
+        return "test"
+    return "train"
+
+
+@dataclass
+class CleaningStats:
+    """What cleaning did: documents in and kept, and per rule how many documents failed it
+    (`flagged`) and how many it removed as the first rule they failed (`removed`)."""
+
+    documents: int = 0
+    kept: int = 0
+    kept_chars: int = 0
+    kept_bytes: int = 0
+    flagged: Counter = field(default_factory=Counter)
+    removed: Counter = field(default_factory=Counter)
+    split_documents: Counter = field(default_factory=Counter)
+    split_bytes: Counter = field(default_factory=Counter)
+
+    def as_dict(self) -> dict:
+        return {
+            "documents": self.documents,
+            "kept": self.kept,
+            "kept_chars": self.kept_chars,
+            "kept_bytes": self.kept_bytes,
+            "flagged": {flag: self.flagged[flag] for flag in DECISION_FLAGS},
+            "removed": {flag: self.removed[flag] for flag in DECISION_FLAGS},
+            "split_documents": dict(sorted(self.split_documents.items())),
+            "split_bytes": dict(sorted(self.split_bytes.items())),
+        }
+
+
+class DecisionMaker:
+    """Sequential decisions: exact and near duplicates, the split, and the final `keep`."""
+
+    def __init__(self, config: CleanConfig, split: SplitConfig):
+        self.config = config
+        self.split = split
+        self.stats = CleaningStats()
+        self._seen: set[bytes] = set()
+        self._near = (
+            NearDuplicateIndex(config.near_dup.threshold, config.near_dup.num_perm)
+            if config.near_dup.enabled
+            else None
+        )
+
+    def decide(self, doc: AnnotatedDocument) -> dict:
+        flags = dict(doc.flags)
+        key = bytes.fromhex(doc.doc_id)
+        flags["exact_duplicate"] = self.config.exact_dedup and key in self._seen
+        self._seen.add(key)
+        near_dup_of = None
+        if self._near is not None and doc.signature is not None and not flags["exact_duplicate"]:
+            near_dup_of = self._near.find_or_add(doc.doc_id, doc.signature)
+        flags["near_duplicate"] = near_dup_of is not None
+        reason = next((flag for flag in DECISION_FLAGS if flags[flag]), None)
+        keep = reason is None
+        n_bytes = len(doc.text.encode())
+        split = split_of(doc.doc_id, self.split)
+
+        stats = self.stats
+        stats.documents += 1
+        stats.flagged.update(flag for flag in DECISION_FLAGS if flags[flag])
+        if keep:
+            stats.kept += 1
+            stats.kept_chars += len(doc.text)
+            stats.kept_bytes += n_bytes
+            stats.split_documents[split] += 1
+            stats.split_bytes[split] += n_bytes
+        else:
+            stats.removed[reason] += 1
+        return {
+            "doc_id": doc.doc_id,
+            "source": doc.source,
+            "source_file": doc.source_file,
+            "text": doc.text,
+            "n_chars": len(doc.text),
+            "n_bytes": n_bytes,
+            "split": split,
+            "keep": keep,
+            "reject_reason": reason,
+            "near_dup_of": near_dup_of,
+            **flags,
+            **doc.measurements,
+        }
+
+
+def effective_workers(config: CleanConfig) -> int:
+    return config.workers or os.cpu_count() or 1
+
+
+def clean_documents(
+    batches: Iterable[list[RawRow]], decider: DecisionMaker, workers: int = 1
+) -> Iterator[list[dict]]:
+    """Clean a stream of raw batches, yielding output rows batch by batch in input order;
+    `decider.stats` holds the counts once the stream is exhausted.
+
+    With `workers > 1`, annotation runs in a process pool with a bounded number of batches in
+    flight, so memory stays flat however large the input."""
+    for annotated in _annotated_batches(batches, decider.config, workers):
+        yield [decider.decide(doc) for doc in annotated]
+
+
+def _annotated_batches(
+    batches: Iterable[list[RawRow]], config: CleanConfig, workers: int
+) -> Iterator[list[AnnotatedDocument]]:
+    if workers <= 1:
+        for batch in batches:
+            yield annotate_batch(batch, config)
+        return
+    # 'spawn': the parent runs Prefect's threads, and forking a threaded process can deadlock.
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers) as pool:
+        pending: deque = deque()
+        work = partial(annotate_batch, config=config)
+        for batch in batches:
+            pending.append(pool.apply_async(work, (batch,)))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()

@@ -1,0 +1,73 @@
+"""Ingest: every resolved input, in order, as one stream of raw documents.
+
+Files are opened here (URLs are first streamed to a download folder, chunk by chunk), wrapped in
+the decompressor their name asks for, and handed to the reader for their format. Progress is the
+number of input bytes consumed, read from the raw file position, so compressed inputs report
+honest rates and ETAs.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+from lm.progress import ProgressLog
+from lm.text.readers import RawDocument, open_decompressed, read_documents
+from lm.text.sources import InputError, ResolvedInput
+
+logger = logging.getLogger("lm.text.ingest")
+DOWNLOAD_CHUNK = 1 << 20
+
+
+def iter_input_documents(
+    inputs: list[ResolvedInput],
+    encoding_errors: str,
+    download_dir: Path,
+    url_timeout_s: float = 30.0,
+) -> Iterator[RawDocument]:
+    known_sizes = [item.size for item in inputs if item.size is not None]
+    progress = ProgressLog("ingest", total=sum(known_sizes) if known_sizes else None)
+    done_bytes = 0
+    for item in inputs:
+        path = item.path
+        if item.is_url:
+            path = _download(item.url, download_dir, url_timeout_s)
+        try:
+            with open(path, "rb") as raw:
+                stream = open_decompressed(item, raw)
+                for count, document in enumerate(read_documents(item, stream, encoding_errors)):
+                    yield document
+                    if count % 64 == 0:
+                        progress.update(done_bytes + raw.tell())
+                done_bytes += raw.tell()
+        finally:
+            if item.is_url:
+                path.unlink(missing_ok=True)
+        progress.update(done_bytes)
+    progress.finish()
+
+
+def _download(url: str, download_dir: Path, timeout_s: float) -> Path:
+    """Stream a URL to a file (never whole in memory), keeping its name for format detection."""
+    download_dir.mkdir(parents=True, exist_ok=True)
+    name = Path(urlparse(url).path).name or "download"
+    target = download_dir / f"{uuid.uuid4().hex[:8]}-{name}"
+    request = urllib.request.Request(url, headers={"User-Agent": "lmforge"})
+    try:
+        with (
+            urllib.request.urlopen(request, timeout=timeout_s) as response,
+            open(target, "wb") as out,
+        ):
+            shutil.copyfileobj(response, out, DOWNLOAD_CHUNK)
+    except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as error:
+        target.unlink(missing_ok=True)
+        reason = getattr(error, "reason", None) or error
+        raise InputError(f"{url}: cannot fetch ({reason})") from error
+    logger.info("%s: downloaded %d bytes", url, target.stat().st_size)
+    return target

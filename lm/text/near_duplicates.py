@@ -1,0 +1,90 @@
+"""Near-duplicate detection: MinHash signatures over word shingles, and an LSH index.
+
+Our own implementation rather than datasketch's: signatures are computed for all shingles of a
+document in one vectorised numpy expression over stable crc32-based hashes, which is several times
+faster per document and identical across processes (a requirement for reproducible corpora and for
+fanning cleaning out to worker processes).
+
+The banding (b bands of r rows) is chosen for the Jaccard threshold by minimising the sum of
+false-positive and false-negative probability mass, as datasketch does; a bucket collision is then
+confirmed by comparing the full signatures, so a document is only marked when its estimated
+Jaccard similarity really reaches the threshold.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lm.text.word_hashes import ngram_hashes, word_ids
+
+_MERSENNE_PRIME = np.uint64((1 << 61) - 1)
+_MAX_HASH = np.uint64(0xFFFFFFFF)
+
+
+class MinHasher:
+    def __init__(self, num_perm: int, shingle_size: int, seed: int):
+        rng = np.random.default_rng(seed)
+        # a*h + b stays below 2**63 because h is reduced to 32 bits and a, b < 2**31.
+        self.a = rng.integers(1, 1 << 31, size=(num_perm, 1), dtype=np.uint64)
+        self.b = rng.integers(0, 1 << 31, size=(num_perm, 1), dtype=np.uint64)
+        self.shingle_size = shingle_size
+
+    def signature(self, words: list[str]) -> np.ndarray:
+        ids = word_ids(words)
+        shingles = ngram_hashes(ids, min(self.shingle_size, max(len(ids), 1)))
+        if len(shingles) == 0:
+            shingles = np.zeros(1, dtype=np.uint64)
+        shingles = np.unique((shingles ^ (shingles >> np.uint64(32))) & _MAX_HASH)
+        permuted = (self.a * shingles[None, :] + self.b) % _MERSENNE_PRIME & _MAX_HASH
+        return permuted.min(axis=1).astype(np.uint32)
+
+
+def optimal_banding(threshold: float, num_perm: int) -> tuple[int, int]:
+    """(bands, rows) with bands * rows <= num_perm that best separates pairs above and below
+    the Jaccard threshold."""
+    best, best_error = (1, num_perm), float("inf")
+    grid = np.linspace(0.0, 1.0, 201)
+    for bands in range(1, num_perm + 1):
+        rows = num_perm // bands
+        if rows == 0:
+            break
+        candidate = 1.0 - (1.0 - grid**rows) ** bands
+        below = grid <= threshold
+        false_positive = np.trapezoid(candidate[below], grid[below])
+        false_negative = np.trapezoid(1.0 - candidate[~below], grid[~below])
+        if false_positive + false_negative < best_error:
+            best, best_error = (bands, rows), false_positive + false_negative
+    return best
+
+
+class NearDuplicateIndex:
+    """Remembers kept documents; `find_or_add` returns the id of an earlier near duplicate, or
+    adds the document and returns None. Order matters: the first document of a cluster is kept."""
+
+    def __init__(self, threshold: float, num_perm: int):
+        self.threshold = threshold
+        self.bands, self.rows = optimal_banding(threshold, num_perm)
+        self._buckets: list[dict[bytes, int]] = [{} for _ in range(self.bands)]
+        self._signatures: list[np.ndarray] = []
+        self._doc_ids: list[str] = []
+
+    def find_or_add(self, doc_id: str, signature: np.ndarray) -> str | None:
+        keys = [
+            signature[band * self.rows : (band + 1) * self.rows].tobytes()
+            for band in range(self.bands)
+        ]
+        checked: set[int] = set()
+        for band, key in enumerate(keys):
+            candidate = self._buckets[band].get(key)
+            if candidate is None or candidate in checked:
+                continue
+            checked.add(candidate)
+            similarity = float(np.mean(self._signatures[candidate] == signature))
+            if similarity >= self.threshold:
+                return self._doc_ids[candidate]
+        position = len(self._doc_ids)
+        self._signatures.append(signature)
+        self._doc_ids.append(doc_id)
+        for band, key in enumerate(keys):
+            self._buckets[band].setdefault(key, position)
+        return None

@@ -1,0 +1,2 @@
+"""Persistence: the workspace layout, the Parquet corpus store, the content-addressed artifact
+store and the DuckDB run registry. Nothing here imports Prefect."""

@@ -1,0 +1,108 @@
+"""The content-addressed artifact store, and the descriptors that tasks pass between them.
+
+A stage's output lives in a directory named by the stage's cache key. It is built in a staging
+directory (`<key>.partial-<pid>-<nonce>`; the suffix keeps it out of any glob DuckDB reads), a
+`DONE` marker is written last, and the directory is renamed into place in one atomic step. So a
+crash never leaves a half-written output where a reader would look, a rerun finds either a
+complete directory (a cache hit) or nothing (a miss), and two processes building the same key at
+once both succeed: the second rename finds the first's identical result and discards its own.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+DONE_MARKER = "DONE"
+DESCRIPTOR_FILE = "descriptor.json"
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """What a stage hands to the next: small, picklable and hashable by value, never the data.
+
+    `path` is relative to the workspace, so caches survive a moved workspace; `key` is the cache
+    key that named the directory; `digest` identifies the content itself."""
+
+    kind: str
+    key: str
+    path: str
+    digest: str
+    stats: dict = field(default_factory=dict, hash=False, compare=False)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class ArtifactStore:
+    """Directories of one kind of output, each named by a cache key."""
+
+    def __init__(self, base: Path):
+        self.base = base
+
+    def directory(self, key: str) -> Path:
+        return self.base / key
+
+    def is_complete(self, key: str) -> bool:
+        return (self.directory(key) / DONE_MARKER).is_file()
+
+    def load_descriptor(self, key: str) -> Descriptor | None:
+        path = self.directory(key) / DESCRIPTOR_FILE
+        if not self.is_complete(key) or not path.is_file():
+            return None
+        return Descriptor(**json.loads(path.read_text()))
+
+    @contextmanager
+    def build(self, key: str) -> Iterator[Path]:
+        """Yield an empty staging directory; on success publish it as `key` atomically."""
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.remove_abandoned_builds()
+        staging = self.base / f"{key}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        staging.mkdir()
+        try:
+            yield staging
+            (staging / DONE_MARKER).write_text(datetime.now(UTC).isoformat())
+            self._publish(staging, self.directory(key))
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+    def write_descriptor(self, staging: Path, descriptor: Descriptor) -> None:
+        (staging / DESCRIPTOR_FILE).write_text(json.dumps(asdict(descriptor), indent=2))
+
+    def _publish(self, staging: Path, final: Path) -> None:
+        try:
+            os.rename(staging, final)
+        except OSError as error:
+            if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            if (final / DONE_MARKER).is_file():
+                shutil.rmtree(staging)  # a concurrent build of the same key won; same content
+                return
+            shutil.rmtree(final)  # an incomplete leftover: replace it
+            os.rename(staging, final)
+
+    def remove_abandoned_builds(self) -> None:
+        """Delete staging directories whose process is gone (killed mid-build)."""
+        for staging in self.base.glob("*.partial-*"):
+            try:
+                pid = int(staging.name.rsplit(".partial-", 1)[1].split("-")[0])
+            except (IndexError, ValueError):
+                continue
+            if not _pid_alive(pid):
+                shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,132 @@
+"""The Parquet corpus store: raw documents from ingest and cleaned corpus versions.
+
+Files are zstd Parquet written row group by row group as documents stream in (memory stays
+bounded), inside an artifact staging directory (so the file appears atomically). They are plain
+Parquet, readable as they are by DuckDB, pyarrow and pandas.
+
+A corpus version is identified by its digest: a hash over every document's id, source, split and
+decisions, in order. It depends on the content and the decisions, not on how the bytes were laid
+out, so an interrupted-then-resumed run and an uninterrupted run give the same digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lm.text.clean import DECISION_FLAGS
+
+DOCUMENTS_FILE = "documents.parquet"
+
+RAW_SCHEMA = pa.schema(
+    [
+        ("source", pa.string()),
+        ("source_file", pa.string()),
+        ("text", pa.large_string()),
+        ("markup", pa.string()),
+    ]
+)
+
+_MEASUREMENTS = [
+    ("n_words", pa.int64()),
+    ("mean_word_length", pa.float64()),
+    ("symbol_word_ratio", pa.float64()),
+    ("alpha_word_fraction", pa.float64()),
+    ("ellipsis_line_fraction", pa.float64()),
+    ("bullet_line_fraction", pa.float64()),
+    ("duplicate_line_fraction", pa.float64()),
+    ("duplicate_line_char_fraction", pa.float64()),
+    ("duplicate_paragraph_fraction", pa.float64()),
+    ("duplicate_paragraph_char_fraction", pa.float64()),
+    ("top_ngram_char_fraction", pa.list_(pa.float64())),
+    ("duplicate_ngram_char_fraction", pa.list_(pa.float64())),
+]
+
+CORPUS_SCHEMA = pa.schema(
+    [
+        ("doc_id", pa.string()),
+        ("source", pa.string()),
+        ("source_file", pa.string()),
+        ("text", pa.large_string()),
+        ("n_chars", pa.int64()),
+        ("n_bytes", pa.int64()),
+        ("split", pa.string()),
+        ("keep", pa.bool_()),
+        ("reject_reason", pa.string()),
+        ("near_dup_of", pa.string()),
+        *[(flag, pa.bool_()) for flag in DECISION_FLAGS],
+        *_MEASUREMENTS,
+    ]
+)
+
+
+class DocumentWriter:
+    """Streams rows (dicts) into one Parquet file, a row group every `row_group_rows` rows."""
+
+    def __init__(self, path: Path, schema: pa.Schema, row_group_rows: int = 2000):
+        self.path = path
+        self.schema = schema
+        self.row_group_rows = row_group_rows
+        self.rows_written = 0
+        self._columns: dict[str, list] = {name: [] for name in schema.names}
+        self._buffered = 0
+        self._writer = pq.ParquetWriter(path, schema, compression="zstd")
+
+    def write(self, row: dict) -> None:
+        for name, values in self._columns.items():
+            values.append(row[name])
+        self._buffered += 1
+        if self._buffered >= self.row_group_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._buffered:
+            self._writer.write_table(pa.table(self._columns, schema=self.schema))
+            self.rows_written += self._buffered
+            self._columns = {name: [] for name in self.schema.names}
+            self._buffered = 0
+
+    def close(self) -> None:
+        self._flush()
+        self._writer.close()
+
+    def __enter__(self) -> DocumentWriter:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+class CorpusDigest:
+    """The order-sensitive identity of a corpus version (see module docstring)."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+
+    def update(self, row: dict) -> None:
+        fingerprint = "\t".join(
+            str(row[name] or "")
+            for name in ("doc_id", "source", "split", "reject_reason", "near_dup_of")
+        )
+        self._hash.update(fingerprint.encode() + b"\n")
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+def iter_raw_batches(
+    path: Path, batch_size: int = 256
+) -> Iterator[list[tuple[str, str, str, str]]]:
+    """Raw documents as `(source, source_file, text, markup)` tuples, a batch at a time."""
+    parquet = pq.ParquetFile(path)
+    for batch in parquet.iter_batches(batch_size=batch_size, columns=RAW_SCHEMA.names):
+        columns = [batch.column(name).to_pylist() for name in RAW_SCHEMA.names]
+        yield list(zip(*columns, strict=True))
+
+
+def row_count(path: Path) -> int:
+    return pq.ParquetFile(path).metadata.num_rows

@@ -1,0 +1,64 @@
+"""Read-only SQL over the registry and the corpus, for `lmforge sql` and reports.
+
+The registry is attached read-only to an in-memory DuckDB, so a query can never change it and
+never holds the write lock for longer than it runs. Views over the newest corpus version are
+added beside the registry's tables:
+
+- `corpus`: every document of the newest corpus, rejected ones included, with decision columns;
+- `clean_corpus`: the kept documents (the clean view is a query, not a copy);
+- `corpus_versions`: the `datasets` table with each version's absolute Parquet path.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+
+from storage.corpus import DOCUMENTS_FILE
+from storage.registry import RegistryError, RunRegistry, _is_lock_error
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+@contextmanager
+def sql_session(registry: RunRegistry, workspace_root: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    if not registry.path.exists():
+        raise RegistryError(
+            f"{registry.path}: no registry yet; `lmforge run` creates it with the first run"
+        )
+    connection = duckdb.connect()
+    try:
+        deadline = time.monotonic() + registry.timeout_s
+        while True:
+            try:
+                connection.execute(f"ATTACH {_quote(str(registry.path))} AS registry (READ_ONLY)")
+                break
+            except duckdb.Error as error:
+                if not _is_lock_error(error) or time.monotonic() > deadline:
+                    raise RegistryError(f"{registry.path}: cannot open: {error}") from error
+                time.sleep(0.1)
+        connection.execute("USE registry")
+        root = _quote(str(workspace_root) + "/")
+        connection.execute(
+            "CREATE TEMP VIEW corpus_versions AS SELECT *, "
+            f"{root} || path || '/{DOCUMENTS_FILE}' AS parquet_path FROM datasets"
+        )
+        newest = connection.execute(
+            "SELECT v.parquet_path FROM corpus_versions v "
+            "LEFT JOIN runs r ON r.corpus_digest = v.digest AND r.status = 'completed' "
+            "ORDER BY coalesce(r.ended_at, v.created_at) DESC LIMIT 1"
+        ).fetchone()
+        if newest and Path(newest[0]).is_file():
+            connection.execute(
+                f"CREATE TEMP VIEW corpus AS SELECT * FROM read_parquet({_quote(newest[0])})"
+            )
+            connection.execute("CREATE TEMP VIEW clean_corpus AS SELECT * FROM corpus WHERE keep")
+        yield connection
+    finally:
+        connection.close()

@@ -1,0 +1,330 @@
+"""The run registry: one DuckDB file recording every run, stage, metric and corpus version.
+
+DuckDB allows one writing process or many reading ones, never both, and a second process that
+finds the file locked gets an error instead of waiting. So, as DESIGN §6 says: only flow
+processes write; a writer takes an exclusive file lock (serialising writers across processes),
+opens the database, writes one batch in one transaction and closes at once; readers open
+read-only, read and close. Both retry while the other side holds the database. No connection
+outlives a single call.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import random
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+
+MIGRATIONS: list[str] = [
+    # 1: the MLflow-shaped tracking tables plus pipeline lineage.
+    """
+    CREATE TABLE runs (
+        run_id VARCHAR PRIMARY KEY,
+        flow_run_id VARCHAR,
+        deployment VARCHAR,
+        preset VARCHAR,
+        config_path VARCHAR,
+        status VARCHAR NOT NULL,
+        started_at TIMESTAMP NOT NULL,
+        ended_at TIMESTAMP,
+        seconds DOUBLE,
+        config JSON,
+        config_digest VARCHAR,
+        code_digest VARCHAR,
+        git_sha VARCHAR,
+        package_versions JSON,
+        device VARCHAR,
+        seed BIGINT,
+        corpus_digest VARCHAR,
+        command VARCHAR,
+        hostname VARCHAR,
+        pid INTEGER,
+        error VARCHAR
+    );
+    CREATE TABLE stages (
+        run_id VARCHAR NOT NULL,
+        stage VARCHAR NOT NULL,
+        cache_key VARCHAR,
+        cached BOOLEAN,
+        seconds DOUBLE,
+        output_digest VARCHAR,
+        output_path VARCHAR,
+        stats JSON,
+        finished_at TIMESTAMP
+    );
+    CREATE TABLE metrics (
+        run_id VARCHAR NOT NULL,
+        key VARCHAR NOT NULL,
+        step BIGINT,
+        value DOUBLE,
+        ts TIMESTAMP
+    );
+    CREATE TABLE datasets (
+        digest VARCHAR PRIMARY KEY,
+        cache_key VARCHAR,
+        path VARCHAR,
+        created_at TIMESTAMP,
+        documents BIGINT,
+        kept BIGINT,
+        kept_chars BIGINT,
+        kept_bytes BIGINT,
+        train_documents BIGINT,
+        val_documents BIGINT,
+        test_documents BIGINT,
+        train_bytes BIGINT,
+        val_bytes BIGINT,
+        test_bytes BIGINT,
+        sources JSON
+    );
+    CREATE TABLE dataset_filters (
+        dataset_digest VARCHAR NOT NULL,
+        filter VARCHAR NOT NULL,
+        flagged BIGINT,
+        removed BIGINT
+    );
+    CREATE TABLE artifacts (
+        run_id VARCHAR NOT NULL,
+        stage VARCHAR NOT NULL,
+        kind VARCHAR NOT NULL,
+        digest VARCHAR,
+        path VARCHAR,
+        created_at TIMESTAMP
+    );
+    CREATE VIEW latest_metrics AS
+        SELECT run_id, key, arg_max(value, step) AS value, max(step) AS step
+        FROM metrics GROUP BY run_id, key;
+    CREATE VIEW leaderboard AS
+        SELECT r.run_id, r.preset, r.started_at, m.value AS val_bpb
+        FROM runs r JOIN latest_metrics m USING (run_id)
+        WHERE m.key = 'val/bpb' AND r.status = 'completed'
+        ORDER BY val_bpb;
+    CREATE VIEW stage_summary AS
+        SELECT stage, count(*) AS runs, avg(seconds) AS mean_seconds,
+               avg(CASE WHEN cached THEN 1.0 ELSE 0.0 END) AS cache_hit_rate
+        FROM stages GROUP BY stage;
+    """,
+]
+
+LOCK_ERRORS = ("lock", "Conflicting")
+
+
+class RegistryError(RuntimeError):
+    """The registry cannot be used; the message says why and what to do."""
+
+
+@dataclass
+class StageRecord:
+    stage: str
+    cache_key: str | None
+    cached: bool
+    seconds: float
+    output_digest: str | None = None
+    output_path: str | None = None
+    stats: dict = field(default_factory=dict)
+
+
+@dataclass
+class DatasetRecord:
+    digest: str
+    cache_key: str
+    path: str
+    stats: dict
+
+
+def _is_lock_error(error: Exception) -> bool:
+    return any(text in str(error) for text in LOCK_ERRORS)
+
+
+class RunRegistry:
+    def __init__(self, path: Path, timeout_s: float = 120.0):
+        self.path = path
+        self.lock_path = path.with_name(path.name + ".lock")
+        self.timeout_s = timeout_s
+
+    # -- connections -------------------------------------------------------------------------
+
+    def _connect(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        deadline = time.monotonic() + self.timeout_s
+        delay = 0.02
+        while True:
+            try:
+                return duckdb.connect(str(self.path), read_only=read_only)
+            except duckdb.Error as error:
+                if not _is_lock_error(error) or time.monotonic() > deadline:
+                    raise RegistryError(
+                        f"{self.path}: cannot open the registry: {error}"
+                    ) from error
+                time.sleep(delay * (1 + random.random()))
+                delay = min(delay * 2, 0.5)
+
+    @contextmanager
+    def writing(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One write transaction under the cross-process writer lock."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_path, "a+") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            try:
+                connection = self._connect(read_only=False)
+                try:
+                    self._migrate(connection)
+                    connection.execute("BEGIN TRANSACTION")
+                    try:
+                        yield connection
+                        connection.execute("COMMIT")
+                    except BaseException:
+                        connection.execute("ROLLBACK")
+                        raise
+                finally:
+                    connection.close()
+            finally:
+                fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+    @contextmanager
+    def reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        if not self.path.exists():
+            raise RegistryError(
+                f"{self.path}: no registry yet; `lmforge run` creates it with the first run"
+            )
+        connection = self._connect(read_only=True)
+        try:
+            yield connection
+        finally:
+            connection.close()
+
+    def _migrate(self, connection: duckdb.DuckDBPyConnection) -> None:
+        connection.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER, applied_at TIMESTAMP)"
+        )
+        current = connection.execute("SELECT coalesce(max(version), 0) FROM schema_version")
+        version = current.fetchone()[0]
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            connection.execute("BEGIN TRANSACTION")
+            connection.execute(script)
+            connection.execute("INSERT INTO schema_version VALUES (?, now())", [number])
+            connection.execute("COMMIT")
+
+    def schema_version(self) -> int:
+        with self.reading() as connection:
+            return connection.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def start_run(self, run: dict) -> None:
+        columns = ", ".join(run)
+        placeholders = ", ".join("?" for _ in run)
+        with self.writing() as connection:
+            connection.execute(
+                f"INSERT INTO runs ({columns}) VALUES ({placeholders})",
+                [_sql_value(v) for v in run.values()],
+            )
+
+    def finish_run(
+        self,
+        run_id: str,
+        status: str,
+        ended_at: datetime,
+        stages: list[StageRecord],
+        datasets: list[DatasetRecord] = (),
+        corpus_digest: str | None = None,
+        metrics_file: Path | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Everything a run produced, in one transaction: stages, artifacts, corpus versions,
+        metrics (bulk-loaded from the run's JSONL file), and the final status."""
+        with self.writing() as connection:
+            for stage in stages:
+                connection.execute(
+                    "INSERT INTO stages VALUES (?, ?, ?, ?, ?, ?, ?, ?, now())",
+                    [
+                        run_id,
+                        stage.stage,
+                        stage.cache_key,
+                        stage.cached,
+                        stage.seconds,
+                        stage.output_digest,
+                        stage.output_path,
+                        json.dumps(stage.stats),
+                    ],
+                )
+                if stage.output_path:
+                    connection.execute(
+                        "INSERT INTO artifacts VALUES (?, ?, ?, ?, ?, now())",
+                        [run_id, stage.stage, stage.stage, stage.output_digest, stage.output_path],
+                    )
+            for dataset in datasets:
+                self._insert_dataset(connection, dataset)
+            if metrics_file is not None and metrics_file.is_file() and metrics_file.stat().st_size:
+                connection.execute(
+                    "INSERT INTO metrics SELECT ?, key, step, value, ts FROM read_json(?, "
+                    "columns = {key: 'VARCHAR', step: 'BIGINT', value: 'DOUBLE', ts: 'TIMESTAMP'},"
+                    " format = 'newline_delimited')",
+                    [run_id, str(metrics_file)],
+                )
+            connection.execute(
+                "UPDATE runs SET status = ?, ended_at = ?, error = ?, "
+                "corpus_digest = coalesce(?, corpus_digest), "
+                "seconds = epoch(CAST(? AS TIMESTAMP) - started_at) WHERE run_id = ?",
+                [status, ended_at, error, corpus_digest, ended_at, run_id],
+            )
+
+    def _insert_dataset(
+        self, connection: duckdb.DuckDBPyConnection, dataset: DatasetRecord
+    ) -> None:
+        exists = connection.execute(
+            "SELECT 1 FROM datasets WHERE digest = ?", [dataset.digest]
+        ).fetchone()
+        if exists:
+            return
+        stats = dataset.stats
+        split_documents = stats.get("split_documents", {})
+        split_bytes = stats.get("split_bytes", {})
+        connection.execute(
+            "INSERT INTO datasets VALUES (?, ?, ?, now(), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                dataset.digest,
+                dataset.cache_key,
+                dataset.path,
+                stats["documents"],
+                stats["kept"],
+                stats["kept_chars"],
+                stats["kept_bytes"],
+                *(split_documents.get(s, 0) for s in ("train", "val", "test")),
+                *(split_bytes.get(s, 0) for s in ("train", "val", "test")),
+                json.dumps(stats.get("sources", {})),
+            ],
+        )
+        for name, flagged in stats["flagged"].items():
+            connection.execute(
+                "INSERT INTO dataset_filters VALUES (?, ?, ?, ?)",
+                [dataset.digest, name, flagged, stats["removed"].get(name, 0)],
+            )
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def query(self, sql: str, parameters: list | None = None) -> tuple[list[str], list[tuple]]:
+        with self.reading() as connection:
+            result = connection.execute(sql, parameters or [])
+            columns = [d[0] for d in result.description] if result.description else []
+            return columns, result.fetchall()
+
+    def find_run(self, prefix: str) -> dict:
+        columns, rows = self.query(
+            "SELECT * FROM runs WHERE run_id LIKE ? ORDER BY started_at", [prefix + "%"]
+        )
+        if not rows:
+            raise RegistryError(f"no run with an id starting '{prefix}' (see `lmforge runs`)")
+        if len(rows) > 1:
+            ids = ", ".join(row[0] for row in rows[:5])
+            raise RegistryError(f"run id '{prefix}' is ambiguous: {ids}")
+        return dict(zip(columns, rows[0], strict=True))
+
+
+def _sql_value(value: object) -> object:
+    return json.dumps(value) if isinstance(value, dict | list) else value

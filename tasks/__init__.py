@@ -1,0 +1,1 @@
+"""Prefect tasks: thin, cached wrappers over `lm/` and `storage/` that pass small descriptors."""
