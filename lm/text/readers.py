@@ -69,7 +69,7 @@ def _peek(stream: BinaryIO) -> bytes:
     try:
         return stream.peek(SNIFF_BYTES)[:SNIFF_BYTES]  # type: ignore[attr-defined]
     except (OSError, EOFError) as error:
-        raise InputError(f"cannot read: {error}") from error
+        raise InputError(f"the file is truncated or corrupt ({error})") from error
 
 
 def read_documents(

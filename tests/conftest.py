@@ -1,0 +1,78 @@
+"""Test set-up: one workspace-independent Prefect server for the whole session.
+
+Prefect reads its settings at import, so the environment is prepared in `pytest_configure`,
+before any test module is collected. Each test then gets its own `$LMFORGE_HOME` (corpus,
+artifacts, registry) while sharing the server, which keeps a flow run to about a second.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="lmforge-tests-"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ["LMFORGE_HOME"] = str(_SESSION_HOME)
+    os.environ.pop("PREFECT_API_URL", None)
+    os.environ.pop("PREFECT_HOME", None)
+    os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+    from flows.prefect_server import ensure_server
+    from storage.workspace import activate_workspace
+
+    ensure_server(activate_workspace())
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    import contextlib
+
+    from flows.prefect_server import stop_server
+    from storage.workspace import Workspace
+
+    # Send Prefect's queued logs and events while the server is still up; after it stops, the
+    # exit handlers would retry against a dead address for a minute.
+    with contextlib.suppress(Exception):
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=10)
+        EventsWorker.drain_all(timeout=10)
+
+    stop_server(Workspace(_SESSION_HOME))
+    shutil.rmtree(_SESSION_HOME, ignore_errors=True)
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A fresh workspace for this test (the Prefect server stays shared)."""
+    from storage.workspace import Workspace
+
+    home = tmp_path / "workspace"
+    monkeypatch.setenv("LMFORGE_HOME", str(home))
+    return Workspace.from_env().ensure()
+
+
+def lmforge_command(*args: str) -> list[str]:
+    return [str(Path(sys.executable).with_name("lmforge")), *args]
+
+
+def run_cli(
+    *args: str, check: bool = True, timeout: float = 300, home: Path | None = None
+) -> subprocess.CompletedProcess:
+    """Run the real `lmforge` command in a subprocess, as a user would (in workspace `home`,
+    default the test's own)."""
+    env = dict(os.environ) | ({"LMFORGE_HOME": str(home)} if home else {})
+    result = subprocess.run(
+        lmforge_command(*args), capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"lmforge {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result

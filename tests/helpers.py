@@ -1,0 +1,57 @@
+"""Small inputs that tests build on the fly: TOML configs, wiki dumps, prose documents."""
+
+from __future__ import annotations
+
+import bz2
+import json
+import random
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+WORDS = (
+    "river mountain valley forest city market harbour bridge castle garden library museum "
+    "engine signal theory method result figure table season winter summer autumn spring "
+    "farmer teacher doctor sailor painter writer singer builder keeper hunter trader "
+    "ancient modern quiet bright heavy simple careful steady gentle famous common rare "
+    "walks builds reads writes carries follows watches opens closes finds keeps brings"
+).split()
+
+
+def prose(seed: int, n_words: int = 120) -> str:
+    """Readable-looking, non-repetitive text that passes the quality rules."""
+    rng = random.Random(seed)
+    sentences, words = [], 0
+    while words < n_words:
+        length = rng.randint(8, 16)
+        sentence = " ".join(rng.choice(WORDS) for _ in range(length))
+        sentences.append(sentence.capitalize() + ".")
+        words += length
+    return " ".join(sentences)
+
+
+def write_config(path: Path, sources: list[dict], extra: str = "") -> Path:
+    lines = ['name = "test"', "", "[ingest]", "sources = ["]
+    for source in sources:
+        fields = ", ".join(f"{k} = {json.dumps(v)}" for k, v in source.items())
+        lines.append(f"    {{ {fields} }},")
+    lines += ["]", "", "[clean]", "workers = 1", "", "[clean.quality]", "min_words = 20", ""]
+    path.write_text("\n".join(lines) + "\n" + extra)
+    return path
+
+
+def wiki_page(title: str, text: str, namespace: int = 0, redirect: str | None = None) -> str:
+    redirect_tag = f'<redirect title="{escape(redirect)}" />' if redirect else ""
+    return (
+        f"<page><title>{escape(title)}</title><ns>{namespace}</ns><id>1</id>{redirect_tag}"
+        f'<revision><id>2</id><text xml:space="preserve">{escape(text)}</text></revision></page>'
+    )
+
+
+def write_wiki_dump(path: Path, pages: list[str]) -> Path:
+    xml = (
+        '<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/" version="0.10">'
+        "<siteinfo><sitename>Test</sitename></siteinfo>" + "".join(pages) + "</mediawiki>"
+    )
+    data = xml.encode()
+    path.write_bytes(bz2.compress(data) if path.suffix == ".bz2" else data)
+    return path

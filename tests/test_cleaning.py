@@ -1,0 +1,110 @@
+"""Cleaning decisions: normalization, quality rules, exact and near duplicates, the split."""
+
+from __future__ import annotations
+
+import hashlib
+
+from lm.config import CleanConfig, NearDupConfig, QualityConfig, SplitConfig
+from lm.text.clean import DecisionMaker, clean_documents, split_of
+from lm.text.near_duplicates import MinHasher, optimal_banding
+from lm.text.normalize import normalize_text
+from lm.text.quality import measure_quality, quality_flags
+from tests.helpers import prose
+
+RULES = QualityConfig(min_words=20)
+
+
+def clean(texts: list[str], config: CleanConfig | None = None, workers: int = 1) -> list[dict]:
+    config = config or CleanConfig(quality=RULES)
+    batches = [[(f"doc{i}", "test", text, "plain") for i, text in enumerate(texts)]]
+    decider = DecisionMaker(config, SplitConfig())
+    return [row for rows in clean_documents(batches, decider, workers) for row in rows]
+
+
+def test_normalization_composes_unicode_and_drops_controls_and_extra_space():
+    raw = "Cafe\u0301\x07  au\tlait \r\n\r\n\r\n\u200bnext"
+    assert normalize_text(raw, "NFC") == "Café au lait\n\nnext"
+    assert normalize_text("ﬁne", "NFKC") == "fine"
+
+
+def test_prose_passes_every_quality_rule():
+    flags = quality_flags(measure_quality(prose(1, 200)), RULES)
+    assert not any(flags.values()), flags
+
+
+def test_repetitive_text_fails_the_repetition_rules():
+    text = "buy cheap watches now " * 40
+    flags = quality_flags(measure_quality(text), RULES)
+    assert flags["repeated_ngrams"]
+
+
+def test_duplicated_lines_fail_the_line_rule():
+    line = "this exact sentence appears on many lines of the page"
+    text = "\n".join([line] * 6 + [prose(2, 60)])
+    assert quality_flags(measure_quality(text), RULES)["repeated_lines"]
+
+
+def test_symbol_heavy_and_short_documents_are_flagged():
+    assert quality_flags(measure_quality("# " * 30 + prose(3, 30)), RULES)["too_many_symbols"]
+    assert quality_flags(measure_quality("too short"), RULES)["too_few_words"]
+
+
+def test_disabled_rules_flag_nothing():
+    flags = quality_flags(measure_quality("x"), QualityConfig(enabled=False))
+    assert not any(flags.values())
+
+
+def test_exact_duplicates_after_normalization_are_marked_not_dropped():
+    a = prose(4)
+    rows = clean([a, a.replace(" ", "  "), prose(5)])
+    assert [r["exact_duplicate"] for r in rows] == [False, True, False]
+    assert [r["keep"] for r in rows] == [True, False, True]
+    assert rows[1]["reject_reason"] == "exact_duplicate"
+    assert rows[0]["doc_id"] == rows[1]["doc_id"]
+
+
+def test_near_duplicate_points_at_the_first_document_of_its_cluster():
+    original = prose(6, 300)
+    words = original.split()
+    words[150] = "zebra"  # one word of three hundred changed
+    rows = clean([original, " ".join(words), prose(7, 300)])
+    assert rows[1]["near_dup_of"] == rows[0]["doc_id"]
+    assert rows[1]["reject_reason"] == "near_duplicate"
+    assert rows[2]["near_dup_of"] is None
+
+
+def test_near_duplicate_threshold_is_configurable():
+    original = prose(8, 300)
+    words = original.split()
+    edited = " ".join(words[:200] + prose(9, 100).split())  # about a third rewritten
+    strict = CleanConfig(quality=RULES, near_dup=NearDupConfig(threshold=0.9))
+    loose = CleanConfig(quality=RULES, near_dup=NearDupConfig(threshold=0.3))
+    assert clean([original, edited], strict)[1]["near_dup_of"] is None
+    assert clean([original, edited], loose)[1]["near_dup_of"] is not None
+
+
+def test_minhash_estimates_jaccard_similarity():
+    hasher = MinHasher(num_perm=256, shingle_size=1, seed=3)
+    a = [f"w{i}" for i in range(100)]
+    b = [f"w{i}" for i in range(50, 150)]  # true Jaccard 50/150
+    estimate = float((hasher.signature(a) == hasher.signature(b)).mean())
+    assert abs(estimate - 1 / 3) < 0.08
+
+
+def test_banding_uses_at_most_num_perm_rows():
+    bands, rows = optimal_banding(0.8, 128)
+    assert bands * rows <= 128 and bands > 1
+
+
+def test_split_depends_only_on_doc_id_and_follows_the_fractions():
+    split = SplitConfig(val=0.1, test=0.2)
+    ids = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(5000)]
+    assigned = [split_of(doc_id, split) for doc_id in ids]
+    counts = {name: assigned.count(name) / len(assigned) for name in ("train", "val", "test")}
+    assert abs(counts["val"] - 0.1) < 0.02 and abs(counts["test"] - 0.2) < 0.02
+    assert split_of("ab" * 32, split) == split_of("ab" * 32, split)
+
+
+def test_worker_processes_give_the_same_rows_as_one_process():
+    texts = [prose(i, 80) for i in range(40)] + [prose(1, 80), "# # # # #"]
+    assert clean(texts, workers=2) == clean(texts, workers=1)

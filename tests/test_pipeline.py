@@ -1,0 +1,169 @@
+"""The `lm-pipeline` flow end to end on small inputs: real Prefect, Parquet and DuckDB."""
+
+from __future__ import annotations
+
+import shutil
+
+import duckdb
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from lm.config import ConfigError
+from lm.text.sources import InputError
+from storage.corpus import CORPUS_SCHEMA, DOCUMENTS_FILE
+from storage.registry import RunRegistry
+from tests.helpers import prose, wiki_page, write_config, write_wiki_dump
+
+
+@pytest.fixture
+def sources(tmp_path):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    for index in range(12):
+        (folder / f"doc{index:02d}.txt").write_text(prose(index, 150))
+    (folder / "copy.txt").write_text(prose(3, 150))  # an exact duplicate
+    (folder / "short.txt").write_text("too short to keep")
+    write_wiki_dump(
+        tmp_path / "wiki.xml.bz2",
+        [wiki_page("Gamma", "'''Gamma''' is {{lang|el|γάμμα}} a [[letter]]. " + prose(50, 150))],
+    )
+    return [{"path": str(folder)}, {"path": str(tmp_path / "wiki.xml.bz2")}]
+
+
+@pytest.fixture
+def config(tmp_path, sources):
+    return write_config(tmp_path / "small.toml", sources)
+
+
+def run_pipeline(config, overrides=()):
+    from flows.pipeline import lm_pipeline
+
+    return lm_pipeline(config=str(config), overrides=list(overrides))
+
+
+def stage_states(summary: dict) -> dict[str, str]:
+    return {s["stage"]: "cached" if s["cached"] else "ran" for s in summary["stages"]}
+
+
+def corpus_file(workspace, summary) -> str:
+    return str(workspace.resolve(summary["corpus"]["path"]) / DOCUMENTS_FILE)
+
+
+def test_pipeline_writes_a_parquet_corpus_and_a_completed_run(workspace, config):
+    summary = run_pipeline(config)
+    path = corpus_file(workspace, summary)
+    table = pq.read_table(path)
+    assert table.schema.names == CORPUS_SCHEMA.names
+    assert pq.ParquetFile(path).metadata.row_group(0).column(0).compression == "ZSTD"
+    assert len(pd.read_parquet(path)) == table.num_rows == 15
+    sql = duckdb.connect()
+    kept = sql.execute(f"SELECT count(*) FROM read_parquet('{path}') WHERE keep").fetchone()[0]
+    assert kept == summary["corpus"]["kept"] == 13  # the duplicate and the short one removed
+    gamma = sql.execute(f"SELECT text FROM read_parquet('{path}') WHERE source LIKE '%#Gamma'")
+    assert gamma.fetchone()[0].startswith("Gamma is a letter.")
+    _, rows = RunRegistry(workspace.registry_path).query(
+        "SELECT status, corpus_digest, flow_run_id IS NOT NULL FROM runs"
+    )
+    assert rows == [("completed", summary["corpus"]["digest"], True)]
+
+
+def test_second_run_with_nothing_changed_is_served_from_cache(workspace, config):
+    first = run_pipeline(config)
+    second = run_pipeline(config)
+    assert stage_states(first) == {"ingest": "ran", "clean": "ran"}
+    assert stage_states(second) == {"ingest": "cached", "clean": "cached"}
+    assert second["corpus"]["digest"] == first["corpus"]["digest"]
+
+
+def test_changing_a_cleaning_threshold_reruns_clean_and_nothing_upstream(workspace, config):
+    first = run_pipeline(config)
+    second = run_pipeline(config, ["clean.quality.min_words=160"])
+    assert stage_states(second) == {"ingest": "cached", "clean": "ran"}
+    assert second["corpus"]["kept"] < first["corpus"]["kept"]
+    _, rows = RunRegistry(workspace.registry_path).query(
+        "SELECT stage, bool_or(cached) FROM stages GROUP BY stage ORDER BY stage"
+    )
+    assert rows == [("clean", False), ("ingest", True)]
+
+
+def test_a_missing_output_directory_is_a_cache_miss_not_an_error(workspace, config):
+    first = run_pipeline(config)
+    shutil.rmtree(workspace.resolve(first["corpus"]["path"]))
+    second = run_pipeline(config)
+    assert stage_states(second) == {"ingest": "cached", "clean": "ran"}
+    assert second["corpus"]["digest"] == first["corpus"]["digest"]
+    assert (workspace.resolve(second["corpus"]["path"]) / DOCUMENTS_FILE).is_file()
+
+
+def test_changing_a_source_file_reruns_ingest(workspace, config, tmp_path):
+    first = run_pipeline(config)
+    (tmp_path / "texts" / "new.txt").write_text(prose(99, 150))
+    second = run_pipeline(config)
+    assert stage_states(second) == {"ingest": "ran", "clean": "ran"}
+    assert second["corpus"]["documents"] == first["corpus"]["documents"] + 1
+
+
+def test_unknown_config_key_names_the_key_and_the_file(tmp_path, config):
+    config.write_text(config.read_text() + "\n[split]\nvalidation = 0.1\n")
+    with pytest.raises(ConfigError, match=r"small\.toml: unknown key 'split\.validation'"):
+        run_pipeline(config)
+
+
+def _bad_input(kind: str, tmp_path) -> dict:
+    bad = tmp_path / "bad"
+    bad.mkdir(exist_ok=True)
+    if kind == "missing path":
+        return {"path": str(bad / "nowhere")}
+    if kind == "empty folder":
+        (bad / "empty").mkdir()
+        return {"path": str(bad / "empty")}
+    if kind == "invalid utf-8":
+        (bad / "latin1.txt").write_bytes(b"caf\xe9")
+        return {"path": str(bad / "latin1.txt")}
+    if kind == "truncated bz2":
+        dump = write_wiki_dump(bad / "w.xml.bz2", [wiki_page(f"P{i}", prose(i)) for i in range(30)])
+        dump.write_bytes(dump.read_bytes()[:-200])
+        return {"path": str(dump)}
+    if kind == "jsonl line that is not json":
+        (bad / "b.jsonl").write_text('{"text": "ok"}\nnot json\n')
+        return {"path": str(bad / "b.jsonl")}
+    if kind == "parquet without the text column":
+        pd.DataFrame({"body": ["x"]}).to_parquet(bad / "p.parquet")
+        return {"path": str(bad / "p.parquet")}
+    assert kind == "unreachable url"
+    return {"path": "http://127.0.0.1:9/corpus.jsonl"}
+
+
+BAD_INPUTS = {
+    "missing path": "nowhere: no such file",
+    "empty folder": "empty: the folder contains no files",
+    "invalid utf-8": r"latin1\.txt: invalid UTF-8 at byte 3",
+    "truncated bz2": r"w\.xml\.bz2: the file is truncated or corrupt",
+    "jsonl line that is not json": r"b\.jsonl:2: the line is not valid JSON",
+    "parquet without the text column": r"p\.parquet: no column 'text'",
+    "unreachable url": r"127\.0\.0\.1:9/corpus\.jsonl: cannot fetch",
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_INPUTS))
+def test_bad_input_fails_clearly_and_damages_nothing_stored(workspace, config, tmp_path, kind):
+    good = run_pipeline(config)
+    corpus = corpus_file(workspace, good)
+    before = pq.read_table(corpus)
+    bad_config = write_config(tmp_path / "bad.toml", [_bad_input(kind, tmp_path)])
+    with pytest.raises(InputError, match=BAD_INPUTS[kind]):
+        run_pipeline(bad_config)
+    assert pq.read_table(corpus).equals(before)
+    registry = RunRegistry(workspace.registry_path)
+    _, rows = registry.query("SELECT status, error FROM runs ORDER BY started_at")
+    assert [status for status, _ in rows] == ["completed", "failed"]
+    assert "InputError" in rows[1][1]
+    assert not list(workspace.artifacts.glob("*/*.partial-*")), "no staging left behind"
+    assert stage_states(run_pipeline(config)) == {"ingest": "cached", "clean": "cached"}
+
+
+def test_binary_file_in_a_folder_is_skipped_and_the_run_completes(workspace, config, tmp_path):
+    (tmp_path / "texts" / "picture.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" * 10)
+    summary = run_pipeline(config)
+    assert summary["corpus"]["documents"] == 15  # the binary file contributed nothing

@@ -1,0 +1,116 @@
+"""The DuckDB run registry: schema and migrations, batched writes, and the one-writer rule."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from storage.registry import MIGRATIONS, DatasetRecord, RegistryError, RunRegistry, StageRecord
+
+
+def _run_row(run_id: str) -> dict:
+    return {"run_id": run_id, "status": "running", "started_at": datetime.now(), "seed": 1}
+
+
+def test_first_write_creates_the_schema_at_the_newest_version(tmp_path):
+    registry = RunRegistry(tmp_path / "registry.duckdb")
+    registry.start_run(_run_row("r1"))
+    registry.start_run(_run_row("r2"))  # migrations are not applied twice
+    assert registry.schema_version() == len(MIGRATIONS)
+    columns, rows = registry.query("SELECT version FROM schema_version")
+    assert rows == [(version,) for version in range(1, len(MIGRATIONS) + 1)]
+
+
+def test_finish_run_records_stages_datasets_and_bulk_loads_metrics(tmp_path):
+    registry = RunRegistry(tmp_path / "registry.duckdb")
+    registry.start_run(_run_row("r1"))
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text(
+        "\n".join(
+            json.dumps({"key": "loss", "step": step, "value": 4.0 - step, "ts": "2026-11-23T00:00"})
+            for step in range(3)
+        )
+    )
+    stats = {
+        "documents": 3, "kept": 2, "kept_chars": 10, "kept_bytes": 12,
+        "flagged": {"too_few_words": 1}, "removed": {"too_few_words": 1},
+        "split_documents": {"train": 2}, "split_bytes": {"train": 12},
+    }  # fmt: skip
+    registry.finish_run(
+        "r1",
+        status="completed",
+        ended_at=datetime.now(),
+        stages=[StageRecord("clean", "clean-k", False, 1.5, "d1", "corpus/clean-k", {"a": 1})],
+        datasets=[DatasetRecord("d1", "clean-k", "corpus/clean-k", stats)],
+        corpus_digest="d1",
+        metrics_file=metrics,
+    )
+    _, rows = registry.query(
+        "SELECT r.status, r.corpus_digest, d.kept, f.removed, m.value "
+        "FROM runs r JOIN datasets d ON d.digest = r.corpus_digest "
+        "JOIN dataset_filters f ON f.dataset_digest = d.digest "
+        "JOIN latest_metrics m ON m.run_id = r.run_id AND m.key = 'loss'"
+    )
+    assert rows == [("completed", "d1", 2, 1, 2.0)]
+    assert registry.find_run("r")["run_id"] == "r1"
+
+
+def test_unknown_run_id_is_a_clear_error(tmp_path):
+    registry = RunRegistry(tmp_path / "registry.duckdb")
+    registry.start_run(_run_row("r1"))
+    with pytest.raises(RegistryError, match="no run with an id starting 'zz'"):
+        registry.find_run("zz")
+
+
+def test_reading_before_any_run_says_how_to_create_the_registry(tmp_path):
+    with pytest.raises(RegistryError, match="no registry yet"):
+        RunRegistry(tmp_path / "registry.duckdb").query("SELECT 1")
+
+
+def _write_runs(path: str, prefix: str, count: int) -> None:
+    registry = RunRegistry(Path(path))
+    for index in range(count):
+        registry.start_run(_run_row(f"{prefix}-{index}"))
+
+
+def _hold_write_lock(path: str, seconds: float, started) -> None:
+    registry = RunRegistry(Path(path))
+    with registry.writing() as connection:
+        connection.execute(
+            "INSERT INTO runs (run_id, status, started_at) VALUES ('held', 'x', now())"
+        )
+        started.set()
+        time.sleep(seconds)
+
+
+def test_concurrent_writer_processes_all_land(tmp_path):
+    path = str(tmp_path / "registry.duckdb")
+    context = multiprocessing.get_context("spawn")
+    writers = [context.Process(target=_write_runs, args=(path, f"p{i}", 8)) for i in range(3)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(timeout=120)
+        assert writer.exitcode == 0
+    _, rows = RunRegistry(Path(path)).query("SELECT count(*) FROM runs")
+    assert rows == [(24,)]
+
+
+def test_reader_waits_for_a_writer_instead_of_failing(tmp_path):
+    path = tmp_path / "registry.duckdb"
+    RunRegistry(path).start_run(_run_row("first"))
+    context = multiprocessing.get_context("spawn")
+    started = context.Event()
+    holder = context.Process(target=_hold_write_lock, args=(str(path), 1.5, started))
+    holder.start()
+    assert started.wait(timeout=60)
+    began = time.monotonic()
+    _, rows = RunRegistry(path).query("SELECT count(*) FROM runs")
+    holder.join(timeout=60)
+    assert rows == [(2,)], "the reader saw the writer's committed batch"
+    assert time.monotonic() - began > 0.5, "the reader waited for the lock"
