@@ -22,7 +22,7 @@ def test_first_write_creates_the_schema_at_the_newest_version(tmp_path):
     registry.start_run(_run_row("r1"))
     registry.start_run(_run_row("r2"))  # migrations are not applied twice
     assert registry.schema_version() == len(MIGRATIONS)
-    columns, rows = registry.query("SELECT version FROM schema_version")
+    _, rows = registry.query("SELECT version FROM schema_version")
     assert rows == [(version,) for version in range(1, len(MIGRATIONS) + 1)]
 
 
