@@ -1,0 +1,131 @@
+"""`lmforge` as a user runs it: separate processes, the bundled corpus, concurrency, kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from storage.registry import RunRegistry
+from tests.conftest import REPO, lmforge_command, run_cli
+from tests.helpers import prose, write_config
+
+
+def completed_digests(workspace) -> list[str]:
+    _, rows = RunRegistry(workspace.registry_path).query(
+        "SELECT corpus_digest FROM runs WHERE status = 'completed' ORDER BY started_at"
+    )
+    return [row[0] for row in rows]
+
+
+def test_default_run_on_the_bundled_corpus_then_fully_cached(workspace):
+    first = run_cli("run")
+    assert "ingest │ ran" in first.stdout and "clean  │ ran" in first.stdout
+    second = run_cli("run")
+    assert "ingest │ cached" in second.stdout and "clean  │ cached" in second.stdout
+    assert len(set(completed_digests(workspace))) == 1
+
+    stats = run_cli("corpus", "stats", "--all").stdout
+    for page in ("#Anarchism", "#Autism", "#Albedo"):  # real pages of the bundled dump
+        assert page in stats
+    assert "gensim:lee_background.cor" in stats
+
+    markup = run_cli(
+        "sql",
+        "SELECT count(*) AS with_markup FROM corpus WHERE source_file LIKE 'gensim:enwiki%' AND "
+        "(text LIKE '%{{%' OR text LIKE '%[[%' OR text LIKE '%<ref%' OR text LIKE '%|}%')",
+    ).stdout
+    assert "│ 0 " in markup
+
+    joined = run_cli(
+        "sql",
+        "SELECT r.run_id, d.kept, f.filter, f.removed FROM runs r "
+        "JOIN datasets d ON d.digest = r.corpus_digest "
+        "JOIN dataset_filters f ON f.dataset_digest = d.digest WHERE f.filter = 'exact_duplicate'",
+    ).stdout
+    assert joined.count("exact_duplicate") == 2  # one row per run
+
+    listing = run_cli("runs").stdout
+    assert listing.count("completed") == 2
+    run_id = listing.split("\n")[3].split("│")[1].strip()
+    shown = run_cli("runs", "show", run_id[:15]).stdout
+    assert "reproduce: lmforge run" in shown and "configs/default.toml" in shown
+
+
+def test_sql_is_read_only(workspace, tmp_path):
+    run_cli("run", str(write_config(tmp_path / "c.toml", [{"path": str(REPO / "README.md")}])))
+    result = run_cli("sql", "DELETE FROM runs", check=False)
+    assert result.returncode == 1 and "read-only" in result.stderr
+    assert len(completed_digests(workspace)) == 1
+
+
+def test_unknown_run_id_is_a_clear_error(workspace, tmp_path):
+    run_cli("run", str(write_config(tmp_path / "c.toml", [{"path": str(REPO / "README.md")}])))
+    result = run_cli("runs", "show", "no-such-run", check=False)
+    assert result.returncode == 1 and "no run with an id starting 'no-such-run'" in result.stderr
+
+
+def test_two_runs_started_at_the_same_moment_both_finish_and_are_recorded(workspace, tmp_path):
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    for index in range(30):
+        (texts / f"{index}.txt").write_text(prose(index, 200))
+    config = str(write_config(tmp_path / "c.toml", [{"path": str(texts)}]))
+    processes = [
+        subprocess.Popen(lmforge_command("run", config), cwd=REPO, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]  # fmt: skip
+    outputs = [process.communicate(timeout=300)[0] for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], outputs
+    digests = completed_digests(workspace)
+    assert len(digests) == 2 and digests[0] == digests[1]
+
+
+@pytest.fixture(scope="module")
+def large_jsonl(tmp_path_factory):
+    """About 25 MB of documents: enough that ingest and clean each take a moment to kill."""
+    path = tmp_path_factory.mktemp("large") / "docs.jsonl"
+    with open(path, "w") as out:
+        for index in range(12_000):
+            out.write(json.dumps({"text": prose(index, 300)}) + "\n")
+    return path
+
+
+def _kill_during(stage_folder, config: str) -> None:
+    """Start a run, SIGKILL it while `stage_folder` holds a half-built output, and check that
+    nothing half-built was published."""
+    process = subprocess.Popen(
+        lmforge_command("run", config), cwd=REPO, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 240
+    while not list(stage_folder.glob("*.partial-*")):
+        assert process.poll() is None, "the run ended before the stage started"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not [p for p in stage_folder.iterdir() if ".partial-" not in p.name]
+
+
+@pytest.mark.parametrize("stage", ["ingest", "clean"])
+def test_kill_9_mid_stage_then_rerun_gives_the_uninterrupted_corpus(
+    workspace, tmp_path, large_jsonl, stage
+):
+    config = str(write_config(tmp_path / "c.toml", [{"path": str(large_jsonl)}]))
+    stage_folder = workspace.artifacts / "ingest" if stage == "ingest" else workspace.corpus
+    _kill_during(stage_folder, config)
+    run_cli("run", config)
+    reference_home = tmp_path / "reference"
+    run_cli("run", config, home=reference_home)
+    _, rows = RunRegistry(reference_home / "registry.duckdb").query(
+        "SELECT corpus_digest FROM runs WHERE status = 'completed'"
+    )
+    assert completed_digests(workspace) == [rows[0][0]]
+    assert not list(stage_folder.glob("*.partial-*")), "the rerun removed the killed staging"
