@@ -29,7 +29,7 @@ import numpy as np
 from lm.config import CleanConfig, SplitConfig
 from lm.text.near_duplicates import MinHasher, NearDuplicateIndex
 from lm.text.normalize import normalize_text
-from lm.text.quality import QUALITY_FLAGS, measure_quality, quality_flags
+from lm.text.quality import QUALITY_FLAGS, measure_quality_batch, quality_flags
 from lm.text.wikitext import strip_wikitext
 
 logger = logging.getLogger("lm.text.clean")
@@ -51,34 +51,44 @@ class AnnotatedDocument:
 
 
 def annotate_batch(batch: list[RawRow], config: CleanConfig) -> list[AnnotatedDocument]:
-    hasher = (
-        MinHasher(config.near_dup.num_perm, config.near_dup.shingle_size, config.near_dup.seed)
-        if config.near_dup.enabled
-        else None
-    )
-    annotated = []
-    for source, source_file, raw_text, markup in batch:
+    """Everything about each document that does not depend on other documents."""
+    texts = []
+    for _, _, raw_text, markup in batch:
         text = raw_text
         if markup == "wikitext" and config.strip_wiki_markup:
             text = strip_wikitext(text)
-        text = normalize_text(text, config.normalization, config.collapse_whitespace)
-        measurements = measure_quality(text)
-        flags = {"too_short": len(text) < config.min_chars} | quality_flags(
-            measurements, config.quality
+        texts.append(normalize_text(text, config.normalization, config.collapse_whitespace))
+    words_per_doc = [text.split() for text in texts]
+    measurements = measure_quality_batch(texts, words_per_doc)
+    flags = [
+        {"too_short": len(text) < config.min_chars} | quality_flags(m, config.quality)
+        for text, m in zip(texts, measurements, strict=True)
+    ]
+    signatures: list[np.ndarray | None] = [None] * len(texts)
+    if config.near_dup.enabled:
+        # Only documents that pass every rule can be kept, so only they need a signature.
+        passing = [i for i, f in enumerate(flags) if not any(f.values())]
+        hasher = MinHasher(
+            config.near_dup.num_perm, config.near_dup.shingle_size, config.near_dup.seed
         )
-        signature = hasher.signature(text.split()) if hasher and not any(flags.values()) else None
-        annotated.append(
-            AnnotatedDocument(
-                source=source,
-                source_file=source_file,
-                text=text,
-                doc_id=hashlib.sha256(text.encode()).hexdigest(),
-                measurements=measurements,
-                flags=flags,
-                signature=signature,
-            )
+        for index, signature in zip(
+            passing, hasher.signatures([words_per_doc[i] for i in passing]), strict=True
+        ):
+            signatures[index] = signature
+    return [
+        AnnotatedDocument(
+            source=source,
+            source_file=source_file,
+            text=text,
+            doc_id=hashlib.sha256(text.encode()).hexdigest(),
+            measurements=m,
+            flags=f,
+            signature=signature,
         )
-    return annotated
+        for (source, source_file, _, _), text, m, f, signature in zip(
+            batch, texts, measurements, flags, signatures, strict=True
+        )
+    ]
 
 
 def split_of(doc_id: str, split: SplitConfig) -> str:

@@ -17,26 +17,74 @@ import numpy as np
 
 from lm.text.word_hashes import ngram_hashes, word_ids
 
-_MERSENNE_PRIME = np.uint64((1 << 61) - 1)
 _MAX_HASH = np.uint64(0xFFFFFFFF)
 
 
 class MinHasher:
+    """MinHash signatures over word shingles, for many documents at once."""
+
+    # Columns of the (num_perm x shingles) matrix computed at a time: bounds the temporary
+    # memory to num_perm * 64k * 8 bytes however long the documents are.
+    CHUNK_SHINGLES = 1 << 16
+
     def __init__(self, num_perm: int, shingle_size: int, seed: int):
         rng = np.random.default_rng(seed)
-        # a*h + b stays below 2**63 because h is reduced to 32 bits and a, b < 2**31.
-        self.a = rng.integers(1, 1 << 31, size=(num_perm, 1), dtype=np.uint64)
-        self.b = rng.integers(0, 1 << 31, size=(num_perm, 1), dtype=np.uint64)
+        # Permutation i of the 32-bit shingle hashes: x -> ((x ^ mask_i) * a_i + b_i) mod 2**32,
+        # a bijection for odd a_i. Three cheap uint32 operations per cell instead of a 64-bit
+        # modulo: the shingle hashes are already well mixed, so this is enough for min-wise use.
+        self.mask = rng.integers(0, 1 << 32, size=(num_perm, 1), dtype=np.uint32)
+        self.a = rng.integers(0, 1 << 31, size=(num_perm, 1), dtype=np.uint32) * 2 + 1
+        self.b = rng.integers(0, 1 << 32, size=(num_perm, 1), dtype=np.uint32)
         self.shingle_size = shingle_size
 
     def signature(self, words: list[str]) -> np.ndarray:
+        return self.signatures([words])[0]
+
+    def signatures(self, words_per_doc: list[list[str]]) -> list[np.ndarray]:
+        shingles = [self._shingles(words) for words in words_per_doc]
+        result: list[np.ndarray] = []
+        group: list[np.ndarray] = []
+        group_size = 0
+        for doc_shingles in shingles:
+            if len(doc_shingles) > self.CHUNK_SHINGLES:
+                result.extend(self._group_minima(group))
+                group, group_size = [], 0
+                result.append(self._long_document_minimum(doc_shingles))
+                continue
+            if group_size + len(doc_shingles) > self.CHUNK_SHINGLES:
+                result.extend(self._group_minima(group))
+                group, group_size = [], 0
+            group.append(doc_shingles)
+            group_size += len(doc_shingles)
+        result.extend(self._group_minima(group))
+        return result
+
+    def _shingles(self, words: list[str]) -> np.ndarray:
         ids = word_ids(words)
-        shingles = ngram_hashes(ids, min(self.shingle_size, max(len(ids), 1)))
-        if len(shingles) == 0:
-            shingles = np.zeros(1, dtype=np.uint64)
-        shingles = np.unique((shingles ^ (shingles >> np.uint64(32))) & _MAX_HASH)
-        permuted = (self.a * shingles[None, :] + self.b) % _MERSENNE_PRIME & _MAX_HASH
-        return permuted.min(axis=1).astype(np.uint32)
+        hashes = ngram_hashes(ids, min(self.shingle_size, max(len(ids), 1)))
+        if len(hashes) == 0:
+            hashes = np.zeros(1, dtype=np.uint64)
+        return ((hashes ^ (hashes >> np.uint64(32))) & _MAX_HASH).astype(np.uint32)
+
+    def _permuted(self, shingles: np.ndarray) -> np.ndarray:
+        permuted = shingles[None, :] ^ self.mask
+        permuted *= self.a
+        permuted += self.b
+        return permuted
+
+    def _group_minima(self, group: list[np.ndarray]) -> list[np.ndarray]:
+        if not group:
+            return []
+        offsets = np.cumsum([0] + [len(s) for s in group[:-1]])
+        minima = np.minimum.reduceat(self._permuted(np.concatenate(group)), offsets, axis=1)
+        return list(minima.T.copy())
+
+    def _long_document_minimum(self, shingles: np.ndarray) -> np.ndarray:
+        minimum = None
+        for start in range(0, len(shingles), self.CHUNK_SHINGLES):
+            chunk = self._permuted(shingles[start : start + self.CHUNK_SHINGLES]).min(axis=1)
+            minimum = chunk if minimum is None else np.minimum(minimum, chunk)
+        return minimum
 
 
 def optimal_banding(threshold: float, num_perm: int) -> tuple[int, int]:

@@ -1,25 +1,33 @@
 """Document quality measurements and rules, after Gopher (Rae et al. 2021, appendix A).
 
-`measure_quality` computes the raw measurements (stored as corpus columns) and
+`measure_quality_batch` computes the raw measurements (stored as corpus columns) and
 `quality_flags` compares them with thresholds (one boolean column per rule). Keeping the two apart
 is what makes cleaning non-destructive: thresholds can be changed and re-applied, even in SQL,
 without measuring again.
+
+The word n-gram rules are computed for a whole batch of documents at once: all words of the batch
+in one array, n-gram hashes salted with the document's index so that windows of different
+documents never match, and one sort per n-gram size for the batch. Per-document numpy calls would
+cost more in call overhead than in arithmetic.
 """
 
 from __future__ import annotations
 
 import re
+from itertools import filterfalse
 
 import numpy as np
 
 from lm.config import QualityConfig
-from lm.text.word_hashes import ngram_hashes, word_ids
 
 TOP_NGRAM_SIZES = (2, 3, 4)
 DUPLICATE_NGRAM_SIZES = (5, 6, 7, 8, 9, 10)
-_HAS_LETTER = re.compile(r"[^\W\d_]")
-_BULLETS = ("•", "●", "○", "■", "□", "▪", "▫", "‣", "⁃", "◦", "- ", "* ")
-_ELLIPSES = ("...", "…")
+_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
+_DOC_SALT = np.uint64(0xC2B2AE3D27D4EB4F)
+# A whole \0-separated token made only of non-letters (digits, punctuation, symbols).
+_TOKEN_WITHOUT_LETTER = re.compile(r"(?<![^\x00])(?:[^\w\x00]|[\d_])+(?![^\x00])")
+_BULLET_LINE = re.compile(r"^[ \t]*(?:[•●○■□▪▫‣⁃◦]|[-*] )", re.MULTILINE)
+_ELLIPSIS_LINE = re.compile(r"(?:\.\.\.|…)[ \t]*$", re.MULTILINE)
 
 QUALITY_FLAGS = (
     "too_few_words",
@@ -34,52 +42,50 @@ QUALITY_FLAGS = (
 )
 
 
-def measure_quality(text: str) -> dict[str, float | int | list[float]]:
-    words = text.split()
+def measure_quality(text: str) -> dict:
+    return measure_quality_batch([text], [text.split()])[0]
+
+
+def measure_quality_batch(texts: list[str], words_per_doc: list[list[str]]) -> list[dict]:
+    """Measurements for each text; `words_per_doc` is each text's `split()`."""
+    top, duplicate = _ngram_shares(words_per_doc)
+    return [
+        _document_measurements(text, words) | {
+            "top_ngram_char_fraction": top[index].tolist(),
+            "duplicate_ngram_char_fraction": duplicate[index].tolist(),
+        }
+        for index, (text, words) in enumerate(zip(texts, words_per_doc, strict=True))
+    ]  # fmt: skip
+
+
+def _document_measurements(text: str, words: list[str]) -> dict:
     n_words = len(words)
     lines = [line for line in text.split("\n") if line.strip()]
-    measurements: dict[str, float | int | list[float]] = {"n_words": n_words}
-    if n_words:
-        ids = word_ids(words)
-        lengths = np.fromiter(map(len, words), dtype=np.int64, count=n_words)
-        total_chars = int(lengths.sum())
-        symbols = text.count("#") + text.count("...") + text.count("…")
-        alpha_words = sum(1 for w in words if w.isalpha() or _HAS_LETTER.search(w))
-        measurements |= {
-            "mean_word_length": total_chars / n_words,
-            "symbol_word_ratio": symbols / n_words,
-            "alpha_word_fraction": alpha_words / n_words,
-            "top_ngram_char_fraction": [
-                _top_ngram_share(ids, lengths, total_chars, n) for n in TOP_NGRAM_SIZES
-            ],
-            "duplicate_ngram_char_fraction": [
-                _duplicate_ngram_share(ids, lengths, total_chars, n) for n in DUPLICATE_NGRAM_SIZES
-            ],
-        }
-    else:
-        measurements |= {
-            "mean_word_length": 0.0,
-            "symbol_word_ratio": 0.0,
-            "alpha_word_fraction": 0.0,
-            "top_ngram_char_fraction": [0.0] * len(TOP_NGRAM_SIZES),
-            "duplicate_ngram_char_fraction": [0.0] * len(DUPLICATE_NGRAM_SIZES),
-        }
     n_lines = max(len(lines), 1)
-    stripped = [line.rstrip() for line in lines]
-    measurements["ellipsis_line_fraction"] = sum(s.endswith(_ELLIPSES) for s in stripped) / n_lines
-    measurements["bullet_line_fraction"] = (
-        sum(line.lstrip().startswith(_BULLETS) for line in lines) / n_lines
-    )
     line_share, line_char_share = _duplicate_share(lines)
-    paragraphs = [p for p in text.split("\n\n") if p.strip()]
-    paragraph_share, paragraph_char_share = _duplicate_share(paragraphs)
-    measurements |= {
+    paragraph_share, paragraph_char_share = _duplicate_share(
+        [p for p in text.split("\n\n") if p.strip()]
+    )
+    symbols = text.count("#") + text.count("...") + text.count("…")
+    return {
+        "n_words": n_words,
+        "mean_word_length": sum(map(len, words)) / n_words if n_words else 0.0,
+        "symbol_word_ratio": symbols / n_words if n_words else 0.0,
+        "alpha_word_fraction": (
+            1.0 - _count_words_without_letters(words) / n_words if n_words else 0.0
+        ),
+        "ellipsis_line_fraction": len(_ELLIPSIS_LINE.findall(text)) / n_lines,
+        "bullet_line_fraction": len(_BULLET_LINE.findall(text)) / n_lines,
         "duplicate_line_fraction": line_share,
         "duplicate_line_char_fraction": line_char_share,
         "duplicate_paragraph_fraction": paragraph_share,
         "duplicate_paragraph_char_fraction": paragraph_char_share,
     }
-    return measurements
+
+
+def _count_words_without_letters(words: list[str]) -> int:
+    # Most words are purely alphabetic; the others are joined and scanned by one regex call.
+    return len(_TOKEN_WITHOUT_LETTER.findall("\x00".join(filterfalse(str.isalpha, words))))
 
 
 def quality_flags(m: dict, rules: QualityConfig) -> dict[str, bool]:
@@ -102,21 +108,15 @@ def quality_flags(m: dict, rules: QualityConfig) -> dict[str, bool]:
             or m["duplicate_paragraph_fraction"] > rules.max_duplicate_paragraph_fraction
             or m["duplicate_paragraph_char_fraction"] > rules.max_duplicate_paragraph_char_fraction
         ),
-        "repeated_ngrams": any(
-            share > limit
-            for share, limit in zip(
-                m["top_ngram_char_fraction"], rules.max_top_ngram_char_fraction, strict=True
-            )
+        "repeated_ngrams": _any_above(
+            m["top_ngram_char_fraction"], rules.max_top_ngram_char_fraction
         )
-        or any(
-            share > limit
-            for share, limit in zip(
-                m["duplicate_ngram_char_fraction"],
-                rules.max_duplicate_ngram_char_fraction,
-                strict=True,
-            )
-        ),
+        or _any_above(m["duplicate_ngram_char_fraction"], rules.max_duplicate_ngram_char_fraction),
     }
+
+
+def _any_above(shares: list[float], limits: list[float]) -> bool:
+    return any(share > limit for share, limit in zip(shares, limits, strict=True))
 
 
 def _duplicate_share(pieces: list[str]) -> tuple[float, float]:
@@ -135,35 +135,104 @@ def _duplicate_share(pieces: list[str]) -> tuple[float, float]:
     return duplicates / len(pieces), duplicate_chars / max(total_chars, 1)
 
 
-def _ngram_char_lengths(lengths: np.ndarray, n: int) -> np.ndarray:
-    cumulative = np.concatenate(([0], np.cumsum(lengths)))
-    return cumulative[n:] - cumulative[:-n]
+def _ngram_shares(words_per_doc: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per document: the character share of its most frequent 2/3/4-gram, and of all repeated
+    occurrences of 5- to 10-grams (each character counted once).
+
+    n-gram hashes grow one word at a time, and from n = 3 on only windows whose (n-1)-gram
+    occurs more than once are kept: an n-gram can only repeat where its prefix does, and both
+    rules only look at repeated n-grams. In ordinary prose few windows survive, so only the
+    bigram pass sorts every word of the batch."""
+    n_docs = len(words_per_doc)
+    top = np.zeros((n_docs, len(TOP_NGRAM_SIZES)))
+    duplicate = np.zeros((n_docs, len(DUPLICATE_NGRAM_SIZES)))
+    counts = np.fromiter(map(len, words_per_doc), dtype=np.int64, count=n_docs)
+    all_words = [word for words in words_per_doc for word in words]
+    if len(all_words) < 2:
+        return top, duplicate
+    # Python's own string hash: fast, and only compared within this batch and process.
+    ids = np.fromiter(map(hash, all_words), dtype=np.int64, count=len(all_words)).view(np.uint64)
+    lengths = np.fromiter(map(len, all_words), dtype=np.int64, count=len(all_words))
+    doc_of_word = np.repeat(np.arange(n_docs), counts)
+    doc_chars = np.maximum(np.bincount(doc_of_word, weights=lengths, minlength=n_docs), 1)
+    cumulative_chars = np.concatenate(([0], np.cumsum(lengths)))
+    salt = doc_of_word.astype(np.uint64) * _DOC_SALT
+    starts = np.arange(len(ids), dtype=np.int64)
+    hashes = ids.copy()
+    for n in range(2, max(DUPLICATE_NGRAM_SIZES) + 1):
+        # Extend each window by one word, dropping windows that would leave their document.
+        ends = starts + n - 1
+        inside = ends < len(ids)
+        inside[inside] = doc_of_word[ends[inside]] == doc_of_word[starts[inside]]
+        starts, hashes = starts[inside], hashes[inside]
+        if len(starts) < 2:
+            break
+        with np.errstate(over="ignore"):
+            hashes = hashes * _MULTIPLIER + ids[starts + n - 1]
+        groups = _Groups(hashes ^ salt[starts])
+        if n in TOP_NGRAM_SIZES:
+            column = TOP_NGRAM_SIZES.index(n)
+            top[:, column] = _top_share(starts, groups, doc_of_word, cumulative_chars, doc_chars, n)
+        if n in DUPLICATE_NGRAM_SIZES:
+            column = DUPLICATE_NGRAM_SIZES.index(n)
+            duplicate[:, column] = _repeated_share(
+                starts, groups, doc_of_word, lengths, doc_chars, n
+            )
+        repeated = groups.window_count() >= 2
+        starts, hashes = starts[repeated], hashes[repeated]
+    return top, duplicate
 
 
-def _top_ngram_share(ids: np.ndarray, lengths: np.ndarray, total_chars: int, n: int) -> float:
-    """Characters covered by the most frequent n-gram, as a share of all word characters."""
-    hashes = ngram_hashes(ids, n)
-    if len(hashes) == 0:
-        return 0.0
-    _, first, counts = np.unique(hashes, return_index=True, return_counts=True)
-    top = int(np.argmax(counts))
-    if counts[top] < 2:
-        return 0.0
-    char_length = _ngram_char_lengths(lengths, n)[first[top]]
-    return float(min(char_length * counts[top] / max(total_chars, 1), 1.0))
+class _Groups:
+    """Windows grouped by equal key: per group its first window and size; per window (computed
+    on demand) its group's size and whether it repeats an earlier window."""
+
+    def __init__(self, keys: np.ndarray):
+        self._order = np.argsort(keys)
+        sorted_keys = keys[self._order]
+        boundaries = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+        self.first = np.minimum.reduceat(self._order, boundaries)  # first window of each group
+        self.size = np.diff(np.r_[boundaries, len(keys)])
+        self._group: np.ndarray | None = None
+
+    def _group_of_window(self) -> np.ndarray:
+        if self._group is None:
+            self._group = np.empty(len(self._order), dtype=np.int64)
+            self._group[self._order] = np.repeat(np.arange(len(self.size)), self.size)
+        return self._group
+
+    def window_count(self) -> np.ndarray:
+        return self.size[self._group_of_window()]
+
+    def is_repeat(self) -> np.ndarray:
+        return self.first[self._group_of_window()] != np.arange(len(self._order))
 
 
-def _duplicate_ngram_share(ids: np.ndarray, lengths: np.ndarray, total_chars: int, n: int) -> float:
-    """Characters inside any repeated occurrence of an n-gram (each character counted once)."""
-    hashes = ngram_hashes(ids, n)
-    if len(hashes) < 2:
-        return 0.0
-    _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
-    repeats = np.flatnonzero(first[inverse] != np.arange(len(hashes)))
+def _top_share(starts, groups: _Groups, doc_of_word, cumulative_chars, doc_chars, n) -> np.ndarray:
+    share = np.zeros(len(doc_chars))
+    repeated = np.flatnonzero(groups.size >= 2)
+    if len(repeated) == 0:
+        return share
+    first_start = starts[groups.first[repeated]]
+    docs = doc_of_word[first_start]
+    occurrences = groups.size[repeated]
+    char_length = cumulative_chars[first_start + n] - cumulative_chars[first_start]
+    # By document, then count, then length: the top n-gram is last, and ties never depend on
+    # hash values (which differ between processes).
+    order = np.lexsort((char_length, occurrences, docs))
+    best = order[np.flatnonzero(np.r_[docs[order][1:] != docs[order][:-1], True])]
+    best_docs = docs[best]
+    share[best_docs] = np.minimum(char_length[best] * occurrences[best] / doc_chars[best_docs], 1.0)
+    return share
+
+
+def _repeated_share(starts, groups: _Groups, doc_of_word, lengths, doc_chars, n) -> np.ndarray:
+    repeats = starts[groups.is_repeat()]
     if len(repeats) == 0:
-        return 0.0
-    coverage = np.zeros(len(ids) + 1, dtype=np.int64)
+        return np.zeros(len(doc_chars))
+    coverage = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.add.at(coverage, repeats, 1)
     np.add.at(coverage, repeats + n, -1)
     covered = np.cumsum(coverage[:-1]) > 0
-    return float(lengths[covered].sum() / max(total_chars, 1))
+    chars = np.bincount(doc_of_word[covered], weights=lengths[covered], minlength=len(doc_chars))
+    return chars / doc_chars
