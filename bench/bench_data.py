@@ -69,7 +69,6 @@ def _run_case(name: str, config_path: str, workers: int) -> dict:
     """Runs inside a fresh process: ingest then clean, timed."""
     from lm.config import load_config
     from storage.workspace import Workspace
-
     from tasks.clean import clean_task
     from tasks.ingest import ingest_task
 
