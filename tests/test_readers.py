@@ -194,3 +194,13 @@ def test_unreachable_url_names_the_url(tmp_path):
 def test_bz2_that_is_not_a_dump_is_read_as_compressed_text(tmp_path):
     (tmp_path / "notes.txt.bz2").write_bytes(bz2.compress(b"compressed notes"))
     assert [d.text for d in read(tmp_path, str(tmp_path / "notes.txt.bz2"))] == ["compressed notes"]
+
+
+def test_gensim_names_resolve_to_the_files_datapath_names():
+    from gensim.test.utils import datapath
+
+    (item,) = resolve_sources([SourceConfig(path="gensim:lee_background.cor")])
+    assert item.path == Path(datapath("lee_background.cor")).resolve()
+    assert item.name == "gensim:lee_background.cor"
+    with pytest.raises(InputError, match="gensim ships no test-data file named 'nope.txt'"):
+        resolve_sources([SourceConfig(path="gensim:nope.txt")])
