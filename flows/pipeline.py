@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getpass
 import importlib.metadata
+import logging
 import os
 import shlex
 import socket
@@ -25,12 +26,18 @@ from prefect.runtime import deployment, flow_run
 from lm.config import PipelineConfig, load_config, resolve_preset
 from storage.artifacts import ArtifactStore, Descriptor
 from storage.metrics_log import MetricsLog
+from storage.processes import pid_alive
 from storage.registry import DatasetRecord, RunRegistry, StageRecord
 from storage.workspace import Workspace
 from tasks.caching import REPO_ROOT, code_digest
 from tasks.clean import clean_key, clean_task, corpus_store
 from tasks.ingest import ingest_key, ingest_store, ingest_task
 from tasks.record import record_task
+
+# The library's loggers (progress lines, skipped-file warnings) reach Prefect's console and run
+# logs through PREFECT_LOGGING_EXTRA_LOGGERS; they need a level that lets INFO through.
+for _library_logger in ("lm", "storage"):
+    logging.getLogger(_library_logger).setLevel(logging.INFO)
 
 TRACKED_PACKAGES = ("prefect", "duckdb", "pyarrow", "numpy", "torch", "gensim", "sentencepiece")
 
@@ -64,6 +71,10 @@ def reproduce_command(config_path: str, overrides: list[str]) -> str:
     return " ".join(words)
 
 
+def _hostname() -> str:
+    return f"{getpass.getuser()}@{socket.gethostname()}"
+
+
 def _run_row(run_id: str, config: PipelineConfig, config_path: str, overrides: list[str]) -> dict:
     return {
         "run_id": run_id,
@@ -81,7 +92,7 @@ def _run_row(run_id: str, config: PipelineConfig, config_path: str, overrides: l
         "device": f"cpu x{os.cpu_count()}",
         "seed": config.seed,
         "command": reproduce_command(config_path, overrides),
-        "hostname": f"{getpass.getuser()}@{socket.gethostname()}",
+        "hostname": _hostname(),
         "pid": os.getpid(),
     }
 
@@ -119,6 +130,7 @@ def lm_pipeline(config: str | None = None, overrides: list[str] | None = None) -
     workspace = Workspace.from_env().ensure()
     registry = RunRegistry(workspace.registry_path)
     run_id = new_run_id()
+    registry.close_abandoned_runs(_hostname(), pid_alive)
     registry.start_run(_run_row(run_id, settings, config_path, overrides))
     metrics = MetricsLog(workspace.runs / run_id / "metrics.jsonl")
     stages: list[StageRecord] = []

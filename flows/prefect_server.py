@@ -25,6 +25,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from storage.processes import pid_alive
 from storage.workspace import Workspace
 
 STATE_FILE = "lmforge-server.json"
@@ -47,16 +48,6 @@ def _healthy(url: str, timeout_s: float = 2.0) -> bool:
         return False
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _free_port() -> int:
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -72,7 +63,7 @@ def running_server(workspace: Workspace) -> dict | None:
         state = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    if _alive(state["pid"]) and _healthy(state["api_url"]):
+    if pid_alive(state["pid"]) and _healthy(state["api_url"]):
         return state
     return None
 
@@ -132,16 +123,16 @@ def stop_server(workspace: Workspace, timeout_s: float = 15.0) -> bool:
         return False
     state = json.loads(path.read_text())
     pid = state["pid"]
-    was_running = _alive(pid)
+    was_running = pid_alive(pid)
     if was_running:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
-        while _alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)
             time.sleep(0.1)
-        if _alive(pid):
+        if pid_alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
     path.unlink(missing_ok=True)

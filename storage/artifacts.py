@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from storage.processes import pid_alive
+
 DONE_MARKER = "DONE"
 DESCRIPTOR_FILE = "descriptor.json"
 
@@ -37,16 +39,6 @@ class Descriptor:
     path: str
     digest: str
     stats: dict = field(default_factory=dict, hash=False, compare=False)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class ArtifactStore:
@@ -104,5 +96,5 @@ class ArtifactStore:
                 pid = int(staging.name.rsplit(".partial-", 1)[1].split("-")[0])
             except (IndexError, ValueError):
                 continue
-            if not _pid_alive(pid):
+            if not pid_alive(pid):
                 shutil.rmtree(staging, ignore_errors=True)

@@ -14,7 +14,7 @@ import fcntl
 import json
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -224,6 +224,23 @@ class RunRegistry:
                 f"INSERT INTO runs ({columns}) VALUES ({placeholders})",
                 [_sql_value(v) for v in run.values()],
             )
+
+    def close_abandoned_runs(self, hostname: str, is_alive: Callable[[int], bool]) -> list[str]:
+        """Mark as `crashed` the runs of this host still `running` whose process is gone (killed
+        or lost power before it could record an outcome). Returns their ids."""
+        with self.writing() as connection:
+            rows = connection.execute(
+                "SELECT run_id, pid FROM runs WHERE status = 'running' AND hostname = ?",
+                [hostname],
+            ).fetchall()
+            abandoned = [run_id for run_id, pid in rows if pid is not None and not is_alive(pid)]
+            for run_id in abandoned:
+                connection.execute(
+                    "UPDATE runs SET status = 'crashed', "
+                    "error = 'the process ended without recording an outcome' WHERE run_id = ?",
+                    [run_id],
+                )
+        return abandoned
 
     def finish_run(
         self,

@@ -74,4 +74,6 @@ def activate_workspace() -> Workspace:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "lm,storage")
+    # The library logs outside flow runs too (benchmarks, notebooks): no warning for that.
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
     return workspace

@@ -129,3 +129,7 @@ def test_kill_9_mid_stage_then_rerun_gives_the_uninterrupted_corpus(
     )
     assert completed_digests(workspace) == [rows[0][0]]
     assert not list(stage_folder.glob("*.partial-*")), "the rerun removed the killed staging"
+    _, statuses = RunRegistry(workspace.registry_path).query(
+        "SELECT status FROM runs ORDER BY started_at"
+    )
+    assert statuses == [("crashed",), ("completed",)], "the killed run is marked, not 'running'"

@@ -202,5 +202,5 @@ def test_gensim_names_resolve_to_the_files_datapath_names():
     (item,) = resolve_sources([SourceConfig(path="gensim:lee_background.cor")])
     assert item.path == Path(datapath("lee_background.cor")).resolve()
     assert item.name == "gensim:lee_background.cor"
-    with pytest.raises(InputError, match="gensim ships no test-data file named 'nope.txt'"):
+    with pytest.raises(InputError, match=r"gensim ships no test-data file named 'nope\.txt'"):
         resolve_sources([SourceConfig(path="gensim:nope.txt")])

@@ -1,0 +1,25 @@
+"""Progress lines: done/total, rate and ETA, at most one per interval."""
+
+from __future__ import annotations
+
+import logging
+
+from lm.progress import ProgressLog
+
+
+def test_progress_line_reports_share_rate_and_eta():
+    progress = ProgressLog("clean", total=200, unit="docs")
+    progress._start -= 10.0  # ten seconds in
+    progress.done = 50
+    line = progress.line()
+    assert "clean: 50 docs / 200 docs (25%)" in line
+    assert "5 docs/s" in line and "ETA 0:00:30" in line
+
+
+def test_progress_logs_at_most_once_per_interval(caplog):
+    progress = ProgressLog("ingest", total=1 << 20, interval_s=3600)
+    with caplog.at_level(logging.INFO, logger="lm.progress"):
+        for done in range(0, 1 << 20, 1 << 16):
+            progress.update(done)
+        progress.finish()
+    assert len(caplog.records) == 1 and "960.0 kB / 1.0 MB (94%)" in caplog.text
