@@ -71,11 +71,13 @@ def run(
         raise _fail(str(error)) from None
     from flows.pipeline import lm_pipeline
     from lm.text.sources import InputError
+    from lm.tokenizer import TokenizerError
     from storage.registry import RegistryError
+    from storage.shards import ShardError
 
     try:
         summary = lm_pipeline(config=config, overrides=overrides or [])
-    except (InputError, ConfigError, RegistryError) as error:
+    except (InputError, ConfigError, RegistryError, TokenizerError, ShardError) as error:
         raise _fail(str(error)) from None
     rows = [
         (

@@ -1,4 +1,5 @@
-"""The `lm-pipeline` flow: ingest → clean → record, each stage a cached task.
+"""The `lm-pipeline` flow: ingest → clean → tokenizer → encode → record, each stage a cached
+task.
 
 The flow owns the run: it registers the run in DuckDB when it starts, times every stage and
 notes whether Prefect served it from cache, and records the outcome, completed or failed with
@@ -27,12 +28,14 @@ from lm.config import PipelineConfig, load_config, resolve_preset
 from storage.artifacts import ArtifactStore, Descriptor
 from storage.metrics_log import MetricsLog
 from storage.processes import pid_alive
-from storage.registry import DatasetRecord, RunRegistry, StageRecord
+from storage.registry import DatasetRecord, RunRegistry, StageRecord, TokenizerRecord
 from storage.workspace import Workspace
 from tasks.caching import REPO_ROOT, code_digest
 from tasks.clean import clean_key, clean_task, corpus_store
+from tasks.encode import encode_key, encode_task, shards_store
 from tasks.ingest import ingest_key, ingest_store, ingest_task
 from tasks.record import record_task
+from tasks.tokenizer import tokenizer_key, tokenizer_store, tokenizer_task
 
 # The library's loggers (progress lines, skipped-file warnings) reach Prefect's console and run
 # logs through PREFECT_LOGGING_EXTRA_LOGGERS; they need a level that lets INFO through.
@@ -151,16 +154,45 @@ def lm_pipeline(config: str | None = None, overrides: list[str] | None = None) -
             config=settings.clean,
             split=settings.split,
         )
+        tokenizer = _run_stage(
+            stages,
+            tokenizer_task,
+            tokenizer_key(corpus, settings.tokenizer),
+            tokenizer_store(workspace),
+            corpus=corpus,
+            config=settings.tokenizer,
+        )
+        shards = _run_stage(
+            stages,
+            encode_task,
+            encode_key(corpus, tokenizer),
+            shards_store(workspace),
+            corpus=corpus,
+            tokenizer=tokenizer,
+        )
         metrics.log_many(
             {
                 "corpus/documents": corpus.stats["documents"],
                 "corpus/kept": corpus.stats["kept"],
                 "corpus/kept_bytes": corpus.stats["kept_bytes"],
+                "tokenizer/bytes_per_token": tokenizer.stats["bytes_per_token"],
+                "tokenizer/vocab_used_fraction": tokenizer.stats["vocab_used_fraction"],
+                "tokenizer/byte_fallback_rate": tokenizer.stats["byte_fallback_rate"],
+                **{f"tokens/{s}": v["tokens"] for s, v in shards.stats["splits"].items()},
                 **{f"stage/{s.stage}/seconds": s.seconds for s in stages},
             }
         )
-        dataset = DatasetRecord(corpus.digest, corpus.key, corpus.path, corpus.stats)
-        record_task(run_id, "completed", stages, [dataset], corpus.digest, str(metrics.path))
+        record_task(
+            run_id,
+            "completed",
+            stages,
+            [DatasetRecord(corpus.digest, corpus.key, corpus.path, corpus.stats)],
+            corpus.digest,
+            str(metrics.path),
+            tokenizers=[
+                TokenizerRecord(tokenizer.digest, corpus.digest, tokenizer.path, tokenizer.stats)
+            ],
+        )
     except BaseException as error:
         record_task(
             run_id,
@@ -176,4 +208,6 @@ def lm_pipeline(config: str | None = None, overrides: list[str] | None = None) -
         "run_id": run_id,
         "stages": [asdict(stage) for stage in stages],
         "corpus": {"digest": corpus.digest, "path": corpus.path, **corpus.stats},
+        "tokenizer": {"digest": tokenizer.digest, "path": tokenizer.path, **tokenizer.stats},
+        "shards": {"path": shards.path, **shards.stats},
     }

@@ -128,12 +128,31 @@ class SplitConfig(StrictModel):
         return self
 
 
+class TokenizerConfig(StrictModel):
+    """A SentencePiece model (`bpe` or `unigram`) or a character vocabulary (`char`)."""
+
+    kind: Literal["bpe", "unigram", "char"] = "bpe"
+    vocab_size: int = Field(4000, ge=2)
+    character_coverage: float = Field(0.9995, gt=0.0, le=1.0)
+    byte_fallback: bool = True
+    user_defined_symbols: list[str] = []
+    threads: int = Field(0, ge=0, description="0 means one per core")
+    # SentencePiece samples this many sentences (shuffled) from large corpora.
+    input_sentence_size: int = Field(2_000_000, ge=0)
+    max_sentence_length: int = Field(16384, ge=1)
+    # Characters the char tokenizer did not see in training: an <unk> id, UTF-8 byte ids
+    # (lossless, 256 more ids), or an error naming them.
+    unknown_chars: Literal["unk", "bytes", "error"] = "unk"
+    seed: int = 1
+
+
 class PipelineConfig(StrictModel):
     name: str = DEFAULT_PRESET
     seed: int = 1337
     ingest: IngestConfig
     clean: CleanConfig = CleanConfig()
     split: SplitConfig = SplitConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
 
 
 def resolve_preset(config: str | None) -> Path:

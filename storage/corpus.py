@@ -130,3 +130,16 @@ def iter_raw_batches(
 
 def row_count(path: Path) -> int:
     return pq.ParquetFile(path).metadata.num_rows
+
+
+def iter_split_texts(path: Path, split: str, batch_size: int = 256) -> Iterator[list[str]]:
+    """The kept documents of one split (`train`, `val` or `test`), a batch of texts at a time,
+    in corpus order: the clean view, read as it streams."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    dataset = ds.dataset(path, format="parquet")
+    wanted = (pc.field("split") == split) & pc.field("keep")
+    for batch in dataset.to_batches(columns=["text"], filter=wanted, batch_size=batch_size):
+        if batch.num_rows:
+            yield batch.column(0).to_pylist()

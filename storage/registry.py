@@ -110,6 +110,21 @@ MIGRATIONS: list[str] = [
                avg(CASE WHEN cached THEN 1.0 ELSE 0.0 END) AS cache_hit_rate
         FROM stages GROUP BY stage;
     """,
+    # 2: tokenizers trained by the pipeline, with their statistics on the val split.
+    """
+    CREATE TABLE tokenizers (
+        digest VARCHAR PRIMARY KEY,
+        kind VARCHAR,
+        vocab_size INTEGER,
+        corpus_digest VARCHAR,
+        path VARCHAR,
+        created_at TIMESTAMP,
+        bytes_per_token DOUBLE,
+        vocab_used_fraction DOUBLE,
+        byte_fallback_rate DOUBLE,
+        stats JSON
+    );
+    """,
 ]
 
 LOCK_ERRORS = ("lock", "Conflicting")
@@ -128,6 +143,14 @@ class StageRecord:
     output_digest: str | None = None
     output_path: str | None = None
     stats: dict = field(default_factory=dict)
+
+
+@dataclass
+class TokenizerRecord:
+    digest: str
+    corpus_digest: str
+    path: str
+    stats: dict
 
 
 @dataclass
@@ -252,6 +275,7 @@ class RunRegistry:
         corpus_digest: str | None = None,
         metrics_file: Path | None = None,
         error: str | None = None,
+        tokenizers: list[TokenizerRecord] = (),
     ) -> None:
         """Everything a run produced, in one transaction: stages, artifacts, corpus versions,
         metrics (bulk-loaded from the run's JSONL file), and the final status."""
@@ -277,6 +301,22 @@ class RunRegistry:
                     )
             for dataset in datasets:
                 self._insert_dataset(connection, dataset)
+            for tokenizer in tokenizers:
+                stats = tokenizer.stats
+                connection.execute(
+                    "INSERT OR IGNORE INTO tokenizers VALUES (?, ?, ?, ?, ?, now(), ?, ?, ?, ?)",
+                    [
+                        tokenizer.digest,
+                        stats["kind"],
+                        stats["vocab_size"],
+                        tokenizer.corpus_digest,
+                        tokenizer.path,
+                        stats["bytes_per_token"],
+                        stats["vocab_used_fraction"],
+                        stats["byte_fallback_rate"],
+                        json.dumps(stats, ensure_ascii=False),
+                    ],
+                )
             if metrics_file is not None and metrics_file.is_file() and metrics_file.stat().st_size:
                 connection.execute(
                     "INSERT INTO metrics SELECT ?, key, step, value, ts FROM read_json(?, "

@@ -10,7 +10,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NONE
 
-from storage.registry import DatasetRecord, RunRegistry, StageRecord
+from storage.registry import DatasetRecord, RunRegistry, StageRecord, TokenizerRecord
 from storage.workspace import Workspace
 
 
@@ -23,6 +23,7 @@ def record_task(
     corpus_digest: str | None,
     metrics_file: str | None,
     error: str | None = None,
+    tokenizers: list[TokenizerRecord] = (),
 ) -> None:
     registry = RunRegistry(Workspace.from_env().registry_path)
     registry.finish_run(
@@ -34,4 +35,5 @@ def record_task(
         corpus_digest=corpus_digest,
         metrics_file=Path(metrics_file) if metrics_file else None,
         error=error,
+        tokenizers=tokenizers,
     )

@@ -1,0 +1,50 @@
+"""How a tokenizer does on held-out text: bytes per token, vocabulary use, byte-fallback rate,
+and its longest pieces. The numbers `lmforge tokenizers compare` puts side by side."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from lm.tokenizer import Tokenizer
+
+LONGEST_PIECES = 10
+
+
+def tokenizer_statistics(tokenizer: Tokenizer, texts: Iterable[list[str]]) -> dict:
+    """`texts` is a stream of batches of documents (typically the val split)."""
+    used = np.zeros(tokenizer.vocab_size, dtype=bool)
+    tokens = text_bytes = byte_tokens = documents = 0
+    byte_ids = _byte_piece_ids(tokenizer)
+    for batch in texts:
+        for text, ids in zip(batch, tokenizer.encode_batch(batch), strict=True):
+            documents += 1
+            tokens += len(ids)
+            text_bytes += len(text.encode())
+            if ids:
+                array = np.asarray(ids)
+                used[array] = True
+                byte_tokens += int(np.isin(array, byte_ids).sum()) if len(byte_ids) else 0
+    pieces = [tokenizer.piece(i) for i in range(tokenizer.vocab_size)]
+    longest = sorted(range(len(pieces)), key=lambda i: (-len(pieces[i]), i))[:LONGEST_PIECES]
+    return {
+        "documents": documents,
+        "tokens": tokens,
+        "text_bytes": text_bytes,
+        "bytes_per_token": text_bytes / tokens if tokens else 0.0,
+        "vocab_size": tokenizer.vocab_size,
+        "vocab_used_fraction": float(used.mean()),
+        "byte_fallback_rate": byte_tokens / tokens if tokens else 0.0,
+        "longest_pieces": [pieces[i] for i in longest],
+    }
+
+
+def _byte_piece_ids(tokenizer: Tokenizer) -> np.ndarray:
+    is_byte = getattr(tokenizer, "is_byte", None)
+    if is_byte is not None:
+        return np.array([i for i in range(tokenizer.vocab_size) if is_byte(i)], dtype=np.int64)
+    return np.array(
+        [i for i in range(tokenizer.vocab_size) if tokenizer.piece(i).startswith("<0x")],
+        dtype=np.int64,
+    )

@@ -1,0 +1,56 @@
+"""The tokenizer stage: the clean train split → a tokenizer (SentencePiece or characters) under
+`artifacts/tokenizer/<key>/`, with its statistics on the val split."""
+
+from __future__ import annotations
+
+import json
+
+from prefect import task
+
+from lm.config import TokenizerConfig
+from lm.tokenizer import train_tokenizer
+from lm.tokenizer_stats import tokenizer_statistics
+from storage.artifacts import ArtifactStore, Descriptor
+from storage.corpus import DOCUMENTS_FILE, iter_split_texts
+from storage.workspace import Workspace
+from tasks.caching import cache_key_from, code_digest, stage_key
+
+STAGE = "tokenizer"
+VERSION = 1
+CODE = ("lm/tokenizer.py", "lm/tokenizer_stats.py", "lm/config.py", "storage/corpus.py")
+STATS_FILE = "stats.json"
+
+
+def tokenizer_store(workspace: Workspace) -> ArtifactStore:
+    return ArtifactStore(workspace.artifacts / STAGE)
+
+
+def tokenizer_key(corpus: Descriptor, config: TokenizerConfig) -> str:
+    settings = config.model_copy(update={"threads": 0}).digest()
+    return stage_key(STAGE, VERSION, settings, [corpus.digest], code_digest(*CODE))
+
+
+@task(name=STAGE, cache_key_fn=cache_key_from(tokenizer_key), persist_result=True)
+def tokenizer_task(corpus: Descriptor, config: TokenizerConfig) -> Descriptor:
+    workspace = Workspace.from_env()
+    store = tokenizer_store(workspace)
+    key = tokenizer_key(corpus, config)
+    existing = store.load_descriptor(key)
+    if existing is not None:
+        return existing
+    documents = workspace.resolve(corpus.path) / DOCUMENTS_FILE
+    train_texts = (text for batch in iter_split_texts(documents, "train") for text in batch)
+    tokenizer = train_tokenizer(train_texts, config)
+    stats = tokenizer_statistics(tokenizer, iter_split_texts(documents, "val"))
+    with store.build(key) as staging:
+        tokenizer.save(staging)
+        (staging / STATS_FILE).write_text(json.dumps(stats, indent=2, ensure_ascii=False))
+        descriptor = Descriptor(
+            kind=STAGE,
+            key=key,
+            path=workspace.relative(store.directory(key)),
+            digest=tokenizer.digest,
+            stats={"kind": config.kind, **stats},
+        )
+        store.write_descriptor(staging, descriptor)
+    return descriptor
