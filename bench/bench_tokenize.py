@@ -57,9 +57,12 @@ def main() -> None:
                 started = time.perf_counter()
                 tokens = sum(len(ids) for ids in tokenizer.encode_batch(texts))
                 best = min(best, time.perf_counter() - started)
-            print(f"{kind:>8} vocab {tokenizer.vocab_size:>5}: trained in {trained:5.2f}s; "
-                  f"{threads} thread(s): {tokens:,} tokens in {best:.3f}s = "
-                  f"{tokens / best / 1e6:.2f} M tokens/s ({megabytes / best:.1f} MB/s)")  # fmt: skip
+            rate = tokens / best / 1e6
+            print(
+                f"{kind:>8} vocab {tokenizer.vocab_size:>5}: trained in {trained:5.2f}s; "
+                f"{threads} thread(s): {tokens:,} tokens in {best:.3f}s = "
+                f"{rate:.2f} M tokens/s ({megabytes / best:.1f} MB/s)"
+            )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -15,6 +16,10 @@ from tests.conftest import REPO, lmforge_command, run_cli
 from tests.helpers import prose, write_config
 
 
+def printed_stage_states(stdout: str) -> dict[str, str]:
+    return dict(re.findall(r"│ (\w+)\s*│ (ran|cached)\s*│", stdout))
+
+
 def completed_digests(workspace) -> list[str]:
     _, rows = RunRegistry(workspace.registry_path).query(
         "SELECT corpus_digest FROM runs WHERE status = 'completed' ORDER BY started_at"
@@ -24,9 +29,10 @@ def completed_digests(workspace) -> list[str]:
 
 def test_default_run_on_the_bundled_corpus_then_fully_cached(workspace):
     first = run_cli("run")
-    assert "ingest │ ran" in first.stdout and "clean  │ ran" in first.stdout
+    stages = ["ingest", "clean", "tokenizer", "encode"]
+    assert printed_stage_states(first.stdout) == dict.fromkeys(stages, "ran")
     second = run_cli("run")
-    assert "ingest │ cached" in second.stdout and "clean  │ cached" in second.stdout
+    assert printed_stage_states(second.stdout) == dict.fromkeys(stages, "cached")
     assert len(set(completed_digests(workspace))) == 1
 
     stats = run_cli("corpus", "stats", "--all").stdout
