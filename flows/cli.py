@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -20,6 +21,8 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.split
 runs_app = typer.Typer(help="Run history from the DuckDB registry.")
 corpus_app = typer.Typer(help="The corpus: what ingest and cleaning kept and removed.")
 server_app = typer.Typer(help="The workspace's background Prefect server.")
+tokenizers_app = typer.Typer(help="Tokenizers trained on the corpus.")
+app.add_typer(tokenizers_app, name="tokenizers")
 app.add_typer(runs_app, name="runs")
 app.add_typer(corpus_app, name="corpus")
 app.add_typer(server_app, name="server")
@@ -234,6 +237,59 @@ def corpus_stats(
     console.print(
         _table(["document", "split", "decision", "words", "chars"], listing, "documents" + shown)
     )
+
+
+@tokenizers_app.command("compare")
+def tokenizers_compare(
+    vocab_size: Annotated[int, typer.Option(help="the vocabulary size of both")] = 4000,
+    digest: Annotated[str | None, typer.Option(help="a corpus version (default: newest)")] = None,
+) -> None:
+    """Train BPE and unigram SentencePiece models at the same vocabulary size on the same train
+    split, and compare them on the val split."""
+    import duckdb
+
+    from lm.config import TokenizerConfig
+    from lm.tokenizer import TokenizerError, train_tokenizer
+    from lm.tokenizer_stats import tokenizer_statistics
+    from storage.corpus import iter_split_texts
+    from storage.query import sql_session
+    from storage.registry import RegistryError
+
+    workspace = activate_workspace()
+    try:
+        with sql_session(_registry(), workspace.root) as connection:
+            found = connection.execute(
+                "SELECT digest, parquet_path FROM corpus_versions WHERE digest LIKE ? "
+                "ORDER BY created_at DESC LIMIT 1",
+                [(digest or "") + "%"],
+            ).fetchone()
+        if found is None:
+            raise RegistryError(f"no corpus version {digest or ''} (run `lmforge run`)")
+    except (RegistryError, duckdb.Error) as error:
+        raise _fail(str(error)) from None
+    corpus_digest, documents = found
+    rows = []
+    for kind in ("bpe", "unigram"):
+        train = (t for batch in iter_split_texts(Path(documents), "train") for t in batch)
+        try:
+            tokenizer = train_tokenizer(train, TokenizerConfig(kind=kind, vocab_size=vocab_size))
+        except TokenizerError as error:
+            raise _fail(f"{kind}: {error}") from None
+        stats = tokenizer_statistics(tokenizer, iter_split_texts(Path(documents), "val"))
+        rows.append(
+            (
+                kind,
+                stats["vocab_size"],
+                f"{stats['bytes_per_token']:.3f}",
+                f"{stats['tokens']:,}",
+                f"{stats['vocab_used_fraction']:.1%}",
+                f"{stats['byte_fallback_rate']:.2%}",
+                ", ".join(repr(p) for p in stats["longest_pieces"][:3]),
+            )
+        )
+    columns = ["model", "vocab", "bytes/token (val)", "val tokens", "vocab used", "byte fallback",
+               "longest pieces"]  # fmt: skip
+    console.print(_table(columns, rows, f"corpus {corpus_digest[:12]}, val split"))
 
 
 @server_app.command("start")

@@ -1,5 +1,5 @@
-"""The `lm-pipeline` flow: ingest → clean → tokenizer → encode → record, each stage a cached
-task.
+"""The `lm-pipeline` flow: ingest → clean → tokenizer → encode, word2vec → record, each stage
+a cached task.
 
 The flow owns the run: it registers the run in DuckDB when it starts, times every stage and
 notes whether Prefect served it from cache, and records the outcome, completed or failed with
@@ -36,6 +36,7 @@ from tasks.encode import encode_key, encode_task, shards_store
 from tasks.ingest import ingest_key, ingest_store, ingest_task
 from tasks.record import record_task
 from tasks.tokenizer import tokenizer_key, tokenizer_store, tokenizer_task
+from tasks.word2vec import word2vec_key, word2vec_store, word2vec_task
 
 # The library's loggers (progress lines, skipped-file warnings) reach Prefect's console and run
 # logs through PREFECT_LOGGING_EXTRA_LOGGERS; they need a level that lets INFO through.
@@ -170,8 +171,25 @@ def lm_pipeline(config: str | None = None, overrides: list[str] | None = None) -
             corpus=corpus,
             tokenizer=tokenizer,
         )
+        word2vec_metrics = {}
+        if settings.word2vec.enabled:
+            vectors = _run_stage(
+                stages,
+                word2vec_task,
+                word2vec_key(corpus, tokenizer, settings.word2vec),
+                word2vec_store(workspace),
+                corpus=corpus,
+                tokenizer=tokenizer,
+                config=settings.word2vec,
+            )
+            word2vec_metrics = {
+                f"word2vec/{name}": value
+                for name, value in vectors.stats.items()
+                if isinstance(value, int | float)
+            }
         metrics.log_many(
             {
+                **word2vec_metrics,
                 "corpus/documents": corpus.stats["documents"],
                 "corpus/kept": corpus.stats["kept"],
                 "corpus/kept_bytes": corpus.stats["kept_bytes"],

@@ -146,6 +146,26 @@ class TokenizerConfig(StrictModel):
     seed: int = 1
 
 
+class Word2VecConfig(StrictModel):
+    """gensim word2vec on the clean train split, as words or as tokenizer pieces (pieces give
+    vectors aligned with the language model's vocabulary, for embedding initialisation)."""
+
+    enabled: bool = True
+    input: Literal["words", "pieces"] = "words"
+    architecture: Literal["skipgram", "cbow"] = "skipgram"
+    vector_size: int = Field(100, ge=2)
+    window: int = Field(5, ge=1)
+    min_count: int = Field(5, ge=1)
+    negative: int = Field(5, ge=0, description="negative samples; 0 uses hierarchical softmax")
+    epochs: int = Field(10, ge=1)
+    # One worker (with the stable hash lmforge passes to gensim) makes training reproducible.
+    workers: int = Field(1, ge=1)
+    seed: int = 1
+    probes: list[str] = ["king", "war", "france", "computer", "music", "water", "money", "god"]
+    neighbours: int = Field(8, ge=1)
+    projection: Literal["tsne", "pca"] = "tsne"
+
+
 class PipelineConfig(StrictModel):
     name: str = DEFAULT_PRESET
     seed: int = 1337
@@ -153,6 +173,7 @@ class PipelineConfig(StrictModel):
     clean: CleanConfig = CleanConfig()
     split: SplitConfig = SplitConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
+    word2vec: Word2VecConfig = Word2VecConfig()
 
 
 def resolve_preset(config: str | None) -> Path:

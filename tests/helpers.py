@@ -35,7 +35,7 @@ def write_config(path: Path, sources: list[dict], extra: str = "") -> Path:
         fields = ", ".join(f"{k} = {json.dumps(v)}" for k, v in source.items())
         lines.append(f"    {{ {fields} }},")
     lines += ["]", "", "[clean]", "workers = 1", "", "[clean.quality]", "min_words = 20", ""]
-    lines += ["[tokenizer]", 'kind = "char"', ""]
+    lines += ["[tokenizer]", 'kind = "char"', "", "[word2vec]", "enabled = false", ""]
     path.write_text("\n".join(lines) + "\n" + extra)
     return path
 

@@ -29,7 +29,7 @@ def completed_digests(workspace) -> list[str]:
 
 def test_default_run_on_the_bundled_corpus_then_fully_cached(workspace):
     first = run_cli("run")
-    stages = ["ingest", "clean", "tokenizer", "encode"]
+    stages = ["ingest", "clean", "tokenizer", "encode", "word2vec"]
     assert printed_stage_states(first.stdout) == dict.fromkeys(stages, "ran")
     second = run_cli("run")
     assert printed_stage_states(second.stdout) == dict.fromkeys(stages, "cached")
@@ -54,6 +54,18 @@ def test_default_run_on_the_bundled_corpus_then_fully_cached(workspace):
         "JOIN dataset_filters f ON f.dataset_digest = d.digest WHERE f.filter = 'exact_duplicate'",
     ).stdout
     assert joined.count("exact_duplicate") == 2  # one row per run
+
+    _, rows = RunRegistry(workspace.registry_path).query(
+        "SELECT value FROM latest_metrics WHERE key = 'word2vec/wordsim353_spearman'"
+    )
+    assert all(value > 0.2 for (value,) in rows), "gensim's Lee tutorial reaches 0.074"
+    _, tokenizers = RunRegistry(workspace.registry_path).query(
+        "SELECT kind, vocab_size, bytes_per_token FROM tokenizers"
+    )
+    assert len(tokenizers) == 1 and tokenizers[0][:2] == ("bpe", 4000)
+    assert len(list((workspace.artifacts / "word2vec").glob("*/projection.png"))) == 1
+    for split in ("train", "val", "test"):
+        assert len(list((workspace.artifacts / "shards").glob(f"*/{split}.bin"))) == 1
 
     listing = run_cli("runs").stdout
     assert listing.count("completed") == 2
@@ -139,3 +151,17 @@ def test_kill_9_mid_stage_then_rerun_gives_the_uninterrupted_corpus(
         "SELECT status FROM runs ORDER BY started_at"
     )
     assert statuses == [("crashed",), ("completed",)], "the killed run is marked, not 'running'"
+
+
+def test_tokenizers_compare_trains_bpe_and_unigram_alike(workspace, tmp_path):
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    for index in range(40):
+        (texts / f"{index}.txt").write_text(prose(index, 200) + " Ünïcode ☃ here.")
+    run_cli("run", str(write_config(tmp_path / "c.toml", [{"path": str(texts)}])))
+    output = run_cli("tokenizers", "compare", "--vocab-size", "400").stdout
+    rows = re.findall(r"│ (bpe|unigram)\s*│ (\d+)\s*│ ([\d.]+)", output)
+    assert [(kind, vocab) for kind, vocab, _ in rows] == [("bpe", "400"), ("unigram", "400")]
+    assert all(1.0 < float(bytes_per_token) < 10.0 for _, _, bytes_per_token in rows)
+    too_big = run_cli("tokenizers", "compare", "--vocab-size", "90000", check=False)
+    assert too_big.returncode == 1 and "the largest possible is" in too_big.stderr

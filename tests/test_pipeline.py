@@ -172,3 +172,50 @@ def test_binary_file_in_a_folder_is_skipped_and_the_run_completes(workspace, con
     (tmp_path / "texts" / "picture.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" * 10)
     summary = run_pipeline(config)
     assert summary["corpus"]["documents"] == 15  # the binary file contributed nothing
+
+
+def test_shards_hold_every_split_separated_by_end_of_text(workspace, config):
+    from lm.tokenizer import load_tokenizer
+    from storage.corpus import iter_split_texts
+    from storage.shards import open_shard
+
+    summary = run_pipeline(config)
+    tokenizer = load_tokenizer(workspace.resolve(summary["tokenizer"]["path"]))
+    shards = workspace.resolve(summary["shards"]["path"])
+    documents = corpus_file(workspace, summary)
+    for split in ("train", "val", "test"):
+        tokens, info = open_shard(shards / f"{split}.bin", tokenizer.digest)
+        texts = [t for batch in iter_split_texts(documents, split) for t in batch]
+        assert info.documents == len(texts) == int((tokens == tokenizer.eot_id).sum())
+        pieces = _split_on(tokens.tolist(), tokenizer.eot_id)
+        assert [tokenizer.decode(p) for p in pieces] == texts
+        assert info.text_bytes == sum(len(t.encode()) for t in texts)
+
+
+def _split_on(tokens: list[int], separator: int) -> list[list[int]]:
+    documents, current = [], []
+    for token in tokens:
+        if token == separator:
+            documents.append(current)
+            current = []
+        else:
+            current.append(token)
+    return documents
+
+
+def test_tokenizer_and_word2vec_changes_rerun_only_what_depends_on_them(workspace, config):
+    word2vec = ["word2vec.enabled=true", "word2vec.vector_size=16", "word2vec.epochs=1",
+                "word2vec.min_count=1", 'word2vec.projection="pca"']  # fmt: skip
+    run_pipeline(config, word2vec)
+    tokenizer_changed = run_pipeline(config, [*word2vec, 'tokenizer.unknown_chars="bytes"'])
+    assert stage_states(tokenizer_changed) == {
+        "ingest": "cached", "clean": "cached", "tokenizer": "ran", "encode": "ran",
+        "word2vec": "cached",
+    }  # fmt: skip
+    word2vec_changed = run_pipeline(config, [*word2vec, "word2vec.epochs=2"])
+    assert stage_states(word2vec_changed) == {
+        "ingest": "cached", "clean": "cached", "tokenizer": "cached", "encode": "cached",
+        "word2vec": "ran",
+    }  # fmt: skip
+    on_pieces = run_pipeline(config, [*word2vec, 'word2vec.input="pieces"'])
+    assert stage_states(on_pieces)["word2vec"] == "ran"

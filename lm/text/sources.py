@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 from lm.config import SourceConfig
+from lm.gensim_data import gensim_test_file
 
 GLOB_CHARACTERS = set("*?[")
 
@@ -90,17 +90,10 @@ def _file_input(path: Path, spec: SourceConfig, name: str | None = None) -> Reso
 
 def _gensim_test_file(text: str) -> Path:
     """`gensim:NAME` is a file that gensim ships in `gensim/test/test_data` (real data, installed
-    with the package, so the default corpus needs no download).
-
-    This is the folder `gensim.test.utils.datapath` joins names to; it is located through the
-    import system rather than by importing gensim, which costs two seconds on every run just to
-    compute a cache key."""
-    spec = importlib.util.find_spec("gensim")
-    if spec is None or not spec.submodule_search_locations:
-        raise InputError(f"{text}: gensim is not installed")
+    with the package, so the default corpus needs no download)."""
     name = text.removeprefix("gensim:")
-    path = Path(spec.submodule_search_locations[0]) / "test" / "test_data" / name
-    if not path.is_file():
+    path = gensim_test_file(name)
+    if path is None:
         raise InputError(f"{text}: gensim ships no test-data file named '{name}'")
     return path
 

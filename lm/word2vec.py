@@ -1,0 +1,159 @@
+"""word2vec with gensim: training on a re-readable stream of sentences, and evaluation on the
+standard sets gensim ships (analogies, WordSim353, SimLex-999), nearest neighbours of probe
+words, and a labelled 2-D projection.
+
+Sentences are words (lower-cased, `gensim.utils.simple_preprocess`) or tokenizer pieces, one
+sentence per line of a document. The corpus is read again for every pass gensim makes (vocabulary,
+then each epoch), so it is never held in memory. Training is reproducible with one worker: gensim
+seeds each word's initial vector with `hashfxn(word + seed)`, and Python's own `hash` is salted per
+process, so a stable hash is passed instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from lm.config import Word2VecConfig
+from lm.gensim_data import gensim_test_file
+
+logger = logging.getLogger("lm.word2vec")
+
+ANALOGIES = "questions-words.txt"
+SIMILARITY_SETS = {"wordsim353": "wordsim353.tsv", "simlex999": "simlex999.txt"}
+
+
+def stable_hash(text: str) -> int:
+    return zlib.crc32(text.encode())
+
+
+def word_sentences(text: str) -> Iterator[list[str]]:
+    from gensim.utils import simple_preprocess
+
+    for line in text.split("\n"):
+        words = simple_preprocess(line, min_len=1, max_len=30)
+        if words:
+            yield words
+
+
+class SentenceStream:
+    """A re-iterable corpus: each iteration calls `documents()` afresh (e.g. re-reads Parquet)."""
+
+    def __init__(
+        self,
+        documents: Callable[[], Iterable[str]],
+        to_sentences: Callable[[str], Iterator[list[str]]],
+    ):
+        self.documents = documents
+        self.to_sentences = to_sentences
+
+    def __iter__(self) -> Iterator[list[str]]:
+        for text in self.documents():
+            yield from self.to_sentences(text)
+
+
+def train_word2vec(sentences: Iterable[list[str]], config: Word2VecConfig):
+    """Train and return gensim `KeyedVectors`."""
+    from gensim.models import Word2Vec
+
+    model = Word2Vec(
+        vector_size=config.vector_size,
+        window=config.window,
+        min_count=config.min_count,
+        sg=1 if config.architecture == "skipgram" else 0,
+        negative=config.negative,
+        hs=1 if config.negative == 0 else 0,
+        workers=config.workers,
+        seed=config.seed,
+        hashfxn=stable_hash,
+    )
+    model.build_vocab(sentences)
+    if not model.wv.key_to_index:
+        raise ValueError(
+            f"word2vec: no word occurs {config.min_count} times in the training split; "
+            "lower word2vec.min_count or add text"
+        )
+    model.train(sentences, total_examples=model.corpus_count, epochs=config.epochs)
+    return model.wv
+
+
+def evaluate_vectors(vectors, config: Word2VecConfig) -> dict:
+    """Analogy accuracy, Spearman correlations with their out-of-vocabulary rates, and the
+    nearest neighbours of each probe word in the vocabulary (absent probes are warned about)."""
+    metrics: dict = {"vocabulary": len(vectors.key_to_index)}
+    analogies = gensim_test_file(ANALOGIES)
+    if analogies is not None:
+        accuracy, sections = vectors.evaluate_word_analogies(str(analogies))
+        answered = sum(len(s["correct"]) + len(s["incorrect"]) for s in sections[-1:])
+        metrics["analogy_accuracy"] = float(accuracy)
+        metrics["analogy_questions_answered"] = answered
+    for name, file in SIMILARITY_SETS.items():
+        path = gensim_test_file(file)
+        if path is None:
+            continue
+        try:
+            pearson, spearman, oov = vectors.evaluate_word_pairs(str(path))
+        except ValueError:  # gensim's answer when every pair is out of the vocabulary
+            logger.warning("word2vec: no pair of %s is in the vocabulary", name)
+            metrics[f"{name}_spearman"] = metrics[f"{name}_pearson"] = None
+            metrics[f"{name}_oov_rate"] = 1.0
+            continue
+        metrics[f"{name}_spearman"] = float(spearman.statistic)
+        metrics[f"{name}_pearson"] = float(pearson.statistic)
+        metrics[f"{name}_oov_rate"] = float(oov) / 100.0
+    neighbours = {}
+    for probe in config.probes:
+        word = probe.lower() if config.input == "words" else probe
+        if word not in vectors.key_to_index:
+            logger.warning("word2vec: probe word '%s' is not in the vocabulary; skipped", probe)
+            continue
+        neighbours[word] = [w for w, _ in vectors.most_similar(word, topn=config.neighbours)]
+    metrics["neighbours"] = neighbours
+    return metrics
+
+
+def plot_projection(vectors, neighbours: dict[str, list[str]], method: str, path: Path) -> Path:
+    """A 2-D map of the probe words and their neighbours, each point labelled, as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    words = list(dict.fromkeys(w for probe, near in neighbours.items() for w in (probe, *near)))
+    figure, axes = plt.subplots(figsize=(10, 8), dpi=110)
+    if len(words) >= 3:
+        points = _project(np.stack([vectors[w] for w in words]), method)
+        groups = {w: probe for probe, near in neighbours.items() for w in (probe, *near)}
+        colours = {probe: plt.cm.tab10(i % 10) for i, probe in enumerate(neighbours)}
+        for (x, y), word in zip(points, words, strict=True):
+            is_probe = word in neighbours
+            axes.scatter(x, y, color=colours[groups[word]], s=60 if is_probe else 20)
+            axes.annotate(word, (x, y), xytext=(3, 3), textcoords="offset points",
+                          fontsize=11 if is_probe else 8,
+                          fontweight="bold" if is_probe else "normal")  # fmt: skip
+    else:
+        axes.text(0.5, 0.5, "no probe word in the vocabulary", ha="center", va="center")
+    axes.set_title(f"word2vec: probe words and their nearest neighbours ({method.upper()})")
+    axes.set_xticks([])
+    axes.set_yticks([])
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def _project(matrix: np.ndarray, method: str) -> np.ndarray:
+    if method == "tsne" and len(matrix) > 5:
+        from sklearn.manifold import TSNE
+
+        perplexity = min(30.0, (len(matrix) - 1) / 3)
+        return TSNE(
+            n_components=2, perplexity=perplexity, random_state=0, init="pca"
+        ).fit_transform(matrix)
+    centred = matrix - matrix.mean(axis=0)
+    _, _, components = np.linalg.svd(centred, full_matrices=False)
+    return centred @ components[:2].T

@@ -1,0 +1,81 @@
+"""The word2vec stage: the clean train split (as words, or as tokenizer pieces) → gensim
+vectors, their evaluation and a labelled projection under `artifacts/word2vec/<key>/`.
+
+On words, the key leaves the tokenizer out, so a tokenizer change does not retrain it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from prefect import task
+
+from lm.config import Word2VecConfig
+from lm.tokenizer import load_tokenizer
+from lm.word2vec import SentenceStream, evaluate_vectors, plot_projection, train_word2vec
+from lm.word2vec import word_sentences as words_of
+from storage.artifacts import ArtifactStore, Descriptor
+from storage.corpus import DOCUMENTS_FILE, iter_split_texts
+from storage.workspace import Workspace
+from tasks.caching import cache_key_from, code_digest, stage_key
+
+STAGE = "word2vec"
+VERSION = 1
+CODE = ("lm/word2vec.py", "lm/tokenizer.py", "lm/config.py", "storage/corpus.py")
+VECTORS_FILE = "vectors.kv"
+METRICS_FILE = "metrics.json"
+PROJECTION_FILE = "projection.png"
+
+
+def word2vec_store(workspace: Workspace) -> ArtifactStore:
+    return ArtifactStore(workspace.artifacts / STAGE)
+
+
+def word2vec_key(corpus: Descriptor, tokenizer: Descriptor, config: Word2VecConfig) -> str:
+    upstream = [corpus.digest] + ([tokenizer.digest] if config.input == "pieces" else [])
+    return stage_key(STAGE, VERSION, config.digest(), upstream, code_digest(*CODE))
+
+
+@task(name=STAGE, cache_key_fn=cache_key_from(word2vec_key), persist_result=True)
+def word2vec_task(corpus: Descriptor, tokenizer: Descriptor, config: Word2VecConfig) -> Descriptor:
+    workspace = Workspace.from_env()
+    store = word2vec_store(workspace)
+    key = word2vec_key(corpus, tokenizer, config)
+    existing = store.load_descriptor(key)
+    if existing is not None:
+        return existing
+    documents_path = workspace.resolve(corpus.path) / DOCUMENTS_FILE
+
+    def documents():
+        return (text for batch in iter_split_texts(documents_path, "train") for text in batch)
+
+    if config.input == "pieces":
+        model = load_tokenizer(workspace.resolve(tokenizer.path))
+
+        def to_sentences(text: str):
+            for line in text.split("\n"):
+                if line.strip():
+                    yield [model.piece(i) for i in model.encode(line)]
+
+        sentences = SentenceStream(documents, to_sentences)
+    else:
+        sentences = SentenceStream(documents, words_of)
+    vectors = train_word2vec(sentences, config)
+    metrics = evaluate_vectors(vectors, config)
+    digest = hashlib.sha256(vectors.vectors.tobytes())
+    digest.update("\n".join(vectors.index_to_key).encode())
+    with store.build(key) as staging:
+        vectors.save(str(staging / VECTORS_FILE))
+        (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
+        plot_projection(
+            vectors, metrics["neighbours"], config.projection, staging / PROJECTION_FILE
+        )
+        descriptor = Descriptor(
+            kind=STAGE,
+            key=key,
+            path=workspace.relative(store.directory(key)),
+            digest=digest.hexdigest(),
+            stats={k: v for k, v in metrics.items() if k != "neighbours"},
+        )
+        store.write_descriptor(staging, descriptor)
+    return descriptor

@@ -1,0 +1,64 @@
+"""word2vec: reproducible training, evaluation on gensim's sets, probes and the projection."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+
+import pytest
+
+from lm.config import Word2VecConfig
+from lm.word2vec import evaluate_vectors, plot_projection, train_word2vec, word_sentences
+from tests.conftest import REPO
+from tests.helpers import prose
+
+SMALL = Word2VecConfig(vector_size=16, epochs=2, min_count=1, probes=["river", "zzzunseen"])
+
+
+def small_sentences() -> list[list[str]]:
+    return [words for i in range(60) for words in word_sentences(prose(i, 80))]
+
+
+def test_training_is_identical_across_processes_with_one_worker():
+    script = (
+        "import hashlib\n"
+        "from lm.config import Word2VecConfig\n"
+        "from lm.word2vec import train_word2vec\n"
+        "from tests.test_word2vec import SMALL, small_sentences\n"
+        "v = train_word2vec(small_sentences(), SMALL)\n"
+        "print(hashlib.sha256(v.vectors.tobytes()).hexdigest())\n"
+    )
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True,
+            env={"PYTHONHASHSEED": seed, "PATH": "/usr/bin:/bin"},
+        ).stdout.strip()
+        for seed in ("1", "2")
+    }  # fmt: skip
+    assert len(digests) == 1, "Python's salted hash must not leak into the vectors"
+
+
+def test_evaluation_reports_every_set_and_warns_about_absent_probes(caplog):
+    vectors = train_word2vec(small_sentences(), SMALL)
+    with caplog.at_level(logging.WARNING, logger="lm.word2vec"):
+        metrics = evaluate_vectors(vectors, SMALL)
+    assert "probe word 'zzzunseen' is not in the vocabulary" in caplog.text
+    assert list(metrics["neighbours"]) == ["river"] and len(metrics["neighbours"]["river"]) == 8
+    for name in ("wordsim353", "simlex999"):
+        assert 0.9 < metrics[f"{name}_oov_rate"] <= 1.0  # tiny vocabulary: most pairs unseen
+    assert "analogy_accuracy" in metrics
+
+
+@pytest.mark.parametrize("method", ["pca", "tsne"])
+def test_projection_is_a_png_with_the_probes(tmp_path, method):
+    vectors = train_word2vec(small_sentences(), SMALL)
+    neighbours = {"river": [w for w, _ in vectors.most_similar("river", topn=8)]}
+    path = plot_projection(vectors, neighbours, method, tmp_path / "projection.png")
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+
+
+def test_vocabulary_left_empty_by_min_count_is_a_clear_error():
+    with pytest.raises(ValueError, match="no word occurs 1000 times"):
+        train_word2vec(small_sentences(), Word2VecConfig(min_count=1000))
