@@ -184,54 +184,41 @@ def corpus_stats(
     """Documents kept and removed per filter, characters, split sizes and sources."""
     import duckdb
 
-    from storage.query import sql_session
+    from storage.query import find_corpus_version, sql_session
     from storage.registry import RegistryError
 
     workspace = activate_workspace()
     try:
         with sql_session(_registry(), workspace.root) as connection:
-            version = connection.execute(
-                "SELECT digest, parquet_path, documents, kept, kept_chars, kept_bytes, "
-                "train_documents, val_documents, test_documents, "
-                "train_bytes, val_bytes, test_bytes, sources FROM corpus_versions "
-                "WHERE digest LIKE ? ORDER BY created_at DESC LIMIT 1",
-                [(digest or "") + "%"],
-            ).fetchone()
-            if version is None:
-                raise RegistryError(f"no corpus version {digest or ''} (run `lmforge run`)")
+            version = find_corpus_version(connection, digest)
             filters = connection.execute(
                 "SELECT filter, flagged, removed FROM dataset_filters WHERE dataset_digest = ? "
                 "ORDER BY removed DESC, flagged DESC, filter",
-                [version[0]],
+                [version["digest"]],
             ).fetchall()
             limit = "" if all_documents else f"LIMIT {int(documents)}"
             listing = connection.execute(
                 "SELECT source, split, CASE WHEN keep THEN 'kept' ELSE reject_reason END, "
                 f"n_words, n_chars FROM read_parquet(?) {limit}",
-                [version[1]],
+                [version["parquet_path"]],
             ).fetchall()
     except (RegistryError, duckdb.Error) as error:
         raise _fail(str(error)) from None
-    (
-        version_digest, path, total, kept, chars, size,
-        train, val, test, train_bytes, val_bytes, test_bytes, sources,
-    ) = version  # fmt: skip
-    console.print(f"[bold]corpus[/] {version_digest}  ({path})", highlight=False)
+    total, kept = version["documents"], version["kept"]
+    console.print(f"[bold]corpus[/] {version['digest']}  ({version['parquet_path']})")
     console.print(
         f"{kept:,} of {total:,} documents kept ({total - kept:,} removed), "
-        f"{chars:,} characters, {size / 1e6:.2f} MB"
+        f"{version['kept_chars']:,} characters, {version['kept_bytes'] / 1e6:.2f} MB"
     )
-    console.print(
-        _table(
-            ["split", "documents", "bytes"],
-            [("train", train, train_bytes), ("val", val, val_bytes), ("test", test, test_bytes)],
-            "splits (kept documents)",
-        )
-    )
+    splits = [
+        (s, version[f"{s}_documents"], version[f"{s}_bytes"]) for s in ("train", "val", "test")
+    ]
+    console.print(_table(["split", "documents", "bytes"], splits, "splits (kept documents)"))
     console.print(
         _table(["filter", "documents failing it", "removed by it first"], filters, "filters")
     )
-    source_rows = [(name, c["documents"], c["kept"]) for name, c in json.loads(sources).items()]
+    sources = json.loads(version["sources"])
+    source_rows = [(name, c["documents"], c["kept"]) for name, c in sources.items()]
     console.print(_table(["source", "documents", "kept"], source_rows, "sources"))
     shown = "" if all_documents else f" (first {len(listing)} of {total:,}; --all lists every one)"
     console.print(
@@ -252,22 +239,16 @@ def tokenizers_compare(
     from lm.tokenizer import TokenizerError, train_tokenizer
     from lm.tokenizer_stats import tokenizer_statistics
     from storage.corpus import iter_split_texts
-    from storage.query import sql_session
+    from storage.query import find_corpus_version, sql_session
     from storage.registry import RegistryError
 
     workspace = activate_workspace()
     try:
         with sql_session(_registry(), workspace.root) as connection:
-            found = connection.execute(
-                "SELECT digest, parquet_path FROM corpus_versions WHERE digest LIKE ? "
-                "ORDER BY created_at DESC LIMIT 1",
-                [(digest or "") + "%"],
-            ).fetchone()
-        if found is None:
-            raise RegistryError(f"no corpus version {digest or ''} (run `lmforge run`)")
+            version = find_corpus_version(connection, digest)
     except (RegistryError, duckdb.Error) as error:
         raise _fail(str(error)) from None
-    corpus_digest, documents = found
+    corpus_digest, documents = version["digest"], version["parquet_path"]
     rows = []
     for kind in ("bpe", "unigram"):
         train = (t for batch in iter_split_texts(Path(documents), "train") for t in batch)

@@ -42,10 +42,12 @@ class Descriptor:
 
 
 class ArtifactStore:
-    """Directories of one kind of output, each named by a cache key."""
+    """Directories of one kind of output, each named by a cache key, inside a workspace whose
+    root descriptor paths are relative to."""
 
-    def __init__(self, base: Path):
+    def __init__(self, base: Path, root: Path):
         self.base = base
+        self.root = root
 
     def directory(self, key: str) -> Path:
         return self.base / key
@@ -74,8 +76,12 @@ class ArtifactStore:
             shutil.rmtree(staging, ignore_errors=True)
             raise
 
-    def write_descriptor(self, staging: Path, descriptor: Descriptor) -> None:
+    def describe(self, staging: Path, kind: str, key: str, digest: str, stats: dict) -> Descriptor:
+        """The descriptor of the output being built in `staging`, written beside it."""
+        path = str(self.directory(key).relative_to(self.root))
+        descriptor = Descriptor(kind=kind, key=key, path=path, digest=digest, stats=stats)
         (staging / DESCRIPTOR_FILE).write_text(json.dumps(asdict(descriptor), indent=2))
+        return descriptor
 
     def _publish(self, staging: Path, final: Path) -> None:
         try:

@@ -62,3 +62,16 @@ def sql_session(registry: RunRegistry, workspace_root: Path) -> Iterator[duckdb.
         yield connection
     finally:
         connection.close()
+
+
+def find_corpus_version(connection: duckdb.DuckDBPyConnection, digest_prefix: str | None) -> dict:
+    """The newest corpus version whose digest starts with `digest_prefix` (any, when None), as a
+    row of `corpus_versions`."""
+    result = connection.execute(
+        "SELECT * FROM corpus_versions WHERE digest LIKE ? ORDER BY created_at DESC LIMIT 1",
+        [(digest_prefix or "") + "%"],
+    )
+    row = result.fetchone()
+    if row is None:
+        raise RegistryError(f"no corpus version {digest_prefix or ''} (run `lmforge run`)")
+    return dict(zip([d[0] for d in result.description], row, strict=True))

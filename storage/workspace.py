@@ -54,11 +54,6 @@ class Workspace:
             folder.mkdir(parents=True, exist_ok=True)
         return self
 
-    def relative(self, path: Path) -> str:
-        """A path inside the workspace as stored in descriptors: relative, so caches survive a
-        moved workspace."""
-        return str(Path(path).resolve().relative_to(self.root))
-
     def resolve(self, relative_path: str) -> Path:
         return self.root / relative_path
 

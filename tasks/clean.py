@@ -29,7 +29,7 @@ MIN_DOCS_FOR_WORKERS = 4 * BATCH_DOCS
 
 
 def corpus_store(workspace: Workspace) -> ArtifactStore:
-    return ArtifactStore(workspace.corpus)
+    return ArtifactStore(workspace.corpus, workspace.root)
 
 
 def clean_key(raw: Descriptor, config: CleanConfig, split: SplitConfig) -> str:
@@ -67,12 +67,5 @@ def clean_task(raw: Descriptor, config: CleanConfig, split: SplitConfig) -> Desc
                 progress.update(processed)
         progress.finish()
         stats = decider.stats.as_dict() | {"sources": sources, "workers": workers}
-        descriptor = Descriptor(
-            kind=STAGE,
-            key=key,
-            path=workspace.relative(store.directory(key)),
-            digest=digest.hexdigest(),
-            stats=stats,
-        )
-        store.write_descriptor(staging, descriptor)
+        descriptor = store.describe(staging, STAGE, key, digest.hexdigest(), stats)
     return descriptor

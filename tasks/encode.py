@@ -20,7 +20,7 @@ SPLITS = ("train", "val", "test")
 
 
 def shards_store(workspace: Workspace) -> ArtifactStore:
-    return ArtifactStore(workspace.artifacts / "shards")
+    return ArtifactStore(workspace.artifacts / "shards", workspace.root)
 
 
 def encode_key(corpus: Descriptor, tokenizer: Descriptor) -> str:
@@ -55,12 +55,11 @@ def encode_task(corpus: Descriptor, tokenizer: Descriptor) -> Descriptor:
             splits[split] = {"tokens": info.tokens, "documents": info.documents,
                              "text_bytes": info.text_bytes}  # fmt: skip
         progress.finish()
-        descriptor = Descriptor(
-            kind=STAGE,
-            key=key,
-            path=workspace.relative(store.directory(key)),
-            digest=key,
-            stats={"tokenizer_digest": model.digest, "dtype": writer.dtype.str, "splits": splits},
+        descriptor = store.describe(
+            staging,
+            STAGE,
+            key,
+            key,
+            {"tokenizer_digest": model.digest, "dtype": writer.dtype.str, "splits": splits},
         )
-        store.write_descriptor(staging, descriptor)
     return descriptor

@@ -20,7 +20,7 @@ CODE = ("lm/text", "lm/config.py", "lm/progress.py", "storage/corpus.py", "stora
 
 
 def ingest_store(workspace: Workspace) -> ArtifactStore:
-    return ArtifactStore(workspace.artifacts / STAGE)
+    return ArtifactStore(workspace.artifacts / STAGE, workspace.root)
 
 
 def ingest_key(config: IngestConfig) -> str:
@@ -72,16 +72,15 @@ def ingest_task(config: IngestConfig) -> Descriptor:
         if writer.rows_written == 0:
             names = ", ".join(item.name for item in inputs[:5])
             raise InputError(f"{names}: no documents found in the configured sources")
-        descriptor = Descriptor(
-            kind=STAGE,
-            key=key,
-            path=workspace.relative(store.directory(key)),
-            digest=content.hexdigest(),
-            stats={
+        descriptor = store.describe(
+            staging,
+            STAGE,
+            key,
+            content.hexdigest(),
+            {
                 "documents": writer.rows_written,
                 "inputs": len(inputs),
                 "input_bytes": sum(item.size or 0 for item in inputs),
             },
         )
-        store.write_descriptor(staging, descriptor)
     return descriptor

@@ -22,7 +22,7 @@ STATS_FILE = "stats.json"
 
 
 def tokenizer_store(workspace: Workspace) -> ArtifactStore:
-    return ArtifactStore(workspace.artifacts / STAGE)
+    return ArtifactStore(workspace.artifacts / STAGE, workspace.root)
 
 
 def tokenizer_key(corpus: Descriptor, config: TokenizerConfig) -> str:
@@ -45,12 +45,7 @@ def tokenizer_task(corpus: Descriptor, config: TokenizerConfig) -> Descriptor:
     with store.build(key) as staging:
         tokenizer.save(staging)
         (staging / STATS_FILE).write_text(json.dumps(stats, indent=2, ensure_ascii=False))
-        descriptor = Descriptor(
-            kind=STAGE,
-            key=key,
-            path=workspace.relative(store.directory(key)),
-            digest=tokenizer.digest,
-            stats={"kind": config.kind, **stats},
+        descriptor = store.describe(
+            staging, STAGE, key, tokenizer.digest, {"kind": config.kind, **stats}
         )
-        store.write_descriptor(staging, descriptor)
     return descriptor

@@ -28,7 +28,7 @@ PROJECTION_FILE = "projection.png"
 
 
 def word2vec_store(workspace: Workspace) -> ArtifactStore:
-    return ArtifactStore(workspace.artifacts / STAGE)
+    return ArtifactStore(workspace.artifacts / STAGE, workspace.root)
 
 
 def word2vec_key(corpus: Descriptor, tokenizer: Descriptor, config: Word2VecConfig) -> str:
@@ -70,12 +70,11 @@ def word2vec_task(corpus: Descriptor, tokenizer: Descriptor, config: Word2VecCon
         plot_projection(
             vectors, metrics["neighbours"], config.projection, staging / PROJECTION_FILE
         )
-        descriptor = Descriptor(
-            kind=STAGE,
-            key=key,
-            path=workspace.relative(store.directory(key)),
-            digest=digest.hexdigest(),
-            stats={k: v for k, v in metrics.items() if k != "neighbours"},
+        descriptor = store.describe(
+            staging,
+            STAGE,
+            key,
+            digest.hexdigest(),
+            {k: v for k, v in metrics.items() if k != "neighbours"},
         )
-        store.write_descriptor(staging, descriptor)
     return descriptor
