@@ -6,7 +6,7 @@ from __future__ import annotations
 from prefect import task
 
 from lm.progress import ProgressLog
-from lm.tokenizer import load_tokenizer
+from lm.tokenizer import TokenizerError, load_tokenizer
 from storage.artifacts import ArtifactStore, Descriptor
 from storage.corpus import DOCUMENTS_FILE, iter_split_texts
 from storage.shards import ShardWriter
@@ -36,6 +36,11 @@ def encode_task(corpus: Descriptor, tokenizer: Descriptor) -> Descriptor:
     if existing is not None:
         return existing
     model = load_tokenizer(workspace.resolve(tokenizer.path))
+    if model.digest != tokenizer.digest:
+        raise TokenizerError(
+            f"{workspace.resolve(tokenizer.path)}: the tokenizer there has digest {model.digest}, "
+            f"not {tokenizer.digest}; it was changed after training: delete the folder and rerun"
+        )
     documents = workspace.resolve(corpus.path) / DOCUMENTS_FILE
     total_bytes = corpus.stats["kept_bytes"]
     progress = ProgressLog("encode", total=total_bytes)
