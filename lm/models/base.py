@@ -1,0 +1,25 @@
+"""The interface every model of the ladder shares (after makemore): `forward(idx, targets)`
+returns `(logits, loss)`, so one training loop, one sampler and one evaluation serve them all."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class LanguageModel(nn.Module):
+    """`idx` is (batch, time) token ids; logits are (batch, time, vocab), predicting the next
+    token at every position; `loss` is the mean cross-entropy when `targets` are given."""
+
+    block_size: int
+    vocab_size: int
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @staticmethod
+    def loss_of(logits: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor | None:
+        if targets is None:
+            return None
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))

@@ -1,0 +1,100 @@
+"""Model configuration: one typed section per model family, chosen by `kind`.
+
+After litgpt's config: the `gpt` options are fields (`pos`, `mlp`, `norm`, `n_kv_heads`, `bias`,
+...) that the model reads, not subclasses. Invalid shapes are refused here, with the numbers, before
+any tensor is allocated.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from lm.config import StrictModel
+
+
+class BigramCountConfig(StrictModel):
+    kind: Literal["bigram-count"] = "bigram-count"
+    smoothing: float = Field(1.0, ge=0.0, description="add-k smoothing of the counts")
+
+
+class BigramConfig(StrictModel):
+    kind: Literal["bigram"] = "bigram"
+
+
+class MLPConfig(StrictModel):
+    """Bengio et al. (2003): the previous `context` tokens' embeddings, concatenated, through
+    hidden layers to next-token logits."""
+
+    kind: Literal["mlp"] = "mlp"
+    context: int = Field(3, ge=1)
+    n_embd: int = Field(10, ge=1)
+    hiddens: list[int] = Field(default_factory=lambda: [200])
+    norm: Literal["none", "batchnorm", "layernorm"] = "none"
+
+
+class GPTConfig(StrictModel):
+    """A decoder-only transformer; every architectural choice is a switch."""
+
+    kind: Literal["gpt"] = "gpt"
+    block_size: int = Field(128, ge=1)
+    n_layer: int = Field(4, ge=1)
+    n_head: int = Field(4, ge=1)
+    n_kv_heads: int | None = Field(None, ge=1, description="None: = n_head (multi-head)")
+    n_embd: int = Field(128, ge=1)
+    pos: Literal["sinusoidal", "learned", "rope"] = "learned"
+    mlp: Literal["gelu", "swiglu"] = "gelu"
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    bias: bool = True
+    tie_embeddings: bool = True
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    mlp_ratio: float = Field(4.0, gt=0.0)
+    rope_base: float = 10000.0
+    attention: Literal["sdpa", "math"] = "sdpa"
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_head
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def hidden_dim(self) -> int:
+        """MLP width; SwiGLU uses 2/3 of it per branch so both MLPs cost about the same."""
+        hidden = int(self.mlp_ratio * self.n_embd)
+        return int(2 * hidden / 3) if self.mlp == "swiglu" else hidden
+
+    @model_validator(mode="after")
+    def _shapes_fit(self) -> GPTConfig:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.n_head % self.kv_heads:
+            raise ValueError(
+                f"n_head ({self.n_head}) must be divisible by n_kv_heads ({self.kv_heads})"
+            )
+        if self.pos == "rope" and self.head_dim % 2:
+            raise ValueError(f"rope needs an even head size, not {self.head_dim}")
+        return self
+
+
+GPT_PRESETS: dict[str, dict] = {
+    # The original transformer's choices: sinusoidal positions, GELU, LayerNorm, multi-head
+    # attention, biases and dropout.
+    "atinuke": {"pos": "sinusoidal", "mlp": "gelu", "norm": "layernorm", "n_kv_heads": None,
+                "bias": True, "dropout": 0.1},
+    # A modern decoder: rotary positions, SwiGLU, RMSNorm, grouped-query attention, no biases.
+    "modern": {"pos": "rope", "mlp": "swiglu", "norm": "rmsnorm", "n_kv_heads": 2,
+               "bias": False, "dropout": 0.0},
+}  # fmt: skip
+
+
+def gpt_preset(name: str, **overrides) -> GPTConfig:
+    if name not in GPT_PRESETS:
+        raise ValueError(f"unknown gpt preset '{name}' (presets: {', '.join(GPT_PRESETS)})")
+    return GPTConfig(**(GPT_PRESETS[name] | overrides))
+
+
+ModelConfig = BigramCountConfig | BigramConfig | MLPConfig | GPTConfig

@@ -1,0 +1,46 @@
+"""Bengio et al. (2003), "A Neural Probabilistic Language Model": the embeddings of the previous
+`context` tokens, concatenated, through hidden layers (tanh) to next-token logits. Positions
+before the start of the sequence read the end-of-text id, as makemore pads with its start mark."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lm.models.base import LanguageModel
+from lm.models.config import MLPConfig
+
+
+class MLPModel(LanguageModel):
+    def __init__(self, config: MLPConfig, vocab_size: int, pad_id: int = 0):
+        super().__init__()
+        self.config = config
+        self.vocab_size = vocab_size
+        self.block_size = config.context
+        self.pad_id = pad_id
+        self.embedding = nn.Embedding(vocab_size, config.n_embd)
+        layers: list[nn.Module] = []
+        width = config.context * config.n_embd
+        for hidden in config.hiddens:
+            layers.append(nn.Linear(width, hidden, bias=config.norm == "none"))
+            if config.norm == "batchnorm":
+                layers.append(nn.BatchNorm1d(hidden))
+            elif config.norm == "layernorm":
+                layers.append(nn.LayerNorm(hidden))
+            layers.append(nn.Tanh())
+            width = hidden
+        self.hidden = nn.Sequential(*layers)
+        self.head = nn.Linear(width, vocab_size)
+        with torch.no_grad():  # small last layer: initial loss close to ln(vocab)
+            self.head.weight.mul_(0.01)
+            self.head.bias.zero_()
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        batch, time = idx.shape
+        context = self.config.context
+        padded = F.pad(idx, (context - 1, 0), value=self.pad_id)
+        windows = padded.unfold(1, context, 1)  # (batch, time, context)
+        features = self.embedding(windows).reshape(batch * time, -1)
+        logits = self.head(self.hidden(features)).view(batch, time, -1)
+        return logits, self.loss_of(logits, targets)

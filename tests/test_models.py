@@ -1,0 +1,160 @@
+"""The model ladder: causality, the KV cache, parameter counts, and first losses."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from lm.models import build_model
+from lm.models.config import (
+    BigramConfig,
+    BigramCountConfig,
+    GPTConfig,
+    MLPConfig,
+    gpt_preset,
+)
+from lm.models.gpt import gpt_parameter_count
+
+VOCAB = 37
+VARIANTS = [
+    GPTConfig(
+        block_size=16, n_layer=2, n_head=4, n_embd=32, pos=pos, mlp=mlp, norm=norm,
+        n_kv_heads=kv_heads, bias=bias, attention=attention,
+    )
+    for (pos, mlp, norm, kv_heads), bias, attention in zip(
+        itertools.product(["sinusoidal", "learned", "rope"], ["gelu", "swiglu"],
+                          ["layernorm", "rmsnorm"], [4, 2, 1]),
+        itertools.cycle([True, False, True]),
+        itertools.cycle(["sdpa", "math"]),
+    )
+]  # fmt: skip
+
+
+def variant_id(config: GPTConfig) -> str:
+    heads = {4: "mha", 2: "gqa", 1: "mqa"}[config.kv_heads]
+    return f"{config.pos}-{config.mlp}-{config.norm}-{heads}-{config.attention}"
+
+
+@pytest.mark.parametrize("config", VARIANTS, ids=variant_id)
+def test_changing_a_token_never_changes_logits_before_it(config):
+    torch.manual_seed(0)
+    model = build_model(config, VOCAB).eval()
+    idx = torch.randint(0, VOCAB, (2, 12))
+    changed = idx.clone()
+    changed[:, 7] = (changed[:, 7] + 1) % VOCAB
+    with torch.no_grad():
+        before, _ = model(idx)
+        after, _ = model(changed)
+    assert torch.allclose(before[:, :7], after[:, :7], atol=1e-6)
+    assert not torch.allclose(before[:, 7:], after[:, 7:], atol=1e-6)
+
+
+@pytest.mark.parametrize("config", VARIANTS[::5], ids=variant_id)
+def test_kv_cache_gives_the_logits_of_full_recomputation(config):
+    torch.manual_seed(1)
+    model = build_model(config, VOCAB).eval()
+    idx = torch.randint(0, VOCAB, (2, 14))
+    with torch.no_grad():
+        full, _ = model(idx)
+        cache = model.new_cache(batch=2)
+        prefill, _ = model(idx[:, :5], cache=cache)
+        steps = [prefill] + [model(idx[:, t : t + 1], cache=cache)[0] for t in range(5, 14)]
+    assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
+
+
+def _greedy(model, prompt, new_tokens, use_cache):
+    idx = prompt
+    cache = model.new_cache(batch=prompt.size(0)) if use_cache else None
+    step_input = idx
+    for _ in range(new_tokens):
+        logits, _ = model(step_input, cache=cache)
+        token = logits[:, -1].argmax(dim=-1, keepdim=True)
+        idx = torch.cat([idx, token], dim=1)
+        step_input = token if use_cache else idx
+    return idx
+
+
+@pytest.mark.parametrize("preset", ["atinuke", "modern"])
+def test_greedy_generation_with_the_cache_equals_recomputation(preset):
+    torch.manual_seed(2)
+    model = build_model(gpt_preset(preset, block_size=32, n_layer=2, n_embd=32), VOCAB).eval()
+    prompt = torch.randint(0, VOCAB, (3, 4))
+    with torch.no_grad():
+        assert torch.equal(_greedy(model, prompt, 20, True), _greedy(model, prompt, 20, False))
+
+
+@pytest.mark.parametrize("config", VARIANTS, ids=variant_id)
+def test_parameter_count_matches_the_closed_form(config):
+    model = build_model(config, VOCAB)
+    assert model.num_params() == gpt_parameter_count(config, VOCAB)
+
+
+def test_untied_embeddings_add_one_vocabulary_matrix():
+    tied = GPTConfig(block_size=8, n_layer=1, n_head=2, n_embd=16)
+    untied = tied.model_copy(update={"tie_embeddings": False})
+    difference = build_model(untied, VOCAB).num_params() - build_model(tied, VOCAB).num_params()
+    assert (
+        difference
+        == VOCAB * 16
+        == gpt_parameter_count(untied, VOCAB) - gpt_parameter_count(tied, VOCAB)
+    )
+
+
+@pytest.mark.parametrize(
+    "config",
+    [BigramConfig(), MLPConfig(context=3, hiddens=[64]), gpt_preset("modern", n_embd=32)],
+    ids=["bigram", "mlp", "gpt"],
+)
+def test_initial_loss_is_close_to_log_vocabulary(config):
+    torch.manual_seed(3)
+    model = build_model(config, VOCAB)
+    idx, targets = torch.randint(0, VOCAB, (2, 8, 16))
+    _, loss = model(idx, targets)
+    assert abs(loss.item() - math.log(VOCAB)) < 0.15
+
+
+def test_bigram_count_nll_equals_a_count_table_by_hand():
+    tokens = torch.tensor([0, 1, 2, 1, 2, 0, 2, 2, 1, 0])
+    model = build_model(BigramCountConfig(smoothing=1.0), 3).fit(tokens)
+    counts = [[1.0] * 3 for _ in range(3)]  # add-one smoothing
+    for a, b in zip(tokens[:-1].tolist(), tokens[1:].tolist(), strict=True):
+        counts[a][b] += 1
+    by_hand = -sum(
+        math.log(counts[a][b] / sum(counts[a]))
+        for a, b in zip(tokens[:-1].tolist(), tokens[1:].tolist(), strict=True)
+    ) / (len(tokens) - 1)
+    _, loss = model(tokens[:-1][None], tokens[1:][None])
+    assert loss.item() == pytest.approx(by_hand, rel=1e-6)
+
+
+def test_mlp_sees_only_its_context_window():
+    torch.manual_seed(4)
+    model = build_model(MLPConfig(context=3, hiddens=[32]), VOCAB).eval()
+    idx = torch.randint(0, VOCAB, (1, 10))
+    changed = idx.clone()
+    changed[0, 2] = (changed[0, 2] + 1) % VOCAB
+    before, after = model(idx)[0], model(changed)[0]
+    assert torch.allclose(before[0, :2], after[0, :2])  # before the change
+    assert not torch.allclose(before[0, 2:5], after[0, 2:5])  # inside the window
+    assert torch.allclose(before[0, 5:], after[0, 5:])  # beyond the window
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"n_embd": 30, "n_head": 4}, r"n_embd \(30\) must be divisible by n_head \(4\)"),
+        ({"n_head": 4, "n_kv_heads": 3}, r"n_head \(4\) must be divisible by n_kv_heads \(3\)"),
+    ],
+)
+def test_impossible_shapes_are_refused_with_the_numbers(fields, message):
+    with pytest.raises(ValueError, match=message):
+        GPTConfig(**fields)
+
+
+def test_a_sequence_longer_than_the_context_is_refused():
+    model = build_model(GPTConfig(block_size=8, n_layer=1, n_head=2, n_embd=16), VOCAB)
+    with pytest.raises(ValueError, match="9 tokens is longer than block_size 8"):
+        model(torch.zeros(1, 9, dtype=torch.long))
