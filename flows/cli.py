@@ -75,12 +75,14 @@ def run(
     from flows.pipeline import lm_pipeline
     from lm.text.sources import InputError
     from lm.tokenizer import TokenizerError
+    from lm.train import TrainingError
     from storage.registry import RegistryError
     from storage.shards import ShardError
 
+    known = (InputError, ConfigError, RegistryError, TokenizerError, ShardError, TrainingError)
     try:
         summary = lm_pipeline(config=config, overrides=overrides or [])
-    except (InputError, ConfigError, RegistryError, TokenizerError, ShardError) as error:
+    except known as error:
         raise _fail(str(error)) from None
     rows = [
         (
@@ -93,6 +95,13 @@ def run(
     ]
     console.print(_table(["stage", "state", "seconds", "digest"], rows, f"run {summary['run_id']}"))
     corpus = summary["corpus"]
+    model = summary.get("model")
+    if model:
+        console.print(
+            f"model {model['model']} ({model['parameters']:,} parameters, {model['steps']} steps):"
+            f" val loss {model['val_loss']:.4f} vs count-bigram baseline "
+            f"{model['baseline_val_loss']:.4f}"
+        )
     console.print(
         f"corpus {corpus['digest'][:12]}: {corpus['kept']:,} of {corpus['documents']:,} documents"
         f" kept, {corpus['kept_bytes'] / 1e6:.1f} MB  ({workspace.root / corpus['path']})"

@@ -1,5 +1,5 @@
-"""The `lm-pipeline` flow: ingest → clean → tokenizer → encode, word2vec → record, each stage
-a cached task.
+"""The `lm-pipeline` flow: ingest → clean → tokenizer → encode, word2vec → train → record, each
+stage a cached task.
 
 The flow owns the run: it registers the run in DuckDB when it starts, times every stage and
 notes whether Prefect served it from cache, and records the outcome, completed or failed with
@@ -36,6 +36,7 @@ from tasks.encode import encode_key, encode_task, shards_store
 from tasks.ingest import ingest_key, ingest_store, ingest_task
 from tasks.record import record_task
 from tasks.tokenizer import tokenizer_key, tokenizer_store, tokenizer_task
+from tasks.train import METRICS_FILE, train_key, train_store, train_task
 from tasks.word2vec import word2vec_key, word2vec_store, word2vec_task
 
 # The library's loggers (progress lines, skipped-file warnings) reach Prefect's console and run
@@ -187,6 +188,27 @@ def lm_pipeline(config: str | None = None, overrides: list[str] | None = None) -
                 for name, value in vectors.stats.items()
                 if isinstance(value, int | float)
             }
+        trained = None
+        if settings.model is not None:
+            trained = _run_stage(
+                stages,
+                train_task,
+                train_key(shards, tokenizer, settings.model, settings.train),
+                train_store(workspace),
+                shards=shards,
+                tokenizer=tokenizer,
+                model=settings.model,
+                train=settings.train,
+            )
+            metrics.append_file(workspace.resolve(trained.path) / METRICS_FILE)
+            metrics.log_many(
+                {
+                    "model/val_loss": trained.stats["val_loss"],
+                    "baseline/val_loss": trained.stats["baseline_val_loss"],
+                    "model/parameters": trained.stats["parameters"],
+                    "model/tokens_seen": trained.stats["tokens_seen"],
+                }
+            )
         metrics.log_many(
             {
                 **word2vec_metrics,
@@ -228,4 +250,5 @@ def lm_pipeline(config: str | None = None, overrides: list[str] | None = None) -
         "corpus": {"digest": corpus.digest, "path": corpus.path, **corpus.stats},
         "tokenizer": {"digest": tokenizer.digest, "path": tokenizer.path, **tokenizer.stats},
         "shards": {"path": shards.path, **shards.stats},
+        "model": {"path": trained.path, **trained.stats} if trained else None,
     }

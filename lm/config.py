@@ -7,13 +7,15 @@ section, and the digest of that section is part of the stage's cache key.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
+
+from lm.models.config import ModelConfig
+from lm.strict_model import StrictModel
+from lm.train_config import TrainConfig
 
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_PRESET = "default"
@@ -21,15 +23,6 @@ DEFAULT_PRESET = "default"
 
 class ConfigError(ValueError):
     """A configuration file or override that cannot be used; the message names the file."""
-
-
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    def digest(self) -> str:
-        """A stable digest of these settings, for cache keys."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
-        return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 SourceFormat = Literal["auto", "text", "jsonl", "parquet", "csv", "wikipedia"]
@@ -174,6 +167,9 @@ class PipelineConfig(StrictModel):
     split: SplitConfig = SplitConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
     word2vec: Word2VecConfig = Word2VecConfig()
+    # No model: the pipeline stops after the data stages.
+    model: ModelConfig | None = Field(None, discriminator="kind")
+    train: TrainConfig = TrainConfig()
 
 
 def resolve_preset(config: str | None) -> Path:

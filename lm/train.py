@@ -23,57 +23,17 @@ import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import Field, model_validator
 
-from lm.config import StrictModel
 from lm.models.base import LanguageModel
+from lm.train_config import TrainConfig
 
 logger = logging.getLogger("lm.train")
 DONE_MARKER = "DONE"
-
-
-class TrainConfig(StrictModel):
-    max_steps: int = Field(200, ge=1)
-    micro_batch: int = Field(12, ge=1, description="sequences per forward/backward pass")
-    global_batch: int = Field(12, ge=1, description="sequences per optimizer step")
-    block_size: int = Field(64, ge=1)
-    learning_rate: float = Field(1e-3, gt=0.0)
-    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
-    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
-    warmup_steps: int = Field(20, ge=0)
-    decay_fraction: float = Field(0.2, gt=0.0, le=1.0, description="WSD: final decay share")
-    weight_decay: float = Field(0.1, ge=0.0)
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = Field(1.0, ge=0.0, description="0 turns clipping off")
-    eval_every: int = Field(50, ge=1)
-    eval_batches: int = Field(8, ge=1)
-    patience: int = Field(0, ge=0, description="evaluations without improvement; 0 = never stop")
-    min_delta: float = Field(0.0, ge=0.0)
-    checkpoint_every: int = Field(100, ge=1)
-    keep_checkpoints: int = Field(2, ge=1)
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    compile: bool = False
-    seed: int = 1337
-
-    @model_validator(mode="after")
-    def _accumulation_divides(self) -> TrainConfig:
-        if self.global_batch % self.micro_batch:
-            raise ValueError(
-                f"global_batch ({self.global_batch}) must be a multiple of micro_batch "
-                f"({self.micro_batch})"
-            )
-        return self
-
-    @property
-    def accumulation_steps(self) -> int:
-        return self.global_batch // self.micro_batch
 
 
 class TrainingError(RuntimeError):
@@ -129,11 +89,12 @@ class TokenBatches:
     """Random windows of a token array, from a seeded generator whose state is the data cursor:
     saving it in a checkpoint makes a resumed run read exactly the batches it would have."""
 
-    def __init__(self, tokens: np.ndarray, block_size: int, batch: int, seed: int):
+    def __init__(self, tokens: np.ndarray, block_size: int, batch: int, seed: int,
+                 split: str = "train"):  # fmt: skip
         if len(tokens) <= block_size:
             raise TrainingError(
-                f"the split has {len(tokens)} tokens, not more than block_size {block_size}: "
-                "lower block_size or add data"
+                f"the {split} split has {len(tokens)} tokens, not more than block_size "
+                f"{block_size}: lower block_size, raise split.{split} or add data"
             )
         self.tokens = tokens
         self.block_size = block_size
@@ -204,7 +165,9 @@ class Trainer:
             train_tokens, config.block_size, config.micro_batch, config.seed
         )
         # A fixed val sample: the same windows at every evaluation, so curves compare.
-        val = TokenBatches(val_tokens, config.block_size, config.micro_batch, config.seed + 1)
+        val = TokenBatches(
+            val_tokens, config.block_size, config.micro_batch, config.seed + 1, split="val"
+        )
         self.val_sample = [val.next(self.device) for _ in range(config.eval_batches)]
         self.out_dir = out_dir
         self.metrics_path = metrics_path or out_dir / "metrics.jsonl"
@@ -228,16 +191,26 @@ class Trainer:
             return self.model(x, y)
 
     @torch.no_grad()
-    def evaluate(self) -> float:
-        self.model.eval()
-        losses = [self._forward(x, y)[1].item() for x, y in self.val_sample]
+    def evaluate(self, model: torch.nn.Module | None = None) -> float:
+        """Mean loss on the fixed val sample, of the model being trained or of another one
+        (a baseline scored on exactly the same windows)."""
+        model = model or self.model
+        model.eval()
+        losses = []
+        for x, y in self.val_sample:
+            if self.autocast is None:
+                losses.append(model(x, y)[1].item())
+            else:
+                with torch.autocast(device_type=self.device.type, dtype=self.autocast):
+                    losses.append(model(x, y)[1].item())
         self.model.train()
         return float(np.mean(losses))
 
     def _log(self, key: str, value: float) -> None:
         self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.metrics_path, "a", encoding="utf-8") as out:
-            line = {"key": key, "step": self.step, "value": float(value), "ts": time.time()}
+            line = {"key": key, "step": self.step, "value": float(value),
+                    "ts": datetime.now().isoformat()}  # fmt: skip
             out.write(json.dumps(line) + "\n")
 
     def train(self, until_step: int | None = None) -> TrainResult:

@@ -20,6 +20,12 @@ class MetricsLog:
         with open(self.path, "a", encoding="utf-8") as out:
             out.write(json.dumps(line) + "\n")
 
+    def append_file(self, other: Path) -> None:
+        """Add another metrics file's lines (a training run's curve) to this run's."""
+        if other.is_file():
+            with open(self.path, "a", encoding="utf-8") as out:
+                out.write(other.read_text(encoding="utf-8"))
+
     def log_many(self, values: dict[str, float], step: int = 0) -> None:
         for key, value in values.items():
             self.log(key, value, step)

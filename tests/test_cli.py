@@ -28,10 +28,12 @@ def completed_digests(workspace) -> list[str]:
 
 
 def test_default_run_on_the_bundled_corpus_then_fully_cached(workspace):
-    first = run_cli("run")
-    stages = ["ingest", "clean", "tokenizer", "encode", "word2vec"]
+    short = ["--set", "train.max_steps=10", "--set", "train.eval_every=5"]  # the engine's own tests
+    first = run_cli("run", *short)
+    stages = ["ingest", "clean", "tokenizer", "encode", "word2vec", "train"]
     assert printed_stage_states(first.stdout) == dict.fromkeys(stages, "ran")
-    second = run_cli("run")
+    assert "vs count-bigram baseline" in first.stdout
+    second = run_cli("run", *short)
     assert printed_stage_states(second.stdout) == dict.fromkeys(stages, "cached")
     assert len(set(completed_digests(workspace))) == 1
 
@@ -72,6 +74,7 @@ def test_default_run_on_the_bundled_corpus_then_fully_cached(workspace):
     run_id = listing.split("\n")[3].split("│")[1].strip()
     shown = run_cli("runs", "show", run_id[:15]).stdout
     assert "reproduce: lmforge run" in shown and "configs/default.toml" in shown
+    assert "--set train.max_steps=10" in shown
 
 
 def test_sql_is_read_only(workspace, tmp_path):

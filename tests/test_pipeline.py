@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import shutil
 
 import duckdb
@@ -219,3 +221,54 @@ def test_tokenizer_and_word2vec_changes_rerun_only_what_depends_on_them(workspac
     }  # fmt: skip
     on_pieces = run_pipeline(config, [*word2vec, 'word2vec.input="pieces"'])
     assert stage_states(on_pieces)["word2vec"] == "ran"
+
+
+TINY_GPT = [
+    'model.kind="gpt"', "model.block_size=16", "model.n_layer=1", "model.n_head=2",
+    "model.n_embd=16", "train.max_steps=12", "train.micro_batch=4", "train.global_batch=4",
+    "train.eval_every=6", "train.checkpoint_every=6", "train.eval_batches=2", "split.val=0.3",
+]  # fmt: skip
+
+
+def test_train_stage_publishes_a_self_contained_model_and_its_baseline(workspace, config):
+    from storage.registry import RunRegistry
+
+    summary = run_pipeline(config, TINY_GPT)
+    model = summary["model"]
+    assert model["steps"] == 12 and model["tokens_seen"] == 12 * 4 * 16
+    vocabulary = (workspace.resolve(summary["tokenizer"]["path"]) / "tokenizer.json").read_text()
+    log_vocab = math.log(len(json.loads(vocabulary)["chars"]) + 2)
+    assert 0 < model["baseline_val_loss"] < log_vocab  # counts beat a uniform guess
+    assert 0 < model["val_loss"] < log_vocab + 0.5  # twelve steps: near the uniform guess
+    folder = workspace.resolve(model["path"])
+    for part in ("best/model.pt", "final/model.pt", "final/DONE", "tokenizer/tokenizer.json",
+                 "model.json", "train.json", "metrics.jsonl"):  # fmt: skip
+        assert (folder / part).is_file(), part
+    assert not list(folder.parent.glob("*.work")), "the work folder is gone once published"
+    _, rows = RunRegistry(workspace.registry_path).query(
+        "SELECT count(*) FILTER (key = 'train/loss'), max(value) FILTER (key = 'model/val_loss')"
+        " FROM metrics"
+    )
+    assert rows[0][0] == 12 and rows[0][1] == pytest.approx(model["val_loss"])
+    again = run_pipeline(config, TINY_GPT)
+    assert stage_states(again)["train"] == "cached"
+    changed = run_pipeline(config, [*TINY_GPT, 'model.pos="rope"'])
+    assert stage_states(changed) == {
+        "ingest": "cached", "clean": "cached", "tokenizer": "cached", "encode": "cached",
+        "train": "ran",
+    }  # fmt: skip
+
+
+def test_training_resumes_from_the_work_folder_after_a_crash(workspace, config):
+    from lm.train import latest_checkpoint
+
+    first = run_pipeline(config, TINY_GPT)
+    folder = workspace.resolve(first["model"]["path"])
+    # Simulate a run killed after step 6: its work folder holds the step-6 checkpoint only.
+    work = folder.with_name(folder.name + ".work")
+    work.mkdir()
+    shutil.copytree(folder / "best", work / "step-00000006")  # best = step 6 or 12
+    shutil.rmtree(folder)
+    resumed = run_pipeline(config, TINY_GPT)
+    assert resumed["model"]["steps"] == 12
+    assert latest_checkpoint(work) is None  # the work folder was consumed

@@ -128,7 +128,9 @@ def test_global_batch_must_be_a_multiple_of_micro_batch():
 
 
 def test_a_split_shorter_than_the_context_is_refused():
-    with pytest.raises(TrainingError, match="the split has 10 tokens, not more than block_size"):
+    with pytest.raises(
+        TrainingError, match="the train split has 10 tokens, not more than block_size"
+    ):
         TokenBatches(np.zeros(10, dtype=np.uint16), 16, 2, 0)
 
 

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from lm.config import StrictModel
+from lm.strict_model import StrictModel
 
 
 class BigramCountConfig(StrictModel):
@@ -38,6 +38,8 @@ class GPTConfig(StrictModel):
     """A decoder-only transformer; every architectural choice is a switch."""
 
     kind: Literal["gpt"] = "gpt"
+    # A named set of switches (`atinuke`, `modern`); fields given beside it win.
+    preset: str | None = None
     block_size: int = Field(128, ge=1)
     n_layer: int = Field(4, ge=1)
     n_head: int = Field(4, ge=1)
@@ -52,6 +54,16 @@ class GPTConfig(StrictModel):
     mlp_ratio: float = Field(4.0, gt=0.0)
     rope_base: float = 10000.0
     attention: Literal["sdpa", "math"] = "sdpa"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data):
+        if isinstance(data, dict) and data.get("preset"):
+            name = data["preset"]
+            if name not in GPT_PRESETS:
+                raise ValueError(f"unknown gpt preset '{name}' (presets: {', '.join(GPT_PRESETS)})")
+            data = GPT_PRESETS[name] | data
+        return data
 
     @property
     def kv_heads(self) -> int:
@@ -92,9 +104,7 @@ GPT_PRESETS: dict[str, dict] = {
 
 
 def gpt_preset(name: str, **overrides) -> GPTConfig:
-    if name not in GPT_PRESETS:
-        raise ValueError(f"unknown gpt preset '{name}' (presets: {', '.join(GPT_PRESETS)})")
-    return GPTConfig(**(GPT_PRESETS[name] | overrides))
+    return GPTConfig(preset=name, **overrides)
 
 
 ModelConfig = BigramCountConfig | BigramConfig | MLPConfig | GPTConfig
