@@ -15,11 +15,8 @@ import time
 
 from prefect import task
 
-from lm.models import build_model
-from lm.models.bigram_count import BigramCountModel
 from lm.models.config import BigramCountConfig, ModelConfig
 from lm.tokenizer import load_tokenizer
-from lm.train import Trainer, latest_checkpoint
 from lm.train_config import TrainConfig
 from storage.artifacts import ArtifactStore, Descriptor
 from storage.shards import open_shard
@@ -56,6 +53,11 @@ def train_key(
 def train_task(
     shards: Descriptor, tokenizer: Descriptor, model: ModelConfig, train: TrainConfig
 ) -> Descriptor:
+    # torch is imported here, not at module level: the flow imports this module on every run.
+    from lm.models.bigram_count import BigramCountModel
+    from lm.models.registry import build_model
+    from lm.train import Trainer, latest_checkpoint
+
     workspace = Workspace.from_env()
     store = train_store(workspace)
     key = train_key(shards, tokenizer, model, train)
@@ -115,6 +117,8 @@ def _as_tensor(tokens):
 
 
 def _publish(work, staging, tokenizer_folder, model, settings, stats) -> None:
+    from lm.train import latest_checkpoint
+
     if (work / "best").is_dir():
         shutil.copytree(work / "best", staging / "best")
     final = latest_checkpoint(work)

@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 
-from lm.models import build_model
 from lm.models.config import (
     BigramConfig,
     BigramCountConfig,
@@ -17,6 +16,7 @@ from lm.models.config import (
     gpt_preset,
 )
 from lm.models.gpt import gpt_parameter_count
+from lm.models.registry import build_model
 
 VOCAB = 37
 VARIANTS = [

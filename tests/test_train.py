@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from lm.models import build_model
 from lm.models.config import GPTConfig, MLPConfig
+from lm.models.registry import build_model
 from lm.train import (
     TokenBatches,
     TrainConfig,
