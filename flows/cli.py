@@ -108,6 +108,42 @@ def run(
     )
 
 
+@app.command()
+def size(
+    config: Annotated[str | None, typer.Argument(help="preset name or TOML path")] = None,
+    vocab_size: Annotated[
+        int | None, typer.Option(help="default: the tokenizer's vocab_size (needed for char)")
+    ] = None,
+) -> None:
+    """Parameters, FLOPs per token, memory, and the Chinchilla token budget of a config's model."""
+    from lm.config import ConfigError, load_config
+    from lm.sizing import size_model
+
+    try:
+        settings = load_config(config)
+    except ConfigError as error:
+        raise _fail(str(error)) from None
+    if settings.model is None:
+        raise _fail(f"{config or 'default'}: the config has no [model] section")
+    if vocab_size is None:
+        if settings.tokenizer.kind == "char":
+            raise _fail("a char tokenizer's vocabulary comes from the data: pass --vocab-size")
+        vocab_size = settings.tokenizer.vocab_size
+    result = size_model(settings.model, settings.train, vocab_size)
+    mib = 1 << 20
+    rows = [
+        ("parameters", f"{result.parameters:,}"),
+        ("training FLOPs per token", f"{result.flops_per_token:,.0f}"),
+        ("weights (fp32)", f"{result.weights_bytes / mib:,.1f} MiB"),
+        ("gradients (fp32)", f"{result.gradients_bytes / mib:,.1f} MiB"),
+        ("AdamW state", f"{result.optimizer_bytes / mib:,.1f} MiB"),
+        ("activations per micro-batch", f"{result.activations_bytes / mib:,.1f} MiB"),
+        ("Chinchilla-optimal tokens (20/param)", f"{result.chinchilla_tokens:,}"),
+        ("tokens the [train] settings will see", f"{result.planned_tokens:,}"),
+    ]
+    console.print(_table(["", settings.model.kind], rows, f"size of {settings.name}"))
+
+
 @runs_app.callback(invoke_without_command=True)
 def runs_list(
     context: typer.Context,

@@ -1,0 +1,42 @@
+"""Sizing: parameter counts agree with built models; FLOPs and budgets follow the formulas."""
+
+from __future__ import annotations
+
+import pytest
+
+from lm.models.config import BigramConfig, GPTConfig, MLPConfig
+from lm.models.registry import build_model
+from lm.sizing import parameter_count, size_model
+from lm.train_config import TrainConfig
+
+
+@pytest.mark.parametrize(
+    "model",
+    [BigramConfig(), MLPConfig(context=3, n_embd=10, hiddens=[64, 32]),
+     MLPConfig(context=2, hiddens=[16], norm="layernorm"),
+     GPTConfig(preset="modern", n_embd=64, n_layer=2), GPTConfig(preset="atinuke", n_layer=2)],
+    ids=["bigram", "mlp", "mlp-layernorm", "gpt-modern", "gpt-atinuke"],
+)  # fmt: skip
+def test_parameter_count_agrees_with_the_built_model(model):
+    assert parameter_count(model, 50) == build_model(model, 50).num_params()
+
+
+def test_gpt2_small_shape_matches_the_published_figures():
+    gpt2 = GPTConfig(block_size=1024, n_layer=12, n_head=12, n_embd=768, pos="learned",
+                     mlp="gelu", norm="layernorm", bias=True)  # fmt: skip
+    size = size_model(gpt2, TrainConfig(micro_batch=8, global_batch=8), vocab_size=50257)
+    assert size.parameters == 124_439_808  # GPT-2 small, tied embeddings
+    non_embedding = size.parameters - 1024 * 768
+    assert size.flops_per_token == 6 * non_embedding + 12 * 12 * 768 * 1024
+    assert size.chinchilla_tokens == 20 * size.parameters
+    assert size.optimizer_bytes == 2 * size.weights_bytes
+
+
+def test_size_command_reports_the_default_model():
+    from tests.conftest import run_cli
+
+    output = run_cli("size").stdout
+    assert "1,233,536" in output  # the default preset's GPT with BPE 4000
+    assert "Chinchilla-optimal tokens" in output and "24,670,720" in output
+    char = run_cli("size", "--vocab-size", "27", check=False)
+    assert char.returncode == 0
