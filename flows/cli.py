@@ -139,9 +139,27 @@ def size(
         ("AdamW state", f"{result.optimizer_bytes / mib:,.1f} MiB"),
         ("activations per micro-batch", f"{result.activations_bytes / mib:,.1f} MiB"),
         ("Chinchilla-optimal tokens (20/param)", f"{result.chinchilla_tokens:,}"),
-        ("tokens the [train] settings will see", f"{result.planned_tokens:,}"),
+        ("tokens the train settings will see", f"{result.planned_tokens:,}"),
     ]
+    corpus_tokens = _newest_train_tokens()
+    if corpus_tokens is not None:
+        rows.append(("tokens in the newest corpus's train split", f"{corpus_tokens:,}"))
     console.print(_table(["", settings.model.kind], rows, f"size of {settings.name}"))
+
+
+def _newest_train_tokens() -> int | None:
+    """`tokens/train` of the newest completed run, if there is a registry with one."""
+    from storage.registry import RegistryError
+
+    try:
+        _, rows = _registry().query(
+            "SELECT m.value FROM latest_metrics m JOIN runs r USING (run_id) "
+            "WHERE m.key = 'tokens/train' AND r.status = 'completed' "
+            "ORDER BY r.ended_at DESC LIMIT 1"
+        )
+    except RegistryError:
+        return None
+    return int(rows[0][0]) if rows else None
 
 
 @runs_app.callback(invoke_without_command=True)
