@@ -174,6 +174,7 @@ class Trainer:
         self.val_sample = [val.next(self.device) for _ in range(config.eval_batches)]
         self.out_dir = out_dir
         self.metrics_path = metrics_path or out_dir / "metrics.jsonl"
+        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
         self.step = 0
         self.best_val_loss = math.inf
         self.evaluations_without_improvement = 0
@@ -187,11 +188,12 @@ class Trainer:
             return torch.bfloat16
         return None
 
-    def _forward(self, x, y):
+    def _forward(self, x, y, model: torch.nn.Module | None = None):
+        model = model or self.model
         if self.autocast is None:
-            return self.model(x, y)
+            return model(x, y)
         with torch.autocast(device_type=self.device.type, dtype=self.autocast):
-            return self.model(x, y)
+            return model(x, y)
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module | None = None) -> float:
@@ -199,22 +201,20 @@ class Trainer:
         (a baseline scored on exactly the same windows)."""
         model = model or self.model
         model.eval()
-        losses = []
-        for x, y in self.val_sample:
-            if self.autocast is None:
-                losses.append(model(x, y)[1].item())
-            else:
-                with torch.autocast(device_type=self.device.type, dtype=self.autocast):
-                    losses.append(model(x, y)[1].item())
+        losses = [self._forward(x, y, model)[1].item() for x, y in self.val_sample]
         self.model.train()
         return float(np.mean(losses))
 
-    def _log(self, key: str, value: float) -> None:
-        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+    def _log(self, values: dict[str, float]) -> None:
+        """Append this step's metrics with one open per call, not per value: it runs every
+        step."""
+        timestamp = datetime.now().isoformat()
+        lines = [
+            json.dumps({"key": key, "step": self.step, "value": float(value), "ts": timestamp})
+            for key, value in values.items()
+        ]
         with open(self.metrics_path, "a", encoding="utf-8") as out:
-            line = {"key": key, "step": self.step, "value": float(value),
-                    "ts": datetime.now().isoformat()}  # fmt: skip
-            out.write(json.dumps(line) + "\n")
+            out.write("\n".join(lines) + "\n")
 
     def train(self, until_step: int | None = None) -> TrainResult:
         """Train to `max_steps` (or stop after `until_step`, with a checkpoint there, as an
@@ -247,8 +247,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
             losses.append(step_loss)
-            self._log("train/loss", step_loss)
-            self._log("train/lr", rate)
+            self._log({"train/loss": step_loss, "train/lr": rate})
             now = time.monotonic()
             if now - last_report > 5 or self.step == config.max_steps:
                 rate_tokens = tokens_per_step * len(losses) / max(now - started, 1e-9)
@@ -257,11 +256,11 @@ class Trainer:
                     "train: step %d/%d, loss %.4f, %.0f tokens/s, ETA %.0fs",
                     self.step, config.max_steps, step_loss, rate_tokens, remaining,
                 )  # fmt: skip
-                self._log("train/tokens_per_s", rate_tokens)
+                self._log({"train/tokens_per_s": rate_tokens})
                 last_report = now
             if self.step % config.eval_every == 0 or self.step == config.max_steps:
                 val_loss = self.evaluate()
-                self._log("val/loss", val_loss)
+                self._log({"val/loss": val_loss})
                 improved = val_loss < self.best_val_loss - config.min_delta
                 if improved:
                     self.best_val_loss = val_loss

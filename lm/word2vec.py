@@ -88,7 +88,8 @@ def evaluate_vectors(vectors, config: Word2VecConfig) -> dict:
     analogies = gensim_test_file(ANALOGIES)
     if analogies is not None:
         accuracy, sections = vectors.evaluate_word_analogies(str(analogies))
-        answered = sum(len(s["correct"]) + len(s["incorrect"]) for s in sections[-1:])
+        total = sections[-1]  # gensim's "Total accuracy" section
+        answered = len(total["correct"]) + len(total["incorrect"])
         metrics["analogy_accuracy"] = float(accuracy)
         metrics["analogy_questions_answered"] = answered
     for name, file in SIMILARITY_SETS.items():

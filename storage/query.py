@@ -11,7 +11,6 @@ added beside the registry's tables:
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import duckdb
 
 from storage.corpus import DOCUMENTS_FILE
-from storage.registry import RegistryError, RunRegistry, _is_lock_error
+from storage.registry import RegistryError, RunRegistry
 
 
 def _quote(text: str) -> str:
@@ -28,21 +27,11 @@ def _quote(text: str) -> str:
 
 @contextmanager
 def sql_session(registry: RunRegistry, workspace_root: Path) -> Iterator[duckdb.DuckDBPyConnection]:
-    if not registry.path.exists():
-        raise RegistryError(
-            f"{registry.path}: no registry yet; `lmforge run` creates it with the first run"
-        )
+    registry.require_existing()
     connection = duckdb.connect()
     try:
-        deadline = time.monotonic() + registry.timeout_s
-        while True:
-            try:
-                connection.execute(f"ATTACH {_quote(str(registry.path))} AS registry (READ_ONLY)")
-                break
-            except duckdb.Error as error:
-                if not _is_lock_error(error) or time.monotonic() > deadline:
-                    raise RegistryError(f"{registry.path}: cannot open: {error}") from error
-                time.sleep(0.1)
+        attach = f"ATTACH {_quote(str(registry.path))} AS registry (READ_ONLY)"
+        registry.retry_while_locked(lambda: connection.execute(attach))
         connection.execute("USE registry")
         root = _quote(str(workspace_root) + "/")
         connection.execute(

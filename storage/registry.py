@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
 import duckdb
 
@@ -127,6 +128,7 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
+T = TypeVar("T")
 LOCK_ERRORS = ("lock", "Conflicting")
 
 
@@ -173,12 +175,14 @@ class RunRegistry:
 
     # -- connections -------------------------------------------------------------------------
 
-    def _connect(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+    def retry_while_locked(self, action: Callable[[], T]) -> T:
+        """Run `action` (an open or attach of the file), retrying with backoff while another
+        process holds the database, up to `timeout_s`."""
         deadline = time.monotonic() + self.timeout_s
         delay = 0.02
         while True:
             try:
-                return duckdb.connect(str(self.path), read_only=read_only)
+                return action()
             except duckdb.Error as error:
                 if not _is_lock_error(error) or time.monotonic() > deadline:
                     raise RegistryError(
@@ -186,6 +190,15 @@ class RunRegistry:
                     ) from error
                 time.sleep(delay * (1 + random.random()))
                 delay = min(delay * 2, 0.5)
+
+    def require_existing(self) -> None:
+        if not self.path.exists():
+            raise RegistryError(
+                f"{self.path}: no registry yet; `lmforge run` creates it with the first run"
+            )
+
+    def _connect(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        return self.retry_while_locked(lambda: duckdb.connect(str(self.path), read_only=read_only))
 
     @contextmanager
     def writing(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -211,10 +224,7 @@ class RunRegistry:
 
     @contextmanager
     def reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        if not self.path.exists():
-            raise RegistryError(
-                f"{self.path}: no registry yet; `lmforge run` creates it with the first run"
-            )
+        self.require_existing()
         connection = self._connect(read_only=True)
         try:
             yield connection
