@@ -24,11 +24,17 @@ from typing import Any
 from prefect import Task, flow
 from prefect.runtime import deployment, flow_run
 
-from lm.config import PipelineConfig, load_config, resolve_preset
+from lm.config import ModelRun, PipelineConfig, load_config, resolve_preset
 from storage.artifacts import ArtifactStore, Descriptor
 from storage.metrics_log import MetricsLog
 from storage.processes import pid_alive
-from storage.registry import DatasetRecord, RunRegistry, StageRecord, TokenizerRecord
+from storage.registry import (
+    DatasetRecord,
+    ModelRecord,
+    RunRegistry,
+    StageRecord,
+    TokenizerRecord,
+)
 from storage.workspace import Workspace
 from tasks.caching import REPO_ROOT, code_digest
 from tasks.clean import clean_key, clean_task, corpus_store
@@ -103,17 +109,23 @@ def _run_row(run_id: str, config: PipelineConfig, config_path: str, overrides: l
 
 
 def _run_stage(
-    stages: list[StageRecord], stage_task: Task, key: str, store: ArtifactStore, **parameters: Any
+    stages: list[StageRecord],
+    stage_task: Task,
+    key: str,
+    store: ArtifactStore,
+    stage_name: str | None = None,
+    **parameters: Any,
 ) -> Descriptor:
     """Run one cached stage and note how it went. A missing or incomplete output directory
     refreshes the cache: Prefect's record alone is never trusted to mean the files exist."""
     started = time.perf_counter()
     refresh = not store.is_complete(key)
-    state = stage_task.with_options(refresh_cache=refresh)(**parameters, return_state=True)
+    options = {"refresh_cache": refresh} | ({"task_run_name": stage_name} if stage_name else {})
+    state = stage_task.with_options(**options)(**parameters, return_state=True)
     descriptor: Descriptor = state.result()
     stages.append(
         StageRecord(
-            stage=stage_task.name,
+            stage=stage_name or stage_task.name,
             cache_key=key,
             cached=state.name == "Cached",
             seconds=time.perf_counter() - started,
@@ -123,6 +135,53 @@ def _run_stage(
         )
     )
     return descriptor
+
+
+def _train_model(
+    stages: list[StageRecord],
+    metrics: MetricsLog,
+    workspace: Workspace,
+    run: ModelRun,
+    shards: Descriptor,
+    tokenizer: Descriptor,
+    corpus: Descriptor,
+    ladder: bool,
+) -> ModelRecord:
+    """Train one model of the run (cached like every stage) and log its curve and numbers
+    under its label. In a ladder, each model's stages are named after it (`train/mlp`)."""
+    suffix = f"/{run.label}" if ladder else ""
+    trained = _run_stage(
+        stages,
+        train_task,
+        train_key(shards, tokenizer, run.model, run.train),
+        train_store(workspace),
+        stage_name=f"train{suffix}",
+        shards=shards,
+        tokenizer=tokenizer,
+        model=run.model,
+        train=run.train,
+    )
+    metrics.append_file(workspace.resolve(trained.path) / METRICS_FILE, model=run.label)
+    stats = dict(trained.stats)
+    metrics.log_many(
+        {
+            "model/val_loss": stats["val_loss"],
+            "baseline/val_loss": stats["baseline_val_loss"],
+            "model/parameters": stats["parameters"],
+            "model/tokens_seen": stats["tokens_seen"],
+        },
+        model=run.label,
+    )
+    return ModelRecord(
+        label=run.label,
+        kind=run.model.kind,
+        digest=trained.digest,
+        path=trained.path,
+        tokenizer_digest=tokenizer.digest,
+        corpus_digest=corpus.digest,
+        config={"model": run.model.model_dump(mode="json"), "train": run.train.model_dump()},
+        stats=stats,
+    )
 
 
 @flow(name="lm-pipeline", persist_result=False)
@@ -188,27 +247,11 @@ def lm_pipeline(config: str | None = None, overrides: list[str] | None = None) -
                 for name, value in vectors.stats.items()
                 if isinstance(value, int | float)
             }
-        trained = None
-        if settings.model is not None:
-            trained = _run_stage(
-                stages,
-                train_task,
-                train_key(shards, tokenizer, settings.model, settings.train),
-                train_store(workspace),
-                shards=shards,
-                tokenizer=tokenizer,
-                model=settings.model,
-                train=settings.train,
-            )
-            metrics.append_file(workspace.resolve(trained.path) / METRICS_FILE)
-            metrics.log_many(
-                {
-                    "model/val_loss": trained.stats["val_loss"],
-                    "baseline/val_loss": trained.stats["baseline_val_loss"],
-                    "model/parameters": trained.stats["parameters"],
-                    "model/tokens_seen": trained.stats["tokens_seen"],
-                }
-            )
+        ladder = bool(settings.models)
+        models = [
+            _train_model(stages, metrics, workspace, run, shards, tokenizer, corpus, ladder)
+            for run in settings.model_runs()
+        ]
         metrics.log_many(
             {
                 **word2vec_metrics,
@@ -232,6 +275,7 @@ def lm_pipeline(config: str | None = None, overrides: list[str] | None = None) -
             tokenizers=[
                 TokenizerRecord(tokenizer.digest, corpus.digest, tokenizer.path, tokenizer.stats)
             ],
+            models=models,
         )
     except BaseException as error:
         record_task(
@@ -250,5 +294,5 @@ def lm_pipeline(config: str | None = None, overrides: list[str] | None = None) -
         "corpus": {"digest": corpus.digest, "path": corpus.path, **corpus.stats},
         "tokenizer": {"digest": tokenizer.digest, "path": tokenizer.path, **tokenizer.stats},
         "shards": {"path": shards.path, **shards.stats},
-        "model": {"path": trained.path, **trained.stats} if trained else None,
+        "models": [{"label": m.label, "kind": m.kind, "path": m.path, **m.stats} for m in models],
     }

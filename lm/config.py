@@ -8,11 +8,13 @@ section, and the digest of that section is part of the stage's cache key.
 from __future__ import annotations
 
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
+from lm.eval_config import EvalConfig
 from lm.models.config import ModelConfig
 from lm.strict_model import StrictModel
 from lm.train_config import TrainConfig
@@ -25,12 +27,13 @@ class ConfigError(ValueError):
     """A configuration file or override that cannot be used; the message names the file."""
 
 
-SourceFormat = Literal["auto", "text", "jsonl", "parquet", "csv", "wikipedia"]
+SourceFormat = Literal["auto", "text", "jsonl", "parquet", "csv", "wikipedia", "census-names"]
 
 
 class SourceConfig(StrictModel):
-    """One input: a file, a folder, a recursive glob, an http(s) URL, or `gensim:NAME` for a file
-    that gensim ships in its test data."""
+    """One input: a file, a folder, a recursive glob, an http(s) URL, `gensim:NAME` for a file
+    that gensim ships in its test data, or `names:FILE` for a US Census name list that the
+    `names` package ships (read as `census-names`: one lowercased name per line)."""
 
     path: str
     format: SourceFormat = "auto"
@@ -108,9 +111,13 @@ class CleanConfig(StrictModel):
 
 
 class SplitConfig(StrictModel):
-    """Held-out fractions. The split of a document is a function of its `doc_id` alone, so adding
-    documents never moves an existing one between splits."""
+    """Held-out fractions. With `hash`, the split of a document is a function of its `doc_id`
+    alone, so adding documents never moves an existing one between splits. With `ordered`
+    (nanoGPT's split, for one long text), the kept documents are concatenated in corpus order and
+    the token stream is cut by position: the first (1 - val - test) is train, then val, then
+    test."""
 
+    method: Literal["hash", "ordered"] = "hash"
     val: float = Field(0.05, ge=0.0, lt=1.0)
     test: float = Field(0.05, ge=0.0, lt=1.0)
 
@@ -159,6 +166,36 @@ class Word2VecConfig(StrictModel):
     projection: Literal["tsne", "pca"] = "tsne"
 
 
+class LadderEntry(StrictModel):
+    """One model of a ladder: the model, a label for tables and metrics, and the training
+    settings it needs that differ from the run's `[train]` (a count model needs none, an MLP a
+    higher learning rate than a transformer)."""
+
+    model: ModelConfig = Field(discriminator="kind")
+    name: str | None = None
+    train: dict[str, Any] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_table(cls, data: Any) -> Any:
+        """`[[models]]` tables are flat: model fields beside `name` and a `[models.train]`
+        sub-table."""
+        if isinstance(data, dict) and "model" not in data:
+            data = dict(data)
+            name, train = data.pop("name", None), data.pop("train", {})
+            return {"model": data, "name": name, "train": train}
+        return data
+
+
+@dataclass(frozen=True)
+class ModelRun:
+    """What the train stage gets for one model: its label, config and effective settings."""
+
+    label: str
+    model: ModelConfig
+    train: TrainConfig
+
+
 class PipelineConfig(StrictModel):
     name: str = DEFAULT_PRESET
     seed: int = 1337
@@ -167,9 +204,35 @@ class PipelineConfig(StrictModel):
     split: SplitConfig = SplitConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
     word2vec: Word2VecConfig = Word2VecConfig()
-    # No model: the pipeline stops after the data stages.
+    # No model: the pipeline stops after the data stages. One `[model]`, or a ladder of them
+    # trained and compared in one run (`[[models]]`), never both.
     model: ModelConfig | None = Field(None, discriminator="kind")
+    models: list[LadderEntry] = []
     train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _one_way_to_name_models(self) -> PipelineConfig:
+        if self.model is not None and self.models:
+            raise ValueError("give either [model] or [[models]], not both")
+        labels = [run.label for run in self.model_runs()]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"model labels must differ: {labels} (set `name` on [[models]])")
+        return self
+
+    def model_runs(self) -> list[ModelRun]:
+        """Every model this run trains, in order, each with its merged train settings."""
+        if self.model is not None:
+            return [ModelRun(self.model.kind, self.model, self.train)]
+        runs = []
+        for entry in self.models:
+            try:
+                train = TrainConfig.model_validate(self.train.model_dump() | entry.train)
+            except ValidationError as error:
+                label = entry.name or entry.model.kind
+                raise ValueError(f"models '{label}' train: {_describe(error)}") from None
+            runs.append(ModelRun(entry.name or entry.model.kind, entry.model, train))
+        return runs
 
 
 def resolve_preset(config: str | None) -> Path:
@@ -211,7 +274,8 @@ def _describe(error: ValidationError) -> str:
         if item["type"] == "extra_forbidden":
             problems.append(f"unknown key '{key}'")
         else:
-            problems.append(f"'{key}': {item['msg']}" if key else item["msg"])
+            message = item["msg"].removeprefix("Value error, ")
+            problems.append(f"'{key}': {message}" if key else message)
     return "; ".join(problems)
 
 

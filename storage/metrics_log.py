@@ -1,7 +1,8 @@
 """A run's metrics as JSON lines in `runs/<run_id>/metrics.jsonl`.
 
 Stages and training append here and never open DuckDB; the flow bulk-loads the file into the
-registry when the run is recorded (one `read_json` instead of a row-by-row insert)."""
+registry when the run is recorded (one `read_json` instead of a row-by-row insert). A line may
+name the `model` it belongs to (the label of one model of a ladder); run-level lines do not."""
 
 from __future__ import annotations
 
@@ -15,17 +16,36 @@ class MetricsLog:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
 
-    def log(self, key: str, value: float, step: int = 0) -> None:
-        line = {"key": key, "step": step, "value": float(value), "ts": datetime.now().isoformat()}
-        with open(self.path, "a", encoding="utf-8") as out:
-            out.write(json.dumps(line) + "\n")
-
-    def append_file(self, other: Path) -> None:
-        """Add another metrics file's lines (a training run's curve) to this run's."""
-        if other.is_file():
+    def log_many(self, values: dict[str, float], step: int = 0, model: str | None = None) -> None:
+        timestamp = datetime.now().isoformat()
+        lines = [
+            json.dumps(_line(key, step, float(value), timestamp, model))
+            for key, value in values.items()
+        ]
+        if lines:
             with open(self.path, "a", encoding="utf-8") as out:
-                out.write(other.read_text(encoding="utf-8"))
+                out.write("\n".join(lines) + "\n")
 
-    def log_many(self, values: dict[str, float], step: int = 0) -> None:
-        for key, value in values.items():
-            self.log(key, value, step)
+    def log(self, key: str, value: float, step: int = 0, model: str | None = None) -> None:
+        self.log_many({key: value}, step, model)
+
+    def append_file(self, other: Path, model: str | None = None) -> None:
+        """Add another metrics file's lines (a training run's curve) to this run's, tagged
+        with the model they belong to."""
+        if not other.is_file():
+            return
+        with open(other, encoding="utf-8") as source, open(self.path, "a", encoding="utf-8") as out:
+            for raw in source:
+                if not raw.strip():
+                    continue
+                line = json.loads(raw)
+                if model is not None:
+                    line["model"] = model
+                out.write(json.dumps(line) + "\n")
+
+
+def _line(key: str, step: int, value: float, timestamp: str, model: str | None) -> dict:
+    line = {"key": key, "step": step, "value": value, "ts": timestamp}
+    if model is not None:
+        line["model"] = model
+    return line

@@ -126,6 +126,52 @@ MIGRATIONS: list[str] = [
         stats JSON
     );
     """,
+    # 3: one row per trained model (a run may train a ladder of them), metrics tagged with the
+    # model they belong to, and the leaderboard read from the models themselves.
+    """
+    ALTER TABLE metrics ADD COLUMN model VARCHAR;
+    CREATE TABLE models (
+        run_id VARCHAR NOT NULL,
+        label VARCHAR NOT NULL,
+        kind VARCHAR NOT NULL,
+        digest VARCHAR,
+        path VARCHAR,
+        tokenizer_digest VARCHAR,
+        corpus_digest VARCHAR,
+        parameters BIGINT,
+        steps BIGINT,
+        tokens_seen BIGINT,
+        train_seconds DOUBLE,
+        val_loss DOUBLE,
+        val_bpb DOUBLE,
+        test_loss DOUBLE,
+        test_bpb DOUBLE,
+        baseline_val_bpb DOUBLE,
+        baseline_test_bpb DOUBLE,
+        config JSON,
+        alias VARCHAR,
+        created_at TIMESTAMP
+    );
+    CREATE TABLE promotions (
+        run_id VARCHAR NOT NULL,
+        label VARCHAR,
+        alias VARCHAR NOT NULL,
+        promoted BOOLEAN NOT NULL,
+        candidate_val_bpb DOUBLE,
+        champion_val_bpb DOUBLE,
+        reason VARCHAR,
+        decided_at TIMESTAMP
+    );
+    CREATE OR REPLACE VIEW latest_metrics AS
+        SELECT run_id, model, key, arg_max(value, step) AS value, max(step) AS step
+        FROM metrics GROUP BY run_id, model, key;
+    CREATE OR REPLACE VIEW leaderboard AS
+        SELECT m.run_id, m.label, m.kind, r.preset, r.started_at, m.parameters, m.tokens_seen,
+               m.val_bpb, m.test_bpb, m.baseline_val_bpb, m.alias
+        FROM models m JOIN runs r USING (run_id)
+        WHERE r.status = 'completed' AND m.val_bpb IS NOT NULL
+        ORDER BY m.val_bpb;
+    """,
 ]
 
 T = TypeVar("T")
@@ -152,6 +198,21 @@ class TokenizerRecord:
     digest: str
     corpus_digest: str
     path: str
+    stats: dict
+
+
+@dataclass
+class ModelRecord:
+    """A trained (and evaluated) model of a run; `path` is its workspace-relative train
+    artifact folder."""
+
+    label: str
+    kind: str
+    digest: str
+    path: str
+    tokenizer_digest: str
+    corpus_digest: str
+    config: dict
     stats: dict
 
 
@@ -286,6 +347,7 @@ class RunRegistry:
         metrics_file: Path | None = None,
         error: str | None = None,
         tokenizers: list[TokenizerRecord] = (),
+        models: list[ModelRecord] = (),
     ) -> None:
         """Everything a run produced, in one transaction: stages, artifacts, corpus versions,
         metrics (bulk-loaded from the run's JSONL file), and the final status."""
@@ -327,11 +389,14 @@ class RunRegistry:
                         json.dumps(stats, ensure_ascii=False),
                     ],
                 )
+            for model in models:
+                self._insert_model(connection, run_id, model)
             if metrics_file is not None and metrics_file.is_file() and metrics_file.stat().st_size:
                 connection.execute(
-                    "INSERT INTO metrics SELECT ?, key, step, value, ts FROM read_json(?, "
-                    "columns = {key: 'VARCHAR', step: 'BIGINT', value: 'DOUBLE', ts: 'TIMESTAMP'},"
-                    " format = 'newline_delimited')",
+                    "INSERT INTO metrics (run_id, key, step, value, ts, model) "
+                    "SELECT ?, key, step, value, ts, model FROM read_json(?, "
+                    "columns = {key: 'VARCHAR', step: 'BIGINT', value: 'DOUBLE', ts: 'TIMESTAMP',"
+                    " model: 'VARCHAR'}, format = 'newline_delimited')",
                     [run_id, str(metrics_file)],
                 )
             connection.execute(
@@ -339,6 +404,60 @@ class RunRegistry:
                 "corpus_digest = coalesce(?, corpus_digest), "
                 "seconds = epoch(CAST(? AS TIMESTAMP) - started_at) WHERE run_id = ?",
                 [status, ended_at, error, corpus_digest, ended_at, run_id],
+            )
+
+    @staticmethod
+    def _insert_model(
+        connection: duckdb.DuckDBPyConnection, run_id: str, model: ModelRecord
+    ) -> None:
+        stats = model.stats
+        connection.execute(
+            "INSERT INTO models VALUES "
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, now())",
+            [
+                run_id,
+                model.label,
+                model.kind,
+                model.digest,
+                model.path,
+                model.tokenizer_digest,
+                model.corpus_digest,
+                stats.get("parameters"),
+                stats.get("steps"),
+                stats.get("tokens_seen"),
+                stats.get("seconds"),
+                stats.get("val_loss"),
+                stats.get("val_bpb"),
+                stats.get("test_loss"),
+                stats.get("test_bpb"),
+                stats.get("baseline_val_bpb"),
+                stats.get("baseline_test_bpb"),
+                json.dumps(model.config),
+            ],
+        )
+
+    def promote(
+        self,
+        run_id: str,
+        label: str | None,
+        alias: str,
+        promoted: bool,
+        candidate_val_bpb: float | None,
+        champion_val_bpb: float | None,
+        reason: str,
+    ) -> None:
+        """Record a promotion decision; when promoted, move `alias` to the run's model (one
+        model holds an alias at a time)."""
+        with self.writing() as connection:
+            if promoted:
+                connection.execute("UPDATE models SET alias = NULL WHERE alias = ?", [alias])
+                connection.execute(
+                    "UPDATE models SET alias = ? WHERE run_id = ? AND (? IS NULL OR label = ?)",
+                    [alias, run_id, label, label],
+                )
+            connection.execute(
+                "INSERT INTO promotions VALUES (?, ?, ?, ?, ?, ?, ?, now())",
+                [run_id, label, alias, promoted, candidate_val_bpb, champion_val_bpb, reason],
             )
 
     def _insert_dataset(
@@ -391,6 +510,31 @@ class RunRegistry:
             ids = ", ".join(row[0] for row in rows[:5])
             raise RegistryError(f"run id '{prefix}' is ambiguous: {ids}")
         return dict(zip(columns, rows[0], strict=True))
+
+    def find_model(self, run_prefix: str, label: str | None = None) -> dict:
+        """The trained model of a run (its last one, the top of a ladder, unless `label` names
+        another), as a dict of the `models` row."""
+        run = self.find_run(run_prefix)
+        columns, rows = self.query(
+            "SELECT * FROM models WHERE run_id = ? ORDER BY created_at, rowid", [run["run_id"]]
+        )
+        found = [dict(zip(columns, row, strict=True)) for row in rows]
+        if not found:
+            raise RegistryError(
+                f"run {run['run_id']} ({run['status']}) has no trained model: its config has no "
+                "model, or it ended before training finished"
+            )
+        if label is None:
+            return found[-1]
+        for model in found:
+            if model["label"] == label:
+                return model
+        labels = ", ".join(m["label"] for m in found)
+        raise RegistryError(f"run {run['run_id']} has no model '{label}' (models: {labels})")
+
+    def champion(self, alias: str = "champion") -> dict | None:
+        columns, rows = self.query("SELECT * FROM models WHERE alias = ? LIMIT 1", [alias])
+        return dict(zip(columns, rows[0], strict=True)) if rows else None
 
 
 def _sql_value(value: object) -> object:

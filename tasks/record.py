@@ -10,7 +10,13 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NONE
 
-from storage.registry import DatasetRecord, RunRegistry, StageRecord, TokenizerRecord
+from storage.registry import (
+    DatasetRecord,
+    ModelRecord,
+    RunRegistry,
+    StageRecord,
+    TokenizerRecord,
+)
 from storage.workspace import Workspace
 
 
@@ -24,6 +30,7 @@ def record_task(
     metrics_file: str | None,
     error: str | None = None,
     tokenizers: list[TokenizerRecord] = (),
+    models: list[ModelRecord] = (),
 ) -> None:
     registry = RunRegistry(Workspace.from_env().registry_path)
     registry.finish_run(
@@ -36,4 +43,5 @@ def record_task(
         metrics_file=Path(metrics_file) if metrics_file else None,
         error=error,
         tokenizers=tokenizers,
+        models=models,
     )

@@ -234,7 +234,7 @@ def test_train_stage_publishes_a_self_contained_model_and_its_baseline(workspace
     from storage.registry import RunRegistry
 
     summary = run_pipeline(config, TINY_GPT)
-    model = summary["model"]
+    model = summary["models"][-1]
     assert model["steps"] == 12 and model["tokens_seen"] == 12 * 4 * 16
     vocabulary = (workspace.resolve(summary["tokenizer"]["path"]) / "tokenizer.json").read_text()
     log_vocab = math.log(len(json.loads(vocabulary)["chars"]) + 2)
@@ -263,12 +263,73 @@ def test_training_resumes_from_the_work_folder_after_a_crash(workspace, config):
     from lm.train import latest_checkpoint
 
     first = run_pipeline(config, TINY_GPT)
-    folder = workspace.resolve(first["model"]["path"])
+    folder = workspace.resolve(first["models"][-1]["path"])
     # Simulate a run killed after step 6: its work folder holds the step-6 checkpoint only.
     work = folder.with_name(folder.name + ".work")
     work.mkdir()
     shutil.copytree(folder / "best", work / "step-00000006")  # best = step 6 or 12
     shutil.rmtree(folder)
     resumed = run_pipeline(config, TINY_GPT)
-    assert resumed["model"]["steps"] == 12
+    assert resumed["models"][-1]["steps"] == 12
     assert latest_checkpoint(work) is None  # the work folder was consumed
+
+
+LADDER = """
+[split]
+val = 0.3
+
+[train]
+max_steps = 8
+micro_batch = 4
+global_batch = 4
+eval_every = 4
+eval_batches = 2
+block_size = 8
+warmup_steps = 0
+
+[[models]]
+kind = "bigram-count"
+
+[[models]]
+kind = "mlp"
+context = 3
+[models.train]
+learning_rate = 0.05
+
+[[models]]
+name = "tiny-gpt"
+kind = "gpt"
+block_size = 16
+n_layer = 1
+n_head = 2
+n_embd = 16
+"""
+
+
+def test_a_ladder_trains_every_model_in_one_run_and_records_each(workspace, tmp_path, sources):
+    config = write_config(tmp_path / "ladder.toml", sources, LADDER)
+    summary = run_pipeline(config)
+    labels = [model["label"] for model in summary["models"]]
+    assert labels == ["bigram-count", "mlp", "tiny-gpt"]
+    states = stage_states(summary)
+    assert {"train/bigram-count", "train/mlp", "train/tiny-gpt"} <= set(states)
+    registry = RunRegistry(workspace.registry_path)
+    _, rows = registry.query(
+        "SELECT label, kind, steps, val_loss FROM models WHERE run_id = ? ORDER BY label",
+        [summary["run_id"]],
+    )
+    assert [(label, kind) for label, kind, *_ in rows] == [
+        ("bigram-count", "bigram-count"), ("mlp", "mlp"), ("tiny-gpt", "gpt"),
+    ]  # fmt: skip
+    assert dict((label, steps) for label, _, steps, _ in rows) == {
+        "bigram-count": 0, "mlp": 8, "tiny-gpt": 8,
+    }  # fmt: skip
+    # Each curve is tagged with its model; the per-model learning rate override took effect.
+    _, curves = registry.query(
+        "SELECT model, count(*), max(value) FILTER (key = 'train/lr') FROM metrics "
+        "WHERE key IN ('train/loss', 'train/lr') GROUP BY model ORDER BY model"
+    )
+    assert [(model, n) for model, n, _ in curves] == [("mlp", 16), ("tiny-gpt", 16)]
+    assert curves[0][2] == pytest.approx(0.05)
+    assert registry.find_model(summary["run_id"][:10])["label"] == "tiny-gpt"
+    assert registry.find_model(summary["run_id"], "mlp")["kind"] == "mlp"
