@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from storage.registry import MIGRATIONS, DatasetRecord, RegistryError, RunRegistry, StageRecord
+from storage.registry import (
+    MIGRATIONS,
+    DatasetRecord,
+    ModelRecord,
+    RegistryError,
+    RunRegistry,
+    StageRecord,
+)
 
 
 def _run_row(run_id: str) -> dict:
@@ -114,3 +121,44 @@ def test_reader_waits_for_a_writer_instead_of_failing(tmp_path):
     holder.join(timeout=60)
     assert rows == [(2,)], "the reader saw the writer's committed batch"
     assert time.monotonic() - began > 0.5, "the reader waited for the lock"
+
+
+def _model(label: str, val_bpb: float | None) -> ModelRecord:
+    return ModelRecord(
+        label=label, kind="gpt", digest=f"train-{label}", path=f"artifacts/train/{label}",
+        tokenizer_digest="t", corpus_digest="c", config={"n_layer": 1},
+        stats={"parameters": 10, "steps": 5, "val_bpb": val_bpb},
+    )  # fmt: skip
+
+
+def test_models_are_found_by_run_and_label_and_a_run_without_one_says_so(tmp_path):
+    registry = RunRegistry(tmp_path / "registry.duckdb")
+    for run_id in ("r1", "r2"):
+        registry.start_run(_run_row(run_id))
+    ladder = [_model("mlp", 2.0), _model("gpt", 1.5)]
+    registry.finish_run("r1", "completed", datetime.now(), [], models=ladder)
+    registry.finish_run("r2", "failed", datetime.now(), [])
+    assert registry.find_model("r1")["label"] == "gpt"  # the top of the ladder
+    assert registry.find_model("r1", "mlp")["path"] == "artifacts/train/mlp"
+    with pytest.raises(RegistryError, match=r"no model 'rnn' \(models: mlp, gpt\)"):
+        registry.find_model("r1", "rnn")
+    with pytest.raises(RegistryError, match="r2 \\(failed\\) has no trained model"):
+        registry.find_model("r2")
+    _, board = registry.query("SELECT label, val_bpb FROM leaderboard")
+    assert board == [("gpt", 1.5), ("mlp", 2.0)]
+
+
+def test_promotion_moves_the_alias_and_records_every_decision(tmp_path):
+    registry = RunRegistry(tmp_path / "registry.duckdb")
+    for run_id in ("r1", "r2", "r3"):
+        registry.start_run(_run_row(run_id))
+        registry.finish_run(run_id, "completed", datetime.now(), [], models=[_model("gpt", 1.0)])
+    registry.promote("r1", None, "champion", True, 1.0, None, "first model")
+    registry.promote("r2", None, "champion", False, 1.0, 1.0, "no better")
+    assert registry.champion()["run_id"] == "r1"
+    registry.promote("r3", "gpt", "champion", True, 0.9, 1.0, "better by 0.1")
+    assert registry.champion()["run_id"] == "r3"
+    _, rows = registry.query("SELECT count(*) FROM models WHERE alias = 'champion'")
+    assert rows == [(1,)]
+    _, decisions = registry.query("SELECT run_id, promoted FROM promotions ORDER BY decided_at")
+    assert decisions == [("r1", True), ("r2", False), ("r3", True)]
