@@ -17,7 +17,7 @@ import socket
 import subprocess
 import time
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -137,50 +137,190 @@ def _run_stage(
     return descriptor
 
 
-def _train_model(
-    stages: list[StageRecord],
-    metrics: MetricsLog,
-    workspace: Workspace,
-    run: ModelRun,
+def train_model(
+    run: RunContext,
+    model_run: ModelRun,
     shards: Descriptor,
     tokenizer: Descriptor,
     corpus: Descriptor,
-    ladder: bool,
+    ladder: bool = False,
+    vectors: Descriptor | None = None,
 ) -> ModelRecord:
     """Train one model of the run (cached like every stage) and log its curve and numbers
     under its label. In a ladder, each model's stages are named after it (`train/mlp`)."""
-    suffix = f"/{run.label}" if ladder else ""
+    label, workspace = model_run.label, run.workspace
+    suffix = f"/{label}" if ladder else ""
     trained = _run_stage(
-        stages,
+        run.stages,
         train_task,
-        train_key(shards, tokenizer, run.model, run.train),
+        train_key(shards, tokenizer, model_run.model, model_run.train),
         train_store(workspace),
         stage_name=f"train{suffix}",
         shards=shards,
         tokenizer=tokenizer,
-        model=run.model,
-        train=run.train,
+        model=model_run.model,
+        train=model_run.train,
     )
-    metrics.append_file(workspace.resolve(trained.path) / METRICS_FILE, model=run.label)
+    run.metrics.append_file(workspace.resolve(trained.path) / METRICS_FILE, model=label)
     stats = dict(trained.stats)
-    metrics.log_many(
+    run.metrics.log_many(
         {
             "model/val_loss": stats["val_loss"],
             "baseline/val_loss": stats["baseline_val_loss"],
             "model/parameters": stats["parameters"],
             "model/tokens_seen": stats["tokens_seen"],
         },
-        model=run.label,
+        model=label,
     )
     return ModelRecord(
-        label=run.label,
-        kind=run.model.kind,
+        label=label,
+        kind=model_run.model.kind,
         digest=trained.digest,
         path=trained.path,
         tokenizer_digest=tokenizer.digest,
         corpus_digest=corpus.digest,
-        config={"model": run.model.model_dump(mode="json"), "train": run.train.model_dump()},
+        config={
+            "model": model_run.model.model_dump(mode="json"),
+            "train": model_run.train.model_dump(),
+        },
         stats=stats,
+    )
+
+
+@dataclass
+class RunContext:
+    """One run of a flow: its id, where it writes, and the stages done so far."""
+
+    run_id: str
+    workspace: Workspace
+    registry: RunRegistry
+    metrics: MetricsLog
+    stages: list[StageRecord] = field(default_factory=list)
+
+
+def open_run(settings: PipelineConfig, config_path: str, overrides: list[str]) -> RunContext:
+    """Register a new run (closing this host's runs whose process died) and return its
+    context."""
+    workspace = Workspace.from_env().ensure()
+    registry = RunRegistry(workspace.registry_path)
+    run_id = new_run_id()
+    registry.close_abandoned_runs(_hostname(), pid_alive)
+    registry.start_run(_run_row(run_id, settings, config_path, overrides))
+    metrics = MetricsLog(workspace.runs / run_id / "metrics.jsonl")
+    return RunContext(run_id, workspace, registry, metrics)
+
+
+def record_failure(run: RunContext, error: BaseException) -> None:
+    record_task(
+        run.run_id,
+        "failed",
+        run.stages,
+        [],
+        None,
+        str(run.metrics.path),
+        error=f"{type(error).__name__}: {error}",
+    )
+
+
+def build_corpus(run: RunContext, settings: PipelineConfig) -> Descriptor:
+    """Ingest and clean: the corpus version for this config and these sources."""
+    stages, workspace = run.stages, run.workspace
+    raw = _run_stage(
+        stages,
+        ingest_task,
+        ingest_key(settings.ingest),
+        ingest_store(workspace),
+        config=settings.ingest,
+    )
+    corpus = _run_stage(
+        stages,
+        clean_task,
+        clean_key(raw, settings.clean, settings.split),
+        corpus_store(workspace),
+        raw=raw,
+        config=settings.clean,
+        split=settings.split,
+    )
+    return corpus
+
+
+def build_tokenizer(run: RunContext, settings: PipelineConfig, corpus: Descriptor) -> Descriptor:
+    return _run_stage(
+        run.stages,
+        tokenizer_task,
+        tokenizer_key(corpus, settings.tokenizer),
+        tokenizer_store(run.workspace),
+        corpus=corpus,
+        config=settings.tokenizer,
+    )
+
+
+def encode_corpus(run: RunContext, corpus: Descriptor, tokenizer: Descriptor) -> Descriptor:
+    return _run_stage(
+        run.stages,
+        encode_task,
+        encode_key(corpus, tokenizer),
+        shards_store(run.workspace),
+        corpus=corpus,
+        tokenizer=tokenizer,
+    )
+
+
+def train_word2vec(
+    run: RunContext, settings: PipelineConfig, corpus: Descriptor, tokenizer: Descriptor
+) -> Descriptor | None:
+    if not settings.word2vec.enabled:
+        return None
+    vectors = _run_stage(
+        run.stages,
+        word2vec_task,
+        word2vec_key(corpus, tokenizer, settings.word2vec),
+        word2vec_store(run.workspace),
+        corpus=corpus,
+        tokenizer=tokenizer,
+        config=settings.word2vec,
+    )
+    run.metrics.log_many(
+        {
+            f"word2vec/{name}": value
+            for name, value in vectors.stats.items()
+            if isinstance(value, int | float)
+        }
+    )
+    return vectors
+
+
+def log_data_metrics(
+    run: RunContext, corpus: Descriptor, tokenizer: Descriptor, shards: Descriptor
+) -> None:
+    run.metrics.log_many(
+        {
+            "corpus/documents": corpus.stats["documents"],
+            "corpus/kept": corpus.stats["kept"],
+            "corpus/kept_bytes": corpus.stats["kept_bytes"],
+            "tokenizer/bytes_per_token": tokenizer.stats["bytes_per_token"],
+            "tokenizer/vocab_used_fraction": tokenizer.stats["vocab_used_fraction"],
+            "tokenizer/byte_fallback_rate": tokenizer.stats["byte_fallback_rate"],
+            **{f"tokens/{s}": v["tokens"] for s, v in shards.stats["splits"].items()},
+            **{f"stage/{s.stage}/seconds": s.seconds for s in run.stages},
+        }
+    )
+
+
+def record_success(
+    run: RunContext, corpus: Descriptor, tokenizer: Descriptor, models: list[ModelRecord]
+) -> None:
+    record_task(
+        run.run_id,
+        "completed",
+        run.stages,
+        [DatasetRecord(corpus.digest, corpus.key, corpus.path, corpus.stats)],
+        corpus.digest,
+        str(run.metrics.path),
+        tokenizers=[
+            TokenizerRecord(tokenizer.digest, corpus.digest, tokenizer.path, tokenizer.stats)
+        ],
+        models=models,
     )
 
 
@@ -191,106 +331,25 @@ def lm_pipeline(config: str | None = None, overrides: list[str] | None = None) -
     overrides = list(overrides or [])
     config_path = str(resolve_preset(config))
     settings = load_config(config_path, overrides)
-    workspace = Workspace.from_env().ensure()
-    registry = RunRegistry(workspace.registry_path)
-    run_id = new_run_id()
-    registry.close_abandoned_runs(_hostname(), pid_alive)
-    registry.start_run(_run_row(run_id, settings, config_path, overrides))
-    metrics = MetricsLog(workspace.runs / run_id / "metrics.jsonl")
-    stages: list[StageRecord] = []
+    run = open_run(settings, config_path, overrides)
     try:
-        raw = _run_stage(
-            stages,
-            ingest_task,
-            ingest_key(settings.ingest),
-            ingest_store(workspace),
-            config=settings.ingest,
-        )
-        corpus = _run_stage(
-            stages,
-            clean_task,
-            clean_key(raw, settings.clean, settings.split),
-            corpus_store(workspace),
-            raw=raw,
-            config=settings.clean,
-            split=settings.split,
-        )
-        tokenizer = _run_stage(
-            stages,
-            tokenizer_task,
-            tokenizer_key(corpus, settings.tokenizer),
-            tokenizer_store(workspace),
-            corpus=corpus,
-            config=settings.tokenizer,
-        )
-        shards = _run_stage(
-            stages,
-            encode_task,
-            encode_key(corpus, tokenizer),
-            shards_store(workspace),
-            corpus=corpus,
-            tokenizer=tokenizer,
-        )
-        word2vec_metrics = {}
-        if settings.word2vec.enabled:
-            vectors = _run_stage(
-                stages,
-                word2vec_task,
-                word2vec_key(corpus, tokenizer, settings.word2vec),
-                word2vec_store(workspace),
-                corpus=corpus,
-                tokenizer=tokenizer,
-                config=settings.word2vec,
-            )
-            word2vec_metrics = {
-                f"word2vec/{name}": value
-                for name, value in vectors.stats.items()
-                if isinstance(value, int | float)
-            }
+        corpus = build_corpus(run, settings)
+        tokenizer = build_tokenizer(run, settings, corpus)
+        shards = encode_corpus(run, corpus, tokenizer)
+        vectors = train_word2vec(run, settings, corpus, tokenizer)
         ladder = bool(settings.models)
         models = [
-            _train_model(stages, metrics, workspace, run, shards, tokenizer, corpus, ladder)
-            for run in settings.model_runs()
+            train_model(run, model_run, shards, tokenizer, corpus, ladder, vectors)
+            for model_run in settings.model_runs()
         ]
-        metrics.log_many(
-            {
-                **word2vec_metrics,
-                "corpus/documents": corpus.stats["documents"],
-                "corpus/kept": corpus.stats["kept"],
-                "corpus/kept_bytes": corpus.stats["kept_bytes"],
-                "tokenizer/bytes_per_token": tokenizer.stats["bytes_per_token"],
-                "tokenizer/vocab_used_fraction": tokenizer.stats["vocab_used_fraction"],
-                "tokenizer/byte_fallback_rate": tokenizer.stats["byte_fallback_rate"],
-                **{f"tokens/{s}": v["tokens"] for s, v in shards.stats["splits"].items()},
-                **{f"stage/{s.stage}/seconds": s.seconds for s in stages},
-            }
-        )
-        record_task(
-            run_id,
-            "completed",
-            stages,
-            [DatasetRecord(corpus.digest, corpus.key, corpus.path, corpus.stats)],
-            corpus.digest,
-            str(metrics.path),
-            tokenizers=[
-                TokenizerRecord(tokenizer.digest, corpus.digest, tokenizer.path, tokenizer.stats)
-            ],
-            models=models,
-        )
+        log_data_metrics(run, corpus, tokenizer, shards)
+        record_success(run, corpus, tokenizer, models)
     except BaseException as error:
-        record_task(
-            run_id,
-            "failed",
-            stages,
-            [],
-            None,
-            str(metrics.path),
-            error=f"{type(error).__name__}: {error}",
-        )
+        record_failure(run, error)
         raise
     return {
-        "run_id": run_id,
-        "stages": [asdict(stage) for stage in stages],
+        "run_id": run.run_id,
+        "stages": [asdict(stage) for stage in run.stages],
         "corpus": {"digest": corpus.digest, "path": corpus.path, **corpus.stats},
         "tokenizer": {"digest": tokenizer.digest, "path": tokenizer.path, **tokenizer.stats},
         "shards": {"path": shards.path, **shards.stats},
