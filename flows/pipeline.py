@@ -1,5 +1,5 @@
-"""The `lm-pipeline` flow: ingest → clean → tokenizer → encode, word2vec → train → record, each
-stage a cached task.
+"""The `lm-pipeline` flow: ingest → clean → tokenizer → encode, word2vec → train → evaluate →
+record, each stage a cached task.
 
 The flow owns the run: it registers the run in DuckDB when it starts, times every stage and
 notes whether Prefect served it from cache, and records the outcome, completed or failed with
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import getpass
 import importlib.metadata
+import json
 import logging
 import os
 import shlex
@@ -25,6 +26,7 @@ from prefect import Task, flow
 from prefect.runtime import deployment, flow_run
 
 from lm.config import ModelRun, PipelineConfig, load_config, resolve_preset
+from lm.eval_config import EvalConfig
 from storage.artifacts import ArtifactStore, Descriptor
 from storage.metrics_log import MetricsLog
 from storage.processes import pid_alive
@@ -39,6 +41,8 @@ from storage.workspace import Workspace
 from tasks.caching import REPO_ROOT, code_digest
 from tasks.clean import clean_key, clean_task, corpus_store
 from tasks.encode import encode_key, encode_task, shards_store
+from tasks.evaluate import METRICS_FILE as EVAL_METRICS_FILE
+from tasks.evaluate import evaluate_key, evaluate_store, evaluate_task
 from tasks.ingest import ingest_key, ingest_store, ingest_task
 from tasks.record import record_task
 from tasks.tokenizer import tokenizer_key, tokenizer_store, tokenizer_task
@@ -143,6 +147,7 @@ def train_model(
     shards: Descriptor,
     tokenizer: Descriptor,
     corpus: Descriptor,
+    eval_config: EvalConfig,
     ladder: bool = False,
     vectors: Descriptor | None = None,
 ) -> ModelRecord:
@@ -162,13 +167,33 @@ def train_model(
         train=model_run.train,
     )
     run.metrics.append_file(workspace.resolve(trained.path) / METRICS_FILE, model=label)
-    stats = dict(trained.stats)
+    evaluated = _run_stage(
+        run.stages,
+        evaluate_task,
+        evaluate_key(trained, shards, tokenizer, eval_config),
+        evaluate_store(workspace),
+        stage_name=f"evaluate{suffix}",
+        trained=trained,
+        shards=shards,
+        tokenizer=tokenizer,
+        config=eval_config,
+    )
+    # The evaluator's numbers (a fixed sample, with bytes) replace training's running ones.
+    stats = dict(trained.stats) | {
+        key: value for key, value in evaluated.stats.items() if isinstance(value, int | float)
+    }
+    scores = json.loads((workspace.resolve(evaluated.path) / EVAL_METRICS_FILE).read_text())
     run.metrics.log_many(
         {
-            "model/val_loss": stats["val_loss"],
-            "baseline/val_loss": stats["baseline_val_loss"],
             "model/parameters": stats["parameters"],
             "model/tokens_seen": stats["tokens_seen"],
+            **{
+                f"{'eval' if scored == 'model' else scored}/{split}/{metric}": value
+                for scored, splits in scores.items()
+                for split, score in splits.items()
+                for metric, value in score.items()
+                if isinstance(value, int | float)
+            },
         },
         model=label,
     )
@@ -240,6 +265,7 @@ def build_corpus(run: RunContext, settings: PipelineConfig) -> Descriptor:
         raw=raw,
         config=settings.clean,
         split=settings.split,
+        runtime=settings.runtime,
     )
     return corpus
 
@@ -339,7 +365,7 @@ def lm_pipeline(config: str | None = None, overrides: list[str] | None = None) -
         vectors = train_word2vec(run, settings, corpus, tokenizer)
         ladder = bool(settings.models)
         models = [
-            train_model(run, model_run, shards, tokenizer, corpus, ladder, vectors)
+            train_model(run, model_run, shards, tokenizer, corpus, settings.eval, ladder, vectors)
             for model_run in settings.model_runs()
         ]
         log_data_metrics(run, corpus, tokenizer, shards)

@@ -246,16 +246,20 @@ def test_train_stage_publishes_a_self_contained_model_and_its_baseline(workspace
         assert (folder / part).is_file(), part
     assert not list(folder.parent.glob("*.work")), "the work folder is gone once published"
     _, rows = RunRegistry(workspace.registry_path).query(
-        "SELECT count(*) FILTER (key = 'train/loss'), max(value) FILTER (key = 'model/val_loss')"
+        "SELECT count(*) FILTER (key = 'train/loss'), max(value) FILTER (key = 'eval/val/loss'),"
+        " max(value) FILTER (key = 'eval/val/bpb'), max(value) FILTER (key = 'baseline/val/bpb')"
         " FROM metrics"
     )
     assert rows[0][0] == 12 and rows[0][1] == pytest.approx(model["val_loss"])
+    # One character is one byte here, so bits per byte are nats per token over ln 2.
+    assert rows[0][2] == pytest.approx(model["val_loss"] / math.log(2), rel=1e-3)
+    assert rows[0][3] == pytest.approx(model["baseline_val_bpb"]) and rows[0][3] < rows[0][2]
     again = run_pipeline(config, TINY_GPT)
-    assert stage_states(again)["train"] == "cached"
+    assert stage_states(again)["train"] == stage_states(again)["evaluate"] == "cached"
     changed = run_pipeline(config, [*TINY_GPT, 'model.pos="rope"'])
     assert stage_states(changed) == {
         "ingest": "cached", "clean": "cached", "tokenizer": "cached", "encode": "cached",
-        "train": "ran",
+        "train": "ran", "evaluate": "ran",
     }  # fmt: skip
 
 
