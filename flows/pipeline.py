@@ -112,7 +112,7 @@ def _run_row(run_id: str, config: PipelineConfig, config_path: str, overrides: l
     }
 
 
-def _run_stage(
+def run_stage(
     stages: list[StageRecord],
     stage_task: Task,
     key: str,
@@ -155,7 +155,7 @@ def train_model(
     under its label. In a ladder, each model's stages are named after it (`train/mlp`)."""
     label, workspace = model_run.label, run.workspace
     suffix = f"/{label}" if ladder else ""
-    trained = _run_stage(
+    trained = run_stage(
         run.stages,
         train_task,
         train_key(shards, tokenizer, model_run.model, model_run.train),
@@ -167,7 +167,7 @@ def train_model(
         train=model_run.train,
     )
     run.metrics.append_file(workspace.resolve(trained.path) / METRICS_FILE, model=label)
-    evaluated = _run_stage(
+    evaluated = run_stage(
         run.stages,
         evaluate_task,
         evaluate_key(trained, shards, tokenizer, eval_config),
@@ -250,14 +250,14 @@ def record_failure(run: RunContext, error: BaseException) -> None:
 def build_corpus(run: RunContext, settings: PipelineConfig) -> Descriptor:
     """Ingest and clean: the corpus version for this config and these sources."""
     stages, workspace = run.stages, run.workspace
-    raw = _run_stage(
+    raw = run_stage(
         stages,
         ingest_task,
         ingest_key(settings.ingest),
         ingest_store(workspace),
         config=settings.ingest,
     )
-    corpus = _run_stage(
+    corpus = run_stage(
         stages,
         clean_task,
         clean_key(raw, settings.clean, settings.split),
@@ -271,7 +271,7 @@ def build_corpus(run: RunContext, settings: PipelineConfig) -> Descriptor:
 
 
 def build_tokenizer(run: RunContext, settings: PipelineConfig, corpus: Descriptor) -> Descriptor:
-    return _run_stage(
+    return run_stage(
         run.stages,
         tokenizer_task,
         tokenizer_key(corpus, settings.tokenizer),
@@ -281,14 +281,17 @@ def build_tokenizer(run: RunContext, settings: PipelineConfig, corpus: Descripto
     )
 
 
-def encode_corpus(run: RunContext, corpus: Descriptor, tokenizer: Descriptor) -> Descriptor:
-    return _run_stage(
+def encode_corpus(
+    run: RunContext, settings: PipelineConfig, corpus: Descriptor, tokenizer: Descriptor
+) -> Descriptor:
+    return run_stage(
         run.stages,
         encode_task,
-        encode_key(corpus, tokenizer),
+        encode_key(corpus, tokenizer, settings.split),
         shards_store(run.workspace),
         corpus=corpus,
         tokenizer=tokenizer,
+        split=settings.split,
     )
 
 
@@ -297,7 +300,7 @@ def train_word2vec(
 ) -> Descriptor | None:
     if not settings.word2vec.enabled:
         return None
-    vectors = _run_stage(
+    vectors = run_stage(
         run.stages,
         word2vec_task,
         word2vec_key(corpus, tokenizer, settings.word2vec),
@@ -361,7 +364,7 @@ def lm_pipeline(config: str | None = None, overrides: list[str] | None = None) -
     try:
         corpus = build_corpus(run, settings)
         tokenizer = build_tokenizer(run, settings, corpus)
-        shards = encode_corpus(run, corpus, tokenizer)
+        shards = encode_corpus(run, settings, corpus, tokenizer)
         vectors = train_word2vec(run, settings, corpus, tokenizer)
         ladder = bool(settings.models)
         models = [

@@ -106,7 +106,9 @@ class CleanConfig(StrictModel):
     exact_dedup: bool = True
     quality: QualityConfig = QualityConfig()
     near_dup: NearDupConfig = NearDupConfig()
-    workers: int = Field(0, ge=0, description="processes for cleaning; 0 means one per core")
+    # Annotation workers for cleaning, run by [runtime]'s task runner: 0 means runtime.max_workers,
+    # 1 cleans inside the stage's own process. Never part of the cache key.
+    workers: int = Field(0, ge=0, description="annotation workers; 0 means runtime.max_workers")
     row_group_docs: int = Field(2000, ge=1)
 
 
@@ -187,6 +189,37 @@ class LadderEntry(StrictModel):
         return data
 
 
+class RuntimeConfig(StrictModel):
+    """Where the CPU stages' fanned-out work runs. Never part of a cache key: the runner and the
+    worker count change how fast a stage runs, never what it produces."""
+
+    # threads: no start-up cost, but pure-Python work holds the GIL; processes: every core of
+    # one machine; dask: a Dask cluster (`pip install -e .[dask]`).
+    task_runner: Literal["threads", "processes", "dask"] = "threads"
+    # Threads, processes or local Dask workers; 0 means one per core.
+    max_workers: int = Field(0, ge=0)
+    # The scheduler of an existing Dask cluster (tcp://host:8786); without it, a local cluster.
+    dask_address: str | None = None
+
+    @model_validator(mode="after")
+    def _address_needs_dask(self) -> RuntimeConfig:
+        if self.dask_address and self.task_runner != "dask":
+            raise ValueError(f"dask_address is set but task_runner is '{self.task_runner}'")
+        return self
+
+
+class RetrainConfig(StrictModel):
+    """The `retrain` flow's promotion rule: a candidate replaces the model holding `alias` only
+    if its val bits per byte beat the champion's, on the same held-out text, by `margin`."""
+
+    alias: str = "champion"
+    margin: float = Field(0.0, description="bits per byte the candidate must gain")
+    # Continued training on new data; None trains for train.max_steps.
+    steps: int | None = Field(None, ge=1)
+    # Refuse to retrain on fewer new train documents than this (too little to learn from).
+    min_new_documents: int = Field(1, ge=1)
+
+
 @dataclass(frozen=True)
 class ModelRun:
     """What the train stage gets for one model: its label, config and effective settings."""
@@ -210,6 +243,8 @@ class PipelineConfig(StrictModel):
     models: list[LadderEntry] = []
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    retrain: RetrainConfig = RetrainConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
 
     @model_validator(mode="after")
     def _one_way_to_name_models(self) -> PipelineConfig:

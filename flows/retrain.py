@@ -1,0 +1,242 @@
+"""The `retrain` flow: keep the champion model current as its sources grow.
+
+Scheduled (nightly by default, see prefect.yaml), it re-reads the configured sources; ingest and
+clean are cached, so a new corpus version appears only when documents were added. Then:
+
+- no champion yet: train the configured model from scratch and promote it;
+- no new train documents since the champion's corpus: nothing to learn, nothing trained;
+- the tokenizer and model settings are the champion's: continue training the champion from its
+  checkpoint on the new train documents only (same tokenizer, so token ids still mean the same);
+- otherwise (a changed tokenizer or model): train from scratch on the whole corpus.
+
+The candidate and the champion are both scored on the current corpus's held-out split, which a
+hash of `doc_id` fixes, so the champion's number is remeasured on the same text rather than
+taken from its own run; bits per byte make the two comparable even across tokenizers. The
+candidate is promoted only if it beats the champion by `retrain.margin`; the decision and its
+reason are recorded in the `promotions` table. Every stage is cached, so a second trigger on the
+same data trains nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from prefect import flow
+
+from flows.pipeline import (
+    RunContext,
+    build_corpus,
+    build_tokenizer,
+    encode_corpus,
+    open_run,
+    record_failure,
+    record_success,
+    run_stage,
+    train_model,
+)
+from lm.config import (
+    ConfigError,
+    ModelRun,
+    PipelineConfig,
+    TokenizerConfig,
+    load_config,
+    resolve_preset,
+)
+from storage.artifacts import Descriptor
+from storage.registry import ModelRecord
+from tasks.clean import corpus_store
+from tasks.evaluate import evaluate_key, evaluate_store, evaluate_task
+from tasks.increment import increment_key, increment_store, increment_task
+from tasks.tokenizer import tokenizer_store
+from tasks.train import train_store
+
+
+@dataclass
+class Champion:
+    """The model holding the alias, with the descriptors of what it was built from (None where
+    that artifact is gone, which forces a retrain from scratch)."""
+
+    row: dict
+    trained: Descriptor | None
+    tokenizer: Descriptor | None
+    corpus: Descriptor | None
+    tokenizer_config: dict
+    model_config: dict
+
+
+@dataclass
+class Decision:
+    mode: str  # "first", "up-to-date", "continue", "scratch"
+    reason: str
+    promoted: bool = False
+    candidate_val_bpb: float | None = None
+    champion_val_bpb: float | None = None
+
+
+def _descriptor(store, path: str | None) -> Descriptor | None:
+    return store.load_descriptor(Path(path).name) if path else None
+
+
+def load_champion(run: RunContext, alias: str) -> Champion | None:
+    row = run.registry.champion(alias) if run.registry.path.exists() else None
+    if row is None:
+        return None
+    workspace, registry = run.workspace, run.registry
+    _, tokenizers = registry.query(
+        "SELECT path FROM tokenizers WHERE digest = ?", [row["tokenizer_digest"]]
+    )
+    _, datasets = registry.query(
+        "SELECT path FROM datasets WHERE digest = ?", [row["corpus_digest"]]
+    )
+    _, configs = registry.query("SELECT config FROM runs WHERE run_id = ?", [row["run_id"]])
+    run_config = json.loads(configs[0][0]) if configs and configs[0][0] else {}
+    return Champion(
+        row=row,
+        trained=_descriptor(train_store(workspace), row["path"]),
+        tokenizer=_descriptor(tokenizer_store(workspace), tokenizers[0][0] if tokenizers else None),
+        corpus=_descriptor(corpus_store(workspace), datasets[0][0] if datasets else None),
+        tokenizer_config=run_config.get("tokenizer", {}),
+        model_config=json.loads(row["config"]).get("model", {}) if row["config"] else {},
+    )
+
+
+def _same_settings(champion: Champion, settings: PipelineConfig, model_run: ModelRun) -> bool:
+    tokenizer = TokenizerConfig.model_validate(champion.tokenizer_config)
+    same_tokenizer = tokenizer.digest() == settings.tokenizer.digest()
+    same_model = champion.model_config == model_run.model.model_dump(mode="json")
+    return same_tokenizer and same_model
+
+
+def _champion_score(
+    run: RunContext, settings: PipelineConfig, champion: Champion, corpus: Descriptor
+) -> float:
+    """The champion's val bits per byte on the current held-out split, encoded with its own
+    tokenizer."""
+    shards = encode_corpus(run, settings, corpus, champion.tokenizer)
+    scored = run_stage(
+        run.stages,
+        evaluate_task,
+        evaluate_key(champion.trained, shards, champion.tokenizer, settings.eval),
+        evaluate_store(run.workspace),
+        stage_name="evaluate/champion",
+        trained=champion.trained,
+        shards=shards,
+        tokenizer=champion.tokenizer,
+        config=settings.eval,
+    )
+    return scored.stats["val_bpb"]
+
+
+@flow(name="retrain", persist_result=False)
+def retrain(config: str | None = None, overrides: list[str] | None = None) -> dict:
+    """Retrain the champion on new data from the configured sources, and promote the result
+    only if it is better on the held-out split."""
+    overrides = list(overrides or [])
+    config_path = str(resolve_preset(config))
+    settings = load_config(config_path, overrides)
+    model_runs = settings.model_runs()
+    if not model_runs:
+        raise ConfigError(f"{config_path}: retrain needs a [model] (or [[models]]) to train")
+    model_run = model_runs[-1]  # the top of a ladder is the model kept current
+    policy = settings.retrain
+    run = open_run(settings, config_path, overrides)
+    try:
+        corpus = build_corpus(run, settings)
+        champion = load_champion(run, policy.alias)
+        usable = champion is not None and None not in (
+            champion.trained,
+            champion.tokenizer,
+            champion.corpus,
+        )
+        models: list[ModelRecord] = []
+        tokenizer = champion.tokenizer if usable else None
+        if champion is not None and usable and champion.corpus.digest == corpus.digest:
+            decision = Decision("up-to-date", "no new documents since the champion's corpus")
+        else:
+            data, train = corpus, model_run.train
+            if usable and _same_settings(champion, settings, model_run):
+                data = run_stage(
+                    run.stages,
+                    increment_task,
+                    increment_key(corpus, champion.corpus),
+                    increment_store(run.workspace),
+                    corpus=corpus,
+                    previous=champion.corpus,
+                )
+                new_documents = data.stats["new_train_documents"]
+                decision = Decision(
+                    "continue", f"continued the champion on {new_documents} new train documents"
+                )
+                steps = policy.steps or train.max_steps
+                train = train.model_copy(
+                    update={
+                        "init_from": str(run.workspace.resolve(champion.row["path"])),
+                        "max_steps": steps,
+                        "warmup_steps": min(train.warmup_steps, steps - 1),
+                    }
+                )
+            else:
+                tokenizer = build_tokenizer(run, settings, corpus)
+                new_documents = corpus.stats["split_documents"].get("train", 0)
+                why = "no champion yet" if champion is None else "settings or artifacts changed"
+                decision = Decision("scratch", f"trained from scratch ({why})")
+            if new_documents < policy.min_new_documents:
+                decision = Decision(
+                    "up-to-date",
+                    f"{new_documents} new train documents, fewer than "
+                    f"retrain.min_new_documents = {policy.min_new_documents}",
+                )
+            else:
+                shards = encode_corpus(run, settings, data, tokenizer)
+                candidate_run = ModelRun(model_run.label, model_run.model, train)
+                candidate = train_model(
+                    run, candidate_run, shards, tokenizer, corpus, settings.eval
+                )
+                models.append(candidate)
+                decision.candidate_val_bpb = candidate.stats["val_bpb"]
+                if usable:
+                    decision.champion_val_bpb = _champion_score(run, settings, champion, corpus)
+                _decide(decision, policy.margin)
+        run.metrics.log_many(
+            {
+                "retrain/promoted": float(decision.promoted),
+                **({"retrain/candidate_val_bpb": decision.candidate_val_bpb}
+                   if decision.candidate_val_bpb is not None else {}),
+                **({"retrain/champion_val_bpb": decision.champion_val_bpb}
+                   if decision.champion_val_bpb is not None else {}),
+            }
+        )  # fmt: skip
+        record_success(run, corpus, tokenizer or build_tokenizer(run, settings, corpus), models)
+        run.registry.promote(
+            run.run_id,
+            model_run.label if models else None,
+            policy.alias,
+            decision.promoted,
+            decision.candidate_val_bpb,
+            decision.champion_val_bpb,
+            f"{decision.mode}: {decision.reason}",
+        )
+    except BaseException as error:
+        record_failure(run, error)
+        raise
+    return {
+        "run_id": run.run_id,
+        "decision": asdict(decision),
+        "stages": [asdict(stage) for stage in run.stages],
+        "models": [{"label": m.label, "path": m.path, **m.stats} for m in models],
+    }
+
+
+def _decide(decision: Decision, margin: float) -> None:
+    candidate, champion = decision.candidate_val_bpb, decision.champion_val_bpb
+    if champion is None:
+        decision.promoted = True
+        decision.reason += "; promoted: no champion to beat"
+    elif candidate < champion - margin:
+        decision.promoted = True
+        decision.reason += f"; promoted: val bpb {candidate:.4f} < {champion:.4f} - {margin}"
+    else:
+        decision.reason += f"; kept the champion: val bpb {candidate:.4f} vs {champion:.4f}"
+        decision.reason += f" (margin {margin})"

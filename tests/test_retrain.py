@@ -1,0 +1,82 @@
+"""The `retrain` flow on a tiny config: first model promoted, nothing retrained without new
+documents, continued training on new documents, promotion only when bits per byte improve."""
+
+from __future__ import annotations
+
+import pytest
+
+from storage.registry import RunRegistry
+from tests.helpers import prose, write_config
+
+TINY = """
+[split]
+val = 0.25
+test = 0.0
+
+[model]
+kind = "gpt"
+block_size = 16
+n_layer = 1
+n_head = 2
+n_embd = 16
+
+[train]
+max_steps = 10
+micro_batch = 4
+global_batch = 4
+eval_every = 5
+eval_batches = 2
+warmup_steps = 2
+
+[eval]
+batches = 4
+batch_size = 4
+samples = 0
+"""
+
+
+def _trigger(config, *overrides):
+    from flows.retrain import retrain
+
+    return retrain(config=str(config), overrides=list(overrides))
+
+
+def _stages(summary) -> dict[str, bool]:
+    return {stage["stage"]: stage["cached"] for stage in summary["stages"]}
+
+
+def test_retrain_trains_once_per_new_data_and_promotes_only_on_improvement(workspace, tmp_path):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    for index in range(12):
+        (folder / f"doc{index:02d}.txt").write_text(prose(index, 120))
+    config = write_config(tmp_path / "tiny.toml", [{"path": str(folder)}], TINY)
+    registry = RunRegistry(workspace.registry_path)
+
+    first = _trigger(config)
+    assert first["decision"]["mode"] == "scratch" and first["decision"]["promoted"]
+    assert registry.champion()["run_id"] == first["run_id"]
+
+    unchanged = _trigger(config)
+    assert unchanged["decision"]["mode"] == "up-to-date" and not unchanged["decision"]["promoted"]
+    assert not any(stage.startswith("train") for stage in _stages(unchanged))
+
+    for index in range(100, 110):  # ten new documents
+        (folder / f"new{index}.txt").write_text(prose(index, 120))
+    strict = _trigger(config, "retrain.margin=10.0")  # no candidate can gain 10 bits per byte
+    decision = strict["decision"]
+    assert decision["mode"] == "continue" and "new train documents" in decision["reason"]
+    assert _stages(strict)["train"] is False  # it trained
+    assert not decision["promoted"] and decision["champion_val_bpb"] is not None
+    assert registry.champion()["run_id"] == first["run_id"]
+
+    again = _trigger(config, "retrain.margin=10.0")
+    assert _stages(again)["train"] is True  # the same data: served from cache, not retrained
+    assert again["decision"]["candidate_val_bpb"] == pytest.approx(decision["candidate_val_bpb"])
+
+    lenient = _trigger(config, "retrain.margin=-10.0")
+    assert _stages(lenient)["train"] is True and lenient["decision"]["promoted"]
+    assert registry.champion()["run_id"] == lenient["run_id"]
+    _, decisions = registry.query("SELECT promoted, reason FROM promotions ORDER BY decided_at")
+    assert [promoted for promoted, _ in decisions] == [True, False, False, False, True]
+    assert "kept the champion" in decisions[2][1]
