@@ -180,7 +180,9 @@ def train_model(
     )
     # The evaluator's numbers (a fixed sample, with bytes) replace training's running ones.
     stats = dict(trained.stats) | {
-        key: value for key, value in evaluated.stats.items() if isinstance(value, int | float)
+        key: value
+        for key, value in evaluated.stats.items()
+        if key.startswith(("val_", "test_", "baseline_")) and isinstance(value, int | float)
     }
     scores = json.loads((workspace.resolve(evaluated.path) / EVAL_METRICS_FILE).read_text())
     run.metrics.log_many(

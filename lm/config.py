@@ -208,6 +208,31 @@ class RuntimeConfig(StrictModel):
         return self
 
 
+class AblationVariant(StrictModel):
+    """One arm of an ablation: fields that replace the base `[model]`'s (and, rarely, its
+    `[train]`'s), under a name for the table."""
+
+    name: str
+    model: dict[str, Any] = {}
+    train: dict[str, Any] = {}
+
+
+class AblationConfig(StrictModel):
+    """Which variants of the base model to compare and over how many seeds. Every variant
+    trains on the same corpus, tokenizer and shards with the same token budget (the base
+    `[train]`), so only the switch differs."""
+
+    seeds: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1)
+    variants: list[AblationVariant] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _names_differ(self) -> AblationConfig:
+        names = [variant.name for variant in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"ablation variant names must differ: {names}")
+        return self
+
+
 class RetrainConfig(StrictModel):
     """The `retrain` flow's promotion rule: a candidate replaces the model holding `alias` only
     if its val bits per byte beat the champion's, on the same held-out text, by `margin`."""
@@ -244,6 +269,7 @@ class PipelineConfig(StrictModel):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     retrain: RetrainConfig = RetrainConfig()
+    ablation: AblationConfig = AblationConfig()
     runtime: RuntimeConfig = RuntimeConfig()
 
     @model_validator(mode="after")
@@ -254,6 +280,26 @@ class PipelineConfig(StrictModel):
         if len(set(labels)) != len(labels):
             raise ValueError(f"model labels must differ: {labels} (set `name` on [[models]])")
         return self
+
+    def ablation_runs(self) -> list[tuple[str, int, ModelRun]]:
+        """(variant, seed, model run) for every arm of `[ablation]`, over the base `[model]`."""
+        if self.model is None:
+            raise ValueError("an ablation needs a base [model] that its variants change")
+        if not self.ablation.variants:
+            raise ValueError("an ablation needs [[ablation.variants]]")
+        arms = []
+        for variant in self.ablation.variants:
+            fields = self.model.model_dump() | variant.model
+            try:
+                model = type(self.model).model_validate(fields)
+                train = TrainConfig.model_validate(self.train.model_dump() | variant.train)
+            except ValidationError as error:
+                raise ValueError(f"ablation variant '{variant.name}': {_describe(error)}") from None
+            for seed in self.ablation.seeds:
+                label = f"{variant.name}/seed-{seed}"
+                seeded = train.model_copy(update={"seed": seed})
+                arms.append((variant.name, seed, ModelRun(label, model, seeded)))
+        return arms
 
     def model_runs(self) -> list[ModelRun]:
         """Every model this run trains, in order, each with its merged train settings."""
