@@ -25,6 +25,7 @@ from typing import Any
 from prefect import Task, flow
 from prefect.runtime import deployment, flow_run
 
+from flows.run_card import publish_run_card
 from lm.config import ModelRun, PipelineConfig, load_config, resolve_preset
 from lm.eval_config import EvalConfig
 from storage.artifacts import ArtifactStore, Descriptor
@@ -184,6 +185,7 @@ def train_model(
         for key, value in evaluated.stats.items()
         if key.startswith(("val_", "test_", "baseline_")) and isinstance(value, int | float)
     }
+    stats["evaluation_path"] = evaluated.path
     scores = json.loads((workspace.resolve(evaluated.path) / EVAL_METRICS_FILE).read_text())
     run.metrics.log_many(
         {
@@ -375,6 +377,9 @@ def lm_pipeline(config: str | None = None, overrides: list[str] | None = None) -
         ]
         log_data_metrics(run, corpus, tokenizer, shards)
         record_success(run, corpus, tokenizer, models)
+        evaluations = {m.label: m.stats["evaluation_path"] for m in models}
+        publish_run_card(run.workspace, run.run_id, settings, corpus, tokenizer, models,
+                         evaluations)  # fmt: skip
     except BaseException as error:
         record_failure(run, error)
         raise

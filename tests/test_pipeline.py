@@ -337,3 +337,16 @@ def test_a_ladder_trains_every_model_in_one_run_and_records_each(workspace, tmp_
     assert curves[0][2] == pytest.approx(0.05)
     assert registry.find_model(summary["run_id"][:10])["label"] == "tiny-gpt"
     assert registry.find_model(summary["run_id"], "mlp")["kind"] == "mlp"
+
+
+def test_a_run_publishes_its_card_and_models_table_as_prefect_artifacts(workspace, config):
+    from prefect.artifacts import Artifact
+
+    summary = run_pipeline(config, [*TINY_GPT, "eval.samples=1", "eval.sampling.max_new_tokens=20"])
+    card = Artifact.get("run-card")
+    assert card is not None and summary["run_id"] in card.data
+    model = summary["models"][-1]
+    assert f"{model['val_bpb']:.4f}" in card.data  # val bits per byte in the card
+    assert "seed 1337" in card.data  # a sample
+    table = Artifact.get("models")
+    assert table is not None and '"val_bpb"' in table.data
