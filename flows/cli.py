@@ -15,10 +15,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from flows.generate_cli import chat_command, generate_command
+from flows.runs_cli import runs_app
+from flows.serve import serve_command
 from storage.workspace import activate_workspace
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
-runs_app = typer.Typer(help="Run history from the DuckDB registry.")
 corpus_app = typer.Typer(help="The corpus: what ingest and cleaning kept and removed.")
 server_app = typer.Typer(help="The workspace's background Prefect server.")
 tokenizers_app = typer.Typer(help="Tokenizers trained on the corpus.")
@@ -26,6 +28,9 @@ app.add_typer(tokenizers_app, name="tokenizers")
 app.add_typer(runs_app, name="runs")
 app.add_typer(corpus_app, name="corpus")
 app.add_typer(server_app, name="server")
+app.command("generate")(generate_command)
+app.command("serve")(serve_command)
+app.command("chat")(chat_command)
 # Piped output (CI logs, `| less`) gets wide tables instead of 80 columns of wrapped ids.
 console = Console(width=None if sys.stdout.isatty() else 200)
 errors = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
@@ -51,14 +56,10 @@ def _table(columns: list[str], rows: list[tuple], title: str | None = None) -> T
     return table
 
 
-@app.command()
-def run(
-    config: Annotated[str | None, typer.Argument(help="preset name or TOML path")] = None,
-    overrides: Annotated[
-        list[str] | None, typer.Option("--set", help="override a setting: key.path=value")
-    ] = None,
-) -> None:
-    """Run the whole pipeline (default: the bundled corpus) and record it in the registry."""
+def _run_flow(name: str, config: str | None, overrides: list[str] | None) -> dict:
+    """Validate the config, make sure the workspace's Prefect server is up, and run one of the
+    flows (`lm-pipeline`, `retrain`, `ablation`), turning the errors a user can fix into one
+    clear line."""
     from lm.config import ConfigError, load_config
 
     workspace = activate_workspace()
@@ -72,18 +73,28 @@ def run(
         ensure_server(workspace)
     except ServerError as error:
         raise _fail(str(error)) from None
-    from flows.pipeline import lm_pipeline
+    from lm.evaluate import CheckpointError, EvaluationError
     from lm.text.sources import InputError
     from lm.tokenizer import TokenizerError
     from lm.train import TrainingError
     from storage.registry import RegistryError
     from storage.shards import ShardError
 
-    known = (InputError, ConfigError, RegistryError, TokenizerError, ShardError, TrainingError)
+    known = (InputError, ConfigError, RegistryError, TokenizerError, ShardError, TrainingError,
+             EvaluationError, CheckpointError)  # fmt: skip
+    if name == "retrain":
+        from flows.retrain import retrain as chosen
+    elif name == "ablation":
+        from flows.ablation import ablation as chosen
+    else:
+        from flows.pipeline import lm_pipeline as chosen
     try:
-        summary = lm_pipeline(config=config, overrides=overrides or [])
+        return chosen(config=config, overrides=overrides or [])
     except known as error:
         raise _fail(str(error)) from None
+
+
+def _print_stages(summary: dict) -> None:
     rows = [
         (
             s["stage"],
@@ -94,18 +105,73 @@ def run(
         for s in summary["stages"]
     ]
     console.print(_table(["stage", "state", "seconds", "digest"], rows, f"run {summary['run_id']}"))
+
+
+def _bpb(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def _print_models(models: list[dict]) -> None:
+    if not models:
+        return
+    rows = [
+        (m["label"], m["kind"], f"{m['parameters']:,}", str(m["steps"]), _bpb(m.get("val_bpb")),
+         _bpb(m.get("test_bpb")), _bpb(m.get("baseline_val_bpb")))
+        for m in models
+    ]  # fmt: skip
+    headers = ["model", "kind", "parameters", "steps", "val bpb", "test bpb", "baseline val bpb"]
+    console.print(_table(headers, rows, "bits per byte on held-out text"))
+
+
+@app.command()
+def run(
+    config: Annotated[str | None, typer.Argument(help="preset name or TOML path")] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="override a setting: key.path=value")
+    ] = None,
+) -> None:
+    """Run the whole pipeline (default: the bundled corpus) and record it in the registry."""
+    summary = _run_flow("lm-pipeline", config, overrides)
+    workspace = activate_workspace()
+    _print_stages(summary)
+    _print_models(summary["models"])
     corpus = summary["corpus"]
-    model = summary.get("model")
-    if model:
-        console.print(
-            f"model {model['model']} ({model['parameters']:,} parameters, {model['steps']} steps):"
-            f" val loss {model['val_loss']:.4f} vs count-bigram baseline "
-            f"{model['baseline_val_loss']:.4f}"
-        )
     console.print(
         f"corpus {corpus['digest'][:12]}: {corpus['kept']:,} of {corpus['documents']:,} documents"
         f" kept, {corpus['kept_bytes'] / 1e6:.1f} MB  ({workspace.root / corpus['path']})"
     )
+
+
+@app.command()
+def retrain(
+    config: Annotated[str | None, typer.Argument(help="preset name or TOML path")] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="override a setting: key.path=value")
+    ] = None,
+) -> None:
+    """Retrain the champion on new documents from the config's sources; promote the result
+    only if its val bits per byte beat the champion's by `retrain.margin`."""
+    summary = _run_flow("retrain", config, overrides)
+    _print_stages(summary)
+    _print_models(summary["models"])
+    decision = summary["decision"]
+    verdict = "promoted" if decision["promoted"] else "not promoted"
+    console.print(f"{decision['mode']}: {verdict} — {decision['reason']}")
+
+
+@app.command(name="ablation")
+def ablation_command(
+    config: Annotated[str, typer.Argument(help="preset name or TOML path")] = "ablation",
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="override a setting: key.path=value")
+    ] = None,
+) -> None:
+    """Which of these variants is better on my corpus? Trains every `[ablation]` variant for
+    every seed and prints mean ± std of val bits per byte and tokens/s."""
+    summary = _run_flow("ablation", config, overrides)
+    console.print(summary["table"])
+    if summary.get("report"):
+        console.print(f"report: {summary['report']}")
 
 
 @app.command()
@@ -162,60 +228,32 @@ def _newest_train_tokens() -> int | None:
     return int(rows[0][0]) if rows else None
 
 
-@runs_app.callback(invoke_without_command=True)
-def runs_list(
-    context: typer.Context,
-    limit: Annotated[int, typer.Option(help="how many of the newest runs")] = 20,
+@app.command()
+def report(
+    run_ids: Annotated[
+        list[str], typer.Argument(help="a run id or unique prefix (several with --compare)")
+    ],
+    compare: Annotated[
+        bool, typer.Option("--compare", help="overlay and tabulate several runs side by side")
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="the report's folder (default: $LMFORGE_HOME/reports/…)")
+    ] = None,
 ) -> None:
-    """List runs, newest first."""
-    if context.invoked_subcommand is not None:
-        return
+    """Write a static HTML report (report.html + PNGs) of a run, or compare runs; print its path."""
+    from flows.report import ReportError, build_comparison_report, build_run_report
     from storage.registry import RegistryError
 
+    activate_workspace()
+    if not compare and len(run_ids) != 1:
+        raise _fail("give one run id, or --compare with two or more")
     try:
-        columns, rows = _registry().query(
-            "SELECT r.run_id, r.status, r.preset, r.started_at::TIMESTAMP(0) AS started, "
-            "round(r.seconds, 1) AS seconds, left(r.corpus_digest, 12) AS corpus, "
-            "d.kept AS documents, "
-            "(SELECT value FROM latest_metrics m WHERE m.run_id = r.run_id AND m.key = 'val/bpb')"
-            " AS val_bpb FROM runs r LEFT JOIN datasets d ON d.digest = r.corpus_digest "
-            "ORDER BY r.started_at DESC LIMIT ?",
-            [limit],
+        path = (
+            build_comparison_report(run_ids, out) if compare else build_run_report(run_ids[0], out)
         )
-    except RegistryError as error:
+    except (RegistryError, ReportError) as error:
         raise _fail(str(error)) from None
-    console.print(_table(columns, rows))
-
-
-@runs_app.command("show")
-def runs_show(run_id: Annotated[str, typer.Argument(help="a run id or a unique prefix")]) -> None:
-    """One run in full: settings, stages, metrics, and the command that reproduces it."""
-    from storage.registry import RegistryError
-
-    registry = _registry()
-    try:
-        found = registry.find_run(run_id)
-        stage_columns, stages = registry.query(
-            "SELECT stage, CASE WHEN cached THEN 'cached' ELSE 'ran' END AS state, "
-            "round(seconds, 2) AS seconds, left(output_digest, 12) AS digest, output_path "
-            "FROM stages WHERE run_id = ? ORDER BY finished_at, rowid",
-            [found["run_id"]],
-        )
-        metric_columns, metrics = registry.query(
-            "SELECT key, step, value FROM latest_metrics WHERE run_id = ? ORDER BY key",
-            [found["run_id"]],
-        )
-    except RegistryError as error:
-        raise _fail(str(error)) from None
-    for key in ("run_id", "status", "preset", "started_at", "ended_at", "seconds", "flow_run_id"):
-        console.print(f"[bold]{key}[/]: {found[key]}", highlight=False)
-    for key in ("corpus_digest", "config_digest", "code_digest", "git_sha", "device", "error"):
-        if found[key]:
-            console.print(f"[bold]{key}[/]: {found[key]}", highlight=False)
-    console.print(_table(stage_columns, stages, "stages"))
-    if metrics:
-        console.print(_table(metric_columns, metrics, "metrics"))
-    console.print("[bold]reproduce[/]:", found["command"], highlight=False)
+    console.print(str(path), highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -293,9 +331,18 @@ def corpus_stats(
 def tokenizers_compare(
     vocab_size: Annotated[int, typer.Option(help="the vocabulary size of both")] = 4000,
     digest: Annotated[str | None, typer.Option(help="a corpus version (default: newest)")] = None,
+    train_steps: Annotated[
+        int, typer.Option(help="train the config's model this many steps per tokenizer; bpb on val")
+    ] = 0,
+    config: Annotated[
+        str | None, typer.Option(help="preset or TOML whose [model], [train], [eval] are used")
+    ] = None,
 ) -> None:
     """Train BPE and unigram SentencePiece models at the same vocabulary size on the same train
-    split, and compare them on the val split."""
+    split, and compare them on the val split (with --train-steps, also in bits per byte of the
+    same small model trained on each)."""
+    import tempfile
+
     import duckdb
 
     from lm.config import TokenizerConfig
@@ -306,6 +353,15 @@ def tokenizers_compare(
     from storage.registry import RegistryError
 
     workspace = activate_workspace()
+    if train_steps > 0:
+        from lm.config import ConfigError, load_config
+
+        try:
+            settings = load_config(config)
+        except ConfigError as error:
+            raise _fail(str(error)) from None
+        if settings.model is None:
+            raise _fail(f"{config or 'default'}: --train-steps needs a config with a [model]")
     try:
         with sql_session(_registry(), workspace.root) as connection:
             version = find_corpus_version(connection, digest)
@@ -320,6 +376,25 @@ def tokenizers_compare(
         except TokenizerError as error:
             raise _fail(f"{kind}: {error}") from None
         stats = tokenizer_statistics(tokenizer, iter_split_texts(Path(documents), "val"))
+        scored = ()
+        if train_steps > 0:
+            from lm.tokenizer_bpb import (
+                comparison_train_settings,
+                encode_documents,
+                train_and_score,
+            )
+            from lm.train_config import TrainingError
+
+            train_tokens = encode_documents(tokenizer, iter_split_texts(Path(documents), "train"))
+            val_tokens = encode_documents(tokenizer, iter_split_texts(Path(documents), "val"))
+            steps = comparison_train_settings(settings.train, train_steps)
+            with tempfile.TemporaryDirectory(prefix=f"compare-{kind}-", dir=workspace.root) as work:
+                try:
+                    score = train_and_score(tokenizer, train_tokens, val_tokens, settings.model,
+                                            steps, settings.eval, Path(work))  # fmt: skip
+                except (TrainingError, ValueError) as error:  # ValueError: EvaluationError
+                    raise _fail(f"{kind}: {error}") from None
+            scored = (f"{score.bpb:.4f} ± {score.bpb_std:.4f}", f"{score.baseline_bpb:.4f}")
         rows.append(
             (
                 kind,
@@ -329,10 +404,14 @@ def tokenizers_compare(
                 f"{stats['vocab_used_fraction']:.1%}",
                 f"{stats['byte_fallback_rate']:.2%}",
                 ", ".join(repr(p) for p in stats["longest_pieces"][:3]),
+                *scored,
             )
         )
     columns = ["model", "vocab", "bytes/token (val)", "val tokens", "vocab used", "byte fallback",
                "longest pieces"]  # fmt: skip
+    if train_steps > 0:
+        model_name = f"{settings.model.kind}, {train_steps} steps"
+        columns += [f"val bpb ({model_name})", "count-bigram val bpb"]
     console.print(_table(columns, rows, f"corpus {corpus_digest[:12]}, val split"))
 
 

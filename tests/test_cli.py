@@ -28,11 +28,18 @@ def completed_digests(workspace) -> list[str]:
 
 
 def test_default_run_on_the_bundled_corpus_then_fully_cached(workspace):
-    short = ["--set", "train.max_steps=10", "--set", "train.eval_every=5"]  # the engine's own tests
+    settings = ["train.max_steps=10", "train.eval_every=5", "eval.batches=4", "eval.samples=1",
+                "eval.sampling.max_new_tokens=32"]  # fmt: skip
+    short = [word for setting in settings for word in ("--set", setting)]
     first = run_cli("run", *short)
-    stages = ["ingest", "clean", "tokenizer", "encode", "word2vec", "train"]
+    stages = ["ingest", "clean", "tokenizer", "encode", "word2vec", "train", "evaluate"]
     assert printed_stage_states(first.stdout) == dict.fromkeys(stages, "ran")
-    assert "vs count-bigram baseline" in first.stdout
+    assert "bits per byte on held-out text" in first.stdout
+    _, models = RunRegistry(workspace.registry_path).query(
+        "SELECT kind, val_bpb, baseline_val_bpb FROM models"
+    )
+    assert len(models) == 1 and models[0][0] == "gpt" and models[0][1] > 0 and models[0][2] > 0
+    assert f"{models[0][1]:.4f}" in first.stdout
     second = run_cli("run", *short)
     assert printed_stage_states(second.stdout) == dict.fromkeys(stages, "cached")
     assert len(set(completed_digests(workspace))) == 1
