@@ -3,6 +3,8 @@ importing torch)."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from lm.strict_model import StrictModel
@@ -23,10 +25,17 @@ class EvalConfig(StrictModel):
     """A fixed evaluation sample: the same windows for every model trained on the same shards,
     so numbers compare; the spread over batches says how much to trust a difference."""
 
-    splits: list[str] = ["val", "test"]
+    splits: list[Literal["train", "val", "test"]] = ["val", "test"]
     batches: int = Field(32, ge=1, description="windows are drawn in this many batches")
     batch_size: int = Field(16, ge=1)
     seed: int = 4242
+    # Window length in tokens; None: the length the model was trained on. Set it to score the
+    # models of a ladder on identical windows (at most the smallest GPT context).
+    window: int | None = Field(None, ge=1)
     samples: int = Field(3, ge=0, description="samples stored with the run")
-    prompts: list[str] = [""]
+    prompts: list[str] = Field([""], min_length=1, description="sample i uses prompt i % len")
     sampling: SamplingConfig = SamplingConfig()
+    # Where and how the model is scored, as in training: "auto" is CUDA > MPS > CPU, and bf16
+    # autocast on CUDA only (the numbers then differ from fp32 in the third decimal).
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"

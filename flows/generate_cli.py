@@ -1,0 +1,156 @@
+"""`lmforge generate` and `lmforge chat`: text from a run's trained model, streamed to stdout.
+
+The model is found through the registry (`RunRegistry.find_model`: a run id or unique prefix,
+and a label for one model of a ladder). A path to a train artifact folder works too, for a model
+that no registry knows."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from storage.workspace import activate_workspace
+
+RunArgument = Annotated[
+    str, typer.Argument(help="a run id (or a unique prefix), or a trained model folder")
+]
+ModelOption = Annotated[
+    str | None, typer.Option("--model", help="the label of a ladder's model (default: its last)")
+]
+Temperature = Annotated[float, typer.Option(help="0 is greedy")]
+TopK = Annotated[int | None, typer.Option("--top-k", help="sample from the k likeliest tokens")]
+TopP = Annotated[float | None, typer.Option("--top-p", help="nucleus sampling: 0 < p <= 1")]
+Penalty = Annotated[float, typer.Option(help="CTRL repetition penalty; 1 is none")]
+MaxNewTokens = Annotated[int, typer.Option(help="stop after this many tokens")]
+Seed = Annotated[int, typer.Option(help="the sampling seed (chat: line i uses seed + i)")]
+
+
+def _fail(message: str) -> typer.Exit:
+    from flows.cli import _fail as fail
+
+    return fail(message)
+
+
+def _error(message: str) -> None:
+    from flows.cli import errors
+
+    errors.print(f"[bold red]error:[/] {message}", highlight=False)
+
+
+def _load(run: str, label: str | None):
+    """The model (on the best device: CUDA > MPS > CPU) and tokenizer of `run` (registry) or of
+    a folder."""
+    from lm.evaluate import CheckpointError, load_trained
+    from lm.tokenizer import TokenizerError
+    from lm.train import pick_device
+    from storage.registry import RegistryError, RunRegistry
+
+    workspace = activate_workspace()
+    folder = Path(run).expanduser()
+    try:
+        if not folder.is_dir():
+            found = RunRegistry(workspace.registry_path).find_model(run, label)
+            if not found.get("path"):
+                raise _fail(f"run {found['run_id']}: model '{found['label']}' has no folder")
+            folder = workspace.resolve(found["path"])
+        model, tokenizer = load_trained(folder)
+    except (RegistryError, CheckpointError, TokenizerError) as error:
+        raise _fail(str(error)) from None
+    return model.to(pick_device()), tokenizer
+
+
+def _sampling(temperature, top_k, top_p, repetition_penalty, max_new_tokens, seed):
+    from pydantic import ValidationError
+
+    from lm.eval_config import SamplingConfig
+
+    options = {"temperature": temperature, "top_k": top_k, "top_p": top_p,
+               "repetition_penalty": repetition_penalty, "max_new_tokens": max_new_tokens,
+               "seed": seed}  # fmt: skip
+    try:
+        return SamplingConfig(**options)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"--{str(item['loc'][0]).replace('_', '-')}: {item['msg']}" for item in error.errors()
+        )
+        raise _fail(problems) from None
+
+
+def _stream(model, tokenizer, prompt: str, sampling, echo: bool, one_line: bool) -> None:
+    """Write the continuation as it comes (after the prompt when `echo`); `one_line` stops it at
+    its first newline. A prompt the tokenizer cannot encode raises `TokenizerError` before
+    anything is written."""
+    from lm.generate import generate
+
+    pieces = generate(model, tokenizer, prompt, sampling)
+    if echo:
+        sys.stdout.write(prompt)
+    for piece in pieces:
+        if one_line and "\n" in piece:
+            sys.stdout.write(piece.split("\n", 1)[0])
+            break
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+def generate_command(
+    run: RunArgument,
+    prompt: Annotated[str, typer.Option(help="the text to continue")] = "",
+    model: ModelOption = None,
+    temperature: Temperature = 0.8,
+    top_k: TopK = None,
+    top_p: TopP = None,
+    repetition_penalty: Penalty = 1.0,
+    max_new_tokens: MaxNewTokens = 200,
+    seed: Seed = 1337,
+) -> None:
+    """Continue a prompt with a run's trained model, printing the text as it is generated."""
+    sampling = _sampling(temperature, top_k, top_p, repetition_penalty, max_new_tokens, seed)
+    network, tokenizer = _load(run, model)
+    from lm.tokenizer import TokenizerError
+
+    try:
+        _stream(network, tokenizer, prompt, sampling, echo=True, one_line=False)
+    except TokenizerError as error:
+        raise _fail(str(error)) from None
+
+
+def chat_command(
+    run: RunArgument,
+    model: ModelOption = None,
+    temperature: Temperature = 0.8,
+    top_k: TopK = None,
+    top_p: TopP = None,
+    repetition_penalty: Penalty = 1.0,
+    max_new_tokens: MaxNewTokens = 200,
+    seed: Seed = 1337,
+    multiline: Annotated[bool, typer.Option(help="let a reply run past its first newline")] = False,
+) -> None:
+    """Read prompts from stdin, one per line, and answer each with one line (until EOF). A line
+    that cannot be encoded gets an empty answer and an error on stderr."""
+    from lm.tokenizer import TokenizerError
+
+    sampling = _sampling(temperature, top_k, top_p, repetition_penalty, max_new_tokens, seed)
+    network, tokenizer = _load(run, model)
+    interactive = sys.stdin.isatty()
+    index = 0
+    while True:
+        if interactive:
+            sys.stdout.write("> ")
+            sys.stdout.flush()
+        line = sys.stdin.readline()
+        if not line:
+            break
+        prompt = line.rstrip("\n")
+        line_sampling = sampling.model_copy(update={"seed": sampling.seed + index})
+        try:
+            _stream(network, tokenizer, prompt, line_sampling, echo=False, one_line=not multiline)
+        except TokenizerError as error:
+            _error(f"line {index + 1}: {error}")
+            sys.stdout.write("\n")
+        index += 1

@@ -1,0 +1,88 @@
+"""`lmforge report`: write a run's report (or a comparison of runs) as a self-contained folder,
+`report.html` with its PNGs beside it, under `$LMFORGE_HOME/reports/` by default.
+
+The folder is built under a `*.partial-*` name and renamed into place, so a reader (a browser,
+a web server publishing `reports/`) sees the previous report or the new one, never half of
+one. Reports read the registry only; they can be made while a pipeline runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from lm.report_render import RenderedReport, render_comparison, render_run_report
+from storage.registry import RunRegistry
+from storage.report_data import gather_run_report
+from storage.workspace import Workspace
+
+REPORT_FILE = "report.html"
+
+
+class ReportError(ValueError):
+    """The report cannot be written as asked; the message says why."""
+
+
+def write_report_folder(rendered: RenderedReport, folder: Path) -> Path:
+    """Write `rendered` as `folder/report.html` plus its images, replacing any previous report
+    there in one rename; returns the HTML file's path."""
+    if folder.exists() and not folder.is_dir():
+        raise ReportError(f"{folder}: exists and is not a folder; pass another --out")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    nonce = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging = folder.with_name(f"{folder.name}.partial-{nonce}")
+    staging.mkdir()
+    try:
+        for name, data in rendered.images.items():
+            (staging / name).write_bytes(data)
+        (staging / REPORT_FILE).write_text(rendered.html, encoding="utf-8")
+        previous = None
+        if folder.exists():
+            previous = folder.with_name(f"{folder.name}.partial-old-{nonce}")
+            os.rename(folder, previous)
+        os.rename(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
+    return folder / REPORT_FILE
+
+
+def _output_folder(out: Path | None, default: Path) -> Path:
+    """`--out` names the report's folder, never the page alone: the page and its PNGs move
+    together, and the folder is what is renamed into place."""
+    if out is None:
+        return default
+    if out.suffix == ".html":
+        raise ReportError(
+            f"--out {out}: name a folder; report.html and its PNGs are written inside it"
+        )
+    return out.expanduser().resolve()
+
+
+def build_run_report(run_prefix: str, out: Path | None = None) -> Path:
+    """Gather, render and write one run's report; returns the path of its `report.html`."""
+    workspace = Workspace.from_env()
+    registry = RunRegistry(workspace.registry_path)
+    report = gather_run_report(registry, workspace, run_prefix)
+    folder = _output_folder(out, workspace.root / "reports" / report.run_id)
+    return write_report_folder(render_run_report(report), folder)
+
+
+def build_comparison_report(run_prefixes: list[str], out: Path | None = None) -> Path:
+    """Gather several runs and write their comparison; returns the `report.html` path."""
+    if len(run_prefixes) < 2:
+        raise ReportError("--compare needs at least two run ids")
+    workspace = Workspace.from_env()
+    registry = RunRegistry(workspace.registry_path)
+    reports = [gather_run_report(registry, workspace, prefix) for prefix in run_prefixes]
+    ids = [r.run_id for r in reports]
+    if len(set(ids)) != len(ids):
+        raise ReportError(f"--compare names the same run twice: {', '.join(ids)}")
+    name = "compare-" + hashlib.sha256("\n".join(ids).encode()).hexdigest()[:12]
+    folder = _output_folder(out, workspace.root / "reports" / name)
+    return write_report_folder(render_comparison(reports), folder)

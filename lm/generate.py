@@ -1,0 +1,150 @@
+"""Sampling text from a language model, streamed as it is produced.
+
+The prompt is a document's beginning: it follows an end-of-text id, as every document of the
+training shards does. Each step applies, in order, the repetition penalty (CTRL, Keskar et al.
+2019: a logit of a token already in the text is divided by the penalty when positive, multiplied
+when negative), then temperature (0 is greedy argmax), top-k, and top-p (nucleus: the fewest
+most likely tokens whose probability reaches p), and draws from a seeded `torch.Generator` on the
+CPU, so a seed gives the same text on any device. Generation stops at end-of-text or after
+`max_new_tokens`.
+
+A model with a key/value cache (the GPT) processes the prompt once, then one token per step;
+once the text fills its context the window slides and each step recomputes it (positions shift,
+so cached keys no longer fit). Other models recompute over the last `block_size` tokens.
+
+Text is streamed by decoding the whole sequence and yielding what is new, held back while it
+ends in an incomplete UTF-8 character (byte-fallback pieces arrive one byte at a time), so
+multi-byte characters are never garbled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from lm.eval_config import SamplingConfig
+from lm.evaluate import model_device
+from lm.models.base import LanguageModel
+from lm.tokenizer import UNKNOWN, Tokenizer, TokenizerError
+
+REPLACEMENT = "\ufffd"
+
+
+def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
+    """The prompt's ids. A character the tokenizer cannot encode goes through byte fallback when
+    the tokenizer has it, and is an error naming it when it has none (an unknown id would feed
+    the model something the prompt did not say)."""
+    ids = tokenizer.encode(prompt)
+    if any(tokenizer.piece(i) == UNKNOWN for i in set(ids)):
+        unknown = sorted(
+            {c for c in prompt if any(tokenizer.piece(i) == UNKNOWN for i in tokenizer.encode(c))}
+        )
+        raise TokenizerError(
+            f"the prompt has characters the tokenizer cannot encode: {''.join(unknown)!r} (it "
+            "has no byte fallback); leave them out, or train the tokenizer with "
+            'byte_fallback = true (SentencePiece) or unknown_chars = "bytes" (char)'
+        )
+    return ids
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: list[int], penalty: float):
+    if penalty == 1.0 or not seen:
+        return logits
+    ids = torch.tensor(sorted(set(seen)), device=logits.device)
+    values = logits[ids]
+    logits = logits.clone()
+    logits[ids] = torch.where(values > 0, values / penalty, values * penalty)
+    return logits
+
+
+def choose_next(
+    logits: torch.Tensor, seen: list[int], sampling: SamplingConfig, generator: torch.Generator
+) -> int:
+    """One token from next-token `logits` (vocab,), given the tokens `seen` so far."""
+    logits = apply_repetition_penalty(logits.float().cpu(), seen, sampling.repetition_penalty)
+    if sampling.temperature == 0:
+        return int(logits.argmax())
+    logits = logits / sampling.temperature
+    if sampling.top_k is not None and sampling.top_k < logits.numel():
+        kth = torch.topk(logits, sampling.top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if sampling.top_p is not None and sampling.top_p < 1.0:
+        ordered, order = probs.sort(descending=True)
+        # Drop a token when the more likely ones already reach p; the first always stays.
+        drop = ordered.cumsum(0) - ordered >= sampling.top_p
+        probs = torch.zeros_like(probs).scatter(0, order, ordered.masked_fill(drop, 0.0))
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+@torch.no_grad()
+def generate_ids(
+    model: LanguageModel, context: list[int], sampling: SamplingConfig, eot_id: int,
+    penalized: list[int] | None = None,
+) -> Iterator[int]:  # fmt: skip
+    """New token ids after `context`, until end-of-text (not yielded) or `max_new_tokens`.
+    `penalized` are the ids the repetition penalty starts with (default: the context)."""
+    model.eval()
+    device = model_device(model)
+    block = model.block_size
+    generator = torch.Generator().manual_seed(sampling.seed)
+    tokens = list(context)
+    seen = list(context if penalized is None else penalized)
+
+    def recompute() -> torch.Tensor:
+        window = torch.tensor([tokens[-block:]], device=device)
+        return model(window)[0][0, -1]
+
+    cache = None
+    if hasattr(model, "new_cache") and len(tokens) < block:
+        cache = model.new_cache(1)
+        logits = model(torch.tensor([tokens], device=device), cache=cache)[0][0, -1]
+    else:
+        logits = recompute()
+    for step in range(sampling.max_new_tokens):
+        token = choose_next(logits, seen, sampling, generator)
+        if token == eot_id:
+            return
+        yield token
+        tokens.append(token)
+        seen.append(token)
+        if step + 1 == sampling.max_new_tokens:
+            return
+        if cache is not None and cache.length < block:
+            logits = model(torch.tensor([[token]], device=device), cache=cache)[0][0, -1]
+        else:
+            cache = None
+            logits = recompute()
+
+
+def stream_text(
+    tokenizer: Tokenizer, prompt_ids: list[int], new_ids: Iterator[int]
+) -> Iterator[str]:
+    """The text of `new_ids` as it grows, in pieces: decode everything, yield the new suffix,
+    and hold back a suffix that may be an unfinished UTF-8 character."""
+    generated: list[int] = []
+    emitted = len(tokenizer.decode(prompt_ids))
+    for token in new_ids:
+        generated.append(token)
+        text = tokenizer.decode(prompt_ids + generated)
+        if text.endswith(REPLACEMENT):
+            continue
+        if len(text) > emitted:
+            yield text[emitted:]
+            emitted = len(text)
+    text = tokenizer.decode(prompt_ids + generated)
+    if len(text) > emitted:
+        yield text[emitted:]
+
+
+def generate(
+    model: LanguageModel, tokenizer: Tokenizer, prompt: str, sampling: SamplingConfig
+) -> Iterator[str]:
+    """Continue `prompt`, yielding text pieces as they are produced (the prompt itself is not
+    repeated). The prompt is checked at once: a bad one fails here, not at the first piece."""
+    prompt_ids = encode_prompt(tokenizer, prompt)
+    new_ids = generate_ids(
+        model, [tokenizer.eot_id, *prompt_ids], sampling, tokenizer.eot_id, penalized=prompt_ids
+    )
+    return stream_text(tokenizer, prompt_ids, new_ids)

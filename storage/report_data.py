@@ -1,0 +1,319 @@
+"""Gather what a run report shows from the registry and the artifact folders.
+
+The report reads a registry written by any version of the pipeline, so every piece is optional:
+a registry from before migration 3 has no `models` table and no `model` column on `metrics`
+(the training curves of its one model are then the run's unlabelled curves); a run without
+word2vec has no projection; a run from before the evaluate stage has no bits per byte and no
+samples. What is absent becomes `None` or a note in `missing`, never an error: the page says
+what was not recorded. Only an unknown or ambiguous run id is an error.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+
+from lm.report_render import CURVE_KEYS, Curve, ModelSection, RunReport, StageRow
+from storage.registry import RunRegistry
+from storage.workspace import Workspace
+
+TRAIN_STAGE = "train"
+EVALUATE_STAGE = "evaluate"
+UNLABELLED = "model"
+# Run-level metrics of runs recorded before models had labels, and what they mean now.
+LEGACY_SCORES = {"model/val_loss": "val_loss", "baseline/val_loss": "baseline_val_loss"}
+# Evaluation metrics per model (`eval/<split>/<name>`, `baseline/<split>/<name>`) that fill the
+# scores of the run card when the `models` row lacks them.
+EVAL_SCORES = {
+    "eval/val/loss": "val_loss",
+    "eval/val/bpb": "val_bpb",
+    "eval/test/loss": "test_loss",
+    "eval/test/bpb": "test_bpb",
+    "baseline/val/bpb": "baseline_val_bpb",
+    "baseline/test/bpb": "baseline_test_bpb",
+}
+MODEL_SCORE_COLUMNS = ("val_loss", "val_bpb", "test_loss", "test_bpb", "baseline_val_bpb",
+                       "baseline_test_bpb")  # fmt: skip
+
+
+def _rows(connection: duckdb.DuckDBPyConnection, sql: str, parameters: list) -> list[dict]:
+    result = connection.execute(sql, parameters)
+    columns = [d[0] for d in result.description]
+    return [dict(zip(columns, row, strict=True)) for row in result.fetchall()]
+
+
+def _columns(connection: duckdb.DuckDBPyConnection, table: str) -> set[str]:
+    result = connection.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [table]
+    )
+    return {row[0] for row in result.fetchall()}
+
+
+def _json(value: object) -> dict | list | None:
+    if value is None or isinstance(value, dict | list):
+        return value
+    try:
+        return json.loads(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _read_json_file(path: Path) -> dict | list | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _stage_label(stage: str, prefix: str) -> str | None:
+    """`train` → "" (the run's one model), `train/mlp` → "mlp", anything else → None."""
+    if stage == prefix:
+        return ""
+    if stage.startswith(prefix + "/"):
+        return stage[len(prefix) + 1 :]
+    return None
+
+
+def gather_run_report(registry: RunRegistry, workspace: Workspace, run_prefix: str) -> RunReport:
+    """The data of one run's page (`run_prefix`: a run id or a unique prefix of one)."""
+    run = registry.find_run(run_prefix)
+    run_id = run["run_id"]
+    with registry.reading() as connection:
+        stages = _rows(
+            connection,
+            "SELECT stage, cached, seconds, output_digest, output_path, stats FROM stages "
+            "WHERE run_id = ? ORDER BY finished_at, rowid",
+            [run_id],
+        )
+        has_model_column = "model" in _columns(connection, "metrics")
+        model_column = "model" if has_model_column else "NULL AS model"
+        metrics = _rows(
+            connection,
+            f"SELECT {model_column}, key, step, value FROM metrics WHERE run_id = ? "
+            "ORDER BY step, ts",
+            [run_id],
+        )
+        model_rows = (
+            _rows(connection, "SELECT * FROM models WHERE run_id = ? ORDER BY rowid", [run_id])
+            if _columns(connection, "models")
+            else None
+        )
+        corpus = None
+        if run.get("corpus_digest"):
+            found = _rows(
+                connection, "SELECT * FROM datasets WHERE digest = ?", [run["corpus_digest"]]
+            )
+            corpus = found[0] if found else None
+    report = RunReport(
+        run_id=run_id,
+        status=run["status"],
+        preset=run.get("preset"),
+        started_at=str(run["started_at"])[:19] if run.get("started_at") else None,
+        ended_at=str(run["ended_at"])[:19] if run.get("ended_at") else None,
+        seconds=run.get("seconds"),
+        device=run.get("device"),
+        git_sha=run.get("git_sha"),
+        command=run.get("command"),
+        error=run.get("error"),
+        config=_json(run.get("config")) or {},
+        corpus=corpus,
+        stages=[
+            StageRow(s["stage"], bool(s["cached"]), s["seconds"] or 0.0, s["output_digest"])
+            for s in stages
+        ],
+    )
+    if corpus is None:
+        report.missing.append("No corpus version was recorded for this run.")
+    report.run_metrics = {
+        m["key"]: m["value"] for m in metrics if m["model"] is None and m["step"] == 0
+    }
+    _add_tokenizer(report, stages, workspace)
+    _add_word2vec(report, stages, workspace)
+    report.models = _models(model_rows, stages, metrics, workspace)
+    if not report.models and (report.config.get("model") or report.config.get("models")):
+        report.missing.append(
+            f"The config names a model, but none was recorded: the run is {report.status}."
+        )
+    if model_rows is None:
+        report.missing.append(
+            "The registry predates per-model records (schema before migration 3): model "
+            "numbers come from the train stage and its artifact folder."
+        )
+    return report
+
+
+def _add_tokenizer(report: RunReport, stages: list[dict], workspace: Workspace) -> None:
+    stage = next((s for s in stages if s["stage"] == "tokenizer"), None)
+    if stage is None:
+        return
+    report.tokenizer = _json(stage["stats"]) or None
+    if stage["output_path"]:
+        report.tokenizer_piece_bytes = _piece_bytes(workspace.resolve(stage["output_path"]))
+
+
+def _piece_bytes(folder: Path) -> list[int] | None:
+    """The UTF-8 length of every text piece of the tokenizer in `folder` (byte-fallback and
+    control pieces left out), or None when it cannot be loaded."""
+    from lm.tokenizer import TokenizerError, load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(folder, threads=1)
+    except (OSError, TokenizerError, ValueError):
+        return None
+    is_byte = getattr(tokenizer, "is_byte", None)
+    lengths = []
+    for token_id in range(tokenizer.vocab_size):
+        piece = tokenizer.piece(token_id)
+        if (is_byte is not None and is_byte(token_id)) or piece.startswith("<0x"):
+            continue
+        if token_id == tokenizer.eot_id or (piece.startswith("<") and piece.endswith(">")):
+            continue
+        lengths.append(len(piece.replace("▁", " ").encode()))
+    return lengths or None
+
+
+def _add_word2vec(report: RunReport, stages: list[dict], workspace: Workspace) -> None:
+    stage = next((s for s in stages if s["stage"] == "word2vec"), None)
+    if stage is None:
+        return
+    report.word2vec = _json(stage["stats"]) or {}
+    if stage["output_path"]:
+        report.projection_png = workspace.resolve(stage["output_path"]) / "projection.png"
+
+
+def _models(
+    model_rows: list[dict] | None,
+    stages: list[dict],
+    metrics: list[dict],
+    workspace: Workspace,
+) -> list[ModelSection]:
+    """One section per trained model: from the `models` table when the registry has one and the
+    run has rows there, else from the run's train stages."""
+    if model_rows:
+        models = [_model_from_row(row, workspace) for row in model_rows]
+    else:
+        models = [
+            _model_from_train_stage(label, stage, workspace)
+            for stage in stages
+            if (label := _stage_label(stage["stage"], TRAIN_STAGE)) is not None
+        ]
+    _add_metrics(models, metrics)
+    _add_evaluations(models, stages, workspace)
+    return models
+
+
+def _train_settings(path: str | None, workspace: Workspace) -> dict:
+    if not path:
+        return {}
+    return _read_json_file(workspace.resolve(path) / "train.json") or {}
+
+
+def _tokens_per_step(train: dict) -> int | None:
+    if train.get("global_batch") and train.get("block_size"):
+        return int(train["global_batch"]) * int(train["block_size"])
+    return None
+
+
+def _model_from_row(row: dict, workspace: Workspace) -> ModelSection:
+    config = _json(row.get("config")) or {}
+    train = _train_settings(row.get("path"), workspace) or config.get("train") or {}
+    model = ModelSection(
+        label=row["label"],
+        kind=row.get("kind"),
+        parameters=row.get("parameters"),
+        steps=row.get("steps"),
+        tokens_seen=row.get("tokens_seen"),
+        tokens_per_step=_tokens_per_step(train),
+        scores={k: row.get(k) for k in MODEL_SCORE_COLUMNS},
+        config=config.get("model", config),
+        path=row.get("path"),
+    )
+    if row.get("path") and not workspace.resolve(row["path"]).is_dir():
+        model.missing.append(f"the model's artifact folder {row['path']} is gone")
+    return model
+
+
+def _model_from_train_stage(label: str, stage: dict, workspace: Workspace) -> ModelSection:
+    stats = _json(stage["stats"]) or {}
+    path = stage["output_path"]
+    folder = workspace.resolve(path) if path else None
+    config = (_read_json_file(folder / "model.json") if folder else None) or {}
+    return ModelSection(
+        label=label or stats.get("model") or config.get("kind") or UNLABELLED,
+        kind=stats.get("model") or config.get("kind"),
+        parameters=stats.get("parameters"),
+        steps=stats.get("steps"),
+        tokens_seen=stats.get("tokens_seen"),
+        tokens_per_step=_tokens_per_step(_train_settings(path, workspace)),
+        scores={
+            "val_loss": stats.get("val_loss"),
+            "baseline_val_loss": stats.get("baseline_val_loss"),
+        },
+        config=config,
+        path=path,
+    )
+
+
+def _add_metrics(models: list[ModelSection], metrics: list[dict]) -> None:
+    """Curves and evaluation numbers per model. Unlabelled training metrics (runs recorded
+    before metrics named their model) belong to the run's only model."""
+    by_label = {m.label: m for m in models}
+    only = models[0] if len(models) == 1 else None
+    for row in metrics:
+        key, label = row["key"], row["model"]
+        model = by_label.get(label) if label is not None else only
+        if model is None or row["value"] is None:
+            continue
+        if key in CURVE_KEYS:
+            curve = model.curves.setdefault(key, Curve([], []))
+            curve.steps.append(int(row["step"] or 0))
+            curve.values.append(float(row["value"]))
+        elif key in EVAL_SCORES:
+            model.scores.setdefault(EVAL_SCORES[key], None)
+            if model.scores[EVAL_SCORES[key]] is None:
+                model.scores[EVAL_SCORES[key]] = row["value"]
+        elif key in LEGACY_SCORES and model.scores.get(LEGACY_SCORES[key]) is None:
+            model.scores[LEGACY_SCORES[key]] = row["value"]
+        if key.startswith(("eval/", "baseline/")) and key not in LEGACY_SCORES:
+            model.evaluation[key] = row["value"]
+
+
+def _add_evaluations(models: list[ModelSection], stages: list[dict], workspace: Workspace) -> None:
+    """Samples and metrics from each model's evaluate stage (`evaluate` for a run's one model,
+    `evaluate/<label>` in a ladder)."""
+    evaluated: set[str] = set()
+    for stage in stages:
+        label = _stage_label(stage["stage"], EVALUATE_STAGE)
+        if label is None or not stage["output_path"]:
+            continue
+        model = next((m for m in models if m.label == label), None)
+        if model is None and label == "" and models:
+            model = models[-1]
+        if model is None:
+            continue
+        evaluated.add(model.label)
+        folder = workspace.resolve(stage["output_path"])
+        samples = _read_json_file(folder / "samples.json")
+        model.samples = samples if isinstance(samples, list) else None
+        if model.samples is None:
+            model.missing.append(f"the evaluate stage's samples.json is missing in {folder}")
+        # metrics.json says `model/val/bpb` where the registry says `eval/val/bpb`.
+        numbers = _flatten(_read_json_file(folder / "metrics.json") or {})
+        for key, value in numbers.items():
+            model.evaluation.setdefault(key.replace("model/", "eval/", 1), value)
+    for model in models:
+        model.evaluated = model.label in evaluated
+
+
+def _flatten(document: object, prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of a nested JSON document, keyed by their path (`val/bpb`)."""
+    if isinstance(document, dict):
+        out: dict[str, float] = {}
+        for key, value in document.items():
+            out.update(_flatten(value, f"{prefix}{key}/"))
+        return out
+    if isinstance(document, int | float) and not isinstance(document, bool):
+        return {prefix.rstrip("/"): document}
+    return {}

@@ -1,0 +1,156 @@
+"""The evaluate stage: a trained model + token shards → `artifacts/evaluate/<key>/` with
+`metrics.json` (loss, perplexity and bits per byte on each held-out split, for the model and for
+the count-bigram baseline fitted on the train split, on the same windows) and `samples.json`.
+
+The windows are `eval.window` tokens long (default: the model's training sequence length) and
+drawn with `eval.seed`, so every model scored with the same length on the same shards is scored
+on the same text, and its baseline with it. Splits that are empty in the shards (a test fraction
+of 0) are skipped."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from prefect import task
+
+from lm.eval_config import EvalConfig
+from lm.tokenizer import TokenizerError
+from storage.artifacts import ArtifactStore, Descriptor
+from storage.shards import open_shard
+from storage.workspace import Workspace
+from tasks.caching import cache_key_from, code_digest, stage_key
+
+STAGE = "evaluate"
+VERSION = 1
+CODE = (
+    "lm/models", "lm/evaluate.py", "lm/generate.py", "lm/eval_config.py", "lm/tokenizer.py",
+    "lm/train.py", "storage/shards.py",
+)  # fmt: skip
+METRICS_FILE = "metrics.json"
+SAMPLES_FILE = "samples.json"
+
+
+def evaluate_store(workspace: Workspace) -> ArtifactStore:
+    return ArtifactStore(workspace.artifacts / STAGE, workspace.root)
+
+
+def evaluate_key(
+    trained: Descriptor, shards: Descriptor, tokenizer: Descriptor, config: EvalConfig
+) -> str:
+    upstream = [trained.digest, shards.digest, tokenizer.digest]
+    return stage_key(STAGE, VERSION, config.digest(), upstream, code_digest(*CODE))
+
+
+@task(name=STAGE, cache_key_fn=cache_key_from(evaluate_key), persist_result=True)
+def evaluate_task(
+    trained: Descriptor, shards: Descriptor, tokenizer: Descriptor, config: EvalConfig
+) -> Descriptor:
+    # torch is imported here, not at module level: the flow imports this module on every run.
+    from lm.evaluate import (
+        EvaluationError,
+        TokenBytes,
+        autocast_dtype,
+        count_bigram_baseline,
+        evaluation_windows,
+        load_trained,
+        score_windows,
+    )
+    from lm.models.gpt import GPT
+    from lm.train import pick_device
+
+    workspace = Workspace.from_env()
+    store = evaluate_store(workspace)
+    key = evaluate_key(trained, shards, tokenizer, config)
+    existing = store.load_descriptor(key)
+    if existing is not None:
+        return existing
+    started = time.perf_counter()
+    trained_folder = workspace.resolve(trained.path)
+    model, model_tokenizer = load_trained(trained_folder)
+    if model_tokenizer.digest != tokenizer.digest:
+        raise TokenizerError(
+            f"{trained_folder / 'tokenizer'}: the model's tokenizer has digest "
+            f"{model_tokenizer.digest}, not {tokenizer.digest} (the shards'); rerun the pipeline"
+        )
+    device = pick_device(config.device)
+    model.to(device)
+    autocast = autocast_dtype(config.precision, device)
+    window = config.window or _sequence_length(trained_folder, model.block_size)
+    if isinstance(model, GPT) and window > model.block_size:
+        raise EvaluationError(
+            f"eval.window {window} is longer than the context of the model in {trained_folder} "
+            f"({model.block_size} tokens): lower eval.window"
+        )
+    shard_folder = workspace.resolve(shards.path)
+    train_tokens, _ = open_shard(shard_folder / "train.bin", tokenizer.digest)
+    baseline = count_bigram_baseline(train_tokens, model_tokenizer.vocab_size).to(device)
+    token_bytes = TokenBytes.of(model_tokenizer)
+    metrics: dict[str, dict] = {"model": {}, "baseline": {}}
+    for split in config.splits:
+        path = shard_folder / f"{split}.bin"
+        if not path.is_file():
+            continue
+        tokens, _ = open_shard(path, tokenizer.digest)
+        if len(tokens) == 0:
+            continue
+        windows = evaluation_windows(
+            tokens, window, config.batches, config.batch_size, config.seed, split
+        )
+        for name, scored in (("model", model), ("baseline", baseline)):
+            score = score_windows(scored, windows, token_bytes, autocast, f"evaluate {split}")
+            metrics[name][split] = score.as_dict()
+    samples = _samples(model, model_tokenizer, config)
+    stats = _flat_stats(metrics) | {
+        "model": trained.stats.get("model", ""),
+        "window": window,
+        "samples": len(samples),
+        "seconds": time.perf_counter() - started,
+        "device": str(device),
+    }
+    with store.build(key) as staging:
+        (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+        (staging / SAMPLES_FILE).write_text(json.dumps(samples, indent=2, ensure_ascii=False))
+        descriptor = store.describe(staging, STAGE, key, key, stats)
+    return descriptor
+
+
+def _sequence_length(folder, block_size: int) -> int:
+    """The length the model was trained on (`train.json`), which for a GPT is its context."""
+    settings = folder / "train.json"
+    if settings.is_file():
+        return int(json.loads(settings.read_text())["block_size"])
+    return block_size
+
+
+def _samples(model, tokenizer, config: EvalConfig) -> list[dict]:
+    from lm.generate import generate
+
+    samples = []
+    for index in range(config.samples):
+        prompt = config.prompts[index % len(config.prompts)]
+        sampling = config.sampling.model_copy(update={"seed": config.sampling.seed + index})
+        text = "".join(generate(model, tokenizer, prompt, sampling))
+        samples.append(
+            {
+                "prompt": prompt,
+                "text": text,
+                "seed": sampling.seed,
+                "temperature": sampling.temperature,
+                "top_k": sampling.top_k,
+                "top_p": sampling.top_p,
+            }
+        )
+    return samples
+
+
+def _flat_stats(metrics: dict[str, dict]) -> dict[str, float | int]:
+    """`val_bpb`, `test_loss`, `baseline_val_bpb`, ...: one flat number per metric, for the
+    registry."""
+    flat: dict[str, float | int] = {}
+    for name, splits in metrics.items():
+        prefix = "" if name == "model" else f"{name}_"
+        for split, score in splits.items():
+            for metric, value in score.items():
+                flat[f"{prefix}{split}_{metric}"] = value
+    return flat

@@ -1,0 +1,289 @@
+"""Evaluation: bits per byte checked by hand against a real trained checkpoint, byte counting
+that adds up to the text, the count-bigram baseline on the same windows, and the evaluate
+stage's outputs."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lm.config import TokenizerConfig
+from lm.eval_config import EvalConfig, SamplingConfig
+from lm.evaluate import (
+    CheckpointError,
+    EvaluationError,
+    TokenBytes,
+    count_bigram_baseline,
+    evaluate,
+    evaluation_windows,
+    load_trained,
+)
+from lm.models.bigram_count import BigramCountModel
+from lm.models.config import BigramConfig, BigramCountConfig, GPTConfig, MLPConfig
+from lm.models.registry import build_model
+from lm.tokenizer import train_tokenizer
+from lm.train_config import TrainConfig
+from storage.artifacts import Descriptor
+from storage.shards import ShardWriter
+from storage.workspace import Workspace
+from tests.helpers import prose
+
+EXTRA = " Déjà vu — a café, naïve and über.\n"
+TRAIN_DOCS = [prose(i, 80) + EXTRA for i in range(40)]
+VAL_DOCS = [prose(100 + i, 80) + EXTRA for i in range(6)]
+EVAL = EvalConfig(
+    batches=3, batch_size=4, seed=7, samples=2, prompts=["The river", ""],
+    sampling=SamplingConfig(max_new_tokens=12, temperature=1.0, top_k=20, seed=11),
+    device="cpu", precision="fp32",
+)  # fmt: skip
+WINDOW = 24
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tensors here are tiny: on a shared two-core machine a second intra-op thread only spins
+    (measured: 100x slower greedy decoding under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def write_shard(path, tokenizer, documents) -> None:
+    writer = ShardWriter(path, tokenizer.digest, tokenizer.eot_id, tokenizer.vocab_size)
+    for text in documents:
+        writer.write(tokenizer.encode(text), len(text.encode()))
+    writer.close()
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A real train artifact: a SentencePiece tokenizer and shards (test split empty, as with a
+    test fraction of 0), and a tiny GPT trained through the train stage."""
+    from tasks.train import train_task
+
+    home = tmp_path_factory.mktemp("evaluate")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LMFORGE_HOME", str(home))
+        workspace = Workspace.from_env().ensure()
+        settings = TokenizerConfig(kind="bpe", vocab_size=400, character_coverage=1.0)
+        tokenizer = train_tokenizer(iter(TRAIN_DOCS), settings)
+        tokenizer_folder = workspace.artifacts / "tokenizer" / "t"
+        tokenizer_folder.mkdir(parents=True)
+        tokenizer.save(tokenizer_folder)
+        shard_folder = workspace.artifacts / "shards" / "s"
+        shard_folder.mkdir(parents=True)
+        for split, documents in (("train", TRAIN_DOCS), ("val", VAL_DOCS), ("test", [])):
+            write_shard(shard_folder / f"{split}.bin", tokenizer, documents)
+        tokenizer_d = Descriptor("tokenizer", "t", "artifacts/tokenizer/t", tokenizer.digest)
+        shards_d = Descriptor("encode", "s", "artifacts/shards/s", "shards-digest")
+        model = GPTConfig(block_size=WINDOW, n_layer=1, n_head=2, n_embd=32)
+        train = TrainConfig(max_steps=12, micro_batch=8, global_batch=8, warmup_steps=2,
+                            learning_rate=3e-3, eval_every=12, eval_batches=2,
+                            checkpoint_every=12, device="cpu")  # fmt: skip
+        trained = train_task.fn(shards_d, tokenizer_d, model, train)
+    return home, trained, shards_d, tokenizer_d
+
+
+@pytest.fixture
+def evaluated(trained_run, monkeypatch):
+    from tasks.evaluate import evaluate_task
+
+    home, trained, shards, tokenizer = trained_run
+    monkeypatch.setenv("LMFORGE_HOME", str(home))
+    descriptor = evaluate_task.fn(trained, shards, tokenizer, EVAL)
+    return home, trained, descriptor
+
+
+def bytes_by_decoding(tokenizer, previous: int, target: int, anchor: int) -> int:
+    """The UTF-8 bytes a target token adds to the decoded text."""
+    if target == tokenizer.eot_id:
+        return 1  # the break between two documents
+    if previous == tokenizer.eot_id:  # a document's first token, decoded as SentencePiece does
+        return len(tokenizer.decode([target]).encode())
+    return len(tokenizer.decode([anchor, target]).encode()) - len(tokenizer.decode([anchor]))
+
+
+def hand_windows(tokens: np.ndarray, length: int):
+    generator = torch.Generator().manual_seed(EVAL.seed)
+    for _ in range(EVAL.batches):
+        starts = torch.randint(len(tokens) - length, (EVAL.batch_size,), generator=generator)
+        rows = [tokens[s : s + length + 1].astype(np.int64) for s in starts.tolist()]
+        yield torch.from_numpy(np.stack(rows))
+
+
+def test_bits_per_byte_matches_a_hand_computation(evaluated):
+    home, trained, descriptor = evaluated
+    metrics = json.loads((home / descriptor.path / "metrics.json").read_text())
+    model, tokenizer = load_trained(home / trained.path)
+    tokens = np.fromfile(home / "artifacts/shards/s/val.bin", dtype="<u2")
+    anchor = next(i for i in range(tokenizer.vocab_size) if tokenizer.piece(i) == "e")
+    train_tokens = np.fromfile(home / "artifacts/shards/s/train.bin", dtype="<u2").astype(int)
+    counts = np.ones((tokenizer.vocab_size, tokenizer.vocab_size))  # add-1 smoothing
+    np.add.at(counts, (train_tokens[:-1], train_tokens[1:]), 1)
+    bigram_log_probs = np.log(counts / counts.sum(axis=1, keepdims=True))
+    nats = baseline_nats = 0.0
+    n_bytes = n_tokens = 0
+    with torch.no_grad():
+        for window in hand_windows(tokens, WINDOW):
+            x, y = window[:, :-1], window[:, 1:]
+            logits, _ = model(x)
+            per_token = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1),
+                                        reduction="none")  # fmt: skip
+            nats += per_token.double().sum().item()
+            baseline_nats -= bigram_log_probs[x.numpy(), y.numpy()].sum()
+            n_tokens += y.numel()
+            for previous, target in zip(x.flatten().tolist(), y.flatten().tolist(), strict=True):
+                assert not tokenizer.is_byte(target)  # full coverage: every piece decodes alone
+                n_bytes += bytes_by_decoding(tokenizer, previous, target, anchor)
+    score = metrics["model"]["val"]
+    assert score["tokens"] == n_tokens and score["bytes"] == n_bytes
+    assert score["bpb"] == pytest.approx(nats / math.log(2) / n_bytes, abs=1e-6)
+    assert score["loss"] == pytest.approx(nats / n_tokens, abs=1e-6)
+    assert score["ppl"] == pytest.approx(math.exp(nats / n_tokens), rel=1e-6)
+    baseline = metrics["baseline"]["val"]
+    assert baseline["bytes"] == n_bytes
+    assert baseline["bpb"] == pytest.approx(baseline_nats / math.log(2) / n_bytes, abs=1e-6)
+
+
+def test_evaluate_stage_skips_an_empty_split_and_stores_seeded_samples(evaluated):
+    home, _, descriptor = evaluated
+    metrics = json.loads((home / descriptor.path / "metrics.json").read_text())
+    assert set(metrics["model"]) == set(metrics["baseline"]) == {"val"}  # test split is empty
+    assert descriptor.stats["val_bpb"] == metrics["model"]["val"]["bpb"]
+    assert descriptor.stats["baseline_val_bpb"] == metrics["baseline"]["val"]["bpb"]
+    assert "test_bpb" not in descriptor.stats
+    assert metrics["model"]["val"]["bpb_std"] > 0  # three batches of different windows
+    samples = json.loads((home / descriptor.path / "samples.json").read_text())
+    assert [(s["prompt"], s["seed"]) for s in samples] == [("The river", 11), ("", 12)]
+    assert all(s["temperature"] == 1.0 and s["top_k"] == 20 for s in samples)
+    assert all(s["text"] for s in samples)
+
+
+def test_evaluation_is_cached_and_reproducible(trained_run, evaluated):
+    from tasks.evaluate import evaluate_task
+
+    home, trained, shards, tokenizer = trained_run
+    first = evaluated[2]
+    folder = home / first.path
+    metrics = (folder / "metrics.json").read_text()
+    samples = (folder / "samples.json").read_text()
+    assert evaluate_task.fn(trained, shards, tokenizer, EVAL) == first  # served from its folder
+    shutil.rmtree(folder)
+    again = evaluate_task.fn(trained, shards, tokenizer, EVAL)
+    assert (home / again.path / "metrics.json").read_text() == metrics
+    assert (home / again.path / "samples.json").read_text() == samples
+
+
+def test_a_common_window_is_used_when_set_and_refused_past_a_gpts_context(trained_run, monkeypatch):
+    from tasks.evaluate import evaluate_task
+
+    home, trained, shards, tokenizer = trained_run
+    monkeypatch.setenv("LMFORGE_HOME", str(home))
+    short = EVAL.model_copy(update={"window": 10, "samples": 0})
+    descriptor = evaluate_task.fn(trained, shards, tokenizer, short)
+    assert descriptor.stats["window"] == 10
+    assert descriptor.stats["val_tokens"] == EVAL.batches * EVAL.batch_size * 10
+    with pytest.raises(EvaluationError, match=r"eval\.window 25 is longer than the context"):
+        evaluate_task.fn(trained, shards, tokenizer, short.model_copy(update={"window": 25}))
+
+
+def test_token_bytes_of_a_shard_add_up_to_its_text_bytes_plus_one_per_document(tmp_path):
+    """Byte-fallback pieces, multi-byte characters, the dummy prefix and end-of-text all
+    counted: every token of a shard together stands for exactly its text."""
+    documents = [*TRAIN_DOCS[:10], "日本語 and ü", "  two leading spaces", "x"]
+    cases = {
+        "bpe": TokenizerConfig(kind="bpe", vocab_size=400),  # 日本語 only through byte fallback
+        "unigram": TokenizerConfig(kind="unigram", vocab_size=400),
+        "char": TokenizerConfig(kind="char", unknown_chars="bytes"),
+    }
+    for name, settings in cases.items():
+        tokenizer = train_tokenizer(iter(TRAIN_DOCS), settings)
+        write_shard(tmp_path / f"{name}.bin", tokenizer, documents)
+        stream = torch.from_numpy(np.fromfile(tmp_path / f"{name}.bin", dtype="<u2").astype(int))
+        table = TokenBytes.of(tokenizer)
+        first = int(table.of_targets(torch.tensor([tokenizer.eot_id]), stream[:1]).sum())
+        total = first + int(table.of_targets(stream[:-1], stream[1:]).sum())
+        expected = sum(len(text.encode()) for text in documents) + len(documents)
+        assert total == expected, name
+
+
+def test_char_model_bits_per_byte_on_ascii_is_loss_over_ln2():
+    tokenizer = train_tokenizer(iter(TRAIN_DOCS[:5]), TokenizerConfig(kind="char"))
+    ascii_text = "\n".join(prose(i, 60) for i in range(5))
+    tokens = np.array([*tokenizer.encode(ascii_text), tokenizer.eot_id], dtype=np.uint16)
+    model = BigramCountModel(BigramCountConfig(), tokenizer.vocab_size)
+    model.fit(torch.from_numpy(tokens.astype(np.int64)))
+    score = evaluate(model, tokens, tokenizer, EVAL, window=32)
+    assert score.bytes == score.tokens
+    assert score.bpb == pytest.approx(score.loss / math.log(2), rel=1e-12)
+
+
+def test_every_model_kind_is_scored_on_the_same_windows():
+    tokenizer = train_tokenizer(iter(TRAIN_DOCS[:5]), TokenizerConfig(kind="char"))
+    tokens = np.array(tokenizer.encode(" ".join(TRAIN_DOCS[:5])), dtype=np.uint16)
+    vocab = tokenizer.vocab_size
+    torch.manual_seed(0)
+    configs = [BigramCountConfig(), BigramConfig(), MLPConfig(context=3),
+               GPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=16)]  # fmt: skip
+    scores = {c.kind: evaluate(build_model(c, vocab), tokens, tokenizer, EVAL, window=16)
+              for c in configs}  # fmt: skip
+    assert len({(s.tokens, s.bytes) for s in scores.values()}) == 1
+    # The neural bigram starts uniform: exactly ln(vocab) nats per token; the empty count
+    # table with add-1 smoothing is uniform too.
+    assert scores["bigram"].loss == pytest.approx(math.log(vocab), rel=1e-6)
+    assert scores["bigram-count"].loss == pytest.approx(math.log(vocab), rel=1e-6)
+    assert scores["bigram"].loss_std == pytest.approx(0.0, abs=1e-6)
+
+
+def test_the_baseline_scores_exactly_as_the_count_bigram_it_holds():
+    tokenizer = train_tokenizer(iter(TRAIN_DOCS[:5]), TokenizerConfig(kind="char"))
+    tokens = np.array(tokenizer.encode(" ".join(TRAIN_DOCS[:5])), dtype=np.uint16)
+    counts = BigramCountModel(BigramCountConfig(smoothing=1.0), tokenizer.vocab_size)
+    counts.fit(torch.from_numpy(tokens.astype(np.int64)))
+    baseline = count_bigram_baseline(tokens, tokenizer.vocab_size)
+    expected = evaluate(counts, tokens, tokenizer, EVAL, window=16)
+    assert evaluate(baseline, tokens, tokenizer, EVAL, window=16) == expected
+
+
+def test_bf16_autocast_scores_close_to_fp32():
+    tokenizer = train_tokenizer(iter(TRAIN_DOCS[:5]), TokenizerConfig(kind="char"))
+    tokens = np.array(tokenizer.encode(" ".join(TRAIN_DOCS[:5])), dtype=np.uint16)
+    torch.manual_seed(0)
+    model = build_model(GPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=16),
+                        tokenizer.vocab_size)  # fmt: skip
+    fp32 = evaluate(model, tokens, tokenizer, EVAL)
+    bf16 = evaluate(model, tokens, tokenizer, EVAL.model_copy(update={"precision": "bf16"}))
+    assert bf16.bytes == fp32.bytes
+    assert bf16.bpb == pytest.approx(fp32.bpb, rel=0.02)
+    assert bf16.bpb != fp32.bpb  # the autocast really ran
+
+
+def test_a_split_shorter_than_a_window_is_scored_whole():
+    tokens = np.arange(10, dtype=np.uint16)
+    windows = evaluation_windows(tokens, 64, batches=4, batch_size=8, seed=0, split="val")
+    assert len(windows) == 1
+    x, y = windows[0]
+    assert x.tolist() == [list(range(9))] and y.tolist() == [list(range(1, 10))]
+
+
+def test_a_split_with_nothing_to_predict_is_refused_naming_it():
+    with pytest.raises(EvaluationError, match="the test split has 1 token"):
+        evaluation_windows(np.zeros(1, dtype=np.uint16), 8, 2, 2, seed=0, split="test")
+
+
+def test_a_folder_without_a_checkpoint_is_a_clear_error(trained_run, tmp_path):
+    home, trained, _, _ = trained_run
+    folder = tmp_path / "model"
+    shutil.copytree(home / trained.path, folder, ignore=shutil.ignore_patterns("best", "final"))
+    with pytest.raises(CheckpointError, match=re.escape(f"{folder}: no complete checkpoint")):
+        load_trained(folder)
+    with pytest.raises(CheckpointError, match=r"no model\.json"):
+        load_trained(tmp_path)

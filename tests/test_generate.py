@@ -1,0 +1,284 @@
+"""Generation: seeded sampling, greedy decoding checked by hand (with and without the KV cache,
+past the context length), stopping at end-of-text, streaming multi-byte characters, prompts the
+tokenizer cannot encode, and the `generate` and `chat` commands."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from datetime import datetime
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from lm.config import TokenizerConfig
+from lm.eval_config import SamplingConfig
+from lm.generate import choose_next, encode_prompt, generate, generate_ids
+from lm.models.bigram_count import BigramCountModel
+from lm.models.config import BigramCountConfig, GPTConfig, MLPConfig
+from lm.models.registry import build_model
+from lm.tokenizer import TokenizerError, train_tokenizer
+from lm.train_config import TrainConfig
+from storage.artifacts import Descriptor
+from storage.registry import ModelRecord, RunRegistry
+from storage.shards import ShardWriter
+from storage.workspace import Workspace
+from tests.conftest import REPO, lmforge_command
+from tests.helpers import prose
+
+GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=30)
+DOCS = [prose(i, 60) for i in range(20)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tensors here are tiny: on a shared two-core machine a second intra-op thread only spins
+    (measured: 100x slower greedy decoding under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def char_tokenizer(text: str, unknown_chars: str = "unk"):
+    return train_tokenizer(iter([text]), TokenizerConfig(kind="char", unknown_chars=unknown_chars))
+
+
+def decisive_gpt(vocab: int, pos: str = "rope", block: int = 8):
+    """A random GPT with large logits, so greedy choices have no near-ties that rounding
+    between the cached and the recomputed path could flip."""
+    torch.manual_seed(0)
+    config = GPTConfig(block_size=block, n_layer=2, n_head=2, n_embd=16, pos=pos,
+                       tie_embeddings=False)  # fmt: skip
+    model = build_model(config, vocab)
+    with torch.no_grad():
+        model.head.weight.mul_(200)
+    return model.eval()
+
+
+def decode_by_hand(model, context: list[int], sampling: SamplingConfig) -> list[int]:
+    """Recompute the whole (cropped) context every step: no cache."""
+    tokens = list(context)
+    generator = torch.Generator().manual_seed(sampling.seed)
+    with torch.no_grad():
+        for _ in range(sampling.max_new_tokens):
+            logits, _ = model(torch.tensor([tokens[-model.block_size :]]))
+            if sampling.temperature == 0:
+                tokens.append(int(logits[0, -1].argmax()))
+            else:
+                tokens.append(choose_next(logits[0, -1], tokens, sampling, generator))
+    return tokens[len(context) :]
+
+
+@pytest.mark.parametrize("pos", ["rope", "learned", "sinusoidal"])
+def test_greedy_with_the_kv_cache_equals_argmax_by_hand_past_the_context(pos):
+    model = decisive_gpt(40, pos)
+    context = [3, 1, 4, 1, 5]
+    steps = 3 * model.block_size  # the window slides after the first few steps
+    greedy = SamplingConfig(temperature=0.0, max_new_tokens=steps)
+    top_1 = SamplingConfig(temperature=0.7, top_k=1, max_new_tokens=steps)
+    expected = decode_by_hand(model, context, greedy)
+    assert list(generate_ids(model, context, greedy, eot_id=-1)) == expected
+    assert list(generate_ids(model, context, top_1, eot_id=-1)) == expected
+
+
+@pytest.mark.parametrize("pos", ["rope", "learned", "sinusoidal"])
+def test_sampling_with_the_kv_cache_equals_recomputing_every_step(pos):
+    model = decisive_gpt(40, pos)
+    with torch.no_grad():
+        model.head.weight.div_(10)  # peaked, not certain: draws vary, and follow the model
+    sampling = SamplingConfig(temperature=1.0, max_new_tokens=3 * model.block_size, seed=9)
+    expected = decode_by_hand(model, [3, 1, 4], sampling)
+    assert list(generate_ids(model, [3, 1, 4], sampling, eot_id=-1)) == expected
+    assert len(set(expected)) > 5
+
+
+def test_models_without_a_cache_recompute_over_their_context():
+    torch.manual_seed(0)
+    model = build_model(MLPConfig(context=3, n_embd=8, hiddens=[32]), 40).eval()
+    with torch.no_grad():
+        model.head.weight.mul_(500)
+    sampling = GREEDY.model_copy(update={"max_new_tokens": 20})
+    expected = decode_by_hand(model, [7, 8], sampling)
+    assert list(generate_ids(model, [7, 8], sampling, eot_id=-1)) == expected
+    assert len(set(expected)) > 1
+
+
+def test_the_same_seed_gives_the_same_tokens_and_another_seed_others():
+    torch.manual_seed(0)
+    model = build_model(GPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=16), 50).eval()
+    sampling = SamplingConfig(temperature=1.0, top_p=0.95, max_new_tokens=40, seed=3)
+    first = list(generate_ids(model, [1, 2], sampling, eot_id=-1))
+    again = list(generate_ids(model, [1, 2], sampling, eot_id=-1))
+    other = list(generate_ids(model, [1, 2], sampling.model_copy(update={"seed": 4}), eot_id=-1))
+    assert first == again and len(first) == 40
+    assert first != other
+
+
+def test_generation_stops_at_end_of_text():
+    tokenizer = char_tokenizer("ab")
+    stream = [*tokenizer.encode("ab"), tokenizer.eot_id] * 20
+    model = BigramCountModel(BigramCountConfig(), tokenizer.vocab_size).fit(torch.tensor(stream))
+    assert "".join(generate(model, tokenizer, "a", GREEDY)) == "b"  # a → b → end-of-text
+
+
+def test_multibyte_characters_arriving_byte_by_byte_are_never_garbled():
+    tokenizer = char_tokenizer("a", unknown_chars="bytes")  # 日 and é exist only as bytes
+    stream = tokenizer.encode("a日é" * 10)
+    assert len(stream) == 60  # one id per byte
+    model = BigramCountModel(BigramCountConfig(), tokenizer.vocab_size).fit(torch.tensor(stream))
+    pieces = list(generate(model, tokenizer, "a", GREEDY.model_copy(update={"max_new_tokens": 12})))
+    assert pieces == ["日", "é", "a", "日", "é", "a"]
+
+
+def test_sentencepiece_streaming_reassembles_the_decoded_text():
+    tokenizer = train_tokenizer(iter(DOCS), TokenizerConfig(kind="bpe", vocab_size=300))
+    model = decisive_gpt(tokenizer.vocab_size, block=16)
+    prompt = "Über the river"
+    pieces = list(generate(model, tokenizer, prompt, GREEDY))
+    prompt_ids = encode_prompt(tokenizer, prompt)
+    ids = list(generate_ids(model, [tokenizer.eot_id, *prompt_ids], GREEDY, tokenizer.eot_id,
+                            penalized=prompt_ids))  # fmt: skip
+    assert prompt + "".join(pieces) == tokenizer.decode(prompt_ids + ids)
+    assert len(pieces) > 1 and all(pieces)
+
+
+def test_unencodable_prompt_characters_use_byte_fallback_or_are_named():
+    with_fallback = train_tokenizer(iter(DOCS), TokenizerConfig(kind="bpe", vocab_size=300))
+    ids = encode_prompt(with_fallback, "日本 river")
+    assert any(with_fallback.is_byte(i) for i in ids)
+    assert with_fallback.decode(ids) == "日本 river"
+    model = decisive_gpt(with_fallback.vocab_size, block=16)
+    assert isinstance("".join(generate(model, with_fallback, "日本 river", GREEDY)), str)
+
+    without = train_tokenizer(
+        iter(DOCS), TokenizerConfig(kind="bpe", vocab_size=100, byte_fallback=False)
+    )
+    char = char_tokenizer(" ".join(DOCS), unknown_chars="unk")
+    for tokenizer in (without, char):
+        with pytest.raises(TokenizerError, match="cannot encode: '日本'"):
+            generate(model, tokenizer, "the 日本 river", GREEDY)
+
+
+def test_top_k_and_top_p_sample_only_the_likeliest_tokens():
+    logits = torch.log(torch.tensor([0.4, 0.3, 0.2, 0.1]))
+    generator = torch.Generator().manual_seed(0)
+
+    def draws(**settings) -> set[int]:
+        sampling = SamplingConfig(temperature=1.0, **settings)
+        return {choose_next(logits, [], sampling, generator) for _ in range(300)}
+
+    assert draws() == {0, 1, 2, 3}
+    assert draws(top_k=2) == {0, 1}
+    assert draws(top_p=0.65) == {0, 1}  # 0.4 < 0.65 ≤ 0.4 + 0.3
+    assert draws(top_p=0.01) == {0}
+
+
+def test_repetition_penalty_divides_positive_and_multiplies_negative_logits():
+    logits = torch.tensor([2.0, 1.5, -1.0, -1.2])
+    generator = torch.Generator()
+    greedy = SamplingConfig(temperature=0.0, repetition_penalty=2.0)
+    assert choose_next(logits, [], greedy, generator) == 0
+    assert choose_next(logits, [0], greedy, generator) == 1  # 2.0 / 2 < 1.5
+    assert choose_next(torch.tensor([-1.0, -1.5]), [], greedy, generator) == 0
+    assert choose_next(torch.tensor([-1.0, -1.5]), [0], greedy, generator) == 1  # -1 × 2 < -1.5
+
+
+# -- the commands ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def recorded_run(tmp_path_factory):
+    """A workspace whose registry knows one run with a trained count-bigram model on
+    characters (cheap, and its greedy text is fixed)."""
+    from tasks.train import train_task
+
+    home = tmp_path_factory.mktemp("generate")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LMFORGE_HOME", str(home))
+        workspace = Workspace.from_env().ensure()
+        tokenizer = char_tokenizer(" ".join(DOCS))
+        (workspace.artifacts / "tokenizer").mkdir()
+        tokenizer.save(workspace.artifacts / "tokenizer")
+        for split, documents in (("train", DOCS[:16]), ("val", DOCS[16:])):
+            writer = ShardWriter(workspace.artifacts / f"{split}.bin", tokenizer.digest,
+                                 tokenizer.eot_id, tokenizer.vocab_size)  # fmt: skip
+            for text in documents:
+                writer.write(tokenizer.encode(text), len(text.encode()))
+            writer.close()
+        trained = train_task.fn(
+            Descriptor("encode", "s", "artifacts", "shards"),
+            Descriptor("tokenizer", "t", "artifacts/tokenizer", tokenizer.digest),
+            BigramCountConfig(),
+            TrainConfig(block_size=16, micro_batch=4, global_batch=4, eval_batches=2),
+        )
+        registry = RunRegistry(workspace.registry_path)
+        registry.start_run({"run_id": "20260101-000000-abcdef", "status": "running",
+                            "started_at": datetime.now()})  # fmt: skip
+        model = ModelRecord("counts", "bigram-count", trained.digest, trained.path,
+                            tokenizer.digest, "corpus", {}, {})  # fmt: skip
+        registry.finish_run("20260101-000000-abcdef", "completed", datetime.now(), [],
+                            models=[model])  # fmt: skip
+    return home, trained, tokenizer
+
+
+def expected_text(home, trained, prompt: str, sampling: SamplingConfig) -> str:
+    from lm.evaluate import load_trained
+
+    model, tokenizer = load_trained(home / trained.path)
+    return "".join(generate(model, tokenizer, prompt, sampling))
+
+
+def test_generate_command_streams_the_run_models_continuation(recorded_run, monkeypatch):
+    from flows.cli import app
+
+    home, trained, _ = recorded_run
+    monkeypatch.setenv("LMFORGE_HOME", str(home))
+    result = CliRunner().invoke(
+        app,
+        ["generate", "20260101", "--model", "counts", "--prompt", "The river",
+         "--temperature", "0", "--max-new-tokens", "25"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    continuation = expected_text(home, trained, "The river",
+                                 SamplingConfig(temperature=0, max_new_tokens=25))  # fmt: skip
+    assert result.stdout == "The river" + continuation + "\n"
+    assert len(continuation) == 25
+
+
+def test_chat_answers_each_piped_line_with_one_line_until_eof(recorded_run):
+    home, trained, _ = recorded_run
+    env = dict(os.environ) | {"LMFORGE_HOME": str(home)}
+    result = subprocess.run(
+        lmforge_command("chat", str(home / trained.path), "--max-new-tokens", "40", "--seed", "5"),
+        input="The river\nA quiet\n", capture_output=True, text=True, timeout=300, cwd=REPO,
+        env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.split("\n")
+    assert len(lines) == 3 and lines[2] == ""
+    for index, prompt in enumerate(["The river", "A quiet"]):
+        sampling = SamplingConfig(max_new_tokens=40, seed=5 + index)
+        assert lines[index] == expected_text(home, trained, prompt, sampling).split("\n")[0]
+
+
+def test_unknown_runs_labels_and_folders_are_clear_errors(recorded_run, tmp_path, monkeypatch):
+    from flows.cli import app
+
+    home, trained, _ = recorded_run
+    monkeypatch.setenv("LMFORGE_HOME", str(home))
+    runner = CliRunner()
+    unknown = runner.invoke(app, ["generate", "19990101", "--prompt", "x"])
+    assert unknown.exit_code == 1 and "no run with an id starting '19990101'" in unknown.stderr
+    label = runner.invoke(app, ["generate", "20260101", "--model", "gpt", "--prompt", "x"])
+    assert label.exit_code == 1 and "has no model 'gpt' (models: counts)" in label.stderr
+    empty = tmp_path / "model"
+    empty.mkdir()
+    (empty / "model.json").write_text((home / trained.path / "model.json").read_text())
+    folder = runner.invoke(app, ["generate", str(empty), "--prompt", "x"])
+    assert folder.exit_code == 1 and f"{empty}: no complete checkpoint" in folder.stderr
+    bad = runner.invoke(app, ["generate", str(home / trained.path), "--top-p", "1.5"])
+    assert bad.exit_code == 1 and "--top-p" in bad.stderr
+    unencodable = runner.invoke(app, ["generate", str(home / trained.path), "--prompt", "日本"])
+    assert unencodable.exit_code == 1 and "cannot encode: '日本'" in unencodable.stderr

@@ -1,0 +1,312 @@
+"""Run reports: the page of a real tiny run, missing data shown as missing, old registries, the
+comparison of two runs, and the `lmforge report` command."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from pathlib import Path
+
+import duckdb
+import pytest
+from typer.testing import CliRunner
+
+from flows.report import (
+    ReportError,
+    build_comparison_report,
+    build_run_report,
+    write_report_folder,
+)
+from lm.report_render import RenderedReport, render_run_report
+from storage.registry import MIGRATIONS, RunRegistry
+from storage.report_data import gather_run_report
+from storage.workspace import Workspace
+from tests.helpers import prose, write_config
+
+RUN_SECTIONS = ["run", "scores", "loss", "learning-rate", "throughput", "tokenizer", "word2vec",
+                "samples", "stages", "config"]  # fmt: skip
+TINY_GPT = [
+    'model.kind="gpt"', "model.block_size=16", "model.n_layer=1", "model.n_head=2",
+    "model.n_embd=16", "train.max_steps=8", "train.micro_batch=4", "train.global_batch=4",
+    "train.eval_every=4", "train.checkpoint_every=4", "train.eval_batches=2", "split.val=0.3",
+]  # fmt: skip
+WORD2VEC = ["word2vec.enabled=true", "word2vec.vector_size=16", "word2vec.epochs=1",
+            "word2vec.min_count=1", 'word2vec.projection="pca"',
+            'word2vec.probes=["river", "city"]']  # fmt: skip
+# A cheap evaluation: two batches of windows, one short sample from a fixed prompt.
+TINY_EVAL = [
+    "eval.batches=2", "eval.batch_size=4", "eval.samples=1", "eval.sampling.max_new_tokens=24",
+    'eval.prompts=["The river"]', "split.test=0.2",
+]  # fmt: skip
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TINY_MODEL_TOML = """
+[model]
+kind = "gpt"
+block_size = 16
+n_layer = 1
+n_head = 2
+n_embd = 16
+
+[train]
+micro_batch = 4
+global_batch = 4
+eval_batches = 2
+
+[eval]
+batches = 2
+batch_size = 4
+"""
+
+
+class Page(HTMLParser):
+    """The parts of a report page the tests look at: section ids, image sources, table cells
+    and the text of each section."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.sections: list[str] = []
+        self.images: list[str] = []
+        self.text: dict[str, str] = {}
+        self.header_cells: list[str] = []
+        self._in_th = False
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        attributes = dict(attrs)
+        if tag == "section":
+            self.sections.append(attributes["id"])
+            self.text[attributes["id"]] = ""
+        elif tag == "img":
+            self.images.append(attributes["src"])
+        elif tag == "th":
+            self._in_th = True
+
+    def handle_endtag(self, tag):
+        if tag == "th":
+            self._in_th = False
+
+    def handle_data(self, data):
+        if self.sections:
+            self.text[self.sections[-1]] += data
+        if self._in_th:
+            self.header_cells.append(data)
+
+
+@dataclass
+class TwoRuns:
+    workspace: Workspace
+    full: str  # a tiny GPT with word2vec
+    plain: str  # the count-bigram model (no training curve), no word2vec
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> TwoRuns:
+    """Two real tiny runs in one workspace, shared by the module's tests."""
+    from flows.pipeline import lm_pipeline
+
+    root = tmp_path_factory.mktemp("report")
+    texts = root / "texts"
+    texts.mkdir()
+    for index in range(10):
+        (texts / f"doc{index:02d}.txt").write_text(prose(index, 150))
+    config = str(write_config(root / "small.toml", [{"path": str(texts)}]))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LMFORGE_HOME", str(root / "workspace"))
+        full = lm_pipeline(config=config, overrides=[*TINY_GPT, *WORD2VEC, *TINY_EVAL])
+        plain = lm_pipeline(
+            config=config, overrides=['model.kind="bigram-count"', "split.val=0.3", *TINY_EVAL]
+        )
+        yield TwoRuns(Workspace.from_env(), full["run_id"], plain["run_id"])
+
+
+def read_page(path: Path) -> Page:
+    return Page(path.read_text(encoding="utf-8"))
+
+
+def registry_row(runs: TwoRuns, sql: str, parameters: list) -> dict:
+    columns, rows = RunRegistry(runs.workspace.registry_path).query(sql, parameters)
+    return dict(zip(columns, rows[0], strict=True))
+
+
+def stage_output(runs: TwoRuns, run_id: str, stage: str) -> Path:
+    sql = "SELECT output_path FROM stages WHERE run_id = ? AND stage = ?"
+    return runs.workspace.resolve(registry_row(runs, sql, [run_id, stage])["output_path"])
+
+
+@pytest.fixture(scope="module")
+def full_report(runs) -> Path:
+    return build_run_report(runs.full)
+
+
+def test_run_report_has_every_section_and_every_image_is_a_png_beside_it(runs, full_report):
+    assert full_report == runs.workspace.root / "reports" / runs.full / "report.html"
+    page = read_page(full_report)
+    assert page.sections == RUN_SECTIONS
+    assert set(page.images) == {"scores.png", "loss.png", "learning-rate.png", "throughput.png",
+                                "tokenizer.png", "word2vec-projection.png",
+                                "stages.png"}  # fmt: skip
+    for name in page.images:
+        data = (full_report.parent / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 1000, name
+    projection = stage_output(runs, runs.full, "word2vec") / "projection.png"
+    copied = (full_report.parent / "word2vec-projection.png").read_bytes()
+    assert copied == projection.read_bytes()
+    files = sorted(p.name for p in full_report.parent.iterdir())
+    assert files == sorted([*page.images, "report.html"])
+
+
+def test_run_card_and_scores_show_the_recorded_numbers(runs, full_report):
+    page = read_page(full_report)
+    model = registry_row(runs, "SELECT * FROM models WHERE run_id = ?", [runs.full])
+    command = registry_row(runs, "SELECT command FROM runs WHERE run_id = ?", [runs.full])
+    assert command["command"] in page.text["run"]
+    assert (
+        f"{model['parameters']:,} parameters, 8 steps, {8 * 4 * 16:,} tokens seen"
+        in page.text["run"]
+    )
+    for score in ("val_bpb", "test_bpb", "baseline_val_bpb", "baseline_test_bpb"):
+        assert f"{model[score]:.4f}" in page.text["scores"], score
+    assert "0 of 7 stages served from cache" in page.text["stages"]
+
+
+def test_samples_are_the_evaluate_stage_samples(runs, full_report):
+    page = read_page(full_report)
+    samples = json.loads((stage_output(runs, runs.full, "evaluate") / "samples.json").read_text())
+    (sample,) = samples
+    shown = sample["prompt"] + sample["text"].removeprefix(sample["prompt"])
+    assert shown in page.text["samples"]
+    assert f"seed {sample['seed']}, temperature {sample['temperature']}" in page.text["samples"]
+
+
+def test_what_a_run_did_not_record_is_shown_as_missing(runs):
+    page = read_page(build_run_report(runs.plain))
+    assert page.sections == RUN_SECTIONS
+    assert "word2vec was not trained in this run" in page.text["word2vec"]
+    assert "No training curves were recorded" in page.text["loss"]  # a count model
+    assert "No train/lr curve was recorded" in page.text["learning-rate"]
+    assert set(page.images) == {"scores.png", "tokenizer.png", "stages.png"}
+    # Its data stages came from the first run's cache; the report says so.
+    assert "4 of 6 stages served from cache" in page.text["stages"]
+
+
+def test_comparison_tabulates_both_runs_and_overlays_their_val_loss(runs):
+    path = build_comparison_report([runs.full, runs.plain])
+    page = read_page(path)
+    assert page.sections == ["table", "curves", "scores", "reproduce"]
+    run_columns = [c for c in page.header_cells if c.startswith("20")]
+    assert run_columns == [runs.full, runs.plain] * 2  # scores table, then differing settings
+    for run_id in (runs.full, runs.plain):
+        model = registry_row(runs, "SELECT * FROM models WHERE run_id = ?", [run_id])
+        assert f"{model['val_bpb']:.4f}" in page.text["table"]
+        assert f"{model['parameters']:,}" in page.text["table"]
+    assert set(page.images) == {"val-loss.png", "train-loss.png", "scores.png"}
+    assert "model.kind" in page.text["table"]  # the setting that differs: gpt vs bigram-count
+    for name in page.images:
+        assert (path.parent / name).read_bytes().startswith(PNG_MAGIC)
+
+
+def test_a_registry_from_before_model_labels_still_reports(tmp_path):
+    """Schema 2: no `models` table, no `model` column; the train stage's curve is the run's."""
+    workspace = Workspace(tmp_path)
+    connection = duckdb.connect(str(workspace.registry_path))
+    connection.execute("CREATE TABLE schema_version (version INTEGER, applied_at TIMESTAMP)")
+    for number, script in enumerate(MIGRATIONS[:2], start=1):
+        connection.execute(script)
+        connection.execute("INSERT INTO schema_version VALUES (?, now())", [number])
+    connection.execute(
+        "INSERT INTO runs (run_id, status, started_at, config, command) "
+        "VALUES ('old-run', 'completed', now(), '{\"seed\": 7}', 'lmforge run old.toml')"
+    )
+    stats = {"model": "gpt", "parameters": 1234, "steps": 3, "tokens_seen": 96, "val_loss": 2.5,
+             "baseline_val_loss": 3.0}  # fmt: skip
+    connection.execute(
+        "INSERT INTO stages VALUES ('old-run', 'train', 'k', false, 4.0, 'd', 'gone', ?, now())",
+        [json.dumps(stats)],
+    )
+    for step, loss in ((1, 4.0), (2, 3.5), (3, 3.0)):
+        connection.execute(
+            "INSERT INTO metrics VALUES ('old-run', 'train/loss', ?, ?, now())", [step, loss]
+        )
+    connection.close()
+
+    report = gather_run_report(RunRegistry(workspace.registry_path), workspace, "old")
+    (model,) = report.models
+    assert (model.label, model.parameters, model.scores["val_loss"]) == ("gpt", 1234, 2.5)
+    assert model.curves["train/loss"].values == [4.0, 3.5, 3.0]
+    assert model.tokens_per_step is None  # no train.json: curves against steps
+    assert any("before migration 3" in note for note in report.missing)
+    assert "No corpus version was recorded" in " ".join(report.missing)
+    page = Page(render_run_report(report).html)
+    assert "Bits per byte were not recorded" in page.text["scores"]
+    assert "no samples recorded (no evaluate stage in this run)" in page.text["samples"]
+    assert "word2vec was not trained" in page.text["word2vec"]
+    assert "No tokenizer statistics were recorded" in page.text["tokenizer"]
+
+
+def test_rewriting_a_report_replaces_it_in_one_rename(tmp_path):
+    folder = tmp_path / "reports" / "run"
+    write_report_folder(RenderedReport("<p>old</p>", {"old.png": PNG_MAGIC}), folder)
+    path = write_report_folder(RenderedReport("<p>new</p>", {"new.png": PNG_MAGIC}), folder)
+    assert path.read_text() == "<p>new</p>"
+    assert sorted(p.name for p in folder.iterdir()) == ["new.png", "report.html"]
+    assert [p.name for p in folder.parent.iterdir()] == ["run"]  # no staging folder left
+
+
+def test_report_command_prints_the_page_path_and_names_a_bad_run(runs, tmp_path):
+    from flows.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "my-report"
+    printed = runner.invoke(app, ["report", runs.plain[:15], "--out", str(out)])
+    assert printed.exit_code == 0, printed.output
+    assert printed.stdout.strip() == str(out / "report.html") and (out / "stages.png").is_file()
+    compared = runner.invoke(app, ["report", "--compare", runs.full, runs.plain])
+    assert compared.exit_code == 0 and Path(compared.stdout.strip()).is_file()
+    missing = runner.invoke(app, ["report", "no-such-run"])
+    assert missing.exit_code == 1 and "no run with an id starting 'no-such-run'" in missing.stderr
+
+
+def test_comparison_needs_two_distinct_runs(runs):
+    with pytest.raises(ReportError, match="at least two run ids"):
+        build_comparison_report([runs.full])
+    with pytest.raises(ReportError, match="the same run twice"):
+        build_comparison_report([runs.full, runs.full[:15]])
+
+
+def test_tokenizer_comparison_trains_the_same_model_on_each_and_reports_bits_per_byte(
+    runs, tmp_path
+):
+    """Lives here to reuse this module's corpus (one pipeline run fewer)."""
+    from flows.cli import app
+    from lm.config import TokenizerConfig, load_config
+    from lm.tokenizer import train_tokenizer
+    from lm.tokenizer_bpb import comparison_train_settings, encode_documents, train_and_score
+    from storage.corpus import DOCUMENTS_FILE, iter_split_texts
+
+    tiny = write_config(tmp_path / "tiny.toml", [{"path": str(tmp_path)}], TINY_MODEL_TOML)
+    arguments = ["tokenizers", "compare", "--vocab-size", "350", "--train-steps", "4"]
+    result = CliRunner().invoke(app, [*arguments, "--config", str(tiny)])
+    assert result.exit_code == 0, result.output
+    printed = dict(
+        re.findall(r"│ (bpe|unigram)\s.*?│ (\d+\.\d{4}) ± \d+\.\d{4}\s+│", result.stdout)
+    )
+    assert set(printed) == {"bpe", "unigram"}
+    # The printed number is the evaluator's, for this tokenizer, and training is reproducible.
+    corpus = registry_row(runs, "SELECT path FROM datasets", [])["path"]
+    documents = runs.workspace.resolve(corpus) / DOCUMENTS_FILE
+    texts = (t for batch in iter_split_texts(documents, "train") for t in batch)
+    tokenizer = train_tokenizer(texts, TokenizerConfig(kind="bpe", vocab_size=350))
+    settings = load_config(str(tiny))
+    score = train_and_score(
+        tokenizer,
+        encode_documents(tokenizer, iter_split_texts(documents, "train")),
+        encode_documents(tokenizer, iter_split_texts(documents, "val")),
+        settings.model,
+        comparison_train_settings(settings.train, 4),
+        settings.eval,
+        tmp_path / "work",
+    )
+    assert printed["bpe"] == f"{score.bpb:.4f}"
+    assert 0 < score.baseline_bpb < 8 and score.steps == 4
