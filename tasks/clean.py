@@ -1,44 +1,79 @@
 """The clean stage: raw documents → a corpus version (Parquet with decision columns) under
-`corpus/<key>/`."""
+`corpus/<key>/`.
+
+One cached task, whatever the runner. Annotation fans out over slices of the raw documents
+through the `clean-annotate` subflow on the task runner that `[runtime]` names
+(`flows/clean_flow.py`); a corpus too small to be worth it, or `clean.workers = 1`, is annotated
+here instead. The decisions then run here, in input order, so the corpus (and its digest) is the
+same on threads, processes or Dask, with any number of workers.
+"""
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
 from prefect import task
 
-from lm.config import CleanConfig, SplitConfig
+from flows.clean_flow import annotate_slices, load_annotated, raw_batch_bytes, read_raw_slice
+from lm.config import CleanConfig, RuntimeConfig, SplitConfig
 from lm.progress import ProgressLog
-from lm.text.clean import DecisionMaker, clean_documents, effective_workers
-from storage.artifacts import ArtifactStore, Descriptor
-from storage.corpus import (
-    CORPUS_SCHEMA,
-    DOCUMENTS_FILE,
-    CorpusDigest,
-    DocumentWriter,
-    iter_raw_batches,
-    row_count,
+from lm.text.clean import (
+    BATCH_DOCS,
+    AnnotatedDocument,
+    DecisionMaker,
+    RowSlice,
+    SlicePolicy,
+    annotate_batches,
+    decide_batches,
+    plan_slices,
 )
+from storage.artifacts import ArtifactStore, Descriptor
+from storage.corpus import CORPUS_SCHEMA, DOCUMENTS_FILE, CorpusDigest, DocumentWriter, row_count
 from storage.workspace import Workspace
 from tasks.caching import cache_key_from, code_digest, stage_key
+from tasks.runners import make_task_runner, worker_count
 
 STAGE = "clean"
 VERSION = 1
-CODE = ("lm/text", "lm/config.py", "lm/progress.py", "storage/corpus.py", "storage/artifacts.py")
-BATCH_DOCS = 64
-# Below this many documents a process pool costs more to start than it saves.
-MIN_DOCS_FOR_WORKERS = 4 * BATCH_DOCS
+CODE = (
+    "lm/text",
+    "lm/config.py",
+    "lm/progress.py",
+    "storage/corpus.py",
+    "storage/artifacts.py",
+    "flows/clean_flow.py",
+)
+# Annotations of the slices, inside the staging directory; removed before it is published.
+SCRATCH_DIR = "annotations"
+SLICE_POLICY = SlicePolicy()
 
 
 def corpus_store(workspace: Workspace) -> ArtifactStore:
     return ArtifactStore(workspace.corpus, workspace.root)
 
 
-def clean_key(raw: Descriptor, config: CleanConfig, split: SplitConfig) -> str:
+def clean_key(
+    raw: Descriptor,
+    config: CleanConfig,
+    split: SplitConfig,
+    runtime: RuntimeConfig | None = None,
+) -> str:
+    """Neither the worker count nor the runtime is part of the key: they never change the
+    corpus."""
     settings = f"{config.model_copy(update={'workers': 0}).digest()}:{split.digest()}"
     return stage_key(STAGE, VERSION, settings, [raw.digest], code_digest(*CODE))
 
 
 @task(name=STAGE, cache_key_fn=cache_key_from(clean_key), persist_result=True)
-def clean_task(raw: Descriptor, config: CleanConfig, split: SplitConfig) -> Descriptor:
+def clean_task(
+    raw: Descriptor,
+    config: CleanConfig,
+    split: SplitConfig,
+    runtime: RuntimeConfig | None = None,
+) -> Descriptor:
+    runtime = runtime or RuntimeConfig()
     workspace = Workspace.from_env()
     store = corpus_store(workspace)
     key = clean_key(raw, config, split)
@@ -47,25 +82,61 @@ def clean_task(raw: Descriptor, config: CleanConfig, split: SplitConfig) -> Desc
         return existing
     raw_path = workspace.resolve(raw.path) / DOCUMENTS_FILE
     total = row_count(raw_path)
-    workers = effective_workers(config) if total >= MIN_DOCS_FOR_WORKERS else 1
     decider = DecisionMaker(config, split)
-    digest = CorpusDigest()
-    progress = ProgressLog("clean", total=total, unit="docs")
-    sources: dict[str, dict[str, int]] = {}
-    processed = 0
     with store.build(key) as staging:
-        with DocumentWriter(staging / DOCUMENTS_FILE, CORPUS_SCHEMA, config.row_group_docs) as out:
-            batches = iter_raw_batches(raw_path, BATCH_DOCS)
-            for rows in clean_documents(batches, decider, workers):
-                for row in rows:
-                    out.write(row)
-                    digest.update(row)
-                    counts = sources.setdefault(row["source_file"], {"documents": 0, "kept": 0})
-                    counts["documents"] += 1
-                    counts["kept"] += int(row["keep"])
-                processed += len(rows)
-                progress.update(processed)
-        progress.finish()
-        stats = decider.stats.as_dict() | {"sources": sources, "workers": workers}
-        descriptor = store.describe(staging, STAGE, key, digest.hexdigest(), stats)
+        annotated, fan_out = _annotate(raw_path, total, config, runtime, staging / SCRATCH_DIR)
+        digest, sources = _write_corpus(
+            decide_batches(annotated, decider), staging / DOCUMENTS_FILE, config, total
+        )
+        shutil.rmtree(staging / SCRATCH_DIR, ignore_errors=True)
+        stats = decider.stats.as_dict() | {"sources": sources} | fan_out
+        descriptor = store.describe(staging, STAGE, key, digest, stats)
     return descriptor
+
+
+def _annotate(
+    raw_path: Path, total: int, config: CleanConfig, runtime: RuntimeConfig, scratch: Path
+) -> tuple[Iterator[list[AnnotatedDocument]], dict]:
+    """The annotated documents in input order, and how they were made: fanned out over slices
+    on the runtime's task runner, or here when one worker is asked for or the input is small."""
+    workers = worker_count(runtime, config.workers)
+    slices = []
+    if workers > 1:
+        slices = plan_slices(raw_batch_bytes(raw_path), BATCH_DOCS, total, workers, SLICE_POLICY)
+    if len(slices) <= 1:
+        everything = read_raw_slice(raw_path, RowSlice(0, 0, total))
+        inline = {"runner": "inline", "workers": 1, "slices": 1, "annotated_by": []}
+        return annotate_batches(everything, config), inline
+    runner = make_task_runner(runtime, workers)
+    pieces = annotate_slices.with_options(task_runner=runner)(
+        raw_path=str(raw_path), slices=slices, config=config, scratch=str(scratch)
+    )
+    fan_out = {
+        "runner": runtime.task_runner,
+        "workers": workers,
+        "slices": len(slices),
+        "annotated_by": sorted({piece.annotated_by for piece in pieces}),
+    }
+    return load_annotated(pieces), fan_out
+
+
+def _write_corpus(
+    rows_by_batch: Iterator[list[dict]], path: Path, config: CleanConfig, total: int
+) -> tuple[str, dict[str, dict[str, int]]]:
+    """Write the decided rows in order; return the corpus digest and per-source counts."""
+    digest = CorpusDigest()
+    sources: dict[str, dict[str, int]] = {}
+    progress = ProgressLog("clean", total=total, unit="docs")
+    processed = 0
+    with DocumentWriter(path, CORPUS_SCHEMA, config.row_group_docs) as out:
+        for rows in rows_by_batch:
+            for row in rows:
+                out.write(row)
+                digest.update(row)
+                counts = sources.setdefault(row["source_file"], {"documents": 0, "kept": 0})
+                counts["documents"] += 1
+                counts["kept"] += int(row["keep"])
+            processed += len(rows)
+            progress.update(processed)
+    progress.finish()
+    return digest.hexdigest(), sources

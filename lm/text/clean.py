@@ -3,11 +3,12 @@ decision recorded as a column.
 
 Two phases, after datatrove's stats-counting steps and dolma's attribute/mixer split:
 
-1. `annotate_batch` (pure, per document, runs in worker processes): strip wiki markup, normalize,
-   hash into `doc_id`, measure quality, compute the MinHash signature.
+1. `annotate_batch` (pure, per document, fans out to workers): strip wiki markup, normalize,
+   hash into `doc_id`, measure quality, compute the MinHash signature. `plan_slices` cuts the
+   input into contiguous slices of whole batches for the workers.
 2. `DecisionMaker` (sequential, in order): exact and near duplicates need to know which documents
    came before, so this runs in one process over the annotated stream, in input order, which
-   makes the corpus identical however many workers annotated it.
+   makes the corpus identical however many workers annotated it, and on whatever runner.
 
 Nothing is dropped: rejected documents stay in the output with `keep = false` and the first rule
 they failed in `reject_reason`; the clean view is `WHERE keep`.
@@ -16,9 +17,10 @@ they failed in `reject_reason`; the clean view is `WHERE keep`.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
+import math
 import multiprocessing
-import os
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -37,6 +39,9 @@ logger = logging.getLogger("lm.text.clean")
 # Decision columns in the order a document is judged; `reject_reason` names the first that holds.
 DECISION_FLAGS = ("too_short", *QUALITY_FLAGS, "exact_duplicate", "near_duplicate")
 RawRow = tuple[str, str, str, str]  # (source, source_file, text, markup)
+# Documents annotated together: the numpy passes amortise over a batch. Small enough that a few
+# Wikipedia articles make a batch, so work can be spread evenly; slices are cut between batches.
+BATCH_DOCS = 32
 
 
 @dataclass
@@ -183,28 +188,108 @@ class DecisionMaker:
         }
 
 
-def effective_workers(config: CleanConfig) -> int:
-    return config.workers or os.cpu_count() or 1
+@dataclass(frozen=True)
+class RowSlice:
+    """Rows `[start, stop)` of the raw documents: one worker's share of the annotation."""
+
+    index: int
+    start: int
+    stop: int
+
+    @property
+    def documents(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(frozen=True)
+class SlicePolicy:
+    """How finely annotation fans out: about `per_worker` slices per worker so that one slow
+    slice does not leave the others idle; at least `min_bytes` of text per slice; at most
+    `max_bytes` and `max_docs` (a worker's memory stays bounded).
+
+    `min_bytes` is a few seconds of annotation. Fanning out has fixed costs: Prefect task runs
+    (a tenth of a second each), and on the process runner a fresh interpreter per worker that
+    imports Prefect (about 4 CPU-seconds here), so a corpus under two slices' worth (the
+    bundled one is 6 MB) is faster annotated where it is."""
+
+    per_worker: int = 4
+    min_bytes: int = 4 << 20
+    max_bytes: int = 32 << 20
+    max_docs: int = 16384
+
+
+def plan_slices(
+    batch_bytes: list[int],
+    batch_docs: int,
+    total: int,
+    workers: int,
+    policy: SlicePolicy = SlicePolicy(),
+) -> list[RowSlice]:
+    """Cut `total` raw documents, in batches of `batch_docs` whose text sizes are `batch_bytes`,
+    into contiguous slices of whole batches for `workers` workers, following `policy`.
+
+    Slices are balanced by text bytes, not documents: a Wikipedia article costs as much as a
+    hundred news stories. Cutting only between batches keeps every batch what it is when one
+    process reads the file from start to end. A single slice back means the input is too small
+    to be worth fanning out."""
+    if total == 0 or not batch_bytes:
+        return []
+    n_batches = len(batch_bytes)
+    total_bytes = sum(batch_bytes)
+    wanted = min(workers * policy.per_worker, total_bytes // policy.min_bytes)
+    wanted = min(max(wanted, math.ceil(total_bytes / policy.max_bytes), 1), n_batches)
+    cumulative = np.cumsum(batch_bytes)
+    bounds = {0, n_batches}  # slice boundaries, counted in batches
+    for k in range(1, wanted):
+        goal = total_bytes * k / wanted
+        reaching = int(np.searchsorted(cumulative, goal))  # the batch that reaches the goal
+        # Cut before or after it, whichever leaves the cumulative size nearer the goal.
+        before = reaching > 0 and goal - cumulative[reaching - 1] < cumulative[reaching] - goal
+        bounds.add(reaching if before else reaching + 1)
+    max_batches = max(1, policy.max_docs // batch_docs)
+    slices: list[RowSlice] = []
+    for first, end in itertools.pairwise(sorted(bounds)):
+        parts = math.ceil((end - first) / max_batches)
+        for part in range(parts):
+            low = first + (end - first) * part // parts
+            high = first + (end - first) * (part + 1) // parts
+            slices.append(RowSlice(len(slices), low * batch_docs, min(high * batch_docs, total)))
+    return slices
+
+
+def annotate_batches(
+    batches: Iterable[list[RawRow]], config: CleanConfig
+) -> Iterator[list[AnnotatedDocument]]:
+    for batch in batches:
+        yield annotate_batch(batch, config)
+
+
+def decide_batches(
+    annotated: Iterable[list[AnnotatedDocument]], decider: DecisionMaker
+) -> Iterator[list[dict]]:
+    """Output rows batch by batch, in input order; `decider.stats` holds the counts once the
+    stream is exhausted."""
+    for documents in annotated:
+        yield [decider.decide(doc) for doc in documents]
 
 
 def clean_documents(
     batches: Iterable[list[RawRow]], decider: DecisionMaker, workers: int = 1
 ) -> Iterator[list[dict]]:
-    """Clean a stream of raw batches, yielding output rows batch by batch in input order;
-    `decider.stats` holds the counts once the stream is exhausted.
+    """Clean a stream of raw batches outside any orchestrator, yielding output rows batch by
+    batch in input order; `decider.stats` holds the counts once the stream is exhausted.
 
-    With `workers > 1`, annotation runs in a process pool with a bounded number of batches in
-    flight, so memory stays flat however large the input."""
-    for annotated in _annotated_batches(batches, decider.config, workers):
-        yield [decider.decide(doc) for doc in annotated]
+    With `workers > 1`, annotation runs in a local process pool with a bounded number of batches
+    in flight, so memory stays flat however large the input. (The pipeline's clean stage fans
+    out with its Prefect task runner instead: `tasks/clean.py`.)"""
+    yield from decide_batches(_annotated_batches(batches, decider.config, workers), decider)
 
 
 def _annotated_batches(
     batches: Iterable[list[RawRow]], config: CleanConfig, workers: int
 ) -> Iterator[list[AnnotatedDocument]]:
     if workers <= 1:
-        for batch in batches:
-            yield annotate_batch(batch, config)
+        yield from annotate_batches(batches, config)
         return
     # 'spawn': the parent runs Prefect's threads, and forking a threaded process can deadlock.
     context = multiprocessing.get_context("spawn")

@@ -1,0 +1,148 @@
+"""The clean stage's fan-out: annotation of contiguous slices of the raw documents, one mapped
+task per slice, on whatever task runner the caller gives the `clean-annotate` subflow.
+
+Annotation (markup removal, normalization, quality measurements, MinHash signatures) is
+independent per document and is nearly all the stage's work, so it is what fans out. Mapped
+tasks pass small descriptors: a slice is a row range of the raw Parquet file, and its annotated
+documents go to a scratch file in the stage's staging directory, whose path comes back. The
+decisions that need every earlier document (duplicates, the split) then run in the clean task,
+in input order, so the corpus is the same on any runner with any number of workers.
+
+Scratch files are pickles of `AnnotatedDocument`s: they live only inside one build's staging
+directory, are written and read by the same code, and pickle round-trips the numpy signatures
+exactly at the least cost. On a remote Dask cluster the workspace must be on a filesystem that
+every worker sees at the same path.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from prefect import flow, task, unmapped
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+
+from lm.config import CleanConfig
+from lm.progress import ProgressLog
+from lm.text.clean import (
+    BATCH_DOCS,
+    AnnotatedDocument,
+    RawRow,
+    RowSlice,
+    annotate_batches,
+)
+from storage.corpus import RAW_SCHEMA
+
+
+@dataclass(frozen=True)
+class AnnotatedSlice:
+    """What a mapped task hands back: its rows, the scratch file holding their annotations,
+    and the `host:pid` of the worker that annotated them (which runner really ran it)."""
+
+    rows: RowSlice
+    path: str
+    annotated_by: str
+
+
+def read_raw_slice(
+    path: Path, rows: RowSlice, batch_docs: int = BATCH_DOCS
+) -> Iterator[list[RawRow]]:
+    """Raw documents `rows.start` to `rows.stop` as batches of `batch_docs`, counted from the
+    slice's start (slices start on a batch boundary, so batches are the same as when the whole
+    file is read as one slice). Reads only the row groups that overlap the slice."""
+    parquet = pq.ParquetFile(path)
+    pending: list[RawRow] = []
+    offset = 0
+    for group in range(parquet.metadata.num_row_groups):
+        group_rows = parquet.metadata.row_group(group).num_rows
+        low, high = max(rows.start, offset), min(rows.stop, offset + group_rows)
+        if low < high:
+            table = parquet.read_row_group(group, columns=RAW_SCHEMA.names)
+            table = table.slice(low - offset, high - low)
+            columns = [table.column(name).to_pylist() for name in RAW_SCHEMA.names]
+            pending.extend(zip(*columns, strict=True))
+            while len(pending) >= batch_docs:
+                yield pending[:batch_docs]
+                pending = pending[batch_docs:]
+        offset += group_rows
+        if offset >= rows.stop:
+            break
+    if pending:
+        yield pending
+
+
+def raw_batch_bytes(path: Path, batch_docs: int = BATCH_DOCS) -> list[int]:
+    """The text size of every batch of the raw documents file, to balance slices by work."""
+    parquet = pq.ParquetFile(path)
+    lengths = [
+        pc.binary_length(parquet.read_row_group(group, columns=["text"]).column("text"))
+        .to_numpy()
+        .astype(np.int64)
+        for group in range(parquet.metadata.num_row_groups)
+    ]
+    if not lengths:
+        return []
+    sizes = np.concatenate(lengths)
+    if len(sizes) == 0:
+        return []
+    return np.add.reduceat(sizes, np.arange(0, len(sizes), batch_docs)).tolist()
+
+
+@task(
+    name="annotate-slice",
+    task_run_name="annotate rows {rows.start}-{rows.stop}",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
+def annotate_slice_task(
+    raw_path: str, rows: RowSlice, config: CleanConfig, scratch: str
+) -> AnnotatedSlice:
+    batches = read_raw_slice(Path(raw_path), rows)
+    documents = [doc for batch in annotate_batches(batches, config) for doc in batch]
+    path = Path(scratch) / f"slice-{rows.index:06d}.pkl"
+    _save_annotations(path, documents)
+    return AnnotatedSlice(rows, str(path), f"{socket.gethostname()}:{os.getpid()}")
+
+
+@flow(name="clean-annotate", persist_result=False)
+def annotate_slices(
+    raw_path: str, slices: list[RowSlice], config: CleanConfig, scratch: str
+) -> list[AnnotatedSlice]:
+    """Annotate every slice on this flow's task runner; the result is in slice order."""
+    Path(scratch).mkdir(parents=True, exist_ok=True)
+    futures = annotate_slice_task.map(
+        raw_path=unmapped(raw_path), rows=slices, config=unmapped(config), scratch=unmapped(scratch)
+    )
+    progress = ProgressLog("clean: annotate", total=sum(s.documents for s in slices), unit="docs")
+    done = 0
+    for future in as_completed(futures):
+        done += future.result().rows.documents
+        progress.update(done)
+    progress.finish()
+    return [future.result() for future in futures]
+
+
+def load_annotated(pieces: list[AnnotatedSlice]) -> Iterator[list[AnnotatedDocument]]:
+    """The annotated documents slice by slice, in order; each scratch file is deleted once read,
+    so the scratch space shrinks as the decisions advance."""
+    for piece in pieces:
+        path = Path(piece.path)
+        with path.open("rb") as file:
+            documents = pickle.load(file)
+        path.unlink()
+        yield documents
+
+
+def _save_annotations(path: Path, documents: list[AnnotatedDocument]) -> None:
+    partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
+    with partial.open("wb") as file:
+        pickle.dump(documents, file, protocol=pickle.HIGHEST_PROTOCOL)
+    os.replace(partial, path)

@@ -1,0 +1,60 @@
+"""The task runner that fanned-out stage work runs on, chosen by `[runtime]` at run time.
+
+A flow's task runner is fixed where the flow is defined, so stages that fan out call a small
+subflow with `.with_options(task_runner=make_task_runner(...))`: the same code then runs on
+threads, on a process pool, or on a Dask cluster, and produces the same output on each.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
+
+from lm.config import RuntimeConfig
+
+DASK_EXTRA_HINT = "pip install -e '.[dask]'"
+
+
+class MissingExtraError(ImportError):
+    """A configured runner needs an optional dependency that is not installed."""
+
+
+def worker_count(runtime: RuntimeConfig, requested: int = 0) -> int:
+    """How many workers a stage fans out to: its own setting, else `runtime.max_workers`,
+    else one per core. With a remote Dask cluster this only sizes the work split: set
+    `runtime.max_workers` to the cluster's worker count there."""
+    return requested or runtime.max_workers or os.cpu_count() or 1
+
+
+def make_task_runner(runtime: RuntimeConfig, workers: int | None = None) -> TaskRunner:
+    """A fresh task runner for `runtime.task_runner`, with `workers` threads or processes
+    (default `worker_count(runtime)`)."""
+    workers = workers or worker_count(runtime)
+    if runtime.task_runner == "threads":
+        return ThreadPoolTaskRunner(max_workers=workers)
+    if runtime.task_runner == "processes":
+        return ProcessPoolTaskRunner(max_workers=workers)
+    return _dask_task_runner(runtime, workers)
+
+
+def _dask_task_runner(runtime: RuntimeConfig, workers: int) -> TaskRunner:
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError as error:
+        raise MissingExtraError(
+            "runtime.task_runner = 'dask' needs prefect-dask, which is not installed: "
+            f"{DASK_EXTRA_HINT} (or choose 'threads' or 'processes')"
+        ) from error
+    if runtime.dask_address:
+        return DaskTaskRunner(address=runtime.dask_address)
+    # One single-threaded worker process per slot: the fanned-out work is pure Python that
+    # holds the GIL, so threads inside a Dask worker would not run it in parallel.
+    return DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": workers,
+            "threads_per_worker": 1,
+            "processes": True,
+            "dashboard_address": None,
+        }
+    )
