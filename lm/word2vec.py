@@ -40,6 +40,36 @@ def word_sentences(text: str) -> Iterator[list[str]]:
             yield words
 
 
+# gensim's optimised training silently drops the part of a sentence beyond 10,000 tokens.
+GENSIM_MAX_SENTENCE = 10_000
+
+
+def piece_sentences(tokenizer) -> Callable[[str], Iterator[list[str]]]:
+    """Sentences of tokenizer pieces for `SentenceStream`, keyed by the exact piece strings
+    (`tokenizer.piece(id)`), so that vector rows align with token ids.
+
+    A document is encoded whole, as the token shards encode it, then cut at newline pieces:
+    encoding each line on its own would start every line with SentencePiece's dummy-prefix
+    piece (`▁word` where the language model sees `word`). Long lines are cut at gensim's limit.
+    """
+    pieces = [tokenizer.piece(token_id) for token_id in range(tokenizer.vocab_size)]
+
+    def to_sentences(text: str) -> Iterator[list[str]]:
+        sentence: list[str] = []
+        for token_id in tokenizer.encode(text):
+            piece = pieces[token_id]
+            if piece != "\n":
+                sentence.append(piece)
+            if piece == "\n" or len(sentence) == GENSIM_MAX_SENTENCE:
+                if sentence:
+                    yield sentence
+                sentence = []
+        if sentence:
+            yield sentence
+
+    return to_sentences
+
+
 class SentenceStream:
     """A re-iterable corpus: each iteration calls `documents()` afresh (e.g. re-reads Parquet)."""
 

@@ -13,7 +13,10 @@ from lm.models.config import (
     BigramCountConfig,
     GPTConfig,
     MLPConfig,
+    W2VConfig,
     gpt_preset,
+    uses_word2vec,
+    word2vec_width,
 )
 from lm.models.gpt import gpt_parameter_count
 from lm.models.registry import build_model
@@ -105,8 +108,13 @@ def test_untied_embeddings_add_one_vocabulary_matrix():
 
 @pytest.mark.parametrize(
     "config",
-    [BigramConfig(), MLPConfig(context=3, hiddens=[64]), gpt_preset("modern", n_embd=32)],
-    ids=["bigram", "mlp", "gpt"],
+    [
+        BigramConfig(),
+        MLPConfig(context=3, hiddens=[64]),
+        W2VConfig(context=3, vector_size=16, hiddens=[64]),
+        gpt_preset("modern", n_embd=32),
+    ],
+    ids=["bigram", "mlp", "w2v", "gpt"],
 )
 def test_initial_loss_is_close_to_log_vocabulary(config):
     torch.manual_seed(3)
@@ -158,3 +166,21 @@ def test_a_sequence_longer_than_the_context_is_refused():
     model = build_model(GPTConfig(block_size=8, n_layer=1, n_head=2, n_embd=16), VOCAB)
     with pytest.raises(ValueError, match="9 tokens is longer than block_size 8"):
         model(torch.zeros(1, 9, dtype=torch.long))
+
+
+def test_a_w2v_model_section_parses_and_says_it_needs_vectors_of_its_size():
+    from lm.config import ConfigError, parse_config
+
+    data = {"ingest": {"sources": ["x.txt"]}, "model": {"kind": "w2v", "vector_size": 50}}
+    model = parse_config(data, origin="test.toml").model
+    assert isinstance(model, W2VConfig) and model.freeze
+    assert uses_word2vec(model) and word2vec_width(model) == 50
+    with pytest.raises(ConfigError, match=r"test\.toml: unknown key 'model\.w2v\.nope'"):
+        parse_config({**data, "model": {"kind": "w2v", "nope": 1}}, origin="test.toml")
+
+
+def test_only_a_gpt_set_to_start_from_word2vec_needs_vectors_of_its_width():
+    gpt = GPTConfig(n_embd=64, n_head=4)
+    assert not uses_word2vec(gpt) and not uses_word2vec(MLPConfig())
+    from_vectors = gpt.model_copy(update={"init_embeddings": "word2vec"})
+    assert uses_word2vec(from_vectors) and word2vec_width(from_vectors) == 64

@@ -34,6 +34,19 @@ class MLPConfig(StrictModel):
     norm: Literal["none", "batchnorm", "layernorm"] = "none"
 
 
+class W2VConfig(StrictModel):
+    """A language model on word2vec vectors (after the REAN idea): the vectors of the previous
+    `context` tokens, concatenated, through tanh layers to next-token logits. The vectors are
+    trained on the tokenizer's pieces (`word2vec.input = "pieces"`), so row i is token i's
+    vector; `vector_size` must equal theirs."""
+
+    kind: Literal["w2v"] = "w2v"
+    context: int = Field(3, ge=1)
+    vector_size: int = Field(100, ge=1, description="= word2vec.vector_size")
+    hiddens: list[int] = Field(default_factory=lambda: [200])
+    freeze: bool = Field(True, description="keep the vectors fixed (a buffer), or fine-tune them")
+
+
 class GPTConfig(StrictModel):
     """A decoder-only transformer; every architectural choice is a switch."""
 
@@ -54,6 +67,9 @@ class GPTConfig(StrictModel):
     mlp_ratio: float = Field(4.0, gt=0.0)
     rope_base: float = 10000.0
     attention: Literal["sdpa", "math"] = "sdpa"
+    # "word2vec": token embeddings start from vectors trained on the same tokenizer's pieces
+    # (projected to n_embd when the sizes differ; see lm/models/embeddings.py).
+    init_embeddings: Literal["random", "word2vec"] = "random"
 
     @model_validator(mode="before")
     @classmethod
@@ -107,4 +123,20 @@ def gpt_preset(name: str, **overrides) -> GPTConfig:
     return GPTConfig(preset=name, **overrides)
 
 
-ModelConfig = BigramCountConfig | BigramConfig | MLPConfig | GPTConfig
+ModelConfig = BigramCountConfig | BigramConfig | MLPConfig | W2VConfig | GPTConfig
+
+
+def uses_word2vec(config: ModelConfig) -> bool:
+    """Whether building this model for training needs vectors trained on the tokenizer's
+    pieces (the train stage then depends on the word2vec stage)."""
+    return config.kind == "w2v" or (config.kind == "gpt" and config.init_embeddings == "word2vec")
+
+
+def word2vec_width(config: ModelConfig) -> int:
+    """The width of the vector matrix the model takes: `vector_size` for `w2v` (which must
+    match the vectors), `n_embd` for `gpt` (vectors are projected to it)."""
+    if config.kind == "w2v":
+        return config.vector_size
+    if config.kind == "gpt":
+        return config.n_embd
+    raise ValueError(f"model kind '{config.kind}' takes no word2vec vectors")

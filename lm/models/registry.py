@@ -1,30 +1,58 @@
 """The model ladder behind one interface and one registry: `build_model(config, vocab_size)`.
 
-| kind           | what                                                   |
-|----------------|--------------------------------------------------------|
-| `bigram-count` | closed-form pair counts with add-k smoothing           |
-| `bigram`       | the same table, learned                                |
-| `mlp`          | Bengio et al. 2003: context window, embeddings, tanh   |
-| `gpt`          | decoder-only transformer, every part a switch          |
+| kind           | what                                                      |
+|----------------|-----------------------------------------------------------|
+| `bigram-count` | closed-form pair counts with add-k smoothing              |
+| `bigram`       | the same table, learned                                   |
+| `mlp`          | Bengio et al. 2003: context window, embeddings, tanh      |
+| `w2v`          | the same on word2vec vectors of the pieces, frozen or not |
+| `gpt`          | decoder-only transformer, every part a switch             |
 """
 
 from __future__ import annotations
 
+import torch
+
 from lm.models.base import LanguageModel
 from lm.models.bigram import BigramModel
 from lm.models.bigram_count import BigramCountModel
-from lm.models.config import BigramConfig, BigramCountConfig, GPTConfig, MLPConfig, ModelConfig
+from lm.models.config import (
+    BigramConfig,
+    BigramCountConfig,
+    GPTConfig,
+    MLPConfig,
+    ModelConfig,
+    W2VConfig,
+    uses_word2vec,
+)
+from lm.models.embeddings import init_token_embedding
 from lm.models.gpt import GPT
 from lm.models.mlp import MLPModel
+from lm.models.w2v import W2VModel
 
 MODELS: dict[str, tuple[type[LanguageModel], type]] = {
     "bigram-count": (BigramCountModel, BigramCountConfig),
     "bigram": (BigramModel, BigramConfig),
     "mlp": (MLPModel, MLPConfig),
+    "w2v": (W2VModel, W2VConfig),
     "gpt": (GPT, GPTConfig),
 }
 
 
-def build_model(config: ModelConfig, vocab_size: int, **extra) -> LanguageModel:
+def build_model(
+    config: ModelConfig, vocab_size: int, vectors: torch.Tensor | None = None, **extra
+) -> LanguageModel:
+    """`vectors` (vocab_size × `word2vec_width(config)`, from
+    `lm.models.embeddings.load_piece_vectors`) feed a `w2v` model or start a `gpt`'s token
+    embedding (`init_embeddings = "word2vec"`). Without them both start random, which is what
+    loading a checkpoint into them needs."""
     model_class, _ = MODELS[config.kind]
-    return model_class(config, vocab_size, **extra)
+    if vectors is not None and not uses_word2vec(config):
+        hint = ' (set init_embeddings = "word2vec")' if config.kind == "gpt" else ""
+        raise ValueError(f"model kind '{config.kind}' takes no word2vec vectors{hint}")
+    if config.kind == "w2v":
+        return model_class(config, vocab_size, vectors=vectors, **extra)
+    model = model_class(config, vocab_size, **extra)
+    if vectors is not None:  # a gpt starting from word2vec
+        init_token_embedding(model.token_embedding, vectors)
+    return model
