@@ -122,11 +122,17 @@ class SplitConfig(StrictModel):
     method: Literal["hash", "ordered"] = "hash"
     val: float = Field(0.05, ge=0.0, lt=1.0)
     test: float = Field(0.05, ge=0.0, lt=1.0)
+    # Hash split only: shards list each split's documents in doc_id order instead of corpus
+    # order, so a sorted input (an alphabetical names list) does not put look-alike documents
+    # side by side, where a model would learn to copy its neighbours.
+    shuffle: bool = False
 
     @model_validator(mode="after")
     def _leaves_room_for_train(self) -> SplitConfig:
         if self.val + self.test >= 1.0:
             raise ValueError("split.val + split.test must leave some data for train")
+        if self.shuffle and self.method == "ordered":
+            raise ValueError("split.shuffle applies to the hash split; 'ordered' keeps the order")
         return self
 
 
@@ -271,6 +277,30 @@ class PipelineConfig(StrictModel):
     retrain: RetrainConfig = RetrainConfig()
     ablation: AblationConfig = AblationConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+
+    @model_validator(mode="after")
+    def _word2vec_models_have_piece_vectors(self) -> PipelineConfig:
+        """A model fed by word2vec needs vectors of the tokenizer's pieces of the right width:
+        said at load time, not after word2vec has trained."""
+        from lm.models.config import uses_word2vec
+
+        entries = [self.model] if self.model is not None else [e.model for e in self.models]
+        entries += [self.model.model_copy(update=v.model) for v in self.ablation.variants
+                    if self.model is not None]  # fmt: skip
+        for model in entries:
+            if not uses_word2vec(model):
+                continue
+            if not self.word2vec.enabled or self.word2vec.input != "pieces":
+                raise ValueError(
+                    f"model '{model.kind}' uses word2vec vectors: set word2vec.enabled = true "
+                    'and word2vec.input = "pieces" (vectors of the tokenizer\'s pieces)'
+                )
+            if model.kind == "w2v" and model.vector_size != self.word2vec.vector_size:
+                raise ValueError(
+                    f"model.vector_size ({model.vector_size}) must equal word2vec.vector_size "
+                    f"({self.word2vec.vector_size})"
+                )
+        return self
 
     @model_validator(mode="after")
     def _one_way_to_name_models(self) -> PipelineConfig:

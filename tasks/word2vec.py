@@ -12,7 +12,13 @@ from prefect import task
 
 from lm.config import Word2VecConfig
 from lm.tokenizer import load_tokenizer
-from lm.word2vec import SentenceStream, evaluate_vectors, plot_projection, train_word2vec
+from lm.word2vec import (
+    SentenceStream,
+    evaluate_vectors,
+    piece_sentences,
+    plot_projection,
+    train_word2vec,
+)
 from lm.word2vec import word_sentences as words_of
 from storage.artifacts import ArtifactStore, Descriptor
 from storage.corpus import DOCUMENTS_FILE, iter_split_texts
@@ -51,13 +57,9 @@ def word2vec_task(corpus: Descriptor, tokenizer: Descriptor, config: Word2VecCon
 
     if config.input == "pieces":
         model = load_tokenizer(workspace.resolve(tokenizer.path))
-
-        def to_sentences(text: str):
-            for line in text.split("\n"):
-                if line.strip():
-                    yield [model.piece(i) for i in model.encode(line)]
-
-        sentences = SentenceStream(documents, to_sentences)
+        # Documents encoded whole, as the shards encode them, so the pieces are the ones the
+        # language model sees (see piece_sentences).
+        sentences = SentenceStream(documents, piece_sentences(model))
     else:
         sentences = SentenceStream(documents, words_of)
     vectors = train_word2vec(sentences, config)
