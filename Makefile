@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test smoke lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
+
+# The README's "Run as a service" commands end to end: server, pool, deploy, worker, schedule,
+# kill -9 of the worker mid-run (a few minutes on 2 cores).
+smoke: $(STAMP)
+	scripts/service-smoke
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_data.py

@@ -536,6 +536,35 @@ class RunRegistry:
         columns, rows = self.query("SELECT * FROM models WHERE alias = ? LIMIT 1", [alias])
         return dict(zip(columns, rows[0], strict=True)) if rows else None
 
+    def export_parquet(self, out_dir: Path) -> dict[str, tuple[Path, int]]:
+        """Copy every table to `out_dir/<table>.parquet` in one read transaction, so the files
+        agree with each other. Each is written as `*.partial-*` and renamed, so a reader never
+        sees half a file. Returns table → (path, rows)."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        written = {}
+        with self.reading() as connection:
+            connection.execute("BEGIN TRANSACTION")
+            tables = connection.execute(
+                "SELECT table_name FROM duckdb_tables() "
+                "WHERE database_name = current_database() AND NOT temporary ORDER BY table_name"
+            ).fetchall()
+            for (table,) in tables:
+                target = out_dir / f"{table}.parquet"
+                partial = out_dir / f"{table}.parquet.partial-{random.getrandbits(48):012x}"
+                quoted_path = str(partial).replace("'", "''")
+                quoted_table = table.replace('"', '""')
+                try:
+                    copied = connection.execute(
+                        f"COPY \"{quoted_table}\" TO '{quoted_path}' (FORMAT parquet)"
+                    )
+                    count = copied.fetchone()[0]
+                    partial.replace(target)
+                finally:
+                    partial.unlink(missing_ok=True)
+                written[table] = (target, count)
+            connection.execute("COMMIT")
+        return written
+
 
 def _sql_value(value: object) -> object:
     return json.dumps(value) if isinstance(value, dict | list) else value

@@ -1,0 +1,315 @@
+"""`lmforge runs`: the run history in the DuckDB registry — list with filters, show one run,
+compare several side by side, export every table to Parquet.
+
+Everything here only reads the registry (read-only connections that retry while a pipeline
+writes), so it works while runs are in progress.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+runs_app = typer.Typer(help="Run history from the DuckDB registry.")
+
+AGE = re.compile(r"(\d+)([mhdw])")
+AGE_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+KNOWN_STATUSES = ("running", "completed", "failed", "crashed")
+# Per-model numbers worth comparing across runs, in this order.
+MODEL_METRICS = ("val_bpb", "test_bpb", "val_loss", "baseline_val_bpb", "parameters",
+                 "tokens_seen", "steps", "train_seconds")  # fmt: skip
+# Run-level metrics (latest value) that say what data a run saw.
+DATA_METRICS = ("corpus/kept", "corpus/kept_bytes", "tokens/train", "tokenizer/bytes_per_token")
+ABSENT = "—"
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """`--since`: an age (`30m`, `12h`, `7d`, `2w`) or an ISO date or date-time (local time,
+    like the registry's timestamps)."""
+    now = now or datetime.now()
+    age = AGE.fullmatch(text.strip())
+    if age:
+        return now - timedelta(**{AGE_UNITS[age.group(2)]: int(age.group(1))})
+    try:
+        return datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"--since '{text}': expected an age like 30m, 12h, 7d or 2w, or a date such as "
+            "2026-11-20 or 2026-11-20T08:00"
+        ) from None
+
+
+def flatten_config(value: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config as `section.key` → value; lists of tables by index (`sources[0].path`),
+    so two configs can be compared key by key."""
+    if isinstance(value, dict):
+        flat: dict[str, Any] = {}
+        for key, item in value.items():
+            flat |= flatten_config(item, f"{prefix}.{key}" if prefix else str(key))
+        return flat
+    if isinstance(value, list) and any(isinstance(item, dict | list) for item in value):
+        flat = {}
+        for index, item in enumerate(value):
+            flat |= flatten_config(item, f"{prefix}[{index}]")
+        return flat
+    return {prefix: value}
+
+
+def config_differences(configs: list[dict]) -> list[tuple[str, list[str]]]:
+    """Keys whose value is not the same in every config (a key missing from one counts), with
+    each config's value as text."""
+    flat = [flatten_config(config) for config in configs]
+    keys = sorted(set().union(*flat))
+    rows = []
+    for key in keys:
+        values = [_as_text(f[key]) if key in f else ABSENT for f in flat]
+        if len(set(values)) > 1:
+            rows.append((key, values))
+    return rows
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _number(value: Any) -> str:
+    if value is None:
+        return ABSENT
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # counts stored as DOUBLE in `metrics`
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1000 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, datetime):
+        return f"{value:%Y-%m-%d %H:%M:%S}"
+    return str(value)
+
+
+def _fail(message: str) -> typer.Exit:
+    from flows.cli import _fail as fail
+
+    return fail(message)
+
+
+@runs_app.callback(invoke_without_command=True)
+def runs_list(
+    context: typer.Context,
+    status: Annotated[
+        str | None, typer.Option(help=f"only runs with this status ({', '.join(KNOWN_STATUSES)})")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="only runs started since a date (2026-11-20) or age (7d)")
+    ] = None,
+    preset: Annotated[str | None, typer.Option(help="only runs of this config name")] = None,
+    model_kind: Annotated[
+        str | None, typer.Option(help="only runs that trained a model of this kind (gpt, mlp, …)")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="how many of the newest runs")] = 20,
+) -> None:
+    """List runs, newest first: status, config, corpus, models and their best val bits/byte."""
+    if context.invoked_subcommand is not None:
+        return
+    from flows.cli import _registry, _table, console
+    from storage.registry import RegistryError
+
+    conditions, parameters = [], []
+    if status is not None:
+        conditions.append("r.status = ?")
+        parameters.append(status)
+    if since is not None:
+        try:
+            parameters.append(parse_since(since))
+        except ValueError as error:
+            raise _fail(str(error)) from None
+        conditions.append("r.started_at >= ?")
+    if preset is not None:
+        conditions.append("r.preset = ?")
+        parameters.append(preset)
+    if model_kind is not None:
+        conditions.append(
+            "EXISTS (SELECT 1 FROM models m WHERE m.run_id = r.run_id AND m.kind = ?)"
+        )
+        parameters.append(model_kind)
+    where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
+    registry = _registry()
+    try:
+        if status is not None:
+            _check_status(registry, status)
+        columns, rows = registry.query(
+            "SELECT r.run_id, r.status, r.preset, r.deployment, "
+            "r.started_at::TIMESTAMP(0) AS started, round(r.seconds, 1) AS seconds, "
+            "left(r.corpus_digest, 12) AS corpus, d.kept AS documents, "
+            "(SELECT string_agg(m.label, ' ' ORDER BY m.created_at) FROM models m "
+            " WHERE m.run_id = r.run_id) AS models, "
+            "(SELECT round(min(m.val_bpb), 4) FROM models m WHERE m.run_id = r.run_id) AS val_bpb "
+            f"FROM runs r LEFT JOIN datasets d ON d.digest = r.corpus_digest {where}"
+            "ORDER BY r.started_at DESC LIMIT ?",
+            [*parameters, limit],
+        )
+    except RegistryError as error:
+        raise _fail(str(error)) from None
+    console.print(_table(columns, rows))
+
+
+def _check_status(registry, status: str) -> None:
+    _, rows = registry.query("SELECT DISTINCT status FROM runs")
+    statuses = sorted(set(KNOWN_STATUSES) | {row[0] for row in rows})
+    if status not in statuses:
+        raise _fail(f"--status '{status}': no such status (one of: {', '.join(statuses)})")
+
+
+@runs_app.command("show")
+def runs_show(run_id: Annotated[str, typer.Argument(help="a run id or a unique prefix")]) -> None:
+    """One run in full: settings, stages, models, metrics, and the command that reproduces it."""
+    from flows.cli import _registry, _table, console
+    from storage.registry import RegistryError
+
+    registry = _registry()
+    try:
+        found = registry.find_run(run_id)
+        stage_columns, stages = registry.query(
+            "SELECT stage, CASE WHEN cached THEN 'cached' ELSE 'ran' END AS state, "
+            "round(seconds, 2) AS seconds, left(output_digest, 12) AS digest, output_path "
+            "FROM stages WHERE run_id = ? ORDER BY finished_at, rowid",
+            [found["run_id"]],
+        )
+        model_columns, models = registry.query(
+            "SELECT label, kind, parameters, steps, round(val_loss, 4) AS val_loss, "
+            "round(val_bpb, 4) AS val_bpb, round(test_bpb, 4) AS test_bpb, alias, path "
+            "FROM models WHERE run_id = ? ORDER BY created_at, rowid",
+            [found["run_id"]],
+        )
+        metric_columns, metrics = registry.query(
+            "SELECT model, key, step, value FROM latest_metrics WHERE run_id = ? "
+            "ORDER BY model NULLS FIRST, key",
+            [found["run_id"]],
+        )
+    except RegistryError as error:
+        raise _fail(str(error)) from None
+    keys = ("run_id", "status", "preset", "started_at", "ended_at", "seconds", "flow_run_id")
+    for key in keys:
+        console.print(f"[bold]{key}[/]: {found[key]}", highlight=False)
+    optional = ("deployment", "corpus_digest", "config_digest", "code_digest", "git_sha",
+                "device", "error")  # fmt: skip
+    for key in optional:
+        if found[key]:
+            console.print(f"[bold]{key}[/]: {found[key]}", highlight=False)
+    console.print(_table(stage_columns, stages, "stages"))
+    if models:
+        console.print(_table(model_columns, models, "models"))
+    if metrics:
+        console.print(_table(metric_columns, metrics, "metrics"))
+    console.print("[bold]reproduce[/]:", found["command"], highlight=False)
+
+
+@runs_app.command("compare")
+def runs_compare(
+    run_ids: Annotated[list[str], typer.Argument(help="two or more run ids (or unique prefixes)")],
+) -> None:
+    """Runs side by side: how their configs differ, their models' metrics, and stage times."""
+    from flows.cli import _registry, _table, console
+    from storage.registry import RegistryError
+
+    if len(run_ids) < 2:
+        raise _fail("give two or more run ids to compare (see `lmforge runs`)")
+    registry = _registry()
+    try:
+        runs = [registry.find_run(prefix) for prefix in run_ids]
+        ids = [run["run_id"] for run in runs]
+        if len(set(ids)) < len(ids):
+            raise _fail(f"the same run is named twice: {' '.join(run_ids)}")
+        _, model_rows = registry.query(
+            f"SELECT run_id, label, {', '.join(MODEL_METRICS)} FROM models "
+            "WHERE list_contains(?, run_id) ORDER BY created_at, rowid",
+            [ids],
+        )
+        _, data_rows = registry.query(
+            "SELECT run_id, key, value FROM latest_metrics "
+            "WHERE list_contains(?, run_id) AND list_contains(?, key) AND model IS NULL",
+            [ids, list(DATA_METRICS)],
+        )
+        _, stage_rows = registry.query(
+            "SELECT run_id, stage, seconds, cached FROM stages WHERE list_contains(?, run_id) "
+            "ORDER BY finished_at, rowid",
+            [ids],
+        )
+    except RegistryError as error:
+        raise _fail(str(error)) from None
+
+    console.print(_table(["", *ids], _summary_rows(runs), "runs"))
+    differences = config_differences([json.loads(run["config"] or "{}") for run in runs])
+    if differences:
+        rows = [(key, *(escape(value) for value in values)) for key, values in differences]
+        console.print(_table(["config key", *ids], rows, "config differences"))
+    else:
+        console.print("config: identical")
+    metric_rows = _metric_rows(ids, model_rows, data_rows)
+    if metric_rows:
+        console.print(_table(["metric", *ids], metric_rows, "metrics"))
+    stage_rows = _stage_rows(ids, stage_rows)
+    if stage_rows:
+        console.print(_table(["stage seconds", *ids], stage_rows, "stages"))
+
+
+def _summary_rows(runs: list[dict]) -> list[tuple]:
+    keys = ("status", "preset", "deployment", "started_at", "seconds", "corpus_digest", "git_sha")
+    shortened = ("corpus_digest", "git_sha")
+    return [
+        (key, *(_number(run[key])[: 12 if key in shortened else None] for run in runs))
+        for key in keys
+    ]
+
+
+def _metric_rows(ids: list[str], model_rows: list[tuple], data_rows: list[tuple]) -> list[tuple]:
+    """One row per model metric and model label (`val_bpb (gpt)`), then the data metrics."""
+    by_metric: dict[tuple[str | None, str], dict[str, Any]] = {}
+    for run_id, label, *values in model_rows:
+        for name, value in zip(MODEL_METRICS, values, strict=True):
+            by_metric.setdefault((label, name), {})[run_id] = value
+    for run_id, key, value in data_rows:
+        by_metric.setdefault((None, key), {})[run_id] = value
+    order = {name: index for index, name in enumerate((*MODEL_METRICS, *DATA_METRICS))}
+    ranked = sorted(by_metric, key=lambda k: (k[0] is None, k[0] or "", order[k[1]]))
+    return [
+        (
+            f"{name} ({escape(label)})" if label else name,
+            *(_number(by_metric[(label, name)].get(i)) for i in ids),
+        )
+        for label, name in ranked
+    ]
+
+
+def _stage_rows(ids: list[str], stage_rows: list[tuple]) -> list[tuple]:
+    by_stage: dict[str, dict[str, str]] = {}
+    for run_id, stage, seconds, cached in stage_rows:
+        by_stage.setdefault(stage, {})[run_id] = f"{seconds:.2f}" + (" cached" if cached else "")
+    return [(stage, *(times.get(i, ABSENT) for i in ids)) for stage, times in by_stage.items()]
+
+
+@runs_app.command("export")
+def runs_export(
+    parquet: Annotated[
+        Path, typer.Option("--parquet", help="folder to write <table>.parquet files into")
+    ],
+) -> None:
+    """Every registry table as OUT_DIR/<table>.parquet, for pandas, Spark or another DuckDB."""
+    from flows.cli import _registry, _table, console
+    from storage.registry import RegistryError
+
+    if parquet.exists() and not parquet.is_dir():
+        raise _fail(f"{parquet}: exists and is not a folder")
+    try:
+        written = _registry().export_parquet(parquet)
+    except (RegistryError, OSError) as error:
+        raise _fail(str(error)) from None
+    rows = [(table, count, str(path)) for table, (path, count) in written.items()]
+    console.print(_table(["table", "rows", "file"], rows, f"exported to {parquet}"))

@@ -1,0 +1,126 @@
+"""`lmforge serve`: the deployments of `prefect.yaml`, served from one long-lived process.
+
+The production path needs a work pool, `prefect deploy` and a worker. For a single machine,
+`prefect.serve` does the same job in one process: it registers the deployments, creates the runs
+their schedules ask for, and executes every run (scheduled, or triggered with `prefect
+deployment run` or the UI) as a subprocess. The deployments are read from `prefect.yaml`, so the
+two paths serve the same names, parameters, schedules and concurrency limits and cannot drift
+apart; only the work pool (and its job variables) is left out, since serve needs none.
+
+The process talks to the workspace's Prefect server (started on first use, see
+`flows/prefect_server.py`), so its runs show in the same UI and registry as `lmforge run`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from prefect.deployments.runner import RunnerDeployment
+
+PREFECT_YAML = Path(__file__).resolve().parent.parent / "prefect.yaml"
+# Keys of a prefect.yaml deployment that `to_deployment` takes as they are.
+PASSED_THROUGH = ("description", "tags", "parameters", "concurrency_limit", "version")
+
+
+class ServeError(RuntimeError):
+    """prefect.yaml cannot be served; the message names the deployment and the problem."""
+
+
+def load_deployment_specs(path: Path = PREFECT_YAML) -> list[dict[str, Any]]:
+    """The `deployments` of a prefect.yaml, anchors resolved."""
+    import yaml
+
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as error:
+        raise ServeError(f"{path}: cannot read it: {error}") from error
+    specs = (document or {}).get("deployments") or []
+    if not isinstance(specs, list) or not specs:
+        raise ServeError(f"{path}: no `deployments` list")
+    return specs
+
+
+def _import_flow(entrypoint: str, origin: str):
+    """`flows/pipeline.py:lm_pipeline` → the flow object, imported as a module of the installed
+    package (the runner then imports it the same way, from any working directory)."""
+    file_part, _, name = entrypoint.partition(":")
+    if not name or not file_part.endswith(".py"):
+        raise ServeError(f"{origin}: entrypoint '{entrypoint}' is not FILE.py:FLOW")
+    module_name = file_part.removesuffix(".py").replace("/", ".")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        raise ServeError(f"{origin}: entrypoint '{entrypoint}': {error}") from error
+    try:
+        return getattr(module, name)
+    except AttributeError:
+        raise ServeError(f"{origin}: {module_name} has no flow '{name}'") from None
+
+
+def _schedules(specs: list[dict], origin: str) -> list:
+    from prefect.schedules import Cron, Interval
+
+    schedules = []
+    for spec in specs or []:
+        timezone = spec.get("timezone")
+        if "cron" in spec:
+            schedules.append(Cron(spec["cron"], timezone=timezone))
+        elif "interval" in spec:
+            schedules.append(Interval(spec["interval"], timezone=timezone))
+        else:
+            raise ServeError(f"{origin}: a schedule needs `cron` or `interval`: {spec}")
+    return schedules
+
+
+def runner_deployments(path: Path = PREFECT_YAML) -> list[RunnerDeployment]:
+    """One served deployment per prefect.yaml deployment, without its work pool."""
+    from prefect.deployments.runner import EntrypointType
+
+    deployments = []
+    for spec in load_deployment_specs(path):
+        origin = f"{path}: deployment '{spec.get('name')}'"
+        if not spec.get("name") or not spec.get("entrypoint"):
+            raise ServeError(f"{origin}: needs `name` and `entrypoint`")
+        flow = _import_flow(spec["entrypoint"], origin)
+        options = {key: spec[key] for key in PASSED_THROUGH if spec.get(key) is not None}
+        deployments.append(
+            flow.to_deployment(
+                name=spec["name"],
+                schedules=_schedules(spec.get("schedules"), origin),
+                entrypoint_type=EntrypointType.MODULE_PATH,
+                **options,
+            )
+        )
+    return deployments
+
+
+def serve_command(
+    limit: Annotated[
+        int | None,
+        typer.Option(help="most flow runs at once (default: no limit but each deployment's own)"),
+    ] = None,
+) -> None:
+    """Serve the deployments of prefect.yaml (lm-pipeline/default, retrain/nightly on its cron,
+    ablation/default) from this process, on the workspace's Prefect server: the zero-setup
+    alternative to a work pool and a worker. Trigger runs with `prefect deployment run
+    'lm-pipeline/default'` or from the UI; Ctrl-C stops serving."""
+    from flows.cli import _fail
+    from flows.prefect_server import ServerError, ensure_server
+    from storage.workspace import activate_workspace
+
+    workspace = activate_workspace()
+    try:
+        api_url = ensure_server(workspace)
+        deployments = runner_deployments()
+    except (ServerError, ServeError) as error:
+        raise _fail(str(error)) from None
+    from prefect import serve
+
+    names = ", ".join(f"{d.flow_name}/{d.name}" for d in deployments)
+    typer.echo(f"serving {names} on {api_url or 'an ephemeral Prefect server'} (Ctrl-C stops)")
+    serve(*deployments, limit=limit, print_starting_message=False)

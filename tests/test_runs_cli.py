@@ -1,0 +1,193 @@
+"""`lmforge runs` — filters, compare, export — and the README's run-history queries, driven
+through the real CLI on real registries."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timedelta
+
+import duckdb
+import pytest
+
+from flows.runs_cli import config_differences, flatten_config, parse_since
+from storage.registry import ModelRecord, RunRegistry, StageRecord
+from tests.conftest import REPO, run_cli
+from tests.helpers import prose, write_config
+
+NOW = datetime.now()
+
+
+def _config(max_steps: int, kind: str, sources: list[str]) -> dict:
+    return {
+        "name": "x",
+        "ingest": {"sources": [{"path": path, "format": "auto"} for path in sources]},
+        "model": {"kind": kind, "n_layer": 2},
+        "train": {"max_steps": max_steps, "learning_rate": 0.001},
+    }
+
+
+# run id → status, preset, age, model kinds with their val bpb, config
+HISTORY = {
+    "r-gpt-new": ("completed", "names", timedelta(hours=2), {"gpt": 2.25},
+                  _config(100, "gpt", ["a"])),
+    "r-mlp-old": ("completed", "default", timedelta(days=10), {"mlp": 2.9},
+                  _config(100, "mlp", ["a"])),
+    "r-ladder": ("completed", "default", timedelta(days=3), {"mlp": 2.8, "gpt": 2.5},
+                 _config(200, "gpt", ["a", "b"])),
+    "r-failed": ("failed", "names", timedelta(hours=1), {}, _config(100, "gpt", ["a"])),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory):
+    """A workspace whose registry holds HISTORY, written through RunRegistry as a flow would."""
+    home = tmp_path_factory.mktemp("history")
+    registry = RunRegistry(home / "registry.duckdb")
+    for run_id, (status, preset, age, models, config) in HISTORY.items():
+        registry.start_run(
+            {"run_id": run_id, "status": "running", "preset": preset, "started_at": NOW - age,
+             "config": config, "command": f"lmforge run {preset}"}
+        )  # fmt: skip
+        metrics = home / f"{run_id}.jsonl"
+        metrics.write_text(
+            json.dumps({"key": "tokens/train", "step": 0, "value": 5000, "ts": NOW.isoformat()})
+        )
+        stages = [
+            StageRecord("ingest", "k", status == "completed", 0.5),
+            StageRecord("train", "k2", False, 12.0),
+        ]
+        records = [
+            ModelRecord(kind, kind, "d", f"artifacts/train/{run_id}-{kind}", "t", "c",
+                        {}, {"val_bpb": bpb, "parameters": 1000})
+            for kind, bpb in models.items()
+        ]  # fmt: skip
+        registry.finish_run(
+            run_id,
+            status,
+            NOW - age + timedelta(minutes=1),
+            stages,
+            metrics_file=metrics,
+            models=records,
+        )
+    return home
+
+
+def listed_runs(stdout: str) -> list[str]:
+    return re.findall(r"^│ (r-[\w-]+)", stdout, flags=re.MULTILINE)
+
+
+def test_runs_lists_newest_first_and_filters_by_status_since_preset_and_model_kind(history):
+    def runs(*options: str) -> list[str]:
+        return listed_runs(run_cli("runs", *options, home=history).stdout)
+
+    assert runs() == ["r-failed", "r-gpt-new", "r-ladder", "r-mlp-old"]
+    assert runs("--status", "completed", "--limit", "2") == ["r-gpt-new", "r-ladder"]
+    assert runs("--since", "2d") == ["r-failed", "r-gpt-new"]
+    since_date = (NOW - timedelta(days=5)).date().isoformat()
+    assert runs("--since", since_date, "--preset", "default") == ["r-ladder"]
+    assert runs("--model-kind", "mlp") == ["r-ladder", "r-mlp-old"]  # a ladder's model counts
+
+
+def test_runs_rejects_a_bad_since_and_an_unknown_status(history):
+    bad_since = run_cli("runs", "--since", "yesterday", check=False, home=history)
+    assert bad_since.returncode == 1 and "--since 'yesterday': expected an age" in bad_since.stderr
+    bad_status = run_cli("runs", "--status", "complete", check=False, home=history)
+    assert bad_status.returncode == 1 and "--status 'complete': no such status" in bad_status.stderr
+
+
+def test_compare_shows_config_differences_model_metrics_and_stage_times(history):
+    output = run_cli("runs", "compare", "r-gpt-new", "r-ladder", home=history).stdout
+    differences = dict(re.findall(r"^│ ([\w.\[\]]+)\s+│ (.+?)\s+│", output, flags=re.MULTILINE))
+    assert differences["train.max_steps"] == "100"
+    assert differences["ingest.sources[1].path"] == "—"  # only the ladder has a second source
+    assert "model.n_layer" not in differences and "train.learning_rate" not in differences
+    assert re.search(r"│ val_bpb \(gpt\)\s+│ 2\.2500\s+│ 2\.5000\s+│", output)
+    assert re.search(r"│ val_bpb \(mlp\)\s+│ —\s+│ 2\.8000\s+│", output)
+    assert re.search(r"│ ingest\s+│ 0\.50 cached\s+│ 0\.50 cached\s+│", output)
+    same = run_cli("runs", "compare", "r-gpt-new", "r-gpt", check=False, home=history)
+    assert same.returncode == 1 and "the same run is named twice" in same.stderr
+
+
+def test_export_writes_every_table_as_parquet_without_leftovers(history, tmp_path):
+    out = tmp_path / "export"
+    run_cli("runs", "export", "--parquet", str(out), home=history)
+    registry = RunRegistry(history / "registry.duckdb")
+    _, tables = registry.query("SELECT table_name FROM duckdb_tables() ORDER BY table_name")
+    assert sorted(p.name for p in out.iterdir()) == [f"{t}.parquet" for (t,) in tables]
+    reader = duckdb.connect()
+    for (table,) in tables:
+        _, expected = registry.query(f"SELECT count(*) FROM {table}")
+        exported = reader.execute(f"SELECT count(*) FROM '{out / table}.parquet'").fetchall()
+        assert exported == expected, table
+    _, models = registry.query("SELECT run_id, kind, val_bpb FROM models ORDER BY ALL")
+    query = f"SELECT run_id, kind, val_bpb FROM '{out}/models.parquet' ORDER BY ALL"
+    assert reader.execute(query).fetchall() == models
+
+
+def test_parse_since_takes_ages_and_dates():
+    now = datetime(2026, 11, 23, 12, 0)
+    assert parse_since("90m", now) == datetime(2026, 11, 23, 10, 30)
+    assert parse_since("2w", now) == datetime(2026, 11, 9, 12, 0)
+    assert parse_since("2026-11-20", now) == datetime(2026, 11, 20)
+    assert parse_since("2026-11-20T08:15", now) == datetime(2026, 11, 20, 8, 15)
+    with pytest.raises(ValueError, match="'7 days'"):
+        parse_since("7 days", now)
+
+
+def test_config_differences_flatten_nested_tables_and_lists():
+    a = {"train": {"lr": 1e-3, "steps": 10}, "sources": [{"path": "a"}], "probes": ["x", "y"]}
+    b = {"train": {"lr": 1e-3, "steps": 20}, "sources": [{"path": "a"}, {"path": "b"}],
+         "probes": ["x"]}  # fmt: skip
+    assert flatten_config(a) == {
+        "train.lr": 1e-3, "train.steps": 10, "sources[0].path": "a", "probes": ["x", "y"],
+    }  # fmt: skip
+    assert config_differences([a, b]) == [
+        ("probes", ['["x", "y"]', '["x"]']),
+        ("sources[1].path", ["—", "b"]),
+        ("train.steps", ["10", "20"]),
+    ]
+
+
+def readme_history_queries() -> list[str]:
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("\n## Run history\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```sql\n(.*?)```", section, flags=re.DOTALL)
+
+
+def test_readme_history_queries_run_on_a_real_run(workspace, tmp_path):
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    for index in range(24):
+        (texts / f"{index}.txt").write_text(prose(index, 150))
+    model = """
+[split]
+val = 0.3
+
+[model]
+kind = "bigram-count"
+
+[train]
+block_size = 16
+
+[eval]
+batches = 2
+samples = 0
+"""
+    config = str(write_config(tmp_path / "c.toml", [{"path": str(texts)}], model))
+    run_cli("run", config)
+    queries = readme_history_queries()
+    assert len(queries) == 3
+    expected_columns = [
+        ("kind", "best_val_bpb", "best_run"),
+        ("stage", "cache_hit_rate"),
+        ("corpus", "kept", "kept_added"),
+    ]
+    outputs = [run_cli("sql", query).stdout for query in queries]
+    for output, columns in zip(outputs, expected_columns, strict=True):
+        header = output.splitlines()[1]
+        assert all(column in header for column in columns), output
+    best_per_kind, per_stage, corpus_growth = outputs
+    assert re.search(r"^│ bigram-count\s+│ \d\.\d+", best_per_kind, flags=re.MULTILINE)
+    assert re.search(r"^│ train\s+│ 1 ", per_stage, flags=re.MULTILINE), per_stage
+    assert len(re.findall(r"^│ \d{4}-", corpus_growth, flags=re.MULTILINE)) == 1
