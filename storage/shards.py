@@ -6,11 +6,20 @@ by), and the digest of the tokenizer that made them. `open_shard` memory-maps th
 shard of any size costs no memory to open, and refuses a shard whose tokenizer digest is not the
 one the caller holds: token ids from another tokenizer are silent garbage to a model.
 Documents are separated by the tokenizer's end-of-text id.
+
+Two ways to split: `hash` shards hold the documents that cleaning assigned to each split, each
+followed by end-of-text; `ordered` shards (nanoGPT's split, `OrderedSplitter`) are consecutive
+pieces of one stream of every kept document in corpus order, with end-of-text between
+documents, cut by position, so a document may straddle two shards. The sidecar records which.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import uuid
+from array import array
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,6 +27,7 @@ import numpy as np
 
 MAGIC = "lmforge-token-shard"
 VERSION = 1
+SPAN_CHUNK = 1 << 22  # tokens per write when copying a span of a stream
 
 
 class ShardError(ValueError):
@@ -35,6 +45,8 @@ class ShardInfo:
     tokenizer_digest: str
     eot_id: int
     vocab_size: int
+    # `hash` or `ordered` (see the module docstring); older sidecars lack it: they are `hash`.
+    split_method: str = "hash"
 
 
 def shard_dtype(vocab_size: int) -> np.dtype:
@@ -46,10 +58,13 @@ def _sidecar(path: Path) -> Path:
 
 
 class ShardWriter:
-    """Appends documents (lists of ids) to `path`, each followed by the end-of-text id."""
+    """Appends documents (lists of ids) to `path`, each followed by the end-of-text id, or raw
+    spans of an ordered stream (`write_span`)."""
 
-    def __init__(self, path: Path, tokenizer_digest: str, eot_id: int, vocab_size: int):
+    def __init__(self, path: Path, tokenizer_digest: str, eot_id: int, vocab_size: int,
+                 split_method: str = "hash"):  # fmt: skip
         self.path = path
+        self.split_method = split_method
         self.dtype = shard_dtype(vocab_size)
         self.tokenizer_digest = tokenizer_digest
         self.eot_id = eot_id
@@ -64,14 +79,96 @@ class ShardWriter:
         self.documents += 1
         self.text_bytes += text_bytes
 
+    def write_span(self, tokens: np.ndarray, documents: int, text_bytes: int) -> None:
+        """Append tokens as they are (separators included), counting the documents they touch
+        and the bytes of text they encode. A chunk at a time: `tokens` may be a memory-mapped
+        stream larger than memory."""
+        for start in range(0, len(tokens), SPAN_CHUNK):
+            chunk = tokens[start : start + SPAN_CHUNK]
+            self._file.write(np.asarray(chunk, dtype=self.dtype).tobytes())
+        self.tokens += len(tokens)
+        self.documents += documents
+        self.text_bytes += text_bytes
+
     def close(self) -> ShardInfo:
         self._file.close()
         info = ShardInfo(
             MAGIC, VERSION, self.dtype.str, self.tokens, self.documents, self.text_bytes,
-            self.tokenizer_digest, self.eot_id, self.vocab_size,
+            self.tokenizer_digest, self.eot_id, self.vocab_size, self.split_method,
         )  # fmt: skip
         _sidecar(self.path).write_text(json.dumps(asdict(info), indent=2))
         return info
+
+
+def ordered_boundaries(total_tokens: int, val: float, test: float) -> tuple[int, int]:
+    """Where an ordered stream is cut: train is `[0, train_end)`, val `[train_end, val_end)`,
+    test the rest. nanoGPT's `int(n * 0.9)`, extended to three parts."""
+    train_end = int(total_tokens * (1.0 - val - test))
+    val_end = int(total_tokens * (1.0 - test))
+    return train_end, max(val_end, train_end)
+
+
+class OrderedSplitter:
+    """nanoGPT's split for a corpus of documents: every document's tokens go to one stream, in
+    corpus order, with end-of-text between documents (none after the last: a single text splits
+    exactly as nanoGPT splits it), then the stream is cut by position into consecutive shards.
+
+    The stream is written to a temporary file beside the shards and copied out in chunks, so
+    memory stays bounded; per document it keeps only its start, length and byte count (24 bytes)
+    to count the documents and text bytes of each shard. A document cut by a boundary counts in
+    both shards, and its bytes are divided by decoding the two parts."""
+
+    def __init__(self, folder: Path, tokenizer_digest: str, eot_id: int, vocab_size: int):
+        self.folder = folder
+        self.tokenizer_digest = tokenizer_digest
+        self.eot_id = eot_id
+        self.vocab_size = vocab_size
+        self.dtype = shard_dtype(vocab_size)
+        self.stream_path = folder / f"stream.bin.partial-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._file = open(self.stream_path, "wb")  # noqa: SIM115 - closed in cut()
+        self.tokens = 0
+        self._starts, self._lengths, self._bytes = array("q"), array("q"), array("q")
+
+    def write(self, ids: list[int], text_bytes: int) -> None:
+        tokens = [self.eot_id, *ids] if self._starts else ids
+        self._file.write(np.asarray(tokens, dtype=self.dtype).tobytes())
+        self._starts.append(self.tokens + len(tokens) - len(ids))
+        self._lengths.append(len(ids))
+        self._bytes.append(text_bytes)
+        self.tokens += len(tokens)
+
+    def cut(
+        self, val: float, test: float, decode: Callable[[list[int]], str]
+    ) -> dict[str, ShardInfo]:
+        """Write `train.bin`, `val.bin` and `test.bin` (with sidecars) and remove the stream.
+        `decode` turns token ids back into text, to count the bytes of a cut document's parts."""
+        self._file.close()
+        train_end, val_end = ordered_boundaries(self.tokens, val, test)
+        bounds = {"train": (0, train_end), "val": (train_end, val_end),
+                  "test": (val_end, self.tokens)}  # fmt: skip
+        stream = (
+            np.memmap(self.stream_path, dtype=self.dtype, mode="r")
+            if self.tokens
+            else np.zeros(0, dtype=self.dtype)
+        )
+        starts = np.frombuffer(self._starts, dtype=np.int64)
+        ends = starts + np.frombuffer(self._lengths, dtype=np.int64)
+        doc_bytes = np.frombuffer(self._bytes, dtype=np.int64)
+        infos = {}
+        for split, (low, high) in bounds.items():
+            writer = ShardWriter(self.folder / f"{split}.bin", self.tokenizer_digest, self.eot_id,
+                                 self.vocab_size, split_method="ordered")  # fmt: skip
+            inside = (starts >= low) & (ends <= high) & (starts < high)
+            touching = np.flatnonzero((starts < high) & (ends > low) & ~inside)
+            text_bytes = int(doc_bytes[inside].sum())
+            for doc in touching:  # at most two: the documents cut at `low` and at `high`
+                part = stream[max(low, starts[doc]) : min(high, ends[doc])]
+                text_bytes += len(decode(part.tolist()).encode())
+            writer.write_span(stream[low:high], int(inside.sum()) + len(touching), text_bytes)
+            infos[split] = writer.close()
+        del stream
+        self.stream_path.unlink()
+        return infos
 
 
 def read_shard_info(path: Path) -> ShardInfo:

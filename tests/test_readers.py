@@ -204,3 +204,46 @@ def test_gensim_names_resolve_to_the_files_datapath_names():
     assert item.name == "gensim:lee_background.cor"
     with pytest.raises(InputError, match=r"gensim ships no test-data file named 'nope\.txt'"):
         resolve_sources([SourceConfig(path="gensim:nope.txt")])
+
+
+# -- US Census name lists --------------------------------------------------------------------
+
+
+def test_names_source_reads_a_census_list_the_names_package_ships(tmp_path):
+    from lm.text.census_names import census_names_file
+
+    path = census_names_file("dist.male.first")
+    (item,) = resolve_sources([SourceConfig(path="names:dist.male.first")])
+    assert item.path == path and item.name == "names:dist.male.first"
+    docs = read(tmp_path, "names:dist.male.first")
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    assert len(docs) == len(lines)
+    assert [d.text for d in docs[:3]] == [line.split()[0].lower() for line in lines[:3]]
+    assert docs[0].source == "names:dist.male.first:1"
+    assert all(d.text.isalpha() and d.text.islower() for d in docs)
+
+
+def test_census_format_on_a_file_keeps_the_first_column_lowercased(tmp_path):
+    (tmp_path / "people.txt").write_text(
+        "MARY           2.629  2.629      1\n\nPATRICIA       1.073  3.702      2\n"
+    )
+    spec = SourceConfig(path=str(tmp_path / "people.txt"), format="census-names")
+    docs = read(tmp_path, spec)
+    assert [(d.text, d.source.rpartition(":")[2]) for d in docs] == [
+        ("mary", "1"),
+        ("patricia", "3"),
+    ]
+
+
+def test_census_line_of_another_shape_names_file_and_line(tmp_path):
+    (tmp_path / "mixed.txt").write_text("MARY 2.629 2.629 1\njust a sentence here\n")
+    spec = SourceConfig(path=str(tmp_path / "mixed.txt"), format="census-names")
+    with pytest.raises(
+        InputError, match=r"mixed\.txt:2: expected 'NAME FREQUENCY CUMULATIVE RANK'"
+    ):
+        read(tmp_path, spec)
+
+
+def test_unknown_names_list_lists_the_ones_shipped():
+    with pytest.raises(InputError, match=r"names:nope: .* no list named 'nope' \(it has: dist\."):
+        resolve_sources([SourceConfig(path="names:nope")])

@@ -21,6 +21,7 @@ from typing import BinaryIO, NamedTuple
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lm.text.census_names import CensusNamesError, read_census_names
 from lm.text.sources import InputError, ResolvedInput
 from lm.text.wikipedia_dump import read_wikipedia_dump
 
@@ -40,6 +41,8 @@ def detect_format(item: ResolvedInput, stream: BinaryIO) -> str:
     """The concrete format of an input: its spec's, else from its name, else from its content."""
     if item.spec.format != "auto":
         return item.spec.format
+    if item.name.startswith("names:"):
+        return "census-names"
     name = ((item.url and item.url.split("?")[0]) or item.name).lower()
     for suffix in (".gz", ".bz2"):
         name = name.removesuffix(suffix)
@@ -84,6 +87,8 @@ def read_documents(
             yield from _read_csv(item, stream, encoding_errors)
         elif fmt == "jsonl":
             yield from _read_jsonl(item, stream)
+        elif fmt == "census-names":
+            yield from _read_census_names(item, stream)
         elif fmt == "wikipedia":
             for title, text in read_wikipedia_dump(stream, item.name):
                 yield RawDocument(f"{item.name}#{title}", item.name, text, "wikitext")
@@ -135,6 +140,14 @@ def _read_text(
     text = _decode(stream.read(), item, encoding_errors, None).removeprefix("\ufeff")
     if text.strip():
         yield RawDocument(item.name, item.name, text, "plain")
+
+
+def _read_census_names(item: ResolvedInput, stream: BinaryIO) -> Iterator[RawDocument]:
+    try:
+        for line_no, name in read_census_names(stream, item.name):
+            yield RawDocument(f"{item.name}:{line_no}", item.name, name, "plain")
+    except CensusNamesError as error:
+        raise InputError(str(error)) from None
 
 
 def _read_jsonl(item: ResolvedInput, stream: BinaryIO) -> Iterator[RawDocument]:

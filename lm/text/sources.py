@@ -1,4 +1,5 @@
-"""Turning source specs (paths, folders, globs, URLs, `gensim:` names) into concrete inputs.
+"""Turning source specs (paths, folders, globs, URLs, `gensim:` and `names:` names) into
+concrete inputs.
 
 Resolution happens before any reading so that a missing path or an empty folder fails at once,
 naming the input, before anything is written; and so that the ingest cache key can fingerprint
@@ -16,6 +17,7 @@ from urllib.parse import urlparse
 
 from lm.config import SourceConfig
 from lm.gensim_data import gensim_test_file
+from lm.text.census_names import census_names_file, shipped_census_files
 
 GLOB_CHARACTERS = set("*?[")
 
@@ -59,6 +61,8 @@ def _resolve_one(spec: SourceConfig) -> list[ResolvedInput]:
     if text.startswith("gensim:"):
         # Named as written: portable across machines, where the install path is not.
         return [_file_input(_gensim_test_file(text), spec, name=text)]
+    if text.startswith("names:"):
+        return [_file_input(_census_names_file(text), spec, name=text)]
     expanded = os.path.expanduser(text)
     if GLOB_CHARACTERS & set(expanded):
         matches = sorted(p for p in glob.glob(expanded, recursive=True) if os.path.isfile(p))
@@ -95,6 +99,22 @@ def _gensim_test_file(text: str) -> Path:
     path = gensim_test_file(name)
     if path is None:
         raise InputError(f"{text}: gensim ships no test-data file named '{name}'")
+    return path
+
+
+def _census_names_file(text: str) -> Path:
+    """`names:FILE` is a US Census list that the `names` package ships (`dist.female.first`,
+    `dist.male.first`, `dist.all.last`)."""
+    name = text.removeprefix("names:")
+    path = census_names_file(name)
+    if path is None:
+        shipped = shipped_census_files()
+        if not shipped:
+            raise InputError(f"{text}: the `names` package is not installed (pip install names)")
+        raise InputError(
+            f"{text}: the `names` package ships no list named '{name}' "
+            f"(it has: {', '.join(shipped)})"
+        )
     return path
 
 

@@ -1,0 +1,229 @@
+"""The names and Shakespeare presets, and the ordered (nanoGPT) split they rely on.
+
+The data stages run through their real stage functions (`task.fn`: real Parquet, real
+tokenizer, real shards) without the Prefect engine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from lm.config import SplitConfig, load_config
+from lm.text.clean import split_of
+from lm.text.normalize import normalize_text
+from lm.text.sources import InputError, resolve_sources
+from storage.artifacts import Descriptor
+from storage.shards import OrderedSplitter, open_shard, ordered_boundaries, read_shard_info
+from tests.helpers import prose, write_config
+
+ORDERED = '[split]\nmethod = "ordered"\nval = 0.2\ntest = 0.1\n'
+
+
+def data_stages(settings):
+    """ingest → clean → tokenizer → encode, as the flow chains them; returns the descriptors."""
+    from tasks.clean import clean_task
+    from tasks.encode import encode_task
+    from tasks.ingest import ingest_task
+    from tasks.tokenizer import tokenizer_task
+
+    raw = ingest_task.fn(settings.ingest)
+    corpus = clean_task.fn(raw, settings.clean, settings.split)
+    tokenizer = tokenizer_task.fn(corpus, settings.tokenizer)
+    return corpus, tokenizer, encode_task.fn(corpus, tokenizer, settings.split)
+
+
+def shard_arrays(workspace, shards: Descriptor, tokenizer: Descriptor) -> dict[str, np.ndarray]:
+    folder = workspace.resolve(shards.path)
+    return {
+        split: np.asarray(open_shard(folder / f"{split}.bin", tokenizer.digest)[0])
+        for split in ("train", "val", "test")
+    }
+
+
+def loaded_tokenizer(workspace, tokenizer: Descriptor):
+    from lm.tokenizer import load_tokenizer
+
+    return load_tokenizer(workspace.resolve(tokenizer.path))
+
+
+# -- the ordered split ---------------------------------------------------------------------
+
+
+def test_ordered_split_cuts_one_document_by_position_into_a_prefix_and_the_rest(
+    workspace, tmp_path
+):
+    text = prose(7, 400)
+    assert split_of(hashlib.sha256(text.encode()).hexdigest(), SplitConfig()) == "train", (
+        "the tokenizer stage learns from the hash-train documents: pick a text that lands there"
+    )
+    (tmp_path / "book.txt").write_text(text)
+    settings = load_config(
+        str(write_config(tmp_path / "c.toml", [{"path": str(tmp_path / "book.txt")}], ORDERED))
+    )
+    _, tokenizer, shards = data_stages(settings)
+    stream = np.asarray(loaded_tokenizer(workspace, tokenizer).encode(normalize_text(text)))
+    parts = shard_arrays(workspace, shards, tokenizer)
+    total = len(stream)
+    assert [len(parts[s]) for s in ("train", "val", "test")] == [
+        int(total * 0.7), int(total * 0.9) - int(total * 0.7), total - int(total * 0.9)
+    ]  # fmt: skip
+    assert np.array_equal(parts["train"], stream[: len(parts["train"])])
+    assert np.array_equal(np.concatenate(list(parts.values())), stream)
+    folder = workspace.resolve(shards.path)
+    infos = {s: read_shard_info(folder / f"{s}.bin") for s in parts}
+    assert {info.split_method for info in infos.values()} == {"ordered"}
+    assert [info.documents for info in infos.values()] == [1, 1, 1]
+    assert sum(info.text_bytes for info in infos.values()) == len(normalize_text(text).encode())
+    assert shards.stats["split_method"] == "ordered"
+
+
+def test_ordered_split_ignores_the_hash_split_and_keeps_corpus_order(workspace, tmp_path):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    texts = [prose(seed, 40) for seed in range(12)]
+    for index, text in enumerate(texts):
+        (folder / f"{index:02d}.txt").write_text(text)
+    hashed = {split_of(hashlib.sha256(t.encode()).hexdigest(), SplitConfig(val=0.2, test=0.1))
+              for t in texts}  # fmt: skip
+    assert hashed == {"train", "val", "test"}, "the corpus should have hash-val and -test texts"
+    settings = load_config(str(write_config(tmp_path / "c.toml", [{"path": str(folder)}], ORDERED)))
+    _, tokenizer, shards = data_stages(settings)
+    model = loaded_tokenizer(workspace, tokenizer)
+    expected = []
+    for index, text in enumerate(texts):  # end-of-text between documents, not after the last
+        expected += ([model.eot_id] if index else []) + model.encode(text)
+    parts = shard_arrays(workspace, shards, tokenizer)
+    assert np.concatenate(list(parts.values())).tolist() == expected
+    assert len(parts["train"]) == int(len(expected) * 0.7)
+
+
+def test_hash_split_shards_are_marked_hash(workspace, tmp_path):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    for index in range(6):
+        (folder / f"{index}.txt").write_text(prose(index, 40))
+    settings = load_config(str(write_config(tmp_path / "c.toml", [{"path": str(folder)}])))
+    _, _, shards = data_stages(settings)
+    assert read_shard_info(workspace.resolve(shards.path) / "train.bin").split_method == "hash"
+    assert shards.stats["split_method"] == "hash"
+
+
+def test_shuffle_lists_each_split_in_doc_id_order_not_file_order(workspace, tmp_path):
+    names = sorted({prose(seed, 1).split()[0].lower() + str(seed) for seed in range(60)})
+    (tmp_path / "names.txt").write_text("\n".join(names))
+    source = [{"path": str(tmp_path / "names.txt"), "one_doc_per_line": True}]
+    extra = "[split]\nshuffle = true\nval = 0.2\ntest = 0.2\n"
+    config = write_config(tmp_path / "c.toml", source, extra)
+    settings = load_config(str(config), ["clean.quality.enabled=false"])
+    _, tokenizer, shards = data_stages(settings)
+    model = loaded_tokenizer(workspace, tokenizer)
+    for split, tokens in shard_arrays(workspace, shards, tokenizer).items():
+        listed = _documents(model, tokens)
+        in_split = [n for n in names if split_of(hashlib.sha256(n.encode()).hexdigest(),
+                                                 settings.split) == split]  # fmt: skip
+        assert listed == sorted(in_split, key=lambda n: hashlib.sha256(n.encode()).hexdigest())
+        assert listed != sorted(in_split) or len(listed) < 3
+
+
+def test_shuffle_with_the_ordered_split_is_refused():
+    with pytest.raises(ValueError, match=r"split\.shuffle applies to the hash split"):
+        SplitConfig(method="ordered", shuffle=True)
+
+
+def _documents(model, tokens: np.ndarray) -> list[str]:
+    ends = np.flatnonzero(tokens == model.eot_id)
+    starts = np.r_[0, ends[:-1] + 1]
+    return [model.decode(tokens[a:b].tolist()) for a, b in zip(starts, ends, strict=True)]
+
+
+def test_encode_cache_key_follows_the_split_settings():
+    from tasks.encode import encode_key
+
+    corpus = Descriptor("clean", "k", "corpus/k", "c" * 64)
+    tokenizer = Descriptor("tokenizer", "t", "artifacts/tokenizer/t", "t" * 64)
+    keys = {
+        encode_key(corpus, tokenizer, split)
+        for split in (
+            SplitConfig(),
+            SplitConfig(method="ordered"),
+            SplitConfig(method="ordered", val=0.1, test=0.0),
+            SplitConfig(shuffle=True),
+        )
+    }
+    assert len(keys) == 4
+
+
+def test_a_document_cut_by_a_boundary_counts_its_bytes_on_each_side(tmp_path):
+    from lm.tokenizer import CharTokenizer
+
+    tokenizer = CharTokenizer(list("aéz€ "))
+    splitter = OrderedSplitter(tmp_path, "d" * 64, tokenizer.eot_id, tokenizer.vocab_size)
+    documents = ["éé€€ zz", "a€a"]  # 7 + 3 characters, 13 + 5 bytes, one separator
+    for text in documents:
+        splitter.write(tokenizer.encode(text), len(text.encode()))
+    infos = splitter.cut(val=0.5, test=0.0, decode=tokenizer.decode)
+    assert ordered_boundaries(11, 0.5, 0.0) == (5, 11)
+    # train: "éé€€ " (2 + 2 + 3 + 3 + 1 bytes); val: "zz", the separator, "a€a"
+    assert (infos["train"].tokens, infos["train"].text_bytes, infos["train"].documents) == (
+        5,
+        11,
+        1,
+    )
+    assert (infos["val"].tokens, infos["val"].text_bytes, infos["val"].documents) == (6, 7, 2)
+    assert (infos["test"].tokens, infos["test"].documents) == (0, 0)
+    assert not list(tmp_path.glob("*.partial-*")), "the temporary stream is removed"
+
+
+# -- the presets ---------------------------------------------------------------------------
+
+
+def test_names_preset_trains_the_ladder_on_an_80_10_10_hash_split():
+    settings = load_config("names")
+    assert [run.model.kind for run in settings.model_runs()] == [
+        "bigram-count", "bigram", "mlp", "gpt"
+    ]  # fmt: skip
+    assert (settings.split.method, settings.split.val, settings.split.test) == ("hash", 0.1, 0.1)
+    assert settings.tokenizer.kind == "char" and not settings.word2vec.enabled
+    mlp = next(run for run in settings.model_runs() if run.model.kind == "mlp")
+    assert mlp.train.learning_rate != settings.train.learning_rate, "per-model train overrides"
+
+
+def test_names_preset_keeps_every_distinct_census_first_name(workspace):
+    from lm.text.census_names import census_names_file
+
+    settings = load_config("names")
+    corpus, tokenizer, shards = data_stages(settings)
+    lists = [census_names_file(name) for name in ("dist.female.first", "dist.male.first")]
+    names = [line.split()[0].lower() for path in lists for line in path.read_text().splitlines()]
+    assert corpus.stats["kept"] == len(set(names)) < len(names)  # names in both lists kept once
+    model = loaded_tokenizer(workspace, tokenizer)
+    assert model.vocab_size == 27  # a-z and end-of-text: makemore's table
+    counts = shards.stats["splits"]
+    assert sum(s["documents"] for s in counts.values()) == len(set(names))
+    assert 0.7 < counts["train"]["documents"] / len(set(names)) < 0.9
+
+
+def test_shakespeare_preset_is_nanogpts_cpu_shape():
+    settings = load_config("shakespeare")
+    model, train = settings.model, settings.train
+    assert (settings.split.method, settings.split.val, settings.split.test) == ("ordered", 0.1, 0.0)
+    assert (model.kind, model.n_layer, model.n_head, model.n_embd, model.block_size) == (
+        "gpt", 4, 4, 128, 64
+    )  # fmt: skip
+    assert (model.dropout, model.bias, model.pos) == (0.0, False, "learned")
+    assert (train.micro_batch, train.global_batch, train.max_steps, train.warmup_steps) == (
+        12, 12, 2000, 100
+    )  # fmt: skip
+    assert (train.learning_rate, train.learning_rate * train.min_lr_ratio, train.beta2) == (
+        pytest.approx(1e-3), pytest.approx(1e-4), 0.99
+    )  # fmt: skip
+
+
+def test_shakespeare_preset_without_its_text_names_the_missing_file(tmp_path):
+    missing = tmp_path / "tinyshakespeare.txt"
+    settings = load_config("shakespeare", [f'ingest.sources=["{missing}"]'])
+    with pytest.raises(InputError, match=r"tinyshakespeare\.txt: no such file or directory"):
+        resolve_sources(settings.ingest.sources)
