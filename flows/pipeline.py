@@ -159,13 +159,14 @@ def train_model(
     trained = run_stage(
         run.stages,
         train_task,
-        train_key(shards, tokenizer, model_run.model, model_run.train),
+        train_key(shards, tokenizer, model_run.model, model_run.train, vectors),
         train_store(workspace),
         stage_name=f"train{suffix}",
         shards=shards,
         tokenizer=tokenizer,
         model=model_run.model,
         train=model_run.train,
+        vectors=vectors,
     )
     run.metrics.append_file(workspace.resolve(trained.path) / METRICS_FILE, model=label)
     evaluated = run_stage(

@@ -4,7 +4,14 @@
 Checkpoints accumulate in `<key>.work/` (a stable name, unlike a staging folder, so a run killed
 mid-training resumes from its last complete checkpoint); when training ends, the best and the
 final checkpoint, the tokenizer and the metrics are published as `<key>/` in one rename. The
-output folder is self-contained: weights, configs and tokenizer side by side."""
+output folder is self-contained: weights, configs and tokenizer side by side.
+
+With `train.nproc_per_node > 1` training runs in `torchrun` subprocesses (`lm.train_worker`,
+one rank per process) over the same work folder; this task waits for them, streams their output
+to its log, and scores the baseline itself. With `train.init_from` the model starts from another
+run's weights; the digest of those weights is part of the cache key, so new weights mean a new
+model even when the path is the same.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +19,14 @@ import fcntl
 import json
 import shutil
 import time
+from pathlib import Path
 
 from prefect import task
 
-from lm.models.config import BigramCountConfig, ModelConfig
+from lm.checkpoints import resolve_init_from, weights_digest
+from lm.models.config import BigramCountConfig, ModelConfig, uses_word2vec
 from lm.tokenizer import load_tokenizer
-from lm.train_config import TrainConfig
+from lm.train_config import TrainConfig, TrainingError
 from storage.artifacts import ArtifactStore, Descriptor
 from storage.shards import open_shard
 from storage.workspace import Workspace
@@ -25,7 +34,10 @@ from tasks.caching import cache_key_from, code_digest, stage_key
 
 STAGE = "train"
 VERSION = 1
-CODE = ("lm/models", "lm/train.py", "lm/train_config.py", "lm/tokenizer.py", "storage/shards.py")
+CODE = (
+    "lm/models", "lm/train.py", "lm/train_config.py", "lm/checkpoints.py", "lm/distributed.py",
+    "lm/train_worker.py", "lm/tokenizer.py", "storage/shards.py",
+)  # fmt: skip
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -40,31 +52,61 @@ def effective_train_config(model: ModelConfig, train: TrainConfig) -> TrainConfi
     return train
 
 
+def init_checkpoint(train: TrainConfig, workspace: Workspace) -> Path | None:
+    """The checkpoint `train.init_from` names (relative paths are inside the workspace)."""
+    if not train.init_from:
+        return None
+    path = Path(train.init_from).expanduser()
+    return resolve_init_from(path if path.is_absolute() else workspace.root / path)
+
+
 def train_key(
-    shards: Descriptor, tokenizer: Descriptor, model: ModelConfig, train: TrainConfig
+    shards: Descriptor,
+    tokenizer: Descriptor,
+    model: ModelConfig,
+    train: TrainConfig,
+    vectors: Descriptor | None = None,
 ) -> str:
     settings = f"{model.digest()}:{train.digest()}"
-    return stage_key(
-        STAGE, VERSION, settings, [shards.digest, tokenizer.digest], code_digest(*CODE)
-    )
+    upstream = [shards.digest, tokenizer.digest]
+    if uses_word2vec(model):  # the vectors a w2v model reads or a GPT starts from
+        upstream.append(vectors.digest if vectors is not None else "no-vectors")
+    start = init_checkpoint(train, Workspace.from_env())
+    if start is not None:  # the weights, not just their path
+        upstream.append(weights_digest(start))
+    return stage_key(STAGE, VERSION, settings, upstream, code_digest(*CODE))
 
 
 @task(name=STAGE, cache_key_fn=cache_key_from(train_key), persist_result=True)
 def train_task(
-    shards: Descriptor, tokenizer: Descriptor, model: ModelConfig, train: TrainConfig
+    shards: Descriptor,
+    tokenizer: Descriptor,
+    model: ModelConfig,
+    train: TrainConfig,
+    vectors: Descriptor | None = None,
 ) -> Descriptor:
     # torch is imported here, not at module level: the flow imports this module on every run.
+    import torch
+
     from lm.models.bigram_count import BigramCountModel
     from lm.models.registry import build_model
-    from lm.train import Trainer, latest_checkpoint
+    from lm.train import Trainer, val_loss_of
 
     workspace = Workspace.from_env()
     store = train_store(workspace)
-    key = train_key(shards, tokenizer, model, train)
+    key = train_key(shards, tokenizer, model, train, vectors)
     existing = store.load_descriptor(key)
     if existing is not None:
         return existing
+    if uses_word2vec(model) and vectors is None:
+        raise TrainingError(
+            f"model '{model.kind}' needs word2vec vectors of the tokenizer's pieces: enable "
+            'word2vec with input = "pieces"'
+        )
+    if uses_word2vec(model) and train.nproc_per_node > 1:
+        raise TrainingError("word2vec-fed models train in one process (train.nproc_per_node = 1)")
     settings = effective_train_config(model, train)
+    init_from = init_checkpoint(train, workspace)
     shard_folder = workspace.resolve(shards.path)
     train_tokens, _ = open_shard(shard_folder / "train.bin", tokenizer.digest)
     val_tokens, _ = open_shard(shard_folder / "val.bin", tokenizer.digest)
@@ -77,37 +119,89 @@ def train_task(
         if existing is not None:
             return existing
         started = time.perf_counter()
-        network = build_model(model, vocab_size)
-        trainer = Trainer(network, settings, train_tokens, val_tokens, work, work / METRICS_FILE)
+        coverage: dict[str, float] = {}
         baseline = BigramCountModel(BigramCountConfig(), vocab_size).fit(_as_tensor(train_tokens))
-        if model.kind == "bigram-count":
-            network.fit(_as_tensor(train_tokens))
-            val_loss, steps, stopped_early = trainer.evaluate(network), 0, False
-            trainer.save("best")
+        if settings.nproc_per_node > 1 and model.kind != "bigram-count":
+            outcome = _train_with_torchrun(work, model, settings, shard_folder, tokenizer.digest,
+                                           vocab_size, init_from)  # fmt: skip
+            baseline_loss = val_loss_of(baseline, val_tokens, settings)
         else:
-            checkpoint = latest_checkpoint(work)
-            if checkpoint is not None:
-                trainer.resume(checkpoint)
-            result = trainer.train()
-            val_loss, steps, stopped_early = result.best_val_loss, result.step, result.stopped_early
-        baseline_loss = trainer.evaluate(baseline.to(trainer.device))
+            torch.manual_seed(settings.seed)  # initial weights from the seed, as in a worker
+            network = build_model(model, vocab_size, vectors=_piece_vectors(
+                model, vectors, workspace, tokenizer, settings.seed, coverage))  # fmt: skip
+            trainer = Trainer(network, settings, train_tokens, val_tokens, work,
+                              work / METRICS_FILE, tokenizer_digest=tokenizer.digest)  # fmt: skip
+            if model.kind == "bigram-count":
+                network.fit(_as_tensor(train_tokens))
+                val_loss, steps, stopped_early = trainer.evaluate(network), 0, False
+                trainer.save("best")
+            else:
+                trainer.resume_or_initialize(work, init_from)
+                result = trainer.train()
+                val_loss, steps = result.best_val_loss, result.step
+                stopped_early = result.stopped_early
+            outcome = {"best_val_loss": val_loss, "steps": steps, "stopped_early": stopped_early,
+                       "parameters": trainer.module.num_params(), "device": str(trainer.device),
+                       "world_size": 1}  # fmt: skip
+            baseline_loss = trainer.evaluate(baseline.to(trainer.device))
         seconds = time.perf_counter() - started
         stats = {
             "model": model.kind,
-            "parameters": trainer.module.num_params(),
-            "steps": steps,
-            "tokens_seen": steps * settings.global_batch * settings.block_size,
-            "val_loss": val_loss,
+            "parameters": outcome["parameters"],
+            "steps": outcome["steps"],
+            "tokens_seen": outcome["steps"] * settings.global_batch * settings.block_size,
+            "val_loss": outcome["best_val_loss"],
             "baseline_val_loss": baseline_loss,
-            "stopped_early": stopped_early,
+            "stopped_early": outcome["stopped_early"],
             "seconds": seconds,
-            "device": str(trainer.device),
+            "device": outcome["device"],
+            "processes": outcome["world_size"],
+            **coverage,
         }
         with store.build(key) as staging:
             _publish(work, staging, workspace.resolve(tokenizer.path), model, settings, stats)
             descriptor = store.describe(staging, STAGE, key, key, stats)
     shutil.rmtree(work, ignore_errors=True)
     return descriptor
+
+
+def _train_with_torchrun(work, model, settings, shard_folder, tokenizer_digest, vocab_size,
+                         init_from) -> dict:  # fmt: skip
+    """Train in `settings.nproc_per_node` torchrun ranks over `work`; their summary."""
+    from lm.distributed import run_torchrun
+    from lm.train_worker import RESULT_FILE, TokenFile, WorkerSpec, read_result, write_spec
+    from storage.shards import read_shard_info
+
+    def token_file(split: str) -> TokenFile:
+        path = shard_folder / f"{split}.bin"
+        return TokenFile(path=str(path), dtype=read_shard_info(path).dtype)
+
+    spec = WorkerSpec(
+        model=model, train=settings, vocab_size=vocab_size, train_tokens=token_file("train"),
+        val_tokens=token_file("val"), tokenizer_digest=tokenizer_digest,
+        init_from=str(init_from) if init_from else None,
+    )  # fmt: skip
+    write_spec(work, spec)
+    (work / RESULT_FILE).unlink(missing_ok=True)
+    run_torchrun(settings.nproc_per_node, "lm.train_worker", str(work))
+    return read_result(work)
+
+
+def _piece_vectors(model, vectors, workspace, tokenizer, seed: int, coverage: dict):
+    """The word2vec matrix (one row per token id) for a model that reads it, else None."""
+    if not uses_word2vec(model):
+        return None
+    from lm.models.embeddings import load_piece_vectors
+    from tasks.word2vec import VECTORS_FILE
+
+    pieces = load_piece_vectors(
+        model,
+        workspace.resolve(vectors.path) / VECTORS_FILE,
+        load_tokenizer(workspace.resolve(tokenizer.path)),
+        seed=seed,
+    )
+    coverage["word2vec_coverage"] = pieces.coverage
+    return pieces.matrix
 
 
 def _as_tensor(tokens):

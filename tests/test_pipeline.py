@@ -350,3 +350,64 @@ def test_a_run_publishes_its_card_and_models_table_as_prefect_artifacts(workspac
     assert "seed 1337" in card.data  # a sample
     table = Artifact.get("models")
     assert table is not None and '"val_bpb"' in table.data
+
+
+WORD2VEC_LADDER = """
+[split]
+val = 0.3
+
+[word2vec]
+enabled = true
+input = "pieces"
+vector_size = 16
+min_count = 1
+epochs = 1
+probes = []
+
+[train]
+max_steps = 6
+micro_batch = 4
+global_batch = 4
+eval_every = 6
+eval_batches = 2
+block_size = 8
+
+[eval]
+batches = 2
+batch_size = 4
+samples = 0
+
+[[models]]
+kind = "w2v"
+context = 3
+vector_size = 16
+hiddens = [32]
+
+[[models]]
+name = "gpt-word2vec"
+kind = "gpt"
+block_size = 16
+n_layer = 1
+n_head = 2
+n_embd = 16
+init_embeddings = "word2vec"
+"""
+
+
+def test_word2vec_fed_models_train_on_the_run_s_piece_vectors(workspace, tmp_path, sources):
+    config = write_config(tmp_path / "w2v.toml", sources, WORD2VEC_LADDER)
+    # The helper turns word2vec off; this run's own [word2vec] table replaces that one.
+    config.write_text(config.read_text().replace("[word2vec]\nenabled = false\n", "", 1))
+    summary = run_pipeline(config)
+    models = {model["label"]: model for model in summary["models"]}
+    assert set(models) == {"w2v", "gpt-word2vec"}
+    for model in models.values():
+        assert model["word2vec_coverage"] > 0.9  # every character seen once is a vector
+        assert model["steps"] == 6
+    # Changing the vectors retrains the models that read them.
+    again = run_pipeline(config, ["word2vec.seed=2"])
+    states = stage_states(again)
+    assert states["word2vec"] == "ran" and states["train/w2v"] == "ran"
+    assert states["train/gpt-word2vec"] == "ran"
+    with pytest.raises(ConfigError, match='word2vec.input = "pieces"'):
+        run_pipeline(config, ['word2vec.input="words"'])
