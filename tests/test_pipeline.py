@@ -409,5 +409,5 @@ def test_word2vec_fed_models_train_on_the_run_s_piece_vectors(workspace, tmp_pat
     states = stage_states(again)
     assert states["word2vec"] == "ran" and states["train/w2v"] == "ran"
     assert states["train/gpt-word2vec"] == "ran"
-    with pytest.raises(ConfigError, match='word2vec.input = "pieces"'):
+    with pytest.raises(ConfigError, match=r'word2vec\.input = "pieces"'):
         run_pipeline(config, ['word2vec.input="words"'])
