@@ -3,6 +3,8 @@ documents, continued training on new documents, promotion only when bits per byt
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from storage.registry import RunRegistry
@@ -68,6 +70,10 @@ def test_retrain_trains_once_per_new_data_and_promotes_only_on_improvement(works
     assert decision["mode"] == "continue" and "new train documents" in decision["reason"]
     assert _stages(strict)["train"] is False  # it trained
     assert not decision["promoted"] and decision["champion_val_bpb"] is not None
+    candidate = workspace.resolve(strict["models"][0]["path"])
+    settings = json.loads((candidate / "train.json").read_text())
+    champion_folder = workspace.resolve(registry.find_model(first["run_id"])["path"])
+    assert settings["init_from"] == str(champion_folder)  # continued from the champion
     assert registry.champion()["run_id"] == first["run_id"]
 
     again = _trigger(config, "retrain.margin=10.0")
