@@ -3,14 +3,22 @@
 What it does, after nanoGPT's train.py and torchtitan's small honest pieces: picks the device
 (cuda > mps > cpu), AdamW with decay/no-decay groups (fused on CUDA), warmup then cosine or WSD
 learning rate, gradient accumulation (micro-batch and global batch as separate knobs), gradient
-clipping, optional bf16 autocast and `torch.compile`, evaluation on a fixed val sample every N
-steps, early stopping with patience and minimum delta, a NaN/inf guard, metrics as JSON lines,
-and a progress line with tokens/s and ETA.
+clipping, bf16 autocast and `torch.compile` (each "auto" by default: on for CUDA, off on CPU,
+where neither paid off when measured), evaluation on a fixed val sample every N steps, early
+stopping with patience and minimum delta, a NaN/inf guard, metrics as JSON lines, and a
+progress line with tokens/s, MFU (on GPUs of known peak) and ETA.
+
+Under `torchrun` (see `lm.distributed`) the same loop runs on every rank: the model is wrapped in
+DDP or sharded with FSDP2, each rank draws its windows from its own contiguous share of the
+training tokens, gradients are reduced once per optimizer step, losses and evaluations are
+averaged over ranks (so every rank takes the same early-stopping decision), and rank 0 alone
+writes checkpoints, metrics and logs.
 
 Checkpoints are directories written to a staging name and renamed, with `DONE` written last
-(after llm.c); they hold the weights (of the uncompiled module), optimizer state, RNG states,
-the data cursor, the step and the metrics so far, so a resumed run continues exactly: N steps
-equal N/2 + resume + N/2 on CPU.
+(after llm.c); they hold the weights (full, of the uncompiled module), optimizer state, RNG
+states, every rank's data cursor, the step, the tokenizer digest and the metrics so far, so a
+resumed run continues exactly: N steps equal N/2 + resume + N/2 on CPU. A checkpoint that will
+not load is skipped for the previous one. `init_from` starts a run from another run's weights.
 """
 
 from __future__ import annotations
@@ -29,25 +37,91 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lm.checkpoints import (
+    DONE_MARKER,
+    INFO_FILE,
+    WEIGHTS_FILE,
+    complete_checkpoints,
+    file_sha256,
+    latest_checkpoint,
+    read_info,
+    resolve_init_from,
+    usable_checkpoints,
+)
+from lm.distributed import (
+    Ranks,
+    all_gather,
+    all_reduce_sum,
+    full_model_state,
+    full_optimizer_state,
+    gradient_sync,
+    init_process_group,
+    load_model_state,
+    load_optimizer_state,
+    wrap_model,
+)
 from lm.models.base import LanguageModel
-from lm.train_config import TrainConfig
+from lm.train_config import TrainConfig, TrainingError
+
+__all__ = [
+    "TokenBatches",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "TrainingError",
+    "latest_checkpoint",
+    "learning_rate",
+    "pick_device",
+]
 
 logger = logging.getLogger("lm.train")
-DONE_MARKER = "DONE"
+CHECKPOINT_FILES = (WEIGHTS_FILE, "optimizer.pt", "state.pt")
+# Rank r draws from generator seed + r·stride: distinct streams whatever the seed.
+RANK_SEED_STRIDE = 1_000_003
+# Dense bf16 tensor-core peaks (vendor datasheets, FLOP/s), matched against the CUDA device
+# name, longest name first: MFU is measured against these.
+BF16_PEAK_FLOPS = {
+    "H100 PCIe": 756e12,
+    "H100": 989e12,
+    "H200": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "L4": 121e12,
+}
 
 
-class TrainingError(RuntimeError):
-    """Training cannot go on; the message says why."""
+class CheckpointUnreadable(TrainingError):
+    """A complete checkpoint whose files will not load (truncated or corrupt)."""
 
 
-def pick_device(requested: str = "auto") -> torch.device:
-    if requested != "auto":
-        return torch.device(requested)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+def pick_device(requested: str = "auto", ranks: Ranks | None = None) -> torch.device:
+    """cuda > mps > cpu; under torchrun on CUDA, the GPU of this process's local rank."""
+    kind = requested
+    if kind == "auto":
+        if torch.cuda.is_available():
+            kind = "cuda"
+        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            kind = "mps"
+        else:
+            kind = "cpu"
+    if kind == "cuda" and ranks is not None and ranks.distributed:
+        return torch.device("cuda", ranks.local_rank)
+    return torch.device(kind)
+
+
+def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast when asked, or by default on CUDA; None means fp32."""
+    if config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def compile_wanted(config: TrainConfig, device: torch.device) -> bool:
+    """`compile = "auto"` compiles on CUDA only: on the CPU measured here (bench/bench_train.py)
+    no compiled mode beat eager fp32 by enough to pay for its compile time."""
+    if config.compile == "auto":
+        return device.type == "cuda"
+    return bool(config.compile)
 
 
 def learning_rate(step: int, config: TrainConfig) -> float:
@@ -85,28 +159,77 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.de
     )
 
 
+def flops_per_token(module: torch.nn.Module, block_size: int) -> float:
+    """Training FLOPs per token (nanoGPT's `estimate_mfu`, PaLM appendix B): 6 per parameter
+    (learned positions excluded: a lookup, not a product) plus 12·layers·width·context for
+    the attention scores of a transformer."""
+    parameters = sum(p.numel() for p in module.parameters())
+    positional = getattr(module, "position_embedding", None)
+    if positional is not None:
+        parameters -= positional.weight.numel()
+    config = getattr(module, "config", None)
+    attention = 0.0
+    if config is not None and getattr(config, "kind", None) == "gpt":
+        attention = 12.0 * config.n_layer * config.n_embd * config.block_size
+    return 6.0 * parameters + attention
+
+
+def peak_flops_of(device_name: str) -> float | None:
+    """The dense bf16 peak of a GPU named like `torch.cuda.get_device_name()`, if known."""
+    for model in sorted(BF16_PEAK_FLOPS, key=len, reverse=True):
+        if model in device_name:
+            return BF16_PEAK_FLOPS[model]
+    return None
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """The device's dense bf16 peak: known GPUs only (MFU is not reported elsewhere)."""
+    if device.type != "cuda":
+        return None
+    return peak_flops_of(torch.cuda.get_device_name(device))
+
+
 class TokenBatches:
     """Random windows of a token array, from a seeded generator whose state is the data cursor:
-    saving it in a checkpoint makes a resumed run read exactly the batches it would have."""
+    saving it in a checkpoint makes a resumed run read exactly the batches it would have.
+
+    With several ranks, rank r of W draws only from the contiguous share
+    `[n·r/W, n·(r+1)/W)` of the n tokens (windows never cross into a neighbour's share), with
+    its own generator: the ranks read disjoint data, and each share stays a contiguous run of
+    text rather than scattered windows."""
 
     def __init__(self, tokens: np.ndarray, block_size: int, batch: int, seed: int,
-                 split: str = "train"):  # fmt: skip
-        if len(tokens) <= block_size:
+                 split: str = "train", rank: int = 0, world_size: int = 1):  # fmt: skip
+        self.low = len(tokens) * rank // world_size
+        self.high = len(tokens) * (rank + 1) // world_size
+        share = self.high - self.low
+        if share <= block_size:
+            where = f"the {split} split"
+            if world_size > 1:
+                where = f"rank {rank}'s share of the {split} split ({len(tokens)} over "
+                where += f"{world_size} processes)"
             raise TrainingError(
-                f"the {split} split has {len(tokens)} tokens, not more than block_size "
-                f"{block_size}: lower block_size, raise split.{split} or add data"
+                f"{where} has {share} tokens, not more than block_size {block_size}: lower "
+                f"block_size, raise split.{split} or add data"
             )
         self.tokens = tokens
         self.block_size = block_size
         self.batch = batch
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = seed + RANK_SEED_STRIDE * rank
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    def sample_starts(self) -> list[int]:
+        """The positions (in the whole array) where the next batch's windows start."""
+        span = self.high - self.low - self.block_size
+        starts = torch.randint(span, (self.batch,), generator=self.generator)
+        return [self.low + start for start in starts.tolist()]
 
     def next(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        starts = torch.randint(
-            len(self.tokens) - self.block_size, (self.batch,), generator=self.generator
-        )
-        rows = np.stack([self.tokens[s : s + self.block_size + 1] for s in starts.tolist()])
+        rows = np.stack([self.tokens[s : s + self.block_size + 1] for s in self.sample_starts()])
         window = torch.from_numpy(rows.astype(np.int64))
+        if device.type == "cuda":  # pinned memory: the copy overlaps the GPU's work
+            window = window.pin_memory().to(device, non_blocking=True)
+            return window[:, :-1], window[:, 1:]
         return window[:, :-1].to(device), window[:, 1:].to(device)
 
     def state(self) -> torch.Tensor:
@@ -115,6 +238,35 @@ class TokenBatches:
     def restore(self, state: torch.Tensor) -> None:
         self.generator.set_state(state)
 
+    def reseed(self, step: int) -> None:
+        """A fresh but reproducible cursor for `step`, when a saved one cannot be used."""
+        self.generator.manual_seed(self.seed + step)
+
+
+def fixed_val_sample(
+    val_tokens: np.ndarray, config: TrainConfig, device: torch.device
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The val windows every evaluation scores: the same at every evaluation, so curves
+    compare, and the same for a baseline scored beside the model."""
+    val = TokenBatches(
+        val_tokens, config.block_size, config.micro_batch, config.seed + 1, split="val"
+    )
+    return [val.next(device) for _ in range(config.eval_batches)]
+
+
+@torch.no_grad()
+def val_loss_of(model: torch.nn.Module, val_tokens: np.ndarray, config: TrainConfig) -> float:
+    """Mean loss of `model` on the fixed val sample, in this process (what `Trainer.evaluate`
+    gives, without a Trainer): for a baseline scored after training ran elsewhere."""
+    device = pick_device(config.device)
+    dtype = autocast_dtype(config, device)
+    model = model.to(device).eval()
+    losses = []
+    for x, y in fixed_val_sample(val_tokens, config, device):
+        with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
+            losses.append(model(x, y)[1].item())
+    return sum(losses) / len(losses)
+
 
 @dataclass
 class TrainResult:
@@ -122,22 +274,6 @@ class TrainResult:
     best_val_loss: float
     stopped_early: bool
     losses: list[float] = field(default_factory=list)
-
-
-def _checkpoints(folder: Path) -> list[Path]:
-    complete = [p for p in folder.glob("step-*") if (p / DONE_MARKER).is_file()]
-    return sorted(complete, key=lambda p: int(p.name.split("-")[1]))
-
-
-def latest_checkpoint(folder: Path) -> Path | None:
-    """The newest complete checkpoint; half-written ones are skipped with a warning."""
-    if not folder.is_dir():
-        return None
-    for partial in folder.glob("step-*"):
-        if not (partial / DONE_MARKER).is_file() and ".partial" not in partial.name:
-            logger.warning("%s: incomplete checkpoint (no DONE marker), skipped", partial)
-    found = _checkpoints(folder)
-    return found[-1] if found else None
 
 
 class Trainer:
@@ -149,47 +285,61 @@ class Trainer:
         val_tokens: np.ndarray,
         out_dir: Path,
         metrics_path: Path | None = None,
+        tokenizer_digest: str | None = None,
     ):
         self.config = config
-        self.device = pick_device(config.device)
+        self.ranks = Ranks.from_env()
+        self.device = pick_device(config.device, self.ranks)
+        init_process_group(self.ranks, self.device)
+        self.accumulation = config.accumulation_steps_for(self.ranks.world_size)
         if self.device.type == "cuda":  # TF32 matmuls: fp32 accuracy for training, far faster
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         torch.manual_seed(config.seed)
-        self.model = model.to(self.device)
-        self.module = self.model  # the uncompiled module: what checkpoints save
-        if config.compile:
-            try:
-                self.model = torch.compile(self.model)
-            except Exception as error:  # compile is an optimisation: fall back to eager
-                logger.warning("torch.compile unavailable (%s); running eager", error)
+        self.tokenizer_digest = tokenizer_digest
+        self.module = model.to(self.device)  # the uncompiled module: what checkpoints save
+        self.flops_per_token = flops_per_token(self.module, config.block_size)
+        # How the ranks share the model; "none" for a single process.
+        self.parallel = config.parallel if self.ranks.distributed else "none"
+        self.wrapped, self.model = self._prepare_model()
         self.optimizer = make_optimizer(self.module, config, self.device)
         self.train_batches = TokenBatches(
-            train_tokens, config.block_size, config.micro_batch, config.seed
-        )
-        # A fixed val sample: the same windows at every evaluation, so curves compare.
-        val = TokenBatches(
-            val_tokens, config.block_size, config.micro_batch, config.seed + 1, split="val"
-        )
-        self.val_sample = [val.next(self.device) for _ in range(config.eval_batches)]
+            train_tokens, config.block_size, config.micro_batch, config.seed,
+            rank=self.ranks.rank, world_size=self.ranks.world_size,
+        )  # fmt: skip
+        # The same on every rank (each evaluates its part of it).
+        self.val_sample = fixed_val_sample(val_tokens, config, self.device)
         self.out_dir = out_dir
         self.metrics_path = metrics_path or out_dir / "metrics.jsonl"
-        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        if self.ranks.is_main:
+            self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
         self.step = 0
         self.best_val_loss = math.inf
         self.evaluations_without_improvement = 0
-        self.autocast = self._autocast_dtype()
+        self.autocast = autocast_dtype(config, self.device)
+        self.peak_flops = peak_flops(self.device)
 
-    def _autocast_dtype(self) -> torch.dtype | None:
-        precision = self.config.precision
-        if precision == "fp32":
-            return None
-        if precision == "bf16" or (precision == "auto" and self.device.type == "cuda"):
-            return torch.bfloat16
-        return None
+    def _prepare_model(self) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """(what reduces gradients across ranks: DDP, or the FSDP-sharded module itself;
+        what runs batches). As in nanoGPT, DDP wraps the compiled module; FSDP shards before
+        compiling, since it replaces the parameters in place."""
+        model: torch.nn.Module = self.module
+        if self.parallel == "fsdp":
+            model = wrap_model(self.module, "fsdp", self.device)
+        if compile_wanted(self.config, self.device):
+            try:
+                # Static shapes: every batch has the same shape, and dynamic-shape kernels
+                # are slower.
+                model = torch.compile(model, dynamic=False)
+            except Exception as error:  # compile is an optimisation: fall back to eager
+                logger.warning("torch.compile unavailable (%s); running eager", error)
+        if self.parallel == "ddp":
+            model = wrap_model(model, "ddp", self.device)
+            return model, model
+        return self.module, model
 
     def _forward(self, x, y, model: torch.nn.Module | None = None):
-        model = model or self.model
+        model = self.model if model is None else model
         if self.autocast is None:
             return model(x, y)
         with torch.autocast(device_type=self.device.type, dtype=self.autocast):
@@ -198,16 +348,30 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module | None = None) -> float:
         """Mean loss on the fixed val sample, of the model being trained or of another one
-        (a baseline scored on exactly the same windows)."""
-        model = model or self.model
+        (a baseline scored on exactly the same windows). With several ranks each evaluates
+        every W-th batch and the sums are reduced: every rank gets the same number. Ranks with
+        one batch fewer run a discarded extra forward, so that the collectives inside a
+        DDP/FSDP forward line up."""
+        model = self.model if model is None else model
         model.eval()
-        losses = [self._forward(x, y, model)[1].item() for x, y in self.val_sample]
+        rank, world = self.ranks.rank, self.ranks.world_size
+        mine = self.val_sample[rank::world]
+        rounds = math.ceil(len(self.val_sample) / world)
+        total, count = 0.0, 0
+        for index in range(rounds):
+            x, y = mine[index] if index < len(mine) else self.val_sample[0]
+            loss = self._forward(x, y, model)[1].item()
+            if index < len(mine):
+                total, count = total + loss, count + 1
+        total, count = all_reduce_sum([total, count], self.device)
         self.model.train()
-        return float(np.mean(losses))
+        return total / count
 
     def _log(self, values: dict[str, float]) -> None:
         """Append this step's metrics with one open per call, not per value: it runs every
-        step."""
+        step. Rank 0 alone writes."""
+        if not self.ranks.is_main:
+            return
         timestamp = datetime.now().isoformat()
         lines = [
             json.dumps({"key": key, "step": self.step, "value": float(value), "ts": timestamp})
@@ -215,6 +379,36 @@ class Trainer:
         ]
         with open(self.metrics_path, "a", encoding="utf-8") as out:
             out.write("\n".join(lines) + "\n")
+
+    def train_step(self) -> tuple[float, float]:
+        """One optimizer step over `global_batch` sequences; returns (loss averaged over the
+        micro-batches and ranks, learning rate)."""
+        config = self.config
+        rate = learning_rate(self.step, config)
+        for group in self.optimizer.param_groups:
+            group["lr"] = rate
+        total = torch.zeros((), device=self.device)
+        for micro in range(self.accumulation):
+            x, y = self.train_batches.next(self.device)
+            # Gradients are reduced across ranks on the last micro-batch only.
+            with gradient_sync(self.wrapped, micro == self.accumulation - 1):
+                _, loss = self._forward(x, y)
+                (loss / self.accumulation).backward()
+            total += loss.detach()
+        step_loss = total.item() / self.accumulation  # one device sync per step
+        if self.ranks.distributed:
+            step_loss = all_reduce_sum([step_loss], self.device)[0] / self.ranks.world_size
+        if not math.isfinite(step_loss):
+            raise TrainingError(
+                f"loss is {step_loss} at step {self.step}: lower learning_rate, or resume "
+                "from the last checkpoint"
+            )
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.module.parameters(), config.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return step_loss, rate
 
     def train(self, until_step: int | None = None) -> TrainResult:
         """Train to `max_steps` (or stop after `until_step`, with a checkpoint there, as an
@@ -224,53 +418,29 @@ class Trainer:
         losses: list[float] = []
         stopped_early = False
         tokens_per_step = config.global_batch * config.block_size
-        started, last_report = time.monotonic(), time.monotonic()
+        last_report, steps_at_report = time.monotonic(), self.step
         self.model.train()
         while self.step < last_step:
-            rate = learning_rate(self.step, config)
-            for group in self.optimizer.param_groups:
-                group["lr"] = rate
-            step_loss = 0.0
-            for _ in range(config.accumulation_steps):
-                x, y = self.train_batches.next(self.device)
-                _, loss = self._forward(x, y)
-                (loss / config.accumulation_steps).backward()
-                step_loss += loss.item() / config.accumulation_steps
-            if not math.isfinite(step_loss):
-                raise TrainingError(
-                    f"loss is {step_loss} at step {self.step}: lower learning_rate, or resume "
-                    "from the last checkpoint"
-                )
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.module.parameters(), config.grad_clip)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.step += 1
+            step_loss, rate = self.train_step()
             losses.append(step_loss)
             self._log({"train/loss": step_loss, "train/lr": rate})
             now = time.monotonic()
             if now - last_report > 5 or self.step == config.max_steps:
-                rate_tokens = tokens_per_step * len(losses) / max(now - started, 1e-9)
-                remaining = (config.max_steps - self.step) * tokens_per_step / rate_tokens
-                logger.info(
-                    "train: step %d/%d, loss %.4f, %.0f tokens/s, ETA %.0fs",
-                    self.step, config.max_steps, step_loss, rate_tokens, remaining,
-                )  # fmt: skip
-                self._log({"train/tokens_per_s": rate_tokens})
-                last_report = now
+                self._report_throughput(step_loss, now - last_report, self.step - steps_at_report,
+                                        tokens_per_step)  # fmt: skip
+                last_report, steps_at_report = now, self.step
             if self.step % config.eval_every == 0 or self.step == config.max_steps:
                 val_loss = self.evaluate()
                 self._log({"val/loss": val_loss})
-                improved = val_loss < self.best_val_loss - config.min_delta
-                if improved:
+                if val_loss < self.best_val_loss - config.min_delta:
                     self.best_val_loss = val_loss
                     self.evaluations_without_improvement = 0
                     self.save("best")
                 else:
                     self.evaluations_without_improvement += 1
                 if config.patience and self.evaluations_without_improvement >= config.patience:
-                    logger.info("train: no val improvement in %d evaluations; stopping",
-                                config.patience)  # fmt: skip
+                    self._info("train: no val improvement in %d evaluations; stopping",
+                               config.patience)  # fmt: skip
                     stopped_early = True
                     self.save(f"step-{self.step:08d}")
                     break
@@ -281,40 +451,184 @@ class Trainer:
                 self.save(f"step-{self.step:08d}")
         return TrainResult(self.step, self.best_val_loss, stopped_early, losses)
 
+    def _report_throughput(self, loss: float, seconds: float, steps: int, tokens_per_step: int):
+        """Tokens/s (and MFU) over the steps since the last report, and the ETA at that rate."""
+        tokens_per_s = tokens_per_step * steps / max(seconds, 1e-9)
+        remaining = (self.config.max_steps - self.step) * tokens_per_step / max(tokens_per_s, 1e-9)
+        values = {"train/tokens_per_s": tokens_per_s}
+        mfu = ""
+        if self.peak_flops:
+            values["train/mfu"] = (
+                tokens_per_s * self.flops_per_token / (self.peak_flops * self.ranks.world_size)
+            )
+            mfu = f", MFU {values['train/mfu']:.1%}"
+        self._info(
+            "train: step %d/%d, loss %.4f, %.0f tokens/s%s, ETA %.0fs",
+            self.step, self.config.max_steps, loss, tokens_per_s, mfu, remaining,
+        )  # fmt: skip
+        self._log(values)
+
+    def _info(self, message: str, *args) -> None:
+        if self.ranks.is_main:
+            logger.info(message, *args)
+
     # -- checkpoints -------------------------------------------------------------------------
 
     def save(self, name: str) -> Path:
+        """Write checkpoint `name` atomically. Every rank calls it (gathering FSDP shards and
+        the ranks' data cursors are collectives); rank 0 writes."""
         final = self.out_dir / name
+        model_state = full_model_state(self.module, self.parallel)
+        optimizer_state = full_optimizer_state(self.module, self.optimizer, self.parallel)
+        data_states = all_gather(self.train_batches.state())
+        if not self.ranks.is_main:
+            return final
         staging = self.out_dir / f"{name}.partial-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         staging.mkdir(parents=True)
-        torch.save(self.module.state_dict(), staging / "model.pt")
-        torch.save(self.optimizer.state_dict(), staging / "optimizer.pt")
-        torch.save(
-            {
-                "torch": torch.get_rng_state(),
-                "data": self.train_batches.state(),
-                "step": self.step,
-                "best_val_loss": self.best_val_loss,
-                "evaluations_without_improvement": self.evaluations_without_improvement,
-            },
-            staging / "state.pt",
-        )
+        torch.save(model_state, staging / WEIGHTS_FILE)
+        torch.save(optimizer_state, staging / "optimizer.pt")
+        state = {
+            "torch": torch.get_rng_state(),
+            "data": data_states[0],
+            "data_per_rank": data_states,
+            "step": self.step,
+            "best_val_loss": self.best_val_loss,
+            "evaluations_without_improvement": self.evaluations_without_improvement,
+        }
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        torch.save(state, staging / "state.pt")
         (staging / "config.json").write_text(self.config.model_dump_json(indent=2))
+        info = {
+            "step": self.step,
+            "tokenizer_digest": self.tokenizer_digest,
+            "world_size": self.ranks.world_size,
+            "parallel": self.parallel,
+            "weights_sha256": file_sha256(staging / WEIGHTS_FILE),
+            "files": {f: (staging / f).stat().st_size for f in CHECKPOINT_FILES},
+        }
+        (staging / INFO_FILE).write_text(json.dumps(info, indent=2))
         (staging / DONE_MARKER).write_text(str(self.step))
         if final.exists():
             shutil.rmtree(final)
         os.rename(staging, final)
         if name.startswith("step-"):
-            for old in _checkpoints(self.out_dir)[: -self.config.keep_checkpoints]:
+            for old in complete_checkpoints(self.out_dir)[: -self.config.keep_checkpoints]:
                 shutil.rmtree(old)
         return final
 
+    def _check_tokenizer(self, checkpoint: Path, info: dict) -> None:
+        theirs = info.get("tokenizer_digest")
+        if self.tokenizer_digest and theirs and theirs != self.tokenizer_digest:
+            raise TrainingError(
+                f"{checkpoint}: made with tokenizer {theirs}, but this run's tokenizer is "
+                f"{self.tokenizer_digest}; token ids differ between tokenizers, so these "
+                "weights cannot continue here (train from scratch, or use that tokenizer)"
+            )
+
+    def _load(self, checkpoint: Path, name: str):
+        try:
+            return torch.load(checkpoint / name, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch raises RuntimeError, EOFError, pickle errors...
+            raise CheckpointUnreadable(f"{checkpoint / name}: cannot be loaded ({error})") from None
+
     def resume(self, checkpoint: Path) -> None:
-        self.module.load_state_dict(torch.load(checkpoint / "model.pt", weights_only=True))
-        self.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
-        state = torch.load(checkpoint / "state.pt", weights_only=True)
+        """Continue exactly where `checkpoint` stopped: weights, optimizer, RNG, data cursor,
+        step, early-stopping state. Metric lines logged after it (by the run that was killed)
+        are dropped, so the log holds each step once."""
+        info = read_info(checkpoint)
+        self._check_tokenizer(checkpoint, info)
+        saved_parallel = info.get("parallel", "none")
+        if (saved_parallel == "fsdp") != (self.parallel == "fsdp"):
+            raise TrainingError(
+                f"{checkpoint}: written with parallel={saved_parallel}, resumed with "
+                f"parallel={self.parallel}; their optimizer states differ in layout: resume with "
+                "the same setting, or start a new run from its weights (train.init_from)"
+            )
+        # Every file is read before anything is applied: a bad file changes nothing.
+        model_state = self._load(checkpoint, WEIGHTS_FILE)
+        optimizer_state = self._load(checkpoint, "optimizer.pt")
+        state = self._load(checkpoint, "state.pt")
+        try:
+            load_model_state(self.module, model_state, self.parallel)
+            load_optimizer_state(self.module, self.optimizer, optimizer_state, self.parallel)
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise TrainingError(f"{checkpoint}: does not fit this model ({error})") from None
         torch.set_rng_state(state["torch"])
-        self.train_batches.restore(state["data"])
+        if "cuda" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda"], self.device)
         self.step = state["step"]
+        cursors = state.get("data_per_rank") or [state["data"]]
+        if len(cursors) == self.ranks.world_size:
+            self.train_batches.restore(cursors[self.ranks.rank])
+        else:
+            logger.warning(
+                "%s: written by %d processes, resumed by %d: the data order from here differs "
+                "from an uninterrupted run", checkpoint, len(cursors), self.ranks.world_size,
+            )  # fmt: skip
+            self.train_batches.reseed(self.step)
         self.best_val_loss = state["best_val_loss"]
         self.evaluations_without_improvement = state["evaluations_without_improvement"]
+        if self.ranks.is_main:
+            self._drop_metrics_after(self.step)
+
+    def resume_latest(self, folder: Path) -> Path | None:
+        """Resume from the newest checkpoint in `folder` that loads, skipping (with a warning
+        naming it) any that will not; None when there is none."""
+        for checkpoint in usable_checkpoints(folder):
+            try:
+                self.resume(checkpoint)
+            except CheckpointUnreadable as error:
+                logger.warning("%s; trying the previous checkpoint", error)
+                continue
+            return checkpoint
+        return None
+
+    def initialize_from(self, path: Path) -> Path:
+        """Start from the weights of another run's checkpoint (`init_from`); the optimizer,
+        schedule and step start afresh. Returns the checkpoint used."""
+        checkpoint = resolve_init_from(path)
+        self._check_tokenizer(checkpoint, read_info(checkpoint))
+        state = self._load(checkpoint, WEIGHTS_FILE)
+        try:
+            load_model_state(self.module, state, self.parallel)
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise TrainingError(
+                f"train.init_from: {checkpoint} does not fit this model ({error})"
+            ) from None
+        return checkpoint
+
+    def resume_or_initialize(self, folder: Path, init_from: Path | None = None) -> str:
+        """What a training process does first: resume from `folder`'s newest checkpoint (a run
+        that was interrupted), else start from `init_from`'s weights if given, else from the
+        fresh model. Returns what happened, for the log."""
+        resumed = self.resume_latest(folder)
+        if resumed is not None:
+            outcome = f"resumed from {resumed} (step {self.step})"
+        elif init_from is not None:
+            outcome = f"weights initialised from {self.initialize_from(init_from)}"
+        else:
+            outcome = "started afresh"
+        self._info("train: %s", outcome)
+        return outcome
+
+    def _drop_metrics_after(self, step: int) -> None:
+        path = self.metrics_path
+        if not path.is_file():
+            return
+        lines = path.read_text(encoding="utf-8").splitlines()
+        kept = [line for line in lines if _logged_step(line) is not None
+                and _logged_step(line) <= step]  # fmt: skip
+        if len(kept) == len(lines):
+            return
+        staging = path.with_name(f"{path.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+        staging.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        os.replace(staging, path)
+
+
+def _logged_step(line: str) -> int | None:
+    """The step of a metrics line, or None for a line cut short by a killed process."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None

@@ -9,10 +9,17 @@ from pydantic import Field, model_validator
 from lm.strict_model import StrictModel
 
 
+class TrainingError(RuntimeError):
+    """Training cannot go on; the message says why. Defined here, beside the settings, because
+    torch-free code (checkpoint folders, the train stage's cache key) raises it too."""
+
+
 class TrainConfig(StrictModel):
     max_steps: int = Field(200, ge=1)
     micro_batch: int = Field(12, ge=1, description="sequences per forward/backward pass")
-    global_batch: int = Field(12, ge=1, description="sequences per optimizer step")
+    global_batch: int = Field(
+        12, ge=1, description="sequences per optimizer step, summed over every process"
+    )
     block_size: int = Field(64, ge=1)
     learning_rate: float = Field(1e-3, gt=0.0)
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
@@ -30,19 +37,43 @@ class TrainConfig(StrictModel):
     checkpoint_every: int = Field(100, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    # "auto": bf16 autocast on CUDA, fp32 elsewhere (on the CPU measured here bf16 autocast is
+    # far slower than fp32; see bench/bench_train.py).
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    compile: bool = False
+    # "auto": compile on CUDA, eager elsewhere (on the CPU measured here no compiled mode beat
+    # eager fp32 by enough to pay for its ~30 s compile; see bench/bench_train.py).
+    compile: bool | Literal["auto"] = "auto"
     seed: int = 1337
+    # Processes on this machine; above 1 the train stage runs `torchrun` with that many ranks.
+    nproc_per_node: int = Field(1, ge=1)
+    # How the ranks share the model: "ddp" replicates it, "fsdp" shards parameters, gradients
+    # and optimizer state across ranks (for a model too large for one GPU).
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    # A checkpoint folder, or a trained model folder holding `best/` or `final/`, whose weights
+    # start this run (continued training on new data with the same tokenizer); the optimizer,
+    # schedule and step start afresh. Relative paths are relative to the workspace.
+    init_from: str | None = None
 
     @model_validator(mode="after")
     def _accumulation_divides(self) -> TrainConfig:
-        if self.global_batch % self.micro_batch:
+        per_step = self.micro_batch * self.nproc_per_node
+        if self.global_batch % per_step:
             raise ValueError(
                 f"global_batch ({self.global_batch}) must be a multiple of micro_batch "
-                f"({self.micro_batch})"
+                f"({self.micro_batch}) × nproc_per_node ({self.nproc_per_node}) = {per_step}"
             )
         return self
 
+    def accumulation_steps_for(self, world_size: int) -> int:
+        """Micro-batches each of `world_size` processes adds up per optimizer step."""
+        per_step = self.micro_batch * world_size
+        if self.global_batch % per_step:
+            raise TrainingError(
+                f"train.global_batch ({self.global_batch}) must be a multiple of "
+                f"train.micro_batch ({self.micro_batch}) × {world_size} processes = {per_step}"
+            )
+        return self.global_batch // per_step
+
     @property
     def accumulation_steps(self) -> int:
-        return self.global_batch // self.micro_batch
+        return self.accumulation_steps_for(self.nproc_per_node)

@@ -4,7 +4,15 @@ variant learns."""
 from __future__ import annotations
 
 import itertools
+import json
 import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,11 +25,16 @@ from lm.train import (
     TrainConfig,
     Trainer,
     TrainingError,
+    autocast_dtype,
+    compile_wanted,
+    flops_per_token,
     latest_checkpoint,
     learning_rate,
+    peak_flops_of,
 )
 
 VOCAB = 20
+REPO = Path(__file__).resolve().parent.parent
 
 
 def periodic_tokens(length: int, seed: int = 0) -> np.ndarray:
@@ -36,6 +49,16 @@ def periodic_tokens(length: int, seed: int = 0) -> np.ndarray:
 
 TRAIN, VAL = periodic_tokens(4000, 0), periodic_tokens(1000, 0)[::-1].copy()
 SMALL_GPT = GPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=16)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Models this small train fastest on one thread; two spin against each other (measured
+    12x slower per step on the shared 2-core test machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def config(**fields) -> TrainConfig:
@@ -137,3 +160,178 @@ def test_a_split_shorter_than_the_context_is_refused():
 def test_mlp_trains_through_the_same_loop(tmp_path):
     result = trainer(tmp_path, config(max_steps=30), MLPConfig(context=3, hiddens=[32])).train()
     assert np.mean(result.losses[-5:]) < np.mean(result.losses[:5])
+
+
+# -- checkpoints: tokenizer digest, init_from, damage, metrics on resume ------------------------
+
+
+def tokenized_trainer(tmp_path, digest: str, **fields) -> Trainer:
+    torch.manual_seed(0)
+    return Trainer(build_model(SMALL_GPT, VOCAB), config(**fields), TRAIN, VAL, tmp_path,
+                   tokenizer_digest=digest)  # fmt: skip
+
+
+def test_resuming_under_another_tokenizer_names_both_digests_and_the_checkpoint(tmp_path):
+    tokenized_trainer(tmp_path, "tok-a").train(until_step=5)
+    checkpoint = latest_checkpoint(tmp_path)
+    with pytest.raises(TrainingError) as refused:
+        tokenized_trainer(tmp_path, "tok-b").resume(checkpoint)
+    assert f"{checkpoint}: made with tokenizer tok-a, but this run's tokenizer is tok-b" in str(
+        refused.value
+    )
+
+
+def test_init_from_starts_from_the_weights_with_a_fresh_optimizer_and_step(tmp_path):
+    source = tokenized_trainer(tmp_path / "source", "tok-a")
+    source.train(until_step=10)
+    follower = tokenized_trainer(tmp_path / "follower", "tok-a", learning_rate=1e-3)
+    used = follower.resume_or_initialize(tmp_path / "follower", tmp_path / "source")
+    assert used == f"weights initialised from {tmp_path / 'source' / 'best'}"
+    best = torch.load(tmp_path / "source" / "best" / "model.pt", weights_only=True)
+    for name, tensor in follower.module.state_dict().items():
+        assert torch.equal(tensor, best[name]), name
+    assert follower.step == 0 and not follower.optimizer.state
+    assert follower.train().losses[0] < source.train_step()[0] + 0.5  # starts trained, not random
+    with pytest.raises(TrainingError, match=r"made with tokenizer tok-a, but this run's .* tok-b"):
+        tokenized_trainer(tmp_path / "other", "tok-b").initialize_from(tmp_path / "source")
+
+
+def test_init_from_a_folder_without_checkpoints_is_refused(tmp_path):
+    with pytest.raises(TrainingError, match=f"train.init_from: {tmp_path} is not a checkpoint"):
+        tokenized_trainer(tmp_path / "run", "tok").initialize_from(tmp_path)
+
+
+def test_a_truncated_checkpoint_is_skipped_for_the_previous_one(tmp_path, caplog):
+    trainer(tmp_path, config(max_steps=20)).train(until_step=10)
+    weights = tmp_path / "step-00000010" / "model.pt"
+    weights.write_bytes(weights.read_bytes()[:100])
+    assert latest_checkpoint(tmp_path).name == "step-00000005"
+    damaged = tmp_path / "step-00000010"
+    assert f"{damaged}: damaged checkpoint (model.pt has 100 bytes" in caplog.text
+
+
+def test_an_unloadable_checkpoint_is_skipped_for_the_previous_one(tmp_path, caplog):
+    trainer(tmp_path, config(max_steps=20)).train(until_step=10)
+    weights = tmp_path / "step-00000010" / "model.pt"
+    weights.write_bytes(b"\0" * weights.stat().st_size)  # same size, not a torch file
+    resumed = trainer(tmp_path, config(max_steps=20))
+    assert resumed.resume_latest(tmp_path).name == "step-00000005" and resumed.step == 5
+    assert f"{weights}: cannot be loaded" in caplog.text
+
+
+def test_resume_drops_the_metric_lines_a_killed_run_wrote_after_its_checkpoint(tmp_path):
+    trainer(tmp_path, config(max_steps=20, checkpoint_every=5)).train(until_step=8)
+    shutil.rmtree(tmp_path / "step-00000008")  # as if killed at step 8, before its checkpoint
+    resumed = trainer(tmp_path, config(max_steps=20, checkpoint_every=5))
+    resumed.resume_latest(tmp_path)
+    resumed.train()
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines if m["key"] == "train/loss"] == list(range(1, 21))
+
+
+def test_ranks_draw_windows_from_disjoint_contiguous_shares():
+    tokens = np.arange(1000, dtype=np.uint16)
+    shares = [TokenBatches(tokens, 16, 64, 0, rank=r, world_size=2) for r in range(2)]
+    starts = [set(itertools.chain(*(s.sample_starts() for _ in range(20)))) for s in shares]
+    assert max(starts[0]) + 16 < 500 <= min(starts[1]) and max(starts[1]) + 16 < 1000
+    with pytest.raises(TrainingError, match=r"rank 1's share of the train split .* 3 processes"):
+        TokenBatches(tokens[:40], 16, 2, 0, rank=1, world_size=3)
+
+
+def test_flops_per_token_match_the_sizing_helper():
+    from lm.sizing import size_model
+
+    model = GPTConfig(block_size=32, n_layer=2, n_head=2, n_embd=32, pos="learned")
+    expected = size_model(model, config(), VOCAB).flops_per_token
+    assert flops_per_token(build_model(model, VOCAB), 32) == expected
+
+
+def test_mfu_peaks_are_matched_by_device_name():
+    assert peak_flops_of("NVIDIA H100 80GB HBM3") == 989e12
+    assert peak_flops_of("NVIDIA H100 PCIe") == 756e12
+    assert peak_flops_of("NVIDIA GeForce GTX 1080") is None
+
+
+def test_auto_compile_and_precision_resolve_per_device():
+    auto = config(compile="auto", precision="auto")
+    assert not compile_wanted(auto, torch.device("cpu"))
+    assert compile_wanted(auto, torch.device("cuda"))
+    assert autocast_dtype(auto, torch.device("cpu")) is None
+    assert autocast_dtype(auto, torch.device("cuda")) == torch.bfloat16
+
+
+# -- kill -9 -------------------------------------------------------------------------------------
+
+
+def worker_job(folder) -> None:
+    from lm.train_worker import TokenFile, WorkerSpec, write_spec
+
+    folder.mkdir(parents=True)
+    TRAIN.astype("<u2").tofile(folder / "train.bin")
+    VAL.astype("<u2").tofile(folder / "val.bin")
+    model = GPTConfig(block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.1)
+    settings = config(max_steps=60, checkpoint_every=10, eval_every=20)
+    write_spec(folder, WorkerSpec(
+        model=model, train=settings, vocab_size=VOCAB, tokenizer_digest="tok",
+        train_tokens=TokenFile(path=str(folder / "train.bin"), dtype="<u2"),
+        val_tokens=TokenFile(path=str(folder / "val.bin"), dtype="<u2"),
+    ))  # fmt: skip
+
+
+def start_worker(folder) -> subprocess.Popen:
+    command = [sys.executable, "-m", "lm.train_worker", str(folder)]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}  # see one_thread
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)  # fmt: skip
+
+
+def logged(folder) -> list[tuple[str, int, float]]:
+    lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    return [(m["key"], m["step"], m["value"]) for m in lines if m["key"] != "train/tokens_per_s"]
+
+
+@pytest.mark.slow
+def test_a_run_killed_with_sigkill_and_rerun_ends_exactly_as_an_uninterrupted_one(tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    worker_job(straight)
+    worker_job(killed)
+    uninterrupted = start_worker(straight)  # alongside: two processes, two cores
+    victim = start_worker(killed)
+    try:
+        deadline = time.monotonic() + 300  # generous: only a broken run waits this long
+        while not list(killed.glob("step-*/DONE")):
+            assert victim.poll() is None, victim.stderr.read().decode()
+            assert time.monotonic() < deadline, "no checkpoint within 300 s"
+            time.sleep(0.005)
+        victim.send_signal(signal.SIGKILL)
+        assert victim.wait() == -signal.SIGKILL  # killed mid-run, not finished
+        assert not (killed / "result.json").exists()
+        rerun = start_worker(killed)
+        outputs = [p.communicate(timeout=300)[1].decode() for p in (rerun, uninterrupted)]
+    finally:
+        for process in (victim, uninterrupted, locals().get("rerun")):
+            if process is not None and process.poll() is None:
+                process.kill()
+    assert rerun.returncode == uninterrupted.returncode == 0, outputs
+    assert "train: resumed from" in outputs[0]
+    assert logged(killed) == logged(straight)
+    final = "step-00000060/model.pt"
+    weights = torch.load(killed / final, weights_only=True)
+    for name, tensor in torch.load(straight / final, weights_only=True).items():
+        assert torch.equal(tensor, weights[name]), name
+
+
+def test_the_train_stage_key_follows_the_init_from_weights_not_just_their_path(tmp_path):
+    from storage.artifacts import Descriptor
+    from tasks.train import train_key
+
+    shards = Descriptor("shards", "s", "s", "s1")
+    tokenizer = Descriptor("tokenizer", "t", "t", "t1")
+    source = tokenized_trainer(tmp_path, "t1")
+    source.save("best")
+    continued = config(init_from=str(tmp_path))
+    first = train_key(shards, tokenizer, SMALL_GPT, continued)
+    assert first != train_key(shards, tokenizer, SMALL_GPT, config())
+    source.train_step()
+    source.save("best")  # new weights at the same path
+    assert train_key(shards, tokenizer, SMALL_GPT, continued) != first

@@ -1,0 +1,111 @@
+"""Checkpoint folders, without torch: which ones are complete and intact, which one to resume
+from, which one a run continues from (`init_from`), and the digest of its weights.
+
+A checkpoint is a directory written under a staging name and renamed, with `DONE` written last
+(after llm.c). Its `checkpoint.json` records the step, the tokenizer digest, how many ranks
+wrote it, the byte size of every file and the sha256 of the weights: a checkpoint whose files
+are missing or shorter than recorded (a disk that filled up, a copy cut short) is skipped for
+the previous one rather than loaded. The loader in `lm.train` also falls back when a file of the
+right size will not load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+from lm.train_config import TrainingError
+
+logger = logging.getLogger("lm.train")
+DONE_MARKER = "DONE"
+INFO_FILE = "checkpoint.json"
+WEIGHTS_FILE = "model.pt"
+
+
+def read_info(checkpoint: Path) -> dict:
+    """`checkpoint.json`, or `{}` for checkpoints written before it existed."""
+    path = checkpoint / INFO_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        logger.warning("%s: unreadable (%s)", path, error)
+        return {}
+
+
+def damage(checkpoint: Path) -> str | None:
+    """Why this complete checkpoint cannot be trusted, or None if its files are whole."""
+    recorded = read_info(checkpoint).get("files", {})
+    for name, size in recorded.items():
+        path = checkpoint / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, {size} were written"
+    if not (checkpoint / WEIGHTS_FILE).is_file():
+        return f"{WEIGHTS_FILE} is missing"
+    return None
+
+
+def complete_checkpoints(folder: Path) -> list[Path]:
+    """Step checkpoints with a `DONE` marker, oldest first (whole or not)."""
+    complete = [p for p in folder.glob("step-*") if (p / DONE_MARKER).is_file()]
+    return sorted(complete, key=lambda p: int(p.name.split("-")[1]))
+
+
+def usable_checkpoints(folder: Path) -> list[Path]:
+    """Complete, intact step checkpoints, newest first; the others are skipped with a warning
+    naming them."""
+    if not folder.is_dir():
+        return []
+    for partial in folder.glob("step-*"):
+        if not (partial / DONE_MARKER).is_file() and ".partial" not in partial.name:
+            logger.warning("%s: incomplete checkpoint (no DONE marker), skipped", partial)
+    usable = []
+    for checkpoint in reversed(complete_checkpoints(folder)):
+        problem = damage(checkpoint)
+        if problem:
+            logger.warning("%s: damaged checkpoint (%s), skipped", checkpoint, problem)
+        else:
+            usable.append(checkpoint)
+    return usable
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The newest complete and intact checkpoint; the others are skipped with a warning."""
+    usable = usable_checkpoints(folder)
+    return usable[0] if usable else None
+
+
+def resolve_init_from(path: Path) -> Path:
+    """The checkpoint a run starts from: `path` itself if it is one, else its `best/`, its
+    `final/`, or its newest step checkpoint (a trained model folder or a work folder)."""
+    if (path / DONE_MARKER).is_file() and (path / WEIGHTS_FILE).is_file():
+        return path
+    for name in ("best", "final"):
+        if (path / name / DONE_MARKER).is_file() and (path / name / WEIGHTS_FILE).is_file():
+            return path / name
+    newest = latest_checkpoint(path)
+    if newest is not None:
+        return newest
+    raise TrainingError(
+        f"train.init_from: {path} is not a checkpoint (a folder with {WEIGHTS_FILE} and "
+        f"{DONE_MARKER}) nor a trained model folder holding best/ or final/"
+    )
+
+
+def weights_digest(checkpoint: Path) -> str:
+    """The sha256 of the checkpoint's weights: recorded when it was saved, computed otherwise."""
+    recorded = read_info(checkpoint).get("weights_sha256")
+    return recorded or file_sha256(checkpoint / WEIGHTS_FILE)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as data:
+        for block in iter(lambda: data.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,268 @@
+"""Several processes training one model: the pieces the Trainer uses under `torchrun`, and the
+launcher the train stage uses to start it.
+
+Under `torchrun`, every process (rank) runs the same training loop. With `parallel = "ddp"` each
+rank holds the whole model and DistributedDataParallel averages the gradients; with `"fsdp"`
+(FSDP2, `fully_shard`) parameters, gradients and optimizer state are sharded across ranks, for
+models that do not fit one GPU: each repeated layer (every module of an `nn.ModuleList`, the
+transformer's blocks) is one shard unit, the rest belongs to the root. The backend is NCCL on
+CUDA and gloo on CPU, where both DDP and FSDP2 run (slowly, but enough to test the real code).
+
+Checkpoints hold full, unsharded state dicts gathered to rank 0, so a checkpoint written by any
+number of ranks loads into a single process for evaluation or generation.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from lm.train_config import TrainingError
+
+logger = logging.getLogger("lm.train")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place among the training processes (`torchrun` sets RANK, WORLD_SIZE
+    and LOCAL_RANK; a plain process is rank 0 of 1)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> Ranks:
+        try:
+            return cls(
+                rank=int(os.environ.get("RANK", 0)),
+                world_size=int(os.environ.get("WORLD_SIZE", 1)),
+                local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+            )
+        except ValueError as error:
+            raise TrainingError(f"RANK/WORLD_SIZE/LOCAL_RANK are not integers: {error}") from None
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone writes checkpoints, metrics and progress lines."""
+        return self.rank == 0
+
+
+def init_process_group(ranks: Ranks, device: torch.device) -> None:
+    """Join the process group (once per process): NCCL for CUDA, gloo for CPU."""
+    if not ranks.distributed or dist.is_initialized():
+        return
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+
+
+def shard_units(module: nn.Module) -> list[nn.Module]:
+    """The modules FSDP shards one by one: the members of every `nn.ModuleList` (repeated
+    layers), so only one layer's full parameters exist at a time."""
+    return [layer for child in module.modules() if isinstance(child, nn.ModuleList)
+            for layer in child]  # fmt: skip
+
+
+def wrap_model(module: nn.Module, parallel: str, device: torch.device) -> nn.Module:
+    """DDP around the module, or FSDP2 sharding it in place (the module itself is returned)."""
+    if parallel == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in shard_units(module):
+            fully_shard(layer)
+        fully_shard(module)
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=device_ids)
+
+
+@contextlib.contextmanager
+def gradient_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
+    """Skip the gradient all-reduce on micro-batches before the last of an accumulation: the
+    gradients add up locally and are reduced once per optimizer step. A plain module (one
+    process) has nothing to skip."""
+    if enabled:
+        yield
+    elif hasattr(model, "no_sync"):  # DDP
+        with model.no_sync():
+            yield
+    elif hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        yield
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """The sums over ranks (identity in a single process); one collective for all values."""
+    if not dist.is_initialized():
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor.tolist()
+
+
+def all_gather(value: object) -> list[object]:
+    """Every rank's `value`, in rank order (`[value]` in a single process)."""
+    if not dist.is_initialized():
+        return [value]
+    gathered: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def _full_options(**extra):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True, **extra)
+
+
+def full_model_state(module: nn.Module, parallel: str) -> dict:
+    """The unsharded state dict (on rank 0; other ranks may get `{}`). Every rank must call it
+    under FSDP: gathering the shards is a collective."""
+    if parallel == "fsdp" and dist.is_initialized():
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        return get_model_state_dict(module, options=_full_options())
+    return module.state_dict()
+
+
+def full_optimizer_state(module: nn.Module, optimizer, parallel: str) -> dict:
+    if parallel == "fsdp" and dist.is_initialized():
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        return get_optimizer_state_dict(module, optimizer, options=_full_options())
+    return optimizer.state_dict()
+
+
+def load_model_state(module: nn.Module, state: dict, parallel: str) -> None:
+    """Load a full state dict; under FSDP each rank keeps its own shards of it."""
+    if parallel == "fsdp" and dist.is_initialized():
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+        )
+
+        set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True))
+        return
+    module.load_state_dict(state)
+
+
+def load_optimizer_state(module: nn.Module, optimizer, state: dict, parallel: str) -> None:
+    if parallel == "fsdp" and dist.is_initialized():
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_optimizer_state_dict,
+        )
+
+        options = StateDictOptions(full_state_dict=True)
+        set_optimizer_state_dict(module, optimizer, state, options=options)
+        return
+    optimizer.load_state_dict(state)
+
+
+# -- launching -------------------------------------------------------------------------------
+
+STDERR_TAIL_LINES = 40
+LAUNCHER_FAILURE = "failed (exitcode"
+# torchrun's own log lines (glog style: "E1123 04:08:50.338000 27577 path:line] message").
+LAUNCHER_LOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ .*\] ")
+
+
+def torchrun_command(nproc_per_node: int, module: str, *args: str) -> list[str]:
+    """`python -m torch.distributed.run --standalone --nproc_per_node=N -m MODULE ARGS`: the
+    same interpreter as this process, so the ranks see the same packages."""
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        f"--nproc_per_node={nproc_per_node}", "-m", module, *args,
+    ]  # fmt: skip
+
+
+def run_torchrun(
+    nproc_per_node: int,
+    module: str,
+    *args: str,
+    log: Callable[[str], None] | None = None,
+    env: dict[str, str] | None = None,
+) -> None:
+    """Run `module` as `nproc_per_node` ranks and wait; every line the ranks print goes to
+    `log` (default: this module's logger at INFO). A failure raises `TrainingError` with the
+    end of the error output, where the failing rank's traceback is. If this process is
+    interrupted, the ranks are stopped rather than left training."""
+    log = log or logger.info
+    environment = dict(os.environ if env is None else env)
+    # The ranks must import `lm` even when it is not installed: the repository root on the path.
+    paths = [str(REPO_ROOT), *filter(None, environment.get("PYTHONPATH", "").split(os.pathsep))]
+    environment["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    # torchrun would give each rank one thread; share the cores instead (CPU ranks use them).
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    environment.setdefault("OMP_NUM_THREADS", str(max(1, (cores or 1) // nproc_per_node)))
+    command = torchrun_command(nproc_per_node, module, *args)
+    tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
+        cwd=REPO_ROOT, bufsize=1,
+    )  # fmt: skip
+
+    launcher_failed = threading.Event()
+
+    def pump(stream, keep: bool) -> None:
+        for line in stream:
+            line = line.rstrip("\n")
+            log(line)
+            # After torchrun reports a failed rank it prints its own traceback and a summary:
+            # the tail keeps what the ranks said, and torchrun's one line naming the rank.
+            if keep and not launcher_failed.is_set():
+                if LAUNCHER_FAILURE in line:
+                    launcher_failed.set()
+                    tail.append(line.split("] ", 1)[-1])
+                elif not LAUNCHER_LOG_LINE.match(line):
+                    tail.append(line)
+
+    readers = [
+        threading.Thread(target=pump, args=(process.stdout, False), daemon=True),
+        threading.Thread(target=pump, args=(process.stderr, True), daemon=True),
+    ]
+    for reader in readers:
+        reader.start()
+    try:
+        code = process.wait()
+    finally:
+        if process.poll() is None:  # interrupted: torchrun forwards SIGTERM to its ranks
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        for reader in readers:
+            reader.join(timeout=5)
+    if code != 0:
+        ending = "\n".join(tail) or "(no error output)"
+        raise TrainingError(
+            f"training with torchrun ({nproc_per_node} processes, `{' '.join(command[1:])}`) "
+            f"failed with exit code {code}; the end of its error output:\n{ending}"
+        )

@@ -1,0 +1,56 @@
+"""Run by tests/test_distributed.py as every rank of `torchrun`: trains through the real
+`lm.train_worker`, then writes `rank-<r>.json` beside the checkpoints with the window starts
+this rank read and a digest of its full weights, so the test can compare the ranks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+from lm import train_worker
+from lm.distributed import full_model_state
+from lm.train import TokenBatches
+
+_sample_starts = TokenBatches.sample_starts
+
+
+def _recording_sample_starts(self: TokenBatches) -> list[int]:
+    starts = _sample_starts(self)
+    self.read = [*getattr(self, "read", []), *starts]
+    return starts
+
+
+def weights_digest(state: dict) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        digest.update(name.encode())
+        digest.update(state[name].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def main(work: Path) -> None:
+    train_worker.configure_logging()
+    TokenBatches.sample_starts = _recording_sample_starts
+    trainer, _ = train_worker.train_in(work)
+    # Under FSDP only rank 0 receives the gathered weights; every rank must take part.
+    state = full_model_state(trainer.module, trainer.parallel)
+    report = {
+        "rank": trainer.ranks.rank,
+        "world_size": trainer.ranks.world_size,
+        "starts": trainer.train_batches.read,
+        "share": [trainer.train_batches.low, trainer.train_batches.high],
+        "weights": weights_digest(state) if state else None,
+    }
+    (work / f"rank-{trainer.ranks.rank}.json").write_text(json.dumps(report))
+
+
+if __name__ == "__main__":
+    import torch.distributed as dist
+
+    try:
+        main(Path(sys.argv[1]))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,133 @@
+"""Training in several processes under the real `torchrun` (gloo on CPU): the ranks agree on
+the weights, read disjoint data, and a failing rank surfaces as a clear error."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lm.distributed import run_torchrun
+from lm.models.config import GPTConfig
+from lm.models.registry import build_model
+from lm.train import TrainConfig, TrainingError, val_loss_of
+from lm.train_worker import TokenFile, WorkerSpec, read_result, write_spec
+from tests.distributed_probe import weights_digest
+
+VOCAB = 20
+GPT = GPTConfig(block_size=16, n_layer=2, n_head=2, n_embd=16)
+STEPS = 6
+
+
+def periodic_tokens(length: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    tokens = np.tile(rng.integers(0, VOCAB, 7), length // 7 + 1)[:length]
+    noise = rng.random(length) < 0.05
+    tokens[noise] = rng.integers(0, VOCAB, noise.sum())
+    return tokens.astype("<u2")
+
+
+def write_job(folder, **train) -> WorkerSpec:
+    """Token files and a worker spec in `folder`, as the train stage writes them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, length in (("train", 4000), ("val", 1000)):
+        periodic_tokens(length, seed=len(split)).tofile(folder / f"{split}.bin")
+    settings = TrainConfig(**({
+        "max_steps": STEPS, "micro_batch": 2, "global_batch": 8, "block_size": 16,
+        "learning_rate": 3e-3, "warmup_steps": 1, "eval_every": 3, "eval_batches": 3,
+        "checkpoint_every": 3, "device": "cpu", "nproc_per_node": 2,
+    } | train))  # fmt: skip
+    spec = WorkerSpec(
+        model=GPT, train=settings, vocab_size=VOCAB, tokenizer_digest="tok-1",
+        train_tokens=TokenFile(path=str(folder / "train.bin"), dtype="<u2"),
+        val_tokens=TokenFile(path=str(folder / "val.bin"), dtype="<u2"),
+    )  # fmt: skip
+    write_spec(folder, spec)
+    return spec
+
+
+def rank_reports(folder) -> list[dict]:
+    return [json.loads((folder / f"rank-{r}.json").read_text()) for r in range(2)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_ranks_agree_on_the_weights_and_read_disjoint_data(tmp_path, parallel):
+    spec = write_job(tmp_path, parallel=parallel)
+    lines: list[str] = []
+    run_torchrun(2, "tests.distributed_probe", str(tmp_path), log=lines.append)
+
+    first, second = rank_reports(tmp_path)
+    if parallel == "ddp":  # each rank holds the whole model: the copies must be identical
+        assert first["weights"] == second["weights"]
+    assert set(first["starts"]).isdisjoint(second["starts"])
+    # 8 sequences per step = 2 per micro-batch × 2 micro-batches × 2 ranks.
+    assert len(first["starts"]) == len(second["starts"]) == STEPS * 4
+    for report in (first, second):  # every window lies inside the rank's own share
+        low, high = report["share"]
+        assert all(low <= s and s + 17 <= high for s in report["starts"])
+
+    result = read_result(tmp_path)
+    assert (result["world_size"], result["parallel"], result["steps"]) == (2, parallel, STEPS)
+    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if m["key"] == "train/loss"] == list(range(1, STEPS + 1))
+    assert any("rank 0 INFO lm.train: train: started afresh" in line for line in lines)
+
+    # Checkpoints hold full weights: the last one is what the ranks ended with, and the best
+    # one, loaded into one process, scores there what the ranks measured together.
+    final = torch.load(tmp_path / f"step-{STEPS:08d}" / "model.pt", weights_only=True)
+    assert weights_digest(final) == first["weights"]
+    model = build_model(GPT, VOCAB)
+    model.load_state_dict(torch.load(tmp_path / "best" / "model.pt", weights_only=True))
+    val = np.fromfile(tmp_path / "val.bin", dtype="<u2")
+    assert math.isclose(val_loss_of(model, val, spec.train), result["best_val_loss"],
+                        rel_tol=1e-5)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_failing_rank_raises_with_the_end_of_its_error_output(tmp_path):
+    with pytest.raises(TrainingError) as failure:
+        run_torchrun(2, "lm.train_worker", str(tmp_path / "nowhere"), log=lambda line: None)
+    message = str(failure.value)
+    assert "failed with exit code" in message
+    assert "worker.json: no worker spec" in message
+
+
+def test_global_batch_must_divide_over_micro_batch_and_processes():
+    with pytest.raises(ValueError, match=r"global_batch \(12\) must be a multiple of micro_batch"
+                       r" \(4\) × nproc_per_node \(2\) = 8"):  # fmt: skip
+        TrainConfig(micro_batch=4, global_batch=12, nproc_per_node=2)
+
+
+@pytest.mark.slow
+def test_the_train_stage_runs_torchrun_and_publishes_the_usual_model_folder(workspace, tmp_path):
+    from flows.pipeline import lm_pipeline
+    from tests.helpers import prose, write_config
+
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    for index in range(12):
+        (texts / f"doc{index:02d}.txt").write_text(prose(index, 150))
+    config = write_config(tmp_path / "small.toml", [{"path": str(texts)}])
+    overrides = [
+        'model.kind="gpt"', "model.block_size=16", "model.n_layer=1", "model.n_head=2",
+        "model.n_embd=16", "train.max_steps=6", "train.micro_batch=2", "train.global_batch=4",
+        "train.eval_every=3", "train.checkpoint_every=3", "train.eval_batches=2",
+        "split.val=0.3", "train.nproc_per_node=2", 'train.device="cpu"',
+    ]  # fmt: skip
+    summary = lm_pipeline(config=str(config), overrides=overrides)
+    [model] = summary["models"]
+    assert (model["steps"], model["processes"], model["tokens_seen"]) == (6, 2, 6 * 4 * 16)
+    folder = workspace.resolve(model["path"])
+    for part in ("best/model.pt", "final/DONE", "tokenizer/tokenizer.json", "model.json",
+                 "train.json", "stats.json", "metrics.jsonl"):  # fmt: skip
+        assert (folder / part).is_file(), part
+    assert json.loads((folder / "final" / "checkpoint.json").read_text())["world_size"] == 2
+    losses = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in losses if m["key"] == "train/loss"] == list(range(1, 7))
+    val_losses = [m["value"] for m in losses if m["key"] == "val/loss"]
+    trained = json.loads((folder / "stats.json").read_text())  # the train stage's own numbers
+    assert len(val_losses) == 2 and trained["val_loss"] == pytest.approx(min(val_losses))
