@@ -1,0 +1,226 @@
+"""The model ladder on a names list: test NLL (nats per character, the end-of-name mark counted)
+and training time of every model that `configs/names.toml` trains.
+
+    .venv/bin/python bench/bench_ladder.py                          # ../shared/data/names.txt
+    .venv/bin/python bench/bench_ladder.py other_names.txt --only gpt --config my_ladder.toml
+
+It runs what `lmforge run configs/names.toml --set 'ingest.sources=[...]'` runs, stage by stage
+through the real stage functions (ingest, clean, the 80/10/10 hash split, the character
+tokenizer, shards, then the train stage once per `[[models]]` entry), without the Prefect engine,
+in its own workspace (`--workspace`; outputs are content-addressed, so a second run reuses them
+and reports the first run's training times). Each trained model (its `best/` checkpoint, as the
+pipeline publishes it) is then scored on the **whole** test split: every test character and
+every end-of-name mark is predicted once, each name alone from the start mark (end-of-text), as
+makemore scores it (`score_per_document`); the `stream` column scores the test shard as one
+stream instead, with earlier names in the context (`score_whole_split`).
+
+Targets (makemore's): bigram-count 2.45 ± 0.01, mlp ≤ 2.10, gpt ≤ 1.92.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from lm.config import PipelineConfig, load_config  # noqa: E402
+from lm.models.base import LanguageModel  # noqa: E402
+
+DEFAULT_NAMES = REPO.parent / "shared" / "data" / "names.txt"
+TARGETS = {"bigram-count": (2.44, 2.46), "mlp": (0.0, 2.10), "gpt": (0.0, 1.92)}
+EVAL_WINDOW = 256  # tokens per scoring window for models that read a fixed short context
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """What the data stages produced: descriptors for the train stage and the token shards."""
+
+    shards: object  # storage.artifacts.Descriptor
+    tokenizer: object
+    shard_folder: Path
+    eot_id: int
+    vocab_size: int
+
+
+def prepare_data(settings: PipelineConfig) -> PreparedData:
+    """Ingest → clean → tokenizer → encode, through the stage functions (cached by key)."""
+    from lm.tokenizer import load_tokenizer
+    from storage.workspace import Workspace
+    from tasks.clean import clean_task
+    from tasks.encode import encode_task
+    from tasks.ingest import ingest_task
+    from tasks.tokenizer import tokenizer_task
+
+    workspace = Workspace.from_env().ensure()
+    raw = ingest_task.fn(settings.ingest)
+    corpus = clean_task.fn(raw, settings.clean, settings.split)
+    tokenizer = tokenizer_task.fn(corpus, settings.tokenizer)
+    shards = encode_task.fn(corpus, tokenizer, settings.split)
+    model = load_tokenizer(workspace.resolve(tokenizer.path))
+    return PreparedData(
+        shards, tokenizer, workspace.resolve(shards.path), model.eot_id, model.vocab_size
+    )
+
+
+def shard_tokens(data: PreparedData, split: str) -> np.ndarray:
+    from storage.shards import open_shard
+
+    tokens, _ = open_shard(data.shard_folder / f"{split}.bin", data.tokenizer.digest)
+    return np.asarray(tokens, dtype=np.int64)
+
+
+def trained_model(descriptor) -> LanguageModel:
+    """The model a train artifact publishes (its `best/` checkpoint), in eval mode."""
+    from lm.evaluate import load_trained
+    from storage.workspace import Workspace
+
+    model, _ = load_trained(Workspace.from_env().resolve(descriptor.path))
+    return model
+
+
+@torch.no_grad()
+def score_whole_split(
+    model: LanguageModel, tokens: np.ndarray, start_id: int, window: int, overlap: int,
+    batch: int = 64,
+) -> tuple[float, int]:  # fmt: skip
+    """Mean NLL (nats) over every token of `tokens`, each predicted exactly once, and the count.
+
+    The stream is `start_id` followed by the tokens, so the first token is predicted too.
+    Windows of `window` tokens advance by `window - overlap`; in each, only the targets that no
+    earlier window scored count, so every target after the first window sees at least
+    `overlap` tokens of context (a transformer: half its block; an MLP: its whole context)."""
+    stream = torch.from_numpy(np.concatenate([[start_id], tokens]).astype(np.int64))
+    targets = len(stream) - 1
+    window = min(window, targets)
+    stride = window - overlap
+    starts = list(range(0, targets - window + 1, stride))
+    if starts[-1] != targets - window:
+        starts.append(targets - window)
+    total, counted, next_target = 0.0, 0, 0
+    for first in range(0, len(starts), batch):
+        group = starts[first : first + batch]
+        x = torch.stack([stream[s : s + window] for s in group])
+        y = torch.stack([stream[s + 1 : s + window + 1] for s in group])
+        logits, _ = model(x)
+        nats = F.cross_entropy(
+            logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none"
+        ).view(len(group), window)
+        for row, start in enumerate(group):
+            new = next_target - start  # targets before this one were scored by earlier windows
+            total += nats[row, new:].double().sum().item()
+            counted += window - new
+            next_target = start + window
+    assert counted == targets, (counted, targets)
+    return total / counted, counted
+
+
+@torch.no_grad()
+def score_per_document(
+    model: LanguageModel, tokens: np.ndarray, eot_id: int, batch: int = 256
+) -> tuple[float, int]:
+    """Mean NLL (nats) of each document scored alone, as makemore scores a name: the input is
+    the start mark (end-of-text) and the document, the targets the document and its end mark,
+    with no context from the documents around it."""
+    ends = np.flatnonzero(tokens == eot_id)
+    documents = [
+        tokens[start:end] for start, end in zip(np.r_[0, ends[:-1] + 1], ends, strict=True)
+    ]
+    longest = max(len(d) for d in documents) + 1
+    if model.config.kind == "gpt" and longest > model.block_size:
+        raise ValueError(f"a document of {longest - 1} tokens does not fit block_size "
+                         f"{model.block_size}: raise the GPT's block_size")  # fmt: skip
+    total, counted = 0.0, 0
+    for first in range(0, len(documents), batch):
+        group = documents[first : first + batch]
+        x = torch.full((len(group), longest), eot_id, dtype=torch.long)
+        y = torch.full((len(group), longest), -100, dtype=torch.long)  # -100: not a target
+        for row, document in enumerate(group):
+            x[row, 1 : len(document) + 1] = torch.from_numpy(document)
+            y[row, : len(document)] = torch.from_numpy(document)
+            y[row, len(document)] = eot_id
+        logits, _ = model(x)  # causal: the padding after a document cannot change its scores
+        total += F.cross_entropy(
+            logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum"
+        ).item()
+        counted += int((y != -100).sum())
+    return total / counted, counted
+
+
+def scoring_shape(model: LanguageModel) -> tuple[int, int]:
+    """(window, overlap) for `score_whole_split`: a transformer reads its block with at least
+    half of it as context; a model with a fixed context (bigram: 1, MLP: `context`) needs
+    `context - 1` tokens before each scored position."""
+    if model.config.kind == "gpt":
+        return model.block_size, model.block_size // 2
+    return EVAL_WINDOW, model.block_size - 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="?", default=str(DEFAULT_NAMES),
+                        help="a names file, one name per line")  # fmt: skip
+    parser.add_argument("--config", default="names", help="the ladder preset")
+    parser.add_argument("--set", action="append", default=[], dest="overrides",
+                        help="KEY.PATH=VALUE override, as `lmforge run --set`")  # fmt: skip
+    parser.add_argument("--workspace", default="/tmp/lmforge-bench-ladder")
+    parser.add_argument("--only", action="append", default=[], help="train only these labels")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (1 is faster on a busy machine)"
+    )
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    os.environ["LMFORGE_HOME"] = str(Path(args.workspace).resolve())
+    names = Path(args.names).resolve()
+    source = f'ingest.sources=[{{ path = "{names}", one_doc_per_line = true }}]'
+    settings = load_config(args.config, [source, *args.overrides])
+
+    from tasks.train import train_task
+
+    started = time.perf_counter()
+    data = prepare_data(settings)
+    split_stats = data.shards.stats["splits"]
+    print(f"data: {names} → " + ", ".join(
+        f"{split} {s['documents']} names / {s['tokens']} tokens" for split, s in split_stats.items()
+    ) + f" ({time.perf_counter() - started:.1f}s)")  # fmt: skip
+    test_tokens = shard_tokens(data, "test")
+    rows = []
+    for run in settings.model_runs():
+        if args.only and run.label not in args.only:
+            continue
+        trained = train_task.fn(data.shards, data.tokenizer, run.model, run.train)
+        model = trained_model(trained)
+        window, overlap = scoring_shape(model)
+        test_nll, count = score_per_document(model, test_tokens, data.eot_id)
+        stream_nll, _ = score_whole_split(model, test_tokens, data.eot_id, window, overlap)
+        low, high = TARGETS.get(run.model.kind, (0.0, float("inf")))
+        rows.append((run.label, trained.stats["parameters"], trained.stats["steps"],
+                     trained.stats["val_loss"], test_nll, stream_nll, count,
+                     trained.stats["seconds"], low <= test_nll <= high))  # fmt: skip
+        print(f"{run.label}: test NLL {test_nll:.4f} over {count} characters")
+    print()
+    print(f"{'model':<14}{'params':>9}{'steps':>7}{'val(sample)':>13}{'test NLL':>10}"
+          f"{'stream':>8}{'chars':>8}{'train s':>9}  target")  # fmt: skip
+    for label, params, steps, val, test, stream, count, seconds, met in rows:
+        print(f"{label:<14}{params:>9}{steps:>7}{val:>13.4f}{test:>10.4f}{stream:>8.4f}"
+              f"{count:>8}{seconds:>9.1f}  {'met' if met else 'MISSED'}")  # fmt: skip
+    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads. test NLL: every test "
+          "name scored alone from the start mark (makemore's), nats per character including "
+          "each end-of-name mark; stream: the test shard scored as one stream, previous names "
+          "in context")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

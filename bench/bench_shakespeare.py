@@ -1,0 +1,94 @@
+"""nanoGPT's character-level Shakespeare on CPU, as `configs/shakespeare.toml` trains it: val
+loss after 2000 iterations (nanoGPT reports about 1.88 for this shape) and tokens/s.
+
+    .venv/bin/python bench/bench_shakespeare.py        # ../shared/data/tinyshakespeare.txt
+    .venv/bin/python bench/bench_shakespeare.py input.txt --set train.max_steps=200
+
+The data stages and the train stage run through their real stage functions (no Prefect engine)
+in their own workspace (`--workspace`; a second run reuses its outputs and reports the first
+run's numbers). The val loss is reported two ways: the trainer's fixed sample (20 batches of 12
+windows, nanoGPT's `--eval_iters=20` estimate), and the whole val split, scored in consecutive
+64-token windows with every position counted, which is what nanoGPT's random-window estimate
+averages to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.bench_ladder import (  # noqa: E402
+    prepare_data,
+    score_whole_split,
+    shard_tokens,
+    trained_model,
+)
+from lm.config import load_config  # noqa: E402
+
+DEFAULT_TEXT = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+NANOGPT_VAL_LOSS = 1.88
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("text", nargs="?", default=str(DEFAULT_TEXT))
+    parser.add_argument("--set", action="append", default=[], dest="overrides",
+                        help="KEY.PATH=VALUE override, as `lmforge run --set`")  # fmt: skip
+    parser.add_argument("--workspace", default="/tmp/lmforge-bench-shakespeare")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (1 is faster on a busy machine)"
+    )
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    os.environ["LMFORGE_HOME"] = str(Path(args.workspace).resolve())
+    text = Path(args.text).resolve()
+    source = f'ingest.sources=[{{ path = "{text}", format = "text" }}]'
+    settings = load_config("shakespeare", [source, *args.overrides])
+
+    from storage.workspace import Workspace
+    from tasks.train import train_task
+
+    data = prepare_data(settings)
+    splits = data.shards.stats["splits"]
+    print(f"data: {text} → train {splits['train']['tokens']} / val {splits['val']['tokens']} "
+          f"characters, vocabulary {data.vocab_size}")  # fmt: skip
+    trained = train_task.fn(data.shards, data.tokenizer, settings.model, settings.train)
+    stats = trained.stats
+    folder = Workspace.from_env().resolve(trained.path)
+    rates = [
+        record["value"]
+        for record in map(json.loads, (folder / "metrics.jsonl").read_text().splitlines())
+        if record["key"] == "train/tokens_per_s"
+    ]
+    model = trained_model(trained)
+    block = settings.model.block_size
+    started = time.perf_counter()
+    val_loss, count = score_whole_split(model, shard_tokens(data, "val"), data.eot_id, block, 0)
+    print()
+    print(f"steps            {stats['steps']}")
+    print(f"parameters       {stats['parameters']}")
+    print(f"val loss         {stats['val_loss']:.4f}  (best fixed sample, 20 x 12 windows)")
+    print(f"val loss, whole  {val_loss:.4f}  ({count} characters, "
+          f"{time.perf_counter() - started:.1f}s)  nanoGPT: {NANOGPT_VAL_LOSS}")  # fmt: skip
+    print(f"train time       {stats['seconds']:.0f}s")
+    print(f"tokens/s         {stats['tokens_seen'] / stats['seconds']:.0f} overall, "
+          f"{rates[-1] if rates else float('nan'):.0f} at the end of training")  # fmt: skip
+    met = "yes" if val_loss <= NANOGPT_VAL_LOSS else "NO"
+    print(f"target met       {met} (≤ {NANOGPT_VAL_LOSS}, whole val split)")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+
+if __name__ == "__main__":
+    main()
