@@ -92,8 +92,8 @@ def main() -> None:
     if peak is None and args.device == "cuda":
         peak = peak_flops_of(torch.cuda.get_device_name())
     modes = [m.strip() for m in args.modes.split(",")]
-    print(f"shape {shape}, device {args.device}, torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}, {args.steps} steps × {args.repeats} repeats")  # fmt: skip
+    print(f"shape {shape}, device {args.device}, torch {torch.__version__}, threads "
+          f"{torch.get_num_threads()}, {args.steps} steps × {args.repeats} repeats")  # fmt: skip
 
     trainers, rates = {}, {m: [] for m in modes}
     for label in modes:

@@ -225,7 +225,7 @@ def run_torchrun(
     tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
-        cwd=REPO_ROOT, bufsize=1,
+        bufsize=1,
     )  # fmt: skip
 
     launcher_failed = threading.Event()
