@@ -171,12 +171,22 @@ def test_a_sequence_longer_than_the_context_is_refused():
 def test_a_w2v_model_section_parses_and_says_it_needs_vectors_of_its_size():
     from lm.config import ConfigError, parse_config
 
-    data = {"ingest": {"sources": ["x.txt"]}, "model": {"kind": "w2v", "vector_size": 50}}
+    pieces = {"enabled": True, "input": "pieces", "vector_size": 50}
+    data = {
+        "ingest": {"sources": ["x.txt"]},
+        "word2vec": pieces,
+        "model": {"kind": "w2v", "vector_size": 50},
+    }
     model = parse_config(data, origin="test.toml").model
     assert isinstance(model, W2VConfig) and model.freeze
     assert uses_word2vec(model) and word2vec_width(model) == 50
     with pytest.raises(ConfigError, match=r"test\.toml: unknown key 'model\.w2v\.nope'"):
         parse_config({**data, "model": {"kind": "w2v", "nope": 1}}, origin="test.toml")
+    # Said when the config loads, not after word2vec has trained.
+    with pytest.raises(ConfigError, match=r"must equal word2vec\.vector_size \(100\)"):
+        parse_config({**data, "word2vec": {**pieces, "vector_size": 100}}, origin="test.toml")
+    with pytest.raises(ConfigError, match=r'word2vec\.input = "pieces"'):
+        parse_config({**data, "word2vec": {**pieces, "input": "words"}}, origin="test.toml")
 
 
 def test_only_a_gpt_set_to_start_from_word2vec_needs_vectors_of_its_width():
