@@ -23,3 +23,9 @@ class LanguageModel(nn.Module):
         if targets is None:
             return None
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
+
+
+def context_windows(idx: torch.Tensor, context: int, pad_id: int) -> torch.Tensor:
+    """(batch, time, context): for each position t the tokens t-context+1 … t, padded with
+    `pad_id` before the sequence starts. The fixed-window models (MLP, w2v) read these."""
+    return F.pad(idx, (context - 1, 0), value=pad_id).unfold(1, context, 1)

@@ -5,10 +5,9 @@ before the start of the sequence read the end-of-text id, as makemore pads with 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from lm.models.base import LanguageModel
+from lm.models.base import LanguageModel, context_windows
 from lm.models.config import MLPConfig
 
 
@@ -39,8 +38,7 @@ class MLPModel(LanguageModel):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         batch, time = idx.shape
         context = self.config.context
-        padded = F.pad(idx, (context - 1, 0), value=self.pad_id)
-        windows = padded.unfold(1, context, 1)  # (batch, time, context)
+        windows = context_windows(idx, context, self.pad_id)
         features = self.embedding(windows).reshape(batch * time, -1)
         logits = self.head(self.hidden(features)).view(batch, time, -1)
         return logits, self.loss_of(logits, targets)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lm.models.base import LanguageModel
+from lm.models.base import LanguageModel, context_windows
 from lm.models.config import W2VConfig
 
 
@@ -62,8 +62,7 @@ class W2VModel(LanguageModel):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         batch, time = idx.shape
         context = self.config.context
-        padded = F.pad(idx, (context - 1, 0), value=self.pad_id)
-        windows = padded.unfold(1, context, 1)  # (batch, time, context): tokens t-context+1..t
+        windows = context_windows(idx, context, self.pad_id)
         features = F.embedding(windows, self.vectors).reshape(batch * time, -1)
         logits = self.head(self.hidden(features)).view(batch, time, -1)
         return logits, self.loss_of(logits, targets)
