@@ -262,6 +262,9 @@ class ModelRun:
 
 class PipelineConfig(StrictModel):
     name: str = DEFAULT_PRESET
+    # The run's seed: the training seed (initial weights, batch order) unless `[train]` sets
+    # its own. Data stages and evaluation windows keep their own seeds, so a seed sweep
+    # compares models on the same corpus and the same held-out windows.
     seed: int = 1337
     ingest: IngestConfig
     clean: CleanConfig = CleanConfig()
@@ -277,6 +280,16 @@ class PipelineConfig(StrictModel):
     retrain: RetrainConfig = RetrainConfig()
     ablation: AblationConfig = AblationConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _run_seed_seeds_training(cls, data):
+        if not isinstance(data, dict) or "seed" not in data:
+            return data
+        train = data.get("train", {})
+        if isinstance(train, dict) and "seed" not in train:
+            return {**data, "train": {**train, "seed": data["seed"]}}
+        return data
 
     @model_validator(mode="after")
     def _word2vec_models_have_piece_vectors(self) -> PipelineConfig:

@@ -1,7 +1,7 @@
 """The training engine: one loop for every gradient-trained model of the ladder.
 
 What it does, after nanoGPT's train.py and torchtitan's small honest pieces: picks the device
-(cuda > mps > cpu), AdamW with decay/no-decay groups (fused on CUDA), warmup then cosine or WSD
+(cuda > mps > cpu), AdamW with decay/no-decay groups (fused), warmup then cosine or WSD
 learning rate, gradient accumulation (micro-batch and global batch as separate knobs), gradient
 clipping, bf16 autocast and `torch.compile` (each "auto" by default: on for CUDA, off on CPU,
 where neither paid off when measured), evaluation on a fixed val sample every N steps, early
@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lm.batches import TokenBatches, make_batches
 from lm.checkpoints import (
     DONE_MARKER,
     INFO_FILE,
@@ -76,8 +77,6 @@ __all__ = [
 
 logger = logging.getLogger("lm.train")
 CHECKPOINT_FILES = (WEIGHTS_FILE, "optimizer.pt", "state.pt")
-# Rank r draws from generator seed + r·stride: distinct streams whatever the seed.
-RANK_SEED_STRIDE = 1_000_003
 # Dense bf16 tensor-core peaks (vendor datasheets, FLOP/s), matched against the CUDA device
 # name, longest name first: MFU is measured against these.
 BF16_PEAK_FLOPS = {
@@ -153,7 +152,9 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.de
         {"params": decay, "weight_decay": config.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    fused = device.type == "cuda"  # the fused kernel exists only on CUDA
+    # One fused kernel for the whole update instead of a dozen ops per tensor: on CUDA, and on
+    # the CPU too (bench/bench_train.py: ~1.1x the foreach update on nanoGPT's CPU shape).
+    fused = device.type in ("cuda", "cpu")
     return torch.optim.AdamW(
         groups, lr=config.learning_rate, betas=(config.beta1, config.beta2), fused=fused
     )
@@ -189,80 +190,27 @@ def peak_flops(device: torch.device) -> float | None:
     return peak_flops_of(torch.cuda.get_device_name(device))
 
 
-class TokenBatches:
-    """Random windows of a token array, from a seeded generator whose state is the data cursor:
-    saving it in a checkpoint makes a resumed run read exactly the batches it would have.
-
-    With several ranks, rank r of W draws only from the contiguous share
-    `[n·r/W, n·(r+1)/W)` of the n tokens (windows never cross into a neighbour's share), with
-    its own generator: the ranks read disjoint data, and each share stays a contiguous run of
-    text rather than scattered windows."""
-
-    def __init__(self, tokens: np.ndarray, block_size: int, batch: int, seed: int,
-                 split: str = "train", rank: int = 0, world_size: int = 1):  # fmt: skip
-        self.low = len(tokens) * rank // world_size
-        self.high = len(tokens) * (rank + 1) // world_size
-        share = self.high - self.low
-        if share <= block_size:
-            where = f"the {split} split"
-            if world_size > 1:
-                where = f"rank {rank}'s share of the {split} split ({len(tokens)} over "
-                where += f"{world_size} processes)"
-            raise TrainingError(
-                f"{where} has {share} tokens, not more than block_size {block_size}: lower "
-                f"block_size, raise split.{split} or add data"
-            )
-        self.tokens = tokens
-        self.block_size = block_size
-        self.batch = batch
-        self.seed = seed + RANK_SEED_STRIDE * rank
-        self.generator = torch.Generator().manual_seed(self.seed)
-
-    def sample_starts(self) -> list[int]:
-        """The positions (in the whole array) where the next batch's windows start."""
-        span = self.high - self.low - self.block_size
-        starts = torch.randint(span, (self.batch,), generator=self.generator)
-        return [self.low + start for start in starts.tolist()]
-
-    def next(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = np.stack([self.tokens[s : s + self.block_size + 1] for s in self.sample_starts()])
-        window = torch.from_numpy(rows.astype(np.int64))
-        if device.type == "cuda":  # pinned memory: the copy overlaps the GPU's work
-            window = window.pin_memory().to(device, non_blocking=True)
-            return window[:, :-1], window[:, 1:]
-        return window[:, :-1].to(device), window[:, 1:].to(device)
-
-    def state(self) -> torch.Tensor:
-        return self.generator.get_state()
-
-    def restore(self, state: torch.Tensor) -> None:
-        self.generator.set_state(state)
-
-    def reseed(self, step: int) -> None:
-        """A fresh but reproducible cursor for `step`, when a saved one cannot be used."""
-        self.generator.manual_seed(self.seed + step)
-
-
 def fixed_val_sample(
-    val_tokens: np.ndarray, config: TrainConfig, device: torch.device
+    val_tokens: np.ndarray, config: TrainConfig, device: torch.device, eot_id: int | None = None
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The val windows every evaluation scores: the same at every evaluation, so curves
-    compare, and the same for a baseline scored beside the model."""
-    val = TokenBatches(
-        val_tokens, config.block_size, config.micro_batch, config.seed + 1, split="val"
-    )
+    """The val rows every evaluation scores (cut as `config.samples` cuts the training rows):
+    the same at every evaluation, so curves compare, and the same for a baseline scored beside
+    the model."""
+    val = make_batches(val_tokens, config, config.seed + 1, eot_id, split="val")
     return [val.next(device) for _ in range(config.eval_batches)]
 
 
 @torch.no_grad()
-def val_loss_of(model: torch.nn.Module, val_tokens: np.ndarray, config: TrainConfig) -> float:
+def val_loss_of(
+    model: torch.nn.Module, val_tokens: np.ndarray, config: TrainConfig, eot_id: int | None = None
+) -> float:
     """Mean loss of `model` on the fixed val sample, in this process (what `Trainer.evaluate`
     gives, without a Trainer): for a baseline scored after training ran elsewhere."""
     device = pick_device(config.device)
     dtype = autocast_dtype(config, device)
     model = model.to(device).eval()
     losses = []
-    for x, y in fixed_val_sample(val_tokens, config, device):
+    for x, y in fixed_val_sample(val_tokens, config, device, eot_id):
         with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
             losses.append(model(x, y)[1].item())
     return sum(losses) / len(losses)
@@ -286,6 +234,7 @@ class Trainer:
         out_dir: Path,
         metrics_path: Path | None = None,
         tokenizer_digest: str | None = None,
+        eot_id: int | None = None,
     ):
         self.config = config
         self.ranks = Ranks.from_env()
@@ -303,12 +252,12 @@ class Trainer:
         self.parallel = config.parallel if self.ranks.distributed else "none"
         self.wrapped, self.model = self._prepare_model()
         self.optimizer = make_optimizer(self.module, config, self.device)
-        self.train_batches = TokenBatches(
-            train_tokens, config.block_size, config.micro_batch, config.seed,
+        self.train_batches = make_batches(
+            train_tokens, config, config.seed, eot_id,
             rank=self.ranks.rank, world_size=self.ranks.world_size,
         )  # fmt: skip
         # The same on every rank (each evaluates its part of it).
-        self.val_sample = fixed_val_sample(val_tokens, config, self.device)
+        self.val_sample = fixed_val_sample(val_tokens, config, self.device, eot_id)
         self.out_dir = out_dir
         self.metrics_path = metrics_path or out_dir / "metrics.jsonl"
         if self.ranks.is_main:

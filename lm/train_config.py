@@ -21,6 +21,10 @@ class TrainConfig(StrictModel):
         12, ge=1, description="sequences per optimizer step, summed over every process"
     )
     block_size: int = Field(64, ge=1)
+    # How a shard is cut into rows (see lm/batches.py): "windows" of the flat token stream
+    # (nanoGPT), or "documents", one per row from its start mark, padded (makemore: for
+    # corpora of short documents, such as names, scored one document at a time).
+    samples: Literal["windows", "documents"] = "windows"
     learning_rate: float = Field(1e-3, gt=0.0)
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
     schedule: Literal["cosine", "wsd", "constant"] = "cosine"

@@ -48,6 +48,7 @@ class WorkerSpec(StrictModel):
     train_tokens: TokenFile
     val_tokens: TokenFile
     tokenizer_digest: str | None = None
+    eot_id: int | None = Field(None, description="the shards' end-of-text id")
     init_from: str | None = Field(None, description="absolute path of a checkpoint to start from")
 
 
@@ -85,7 +86,8 @@ def train_in(work: Path):
     torch.manual_seed(spec.train.seed)  # the same initial weights on every rank
     network = build_model(spec.model, spec.vocab_size)
     trainer = Trainer(network, spec.train, spec.train_tokens.open(), spec.val_tokens.open(), work,
-                      work / METRICS_FILE, tokenizer_digest=spec.tokenizer_digest)  # fmt: skip
+                      work / METRICS_FILE, tokenizer_digest=spec.tokenizer_digest,
+                      eot_id=spec.eot_id)  # fmt: skip
     init_from = Path(spec.init_from) if spec.init_from else None
     trainer.resume_or_initialize(work, init_from)
     result = trainer.train()

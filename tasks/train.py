@@ -108,7 +108,8 @@ def train_task(
     settings = effective_train_config(model, train)
     init_from = init_checkpoint(train, workspace)
     shard_folder = workspace.resolve(shards.path)
-    train_tokens, _ = open_shard(shard_folder / "train.bin", tokenizer.digest)
+    train_tokens, shard_info = open_shard(shard_folder / "train.bin", tokenizer.digest)
+    eot_id = shard_info.eot_id
     val_tokens, _ = open_shard(shard_folder / "val.bin", tokenizer.digest)
     vocab_size = load_tokenizer(workspace.resolve(tokenizer.path)).vocab_size
     work = store.base / f"{key}.work"
@@ -123,14 +124,15 @@ def train_task(
         baseline = BigramCountModel(BigramCountConfig(), vocab_size).fit(_as_tensor(train_tokens))
         if settings.nproc_per_node > 1 and model.kind != "bigram-count":
             outcome = _train_with_torchrun(work, model, settings, shard_folder, tokenizer.digest,
-                                           vocab_size, init_from)  # fmt: skip
-            baseline_loss = val_loss_of(baseline, val_tokens, settings)
+                                           vocab_size, eot_id, init_from)  # fmt: skip
+            baseline_loss = val_loss_of(baseline, val_tokens, settings, eot_id)
         else:
             torch.manual_seed(settings.seed)  # initial weights from the seed, as in a worker
             network = build_model(model, vocab_size, vectors=_piece_vectors(
                 model, vectors, workspace, tokenizer, settings.seed, coverage))  # fmt: skip
             trainer = Trainer(network, settings, train_tokens, val_tokens, work,
-                              work / METRICS_FILE, tokenizer_digest=tokenizer.digest)  # fmt: skip
+                              work / METRICS_FILE, tokenizer_digest=tokenizer.digest,
+                              eot_id=eot_id)  # fmt: skip
             if model.kind == "bigram-count":
                 network.fit(_as_tensor(train_tokens))
                 val_loss, steps, stopped_early = trainer.evaluate(network), 0, False
@@ -166,7 +168,7 @@ def train_task(
 
 
 def _train_with_torchrun(work, model, settings, shard_folder, tokenizer_digest, vocab_size,
-                         init_from) -> dict:  # fmt: skip
+                         eot_id, init_from) -> dict:  # fmt: skip
     """Train in `settings.nproc_per_node` torchrun ranks over `work`; their summary."""
     from lm.distributed import run_torchrun
     from lm.train_worker import RESULT_FILE, TokenFile, WorkerSpec, read_result, write_spec
@@ -178,7 +180,7 @@ def _train_with_torchrun(work, model, settings, shard_folder, tokenizer_digest, 
 
     spec = WorkerSpec(
         model=model, train=settings, vocab_size=vocab_size, train_tokens=token_file("train"),
-        val_tokens=token_file("val"), tokenizer_digest=tokenizer_digest,
+        val_tokens=token_file("val"), tokenizer_digest=tokenizer_digest, eot_id=eot_id,
         init_from=str(init_from) if init_from else None,
     )  # fmt: skip
     write_spec(work, spec)

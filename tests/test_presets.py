@@ -191,6 +191,12 @@ def test_names_preset_trains_the_ladder_on_an_80_10_10_hash_split():
     assert mlp.train.learning_rate != settings.train.learning_rate, "per-model train overrides"
 
 
+def test_the_run_seed_seeds_every_model_unless_train_sets_its_own():
+    assert [run.train.seed for run in load_config("names", ["seed=7"]).model_runs()] == [7] * 4
+    settings = load_config("shakespeare", ["seed=7", "train.seed=9"])
+    assert (settings.seed, settings.train.seed) == (7, 9)
+
+
 def test_names_preset_keeps_every_distinct_census_first_name(workspace):
     from lm.text.census_names import census_names_file
 
@@ -213,7 +219,8 @@ def test_shakespeare_preset_is_nanogpts_cpu_shape():
     assert (model.kind, model.n_layer, model.n_head, model.n_embd, model.block_size) == (
         "gpt", 4, 4, 128, 64
     )  # fmt: skip
-    assert (model.dropout, model.bias, model.pos) == (0.0, False, "learned")
+    assert (model.dropout, model.bias, model.tie_embeddings) == (0.0, False, True)
+    assert (model.pos, model.mlp, model.norm) == ("rope", "swiglu", "rmsnorm")  # today's parts
     assert (train.micro_batch, train.global_batch, train.max_steps, train.warmup_steps) == (
         12, 12, 2000, 100
     )  # fmt: skip

@@ -1,0 +1,113 @@
+"""Document rows (`train.samples = "documents"`): each row one whole document from its start
+mark, padding never scored, long documents cropped, ranks on disjoint documents, and a trainer
+that learns from them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lm.batches import IGNORED_TARGET, DocumentBatches, TokenBatches, make_batches
+from lm.models.config import GPTConfig
+from lm.models.registry import build_model
+from lm.train import Trainer, TrainingError
+from lm.train_config import TrainConfig
+
+EOT = 0
+CPU = torch.device("cpu")
+
+
+def shard_of(documents: list[list[int]]) -> np.ndarray:
+    """Documents as the encode stage writes them: each followed by the end-of-text id."""
+    return np.array([t for document in documents for t in [*document, EOT]], dtype=np.uint16)
+
+
+DOCUMENTS = [[1, 2, 3], [4, 5], [6, 7, 8, 9, 10], [11]]
+
+
+def test_every_row_is_one_whole_document_from_its_start_mark():
+    batches = DocumentBatches(shard_of(DOCUMENTS), block_size=8, batch=64, seed=0, eot_id=EOT)
+    x, y = batches.next(CPU)
+    assert x.shape == y.shape == (64, 8)
+    seen = set()
+    for inputs, targets in zip(x.tolist(), y.tolist(), strict=True):
+        scored = [t for t in targets if t != IGNORED_TARGET]
+        document = scored[:-1]
+        assert document in DOCUMENTS and scored[-1] == EOT  # the whole document, then its end
+        assert inputs[: len(scored)] == [EOT, *document]  # from the start mark
+        assert inputs[len(scored) :] == [EOT] * (8 - len(scored))  # padding after the end
+        assert targets[len(scored) :] == [IGNORED_TARGET] * (8 - len(scored))
+        seen.add(tuple(document))
+    assert seen == {tuple(d) for d in DOCUMENTS}
+
+
+def test_a_document_longer_than_the_block_gives_a_crop_of_itself():
+    long = list(range(1, 30))
+    batches = DocumentBatches(shard_of([long]), block_size=8, batch=16, seed=0, eot_id=EOT)
+    x, y = batches.next(CPU)
+    stream = [EOT, *long, EOT]
+    assert (y != IGNORED_TARGET).all()
+    for inputs, targets in zip(x.tolist(), y.tolist(), strict=True):
+        start = stream.index(inputs[0]) if inputs[0] != EOT else 0
+        assert inputs == stream[start : start + 8] and targets == stream[start + 1 : start + 9]
+
+
+def test_ranks_draw_from_disjoint_documents():
+    documents = [[d + 1] * 3 for d in range(10)]
+    shares = [DocumentBatches(shard_of(documents), 4, 64, 0, EOT, rank=r, world_size=2)
+              for r in range(2)]  # fmt: skip
+    drawn = [set(share.next(CPU)[1][:, 0].tolist()) for share in shares]
+    assert drawn[0] == {1, 2, 3, 4, 5} and drawn[1] == {6, 7, 8, 9, 10}
+
+
+def test_a_split_without_a_complete_document_is_refused_naming_the_split():
+    with pytest.raises(TrainingError, match=r"the val split holds no complete document"):
+        DocumentBatches(np.array([5, 6, 7], dtype=np.uint16), 4, 2, 0, EOT, split="val")
+
+
+def test_a_restored_cursor_reads_the_same_rows():
+    batches = DocumentBatches(shard_of(DOCUMENTS * 5), 4, 8, seed=3, eot_id=EOT)
+    state = batches.state()
+    first = batches.next(CPU)
+    batches.restore(state)
+    again = batches.next(CPU)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+
+
+def test_the_config_picks_the_sampler():
+    tokens = shard_of(DOCUMENTS * 5)
+    windows = make_batches(tokens, TrainConfig(block_size=4), 0, EOT)
+    documents = make_batches(tokens, TrainConfig(block_size=4, samples="documents"), 0, EOT)
+    assert isinstance(windows, TokenBatches) and isinstance(documents, DocumentBatches)
+
+
+def names_like(count: int, seed: int) -> list[list[int]]:
+    """Short documents with a learnable shape: a letter, then letters counting up from it."""
+    rng = np.random.default_rng(seed)
+    return [list(range(first, first + length))
+            for first, length in zip(rng.integers(1, 10, count), rng.integers(2, 6, count),
+                                     strict=True)]  # fmt: skip
+
+
+def test_a_model_trained_on_documents_scores_padding_nowhere_and_learns(tmp_path):
+    torch.set_num_threads(1)
+    settings = TrainConfig(
+        max_steps=60, micro_batch=16, global_batch=16, block_size=8, samples="documents",
+        learning_rate=1e-2, warmup_steps=0, eval_every=60, eval_batches=2, checkpoint_every=60,
+        device="cpu",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model(GPTConfig(block_size=8, n_layer=1, n_head=2, n_embd=16), 16)
+    trainer = Trainer(model, settings, shard_of(names_like(300, 0)), shard_of(names_like(60, 1)),
+                      tmp_path, eot_id=EOT)  # fmt: skip
+    x, y = trainer.val_sample[0]
+    logits, loss = model(x, y)
+    scored = y != IGNORED_TARGET
+    by_hand = F.cross_entropy(logits[scored], y[scored])
+    assert scored.sum() < scored.numel()  # the sample has padding...
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-6)  # ...and it is not scored
+    before = trainer.evaluate()
+    trainer.train()
+    assert trainer.evaluate() < 0.6 * before
