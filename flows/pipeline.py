@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from prefect import Task, flow
+from prefect import Task, flow, tags
 from prefect.runtime import deployment, flow_run
 
 from flows.run_card import publish_run_card
@@ -56,6 +56,12 @@ for _library_logger in ("lm", "storage"):
     logging.getLogger(_library_logger).setLevel(logging.INFO)
 
 TRACKED_PACKAGES = ("prefect", "duckdb", "pyarrow", "numpy", "torch", "gensim", "sentencepiece")
+# Every training, whichever flow or deployment runs it, takes a slot of this tag's task
+# concurrency limit: one at a time on a Prefect server where the limit exists (the service path
+# creates it, README "Run as a service"); where it does not, as in a plain `lmforge run`,
+# nothing waits.
+TRAINING_TAG = "lmforge-training"
+TRAINING_SLOTS = 1
 
 
 def new_run_id() -> str:
@@ -119,14 +125,20 @@ def run_stage(
     key: str,
     store: ArtifactStore,
     stage_name: str | None = None,
+    concurrency_tag: str | None = None,
     **parameters: Any,
 ) -> Descriptor:
     """Run one cached stage and note how it went. A missing or incomplete output directory
-    refreshes the cache: Prefect's record alone is never trusted to mean the files exist."""
+    refreshes the cache: Prefect's record alone is never trusted to mean the files exist.
+
+    With `concurrency_tag`, a stage with work to do carries that tag, so it waits for a slot of
+    the tag's concurrency limit; one whose output exists is served at once, never queued
+    behind work it does not do."""
     started = time.perf_counter()
     refresh = not store.is_complete(key)
     options = {"refresh_cache": refresh} | ({"task_run_name": stage_name} if stage_name else {})
-    state = stage_task.with_options(**options)(**parameters, return_state=True)
+    with tags(*([concurrency_tag] if concurrency_tag and refresh else [])):
+        state = stage_task.with_options(**options)(**parameters, return_state=True)
     descriptor: Descriptor = state.result()
     stages.append(
         StageRecord(
@@ -162,6 +174,7 @@ def train_model(
         train_key(shards, tokenizer, model_run.model, model_run.train, vectors),
         train_store(workspace),
         stage_name=f"train{suffix}",
+        concurrency_tag=TRAINING_TAG,
         shards=shards,
         tokenizer=tokenizer,
         model=model_run.model,
@@ -261,6 +274,7 @@ def build_corpus(run: RunContext, settings: PipelineConfig) -> Descriptor:
         ingest_key(settings.ingest),
         ingest_store(workspace),
         config=settings.ingest,
+        runtime=settings.runtime,
     )
     corpus = run_stage(
         stages,
@@ -297,6 +311,7 @@ def encode_corpus(
         corpus=corpus,
         tokenizer=tokenizer,
         split=settings.split,
+        runtime=settings.runtime,
     )
 
 

@@ -9,6 +9,9 @@ apart; only the work pool (and its job variables) is left out, since serve needs
 
 The process talks to the workspace's Prefect server (started on first use, see
 `flows/prefect_server.py`), so its runs show in the same UI and registry as `lmforge run`.
+Before serving, it creates the training concurrency limit that the deployments share (one
+training at a time across all of them), as the production path does with `prefect
+concurrency-limit create`.
 """
 
 from __future__ import annotations
@@ -99,6 +102,23 @@ def runner_deployments(path: Path = PREFECT_YAML) -> list[RunnerDeployment]:
     return deployments
 
 
+def ensure_training_limit() -> bool:
+    """Create the task concurrency limit of `TRAINING_TAG` on the current Prefect API unless
+    one exists (a size set by hand is kept). Returns whether it created one."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    from flows.pipeline import TRAINING_SLOTS, TRAINING_TAG
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_concurrency_limit_by_tag(TRAINING_TAG)
+        except ObjectNotFound:
+            client.create_concurrency_limit(tag=TRAINING_TAG, concurrency_limit=TRAINING_SLOTS)
+            return True
+    return False
+
+
 def serve_command(
     limit: Annotated[
         int | None,
@@ -109,6 +129,8 @@ def serve_command(
     ablation/default) from this process, on the workspace's Prefect server: the zero-setup
     alternative to a work pool and a worker. Trigger runs with `prefect deployment run
     'lm-pipeline/default'` or from the UI; Ctrl-C stops serving."""
+    import httpx
+
     from flows.cli import _fail
     from flows.prefect_server import ServerError, ensure_server
     from storage.workspace import activate_workspace
@@ -119,8 +141,13 @@ def serve_command(
         deployments = runner_deployments()
     except (ServerError, ServeError) as error:
         raise _fail(str(error)) from None
+    server = api_url or "the ephemeral Prefect server"
+    try:
+        ensure_training_limit()  # one training at a time across the deployments
+    except httpx.HTTPError as error:
+        raise _fail(f"{server}: cannot create the training concurrency limit: {error}") from None
     from prefect import serve
 
     names = ", ".join(f"{d.flow_name}/{d.name}" for d in deployments)
-    typer.echo(f"serving {names} on {api_url or 'an ephemeral Prefect server'} (Ctrl-C stops)")
+    typer.echo(f"serving {names} on {server} (Ctrl-C stops)")
     serve(*deployments, limit=limit, print_starting_message=False)

@@ -4,13 +4,29 @@ server are told apart from live ones."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists and has not exited. A zombie (a process that has exited but
+    whose parent has not yet waited for it) is dead: it runs nothing and holds no files, and its
+    PID answers signals until it is reaped, which may be never if the parent forgot."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # it exists, under another user
-    return True
+        pass  # it exists, under another user
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    """State `Z` in `/proc/PID/stat` (Linux). Where there is no /proc, a zombie cannot be told
+    from a live process here: it counts as alive, as before."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    # `PID (COMMAND) STATE ...`: the command may hold spaces and parentheses, so the state is
+    # the first field after the last ')'.
+    return stat[stat.rfind(")") + 1 :].split()[:1] == ["Z"]

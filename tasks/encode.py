@@ -6,29 +6,50 @@ followed by the end-of-text id, in corpus order (with `split.shuffle`, in doc_id
 `"ordered"` (nanoGPT's split, for one long text such as Shakespeare) the split column is
 ignored: every kept document goes, in corpus order, into one stream with end-of-text between
 documents, and the stream is cut by position.
+
+One cached task, whatever the runner. The hash split in corpus order can fan out over slices of
+the corpus through the `encode-slices` subflow (`flows/encode_flow.py`) on the task runner that
+`[runtime]` names, when that adds cores (see `encode_workers`) and the corpus is large; the
+shards are the same bytes either way. The doc_id order and the ordered split encode here.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 from prefect import task
 
-from lm.config import SplitConfig
+from flows.encode_flow import (
+    BATCH_DOCS,
+    append_slices,
+    encode_rows,
+    encode_slices,
+    kept_batch_bytes,
+    shard_writers,
+)
+from lm.config import RuntimeConfig, SplitConfig
 from lm.progress import ProgressLog
+from lm.text.clean import RowSlice, SlicePolicy, plan_slices
 from lm.tokenizer import Tokenizer, TokenizerError, load_tokenizer
 from storage.artifacts import ArtifactStore, Descriptor
-from storage.corpus import DOCUMENTS_FILE, iter_split_texts
-from storage.shards import OrderedSplitter, ShardInfo, ShardWriter
+from storage.corpus import DOCUMENTS_FILE, row_count
+from storage.shards import OrderedSplitter, ShardInfo
 from storage.workspace import Workspace
 from tasks.caching import cache_key_from, code_digest, stage_key
+from tasks.runners import make_task_runner, worker_count
 
 STAGE = "encode"
 VERSION = 2  # 2: the split method (hash or ordered), recorded in the shard sidecars
-CODE = ("lm/tokenizer.py", "storage/shards.py", "storage/corpus.py")
-SPLITS = ("train", "val", "test")
-BATCH_DOCS = 256
+CODE = ("lm/tokenizer.py", "storage/shards.py", "storage/corpus.py", "flows/encode_flow.py")
+# The slices' shards, inside the staging directory; removed before it is published.
+SCRATCH_DIR = "slices"
+# Slices of at least 32 MB of kept text: several seconds of encoding, which pays for a Prefect
+# task run and, on the process runner, a worker's start-up (about 4 CPU-seconds).
+SLICE_POLICY = SlicePolicy(min_bytes=32 << 20, max_bytes=512 << 20, max_docs=1 << 20)
+INLINE = {"runner": "inline", "workers": 1, "slices": 1, "encoded_by": []}
 
 
 def shards_store(workspace: Workspace) -> ArtifactStore:
@@ -36,37 +57,69 @@ def shards_store(workspace: Workspace) -> ArtifactStore:
 
 
 def encode_key(
-    corpus: Descriptor, tokenizer: Descriptor, split: SplitConfig = SplitConfig()
+    corpus: Descriptor,
+    tokenizer: Descriptor,
+    split: SplitConfig = SplitConfig(),
+    runtime: RuntimeConfig | None = None,
 ) -> str:
-    """Depends on the split settings: with `ordered` they decide where the stream is cut."""
+    """Depends on the split settings: with `ordered` they decide where the stream is cut. Not
+    on the runtime: the runner and the worker count never change the shards."""
     return stage_key(
         STAGE, VERSION, split.digest(), [corpus.digest, tokenizer.digest], code_digest(*CODE)
     )
 
 
+def encode_workers(runtime: RuntimeConfig) -> int:
+    """How many workers encoding fans out to (1: it stays in the task). Never on threads: what
+    SentencePiece does itself already runs on every core of this process, with the GIL
+    released, and the rest (the char tokenizer, the per-document bookkeeping) is Python that
+    holds the GIL, so threads would add task runs and no speed. Worker processes and Dask
+    workers bring cores of their own."""
+    if runtime.task_runner == "threads":
+        return 1
+    return worker_count(runtime)
+
+
+def tokenizer_threads(runtime: RuntimeConfig, workers: int) -> int:
+    """SentencePiece threads in each mapped task: this machine's cores shared among its
+    workers; on a remote Dask cluster, every core of the worker's own machine (0)."""
+    if runtime.dask_address:
+        return 0
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
 @task(name=STAGE, cache_key_fn=cache_key_from(encode_key), persist_result=True)
 def encode_task(
-    corpus: Descriptor, tokenizer: Descriptor, split: SplitConfig = SplitConfig()
+    corpus: Descriptor,
+    tokenizer: Descriptor,
+    split: SplitConfig = SplitConfig(),
+    runtime: RuntimeConfig | None = None,
 ) -> Descriptor:
+    runtime = runtime or RuntimeConfig()
     workspace = Workspace.from_env()
     store = shards_store(workspace)
     key = encode_key(corpus, tokenizer, split)
     existing = store.load_descriptor(key)
     if existing is not None:
         return existing
-    model = load_tokenizer(workspace.resolve(tokenizer.path))
+    tokenizer_folder = workspace.resolve(tokenizer.path)
+    model = load_tokenizer(tokenizer_folder)
     if model.digest != tokenizer.digest:
         raise TokenizerError(
-            f"{workspace.resolve(tokenizer.path)}: the tokenizer there has digest {model.digest}, "
+            f"{tokenizer_folder}: the tokenizer there has digest {model.digest}, "
             f"not {tokenizer.digest}; it was changed after training: delete the folder and rerun"
         )
     documents = workspace.resolve(corpus.path) / DOCUMENTS_FILE
     progress = ProgressLog("encode", total=corpus.stats["kept_bytes"])
     with store.build(key) as staging:
         if split.method == "ordered":
-            infos = _encode_ordered(documents, model, split, staging, progress)
+            infos, fan_out = _encode_ordered(documents, model, split, staging, progress), INLINE
+        elif split.shuffle:
+            infos, fan_out = _encode_by_doc_id(documents, model, staging, progress), INLINE
         else:
-            infos = _encode_by_hash(documents, model, split, staging, progress)
+            infos, fan_out = _encode_by_hash(
+                documents, model, tokenizer_folder, runtime, staging, progress
+            )
         progress.finish()
         counts = ("tokens", "documents", "text_bytes")
         splits = {name: {c: getattr(info, c) for c in counts} for name, info in infos.items()}
@@ -76,30 +129,62 @@ def encode_task(
             "split_method": split.method,
             "splits": splits,
         }
-        descriptor = store.describe(staging, STAGE, key, key, stats)
+        descriptor = store.describe(staging, STAGE, key, key, stats | fan_out)
     return descriptor
 
 
 def _encode_by_hash(
-    documents: Path, model: Tokenizer, settings: SplitConfig, staging: Path, progress: ProgressLog
-) -> dict[str, ShardInfo]:
-    infos, done_bytes = {}, 0
-    for split in SPLITS:
-        writer = ShardWriter(staging / f"{split}.bin", model.digest, model.eot_id,
-                             model.vocab_size)  # fmt: skip
-        batches = (
-            _iter_split_texts_by_doc_id(documents, split)
-            if settings.shuffle
-            else iter_split_texts(documents, split)
+    documents: Path,
+    model: Tokenizer,
+    tokenizer_folder: Path,
+    runtime: RuntimeConfig,
+    staging: Path,
+    progress: ProgressLog,
+) -> tuple[dict[str, ShardInfo], dict]:
+    """Every kept document into its split's shard, in corpus order: fanned out over slices on
+    the runtime's task runner, or here when that adds no cores or the corpus is small."""
+    writers = shard_writers(staging, model)
+    total = row_count(documents)
+    workers = encode_workers(runtime)
+    slices = []
+    if workers > 1:
+        slices = plan_slices(kept_batch_bytes(documents), BATCH_DOCS, total, workers, SLICE_POLICY)
+    if len(slices) <= 1:
+        encode_rows(documents, RowSlice(0, 0, total), model, writers, progress)
+        fan_out = INLINE
+    else:
+        scratch = staging / SCRATCH_DIR
+        runner = make_task_runner(runtime, workers)
+        pieces = encode_slices.with_options(task_runner=runner)(
+            documents=str(documents),
+            slices=slices,
+            tokenizer=str(tokenizer_folder),
+            threads=tokenizer_threads(runtime, workers),
+            scratch=str(scratch),
         )
-        for batch in batches:
+        append_slices(pieces, writers)
+        shutil.rmtree(scratch, ignore_errors=True)
+        fan_out = {
+            "runner": runtime.task_runner,
+            "workers": workers,
+            "slices": len(slices),
+            "encoded_by": sorted({piece.encoded_by for piece in pieces}),
+        }
+    return {split: writer.close() for split, writer in writers.items()}, fan_out
+
+
+def _encode_by_doc_id(
+    documents: Path, model: Tokenizer, staging: Path, progress: ProgressLog
+) -> dict[str, ShardInfo]:
+    writers, done_bytes = shard_writers(staging, model), 0
+    for split, writer in writers.items():
+        for batch in _iter_split_texts_by_doc_id(documents, split):
             for text, ids in zip(batch, model.encode_batch(batch), strict=True):
                 n_bytes = len(text.encode())
                 writer.write(ids, n_bytes)
                 done_bytes += n_bytes
             progress.update(done_bytes)
-        infos[split] = writer.close()
-    return infos
+    return {split: writer.close() for split, writer in writers.items()}
 
 
 def _encode_ordered(

@@ -1,8 +1,10 @@
-"""Scale-out of the clean stage: annotation fans out over slices on the configured task runner,
-and the corpus is the same whatever the runner and the number of workers."""
+"""Scale-out of the CPU stages on the configured task runner: ingest reads its input files in
+parts, clean annotates slices of the raw documents, encode encodes slices of the corpus; and each
+stage's output is the same whatever the runner and the number of workers."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import itertools
 import json
@@ -10,28 +12,37 @@ import os
 import shutil
 import socket
 import sys
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
 import tasks.clean
+import tasks.encode
+import tasks.ingest
+from flows.ingest_flow import plan_parts
 from lm.config import (
     CleanConfig,
     ConfigError,
     IngestConfig,
     QualityConfig,
     RuntimeConfig,
+    SourceConfig,
     SplitConfig,
+    TokenizerConfig,
     parse_config,
 )
 from lm.text.clean import SlicePolicy, plan_slices
+from lm.text.sources import InputError, ResolvedInput
 from storage.corpus import DOCUMENTS_FILE
 from storage.registry import RunRegistry
 from tasks.clean import clean_task
+from tasks.encode import encode_task, encode_workers
 from tasks.ingest import ingest_task
 from tasks.runners import MissingExtraError, make_task_runner
-from tests.helpers import prose, write_config
+from tasks.tokenizer import tokenizer_task
+from tests.helpers import prose, wiki_page, write_config, write_wiki_dump
 
 RULES = QualityConfig(min_words=20)
 # Small slices, so that a corpus of a few hundred kilobytes fans out into several.
@@ -168,3 +179,166 @@ def test_a_fanned_out_clean_is_one_cached_stage_of_the_pipeline(
         "SELECT count(*) FROM stages WHERE stage = 'clean'"
     )
     assert rows == [(2,)]  # one row per run, however many slices
+
+
+# Ingest and encode.
+
+TINY_PARTS = SlicePolicy(min_bytes=1)  # any file is worth a part
+TINY_SLICES = SlicePolicy(min_bytes=1)  # every batch of corpus rows is worth a slice
+THREADS = RuntimeConfig(task_runner="threads", max_workers=2)
+PROCESSES = RuntimeConfig(task_runner="processes", max_workers=2)
+ONE_WORKER = RuntimeConfig(max_workers=1)
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    """Seven input files of three formats, about 900 documents: JSON lines, plain text and a
+    Wikipedia dump, whose markup column the parts must carry too."""
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    for part in range(5):
+        lines = [json.dumps({"text": prose(part * 1000 + n, 40)}) for n in range(180)]
+        (folder / f"part{part}.jsonl").write_text("\n".join(lines) + "\n")
+    (folder / "story.txt").write_text(prose(9999, 300))
+    pages = [wiki_page(f"Page {n}", f"'''{n}''' is a [[place]]. " + prose(n, 80)) for n in range(3)]
+    dump = write_wiki_dump(tmp_path / "wiki.xml.bz2", pages)
+    return IngestConfig(sources=[{"path": str(folder)}, {"path": str(dump)}], row_group_docs=100)
+
+
+def file_digests(folder: Path, names: list[str]) -> dict[str, str]:
+    return {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in names}
+
+
+def ingest_with(workspace, config: IngestConfig, runtime: RuntimeConfig):
+    """Ingest from scratch on `runtime`; the raw documents file's digest and the descriptor."""
+    raw = ingest_task.fn(config, runtime)
+    folder = workspace.resolve(raw.path)
+    assert sorted(p.name for p in folder.iterdir()) == ["DONE", "descriptor.json", DOCUMENTS_FILE]
+    digests = file_digests(folder, [DOCUMENTS_FILE])
+    shutil.rmtree(folder)  # the next ingest must do the work again, not find this one
+    return digests, raw
+
+
+@pytest.mark.slow
+def test_threads_and_processes_read_the_files_in_parts_and_give_the_inline_raw_corpus(
+    workspace, inputs, monkeypatch
+):
+    monkeypatch.setattr(tasks.ingest, "PART_POLICY", TINY_PARTS)
+    alone, inline = ingest_with(workspace, inputs, ONE_WORKER)
+    on_threads, threads = ingest_with(workspace, inputs, THREADS)
+    on_processes, processes = ingest_with(workspace, inputs, PROCESSES)
+
+    assert inline.stats["runner"] == "inline"
+    assert threads.stats["runner"] == "threads" and threads.stats["parts"] >= 3
+    assert processes.stats["runner"] == "processes"
+    assert processes.stats["parts"] == threads.stats["parts"]
+    here = f"{socket.gethostname()}:{os.getpid()}"
+    assert threads.stats["read_by"] == [here]  # threads of this very process
+    assert here not in processes.stats["read_by"]  # worker processes
+    assert inline.digest == threads.digest == processes.digest
+    assert alone == on_threads == on_processes  # the Parquet file, byte for byte
+    assert inline.stats["documents"] == processes.stats["documents"] == 5 * 180 + 1 + 3
+
+
+def test_few_or_small_input_files_are_read_in_the_task_itself(workspace, inputs, tmp_path):
+    _, small = ingest_with(workspace, inputs, PROCESSES)
+    assert small.stats["runner"] == "inline"  # 7 files, 300 kB: far under two parts' worth
+    one_file = IngestConfig(sources=[{"path": str(tmp_path / "inputs" / "part0.jsonl")}])
+    _, alone = ingest_with(workspace, one_file, THREADS)
+    assert alone.stats["runner"] == "inline"
+
+
+def test_parts_are_runs_of_consecutive_files_balanced_by_size():
+    spec = SourceConfig(path="x")
+    sizes = [8 << 20, 8 << 20, 1 << 20, 1 << 20, 1 << 20, 14 << 20, None]
+    inputs = [ResolvedInput(f"f{n}", spec, size=size) for n, size in enumerate(sizes)]
+    parts = plan_parts(inputs, workers=2, policy=SlicePolicy(min_bytes=4 << 20))
+    assert [item for part in parts for item in part.inputs] == inputs  # each once, in order
+    assert [p.index for p in parts] == list(range(len(parts)))
+    assert all(a.stop == b.start for a, b in itertools.pairwise(parts))
+    assert len(parts) > 2 and max(p.size for p in parts) <= 14 << 20  # big files alone
+    assert parts[-1].inputs[-1].name == "f6"  # a URL's unknown size counts as a part's worth
+    capped = plan_parts(inputs, workers=2, policy=SlicePolicy(min_bytes=1, max_docs=2))
+    assert max(len(p.inputs) for p in capped) <= 2
+
+
+def test_a_bad_file_read_in_a_part_fails_the_ingest_naming_it(workspace, inputs, monkeypatch):
+    monkeypatch.setattr(tasks.ingest, "PART_POLICY", TINY_PARTS)
+    bad = Path(inputs.sources[0].path) / "part3.jsonl"
+    bad.write_text('{"text": "fine"}\n{"body": "no text here"}\n')
+    with pytest.raises(InputError, match=r"part3\.jsonl:2: no field 'text'"):
+        ingest_task.fn(inputs, THREADS)
+    assert not list((workspace.artifacts / "ingest").glob("*")), "no output, no staging left"
+
+
+@pytest.fixture
+def encoded_corpus(workspace, inputs):
+    """The corpus of `inputs` (about 900 kept documents, four batches of corpus rows) and a
+    BPE tokenizer and a char tokenizer trained on it."""
+    raw = ingest_task.fn(inputs, ONE_WORKER)
+    corpus = clean_task.fn(raw, CleanConfig(quality=RULES, workers=1), SplitConfig(val=0.2))
+    bpe = tokenizer_task.fn(corpus, TokenizerConfig(kind="bpe", vocab_size=400))
+    char = tokenizer_task.fn(corpus, TokenizerConfig(kind="char"))
+    return corpus, {"bpe": bpe, "char": char}
+
+
+SHARD_FILES = ["train.bin", "train.json", "val.bin", "val.json", "test.bin", "test.json"]
+
+
+def encode_with(workspace, corpus, tokenizer, runtime: RuntimeConfig):
+    """Encode from scratch on `runtime`; the digest of every shard file and the descriptor."""
+    shards = encode_task.fn(corpus, tokenizer, SplitConfig(val=0.2), runtime)
+    folder = workspace.resolve(shards.path)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["DONE", "descriptor.json", *SHARD_FILES]
+    )
+    digests = file_digests(folder, SHARD_FILES)
+    shutil.rmtree(folder)
+    return digests, shards
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["bpe", "char"])
+def test_threads_and_processes_encode_slices_into_the_inline_shards(
+    workspace, encoded_corpus, monkeypatch, kind
+):
+    corpus, tokenizers = encoded_corpus
+    monkeypatch.setattr(tasks.encode, "SLICE_POLICY", TINY_SLICES)
+    alone, inline = encode_with(workspace, corpus, tokenizers[kind], ONE_WORKER)
+    on_processes, processes = encode_with(workspace, corpus, tokenizers[kind], PROCESSES)
+    monkeypatch.setattr(tasks.encode, "encode_workers", lambda runtime: 2)  # threads, forced
+    on_threads, threads = encode_with(workspace, corpus, tokenizers[kind], THREADS)
+
+    assert inline.stats["runner"] == "inline"
+    assert threads.stats["runner"] == "threads" and threads.stats["slices"] >= 3
+    assert processes.stats["runner"] == "processes"
+    assert processes.stats["slices"] == threads.stats["slices"]
+    here = f"{socket.gethostname()}:{os.getpid()}"
+    assert threads.stats["encoded_by"] == [here]
+    assert processes.stats["encoded_by"] and here not in processes.stats["encoded_by"]
+    assert alone == on_threads == on_processes  # every shard and sidecar, byte for byte
+    assert inline.digest == threads.digest == processes.digest
+    assert inline.stats["splits"] == threads.stats["splits"] == processes.stats["splits"]
+    assert all(inline.stats["splits"][split]["documents"] > 0 for split in ("train", "val"))
+
+
+def test_encoding_fans_out_on_worker_processes_and_dask_never_on_threads():
+    assert encode_workers(RuntimeConfig(max_workers=4)) == 1  # the tokenizer has the cores
+    assert encode_workers(RuntimeConfig(task_runner="processes", max_workers=4)) == 4
+    assert encode_workers(RuntimeConfig(task_runner="dask", max_workers=3)) == 3
+
+
+def test_a_small_corpus_is_encoded_in_the_task_itself(workspace, encoded_corpus):
+    corpus, tokenizers = encoded_corpus
+    _, shards = encode_with(workspace, corpus, tokenizers["char"], PROCESSES)
+    assert shards.stats["runner"] == "inline"  # 300 kB of text: far under two slices' worth
+
+
+def test_the_doc_id_order_and_the_ordered_split_are_encoded_in_the_task(
+    workspace, encoded_corpus, monkeypatch
+):
+    corpus, tokenizers = encoded_corpus
+    monkeypatch.setattr(tasks.encode, "SLICE_POLICY", TINY_SLICES)
+    for split in (SplitConfig(val=0.2, shuffle=True), SplitConfig(method="ordered")):
+        shards = encode_task.fn(corpus, tokenizers["char"], split, PROCESSES)
+        assert shards.stats["runner"] == "inline"

@@ -3,18 +3,25 @@ the test session's Prefect server."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
+import threading
 import time
 
 import pytest
 import yaml
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
-from flows.serve import PREFECT_YAML, ServeError, runner_deployments
+from flows.pipeline import TRAINING_TAG, lm_pipeline, run_stage
+from flows.serve import PREFECT_YAML, ServeError, ensure_training_limit, runner_deployments
+from storage.artifacts import ArtifactStore, Descriptor
 from storage.registry import RunRegistry
 from tests.conftest import REPO, lmforge_command
-from tests.helpers import write_config
+from tests.helpers import prose, write_config
 
 SERVE_START_TIMEOUT_S = 120
 
@@ -88,3 +95,71 @@ def test_lmforge_serve_runs_a_triggered_deployment_and_records_it(workspace, tmp
         [str(flow_run.id)],
     )
     assert rows == [("completed", "default", True)]
+
+
+@task(name="slot-probe", cache_policy=NO_CACHE, persist_result=False)
+def slot_probe_task() -> Descriptor:
+    return Descriptor("probe", "probe-key", "probe", "probe-digest")
+
+
+@contextlib.contextmanager
+def training_limit():
+    """The shared training limit on the test session's server, for one test."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        with contextlib.suppress(Exception):
+            client.delete_concurrency_limit_by_tag(TRAINING_TAG)
+        try:
+            assert ensure_training_limit()  # created
+            assert not ensure_training_limit()  # found, kept
+            assert client.read_concurrency_limit_by_tag(TRAINING_TAG).concurrency_limit == 1
+            yield
+        finally:
+            client.delete_concurrency_limit_by_tag(TRAINING_TAG)
+
+
+def test_a_training_waits_while_another_run_holds_the_training_slot(tmp_path):
+    from prefect.concurrency.sync import concurrency
+
+    finished = threading.Event()
+
+    def train_elsewhere():
+        store = ArtifactStore(tmp_path / "probe", tmp_path)
+        run_stage([], slot_probe_task, "probe-key", store, concurrency_tag=TRAINING_TAG)
+        finished.set()
+
+    with training_limit():
+        with concurrency(f"tag:{TRAINING_TAG}", occupy=1):  # another deployment trains
+            waiting = threading.Thread(target=train_elsewhere, daemon=True)
+            waiting.start()
+            assert not finished.wait(3), "the second training did not wait for the slot"
+        assert finished.wait(90), "the second training did not start once the slot was free"
+
+
+def test_only_a_training_with_work_to_do_takes_a_training_slot(workspace, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    lines = "".join(json.dumps({"text": prose(seed, 60)}) + "\n" for seed in range(30))
+    (tmp_path / "texts.jsonl").write_text(lines)
+    config = write_config(tmp_path / "c.toml", [{"path": str(tmp_path / "texts.jsonl")}])
+    overrides = ['model.kind="bigram-count"', "split.val=0.3"]
+    registry = RunRegistry(workspace.registry_path)
+
+    def train_tags(summary: dict) -> list[str]:
+        _, [(flow_run_id,)] = registry.query(
+            "SELECT flow_run_id FROM runs WHERE run_id = ?", [summary["run_id"]]
+        )
+        with get_client(sync_client=True) as client:
+            task_runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
+        [train] = [run for run in task_runs if run.name == "train"]
+        return train.tags
+
+    trained = lm_pipeline(config=str(config), overrides=overrides)  # no limit: no wait
+    cached = lm_pipeline(config=str(config), overrides=overrides)
+    assert [s["cached"] for s in cached["stages"] if s["stage"] == "train"] == [True]
+    assert TRAINING_TAG in train_tags(trained)
+    assert TRAINING_TAG not in train_tags(cached)
