@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import sentencepiece as spm
 
+import lm.tokenizer
 from lm.config import TokenizerConfig, load_config
-from lm.tokenizer import CharTokenizer, TokenizerError, load_tokenizer, train_tokenizer
+from lm.tokenizer import (
+    CharTokenizer,
+    SentencePieceTokenizer,
+    TokenizerError,
+    load_tokenizer,
+    train_tokenizer,
+)
 from lm.tokenizer_stats import tokenizer_statistics
 from storage.corpus import DOCUMENTS_FILE, iter_split_texts
 from storage.shards import ShardError, ShardWriter, open_shard, read_shard_info
@@ -31,16 +39,111 @@ def bundled_splits(tmp_path_factory):
         }
 
 
+# Whitespace as SentencePiece cuts words at it, and characters it has no piece for.
+AWKWARD_TEXTS = [
+    "", " ", "   ", "a", " leading", "trailing ", "  two  spaces  inside  ", "\t",
+    "tab\tseparated\twords", " \t mixed \t ", "\n", "\n\n\n", "line\n", "\nline",
+    "para\n\npara", " \n \n ", "end.\n  The", "Snow ☃ and 🎉 in 日本語, ünïcödé", "☃☃ 🎉🎉",
+    "\x00 \x7f", "\u00a0nbsp\u3000ideographic", "<|endoftext|> is text here",
+]  # fmt: skip
+# A literal "▁" is a space to SentencePiece: same ids as the processor, decoded as " ".
+SPACE_SYMBOL_TEXTS = ["▁", "a literal ▁ and ▁▁x", "▁ ▁"]
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_models(bundled_splits):
+    """kind -> the serialized model of that kind at vocabulary 2000, trained once."""
+    models = {}
+    for kind in ("bpe", "unigram"):
+        config = TokenizerConfig(kind=kind, vocab_size=2000)
+        models[kind] = train_tokenizer(iter(bundled_splits["train"]), config).serialized()
+    return models
+
+
+def _fresh(models: dict[str, bytes], kind: str) -> SentencePieceTokenizer:
+    """A tokenizer with an empty word cache."""
+    return SentencePieceTokenizer(models[kind], kind)
+
+
+def _processor_ids(model: bytes, texts: list[str]) -> list[list[int]]:
+    return spm.SentencePieceProcessor(model_proto=model).encode(texts)
+
+
+@pytest.fixture
+def short_texts_word_by_word(monkeypatch):
+    """BPE takes the word path even for the shortest text (normally left to the processor)."""
+    monkeypatch.setattr(lm.tokenizer, "WORD_PATH_MIN_CHARS", 0)
+
+
 @pytest.mark.parametrize("kind", ["bpe", "unigram"])
-def test_every_val_document_round_trips_exactly(bundled_splits, kind):
-    tokenizer = train_tokenizer(
-        iter(bundled_splits["train"]), TokenizerConfig(kind=kind, vocab_size=2000)
-    )
+def test_every_val_document_round_trips_exactly(sentencepiece_models, bundled_splits, kind):
+    tokenizer = _fresh(sentencepiece_models, kind)
     val = bundled_splits["val"]
     assert any(any(ord(c) > 127 for c in text) for text in val), "val has non-ASCII text"
     decoded = [tokenizer.decode(ids) for ids in tokenizer.encode_batch(val)]
     assert decoded == val
     assert tokenizer.eot_id not in {i for ids in tokenizer.encode_batch(val) for i in ids}
+
+
+@pytest.mark.parametrize("kind", ["bpe", "unigram"])
+def test_encode_batch_gives_the_processors_ids_on_every_val_document(
+    sentencepiece_models, bundled_splits, kind
+):
+    val = bundled_splits["val"]
+    expected = _processor_ids(sentencepiece_models[kind], val)
+    tokenizer = _fresh(sentencepiece_models, kind)
+    assert tokenizer.encode_batch(val) == expected  # words missing from the cache
+    assert tokenizer.encode_batch(val) == expected  # every word cached
+    assert [tokenizer.encode(text) for text in val[:3]] == expected[:3]
+
+
+@pytest.mark.usefixtures("short_texts_word_by_word")
+@pytest.mark.parametrize("kind", ["bpe", "unigram"])
+def test_awkward_whitespace_and_unseen_characters_get_the_processors_ids(
+    sentencepiece_models, bundled_splits, kind
+):
+    texts = AWKWARD_TEXTS + SPACE_SYMBOL_TEXTS
+    expected = _processor_ids(sentencepiece_models[kind], texts)
+    assert [_fresh(sentencepiece_models, kind).encode(text) for text in texts] == expected
+    assert _fresh(sentencepiece_models, kind).encode_batch(texts) == expected
+    mixed = bundled_splits["val"][:3] + texts  # awkward texts in a batch: all cut by the regex
+    expected_mixed = _processor_ids(sentencepiece_models[kind], mixed)
+    assert _fresh(sentencepiece_models, kind).encode_batch(mixed) == expected_mixed
+
+
+@pytest.mark.usefixtures("short_texts_word_by_word")
+@pytest.mark.parametrize("kind", ["bpe", "unigram"])
+def test_awkward_texts_round_trip(sentencepiece_models, kind):
+    tokenizer = _fresh(sentencepiece_models, kind)
+    assert [tokenizer.decode(ids) for ids in tokenizer.encode_batch(AWKWARD_TEXTS)] == AWKWARD_TEXTS
+    assert [tokenizer.decode(tokenizer.encode(text)) for text in AWKWARD_TEXTS] == AWKWARD_TEXTS
+
+
+def test_bpe_encodes_word_by_word_and_unigram_with_the_processor(sentencepiece_models):
+    # Unigram's float32 Viterbi sums make a long document's ids differ from its words' ids.
+    assert _fresh(sentencepiece_models, "bpe")._word_processor is not None
+    assert _fresh(sentencepiece_models, "unigram")._word_processor is None
+
+
+def test_word_cache_starting_over_keeps_the_ids(sentencepiece_models, bundled_splits, monkeypatch):
+    # About the distinct words of 4 val documents: the cache grows, starts over, and grows again.
+    monkeypatch.setattr(lm.tokenizer, "WORD_CACHE_SIZE", 7000)
+    val = bundled_splits["val"]
+    expected = _processor_ids(sentencepiece_models["bpe"], val)
+    tokenizer = _fresh(sentencepiece_models, "bpe")
+    in_batches_of_4 = [tokenizer.encode_batch(val[i : i + 4]) for i in range(0, len(val), 4)]
+    assert [ids for batch in in_batches_of_4 for ids in batch] == expected
+
+
+@pytest.mark.usefixtures("short_texts_word_by_word")
+def test_user_defined_symbol_spanning_a_space_keeps_the_processors_ids(bundled_splits):
+    # The symbol would join two words, so the tokenizer must not encode them apart.
+    config = TokenizerConfig(vocab_size=1000, user_defined_symbols=["x▁y"])
+    tokenizer = train_tokenizer(iter(bundled_splits["train"]), config)
+    texts = ["the max yield", "box y", *AWKWARD_TEXTS]
+    expected = _processor_ids(tokenizer.serialized(), texts)
+    assert tokenizer.encode_batch(texts) == expected
+    assert any(tokenizer.piece(i) == "x▁y" for i in expected[0])
 
 
 def test_unseen_characters_fall_back_to_bytes_and_still_round_trip(bundled_splits):
