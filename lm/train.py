@@ -63,6 +63,7 @@ from lm.distributed import (
 )
 from lm.models.base import LanguageModel
 from lm.train_config import TrainConfig, TrainingError
+from lm.weight_average import WeightAverage
 
 __all__ = [
     "TokenBatches",
@@ -252,6 +253,9 @@ class Trainer:
         self.parallel = config.parallel if self.ranks.distributed else "none"
         self.wrapped, self.model = self._prepare_model()
         self.optimizer = make_optimizer(self.module, config, self.device)
+        if config.ema_decay and self.parallel == "fsdp":
+            raise TrainingError('train.ema_decay needs whole weights: use parallel = "ddp"')
+        self.average = WeightAverage(self.module, config.ema_decay) if config.ema_decay else None
         self.train_batches = make_batches(
             train_tokens, config, config.seed, eot_id,
             rank=self.ranks.rank, world_size=self.ranks.world_size,
@@ -301,7 +305,12 @@ class Trainer:
         every W-th batch and the sums are reduced: every rank gets the same number. Ranks with
         one batch fewer run a discarded extra forward, so that the collectives inside a
         DDP/FSDP forward line up."""
-        model = self.model if model is None else model
+        if model is None and self.average is not None:  # the average is what is published
+            with self.average.swapped_in():
+                return self._evaluate(self.model)
+        return self._evaluate(self.model if model is None else model)
+
+    def _evaluate(self, model: torch.nn.Module) -> float:
         model.eval()
         rank, world = self.ranks.rank, self.ranks.world_size
         mine = self.val_sample[rank::world]
@@ -356,6 +365,8 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.module.parameters(), config.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.average is not None:
+            self.average.update(self.step)
         self.step += 1
         return step_loss, rate
 
@@ -434,7 +445,6 @@ class Trainer:
             return final
         staging = self.out_dir / f"{name}.partial-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         staging.mkdir(parents=True)
-        torch.save(model_state, staging / WEIGHTS_FILE)
         torch.save(optimizer_state, staging / "optimizer.pt")
         state = {
             "torch": torch.get_rng_state(),
@@ -446,6 +456,10 @@ class Trainer:
         }
         if self.device.type == "cuda":
             state["cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.average is not None:  # the weights file holds the average; training, these
+            state["trained_weights"] = model_state
+            model_state = self.average.averaged_state(self.module)
+        torch.save(model_state, staging / WEIGHTS_FILE)
         torch.save(state, staging / "state.pt")
         (staging / "config.json").write_text(self.config.model_dump_json(indent=2))
         info = {
@@ -498,7 +512,13 @@ class Trainer:
         model_state = self._load(checkpoint, WEIGHTS_FILE)
         optimizer_state = self._load(checkpoint, "optimizer.pt")
         state = self._load(checkpoint, "state.pt")
+        if self.average is not None and "trained_weights" not in state:
+            raise TrainingError(f"{checkpoint}: written without train.ema_decay; it cannot "
+                                "continue a run that averages its weights")  # fmt: skip
         try:
+            if self.average is not None:
+                self.average.load(self.module, model_state)
+                model_state = state["trained_weights"]
             load_model_state(self.module, model_state, self.parallel)
             load_optimizer_state(self.module, self.optimizer, optimizer_state, self.parallel)
         except (RuntimeError, ValueError, KeyError) as error:
@@ -545,6 +565,8 @@ class Trainer:
             raise TrainingError(
                 f"train.init_from: {checkpoint} does not fit this model ({error})"
             ) from None
+        if self.average is not None:  # the average starts from the weights training starts from
+            self.average = WeightAverage(self.module, self.config.ema_decay)
         return checkpoint
 
     def resume_or_initialize(self, folder: Path, init_from: Path | None = None) -> str:

@@ -34,6 +34,9 @@ class TrainConfig(StrictModel):
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = Field(1.0, ge=0.0, description="0 turns clipping off")
+    # Evaluate, keep and publish an exponential moving average of the weights with this decay
+    # (0.999 averages over about the last 1000 steps); 0 turns it off. See lm/weight_average.py.
+    ema_decay: float = Field(0.0, ge=0.0, lt=1.0)
     eval_every: int = Field(50, ge=1)
     eval_batches: int = Field(8, ge=1)
     patience: int = Field(0, ge=0, description="evaluations without improvement; 0 = never stop")

@@ -335,3 +335,35 @@ def test_the_train_stage_key_follows_the_init_from_weights_not_just_their_path(t
     source.train_step()
     source.save("best")  # new weights at the same path
     assert train_key(shards, tokenizer, SMALL_GPT, continued) != first
+
+
+def test_weight_average_is_what_is_evaluated_and_published_and_resumes_exactly(tmp_path):
+    from lm.checkpoints import WEIGHTS_FILE
+
+    settings = config(max_steps=20, ema_decay=0.9)
+    straight = trainer(tmp_path / "straight", settings)
+    straight.train()
+    final = torch.load(tmp_path / "straight" / "step-00000020" / WEIGHTS_FILE, weights_only=True)
+    trained = {k: v.clone() for k, v in straight.module.state_dict().items()}
+    assert not torch.equal(final["blocks.0.mlp.up.weight"], trained["blocks.0.mlp.up.weight"])
+    with straight.average.swapped_in():  # the published weights are the average...
+        averaged = straight.module.state_dict()
+        assert all(torch.equal(final[k], averaged[k]) for k in final)
+        assert straight.evaluate(straight.module) == straight.evaluate()  # ...and scored
+    assert all(torch.equal(v, trained[k]) for k, v in straight.module.state_dict().items())
+
+    first = trainer(tmp_path / "split", settings)
+    first.train(until_step=10)
+    resumed = trainer(tmp_path / "split", settings)
+    resumed.resume(latest_checkpoint(tmp_path / "split"))
+    resumed.train()
+    for ours, theirs in zip(resumed.average.average, straight.average.average, strict=True):
+        assert torch.equal(ours, theirs)
+    assert all(torch.equal(v, trained[k]) for k, v in resumed.module.state_dict().items())
+
+
+def test_a_checkpoint_without_an_average_cannot_resume_a_run_that_averages(tmp_path):
+    trainer(tmp_path, config(max_steps=10)).train(until_step=5)
+    averaging = trainer(tmp_path, config(max_steps=10, ema_decay=0.9))
+    with pytest.raises(TrainingError, match=r"written without train\.ema_decay"):
+        averaging.resume(latest_checkpoint(tmp_path))
