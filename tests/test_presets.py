@@ -189,6 +189,10 @@ def test_names_preset_trains_the_ladder_on_an_80_10_10_hash_split():
     assert settings.tokenizer.kind == "char" and not settings.word2vec.enabled
     mlp = next(run for run in settings.model_runs() if run.model.kind == "mlp")
     assert mlp.train.learning_rate != settings.train.learning_rate, "per-model train overrides"
+    # makemore's regime: one name per row, from its start mark.
+    assert all(run.train.samples == "documents" for run in settings.model_runs())
+    gpt = next(run for run in settings.model_runs() if run.model.kind == "gpt")
+    assert gpt.model.block_size >= 16 and gpt.train.ema_decay > 0
 
 
 def test_the_run_seed_seeds_every_model_unless_train_sets_its_own():
