@@ -86,7 +86,7 @@ def test_threads_and_processes_annotate_where_configured_and_give_one_workers_co
 ):
     monkeypatch.setattr(tasks.clean, "SLICE_POLICY", SMALL_SLICES)
     alone, one = clean_with(workspace, raw, RuntimeConfig(), workers=1)
-    on_threads, threads = clean_with(workspace, raw, RuntimeConfig(max_workers=2))
+    on_threads, threads = clean_with(workspace, raw, RuntimeConfig(max_workers=2), workers=2)
     processes_runtime = RuntimeConfig(task_runner="processes", max_workers=2)
     on_processes, processes = clean_with(workspace, raw, processes_runtime)
 
@@ -103,6 +103,14 @@ def test_threads_and_processes_annotate_where_configured_and_give_one_workers_co
     assert alone.equals(on_threads) and alone.equals(on_processes)  # every column, every row
     assert processes.stats["removed"]["exact_duplicate"] == 1  # across slices
     assert processes.stats["removed"]["near_duplicate"] == 1
+
+
+def test_threads_annotate_in_the_task_unless_clean_workers_asks_for_more(
+    workspace, raw, monkeypatch
+):
+    monkeypatch.setattr(tasks.clean, "SLICE_POLICY", SMALL_SLICES)
+    _, corpus = clean_with(workspace, raw, RuntimeConfig(task_runner="threads", max_workers=2))
+    assert corpus.stats["runner"] == "inline"  # the GIL: threads would add cost, not speed
 
 
 def test_a_small_corpus_is_annotated_in_the_task_itself(workspace, raw):

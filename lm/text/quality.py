@@ -14,7 +14,7 @@ cost more in call overhead than in arithmetic.
 from __future__ import annotations
 
 import re
-from itertools import filterfalse
+from itertools import chain, filterfalse
 
 import numpy as np
 
@@ -26,7 +26,8 @@ _MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
 _DOC_SALT = np.uint64(0xC2B2AE3D27D4EB4F)
 # A whole \0-separated token made only of non-letters (digits, punctuation, symbols).
 _TOKEN_WITHOUT_LETTER = re.compile(r"(?<![^\x00])(?:[^\w\x00]|[\d_])+(?![^\x00])")
-_BULLET_LINE = re.compile(r"^[ \t]*(?:[•●○■□▪▫‣⁃◦]|[-*] )", re.MULTILINE)
+_BULLETS = "•●○■□▪▫‣⁃◦"
+_BULLET_LINE = re.compile(rf"^[ \t]*(?:[{_BULLETS}]|[-*] )", re.MULTILINE)
 _ELLIPSIS_LINE = re.compile(r"(?:\.\.\.|…)[ \t]*$", re.MULTILINE)
 
 QUALITY_FLAGS = (
@@ -48,17 +49,20 @@ def measure_quality(text: str) -> dict:
 
 def measure_quality_batch(texts: list[str], words_per_doc: list[list[str]]) -> list[dict]:
     """Measurements for each text; `words_per_doc` is each text's `split()`."""
-    top, duplicate = _ngram_shares(words_per_doc)
+    top, duplicate, word_chars = _ngram_shares(words_per_doc)
     return [
-        _document_measurements(text, words) | {
+        _document_measurements(text, words, chars) | {
             "top_ngram_char_fraction": top[index].tolist(),
             "duplicate_ngram_char_fraction": duplicate[index].tolist(),
         }
-        for index, (text, words) in enumerate(zip(texts, words_per_doc, strict=True))
+        for index, (text, words, chars) in enumerate(
+            zip(texts, words_per_doc, word_chars, strict=True)
+        )
     ]  # fmt: skip
 
 
-def _document_measurements(text: str, words: list[str]) -> dict:
+def _document_measurements(text: str, words: list[str], word_chars: int) -> dict:
+    """The per-document measurements; `word_chars` is the total length of `words`."""
     n_words = len(words)
     lines = [line for line in text.split("\n") if line.strip()]
     n_lines = max(len(lines), 1)
@@ -66,21 +70,35 @@ def _document_measurements(text: str, words: list[str]) -> dict:
     paragraph_share, paragraph_char_share = _duplicate_share(
         [p for p in text.split("\n\n") if p.strip()]
     )
-    symbols = text.count("#") + text.count("...") + text.count("…")
+    ellipses = text.count("...") + text.count("…")
+    symbols = text.count("#") + ellipses
     return {
         "n_words": n_words,
-        "mean_word_length": sum(map(len, words)) / n_words if n_words else 0.0,
+        "mean_word_length": word_chars / n_words if n_words else 0.0,
         "symbol_word_ratio": symbols / n_words if n_words else 0.0,
         "alpha_word_fraction": (
             1.0 - _count_words_without_letters(words) / n_words if n_words else 0.0
         ),
-        "ellipsis_line_fraction": len(_ELLIPSIS_LINE.findall(text)) / n_lines,
-        "bullet_line_fraction": len(_BULLET_LINE.findall(text)) / n_lines,
+        # Each regex scan only when its line can occur: most documents have no ellipsis, and
+        # no bullet character or "- " / "* " (a dash or star bullet needs one).
+        "ellipsis_line_fraction": len(_ELLIPSIS_LINE.findall(text)) / n_lines if ellipses else 0.0,
+        "bullet_line_fraction": (
+            len(_BULLET_LINE.findall(text)) / n_lines if _may_have_bullets(text) else 0.0
+        ),
         "duplicate_line_fraction": line_share,
         "duplicate_line_char_fraction": line_char_share,
         "duplicate_paragraph_fraction": paragraph_share,
         "duplicate_paragraph_char_fraction": paragraph_char_share,
     }
+
+
+def _may_have_bullets(text: str) -> bool:
+    """False when no line can be a bullet line; `in` is several times cheaper than a scan."""
+    return (
+        "- " in text
+        or "* " in text
+        or (not text.isascii() and any(bullet in text for bullet in _BULLETS))
+    )
 
 
 def _count_words_without_letters(words: list[str]) -> int:
@@ -135,9 +153,10 @@ def _duplicate_share(pieces: list[str]) -> tuple[float, float]:
     return duplicates / len(pieces), duplicate_chars / max(total_chars, 1)
 
 
-def _ngram_shares(words_per_doc: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
-    """Per document: the character share of its most frequent 2/3/4-gram, and of all repeated
-    occurrences of 5- to 10-grams (each character counted once).
+def _ngram_shares(words_per_doc: list[list[str]]) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Per document: the character share of its most frequent 2/3/4-gram, of all repeated
+    occurrences of 5- to 10-grams (each character counted once), and the total length of its
+    words.
 
     n-gram hashes grow one word at a time, and from n = 3 on only windows whose (n-1)-gram
     occurs more than once are kept: an n-gram can only repeat where its prefix does, and both
@@ -147,15 +166,18 @@ def _ngram_shares(words_per_doc: list[list[str]]) -> tuple[np.ndarray, np.ndarra
     top = np.zeros((n_docs, len(TOP_NGRAM_SIZES)))
     duplicate = np.zeros((n_docs, len(DUPLICATE_NGRAM_SIZES)))
     counts = np.fromiter(map(len, words_per_doc), dtype=np.int64, count=n_docs)
-    all_words = [word for words in words_per_doc for word in words]
+    all_words = list(chain.from_iterable(words_per_doc))
+    lengths = np.fromiter(map(len, all_words), dtype=np.int64, count=len(all_words))
+    # Characters of each document's words (summed here, where every word's length is known).
+    cumulative_chars = np.concatenate(([0], np.cumsum(lengths)))
+    doc_ends = np.cumsum(counts)
+    word_chars = (cumulative_chars[doc_ends] - cumulative_chars[doc_ends - counts]).tolist()
     if len(all_words) < 2:
-        return top, duplicate
+        return top, duplicate, word_chars
     # Python's own string hash: fast, and only compared within this batch and process.
     ids = np.fromiter(map(hash, all_words), dtype=np.int64, count=len(all_words)).view(np.uint64)
-    lengths = np.fromiter(map(len, all_words), dtype=np.int64, count=len(all_words))
     doc_of_word = np.repeat(np.arange(n_docs), counts)
     doc_chars = np.maximum(np.bincount(doc_of_word, weights=lengths, minlength=n_docs), 1)
-    cumulative_chars = np.concatenate(([0], np.cumsum(lengths)))
     salt = doc_of_word.astype(np.uint64) * _DOC_SALT
     starts = np.arange(len(ids), dtype=np.int64)
     hashes = ids.copy()
@@ -180,7 +202,7 @@ def _ngram_shares(words_per_doc: list[list[str]]) -> tuple[np.ndarray, np.ndarra
             )
         repeated = groups.window_count() >= 2
         starts, hashes = starts[repeated], hashes[repeated]
-    return top, duplicate
+    return top, duplicate, word_chars
 
 
 class _Groups:

@@ -1,0 +1,41 @@
+"""The quality measurements' shortcuts give exactly what the plain formulas give: each regex scan
+is skipped only where it cannot match, and word lengths are summed once per batch."""
+
+from __future__ import annotations
+
+import random
+
+from lm.text.quality import _BULLET_LINE, _ELLIPSIS_LINE, measure_quality_batch
+
+PIECES = ["word", "Word,", "123", "...", "…", "end...", "end… ", "•", "◦", "- item", "* star",
+          "\t- tab", "  • bullet", "a-b", "-- ", "x*y", "é", "日本語", "½", "#", "\n", "\n\n",
+          "\n - ", "\n* ", " ", "\t"]  # fmt: skip
+
+
+def texts(count: int = 400, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [
+        "".join(rng.choice(PIECES) + rng.choice(["", " "]) for _ in range(rng.randint(0, 60)))
+        for _ in range(count)
+    ]
+
+
+def test_line_and_word_measurements_match_the_plain_formulas():
+    batch = texts()
+    words_per_doc = [text.split() for text in batch]
+    measured = measure_quality_batch(batch, words_per_doc)
+    assert any(m["bullet_line_fraction"] for m in measured)
+    assert any(m["ellipsis_line_fraction"] for m in measured)
+    for text, words, m in zip(batch, words_per_doc, measured, strict=True):
+        n_lines = max(len([line for line in text.split("\n") if line.strip()]), 1)
+        assert m["ellipsis_line_fraction"] == len(_ELLIPSIS_LINE.findall(text)) / n_lines
+        assert m["bullet_line_fraction"] == len(_BULLET_LINE.findall(text)) / n_lines
+        expected_mean = sum(map(len, words)) / len(words) if words else 0.0
+        assert m["mean_word_length"] == expected_mean
+
+
+def test_measurements_do_not_depend_on_the_batch_a_document_is_in():
+    batch = texts(seed=1)
+    together = measure_quality_batch(batch, [text.split() for text in batch])
+    alone = [measure_quality_batch([text], [text.split()])[0] for text in batch]
+    assert together == alone
