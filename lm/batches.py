@@ -31,7 +31,25 @@ def _to_device(rows: torch.Tensor, device: torch.device) -> torch.Tensor:
     return rows.to(device)
 
 
-class TokenBatches:
+class SeededCursor:
+    """A sampler's data cursor: a generator seeded per rank, whose state a checkpoint saves."""
+
+    def __init__(self, seed: int, rank: int):
+        self.seed = seed + RANK_SEED_STRIDE * rank
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    def state(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def restore(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)
+
+    def reseed(self, step: int) -> None:
+        """A fresh but reproducible cursor for `step`, when a saved one cannot be used."""
+        self.generator.manual_seed(self.seed + step)
+
+
+class TokenBatches(SeededCursor):
     """Random windows of a token array, from a seeded generator whose state is the data cursor:
     saving it in a checkpoint makes a resumed run read exactly the batches it would have.
 
@@ -54,11 +72,10 @@ class TokenBatches:
                 f"{where} has {share} tokens, not more than block_size {block_size}: lower "
                 f"block_size, raise split.{split} or add data"
             )
+        super().__init__(seed, rank)
         self.tokens = tokens
         self.block_size = block_size
         self.batch = batch
-        self.seed = seed + RANK_SEED_STRIDE * rank
-        self.generator = torch.Generator().manual_seed(self.seed)
 
     def sample_starts(self) -> list[int]:
         """The positions (in the whole array) where the next batch's windows start."""
@@ -71,18 +88,8 @@ class TokenBatches:
         window = _to_device(torch.from_numpy(rows.astype(np.int64)), device)
         return window[:, :-1], window[:, 1:]
 
-    def state(self) -> torch.Tensor:
-        return self.generator.get_state()
 
-    def restore(self, state: torch.Tensor) -> None:
-        self.generator.set_state(state)
-
-    def reseed(self, step: int) -> None:
-        """A fresh but reproducible cursor for `step`, when a saved one cannot be used."""
-        self.generator.manual_seed(self.seed + step)
-
-
-class DocumentBatches:
+class DocumentBatches(SeededCursor):
     """Rows that each hold one document from its start: the start mark (end-of-text), the
     document and its end mark, as inputs `[eot, d1 … dn]` and targets `[d1 … dn, eot]`, padded
     after the end (inputs with end-of-text, targets with `IGNORED_TARGET`, so padding is never
@@ -107,12 +114,11 @@ class DocumentBatches:
                 f"{where} holds no complete document (none ends with the end-of-text id "
                 f'{eot_id}): train.samples = "documents" needs documents; use "windows"'
             )
+        super().__init__(seed, rank)
         self.tokens = tokens
         self.block_size = block_size
         self.batch = batch
         self.eot_id = eot_id
-        self.seed = seed + RANK_SEED_STRIDE * rank
-        self.generator = torch.Generator().manual_seed(self.seed)
 
     def row(self, document: int) -> tuple[np.ndarray, np.ndarray]:
         """(inputs, targets) of one document, `block_size` long each."""
@@ -134,16 +140,6 @@ class DocumentBatches:
         x = torch.from_numpy(np.stack([inputs for inputs, _ in rows]))
         y = torch.from_numpy(np.stack([targets for _, targets in rows]))
         return _to_device(x, device), _to_device(y, device)
-
-    def state(self) -> torch.Tensor:
-        return self.generator.get_state()
-
-    def restore(self, state: torch.Tensor) -> None:
-        self.generator.set_state(state)
-
-    def reseed(self, step: int) -> None:
-        """A fresh but reproducible cursor for `step`, when a saved one cannot be used."""
-        self.generator.manual_seed(self.seed + step)
 
 
 def make_batches(tokens: np.ndarray, config: TrainConfig, seed: int, eot_id: int | None,
