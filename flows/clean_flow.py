@@ -28,7 +28,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import as_completed
 
 from lm.config import CleanConfig
 from lm.progress import ProgressLog
@@ -40,6 +39,7 @@ from lm.text.clean import (
     annotate_batches,
 )
 from storage.corpus import RAW_SCHEMA
+from tasks.runners import results_in_order
 
 
 @dataclass(frozen=True)
@@ -122,12 +122,7 @@ def annotate_slices(
         raw_path=unmapped(raw_path), rows=slices, config=unmapped(config), scratch=unmapped(scratch)
     )
     progress = ProgressLog("clean: annotate", total=sum(s.documents for s in slices), unit="docs")
-    done = 0
-    for future in as_completed(futures):
-        done += future.result().rows.documents
-        progress.update(done)
-    progress.finish()
-    return [future.result() for future in futures]
+    return results_in_order(futures, progress, lambda piece: piece.rows.documents)
 
 
 def load_annotated(pieces: list[AnnotatedSlice]) -> Iterator[list[AnnotatedDocument]]:

@@ -26,12 +26,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import as_completed
 
 from lm.progress import ProgressLog
 from lm.text.clean import RowSlice
 from lm.tokenizer import Tokenizer, load_tokenizer
 from storage.shards import ShardInfo, ShardWriter
+from tasks.runners import results_in_order
 
 SPLITS = ("train", "val", "test")
 BATCH_DOCS = 256  # corpus rows per encoding batch
@@ -164,12 +164,7 @@ def encode_slices(
         scratch=unmapped(scratch),
     )
     progress = ProgressLog("encode: slices", total=sum(s.documents for s in slices), unit="docs")
-    done = 0
-    for future in as_completed(futures):
-        done += future.result().rows.documents
-        progress.update(done)
-    progress.finish()
-    return [future.result() for future in futures]
+    return results_in_order(futures, progress, lambda piece: piece.rows.documents)
 
 
 def append_slices(pieces: list[EncodedSlice], writers: dict[str, ShardWriter]) -> None:

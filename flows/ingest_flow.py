@@ -24,7 +24,6 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import as_completed
 
 from lm.config import IngestConfig
 from lm.progress import ProgressLog
@@ -33,6 +32,7 @@ from lm.text.ingest import iter_input_documents
 from lm.text.readers import RawDocument
 from lm.text.sources import ResolvedInput
 from storage.corpus import RAW_SCHEMA, DocumentWriter
+from tasks.runners import results_in_order
 
 READ_BATCH_DOCS = 256  # documents per batch when a part is copied into the raw documents file
 
@@ -110,12 +110,7 @@ def read_parts(
         scratch=unmapped(scratch),
     )
     progress = ProgressLog("ingest: read", total=sum(part.size for part in parts) or None)
-    done = 0
-    for future in as_completed(futures):
-        done += future.result().part.size
-        progress.update(done)
-    progress.finish()
-    return [future.result() for future in futures]
+    return results_in_order(futures, progress, lambda piece: piece.part.size)
 
 
 def load_parts(pieces: list[ReadPart]) -> Iterator[RawDocument]:

@@ -8,10 +8,13 @@ threads, on a process pool, or on a Dask cluster, and produces the same output o
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
+from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
 from lm.config import RuntimeConfig
+from lm.progress import ProgressLog
 
 DASK_EXTRA_HINT = "pip install -e '.[dask]'"
 
@@ -58,3 +61,16 @@ def _dask_task_runner(runtime: RuntimeConfig, workers: int) -> TaskRunner:
             "dashboard_address": None,
         }
     )
+
+
+def results_in_order(futures: list[PrefectFuture], progress: ProgressLog,
+                     amount: Callable[[object], int]) -> list:  # fmt: skip
+    """The results of mapped `futures` in the order they were submitted (a fan-out's output
+    must not depend on which worker finished first), with `progress` advanced by `amount` of
+    each result as it completes."""
+    done = 0
+    for future in as_completed(futures):
+        done += amount(future.result())
+        progress.update(done)
+    progress.finish()
+    return [future.result() for future in futures]
