@@ -106,9 +106,10 @@ class CleanConfig(StrictModel):
     exact_dedup: bool = True
     quality: QualityConfig = QualityConfig()
     near_dup: NearDupConfig = NearDupConfig()
-    # Annotation workers for cleaning, run by [runtime]'s task runner: 0 means runtime.max_workers
-    # on processes or Dask and 1 on threads (annotation holds the GIL: threads only add
-    # overhead), 1 cleans inside the stage's own process. Never part of the cache key.
+    # Annotation workers for cleaning: 0 means runtime.max_workers, run by [runtime]'s task
+    # runner on processes or Dask, and on threads by worker processes of the clean task itself
+    # (annotation holds the GIL: threads would only add overhead); N > 1 on threads asks for
+    # threads; 1 cleans inside the stage's own process. Never part of the cache key.
     workers: int = Field(0, ge=0, description="annotation workers; 0 means runtime.max_workers")
     row_group_docs: int = Field(2000, ge=1)
 

@@ -65,30 +65,30 @@ CORPUS_SCHEMA = pa.schema(
 
 
 class DocumentWriter:
-    """Streams rows (dicts) into one Parquet file, a row group every `row_group_rows` rows."""
+    """Streams rows (dicts) into one Parquet file, a row group every `row_group_rows` rows.
+    Rows wait as they are and become columns once per row group (one list per column, built
+    in a comprehension: several times cheaper than appending to every column per row)."""
 
     def __init__(self, path: Path, schema: pa.Schema, row_group_rows: int = 2000):
         self.path = path
         self.schema = schema
         self.row_group_rows = row_group_rows
         self.rows_written = 0
-        self._columns: dict[str, list] = {name: [] for name in schema.names}
-        self._buffered = 0
+        self._rows: list[dict] = []
         self._writer = pq.ParquetWriter(path, schema, compression="zstd")
 
     def write(self, row: dict) -> None:
-        for name, values in self._columns.items():
-            values.append(row[name])
-        self._buffered += 1
-        if self._buffered >= self.row_group_rows:
+        self._rows.append(row)
+        if len(self._rows) >= self.row_group_rows:
             self._flush()
 
     def _flush(self) -> None:
-        if self._buffered:
-            self._writer.write_table(pa.table(self._columns, schema=self.schema))
-            self.rows_written += self._buffered
-            self._columns = {name: [] for name in self.schema.names}
-            self._buffered = 0
+        if self._rows:
+            rows = self._rows
+            columns = {name: [row[name] for row in rows] for name in self.schema.names}
+            self._writer.write_table(pa.table(columns, schema=self.schema))
+            self.rows_written += len(rows)
+            self._rows = []
 
     def close(self) -> None:
         self._flush()

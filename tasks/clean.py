@@ -3,8 +3,9 @@
 
 One cached task, whatever the runner. Annotation fans out over slices of the raw documents
 through the `clean-annotate` subflow on the task runner that `[runtime]` names
-(`flows/clean_flow.py`); a corpus too small to be worth it, `clean.workers = 1`, or the threads
-runner without an explicit `clean.workers` is annotated here instead. The decisions then run
+(`flows/clean_flow.py`); on the threads runner without an explicit `clean.workers`, to worker
+processes of this task; a corpus too small to be worth it, or `clean.workers = 1`, is annotated
+here. The decisions then run
 here, in input order, so the corpus (and its digest) is the same on threads, processes or Dask,
 with any number of workers.
 """
@@ -12,7 +13,7 @@ with any number of workers.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from prefect import task
@@ -24,6 +25,7 @@ from lm.text.clean import (
     BATCH_DOCS,
     AnnotatedDocument,
     DecisionMaker,
+    ProcessAnnotator,
     RowSlice,
     SlicePolicy,
     annotate_batches,
@@ -90,26 +92,31 @@ def clean_task(
             decide_batches(annotated, decider), staging / DOCUMENTS_FILE, config, total
         )
         shutil.rmtree(staging / SCRATCH_DIR, ignore_errors=True)
+        fan_out["annotated_by"] = sorted(fan_out["annotated_by"])
         stats = decider.stats.as_dict() | {"sources": sources} | fan_out
         descriptor = store.describe(staging, STAGE, key, digest, stats)
     return descriptor
 
 
 def annotate_workers(runtime: RuntimeConfig, config: CleanConfig) -> int:
-    """How many workers annotation fans out to (1: it stays in the task). On threads, only when
-    `clean.workers` asks for it: annotation is Python that holds the GIL, so threads add task
-    runs and scratch files and no speed (measured: a third slower than inline on 30 MB). Worker
-    processes and Dask workers bring cores of their own."""
-    if runtime.task_runner == "threads" and not config.workers:
-        return 1
+    """How many workers annotation fans out to (1: it stays in the task)."""
     return worker_count(runtime, config.workers)
+
+
+def annotates_in_task_processes(runtime: RuntimeConfig, config: CleanConfig) -> bool:
+    """On threads, unless `clean.workers` asks for threads, annotation runs in worker processes
+    of the task's own (`ProcessAnnotator`): it is Python that holds the GIL, so threads add
+    task runs and scratch files and no speed (measured: a third slower than one thread on
+    30 MB). Worker processes and Dask workers bring cores of their own."""
+    return runtime.task_runner == "threads" and not config.workers
 
 
 def _annotate(
     raw_path: Path, total: int, config: CleanConfig, runtime: RuntimeConfig, scratch: Path
-) -> tuple[Iterator[list[AnnotatedDocument]], dict]:
+) -> tuple[Iterable[list[AnnotatedDocument]], dict]:
     """The annotated documents in input order, and how they were made: fanned out over slices
-    on the runtime's task runner, or here when one worker is asked for or the input is small."""
+    on the runtime's task runner, in worker processes of this task, or here when one worker is
+    asked for or the input is too small to be worth splitting."""
     workers = annotate_workers(runtime, config)
     slices = []
     if workers > 1:
@@ -118,6 +125,12 @@ def _annotate(
         everything = read_raw_slice(raw_path, RowSlice(0, 0, total))
         inline = {"runner": "inline", "workers": 1, "slices": 1, "annotated_by": []}
         return annotate_batches(everything, config), inline
+    if annotates_in_task_processes(runtime, config):
+        everything = read_raw_slice(raw_path, RowSlice(0, 0, total))
+        annotator = ProcessAnnotator(everything, config, workers)
+        # `annotated_by` fills in as the annotator is read.
+        in_task = {"runner": "task-processes", "workers": workers, "slices": 1}
+        return annotator, in_task | {"annotated_by": annotator.annotated_by}
     runner = make_task_runner(runtime, workers)
     pieces = annotate_slices.with_options(task_runner=runner)(
         raw_path=str(raw_path), slices=slices, config=config, scratch=str(scratch)

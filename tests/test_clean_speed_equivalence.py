@@ -23,7 +23,7 @@ def texts(count: int = 400, seed: int = 0) -> list[str]:
 def test_line_and_word_measurements_match_the_plain_formulas():
     batch = texts()
     words_per_doc = [text.split() for text in batch]
-    measured = measure_quality_batch(batch, words_per_doc)
+    measured = measure_quality_batch(batch)
     assert any(m["bullet_line_fraction"] for m in measured)
     assert any(m["ellipsis_line_fraction"] for m in measured)
     for text, words, m in zip(batch, words_per_doc, measured, strict=True):
@@ -32,10 +32,13 @@ def test_line_and_word_measurements_match_the_plain_formulas():
         assert m["bullet_line_fraction"] == len(_BULLET_LINE.findall(text)) / n_lines
         expected_mean = sum(map(len, words)) / len(words) if words else 0.0
         assert m["mean_word_length"] == expected_mean
+        assert m["n_words"] == len(words)
+        with_letter = sum(any(c.isalpha() for c in word) for word in words)
+        assert m["alpha_word_fraction"] == (with_letter / len(words) if words else 0.0)
 
 
 def test_measurements_do_not_depend_on_the_batch_a_document_is_in():
     batch = texts(seed=1)
-    together = measure_quality_batch(batch, [text.split() for text in batch])
-    alone = [measure_quality_batch([text], [text.split()])[0] for text in batch]
+    together = measure_quality_batch(batch)
+    alone = [measure_quality_batch([text])[0] for text in batch]
     assert together == alone

@@ -105,12 +105,19 @@ def test_threads_and_processes_annotate_where_configured_and_give_one_workers_co
     assert processes.stats["removed"]["near_duplicate"] == 1
 
 
-def test_threads_annotate_in_the_task_unless_clean_workers_asks_for_more(
+def test_on_threads_the_task_annotates_in_worker_processes_of_its_own(
     workspace, raw, monkeypatch
 ):
     monkeypatch.setattr(tasks.clean, "SLICE_POLICY", SMALL_SLICES)
-    _, corpus = clean_with(workspace, raw, RuntimeConfig(task_runner="threads", max_workers=2))
-    assert corpus.stats["runner"] == "inline"  # the GIL: threads would add cost, not speed
+    alone, one = clean_with(workspace, raw, RuntimeConfig(), workers=1)
+    runtime = RuntimeConfig(task_runner="threads", max_workers=2)
+    in_task, corpus = clean_with(workspace, raw, runtime)
+    # The GIL: annotation in threads would add cost, not speed; processes bring cores.
+    assert corpus.stats["runner"] == "task-processes" and corpus.stats["workers"] == 2
+    here = f"{socket.gethostname()}:{os.getpid()}"
+    assert here not in corpus.stats["annotated_by"]
+    assert 1 <= len(corpus.stats["annotated_by"]) <= 2
+    assert corpus.digest == one.digest and in_task.equals(alone)
 
 
 def test_a_small_corpus_is_annotated_in_the_task_itself(workspace, raw):

@@ -21,6 +21,8 @@ import itertools
 import logging
 import math
 import multiprocessing
+import os
+import socket
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -33,6 +35,7 @@ from lm.text.near_duplicates import MinHasher, NearDuplicateIndex
 from lm.text.normalize import normalize_text
 from lm.text.quality import QUALITY_FLAGS, measure_quality_batch, quality_flags
 from lm.text.wikitext import strip_wikitext
+from lm.text.word_hashes import BatchWords
 
 logger = logging.getLogger("lm.text.clean")
 
@@ -49,6 +52,7 @@ class AnnotatedDocument:
     source: str
     source_file: str
     text: str
+    n_bytes: int  # of the text in UTF-8
     doc_id: str
     measurements: dict
     flags: dict[str, bool]
@@ -63,8 +67,9 @@ def annotate_batch(batch: list[RawRow], config: CleanConfig) -> list[AnnotatedDo
         if markup == "wikitext" and config.strip_wiki_markup:
             text = strip_wikitext(text)
         texts.append(normalize_text(text, config.normalization, config.collapse_whitespace))
-    words_per_doc = [text.split() for text in texts]
-    measurements = measure_quality_batch(texts, words_per_doc)
+    encoded = [text.encode() for text in texts]
+    words = BatchWords.of(texts, encoded)
+    measurements = measure_quality_batch(texts, words)
     flags = [
         {"too_short": len(text) < config.min_chars} | quality_flags(m, config.quality)
         for text, m in zip(texts, measurements, strict=True)
@@ -76,22 +81,23 @@ def annotate_batch(batch: list[RawRow], config: CleanConfig) -> list[AnnotatedDo
         hasher = MinHasher(
             config.near_dup.num_perm, config.near_dup.shingle_size, config.near_dup.seed
         )
-        for index, signature in zip(
-            passing, hasher.signatures([words_per_doc[i] for i in passing]), strict=True
-        ):
+        starts, counts = words.starts.tolist(), words.counts.tolist()
+        ids = [words.ids[starts[i] : starts[i] + counts[i]] for i in passing]
+        for index, signature in zip(passing, hasher.signatures_of_ids(ids), strict=True):
             signatures[index] = signature
     return [
         AnnotatedDocument(
             source=source,
             source_file=source_file,
             text=text,
-            doc_id=hashlib.sha256(text.encode()).hexdigest(),
+            n_bytes=len(utf8),
+            doc_id=hashlib.sha256(utf8).hexdigest(),
             measurements=m,
             flags=f,
             signature=signature,
         )
-        for (source, source_file, _, _), text, m, f, signature in zip(
-            batch, texts, measurements, flags, signatures, strict=True
+        for (source, source_file, _, _), text, utf8, m, f, signature in zip(
+            batch, texts, encoded, measurements, flags, signatures, strict=True
         )
     ]
 
@@ -162,7 +168,7 @@ class DecisionMaker:
         flags["near_duplicate"] = near_dup_of is not None
         reason = next((flag for flag in DECISION_FLAGS if flags[flag]), None)
         keep = reason is None
-        n_bytes = len(doc.text.encode())
+        n_bytes = doc.n_bytes
         split = split_of(doc.doc_id, self.split)
 
         stats = self.stats
@@ -281,28 +287,62 @@ def clean_documents(
     batches: Iterable[list[RawRow]], decider: DecisionMaker, workers: int = 1
 ) -> Iterator[list[dict]]:
     """Clean a stream of raw batches outside any orchestrator, yielding output rows batch by
-    batch in input order; `decider.stats` holds the counts once the stream is exhausted.
+    batch in input order; `decider.stats` holds the counts once the stream is exhausted. With
+    `workers > 1`, annotation runs in a `ProcessAnnotator`."""
+    annotated = (
+        ProcessAnnotator(batches, decider.config, workers)
+        if workers > 1
+        else annotate_batches(batches, decider.config)
+    )
+    yield from decide_batches(annotated, decider)
 
-    With `workers > 1`, annotation runs in a local process pool with a bounded number of batches
-    in flight, so memory stays flat however large the input. (The pipeline's clean stage fans
-    out with its Prefect task runner instead: `tasks/clean.py`.)"""
-    yield from decide_batches(_annotated_batches(batches, decider.config, workers), decider)
+
+class ProcessAnnotator:
+    """Annotated batches, in input order, from a local pool of `workers` processes: iterate it
+    once. Batches go out `batches_per_task` at a time (fewer, larger messages), with at most two
+    tasks per worker in flight, so memory stays flat however large the input. `annotated_by`
+    holds the `host:pid` of every worker that did some of the work.
+
+    This is how the clean stage uses every core on the threads runner, where annotation in
+    threads would hold the GIL: the pool lives inside the task, and its workers import only
+    `lm` (a second or two to start, against Prefect's four for a process runner's worker)."""
+
+    def __init__(
+        self,
+        batches: Iterable[list[RawRow]],
+        config: CleanConfig,
+        workers: int,
+        batches_per_task: int = 8,
+    ):
+        self._batches = batches
+        self._config = config
+        self._workers = workers
+        self._batches_per_task = batches_per_task
+        self.annotated_by: set[str] = set()
+
+    def __iter__(self) -> Iterator[list[AnnotatedDocument]]:
+        # 'spawn': the parent runs Prefect's threads, and forking a threaded process can deadlock.
+        context = multiprocessing.get_context("spawn")
+        work = partial(_annotate_in_worker, config=self._config)
+        batches = iter(self._batches)
+        chunks = iter(lambda: tuple(itertools.islice(batches, self._batches_per_task)), ())
+        with context.Pool(self._workers) as pool:
+            pending: deque = deque()
+            for chunk in chunks:
+                pending.append(pool.apply_async(work, (chunk,)))
+                if len(pending) >= 2 * self._workers:
+                    yield from self._collect(pending.popleft())
+            while pending:
+                yield from self._collect(pending.popleft())
+
+    def _collect(self, result) -> Iterator[list[AnnotatedDocument]]:
+        worker, annotated = result.get()
+        self.annotated_by.add(worker)
+        yield from annotated
 
 
-def _annotated_batches(
-    batches: Iterable[list[RawRow]], config: CleanConfig, workers: int
-) -> Iterator[list[AnnotatedDocument]]:
-    if workers <= 1:
-        yield from annotate_batches(batches, config)
-        return
-    # 'spawn': the parent runs Prefect's threads, and forking a threaded process can deadlock.
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(workers) as pool:
-        pending: deque = deque()
-        work = partial(annotate_batch, config=config)
-        for batch in batches:
-            pending.append(pool.apply_async(work, (batch,)))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
+def _annotate_in_worker(
+    batches: tuple[list[RawRow], ...], config: CleanConfig
+) -> tuple[str, list[list[AnnotatedDocument]]]:
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    return worker, [annotate_batch(batch, config) for batch in batches]

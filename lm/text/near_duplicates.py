@@ -20,6 +20,11 @@ from lm.text.word_hashes import ngram_hashes, word_ids
 _MAX_HASH = np.uint64(0xFFFFFFFF)
 
 
+def _fold(hashes: np.ndarray) -> np.ndarray:
+    """64-bit hashes to 32 bits (xor of the halves), as the permutations work on 32 bits."""
+    return ((hashes ^ (hashes >> np.uint64(32))) & _MAX_HASH).astype(np.uint32)
+
+
 class MinHasher:
     """MinHash signatures over word shingles, for many documents at once."""
 
@@ -41,11 +46,14 @@ class MinHasher:
         return self.signatures([words])[0]
 
     def signatures(self, words_per_doc: list[list[str]]) -> list[np.ndarray]:
-        shingles = [self._shingles(words) for words in words_per_doc]
+        return self.signatures_of_ids([word_ids(words) for words in words_per_doc])
+
+    def signatures_of_ids(self, ids_per_doc: list[np.ndarray]) -> list[np.ndarray]:
+        """Signatures of documents given as their word hashes (`word_hashes.BatchWords.ids`)."""
         result: list[np.ndarray] = []
         group: list[np.ndarray] = []
         group_size = 0
-        for doc_shingles in shingles:
+        for doc_shingles in self._shingles(ids_per_doc):
             if len(doc_shingles) > self.CHUNK_SHINGLES:
                 result.extend(self._group_minima(group))
                 group, group_size = [], 0
@@ -59,12 +67,26 @@ class MinHasher:
         result.extend(self._group_minima(group))
         return result
 
-    def _shingles(self, words: list[str]) -> np.ndarray:
-        ids = word_ids(words)
-        hashes = ngram_hashes(ids, min(self.shingle_size, max(len(ids), 1)))
-        if len(hashes) == 0:
-            hashes = np.zeros(1, dtype=np.uint64)
-        return ((hashes ^ (hashes >> np.uint64(32))) & _MAX_HASH).astype(np.uint32)
+    def _shingles(self, ids_per_doc: list[np.ndarray]) -> list[np.ndarray]:
+        """Each document's shingle hashes, folded to 32 bits: one hash per window of
+        `shingle_size` words, or one of all its words when it has fewer. The windows of every
+        document are hashed in one pass over the documents' words laid end to end; those that
+        straddle two documents are never used."""
+        size = self.shingle_size
+        lengths = [len(ids) for ids in ids_per_doc]
+        flat = np.concatenate(ids_per_doc) if ids_per_doc else np.empty(0, dtype=np.uint64)
+        windows = _fold(ngram_hashes(flat, size))
+        shingles = []
+        start = 0
+        for ids, length in zip(ids_per_doc, lengths, strict=True):
+            if length >= size:
+                shingles.append(windows[start : start + length - size + 1])
+            elif length:
+                shingles.append(_fold(ngram_hashes(ids, length)))
+            else:
+                shingles.append(np.zeros(1, dtype=np.uint32))
+            start += length
+        return shingles
 
     def _permuted(self, shingles: np.ndarray) -> np.ndarray:
         permuted = shingles[None, :] ^ self.mask
@@ -117,10 +139,9 @@ class NearDuplicateIndex:
         self._doc_ids: list[str] = []
 
     def find_or_add(self, doc_id: str, signature: np.ndarray) -> str | None:
-        keys = [
-            signature[band * self.rows : (band + 1) * self.rows].tobytes()
-            for band in range(self.bands)
-        ]
+        whole = signature.tobytes()
+        width = self.rows * signature.itemsize
+        keys = [whole[band * width : (band + 1) * width] for band in range(self.bands)]
         checked: set[int] = set()
         for band, key in enumerate(keys):
             candidate = self._buckets[band].get(key)

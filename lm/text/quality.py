@@ -5,27 +5,26 @@
 is what makes cleaning non-destructive: thresholds can be changed and re-applied, even in SQL,
 without measuring again.
 
-The word n-gram rules are computed for a whole batch of documents at once: all words of the batch
-in one array, n-gram hashes salted with the document's index so that windows of different
-documents never match, and one sort per n-gram size for the batch. Per-document numpy calls would
-cost more in call overhead than in arithmetic.
+The word measurements are computed for a whole batch of documents at once, from its words cut
+and hashed in numpy (`BatchWords`): all words of the batch in one array, n-gram hashes salted
+with the document's index so that windows of different documents never match, and one sort per
+n-gram size for the batch. Per-document numpy calls would cost more in call overhead than in
+arithmetic.
 """
 
 from __future__ import annotations
 
 import re
-from itertools import chain, filterfalse
 
 import numpy as np
 
 from lm.config import QualityConfig
+from lm.text.word_hashes import BatchWords
 
 TOP_NGRAM_SIZES = (2, 3, 4)
 DUPLICATE_NGRAM_SIZES = (5, 6, 7, 8, 9, 10)
 _MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
 _DOC_SALT = np.uint64(0xC2B2AE3D27D4EB4F)
-# A whole \0-separated token made only of non-letters (digits, punctuation, symbols).
-_TOKEN_WITHOUT_LETTER = re.compile(r"(?<![^\x00])(?:[^\w\x00]|[\d_])+(?![^\x00])")
 _BULLETS = "•●○■□▪▫‣⁃◦"
 _BULLET_LINE = re.compile(rf"^[ \t]*(?:[{_BULLETS}]|[-*] )", re.MULTILINE)
 _ELLIPSIS_LINE = re.compile(r"(?:\.\.\.|…)[ \t]*$", re.MULTILINE)
@@ -44,26 +43,29 @@ QUALITY_FLAGS = (
 
 
 def measure_quality(text: str) -> dict:
-    return measure_quality_batch([text], [text.split()])[0]
+    return measure_quality_batch([text])[0]
 
 
-def measure_quality_batch(texts: list[str], words_per_doc: list[list[str]]) -> list[dict]:
-    """Measurements for each text; `words_per_doc` is each text's `split()`."""
-    top, duplicate, word_chars = _ngram_shares(words_per_doc)
+def measure_quality_batch(texts: list[str], words: BatchWords | None = None) -> list[dict]:
+    """Measurements for each text; `words` is the batch's `BatchWords` when the caller has it."""
+    words = words or BatchWords.of(texts)
+    top, duplicate, word_chars = _ngram_shares(words)
+    doc_of_word = np.repeat(np.arange(len(texts)), words.counts)
+    with_letter = np.bincount(doc_of_word[words.has_letter], minlength=len(texts)).tolist()
     return [
-        _document_measurements(text, words, chars) | {
+        _document_measurements(text, n_words, chars, letters) | {
             "top_ngram_char_fraction": top[index].tolist(),
             "duplicate_ngram_char_fraction": duplicate[index].tolist(),
         }
-        for index, (text, words, chars) in enumerate(
-            zip(texts, words_per_doc, word_chars, strict=True)
+        for index, (text, n_words, chars, letters) in enumerate(
+            zip(texts, words.counts.tolist(), word_chars, with_letter, strict=True)
         )
     ]  # fmt: skip
 
 
-def _document_measurements(text: str, words: list[str], word_chars: int) -> dict:
-    """The per-document measurements; `word_chars` is the total length of `words`."""
-    n_words = len(words)
+def _document_measurements(text: str, n_words: int, word_chars: int, with_letter: int) -> dict:
+    """The per-document measurements; `word_chars` is the total length of its words and
+    `with_letter` how many of them have a letter."""
     lines = [line for line in text.split("\n") if line.strip()]
     n_lines = max(len(lines), 1)
     line_share, line_char_share = _duplicate_share(lines)
@@ -76,9 +78,7 @@ def _document_measurements(text: str, words: list[str], word_chars: int) -> dict
         "n_words": n_words,
         "mean_word_length": word_chars / n_words if n_words else 0.0,
         "symbol_word_ratio": symbols / n_words if n_words else 0.0,
-        "alpha_word_fraction": (
-            1.0 - _count_words_without_letters(words) / n_words if n_words else 0.0
-        ),
+        "alpha_word_fraction": with_letter / n_words if n_words else 0.0,
         # Each regex scan only when its line can occur: most documents have no ellipsis, and
         # no bullet character or "- " / "* " (a dash or star bullet needs one).
         "ellipsis_line_fraction": len(_ELLIPSIS_LINE.findall(text)) / n_lines if ellipses else 0.0,
@@ -99,11 +99,6 @@ def _may_have_bullets(text: str) -> bool:
         or "* " in text
         or (not text.isascii() and any(bullet in text for bullet in _BULLETS))
     )
-
-
-def _count_words_without_letters(words: list[str]) -> int:
-    # Most words are purely alphabetic; the others are joined and scanned by one regex call.
-    return len(_TOKEN_WITHOUT_LETTER.findall("\x00".join(filterfalse(str.isalpha, words))))
 
 
 def quality_flags(m: dict, rules: QualityConfig) -> dict[str, bool]:
@@ -153,7 +148,7 @@ def _duplicate_share(pieces: list[str]) -> tuple[float, float]:
     return duplicates / len(pieces), duplicate_chars / max(total_chars, 1)
 
 
-def _ngram_shares(words_per_doc: list[list[str]]) -> tuple[np.ndarray, np.ndarray, list[int]]:
+def _ngram_shares(words: BatchWords) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """Per document: the character share of its most frequent 2/3/4-gram, of all repeated
     occurrences of 5- to 10-grams (each character counted once), and the total length of its
     words.
@@ -162,20 +157,16 @@ def _ngram_shares(words_per_doc: list[list[str]]) -> tuple[np.ndarray, np.ndarra
     occurs more than once are kept: an n-gram can only repeat where its prefix does, and both
     rules only look at repeated n-grams. In ordinary prose few windows survive, so only the
     bigram pass sorts every word of the batch."""
-    n_docs = len(words_per_doc)
+    counts, lengths, ids = words.counts, words.lengths, words.ids
+    n_docs = len(counts)
     top = np.zeros((n_docs, len(TOP_NGRAM_SIZES)))
     duplicate = np.zeros((n_docs, len(DUPLICATE_NGRAM_SIZES)))
-    counts = np.fromiter(map(len, words_per_doc), dtype=np.int64, count=n_docs)
-    all_words = list(chain.from_iterable(words_per_doc))
-    lengths = np.fromiter(map(len, all_words), dtype=np.int64, count=len(all_words))
     # Characters of each document's words (summed here, where every word's length is known).
     cumulative_chars = np.concatenate(([0], np.cumsum(lengths)))
     doc_ends = np.cumsum(counts)
     word_chars = (cumulative_chars[doc_ends] - cumulative_chars[doc_ends - counts]).tolist()
-    if len(all_words) < 2:
+    if len(ids) < 2:
         return top, duplicate, word_chars
-    # Python's own string hash: fast, and only compared within this batch and process.
-    ids = np.fromiter(map(hash, all_words), dtype=np.int64, count=len(all_words)).view(np.uint64)
     doc_of_word = np.repeat(np.arange(n_docs), counts)
     doc_chars = np.maximum(np.bincount(doc_of_word, weights=lengths, minlength=n_docs), 1)
     salt = doc_of_word.astype(np.uint64) * _DOC_SALT
@@ -212,9 +203,9 @@ class _Groups:
     def __init__(self, keys: np.ndarray):
         self._order = np.argsort(keys)
         sorted_keys = keys[self._order]
-        boundaries = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+        boundaries = np.flatnonzero(np.concatenate(([True], sorted_keys[1:] != sorted_keys[:-1])))
         self.first = np.minimum.reduceat(self._order, boundaries)  # first window of each group
-        self.size = np.diff(np.r_[boundaries, len(keys)])
+        self.size = np.diff(np.append(boundaries, len(keys)))
         self._group: np.ndarray | None = None
 
     def _group_of_window(self) -> np.ndarray:
@@ -242,7 +233,8 @@ def _top_share(starts, groups: _Groups, doc_of_word, cumulative_chars, doc_chars
     # By document, then count, then length: the top n-gram is last, and ties never depend on
     # hash values (which differ between processes).
     order = np.lexsort((char_length, occurrences, docs))
-    best = order[np.flatnonzero(np.r_[docs[order][1:] != docs[order][:-1], True])]
+    sorted_docs = docs[order]
+    best = order[np.flatnonzero(np.append(sorted_docs[1:] != sorted_docs[:-1], True))]
     best_docs = docs[best]
     share[best_docs] = np.minimum(char_length[best] * occurrences[best] / doc_chars[best_docs], 1.0)
     return share

@@ -1,21 +1,182 @@
 """Words as 64-bit integers, and word n-grams as rolling hashes of them.
 
-Both the repetition rules and MinHash work on word n-grams. Hashing each word once (crc32, stable
-across processes, unlike Python's salted `hash`) and combining n-grams with vectorised arithmetic
-keeps the per-document cost to a few numpy passes instead of Python loops over tuples.
+Both the repetition rules and MinHash work on word n-grams. A batch of texts is cut into words
+once, in numpy over its UTF-8 bytes, exactly where `str.split()` cuts, and every word is hashed
+there too: a few array passes per batch instead of Python objects and calls per word (which cost
+more than all the rest of the word arithmetic). The hash is a polynomial over the bytes with a
+murmur3 finalizer, the same in every process and on every run (Python's `hash` of a string is
+salted per process), which MinHash signatures compared across worker processes need. n-grams
+are then combined with vectorised arithmetic.
 """
 
 from __future__ import annotations
 
-import zlib
+from dataclasses import dataclass
 
 import numpy as np
 
 _MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # odd, so the rolling hash is a bijection per step
+# Powers of an odd base, and of its inverse modulo 2**64: a word's hash is a difference of
+# prefix sums, shifted back to the word's first byte.
+_BASE = 0x100000001B3  # the FNV prime
+_BASE_INVERSE = pow(_BASE, -1, 1 << 64)
+_CACHED_POWERS = 1 << 22  # 32 MB per table
+_FMIX = (np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53))
+_SHIFT = np.uint64(33)
+
+# Bytes that `str.split()` treats as whitespace on their own (ASCII), and the UTF-8 encodings of
+# the other code points it splits at (each starts with a byte marked in `_SPACE_LEAD`).
+_ASCII_SPACE = np.zeros(256, dtype=bool)
+_ASCII_SPACE[list(b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f")] = True
+_ASCII_LETTER = np.zeros(256, dtype=bool)
+_ASCII_LETTER[list(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")] = True
+_UNICODE_SPACES = [c for c in map(chr, range(0x80, 0x3001)) if c.isspace()]
+_SPACE_LEAD = np.zeros(256, dtype=bool)
+_SPACE_LEAD[[c.encode()[0] for c in _UNICODE_SPACES]] = True
+_SPACE_KEYS = {
+    size: [int.from_bytes(c.encode()) for c in _UNICODE_SPACES if len(c.encode()) == size]
+    for size in (2, 3)
+}
+
+
+@dataclass(frozen=True)
+class BatchWords:
+    """The whitespace-separated words of a batch of texts (each text's `split()`), flat: per
+    word its stable hash, its length in characters and whether it has a letter; per text its
+    number of words."""
+
+    ids: np.ndarray  # uint64
+    lengths: np.ndarray  # int64, characters
+    has_letter: np.ndarray  # bool
+    counts: np.ndarray  # int64, words per text
+
+    @classmethod
+    def of(cls, texts: list[str], encoded: list[bytes] | None = None) -> BatchWords:
+        """The words of `texts`; `encoded`, when given, is each text in UTF-8."""
+        if not texts:
+            empty = np.empty(0, dtype=np.int64)
+            return cls(empty.astype(np.uint64), empty, empty.astype(bool), empty)
+        encoded = encoded or [text.encode() for text in texts]
+        # A newline between texts: whitespace, so no word spans two of them.
+        data = np.frombuffer(b"\n".join(encoded), dtype=np.uint8)
+        text_starts = np.cumsum([0] + [len(e) + 1 for e in encoded[:-1]], dtype=np.int64)
+        ascii_only = all(map(str.isascii, texts))
+        space = _ASCII_SPACE[data]
+        if not ascii_only:
+            _mark_unicode_spaces(data, space)
+        edges = np.diff(np.concatenate(([True], space, [True])).view(np.int8))
+        starts = np.flatnonzero(edges == -1)
+        ends = np.flatnonzero(edges == 1)
+        counts = np.diff(np.searchsorted(starts, np.append(text_starts, len(data))))
+        letters = _counts_between(_ASCII_LETTER[data], starts, ends)
+        if ascii_only:
+            lengths = ends - starts
+            has_letter = letters > 0
+        else:
+            lengths = _counts_between((data & 0xC0) != 0x80, starts, ends)
+            has_letter = _has_letter(data, starts, ends, letters, lengths)
+        return cls(
+            ids=_hashes(data, starts, ends),
+            lengths=lengths.astype(np.int64),
+            has_letter=has_letter,
+            counts=counts.astype(np.int64),
+        )
+
+    @property
+    def starts(self) -> np.ndarray:
+        """Each text's first word."""
+        return np.cumsum(self.counts) - self.counts
 
 
 def word_ids(words: list[str]) -> np.ndarray:
-    return np.fromiter(map(zlib.crc32, map(str.encode, words)), dtype=np.uint64, count=len(words))
+    """The stable hash of each word (words without whitespace), as `BatchWords` computes it."""
+    batch = BatchWords.of([" ".join(words)])
+    if len(batch.ids) != len(words):
+        raise ValueError("word_ids: a word contains whitespace")
+    return batch.ids
+
+
+def _mark_unicode_spaces(data: np.ndarray, space: np.ndarray) -> None:
+    """Set `space` on every byte of the non-ASCII whitespace code points (NBSP, em space, line
+    separator...): only positions holding one of their lead bytes are compared, by whole
+    encoding (two or three bytes, read as one integer)."""
+    candidates = np.flatnonzero(_SPACE_LEAD[data])
+    if len(candidates) == 0:
+        return
+    padded = np.concatenate((data, np.zeros(2, dtype=np.uint8)))
+    two = padded[candidates].astype(np.int64) << 8 | padded[candidates + 1]
+    three = two << 8 | padded[candidates + 2]
+    for size, keys in ((2, two), (3, three)):
+        for position in candidates[np.isin(keys, _SPACE_KEYS[size])]:
+            space[position : position + size] = True
+
+
+def _counts_between(mask: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """How many of `mask[s:e]` are set, for each word `[s, e)`."""
+    cumulative = np.empty(len(mask) + 1, dtype=np.int32)
+    cumulative[0] = 0
+    np.cumsum(mask, dtype=np.int32, out=cumulative[1:])
+    return (cumulative[ends] - cumulative[starts]).astype(np.int64)
+
+
+def _has_letter(data, starts, ends, ascii_letters, lengths) -> np.ndarray:
+    """A word has a letter when it has an ASCII one, or when one of its non-ASCII characters is
+    a letter (`str.isalpha`); only the words that have non-ASCII characters and no ASCII letter
+    are decoded."""
+    has_letter = ascii_letters > 0
+    unsure = np.flatnonzero(~has_letter & (lengths < ends - starts))
+    raw = data.tobytes()
+    for word in unsure.tolist():
+        has_letter[word] = any(map(str.isalpha, raw[starts[word] : ends[word]].decode()))
+    return has_letter
+
+
+def _hashes(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """sum(byte_j * base ** (j - start)) over each word's bytes, mixed with its length: prefix
+    sums of byte_j * base ** j over the batch, differenced per word and multiplied by
+    base ** -start. Three passes over the bytes."""
+    if len(starts) == 0:
+        return np.empty(0, dtype=np.uint64)
+    powers, inverse = _powers(len(data))
+    with np.errstate(over="ignore"):
+        prefix = np.empty(len(data) + 1, dtype=np.uint64)
+        prefix[0] = 0
+        np.cumsum(data * powers, out=prefix[1:])
+        sums = (prefix[ends] - prefix[starts]) * inverse[starts]
+        sizes = (ends - starts).astype(np.uint64)
+        return _fmix(sums ^ (sizes * _MULTIPLIER))
+
+
+_power_tables: list[np.ndarray] = []
+
+
+def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """base ** j and base ** -j (mod 2**64) for j < n. Tables up to `_CACHED_POWERS` long are
+    kept for the next batch (a batch is rarely more than a few MB); longer ones are made for the
+    one call."""
+    if _power_tables and len(_power_tables[0]) >= n:
+        return _power_tables[0][:n], _power_tables[1][:n]
+    size = n if n > _CACHED_POWERS else min(max(n, 1 << 16) * 2, _CACHED_POWERS)
+    tables = []
+    with np.errstate(over="ignore"):
+        for base in (_BASE, _BASE_INVERSE):
+            table = np.empty(size, dtype=np.uint64)
+            table[0] = 1
+            np.cumprod(np.full(size - 1, base, dtype=np.uint64), out=table[1:])
+            tables.append(table)
+    if size <= _CACHED_POWERS:
+        _power_tables[:] = tables
+    return tables[0][:n], tables[1][:n]
+
+
+def _fmix(hashes: np.ndarray) -> np.ndarray:
+    """murmur3's 64-bit finalizer: every input bit moves about half of the output bits."""
+    with np.errstate(over="ignore"):
+        hashes = hashes ^ (hashes >> _SHIFT)
+        hashes = hashes * _FMIX[0]
+        hashes = hashes ^ (hashes >> _SHIFT)
+        hashes = hashes * _FMIX[1]
+        return hashes ^ (hashes >> _SHIFT)
 
 
 def ngram_hashes(ids: np.ndarray, n: int) -> np.ndarray:
