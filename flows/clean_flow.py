@@ -79,6 +79,20 @@ def read_raw_slice(
         yield pending
 
 
+def raw_text_bytes(path: Path) -> int:
+    """About how many bytes of text the raw documents file holds, from its metadata alone (the
+    text column's uncompressed size, length prefixes included): enough to tell whether the
+    input is worth splitting, without reading it."""
+    metadata = pq.ParquetFile(path).metadata
+    if metadata.num_row_groups == 0:
+        return 0
+    text = metadata.schema.to_arrow_schema().get_field_index("text")
+    return sum(
+        metadata.row_group(group).column(text).total_uncompressed_size
+        for group in range(metadata.num_row_groups)
+    )
+
+
 def raw_batch_bytes(path: Path, batch_docs: int = BATCH_DOCS) -> list[int]:
     """The text size of every batch of the raw documents file, to balance slices by work."""
     parquet = pq.ParquetFile(path)

@@ -25,7 +25,7 @@ import re
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from itertools import pairwise
+from itertools import chain, pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,6 +41,9 @@ CHAR_FILE = "tokenizer.json"
 META_FILE = "tokenizer_meta.json"
 # Distinct words whose ids a BPE tokenizer keeps (some tens of MB); past it the cache starts over.
 WORD_CACHE_SIZE = 200_000
+# Words a BPE tokenizer hands SentencePiece in one input when it encodes words it has not cached
+# (measured on the bundled corpus: 4 → 1.5x fewer seconds than 1; 16 or more, slower again).
+WORDS_PER_CALL = 4
 # Shorter text (a batch's, in all) goes to the processor: the word path's fixed cost, some tens of
 # Arrow calls (about 0.3 ms), is more than the processor takes for it.
 WORD_PATH_MIN_CHARS = 2000
@@ -50,6 +53,8 @@ SPACE_SYMBOL = "\u2581"
 # A word: a space, then any more spaces and what follows up to the next space; captured is the
 # word less its first space (`SentencePieceTokenizer`).
 _WORD = re.compile("[ \u2581]([ \u2581]*[^ \u2581]*)")
+# In words joined by "\0": a word that is empty or begins with a space.
+_EMPTY_OR_SPACED_WORD = re.compile("(?:^|\x00)(?:[ \u2581\x00]|$)")
 _SPACE_AFTER_NON_SPACE = re.compile("[^ \u2581][ \u2581]")
 # A NormalizerSpec (ModelProto field 3) with add_dummy_prefix (its field 3) false. Protobuf merges
 # a repeated submessage into the earlier one, so appended to a model it turns the prefix off.
@@ -137,6 +142,7 @@ class SentencePieceTokenizer(Tokenizer):
     """
 
     def __init__(self, model_proto: bytes, kind: str, threads: int = 0, source: str = "model"):
+        import numpy as np
         import pyarrow as pa
         import sentencepiece as spm
 
@@ -159,6 +165,8 @@ class SentencePieceTokenizer(Tokenizer):
             self._word_processor = spm.SentencePieceProcessor(
                 model_proto=model_proto + _NO_DUMMY_PREFIX
             )
+            pieces = self._processor.id_to_piece(list(range(self._processor.vocab_size())))
+            self._word_start = np.array([piece.startswith(SPACE_SYMBOL) for piece in pieces])
 
     def encode(self, text: str) -> list[int]:
         if self._word_processor is None or len(text) < WORD_PATH_MIN_CHARS:
@@ -188,14 +196,36 @@ class SentencePieceTokenizer(Tokenizer):
             missing = [word for word, row in zip(words, found, strict=True) if row is None]
             if len(rows) + len(missing) > WORD_CACHE_SIZE:
                 rows, ids, missing = {}, ids[:0], words
-            spaced = [" " + word for word in missing]
-            encoded = self._word_processor.encode(spaced, num_threads=self._threads)
             new_rows = range(len(ids), len(ids) + len(missing))
             rows = rows | dict(zip(missing, new_rows, strict=True))
-            ids = pa.concat_arrays([ids, pa.array(encoded, ids.type)])
+            ids = pa.concat_arrays([ids, self._encode_words(missing)])
             self._word_cache = rows, ids
             found = list(map(rows.__getitem__, words))
         return ids.take(pa.array(found, pa.int64()))
+
+    def _encode_words(self, words: list[str]) -> pa.LargeListArray:
+        """The ids of each of `words`, encoded `WORDS_PER_CALL` at a time: "▁w1▁w2▁w3▁w4" is
+        one input to the processor, and its ids are the words' ids in order (the premises the
+        word cache rests on), so the processor's cost per input is paid a quarter as often.
+        Each word's ids then begin with the one id whose piece begins with "▁", as no word
+        has another "▁" to begin one, unless it is empty or begins with spaces (text with runs
+        of spaces): in a batch that has such words, every word is encoded alone instead."""
+        import numpy as np
+        import pyarrow as pa
+
+        if _EMPTY_OR_SPACED_WORD.search("\x00".join(words)):
+            alone = [" " + word for word in words]
+            encoded = self._word_processor.encode(alone, num_threads=self._threads)
+            return pa.array(encoded, pa.large_list(pa.int32()))
+        size = WORDS_PER_CALL
+        groups = [" " + " ".join(words[at : at + size]) for at in range(0, len(words), size)]
+        encoded = self._word_processor.encode(groups, num_threads=self._threads)
+        flat = np.fromiter(chain.from_iterable(encoded), np.int32)
+        starts = np.flatnonzero(self._word_start[flat])
+        if len(starts) != len(words):  # the premises failed after all: never seen
+            raise TokenizerError(f"BPE word path: {len(starts)} word starts for {len(words)} words")
+        offsets = pa.array(np.append(starts, len(flat)), pa.int64())
+        return pa.LargeListArray.from_arrays(offsets, pa.array(flat, pa.int32()))
 
     def decode(self, ids: Iterable[int]) -> str:
         return self._processor.decode(list(ids))

@@ -18,7 +18,13 @@ from pathlib import Path
 
 from prefect import task
 
-from flows.clean_flow import annotate_slices, load_annotated, raw_batch_bytes, read_raw_slice
+from flows.clean_flow import (
+    annotate_slices,
+    load_annotated,
+    raw_batch_bytes,
+    raw_text_bytes,
+    read_raw_slice,
+)
 from lm.config import CleanConfig, RuntimeConfig, SplitConfig
 from lm.progress import ProgressLog
 from lm.text.clean import (
@@ -118,19 +124,21 @@ def _annotate(
     on the runtime's task runner, in worker processes of this task, or here when one worker is
     asked for or the input is too small to be worth splitting."""
     workers = annotate_workers(runtime, config)
+    everything = read_raw_slice(raw_path, RowSlice(0, 0, total))
+    if workers > 1 and annotates_in_task_processes(runtime, config):
+        # Worth it from two slices' worth of text, as on a runner (`SlicePolicy`).
+        if raw_text_bytes(raw_path) >= 2 * SLICE_POLICY.min_bytes:
+            annotator = ProcessAnnotator(everything, config, workers)
+            # `annotated_by` fills in as the annotator is read.
+            in_task = {"runner": "task-processes", "workers": workers, "slices": 1}
+            return annotator, in_task | {"annotated_by": annotator.annotated_by}
+        workers = 1
     slices = []
     if workers > 1:
         slices = plan_slices(raw_batch_bytes(raw_path), BATCH_DOCS, total, workers, SLICE_POLICY)
     if len(slices) <= 1:
-        everything = read_raw_slice(raw_path, RowSlice(0, 0, total))
         inline = {"runner": "inline", "workers": 1, "slices": 1, "annotated_by": []}
         return annotate_batches(everything, config), inline
-    if annotates_in_task_processes(runtime, config):
-        everything = read_raw_slice(raw_path, RowSlice(0, 0, total))
-        annotator = ProcessAnnotator(everything, config, workers)
-        # `annotated_by` fills in as the annotator is read.
-        in_task = {"runner": "task-processes", "workers": workers, "slices": 1}
-        return annotator, in_task | {"annotated_by": annotator.annotated_by}
     runner = make_task_runner(runtime, workers)
     pieces = annotate_slices.with_options(task_runner=runner)(
         raw_path=str(raw_path), slices=slices, config=config, scratch=str(scratch)

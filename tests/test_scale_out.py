@@ -105,9 +105,7 @@ def test_threads_and_processes_annotate_where_configured_and_give_one_workers_co
     assert processes.stats["removed"]["near_duplicate"] == 1
 
 
-def test_on_threads_the_task_annotates_in_worker_processes_of_its_own(
-    workspace, raw, monkeypatch
-):
+def test_on_threads_the_task_annotates_in_worker_processes_of_its_own(workspace, raw, monkeypatch):
     monkeypatch.setattr(tasks.clean, "SLICE_POLICY", SMALL_SLICES)
     alone, one = clean_with(workspace, raw, RuntimeConfig(), workers=1)
     runtime = RuntimeConfig(task_runner="threads", max_workers=2)

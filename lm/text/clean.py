@@ -16,6 +16,7 @@ they failed in `reject_reason`; the clean view is `WHERE keep`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import logging
@@ -78,7 +79,7 @@ def annotate_batch(batch: list[RawRow], config: CleanConfig) -> list[AnnotatedDo
     if config.near_dup.enabled:
         # Only documents that pass every rule can be kept, so only they need a signature.
         passing = [i for i, f in enumerate(flags) if not any(f.values())]
-        hasher = MinHasher(
+        hasher = _min_hasher(
             config.near_dup.num_perm, config.near_dup.shingle_size, config.near_dup.seed
         )
         starts, counts = words.starts.tolist(), words.counts.tolist()
@@ -100,6 +101,13 @@ def annotate_batch(batch: list[RawRow], config: CleanConfig) -> list[AnnotatedDo
             batch, texts, encoded, measurements, flags, signatures, strict=True
         )
     ]
+
+
+@functools.lru_cache(maxsize=4)
+def _min_hasher(num_perm: int, shingle_size: int, seed: int) -> MinHasher:
+    """One hasher per setting for every batch: drawing its permutations costs a batch's worth of
+    small-array work."""
+    return MinHasher(num_perm, shingle_size, seed)
 
 
 def split_of(doc_id: str, split: SplitConfig) -> str:
