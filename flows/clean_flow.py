@@ -38,7 +38,7 @@ from lm.text.clean import (
     RowSlice,
     annotate_batches,
 )
-from storage.corpus import RAW_SCHEMA
+from storage.corpus import read_raw_rows
 from tasks.runners import results_in_order
 
 
@@ -55,28 +55,10 @@ class AnnotatedSlice:
 def read_raw_slice(
     path: Path, rows: RowSlice, batch_docs: int = BATCH_DOCS
 ) -> Iterator[list[RawRow]]:
-    """Raw documents `rows.start` to `rows.stop` as batches of `batch_docs`, counted from the
-    slice's start (slices start on a batch boundary, so batches are the same as when the whole
-    file is read as one slice). Reads only the row groups that overlap the slice."""
-    parquet = pq.ParquetFile(path)
-    pending: list[RawRow] = []
-    offset = 0
-    for group in range(parquet.metadata.num_row_groups):
-        group_rows = parquet.metadata.row_group(group).num_rows
-        low, high = max(rows.start, offset), min(rows.stop, offset + group_rows)
-        if low < high:
-            table = parquet.read_row_group(group, columns=RAW_SCHEMA.names)
-            table = table.slice(low - offset, high - low)
-            columns = [table.column(name).to_pylist() for name in RAW_SCHEMA.names]
-            pending.extend(zip(*columns, strict=True))
-            while len(pending) >= batch_docs:
-                yield pending[:batch_docs]
-                pending = pending[batch_docs:]
-        offset += group_rows
-        if offset >= rows.stop:
-            break
-    if pending:
-        yield pending
+    """Raw documents of `rows` as batches of `batch_docs`, counted from the slice's start
+    (slices start on a batch boundary, so batches are the same as when the whole file is read
+    as one slice)."""
+    return read_raw_rows(path, rows.start, rows.stop, batch_docs)
 
 
 def raw_text_bytes(path: Path) -> int:

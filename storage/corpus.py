@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lm.text.clean import DECISION_FLAGS
+from lm.text.clean import BATCH_DOCS, DECISION_FLAGS, RawRow
 
 DOCUMENTS_FILE = "documents.parquet"
 
@@ -126,6 +126,39 @@ def iter_raw_batches(
     for batch in parquet.iter_batches(batch_size=batch_size, columns=RAW_SCHEMA.names):
         columns = [batch.column(name).to_pylist() for name in RAW_SCHEMA.names]
         yield list(zip(*columns, strict=True))
+
+
+def read_raw_rows(
+    path: Path, start: int, stop: int, batch_docs: int = BATCH_DOCS
+) -> Iterator[list[RawRow]]:
+    """Raw documents `start` to `stop` as batches of `batch_docs`, counted from `start`. Reads
+    only the row groups that overlap the range."""
+    parquet = pq.ParquetFile(path)
+    pending: list[RawRow] = []
+    offset = 0
+    for group in range(parquet.metadata.num_row_groups):
+        group_rows = parquet.metadata.row_group(group).num_rows
+        low, high = max(start, offset), min(stop, offset + group_rows)
+        if low < high:
+            table = parquet.read_row_group(group, columns=RAW_SCHEMA.names)
+            table = table.slice(low - offset, high - low)
+            columns = [table.column(name).to_pylist() for name in RAW_SCHEMA.names]
+            pending.extend(zip(*columns, strict=True))
+            while len(pending) >= batch_docs:
+                yield pending[:batch_docs]
+                pending = pending[batch_docs:]
+        offset += group_rows
+        if offset >= stop:
+            break
+    if pending:
+        yield pending
+
+
+def row_group_bounds(path: Path) -> list[int]:
+    """The first row of every row group, and the row count at the end."""
+    metadata = pq.ParquetFile(path).metadata
+    sizes = [metadata.row_group(group).num_rows for group in range(metadata.num_row_groups)]
+    return [sum(sizes[:index]) for index in range(len(sizes) + 1)]
 
 
 def row_count(path: Path) -> int:

@@ -12,8 +12,11 @@ with any number of workers.
 
 from __future__ import annotations
 
+import itertools
+import math
 import shutil
 from collections.abc import Iterable, Iterator
+from functools import partial
 from pathlib import Path
 
 from prefect import task
@@ -39,7 +42,15 @@ from lm.text.clean import (
     plan_slices,
 )
 from storage.artifacts import ArtifactStore, Descriptor
-from storage.corpus import CORPUS_SCHEMA, DOCUMENTS_FILE, CorpusDigest, DocumentWriter, row_count
+from storage.corpus import (
+    CORPUS_SCHEMA,
+    DOCUMENTS_FILE,
+    CorpusDigest,
+    DocumentWriter,
+    read_raw_rows,
+    row_count,
+    row_group_bounds,
+)
 from storage.workspace import Workspace
 from tasks.caching import cache_key_from, code_digest, stage_key
 from tasks.runners import make_task_runner, worker_count
@@ -128,9 +139,11 @@ def _annotate(
     if workers > 1 and annotates_in_task_processes(runtime, config):
         # Worth it from two slices' worth of text, as on a runner (`SlicePolicy`).
         if raw_text_bytes(raw_path) >= 2 * SLICE_POLICY.min_bytes:
-            annotator = ProcessAnnotator(everything, config, workers)
+            ranges = row_ranges(raw_path, 4 * workers)
+            sources = [partial(read_raw_rows, raw_path, start, stop) for start, stop in ranges]
+            annotator = ProcessAnnotator(sources, config, workers)
             # `annotated_by` fills in as the annotator is read.
-            in_task = {"runner": "task-processes", "workers": workers, "slices": 1}
+            in_task = {"runner": "task-processes", "workers": workers, "slices": len(ranges)}
             return annotator, in_task | {"annotated_by": annotator.annotated_by}
         workers = 1
     slices = []
@@ -150,6 +163,21 @@ def _annotate(
         "annotated_by": sorted({piece.annotated_by for piece in pieces}),
     }
     return load_annotated(pieces), fan_out
+
+
+def row_ranges(path: Path, at_least: int) -> list[tuple[int, int]]:
+    """Row ranges of the raw file for the task's worker processes to read and annotate: its
+    row groups (each read once), cut into equal parts when there are fewer than `at_least`
+    of them, so that every worker has work while the others finish theirs."""
+    bounds = row_group_bounds(path)
+    groups = list(itertools.pairwise(bounds))
+    parts = math.ceil(at_least / max(len(groups), 1))
+    return [
+        (start + (stop - start) * part // parts, start + (stop - start) * (part + 1) // parts)
+        for start, stop in groups
+        for part in range(parts)
+        if (stop - start) * (part + 1) // parts > (stop - start) * part // parts
+    ]
 
 
 def _write_corpus(

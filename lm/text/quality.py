@@ -66,12 +66,12 @@ def measure_quality_batch(texts: list[str], words: BatchWords | None = None) -> 
 def _document_measurements(text: str, n_words: int, word_chars: int, with_letter: int) -> dict:
     """The per-document measurements; `word_chars` is the total length of its words and
     `with_letter` how many of them have a letter."""
-    lines = [line for line in text.split("\n") if line.strip()]
+    # `filter(str.strip, ...)`: the lines that are not blank, without a Python step per line.
+    lines = list(filter(str.strip, text.split("\n")))
     n_lines = max(len(lines), 1)
     line_share, line_char_share = _duplicate_share(lines)
-    paragraph_share, paragraph_char_share = _duplicate_share(
-        [p for p in text.split("\n\n") if p.strip()]
-    )
+    paragraphs = list(filter(str.strip, text.split("\n\n"))) if "\n\n" in text else [text]
+    paragraph_share, paragraph_char_share = _duplicate_share(paragraphs)
     ellipses = text.count("...") + text.count("…")
     symbols = text.count("#") + ellipses
     return {
@@ -135,6 +135,8 @@ def _any_above(shares: list[float], limits: list[float]) -> bool:
 def _duplicate_share(pieces: list[str]) -> tuple[float, float]:
     """Share of pieces (lines or paragraphs) that repeat an earlier one, by count and by chars."""
     if not pieces:
+        return 0.0, 0.0
+    if len(set(pieces)) == len(pieces):  # most documents repeat no line
         return 0.0, 0.0
     seen: set[str] = set()
     duplicates = duplicate_chars = total_chars = 0
