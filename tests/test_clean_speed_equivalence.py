@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 
+from lm.text.normalize import normalize_text, normalize_texts
 from lm.text.quality import _BULLET_LINE, _ELLIPSIS_LINE, measure_quality_batch
 
 PIECES = ["word", "Word,", "123", "...", "…", "end...", "end… ", "•", "◦", "- item", "* star",
@@ -42,3 +43,22 @@ def test_measurements_do_not_depend_on_the_batch_a_document_is_in():
     together = measure_quality_batch(batch)
     alone = [measure_quality_batch([text])[0] for text in batch]
     assert together == alone
+
+
+def test_batch_normalization_equals_normalizing_each_text():
+    rng = random.Random(2)
+    specials = ["\r\n", "\r", "\u2028", "\u2029", "\x00", "\x07", "\t", "\x0b", "\x1f", "\x7f",
+                "\x85", "\xa0", "\u1680", "\u2003", "\u200b", "\u202e", "\u2060", "\u3000",
+                "\ufeff", "  ", " \n", "\n ", "\n\n\n", "–", "…", "é", "日", "|", "¼"]  # fmt: skip
+    batch = [
+        "".join(rng.choice(specials + PIECES) for _ in range(rng.randint(0, 40)))
+        for _ in range(400)
+    ] + ["plain text with nothing to do", ""]
+    for form in ("NFC", "NFKC"):
+        for collapse in (True, False):
+            expected = [normalize_text(text, form, collapse) for text in batch]
+            assert normalize_texts(batch, form, collapse) == expected
+            plain = [text for text in batch if text == text.strip() and text.isalnum()]
+            assert normalize_texts(plain, form, collapse) == [
+                normalize_text(t, form, collapse) for t in plain
+            ]

@@ -33,7 +33,7 @@ import numpy as np
 
 from lm.config import CleanConfig, SplitConfig
 from lm.text.near_duplicates import MinHasher, NearDuplicateIndex
-from lm.text.normalize import normalize_text
+from lm.text.normalize import normalize_texts
 from lm.text.quality import QUALITY_FLAGS, measure_quality_batch, quality_flags
 from lm.text.wikitext import strip_wikitext
 from lm.text.word_hashes import BatchWords
@@ -63,12 +63,12 @@ class AnnotatedDocument:
 
 def annotate_batch(batch: list[RawRow], config: CleanConfig) -> list[AnnotatedDocument]:
     """Everything about each document that does not depend on other documents."""
-    texts = []
-    for _, _, raw_text, markup in batch:
-        text = raw_text
-        if markup == "wikitext" and config.strip_wiki_markup:
-            text = strip_wikitext(text)
-        texts.append(normalize_text(text, config.normalization, config.collapse_whitespace))
+    strip = config.strip_wiki_markup
+    raw_texts = [
+        strip_wikitext(text) if strip and markup == "wikitext" else text
+        for _, _, text, markup in batch
+    ]
+    texts = normalize_texts(raw_texts, config.normalization, config.collapse_whitespace)
     encoded = [text.encode() for text in texts]
     words = BatchWords.of(texts, encoded)
     measurements = measure_quality_batch(texts, words)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
+import numpy as np
+
 # C0/C1 controls other than tab and newline, plus zero-width and bidi-formatting characters:
 # deleted. Tabs and exotic spaces: turned into plain spaces. One `str.translate` does both.
 _DELETED = [*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), *range(0x7F, 0xA0),
@@ -22,6 +24,16 @@ _WHITESPACE_TABLE = _CONTROL_TABLE | dict.fromkeys(_SPACES, 0x20)
 _NEEDS_TRANSLATION = re.compile(
     "[" + "".join(re.escape(chr(c)) for c in sorted(set(_DELETED) | set(_SPACES))) + "]"
 )
+# The UTF-8 encodings of the non-ASCII characters of `_NEEDS_TRANSLATION`, as integers, by length
+# (they all begin with 0xc2, 0xe1-0xe3 or 0xef).
+_SPECIAL_KEYS = {
+    size: [
+        int.from_bytes(chr(c).encode())
+        for c in set(_DELETED) | set(_SPACES)
+        if c >= 0x80 and len(chr(c).encode()) == size
+    ]
+    for size in (2, 3)
+}
 _SPACE_RUN = re.compile(r" {2,}")
 _TRAILING_SPACE = re.compile(r" +\n")
 _LEADING_SPACE = re.compile(r"\n +")
@@ -31,8 +43,59 @@ _MANY_NEWLINES = re.compile(r"\n{3,}")
 def normalize_text(text: str, form: str = "NFC", collapse_whitespace: bool = True) -> str:
     """Normalize Unicode (`NFC` or `NFKC`), unify line endings and drop control characters;
     with `collapse_whitespace`, also fold runs of spaces and of blank lines."""
+    return _clean_up(_unify(text, form), collapse_whitespace)
+
+
+def normalize_texts(
+    texts: list[str], form: str = "NFC", collapse_whitespace: bool = True
+) -> list[str]:
+    """`normalize_text` of each text. Which texts have anything to translate or fold is found
+    for the whole batch at once, in numpy over its UTF-8 bytes: most have nothing, and for them
+    the regex and substring scans (a fifth of all the cleaning work) are skipped."""
+    unified = [_unify(text, form) for text in texts]
+    if not unified:
+        return []
+    encoded = [text.encode() for text in unified]
+    data = np.frombuffer(b"|".join(encoded), dtype=np.uint8)  # "|": in no pattern below
+    flagged = _special_bytes(data, collapse_whitespace)
+    if not flagged.any():
+        return [text.strip() for text in unified]
+    starts = np.cumsum([0] + [len(e) + 1 for e in encoded[:-1]])
+    touched = set(np.searchsorted(starts, np.flatnonzero(flagged), side="right") - 1)
+    return [
+        _clean_up(text, collapse_whitespace) if index in touched else text.strip()
+        for index, text in enumerate(unified)
+    ]
+
+
+def _unify(text: str, form: str) -> str:
     text = unicodedata.normalize(form, text)
-    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\u2028", "\n")
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text.replace("\u2028", "\n")
+
+
+def _special_bytes(data: np.ndarray, collapse_whitespace: bool) -> np.ndarray:
+    """Where `_clean_up` has something to do: a character of `_NEEDS_TRANSLATION` (an ASCII
+    control other than the newline, or one of the non-ASCII ones, found by the integer value of
+    their UTF-8 bytes), and with `collapse_whitespace`, two spaces, a space at either side of a
+    newline, or three newlines."""
+    flagged = ((data < 0x20) & (data != 0x0A)) | (data == 0x7F)
+    leads = np.flatnonzero((data == 0xC2) | ((data >= 0xE1) & (data <= 0xE3)) | (data == 0xEF))
+    if len(leads):
+        padded = np.concatenate((data, np.zeros(2, dtype=np.uint8)))
+        two = padded[leads].astype(np.int64) << 8 | padded[leads + 1]
+        three = two << 8 | padded[leads + 2]
+        flagged[leads[np.isin(two, _SPECIAL_KEYS[2]) | np.isin(three, _SPECIAL_KEYS[3])]] = True
+    if collapse_whitespace and len(data) > 1:
+        space, newline = data == 0x20, data == 0x0A
+        flagged[:-1] |= (space[:-1] | newline[:-1]) & space[1:]
+        flagged[:-1] |= space[:-1] & newline[1:]
+        flagged[:-2] |= newline[:-2] & newline[1:-1] & newline[2:]
+    return flagged
+
+
+def _clean_up(text: str, collapse_whitespace: bool) -> str:
     if collapse_whitespace:
         # Each substitution only when its pattern can occur: `in` is far cheaper than a scan.
         if _NEEDS_TRANSLATION.search(text):
