@@ -12,6 +12,7 @@ out, so an interrupted-then-resumed run and an uninterrupted run give the same d
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -157,8 +158,8 @@ def read_raw_rows(
 def row_group_bounds(path: Path) -> list[int]:
     """The first row of every row group, and the row count at the end."""
     metadata = pq.ParquetFile(path).metadata
-    sizes = [metadata.row_group(group).num_rows for group in range(metadata.num_row_groups)]
-    return [sum(sizes[:index]) for index in range(len(sizes) + 1)]
+    sizes = (metadata.row_group(group).num_rows for group in range(metadata.num_row_groups))
+    return list(itertools.accumulate(sizes, initial=0))
 
 
 def row_count(path: Path) -> int:

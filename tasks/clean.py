@@ -135,7 +135,6 @@ def _annotate(
     on the runtime's task runner, in worker processes of this task, or here when one worker is
     asked for or the input is too small to be worth splitting."""
     workers = annotate_workers(runtime, config)
-    everything = read_raw_slice(raw_path, RowSlice(0, 0, total))
     if workers > 1 and annotates_in_task_processes(runtime, config):
         # Worth it from two slices' worth of text, as on a runner (`SlicePolicy`).
         if raw_text_bytes(raw_path) >= 2 * SLICE_POLICY.min_bytes:
@@ -150,6 +149,7 @@ def _annotate(
     if workers > 1:
         slices = plan_slices(raw_batch_bytes(raw_path), BATCH_DOCS, total, workers, SLICE_POLICY)
     if len(slices) <= 1:
+        everything = read_raw_slice(raw_path, RowSlice(0, 0, total))
         inline = {"runner": "inline", "workers": 1, "slices": 1, "annotated_by": []}
         return annotate_batches(everything, config), inline
     runner = make_task_runner(runtime, workers)
@@ -167,8 +167,9 @@ def _annotate(
 
 def row_ranges(path: Path, at_least: int) -> list[tuple[int, int]]:
     """Row ranges of the raw file for the task's worker processes to read and annotate: its
-    row groups (each read once), cut into equal parts when there are fewer than `at_least`
-    of them, so that every worker has work while the others finish theirs."""
+    row groups, each read once, or cut into equal parts when there are fewer than `at_least`
+    of them (each part then reads its whole group), so that every worker has work while the
+    others finish theirs."""
     bounds = row_group_bounds(path)
     groups = list(itertools.pairwise(bounds))
     parts = math.ceil(at_least / max(len(groups), 1))

@@ -116,6 +116,12 @@ def test_on_threads_the_task_annotates_in_worker_processes_of_its_own(workspace,
     assert here not in corpus.stats["annotated_by"]
     assert 1 <= len(corpus.stats["annotated_by"]) <= 2
     assert corpus.digest == one.digest and in_task.equals(alone)
+    # Work for both workers although the raw file has 3 row groups: they are cut in parts that
+    # cover every row once.
+    ranges = tasks.clean.row_ranges(workspace.resolve(raw.path) / DOCUMENTS_FILE, 8)
+    assert len(ranges) >= 8 and corpus.stats["slices"] == len(ranges)
+    rows = [row for start, stop in ranges for row in range(start, stop)]
+    assert rows == list(range(raw.stats["documents"]))
 
 
 def test_a_small_corpus_is_annotated_in_the_task_itself(workspace, raw):
