@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
+from pathlib import Path
 
 from lm.config import CleanConfig, NearDupConfig, QualityConfig, SplitConfig
 from lm.text.clean import DecisionMaker, clean_documents, split_of
@@ -11,6 +14,7 @@ from lm.text.normalize import normalize_text
 from lm.text.quality import measure_quality, quality_flags
 from tests.helpers import prose
 
+REPO = Path(__file__).resolve().parent.parent
 RULES = QualityConfig(min_words=20)
 
 
@@ -108,3 +112,25 @@ def test_split_depends_only_on_doc_id_and_follows_the_fractions():
 def test_worker_processes_give_the_same_rows_as_one_process():
     texts = [prose(i, 80) for i in range(40)] + [prose(1, 80), "# # # # #"]
     assert clean(texts, workers=2) == clean(texts, workers=1)
+
+
+def test_annotation_workers_do_not_rerun_the_parents_main_module(tmp_path):
+    # Under the `lmforge` script the parent's __main__ imports Prefect: seconds per worker.
+    marks = tmp_path / "marks"
+    script = tmp_path / "main.py"
+    script.write_text(
+        "import os, sys\n"
+        f"sys.path.insert(0, {str(REPO)!r})\n"
+        f"open({str(marks)!r}, 'a').write(f'{{os.getpid()}}\\n')  # runs wherever main runs\n"
+        "from lm.config import CleanConfig\n"
+        "from lm.text.clean import ProcessAnnotator\n"
+        "if __name__ == '__main__':\n"
+        "    rows = [('s', 'f', 'some words here ' * 20, 'plain')] * 8\n"
+        "    batches = ProcessAnnotator.of_batches([rows] * 4, CleanConfig(), 2)\n"
+        "    print(sum(len(batch) for batch in batches))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "32"  # every document annotated, by the workers
+    assert len(marks.read_text().split()) == 1  # the parent alone ran main
