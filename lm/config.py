@@ -116,15 +116,18 @@ class CleanConfig(StrictModel):
 
 class SplitConfig(StrictModel):
     """Held-out fractions. With `hash`, the split of a document is a function of its `doc_id`
-    alone, so adding documents never moves an existing one between splits. With `ordered`
-    (nanoGPT's split, for one long text), the kept documents are concatenated in corpus order and
-    the token stream is cut by position: the first (1 - val - test) is train, then val, then
-    test."""
+    alone, so adding documents never moves an existing one between splits, and copies of a text
+    always share one. With `random` (makemore's split of a names list), it is a function of the
+    document's position in the corpus: appending documents moves none, and copies of a text
+    (with `clean.exact_dedup = false`) can fall in different splits, as lines of a shuffled file
+    do. With `ordered` (nanoGPT's split, for one long text), the kept documents are concatenated
+    in corpus order and the token stream is cut by position: the first (1 - val - test) is
+    train, then val, then test."""
 
-    method: Literal["hash", "ordered"] = "hash"
+    method: Literal["hash", "random", "ordered"] = "hash"
     val: float = Field(0.05, ge=0.0, lt=1.0)
     test: float = Field(0.05, ge=0.0, lt=1.0)
-    # Hash split only: shards list each split's documents in doc_id order instead of corpus
+    # Hash or random split: shards list each split's documents in doc_id order instead of corpus
     # order, so a sorted input (an alphabetical names list) does not put look-alike documents
     # side by side, where a model would learn to copy its neighbours.
     shuffle: bool = False
@@ -134,7 +137,7 @@ class SplitConfig(StrictModel):
         if self.val + self.test >= 1.0:
             raise ValueError("split.val + split.test must leave some data for train")
         if self.shuffle and self.method == "ordered":
-            raise ValueError("split.shuffle applies to the hash split; 'ordered' keeps the order")
+            raise ValueError("split.shuffle applies to hash and random; 'ordered' keeps the order")
         return self
 
 

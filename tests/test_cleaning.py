@@ -109,6 +109,30 @@ def test_split_depends_only_on_doc_id_and_follows_the_fractions():
     assert split_of("ab" * 32, split) == split_of("ab" * 32, split)
 
 
+def test_random_split_follows_rows_and_lets_copies_of_a_text_part():
+    # makemore's split of a names list: lines shuffled, so a name listed twice can be in both.
+    names = [f"name{i % 1500}" for i in range(3000)]  # every name twice
+    config = CleanConfig(
+        exact_dedup=False,
+        quality=QualityConfig(enabled=False),
+        near_dup=NearDupConfig(enabled=False),
+    )
+    split = SplitConfig(method="random", val=0.1, test=0.1)
+    batches = [[(f"doc{i}", "names", name, "plain") for i, name in enumerate(names)]]
+    rows = [row for rows in clean_documents(batches, DecisionMaker(config, split)) for row in rows]
+    assert all(row["keep"] for row in rows)
+    assigned = [row["split"] for row in rows]
+    assert abs(assigned.count("val") / 3000 - 0.1) < 0.02
+    assert abs(assigned.count("test") / 3000 - 0.1) < 0.02
+    parted = sum(assigned[i] != assigned[i + 1500] for i in range(1500))
+    assert parted > 300  # about 1 - (0.8² + 0.1² + 0.1²) = 34 % of the pairs
+    assert assigned == [split_of("", split, row) for row in range(3000)]  # the row alone decides
+    hashed = SplitConfig(val=0.1, test=0.1)
+    by_hash = [r["split"] for rows in clean_documents(batches, DecisionMaker(config, hashed))
+               for r in rows]  # fmt: skip
+    assert all(by_hash[i] == by_hash[i + 1500] for i in range(1500))  # copies never part
+
+
 def test_worker_processes_give_the_same_rows_as_one_process():
     texts = [prose(i, 80) for i in range(40)] + [prose(1, 80), "# # # # #"]
     assert clean(texts, workers=2) == clean(texts, workers=1)

@@ -114,12 +114,15 @@ def _min_hasher(num_perm: int, shingle_size: int, seed: int) -> MinHasher:
     return MinHasher(num_perm, shingle_size, seed)
 
 
-def split_of(doc_id: str, split: SplitConfig) -> str:
-    """`train`, `val` or `test`, from the document's hash alone (stable as the corpus grows).
-    With the `ordered` method the cut is made later, by position in the token stream, so every
-    document is `train` here (the tokenizer learns from all of the text before the cut)."""
+def split_of(doc_id: str, split: SplitConfig, row: int = 0) -> str:
+    """`train`, `val` or `test`, from the document's hash alone (`hash`), or from its row in the
+    corpus (`random`); both are stable as the corpus grows at its end. With the `ordered` method
+    the cut is made later, by position in the token stream, so every document is `train` here
+    (the tokenizer learns from all of the text before the cut)."""
     if split.method == "ordered":
         return "train"
+    if split.method == "random":
+        doc_id = hashlib.sha256(f"row {row}".encode()).hexdigest()
     position = int(doc_id[:16], 16) / float(1 << 64)
     if position < split.val:
         return "val"
@@ -181,7 +184,7 @@ class DecisionMaker:
         reason = next((flag for flag in DECISION_FLAGS if flags[flag]), None)
         keep = reason is None
         n_bytes = doc.n_bytes
-        split = split_of(doc.doc_id, self.split)
+        split = split_of(doc.doc_id, self.split, row=self.stats.documents)
 
         stats = self.stats
         stats.documents += 1
