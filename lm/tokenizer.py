@@ -209,23 +209,23 @@ class SentencePieceTokenizer(Tokenizer):
         word cache rests on), so the processor's cost per input is paid a quarter as often.
         Each word's ids then begin with the one id whose piece begins with "▁", as no word
         has another "▁" to begin one, unless it is empty or begins with spaces (text with runs
-        of spaces): in a batch that has such words, every word is encoded alone instead."""
+        of spaces): in a batch that has such words, or where the count of such ids is not the
+        count of words all the same, every word is encoded alone instead."""
         import numpy as np
         import pyarrow as pa
 
-        if _EMPTY_OR_SPACED_WORD.search("\x00".join(words)):
-            alone = [" " + word for word in words]
-            encoded = self._word_processor.encode(alone, num_threads=self._threads)
-            return pa.array(encoded, pa.large_list(pa.int32()))
-        size = WORDS_PER_CALL
-        groups = [" " + " ".join(words[at : at + size]) for at in range(0, len(words), size)]
-        encoded = self._word_processor.encode(groups, num_threads=self._threads)
-        flat = np.fromiter(chain.from_iterable(encoded), np.int32)
-        starts = np.flatnonzero(self._word_start[flat])
-        if len(starts) != len(words):  # the premises failed after all: never seen
-            raise TokenizerError(f"BPE word path: {len(starts)} word starts for {len(words)} words")
-        offsets = pa.array(np.append(starts, len(flat)), pa.int64())
-        return pa.LargeListArray.from_arrays(offsets, pa.array(flat, pa.int32()))
+        alone = [" " + word for word in words]
+        if not _EMPTY_OR_SPACED_WORD.search("\x00".join(words)):
+            size = WORDS_PER_CALL
+            groups = ["".join(alone[at : at + size]) for at in range(0, len(alone), size)]
+            encoded = self._word_processor.encode(groups, num_threads=self._threads)
+            flat = np.fromiter(chain.from_iterable(encoded), np.int32)
+            starts = np.flatnonzero(self._word_start[flat])
+            if len(starts) == len(words):
+                offsets = pa.array(np.append(starts, len(flat)), pa.int64())
+                return pa.LargeListArray.from_arrays(offsets, pa.array(flat, pa.int32()))
+        encoded = self._word_processor.encode(alone, num_threads=self._threads)
+        return pa.array(encoded, pa.large_list(pa.int32()))
 
     def decode(self, ids: Iterable[int]) -> str:
         return self._processor.decode(list(ids))
