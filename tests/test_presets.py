@@ -129,7 +129,7 @@ def test_shuffle_lists_each_split_in_doc_id_order_not_file_order(workspace, tmp_
 
 
 def test_shuffle_with_the_ordered_split_is_refused():
-    with pytest.raises(ValueError, match=r"split\.shuffle applies to the hash split"):
+    with pytest.raises(ValueError, match=r"split\.shuffle applies to hash and random"):
         SplitConfig(method="ordered", shuffle=True)
 
 
