@@ -12,6 +12,8 @@ import unicodedata
 
 import numpy as np
 
+from lm.text.utf8_scan import CodePointFinder
+
 # C0/C1 controls other than tab and newline, plus zero-width and bidi-formatting characters:
 # deleted. Tabs and exotic spaces: turned into plain spaces. One `str.translate` does both.
 _DELETED = [*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), *range(0x7F, 0xA0),
@@ -24,16 +26,7 @@ _WHITESPACE_TABLE = _CONTROL_TABLE | dict.fromkeys(_SPACES, 0x20)
 _NEEDS_TRANSLATION = re.compile(
     "[" + "".join(re.escape(chr(c)) for c in sorted(set(_DELETED) | set(_SPACES))) + "]"
 )
-# The UTF-8 encodings of the non-ASCII characters of `_NEEDS_TRANSLATION`, as integers, by length
-# (they all begin with 0xc2, 0xe1-0xe3 or 0xef).
-_SPECIAL_KEYS = {
-    size: [
-        int.from_bytes(chr(c).encode())
-        for c in set(_DELETED) | set(_SPACES)
-        if c >= 0x80 and len(chr(c).encode()) == size
-    ]
-    for size in (2, 3)
-}
+_SPECIAL_NON_ASCII = CodePointFinder.of({chr(c) for c in set(_DELETED) | set(_SPACES) if c >= 0x80})
 _SPACE_RUN = re.compile(r" {2,}")
 _TRAILING_SPACE = re.compile(r" +\n")
 _LEADING_SPACE = re.compile(r"\n +")
@@ -77,16 +70,11 @@ def _unify(text: str, form: str) -> str:
 
 def _special_bytes(data: np.ndarray, collapse_whitespace: bool) -> np.ndarray:
     """Where `_clean_up` has something to do: a character of `_NEEDS_TRANSLATION` (an ASCII
-    control other than the newline, or one of the non-ASCII ones, found by the integer value of
-    their UTF-8 bytes), and with `collapse_whitespace`, two spaces, a space at either side of a
-    newline, or three newlines."""
+    control other than the newline, or one of the non-ASCII ones), and with
+    `collapse_whitespace`, two spaces, a space at either side of a newline, or three
+    newlines."""
     flagged = ((data < 0x20) & (data != 0x0A)) | (data == 0x7F)
-    leads = np.flatnonzero((data == 0xC2) | ((data >= 0xE1) & (data <= 0xE3)) | (data == 0xEF))
-    if len(leads):
-        padded = np.concatenate((data, np.zeros(2, dtype=np.uint8)))
-        two = padded[leads].astype(np.int64) << 8 | padded[leads + 1]
-        three = two << 8 | padded[leads + 2]
-        flagged[leads[np.isin(two, _SPECIAL_KEYS[2]) | np.isin(three, _SPECIAL_KEYS[3])]] = True
+    flagged[_SPECIAL_NON_ASCII.find(data)[0]] = True
     if collapse_whitespace and len(data) > 1:
         space, newline = data == 0x20, data == 0x0A
         flagged[:-1] |= (space[:-1] | newline[:-1]) & space[1:]

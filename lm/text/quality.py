@@ -50,8 +50,8 @@ def measure_quality_batch(texts: list[str], words: BatchWords | None = None) -> 
     """Measurements for each text; `words` is the batch's `BatchWords` when the caller has it."""
     words = words or BatchWords.of(texts)
     top, duplicate, word_chars = _ngram_shares(words)
-    doc_of_word = np.repeat(np.arange(len(texts)), words.counts)
-    with_letter = np.bincount(doc_of_word[words.has_letter], minlength=len(texts)).tolist()
+    letters = words.doc_of_word[words.has_letter]
+    with_letter = np.bincount(letters, minlength=len(texts)).tolist()
     return [
         _document_measurements(text, n_words, chars, letters) | {
             "top_ngram_char_fraction": top[index].tolist(),
@@ -169,7 +169,7 @@ def _ngram_shares(words: BatchWords) -> tuple[np.ndarray, np.ndarray, list[int]]
     word_chars = (cumulative_chars[doc_ends] - cumulative_chars[doc_ends - counts]).tolist()
     if len(ids) < 2:
         return top, duplicate, word_chars
-    doc_of_word = np.repeat(np.arange(n_docs), counts)
+    doc_of_word = words.doc_of_word
     doc_chars = np.maximum(np.bincount(doc_of_word, weights=lengths, minlength=n_docs), 1)
     salt = doc_of_word.astype(np.uint64) * _DOC_SALT
     starts = np.arange(len(ids), dtype=np.int64)

@@ -11,9 +11,12 @@ are then combined with vectorised arithmetic.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
+
+from lm.text.utf8_scan import CodePointFinder
 
 _MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # odd, so the rolling hash is a bijection per step
 # Powers of an odd base, and of its inverse modulo 2**64: a word's hash is a difference of
@@ -25,15 +28,10 @@ _FMIX = (np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53))
 _SHIFT = np.uint64(33)
 
 # `str.split()` cuts at the ASCII whitespace bytes (space, \t \n \v \f \r, and the separators
-# 0x1c-0x1f) and at the non-ASCII whitespace code points in `_UNICODE_SPACES`, whose UTF-8 forms
-# begin with 0xc2 or 0xe1-0xe3. Bytes are classified by comparisons, which numpy vectorises, not
-# by table lookups, which it gathers one by one (measured: twice as fast).
-_UNICODE_SPACES = [c for c in map(chr, range(0x80, 0x3001)) if c.isspace()]
-assert {c.encode()[0] for c in _UNICODE_SPACES} <= {0xC2, 0xE1, 0xE2, 0xE3}
-_SPACE_KEYS = {
-    size: [int.from_bytes(c.encode()) for c in _UNICODE_SPACES if len(c.encode()) == size]
-    for size in (2, 3)
-}
+# 0x1c-0x1f) and at the non-ASCII whitespace code points. ASCII bytes are classified by
+# comparisons, which numpy vectorises, not by table lookups, which it gathers one by one
+# (measured: twice as fast).
+_UNICODE_SPACES = CodePointFinder.of({c for c in map(chr, range(0x80, 0x3001)) if c.isspace()})
 
 
 @dataclass(frozen=True)
@@ -79,6 +77,11 @@ class BatchWords:
             counts=counts.astype(np.int64),
         )
 
+    @functools.cached_property
+    def doc_of_word(self) -> np.ndarray:
+        """The text each word belongs to."""
+        return np.repeat(np.arange(len(self.counts)), self.counts)
+
     @property
     def starts(self) -> np.ndarray:
         """Each text's first word."""
@@ -95,17 +98,9 @@ def word_ids(words: list[str]) -> np.ndarray:
 
 def _mark_unicode_spaces(data: np.ndarray, space: np.ndarray) -> None:
     """Set `space` on every byte of the non-ASCII whitespace code points (NBSP, em space, line
-    separator...): only positions holding one of their lead bytes are compared, by whole
-    encoding (two or three bytes, read as one integer)."""
-    candidates = np.flatnonzero((data == 0xC2) | (data - np.uint8(0xE1) <= 2))
-    if len(candidates) == 0:
-        return
-    padded = np.concatenate((data, np.zeros(2, dtype=np.uint8)))
-    two = padded[candidates].astype(np.int64) << 8 | padded[candidates + 1]
-    three = two << 8 | padded[candidates + 2]
-    for size, keys in ((2, two), (3, three)):
-        for position in candidates[np.isin(keys, _SPACE_KEYS[size])]:
-            space[position : position + size] = True
+    separator...)."""
+    for position, size in zip(*_UNICODE_SPACES.find(data), strict=True):
+        space[position : position + size] = True
 
 
 def _ascii_spaces(data: np.ndarray) -> np.ndarray:
