@@ -124,6 +124,16 @@ def configure_logging() -> int:
     return rank
 
 
+def _wait_for_every_rank() -> None:
+    """A barrier before the process group is torn down: a rank that tears down while another
+    still finishes its last collective can abort that one in gloo's threads ("terminate called
+    without an active exception"). Only on success: after a failure the other ranks may never
+    arrive."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_initialized():
+        dist.barrier()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
@@ -132,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     rank = configure_logging()
     try:
         train_in(Path(args[0]))
+        _wait_for_every_rank()
     except TrainingError as error:
         print(f"rank {rank}: TrainingError: {error}", file=sys.stderr)
         return 1

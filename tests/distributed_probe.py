@@ -44,6 +44,7 @@ def main(work: Path) -> None:
         "weights": weights_digest(state) if state else None,
     }
     (work / f"rank-{trainer.ranks.rank}.json").write_text(json.dumps(report))
+    train_worker._wait_for_every_rank()
 
 
 if __name__ == "__main__":
