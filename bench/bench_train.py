@@ -1,6 +1,7 @@
 """Training throughput (tokens/s) of a GPT shape under eager fp32, bf16 autocast, and compiled
 fp32 and bf16, with MFU against the GPU's dense bf16 peak (or a peak you give). The CPU's
-instruction set is printed: bf16 pays off only where the CPU has native bf16 (AMX, AVX512-BF16).
+instruction set is printed: bf16 pays off only where the CPU has native bf16 (AMX, AVX512-BF16),
+and `default` is what the engine picks there by itself (`precision` and `compile` "auto").
 
     .venv/bin/python bench/bench_train.py                      # nanoGPT's CPU shape (issue 4)
     .venv/bin/python bench/bench_train.py --device cuda        # GPT-2 124M on a GPU
@@ -26,9 +27,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from lm.cpu_features import cpu_has_native_bf16
 from lm.models.config import GPTConfig
 from lm.models.registry import build_model
-from lm.train import Trainer, peak_flops_of
+from lm.train import Trainer, compile_wanted, peak_flops_of
 from lm.train_config import TrainConfig
 
 SHAPES = {
@@ -43,14 +45,16 @@ MODES = {  # label: (precision, compile, fused AdamW)
     "bf16 autocast": ("bf16", False, True),
     "compiled fp32": ("fp32", True, True),
     "compiled bf16": ("bf16", True, True),
+    # What `precision = "auto"` and `compile = "auto"` pick on this machine (printed).
+    "default": ("auto", "auto", True),
     # The engine's update before it fused AdamW on the CPU too (not run unless asked).
     "eager fp32 foreach": ("fp32", False, False),
 }
-DEFAULT_MODES = ["eager fp32", "bf16 autocast", "compiled fp32", "compiled bf16"]
+DEFAULT_MODES = ["eager fp32", "bf16 autocast", "compiled fp32", "compiled bf16", "default"]
 
 
 def build_trainer(
-    shape: str, device: str, precision: str, compile_model: bool, fused: bool = True
+    shape: str, device: str, precision: str, compile_model: bool | str, fused: bool = True
 ) -> Trainer:
     model_config, vocab, batch = SHAPES[shape]
     settings = TrainConfig(
@@ -105,7 +109,8 @@ def main() -> None:
     if peak is None and args.device == "cuda":
         peak = peak_flops_of(torch.cuda.get_device_name())
     modes = [m.strip() for m in args.modes.split(",")]
-    print(f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    print(f"CPU capability {torch.backends.cpu.get_cpu_capability()}, native bf16 "
+          f"{'yes' if cpu_has_native_bf16() else 'no'} (AVX512-BF16 or AMX)")  # fmt: skip
     print(f"shape {shape}, device {args.device}, torch {torch.__version__}, threads "
           f"{torch.get_num_threads()}, {args.steps} steps × {args.repeats} repeats")  # fmt: skip
 
@@ -117,6 +122,10 @@ def main() -> None:
         timed_steps(trainer, args.warmup - 1)
         trainers[label] = trainer
         print(f"{label:>14}: first step {first:.2f}s (compile included), warmed up")
+        if label == "default":
+            compiled = compile_wanted(trainer.config, trainer.device, trainer.flops_per_token)
+            print(f"{'':>14}  the default here: precision {trainer.autocast or torch.float32}, "
+                  f"{'compiled' if compiled else 'eager'}")  # fmt: skip
     tokens_per_step = SHAPES[shape][2] * SHAPES[shape][0].block_size
     for _ in range(args.repeats):  # interleaved: a burst of load slows every mode alike
         for label in modes:

@@ -3,10 +3,10 @@
 What it does, after nanoGPT's train.py and torchtitan's small honest pieces: picks the device
 (cuda > mps > cpu), AdamW with decay/no-decay groups (fused), warmup then cosine or WSD
 learning rate, gradient accumulation (micro-batch and global batch as separate knobs), gradient
-clipping, bf16 autocast and `torch.compile` (each "auto" by default: on for CUDA, off on CPU,
-where neither paid off when measured), evaluation on a fixed val sample every N steps, early
-stopping with patience and minimum delta, a NaN/inf guard, metrics as JSON lines, and a
-progress line with tokens/s, MFU (on GPUs of known peak) and ETA.
+clipping, bf16 autocast and `torch.compile` (each "auto" by default: on for CUDA; on a CPU, bf16
+where it is native and compile when the run is long enough to repay it), evaluation on a fixed
+val sample every N steps, early stopping with patience and minimum delta, a NaN/inf guard,
+metrics as JSON lines, and a progress line with tokens/s, MFU (on GPUs of known peak) and ETA.
 
 Under `torchrun` (see `lm.distributed`) the same loop runs on every rank: the model is wrapped in
 DDP or sharded with FSDP2, each rank draws its windows from its own contiguous share of the
@@ -49,6 +49,8 @@ from lm.checkpoints import (
     resolve_init_from,
     usable_checkpoints,
 )
+from lm.compilation import compile_or_eager
+from lm.cpu_features import cpu_has_native_bf16
 from lm.distributed import (
     Ranks,
     all_gather,
@@ -110,18 +112,40 @@ def pick_device(requested: str = "auto", ranks: Ranks | None = None) -> torch.de
 
 
 def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast when asked, or by default on CUDA; None means fp32."""
-    if config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
+    """bf16 autocast when asked, or by default on CUDA and on CPUs with native bf16 (see
+    `lm.cpu_features`); None means fp32."""
+    if config.precision == "auto":
+        native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+        return torch.bfloat16 if native else None
+    return torch.bfloat16 if config.precision == "bf16" else None
 
 
-def compile_wanted(config: TrainConfig, device: torch.device) -> bool:
-    """`compile = "auto"` compiles on CUDA only: on the CPU measured here (bench/bench_train.py)
-    no compiled mode beat eager fp32 by enough to pay for its compile time."""
-    if config.compile == "auto":
-        return device.type == "cuda"
-    return bool(config.compile)
+# Training FLOPs from which `compile = "auto"` compiles on a CPU. Compiling nanoGPT's CPU shape
+# costs about 15 s on 2 cores and then saves about a quarter of each bf16 step
+# (bench/bench_train.py), so it pays once eager bf16 would take a minute or more: about 1e13
+# FLOPs at the ~150 GFLOP/s two cores reach. Planned work, not a timing, decides, so a resumed
+# run decides as the uninterrupted one did and the same config gives the same numbers.
+CPU_COMPILE_MIN_FLOPS = 1e13
+
+
+def planned_flops(config: TrainConfig, flops_per_token: float) -> float:
+    """The FLOPs `config.max_steps` optimizer steps will take."""
+    return flops_per_token * config.max_steps * config.global_batch * config.block_size
+
+
+def compile_wanted(
+    config: TrainConfig, device: torch.device, flops_per_token: float | None = None
+) -> bool:
+    """`compile = "auto"` compiles on CUDA, and on a CPU with native bf16 when the planned
+    training is long enough to repay the compile (`CPU_COMPILE_MIN_FLOPS`); without native bf16
+    compiling bought only about 1.1x (bench/bench_train.py)."""
+    if config.compile != "auto":
+        return bool(config.compile)
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu" or flops_per_token is None or autocast_dtype(config, device) is None:
+        return False
+    return planned_flops(config, flops_per_token) >= CPU_COMPILE_MIN_FLOPS
 
 
 def learning_rate(step: int, config: TrainConfig) -> float:
@@ -279,13 +303,8 @@ class Trainer:
         model: torch.nn.Module = self.module
         if self.parallel == "fsdp":
             model = wrap_model(self.module, "fsdp", self.device)
-        if compile_wanted(self.config, self.device):
-            try:
-                # Static shapes: every batch has the same shape, and dynamic-shape kernels
-                # are slower.
-                model = torch.compile(model, dynamic=False)
-            except Exception as error:  # compile is an optimisation: fall back to eager
-                logger.warning("torch.compile unavailable (%s); running eager", error)
+        if compile_wanted(self.config, self.device, self.flops_per_token):
+            model = compile_or_eager(model, self.device)
         if self.parallel == "ddp":
             model = wrap_model(model, "ddp", self.device)
             return model, model

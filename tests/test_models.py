@@ -194,3 +194,32 @@ def test_only_a_gpt_set_to_start_from_word2vec_needs_vectors_of_its_width():
     assert not uses_word2vec(gpt) and not uses_word2vec(MLPConfig())
     from_vectors = gpt.model_copy(update={"init_embeddings": "word2vec"})
     assert uses_word2vec(from_vectors) and word2vec_width(from_vectors) == 64
+
+
+def test_cpu_bf16_attention_runs_in_fp32_and_matches_the_math_path(monkeypatch):
+    """Under CPU bf16 autocast the fused kernel gets fp32 inputs (its bf16 backward is slow);
+    the result and its gradients still agree with the explicit-math attention."""
+    config = GPTConfig(block_size=12, n_layer=2, n_head=4, n_kv_heads=2, n_embd=32, pos="rope")
+    torch.manual_seed(0)
+    fused = build_model(config, 11)
+    explicit = build_model(config.model_copy(update={"attention": "math"}), 11)
+    explicit.load_state_dict(fused.state_dict())
+    seen = []
+    original = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, **kwargs):
+        seen.append((q.dtype, k.dtype, v.dtype))
+        return original(q, k, v, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    idx = torch.randint(0, 11, (3, 12))
+    results = []
+    for model in (fused, explicit):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits, loss = model(idx, idx)
+        loss.backward()
+        results.append((logits.float(), model.token_embedding.weight.grad.clone()))
+    assert seen == [(torch.float32,) * 3] * config.n_layer
+    (fused_logits, fused_grad), (math_logits, math_grad) = results
+    assert torch.allclose(fused_logits, math_logits, atol=0.05)
+    assert torch.allclose(fused_grad, math_grad, atol=1e-3, rtol=0.05)

@@ -252,12 +252,86 @@ def test_mfu_peaks_are_matched_by_device_name():
     assert peak_flops_of("NVIDIA GeForce GTX 1080") is None
 
 
-def test_auto_compile_and_precision_resolve_per_device():
-    auto = config(compile="auto", precision="auto")
-    assert not compile_wanted(auto, torch.device("cpu"))
-    assert compile_wanted(auto, torch.device("cuda"))
-    assert autocast_dtype(auto, torch.device("cpu")) is None
+def test_auto_precision_is_bf16_on_cuda_and_on_cpus_with_native_bf16(monkeypatch):
+    auto = config(precision="auto")
     assert autocast_dtype(auto, torch.device("cuda")) == torch.bfloat16
+    monkeypatch.setattr("lm.train.cpu_has_native_bf16", lambda: True)
+    assert autocast_dtype(auto, torch.device("cpu")) == torch.bfloat16
+    monkeypatch.setattr("lm.train.cpu_has_native_bf16", lambda: False)
+    assert autocast_dtype(auto, torch.device("cpu")) is None
+    assert autocast_dtype(config(precision="bf16"), torch.device("cpu")) == torch.bfloat16
+    monkeypatch.setattr("lm.train.cpu_has_native_bf16", lambda: True)
+    assert autocast_dtype(config(precision="fp32"), torch.device("cpu")) is None
+
+
+def test_auto_compile_on_cpu_only_with_native_bf16_and_enough_planned_work(monkeypatch):
+    from lm.train import CPU_COMPILE_MIN_FLOPS, planned_flops
+
+    auto = config(compile="auto", precision="auto", max_steps=1000)
+    per_token = CPU_COMPILE_MIN_FLOPS / planned_flops(auto, 1.0)  # exactly the threshold
+    assert compile_wanted(auto, torch.device("cuda"))
+    monkeypatch.setattr("lm.train.cpu_has_native_bf16", lambda: True)
+    assert compile_wanted(auto, torch.device("cpu"), per_token)
+    assert not compile_wanted(auto, torch.device("cpu"), per_token * 0.99)
+    assert not compile_wanted(auto, torch.device("cpu"))  # unknown work: eager
+    assert not compile_wanted(auto.model_copy(update={"precision": "fp32"}),
+                              torch.device("cpu"), per_token)  # fmt: skip
+    monkeypatch.setattr("lm.train.cpu_has_native_bf16", lambda: False)
+    assert not compile_wanted(auto, torch.device("cpu"), per_token)
+    assert compile_wanted(config(compile=True), torch.device("cpu"))
+    assert not compile_wanted(config(compile=False), torch.device("cuda"))
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, tmp_path):
+    from lm import cpu_features
+
+    def flags_of(text: str) -> frozenset[str]:
+        path = tmp_path / "cpuinfo"
+        path.write_text(text)
+        monkeypatch.setattr(cpu_features, "CPUINFO", path)
+        cpu_features.cpu_flags.cache_clear()
+        return cpu_features.cpu_flags()
+
+    try:
+        assert flags_of("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n") >= {
+            "avx2", "avx512_bf16"}  # fmt: skip
+        assert cpu_features.cpu_has_native_bf16()
+        assert "amx_bf16" in flags_of("flags : sse avx2 amx_tile amx_bf16\n")
+        assert cpu_features.cpu_has_native_bf16()
+        assert flags_of("flags\t: fpu avx2 avx512f\n") == {"fpu", "avx2", "avx512f"}
+        assert not cpu_features.cpu_has_native_bf16()
+        monkeypatch.setattr(cpu_features, "CPUINFO", tmp_path / "missing")
+        cpu_features.cpu_flags.cache_clear()
+        assert cpu_features.cpu_flags() == frozenset()
+        assert not cpu_features.cpu_has_native_bf16()
+    finally:
+        cpu_features.cpu_flags.cache_clear()
+
+
+def test_compiled_bf16_training_follows_eager_bf16(tmp_path):
+    """The CPU's default for long runs where bf16 is native (compiled bf16) trains the same
+    model as eager: the same losses up to bf16 rounding."""
+    settings = config(precision="bf16", max_steps=6, eval_every=100, checkpoint_every=100)
+    eager = trainer(tmp_path / "eager", settings).train()
+    compiled_run = trainer(tmp_path / "compiled", settings.model_copy(update={"compile": True}))
+    assert compiled_run.model is not compiled_run.module  # it really compiled
+    compiled = compiled_run.train()
+    assert compiled.losses == pytest.approx(eager.losses, rel=0.02)
+    assert compiled.losses[-1] < compiled.losses[0]
+
+
+def test_a_compiler_that_fails_leaves_training_eager_with_a_warning(tmp_path, monkeypatch, caplog):
+    import lm.compilation
+
+    def broken_compile(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found\nmore detail")
+
+    monkeypatch.setattr(lm.compilation.torch, "compile", broken_compile)
+    with caplog.at_level("WARNING", logger="lm.compilation"):
+        run = trainer(tmp_path, config(compile=True, max_steps=4))
+    assert run.model is run.module  # eager: the module itself runs the batches
+    assert "torch.compile unavailable" in caplog.text and "no C++ compiler found" in caplog.text
+    assert run.train().step == 4
 
 
 # -- kill -9 -------------------------------------------------------------------------------------

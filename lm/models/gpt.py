@@ -64,6 +64,22 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return rotated.flatten(-2).type_as(x)
 
 
+def fused_attention(q, k, v, mask: torch.Tensor | None, dropout: float) -> torch.Tensor:
+    """`F.scaled_dot_product_attention`, causal unless `mask` says otherwise. On a CPU, bf16
+    inputs (autocast) are attended in fp32: PyTorch's CPU flash-attention backward is about 6x
+    slower in bf16 than in fp32, which cancelled bf16's whole gain (bench/bench_train.py)."""
+    causal = mask is None and q.size(2) > 1
+    if q.device.type != "cpu" or q.dtype != torch.bfloat16:
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal
+        )
+    with torch.autocast("cpu", enabled=False):
+        out = F.scaled_dot_product_attention(
+            q.float(), k.float(), v.float(), attn_mask=mask, dropout_p=dropout, is_causal=causal
+        )
+    return out.to(q.dtype)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -97,9 +113,7 @@ class CausalSelfAttention(nn.Module):
             mask = torch.ones(time, keys, dtype=torch.bool, device=x.device).tril(diagonal=start)
         dropout = config.dropout if self.training else 0.0
         if config.attention == "sdpa":
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=mask is None and time > 1
-            )
+            out = fused_attention(q, k, v, mask, dropout)
         else:
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(config.head_dim)
             if time > 1:

@@ -1,0 +1,44 @@
+"""`torch.compile` as an optimisation that never breaks a run.
+
+`torch.compile` itself returns at once and compiles at the first call, so a missing toolchain
+(Inductor builds C++ on a CPU and Triton kernels on a GPU) would only surface inside the first
+training step. A tiny function is compiled and run first on the training device: where that
+fails, the run continues eager with a warning that names the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+def _probe(x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.gelu(x) * 2.0 + 1.0
+
+
+def compiler_works(device: torch.device) -> str | None:
+    """None when a compiled function runs on `device`; otherwise why it did not."""
+    try:
+        x = torch.linspace(-1.0, 1.0, 8, device=device)
+        compiled = torch.compile(_probe, dynamic=False)
+        if not torch.allclose(compiled(x), _probe(x), atol=1e-5):
+            return "a compiled probe gave different numbers from eager"
+    except Exception as error:  # any failure means: do not compile
+        return f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error) else ''}"
+    return None
+
+
+def compile_or_eager(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """`model` compiled with static shapes (every batch has the same shape, and dynamic-shape
+    kernels are slower), or `model` itself, with a warning, where compiling does not work."""
+    problem = compiler_works(device)
+    if problem is None:
+        try:
+            return torch.compile(model, dynamic=False)
+        except Exception as error:
+            problem = f"{type(error).__name__}: {error}"
+    logger.warning("torch.compile unavailable on %s (%s); training eager", device, problem)
+    return model
