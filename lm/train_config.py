@@ -44,11 +44,12 @@ class TrainConfig(StrictModel):
     checkpoint_every: int = Field(100, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    # "auto": bf16 autocast on CUDA, fp32 elsewhere (on the CPU measured here bf16 autocast is
-    # far slower than fp32; see bench/bench_train.py).
+    # "auto": bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX), fp32
+    # elsewhere: emulated bf16 is far slower than fp32 (see lm/cpu_features.py).
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    # "auto": compile on CUDA, eager elsewhere (on the CPU measured here no compiled mode beat
-    # eager fp32 by enough to pay for its ~30 s compile; see bench/bench_train.py).
+    # "auto": compile on CUDA; on a CPU with native bf16 when the planned training repays the
+    # compile (lm.train.CPU_COMPILE_MIN_FLOPS); eager elsewhere. Compiled bf16 trains nanoGPT's
+    # CPU shape at about 1.6x eager fp32 (bench/bench_train.py).
     compile: bool | Literal["auto"] = "auto"
     seed: int = 1337
     # Processes on this machine; above 1 the train stage runs `torchrun` with that many ranks.

@@ -13,7 +13,7 @@ import pytest
 
 from storage.registry import RunRegistry
 from tests.conftest import REPO, lmforge_command, run_cli
-from tests.helpers import prose, write_config
+from tests.helpers import prose, readme_sections, write_config
 
 
 def printed_stage_states(stdout: str) -> dict[str, str]:
@@ -85,14 +85,16 @@ def test_default_run_on_the_bundled_corpus_then_fully_cached(workspace):
 
 
 def test_sql_is_read_only(workspace, tmp_path):
-    run_cli("run", str(write_config(tmp_path / "c.toml", [{"path": str(REPO / "README.md")}])))
+    readme = readme_sections(tmp_path / "readme")
+    run_cli("run", str(write_config(tmp_path / "c.toml", [{"path": str(readme)}])))
     result = run_cli("sql", "DELETE FROM runs", check=False)
     assert result.returncode == 1 and "read-only" in result.stderr
     assert len(completed_digests(workspace)) == 1
 
 
 def test_unknown_run_id_is_a_clear_error(workspace, tmp_path):
-    run_cli("run", str(write_config(tmp_path / "c.toml", [{"path": str(REPO / "README.md")}])))
+    readme = readme_sections(tmp_path / "readme")
+    run_cli("run", str(write_config(tmp_path / "c.toml", [{"path": str(readme)}])))
     result = run_cli("runs", "show", "no-such-run", check=False)
     assert result.returncode == 1 and "no run with an id starting 'no-such-run'" in result.stderr
 

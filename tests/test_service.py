@@ -20,8 +20,8 @@ from flows.pipeline import TRAINING_TAG, lm_pipeline, run_stage
 from flows.serve import PREFECT_YAML, ServeError, ensure_training_limit, runner_deployments
 from storage.artifacts import ArtifactStore, Descriptor
 from storage.registry import RunRegistry
-from tests.conftest import REPO, lmforge_command
-from tests.helpers import prose, write_config
+from tests.conftest import lmforge_command
+from tests.helpers import prose, readme_sections, write_config
 
 SERVE_START_TIMEOUT_S = 120
 
@@ -71,7 +71,8 @@ def _wait_for_deployment(name: str, process: subprocess.Popen) -> None:
 def test_lmforge_serve_runs_a_triggered_deployment_and_records_it(workspace, tmp_path):
     from prefect.deployments import run_deployment
 
-    config = write_config(tmp_path / "c.toml", [{"path": str(REPO / "README.md")}])
+    readme = readme_sections(tmp_path / "readme")
+    config = write_config(tmp_path / "c.toml", [{"path": str(readme)}])
     environment = dict(os.environ, PREFECT_RUNNER_POLL_FREQUENCY="1")
     serve = subprocess.Popen(
         lmforge_command("serve"), cwd=tmp_path, env=environment, stdout=subprocess.PIPE,
