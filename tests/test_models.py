@@ -196,10 +196,18 @@ def test_only_a_gpt_set_to_start_from_word2vec_needs_vectors_of_its_width():
     assert uses_word2vec(from_vectors) and word2vec_width(from_vectors) == 64
 
 
-def test_cpu_bf16_attention_runs_in_fp32_and_matches_the_math_path(monkeypatch):
-    """Under CPU bf16 autocast the fused kernel gets fp32 inputs (its bf16 backward is slow);
-    the result and its gradients still agree with the explicit-math attention."""
-    config = GPTConfig(block_size=12, n_layer=2, n_head=4, n_kv_heads=2, n_embd=32, pos="rope")
+@pytest.mark.parametrize(("context", "fused_calls"), [(12, []), (264, [(torch.float32,) * 3] * 2)])
+def test_cpu_bf16_attention_avoids_the_bf16_fused_kernel_and_matches_the_math_path(
+    monkeypatch, context, fused_calls
+):
+    """Under CPU bf16 autocast the fused kernel never sees bf16 (its bf16 backward is slow): a
+    short context attends by explicit math, a long one through the kernel in fp32. Either way
+    the logits and gradients agree with the explicit-math model's."""
+    from lm.models.gpt import CPU_BF16_MATH_MAX_CONTEXT
+
+    assert 12 <= CPU_BF16_MATH_MAX_CONTEXT < 264  # the two contexts fall on either side
+    config = GPTConfig(block_size=context, n_layer=2, n_head=4, n_kv_heads=2, n_embd=16,
+                       pos="rope")  # fmt: skip
     torch.manual_seed(0)
     fused = build_model(config, 11)
     explicit = build_model(config.model_copy(update={"attention": "math"}), 11)
@@ -212,14 +220,14 @@ def test_cpu_bf16_attention_runs_in_fp32_and_matches_the_math_path(monkeypatch):
         return original(q, k, v, **kwargs)
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
-    idx = torch.randint(0, 11, (3, 12))
+    idx = torch.randint(0, 11, (3, context))
     results = []
     for model in (fused, explicit):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             logits, loss = model(idx, idx)
         loss.backward()
         results.append((logits.float(), model.token_embedding.weight.grad.clone()))
-    assert seen == [(torch.float32,) * 3] * config.n_layer
+    assert seen == fused_calls
     (fused_logits, fused_grad), (math_logits, math_grad) = results
     assert torch.allclose(fused_logits, math_logits, atol=0.05)
     assert torch.allclose(fused_grad, math_grad, atol=1e-3, rtol=0.05)

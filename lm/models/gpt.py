@@ -64,15 +64,40 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return rotated.flatten(-2).type_as(x)
 
 
-def fused_attention(q, k, v, mask: torch.Tensor | None, dropout: float) -> torch.Tensor:
-    """`F.scaled_dot_product_attention`, causal unless `mask` says otherwise. On a CPU, bf16
-    inputs (autocast) are attended in fp32: PyTorch's CPU flash-attention backward is about 6x
-    slower in bf16 than in fp32, which cancelled bf16's whole gain (bench/bench_train.py)."""
+# Under CPU bf16 autocast, PyTorch's fused (flash) attention backward is about 6x slower than in
+# fp32, which cancelled bf16's whole gain. Contexts up to this long attend by explicit math in
+# bf16 instead, the fastest measured (compiled, nanoGPT's CPU shape: 1.64x eager fp32, against
+# 1.48x for the fused kernel in fp32; bench/bench_train.py); longer ones use the fused kernel in
+# fp32, whose memory stays linear in the context where explicit scores grow with its square.
+CPU_BF16_MATH_MAX_CONTEXT = 256
+
+
+def explicit_attention(q, k, v, mask: torch.Tensor | None, dropout: float) -> torch.Tensor:
+    """Attention written out: scaled scores, the causal (or given) mask, softmax in fp32,
+    dropout, then the weighted sum of values."""
+    time, keys = q.size(2), k.size(2)
+    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))
+    if time > 1:
+        allowed = mask if mask is not None else torch.ones(
+            time, keys, dtype=torch.bool, device=q.device
+        ).tril()  # fmt: skip
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    weights = scores.float().softmax(dim=-1).to(v.dtype)
+    return F.dropout(weights, dropout, training=dropout > 0) @ v
+
+
+def attend(q, k, v, mask: torch.Tensor | None, dropout: float, kind: str) -> torch.Tensor:
+    """Causal attention of (B, heads, T, D) queries over keys and values, unless `mask` (T, keys)
+    says otherwise; `kind` is the config's `attention`, overridden on CPU bf16 (see above)."""
+    if kind == "math":
+        return explicit_attention(q, k, v, mask, dropout)
     causal = mask is None and q.size(2) > 1
     if q.device.type != "cpu" or q.dtype != torch.bfloat16:
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal
         )
+    if k.size(2) <= CPU_BF16_MATH_MAX_CONTEXT:
+        return explicit_attention(q, k, v, mask, dropout)
     with torch.autocast("cpu", enabled=False):
         out = F.scaled_dot_product_attention(
             q.float(), k.float(), v.float(), attn_mask=mask, dropout_p=dropout, is_causal=causal
@@ -112,16 +137,7 @@ class CausalSelfAttention(nn.Module):
             keys = k.size(2)
             mask = torch.ones(time, keys, dtype=torch.bool, device=x.device).tril(diagonal=start)
         dropout = config.dropout if self.training else 0.0
-        if config.attention == "sdpa":
-            out = fused_attention(q, k, v, mask, dropout)
-        else:
-            scores = (q @ k.transpose(-2, -1)) / math.sqrt(config.head_dim)
-            if time > 1:
-                allowed = mask if mask is not None else torch.ones(
-                    time, time, dtype=torch.bool, device=x.device
-                ).tril()  # fmt: skip
-                scores = scores.masked_fill(~allowed, float("-inf"))
-            out = F.dropout(scores.softmax(dim=-1), dropout, self.training) @ v
+        out = attend(q, k, v, mask, dropout, config.attention)
         out = out.transpose(1, 2).reshape(batch, time, config.n_embd)
         return self.dropout(self.proj(out))
 
