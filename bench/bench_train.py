@@ -36,6 +36,9 @@ from lm.train_config import TrainConfig
 SHAPES = {
     # nanoGPT's shakespeare-char CPU shape: 4 layers, 4 heads, 128 wide, context 64, batch 12.
     "cpu": (GPTConfig(block_size=64, n_layer=4, n_head=4, n_embd=128, pos="learned"), 65, 12),
+    # configs/default.toml's model: the modern preset, context 128, BPE 4k, batch 16.
+    "default": (GPTConfig(preset="modern", block_size=128, n_layer=4, n_head=4, n_kv_heads=2,
+                          n_embd=128), 4000, 16),
     # GPT-2 124M, vocab padded to a multiple of 64 (nanoGPT's 50304).
     "gpt2": (GPTConfig(block_size=1024, n_layer=12, n_head=12, n_embd=768, pos="learned"),
              50304, 16),

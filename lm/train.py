@@ -330,6 +330,10 @@ class Trainer:
         return self._evaluate(self.model if model is None else model)
 
     def _evaluate(self, model: torch.nn.Module) -> float:
+        if model is self.model and self.parallel == "none":
+            # The eager module: a compiled one would compile a second graph (eval mode) for a
+            # few batches; under DDP/FSDP the wrapper's forward must run on every rank.
+            model = self.module
         model.eval()
         rank, world = self.ranks.rank, self.ranks.world_size
         mine = self.val_sample[rank::world]
