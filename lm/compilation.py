@@ -27,8 +27,14 @@ def compiler_works(device: torch.device) -> str | None:
         if not torch.allclose(compiled(x), _probe(x), atol=1e-5):
             return "a compiled probe gave different numbers from eager"
     except Exception as error:  # any failure means: do not compile
-        return f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error) else ''}"
+        return describe(error)
     return None
+
+
+def describe(error: Exception) -> str:
+    """The error's type and the first line of its message (compiler errors run to pages)."""
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {first_line}"
 
 
 def compile_or_eager(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -39,6 +45,6 @@ def compile_or_eager(model: torch.nn.Module, device: torch.device) -> torch.nn.M
         try:
             return torch.compile(model, dynamic=False)
         except Exception as error:
-            problem = f"{type(error).__name__}: {error}"
+            problem = describe(error)
     logger.warning("torch.compile unavailable on %s (%s); training eager", device, problem)
     return model
