@@ -4,6 +4,7 @@ instruction set is printed: bf16 pays off only where the CPU has native bf16 (AM
 and `default` is what the engine picks there by itself (`precision` and `compile` "auto").
 
     .venv/bin/python bench/bench_train.py                      # nanoGPT's CPU shape (issue 4)
+    .venv/bin/python bench/bench_train.py --shape default      # configs/default.toml's model
     .venv/bin/python bench/bench_train.py --device cuda        # GPT-2 124M on a GPU
 
 Each mode builds the real `Trainer` and times its `train_step` (forward, backward, AdamW; no
