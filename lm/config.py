@@ -417,9 +417,25 @@ def _apply_override(data: dict[str, Any], override: str, path: Path) -> None:
     except tomllib.TOMLDecodeError:
         value = raw_value  # a bare word: treat it as a string
     *parents, leaf = key.strip().split(".")
-    node = data
+    node: Any = data
     for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
+        if isinstance(node, list):  # an array of tables: `models.3.dropout` is its 4th entry
+            node = node[_entry_index(node, part, override, path)]
+        else:
+            node = node.setdefault(part, {})
+        if not isinstance(node, dict | list):
             raise ConfigError(f"override '{override}': '{part}' in {path} is not a table")
-    node[leaf] = value
+    if isinstance(node, list):
+        node[_entry_index(node, leaf, override, path)] = value
+    else:
+        node[leaf] = value
+
+
+def _entry_index(entries: list, part: str, override: str, path: Path) -> int:
+    """`part` as a 0-based index into `entries`, or an error naming the entries there are."""
+    if not part.isdigit() or int(part) >= len(entries):
+        raise ConfigError(
+            f"override '{override}': '{part}' is not an entry of that array in {path} "
+            f"(it has {len(entries)}, numbered from 0)"
+        )
+    return int(part)

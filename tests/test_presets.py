@@ -11,7 +11,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from lm.config import SplitConfig, load_config
+from lm.config import ConfigError, SplitConfig, load_config
 from lm.text.clean import split_of
 from lm.text.normalize import normalize_text
 from lm.text.sources import InputError, resolve_sources
@@ -199,6 +199,17 @@ def test_the_run_seed_seeds_every_model_unless_train_sets_its_own():
     assert [run.train.seed for run in load_config("names", ["seed=7"]).model_runs()] == [7] * 4
     settings = load_config("shakespeare", ["seed=7", "train.seed=9"])
     assert (settings.seed, settings.train.seed) == (7, 9)
+
+
+def test_an_override_can_reach_one_entry_of_the_ladder_by_its_index():
+    settings = load_config("names", ["models.3.dropout=0.15", "models.3.train.max_steps=12000"])
+    gpt, mlp = settings.model_runs()[3], settings.model_runs()[2]
+    assert gpt.model.kind == "gpt" and gpt.model.dropout == 0.15
+    assert gpt.train.max_steps == 12000 and mlp.train.max_steps != 12000
+    with pytest.raises(ConfigError, match=r"'7' is not an entry of that array .*it has 4"):
+        load_config("names", ["models.7.dropout=0.1"])
+    with pytest.raises(ConfigError, match="'gpt' is not an entry"):
+        load_config("names", ["models.gpt.dropout=0.1"])
 
 
 def test_names_preset_keeps_every_distinct_census_first_name(workspace):
