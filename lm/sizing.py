@@ -12,7 +12,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import torch
+
 from lm.models.config import GPTConfig, ModelConfig
+from lm.train import autocast_dtype, pick_device
 from lm.train_config import TrainConfig
 
 CHINCHILLA_TOKENS_PER_PARAMETER = 20
@@ -49,7 +52,13 @@ def parameter_count(model: ModelConfig, vocab_size: int) -> int:
     return total + width * vocab_size + vocab_size
 
 
-def size_model(model: ModelConfig, train: TrainConfig, vocab_size: int) -> ModelSize:
+def size_model(
+    model: ModelConfig, train: TrainConfig, vocab_size: int, device: torch.device | None = None
+) -> ModelSize:
+    """Sizes for training on `device` (default: the one `train.device` picks on this machine),
+    which decides what `precision = "auto"` means: bf16 activations take half the bytes."""
+    device = device if device is not None else pick_device(train.device)
+    bf16 = autocast_dtype(train, device) is not None
     parameters = parameter_count(model, vocab_size)
     flops = 6.0 * parameters
     activations = 0
@@ -58,7 +67,7 @@ def size_model(model: ModelConfig, train: TrainConfig, vocab_size: int) -> Model
         context = model.block_size
         positional = model.block_size * model.n_embd if model.pos == "learned" else 0
         flops = 6.0 * (parameters - positional) + 12.0 * model.n_layer * model.n_embd * context
-        bytes_per_16bit_value = 1 if train.precision == "bf16" else 2  # fp32 doubles it
+        bytes_per_16bit_value = 1 if bf16 else 2  # fp32 doubles the 16-bit figure
         per_sequence = model.n_layer * context * (34 * model.n_embd + 5 * model.n_head * context)
         activations = per_sequence * train.micro_batch * bytes_per_16bit_value
     return ModelSize(

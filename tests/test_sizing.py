@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from lm.models.config import BigramConfig, GPTConfig, MLPConfig
 from lm.models.registry import build_model
@@ -40,3 +41,19 @@ def test_size_command_reports_the_default_model():
     assert "Chinchilla-optimal tokens" in output and "24,670,720" in output
     char = run_cli("size", "--vocab-size", "27", check=False)
     assert char.returncode == 0
+
+
+def test_activation_memory_follows_the_precision_auto_resolves_to(monkeypatch):
+    """`precision = "auto"` is bf16 on CUDA and on CPUs with native bf16, fp32 elsewhere; the
+    activation estimate halves exactly when the trainer would autocast."""
+    import lm.train
+
+    gpt = GPTConfig(block_size=64, n_layer=2, n_head=4, n_embd=64)
+    auto, fp32 = TrainConfig(precision="auto"), TrainConfig(precision="fp32")
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(lm.train, "cpu_has_native_bf16", lambda: True)
+    native = size_model(gpt, auto, 27, device=cpu).activations_bytes
+    assert native * 2 == size_model(gpt, fp32, 27, device=cpu).activations_bytes
+    assert size_model(gpt, auto, 27, device=torch.device("cuda")).activations_bytes == native
+    monkeypatch.setattr(lm.train, "cpu_has_native_bf16", lambda: False)
+    assert size_model(gpt, auto, 27, device=cpu).activations_bytes == 2 * native
