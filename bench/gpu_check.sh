@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Issue 4's GPU checks in one short run, for a machine with a CUDA GPU and its own PyTorch:
+# the CUDA tests (tests/test_cuda.py), then bench/bench_train.py on GPT-2 124M (tokens/s and MFU
+# against the GPU's bf16 peak) in eager fp32, bf16 autocast, and the engine's default there
+# (compiled bf16). About 4 minutes on an H200 after the machine starts; logs go to $OUT.
+#
+#   bash bench/gpu_wheels.sh      # here: the wheels the GPU image lacks, into .whl/
+#   bash bench/gpu_check.sh       # there, with .whl carried beside the checkout
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-${1:-/tmp/lmforge-gpu-check}}
+mkdir -p "$out"
+python=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+if compgen -G ".whl/*.whl" >/dev/null; then
+    "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/lmforge-site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/lmforge-site
+fi
+"$python" - <<'PY' 2>&1 | tee "$out/gpu.txt" || exit 1
+import torch
+assert torch.cuda.is_available(), "no CUDA GPU visible to torch"
+print(f"torch {torch.__version__} (CUDA {torch.version.cuda}), {torch.cuda.get_device_name()}")
+PY
+status=0
+timeout 300 "$python" -m pytest --noconftest -p no:cacheprovider -q -rs tests/test_cuda.py 2>&1 \
+    | tee "$out/tests.txt" || status=1
+timeout 360 "$python" bench/bench_train.py --device cuda --modes "eager fp32,bf16 autocast,default" \
+    --steps 20 --warmup 5 --repeats 3 2>&1 | tee "$out/bench.txt" || status=1
+exit $status
