@@ -149,16 +149,16 @@ def test_seeded_sampling_gives_the_same_text_on_the_gpu_as_on_the_cpu():
 
 def test_resume_on_the_gpu_restores_the_dropout_rng_and_follows_the_uninterrupted_run(tmp_path):
     """Dropout draws its masks from the CUDA generator: a resume that did not restore it would
-    train on other masks, and the losses would part by far more than the tolerance."""
-    dropout = SMALL_GPT.model_copy(update={"dropout": 0.2})
-    with exact_fp32():
-        straight = trainer(tmp_path / "straight", config(), dropout).train()
-        trainer(tmp_path / "split", config(), dropout).train(until_step=10)
-        resumed = trainer(tmp_path / "split", config(), dropout)
-        resumed.resume(latest_checkpoint(tmp_path / "split"))
-        second = resumed.train().losses
-    # Atomic adds in the embedding's backward make the GPU's sums order-dependent: near, not equal.
-    assert second == pytest.approx(straight.losses[10:], rel=1e-4)
+    train on other masks (on the CPU, with its generator reseeded instead of restored, the
+    losses part by up to 0.75%, 15x the tolerance)."""
+    dropout = SMALL_GPT.model_copy(update={"dropout": 0.5})
+    straight = trainer(tmp_path / "straight", config(), dropout).train()
+    trainer(tmp_path / "split", config(), dropout).train(until_step=10)
+    resumed = trainer(tmp_path / "split", config(), dropout)
+    resumed.resume(latest_checkpoint(tmp_path / "split"))
+    second = resumed.train().losses
+    # Atomic adds in some GPU backward kernels make sums order-dependent: near, not equal.
+    assert second == pytest.approx(straight.losses[10:], rel=5e-4)
 
 
 def test_a_checkpoint_written_on_the_gpu_resumes_on_the_cpu(tmp_path):
