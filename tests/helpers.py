@@ -8,6 +8,8 @@ import random
 from pathlib import Path
 from xml.sax.saxutils import escape
 
+import numpy as np
+
 WORDS = (
     "river mountain valley forest city market harbour bridge castle garden library museum "
     "engine signal theory method result figure table season winter summer autumn spring "
@@ -15,6 +17,16 @@ WORDS = (
     "ancient modern quiet bright heavy simple careful steady gentle famous common rare "
     "walks builds reads writes carries follows watches opens closes finds keeps brings"
 ).split()
+
+
+def periodic_tokens(length: int, vocab: int, seed: int = 0) -> np.ndarray:
+    """A learnable token stream for training tests: a fixed random cycle of 7 ids below
+    `vocab`, with 5% of positions replaced by noise."""
+    rng = np.random.default_rng(seed)
+    tokens = np.tile(rng.integers(0, vocab, 7), length // 7 + 1)[:length]
+    noise = rng.random(length) < 0.05
+    tokens[noise] = rng.integers(0, vocab, noise.sum())
+    return tokens.astype("<u2")
 
 
 def prose(seed: int, n_words: int = 120) -> str:

@@ -24,6 +24,7 @@ from lm.generate import generate_ids
 from lm.models.config import GPTConfig, gpt_preset
 from lm.models.registry import build_model
 from lm.train import TrainConfig, Trainer, latest_checkpoint
+from tests.helpers import periodic_tokens
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -31,17 +32,7 @@ VOCAB = 20
 GPU = torch.device("cuda")
 
 
-def periodic_tokens(length: int, seed: int = 0) -> np.ndarray:
-    """A learnable stream: a fixed random cycle of 7 tokens with a little noise."""
-    rng = np.random.default_rng(seed)
-    cycle = rng.integers(0, VOCAB, 7)
-    tokens = np.tile(cycle, length // 7 + 1)[:length]
-    noise = rng.random(length) < 0.05
-    tokens[noise] = rng.integers(0, VOCAB, noise.sum())
-    return tokens.astype(np.uint16)
-
-
-TRAIN, VAL = periodic_tokens(4000), periodic_tokens(1000)[::-1].copy()
+TRAIN, VAL = periodic_tokens(4000, VOCAB), periodic_tokens(1000, VOCAB)[::-1].copy()
 SMALL_GPT = GPTConfig(block_size=16, n_layer=2, n_head=4, n_kv_heads=2, n_embd=32,
                       pos="rope", mlp="swiglu", norm="rmsnorm", bias=False)  # fmt: skip
 VARIANTS = [

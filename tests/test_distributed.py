@@ -17,25 +17,18 @@ from lm.models.registry import build_model
 from lm.train import TrainConfig, TrainingError, val_loss_of
 from lm.train_worker import TokenFile, WorkerSpec, read_result, write_spec
 from tests.distributed_probe import weights_digest
+from tests.helpers import periodic_tokens
 
 VOCAB = 20
 GPT = GPTConfig(block_size=16, n_layer=2, n_head=2, n_embd=16)
 STEPS = 6
 
 
-def periodic_tokens(length: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    tokens = np.tile(rng.integers(0, VOCAB, 7), length // 7 + 1)[:length]
-    noise = rng.random(length) < 0.05
-    tokens[noise] = rng.integers(0, VOCAB, noise.sum())
-    return tokens.astype("<u2")
-
-
 def write_job(folder, **train) -> WorkerSpec:
     """Token files and a worker spec in `folder`, as the train stage writes them."""
     folder.mkdir(parents=True, exist_ok=True)
     for split, length in (("train", 4000), ("val", 1000)):
-        periodic_tokens(length, seed=len(split)).tofile(folder / f"{split}.bin")
+        periodic_tokens(length, VOCAB, seed=len(split)).tofile(folder / f"{split}.bin")
     settings = TrainConfig(**({
         "max_steps": STEPS, "micro_batch": 2, "global_batch": 8, "block_size": 16,
         "learning_rate": 3e-3, "warmup_steps": 1, "eval_every": 3, "eval_batches": 3,

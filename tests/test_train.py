@@ -32,22 +32,13 @@ from lm.train import (
     learning_rate,
     peak_flops_of,
 )
+from tests.helpers import periodic_tokens
 
 VOCAB = 20
 REPO = Path(__file__).resolve().parent.parent
 
 
-def periodic_tokens(length: int, seed: int = 0) -> np.ndarray:
-    """A learnable stream: a fixed random cycle of 7 tokens with a little noise."""
-    rng = np.random.default_rng(seed)
-    cycle = rng.integers(0, VOCAB, 7)
-    tokens = np.tile(cycle, length // 7 + 1)[:length]
-    noise = rng.random(length) < 0.05
-    tokens[noise] = rng.integers(0, VOCAB, noise.sum())
-    return tokens.astype(np.uint16)
-
-
-TRAIN, VAL = periodic_tokens(4000, 0), periodic_tokens(1000, 0)[::-1].copy()
+TRAIN, VAL = periodic_tokens(4000, VOCAB), periodic_tokens(1000, VOCAB)[::-1].copy()
 SMALL_GPT = GPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=16)
 
 
