@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import gc
 import logging
 import os
 import re
@@ -73,6 +74,26 @@ def init_process_group(ranks: Ranks, device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+
+
+def leave_process_group(completed: bool) -> None:
+    """Tear down this rank's process group, so that the process exits cleanly.
+
+    The DDP/FSDP wrappers hold the group (DDP's reducer keeps a reference to it) and can sit in
+    reference cycles: the Trainer does whenever a caught exception's traceback holds its frame,
+    as a lazy import inside the optimizer's constructor leaves one. Left to the interpreter's
+    shutdown, gloo's objects are freed while Python is half torn down and a rank aborts
+    ("terminate called without an active exception", seen in CI). So the garbage collector
+    runs first, then, after a run that completed, every rank meets at a barrier (a rank that
+    tears down while another still finishes its last collective can abort that one), and only
+    then is the group destroyed. After a failure there is no barrier: the other ranks may never
+    arrive."""
+    if not dist.is_available() or not dist.is_initialized():
+        return
+    gc.collect()
+    if completed:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def shard_units(module: nn.Module) -> list[nn.Module]:

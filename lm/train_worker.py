@@ -124,32 +124,23 @@ def configure_logging() -> int:
     return rank
 
 
-def _wait_for_every_rank() -> None:
-    """A barrier before the process group is torn down: a rank that tears down while another
-    still finishes its last collective can abort that one in gloo's threads ("terminate called
-    without an active exception"). Only on success: after a failure the other ranks may never
-    arrive."""
-    dist = sys.modules.get("torch.distributed")
-    if dist is not None and dist.is_initialized():
-        dist.barrier()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: python -m lm.train_worker WORK_DIR", file=sys.stderr)
         return 2
     rank = configure_logging()
+    from lm.distributed import leave_process_group
+
+    completed = False
     try:
         train_in(Path(args[0]))
-        _wait_for_every_rank()
+        completed = True
     except TrainingError as error:
         print(f"rank {rank}: TrainingError: {error}", file=sys.stderr)
         return 1
     finally:
-        dist = sys.modules.get("torch.distributed")  # not imported: nothing to tear down
-        if dist is not None and dist.is_initialized():
-            dist.destroy_process_group()
+        leave_process_group(completed)
     return 0
 
 

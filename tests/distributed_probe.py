@@ -4,13 +4,18 @@ this rank read and a digest of its full weights, so the test can compare the ran
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import sys
 from pathlib import Path
 
+import torch.distributed as dist
+from torch.distributed.fsdp import FSDPModule
+from torch.nn.parallel import DistributedDataParallel
+
 from lm import train_worker
-from lm.distributed import full_model_state
+from lm.distributed import full_model_state, leave_process_group
 from lm.train import TokenBatches
 
 _sample_starts = TokenBatches.sample_starts
@@ -44,14 +49,22 @@ def main(work: Path) -> None:
         "weights": weights_digest(state) if state else None,
     }
     (work / f"rank-{trainer.ranks.rank}.json").write_text(json.dumps(report))
-    train_worker._wait_for_every_rank()
+
+
+def leave(work: Path, completed: bool) -> None:
+    """Leave the process group as `lm.train_worker` does, then write `left-<rank>.json` with
+    the distributed wrappers still alive: none may outlive the group (see
+    `leave_process_group`)."""
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    leave_process_group(completed)
+    alive = sum(isinstance(o, DistributedDataParallel | FSDPModule) for o in gc.get_objects())
+    (work / f"left-{rank}.json").write_text(json.dumps({"wrappers_alive": alive}))
 
 
 if __name__ == "__main__":
-    import torch.distributed as dist
-
+    completed = False
     try:
         main(Path(sys.argv[1]))
+        completed = True
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        leave(Path(sys.argv[1]), completed)
