@@ -15,7 +15,8 @@ makemore scores it (`score_per_document`); the `stream` column scores the test s
 stream instead, with earlier names in the context (`score_whole_split`).
 
 The GPT it trains is the preset's made larger for a larger list (`LARGE_LIST_GPT`, printed as
-the `--set`s it amounts to); `--preset-gpt` trains the preset's own.
+the `--set`s it amounts to, less those a `--set` on the command line replaces); `--preset-gpt`
+trains the preset's own.
 
 Targets (makemore's): bigram-count 2.45 ± 0.01, mlp ≤ 2.10, gpt ≤ 1.92.
 """
@@ -192,6 +193,13 @@ def large_list_overrides(config: str) -> list[str]:
     return [f"models.{gpt}.{key}={value}" for key, value in LARGE_LIST_GPT.items()]
 
 
+def not_overridden(defaults: list[str], overrides: list[str]) -> list[str]:
+    """The `--set`s of `defaults` whose key no `--set` of `overrides` names: what the bench's
+    own settings still decide once the command line has had its say."""
+    named = {override.split("=", 1)[0].strip() for override in overrides}
+    return [default for default in defaults if default.split("=", 1)[0].strip() not in named]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="?", default=str(DEFAULT_NAMES),
@@ -215,8 +223,11 @@ def main() -> None:
     names = Path(args.names).resolve()
     source = f'ingest.sources=[{{ path = "{names}", one_doc_per_line = true }}]'
     larger = [] if args.preset_gpt else large_list_overrides(args.config)
+    larger = not_overridden(larger, args.overrides)
     if larger:
         print("gpt for a larger list: " + " ".join(f"--set {o}" for o in larger))
+    if args.overrides:
+        print("command line: " + " ".join(f"--set {o}" for o in args.overrides))
     settings = load_config(args.config, [source, *larger, *args.overrides])
 
     from tasks.train import train_task
