@@ -22,6 +22,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -214,11 +215,15 @@ LAUNCHER_FAILURE = "failed (exitcode"
 LAUNCHER_LOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ .*\] ")
 
 
-def torchrun_command(nproc_per_node: int, module: str, *args: str) -> list[str]:
+def torchrun_command(nproc_per_node: int, module: str, *args: str,
+                     log_dir: str | None = None) -> list[str]:  # fmt: skip
     """`python -m torch.distributed.run --standalone --nproc_per_node=N -m MODULE ARGS`: the
-    same interpreter as this process, so the ranks see the same packages."""
+    same interpreter as this process, so the ranks see the same packages. `log_dir` is where
+    torchrun makes its per-rank log folders (without it, a fresh `/tmp/torchelastic_*` that
+    nothing removes, one per launch)."""
+    logs = [f"--log-dir={log_dir}"] if log_dir else []
     return [
-        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        sys.executable, "-m", "torch.distributed.run", "--standalone", *logs,
         f"--nproc_per_node={nproc_per_node}", "-m", module, *args,
     ]  # fmt: skip
 
@@ -242,7 +247,25 @@ def run_torchrun(
     # torchrun would give each rank one thread; share the cores instead (CPU ranks use them).
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     environment.setdefault("OMP_NUM_THREADS", str(max(1, (cores or 1) // nproc_per_node)))
-    command = torchrun_command(nproc_per_node, module, *args)
+    # The ranks' output comes through the pipes, so torchrun's per-rank log folders stay empty:
+    # they go to a temporary folder removed afterwards.
+    with tempfile.TemporaryDirectory(prefix="lmforge-torchrun-") as log_dir:
+        command = torchrun_command(nproc_per_node, module, *args, log_dir=log_dir)
+        code, tail = _run_relaying_output(command, environment, log)
+    if code != 0:
+        shown = " ".join(torchrun_command(nproc_per_node, module, *args)[1:])
+        ending = "\n".join(tail) or "(no error output)"
+        raise TrainingError(
+            f"training with torchrun ({nproc_per_node} processes, `{shown}`) "
+            f"failed with exit code {code}; the end of its error output:\n{ending}"
+        )
+
+
+def _run_relaying_output(
+    command: list[str], environment: dict[str, str], log: Callable[[str], None]
+) -> tuple[int, list[str]]:
+    """Run torchrun and wait; every output line goes to `log`. Returns the exit code and the
+    end of the error output. If this process is interrupted, the ranks are stopped."""
     tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
@@ -281,9 +304,4 @@ def run_torchrun(
                 process.kill()
         for reader in readers:
             reader.join(timeout=5)
-    if code != 0:
-        ending = "\n".join(tail) or "(no error output)"
-        raise TrainingError(
-            f"training with torchrun ({nproc_per_node} processes, `{' '.join(command[1:])}`) "
-            f"failed with exit code {code}; the end of its error output:\n{ending}"
-        )
+    return code, list(tail)

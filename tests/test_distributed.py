@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 
 import numpy as np
@@ -100,11 +101,19 @@ def test_two_ranks_agree_on_the_weights_and_read_disjoint_data(tmp_path, paralle
 
 @pytest.mark.slow
 def test_a_failing_rank_raises_with_the_end_of_its_error_output(tmp_path):
+    # The launch's own temporary folder is the one that launched it: torchrun, left to itself,
+    # would make a `torchelastic_*` log folder in its TMPDIR and never remove it.
+    scratch = tmp_path / "torchrun-tmp"
+    scratch.mkdir()
+    environment = {**os.environ, "TMPDIR": str(scratch)}
     with pytest.raises(TrainingError) as failure:
-        run_torchrun(2, "lm.train_worker", str(tmp_path / "nowhere"), log=lambda line: None)
+        run_torchrun(2, "lm.train_worker", str(tmp_path / "nowhere"), log=lambda line: None,
+                     env=environment)  # fmt: skip
     message = str(failure.value)
     assert "failed with exit code" in message
     assert "worker.json: no worker spec" in message
+    assert "--log-dir" not in message  # the temporary folder is gone: not worth showing
+    assert list(scratch.iterdir()) == []
 
 
 def test_global_batch_must_divide_over_micro_batch_and_processes():
