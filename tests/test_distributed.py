@@ -101,8 +101,8 @@ def test_two_ranks_agree_on_the_weights_and_read_disjoint_data(tmp_path, paralle
 
 @pytest.mark.slow
 def test_a_failing_rank_raises_with_the_end_of_its_error_output(tmp_path):
-    # The launch's own temporary folder is the one that launched it: torchrun, left to itself,
-    # would make a `torchelastic_*` log folder in its TMPDIR and never remove it.
+    # torchrun gets a TMPDIR of its own: left to itself, it makes a `torchelastic_*` log folder
+    # there and never removes it. The launcher gives it one that the launcher removes.
     scratch = tmp_path / "torchrun-tmp"
     scratch.mkdir()
     environment = {**os.environ, "TMPDIR": str(scratch)}
