@@ -18,7 +18,7 @@ from lm.models.config import (
     uses_word2vec,
     word2vec_width,
 )
-from lm.models.gpt import gpt_parameter_count
+from lm.models.gpt import drop_path, gpt_parameter_count
 from lm.models.registry import build_model
 
 VOCAB = 37
@@ -104,6 +104,49 @@ def test_untied_embeddings_add_one_vocabulary_matrix():
         == VOCAB * 16
         == gpt_parameter_count(untied, VOCAB) - gpt_parameter_count(tied, VOCAB)
     )
+
+
+def test_stochastic_depth_rises_with_depth_and_leaves_the_eval_model_unchanged():
+    deep = GPTConfig(block_size=8, n_layer=4, n_head=2, n_embd=16, drop_path=0.3)
+    torch.manual_seed(5)
+    model = build_model(deep, VOCAB)
+    plain = build_model(deep.model_copy(update={"drop_path": 0.0}), VOCAB)
+    plain.load_state_dict(model.state_dict())
+    assert [block.drop_rate for block in model.blocks] == pytest.approx([0.0, 0.1, 0.2, 0.3])
+    assert model.num_params() == plain.num_params() == gpt_parameter_count(deep, VOCAB)
+    idx = torch.randint(0, VOCAB, (64, 8))
+    with torch.no_grad():
+        assert torch.equal(model.eval()(idx)[0], plain.eval()(idx)[0])
+        model.train()
+        first, second = model(idx)[0], model(idx)[0]
+    assert not torch.allclose(first, second)  # training draws a fresh set of skipped blocks
+
+
+def test_stochastic_depth_skips_whole_sequences_and_keeps_the_expected_branch():
+    torch.manual_seed(6)
+    branch = torch.ones(4000, 5, 3)
+    dropped = drop_path(branch, 0.25, training=True)
+    per_sequence = dropped.flatten(1)
+    assert torch.all(per_sequence == per_sequence[:, :1])  # a sequence is kept or skipped whole
+    assert per_sequence[:, 0].unique().tolist() == pytest.approx([0.0, 1 / 0.75])
+    assert (per_sequence[:, 0] == 0).float().mean().item() == pytest.approx(0.25, abs=0.03)
+    assert dropped.mean().item() == pytest.approx(1.0, abs=0.04)
+    assert drop_path(branch, 0.25, training=False) is branch
+
+
+def test_stochastic_depth_in_training_never_lets_a_later_token_reach_an_earlier_one():
+    model = build_model(GPTConfig(block_size=16, n_layer=3, n_head=2, n_embd=16, drop_path=0.5,
+                                  dropout=0.1, pos="rope"), VOCAB).train()  # fmt: skip
+    idx = torch.randint(0, VOCAB, (8, 12))
+    changed = idx.clone()
+    changed[:, 7] = (changed[:, 7] + 1) % VOCAB
+    with torch.no_grad():
+        torch.manual_seed(7)
+        before, _ = model(idx)
+        torch.manual_seed(7)  # the same masks for both
+        after, _ = model(changed)
+    assert torch.allclose(before[:, :7], after[:, :7], atol=1e-6)
+    assert not torch.allclose(before[:, 7:], after[:, 7:], atol=1e-6)
 
 
 @pytest.mark.parametrize(

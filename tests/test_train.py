@@ -64,13 +64,20 @@ def trainer(tmp_path, settings: TrainConfig, model_config=SMALL_GPT) -> Trainer:
     return Trainer(build_model(model_config, VOCAB), settings, TRAIN, VAL, tmp_path)
 
 
-def test_n_steps_equal_half_then_resume_then_half(tmp_path):
-    straight = trainer(tmp_path / "straight", config(max_steps=20))
+@pytest.mark.parametrize(
+    "model_config",
+    [SMALL_GPT, GPTConfig(block_size=16, n_layer=3, n_head=2, n_embd=16, dropout=0.2,
+                          drop_path=0.3)],
+    ids=["plain", "dropout-and-stochastic-depth"],
+)  # fmt: skip
+def test_n_steps_equal_half_then_resume_then_half(tmp_path, model_config):
+    """With dropout and stochastic depth the random masks must resume where they stopped too."""
+    straight = trainer(tmp_path / "straight", config(max_steps=20), model_config)
     straight_result = straight.train()
 
-    first = trainer(tmp_path / "split", config(max_steps=20))
+    first = trainer(tmp_path / "split", config(max_steps=20), model_config)
     first_losses = first.train(until_step=10).losses  # as if killed after step 10
-    resumed = trainer(tmp_path / "split", config(max_steps=20))
+    resumed = trainer(tmp_path / "split", config(max_steps=20), model_config)
     resumed.resume(latest_checkpoint(tmp_path / "split"))
     second_losses = resumed.train().losses
 

@@ -64,6 +64,10 @@ class GPTConfig(StrictModel):
     bias: bool = True
     tie_embeddings: bool = True
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    # Stochastic depth (Huang et al. 2016): in training each residual branch is skipped for a
+    # whole sequence with a chance rising linearly from 0 at the first block to `drop_path` at
+    # the last, so a deep model on little data cannot lean on any one block.
+    drop_path: float = Field(0.0, ge=0.0, lt=1.0)
     mlp_ratio: float = Field(4.0, gt=0.0)
     rope_base: float = 10000.0
     attention: Literal["sdpa", "math"] = "sdpa"

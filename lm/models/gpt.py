@@ -1,7 +1,7 @@
 """A decoder-only transformer whose parts are switches (after nanoGPT's model file and litgpt's
 config flags): positions (sinusoidal, learned or rotary), MLP (GELU or SwiGLU), norm (LayerNorm
 or RMSNorm), attention heads (multi-head, grouped-query or multi-query through `n_kv_heads`),
-biases on or off, tied embeddings, dropout, and attention through
+biases on or off, tied embeddings, dropout and stochastic depth, and attention through
 `F.scaled_dot_product_attention` or explicit math. A key/value cache makes generation cost one
 token's work per step.
 """
@@ -159,19 +159,41 @@ class MLP(nn.Module):
         return self.dropout(self.down(hidden))
 
 
+def drop_path(branch: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: zero a residual branch for whole sequences with probability `rate`,
+    scaling the kept ones by 1/(1 - rate) so its expected value, and the eval-time model, are
+    unchanged."""
+    if not training or rate == 0.0:
+        return branch
+    keep = 1.0 - rate
+    mask = branch.new_empty(branch.size(0), *(1,) * (branch.dim() - 1)).bernoulli_(keep)
+    return branch * mask / keep
+
+
+def drop_path_rates(config: GPTConfig) -> list[float]:
+    """Each block's stochastic-depth rate: linear from 0 (first block) to `drop_path` (last),
+    as in DeiT, since the early blocks build what every later one reads. A lone block is the
+    last one and gets the whole rate."""
+    if config.n_layer == 1:
+        return [config.drop_path]
+    return [config.drop_path * i / (config.n_layer - 1) for i in range(config.n_layer)]
+
+
 class Block(nn.Module):
     """Pre-norm residual block: x + attention(norm(x)), then x + mlp(norm(x))."""
 
-    def __init__(self, config: GPTConfig):
+    def __init__(self, config: GPTConfig, drop_rate: float = 0.0):
         super().__init__()
         self.norm_1 = _norm(config)
         self.attention = CausalSelfAttention(config)
         self.norm_2 = _norm(config)
         self.mlp = MLP(config)
+        self.drop_rate = drop_rate
 
     def forward(self, x, rope, layer, cache, start):
-        x = x + self.attention(self.norm_1(x), rope, layer, cache, start)
-        return x + self.mlp(self.norm_2(x))
+        attended = self.attention(self.norm_1(x), rope, layer, cache, start)
+        x = x + drop_path(attended, self.drop_rate, self.training)
+        return x + drop_path(self.mlp(self.norm_2(x)), self.drop_rate, self.training)
 
 
 class GPT(LanguageModel):
@@ -191,7 +213,7 @@ class GPT(LanguageModel):
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         self.dropout = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.blocks = nn.ModuleList(Block(config, rate) for rate in drop_path_rates(config))
         self.norm = _norm(config)
         self.head = nn.Linear(config.n_embd, vocab_size, bias=False)
         if config.tie_embeddings:
