@@ -14,6 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import re
+import shutil
+import uuid
 from pathlib import Path
 
 from lm.train_config import TrainingError
@@ -22,6 +26,9 @@ logger = logging.getLogger("lm.train")
 DONE_MARKER = "DONE"
 INFO_FILE = "checkpoint.json"
 WEIGHTS_FILE = "model.pt"
+STEP_NAME = re.compile(r"step-(\d+)")
+# Where a checkpoint is written before its rename, and where the one it replaces is moved aside.
+STAGING_INFIX, REPLACED_INFIX = ".partial-", ".replaced-"
 
 
 def read_info(checkpoint: Path) -> dict:
@@ -50,10 +57,22 @@ def damage(checkpoint: Path) -> str | None:
     return None
 
 
+def step_of(path: Path) -> int | None:
+    """The step of a step checkpoint's folder name (`step-00000120`), None for any other name
+    (a staging folder, `best`, `final`)."""
+    match = STEP_NAME.fullmatch(path.name)
+    return int(match.group(1)) if match else None
+
+
+def step_checkpoints(folder: Path) -> list[Path]:
+    """Step checkpoint folders, complete or not, oldest first."""
+    steps = [p for p in folder.glob("step-*") if step_of(p) is not None]
+    return sorted(steps, key=step_of)
+
+
 def complete_checkpoints(folder: Path) -> list[Path]:
     """Step checkpoints with a `DONE` marker, oldest first (whole or not)."""
-    complete = [p for p in folder.glob("step-*") if (p / DONE_MARKER).is_file()]
-    return sorted(complete, key=lambda p: int(p.name.split("-")[1]))
+    return [p for p in step_checkpoints(folder) if (p / DONE_MARKER).is_file()]
 
 
 def usable_checkpoints(folder: Path) -> list[Path]:
@@ -61,8 +80,8 @@ def usable_checkpoints(folder: Path) -> list[Path]:
     naming them."""
     if not folder.is_dir():
         return []
-    for partial in folder.glob("step-*"):
-        if not (partial / DONE_MARKER).is_file() and ".partial" not in partial.name:
+    for partial in step_checkpoints(folder):
+        if not (partial / DONE_MARKER).is_file():
             logger.warning("%s: incomplete checkpoint (no DONE marker), skipped", partial)
     usable = []
     for checkpoint in reversed(complete_checkpoints(folder)):
@@ -78,6 +97,45 @@ def latest_checkpoint(folder: Path) -> Path | None:
     """The newest complete and intact checkpoint; the others are skipped with a warning."""
     usable = usable_checkpoints(folder)
     return usable[0] if usable else None
+
+
+def replace_folder(staging: Path, final: Path) -> None:
+    """Put the finished folder `staging` at `final`. A directory cannot be renamed over a
+    non-empty one, so an existing `final` is first moved aside and deleted after: at every
+    instant one complete copy exists under a known name (`recover_staging` restores one moved
+    aside by a process killed between the two renames)."""
+    replaced = None
+    if final.exists():
+        replaced = final.with_name(
+            f"{final.name}{REPLACED_INFIX}{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        )
+        os.rename(final, replaced)
+    os.rename(staging, final)
+    if replaced is not None:
+        shutil.rmtree(replaced)
+
+
+def recover_staging(folder: Path) -> None:
+    """Tidy what a killed writer left in `folder`: staging folders (never complete until
+    renamed) are deleted; a folder moved aside by `replace_folder` is put back if nothing took
+    its place, else deleted."""
+    if not folder.is_dir():
+        return
+    for leftover in sorted(folder.glob(f"*{STAGING_INFIX}*")):
+        logger.warning("%s: unfinished write left by a stopped process, removed", leftover)
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+    for aside in sorted(folder.glob(f"*{REPLACED_INFIX}*")):
+        original = folder / aside.name.split(REPLACED_INFIX)[0]
+        if original.exists():
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            logger.warning(
+                "%s: restored as %s (its replacement was never written)", aside, original
+            )
+            os.rename(aside, original)
 
 
 def resolve_init_from(path: Path) -> Path:

@@ -43,6 +43,10 @@ def parameter_count(model: ModelConfig, vocab_size: int) -> int:
         return gpt_parameter_count(model, vocab_size)
     if model.kind in ("bigram", "bigram-count"):
         return vocab_size * vocab_size if model.kind == "bigram" else 0
+    if model.kind == "w2v":
+        from lm.models.w2v import w2v_parameter_count
+
+        return w2v_parameter_count(model, vocab_size)
     width = model.context * model.n_embd
     total = vocab_size * model.n_embd
     for hidden in model.hiddens:
@@ -50,6 +54,22 @@ def parameter_count(model: ModelConfig, vocab_size: int) -> int:
         total += width * hidden + (hidden if model.norm == "none" else 0) + norm
         width = hidden
     return total + width * vocab_size + vocab_size
+
+
+def lookup_parameter_count(model: ModelConfig, vocab_size: int) -> int:
+    """Parameters read by index, which cost no FLOPs (`LanguageModel.lookup_params`): learned
+    positions and an untied token embedding in a GPT, the tables of the bigram, the MLP and
+    fine-tuned word2vec vectors."""
+    if isinstance(model, GPTConfig):
+        positional = model.block_size * model.n_embd if model.pos == "learned" else 0
+        return positional + (0 if model.tie_embeddings else vocab_size * model.n_embd)
+    if model.kind == "bigram":
+        return vocab_size * vocab_size
+    if model.kind == "mlp":
+        return vocab_size * model.n_embd
+    if model.kind == "w2v":
+        return 0 if model.freeze else vocab_size * model.vector_size
+    return 0
 
 
 def size_model(
@@ -60,13 +80,12 @@ def size_model(
     device = device if device is not None else pick_device(train.device)
     bf16 = autocast_dtype(train, device) is not None
     parameters = parameter_count(model, vocab_size)
-    flops = 6.0 * parameters
+    flops = 6.0 * (parameters - lookup_parameter_count(model, vocab_size))
     activations = 0
     context = train.block_size
     if isinstance(model, GPTConfig):
         context = model.block_size
-        positional = model.block_size * model.n_embd if model.pos == "learned" else 0
-        flops = 6.0 * (parameters - positional) + 12.0 * model.n_layer * model.n_embd * context
+        flops += 12.0 * model.n_layer * model.n_embd * context
         bytes_per_16bit_value = 1 if bf16 else 2  # fp32 doubles the 16-bit figure
         per_sequence = model.n_layer * context * (34 * model.n_embd + 5 * model.n_head * context)
         activations = per_sequence * train.micro_batch * bytes_per_16bit_value

@@ -37,15 +37,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lm.batches import TokenBatches, make_batches
+from lm.batches import IGNORED_TARGET, RANK_SEED_STRIDE, TokenBatches, make_batches
 from lm.checkpoints import (
     DONE_MARKER,
     INFO_FILE,
+    STAGING_INFIX,
     WEIGHTS_FILE,
     complete_checkpoints,
     file_sha256,
     latest_checkpoint,
     read_info,
+    recover_staging,
+    replace_folder,
     resolve_init_from,
     usable_checkpoints,
 )
@@ -150,19 +153,21 @@ def compile_wanted(
 
 def learning_rate(step: int, config: TrainConfig) -> float:
     """Linear warmup, then cosine decay to `min_lr_ratio`, or WSD (warmup, stable, then a
-    linear decay over the last `decay_fraction` of training), or constant."""
+    linear decay over the last `decay_fraction` of training), or constant. Steps run from 0 to
+    `max_steps - 1`, and the decay ends on the last one: the final step trains at the floor."""
     peak, floor = config.learning_rate, config.learning_rate * config.min_lr_ratio
     if step < config.warmup_steps:
         return peak * (step + 1) / config.warmup_steps
     if config.schedule == "constant":
         return peak
+    last = config.max_steps - 1
     if config.schedule == "wsd":
-        decay_start = int(config.max_steps * (1 - config.decay_fraction))
+        decay_start = max(int(config.max_steps * (1 - config.decay_fraction)), config.warmup_steps)
         if step < decay_start:
             return peak
-        progress = (step - decay_start) / max(config.max_steps - decay_start, 1)
+        progress = (step - decay_start) / max(last - decay_start, 1)
         return peak + (floor - peak) * min(progress, 1.0)
-    progress = (step - config.warmup_steps) / max(config.max_steps - config.warmup_steps, 1)
+    progress = (step - config.warmup_steps) / max(last - config.warmup_steps, 1)
     return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
@@ -187,12 +192,12 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.de
 
 def flops_per_token(module: torch.nn.Module, block_size: int) -> float:
     """Training FLOPs per token (nanoGPT's `estimate_mfu`, PaLM appendix B): 6 per parameter
-    (learned positions excluded: a lookup, not a product) plus 12·layers·width·context for
-    the attention scores of a transformer."""
+    (embedding tables excluded: learned positions, an untied token embedding, the MLP's table
+    are lookups, not products; a tied one is the output layer too) plus 12·layers·width·context
+    for the attention scores of a transformer."""
     parameters = sum(p.numel() for p in module.parameters())
-    positional = getattr(module, "position_embedding", None)
-    if positional is not None:
-        parameters -= positional.weight.numel()
+    if isinstance(module, LanguageModel):
+        parameters -= module.lookup_params()
     config = getattr(module, "config", None)
     attention = 0.0
     if config is not None and getattr(config, "kind", None) == "gpt":
@@ -234,11 +239,18 @@ def val_loss_of(
     device = pick_device(config.device)
     dtype = autocast_dtype(config, device)
     model = model.to(device).eval()
-    losses = []
+    total, count = 0.0, 0
     for x, y in fixed_val_sample(val_tokens, config, device, eot_id):
         with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
-            losses.append(model(x, y)[1].item())
-    return sum(losses) / len(losses)
+            loss = model(x, y)[1].item()
+        scored = scored_targets(y)  # the mean over scored targets, as the test NLL counts them
+        total, count = total + loss * scored, count + scored
+    return total / count
+
+
+def scored_targets(targets: torch.Tensor) -> int:
+    """How many targets a batch scores (padding after a document is not scored)."""
+    return int((targets != IGNORED_TARGET).sum())
 
 
 @dataclass
@@ -269,7 +281,10 @@ class Trainer:
         if self.device.type == "cuda":  # TF32 matmuls: fp32 accuracy for training, far faster
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        torch.manual_seed(config.seed)
+        # Dropout and stochastic depth draw from the global generator: each rank its own stream
+        # (nanoGPT's seed offset), or every rank would drop the same units of its rows. The
+        # initial weights were drawn before, from the same seed on every rank.
+        torch.manual_seed(config.seed + RANK_SEED_STRIDE * self.ranks.rank)
         self.tokenizer_digest = tokenizer_digest
         self.module = model.to(self.device)  # the uncompiled module: what checkpoints save
         self.flops_per_token = flops_per_token(self.module, config.block_size)
@@ -286,6 +301,7 @@ class Trainer:
         )  # fmt: skip
         # The same on every rank (each evaluates its part of it).
         self.val_sample = fixed_val_sample(val_tokens, config, self.device, eot_id)
+        self.val_scored = [scored_targets(y) for _, y in self.val_sample]
         self.out_dir = out_dir
         self.metrics_path = metrics_path or out_dir / "metrics.jsonl"
         if self.ranks.is_main:
@@ -293,6 +309,7 @@ class Trainer:
         self.step = 0
         self.best_val_loss = math.inf
         self.evaluations_without_improvement = 0
+        self.stopped_early = False
         self.autocast = autocast_dtype(config, self.device)
         self.peak_flops = peak_flops(self.device)
 
@@ -338,12 +355,13 @@ class Trainer:
         rank, world = self.ranks.rank, self.ranks.world_size
         mine = self.val_sample[rank::world]
         rounds = math.ceil(len(self.val_sample) / world)
+        scored = self.val_scored[rank::world]
         total, count = 0.0, 0
         for index in range(rounds):
             x, y = mine[index] if index < len(mine) else self.val_sample[0]
             loss = self._forward(x, y, model)[1].item()
-            if index < len(mine):
-                total, count = total + loss, count + 1
+            if index < len(mine):  # the mean over scored targets, as the test NLL counts them
+                total, count = total + loss * scored[index], count + scored[index]
         total, count = all_reduce_sum([total, count], self.device)
         self.model.train()
         return total / count
@@ -368,15 +386,17 @@ class Trainer:
         rate = learning_rate(self.step, config)
         for group in self.optimizer.param_groups:
             group["lr"] = rate
+        batches = [self.train_batches.next(self.device) for _ in range(self.accumulation)]
         total = torch.zeros((), device=self.device)
-        for micro in range(self.accumulation):
-            x, y = self.train_batches.next(self.device)
+        for micro, ((x, y), divisor) in enumerate(
+            zip(batches, self._loss_divisors(batches), strict=True)
+        ):
             # Gradients are reduced across ranks on the last micro-batch only.
             with gradient_sync(self.wrapped, micro == self.accumulation - 1):
                 _, loss = self._forward(x, y)
-                (loss / self.accumulation).backward()
-            total += loss.detach()
-        step_loss = total.item() / self.accumulation  # one device sync per step
+                (loss / divisor).backward()
+            total += loss.detach() / divisor
+        step_loss = total.item()  # one device sync per step
         if self.ranks.distributed:
             step_loss = all_reduce_sum([step_loss], self.device)[0] / self.ranks.world_size
         if not math.isfinite(step_loss):
@@ -393,13 +413,28 @@ class Trainer:
         self.step += 1
         return step_loss, rate
 
+    def _loss_divisors(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> list[float]:
+        """What each micro-batch's mean loss is divided by so that the step's gradient is the
+        mean over every target the global batch scores, whatever the micro-batch size: rank r's
+        micro-batch i, scoring c of the step's C targets, counts c/C of it, and DDP's average
+        over W ranks divides by W, so its loss is divided by C/(c·W). Windows score every
+        target (c·W·accumulation = C): the divisor is exactly `accumulation`. Rows of documents
+        score different numbers of targets (padding is not scored), and dividing each mean by
+        `accumulation` would give a short document in a short micro-batch more weight."""
+        if self.config.samples != "documents":
+            return [float(self.accumulation)] * len(batches)
+        counts = torch.stack([(y != IGNORED_TARGET).sum() for _, y in batches]).tolist()
+        step_total = all_reduce_sum([float(sum(counts))], self.device)[0]
+        return [step_total / (count * self.ranks.world_size) for count in counts]
+
     def train(self, until_step: int | None = None) -> TrainResult:
         """Train to `max_steps` (or stop after `until_step`, with a checkpoint there, as an
         interruption would: the schedule still spans `max_steps`)."""
         config = self.config
         last_step = min(until_step or config.max_steps, config.max_steps)
         losses: list[float] = []
-        stopped_early = False
+        if self.stopped_early:  # resumed from the checkpoint where early stopping ended it
+            return TrainResult(self.step, self.best_val_loss, True, losses)
         tokens_per_step = config.global_batch * config.block_size
         last_report, steps_at_report = time.monotonic(), self.step
         self.model.train()
@@ -424,7 +459,7 @@ class Trainer:
                 if config.patience and self.evaluations_without_improvement >= config.patience:
                     self._info("train: no val improvement in %d evaluations; stopping",
                                config.patience)  # fmt: skip
-                    stopped_early = True
+                    self.stopped_early = True
                     self.save(f"step-{self.step:08d}")
                     break
             if self.step % config.checkpoint_every == 0 or self.step in (
@@ -432,7 +467,7 @@ class Trainer:
                 config.max_steps,
             ):
                 self.save(f"step-{self.step:08d}")
-        return TrainResult(self.step, self.best_val_loss, stopped_early, losses)
+        return TrainResult(self.step, self.best_val_loss, self.stopped_early, losses)
 
     def _report_throughput(self, loss: float, seconds: float, steps: int, tokens_per_step: int):
         """Tokens/s (and MFU) over the steps since the last report, and the ETA at that rate."""
@@ -463,22 +498,30 @@ class Trainer:
         final = self.out_dir / name
         model_state = full_model_state(self.module, self.parallel)
         optimizer_state = full_optimizer_state(self.module, self.optimizer, self.parallel)
-        data_states = all_gather(self.train_batches.state())
+        cuda = self.device.type == "cuda"
+        rank_states = all_gather((
+            self.train_batches.state(),
+            torch.get_rng_state(),
+            torch.cuda.get_rng_state(self.device) if cuda else None,
+        ))  # fmt: skip
         if not self.ranks.is_main:
             return final
-        staging = self.out_dir / f"{name}.partial-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        staging = self.out_dir / f"{name}{STAGING_INFIX}{os.getpid()}-{uuid.uuid4().hex[:6]}"
         staging.mkdir(parents=True)
         torch.save(optimizer_state, staging / "optimizer.pt")
         state = {
-            "torch": torch.get_rng_state(),
-            "data": data_states[0],
-            "data_per_rank": data_states,
+            "torch": rank_states[0][1],
+            "torch_per_rank": [torch_state for _, torch_state, _ in rank_states],
+            "data": rank_states[0][0],
+            "data_per_rank": [data for data, _, _ in rank_states],
             "step": self.step,
             "best_val_loss": self.best_val_loss,
             "evaluations_without_improvement": self.evaluations_without_improvement,
+            "stopped_early": self.stopped_early,
         }
-        if self.device.type == "cuda":
-            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        if cuda:
+            state["cuda"] = rank_states[0][2]
+            state["cuda_per_rank"] = [cuda_state for _, _, cuda_state in rank_states]
         if self.average is not None:  # the weights file holds the average; training, these
             state["trained_weights"] = model_state
             model_state = self.average.averaged_state(self.module)
@@ -495,9 +538,7 @@ class Trainer:
         }
         (staging / INFO_FILE).write_text(json.dumps(info, indent=2))
         (staging / DONE_MARKER).write_text(str(self.step))
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(staging, final)
+        replace_folder(staging, final)
         if name.startswith("step-"):
             for old in complete_checkpoints(self.out_dir)[: -self.config.keep_checkpoints]:
                 shutil.rmtree(old)
@@ -546,21 +587,25 @@ class Trainer:
             load_optimizer_state(self.module, self.optimizer, optimizer_state, self.parallel)
         except (RuntimeError, ValueError, KeyError) as error:
             raise TrainingError(f"{checkpoint}: does not fit this model ({error})") from None
-        torch.set_rng_state(state["torch"])
-        if "cuda" in state and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda"], self.device)
         self.step = state["step"]
         cursors = state.get("data_per_rank") or [state["data"]]
         if len(cursors) == self.ranks.world_size:
-            self.train_batches.restore(cursors[self.ranks.rank])
+            rank = self.ranks.rank
+            torch.set_rng_state(_for_rank(state, "torch", rank))
+            if "cuda" in state and self.device.type == "cuda":
+                torch.cuda.set_rng_state(_for_rank(state, "cuda", rank), self.device)
+            self.train_batches.restore(cursors[rank])
         else:
             logger.warning(
-                "%s: written by %d processes, resumed by %d: the data order from here differs "
-                "from an uninterrupted run", checkpoint, len(cursors), self.ranks.world_size,
+                "%s: written by %d processes, resumed by %d: the data order and the dropout "
+                "masks from here differ from an uninterrupted run",
+                checkpoint, len(cursors), self.ranks.world_size,
             )  # fmt: skip
             self.train_batches.reseed(self.step)
+            torch.manual_seed(self.config.seed + RANK_SEED_STRIDE * self.ranks.rank + self.step)
         self.best_val_loss = state["best_val_loss"]
         self.evaluations_without_improvement = state["evaluations_without_improvement"]
+        self.stopped_early = state.get("stopped_early", False)
         if self.ranks.is_main:
             self._drop_metrics_after(self.step)
 
@@ -596,6 +641,8 @@ class Trainer:
         """What a training process does first: resume from `folder`'s newest checkpoint (a run
         that was interrupted), else start from `init_from`'s weights if given, else from the
         fresh model. Returns what happened, for the log."""
+        if self.ranks.is_main:
+            recover_staging(folder)
         resumed = self.resume_latest(folder)
         if resumed is not None:
             outcome = f"resumed from {resumed} (step {self.step})"
@@ -615,9 +662,16 @@ class Trainer:
                 and _logged_step(line) <= step]  # fmt: skip
         if len(kept) == len(lines):
             return
-        staging = path.with_name(f"{path.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+        staging = path.with_name(f"{path.name}{STAGING_INFIX}{os.getpid()}-{uuid.uuid4().hex[:6]}")
         staging.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
         os.replace(staging, path)
+
+
+def _for_rank(state: dict, key: str, rank: int):
+    """A generator state saved per rank (`<key>_per_rank`), or, in a checkpoint written before
+    each rank kept its own, the one saved for all."""
+    per_rank = state.get(f"{key}_per_rank")
+    return per_rank[rank] if per_rank and rank < len(per_rank) else state[key]
 
 
 def _logged_step(line: str) -> int | None:

@@ -9,6 +9,7 @@ cache hit always finds its files; the flow refreshes the cache when the director
 
 from __future__ import annotations
 
+import ast
 import hashlib
 from collections.abc import Callable
 from functools import cache
@@ -16,6 +17,47 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The packages whose code decides what a stage produces; tasks/ and flows/ only orchestrate.
+LIBRARY_PACKAGES = ("lm", "storage")
+
+
+def module_sources(*modules: str) -> tuple[str, ...]:
+    """The source files of `modules` and of every library module they import, directly or not
+    (imports inside functions too), relative to the repository root: what a stage's code digest
+    must cover, so that an edit to any of them is a new cache key. A hand-kept list misses a
+    helper module the day one is split out."""
+    seen: set[Path] = set()
+    pending = [_source_of(module) for module in modules]
+    while pending:
+        path = pending.pop()
+        if path is None or path in seen:
+            continue
+        seen.add(path)
+        pending += [_source_of(name) for name in _imported_names(path)
+                    if name.split(".")[0] in LIBRARY_PACKAGES]  # fmt: skip
+    return tuple(sorted(str(path.relative_to(REPO_ROOT)) for path in seen))
+
+
+def _source_of(module: str) -> Path | None:
+    """The file of a library module (`lm.train` → lm/train.py), or None for a name that is not
+    a module (`lm.train.Trainer`: the class, whose module is listed on its own)."""
+    base = REPO_ROOT.joinpath(*module.split("."))
+    for candidate in (base / "__init__.py", base.with_suffix(".py")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imported_names(path: Path) -> list[str]:
+    """Every absolute module name `path` imports, and `module.name` for each `from module
+    import name` (which may itself be a module)."""
+    names = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names += [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+    return names
 
 
 @cache

@@ -19,13 +19,13 @@ from lm.tokenizer import TokenizerError
 from storage.artifacts import ArtifactStore, Descriptor
 from storage.shards import open_shard
 from storage.workspace import Workspace
-from tasks.caching import cache_key_from, code_digest, stage_key
+from tasks.caching import cache_key_from, code_digest, module_sources, stage_key
 
 STAGE = "evaluate"
 VERSION = 1
 CODE = (
-    "lm/models", "lm/evaluate.py", "lm/generate.py", "lm/eval_config.py", "lm/tokenizer.py",
-    "lm/train.py", "storage/shards.py",
+    *module_sources("lm.evaluate", "lm.generate", "lm.eval_config", "lm.train"),
+    "storage/shards.py",
 )  # fmt: skip
 METRICS_FILE = "metrics.json"
 SAMPLES_FILE = "samples.json"

@@ -30,14 +30,12 @@ from lm.train_config import TrainConfig, TrainingError
 from storage.artifacts import ArtifactStore, Descriptor
 from storage.shards import open_shard
 from storage.workspace import Workspace
-from tasks.caching import cache_key_from, code_digest, stage_key
+from tasks.caching import cache_key_from, code_digest, module_sources, stage_key
 
 STAGE = "train"
 VERSION = 1
-CODE = (
-    "lm/models", "lm/train.py", "lm/train_config.py", "lm/checkpoints.py", "lm/distributed.py",
-    "lm/train_worker.py", "lm/tokenizer.py", "storage/shards.py",
-)  # fmt: skip
+# The training code and all it imports; the tokenizer and shards it reads the data with.
+CODE = (*module_sources("lm.train", "lm.train_worker"), "lm/tokenizer.py", "storage/shards.py")
 METRICS_FILE = "metrics.jsonl"
 
 

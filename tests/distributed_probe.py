@@ -1,6 +1,7 @@
 """Run by tests/test_distributed.py as every rank of `torchrun`: trains through the real
 `lm.train_worker`, then writes `rank-<r>.json` beside the checkpoints with the window starts
-this rank read and a digest of its full weights, so the test can compare the ranks."""
+this rank read, a digest of its full weights and of its random generator's state, so the test
+can compare the ranks."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import FSDPModule
 from torch.nn.parallel import DistributedDataParallel
@@ -47,6 +49,8 @@ def main(work: Path) -> None:
         "starts": trainer.train_batches.read,
         "share": [trainer.train_batches.low, trainer.train_batches.high],
         "weights": weights_digest(state) if state else None,
+        # Where this rank's dropout masks had got to: its own stream, resumed exactly.
+        "generator": hashlib.sha256(torch.get_rng_state().numpy().tobytes()).hexdigest(),
     }
     (work / f"rank-{trainer.ranks.rank}.json").write_text(json.dumps(report))
 

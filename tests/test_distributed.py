@@ -21,7 +21,7 @@ from tests.distributed_probe import weights_digest
 from tests.helpers import periodic_tokens
 
 VOCAB = 20
-GPT = GPTConfig(block_size=16, n_layer=2, n_head=2, n_embd=16)
+GPT = GPTConfig(block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=0.1)
 STEPS = 6
 
 
@@ -64,6 +64,7 @@ def test_two_ranks_agree_on_the_weights_and_read_disjoint_data(tmp_path, paralle
     first, second = rank_reports(job)
     if parallel == "ddp":  # each rank holds the whole model: the copies must be identical
         assert first["weights"] == second["weights"]
+    assert first["generator"] != second["generator"]  # each rank drops its own units
     assert set(first["starts"]).isdisjoint(second["starts"])
     # 8 sequences per step = 2 per micro-batch × 2 micro-batches × 2 ranks.
     assert len(first["starts"]) == len(second["starts"]) == STEPS * 4
@@ -97,6 +98,8 @@ def test_two_ranks_agree_on_the_weights_and_read_disjoint_data(tmp_path, paralle
         run_torchrun(2, "tests.distributed_probe", str(cut), log=lambda line: None)
         assert rank_reports(cut)[0]["weights"] == first["weights"]
         assert logged(cut) == logged(job)
+        for resumed, straight in zip(rank_reports(cut), (first, second), strict=True):
+            assert resumed["generator"] == straight["generator"]
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lm.models.config import BigramConfig, GPTConfig, MLPConfig
+from lm.models.config import BigramConfig, GPTConfig, MLPConfig, W2VConfig
 from lm.models.registry import build_model
 from lm.sizing import parameter_count, size_model
 from lm.train_config import TrainConfig
@@ -15,8 +15,9 @@ from lm.train_config import TrainConfig
     "model",
     [BigramConfig(), MLPConfig(context=3, n_embd=10, hiddens=[64, 32]),
      MLPConfig(context=2, hiddens=[16], norm="layernorm"),
-     GPTConfig(preset="modern", n_embd=64, n_layer=2), GPTConfig(preset="atinuke", n_layer=2)],
-    ids=["bigram", "mlp", "mlp-layernorm", "gpt-modern", "gpt-atinuke"],
+     GPTConfig(preset="modern", n_embd=64, n_layer=2), GPTConfig(preset="atinuke", n_layer=2),
+     W2VConfig(context=2, vector_size=8, hiddens=[16, 12]), W2VConfig(vector_size=8, freeze=False)],
+    ids=["bigram", "mlp", "mlp-layernorm", "gpt-modern", "gpt-atinuke", "w2v", "w2v-tuned"],
 )  # fmt: skip
 def test_parameter_count_agrees_with_the_built_model(model):
     assert parameter_count(model, 50) == build_model(model, 50).num_params()

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from lm.models.config import GPTConfig, MLPConfig
+from lm.models.config import BigramConfig, GPTConfig, MLPConfig, W2VConfig
 from lm.models.registry import build_model
 from lm.train import (
     TokenBatches,
@@ -108,14 +108,45 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
 
 
 def test_warmup_cosine_and_wsd_schedules():
-    cosine = config(max_steps=100, warmup_steps=10, learning_rate=1.0, min_lr_ratio=0.1)
+    """Steps run 0 … 100: both decays reach the floor on step 100, the last one trained."""
+    cosine = config(max_steps=101, warmup_steps=10, learning_rate=1.0, min_lr_ratio=0.1)
     assert learning_rate(0, cosine) == pytest.approx(0.1)
     assert learning_rate(9, cosine) == pytest.approx(1.0)
+    assert learning_rate(10, cosine) == pytest.approx(1.0)
     assert learning_rate(55, cosine) == pytest.approx(0.55)
     assert learning_rate(100, cosine) == pytest.approx(0.1)
     wsd = cosine.model_copy(update={"schedule": "wsd", "decay_fraction": 0.2})
-    assert learning_rate(50, wsd) == 1.0 and learning_rate(79, wsd) == 1.0
+    assert learning_rate(50, wsd) == 1.0 and learning_rate(80, wsd) == 1.0
     assert learning_rate(90, wsd) == pytest.approx(0.55)
+    assert learning_rate(100, wsd) == pytest.approx(0.1)
+
+
+def test_gradient_accumulation_weighs_every_scored_target_alike():
+    """Rows of documents score different numbers of targets (padding is not scored): the
+    step's gradient is the mean over all the global batch scores, however it is cut into
+    micro-batches (a mean of micro-batch means would give short documents more weight)."""
+    eot = VOCAB - 1
+    rng = np.random.default_rng(0)
+    documents = [rng.integers(0, eot, int(n)) for n in rng.integers(1, 15, 200)]
+    tokens = np.concatenate([np.append(d, eot) for d in documents]).astype(np.uint16)
+
+    def first_step(micro_batch: int) -> tuple[float, list[torch.Tensor]]:
+        settings = config(samples="documents", micro_batch=micro_batch, global_batch=8,
+                          max_steps=1, grad_clip=0.0, precision="fp32")  # fmt: skip
+        torch.manual_seed(settings.seed)
+        run = Trainer(build_model(SMALL_GPT, VOCAB), settings, tokens, tokens, Path("unused"),
+                      eot_id=eot)  # fmt: skip
+        gradients = []
+        run.optimizer.step = lambda: gradients.extend(p.grad.clone() for p in
+                                                      run.module.parameters())  # fmt: skip
+        loss, _ = run.train_step()
+        return loss, gradients
+
+    whole_loss, whole = first_step(8)
+    split_loss, split = first_step(2)  # the same 8 rows, drawn 2 at a time
+    assert split_loss == pytest.approx(whole_loss, rel=1e-6)
+    difference = torch.cat([(a - b).flatten() for a, b in zip(whole, split, strict=True)])
+    assert difference.norm() < 1e-5 * torch.cat([g.flatten() for g in whole]).norm()
 
 
 def test_early_stopping_keeps_the_best_checkpoint(tmp_path):
@@ -124,6 +155,12 @@ def test_early_stopping_keeps_the_best_checkpoint(tmp_path):
     result = trainer(tmp_path, settings).train()
     assert result.stopped_early and result.step == 15
     assert (tmp_path / "best" / "DONE").is_file()
+    # A rerun (the process died after training, before publishing) stays stopped.
+    rerun = trainer(tmp_path, settings)
+    rerun.resume_or_initialize(tmp_path)
+    again = rerun.train()
+    assert (again.stopped_early, again.step, again.losses) == (True, 15, [])
+    assert latest_checkpoint(tmp_path).name == "step-00000015"
 
 
 def test_nan_loss_stops_with_a_clear_error(tmp_path):
@@ -199,6 +236,25 @@ def test_init_from_a_folder_without_checkpoints_is_refused(tmp_path):
         tokenized_trainer(tmp_path / "run", "tok").initialize_from(tmp_path)
 
 
+def test_a_writer_killed_before_its_rename_leaves_nothing_that_breaks_a_resume(tmp_path, caplog):
+    """A staging folder is complete (`DONE` written) a moment before its rename: a process
+    killed then leaves it behind, and one killed between the two renames that replace `best`
+    leaves the old `best` moved aside. The rerun resumes from the last renamed checkpoint,
+    removes the staging folder and puts `best` back."""
+    trainer(tmp_path, config(max_steps=20)).train(until_step=10)
+    staging = tmp_path / "step-00000015.partial-4242-abcdef"
+    shutil.copytree(tmp_path / "step-00000010", staging)
+    best_weights = (tmp_path / "best" / "model.pt").read_bytes()
+    os.rename(tmp_path / "best", tmp_path / "best.replaced-4242-abcdef")
+    assert latest_checkpoint(tmp_path).name == "step-00000010"
+
+    resumed = trainer(tmp_path, config(max_steps=20))
+    assert "step-00000010" in resumed.resume_or_initialize(tmp_path) and resumed.step == 10
+    assert not staging.exists() and "unfinished write left by a stopped process" in caplog.text
+    assert (tmp_path / "best" / "model.pt").read_bytes() == best_weights
+    assert sorted(p.name for p in tmp_path.iterdir() if "." in p.name) == ["metrics.jsonl"]
+
+
 def test_a_truncated_checkpoint_is_skipped_for_the_previous_one(tmp_path, caplog):
     trainer(tmp_path, config(max_steps=20)).train(until_step=10)
     weights = tmp_path / "step-00000010" / "model.pt"
@@ -236,12 +292,27 @@ def test_ranks_draw_windows_from_disjoint_contiguous_shares():
         TokenBatches(tokens[:40], 16, 2, 0, rank=1, world_size=3)
 
 
-def test_flops_per_token_match_the_sizing_helper():
+@pytest.mark.parametrize(
+    "model",
+    [GPTConfig(block_size=32, n_layer=2, n_head=2, n_embd=32, pos="learned"),
+     GPTConfig(block_size=32, n_layer=2, n_head=2, n_embd=32, pos="rope", tie_embeddings=False),
+     MLPConfig(context=3, n_embd=8, hiddens=[32]), BigramConfig(),
+     W2VConfig(context=2, vector_size=8, hiddens=[16], freeze=False),
+     W2VConfig(context=2, vector_size=8, hiddens=[16])],
+    ids=["gpt-learned-tied", "gpt-rope-untied", "mlp", "bigram", "w2v-tuned", "w2v-frozen"],
+)  # fmt: skip
+def test_flops_per_token_match_the_sizing_helper(model):
+    """Tables read by index cost nothing: learned positions, an untied token embedding (a tied
+    one is the output layer too), the MLP's and the bigram's tables, tuned word2vec vectors."""
     from lm.sizing import size_model
 
-    model = GPTConfig(block_size=32, n_layer=2, n_head=2, n_embd=32, pos="learned")
+    built = build_model(model, VOCAB)
     expected = size_model(model, config(), VOCAB).flops_per_token
-    assert flops_per_token(build_model(model, VOCAB), 32) == expected
+    assert flops_per_token(built, 32) == expected
+    matrices = sum(p.numel() for p in built.parameters()) - built.lookup_params()
+    assert expected == 6 * matrices + (12 * 2 * 32 * 32 if model.kind == "gpt" else 0)
+    if model.kind == "gpt" and not model.tie_embeddings:
+        assert built.lookup_params() == VOCAB * 32
 
 
 def test_mfu_peaks_are_matched_by_device_name():

@@ -18,6 +18,13 @@ class LanguageModel(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def lookup_params(self) -> int:
+        """Parameters read by index, not multiplied: embedding tables that are not also an
+        output layer's weight (a tied one is). They cost no FLOPs, so MFU leaves them out."""
+        multiplied = {id(m.weight) for m in self.modules() if isinstance(m, nn.Linear)}
+        return sum(m.weight.numel() for m in self.modules()
+                   if isinstance(m, nn.Embedding) and id(m.weight) not in multiplied)  # fmt: skip
+
     @staticmethod
     def loss_of(logits: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor | None:
         if targets is None:

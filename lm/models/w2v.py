@@ -59,6 +59,10 @@ class W2VModel(LanguageModel):
             self.head.weight.mul_(0.01)
             self.head.bias.zero_()
 
+    def lookup_params(self) -> int:
+        """The fine-tuned vectors are a table read by index (frozen ones are a buffer)."""
+        return self.vectors.numel() if isinstance(self.vectors, nn.Parameter) else 0
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         batch, time = idx.shape
         context = self.config.context

@@ -1,0 +1,50 @@
+"""Stage cache keys cover the code that decides a stage's output: an edit to a helper module
+the training loop imports must be a new key, not a stale model served from the cache."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tasks import evaluate as evaluate_stage
+from tasks import train as train_stage
+from tasks.caching import REPO_ROOT, module_sources
+
+
+def imported_library_files(*modules: str) -> set[str]:
+    """The `lm`/`storage` files a fresh interpreter has loaded after importing `modules`: what
+    Python itself says the code depends on (module-level imports only)."""
+    script = (
+        f"import json, sys\nfor name in {list(modules)!r}: __import__(name)\n"
+        "print(json.dumps([m.__file__ for n, m in sys.modules.items()\n"
+        "    if n.split('.')[0] in ('lm', 'storage') and getattr(m, '__file__', None)]))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, check=True,
+                            capture_output=True, text=True).stdout  # fmt: skip
+    files = {str(Path(f).relative_to(REPO_ROOT)) for f in json.loads(loaded)}
+    return {f for f in files if not f.endswith("__init__.py")}
+
+
+def test_module_sources_follow_imports_to_every_helper_module():
+    sources = module_sources("lm.train_worker")
+    for helper in ("lm/train.py", "lm/batches.py", "lm/weight_average.py", "lm/cpu_features.py",
+                   "lm/checkpoints.py", "lm/models/gpt.py"):  # fmt: skip
+        assert helper in sources
+    assert all((REPO_ROOT / path).is_file() for path in sources)
+    assert not any(path.startswith(("tasks/", "flows/")) for path in sources)
+    assert module_sources("lm.checkpoints") == ("lm/checkpoints.py", "lm/strict_model.py",
+                                                "lm/train_config.py")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("stage", "modules"),
+    [(train_stage, ["lm.train", "lm.train_worker"]),
+     (evaluate_stage, ["lm.evaluate", "lm.generate", "lm.train"])],
+    ids=["train", "evaluate"],
+)  # fmt: skip
+def test_a_stage_code_digest_covers_every_library_file_its_code_loads(stage, modules):
+    assert imported_library_files(*modules) <= set(stage.CODE)
