@@ -100,10 +100,15 @@ def latest_checkpoint(folder: Path) -> Path | None:
 
 
 def replace_folder(staging: Path, final: Path) -> None:
-    """Put the finished folder `staging` at `final`. A directory cannot be renamed over a
-    non-empty one, so an existing `final` is first moved aside and deleted after: at every
-    instant one complete copy exists under a known name (`recover_staging` restores one moved
-    aside by a process killed between the two renames)."""
+    """Put the finished folder `staging` at `final`. Its files reach the disk first, so a
+    machine that goes down just after the rename (which a journal may keep while the data it
+    names is lost) cannot leave a complete-looking checkpoint of empty files, older ones pruned.
+    A directory cannot be renamed over a non-empty one, so an existing `final` is first moved
+    aside and deleted after: at every instant one complete copy exists under a known name
+    (`recover_staging` restores one moved aside by a process killed between the renames)."""
+    for path in staging.iterdir():
+        _fsync(path)
+    _fsync(staging)
     replaced = None
     if final.exists():
         replaced = final.with_name(
@@ -111,8 +116,18 @@ def replace_folder(staging: Path, final: Path) -> None:
         )
         os.rename(final, replaced)
     os.rename(staging, final)
+    _fsync(final.parent)
     if replaced is not None:
         shutil.rmtree(replaced)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's data, or a directory's entries, to the disk."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def recover_staging(folder: Path) -> None:

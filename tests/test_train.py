@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from lm.models.config import BigramConfig, GPTConfig, MLPConfig, W2VConfig
+from lm.checkpoints import complete_checkpoints
 from lm.models.registry import build_model
 from lm.train import (
     TokenBatches,
@@ -442,7 +443,7 @@ def test_a_run_killed_with_sigkill_and_rerun_ends_exactly_as_an_uninterrupted_on
     victim = start_worker(killed)
     try:
         deadline = time.monotonic() + 300  # generous: only a broken run waits this long
-        while not list(killed.glob("step-*/DONE")):
+        while not complete_checkpoints(killed):  # renamed into place, not still staging
             assert victim.poll() is None, victim.stderr.read().decode()
             assert time.monotonic() < deadline, "no checkpoint within 300 s"
             time.sleep(0.005)
