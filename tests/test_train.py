@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from lm.models.config import BigramConfig, GPTConfig, MLPConfig, W2VConfig
 from lm.checkpoints import complete_checkpoints
+from lm.models.config import BigramConfig, GPTConfig, MLPConfig, W2VConfig
 from lm.models.registry import build_model
 from lm.train import (
     TokenBatches,
