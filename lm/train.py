@@ -436,17 +436,19 @@ class Trainer:
         if self.stopped_early:  # resumed from the checkpoint where early stopping ended it
             return TrainResult(self.step, self.best_val_loss, True, losses)
         tokens_per_step = config.global_batch * config.block_size
-        last_report, steps_at_report = time.monotonic(), self.step
+        last_report, steps_at_report, stepping = time.monotonic(), self.step, 0.0
         self.model.train()
         while self.step < last_step:
-            step_loss, rate = self.train_step()
+            started = time.monotonic()
+            step_loss, rate = self.train_step()  # ends on the loss's sync: the device's time too
+            now = time.monotonic()
+            stepping += now - started
             losses.append(step_loss)
             self._log({"train/loss": step_loss, "train/lr": rate})
-            now = time.monotonic()
             if now - last_report > 5 or self.step == config.max_steps:
-                self._report_throughput(step_loss, now - last_report, self.step - steps_at_report,
-                                        tokens_per_step)  # fmt: skip
-                last_report, steps_at_report = now, self.step
+                self._report_throughput(step_loss, stepping, now - last_report,
+                                        self.step - steps_at_report, tokens_per_step)  # fmt: skip
+                last_report, steps_at_report, stepping = now, self.step, 0.0
             if self.step % config.eval_every == 0 or self.step == config.max_steps:
                 val_loss = self.evaluate()
                 self._log({"val/loss": val_loss})
@@ -469,10 +471,13 @@ class Trainer:
                 self.save(f"step-{self.step:08d}")
         return TrainResult(self.step, self.best_val_loss, self.stopped_early, losses)
 
-    def _report_throughput(self, loss: float, seconds: float, steps: int, tokens_per_step: int):
-        """Tokens/s (and MFU) over the steps since the last report, and the ETA at that rate."""
-        tokens_per_s = tokens_per_step * steps / max(seconds, 1e-9)
-        remaining = (self.config.max_steps - self.step) * tokens_per_step / max(tokens_per_s, 1e-9)
+    def _report_throughput(self, loss: float, stepping: float, wall: float, steps: int,
+                           tokens_per_step: int):  # fmt: skip
+        """Tokens/s (and MFU) of the training steps since the last report, over the time they
+        took (`stepping`; evaluations and checkpoints are not training speed), and the ETA at
+        the wall-clock pace (`wall`: they are part of what remains)."""
+        tokens_per_s = tokens_per_step * steps / max(stepping, 1e-9)
+        remaining = (self.config.max_steps - self.step) * wall / max(steps, 1)
         values = {"train/tokens_per_s": tokens_per_s}
         mfu = ""
         if self.peak_flops:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 import os
 import shutil
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -291,6 +293,34 @@ def test_ranks_draw_windows_from_disjoint_contiguous_shares():
     assert max(starts[0]) + 16 < 500 <= min(starts[1]) and max(starts[1]) + 16 < 1000
     with pytest.raises(TrainingError, match=r"rank 1's share of the train split .* 3 processes"):
         TokenBatches(tokens[:40], 16, 2, 0, rank=1, world_size=3)
+
+
+def test_tokens_per_second_count_training_steps_and_the_eta_counts_evaluations_too(
+    tmp_path, monkeypatch, caplog
+):
+    """On a clock where a step takes 1 s and an evaluation 10 s: the speed is one step's tokens
+    per second, evaluations left out; the ETA at the pace with them."""
+    clock = {"now": 0.0}
+    monkeypatch.setattr("lm.train.time", SimpleNamespace(monotonic=lambda: clock["now"]))
+    run = trainer(tmp_path, config(max_steps=12, eval_every=2, checkpoint_every=100))
+    step, evaluate = run.train_step, run.evaluate
+
+    def one_second_step():
+        clock["now"] += 1.0
+        return step()
+
+    def ten_second_evaluation(model=None):
+        clock["now"] += 10.0
+        return evaluate(model)
+
+    run.train_step, run.evaluate = one_second_step, ten_second_evaluation
+    with caplog.at_level(logging.INFO, logger="lm.train"):
+        run.train()
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    speeds = [m["value"] for m in lines if m["key"] == "train/tokens_per_s"]
+    assert len(speeds) >= 2 and speeds == pytest.approx([8 * 16] * len(speeds))
+    # First report after step 3, at 13 s (3 steps, 1 evaluation): 9 steps left at 13/3 s each.
+    assert "train: step 3/12, loss" in caplog.text and "128 tokens/s, ETA 39s" in caplog.text
 
 
 @pytest.mark.parametrize(
