@@ -11,8 +11,8 @@ in its own workspace (`--workspace`; outputs are content-addressed, so a second 
 and reports the first run's training times). Each trained model (its `best/` checkpoint, as the
 pipeline publishes it) is then scored on the **whole** test split: every test character and
 every end-of-name mark is predicted once, each name alone from the start mark (end-of-text), as
-makemore scores it (`score_per_document`); the `stream` column scores the test shard as one
-stream instead, with earlier names in the context (`score_whole_split`).
+makemore scores it (`eval.scoring = "documents"`); the `stream` column scores the test shard as
+one stream instead, with earlier names in the context (`"whole"`), both through `lm.evaluate`.
 
 The GPT it trains is the preset's made larger for a larger list (`LARGE_LIST_GPT`, printed as
 the `--set`s it amounts to, less those a `--set` on the command line replaces); `--preset-gpt`
@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -62,7 +61,6 @@ LARGE_LIST_GPT = {
     "train.checkpoint_every": 2000,
     "train.precision": "auto",
 }
-EVAL_WINDOW = 256  # tokens per scoring window for models that read a fixed short context
 
 
 @dataclass(frozen=True)
@@ -103,90 +101,27 @@ def shard_tokens(data: PreparedData, split: str) -> np.ndarray:
     return np.asarray(tokens, dtype=np.int64)
 
 
-def trained_model(descriptor) -> LanguageModel:
-    """The model a train artifact publishes (its `best/` checkpoint), in eval mode."""
+def trained_model(descriptor) -> tuple[LanguageModel, object]:
+    """The model a train artifact publishes (its `best/` checkpoint), in eval mode, and its
+    tokenizer."""
     from lm.evaluate import load_trained
     from storage.workspace import Workspace
 
-    model, _ = load_trained(Workspace.from_env().resolve(descriptor.path))
-    return model
+    return load_trained(Workspace.from_env().resolve(descriptor.path))
 
 
-@torch.no_grad()
-def score_whole_split(
-    model: LanguageModel, tokens: np.ndarray, start_id: int, window: int, overlap: int,
-    batch: int = 64,
-) -> tuple[float, int]:  # fmt: skip
-    """Mean NLL (nats) over every token of `tokens`, each predicted exactly once, and the count.
+def split_nll(model: LanguageModel, tokenizer, tokens: np.ndarray, scoring: str,
+             overlap: int | None = None) -> tuple[float, int]:  # fmt: skip
+    """Mean NLL (nats per token) over every token of the split, each predicted once, and the
+    count, as the evaluate stage scores (`lm.evaluate`): `documents`, each name alone from
+    the start mark; `whole`, the split as one stream with at least half a GPT's block (an
+    MLP: its whole context) before every scored token."""
+    from lm.eval_config import EvalConfig
+    from lm.evaluate import evaluate
 
-    The stream is `start_id` followed by the tokens, so the first token is predicted too.
-    Windows of `window` tokens advance by `window - overlap`; in each, only the targets that no
-    earlier window scored count, so every target after the first window sees at least
-    `overlap` tokens of context (a transformer: half its block; an MLP: its whole context)."""
-    stream = torch.from_numpy(np.concatenate([[start_id], tokens]).astype(np.int64))
-    targets = len(stream) - 1
-    window = min(window, targets)
-    stride = window - overlap
-    starts = list(range(0, targets - window + 1, stride))
-    if starts[-1] != targets - window:
-        starts.append(targets - window)
-    total, counted, next_target = 0.0, 0, 0
-    for first in range(0, len(starts), batch):
-        group = starts[first : first + batch]
-        x = torch.stack([stream[s : s + window] for s in group])
-        y = torch.stack([stream[s + 1 : s + window + 1] for s in group])
-        logits, _ = model(x)
-        nats = F.cross_entropy(
-            logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none"
-        ).view(len(group), window)
-        for row, start in enumerate(group):
-            new = next_target - start  # targets before this one were scored by earlier windows
-            total += nats[row, new:].double().sum().item()
-            counted += window - new
-            next_target = start + window
-    assert counted == targets, (counted, targets)
-    return total / counted, counted
-
-
-@torch.no_grad()
-def score_per_document(
-    model: LanguageModel, tokens: np.ndarray, eot_id: int, batch: int = 256
-) -> tuple[float, int]:
-    """Mean NLL (nats) of each document scored alone, as makemore scores a name: the input is
-    the start mark (end-of-text) and the document, the targets the document and its end mark,
-    with no context from the documents around it."""
-    ends = np.flatnonzero(tokens == eot_id)
-    documents = [
-        tokens[start:end] for start, end in zip(np.r_[0, ends[:-1] + 1], ends, strict=True)
-    ]
-    longest = max(len(d) for d in documents) + 1
-    if model.config.kind == "gpt" and longest > model.block_size:
-        raise ValueError(f"a document of {longest - 1} tokens does not fit block_size "
-                         f"{model.block_size}: raise the GPT's block_size")  # fmt: skip
-    total, counted = 0.0, 0
-    for first in range(0, len(documents), batch):
-        group = documents[first : first + batch]
-        x = torch.full((len(group), longest), eot_id, dtype=torch.long)
-        y = torch.full((len(group), longest), -100, dtype=torch.long)  # -100: not a target
-        for row, document in enumerate(group):
-            x[row, 1 : len(document) + 1] = torch.from_numpy(document)
-            y[row, : len(document)] = torch.from_numpy(document)
-            y[row, len(document)] = eot_id
-        logits, _ = model(x)  # causal: the padding after a document cannot change its scores
-        total += F.cross_entropy(
-            logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum"
-        ).item()
-        counted += int((y != -100).sum())
-    return total / counted, counted
-
-
-def scoring_shape(model: LanguageModel) -> tuple[int, int]:
-    """(window, overlap) for `score_whole_split`: a transformer reads its block with at least
-    half of it as context; a model with a fixed context (bigram: 1, MLP: `context`) needs
-    `context - 1` tokens before each scored position."""
-    if model.config.kind == "gpt":
-        return model.block_size, model.block_size // 2
-    return EVAL_WINDOW, model.block_size - 1
+    config = EvalConfig(scoring=scoring, batch_size=256, device="cpu", precision="fp32")
+    score = evaluate(model, tokens, tokenizer, config, "test", overlap=overlap)
+    return score.loss, score.tokens
 
 
 def large_list_overrides(config: str) -> list[str]:
@@ -249,10 +184,9 @@ def main() -> None:
         if args.only and run.label not in args.only:
             continue
         trained = train_task.fn(data.shards, data.tokenizer, run.model, run.train)
-        model = trained_model(trained)
-        window, overlap = scoring_shape(model)
-        test_nll, count = score_per_document(model, test_tokens, data.eot_id)
-        stream_nll, _ = score_whole_split(model, test_tokens, data.eot_id, window, overlap)
+        model, tokenizer = trained_model(trained)
+        test_nll, count = split_nll(model, tokenizer, test_tokens, "documents")
+        stream_nll, _ = split_nll(model, tokenizer, test_tokens, "whole")
         low, high = TARGETS.get(run.model.kind, (0.0, float("inf")))
         rows.append((run.label, trained.stats["parameters"], trained.stats["steps"],
                      trained.stats["val_loss"], test_nll, stream_nll, count,

@@ -29,8 +29,8 @@ sys.path.insert(0, str(REPO))
 
 from bench.bench_ladder import (  # noqa: E402
     prepare_data,
-    score_whole_split,
     shard_tokens,
+    split_nll,
     trained_model,
 )
 from lm.config import load_config  # noqa: E402
@@ -72,10 +72,9 @@ def main() -> None:
         for record in map(json.loads, (folder / "metrics.jsonl").read_text().splitlines())
         if record["key"] == "train/tokens_per_s"
     ]
-    model = trained_model(trained)
-    block = settings.model.block_size
+    model, tokenizer = trained_model(trained)
     started = time.perf_counter()
-    val_loss, count = score_whole_split(model, shard_tokens(data, "val"), data.eot_id, block, 0)
+    val_loss, count = split_nll(model, tokenizer, shard_tokens(data, "val"), "whole", overlap=0)
     print()
     print(f"steps            {stats['steps']}")
     print(f"parameters       {stats['parameters']}")

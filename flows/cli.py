@@ -394,7 +394,7 @@ def tokenizers_compare(
                                             steps, settings.eval, Path(work))  # fmt: skip
                 except (TrainingError, ValueError) as error:  # ValueError: EvaluationError
                     raise _fail(f"{kind}: {error}") from None
-            scored = (f"{score.bpb:.4f} ± {score.bpb_std:.4f}", f"{score.baseline_bpb:.4f}")
+            scored = (f"{score.bpb:.4f} ± {score.bpb_se:.4f}", f"{score.baseline_bpb:.4f}")
         rows.append(
             (
                 kind,

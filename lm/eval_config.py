@@ -22,13 +22,18 @@ class SamplingConfig(StrictModel):
 
 
 class EvalConfig(StrictModel):
-    """A fixed evaluation sample: the same windows for every model trained on the same shards,
-    so numbers compare; the spread over batches says how much to trust a difference."""
+    """What the evaluate stage scores (`lm.evaluate`): by default every token of each split
+    exactly once, so models, and tokenizers, compare on the same text."""
 
     splits: list[Literal["train", "val", "test"]] = ["val", "test"]
-    batches: int = Field(32, ge=1, description="windows are drawn in this many batches")
-    batch_size: int = Field(16, ge=1)
-    seed: int = 4242
+    # "whole": every token once, the split as one stream; "documents": every token once, each
+    # document alone from its start mark; "auto": "documents" for a model trained on documents
+    # (train.samples), else "whole"; "sample": `batches` × `batch_size` windows drawn with
+    # `seed`, for a split too large to score whole.
+    scoring: Literal["auto", "whole", "documents", "sample"] = "auto"
+    batches: int = Field(32, ge=1, description='scoring = "sample": windows in this many batches')
+    batch_size: int = Field(16, ge=1, description="windows per forward pass")
+    seed: int = Field(4242, description='scoring = "sample": draws the windows')
     # Window length in tokens; None: the length the model was trained on. Set it to score the
     # models of a ladder on identical windows (at most the smallest GPT context).
     window: int | None = Field(None, ge=1)

@@ -16,9 +16,25 @@ nanochat's `evaluate_bpb`). The bytes of a token come from a table (`TokenBytes`
 
 With that, the bytes of every token of a shard add up to its text bytes plus one per document.
 
-The sample is fixed: `batches` × `batch_size` windows drawn with a seeded generator, so every
-model scored on the same shard with the same settings sees the same windows, and a model and
-its baseline compare; the spread over batches says how much a difference means.
+What is scored (`eval.scoring`):
+
+- `whole` (the default, unless the model trained on documents): every token of the split is
+  predicted exactly once, the split read as one stream after an end-of-text mark, so its first
+  token is predicted too. Windows advance with an overlap, and in each only the targets no
+  earlier window scored count: a transformer sees at least half its window before every scored
+  target after the first window, a fixed-context model (MLP, w2v) its whole context. The bytes
+  scored are then exactly the split's text bytes plus one per document, for every tokenizer: two
+  tokenizers are compared on the same text, not on samples of it.
+- `documents` (the default for a model trained with `train.samples = "documents"`): each
+  document is scored alone from its start mark, as such a model is trained and as makemore
+  scores a name; every target still exactly once.
+- `sample`: `batches` × `batch_size` windows drawn with a seeded generator (with replacement),
+  for a split too large to score whole. Every model scored on the same shard with the same
+  settings sees the same windows.
+
+Each score carries the spread of the per-batch figures and, from it, a standard error of the
+split's figure (batches of the whole split hold disjoint targets; sampled ones may overlap, so
+there it is only a rough guide).
 """
 
 from __future__ import annotations
@@ -28,13 +44,16 @@ import json
 import logging
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lm.batches import IGNORED_TARGET
 from lm.eval_config import EvalConfig
 from lm.models.base import LanguageModel
 from lm.progress import ProgressLog
@@ -42,6 +61,7 @@ from lm.tokenizer import UNKNOWN, SentencePieceTokenizer, Tokenizer, load_tokeni
 from lm.train import TokenBatches
 
 logger = logging.getLogger("lm.evaluate")
+DEFAULT_WINDOW = 256  # tokens per scored row for models without a block of their own
 BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 SENTENCEPIECE_SPACE = "\u2581"
 
@@ -79,13 +99,18 @@ class TokenBytes:
                 lengths.append(len(piece.encode()))
                 spaced.append(False)
         table = cls(torch.tensor(lengths), torch.tensor(spaced), tokenizer.eot_id, 0)
+        if not sentencepiece:  # only SentencePiece adds a dummy prefix
+            return table
         # A one-letter document measures the prefix: its tokens add up to 1 byte, or 2.
         measured = int(table.lengths[tokenizer.encode("a")].sum()) - 1
         return cls(table.lengths, table.starts_with_space, tokenizer.eot_id, int(measured == 1))
 
     def of_targets(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Bytes of each target token; `inputs` are the tokens before them (same shape)."""
-        lengths = self.lengths.to(targets.device)[targets]
+        """Bytes of each target token; `inputs` are the tokens before them (same shape). A
+        target that is not scored (`IGNORED_TARGET`) counts 0."""
+        scored = targets != IGNORED_TARGET
+        targets = torch.where(scored, targets, 0)
+        lengths = self.lengths.to(targets.device)[targets] * scored
         if self.dummy_prefix:
             starts = (inputs == self.eot_id) & self.starts_with_space.to(targets.device)[targets]
             lengths = lengths - self.dummy_prefix * starts.long()
@@ -95,13 +120,15 @@ class TokenBytes:
 @dataclass(frozen=True)
 class SplitScore:
     """A model's numbers on one split. `loss` is nats per target token; `bpb` bits per UTF-8
-    byte; `*_std` the sample standard deviation over batches (0 with one batch)."""
+    byte; `*_std` the sample standard deviation over batches (0 with one batch); `bpb_se` the
+    standard error of `bpb` that spread implies (`bpb_std` / √batches)."""
 
     loss: float
     loss_std: float
     ppl: float
     bpb: float
     bpb_std: float
+    bpb_se: float
     tokens: int
     bytes: int
 
@@ -128,6 +155,102 @@ def evaluation_windows(
         length, batches, batch_size = len(tokens) - 1, 1, 1
     sampler = TokenBatches(tokens, length, batch_size, seed, split=split)
     return [sampler.next(torch.device("cpu")) for _ in range(batches)]
+
+
+def context_overlap(model: LanguageModel, window: int) -> int:
+    """How many tokens of context every target after a window's first keeps, when windows
+    overlap by this much: half the window for a transformer (it reads all of it), the fixed
+    context less one for the MLP and w2v (all they read), none for a bigram."""
+    config = getattr(model, "config", None)
+    if getattr(config, "kind", None) == "gpt":
+        return window // 2
+    return max(0, min(model.block_size - 1, window - 1))
+
+
+def strided_rows(
+    stream: np.ndarray, window: int, overlap: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(inputs, targets) rows that predict every token of `stream` but its first exactly once:
+    windows of `window` tokens advancing by `window - overlap`, each scoring only the targets
+    no earlier window scored (the others are `IGNORED_TARGET`). A stream shorter than a window
+    is one shorter row."""
+    targets = len(stream) - 1
+    length = min(window, targets)
+    stride = max(length - overlap, 1)
+    starts = list(range(0, targets - length + 1, stride))
+    if starts[-1] != targets - length:
+        starts.append(targets - length)
+    next_target = 0
+    for start in starts:
+        inputs = stream[start : start + length].astype(np.int64)
+        scored = stream[start + 1 : start + length + 1].astype(np.int64)
+        scored[: max(next_target - start, 0)] = IGNORED_TARGET
+        next_target = start + length
+        yield inputs, scored
+
+
+def document_spans(tokens: np.ndarray, eot_id: int) -> list[np.ndarray]:
+    """The documents of a split, each with its end-of-text mark (a tail without one is a
+    document too)."""
+    ends = np.flatnonzero(np.asarray(tokens) == eot_id) + 1
+    cuts = [0, *ends.tolist()]
+    if cuts[-1] != len(tokens):
+        cuts.append(len(tokens))
+    return [tokens[a:b] for a, b in pairwise(cuts) if b > a]
+
+
+def scoring_rows(
+    tokens: np.ndarray, eot_id: int, window: int, overlap: int, per_document: bool
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The rows of `whole` scoring (the split as one stream after an end-of-text mark) or of
+    `documents` scoring (each document after its own), every target exactly once."""
+    start = np.array([eot_id], dtype=np.int64)
+    streams = document_spans(tokens, eot_id) if per_document else [tokens]
+    rows: list[tuple[np.ndarray, np.ndarray]] = []
+    for stream in streams:
+        rows += strided_rows(np.concatenate([start, stream]), window, overlap)
+    return rows
+
+
+def batch_rows(
+    rows: list[tuple[np.ndarray, np.ndarray]], batch_size: int, eot_id: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Rows stacked `batch_size` at a time, the shorter ones padded after their end (inputs
+    with end-of-text, targets not scored: a causal model's scores cannot see padding after
+    them)."""
+    batches = []
+    for first in range(0, len(rows), batch_size):
+        group = rows[first : first + batch_size]
+        width = max(len(inputs) for inputs, _ in group)
+        x = np.full((len(group), width), eot_id, dtype=np.int64)
+        y = np.full((len(group), width), IGNORED_TARGET, dtype=np.int64)
+        for row, (inputs, targets) in enumerate(group):
+            x[row, : len(inputs)], y[row, : len(targets)] = inputs, targets
+        batches.append((torch.from_numpy(x), torch.from_numpy(y)))
+    return batches
+
+
+def split_batches(
+    model: LanguageModel, tokens: np.ndarray, config: EvalConfig, eot_id: int, window: int,
+    split: str, per_document: bool = False, overlap: int | None = None,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
+    """What `config.scoring` scores of a split, in batches: every target once (`whole`, or
+    `documents` when `per_document` or asked for), or the seeded sample of windows. `overlap`
+    replaces `context_overlap` (0: consecutive windows, every target with the context its
+    position in a window gives, as a random-window estimate averages to)."""
+    if len(tokens) < 1 or (config.scoring == "sample" and len(tokens) < 2):
+        raise EvaluationError(
+            f"the {split} split has {len(tokens)} token(s): nothing to predict; give the split "
+            "more data (split settings) or leave it out of eval.splits"
+        )
+    if config.scoring == "sample":
+        return evaluation_windows(tokens, window, config.batches, config.batch_size,
+                                  config.seed, split)  # fmt: skip
+    documents = config.scoring == "documents" or (config.scoring == "auto" and per_document)
+    if overlap is None:
+        overlap = context_overlap(model, window)
+    rows = scoring_rows(tokens, eot_id, window, overlap, documents)
+    return batch_rows(rows, config.batch_size, eot_id)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -158,6 +281,7 @@ def score_windows(
     model.eval()
     progress = ProgressLog(name, total=sum(y.numel() for _, y in windows), unit="tokens")
     batch_nats, batch_tokens, batch_bytes = [], [], []
+    scored_total = 0
     try:
         for x, y in windows:
             x, y = x.to(device), y.to(device)
@@ -169,12 +293,14 @@ def score_windows(
             with precision:
                 logits, _ = model(x)
             nats = F.cross_entropy(
-                logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none"
-            )
+                logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none",
+                ignore_index=IGNORED_TARGET,
+            )  # fmt: skip
             batch_nats.append(nats.double().sum().item())
-            batch_tokens.append(y.numel())
+            batch_tokens.append(int((y != IGNORED_TARGET).sum()))
             batch_bytes.append(int(token_bytes.of_targets(x, y).sum().item()))
-            progress.update(sum(batch_tokens))
+            scored_total += y.numel()
+            progress.update(scored_total)
     finally:
         model.train(was_training)
     progress.finish()
@@ -185,12 +311,14 @@ def score_windows(
     bpbs = nats / math.log(2) / np.maximum(n_bytes, 1)
     spread = {"ddof": 1} if len(windows) > 1 else {"ddof": 0}
     loss = float(nats.sum() / tokens.sum())
+    bpb_std = float(bpbs.std(**spread))
     return SplitScore(
         loss=loss,
         loss_std=float(losses.std(**spread)),
         ppl=math.exp(loss),
         bpb=float(nats.sum() / math.log(2) / n_bytes.sum()),
-        bpb_std=float(bpbs.std(**spread)),
+        bpb_std=bpb_std,
+        bpb_se=bpb_std / math.sqrt(len(windows)),
         tokens=int(tokens.sum()),
         bytes=int(n_bytes.sum()),
     )
@@ -203,13 +331,17 @@ def evaluate(
     config: EvalConfig,
     split: str = "val",
     window: int | None = None,
+    per_document: bool = False,
+    overlap: int | None = None,
 ) -> SplitScore:
-    """Score `model` on one split's tokens with the fixed sample of `config`. Windows are the
-    model's block size unless `window` says otherwise (a baseline is scored on the windows of
-    the model it is compared with)."""
-    windows = evaluation_windows(
-        tokens, window or model.block_size, config.batches, config.batch_size, config.seed, split
-    )
+    """Score `model` on one split's tokens as `config.scoring` says (`per_document`: the model
+    trained on documents). Windows are the model's block size unless `window` says otherwise
+    (a baseline is scored on the windows of the model it is compared with)."""
+    if window is None:  # a transformer reads its block; the others any length
+        kind = getattr(getattr(model, "config", None), "kind", None)
+        window = model.block_size if kind == "gpt" else DEFAULT_WINDOW
+    windows = split_batches(model, tokens, config, tokenizer.eot_id, window, split,
+                            per_document, overlap)  # fmt: skip
     autocast = autocast_dtype(config.precision, model_device(model))
     return score_windows(model, windows, TokenBytes.of(tokenizer), autocast, f"evaluate {split}")
 

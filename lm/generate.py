@@ -3,10 +3,10 @@
 The prompt is a document's beginning: it follows an end-of-text id, as every document of the
 training shards does. Each step applies, in order, the repetition penalty (CTRL, Keskar et al.
 2019: a logit of a token already in the text is divided by the penalty when positive, multiplied
-when negative), then temperature (0 is greedy argmax), top-k, and top-p (nucleus: the fewest
-most likely tokens whose probability reaches p), and draws from a seeded `torch.Generator` on the
-CPU, so a seed gives the same text on any device. Generation stops at end-of-text or after
-`max_new_tokens`.
+when negative), then temperature (0, or below 1e-5, is greedy argmax), top-k (exactly k
+tokens), and top-p (nucleus: the fewest most likely tokens whose probability reaches p), and
+draws from a seeded `torch.Generator` on the CPU, so a seed gives the same text on any device.
+Generation stops at end-of-text or after `max_new_tokens`.
 
 A model with a key/value cache (the GPT) processes the prompt once, then one token per step;
 once the text fills its context the window slides and each step recomputes it (positions shift,
@@ -29,6 +29,8 @@ from lm.models.base import LanguageModel
 from lm.tokenizer import UNKNOWN, Tokenizer, TokenizerError
 
 REPLACEMENT = "\ufffd"
+# Temperatures below this sample greedily: dividing logits by less overflows to inf.
+GREEDY_BELOW = 1e-5
 
 
 def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
@@ -63,12 +65,13 @@ def choose_next(
 ) -> int:
     """One token from next-token `logits` (vocab,), given the tokens `seen` so far."""
     logits = apply_repetition_penalty(logits.float().cpu(), seen, sampling.repetition_penalty)
-    if sampling.temperature == 0:
+    if sampling.temperature < GREEDY_BELOW:  # 0, or so small that the division overflows
         return int(logits.argmax())
     logits = logits / sampling.temperature
     if sampling.top_k is not None and sampling.top_k < logits.numel():
-        kth = torch.topk(logits, sampling.top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        # Exactly k candidates, even when others tie with the k-th.
+        kept = torch.topk(logits, sampling.top_k)
+        logits = torch.full_like(logits, float("-inf")).scatter(0, kept.indices, kept.values)
     probs = torch.softmax(logits, dim=-1)
     if sampling.top_p is not None and sampling.top_p < 1.0:
         ordered, order = probs.sort(descending=True)

@@ -35,7 +35,7 @@ SCORE_LABELS = {
 SAMPLE_SETTINGS = ("seed", "temperature", "top_k", "top_p")
 EVALUATION_SCORED = ("eval", "baseline")
 EVALUATION_SPLITS = ("val", "test", "train")
-EVALUATION_MEASURES = ("bpb", "loss", "ppl", "bpb_std", "loss_std", "tokens", "bytes")
+EVALUATION_MEASURES = ("bpb", "loss", "ppl", "bpb_std", "bpb_se", "loss_std", "tokens", "bytes")
 
 
 @dataclass

@@ -32,7 +32,8 @@ class TrainedScore:
     """A model trained on one tokenizer's tokens, scored on val."""
 
     bpb: float
-    bpb_std: float
+    bpb_se: float  # its standard error, from the spread over batches
+    bytes: int  # the val text scored: the same for every tokenizer
     loss: float
     baseline_bpb: float  # the count bigram fitted on the same train tokens, same windows
     parameters: int
@@ -61,7 +62,9 @@ def train_and_score(
     work: Path,
 ) -> TrainedScore:
     """Train `model` for `train.max_steps` on `train_tokens` (checkpoints under `work`) and
-    score it and the count-bigram baseline on the fixed val sample."""
+    score the weights the pipeline would publish (`best/`) and the count-bigram baseline on
+    the val split, as `evaluation.scoring` says: by default every val token once, so each
+    tokenizer is scored on the same text."""
     from lm.evaluate import count_bigram_baseline, evaluate
     from lm.models.registry import build_model
     from lm.train import Trainer
@@ -73,15 +76,22 @@ def train_and_score(
 
     torch.manual_seed(train.seed)  # the same initial weights for every tokenizer, every time
     network = build_model(model, tokenizer.vocab_size)
-    trainer = Trainer(network, train, train_tokens, val_tokens, work, work / "metrics.jsonl")
+    trainer = Trainer(network, train, train_tokens, val_tokens, work, work / "metrics.jsonl",
+                      eot_id=tokenizer.eot_id)  # fmt: skip
     result = trainer.train()
     trained = trainer.module.eval()
-    score = evaluate(trained, val_tokens, tokenizer, evaluation, "val", train.block_size)
+    best = work / "best" / "model.pt"  # the weights averaged, if train.ema_decay, best on val
+    trained.load_state_dict(torch.load(best, map_location=trainer.device, weights_only=True))
+    documents = train.samples == "documents"
+    score = evaluate(trained, val_tokens, tokenizer, evaluation, "val", train.block_size,
+                     documents)  # fmt: skip
     baseline = count_bigram_baseline(train_tokens, tokenizer.vocab_size).to(trainer.device)
-    baseline_score = evaluate(baseline, val_tokens, tokenizer, evaluation, "val", train.block_size)
+    baseline_score = evaluate(baseline, val_tokens, tokenizer, evaluation, "val",
+                              train.block_size, documents)  # fmt: skip
     return TrainedScore(
         bpb=score.bpb,
-        bpb_std=score.bpb_std,
+        bpb_se=score.bpb_se,
+        bytes=score.bytes,
         loss=score.loss,
         baseline_bpb=baseline_score.bpb,
         parameters=trainer.module.num_params(),

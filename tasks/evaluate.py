@@ -25,7 +25,7 @@ STAGE = "evaluate"
 VERSION = 1
 CODE = (
     *module_sources("lm.evaluate", "lm.generate", "lm.eval_config", "lm.train"),
-    "storage/shards.py",
+    "storage/shards.py", "tasks/evaluate.py",
 )  # fmt: skip
 METRICS_FILE = "metrics.json"
 SAMPLES_FILE = "samples.json"
@@ -52,9 +52,9 @@ def evaluate_task(
         TokenBytes,
         autocast_dtype,
         count_bigram_baseline,
-        evaluation_windows,
         load_trained,
         score_windows,
+        split_batches,
     )
     from lm.models.gpt import GPT
     from lm.train import pick_device
@@ -76,7 +76,9 @@ def evaluate_task(
     device = pick_device(config.device)
     model.to(device)
     autocast = autocast_dtype(config.precision, device)
-    window = config.window or _sequence_length(trained_folder, model.block_size)
+    trained_on = _train_settings(trained_folder)
+    window = config.window or int(trained_on.get("block_size", model.block_size))
+    per_document = trained_on.get("samples") == "documents"
     if isinstance(model, GPT) and window > model.block_size:
         raise EvaluationError(
             f"eval.window {window} is longer than the context of the model in {trained_folder} "
@@ -94,9 +96,8 @@ def evaluate_task(
         tokens, _ = open_shard(path, tokenizer.digest)
         if len(tokens) == 0:
             continue
-        windows = evaluation_windows(
-            tokens, window, config.batches, config.batch_size, config.seed, split
-        )
+        windows = split_batches(model, tokens, config, model_tokenizer.eot_id, window, split,
+                                per_document)  # fmt: skip
         for name, scored in (("model", model), ("baseline", baseline)):
             score = score_windows(scored, windows, token_bytes, autocast, f"evaluate {split}")
             metrics[name][split] = score.as_dict()
@@ -104,6 +105,7 @@ def evaluate_task(
     stats = _flat_stats(metrics) | {
         "model": trained.stats.get("model", ""),
         "window": window,
+        "scoring": _scoring(config.scoring, per_document),
         "samples": len(samples),
         "seconds": time.perf_counter() - started,
         "device": str(device),
@@ -115,12 +117,18 @@ def evaluate_task(
     return descriptor
 
 
-def _sequence_length(folder, block_size: int) -> int:
-    """The length the model was trained on (`train.json`), which for a GPT is its context."""
+def _scoring(asked: str, per_document: bool) -> str:
+    """What `eval.scoring` came to for this model."""
+    if asked == "auto":
+        return "documents" if per_document else "whole"
+    return asked
+
+
+def _train_settings(folder) -> dict:
+    """How the model was trained (`train.json`): the length it read (for a GPT its context)
+    and whether its rows were documents."""
     settings = folder / "train.json"
-    if settings.is_file():
-        return int(json.loads(settings.read_text())["block_size"])
-    return block_size
+    return json.loads(settings.read_text()) if settings.is_file() else {}
 
 
 def _samples(model, tokenizer, config: EvalConfig) -> list[dict]:

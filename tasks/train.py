@@ -34,8 +34,12 @@ from tasks.caching import cache_key_from, code_digest, module_sources, stage_key
 
 STAGE = "train"
 VERSION = 1
-# The training code and all it imports; the tokenizer and shards it reads the data with.
-CODE = (*module_sources("lm.train", "lm.train_worker"), "lm/tokenizer.py", "storage/shards.py")
+# The training code and all it imports; the tokenizer and shards it reads the data with; this
+# task, which chooses the seed, the vectors and the baseline.
+CODE = (
+    *module_sources("lm.train", "lm.train_worker"),
+    "lm/tokenizer.py", "storage/shards.py", "tasks/train.py",
+)  # fmt: skip
 METRICS_FILE = "metrics.jsonl"
 
 

@@ -24,6 +24,8 @@ from lm.evaluate import (
     evaluate,
     evaluation_windows,
     load_trained,
+    split_batches,
+    strided_rows,
 )
 from lm.models.bigram_count import BigramCountModel
 from lm.models.config import BigramConfig, BigramCountConfig, GPTConfig, MLPConfig
@@ -111,46 +113,49 @@ def bytes_by_decoding(tokenizer, previous: int, target: int, anchor: int) -> int
     return len(tokenizer.decode([anchor, target]).encode()) - len(tokenizer.decode([anchor]))
 
 
-def hand_windows(tokens: np.ndarray, length: int):
-    generator = torch.Generator().manual_seed(EVAL.seed)
-    for _ in range(EVAL.batches):
-        starts = torch.randint(len(tokens) - length, (EVAL.batch_size,), generator=generator)
-        rows = [tokens[s : s + length + 1].astype(np.int64) for s in starts.tolist()]
-        yield torch.from_numpy(np.stack(rows))
-
-
 def test_bits_per_byte_matches_a_hand_computation(evaluated):
+    """Every val token is predicted once: the bytes are the val text's plus one per document;
+    the GPT's nats are summed window by window here, each window scoring only the targets the
+    ones before it did not (at least half a window of context); the baseline's are the add-1
+    count table's over every pair of neighbouring tokens."""
     home, trained, descriptor = evaluated
     metrics = json.loads((home / descriptor.path / "metrics.json").read_text())
     model, tokenizer = load_trained(home / trained.path)
-    tokens = np.fromfile(home / "artifacts/shards/s/val.bin", dtype="<u2")
+    tokens = np.fromfile(home / "artifacts/shards/s/val.bin", dtype="<u2").astype(np.int64)
+    stream = np.concatenate([[tokenizer.eot_id], tokens])  # the first token is predicted too
     anchor = next(i for i in range(tokenizer.vocab_size) if tokenizer.piece(i) == "e")
     train_tokens = np.fromfile(home / "artifacts/shards/s/train.bin", dtype="<u2").astype(int)
     counts = np.ones((tokenizer.vocab_size, tokenizer.vocab_size))  # add-1 smoothing
     np.add.at(counts, (train_tokens[:-1], train_tokens[1:]), 1)
     bigram_log_probs = np.log(counts / counts.sum(axis=1, keepdims=True))
-    nats = baseline_nats = 0.0
-    n_bytes = n_tokens = 0
+    targets = len(stream) - 1
+    assert targets > 3 * WINDOW  # several windows
+    nats, n_bytes, scored_until, start = 0.0, 0, 0, 0
     with torch.no_grad():
-        for window in hand_windows(tokens, WINDOW):
-            x, y = window[:, :-1], window[:, 1:]
-            logits, _ = model(x)
-            per_token = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1),
-                                        reduction="none")  # fmt: skip
-            nats += per_token.double().sum().item()
-            baseline_nats -= bigram_log_probs[x.numpy(), y.numpy()].sum()
-            n_tokens += y.numel()
-            for previous, target in zip(x.flatten().tolist(), y.flatten().tolist(), strict=True):
-                assert not tokenizer.is_byte(target)  # full coverage: every piece decodes alone
-                n_bytes += bytes_by_decoding(tokenizer, previous, target, anchor)
+        while scored_until < targets:
+            start = min(start, targets - WINDOW)
+            x = torch.from_numpy(stream[start : start + WINDOW])
+            y = stream[start + 1 : start + WINDOW + 1]
+            log_probs = F.log_softmax(model(x[None])[0][0].double(), dim=-1)
+            for offset in range(max(scored_until - start, 0), WINDOW):
+                assert offset >= WINDOW // 2 or start == 0  # context kept
+                nats -= log_probs[offset, y[offset]].item()
+                assert not tokenizer.is_byte(int(y[offset]))  # every piece decodes alone
+                n_bytes += bytes_by_decoding(tokenizer, int(x[offset]), int(y[offset]), anchor)
+            scored_until, start = start + WINDOW, start + WINDOW - WINDOW // 2
+    text_bytes = sum(len(document.encode()) for document in VAL_DOCS) + len(VAL_DOCS)
+    assert n_bytes == text_bytes
     score = metrics["model"]["val"]
-    assert score["tokens"] == n_tokens and score["bytes"] == n_bytes
-    assert score["bpb"] == pytest.approx(nats / math.log(2) / n_bytes, abs=1e-6)
-    assert score["loss"] == pytest.approx(nats / n_tokens, abs=1e-6)
-    assert score["ppl"] == pytest.approx(math.exp(nats / n_tokens), rel=1e-6)
+    assert score["tokens"] == len(tokens) and score["bytes"] == text_bytes
+    assert score["bpb"] == pytest.approx(nats / math.log(2) / n_bytes, rel=1e-5)
+    assert score["loss"] == pytest.approx(nats / len(tokens), rel=1e-5)
+    assert score["ppl"] == pytest.approx(math.exp(nats / len(tokens)), rel=1e-5)
+    assert score["bpb_se"] == pytest.approx(score["bpb_std"] / math.sqrt(
+        math.ceil(targets / (WINDOW // 2) / EVAL.batch_size)), rel=0.2)  # fmt: skip
     baseline = metrics["baseline"]["val"]
-    assert baseline["bytes"] == n_bytes
-    assert baseline["bpb"] == pytest.approx(baseline_nats / math.log(2) / n_bytes, abs=1e-6)
+    baseline_nats = -bigram_log_probs[stream[:-1], stream[1:]].sum()
+    assert (baseline["tokens"], baseline["bytes"]) == (len(tokens), text_bytes)
+    assert baseline["bpb"] == pytest.approx(baseline_nats / math.log(2) / n_bytes, rel=1e-6)
 
 
 def test_evaluate_stage_skips_an_empty_split_and_stores_seeded_samples(evaluated):
@@ -189,8 +194,12 @@ def test_a_common_window_is_used_when_set_and_refused_past_a_gpts_context(traine
     monkeypatch.setenv("LMFORGE_HOME", str(home))
     short = EVAL.model_copy(update={"window": 10, "samples": 0})
     descriptor = evaluate_task.fn(trained, shards, tokenizer, short)
-    assert descriptor.stats["window"] == 10
-    assert descriptor.stats["val_tokens"] == EVAL.batches * EVAL.batch_size * 10
+    assert (descriptor.stats["window"], descriptor.stats["scoring"]) == (10, "whole")
+    val_tokens = len(np.fromfile(home / "artifacts/shards/s/val.bin", dtype="<u2"))
+    assert descriptor.stats["val_tokens"] == val_tokens  # every token, whatever the window
+    sampled = evaluate_task.fn(trained, shards, tokenizer,
+                               short.model_copy(update={"scoring": "sample"}))  # fmt: skip
+    assert sampled.stats["val_tokens"] == EVAL.batches * EVAL.batch_size * 10
     with pytest.raises(EvaluationError, match=r"eval\.window 25 is longer than the context"):
         evaluate_task.fn(trained, shards, tokenizer, short.model_copy(update={"window": 25}))
 
@@ -213,6 +222,15 @@ def test_token_bytes_of_a_shard_add_up_to_its_text_bytes_plus_one_per_document(t
         total = first + int(table.of_targets(stream[:-1], stream[1:]).sum())
         expected = sum(len(text.encode()) for text in documents) + len(documents)
         assert total == expected, name
+
+
+def test_a_character_tokenizer_without_the_letter_a_gets_a_byte_table():
+    """Only SentencePiece adds a dummy prefix; measuring it must not encode text that another
+    tokenizer may refuse (no 'a' among its characters, unknown characters an error)."""
+    settings = TokenizerConfig(kind="char", unknown_chars="error")
+    tokenizer = train_tokenizer(iter(["xyz zyx", "yes, oh yes"]), settings)
+    table = TokenBytes.of(tokenizer)
+    assert table.dummy_prefix == 0 and int(table.lengths.sum()) == tokenizer.vocab_size
 
 
 def test_char_model_bits_per_byte_on_ascii_is_loss_over_ln2():
@@ -277,6 +295,69 @@ def test_a_split_shorter_than_a_window_is_scored_whole():
 def test_a_split_with_nothing_to_predict_is_refused_naming_it():
     with pytest.raises(EvaluationError, match="the test split has 1 token"):
         evaluation_windows(np.zeros(1, dtype=np.uint16), 8, 2, 2, seed=0, split="test")
+    model = build_model(BigramConfig(), 5)
+    with pytest.raises(EvaluationError, match="the val split has 0 token"):
+        split_batches(model, np.zeros(0, dtype=np.uint16), EVAL, 4, 8, "val")
+
+
+@pytest.mark.parametrize(("length", "window", "overlap"),
+                         [(1, 8, 4), (7, 8, 4), (8, 8, 4), (9, 8, 4), (100, 8, 4), (100, 8, 0),
+                          (100, 8, 7), (50, 16, 2)])  # fmt: skip
+def test_strided_rows_predict_every_token_once_with_the_overlap_as_context(length, window, overlap):
+    stream = np.arange(length + 1) + 1000
+    seen: list[int] = []
+    for inputs, targets in strided_rows(stream, window, overlap):
+        assert len(inputs) == len(targets) == min(window, length)
+        assert np.array_equal(inputs[1:], np.where(targets[:-1] >= 0, targets[:-1], inputs[1:]))
+        for position in np.flatnonzero(targets != -100):
+            assert targets[position] == inputs[position] + 1  # the next token of the stream
+            assert position >= overlap or inputs[0] == stream[0]  # context, but at the start
+            seen.append(int(targets[position]))
+    assert seen == stream[1:].tolist()
+
+
+def test_fixed_context_models_score_the_same_on_any_window():
+    """The MLP reads only its context, and windows overlap by context - 1: no target ever
+    sees made-up context, so the window length cannot change a single score."""
+    tokenizer = train_tokenizer(iter(TRAIN_DOCS[:5]), TokenizerConfig(kind="char"))
+    tokens = np.array([*tokenizer.encode(" ".join(TRAIN_DOCS[:5])), tokenizer.eot_id],
+                      dtype=np.uint16)  # fmt: skip
+    torch.manual_seed(0)
+    mlp = build_model(MLPConfig(context=4, n_embd=8, hiddens=[32]), tokenizer.vocab_size)
+    with torch.no_grad():  # not the near-uniform start: scores that differ by context
+        mlp.head.weight.normal_()
+    short, long = (evaluate(mlp, tokens, tokenizer, EVAL, window=w) for w in (8, len(tokens)))
+    assert short.tokens == long.tokens == len(tokens)
+    assert short.bpb == pytest.approx(long.bpb, rel=1e-9)
+
+
+def test_documents_scoring_scores_each_document_alone_from_its_start_mark():
+    tokenizer = train_tokenizer(iter(TRAIN_DOCS[:5]), TokenizerConfig(kind="char"))
+    names = ["anna", "bob", "christopher", "dee", "eve", "al"]
+    eot = tokenizer.eot_id
+    tokens = np.array([t for n in names for t in [*tokenizer.encode(n), eot]], dtype=np.uint16)
+    torch.manual_seed(0)
+    gpt = build_model(GPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=16),
+                      tokenizer.vocab_size).eval()  # fmt: skip
+    nats = 0.0
+    with torch.no_grad():
+        for name in names:
+            ids = tokenizer.encode(name)
+            x = torch.tensor([[eot, *ids]])
+            log_probs = F.log_softmax(gpt(x)[0][0].double(), dim=-1)
+            nats -= sum(log_probs[i, t].item() for i, t in enumerate([*ids, eot]))
+    documents = EVAL.model_copy(update={"scoring": "documents"})
+    score = evaluate(gpt, tokens, tokenizer, documents)
+    assert score.tokens == len(tokens) and score.bytes == sum(len(n) + 1 for n in names)
+    assert score.loss == pytest.approx(nats / len(tokens), rel=1e-5)
+    auto = evaluate(gpt, tokens, tokenizer, EVAL, per_document=True)
+    assert auto == score  # a model trained on documents is scored on them by default
+    whole = evaluate(gpt, tokens, tokenizer, EVAL)
+    assert whole.tokens == score.tokens and whole.loss != pytest.approx(score.loss, rel=1e-6)
+    # A bigram reads one token back: alone or in the stream, a document starts after the mark.
+    bigram = count_bigram_baseline(tokens, tokenizer.vocab_size)
+    assert evaluate(bigram, tokens, tokenizer, documents).loss == pytest.approx(
+        evaluate(bigram, tokens, tokenizer, EVAL).loss, rel=1e-9)  # fmt: skip
 
 
 def test_a_folder_without_a_checkpoint_is_a_clear_error(trained_run, tmp_path):

@@ -296,17 +296,23 @@ def test_tokenizer_comparison_trains_the_same_model_on_each_and_reports_bits_per
     # The printed number is the evaluator's, for this tokenizer, and training is reproducible.
     corpus = registry_row(runs, "SELECT path FROM datasets", [])["path"]
     documents = runs.workspace.resolve(corpus) / DOCUMENTS_FILE
-    texts = (t for batch in iter_split_texts(documents, "train") for t in batch)
-    tokenizer = train_tokenizer(texts, TokenizerConfig(kind="bpe", vocab_size=350))
     settings = load_config(str(tiny))
-    score = train_and_score(
-        tokenizer,
-        encode_documents(tokenizer, iter_split_texts(documents, "train")),
-        encode_documents(tokenizer, iter_split_texts(documents, "val")),
-        settings.model,
-        comparison_train_settings(settings.train, 4),
-        settings.eval,
-        tmp_path / "work",
-    )
-    assert printed["bpe"] == f"{score.bpb:.4f}"
-    assert 0 < score.baseline_bpb < 8 and score.steps == 4
+    scores = {}
+    for kind in ("bpe", "unigram"):
+        texts = (t for batch in iter_split_texts(documents, "train") for t in batch)
+        tokenizer = train_tokenizer(texts, TokenizerConfig(kind=kind, vocab_size=350))
+        scores[kind] = train_and_score(
+            tokenizer,
+            encode_documents(tokenizer, iter_split_texts(documents, "train")),
+            encode_documents(tokenizer, iter_split_texts(documents, "val")),
+            settings.model,
+            comparison_train_settings(settings.train, 4),
+            settings.eval,
+            tmp_path / f"work-{kind}",
+        )
+        assert printed[kind] == f"{scores[kind].bpb:.4f}"
+        assert 0 < scores[kind].baseline_bpb < 8 and scores[kind].steps == 4
+    # Every val token scored: both tokenizers are measured on exactly the val text.
+    val = [t for batch in iter_split_texts(documents, "val") for t in batch]
+    assert scores["bpe"].bytes == scores["unigram"].bytes == sum(
+        len(text.encode()) + 1 for text in val)  # fmt: skip
