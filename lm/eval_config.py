@@ -37,6 +37,8 @@ class EvalConfig(StrictModel):
     # Window length in tokens; None: the length the model was trained on. Set it to score the
     # models of a ladder on identical windows (at most the smallest GPT context).
     window: int | None = Field(None, ge=1)
+    # Add-k of the count-bigram baseline; None: the k that predicts held-out train text best.
+    baseline_smoothing: float | None = Field(None, gt=0.0)
     samples: int = Field(3, ge=0, description="samples stored with the run")
     prompts: list[str] = Field([""], min_length=1, description="sample i uses prompt i % len")
     sampling: SamplingConfig = SamplingConfig()

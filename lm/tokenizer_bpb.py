@@ -75,7 +75,7 @@ def train_and_score(
     import torch
 
     torch.manual_seed(train.seed)  # the same initial weights for every tokenizer, every time
-    network = build_model(model, tokenizer.vocab_size)
+    network = build_model(model, tokenizer.vocab_size, eot_id=tokenizer.eot_id)
     trainer = Trainer(network, train, train_tokens, val_tokens, work, work / "metrics.jsonl",
                       eot_id=tokenizer.eot_id)  # fmt: skip
     result = trainer.train()

@@ -84,7 +84,7 @@ def train_in(work: Path):
 
     spec = read_spec(work)
     torch.manual_seed(spec.train.seed)  # the same initial weights on every rank
-    network = build_model(spec.model, spec.vocab_size)
+    network = build_model(spec.model, spec.vocab_size, eot_id=spec.eot_id)
     trainer = Trainer(network, spec.train, spec.train_tokens.open(), spec.val_tokens.open(), work,
                       work / METRICS_FILE, tokenizer_digest=spec.tokenizer_digest,
                       eot_id=spec.eot_id)  # fmt: skip

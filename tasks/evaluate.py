@@ -1,11 +1,11 @@
 """The evaluate stage: a trained model + token shards → `artifacts/evaluate/<key>/` with
 `metrics.json` (loss, perplexity and bits per byte on each held-out split, for the model and for
-the count-bigram baseline fitted on the train split, on the same windows) and `samples.json`.
+the count-bigram baseline fitted on the train split, on the same tokens) and `samples.json`.
 
-The windows are `eval.window` tokens long (default: the model's training sequence length) and
-drawn with `eval.seed`, so every model scored with the same length on the same shards is scored
-on the same text, and its baseline with it. Splits that are empty in the shards (a test fraction
-of 0) are skipped."""
+By default every token of a split is scored once (`eval.scoring`, see `lm.evaluate`), in windows
+`eval.window` tokens long (default: the model's training sequence length), so every model is
+scored on the same text, and its baseline with it. Splits that are empty in the shards (a test
+fraction of 0) are skipped."""
 
 from __future__ import annotations
 
@@ -56,6 +56,7 @@ def evaluate_task(
         score_windows,
         split_batches,
     )
+    from lm.models.bigram_count import tuned_smoothing
     from lm.models.gpt import GPT
     from lm.train import pick_device
 
@@ -86,7 +87,9 @@ def evaluate_task(
         )
     shard_folder = workspace.resolve(shards.path)
     train_tokens, _ = open_shard(shard_folder / "train.bin", tokenizer.digest)
-    baseline = count_bigram_baseline(train_tokens, model_tokenizer.vocab_size).to(device)
+    vocab_size = model_tokenizer.vocab_size
+    smoothing = config.baseline_smoothing or tuned_smoothing(train_tokens, vocab_size)
+    baseline = count_bigram_baseline(train_tokens, vocab_size, smoothing).to(device)
     token_bytes = TokenBytes.of(model_tokenizer)
     metrics: dict[str, dict] = {"model": {}, "baseline": {}}
     for split in config.splits:
@@ -105,6 +108,7 @@ def evaluate_task(
     stats = _flat_stats(metrics) | {
         "model": trained.stats.get("model", ""),
         "window": window,
+        "baseline_smoothing": smoothing,
         "scoring": _scoring(config.scoring, per_document),
         "samples": len(samples),
         "seconds": time.perf_counter() - started,

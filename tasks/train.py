@@ -90,7 +90,7 @@ def train_task(
     # torch is imported here, not at module level: the flow imports this module on every run.
     import torch
 
-    from lm.models.bigram_count import BigramCountModel
+    from lm.models.bigram_count import BigramCountModel, tuned_smoothing
     from lm.models.registry import build_model
     from lm.train import Trainer, val_loss_of
 
@@ -123,7 +123,9 @@ def train_task(
             return existing
         started = time.perf_counter()
         coverage: dict[str, float] = {}
-        baseline = BigramCountModel(BigramCountConfig(), vocab_size).fit(_as_tensor(train_tokens))
+        smoothing = tuned_smoothing(train_tokens, vocab_size)  # as the evaluate stage's
+        baseline = BigramCountModel(BigramCountConfig(smoothing=smoothing), vocab_size)
+        baseline.fit(_as_tensor(train_tokens))
         if settings.nproc_per_node > 1 and model.kind != "bigram-count":
             outcome = _train_with_torchrun(work, model, settings, shard_folder, tokenizer.digest,
                                            vocab_size, eot_id, init_from)  # fmt: skip
@@ -131,7 +133,8 @@ def train_task(
         else:
             torch.manual_seed(settings.seed)  # initial weights from the seed, as in a worker
             network = build_model(model, vocab_size, vectors=_piece_vectors(
-                model, vectors, workspace, tokenizer, settings.seed, coverage))  # fmt: skip
+                model, vectors, workspace, tokenizer, settings.seed, coverage),
+                eot_id=eot_id)  # fmt: skip
             trainer = Trainer(network, settings, train_tokens, val_tokens, work,
                               work / METRICS_FILE, tokenizer_digest=tokenizer.digest,
                               eot_id=eot_id)  # fmt: skip
@@ -156,6 +159,7 @@ def train_task(
             "tokens_seen": outcome["steps"] * settings.global_batch * settings.block_size,
             "val_loss": outcome["best_val_loss"],
             "baseline_val_loss": baseline_loss,
+            "baseline_smoothing": smoothing,
             "stopped_early": outcome["stopped_early"],
             "seconds": seconds,
             "device": outcome["device"],

@@ -27,7 +27,7 @@ from lm.evaluate import (
     split_batches,
     strided_rows,
 )
-from lm.models.bigram_count import BigramCountModel
+from lm.models.bigram_count import SMOOTHING_GRID, BigramCountModel, tuned_smoothing
 from lm.models.config import BigramConfig, BigramCountConfig, GPTConfig, MLPConfig
 from lm.models.registry import build_model
 from lm.tokenizer import train_tokenizer
@@ -125,7 +125,9 @@ def test_bits_per_byte_matches_a_hand_computation(evaluated):
     stream = np.concatenate([[tokenizer.eot_id], tokens])  # the first token is predicted too
     anchor = next(i for i in range(tokenizer.vocab_size) if tokenizer.piece(i) == "e")
     train_tokens = np.fromfile(home / "artifacts/shards/s/train.bin", dtype="<u2").astype(int)
-    counts = np.ones((tokenizer.vocab_size, tokenizer.vocab_size))  # add-1 smoothing
+    smoothing = descriptor.stats["baseline_smoothing"]  # chosen on held-out train text
+    assert smoothing == tuned_smoothing(train_tokens, tokenizer.vocab_size) < 1.0
+    counts = np.full((tokenizer.vocab_size, tokenizer.vocab_size), smoothing)
     np.add.at(counts, (train_tokens[:-1], train_tokens[1:]), 1)
     bigram_log_probs = np.log(counts / counts.sum(axis=1, keepdims=True))
     targets = len(stream) - 1
@@ -266,9 +268,32 @@ def test_the_baseline_scores_exactly_as_the_count_bigram_it_holds():
     tokens = np.array(tokenizer.encode(" ".join(TRAIN_DOCS[:5])), dtype=np.uint16)
     counts = BigramCountModel(BigramCountConfig(smoothing=1.0), tokenizer.vocab_size)
     counts.fit(torch.from_numpy(tokens.astype(np.int64)))
-    baseline = count_bigram_baseline(tokens, tokenizer.vocab_size)
+    baseline = count_bigram_baseline(tokens, tokenizer.vocab_size, smoothing=1.0)
     expected = evaluate(counts, tokens, tokenizer, EVAL, window=16)
     assert evaluate(baseline, tokens, tokenizer, EVAL, window=16) == expected
+
+
+def test_the_baseline_smoothing_is_the_grid_value_that_predicts_held_out_train_text_best():
+    settings = TokenizerConfig(kind="bpe", vocab_size=400, character_coverage=1.0)
+    tokenizer = train_tokenizer(iter(TRAIN_DOCS), settings)
+    vocab = tokenizer.vocab_size
+    train = np.concatenate([[*tokenizer.encode(d), tokenizer.eot_id] for d in TRAIN_DOCS])
+    cut = int(len(train) * 0.9)
+    fitted = BigramCountModel(BigramCountConfig(), vocab).fit(torch.from_numpy(train[:cut]))
+    held_out = torch.from_numpy(train[cut - 1 :])
+
+    def dense_nll(k: float) -> float:  # the whole table, by hand
+        table = fitted.counts + k
+        log_probs = (table / table.sum(dim=1, keepdim=True)).log()
+        return -log_probs[held_out[:-1], held_out[1:]].mean().item()
+
+    chosen = tuned_smoothing(train, vocab)
+    assert chosen == min(SMOOTHING_GRID, key=dense_nll) and chosen < 1.0
+    # Fitted on all of train, it scores unseen val text better than add-1.
+    val = np.concatenate([[*tokenizer.encode(d), tokenizer.eot_id] for d in VAL_DOCS])
+    tuned, add_one = (evaluate(count_bigram_baseline(train, vocab, k), val, tokenizer, EVAL)
+                      for k in (None, 1.0))  # fmt: skip
+    assert tuned.bpb < add_one.bpb
 
 
 def test_bf16_autocast_scores_close_to_fp32():

@@ -194,6 +194,29 @@ def test_mlp_sees_only_its_context_window():
 
 
 @pytest.mark.parametrize(
+    "config", [MLPConfig(context=3, hiddens=[32]), W2VConfig(context=3, vector_size=8)],
+    ids=["mlp", "w2v"],
+)  # fmt: skip
+def test_fixed_context_models_read_end_of_text_before_a_row_and_keep_it_when_loaded(config):
+    """Before a row's start the model reads the end-of-text id, as if the row followed a
+    document boundary; the id travels with the weights. A state dict from before it did
+    (no `pad_token`) loads as it was trained: padding with 0."""
+    eot = VOCAB - 1
+    torch.manual_seed(4)
+    model = build_model(config, VOCAB, eot_id=eot).eval()
+    row = torch.tensor([[5, 6, 7]])
+    with_marks = torch.tensor([[eot, eot, 5, 6, 7]])  # the same row, its padding spelt out
+    torch.testing.assert_close(model(row)[0], model(with_marks)[0][:, 2:])
+    loaded = build_model(config, VOCAB)  # built without the id: the checkpoint brings it
+    loaded.load_state_dict(model.state_dict())
+    assert loaded.pad_id == eot
+    torch.testing.assert_close(loaded.eval()(row)[0], model(row)[0])
+    old = {k: v for k, v in model.state_dict().items() if k != "pad_token"}
+    loaded.load_state_dict(old)
+    assert loaded.pad_id == 0
+
+
+@pytest.mark.parametrize(
     ("fields", "message"),
     [
         ({"n_embd": 30, "n_head": 4}, r"n_embd \(30\) must be divisible by n_head \(4\)"),

@@ -32,6 +32,24 @@ class LanguageModel(nn.Module):
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
 
 
+class FixedContextModel(LanguageModel):
+    """A model that reads the `context` tokens before each position (MLP, w2v). Positions
+    before the start of a row read `pad_id`: the end-of-text id where the builder knows it
+    (`build_model(..., eot_id=)`), as makemore pads with its start mark, so a row's start reads
+    as a document boundary, never as made-up text. The id is saved with the weights (buffer
+    `pad_token`), so a loaded model pads as it trained; checkpoints written before it was saved
+    padded with 0."""
+
+    def _init_padding(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+        self.register_buffer("pad_token", torch.tensor(pad_id, dtype=torch.long))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        state_dict.setdefault(prefix + "pad_token", torch.tensor(0, dtype=torch.long))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.pad_id = int(self.pad_token)
+
+
 def context_windows(idx: torch.Tensor, context: int, pad_id: int) -> torch.Tensor:
     """(batch, time, context): for each position t the tokens t-context+1 … t, padded with
     `pad_id` before the sequence starts. The fixed-window models (MLP, w2v) read these."""

@@ -5,10 +5,38 @@ end mark), the table is makemore's 27×27."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from lm.models.base import LanguageModel
 from lm.models.config import BigramCountConfig
+
+# The add-k values `tuned_smoothing` chooses from (the first wins a tie).
+SMOOTHING_GRID = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001)
+
+
+def tuned_smoothing(train_tokens: np.ndarray, vocab_size: int, held_out: float = 0.1) -> float:
+    """The add-k of `SMOOTHING_GRID` that predicts held-out text best: counts from the first
+    90% of the train split, scored on its last 10% (val and test stay unseen). The baseline
+    every model is reported beside uses it. Add-1, the textbook value and makemore's on 27
+    characters, spreads a whole count over each of V next tokens: with a 4000-piece vocabulary
+    it drowns the counts, so the baseline would get worse as the vocabulary grows and handicap
+    itself in a tokenizer comparison. Sparse counts: memory grows with the pairs seen, not V²."""
+    tokens = np.asarray(train_tokens, dtype=np.int64)
+    cut = int(len(tokens) * (1 - held_out))
+    if cut < 2 or len(tokens) - cut < 2:
+        return SMOOTHING_GRID[0]
+    fit, check = tokens[:cut], tokens[cut - 1 :]  # the pair across the cut is held out
+    keys, counts = np.unique(fit[:-1] * vocab_size + fit[1:], return_counts=True)
+    row_totals = np.bincount(fit[:-1], minlength=vocab_size)[check[:-1]]
+    pairs = check[:-1] * vocab_size + check[1:]
+    at = np.minimum(np.searchsorted(keys, pairs), len(keys) - 1)
+    seen = np.where(keys[at] == pairs, counts[at], 0)
+
+    def held_out_nll(k: float) -> float:
+        return float(-np.mean(np.log((seen + k) / (row_totals + k * vocab_size))))
+
+    return min(SMOOTHING_GRID, key=held_out_nll)
 
 
 class BigramCountModel(LanguageModel):

@@ -1,23 +1,24 @@
 """Bengio et al. (2003), "A Neural Probabilistic Language Model": the embeddings of the previous
 `context` tokens, concatenated, through hidden layers (tanh) to next-token logits. Positions
-before the start of the sequence read the end-of-text id, as makemore pads with its start mark."""
+before the start of the sequence read the end-of-text id, as makemore pads with its start mark
+(`FixedContextModel`)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from lm.models.base import LanguageModel, context_windows
+from lm.models.base import FixedContextModel, context_windows
 from lm.models.config import MLPConfig
 
 
-class MLPModel(LanguageModel):
+class MLPModel(FixedContextModel):
     def __init__(self, config: MLPConfig, vocab_size: int, pad_id: int = 0):
         super().__init__()
         self.config = config
         self.vocab_size = vocab_size
         self.block_size = config.context
-        self.pad_id = pad_id
+        self._init_padding(pad_id)
         self.embedding = nn.Embedding(vocab_size, config.n_embd)
         layers: list[nn.Module] = []
         width = config.context * config.n_embd

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from lm.models.base import LanguageModel
+from lm.models.base import FixedContextModel, LanguageModel
 from lm.models.bigram import BigramModel
 from lm.models.bigram_count import BigramCountModel
 from lm.models.config import (
@@ -40,13 +40,17 @@ MODELS: dict[str, tuple[type[LanguageModel], type]] = {
 
 
 def build_model(
-    config: ModelConfig, vocab_size: int, vectors: torch.Tensor | None = None, **extra
-) -> LanguageModel:
+    config: ModelConfig, vocab_size: int, vectors: torch.Tensor | None = None,
+    eot_id: int | None = None, **extra,
+) -> LanguageModel:  # fmt: skip
     """`vectors` (vocab_size × `word2vec_width(config)`, from
     `lm.models.embeddings.load_piece_vectors`) feed a `w2v` model or start a `gpt`'s token
     embedding (`init_embeddings = "word2vec"`). Without them both start random, which is what
-    loading a checkpoint into them needs."""
+    loading a checkpoint into them needs. `eot_id`: what the fixed-context models (MLP, w2v)
+    read before a row's start (a loaded checkpoint brings its own)."""
     model_class, _ = MODELS[config.kind]
+    if eot_id is not None and issubclass(model_class, FixedContextModel):
+        extra["pad_id"] = eot_id
     if vectors is not None and not uses_word2vec(config):
         hint = ' (set init_embeddings = "word2vec")' if config.kind == "gpt" else ""
         raise ValueError(f"model kind '{config.kind}' takes no word2vec vectors{hint}")

@@ -21,18 +21,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lm.models.base import LanguageModel, context_windows
+from lm.models.base import FixedContextModel, context_windows
 from lm.models.config import W2VConfig
 
 
-class W2VModel(LanguageModel):
+class W2VModel(FixedContextModel):
     def __init__(self, config: W2VConfig, vocab_size: int, vectors: torch.Tensor | None = None,
                  pad_id: int = 0):  # fmt: skip
         super().__init__()
         self.config = config
         self.vocab_size = vocab_size
         self.block_size = config.context
-        self.pad_id = pad_id  # what positions before the start of the sequence read
+        self._init_padding(pad_id)  # what positions before the start of the sequence read
         if vectors is None:
             table = torch.randn(vocab_size, config.vector_size)
         else:
