@@ -6,13 +6,16 @@ and `default` is what the engine picks there by itself (`precision` and `compile
     .venv/bin/python bench/bench_train.py                      # nanoGPT's CPU shape (issue 4)
     .venv/bin/python bench/bench_train.py --shape default      # configs/default.toml's model
     .venv/bin/python bench/bench_train.py --device cuda        # GPT-2 124M on a GPU
+    .venv/bin/python bench/bench_train.py --device cuda --batch 64 --modes default
 
 Each mode builds the real `Trainer` and times its `train_step` (forward, backward, AdamW; no
 evaluation, no checkpoint). Compilation is kept out of the timing: `--warmup` untimed steps run
 first (the first compiles; the time it took is printed), and with `TORCH_LOGS=recompiles` torch
 reports any recompilation, which would show a compiled mode paying for compile time while
-timed. On a shared machine the modes are interleaved `--repeats` times and the best rate of
-each is reported (the median too): noise from other processes only ever slows a run down.
+timed. On a GPU each mode's peak memory is printed beside `lm.sizing`'s estimate (weights,
+gradients, AdamW state and activations). On a shared machine the modes are interleaved
+`--repeats` times and the best rate of each is reported (the median too): noise from other
+processes only ever slows a run down.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lm.cpu_features import cpu_has_native_bf16
 from lm.models.config import GPTConfig
 from lm.models.registry import build_model
+from lm.sizing import size_model
 from lm.train import Trainer, peak_flops_of
 from lm.train_config import TrainConfig
 
@@ -58,9 +62,15 @@ DEFAULT_MODES = ["eager fp32", "bf16 autocast", "compiled fp32", "compiled bf16"
 
 
 def build_trainer(
-    shape: str, device: str, precision: str, compile_model: bool | str, fused: bool = True
+    shape: str,
+    device: str,
+    precision: str,
+    compile_model: bool | str,
+    fused: bool = True,
+    batch: int | None = None,
 ) -> Trainer:
-    model_config, vocab, batch = SHAPES[shape]
+    model_config, vocab, shape_batch = SHAPES[shape]
+    batch = batch or shape_batch
     settings = TrainConfig(
         max_steps=10**6, micro_batch=batch, global_batch=batch,
         block_size=model_config.block_size, device=device, precision=precision,
@@ -83,6 +93,27 @@ def _sync(trainer: Trainer) -> None:
         torch.cuda.synchronize()
 
 
+def _reset_peak_memory(device: str) -> int:
+    """Bytes the GPU holds before a mode is built (earlier modes' trainers), 0 on the CPU."""
+    if not device.startswith("cuda"):
+        return 0
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    return torch.cuda.memory_allocated()
+
+
+def _memory_report(trainer: Trainer, held: int) -> str:
+    """This mode's peak GPU memory next to what `lm.sizing` predicts for it."""
+    if trainer.device.type != "cuda":
+        return ""
+    peak = torch.cuda.max_memory_allocated() - held
+    size = size_model(trainer.module.config, trainer.config, trainer.module.vocab_size,
+                      trainer.device)  # fmt: skip
+    estimate = (size.weights_bytes + size.gradients_bytes + size.optimizer_bytes
+                + size.activations_bytes)  # fmt: skip
+    return f"; peak memory {peak / 2**30:.1f} GiB, lm.sizing estimate {estimate / 2**30:.1f} GiB"
+
+
 def timed_steps(trainer: Trainer, steps: int) -> float:
     """Seconds for `steps` optimizer steps."""
     _sync(trainer)
@@ -102,6 +133,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps (compile here)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--batch", type=int, default=None, help="default: the shape's batch")
     parser.add_argument("--modes", default=",".join(DEFAULT_MODES),
                         help=f"comma-separated labels of {list(MODES)}")  # fmt: skip
     parser.add_argument("--peak-flops", type=float, default=None)
@@ -118,19 +150,22 @@ def main() -> None:
     print(f"shape {shape}, device {args.device}, torch {torch.__version__}, threads "
           f"{torch.get_num_threads()}, {args.steps} steps × {args.repeats} repeats")  # fmt: skip
 
+    batch = args.batch or SHAPES[shape][2]
     trainers, rates = {}, {m: [] for m in modes}
     for label in modes:
         precision, compile_model, fused = MODES[label]
-        trainer = build_trainer(shape, args.device, precision, compile_model, fused)
+        held = _reset_peak_memory(args.device)
+        trainer = build_trainer(shape, args.device, precision, compile_model, fused, batch)
         first = timed_steps(trainer, 1)  # compilation, if any, happens here
         timed_steps(trainer, args.warmup - 1)
         trainers[label] = trainer
-        print(f"{label:>14}: first step {first:.2f}s (compile included), warmed up")
+        print(f"{label:>14}: first step {first:.2f}s (compile included), warmed up"
+              f"{_memory_report(trainer, held)}")  # fmt: skip
         if label == "default":  # what the trainer runs, a compile that fell back included
             compiled = trainer.model is not trainer.module
             print(f"{'':>14}  the default here: precision {trainer.autocast or torch.float32}, "
                   f"{'compiled' if compiled else 'eager'}")  # fmt: skip
-    tokens_per_step = SHAPES[shape][2] * SHAPES[shape][0].block_size
+    tokens_per_step = batch * SHAPES[shape][0].block_size
     for _ in range(args.repeats):  # interleaved: a burst of load slows every mode alike
         for label in modes:
             seconds = timed_steps(trainers[label], args.steps)

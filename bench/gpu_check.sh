@@ -2,8 +2,8 @@
 # Issue 4's GPU checks in one short run, for a machine with a CUDA GPU and its own PyTorch:
 # the CUDA tests (tests/test_cuda.py), then bench/bench_train.py on GPT-2 124M (tokens/s and MFU
 # against the GPU's bf16 peak) in eager fp32, bf16 autocast, and the engine's default there
-# (compiled bf16). Its two timeouts bound it to 9 minutes, inside the device tool's 10-minute
-# call (estimated 3-5 minutes on an H200; not yet timed, as no GPU has been lent). Logs go to $OUT.
+# (compiled bf16) at nanoGPT's batch of 16, then the default at llm.c's batch of 64. Its
+# timeouts bound it to 9.5 minutes, inside the device tool's 10-minute call. Logs go to $OUT.
 #
 #   bash bench/gpu_wheels.sh      # here: the wheels the GPU image lacks, into .whl/
 #   bash bench/gpu_check.sh       # there, with .whl carried beside the checkout
@@ -24,8 +24,12 @@ assert torch.cuda.is_available(), "no CUDA GPU visible to torch"
 print(f"torch {torch.__version__} (CUDA {torch.version.cuda}), {torch.cuda.get_device_name()}")
 PY
 status=0
-timeout 200 "$python" -m pytest --noconftest -p no:cacheprovider -q -rs tests/test_cuda.py 2>&1 \
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv \
+    2>&1 | tee -a "$out/gpu.txt"
+timeout 180 "$python" -m pytest --noconftest -p no:cacheprovider -q -rs tests/test_cuda.py 2>&1 \
     | tee "$out/tests.txt" || status=1
-timeout 330 "$python" bench/bench_train.py --device cuda --modes "eager fp32,bf16 autocast,default" \
+timeout 240 "$python" bench/bench_train.py --device cuda --modes "eager fp32,bf16 autocast,default" \
     --steps 20 --warmup 5 --repeats 3 2>&1 | tee "$out/bench.txt" || status=1
+timeout 130 "$python" bench/bench_train.py --device cuda --modes default --batch 64 \
+    --steps 10 --warmup 3 --repeats 2 2>&1 | tee "$out/bench64.txt" || status=1
 exit $status

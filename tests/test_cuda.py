@@ -81,7 +81,7 @@ def test_auto_settings_pick_the_gpu_bf16_tf32_fused_adamw_and_compile_and_log_mf
     assert np.mean(result.losses[-5:]) < np.mean(result.losses[:5]) - 0.5
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     if run.peak_flops:  # a GPU whose bf16 peak is known (H100, H200, A100...)
-        mfu = [line["train/mfu"] for line in lines if "train/mfu" in line]
+        mfu = [line["value"] for line in lines if line["key"] == "train/mfu"]
         assert mfu and all(0 < value < 1 for value in mfu)
 
 
