@@ -13,9 +13,9 @@ evaluation, no checkpoint). Compilation is kept out of the timing: `--warmup` un
 first (the first compiles; the time it took is printed), and with `TORCH_LOGS=recompiles` torch
 reports any recompilation, which would show a compiled mode paying for compile time while
 timed. On a GPU each mode's peak memory is printed beside `lm.sizing`'s estimate (weights,
-gradients, AdamW state and activations). On a shared machine the modes are interleaved
-`--repeats` times and the best rate of each is reported (the median too): noise from other
-processes only ever slows a run down.
+gradients, AdamW state and eager activations: a compiled mode should peak below it). On a
+shared machine the modes are interleaved `--repeats` times and the best rate of each is
+reported (the median too): noise from other processes only ever slows a run down.
 """
 
 from __future__ import annotations
@@ -111,7 +111,8 @@ def _memory_report(trainer: Trainer, held: int) -> str:
                       trainer.device)  # fmt: skip
     estimate = (size.weights_bytes + size.gradients_bytes + size.optimizer_bytes
                 + size.activations_bytes)  # fmt: skip
-    return f"; peak memory {peak / 2**30:.1f} GiB, lm.sizing estimate {estimate / 2**30:.1f} GiB"
+    gib = 2**30
+    return f"; peak memory {peak / gib:.1f} GiB, lm.sizing (eager) {estimate / gib:.1f} GiB"
 
 
 def timed_steps(trainer: Trainer, steps: int) -> float:

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from lm.models.config import BigramConfig, GPTConfig, MLPConfig, W2VConfig
+from lm.models.gpt import CPU_BF16_MATH_MAX_CONTEXT
 from lm.models.registry import build_model
-from lm.sizing import parameter_count, size_model
+from lm.sizing import LOGIT_BYTES, parameter_count, size_model, stores_attention_scores
 from lm.train_config import TrainConfig
 
 
@@ -46,15 +47,48 @@ def test_size_command_reports_the_default_model():
 
 def test_activation_memory_follows_the_precision_auto_resolves_to(monkeypatch):
     """`precision = "auto"` is bf16 on CUDA and on CPUs with native bf16, fp32 elsewhere; the
-    activation estimate halves exactly when the trainer would autocast."""
+    layers' share of the estimate halves exactly when the trainer would autocast (a context
+    past the CPU's explicit-math limit, so both precisions use the fused attention kernel)."""
     import lm.train
 
-    gpt = GPTConfig(block_size=64, n_layer=2, n_head=4, n_embd=64)
+    gpt = GPTConfig(block_size=512, n_layer=2, n_head=4, n_embd=64)
     auto, fp32 = TrainConfig(precision="auto"), TrainConfig(precision="fp32")
     cpu = torch.device("cpu")
+    logits = {bf16: auto.micro_batch * 512 * 27 * LOGIT_BYTES[bf16] for bf16 in (True, False)}
     monkeypatch.setattr(lm.train, "cpu_has_native_bf16", lambda: True)
-    native = size_model(gpt, auto, 27, device=cpu).activations_bytes
-    assert native * 2 == size_model(gpt, fp32, 27, device=cpu).activations_bytes
-    assert size_model(gpt, auto, 27, device=torch.device("cuda")).activations_bytes == native
+    native = size_model(gpt, auto, 27, device=cpu).activations_bytes - logits[True]
+    assert native == auto.micro_batch * 512 * 2 * 34 * 64
+    in_fp32 = size_model(gpt, fp32, 27, device=cpu).activations_bytes - logits[False]
+    assert in_fp32 == 2 * native
+    on_gpu = size_model(gpt, auto, 27, device=torch.device("cuda")).activations_bytes
+    assert on_gpu - logits[True] == native
     monkeypatch.setattr(lm.train, "cpu_has_native_bf16", lambda: False)
-    assert size_model(gpt, auto, 27, device=cpu).activations_bytes == 2 * native
+    assert size_model(gpt, auto, 27, device=cpu).activations_bytes - logits[False] == 2 * native
+
+
+def test_attention_scores_count_only_where_explicit_math_stores_them():
+    """Fused SDPA kernels never hold the (context × context) scores; explicit math does, and
+    the CPU takes it in bf16 for contexts up to CPU_BF16_MATH_MAX_CONTEXT."""
+    bf16 = TrainConfig(precision="bf16", micro_batch=4)
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    short = GPTConfig(block_size=CPU_BF16_MATH_MAX_CONTEXT, n_layer=3, n_head=4, n_embd=32)
+    # batch · context · layers · 5 · heads · context
+    scores = 4 * short.block_size * 3 * 5 * 4 * short.block_size
+    fused = size_model(short, bf16, 27, device=gpu).activations_bytes
+    assert size_model(short, bf16, 27, device=cpu).activations_bytes == fused + scores
+    explicit = short.model_copy(update={"attention": "math"})
+    assert size_model(explicit, bf16, 27, device=gpu).activations_bytes == fused + scores
+    longer = short.model_copy(update={"block_size": CPU_BF16_MATH_MAX_CONTEXT + 1})
+    assert not stores_attention_scores(longer, bf16=True, device=cpu)
+
+
+def test_the_logits_dominate_a_small_model_with_a_large_vocabulary():
+    """GPT-2 124M at batch 16 under bf16 autocast: the output layer holds more than the twelve
+    layers together (what the H200 measured: 18.1 GiB peak, estimated 17.4)."""
+    gpt2 = GPTConfig(block_size=1024, n_layer=12, n_head=12, n_embd=768, pos="learned")
+    settings = TrainConfig(micro_batch=16, global_batch=16, block_size=1024, precision="bf16")
+    size = size_model(gpt2, settings, 50304, device=torch.device("cuda"))
+    logits = 16 * 1024 * 50304 * LOGIT_BYTES[True]
+    assert size.activations_bytes - logits < logits
+    total = size.weights_bytes + size.gradients_bytes + size.optimizer_bytes
+    assert 17 < (total + size.activations_bytes) / 2**30 < 18
