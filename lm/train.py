@@ -437,6 +437,7 @@ class Trainer:
             return TrainResult(self.step, self.best_val_loss, True, losses)
         tokens_per_step = config.global_batch * config.block_size
         last_report, steps_at_report, stepping = time.monotonic(), self.step, 0.0
+        pace = (last_report, self.step)  # when and at which step this call began: for the ETA
         self.model.train()
         while self.step < last_step:
             started = time.monotonic()
@@ -446,8 +447,9 @@ class Trainer:
             losses.append(step_loss)
             self._log({"train/loss": step_loss, "train/lr": rate})
             if now - last_report > 5 or self.step == config.max_steps:
-                self._report_throughput(step_loss, stepping, now - last_report,
-                                        self.step - steps_at_report, tokens_per_step)  # fmt: skip
+                self._report_throughput(step_loss, stepping, self.step - steps_at_report,
+                                        now - pace[0], self.step - pace[1],
+                                        tokens_per_step)  # fmt: skip
                 last_report, steps_at_report, stepping = now, self.step, 0.0
             if self.step % config.eval_every == 0 or self.step == config.max_steps:
                 val_loss = self.evaluate()
@@ -471,13 +473,15 @@ class Trainer:
                 self.save(f"step-{self.step:08d}")
         return TrainResult(self.step, self.best_val_loss, self.stopped_early, losses)
 
-    def _report_throughput(self, loss: float, stepping: float, wall: float, steps: int,
-                           tokens_per_step: int):  # fmt: skip
-        """Tokens/s (and MFU) of the training steps since the last report, over the time they
-        took (`stepping`; evaluations and checkpoints are not training speed), and the ETA at
-        the wall-clock pace (`wall`: they are part of what remains)."""
+    def _report_throughput(self, loss: float, stepping: float, steps: int, wall: float,
+                           steps_in_wall: int, tokens_per_step: int):  # fmt: skip
+        """Tokens/s (and MFU) of the `steps` training steps since the last report, over the
+        time they took (`stepping`; evaluations and checkpoints are not training speed), and
+        the ETA at the wall-clock pace since training (re)started (`wall` for `steps_in_wall`
+        steps: evaluations are part of what remains, and a pace over the whole run does not
+        jump each time a report's window happens to hold one)."""
         tokens_per_s = tokens_per_step * steps / max(stepping, 1e-9)
-        remaining = (self.config.max_steps - self.step) * wall / max(steps, 1)
+        remaining = (self.config.max_steps - self.step) * wall / max(steps_in_wall, 1)
         values = {"train/tokens_per_s": tokens_per_s}
         mfu = ""
         if self.peak_flops:
