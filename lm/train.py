@@ -310,6 +310,7 @@ class Trainer:
         self.best_val_loss = math.inf
         self.evaluations_without_improvement = 0
         self.stopped_early = False
+        self.evaluation_seconds = 0.0  # what the last evaluation took, with its checkpoints
         self.autocast = autocast_dtype(config, self.device)
         self.peak_flops = peak_flops(self.device)
 
@@ -437,7 +438,6 @@ class Trainer:
             return TrainResult(self.step, self.best_val_loss, True, losses)
         tokens_per_step = config.global_batch * config.block_size
         last_report, steps_at_report, stepping = time.monotonic(), self.step, 0.0
-        pace = (last_report, self.step)  # when and at which step this call began: for the ETA
         self.model.train()
         while self.step < last_step:
             started = time.monotonic()
@@ -448,10 +448,10 @@ class Trainer:
             self._log({"train/loss": step_loss, "train/lr": rate})
             if now - last_report > 5 or self.step == config.max_steps:
                 self._report_throughput(step_loss, stepping, self.step - steps_at_report,
-                                        now - pace[0], self.step - pace[1],
                                         tokens_per_step)  # fmt: skip
                 last_report, steps_at_report, stepping = now, self.step, 0.0
             if self.step % config.eval_every == 0 or self.step == config.max_steps:
+                evaluated_at = time.monotonic()
                 val_loss = self.evaluate()
                 self._log({"val/loss": val_loss})
                 if val_loss < self.best_val_loss - config.min_delta:
@@ -471,17 +471,23 @@ class Trainer:
                 config.max_steps,
             ):
                 self.save(f"step-{self.step:08d}")
+            if self.step % config.eval_every == 0:  # its checkpoints included: for the ETA
+                self.evaluation_seconds = time.monotonic() - evaluated_at
         return TrainResult(self.step, self.best_val_loss, self.stopped_early, losses)
 
-    def _report_throughput(self, loss: float, stepping: float, steps: int, wall: float,
-                           steps_in_wall: int, tokens_per_step: int):  # fmt: skip
+    def _report_throughput(self, loss: float, stepping: float, steps: int,
+                           tokens_per_step: int):  # fmt: skip
         """Tokens/s (and MFU) of the `steps` training steps since the last report, over the
         time they took (`stepping`; evaluations and checkpoints are not training speed), and
-        the ETA at the wall-clock pace since training (re)started (`wall` for `steps_in_wall`
-        steps: evaluations are part of what remains, and a pace over the whole run does not
-        jump each time a report's window happens to hold one)."""
+        the ETA: the steps left at that pace plus the evaluations left at what the last one
+        took. (A wall-clock pace would jump whenever a report's window held an evaluation, or
+        carry the first step's compilation for the whole run.)"""
         tokens_per_s = tokens_per_step * steps / max(stepping, 1e-9)
-        remaining = (self.config.max_steps - self.step) * wall / max(steps_in_wall, 1)
+        config = self.config
+        evaluations_left = config.max_steps // config.eval_every - self.step // config.eval_every
+        evaluations_left += 1 if config.max_steps % config.eval_every else 0
+        remaining = (config.max_steps - self.step) * stepping / max(steps, 1)
+        remaining += evaluations_left * self.evaluation_seconds
         values = {"train/tokens_per_s": tokens_per_s}
         mfu = ""
         if self.peak_flops:

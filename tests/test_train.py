@@ -299,7 +299,8 @@ def test_tokens_per_second_count_training_steps_and_the_eta_counts_evaluations_t
     tmp_path, monkeypatch, caplog
 ):
     """On a clock where a step takes 1 s and an evaluation 10 s: the speed is one step's tokens
-    per second, evaluations left out; the ETA at the pace with them, over the whole run."""
+    per second, evaluations left out; the ETA is the steps left at that pace plus the
+    evaluations left at what the last one took."""
     clock = {"now": 0.0}
     monkeypatch.setattr("lm.train.time", SimpleNamespace(monotonic=lambda: clock["now"]))
     run = trainer(tmp_path, config(max_steps=12, eval_every=2, checkpoint_every=100))
@@ -319,11 +320,12 @@ def test_tokens_per_second_count_training_steps_and_the_eta_counts_evaluations_t
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     speeds = [m["value"] for m in lines if m["key"] == "train/tokens_per_s"]
     assert len(speeds) >= 2 and speeds == pytest.approx([8 * 16] * len(speeds))
-    # First report after step 3, at 13 s (3 steps, 1 evaluation): 9 steps left at 13/3 s each.
-    assert "train: step 3/12, loss" in caplog.text and "128 tokens/s, ETA 39s" in caplog.text
-    # Next after step 5, at 25 s (5 steps, 2 evaluations): 7 left at 25/5 s each. The pace of
-    # that report's window alone (12 s for 2 steps, one evaluation) would say 42 s.
-    assert "train: step 5/12, loss" in caplog.text and "128 tokens/s, ETA 35s" in caplog.text
+    # First report after step 3, at 13 s: 9 steps left (9 s) and 5 evaluations (4, 6, ..., 12:
+    # 50 s), exactly what remains. The wall-clock pace (13 s for 3 steps) would say 39 s.
+    assert "train: step 3/12, loss" in caplog.text and "128 tokens/s, ETA 59s" in caplog.text
+    # Next after step 5, at 25 s: 7 steps and 4 evaluations. The pace of that report's window
+    # (12 s for 2 steps, one evaluation in it) would say 42 s.
+    assert "train: step 5/12, loss" in caplog.text and "128 tokens/s, ETA 47s" in caplog.text
 
 
 @pytest.mark.parametrize(
