@@ -484,7 +484,9 @@ class Trainer:
         carry the first step's compilation for the whole run.)"""
         tokens_per_s = tokens_per_step * steps / max(stepping, 1e-9)
         config = self.config
-        evaluations_left = config.max_steps // config.eval_every - self.step // config.eval_every
+        # Evaluations at steps self.step … max_steps (this step's own comes after this report).
+        evaluations_left = config.max_steps // config.eval_every
+        evaluations_left -= (self.step - 1) // config.eval_every
         evaluations_left += 1 if config.max_steps % config.eval_every else 0
         remaining = (config.max_steps - self.step) * stepping / max(steps, 1)
         remaining += evaluations_left * self.evaluation_seconds

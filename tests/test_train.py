@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -326,6 +327,8 @@ def test_tokens_per_second_count_training_steps_and_the_eta_counts_evaluations_t
     # Next after step 5, at 25 s: 7 steps and 4 evaluations. The pace of that report's window
     # (12 s for 2 steps, one evaluation in it) would say 42 s.
     assert "train: step 5/12, loss" in caplog.text and "128 tokens/s, ETA 47s" in caplog.text
+    # The last report comes before the last step's evaluation, still to run.
+    assert re.search(r"step 12/12, loss [\d.]+, 128 tokens/s, ETA 10s", caplog.text)
 
 
 @pytest.mark.parametrize(
