@@ -1,0 +1,58 @@
+"""How much of a training step the GPU spends idle, waiting for the host: the sum of the CUDA
+kernels' own times (PyTorch profiler, CUPTI) against the steps' wall-clock time, for GPT-2 124M
+compiled in bf16 (the CUDA default) at a few batch sizes. Idle time that shrinks as the batch
+grows is host work per step (Python, the loss's sync, data, the optimizer's launches) that a
+larger step amortises.
+
+    python bench/bench_gpu_idle.py --batches 16,64     # on a CUDA machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.bench_train import build_trainer, timed_steps
+
+
+def kernel_seconds(prof) -> float:
+    """Total device time of the profiled kernels (CUDA events of kind kernel), in seconds."""
+    total_us = 0.0
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            total_us += event.device_time
+    return total_us / 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", default="16,64")
+    parser.add_argument("--steps", type=int, default=10)
+    args = parser.parse_args()
+    for batch in (int(b) for b in args.batches.split(",")):
+        trainer = build_trainer("gpt2", "cuda", "auto", "auto", True, batch)
+        timed_steps(trainer, 3)  # compile and warm up
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            torch.cuda.synchronize()
+            started = time.perf_counter()
+            for _ in range(args.steps):
+                trainer.train_step()
+            torch.cuda.synchronize()
+            wall = time.perf_counter() - started
+        plain = timed_steps(trainer, args.steps) / args.steps  # the same steps unprofiled
+        busy = kernel_seconds(prof) / args.steps
+        print(f"batch {batch:>3}: {plain * 1e3:7.1f} ms a step ({wall / args.steps * 1e3:.1f} "
+              f"profiled), kernels {busy * 1e3:7.1f} ms: {busy / plain:.0%} busy")  # fmt: skip
+        del trainer
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
