@@ -175,6 +175,31 @@ def test_nan_loss_stops_with_a_clear_error(tmp_path):
         run.train()
 
 
+def test_a_nan_step_leaves_the_weights_and_the_optimizer_as_they_were(tmp_path):
+    """The fused optimizer's update is queued before the loss is read, and skips itself on the
+    device when the loss is not finite: the step that raises changes nothing."""
+    run = trainer(tmp_path, config())
+    for _ in range(3):
+        run.train_step()
+    weights = {name: tensor.clone() for name, tensor in run.module.state_dict().items()}
+    moments = [state["exp_avg"].clone() for state in run.optimizer.state.values()]
+    steps = [float(state["step"]) for state in run.optimizer.state.values()]
+    forward = run._forward
+
+    def nan_loss(x, y, model=None):
+        logits, loss = forward(x, y, model)
+        return logits, loss * math.nan
+
+    run._forward = nan_loss
+    with pytest.raises(TrainingError, match="loss is nan at step 3"):
+        run.train_step()
+    for name, tensor in run.module.state_dict().items():
+        assert torch.equal(tensor, weights[name]), name
+    states = list(run.optimizer.state.values())
+    assert all(torch.equal(s["exp_avg"], m) for s, m in zip(states, moments, strict=True))
+    assert [float(state["step"]) for state in states] == steps
+
+
 def test_half_written_checkpoint_is_skipped_for_the_previous_complete_one(tmp_path, caplog):
     trainer(tmp_path, config(max_steps=20)).train(until_step=10)
     broken = tmp_path / "step-00000015"
