@@ -151,12 +151,11 @@ def main() -> None:
     print(f"shape {shape}, device {args.device}, torch {torch.__version__}, threads "
           f"{torch.get_num_threads()}, {args.steps} steps × {args.repeats} repeats")  # fmt: skip
 
-    batch = args.batch or SHAPES[shape][2]
     trainers, rates = {}, {m: [] for m in modes}
     for label in modes:
         precision, compile_model, fused = MODES[label]
         held = _reset_peak_memory(args.device)
-        trainer = build_trainer(shape, args.device, precision, compile_model, fused, batch)
+        trainer = build_trainer(shape, args.device, precision, compile_model, fused, args.batch)
         first = timed_steps(trainer, 1)  # compilation, if any, happens here
         timed_steps(trainer, args.warmup - 1)
         trainers[label] = trainer
@@ -166,7 +165,7 @@ def main() -> None:
             compiled = trainer.model is not trainer.module
             print(f"{'':>14}  the default here: precision {trainer.autocast or torch.float32}, "
                   f"{'compiled' if compiled else 'eager'}")  # fmt: skip
-    tokens_per_step = batch * SHAPES[shape][0].block_size
+    tokens_per_step = trainer.config.global_batch * trainer.config.block_size  # every mode's
     for _ in range(args.repeats):  # interleaved: a burst of load slows every mode alike
         for label in modes:
             seconds = timed_steps(trainers[label], args.steps)

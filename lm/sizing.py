@@ -113,14 +113,11 @@ def size_model(
 
 
 def stores_attention_scores(model: GPTConfig, bf16: bool, device: torch.device) -> bool:
-    """Whether attention keeps its (context × context) scores for the backward pass: explicit
-    math does (`attention = "math"`, and the CPU's bf16 path for short contexts); the fused
-    kernels of `F.scaled_dot_product_attention` do not."""
-    from lm.models.gpt import CPU_BF16_MATH_MAX_CONTEXT
+    """Whether training `model` keeps its attention scores: where the model itself attends by
+    explicit math (`lm.models.gpt.attends_by_math`) over its whole context."""
+    from lm.models.gpt import attends_by_math
 
-    if model.attention == "math":
-        return True
-    return device.type == "cpu" and bf16 and model.block_size <= CPU_BF16_MATH_MAX_CONTEXT
+    return attends_by_math(model.attention, device.type, bf16, model.block_size)
 
 
 def gpt_activation_bytes(

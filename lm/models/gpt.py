@@ -86,19 +86,27 @@ def explicit_attention(q, k, v, mask: torch.Tensor | None, dropout: float) -> to
     return F.dropout(weights, dropout, training=dropout > 0) @ v
 
 
+def attends_by_math(kind: str, device_type: str, bf16: bool, keys: int) -> bool:
+    """Whether attention is written out, keeping its (queries × keys) scores for the backward
+    pass: `attention = "math"`, or CPU bf16 over at most CPU_BF16_MATH_MAX_CONTEXT keys (see
+    above). Otherwise the fused kernels of `F.scaled_dot_product_attention` run, which never
+    store the scores (`lm.sizing` counts on this)."""
+    cpu_bf16 = device_type == "cpu" and bf16
+    return kind == "math" or (cpu_bf16 and keys <= CPU_BF16_MATH_MAX_CONTEXT)
+
+
 def attend(q, k, v, mask: torch.Tensor | None, dropout: float, kind: str) -> torch.Tensor:
     """Causal attention of (B, heads, T, D) queries over keys and values, unless `mask` (T, keys)
     says otherwise; `kind` is the config's `attention`, overridden on CPU bf16 (see above)."""
-    if kind == "math":
+    cpu_bf16 = q.device.type == "cpu" and q.dtype == torch.bfloat16
+    if attends_by_math(kind, q.device.type, q.dtype == torch.bfloat16, k.size(2)):
         return explicit_attention(q, k, v, mask, dropout)
     causal = mask is None and q.size(2) > 1
-    if q.device.type != "cpu" or q.dtype != torch.bfloat16:
+    if not cpu_bf16:
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal
         )
-    if k.size(2) <= CPU_BF16_MATH_MAX_CONTEXT:
-        return explicit_attention(q, k, v, mask, dropout)
-    with torch.autocast("cpu", enabled=False):
+    with torch.autocast("cpu", enabled=False):  # longer CPU bf16 contexts: the kernel in fp32
         out = F.scaled_dot_product_attention(
             q.float(), k.float(), v.float(), attn_mask=mask, dropout_p=dropout, is_causal=causal
         )
