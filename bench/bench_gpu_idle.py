@@ -2,7 +2,9 @@
 kernels' own times (PyTorch profiler, CUPTI) against the steps' wall-clock time, for GPT-2 124M
 compiled in bf16 (the CUDA default) at a few batch sizes. Idle time that shrinks as the batch
 grows is host work per step (Python, the loss's sync, data, the optimizer's launches) that a
-larger step amortises.
+larger step amortises, and that the engine's loop hides by queuing the next step before it
+reads a step's loss (`Trainer.run_steps`); each batch is also timed step by step
+(`Trainer.train_step`, every loss read before the next step is queued) for comparison.
 
     python bench/bench_gpu_idle.py --batches 16,64     # on a CUDA machine
 """
@@ -43,14 +45,16 @@ def main() -> None:
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             torch.cuda.synchronize()
             started = time.perf_counter()
-            for _ in range(args.steps):
-                trainer.train_step()
+            for _ in trainer.run_steps(trainer.step + args.steps):
+                pass
             torch.cuda.synchronize()
             wall = time.perf_counter() - started
         plain = timed_steps(trainer, args.steps) / args.steps  # the same steps unprofiled
+        one_by_one = timed_steps(trainer, args.steps, step_by_step=True) / args.steps
         busy = kernel_seconds(prof) / args.steps
         print(f"batch {batch:>3}: {plain * 1e3:7.1f} ms a step ({wall / args.steps * 1e3:.1f} "
-              f"profiled), kernels {busy * 1e3:7.1f} ms: {busy / plain:.0%} busy")  # fmt: skip
+              f"profiled), kernels {busy * 1e3:7.1f} ms: {busy / plain:.0%} busy; step by "
+              f"step {one_by_one * 1e3:.1f} ms, {busy / one_by_one:.0%} busy")  # fmt: skip
         del trainer
         torch.cuda.empty_cache()
 

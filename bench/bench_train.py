@@ -8,8 +8,12 @@ and `default` is what the engine picks there by itself (`precision` and `compile
     .venv/bin/python bench/bench_train.py --device cuda        # GPT-2 124M on a GPU
     .venv/bin/python bench/bench_train.py --device cuda --batch 64 --modes default
 
-Each mode builds the real `Trainer` and times its `train_step` (forward, backward, AdamW; no
-evaluation, no checkpoint). Compilation is kept out of the timing: `--warmup` untimed steps run
+Each mode builds the real `Trainer` and times its steps as its training loop runs them
+(`Trainer.run_steps`: forward, backward, AdamW, a step ahead where the engine runs ahead; no
+evaluation, no checkpoint). `--step-by-step` also times each mode reading every step's loss
+before queuing the next (`Trainer.train_step`: the engine's loop before it ran ahead), on the
+same trainer: the difference is host time per step that the device spent idle. Compilation is
+kept out of the timing: `--warmup` untimed steps run
 first (the first compiles; the time it took is printed), and with `TORCH_LOGS=recompiles` torch
 reports any recompilation, which would show a compiled mode paying for compile time while
 timed. On a GPU each mode's peak memory is printed beside `lm.sizing`'s estimate (weights,
@@ -115,12 +119,17 @@ def _memory_report(trainer: Trainer, held: int) -> str:
     return f"; peak memory {peak / gib:.1f} GiB, lm.sizing (eager) {estimate / gib:.1f} GiB"
 
 
-def timed_steps(trainer: Trainer, steps: int) -> float:
-    """Seconds for `steps` optimizer steps."""
+def timed_steps(trainer: Trainer, steps: int, step_by_step: bool = False) -> float:
+    """Seconds for `steps` optimizer steps, as the training loop runs them or (`step_by_step`)
+    each loss read before the next step is queued."""
     _sync(trainer)
     started = time.perf_counter()
-    for _ in range(steps):
-        trainer.train_step()
+    if step_by_step:
+        for _ in range(steps):
+            trainer.train_step()
+    else:
+        for _ in trainer.run_steps(trainer.step + steps):
+            pass
     _sync(trainer)
     return time.perf_counter() - started
 
@@ -138,6 +147,8 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(DEFAULT_MODES),
                         help=f"comma-separated labels of {list(MODES)}")  # fmt: skip
     parser.add_argument("--peak-flops", type=float, default=None)
+    parser.add_argument("--step-by-step", action="store_true",
+                        help="also time each mode reading each loss before the next")  # fmt: skip
     args = parser.parse_args()
     shape = args.shape or ("gpt2" if args.device == "cuda" else "cpu")
     if args.threads:
@@ -151,7 +162,10 @@ def main() -> None:
     print(f"shape {shape}, device {args.device}, torch {torch.__version__}, threads "
           f"{torch.get_num_threads()}, {args.steps} steps × {args.repeats} repeats")  # fmt: skip
 
-    trainers, rates = {}, {m: [] for m in modes}
+    ways = [(label, False) for label in modes]
+    if args.step_by_step:
+        ways += [(label, True) for label in modes]
+    trainers, rates = {}, {way: [] for way in ways}
     for label in modes:
         precision, compile_model, fused = MODES[label]
         held = _reset_peak_memory(args.device)
@@ -167,15 +181,17 @@ def main() -> None:
                   f"{'compiled' if compiled else 'eager'}")  # fmt: skip
     tokens_per_step = trainer.config.global_batch * trainer.config.block_size  # every mode's
     for _ in range(args.repeats):  # interleaved: a burst of load slows every mode alike
-        for label in modes:
-            seconds = timed_steps(trainers[label], args.steps)
-            rates[label].append(args.steps * tokens_per_step / seconds)
-    baseline = max(rates[modes[0]])
-    for label in modes:
-        best, median = max(rates[label]), statistics.median(rates[label])
+        for label, step_by_step in ways:
+            seconds = timed_steps(trainers[label], args.steps, step_by_step)
+            rates[label, step_by_step].append(args.steps * tokens_per_step / seconds)
+    baseline = max(rates[modes[0], False])
+    for label, step_by_step in ways:
+        measured = rates[label, step_by_step]
+        best, median = max(measured), statistics.median(measured)
         flops = trainers[label].flops_per_token * best
         mfu = f", MFU {flops / peak:.1%}" if peak else ""
-        print(f"{label:>14}: {best:10,.0f} tokens/s best ({best / baseline:.2f}x {modes[0]}), "
+        name = f"{label}, step by step" if step_by_step else label
+        print(f"{name:>14}: {best:10,.0f} tokens/s best ({best / baseline:.2f}x {modes[0]}), "
               f"median {median:,.0f}, {flops / 1e9:,.1f} GFLOP/s{mfu}")  # fmt: skip
 
 

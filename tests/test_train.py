@@ -200,6 +200,59 @@ def test_a_nan_step_leaves_the_weights_and_the_optimizer_as_they_were(tmp_path):
     assert [float(state["step"]) for state in states] == steps
 
 
+def test_running_a_step_ahead_trains_and_logs_exactly_as_step_by_step(tmp_path):
+    """The loop queues step n+1 before reading step n's loss (one process, fused AdamW): the
+    same losses, weights and metric lines as steps read one at a time."""
+    settings = config(max_steps=12, eval_every=100, checkpoint_every=100)
+    ahead = trainer(tmp_path / "ahead", settings)
+    launched_before_read = []
+    settle = ahead._settle
+
+    def noting_settle(launched):
+        launched_before_read.append(ahead.step - launched.number)  # steps queued after it
+        return settle(launched)
+
+    ahead._settle = noting_settle
+    losses = ahead.train().losses
+    assert launched_before_read == [1] * 11 + [0]  # the last is read with nothing after it
+    one_by_one = trainer(tmp_path / "one-by-one", settings)
+    assert losses == [one_by_one.train_step()[0] for _ in range(12)]
+    for name, tensor in ahead.module.state_dict().items():
+        assert torch.equal(tensor, one_by_one.module.state_dict()[name]), name
+    metrics = (tmp_path / "ahead/metrics.jsonl").read_text().splitlines()
+    lines = [json.loads(line) for line in metrics]
+    logged = [(m["step"], m["value"]) for m in lines if m["key"] == "train/loss"]
+    assert logged == list(enumerate(losses, start=1))
+
+
+def test_a_nan_loss_read_a_step_late_still_changes_no_weight(tmp_path):
+    """Step 3's loss is NaN; step 4 is already queued, update and all, when the host reads
+    it. Step 4's update skips itself too: the run stops with step 3's weights."""
+    run = trainer(tmp_path, config(max_steps=12, eval_every=100, checkpoint_every=100))
+    forward, calls = run._forward, []
+    snapshots = {}
+    update = run._update_weights
+
+    def nan_on_the_fourth_step(x, y, model=None):  # steps count from 0 here
+        calls.append(run.step)
+        logits, loss = forward(x, y, model)
+        return logits, loss * math.nan if run.step == 3 else loss
+
+    def snapshotting_update():
+        if run.step == 3:  # before the NaN step's update: the weights after three steps
+            snapshots["weights"] = {n: t.clone() for n, t in run.module.state_dict().items()}
+            snapshots["steps"] = [float(s["step"]) for s in run.optimizer.state.values()]
+        update()
+
+    run._forward, run._update_weights = nan_on_the_fourth_step, snapshotting_update
+    with pytest.raises(TrainingError, match="loss is nan at step 3"):
+        run.train()
+    assert max(calls) == 4  # step 4 ran, and its update was queued, before the NaN was read
+    for name, tensor in run.module.state_dict().items():
+        assert torch.equal(tensor, snapshots["weights"][name]), name
+    assert [float(s["step"]) for s in run.optimizer.state.values()] == snapshots["steps"]
+
+
 def test_half_written_checkpoint_is_skipped_for_the_previous_complete_one(tmp_path, caplog):
     trainer(tmp_path, config(max_steps=20)).train(until_step=10)
     broken = tmp_path / "step-00000015"
@@ -330,17 +383,17 @@ def test_tokens_per_second_count_training_steps_and_the_eta_counts_evaluations_t
     clock = {"now": 0.0}
     monkeypatch.setattr("lm.train.time", SimpleNamespace(monotonic=lambda: clock["now"]))
     run = trainer(tmp_path, config(max_steps=12, eval_every=2, checkpoint_every=100))
-    step, evaluate = run.train_step, run.evaluate
+    settle, evaluate = run._settle, run.evaluate
 
-    def one_second_step():
+    def one_second_step(launched):  # the time a step takes shows where its loss is read
         clock["now"] += 1.0
-        return step()
+        return settle(launched)
 
     def ten_second_evaluation(model=None):
         clock["now"] += 10.0
         return evaluate(model)
 
-    run.train_step, run.evaluate = one_second_step, ten_second_evaluation
+    run._settle, run.evaluate = one_second_step, ten_second_evaluation
     with caplog.at_level(logging.INFO, logger="lm.train"):
         run.train()
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
