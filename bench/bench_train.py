@@ -72,11 +72,14 @@ def build_trainer(
     compile_model: bool | str,
     fused: bool = True,
     batch: int | None = None,
+    accumulation: int = 1,
 ) -> Trainer:
+    """A trainer for `shape` whose optimizer steps take `accumulation` micro-batches of
+    `batch` sequences each."""
     model_config, vocab, shape_batch = SHAPES[shape]
     batch = batch or shape_batch
     settings = TrainConfig(
-        max_steps=10**6, micro_batch=batch, global_batch=batch,
+        max_steps=10**6, micro_batch=batch, global_batch=batch * accumulation,
         block_size=model_config.block_size, device=device, precision=precision,
         compile=compile_model, eval_every=10**6, checkpoint_every=10**6, warmup_steps=0,
     )  # fmt: skip
@@ -144,6 +147,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--batch", type=int, default=None, help="default: the shape's batch")
+    parser.add_argument("--accumulation", type=int, default=1,
+                        help="micro-batches of --batch sequences per optimizer step")  # fmt: skip
     parser.add_argument("--modes", default=",".join(DEFAULT_MODES),
                         help=f"comma-separated labels of {list(MODES)}")  # fmt: skip
     parser.add_argument("--peak-flops", type=float, default=None)
@@ -169,7 +174,8 @@ def main() -> None:
     for label in modes:
         precision, compile_model, fused = MODES[label]
         held = _reset_peak_memory(args.device)
-        trainer = build_trainer(shape, args.device, precision, compile_model, fused, args.batch)
+        trainer = build_trainer(shape, args.device, precision, compile_model, fused, args.batch,
+                                args.accumulation)  # fmt: skip
         first = timed_steps(trainer, 1)  # compilation, if any, happens here
         timed_steps(trainer, args.warmup - 1)
         trainers[label] = trainer
