@@ -279,9 +279,11 @@ def score_windows(
     device = model_device(model)
     was_training = model.training
     model.eval()
-    progress = ProgressLog(name, total=sum(y.numel() for _, y in windows), unit="tokens")
+    # Progress counts the targets scored, the split's size, not positions: overlapping rows
+    # hold context positions too (about twice as many at the default overlap).
+    scored = [int((y != IGNORED_TARGET).sum()) for _, y in windows]
+    progress = ProgressLog(name, total=sum(scored), unit="tokens")
     batch_nats, batch_tokens, batch_bytes = [], [], []
-    scored_total = 0
     try:
         for x, y in windows:
             x, y = x.to(device), y.to(device)
@@ -297,10 +299,9 @@ def score_windows(
                 ignore_index=IGNORED_TARGET,
             )  # fmt: skip
             batch_nats.append(nats.double().sum().item())
-            batch_tokens.append(int((y != IGNORED_TARGET).sum()))
+            batch_tokens.append(scored[len(batch_tokens)])
             batch_bytes.append(int(token_bytes.of_targets(x, y).sum().item()))
-            scored_total += y.numel()
-            progress.update(scored_total)
+            progress.update(sum(batch_tokens))
     finally:
         model.train(was_training)
     progress.finish()

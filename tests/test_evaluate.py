@@ -5,6 +5,7 @@ stage's outputs."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import shutil
@@ -339,6 +340,23 @@ def test_strided_rows_predict_every_token_once_with_the_overlap_as_context(lengt
             assert position >= overlap or inputs[0] == stream[0]  # context, but at the start
             seen.append(int(targets[position]))
     assert seen == stream[1:].tolist()
+
+
+def test_progress_counts_the_targets_scored_not_the_overlapping_positions(caplog):
+    """Rows overlap by half a window (a GPT's default): the progress line counts each target
+    once, as the score does, not the context positions the rows repeat."""
+    tokenizer = train_tokenizer(iter(TRAIN_DOCS[:5]), TokenizerConfig(kind="char"))
+    tokens = np.array(tokenizer.encode(" ".join(TRAIN_DOCS[:5])), dtype=np.uint16)
+    torch.manual_seed(0)
+    model = build_model(GPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=16),
+                        tokenizer.vocab_size)  # fmt: skip
+    rows = split_batches(model, tokens, EVAL, tokenizer.eot_id, 16, "val")
+    assert sum(y.numel() for _, y in rows) > 1.5 * len(tokens)  # positions: about twice
+    with caplog.at_level(logging.INFO, logger="lm.progress"):
+        score = evaluate(model, tokens, tokenizer, EVAL, window=16)
+    assert score.tokens == len(tokens)
+    done = f"{score.tokens:,} tokens / {score.tokens:,} tokens (100%)"
+    assert done in caplog.records[-1].getMessage()
 
 
 def test_fixed_context_models_score_the_same_on_any_window():
