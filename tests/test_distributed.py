@@ -91,15 +91,15 @@ def test_two_ranks_agree_on_the_weights_and_read_disjoint_data(tmp_path, paralle
     assert math.isclose(val_loss_of(model, val, spec.train), result["best_val_loss"],
                         rel_tol=1e-5)  # fmt: skip
 
-    if parallel == "ddp":  # FSDP resumes the same way (checked by hand: exact too)
-        # Killed after step 3: resuming on two ranks ends exactly where the straight run did.
-        cut = tmp_path / "cut"
-        shutil.copytree(job, cut, ignore=shutil.ignore_patterns("step-00000006", "result.json"))
-        run_torchrun(2, "tests.distributed_probe", str(cut), log=lambda line: None)
-        assert rank_reports(cut)[0]["weights"] == first["weights"]
-        assert logged(cut) == logged(job)
-        for resumed, straight in zip(rank_reports(cut), (first, second), strict=True):
-            assert resumed["generator"] == straight["generator"]
+    # Killed after step 3: resuming on two ranks ends exactly where the straight run did, each
+    # rank's shard (FSDP), data cursor and dropout stream restored.
+    cut = tmp_path / "cut"
+    shutil.copytree(job, cut, ignore=shutil.ignore_patterns("step-00000006", "result.json"))
+    run_torchrun(2, "tests.distributed_probe", str(cut), log=lambda line: None)
+    assert logged(cut) == logged(job)
+    for resumed, straight in zip(rank_reports(cut), (first, second), strict=True):
+        assert resumed["weights"] == straight["weights"]
+        assert resumed["generator"] == straight["generator"]
 
 
 @pytest.mark.slow
