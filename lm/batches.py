@@ -25,7 +25,7 @@ RANK_SEED_STRIDE = 1_000_003
 IGNORED_TARGET = -100  # cross_entropy's ignore_index: padding after a document is not scored
 
 
-def _to_device(rows: torch.Tensor, device: torch.device) -> torch.Tensor:
+def to_device(rows: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type == "cuda":  # pinned memory: the copy overlaps the GPU's work
         return rows.pin_memory().to(device, non_blocking=True)
     return rows.to(device)
@@ -85,7 +85,7 @@ class TokenBatches(SeededCursor):
 
     def next(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         rows = np.stack([self.tokens[s : s + self.block_size + 1] for s in self.sample_starts()])
-        window = _to_device(torch.from_numpy(rows.astype(np.int64)), device)
+        window = to_device(torch.from_numpy(rows.astype(np.int64)), device)
         return window[:, :-1], window[:, 1:]
 
 
@@ -139,7 +139,7 @@ class DocumentBatches(SeededCursor):
         rows = [self.row(document) for document in chosen]
         x = torch.from_numpy(np.stack([inputs for inputs, _ in rows]))
         y = torch.from_numpy(np.stack([targets for _, targets in rows]))
-        return _to_device(x, device), _to_device(y, device)
+        return to_device(x, device), to_device(y, device)
 
 
 def make_batches(tokens: np.ndarray, config: TrainConfig, seed: int, eot_id: int | None,

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lm.batches import IGNORED_TARGET, RANK_SEED_STRIDE, TokenBatches, make_batches
+from lm.batches import IGNORED_TARGET, RANK_SEED_STRIDE, TokenBatches, make_batches, to_device
 from lm.checkpoints import (
     DONE_MARKER,
     INFO_FILE,
@@ -83,6 +83,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger("lm.train")
+CPU = torch.device("cpu")
 CHECKPOINT_FILES = (WEIGHTS_FILE, "optimizer.pt", "state.pt")
 # Dense bf16 tensor-core peaks (vendor datasheets, FLOP/s), matched against the CUDA device
 # name, longest name first: MFU is measured against these.
@@ -428,11 +429,13 @@ class Trainer:
         rate = learning_rate(self.step, config)
         for group in self.optimizer.param_groups:
             group["lr"] = rate
-        batches = [self.train_batches.next(self.device) for _ in range(self.accumulation)]
+        # Drawn on the host, where the loss divisors are counted without a device sync (which
+        # would wait for the step still running), then copied over.
+        drawn = [self.train_batches.next(CPU) for _ in range(self.accumulation)]
+        divisors = self._loss_divisors([y for _, y in drawn])
+        batches = [(to_device(x, self.device), to_device(y, self.device)) for x, y in drawn]
         total = torch.zeros((), device=self.device)
-        for micro, ((x, y), divisor) in enumerate(
-            zip(batches, self._loss_divisors(batches), strict=True)
-        ):
+        for micro, ((x, y), divisor) in enumerate(zip(batches, divisors, strict=True)):
             # Gradients are reduced across ranks on the last micro-batch only.
             with gradient_sync(self.wrapped, micro == self.accumulation - 1):
                 _, loss = self._forward(x, y)
@@ -472,7 +475,7 @@ class Trainer:
         if self.average is not None:
             self.average.update(self.step)
 
-    def _loss_divisors(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> list[float]:
+    def _loss_divisors(self, targets: list[torch.Tensor]) -> list[float]:
         """What each micro-batch's mean loss is divided by so that the step's gradient is the
         mean over every target the global batch scores, whatever the micro-batch size: rank r's
         micro-batch i, scoring c of the step's C targets, counts c/C of it, and DDP's average
@@ -481,8 +484,8 @@ class Trainer:
         score different numbers of targets (padding is not scored), and dividing each mean by
         `accumulation` would give a short document in a short micro-batch more weight."""
         if self.config.samples != "documents":
-            return [float(self.accumulation)] * len(batches)
-        counts = torch.stack([(y != IGNORED_TARGET).sum() for _, y in batches]).tolist()
+            return [float(self.accumulation)] * len(targets)
+        counts = [int((y != IGNORED_TARGET).sum()) for y in targets]
         step_total = all_reduce_sum([float(sum(counts))], self.device)[0]
         return [step_total / (count * self.ranks.world_size) for count in counts]
 
