@@ -408,16 +408,26 @@ class Trainer:
         step for which `settle_at(step)` holds, and the last, is yielded with nothing in
         flight: the weights, optimizer and data cursor are that step's, and the caller may
         evaluate or save there. Other setups read each loss before the update, so every step is
-        yielded settled."""
-        unread: LaunchedStep | None = None
-        while self.step < last_step:
-            launched = self._launch_step(unread)
-            if unread is not None:
-                yield unread.number, *self._settle(unread)
-            unread = launched
-            if not launched.updated or settle_at(self.step) or self.step >= last_step:
-                yield launched.number, *self._settle(launched)
-                unread = None
+        yielded settled. A caller that stops early leaves nothing in flight either: the step
+        still queued is read (and checked) on the way out, though not yielded.
+
+        A non-finite loss raises `TrainingError` and changes no weight and no optimizer state,
+        but the step count, data cursor and weight average are past it by then (by one more
+        step when running ahead): resume from a checkpoint rather than go on."""
+        in_flight: LaunchedStep | None = None  # queued, its loss not read yet
+        try:
+            while self.step < last_step:
+                launched = self._launch_step(in_flight)
+                previous, in_flight = in_flight, launched
+                if previous is not None:
+                    yield previous.number, *self._settle(previous)
+                if not launched.updated or settle_at(self.step) or self.step >= last_step:
+                    in_flight = None
+                    yield launched.number, *self._settle(launched)
+        except GeneratorExit:  # the caller stopped early: read the step it left queued
+            if in_flight is not None:
+                self._settle(in_flight)
+            raise
 
     def _launch_step(self, unread: LaunchedStep | None = None) -> LaunchedStep:
         """Queue one step's forward and backward, and, in one process with a fused optimizer,
@@ -535,7 +545,9 @@ class Trainer:
                 self.save(f"step-{step:08d}")
             if step % config.eval_every == 0:  # its checkpoints included: for the ETA
                 self.evaluation_seconds = time.monotonic() - evaluated_at
-            resumed = time.monotonic()
+            # Evaluations and checkpoints are not training time; logging a step is (when
+            # running ahead, the next step runs on the device meanwhile).
+            resumed = time.monotonic() if settle_at(step) else now
         return TrainResult(self.step, self.best_val_loss, self.stopped_early, losses)
 
     def _report_throughput(self, step: int, loss: float, stepping: float, steps: int,

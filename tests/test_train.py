@@ -253,6 +253,23 @@ def test_a_nan_loss_read_a_step_late_still_changes_no_weight(tmp_path):
     assert [float(s["step"]) for s in run.optimizer.state.values()] == snapshots["steps"]
 
 
+def test_stopping_the_steps_early_still_reads_the_step_left_in_flight(tmp_path):
+    """The caller stops after step 3, while step 4 runs ahead with a NaN loss: closing the
+    steps reads it and raises, instead of leaving a skipped step for the next call to miss."""
+    run = trainer(tmp_path, config(max_steps=12, eval_every=100, checkpoint_every=100))
+    forward = run._forward
+
+    def nan_on_the_fourth_step(x, y, model=None):  # steps count from 0 here
+        logits, loss = forward(x, y, model)
+        return logits, loss * math.nan if run.step == 3 else loss
+
+    run._forward = nan_on_the_fourth_step
+    steps = run.run_steps(10)
+    assert [step for step, _, _ in itertools.islice(steps, 3)] == [1, 2, 3]
+    with pytest.raises(TrainingError, match="loss is nan at step 3"):
+        steps.close()
+
+
 def test_half_written_checkpoint_is_skipped_for_the_previous_complete_one(tmp_path, caplog):
     trainer(tmp_path, config(max_steps=20)).train(until_step=10)
     broken = tmp_path / "step-00000015"
