@@ -7,6 +7,8 @@ clipping, bf16 autocast and `torch.compile` (each "auto" by default: on for CUDA
 where it is native and compile when the run is long enough to repay it), evaluation on a fixed
 val sample every N steps, early stopping with patience and minimum delta, a NaN/inf guard,
 metrics as JSON lines, and a progress line with tokens/s, MFU (on GPUs of known peak) and ETA.
+In one process with fused AdamW the loop runs a step ahead (`Trainer.run_steps`): a GPU gets the
+next step queued before the host reads the last one's loss.
 
 Under `torchrun` (see `lm.distributed`) the same loop runs on every rank: the model is wrapped in
 DDP or sharded with FSDP2, each rank draws its windows from its own contiguous share of the
