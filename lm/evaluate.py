@@ -285,7 +285,7 @@ def score_windows(
     progress = ProgressLog(name, total=sum(scored), unit="tokens")
     batch_nats, batch_tokens, batch_bytes = [], [], []
     try:
-        for x, y in windows:
+        for (x, y), count in zip(windows, scored, strict=True):
             x, y = x.to(device), y.to(device)
             precision = (
                 torch.autocast(device_type=device.type, dtype=autocast)
@@ -299,7 +299,7 @@ def score_windows(
                 ignore_index=IGNORED_TARGET,
             )  # fmt: skip
             batch_nats.append(nats.double().sum().item())
-            batch_tokens.append(scored[len(batch_tokens)])
+            batch_tokens.append(count)
             batch_bytes.append(int(token_bytes.of_targets(x, y).sum().item()))
             progress.update(sum(batch_tokens))
     finally:
