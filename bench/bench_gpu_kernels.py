@@ -9,6 +9,7 @@ raise MFU much further.
     python bench/bench_gpu_kernels.py --accumulation 8 --steps 3    # GPT-2's 0.5M tokens a step
     python bench/bench_gpu_kernels.py --attention cudnn
     python bench/bench_gpu_kernels.py --compile-mode reduce-overhead   # CUDA graphs
+    python bench/bench_gpu_kernels.py --inductor coordinate_descent_tuning=True
 
 On an H200 with PyTorch 2.11, `--compile-mode max-autotune-no-cudagraphs` crashed inside
 Inductor's autotuning (CUDA illegal memory access).
@@ -17,6 +18,7 @@ Inductor's autotuning (CUDA illegal memory access).
 from __future__ import annotations
 
 import argparse
+import ast
 import functools
 import sys
 import time
@@ -61,6 +63,21 @@ def keep_attention_backends(label: str) -> None:
         getattr(torch.backends.cuda, f"enable_{backend}_sdp")(backend in kept)
 
 
+def set_inductor_option(assignment: str) -> None:
+    """`name=value` (a Python literal) into `torch._inductor.config`; dotted names reach its
+    sections (`triton.cudagraphs=False`). An unknown name is refused, not silently added."""
+    import torch._inductor.config as inductor
+
+    name, _, value = assignment.partition("=")
+    *sections, option = name.strip().split(".")
+    target = inductor
+    for section in sections:
+        target = getattr(target, section)
+    if not hasattr(target, option):
+        raise SystemExit(f"--inductor {assignment}: torch._inductor.config has no {name!r}")
+    setattr(target, option, ast.literal_eval(value.strip()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=64)
@@ -69,16 +86,22 @@ def main() -> None:
     parser.add_argument("--attention", choices=sorted(ATTENTION), default="default")
     parser.add_argument("--compile-mode", default=None, help="torch.compile's mode")
     parser.add_argument("--top", type=int, default=12, help="largest kernels listed")
+    parser.add_argument("--inductor", action="append", default=[], metavar="NAME=VALUE",
+                        help="a torch._inductor.config option (repeatable)")  # fmt: skip
     args = parser.parse_args()
     keep_attention_backends(args.attention)
+    for assignment in args.inductor:
+        set_inductor_option(assignment)
     if args.compile_mode:
         torch.compile = functools.partial(torch.compile, mode=args.compile_mode)
     started = time.perf_counter()
     trainer = build_trainer("gpt2", "cuda", "auto", "auto", True, args.batch, args.accumulation)
     timed_steps(trainer, 3)  # compile and warm up
     ready = time.perf_counter() - started
-    print(f"attention {args.attention}, compile mode {args.compile_mode or 'default'}, batch "
-          f"{args.batch} x {args.accumulation}: ready in {ready:.0f}s")  # fmt: skip
+    mode = args.compile_mode or "default"
+    options = f", inductor {' '.join(args.inductor)}" if args.inductor else ""
+    print(f"attention {args.attention}, compile mode {mode}{options}, batch {args.batch} x "
+          f"{args.accumulation}: ready in {ready:.0f}s")  # fmt: skip
     seconds = min(timed_steps(trainer, args.steps) for _ in range(2)) / args.steps
     tokens_per_s = trainer.config.global_batch * trainer.config.block_size / seconds
     peak = peak_flops_of(torch.cuda.get_device_name())
