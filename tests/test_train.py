@@ -175,6 +175,20 @@ def test_nan_loss_stops_with_a_clear_error(tmp_path):
         run.train()
 
 
+def nan_loss_at(run: Trainer, step: int) -> list[int]:
+    """Make `run`'s training loss NaN on step `step` (counted from 0, as `run.step` is while
+    the step runs); returns the steps whose forward ran, as they run."""
+    forward, calls = run._forward, []
+
+    def forward_with_a_nan(x, y, model=None):
+        calls.append(run.step)
+        logits, loss = forward(x, y, model)
+        return logits, loss * math.nan if run.step == step else loss
+
+    run._forward = forward_with_a_nan
+    return calls
+
+
 def test_a_nan_step_leaves_the_weights_and_the_optimizer_as_they_were(tmp_path):
     """The fused optimizer's update is queued before the loss is read, and skips itself on the
     device when the loss is not finite: the step that raises changes nothing."""
@@ -184,13 +198,7 @@ def test_a_nan_step_leaves_the_weights_and_the_optimizer_as_they_were(tmp_path):
     weights = {name: tensor.clone() for name, tensor in run.module.state_dict().items()}
     moments = [state["exp_avg"].clone() for state in run.optimizer.state.values()]
     steps = [float(state["step"]) for state in run.optimizer.state.values()]
-    forward = run._forward
-
-    def nan_loss(x, y, model=None):
-        logits, loss = forward(x, y, model)
-        return logits, loss * math.nan
-
-    run._forward = nan_loss
+    nan_loss_at(run, 3)
     with pytest.raises(TrainingError, match="loss is nan at step 3"):
         run.train_step()
     for name, tensor in run.module.state_dict().items():
@@ -229,14 +237,9 @@ def test_a_nan_loss_read_a_step_late_still_changes_no_weight(tmp_path):
     """Step 3's loss is NaN; step 4 is already queued, update and all, when the host reads
     it. Step 4's update skips itself too: the run stops with step 3's weights."""
     run = trainer(tmp_path, config(max_steps=12, eval_every=100, checkpoint_every=100))
-    forward, calls = run._forward, []
+    calls = nan_loss_at(run, 3)
     snapshots = {}
     update = run._update_weights
-
-    def nan_on_the_fourth_step(x, y, model=None):  # steps count from 0 here
-        calls.append(run.step)
-        logits, loss = forward(x, y, model)
-        return logits, loss * math.nan if run.step == 3 else loss
 
     def snapshotting_update():
         if run.step == 3:  # before the NaN step's update: the weights after three steps
@@ -244,7 +247,7 @@ def test_a_nan_loss_read_a_step_late_still_changes_no_weight(tmp_path):
             snapshots["steps"] = [float(s["step"]) for s in run.optimizer.state.values()]
         update()
 
-    run._forward, run._update_weights = nan_on_the_fourth_step, snapshotting_update
+    run._update_weights = snapshotting_update
     with pytest.raises(TrainingError, match="loss is nan at step 3"):
         run.train()
     assert max(calls) == 4  # step 4 ran, and its update was queued, before the NaN was read
@@ -257,13 +260,7 @@ def test_stopping_the_steps_early_still_reads_the_step_left_in_flight(tmp_path):
     """The caller stops after step 3, while step 4 runs ahead with a NaN loss: closing the
     steps reads it and raises, instead of leaving a skipped step for the next call to miss."""
     run = trainer(tmp_path, config(max_steps=12, eval_every=100, checkpoint_every=100))
-    forward = run._forward
-
-    def nan_on_the_fourth_step(x, y, model=None):  # steps count from 0 here
-        logits, loss = forward(x, y, model)
-        return logits, loss * math.nan if run.step == 3 else loss
-
-    run._forward = nan_on_the_fourth_step
+    nan_loss_at(run, 3)
     steps = run.run_steps(10)
     assert [step for step, _, _ in itertools.islice(steps, 3)] == [1, 2, 3]
     with pytest.raises(TrainingError, match="loss is nan at step 3"):
