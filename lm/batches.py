@@ -26,8 +26,13 @@ IGNORED_TARGET = -100  # cross_entropy's ignore_index: padding after a document 
 
 
 def to_device(rows: torch.Tensor, device: torch.device) -> torch.Tensor:
-    if device.type == "cuda":  # pinned memory: the copy overlaps the GPU's work
-        return rows.pin_memory().to(device, non_blocking=True)
+    """`rows` on `device`. To a GPU through contiguous pinned memory, so that the copy is
+    queued behind the work already there instead of holding up the host: a window's inputs
+    and targets are strided views, which a pinned copy would keep strided, and a strided
+    source is first made contiguous in ordinary (pageable) memory."""
+    if device.type == "cuda":
+        pinned = torch.empty(rows.shape, dtype=rows.dtype, pin_memory=True)
+        return pinned.copy_(rows).to(device, non_blocking=True)
     return rows.to(device)
 
 
