@@ -25,6 +25,11 @@ RANK_SEED_STRIDE = 1_000_003
 IGNORED_TARGET = -100  # cross_entropy's ignore_index: padding after a document is not scored
 
 
+def scored_targets(targets: torch.Tensor) -> int:
+    """How many targets a batch scores (padding after a document is not scored)."""
+    return int((targets != IGNORED_TARGET).sum())
+
+
 def to_device(rows: torch.Tensor, device: torch.device) -> torch.Tensor:
     """`rows` on `device`. To a GPU through contiguous pinned memory, so that the copy is
     queued behind the work already there instead of holding up the host: a window's inputs

@@ -53,7 +53,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lm.batches import IGNORED_TARGET
+from lm.batches import IGNORED_TARGET, scored_targets
 from lm.eval_config import EvalConfig
 from lm.models.base import LanguageModel
 from lm.progress import ProgressLog
@@ -281,7 +281,7 @@ def score_windows(
     model.eval()
     # Progress counts the targets scored, the split's size, not positions: overlapping rows
     # hold context positions too (about twice as many at the default overlap).
-    scored = [int((y != IGNORED_TARGET).sum()) for _, y in windows]
+    scored = [scored_targets(y) for _, y in windows]
     progress = ProgressLog(name, total=sum(scored), unit="tokens")
     batch_nats, batch_tokens, batch_bytes = [], [], []
     try:

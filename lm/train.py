@@ -40,7 +40,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lm.batches import IGNORED_TARGET, RANK_SEED_STRIDE, TokenBatches, make_batches, to_device
+from lm.batches import (
+    RANK_SEED_STRIDE,
+    TokenBatches,
+    make_batches,
+    scored_targets,
+    to_device,
+)
 from lm.checkpoints import (
     DONE_MARKER,
     INFO_FILE,
@@ -252,11 +258,6 @@ def val_loss_of(
     return total / count
 
 
-def scored_targets(targets: torch.Tensor) -> int:
-    """How many targets a batch scores (padding after a document is not scored)."""
-    return int((targets != IGNORED_TARGET).sum())
-
-
 @dataclass
 class LaunchedStep:
     """A training step queued on the device whose loss the host has not read yet."""
@@ -264,8 +265,13 @@ class LaunchedStep:
     number: int  # the step count once it is done: what its metrics are logged at
     loss: torch.Tensor  # on the device
     rate: float
-    updated: bool  # its update is queued too (else it follows the loss's check)
-    found_inf: torch.Tensor | None = None  # 1.0 where the device skips the update
+    # With its update queued too: 1.0 where the device skips that update. None: the update
+    # follows the loss's check.
+    found_inf: torch.Tensor | None = None
+
+    @property
+    def updated(self) -> bool:
+        return self.found_inf is not None
 
 
 @dataclass
@@ -455,14 +461,14 @@ class Trainer:
                 (loss / divisor).backward()
             total += loss.detach() / divisor
         if self.ranks.distributed or not self.optimizer.defaults.get("fused"):
-            return LaunchedStep(self.step + 1, total, rate, updated=False)
+            return LaunchedStep(self.step + 1, total, rate)
         found_inf = (~torch.isfinite(total)).float()
         if unread is not None:
             found_inf = torch.maximum(found_inf, unread.found_inf)
         self.optimizer.found_inf = found_inf
         self._update_weights()
         self.step += 1
-        return LaunchedStep(self.step, total, rate, updated=True, found_inf=found_inf)
+        return LaunchedStep(self.step, total, rate, found_inf)
 
     def _settle(self, launched: LaunchedStep) -> tuple[float, float]:
         """Read a launched step's loss (one device sync), refuse it if it is not finite, and
@@ -498,7 +504,7 @@ class Trainer:
         `accumulation` would give a short document in a short micro-batch more weight."""
         if self.config.samples != "documents":
             return [float(self.accumulation)] * len(targets)
-        counts = [int((y != IGNORED_TARGET).sum()) for y in targets]
+        counts = [scored_targets(y) for y in targets]
         step_total = all_reduce_sum([float(sum(counts))], self.device)[0]
         return [step_total / (count * self.ranks.world_size) for count in counts]
 
@@ -513,9 +519,14 @@ class Trainer:
         tokens_per_step = config.global_batch * config.block_size
         last_report, steps_at_report, stepping = time.monotonic(), self.step, 0.0
 
-        def settle_at(step: int) -> bool:  # where the loop below evaluates or saves
-            every = (config.eval_every, config.checkpoint_every)
-            return step == config.max_steps or any(step % n == 0 for n in every)
+        def evaluates_at(step: int) -> bool:
+            return step % config.eval_every == 0 or step == config.max_steps
+
+        def saves_at(step: int) -> bool:
+            return step % config.checkpoint_every == 0 or step in (last_step, config.max_steps)
+
+        def settle_at(step: int) -> bool:  # nothing in flight where it evaluates or saves
+            return evaluates_at(step) or saves_at(step)
 
         self.model.train()
         resumed = time.monotonic()
@@ -528,7 +539,7 @@ class Trainer:
                 self._report_throughput(step, step_loss, stepping, step - steps_at_report,
                                         tokens_per_step)  # fmt: skip
                 last_report, steps_at_report, stepping = now, step, 0.0
-            if step % config.eval_every == 0 or step == config.max_steps:
+            if evaluates_at(step):
                 evaluated_at = time.monotonic()
                 val_loss = self.evaluate()
                 self._log({"val/loss": val_loss}, step)
@@ -544,7 +555,7 @@ class Trainer:
                     self.stopped_early = True
                     self.save(f"step-{step:08d}")
                     break
-            if step % config.checkpoint_every == 0 or step in (last_step, config.max_steps):
+            if saves_at(step):
                 self.save(f"step-{step:08d}")
             if step % config.eval_every == 0:  # its checkpoints included: for the ETA
                 self.evaluation_seconds = time.monotonic() - evaluated_at
