@@ -20,7 +20,13 @@ from flows.runs_cli import runs_app
 from flows.serve import serve_command
 from storage.workspace import activate_workspace
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
+# Markdown, not Rich markup: help text reflows, and a `[section]` in a docstring stays visible.
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="markdown",
+    help=__doc__.splitlines()[0],
+)
 corpus_app = typer.Typer(help="The corpus: what ingest and cleaning kept and removed.")
 server_app = typer.Typer(help="The workspace's background Prefect server.")
 tokenizers_app = typer.Typer(help="Tokenizers trained on the corpus.")
@@ -438,6 +444,7 @@ def server_stop() -> None:
 
 @server_app.command("status")
 def server_status() -> None:
+    """Whether the workspace's Prefect server is running: its pid and API URL."""
     from flows.prefect_server import running_server
 
     state = running_server(activate_workspace())

@@ -298,10 +298,10 @@ def _stage_rows(ids: list[str], stage_rows: list[tuple]) -> list[tuple]:
 @runs_app.command("export")
 def runs_export(
     parquet: Annotated[
-        Path, typer.Option("--parquet", help="folder to write <table>.parquet files into")
+        Path, typer.Option("--parquet", help="folder to write `<table>.parquet` files into")
     ],
 ) -> None:
-    """Every registry table as OUT_DIR/<table>.parquet, for pandas, Spark or another DuckDB."""
+    """Every registry table as `OUT_DIR/<table>.parquet`, for pandas, Spark or another DuckDB."""
     from flows.cli import _registry, _table, console
     from storage.registry import RegistryError
 

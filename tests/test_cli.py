@@ -177,3 +177,44 @@ def test_tokenizers_compare_trains_bpe_and_unigram_alike(workspace, tmp_path):
     assert all(1.0 < float(bytes_per_token) < 10.0 for _, _, bytes_per_token in rows)
     too_big = run_cli("tokenizers", "compare", "--vocab-size", "90000", check=False)
     assert too_big.returncode == 1 and "the largest possible is" in too_big.stderr
+
+
+def every_command(group, path=()):
+    """(command path, click command) for each command and group under `group`, depth first."""
+    for name, command in group.commands.items():
+        yield (*path, name), command
+        if hasattr(command, "commands"):
+            yield from every_command(command, (*path, name))
+
+
+def flattened(text: str) -> str:
+    """Help text with its box borders, code marks and line breaks gone: what a reader reads."""
+    return " ".join(re.sub(r"[│╭╮╰╯─]", " ", text.replace("`", "")).split())
+
+
+def test_help_shows_every_command_s_docstring_whole(monkeypatch):
+    """The help renders docstrings as Markdown: a `[section]` or `<name>` written bare there
+    would vanish as markup, and a docstring's line breaks would break sentences mid-line."""
+    import inspect
+
+    import typer.main
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    monkeypatch.setenv("COLUMNS", "400")
+    root = typer.main.get_command(app)
+    commands = list(every_command(root))
+    assert len(commands) > 15
+    runner = CliRunner()
+    for path, command in commands:
+        summary = inspect.cleandoc(command.help or "").split("\n\n")[0]
+        assert summary, f"`lmforge {' '.join(path)}` has no help text"
+        expected = flattened(summary)
+        own = runner.invoke(app, [*path, "--help"])
+        assert own.exit_code == 0, own.output
+        assert expected in flattened(own.output), (path, own.output)
+        listing = runner.invoke(app, [*path[:-1], "--help"])
+        assert expected in flattened(listing.output), (path, listing.output)
+    options = flattened(runner.invoke(app, ["runs", "export", "--help"]).output)
+    assert "folder to write <table>.parquet files into" in options
