@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import bz2
+import random
+import re
 
 import pytest
 from gensim.test.utils import datapath
 
 from lm.text.wikipedia_dump import read_wikipedia_dump
-from lm.text.wikitext import remove_templates_and_tables, strip_wikitext
+from lm.text.wikitext import remove_templates_and_tables, resolve_links, strip_wikitext
 
 BUNDLED_DUMP = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 MARKUP_LEFTOVERS = ("{{", "[[", "<ref", "|}")
@@ -25,6 +27,58 @@ def test_empty_template_parameter_is_not_read_as_a_table_end():
 
 def test_unclosed_template_drops_only_its_opener():
     assert "kept text" in remove_templates_and_tables("before {{broken kept text")
+
+
+def removed_the_recursive_way(text: str) -> str:
+    """The first definition of template removal, kept as the reference: scan; if an opener is
+    never closed, drop it alone and scan what follows it again, recursively."""
+    tokens = re.compile(r"(?=(\{\{|\}\}|\{\||\|\}))")
+    kept, stack, keep_from, cursor = [], [], 0, 0
+    for match in tokens.finditer(text):
+        position, token = match.start(), match.group(1)
+        if position < cursor:
+            continue
+        if token in ("{{", "{|"):
+            if not stack:
+                kept.append(text[keep_from:position])
+            stack.append((token, position))
+        elif stack and (token, stack[-1][0]) in (("}}", "{{"), ("|}", "{|")):
+            stack.pop()
+            if not stack:
+                keep_from = position + 2
+        else:
+            continue
+        cursor = position + 2
+    if stack:
+        kept.append(removed_the_recursive_way(text[stack[0][1] + 2 :]))
+    else:
+        kept.append(text[keep_from:])
+    return "".join(kept)
+
+
+def test_template_removal_equals_the_recursive_definition_on_random_markup():
+    pieces = ["{{", "}}", "{|", "|}", "{", "}", "|", "a", "b ", "|}}", "{{{"]
+    rng = random.Random(7)
+    unclosed = 0
+    for _ in range(3000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 30)))
+        expected = removed_the_recursive_way(text)
+        assert remove_templates_and_tables(text) == expected, text
+        unclosed += expected != removed_the_recursive_way(text + "}}" * 40)
+    assert unclosed > 500  # the cases with openers that never close were well covered
+
+
+def test_a_page_of_unclosed_openers_keeps_its_text_without_recursing():
+    # One level of recursion per unclosed opener overflowed Python's stack at about 1,000.
+    text = "Intro. " + "{{ a " * 5000 + "{{b}} end"
+    assert remove_templates_and_tables(text) == "Intro. " + " a " * 5000 + " end"
+    assert strip_wikitext("Intro. " + "<math>x " * 3000).split() == ["Intro.", *["x"] * 3000]
+
+
+def test_deeply_nested_links_resolve_innermost_first():
+    depth = 5000
+    text = "[[a|" * depth + "core" + "]]" * depth + " [[File:x.png|[[b|c]]]] [[d]"
+    assert resolve_links(text) == "core  [[d]"
 
 
 def test_links_become_their_anchor_text_and_files_categories_vanish():
@@ -45,6 +99,21 @@ def test_references_comments_headings_and_emphasis_are_removed():
     assert strip_wikitext(text) == (
         "History\nBold and italic text.\na list item\nan external link & more"
     )
+
+
+def test_each_heading_keeps_a_line_of_its_own():
+    # A heading pattern that matched the blank lines around it glued 'History' to 'Origins'.
+    text = "Intro.\n\n== History ==\n\n=== Origins ===\nText.\n\n==Notes==\n\n"
+    assert strip_wikitext(text).split("\n") == [
+        "Intro.",
+        "",
+        "History",
+        "",
+        "Origins",
+        "Text.",
+        "",
+        "Notes",
+    ]
 
 
 @pytest.fixture(scope="module")

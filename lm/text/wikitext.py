@@ -14,26 +14,31 @@ import html
 import re
 
 _COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.DOTALL)
-_DROPPED_BLOCKS = re.compile(
-    r"<(math|chem|gallery|timeline|score|syntaxhighlight|source|graph|imagemap|mapframe)\b[^>]*>"
-    r".*?</\1\s*>",
-    re.DOTALL | re.IGNORECASE,
+# Blocks that are not prose, whole. Tag patterns stop at the next `<`, and blocks are matched by
+# a scan (`_drop_blocks`), not a lazy `.*?</tag>`: a regex rescans to the end of the page for
+# every opener that is never closed, quadratic time on a malformed page.
+_DROPPED_BLOCK_OPENER = re.compile(
+    r"<(math|chem|gallery|timeline|score|syntaxhighlight|source|graph|imagemap|mapframe)\b"
+    r"[^<>]*>",
+    re.IGNORECASE,
 )
-_REF_SELF_CLOSING = re.compile(r"<ref\b[^>]*/>", re.IGNORECASE)
-_REF_BLOCK = re.compile(r"<ref\b[^>]*>.*?</ref\s*>", re.DOTALL | re.IGNORECASE)
-_REFERENCES_TAG = re.compile(r"<references\b[^>]*/?>(?:.*?</references\s*>)?", re.DOTALL | re.I)
+_REF_SELF_CLOSING = re.compile(r"<ref\b[^<>]*/>", re.IGNORECASE)
+_REF_OPENER = re.compile(r"<(ref)\b[^<>]*>", re.IGNORECASE)
+_REFERENCES_OPENER = re.compile(r"<(references)\b[^<>]*>", re.IGNORECASE)
 # Every position where a template or table opens or closes, overlaps included ('|}}' holds both).
 _BRACKET_TOKEN = re.compile(r"(?=(\{\{|\}\}|\{\||\|\}))")
-_INNERMOST_LINK = re.compile(r"\[\[([^\[\]]*)\]\]")
+_LINK_BRACKET = re.compile(r"\[\[|\]\]")
 _DROPPED_LINK_TARGET = re.compile(
     r"^\s*(?:file|image|media|category|wikipedia|wp|template|help|portal|special|user|talk"
     r"|wikt|wiktionary|commons|meta|s|q|b|n|v|[a-z]{2,3}(?:-[a-z0-9]+)*)\s*:",
     re.IGNORECASE,
 )
-_EXTERNAL_LINK = re.compile(r"\[(?:https?:|ftp:)?//[^\s\]]+(?:\s+([^\]]*))?\]")
+# Neither the address nor the anchor text holds a bracket, so a scan stops at the next one.
+_EXTERNAL_LINK = re.compile(r"\[(?:https?:|ftp:)?//[^\s\[\]]++(?:\s+([^\[\]]*+))?\]")
 _BOLD_ITALIC = re.compile(r"'{2,}")
-_HTML_TAG = re.compile(r"</?[a-zA-Z][a-zA-Z0-9]*\b[^>]*?/?>")
-_HEADING = re.compile(r"^\s*(={1,6})\s*(.*?)\s*\1\s*$", re.MULTILINE)
+_HTML_TAG = re.compile(r"</?[a-zA-Z][a-zA-Z0-9]*\b[^<>]*>")
+# Spaces and tabs only, not `\s`: `\s*` at each of many blank lines would scan all that follow.
+_HEADING = re.compile(r"^[ \t]*(={1,6})[ \t]*(.*?)[ \t]*\1[ \t]*$", re.MULTILINE)
 _LIST_MARKER = re.compile(r"^[*#:;]+\s*", re.MULTILINE)
 _HORIZONTAL_RULE = re.compile(r"^-{4,}\s*$", re.MULTILINE)
 _MAGIC_WORD = re.compile(r"__[A-Z]+__")
@@ -46,10 +51,10 @@ _LINE_OF_PUNCTUATION = re.compile(r"^[\s|!{}\[\]=*#:;,.()-]*$", re.MULTILINE)
 def strip_wikitext(text: str) -> str:
     """Plain prose from the wikitext of one article."""
     text = _COMMENT.sub("", text)
-    text = _DROPPED_BLOCKS.sub("", text)
+    text = _drop_blocks(text, _DROPPED_BLOCK_OPENER)
     text = _REF_SELF_CLOSING.sub("", text)
-    text = _REF_BLOCK.sub("", text)
-    text = _REFERENCES_TAG.sub("", text)
+    text = _drop_blocks(text, _REF_OPENER)
+    text = _drop_blocks(text, _REFERENCES_OPENER, unclosed="opener")
     text = remove_templates_and_tables(text)
     text = resolve_links(text)
     text = _EXTERNAL_LINK.sub(lambda m: m.group(1) or "", text)
@@ -65,16 +70,44 @@ def strip_wikitext(text: str) -> str:
     return _BLANK_LINES.sub("\n\n", text).strip()
 
 
+def _drop_blocks(text: str, opener: re.Pattern[str], unclosed: str = "keep") -> str:
+    """Remove each `<tag ...>...</tag>` whose opener `opener` matches (group 1 is the tag's
+    name), up to the first closer of the same name. An opener never closed is kept as text, or
+    with `unclosed="opener"` removed alone. One pass: once a name has no closer after some
+    point, it has none after any later one either."""
+    kept: list[str] = []
+    cursor = 0
+    closers: dict[str, re.Pattern[str] | None] = {}
+    for match in opener.finditer(text):
+        if match.start() < cursor:
+            continue
+        name = match.group(1).lower()
+        if name not in closers:
+            closers[name] = re.compile(rf"</{re.escape(name)}\s*>", re.IGNORECASE)
+        closer = closers[name]
+        found = closer.search(text, match.end()) if closer else None
+        if found is None:
+            closers[name] = None
+            if unclosed == "keep":
+                continue
+        kept.append(text[cursor : match.start()])
+        cursor = found.end() if found else match.end()
+    kept.append(text[cursor:])
+    return "".join(kept)
+
+
 def remove_templates_and_tables(text: str) -> str:
     """Drop every `{{template}}` and `{| table |}`, however they nest in each other.
 
     A `|}` closes a table only when a table is the innermost open construct, so `{{a|}}` (an empty
     template parameter) is read as a template. An opener that is never closed is dropped alone,
-    keeping the text after it, rather than swallowing the rest of the article.
+    keeping the text after it, rather than swallowing the rest of the article: text is kept
+    wherever every construct still open there is one that never closes. One pass over the
+    tokens, then one over the spans they remove, so a page of unclosed openers costs no more
+    than a well-formed one.
     """
-    kept: list[str] = []
+    removed: list[tuple[int, int]] = []
     stack: list[tuple[str, int]] = []
-    keep_from = 0
     cursor = 0
     for match in _BRACKET_TOKEN.finditer(text):
         position = match.start()
@@ -82,37 +115,56 @@ def remove_templates_and_tables(text: str) -> str:
             continue
         token = match.group(1)
         if token in ("{{", "{|"):
-            if not stack:
-                kept.append(text[keep_from:position])
             stack.append((token, position))
         elif stack and (token, stack[-1][0]) in (("}}", "{{"), ("|}", "{|")):
-            stack.pop()
-            if not stack:
-                keep_from = position + 2
+            removed.append((stack.pop()[1], position + 2))
         else:
             continue  # a closer with nothing to close: ordinary text
         cursor = position + 2
-    if stack:
-        kept.append(remove_templates_and_tables(text[stack[0][1] + 2 :]))
-    else:
-        kept.append(text[keep_from:])
+    removed.extend((position, position + 2) for _, position in stack)
+    removed.sort()
+    kept: list[str] = []
+    keep_from = 0
+    for start, end in removed:
+        if start >= keep_from:
+            kept.append(text[keep_from:start])
+        keep_from = max(keep_from, end)
+    kept.append(text[keep_from:])
     return "".join(kept)
+
+
+def _link_text(inner: str) -> str:
+    """What a link `[[inner]]` shows: its anchor, else its target; nothing for a file, image,
+    category or interlanguage link. One holding a lone bracket is not a link: it stays."""
+    if "[" in inner or "]" in inner:
+        return f"[[{inner}]]"
+    if _DROPPED_LINK_TARGET.match(inner):
+        return ""
+    target, _, anchor = inner.partition("|")
+    if anchor:
+        return anchor.rpartition("|")[2] if "|" in anchor else anchor
+    return target.split("#")[0] if not target.startswith("#") else target[1:]
 
 
 def resolve_links(text: str) -> str:
     """`[[target|anchor]]` becomes `anchor`, `[[target]]` becomes `target`; files, images,
     categories and interlanguage links vanish. Innermost first, so nested captions resolve."""
-
-    def replace(match: re.Match[str]) -> str:
-        inner = match.group(1)
-        if _DROPPED_LINK_TARGET.match(inner):
-            return ""
-        target, _, anchor = inner.partition("|")
-        if anchor:
-            return anchor.rpartition("|")[2] if "|" in anchor else anchor
-        return target.split("#")[0] if not target.startswith("#") else target[1:]
-
-    while True:
-        text, count = _INNERMOST_LINK.subn(replace, text)
-        if not count:
-            return text
+    # A stack of the links open at each point, each a list of its text so far: a link's text
+    # is resolved when it closes, innermost first, in one pass however deep they nest.
+    open_links: list[list[str]] = [[]]
+    position = 0
+    for match in _LINK_BRACKET.finditer(text):
+        open_links[-1].append(text[position : match.start()])
+        position = match.end()
+        if match.group() == "[[":
+            open_links.append([])
+        elif len(open_links) > 1:
+            inner = "".join(open_links.pop())
+            open_links[-1].append(_link_text(inner))
+        else:
+            open_links[-1].append("]]")
+    open_links[-1].append(text[position:])
+    while len(open_links) > 1:  # never closed: the brackets stay, for the stray-markup pass
+        inner = "".join(open_links.pop())
+        open_links[-1].append(f"[[{inner}")
+    return "".join(open_links[0])
