@@ -43,6 +43,7 @@ import contextlib
 import json
 import logging
 import math
+import pickle
 import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -52,8 +53,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 
 from lm.batches import IGNORED_TARGET, scored_targets
+from lm.checkpoints import DONE_MARKER, WEIGHTS_FILE, damage
 from lm.eval_config import EvalConfig
 from lm.models.base import LanguageModel
 from lm.progress import ProgressLog
@@ -372,36 +375,64 @@ def count_bigram_baseline(
 # -- trained models ----------------------------------------------------------------------------
 
 CHECKPOINTS = ("best", "final")  # preferred first
-DONE_MARKER = "DONE"
 
 
 def load_trained(folder: Path) -> tuple[LanguageModel, Tokenizer]:
     """The model and tokenizer of a train artifact folder (`model.json`, `tokenizer/`, and the
-    `best/` checkpoint, else `final/`), in eval mode on the CPU."""
+    `best/` checkpoint, else `final/`), in eval mode on the CPU. A checkpoint whose files are
+    damaged (shorter than written, or unreadable) is skipped, with a warning, for the next."""
     from lm.models.registry import MODELS, build_model
 
     model_file = folder / "model.json"
     if not model_file.is_file():
         raise CheckpointError(f"{folder}: not a trained model folder (no model.json)")
-    checkpoint = next(
-        (folder / name for name in CHECKPOINTS if (folder / name / DONE_MARKER).is_file()), None
-    )
-    if checkpoint is None:
+    complete = [folder / name for name in CHECKPOINTS if (folder / name / DONE_MARKER).is_file()]
+    if not complete:
         raise CheckpointError(
             f"{folder}: no complete checkpoint (best/ or final/ with a DONE marker); the "
             "training did not finish: rerun the pipeline"
         )
-    settings = json.loads(model_file.read_text())
-    kind = settings.get("kind")
-    if kind not in MODELS:
-        raise CheckpointError(f"{model_file}: unknown model kind {kind!r} ({', '.join(MODELS)})")
-    tokenizer = load_tokenizer(folder / "tokenizer")
-    model = build_model(MODELS[kind][1].model_validate(settings), tokenizer.vocab_size)
-    weights = torch.load(checkpoint / "model.pt", map_location="cpu", weights_only=True)
     try:
-        model.load_state_dict(weights)
-    except RuntimeError as error:
-        raise CheckpointError(
-            f"{checkpoint / 'model.pt'}: does not fit model.json: {error}"
-        ) from None
-    return model.eval(), tokenizer
+        settings = json.loads(model_file.read_text())
+        kind = settings.get("kind") if isinstance(settings, dict) else None
+        if kind not in MODELS:
+            raise CheckpointError(
+                f"{model_file}: unknown model kind {kind!r} ({', '.join(MODELS)})"
+            )
+        config = MODELS[kind][1].model_validate(settings)
+    except (json.JSONDecodeError, UnicodeDecodeError, ValidationError) as error:
+        raise CheckpointError(f"{model_file}: not a valid model description ({error})") from None
+    tokenizer = load_tokenizer(folder / "tokenizer")
+    model = build_model(config, tokenizer.vocab_size)
+    problems = []
+    for checkpoint in complete:
+        weights, problem = _read_weights(checkpoint)
+        if weights is None:
+            logger.warning("%s: damaged checkpoint (%s), skipped", checkpoint, problem)
+            problems.append(f"{checkpoint.name}/: {problem}")
+            continue
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError as error:
+            raise CheckpointError(
+                f"{checkpoint / WEIGHTS_FILE}: does not fit model.json: {error}"
+            ) from None
+        return model.eval(), tokenizer
+    raise CheckpointError(
+        f"{folder}: no checkpoint can be read ({'; '.join(problems)}); rerun the pipeline to "
+        "train the model again"
+    )
+
+
+def _read_weights(checkpoint: Path) -> tuple[dict | None, str | None]:
+    """A checkpoint's state dict, or None and why it cannot be read."""
+    problem = damage(checkpoint)
+    if problem:
+        return None, problem
+    try:
+        weights = torch.load(checkpoint / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as error:
+        return None, f"{WEIGHTS_FILE} will not load: {error}"
+    if not isinstance(weights, dict):
+        return None, f"{WEIGHTS_FILE} holds a {type(weights).__name__}, not a state dict"
+    return weights, None

@@ -6,12 +6,17 @@ directory (`<key>.partial-<pid>-<nonce>`; the suffix keeps it out of any glob Du
 crash never leaves a half-written output where a reader would look, a rerun finds either a
 complete directory (a cache hit) or nothing (a miss), and two processes building the same key at
 once both succeed: the second rename finds the first's identical result and discards its own.
+
+Beside `DONE`, `manifest.json` records the byte size of every file. An output whose files are
+missing or no longer that size (a disk that filled up, a copy cut short, a file truncated by
+hand) is not complete: the stage builds it again instead of handing damaged files downstream.
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -23,8 +28,10 @@ from pathlib import Path
 
 from storage.processes import pid_alive
 
+logger = logging.getLogger("storage.artifacts")
 DONE_MARKER = "DONE"
 DESCRIPTOR_FILE = "descriptor.json"
+MANIFEST_FILE = "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -53,7 +60,14 @@ class ArtifactStore:
         return self.base / key
 
     def is_complete(self, key: str) -> bool:
-        return (self.directory(key) / DONE_MARKER).is_file()
+        """Published, and every file still as it was written; a damaged output is reported."""
+        folder = self.directory(key)
+        if not (folder / DONE_MARKER).is_file():
+            return False
+        problem = damage(folder)
+        if problem:
+            logger.warning("%s: damaged (%s); it will be built again", folder, problem)
+        return problem is None
 
     def load_descriptor(self, key: str) -> Descriptor | None:
         path = self.directory(key) / DESCRIPTOR_FILE
@@ -70,6 +84,7 @@ class ArtifactStore:
         staging.mkdir()
         try:
             yield staging
+            write_manifest(staging)
             (staging / DONE_MARKER).write_text(datetime.now(UTC).isoformat())
             self._publish(staging, self.directory(key))
         except BaseException:
@@ -89,11 +104,15 @@ class ArtifactStore:
         except OSError as error:
             if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                 raise
-            if (final / DONE_MARKER).is_file():
+            if (final / DONE_MARKER).is_file() and damage(final) is None:
                 shutil.rmtree(staging)  # a concurrent build of the same key won; same content
                 return
-            shutil.rmtree(final)  # an incomplete leftover: replace it
+            # An incomplete or damaged leftover: moved aside in one rename, so the key's
+            # directory is never half deleted, then replaced.
+            aside = final.with_name(f"{final.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            os.rename(final, aside)
             os.rename(staging, final)
+            shutil.rmtree(aside, ignore_errors=True)
 
     def remove_abandoned_builds(self) -> None:
         """Delete staging directories whose process is gone (killed mid-build)."""
@@ -104,3 +123,33 @@ class ArtifactStore:
                 continue
             if not pid_alive(pid):
                 shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_manifest(folder: Path) -> None:
+    """Record the byte size of every file under `folder` (written last, before `DONE`)."""
+    files = {
+        str(path.relative_to(folder)): path.stat().st_size
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+    (folder / MANIFEST_FILE).write_text(json.dumps({"files": files}, indent=1))
+
+
+def damage(folder: Path) -> str | None:
+    """Why a published output cannot be trusted, or None if its files are as written. Outputs
+    published before manifests existed have none and are trusted."""
+    path = folder / MANIFEST_FILE
+    if not path.is_file():
+        return None
+    try:
+        files = json.loads(path.read_text())["files"]
+        sizes = {str(name): int(size) for name, size in files.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        return f"{MANIFEST_FILE} is unreadable ({error})"
+    for name, size in sizes.items():
+        file = folder / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != size:
+            return f"{name} has {file.stat().st_size} bytes, {size} were written"
+    return None

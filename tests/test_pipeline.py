@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 
@@ -101,6 +102,19 @@ def test_a_missing_output_directory_is_a_cache_miss_not_an_error(workspace, conf
     }  # fmt: skip
     assert second["corpus"]["digest"] == first["corpus"]["digest"]
     assert (workspace.resolve(second["corpus"]["path"]) / DOCUMENTS_FILE).is_file()
+
+
+def test_a_truncated_output_is_built_again_not_handed_on(workspace, config):
+    first = run_pipeline(config)
+    documents = corpus_file(workspace, first)
+    with open(documents, "r+b") as parquet:
+        parquet.truncate(100)
+    second = run_pipeline(config)
+    assert stage_states(second) == {
+        "ingest": "cached", "clean": "ran", "tokenizer": "cached", "encode": "cached"
+    }  # fmt: skip
+    assert len(pq.read_table(documents)) == 15
+    assert not list(workspace.corpus.glob("*.partial-*")), "the damaged copy was removed"
 
 
 def test_changing_a_source_file_reruns_ingest(workspace, config, tmp_path):
@@ -261,6 +275,41 @@ def test_train_stage_publishes_a_self_contained_model_and_its_baseline(workspace
         "ingest": "cached", "clean": "cached", "tokenizer": "cached", "encode": "cached",
         "train": "ran", "evaluate": "ran",
     }  # fmt: skip
+
+
+def test_a_damaged_published_model_falls_back_then_is_trained_again(workspace, config, caplog):
+    import torch
+
+    from lm.evaluate import CheckpointError, load_trained
+
+    first = run_pipeline(config, TINY_GPT)
+    folder = workspace.resolve(first["models"][-1]["path"])
+    best = torch.load(folder / "best" / "model.pt")
+    final = torch.load(folder / "final" / "model.pt")
+    # Bytes of the right size that will not load: only reading finds it; final/ serves instead.
+    size = (folder / "best" / "model.pt").stat().st_size
+    (folder / "best" / "model.pt").write_bytes(b"\0" * size)
+    # The flow's logging set-up replaced the root handlers caplog listens on: listen here.
+    logging.getLogger("lm.evaluate").addHandler(caplog.handler)
+    try:
+        model, _ = load_trained(folder)
+    finally:
+        logging.getLogger("lm.evaluate").removeHandler(caplog.handler)
+    assert all(torch.equal(model.state_dict()[name], final[name]) for name in final)
+    assert f"{folder / 'best'}: damaged checkpoint (model.pt will not load" in caplog.text
+    with open(folder / "final" / "model.pt", "r+b") as weights:
+        weights.truncate(100)
+    expected = rf"{folder}: no checkpoint can be read \(best/: model.pt will not load.*; final/: "
+    with pytest.raises(CheckpointError, match=expected + f"model.pt has 100 bytes, {size}"):
+        load_trained(folder)
+    # The pipeline finds the published files shorter than written, and trains the model again.
+    again = run_pipeline(config, TINY_GPT)
+    assert stage_states(again)["train"] == "ran" and stage_states(again)["evaluate"] == "cached"
+    model, _ = load_trained(folder)
+    assert all(torch.equal(model.state_dict()[name], best[name]) for name in best)
+    (folder / "model.json").write_text('{"kind": "gpt", "n_embd": "wide"}')
+    with pytest.raises(CheckpointError, match=f"{folder / 'model.json'}: not a valid model"):
+        load_trained(folder)
 
 
 def test_training_resumes_from_the_work_folder_after_a_crash(workspace, config):
