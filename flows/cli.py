@@ -268,13 +268,13 @@ def sql(query: Annotated[str, typer.Argument(help="a DuckDB SQL query (read-only
     `clean_corpus`, `corpus_versions`) with SQL. Nothing can be changed from here."""
     import duckdb
 
-    from storage.query import sql_session
+    from storage.query import run_query, sql_session
     from storage.registry import RegistryError
 
     workspace = activate_workspace()
     try:
         with sql_session(_registry(), workspace.root) as connection:
-            result = connection.execute(query)
+            result = run_query(connection, query)
             columns = [d[0] for d in result.description] if result.description else []
             rows = result.fetchall()
     except (RegistryError, duckdb.Error) as error:

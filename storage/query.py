@@ -7,10 +7,15 @@ added beside the registry's tables:
 - `corpus`: every document of the newest corpus, rejected ones included, with decision columns;
 - `clean_corpus`: the kept documents (the clean view is a query, not a copy);
 - `corpus_versions`: the `datasets` table with each version's absolute Parquet path.
+
+Read-only attachment keeps the registry safe, but DuckDB can also write files of its own
+(`COPY ... TO`, `EXPORT DATABASE`, `ATTACH` of a new database), over the corpus Parquet for one:
+`run_query` runs queries and nothing else.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +24,11 @@ import duckdb
 
 from storage.corpus import DOCUMENTS_FILE
 from storage.registry import RegistryError, RunRegistry
+
+logger = logging.getLogger("storage.query")
+# Statements that only read: queries (SHOW, DESCRIBE, SUMMARIZE and VALUES parse as SELECT),
+# EXPLAIN, and PIVOT (which DuckDB expands into several statements).
+READING_STATEMENTS = ("SELECT", "EXPLAIN", "MULTI")
 
 
 def _quote(text: str) -> str:
@@ -44,13 +54,40 @@ def sql_session(registry: RunRegistry, workspace_root: Path) -> Iterator[duckdb.
             "ORDER BY coalesce(r.ended_at, v.created_at) DESC LIMIT 1"
         ).fetchone()
         if newest and Path(newest[0]).is_file():
-            connection.execute(
-                f"CREATE TEMP VIEW corpus AS SELECT * FROM read_parquet({_quote(newest[0])})"
-            )
-            connection.execute("CREATE TEMP VIEW clean_corpus AS SELECT * FROM corpus WHERE keep")
+            _add_corpus_views(connection, newest[0])
         yield connection
     finally:
         connection.close()
+
+
+def _add_corpus_views(connection: duckdb.DuckDBPyConnection, parquet_path: str) -> None:
+    """The `corpus` and `clean_corpus` views over the newest corpus. A file that cannot be read
+    leaves them out, with a warning, so queries of the registry alone still work."""
+    try:
+        connection.execute(
+            f"CREATE TEMP VIEW corpus AS SELECT * FROM read_parquet({_quote(parquet_path)})"
+        )
+        connection.execute("CREATE TEMP VIEW clean_corpus AS SELECT * FROM corpus WHERE keep")
+    except duckdb.Error as error:
+        connection.execute("DROP VIEW IF EXISTS corpus")
+        logger.warning(
+            "%s: unreadable, so the corpus and clean_corpus views are missing (%s); "
+            "`lmforge run` builds it again",
+            parquet_path,
+            str(error).splitlines()[0],
+        )
+
+
+def run_query(connection: duckdb.DuckDBPyConnection, query: str) -> duckdb.DuckDBPyConnection:
+    """Run `query` if every statement in it only reads; RegistryError names one that does not."""
+    for statement in connection.extract_statements(query):
+        kind = statement.type.name
+        if kind not in READING_STATEMENTS:
+            raise RegistryError(
+                f"`lmforge sql` is read-only: {kind} statements are refused (it runs SELECT, "
+                "WITH, SHOW, DESCRIBE, SUMMARIZE, EXPLAIN and PIVOT)"
+            )
+    return connection.execute(query)
 
 
 def find_corpus_version(connection: duckdb.DuckDBPyConnection, digest_prefix: str | None) -> dict:

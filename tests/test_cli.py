@@ -88,8 +88,29 @@ def test_sql_is_read_only(workspace, tmp_path):
     readme = readme_sections(tmp_path / "readme")
     run_cli("run", str(write_config(tmp_path / "c.toml", [{"path": str(readme)}])))
     result = run_cli("sql", "DELETE FROM runs", check=False)
-    assert result.returncode == 1 and "read-only" in result.stderr
+    assert result.returncode == 1 and "read-only: DELETE statements are refused" in result.stderr
     assert len(completed_digests(workspace)) == 1
+    # DuckDB writes files too: over the corpus Parquet, or a new database beside it.
+    [parquet] = workspace.corpus.glob("*/documents.parquet")
+    before = parquet.read_bytes()
+    for statement, kind in (
+        (f"COPY (SELECT 1 AS x) TO '{parquet}' (FORMAT parquet)", "COPY"),
+        (f"ATTACH '{tmp_path / 'new.duckdb'}' AS n", "ATTACH"),
+        (f"EXPORT DATABASE '{tmp_path / 'export'}'", "EXPORT"),
+        ("SELECT 1; COPY runs TO 'runs.csv'", "COPY"),
+    ):
+        result = run_cli("sql", statement, check=False)
+        assert result.returncode == 1 and f"read-only: {kind} statements" in result.stderr
+    assert parquet.read_bytes() == before
+    assert not (tmp_path / "new.duckdb").exists() and not (tmp_path / "export").exists()
+    # A corpus file that cannot be read takes its views away, not the registry's tables.
+    with open(parquet, "r+b") as damaged:
+        damaged.truncate(100)
+    result = run_cli("sql", "SELECT count(*) AS n FROM runs")
+    assert re.search(r"│\s*1\s*│", result.stdout)
+    assert f"{parquet}: unreadable, so the corpus and clean_corpus views are missing" in (
+        result.stderr
+    )
 
 
 def test_unknown_run_id_is_a_clear_error(workspace, tmp_path):
