@@ -13,7 +13,9 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from flows.generate_cli import chat_command, generate_command
 from flows.runs_cli import runs_app
@@ -43,7 +45,7 @@ errors = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 
 def _fail(message: str) -> typer.Exit:
-    errors.print(f"[bold red]error:[/] {message}", highlight=False)
+    errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     return typer.Exit(code=1)
 
 
@@ -54,11 +56,13 @@ def _registry():
 
 
 def _table(columns: list[str], rows: list[tuple], title: str | None = None) -> Table:
-    table = Table(title=title, title_justify="left")
+    """A table of values shown as they are: a `[final]` in a path or a query's result is text,
+    not Rich markup to swallow."""
+    table = Table(title=title and escape(title), title_justify="left")
     for column in columns:
-        table.add_column(column)
+        table.add_column(escape(column))
     for row in rows:
-        table.add_row(*("" if value is None else str(value) for value in row))
+        table.add_row(*(Text("" if value is None else str(value)) for value in row))
     return table
 
 
@@ -142,9 +146,10 @@ def run(
     _print_stages(summary)
     _print_models(summary["models"])
     corpus = summary["corpus"]
+    folder = escape(str(workspace.root / corpus["path"]))
     console.print(
         f"corpus {corpus['digest'][:12]}: {corpus['kept']:,} of {corpus['documents']:,} documents"
-        f" kept, {corpus['kept_bytes'] / 1e6:.1f} MB  ({workspace.root / corpus['path']})"
+        f" kept, {corpus['kept_bytes'] / 1e6:.1f} MB  ({folder})"
     )
 
 
@@ -162,7 +167,7 @@ def retrain(
     _print_models(summary["models"])
     decision = summary["decision"]
     verdict = "promoted" if decision["promoted"] else "not promoted"
-    console.print(f"{decision['mode']}: {verdict} — {decision['reason']}")
+    console.print(escape(f"{decision['mode']}: {verdict} — {decision['reason']}"))
 
 
 @app.command(name="ablation")
@@ -177,7 +182,7 @@ def ablation_command(
     summary = _run_flow("ablation", config, overrides)
     console.print(summary["table"])
     if summary.get("report"):
-        console.print(f"report: {summary['report']}")
+        console.print(f"report: {escape(str(summary['report']))}")
 
 
 @app.command()
@@ -312,7 +317,7 @@ def corpus_stats(
     except (RegistryError, duckdb.Error) as error:
         raise _fail(str(error)) from None
     total, kept = version["documents"], version["kept"]
-    console.print(f"[bold]corpus[/] {version['digest']}  ({version['parquet_path']})")
+    console.print(f"[bold]corpus[/] {version['digest']}  ({escape(version['parquet_path'])})")
     console.print(
         f"{kept:,} of {total:,} documents kept ({total - kept:,} removed), "
         f"{version['kept_chars']:,} characters, {version['kept_bytes'] / 1e6:.2f} MB"

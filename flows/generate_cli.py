@@ -35,9 +35,11 @@ def _fail(message: str) -> typer.Exit:
 
 
 def _error(message: str) -> None:
+    from rich.markup import escape
+
     from flows.cli import errors
 
-    errors.print(f"[bold red]error:[/] {message}", highlight=False)
+    errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
 
 
 def _load(run: str, label: str | None):

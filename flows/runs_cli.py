@@ -197,18 +197,18 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="a run id or a unique p
         raise _fail(str(error)) from None
     keys = ("run_id", "status", "preset", "started_at", "ended_at", "seconds", "flow_run_id")
     for key in keys:
-        console.print(f"[bold]{key}[/]: {found[key]}", highlight=False)
+        console.print(f"[bold]{key}[/]: {escape(str(found[key]))}", highlight=False)
     optional = ("deployment", "corpus_digest", "config_digest", "code_digest", "git_sha",
                 "device", "error")  # fmt: skip
     for key in optional:
         if found[key]:
-            console.print(f"[bold]{key}[/]: {found[key]}", highlight=False)
+            console.print(f"[bold]{key}[/]: {escape(str(found[key]))}", highlight=False)
     console.print(_table(stage_columns, stages, "stages"))
     if models:
         console.print(_table(model_columns, models, "models"))
     if metrics:
         console.print(_table(metric_columns, metrics, "metrics"))
-    console.print("[bold]reproduce[/]:", found["command"], highlight=False)
+    console.print("[bold]reproduce[/]:", escape(found["command"]), highlight=False)
 
 
 @runs_app.command("compare")
@@ -248,7 +248,7 @@ def runs_compare(
     console.print(_table(["", *ids], _summary_rows(runs), "runs"))
     differences = config_differences([json.loads(run["config"] or "{}") for run in runs])
     if differences:
-        rows = [(key, *(escape(value) for value in values)) for key, values in differences]
+        rows = [(key, *values) for key, values in differences]
         console.print(_table(["config key", *ids], rows, "config differences"))
     else:
         console.print("config: identical")
@@ -281,7 +281,7 @@ def _metric_rows(ids: list[str], model_rows: list[tuple], data_rows: list[tuple]
     ranked = sorted(by_metric, key=lambda k: (k[0] is None, k[0] or "", order[k[1]]))
     return [
         (
-            f"{name} ({escape(label)})" if label else name,
+            f"{name} ({label})" if label else name,
             *(_number(by_metric[(label, name)].get(i)) for i in ids),
         )
         for label, name in ranked

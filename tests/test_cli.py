@@ -90,6 +90,11 @@ def test_sql_is_read_only(workspace, tmp_path):
     result = run_cli("sql", "DELETE FROM runs", check=False)
     assert result.returncode == 1 and "read-only: DELETE statements are refused" in result.stderr
     assert len(completed_digests(workspace)) == 1
+    # Values and errors print as they are, never read as Rich markup ('[final]' is a tag).
+    shown = run_cli("sql", "SELECT 'report [final].txt' AS name").stdout
+    assert "report [final].txt" in shown
+    unknown = run_cli("runs", "show", "[final]", check=False)
+    assert "no run with an id starting '[final]'" in unknown.stderr
     # DuckDB writes files too: over the corpus Parquet, or a new database beside it.
     [parquet] = workspace.corpus.glob("*/documents.parquet")
     before = parquet.read_bytes()
