@@ -62,6 +62,17 @@ def init_checkpoint(train: TrainConfig, workspace: Workspace) -> Path | None:
     return resolve_init_from(path if path.is_absolute() else workspace.root / path)
 
 
+# How often checkpoints are written and how many are kept: they never change the trained
+# model (resume is exact), so changing them, even mid-run, neither retrains nor loses the
+# checkpoints of an interrupted run.
+BOOKKEEPING = ("checkpoint_every", "keep_checkpoints")
+
+
+def train_settings_digest(train: TrainConfig) -> str:
+    defaults = {name: TrainConfig.model_fields[name].default for name in BOOKKEEPING}
+    return train.model_copy(update=defaults).digest()
+
+
 def train_key(
     shards: Descriptor,
     tokenizer: Descriptor,
@@ -69,7 +80,7 @@ def train_key(
     train: TrainConfig,
     vectors: Descriptor | None = None,
 ) -> str:
-    settings = f"{model.digest()}:{train.digest()}"
+    settings = f"{model.digest()}:{train_settings_digest(train)}"
     upstream = [shards.digest, tokenizer.digest]
     if uses_word2vec(model):  # the vectors a w2v model reads or a GPT starts from
         upstream.append(vectors.digest if vectors is not None else "no-vectors")

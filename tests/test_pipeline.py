@@ -268,7 +268,8 @@ def test_train_stage_publishes_a_self_contained_model_and_its_baseline(workspace
     # One character is one byte here, so bits per byte are nats per token over ln 2.
     assert rows[0][2] == pytest.approx(model["val_loss"] / math.log(2), rel=1e-3)
     assert rows[0][3] == pytest.approx(model["baseline_val_bpb"]) and rows[0][3] < rows[0][2]
-    again = run_pipeline(config, TINY_GPT)
+    bookkeeping = ["train.checkpoint_every=3", "train.keep_checkpoints=5"]
+    again = run_pipeline(config, [*TINY_GPT, *bookkeeping])
     assert stage_states(again)["train"] == stage_states(again)["evaluate"] == "cached"
     changed = run_pipeline(config, [*TINY_GPT, 'model.pos="rope"'])
     assert stage_states(changed) == {
