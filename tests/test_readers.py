@@ -5,6 +5,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import http.server
+import io
 import json
 import logging
 import threading
@@ -125,6 +126,91 @@ def test_fingerprint_changes_when_a_file_changes(tmp_path):
     assert fingerprint_inputs(resolve_sources([SourceConfig(path=str(tmp_path))])) != before
 
 
+def test_literal_name_with_glob_characters_is_read_as_that_file_or_folder(tmp_path):
+    (tmp_path / "report [final].txt").write_text("the final report")
+    (tmp_path / "report f.txt").write_text("what the pattern would match")
+    (tmp_path / "drafts [old]").mkdir()
+    (tmp_path / "drafts [old]" / "one.txt").write_text("an old draft")
+    docs = read(tmp_path, str(tmp_path / "report [final].txt"), str(tmp_path / "drafts [old]"))
+    assert [d.text for d in docs] == ["the final report", "an old draft"]
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be"])
+def test_utf16_and_utf32_text_with_a_bom_is_decoded_whole_and_per_line(tmp_path, encoding):
+    # "ĀਅĀ" puts a 0x0A byte next to a 0x00 byte off a code-unit boundary: not a newline.
+    text = "first ĀਅĀ line\r\nsecond 😀\r\n"
+    bom = {"utf-16-le": b"\xff\xfe", "utf-16-be": b"\xfe\xff"}.get(encoding)
+    bom = bom or {"utf-32-le": b"\xff\xfe\x00\x00", "utf-32-be": b"\x00\x00\xfe\xff"}[encoding]
+    path = tmp_path / "notepad.txt"
+    path.write_bytes(bom + text.encode(encoding))
+    assert [d.text for d in read(tmp_path, str(path))] == [text]
+    per_line = SourceConfig(path=str(path), one_doc_per_line=True)
+    docs = read(tmp_path, per_line)
+    assert [(d.text, d.source.rpartition(":")[2]) for d in docs] == [
+        ("first ĀਅĀ line", "1"),
+        ("second 😀", "2"),
+    ]
+    # Lines that span the reader's 64 KiB chunks come out whole.
+    many = [f"name {i}" for i in range(20_000)]
+    path.write_bytes(bom + "\n".join(many).encode(encoding))
+    assert [d.text for d in read(tmp_path, per_line)] == many
+
+
+def test_wide_lines_are_whole_when_reads_end_inside_a_newline():
+    from lm.text.readers import _wide_lines
+
+    class Trickle(io.BytesIO):
+        def read(self, size=-1):  # a stream that returns 3 bytes at a time, as some may
+            return super().read(3)
+
+    data = "a\nbc\n\nd".encode("utf-16-le")
+    assert [line.decode("utf-16-le") for line in _wide_lines(Trickle(data), "utf-16-le")] == [
+        "a\n",
+        "bc\n",
+        "\n",
+        "d",
+    ]
+
+
+def test_csv_with_a_utf8_bom_finds_its_first_column(tmp_path):
+    (tmp_path / "excel.csv").write_bytes(b"\xef\xbb\xbftext,id\r\nfrom excel,1\r\n")
+    assert [d.text for d in read(tmp_path, str(tmp_path / "excel.csv"))] == ["from excel"]
+
+
+@pytest.mark.parametrize(
+    "column",
+    [
+        pytest.param(pa.array(["one", None, "two", "one"]).dictionary_encode(), id="dictionary"),
+        pytest.param(
+            pa.array(["one", None, "two", "one"], getattr(pa, "string_view", pa.string)()),
+            id="string-view",
+            marks=pytest.mark.skipif(
+                not hasattr(pa.types, "is_string_view"), reason="pyarrow without string_view"
+            ),
+        ),
+    ],
+)
+def test_parquet_dictionary_and_string_view_text_columns_are_read(tmp_path, column):
+    pq.write_table(pa.table({"text": column}), tmp_path / "c.parquet")
+    assert pq.ParquetFile(tmp_path / "c.parquet").schema_arrow.field("text").type == column.type
+    docs = read(tmp_path, str(tmp_path / "c.parquet"))
+    assert [(d.text, d.source.rpartition("#")[2]) for d in docs] == [
+        ("one", "0"),
+        ("two", "2"),
+        ("one", "3"),
+    ]
+
+
+def test_wikipedia_dump_with_a_bom_xml_declaration_and_comment_is_detected(tmp_path):
+    path = write_wiki_dump(tmp_path / "export.xml", [wiki_page("Alpha", "Alpha is a letter.")])
+    prolog = b'\xef\xbb\xbf<?xml version="1.0" encoding="utf-8"?>\n<!-- exported -->\n'
+    path.write_bytes(prolog + path.read_bytes())
+    docs = read(tmp_path, str(path))
+    assert [(d.source, d.text, d.markup) for d in docs] == [
+        (f"{path}#Alpha", "Alpha is a letter.", "wikitext")
+    ]
+
+
 # -- bad inputs ----------------------------------------------------------------------------
 
 
@@ -171,6 +257,72 @@ def test_jsonl_line_that_is_not_json_names_file_and_line(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"text": oops}\n')
     with pytest.raises(InputError, match=r"bad\.jsonl:2: the line is not valid JSON"):
         read(tmp_path, str(tmp_path / "bad.jsonl"))
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ('{"text": oops}', "Expecting value at column 10"),
+        ('{"text": "tab\there"}', "Invalid control character at column 14"),
+    ],
+)
+def test_jsonl_parse_error_gives_the_column(tmp_path, line, reason):
+    (tmp_path / "bad.jsonl").write_text(line + "\n")
+    with pytest.raises(InputError, match=rf"bad\.jsonl:1: .*not valid JSON \({reason}\)$"):
+        read(tmp_path, str(tmp_path / "bad.jsonl"))
+
+
+def test_jsonl_invalid_utf8_follows_encoding_errors(tmp_path, caplog):
+    path = tmp_path / "latin1.jsonl"
+    # The BOM on the first line is still accepted, as before lines were decoded first.
+    path.write_bytes(b'\xef\xbb\xbf{"text": "ok"}\n' + '{"text": "café"}\n'.encode("latin-1"))
+    with pytest.raises(InputError, match=r"latin1\.jsonl: invalid UTF-8 at byte 13 of line 2;"):
+        read(tmp_path, str(path))
+    with caplog.at_level(logging.WARNING):
+        docs = read(tmp_path, str(path), errors="replace")
+    assert [d.text for d in docs] == ["ok", "caf\ufffd"]
+    assert "latin1.jsonl:2: invalid UTF-8 replaced with U+FFFD" in caplog.text
+
+
+def test_jsonl_unpaired_surrogate_names_file_and_line_unless_replace_is_asked(tmp_path, caplog):
+    path = tmp_path / "emoji.jsonl"
+    path.write_text('{"text": "pair \\ud83d\\ude00 ok"}\n{"text": "a \\ud83d b"}\n')
+    with pytest.raises(
+        InputError,
+        match=r"emoji\.jsonl:2: field 'text' holds an unpaired surrogate \(\\ud83d\); .*replace",
+    ):
+        read(tmp_path, str(path))
+    with caplog.at_level(logging.WARNING):
+        docs = read(tmp_path, str(path), errors="replace")
+    assert [d.text for d in docs] == ["pair 😀 ok", "a \ufffd b"]
+    assert all(d.text.encode("utf-8") for d in docs), "every text can be written as UTF-8"
+    assert "emoji.jsonl:2: unpaired surrogate in field 'text' replaced" in caplog.text
+
+
+def test_corrupt_gzip_names_the_file(tmp_path):
+    data = bytearray(gzip.compress(b"some compressed text " * 50))
+    data[10:12] = b"\xff\xff"  # the first deflate block header: an invalid block type
+    (tmp_path / "bad.txt.gz").write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"bad\.txt\.gz: the file is truncated or corrupt"):
+        read(tmp_path, str(tmp_path / "bad.txt.gz"))
+
+
+def test_invalid_utf16_follows_encoding_errors(tmp_path, caplog):
+    path = tmp_path / "bad16.txt"
+    # A high surrogate with no low one after it.
+    path.write_bytes(b"\xff\xfe" + "ab".encode("utf-16-le") + b"\x3d\xd8" + "c".encode("utf-16-le"))
+    with pytest.raises(InputError, match=r"bad16\.txt: invalid UTF-16 at byte 6 \(line 1\)"):
+        read(tmp_path, str(path))
+    with caplog.at_level(logging.WARNING):
+        docs = read(tmp_path, str(path), errors="replace")
+    assert [d.text for d in docs] == ["ab\ufffdc"]
+    assert "bad16.txt: invalid UTF-16 replaced with U+FFFD" in caplog.text
+
+
+def test_parquet_column_that_is_not_text_is_refused(tmp_path):
+    pq.write_table(pa.table({"text": [1, 2]}), tmp_path / "n.parquet")
+    with pytest.raises(InputError, match=r"n\.parquet: column 'text' holds int64, not text"):
+        read(tmp_path, str(tmp_path / "n.parquet"))
 
 
 def test_jsonl_without_the_field_lists_the_fields_found(tmp_path):

@@ -64,7 +64,9 @@ def _resolve_one(spec: SourceConfig) -> list[ResolvedInput]:
     if text.startswith("names:"):
         return [_file_input(_census_names_file(text), spec, name=text)]
     expanded = os.path.expanduser(text)
-    if GLOB_CHARACTERS & set(expanded):
+    # A name that exists is taken literally: `report [final].txt` is a file, not a pattern.
+    literal = os.path.isfile(expanded) or os.path.isdir(expanded)
+    if GLOB_CHARACTERS & set(expanded) and not literal:
         matches = sorted(p for p in glob.glob(expanded, recursive=True) if os.path.isfile(p))
         if not matches:
             raise InputError(f"{text}: the pattern matches no files")
