@@ -1,5 +1,7 @@
-"""The base of every typed config: unknown keys are errors, instances are immutable and have a
-stable digest (for cache keys)."""
+"""The base of every typed config: unknown keys are errors, a value of the wrong type is an
+error rather than converted (`true` is not a learning rate of 1.0, nor "yes" a boolean; an
+integer is still a valid float), instances are immutable and have a stable digest (for cache
+keys)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from pydantic import BaseModel, ConfigDict
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     def digest(self) -> str:
         """A stable digest of these settings, for cache keys."""

@@ -7,6 +7,7 @@ tokenizer, real shards) without the Prefect engine.
 from __future__ import annotations
 
 import hashlib
+import re
 
 import numpy as np
 import pytest
@@ -249,3 +250,19 @@ def test_shakespeare_preset_without_its_text_names_the_missing_file(tmp_path):
     settings = load_config("shakespeare", [f'ingest.sources=["{missing}"]'])
     with pytest.raises(InputError, match=r"tinyshakespeare\.txt: no such file or directory"):
         resolve_sources(settings.ingest.sources)
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("train.learning_rate=true", "'train.learning_rate': Input should be a valid number"),
+        ('train.compile="yes"', "'train.compile.bool': Input should be a valid boolean"),
+        ("model.bias=1", "'model.gpt.bias': Input should be a valid boolean"),
+        ('train.max_steps="100"', "'train.max_steps': Input should be a valid integer"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_refused_not_converted(override, expected):
+    # Lax validation read `true` as a learning rate of 1.0 and "yes" or 1 as True.
+    with pytest.raises(ConfigError, match=r"default\.toml: " + re.escape(expected)):
+        load_config("default", [override])
+    assert load_config("default", ["train.learning_rate=1"]).train.learning_rate == 1.0
