@@ -35,6 +35,7 @@ from lm.config import (
 )
 from lm.text.clean import SlicePolicy, plan_slices
 from lm.text.sources import InputError, ResolvedInput
+from storage.artifacts import MANIFEST_FILE
 from storage.corpus import DOCUMENTS_FILE
 from storage.registry import RunRegistry
 from tasks.clean import clean_task
@@ -47,6 +48,9 @@ from tests.helpers import prose, wiki_page, write_config, write_wiki_dump
 RULES = QualityConfig(min_words=20)
 # Small slices, so that a corpus of a few hundred kilobytes fans out into several.
 SMALL_SLICES = SlicePolicy(min_bytes=32 << 10)
+
+# What a published ingest or clean output holds: no part files left behind.
+PUBLISHED_CORPUS = ["DONE", "descriptor.json", DOCUMENTS_FILE, MANIFEST_FILE]
 
 
 @pytest.fixture
@@ -75,7 +79,7 @@ def clean_with(workspace, raw, runtime: RuntimeConfig, workers: int = 0):
     corpus = clean_task.fn(raw, config, SplitConfig(), runtime)
     folder = workspace.resolve(corpus.path)
     table = pq.read_table(folder / DOCUMENTS_FILE)
-    assert sorted(p.name for p in folder.iterdir()) == ["DONE", "descriptor.json", DOCUMENTS_FILE]
+    assert sorted(p.name for p in folder.iterdir()) == PUBLISHED_CORPUS
     shutil.rmtree(folder)  # the next clean must do the work again, not find this one
     return table, corpus
 
@@ -232,7 +236,7 @@ def ingest_with(workspace, config: IngestConfig, runtime: RuntimeConfig):
     """Ingest from scratch on `runtime`; the raw documents file's digest and the descriptor."""
     raw = ingest_task.fn(config, runtime)
     folder = workspace.resolve(raw.path)
-    assert sorted(p.name for p in folder.iterdir()) == ["DONE", "descriptor.json", DOCUMENTS_FILE]
+    assert sorted(p.name for p in folder.iterdir()) == PUBLISHED_CORPUS
     digests = file_digests(folder, [DOCUMENTS_FILE])
     shutil.rmtree(folder)  # the next ingest must do the work again, not find this one
     return digests, raw
@@ -309,7 +313,7 @@ def encode_with(workspace, corpus, tokenizer, runtime: RuntimeConfig):
     shards = encode_task.fn(corpus, tokenizer, SplitConfig(val=0.2), runtime)
     folder = workspace.resolve(shards.path)
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        ["DONE", "descriptor.json", *SHARD_FILES]
+        ["DONE", "descriptor.json", MANIFEST_FILE, *SHARD_FILES]
     )
     digests = file_digests(folder, SHARD_FILES)
     shutil.rmtree(folder)
