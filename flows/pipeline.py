@@ -28,6 +28,7 @@ from prefect.runtime import deployment, flow_run
 from flows.run_card import publish_run_card
 from lm.config import ModelRun, PipelineConfig, load_config, resolve_preset
 from lm.eval_config import EvalConfig
+from lm.text.sources import InputError
 from storage.artifacts import ArtifactStore, Descriptor
 from storage.metrics_log import MetricsLog
 from storage.processes import pid_alive
@@ -286,7 +287,22 @@ def build_corpus(run: RunContext, settings: PipelineConfig) -> Descriptor:
         split=settings.split,
         runtime=settings.runtime,
     )
+    require_kept_documents(corpus)
     return corpus
+
+
+def require_kept_documents(corpus: Descriptor) -> None:
+    """Stop after cleaning, saying what it removed, when it kept nothing: the next stage's
+    "the training split is empty" would blame the tokenizer for what the filters did."""
+    stats = corpus.stats
+    if stats.get("kept", 1):
+        return
+    removed = [f"{flag} {count:,}" for flag, count in stats.get("removed", {}).items() if count]
+    raise InputError(
+        f"cleaning kept none of the {stats.get('documents', 0):,} documents (removed by: "
+        f"{', '.join(removed) or 'nothing'}); loosen [clean] (for example "
+        "clean.quality.min_words) or add longer texts"
+    )
 
 
 def build_tokenizer(run: RunContext, settings: PipelineConfig, corpus: Descriptor) -> Descriptor:

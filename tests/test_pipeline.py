@@ -152,6 +152,11 @@ def _bad_input(kind: str, tmp_path) -> dict:
     if kind == "parquet without the text column":
         pd.DataFrame({"body": ["x"]}).to_parquet(bad / "p.parquet")
         return {"path": str(bad / "p.parquet")}
+    if kind == "texts all too short to keep":
+        (bad / "short").mkdir()
+        (bad / "short" / "a.txt").write_text("two words")
+        (bad / "short" / "b.txt").write_text("three words here")
+        return {"path": str(bad / "short")}
     assert kind == "unreachable url"
     return {"path": "http://127.0.0.1:9/corpus.jsonl"}
 
@@ -164,6 +169,8 @@ BAD_INPUTS = {
     "jsonl line that is not json": r"b\.jsonl:2: the line is not valid JSON",
     "parquet without the text column": r"p\.parquet: no column 'text'",
     "unreachable url": r"127\.0\.0\.1:9/corpus\.jsonl: cannot fetch",
+    "texts all too short to keep": r"cleaning kept none of the 2 documents \(removed by: "
+    r"too_few_words 2\); loosen \[clean\]",
 }
 
 
