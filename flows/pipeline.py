@@ -8,13 +8,11 @@ its error, in one batch at the end. Stages pass descriptors (paths and digests),
 
 from __future__ import annotations
 
-import getpass
 import importlib.metadata
 import json
 import logging
 import os
 import shlex
-import socket
 import subprocess
 import time
 import uuid
@@ -31,7 +29,7 @@ from lm.eval_config import EvalConfig
 from lm.text.sources import InputError
 from storage.artifacts import ArtifactStore, Descriptor
 from storage.metrics_log import MetricsLog
-from storage.processes import pid_alive
+from storage.processes import pid_alive, this_host
 from storage.registry import (
     DatasetRecord,
     ModelRecord,
@@ -94,10 +92,6 @@ def reproduce_command(config_path: str, overrides: list[str]) -> str:
     return " ".join(words)
 
 
-def _hostname() -> str:
-    return f"{getpass.getuser()}@{socket.gethostname()}"
-
-
 def _run_row(run_id: str, config: PipelineConfig, config_path: str, overrides: list[str]) -> dict:
     return {
         "run_id": run_id,
@@ -115,7 +109,7 @@ def _run_row(run_id: str, config: PipelineConfig, config_path: str, overrides: l
         "device": f"cpu x{os.cpu_count()}",
         "seed": config.seed,
         "command": reproduce_command(config_path, overrides),
-        "hostname": _hostname(),
+        "hostname": this_host(),
         "pid": os.getpid(),
     }
 
@@ -248,7 +242,7 @@ def open_run(settings: PipelineConfig, config_path: str, overrides: list[str]) -
     workspace = Workspace.from_env().ensure()
     registry = RunRegistry(workspace.registry_path)
     run_id = new_run_id()
-    registry.close_abandoned_runs(_hostname(), pid_alive)
+    registry.close_abandoned_runs(this_host(), pid_alive)
     registry.start_run(_run_row(run_id, settings, config_path, overrides))
     metrics = MetricsLog(workspace.runs / run_id / "metrics.jsonl")
     return RunContext(run_id, workspace, registry, metrics)

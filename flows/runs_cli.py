@@ -16,11 +16,14 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
+from storage.processes import run_looks_abandoned
+
 runs_app = typer.Typer(help="Run history from the DuckDB registry.")
 
 AGE = re.compile(r"(\d+)([mhdw])")
 AGE_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 KNOWN_STATUSES = ("running", "completed", "failed", "crashed")
+PROCESS_GONE = "running (process gone: killed?)"
 # Per-model numbers worth comparing across runs, in this order.
 MODEL_METRICS = ("val_bpb", "test_bpb", "val_loss", "baseline_val_bpb", "parameters",
                  "tokens_seen", "steps", "train_seconds")  # fmt: skip
@@ -150,14 +153,23 @@ def runs_list(
             "left(r.corpus_digest, 12) AS corpus, d.kept AS documents, "
             "(SELECT string_agg(m.label, ' ' ORDER BY m.created_at) FROM models m "
             " WHERE m.run_id = r.run_id) AS models, "
-            "(SELECT round(min(m.val_bpb), 4) FROM models m WHERE m.run_id = r.run_id) AS val_bpb "
+            "(SELECT round(min(m.val_bpb), 4) FROM models m WHERE m.run_id = r.run_id) AS val_bpb, "
+            "r.hostname, r.pid "
             f"FROM runs r LEFT JOIN datasets d ON d.digest = r.corpus_digest {where}"
             "ORDER BY r.started_at DESC LIMIT ?",
             [*parameters, limit],
         )
     except RegistryError as error:
         raise _fail(str(error)) from None
-    console.print(_table(columns, rows))
+    shown = [(run_id, shown_status(status, host, pid), *rest)
+             for run_id, status, *rest, host, pid in rows]  # fmt: skip
+    console.print(_table(columns[:-2], shown))
+
+
+def shown_status(status: str, hostname: str | None, pid: int | None) -> str:
+    """The recorded status, or, for a run recorded `running` whose process here is gone, that
+    it was killed: the next run records it `crashed`, and reads never write the registry."""
+    return PROCESS_GONE if run_looks_abandoned(status, hostname, pid) else status
 
 
 def _check_status(registry, status: str) -> None:
@@ -195,6 +207,7 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="a run id or a unique p
         )
     except RegistryError as error:
         raise _fail(str(error)) from None
+    found["status"] = shown_status(found["status"], found["hostname"], found["pid"])
     keys = ("run_id", "status", "preset", "started_at", "ended_at", "seconds", "flow_run_id")
     for key in keys:
         console.print(f"[bold]{key}[/]: {escape(str(found[key]))}", highlight=False)
@@ -208,7 +221,9 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="a run id or a unique p
         console.print(_table(model_columns, models, "models"))
     if metrics:
         console.print(_table(metric_columns, metrics, "metrics"))
-    console.print("[bold]reproduce[/]:", escape(found["command"]), highlight=False)
+    console.print(
+        "[bold]reproduce[/]:", escape(found["command"] or "(not recorded)"), highlight=False
+    )
 
 
 @runs_app.command("compare")

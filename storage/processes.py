@@ -3,7 +3,9 @@ server are told apart from live ones."""
 
 from __future__ import annotations
 
+import getpass
 import os
+import socket
 from pathlib import Path
 
 
@@ -30,3 +32,17 @@ def _is_zombie(pid: int) -> bool:
     # `PID (COMMAND) STATE ...`: the command may hold spaces and parentheses, so the state is
     # the first field after the last ')'.
     return stat[stat.rfind(")") + 1 :].split()[:1] == ["Z"]
+
+
+def this_host() -> str:
+    """`user@host`: what a run records as where it runs, so that only its own machine and
+    account judge whether its process is gone."""
+    return f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+def run_looks_abandoned(status: str, hostname: str | None, pid: int | None) -> bool:
+    """A run still recorded `running` whose process on this machine is gone: killed before it
+    could record an outcome. The next run marks it `crashed`; readers say so before that."""
+    return (
+        status == "running" and pid is not None and hostname == this_host() and not pid_alive(pid)
+    )

@@ -501,6 +501,8 @@ class RunRegistry:
             return columns, result.fetchall()
 
     def find_run(self, prefix: str) -> dict:
+        if not prefix.strip():
+            raise RegistryError("no run id given (see `lmforge runs` for them)")
         columns, rows = self.query(
             "SELECT * FROM runs WHERE run_id LIKE ? ORDER BY started_at", [prefix + "%"]
         )

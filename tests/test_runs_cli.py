@@ -4,7 +4,9 @@ through the real CLI on real registries."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 from datetime import datetime, timedelta
 
 import duckdb
@@ -94,6 +96,34 @@ def test_runs_rejects_a_bad_since_and_an_unknown_status(history):
     assert bad_since.returncode == 1 and "--since 'yesterday': expected an age" in bad_since.stderr
     bad_status = run_cli("runs", "--status", "complete", check=False, home=history)
     assert bad_status.returncode == 1 and "--status 'complete': no such status" in bad_status.stderr
+
+
+def test_a_run_whose_process_is_gone_is_shown_as_killed_without_writing(tmp_path):
+    from storage.processes import this_host
+
+    ended = subprocess.Popen(["true"])
+    ended.wait()  # its pid now names no process
+    registry = RunRegistry(tmp_path / "registry.duckdb")
+    for run_id, host, pid in (
+        ("r-killed", this_host(), ended.pid),
+        ("r-alive", this_host(), os.getpid()),
+        ("r-elsewhere", "someone@another-machine", ended.pid),
+    ):
+        registry.start_run({"run_id": run_id, "status": "running", "started_at": NOW,
+                            "hostname": host, "pid": pid})  # fmt: skip
+    before = (tmp_path / "registry.duckdb").read_bytes()
+    listing = run_cli("runs", home=tmp_path).stdout
+    statuses = dict(re.findall(r"^│ (r-[\w-]+)\s*│ ([^│]*?)\s*│", listing, flags=re.MULTILINE))
+    assert statuses == {
+        "r-killed": "running (process gone: killed?)",
+        "r-alive": "running",
+        "r-elsewhere": "running",  # another machine's processes cannot be seen from here
+    }
+    shown = run_cli("runs", "show", "r-killed", home=tmp_path).stdout
+    assert "status: running (process gone: killed?)" in shown
+    assert (tmp_path / "registry.duckdb").read_bytes() == before  # reads never write
+    empty = run_cli("runs", "show", "", check=False, home=tmp_path)
+    assert empty.returncode == 1 and "no run id given" in empty.stderr
 
 
 def test_compare_shows_config_differences_model_metrics_and_stage_times(history):
