@@ -247,6 +247,9 @@ def run_torchrun(
     # torchrun would give each rank one thread; share the cores instead (CPU ranks use them).
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     environment.setdefault("OMP_NUM_THREADS", str(max(1, (cores or 1) // nproc_per_node)))
+    # A rank killed by a signal (a segfault in a native library) prints its Python stack, so
+    # the error below says where, not only "exitcode: -11".
+    environment.setdefault("PYTHONFAULTHANDLER", "1")
     # The ranks' output comes through the pipes, so torchrun's per-rank log folders stay empty:
     # they go to a temporary folder removed afterwards.
     with tempfile.TemporaryDirectory(prefix="lmforge-torchrun-") as log_dir:

@@ -119,6 +119,24 @@ def test_a_failing_rank_raises_with_the_end_of_its_error_output(tmp_path):
     assert list(scratch.iterdir()) == []
 
 
+@pytest.mark.slow
+def test_a_rank_killed_by_a_segfault_says_where(tmp_path):
+    # A native crash gives no traceback of its own: torchrun reports "exitcode: -11" only.
+    (tmp_path / "crashing_rank.py").write_text(
+        "import ctypes, os\n"
+        "if os.environ['RANK'] == '1':\n"
+        "    ctypes.string_at(0)  # reads address 0\n"
+    )
+    environment = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    environment.pop("PYTHONFAULTHANDLER", None)
+    with pytest.raises(TrainingError) as failure:
+        run_torchrun(2, "crashing_rank", log=lambda line: None, env=environment)
+    message = str(failure.value)
+    assert "Fatal Python error: Segmentation fault" in message
+    assert f'File "{tmp_path / "crashing_rank.py"}", line 3' in message
+    assert "exitcode: -11" in message
+
+
 def test_global_batch_must_divide_over_micro_batch_and_processes():
     with pytest.raises(ValueError, match=r"global_batch \(12\) must be a multiple of micro_batch"
                        r" \(4\) × nproc_per_node \(2\) = 8"):  # fmt: skip
