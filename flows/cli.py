@@ -189,7 +189,11 @@ def ablation_command(
 def size(
     config: Annotated[str | None, typer.Argument(help="preset name or TOML path")] = None,
     vocab_size: Annotated[
-        int | None, typer.Option(help="default: the tokenizer's vocab_size (needed for char)")
+        int | None,
+        typer.Option(min=1, help="default: the tokenizer's vocab_size (needed for char)"),
+    ] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="override a setting: key.path=value")
     ] = None,
 ) -> None:
     """Parameters, FLOPs per token, memory, and the Chinchilla token budget of a config's model."""
@@ -197,46 +201,57 @@ def size(
     from lm.sizing import size_model
 
     try:
-        settings = load_config(config)
+        settings = load_config(config, overrides)
     except ConfigError as error:
         raise _fail(str(error)) from None
-    if settings.model is None:
-        raise _fail(f"{config or 'default'}: the config has no [model] section")
+    try:
+        runs = settings.model_runs()
+    except ValueError as error:
+        raise _fail(f"{config or 'default'}: {error}") from None
+    if not runs:
+        raise _fail(f"{config or 'default'}: the config has no [model] or [[models]] section")
     if vocab_size is None:
         if settings.tokenizer.kind == "char":
             raise _fail("a char tokenizer's vocabulary comes from the data: pass --vocab-size")
         vocab_size = settings.tokenizer.vocab_size
-    result = size_model(settings.model, settings.train, vocab_size)
+    sizes = [size_model(run.model, run.train, vocab_size) for run in runs]
     mib = 1 << 20
-    rows = [
-        ("parameters", f"{result.parameters:,}"),
-        ("training FLOPs per token", f"{result.flops_per_token:,.0f}"),
-        ("weights (fp32)", f"{result.weights_bytes / mib:,.1f} MiB"),
-        ("gradients (fp32)", f"{result.gradients_bytes / mib:,.1f} MiB"),
-        ("AdamW state", f"{result.optimizer_bytes / mib:,.1f} MiB"),
-        ("activations per micro-batch", f"{result.activations_bytes / mib:,.1f} MiB"),
-        ("Chinchilla-optimal tokens (20/param)", f"{result.chinchilla_tokens:,}"),
-        ("tokens the train settings will see", f"{result.planned_tokens:,}"),
+    measures = [
+        ("parameters", lambda size: f"{size.parameters:,}"),
+        ("training FLOPs per token", lambda size: f"{size.flops_per_token:,.0f}"),
+        ("weights (fp32)", lambda size: f"{size.weights_bytes / mib:,.1f} MiB"),
+        ("gradients (fp32)", lambda size: f"{size.gradients_bytes / mib:,.1f} MiB"),
+        ("AdamW state", lambda size: f"{size.optimizer_bytes / mib:,.1f} MiB"),
+        ("activations per micro-batch", lambda size: f"{size.activations_bytes / mib:,.1f} MiB"),
+        ("Chinchilla-optimal tokens (20/param)", lambda size: f"{size.chinchilla_tokens:,}"),
+        ("tokens the train settings will see", lambda size: f"{size.planned_tokens:,}"),
     ]
-    corpus_tokens = _newest_train_tokens()
-    if corpus_tokens is not None:
-        rows.append(("tokens in the newest corpus's train split", f"{corpus_tokens:,}"))
-    console.print(_table(["", settings.model.kind], rows, f"size of {settings.name}"))
+    rows = [(name, *(shown(size) for size in sizes)) for name, shown in measures]
+    newest = _newest_train_tokens(settings.name)
+    if newest is not None:
+        run_id, corpus_tokens = newest
+        rows.append(
+            (f"tokens in the train split of run {run_id}", *[f"{corpus_tokens:,}"] * len(runs))
+        )
+    labels = [run.label for run in runs]
+    console.print(_table(["", *labels], rows, f"size of {settings.name}"))
 
 
-def _newest_train_tokens() -> int | None:
-    """`tokens/train` of the newest completed run, if there is a registry with one."""
+def _newest_train_tokens(preset: str) -> tuple[str, int] | None:
+    """The run id and `tokens/train` of this preset's newest completed run, if the registry has
+    one: the corpus this config reads, as far as the registry can tell without running it."""
     from storage.registry import RegistryError
 
     try:
         _, rows = _registry().query(
-            "SELECT m.value FROM latest_metrics m JOIN runs r USING (run_id) "
-            "WHERE m.key = 'tokens/train' AND r.status = 'completed' "
-            "ORDER BY r.ended_at DESC LIMIT 1"
+            "SELECT r.run_id, m.value FROM latest_metrics m JOIN runs r USING (run_id) "
+            "WHERE m.key = 'tokens/train' AND r.status = 'completed' AND r.preset = ? "
+            "ORDER BY r.ended_at DESC LIMIT 1",
+            [preset],
         )
     except RegistryError:
         return None
-    return int(rows[0][0]) if rows else None
+    return (rows[0][0], int(rows[0][1])) if rows else None
 
 
 @app.command()

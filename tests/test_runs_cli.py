@@ -126,6 +126,13 @@ def test_a_run_whose_process_is_gone_is_shown_as_killed_without_writing(tmp_path
     assert empty.returncode == 1 and "no run id given" in empty.stderr
 
 
+def test_size_counts_the_corpus_tokens_of_the_same_preset_s_newest_run(history):
+    names = run_cli("size", "names", "--vocab-size", "30", home=history).stdout
+    assert re.search(r"tokens in the train split of run r-gpt-new\s*│\s*5,000", names)
+    default = run_cli("size", "default", home=history).stdout
+    assert "tokens in the train split of run r-ladder" in default  # not r-mlp-old: older
+
+
 def test_compare_shows_config_differences_model_metrics_and_stage_times(history):
     output = run_cli("runs", "compare", "r-gpt-new", "r-ladder", home=history).stdout
     differences = dict(re.findall(r"^│ ([\w.\[\]]+)\s+│ (.+?)\s+│", output, flags=re.MULTILINE))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -43,6 +45,11 @@ def test_size_command_reports_the_default_model():
     assert "Chinchilla-optimal tokens" in output and "24,670,720" in output
     char = run_cli("size", "--vocab-size", "27", check=False)
     assert char.returncode == 0
+    smaller = run_cli("size", "--set", "model.n_layer=1").stdout
+    parameters = int(re.search(r"│ parameters\s*│ ([\d,]+)", smaller).group(1).replace(",", ""))
+    assert 0 < parameters < 1_233_536
+    refused = run_cli("size", "--vocab-size", "0", check=False)
+    assert refused.returncode == 2 and "--vocab-size" in refused.stderr
 
 
 def test_activation_memory_follows_the_precision_auto_resolves_to(monkeypatch):
