@@ -416,12 +416,18 @@ def _apply_override(data: dict[str, Any], override: str, path: Path) -> None:
         value = tomllib.loads(f"v = {raw_value}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw_value  # a bare word: treat it as a string
-    *parents, leaf = key.strip().split(".")
+    parts = key.strip().split(".")
+    *parents, leaf = parts
     node: Any = data
-    for part in parents:
+    for depth, part in enumerate(parents):
         if isinstance(node, list):  # an array of tables: `models.3.dropout` is its 4th entry
             node = node[_entry_index(node, part, override, path)]
         else:
+            if part not in node and parts[depth + 1].isdigit():
+                array = ".".join(parts[: depth + 1])
+                raise ConfigError(
+                    f"override '{override}': {path} has no array '{array}' to take an entry of"
+                )
             node = node.setdefault(part, {})
         if not isinstance(node, dict | list):
             raise ConfigError(f"override '{override}': '{part}' in {path} is not a table")
