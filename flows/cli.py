@@ -102,6 +102,15 @@ def _run_flow(name: str, config: str | None, overrides: list[str] | None) -> dic
         return chosen(config=config, overrides=overrides or [])
     except known as error:
         raise _fail(str(error)) from None
+    except RuntimeError as error:
+        if "ephemeral Prefect API server" not in str(error):
+            raise
+        # Prefect's per-process temporary server gives up after a fixed wait on a busy machine.
+        raise _fail(
+            f"{error.args[0].split(' stdout:')[0]} The machine may be too busy to start one in "
+            "time: run again, raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, or let runs "
+            "share the workspace's background server (unset LMFORGE_PREFECT_SERVER)"
+        ) from None
 
 
 def _print_stages(summary: dict) -> None:

@@ -244,3 +244,22 @@ def test_help_shows_every_command_s_docstring_whole(monkeypatch):
         assert expected in flattened(listing.output), (path, listing.output)
     options = flattened(runner.invoke(app, ["runs", "export", "--help"]).output)
     assert "folder to write <table>.parquet files into" in options
+
+
+def test_a_temporary_prefect_server_that_never_answers_is_one_clear_line(workspace, tmp_path):
+    # A startup wait of 0 s: Prefect gives up at once, as it does on a machine too busy to
+    # start its server within the default wait.
+    env = dict(os.environ) | {
+        "LMFORGE_PREFECT_SERVER": "ephemeral",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "0",
+    }
+    env.pop("PREFECT_API_URL", None)
+    readme = readme_sections(tmp_path / "readme")
+    config = write_config(tmp_path / "c.toml", [{"path": str(readme)}])
+    result = subprocess.run(lmforge_command("run", str(config)), capture_output=True, text=True,
+                            timeout=120, cwd=REPO, env=env)  # fmt: skip
+    said = " ".join(result.stderr.split())  # as read, whatever the terminal's width
+    assert result.returncode == 1
+    assert "error: Timed out while attempting to connect to ephemeral Prefect API server." in said
+    assert "raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in said
+    assert "Traceback" not in said
