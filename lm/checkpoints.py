@@ -45,15 +45,21 @@ def read_info(checkpoint: Path) -> dict:
 
 def damage(checkpoint: Path) -> str | None:
     """Why this complete checkpoint cannot be trusted, or None if its files are whole."""
-    recorded = read_info(checkpoint).get("files", {})
-    for name, size in recorded.items():
-        path = checkpoint / name
+    problem = size_mismatch(checkpoint, read_info(checkpoint).get("files", {}))
+    if problem is None and not (checkpoint / WEIGHTS_FILE).is_file():
+        return f"{WEIGHTS_FILE} is missing"
+    return problem
+
+
+def size_mismatch(folder: Path, sizes: dict[str, int]) -> str | None:
+    """The first file of `sizes` (name → bytes written) missing from `folder` or of another
+    size, said in words; None when all are as written."""
+    for name, size in sizes.items():
+        path = folder / name
         if not path.is_file():
             return f"{name} is missing"
         if path.stat().st_size != size:
             return f"{name} has {path.stat().st_size} bytes, {size} were written"
-    if not (checkpoint / WEIGHTS_FILE).is_file():
-        return f"{WEIGHTS_FILE} is missing"
     return None
 
 

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from lm.checkpoints import size_mismatch
 from storage.processes import pid_alive
 
 logger = logging.getLogger("storage.artifacts")
@@ -146,10 +147,4 @@ def damage(folder: Path) -> str | None:
         sizes = {str(name): int(size) for name, size in files.items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         return f"{MANIFEST_FILE} is unreadable ({error})"
-    for name, size in sizes.items():
-        file = folder / name
-        if not file.is_file():
-            return f"{name} is missing"
-        if file.stat().st_size != size:
-            return f"{name} has {file.stat().st_size} bytes, {size} were written"
-    return None
+    return size_mismatch(folder, sizes)
