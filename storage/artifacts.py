@@ -14,6 +14,7 @@ hand) is not complete: the stage builds it again instead of handing damaged file
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -109,10 +110,17 @@ class ArtifactStore:
                 shutil.rmtree(staging)  # a concurrent build of the same key won; same content
                 return
             # An incomplete or damaged leftover: moved aside in one rename, so the key's
-            # directory is never half deleted, then replaced.
+            # directory is never half deleted, then replaced. A process rebuilding the same key
+            # may move it first, or publish first: either way one whole output ends up there.
             aside = final.with_name(f"{final.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-            os.rename(final, aside)
-            os.rename(staging, final)
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(final, aside)
+            try:
+                os.rename(staging, final)
+            except OSError as again:
+                if again.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                shutil.rmtree(staging)
             shutil.rmtree(aside, ignore_errors=True)
 
     def remove_abandoned_builds(self) -> None:
