@@ -225,7 +225,7 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
         "run_id": run.run_id,
         "decision": asdict(decision),
         "stages": [asdict(stage) for stage in run.stages],
-        "models": [{"label": m.label, "path": m.path, **m.stats} for m in models],
+        "models": [{"label": m.label, "kind": m.kind, "path": m.path, **m.stats} for m in models],
     }
 
 

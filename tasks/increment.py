@@ -48,7 +48,7 @@ def increment_task(corpus: Descriptor, previous: Descriptor) -> Descriptor:
             # Corpus order is kept: the documents file is read in order and filtered.
             connection.execute(
                 "COPY (SELECT * FROM read_parquet(?) WHERE keep AND (split <> 'train' OR doc_id "
-                "NOT IN (SELECT doc_id FROM read_parquet(?)))) TO ? "
+                "NOT IN (SELECT doc_id FROM read_parquet(?) WHERE keep AND split = 'train'))) TO ? "
                 "(FORMAT parquet, COMPRESSION zstd)",
                 [str(current_file), str(previous_file), str(staging / DOCUMENTS_FILE)],
             )

@@ -4,6 +4,7 @@ documents, continued training on new documents, promotion only when bits per byt
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -86,3 +87,32 @@ def test_retrain_trains_once_per_new_data_and_promotes_only_on_improvement(works
     _, decisions = registry.query("SELECT promoted, reason FROM promotions ORDER BY decided_at")
     assert [promoted for promoted, _ in decisions] == [True, False, False, False, True]
     assert "kept the champion" in decisions[2][1]
+
+
+def test_the_retrain_command_prints_its_model_and_decision_and_exits_0(workspace, tmp_path):
+    from tests.conftest import run_cli
+
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    for index in range(12):
+        (folder / f"doc{index:02d}.txt").write_text(prose(index, 120))
+    config = write_config(tmp_path / "tiny.toml", [{"path": str(folder)}], TINY)
+    result = run_cli("retrain", str(config))  # failed on the models table: no 'kind' in it
+    said = " ".join(result.stdout.split())
+    assert "│ gpt │ gpt │" in said
+    assert "scratch: promoted" in said
+
+
+def test_documents_the_champion_s_corpus_dropped_count_as_new_once_kept(workspace, tmp_path):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    for index in range(12):
+        (folder / f"doc{index:02d}.txt").write_text(prose(index, 120))
+    for index in range(8):  # about 30 words: dropped by the first corpus's rules
+        (folder / f"short{index}.txt").write_text(prose(200 + index, 25))
+    config = write_config(tmp_path / "tiny.toml", [{"path": str(folder)}], TINY)
+    assert _trigger(config, "clean.quality.min_words=40")["decision"]["mode"] == "scratch"
+    looser = _trigger(config, "clean.quality.min_words=10")
+    decision = looser["decision"]
+    assert decision["mode"] == "continue", decision["reason"]  # was: up-to-date, 0 new
+    assert re.search(r"\b[1-8] new train documents", decision["reason"])
