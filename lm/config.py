@@ -241,6 +241,8 @@ class AblationConfig(StrictModel):
         names = [variant.name for variant in self.variants]
         if len(set(names)) != len(names):
             raise ValueError(f"ablation variant names must differ: {names}")
+        if len(set(self.seeds)) != len(self.seeds):  # a repeat would count one result twice
+            raise ValueError(f"ablation seeds must differ: {self.seeds}")
         return self
 
 

@@ -90,7 +90,8 @@ def size_model(
 ) -> ModelSize:
     """Sizes for training on `device` (default: the one `train.device` picks on this machine),
     which decides what `precision = "auto"` means: bf16 activations take half the bytes."""
-    device = device if device is not None else pick_device(train.device)
+    if device is None:  # a device named outright is sized as asked, present here or not
+        device = pick_device() if train.device == "auto" else torch.device(train.device)
     bf16 = autocast_dtype(train, device) is not None
     parameters = parameter_count(model, vocab_size)
     flops = 6.0 * (parameters - lookup_parameter_count(model, vocab_size))

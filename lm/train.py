@@ -119,6 +119,12 @@ def pick_device(requested: str = "auto", ranks: Ranks | None = None) -> torch.de
             kind = "mps"
         else:
             kind = "cpu"
+    elif kind == "cuda" and not torch.cuda.is_available():
+        raise TrainingError('train.device = "cuda", but this PyTorch sees no CUDA GPU')
+    elif kind == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise TrainingError('train.device = "mps", but this machine has no MPS device')
     if kind == "cuda" and ranks is not None and ranks.distributed:
         return torch.device("cuda", ranks.local_rank)
     return torch.device(kind)

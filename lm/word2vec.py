@@ -115,12 +115,15 @@ def evaluate_vectors(vectors, config: Word2VecConfig) -> dict:
     """Analogy accuracy, Spearman correlations with their out-of-vocabulary rates, and the
     nearest neighbours of each probe word in the vocabulary (absent probes are warned about)."""
     metrics: dict = {"vocabulary": len(vectors.key_to_index)}
+    if config.input == "pieces":
+        vectors = whole_word_view(vectors)
     analogies = gensim_test_file(ANALOGIES)
     if analogies is not None:
         accuracy, sections = vectors.evaluate_word_analogies(str(analogies))
         total = sections[-1]  # gensim's "Total accuracy" section
         answered = len(total["correct"]) + len(total["incorrect"])
-        metrics["analogy_accuracy"] = float(accuracy)
+        # No question answered is no score, not an accuracy of 0.
+        metrics["analogy_accuracy"] = float(accuracy) if answered else None
         metrics["analogy_questions_answered"] = answered
     for name, file in SIMILARITY_SETS.items():
         path = gensim_test_file(file)
@@ -138,13 +141,25 @@ def evaluate_vectors(vectors, config: Word2VecConfig) -> dict:
         metrics[f"{name}_oov_rate"] = float(oov) / 100.0
     neighbours = {}
     for probe in config.probes:
-        word = probe.lower() if config.input == "words" else probe
+        word = probe.lower()
         if word not in vectors.key_to_index:
             logger.warning("word2vec: probe word '%s' is not in the vocabulary; skipped", probe)
             continue
         neighbours[word] = [w for w, _ in vectors.most_similar(word, topn=config.neighbours)]
     metrics["neighbours"] = neighbours
     return metrics
+
+
+def whole_word_view(vectors):
+    """The vectors of whole-word pieces ("▁said") keyed by their word ("said"): the keys the
+    word evaluation sets and the probes look up. Pieces inside words have no word to answer for."""
+    from gensim.models import KeyedVectors
+
+    pieces = [key for key in vectors.index_to_key if key.startswith("\u2581") and len(key) > 1]
+    view = KeyedVectors(vectors.vector_size)
+    if pieces:
+        view.add_vectors([piece[1:] for piece in pieces], [vectors[piece] for piece in pieces])
+    return view
 
 
 def plot_projection(vectors, neighbours: dict[str, list[str]], method: str, path: Path) -> Path:

@@ -18,6 +18,7 @@ from lm.word2vec import (
     piece_sentences,
     plot_projection,
     train_word2vec,
+    whole_word_view,
 )
 from lm.word2vec import word_sentences as words_of
 from storage.artifacts import ArtifactStore, Descriptor
@@ -69,9 +70,8 @@ def word2vec_task(corpus: Descriptor, tokenizer: Descriptor, config: Word2VecCon
     with store.build(key) as staging:
         vectors.save(str(staging / VECTORS_FILE))
         (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
-        plot_projection(
-            vectors, metrics["neighbours"], config.projection, staging / PROJECTION_FILE
-        )
+        shown = whole_word_view(vectors) if config.input == "pieces" else vectors
+        plot_projection(shown, metrics["neighbours"], config.projection, staging / PROJECTION_FILE)
         descriptor = store.describe(
             staging,
             STAGE,

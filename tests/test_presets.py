@@ -213,6 +213,8 @@ def test_an_override_can_reach_one_entry_of_the_ladder_by_its_index():
         load_config("names", ["models.gpt.dropout=0.1"])
     with pytest.raises(ConfigError, match=r"default\.toml has no array 'models' to take an entry"):
         load_config("default", ["models.0.kind=gpt"])
+    with pytest.raises(ConfigError, match=r"ablation seeds must differ: \[1, 1, 2\]"):
+        load_config("ablation", ["ablation.seeds=[1, 1, 2]"])
 
 
 def test_names_preset_keeps_every_distinct_census_first_name(workspace):

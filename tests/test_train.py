@@ -664,3 +664,12 @@ def test_compiled_training_on_the_cpu_is_reproducible(tmp_path):
     finally:
         torch.use_deterministic_algorithms(False)
     assert first == second
+
+
+def test_a_device_this_machine_lacks_is_a_clear_error():
+    from lm.train import pick_device
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    with pytest.raises(TrainingError, match=r'train\.device = "cuda", but this PyTorch sees no'):
+        pick_device("cuda")

@@ -62,3 +62,19 @@ def test_projection_is_a_png_with_the_probes(tmp_path, method):
 def test_vocabulary_left_empty_by_min_count_is_a_clear_error():
     with pytest.raises(ValueError, match="no word occurs 1000 times"):
         train_word2vec(small_sentences(), Word2VecConfig(min_count=1000))
+
+
+def test_piece_vectors_are_evaluated_by_their_whole_word_pieces():
+    # SentencePiece marks a word's first piece with "▁"; the evaluation sets hold bare words.
+    sentences = small_sentences() + [["tiger", "cat", "money", "bank", "love", "sex"]] * 20
+    pieces = [["\u2581" + word for word in words] + ["ing"] for words in sentences]
+    config = SMALL.model_copy(update={"input": "pieces"})
+    metrics = evaluate_vectors(train_word2vec(pieces, config), config)
+    words = evaluate_vectors(train_word2vec(sentences, SMALL), SMALL)
+    assert list(metrics["neighbours"]) == ["river"]  # was: every probe "not in the vocabulary"
+    assert not any(near.startswith("\u2581") for near in metrics["neighbours"]["river"])
+    for name in ("wordsim353", "simlex999"):  # the same words are found as in word vectors
+        assert metrics[f"{name}_oov_rate"] == words[f"{name}_oov_rate"]
+    assert metrics["wordsim353_oov_rate"] < 1.0
+    assert metrics["analogy_questions_answered"] == 0
+    assert metrics["analogy_accuracy"] is None  # nothing answered is no score, not 0 %
