@@ -95,7 +95,7 @@ def ablation(config: str | None = "ablation", overrides: list[str] | None = None
         arms = settings.ablation_runs()
     except ValueError as error:
         raise ConfigError(f"{config_path}: {error}") from None
-    run = open_run(settings, config_path, overrides)
+    run = open_run(settings, config_path, overrides, command="ablation")
     try:
         corpus = build_corpus(run, settings)
         tokenizer = build_tokenizer(run, settings, corpus)

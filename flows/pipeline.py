@@ -87,12 +87,16 @@ def _package_versions() -> dict[str, str]:
     return versions
 
 
-def reproduce_command(config_path: str, overrides: list[str]) -> str:
-    words = ["lmforge", "run", config_path, *(f"--set {shlex.quote(o)}" for o in overrides)]
+def reproduce_command(config_path: str, overrides: list[str], command: str = "run") -> str:
+    """The command line that runs this again: `command` is the flow's (`run`, `retrain`,
+    `ablation`)."""
+    words = ["lmforge", command, config_path, *(f"--set {shlex.quote(o)}" for o in overrides)]
     return " ".join(words)
 
 
-def _run_row(run_id: str, config: PipelineConfig, config_path: str, overrides: list[str]) -> dict:
+def _run_row(
+    run_id: str, config: PipelineConfig, config_path: str, overrides: list[str], command: str
+) -> dict:
     return {
         "run_id": run_id,
         "flow_run_id": flow_run.get_id(),
@@ -108,7 +112,7 @@ def _run_row(run_id: str, config: PipelineConfig, config_path: str, overrides: l
         "package_versions": _package_versions(),
         "device": f"cpu x{os.cpu_count()}",
         "seed": config.seed,
-        "command": reproduce_command(config_path, overrides),
+        "command": reproduce_command(config_path, overrides, command),
         "hostname": this_host(),
         "pid": os.getpid(),
     }
@@ -236,14 +240,16 @@ class RunContext:
     stages: list[StageRecord] = field(default_factory=list)
 
 
-def open_run(settings: PipelineConfig, config_path: str, overrides: list[str]) -> RunContext:
+def open_run(
+    settings: PipelineConfig, config_path: str, overrides: list[str], command: str = "run"
+) -> RunContext:
     """Register a new run (closing this host's runs whose process died) and return its
     context."""
     workspace = Workspace.from_env().ensure()
     registry = RunRegistry(workspace.registry_path)
     run_id = new_run_id()
     registry.close_abandoned_runs(this_host(), pid_alive)
-    registry.start_run(_run_row(run_id, settings, config_path, overrides))
+    registry.start_run(_run_row(run_id, settings, config_path, overrides, command))
     metrics = MetricsLog(workspace.runs / run_id / "metrics.jsonl")
     return RunContext(run_id, workspace, registry, metrics)
 

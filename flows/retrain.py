@@ -141,7 +141,7 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
         raise ConfigError(f"{config_path}: retrain needs a [model] (or [[models]]) to train")
     model_run = model_runs[-1]  # the top of a ladder is the model kept current
     policy = settings.retrain
-    run = open_run(settings, config_path, overrides)
+    run = open_run(settings, config_path, overrides, command="retrain")
     try:
         corpus = build_corpus(run, settings)
         champion = load_champion(run, policy.alias)

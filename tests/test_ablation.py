@@ -81,6 +81,8 @@ def test_ablation_shares_the_data_stages_and_tabulates_mean_and_spread(workspace
         [summary["run_id"]],
     )
     assert rows == [(4, 4)]
+    _, commands = RunRegistry(workspace.registry_path).query("SELECT command FROM runs")
+    assert commands == [(f"lmforge ablation {config}",)]  # was: `lmforge run`, another flow
     table_file = workspace.runs / summary["run_id"] / "ablation.md"
     assert table_file.read_text().strip() == summary["table"]
 

@@ -101,6 +101,8 @@ def test_the_retrain_command_prints_its_model_and_decision_and_exits_0(workspace
     said = " ".join(result.stdout.split())
     assert "│ gpt │ gpt │" in said
     assert "scratch: promoted" in said
+    _, commands = RunRegistry(workspace.registry_path).query("SELECT command FROM runs")
+    assert commands == [(f"lmforge retrain {config}",)]  # was: `lmforge run`, another flow
 
 
 def test_documents_the_champion_s_corpus_dropped_count_as_new_once_kept(workspace, tmp_path):
