@@ -48,12 +48,17 @@ def _stages(summary) -> dict[str, bool]:
     return {stage["stage"]: stage["cached"] for stage in summary["stages"]}
 
 
-def test_retrain_trains_once_per_new_data_and_promotes_only_on_improvement(workspace, tmp_path):
+def twelve_documents(tmp_path):
+    """A source folder of twelve documents, and the TINY config that reads it."""
     folder = tmp_path / "texts"
     folder.mkdir()
     for index in range(12):
         (folder / f"doc{index:02d}.txt").write_text(prose(index, 120))
-    config = write_config(tmp_path / "tiny.toml", [{"path": str(folder)}], TINY)
+    return folder, write_config(tmp_path / "tiny.toml", [{"path": str(folder)}], TINY)
+
+
+def test_retrain_trains_once_per_new_data_and_promotes_only_on_improvement(workspace, tmp_path):
+    folder, config = twelve_documents(tmp_path)
     registry = RunRegistry(workspace.registry_path)
 
     first = _trigger(config)
@@ -92,11 +97,7 @@ def test_retrain_trains_once_per_new_data_and_promotes_only_on_improvement(works
 def test_the_retrain_command_prints_its_model_and_decision_and_exits_0(workspace, tmp_path):
     from tests.conftest import run_cli
 
-    folder = tmp_path / "texts"
-    folder.mkdir()
-    for index in range(12):
-        (folder / f"doc{index:02d}.txt").write_text(prose(index, 120))
-    config = write_config(tmp_path / "tiny.toml", [{"path": str(folder)}], TINY)
+    _, config = twelve_documents(tmp_path)
     result = run_cli("retrain", str(config))  # failed on the models table: no 'kind' in it
     said = " ".join(result.stdout.split())
     assert "│ gpt │ gpt │" in said
@@ -106,13 +107,9 @@ def test_the_retrain_command_prints_its_model_and_decision_and_exits_0(workspace
 
 
 def test_documents_the_champion_s_corpus_dropped_count_as_new_once_kept(workspace, tmp_path):
-    folder = tmp_path / "texts"
-    folder.mkdir()
-    for index in range(12):
-        (folder / f"doc{index:02d}.txt").write_text(prose(index, 120))
+    folder, config = twelve_documents(tmp_path)
     for index in range(8):  # about 30 words: dropped by the first corpus's rules
         (folder / f"short{index}.txt").write_text(prose(200 + index, 25))
-    config = write_config(tmp_path / "tiny.toml", [{"path": str(folder)}], TINY)
     assert _trigger(config, "clean.quality.min_words=40")["decision"]["mode"] == "scratch"
     looser = _trigger(config, "clean.quality.min_words=10")
     decision = looser["decision"]
