@@ -162,10 +162,16 @@ def train_model(
     eval_config: EvalConfig,
     ladder: bool = False,
     vectors: Descriptor | None = None,
+    eval_shards: Descriptor | None = None,
 ) -> ModelRecord:
     """Train one model of the run (cached like every stage) and log its curve and numbers
-    under its label. In a ladder, each model's stages are named after it (`train/mlp`)."""
+    under its label. In a ladder, each model's stages are named after it (`train/mlp`).
+
+    `eval_shards` (default: `shards`) are the shards it is scored on, when it trains on only
+    part of a corpus: `retrain` continues a model on the new documents alone, but scores it,
+    and fits the baseline it is compared with, on the whole corpus, as any other run."""
     label, workspace = model_run.label, run.workspace
+    eval_shards = eval_shards or shards
     suffix = f"/{label}" if ladder else ""
     trained = run_stage(
         run.stages,
@@ -184,11 +190,11 @@ def train_model(
     evaluated = run_stage(
         run.stages,
         evaluate_task,
-        evaluate_key(trained, shards, tokenizer, eval_config),
+        evaluate_key(trained, eval_shards, tokenizer, eval_config),
         evaluate_store(workspace),
         stage_name=f"evaluate{suffix}",
         trained=trained,
-        shards=shards,
+        shards=eval_shards,
         tokenizer=tokenizer,
         config=eval_config,
     )

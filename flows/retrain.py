@@ -145,18 +145,20 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
     try:
         corpus = build_corpus(run, settings)
         champion = load_champion(run, policy.alias)
-        usable = champion is not None and None not in (
-            champion.trained,
-            champion.tokenizer,
-            champion.corpus,
-        )
+        # Scoring the champion needs only its model and tokenizer; continuing it needs its
+        # corpus too (to tell the new documents from those it has seen).
+        scorable = champion is not None and None not in (champion.trained, champion.tokenizer)
         models: list[ModelRecord] = []
-        tokenizer = champion.tokenizer if usable else None
-        if champion is not None and usable and champion.corpus.digest == corpus.digest:
+        tokenizer = champion.tokenizer if scorable else None
+        if scorable and champion.row["corpus_digest"] == corpus.digest:
             decision = Decision("up-to-date", "no new documents since the champion's corpus")
         else:
-            data, train = corpus, model_run.train
-            if usable and _same_settings(champion, settings, model_run):
+            data, train, full_shards = corpus, model_run.train, None
+            if (
+                scorable
+                and champion.corpus is not None
+                and _same_settings(champion, settings, model_run)
+            ):
                 data = run_stage(
                     run.stages,
                     increment_task,
@@ -180,8 +182,7 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
             else:
                 tokenizer = build_tokenizer(run, settings, corpus)
                 new_documents = corpus.stats["split_documents"].get("train", 0)
-                why = "no champion yet" if champion is None else "settings or artifacts changed"
-                decision = Decision("scratch", f"trained from scratch ({why})")
+                decision = Decision("scratch", f"trained from scratch ({_why_scratch(champion)})")
             if new_documents < policy.min_new_documents:
                 decision = Decision(
                     "up-to-date",
@@ -190,15 +191,18 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
                 )
             else:
                 shards = encode_corpus(run, settings, data, tokenizer)
+                if data is not corpus:  # scored, as the champion is, on the whole corpus
+                    full_shards = encode_corpus(run, settings, corpus, tokenizer)
                 candidate_run = ModelRun(model_run.label, model_run.model, train)
                 candidate = train_model(
-                    run, candidate_run, shards, tokenizer, corpus, settings.eval
-                )
+                    run, candidate_run, shards, tokenizer, corpus, settings.eval,
+                    eval_shards=full_shards,
+                )  # fmt: skip
                 models.append(candidate)
                 decision.candidate_val_bpb = candidate.stats["val_bpb"]
-                if usable:
+                if scorable:
                     decision.champion_val_bpb = _champion_score(run, settings, champion, corpus)
-                _decide(decision, policy.margin)
+                _decide(decision, policy.margin, champion)
         run.metrics.log_many(
             {
                 "retrain/promoted": float(decision.promoted),
@@ -229,11 +233,25 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
     }
 
 
-def _decide(decision: Decision, margin: float) -> None:
+def _why_scratch(champion: Champion | None) -> str:
+    if champion is None:
+        return "no champion yet"
+    parts = {"trained": "model", "tokenizer": "tokenizer", "corpus": "corpus"}
+    gone = [name for attribute, name in parts.items() if getattr(champion, attribute) is None]
+    if gone:
+        return f"the champion's {' and '.join(gone)} is gone"
+    return "settings changed"
+
+
+def _decide(decision: Decision, margin: float, holder: Champion | None) -> None:
     candidate, champion = decision.candidate_val_bpb, decision.champion_val_bpb
     if champion is None:
         decision.promoted = True
-        decision.reason += "; promoted: no champion to beat"
+        decision.reason += (
+            "; promoted: no champion to beat"
+            if holder is None
+            else "; promoted: the champion could not be scored (its model or tokenizer is gone)"
+        )
     elif candidate < champion - margin:
         decision.promoted = True
         decision.reason += f"; promoted: val bpb {candidate:.4f} < {champion:.4f} - {margin}"

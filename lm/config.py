@@ -248,10 +248,14 @@ class AblationConfig(StrictModel):
 
 class RetrainConfig(StrictModel):
     """The `retrain` flow's promotion rule: a candidate replaces the model holding `alias` only
-    if its val bits per byte beat the champion's, on the same held-out text, by `margin`."""
+    if its val bits per byte beat the champion's, on the same held-out text, by `margin`.
+    A negative margin is a tolerance: it promotes a candidate up to that much worse, for a
+    deployment that prefers a model of the newest data to a slightly better older one."""
 
     alias: str = "champion"
-    margin: float = Field(0.0, description="bits per byte the candidate must gain")
+    margin: float = Field(
+        0.0, description="bits per byte the candidate must gain (negative: may lose)"
+    )
     # Continued training on new data; None trains for train.max_steps.
     steps: int | None = Field(None, ge=1)
     # Refuse to retrain on fewer new train documents than this (too little to learn from).

@@ -48,6 +48,10 @@ def _stages(summary) -> dict[str, bool]:
     return {stage["stage"]: stage["cached"] for stage in summary["stages"]}
 
 
+def _stage_stats(summary, name: str) -> dict:
+    return next(stage["stats"] for stage in summary["stages"] if stage["stage"] == name)
+
+
 def twelve_documents(tmp_path):
     """A source folder of twelve documents, and the TINY config that reads it."""
     folder = tmp_path / "texts"
@@ -81,6 +85,11 @@ def test_retrain_trains_once_per_new_data_and_promotes_only_on_improvement(works
     champion_folder = workspace.resolve(registry.find_model(first["run_id"])["path"])
     assert settings["init_from"] == str(champion_folder)  # continued from the champion
     assert registry.champion()["run_id"] == first["run_id"]
+    # Scored as the champion is, with the baseline fitted on the whole corpus's train split
+    # (it was fitted on the new documents alone), so the two runs' baselines agree.
+    champion_scores = _stage_stats(strict, "evaluate/champion")
+    scores = strict["models"][0]
+    assert scores["baseline_val_bpb"] == pytest.approx(champion_scores["baseline_val_bpb"])
 
     again = _trigger(config, "retrain.margin=10.0")
     assert _stages(again)["train"] is True  # the same data: served from cache, not retrained
@@ -115,3 +124,26 @@ def test_documents_the_champion_s_corpus_dropped_count_as_new_once_kept(workspac
     decision = looser["decision"]
     assert decision["mode"] == "continue", decision["reason"]  # was: up-to-date, 0 new
     assert re.search(r"\b[1-8] new train documents", decision["reason"])
+
+
+def test_a_champion_whose_corpus_is_gone_is_still_scored_not_beaten_by_default(
+    workspace, tmp_path
+):
+    import shutil
+
+    folder, config = twelve_documents(tmp_path)
+    first = _trigger(config)
+    registry = RunRegistry(workspace.registry_path)
+    _, [(corpus_path,)] = registry.query("SELECT path FROM datasets")
+    shutil.rmtree(workspace.resolve(corpus_path))  # cannot tell its documents from new ones
+    for index in range(100, 104):
+        (folder / f"new{index}.txt").write_text(prose(index, 120))
+
+    later = _trigger(config, "retrain.margin=10.0")
+    decision = later["decision"]
+    assert decision["mode"] == "scratch", decision["reason"]
+    assert "the champion's corpus is gone" in decision["reason"]
+    # Was: not scored, and promoted with "no champion to beat".
+    assert decision["champion_val_bpb"] is not None and not decision["promoted"]
+    assert "kept the champion" in decision["reason"]
+    assert registry.champion()["run_id"] == first["run_id"]
