@@ -126,9 +126,7 @@ def test_documents_the_champion_s_corpus_dropped_count_as_new_once_kept(workspac
     assert re.search(r"\b[1-8] new train documents", decision["reason"])
 
 
-def test_a_champion_whose_corpus_is_gone_is_still_scored_not_beaten_by_default(
-    workspace, tmp_path
-):
+def test_a_champion_whose_corpus_is_gone_is_still_scored_not_beaten_by_default(workspace, tmp_path):
     import shutil
 
     folder, config = twelve_documents(tmp_path)
