@@ -127,18 +127,8 @@ def evaluate_vectors(vectors, config: Word2VecConfig) -> dict:
         metrics["analogy_questions_answered"] = answered
     for name, file in SIMILARITY_SETS.items():
         path = gensim_test_file(file)
-        if path is None:
-            continue
-        try:
-            pearson, spearman, oov = vectors.evaluate_word_pairs(str(path))
-        except ValueError:  # gensim's answer when every pair is out of the vocabulary
-            logger.warning("word2vec: no pair of %s is in the vocabulary", name)
-            metrics[f"{name}_spearman"] = metrics[f"{name}_pearson"] = None
-            metrics[f"{name}_oov_rate"] = 1.0
-            continue
-        metrics[f"{name}_spearman"] = float(spearman.statistic)
-        metrics[f"{name}_pearson"] = float(pearson.statistic)
-        metrics[f"{name}_oov_rate"] = float(oov) / 100.0
+        if path is not None:
+            metrics.update(_similarity_scores(vectors, name, path))
     neighbours = {}
     for probe in config.probes:
         word = probe.lower()
@@ -148,6 +138,51 @@ def evaluate_vectors(vectors, config: Word2VecConfig) -> dict:
         neighbours[word] = [w for w, _ in vectors.most_similar(word, topn=config.neighbours)]
     metrics["neighbours"] = neighbours
     return metrics
+
+
+MIN_SIMILARITY_PAIRS = 3  # a correlation over two pairs is always ±1: no evidence
+
+
+def _similarity_scores(vectors, name: str, path) -> dict:
+    """Spearman and Pearson correlations with the human judgements of `path`, and the share of
+    its pairs out of the vocabulary. With fewer than `MIN_SIMILARITY_PAIRS` pairs in the
+    vocabulary there is no correlation to report, but the out-of-vocabulary rate still says
+    how many were found (gensim raises for zero or one pair, and says ±1 for two)."""
+    found, total = _pairs_in_vocabulary(vectors, path)
+    oov_rate = 1.0 - found / total if total else 1.0
+    if found < MIN_SIMILARITY_PAIRS:
+        logger.warning(
+            "word2vec: %d of the %d pairs of %s are in the vocabulary, too few to correlate",
+            found, total, name,
+        )  # fmt: skip
+        return {f"{name}_spearman": None, f"{name}_pearson": None, f"{name}_oov_rate": oov_rate}
+    pearson, spearman, oov = vectors.evaluate_word_pairs(str(path))
+    return {
+        f"{name}_spearman": float(spearman.statistic),
+        f"{name}_pearson": float(pearson.statistic),
+        f"{name}_oov_rate": float(oov) / 100.0,
+    }
+
+
+def _pairs_in_vocabulary(vectors, path) -> tuple[int, int]:
+    """(pairs with both words in the vocabulary, valid pairs) of a word-pair file, read as
+    gensim's `evaluate_word_pairs` reads it with its defaults: `#` lines are comments, a pair is
+    `word<TAB>word<TAB>score`, and words match whatever their case among the first 300,000."""
+    known = {key.upper() for key in vectors.index_to_key[:300_000]}
+    found = total = 0
+    with open(path, encoding="utf-8", errors="replace") as lines:
+        for line in lines:
+            line = line.rstrip("\n")
+            fields = line.split("\t")
+            if not line or line.startswith("#") or len(fields) != 3:
+                continue
+            try:
+                float(fields[2])
+            except ValueError:
+                continue
+            total += 1
+            found += fields[0].upper() in known and fields[1].upper() in known
+    return found, total
 
 
 def whole_word_view(vectors):

@@ -78,3 +78,39 @@ def test_piece_vectors_are_evaluated_by_their_whole_word_pieces():
     assert metrics["wordsim353_oov_rate"] < 1.0
     assert metrics["analogy_questions_answered"] == 0
     assert metrics["analogy_accuracy"] is None  # nothing answered is no score, not 0 %
+
+
+@pytest.mark.parametrize("words", [["love", "sex"], ["tiger", "cat"], ["zzz"]])
+def test_too_few_similarity_pairs_give_no_correlation_but_a_true_oov_rate(words, caplog):
+    import numpy as np
+    from gensim.models import KeyedVectors
+
+    from lm.word2vec import _pairs_in_vocabulary, gensim_test_file
+
+    vectors = KeyedVectors(4)
+    vectors.add_vectors(words, np.random.default_rng(0).random((len(words), 4), dtype=np.float32))
+    found, total = _pairs_in_vocabulary(vectors, gensim_test_file("wordsim353.tsv"))
+    assert total == 353 and found == {"love": 1, "tiger": 2, "zzz": 0}[words[0]]
+    with caplog.at_level(logging.WARNING, logger="lm.word2vec"):
+        metrics = evaluate_vectors(vectors, SMALL)
+    # Was: 1.0 (gensim raises for one pair as for none), and ±1 for two pairs.
+    assert metrics["wordsim353_oov_rate"] == pytest.approx(1 - found / 353)
+    assert metrics["wordsim353_spearman"] is None and metrics["wordsim353_pearson"] is None
+    assert f"{found} of the 353 pairs of wordsim353" in caplog.text
+
+
+def test_the_pair_count_agrees_with_gensim_s_own_oov_rate():
+    import numpy as np
+    from gensim.models import KeyedVectors
+
+    from lm.word2vec import _pairs_in_vocabulary, gensim_test_file
+
+    for file in ("wordsim353.tsv", "simlex999.txt"):
+        path = gensim_test_file(file)
+        rows = [line.split("\t") for line in path.read_text().splitlines()[2:40]]
+        words = sorted({word.lower() for row in rows for word in row[:2]})[::2]  # some pairs
+        vectors = KeyedVectors(4)
+        vectors.add_vectors(words, np.random.default_rng(0).random((len(words), 4), np.float32))
+        found, total = _pairs_in_vocabulary(vectors, path)
+        _, _, oov = vectors.evaluate_word_pairs(str(path))
+        assert found >= 3 and 1 - found / total == pytest.approx(oov / 100)
