@@ -4,20 +4,27 @@ One corpus, one tokenizer, one set of shards (built once, cached like every stag
 variant of `[ablation]` trained with the same token budget for every seed, each evaluated on the
 same held-out windows. The answer is a table of mean ± standard deviation over seeds of val bits
 per byte and of training tokens/s, published as a Prefect table artifact, a markdown file in the
-run folder, and the run's HTML report (every model's curves).
+run folder, and the run's HTML report (the table, and every model's curves).
+
+A variant × seed that fails (an invalid setting found at train time, a NaN loss) costs only its
+own result: the others still train, the table holds their means and a line per failure saying
+why, and the run is recorded failed with their models kept. The flow then raises
+`AblationError`, so the command and the Prefect run end failed; a rerun serves every arm that
+finished from the cache and retries only those that failed.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
+from pathlib import Path
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.pipeline import (
+    RunContext,
     build_corpus,
     build_tokenizer,
     encode_corpus,
@@ -28,66 +35,39 @@ from flows.pipeline import (
     train_model,
     train_word2vec,
 )
+from lm.ablation_table import (
+    RESULTS_FILE,
+    TABLE_FILE,
+    AblationTable,
+    FailedArm,
+    one_line_error,
+    summarize,
+)
 from lm.config import ConfigError, load_config, resolve_preset
+from storage.artifacts import Descriptor
+from storage.registry import DatasetRecord, ModelRecord, TokenizerRecord
+from tasks.record import record_task
 
 logger = logging.getLogger("lm.ablation")
-TABLE_FILE = "ablation.md"
-RESULTS_FILE = "ablation.json"
 
 
-@dataclass
-class VariantResult:
-    variant: str
-    seeds: int
-    val_bpb_mean: float
-    val_bpb_std: float
-    tokens_per_s_mean: float
-    tokens_per_s_std: float
-    parameters: int
-    val_bpb_by_seed: dict[int, float]
+class AblationError(Exception):
+    """Some variant × seed failed; the others' table was written. `summary` is what the flow
+    returns when every arm succeeds (run id, table, report path), for the command to print."""
 
+    def __init__(self, message: str, summary: dict | None = None):
+        super().__init__(message)
+        self.summary = summary or {}
 
-def summarize(arms: list[tuple[str, int, dict]]) -> list[VariantResult]:
-    """Mean and sample standard deviation over seeds, per variant, best val bpb first."""
-    by_variant: dict[str, list[tuple[int, dict]]] = {}
-    for variant, seed, stats in arms:
-        by_variant.setdefault(variant, []).append((seed, stats))
-    results = []
-    for variant, runs in by_variant.items():
-        bpb = [stats["val_bpb"] for _, stats in runs]
-        speed = [stats["tokens_seen"] / max(stats["seconds"], 1e-9) for _, stats in runs]
-        results.append(
-            VariantResult(
-                variant=variant,
-                seeds=len(runs),
-                val_bpb_mean=statistics.fmean(bpb),
-                val_bpb_std=statistics.stdev(bpb) if len(bpb) > 1 else 0.0,
-                tokens_per_s_mean=statistics.fmean(speed),
-                tokens_per_s_std=statistics.stdev(speed) if len(speed) > 1 else 0.0,
-                parameters=int(runs[0][1]["parameters"]),
-                val_bpb_by_seed={seed: stats["val_bpb"] for seed, stats in runs},
-            )
-        )
-    return sorted(results, key=lambda result: result.val_bpb_mean)
-
-
-def markdown_table(results: list[VariantResult]) -> str:
-    lines = [
-        "| variant | seeds | parameters | val bits/byte (mean ± std) | tokens/s (mean ± std) |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for r in results:
-        lines.append(
-            f"| {r.variant} | {r.seeds} | {r.parameters:,} | {r.val_bpb_mean:.4f} ± "
-            f"{r.val_bpb_std:.4f} | {r.tokens_per_s_mean:,.0f} ± {r.tokens_per_s_std:,.0f} |"
-        )
-    return "\n".join(lines)
+    def __reduce__(self):  # Prefect may pickle the exception a flow raised
+        return (type(self), (self.args[0], self.summary))
 
 
 @flow(name="ablation", persist_result=False)
 def ablation(config: str | None = "ablation", overrides: list[str] | None = None) -> dict:
     """Train every variant of the config's `[ablation]` for every seed on one corpus and
-    tokenizer, and tabulate val bits per byte and tokens/s as mean ± std over seeds."""
+    tokenizer, and tabulate val bits per byte and tokens/s as mean ± std over seeds. Raises
+    `AblationError`, after writing the table of the others, when any variant × seed failed."""
     overrides = list(overrides or [])
     config_path = str(resolve_preset(config))
     settings = load_config(config_path, overrides)
@@ -101,21 +81,27 @@ def ablation(config: str | None = "ablation", overrides: list[str] | None = None
         tokenizer = build_tokenizer(run, settings, corpus)
         shards = encode_corpus(run, settings, corpus, tokenizer)
         vectors = train_word2vec(run, settings, corpus, tokenizer)
-        models, scored = [], []
-        for variant, seed, model_run in arms:
-            logger.info("ablation: %s, seed %d (%d of %d)", variant, seed, len(models) + 1,
-                        len(arms))  # fmt: skip
-            record = train_model(
-                run, model_run, shards, tokenizer, corpus, settings.eval, True, vectors
-            )
+        models: list[ModelRecord] = []
+        scored: list[tuple[str, int, dict]] = []
+        failed: list[FailedArm] = []
+        for number, (variant, seed, model_run) in enumerate(arms, start=1):
+            logger.info("ablation: %s, seed %d (%d of %d)", variant, seed, number, len(arms))
+            try:
+                record = train_model(
+                    run, model_run, shards, tokenizer, corpus, settings.eval, True, vectors
+                )
+            except Exception as error:  # one arm's failure must not cost the others' results
+                failed.append(FailedArm(variant, seed, one_line_error(error)))
+                logger.error("ablation: %s, seed %d failed: %s", variant, seed, failed[-1].error)
+                continue
             models.append(record)
             scored.append((variant, seed, record.stats))
-        results = summarize(scored)
-        table = markdown_table(results)
+        table = summarize([(variant, seed) for variant, seed, _ in arms], scored, failed)
+        markdown = table.markdown()
         folder = run.workspace.runs / run.run_id
-        (folder / TABLE_FILE).write_text(table + "\n")
-        (folder / RESULTS_FILE).write_text(json.dumps([asdict(r) for r in results], indent=2))
-        for result in results:
+        (folder / TABLE_FILE).write_text(markdown + "\n")
+        (folder / RESULTS_FILE).write_text(json.dumps(table.to_json(), indent=2))
+        for result in table.results:
             run.metrics.log_many(
                 {
                     "ablation/val_bpb_mean": result.val_bpb_mean,
@@ -125,36 +111,84 @@ def ablation(config: str | None = "ablation", overrides: list[str] | None = None
                 model=result.variant,
             )
         log_data_metrics(run, corpus, tokenizer, shards)
-        record_success(run, corpus, tokenizer, models)
-        create_table_artifact(
-            [
-                {key: value for key, value in asdict(r).items() if key != "val_bpb_by_seed"}
-                for r in results
-            ],
-            key="ablation-table",
-            description=f"Ablation {settings.name}: val bits per byte over seeds",
-        )
-        create_markdown_artifact(
-            f"# Ablation `{settings.name}`\n\nrun `{run.run_id}`, seeds "
-            f"{settings.ablation.seeds}\n\n{table}\n",
-            key="ablation-summary",
-        )
+        failure = _failure_message(table, len(arms), folder / TABLE_FILE) if failed else None
+        if failure is None:
+            record_success(run, corpus, tokenizer, models)
+        else:
+            _record_partial(run, corpus, tokenizer, models, failure)
+        _publish(settings.name, run.run_id, settings.ablation.seeds, table, markdown)
     except BaseException as error:
         record_failure(run, error)
         raise
     report = _report(run.run_id)
-    return {
+    summary = {
         "run_id": run.run_id,
-        "results": [asdict(r) for r in results],
-        "table": table,
+        "results": table.to_json()["results"],
+        "failed": table.to_json()["failed"],
+        "table": markdown,
         "report": str(report) if report else None,
         "stages": [asdict(stage) for stage in run.stages],
     }
+    if failure is not None:
+        raise AblationError(failure, summary)
+    return summary
+
+
+def _failure_message(table: AblationTable, arms: int, table_path: Path) -> str:
+    """Names every failed variant × seed and why, and where the others' table is."""
+    finished = arms - len(table.failed)
+    where = f"the table of the {finished} that finished is in {table_path}" if finished else (
+        "none finished")  # fmt: skip
+    return (
+        f"ablation: {len(table.failed)} of {arms} variant × seed runs failed ({where}): "
+        + "; ".join(table.failure_lines())
+    )
+
+
+def _record_partial(
+    run: RunContext,
+    corpus: Descriptor,
+    tokenizer: Descriptor,
+    models: list[ModelRecord],
+    error: str,
+) -> None:
+    """The run is failed, but what it produced is recorded as a completed run's would be: the
+    corpus, the tokenizer and every model that finished, beside the error naming the others."""
+    record_task(
+        run.run_id,
+        "failed",
+        run.stages,
+        [DatasetRecord(corpus.digest, corpus.key, corpus.path, corpus.stats)],
+        corpus.digest,
+        str(run.metrics.path),
+        error=error,
+        tokenizers=[
+            TokenizerRecord(tokenizer.digest, corpus.digest, tokenizer.path, tokenizer.stats)
+        ],
+        models=models,
+    )
+
+
+def _publish(name: str, run_id: str, seeds: list[int], table: AblationTable, markdown: str):
+    """The table as Prefect artifacts: a table (a row per variant, then per failed arm) and
+    the markdown."""
+    rows = [
+        {key: value for key, value in asdict(result).items() if key != "val_bpb_by_seed"}
+        for result in table.results
+    ]
+    rows += [{"variant": arm.variant, "seed": arm.seed, "error": arm.error} for arm in table.failed]
+    create_table_artifact(
+        rows, key="ablation-table", description=f"Ablation {name}: val bits per byte over seeds"
+    )
+    create_markdown_artifact(
+        f"# Ablation `{name}`\n\nrun `{run_id}`, seeds {seeds}\n\n{markdown}\n",
+        key="ablation-summary",
+    )
 
 
 def _report(run_id: str):
-    """The run's HTML report (every variant's curves); a report that cannot be drawn is a
-    warning, never a failed ablation."""
+    """The run's HTML report (the table and every variant's curves); a report that cannot be
+    drawn is a warning, never a failed ablation."""
     try:
         from flows.report import build_run_report
 

@@ -187,9 +187,21 @@ def ablation_command(
     ] = None,
 ) -> None:
     """Which of these variants is better on my corpus? Trains every `[ablation]` variant for
-    every seed and prints mean ± std of val bits per byte and tokens/s."""
-    summary = _run_flow("ablation", config, overrides)
-    console.print(summary["table"])
+    every seed and prints mean ± std of val bits per byte and tokens/s. A variant × seed that
+    fails is a line of the table; the others' results are printed, and the command exits 1."""
+    from flows.ablation import AblationError
+
+    try:
+        summary = _run_flow("ablation", config, overrides)
+    except AblationError as error:
+        _print_ablation(error.summary)
+        raise _fail(str(error)) from None
+    _print_ablation(summary)
+
+
+def _print_ablation(summary: dict) -> None:
+    if summary.get("table"):
+        console.print(escape(summary["table"]), highlight=False)
     if summary.get("report"):
         console.print(f"report: {escape(str(summary['report']))}")
 

@@ -1,14 +1,19 @@
 """The `ablation` flow: shared stages once, every variant × seed trained and scored, a table of
-mean ± std over seeds."""
+mean ± std over seeds; a variant that fails costs only its own results."""
 
 from __future__ import annotations
 
+import re
 import statistics
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from lm.config import ConfigError
 from storage.registry import RunRegistry
+from storage.workspace import Workspace
+from tests.conftest import run_cli
 from tests.helpers import prose, write_config
 
 TINY = """
@@ -93,3 +98,131 @@ def test_an_ablation_without_variants_is_a_clear_error(workspace, tmp_path):
     config = write_config(tmp_path / "none.toml", [{"path": str(tmp_path)}], "[model]\nkind='mlp'")
     with pytest.raises(ConfigError, match=r"none.toml: an ablation needs \[\[ablation"):
         ablation(config=str(config))
+
+
+# The same two variants, with a third between them whose learning rate makes the loss infinite
+# at the first update: training raises TrainingError, as on a diverging run.
+BROKEN = TINY.replace(
+    '''[[ablation.variants]]
+name = "swiglu"''',
+    '''[[ablation.variants]]
+name = "diverges"
+train = { learning_rate = 1e30 }
+
+[[ablation.variants]]
+name = "swiglu"''',
+)
+GOOD_LABELS = ["gelu/seed-1", "gelu/seed-2", "swiglu/seed-1", "swiglu/seed-2"]
+
+
+@dataclass
+class BrokenAblation:
+    workspace: Workspace
+    config: Path
+    error: Exception  # what the flow raised
+    run_id: str
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory) -> BrokenAblation:
+    """One ablation whose middle variant fails for both seeds, shared by the tests below."""
+    from flows.ablation import AblationError, ablation
+
+    root = tmp_path_factory.mktemp("broken-ablation")
+    folder = root / "texts"
+    folder.mkdir()
+    for index in range(10):
+        (folder / f"doc{index}.txt").write_text(prose(index, 120))
+    config = write_config(root / "ablation.toml", [{"path": str(folder)}], BROKEN)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LMFORGE_HOME", str(root / "workspace"))
+        with pytest.raises(AblationError) as raised:
+            ablation(config=str(config))
+        workspace = Workspace.from_env()
+        yield BrokenAblation(workspace, config, raised.value, raised.value.summary["run_id"])
+
+
+def registry(broken: BrokenAblation) -> RunRegistry:
+    return RunRegistry(broken.workspace.registry_path)
+
+
+def markdown_rows(text: str) -> dict[str, list[str]]:
+    """The cells of each row of a markdown table, by its first cell."""
+    rows = [line.strip("|").split(" | ") for line in text.splitlines() if line.startswith("| ")]
+    return {cells[0].strip(): [c.strip() for c in cells[1:]] for cells in rows[1:]}
+
+
+def test_a_failing_variant_leaves_the_others_table_and_a_line_saying_why(broken):
+    table = (broken.workspace.runs / broken.run_id / "ablation.md").read_text()
+    rows = markdown_rows(table)
+    _, scored = registry(broken).query(
+        "SELECT label, val_bpb FROM models WHERE run_id = ?", [broken.run_id]
+    )
+    for variant in ("gelu", "swiglu"):  # before and after the failing one
+        bpb = [value for label, value in scored if label.startswith(f"{variant}/")]
+        mean, std = statistics.fmean(bpb), statistics.stdev(bpb)
+        assert rows[variant][:1] == ["2"] and rows[variant][2] == f"{mean:.4f} ± {std:.4f}"
+    assert rows["diverges"] == ["0 of 2", "—", "failed", "failed"]
+    for seed in (1, 2):
+        line = re.search(rf"^- diverges, seed {seed}: (.*)$", table, re.MULTILINE)
+        assert line and line.group(1).startswith("TrainingError: loss is "), table
+
+
+def test_a_failing_variant_still_fails_the_ablation_naming_it(broken):
+    from flows.ablation import AblationError
+
+    assert isinstance(broken.error, AblationError)
+    message = str(broken.error)
+    assert "2 of 6 variant × seed runs failed" in message
+    assert "diverges, seed 1: TrainingError" in message and "diverges, seed 2:" in message
+    assert "\n" not in message
+
+
+def test_a_partly_failed_ablation_is_recorded_failed_with_the_models_that_finished(broken):
+    _, runs = registry(broken).query("SELECT status, error FROM runs")
+    assert [(status, error) for status, error in runs] == [("failed", str(broken.error))]
+    _, models = registry(broken).query(
+        "SELECT label, val_bpb FROM models WHERE run_id = ? ORDER BY label", [broken.run_id]
+    )
+    assert [label for label, _ in models] == GOOD_LABELS
+    assert all(val_bpb is not None for _, val_bpb in models)
+
+
+@pytest.fixture(scope="module")
+def rerun(broken):
+    """The same ablation again, by the command a user types."""
+    return run_cli("ablation", str(broken.config), check=False, home=broken.workspace.root)
+
+
+def test_the_command_prints_the_table_and_exits_1_naming_the_failed_variant(rerun):
+    assert rerun.returncode == 1
+    assert "| gelu | 2 |" in rerun.stdout and "- diverges, seed 2: TrainingError" in rerun.stdout
+    assert "error: ablation: 2 of 6 variant × seed runs failed" in rerun.stderr
+
+
+def test_a_rerun_serves_the_variants_that_finished_from_cache(broken, rerun):
+    _, rows = registry(broken).query(
+        "SELECT r.run_id, s.stage, s.cached FROM runs r JOIN stages s USING (run_id) "
+        "WHERE r.run_id <> ? AND s.stage LIKE 'train/%'",
+        [broken.run_id],
+    )
+    assert {stage: cached for _, stage, cached in rows} == {
+        f"train/{label}": True for label in GOOD_LABELS
+    }  # the failing variant recorded no train stage: it trained again, and failed again
+
+
+def test_a_variant_that_lost_a_seed_says_how_many_finished_and_claims_no_spread_from_one():
+    from lm.ablation_table import FailedArm, summarize
+
+    def stats(val_bpb: float) -> dict:
+        return {"val_bpb": val_bpb, "tokens_seen": 1000, "seconds": 2.0, "parameters": 10}
+
+    planned = [("a", 1), ("a", 2), ("b", 1), ("b", 2)]
+    scored = [("a", 1, stats(2.0)), ("a", 2, stats(2.2)), ("b", 1, stats(1.9))]
+    table = summarize(planned, scored, [FailedArm("b", 2, "TrainingError: loss is nan")])
+    rows = {row[0]: row[1:] for row in table.rows()}
+    assert rows == {
+        "b": ["1 of 2", "10", "1.9000 ± n/a", "500 ± n/a"],
+        "a": ["2", "10", "2.1000 ± 0.1414", "500 ± 0"],
+    }
+    assert table.markdown().endswith("\n- b, seed 2: TrainingError: loss is nan")
