@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lm.ablation_table import HEADER as ABLATION_HEADER
+from lm.ablation_table import AblationTable
+
 CURVE_KEYS = ("train/loss", "val/loss", "train/lr", "train/tokens_per_s", "train/mfu")
 # Scores of a trained model as the report names them, in the order the run card lists them.
 SCORE_LABELS = {
@@ -98,6 +101,8 @@ class RunReport:
     word2vec: dict | None = None
     projection_png: Path | None = None
     run_metrics: dict[str, float] = field(default_factory=dict)
+    # An ablation's mean ± std table over seeds; None for any other run.
+    ablation: AblationTable | None = None
     models: list[ModelSection] = field(default_factory=list)
     stages: list[StageRow] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
@@ -298,14 +303,19 @@ def _format(value: object) -> str:
     return str(value)
 
 
-def _table(header: list[str], rows: Iterable[Iterable[object]]) -> str:
+def _table(
+    header: list[str], rows: Iterable[Iterable[object]], number_columns: Iterable[int] = ()
+) -> str:
+    """A table; numbers, and the cells of `number_columns` (figures already formatted as text),
+    are right-aligned."""
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    aligned = set(number_columns)
     body = []
     for row in rows:
         cells = []
-        for value in row:
+        for column, value in enumerate(row):
             numeric = isinstance(value, int | float) and not isinstance(value, bool)
-            css = ' class="number"' if numeric else ""
+            css = ' class="number"' if numeric or column in aligned else ""
             cells.append(f"<td{css}>{_e(_format(value))}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
@@ -418,6 +428,22 @@ def _run_card(report: RunReport) -> str:
     if report.command:
         body += f"<p>Reproduce with:</p><pre>{_e(report.command)}</pre>"
     body += "".join(_missing(note) for note in report.missing)
+    return body
+
+
+def _ablation_section(table: AblationTable) -> str:
+    """The ablation's answer, as its `ablation.md` has it: a row per variant, then why each
+    failed variant × seed failed."""
+    body = (
+        "<p>Per variant, best first: mean ± sample standard deviation over seeds of the "
+        "evaluator's val bits per byte and of training tokens/s (each seed's model is below).</p>"
+    )
+    body += _table(ABLATION_HEADER, table.rows(), number_columns=range(1, len(ABLATION_HEADER)))
+    if table.failed:
+        body += "<p>Failed, left out of the means above:</p>"
+        body += _table(
+            ["variant", "seed", "error"], [(a.variant, a.seed, a.error) for a in table.failed]
+        )
     return body
 
 
@@ -610,10 +636,13 @@ def _config_section(report: RunReport) -> str:
 
 
 def render_run_report(report: RunReport) -> RenderedReport:
-    """One run's page: the run card, scores, curves, tokenizer, word2vec, samples, stages."""
+    """One run's page: the run card, an ablation's table, scores, curves, tokenizer, word2vec,
+    samples, stages."""
     images: dict[str, bytes] = {}
     sections = [
         ("run", "Run", _run_card(report)),
+        *([("ablation", "Ablation", _ablation_section(report.ablation))]
+          if report.ablation is not None else []),
         ("scores", "Bits per byte", _scores_section(report, images)),
         ("loss", "Loss", _curves_section(report, images)),
         ("learning-rate", "Learning rate", _steps_section(

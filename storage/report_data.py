@@ -15,6 +15,8 @@ from pathlib import Path
 
 import duckdb
 
+from lm.ablation_table import RESULTS_FILE as ABLATION_RESULTS_FILE
+from lm.ablation_table import AblationTable
 from lm.report_render import CURVE_KEYS, Curve, ModelSection, RunReport, StageRow
 from storage.registry import RunRegistry
 from storage.workspace import Workspace
@@ -129,6 +131,7 @@ def gather_run_report(registry: RunRegistry, workspace: Workspace, run_prefix: s
     report.run_metrics = {
         m["key"]: m["value"] for m in metrics if m["model"] is None and m["step"] == 0
     }
+    _add_ablation(report, workspace)
     _add_tokenizer(report, stages, workspace)
     _add_word2vec(report, stages, workspace)
     report.models = _models(model_rows, stages, metrics, workspace)
@@ -142,6 +145,19 @@ def gather_run_report(registry: RunRegistry, workspace: Workspace, run_prefix: s
             "numbers come from the train stage and its artifact folder."
         )
     return report
+
+
+def _add_ablation(report: RunReport, workspace: Workspace) -> None:
+    """An ablation's table of mean ± std over seeds, from the `ablation.json` it wrote beside its
+    metrics (the numbers of its `ablation.md`)."""
+    document = _read_json_file(workspace.runs / report.run_id / ABLATION_RESULTS_FILE)
+    if isinstance(document, dict):
+        report.ablation = AblationTable.from_json(document)
+    elif (report.command or "").startswith("lmforge ablation"):
+        report.missing.append(
+            f"This ablation wrote no table ({ABLATION_RESULTS_FILE} is not in its run folder): "
+            "it ended before its variants were scored."
+        )
 
 
 def _add_tokenizer(report: RunReport, stages: list[dict], workspace: Workspace) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import statistics
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -166,6 +167,44 @@ def test_a_failing_variant_leaves_the_others_table_and_a_line_saying_why(broken)
     for seed in (1, 2):
         line = re.search(rf"^- diverges, seed {seed}: (.*)$", table, re.MULTILINE)
         assert line and line.group(1).startswith("TrainingError: loss is "), table
+
+
+class SectionTables(HTMLParser):
+    """The rows of the tables in one section of a report page, each row its cells' text."""
+
+    def __init__(self, text: str, section: str):
+        super().__init__()
+        self.section, self.inside, self.rows = section, False, []
+        self._cell: str | None = None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "section":
+            self.inside = dict(attrs).get("id") == self.section
+        elif self.inside and tag == "tr":
+            self.rows.append([])
+        elif self.inside and tag in ("td", "th"):
+            self._cell = ""
+
+    def handle_endtag(self, tag):
+        if self.inside and tag in ("td", "th") and self._cell is not None:
+            self.rows[-1].append(self._cell.strip())
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+
+
+def test_the_ablation_report_shows_the_table_of_ablation_md(broken):
+    page = Path(broken.error.summary["report"]).read_text(encoding="utf-8")
+    shown = SectionTables(page, "ablation").rows
+    table = (broken.workspace.runs / broken.run_id / "ablation.md").read_text()
+    expected = [[variant, *cells] for variant, cells in markdown_rows(table).items()]
+    assert {row[0] for row in expected} == {"gelu", "swiglu", "diverges"}
+    assert [row for row in shown if len(row) == 5][1:] == expected  # after the header row
+    failures = [list(line) for line in re.findall(r"^- (\S+), seed (\d+): (.*)$", table, re.M)]
+    assert len(failures) == 2 and [row for row in shown if len(row) == 3][1:] == failures
 
 
 def test_a_failing_variant_still_fails_the_ablation_naming_it(broken):
