@@ -34,6 +34,7 @@ logger = logging.getLogger("storage.artifacts")
 DONE_MARKER = "DONE"
 DESCRIPTOR_FILE = "descriptor.json"
 MANIFEST_FILE = "manifest.json"
+_REPORTED_DAMAGE: set[tuple[Path, str]] = set()  # (folder, problem) warned about
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,9 @@ class ArtifactStore:
         if not (folder / DONE_MARKER).is_file():
             return False
         problem = damage(folder)
-        if problem:
+        if problem and (folder, problem) not in _REPORTED_DAMAGE:
+            # The flow and then its task each check a stage's output: one warning, not two.
+            _REPORTED_DAMAGE.add((folder, problem))
             logger.warning("%s: damaged (%s); it will be built again", folder, problem)
         return problem is None
 
@@ -89,6 +92,10 @@ class ArtifactStore:
             write_manifest(staging)
             (staging / DONE_MARKER).write_text(datetime.now(UTC).isoformat())
             self._publish(staging, self.directory(key))
+            # Built again: damage found later is news, and is reported again.
+            _REPORTED_DAMAGE.difference_update(
+                {entry for entry in _REPORTED_DAMAGE if entry[0] == self.directory(key)}
+            )
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

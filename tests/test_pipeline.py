@@ -109,7 +109,16 @@ def test_a_truncated_output_is_built_again_not_handed_on(workspace, config):
     documents = corpus_file(workspace, first)
     with open(documents, "r+b") as parquet:
         parquet.truncate(100)
-    second = run_pipeline(config)
+    warnings: list[str] = []
+    listener = logging.Handler(logging.WARNING)
+    listener.emit = lambda record: warnings.append(record.getMessage())
+    logging.getLogger("storage.artifacts").addHandler(listener)
+    try:
+        second = run_pipeline(config)
+    finally:
+        logging.getLogger("storage.artifacts").removeHandler(listener)
+    damaged = [message for message in warnings if "damaged" in message]
+    assert len(damaged) == 1 and "documents.parquet" in damaged[0], damaged  # was: twice
     assert stage_states(second) == {
         "ingest": "cached", "clean": "ran", "tokenizer": "cached", "encode": "cached"
     }  # fmt: skip
