@@ -5,8 +5,10 @@ BPE model), so models with different tokenizers compare only in **bits per byte*
 summed over the target tokens, over ln 2, over the UTF-8 bytes those tokens stand for (after
 nanochat's `evaluate_bpb`). The bytes of a token come from a table (`TokenBytes`):
 
-- a SentencePiece piece is its text with `▁` read as a space; a byte-fallback piece `<0xNN>`
-  is 1 byte; a character is its UTF-8 length;
+- a SentencePiece piece is its text with `▁` read as a space, and the private-use character
+  that escapes a literal `▁` counted so that each escape adds up to the bytes of the character
+  it stands for (`SentencePieceTokenizer.text_bytes`, `escape_space_symbol`); a byte-fallback
+  piece `<0xNN>` is 1 byte; a character is its UTF-8 length;
 - the end-of-text id counts 1 byte: it stands for the break between two documents;
 - the unknown id counts 1 byte: the text it replaced is lost, and it was at least one byte.
   Counting the least it could be never flatters a model;
@@ -96,7 +98,7 @@ class TokenBytes:
                 lengths.append(1)
                 spaced.append(False)
             elif sentencepiece:
-                lengths.append(len(piece.replace(SENTENCEPIECE_SPACE, " ").encode()))
+                lengths.append(tokenizer.text_bytes(token_id))
                 spaced.append(piece.startswith(SENTENCEPIECE_SPACE))
             else:
                 lengths.append(len(piece.encode()))

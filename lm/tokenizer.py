@@ -1,10 +1,11 @@
 """Tokenizers: one interface over SentencePiece (BPE or unigram) and a character vocabulary.
 
 Every tokenizer is lossless on the text it is given (`decode(encode(x)) == x`): SentencePiece is
-trained with identity normalization, whitespace kept as it is and byte fallback, and the
-character tokenizer can fall back to UTF-8 bytes. Each has an end-of-text id that separates
-documents in token shards, and a `digest` of its saved form: shards and checkpoints record it,
-and loaders refuse a mismatch.
+trained with identity normalization, whitespace kept as it is and byte fallback, and a literal
+"▁" (its space mark) escaped in the text (`escape_space_symbol`); the character tokenizer can
+fall back to UTF-8 bytes. Each has an end-of-text id that separates documents in token shards,
+and a `digest` of its saved form: shards and checkpoints record it, and loaders refuse a
+mismatch.
 
 SentencePiece BPE encodes word by word through a cache of each distinct word's ids, several times
 faster than SentencePiece on whole documents and with exactly its ids (`SentencePieceTokenizer`
@@ -48,14 +49,25 @@ WORDS_PER_CALL = 4
 # Arrow calls (about 0.3 ms), is more than the processor takes for it.
 WORD_PATH_MIN_CHARS = 2000
 # SentencePiece's escaped space: its normalizer writes one for every " ", so a literal one in the
-# text is a space to the model as well.
+# text would be a space to the model as well; `escape_space_symbol` keeps it from the model.
 SPACE_SYMBOL = "\u2581"
+# A literal "▁" reaches SentencePiece as this private-use character and "_", and the character
+# itself as two of it (`escape_space_symbol` says why these).
+SPACE_SYMBOL_ESCAPE = "\U000f0000"
+# The bytes of text the escape character counts for in a piece: 2, so that its escape of "▁"
+# (with the 1 of "_") counts "▁"'s 3 UTF-8 bytes, and its escape of itself its own 4.
+ESCAPE_BYTES = 2
+_ESCAPE_UTF8_BYTES = len(SPACE_SYMBOL_ESCAPE.encode())
+_ESCAPED = re.compile(f"{SPACE_SYMBOL_ESCAPE}([_{SPACE_SYMBOL_ESCAPE}])")
 # A word: a space, then any more spaces and what follows up to the next space; captured is the
-# word less its first space (`SentencePieceTokenizer`).
-_WORD = re.compile("[ \u2581]([ \u2581]*[^ \u2581]*)")
+# word less its first space (`SentencePieceTokenizer`). Escaped text has no "▁".
+_WORD = re.compile(" ( *[^ ]*)")
 # In words joined by "\0": a word that is empty or begins with a space.
-_EMPTY_OR_SPACED_WORD = re.compile("(?:^|\x00)(?:[ \u2581\x00]|$)")
+_EMPTY_OR_SPACED_WORD = re.compile("(?:^|\x00)(?:[ \x00]|$)")
+# In a piece, where a space is written "▁".
 _SPACE_AFTER_NON_SPACE = re.compile("[^ \u2581][ \u2581]")
+# ModelProto.SentencePiece.Type: what a piece is (sentencepiece_model.proto).
+_NORMAL_PIECE = 1
 # A NormalizerSpec (ModelProto field 3) with add_dummy_prefix (its field 3) false. Protobuf merges
 # a repeated submessage into the earlier one, so appended to a model it turns the prefix off.
 _NO_DUMMY_PREFIX = b"\x1a\x02\x18\x00"
@@ -92,6 +104,11 @@ class Tokenizer(ABC):
     @abstractmethod
     def piece(self, token_id: int) -> str: ...
 
+    @abstractmethod
+    def is_learned(self, token_id: int) -> bool:
+        """Whether the piece was learned from the training text: not a control piece
+        (end-of-text), the unknown piece, a byte piece or a symbol the configuration added."""
+
     @property
     def digest(self) -> str:
         return hashlib.sha256(self.serialized()).hexdigest()
@@ -122,7 +139,8 @@ class SentencePieceTokenizer(Tokenizer):
     run in Arrow, not per word in Python. The ids are exactly the processor's, because:
 
     - The normalizer (identity, whitespace kept) only writes each " " as "▁" and puts one "▁"
-      before the text (the dummy prefix).
+      before the text (the dummy prefix). The text has no "▁" of its own (escaped), so every
+      "▁" is a space.
     - Cut that at every "▁" that follows something other than "▁" (SentencePiece's own word
       split; with whitespace-only pieces allowed, a run of spaces stays with the word after it).
       No piece of the vocabulary has a space after another character (training with
@@ -139,6 +157,13 @@ class SentencePieceTokenizer(Tokenizer):
     them uses the processor as it is. So does unigram: its Viterbi search adds float32 scores along
     the whole text, and at a long document's running total the rounding can prefer a segmentation
     that a word alone scores (about 1e-3) lower, so word-wise ids differ on some long documents.
+
+    A model with the `SPACE_SYMBOL_ESCAPE` piece (every model `train_tokenizer` makes now) was
+    trained on escaped text, so text is escaped before the processor sees it and unescaped after
+    it decodes. A model from before has no such piece and reads text as it was trained, a literal
+    "▁" as a space: its ids, and the shards and checkpoints made with them, stay valid.
+    `piece` gives SentencePiece's own piece strings, where "▁" is a space (so "▁said" is still
+    the whole word "said" to word2vec) and the escape character a piece of its own.
     """
 
     def __init__(self, model_proto: bytes, kind: str, threads: int = 0, source: str = "model"):
@@ -157,6 +182,8 @@ class SentencePieceTokenizer(Tokenizer):
                 "delete it and train the tokenizer again"
             ) from None
         self._eot = self._processor.piece_to_id(END_OF_TEXT)
+        self._escapes = self._has_piece(SPACE_SYMBOL_ESCAPE)
+        self._learned = _learned_pieces(model_proto)
         self._word_processor = None
         # Each cached word's row in a list array of ids. Replaced, never changed in place, so that
         # a batch in another thread keeps a consistent pair.
@@ -168,12 +195,17 @@ class SentencePieceTokenizer(Tokenizer):
             pieces = self._processor.id_to_piece(list(range(self._processor.vocab_size())))
             self._word_start = np.array([piece.startswith(SPACE_SYMBOL) for piece in pieces])
 
+    def _has_piece(self, piece: str) -> bool:
+        return not self._processor.is_unknown(self._processor.piece_to_id(piece))
+
     def encode(self, text: str) -> list[int]:
         if self._word_processor is None or len(text) < WORD_PATH_MIN_CHARS:
-            return self._processor.encode(text)
+            return self._processor.encode(escape_space_symbol(text) if self._escapes else text)
         return self.encode_batch([text])[0]
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        if self._escapes:
+            texts = list(map(escape_space_symbol, texts))
         if self._word_processor is None or sum(map(len, texts)) < WORD_PATH_MIN_CHARS:
             return self._processor.encode(texts, num_threads=self._threads)
         import pyarrow.compute as pc
@@ -228,7 +260,8 @@ class SentencePieceTokenizer(Tokenizer):
         return pa.array(encoded, pa.large_list(pa.int32()))
 
     def decode(self, ids: Iterable[int]) -> str:
-        return self._processor.decode(list(ids))
+        text = self._processor.decode(list(ids))
+        return unescape_space_symbol(text) if self._escapes else text
 
     @property
     def vocab_size(self) -> int:
@@ -244,6 +277,19 @@ class SentencePieceTokenizer(Tokenizer):
     def is_byte(self, token_id: int) -> bool:
         return self._processor.is_byte(token_id)
 
+    def is_learned(self, token_id: int) -> bool:
+        return bool(self._learned[token_id])
+
+    def text_bytes(self, token_id: int) -> int:
+        """The UTF-8 bytes of text a piece stands for, when it stands for text of its own (not
+        a control, unknown or byte piece): "▁" is a space, and the escape character counts
+        `ESCAPE_BYTES`, so that the pieces of a document add up to its bytes."""
+        piece = self.piece(token_id)
+        size = len(piece.replace(SPACE_SYMBOL, " ").encode())
+        if self._escapes:
+            size -= piece.count(SPACE_SYMBOL_ESCAPE) * (_ESCAPE_UTF8_BYTES - ESCAPE_BYTES)
+        return size
+
     def serialized(self) -> bytes:
         return self._proto
 
@@ -253,13 +299,40 @@ class SentencePieceTokenizer(Tokenizer):
         return path
 
 
+def escape_space_symbol(text: str) -> str:
+    """`text` as SentencePiece must see it: with no literal "▁", which its normalizer would make
+    a space. "▁" becomes `SPACE_SYMBOL_ESCAPE` + "_", and the escape character itself two of it,
+    so that every escaped text has one original (`unescape_space_symbol`).
+
+    Why these: the tokens of a document must add up to its UTF-8 bytes (bits per byte), one
+    count per piece whatever surrounds it. The escape character is a configured symbol, always a
+    piece of its own, so it may count any number of bytes (`ESCAPE_BYTES`); every other piece
+    counts its own bytes. A 4-byte character counting 2 makes both escapes exact: 2 + 1 = 3 for
+    "▁", 2 + 2 = 4 for itself. (No escape lets every piece count its own UTF-8 bytes, byte
+    pieces included: there are fewer texts of n bytes without "▁" than with it, so some text
+    would have to escape to more bytes.) A private-use character of plane 15 is as rare in real
+    text as any, so escapes cost next to nothing."""
+    if SPACE_SYMBOL not in text and SPACE_SYMBOL_ESCAPE not in text:
+        return text
+    doubled = text.replace(SPACE_SYMBOL_ESCAPE, SPACE_SYMBOL_ESCAPE * 2)
+    return doubled.replace(SPACE_SYMBOL, SPACE_SYMBOL_ESCAPE + "_")
+
+
+def unescape_space_symbol(text: str) -> str:
+    """The text `escape_space_symbol` escaped. An escape character that begins no escape (ids a
+    model generated) is kept as it is."""
+    if SPACE_SYMBOL_ESCAPE not in text:
+        return text
+    return _ESCAPED.sub(lambda m: SPACE_SYMBOL if m[1] == "_" else SPACE_SYMBOL_ESCAPE, text)
+
+
 def _words_of(texts: list[str]) -> pa.ListArray:
-    """Each text's words that BPE encodes apart, as an Arrow list array; each word less its first
-    space (for the first word, the dummy prefix)."""
+    """Each (escaped) text's words that BPE encodes apart, as an Arrow list array; each word less
+    its first space (for the first word, the dummy prefix)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    if any(not text or text[0] == " " or "  " in text or SPACE_SYMBOL in text for text in texts):
+    if any(not text or text[0] == " " or "  " in text for text in texts):
         return pa.array([_words(text) for text in texts], pa.list_(pa.large_string()))
     return pc.split_pattern(pa.array(texts, pa.large_string()), " ")
 
@@ -269,7 +342,7 @@ def _words(text: str) -> list[str]:
     spaces."""
     if not text:
         return []
-    if text[0] == " " or "  " in text or SPACE_SYMBOL in text:
+    if text[0] == " " or "  " in text:
         return _WORD.findall(" " + text)
     return text.split(" ")
 
@@ -293,6 +366,16 @@ def _encodes_words_apart(model_proto: bytes, processor) -> bool:
         and not any(_SPACE_AFTER_NON_SPACE.search(piece) for piece in pieces)
         and not processor.is_unknown(processor.piece_to_id(SPACE_SYMBOL))
     )
+
+
+def _learned_pieces(model_proto: bytes):
+    """Per id, whether its piece is a normal one, learned from the text (ModelProto field 1, the
+    pieces; a piece's field 3 its type, NORMAL when absent), as a numpy array."""
+    import numpy as np
+
+    pieces = (value for number, value in _proto_fields(model_proto) if number == 1)
+    types = [dict(_proto_fields(piece)).get(3, _NORMAL_PIECE) for piece in pieces]
+    return np.array(types) == _NORMAL_PIECE
 
 
 def _proto_fields(message: bytes) -> Iterator[tuple[int, int | bytes]]:
@@ -385,6 +468,9 @@ class CharTokenizer(Tokenizer):
     def eot_id(self) -> int:
         return self._eot
 
+    def is_learned(self, token_id: int) -> bool:
+        return token_id < len(self.chars)
+
     def piece(self, token_id: int) -> str:
         if token_id < len(self.chars):
             return self.chars[token_id]
@@ -423,9 +509,10 @@ def _train_char(documents: Iterable[str], config: TokenizerConfig) -> CharTokeni
 
 
 def _lines(documents: Iterable[str], counter: list[int]) -> Iterator[str]:
+    """The non-blank lines of `documents`, escaped as the model will see text."""
     for text in documents:
         counter[0] += 1
-        for line in text.split("\n"):
+        for line in escape_space_symbol(text).split("\n"):
             if line.strip():
                 yield line
 
@@ -448,7 +535,9 @@ def _train_sentencepiece(documents: Iterable[str], config: TokenizerConfig) -> T
             normalization_rule_name="identity",
             remove_extra_whitespaces=False,
             allow_whitespace_only_pieces=True,
-            user_defined_symbols=["\n", *config.user_defined_symbols],
+            # The escape is a symbol, so always a piece (it counts its own bytes) and its
+            # presence tells a loaded model to escape (`SentencePieceTokenizer`).
+            user_defined_symbols=["\n", SPACE_SYMBOL_ESCAPE, *config.user_defined_symbols],
             control_symbols=[END_OF_TEXT],
             unk_id=0,
             bos_id=-1,

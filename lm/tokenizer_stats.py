@@ -1,5 +1,6 @@
 """How a tokenizer does on held-out text: bytes per token, vocabulary use, byte-fallback rate,
-and its longest pieces. The numbers `lmforge tokenizers compare` puts side by side."""
+and its longest learned pieces (not end-of-text, `<unk>`, `<0xNN>` or configured symbols, which
+say nothing of what it learned). The numbers `lmforge tokenizers compare` puts side by side."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ def tokenizer_statistics(tokenizer: Tokenizer, texts: Iterable[list[str]]) -> di
                 used[array] = True
                 byte_tokens += int(np.isin(array, byte_ids).sum()) if len(byte_ids) else 0
     pieces = [tokenizer.piece(i) for i in range(tokenizer.vocab_size)]
-    longest = sorted(range(len(pieces)), key=lambda i: (-len(pieces[i]), i))[:LONGEST_PIECES]
+    learned = [i for i in range(len(pieces)) if tokenizer.is_learned(i)]
+    longest = sorted(learned, key=lambda i: (-len(pieces[i]), i))[:LONGEST_PIECES]
     return {
         "documents": documents,
         "tokens": tokens,

@@ -16,7 +16,7 @@ from storage.workspace import Workspace
 from tasks.caching import cache_key_from, code_digest, stage_key
 
 STAGE = "tokenizer"
-VERSION = 1
+VERSION = 2  # 2: a literal "▁" is escaped (SentencePiece read it as a space); no stale model
 CODE = ("lm/tokenizer.py", "lm/tokenizer_stats.py", "lm/config.py", "storage/corpus.py")
 STATS_FILE = "stats.json"
 

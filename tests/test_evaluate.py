@@ -208,9 +208,12 @@ def test_a_common_window_is_used_when_set_and_refused_past_a_gpts_context(traine
 
 
 def test_token_bytes_of_a_shard_add_up_to_its_text_bytes_plus_one_per_document(tmp_path):
-    """Byte-fallback pieces, multi-byte characters, the dummy prefix and end-of-text all
-    counted: every token of a shard together stands for exactly its text."""
-    documents = [*TRAIN_DOCS[:10], "日本語 and ü", "  two leading spaces", "x"]
+    """Byte-fallback pieces, multi-byte characters, the dummy prefix, end-of-text and a
+    literal "▁" (SentencePiece's space mark) and its escape all counted: every token of a shard
+    together stands for exactly its text."""
+    escape = "\U000f0000"  # lm.tokenizer.SPACE_SYMBOL_ESCAPE
+    literal_marks = ["▁", "a▁ ▁b", "▁ leading mark", f"{escape}_ {escape}{escape}▁", escape]
+    documents = [*TRAIN_DOCS[:10], "日本語 and ü", "  two leading spaces", "x", *literal_marks]
     cases = {
         "bpe": TokenizerConfig(kind="bpe", vocab_size=400),  # 日本語 only through byte fallback
         "unigram": TokenizerConfig(kind="unigram", vocab_size=400),

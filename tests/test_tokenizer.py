@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import re
+
 import numpy as np
 import pytest
 import sentencepiece as spm
@@ -12,6 +15,7 @@ from lm.tokenizer import (
     CharTokenizer,
     SentencePieceTokenizer,
     TokenizerError,
+    escape_space_symbol,
     load_tokenizer,
     train_tokenizer,
 )
@@ -46,8 +50,13 @@ AWKWARD_TEXTS = [
     "para\n\npara", " \n \n ", "end.\n  The", "Snow ☃ and 🎉 in 日本語, ünïcödé", "☃☃ 🎉🎉",
     "\x00 \x7f", "\u00a0nbsp\u3000ideographic", "<|endoftext|> is text here",
 ]  # fmt: skip
-# A literal "▁" is a space to SentencePiece: same ids as the processor, decoded as " ".
-SPACE_SYMBOL_TEXTS = ["▁", "a literal ▁ and ▁▁x", "▁ ▁"]
+# A literal "▁" (SentencePiece's own space mark), the private-use character that escapes it
+# (lm.tokenizer.SPACE_SYMBOL_ESCAPE, written out so that these texts need no import) and mixes.
+ESCAPE = "\U000f0000"
+SPACE_SYMBOL_TEXTS = [
+    "▁", "a literal ▁ and ▁▁x", "▁ ▁", "a▁ ▁b", " ▁x", "x▁", "▁▁▁", ESCAPE, ESCAPE * 3,
+    f"{ESCAPE}_", f"{ESCAPE}▁", f"▁{ESCAPE}▁▁_", f"a{ESCAPE} {ESCAPE}b ▁", "__▁_",
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +75,9 @@ def _fresh(models: dict[str, bytes], kind: str) -> SentencePieceTokenizer:
 
 
 def _processor_ids(model: bytes, texts: list[str]) -> list[list[int]]:
-    return spm.SentencePieceProcessor(model_proto=model).encode(texts)
+    """SentencePiece's own ids for `texts`, escaped as the tokenizer escapes them."""
+    escaped = list(map(escape_space_symbol, texts))
+    return spm.SentencePieceProcessor(model_proto=model).encode(escaped)
 
 
 @pytest.fixture
@@ -109,6 +120,34 @@ def test_awkward_whitespace_and_unseen_characters_get_the_processors_ids(
     mixed = bundled_splits["val"][:3] + texts  # awkward texts in a batch: all cut by the regex
     expected_mixed = _processor_ids(sentencepiece_models[kind], mixed)
     assert _fresh(sentencepiece_models, kind).encode_batch(mixed) == expected_mixed
+
+
+@pytest.mark.parametrize("word_by_word", [False, True])
+@pytest.mark.parametrize("kind", ["bpe", "unigram"])
+def test_literal_space_symbol_and_its_escape_round_trip(
+    sentencepiece_models, kind, word_by_word, monkeypatch
+):
+    # SentencePiece alone reads a literal "▁" as a space; escaped, it comes back as itself.
+    if word_by_word:
+        monkeypatch.setattr(lm.tokenizer, "WORD_PATH_MIN_CHARS", 0)
+    texts = SPACE_SYMBOL_TEXTS
+    tokenizer = _fresh(sentencepiece_models, kind)
+    assert [tokenizer.decode(ids) for ids in tokenizer.encode_batch(texts)] == texts
+    assert [tokenizer.decode(tokenizer.encode(text)) for text in texts] == texts
+
+
+def test_a_model_without_the_escape_piece_reads_text_as_it_was_trained():
+    # Made before the escape: its shards and checkpoints hold ids of text read as it is.
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(["the cat sat on the mat", "a dog ran"] * 20), model_writer=model,
+        model_type="bpe", vocab_size=40, normalization_rule_name="identity",
+        remove_extra_whitespaces=False, control_symbols=[lm.tokenizer.END_OF_TEXT], minloglevel=2,
+    )  # fmt: skip
+    tokenizer = SentencePieceTokenizer(model.getvalue(), "bpe")
+    raw = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    assert tokenizer.encode("the ▁cat") == raw.encode("the ▁cat") == raw.encode("the  cat")
+    assert tokenizer.decode(tokenizer.encode("the ▁cat")) == "the  cat"
 
 
 @pytest.mark.usefixtures("short_texts_word_by_word")
@@ -161,7 +200,24 @@ def test_statistics_on_val(bundled_splits):
     assert 0.5 < stats["vocab_used_fraction"] <= 1.0
     assert len(stats["longest_pieces"]) == 10
     longest = stats["longest_pieces"][0]
-    assert all(len(longest) >= len(tokenizer.piece(i)) for i in range(tokenizer.vocab_size))
+    learned = [i for i in range(tokenizer.vocab_size) if tokenizer.is_learned(i)]
+    assert all(len(longest) >= len(tokenizer.piece(i)) for i in learned)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [TokenizerConfig(vocab_size=270), TokenizerConfig(kind="char", unknown_chars="bytes")],
+    ids=["bpe", "char"],
+)
+def test_longest_pieces_leave_out_control_unknown_and_byte_pieces(config):
+    # Short learned pieces: "<|endoftext|>", "<unk>" and "<0x00>" would be the longest.
+    texts = ["ab ba abc cab", "a b c bac"] * 20
+    tokenizer = train_tokenizer(iter(texts), config)
+    special = {lm.tokenizer.END_OF_TEXT, lm.tokenizer.UNKNOWN}
+    stats = tokenizer_statistics(tokenizer, [texts])
+    assert stats["longest_pieces"]
+    for piece in stats["longest_pieces"]:
+        assert piece not in special and not re.fullmatch(r"<0x[0-9A-F]{2}>", piece), piece
 
 
 def test_same_data_and_seed_give_the_same_tokenizer(bundled_splits):
