@@ -25,16 +25,29 @@ from lm.ablation_table import HEADER as ABLATION_HEADER
 from lm.ablation_table import AblationTable
 
 CURVE_KEYS = ("train/loss", "val/loss", "train/lr", "train/tokens_per_s", "train/mfu")
-# Scores of a trained model as the report names them, in the order the run card lists them.
+# Val loss is measured in two places, and the two numbers differ: training measures it every
+# `train.eval_every` steps on a fixed sample of val windows (the curve, and the best of it that
+# the train stage keeps); the evaluate stage scores the split as `eval.scoring` says, by default
+# every token of it once. Every val figure on the page says which it is.
+DURING_TRAINING = "during training (sampled windows)"
+CURVE_NAMES = {"train/loss": "train loss", "val/loss": f"val loss {DURING_TRAINING}"}
+# What the evaluate stage's `scoring` stat (its `eval.scoring`, resolved) scored.
+EVALUATION_SCOPES = {"whole": "whole split", "documents": "whole split, each document alone",
+                     "sample": "sampled windows"}  # fmt: skip
+# Scores of a trained model as the report names them, in the order the run card lists them:
+# the evaluate stage's, then training's own (shown only for a model the evaluate stage did not
+# score: a run that failed before, or one from before that stage).
 SCORE_LABELS = {
-    "val_loss": "val loss (nats/token)",
-    "val_bpb": "val bits per byte",
-    "test_loss": "test loss (nats/token)",
-    "test_bpb": "test bits per byte",
-    "baseline_val_loss": "count-bigram baseline val loss",
-    "baseline_val_bpb": "count-bigram baseline val bits per byte",
-    "baseline_test_bpb": "count-bigram baseline test bits per byte",
+    "val_loss": "val loss (nats/token), evaluation",
+    "val_bpb": "val bits per byte, evaluation",
+    "test_loss": "test loss (nats/token), evaluation",
+    "test_bpb": "test bits per byte, evaluation",
+    "baseline_val_bpb": "count-bigram baseline val bits per byte, evaluation",
+    "baseline_test_bpb": "count-bigram baseline test bits per byte, evaluation",
+    "training_val_loss": f"best val loss (nats/token) {DURING_TRAINING}",
+    "training_baseline_val_loss": "count-bigram baseline val loss during training (same windows)",
 }
+TRAINING_SCORES = ("training_val_loss", "training_baseline_val_loss")
 SAMPLE_SETTINGS = ("seed", "temperature", "top_k", "top_p")
 EVALUATION_SCORED = ("eval", "baseline")
 EVALUATION_SPLITS = ("val", "test", "train")
@@ -64,6 +77,8 @@ class ModelSection:
     scores: dict[str, float | None] = field(default_factory=dict)
     curves: dict[str, Curve] = field(default_factory=dict)
     evaluation: dict[str, float] = field(default_factory=dict)
+    # What the evaluate stage scored (`whole`, `documents`, `sample`); None when not recorded.
+    evaluation_scoring: str | None = None
     samples: list[dict] | None = None
     evaluated: bool = False
     config: dict = field(default_factory=dict)
@@ -151,6 +166,7 @@ def _x_axis(model: ModelSection, steps: list[int]) -> tuple[list[float], str]:
 
 def _curve_label(owner: str, model: ModelSection, key: str, several_models: bool) -> str:
     name = f"{owner} {model.label}".strip() if several_models or owner else model.label
+    key = CURVE_NAMES.get(key, key)
     return f"{name} {key}" if key else name
 
 
@@ -475,11 +491,41 @@ def _evaluation_table(evaluation: dict[str, float]) -> str:
     return _table(["", *columns], rows)
 
 
+def _shown_scores(model: ModelSection) -> dict[str, float | None]:
+    """The scores the tables show: training's own val losses only for a model without the
+    evaluate stage's, which are the comparable numbers (training's is its curve, labelled)."""
+    evaluated = any(model.scores.get(k) is not None for k in ("val_loss", "val_bpb"))
+    return {k: v for k, v in model.scores.items() if not (evaluated and k in TRAINING_SCORES)}
+
+
+def _evaluation_scope(models: Iterable[ModelSection]) -> str | None:
+    """What the evaluate stage scored for all of `models`, when it is the same and known."""
+    scopes = {EVALUATION_SCOPES.get(m.evaluation_scoring or "") for m in models}
+    return scopes.pop() if len(scopes) == 1 else None
+
+
+def _score_rows(models: list[ModelSection | None]) -> list[list[object]]:
+    """A row per score any of `models` has, labelled by where it was measured, a column per
+    model (None: a column without one)."""
+    shown = [_shown_scores(m) if m else {} for m in models]
+    rows = []
+    for key, label in SCORE_LABELS.items():
+        values = [scores.get(key) for scores in shown]
+        if all(v is None for v in values):
+            continue
+        if key not in TRAINING_SCORES:
+            scope = _evaluation_scope(
+                m for m, v in zip(models, values, strict=True) if v is not None
+            )
+            label = f"{label} ({scope})" if scope else label
+        rows.append([label, *values])
+    return rows
+
+
 def _scores_section(report: RunReport, images: dict[str, bytes]) -> str:
     if not report.models:
         return _missing("This run trained no model: no scores to show.")
-    keys = [k for k in SCORE_LABELS if any(m.scores.get(k) is not None for m in report.models)]
-    rows = [[SCORE_LABELS[key], *(m.scores.get(key) for m in report.models)] for key in keys]
+    rows = _score_rows(report.models)
     body = _table(["", *(m.label for m in report.models)], rows) if rows else ""
     with_bpb = [(m.label, m.scores) for m in report.models if m.scores.get("val_bpb") is not None]
     if with_bpb:
@@ -490,9 +536,16 @@ def _scores_section(report: RunReport, images: dict[str, bytes]) -> str:
             "Bits per byte were not recorded for this run (no evaluate stage): the table shows "
             "the training losses in nats per token, which do not compare across tokenizers."
         )
+    if any(_shown_scores(m).keys() & set(TRAINING_SCORES) for m in report.models):
+        body += (
+            f"<p>Figures {DURING_TRAINING} are training's own, on a fixed sample of val windows "
+            "(train.eval_batches), not the evaluate stage's.</p>"
+        )
     for model in report.models:
         if model.evaluation:
-            body += f"<h3>evaluation of {_e(model.label)}</h3>"
+            scope = _evaluation_scope([model])
+            body += f"<h3>evaluation of {_e(model.label)}"
+            body += f" ({_e(scope)})</h3>" if scope else "</h3>"
             body += _evaluation_table(model.evaluation)
         if with_bpb and not model.evaluated:
             body += _missing(f"{model.label}: not evaluated in this run (no evaluate stage).")
@@ -508,7 +561,11 @@ def _curves_section(report: RunReport, images: dict[str, bytes]) -> str:
         [("", m) for m in with_loss], ("train/loss", "val/loss"), "train and val loss"
     )
     body = _image("loss.png", "train and val loss against tokens")
-    body += "<p>Val loss is measured on a fixed sample of val windows every evaluation.</p>"
+    body += (
+        f"<p>Both curves are training's own: the val loss {DURING_TRAINING} is measured every "
+        "train.eval_every steps on the same fixed sample of val windows (train.eval_batches), "
+        "so it is not the evaluation's val loss under Bits per byte.</p>"
+    )
     return body
 
 
@@ -716,10 +773,7 @@ def render_comparison(reports: list[RunReport]) -> RenderedReport:
 
     header = ["", *(column_name(r, m) for r, m in columns)]
     rows = [[name, *(get(r, m) for r, m in columns)] for name, get in COMPARED_RUN_FIELDS]
-    for key, label in SCORE_LABELS.items():
-        values = [m.scores.get(key) if m else None for _, m in columns]
-        if any(v is not None for v in values):
-            rows.append([label, *values])
+    rows += _score_rows([m for _, m in columns])
     table = _table(header, rows)
     differences = _config_differences(reports)
     if differences:
@@ -729,8 +783,10 @@ def render_comparison(reports: list[RunReport]) -> RenderedReport:
 
     series = [(r.run_id, m) for r, m in columns if m is not None and "val/loss" in m.curves]
     if series:
-        images["val-loss.png"] = _loss_plot(series, ("val/loss",), "val loss against tokens")
-        curves = _image("val-loss.png", "val loss against tokens, per run")
+        images["val-loss.png"] = _loss_plot(
+            series, ("val/loss",), f"val loss {DURING_TRAINING} against tokens"
+        )
+        curves = _image("val-loss.png", f"val loss {DURING_TRAINING} against tokens, per run")
     else:
         curves = _missing("None of these runs recorded a val loss curve.")
     train_series = [(r.run_id, m) for r, m in columns if m is not None and "train/loss" in m.curves]

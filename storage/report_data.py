@@ -24,8 +24,10 @@ from storage.workspace import Workspace
 TRAIN_STAGE = "train"
 EVALUATE_STAGE = "evaluate"
 UNLABELLED = "model"
-# Run-level metrics of runs recorded before models had labels, and what they mean now.
-LEGACY_SCORES = {"model/val_loss": "val_loss", "baseline/val_loss": "baseline_val_loss"}
+# Run-level metrics of runs recorded before models had labels, and what they mean now: the
+# train stage's numbers, measured during training on its sample of val windows.
+LEGACY_SCORES = {"model/val_loss": "training_val_loss",
+                 "baseline/val_loss": "training_baseline_val_loss"}  # fmt: skip
 # Evaluation metrics per model (`eval/<split>/<name>`, `baseline/<split>/<name>`) that fill the
 # scores of the run card when the `models` row lacks them.
 EVAL_SCORES = {
@@ -217,7 +219,17 @@ def _models(
         ]
     _add_metrics(models, metrics)
     _add_evaluations(models, stages, workspace)
+    for model in models:
+        _attribute_val_loss(model)
     return models
+
+
+def _attribute_val_loss(model: ModelSection) -> None:
+    """A `models` row's val loss is the evaluate stage's when it scored val; when it did not
+    (`eval.splits` without val) the row kept training's best, which is labelled as such."""
+    if model.scores.get("val_loss") is not None and "eval/val/loss" not in model.evaluation:
+        model.scores.setdefault("training_val_loss", model.scores["val_loss"])
+        model.scores["val_loss"] = None
 
 
 def _train_settings(path: str | None, workspace: Workspace) -> dict:
@@ -263,9 +275,9 @@ def _model_from_train_stage(label: str, stage: dict, workspace: Workspace) -> Mo
         steps=stats.get("steps"),
         tokens_seen=stats.get("tokens_seen"),
         tokens_per_step=_tokens_per_step(_train_settings(path, workspace)),
-        scores={
-            "val_loss": stats.get("val_loss"),
-            "baseline_val_loss": stats.get("baseline_val_loss"),
+        scores={  # training's own (its best on sampled val windows), not the evaluator's
+            "training_val_loss": stats.get("val_loss"),
+            "training_baseline_val_loss": stats.get("baseline_val_loss"),
         },
         config=config,
         path=path,
@@ -310,6 +322,7 @@ def _add_evaluations(models: list[ModelSection], stages: list[dict], workspace: 
         if model is None:
             continue
         evaluated.add(model.label)
+        model.evaluation_scoring = (_json(stage["stats"]) or {}).get("scoring")
         folder = workspace.resolve(stage["output_path"])
         samples = _read_json_file(folder / "samples.json")
         model.samples = samples if isinstance(samples, list) else None

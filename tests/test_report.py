@@ -171,6 +171,17 @@ def test_run_card_and_scores_show_the_recorded_numbers(runs, full_report):
     assert "0 of 7 stages served from cache" in page.text["stages"]
 
 
+def test_every_val_figure_says_where_it_was_measured(runs, full_report):
+    page = read_page(full_report)
+    model = registry_row(runs, "SELECT * FROM models WHERE run_id = ?", [runs.full])
+    scores = page.text["scores"]
+    assert f"val loss (nats/token), evaluation (whole split){model['val_loss']:,.4f}" in scores
+    assert f"val bits per byte, evaluation (whole split){model['val_bpb']:,.4f}" in scores
+    assert "during training" not in scores  # the evaluate stage scored every model
+    assert "evaluation of gpt (whole split)" in scores
+    assert "val loss during training (sampled windows)" in page.text["loss"]
+
+
 def test_samples_are_the_evaluate_stage_samples(runs, full_report):
     page = read_page(full_report)
     samples = json.loads((stage_output(runs, runs.full, "evaluate") / "samples.json").read_text())
@@ -233,13 +244,14 @@ def test_a_registry_from_before_model_labels_still_reports(tmp_path):
 
     report = gather_run_report(RunRegistry(workspace.registry_path), workspace, "old")
     (model,) = report.models
-    assert (model.label, model.parameters, model.scores["val_loss"]) == ("gpt", 1234, 2.5)
+    assert (model.label, model.parameters, model.scores["training_val_loss"]) == ("gpt", 1234, 2.5)
     assert model.curves["train/loss"].values == [4.0, 3.5, 3.0]
     assert model.tokens_per_step is None  # no train.json: curves against steps
     assert any("before migration 3" in note for note in report.missing)
     assert "No corpus version was recorded" in " ".join(report.missing)
     page = Page(render_run_report(report).html)
     assert "Bits per byte were not recorded" in page.text["scores"]
+    assert "best val loss (nats/token) during training (sampled windows)2.5" in page.text["scores"]
     assert "no samples recorded (no evaluate stage in this run)" in page.text["samples"]
     assert "word2vec was not trained" in page.text["word2vec"]
     assert "No tokenizer statistics were recorded" in page.text["tokenizer"]
@@ -316,3 +328,70 @@ def test_tokenizer_comparison_trains_the_same_model_on_each_and_reports_bits_per
     val = [t for batch in iter_split_texts(documents, "val") for t in batch]
     assert scores["bpe"].bytes == scores["unigram"].bytes == sum(
         len(text.encode()) + 1 for text in val)  # fmt: skip
+
+
+LADDER_FAILING_SECOND = """
+[split]
+val = 0.3
+test = 0.0
+
+[train]
+max_steps = 8
+micro_batch = 4
+global_batch = 4
+eval_every = 4
+eval_batches = 2
+
+[eval]
+samples = 0
+
+[[models]]
+name = "good"
+kind = "gpt"
+block_size = 16
+n_layer = 1
+n_head = 2
+n_embd = 16
+
+[[models]]
+name = "diverges"
+kind = "gpt"
+block_size = 16
+n_layer = 1
+n_head = 2
+n_embd = 16
+[models.train]
+learning_rate = 1e30
+"""
+
+
+def test_a_failed_runs_report_says_where_each_val_figure_was_measured(workspace, tmp_path):
+    """The first model trained and was evaluated, the second diverged: the run failed, so the
+    report builds its models from the train stages, whose val loss is training's own."""
+    from flows.pipeline import lm_pipeline
+    from lm.train_config import TrainingError
+
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    for index in range(10):
+        (texts / f"doc{index:02d}.txt").write_text(prose(index, 150))
+    config = write_config(tmp_path / "ladder.toml", [{"path": str(texts)}], LADDER_FAILING_SECOND)
+    with pytest.raises(TrainingError, match="loss is"):
+        lm_pipeline(config=str(config))
+    registry = RunRegistry(workspace.registry_path)
+    _, ((run_id, status),) = registry.query("SELECT run_id, status FROM runs")
+    assert status == "failed"
+    _, ((train_stats,),) = registry.query("SELECT stats FROM stages WHERE stage = 'train/good'")
+    _, ((evaluate_path,),) = registry.query(
+        "SELECT output_path FROM stages WHERE stage = 'evaluate/good'"
+    )
+    training = json.loads(train_stats)["val_loss"]  # best of training's sampled val windows
+    evaluation = json.loads((workspace.resolve(evaluate_path) / "metrics.json").read_text())
+    evaluated = evaluation["model"]["val"]["loss"]  # the evaluate stage's, the whole split
+    assert f"{training:.4f}" != f"{evaluated:.4f}"  # two different numbers, both "val loss"
+
+    page = Page(render_run_report(gather_run_report(registry, workspace, run_id)).html)
+    scores = page.text["scores"]
+    assert f"val loss (nats/token), evaluation (whole split){evaluated:,.4f}" in scores
+    assert f"{training:.4f}" not in scores  # training's own is its curve, under Loss
+    assert "val loss during training (sampled windows)" in page.text["loss"]
