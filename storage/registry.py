@@ -350,8 +350,15 @@ class RunRegistry:
         models: list[ModelRecord] = (),
     ) -> None:
         """Everything a run produced, in one transaction: stages, artifacts, corpus versions,
-        metrics (bulk-loaded from the run's JSONL file), and the final status."""
+        metrics (bulk-loaded from the run's JSONL file), and the final status.
+
+        A second call for the same run (a flow that fails after recording its success, say
+        while publishing its run card) replaces the first's stages, artifacts and metrics
+        rather than adding to them: `stages` and the metrics file hold everything so far. Its
+        models are kept unless the call names models of its own."""
         with self.writing() as connection:
+            for table in ("stages", "artifacts", "metrics") + (("models",) if models else ()):
+                connection.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
             for stage in stages:
                 connection.execute(
                     "INSERT INTO stages VALUES (?, ?, ?, ?, ?, ?, ?, ?, now())",

@@ -67,6 +67,26 @@ def test_finish_run_records_stages_datasets_and_bulk_loads_metrics(tmp_path):
     assert registry.find_run("r")["run_id"] == "r1"
 
 
+def test_a_run_recorded_twice_is_replaced_not_duplicated(tmp_path):
+    """A flow that fails after recording its success (publishing the run card, say) records
+    the run again as failed: one set of stages and metrics, and its models kept."""
+    registry = RunRegistry(tmp_path / "registry.duckdb")
+    registry.start_run(_run_row("r1"))
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text(json.dumps({"key": "loss", "step": 1, "value": 2.0, "ts": "2026-12-04"}))
+    stages = [StageRecord("train", "k", False, 1.0, "d", "artifacts/train/k", {})]
+    registry.finish_run("r1", "completed", datetime.now(), stages, metrics_file=metrics,
+                        models=[_model("gpt", 1.5)])  # fmt: skip
+    registry.finish_run("r1", "failed", datetime.now(), stages, metrics_file=metrics,
+                        error="OSError: disk full")  # fmt: skip
+    counts = {
+        table: registry.query(f"SELECT count(*) FROM {table} WHERE run_id = 'r1'")[1][0][0]
+        for table in ("stages", "artifacts", "metrics", "models")
+    }
+    assert counts == {"stages": 1, "artifacts": 1, "metrics": 1, "models": 1}  # was: 2, 2, 2, 1
+    assert registry.find_run("r1")["status"] == "failed"
+
+
 def test_unknown_run_id_is_a_clear_error(tmp_path):
     registry = RunRegistry(tmp_path / "registry.duckdb")
     registry.start_run(_run_row("r1"))
