@@ -76,12 +76,12 @@ def ablation(config: str | None = "ablation", overrides: list[str] | None = None
     except ValueError as error:
         raise ConfigError(f"{config_path}: {error}") from None
     run = open_run(settings, config_path, overrides, command="ablation")
+    models: list[ModelRecord] = []
     try:
         corpus = build_corpus(run, settings)
         tokenizer = build_tokenizer(run, settings, corpus)
         shards = encode_corpus(run, settings, corpus, tokenizer)
         vectors = train_word2vec(run, settings, corpus, tokenizer)
-        models: list[ModelRecord] = []
         scored: list[tuple[str, int, dict]] = []
         failed: list[FailedArm] = []
         for number, (variant, seed, model_run) in enumerate(arms, start=1):
@@ -118,7 +118,7 @@ def ablation(config: str | None = "ablation", overrides: list[str] | None = None
             _record_partial(run, corpus, tokenizer, models, failure)
         _publish(settings.name, run.run_id, settings.ablation.seeds, table, markdown)
     except BaseException as error:
-        record_failure(run, error)
+        record_failure(run, error, models)
         raise
     report = _report(run.run_id)
     summary = {

@@ -260,7 +260,9 @@ def open_run(
     return RunContext(run_id, workspace, registry, metrics)
 
 
-def record_failure(run: RunContext, error: BaseException) -> None:
+def record_failure(run: RunContext, error: BaseException, models: list[ModelRecord] = ()) -> None:
+    """Record the run as failed, with its stages so far and the `models` it finished (the
+    lower rungs of a ladder whose top failed are still trained models, worth comparing)."""
     record_task(
         run.run_id,
         "failed",
@@ -269,6 +271,7 @@ def record_failure(run: RunContext, error: BaseException) -> None:
         None,
         str(run.metrics.path),
         error=f"{type(error).__name__}: {error}",
+        models=list(models),
     )
 
 
@@ -403,23 +406,23 @@ def lm_pipeline(config: str | None = None, overrides: list[str] | None = None) -
     config_path = str(resolve_preset(config))
     settings = load_config(config_path, overrides)
     run = open_run(settings, config_path, overrides)
+    models: list[ModelRecord] = []  # those trained so far are recorded even if a later fails
     try:
         corpus = build_corpus(run, settings)
         tokenizer = build_tokenizer(run, settings, corpus)
         shards = encode_corpus(run, settings, corpus, tokenizer)
         vectors = train_word2vec(run, settings, corpus, tokenizer)
         ladder = bool(settings.models)
-        models = [
-            train_model(run, model_run, shards, tokenizer, corpus, settings.eval, ladder, vectors)
-            for model_run in settings.model_runs()
-        ]
+        for model_run in settings.model_runs():
+            models.append(train_model(run, model_run, shards, tokenizer, corpus,
+                                      settings.eval, ladder, vectors))  # fmt: skip
         log_data_metrics(run, corpus, tokenizer, shards)
         record_success(run, corpus, tokenizer, models)
         evaluations = {m.label: m.stats["evaluation_path"] for m in models}
         publish_run_card(run.workspace, run.run_id, settings, corpus, tokenizer, models,
                          evaluations)  # fmt: skip
     except BaseException as error:
-        record_failure(run, error)
+        record_failure(run, error, models)
         raise
     return {
         "run_id": run.run_id,

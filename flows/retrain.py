@@ -142,13 +142,13 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
     model_run = model_runs[-1]  # the top of a ladder is the model kept current
     policy = settings.retrain
     run = open_run(settings, config_path, overrides, command="retrain")
+    models: list[ModelRecord] = []
     try:
         corpus = build_corpus(run, settings)
         champion = load_champion(run, policy.alias)
         # Scoring the champion needs only its model and tokenizer; continuing it needs its
         # corpus too (to tell the new documents from those it has seen).
         scorable = champion is not None and None not in (champion.trained, champion.tokenizer)
-        models: list[ModelRecord] = []
         tokenizer = champion.tokenizer if scorable else None
         if scorable and champion.row["corpus_digest"] == corpus.digest:
             decision = Decision("up-to-date", "no new documents since the champion's corpus")
@@ -223,7 +223,7 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
             f"{decision.mode}: {decision.reason}",
         )
     except BaseException as error:
-        record_failure(run, error)
+        record_failure(run, error, models)
         raise
     return {
         "run_id": run.run_id,

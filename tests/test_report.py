@@ -389,6 +389,9 @@ def test_a_failed_runs_report_says_where_each_val_figure_was_measured(workspace,
     evaluation = json.loads((workspace.resolve(evaluate_path) / "metrics.json").read_text())
     evaluated = evaluation["model"]["val"]["loss"]  # the evaluate stage's, the whole split
     assert f"{training:.4f}" != f"{evaluated:.4f}"  # two different numbers, both "val loss"
+    # The model that finished is recorded, with the evaluator's figures (was: no models).
+    _, recorded = registry.query("SELECT label, val_loss FROM models WHERE run_id = ?", [run_id])
+    assert recorded == [("good", pytest.approx(evaluated))]
 
     page = Page(render_run_report(gather_run_report(registry, workspace, run_id)).html)
     scores = page.text["scores"]
