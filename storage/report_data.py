@@ -172,23 +172,19 @@ def _add_tokenizer(report: RunReport, stages: list[dict], workspace: Workspace) 
 
 
 def _piece_bytes(folder: Path) -> list[int] | None:
-    """The UTF-8 length of every text piece of the tokenizer in `folder` (byte-fallback and
-    control pieces left out), or None when it cannot be loaded."""
-    from lm.tokenizer import TokenizerError, load_tokenizer
+    """The UTF-8 length of every learned piece of the tokenizer in `folder` (byte-fallback,
+    control and configured pieces left out), or None when it cannot be loaded."""
+    from lm.tokenizer import SPACE_SYMBOL, TokenizerError, load_tokenizer
 
     try:
         tokenizer = load_tokenizer(folder, threads=1)
     except (OSError, TokenizerError, ValueError):
         return None
-    is_byte = getattr(tokenizer, "is_byte", None)
-    lengths = []
-    for token_id in range(tokenizer.vocab_size):
-        piece = tokenizer.piece(token_id)
-        if (is_byte is not None and is_byte(token_id)) or piece.startswith("<0x"):
-            continue
-        if token_id == tokenizer.eot_id or (piece.startswith("<") and piece.endswith(">")):
-            continue
-        lengths.append(len(piece.replace("▁", " ").encode()))
+    lengths = [
+        len(tokenizer.piece(token_id).replace(SPACE_SYMBOL, " ").encode())
+        for token_id in range(tokenizer.vocab_size)
+        if tokenizer.is_learned(token_id)
+    ]
     return lengths or None
 
 
