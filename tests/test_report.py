@@ -191,17 +191,20 @@ def test_samples_are_the_evaluate_stage_samples(runs, full_report):
     assert f"seed {sample['seed']}, temperature {sample['temperature']}" in page.text["samples"]
 
 
-def test_the_piece_length_histogram_counts_learned_pieces_only(runs):
-    from lm.tokenizer import load_tokenizer
+def test_the_piece_length_histogram_counts_learned_pieces_only(tmp_path):
+    from lm.config import TokenizerConfig
+    from lm.tokenizer import train_tokenizer
+    from storage.report_data import _piece_bytes
 
-    folder = stage_output(runs, runs.full, "tokenizer")
-    tokenizer = load_tokenizer(folder)
-    report = gather_run_report(RunRegistry(runs.workspace.registry_path), runs.workspace,
-                               runs.full)  # fmt: skip
+    texts = [prose(index, 200) for index in range(30)]
+    config = TokenizerConfig(kind="bpe", vocab_size=400, user_defined_symbols=["<sep>"])
+    tokenizer = train_tokenizer(iter(texts), config)
+    tokenizer.save(tmp_path)
     learned = [i for i in range(tokenizer.vocab_size) if tokenizer.is_learned(i)]
-    # Was: every piece not written <...>, so the escape symbol counted (4 bytes) among them.
-    assert len(report.tokenizer_piece_bytes) == len(learned) < tokenizer.vocab_size
-    assert report.tokenizer_piece_bytes == [len(tokenizer.decode([i]).encode()) for i in learned]
+    lengths = _piece_bytes(tmp_path)
+    # Was: every piece not written <...>, so the "▁" escape symbol (4 bytes) counted too.
+    assert len(lengths) == len(learned) < tokenizer.vocab_size
+    assert lengths == [len(tokenizer.piece(i).replace("\u2581", " ").encode()) for i in learned]
 
 
 def test_what_a_run_did_not_record_is_shown_as_missing(runs):
