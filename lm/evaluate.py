@@ -62,13 +62,12 @@ from lm.checkpoints import DONE_MARKER, WEIGHTS_FILE, damage
 from lm.eval_config import EvalConfig
 from lm.models.base import LanguageModel
 from lm.progress import ProgressLog
-from lm.tokenizer import UNKNOWN, SentencePieceTokenizer, Tokenizer, load_tokenizer
+from lm.tokenizer import SPACE_SYMBOL, UNKNOWN, SentencePieceTokenizer, Tokenizer, load_tokenizer
 from lm.train import TokenBatches
 
 logger = logging.getLogger("lm.evaluate")
 DEFAULT_WINDOW = 256  # tokens per scored row for models without a block of their own
 BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
-SENTENCEPIECE_SPACE = "\u2581"
 
 
 class EvaluationError(ValueError):
@@ -99,7 +98,7 @@ class TokenBytes:
                 spaced.append(False)
             elif sentencepiece:
                 lengths.append(tokenizer.text_bytes(token_id))
-                spaced.append(piece.startswith(SENTENCEPIECE_SPACE))
+                spaced.append(piece.startswith(SPACE_SYMBOL))
             else:
                 lengths.append(len(piece.encode()))
                 spaced.append(False)
