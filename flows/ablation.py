@@ -30,6 +30,7 @@ from flows.pipeline import (
     encode_corpus,
     log_data_metrics,
     open_run,
+    publish_or_warn,
     record_failure,
     record_success,
     train_model,
@@ -116,10 +117,11 @@ def ablation(config: str | None = "ablation", overrides: list[str] | None = None
             record_success(run, corpus, tokenizer, models)
         else:
             _record_partial(run, corpus, tokenizer, models, failure)
-        _publish(settings.name, run.run_id, settings.ablation.seeds, table, markdown)
     except BaseException as error:
         record_failure(run, error, models)
         raise
+    publish_or_warn("the ablation table", _publish, settings.name, run.run_id,
+                    settings.ablation.seeds, table, markdown)  # fmt: skip
     report = _report(run.run_id)
     summary = {
         "run_id": run.run_id,

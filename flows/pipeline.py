@@ -16,6 +16,7 @@ import shlex
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -54,6 +55,7 @@ from tasks.word2vec import word2vec_key, word2vec_store, word2vec_task
 for _library_logger in ("lm", "storage"):
     logging.getLogger(_library_logger).setLevel(logging.INFO)
 
+logger = logging.getLogger("lm.pipeline")
 TRACKED_PACKAGES = ("prefect", "duckdb", "pyarrow", "numpy", "torch", "gensim", "sentencepiece")
 # Every training, whichever flow or deployment runs it, takes a slot of this tag's task
 # concurrency limit: one at a time on a Prefect server where the limit exists (the service path
@@ -398,6 +400,17 @@ def record_success(
     )
 
 
+def publish_or_warn(what: str, publish: Callable[..., Any], *arguments: Any) -> None:
+    """Publish a view of a run already recorded (its Prefect artifacts). A failure here, say
+    the Prefect server gone, is a warning: the run did everything it set out to, and is
+    recorded as completed; it must not be recorded again as failed."""
+    try:
+        publish(*arguments)
+    except Exception as error:
+        logger.warning("%s was not published (%s: %s); the run is recorded", what,
+                       type(error).__name__, error)  # fmt: skip
+
+
 @flow(name="lm-pipeline", persist_result=False)
 def lm_pipeline(config: str | None = None, overrides: list[str] | None = None) -> dict:
     """Run the pipeline for a preset name or TOML path, with optional `key.path=value`
@@ -418,12 +431,12 @@ def lm_pipeline(config: str | None = None, overrides: list[str] | None = None) -
                                       settings.eval, ladder, vectors))  # fmt: skip
         log_data_metrics(run, corpus, tokenizer, shards)
         record_success(run, corpus, tokenizer, models)
-        evaluations = {m.label: m.stats["evaluation_path"] for m in models}
-        publish_run_card(run.workspace, run.run_id, settings, corpus, tokenizer, models,
-                         evaluations)  # fmt: skip
     except BaseException as error:
         record_failure(run, error, models)
         raise
+    evaluations = {m.label: m.stats["evaluation_path"] for m in models}
+    publish_or_warn("the run card", publish_run_card, run.workspace, run.run_id, settings,
+                    corpus, tokenizer, models, evaluations)  # fmt: skip
     return {
         "run_id": run.run_id,
         "stages": [asdict(stage) for stage in run.stages],

@@ -477,3 +477,29 @@ def test_word2vec_fed_models_train_on_the_run_s_piece_vectors(workspace, tmp_pat
     assert states["train/gpt-word2vec"] == "ran"
     with pytest.raises(ConfigError, match=r'word2vec\.input = "pieces"'):
         run_pipeline(config, ['word2vec.input="words"'])
+
+
+def test_a_run_card_that_cannot_be_published_leaves_the_run_completed(
+    workspace, config, monkeypatch
+):
+    """The Prefect server gone after the run is recorded: a warning, not a run recorded again
+    as failed (its model then vanished from the leaderboard)."""
+    import flows.pipeline
+
+    def server_gone(*_arguments):
+        raise ConnectionError("[Errno 111] Connection refused")
+
+    monkeypatch.setattr(flows.pipeline, "publish_run_card", server_gone)
+    warnings: list[str] = []
+    listener = logging.Handler(logging.WARNING)
+    listener.emit = lambda record: warnings.append(record.getMessage())
+    logging.getLogger("lm.pipeline").addHandler(listener)
+    try:
+        summary = run_pipeline(config, TINY_GPT)
+    finally:
+        logging.getLogger("lm.pipeline").removeHandler(listener)
+    registry = RunRegistry(workspace.registry_path)
+    assert registry.find_run(summary["run_id"])["status"] == "completed"
+    _, rows = registry.query("SELECT count(*) FROM leaderboard")
+    assert rows == [(1,)]
+    assert any("the run card was not published (ConnectionError" in w for w in warnings)
