@@ -96,13 +96,20 @@ def reproduce_command(config_path: str, overrides: list[str], command: str = "ru
     return " ".join(words)
 
 
+def _deployment_name() -> str | None:
+    """`flow/deployment`, as `prefect deployment run` names it: every flow of prefect.yaml has
+    a deployment called `default`, so the bare name does not say which ran."""
+    name = deployment.get_name()
+    return f"{flow_run.get_flow_name()}/{name}" if name else None
+
+
 def _run_row(
     run_id: str, config: PipelineConfig, config_path: str, overrides: list[str], command: str
 ) -> dict:
     return {
         "run_id": run_id,
         "flow_run_id": flow_run.get_id(),
-        "deployment": deployment.get_name(),
+        "deployment": _deployment_name(),
         "preset": config.name,
         "config_path": config_path,
         "status": "running",

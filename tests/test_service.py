@@ -95,7 +95,7 @@ def test_lmforge_serve_runs_a_triggered_deployment_and_records_it(workspace, tmp
         "SELECT status, deployment, corpus_digest IS NOT NULL FROM runs WHERE flow_run_id = ?",
         [str(flow_run.id)],
     )
-    assert rows == [("completed", "default", True)]
+    assert rows == [("completed", "lm-pipeline/default", True)]  # was "default": which flow?
 
 
 @task(name="slot-probe", cache_policy=NO_CACHE, persist_result=False)
