@@ -20,7 +20,7 @@ from rich.text import Text
 from flows.generate_cli import chat_command, generate_command
 from flows.runs_cli import runs_app
 from flows.serve import serve_command
-from storage.workspace import activate_workspace
+from storage.workspace import WorkspaceError, activate_workspace
 
 # Markdown, not Rich markup: help text reflows, and a `[section]` in a docstring stays visible.
 app = typer.Typer(
@@ -75,7 +75,8 @@ def _run_flow(name: str, config: str | None, overrides: list[str] | None) -> dic
     workspace = activate_workspace()
     try:
         load_config(config, overrides)  # fail fast on a bad config, before any server starts
-    except ConfigError as error:
+        workspace.ensure()
+    except (ConfigError, WorkspaceError) as error:
         raise _fail(str(error)) from None
     from flows.prefect_server import ServerError, ensure_server
 
@@ -91,7 +92,7 @@ def _run_flow(name: str, config: str | None, overrides: list[str] | None) -> dic
     from storage.shards import ShardError
 
     known = (InputError, ConfigError, RegistryError, TokenizerError, ShardError, TrainingError,
-             EvaluationError, CheckpointError)  # fmt: skip
+             EvaluationError, CheckpointError, WorkspaceError)  # fmt: skip
     if name == "retrain":
         from flows.retrain import retrain as chosen
     elif name == "ablation":

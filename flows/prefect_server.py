@@ -76,8 +76,15 @@ def ensure_server(workspace: Workspace) -> str | None:
     if os.environ.get("LMFORGE_PREFECT_SERVER", "").lower() == "ephemeral":
         return None
     lock_path = workspace.prefect_home / "lmforge-server.lock"
-    workspace.prefect_home.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+") as lock:
+    try:
+        workspace.prefect_home.mkdir(parents=True, exist_ok=True)
+        lock = open(lock_path, "a+")  # noqa: SIM115 (closed by the `with` below)
+    except OSError as error:
+        raise ServerError(
+            f"{lock_path}: cannot write the server's lock file ({error.strerror}); is "
+            f"LMFORGE_HOME {workspace.root} writable?"
+        ) from error
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two runs starting together start one server
         state = running_server(workspace) or _start(workspace)
     os.environ["PREFECT_API_URL"] = state["api_url"]

@@ -133,13 +133,13 @@ def serve_command(
 
     from flows.cli import _fail
     from flows.prefect_server import ServerError, ensure_server
-    from storage.workspace import activate_workspace
+    from storage.workspace import WorkspaceError, activate_workspace
 
     workspace = activate_workspace()
     try:
-        api_url = ensure_server(workspace)
+        api_url = ensure_server(workspace.ensure())
         deployments = runner_deployments()
-    except (ServerError, ServeError) as error:
+    except (ServerError, ServeError, WorkspaceError) as error:
         raise _fail(str(error)) from None
     server = api_url or "the ephemeral Prefect server"
     try:

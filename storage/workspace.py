@@ -4,6 +4,9 @@ Keeping the corpus, artifacts, run folders, the DuckDB registry and Prefect's ow
 means a project can be moved, inspected or deleted as a unit, and caches never leak between
 projects. The path is made absolute once at start-up and written back to the environment so that
 every subprocess (Prefect server, workers, torchrun ranks) agrees on it.
+
+Only commands that write create the folders (`Workspace.ensure`): one that only reads (`lmforge
+runs`, `sql`, `report` of nothing yet) leaves a missing or unwritable workspace as it found it.
 """
 
 from __future__ import annotations
@@ -13,6 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_HOME = ".lmforge"
+
+
+class WorkspaceError(RuntimeError):
+    """The workspace's folders cannot be created or written; the message names the one."""
 
 
 @dataclass(frozen=True)
@@ -50,9 +57,26 @@ class Workspace:
         return self.root / "downloads"
 
     def ensure(self) -> Workspace:
-        for folder in (self.corpus, self.artifacts, self.runs, self.prefect_home, self.downloads):
-            folder.mkdir(parents=True, exist_ok=True)
+        """Create the workspace's folders, for a command about to write into them; raises
+        `WorkspaceError` if one cannot be created or written."""
+        folders = (self.corpus, self.artifacts, self.runs, self.prefect_home, self.downloads)
+        try:
+            for folder in folders:
+                folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise WorkspaceError(self._not_writable(error.strerror, error.filename)) from error
+        # Folders that already exist pass mkdir whatever their mode: a workspace made read-only
+        # would otherwise fail later, halfway through a run, wherever it first writes.
+        for folder in (self.root, *folders):
+            if not os.access(folder, os.W_OK):
+                raise WorkspaceError(self._not_writable("Permission denied", folder))
         return self
+
+    def _not_writable(self, reason: str, path: object) -> str:
+        return (
+            f"LMFORGE_HOME {self.root} is not writable ({reason}: {path}); make it writable, "
+            "or set LMFORGE_HOME to a folder you can write"
+        )
 
     def resolve(self, relative_path: str) -> Path:
         return self.root / relative_path
@@ -61,8 +85,8 @@ class Workspace:
 def activate_workspace() -> Workspace:
     """Resolve the workspace and point Prefect at it. Must run before `prefect` is imported:
     Prefect reads `PREFECT_HOME` once, at import, and resolves a relative one against the current
-    directory."""
-    workspace = Workspace.from_env().ensure()
+    directory. Creates nothing: a command that writes calls `Workspace.ensure` too."""
+    workspace = Workspace.from_env()
     os.environ["LMFORGE_HOME"] = str(workspace.root)
     os.environ.setdefault("PREFECT_HOME", str(workspace.prefect_home))
     # Offline machine: no telemetry, and our own loggers' records go to Prefect's run logs.

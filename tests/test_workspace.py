@@ -1,0 +1,80 @@
+"""The workspace folder: commands that only read leave it as they found it, and one that cannot
+be written is a clear error, never a traceback.
+
+Tests run as root, whom `chmod` does not stop; a home below a regular file cannot be created by
+anyone, and a folder that will not take writes is simulated through `os.access`."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from flows.prefect_server import ServerError, ensure_server
+from storage.workspace import Workspace, WorkspaceError
+from tests.conftest import run_cli
+
+READING_COMMANDS = [
+    ("runs",),
+    ("runs", "show", "abc"),
+    ("sql", "SELECT 1"),
+    ("corpus", "stats"),
+    ("report", "abc"),
+]
+
+
+def said(result) -> str:
+    """stderr as read, whatever the width it was wrapped at."""
+    return " ".join(result.stderr.split())
+
+
+@pytest.mark.parametrize("command", READING_COMMANDS, ids=" ".join)
+def test_a_reading_command_creates_no_workspace(tmp_path, command):
+    home = tmp_path / "never-used"
+    result = run_cli(*command, check=False, home=home)
+    assert result.returncode == 1
+    assert "no registry yet; `lmforge run` creates it with the first run" in said(result)
+    assert not home.exists()
+
+
+@pytest.mark.parametrize("command", READING_COMMANDS, ids=" ".join)
+def test_a_reading_command_in_an_impossible_home_says_there_is_no_registry(tmp_path, command):
+    (tmp_path / "a-file").write_text("")
+    result = run_cli(*command, check=False, home=tmp_path / "a-file" / "home")
+    assert result.returncode == 1
+    assert said(result).startswith("error: ")
+    assert "no registry yet" in said(result)
+    assert "Traceback" not in result.stderr and "NotADirectoryError" not in result.stderr
+
+
+def test_a_run_in_a_home_that_cannot_be_created_is_one_clear_line(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    home = tmp_path / "a-file" / "home"
+    result = run_cli("run", check=False, home=home)
+    assert result.returncode == 1
+    assert said(result).startswith(
+        f"error: LMFORGE_HOME {home} is not writable (Not a directory: {home}/corpus)"
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_a_workspace_whose_folders_exist_but_take_no_writes_is_refused(tmp_path, monkeypatch):
+    workspace = Workspace(tmp_path / "home").ensure()
+    writable = os.access
+    monkeypatch.setattr(
+        os, "access", lambda path, mode: path != workspace.corpus and writable(path, mode)
+    )
+    with pytest.raises(WorkspaceError) as raised:
+        workspace.ensure()
+    assert str(raised.value).startswith(
+        f"LMFORGE_HOME {workspace.root} is not writable (Permission denied: {workspace.corpus})"
+    )
+
+
+def test_a_server_lock_that_cannot_be_written_is_a_server_error(workspace, monkeypatch):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.delenv("LMFORGE_PREFECT_SERVER", raising=False)
+    lock = workspace.prefect_home / "lmforge-server.lock"
+    lock.mkdir()  # opening it for writing fails, as a read-only workspace's would
+    with pytest.raises(ServerError, match=f"{lock}: cannot write the server's lock file"):
+        ensure_server(workspace)
