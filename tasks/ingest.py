@@ -19,7 +19,7 @@ from prefect import task
 from flows.ingest_flow import load_parts, plan_parts, read_parts
 from lm.config import IngestConfig, RuntimeConfig
 from lm.text.clean import SlicePolicy
-from lm.text.ingest import iter_input_documents
+from lm.text.ingest import PERSISTENT_OS_ERRORS, iter_input_documents
 from lm.text.readers import RawDocument
 from lm.text.sources import InputError, ResolvedInput, fingerprint_inputs, resolve_sources
 from storage.artifacts import ArtifactStore, Descriptor
@@ -61,10 +61,11 @@ def ingest_key(config: IngestConfig, runtime: RuntimeConfig | None = None) -> st
 
 
 def _is_transient(task, task_run, state) -> bool:
-    """Retry I/O hiccups, never bad input: re-reading a broken file gives the same error."""
+    """Retry I/O hiccups, never bad input: re-reading a broken file gives the same error, and so
+    does opening an unreadable one or a missing one again."""
     try:
         state.result()
-    except InputError:
+    except (InputError, *PERSISTENT_OS_ERRORS):
         return False
     except OSError:
         return True

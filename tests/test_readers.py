@@ -11,6 +11,7 @@ import logging
 import threading
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -223,6 +224,46 @@ def test_empty_folder_names_the_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match=r"empty: the folder contains no files"):
         read(tmp_path, str(tmp_path / "empty"))
+
+
+def test_an_input_that_cannot_be_opened_is_an_error_naming_it(tmp_path, monkeypatch):
+    # As root, chmod 000 does not stop a read: the denial is simulated at the open.
+    import lm.text.ingest
+
+    (tmp_path / "doc005.txt").write_text("readable")
+    (tmp_path / "doc006.txt").write_text("unreadable")
+
+    def open_denying_doc006(path, mode="r", *args, **kwargs):
+        if Path(path).name == "doc006.txt":
+            raise PermissionError(13, "Permission denied", str(path))
+        return open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(lm.text.ingest, "open", open_denying_doc006, raising=False)
+    with pytest.raises(InputError, match=r"doc006\.txt: permission denied; make it readable"):
+        read(tmp_path, str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "error",
+    [PermissionError(13, "Permission denied"), FileNotFoundError(2, "No such file"),
+     IsADirectoryError(21, "Is a directory"), InputError("bad.jsonl:2: not JSON")],
+    ids=lambda error: type(error).__name__,
+)  # fmt: skip
+def test_ingest_does_not_retry_what_reading_again_would_repeat(error):
+    from tasks.ingest import _is_transient
+
+    assert not _is_transient(None, None, SimpleNamespace(result=partial(_raise, error)))
+
+
+def test_ingest_retries_an_io_hiccup():
+    from tasks.ingest import _is_transient
+
+    hiccup = TimeoutError("timed out")
+    assert _is_transient(None, None, SimpleNamespace(result=partial(_raise, hiccup)))
+
+
+def _raise(error: Exception):
+    raise error
 
 
 def test_binary_file_is_skipped_with_a_warning_naming_it(tmp_path, caplog):

@@ -15,6 +15,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import urlparse
 
 from lm.progress import ProgressLog
@@ -23,6 +24,15 @@ from lm.text.sources import InputError, ResolvedInput
 
 logger = logging.getLogger("lm.text.ingest")
 DOWNLOAD_CHUNK = 1 << 20
+# Why an input cannot be opened, for the errors that opening it again would only repeat: these
+# are bad input (an `InputError`), not I/O hiccups worth a retry.
+UNOPENABLE = {
+    PermissionError: "permission denied; make it readable, or leave it out of the sources",
+    FileNotFoundError: "no such file (removed after the sources were listed?)",
+    IsADirectoryError: "is a folder, not a file",
+    NotADirectoryError: "a folder on its path is a file",
+}
+PERSISTENT_OS_ERRORS = tuple(UNOPENABLE)
 
 
 def iter_input_documents(
@@ -39,7 +49,7 @@ def iter_input_documents(
         if item.is_url:
             path = _download(item.url, download_dir, url_timeout_s)
         try:
-            with open(path, "rb") as raw:
+            with _open_input(item, path) as raw:
                 stream = open_decompressed(item, raw)
                 for count, document in enumerate(read_documents(item, stream, encoding_errors)):
                     yield document
@@ -51,6 +61,14 @@ def iter_input_documents(
                 path.unlink(missing_ok=True)
         progress.update(done_bytes)
     progress.finish()
+
+
+def _open_input(item: ResolvedInput, path: Path) -> BinaryIO:
+    try:
+        return open(path, "rb")
+    except PERSISTENT_OS_ERRORS as error:
+        reason = next(text for kind, text in UNOPENABLE.items() if isinstance(error, kind))
+        raise InputError(f"{item.name}: {reason}") from error
 
 
 def _download(url: str, download_dir: Path, timeout_s: float) -> Path:
