@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from lm.parent_death import PARENT_PID_VARIABLE
 from lm.train_config import TrainingError
 
 logger = logging.getLogger("lm.train")
@@ -238,7 +239,8 @@ def run_torchrun(
     """Run `module` as `nproc_per_node` ranks and wait; every line the ranks print goes to
     `log` (default: this module's logger at INFO). A failure raises `TrainingError` with the
     end of the error output, where the failing rank's traceback is. If this process is
-    interrupted, the ranks are stopped rather than left training."""
+    interrupted, the ranks are stopped rather than left training; if it is killed, they die
+    with it (on Linux)."""
     log = log or logger.info
     environment = dict(os.environ if env is None else env)
     # The ranks must import `lm` even when it is not installed: the repository root on the path.
@@ -250,11 +252,15 @@ def run_torchrun(
     # A rank killed by a signal (a segfault in a native library) prints its Python stack, so
     # the error below says where, not only "exitcode: -11".
     environment.setdefault("PYTHONFAULTHANDLER", "1")
+    # torchrun and its ranks die with this process, even one killed with SIGKILL (see
+    # `lm.parent_death`): a rank left training would write into a work folder no longer locked.
+    environment[PARENT_PID_VARIABLE] = str(os.getpid())
     # The ranks' output comes through the pipes, so torchrun's per-rank log folders stay empty:
     # they go to a temporary folder removed afterwards.
     with tempfile.TemporaryDirectory(prefix="lmforge-torchrun-") as log_dir:
         command = torchrun_command(nproc_per_node, module, *args, log_dir=log_dir)
-        code, tail = _run_relaying_output(command, environment, log)
+        guarded = [sys.executable, "-m", "lm.parent_death", *command]
+        code, tail = _run_relaying_output(guarded, environment, log)
     if code != 0:
         shown = " ".join(torchrun_command(nproc_per_node, module, *args)[1:])
         ending = "\n".join(tail) or "(no error output)"
@@ -270,6 +276,9 @@ def _run_relaying_output(
     """Run torchrun and wait; every output line goes to `log`. Returns the exit code and the
     end of the error output. If this process is interrupted, the ranks are stopped."""
     tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+    # The kernel's parent-death signal (`lm.parent_death`) fires when the *thread* that forked
+    # exits. This thread waits for torchrun below, and kills it if interrupted, so torchrun
+    # never outlives it: safe even in one of Prefect's worker threads.
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
         bufsize=1,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import uuid
 from pathlib import Path
@@ -20,6 +21,7 @@ import numpy as np
 from pydantic import Field
 
 from lm.models.config import ModelConfig
+from lm.parent_death import die_with_parent
 from lm.strict_model import StrictModel
 from lm.train_config import TrainConfig, TrainingError
 
@@ -125,6 +127,9 @@ def configure_logging() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A rank must not outlive torchrun's agent: SIGKILL, as nothing it holds needs saving (the
+    # checkpoints are atomic), and no handler can catch or delay it.
+    die_with_parent(signal.SIGKILL)
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: python -m lm.train_worker WORK_DIR", file=sys.stderr)

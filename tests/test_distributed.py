@@ -3,20 +3,27 @@ the weights, read disjoint data, and a failing rank surfaces as a clear error.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from lm.distributed import run_torchrun
+from lm.distributed import REPO_ROOT, run_torchrun
 from lm.models.config import GPTConfig
 from lm.models.registry import build_model
 from lm.train import TrainConfig, TrainingError, val_loss_of
 from lm.train_worker import TokenFile, WorkerSpec, read_result, write_spec
+from storage.processes import pid_alive
 from tests.distributed_probe import weights_digest
 from tests.helpers import periodic_tokens
 
@@ -135,6 +142,53 @@ def test_a_rank_killed_by_a_segfault_says_where(tmp_path):
     assert "Fatal Python error: Segmentation fault" in message
     assert f'File "{tmp_path / "crashing_rank.py"}", line 3' in message
     assert "exitcode: -11" in message
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+@pytest.mark.parametrize("killed", ["launcher", "agent"])
+def test_torchrun_and_its_ranks_die_with_the_process_that_launched_them(tmp_path, killed):
+    # As the OOM killer would: SIGKILL to one process alone, mid-training; torchrun's agent
+    # never gets to stop its ranks.
+    job = tmp_path / "job"
+    write_job(job, max_steps=10**6, eval_every=10**6, checkpoint_every=10**6)
+    launch = "import sys; from lm.distributed import run_torchrun; run_torchrun(2, *sys.argv[1:])"
+    launcher = subprocess.Popen([sys.executable, "-c", launch, "lm.train_worker", str(job)],
+                                cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)  # fmt: skip
+    survivors: list[int] = []
+    try:
+        deadline = time.monotonic() + 300  # generous: only a broken launch waits this long
+        while not (job / "metrics.jsonl").is_file():  # rank 0 has trained a step
+            assert launcher.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        [agent] = children_of(launcher.pid)
+        ranks = children_of(agent)
+        assert len(ranks) == 2
+        survivors = [agent, *ranks] if killed == "launcher" else ranks
+        os.kill(launcher.pid if killed == "launcher" else agent, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while survivors and time.monotonic() < deadline:
+            survivors = [pid for pid in survivors if pid_alive(pid)]
+            time.sleep(0.1)
+        assert survivors == []
+    finally:
+        launcher.kill()
+        launcher.wait()
+        for pid in survivors:  # left by a failure: not to train on after the test
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_global_batch_must_divide_over_micro_batch_and_processes():
