@@ -109,6 +109,12 @@ class CheckpointUnreadable(TrainingError):
     """A complete checkpoint whose files will not load (truncated or corrupt)."""
 
 
+class CheckpointUnwritable(TrainingError):
+    """A checkpoint that could not be written: the disk is full or the folder not writable.
+    Its cause is the original error (torch reports a full disk as a `RuntimeError` such as
+    `[enforce fail at inline_container.cc:672] . unexpected pos 150592 vs 150484`)."""
+
+
 def pick_device(requested: str = "auto", ranks: Ranks | None = None) -> torch.device:
     """cuda > mps > cpu; under torchrun on CUDA, the GPU of this process's local rank."""
     kind = requested
@@ -619,6 +625,28 @@ class Trainer:
         if not self.ranks.is_main:
             return final
         staging = self.out_dir / f"{name}{STAGING_INFIX}{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        try:
+            self._write_checkpoint(staging, model_state, optimizer_state, rank_states)
+            replace_folder(staging, final)
+        except BaseException as error:
+            shutil.rmtree(staging, ignore_errors=True)  # a partial write, its space given back
+            if isinstance(error, OSError | RuntimeError) and not isinstance(error, TrainingError):
+                said = str(error).strip().splitlines()[:1]
+                raise CheckpointUnwritable(
+                    f"{final}: writing the checkpoint failed; is the disk full, or the folder "
+                    f"not writable? ({type(error).__name__}: {''.join(said)})"
+                ) from error
+            raise
+        if name.startswith("step-"):
+            for old in complete_checkpoints(self.out_dir)[: -self.config.keep_checkpoints]:
+                shutil.rmtree(old)
+        return final
+
+    def _write_checkpoint(
+        self, staging: Path, model_state: dict, optimizer_state: dict, rank_states: list
+    ) -> None:
+        """Write every file of a checkpoint into the new folder `staging`, `DONE` last."""
+        cuda = self.device.type == "cuda"
         staging.mkdir(parents=True)
         torch.save(optimizer_state, staging / "optimizer.pt")
         state = {
@@ -650,11 +678,6 @@ class Trainer:
         }
         (staging / INFO_FILE).write_text(json.dumps(info, indent=2))
         (staging / DONE_MARKER).write_text(str(self.step))
-        replace_folder(staging, final)
-        if name.startswith("step-"):
-            for old in complete_checkpoints(self.out_dir)[: -self.config.keep_checkpoints]:
-                shutil.rmtree(old)
-        return final
 
     def _check_tokenizer(self, checkpoint: Path, info: dict) -> None:
         theirs = info.get("tokenizer_digest")

@@ -276,6 +276,32 @@ def test_half_written_checkpoint_is_skipped_for_the_previous_complete_one(tmp_pa
     assert "step-00000015: incomplete checkpoint" in caplog.text
 
 
+def test_a_checkpoint_that_cannot_be_written_is_a_clear_error_and_leaves_nothing(
+    tmp_path, monkeypatch
+):
+    """A full disk, as torch reports it: its zip writer's RuntimeError, on the weights file
+    after the optimizer's was written."""
+    run = trainer(tmp_path, config(max_steps=20))
+    full = RuntimeError(
+        "[enforce fail at inline_container.cc:672] . unexpected pos 150592 vs 150484"
+    )
+    save = torch.save
+
+    def save_until_the_weights(state, path, *args, **kwargs):
+        if Path(path).name == "model.pt":
+            raise full
+        save(state, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_until_the_weights)
+    with pytest.raises(TrainingError) as raised:
+        run.train()
+    message = str(raised.value)
+    assert message.startswith(f"{tmp_path / 'best'}: writing the checkpoint failed; ")
+    assert "is the disk full, or the folder not writable?" in message
+    assert raised.value.__cause__ is full
+    assert list(tmp_path.glob("*.partial-*")) == []
+
+
 def test_global_batch_must_be_a_multiple_of_micro_batch():
     with pytest.raises(ValueError, match=r"global_batch \(10\) must be a multiple of micro_batch"):
         TrainConfig(micro_batch=4, global_batch=10)
