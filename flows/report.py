@@ -31,22 +31,28 @@ def write_report_folder(rendered: RenderedReport, folder: Path) -> Path:
     there in one rename; returns the HTML file's path."""
     if folder.exists() and not folder.is_dir():
         raise ReportError(f"{folder}: exists and is not a folder; pass another --out")
-    folder.parent.mkdir(parents=True, exist_ok=True)
     nonce = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     staging = folder.with_name(f"{folder.name}.partial-{nonce}")
-    staging.mkdir()
     try:
-        for name, data in rendered.images.items():
-            (staging / name).write_bytes(data)
-        (staging / REPORT_FILE).write_text(rendered.html, encoding="utf-8")
-        previous = None
-        if folder.exists():
-            previous = folder.with_name(f"{folder.name}.partial-old-{nonce}")
-            os.rename(folder, previous)
-        os.rename(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()
+        try:
+            for name, data in rendered.images.items():
+                (staging / name).write_bytes(data)
+            (staging / REPORT_FILE).write_text(rendered.html, encoding="utf-8")
+            previous = None
+            if folder.exists():
+                previous = folder.with_name(f"{folder.name}.partial-old-{nonce}")
+                os.rename(folder, previous)
+            os.rename(staging, folder)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    except OSError as error:  # a read-only workspace, a full disk
+        raise ReportError(
+            f"{folder}: cannot write the report ({error.strerror}: {error.filename}); "
+            "pass --out to write it elsewhere"
+        ) from error
     if previous is not None:
         shutil.rmtree(previous, ignore_errors=True)
     return folder / REPORT_FILE

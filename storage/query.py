@@ -23,7 +23,7 @@ from pathlib import Path
 import duckdb
 
 from storage.corpus import DOCUMENTS_FILE
-from storage.registry import RegistryError, RunRegistry
+from storage.registry import DAMAGE_ERRORS, RegistryError, RunRegistry
 
 logger = logging.getLogger("storage.query")
 # Statements that only read: queries (SHOW, DESCRIBE, SUMMARIZE and VALUES parse as SELECT),
@@ -37,25 +37,33 @@ def _quote(text: str) -> str:
 
 @contextmanager
 def sql_session(registry: RunRegistry, workspace_root: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """An in-memory DuckDB with the registry attached read-only and the corpus views. A
+    registry file DuckDB cannot read, at the attach or in a query, is the `RegistryError` every
+    other reader gives; a query's own mistakes stay DuckDB's errors."""
     registry.require_existing()
     connection = duckdb.connect()
     try:
         attach = f"ATTACH {_quote(str(registry.path))} AS registry (READ_ONLY)"
         registry.retry_while_locked(lambda: connection.execute(attach))
-        connection.execute("USE registry")
-        root = _quote(str(workspace_root) + "/")
-        connection.execute(
-            "CREATE TEMP VIEW corpus_versions AS SELECT *, "
-            f"{root} || path || '/{DOCUMENTS_FILE}' AS parquet_path FROM datasets"
-        )
-        newest = connection.execute(
-            "SELECT v.parquet_path FROM corpus_versions v "
-            "LEFT JOIN runs r ON r.corpus_digest = v.digest AND r.status = 'completed' "
-            "ORDER BY coalesce(r.ended_at, v.created_at) DESC LIMIT 1"
-        ).fetchone()
-        if newest and Path(newest[0]).is_file():
-            _add_corpus_views(connection, newest[0])
-        yield connection
+        try:
+            connection.execute("USE registry")
+            root = _quote(str(workspace_root) + "/")
+            connection.execute(
+                "CREATE TEMP VIEW corpus_versions AS SELECT *, "
+                f"{root} || path || '/{DOCUMENTS_FILE}' AS parquet_path FROM datasets"
+            )
+            newest = connection.execute(
+                "SELECT v.parquet_path FROM corpus_versions v "
+                "LEFT JOIN runs r ON r.corpus_digest = v.digest AND r.status = 'completed' "
+                "ORDER BY coalesce(r.ended_at, v.created_at) DESC LIMIT 1"
+            ).fetchone()
+            if newest and Path(newest[0]).is_file():
+                _add_corpus_views(connection, newest[0])
+            yield connection
+        except DAMAGE_ERRORS as error:
+            if str(registry.path) not in str(error):
+                raise  # another file (a corpus Parquet): DuckDB's message names it
+            raise registry.unusable(error) from error
     finally:
         connection.close()
 

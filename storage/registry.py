@@ -176,6 +176,9 @@ MIGRATIONS: list[str] = [
 
 T = TypeVar("T")
 LOCK_ERRORS = ("lock", "Conflicting")
+# What DuckDB raises for a file it cannot make sense of: truncated by a full disk or a copy cut
+# short, or damaged ("Could not read enough bytes", "Corrupt database file", ...).
+DAMAGE_ERRORS = (duckdb.IOException, duckdb.InternalException, duckdb.SerializationException)
 
 
 class RegistryError(RuntimeError):
@@ -246,11 +249,20 @@ class RunRegistry:
                 return action()
             except duckdb.Error as error:
                 if not _is_lock_error(error) or time.monotonic() > deadline:
-                    raise RegistryError(
-                        f"{self.path}: cannot open the registry: {error}"
-                    ) from error
+                    raise self.unusable(error, "open") from error
                 time.sleep(delay * (1 + random.random()))
                 delay = min(delay * 2, 0.5)
+
+    def unusable(self, error: duckdb.Error, doing: str = "read") -> RegistryError:
+        """The one-line error for a registry DuckDB cannot `doing` (open, read, write to),
+        naming the file; for a damaged one, what to do without losing what it holds."""
+        message = f"{self.path}: cannot {doing} the registry ({' '.join(str(error).split())})"
+        if isinstance(error, DAMAGE_ERRORS):
+            message += (
+                "; if the file is damaged or cut short, restore it from a backup, or move it "
+                "aside and the next `lmforge run` starts a new one"
+            )
+        return RegistryError(message)
 
     def require_existing(self) -> None:
         if not self.path.exists():
@@ -278,6 +290,8 @@ class RunRegistry:
                     except BaseException:
                         connection.execute("ROLLBACK")
                         raise
+                except DAMAGE_ERRORS as error:  # a file DuckDB cannot read, found mid-write
+                    raise self.unusable(error, "write to") from error
                 finally:
                     connection.close()
             finally:
@@ -285,10 +299,14 @@ class RunRegistry:
 
     @contextmanager
     def reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-only connection; a DuckDB error while reading (a truncated or damaged file, a
+        table an old registry lacks) becomes a `RegistryError` naming the file."""
         self.require_existing()
         connection = self._connect(read_only=True)
         try:
             yield connection
+        except duckdb.Error as error:
+            raise self.unusable(error) from error
         finally:
             connection.close()
 
@@ -568,6 +586,11 @@ class RunRegistry:
                     )
                     count = copied.fetchone()[0]
                     partial.replace(target)
+                except duckdb.Error as error:
+                    if str(partial) not in str(error):
+                        raise  # the registry could not be read: `reading` says so
+                    said = " ".join(str(error).split())
+                    raise RegistryError(f"{target}: cannot write it ({said})") from error
                 finally:
                     partial.unlink(missing_ok=True)
                 written[table] = (target, count)

@@ -182,3 +182,45 @@ def test_promotion_moves_the_alias_and_records_every_decision(tmp_path):
     assert rows == [(1,)]
     _, decisions = registry.query("SELECT run_id, promoted FROM promotions ORDER BY decided_at")
     assert decisions == [("r1", True), ("r2", False), ("r3", True)]
+
+
+def truncated_registry(tmp_path: Path) -> RunRegistry:
+    """A registry cut short after its header, as a full disk or an interrupted copy leaves it."""
+    registry = RunRegistry(tmp_path / "registry.duckdb")
+    registry.start_run(_run_row("r1"))
+    with open(registry.path, "r+b") as file:
+        file.truncate(300_000)
+    return registry
+
+
+def test_reading_a_truncated_registry_is_a_registry_error_naming_it(tmp_path):
+    registry = truncated_registry(tmp_path)
+    with pytest.raises(RegistryError) as raised:
+        registry.find_run("r1")
+    assert str(raised.value).startswith(f"{registry.path}: cannot read the registry (IO Error: ")
+    assert "restore it from a backup, or move it aside" in str(raised.value)
+
+
+def test_writing_to_a_truncated_registry_is_a_registry_error_and_changes_nothing(tmp_path):
+    registry = truncated_registry(tmp_path)
+    before = registry.path.read_bytes()
+    with pytest.raises(RegistryError, match=f"{registry.path}: cannot write to the registry"):
+        registry.start_run(_run_row("r2"))
+    assert registry.path.read_bytes() == before
+
+
+def test_an_export_that_cannot_write_its_file_names_that_file_not_the_registry(
+    tmp_path, monkeypatch
+):
+    import storage.registry
+
+    registry = RunRegistry(tmp_path / "registry.duckdb")
+    registry.start_run(_run_row("r1"))
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setattr(storage.registry.random, "getrandbits", lambda bits: 0xABC)
+    # The first table's file, a link to a folder that does not exist: it cannot be created.
+    (out / "artifacts.parquet.partial-000000000abc").symlink_to(tmp_path / "gone" / "file")
+    with pytest.raises(RegistryError) as raised:
+        registry.export_parquet(out)
+    assert str(raised.value).startswith(f"{out / 'artifacts.parquet'}: cannot write it (")

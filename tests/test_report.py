@@ -282,6 +282,17 @@ def test_rewriting_a_report_replaces_it_in_one_rename(tmp_path):
     assert [p.name for p in folder.parent.iterdir()] == ["run"]  # no staging folder left
 
 
+def test_a_report_that_cannot_be_written_is_a_report_error_naming_the_folder(tmp_path):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    folder = blocked / "reports" / "run"
+    with pytest.raises(ReportError) as raised:
+        write_report_folder(RenderedReport("<p>new</p>", {}), folder)
+    assert str(raised.value).startswith(f"{folder}: cannot write the report (")
+    assert "pass --out to write it elsewhere" in str(raised.value)
+    assert blocked.read_text() == "not a folder"
+
+
 def test_report_command_prints_the_page_path_and_names_a_bad_run(runs, tmp_path):
     from flows.cli import app
 

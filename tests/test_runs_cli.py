@@ -126,6 +126,38 @@ def test_a_run_whose_process_is_gone_is_shown_as_killed_without_writing(tmp_path
     assert empty.returncode == 1 and "no run id given" in empty.stderr
 
 
+TRUNCATED_REGISTRY_READERS = [
+    ("runs",),
+    ("runs", "show", "r1"),
+    ("runs", "compare", "r1", "r2"),
+    ("runs", "export", "--parquet", "{tmp}/exported"),
+    ("report", "r1"),
+    ("generate", "r1"),
+    ("sql", "SELECT * FROM runs"),
+    ("corpus", "stats"),
+]
+
+
+@pytest.mark.parametrize("command", TRUNCATED_REGISTRY_READERS, ids=" ".join)
+def test_a_truncated_registry_is_one_line_naming_it_and_is_left_as_it_was(tmp_path, command):
+    path = tmp_path / "registry.duckdb"
+    registry = RunRegistry(path)
+    for run_id in ("r1", "r2"):
+        registry.start_run({"run_id": run_id, "status": "completed", "started_at": NOW})
+    # Cut where the header still opens and the tables' blocks are gone, as a full disk leaves it.
+    assert path.stat().st_size > 300_000
+    os.truncate(path, 300_000)
+    before = path.read_bytes()
+    arguments = [argument.format(tmp=tmp_path) for argument in command]
+    result = run_cli(*arguments, check=False, home=tmp_path)
+    said = " ".join(result.stderr.split())
+    assert result.returncode == 1
+    assert said.startswith(f"error: {path}: cannot "), said
+    assert "if the file is damaged or cut short, restore it from a backup" in said
+    assert "Traceback" not in result.stderr
+    assert path.read_bytes() == before
+
+
 def test_size_counts_the_corpus_tokens_of_the_same_preset_s_newest_run(history):
     names = run_cli("size", "names", "--vocab-size", "30", home=history).stdout
     assert re.search(r"tokens in the train split of run r-gpt-new\s*│\s*5,000", names)
