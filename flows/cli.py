@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from flows.generate_cli import chat_command, generate_command
+from flows.prune_cli import prune_command
 from flows.runs_cli import runs_app
 from flows.serve import serve_command
 from storage.workspace import WorkspaceError, activate_workspace
@@ -39,6 +40,7 @@ app.add_typer(server_app, name="server")
 app.command("generate")(generate_command)
 app.command("serve")(serve_command)
 app.command("chat")(chat_command)
+app.command("prune")(prune_command)
 # Piped output (CI logs, `| less`) gets wide tables instead of 80 columns of wrapped ids.
 console = Console(width=None if sys.stdout.isatty() else 200)
 errors = Console(stderr=True, width=None if sys.stderr.isatty() else 200)

@@ -67,3 +67,39 @@ def test_a_prune_cut_short_is_finished_by_the_next(tmp_path):
     [leftover] = find_leftovers(workspace)
     assert leftover.path == half and leftover.kind == "abandoned build"
     assert remove_leftover(leftover) and not half.exists()
+
+
+def test_lmforge_prune_lists_then_removes_the_training_a_killed_run_left(workspace, tmp_path):
+    import signal
+    import time
+
+    from tests.conftest import REPO, lmforge_command, run_cli
+    from tests.helpers import prose, write_config
+
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    for index in range(10):
+        (texts / f"doc{index:02d}.txt").write_text(prose(index, 150))
+    config = write_config(tmp_path / "c.toml", [{"path": str(texts)}])
+    settings = ['model.kind="gpt"', "model.block_size=16", "model.n_layer=1", "model.n_head=2",
+                "model.n_embd=16", "train.max_steps=100000", "train.checkpoint_every=5",
+                "train.micro_batch=4", "train.global_batch=4", "split.val=0.3"]  # fmt: skip
+    process = subprocess.Popen(
+        lmforge_command("run", str(config), *(f"--set={s}" for s in settings)), cwd=REPO,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 240
+    while not list((workspace.artifacts / "train").glob("*.work/step-*")):
+        assert process.poll() is None, "the run ended before training checkpointed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    [work] = (workspace.artifacts / "train").glob("*.work")
+
+    listed = " ".join(run_cli("prune").stdout.split())
+    assert "interrupted training" in listed and work.name in listed and work.is_dir()
+    assert "lmforge prune --yes removes them" in listed.replace("`", "")
+    removed = " ".join(run_cli("prune", "--yes").stdout.split())
+    assert "removed 1 folders" in removed and not work.exists()
+    assert "nothing to prune" in run_cli("prune").stdout

@@ -1,0 +1,66 @@
+"""`lmforge prune`: give back the disk of trainings no run will resume and builds no process will
+finish (`storage.prune`)."""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from storage.prune import find_leftovers, remove_leftover
+from storage.workspace import Workspace
+
+console = Console(width=None if sys.stdout.isatty() else 200)
+
+
+def prune_command(
+    yes: Annotated[bool, typer.Option("--yes", help="remove them (default: list them)")] = False,
+) -> None:
+    """List the workspace's interrupted trainings (the checkpoints of a run killed mid-training,
+    which only a rerun with the same settings, data and code would resume) and abandoned build
+    folders, with their sizes; `--yes` removes them. What a running process uses is never
+    listed."""
+    workspace = Workspace.from_env()
+    leftovers = find_leftovers(workspace) if workspace.root.is_dir() else []
+    if not leftovers:
+        console.print(f"nothing to prune in {workspace.root}", highlight=False)
+        return
+    table = Table("kind", "size", "last written", "folder")
+    for leftover in leftovers:
+        table.add_row(
+            leftover.kind,
+            _size(leftover.size),
+            f"{datetime.fromtimestamp(leftover.modified):%Y-%m-%d %H:%M}",
+            Text(str(leftover.path.relative_to(workspace.root))),
+        )
+    console.print(table)
+    total = _size(sum(leftover.size for leftover in leftovers))
+    if not yes:
+        console.print(
+            f"{len(leftovers)} folders, {total}: `lmforge prune --yes` removes them. A rerun "
+            "with an interrupted training's settings would no longer resume it, but train "
+            "from the start.",
+            highlight=False,
+        )
+        return
+    removed = [leftover for leftover in leftovers if remove_leftover(leftover)]
+    for leftover in leftovers:
+        if leftover not in removed:
+            console.print(f"kept {leftover.path}: a process took it up meanwhile", highlight=False)
+    freed = _size(sum(leftover.size for leftover in removed))
+    console.print(f"removed {len(removed)} folders, {freed}", highlight=False)
+
+
+def _size(size: float) -> str:
+    """Bytes in the largest decimal unit under 1000 of it: 512 B, 4.2 MB, 1.3 GB."""
+    unit = "B"
+    for larger in ("KB", "MB", "GB", "TB"):
+        if size < 1000:
+            break
+        size, unit = size / 1000, larger
+    return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
