@@ -489,10 +489,17 @@ def server_stop() -> None:
 @server_app.command("status")
 def server_status() -> None:
     """Whether the workspace's Prefect server is running: its pid and API URL."""
-    from flows.prefect_server import running_server
+    from flows.prefect_server import running_server, starting_server
 
-    state = running_server(activate_workspace())
+    workspace = activate_workspace()
+    state = running_server(workspace)
     if state is None:
+        starting = starting_server(workspace)
+        if starting is not None:
+            raise _fail(
+                f"the server (pid {starting['pid']}) is starting and does not answer yet; "
+                f"its log: {starting['log']}"
+            )
         raise _fail("no server is running for this workspace")
     console.print(f"running: pid {state['pid']}, {state['api_url']}", highlight=False)
 

@@ -5,7 +5,9 @@ flow and stops it at exit: about 10 s per `lmforge run` on this machine, which w
 cached run, and two runs at once would each run a server on one SQLite file. Instead the first
 `lmforge run` starts `prefect server start` on 127.0.0.1 in the background (its own session, log
 in `prefect/server.log`), records its pid and port in `prefect/lmforge-server.json`, and later
-runs reuse it: a cached run then costs about 4 s. `lmforge server stop` ends it.
+runs reuse it: a cached run then costs about 4 s. `lmforge server stop` ends it. The record
+is written as the server starts, marked `starting` until it answers, so a start cut short (Ctrl-C
+stops the server it began; `kill -9` cannot) never leaves a server nothing knows of.
 
 A `PREFECT_API_URL` already set (a shared server, a worker's environment) always wins, and
 `LMFORGE_PREFECT_SERVER=ephemeral` restores Prefect's own per-process behaviour.
@@ -54,8 +56,8 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def running_server(workspace: Workspace) -> dict | None:
-    """The workspace's server, if one is recorded and answering."""
+def _recorded(workspace: Workspace) -> dict | None:
+    """The recorded server, whatever its state; None for no record or one cut short."""
     path = _state_path(workspace)
     if not path.is_file():
         return None
@@ -63,7 +65,42 @@ def running_server(workspace: Workspace) -> dict | None:
         state = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    if pid_alive(state["pid"]) and _healthy(state["api_url"]):
+    return state if isinstance(state, dict) and "pid" in state else None
+
+
+def _write_record(workspace: Workspace, state: dict) -> None:
+    partial = _state_path(workspace).with_suffix(".partial")
+    partial.write_text(json.dumps(state))
+    os.replace(partial, _state_path(workspace))
+
+
+def _is_recorded_process(state: dict) -> bool:
+    """Whether the recorded pid is still the server this workspace started, not a process that
+    was given the same pid later (after a reboot, say): alive, and started with the recorded
+    port on its command line. Without /proc, alive is all that can be told."""
+    if not pid_alive(state["pid"]):
+        return False
+    try:
+        arguments = Path(f"/proc/{state['pid']}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True
+    return str(state["port"]).encode() in arguments
+
+
+def running_server(workspace: Workspace) -> dict | None:
+    """The workspace's server, if one is recorded and answering."""
+    state = _recorded(workspace)
+    if state and _is_recorded_process(state) and _healthy(state["api_url"]):
+        return state
+    return None
+
+
+def starting_server(workspace: Workspace) -> dict | None:
+    """The workspace's server if it was started and runs but does not answer yet: starting now,
+    or left starting by an `lmforge` that was killed meanwhile (the next start adopts it, or
+    replaces it once its start-up time is up; `lmforge server stop` stops it)."""
+    state = _recorded(workspace)
+    if state and _is_recorded_process(state) and not _healthy(state["api_url"]):
         return state
     return None
 
@@ -86,61 +123,104 @@ def ensure_server(workspace: Workspace) -> str | None:
         ) from error
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two runs starting together start one server
-        state = running_server(workspace) or _start(workspace)
+        state = running_server(workspace) or _adopt_starting(workspace) or _start(workspace)
+        if state.get("status", "running") != "running":
+            state = state | {"status": "running"}
+            _write_record(workspace, state)
     os.environ["PREFECT_API_URL"] = state["api_url"]
     return state["api_url"]
+
+
+def _adopt_starting(workspace: Workspace) -> dict | None:
+    """A server an earlier `lmforge` started and was killed before it answered: wait out the
+    rest of its start-up time and use it, or stop it (its whole process group) if it never
+    answers, so that no second server runs beside it."""
+    state = starting_server(workspace)
+    if state is None:
+        return None
+    deadline = state.get("started_at", 0.0) + STARTUP_TIMEOUT_S
+    while _is_recorded_process(state) and time.time() < deadline:
+        if _healthy(state["api_url"], timeout_s=1.0):
+            return state
+        time.sleep(0.2)
+    _stop_group(state["pid"], timeout_s=5.0)
+    _state_path(workspace).unlink(missing_ok=True)
+    return None
 
 
 def _start(workspace: Workspace) -> dict:
     port = _free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     log_path = workspace.prefect_home / "server.log"
-    prefect_cli = Path(sys.executable).with_name("prefect")
-    command = [str(prefect_cli), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     environment = dict(os.environ)
     environment.pop("PREFECT_API_URL", None)
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            command,
+            _server_command(port),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # outlives this command; stopped by `lmforge server stop`
             env=environment,
         )
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while not _healthy(api_url, timeout_s=1.0):
-        if process.poll() is not None or time.monotonic() > deadline:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            tail = log_path.read_text(errors="replace")[-2000:]
-            raise ServerError(f"the Prefect server did not start; the end of {log_path}:\n{tail}")
-        time.sleep(0.2)
     state = {"pid": process.pid, "port": port, "api_url": api_url, "log": str(log_path)}
-    partial = _state_path(workspace).with_suffix(".partial")
-    partial.write_text(json.dumps(state))
-    os.replace(partial, _state_path(workspace))
+    try:
+        # Recorded before it answers: if this command is killed now, the next start, `server
+        # status` and `server stop` still find the server it began.
+        _write_record(workspace, state | {"status": "starting", "started_at": time.time()})
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while not _healthy(api_url, timeout_s=1.0):
+            if process.poll() is not None or time.monotonic() > deadline:
+                tail = log_path.read_text(errors="replace")[-2000:]
+                raise ServerError(
+                    f"the Prefect server did not start; the end of {log_path}:\n{tail}"
+                )
+            time.sleep(0.2)
+    except BaseException:  # Ctrl-C included: a server no record points to would run forever
+        _stop_group(process.pid, timeout_s=5.0, child=process)
+        _state_path(workspace).unlink(missing_ok=True)
+        raise
+    state |= {"status": "running"}
+    _write_record(workspace, state)
     return state
 
 
-def stop_server(workspace: Workspace, timeout_s: float = 15.0) -> bool:
-    """Stop the workspace's server and everything it started. Returns whether one was running."""
-    path = _state_path(workspace)
-    if not path.is_file():
-        return False
-    state = json.loads(path.read_text())
-    pid = state["pid"]
-    was_running = pid_alive(pid)
-    if was_running:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while pid_alive(pid) and time.monotonic() < deadline:
+def _stop_group(pid: int, timeout_s: float, child: subprocess.Popen | None = None) -> None:
+    """SIGTERM the process group `pid` leads (the server and the uvicorn it started), SIGKILL
+    what is left after `timeout_s`."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while pid_alive(pid) and time.monotonic() < deadline:
+        if child is not None:
+            child.poll()  # reap our own child, so that it is seen gone
+        else:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)
-            time.sleep(0.1)
-        if pid_alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
+        time.sleep(0.1)
+    if pid_alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+    if child is not None:
+        child.wait()
+
+
+def stop_server(workspace: Workspace, timeout_s: float = 15.0) -> bool:
+    """Stop the workspace's server, running or still starting, and everything it started.
+    Returns whether one was running."""
+    path = _state_path(workspace)
+    state = _recorded(workspace)
+    if state is None:
+        path.unlink(missing_ok=True)
+        return False
+    was_running = _is_recorded_process(state)
+    if was_running:
+        _stop_group(state["pid"], timeout_s)
     path.unlink(missing_ok=True)
     return was_running
+
+
+def _server_command(port: int) -> list[str]:
+    """`prefect server start` on 127.0.0.1:`port`, from this environment."""
+    prefect_cli = Path(sys.executable).with_name("prefect")
+    return [str(prefect_cli), "server", "start", "--host", "127.0.0.1", "--port", str(port)]

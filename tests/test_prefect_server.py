@@ -1,0 +1,186 @@
+"""The workspace's Prefect server is never left running unrecorded: a start interrupted by
+Ctrl-C stops the server it began, and one whose starter was killed outright is found by the next
+start (adopted, or stopped if it never answers) and by `lmforge server status` and `stop`.
+
+A stand-in server keeps these tests to seconds: it answers `/api/health` once a `ready` file
+appears in its folder, and starts a helper process (as `prefect server start` starts uvicorn),
+so the tests also see that the server's whole process group is stopped."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flows import prefect_server
+from flows.prefect_server import ensure_server, running_server, starting_server, stop_server
+from storage.processes import pid_alive
+
+REPO = Path(__file__).resolve().parent.parent
+
+STAND_IN = """\
+import http.server, os, subprocess, sys, time
+from pathlib import Path
+
+port, folder = int(sys.argv[1]), Path(sys.argv[2])
+helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+(folder / "pids").write_text(f"{os.getpid()} {helper.pid}")
+while not (folder / "ready").exists():
+    time.sleep(0.05)
+
+
+class Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200 if self.path == "/api/health" else 404)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+http.server.HTTPServer(("127.0.0.1", port), Health).serve_forever()
+"""
+
+
+def stand_in_command(folder: Path):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "server.py").write_text(STAND_IN)
+    return lambda port: [sys.executable, str(folder / "server.py"), str(port), str(folder)]
+
+
+def wait_until(condition, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def started_pids(folder: Path) -> list[int]:
+    """The stand-in server's pid and its helper's, once it has started them."""
+    assert wait_until(lambda: (folder / "pids").is_file(), 30)
+    return [int(pid) for pid in (folder / "pids").read_text().split()]
+
+
+def record(workspace) -> dict | None:
+    path = workspace.prefect_home / prefect_server.STATE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+@pytest.fixture
+def own_server(workspace, tmp_path, monkeypatch):
+    """This test's workspace starts its own server instead of using the session's; every
+    stand-in the test started is gone afterwards, even if the test failed."""
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.delenv("LMFORGE_PREFECT_SERVER", raising=False)
+    yield workspace
+    stop_server(workspace, timeout_s=5)
+    for pids in tmp_path.glob("*/pids"):
+        server = int(pids.read_text().split()[0])
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server, signal.SIGKILL)  # its group: it leads a session of its own
+
+
+def test_a_start_interrupted_by_ctrl_c_stops_the_server_it_began(own_server, tmp_path, monkeypatch):
+    folder = tmp_path / "server"
+    monkeypatch.setattr(prefect_server, "_server_command", stand_in_command(folder))
+
+    def interrupted(url: str, timeout_s: float = 2.0) -> bool:
+        started_pids(folder)  # the server and its helper run: then comes Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prefect_server, "_healthy", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_server(own_server)
+    server, helper = started_pids(folder)
+    assert wait_until(lambda: not pid_alive(server) and not pid_alive(helper), 5)
+    assert record(own_server) is None
+
+
+def start_then_kill_the_starter(workspace, folder: Path) -> int:
+    """Run `ensure_server` in a process of its own, SIGKILL it while the server starts, and
+    return the server's pid."""
+    stand_in_command(folder)
+    starter = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from flows import prefect_server\n"
+        "from storage.workspace import Workspace\n"
+        "server, folder = sys.argv[2:]\n"
+        "prefect_server._server_command = lambda port: [sys.executable, server, str(port),\n"
+        "                                               folder]\n"
+        "prefect_server.ensure_server(Workspace(Path(sys.argv[1])))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    command = [sys.executable, "-c", starter, str(workspace.root), str(folder / "server.py"),
+               str(folder)]  # fmt: skip
+    process = subprocess.Popen(command, cwd=REPO, env=env)
+    try:
+        server, _ = started_pids(folder)
+        assert wait_until(lambda: record(workspace) is not None, 10)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert pid_alive(server)  # the orphan: in its own session, SIGKILL did not reach it
+    return server
+
+
+def test_a_server_whose_starter_was_killed_is_recorded_as_starting(own_server, tmp_path):
+    server = start_then_kill_the_starter(own_server, tmp_path / "server")
+    assert running_server(own_server) is None
+    assert starting_server(own_server)["pid"] == server
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    said = CliRunner().invoke(app, ["server", "status"])
+    assert said.exit_code == 1
+    assert f"the server (pid {server}) is starting and does not answer yet" in said.output
+
+
+def test_server_stop_stops_a_server_whose_starter_was_killed(own_server, tmp_path):
+    folder = tmp_path / "server"
+    server = start_then_kill_the_starter(own_server, folder)
+    _, helper = started_pids(folder)
+    assert stop_server(own_server, timeout_s=5)
+    assert not pid_alive(server) and not pid_alive(helper)
+    assert record(own_server) is None
+
+
+def test_the_next_start_adopts_a_server_whose_starter_was_killed(own_server, tmp_path,
+                                                                 monkeypatch):  # fmt: skip
+    folder = tmp_path / "server"
+    server = start_then_kill_the_starter(own_server, folder)
+
+    def second_server(port: int) -> list[str]:
+        raise AssertionError("a second server was started")
+
+    monkeypatch.setattr(prefect_server, "_server_command", second_server)
+    (folder / "ready").touch()  # it answers a moment later
+    url = ensure_server(own_server)
+    assert record(own_server)["status"] == "running"
+    assert record(own_server)["api_url"] == url
+    assert running_server(own_server)["pid"] == server
+
+
+def test_the_next_start_replaces_a_server_that_never_answers(own_server, tmp_path, monkeypatch):
+    stuck = tmp_path / "stuck"
+    server = start_then_kill_the_starter(own_server, stuck)
+    _, helper = started_pids(stuck)
+    path = own_server.prefect_home / prefect_server.STATE_FILE
+    aged = record(own_server) | {"started_at": time.time() - prefect_server.STARTUP_TIMEOUT_S}
+    path.write_text(json.dumps(aged))  # it has had all its start-up time
+    fresh = tmp_path / "fresh"
+    monkeypatch.setattr(prefect_server, "_server_command", stand_in_command(fresh))
+    (fresh / "ready").touch()
+    ensure_server(own_server)
+    assert not pid_alive(server) and not pid_alive(helper)
+    assert running_server(own_server)["pid"] == started_pids(fresh)[0]
