@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import json
 import random
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -256,8 +257,18 @@ class RunRegistry:
     def unusable(self, error: duckdb.Error, doing: str = "read") -> RegistryError:
         """The one-line error for a registry DuckDB cannot `doing` (open, read, write to),
         naming the file; for a damaged one, what to do without losing what it holds."""
-        message = f"{self.path}: cannot {doing} the registry ({' '.join(str(error).split())})"
-        if isinstance(error, DAMAGE_ERRORS):
+        said = " ".join(str(error).split())
+        holder = re.search(r"Conflicting lock is held in (.+?) \(PID (\d+)\)", said)
+        if holder:  # DuckDB's lock, which a read-only connection holds too
+            return RegistryError(
+                f"{self.path}: cannot {doing} the registry: process {holder[2]} "
+                f"({holder[1]}) has held it open for over {self.timeout_s:.0f} s, and DuckDB lets "
+                "no other process write while one has the file open, even read-only; close it "
+                "(`lmforge sql` and `lmforge runs` open it only while they read) and run again: "
+                "every finished stage is cached"
+            )
+        message = f"{self.path}: cannot {doing} the registry ({said})"
+        if isinstance(error, DAMAGE_ERRORS) and not _is_lock_error(error):
             message += (
                 "; if the file is damaged or cut short, restore it from a backup, or move it "
                 "aside and the next `lmforge run` starts a new one"

@@ -224,3 +224,29 @@ def test_an_export_that_cannot_write_its_file_names_that_file_not_the_registry(
     with pytest.raises(RegistryError) as raised:
         registry.export_parquet(out)
     assert str(raised.value).startswith(f"{out / 'artifacts.parquet'}: cannot write it (")
+
+
+def test_a_registry_another_process_holds_open_names_that_process_not_damage(tmp_path):
+    import subprocess
+    import sys
+
+    registry = RunRegistry(tmp_path / "registry.duckdb", timeout_s=0.5)
+    registry.start_run(_run_row("r1"))
+    reader = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys, time\n"
+         "connection = duckdb.connect(sys.argv[1], read_only=True)\n"
+         "print('open', flush=True)\ntime.sleep(60)", str(registry.path)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert reader.stdout.readline() == "open\n"
+        with pytest.raises(RegistryError) as raised:
+            registry.start_run(_run_row("r2"))
+    finally:
+        reader.kill()
+        reader.wait()
+    said = str(raised.value)
+    assert said.startswith(f"{registry.path}: cannot open the registry: process {reader.pid} (")
+    assert "close it" in said and "damaged" not in said
+    registry.start_run(_run_row("r2"))  # once it is closed, writing works again
+    assert registry.find_run("r2")["status"] == "running"
