@@ -3,7 +3,9 @@ record, each stage a cached task.
 
 The flow owns the run: it registers the run in DuckDB when it starts, times every stage and
 notes whether Prefect served it from cache, and records the outcome, completed or failed with
-its error, in one batch at the end. Stages pass descriptors (paths and digests), never data.
+its error, in one batch at the end. Each stage is journaled too, as it starts and ends, in
+`runs/<run_id>/stages.jsonl`: a run killed before the end is recorded from its journal, as
+`crashed`, by the next run. Stages pass descriptors (paths and digests), never data.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from lm.config import ModelRun, PipelineConfig, load_config, resolve_preset
 from lm.eval_config import EvalConfig
 from lm.text.sources import InputError
 from storage.artifacts import ArtifactStore, Descriptor
-from storage.metrics_log import MetricsLog
+from storage.metrics_log import RUN_METRICS_FILE, MetricsLog
 from storage.processes import pid_alive, this_host
 from storage.registry import (
     DatasetRecord,
@@ -38,6 +40,7 @@ from storage.registry import (
     StageRecord,
     TokenizerRecord,
 )
+from storage.stage_journal import JOURNAL_FILE, LiveMetrics, StageJournal
 from storage.workspace import Workspace
 from tasks.caching import REPO_ROOT, code_digest
 from tasks.clean import clean_key, clean_task, corpus_store
@@ -47,7 +50,7 @@ from tasks.evaluate import evaluate_key, evaluate_store, evaluate_task
 from tasks.ingest import ingest_key, ingest_store, ingest_task
 from tasks.record import record_task
 from tasks.tokenizer import tokenizer_key, tokenizer_store, tokenizer_task
-from tasks.train import METRICS_FILE, train_key, train_store, train_task
+from tasks.train import METRICS_FILE, train_key, train_store, train_task, work_folder
 from tasks.word2vec import word2vec_key, word2vec_store, word2vec_task
 
 # The library's loggers (progress lines, skipped-file warnings) reach Prefect's console and run
@@ -128,37 +131,42 @@ def _run_row(
 
 
 def run_stage(
-    stages: list[StageRecord],
+    run: RunContext,
     stage_task: Task,
     key: str,
     store: ArtifactStore,
     stage_name: str | None = None,
     concurrency_tag: str | None = None,
+    live_metrics: LiveMetrics | None = None,
     **parameters: Any,
 ) -> Descriptor:
-    """Run one cached stage and note how it went. A missing or incomplete output directory
-    refreshes the cache: Prefect's record alone is never trusted to mean the files exist.
+    """Run one cached stage and note how it went, in `run.stages` and, as it starts and ends,
+    in the run's stage journal. A missing or incomplete output directory refreshes the cache:
+    Prefect's record alone is never trusted to mean the files exist.
 
     With `concurrency_tag`, a stage with work to do carries that tag, so it waits for a slot of
     the tag's concurrency limit; one whose output exists is served at once, never queued
-    behind work it does not do."""
+    behind work it does not do. `live_metrics` is the file the stage logs to as it runs (a
+    training's curve), noted in the journal for a run killed before the flow copies it."""
+    name = stage_name or stage_task.name
+    run.journal.started(name, live_metrics)
     started = time.perf_counter()
     refresh = not store.is_complete(key)
     options = {"refresh_cache": refresh} | ({"task_run_name": stage_name} if stage_name else {})
     with tags(*([concurrency_tag] if concurrency_tag and refresh else [])):
         state = stage_task.with_options(**options)(**parameters, return_state=True)
     descriptor: Descriptor = state.result()
-    stages.append(
-        StageRecord(
-            stage=stage_name or stage_task.name,
-            cache_key=key,
-            cached=state.name == "Cached",
-            seconds=time.perf_counter() - started,
-            output_digest=descriptor.digest,
-            output_path=descriptor.path,
-            stats=descriptor.stats,
-        )
+    record = StageRecord(
+        stage=name,
+        cache_key=key,
+        cached=state.name == "Cached",
+        seconds=time.perf_counter() - started,
+        output_digest=descriptor.digest,
+        output_path=descriptor.path,
+        stats=descriptor.stats,
     )
+    run.stages.append(record)
+    run.journal.finished(record)
     return descriptor
 
 
@@ -182,13 +190,16 @@ def train_model(
     label, workspace = model_run.label, run.workspace
     eval_shards = eval_shards or shards
     suffix = f"/{label}" if ladder else ""
+    key = train_key(shards, tokenizer, model_run.model, model_run.train, vectors)
+    store = train_store(workspace)
     trained = run_stage(
-        run.stages,
+        run,
         train_task,
-        train_key(shards, tokenizer, model_run.model, model_run.train, vectors),
-        train_store(workspace),
+        key,
+        store,
         stage_name=f"train{suffix}",
         concurrency_tag=TRAINING_TAG,
+        live_metrics=LiveMetrics(work_folder(store, key) / METRICS_FILE, label),
         shards=shards,
         tokenizer=tokenizer,
         model=model_run.model,
@@ -197,7 +208,7 @@ def train_model(
     )
     run.metrics.append_file(workspace.resolve(trained.path) / METRICS_FILE, model=label)
     evaluated = run_stage(
-        run.stages,
+        run,
         evaluate_task,
         evaluate_key(trained, eval_shards, tokenizer, eval_config),
         evaluate_store(workspace),
@@ -246,12 +257,14 @@ def train_model(
 
 @dataclass
 class RunContext:
-    """One run of a flow: its id, where it writes, and the stages done so far."""
+    """One run of a flow: its id, where it writes, and the stages done so far (kept here for
+    the record at the end, and journaled as they happen for a run killed before it)."""
 
     run_id: str
     workspace: Workspace
     registry: RunRegistry
     metrics: MetricsLog
+    journal: StageJournal
     stages: list[StageRecord] = field(default_factory=list)
 
 
@@ -263,10 +276,11 @@ def open_run(
     workspace = Workspace.from_env().ensure()
     registry = RunRegistry(workspace.registry_path)
     run_id = new_run_id()
-    registry.close_abandoned_runs(this_host(), pid_alive)
+    registry.close_abandoned_runs(this_host(), pid_alive, workspace.runs)
     registry.start_run(_run_row(run_id, settings, config_path, overrides, command))
-    metrics = MetricsLog(workspace.runs / run_id / "metrics.jsonl")
-    return RunContext(run_id, workspace, registry, metrics)
+    folder = workspace.runs / run_id
+    metrics = MetricsLog(folder / RUN_METRICS_FILE)
+    return RunContext(run_id, workspace, registry, metrics, StageJournal(folder / JOURNAL_FILE))
 
 
 def record_failure(run: RunContext, error: BaseException, models: list[ModelRecord] = ()) -> None:
@@ -286,9 +300,9 @@ def record_failure(run: RunContext, error: BaseException, models: list[ModelReco
 
 def build_corpus(run: RunContext, settings: PipelineConfig) -> Descriptor:
     """Ingest and clean: the corpus version for this config and these sources."""
-    stages, workspace = run.stages, run.workspace
+    workspace = run.workspace
     raw = run_stage(
-        stages,
+        run,
         ingest_task,
         ingest_key(settings.ingest),
         ingest_store(workspace),
@@ -296,7 +310,7 @@ def build_corpus(run: RunContext, settings: PipelineConfig) -> Descriptor:
         runtime=settings.runtime,
     )
     corpus = run_stage(
-        stages,
+        run,
         clean_task,
         clean_key(raw, settings.clean, settings.split),
         corpus_store(workspace),
@@ -325,7 +339,7 @@ def require_kept_documents(corpus: Descriptor) -> None:
 
 def build_tokenizer(run: RunContext, settings: PipelineConfig, corpus: Descriptor) -> Descriptor:
     return run_stage(
-        run.stages,
+        run,
         tokenizer_task,
         tokenizer_key(corpus, settings.tokenizer),
         tokenizer_store(run.workspace),
@@ -338,7 +352,7 @@ def encode_corpus(
     run: RunContext, settings: PipelineConfig, corpus: Descriptor, tokenizer: Descriptor
 ) -> Descriptor:
     return run_stage(
-        run.stages,
+        run,
         encode_task,
         encode_key(corpus, tokenizer, settings.split),
         shards_store(run.workspace),
@@ -355,7 +369,7 @@ def train_word2vec(
     if not settings.word2vec.enabled:
         return None
     vectors = run_stage(
-        run.stages,
+        run,
         word2vec_task,
         word2vec_key(corpus, tokenizer, settings.word2vec),
         word2vec_store(run.workspace),

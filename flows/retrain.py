@@ -116,7 +116,7 @@ def _champion_score(
     tokenizer."""
     shards = encode_corpus(run, settings, corpus, champion.tokenizer)
     scored = run_stage(
-        run.stages,
+        run,
         evaluate_task,
         evaluate_key(champion.trained, shards, champion.tokenizer, settings.eval),
         evaluate_store(run.workspace),
@@ -160,7 +160,7 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
                 and _same_settings(champion, settings, model_run)
             ):
                 data = run_stage(
-                    run.stages,
+                    run,
                     increment_task,
                     increment_key(corpus, champion.corpus),
                     increment_store(run.workspace),

@@ -216,7 +216,14 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="a run id or a unique p
     for key in optional:
         if found[key]:
             console.print(f"[bold]{key}[/]: {escape(str(found[key]))}", highlight=False)
-    console.print(_table(stage_columns, stages, "stages"))
+    if stages:
+        crashed = found["status"] == "crashed"
+        title = "stages it finished before it crashed" if crashed else "stages"
+        console.print(_table(stage_columns, stages, title))
+    else:
+        running = found["status"].startswith("running")
+        when = " yet: a run's stages are recorded when it ends" if running else ""
+        console.print(f"[bold]stages[/]: none recorded{when}", highlight=False)
     if models:
         console.print(_table(model_columns, models, "models"))
     if metrics:

@@ -1,14 +1,17 @@
 """A run's metrics as JSON lines in `runs/<run_id>/metrics.jsonl`.
 
 Stages and training append here and never open DuckDB; the flow bulk-loads the file into the
-registry when the run is recorded (one `read_json` instead of a row-by-row insert). A line may
-name the `model` it belongs to (the label of one model of a ladder); run-level lines do not."""
+registry when the run is recorded (one `read_json` instead of a row-by-row insert), or, for a
+run killed before that, the next run does when it records it as `crashed`. A line may name the
+`model` it belongs to (the label of one model of a ladder); run-level lines do not."""
 
 from __future__ import annotations
 
 import json
 from datetime import datetime
 from pathlib import Path
+
+RUN_METRICS_FILE = "metrics.jsonl"
 
 
 class MetricsLog:

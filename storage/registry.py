@@ -17,12 +17,15 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
 import duckdb
+
+from storage.metrics_log import RUN_METRICS_FILE
+from storage.stage_journal import JOURNAL_FILE, StageRecord, read_stage_journal
 
 MIGRATIONS: list[str] = [
     # 1: the MLflow-shaped tracking tables plus pipeline lineage.
@@ -187,17 +190,6 @@ class RegistryError(RuntimeError):
 
 
 @dataclass
-class StageRecord:
-    stage: str
-    cache_key: str | None
-    cached: bool
-    seconds: float
-    output_digest: str | None = None
-    output_path: str | None = None
-    stats: dict = field(default_factory=dict)
-
-
-@dataclass
 class TokenizerRecord:
     digest: str
     corpus_digest: str
@@ -348,22 +340,51 @@ class RunRegistry:
                 [_sql_value(v) for v in run.values()],
             )
 
-    def close_abandoned_runs(self, hostname: str, is_alive: Callable[[int], bool]) -> list[str]:
+    def close_abandoned_runs(
+        self, hostname: str, is_alive: Callable[[int], bool], runs_dir: Path
+    ) -> list[str]:
         """Mark as `crashed` the runs of this host still `running` whose process is gone (killed
-        or lost power before it could record an outcome). Returns their ids."""
+        or lost power before it could record an outcome), and record what they left in
+        `runs_dir/<run_id>/`: the stages their journal says finished, their metrics, and the
+        curve of a training that was cut short. Returns their ids."""
         with self.writing() as connection:
             rows = connection.execute(
-                "SELECT run_id, pid FROM runs WHERE status = 'running' AND hostname = ?",
+                "SELECT run_id, pid, started_at FROM runs "
+                "WHERE status = 'running' AND hostname = ?",
                 [hostname],
             ).fetchall()
-            abandoned = [run_id for run_id, pid in rows if pid is not None and not is_alive(pid)]
-            for run_id in abandoned:
-                connection.execute(
-                    "UPDATE runs SET status = 'crashed', "
-                    "error = 'the process ended without recording an outcome' WHERE run_id = ?",
-                    [run_id],
-                )
-        return abandoned
+            abandoned = [
+                (run_id, started_at)
+                for run_id, pid, started_at in rows
+                if pid is not None and not is_alive(pid)
+            ]
+            for run_id, started_at in abandoned:
+                self._record_crashed(connection, run_id, started_at, runs_dir / run_id)
+        return [run_id for run_id, _ in abandoned]
+
+    def _record_crashed(
+        self,
+        connection: duckdb.DuckDBPyConnection,
+        run_id: str,
+        started_at: datetime,
+        folder: Path,
+    ) -> None:
+        """A crashed run's journal and metrics, as `finish_run` would have recorded them, ended
+        when its files were last written (or when it started, if it wrote none)."""
+        journal_path = folder / JOURNAL_FILE
+        journal = read_stage_journal(journal_path)
+        self._insert_stages(connection, run_id, journal.finished)
+        # The run's own metrics, and the curve of a training cut short, still in its work folder.
+        metrics = [(folder / RUN_METRICS_FILE, None)] + [
+            (live.path, live.model) for live in journal.unfinished.values() if live is not None
+        ]
+        for path, model in metrics:
+            self._insert_metrics(connection, run_id, path, model)
+        ended_at = _last_written([journal_path, *(path for path, _ in metrics)], started_at)
+        error = "the process ended without recording an outcome"
+        if journal.unfinished:
+            error += f" (during stage {', '.join(journal.unfinished)})"
+        self._set_outcome(connection, run_id, "crashed", ended_at, error)
 
     def finish_run(
         self,
@@ -388,25 +409,7 @@ class RunRegistry:
         with self.writing() as connection:
             for table in ("stages", "artifacts", "metrics") + (("models",) if models else ()):
                 connection.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
-            for stage in stages:
-                connection.execute(
-                    "INSERT INTO stages VALUES (?, ?, ?, ?, ?, ?, ?, ?, now())",
-                    [
-                        run_id,
-                        stage.stage,
-                        stage.cache_key,
-                        stage.cached,
-                        stage.seconds,
-                        stage.output_digest,
-                        stage.output_path,
-                        json.dumps(stage.stats),
-                    ],
-                )
-                if stage.output_path:
-                    connection.execute(
-                        "INSERT INTO artifacts VALUES (?, ?, ?, ?, ?, now())",
-                        [run_id, stage.stage, stage.stage, stage.output_digest, stage.output_path],
-                    )
+            self._insert_stages(connection, run_id, stages)
             for dataset in datasets:
                 self._insert_dataset(connection, dataset)
             for tokenizer in tokenizers:
@@ -427,20 +430,68 @@ class RunRegistry:
                 )
             for model in models:
                 self._insert_model(connection, run_id, model)
-            if metrics_file is not None and metrics_file.is_file() and metrics_file.stat().st_size:
-                connection.execute(
-                    "INSERT INTO metrics (run_id, key, step, value, ts, model) "
-                    "SELECT ?, key, step, value, ts, model FROM read_json(?, "
-                    "columns = {key: 'VARCHAR', step: 'BIGINT', value: 'DOUBLE', ts: 'TIMESTAMP',"
-                    " model: 'VARCHAR'}, format = 'newline_delimited')",
-                    [run_id, str(metrics_file)],
-                )
+            if metrics_file is not None:
+                self._insert_metrics(connection, run_id, metrics_file)
+            self._set_outcome(connection, run_id, status, ended_at, error, corpus_digest)
+
+    @staticmethod
+    def _insert_stages(
+        connection: duckdb.DuckDBPyConnection, run_id: str, stages: list[StageRecord]
+    ) -> None:
+        """A row per stage, and an artifact row for each that produced an output folder."""
+        for stage in stages:
             connection.execute(
-                "UPDATE runs SET status = ?, ended_at = ?, error = ?, "
-                "corpus_digest = coalesce(?, corpus_digest), "
-                "seconds = epoch(CAST(? AS TIMESTAMP) - started_at) WHERE run_id = ?",
-                [status, ended_at, error, corpus_digest, ended_at, run_id],
+                "INSERT INTO stages VALUES (?, ?, ?, ?, ?, ?, ?, ?, now())",
+                [
+                    run_id,
+                    stage.stage,
+                    stage.cache_key,
+                    stage.cached,
+                    stage.seconds,
+                    stage.output_digest,
+                    stage.output_path,
+                    json.dumps(stage.stats),
+                ],
             )
+            if stage.output_path:
+                connection.execute(
+                    "INSERT INTO artifacts VALUES (?, ?, ?, ?, ?, now())",
+                    [run_id, stage.stage, stage.stage, stage.output_digest, stage.output_path],
+                )
+
+    @staticmethod
+    def _insert_metrics(
+        connection: duckdb.DuckDBPyConnection, run_id: str, path: Path, model: str | None = None
+    ) -> None:
+        """Bulk-load a metrics JSONL file, its lines tagged with `model` when given (a training
+        curve read from its work folder). A line that is not valid JSON (the last one, cut
+        short when a writer was killed) is skipped: DuckDB reads it as a row of NULLs."""
+        if not path.is_file() or not path.stat().st_size:
+            return
+        connection.execute(
+            "INSERT INTO metrics (run_id, key, step, value, ts, model) "
+            "SELECT ?, key, step, value, ts, coalesce(?, model) FROM read_json(?, "
+            "columns = {key: 'VARCHAR', step: 'BIGINT', value: 'DOUBLE', ts: 'TIMESTAMP',"
+            " model: 'VARCHAR'}, format = 'newline_delimited', ignore_errors = true) "
+            "WHERE key IS NOT NULL",
+            [run_id, model, str(path)],
+        )
+
+    @staticmethod
+    def _set_outcome(
+        connection: duckdb.DuckDBPyConnection,
+        run_id: str,
+        status: str,
+        ended_at: datetime,
+        error: str | None,
+        corpus_digest: str | None = None,
+    ) -> None:
+        connection.execute(
+            "UPDATE runs SET status = ?, ended_at = ?, error = ?, "
+            "corpus_digest = coalesce(?, corpus_digest), "
+            "seconds = epoch(CAST(? AS TIMESTAMP) - started_at) WHERE run_id = ?",
+            [status, ended_at, error, corpus_digest, ended_at, run_id],
+        )
 
     @staticmethod
     def _insert_model(
@@ -607,6 +658,12 @@ class RunRegistry:
                 written[table] = (target, count)
             connection.execute("COMMIT")
         return written
+
+
+def _last_written(paths: list[Path], since: datetime) -> datetime:
+    """When the newest of `paths` that exist was last modified, or `since` if none is newer."""
+    times = [datetime.fromtimestamp(path.stat().st_mtime) for path in paths if path.is_file()]
+    return max([since, *times])
 
 
 def _sql_value(value: object) -> object:

@@ -47,6 +47,12 @@ def train_store(workspace: Workspace) -> ArtifactStore:
     return ArtifactStore(workspace.artifacts / STAGE, workspace.root)
 
 
+def work_folder(store: ArtifactStore, key: str) -> Path:
+    """Where the training of `key` keeps its checkpoints and its curve (`METRICS_FILE`) until
+    it is published: the flow notes it, so a run killed mid-training still has its curve."""
+    return store.base / f"{key}.work"
+
+
 def effective_train_config(model: ModelConfig, train: TrainConfig) -> TrainConfig:
     """A transformer trains on its own context length."""
     if model.kind == "gpt":
@@ -125,7 +131,7 @@ def train_task(
     eot_id = shard_info.eot_id
     val_tokens, _ = open_shard(shard_folder / "val.bin", tokenizer.digest)
     vocab_size = load_tokenizer(workspace.resolve(tokenizer.path)).vocab_size
-    work = store.base / f"{key}.work"
+    work = work_folder(store, key)
     work.mkdir(parents=True, exist_ok=True)
     with open(work / "lock", "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one process trains a key; a second waits for it

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import shutil
+from dataclasses import asdict
 
 import duckdb
 import pandas as pd
@@ -78,6 +79,16 @@ def test_second_run_with_nothing_changed_is_served_from_cache(workspace, config)
     assert set(stage_states(second).values()) == {"cached"}
     assert list(stage_states(second)) == ["ingest", "clean", "tokenizer", "encode"]
     assert second["corpus"]["digest"] == first["corpus"]["digest"]
+
+
+def test_every_stage_is_journaled_beside_the_run_s_metrics_as_it_finishes(workspace, config):
+    """The journal a killed run leaves holds what the record of a finished one does."""
+    from storage.stage_journal import JOURNAL_FILE, read_stage_journal
+
+    summary = run_pipeline(config)
+    journal = read_stage_journal(workspace.runs / summary["run_id"] / JOURNAL_FILE)
+    assert [asdict(stage) for stage in journal.finished] == summary["stages"]
+    assert journal.unfinished == {}
 
 
 def test_changing_a_cleaning_threshold_reruns_clean_and_nothing_upstream(workspace, config):

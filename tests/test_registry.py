@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from storage.registry import (
     RunRegistry,
     StageRecord,
 )
+from storage.stage_journal import JOURNAL_FILE, LiveMetrics, StageJournal
 
 
 def _run_row(run_id: str) -> dict:
@@ -250,3 +252,94 @@ def test_a_registry_another_process_holds_open_names_that_process_not_damage(tmp
     assert "close it" in said and "damaged" not in said
     registry.start_run(_run_row("r2"))  # once it is closed, writing works again
     assert registry.find_run("r2")["status"] == "running"
+
+
+STARTED = datetime(2026, 12, 4, 10, 0, 0)
+
+
+def _abandoned_run(registry: RunRegistry, run_id: str, pid: int = 4242) -> None:
+    registry.start_run({"run_id": run_id, "status": "running", "started_at": STARTED,
+                        "hostname": "me@here", "pid": pid})  # fmt: skip
+
+
+def _metric_line(key: str, step: int, value: float, **extra) -> str:
+    return json.dumps({"key": key, "step": step, "value": value, "ts": "2026-12-04T10:00"} | extra)
+
+
+def _touch(path: Path, seconds_after_start: int) -> None:
+    written = (STARTED + timedelta(seconds=seconds_after_start)).timestamp()
+    os.utime(path, (written, written))
+
+
+def test_a_crashed_run_is_recorded_from_its_stage_journal_and_metrics(tmp_path):
+    """A run killed mid-training: its finished stages, its metrics, and the curve training had
+    logged in its work folder land in the registry; it ended when its files were last written."""
+    registry = RunRegistry(tmp_path / "registry.duckdb")
+    _abandoned_run(registry, "r1")
+    folder = tmp_path / "runs" / "r1"
+    journal = StageJournal(folder / JOURNAL_FILE)
+    journal.started("ingest")
+    journal.finished(StageRecord("ingest", "ingest-k", True, 0.2, "d0", "artifacts/ingest/k"))
+    journal.started("clean")
+    journal.finished(StageRecord("clean", "clean-k", False, 1.5, "d1", "corpus/clean-k", {"a": 1}))
+    curve = tmp_path / "artifacts" / "train" / "train-k.work" / "metrics.jsonl"
+    curve.parent.mkdir(parents=True)
+    journal.started("train/gpt", LiveMetrics(curve, "gpt"))
+    (folder / "metrics.jsonl").write_text(_metric_line("corpus/kept", 0, 12) + "\n")
+    curve.write_text("".join(_metric_line("train/loss", step, 4.0 - step) + "\n"
+                             for step in (1, 2, 3)) + '{"key": "train/lo')  # fmt: skip
+    _touch(folder / JOURNAL_FILE, 30)
+    _touch(folder / "metrics.jsonl", 20)
+    _touch(curve, 90)  # training wrote last
+
+    assert registry.close_abandoned_runs("me@here", lambda pid: False, tmp_path / "runs") == ["r1"]
+
+    run = registry.find_run("r1")
+    assert run["status"] == "crashed"
+    assert run["ended_at"] == STARTED + timedelta(seconds=90) and run["seconds"] == 90
+    assert "during stage train/gpt" in run["error"]
+    _, stages = registry.query(
+        "SELECT stage, cached, seconds, output_path, stats FROM stages ORDER BY rowid"
+    )
+    assert stages == [("ingest", True, 0.2, "artifacts/ingest/k", "{}"),
+                      ("clean", False, 1.5, "corpus/clean-k", '{"a": 1}')]  # fmt: skip
+    _, artifacts = registry.query("SELECT stage, path FROM artifacts ORDER BY rowid")
+    assert artifacts == [("ingest", "artifacts/ingest/k"), ("clean", "corpus/clean-k")]
+    _, metrics = registry.query(
+        "SELECT model, key, step, value FROM metrics WHERE run_id = 'r1' ORDER BY key, step"
+    )
+    assert metrics == [(None, "corpus/kept", 0, 12.0), ("gpt", "train/loss", 1, 3.0),
+                       ("gpt", "train/loss", 2, 2.0), ("gpt", "train/loss", 3, 1.0)]  # fmt: skip
+
+
+def test_a_stage_journal_line_cut_short_by_the_kill_is_skipped(tmp_path):
+    registry = RunRegistry(tmp_path / "registry.duckdb")
+    _abandoned_run(registry, "r1")
+    journal = StageJournal(tmp_path / "runs" / "r1" / JOURNAL_FILE)
+    journal.finished(StageRecord("ingest", "k", False, 0.5))
+    with open(journal.path, "a") as out:
+        out.write('{"event": "finished", "stage": "clean", "cache_key": "clean-k", "cac')
+
+    registry.close_abandoned_runs("me@here", lambda pid: False, tmp_path / "runs")
+
+    _, stages = registry.query("SELECT stage FROM stages")
+    assert stages == [("ingest",)]
+    assert registry.find_run("r1")["status"] == "crashed"
+
+
+def test_a_crashed_run_that_left_no_files_ends_when_it_started_and_live_runs_are_kept(tmp_path):
+    registry = RunRegistry(tmp_path / "registry.duckdb")
+    _abandoned_run(registry, "gone", pid=4242)
+    _abandoned_run(registry, "alive", pid=4343)
+
+    closed = registry.close_abandoned_runs("me@here", lambda pid: pid == 4343, tmp_path / "runs")
+
+    assert closed == ["gone"]
+    gone, alive = registry.find_run("gone"), registry.find_run("alive")
+    assert (gone["status"], gone["ended_at"], gone["seconds"]) == ("crashed", STARTED, 0)
+    assert gone["error"] == "the process ended without recording an outcome"
+    assert (alive["status"], alive["ended_at"]) == ("running", None)
+    _, counts = registry.query(
+        "SELECT (SELECT count(*) FROM stages), (SELECT count(*) FROM metrics)"
+    )
+    assert counts == [(0, 0)]

@@ -121,6 +121,7 @@ def test_a_run_whose_process_is_gone_is_shown_as_killed_without_writing(tmp_path
     }
     shown = run_cli("runs", "show", "r-killed", home=tmp_path).stdout
     assert "status: running (process gone: killed?)" in shown
+    assert "stages: none recorded yet" in shown
     assert (tmp_path / "registry.duckdb").read_bytes() == before  # reads never write
     empty = run_cli("runs", "show", "", check=False, home=tmp_path)
     assert empty.returncode == 1 and "no run id given" in empty.stderr
@@ -260,3 +261,58 @@ samples = 0
     assert re.search(r"^│ bigram-count\s+│ \d\.\d+", best_per_kind, flags=re.MULTILINE)
     assert re.search(r"^│ train\s+│ 1 ", per_stage, flags=re.MULTILINE), per_stage
     assert len(re.findall(r"^│ \d{4}-", corpus_growth, flags=re.MULTILINE)) == 1
+
+
+def test_a_run_killed_mid_training_is_shown_crashed_with_its_finished_stages_and_curve(
+    workspace, tmp_path
+):
+    """`kill -9` during training: when the next run opens, it records the killed one as
+    `crashed` from the stage journal and metrics it left, and `runs show` lists the data stages
+    it finished and the training curve up to the kill."""
+    import signal
+    import time
+
+    from flows.pipeline import open_run
+    from lm.config import load_config
+    from tests.conftest import lmforge_command
+
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    for index in range(10):
+        (texts / f"doc{index:02d}.txt").write_text(prose(index, 150))
+    config = str(write_config(tmp_path / "c.toml", [{"path": str(texts)}]))
+    settings = ['model.kind="gpt"', "model.block_size=16", "model.n_layer=1", "model.n_head=2",
+                "model.n_embd=16", "train.max_steps=100000", "train.micro_batch=4",
+                "train.global_batch=4", "split.val=0.3"]  # fmt: skip
+    process = subprocess.Popen(
+        lmforge_command("run", config, *(f"--set={s}" for s in settings)), cwd=REPO,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    curves = (workspace.artifacts / "train").glob
+    deadline = time.monotonic() + 240
+    while not any(curve.stat().st_size > 200 for curve in curves("*.work/metrics.jsonl")):
+        assert process.poll() is None, "the run ended before training logged its curve"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    registry = RunRegistry(workspace.registry_path)
+    [(killed,)] = registry.query("SELECT run_id FROM runs")[1]
+
+    open_run(load_config(config, settings), config, settings)  # the next run
+
+    run = registry.find_run(killed)
+    assert run["status"] == "crashed" and run["ended_at"] > run["started_at"]
+    assert "during stage train" in run["error"]
+    _, stages = registry.query("SELECT stage FROM stages WHERE run_id = ? ORDER BY rowid", [killed])
+    assert stages == [("ingest",), ("clean",), ("tokenizer",), ("encode",)]
+    _, [(curve_steps,)] = registry.query(
+        "SELECT count(*) FROM metrics WHERE run_id = ? AND model = 'gpt' AND key = 'train/loss'",
+        [killed],
+    )
+    assert curve_steps > 0
+    shown = run_cli("runs", "show", killed).stdout
+    assert "status: crashed" in shown and "stages it finished before it crashed" in shown
+    for stage in ("ingest", "clean", "tokenizer", "encode"):
+        assert re.search(rf"^│ {stage}\s*│ ran\s*│", shown, flags=re.MULTILINE), stage
+    assert re.search(r"^│ gpt\s*│ train/loss\s*│", shown, flags=re.MULTILINE)

@@ -16,10 +16,13 @@ import yaml
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from flows.pipeline import TRAINING_TAG, lm_pipeline, run_stage
+from flows.pipeline import TRAINING_TAG, RunContext, lm_pipeline, run_stage
 from flows.serve import PREFECT_YAML, ServeError, ensure_training_limit, runner_deployments
 from storage.artifacts import ArtifactStore, Descriptor
+from storage.metrics_log import MetricsLog
 from storage.registry import RunRegistry
+from storage.stage_journal import StageJournal
+from storage.workspace import Workspace
 from tests.conftest import lmforge_command
 from tests.helpers import prose, readme_sections, write_config
 
@@ -127,7 +130,10 @@ def test_a_training_waits_while_another_run_holds_the_training_slot(tmp_path):
 
     def train_elsewhere():
         store = ArtifactStore(tmp_path / "probe", tmp_path)
-        run_stage([], slot_probe_task, "probe-key", store, concurrency_tag=TRAINING_TAG)
+        run = RunContext("probe", Workspace(tmp_path), RunRegistry(tmp_path / "registry.duckdb"),
+                         MetricsLog(tmp_path / "metrics.jsonl"),
+                         StageJournal(tmp_path / "stages.jsonl"))  # fmt: skip
+        run_stage(run, slot_probe_task, "probe-key", store, concurrency_tag=TRAINING_TAG)
         finished.set()
 
     with training_limit():

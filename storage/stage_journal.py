@@ -1,0 +1,112 @@
+"""A run's stages as JSON lines in `runs/<run_id>/stages.jsonl`, written as they happen.
+
+The flow records a run's stages in the registry only when the run ends (one batch, DESIGN §6).
+A run killed with `kill -9`, or lost to a power cut, never gets there; this journal is what it
+leaves instead, beside its `metrics.jsonl`, so that the next run, closing it as `crashed`, can
+still record which stages finished, how long they took, and what training had logged.
+
+Each stage writes a `started` line when it begins and a `finished` line (its `StageRecord`)
+when it ends; a training stage's `started` line names the metrics file its curve grows in until
+the flow copies it into the run's own. Every line is appended and flushed at once, so a killed
+process loses at most a partial last line, which `read_stage_journal` skips.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime
+from pathlib import Path
+
+JOURNAL_FILE = "stages.jsonl"
+
+
+@dataclass
+class StageRecord:
+    """A finished stage of a run: what the registry's `stages` table holds."""
+
+    stage: str
+    cache_key: str | None
+    cached: bool
+    seconds: float
+    output_digest: str | None = None
+    output_path: str | None = None
+    stats: dict = field(default_factory=dict)
+
+
+RECORD_FIELDS = {record_field.name for record_field in fields(StageRecord)}
+
+
+@dataclass(frozen=True)
+class LiveMetrics:
+    """A metrics file a stage appends to while it runs (training's curve, in its work folder),
+    and the model label its lines belong to."""
+
+    path: Path
+    model: str | None = None
+
+
+@dataclass
+class StageJournalContents:
+    """What a journal holds: the stages that finished, in order, and those that started and
+    never finished (what the run was doing when it ended), with the metrics they were writing."""
+
+    finished: list[StageRecord]
+    unfinished: dict[str, LiveMetrics | None]
+
+
+class StageJournal:
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def started(self, stage: str, live_metrics: LiveMetrics | None = None) -> None:
+        line = {"event": "started", "stage": stage}
+        if live_metrics is not None:
+            line |= {"metrics_file": str(live_metrics.path), "model": live_metrics.model}
+        self._append(line)
+
+    def finished(self, record: StageRecord) -> None:
+        self._append({"event": "finished", **asdict(record)})
+
+    def _append(self, line: dict) -> None:
+        line["at"] = datetime.now().isoformat()
+        with open(self.path, "a", encoding="utf-8") as out:
+            out.write(json.dumps(line, ensure_ascii=False) + "\n")
+            out.flush()
+
+
+def read_stage_journal(path: Path) -> StageJournalContents:
+    """The journal at `path`; a missing file is an empty journal, and a line that is not a
+    whole JSON object (the last one, cut short by a kill) is skipped."""
+    finished: list[StageRecord] = []
+    unfinished: dict[str, LiveMetrics | None] = {}
+    if not path.is_file():
+        return StageJournalContents(finished, unfinished)
+    with open(path, encoding="utf-8", errors="replace") as lines:
+        for raw in lines:
+            line = _parse(raw)
+            if line is None:
+                continue
+            stage = line["stage"]
+            if line.get("event") == "started":
+                metrics_file = line.get("metrics_file")
+                unfinished[stage] = (
+                    LiveMetrics(Path(metrics_file), line.get("model")) if metrics_file else None
+                )
+            elif line.get("event") == "finished":
+                unfinished.pop(stage, None)
+                finished.append(
+                    StageRecord(**{k: v for k, v in line.items() if k in RECORD_FIELDS})
+                )
+    return StageJournalContents(finished, unfinished)
+
+
+def _parse(raw: str) -> dict | None:
+    try:
+        line = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(line, dict) or not isinstance(line.get("stage"), str):
+        return None
+    return line
