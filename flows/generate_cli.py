@@ -76,7 +76,8 @@ def _sampling(temperature, top_k, top_p, repetition_penalty, max_new_tokens, see
         return SamplingConfig(**options)
     except ValidationError as error:
         problems = "; ".join(
-            f"--{str(item['loc'][0]).replace('_', '-')}: {item['msg']}" for item in error.errors()
+            f"--{str(item['loc'][0]).replace('_', '-')} {item['input']}: {item['msg'].lower()}"
+            for item in error.errors()
         )
         raise _fail(problems) from None
 

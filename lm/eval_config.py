@@ -9,16 +9,22 @@ from pydantic import Field
 
 from lm.strict_model import StrictModel
 
+# torch.Generator takes seeds from -2**63 to 2**64 - 1; capping at 2**63 - 1 leaves room for the
+# `seed + i` of chat lines and evaluation samples.
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
+
 
 class SamplingConfig(StrictModel):
-    """How samples are drawn: the same knobs `lmforge generate` takes."""
+    """How samples are drawn: the same knobs `lmforge generate` takes. Infinite and NaN knobs are
+    refused: an infinite temperature samples uniform noise, not the model, and NaN slips past
+    every bound."""
 
     max_new_tokens: int = Field(200, ge=1)
-    temperature: float = Field(0.8, ge=0.0, description="0 means greedy")
+    temperature: float = Field(0.8, ge=0.0, allow_inf_nan=False, description="0 means greedy")
     top_k: int | None = Field(None, ge=1)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    repetition_penalty: float = Field(1.0, gt=0.0)
-    seed: int = 1337
+    top_p: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False)
+    repetition_penalty: float = Field(1.0, gt=0.0, allow_inf_nan=False)
+    seed: int = Field(1337, ge=SEED_MIN, le=SEED_MAX)
 
 
 class EvalConfig(StrictModel):

@@ -287,3 +287,28 @@ def test_unknown_runs_labels_and_folders_are_clear_errors(recorded_run, tmp_path
     assert bad.exit_code == 1 and "--top-p" in bad.stderr
     unencodable = runner.invoke(app, ["generate", str(home / trained.path), "--prompt", "日本"])
     assert unencodable.exit_code == 1 and "cannot encode: '日本'" in unencodable.stderr
+
+
+def test_sampling_options_out_of_range_are_one_line_errors_naming_the_value(
+    recorded_run, monkeypatch
+):
+    """A seed torch.Generator cannot take was a traceback; an infinite temperature sampled
+    noise."""
+    from flows.cli import app
+
+    home, trained, _ = recorded_run
+    monkeypatch.setenv("LMFORGE_HOME", str(home))
+    folder = str(home / trained.path)
+    runner = CliRunner()
+    maximum = 2**63 - 1
+    refused = [
+        ("--seed", str(2**64), f"--seed {2**64}: input should be less than or equal to {maximum}"),
+        ("--temperature", "inf", "--temperature inf: input should be a finite number"),
+        ("--repetition-penalty", "nan", "--repetition-penalty nan: input should be a finite"),
+        ("--top-k", "0", "--top-k 0: input should be greater than or equal to 1"),
+    ]
+    for option, value, message in refused:
+        result = runner.invoke(app, ["generate", folder, "--prompt", "The", option, value])
+        assert result.exit_code == 1 and message in result.stderr, result.output
+    largest = runner.invoke(app, ["generate", folder, "--prompt", "The", "--seed", str(maximum)])
+    assert largest.exit_code == 0, largest.output
