@@ -101,6 +101,16 @@ def _stream(model, tokenizer, prompt: str, sampling, echo: bool, one_line: bool)
     sys.stdout.flush()
 
 
+def _read_line() -> str | None:
+    """The next stdin line without its line end (LF or CRLF), None at EOF. Read as bytes and
+    decoded with surrogate escapes, so that a line that is not UTF-8 reaches `encode_prompt`,
+    which names its bad byte, under any locale (a strict one raised UnicodeDecodeError here)."""
+    line = sys.stdin.buffer.readline()
+    if not line:
+        return None
+    return line.removesuffix(b"\n").removesuffix(b"\r").decode("utf-8", "surrogateescape")
+
+
 def generate_command(
     run: RunArgument,
     prompt: Annotated[str, typer.Option(help="the text to continue")] = "",
@@ -135,7 +145,7 @@ def chat_command(
     multiline: Annotated[bool, typer.Option(help="let a reply run past its first newline")] = False,
 ) -> None:
     """Read prompts from stdin, one per line, and answer each with one line (until EOF). A line
-    that cannot be encoded gets an empty answer and an error on stderr."""
+    that cannot be encoded (or is not UTF-8) gets an empty answer and an error on stderr."""
     from lm.tokenizer import TokenizerError
 
     sampling = _sampling(temperature, top_k, top_p, repetition_penalty, max_new_tokens, seed)
@@ -146,10 +156,9 @@ def chat_command(
         if interactive:
             sys.stdout.write("> ")
             sys.stdout.flush()
-        line = sys.stdin.readline()
-        if not line:
+        prompt = _read_line()
+        if prompt is None:
             break
-        prompt = line.rstrip("\n")
         line_sampling = sampling.model_copy(update={"seed": sampling.seed + index})
         try:
             _stream(network, tokenizer, prompt, line_sampling, echo=False, one_line=not multiline)

@@ -36,7 +36,16 @@ GREEDY_BELOW = 1e-5
 def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
     """The prompt's ids. A character the tokenizer cannot encode goes through byte fallback when
     the tokenizer has it, and is an error naming it when it has none (an unknown id would feed
-    the model something the prompt did not say)."""
+    the model something the prompt did not say). A prompt that is not UTF-8 text (bytes that
+    Python kept as lone surrogates, from a command line or a pipe) is an error naming the first
+    bad byte: the tokenizers encode UTF-8 and would fail deep inside."""
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise TokenizerError(
+            f"the prompt is not UTF-8 text: {_bad_byte(prompt[error.start])} at character "
+            f"{error.start}; give it as UTF-8"
+        ) from None
     ids = tokenizer.encode(prompt)
     if any(tokenizer.piece(i) == UNKNOWN for i in set(ids)):
         unknown = sorted(
@@ -48,6 +57,12 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
             'byte_fallback = true (SentencePiece) or unknown_chars = "bytes" (char)'
         )
     return ids
+
+
+def _bad_byte(character: str) -> str:
+    """The byte a surrogate-escaped character stands for (U+DC80..U+DCFF), else the character."""
+    code = ord(character)
+    return f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"{character!r}"
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: list[int], penalty: float):

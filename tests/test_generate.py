@@ -312,3 +312,36 @@ def test_sampling_options_out_of_range_are_one_line_errors_naming_the_value(
         assert result.exit_code == 1 and message in result.stderr, result.output
     largest = runner.invoke(app, ["generate", folder, "--prompt", "The", "--seed", str(maximum)])
     assert largest.exit_code == 0, largest.output
+
+
+def test_a_prompt_that_is_not_utf8_is_an_error_naming_its_first_bad_byte():
+    """Python keeps undecodable command-line bytes as lone surrogates; SentencePiece failed on
+    them with a RuntimeError, the char tokenizer named them as unknown characters."""
+    bpe = train_tokenizer(iter(DOCS), TokenizerConfig(kind="bpe", vocab_size=300))
+    char = char_tokenizer(" ".join(DOCS), unknown_chars="bytes")
+    prompt = b"the \xff\xfe river".decode("utf-8", "surrogateescape")
+    for tokenizer in (bpe, char):
+        with pytest.raises(TokenizerError, match="not UTF-8 text: byte 0xff at character 4"):
+            encode_prompt(tokenizer, prompt)
+
+
+def test_chat_strips_crlf_and_answers_a_line_that_is_not_utf8_with_an_error(recorded_run):
+    """Under a strict locale a line that is not UTF-8 was a UnicodeDecodeError traceback that
+    ended the chat; a CRLF line end was fed to the model as a character."""
+    from flows.cli import app
+
+    home, trained, _ = recorded_run
+    folder = str(home / trained.path)
+    result = CliRunner().invoke(
+        app,
+        ["chat", folder, "--temperature", "0", "--max-new-tokens", "10"],
+        input=b"The river\r\n\xff river\nA quiet\n",
+        env={"LMFORGE_HOME": str(home)},
+    )
+    assert result.exit_code == 0, result.output
+    greedy = SamplingConfig(temperature=0, max_new_tokens=10)
+    answers = [
+        expected_text(home, trained, p, greedy).split("\n")[0] for p in ("The river", "A quiet")
+    ]
+    assert result.stdout == f"{answers[0]}\n\n{answers[1]}\n"
+    assert "line 2: the prompt is not UTF-8 text: byte 0xff at character 0" in result.stderr
