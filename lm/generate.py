@@ -12,9 +12,9 @@ A model with a key/value cache (the GPT) processes the prompt once, then one tok
 once the text fills its context the window slides and each step recomputes it (positions shift,
 so cached keys no longer fit). Other models recompute over the last `block_size` tokens.
 
-Text is streamed by decoding the whole sequence and yielding what is new, held back while it
-ends in an incomplete UTF-8 character (byte-fallback pieces arrive one byte at a time), so
-multi-byte characters are never garbled.
+Text is streamed by decoding a short window of the latest ids and yielding what is new, held
+back while it ends in an incomplete UTF-8 character (byte-fallback pieces arrive one byte at a
+time) or half of SentencePiece's escape of a literal `▁`, so characters are never garbled.
 """
 
 from __future__ import annotations
@@ -26,9 +26,11 @@ import torch
 from lm.eval_config import SamplingConfig
 from lm.evaluate import model_device
 from lm.models.base import LanguageModel
-from lm.tokenizer import UNKNOWN, Tokenizer, TokenizerError
+from lm.tokenizer import SPACE_SYMBOL_ESCAPE, UNKNOWN, Tokenizer, TokenizerError
 
 REPLACEMENT = "\ufffd"
+# A decoded text ending in one of these may change when the next id comes.
+UNFINISHED = (REPLACEMENT, SPACE_SYMBOL_ESCAPE)
 # Temperatures below this sample greedily: dividing logits by less overflows to inf.
 GREEDY_BELOW = 1e-5
 
@@ -139,21 +141,29 @@ def generate_ids(
 def stream_text(
     tokenizer: Tokenizer, prompt_ids: list[int], new_ids: Iterator[int]
 ) -> Iterator[str]:
-    """The text of `new_ids` as it grows, in pieces: decode everything, yield the new suffix,
-    and hold back a suffix that may be an unfinished UTF-8 character."""
-    generated: list[int] = []
-    emitted = len(tokenizer.decode(prompt_ids))
+    """The text of `new_ids` as it grows, in pieces. Each step decodes only a window, the ids
+    of the last piece yielded and those after it, and yields what the new ids add to its text:
+    decoding the whole sequence every step made a long text quadratic (8,000 tokens: 3 s of
+    decoding). A window never starts inside a character: a text that ends in what may be an
+    unfinished one (a UTF-8 character arriving byte by byte, or SentencePiece's escape of a
+    literal `▁` before its second half) is held back and the window stays put. Both texts
+    compared start at the window's start, so the leading space SentencePiece drops from a
+    decode is dropped from both."""
+    ids = list(prompt_ids)
+    start, read = 0, len(ids)  # the window, and where its text already yielded ends
+
+    def new_text() -> str:
+        return tokenizer.decode(ids[start:])[len(tokenizer.decode(ids[start:read])) :]
+
     for token in new_ids:
-        generated.append(token)
-        text = tokenizer.decode(prompt_ids + generated)
-        if text.endswith(REPLACEMENT):
-            continue
-        if len(text) > emitted:
-            yield text[emitted:]
-            emitted = len(text)
-    text = tokenizer.decode(prompt_ids + generated)
-    if len(text) > emitted:
-        yield text[emitted:]
+        ids.append(token)
+        text = new_text()
+        if text and not text.endswith(UNFINISHED):
+            yield text
+            start, read = read, len(ids)
+    text = new_text()
+    if text:
+        yield text
 
 
 def generate(

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from lm.config import TokenizerConfig
 from lm.eval_config import SamplingConfig
-from lm.generate import choose_next, encode_prompt, generate, generate_ids
+from lm.generate import choose_next, encode_prompt, generate, generate_ids, stream_text
 from lm.models.bigram_count import BigramCountModel
 from lm.models.config import BigramCountConfig, GPTConfig, MLPConfig
 from lm.models.registry import build_model
@@ -142,6 +142,44 @@ def test_sentencepiece_streaming_reassembles_the_decoded_text():
                             penalized=prompt_ids))  # fmt: skip
     assert prompt + "".join(pieces) == tokenizer.decode(prompt_ids + ids)
     assert len(pieces) > 1 and all(pieces)
+
+
+class DecodeLengths:
+    """A tokenizer that records how many ids each `decode` gets."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.lengths: list[int] = []
+
+    def decode(self, ids) -> str:
+        ids = list(ids)
+        self.lengths.append(len(ids))
+        return self.tokenizer.decode(ids)
+
+
+def test_streaming_a_long_text_decodes_short_windows_into_the_same_text():
+    """Decoding the whole text at every token made 8,000 tokens cost 3 s of decoding."""
+    import random
+
+    tokenizer = train_tokenizer(iter(DOCS), TokenizerConfig(kind="bpe", vocab_size=400))
+    rng = random.Random(0)
+    ids = [rng.randrange(tokenizer.vocab_size) for _ in range(3000)]  # byte pieces too
+    ids = [i for i in ids if i != tokenizer.eot_id]
+    prompt_ids = tokenizer.encode("The river")
+    recording = DecodeLengths(tokenizer)
+    text = "".join(stream_text(recording, prompt_ids, iter(ids)))
+    assert "The river" + text == tokenizer.decode(prompt_ids + ids)
+    assert max(recording.lengths[2:]) < 20
+
+
+def test_a_literal_space_mark_the_model_writes_streams_as_itself():
+    """SentencePiece text escapes a literal "▁" as two pieces; streaming the first alone printed
+    the private-use escape character instead."""
+    docs = [f"{text} a_b ▁x" for text in DOCS]
+    tokenizer = train_tokenizer(iter(docs), TokenizerConfig(kind="bpe", vocab_size=400))
+    ids = tokenizer.encode("river ▁x and ▁")
+    assert len(ids) > len("river ▁x and ▁".split())
+    assert "".join(stream_text(tokenizer, [], iter(ids))) == "river ▁x and ▁"
 
 
 def test_unencodable_prompt_characters_use_byte_fallback_or_are_named():
