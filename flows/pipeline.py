@@ -153,9 +153,13 @@ def run_stage(
     started = time.perf_counter()
     refresh = not store.is_complete(key)
     options = {"refresh_cache": refresh} | ({"task_run_name": stage_name} if stage_name else {})
-    with tags(*([concurrency_tag] if concurrency_tag and refresh else [])):
-        state = stage_task.with_options(**options)(**parameters, return_state=True)
-    descriptor: Descriptor = state.result()
+    try:
+        with tags(*([concurrency_tag] if concurrency_tag and refresh else [])):
+            state = stage_task.with_options(**options)(**parameters, return_state=True)
+        descriptor: Descriptor = state.result()
+    except Exception:
+        run.journal.failed(name)  # an ablation goes on to its next arm: this one is not running
+        raise
     record = StageRecord(
         stage=name,
         cache_key=key,

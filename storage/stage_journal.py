@@ -6,9 +6,10 @@ leaves instead, beside its `metrics.jsonl`, so that the next run, closing it as 
 still record which stages finished, how long they took, and what training had logged.
 
 Each stage writes a `started` line when it begins and a `finished` line (its `StageRecord`)
-when it ends; a training stage's `started` line names the metrics file its curve grows in until
-the flow copies it into the run's own. Every line is appended and flushed at once, so a killed
-process loses at most a partial last line, which `read_stage_journal` skips.
+when it ends, or a `failed` one if it raised. A training stage's `started` line names the
+metrics file its curve grows in until the flow copies it into the run's own. Every line is
+appended and flushed at once, so a killed process loses at most a partial last line, which
+`read_stage_journal` skips.
 """
 
 from __future__ import annotations
@@ -69,6 +70,10 @@ class StageJournal:
     def finished(self, record: StageRecord) -> None:
         self._append({"event": "finished", **asdict(record)})
 
+    def failed(self, stage: str) -> None:
+        """The stage raised: no longer running, and nothing to record (as in a failed run)."""
+        self._append({"event": "failed", "stage": stage})
+
     def _append(self, line: dict) -> None:
         line["at"] = datetime.now().isoformat()
         with open(self.path, "a", encoding="utf-8") as out:
@@ -88,14 +93,15 @@ def read_stage_journal(path: Path) -> StageJournalContents:
             line = _parse(raw)
             if line is None:
                 continue
-            stage = line["stage"]
-            if line.get("event") == "started":
+            stage, event = line["stage"], line.get("event")
+            if event == "started":
                 metrics_file = line.get("metrics_file")
                 unfinished[stage] = (
                     LiveMetrics(Path(metrics_file), line.get("model")) if metrics_file else None
                 )
-            elif line.get("event") == "finished":
-                unfinished.pop(stage, None)
+                continue
+            unfinished.pop(stage, None)  # finished, or failed: either way no longer running
+            if event == "finished":
                 finished.append(
                     StageRecord(**{k: v for k, v in line.items() if k in RECORD_FIELDS})
                 )

@@ -227,6 +227,19 @@ def test_a_partly_failed_ablation_is_recorded_failed_with_the_models_that_finish
     assert all(val_bpb is not None for _, val_bpb in models)
 
 
+def test_the_stage_journal_of_a_failed_arm_leaves_no_stage_running(broken):
+    """Had the ablation been killed after its failed arms, the next run would name no stage it
+    was in, and take none of the failed arms' curves for its own."""
+    from storage.stage_journal import JOURNAL_FILE, read_stage_journal
+
+    journal = read_stage_journal(broken.workspace.runs / broken.run_id / JOURNAL_FILE)
+    assert journal.unfinished == {}
+    _, stages = registry(broken).query(
+        "SELECT stage FROM stages WHERE run_id = ? ORDER BY rowid", [broken.run_id]
+    )
+    assert [record.stage for record in journal.finished] == [stage for (stage,) in stages]
+
+
 @pytest.fixture(scope="module")
 def rerun(broken):
     """The same ablation again, by the command a user types."""

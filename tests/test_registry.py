@@ -327,6 +327,24 @@ def test_a_stage_journal_line_cut_short_by_the_kill_is_skipped(tmp_path):
     assert registry.find_run("r1")["status"] == "crashed"
 
 
+def test_an_ablation_arm_that_failed_before_the_kill_is_not_named_as_running(tmp_path):
+    """An ablation goes on after an arm fails: the kill came during the next arm, and the
+    failed arm's curve is not the crashed run's."""
+    registry = RunRegistry(tmp_path / "registry.duckdb")
+    _abandoned_run(registry, "r1")
+    journal = StageJournal(tmp_path / "runs" / "r1" / JOURNAL_FILE)
+    failed_curve = tmp_path / "failed.jsonl"
+    failed_curve.write_text(_metric_line("train/loss", 1, 9.0) + "\n")
+    journal.started("train/wide-s1", LiveMetrics(failed_curve, "wide-s1"))
+    journal.failed("train/wide-s1")
+    journal.started("train/deep-s1", LiveMetrics(tmp_path / "not-written-yet.jsonl", "deep-s1"))
+
+    registry.close_abandoned_runs("me@here", lambda pid: False, tmp_path / "runs")
+
+    assert registry.find_run("r1")["error"].endswith("(during stage train/deep-s1)")
+    assert registry.query("SELECT count(*) FROM metrics")[1] == [(0,)]
+
+
 def test_a_crashed_run_that_left_no_files_ends_when_it_started_and_live_runs_are_kept(tmp_path):
     registry = RunRegistry(tmp_path / "registry.duckdb")
     _abandoned_run(registry, "gone", pid=4242)
