@@ -135,6 +135,10 @@ def serve_command(
     from flows.prefect_server import ServerError, ensure_server
     from storage.workspace import WorkspaceError, activate_workspace
 
+    if limit is not None and limit < 1:
+        # Prefect's runner fails on a negative limit only once serving, and a limit of 0 would
+        # serve for ever without running anything.
+        raise _fail(f"--limit {limit}: must be at least 1 (leave it out for no limit)")
     workspace = activate_workspace()
     try:
         api_url = ensure_server(workspace.ensure())

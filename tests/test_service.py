@@ -170,3 +170,18 @@ def test_only_a_training_with_work_to_do_takes_a_training_slot(workspace, tmp_pa
     assert [s["cached"] for s in cached["stages"] if s["stage"] == "train"] == [True]
     assert TRAINING_TAG in train_tags(trained)
     assert TRAINING_TAG not in train_tags(cached)
+
+
+def test_a_serve_limit_below_one_is_an_error_before_anything_starts(tmp_path, monkeypatch):
+    """A negative --limit was a RuntimeError traceback once the deployments were served; 0 served
+    for ever and ran nothing."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    monkeypatch.setenv("LMFORGE_HOME", str(tmp_path / "home"))
+    for limit in ("-1", "0"):
+        result = CliRunner().invoke(app, ["serve", "--limit", limit])
+        assert result.exit_code == 1, result.output
+        assert f"--limit {limit}: must be at least 1" in result.stderr
+    assert not (tmp_path / "home").exists()
