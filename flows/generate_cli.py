@@ -52,12 +52,20 @@ def _load(run: str, label: str | None):
 
     workspace = activate_workspace()
     folder = Path(run).expanduser()
+    if folder.is_dir() and label is not None:
+        raise _fail(f"--model {label}: {run} is a model folder, not a run; leave --model out")
     try:
         if not folder.is_dir():
             found = RunRegistry(workspace.registry_path).find_model(run, label)
             if not found.get("path"):
                 raise _fail(f"run {found['run_id']}: model '{found['label']}' has no folder")
             folder = workspace.resolve(found["path"])
+            if not folder.exists():
+                raise _fail(
+                    f"run {found['run_id']}: the folder of model '{found['label']}' is gone "
+                    f"({folder}); `lmforge runs show {found['run_id']}` prints the command that "
+                    "trains it again"
+                )
         model, tokenizer = load_trained(folder)
     except (RegistryError, CheckpointError, TokenizerError) as error:
         raise _fail(str(error)) from None

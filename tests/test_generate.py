@@ -383,3 +383,30 @@ def test_chat_strips_crlf_and_answers_a_line_that_is_not_utf8_with_an_error(reco
     ]
     assert result.stdout == f"{answers[0]}\n\n{answers[1]}\n"
     assert "line 2: the prompt is not UTF-8 text: byte 0xff at character 0" in result.stderr
+
+
+def test_model_with_a_folder_and_a_run_whose_model_folder_is_gone_are_errors(
+    recorded_run, monkeypatch
+):
+    """--model beside a folder was silently ignored (the folder's model answered); a deleted
+    model folder was reported as 'not a trained model folder', as if the user had named it."""
+    from flows.cli import app
+
+    home, trained, tokenizer = recorded_run
+    monkeypatch.setenv("LMFORGE_HOME", str(home))
+    runner = CliRunner()
+    folder = str(home / trained.path)
+    both = runner.invoke(app, ["generate", folder, "--model", "counts", "--prompt", "The"])
+    assert both.exit_code == 1
+    assert f"--model counts: {folder} is a model folder, not a run" in both.stderr
+
+    registry = RunRegistry(Workspace.from_env().registry_path)
+    registry.start_run({"run_id": "20250101-000000-0a0b0c", "status": "running",
+                        "started_at": datetime.now()})  # fmt: skip
+    gone = ModelRecord("counts", "bigram-count", "digest", "artifacts/train/deleted",
+                       tokenizer.digest, "corpus", {}, {})  # fmt: skip
+    registry.finish_run("20250101-000000-0a0b0c", "completed", datetime.now(), [], models=[gone])
+    result = runner.invoke(app, ["generate", "20250101", "--prompt", "The"])
+    assert result.exit_code == 1
+    assert "run 20250101-000000-0a0b0c: the folder of model 'counts' is gone" in result.stderr
+    assert str(home / "artifacts/train/deleted") in result.stderr
