@@ -85,6 +85,9 @@ def choose_next(
     if sampling.temperature < GREEDY_BELOW:  # 0, or so small that the division overflows
         return int(logits.argmax())
     logits = logits / sampling.temperature
+    # A tiny penalty or temperature can push a logit past the float range, and softmax turns +inf
+    # into NaN; the largest float keeps such tokens the likeliest, tied among themselves.
+    logits = logits.clamp(max=torch.finfo(logits.dtype).max)
     if sampling.top_k is not None and sampling.top_k < logits.numel():
         # Exactly k candidates, even when others tie with the k-th.
         kept = torch.topk(logits, sampling.top_k)

@@ -228,6 +228,16 @@ def test_repetition_penalty_divides_positive_and_multiplies_negative_logits():
     assert choose_next(torch.tensor([-1.0, -1.5]), [0], greedy, generator) == 1  # -1 × 2 < -1.5
 
 
+def test_a_penalty_or_temperature_tiny_enough_to_overflow_samples_without_nan():
+    """2.0 / 1e-300 is +inf in float32, and softmax made NaN of it: a RuntimeError traceback."""
+    logits = torch.tensor([2.0, 1.0, -1.0, 0.5])
+    generator = torch.Generator().manual_seed(0)
+    penalty = SamplingConfig(temperature=1.0, repetition_penalty=1e-300)
+    assert {choose_next(logits, [0, 1], penalty, generator) for _ in range(200)} == {0, 1}
+    cold = SamplingConfig(temperature=2e-5)
+    assert choose_next(torch.tensor([1e34, 0.0]), [], cold, generator) == 0
+
+
 # -- the commands ------------------------------------------------------------------------------
 
 
