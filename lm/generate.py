@@ -48,17 +48,26 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
             f"the prompt is not UTF-8 text: {_bad_byte(prompt[error.start])} at character "
             f"{error.start}; give it as UTF-8"
         ) from None
-    ids = tokenizer.encode(prompt)
-    if any(tokenizer.piece(i) == UNKNOWN for i in set(ids)):
-        unknown = sorted(
-            {c for c in prompt if any(tokenizer.piece(i) == UNKNOWN for i in tokenizer.encode(c))}
-        )
+    ids = _encoded(tokenizer, prompt)
+    if ids is None:
+        unknown = sorted(c for c in set(prompt) if _encoded(tokenizer, c) is None)
         raise TokenizerError(
             f"the prompt has characters the tokenizer cannot encode: {''.join(unknown)!r} (it "
             "has no byte fallback); leave them out, or train the tokenizer with "
             'byte_fallback = true (SentencePiece) or unknown_chars = "bytes" (char)'
         )
     return ids
+
+
+def _encoded(tokenizer: Tokenizer, text: str) -> list[int] | None:
+    """The ids of `text`, or None where the tokenizer cannot encode it: an unknown id, or (a
+    character tokenizer with unknown_chars = "error") a refusal whose advice, to retrain, is
+    for the corpus, not a prompt."""
+    try:
+        ids = tokenizer.encode(text)
+    except TokenizerError:
+        return None
+    return None if any(tokenizer.piece(i) == UNKNOWN for i in set(ids)) else ids
 
 
 def _bad_byte(character: str) -> str:

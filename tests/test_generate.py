@@ -194,7 +194,8 @@ def test_unencodable_prompt_characters_use_byte_fallback_or_are_named():
         iter(DOCS), TokenizerConfig(kind="bpe", vocab_size=100, byte_fallback=False)
     )
     char = char_tokenizer(" ".join(DOCS), unknown_chars="unk")
-    for tokenizer in (without, char):
+    refusing = char_tokenizer(" ".join(DOCS), unknown_chars="error")  # was: "retrain with them"
+    for tokenizer in (without, char, refusing):
         with pytest.raises(TokenizerError, match="cannot encode: '日本'"):
             generate(model, tokenizer, "the 日本 river", GREEDY)
 
@@ -420,3 +421,20 @@ def test_model_with_a_folder_and_a_run_whose_model_folder_is_gone_are_errors(
     assert result.exit_code == 1
     assert "run 20250101-000000-0a0b0c: the folder of model 'counts' is gone" in result.stderr
     assert str(home / "artifacts/train/deleted") in result.stderr
+
+
+def test_the_evaluate_stage_names_an_eval_prompt_the_tokenizer_cannot_encode(
+    recorded_run, monkeypatch
+):
+    """It failed after scoring, with the tokenizer's message alone: nothing said that a prompt
+    of eval.prompts, not the corpus, held the character."""
+    from lm.eval_config import EvalConfig
+    from tasks.evaluate import evaluate_task
+
+    home, trained, tokenizer = recorded_run
+    monkeypatch.setenv("LMFORGE_HOME", str(home))
+    shards = Descriptor("encode", "s", "artifacts", "shards")
+    tokenizer_d = Descriptor("tokenizer", "t", "artifacts/tokenizer", tokenizer.digest)
+    config = EvalConfig(prompts=["The river", "日本"], samples=2, device="cpu")
+    with pytest.raises(TokenizerError, match=r"eval\.prompts\[1\] '日本': .*cannot encode: '日本'"):
+        evaluate_task.fn(trained, shards, tokenizer_d, config)
