@@ -377,6 +377,8 @@ def resolve_preset(config: str | None) -> Path:
     path = Path(config).expanduser()
     if path.suffix != ".toml" and not path.exists():
         path = REPO_CONFIGS / f"{config}.toml"
+    if path.is_dir():
+        raise ConfigError(f"{config}: is a folder, not a config file (a TOML file or a preset)")
     if not path.is_file():
         presets = sorted(p.stem for p in REPO_CONFIGS.glob("*.toml"))
         raise ConfigError(f"{config}: no such config file (presets: {', '.join(presets)})")
@@ -390,6 +392,14 @@ def load_config(config: str | None = None, overrides: list[str] | None = None) -
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not valid TOML: {error}") from error
+    except UnicodeDecodeError as error:  # TOML is UTF-8 by definition
+        line = path.read_bytes()[: error.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}: not UTF-8 (byte 0x{error.object[error.start]:02x} on line {line}): "
+            "save the file as UTF-8"
+        ) from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot be read ({error.strerror})") from None
     for override in overrides or []:
         _apply_override(data, override, path)
     return parse_config(data, origin=str(path))

@@ -1,0 +1,22 @@
+"""Bad configuration is one clear error naming the file (or the `--set` override) and the
+problem, before anything runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from lm.config import ConfigError, load_config
+
+
+def test_a_config_that_is_not_utf8_names_the_file_the_byte_and_the_line(tmp_path):
+    config = tmp_path / "latin1.toml"
+    config.write_bytes(b'name = "x"\n[ingest]\nsources = ["caf\xe9.txt"]\n')
+    with pytest.raises(ConfigError, match=r"latin1\.toml: not UTF-8 \(byte 0xe9 on line 3\)"):
+        load_config(str(config))
+
+
+def test_a_folder_given_as_the_config_is_said_to_be_a_folder(tmp_path):
+    folder = tmp_path / "configs.toml"
+    folder.mkdir()
+    with pytest.raises(ConfigError, match=r"configs\.toml: is a folder, not a config file"):
+        load_config(str(folder))
