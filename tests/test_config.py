@@ -20,3 +20,16 @@ def test_a_folder_given_as_the_config_is_said_to_be_a_folder(tmp_path):
     folder.mkdir()
     with pytest.raises(ConfigError, match=r"configs\.toml: is a folder, not a config file"):
         load_config(str(folder))
+
+
+@pytest.mark.parametrize("kind", ["mlp", "w2v"])
+@pytest.mark.parametrize("hiddens", [[0], [200, -5]])
+def test_a_hidden_layer_of_no_units_is_refused(kind, hiddens):
+    from pydantic import ValidationError
+
+    from lm.models.config import MLPConfig, W2VConfig
+
+    config = {"mlp": MLPConfig, "w2v": W2VConfig}[kind]
+    with pytest.raises(ValidationError, match="greater than or equal to 1"):
+        config(hiddens=hiddens)
+    assert config(hiddens=[]).hiddens == []  # no hidden layer: embeddings straight to logits

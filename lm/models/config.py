@@ -7,11 +7,15 @@ any tensor is allocated.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
 from lm.strict_model import StrictModel
+
+# A hidden layer's width; `hiddens = []` is no hidden layer (the embeddings straight to the
+# logits), but a layer of 0 units would leave only the output bias to learn.
+HiddenWidth = Annotated[int, Field(ge=1)]
 
 
 class BigramCountConfig(StrictModel):
@@ -30,7 +34,7 @@ class MLPConfig(StrictModel):
     kind: Literal["mlp"] = "mlp"
     context: int = Field(3, ge=1)
     n_embd: int = Field(10, ge=1)
-    hiddens: list[int] = Field(default_factory=lambda: [200])
+    hiddens: list[HiddenWidth] = Field(default_factory=lambda: [200])
     norm: Literal["none", "batchnorm", "layernorm"] = "none"
 
 
@@ -43,7 +47,7 @@ class W2VConfig(StrictModel):
     kind: Literal["w2v"] = "w2v"
     context: int = Field(3, ge=1)
     vector_size: int = Field(100, ge=1, description="= word2vec.vector_size")
-    hiddens: list[int] = Field(default_factory=lambda: [200])
+    hiddens: list[HiddenWidth] = Field(default_factory=lambda: [200])
     freeze: bool = Field(True, description="keep the vectors fixed (a buffer), or fine-tune them")
 
 
