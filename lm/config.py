@@ -426,13 +426,10 @@ def _describe(error: ValidationError) -> str:
 
 def _apply_override(data: dict[str, Any], override: str, path: Path) -> None:
     key, sep, raw_value = override.partition("=")
-    if not sep or not key.strip():
+    parts = [part.strip() for part in key.split(".")]
+    if not sep or not all(parts):
         raise ConfigError(f"override '{override}': expected KEY.PATH=VALUE")
-    try:
-        value = tomllib.loads(f"v = {raw_value}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw_value  # a bare word: treat it as a string
-    parts = key.strip().split(".")
+    value = _override_value(override, key.strip(), raw_value)
     *parents, leaf = parts
     node: Any = data
     for depth, part in enumerate(parents):
@@ -451,6 +448,25 @@ def _apply_override(data: dict[str, Any], override: str, path: Path) -> None:
         node[_entry_index(node, leaf, override, path)] = value
     else:
         node[leaf] = value
+
+
+def _override_value(override: str, key: str, raw_value: str) -> Any:
+    """The TOML value of an override; a bare word (`model.pos=rope`) is a string. A value that
+    starts as TOML does (a quote, `[`, `{`) but does not parse is an error, not a string that
+    would fail later as the wrong type or, for a string setting, be taken as it is."""
+    if not raw_value.strip():
+        raise ConfigError(
+            f"override '{override}': no value after '=' (an empty string is written {key}=\"\")"
+        )
+    try:
+        parsed = tomllib.loads(f"v = {raw_value}")
+    except tomllib.TOMLDecodeError as error:
+        if raw_value.strip()[0] in "[{\"'":
+            raise ConfigError(f"override '{override}': not a valid TOML value ({error})") from None
+        return raw_value.strip()  # a bare word
+    if list(parsed) != ["v"]:  # a newline in the value would have set other keys
+        raise ConfigError(f"override '{override}': the value must be one TOML value")
+    return parsed["v"]
 
 
 def _entry_index(entries: list, part: str, override: str, path: Path) -> int:

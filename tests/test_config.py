@@ -33,3 +33,25 @@ def test_a_hidden_layer_of_no_units_is_refused(kind, hiddens):
     with pytest.raises(ValidationError, match="greater than or equal to 1"):
         config(hiddens=hiddens)
     assert config(hiddens=[]).hiddens == []  # no hidden layer: embeddings straight to logits
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("name=", "no value after '=' (an empty string is written name=\"\")"),
+        ("train.=3", "expected KEY.PATH=VALUE"),
+        ("clean..workers=1", "expected KEY.PATH=VALUE"),
+        ("clean.quality.max_top_ngram_char_fraction=[0.2, 0.1,", "not a valid TOML value"),
+        ('name="unterminated', "not a valid TOML value"),
+    ],
+)
+def test_a_malformed_override_is_an_error_naming_it_not_a_string(override, expected):
+    # `name=` set the run's name to "" and a broken array became a string that failed, if at
+    # all, as a value of the wrong type.
+    with pytest.raises(ConfigError) as caught:
+        load_config("default", [override])
+    assert str(caught.value).startswith(f"override '{override}': {expected}")
+
+
+def test_a_bare_word_override_is_a_string():
+    assert load_config("default", ["model.pos=rope", "name= my run "]).name == "my run"
