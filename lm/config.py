@@ -7,12 +7,14 @@ section, and the digest of that section is part of the stage's cache key.
 
 from __future__ import annotations
 
+import difflib
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from lm.eval_config import EvalConfig
 from lm.models.config import ModelConfig
@@ -348,7 +350,9 @@ class PipelineConfig(StrictModel):
                 model = type(self.model).model_validate(fields)
                 train = TrainConfig.model_validate(self.train.model_dump() | variant.train)
             except ValidationError as error:
-                raise ValueError(f"ablation variant '{variant.name}': {_describe(error)}") from None
+                root = TrainConfig if error.title == TrainConfig.__name__ else type(self.model)
+                problem = _describe(error, root)
+                raise ValueError(f"ablation variant '{variant.name}': {problem}") from None
             for seed in self.ablation.seeds:
                 label = f"{variant.name}/seed-{seed}"
                 seeded = train.model_copy(update={"seed": seed})
@@ -365,7 +369,9 @@ class PipelineConfig(StrictModel):
                 train = TrainConfig.model_validate(self.train.model_dump() | entry.train)
             except ValidationError as error:
                 label = entry.name or entry.model.kind
-                raise ValueError(f"models '{label}' train: {_describe(error)}") from None
+                raise ValueError(
+                    f"models '{label}' train: {_describe(error, TrainConfig)}"
+                ) from None
             runs.append(ModelRun(entry.name or entry.model.kind, entry.model, train))
         return runs
 
@@ -402,26 +408,112 @@ def load_config(config: str | None = None, overrides: list[str] | None = None) -
         raise ConfigError(f"{path}: cannot be read ({error.strerror})") from None
     for override in overrides or []:
         _apply_override(data, override, path)
-    return parse_config(data, origin=str(path))
+    return parse_config(data, origin=str(path), overrides=overrides)
 
 
-def parse_config(data: dict[str, Any], origin: str) -> PipelineConfig:
+def parse_config(
+    data: dict[str, Any], origin: str, overrides: list[str] | None = None
+) -> PipelineConfig:
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(f"{origin}: {_describe(error)}") from None
+        raise ConfigError(f"{origin}: {_describe(error, PipelineConfig, overrides)}") from None
 
 
-def _describe(error: ValidationError) -> str:
-    problems = []
+def _describe(
+    error: ValidationError, root: type[BaseModel], overrides: list[str] | None = None
+) -> str:
+    """Every problem pydantic found in one line, each under the key as the TOML writes it
+    (pydantic's paths also hold the tags of unions, `model.gpt.n_layer`), an unknown key with
+    the nearest valid one, and a problem in a key that a `--set` gave with that override."""
+    problems: dict[tuple[str, str], list[str]] = {}
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"])
+        key, siblings, node = _written_key(item["loc"], root)
         if item["type"] == "extra_forbidden":
-            problems.append(f"unknown key '{key}'")
+            problem = f"unknown key '{key}'" + _nearest(key, siblings)
+        elif item["type"] == "union_tag_invalid":
+            kinds = item["ctx"]["expected_tags"]
+            problem = f"unknown {key or 'model'} kind '{item['ctx']['tag']}' (kinds: {kinds})"
+        elif item["type"] == "union_tag_not_found":
+            kinds = ", ".join(f"'{kind}'" for kind in _kinds_of(node))
+            problem = f"'{key}' needs a kind (one of {kinds})"
+        else:  # a union of plain types fails once per member: one problem, its messages
+            problem = f"'{key}': " if key else ""
+        message = item["msg"].removeprefix("Value error, ")
+        problems.setdefault((key, problem), []).append(message)
+    lines = []
+    for (key, problem), messages in problems.items():
+        if problem.endswith(": ") or not problem:
+            problem += " or ".join(messages)
+        lines.append(problem + _from_overrides(key, overrides))
+    return "; ".join(lines)
+
+
+def _written_key(loc: tuple, root: type[BaseModel]) -> tuple[str, list[str], Any]:
+    """`loc` as the key a user writes, the keys valid beside its last part, and the type there."""
+    written: list[str] = []
+    siblings: list[str] = []
+    node: Any = root
+    for part in loc:
+        while get_origin(node) is Annotated or len(_union_members(node)) == 1:  # X | None
+            node = _union_members(node)[0] if _union_members(node) else get_args(node)[0]
+        members = _union_members(node)
+        if members:  # a tag: the member of that kind, or a plain type's name (`bool`)
+            node = next((m for m in members if part in _kinds_of(m)), None)
+            if node is not None or not isinstance(part, int):
+                continue
+        if isinstance(node, type) and issubclass(node, BaseModel):
+            if node is LadderEntry and part == "model":  # `[[models]]` tables are flat
+                node = node.model_fields["model"].annotation
+                continue
+            siblings = list(node.model_fields)
+            field = node.model_fields.get(str(part))
+            node = field.annotation if field else None
+        elif get_origin(node) is list:
+            node = get_args(node)[0]
         else:
-            message = item["msg"].removeprefix("Value error, ")
-            problems.append(f"'{key}': {message}" if key else message)
-    return "; ".join(problems)
+            node = None
+        written.append(str(part))
+    return ".".join(written), siblings, node
+
+
+def _union_members(node: Any) -> list:
+    if get_origin(node) in (Union, UnionType):
+        return [member for member in get_args(node) if member is not type(None)]
+    return []
+
+
+def _kinds_of(node: Any) -> list[str]:
+    """The `kind` values a model, or a union of models, accepts."""
+    members = _union_members(node) or [node]
+    return [
+        member.model_fields["kind"].default
+        for member in members
+        if isinstance(member, type)
+        and issubclass(member, BaseModel)
+        and "kind" in member.model_fields
+    ]
+
+
+def _nearest(key: str, siblings: list[str]) -> str:
+    parent, _, leaf = key.rpartition(".")
+    match = difflib.get_close_matches(leaf, siblings, n=1, cutoff=0.75)
+    if not match:
+        return ""
+    return f" (did you mean '{parent + '.' if parent else ''}{match[0]}'?)"
+
+
+def _from_overrides(key: str, overrides: list[str] | None) -> str:
+    """`, from --set KEY=VALUE` for each override that set this key, a table holding it, or a
+    key inside it (a table's own check, `model`: n_embd must be divisible by n_head)."""
+    if not key:
+        return ""
+    matching = []
+    for override in overrides or []:
+        set_key = ".".join(part.strip() for part in override.partition("=")[0].split("."))
+        if key == set_key or key.startswith(set_key + ".") or set_key.startswith(key + "."):
+            matching.append(f"--set {override}")
+    return f", from {', '.join(matching)}" if matching else ""
 
 
 def _apply_override(data: dict[str, Any], override: str, path: Path) -> None:

@@ -3,6 +3,8 @@ problem, before anything runs."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from lm.config import ConfigError, load_config
@@ -55,3 +57,59 @@ def test_a_malformed_override_is_an_error_naming_it_not_a_string(override, expec
 
 def test_a_bare_word_override_is_a_string():
     assert load_config("default", ["model.pos=rope", "name= my run "]).name == "my run"
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("modle.kind=gpt", "unknown key 'modle' (did you mean 'model'?)"),
+        ("train.max_step=3", "unknown key 'train.max_step' (did you mean 'train.max_steps'?)"),
+        ("model.n_layr=3", "unknown key 'model.n_layr' (did you mean 'model.n_layer'?)"),
+        ("zzz=1", "unknown key 'zzz', from --set zzz=1"),
+    ],
+)
+def test_an_unknown_key_names_the_nearest_valid_one(override, expected):
+    with pytest.raises(ConfigError, match=r"default\.toml: " + re.escape(expected)):
+        load_config("default", [override])
+
+
+def test_an_unknown_key_in_a_ladder_entry_is_named_as_written_with_its_nearest():
+    # pydantic's path is `models.2.model.mlp.hidens`: the flat table and the union tag are not
+    # keys a user writes.
+    with pytest.raises(ConfigError) as caught:
+        load_config("names", ["models.2.hidens=[64]"])
+    assert "unknown key 'models.2.hidens' (did you mean 'models.2.hiddens'?)" in str(caught.value)
+    with pytest.raises(ConfigError, match=re.escape("'models.2.hiddens.0': Input should be")):
+        load_config("names", ["models.2.hiddens=[0]"])
+
+
+def test_a_model_without_a_known_kind_lists_the_kinds():
+    kinds = "'bigram-count', 'bigram', 'mlp', 'w2v', 'gpt'"
+    with pytest.raises(ConfigError, match=re.escape(f"'model' needs a kind (one of {kinds})")):
+        load_config("default", ["model={n_layer=3}"])
+    with pytest.raises(ConfigError, match=re.escape(f"unknown model kind 'gptx' (kinds: {kinds})")):
+        load_config("default", ['model={kind="gptx"}'])
+
+
+def test_a_problem_a_set_caused_names_that_set():
+    with pytest.raises(ConfigError) as caught:
+        load_config("default", ["model.n_embd=130", "train.max_steps=-1"])
+    message = str(caught.value)
+    assert (
+        "'train.max_steps': Input should be greater than or equal to 1, from --set train.max_st"
+        in message
+    )
+    assert "divisible by n_head (4), from --set model.n_embd=130" in message
+
+
+def test_an_ablation_variant_s_unknown_key_names_the_nearest():
+    settings = load_config("default", ['ablation.variants=[{name="a", model={n_emb=64}}]'])
+    with pytest.raises(
+        ValueError, match=re.escape("'a': unknown key 'n_emb' (did you mean 'n_embd'")
+    ):
+        settings.ablation_runs()
+    settings = load_config("default", ['ablation.variants=[{name="b", train={max_step=3}}]'])
+    with pytest.raises(
+        ValueError, match=re.escape("unknown key 'max_step' (did you mean 'max_steps'")
+    ):
+        settings.ablation_runs()

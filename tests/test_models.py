@@ -246,7 +246,7 @@ def test_a_w2v_model_section_parses_and_says_it_needs_vectors_of_its_size():
     model = parse_config(data, origin="test.toml").model
     assert isinstance(model, W2VConfig) and model.freeze
     assert uses_word2vec(model) and word2vec_width(model) == 50
-    with pytest.raises(ConfigError, match=r"test\.toml: unknown key 'model\.w2v\.nope'"):
+    with pytest.raises(ConfigError, match=r"test\.toml: unknown key 'model\.nope'"):
         parse_config({**data, "model": {"kind": "w2v", "nope": 1}}, origin="test.toml")
     # Said when the config loads, not after word2vec has trained.
     with pytest.raises(ConfigError, match=r"must equal word2vec\.vector_size \(100\)"):

@@ -260,8 +260,8 @@ def test_shakespeare_preset_without_its_text_names_the_missing_file(tmp_path):
     "override, expected",
     [
         ("train.learning_rate=true", "'train.learning_rate': Input should be a valid number"),
-        ('train.compile="yes"', "'train.compile.bool': Input should be a valid boolean"),
-        ("model.bias=1", "'model.gpt.bias': Input should be a valid boolean"),
+        ('train.compile="yes"', "'train.compile': Input should be a valid boolean or Input"),
+        ("model.bias=1", "'model.bias': Input should be a valid boolean"),
         ('train.max_steps="100"', "'train.max_steps': Input should be a valid integer"),
     ],
 )
