@@ -72,11 +72,22 @@ def _run_flow(name: str, config: str | None, overrides: list[str] | None) -> dic
     """Validate the config, make sure the workspace's Prefect server is up, and run one of the
     flows (`lm-pipeline`, `retrain`, `ablation`), turning the errors a user can fix into one
     clear line."""
-    from lm.config import ConfigError, load_config
+    from lm.config import ConfigError, load_config, resolve_preset
 
     workspace = activate_workspace()
     try:
-        load_config(config, overrides)  # fail fast on a bad config, before any server starts
+        # Fail fast on a bad config, before any server starts: the file, and what the flow
+        # itself would refuse first.
+        settings = load_config(config, overrides)
+        if name == "ablation":
+            try:
+                settings.ablation_runs()
+            except ValueError as error:
+                raise ConfigError(f"{resolve_preset(config)}: {error}") from None
+        if name == "retrain" and not settings.model_runs():
+            raise ConfigError(
+                f"{resolve_preset(config)}: retrain needs a [model] (or [[models]]) to train"
+            )
         workspace.ensure()
     except (ConfigError, WorkspaceError) as error:
         raise _fail(str(error)) from None

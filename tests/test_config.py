@@ -8,6 +8,7 @@ import re
 import pytest
 
 from lm.config import ConfigError, load_config
+from tests.conftest import run_cli
 
 
 def test_a_config_that_is_not_utf8_names_the_file_the_byte_and_the_line(tmp_path):
@@ -113,3 +114,24 @@ def test_an_ablation_variant_s_unknown_key_names_the_nearest():
         ValueError, match=re.escape("unknown key 'max_step' (did you mean 'max_steps'")
     ):
         settings.ablation_runs()
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["ablation", "default"], "default.toml: an ablation needs [[ablation.variants]]"),
+        (
+            ["ablation", "default", "--set", 'ablation.variants=[{name="a", model={n_emb=64}}]'],
+            "default.toml: ablation variant 'a': unknown key 'n_emb' (did you mean 'n_embd'?)",
+        ),
+        (["retrain", "names", "--set", "models=[]"], "names.toml: retrain needs a [model]"),
+    ],
+)
+def test_what_a_flow_would_refuse_is_one_line_before_the_flow_starts(workspace, args, expected):
+    # The ablation flow checked its variants only once Prefect ran it: a traceback in the
+    # flow's log, then the error.
+    result = run_cli(*args, check=False)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [result.stderr.strip()]  # one line
+    assert result.stderr.startswith("error: ") and expected in result.stderr
+    assert "Flow run" not in result.stdout + result.stderr
