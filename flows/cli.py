@@ -390,10 +390,13 @@ def corpus_stats(
 
 @tokenizers_app.command("compare")
 def tokenizers_compare(
-    vocab_size: Annotated[int, typer.Option(help="the vocabulary size of both")] = 4000,
+    vocab_size: Annotated[int, typer.Option(min=2, help="the vocabulary size of both")] = 4000,
     digest: Annotated[str | None, typer.Option(help="a corpus version (default: newest)")] = None,
     train_steps: Annotated[
-        int, typer.Option(help="train the config's model this many steps per tokenizer; bpb on val")
+        int,
+        typer.Option(
+            min=0, help="train the config's model this many steps per tokenizer; bpb on val"
+        ),
     ] = 0,
     config: Annotated[
         str | None, typer.Option(help="preset or TOML whose [model], [train], [eval] are used")
@@ -414,6 +417,8 @@ def tokenizers_compare(
     from storage.registry import RegistryError
 
     workspace = activate_workspace()
+    if config is not None and train_steps == 0:
+        raise _fail("--config is read only with --train-steps (its [model], [train] and [eval])")
     if train_steps > 0:
         from lm.config import ConfigError, load_config
 

@@ -135,3 +135,21 @@ def test_what_a_flow_would_refuse_is_one_line_before_the_flow_starts(workspace, 
     assert result.stderr.splitlines() == [result.stderr.strip()]  # one line
     assert result.stderr.startswith("error: ") and expected in result.stderr
     assert "Flow run" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--vocab-size", "0"], "greater than or equal to 2"),  # was a pydantic traceback
+        (["--train-steps", "-5"], "greater than or equal to 0"),  # was read as 0
+        (["--config", "names"], "--config is read only with --train-steps"),  # was ignored
+    ],
+)
+def test_tokenizers_compare_refuses_options_it_cannot_use(workspace, args, expected):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    result = CliRunner().invoke(app, ["tokenizers", "compare", *args])
+    assert result.exit_code in (1, 2) and isinstance(result.exception, SystemExit)
+    assert expected in " ".join(result.output.replace("│", " ").split())
