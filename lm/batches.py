@@ -78,9 +78,11 @@ class TokenBatches(SeededCursor):
             if world_size > 1:
                 where = f"rank {rank}'s share of the {split} split ({len(tokens)} over "
                 where += f"{world_size} processes)"
+            # There is no split.train: train is what split.val and split.test leave.
+            more = "lower split.val and split.test" if split == "train" else f"raise split.{split}"
             raise TrainingError(
                 f"{where} has {share} tokens, not more than block_size {block_size}: lower "
-                f"block_size, raise split.{split} or add data"
+                f"block_size, {more} or add data"
             )
         super().__init__(seed, rank)
         self.tokens = tokens

@@ -111,3 +111,12 @@ def test_a_model_trained_on_documents_scores_padding_nowhere_and_learns(tmp_path
     before = trainer.evaluate()
     trainer.train()
     assert trainer.evaluate() < 0.6 * before
+
+
+@pytest.mark.parametrize(
+    "split, remedy", [("train", "lower split.val and split.test"), ("val", "raise split.val")]
+)
+def test_a_split_shorter_than_the_block_names_settings_that_exist(split, remedy):
+    # It said "raise split.train", a key there is not: train is what val and test leave.
+    with pytest.raises(TrainingError, match=f"the {split} split has 10 tokens.*{remedy} or add"):
+        TokenBatches(np.arange(10), block_size=16, batch=2, seed=0, split=split)
