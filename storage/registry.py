@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import random
 import re
 import time
@@ -180,6 +181,8 @@ MIGRATIONS: list[str] = [
 
 T = TypeVar("T")
 LOCK_ERRORS = ("lock", "Conflicting")
+CRASHED = "the process ended without recording an outcome"
+logger = logging.getLogger("storage.registry")
 # What DuckDB raises for a file it cannot make sense of: truncated by a full disk or a copy cut
 # short, or damaged ("Could not read enough bytes", "Corrupt database file", ...).
 DAMAGE_ERRORS = (duckdb.IOException, duckdb.InternalException, duckdb.SerializationException)
@@ -359,7 +362,18 @@ class RunRegistry:
                 if pid is not None and not is_alive(pid)
             ]
             for run_id, started_at in abandoned:
-                self._record_crashed(connection, run_id, started_at, runs_dir / run_id)
+                self._set_outcome(connection, run_id, "crashed", started_at, CRASHED)
+        # What each left, in a transaction of its own: files a crash left unreadable cost that
+        # run its details, never the run that is starting (nor the other crashed runs).
+        for run_id, started_at in abandoned:
+            try:
+                with self.writing() as connection:
+                    self._record_crashed(connection, run_id, started_at, runs_dir / run_id)
+            except (duckdb.Error, OSError, ValueError, TypeError, RegistryError) as error:
+                logger.warning(
+                    "run %s crashed; what it left in %s could not be recorded: %s",
+                    run_id, runs_dir / run_id, error,
+                )  # fmt: skip
         return [run_id for run_id, _ in abandoned]
 
     def _record_crashed(
@@ -381,7 +395,7 @@ class RunRegistry:
         for path, model in metrics:
             self._insert_metrics(connection, run_id, path, model)
         ended_at = _last_written([journal_path, *(path for path, _ in metrics)], started_at)
-        error = "the process ended without recording an outcome"
+        error = CRASHED
         if journal.unfinished:
             error += f" (during stage {', '.join(journal.unfinished)})"
         self._set_outcome(connection, run_id, "crashed", ended_at, error)

@@ -361,3 +361,26 @@ def test_a_crashed_run_that_left_no_files_ends_when_it_started_and_live_runs_are
         "SELECT (SELECT count(*) FROM stages), (SELECT count(*) FROM metrics)"
     )
     assert counts == [(0, 0)]
+
+
+def test_a_crashed_run_whose_journal_cannot_be_recorded_is_still_closed_and_spoils_no_other(
+    tmp_path, caplog
+):
+    registry = RunRegistry(tmp_path / "registry.duckdb")
+    _abandoned_run(registry, "odd", pid=4242)
+    _abandoned_run(registry, "fine", pid=4343)
+    odd = tmp_path / "runs" / "odd" / JOURNAL_FILE
+    odd.parent.mkdir(parents=True)
+    odd.write_text('{"event": "finished", "stage": "ingest", "seconds": "soon"}\n')
+    StageJournal(tmp_path / "runs" / "fine" / JOURNAL_FILE).finished(
+        StageRecord("ingest", "k", False, 0.5)
+    )
+
+    with caplog.at_level("WARNING", logger="storage.registry"):
+        closed = registry.close_abandoned_runs("me@here", lambda pid: False, tmp_path / "runs")
+
+    assert sorted(closed) == ["fine", "odd"]
+    assert registry.find_run("odd")["status"] == registry.find_run("fine")["status"] == "crashed"
+    assert registry.find_run("odd")["error"] == "the process ended without recording an outcome"
+    assert registry.query("SELECT run_id, stage FROM stages")[1] == [("fine", "ingest")]
+    assert f"run odd crashed; what it left in {odd.parent} could not be recorded" in caplog.text
