@@ -329,6 +329,31 @@ class PipelineConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _gpt_context_is_the_model_s(self) -> PipelineConfig:
+        """A gpt trains on its own `block_size` (`tasks.train.effective_train_config`), so a
+        different `block_size` in the train settings given for it alone would be ignored. A
+        ladder's shared `[train]` one is for the models without a context of their own."""
+        given = []  # (where, the train block_size given there, the model, its table)
+        if self.model is not None and "block_size" in self.train.model_fields_set:
+            given.append(("", self.train.block_size, self.model, "model"))
+        for index, entry in enumerate(self.models):
+            if "block_size" in entry.train:
+                table = f"models.{index}"
+                given.append((f"{table}.", entry.train["block_size"], entry.model, table))
+        for variant in self.ablation.variants if self.model is not None else []:
+            if "block_size" in variant.train:
+                model = self.model.model_copy(update=variant.model)
+                where = f"ablation variant '{variant.name}': "
+                given.append((where, variant.train["block_size"], model, "model"))
+        for where, block_size, model, table in given:
+            if model.kind == "gpt" and block_size != model.block_size:
+                raise ValueError(
+                    f"{where}train.block_size ({block_size}) does not apply to a gpt, which "
+                    f"trains on its own context: set {table}.block_size (now {model.block_size})"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _one_way_to_name_models(self) -> PipelineConfig:
         if self.model is not None and self.models:
             raise ValueError("give either [model] or [[models]], not both")

@@ -153,3 +153,27 @@ def test_tokenizers_compare_refuses_options_it_cannot_use(workspace, args, expec
     result = CliRunner().invoke(app, ["tokenizers", "compare", *args])
     assert result.exit_code in (1, 2) and isinstance(result.exception, SystemExit)
     assert expected in " ".join(result.output.replace("│", " ").split())
+
+
+@pytest.mark.parametrize(
+    "config, override, expected",
+    [
+        ("default", "train.block_size=256", "train.block_size (256) does not apply to a gpt"),
+        ("names", "models.3.train.block_size=32", "set models.3.block_size (now 16)"),
+        (
+            "ablation",
+            'ablation.variants=[{name="x", train={block_size=8}}]',
+            "ablation variant 'x': train.block_size (8) does not apply to a gpt",
+        ),
+    ],
+)
+def test_a_train_block_size_a_gpt_would_ignore_is_refused(config, override, expected):
+    # The gpt trained on model.block_size and the setting was dropped without a word.
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        load_config(config, [override])
+
+
+def test_a_train_block_size_that_agrees_with_the_gpt_or_serves_a_ladder_is_kept():
+    assert load_config("default", ["train.block_size=128"]).train.block_size == 128
+    ladder = load_config("names", ["train.block_size=32"]).model_runs()
+    assert [run.train.block_size for run in ladder] == [32, 32, 32, 32]  # the gpt: its own 16
