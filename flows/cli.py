@@ -408,6 +408,7 @@ def tokenizers_compare(
     import tempfile
 
     import duckdb
+    from pydantic import ValidationError
 
     from lm.config import TokenizerConfig
     from lm.tokenizer import TokenizerError, train_tokenizer
@@ -429,16 +430,24 @@ def tokenizers_compare(
         if settings.model is None:
             raise _fail(f"{config or 'default'}: --train-steps needs a config with a [model]")
     try:
+        tokenizer_configs = {
+            k: TokenizerConfig(kind=k, vocab_size=vocab_size) for k in ("bpe", "unigram")
+        }
+    except ValidationError as error:
+        raise _fail(
+            f"--vocab-size: {error.errors()[0]['msg'].removeprefix('Value error, ')}"
+        ) from None
+    try:
         with sql_session(_registry(), workspace.root) as connection:
             version = find_corpus_version(connection, digest)
     except (RegistryError, duckdb.Error) as error:
         raise _fail(str(error)) from None
     corpus_digest, documents = version["digest"], version["parquet_path"]
     rows = []
-    for kind in ("bpe", "unigram"):
+    for kind, tokenizer_config in tokenizer_configs.items():
         train = (t for batch in iter_split_texts(Path(documents), "train") for t in batch)
         try:
-            tokenizer = train_tokenizer(train, TokenizerConfig(kind=kind, vocab_size=vocab_size))
+            tokenizer = train_tokenizer(train, tokenizer_config)
         except TokenizerError as error:
             raise _fail(f"{kind}: {error}") from None
         stats = tokenizer_statistics(tokenizer, iter_split_texts(Path(documents), "val"))

@@ -160,6 +160,22 @@ class TokenizerConfig(StrictModel):
     unknown_chars: Literal["unk", "bytes", "error"] = "unk"
     seed: int = 1
 
+    @model_validator(mode="after")
+    def _room_for_the_byte_pieces(self) -> TokenizerConfig:
+        """SentencePiece with byte fallback needs a piece for each of the 256 bytes, <unk>,
+        end-of-text, the newline, the escape of its space mark (`lm/tokenizer.py`) and each user
+        symbol, before any character of the corpus: said at load time, not once the data
+        stages have run."""
+        if self.kind == "char" or not self.byte_fallback:
+            return self
+        floor = 256 + 4 + len(self.user_defined_symbols)
+        if self.vocab_size <= floor:
+            raise ValueError(
+                f"vocab_size ({self.vocab_size}) is too small: byte_fallback takes {floor} pieces "
+                "(256 bytes and the special pieces), and the corpus's characters more"
+            )
+        return self
+
 
 class Word2VecConfig(StrictModel):
     """gensim word2vec on the clean train split, as words or as tokenizer pieces (pieces give

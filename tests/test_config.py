@@ -143,6 +143,7 @@ def test_what_a_flow_would_refuse_is_one_line_before_the_flow_starts(workspace, 
         (["--vocab-size", "0"], "greater than or equal to 2"),  # was a pydantic traceback
         (["--train-steps", "-5"], "greater than or equal to 0"),  # was read as 0
         (["--config", "names"], "--config is read only with --train-steps"),  # was ignored
+        (["--vocab-size", "10"], "--vocab-size: vocab_size (10) is too small"),  # a traceback
     ],
 )
 def test_tokenizers_compare_refuses_options_it_cannot_use(workspace, args, expected):
@@ -177,3 +178,11 @@ def test_a_train_block_size_that_agrees_with_the_gpt_or_serves_a_ladder_is_kept(
     assert load_config("default", ["train.block_size=128"]).train.block_size == 128
     ladder = load_config("names", ["train.block_size=32"]).model_runs()
     assert [run.train.block_size for run in ladder] == [32, 32, 32, 32]  # the gpt: its own 16
+
+
+def test_a_vocabulary_too_small_for_the_byte_pieces_is_refused_at_load_time():
+    # SentencePiece said so only after ingest and cleaning had run.
+    with pytest.raises(ConfigError, match=re.escape("vocab_size (10) is too small: byte_fallback")):
+        load_config("default", ["tokenizer.vocab_size=10"])
+    load_config("default", ["tokenizer.vocab_size=10", "tokenizer.byte_fallback=false"])
+    load_config("names", ["tokenizer.vocab_size=10"])  # a char vocabulary comes from the data
