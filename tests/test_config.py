@@ -186,3 +186,14 @@ def test_a_vocabulary_too_small_for_the_byte_pieces_is_refused_at_load_time():
         load_config("default", ["tokenizer.vocab_size=10"])
     load_config("default", ["tokenizer.vocab_size=10", "tokenizer.byte_fallback=false"])
     load_config("names", ["tokenizer.vocab_size=10"])  # a char vocabulary comes from the data
+
+
+@pytest.mark.parametrize(
+    "override", ["train.learning_rate=inf", "train.weight_decay=inf", "retrain.margin=nan"]
+)
+def test_an_infinite_or_nan_setting_is_refused(override):
+    # inf passed every lower bound (an infinite learning rate), nan every check that was not a
+    # bound, and training or promotion then failed or misjudged long after the config loaded.
+    key = override.partition("=")[0]
+    with pytest.raises(ConfigError, match=re.escape(f"'{key}': Input should be a finite number")):
+        load_config("default", [override])
