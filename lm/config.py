@@ -46,7 +46,7 @@ class SourceConfig(StrictModel):
 class IngestConfig(StrictModel):
     sources: list[SourceConfig] = Field(min_length=1)
     encoding_errors: Literal["strict", "replace"] = "strict"
-    url_timeout_s: float = 30.0
+    url_timeout_s: float = Field(30.0, gt=0.0)
     row_group_docs: int = Field(2000, ge=1)
 
     @model_validator(mode="before")

@@ -31,8 +31,9 @@ class TrainConfig(StrictModel):
     warmup_steps: int = Field(20, ge=0)
     decay_fraction: float = Field(0.2, gt=0.0, le=1.0, description="WSD: final decay share")
     weight_decay: float = Field(0.1, ge=0.0)
-    beta1: float = 0.9
-    beta2: float = 0.95
+    # AdamW's betas: torch refuses one outside [0, 1), but only once training starts.
+    beta1: float = Field(0.9, ge=0.0, lt=1.0)
+    beta2: float = Field(0.95, ge=0.0, lt=1.0)
     grad_clip: float = Field(1.0, ge=0.0, description="0 turns clipping off")
     # Evaluate, keep and publish an exponential moving average of the weights with this decay
     # (0.999 averages over about the last 1000 steps); 0 turns it off. See lm/weight_average.py.

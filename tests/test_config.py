@@ -197,3 +197,19 @@ def test_an_infinite_or_nan_setting_is_refused(override):
     key = override.partition("=")[0]
     with pytest.raises(ConfigError, match=re.escape(f"'{key}': Input should be a finite number")):
         load_config("default", [override])
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("train.beta2=1.5", "'train.beta2': Input should be less than 1"),  # torch, at step 0
+        ("train.beta1=-0.1", "'train.beta1': Input should be greater than or equal to 0"),
+        ("model.rope_base=0", "'model.rope_base': Input should be greater than 0"),
+        ("ingest.url_timeout_s=-1", "'ingest.url_timeout_s': Input should be greater than 0"),
+        ("model.mlp_ratio=0.001", "mlp_ratio (0.001) × n_embd (128) leaves the MLP no hidden"),
+        ("model.n_embd=12", "rope needs an even head size, not 3 (n_embd 12 / n_head 4)"),
+    ],
+)
+def test_a_setting_training_could_not_use_is_refused_at_load_time(override, expected):
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        load_config("default", [override])

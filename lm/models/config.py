@@ -73,7 +73,7 @@ class GPTConfig(StrictModel):
     # the last, so a deep model on little data cannot lean on any one block.
     drop_path: float = Field(0.0, ge=0.0, lt=1.0)
     mlp_ratio: float = Field(4.0, gt=0.0)
-    rope_base: float = 10000.0
+    rope_base: float = Field(10000.0, gt=0.0)
     attention: Literal["sdpa", "math"] = "sdpa"
     # "word2vec": token embeddings start from vectors trained on the same tokenizer's pieces
     # (projected to n_embd when the sizes differ; see lm/models/embeddings.py).
@@ -112,7 +112,15 @@ class GPTConfig(StrictModel):
                 f"n_head ({self.n_head}) must be divisible by n_kv_heads ({self.kv_heads})"
             )
         if self.pos == "rope" and self.head_dim % 2:
-            raise ValueError(f"rope needs an even head size, not {self.head_dim}")
+            raise ValueError(
+                f"rope needs an even head size, not {self.head_dim} "
+                f"(n_embd {self.n_embd} / n_head {self.n_head})"
+            )
+        if self.hidden_dim < 1:
+            raise ValueError(
+                f"mlp_ratio ({self.mlp_ratio}) × n_embd ({self.n_embd}) leaves the MLP "
+                "no hidden units"
+            )
         return self
 
 
