@@ -378,6 +378,14 @@ class PipelineConfig(StrictModel):
             raise ValueError(f"model labels must differ: {labels} (set `name` on [[models]])")
         return self
 
+    @model_validator(mode="after")
+    def _models_have_a_val_split(self) -> PipelineConfig:
+        """Training evaluates on the val split (`train.eval_every`, early stopping, the best
+        checkpoint), so a run with models needs one: said before the data stages run."""
+        if (self.model is not None or self.models) and self.split.val == 0:
+            raise ValueError("split.val is 0, but training evaluates on the val split: raise it")
+        return self
+
     def ablation_runs(self) -> list[tuple[str, int, ModelRun]]:
         """(variant, seed, model run) for every arm of `[ablation]`, over the base `[model]`."""
         if self.model is None:

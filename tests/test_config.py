@@ -213,3 +213,14 @@ def test_an_infinite_or_nan_setting_is_refused(override):
 def test_a_setting_training_could_not_use_is_refused_at_load_time(override, expected):
     with pytest.raises(ConfigError, match=re.escape(expected)):
         load_config("default", [override])
+
+
+def test_a_run_with_models_and_no_val_split_is_refused_at_load_time(tmp_path):
+    # Training failed on the empty val split only after every data stage had run.
+    with pytest.raises(ConfigError, match=r"split\.val is 0, but training evaluates on the val"):
+        load_config("default", ["split.val=0"])
+    with pytest.raises(ConfigError, match=r"split\.val is 0"):
+        load_config("names", ["split.val=0"])
+    data_only = tmp_path / "data.toml"
+    data_only.write_text('[ingest]\nsources = ["notes/"]\n[split]\nval = 0.0\n')
+    assert load_config(str(data_only)).split.val == 0  # no model: nothing evaluates on val
