@@ -430,8 +430,10 @@ def resolve_preset(config: str | None) -> Path:
     if config is None:
         config = DEFAULT_PRESET
     path = Path(config).expanduser()
-    if path.suffix != ".toml" and not path.exists():
-        path = REPO_CONFIGS / f"{config}.toml"
+    if path.suffix != ".toml" and not path.is_file():
+        preset = REPO_CONFIGS / f"{config}.toml"
+        if preset.is_file() or not path.is_dir():  # a folder `names/` does not hide a preset
+            path = preset
     if path.is_dir():
         raise ConfigError(f"{config}: is a folder, not a config file (a TOML file or a preset)")
     if not path.is_file():

@@ -224,3 +224,12 @@ def test_a_run_with_models_and_no_val_split_is_refused_at_load_time(tmp_path):
     data_only = tmp_path / "data.toml"
     data_only.write_text('[ingest]\nsources = ["notes/"]\n[split]\nval = 0.0\n')
     assert load_config(str(data_only)).split.val == 0  # no model: nothing evaluates on val
+
+
+def test_a_folder_named_like_a_preset_does_not_hide_the_preset(tmp_path, monkeypatch):
+    (tmp_path / "names").mkdir()  # a data folder, say
+    monkeypatch.chdir(tmp_path)
+    assert load_config("names").name == "names"
+    (tmp_path / "notes").mkdir()
+    with pytest.raises(ConfigError, match=r"notes: is a folder, not a config file"):
+        load_config("notes")
