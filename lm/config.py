@@ -379,6 +379,24 @@ class PipelineConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _eval_window_fits_every_gpt(self) -> PipelineConfig:
+        """A gpt scores windows up to its context: a longer `eval.window` is said here, not by
+        the evaluate stage once the model has trained."""
+        if self.eval.window is None:
+            return self
+        models = [(f"model '{run.label}'", run.model) for run in self.model_runs()]
+        if self.model is not None:
+            models += [(f"ablation variant '{v.name}'", self.model.model_copy(update=v.model))
+                       for v in self.ablation.variants]  # fmt: skip
+        for label, model in models:
+            if model.kind == "gpt" and self.eval.window > model.block_size:
+                raise ValueError(
+                    f"eval.window ({self.eval.window}) is longer than the context of {label} "
+                    f"(block_size {model.block_size}): lower eval.window"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _models_have_a_val_split(self) -> PipelineConfig:
         """Training evaluates on the val split (`train.eval_every`, early stopping, the best
         checkpoint), so a run with models needs one: said before the data stages run."""

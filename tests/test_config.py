@@ -233,3 +233,14 @@ def test_a_folder_named_like_a_preset_does_not_hide_the_preset(tmp_path, monkeyp
     (tmp_path / "notes").mkdir()
     with pytest.raises(ConfigError, match=r"notes: is a folder, not a config file"):
         load_config("notes")
+
+
+def test_an_eval_window_longer_than_a_gpt_s_context_is_refused_at_load_time():
+    # The evaluate stage said so once the model had trained.
+    expected = "eval.window (17) is longer than the context of model 'gpt' (block_size 16)"
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        load_config("names", ["eval.window=17"])
+    variant = 'ablation.variants=[{name="short", model={block_size=32}}]'
+    with pytest.raises(ConfigError, match=r"context of ablation variant 'short' \(block_size 32\)"):
+        load_config("ablation", ["eval.window=64", variant])
+    assert load_config("names", ["eval.window=16"]).eval.window == 16
