@@ -244,3 +244,12 @@ def test_an_eval_window_longer_than_a_gpt_s_context_is_refused_at_load_time():
     with pytest.raises(ConfigError, match=r"context of ablation variant 'short' \(block_size 32\)"):
         load_config("ablation", ["eval.window=64", variant])
     assert load_config("names", ["eval.window=16"]).eval.window == 16
+
+
+def test_a_long_error_is_one_line_on_a_pipe(workspace, tmp_path):
+    # Piped stderr is 200 columns wide, and a longer message was cut into two lines.
+    missing = tmp_path / ("a-long-folder-name-" * 12) / "config.toml"
+    result = run_cli("size", str(missing), check=False)
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"error: {missing}: no such config file (presets: ")
