@@ -92,6 +92,8 @@ def _run_flow(name: str, config: str | None, overrides: list[str] | None) -> dic
         workspace.ensure()
     except (ConfigError, WorkspaceError) as error:
         raise _fail(str(error)) from None
+    arms = [arm for *_, arm in settings.ablation_runs()] if name == "ablation" else []
+    _check_init_from([run.train for run in arms or settings.model_runs()], workspace)
     from flows.prefect_server import ServerError, ensure_server
 
     try:
@@ -126,6 +128,21 @@ def _run_flow(name: str, config: str | None, overrides: list[str] | None) -> dic
             "time: run again, raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, or let runs "
             "share the workspace's background server (unset LMFORGE_PREFECT_SERVER)"
         ) from None
+
+
+def _check_init_from(trains: list, workspace) -> None:
+    """A `train.init_from` that names no checkpoint is said now, not by the train stage once
+    the data stages have run."""
+    if not any(train.init_from for train in trains):
+        return
+    from lm.train_config import TrainingError
+    from tasks.train import init_checkpoint
+
+    try:
+        for train in trains:
+            init_checkpoint(train, workspace)
+    except TrainingError as error:
+        raise _fail(str(error)) from None
 
 
 def _print_stages(summary: dict) -> None:

@@ -125,6 +125,10 @@ def test_an_ablation_variant_s_unknown_key_names_the_nearest():
             "default.toml: ablation variant 'a': unknown key 'n_emb' (did you mean 'n_embd'?)",
         ),
         (["retrain", "names", "--set", "models=[]"], "names.toml: retrain needs a [model]"),
+        (  # the train stage said so once every data stage had run
+            ["run", "default", "--set", 'train.init_from="no/such/model"'],
+            "train.init_from: ",
+        ),
     ],
 )
 def test_what_a_flow_would_refuse_is_one_line_before_the_flow_starts(workspace, args, expected):
