@@ -94,6 +94,7 @@ def _run_flow(name: str, config: str | None, overrides: list[str] | None) -> dic
         raise _fail(str(error)) from None
     arms = [arm for *_, arm in settings.ablation_runs()] if name == "ablation" else []
     _check_init_from([run.train for run in arms or settings.model_runs()], workspace)
+    _check_sources(settings, resolve_preset(config))
     from flows.prefect_server import ServerError, ensure_server
 
     try:
@@ -128,6 +129,18 @@ def _run_flow(name: str, config: str | None, overrides: list[str] | None) -> dic
             "time: run again, raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, or let runs "
             "share the workspace's background server (unset LMFORGE_PREFECT_SERVER)"
         ) from None
+
+
+def _check_sources(settings, config_path: Path) -> None:
+    """A source that names no file (a typo, a glob that matches nothing, an empty folder) is
+    said before the flow starts, naming the config; ingest would find it too, after Prefect had
+    started and logged the error's traceback. URLs are left to ingest: nothing is fetched here."""
+    from lm.text.sources import InputError, resolve_sources
+
+    try:
+        resolve_sources(settings.ingest.sources)
+    except InputError as error:
+        raise _fail(f"{config_path}: ingest.sources: {error}") from None
 
 
 def _check_init_from(trains: list, workspace) -> None:

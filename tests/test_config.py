@@ -125,6 +125,10 @@ def test_an_ablation_variant_s_unknown_key_names_the_nearest():
             "default.toml: ablation variant 'a': unknown key 'n_emb' (did you mean 'n_embd'?)",
         ),
         (["retrain", "names", "--set", "models=[]"], "names.toml: retrain needs a [model]"),
+        (  # ingest said so, after Prefect had logged the error's traceback
+            ["run", "default", "--set", 'ingest.sources=["no/such/file.txt"]'],
+            "default.toml: ingest.sources: no/such/file.txt: no such file or directory",
+        ),
         (  # the train stage said so once every data stage had run
             ["run", "default", "--set", 'train.init_from="no/such/model"'],
             "train.init_from: ",
