@@ -509,6 +509,10 @@ def _describe(
         else:  # a union of plain types fails once per member: one problem, its messages
             problem = f"'{key}': " if key else ""
         message = item["msg"].removeprefix("Value error, ")
+        if item["type"] in TABLE_ERRORS:  # pydantic's words for a table: a "dictionary"
+            message = f"should be a table, not {_toml_type(item['input'])}"
+        elif item["type"] == "list_type":
+            message = f"should be an array, not {_toml_type(item['input'])}"
         problems.setdefault((key, problem), []).append(message)
     lines = []
     for (key, problem), messages in problems.items():
@@ -516,6 +520,16 @@ def _describe(
             problem += " or ".join(messages)
         lines.append(problem + _from_overrides(key, overrides))
     return "; ".join(lines)
+
+
+TABLE_ERRORS = ("model_type", "model_attributes_type", "dict_type")
+
+
+def _toml_type(value: Any) -> str:
+    """What a parsed TOML value was written as."""
+    names = {bool: "a boolean", int: "an integer", float: "a float", str: "a string",
+             list: "an array", dict: "a table"}  # fmt: skip
+    return next((name for kind, name in names.items() if isinstance(value, kind)), "a date")
 
 
 def _written_key(loc: tuple, root: type[BaseModel]) -> tuple[str, list[str], Any]:

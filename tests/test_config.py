@@ -261,3 +261,13 @@ def test_a_long_error_is_one_line_on_a_pipe(workspace, tmp_path):
     assert result.returncode == 1
     [line] = result.stderr.splitlines()
     assert line.startswith(f"error: {missing}: no such config file (presets: ")
+
+
+def test_a_table_or_array_written_as_something_else_is_named_in_toml_s_words(tmp_path):
+    # pydantic says "a valid dictionary or object to extract fields from" for a table.
+    config = tmp_path / "array.toml"
+    config.write_text('[ingest]\nsources = ["x"]\n[[model]]\nkind = "gpt"\n')
+    with pytest.raises(ConfigError, match=r"'model': should be a table, not an array$"):
+        load_config(str(config))
+    with pytest.raises(ConfigError, match=r"'ingest\.sources': should be an array, not a string"):
+        load_config("default", ['ingest.sources="notes/"'])
