@@ -587,16 +587,21 @@ def _nearest(key: str, siblings: list[str]) -> str:
 
 
 def _from_overrides(key: str, overrides: list[str] | None) -> str:
-    """`, from --set KEY=VALUE` for each override that set this key, a table holding it, or a
-    key inside it (a table's own check, `model`: n_embd must be divisible by n_head)."""
+    """`, from --set KEY=VALUE` for each override that set this key or a table holding it, and
+    `, with --set KEY=VALUE` for each that set a key inside it (a table's own check, `model`:
+    n_embd must be divisible by n_head, may be the file's doing as much as the override's)."""
     if not key:
         return ""
-    matching = []
+    setting, inside = [], []
     for override in overrides or []:
         set_key = ".".join(part.strip() for part in override.partition("=")[0].split("."))
-        if key == set_key or key.startswith(set_key + ".") or set_key.startswith(key + "."):
-            matching.append(f"--set {override}")
-    return f", from {', '.join(matching)}" if matching else ""
+        if key == set_key or key.startswith(set_key + "."):
+            setting.append(f"--set {override}")
+        elif set_key.startswith(key + "."):
+            inside.append(f"--set {override}")
+    said = [f"from {', '.join(setting)}"] if setting else []
+    said += [f"with {', '.join(inside)}"] if inside else []
+    return "".join(f", {part}" for part in said)
 
 
 def _apply_override(data: dict[str, Any], override: str, path: Path) -> None:

@@ -100,7 +100,7 @@ def test_a_problem_a_set_caused_names_that_set():
         "'train.max_steps': Input should be greater than or equal to 1, from --set train.max_st"
         in message
     )
-    assert "divisible by n_head (4), from --set model.n_embd=130" in message
+    assert "divisible by n_head (4), with --set model.n_embd=130" in message
 
 
 def test_an_ablation_variant_s_unknown_key_names_the_nearest():
