@@ -5,6 +5,7 @@ from __future__ import annotations
 import bz2
 import json
 import random
+import time
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -79,3 +80,13 @@ def readme_sections(folder: Path) -> Path:
     for number, section in enumerate(readme.split("\n## ")):
         (folder / f"section{number:02d}.md").write_text(section)
     return folder
+
+
+def wait_until(condition, timeout_s: float) -> bool:
+    """Poll `condition` every 50 ms; whether it came true within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True

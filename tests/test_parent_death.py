@@ -6,13 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from lm.parent_death import PARENT_PID_VARIABLE
 from storage.processes import pid_alive
+from tests.helpers import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
@@ -25,15 +25,6 @@ def run_check(parent: str) -> subprocess.CompletedProcess:
     env = os.environ | {PARENT_PID_VARIABLE: parent}
     return subprocess.run([sys.executable, "-c", CHECK], env=env, cwd=REPO, capture_output=True,
                           text=True, timeout=60)  # fmt: skip
-
-
-def wait_until(condition, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 @linux_only

@@ -22,6 +22,7 @@ import pytest
 from flows import prefect_server
 from flows.prefect_server import ensure_server, running_server, starting_server, stop_server
 from storage.processes import pid_alive
+from tests.helpers import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -53,15 +54,6 @@ def stand_in_command(folder: Path):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "server.py").write_text(STAND_IN)
     return lambda port: [sys.executable, str(folder / "server.py"), str(port), str(folder)]
-
-
-def wait_until(condition, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def started_pids(folder: Path) -> list[int]:
