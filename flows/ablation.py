@@ -24,7 +24,6 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.pipeline import (
-    RunContext,
     build_corpus,
     build_tokenizer,
     encode_corpus,
@@ -45,9 +44,7 @@ from lm.ablation_table import (
     summarize,
 )
 from lm.config import ConfigError, load_config, resolve_preset
-from storage.artifacts import Descriptor
-from storage.registry import DatasetRecord, ModelRecord, TokenizerRecord
-from tasks.record import record_task
+from storage.registry import ModelRecord
 
 logger = logging.getLogger("lm.ablation")
 
@@ -113,10 +110,7 @@ def ablation(config: str | None = "ablation", overrides: list[str] | None = None
             )
         log_data_metrics(run, corpus, tokenizer, shards)
         failure = _failure_message(table, len(arms), folder / TABLE_FILE) if failed else None
-        if failure is None:
-            record_success(run, corpus, tokenizer, models)
-        else:
-            _record_partial(run, corpus, tokenizer, models, failure)
+        record_success(run, corpus, tokenizer, models, failed_with=failure)
     except BaseException as error:
         record_failure(run, error, models)
         raise
@@ -144,30 +138,6 @@ def _failure_message(table: AblationTable, arms: int, table_path: Path) -> str:
     return (
         f"ablation: {len(table.failed)} of {arms} variant × seed runs failed ({where}): "
         + "; ".join(table.failure_lines())
-    )
-
-
-def _record_partial(
-    run: RunContext,
-    corpus: Descriptor,
-    tokenizer: Descriptor,
-    models: list[ModelRecord],
-    error: str,
-) -> None:
-    """The run is failed, but what it produced is recorded as a completed run's would be: the
-    corpus, the tokenizer and every model that finished, beside the error naming the others."""
-    record_task(
-        run.run_id,
-        "failed",
-        run.stages,
-        [DatasetRecord(corpus.digest, corpus.key, corpus.path, corpus.stats)],
-        corpus.digest,
-        str(run.metrics.path),
-        error=error,
-        tokenizers=[
-            TokenizerRecord(tokenizer.digest, corpus.digest, tokenizer.path, tokenizer.stats)
-        ],
-        models=models,
     )
 
 

@@ -409,15 +409,23 @@ def log_data_metrics(
 
 
 def record_success(
-    run: RunContext, corpus: Descriptor, tokenizer: Descriptor, models: list[ModelRecord]
+    run: RunContext,
+    corpus: Descriptor,
+    tokenizer: Descriptor,
+    models: list[ModelRecord],
+    failed_with: str | None = None,
 ) -> None:
+    """Record the run with everything it produced: the corpus, the tokenizer, the models.
+    With `failed_with`, the run is failed though it produced them (an ablation some of whose
+    variants failed), the error naming what did not finish."""
     record_task(
         run.run_id,
-        "completed",
+        "failed" if failed_with else "completed",
         run.stages,
         [DatasetRecord(corpus.digest, corpus.key, corpus.path, corpus.stats)],
         corpus.digest,
         str(run.metrics.path),
+        error=failed_with,
         tokenizers=[
             TokenizerRecord(tokenizer.digest, corpus.digest, tokenizer.path, tokenizer.stats)
         ],
