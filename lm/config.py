@@ -356,9 +356,8 @@ class PipelineConfig(StrictModel):
             if "block_size" in entry.train:
                 table = f"models.{index}"
                 given.append((f"{table}.", entry.train["block_size"], entry.model, table))
-        for variant in self.ablation.variants if self.model is not None else []:
+        for variant, model in self._variant_models():
             if "block_size" in variant.train:
-                model = self.model.model_copy(update=variant.model)
                 where = f"ablation variant '{variant.name}': "
                 given.append((where, variant.train["block_size"], model, "model"))
         for where, block_size, model, table in given:
@@ -385,9 +384,7 @@ class PipelineConfig(StrictModel):
         if self.eval.window is None:
             return self
         models = [(f"model '{run.label}'", run.model) for run in self.model_runs()]
-        if self.model is not None:
-            models += [(f"ablation variant '{v.name}'", self.model.model_copy(update=v.model))
-                       for v in self.ablation.variants]  # fmt: skip
+        models += [(f"ablation variant '{v.name}'", model) for v, model in self._variant_models()]
         for label, model in models:
             if model.kind == "gpt" and self.eval.window > model.block_size:
                 raise ValueError(
@@ -395,6 +392,13 @@ class PipelineConfig(StrictModel):
                     f"(block_size {model.block_size}): lower eval.window"
                 )
         return self
+
+    def _variant_models(self) -> list[tuple[AblationVariant, ModelConfig]]:
+        """Each ablation variant with its model (the base `[model]` with its changes), for the
+        checks above; unvalidated: `ablation_runs` validates them and names a bad one."""
+        if self.model is None:
+            return []
+        return [(v, self.model.model_copy(update=v.model)) for v in self.ablation.variants]
 
     @model_validator(mode="after")
     def _models_have_a_val_split(self) -> PipelineConfig:

@@ -34,6 +34,7 @@ logger = logging.getLogger("storage.artifacts")
 DONE_MARKER = "DONE"
 DESCRIPTOR_FILE = "descriptor.json"
 MANIFEST_FILE = "manifest.json"
+STAGING_INFIX = ".partial-"  # <key>.partial-<pid>-<nonce>: a build in progress
 _REPORTED_DAMAGE: set[tuple[Path, str]] = set()  # (folder, problem) warned about
 
 
@@ -85,7 +86,7 @@ class ArtifactStore:
         """Yield an empty staging directory; on success publish it as `key` atomically."""
         self.base.mkdir(parents=True, exist_ok=True)
         self.remove_abandoned_builds()
-        staging = self.base / f"{key}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        staging = self.base / staging_name(key)
         staging.mkdir()
         try:
             yield staging
@@ -119,7 +120,7 @@ class ArtifactStore:
             # An incomplete or damaged leftover: moved aside in one rename, so the key's
             # directory is never half deleted, then replaced. A process rebuilding the same key
             # may move it first, or publish first: either way one whole output ends up there.
-            aside = final.with_name(f"{final.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            aside = final.with_name(staging_name(final.name))
             with contextlib.suppress(FileNotFoundError):
                 os.rename(final, aside)
             try:
@@ -132,13 +133,25 @@ class ArtifactStore:
 
     def remove_abandoned_builds(self) -> None:
         """Delete staging directories whose process is gone (killed mid-build)."""
-        for staging in self.base.glob("*.partial-*"):
-            try:
-                pid = int(staging.name.rsplit(".partial-", 1)[1].split("-")[0])
-            except (IndexError, ValueError):
-                continue
-            if not pid_alive(pid):
+        for staging in self.base.glob(f"*{STAGING_INFIX}*"):
+            pid = staging_owner(staging)
+            if pid is not None and not pid_alive(pid):
                 shutil.rmtree(staging, ignore_errors=True)
+
+
+def staging_name(name: str) -> str:
+    """`<name>.partial-<pid>-<nonce>`: this process's staging folder for `name`."""
+    return f"{name}{STAGING_INFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def staging_owner(folder: Path) -> int | None:
+    """The pid a staging folder's name `<key>.partial-<pid>-<nonce>` holds; None for a name
+    without one (not ours to judge)."""
+    try:
+        pid = int(folder.name.rsplit(STAGING_INFIX, 1)[1].split("-")[0])
+    except (IndexError, ValueError):
+        return None
+    return pid if pid > 0 else None
 
 
 def write_manifest(folder: Path) -> None:

@@ -25,12 +25,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from storage.artifacts import STAGING_INFIX, staging_owner
 from storage.processes import pid_alive
 from storage.workspace import Workspace
 
 WORK_SUFFIX = ".work"
-WORK_LOCK = "lock"  # the file tasks/train.py flocks while it trains a key
-STAGING_INFIX = ".partial-"
+WORK_LOCK = "lock"  # the file a training flocks in its work folder (tasks/train.py)
 PRUNED_INFIX = ".pruned-"
 
 
@@ -117,11 +117,8 @@ def _owner_alive(folder: Path) -> bool:
     no owner; one whose name holds no process id is not ours to judge, and is kept."""
     if PRUNED_INFIX in folder.name:
         return False
-    try:
-        pid = int(folder.name.rsplit(STAGING_INFIX, 1)[1].split("-")[0])
-    except (IndexError, ValueError):
-        return True
-    return pid > 0 and pid_alive(pid)
+    pid = staging_owner(folder)
+    return pid is None or pid_alive(pid)
 
 
 def _describe(folder: Path, kind: str) -> Leftover:

@@ -28,6 +28,7 @@ from lm.models.config import BigramCountConfig, ModelConfig, uses_word2vec
 from lm.tokenizer import load_tokenizer
 from lm.train_config import TrainConfig, TrainingError
 from storage.artifacts import ArtifactStore, Descriptor
+from storage.prune import WORK_LOCK, WORK_SUFFIX
 from storage.shards import open_shard
 from storage.workspace import Workspace
 from tasks.caching import cache_key_from, code_digest, module_sources, stage_key
@@ -50,7 +51,7 @@ def train_store(workspace: Workspace) -> ArtifactStore:
 def work_folder(store: ArtifactStore, key: str) -> Path:
     """Where the training of `key` keeps its checkpoints and its curve (`METRICS_FILE`) until
     it is published: the flow notes it, so a run killed mid-training still has its curve."""
-    return store.base / f"{key}.work"
+    return store.base / f"{key}{WORK_SUFFIX}"
 
 
 def effective_train_config(model: ModelConfig, train: TrainConfig) -> TrainConfig:
@@ -133,7 +134,7 @@ def train_task(
     vocab_size = load_tokenizer(workspace.resolve(tokenizer.path)).vocab_size
     work = work_folder(store, key)
     work.mkdir(parents=True, exist_ok=True)
-    with open(work / "lock", "a+") as lock:
+    with open(work / WORK_LOCK, "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one process trains a key; a second waits for it
         existing = store.load_descriptor(key)
         if existing is not None:
