@@ -163,9 +163,10 @@ def stream_text(
     decode is dropped from both."""
     ids = list(prompt_ids)
     start, read = 0, len(ids)  # the window, and where its text already yielded ends
+    seen = len(tokenizer.decode(ids))  # the length of the window's text already yielded
 
     def new_text() -> str:
-        return tokenizer.decode(ids[start:])[len(tokenizer.decode(ids[start:read])) :]
+        return tokenizer.decode(ids[start:])[seen:]
 
     for token in new_ids:
         ids.append(token)
@@ -173,6 +174,7 @@ def stream_text(
         if text and not text.endswith(UNFINISHED):
             yield text
             start, read = read, len(ids)
+            seen = len(tokenizer.decode(ids[start:read]))
     text = new_text()
     if text:
         yield text
