@@ -500,8 +500,16 @@ def _describe(
     (pydantic's paths also hold the tags of unions, `model.gpt.n_layer`), an unknown key with
     the nearest valid one, and a problem in a key that a `--set` gave with that override."""
     problems: dict[tuple[str, str], list[str]] = {}
+    # (model table, its kind): the keys it holds that belong to other kinds, and those kinds
+    misplaced: dict[tuple[str, str], list[tuple[str, list[str]]]] = {}
     for item in error.errors():
         key, siblings, node = _written_key(item["loc"], root)
+        owners = _other_kinds_having(item["loc"]) if item["type"] == "extra_forbidden" else []
+        if owners:
+            misplaced.setdefault((key.rpartition(".")[0], item["loc"][-2]), []).append(
+                (key, owners)
+            )
+            continue
         if item["type"] == "extra_forbidden":
             problem = f"unknown key '{key}'" + _nearest(key, siblings)
         elif item["type"] == "union_tag_invalid":
@@ -518,7 +526,10 @@ def _describe(
         elif item["type"] == "list_type":
             message = f"should be an array, not {_toml_type(item['input'])}"
         problems.setdefault((key, problem), []).append(message)
-    lines = []
+    lines = [
+        _keys_of_another_kind(table, kind, keys, overrides)
+        for (table, kind), keys in misplaced.items()
+    ]
     for (key, problem), messages in problems.items():
         if problem.endswith(": ") or not problem:
             problem += " or ".join(messages)
@@ -527,6 +538,40 @@ def _describe(
 
 
 TABLE_ERRORS = ("model_type", "model_attributes_type", "dict_type")
+
+
+def _other_kinds_having(loc: tuple) -> list[str]:
+    """The model kinds, other than the one chosen, that have the key at `loc`: `['gpt']` for
+    `n_layer` in a `model` whose kind is `mlp` (pydantic's `loc` is `model.mlp.n_layer`)."""
+    if len(loc) < 2 or loc[-2] not in _kinds_of(ModelConfig):
+        return []
+    chosen, leaf = loc[-2], loc[-1]
+    return [
+        member.model_fields["kind"].default
+        for member in _union_members(ModelConfig)
+        if member.model_fields["kind"].default != chosen and leaf in member.model_fields
+    ]
+
+
+def _keys_of_another_kind(
+    table: str, kind: str, keys: list[tuple[str, list[str]]], overrides: list[str] | None
+) -> str:
+    """One problem for the keys a model table holds for another kind: most often a preset's
+    `gpt` keys left behind by `--set model.kind=mlp`, which pydantic calls unknown one by one."""
+    shared = set.intersection(*(set(owners) for _, owners in keys))
+    owners = [owner for owner in keys[0][1] if owner in shared]
+    if not owners:  # keys of different kinds: each is some other kind's
+        owners = list(dict.fromkeys(owner for _, key_owners in keys for owner in key_owners))
+    whose = " or ".join(f"'{owner}'" for owner in owners)
+    named = ", ".join(f"'{key}'" for key, _ in keys)
+    are = "are keys" if len(keys) > 1 else "is a key"
+    them = "them" if len(keys) > 1 else "it"
+    kind_key = f"{table}.kind"
+    source = _from_overrides(kind_key, overrides).removeprefix(", ")
+    return (
+        f"{kind_key} is '{kind}'{f' ({source})' if source else ''}, but {named} {are} of kind "
+        f"{whose}, not '{kind}': remove {them}, or start from a config written for kind '{kind}'"
+    )
 
 
 def _toml_type(value: Any) -> str:

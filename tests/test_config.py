@@ -84,6 +84,22 @@ def test_an_unknown_key_in_a_ladder_entry_is_named_as_written_with_its_nearest()
         load_config("names", ["models.2.hiddens=[0]"])
 
 
+def test_keys_left_from_another_model_kind_are_said_to_be_that_kind_s():
+    # The default preset's gpt keys were each an "unknown key", with no word of why.
+    with pytest.raises(ConfigError) as caught:
+        load_config("default", ["model.kind=mlp"])
+    assert str(caught.value).endswith(
+        "default.toml: model.kind is 'mlp' (from --set model.kind=mlp), but 'model.preset', "
+        "'model.block_size', 'model.n_layer', 'model.n_head', 'model.n_kv_heads' are keys of "
+        "kind 'gpt', not 'mlp': remove them, or start from a config written for kind 'mlp'"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config("names", ["models.2.kind=gpt"])
+    assert "'models.2.context', 'models.2.hiddens' are keys of kind 'mlp' or 'w2v'" in str(
+        caught.value
+    )
+
+
 def test_a_model_without_a_known_kind_lists_the_kinds():
     kinds = "'bigram-count', 'bigram', 'mlp', 'w2v', 'gpt'"
     with pytest.raises(ConfigError, match=re.escape(f"'model' needs a kind (one of {kinds})")):
