@@ -1,5 +1,6 @@
 """Checkpoint folders, without torch: which ones are complete and intact, which one to resume
-from, which one a run continues from (`init_from`), and the digest of its weights.
+from, which one a run continues from (`init_from`), the digest of its weights, and whether it
+was made with another tokenizer.
 
 A checkpoint is a directory written under a staging name and renamed, with `DONE` written last
 (after llm.c). Its `checkpoint.json` records the step, the tokenizer digest, how many ranks
@@ -41,6 +42,15 @@ def read_info(checkpoint: Path) -> dict:
     except (OSError, json.JSONDecodeError) as error:
         logger.warning("%s: unreadable (%s)", path, error)
         return {}
+
+
+def other_tokenizer(info: dict, digest: str | None) -> str | None:
+    """The tokenizer digest a checkpoint's `checkpoint.json` (`info`) records when it is not
+    `digest`: its token ids stand for other pieces, so its weights are another tokenizer's.
+    None when the two agree, or when either is unknown (a checkpoint written before digests
+    were recorded, a caller that has none)."""
+    recorded = info.get("tokenizer_digest")
+    return recorded if digest and recorded and recorded != digest else None
 
 
 def damage(checkpoint: Path) -> str | None:

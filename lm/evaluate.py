@@ -58,11 +58,19 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 
 from lm.batches import IGNORED_TARGET, scored_targets
+from lm.checkpoint_fit import first_misfit, tokenizer_difference
 from lm.checkpoints import DONE_MARKER, WEIGHTS_FILE, damage
 from lm.eval_config import EvalConfig
 from lm.models.base import LanguageModel
 from lm.progress import ProgressLog
-from lm.tokenizer import SPACE_SYMBOL, UNKNOWN, SentencePieceTokenizer, Tokenizer, load_tokenizer
+from lm.tokenizer import (
+    SPACE_SYMBOL,
+    UNKNOWN,
+    SentencePieceTokenizer,
+    Tokenizer,
+    load_tokenizer,
+    tokenizer_file,
+)
 from lm.train import TokenBatches
 
 logger = logging.getLogger("lm.evaluate")
@@ -381,7 +389,9 @@ CHECKPOINTS = ("best", "final")  # preferred first
 def load_trained(folder: Path) -> tuple[LanguageModel, Tokenizer]:
     """The model and tokenizer of a train artifact folder (`model.json`, `tokenizer/`, and the
     `best/` checkpoint, else `final/`), in eval mode on the CPU. A checkpoint whose files are
-    damaged (shorter than written, or unreadable) is skipped, with a warning, for the next."""
+    damaged (shorter than written, or unreadable) is skipped, with a warning, for the next. A
+    tokenizer the weights were not trained with, or a `model.json` that does not describe them
+    (files swapped or edited by hand), is a one-line error naming the file and what differs."""
     from lm.models.registry import MODELS, build_model
 
     model_file = folder / "model.json"
@@ -412,17 +422,33 @@ def load_trained(folder: Path) -> tuple[LanguageModel, Tokenizer]:
             logger.warning("%s: damaged checkpoint (%s), skipped", checkpoint, problem)
             problems.append(f"{checkpoint.name}/: {problem}")
             continue
-        try:
-            model.load_state_dict(weights)
-        except RuntimeError as error:
-            raise CheckpointError(
-                f"{checkpoint / WEIGHTS_FILE}: does not fit model.json: {error}"
-            ) from None
+        _check_fit(folder, checkpoint, config, tokenizer, model, weights)
+        model.load_state_dict(weights)
         return model.eval(), tokenizer
     raise CheckpointError(
         f"{folder}: no checkpoint can be read ({'; '.join(problems)}); rerun the pipeline to "
         "train the model again"
     )
+
+
+def _check_fit(folder, checkpoint, config, tokenizer, model, weights) -> None:
+    """Refuse weights of another tokenizer than the folder's, then weights that `model.json`
+    (whose model is `model`) does not describe: the tokenizer first, since a vocabulary of
+    another size changes shapes as well."""
+    difference = tokenizer_difference(checkpoint, tokenizer, config, model, weights)
+    if difference is not None:
+        raise CheckpointError(
+            f"{tokenizer_file(folder / 'tokenizer')} is not the tokenizer the model in {folder} "
+            f"was trained with ({difference}): its token ids would stand for other text; put "
+            "back the tokenizer/ folder the model was trained with, or train it again"
+        )
+    misfit = first_misfit(model.state_dict(), weights)
+    if misfit is not None:
+        raise CheckpointError(
+            f"{folder / 'model.json'} does not match the weights in "
+            f"{checkpoint / WEIGHTS_FILE}: {misfit}; put back the model.json they were "
+            "trained with, or train the model again"
+        )
 
 
 def _read_weights(checkpoint: Path) -> tuple[dict | None, str | None]:

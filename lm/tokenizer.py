@@ -573,17 +573,24 @@ def _explain_training_error(error: RuntimeError, config: TokenizerConfig, docume
     return TokenizerError(f"SentencePiece training failed: {message}")
 
 
+def tokenizer_file(folder: Path) -> Path:
+    """The model file `Tokenizer.save` wrote into `folder`, the one `load_tokenizer` reads:
+    SentencePiece's, else the character vocabulary."""
+    for path in (folder / SENTENCEPIECE_FILE, folder / CHAR_FILE):
+        if path.is_file():
+            return path
+    raise TokenizerError(f"{folder}: no tokenizer here ({SENTENCEPIECE_FILE} or {CHAR_FILE})")
+
+
 def load_tokenizer(folder: Path, threads: int = 0) -> Tokenizer:
     """Load what `Tokenizer.save` wrote into `folder`."""
-    model_path, char_path = folder / SENTENCEPIECE_FILE, folder / CHAR_FILE
-    if model_path.is_file():
+    path = tokenizer_file(folder)
+    if path.name == SENTENCEPIECE_FILE:
         meta_path = folder / META_FILE
         kind = json.loads(meta_path.read_text())["kind"] if meta_path.is_file() else "bpe"
-        return SentencePieceTokenizer(model_path.read_bytes(), kind, threads, str(model_path))
-    if char_path.is_file():
-        try:
-            document = json.loads(char_path.read_text(encoding="utf-8"))
-            return CharTokenizer(document["chars"], document["unknown_chars"])
-        except (json.JSONDecodeError, KeyError, UnicodeDecodeError):
-            raise TokenizerError(f"{char_path}: not a valid character tokenizer") from None
-    raise TokenizerError(f"{folder}: no tokenizer here ({SENTENCEPIECE_FILE} or {CHAR_FILE})")
+        return SentencePieceTokenizer(path.read_bytes(), kind, threads, str(path))
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+        return CharTokenizer(document["chars"], document["unknown_chars"])
+    except (json.JSONDecodeError, KeyError, UnicodeDecodeError):
+        raise TokenizerError(f"{path}: not a valid character tokenizer") from None

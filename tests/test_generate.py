@@ -5,6 +5,8 @@ tokenizer cannot encode, and the `generate` and `chat` commands."""
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 from datetime import datetime
 
@@ -438,3 +440,123 @@ def test_the_evaluate_stage_names_an_eval_prompt_the_tokenizer_cannot_encode(
     config = EvalConfig(prompts=["The river", "日本"], samples=2, device="cpu")
     with pytest.raises(TokenizerError, match=r"eval\.prompts\[1\] '日本': .*cannot encode: '日本'"):
         evaluate_task.fn(trained, shards, tokenizer_d, config)
+
+
+# -- model folders whose parts no longer fit ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_gpt(recorded_run):
+    """A tiny GPT trained for two steps on the recorded run's shards and tokenizer."""
+    from tasks.train import train_task
+
+    home, _, tokenizer = recorded_run
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LMFORGE_HOME", str(home))
+        trained = train_task.fn(
+            Descriptor("encode", "s", "artifacts", "shards"),
+            Descriptor("tokenizer", "t", "artifacts/tokenizer", tokenizer.digest),
+            GPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=16),
+            TrainConfig(max_steps=2, block_size=16, micro_batch=4, global_batch=4, eval_every=1,
+                        eval_batches=1, warmup_steps=0, device="cpu", compile=False),
+        )  # fmt: skip
+    return home / trained.path
+
+
+def copied_model(source, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(source, folder)
+    return folder
+
+
+def swap_tokenizer(folder, tokenizer) -> None:
+    """Put `tokenizer` where the folder's own was, as a user copying one over it would."""
+    shutil.rmtree(folder / "tokenizer")
+    (folder / "tokenizer").mkdir()
+    tokenizer.save(folder / "tokenizer")
+
+
+def generate_in(folder, monkeypatch):
+    from flows.cli import app
+
+    monkeypatch.setenv("LMFORGE_HOME", str(folder.parent))
+    return CliRunner().invoke(app, ["generate", str(folder), "--prompt", "The river"])
+
+
+def test_a_tokenizer_of_the_same_size_swapped_in_is_refused_by_its_digest(
+    recorded_run, tmp_path, monkeypatch
+):
+    """Another tokenizer of as many tokens loaded without a complaint, and the model, reading
+    ids that stand for other characters, generated garbage."""
+    home, trained, tokenizer = recorded_run
+    folder = copied_model(home / trained.path, tmp_path)
+    other = char_tokenizer("".join([*tokenizer.chars[1:], "§"]))  # one character replaced
+    assert other.vocab_size == tokenizer.vocab_size and other.digest != tokenizer.digest
+    swap_tokenizer(folder, other)
+    result = generate_in(folder, monkeypatch)
+    assert result.exit_code == 1 and result.stdout == ""
+    message = result.stderr.strip()
+    assert "\n" not in message
+    assert message.startswith(
+        f"error: {folder / 'tokenizer' / 'tokenizer.json'} is not the tokenizer the model in "
+        f"{folder} was trained with (its digest is {other.digest[:12]}, best/checkpoint.json "
+        f"records {tokenizer.digest[:12]})"
+    )
+
+
+def test_a_checkpoint_without_a_tokenizer_digest_loads_and_is_checked_by_vocabulary_size(
+    recorded_run, tmp_path
+):
+    """Checkpoints written before the digest was recorded still load with their own tokenizer;
+    one of another size was PyTorch's size-mismatch list, which named no tokenizer."""
+    import json
+
+    from lm.evaluate import CheckpointError, load_trained
+
+    home, trained, tokenizer = recorded_run
+    folder = copied_model(home / trained.path, tmp_path)
+    info_file = folder / "best" / "checkpoint.json"
+    info = json.loads(info_file.read_text())
+    del info["tokenizer_digest"]
+    info_file.write_text(json.dumps(info))
+    model, loaded = load_trained(folder)
+    assert loaded.digest == tokenizer.digest
+    assert "".join(generate(model, loaded, "The river", GREEDY)) == expected_text(
+        home, trained, "The river", GREEDY
+    )
+    smaller = char_tokenizer("".join(tokenizer.chars[:-3]))
+    swap_tokenizer(folder, smaller)
+    expected = (
+        f"{folder / 'tokenizer' / 'tokenizer.json'} is not the tokenizer the model in {folder} "
+        f"was trained with (it has {smaller.vocab_size} tokens, the weights were trained on "
+        f"{tokenizer.vocab_size})"
+    )
+    with pytest.raises(CheckpointError, match=re.escape(expected)):
+        load_trained(folder)
+
+
+def test_a_model_json_edited_to_other_shapes_names_the_first_tensor_that_differs(
+    trained_gpt, tmp_path, monkeypatch
+):
+    """It was PyTorch's multi-line list of every size mismatch, after a traceback-like
+    'Error(s) in loading state_dict'."""
+    import json
+
+    folder = copied_model(trained_gpt, tmp_path)
+    settings = json.loads((folder / "model.json").read_text())
+    vocab = len(json.loads((folder / "tokenizer" / "tokenizer.json").read_text())["chars"]) + 2
+    (folder / "model.json").write_text(json.dumps(settings | {"n_embd": 24}))
+    wider = generate_in(folder, monkeypatch)
+    assert wider.exit_code == 1 and wider.stdout == ""
+    assert "\n" not in wider.stderr.strip()
+    assert wider.stderr.startswith(
+        f"error: {folder / 'model.json'} does not match the weights in "
+        f"{folder / 'best' / 'model.pt'}: token_embedding.weight is [{vocab}, 16] in the "
+        f"weights but [{vocab}, 24] by model.json; "
+    )
+    (folder / "model.json").write_text(json.dumps(settings | {"n_layer": 2}))
+    deeper = generate_in(folder, monkeypatch)
+    assert deeper.exit_code == 1
+    assert ": blocks.1.norm_1.weight [16] is not in the weights, but model.json has it" in (
+        deeper.stderr
+    )

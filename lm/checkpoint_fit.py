@@ -1,0 +1,107 @@
+"""Whether the parts of a trained model folder still fit together, said in one line when not.
+
+A train artifact folder keeps its weights (`best/`, `final/`), `model.json` and `tokenizer/`
+side by side, and any of them can be swapped or edited by hand. Token ids mean nothing without
+the tokenizer that made them: a model given another tokenizer of the same size loads without a
+complaint and generates garbage. A `model.json` that no longer describes the weights fails in
+`load_state_dict` with PyTorch's list of every mismatched tensor. The checks here run before the
+weights are loaded, and say which file differs and how.
+
+The tokenizer is identified by the digest its checkpoint records (`checkpoint.json`, the same
+record that keeps a run from resuming another tokenizer's checkpoint). Checkpoints written
+before digests were recorded are checked by vocabulary size, read off the weights' shapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from lm.checkpoints import INFO_FILE, other_tokenizer, read_info
+from lm.models.base import LanguageModel
+from lm.models.config import ModelConfig
+from lm.tokenizer import Tokenizer
+
+# How many hex digits of a digest a message shows: enough to tell two tokenizers apart.
+SHOWN_DIGEST = 12
+
+
+def tokenizer_difference(
+    checkpoint: Path, tokenizer: Tokenizer, config: ModelConfig, model: LanguageModel,
+    weights: Mapping[str, torch.Tensor],
+) -> str | None:  # fmt: skip
+    """How `tokenizer` differs from the one the checkpoint's `weights` were trained with, in
+    words; None when it is that one, as far as the checkpoint can tell (its recorded digest,
+    else its vocabulary size). `model` is built from `config` for `tokenizer`'s vocabulary."""
+    info = read_info(checkpoint)
+    recorded = other_tokenizer(info, tokenizer.digest)
+    if recorded is None and info.get("tokenizer_digest"):
+        return None  # the very tokenizer the checkpoint records
+    differences = []
+    if recorded is not None:
+        differences.append(
+            f"its digest is {tokenizer.digest[:SHOWN_DIGEST]}, {checkpoint.name}/{INFO_FILE} "
+            f"records {recorded[:SHOWN_DIGEST]}"
+        )
+    trained_vocab = trained_vocab_size(config, model, weights)
+    if trained_vocab is not None:
+        differences.append(
+            f"it has {tokenizer.vocab_size} tokens, the weights were trained on {trained_vocab}"
+        )
+    return "; ".join(differences) or None
+
+
+def trained_vocab_size(
+    config: ModelConfig, model: LanguageModel, weights: Mapping[str, torch.Tensor]
+) -> int | None:
+    """The vocabulary size the `weights` were trained with, when it is not `model`'s and the
+    model of `config` with that size fits them exactly; None otherwise (they fit `model`, or
+    what differs is not the vocabulary). The candidate sizes are read off the first tensor
+    whose shape differs, where `model` has its vocabulary size."""
+    expected = model.state_dict()
+    for name, tensor in expected.items():
+        found = weights.get(name)
+        if found is None or found.dim() != tensor.dim() or found.shape == tensor.shape:
+            continue
+        candidates = {
+            size for size, own in zip(found.shape, tensor.shape, strict=True)
+            if own == model.vocab_size and size != own
+        }  # fmt: skip
+        for size in sorted(candidates):
+            if first_misfit(_shapes_only(config, size).state_dict(), weights) is None:
+                return size
+        return None
+    return None
+
+
+def _shapes_only(config: ModelConfig, vocab_size: int) -> LanguageModel:
+    """The model of `config` for `vocab_size` tokens, its tensors on the meta device: shapes
+    without memory or initialization, however large the model."""
+    from lm.models.registry import build_model
+
+    with torch.device("meta"):
+        return build_model(config, vocab_size)
+
+
+def first_misfit(
+    expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]
+) -> str | None:
+    """The first tensor, in the model's order, that the weights `found` lack or have in another
+    shape than the model's `expected`, else the first they have that the model has not, said
+    as `<name> is <shape> in the weights but <shape> by model.json`; None when they fit."""
+    for name, tensor in expected.items():
+        if name not in found:
+            return f"{name} {_shape(tensor)} is not in the weights, but model.json has it"
+        if found[name].shape != tensor.shape:
+            trained, described = _shape(found[name]), _shape(tensor)
+            return f"{name} is {trained} in the weights but {described} by model.json"
+    extra = next((name for name in found if name not in expected), None)
+    if extra is not None:
+        return f"{extra} {_shape(found[extra])} is in the weights, but not by model.json"
+    return None
+
+
+def _shape(tensor: torch.Tensor) -> str:
+    return str(list(tensor.shape))
