@@ -283,15 +283,19 @@ def size(
     sizes = [size_model(run.model, run.train, vocab_size) for run in runs]
     mib = 1 << 20
     measures = [
-        ("parameters", lambda size: f"{size.parameters:,}"),
-        ("training FLOPs per token", lambda size: f"{size.flops_per_token:,.0f}"),
-        ("weights (fp32)", lambda size: f"{size.weights_bytes / mib:,.1f} MiB"),
+        ("trainable parameters", lambda size: f"{size.parameters:,}"),
+        ("stored values (trained or not)", lambda size: f"{size.stored_values:,}"),
+        ("training FLOPs per token",
+         lambda size: "a count" if size.closed_form else f"{size.flops_per_token:,.0f}"),
+        ("weights (fp32; counts fp64)", lambda size: f"{size.weights_bytes / mib:,.1f} MiB"),
         ("gradients (fp32)", lambda size: f"{size.gradients_bytes / mib:,.1f} MiB"),
         ("AdamW state", lambda size: f"{size.optimizer_bytes / mib:,.1f} MiB"),
         ("activations per micro-batch", lambda size: f"{size.activations_bytes / mib:,.1f} MiB"),
-        ("Chinchilla-optimal tokens (20/param)", lambda size: f"{size.chinchilla_tokens:,}"),
-        ("tokens the train settings will see", lambda size: f"{size.planned_tokens:,}"),
-    ]
+        ("Chinchilla-optimal tokens (20/param)",
+         lambda size: "none: closed form" if size.closed_form else f"{size.chinchilla_tokens:,}"),
+        ("tokens the train settings will see",
+         lambda size: "train split, once" if size.closed_form else f"{size.planned_tokens:,}"),
+    ]  # fmt: skip
     rows = [(name, *(shown(size) for size in sizes)) for name, shown in measures]
     newest = _newest_train_tokens(settings.name)
     if newest is not None:

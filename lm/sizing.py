@@ -2,6 +2,11 @@
 memory for weights, gradients, optimizer state and activations, and the Chinchilla-optimal
 token budget (about 20 tokens per parameter, Hoffmann et al. 2022).
 
+The count bigram (`bigram-count`) trains nothing: it holds a V×V table of pair counts (fp64),
+filled in closed form by one pass over the train split. It is sized as what it holds: no
+trainable parameters, V² stored values, one count per token, and no Chinchilla budget (that
+rule is about models fit by gradient descent). Frozen word2vec vectors are held, not trained.
+
 FLOPs per token follow nanoGPT's `estimate_mfu` (PaLM appendix B): 6 per parameter for the
 forward and backward matrix products, plus 12·layers·width·context for attention scores.
 
@@ -28,6 +33,9 @@ from lm.train import autocast_dtype, pick_device
 from lm.train_config import TrainConfig
 
 CHINCHILLA_TOKENS_PER_PARAMETER = 20
+# The count bigram's table is float64 (`BigramCountModel.counts`); frozen vectors are fp32.
+COUNT_BYTES = 8
+VECTOR_BYTES = 4
 # Bytes per logit at the loss's peak (backward): under bf16 autocast, the bf16 logits (2), the
 # fp32 log-softmax the loss saves (4), its fp32 gradient (4) and the bf16 one (2), plus the fp32
 # copy while it is made (2 more, amortised); in fp32, logits, log-softmax and gradient (4 each).
@@ -36,26 +44,36 @@ LOGIT_BYTES = {True: 14, False: 12}
 
 @dataclass(frozen=True)
 class ModelSize:
+    """`parameters` are what gradient descent trains; `stored_values` everything the model
+    holds (parameters, count tables, frozen vectors), which `weights_bytes` measures. A
+    `closed_form` model is fit by counting, not trained: it has no Chinchilla budget and reads
+    the train split once whatever the train settings say (both None)."""
+
     parameters: int
+    stored_values: int
+    closed_form: bool
     flops_per_token: float
     weights_bytes: int
     gradients_bytes: int
     optimizer_bytes: int
     activations_bytes: int
-    chinchilla_tokens: int
-    planned_tokens: int
+    chinchilla_tokens: int | None
+    planned_tokens: int | None
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 def parameter_count(model: ModelConfig, vocab_size: int) -> int:
+    """Values trained by gradient descent (`num_params()` of the built model)."""
     if model.kind == "gpt":
         from lm.models.gpt import gpt_parameter_count
 
         return gpt_parameter_count(model, vocab_size)
-    if model.kind in ("bigram", "bigram-count"):
-        return vocab_size * vocab_size if model.kind == "bigram" else 0
+    if model.kind == "bigram-count":
+        return 0  # its table is counted, not trained: `untrained_values`
+    if model.kind == "bigram":
+        return vocab_size * vocab_size
     if model.kind == "w2v":
         from lm.models.w2v import w2v_parameter_count
 
@@ -67,6 +85,16 @@ def parameter_count(model: ModelConfig, vocab_size: int) -> int:
         total += width * hidden + (hidden if model.norm == "none" else 0) + norm
         width = hidden
     return total + width * vocab_size + vocab_size
+
+
+def untrained_values(model: ModelConfig, vocab_size: int) -> tuple[int, int]:
+    """The values a model holds but does not train, and the bytes each takes: the count
+    bigram's V×V pair counts, and word2vec vectors kept frozen."""
+    if model.kind == "bigram-count":
+        return vocab_size * vocab_size, COUNT_BYTES
+    if model.kind == "w2v" and model.freeze:
+        return vocab_size * model.vector_size, VECTOR_BYTES
+    return 0, 0
 
 
 def lookup_parameter_count(model: ModelConfig, vocab_size: int) -> int:
@@ -94,6 +122,8 @@ def size_model(
         device = pick_device() if train.device == "auto" else torch.device(train.device)
     bf16 = autocast_dtype(train, device) is not None
     parameters = parameter_count(model, vocab_size)
+    untrained, untrained_bytes = untrained_values(model, vocab_size)
+    closed_form = model.kind == "bigram-count"
     flops = 6.0 * (parameters - lookup_parameter_count(model, vocab_size))
     activations = 0
     context = train.block_size
@@ -103,13 +133,15 @@ def size_model(
         activations = gpt_activation_bytes(model, vocab_size, train.micro_batch, bf16, device)
     return ModelSize(
         parameters=parameters,
+        stored_values=parameters + untrained,
+        closed_form=closed_form,
         flops_per_token=flops,
-        weights_bytes=4 * parameters,
+        weights_bytes=4 * parameters + untrained_bytes * untrained,
         gradients_bytes=4 * parameters,
         optimizer_bytes=8 * parameters,  # AdamW: two fp32 moments per parameter
         activations_bytes=activations,
-        chinchilla_tokens=CHINCHILLA_TOKENS_PER_PARAMETER * parameters,
-        planned_tokens=train.max_steps * train.global_batch * context,
+        chinchilla_tokens=None if closed_form else CHINCHILLA_TOKENS_PER_PARAMETER * parameters,
+        planned_tokens=None if closed_form else train.max_steps * train.global_batch * context,
     )
 
 

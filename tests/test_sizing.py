@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from lm.models.config import BigramConfig, GPTConfig, MLPConfig, W2VConfig
+from lm.models.config import BigramConfig, BigramCountConfig, GPTConfig, MLPConfig, W2VConfig
 from lm.models.gpt import CPU_BF16_MATH_MAX_CONTEXT
 from lm.models.registry import build_model
 from lm.sizing import LOGIT_BYTES, parameter_count, size_model, stores_attention_scores
@@ -16,11 +16,12 @@ from lm.train_config import TrainConfig
 
 @pytest.mark.parametrize(
     "model",
-    [BigramConfig(), MLPConfig(context=3, n_embd=10, hiddens=[64, 32]),
+    [BigramCountConfig(), BigramConfig(), MLPConfig(context=3, n_embd=10, hiddens=[64, 32]),
      MLPConfig(context=2, hiddens=[16], norm="layernorm"),
      GPTConfig(preset="modern", n_embd=64, n_layer=2), GPTConfig(preset="atinuke", n_layer=2),
      W2VConfig(context=2, vector_size=8, hiddens=[16, 12]), W2VConfig(vector_size=8, freeze=False)],
-    ids=["bigram", "mlp", "mlp-layernorm", "gpt-modern", "gpt-atinuke", "w2v", "w2v-tuned"],
+    ids=["bigram-count", "bigram", "mlp", "mlp-layernorm", "gpt-modern", "gpt-atinuke", "w2v",
+         "w2v-tuned"],
 )  # fmt: skip
 def test_parameter_count_agrees_with_the_built_model(model):
     assert parameter_count(model, 50) == build_model(model, 50).num_params()
@@ -46,10 +47,51 @@ def test_size_command_reports_the_default_model():
     char = run_cli("size", "--vocab-size", "27", check=False)
     assert char.returncode == 0
     smaller = run_cli("size", "--set", "model.n_layer=1").stdout
-    parameters = int(re.search(r"│ parameters\s*│ ([\d,]+)", smaller).group(1).replace(",", ""))
+    found = re.search(r"│ trainable parameters\s*│ ([\d,]+)", smaller)
+    parameters = int(found.group(1).replace(",", ""))
     assert 0 < parameters < 1_233_536
     refused = run_cli("size", "--vocab-size", "0", check=False)
     assert refused.returncode == 2 and "--vocab-size" in refused.stderr
+
+
+def test_the_count_bigram_is_sized_as_the_table_it_holds():
+    """It trains nothing: its V×V fp64 pair counts are stored values, filled by counting one
+    pass over the train split, so it has no gradients, optimizer state, FLOPs or Chinchilla
+    budget, and the train settings' token count is not what it reads."""
+    model = BigramCountConfig()
+    size = size_model(model, TrainConfig(), vocab_size=27)
+    counts = build_model(model, 27).counts
+    assert (size.parameters, size.stored_values) == (0, counts.numel()) == (0, 27 * 27)
+    assert size.weights_bytes == counts.numel() * counts.element_size()
+    assert size.gradients_bytes == size.optimizer_bytes == size.flops_per_token == 0
+    assert size.closed_form
+    assert size.chinchilla_tokens is None and size.planned_tokens is None
+
+
+def test_frozen_word2vec_vectors_are_stored_but_not_trained():
+    frozen = W2VConfig(context=2, vector_size=8, hiddens=[16])
+    tuned = frozen.model_copy(update={"freeze": False})
+    held, trained = size_model(frozen, TrainConfig(), 50), size_model(tuned, TrainConfig(), 50)
+    assert held.parameters == trained.parameters - 50 * 8
+    assert held.stored_values == trained.stored_values
+    assert held.weights_bytes == trained.weights_bytes
+    assert held.optimizer_bytes == trained.optimizer_bytes - 8 * 50 * 8
+
+
+def test_size_command_shows_the_ladders_count_bigram_as_closed_form():
+    from tests.conftest import run_cli
+
+    output = run_cli("size", "names", "--vocab-size", "27").stdout
+
+    def cells(measure: str) -> list[str]:
+        row = re.search(rf"│ {re.escape(measure)}\s*│(.*)│", output).group(1)
+        return [cell.strip() for cell in row.split("│")]
+
+    assert cells("trainable parameters")[:2] == ["0", "729"]  # bigram-count, then bigram
+    assert cells("stored values (trained or not)")[:2] == ["729", "729"]
+    assert cells("training FLOPs per token")[0] == "a count"
+    assert cells("Chinchilla-optimal tokens (20/param)")[:2] == ["none: closed form", "14,580"]
+    assert cells("tokens the train settings will see")[0] == "train split, once"
 
 
 def test_activation_memory_follows_the_precision_auto_resolves_to(monkeypatch):
