@@ -99,7 +99,8 @@ def first_misfit(
             return f"{name} is {trained} in the weights but {described} by model.json"
     extra = next((name for name in found if name not in expected), None)
     if extra is not None:
-        return f"{extra} {_shape(found[extra])} is in the weights, but not by model.json"
+        shape = _shape(found[extra])
+        return f"{extra} {shape} is in the weights, but the model of model.json has no such tensor"
     return None
 
 

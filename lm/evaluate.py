@@ -412,7 +412,8 @@ def load_trained(folder: Path) -> tuple[LanguageModel, Tokenizer]:
             )
         config = MODELS[kind][1].model_validate(settings)
     except (json.JSONDecodeError, UnicodeDecodeError, ValidationError) as error:
-        raise CheckpointError(f"{model_file}: not a valid model description ({error})") from None
+        said = _validation_problems(error) if isinstance(error, ValidationError) else error
+        raise CheckpointError(f"{model_file}: not a valid model description ({said})") from None
     tokenizer = load_tokenizer(folder / "tokenizer")
     model = build_model(config, tokenizer.vocab_size)
     problems = []
@@ -429,6 +430,18 @@ def load_trained(folder: Path) -> tuple[LanguageModel, Tokenizer]:
         f"{folder}: no checkpoint can be read ({'; '.join(problems)}); rerun the pipeline to "
         "train the model again"
     )
+
+
+def _validation_problems(error: ValidationError, shown: int = 3) -> str:
+    """Pydantic's problems on one line, the first `shown` of them: its own message spans three
+    lines a problem, and a model.json edited to another kind has a dozen (every key the other
+    kind lacks)."""
+    problems = [
+        f"{'.'.join(str(part) for part in item['loc']) or 'model'}: {item['msg']}"
+        for item in error.errors()
+    ]
+    more = f"; and {len(problems) - shown} more" if len(problems) > shown else ""
+    return "; ".join(problems[:shown]) + more
 
 
 def _check_fit(folder, checkpoint, config, tokenizer, model, weights) -> None:

@@ -560,3 +560,30 @@ def test_a_model_json_edited_to_other_shapes_names_the_first_tensor_that_differs
     assert ": blocks.1.norm_1.weight [16] is not in the weights, but model.json has it" in (
         deeper.stderr
     )
+    (folder / "model.json").write_text(json.dumps(settings | {"pos": "rope"}))
+    rotary = generate_in(folder, monkeypatch)
+    assert rotary.exit_code == 1
+    assert (
+        ": position_embedding.weight [16, 16] is in the weights, but the model of model.json has "
+        "no such tensor; "
+    ) in rotary.stderr
+
+
+def test_a_model_json_edited_to_another_kind_is_one_line_naming_its_first_problems(
+    trained_gpt, tmp_path, monkeypatch
+):
+    """Pydantic's message took three lines a problem, and a GPT's keys under another kind are
+    a dozen problems."""
+    import json
+
+    folder = copied_model(trained_gpt, tmp_path)
+    settings = json.loads((folder / "model.json").read_text())
+    (folder / "model.json").write_text(json.dumps(settings | {"kind": "mlp"}))
+    result = generate_in(folder, monkeypatch)
+    assert result.exit_code == 1
+    assert "\n" not in result.stderr.strip()
+    extra = "Extra inputs are not permitted"
+    assert result.stderr.strip() == (
+        f"error: {folder / 'model.json'}: not a valid model description (preset: {extra}; "
+        f"block_size: {extra}; n_layer: {extra}; and 12 more)"
+    )
