@@ -26,7 +26,12 @@ from typing import TypeVar
 import duckdb
 
 from storage.metrics_log import RUN_METRICS_FILE
-from storage.stage_journal import JOURNAL_FILE, StageRecord, read_stage_journal
+from storage.stage_journal import (
+    JOURNAL_FILE,
+    StageRecord,
+    UnfinishedStage,
+    read_stage_journal,
+)
 
 MIGRATIONS: list[str] = [
     # 1: the MLflow-shaped tracking tables plus pipeline lineage.
@@ -182,6 +187,7 @@ MIGRATIONS: list[str] = [
 T = TypeVar("T")
 LOCK_ERRORS = ("lock", "Conflicting")
 CRASHED = "the process ended without recording an outcome"
+SHOWN_TIME = "%Y-%m-%d %H:%M:%S"  # to the second, as `lmforge runs` shows times
 logger = logging.getLogger("storage.registry")
 # What DuckDB raises for a file it cannot make sense of: truncated by a full disk or a copy cut
 # short, or damaged ("Could not read enough bytes", "Corrupt database file", ...).
@@ -384,20 +390,28 @@ class RunRegistry:
         folder: Path,
     ) -> None:
         """A crashed run's journal and metrics, as `finish_run` would have recorded them, ended
-        when its files were last written (or when it started, if it wrote none)."""
+        when its files were last written (or when it started, if it wrote none).
+
+        Its finished stages finished when their journal lines say, not when this reads them
+        (maybe days later). A stage it never finished gets no row: `stages` holds finished
+        stages, with their seconds, which it has none of. The error names it and when it
+        started, which `lmforge runs show` prints."""
         journal_path = folder / JOURNAL_FILE
         journal = read_stage_journal(journal_path)
-        self._insert_stages(connection, run_id, journal.finished)
+        for finished in journal.finished_stages:
+            self._insert_stage(connection, run_id, finished.record, finished.finished_at)
         # The run's own metrics, and the curve of a training cut short, still in its work folder.
+        live = [stage.live_metrics for stage in journal.unfinished.values()]
         metrics = [(folder / RUN_METRICS_FILE, None)] + [
-            (live.path, live.model) for live in journal.unfinished.values() if live is not None
+            (metrics.path, metrics.model) for metrics in live if metrics is not None
         ]
         for path, model in metrics:
             self._insert_metrics(connection, run_id, path, model)
         ended_at = _last_written([journal_path, *(path for path, _ in metrics)], started_at)
         error = CRASHED
         if journal.unfinished:
-            error += f" (during stage {', '.join(journal.unfinished)})"
+            during = "; ".join(_unfinished_stage(*item) for item in journal.unfinished.items())
+            error += f" (during stage {during})"
         self._set_outcome(connection, run_id, "crashed", ended_at, error)
 
     def finish_run(
@@ -423,7 +437,8 @@ class RunRegistry:
         with self.writing() as connection:
             for table in ("stages", "artifacts", "metrics") + (("models",) if models else ()):
                 connection.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
-            self._insert_stages(connection, run_id, stages)
+            for stage in stages:  # a StageRecord carries no time: they finished by ended_at
+                self._insert_stage(connection, run_id, stage, ended_at)
             for dataset in datasets:
                 self._insert_dataset(connection, dataset)
             for tokenizer in tokenizers:
@@ -449,29 +464,34 @@ class RunRegistry:
             self._set_outcome(connection, run_id, status, ended_at, error, corpus_digest)
 
     @staticmethod
-    def _insert_stages(
-        connection: duckdb.DuckDBPyConnection, run_id: str, stages: list[StageRecord]
+    def _insert_stage(
+        connection: duckdb.DuckDBPyConnection,
+        run_id: str,
+        stage: StageRecord,
+        finished_at: datetime | None,
     ) -> None:
-        """A row per stage, and an artifact row for each that produced an output folder."""
-        for stage in stages:
+        """The stage's row, and an artifact row (made when it finished) if it produced an
+        output folder."""
+        connection.execute(
+            "INSERT INTO stages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                run_id,
+                stage.stage,
+                stage.cache_key,
+                stage.cached,
+                stage.seconds,
+                stage.output_digest,
+                stage.output_path,
+                json.dumps(stage.stats),
+                finished_at,
+            ],
+        )
+        if stage.output_path:
             connection.execute(
-                "INSERT INTO stages VALUES (?, ?, ?, ?, ?, ?, ?, ?, now())",
-                [
-                    run_id,
-                    stage.stage,
-                    stage.cache_key,
-                    stage.cached,
-                    stage.seconds,
-                    stage.output_digest,
-                    stage.output_path,
-                    json.dumps(stage.stats),
-                ],
-            )
-            if stage.output_path:
-                connection.execute(
-                    "INSERT INTO artifacts VALUES (?, ?, ?, ?, ?, now())",
-                    [run_id, stage.stage, stage.stage, stage.output_digest, stage.output_path],
-                )
+                "INSERT INTO artifacts VALUES (?, ?, ?, ?, ?, ?)",
+                [run_id, stage.stage, stage.stage, stage.output_digest, stage.output_path,
+                 finished_at],
+            )  # fmt: skip
 
     @staticmethod
     def _insert_metrics(
@@ -672,6 +692,13 @@ class RunRegistry:
                 written[table] = (target, count)
             connection.execute("COMMIT")
         return written
+
+
+def _unfinished_stage(name: str, stage: UnfinishedStage) -> str:
+    """A stage a crashed run never finished, as its error names it: with when it started."""
+    if stage.started_at is None:
+        return name
+    return f"{name}, started {stage.started_at:{SHOWN_TIME}}"
 
 
 def _last_written(paths: list[Path], since: datetime) -> datetime:

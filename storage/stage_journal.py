@@ -6,10 +6,11 @@ leaves instead, beside its `metrics.jsonl`, so that the next run, closing it as 
 still record which stages finished, how long they took, and what training had logged.
 
 Each stage writes a `started` line when it begins and a `finished` line (its `StageRecord`)
-when it ends, or a `failed` one if it raised. A training stage's `started` line names the
-metrics file its curve grows in until the flow copies it into the run's own. Every line is
-appended and flushed at once, so a killed process loses at most a partial last line, which
-`read_stage_journal` skips.
+when it ends, or a `failed` one if it raised. Every line says when it was written (`at`): the
+times the registry records for a crashed run's stages, not when the next run reads them. A
+training stage's `started` line names the metrics file its curve grows in until the flow copies
+it into the run's own. Every line is appended and flushed at once, so a killed process loses at
+most a partial last line, which `read_stage_journal` skips.
 """
 
 from __future__ import annotations
@@ -47,13 +48,35 @@ class LiveMetrics:
     model: str | None = None
 
 
+@dataclass(frozen=True)
+class FinishedStage:
+    """A stage's record and when its `finished` line was written (None: a line whose time is
+    missing or unreadable)."""
+
+    record: StageRecord
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class UnfinishedStage:
+    """A stage that started and never finished: when its `started` line was written (None: a
+    time missing or unreadable), and the metrics file it was writing, if it named one."""
+
+    started_at: datetime | None
+    live_metrics: LiveMetrics | None = None
+
+
 @dataclass
 class StageJournalContents:
     """What a journal holds: the stages that finished, in order, and those that started and
-    never finished (what the run was doing when it ended), with the metrics they were writing."""
+    never finished (what the run was doing when it ended), by name."""
 
-    finished: list[StageRecord]
-    unfinished: dict[str, LiveMetrics | None]
+    finished_stages: list[FinishedStage]
+    unfinished: dict[str, UnfinishedStage]
+
+    @property
+    def finished(self) -> list[StageRecord]:
+        return [stage.record for stage in self.finished_stages]
 
 
 class StageJournal:
@@ -84,8 +107,8 @@ class StageJournal:
 def read_stage_journal(path: Path) -> StageJournalContents:
     """The journal at `path`; a missing file is an empty journal, and a line that is not a
     whole JSON object (the last one, cut short by a kill) is skipped."""
-    finished: list[StageRecord] = []
-    unfinished: dict[str, LiveMetrics | None] = {}
+    finished: list[FinishedStage] = []
+    unfinished: dict[str, UnfinishedStage] = {}
     if not path.is_file():
         return StageJournalContents(finished, unfinished)
     with open(path, encoding="utf-8", errors="replace") as lines:
@@ -96,15 +119,15 @@ def read_stage_journal(path: Path) -> StageJournalContents:
             stage, event = line["stage"], line.get("event")
             if event == "started":
                 metrics_file = line.get("metrics_file")
-                unfinished[stage] = (
-                    LiveMetrics(Path(metrics_file), line.get("model")) if metrics_file else None
+                unfinished[stage] = UnfinishedStage(
+                    _written_at(line),
+                    LiveMetrics(Path(metrics_file), line.get("model")) if metrics_file else None,
                 )
                 continue
             unfinished.pop(stage, None)  # finished, or failed: either way no longer running
             if event == "finished":
-                finished.append(
-                    StageRecord(**{k: v for k, v in line.items() if k in RECORD_FIELDS})
-                )
+                record = StageRecord(**{k: v for k, v in line.items() if k in RECORD_FIELDS})
+                finished.append(FinishedStage(record, _written_at(line)))
     return StageJournalContents(finished, unfinished)
 
 
@@ -116,3 +139,10 @@ def _parse(raw: str) -> dict | None:
     if not isinstance(line, dict) or not isinstance(line.get("stage"), str):
         return None
     return line
+
+
+def _written_at(line: dict) -> datetime | None:
+    try:
+        return datetime.fromisoformat(line["at"])
+    except (KeyError, TypeError, ValueError):
+        return None

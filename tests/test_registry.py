@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from storage.registry import (
+    CRASHED,
     MIGRATIONS,
     DatasetRecord,
     ModelRecord,
@@ -341,8 +342,59 @@ def test_an_ablation_arm_that_failed_before_the_kill_is_not_named_as_running(tmp
 
     registry.close_abandoned_runs("me@here", lambda pid: False, tmp_path / "runs")
 
-    assert registry.find_run("r1")["error"].endswith("(during stage train/deep-s1)")
+    error = registry.find_run("r1")["error"]
+    assert error.startswith(f"{CRASHED} (during stage train/deep-s1, started ")
+    assert "wide-s1" not in error
     assert registry.query("SELECT count(*) FROM metrics")[1] == [(0,)]
+
+
+def _journal_line(event: str, stage: str, seconds_after_start: int, **record) -> str:
+    at = (STARTED + timedelta(seconds=seconds_after_start)).isoformat()
+    return json.dumps({"event": event, "stage": stage, **record, "at": at}) + "\n"
+
+
+def test_a_crashed_runs_stages_finished_when_its_journal_says_not_when_it_was_closed(tmp_path):
+    """The next run may close it days later: its stages and their artifacts keep the times
+    their journal lines were written, and the stage it never finished is named in the error
+    with when it started (it gets no row: it has no seconds, no output)."""
+    registry = RunRegistry(tmp_path / "registry.duckdb")
+    _abandoned_run(registry, "r1")
+    journal = tmp_path / "runs" / "r1" / JOURNAL_FILE
+    journal.parent.mkdir(parents=True)
+    ingest = {"cache_key": "i-k", "cached": False, "seconds": 4.0, "output_path": "artifacts/i"}
+    journal.write_text(
+        _journal_line("started", "ingest", 1)
+        + _journal_line("finished", "ingest", 5, **ingest)
+        + _journal_line("started", "clean", 5)
+        + _journal_line("finished", "clean", 6, cache_key="c-k", cached=True, seconds=0.5)
+        + _journal_line("started", "train/gpt", 7)
+    )
+
+    registry.close_abandoned_runs("me@here", lambda pid: False, tmp_path / "runs")
+
+    _, stages = registry.query("SELECT stage, finished_at FROM stages ORDER BY rowid")
+    assert stages == [("ingest", STARTED + timedelta(seconds=5)),
+                      ("clean", STARTED + timedelta(seconds=6))]  # fmt: skip
+    _, artifacts = registry.query("SELECT stage, created_at FROM artifacts")
+    assert artifacts == [("ingest", STARTED + timedelta(seconds=5))]
+    error = registry.find_run("r1")["error"]
+    assert error == f"{CRASHED} (during stage train/gpt, started 2026-12-04 10:00:07)"
+
+
+def test_a_journal_time_that_cannot_be_read_is_recorded_as_unknown(tmp_path):
+    """Not as the time the run was closed: a stage without a time has a null `finished_at`."""
+    registry = RunRegistry(tmp_path / "registry.duckdb")
+    _abandoned_run(registry, "r1")
+    journal = tmp_path / "runs" / "r1" / JOURNAL_FILE
+    journal.parent.mkdir(parents=True)
+    record = {"event": "finished", "stage": "ingest", "cache_key": "k", "cached": False,
+              "seconds": 1.0, "at": "soon"}  # fmt: skip
+    journal.write_text(json.dumps(record) + '\n{"event": "started", "stage": "clean"}\n')
+
+    registry.close_abandoned_runs("me@here", lambda pid: False, tmp_path / "runs")
+
+    assert registry.query("SELECT stage, finished_at FROM stages")[1] == [("ingest", None)]
+    assert registry.find_run("r1")["error"] == f"{CRASHED} (during stage clean)"
 
 
 def test_a_crashed_run_that_left_no_files_ends_when_it_started_and_live_runs_are_kept(tmp_path):

@@ -127,6 +127,34 @@ def test_a_run_whose_process_is_gone_is_shown_as_killed_without_writing(tmp_path
     assert empty.returncode == 1 and "no run id given" in empty.stderr
 
 
+def test_runs_show_gives_a_crashed_runs_stages_the_times_its_journal_recorded(tmp_path):
+    """Not when the next run closed it: how far it got and when, and the stage it was killed
+    in, with when that started."""
+    from storage.stage_journal import JOURNAL_FILE
+
+    started = datetime(2026, 12, 4, 10, 0, 0)
+    registry = RunRegistry(tmp_path / "registry.duckdb")
+    registry.start_run({"run_id": "r-crashed", "status": "running", "started_at": started,
+                        "hostname": "me@here", "pid": 4242})  # fmt: skip
+    journal = tmp_path / "runs" / "r-crashed" / JOURNAL_FILE
+    journal.parent.mkdir(parents=True)
+    lines = [
+        {"event": "started", "stage": "ingest", "at": "2026-12-04T10:00:01"},
+        {"event": "finished", "stage": "ingest", "cache_key": "k", "cached": False,
+         "seconds": 4.0, "at": "2026-12-04T10:00:05.250000"},
+        {"event": "started", "stage": "train/gpt", "at": "2026-12-04T10:00:07"},
+    ]  # fmt: skip
+    journal.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    registry.close_abandoned_runs("me@here", lambda pid: False, tmp_path / "runs")
+
+    shown = run_cli("runs", "show", "r-crashed", home=tmp_path).stdout
+
+    assert "stages it finished before it crashed" in shown
+    row = r"^│ ingest\s*│ ran\s*│ 4\.0\s*│ 2026-12-04 10:00:05\s*│"
+    assert re.search(row, shown, flags=re.MULTILINE), shown
+    assert "(during stage train/gpt, started 2026-12-04 10:00:07)" in shown
+
+
 TRUNCATED_REGISTRY_READERS = [
     ("runs",),
     ("runs", "show", "r1"),
