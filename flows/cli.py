@@ -94,6 +94,7 @@ def _run_flow(name: str, config: str | None, overrides: list[str] | None) -> dic
         raise _fail(str(error)) from None
     arms = [arm for *_, arm in settings.ablation_runs()] if name == "ablation" else []
     _check_init_from([run.train for run in arms or settings.model_runs()], workspace)
+    _check_devices(settings, arms or settings.model_runs(), resolve_preset(config))
     _check_sources(settings, resolve_preset(config))
     from flows.prefect_server import ServerError, ensure_server
 
@@ -101,21 +102,22 @@ def _run_flow(name: str, config: str | None, overrides: list[str] | None) -> dic
         ensure_server(workspace)
     except ServerError as error:
         raise _fail(str(error)) from None
-    from lm.evaluate import CheckpointError, EvaluationError
-    from lm.text.sources import InputError
-    from lm.tokenizer import TokenizerError
-    from lm.train import TrainingError
-    from storage.registry import RegistryError
-    from storage.shards import ShardError
+    from flows.user_errors import hide_prefect_tracebacks_of, user_error_types
 
-    known = (InputError, ConfigError, RegistryError, TokenizerError, ShardError, TrainingError,
-             EvaluationError, CheckpointError, WorkspaceError)  # fmt: skip
+    known = user_error_types()
+    quiet = known
     if name == "retrain":
         from flows.retrain import retrain as chosen
     elif name == "ablation":
+        from flows.ablation import AblationError
         from flows.ablation import ablation as chosen
+
+        quiet = (*known, AblationError)  # the arms' own errors are logged as they fail
     else:
         from flows.pipeline import lm_pipeline as chosen
+    # An error found mid-flow (a vocabulary too large for the corpus) is the `error:` line
+    # below, not also a traceback in Prefect's log; a bug keeps its traceback.
+    hide_prefect_tracebacks_of(quiet)
     try:
         return chosen(config=config, overrides=overrides or [])
     except known as error:
@@ -156,6 +158,27 @@ def _check_init_from(trains: list, workspace) -> None:
             init_checkpoint(train, workspace)
     except TrainingError as error:
         raise _fail(str(error)) from None
+
+
+def _check_devices(settings, runs: list, config_path: Path) -> None:
+    """A `train.device` or `eval.device` this machine lacks (`cuda` without a CUDA GPU, `mps`
+    off Apple silicon) is said now, not by the train stage once the data stages have run. Not
+    at load time: `lmforge size` sizes a CUDA run on any machine, and a deployment's config may
+    be loaded where it does not run."""
+    asked = [(run.label, "train.device", run.train.device) for run in runs]
+    asked += [("", "eval.device", settings.eval.device)] if runs else []
+    asked = [(label, key, device) for label, key, device in asked if device not in ("auto", "cpu")]
+    if not asked:
+        return  # torch is not imported for nothing
+    from lm.train import pick_device
+    from lm.train_config import TrainingError
+
+    for label, key, device in asked:
+        try:
+            pick_device(device, key=key)
+        except TrainingError as error:
+            whose = f"model '{label}': " if label and device != settings.train.device else ""
+            raise _fail(f"{config_path}: {whose}{error}") from None
 
 
 def _print_stages(summary: dict) -> None:

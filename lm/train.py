@@ -115,8 +115,11 @@ class CheckpointUnwritable(TrainingError):
     `[enforce fail at inline_container.cc:672] . unexpected pos 150592 vs 150484`)."""
 
 
-def pick_device(requested: str = "auto", ranks: Ranks | None = None) -> torch.device:
-    """cuda > mps > cpu; under torchrun on CUDA, the GPU of this process's local rank."""
+def pick_device(
+    requested: str = "auto", ranks: Ranks | None = None, key: str = "train.device"
+) -> torch.device:
+    """cuda > mps > cpu; under torchrun on CUDA, the GPU of this process's local rank. A device
+    this machine lacks is a `TrainingError` naming `key`, the setting that asked for it."""
     kind = requested
     if kind == "auto":
         if torch.cuda.is_available():
@@ -126,11 +129,15 @@ def pick_device(requested: str = "auto", ranks: Ranks | None = None) -> torch.de
         else:
             kind = "cpu"
     elif kind == "cuda" and not torch.cuda.is_available():
-        raise TrainingError('train.device = "cuda", but this PyTorch sees no CUDA GPU')
+        raise TrainingError(
+            f'{key} = "cuda", but this PyTorch sees no CUDA GPU: set {key} = "auto" or "cpu"'
+        )
     elif kind == "mps" and not (
         getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
     ):
-        raise TrainingError('train.device = "mps", but this machine has no MPS device')
+        raise TrainingError(
+            f'{key} = "mps", but this machine has no MPS device: set {key} = "auto" or "cpu"'
+        )
     if kind == "cuda" and ranks is not None and ranks.distributed:
         return torch.device("cuda", ranks.local_rank)
     return torch.device(kind)

@@ -75,7 +75,7 @@ def evaluate_task(
             f"{model_tokenizer.digest}, not {tokenizer.digest} (the shards'); rerun the pipeline"
         )
     _check_prompts(model_tokenizer, config)  # before the scoring's minutes, not after
-    device = pick_device(config.device)
+    device = pick_device(config.device, key="eval.device")
     model.to(device)
     autocast = autocast_dtype(config.precision, device)
     trained_on = _train_settings(trained_folder)

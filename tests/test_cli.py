@@ -263,3 +263,39 @@ def test_a_temporary_prefect_server_that_never_answers_is_one_clear_line(workspa
     assert "error: Timed out while attempting to connect to ephemeral Prefect API server." in said
     assert "raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in said
     assert "Traceback" not in said
+
+
+def test_a_user_error_found_mid_flow_is_one_error_line_without_prefect_s_traceback(
+    workspace, tmp_path
+):
+    # The tokenizer stage's error came after Prefect had logged its traceback twice (the task
+    # run's failure, then the flow run's); the vocabulary's limit depends on the data, so it
+    # cannot be checked before the flow starts.
+    readme = readme_sections(tmp_path / "readme")
+    config = write_config(tmp_path / "c.toml", [{"path": str(readme)}])
+    config.write_text(
+        config.read_text().replace('kind = "char"', 'kind = "bpe"\nvocab_size = 60000')
+    )
+    result = run_cli("run", str(config), check=False)
+    said = result.stdout + result.stderr
+    assert result.returncode == 1
+    assert "error: vocab_size 60000 is more than this corpus supports for a bpe model" in said
+    assert "Traceback" not in said
+
+
+def test_prefect_s_run_logs_keep_the_traceback_of_a_bug():
+    import logging
+
+    from flows.user_errors import HideTracebackOf
+    from lm.tokenizer import TokenizerError
+
+    hide = HideTracebackOf((TokenizerError,))
+
+    def logged(error: Exception) -> logging.LogRecord:
+        record = logging.LogRecord("prefect.task_runs", logging.ERROR, __file__, 1, "failed",
+                                   None, (type(error), error, None))  # fmt: skip
+        assert hide.filter(record)
+        return record
+
+    assert logged(TokenizerError("vocab_size too large")).exc_info is None
+    assert logged(KeyError("a bug")).exc_info is not None

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from lm.config import ConfigError, load_config
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 
 
 def test_a_config_that_is_not_utf8_names_the_file_the_byte_and_the_line(tmp_path):
@@ -158,6 +158,19 @@ def test_what_a_flow_would_refuse_is_one_line_before_the_flow_starts(workspace, 
     assert result.returncode == 1
     assert result.stderr.splitlines() == [result.stderr.strip()]  # one line
     assert result.stderr.startswith("error: ") and expected in result.stderr
+    assert "Flow run" not in result.stdout + result.stderr
+
+
+def test_a_cuda_device_on_a_machine_without_one_is_refused_before_the_flow_starts(workspace):
+    # The train stage said so once every data stage had run, after Prefect's traceback.
+    if __import__("torch").cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    result = run_cli("run", "default", "--set", "train.device=cuda", check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "error: " + str(REPO / "configs" / "default.toml") + ': train.device = "cuda", but this '
+        'PyTorch sees no CUDA GPU: set train.device = "auto" or "cpu"'
+    )
     assert "Flow run" not in result.stdout + result.stderr
 
 
