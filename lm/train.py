@@ -55,6 +55,7 @@ from lm.checkpoints import (
     complete_checkpoints,
     file_sha256,
     latest_checkpoint,
+    other_tokenizer,
     read_info,
     recover_staging,
     replace_folder,
@@ -687,8 +688,8 @@ class Trainer:
         (staging / DONE_MARKER).write_text(str(self.step))
 
     def _check_tokenizer(self, checkpoint: Path, info: dict) -> None:
-        theirs = info.get("tokenizer_digest")
-        if self.tokenizer_digest and theirs and theirs != self.tokenizer_digest:
+        theirs = other_tokenizer(info, self.tokenizer_digest)
+        if theirs:
             raise TrainingError(
                 f"{checkpoint}: made with tokenizer {theirs}, but this run's tokenizer is "
                 f"{self.tokenizer_digest}; token ids differ between tokenizers, so these "
