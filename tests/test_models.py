@@ -8,6 +8,8 @@ import math
 import pytest
 import torch
 
+from lm.eval_config import SamplingConfig
+from lm.generate import generate_ids
 from lm.models.config import (
     BigramConfig,
     BigramCountConfig,
@@ -179,6 +181,19 @@ def test_bigram_count_nll_equals_a_count_table_by_hand():
     ) / (len(tokens) - 1)
     _, loss = model(tokens[:-1][None], tokens[1:][None])
     assert loss.item() == pytest.approx(by_hand, rel=1e-6)
+
+
+def test_bigram_count_without_smoothing_is_maximum_likelihood_and_uniform_after_unseen_tokens():
+    """k = 0: counted rows are the pair frequencies (an uncounted pair is impossible); a token
+    never seen before another predicts uniformly, the limit of add-k, rather than NaN."""
+    tokens = torch.tensor([0, 1, 2, 1, 2, 0, 2, 2, 1, 3])  # 3 only ends the text; 4 never occurs
+    model = build_model(BigramCountConfig(smoothing=0.0), 5).fit(tokens)
+    logits, loss = model(torch.tensor([[2, 3, 4]]), torch.tensor([[1, 0, 4]]))
+    assert logits[0, 0].exp().tolist() == pytest.approx([0.25, 0.5, 0.25, 0.0, 0.0])
+    assert logits[0, 1:].exp().flatten().tolist() == pytest.approx([0.2] * 10)
+    assert loss.item() == pytest.approx((math.log(2) + 2 * math.log(5)) / 3)
+    sampling = SamplingConfig(temperature=1.0, max_new_tokens=5, seed=0)
+    assert len(list(generate_ids(model, [4], sampling, eot_id=0))) > 0
 
 
 def test_mlp_sees_only_its_context_window():

@@ -62,8 +62,14 @@ class BigramCountModel(LanguageModel):
         return self
 
     def log_probs(self) -> torch.Tensor:
+        """log P(next | token) with add-k smoothing. k = 0 is the maximum-likelihood table: a
+        pair never counted has probability 0 (log -inf), and a token never counted as the
+        first of a pair (never in the text, or only at its end) predicts uniformly, the limit of
+        add-k as k → 0, where dividing its zero counts by their zero total gave NaN logits."""
         smoothed = self.counts + self.config.smoothing
-        return (smoothed / smoothed.sum(dim=1, keepdim=True)).log()
+        totals = smoothed.sum(dim=1, keepdim=True)
+        uniform = torch.full_like(smoothed, 1.0 / self.vocab_size)
+        return torch.where(totals > 0, smoothed / totals, uniform).log()
 
     def _log_table(self) -> torch.Tensor:
         # In-place updates (fit, load_state_dict) bump the tensor's version; .to() moves it.
