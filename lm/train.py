@@ -288,6 +288,8 @@ class LaunchedStep:
     # With its update queued too: 1.0 where the device skips that update. None: the update
     # follows the loss's check.
     found_inf: torch.Tensor | None = None
+    # With its update queued too: the norm of its gradients, before clipping.
+    gradient_norm: torch.Tensor | None = None
 
     @property
     def updated(self) -> bool:
@@ -440,9 +442,9 @@ class Trainer:
         yielded settled. A caller that stops early leaves nothing in flight either: the step
         still queued is read (and checked) on the way out, though not yielded.
 
-        A non-finite loss raises `TrainingError` and changes no weight and no optimizer state,
-        but the step count, data cursor and weight average are past it by then (by one more
-        step when running ahead): resume from a checkpoint rather than go on."""
+        A non-finite loss or gradient raises `TrainingError` and changes no weight and no
+        optimizer state, but the step count, data cursor and weight average are past it by then
+        (by one more step when running ahead): resume from a checkpoint rather than go on."""
         in_flight: LaunchedStep | None = None  # queued, its loss not read yet
         try:
             while self.step < last_step:
@@ -460,10 +462,11 @@ class Trainer:
 
     def _launch_step(self, unread: LaunchedStep | None = None) -> LaunchedStep:
         """Queue one step's forward and backward, and, in one process with a fused optimizer,
-        its update as well: the device skips that update by itself if the loss is not finite
-        (`found_inf`), or if the step before it (`unread`, whose loss the host has not read
-        yet) was not. A non-finite loss thus changes no weight, however late the host sees it.
-        Elsewhere the loss is checked before the update (another rank may hold the bad one)."""
+        its update as well: the device skips that update by itself if the loss or the
+        gradients' norm is not finite (`found_inf`), or if the step before it (`unread`, whose
+        loss the host has not read yet) was not. A non-finite loss or gradient thus changes no
+        weight, however late the host sees it. Elsewhere both are checked before the update
+        (another rank may hold the bad loss)."""
         config = self.config
         rate = learning_rate(self.step, config)
         for group in self.optimizer.param_groups:
@@ -485,14 +488,18 @@ class Trainer:
         found_inf = (~torch.isfinite(total)).float()
         if unread is not None:
             found_inf = torch.maximum(found_inf, unread.found_inf)
+        norm = self._clip_gradients()
+        # A finite loss can still have gradients that are not (an overflow in the backward):
+        # their update would turn every weight into NaN, and the next checkpoint with them.
+        found_inf = torch.maximum(found_inf, (~torch.isfinite(norm)).float())
         self.optimizer.found_inf = found_inf
         self._update_weights()
         self.step += 1
-        return LaunchedStep(self.step, total, rate, found_inf)
+        return LaunchedStep(self.step, total, rate, found_inf, norm)
 
     def _settle(self, launched: LaunchedStep) -> tuple[float, float]:
-        """Read a launched step's loss (one device sync), refuse it if it is not finite, and
-        finish the step if its update was not queued with it."""
+        """Read a launched step's loss and gradients' norm, refuse the step if either is not
+        finite, and finish the step if its update was not queued with it."""
         step_loss = launched.loss.item()
         if self.ranks.distributed:
             step_loss = all_reduce_sum([step_loss], self.device)[0] / self.ranks.world_size
@@ -501,14 +508,28 @@ class Trainer:
                 f"loss is {step_loss} at step {launched.number - 1}: lower learning_rate, or "
                 "resume from the last checkpoint"
             )
+        norm = launched.gradient_norm if launched.updated else self._clip_gradients()
+        norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: DTensor
+        if not math.isfinite(norm):
+            self.optimizer.zero_grad(set_to_none=True)  # never applied
+            raise TrainingError(
+                f"the gradients' norm is {norm} at step {launched.number - 1} (its loss, "
+                f"{step_loss:.4f}, is finite): lower learning_rate, or resume from the last "
+                "checkpoint"
+            )
         if not launched.updated:
             self._update_weights()
             self.step += 1
         return step_loss, launched.rate
 
+    def _clip_gradients(self) -> torch.Tensor:
+        """Clip the gradients to norm `grad_clip` (if on); returns their norm before clipping,
+        on the device: the NaN/inf guard reads it. (A limit of inf scales by exactly 1.)"""
+        limit = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
+        return torch.nn.utils.clip_grad_norm_(self.module.parameters(), limit)
+
     def _update_weights(self) -> None:
-        if self.config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.config.grad_clip)
+        """The optimizer's step on gradients `_clip_gradients` has clipped."""
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.average is not None:

@@ -256,6 +256,25 @@ def test_a_nan_loss_read_a_step_late_still_changes_no_weight(tmp_path):
     assert [float(s["step"]) for s in run.optimizer.state.values()] == snapshots["steps"]
 
 
+@pytest.mark.parametrize("ahead", [True, False], ids=["update-queued", "update-after-check"])
+def test_gradients_that_are_not_finite_under_a_finite_loss_change_no_weight(tmp_path, ahead):
+    """An overflow in the backward can leave the loss finite and the gradients not. The step is
+    refused as a NaN loss is: before, its update turned every weight into NaN, the checkpoint
+    after it kept them, and resuming from it failed again ("loss is nan at step 4")."""
+    run = trainer(tmp_path, config(max_steps=8, eval_every=100, checkpoint_every=4))
+    run.train(until_step=3)
+    if not ahead:  # the path of several ranks: each step's loss and norm read before its update
+        run.optimizer.defaults["fused"] = False
+    first = next(run.module.parameters())
+    first.register_hook(lambda grad: grad * math.nan if run.step == 3 else grad)
+    with pytest.raises(TrainingError, match=r"gradients' norm is nan at step 3 \(its loss, "):
+        run.train()
+    saved = torch.load(tmp_path / "step-00000003" / "model.pt", weights_only=True)
+    for name, tensor in run.module.state_dict().items():
+        assert torch.equal(tensor, saved[name]), name
+    assert latest_checkpoint(tmp_path).name == "step-00000003"
+
+
 def test_stopping_the_steps_early_still_reads_the_step_left_in_flight(tmp_path):
     """The caller stops after step 3, while step 4 runs ahead with a NaN loss: closing the
     steps reads it and raises, instead of leaving a skipped step for the next call to miss."""
