@@ -350,7 +350,11 @@ class Trainer:
         if self.ranks.is_main:
             self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
         self.step = 0
-        self.best_val_loss = math.inf
+        self.best_val_loss = math.inf  # the lowest val loss so far: what `best` holds
+        # Early stopping's reference: the val loss of the last evaluation that beat the one
+        # before by `min_delta`. Smaller gains still make a new `best`, but do not reset
+        # patience, and do not move this reference: gains that add up to `min_delta` count.
+        self.val_loss_to_beat = math.inf
         self.evaluations_without_improvement = 0
         self.stopped_early = False
         self.evaluation_seconds = 0.0  # what the last evaluation took, with its checkpoints
@@ -584,12 +588,14 @@ class Trainer:
                 evaluated_at = time.monotonic()
                 val_loss = self.evaluate()
                 self._log({"val/loss": val_loss}, step)
-                if val_loss < self.best_val_loss - config.min_delta:
-                    self.best_val_loss = val_loss
+                if val_loss < self.val_loss_to_beat - config.min_delta:
+                    self.val_loss_to_beat = val_loss
                     self.evaluations_without_improvement = 0
-                    self.save("best")
                 else:
                     self.evaluations_without_improvement += 1
+                if val_loss < self.best_val_loss:
+                    self.best_val_loss = val_loss
+                    self.save("best")
                 if config.patience and self.evaluations_without_improvement >= config.patience:
                     self._info("train: no val improvement in %d evaluations; stopping",
                                config.patience)  # fmt: skip
@@ -685,6 +691,7 @@ class Trainer:
             "data_per_rank": [data for data, _, _ in rank_states],
             "step": self.step,
             "best_val_loss": self.best_val_loss,
+            "val_loss_to_beat": self.val_loss_to_beat,
             "evaluations_without_improvement": self.evaluations_without_improvement,
             "stopped_early": self.stopped_early,
         }
@@ -768,6 +775,8 @@ class Trainer:
             self.train_batches.reseed(self.step)
             torch.manual_seed(self.config.seed + RANK_SEED_STRIDE * self.ranks.rank + self.step)
         self.best_val_loss = state["best_val_loss"]
+        # Checkpoints from before the two were told apart kept only the reference.
+        self.val_loss_to_beat = state.get("val_loss_to_beat", self.best_val_loss)
         self.evaluations_without_improvement = state["evaluations_without_improvement"]
         self.stopped_early = state.get("stopped_early", False)
         if self.ranks.is_main:

@@ -167,6 +167,24 @@ def test_early_stopping_keeps_the_best_checkpoint(tmp_path):
     assert latest_checkpoint(tmp_path).name == "step-00000015"
 
 
+def test_the_best_checkpoint_is_the_lowest_val_loss_and_min_delta_only_paces_patience(tmp_path):
+    """Gains smaller than `min_delta` do not reset patience, but their weights are still the
+    best seen: `best` is the lowest val loss (before, it stayed at the last evaluation that had
+    gained `min_delta`, 2.89 here, and the run reported that as its best val loss). Patience is
+    measured from the last evaluation that did gain it: 2.89 beat 3.0 by more than 0.1."""
+    settings = config(max_steps=10, eval_every=1, checkpoint_every=1, patience=3, min_delta=0.1)
+    run = trainer(tmp_path, settings)
+    scores = iter([3.0, 2.95, 2.89, 2.85, 2.84, 2.83])
+    run.evaluate = lambda model=None: next(scores)
+    result = run.train()
+    assert (result.stopped_early, result.step, result.best_val_loss) == (True, 6, 2.83)
+    assert torch.load(tmp_path / "best" / "state.pt", weights_only=True)["step"] == 6
+    resumed = trainer(tmp_path, settings)
+    resumed.resume(tmp_path / "step-00000005")
+    assert (resumed.best_val_loss, resumed.val_loss_to_beat) == (2.84, 2.89)
+    assert resumed.evaluations_without_improvement == 2
+
+
 def test_nan_loss_stops_with_a_clear_error(tmp_path):
     run = trainer(tmp_path, config())
     with torch.no_grad():
