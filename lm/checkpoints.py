@@ -4,10 +4,10 @@ was made with another tokenizer.
 
 A checkpoint is a directory written under a staging name and renamed, with `DONE` written last
 (after llm.c). Its `checkpoint.json` records the step, the tokenizer digest, how many ranks
-wrote it, the byte size of every file and the sha256 of the weights: a checkpoint whose files
-are missing or shorter than recorded (a disk that filled up, a copy cut short) is skipped for
-the previous one rather than loaded. The loader in `lm.train` also falls back when a file of the
-right size will not load.
+wrote it, the byte size and the sha256 of every file: a checkpoint whose files are missing or
+shorter than recorded (a disk that filled up, a copy cut short) is skipped for the previous one
+rather than loaded. The loader in `lm.train` also falls back when a file of the right size will
+not load or is not the one written (`digest_mismatch`, checked only on the checkpoint loaded).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 from lm.train_config import TrainingError
@@ -70,6 +71,21 @@ def size_mismatch(folder: Path, sizes: dict[str, int]) -> str | None:
             return f"{name} is missing"
         if path.stat().st_size != size:
             return f"{name} has {path.stat().st_size} bytes, {size} were written"
+    return None
+
+
+def digest_mismatch(checkpoint: Path, names: Iterable[str]) -> str | None:
+    """The first of the files `names` whose sha256 is not the one `checkpoint.json` recorded,
+    in words; None when they match or none was recorded. A bit flipped on the disk or in a copy
+    leaves the size as it was, and torch loads such a file without noticing: the weights would
+    come back silently changed."""
+    info = read_info(checkpoint)
+    recorded = dict(info.get("sha256", {}))
+    if info.get("weights_sha256"):  # recorded before every file's digest was
+        recorded.setdefault(WEIGHTS_FILE, info["weights_sha256"])
+    for name in names:
+        if name in recorded and file_sha256(checkpoint / name) != recorded[name]:
+            return f"{name} is not the file written (its sha256 differs from the one recorded)"
     return None
 
 

@@ -53,6 +53,7 @@ from lm.checkpoints import (
     STAGING_INFIX,
     WEIGHTS_FILE,
     complete_checkpoints,
+    digest_mismatch,
     file_sha256,
     latest_checkpoint,
     other_tokenizer,
@@ -704,13 +705,15 @@ class Trainer:
         torch.save(model_state, staging / WEIGHTS_FILE)
         torch.save(state, staging / "state.pt")
         (staging / "config.json").write_text(self.config.model_dump_json(indent=2))
+        digests = {f: file_sha256(staging / f) for f in CHECKPOINT_FILES}
         info = {
             "step": self.step,
             "tokenizer_digest": self.tokenizer_digest,
             "world_size": self.ranks.world_size,
             "parallel": self.parallel,
-            "weights_sha256": file_sha256(staging / WEIGHTS_FILE),
+            "weights_sha256": digests[WEIGHTS_FILE],
             "files": {f: (staging / f).stat().st_size for f in CHECKPOINT_FILES},
+            "sha256": digests,
         }
         (staging / INFO_FILE).write_text(json.dumps(info, indent=2))
         (staging / DONE_MARKER).write_text(str(self.step))
@@ -743,7 +746,10 @@ class Trainer:
                 f"parallel={self.parallel}; their optimizer states differ in layout: resume with "
                 "the same setting, or start a new run from its weights (train.init_from)"
             )
-        # Every file is read before anything is applied: a bad file changes nothing.
+        # Every file is checked and read before anything is applied: a bad file changes nothing.
+        problem = digest_mismatch(checkpoint, CHECKPOINT_FILES)
+        if problem:
+            raise CheckpointUnreadable(f"{checkpoint}: {problem}")
         model_state = self._load(checkpoint, WEIGHTS_FILE)
         optimizer_state = self._load(checkpoint, "optimizer.pt")
         state = self._load(checkpoint, "state.pt")
@@ -799,6 +805,9 @@ class Trainer:
         schedule and step start afresh. Returns the checkpoint used."""
         checkpoint = resolve_init_from(path)
         self._check_tokenizer(checkpoint, read_info(checkpoint))
+        problem = digest_mismatch(checkpoint, [WEIGHTS_FILE])
+        if problem:
+            raise TrainingError(f"train.init_from: {checkpoint}: {problem}")
         state = self._load(checkpoint, WEIGHTS_FILE)
         try:
             load_model_state(self.module, state, self.parallel)

@@ -424,12 +424,36 @@ def test_a_truncated_checkpoint_is_skipped_for_the_previous_one(tmp_path, caplog
 
 
 def test_an_unloadable_checkpoint_is_skipped_for_the_previous_one(tmp_path, caplog):
+    """Of a checkpoint written before digests were recorded (nothing to compare the file to)."""
     trainer(tmp_path, config(max_steps=20)).train(until_step=10)
+    info_file = tmp_path / "step-00000010" / "checkpoint.json"
+    info = json.loads(info_file.read_text())
+    info_file.write_text(json.dumps({k: v for k, v in info.items() if "sha256" not in k}))
     weights = tmp_path / "step-00000010" / "model.pt"
     weights.write_bytes(b"\0" * weights.stat().st_size)  # same size, not a torch file
     resumed = trainer(tmp_path, config(max_steps=20))
     assert resumed.resume_latest(tmp_path).name == "step-00000005" and resumed.step == 5
     assert f"{weights}: cannot be loaded" in caplog.text
+
+
+def test_a_checkpoint_with_a_flipped_bit_is_skipped_for_the_previous_one(tmp_path, caplog):
+    """A bit flipped inside a tensor keeps the file's size, and torch loads it without noticing:
+    the resumed run trained on silently changed weights. Its sha256 no longer matches the one
+    recorded when it was written."""
+    trainer(tmp_path, config(max_steps=20)).train(until_step=10)
+    weights = tmp_path / "step-00000010" / "model.pt"
+    data = bytearray(weights.read_bytes())
+    tensor = torch.load(weights, weights_only=True)["blocks.0.mlp.up.weight"]
+    at = data.find(tensor.numpy().tobytes()[:64])
+    assert at > 0
+    data[at + 1] ^= 0x40
+    weights.write_bytes(bytes(data))
+    assert not torch.equal(torch.load(weights, weights_only=True)["blocks.0.mlp.up.weight"], tensor)
+    resumed = trainer(tmp_path, config(max_steps=20))
+    assert resumed.resume_latest(tmp_path).name == "step-00000005" and resumed.step == 5
+    assert f"{tmp_path / 'step-00000010'}: model.pt is not the file written" in caplog.text
+    with pytest.raises(TrainingError, match=r"init_from: .*model\.pt is not the file written"):
+        trainer(tmp_path / "follower", config()).initialize_from(tmp_path / "step-00000010")
 
 
 def test_resume_drops_the_metric_lines_a_killed_run_wrote_after_its_checkpoint(tmp_path):
