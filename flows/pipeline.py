@@ -168,6 +168,7 @@ def run_stage(
         output_digest=descriptor.digest,
         output_path=descriptor.path,
         stats=descriptor.stats,
+        finished_at=datetime.now(),
     )
     run.stages.append(record)
     run.journal.finished(record)

@@ -188,13 +188,11 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="a run id or a unique p
     registry = _registry()
     try:
         found = registry.find_run(run_id)
-        # A crashed run's stages finished when its journal says (how far it got, and when); a
-        # finished run's are recorded as finished when it ended, which `ended_at` shows.
-        crashed = found["status"] == "crashed"
-        finished = "finished_at::TIMESTAMP(0) AS finished, " if crashed else ""
+        # Each stage finished when the run (or a crashed run's journal) noted it finished.
         stage_columns, stages = registry.query(
             "SELECT stage, CASE WHEN cached THEN 'cached' ELSE 'ran' END AS state, "
-            f"round(seconds, 2) AS seconds, {finished}left(output_digest, 12) AS digest, "
+            "round(seconds, 2) AS seconds, finished_at::TIMESTAMP(0) AS finished, "
+            "left(output_digest, 12) AS digest, "
             "output_path FROM stages WHERE run_id = ? ORDER BY finished_at, rowid",
             [found["run_id"]],
         )
@@ -221,6 +219,7 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="a run id or a unique p
         if found[key]:
             console.print(f"[bold]{key}[/]: {escape(str(found[key]))}", highlight=False)
     if stages:
+        crashed = found["status"] == "crashed"
         title = "stages it finished before it crashed" if crashed else "stages"
         console.print(_table(stage_columns, stages, title))
     else:

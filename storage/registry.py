@@ -398,8 +398,8 @@ class RunRegistry:
         started, which `lmforge runs show` prints."""
         journal_path = folder / JOURNAL_FILE
         journal = read_stage_journal(journal_path)
-        for finished in journal.finished_stages:
-            self._insert_stage(connection, run_id, finished.record, finished.finished_at)
+        for record in journal.finished:  # a time missing from its line stays unknown: null
+            self._insert_stage(connection, run_id, record, record.finished_at)
         # The run's own metrics, and the curve of a training cut short, still in its work folder.
         live = [stage.live_metrics for stage in journal.unfinished.values()]
         metrics = [(folder / RUN_METRICS_FILE, None)] + [
@@ -437,8 +437,8 @@ class RunRegistry:
         with self.writing() as connection:
             for table in ("stages", "artifacts", "metrics") + (("models",) if models else ()):
                 connection.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
-            for stage in stages:  # a StageRecord carries no time: they finished by ended_at
-                self._insert_stage(connection, run_id, stage, ended_at)
+            for stage in stages:  # one recorded without its time finished by the run's end
+                self._insert_stage(connection, run_id, stage, stage.finished_at or ended_at)
             for dataset in datasets:
                 self._insert_dataset(connection, dataset)
             for tokenizer in tokenizers:

@@ -25,7 +25,8 @@ JOURNAL_FILE = "stages.jsonl"
 
 @dataclass
 class StageRecord:
-    """A finished stage of a run: what the registry's `stages` table holds."""
+    """A finished stage of a run: what the registry's `stages` table holds. `finished_at` is
+    when it ended (None, for a record made without one: the registry then takes the run's end)."""
 
     stage: str
     cache_key: str | None
@@ -34,9 +35,10 @@ class StageRecord:
     output_digest: str | None = None
     output_path: str | None = None
     stats: dict = field(default_factory=dict)
+    finished_at: datetime | None = None
 
 
-RECORD_FIELDS = {record_field.name for record_field in fields(StageRecord)}
+RECORD_FIELDS = {record_field.name for record_field in fields(StageRecord)} - {"finished_at"}
 
 
 @dataclass(frozen=True)
@@ -46,15 +48,6 @@ class LiveMetrics:
 
     path: Path
     model: str | None = None
-
-
-@dataclass(frozen=True)
-class FinishedStage:
-    """A stage's record and when its `finished` line was written (None: a line whose time is
-    missing or unreadable)."""
-
-    record: StageRecord
-    finished_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -71,12 +64,8 @@ class StageJournalContents:
     """What a journal holds: the stages that finished, in order, and those that started and
     never finished (what the run was doing when it ended), by name."""
 
-    finished_stages: list[FinishedStage]
+    finished: list[StageRecord]
     unfinished: dict[str, UnfinishedStage]
-
-    @property
-    def finished(self) -> list[StageRecord]:
-        return [stage.record for stage in self.finished_stages]
 
 
 class StageJournal:
@@ -91,14 +80,17 @@ class StageJournal:
         self._append(line)
 
     def finished(self, record: StageRecord) -> None:
-        self._append({"event": "finished", **asdict(record)})
+        """The stage's record, its `at` the time the record says it finished."""
+        line = {"event": "finished", **asdict(record)}
+        line.pop("finished_at")
+        self._append(line, at=record.finished_at)
 
     def failed(self, stage: str) -> None:
         """The stage raised: no longer running, and nothing to record (as in a failed run)."""
         self._append({"event": "failed", "stage": stage})
 
-    def _append(self, line: dict) -> None:
-        line["at"] = datetime.now().isoformat()
+    def _append(self, line: dict, at: datetime | None = None) -> None:
+        line["at"] = (at or datetime.now()).isoformat()
         with open(self.path, "a", encoding="utf-8") as out:
             out.write(json.dumps(line, ensure_ascii=False) + "\n")
             out.flush()
@@ -107,7 +99,7 @@ class StageJournal:
 def read_stage_journal(path: Path) -> StageJournalContents:
     """The journal at `path`; a missing file is an empty journal, and a line that is not a
     whole JSON object (the last one, cut short by a kill) is skipped."""
-    finished: list[FinishedStage] = []
+    finished: list[StageRecord] = []
     unfinished: dict[str, UnfinishedStage] = {}
     if not path.is_file():
         return StageJournalContents(finished, unfinished)
@@ -126,8 +118,8 @@ def read_stage_journal(path: Path) -> StageJournalContents:
                 continue
             unfinished.pop(stage, None)  # finished, or failed: either way no longer running
             if event == "finished":
-                record = StageRecord(**{k: v for k, v in line.items() if k in RECORD_FIELDS})
-                finished.append(FinishedStage(record, _written_at(line)))
+                fields_of_record = {k: v for k, v in line.items() if k in RECORD_FIELDS}
+                finished.append(StageRecord(**fields_of_record, finished_at=_written_at(line)))
     return StageJournalContents(finished, unfinished)
 
 

@@ -82,6 +82,8 @@ def test_default_run_on_the_bundled_corpus_then_fully_cached(workspace):
     shown = run_cli("runs", "show", run_id[:15]).stdout
     assert "reproduce: lmforge run" in shown and "configs/default.toml" in shown
     assert "--set train.max_steps=10" in shown
+    finished_ingest = r"│ ingest\s*│ cached\s*│ [\d.]+\s*│ \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\s*│"
+    assert re.search(finished_ingest, shown), shown  # each stage with when it finished
 
 
 def test_sql_is_read_only(workspace, tmp_path):

@@ -82,13 +82,23 @@ def test_second_run_with_nothing_changed_is_served_from_cache(workspace, config)
 
 
 def test_every_stage_is_journaled_beside_the_run_s_metrics_as_it_finishes(workspace, config):
-    """The journal a killed run leaves holds what the record of a finished one does."""
+    """The journal a killed run leaves holds what the record of a finished one does, times
+    included: each stage is recorded as finished when it finished, not when the run ended."""
     from storage.stage_journal import JOURNAL_FILE, read_stage_journal
 
     summary = run_pipeline(config)
     journal = read_stage_journal(workspace.runs / summary["run_id"] / JOURNAL_FILE)
     assert [asdict(stage) for stage in journal.finished] == summary["stages"]
     assert journal.unfinished == {}
+    registry = RunRegistry(workspace.registry_path)
+    _, rows = registry.query(
+        "SELECT s.finished_at, r.ended_at FROM stages s JOIN runs r USING (run_id) "
+        "WHERE run_id = ? ORDER BY s.finished_at",
+        [summary["run_id"]],
+    )
+    finished = [stage.finished_at for stage in journal.finished]
+    assert [stage_end for stage_end, _ in rows] == finished == sorted(set(finished))
+    assert finished[0] < rows[0][1]  # the first stage ended well before the run did
 
 
 def test_changing_a_cleaning_threshold_reruns_clean_and_nothing_upstream(workspace, config):
