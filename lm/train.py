@@ -184,8 +184,9 @@ def compile_wanted(
 
 def learning_rate(step: int, config: TrainConfig) -> float:
     """Linear warmup, then cosine decay to `min_lr_ratio`, or WSD (warmup, stable, then a
-    linear decay over the last `decay_fraction` of training), or constant. Steps run from 0 to
-    `max_steps - 1`, and the decay ends on the last one: the final step trains at the floor."""
+    linear decay over the last `decay_fraction` of the steps, at least one, none of them
+    warmup's), or constant. Steps run from 0 to `max_steps - 1`, and the decay ends on the last
+    one: the final step trains at the floor."""
     peak, floor = config.learning_rate, config.learning_rate * config.min_lr_ratio
     if step < config.warmup_steps:
         return peak * (step + 1) / config.warmup_steps
@@ -193,13 +194,17 @@ def learning_rate(step: int, config: TrainConfig) -> float:
         return peak
     last = config.max_steps - 1
     if config.schedule == "wsd":
-        decay_start = max(int(config.max_steps * (1 - config.decay_fraction)), config.warmup_steps)
-        if step < decay_start:
+        decaying = max(round(config.max_steps * config.decay_fraction), 1)
+        first = max(config.max_steps - decaying, config.warmup_steps)  # the first below peak
+        if step < first:
             return peak
-        progress = (step - decay_start) / max(last - decay_start, 1)
-        return peak + (floor - peak) * min(progress, 1.0)
-    progress = (step - config.warmup_steps) / max(last - config.warmup_steps, 1)
-    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * min(progress, 1.0)))
+        progress = (step - first + 1) / (config.max_steps - first)
+        return peak + (floor - peak) * progress
+    # From the peak on the first step after warmup to the floor on the last (which is also
+    # the first when warmup leaves one step).
+    after_warmup = last - config.warmup_steps
+    progress = (step - config.warmup_steps) / after_warmup if after_warmup > 0 else 1.0
+    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * progress))
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device):

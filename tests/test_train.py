@@ -125,6 +125,29 @@ def test_warmup_cosine_and_wsd_schedules():
     assert learning_rate(100, wsd) == pytest.approx(0.1)
 
 
+def test_every_decay_has_its_share_of_the_steps_and_ends_at_the_floor():
+    """WSD decays over round(decay_fraction · max_steps) steps, at least one, the last at the
+    floor. Before, the decay's first step was still the peak: 10 steps with decay_fraction 0.1
+    never decayed (the last trained at the peak) and 0.2 decayed over one step, not two. Cosine
+    with warmup leaving one step also ended at the peak."""
+
+    def rates(**fields) -> list[float]:
+        settings = config(**{"max_steps": 10, "warmup_steps": 0, "learning_rate": 1.0,
+                             "min_lr_ratio": 0.1, "schedule": "wsd"} | fields)  # fmt: skip
+        return [learning_rate(step, settings) for step in range(10)]
+
+    assert rates(decay_fraction=0.1) == pytest.approx([1.0] * 9 + [0.1])
+    assert rates(decay_fraction=0.2) == pytest.approx([1.0] * 8 + [0.55, 0.1])
+    assert rates(decay_fraction=1.0) == pytest.approx([1 - 0.09 * (s + 1) for s in range(10)])
+    assert rates(decay_fraction=1.0, warmup_steps=5)[4:] == pytest.approx(
+        [1.0, 0.82, 0.64, 0.46, 0.28, 0.1]
+    )
+    cosine = config(max_steps=5, warmup_steps=4, learning_rate=1.0, min_lr_ratio=0.1)
+    assert [learning_rate(step, cosine) for step in range(5)] == pytest.approx(
+        [0.25, 0.5, 0.75, 1.0, 0.1]
+    )
+
+
 def test_gradient_accumulation_weighs_every_scored_target_alike():
     """Rows of documents score different numbers of targets (padding is not scored): the
     step's gradient is the mean over all the global batch scores, however it is cut into
