@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from lm.checkpoints import INFO_FILE, other_tokenizer, read_info
-from lm.models.base import LanguageModel
+from lm.models.base import SUPPLIED_WHEN_MISSING, LanguageModel
 from lm.models.config import ModelConfig
 from lm.tokenizer import Tokenizer
 
@@ -92,6 +92,8 @@ def first_misfit(
     shape than the model's `expected`, else the first they have that the model has not, said
     as `<name> is <shape> in the weights but <shape> by model.json`; None when they fit."""
     for name, tensor in expected.items():
+        if name not in found and name.rpartition(".")[2] in SUPPLIED_WHEN_MISSING:
+            continue  # an older checkpoint: the model supplies the value it had then
         if name not in found:
             return f"{name} {_shape(tensor)} is not in the weights, but model.json has it"
         if found[name].shape != tensor.shape:

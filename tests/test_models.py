@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from lm.checkpoint_fit import first_misfit
 from lm.eval_config import SamplingConfig
 from lm.generate import generate_ids
 from lm.models.config import (
@@ -227,6 +228,7 @@ def test_fixed_context_models_read_end_of_text_before_a_row_and_keep_it_when_loa
     assert loaded.pad_id == eot
     torch.testing.assert_close(loaded.eval()(row)[0], model(row)[0])
     old = {k: v for k, v in model.state_dict().items() if k != "pad_token"}
+    assert first_misfit(loaded.state_dict(), old) is None  # what loading a run's folder checks
     loaded.load_state_dict(old)
     assert loaded.pad_id == 0
 

@@ -7,6 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# Buffers that a checkpoint written before they were saved lacks: the module owning one
+# supplies, on loading, the value the model had then (its `_load_from_state_dict`), so such a
+# checkpoint still fits (`lm.checkpoint_fit.first_misfit`).
+SUPPLIED_WHEN_MISSING = frozenset({"pad_token"})
+
 
 class LanguageModel(nn.Module):
     """`idx` is (batch, time) token ids; logits are (batch, time, vocab), predicting the next
