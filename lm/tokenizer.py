@@ -561,14 +561,14 @@ def _explain_training_error(error: RuntimeError, config: TokenizerConfig, docume
     largest = re.search(r"value <= (\d+)", message)
     if largest:
         return TokenizerError(
-            f"vocab_size {config.vocab_size} is more than this corpus supports for a "
+            f"tokenizer.vocab_size = {config.vocab_size} is more than this corpus supports for a "
             f"{config.kind} model; the largest possible is {largest.group(1)}"
         )
     required = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", message)
     if required:
         return TokenizerError(
-            f"vocab_size {config.vocab_size} is too small: the characters to cover (and the 256 "
-            f"byte pieces, with byte_fallback) need at least {required.group(2)}"
+            f"tokenizer.vocab_size = {config.vocab_size} is too small: the characters to cover "
+            f"(and the 256 byte pieces, with byte_fallback) need at least {required.group(2)}"
         )
     return TokenizerError(f"SentencePiece training failed: {message}")
 

@@ -281,7 +281,10 @@ def test_a_user_error_found_mid_flow_is_one_error_line_without_prefect_s_traceba
     result = run_cli("run", str(config), check=False)
     said = result.stdout + result.stderr
     assert result.returncode == 1
-    assert "error: vocab_size 60000 is more than this corpus supports for a bpe model" in said
+    assert (
+        "error: tokenizer.vocab_size = 60000 is more than this corpus supports for a bpe model"
+        in said
+    )
     assert "Traceback" not in said
 
 

@@ -245,7 +245,9 @@ def test_corrupt_model_file_is_a_clear_error(bundled_splits, tmp_path):
 
 def test_vocabulary_too_large_for_the_corpus_says_the_largest_possible():
     texts = ["the cat sat on the mat", "a dog ran in the park"] * 20
-    with pytest.raises(TokenizerError, match=r"vocab_size 50000 is more than .* is \d+"):
+    with pytest.raises(
+        TokenizerError, match=r"tokenizer.vocab_size = 50000 is more than .* is \d+"
+    ):
         train_tokenizer(iter(texts), TokenizerConfig(vocab_size=50000))
 
 
