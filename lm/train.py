@@ -831,6 +831,9 @@ class Trainer:
         if self.ranks.is_main:
             recover_staging(folder)
         resumed = self.resume_latest(folder)
+        if resumed is None and self.ranks.is_main:
+            # A run killed before its first step checkpoint logged steps this one logs again.
+            self._drop_metrics_after(0)
         if resumed is not None:
             outcome = f"resumed from {resumed} (step {self.step})"
         elif init_from is not None:

@@ -489,6 +489,29 @@ def test_resume_drops_the_metric_lines_a_killed_run_wrote_after_its_checkpoint(t
     assert [m["step"] for m in lines if m["key"] == "train/loss"] == list(range(1, 21))
 
 
+def test_a_rerun_that_starts_afresh_drops_the_metric_lines_of_the_killed_run(tmp_path):
+    """Killed before its first step checkpoint (`best` and the metrics already written), a run
+    starts afresh when rerun: before, its log then held every step twice."""
+    settings = config(max_steps=6, eval_every=3, checkpoint_every=100)
+    killed = trainer(tmp_path, settings)
+    save = killed.save
+
+    def killed_at_the_step_checkpoint(name: str):
+        if name.startswith("step-"):
+            raise InterruptedError
+        return save(name)
+
+    killed.save = killed_at_the_step_checkpoint
+    with pytest.raises(InterruptedError):
+        killed.train()
+    rerun = trainer(tmp_path, settings)
+    assert rerun.resume_or_initialize(tmp_path) == "started afresh"
+    rerun.train()
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines if m["key"] == "train/loss"] == [1, 2, 3, 4, 5, 6]
+    assert [m["step"] for m in lines if m["key"] == "val/loss"] == [3, 6]
+
+
 def test_ranks_draw_windows_from_disjoint_contiguous_shares():
     tokens = np.arange(1000, dtype=np.uint16)
     shares = [TokenBatches(tokens, 16, 64, 0, rank=r, world_size=2) for r in range(2)]
