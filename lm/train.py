@@ -291,6 +291,7 @@ class LaunchedStep:
     number: int  # the step count once it is done: what its metrics are logged at
     loss: torch.Tensor  # on the device
     rate: float
+    scored: int  # the targets the step scores, over every rank
     # With its update queued too: 1.0 where the device skips that update. None: the update
     # follows the loss's check.
     found_inf: torch.Tensor | None = None
@@ -308,6 +309,7 @@ class TrainResult:
     best_val_loss: float
     stopped_early: bool
     losses: list[float] = field(default_factory=list)
+    tokens_seen: int = 0  # the targets scored since step 0 (see `Trainer.tokens_seen`)
 
 
 class Trainer:
@@ -356,6 +358,10 @@ class Trainer:
         if self.ranks.is_main:
             self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
         self.step = 0
+        # Targets scored since step 0, over every rank: `global_batch × block_size` a step for
+        # windows; for rows of documents their padding is not counted (at block 16, half or
+        # more of a row of a name), as it is not trained on.
+        self.tokens_seen = 0
         self.best_val_loss = math.inf  # the lowest val loss so far: what `best` holds
         # Early stopping's reference: the val loss of the last evaluation that beat the one
         # before by `min_delta`. Smaller gains still make a new `best`, but do not reset
@@ -484,7 +490,7 @@ class Trainer:
         # Drawn on the host, where the loss divisors are counted without a device sync (which
         # would wait for the step still running), then copied over.
         drawn = [self.train_batches.next(CPU) for _ in range(self.accumulation)]
-        divisors = self._loss_divisors([y for _, y in drawn])
+        divisors, scored = self._loss_divisors([y for _, y in drawn])
         batches = [(to_device(x, self.device), to_device(y, self.device)) for x, y in drawn]
         total = torch.zeros((), device=self.device)
         for micro, ((x, y), divisor) in enumerate(zip(batches, divisors, strict=True)):
@@ -494,7 +500,7 @@ class Trainer:
                 (loss / divisor).backward()
             total += loss.detach() / divisor
         if self.ranks.distributed or not self.optimizer.defaults.get("fused"):
-            return LaunchedStep(self.step + 1, total, rate)
+            return LaunchedStep(self.step + 1, total, rate, scored)
         found_inf = (~torch.isfinite(total)).float()
         if unread is not None:
             found_inf = torch.maximum(found_inf, unread.found_inf)
@@ -505,7 +511,8 @@ class Trainer:
         self.optimizer.found_inf = found_inf
         self._update_weights()
         self.step += 1
-        return LaunchedStep(self.step, total, rate, found_inf, norm)
+        self.tokens_seen += scored
+        return LaunchedStep(self.step, total, rate, scored, found_inf, norm)
 
     def _settle(self, launched: LaunchedStep) -> tuple[float, float]:
         """Read a launched step's loss and gradients' norm, refuse the step if either is not
@@ -530,6 +537,7 @@ class Trainer:
         if not launched.updated:
             self._update_weights()
             self.step += 1
+            self.tokens_seen += launched.scored
         return step_loss, launched.rate
 
     def _clip_gradients(self) -> torch.Tensor:
@@ -545,19 +553,22 @@ class Trainer:
         if self.average is not None:
             self.average.update(self.step)
 
-    def _loss_divisors(self, targets: list[torch.Tensor]) -> list[float]:
-        """What each micro-batch's mean loss is divided by so that the step's gradient is the
-        mean over every target the global batch scores, whatever the micro-batch size: rank r's
-        micro-batch i, scoring c of the step's C targets, counts c/C of it, and DDP's average
-        over W ranks divides by W, so its loss is divided by C/(c·W). Windows score every
-        target (c·W·accumulation = C): the divisor is exactly `accumulation`. Rows of documents
-        score different numbers of targets (padding is not scored), and dividing each mean by
-        `accumulation` would give a short document in a short micro-batch more weight."""
+    def _loss_divisors(self, targets: list[torch.Tensor]) -> tuple[list[float], int]:
+        """(What each micro-batch's mean loss is divided by, the targets C the step scores over
+        every rank.) The divisors make the step's gradient the mean over every target the
+        global batch scores, whatever the micro-batch size: rank r's micro-batch i, scoring c
+        of the step's C targets, counts c/C of it, and DDP's average over W ranks divides by W,
+        so its loss is divided by C/(c·W). Windows score every target (c·W·accumulation = C):
+        the divisor is exactly `accumulation`. Rows of documents score different numbers of
+        targets (padding is not scored), and dividing each mean by `accumulation` would give a
+        short document in a short micro-batch more weight."""
         if self.config.samples != "documents":
-            return [float(self.accumulation)] * len(targets)
+            scored = self.config.global_batch * self.config.block_size
+            return [float(self.accumulation)] * len(targets), scored
         counts = [scored_targets(y) for y in targets]
         step_total = all_reduce_sum([float(sum(counts))], self.device)[0]
-        return [step_total / (count * self.ranks.world_size) for count in counts]
+        divisors = [step_total / (count * self.ranks.world_size) for count in counts]
+        return divisors, round(step_total)
 
     def train(self, until_step: int | None = None) -> TrainResult:
         """Train to `max_steps` (or stop after `until_step`, with a checkpoint there, as an
@@ -566,7 +577,7 @@ class Trainer:
         last_step = min(until_step or config.max_steps, config.max_steps)
         losses: list[float] = []
         if self.stopped_early:  # resumed from the checkpoint where early stopping ended it
-            return TrainResult(self.step, self.best_val_loss, True, losses)
+            return TrainResult(self.step, self.best_val_loss, True, losses, self.tokens_seen)
         tokens_per_step = config.global_batch * config.block_size
         last_report, steps_at_report, stepping = time.monotonic(), self.step, 0.0
 
@@ -615,7 +626,9 @@ class Trainer:
             # Evaluations and checkpoints are not training time; logging a step is (when
             # running ahead, the next step runs on the device meanwhile).
             resumed = time.monotonic() if settle_at(step) else now
-        return TrainResult(self.step, self.best_val_loss, self.stopped_early, losses)
+        return TrainResult(
+            self.step, self.best_val_loss, self.stopped_early, losses, self.tokens_seen
+        )
 
     def _report_throughput(self, step: int, loss: float, stepping: float, steps: int,
                            tokens_per_step: int):  # fmt: skip
@@ -696,6 +709,7 @@ class Trainer:
             "data": rank_states[0][0],
             "data_per_rank": [data for data, _, _ in rank_states],
             "step": self.step,
+            "tokens_seen": self.tokens_seen,
             "best_val_loss": self.best_val_loss,
             "val_loss_to_beat": self.val_loss_to_beat,
             "evaluations_without_improvement": self.evaluations_without_improvement,
@@ -770,6 +784,9 @@ class Trainer:
         except (RuntimeError, ValueError, KeyError) as error:
             raise TrainingError(f"{checkpoint}: does not fit this model ({error})") from None
         self.step = state["step"]
+        # Checkpoints from before it was kept: every row's every position, as it was counted.
+        tokens_per_step = self.config.global_batch * self.config.block_size
+        self.tokens_seen = state.get("tokens_seen", self.step * tokens_per_step)
         cursors = state.get("data_per_rank") or [state["data"]]
         if len(cursors) == self.ranks.world_size:
             rank = self.ranks.rank

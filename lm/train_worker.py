@@ -96,6 +96,7 @@ def train_in(work: Path):
     if trainer.ranks.is_main:
         summary = {
             "steps": result.step,
+            "tokens_seen": result.tokens_seen,
             "best_val_loss": result.best_val_loss,
             "stopped_early": result.stopped_early,
             "parameters": trainer.module.num_params(),

@@ -159,13 +159,15 @@ def train_task(
             if model.kind == "bigram-count":
                 network.fit(_as_tensor(train_tokens))
                 val_loss, steps, stopped_early = trainer.evaluate(network), 0, False
+                tokens_seen = 0
                 trainer.save("best")
             else:
                 trainer.resume_or_initialize(work, init_from)
                 result = trainer.train()
                 val_loss, steps = result.best_val_loss, result.step
-                stopped_early = result.stopped_early
+                stopped_early, tokens_seen = result.stopped_early, result.tokens_seen
             outcome = {"best_val_loss": val_loss, "steps": steps, "stopped_early": stopped_early,
+                       "tokens_seen": tokens_seen,
                        "parameters": trainer.module.num_params(), "device": str(trainer.device),
                        "world_size": 1}  # fmt: skip
             baseline_loss = trainer.evaluate(baseline.to(trainer.device))
@@ -174,7 +176,7 @@ def train_task(
             "model": model.kind,
             "parameters": outcome["parameters"],
             "steps": outcome["steps"],
-            "tokens_seen": outcome["steps"] * settings.global_batch * settings.block_size,
+            "tokens_seen": outcome["tokens_seen"],  # padding after a document not counted
             "val_loss": outcome["best_val_loss"],
             "baseline_val_loss": baseline_loss,
             "baseline_smoothing": smoothing,

@@ -176,6 +176,37 @@ def test_gradient_accumulation_weighs_every_scored_target_alike():
     assert difference.norm() < 1e-5 * torch.cat([g.flatten() for g in whole]).norm()
 
 
+def test_tokens_seen_count_the_targets_trained_on_and_resume_with_the_run(tmp_path):
+    """Rows of documents are padded after their end mark, and the padding is not trained on:
+    the tokens seen (the registry's `tokens_seen`) count the scored targets. Before, they were
+    steps × global_batch × block_size, here 2.95 times the targets trained on. Windows score
+    every position, as before."""
+    from lm.batches import make_batches, scored_targets
+
+    eot = VOCAB - 1
+    rng = np.random.default_rng(0)
+    documents = [rng.integers(0, eot, int(n)) for n in rng.integers(1, 8, 300)]
+    tokens = np.concatenate([np.append(d, eot) for d in documents]).astype(np.uint16)
+    settings = config(samples="documents", max_steps=6, micro_batch=2, global_batch=4,
+                      eval_every=100, checkpoint_every=3)  # fmt: skip
+    rows = make_batches(tokens, settings, settings.seed, eot)  # what the run will draw
+    scored = sum(scored_targets(rows.next(torch.device("cpu"))[1]) for _ in range(6 * 2))
+
+    def run(folder: Path) -> Trainer:
+        torch.manual_seed(settings.seed)
+        return Trainer(build_model(SMALL_GPT, VOCAB), settings, tokens, tokens, folder,
+                       eot_id=eot)  # fmt: skip
+
+    assert run(tmp_path / "straight").train().tokens_seen == scored
+    assert 6 * 4 * 16 / scored == pytest.approx(2.95, abs=0.01)
+    run(tmp_path / "split").train(until_step=3)
+    resumed = run(tmp_path / "split")
+    resumed.resume(latest_checkpoint(tmp_path / "split"))
+    assert resumed.train().tokens_seen == scored
+    windows = trainer(tmp_path / "windows", config(max_steps=3, eval_every=100)).train()
+    assert windows.tokens_seen == 3 * 8 * 16
+
+
 def test_early_stopping_keeps_the_best_checkpoint(tmp_path):
     settings = config(max_steps=200, learning_rate=1e-6, eval_every=5, patience=2,
                       min_delta=10.0)  # fmt: skip
