@@ -613,7 +613,8 @@ class Trainer:
                 if val_loss < self.best_val_loss:
                     self.best_val_loss = val_loss
                     self.save("best")
-                if config.patience and self.evaluations_without_improvement >= config.patience:
+                patience_ran_out = self.evaluations_without_improvement >= config.patience
+                if config.patience and patience_ran_out and step < config.max_steps:
                     self._info("train: no val improvement in %d evaluations; stopping",
                                config.patience)  # fmt: skip
                     self.stopped_early = True

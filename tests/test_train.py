@@ -239,6 +239,16 @@ def test_the_best_checkpoint_is_the_lowest_val_loss_and_min_delta_only_paces_pat
     assert resumed.evaluations_without_improvement == 2
 
 
+def test_patience_running_out_on_the_last_step_is_not_stopping_early(tmp_path):
+    """The run trained every step it planned: before, it was reported (and registered) as
+    stopped early."""
+    run = trainer(tmp_path, config(max_steps=6, eval_every=3, patience=1))
+    scores = iter([3.0, 3.1])
+    run.evaluate = lambda model=None: next(scores)
+    result = run.train()
+    assert (result.step, result.stopped_early, result.best_val_loss) == (6, False, 3.0)
+
+
 def test_nan_loss_stops_with_a_clear_error(tmp_path):
     run = trainer(tmp_path, config())
     with torch.no_grad():
