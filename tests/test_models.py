@@ -21,7 +21,7 @@ from lm.models.config import (
     uses_word2vec,
     word2vec_width,
 )
-from lm.models.gpt import drop_path, gpt_parameter_count
+from lm.models.gpt import POSITION_AMPLITUDE, drop_path, gpt_parameter_count, sinusoidal_table
 from lm.models.registry import build_model
 
 VOCAB = 37
@@ -96,6 +96,29 @@ def test_greedy_generation_with_the_cache_equals_recomputation(preset):
 def test_parameter_count_matches_the_closed_form(config):
     model = build_model(config, VOCAB)
     assert model.num_params() == gpt_parameter_count(config, VOCAB)
+
+
+def test_sinusoidal_positions_leave_the_tokens_audible_and_old_checkpoints_keep_amplitude_1():
+    """The table goes in at POSITION_AMPLITUDE: at its own amplitude of 1 it was ~35x the token
+    embeddings (std 0.02) and hid them. Weights saved before the scale was kept load with 1."""
+    torch.manual_seed(0)
+    config = gpt_preset("atinuke", block_size=16, n_layer=1, n_head=2, n_embd=32)
+    model = build_model(config, VOCAB).eval()
+    idx = torch.randint(0, VOCAB, (2, 16))
+    inputs = []
+    model.blocks[0].register_forward_pre_hook(lambda _, args: inputs.append(args[0]))
+    with torch.no_grad():
+        logits = model(idx)[0]
+        tokens = model.token_embedding(idx)
+    positions = inputs[0] - tokens
+    torch.testing.assert_close(positions[1], POSITION_AMPLITUDE * sinusoidal_table(16, 32))
+    assert positions.square().mean().sqrt() < 5 * tokens.square().mean().sqrt()
+    old = {k: v for k, v in model.state_dict().items() if k != "position_scale"}
+    assert first_misfit(model.state_dict(), old) is None
+    loaded = build_model(config, VOCAB).eval()
+    loaded.load_state_dict(old)
+    assert loaded.position_scale.item() == 1.0
+    assert not torch.allclose(loaded(idx)[0], logits)
 
 
 def test_untied_embeddings_add_one_vocabulary_matrix():

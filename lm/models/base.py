@@ -10,7 +10,7 @@ from torch import nn
 # Buffers that a checkpoint written before they were saved lacks: the module owning one
 # supplies, on loading, the value the model had then (its `_load_from_state_dict`), so such a
 # checkpoint still fits (`lm.checkpoint_fit.first_misfit`).
-SUPPLIED_WHEN_MISSING = frozenset({"pad_token"})
+SUPPLIED_WHEN_MISSING = frozenset({"pad_token", "position_scale"})
 
 
 class LanguageModel(nn.Module):
