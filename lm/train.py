@@ -63,7 +63,7 @@ from lm.checkpoints import (
     resolve_init_from,
     usable_checkpoints,
 )
-from lm.compilation import compile_or_eager
+from lm.compilation import compile_or_eager, describe
 from lm.cpu_features import cpu_has_native_bf16
 from lm.distributed import (
     Ranks,
@@ -77,7 +77,7 @@ from lm.distributed import (
     load_optimizer_state,
     wrap_model,
 )
-from lm.models.base import LanguageModel
+from lm.models.base import SUPPLIED_WHEN_MISSING, LanguageModel
 from lm.train_config import TrainConfig, TrainingError
 from lm.weight_average import WeightAverage
 
@@ -783,7 +783,8 @@ class Trainer:
             load_model_state(self.module, model_state, self.parallel)
             load_optimizer_state(self.module, self.optimizer, optimizer_state, self.parallel)
         except (RuntimeError, ValueError, KeyError) as error:
-            raise TrainingError(f"{checkpoint}: does not fit this model ({error})") from None
+            misfit = _misfit(self.module, model_state, error)
+            raise TrainingError(f"{checkpoint}: does not fit this model: {misfit}") from None
         self.step = state["step"]
         # Checkpoints from before it was kept: every row's every position, as it was counted.
         tokens_per_step = self.config.global_batch * self.config.block_size
@@ -836,7 +837,9 @@ class Trainer:
             load_model_state(self.module, state, self.parallel)
         except (RuntimeError, ValueError, KeyError) as error:
             raise TrainingError(
-                f"train.init_from: {checkpoint} does not fit this model ({error})"
+                f"train.init_from: {checkpoint} does not fit this model: "
+                f"{_misfit(self.module, state, error)}; start from a checkpoint of a model with "
+                "these model settings, or drop train.init_from"
             ) from None
         if self.average is not None:  # the average starts from the weights training starts from
             self.average = WeightAverage(self.module, self.config.ema_decay)
@@ -873,6 +876,30 @@ class Trainer:
         staging = path.with_name(f"{path.name}{STAGING_INFIX}{os.getpid()}-{uuid.uuid4().hex[:6]}")
         staging.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
         os.replace(staging, path)
+
+
+def _misfit(module: torch.nn.Module, weights: dict, error: Exception) -> str:
+    """How the checkpoint's `weights` do not fit `module`, in one line: the first tensor of
+    another shape, and how many differ, lack or are extra. (PyTorch's message lists every
+    tensor: 11,000 characters on 70 lines for a 4-layer GPT of another width.) The error's
+    first line where the weights fit (it was the optimizer state that did not)."""
+    expected = module.state_dict()
+    reshaped = [n for n, t in expected.items() if n in weights and weights[n].shape != t.shape]
+    supplied = SUPPLIED_WHEN_MISSING  # buffers the model fills in when a checkpoint lacks them
+    missing = [n for n in expected if n not in weights and n.rpartition(".")[2] not in supplied]
+    extra = [n for n in weights if n not in expected]
+    said = []
+    if reshaped:
+        first = reshaped[0]
+        said.append(f"{first} is {list(weights[first].shape)} in it, "
+                    f"{list(expected[first].shape)} in this model")  # fmt: skip
+        if len(reshaped) > 1:
+            said[-1] += f" ({len(reshaped)} tensors differ in shape)"
+    if missing:
+        said.append(f"it lacks {len(missing)} tensors of this model ({missing[0]}, …)")
+    if extra:
+        said.append(f"it has {len(extra)} tensors this model has not ({extra[0]}, …)")
+    return "; ".join(said) or describe(error)
 
 
 def _for_rank(state: dict, key: str, rank: int):
