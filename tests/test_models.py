@@ -7,6 +7,8 @@ import math
 
 import pytest
 import torch
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from lm.checkpoint_fit import first_misfit
 from lm.eval_config import SamplingConfig
@@ -218,6 +220,44 @@ def test_bigram_count_without_smoothing_is_maximum_likelihood_and_uniform_after_
     assert loss.item() == pytest.approx((math.log(2) + 2 * math.log(5)) / 3)
     sampling = SamplingConfig(temperature=1.0, max_new_tokens=5, seed=0)
     assert len(list(generate_ids(model, [4], sampling, eot_id=0))) > 0
+
+
+class NewStorageBytes(TorchDispatchMode):
+    """The bytes of every tensor storage the operations inside make (views, in-place results and
+    their inputs' storages are not new)."""
+
+    def __init__(self):
+        super().__init__()
+        self.made = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        given = {
+            t.untyped_storage().data_ptr()
+            for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)
+        }  # fmt: skip
+        out = func(*args, **kwargs)
+        for t in pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in given:
+                self.made += t.untyped_storage().nbytes()
+        return out
+
+
+def test_bigram_count_fits_without_a_table_sized_temporary_and_scores_with_one():
+    """The V×V float64 table dominates a large vocabulary's memory (8 GB at V = 32000): fitting
+    adds to it in place, and scoring makes one float64 table of log-probabilities (and the
+    float32 copy it keeps), not three."""
+    vocab = 500
+    table = vocab * vocab * 8
+    tokens = torch.randint(0, vocab, (20_000,))
+    model = build_model(BigramCountConfig(smoothing=0.5), vocab)
+    with NewStorageBytes() as fitting:
+        model.fit(tokens)
+    with NewStorageBytes() as scoring:
+        model(tokens[None, :10])
+    assert fitting.made < 0.5 * table  # the pairs' ids: a few values per token
+    assert scoring.made < 1.6 * table
+    assert int(model.counts.sum()) == len(tokens) - 1
 
 
 def test_mlp_sees_only_its_context_window():

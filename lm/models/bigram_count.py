@@ -55,10 +55,12 @@ class BigramCountModel(LanguageModel):
     def fit(self, tokens: torch.Tensor) -> BigramCountModel:
         """Count every adjacent pair of a token stream (documents separated by end-of-text,
         which so serves as the start mark of the next document)."""
-        tokens = tokens.long().flatten()
+        tokens = tokens.long().flatten().to(self.counts.device)
         pairs = tokens[:-1] * self.vocab_size + tokens[1:]
-        flat = torch.bincount(pairs, minlength=self.vocab_size * self.vocab_size)
-        self.counts += flat.view(self.vocab_size, self.vocab_size).double()
+        # Added in place, one per pair: a dense bincount (int64) and its float64 copy were two
+        # more V×V tables at the peak (3x the table's memory; 24 GB at V = 32000).
+        ones = torch.ones(1, dtype=self.counts.dtype, device=self.counts.device)
+        self.counts.view(-1).index_add_(0, pairs, ones.expand(len(pairs)))
         return self
 
     def log_probs(self) -> torch.Tensor:
@@ -66,10 +68,11 @@ class BigramCountModel(LanguageModel):
         pair never counted has probability 0 (log -inf), and a token never counted as the
         first of a pair (never in the text, or only at its end) predicts uniformly, the limit of
         add-k as k → 0, where dividing its zero counts by their zero total gave NaN logits."""
-        smoothed = self.counts + self.config.smoothing
-        totals = smoothed.sum(dim=1, keepdim=True)
-        uniform = torch.full_like(smoothed, 1.0 / self.vocab_size)
-        return torch.where(totals > 0, smoothed / totals, uniform).log()
+        probs = self.counts + self.config.smoothing  # the one V×V table made: the rest in place
+        totals = probs.sum(dim=1, keepdim=True)
+        probs.div_(totals)
+        probs[totals.squeeze(1) == 0] = 1.0 / self.vocab_size
+        return probs.log_()
 
     def _log_table(self) -> torch.Tensor:
         # In-place updates (fit, load_state_dict) bump the tensor's version; .to() moves it.
