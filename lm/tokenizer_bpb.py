@@ -96,7 +96,7 @@ def train_and_score(
         baseline_bpb=baseline_score.bpb,
         parameters=trainer.module.num_params(),
         steps=result.step,
-        train_tokens=result.step * train.global_batch * train.block_size,
+        train_tokens=result.tokens_seen,  # the targets trained on, padding not counted
         seconds=time.perf_counter() - started,
     )
 
