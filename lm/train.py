@@ -154,6 +154,13 @@ def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | N
     return torch.bfloat16 if config.precision == "bf16" else None
 
 
+# What to do about a loss or gradient that is not finite. Not "rerun": resuming is exact, so a
+# rerun with the same settings meets the same NaN at the same step.
+NOT_FINITE_ADVICE = (
+    'lower train.learning_rate, or train.grad_clip, or set train.precision = "fp32" (a rerun '
+    "with the same settings resumes exactly and meets it again)"
+)
+
 # Training FLOPs from which `compile = "auto"` compiles on a CPU. Compiling nanoGPT's CPU shape
 # costs about 15 s on 2 cores and then saves about a quarter of each bf16 step
 # (bench/bench_train.py), so it pays once eager bf16 would take a minute or more: about 1e13
@@ -522,8 +529,7 @@ class Trainer:
             step_loss = all_reduce_sum([step_loss], self.device)[0] / self.ranks.world_size
         if not math.isfinite(step_loss):
             raise TrainingError(
-                f"loss is {step_loss} at step {launched.number - 1}: lower learning_rate, or "
-                "resume from the last checkpoint"
+                f"loss is {step_loss} at step {launched.number - 1}: {NOT_FINITE_ADVICE}"
             )
         norm = launched.gradient_norm if launched.updated else self._clip_gradients()
         norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: DTensor
@@ -531,8 +537,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)  # never applied
             raise TrainingError(
                 f"the gradients' norm is {norm} at step {launched.number - 1} (its loss, "
-                f"{step_loss:.4f}, is finite): lower learning_rate, or resume from the last "
-                "checkpoint"
+                f"{step_loss:.4f}, is finite): {NOT_FINITE_ADVICE}"
             )
         if not launched.updated:
             self._update_weights()
@@ -604,6 +609,11 @@ class Trainer:
             if evaluates_at(step):
                 evaluated_at = time.monotonic()
                 val_loss = self.evaluate()
+                if not math.isfinite(val_loss):  # never "no improvement": the weights are broken
+                    raise TrainingError(
+                        f"val loss is {val_loss} at step {step} (the training loss, "
+                        f"{step_loss:.4f}, is finite): {NOT_FINITE_ADVICE}"
+                    )
                 self._log({"val/loss": val_loss}, step)
                 if val_loss < self.val_loss_to_beat - config.min_delta:
                     self.val_loss_to_beat = val_loss

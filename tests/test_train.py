@@ -249,6 +249,16 @@ def test_patience_running_out_on_the_last_step_is_not_stopping_early(tmp_path):
     assert (result.step, result.stopped_early, result.best_val_loss) == (6, False, 3.0)
 
 
+def test_a_nan_val_loss_stops_the_run_and_keeps_the_best_before_it(tmp_path):
+    """Not one more evaluation without improvement: weights that score NaN are broken."""
+    run = trainer(tmp_path, config(max_steps=6, eval_every=1, patience=5))
+    scores = iter([3.0, math.nan])
+    run.evaluate = lambda model=None: next(scores)
+    with pytest.raises(TrainingError, match=r"val loss is nan at step 2 .*train\.learning_rate"):
+        run.train()
+    assert torch.load(tmp_path / "best" / "state.pt", weights_only=True)["step"] == 1
+
+
 def test_nan_loss_stops_with_a_clear_error(tmp_path):
     run = trainer(tmp_path, config())
     with torch.no_grad():
