@@ -56,9 +56,8 @@ def sinusoidal_table(length: int, width: int) -> torch.Tensor:
 # after 600 steps of a 2-layer n_embd-128 model on characters, seeds 0-2 (learned positions:
 # 2.34, 2.38): amplitude 1: 2.71, 2.74, 2.80; 0.3: 2.52 (seed 1); 0.1: 2.37, 2.34, 2.42; 0.028
 # (the tokens' RMS): 2.57, 2.57, 2.56; at block_size 256 (400 steps) 1: 3.01, 0.1: 2.77.
-# Vaswani et al. multiply the embeddings by sqrt(n_embd)
-# instead; with these small tied embeddings that makes the first loss grow with the width
-# (ln V + 1.4 at n_embd 768).
+# Vaswani et al. multiply the embeddings by sqrt(n_embd) instead; with these small tied
+# embeddings that makes the first loss grow with the width (ln V + 1.4 at n_embd 768).
 POSITION_AMPLITUDE = 0.1
 
 
