@@ -32,7 +32,11 @@ def compiler_works(device: torch.device) -> str | None:
 
 
 def describe(error: Exception) -> str:
-    """The error's type and the first line of its message (compiler errors run to pages)."""
+    """The error's type and the first line of its message (compiler errors run to pages); for
+    a backend's failure wrapped by Dynamo (`BackendCompilerFailed`), the backend's own error."""
+    inner = getattr(error, "inner_exception", None)
+    if isinstance(inner, Exception):
+        return describe(inner)
     first_line = (str(error).strip().splitlines() or [""])[0]
     return f"{type(error).__name__}: {first_line}"
 

@@ -396,6 +396,21 @@ class Trainer:
 
     def _forward(self, x, y, model: torch.nn.Module | None = None):
         model = self.model if model is None else model
+        try:
+            return self._run(model, x, y)
+        except torch._dynamo.exc.TorchDynamoException as error:
+            # `compile_or_eager` probes the compiler with a tiny function; the model itself
+            # compiles only here, at its first call, and can still fail (an operator Inductor
+            # cannot lower, a toolchain that breaks on a larger kernel). A single process goes
+            # on eager, as when the probe fails; under DDP/FSDP every rank would have to agree.
+            if model is not self.model or self.model is self.module or self.parallel != "none":
+                raise
+            logger.warning("torch.compile failed on this model (%s); training eager",
+                           describe(error))  # fmt: skip
+            self.model = self.module
+            return self._run(self.module, x, y)
+
+    def _run(self, model: torch.nn.Module, x, y):
         if self.autocast is None:
             return model(x, y)
         with torch.autocast(device_type=self.device.type, dtype=self.autocast):

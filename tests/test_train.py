@@ -737,6 +737,33 @@ def test_a_compiler_that_fails_leaves_training_eager_with_a_warning(tmp_path, mo
     assert run.train().step == 4
 
 
+def test_a_model_that_fails_to_compile_at_its_first_step_trains_eager(
+    tmp_path, monkeypatch, caplog
+):
+    """The probe compiles; the model only compiles at its first call, and failing there must
+    not end the run: it goes on eager, and trains exactly as an eager run."""
+    import lm.compilation
+
+    def failing_backend(graph, example_inputs):
+        raise RuntimeError("an operator this backend cannot lower")
+
+    def compile_with_the_failing_backend(model, **options):
+        return real_compile(model, backend=failing_backend)
+
+    real_compile = torch.compile
+    monkeypatch.setattr(lm.compilation, "compiler_works", lambda device: None)
+    monkeypatch.setattr(lm.compilation.torch, "compile", compile_with_the_failing_backend)
+    settings = config(max_steps=3, eval_every=100, checkpoint_every=100)
+    run = trainer(tmp_path / "failing", settings.model_copy(update={"compile": True}))
+    assert run.model is not run.module  # compiled, as far as the probe could tell
+    with caplog.at_level("WARNING", logger="lm.train"):
+        losses = run.train().losses
+    assert "torch.compile failed on this model" in caplog.text
+    assert "cannot lower" in caplog.text and run.model is run.module
+    monkeypatch.undo()
+    assert losses == trainer(tmp_path / "eager", settings).train().losses
+
+
 # -- kill -9 -------------------------------------------------------------------------------------
 
 
