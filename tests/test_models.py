@@ -301,11 +301,23 @@ def test_fixed_context_models_read_end_of_text_before_a_row_and_keep_it_when_loa
     [
         ({"n_embd": 30, "n_head": 4}, r"n_embd \(30\) must be divisible by n_head \(4\)"),
         ({"n_head": 4, "n_kv_heads": 3}, r"n_head \(4\) must be divisible by n_kv_heads \(3\)"),
+        # A value the preset chose, not the user, is said to be the preset's.
+        ({"preset": "modern", "n_head": 3, "n_embd": 96},
+         r"n_head \(3\) must be divisible by n_kv_heads \(2, the 'modern' preset's\)"),
+        ({"preset": "modern", "n_head": 3, "n_kv_heads": 2, "n_embd": 96},
+         r"n_head \(3\) must be divisible by n_kv_heads \(2\)(?!, the)"),
     ],
-)
+)  # fmt: skip
 def test_impossible_shapes_are_refused_with_the_numbers(fields, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=message) as refused:
         GPTConfig(**fields)
+    assert len(refused.value.errors()) == 1
+
+
+def test_an_mlp_norm_without_a_hidden_layer_is_refused_not_ignored():
+    with pytest.raises(ValueError, match="norm 'batchnorm' normalizes hidden layers"):
+        MLPConfig(norm="batchnorm", hiddens=[])
+    assert MLPConfig(norm="none", hiddens=[]).hiddens == []
 
 
 def test_a_sequence_longer_than_the_context_is_refused():

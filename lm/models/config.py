@@ -37,6 +37,16 @@ class MLPConfig(StrictModel):
     hiddens: list[HiddenWidth] = Field(default_factory=lambda: [200])
     norm: Literal["none", "batchnorm", "layernorm"] = "none"
 
+    @model_validator(mode="after")
+    def _norm_has_a_layer(self) -> MLPConfig:
+        """The norm follows each hidden layer: with none, it would be silently left out."""
+        if self.norm != "none" and not self.hiddens:
+            raise ValueError(
+                f"norm '{self.norm}' normalizes hidden layers, and hiddens is empty: add a "
+                'hidden layer, or set norm = "none"'
+            )
+        return self
+
 
 class W2VConfig(StrictModel):
     """A language model on word2vec vectors (after the REAN idea): the vectors of the previous
@@ -86,7 +96,19 @@ class GPTConfig(StrictModel):
             name = data["preset"]
             if name not in GPT_PRESETS:
                 raise ValueError(f"unknown gpt preset '{name}' (presets: {', '.join(GPT_PRESETS)})")
-            data = GPT_PRESETS[name] | data
+            chosen = GPT_PRESETS[name]
+            kv_heads, n_head = chosen.get("n_kv_heads"), data.get("n_head")
+            if (
+                "n_kv_heads" not in data
+                and kv_heads
+                and isinstance(n_head, int)
+                and n_head % kv_heads
+            ):
+                raise ValueError(  # said here: after the merge, the preset's value looks set
+                    f"n_head ({n_head}) must be divisible by n_kv_heads ({kv_heads}, the "
+                    f"'{name}' preset's): set n_kv_heads to a divisor of n_head"
+                )
+            data = chosen | data
         return data
 
     @property
