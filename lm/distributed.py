@@ -70,10 +70,22 @@ class Ranks:
 
 
 def init_process_group(ranks: Ranks, device: torch.device) -> None:
-    """Join the process group (once per process): NCCL for CUDA, gloo for CPU."""
+    """Join the process group (once per process): NCCL for CUDA, gloo for CPU. On CUDA each
+    process of this machine needs a GPU of its own: more processes than GPUs is a
+    `TrainingError` on every rank, not CUDA's "invalid device ordinal" on some."""
     if not ranks.distributed or dist.is_initialized():
         return
     if device.type == "cuda":
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", ranks.local_rank + 1))
+        gpus = torch.cuda.device_count()
+        if max(local_processes, ranks.local_rank + 1) > gpus:
+            raise TrainingError(
+                f"{local_processes} training processes on this machine "
+                f"(train.nproc_per_node), but PyTorch sees {gpus} CUDA GPU(s) "
+                f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): "
+                f"each process needs a GPU of its own; set train.nproc_per_node to at most "
+                f'{gpus}, or train.device = "cpu"'
+            )
         torch.cuda.set_device(device)
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
 

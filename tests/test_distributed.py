@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from lm.distributed import REPO_ROOT, run_torchrun
+from lm.distributed import REPO_ROOT, Ranks, init_process_group, run_torchrun
 from lm.models.config import GPTConfig
 from lm.models.registry import build_model
 from lm.train import TrainConfig, TrainingError, val_loss_of
@@ -189,6 +189,19 @@ def test_torchrun_and_its_ranks_die_with_the_process_that_launched_them(tmp_path
         for pid in survivors:  # left by a failure: not to train on after the test
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_more_processes_than_gpus_is_a_clear_error_on_every_rank(monkeypatch, rank):
+    # nproc_per_node = 2 on a machine with one GPU: rank 1 would ask CUDA for device 1 ("invalid
+    # device ordinal") while rank 0 waits for it; every rank must refuse, naming the setting.
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: pytest.fail("set_device called"))
+    ranks = Ranks(rank=rank, world_size=2, local_rank=rank)
+    with pytest.raises(TrainingError, match=r"2 training processes on this machine "
+                       r"\(train.nproc_per_node\), but PyTorch sees 1 CUDA GPU"):  # fmt: skip
+        init_process_group(ranks, torch.device("cuda", rank))
 
 
 def test_global_batch_must_divide_over_micro_batch_and_processes():
