@@ -226,6 +226,11 @@ STDERR_TAIL_LINES = 40
 LAUNCHER_FAILURE = "failed (exitcode"
 # torchrun's own log lines (glog style: "E1123 04:08:50.338000 27577 path:line] message").
 LAUNCHER_LOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ .*\] ")
+# A rank's uncaught exception, as torch prints it once the process group exists: every line
+# of the traceback starts "[rank3]: ".
+RANK_TRACEBACK_LINE = re.compile(r"^\[rank(\d+)\]: ")
+# How a rank fails when another one died under it: its next collective loses the connection.
+LOST_PEER = re.compile(r"Connection (closed|reset) by peer|remote worker crashing")
 
 
 def torchrun_command(nproc_per_node: int, module: str, *args: str,
@@ -287,7 +292,8 @@ def _run_relaying_output(
 ) -> tuple[int, list[str]]:
     """Run torchrun and wait; every output line goes to `log`. Returns the exit code and the
     end of the error output. If this process is interrupted, the ranks are stopped."""
-    tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+    # Enough to hold a traceback from every rank: `error_tail` keeps the ones that matter.
+    tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES * 50)
     # The kernel's parent-death signal (`lm.parent_death`) fires when the *thread* that forked
     # exits. This thread waits for torchrun below, and kills it if interrupted, so torchrun
     # never outlives it: safe even in one of Prefect's worker threads.
@@ -328,4 +334,25 @@ def _run_relaying_output(
                 process.kill()
         for reader in readers:
             reader.join(timeout=5)
-    return code, list(tail)
+    return code, error_tail(list(tail))
+
+
+def error_tail(lines: list[str]) -> list[str]:
+    """The last `STDERR_TAIL_LINES` of the ranks' error output, without the tracebacks of
+    ranks that failed only because another rank died under them (gloo's "Connection closed by
+    peer" in their next collective): one rank's real error is followed by one such traceback
+    from every other rank, and with three ranks or more they push it out of the tail. One line
+    says which ranks were left out."""
+    last_line: dict[int, str] = {}
+    for line in lines:
+        if match := RANK_TRACEBACK_LINE.match(line):
+            last_line[int(match.group(1))] = line
+    echoes = sorted(rank for rank, line in last_line.items() if LOST_PEER.search(line))
+    kept = [line for line in lines if not ((match := RANK_TRACEBACK_LINE.match(line))
+                                           and int(match.group(1)) in echoes)]  # fmt: skip
+    if echoes:
+        which = f"rank{'s' if len(echoes) > 1 else ''} {', '.join(map(str, echoes))}"
+        said = RANK_TRACEBACK_LINE.sub("", last_line[echoes[0]])
+        kept.append(f"({which} then failed on the lost connection, their tracebacks left out: "
+                    f"{said})")  # fmt: skip
+    return kept[-STDERR_TAIL_LINES:]
