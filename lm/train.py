@@ -786,10 +786,19 @@ class Trainer:
         self._check_tokenizer(checkpoint, info)
         saved_parallel = info.get("parallel", "none")
         if (saved_parallel == "fsdp") != (self.parallel == "fsdp"):
+            # One process trains unsharded whatever train.parallel says: say so, or "resumed
+            # with parallel=none" reads as a contradiction of the config.
+            saved_ranks = info.get("world_size", 1)
+            ours = (
+                f"parallel={self.parallel}"
+                if self.ranks.distributed
+                else "one process (which never shards: train.nproc_per_node = 1)"
+            )
             raise TrainingError(
-                f"{checkpoint}: written with parallel={saved_parallel}, resumed with "
-                f"parallel={self.parallel}; their optimizer states differ in layout: resume with "
-                "the same setting, or start a new run from its weights (train.init_from)"
+                f"{checkpoint}: written by {saved_ranks} process(es) with "
+                f"parallel={saved_parallel}, resumed by {ours}; their optimizer states differ in "
+                "layout: resume with the same setting, or start a new run from its weights "
+                "(train.init_from)"
             )
         # Every file is checked and read before anything is applied: a bad file changes nothing.
         problem = digest_mismatch(checkpoint, CHECKPOINT_FILES)
@@ -822,11 +831,12 @@ class Trainer:
                 torch.cuda.set_rng_state(_for_rank(state, "cuda", rank), self.device)
             self.train_batches.restore(cursors[rank])
         else:
-            logger.warning(
-                "%s: written by %d processes, resumed by %d: the data order and the dropout "
-                "masks from here differ from an uninterrupted run",
-                checkpoint, len(cursors), self.ranks.world_size,
-            )  # fmt: skip
+            if self.ranks.is_main:  # one warning, not one per rank
+                logger.warning(
+                    "%s: written by %d processes, resumed by %d: the data order and the dropout "
+                    "masks from here differ from an uninterrupted run",
+                    checkpoint, len(cursors), self.ranks.world_size,
+                )  # fmt: skip
             self.train_batches.reseed(self.step)
             torch.manual_seed(self.config.seed + RANK_SEED_STRIDE * self.ranks.rank + self.step)
         self.best_val_loss = state["best_val_loss"]

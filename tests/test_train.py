@@ -529,6 +529,18 @@ def test_an_unloadable_checkpoint_is_skipped_for_the_previous_one(tmp_path, capl
     assert f"{weights}: cannot be loaded" in caplog.text
 
 
+def test_a_sharded_checkpoint_resumed_by_one_process_says_one_process_never_shards(tmp_path):
+    """Not "resumed with parallel=none" when the config says fsdp: the cause is the count."""
+    trainer(tmp_path, config(max_steps=10)).train(until_step=5)
+    info_file = tmp_path / "step-00000005" / "checkpoint.json"
+    info = json.loads(info_file.read_text()) | {"parallel": "fsdp", "world_size": 2}
+    info_file.write_text(json.dumps(info))
+    resumed = trainer(tmp_path, config(max_steps=10, parallel="fsdp"))
+    said = r"written by 2 process\(es\) with parallel=fsdp, resumed by one process \(which never"
+    with pytest.raises(TrainingError, match=said):
+        resumed.resume(tmp_path / "step-00000005")
+
+
 def test_a_checkpoint_with_a_flipped_bit_is_skipped_for_the_previous_one(tmp_path, caplog):
     """A bit flipped inside a tensor keeps the file's size, and torch loads it without noticing:
     the resumed run trained on silently changed weights. Its sha256 no longer matches the one
