@@ -15,6 +15,7 @@ before digests were recorded are checked by vocabulary size, read off the weight
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -85,22 +86,50 @@ def _shapes_only(config: ModelConfig, vocab_size: int) -> LanguageModel:
         return build_model(config, vocab_size)
 
 
+@dataclass(frozen=True)
+class TensorMisfit:
+    """How a checkpoint's weights differ from a model's tensors, names in the model's order:
+    tensors of another shape, tensors the weights lack (not counting buffers the model supplies
+    for older checkpoints, `SUPPLIED_WHEN_MISSING`), and tensors the model has not."""
+
+    reshaped: list[str]
+    missing: list[str]
+    extra: list[str]
+
+    def __bool__(self) -> bool:
+        return bool(self.reshaped or self.missing or self.extra)
+
+
+def tensor_misfit(
+    expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]
+) -> TensorMisfit:
+    """Compare the weights `found` with a model's `expected` state dict: what loading checks,
+    said as names instead of PyTorch's list of every tensor."""
+    reshaped = [n for n, t in expected.items() if n in found and found[n].shape != t.shape]
+    missing = [
+        n for n in expected
+        if n not in found and n.rpartition(".")[2] not in SUPPLIED_WHEN_MISSING
+    ]  # fmt: skip
+    extra = [n for n in found if n not in expected]
+    return TensorMisfit(reshaped, missing, extra)
+
+
 def first_misfit(
     expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]
 ) -> str | None:
     """The first tensor, in the model's order, that the weights `found` lack or have in another
     shape than the model's `expected`, else the first they have that the model has not, said
     as `<name> is <shape> in the weights but <shape> by model.json`; None when they fit."""
-    for name, tensor in expected.items():
-        if name not in found and name.rpartition(".")[2] in SUPPLIED_WHEN_MISSING:
-            continue  # an older checkpoint: the model supplies the value it had then
-        if name not in found:
-            return f"{name} {_shape(tensor)} is not in the weights, but model.json has it"
-        if found[name].shape != tensor.shape:
-            trained, described = _shape(found[name]), _shape(tensor)
-            return f"{name} is {trained} in the weights but {described} by model.json"
-    extra = next((name for name in found if name not in expected), None)
-    if extra is not None:
+    misfit = tensor_misfit(expected, found)
+    differing = set(misfit.reshaped) | set(misfit.missing)
+    name = next((name for name in expected if name in differing), None)
+    if name in misfit.missing:
+        return f"{name} {_shape(expected[name])} is not in the weights, but model.json has it"
+    if name is not None:
+        trained, described = _shape(found[name]), _shape(expected[name])
+        return f"{name} is {trained} in the weights but {described} by model.json"
+    if misfit.extra:
+        extra = misfit.extra[0]
         shape = _shape(found[extra])
         return f"{extra} {shape} is in the weights, but the model of model.json has no such tensor"
     return None

@@ -47,6 +47,7 @@ from lm.batches import (
     scored_targets,
     to_device,
 )
+from lm.checkpoint_fit import tensor_misfit
 from lm.checkpoints import (
     DONE_MARKER,
     INFO_FILE,
@@ -77,7 +78,7 @@ from lm.distributed import (
     load_optimizer_state,
     wrap_model,
 )
-from lm.models.base import SUPPLIED_WHEN_MISSING, LanguageModel
+from lm.models.base import LanguageModel
 from lm.train_config import TrainConfig, TrainingError
 from lm.weight_average import WeightAverage
 
@@ -919,21 +920,20 @@ def _misfit(module: torch.nn.Module, weights: dict, error: Exception) -> str:
     tensor: 11,000 characters on 70 lines for a 4-layer GPT of another width.) The error's
     first line where the weights fit (it was the optimizer state that did not)."""
     expected = module.state_dict()
-    reshaped = [n for n, t in expected.items() if n in weights and weights[n].shape != t.shape]
-    supplied = SUPPLIED_WHEN_MISSING  # buffers the model fills in when a checkpoint lacks them
-    missing = [n for n in expected if n not in weights and n.rpartition(".")[2] not in supplied]
-    extra = [n for n in weights if n not in expected]
+    misfit = tensor_misfit(expected, weights)
     said = []
-    if reshaped:
-        first = reshaped[0]
+    if misfit.reshaped:
+        first = misfit.reshaped[0]
         said.append(f"{first} is {list(weights[first].shape)} in it, "
                     f"{list(expected[first].shape)} in this model")  # fmt: skip
-        if len(reshaped) > 1:
-            said[-1] += f" ({len(reshaped)} tensors differ in shape)"
-    if missing:
-        said.append(f"it lacks {len(missing)} tensors of this model ({missing[0]}, …)")
-    if extra:
-        said.append(f"it has {len(extra)} tensors this model has not ({extra[0]}, …)")
+        if len(misfit.reshaped) > 1:
+            said[-1] += f" ({len(misfit.reshaped)} tensors differ in shape)"
+    if misfit.missing:
+        said.append(
+            f"it lacks {len(misfit.missing)} tensors of this model ({misfit.missing[0]}, …)"
+        )
+    if misfit.extra:
+        said.append(f"it has {len(misfit.extra)} tensors this model has not ({misfit.extra[0]}, …)")
     return "; ".join(said) or describe(error)
 
 
