@@ -93,9 +93,10 @@ def _run_flow(name: str, config: str | None, overrides: list[str] | None) -> dic
     except (ConfigError, WorkspaceError) as error:
         raise _fail(str(error)) from None
     arms = [arm for *_, arm in settings.ablation_runs()] if name == "ablation" else []
-    _check_init_from([run.train for run in arms or settings.model_runs()], workspace)
-    _check_devices(settings, arms or settings.model_runs(), resolve_preset(config))
-    _check_sources(settings, resolve_preset(config))
+    runs, config_path = arms or settings.model_runs(), resolve_preset(config)
+    _check_init_from([run.train for run in runs], workspace)
+    _check_devices(settings, runs, config_path)
+    _check_sources(settings, config_path)
     from flows.prefect_server import ServerError, ensure_server
 
     try:
