@@ -21,6 +21,7 @@ from flows.generate_cli import chat_command, generate_command
 from flows.prune_cli import prune_command
 from flows.runs_cli import runs_app
 from flows.serve import serve_command
+from flows.train_join_cli import train_join_command
 from storage.workspace import WorkspaceError, activate_workspace
 
 # Markdown, not Rich markup: help text reflows, and a `[section]` in a docstring stays visible.
@@ -41,6 +42,7 @@ app.command("generate")(generate_command)
 app.command("serve")(serve_command)
 app.command("chat")(chat_command)
 app.command("prune")(prune_command)
+app.command("train-join")(train_join_command)
 # Piped output (CI logs, `| less`) gets wide tables instead of 80 columns of wrapped ids.
 console = Console(width=None if sys.stdout.isatty() else 200)
 errors = Console(stderr=True, width=None if sys.stderr.isatty() else 200)

@@ -233,15 +233,57 @@ RANK_TRACEBACK_LINE = re.compile(r"^\[rank(\d+)\]: ")
 LOST_PEER = re.compile(r"Connection (closed|reset) by peer|remote worker crashing")
 
 
-def torchrun_command(nproc_per_node: int, module: str, *args: str,
-                     log_dir: str | None = None) -> list[str]:  # fmt: skip
-    """`python -m torch.distributed.run --standalone --nproc_per_node=N -m MODULE ARGS`: the
-    same interpreter as this process, so the ranks see the same packages. `log_dir` is where
+# How torchrun says the nodes never met: node 0's store gave up waiting for the others, or
+# another node gave up reaching node 0.
+NODES_MISSING = re.compile(r"waiting for clients|trying to connect to")
+
+
+@dataclass(frozen=True)
+class NodePlace:
+    """This machine's place in a training over several machines (`train.nnodes`): every node
+    runs `nproc_per_node` ranks; node 0 hosts the meeting point `master_addr:master_port`
+    (torchrun's static rendezvous), and the global ranks are numbered node by node, so rank 0,
+    which writes checkpoints and the result, runs on node 0."""
+
+    nnodes: int
+    node_rank: int
+    master_addr: str
+    master_port: int
+    timeout_s: int  # how long node 0 waits for the others, and they try to reach it
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.node_rank < self.nnodes:
+            raise TrainingError(
+                f"node rank {self.node_rank} is not a node of this training: "
+                f"it has {self.nnodes} (0 to {self.nnodes - 1}, node 0 runs the flow)"
+            )
+
+    def torchrun_arguments(self) -> list[str]:
+        return [
+            f"--nnodes={self.nnodes}", f"--node-rank={self.node_rank}",
+            f"--master-addr={self.master_addr}", f"--master-port={self.master_port}",
+            f"--rdzv-conf=timeout={self.timeout_s}",
+        ]  # fmt: skip
+
+    def describe(self) -> str:
+        return f"node {self.node_rank} of {self.nnodes}, meeting at {self.address}"
+
+    @property
+    def address(self) -> str:
+        return f"{self.master_addr}:{self.master_port}"
+
+
+def torchrun_command(nproc_per_node: int, module: str, *args: str, log_dir: str | None = None,
+                     nodes: NodePlace | None = None) -> list[str]:  # fmt: skip
+    """`python -m torch.distributed.run --standalone --nproc_per_node=N -m MODULE ARGS`, or
+    with `nodes` this machine's place among several instead of `--standalone`: the same
+    interpreter as this process, so the ranks see the same packages. `log_dir` is where
     torchrun makes its per-rank log folders (without it, a fresh `/tmp/torchelastic_*` that
     nothing removes, one per launch)."""
     logs = [f"--log-dir={log_dir}"] if log_dir else []
+    place = nodes.torchrun_arguments() if nodes else ["--standalone"]
     return [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", *logs,
+        sys.executable, "-m", "torch.distributed.run", *place, *logs,
         f"--nproc_per_node={nproc_per_node}", "-m", module, *args,
     ]  # fmt: skip
 
@@ -252,9 +294,11 @@ def run_torchrun(
     *args: str,
     log: Callable[[str], None] | None = None,
     env: dict[str, str] | None = None,
+    nodes: NodePlace | None = None,
 ) -> None:
     """Run `module` as `nproc_per_node` ranks and wait; every line the ranks print goes to
-    `log` (default: this module's logger at INFO). A failure raises `TrainingError` with the
+    `log` (default: this module's logger at INFO). With `nodes`, these ranks are this
+    machine's share of a training over several. A failure raises `TrainingError` with the
     end of the error output, where the failing rank's traceback is. If this process is
     interrupted, the ranks are stopped rather than left training; if it is killed, they die
     with it (on Linux)."""
@@ -275,16 +319,37 @@ def run_torchrun(
     # The ranks' output comes through the pipes, so torchrun's per-rank log folders stay empty:
     # they go to a temporary folder removed afterwards.
     with tempfile.TemporaryDirectory(prefix="lmforge-torchrun-") as log_dir:
-        command = torchrun_command(nproc_per_node, module, *args, log_dir=log_dir)
+        command = torchrun_command(nproc_per_node, module, *args, log_dir=log_dir, nodes=nodes)
         guarded = [sys.executable, "-m", "lm.parent_death", *command]
         code, tail = _run_relaying_output(guarded, environment, log)
     if code != 0:
-        shown = " ".join(torchrun_command(nproc_per_node, module, *args)[1:])
+        if nodes and any(NODES_MISSING.search(line) for line in tail):
+            raise TrainingError(nodes_missing(nodes))
+        shown = " ".join(torchrun_command(nproc_per_node, module, *args, nodes=nodes)[1:])
+        where = f", {nodes.describe()}" if nodes else ""
         ending = "\n".join(tail) or "(no error output)"
         raise TrainingError(
-            f"training with torchrun ({nproc_per_node} processes, `{shown}`) "
+            f"training with torchrun ({nproc_per_node} processes{where}, `{shown}`) "
             f"failed with exit code {code}; the end of its error output:\n{ending}"
         )
+
+
+def nodes_missing(nodes: NodePlace) -> str:
+    """What to do when the nodes of a training never met, said from where it was seen."""
+    if nodes.node_rank == 0:
+        others = "node 1" if nodes.nnodes == 2 else f"nodes 1 to {nodes.nnodes - 1}"
+        return (
+            f"the other nodes of this {nodes.nnodes}-node training did not all join at "
+            f"{nodes.address} within train.join_timeout_s = {nodes.timeout_s} s: run "
+            f"`lmforge train-join --node-rank K` on {others}, each with LMFORGE_HOME naming "
+            "this workspace on a filesystem they share, and check that they reach "
+            "train.master_addr at train.master_port"
+        )
+    return (
+        f"node {nodes.node_rank} could not meet node 0 at {nodes.address} within "
+        f"{nodes.timeout_s} s (train.join_timeout_s): node 0's training ended or is "
+        "unreachable from here (train.master_addr must be its address as this machine sees it)"
+    )
 
 
 def _run_relaying_output(

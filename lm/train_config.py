@@ -58,6 +58,14 @@ class TrainConfig(StrictModel):
     # How the ranks share the model: "ddp" replicates it, "fsdp" shards parameters, gradients
     # and optimizer state across ranks (for a model too large for one GPU).
     parallel: Literal["ddp", "fsdp"] = "ddp"
+    # Machines training together, each running nproc_per_node processes. Above 1, the machine
+    # that runs the flow is node 0: it hosts the rendezvous at master_addr:master_port (its
+    # address as the others reach it) and waits up to join_timeout_s for every other machine
+    # to run `lmforge train-join --node-rank K` on the same workspace (lm/distributed.py).
+    nnodes: int = Field(1, ge=1)
+    master_addr: str | None = None
+    master_port: int = Field(29500, ge=1, le=65535)
+    join_timeout_s: int = Field(600, ge=1)
     # A checkpoint folder, or a trained model folder holding `best/` or `final/`, whose weights
     # start this run (continued training on new data with the same tokenizer); the optimizer,
     # schedule and step start afresh. Relative paths are relative to the workspace.
@@ -65,13 +73,29 @@ class TrainConfig(StrictModel):
 
     @model_validator(mode="after")
     def _accumulation_divides(self) -> TrainConfig:
-        per_step = self.micro_batch * self.nproc_per_node
+        per_step = self.micro_batch * self.world_size
         if self.global_batch % per_step:
+            nodes = f" × nnodes ({self.nnodes})" if self.nnodes > 1 else ""
             raise ValueError(
                 f"global_batch ({self.global_batch}) must be a multiple of micro_batch "
-                f"({self.micro_batch}) × nproc_per_node ({self.nproc_per_node}) = {per_step}"
+                f"({self.micro_batch}) × nproc_per_node ({self.nproc_per_node}){nodes} "
+                f"= {per_step}"
             )
         return self
+
+    @model_validator(mode="after")
+    def _nodes_have_a_meeting_point(self) -> TrainConfig:
+        if self.nnodes > 1 and not (self.master_addr or "").strip():
+            raise ValueError(
+                f"nnodes = {self.nnodes} needs master_addr: this machine's address (host name "
+                "or IP) as the other nodes reach it, where they meet at master_port"
+            )
+        return self
+
+    @property
+    def world_size(self) -> int:
+        """Training processes over every node."""
+        return self.nproc_per_node * self.nnodes
 
     def accumulation_steps_for(self, world_size: int) -> int:
         """Micro-batches each of `world_size` processes adds up per optimizer step."""
@@ -85,4 +109,4 @@ class TrainConfig(StrictModel):
 
     @property
     def accumulation_steps(self) -> int:
-        return self.accumulation_steps_for(self.nproc_per_node)
+        return self.accumulation_steps_for(self.world_size)

@@ -48,7 +48,7 @@ def find_leftovers(workspace: Workspace) -> list[Leftover]:
     found = [
         _describe(folder, "interrupted training")
         for folder in sorted((workspace.artifacts).glob(f"*/*{WORK_SUFFIX}"))
-        if folder.is_dir() and not _lock_held(folder)
+        if folder.is_dir() and not training_lock_held(folder)
     ]
     found += [
         _describe(folder, "abandoned build")
@@ -79,7 +79,8 @@ def _remove_tree(folder: Path) -> None:
     shutil.rmtree(doomed)
 
 
-def _lock_held(work: Path) -> bool:
+def training_lock_held(work: Path) -> bool:
+    """Whether a live process trains in the work folder `work` now (holds its lock)."""
     with _locked(work) as locked:
         return not locked
 

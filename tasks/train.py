@@ -8,7 +8,8 @@ output folder is self-contained: weights, configs and tokenizer side by side.
 
 With `train.nproc_per_node > 1` training runs in `torchrun` subprocesses (`lm.train_worker`,
 one rank per process) over the same work folder; this task waits for them, streams their output
-to its log, and scores the baseline itself. With `train.init_from` the model starts from another
+to its log, and scores the baseline itself. With `train.nnodes > 1` this machine is node 0 of
+several, which join through `lmforge train-join` (`storage.launches`). With `train.init_from` the model starts from another
 run's weights; the digest of those weights is part of the cache key, so new weights mean a new
 model even when the path is the same.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -69,10 +71,11 @@ def init_checkpoint(train: TrainConfig, workspace: Workspace) -> Path | None:
     return resolve_init_from(path if path.is_absolute() else workspace.root / path)
 
 
-# How often checkpoints are written and how many are kept: they never change the trained
-# model (resume is exact), so changing them, even mid-run, neither retrains nor loses the
-# checkpoints of an interrupted run.
-BOOKKEEPING = ("checkpoint_every", "keep_checkpoints")
+# Settings that never change the trained model: how often checkpoints are written and how
+# many are kept (resume is exact), and where and how long the nodes of a multi-node training
+# meet. Changing them, even mid-run, neither retrains nor loses an interrupted run's checkpoints.
+BOOKKEEPING = ("checkpoint_every", "keep_checkpoints", "master_addr", "master_port",
+               "join_timeout_s")  # fmt: skip
 
 
 def train_settings_digest(train: TrainConfig) -> str:
@@ -123,8 +126,9 @@ def train_task(
             f"model '{model.kind}' needs word2vec vectors of the tokenizer's pieces: enable "
             'word2vec with input = "pieces"'
         )
-    if uses_word2vec(model) and train.nproc_per_node > 1:
-        raise TrainingError("word2vec-fed models train in one process (train.nproc_per_node = 1)")
+    if uses_word2vec(model) and train.world_size > 1:
+        raise TrainingError("word2vec-fed models train in one process (train.nproc_per_node = 1, "
+                            "train.nnodes = 1)")
     settings = effective_train_config(model, train)
     init_from = init_checkpoint(train, workspace)
     shard_folder = workspace.resolve(shards.path)
@@ -144,9 +148,10 @@ def train_task(
         smoothing = tuned_smoothing(train_tokens, vocab_size)  # as the evaluate stage's
         baseline = BigramCountModel(BigramCountConfig(smoothing=smoothing), vocab_size)
         baseline.fit(_as_tensor(train_tokens))
-        if settings.nproc_per_node > 1 and model.kind != "bigram-count":
-            outcome = _train_with_torchrun(work, model, settings, shard_folder, tokenizer.digest,
-                                           vocab_size, eot_id, init_from)  # fmt: skip
+        if settings.world_size > 1 and model.kind != "bigram-count":
+            outcome = _train_with_torchrun(workspace, work, model, settings, shard_folder,
+                                           tokenizer.digest, vocab_size, eot_id,
+                                           init_from)  # fmt: skip
             baseline_loss = val_loss_of(baseline, val_tokens, settings, eot_id)
         else:
             torch.manual_seed(settings.seed)  # initial weights from the seed, as in a worker
@@ -193,9 +198,11 @@ def train_task(
     return descriptor
 
 
-def _train_with_torchrun(work, model, settings, shard_folder, tokenizer_digest, vocab_size,
-                         eot_id, init_from) -> dict:  # fmt: skip
-    """Train in `settings.nproc_per_node` torchrun ranks over `work`; their summary."""
+def _train_with_torchrun(workspace, work, model, settings, shard_folder, tokenizer_digest,
+                         vocab_size, eot_id, init_from) -> dict:  # fmt: skip
+    """Train in `settings.nproc_per_node` torchrun ranks over `work`, on this machine or, with
+    `settings.nnodes > 1`, as node 0 of several (announced in the workspace for `lmforge
+    train-join`); the ranks' summary."""
     from lm.distributed import run_torchrun
     from lm.train_worker import RESULT_FILE, TokenFile, WorkerSpec, read_result, write_spec
     from storage.shards import read_shard_info
@@ -211,8 +218,32 @@ def _train_with_torchrun(work, model, settings, shard_folder, tokenizer_digest, 
     )  # fmt: skip
     write_spec(work, spec)
     (work / RESULT_FILE).unlink(missing_ok=True)
-    run_torchrun(settings.nproc_per_node, "lm.train_worker", str(work))
+    if settings.nnodes == 1:
+        run_torchrun(settings.nproc_per_node, "lm.train_worker", str(work))
+    else:
+        _train_as_node_zero(workspace, work, settings)
     return read_result(work)
+
+
+def _train_as_node_zero(workspace, work, settings) -> None:
+    """Host a training over `settings.nnodes` machines: announce it, say how the others join,
+    train this machine's share."""
+    from lm.distributed import NodePlace, run_torchrun
+    from storage.launches import announced, new_launch
+
+    place = NodePlace(settings.nnodes, 0, settings.master_addr, settings.master_port,
+                      settings.join_timeout_s)  # fmt: skip
+    launch = new_launch(work, settings.nnodes, settings.nproc_per_node, settings.master_addr,
+                        settings.master_port, settings.join_timeout_s)  # fmt: skip
+    others = "node 1" if settings.nnodes == 2 else f"nodes 1 to {settings.nnodes - 1}"
+    with announced(workspace, launch) as announcement:
+        logging.getLogger("lm.train").info(
+            "training on %d nodes of %d processes: this machine is node 0, meeting the others "
+            "at %s for up to %d s; on %s run `LMFORGE_HOME=%s lmforge train-join --node-rank K` "
+            "(announced in %s)", settings.nnodes, settings.nproc_per_node, place.address,
+            settings.join_timeout_s, others, workspace.root, announcement,
+        )  # fmt: skip
+        run_torchrun(settings.nproc_per_node, "lm.train_worker", str(work), nodes=place)
 
 
 def _piece_vectors(model, vectors, workspace, tokenizer, seed: int, coverage: dict):

@@ -9,6 +9,7 @@ import math
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ import torch
 
 from lm.distributed import (
     REPO_ROOT,
+    NodePlace,
     Ranks,
     _run_relaying_output,
     init_process_group,
@@ -246,24 +248,30 @@ def test_global_batch_must_divide_over_micro_batch_and_processes():
         TrainConfig(micro_batch=4, global_batch=12, nproc_per_node=2)
 
 
-@pytest.mark.slow
-def test_the_train_stage_runs_torchrun_and_publishes_the_usual_model_folder(workspace, tmp_path):
+def train_small_gpt(tmp_path, *overrides: str) -> dict:
+    """Run the pipeline on a few documents with a tiny GPT; its one model's summary."""
     from flows.pipeline import lm_pipeline
     from tests.helpers import prose, write_config
 
     texts = tmp_path / "texts"
-    texts.mkdir()
-    for index in range(12):
-        (texts / f"doc{index:02d}.txt").write_text(prose(index, 150))
+    if not texts.is_dir():
+        texts.mkdir()
+        for index in range(12):
+            (texts / f"doc{index:02d}.txt").write_text(prose(index, 150))
     config = write_config(tmp_path / "small.toml", [{"path": str(texts)}])
-    overrides = [
+    settings = [
         'model.kind="gpt"', "model.block_size=16", "model.n_layer=1", "model.n_head=2",
         "model.n_embd=16", "train.max_steps=6", "train.micro_batch=2", "train.global_batch=4",
         "train.eval_every=3", "train.checkpoint_every=3", "train.eval_batches=2",
-        "split.val=0.3", "train.nproc_per_node=2", 'train.device="cpu"',
+        "split.val=0.3", 'train.device="cpu"', *overrides,
     ]  # fmt: skip
-    summary = lm_pipeline(config=str(config), overrides=overrides)
-    [model] = summary["models"]
+    [model] = lm_pipeline(config=str(config), overrides=settings)["models"]
+    return model
+
+
+@pytest.mark.slow
+def test_the_train_stage_runs_torchrun_and_publishes_the_usual_model_folder(workspace, tmp_path):
+    model = train_small_gpt(tmp_path, "train.nproc_per_node=2")
     assert (model["steps"], model["processes"], model["tokens_seen"]) == (6, 2, 6 * 4 * 16)
     folder = workspace.resolve(model["path"])
     for part in ("best/model.pt", "final/DONE", "tokenizer/tokenizer.json", "model.json",
@@ -275,3 +283,72 @@ def test_the_train_stage_runs_torchrun_and_publishes_the_usual_model_folder(work
     val_losses = [m["value"] for m in losses if m["key"] == "val/loss"]
     trained = json.loads((folder / "stats.json").read_text())  # the train stage's own numbers
     assert len(val_losses) == 2 and trained["val_loss"] == pytest.approx(min(val_losses))
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket()) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_machines_train_step_for_step_as_two_processes_of_one(workspace, tmp_path):
+    """Node 0 runs the flow with train.nnodes = 2 and announces the training in the workspace;
+    `lmforge train-join --node-rank 1`, started first and waiting, joins it (here from another
+    process of this machine, meeting at 127.0.0.1): the same world of two ranks as
+    `nproc_per_node = 2`, so the same losses, step for step."""
+    from tests.conftest import lmforge_command
+
+    joiner = subprocess.Popen(
+        lmforge_command("train-join", "--node-rank", "1", "--wait-s", "120"),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        nodes = train_small_gpt(tmp_path, "train.nnodes=2", 'train.master_addr="127.0.0.1"',
+                                f"train.master_port={free_port()}")  # fmt: skip
+        said = joiner.communicate(timeout=60)[0]
+    finally:
+        joiner.kill()
+    assert joiner.returncode == 0, said
+    assert "as node 1 of 2" in said and "finished" in said
+    assert not any((workspace.root / "launches").iterdir())  # withdrawn once trained
+    assert nodes["processes"] == 2
+
+    one_machine = train_small_gpt(tmp_path, "train.nproc_per_node=2")
+    assert one_machine["path"] != nodes["path"]  # the world differs in shape, so in key
+
+    def curve(model) -> list[tuple[str, int, float]]:
+        return logged(workspace.resolve(model["path"]))
+
+    assert len(curve(nodes)) > 6 and curve(nodes) == curve(one_machine)
+
+
+def test_a_node_not_joined_in_time_names_the_command_that_joins(tmp_path):
+    job = tmp_path / "job"
+    write_job(job, nproc_per_node=1, nnodes=2, master_addr="127.0.0.1")
+    place = NodePlace(2, 0, "127.0.0.1", free_port(), timeout_s=2)
+    with pytest.raises(TrainingError) as raised:
+        run_torchrun(1, "lm.train_worker", str(job), log=lambda line: None, nodes=place)
+    message = str(raised.value)
+    assert "did not all join at 127.0.0.1:" in message and "within train.join_timeout_s = 2 s" \
+        in message and "lmforge train-join --node-rank K` on node 1" in message
+    assert "Traceback" not in message
+    # From the other side: node 1 finds nobody at node 0's address.
+    place = NodePlace(2, 1, "127.0.0.1", free_port(), timeout_s=2)
+    with pytest.raises(TrainingError, match=r"node 1 could not meet node 0 at 127\.0\.0\.1:\d+ "
+                                            r"within 2 s"):  # fmt: skip
+        run_torchrun(1, "lm.train_worker", str(job), log=lambda line: None, nodes=place)
+
+
+def test_nodes_and_their_meeting_point_are_checked_with_the_config():
+    with pytest.raises(ValueError, match=r"global_batch \(12\) must be a multiple of micro_batch"
+                       r" \(2\) × nproc_per_node \(2\) × nnodes \(2\) = 8"):  # fmt: skip
+        TrainConfig(micro_batch=2, global_batch=12, nproc_per_node=2, nnodes=2,
+                    master_addr="node0")  # fmt: skip
+    with pytest.raises(ValueError, match="nnodes = 2 needs master_addr"):
+        TrainConfig(micro_batch=2, global_batch=8, nnodes=2)
+    settings = TrainConfig(micro_batch=2, global_batch=16, nproc_per_node=2, nnodes=2,
+                           master_addr="node0")  # fmt: skip
+    assert (settings.world_size, settings.accumulation_steps) == (4, 2)
+    with pytest.raises(TrainingError, match="node rank 2 is not a node of this training: it has 2"):
+        NodePlace(2, 2, "node0", 29500, 60)

@@ -1,0 +1,104 @@
+"""Multi-node trainings announced in the workspace, so that the other machines find them.
+
+A training over several machines (`train.nnodes > 1`) is started by the train stage on node 0,
+inside a flow: its work folder is named by a cache key the other machines cannot know in
+advance. So node 0 writes an announcement, `launches/<id>.json` (where to meet, the work folder
+and the number of processes), for as long as it waits for them and trains, and `lmforge
+train-join` on every other machine waits for one and joins it. The workspace must be on a
+filesystem every node mounts at the same path: they read the worker spec and token files node
+0 wrote there.
+
+An announcement whose training no longer holds its work folder's lock (node 0 was killed before
+it could remove it) is not offered: a machine joining it would wait for a meeting nobody hosts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from pydantic import Field, ValidationError
+
+from lm.strict_model import StrictModel
+from storage.processes import this_host
+from storage.prune import training_lock_held
+from storage.workspace import Workspace
+
+LAUNCHES = "launches"
+
+
+class Launch(StrictModel):
+    """One training over several machines, as node 0 announces it."""
+
+    launch_id: str
+    work: str = Field(description="the work folder (absolute): the worker spec is there")
+    nnodes: int = Field(ge=2)
+    nproc_per_node: int = Field(ge=1)
+    master_addr: str
+    master_port: int
+    join_timeout_s: int
+    host: str = Field(description="user@host of node 0")
+    announced_at: float
+
+
+def launches_folder(workspace: Workspace) -> Path:
+    return workspace.root / LAUNCHES
+
+
+def new_launch(work: Path, nnodes: int, nproc_per_node: int, master_addr: str,
+               master_port: int, join_timeout_s: int) -> Launch:  # fmt: skip
+    return Launch(
+        launch_id=f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}", work=str(work),
+        nnodes=nnodes, nproc_per_node=nproc_per_node, master_addr=master_addr,
+        master_port=master_port, join_timeout_s=join_timeout_s, host=this_host(),
+        announced_at=time.time(),
+    )  # fmt: skip
+
+
+@contextlib.contextmanager
+def announced(workspace: Workspace, launch: Launch) -> Iterator[Path]:
+    """`launch` announced for the block (written atomically), withdrawn after it, however it
+    ends."""
+    folder = launches_folder(workspace)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{launch.launch_id}.json"
+    staging = folder / f".{launch.launch_id}.json.partial-{os.getpid()}"
+    staging.write_text(launch.model_dump_json(indent=2))
+    os.replace(staging, path)
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def open_launches(workspace: Workspace) -> list[Launch]:
+    """The announced trainings whose node 0 still holds the work folder, oldest first.
+    A file that does not read as an announcement is skipped (one being written, or not
+    ours)."""
+    folder = launches_folder(workspace)
+    found = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            launch = Launch.model_validate_json(path.read_text())
+        except (OSError, ValidationError):
+            continue
+        if training_lock_held(Path(launch.work)):
+            found.append(launch)
+    return sorted(found, key=lambda launch: launch.announced_at)
+
+
+def wait_for_launch(workspace: Workspace, skip: set[str], wait_s: float,
+                    poll_s: float = 0.5) -> Launch | None:  # fmt: skip
+    """The oldest open launch not in `skip`, as soon as there is one; None after `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        fresh = [launch for launch in open_launches(workspace) if launch.launch_id not in skip]
+        if fresh:
+            return fresh[0]
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(poll_s)

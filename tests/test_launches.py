@@ -1,0 +1,65 @@
+"""Announcements of trainings over several machines (`storage.launches`) and `lmforge
+train-join`'s answers when there is nothing right to join. The joining itself, with the real
+torchrun, is in tests/test_distributed.py."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+
+from storage.launches import announced, new_launch, open_launches, wait_for_launch
+from storage.prune import WORK_LOCK
+from tests.conftest import run_cli
+
+
+@contextlib.contextmanager
+def training_in(work):
+    """Hold `work`'s training lock, as the train stage does while it trains there."""
+    work.mkdir(parents=True, exist_ok=True)
+    with open(work / WORK_LOCK, "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+        fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def launch_in(work, nnodes=2):
+    return new_launch(work, nnodes, 1, "127.0.0.1", 29500, 60)
+
+
+def test_a_launch_is_offered_while_its_node_zero_trains_and_withdrawn_after(workspace, tmp_path):
+    work = tmp_path / "key.work"
+    with training_in(work), announced(workspace, launch_in(work)) as path:
+        assert path.is_file()
+        [offered] = open_launches(workspace)
+        assert (offered.work, offered.nnodes) == (str(work), 2)
+        assert wait_for_launch(workspace, {offered.launch_id}, wait_s=0.2) is None
+    assert not path.exists() and open_launches(workspace) == []
+
+
+def test_an_announcement_left_by_a_killed_node_zero_is_not_offered(workspace, tmp_path):
+    # Killed with SIGKILL: the announcement stays, but nobody holds the work folder's lock.
+    work = tmp_path / "key.work"
+    work.mkdir()
+    (work / WORK_LOCK).touch()
+    folder = workspace.root / "launches"
+    folder.mkdir()
+    (folder / "stale.json").write_text(launch_in(work).model_dump_json())
+    (folder / "torn.json").write_text('{"launch_id": "x", "wo')  # half written, or not ours
+    assert open_launches(workspace) == []
+    with training_in(work):  # a rerun trains there again: its own announcement is offered
+        assert [launch.work for launch in open_launches(workspace)] == [str(work)]
+
+
+def test_train_join_refuses_a_node_rank_the_training_does_not_have(workspace, tmp_path):
+    work = tmp_path / "key.work"
+    with training_in(work), announced(workspace, launch_in(work, nnodes=2)):
+        result = run_cli("train-join", "--node-rank", "2", "--wait-s", "5", check=False)
+    assert result.returncode == 1
+    assert "node rank 2 is not a node of this training: it has 2 (0 to 1" in result.stderr
+
+
+def test_train_join_says_where_it_waited_when_nothing_is_announced(workspace):
+    result = run_cli("train-join", "--node-rank", "1", "--wait-s", "0.5", check=False)
+    assert result.returncode == 1
+    assert f"no training over several machines was announced in {workspace.root / 'launches'}" \
+        in result.stderr.replace("\n", "")
