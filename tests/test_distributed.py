@@ -352,3 +352,64 @@ def test_nodes_and_their_meeting_point_are_checked_with_the_config():
     assert (settings.world_size, settings.accumulation_steps) == (4, 2)
     with pytest.raises(TrainingError, match="node rank 2 is not a node of this training: it has 2"):
         NodePlace(2, 2, "node0", 29500, 60)
+
+
+@pytest.mark.slow
+def test_a_following_node_joins_every_training_of_a_ladder(workspace, tmp_path):
+    """A ladder trains its models one after another: `--follow` joins each training that needs
+    the other node (the count bigram needs none) and stops once none comes."""
+    from flows.pipeline import lm_pipeline
+    from tests.conftest import lmforge_command
+    from tests.helpers import prose, write_config
+
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    for index in range(12):
+        (texts / f"doc{index:02d}.txt").write_text(prose(index, 150))
+    ladder = f"""
+[split]
+val = 0.3
+
+[train]
+device = "cpu"
+block_size = 16
+max_steps = 4
+micro_batch = 2
+global_batch = 4
+eval_every = 2
+eval_batches = 2
+nnodes = 2
+master_addr = "127.0.0.1"
+master_port = {free_port()}
+join_timeout_s = 60
+
+[[models]]
+kind = "bigram-count"
+
+[[models]]
+kind = "mlp"
+context = 4
+n_embd = 8
+hiddens = [16]
+
+[[models]]
+kind = "gpt"
+block_size = 16
+n_layer = 1
+n_head = 2
+n_embd = 16
+"""
+    config = write_config(tmp_path / "ladder.toml", [{"path": str(texts)}], ladder)
+    joiner = subprocess.Popen(
+        lmforge_command("train-join", "--node-rank", "1", "--follow", "--wait-s", "10"),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        models = lm_pipeline(config=str(config))["models"]
+        said = joiner.communicate(timeout=90)[0]
+    finally:
+        joiner.kill()
+    assert joiner.returncode == 0, said
+    assert [model["processes"] for model in models] == [1, 2, 2]
+    assert said.count("as node 1 of 2") == 2 and said.count("finished") == 2
+    assert "no further training announced within 10 s; done" in said
