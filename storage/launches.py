@@ -8,8 +8,10 @@ train-join` on every other machine waits for one and joins it. The workspace mus
 filesystem every node mounts at the same path: they read the worker spec and token files node
 0 wrote there.
 
-An announcement whose training no longer holds its work folder's lock (node 0 was killed before
-it could remove it) is not offered: a machine joining it would wait for a meeting nobody hosts.
+An announcement is offered only while a machine could still join it: its training holds its
+work folder's lock (node 0 killed before it could remove the file holds nothing), and it is
+younger than its join timeout (after that node 0 has met every node, or given up; this also
+covers a shared filesystem whose locks this machine cannot see).
 """
 
 from __future__ import annotations
@@ -76,9 +78,8 @@ def announced(workspace: Workspace, launch: Launch) -> Iterator[Path]:
 
 
 def open_launches(workspace: Workspace) -> list[Launch]:
-    """The announced trainings whose node 0 still holds the work folder, oldest first.
-    A file that does not read as an announcement is skipped (one being written, or not
-    ours)."""
+    """The announced trainings a machine can still join, oldest first. A file that does not
+    read as an announcement is skipped (one being written, or not ours)."""
     folder = launches_folder(workspace)
     found = []
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
@@ -86,9 +87,18 @@ def open_launches(workspace: Workspace) -> list[Launch]:
             launch = Launch.model_validate_json(path.read_text())
         except (OSError, ValidationError):
             continue
-        if training_lock_held(Path(launch.work)):
+        if _joinable(launch):
             found.append(launch)
     return sorted(found, key=lambda launch: launch.announced_at)
+
+
+def _joinable(launch: Launch) -> bool:
+    if time.time() - launch.announced_at > launch.join_timeout_s:
+        return False
+    try:
+        return training_lock_held(Path(launch.work))
+    except OSError:  # a filesystem without flock: the age alone decides
+        return True
 
 
 def wait_for_launch(workspace: Workspace, skip: set[str], wait_s: float,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import time
 
 from storage.launches import announced, new_launch, open_launches, wait_for_launch
 from storage.prune import WORK_LOCK
@@ -48,6 +49,14 @@ def test_an_announcement_left_by_a_killed_node_zero_is_not_offered(workspace, tm
     assert open_launches(workspace) == []
     with training_in(work):  # a rerun trains there again: its own announcement is offered
         assert [launch.work for launch in open_launches(workspace)] == [str(work)]
+
+
+def test_an_announcement_older_than_its_join_timeout_is_not_offered(workspace, tmp_path):
+    # Node 0 has met every node by then, or given up: nobody can join it any more.
+    work = tmp_path / "key.work"
+    late = launch_in(work).model_copy(update={"announced_at": time.time() - 61})
+    with training_in(work), announced(workspace, late):
+        assert open_launches(workspace) == []
 
 
 def test_train_join_refuses_a_node_rank_the_training_does_not_have(workspace, tmp_path):
