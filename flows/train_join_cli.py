@@ -35,11 +35,10 @@ def train_join_command(node_rank: NodeRank, wait_s: WaitSeconds = 3600.0,
     as node `--node-rank`, and train this machine's share of it (`train.nproc_per_node`
     processes). Every node reads the workspace at the same path: the work folder and token
     files node 0 wrote."""
+    from flows.cli import _fail, console
     from lm.distributed import NodePlace, run_torchrun
     from lm.train_config import TrainingError
     from storage.launches import launches_folder, wait_for_launch
-
-    from flows.cli import _fail, console
 
     workspace = Workspace.from_env()
     joined: set[str] = set()

@@ -26,6 +26,8 @@ from lm.strict_model import StrictModel
 from lm.train_config import TrainConfig, TrainingError
 
 SPEC_FILE = "worker.json"
+# The word2vec matrix a model is built from, for one that reads one (`WorkerSpec.vectors`).
+PIECE_VECTORS_FILE = "piece_vectors.pt"
 RESULT_FILE = "result.json"
 METRICS_FILE = "metrics.jsonl"
 
@@ -52,6 +54,9 @@ class WorkerSpec(StrictModel):
     tokenizer_digest: str | None = None
     eot_id: int | None = Field(None, description="the shards' end-of-text id")
     init_from: str | None = Field(None, description="absolute path of a checkpoint to start from")
+    vectors: str | None = Field(
+        None, description="absolute path of the word2vec matrix (vocab × width) the model reads"
+    )
 
 
 def write_spec(work: Path, spec: WorkerSpec) -> Path:
@@ -85,8 +90,9 @@ def train_in(work: Path):
     from lm.train import Trainer
 
     spec = read_spec(work)
+    vectors = torch.load(spec.vectors, weights_only=True) if spec.vectors else None
     torch.manual_seed(spec.train.seed)  # the same initial weights on every rank
-    network = build_model(spec.model, spec.vocab_size, eot_id=spec.eot_id)
+    network = build_model(spec.model, spec.vocab_size, vectors=vectors, eot_id=spec.eot_id)
     trainer = Trainer(network, spec.train, spec.train_tokens.open(), spec.val_tokens.open(), work,
                       work / METRICS_FILE, tokenizer_digest=spec.tokenizer_digest,
                       eot_id=spec.eot_id)  # fmt: skip
@@ -106,6 +112,16 @@ def train_in(work: Path):
         }
         _write_atomically(work / RESULT_FILE, json.dumps(summary, indent=2))
     return trainer, result
+
+
+def write_vectors(path: Path, matrix) -> Path:
+    """The word2vec matrix for the ranks, written atomically."""
+    import torch
+
+    staging = path.with_name(f"{path.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    torch.save(matrix, staging)
+    os.replace(staging, path)
+    return path
 
 
 def _write_atomically(path: Path, text: str) -> Path:

@@ -9,9 +9,10 @@ output folder is self-contained: weights, configs and tokenizer side by side.
 With `train.nproc_per_node > 1` training runs in `torchrun` subprocesses (`lm.train_worker`,
 one rank per process) over the same work folder; this task waits for them, streams their output
 to its log, and scores the baseline itself. With `train.nnodes > 1` this machine is node 0 of
-several, which join through `lmforge train-join` (`storage.launches`). With `train.init_from` the model starts from another
-run's weights; the digest of those weights is part of the cache key, so new weights mean a new
-model even when the path is the same.
+several, which join through `lmforge train-join` (`storage.launches`). A model built from
+word2vec vectors gets them from this task, in a file the ranks load. With `train.init_from` the
+model starts from another run's weights; the digest of those weights is part of the cache key,
+so new weights mean a new model even when the path is the same.
 """
 
 from __future__ import annotations
@@ -126,9 +127,6 @@ def train_task(
             f"model '{model.kind}' needs word2vec vectors of the tokenizer's pieces: enable "
             'word2vec with input = "pieces"'
         )
-    if uses_word2vec(model) and train.world_size > 1:
-        raise TrainingError("word2vec-fed models train in one process (train.nproc_per_node = 1, "
-                            "train.nnodes = 1)")
     settings = effective_train_config(model, train)
     init_from = init_checkpoint(train, workspace)
     shard_folder = workspace.resolve(shards.path)
@@ -148,16 +146,15 @@ def train_task(
         smoothing = tuned_smoothing(train_tokens, vocab_size)  # as the evaluate stage's
         baseline = BigramCountModel(BigramCountConfig(smoothing=smoothing), vocab_size)
         baseline.fit(_as_tensor(train_tokens))
+        pieces = _piece_vectors(model, vectors, workspace, tokenizer, settings.seed, coverage)
         if settings.world_size > 1 and model.kind != "bigram-count":
             outcome = _train_with_torchrun(workspace, work, model, settings, shard_folder,
-                                           tokenizer.digest, vocab_size, eot_id,
-                                           init_from)  # fmt: skip
+                                           tokenizer.digest, vocab_size, eot_id, init_from,
+                                           pieces)  # fmt: skip
             baseline_loss = val_loss_of(baseline, val_tokens, settings, eot_id)
         else:
             torch.manual_seed(settings.seed)  # initial weights from the seed, as in a worker
-            network = build_model(model, vocab_size, vectors=_piece_vectors(
-                model, vectors, workspace, tokenizer, settings.seed, coverage),
-                eot_id=eot_id)  # fmt: skip
+            network = build_model(model, vocab_size, vectors=pieces, eot_id=eot_id)
             trainer = Trainer(network, settings, train_tokens, val_tokens, work,
                               work / METRICS_FILE, tokenizer_digest=tokenizer.digest,
                               eot_id=eot_id)  # fmt: skip
@@ -199,12 +196,21 @@ def train_task(
 
 
 def _train_with_torchrun(workspace, work, model, settings, shard_folder, tokenizer_digest,
-                         vocab_size, eot_id, init_from) -> dict:  # fmt: skip
+                         vocab_size, eot_id, init_from, pieces) -> dict:  # fmt: skip
     """Train in `settings.nproc_per_node` torchrun ranks over `work`, on this machine or, with
     `settings.nnodes > 1`, as node 0 of several (announced in the workspace for `lmforge
-    train-join`); the ranks' summary."""
+    train-join`); the ranks' summary. `pieces`, the word2vec matrix a model is built from, is
+    handed to them in a file."""
     from lm.distributed import run_torchrun
-    from lm.train_worker import RESULT_FILE, TokenFile, WorkerSpec, read_result, write_spec
+    from lm.train_worker import (
+        PIECE_VECTORS_FILE,
+        RESULT_FILE,
+        TokenFile,
+        WorkerSpec,
+        read_result,
+        write_spec,
+        write_vectors,
+    )
     from storage.shards import read_shard_info
 
     def token_file(split: str) -> TokenFile:
@@ -215,6 +221,7 @@ def _train_with_torchrun(workspace, work, model, settings, shard_folder, tokeniz
         model=model, train=settings, vocab_size=vocab_size, train_tokens=token_file("train"),
         val_tokens=token_file("val"), tokenizer_digest=tokenizer_digest, eot_id=eot_id,
         init_from=str(init_from) if init_from else None,
+        vectors=None if pieces is None else str(write_vectors(work / PIECE_VECTORS_FILE, pieces)),
     )  # fmt: skip
     write_spec(work, spec)
     (work / RESULT_FILE).unlink(missing_ok=True)

@@ -330,8 +330,11 @@ def test_a_node_not_joined_in_time_names_the_command_that_joins(tmp_path):
     with pytest.raises(TrainingError) as raised:
         run_torchrun(1, "lm.train_worker", str(job), log=lambda line: None, nodes=place)
     message = str(raised.value)
-    assert "did not all join at 127.0.0.1:" in message and "within train.join_timeout_s = 2 s" \
-        in message and "lmforge train-join --node-rank K` on node 1" in message
+    assert (
+        "did not all join at 127.0.0.1:" in message
+        and "within train.join_timeout_s = 2 s" in message
+        and "lmforge train-join --node-rank K` on node 1" in message
+    )
     assert "Traceback" not in message
     # From the other side: node 1 finds nobody at node 0's address.
     place = NodePlace(2, 1, "127.0.0.1", free_port(), timeout_s=2)

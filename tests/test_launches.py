@@ -70,5 +70,7 @@ def test_train_join_refuses_a_node_rank_the_training_does_not_have(workspace, tm
 def test_train_join_says_where_it_waited_when_nothing_is_announced(workspace):
     result = run_cli("train-join", "--node-rank", "1", "--wait-s", "0.5", check=False)
     assert result.returncode == 1
-    assert f"no training over several machines was announced in {workspace.root / 'launches'}" \
+    assert (
+        f"no training over several machines was announced in {workspace.root / 'launches'}"
         in result.stderr.replace("\n", "")
+    )

@@ -499,6 +499,20 @@ def test_word2vec_fed_models_train_on_the_run_s_piece_vectors(workspace, tmp_pat
     with pytest.raises(ConfigError, match=r'word2vec\.input = "pieces"'):
         run_pipeline(config, ['word2vec.input="words"'])
 
+    # Under torchrun the ranks build the models from the same vectors, handed over in a file:
+    # the frozen w2v table published is the one-process run's.
+    import torch
+
+    ranked = run_pipeline(config, ["train.nproc_per_node=2", "train.global_batch=8"])
+    in_ranks = {model["label"]: model for model in ranked["models"]}
+    assert [in_ranks[label]["processes"] for label in ("w2v", "gpt-word2vec")] == [2, 2]
+
+    def table(model) -> torch.Tensor:
+        weights = workspace.resolve(model["path"]) / "final" / "model.pt"
+        return torch.load(weights, weights_only=True)["vectors"]
+
+    assert torch.equal(table(in_ranks["w2v"]), table(models["w2v"]))
+
 
 def test_a_run_card_that_cannot_be_published_leaves_the_run_completed(
     workspace, config, monkeypatch
