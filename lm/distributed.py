@@ -231,6 +231,7 @@ LAUNCHER_LOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ .*\] ")
 RANK_TRACEBACK_LINE = re.compile(r"^\[rank(\d+)\]: ")
 # How a rank fails when another one died under it: its next collective loses the connection.
 LOST_PEER = re.compile(r"Connection (closed|reset) by peer|remote worker crashing")
+LOST_CONNECTION_NOTE = "then failed on the lost connection"
 
 
 # How torchrun says the nodes never met: node 0's store gave up waiting for the others, or
@@ -328,9 +329,21 @@ def run_torchrun(
         shown = " ".join(torchrun_command(nproc_per_node, module, *args, nodes=nodes)[1:])
         where = f", {nodes.describe()}" if nodes else ""
         ending = "\n".join(tail) or "(no error output)"
+        elsewhere = ""
+        if (
+            nodes
+            and not any(RANK_TRACEBACK_LINE.match(line) for line in tail)
+            and any(LOST_CONNECTION_NOTE in line for line in tail)
+        ):  # every rank here only lost its peers: the error is on another node
+            elsewhere = (
+                " This node's ranks only lost their connection: a rank on another node "
+                "failed, or its machine stopped; its error is in the output of `lmforge "
+                "train-join` there (or of the run, on node 0)."
+            )
+        processes = f"{nproc_per_node} process{'es' if nproc_per_node != 1 else ''}"
         raise TrainingError(
-            f"training with torchrun ({nproc_per_node} processes{where}, `{shown}`) "
-            f"failed with exit code {code}; the end of its error output:\n{ending}"
+            f"training with torchrun ({processes}{where}, `{shown}`) failed with exit code "
+            f"{code}.{elsewhere} The end of its error output:\n{ending}"
         )
 
 
@@ -418,6 +431,5 @@ def error_tail(lines: list[str]) -> list[str]:
     if echoes:
         which = f"rank{'s' if len(echoes) > 1 else ''} {', '.join(map(str, echoes))}"
         said = RANK_TRACEBACK_LINE.sub("", last_line[echoes[0]])
-        kept.append(f"({which} then failed on the lost connection, their tracebacks left out: "
-                    f"{said})")  # fmt: skip
+        kept.append(f"({which} {LOST_CONNECTION_NOTE}, their tracebacks left out: {said})")
     return kept[-STDERR_TAIL_LINES:]

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -416,3 +417,37 @@ n_embd = 16
     assert [model["processes"] for model in models] == [1, 2, 2]
     assert said.count("as node 1 of 2") == 2 and said.count("finished") == 2
     assert "no further training announced within 10 s; done" in said
+
+
+@pytest.mark.slow
+def test_a_node_lost_mid_training_is_named_as_lost_not_as_this_node_s_error(tmp_path):
+    """Node 1 killed while training: node 0's ranks fail only on the lost connection, and the
+    error says the cause is on another node, where its own output is."""
+    job = tmp_path / "job"
+    write_job(job, nproc_per_node=1, nnodes=2, master_addr="127.0.0.1", max_steps=5000,
+              eval_every=5000, checkpoint_every=5000)  # fmt: skip
+    port = free_port()
+    node = f"NodePlace(2, 1, '127.0.0.1', {port}, 60)"
+    join = (f"from lm.distributed import NodePlace, run_torchrun; "
+            f"run_torchrun(1, 'lm.train_worker', {str(job)!r}, nodes={node})")  # fmt: skip
+    node_one = subprocess.Popen([sys.executable, "-c", join], cwd=REPO_ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+
+    def kill_node_one_once_training() -> None:
+        metrics = job / "metrics.jsonl"
+        while not (metrics.is_file() and "train/loss" in metrics.read_text()):
+            time.sleep(0.2)
+        node_one.kill()  # its torchrun and ranks die with it (lm.parent_death)
+
+    killer = threading.Thread(target=kill_node_one_once_training, daemon=True)
+    killer.start()
+    try:
+        with pytest.raises(TrainingError) as raised:
+            run_torchrun(1, "lm.train_worker", str(job), log=lambda line: None,
+                         nodes=NodePlace(2, 0, "127.0.0.1", port, 60))  # fmt: skip
+    finally:
+        node_one.kill()
+        node_one.wait()
+    message = str(raised.value)
+    assert "(1 process, node 0 of 2, meeting at 127.0.0.1:" in message
+    assert "This node's ranks only lost their connection: a rank on another node failed" in message
