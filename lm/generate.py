@@ -116,8 +116,21 @@ def generate_ids(
     penalized: list[int] | None = None,
 ) -> Iterator[int]:  # fmt: skip
     """New token ids after `context`, until end-of-text (not yielded) or `max_new_tokens`.
-    `penalized` are the ids the repetition penalty starts with (default: the context)."""
+    `penalized` are the ids the repetition penalty starts with (default: the context). The
+    model samples in eval mode (no dropout) and is put back in the mode it was in when the
+    generation ends, however it ends: sampling mid-training leaves training as it was."""
+    was_training = model.training
     model.eval()
+    try:
+        yield from _sampled_ids(model, context, sampling, eot_id, penalized)
+    finally:
+        model.train(was_training)
+
+
+def _sampled_ids(
+    model: LanguageModel, context: list[int], sampling: SamplingConfig, eot_id: int,
+    penalized: list[int] | None,
+) -> Iterator[int]:  # fmt: skip
     device = model_device(model)
     block = model.block_size
     generator = torch.Generator().manual_seed(sampling.seed)

@@ -587,3 +587,18 @@ def test_a_model_json_edited_to_another_kind_is_one_line_naming_its_first_proble
         f"error: {folder / 'model.json'}: not a valid model description (preset: {extra}; "
         f"block_size: {extra}; n_layer: {extra}; and 12 more)"
     )
+
+
+def test_generation_puts_a_training_model_back_in_training_mode_however_it_ends():
+    torch.manual_seed(0)
+    model = build_model(GPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=16, dropout=0.5), 50)
+    sampling = SamplingConfig(temperature=1.0, max_new_tokens=12, seed=3)
+    # Every token is sampled without dropout; the model trains again afterwards.
+    modes = [model.training for _ in generate_ids(model.train(), [1, 2], sampling, eot_id=-1)]
+    assert modes == [False] * 12 and model.training
+    stopped = generate_ids(model, [1, 2], sampling, eot_id=-1)
+    next(stopped)
+    stopped.close()  # a reader that stops early
+    assert model.training
+    list(generate_ids(model.eval(), [1, 2], sampling, eot_id=-1))
+    assert not model.training  # a model in eval mode stays there
