@@ -64,9 +64,12 @@ def new_launch(work: Path, nnodes: int, nproc_per_node: int, master_addr: str,
 @contextlib.contextmanager
 def announced(workspace: Workspace, launch: Launch) -> Iterator[Path]:
     """`launch` announced for the block (written atomically), withdrawn after it, however it
-    ends."""
+    ends. Announcements left by a node 0 that was killed are swept first."""
     folder = launches_folder(workspace)
     folder.mkdir(parents=True, exist_ok=True)
+    for path, stale in _announcements(folder):
+        if not _joinable(stale):
+            path.unlink(missing_ok=True)
     path = folder / f"{launch.launch_id}.json"
     staging = folder / f".{launch.launch_id}.json.partial-{os.getpid()}"
     staging.write_text(launch.model_dump_json(indent=2))
@@ -81,15 +84,17 @@ def open_launches(workspace: Workspace) -> list[Launch]:
     """The announced trainings a machine can still join, oldest first. A file that does not
     read as an announcement is skipped (one being written, or not ours)."""
     folder = launches_folder(workspace)
-    found = []
+    found = [launch for _, launch in _announcements(folder) if _joinable(launch)]
+    return sorted(found, key=lambda launch: launch.announced_at)
+
+
+def _announcements(folder: Path) -> Iterator[tuple[Path, Launch]]:
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         try:
             launch = Launch.model_validate_json(path.read_text())
         except (OSError, ValidationError):
             continue
-        if _joinable(launch):
-            found.append(launch)
-    return sorted(found, key=lambda launch: launch.announced_at)
+        yield path, launch
 
 
 def _joinable(launch: Launch) -> bool:

@@ -49,6 +49,10 @@ def test_an_announcement_left_by_a_killed_node_zero_is_not_offered(workspace, tm
     assert open_launches(workspace) == []
     with training_in(work):  # a rerun trains there again: its own announcement is offered
         assert [launch.work for launch in open_launches(workspace)] == [str(work)]
+    # The next announcement sweeps the dead one (not a file that is not an announcement).
+    other = tmp_path / "other.work"
+    with training_in(other), announced(workspace, launch_in(other)) as path:
+        assert sorted(folder.iterdir()) == [path, folder / "torn.json"]
 
 
 def test_an_announcement_older_than_its_join_timeout_is_not_offered(workspace, tmp_path):
