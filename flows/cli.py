@@ -322,6 +322,12 @@ def size(
         ("tokens the train settings will see",
          lambda size: "train split, once" if size.closed_form else f"{size.planned_tokens:,}"),
     ]  # fmt: skip
+    if any(size.processes > 1 for size in sizes):  # what one of several processes holds
+        measures[7:7] = [
+            ("processes (nproc_per_node × nnodes)", _processes),
+            ("weights, gradients, AdamW per process",
+             lambda size: f"{size.state_bytes_per_process() / mib:,.1f} MiB"),
+        ]  # fmt: skip
     rows = [(name, *(shown(size) for size in sizes)) for name, shown in measures]
     newest = _newest_train_tokens(settings.name)
     if newest is not None:
@@ -331,6 +337,15 @@ def size(
         )
     labels = [run.label for run in runs]
     console.print(_table(["", *labels], rows, f"size of {settings.name}"))
+
+
+def _processes(size) -> str:
+    if size.processes == 1:
+        return "1"
+    if size.shards > 1:
+        in_flight = size.gathered_bytes / (1 << 20)
+        return f"{size.processes}, sharded (FSDP: + {in_flight:,.1f} MiB in flight)"
+    return f"{size.processes}, each a whole copy (DDP)"
 
 
 def _newest_train_tokens(preset: str) -> tuple[str, int] | None:

@@ -20,10 +20,17 @@ its log-softmax and its gradient, LOGIT_BYTES per vocabulary entry and token. On
 came within 4 % (bf16 autocast) and 10 % (fp32) of the measured peak for GPT-2 124M at batch 16
 (`bench/bench_train.py --device cuda`), where the paper's terms alone were 48 % over (fp32).
 `torch.compile` fuses the loss and recomputes cheap activations: it peaked about 35 % lower.
+
+Several processes (`train.nproc_per_node × nnodes`): under DDP each holds all of the above;
+under FSDP (`train.parallel = "fsdp"`) the trained weights, their gradients and AdamW's state
+are split evenly over them, and each process also holds, while it computes, the full parameters
+of the units in flight (lm.distributed.shard_units): the root's (embeddings, final norm, head)
+and two blocks' (the one computing and the next, prefetched).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -33,6 +40,8 @@ from lm.train import autocast_dtype, pick_device
 from lm.train_config import TrainConfig
 
 CHINCHILLA_TOKENS_PER_PARAMETER = 20
+# Per trained parameter: the fp32 weight, its fp32 gradient and AdamW's two fp32 moments.
+TRAINED_STATE_BYTES = 4 + 4 + 8
 # The count bigram's table is float64 (`BigramCountModel.counts`); frozen vectors are fp32.
 COUNT_BYTES = 8
 VECTOR_BYTES = 4
@@ -59,9 +68,24 @@ class ModelSize:
     activations_bytes: int
     chinchilla_tokens: int | None
     planned_tokens: int | None
+    processes: int = 1  # train.nproc_per_node × nnodes
+    shards: int = 1  # processes the trained state is split over: `processes` under FSDP, else 1
+    gathered_bytes: int = 0  # FSDP: the full parameters of the units in flight, per process
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def trained_state_bytes(self) -> int:
+        """Weights, gradients and AdamW state of the trained parameters, all processes'."""
+        return TRAINED_STATE_BYTES * self.parameters
+
+    def state_bytes_per_process(self) -> int:
+        """What one process holds besides activations: its share of the trained state, the
+        values it holds untrained (never sharded) and, under FSDP, the units in flight."""
+        untrained = self.weights_bytes - 4 * self.parameters
+        shard = math.ceil(self.trained_state_bytes / self.shards)
+        return shard + untrained + self.gathered_bytes
 
 
 def parameter_count(model: ModelConfig, vocab_size: int) -> int:
@@ -124,6 +148,8 @@ def size_model(
     parameters = parameter_count(model, vocab_size)
     untrained, untrained_bytes = untrained_values(model, vocab_size)
     closed_form = model.kind == "bigram-count"
+    fsdp = train.parallel == "fsdp" and train.world_size > 1 and not closed_form
+    shards = train.world_size if fsdp else 1
     flops = 6.0 * (parameters - lookup_parameter_count(model, vocab_size))
     activations = 0
     context = train.block_size
@@ -142,7 +168,21 @@ def size_model(
         activations_bytes=activations,
         chinchilla_tokens=None if closed_form else CHINCHILLA_TOKENS_PER_PARAMETER * parameters,
         planned_tokens=None if closed_form else train.max_steps * train.global_batch * context,
+        # The count bigram is fit in the train stage's own process, never under torchrun.
+        processes=1 if closed_form else train.world_size,
+        shards=shards,
+        gathered_bytes=4 * fsdp_gathered_parameters(model, vocab_size) if shards > 1 else 0,
     )
+
+
+def fsdp_gathered_parameters(model: ModelConfig, vocab_size: int) -> int:
+    """Parameters one process holds whole at once under FSDP: a GPT's root unit and two of its
+    blocks; any other model is one unit, gathered whole."""
+    if not isinstance(model, GPTConfig):
+        return parameter_count(model, vocab_size)
+    one = parameter_count(model.model_copy(update={"n_layer": 1}), vocab_size)
+    block = parameter_count(model.model_copy(update={"n_layer": 2}), vocab_size) - one
+    return one - block + min(2, model.n_layer) * block
 
 
 def stores_attention_scores(model: GPTConfig, bf16: bool, device: torch.device) -> bool:

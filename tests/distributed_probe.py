@@ -37,6 +37,12 @@ def weights_digest(state: dict) -> str:
     return digest.hexdigest()
 
 
+def local_bytes(tensor: torch.Tensor) -> int:
+    """Bytes of `tensor` this process stores: its own shard of an FSDP DTensor."""
+    local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+    return local.numel() * local.element_size()
+
+
 def main(work: Path) -> None:
     train_worker.configure_logging()
     TokenBatches.sample_starts = _recording_sample_starts
@@ -51,6 +57,13 @@ def main(work: Path) -> None:
         "weights": weights_digest(state) if state else None,
         # Where this rank's dropout masks had got to: its own stream, resumed exactly.
         "generator": hashlib.sha256(torch.get_rng_state().numpy().tobytes()).hexdigest(),
+        # What this rank holds of the weights and of AdamW's moments (its shard under FSDP).
+        "weights_bytes": sum(local_bytes(p) for p in trainer.module.parameters()),
+        "moments_bytes": sum(
+            local_bytes(state[moment])
+            for state in trainer.optimizer.state.values()
+            for moment in ("exp_avg", "exp_avg_sq")
+        ),
     }
     (work / f"rank-{trainer.ranks.rank}.json").write_text(json.dumps(report))
 

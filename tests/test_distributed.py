@@ -30,6 +30,7 @@ from lm.distributed import (
 )
 from lm.models.config import GPTConfig
 from lm.models.registry import build_model
+from lm.sizing import size_model
 from lm.train import TrainConfig, TrainingError, val_loss_of
 from lm.train_worker import TokenFile, WorkerSpec, read_result, write_spec
 from storage.processes import pid_alive
@@ -80,6 +81,14 @@ def test_two_ranks_agree_on_the_weights_and_read_disjoint_data(tmp_path, paralle
     first, second = rank_reports(job)
     if parallel == "ddp":  # each rank holds the whole model: the copies must be identical
         assert first["weights"] == second["weights"]
+    # What `lmforge size` says each rank holds: the whole model (DDP), or half of it (FSDP).
+    size = size_model(GPT, spec.train, VOCAB)
+    copies = size.processes // size.shards  # of the whole state, over the ranks: 2 or 1
+    assert first["weights_bytes"] + second["weights_bytes"] == size.weights_bytes * copies
+    assert first["moments_bytes"] + second["moments_bytes"] == size.optimizer_bytes * copies
+    held = max(first["weights_bytes"] + first["moments_bytes"], second["weights_bytes"]
+               + second["moments_bytes"])  # fmt: skip
+    assert held == pytest.approx(3 / 4 * size.trained_state_bytes / size.shards, rel=0.05)
     assert first["generator"] != second["generator"]  # each rank drops its own units
     assert set(first["starts"]).isdisjoint(second["starts"])
     # 8 sequences per step = 2 per micro-batch × 2 micro-batches × 2 ranks.

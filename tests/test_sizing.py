@@ -141,3 +141,32 @@ def test_the_logits_dominate_a_small_model_with_a_large_vocabulary():
     assert size.activations_bytes - logits < logits
     total = size.weights_bytes + size.gradients_bytes + size.optimizer_bytes
     assert 17 < (total + size.activations_bytes) / 2**30 < 18
+
+
+def test_fsdp_splits_the_trained_state_and_gathers_the_root_and_two_blocks():
+    gpt = GPTConfig(preset="modern", n_embd=64, n_layer=4)
+    model = build_model(gpt, 50)
+    blocks = [sum(p.numel() for p in block.parameters()) for block in model.blocks]
+    root = sum(p.numel() for p in model.parameters()) - sum(blocks)
+    settings = TrainConfig(micro_batch=2, global_batch=8, nproc_per_node=4, parallel="fsdp")
+    fsdp = size_model(gpt, settings, 50)
+    assert (fsdp.processes, fsdp.shards) == (4, 4)
+    assert fsdp.gathered_bytes == 4 * (root + 2 * blocks[0])
+    assert fsdp.state_bytes_per_process() == 16 * fsdp.parameters // 4 + fsdp.gathered_bytes
+    ddp = size_model(gpt, settings.model_copy(update={"parallel": "ddp"}), 50)
+    assert (ddp.shards, ddp.gathered_bytes) == (1, 0)
+    assert ddp.state_bytes_per_process() == 16 * ddp.parameters  # a whole copy each
+    alone = size_model(gpt, TrainConfig(parallel="fsdp"), 50)  # one process never shards
+    assert (alone.shards, alone.state_bytes_per_process()) == (1, 16 * alone.parameters)
+
+
+def test_size_command_shows_what_each_process_holds_only_for_several():
+    from tests.conftest import run_cli
+
+    assert "per process" not in run_cli("size").stdout
+    sharded = run_cli("size", "--set", "train.nproc_per_node=4", "--set", 'train.parallel="fsdp"',
+                      "--set", "train.global_batch=64").stdout  # fmt: skip
+    assert re.search(r"│ processes \(nproc_per_node × nnodes\)\s*│ 4, sharded \(FSDP", sharded)
+    found = re.search(r"│ weights, gradients, AdamW per process\s*│ ([\d.]+) MiB", sharded)
+    whole = 16 * 1_233_536 / 2**20  # the default GPT's state, 18.8 MiB
+    assert whole / 4 < float(found.group(1)) < whole / 2
