@@ -22,7 +22,10 @@ NodeRank = Annotated[
     int, typer.Option("--node-rank", min=1, help="this machine's node: 1 to train.nnodes - 1")
 ]
 WaitSeconds = Annotated[
-    float, typer.Option("--wait-s", min=0, help="how long to wait for a training to be announced")
+    float,
+    typer.Option(
+        "--wait-s", min=0, help="seconds to wait for a training to be announced; inf: for ever"
+    ),
 ]
 Follow = Annotated[
     bool, typer.Option("--follow", help="keep joining the trainings announced after this one")
