@@ -12,6 +12,7 @@ its own) until none is announced for `--wait-s` seconds.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -37,40 +38,79 @@ def train_join_command(node_rank: NodeRank, wait_s: WaitSeconds = 3600.0,
     """Join a training over several machines that node 0's run announced in this workspace,
     as node `--node-rank`, and train this machine's share of it (`train.nproc_per_node`
     processes). Every node reads the workspace at the same path: the work folder and token
-    files node 0 wrote."""
+    files node 0 wrote. With `--follow`, a training that fails is reported and the next one
+    joined (node 0's rerun resumes it); the exit code then says whether any failed."""
     from flows.cli import _fail, console
-    from lm.distributed import NodePlace, run_torchrun
-    from lm.train_config import TrainingError
-    from storage.launches import launches_folder, wait_for_launch
+    from storage.launches import wait_for_launch
 
     workspace = Workspace.from_env()
     joined: set[str] = set()
+    failed: list[str] = []
     while True:
         launch = wait_for_launch(workspace, joined, wait_s)
         if launch is None:
-            if joined:
-                console.print(f"no further training announced within {wait_s:g} s; done",
-                              highlight=False)  # fmt: skip
-                return
-            raise _fail(
-                f"no training over several machines was announced in "
-                f"{launches_folder(workspace)} within {wait_s:g} s: start the run on node 0 "
-                "(train.nnodes > 1) with LMFORGE_HOME naming this same workspace"
-            )
+            if not joined:
+                raise _fail(_nothing_announced(workspace, wait_s))
+            console.print(f"no further training announced within {wait_s:g} s; done",
+                          highlight=False)  # fmt: skip
+            if failed:
+                raise _fail(f"{len(failed)} of {len(joined)} trainings joined failed: "
+                            f"{', '.join(failed)}")  # fmt: skip
+            return
         joined.add(launch.launch_id)
-        try:
-            place = NodePlace(launch.nnodes, node_rank, launch.master_addr, launch.master_port,
-                              launch.join_timeout_s)  # fmt: skip
-            console.print(f"joining training {launch.launch_id} of {launch.host} as "
-                          f"{place.describe()}: {launch.nproc_per_node} processes here, "
-                          f"work folder {launch.work}", highlight=False)  # fmt: skip
-            run_torchrun(launch.nproc_per_node, "lm.train_worker", launch.work,
-                         log=_print_err, nodes=place)  # fmt: skip
-        except TrainingError as error:
-            raise _fail(str(error)) from None
-        console.print(f"node {node_rank}: training {launch.launch_id} finished", highlight=False)
+        error = _join(launch, node_rank)
+        if error is None:
+            console.print(f"node {node_rank}: training {launch.launch_id} finished",
+                          highlight=False)  # fmt: skip
+        elif not follow:
+            raise _fail(error)
+        else:
+            from flows.cli import errors
+
+            failed.append(launch.launch_id)
+            errors.print(f"training {launch.launch_id} failed (waiting for the next one): "
+                         f"{error}", highlight=False, markup=False, soft_wrap=True)  # fmt: skip
         if not follow:
             return
+
+
+def _join(launch, node_rank: int) -> str | None:
+    """Train this machine's share of `launch`; what went wrong, if anything."""
+    from flows.cli import console
+    from lm.distributed import NodePlace, run_torchrun
+    from lm.train_config import TrainingError
+
+    if not Path(launch.work).is_dir():
+        return (
+            f"training {launch.launch_id} of {launch.host} works in {launch.work}, which this "
+            f"machine does not see: every node must mount the workspace at the same path as "
+            f"node 0 (here it is {Workspace.from_env().root})"
+        )
+    try:
+        place = NodePlace(launch.nnodes, node_rank, launch.master_addr, launch.master_port,
+                          launch.join_timeout_s)  # fmt: skip
+        console.print(f"joining training {launch.launch_id} of {launch.host} as "
+                      f"{place.describe()}: {launch.nproc_per_node} processes here, "
+                      f"work folder {launch.work}", highlight=False)  # fmt: skip
+        run_torchrun(launch.nproc_per_node, "lm.train_worker", launch.work,
+                     log=_print_err, nodes=place)  # fmt: skip
+    except TrainingError as error:
+        return str(error)
+    return None
+
+
+def _nothing_announced(workspace: Workspace, wait_s: float) -> str:
+    from storage.launches import launches_folder, unjoinable_count
+
+    stale = unjoinable_count(workspace)
+    skipped = (f" ({stale} announcement{'s' if stale != 1 else ''} there cannot be joined any "
+               "more: node 0 is gone, or its join timeout passed)") if stale else ""  # fmt: skip
+    return (
+        f"no training over several machines was announced in {launches_folder(workspace)} "
+        f"within {wait_s:g} s{skipped}: start the run on node 0 (train.nnodes > 1) with "
+        "LMFORGE_HOME naming this same workspace. A run whose train stage is cached, or a "
+        "count bigram, trains nothing on several machines and announces nothing"
+    )
 
 
 def _print_err(line: str) -> None:

@@ -20,6 +20,7 @@ import gc
 import logging
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -237,6 +238,7 @@ LOST_CONNECTION_NOTE = "then failed on the lost connection"
 # How torchrun says the nodes never met: node 0's store gave up waiting for the others, or
 # another node gave up reaching node 0.
 NODES_MISSING = re.compile(r"waiting for clients|trying to connect to")
+PORT_TAKEN = "address already in use"
 
 
 @dataclass(frozen=True)
@@ -326,6 +328,8 @@ def run_torchrun(
     if code != 0:
         if nodes and any(NODES_MISSING.search(line) for line in tail):
             raise TrainingError(nodes_missing(nodes))
+        if nodes and nodes.node_rank == 0 and any(PORT_TAKEN in line for line in tail):
+            raise TrainingError(port_taken(nodes))
         shown = " ".join(torchrun_command(nproc_per_node, module, *args, nodes=nodes)[1:])
         where = f", {nodes.describe()}" if nodes else ""
         ending = "\n".join(tail) or "(no error output)"
@@ -345,6 +349,24 @@ def run_torchrun(
             f"training with torchrun ({processes}{where}, `{shown}`) failed with exit code "
             f"{code}.{elsewhere} The end of its error output:\n{ending}"
         )
+
+
+def port_taken(nodes: NodePlace) -> str:
+    return (
+        f"train.master_port {nodes.master_port} is already in use on this machine (another "
+        "training over several machines, or another service): choose another port"
+    )
+
+
+def check_port_free(nodes: NodePlace) -> None:
+    """Node 0's rendezvous port must be free here: said before the training is announced and
+    the other nodes come to it, not after."""
+    with contextlib.closing(socket.socket()) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the store binds it
+        try:
+            probe.bind(("", nodes.master_port))
+        except OSError:
+            raise TrainingError(port_taken(nodes)) from None
 
 
 def nodes_missing(nodes: NodePlace) -> str:

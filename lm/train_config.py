@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from lm.strict_model import StrictModel
 
@@ -83,9 +83,14 @@ class TrainConfig(StrictModel):
             )
         return self
 
+    @field_validator("master_addr")
+    @classmethod
+    def _address_without_spaces(cls, address: str | None) -> str | None:
+        return address.strip() if address is not None else None
+
     @model_validator(mode="after")
     def _nodes_have_a_meeting_point(self) -> TrainConfig:
-        if self.nnodes > 1 and not (self.master_addr or "").strip():
+        if self.nnodes > 1 and not self.master_addr:
             raise ValueError(
                 f"nnodes = {self.nnodes} needs master_addr: this machine's address (host name "
                 "or IP) as the other nodes reach it, where they meet at master_port"

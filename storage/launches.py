@@ -8,16 +8,19 @@ train-join` on every other machine waits for one and joins it. The workspace mus
 filesystem every node mounts at the same path: they read the worker spec and token files node
 0 wrote there.
 
-An announcement is offered only while a machine could still join it: its training holds its
-work folder's lock (node 0 killed before it could remove the file holds nothing), and it is
-younger than its join timeout (after that node 0 has met every node, or given up; this also
-covers a shared filesystem whose locks this machine cannot see).
+An announcement is offered only while a machine could still join it: it is younger than its
+join timeout (after that node 0 has met every node, or given up: the machines' clocks must
+agree, as NTP keeps them), and node 0 is alive: its training holds the work folder's lock, or,
+where this machine cannot see that lock (a filesystem whose locks stay on each machine), node
+0's rendezvous answers at `master_addr:master_port`. A node 0 killed before it could remove its
+announcement does neither.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -31,6 +34,7 @@ from storage.prune import training_lock_held
 from storage.workspace import Workspace
 
 LAUNCHES = "launches"
+ANSWER_TIMEOUT_S = 2.0
 
 
 class Launch(StrictModel):
@@ -97,13 +101,29 @@ def _announcements(folder: Path) -> Iterator[tuple[Path, Launch]]:
         yield path, launch
 
 
+def unjoinable_count(workspace: Workspace) -> int:
+    """Announcements in the workspace that are not offered (module docstring)."""
+    folder = launches_folder(workspace)
+    return sum(not _joinable(launch) for _, launch in _announcements(folder))
+
+
 def _joinable(launch: Launch) -> bool:
     if time.time() - launch.announced_at > launch.join_timeout_s:
         return False
+    with contextlib.suppress(OSError):  # a filesystem without flock: ask the rendezvous
+        if training_lock_held(Path(launch.work)):
+            return True
+    return _answers(launch.master_addr, launch.master_port)
+
+
+def _answers(host: str, port: int) -> bool:
+    """Whether something listens at `host:port` (a connection opened and closed at once, which
+    torchrun's rendezvous store takes in its stride)."""
     try:
-        return training_lock_held(Path(launch.work))
-    except OSError:  # a filesystem without flock: the age alone decides
-        return True
+        socket.create_connection((host, port), timeout=ANSWER_TIMEOUT_S).close()
+    except OSError:
+        return False
+    return True
 
 
 def wait_for_launch(workspace: Workspace, skip: set[str], wait_s: float,

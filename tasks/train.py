@@ -80,8 +80,12 @@ BOOKKEEPING = ("checkpoint_every", "keep_checkpoints", "master_addr", "master_po
 
 
 def train_settings_digest(train: TrainConfig) -> str:
+    """The settings that make the model: not the bookkeeping, and the number of processes
+    over all machines rather than how they are spread (M machines of N processes train as one
+    of M × N, step for step), so a run moved to other machines finds its model or resumes."""
     defaults = {name: TrainConfig.model_fields[name].default for name in BOOKKEEPING}
-    return train.model_copy(update=defaults).digest()
+    world = {"nproc_per_node": train.world_size, "nnodes": 1}
+    return train.model_copy(update=defaults | world).digest()
 
 
 def train_key(
@@ -235,11 +239,12 @@ def _train_with_torchrun(workspace, work, model, settings, shard_folder, tokeniz
 def _train_as_node_zero(workspace, work, settings) -> None:
     """Host a training over `settings.nnodes` machines: announce it, say how the others join,
     train this machine's share."""
-    from lm.distributed import NodePlace, run_torchrun
+    from lm.distributed import NodePlace, check_port_free, run_torchrun
     from storage.launches import announced, new_launch
 
     place = NodePlace(settings.nnodes, 0, settings.master_addr, settings.master_port,
                       settings.join_timeout_s)  # fmt: skip
+    check_port_free(place)
     launch = new_launch(work, settings.nnodes, settings.nproc_per_node, settings.master_addr,
                         settings.master_port, settings.join_timeout_s)  # fmt: skip
     others = "node 1" if settings.nnodes == 2 else f"nodes 1 to {settings.nnodes - 1}"

@@ -25,6 +25,7 @@ from lm.distributed import (
     NodePlace,
     Ranks,
     _run_relaying_output,
+    check_port_free,
     init_process_group,
     run_torchrun,
 )
@@ -302,13 +303,20 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_machines_train_step_for_step_as_two_processes_of_one(workspace, tmp_path):
+def test_two_machines_train_step_for_step_as_two_processes_of_one(workspace, tmp_path, monkeypatch):
     """Node 0 runs the flow with train.nnodes = 2 and announces the training in the workspace;
     `lmforge train-join --node-rank 1`, started first and waiting, joins it (here from another
     process of this machine, meeting at 127.0.0.1): the same world of two ranks as
-    `nproc_per_node = 2`, so the same losses, step for step."""
+    `nproc_per_node = 2` on one machine, so the same losses, step for step, and the same
+    train-stage key (a run moved between such setups finds its model)."""
+    from storage.workspace import Workspace
     from tests.conftest import lmforge_command
 
+    one_machine = train_small_gpt(tmp_path, "train.nproc_per_node=2")
+    curve_of_one = logged(workspace.resolve(one_machine["path"]))
+
+    monkeypatch.setenv("LMFORGE_HOME", str(tmp_path / "second-workspace"))
+    second = Workspace.from_env().ensure()
     joiner = subprocess.Popen(
         lmforge_command("train-join", "--node-rank", "1", "--wait-s", "120"),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -321,16 +329,10 @@ def test_two_machines_train_step_for_step_as_two_processes_of_one(workspace, tmp
         joiner.kill()
     assert joiner.returncode == 0, said
     assert "as node 1 of 2" in said and "finished" in said
-    assert not any((workspace.root / "launches").iterdir())  # withdrawn once trained
-    assert nodes["processes"] == 2
-
-    one_machine = train_small_gpt(tmp_path, "train.nproc_per_node=2")
-    assert one_machine["path"] != nodes["path"]  # the world differs in shape, so in key
-
-    def curve(model) -> list[tuple[str, int, float]]:
-        return logged(workspace.resolve(model["path"]))
-
-    assert len(curve(nodes)) > 6 and curve(nodes) == curve(one_machine)
+    assert not any((second.root / "launches").iterdir())  # withdrawn once trained
+    assert nodes["processes"] == 2 and nodes["path"] == one_machine["path"]
+    curve = logged(second.resolve(nodes["path"]))
+    assert len(curve) > 6 and curve == curve_of_one
 
 
 def test_a_node_not_joined_in_time_names_the_command_that_joins(tmp_path):
@@ -460,3 +462,25 @@ def test_a_node_lost_mid_training_is_named_as_lost_not_as_this_node_s_error(tmp_
     message = str(raised.value)
     assert "(1 process, node 0 of 2, meeting at 127.0.0.1:" in message
     assert "This node's ranks only lost their connection: a rank on another node failed" in message
+
+
+def test_a_rendezvous_port_in_use_is_said_before_the_training_is_announced():
+    with contextlib.closing(socket.socket()) as taken:
+        taken.bind(("", 0))
+        taken.listen()
+        place = NodePlace(2, 0, "node0", taken.getsockname()[1], 60)
+        with pytest.raises(TrainingError, match=rf"train.master_port {place.master_port} is "
+                           r"already in use on this machine"):  # fmt: skip
+            check_port_free(place)
+    check_port_free(NodePlace(2, 0, "node0", free_port(), 60))
+
+
+def test_the_train_key_counts_processes_over_all_machines_not_how_they_are_spread():
+    from tasks.train import train_settings_digest
+
+    def digest(**settings) -> str:
+        return train_settings_digest(TrainConfig(micro_batch=2, global_batch=8, **settings))
+
+    two_machines = digest(nnodes=2, master_addr="node0", master_port=29600, join_timeout_s=30)
+    assert two_machines == digest(nproc_per_node=2) != digest()
+    assert digest(nnodes=2, nproc_per_node=2, master_addr="a") == digest(nproc_per_node=4)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import socket
 import time
 
 from storage.launches import announced, new_launch, open_launches, wait_for_launch
@@ -23,8 +24,17 @@ def training_in(work):
         fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def launch_in(work, nnodes=2):
-    return new_launch(work, nnodes, 1, "127.0.0.1", 29500, 60)
+def launch_in(work, nnodes=2, port=29500):
+    return new_launch(work, nnodes, 1, "127.0.0.1", port, 60)
+
+
+@contextlib.contextmanager
+def listening():
+    """A port something listens at, as node 0's rendezvous store does; yields the port."""
+    with contextlib.closing(socket.socket()) as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        yield server.getsockname()[1]
 
 
 def test_a_launch_is_offered_while_its_node_zero_trains_and_withdrawn_after(workspace, tmp_path):
@@ -78,3 +88,37 @@ def test_train_join_says_where_it_waited_when_nothing_is_announced(workspace):
         f"no training over several machines was announced in {workspace.root / 'launches'}"
         in result.stderr.replace("\n", "")
     )
+
+
+def test_where_the_lock_cannot_be_seen_a_rendezvous_that_answers_keeps_a_launch_open(
+    workspace, tmp_path
+):
+    # A filesystem whose locks stay on each machine: node 0's lock looks free from here.
+    work = tmp_path / "key.work"
+    work.mkdir()
+    with listening() as port, announced(workspace, launch_in(work, port=port)):
+        assert [launch.master_port for launch in open_launches(workspace)] == [port]
+    with listening() as port:
+        pass  # closed: nobody answers there any more
+    with announced(workspace, launch_in(work, port=port)):
+        assert open_launches(workspace) == []
+
+
+def test_a_work_folder_this_machine_does_not_see_is_named_and_following_goes_on(
+    workspace, tmp_path
+):
+    """The workspace mounted at another path here: the announced work folder is not found.
+    Without --follow that ends the join; with it the failure is reported, the next training
+    awaited, and the exit code says one failed."""
+    elsewhere = tmp_path / "mounted-elsewhere" / "key.work"
+    with listening() as port, announced(workspace, launch_in(elsewhere, port=port)):
+        once = run_cli("train-join", "--node-rank", "1", "--wait-s", "5", check=False)
+        following = run_cli("train-join", "--node-rank", "1", "--wait-s", "1", "--follow",
+                            check=False)  # fmt: skip
+    said = once.stderr.replace("\n", "")
+    assert once.returncode == 1 and f"works in {elsewhere}, which this machine does not see" in said
+    assert "every node must mount the workspace at the same path as node 0" in said
+    assert following.returncode == 1
+    assert "failed (waiting for the next one)" in following.stderr.replace("\n", "")
+    assert "no further training announced within 1 s; done" in following.stdout
+    assert "1 of 1 trainings joined failed" in following.stderr.replace("\n", "")
