@@ -27,11 +27,12 @@ import time
 import urllib.request
 from pathlib import Path
 
-from storage.processes import pid_alive
+from storage.processes import group_alive, pid_alive
 from storage.workspace import Workspace
 
 STATE_FILE = "lmforge-server.json"
 STARTUP_TIMEOUT_S = 90.0
+KILL_WAIT_S = 5.0  # for a group sent SIGKILL to be gone
 
 
 class ServerError(RuntimeError):
@@ -187,22 +188,31 @@ def _start(workspace: Workspace) -> dict:
 
 def _stop_group(pid: int, timeout_s: float, child: subprocess.Popen | None = None) -> None:
     """SIGTERM the process group `pid` leads (the server and the uvicorn it started), SIGKILL
-    what is left after `timeout_s`."""
+    what is left after `timeout_s`, and return once every process of the group is gone: the
+    leader can exit before the processes it started (which may still hold the port)."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    while pid_alive(pid) and time.monotonic() < deadline:
-        if child is not None:
-            child.poll()  # reap our own child, so that it is seen gone
-        else:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
+    while _running(pid, child) and time.monotonic() < deadline:
         time.sleep(0.1)
-    if pid_alive(pid):
+    if _running(pid, child):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
+        while _running(pid, child) and time.monotonic() < deadline + KILL_WAIT_S:
+            time.sleep(0.1)
     if child is not None:
         child.wait()
+
+
+def _running(pgid: int, child: subprocess.Popen | None) -> bool:
+    """Whether the group `pgid` leads has a process left, once its leader is reaped if it is
+    ours (a zombie is gone)."""
+    if child is not None:
+        child.poll()
+    else:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pgid, os.WNOHANG)
+    return pid_alive(pgid) or group_alive(pgid)
 
 
 def stop_server(workspace: Workspace, timeout_s: float = 15.0) -> bool:

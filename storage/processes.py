@@ -34,6 +34,30 @@ def _is_zombie(pid: int) -> bool:
     return stat[stat.rfind(")") + 1 :].split()[:1] == ["Z"]
 
 
+def group_alive(pgid: int) -> bool:
+    """Whether any process of process group `pgid` still runs (zombies do not count, as in
+    `pid_alive`). Where there is no /proc, whether the group answers a signal."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+    for stat_file in proc.glob("[0-9]*/stat"):
+        try:
+            stat = stat_file.read_text()
+        except OSError:
+            continue  # exited meanwhile
+        # `PID (COMMAND) STATE PPID PGRP ...`, the command possibly holding spaces.
+        fields = stat[stat.rfind(")") + 1 :].split()
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+            return True
+    return False
+
+
 def this_host() -> str:
     """`user@host`: what a run records as where it runs, so that only its own machine and
     account judge whether its process is gone."""

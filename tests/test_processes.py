@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -10,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from storage.processes import pid_alive
+from storage.processes import group_alive, pid_alive
 
 
 def test_a_running_process_is_alive():
@@ -45,3 +47,26 @@ def test_a_reaped_process_is_dead():
 def _state(pid: int) -> str:
     stat = Path(f"/proc/{pid}/stat").read_text()
     return stat[stat.rfind(")") + 1 :].split()[0]
+
+
+def test_a_group_lives_while_any_member_does_its_leader_gone_or_a_zombie():
+    # A leader that starts a member and exits at once: the member outlives it in the group.
+    member = "import time; time.sleep(30)"
+    spawn = f"import subprocess, sys; subprocess.Popen([sys.executable, '-c', {member!r}])"
+    leader = subprocess.Popen([sys.executable, "-c", spawn], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while pid_alive(leader.pid):  # exited (a zombie until this test waits for it)
+            assert time.monotonic() < deadline, "the leader did not exit within 30 s"
+            time.sleep(0.02)
+        assert group_alive(leader.pid)  # its member still runs
+        os.killpg(leader.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while group_alive(leader.pid):  # the member is gone (reaped by init), the leader a zombie
+            assert time.monotonic() < deadline, "the group is not gone 30 s after SIGKILL"
+            time.sleep(0.02)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(leader.pid, signal.SIGKILL)
+        leader.wait()
+    assert not group_alive(leader.pid)
