@@ -118,17 +118,22 @@ def write_vectors(path: Path, matrix) -> Path:
     """The word2vec matrix for the ranks, written atomically."""
     import torch
 
-    staging = path.with_name(f"{path.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    staging = _staging_for(path)
     torch.save(matrix, staging)
     os.replace(staging, path)
     return path
 
 
 def _write_atomically(path: Path, text: str) -> Path:
-    staging = path.with_name(f"{path.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    staging = _staging_for(path)
     staging.write_text(text)
     os.replace(staging, path)
     return path
+
+
+def _staging_for(path: Path) -> Path:
+    """A name beside `path`, this process's own, to write before renaming it to `path`."""
+    return path.with_name(f"{path.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:6]}")
 
 
 def configure_logging() -> int:
