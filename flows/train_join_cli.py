@@ -77,25 +77,44 @@ def train_join_command(node_rank: NodeRank, wait_s: WaitSeconds = 3600.0,
 def _join(launch, node_rank: int) -> str | None:
     """Train this machine's share of `launch`; what went wrong, if anything."""
     from flows.cli import console
-    from lm.distributed import NodePlace, run_torchrun
+    from lm.distributed import NodePlace, processes, run_torchrun
     from lm.train_config import TrainingError
+    from storage.launches import ClaimError, claimed
+    from tasks.train import rank_code_digest
 
+    workspace = Workspace.from_env()
     if not Path(launch.work).is_dir():
         return (
             f"training {launch.launch_id} of {launch.host} works in {launch.work}, which this "
             f"machine does not see: every node must mount the workspace at the same path as "
-            f"node 0 (here it is {Workspace.from_env().root})"
+            f"node 0 (here it is {workspace.root})"
+        )
+    if launch.code != (ours := rank_code_digest()):
+        return (
+            f"training {launch.launch_id} of {launch.host} runs other training code than this "
+            f"machine (digest {launch.code[:12]} there, {ours[:12]} here): install the same "
+            "lmforge on every node"
         )
     try:
         place = NodePlace(launch.nnodes, node_rank, launch.master_addr, launch.master_port,
                           launch.join_timeout_s)  # fmt: skip
-        console.print(f"joining training {launch.launch_id} of {launch.host} as "
-                      f"{place.describe()}: {launch.nproc_per_node} processes here, "
-                      f"work folder {launch.work}", highlight=False)  # fmt: skip
-        run_torchrun(launch.nproc_per_node, "lm.train_worker", launch.work,
-                     log=_print_err, nodes=place)  # fmt: skip
-    except TrainingError as error:
+        with claimed(workspace, launch, node_rank):
+            console.print(f"joining training {launch.launch_id} of {launch.host} as "
+                          f"{place.describe()}: {processes(launch.nproc_per_node)} here, "
+                          f"work folder {launch.work}", highlight=False)  # fmt: skip
+            run_torchrun(launch.nproc_per_node, "lm.train_worker", launch.work,
+                         log=_print_err, nodes=place)  # fmt: skip
+    except (TrainingError, ClaimError) as error:
         return str(error)
+    except KeyboardInterrupt:
+        from flows.cli import _fail
+
+        _fail(
+            f"interrupted: this node's ranks are stopped, so training {launch.launch_id} "
+            "fails on every node; rerun the run on node 0 and join again, and it resumes "
+            "from its last checkpoint"
+        )
+        raise typer.Exit(code=130) from None
     return None
 
 

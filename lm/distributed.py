@@ -339,14 +339,15 @@ def run_torchrun(
             and not any(RANK_TRACEBACK_LINE.match(line) for line in tail)
             and any(LOST_CONNECTION_NOTE in line for line in tail)
         ):  # every rank here only lost its peers: the error is on another node
+            there = "there" if nodes.node_rank == 0 else "there (or of the run, on node 0)"
             elsewhere = (
                 " This node's ranks only lost their connection: a rank on another node "
                 "failed, or its machine stopped; its error is in the output of `lmforge "
-                "train-join` there (or of the run, on node 0)."
+                f"train-join` {there}."
             )
-        processes = f"{nproc_per_node} process{'es' if nproc_per_node != 1 else ''}"
         raise TrainingError(
-            f"training with torchrun ({processes}{where}, `{shown}`) failed with exit code "
+            f"training with torchrun ({processes(nproc_per_node)}{where}, `{shown}`) failed "
+            f"with exit code "
             f"{code}.{elsewhere} The end of its error output:\n{ending}"
         )
 
@@ -369,16 +370,27 @@ def check_port_free(nodes: NodePlace) -> None:
             raise TrainingError(port_taken(nodes)) from None
 
 
+def processes(count: int) -> str:
+    return f"{count} process{'es' if count != 1 else ''}"
+
+
+def join_instruction(nnodes: int, workspace: Path | str) -> str:
+    """How the other nodes of an `nnodes`-machine training join it."""
+    join = f"`LMFORGE_HOME={workspace} lmforge train-join --node-rank"
+    if nnodes == 2:
+        return f"on node 1 run {join} 1`"
+    return f"on each node K from 1 to {nnodes - 1} run {join} K`"
+
+
 def nodes_missing(nodes: NodePlace) -> str:
     """What to do when the nodes of a training never met, said from where it was seen."""
     if nodes.node_rank == 0:
-        others = "node 1" if nodes.nnodes == 2 else f"nodes 1 to {nodes.nnodes - 1}"
         return (
             f"the other nodes of this {nodes.nnodes}-node training did not all join at "
-            f"{nodes.address} within train.join_timeout_s = {nodes.timeout_s} s: run "
-            f"`lmforge train-join --node-rank K` on {others}, each with LMFORGE_HOME naming "
-            "this workspace on a filesystem they share, and check that they reach "
-            "train.master_addr at train.master_port"
+            f"{nodes.address} within train.join_timeout_s = {nodes.timeout_s} s: "
+            f"{join_instruction(nodes.nnodes, '<this workspace>')}, the workspace on a "
+            "filesystem they share, and check that they reach train.master_addr at "
+            "train.master_port"
         )
     return (
         f"node {nodes.node_rank} could not meet node 0 at {nodes.address} within "

@@ -19,6 +19,7 @@ announcement does neither.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import time
@@ -29,11 +30,12 @@ from pathlib import Path
 from pydantic import Field, ValidationError
 
 from lm.strict_model import StrictModel
-from storage.processes import this_host
+from storage.processes import pid_alive, this_host
 from storage.prune import training_lock_held
 from storage.workspace import Workspace
 
 LAUNCHES = "launches"
+CLAIM_INFIX = ".node-"  # launches/<id>.node-<rank>: the joiner holding that node
 ANSWER_TIMEOUT_S = 2.0
 
 
@@ -49,6 +51,13 @@ class Launch(StrictModel):
     join_timeout_s: int
     host: str = Field(description="user@host of node 0")
     announced_at: float
+    code: str = Field(
+        description="digest of the training code node 0 runs: every node's must match"
+    )
+
+
+class ClaimError(RuntimeError):
+    """A node rank another joiner already holds in a training."""
 
 
 def launches_folder(workspace: Workspace) -> Path:
@@ -56,12 +65,12 @@ def launches_folder(workspace: Workspace) -> Path:
 
 
 def new_launch(work: Path, nnodes: int, nproc_per_node: int, master_addr: str,
-               master_port: int, join_timeout_s: int) -> Launch:  # fmt: skip
+               master_port: int, join_timeout_s: int, code: str) -> Launch:  # fmt: skip
     return Launch(
         launch_id=f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}", work=str(work),
         nnodes=nnodes, nproc_per_node=nproc_per_node, master_addr=master_addr,
         master_port=master_port, join_timeout_s=join_timeout_s, host=this_host(),
-        announced_at=time.time(),
+        announced_at=time.time(), code=code,
     )  # fmt: skip
 
 
@@ -73,7 +82,7 @@ def announced(workspace: Workspace, launch: Launch) -> Iterator[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     for path, stale in _announcements(folder):
         if not _joinable(stale):
-            path.unlink(missing_ok=True)
+            _withdraw(path, stale)
     path = folder / f"{launch.launch_id}.json"
     staging = folder / f".{launch.launch_id}.json.partial-{os.getpid()}"
     staging.write_text(launch.model_dump_json(indent=2))
@@ -81,7 +90,50 @@ def announced(workspace: Workspace, launch: Launch) -> Iterator[Path]:
     try:
         yield path
     finally:
+        _withdraw(path, launch)
+
+
+def _withdraw(path: Path, launch: Launch) -> None:
+    """Remove the announcement at `path` and the node ranks claimed in it."""
+    path.unlink(missing_ok=True)
+    for claim in path.parent.glob(f"{launch.launch_id}{CLAIM_INFIX}*"):
+        claim.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def claimed(workspace: Workspace, launch: Launch, node_rank: int) -> Iterator[None]:
+    """Node `node_rank` of `launch` held by this process for the block: a second joiner giving
+    the same rank is refused (torchrun would leave it waiting for ever on a rendezvous that
+    never takes it). A claim whose holder ran on this machine and is gone is taken over."""
+    path = launches_folder(workspace) / f"{launch.launch_id}{CLAIM_INFIX}{node_rank}"
+    holder = {"host": this_host(), "pid": os.getpid()}
+    for _ in range(2):
+        try:
+            with open(path, "x") as claim:
+                claim.write(json.dumps(holder))
+            break
+        except FileExistsError:
+            other = _claim_holder(path)
+            if other.get("host") == holder["host"] and not pid_alive(other.get("pid", -1)):
+                path.unlink(missing_ok=True)  # left by a joiner of this machine that was killed
+                continue
+            where = f"pid {other.get('pid')} on {other.get('host')}" if other else "another joiner"
+            raise ClaimError(
+                f"node {node_rank} of training {launch.launch_id} is already joined by {where}: "
+                f"give each machine its own --node-rank (1 to {launch.nnodes - 1}); if that "
+                f"joiner is gone, remove {path}"
+            ) from None
+    try:
+        yield
+    finally:
         path.unlink(missing_ok=True)
+
+
+def _claim_holder(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def open_launches(workspace: Workspace) -> list[Launch]:

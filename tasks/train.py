@@ -239,23 +239,29 @@ def _train_with_torchrun(workspace, work, model, settings, shard_folder, tokeniz
 def _train_as_node_zero(workspace, work, settings) -> None:
     """Host a training over `settings.nnodes` machines: announce it, say how the others join,
     train this machine's share."""
-    from lm.distributed import NodePlace, check_port_free, run_torchrun
+    from lm.distributed import NodePlace, check_port_free, join_instruction, processes, run_torchrun
     from storage.launches import announced, new_launch
 
     place = NodePlace(settings.nnodes, 0, settings.master_addr, settings.master_port,
                       settings.join_timeout_s)  # fmt: skip
     check_port_free(place)
     launch = new_launch(work, settings.nnodes, settings.nproc_per_node, settings.master_addr,
-                        settings.master_port, settings.join_timeout_s)  # fmt: skip
-    others = "node 1" if settings.nnodes == 2 else f"nodes 1 to {settings.nnodes - 1}"
+                        settings.master_port, settings.join_timeout_s,
+                        rank_code_digest())  # fmt: skip
     with announced(workspace, launch) as announcement:
         logging.getLogger("lm.train").info(
-            "training on %d nodes of %d processes: this machine is node 0, meeting the others "
-            "at %s for up to %d s; on %s run `LMFORGE_HOME=%s lmforge train-join --node-rank K` "
-            "(announced in %s)", settings.nnodes, settings.nproc_per_node, place.address,
-            settings.join_timeout_s, others, workspace.root, announcement,
+            "training on %d nodes of %s: this machine is node 0, meeting the others at %s for "
+            "up to %d s; %s (announced in %s)", settings.nnodes,
+            processes(settings.nproc_per_node), place.address, settings.join_timeout_s,
+            join_instruction(settings.nnodes, workspace.root), announcement,
         )  # fmt: skip
         run_torchrun(settings.nproc_per_node, "lm.train_worker", str(work), nodes=place)
+
+
+def rank_code_digest() -> str:
+    """Digest of the code a training rank runs (`lm.train_worker` and all it imports): every
+    node of a training over several machines must run the same."""
+    return code_digest(*module_sources("lm.train_worker"))
 
 
 def _piece_vectors(model, vectors, workspace, tokenizer, seed: int, coverage: dict):

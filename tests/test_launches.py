@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
+import os
 import socket
+import subprocess
+import sys
 import time
 
-from storage.launches import announced, new_launch, open_launches, wait_for_launch
+from storage.launches import announced, claimed, new_launch, open_launches, wait_for_launch
+from storage.processes import this_host
 from storage.prune import WORK_LOCK
 from tests.conftest import run_cli
 
@@ -24,8 +29,11 @@ def training_in(work):
         fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def launch_in(work, nnodes=2, port=29500):
-    return new_launch(work, nnodes, 1, "127.0.0.1", port, 60)
+def launch_in(work, nnodes=2, port=29500, code=None):
+    """An announcement of a training in `work`, of this machine's training code by default."""
+    from tasks.train import rank_code_digest
+
+    return new_launch(work, nnodes, 1, "127.0.0.1", port, 60, code or rank_code_digest())
 
 
 @contextlib.contextmanager
@@ -122,3 +130,39 @@ def test_a_work_folder_this_machine_does_not_see_is_named_and_following_goes_on(
     assert "failed (waiting for the next one)" in following.stderr.replace("\n", "")
     assert "no further training announced within 1 s; done" in following.stdout
     assert "1 of 1 trainings joined failed" in following.stderr.replace("\n", "")
+
+
+def test_a_node_rank_already_joined_is_refused_and_a_dead_joiner_s_claim_taken_over(
+    workspace, tmp_path
+):
+    """Two machines given the same --node-rank: torchrun would leave the second waiting for
+    ever, so its claim is refused. A claim left by a killed joiner of this machine is not."""
+    work = tmp_path / "key.work"
+    launch = launch_in(work)
+    with training_in(work), announced(workspace, launch) as path:
+        with claimed(workspace, launch, 1):
+            second = run_cli("train-join", "--node-rank", "1", "--wait-s", "5", check=False)
+            claims = sorted(p.name for p in path.parent.iterdir())
+        assert second.returncode == 1
+        assert (f"node 1 of training {launch.launch_id} is already joined by pid {os.getpid()}"
+                in second.stderr.replace("\n", ""))  # fmt: skip
+        assert claims == [path.name, f"{launch.launch_id}.node-1"]
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True).stdout.strip()  # fmt: skip
+        left = path.parent / f"{launch.launch_id}.node-1"
+        left.write_text(json.dumps({"host": this_host(), "pid": int(dead)}))
+        with claimed(workspace, launch, 1):
+            assert json.loads(left.read_text())["pid"] == os.getpid()
+        assert not left.exists()
+        left.write_text("{}")  # a claim of node 1 still there when node 0 withdraws
+    assert list(path.parent.iterdir()) == []
+
+
+def test_a_machine_running_other_training_code_is_refused(workspace, tmp_path):
+    work = tmp_path / "key.work"
+    with training_in(work), announced(workspace, launch_in(work, code="0" * 64)):
+        result = run_cli("train-join", "--node-rank", "1", "--wait-s", "5", check=False)
+    assert result.returncode == 1
+    said = result.stderr.replace("\n", "")
+    assert "runs other training code than this machine (digest 000000000000 there" in said
+    assert "install the same lmforge on every node" in said
