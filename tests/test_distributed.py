@@ -36,7 +36,7 @@ from lm.train import TrainConfig, TrainingError, val_loss_of
 from lm.train_worker import TokenFile, WorkerSpec, read_result, write_spec
 from storage.processes import pid_alive
 from tests.distributed_probe import weights_digest
-from tests.helpers import periodic_tokens
+from tests.helpers import periodic_tokens, wait_until
 
 VOCAB = 20
 GPT = GPTConfig(block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=0.1)
@@ -485,3 +485,52 @@ def test_the_train_key_counts_processes_over_all_machines_not_how_they_are_sprea
     two_machines = digest(nnodes=2, master_addr="node0", master_port=29600, join_timeout_s=30)
     assert two_machines == digest(nproc_per_node=2) != digest()
     assert digest(nnodes=2, nproc_per_node=2, master_addr="a") == digest(nproc_per_node=4)
+
+
+@pytest.mark.slow
+def test_a_joiner_interrupted_mid_training_stops_its_ranks_and_says_so(workspace):
+    """Ctrl-C on a joining machine: its ranks stop, node 0's training fails as having lost a
+    node, and the joiner ends with one line saying what happened and how to resume (exit 130,
+    as an interrupted command)."""
+    from storage.launches import announced, new_launch
+    from tasks.train import rank_code_digest
+    from tests.conftest import lmforge_command
+
+    job = workspace.root / "artifacts" / "train" / "key.work"
+    write_job(job, nproc_per_node=1, nnodes=2, master_addr="127.0.0.1", max_steps=5000,
+              eval_every=5000, checkpoint_every=5000)  # fmt: skip
+    port = free_port()
+    launch = new_launch(job, 2, 1, "127.0.0.1", port, 60, rank_code_digest())
+    node_zero_failed: list[str] = []
+
+    def node_zero() -> None:
+        try:
+            run_torchrun(1, "lm.train_worker", str(job), log=lambda line: None,
+                         nodes=NodePlace(2, 0, "127.0.0.1", port, 60))  # fmt: skip
+        except TrainingError as error:
+            node_zero_failed.append(str(error))
+
+    with announced(workspace, launch):
+        training = threading.Thread(target=node_zero, daemon=True)
+        training.start()
+        joiner = subprocess.Popen(
+            lmforge_command("train-join", "--node-rank", "1", "--wait-s", "60"),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert wait_until(lambda: "train/loss" in _text(job / "metrics.jsonl"), 120)
+            joiner.send_signal(signal.SIGINT)
+            _, said = joiner.communicate(timeout=60)
+        finally:
+            joiner.kill()
+        training.join(timeout=60)
+    assert joiner.returncode == 130
+    assert (
+        f"interrupted: this node's ranks are stopped, so training {launch.launch_id} fails"
+        in said.replace("\n", "")
+    )
+    assert len(node_zero_failed) == 1 and "only lost their connection" in node_zero_failed[0]
+
+
+def _text(path: Path) -> str:
+    return path.read_text() if path.is_file() else ""
