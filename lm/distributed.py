@@ -347,8 +347,7 @@ def run_torchrun(
             )
         raise TrainingError(
             f"training with torchrun ({processes(nproc_per_node)}{where}, `{shown}`) failed "
-            f"with exit code "
-            f"{code}.{elsewhere} The end of its error output:\n{ending}"
+            f"with exit code {code}.{elsewhere} The end of its error output:\n{ending}"
         )
 
 
