@@ -58,7 +58,7 @@ def train_join_command(node_rank: NodeRank, wait_s: WaitSeconds = 3600.0,
                             f"{', '.join(failed)}")  # fmt: skip
             return
         joined.add(launch.launch_id)
-        error = _join(launch, node_rank)
+        error = _join(workspace, launch, node_rank)
         if error is None:
             console.print(f"node {node_rank}: training {launch.launch_id} finished",
                           highlight=False)  # fmt: skip
@@ -74,15 +74,14 @@ def train_join_command(node_rank: NodeRank, wait_s: WaitSeconds = 3600.0,
             return
 
 
-def _join(launch, node_rank: int) -> str | None:
+def _join(workspace: Workspace, launch, node_rank: int) -> str | None:
     """Train this machine's share of `launch`; what went wrong, if anything."""
     from flows.cli import console
-    from lm.distributed import NodePlace, processes, run_torchrun
+    from lm.distributed import processes, run_torchrun
     from lm.train_config import TrainingError
     from storage.launches import ClaimError, claimed
     from tasks.train import rank_code_digest
 
-    workspace = Workspace.from_env()
     if not Path(launch.work).is_dir():
         return (
             f"training {launch.launch_id} of {launch.host} works in {launch.work}, which this "
@@ -96,8 +95,7 @@ def _join(launch, node_rank: int) -> str | None:
             "lmforge on every node"
         )
     try:
-        place = NodePlace(launch.nnodes, node_rank, launch.master_addr, launch.master_port,
-                          launch.join_timeout_s)  # fmt: skip
+        place = launch.place(node_rank)
         with claimed(workspace, launch, node_rank):
             console.print(f"joining training {launch.launch_id} of {launch.host} as "
                           f"{place.describe()}: {processes(launch.nproc_per_node)} here, "

@@ -55,6 +55,13 @@ class Launch(StrictModel):
         description="digest of the training code node 0 runs: every node's must match"
     )
 
+    def place(self, node_rank: int):
+        """Node `node_rank`'s place in this training (`lm.distributed.NodePlace`)."""
+        from lm.distributed import NodePlace
+
+        return NodePlace(self.nnodes, node_rank, self.master_addr, self.master_port,
+                         self.join_timeout_s)  # fmt: skip
+
 
 class ClaimError(RuntimeError):
     """A node rank another joiner already holds in a training."""

@@ -29,9 +29,14 @@ def _is_zombie(pid: int) -> bool:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
-    # `PID (COMMAND) STATE ...`: the command may hold spaces and parentheses, so the state is
-    # the first field after the last ')'.
-    return stat[stat.rfind(")") + 1 :].split()[:1] == ["Z"]
+    return _fields_after_command(stat)[:1] == ["Z"]
+
+
+def _fields_after_command(stat: str) -> list[str]:
+    """The fields of a `/proc/PID/stat` line after the command, from the state on: `PID
+    (COMMAND) STATE PPID PGRP ...`, where the command may hold spaces and parentheses, so they
+    start after the last ')'."""
+    return stat[stat.rfind(")") + 1 :].split()
 
 
 def group_alive(pgid: int) -> bool:
@@ -51,8 +56,7 @@ def group_alive(pgid: int) -> bool:
             stat = stat_file.read_text()
         except OSError:
             continue  # exited meanwhile
-        # `PID (COMMAND) STATE PPID PGRP ...`, the command possibly holding spaces.
-        fields = stat[stat.rfind(")") + 1 :].split()
+        fields = _fields_after_command(stat)  # STATE PPID PGRP ...
         if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
             return True
     return False

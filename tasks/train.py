@@ -239,15 +239,14 @@ def _train_with_torchrun(workspace, work, model, settings, shard_folder, tokeniz
 def _train_as_node_zero(workspace, work, settings) -> None:
     """Host a training over `settings.nnodes` machines: announce it, say how the others join,
     train this machine's share."""
-    from lm.distributed import NodePlace, check_port_free, join_instruction, processes, run_torchrun
+    from lm.distributed import check_port_free, join_instruction, processes, run_torchrun
     from storage.launches import announced, new_launch
 
-    place = NodePlace(settings.nnodes, 0, settings.master_addr, settings.master_port,
-                      settings.join_timeout_s)  # fmt: skip
-    check_port_free(place)
     launch = new_launch(work, settings.nnodes, settings.nproc_per_node, settings.master_addr,
                         settings.master_port, settings.join_timeout_s,
                         rank_code_digest())  # fmt: skip
+    place = launch.place(0)
+    check_port_free(place)
     with announced(workspace, launch) as announcement:
         logging.getLogger("lm.train").info(
             "training on %d nodes of %s: this machine is node 0, meeting the others at %s for "
