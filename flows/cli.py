@@ -22,6 +22,7 @@ from flows.prune_cli import prune_command
 from flows.runs_cli import runs_app
 from flows.serve import serve_command
 from flows.train_join_cli import train_join_command
+from storage.pending_outcome import OUTCOME_FILE
 from storage.workspace import WorkspaceError, activate_workspace
 
 # Markdown, not Rich markup: help text reflows, and a `[section]` in a docstring stays visible.
@@ -231,6 +232,13 @@ def run(
         f"corpus {corpus['digest'][:12]}: {corpus['kept']:,} of {corpus['documents']:,} documents"
         f" kept, {corpus['kept_bytes'] / 1e6:.1f} MB  ({folder})"
     )
+    if not summary["recorded"]:
+        waiting = escape(str(workspace.runs / summary["run_id"] / OUTCOME_FILE))
+        console.print(
+            f"[bold]not in the registry yet[/]: another process held it open; the run's outcome "
+            f"waits in {waiting}, and the next `lmforge run` records it",
+            highlight=False,
+        )
 
 
 @app.command()

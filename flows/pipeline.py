@@ -415,11 +415,12 @@ def record_success(
     tokenizer: Descriptor,
     models: list[ModelRecord],
     failed_with: str | None = None,
-) -> None:
+) -> bool:
     """Record the run with everything it produced: the corpus, the tokenizer, the models.
     With `failed_with`, the run is failed though it produced them (an ablation some of whose
-    variants failed), the error naming what did not finish."""
-    record_task(
+    variants failed), the error naming what did not finish. False: the registry was held open
+    too long, and the run's outcome waits in its folder for the next run to record."""
+    return record_task(
         run.run_id,
         "failed" if failed_with else "completed",
         run.stages,
@@ -464,7 +465,7 @@ def lm_pipeline(config: str | None = None, overrides: list[str] | None = None) -
             models.append(train_model(run, model_run, shards, tokenizer, corpus,
                                       settings.eval, ladder, vectors))  # fmt: skip
         log_data_metrics(run, corpus, tokenizer, shards)
-        record_success(run, corpus, tokenizer, models)
+        recorded = record_success(run, corpus, tokenizer, models)
     except BaseException as error:
         record_failure(run, error, models)
         raise
@@ -473,6 +474,7 @@ def lm_pipeline(config: str | None = None, overrides: list[str] | None = None) -
                     corpus, tokenizer, models, evaluations)  # fmt: skip
     return {
         "run_id": run.run_id,
+        "recorded": recorded,
         "stages": [asdict(stage) for stage in run.stages],
         "corpus": {"digest": corpus.digest, "path": corpus.path, **corpus.stats},
         "tokenizer": {"digest": tokenizer.digest, "path": tokenizer.path, **tokenizer.stats},

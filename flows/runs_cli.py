@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
+from storage.pending_outcome import pending_status
 from storage.processes import run_looks_abandoned
 
 runs_app = typer.Typer(help="Run history from the DuckDB registry.")
@@ -24,6 +25,7 @@ AGE = re.compile(r"(\d+)([mhdw])")
 AGE_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 KNOWN_STATUSES = ("running", "completed", "failed", "crashed")
 PROCESS_GONE = "running (process gone: killed?)"
+WAITING = "waiting to be recorded by the next run"
 # Per-model numbers worth comparing across runs, in this order.
 MODEL_METRICS = ("val_bpb", "test_bpb", "val_loss", "baseline_val_bpb", "parameters",
                  "tokens_seen", "steps", "train_seconds")  # fmt: skip
@@ -161,14 +163,22 @@ def runs_list(
         )
     except RegistryError as error:
         raise _fail(str(error)) from None
-    shown = [(run_id, shown_status(status, host, pid), *rest)
+    shown = [(run_id, shown_status(run_id, status, host, pid), *rest)
              for run_id, status, *rest, host, pid in rows]  # fmt: skip
     console.print(_table(columns[:-2], shown))
 
 
-def shown_status(status: str, hostname: str | None, pid: int | None) -> str:
-    """The recorded status, or, for a run recorded `running` whose process here is gone, that
-    it was killed: the next run records it `crashed`, and reads never write the registry."""
+def shown_status(run_id: str, status: str, hostname: str | None, pid: int | None) -> str:
+    """The recorded status, or, for a run recorded `running`, what the registry does not know
+    yet (reads never write it): that the run ended and its outcome waits in its folder for the
+    next run to record (`storage.pending_outcome`), or that its process here is gone, killed,
+    and the next run records it `crashed`."""
+    if status == "running":
+        from storage.workspace import activate_workspace
+
+        waiting = pending_status(activate_workspace().runs / run_id)
+        if waiting is not None:
+            return f"{waiting} ({WAITING})"
     return PROCESS_GONE if run_looks_abandoned(status, hostname, pid) else status
 
 
@@ -209,7 +219,9 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="a run id or a unique p
         )
     except RegistryError as error:
         raise _fail(str(error)) from None
-    found["status"] = shown_status(found["status"], found["hostname"], found["pid"])
+    found["status"] = shown_status(
+        found["run_id"], found["status"], found["hostname"], found["pid"]
+    )
     keys = ("run_id", "status", "preset", "started_at", "ended_at", "seconds", "flow_run_id")
     for key in keys:
         console.print(f"[bold]{key}[/]: {escape(str(found[key]))}", highlight=False)
@@ -223,7 +235,7 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="a run id or a unique p
         title = "stages it finished before it crashed" if crashed else "stages"
         console.print(_table(stage_columns, stages, title))
     else:
-        running = found["status"].startswith("running")
+        running = found["status"].startswith("running") or WAITING in found["status"]
         when = " yet: a run's stages are recorded when it ends" if running else ""
         console.print(f"[bold]stages[/]: none recorded{when}", highlight=False)
     if models:

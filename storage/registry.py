@@ -13,12 +13,13 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import os
 import random
 import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import fields
 from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
@@ -26,6 +27,12 @@ from typing import TypeVar
 import duckdb
 
 from storage.metrics_log import RUN_METRICS_FILE
+from storage.pending_outcome import (
+    OUTCOME_FILE,
+    discard_pending_outcome,
+    read_pending_outcome,
+)
+from storage.records import DatasetRecord, ModelRecord, RunOutcome, TokenizerRecord
 from storage.stage_journal import (
     JOURNAL_FILE,
     StageRecord,
@@ -198,35 +205,33 @@ class RegistryError(RuntimeError):
     """The registry cannot be used; the message says why and what to do."""
 
 
-@dataclass
-class TokenizerRecord:
-    digest: str
-    corpus_digest: str
-    path: str
-    stats: dict
+class RegistryBusy(RegistryError):
+    """Another process has held the registry open for longer than this one waits: nothing is
+    wrong with the file, and writing will work once that process closes it."""
+
+    def __init__(self, message: str, holder_pid: int, holder_program: str):
+        super().__init__(message)
+        self.holder_pid = holder_pid
+        self.holder_program = holder_program
 
 
-@dataclass
-class ModelRecord:
-    """A trained (and evaluated) model of a run; `path` is its workspace-relative train
-    artifact folder."""
-
-    label: str
-    kind: str
-    digest: str
-    path: str
-    tokenizer_digest: str
-    corpus_digest: str
-    config: dict
-    stats: dict
+WAIT_VARIABLE = "LMFORGE_REGISTRY_WAIT_S"
+DEFAULT_WAIT_S = 120.0
 
 
-@dataclass
-class DatasetRecord:
-    digest: str
-    cache_key: str
-    path: str
-    stats: dict
+def registry_wait_s() -> float:
+    """How long to wait for a registry another process holds open: `$LMFORGE_REGISTRY_WAIT_S`
+    seconds, 120 by default."""
+    text = os.environ.get(WAIT_VARIABLE, "").strip()
+    if not text:
+        return DEFAULT_WAIT_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise RegistryError(f"{WAIT_VARIABLE}={text!r}: not a number of seconds (0 or more)")
+    return seconds
 
 
 def _is_lock_error(error: Exception) -> bool:
@@ -234,10 +239,10 @@ def _is_lock_error(error: Exception) -> bool:
 
 
 class RunRegistry:
-    def __init__(self, path: Path, timeout_s: float = 120.0):
+    def __init__(self, path: Path, timeout_s: float | None = None):
         self.path = path
         self.lock_path = path.with_name(path.name + ".lock")
-        self.timeout_s = timeout_s
+        self.timeout_s = registry_wait_s() if timeout_s is None else timeout_s
 
     # -- connections -------------------------------------------------------------------------
 
@@ -261,12 +266,14 @@ class RunRegistry:
         said = " ".join(str(error).split())
         holder = re.search(r"Conflicting lock is held in (.+?) \(PID (\d+)\)", said)
         if holder:  # DuckDB's lock, which a read-only connection holds too
-            return RegistryError(
+            return RegistryBusy(
                 f"{self.path}: cannot {doing} the registry: process {holder[2]} "
                 f"({holder[1]}) has held it open for over {self.timeout_s:.0f} s, and DuckDB lets "
                 "no other process write while one has the file open, even read-only; close it "
                 "(`lmforge sql` and `lmforge runs` open it only while they read) and run again: "
-                "every finished stage is cached"
+                "every finished stage is cached",
+                holder_pid=int(holder[2]),
+                holder_program=holder[1],
             )
         message = f"{self.path}: cannot {doing} the registry ({said})"
         if isinstance(error, DAMAGE_ERRORS) and not _is_lock_error(error):
@@ -349,13 +356,57 @@ class RunRegistry:
                 [_sql_value(v) for v in run.values()],
             )
 
+    def record_pending_outcomes(self, runs_dir: Path) -> list[str]:
+        """Record the outcomes that runs left in `runs_dir/<run_id>/` because they could not
+        write the registry at their end (`storage.pending_outcome`), for the runs it still has
+        as `running`, of any host. Returns their ids.
+
+        Each is recorded in a transaction of its own and its file removed after. One that
+        cannot be read is named in a warning and left where it is. A file whose run is already
+        recorded (left by a process stopped between the two) is removed; one whose run the
+        registry does not know (a registry moved aside) is left for the registry it belongs to."""
+        folders = sorted(path.parent for path in runs_dir.glob(f"*/{OUTCOME_FILE}"))
+        if not folders:
+            return []
+        with self.writing() as connection:
+            statuses = dict(
+                connection.execute(
+                    "SELECT run_id, status FROM runs WHERE list_contains(?, run_id)",
+                    [[folder.name for folder in folders]],
+                ).fetchall()
+            )
+        recorded = []
+        for folder in folders:
+            status = statuses.get(folder.name)
+            if status is None:
+                continue
+            if status != "running":
+                discard_pending_outcome(folder)
+                continue
+            try:
+                outcome = read_pending_outcome(folder)
+            except (ValueError, OSError) as error:
+                logger.warning("run %s left an outcome that cannot be recorded: %s",
+                               folder.name, error)  # fmt: skip
+                continue
+            if outcome is None:  # recorded and removed by another process meanwhile
+                continue
+            self.record(outcome)
+            discard_pending_outcome(folder)
+            recorded.append(folder.name)
+        return recorded
+
     def close_abandoned_runs(
         self, hostname: str, is_alive: Callable[[int], bool], runs_dir: Path
     ) -> list[str]:
         """Mark as `crashed` the runs of this host still `running` whose process is gone (killed
         or lost power before it could record an outcome), and record what they left in
         `runs_dir/<run_id>/`: the stages their journal says finished, their metrics, and the
-        curve of a training that was cut short. Returns their ids."""
+        curve of a training that was cut short. Returns their ids.
+
+        Outcomes that runs left to be recorded later are recorded first, so that a run which
+        ended well but found the registry held open is never taken for crashed."""
+        self.record_pending_outcomes(runs_dir)
         with self.writing() as connection:
             rows = connection.execute(
                 "SELECT run_id, pid, started_at FROM runs "
@@ -413,6 +464,10 @@ class RunRegistry:
             during = "; ".join(_unfinished_stage(*item) for item in journal.unfinished.items())
             error += f" (during stage {during})"
         self._set_outcome(connection, run_id, "crashed", ended_at, error)
+
+    def record(self, outcome: RunOutcome) -> None:
+        """`finish_run` for an outcome held as one value."""
+        self.finish_run(**{name.name: getattr(outcome, name.name) for name in fields(outcome)})
 
     def finish_run(
         self,

@@ -1,23 +1,32 @@
 """The record stage: everything a run produced, written to the DuckDB registry in one batch.
 
-It runs in the flow process (DuckDB allows one writing process), never cached."""
+It runs in the flow process (DuckDB allows one writing process), never cached. A registry that
+another process holds open for longer than the registry waits does not fail the run: its
+outcome is left in the run's folder, and the next run records it (`storage.pending_outcome`)."""
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NONE
 
+from storage.pending_outcome import discard_pending_outcome, write_pending_outcome
 from storage.registry import (
     DatasetRecord,
     ModelRecord,
+    RegistryBusy,
+    RunOutcome,
     RunRegistry,
     StageRecord,
     TokenizerRecord,
 )
 from storage.workspace import Workspace
+
+# A library logger, which reaches Prefect's run logs (PREFECT_LOGGING_EXTRA_LOGGERS).
+logger = logging.getLogger("storage.pending_outcome")
 
 
 @task(name="record", cache_policy=NONE, persist_result=False)
@@ -31,17 +40,34 @@ def record_task(
     error: str | None = None,
     tokenizers: list[TokenizerRecord] = (),
     models: list[ModelRecord] = (),
-) -> None:
-    registry = RunRegistry(Workspace.from_env().registry_path)
-    registry.finish_run(
+) -> bool:
+    """Record the run; True if it is in the registry now, False if its outcome waits in the
+    run's folder for the registry to be free."""
+    workspace = Workspace.from_env()
+    outcome = RunOutcome(
         run_id,
-        status=status,
+        status,
         ended_at=datetime.now(),
-        stages=stages,
-        datasets=datasets,
+        stages=list(stages),
+        datasets=list(datasets),
         corpus_digest=corpus_digest,
         metrics_file=Path(metrics_file) if metrics_file else None,
         error=error,
-        tokenizers=tokenizers,
-        models=models,
+        tokenizers=list(tokenizers),
+        models=list(models),
     )
+    folder = workspace.runs / run_id
+    registry = RunRegistry(workspace.registry_path)
+    try:
+        registry.record(outcome)
+    except RegistryBusy as busy:
+        path = write_pending_outcome(folder, outcome)
+        logger.warning(
+            "run %s is %s but not in the registry yet: process %d (%s) has held %s open for "
+            "over %.0f s. Its outcome is kept in %s; the next `lmforge run` records it once "
+            "that process closes the file", run_id, status, busy.holder_pid,
+            busy.holder_program, registry.path, registry.timeout_s, path,
+        )  # fmt: skip
+        return False
+    discard_pending_outcome(folder)  # one left by an earlier record of this run is outdated
+    return True

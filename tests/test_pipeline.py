@@ -538,3 +538,53 @@ def test_a_run_card_that_cannot_be_published_leaves_the_run_completed(
     _, rows = registry.query("SELECT count(*) FROM leaderboard")
     assert rows == [(1,)]
     assert any("the run card was not published (ConnectionError" in w for w in warnings)
+
+
+HOLD_ONCE_A_RUN_STARTS = """
+import duckdb, pathlib, sys, time
+runs, registry = pathlib.Path(sys.argv[1]), sys.argv[2]
+while not list(runs.glob("*/stages.jsonl")):  # the run is registered and under way
+    time.sleep(0.02)
+connection = duckdb.connect(registry, read_only=True)
+print("open", flush=True)
+time.sleep(300)
+"""
+
+
+def test_a_run_that_finds_the_registry_held_open_ends_and_the_next_run_records_it(
+    workspace, config, monkeypatch
+):
+    import subprocess
+    import sys
+
+    from storage.pending_outcome import OUTCOME_FILE
+    from tests.conftest import run_cli
+
+    monkeypatch.setenv("LMFORGE_REGISTRY_WAIT_S", "1")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_ONCE_A_RUN_STARTS, str(workspace.runs),
+         str(workspace.registry_path)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        held = run_pipeline(config, TINY_GPT)
+        assert holder.stdout.readline() == "open\n", "the registry was held while the run ran"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert held["recorded"] is False
+    run_id = held["run_id"]
+    assert (workspace.runs / run_id / OUTCOME_FILE).is_file()
+    registry = RunRegistry(workspace.registry_path)
+    assert registry.find_run(run_id)["status"] == "running"
+    listed = run_cli("runs")
+    assert "completed (waiting to be recorded" in listed.stdout
+    again = run_pipeline(config, TINY_GPT)
+    assert again["recorded"] is True and stage_states(again)["train"] == "cached"
+    found = registry.find_run(run_id)
+    assert found["status"] == "completed" and found["error"] is None
+    model = registry.find_model(run_id)
+    assert model["val_bpb"] == pytest.approx(held["models"][-1]["val_bpb"])
+    _, rows = registry.query("SELECT count(*) FROM stages WHERE run_id = ?", [run_id])
+    assert rows[0][0] == len(held["stages"])
+    assert not (workspace.runs / run_id / OUTCOME_FILE).exists()

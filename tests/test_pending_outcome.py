@@ -1,0 +1,184 @@
+"""A run that finds the registry held open by another process at its end leaves its outcome in
+its folder, and the next run records it: real DuckDB, a real process holding the file open."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from flows.runs_cli import WAITING, shown_status
+from storage.pending_outcome import (
+    OUTCOME_FILE,
+    read_pending_outcome,
+    write_pending_outcome,
+)
+from storage.registry import (
+    CRASHED,
+    DatasetRecord,
+    ModelRecord,
+    RegistryError,
+    RunOutcome,
+    RunRegistry,
+    StageRecord,
+    TokenizerRecord,
+)
+from storage.workspace import Workspace
+from tasks.record import record_task
+
+GONE = 4242  # the pid of the runs below, which `never_alive` says has ended
+
+
+def never_alive(pid: int) -> bool:
+    return False
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch) -> Workspace:
+    monkeypatch.setenv("LMFORGE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("LMFORGE_REGISTRY_WAIT_S", "0.5")
+    return Workspace.from_env().ensure()
+
+
+def _start(workspace: Workspace, run_id: str) -> RunRegistry:
+    registry = RunRegistry(workspace.registry_path)
+    registry.start_run({"run_id": run_id, "status": "running", "started_at": datetime(2026, 12, 5),
+                        "hostname": "me@here", "pid": GONE})  # fmt: skip
+    return registry
+
+
+CORPUS_STATS = {"documents": 4, "kept": 3, "kept_chars": 900, "kept_bytes": 910, "flagged": {}}
+TOKENIZER_STATS = {"kind": "char", "vocab_size": 30, "bytes_per_token": 1.0,
+                   "vocab_used_fraction": 0.9, "byte_fallback_rate": 0.0}  # fmt: skip
+
+
+def _model(val_bpb: float) -> ModelRecord:
+    return ModelRecord(
+        label="gpt", kind="gpt", digest="train-1", path="artifacts/train/1", tokenizer_digest="t",
+        corpus_digest="c", config={"n_layer": 1}, stats={"steps": 5, "val_bpb": val_bpb},
+    )  # fmt: skip
+
+
+def _outcome(run_id: str, **changes) -> RunOutcome:
+    fields = dict(
+        status="completed", ended_at=datetime(2026, 12, 5, 10, 30),
+        stages=[StageRecord("train", "key", False, 1.5, "d", "artifacts/train/1", {"steps": 5},
+                            datetime(2026, 12, 5, 10, 29))],
+        datasets=[DatasetRecord("c", "corpus-key", "artifacts/corpus/c", CORPUS_STATS)],
+        corpus_digest="c", metrics_file=None,
+        tokenizers=[TokenizerRecord("t", "c", "artifacts/tokenizer/t", TOKENIZER_STATS)],
+        models=[_model(1.9)],
+    )  # fmt: skip
+    return RunOutcome(run_id, **(fields | changes))
+
+
+def _hold_open(path: Path) -> subprocess.Popen:
+    """Another process with the registry open read-only, as a `duckdb` shell would have it."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys, time\n"
+         "connection = duckdb.connect(sys.argv[1], read_only=True)\n"
+         "print('open', flush=True)\ntime.sleep(120)", str(path)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout.readline() == "open\n"
+    return holder
+
+
+def _record(run_id: str, status: str, metrics_file: Path | None = None, **more) -> bool:
+    return record_task.fn(run_id, status, [StageRecord("train", "key", False, 1.5)], [], "c",
+                          str(metrics_file) if metrics_file else None, **more)  # fmt: skip
+
+
+def _status(registry: RunRegistry, run_id: str) -> str:
+    return registry.find_run(run_id)["status"]
+
+
+def test_an_outcome_survives_its_file_unchanged():
+    outcome = _outcome("r1", metrics_file=Path("/w/runs/r1/metrics.jsonl"), error="why")
+    assert RunOutcome.from_json(json.loads(json.dumps(outcome.to_json()))) == outcome
+
+
+def test_a_run_ending_while_the_registry_is_held_open_is_recorded_by_the_next(workspace, caplog):
+    registry = _start(workspace, "r1")
+    folder = workspace.runs / "r1"
+    folder.mkdir()
+    metrics = folder / "metrics.jsonl"
+    metrics.write_text(json.dumps({"key": "eval/val/bpb", "step": 5, "value": 1.9,
+                                   "ts": "2026-12-05T10:29"}) + "\n")  # fmt: skip
+    holder = _hold_open(workspace.registry_path)
+    try:
+        with caplog.at_level(logging.WARNING, logger="storage.pending_outcome"):
+            recorded = _record("r1", "completed", metrics, models=[_model(1.9)])
+    finally:
+        holder.kill()
+        holder.wait()
+    assert recorded is False
+    said = caplog.text
+    assert f"run r1 is completed but not in the registry yet: process {holder.pid} (" in said
+    assert f"kept in {folder / OUTCOME_FILE}; the next `lmforge run` records it" in said
+    assert _status(registry, "r1") == "running"
+    assert shown_status("r1", "running", "me@here", GONE) == f"completed ({WAITING})"
+    # The next run to open the registry records it as it ended, not as crashed.
+    assert registry.close_abandoned_runs("me@here", never_alive, workspace.runs) == []
+    assert _status(registry, "r1") == "completed"
+    assert not (folder / OUTCOME_FILE).exists()
+    _, rows = registry.query(
+        "SELECT (SELECT val_bpb FROM models WHERE run_id = 'r1'), "
+        "(SELECT count(*) FROM stages WHERE run_id = 'r1' AND stage = 'train'), "
+        "(SELECT value FROM metrics WHERE run_id = 'r1' AND key = 'eval/val/bpb')"
+    )
+    assert rows == [(1.9, 1, 1.9)]
+    assert shown_status("r1", "completed", "me@here", GONE) == "completed"
+
+
+def test_a_later_record_of_the_same_run_replaces_the_outcome_left_before(workspace):
+    registry = _start(workspace, "r1")
+    write_pending_outcome(workspace.runs / "r1", _outcome("r1"))
+    assert _record("r1", "failed", error="ValueError: late") is True
+    assert not (workspace.runs / "r1" / OUTCOME_FILE).exists()
+    registry.close_abandoned_runs("me@here", never_alive, workspace.runs)
+    assert _status(registry, "r1") == "failed"
+
+
+def test_an_outcome_that_cannot_be_read_is_named_and_its_run_closed_as_crashed(workspace, caplog):
+    registry = _start(workspace, "r1")
+    path = workspace.runs / "r1" / OUTCOME_FILE
+    path.parent.mkdir()
+    path.write_text('{"run_id": "r1", "status": "comp')  # cut short
+    with caplog.at_level(logging.WARNING, logger="storage.registry"):
+        assert registry.close_abandoned_runs("me@here", never_alive, workspace.runs) == ["r1"]
+    assert f"run r1 left an outcome that cannot be recorded: {path}: not a run outcome" in (
+        caplog.text
+    )
+    assert registry.find_run("r1")["error"].startswith(CRASHED)
+    assert path.exists(), "left for a person to look at"
+    assert shown_status("r1", "crashed", "me@here", GONE) == "crashed"
+
+
+def test_outcomes_of_recorded_runs_are_removed_and_of_unknown_runs_kept(workspace):
+    registry = _start(workspace, "r1")
+    registry.record(_outcome("r1", status="failed"))
+    write_pending_outcome(workspace.runs / "r1", _outcome("r1"))
+    write_pending_outcome(workspace.runs / "elsewhere", _outcome("elsewhere"))
+    assert registry.record_pending_outcomes(workspace.runs) == []
+    assert _status(registry, "r1") == "failed", "a recorded run is never recorded again"
+    assert not (workspace.runs / "r1" / OUTCOME_FILE).exists()
+    assert read_pending_outcome(workspace.runs / "elsewhere") == _outcome("elsewhere")
+
+
+def test_an_outcome_in_another_runs_folder_is_refused(tmp_path):
+    write_pending_outcome(tmp_path / "r2", _outcome("r1"))
+    with pytest.raises(ValueError, match=r"r2/outcome\.json: the outcome of run r1, not of r2"):
+        read_pending_outcome(tmp_path / "r2")
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "nan"])
+def test_a_registry_wait_that_is_not_seconds_is_refused_naming_the_variable(monkeypatch, value):
+    monkeypatch.setenv("LMFORGE_REGISTRY_WAIT_S", value)
+    with pytest.raises(RegistryError, match=f"LMFORGE_REGISTRY_WAIT_S='{value}': not a number"):
+        RunRegistry(Path("registry.duckdb"))
