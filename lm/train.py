@@ -59,6 +59,7 @@ from lm.checkpoints import (
     latest_checkpoint,
     other_tokenizer,
     read_info,
+    recorded_tokens_trained,
     recover_staging,
     replace_folder,
     resolve_init_from,
@@ -318,6 +319,7 @@ class TrainResult:
     stopped_early: bool
     losses: list[float] = field(default_factory=list)
     tokens_seen: int = 0  # the targets scored since step 0 (see `Trainer.tokens_seen`)
+    tokens_trained: int | None = 0  # and over the trainings it continues (`Trainer.tokens_trained`)
 
 
 class Trainer:
@@ -370,6 +372,9 @@ class Trainer:
         # windows; for rows of documents their padding is not counted (at block 16, half or
         # more of a row of a name), as it is not trained on.
         self.tokens_seen = 0
+        # What the weights training started from had been trained on (`init_from`'s count;
+        # None where that checkpoint did not record it): 0 for a fresh model.
+        self.tokens_before: int | None = 0
         self.best_val_loss = math.inf  # the lowest val loss so far: what `best` holds
         # Early stopping's reference: the val loss of the last evaluation that beat the one
         # before by `min_delta`. Smaller gains still make a new `best`, but do not reset
@@ -598,7 +603,8 @@ class Trainer:
         last_step = min(until_step or config.max_steps, config.max_steps)
         losses: list[float] = []
         if self.stopped_early:  # resumed from the checkpoint where early stopping ended it
-            return TrainResult(self.step, self.best_val_loss, True, losses, self.tokens_seen)
+            return TrainResult(self.step, self.best_val_loss, True, losses, self.tokens_seen,
+                               self.tokens_trained)  # fmt: skip
         tokens_per_step = config.global_batch * config.block_size
         last_report, steps_at_report, stepping = time.monotonic(), self.step, 0.0
 
@@ -654,8 +660,9 @@ class Trainer:
             # running ahead, the next step runs on the device meanwhile).
             resumed = time.monotonic() if settle_at(step) else now
         return TrainResult(
-            self.step, self.best_val_loss, self.stopped_early, losses, self.tokens_seen
-        )
+            self.step, self.best_val_loss, self.stopped_early, losses, self.tokens_seen,
+            self.tokens_trained
+        )  # fmt: skip
 
     def _report_throughput(self, step: int, loss: float, stepping: float, steps: int,
                            tokens_per_step: int):  # fmt: skip
@@ -737,6 +744,7 @@ class Trainer:
             "data_per_rank": [data for data, _, _ in rank_states],
             "step": self.step,
             "tokens_seen": self.tokens_seen,
+            "tokens_before": self.tokens_before,
             "best_val_loss": self.best_val_loss,
             "val_loss_to_beat": self.val_loss_to_beat,
             "evaluations_without_improvement": self.evaluations_without_improvement,
@@ -758,6 +766,7 @@ class Trainer:
             "world_size": self.ranks.world_size,
             "parallel": self.parallel,
             "weights_sha256": digests[WEIGHTS_FILE],
+            "tokens_trained": self.tokens_trained,
             "files": {f: (staging / f).stat().st_size for f in CHECKPOINT_FILES},
             "sha256": digests,
         }
@@ -824,6 +833,7 @@ class Trainer:
         # Checkpoints from before it was kept: every row's every position, as it was counted.
         tokens_per_step = self.config.global_batch * self.config.block_size
         self.tokens_seen = state.get("tokens_seen", self.step * tokens_per_step)
+        self.tokens_before = state.get("tokens_before", 0)
         cursors = state.get("data_per_rank") or [state["data"]]
         if len(cursors) == self.ranks.world_size:
             rank = self.ranks.rank
@@ -879,7 +889,15 @@ class Trainer:
             ) from None
         if self.average is not None:  # the average starts from the weights training starts from
             self.average = WeightAverage(self.module, self.config.ema_decay)
+        self.tokens_before = recorded_tokens_trained(checkpoint)
         return checkpoint
+
+    @property
+    def tokens_trained(self) -> int | None:
+        """The targets the weights have been trained on, over every training they continue:
+        the tokens seen here plus those of the checkpoint training started from (`init_from`),
+        which counted its own in the same way. None where that checkpoint did not record it."""
+        return None if self.tokens_before is None else self.tokens_before + self.tokens_seen
 
     def resume_or_initialize(self, folder: Path, init_from: Path | None = None) -> str:
         """What a training process does first: resume from `folder`'s newest checkpoint (a run

@@ -103,6 +103,7 @@ def train_in(work: Path):
         summary = {
             "steps": result.step,
             "tokens_seen": result.tokens_seen,
+            "tokens_trained": result.tokens_trained,
             "best_val_loss": result.best_val_loss,
             "stopped_early": result.stopped_early,
             "parameters": trainer.module.num_params(),

@@ -189,6 +189,17 @@ MIGRATIONS: list[str] = [
         WHERE r.status = 'completed' AND m.val_bpb IS NOT NULL
         ORDER BY m.val_bpb;
     """,
+    # 4: the tokens a model was trained on over every training it continues (`tokens_seen`
+    # counts the run's own training only); NULL where a starting checkpoint did not record it.
+    """
+    ALTER TABLE models ADD COLUMN tokens_trained BIGINT;
+    CREATE OR REPLACE VIEW leaderboard AS
+        SELECT m.run_id, m.label, m.kind, r.preset, r.started_at, m.parameters, m.tokens_seen,
+               m.tokens_trained, m.val_bpb, m.test_bpb, m.baseline_val_bpb, m.alias
+        FROM models m JOIN runs r USING (run_id)
+        WHERE r.status = 'completed' AND m.val_bpb IS NOT NULL
+        ORDER BY m.val_bpb;
+    """,
 ]
 
 T = TypeVar("T")
@@ -589,7 +600,7 @@ class RunRegistry:
         stats = model.stats
         connection.execute(
             "INSERT INTO models VALUES "
-            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, now())",
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, now(), ?)",
             [
                 run_id,
                 model.label,
@@ -609,6 +620,7 @@ class RunRegistry:
                 stats.get("baseline_val_bpb"),
                 stats.get("baseline_test_bpb"),
                 json.dumps(model.config),
+                stats.get("tokens_trained"),
             ],
         )
 

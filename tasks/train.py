@@ -165,15 +165,16 @@ def train_task(
             if model.kind == "bigram-count":
                 network.fit(_as_tensor(train_tokens))
                 val_loss, steps, stopped_early = trainer.evaluate(network), 0, False
-                tokens_seen = 0
+                tokens_seen = tokens_trained = 0
                 trainer.save("best")
             else:
                 trainer.resume_or_initialize(work, init_from)
                 result = trainer.train()
                 val_loss, steps = result.best_val_loss, result.step
                 stopped_early, tokens_seen = result.stopped_early, result.tokens_seen
+                tokens_trained = result.tokens_trained
             outcome = {"best_val_loss": val_loss, "steps": steps, "stopped_early": stopped_early,
-                       "tokens_seen": tokens_seen,
+                       "tokens_seen": tokens_seen, "tokens_trained": tokens_trained,
                        "parameters": trainer.module.num_params(), "device": str(trainer.device),
                        "world_size": 1}  # fmt: skip
             baseline_loss = trainer.evaluate(baseline.to(trainer.device))
@@ -183,6 +184,8 @@ def train_task(
             "parameters": outcome["parameters"],
             "steps": outcome["steps"],
             "tokens_seen": outcome["tokens_seen"],  # padding after a document not counted
+            # and with what the weights it continues were trained on (`train.init_from`)
+            "tokens_trained": outcome["tokens_trained"],
             "val_loss": outcome["best_val_loss"],
             "baseline_val_loss": baseline_loss,
             "baseline_smoothing": smoothing,

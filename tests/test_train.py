@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from lm.checkpoints import complete_checkpoints
+from lm.checkpoints import INFO_FILE, complete_checkpoints
 from lm.models.config import BigramConfig, GPTConfig, MLPConfig, W2VConfig
 from lm.models.registry import build_model
 from lm.train import (
@@ -462,6 +462,36 @@ def test_init_from_starts_from_the_weights_with_a_fresh_optimizer_and_step(tmp_p
     assert follower.train().losses[0] < source.train_step()[0] + 0.5  # starts trained, not random
     with pytest.raises(TrainingError, match=r"made with tokenizer tok-a, but this run's .* tok-b"):
         tokenized_trainer(tmp_path / "other", "tok-b").initialize_from(tmp_path / "source")
+
+
+def test_tokens_trained_add_up_over_the_trainings_a_model_continues(tmp_path):
+    """`tokens_seen` counts a run's own training; `tokens_trained` also what the weights it
+    started from were trained on, as their checkpoint recorded it, through a resume too."""
+    windows = 8 * 16  # targets a step: global_batch × block_size
+    source = tokenized_trainer(tmp_path / "source", "tok-a", max_steps=6, checkpoint_every=3)
+    first = source.train()
+    assert first.tokens_trained == first.tokens_seen == 6 * windows
+    start = latest_checkpoint(tmp_path / "source")  # step 6
+    follower = tmp_path / "follower"
+    interrupted = tokenized_trainer(follower, "tok-a", max_steps=4, checkpoint_every=2)
+    interrupted.initialize_from(start)
+    interrupted.train(until_step=2)
+    resumed = tokenized_trainer(follower, "tok-a", max_steps=4, checkpoint_every=2)
+    assert resumed.resume_or_initialize(follower, start).startswith("resumed from")
+    second = resumed.train()
+    assert second.tokens_seen == 4 * windows
+    assert second.tokens_trained == (6 + 4) * windows
+    third = tokenized_trainer(tmp_path / "third", "tok-a", max_steps=2)
+    third.initialize_from(latest_checkpoint(follower))
+    assert third.train().tokens_trained == (6 + 4 + 2) * windows
+    # A checkpoint written before it recorded its count: the total is unknown, not a guess.
+    info = json.loads((start / INFO_FILE).read_text())
+    del info["tokens_trained"]
+    (start / INFO_FILE).write_text(json.dumps(info))
+    unknown = tokenized_trainer(tmp_path / "unknown", "tok-a", max_steps=2)
+    unknown.initialize_from(start)
+    result = unknown.train()
+    assert result.tokens_seen == 2 * windows and result.tokens_trained is None
 
 
 def test_init_from_a_model_of_another_shape_is_one_line_naming_the_first_misfit(tmp_path):
