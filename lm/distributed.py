@@ -209,16 +209,50 @@ def load_model_state(module: nn.Module, state: dict, parallel: str) -> None:
 
 
 def load_optimizer_state(module: nn.Module, optimizer, state: dict, parallel: str) -> None:
+    """Load an optimizer state saved under any layout. One process and DDP save torch's own
+    state dict, keyed by each parameter's index in the optimizer; FSDP saves the full one,
+    keyed by parameter name. Either is rekeyed to what this layout loads, so a run can resume
+    under another layout (DDP moving to FSDP as a model outgrows a GPU, say)."""
+    names = optimizer_parameter_names(module, optimizer)
+    by_name = _keyed_by_name(state)
     if parallel == "fsdp" and dist.is_initialized():
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
             set_optimizer_state_dict,
         )
 
+        if not by_name:
+            state = _rekeyed(state, names.__getitem__)
         options = StateDictOptions(full_state_dict=True)
         set_optimizer_state_dict(module, optimizer, state, options=options)
         return
+    if by_name:
+        index = {name: position for position, name in enumerate(names)}
+        state = _rekeyed(state, index.__getitem__)
     optimizer.load_state_dict(state)
+
+
+def optimizer_parameter_names(module: nn.Module, optimizer) -> list[str]:
+    """The optimizer's parameters in its own order (group after group), by their names in
+    `module`: position i is what torch's state dict calls parameter i."""
+    names = {id(parameter): name for name, parameter in module.named_parameters()}
+    return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+
+
+def _keyed_by_name(state: dict) -> bool:
+    return any(isinstance(key, str) for group in state["param_groups"] for key in group["params"])
+
+
+def _rekeyed(state: dict, key: Callable[[object], object]) -> dict:
+    """`state` with every parameter key (in its per-parameter state and its groups) mapped by
+    `key`; a key with no counterpart raises KeyError or IndexError."""
+    return {
+        "state": {key(name): values for name, values in state["state"].items()},
+        "param_groups": [
+            group | {"params": [key(name) for name in group["params"]]}
+            for group in state["param_groups"]
+        ],
+    }
 
 
 # -- launching -------------------------------------------------------------------------------

@@ -796,20 +796,11 @@ class Trainer:
         self._check_tokenizer(checkpoint, info)
         saved_parallel = info.get("parallel", "none")
         if (saved_parallel == "fsdp") != (self.parallel == "fsdp"):
-            # One process trains unsharded whatever train.parallel says: say so, or "resumed
-            # with parallel=none" reads as a contradiction of the config.
-            saved_ranks = info.get("world_size", 1)
-            ours = (
-                f"parallel={self.parallel}"
-                if self.ranks.distributed
-                else "one process (which never shards: train.nproc_per_node = 1)"
-            )
-            raise TrainingError(
-                f"{checkpoint}: written by {saved_ranks} process(es) with "
-                f"parallel={saved_parallel}, resumed by {ours}; their optimizer states differ in "
-                "layout: resume with the same setting, or start a new run from its weights "
-                "(train.init_from)"
-            )
+            # Weights are saved whole under every layout, and the optimizer state is rekeyed
+            # (`load_optimizer_state`): the run goes on, on the same weights and moments.
+            ours = f"parallel={self.parallel}" if self.ranks.distributed else "one process"
+            self._info("train: %s was written with parallel=%s; continuing with %s",
+                       checkpoint, saved_parallel, ours)  # fmt: skip
         # Every file is checked and read before anything is applied: a bad file changes nothing.
         problem = digest_mismatch(checkpoint, CHECKPOINT_FILES)
         if problem:
@@ -826,7 +817,7 @@ class Trainer:
                 model_state = state["trained_weights"]
             load_model_state(self.module, model_state, self.parallel)
             load_optimizer_state(self.module, self.optimizer, optimizer_state, self.parallel)
-        except (RuntimeError, ValueError, KeyError) as error:
+        except (RuntimeError, ValueError, KeyError, IndexError) as error:
             misfit = _misfit(self.module, model_state, error)
             raise TrainingError(f"{checkpoint}: does not fit this model: {misfit}") from None
         self.step = state["step"]

@@ -27,12 +27,13 @@ from lm.distributed import (
     _run_relaying_output,
     check_port_free,
     init_process_group,
+    optimizer_parameter_names,
     run_torchrun,
 )
 from lm.models.config import GPTConfig
 from lm.models.registry import build_model
 from lm.sizing import size_model
-from lm.train import TrainConfig, TrainingError, val_loss_of
+from lm.train import TrainConfig, Trainer, TrainingError, val_loss_of
 from lm.train_worker import TokenFile, WorkerSpec, read_result, write_spec
 from storage.processes import pid_alive
 from tests.distributed_probe import weights_digest
@@ -126,6 +127,39 @@ def test_two_ranks_agree_on_the_weights_and_read_disjoint_data(tmp_path, paralle
     for resumed, straight in zip(rank_reports(cut), (first, second), strict=True):
         assert resumed["weights"] == straight["weights"]
         assert resumed["generator"] == straight["generator"]
+
+    if parallel == "ddp":
+        # The same cut resumed under FSDP: DDP's optimizer state is rekeyed by name, and the run
+        # ends where DDP's did, up to the order in which the ranks' gradients are summed.
+        moved = tmp_path / "moved"
+        shutil.copytree(job, moved, ignore=shutil.ignore_patterns("step-00000006", "result.json"))
+        fsdp = spec.train.model_copy(update={"parallel": "fsdp"})
+        write_spec(moved, spec.model_copy(update={"train": fsdp}))
+        said: list[str] = []
+        run_torchrun(2, "tests.distributed_probe", str(moved), log=said.append)
+        assert any("was written with parallel=ddp; continuing with parallel=fsdp" in line
+                   for line in said)  # fmt: skip
+        assert [(key, step) for key, step, _ in logged(moved)] == [
+            (key, step) for key, step, _ in logged(job)
+        ]
+        for (_, _, value), (_, _, straight_value) in zip(logged(moved), logged(job), strict=True):
+            assert value == pytest.approx(straight_value, rel=1e-5)
+    else:
+        # An FSDP checkpoint (its optimizer state keyed by name) resumed by one process: the
+        # moments it loads are the ones the ranks saved.
+        single = spec.train.model_copy(update={"nproc_per_node": 1})
+        trainer = Trainer(build_model(GPT, VOCAB), single, np.fromfile(job / "train.bin", "<u2"),
+                          val, tmp_path / "single")  # fmt: skip
+        trainer.resume(job / "step-00000003")
+        saved = torch.load(job / "step-00000003" / "optimizer.pt", weights_only=True)
+        assert all(isinstance(name, str) for name in saved["state"])
+        names = optimizer_parameter_names(trainer.module, trainer.optimizer)
+        loaded = trainer.optimizer.state_dict()["state"]
+        assert len(loaded) == len(saved["state"]) == len(names)
+        for index, name in enumerate(names):
+            for moment in ("exp_avg", "exp_avg_sq"):
+                assert torch.equal(loaded[index][moment], saved["state"][name][moment])
+        assert trainer.train().step == STEPS
 
 
 @pytest.mark.slow

@@ -559,16 +559,35 @@ def test_an_unloadable_checkpoint_is_skipped_for_the_previous_one(tmp_path, capl
     assert f"{weights}: cannot be loaded" in caplog.text
 
 
-def test_a_sharded_checkpoint_resumed_by_one_process_says_one_process_never_shards(tmp_path):
-    """Not "resumed with parallel=none" when the config says fsdp: the cause is the count."""
-    trainer(tmp_path, config(max_steps=10)).train(until_step=5)
-    info_file = tmp_path / "step-00000005" / "checkpoint.json"
-    info = json.loads(info_file.read_text()) | {"parallel": "fsdp", "world_size": 2}
-    info_file.write_text(json.dumps(info))
+def test_an_optimizer_state_keyed_by_name_as_fsdp_saves_it_resumes_in_one_process(tmp_path, caplog):
+    """FSDP saves the full optimizer state keyed by parameter name, one process and DDP by
+    index: one process resumes either, on the same moments, so the run ends as if unmoved."""
+    from lm.checkpoints import file_sha256
+    from lm.distributed import optimizer_parameter_names
+
+    straight = trainer(tmp_path / "straight", config(max_steps=10)).train()
+    first = trainer(tmp_path, config(max_steps=10))
+    first_losses = first.train(until_step=5).losses
+    checkpoint = tmp_path / "step-00000005"
+    indexed = torch.load(checkpoint / "optimizer.pt", weights_only=True)
+    names = optimizer_parameter_names(first.module, first.optimizer)
+    by_name = {  # the layout of `get_optimizer_state_dict(..., full_state_dict=True)`
+        "state": {names[index]: moments for index, moments in indexed["state"].items()},
+        "param_groups": [group | {"params": [names[i] for i in group["params"]]}
+                         for group in indexed["param_groups"]],
+    }  # fmt: skip
+    torch.save(by_name, checkpoint / "optimizer.pt")
+    info = json.loads((checkpoint / INFO_FILE).read_text()) | {"parallel": "fsdp"}
+    info["sha256"]["optimizer.pt"] = file_sha256(checkpoint / "optimizer.pt")
+    info["files"]["optimizer.pt"] = (checkpoint / "optimizer.pt").stat().st_size
+    (checkpoint / INFO_FILE).write_text(json.dumps(info))
     resumed = trainer(tmp_path, config(max_steps=10, parallel="fsdp"))
-    said = r"written by 2 process\(es\) with parallel=fsdp, resumed by one process \(which never"
-    with pytest.raises(TrainingError, match=said):
-        resumed.resume(tmp_path / "step-00000005")
+    with caplog.at_level(logging.INFO, logger="lm.train"):
+        resumed.resume(checkpoint)
+    assert f"{checkpoint} was written with parallel=fsdp; continuing with one process" in (
+        caplog.text
+    )
+    assert first_losses + resumed.train().losses == straight.losses
 
 
 def test_a_checkpoint_with_a_flipped_bit_is_skipped_for_the_previous_one(tmp_path, caplog):
