@@ -73,6 +73,8 @@ class ModelSection:
     parameters: int | None = None
     steps: int | None = None
     tokens_seen: int | None = None
+    # With the trainings it continues (`train.init_from`); None where not recorded.
+    tokens_trained: int | None = None
     tokens_per_step: int | None = None
     scores: dict[str, float | None] = field(default_factory=dict)
     curves: dict[str, Curve] = field(default_factory=dict)
@@ -432,6 +434,7 @@ def _run_card(report: RunReport) -> str:
                 _e(
                     f"{_model_summary(model)}: {_format(model.parameters)} parameters, "
                     f"{_format(model.steps)} steps, {_format(model.tokens_seen)} tokens seen"
+                    f"{_continued_tokens(model)}"
                 ),
             )
         )
@@ -729,7 +732,15 @@ COMPARED_RUN_FIELDS = (
     ("parameters", lambda r, m: m.parameters if m else None),
     ("steps", lambda r, m: m.steps if m else None),
     ("tokens seen", lambda r, m: m.tokens_seen if m else None),
+    ("tokens trained, with what it continues", lambda r, m: m.tokens_trained if m else None),
 )
+
+
+def _continued_tokens(model: ModelSection) -> str:
+    """For a model continued from another's weights, the tokens over both trainings."""
+    if model.tokens_trained is None or model.tokens_trained == model.tokens_seen:
+        return ""
+    return f" ({_format(model.tokens_trained)} with the training it continues)"
 
 
 def _flat_config(document: object, prefix: str = "") -> dict[str, object]:

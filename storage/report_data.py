@@ -249,6 +249,7 @@ def _model_from_row(row: dict, workspace: Workspace) -> ModelSection:
         parameters=row.get("parameters"),
         steps=row.get("steps"),
         tokens_seen=row.get("tokens_seen"),
+        tokens_trained=row.get("tokens_trained"),
         tokens_per_step=_tokens_per_step(train),
         scores={k: row.get(k) for k in MODEL_SCORE_COLUMNS},
         config=config.get("model", config),
@@ -270,6 +271,7 @@ def _model_from_train_stage(label: str, stage: dict, workspace: Workspace) -> Mo
         parameters=stats.get("parameters"),
         steps=stats.get("steps"),
         tokens_seen=stats.get("tokens_seen"),
+        tokens_trained=stats.get("tokens_trained"),
         tokens_per_step=_tokens_per_step(_train_settings(path, workspace)),
         scores={  # training's own (its best on sampled val windows), not the evaluator's
             "training_val_loss": stats.get("val_loss"),

@@ -425,3 +425,13 @@ def test_a_failed_runs_report_says_where_each_val_figure_was_measured(workspace,
     assert f"val loss (nats/token), evaluation (whole split){evaluated:,.4f}" in scores
     assert f"{training:.4f}" not in scores  # training's own is its curve, under Loss
     assert "val loss during training (sampled windows)" in page.text["loss"]
+
+
+def test_a_continued_model_shows_the_tokens_of_the_training_it_continues():
+    from lm.report_render import ModelSection, RunReport
+
+    continued = ModelSection("gpt", kind="gpt", steps=4, tokens_seen=512, tokens_trained=1536)
+    fresh = ModelSection("mlp", kind="mlp", steps=4, tokens_seen=512, tokens_trained=512)
+    html = render_run_report(RunReport("r1", "completed", models=[continued, fresh])).html
+    assert "4 steps, 512 tokens seen (1,536 with the training it continues)" in html
+    assert html.count("with the training it continues") == 1, "only where they differ"
