@@ -110,7 +110,7 @@ def ablation(config: str | None = "ablation", overrides: list[str] | None = None
             )
         log_data_metrics(run, corpus, tokenizer, shards)
         failure = _failure_message(table, len(arms), folder / TABLE_FILE) if failed else None
-        record_success(run, corpus, tokenizer, models, failed_with=failure)
+        recorded = record_success(run, corpus, tokenizer, models, failed_with=failure)
     except BaseException as error:
         record_failure(run, error, models)
         raise
@@ -119,6 +119,7 @@ def ablation(config: str | None = "ablation", overrides: list[str] | None = None
     report = _report(run.run_id)
     summary = {
         "run_id": run.run_id,
+        "recorded": recorded,
         "results": table.to_json()["results"],
         "failed": table.to_json()["failed"],
         "table": markdown,

@@ -232,13 +232,19 @@ def run(
         f"corpus {corpus['digest'][:12]}: {corpus['kept']:,} of {corpus['documents']:,} documents"
         f" kept, {corpus['kept_bytes'] / 1e6:.1f} MB  ({folder})"
     )
-    if not summary["recorded"]:
-        waiting = escape(str(workspace.runs / summary["run_id"] / OUTCOME_FILE))
-        console.print(
-            f"[bold]not in the registry yet[/]: another process held it open; the run's outcome "
-            f"waits in {waiting}, and the next `lmforge run` records it",
-            highlight=False,
-        )
+    _say_if_not_recorded(summary)
+
+
+def _say_if_not_recorded(summary: dict) -> None:
+    """A run that found the registry held open at its end (`storage.pending_outcome`)."""
+    if summary.get("recorded", True):
+        return
+    waiting = escape(str(activate_workspace().runs / summary["run_id"] / OUTCOME_FILE))
+    console.print(
+        f"[bold]not in the registry yet[/]: another process held it open; the run's outcome "
+        f"waits in {waiting}, and the next run (`lmforge run`, `retrain`, `ablation`) records it",
+        highlight=False,
+    )
 
 
 @app.command()
@@ -256,6 +262,7 @@ def retrain(
     decision = summary["decision"]
     verdict = "promoted" if decision["promoted"] else "not promoted"
     console.print(escape(f"{decision['mode']}: {verdict} — {decision['reason']}"))
+    _say_if_not_recorded(summary)
 
 
 @app.command(name="ablation")
@@ -283,6 +290,7 @@ def _print_ablation(summary: dict) -> None:
         console.print(escape(summary["table"]), highlight=False)
     if summary.get("report"):
         console.print(f"report: {escape(str(summary['report']))}")
+    _say_if_not_recorded(summary)
 
 
 @app.command()

@@ -36,6 +36,7 @@ from storage.processes import pid_alive, this_host
 from storage.registry import (
     DatasetRecord,
     ModelRecord,
+    PromotionRecord,
     RunRegistry,
     StageRecord,
     TokenizerRecord,
@@ -415,11 +416,13 @@ def record_success(
     tokenizer: Descriptor,
     models: list[ModelRecord],
     failed_with: str | None = None,
+    promotion: PromotionRecord | None = None,
 ) -> bool:
     """Record the run with everything it produced: the corpus, the tokenizer, the models.
     With `failed_with`, the run is failed though it produced them (an ablation some of whose
-    variants failed), the error naming what did not finish. False: the registry was held open
-    too long, and the run's outcome waits in its folder for the next run to record."""
+    variants failed), the error naming what did not finish. With `promotion`, a retrain's
+    decision is recorded with the run, in the same transaction. False: the registry was held
+    open too long, and the run's outcome waits in its folder for the next run to record."""
     return record_task(
         run.run_id,
         "failed" if failed_with else "completed",
@@ -432,6 +435,7 @@ def record_success(
             TokenizerRecord(tokenizer.digest, corpus.digest, tokenizer.path, tokenizer.stats)
         ],
         models=models,
+        promotion=promotion,
     )
 
 

@@ -13,14 +13,16 @@ The candidate and the champion are both scored on the current corpus's held-out 
 hash of `doc_id` fixes, so the champion's number is remeasured on the same text rather than
 taken from its own run; bits per byte make the two comparable even across tokenizers. The
 candidate is promoted only if it beats the champion by `retrain.margin`; the decision and its
-reason are recorded in the `promotions` table. Every stage is cached, so a second trigger on the
-same data trains nothing.
+reason are recorded in the `promotions` table together with the run, in one transaction (so a
+run that is recorded later, having found the registry held open, promotes then). Every stage
+is cached, so a second trigger on the same data trains nothing.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 
 from prefect import flow
@@ -45,7 +47,7 @@ from lm.config import (
     resolve_preset,
 )
 from storage.artifacts import Descriptor
-from storage.registry import ModelRecord
+from storage.registry import ModelRecord, PromotionRecord
 from tasks.clean import corpus_store
 from tasks.evaluate import evaluate_key, evaluate_store, evaluate_task
 from tasks.increment import increment_key, increment_store, increment_task
@@ -212,21 +214,23 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
                    if decision.champion_val_bpb is not None else {}),
             }
         )  # fmt: skip
-        record_success(run, corpus, tokenizer or build_tokenizer(run, settings, corpus), models)
-        run.registry.promote(
-            run.run_id,
+        promotion = PromotionRecord(
             model_run.label if models else None,
             policy.alias,
             decision.promoted,
             decision.candidate_val_bpb,
             decision.champion_val_bpb,
             f"{decision.mode}: {decision.reason}",
+            decided_at=datetime.now(),
         )
+        recorded = record_success(run, corpus, tokenizer or build_tokenizer(run, settings, corpus),
+                                  models, promotion=promotion)  # fmt: skip
     except BaseException as error:
         record_failure(run, error, models)
         raise
     return {
         "run_id": run.run_id,
+        "recorded": recorded,
         "decision": asdict(decision),
         "stages": [asdict(stage) for stage in run.stages],
         "models": [{"label": m.label, "kind": m.kind, "path": m.path, **m.stats} for m in models],

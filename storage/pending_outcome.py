@@ -10,6 +10,7 @@ run as waiting until then."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -17,6 +18,10 @@ from pathlib import Path
 from storage.records import RunOutcome
 
 OUTCOME_FILE = "outcome.json"
+UNRECORDED_FILE = "outcome.unrecorded.json"  # one that could not be recorded, kept for a person
+# The statuses a waiting outcome replaces: the run's own, and the guess that it crashed, made
+# by a run that found its process gone (maybe after it had left its outcome).
+OUTCOME_REPLACES = ("running", "crashed")
 
 
 def write_pending_outcome(folder: Path, outcome: RunOutcome) -> Path:
@@ -25,7 +30,7 @@ def write_pending_outcome(folder: Path, outcome: RunOutcome) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / OUTCOME_FILE
     staging = folder / f".{OUTCOME_FILE}.partial-{os.getpid()}"
-    staging.write_text(json.dumps(outcome.to_json(), ensure_ascii=False, indent=1))
+    staging.write_text(json.dumps(outcome.to_json(), indent=1), encoding="utf-8")
     os.replace(staging, path)
     return path
 
@@ -35,7 +40,7 @@ def read_pending_outcome(folder: Path) -> RunOutcome | None:
     ValueError naming the file."""
     path = folder / OUTCOME_FILE
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
     try:
@@ -55,6 +60,15 @@ def pending_status(folder: Path) -> str | None:
     except (ValueError, OSError):
         return None
     return outcome.status if outcome else None
+
+
+def set_aside_pending_outcome(folder: Path) -> Path:
+    """Move the outcome left in `folder` out of the way of later runs, which would fail to
+    record it again; returns where it now is."""
+    kept = folder / UNRECORDED_FILE
+    with contextlib.suppress(FileNotFoundError):  # moved by another process meanwhile
+        os.replace(folder / OUTCOME_FILE, kept)
+    return kept
 
 
 def discard_pending_outcome(folder: Path) -> None:

@@ -45,6 +45,20 @@ class DatasetRecord:
 
 
 @dataclass
+class PromotionRecord:
+    """A retrain's decision whether its model takes `alias` (the `champion`) and why; `label`
+    None means the run's only model."""
+
+    label: str | None
+    alias: str
+    promoted: bool
+    candidate_val_bpb: float | None
+    champion_val_bpb: float | None
+    reason: str
+    decided_at: datetime
+
+
+@dataclass
 class RunOutcome:
     """How a run ended and everything it produced: what `RunRegistry.finish_run` writes in one
     transaction. `metrics_file` is the run's JSONL metrics, bulk-loaded when it is recorded."""
@@ -59,6 +73,7 @@ class RunOutcome:
     error: str | None = None
     tokenizers: list[TokenizerRecord] = field(default_factory=list)
     models: list[ModelRecord] = field(default_factory=list)
+    promotion: PromotionRecord | None = None  # a retrain's decision, recorded with the run
 
     def to_json(self) -> dict:
         """The outcome as JSON-able data: times as ISO text, the metrics file as a path."""
@@ -68,6 +83,8 @@ class RunOutcome:
         for stage in data["stages"]:
             finished = stage["finished_at"]
             stage["finished_at"] = finished.isoformat() if finished else None
+        if self.promotion is not None:
+            data["promotion"]["decided_at"] = self.promotion.decided_at.isoformat()
         return data
 
     @classmethod
@@ -89,7 +106,14 @@ class RunOutcome:
             error=data["error"],
             tokenizers=[TokenizerRecord(**tokenizer) for tokenizer in data["tokenizers"]],
             models=[ModelRecord(**model) for model in data["models"]],
+            promotion=_promotion(data.get("promotion")),
         )
+
+
+def _promotion(data: dict | None) -> PromotionRecord | None:
+    if data is None:
+        return None
+    return PromotionRecord(**(data | {"decided_at": datetime.fromisoformat(data["decided_at"])}))
 
 
 def _time_or_none(text: str | None) -> datetime | None:

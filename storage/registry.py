@@ -19,7 +19,6 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import fields
 from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
@@ -29,10 +28,18 @@ import duckdb
 from storage.metrics_log import RUN_METRICS_FILE
 from storage.pending_outcome import (
     OUTCOME_FILE,
+    OUTCOME_REPLACES,
     discard_pending_outcome,
     read_pending_outcome,
+    set_aside_pending_outcome,
 )
-from storage.records import DatasetRecord, ModelRecord, RunOutcome, TokenizerRecord
+from storage.records import (
+    DatasetRecord,
+    ModelRecord,
+    PromotionRecord,
+    RunOutcome,
+    TokenizerRecord,
+)
 from storage.stage_journal import (
     JOURNAL_FILE,
     StageRecord,
@@ -370,42 +377,42 @@ class RunRegistry:
     def record_pending_outcomes(self, runs_dir: Path) -> list[str]:
         """Record the outcomes that runs left in `runs_dir/<run_id>/` because they could not
         write the registry at their end (`storage.pending_outcome`), for the runs it still has
-        as `running`, of any host. Returns their ids.
+        as `running` (or as `crashed`: a guess, which the outcome corrects), of any host.
+        Returns their ids.
 
-        Each is recorded in a transaction of its own and its file removed after. One that
-        cannot be read is named in a warning and left where it is. A file whose run is already
-        recorded (left by a process stopped between the two) is removed; one whose run the
-        registry does not know (a registry moved aside) is left for the registry it belongs to."""
+        Each is recorded in a transaction of its own, which first checks that its run still
+        waits for it (two runs starting at once record it once), and its file is removed
+        after. A file whose run is recorded already (left by a process stopped between the
+        two) is removed; one whose run the registry does not know (a registry moved aside) is
+        left for the registry it belongs to. One that cannot be read or recorded is named in a
+        warning and set aside as `outcome.unrecorded.json`; its run is then closed like any
+        other whose process is gone."""
         folders = sorted(path.parent for path in runs_dir.glob(f"*/{OUTCOME_FILE}"))
-        if not folders:
-            return []
-        with self.writing() as connection:
-            statuses = dict(
-                connection.execute(
-                    "SELECT run_id, status FROM runs WHERE list_contains(?, run_id)",
-                    [[folder.name for folder in folders]],
-                ).fetchall()
-            )
-        recorded = []
-        for folder in folders:
-            status = statuses.get(folder.name)
-            if status is None:
-                continue
-            if status != "running":
-                discard_pending_outcome(folder)
-                continue
-            try:
-                outcome = read_pending_outcome(folder)
-            except (ValueError, OSError) as error:
-                logger.warning("run %s left an outcome that cannot be recorded: %s",
-                               folder.name, error)  # fmt: skip
-                continue
+        return [folder.name for folder in folders if self._record_pending_outcome(folder)]
+
+    def _record_pending_outcome(self, folder: Path) -> bool:
+        """Record the outcome left in `folder` if its run waits for it; True if it did."""
+        try:
+            outcome = read_pending_outcome(folder)
             if outcome is None:  # recorded and removed by another process meanwhile
-                continue
-            self.record(outcome)
+                return False
+            with self.writing() as connection:
+                found = connection.execute(
+                    "SELECT status FROM runs WHERE run_id = ?", [outcome.run_id]
+                ).fetchone()
+                waiting = found is not None and found[0] in OUTCOME_REPLACES
+                if waiting:
+                    self._record_outcome(connection, outcome)
+        except RegistryError:  # the registry itself: no run can start, which says why
+            raise
+        except (duckdb.Error, OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            kept = set_aside_pending_outcome(folder)
+            logger.warning("run %s left an outcome that cannot be recorded (%s: %s); it is kept "
+                           "in %s", folder.name, type(error).__name__, error, kept)  # fmt: skip
+            return False
+        if found is not None:  # recorded now, or before
             discard_pending_outcome(folder)
-            recorded.append(folder.name)
-        return recorded
+        return waiting
 
     def close_abandoned_runs(
         self, hostname: str, is_alive: Callable[[int], bool], runs_dir: Path
@@ -415,7 +422,8 @@ class RunRegistry:
         `runs_dir/<run_id>/`: the stages their journal says finished, their metrics, and the
         curve of a training that was cut short. Returns their ids.
 
-        Outcomes that runs left to be recorded later are recorded first, so that a run which
+        Outcomes that runs left to be recorded later are recorded first, and again for each
+        run found gone (one may have left its outcome and ended meanwhile), so that a run which
         ended well but found the registry held open is never taken for crashed."""
         self.record_pending_outcomes(runs_dir)
         with self.writing() as connection:
@@ -433,7 +441,11 @@ class RunRegistry:
                 self._set_outcome(connection, run_id, "crashed", started_at, CRASHED)
         # What each left, in a transaction of its own: files a crash left unreadable cost that
         # run its details, never the run that is starting (nor the other crashed runs).
+        crashed = []
         for run_id, started_at in abandoned:
+            if self._record_pending_outcome(runs_dir / run_id):
+                continue
+            crashed.append(run_id)
             try:
                 with self.writing() as connection:
                     self._record_crashed(connection, run_id, started_at, runs_dir / run_id)
@@ -442,7 +454,7 @@ class RunRegistry:
                     "run %s crashed; what it left in %s could not be recorded: %s",
                     run_id, runs_dir / run_id, error,
                 )  # fmt: skip
-        return [run_id for run_id, _ in abandoned]
+        return crashed
 
     def _record_crashed(
         self,
@@ -478,7 +490,8 @@ class RunRegistry:
 
     def record(self, outcome: RunOutcome) -> None:
         """`finish_run` for an outcome held as one value."""
-        self.finish_run(**{name.name: getattr(outcome, name.name) for name in fields(outcome)})
+        with self.writing() as connection:
+            self._record_outcome(connection, outcome)
 
     def finish_run(
         self,
@@ -492,42 +505,62 @@ class RunRegistry:
         error: str | None = None,
         tokenizers: list[TokenizerRecord] = (),
         models: list[ModelRecord] = (),
+        promotion: PromotionRecord | None = None,
     ) -> None:
         """Everything a run produced, in one transaction: stages, artifacts, corpus versions,
-        metrics (bulk-loaded from the run's JSONL file), and the final status.
+        metrics (bulk-loaded from the run's JSONL file), a retrain's promotion decision, and
+        the final status.
 
         A second call for the same run (a flow that fails after recording its success, say
         while publishing its run card) replaces the first's stages, artifacts and metrics
         rather than adding to them: `stages` and the metrics file hold everything so far. Its
-        models are kept unless the call names models of its own."""
-        with self.writing() as connection:
-            for table in ("stages", "artifacts", "metrics") + (("models",) if models else ()):
-                connection.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
-            for stage in stages:  # one recorded without its time finished by the run's end
-                self._insert_stage(connection, run_id, stage, stage.finished_at or ended_at)
-            for dataset in datasets:
-                self._insert_dataset(connection, dataset)
-            for tokenizer in tokenizers:
-                stats = tokenizer.stats
-                connection.execute(
-                    "INSERT OR IGNORE INTO tokenizers VALUES (?, ?, ?, ?, ?, now(), ?, ?, ?, ?)",
-                    [
-                        tokenizer.digest,
-                        stats["kind"],
-                        stats["vocab_size"],
-                        tokenizer.corpus_digest,
-                        tokenizer.path,
-                        stats["bytes_per_token"],
-                        stats["vocab_used_fraction"],
-                        stats["byte_fallback_rate"],
-                        json.dumps(stats, ensure_ascii=False),
-                    ],
-                )
-            for model in models:
-                self._insert_model(connection, run_id, model)
-            if metrics_file is not None:
-                self._insert_metrics(connection, run_id, metrics_file)
-            self._set_outcome(connection, run_id, status, ended_at, error, corpus_digest)
+        models are kept unless the call names models of its own, and an alias a model holds
+        stays with it."""
+        self.record(
+            RunOutcome(run_id, status, ended_at, list(stages), list(datasets), corpus_digest,
+                       metrics_file, error, list(tokenizers), list(models), promotion)
+        )  # fmt: skip
+
+    def _record_outcome(self, connection: duckdb.DuckDBPyConnection, outcome: RunOutcome) -> None:
+        run_id, models = outcome.run_id, outcome.models
+        aliases = connection.execute(
+            "SELECT label, alias FROM models WHERE run_id = ? AND alias IS NOT NULL", [run_id]
+        ).fetchall()
+        for table in ("stages", "artifacts", "metrics") + (("models",) if models else ()):
+            connection.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
+        for stage in outcome.stages:  # one recorded without its time finished by the run's end
+            self._insert_stage(connection, run_id, stage, stage.finished_at or outcome.ended_at)
+        for dataset in outcome.datasets:
+            self._insert_dataset(connection, dataset)
+        for tokenizer in outcome.tokenizers:
+            stats = tokenizer.stats
+            connection.execute(
+                "INSERT OR IGNORE INTO tokenizers VALUES (?, ?, ?, ?, ?, now(), ?, ?, ?, ?)",
+                [
+                    tokenizer.digest,
+                    stats["kind"],
+                    stats["vocab_size"],
+                    tokenizer.corpus_digest,
+                    tokenizer.path,
+                    stats["bytes_per_token"],
+                    stats["vocab_used_fraction"],
+                    stats["byte_fallback_rate"],
+                    json.dumps(stats, ensure_ascii=False),
+                ],
+            )
+        for model in models:
+            self._insert_model(connection, run_id, model)
+        for label, alias in aliases:  # a no-op where the models were kept
+            connection.execute(
+                "UPDATE models SET alias = ? WHERE run_id = ? AND label = ?", [alias, run_id, label]
+            )
+        if outcome.metrics_file is not None:
+            self._insert_metrics(connection, run_id, outcome.metrics_file)
+        if outcome.promotion is not None:
+            connection.execute("DELETE FROM promotions WHERE run_id = ?", [run_id])
+            self._record_promotion(connection, run_id, outcome.promotion)
+        self._set_outcome(connection, run_id, outcome.status, outcome.ended_at, outcome.error,
+                          outcome.corpus_digest)  # fmt: skip
 
     @staticmethod
     def _insert_stage(
@@ -634,19 +667,31 @@ class RunRegistry:
         champion_val_bpb: float | None,
         reason: str,
     ) -> None:
-        """Record a promotion decision; when promoted, move `alias` to the run's model (one
-        model holds an alias at a time)."""
+        """Record a promotion decision on its own (a retrain records its decision with the run,
+        through `finish_run`)."""
+        decision = PromotionRecord(label, alias, promoted, candidate_val_bpb, champion_val_bpb,
+                                   reason, datetime.now())  # fmt: skip
         with self.writing() as connection:
-            if promoted:
-                connection.execute("UPDATE models SET alias = NULL WHERE alias = ?", [alias])
-                connection.execute(
-                    "UPDATE models SET alias = ? WHERE run_id = ? AND (? IS NULL OR label = ?)",
-                    [alias, run_id, label, label],
-                )
+            self._record_promotion(connection, run_id, decision)
+
+    @staticmethod
+    def _record_promotion(
+        connection: duckdb.DuckDBPyConnection, run_id: str, decision: PromotionRecord
+    ) -> None:
+        """The decision; when promoted, `alias` moves to the run's model (one model holds an
+        alias at a time)."""
+        alias, label = decision.alias, decision.label
+        if decision.promoted:
+            connection.execute("UPDATE models SET alias = NULL WHERE alias = ?", [alias])
             connection.execute(
-                "INSERT INTO promotions VALUES (?, ?, ?, ?, ?, ?, ?, now())",
-                [run_id, label, alias, promoted, candidate_val_bpb, champion_val_bpb, reason],
+                "UPDATE models SET alias = ? WHERE run_id = ? AND (? IS NULL OR label = ?)",
+                [alias, run_id, label, label],
             )
+        connection.execute(
+            "INSERT INTO promotions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [run_id, label, alias, decision.promoted, decision.candidate_val_bpb,
+             decision.champion_val_bpb, decision.reason, decision.decided_at],
+        )  # fmt: skip
 
     def _insert_dataset(
         self, connection: duckdb.DuckDBPyConnection, dataset: DatasetRecord

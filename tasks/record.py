@@ -17,6 +17,7 @@ from storage.pending_outcome import discard_pending_outcome, write_pending_outco
 from storage.registry import (
     DatasetRecord,
     ModelRecord,
+    PromotionRecord,
     RegistryBusy,
     RunOutcome,
     RunRegistry,
@@ -40,6 +41,7 @@ def record_task(
     error: str | None = None,
     tokenizers: list[TokenizerRecord] = (),
     models: list[ModelRecord] = (),
+    promotion: PromotionRecord | None = None,
 ) -> bool:
     """Record the run; True if it is in the registry now, False if its outcome waits in the
     run's folder for the registry to be free."""
@@ -55,6 +57,7 @@ def record_task(
         error=error,
         tokenizers=list(tokenizers),
         models=list(models),
+        promotion=promotion,
     )
     folder = workspace.runs / run_id
     registry = RunRegistry(workspace.registry_path)

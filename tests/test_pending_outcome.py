@@ -15,6 +15,7 @@ import pytest
 from flows.runs_cli import WAITING, shown_status
 from storage.pending_outcome import (
     OUTCOME_FILE,
+    UNRECORDED_FILE,
     read_pending_outcome,
     write_pending_outcome,
 )
@@ -22,6 +23,7 @@ from storage.registry import (
     CRASHED,
     DatasetRecord,
     ModelRecord,
+    PromotionRecord,
     RegistryError,
     RunOutcome,
     RunRegistry,
@@ -98,9 +100,31 @@ def _status(registry: RunRegistry, run_id: str) -> str:
     return registry.find_run(run_id)["status"]
 
 
+DECIDED = datetime(2026, 12, 5, 10, 31)
+
+
+def _promotion(promoted: bool = True) -> PromotionRecord:
+    return PromotionRecord("gpt", "champion", promoted, 1.9, 2.0, "better by 0.1", DECIDED)
+
+
 def test_an_outcome_survives_its_file_unchanged():
-    outcome = _outcome("r1", metrics_file=Path("/w/runs/r1/metrics.jsonl"), error="why")
+    outcome = _outcome("r1", metrics_file=Path("/w/runs/r1/metrics.jsonl"), error="why",
+                       promotion=_promotion())  # fmt: skip
     assert RunOutcome.from_json(json.loads(json.dumps(outcome.to_json()))) == outcome
+    assert RunOutcome.from_json(json.loads(json.dumps(_outcome("r2").to_json()))) == _outcome("r2")
+
+
+def test_a_retrain_recorded_late_promotes_its_model_then_as_it_decided(workspace):
+    registry = _start(workspace, "old")
+    registry.record(_outcome("old", promotion=_promotion()))
+    assert registry.champion()["run_id"] == "old"
+    _start(workspace, "new")
+    write_pending_outcome(workspace.runs / "new", _outcome("new", promotion=_promotion()))
+    assert registry.champion()["run_id"] == "old", "not before it is recorded"
+    assert registry.record_pending_outcomes(workspace.runs) == ["new"]
+    assert registry.champion()["run_id"] == "new"
+    _, rows = registry.query("SELECT run_id, promoted, decided_at FROM promotions ORDER BY run_id")
+    assert rows == [("new", True, DECIDED), ("old", True, DECIDED)]
 
 
 def test_a_run_ending_while_the_registry_is_held_open_is_recorded_by_the_next(workspace, caplog):
@@ -145,19 +169,53 @@ def test_a_later_record_of_the_same_run_replaces_the_outcome_left_before(workspa
     assert _status(registry, "r1") == "failed"
 
 
-def test_an_outcome_that_cannot_be_read_is_named_and_its_run_closed_as_crashed(workspace, caplog):
+@pytest.mark.parametrize("damage", ["cut short", "unrecordable"])
+def test_an_outcome_that_cannot_be_recorded_is_set_aside_and_its_run_closed(
+    workspace, caplog, damage
+):
     registry = _start(workspace, "r1")
-    path = workspace.runs / "r1" / OUTCOME_FILE
-    path.parent.mkdir()
-    path.write_text('{"run_id": "r1", "status": "comp')  # cut short
+    folder = workspace.runs / "r1"
+    if damage == "cut short":
+        folder.mkdir()
+        (folder / OUTCOME_FILE).write_text('{"run_id": "r1", "status": "comp')
+        said = "not a run outcome"
+    else:  # readable, but its corpus lacks what the registry records of one
+        outcome = _outcome("r1")
+        outcome.datasets[0].stats = {"documents": 4}
+        write_pending_outcome(folder, outcome)
+        said = "KeyError"
     with caplog.at_level(logging.WARNING, logger="storage.registry"):
         assert registry.close_abandoned_runs("me@here", never_alive, workspace.runs) == ["r1"]
-    assert f"run r1 left an outcome that cannot be recorded: {path}: not a run outcome" in (
-        caplog.text
-    )
+    kept = folder / UNRECORDED_FILE
+    assert "run r1 left an outcome that cannot be recorded (" in caplog.text
+    assert said in caplog.text and f"it is kept in {kept}" in caplog.text
     assert registry.find_run("r1")["error"].startswith(CRASHED)
-    assert path.exists(), "left for a person to look at"
-    assert shown_status("r1", "crashed", "me@here", GONE) == "crashed"
+    assert kept.exists() and not (folder / OUTCOME_FILE).exists(), "kept, out of the way"
+    _start(workspace, "r2")  # the next run starts, without tripping on it again
+    assert registry.close_abandoned_runs("me@here", never_alive, workspace.runs) == ["r2"]
+
+
+def test_an_outcome_left_just_before_its_run_is_found_gone_is_recorded_not_crashed(workspace):
+    """The run waited out the registry, left its outcome and ended while the next run was
+    looking for outcomes: that next run finds its process gone, and then its outcome."""
+    registry = _start(workspace, "r1")
+
+    def ended_after_leaving_its_outcome(pid: int) -> bool:
+        write_pending_outcome(workspace.runs / "r1", _outcome("r1"))
+        return False
+
+    assert registry.close_abandoned_runs("me@here", ended_after_leaving_its_outcome,
+                                         workspace.runs) == []  # fmt: skip
+    assert _status(registry, "r1") == "completed"
+    assert registry.find_model("r1")["val_bpb"] == 1.9
+    assert not (workspace.runs / "r1" / OUTCOME_FILE).exists()
+
+
+def test_recording_a_run_again_keeps_the_alias_its_model_holds(workspace):
+    registry = _start(workspace, "r1")
+    registry.record(_outcome("r1", promotion=_promotion()))
+    registry.record(_outcome("r1", status="failed", error="late"))
+    assert registry.champion()["run_id"] == "r1"
 
 
 def test_outcomes_of_recorded_runs_are_removed_and_of_unknown_runs_kept(workspace):
