@@ -657,23 +657,6 @@ class RunRegistry:
             ],
         )
 
-    def promote(
-        self,
-        run_id: str,
-        label: str | None,
-        alias: str,
-        promoted: bool,
-        candidate_val_bpb: float | None,
-        champion_val_bpb: float | None,
-        reason: str,
-    ) -> None:
-        """Record a promotion decision on its own (a retrain records its decision with the run,
-        through `finish_run`)."""
-        decision = PromotionRecord(label, alias, promoted, candidate_val_bpb, champion_val_bpb,
-                                   reason, datetime.now())  # fmt: skip
-        with self.writing() as connection:
-            self._record_promotion(connection, run_id, decision)
-
     @staticmethod
     def _record_promotion(
         connection: duckdb.DuckDBPyConnection, run_id: str, decision: PromotionRecord

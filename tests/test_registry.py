@@ -16,6 +16,7 @@ from storage.registry import (
     MIGRATIONS,
     DatasetRecord,
     ModelRecord,
+    PromotionRecord,
     RegistryError,
     RunRegistry,
     StageRecord,
@@ -173,18 +174,26 @@ def test_models_are_found_by_run_and_label_and_a_run_without_one_says_so(tmp_pat
 
 def test_promotion_moves_the_alias_and_records_every_decision(tmp_path):
     registry = RunRegistry(tmp_path / "registry.duckdb")
-    for run_id in ("r1", "r2", "r3"):
+    decisions = {
+        "r1": (None, True, 1.0, None, "first model"),
+        "r2": (None, False, 1.0, 1.0, "no better"),
+        "r3": ("gpt", True, 0.9, 1.0, "better by 0.1"),
+    }
+    for minute, (run_id, (label, promoted, candidate, champion, why)) in enumerate(
+        decisions.items()
+    ):
+        decided = datetime(2026, 12, 5, 10, minute)
+        promotion = PromotionRecord(label, "champion", promoted, candidate, champion, why, decided)
         registry.start_run(_run_row(run_id))
-        registry.finish_run(run_id, "completed", datetime.now(), [], models=[_model("gpt", 1.0)])
-    registry.promote("r1", None, "champion", True, 1.0, None, "first model")
-    registry.promote("r2", None, "champion", False, 1.0, 1.0, "no better")
-    assert registry.champion()["run_id"] == "r1"
-    registry.promote("r3", "gpt", "champion", True, 0.9, 1.0, "better by 0.1")
+        registry.finish_run(run_id, "completed", decided, [], models=[_model("gpt", candidate)],
+                            promotion=promotion)  # fmt: skip
+        if run_id == "r2":
+            assert registry.champion()["run_id"] == "r1"
     assert registry.champion()["run_id"] == "r3"
     _, rows = registry.query("SELECT count(*) FROM models WHERE alias = 'champion'")
     assert rows == [(1,)]
-    _, decisions = registry.query("SELECT run_id, promoted FROM promotions ORDER BY decided_at")
-    assert decisions == [("r1", True), ("r2", False), ("r3", True)]
+    _, recorded = registry.query("SELECT run_id, promoted FROM promotions ORDER BY decided_at")
+    assert recorded == [("r1", True), ("r2", False), ("r3", True)]
 
 
 def truncated_registry(tmp_path: Path) -> RunRegistry:
