@@ -202,14 +202,6 @@ def resolve_init_from(path: Path) -> Path:
     )
 
 
-def recorded_tokens_trained(checkpoint: Path) -> int | None:
-    """The targets a checkpoint's weights were trained on, over every training they continue,
-    as it recorded them; None for one written before it recorded them (whose own count could
-    leave out the trainings it continued)."""
-    count = read_info(checkpoint).get("tokens_trained")
-    return count if isinstance(count, int) else None
-
-
 def weights_digest(checkpoint: Path) -> str:
     """The sha256 of the checkpoint's weights: recorded when it was saved, computed otherwise."""
     recorded = read_info(checkpoint).get("weights_sha256")

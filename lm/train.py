@@ -59,7 +59,6 @@ from lm.checkpoints import (
     latest_checkpoint,
     other_tokenizer,
     read_info,
-    recorded_tokens_trained,
     recover_staging,
     replace_folder,
     resolve_init_from,
@@ -880,8 +879,26 @@ class Trainer:
             ) from None
         if self.average is not None:  # the average starts from the weights training starts from
             self.average = WeightAverage(self.module, self.config.ema_decay)
-        self.tokens_before = recorded_tokens_trained(checkpoint)
+        self.tokens_before = self._tokens_trained_before(checkpoint)
         return checkpoint
+
+    def _tokens_trained_before(self, checkpoint: Path) -> int | None:
+        """What `checkpoint`'s weights were trained on, as its `checkpoint.json` records it.
+        For one written before checkpoints recorded it: its own training's count (in its
+        state) where that training started fresh, its config naming no `init_from`; None
+        where it continued another, whose count is lost."""
+        info = read_info(checkpoint)
+        if "tokens_trained" in info:
+            count = info["tokens_trained"]
+            return count if isinstance(count, int) else None
+        try:
+            config = json.loads((checkpoint / "config.json").read_text())
+            if config.get("init_from"):
+                return None
+            count = self._load(checkpoint, "state.pt").get("tokens_seen")
+        except (OSError, ValueError, AttributeError, CheckpointUnreadable):
+            return None
+        return count if isinstance(count, int) else None
 
     @property
     def tokens_trained(self) -> int | None:

@@ -473,10 +473,11 @@ def test_tokens_trained_add_up_over_the_trainings_a_model_continues(tmp_path):
     assert first.tokens_trained == first.tokens_seen == 6 * windows
     start = latest_checkpoint(tmp_path / "source")  # step 6
     follower = tmp_path / "follower"
-    interrupted = tokenized_trainer(follower, "tok-a", max_steps=4, checkpoint_every=2)
+    continuing = {"max_steps": 4, "checkpoint_every": 2, "init_from": str(start)}
+    interrupted = tokenized_trainer(follower, "tok-a", **continuing)
     interrupted.initialize_from(start)
     interrupted.train(until_step=2)
-    resumed = tokenized_trainer(follower, "tok-a", max_steps=4, checkpoint_every=2)
+    resumed = tokenized_trainer(follower, "tok-a", **continuing)
     assert resumed.resume_or_initialize(follower, start).startswith("resumed from")
     second = resumed.train()
     assert second.tokens_seen == 4 * windows
@@ -484,12 +485,17 @@ def test_tokens_trained_add_up_over_the_trainings_a_model_continues(tmp_path):
     third = tokenized_trainer(tmp_path / "third", "tok-a", max_steps=2)
     third.initialize_from(latest_checkpoint(follower))
     assert third.train().tokens_trained == (6 + 4 + 2) * windows
-    # A checkpoint written before it recorded its count: the total is unknown, not a guess.
-    info = json.loads((start / INFO_FILE).read_text())
-    del info["tokens_trained"]
-    (start / INFO_FILE).write_text(json.dumps(info))
+    # Checkpoints written before they recorded the count: one of a training that started
+    # afresh has it in its state; one that continued another cannot know what that saw.
+    for checkpoint in (start, latest_checkpoint(follower)):
+        info = json.loads((checkpoint / INFO_FILE).read_text())
+        del info["tokens_trained"]
+        (checkpoint / INFO_FILE).write_text(json.dumps(info))
+    from_fresh = tokenized_trainer(tmp_path / "from-fresh", "tok-a", max_steps=2)
+    from_fresh.initialize_from(start)
+    assert from_fresh.train().tokens_trained == (6 + 2) * windows
     unknown = tokenized_trainer(tmp_path / "unknown", "tok-a", max_steps=2)
-    unknown.initialize_from(start)
+    unknown.initialize_from(latest_checkpoint(follower))
     result = unknown.train()
     assert result.tokens_seen == 2 * windows and result.tokens_trained is None
 
