@@ -35,6 +35,7 @@ from flows.pipeline import (
     train_model,
     train_word2vec,
 )
+from flows.user_errors import hide_prefect_tracebacks_of, user_error_types
 from lm.ablation_table import (
     RESULTS_FILE,
     TABLE_FILE,
@@ -59,6 +60,11 @@ class AblationError(Exception):
 
     def __reduce__(self):  # Prefect may pickle the exception a flow raised
         return (type(self), (self.args[0], self.summary))
+
+
+# As `flows.pipeline` does for a run a deployment starts: the arms' own errors are logged as
+# they fail, and the table says which failed.
+hide_prefect_tracebacks_of((*user_error_types(), AblationError))
 
 
 @flow(name="ablation", persist_result=False)

@@ -27,6 +27,7 @@ from prefect import Task, flow, tags
 from prefect.runtime import deployment, flow_run
 
 from flows.run_card import publish_run_card
+from flows.user_errors import hide_prefect_tracebacks_of, user_error_types
 from lm.config import ModelRun, PipelineConfig, load_config, resolve_preset
 from lm.eval_config import EvalConfig
 from lm.text.sources import InputError
@@ -58,6 +59,11 @@ from tasks.word2vec import word2vec_key, word2vec_store, word2vec_task
 # logs through PREFECT_LOGGING_EXTRA_LOGGERS; they need a level that lets INFO through.
 for _library_logger in ("lm", "storage"):
     logging.getLogger(_library_logger).setLevel(logging.INFO)
+
+# A run that a deployment starts (a worker, `lmforge serve`) imports this module, not the
+# command line: an error a user can fix is its one line in the run's log there too, without
+# Prefect's traceback (`flows.user_errors`; the command line sets its own list).
+hide_prefect_tracebacks_of(user_error_types())
 
 logger = logging.getLogger("lm.pipeline")
 TRACKED_PACKAGES = ("prefect", "duckdb", "pyarrow", "numpy", "torch", "gensim", "sentencepiece")

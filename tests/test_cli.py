@@ -304,3 +304,28 @@ def test_prefect_s_run_logs_keep_the_traceback_of_a_bug():
 
     assert logged(TokenizerError("vocab_size too large")).exc_info is None
     assert logged(KeyError("a bug")).exc_info is not None
+
+
+@pytest.mark.parametrize("module", ["flows.pipeline", "flows.ablation", "flows.retrain"])
+def test_a_run_a_deployment_starts_logs_a_user_error_without_prefect_s_traceback(module):
+    """A deployment's run (a worker, `lmforge serve`) imports the flow's module, not the
+    command line: importing it is what hides a user error's traceback from the run's log."""
+    import subprocess
+    import sys
+
+    check = (
+        f"import logging, {module}\n"
+        "from flows.user_errors import PREFECT_RUN_LOGGERS, HideTracebackOf\n"
+        "from lm.tokenizer import TokenizerError\n"
+        "for name in PREFECT_RUN_LOGGERS:\n"
+        "    record = logging.LogRecord(name, logging.ERROR, 'x', 1, 'failed', None,\n"
+        "                               (TokenizerError, TokenizerError('too large'), None))\n"
+        "    assert logging.getLogger(name).filter(record) and record.exc_info is None, name\n"
+        "    bug = logging.LogRecord(name, logging.ERROR, 'x', 1, 'failed', None,\n"
+        "                            (KeyError, KeyError('a bug'), None))\n"
+        "    assert logging.getLogger(name).filter(bug) and bug.exc_info is not None, name\n"
+        "print('hidden')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                            cwd=REPO, timeout=120)  # fmt: skip
+    assert result.stdout.strip() == "hidden", result.stderr[-2000:]
