@@ -241,8 +241,9 @@ def _say_if_not_recorded(summary: dict) -> None:
         return
     waiting = escape(str(activate_workspace().runs / summary["run_id"] / OUTCOME_FILE))
     console.print(
-        f"[bold]not in the registry yet[/]: another process held it open; the run's outcome "
-        f"waits in {waiting}, and the next run (`lmforge run`, `retrain`, `ablation`) records it",
+        f"[bold]not in the registry yet[/]: it could not be written (the warning above says "
+        f"why); the run's outcome waits in {waiting}, and the next run (`lmforge run`, "
+        "`retrain`, `ablation`) records it",
         highlight=False,
     )
 

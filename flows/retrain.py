@@ -222,6 +222,7 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
             decision.champion_val_bpb,
             f"{decision.mode}: {decision.reason}",
             decided_at=datetime.now(),
+            against=f"{champion.row['run_id']}/{champion.row['label']}" if champion else None,
         )
         recorded = record_success(run, corpus, tokenizer or build_tokenizer(run, settings, corpus),
                                   models, promotion=promotion)  # fmt: skip

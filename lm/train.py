@@ -823,7 +823,8 @@ class Trainer:
         # Checkpoints from before it was kept: every row's every position, as it was counted.
         tokens_per_step = self.config.global_batch * self.config.block_size
         self.tokens_seen = state.get("tokens_seen", self.step * tokens_per_step)
-        self.tokens_before = state.get("tokens_before", 0)
+        # A checkpoint written before it was kept: unknown if this run continued another's.
+        self.tokens_before = state.get("tokens_before", None if self.config.init_from else 0)
         cursors = state.get("data_per_rank") or [state["data"]]
         if len(cursors) == self.ranks.world_size:
             rank = self.ranks.rank

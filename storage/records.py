@@ -47,7 +47,8 @@ class DatasetRecord:
 @dataclass
 class PromotionRecord:
     """A retrain's decision whether its model takes `alias` (the `champion`) and why; `label`
-    None means the run's only model."""
+    None means the run's only model. `against` is the model that held the alias when the
+    decision was made (`run_id/label`; None: no model did)."""
 
     label: str | None
     alias: str
@@ -56,6 +57,7 @@ class PromotionRecord:
     champion_val_bpb: float | None
     reason: str
     decided_at: datetime
+    against: str | None = None
 
 
 @dataclass

@@ -10,6 +10,7 @@ outlives a single call.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -19,6 +20,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
@@ -403,15 +405,23 @@ class RunRegistry:
                 waiting = found is not None and found[0] in OUTCOME_REPLACES
                 if waiting:
                     self._record_outcome(connection, outcome)
-        except RegistryError:  # the registry itself: no run can start, which says why
+        except RegistryBusy:  # held open still: the run starting cannot write either, and says so
             raise
+        except RegistryError as error:  # the registry, or a file the outcome names: try later
+            logger.warning("run %s left an outcome that cannot be recorded now (%s); it stays in "
+                           "%s", folder.name, error, folder / OUTCOME_FILE)  # fmt: skip
+            return False
         except (duckdb.Error, OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-            kept = set_aside_pending_outcome(folder)
+            try:
+                kept = set_aside_pending_outcome(folder)
+            except OSError:
+                kept = folder / OUTCOME_FILE
             logger.warning("run %s left an outcome that cannot be recorded (%s: %s); it is kept "
                            "in %s", folder.name, type(error).__name__, error, kept)  # fmt: skip
             return False
         if found is not None:  # recorded now, or before
-            discard_pending_outcome(folder)
+            with contextlib.suppress(OSError):  # left, it is removed by the next run instead
+                discard_pending_outcome(folder)
         return waiting
 
     def close_abandoned_runs(
@@ -662,8 +672,21 @@ class RunRegistry:
         connection: duckdb.DuckDBPyConnection, run_id: str, decision: PromotionRecord
     ) -> None:
         """The decision; when promoted, `alias` moves to the run's model (one model holds an
-        alias at a time)."""
+        alias at a time). A promotion decided against a model that no longer holds the alias
+        (another retrain promoted its own meanwhile, or this run is recorded late, having found
+        the registry held open) is recorded as not promoted: it beat a champion that is gone."""
         alias, label = decision.alias, decision.label
+        holder = connection.execute(
+            "SELECT run_id, label FROM models WHERE alias = ? LIMIT 1", [alias]
+        ).fetchone()
+        now = f"{holder[0]}/{holder[1]}" if holder else None
+        if decision.promoted and now != decision.against and (holder or [None])[0] != run_id:
+            decision = replace(
+                decision,
+                promoted=False,
+                reason=f"{decision.reason}; not promoted after all: the {alias} changed from "
+                f"{decision.against or 'none'} to {now} before this run was recorded",
+            )
         if decision.promoted:
             connection.execute("UPDATE models SET alias = NULL WHERE alias = ?", [alias])
             connection.execute(

@@ -1,8 +1,9 @@
 """The record stage: everything a run produced, written to the DuckDB registry in one batch.
 
 It runs in the flow process (DuckDB allows one writing process), never cached. A registry that
-another process holds open for longer than the registry waits does not fail the run: its
-outcome is left in the run's folder, and the next run records it (`storage.pending_outcome`)."""
+another process holds open for longer than the registry waits (or one that cannot be written
+at all) does not fail the run: its outcome is left in the run's folder, and the next run
+records it (`storage.pending_outcome`)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from storage.registry import (
     ModelRecord,
     PromotionRecord,
     RegistryBusy,
+    RegistryError,
     RunOutcome,
     RunRegistry,
     StageRecord,
@@ -63,14 +65,16 @@ def record_task(
     registry = RunRegistry(workspace.registry_path)
     try:
         registry.record(outcome)
-    except RegistryBusy as busy:
+    except RegistryError as error:
         path = write_pending_outcome(folder, outcome)
-        logger.warning(
-            "run %s is %s but not in the registry yet: process %d (%s) has held %s open for "
-            "over %.0f s. Its outcome is kept in %s; the next `lmforge run` records it once "
-            "that process closes the file", run_id, status, busy.holder_pid,
-            busy.holder_program, registry.path, registry.timeout_s, path,
-        )  # fmt: skip
+        if isinstance(error, RegistryBusy):
+            why = (f"process {error.holder_pid} ({error.holder_program}) has held {registry.path} "
+                   f"open for over {registry.timeout_s:.0f} s")  # fmt: skip
+            when = "once that process closes the file"
+        else:  # damaged, say: the run's own error, if any, is not hidden behind this one
+            why, when = str(error), "once the registry can be written again"
+        logger.warning("run %s is %s but not in the registry yet: %s. Its outcome is kept in %s; "
+                       "the next run records it %s", run_id, status, why, path, when)  # fmt: skip
         return False
     discard_pending_outcome(folder)  # one left by an earlier record of this run is outdated
     return True

@@ -103,28 +103,40 @@ def _status(registry: RunRegistry, run_id: str) -> str:
 DECIDED = datetime(2026, 12, 5, 10, 31)
 
 
-def _promotion(promoted: bool = True) -> PromotionRecord:
-    return PromotionRecord("gpt", "champion", promoted, 1.9, 2.0, "better by 0.1", DECIDED)
+def _promotion(against: str | None = None) -> PromotionRecord:
+    return PromotionRecord("gpt", "champion", True, 1.9, 2.0, "better by 0.1", DECIDED, against)
 
 
 def test_an_outcome_survives_its_file_unchanged():
     outcome = _outcome("r1", metrics_file=Path("/w/runs/r1/metrics.jsonl"), error="why",
-                       promotion=_promotion())  # fmt: skip
+                       promotion=_promotion("r0/gpt"))  # fmt: skip
     assert RunOutcome.from_json(json.loads(json.dumps(outcome.to_json()))) == outcome
     assert RunOutcome.from_json(json.loads(json.dumps(_outcome("r2").to_json()))) == _outcome("r2")
 
 
-def test_a_retrain_recorded_late_promotes_its_model_then_as_it_decided(workspace):
+def test_a_retrain_recorded_late_promotes_its_model_only_over_the_champion_it_beat(workspace):
     registry = _start(workspace, "old")
     registry.record(_outcome("old", promotion=_promotion()))
     assert registry.champion()["run_id"] == "old"
-    _start(workspace, "new")
-    write_pending_outcome(workspace.runs / "new", _outcome("new", promotion=_promotion()))
+    for run_id in ("late", "later"):
+        _start(workspace, run_id)
+    late = _outcome("late", promotion=_promotion("old/gpt"))
+    write_pending_outcome(workspace.runs / "late", late)
     assert registry.champion()["run_id"] == "old", "not before it is recorded"
-    assert registry.record_pending_outcomes(workspace.runs) == ["new"]
-    assert registry.champion()["run_id"] == "new"
-    _, rows = registry.query("SELECT run_id, promoted, decided_at FROM promotions ORDER BY run_id")
-    assert rows == [("new", True, DECIDED), ("old", True, DECIDED)]
+    assert registry.record_pending_outcomes(workspace.runs) == ["late"]
+    assert registry.champion()["run_id"] == "late"
+    # Another retrain that also beat "old" is recorded after: the model it beat is gone.
+    registry.record(_outcome("later", promotion=_promotion("old/gpt")))
+    assert registry.champion()["run_id"] == "late"
+    _, rows = registry.query(
+        "SELECT run_id, promoted, reason, decided_at FROM promotions ORDER BY run_id"
+    )
+    assert [row[:2] for row in rows] == [("late", True), ("later", False), ("old", True)]
+    assert rows[1][2] == (
+        "better by 0.1; not promoted after all: the champion changed from old/gpt to late/gpt "
+        "before this run was recorded"
+    )
+    assert {row[3] for row in rows} == {DECIDED}
 
 
 def test_a_run_ending_while_the_registry_is_held_open_is_recorded_by_the_next(workspace, caplog):
@@ -144,7 +156,7 @@ def test_a_run_ending_while_the_registry_is_held_open_is_recorded_by_the_next(wo
     assert recorded is False
     said = caplog.text
     assert f"run r1 is completed but not in the registry yet: process {holder.pid} (" in said
-    assert f"kept in {folder / OUTCOME_FILE}; the next `lmforge run` records it" in said
+    assert f"kept in {folder / OUTCOME_FILE}; the next run records it once that process" in said
     assert _status(registry, "r1") == "running"
     assert shown_status("r1", "running", "me@here", GONE) == f"completed ({WAITING})"
     # The next run to open the registry records it as it ended, not as crashed.
@@ -158,6 +170,23 @@ def test_a_run_ending_while_the_registry_is_held_open_is_recorded_by_the_next(wo
     )
     assert rows == [(1.9, 1, 1.9)]
     assert shown_status("r1", "completed", "me@here", GONE) == "completed"
+
+
+def test_a_registry_damaged_at_a_run_s_end_keeps_its_outcome_to_record_once_repaired(
+    workspace, caplog
+):
+    registry = _start(workspace, "r1")
+    backup = workspace.registry_path.read_bytes()
+    with open(workspace.registry_path, "r+b") as database:
+        database.truncate(len(backup) // 3)
+    with caplog.at_level(logging.WARNING, logger="storage.pending_outcome"):
+        assert _record("r1", "failed", error="ValueError: the run's own error") is False
+    assert "run r1 is failed but not in the registry yet: " in caplog.text
+    assert "cannot write to the registry" in caplog.text
+    assert "once the registry can be written again" in caplog.text
+    workspace.registry_path.write_bytes(backup)  # restored from a backup
+    assert registry.close_abandoned_runs("me@here", never_alive, workspace.runs) == []
+    assert registry.find_run("r1")["error"] == "ValueError: the run's own error"
 
 
 def test_a_later_record_of_the_same_run_replaces_the_outcome_left_before(workspace):

@@ -174,16 +174,17 @@ def test_models_are_found_by_run_and_label_and_a_run_without_one_says_so(tmp_pat
 
 def test_promotion_moves_the_alias_and_records_every_decision(tmp_path):
     registry = RunRegistry(tmp_path / "registry.duckdb")
-    decisions = {
-        "r1": (None, True, 1.0, None, "first model"),
-        "r2": (None, False, 1.0, 1.0, "no better"),
-        "r3": ("gpt", True, 0.9, 1.0, "better by 0.1"),
+    decisions = {  # label, promoted, candidate and champion val bpb, why, the champion then
+        "r1": (None, True, 1.0, None, "first model", None),
+        "r2": (None, False, 1.0, 1.0, "no better", "r1/gpt"),
+        "r3": ("gpt", True, 0.9, 1.0, "better by 0.1", "r1/gpt"),
     }
-    for minute, (run_id, (label, promoted, candidate, champion, why)) in enumerate(
+    for minute, (run_id, (label, promoted, candidate, champion, why, against)) in enumerate(
         decisions.items()
     ):
         decided = datetime(2026, 12, 5, 10, minute)
-        promotion = PromotionRecord(label, "champion", promoted, candidate, champion, why, decided)
+        promotion = PromotionRecord(label, "champion", promoted, candidate, champion, why, decided,
+                                    against)  # fmt: skip
         registry.start_run(_run_row(run_id))
         registry.finish_run(run_id, "completed", decided, [], models=[_model("gpt", candidate)],
                             promotion=promotion)  # fmt: skip
