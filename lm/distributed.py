@@ -213,7 +213,6 @@ def load_optimizer_state(module: nn.Module, optimizer, state: dict, parallel: st
     state dict, keyed by each parameter's index in the optimizer; FSDP saves the full one,
     keyed by parameter name. Either is rekeyed to what this layout loads, so a run can resume
     under another layout (DDP moving to FSDP as a model outgrows a GPU, say)."""
-    names = optimizer_parameter_names(module, optimizer)
     by_name = _keyed_by_name(state)
     if parallel == "fsdp" and dist.is_initialized():
         from torch.distributed.checkpoint.state_dict import (
@@ -222,11 +221,12 @@ def load_optimizer_state(module: nn.Module, optimizer, state: dict, parallel: st
         )
 
         if not by_name:
-            state = _rekeyed(state, names.__getitem__)
+            state = _rekeyed(state, optimizer_parameter_names(module, optimizer).__getitem__)
         options = StateDictOptions(full_state_dict=True)
         set_optimizer_state_dict(module, optimizer, state, options=options)
         return
     if by_name:
+        names = optimizer_parameter_names(module, optimizer)
         index = {name: position for position, name in enumerate(names)}
         state = _rekeyed(state, index.__getitem__)
     optimizer.load_state_dict(state)
