@@ -273,6 +273,43 @@ LOST_CONNECTION_NOTE = "then failed on the lost connection"
 # another node gave up reaching node 0.
 NODES_MISSING = re.compile(r"waiting for clients|trying to connect to")
 PORT_TAKEN = "address already in use"
+# The C++ stack c10d prints under each failed attempt to reach node 0's store.
+C10D_FRAME_LINE = re.compile(r"^(Exception raised from |frame #\d+: |<omitting python frames>)")
+PYTHON_TRACEBACK = "Traceback (most recent call last):"
+
+
+class RendezvousNoise:
+    """What a launch over several machines relays of torchrun's own error output: not the C++
+    frames c10d prints under every failed attempt to reach node 0 (its one-line warning
+    stays), nor the launcher's Python traceback when it ends in the nodes not meeting, which
+    the error raised says in one line. Every other line passes, and a traceback that ends in
+    anything else is relayed whole. A ~80-line wall otherwise preceded that one line."""
+
+    def __init__(self) -> None:
+        self.traceback: list[str] | None = None  # a launcher traceback being read
+        self.in_frames = False
+
+    def feed(self, line: str) -> list[str]:
+        """The lines to relay now, `line` read."""
+        if self.traceback is not None:
+            self.traceback.append(line)
+            if line and not line[0].isspace():  # the exception's own line ends the traceback
+                block, self.traceback = self.traceback, None
+                return [] if NODES_MISSING.search(line) else block
+            return []
+        if line == PYTHON_TRACEBACK:
+            self.traceback = [line]
+            return []
+        if C10D_FRAME_LINE.match(line) or (self.in_frames and not line.strip()):
+            self.in_frames = True
+            return []
+        self.in_frames = False
+        return [line]
+
+    def rest(self) -> list[str]:
+        """What is held back when the output ends: a traceback cut short, relayed whole."""
+        held, self.traceback = self.traceback or [], None
+        return held
 
 
 @dataclass(frozen=True)
@@ -358,7 +395,8 @@ def run_torchrun(
     with tempfile.TemporaryDirectory(prefix="lmforge-torchrun-") as log_dir:
         command = torchrun_command(nproc_per_node, module, *args, log_dir=log_dir, nodes=nodes)
         guarded = [sys.executable, "-m", "lm.parent_death", *command]
-        code, tail = _run_relaying_output(guarded, environment, log)
+        noise = RendezvousNoise() if nodes else None
+        code, tail = _run_relaying_output(guarded, environment, log, noise)
     if code != 0:
         if nodes and any(NODES_MISSING.search(line) for line in tail):
             raise TrainingError(nodes_missing(nodes))
@@ -433,10 +471,14 @@ def nodes_missing(nodes: NodePlace) -> str:
 
 
 def _run_relaying_output(
-    command: list[str], environment: dict[str, str], log: Callable[[str], None]
+    command: list[str],
+    environment: dict[str, str],
+    log: Callable[[str], None],
+    noise: RendezvousNoise | None = None,
 ) -> tuple[int, list[str]]:
-    """Run torchrun and wait; every output line goes to `log`. Returns the exit code and the
-    end of the error output. If this process is interrupted, the ranks are stopped."""
+    """Run torchrun and wait; every output line goes to `log` (the error output through
+    `noise`, where given). Returns the exit code and the end of the error output, unfiltered.
+    If this process is interrupted, the ranks are stopped."""
     # Enough to hold a traceback from every rank: `error_tail` keeps the ones that matter.
     tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES * 50)
     # The kernel's parent-death signal (`lm.parent_death`) fires when the *thread* that forked
@@ -450,9 +492,11 @@ def _run_relaying_output(
     launcher_failed = threading.Event()
 
     def pump(stream, keep: bool) -> None:
+        relayed = noise if keep else None
         for line in stream:
             line = line.rstrip("\n")
-            log(line)
+            for shown in relayed.feed(line) if relayed else [line]:
+                log(shown)
             # After torchrun reports a failed rank it prints its own traceback and a summary:
             # the tail keeps what the ranks said, and torchrun's one line naming the rank.
             if keep and not launcher_failed.is_set():
@@ -461,6 +505,8 @@ def _run_relaying_output(
                     tail.append(line.split("] ", 1)[-1])
                 elif not LAUNCHER_LOG_LINE.match(line):
                     tail.append(line)
+        for shown in relayed.rest() if relayed else []:
+            log(shown)
 
     readers = [
         threading.Thread(target=pump, args=(process.stdout, False), daemon=True),

@@ -373,9 +373,11 @@ def test_a_node_not_joined_in_time_names_the_command_that_joins(tmp_path):
     job = tmp_path / "job"
     write_job(job, nproc_per_node=1, nnodes=2, master_addr="127.0.0.1")
     place = NodePlace(2, 0, "127.0.0.1", free_port(), timeout_s=2)
+    logged: list[str] = []
     with pytest.raises(TrainingError) as raised:
-        run_torchrun(1, "lm.train_worker", str(job), log=lambda line: None, nodes=place)
+        run_torchrun(1, "lm.train_worker", str(job), log=logged.append, nodes=place)
     message = str(raised.value)
+    assert not any("Traceback" in line for line in logged), "the error says it in one line"
     assert (
         "did not all join at 127.0.0.1:" in message
         and "within train.join_timeout_s = 2 s" in message
@@ -385,9 +387,26 @@ def test_a_node_not_joined_in_time_names_the_command_that_joins(tmp_path):
     assert "Traceback" not in message
     # From the other side: node 1 finds nobody at node 0's address.
     place = NodePlace(2, 1, "127.0.0.1", free_port(), timeout_s=2)
+    logged.clear()
     with pytest.raises(TrainingError, match=r"node 1 could not meet node 0 at 127\.0\.0\.1:\d+ "
                                             r"within 2 s"):  # fmt: skip
-        run_torchrun(1, "lm.train_worker", str(job), log=lambda line: None, nodes=place)
+        run_torchrun(1, "lm.train_worker", str(job), log=logged.append, nodes=place)
+    # c10d's one-line warnings of each failed attempt stay; its C++ frames under them do not.
+    assert any("TCP client failed to connect" in line for line in logged)
+    assert not any(line.startswith("frame #") or "Traceback" in line for line in logged)
+
+
+def test_a_launcher_traceback_that_ends_in_another_error_is_relayed_whole():
+    from lm.distributed import RendezvousNoise
+
+    traceback = ["Traceback (most recent call last):", '  File "run.py", line 1, in <module>',
+                 "    main()", "RuntimeError: something else went wrong"]  # fmt: skip
+    noise = RendezvousNoise()
+    relayed = [shown for line in ["starting", *traceback, "after"] for shown in noise.feed(line)]
+    assert relayed == ["starting", *traceback, "after"]
+    cut_short = RendezvousNoise()
+    assert [shown for line in traceback[:2] for shown in cut_short.feed(line)] == []
+    assert cut_short.rest() == traceback[:2], "a traceback the output ends inside is relayed"
 
 
 def test_nodes_and_their_meeting_point_are_checked_with_the_config():
