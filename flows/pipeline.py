@@ -427,8 +427,9 @@ def record_success(
     """Record the run with everything it produced: the corpus, the tokenizer, the models.
     With `failed_with`, the run is failed though it produced them (an ablation some of whose
     variants failed), the error naming what did not finish. With `promotion`, a retrain's
-    decision is recorded with the run, in the same transaction. False: the registry was held
-    open too long, and the run's outcome waits in its folder for the next run to record."""
+    decision is recorded with the run, in the same transaction. False: the registry could not
+    be written (held open too long, or damaged), and the run's outcome waits in its folder for
+    the next run to record."""
     return record_task(
         run.run_id,
         "failed" if failed_with else "completed",

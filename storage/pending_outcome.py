@@ -3,10 +3,10 @@
 DuckDB lets no process write a database file while another has it open, even read-only. A
 `duckdb` shell or a notebook left open on the registry would otherwise fail a run at its very
 end, after all its training, and leave its models unrecorded. Instead, a run that cannot write
-the registry in time leaves its whole outcome in this file, written atomically, and ends as it
-would have. The next run to open the registry records it (before anything else, so the run is
-never taken for crashed), exactly as it would have been recorded at its end; readers show the
-run as waiting until then."""
+the registry (held open past `$LMFORGE_REGISTRY_WAIT_S`, or damaged) leaves its whole outcome
+in this file, written atomically, and ends as it would have. The next run to open the
+registry records it (before anything else, so the run is never taken for crashed), exactly as
+it would have been recorded at its end; readers show the run as waiting until then."""
 
 from __future__ import annotations
 
