@@ -174,9 +174,9 @@ def shown_status(run_id: str, status: str, hostname: str | None, pid: int | None
     next run to record (`storage.pending_outcome`), or that its process here is gone, killed,
     and the next run records it `crashed`."""
     if status == "running":
-        from storage.workspace import activate_workspace
+        from storage.workspace import Workspace
 
-        waiting = pending_status(activate_workspace().runs / run_id)
+        waiting = pending_status(Workspace.from_env().runs / run_id)
         if waiting is not None:
             return f"{waiting} ({WAITING})"
     return PROCESS_GONE if run_looks_abandoned(status, hostname, pid) else status

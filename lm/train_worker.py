@@ -14,12 +14,12 @@ import logging
 import os
 import signal
 import sys
-import uuid
 from pathlib import Path
 
 import numpy as np
 from pydantic import Field
 
+from lm.atomic_files import staging_path, write_text_atomically
 from lm.models.config import ModelConfig
 from lm.parent_death import die_with_parent
 from lm.strict_model import StrictModel
@@ -61,7 +61,7 @@ class WorkerSpec(StrictModel):
 
 def write_spec(work: Path, spec: WorkerSpec) -> Path:
     work.mkdir(parents=True, exist_ok=True)
-    return _write_atomically(work / SPEC_FILE, spec.model_dump_json(indent=2))
+    return write_text_atomically(work / SPEC_FILE, spec.model_dump_json(indent=2))
 
 
 def read_spec(work: Path) -> WorkerSpec:
@@ -111,7 +111,7 @@ def train_in(work: Path):
             "world_size": trainer.ranks.world_size,
             "parallel": trainer.parallel,
         }
-        _write_atomically(work / RESULT_FILE, json.dumps(summary, indent=2))
+        write_text_atomically(work / RESULT_FILE, json.dumps(summary, indent=2))
     return trainer, result
 
 
@@ -119,22 +119,10 @@ def write_vectors(path: Path, matrix) -> Path:
     """The word2vec matrix for the ranks, written atomically."""
     import torch
 
-    staging = _staging_for(path)
+    staging = staging_path(path)
     torch.save(matrix, staging)
     os.replace(staging, path)
     return path
-
-
-def _write_atomically(path: Path, text: str) -> Path:
-    staging = _staging_for(path)
-    staging.write_text(text)
-    os.replace(staging, path)
-    return path
-
-
-def _staging_for(path: Path) -> Path:
-    """A name beside `path`, this process's own, to write before renaming it to `path`."""
-    return path.with_name(f"{path.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:6]}")
 
 
 def configure_logging() -> int:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from pydantic import Field, ValidationError
 
+from lm.atomic_files import write_text_atomically
 from lm.strict_model import StrictModel
 from storage.processes import pid_alive, this_host
 from storage.prune import training_lock_held
@@ -90,10 +91,8 @@ def announced(workspace: Workspace, launch: Launch) -> Iterator[Path]:
     for path, stale in _announcements(folder):
         if not _joinable(stale):
             _withdraw(path, stale)
-    path = folder / f"{launch.launch_id}.json"
-    staging = folder / f".{launch.launch_id}.json.partial-{os.getpid()}"
-    staging.write_text(launch.model_dump_json(indent=2))
-    os.replace(staging, path)
+    path = write_text_atomically(folder / f"{launch.launch_id}.json",
+                                 launch.model_dump_json(indent=2))  # fmt: skip
     try:
         yield path
     finally:

@@ -15,6 +15,7 @@ import json
 import os
 from pathlib import Path
 
+from lm.atomic_files import write_text_atomically
 from storage.records import RunOutcome
 
 OUTCOME_FILE = "outcome.json"
@@ -28,11 +29,7 @@ def write_pending_outcome(folder: Path, outcome: RunOutcome) -> Path:
     """Leave `outcome` in the run's `folder`, replacing one left before (the later outcome of
     the same run holds everything the earlier did)."""
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / OUTCOME_FILE
-    staging = folder / f".{OUTCOME_FILE}.partial-{os.getpid()}"
-    staging.write_text(json.dumps(outcome.to_json(), indent=1), encoding="utf-8")
-    os.replace(staging, path)
-    return path
+    return write_text_atomically(folder / OUTCOME_FILE, json.dumps(outcome.to_json(), indent=1))
 
 
 def read_pending_outcome(folder: Path) -> RunOutcome | None:

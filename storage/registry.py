@@ -533,9 +533,11 @@ class RunRegistry:
 
     def _record_outcome(self, connection: duckdb.DuckDBPyConnection, outcome: RunOutcome) -> None:
         run_id, models = outcome.run_id, outcome.models
-        aliases = connection.execute(
-            "SELECT label, alias FROM models WHERE run_id = ? AND alias IS NOT NULL", [run_id]
-        ).fetchall()
+        aliases = []  # the models replaced keep the aliases they hold
+        if models:
+            aliases = connection.execute(
+                "SELECT label, alias FROM models WHERE run_id = ? AND alias IS NOT NULL", [run_id]
+            ).fetchall()
         for table in ("stages", "artifacts", "metrics") + (("models",) if models else ()):
             connection.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
         for stage in outcome.stages:  # one recorded without its time finished by the run's end
@@ -560,7 +562,7 @@ class RunRegistry:
             )
         for model in models:
             self._insert_model(connection, run_id, model)
-        for label, alias in aliases:  # a no-op where the models were kept
+        for label, alias in aliases:
             connection.execute(
                 "UPDATE models SET alias = ? WHERE run_id = ? AND label = ?", [alias, run_id, label]
             )

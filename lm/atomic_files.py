@@ -1,0 +1,23 @@
+"""Files written so that a reader sees the old one or the new one, never half of one: written
+under a name of this process's own beside the target, then renamed over it (a rename within a
+folder is atomic). The staging name ends in `.partial-…`, which no reader's pattern matches
+(DuckDB's globs match dotfiles, so a leading dot would not hide it)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+
+def staging_path(path: Path) -> Path:
+    """A name beside `path`, this process's own, to write before renaming it to `path`."""
+    return path.with_name(f"{path.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+
+
+def write_text_atomically(path: Path, text: str) -> Path:
+    """`text` (UTF-8) in `path`, replacing what was there in one step."""
+    staging = staging_path(path)
+    staging.write_text(text, encoding="utf-8")
+    os.replace(staging, path)
+    return path
