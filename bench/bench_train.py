@@ -19,12 +19,16 @@ reports any recompilation, which would show a compiled mode paying for compile t
 timed. On a GPU each mode's peak memory is printed beside `lm.sizing`'s estimate (weights,
 gradients, AdamW state and eager activations: a compiled mode should peak below it). On a
 shared machine the modes are interleaved `--repeats` times and the best rate of each is
-reported (the median too): noise from other processes only ever slows a run down.
+reported (the median too): noise from other processes only ever slows a run down. Each mode
+also prints the page faults its steps take (the median per step): near 0 on a CPU, where the
+Trainer keeps freed memory for reuse (`lm.allocator`; `LMFORGE_KEEP_FREED_MEMORY=0` to compare
+with the allocator left as it is).
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import sys
 import time
@@ -170,7 +174,7 @@ def main() -> None:
     ways = [(label, False) for label in modes]
     if args.step_by_step:
         ways += [(label, True) for label in modes]
-    trainers, rates = {}, {way: [] for way in ways}
+    trainers, rates, faults = {}, {way: [] for way in ways}, {way: [] for way in ways}
     for label in modes:
         precision, compile_model, fused = MODES[label]
         held = _reset_peak_memory(args.device)
@@ -188,8 +192,11 @@ def main() -> None:
     tokens_per_step = trainer.config.global_batch * trainer.config.block_size  # every mode's
     for _ in range(args.repeats):  # interleaved: a burst of load slows every mode alike
         for label, step_by_step in ways:
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             seconds = timed_steps(trainers[label], args.steps, step_by_step)
+            after = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             rates[label, step_by_step].append(args.steps * tokens_per_step / seconds)
+            faults[label, step_by_step].append((after - before) / args.steps)
     baseline = max(rates[modes[0], False])
     for label, step_by_step in ways:
         measured = rates[label, step_by_step]
@@ -197,8 +204,10 @@ def main() -> None:
         flops = trainers[label].flops_per_token * best
         mfu = f", MFU {flops / peak:.1%}" if peak else ""
         name = f"{label}, step by step" if step_by_step else label
+        faulted = statistics.median(faults[label, step_by_step])
         print(f"{name:>14}: {best:10,.0f} tokens/s best ({best / baseline:.2f}x {modes[0]}), "
-              f"median {median:,.0f}, {flops / 1e9:,.1f} GFLOP/s{mfu}")  # fmt: skip
+              f"median {median:,.0f}, {flops / 1e9:,.1f} GFLOP/s{mfu}, "
+              f"{faulted:,.0f} page faults/step")  # fmt: skip
 
 
 if __name__ == "__main__":

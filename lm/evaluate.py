@@ -57,6 +57,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 
+from lm.allocator import keep_freed_memory
 from lm.batches import IGNORED_TARGET, scored_targets
 from lm.checkpoint_fit import first_misfit, tokenizer_difference
 from lm.checkpoints import DONE_MARKER, WEIGHTS_FILE, damage
@@ -289,6 +290,8 @@ def score_windows(
 ) -> SplitScore:
     """Loss, perplexity and bits per byte of `model` over `windows`, in float64 sums."""
     device = model_device(model)
+    if device.type == "cpu":  # each batch's activations reuse the last one's memory
+        keep_freed_memory()
     was_training = model.training
     model.eval()
     # Progress counts the targets scored, the split's size, not positions: overlapping rows

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lm.allocator import keep_freed_memory
 from lm.batches import (
     RANK_SEED_STRIDE,
     TokenBatches,
@@ -338,6 +339,8 @@ class Trainer:
         self.device = pick_device(config.device, self.ranks)
         init_process_group(self.ranks, self.device)
         self.accumulation = config.accumulation_steps_for(self.ranks.world_size)
+        if self.device.type == "cpu":  # no page faults for every step's activations again
+            keep_freed_memory()
         if self.device.type == "cuda":  # TF32 matmuls: fp32 accuracy for training, far faster
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
