@@ -26,9 +26,10 @@ AGE_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 KNOWN_STATUSES = ("running", "completed", "failed", "crashed")
 PROCESS_GONE = "running (process gone: killed?)"
 WAITING = "waiting to be recorded by the next run"
-# Per-model numbers worth comparing across runs, in this order.
+# Per-model numbers worth comparing across runs, in this order. A registry a run of an older
+# lmforge wrote may lack a later column (`tokens_trained`, migration 4): shown as absent.
 MODEL_METRICS = ("val_bpb", "test_bpb", "val_loss", "baseline_val_bpb", "parameters",
-                 "tokens_seen", "steps", "train_seconds")  # fmt: skip
+                 "tokens_seen", "tokens_trained", "steps", "train_seconds")  # fmt: skip
 # Run-level metrics (latest value) that say what data a run saw.
 DATA_METRICS = ("corpus/kept", "corpus/kept_bytes", "tokens/train", "tokenizer/bytes_per_token")
 ABSENT = "—"
@@ -263,9 +264,8 @@ def runs_compare(
         ids = [run["run_id"] for run in runs]
         if len(set(ids)) < len(ids):
             raise _fail(f"the same run is named twice: {' '.join(run_ids)}")
-        _, model_rows = registry.query(
-            f"SELECT run_id, label, {', '.join(MODEL_METRICS)} FROM models "
-            "WHERE list_contains(?, run_id) ORDER BY created_at, rowid",
+        model_columns, models = registry.query(
+            "SELECT * FROM models WHERE list_contains(?, run_id) ORDER BY created_at, rowid",
             [ids],
         )
         _, data_rows = registry.query(
@@ -288,6 +288,7 @@ def runs_compare(
         console.print(_table(["config key", *ids], rows, "config differences"))
     else:
         console.print("config: identical")
+    model_rows = [_model_metrics(dict(zip(model_columns, row, strict=True))) for row in models]
     metric_rows = _metric_rows(ids, model_rows, data_rows)
     if metric_rows:
         console.print(_table(["metric", *ids], metric_rows, "metrics"))
@@ -322,6 +323,12 @@ def _metric_rows(ids: list[str], model_rows: list[tuple], data_rows: list[tuple]
         )
         for label, name in ranked
     ]
+
+
+def _model_metrics(model: dict[str, Any]) -> tuple:
+    """(run id, label, each of MODEL_METRICS) of a `models` row; None for a column its
+    registry does not have yet."""
+    return (model["run_id"], model["label"], *(model.get(name) for name in MODEL_METRICS))
 
 
 def _stage_rows(ids: list[str], stage_rows: list[tuple]) -> list[tuple]:

@@ -13,7 +13,7 @@ import duckdb
 import pytest
 
 from flows.runs_cli import config_differences, flatten_config, parse_since
-from storage.registry import ModelRecord, RunRegistry, StageRecord
+from storage.registry import MIGRATIONS, ModelRecord, RunRegistry, StageRecord
 from tests.conftest import REPO, run_cli
 from tests.helpers import prose, write_config
 
@@ -39,6 +39,8 @@ HISTORY = {
                  _config(200, "gpt", ["a", "b"])),
     "r-failed": ("failed", "names", timedelta(hours=1), {}, _config(100, "gpt", ["a"])),
 }  # fmt: skip
+# A continued model: 3,000 tokens of its own on top of the 6,000 its starting weights had.
+TOKENS = {("r-ladder", "gpt"): {"tokens_seen": 3000, "tokens_trained": 9000}}
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +63,7 @@ def history(tmp_path_factory):
         ]
         records = [
             ModelRecord(kind, kind, "d", f"artifacts/train/{run_id}-{kind}", "t", "c",
-                        {}, {"val_bpb": bpb, "parameters": 1000})
+                        {}, {"val_bpb": bpb, "parameters": 1000, **TOKENS.get((run_id, kind), {})})
             for kind, bpb in models.items()
         ]  # fmt: skip
         registry.finish_run(
@@ -203,8 +205,38 @@ def test_compare_shows_config_differences_model_metrics_and_stage_times(history)
     assert re.search(r"│ val_bpb \(gpt\)\s+│ 2\.2500\s+│ 2\.5000\s+│", output)
     assert re.search(r"│ val_bpb \(mlp\)\s+│ —\s+│ 2\.8000\s+│", output)
     assert re.search(r"│ ingest\s+│ 0\.50 cached\s+│ 0\.50 cached\s+│", output)
+    assert re.search(r"│ tokens_seen \(gpt\)\s+│ —\s+│ 3,000\s+│", output)
+    assert re.search(r"│ tokens_trained \(gpt\)\s+│ —\s+│ 9,000\s+│", output)
     same = run_cli("runs", "compare", "r-gpt-new", "r-gpt", check=False, home=history)
     assert same.returncode == 1 and "the same run is named twice" in same.stderr
+
+
+def test_compare_reads_a_registry_from_before_tokens_trained(tmp_path):
+    """Schema 3 (no `tokens_trained` column): compared as it is, the column shown as absent,
+    and the file is not migrated by a command that only reads."""
+    path = tmp_path / "registry.duckdb"
+    connection = duckdb.connect(str(path))
+    connection.execute("CREATE TABLE schema_version (version INTEGER, applied_at TIMESTAMP)")
+    for number, script in enumerate(MIGRATIONS[:3], start=1):
+        connection.execute(script)
+        connection.execute("INSERT INTO schema_version VALUES (?, now())", [number])
+    for run_id, bpb in (("old-a", 2.5), ("old-b", 2.25)):
+        connection.execute(
+            "INSERT INTO runs (run_id, status, started_at, config) "
+            "VALUES (?, 'completed', now(), '{}')",
+            [run_id],
+        )
+        connection.execute(
+            "INSERT INTO models (run_id, label, kind, tokens_seen, val_bpb, created_at) "
+            "VALUES (?, 'gpt', 'gpt', 4096, ?, now())",
+            [run_id, bpb],
+        )
+    connection.close()
+    output = run_cli("runs", "compare", "old-a", "old-b", home=tmp_path).stdout
+    assert re.search(r"│ val_bpb \(gpt\)\s+│ 2\.5000\s+│ 2\.2500\s+│", output)
+    assert re.search(r"│ tokens_seen \(gpt\)\s+│ 4,096\s+│ 4,096\s+│", output)
+    assert re.search(r"│ tokens_trained \(gpt\)\s+│ —\s+│ —\s+│", output)
+    assert RunRegistry(path).schema_version() == 3
 
 
 def test_export_writes_every_table_as_parquet_without_leftovers(history, tmp_path):
