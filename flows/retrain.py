@@ -32,6 +32,7 @@ from flows.pipeline import (
     build_corpus,
     build_tokenizer,
     encode_corpus,
+    logger,
     open_run,
     record_failure,
     record_success,
@@ -47,7 +48,7 @@ from lm.config import (
     resolve_preset,
 )
 from storage.artifacts import Descriptor
-from storage.registry import ModelRecord, PromotionRecord
+from storage.registry import ModelRecord, PromotionRecord, RegistryError
 from tasks.clean import corpus_store
 from tasks.evaluate import evaluate_key, evaluate_store, evaluate_task
 from tasks.increment import increment_key, increment_store, increment_task
@@ -226,6 +227,8 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
         )
         recorded = record_success(run, corpus, tokenizer or build_tokenizer(run, settings, corpus),
                                   models, promotion=promotion)  # fmt: skip
+        if recorded and decision.promoted:
+            _as_recorded(run, decision)
     except BaseException as error:
         record_failure(run, error, models)
         raise
@@ -236,6 +239,23 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
         "stages": [asdict(stage) for stage in run.stages],
         "models": [{"label": m.label, "kind": m.kind, "path": m.path, **m.stats} for m in models],
     }
+
+
+def _as_recorded(run: RunContext, decision: Decision) -> None:
+    """The decision as the registry recorded it. A promotion decided against a champion that
+    another retrain replaced before this run was recorded is recorded as not promoted (see
+    `RunRegistry.finish_run`); the summary, and the command's verdict, say so too."""
+    try:
+        _, rows = run.registry.query(
+            "SELECT promoted, reason FROM promotions WHERE run_id = ?", [run.run_id]
+        )
+    except RegistryError as error:  # the run is recorded: this read must not fail it
+        logger.warning("the recorded promotion could not be read back (%s); see `lmforge sql "
+                       "\"SELECT * FROM promotions\"`", error)  # fmt: skip
+        return
+    if rows and not rows[0][0]:
+        decision.promoted = False
+        decision.reason = rows[0][1].removeprefix(f"{decision.mode}: ")
 
 
 def _why_scratch(champion: Champion | None) -> str:

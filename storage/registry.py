@@ -689,6 +689,11 @@ class RunRegistry:
                 reason=f"{decision.reason}; not promoted after all: the {alias} changed from "
                 f"{decision.against or 'none'} to {now} before this run was recorded",
             )
+            # The run logged its decision as a metric before the record: say what happened.
+            connection.execute(
+                "UPDATE metrics SET value = 0 WHERE run_id = ? AND key = 'retrain/promoted'",
+                [run_id],
+            )
         if decision.promoted:
             connection.execute("UPDATE models SET alias = NULL WHERE alias = ?", [alias])
             connection.execute(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import datetime
 
 import pytest
 
@@ -37,6 +38,7 @@ batches = 4
 batch_size = 4
 samples = 0
 """
+NOW = datetime.now()
 
 
 def _trigger(config, *overrides):
@@ -109,6 +111,47 @@ def test_retrain_trains_once_per_new_data_and_promotes_only_on_improvement(works
     _, decisions = registry.query("SELECT promoted, reason FROM promotions ORDER BY decided_at")
     assert [promoted for promoted, _ in decisions] == [True, False, False, False, True]
     assert "kept the champion" in decisions[2][1]
+
+
+def test_a_promotion_overtaken_by_another_retrain_is_reported_as_not_promoted(
+    workspace, tmp_path, monkeypatch
+):
+    """Another retrain takes the champion between this run's decision and its record: the
+    registry records this one as not promoted, and the run's summary (what `lmforge retrain`
+    prints) and its `retrain/promoted` metric say the same, not "promoted"."""
+    import flows.retrain as retrain_flow
+    from storage.registry import ModelRecord, PromotionRecord
+
+    folder, config = twelve_documents(tmp_path)
+    first = _trigger(config)
+    registry = RunRegistry(workspace.registry_path)
+    recorded = retrain_flow.record_success
+
+    def another_retrain_promotes_first(run, *arguments, **keywords):
+        registry.start_run({"run_id": "r-other", "status": "running", "started_at": NOW})
+        registry.finish_run(
+            "r-other", "completed", NOW, [], models=[ModelRecord("gpt", "gpt", "d", "p", "t",
+                                                                 "c", {}, {"val_bpb": 1.0})],
+            promotion=PromotionRecord(None, "champion", True, 1.0, 9.0, "beat it", NOW,
+                                      against=f"{first['run_id']}/gpt"),
+        )  # fmt: skip
+        return recorded(run, *arguments, **keywords)
+
+    monkeypatch.setattr(retrain_flow, "record_success", another_retrain_promotes_first)
+    for index in range(100, 104):
+        (folder / f"new{index}.txt").write_text(prose(index, 120))
+    late = _trigger(config, "retrain.margin=-10.0")  # would beat any champion
+    decision = late["decision"]
+    assert not decision["promoted"]
+    assert f"not promoted after all: the champion changed from {first['run_id']}/gpt to " \
+           "r-other/gpt" in decision["reason"]  # fmt: skip
+    assert registry.champion()["run_id"] == "r-other"
+    _, rows = registry.query(
+        "SELECT p.promoted, m.value FROM promotions p JOIN metrics m USING (run_id) "
+        "WHERE run_id = ? AND m.key = 'retrain/promoted'",
+        [late["run_id"]],
+    )
+    assert rows == [(False, 0.0)]
 
 
 def test_the_retrain_command_prints_its_model_and_decision_and_exits_0(workspace, tmp_path):
