@@ -4,9 +4,9 @@ glibc's malloc serves a block over its mmap threshold (128 KiB at start, then ra
 largest block freed so far) with a fresh mapping from the kernel and unmaps it on `free`; memory
 freed at the top of the heap beyond its trim threshold goes back to the kernel too. A training
 step allocates and frees the same activations and gradients every step, so the next step pays a
-page fault for every 4 KiB of them again: on nanoGPT's CPU shape about 1,000 to 3,000 faults a
-step under eager fp32, a varying number depending on what was freed before, and up to a third
-of the step's time while the faults last (bench/bench_train.py, which builds the real Trainer).
+page fault for every 4 KiB of them again. On nanoGPT's CPU shape that was 900 to 3,000 faults
+and 2 to 5 ms of kernel time a step of 30 to 40 ms, varying with what had been freed before
+(bench/bench_train.py, which builds the real Trainer, prints the faults per step).
 
 `keep_freed_memory` raises both thresholds once per process, as PyTorch's CPU tuning guide
 does with jemalloc or tcmalloc (which are not installed here): blocks up to 32 MiB come from
@@ -19,7 +19,6 @@ does nothing. `LMFORGE_KEEP_FREED_MEMORY=0` leaves the allocator as it is.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 from functools import cache
@@ -38,11 +37,11 @@ OPT_OUT = "LMFORGE_KEEP_FREED_MEMORY"
 def _glibc() -> ctypes.CDLL | None:
     """The C library this process runs on, where it is glibc (it names its version)."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        # glibc names its version; musl and macOS have no such function.
-        if not (hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt")):
-            return None
+        libc = ctypes.CDLL(None)  # the symbols the process has loaded, the C library's among them
     except OSError:
+        return None
+    # glibc names its version; musl and macOS have no such function.
+    if not (hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt")):
         return None
     return libc
 

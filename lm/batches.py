@@ -155,12 +155,14 @@ class DocumentBatches(SeededCursor):
 
 
 def make_batches(tokens: np.ndarray, config: TrainConfig, seed: int, eot_id: int | None,
-                 split: str = "train", rank: int = 0, world_size: int = 1):  # fmt: skip
-    """The sampler `config.samples` names, over `tokens`."""
+                 split: str = "train", rank: int = 0, world_size: int = 1,
+                 batch: int | None = None):  # fmt: skip
+    """The sampler `config.samples` names, over `tokens`, drawing `batch` rows at a time
+    (default: `micro_batch`)."""
+    batch = batch or config.micro_batch
     if config.samples == "documents":
         if eot_id is None:
             raise TrainingError('train.samples = "documents" needs the end-of-text id')
-        return DocumentBatches(tokens, config.block_size, config.micro_batch, seed, eot_id,
-                               split, rank, world_size)  # fmt: skip
-    return TokenBatches(tokens, config.block_size, config.micro_batch, seed, split, rank,
-                        world_size)  # fmt: skip
+        return DocumentBatches(tokens, config.block_size, batch, seed, eot_id, split, rank,
+                               world_size)  # fmt: skip
+    return TokenBatches(tokens, config.block_size, batch, seed, split, rank, world_size)

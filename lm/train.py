@@ -270,9 +270,18 @@ def fixed_val_sample(
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The val rows every evaluation scores (cut as `config.samples` cuts the training rows):
     the same at every evaluation, so curves compare, and the same for a baseline scored beside
-    the model."""
-    val = make_batches(val_tokens, config, config.seed + 1, eot_id, split="val")
-    return [val.next(device) for _ in range(config.eval_batches)]
+    the model. They are `eval_batches` draws of `global_batch` rows, scored in pieces of
+    `micro_batch` rows: the sample, and so early stopping and the `best` checkpoint, do not
+    depend on how the global batch is cut into micro-batches and processes, which only say how
+    much is computed at once."""
+    val = make_batches(val_tokens, config, config.seed + 1, eot_id, split="val",
+                       batch=config.global_batch)  # fmt: skip
+    pieces = []
+    for _ in range(config.eval_batches):
+        x, y = val.next(device)
+        step = config.micro_batch
+        pieces += [(x[i : i + step], y[i : i + step]) for i in range(0, len(x), step)]
+    return pieces
 
 
 @torch.no_grad()

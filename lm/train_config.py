@@ -39,7 +39,9 @@ class TrainConfig(StrictModel):
     # (0.999 averages over about the last 1000 steps); 0 turns it off. See lm/weight_average.py.
     ema_decay: float = Field(0.0, ge=0.0, lt=1.0)
     eval_every: int = Field(50, ge=1)
-    eval_batches: int = Field(8, ge=1)
+    eval_batches: int = Field(
+        8, ge=1, description="val batches of global_batch rows that each evaluation scores"
+    )
     patience: int = Field(0, ge=0, description="evaluations without improvement; 0 = never stop")
     min_delta: float = Field(0.0, ge=0.0)
     checkpoint_every: int = Field(100, ge=1)

@@ -176,6 +176,35 @@ def test_gradient_accumulation_weighs_every_scored_target_alike():
     assert difference.norm() < 1e-5 * torch.cat([g.flatten() for g in whole]).norm()
 
 
+@pytest.mark.parametrize("samples", ["windows", "documents"])
+def test_the_val_sample_does_not_depend_on_the_micro_batch(samples):
+    """Evaluation during training (early stopping, the `best` checkpoint) scores the same val
+    rows however the global batch is cut into micro-batches: `eval_batches` draws of
+    `global_batch` rows, scored in micro-batch pieces. It used to draw `eval_batches`
+    micro-batches, so halving the micro-batch to save memory halved the sample and moved every
+    val loss. Documents longer than the block are cropped at random, so the rows' draws and
+    crops must come in the same order too."""
+    eot = VOCAB - 1
+    rng = np.random.default_rng(1)
+    documents = [rng.integers(0, eot, int(n)) for n in rng.integers(1, 40, 300)]
+    tokens = np.concatenate([np.append(d, eot) for d in documents]).astype(np.uint16)
+
+    def evaluated(micro_batch: int) -> tuple[float, int]:
+        settings = config(samples=samples, micro_batch=micro_batch, global_batch=8,
+                          eval_batches=3, precision="fp32")  # fmt: skip
+        torch.manual_seed(settings.seed)
+        run = Trainer(build_model(SMALL_GPT, VOCAB), settings, tokens, tokens, Path("unused"),
+                      eot_id=eot)  # fmt: skip
+        assert all(len(x) == micro_batch for x, _ in run.val_sample)
+        return run.evaluate(), sum(len(x) for x, _ in run.val_sample)
+
+    whole, whole_rows = evaluated(8)
+    for micro_batch in (4, 2):
+        loss, rows = evaluated(micro_batch)
+        assert rows == whole_rows == 3 * 8
+        assert loss == pytest.approx(whole, rel=1e-6), micro_batch
+
+
 def test_tokens_seen_count_the_targets_trained_on_and_resume_with_the_run(tmp_path):
     """Rows of documents are padded after their end mark, and the padding is not trained on:
     the tokens seen (the registry's `tokens_seen`) count the scored targets. Before, they were
