@@ -21,6 +21,7 @@ is cached, so a second trigger on the same data trains nothing.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -32,7 +33,6 @@ from flows.pipeline import (
     build_corpus,
     build_tokenizer,
     encode_corpus,
-    logger,
     open_run,
     record_failure,
     record_success,
@@ -48,12 +48,17 @@ from lm.config import (
     resolve_preset,
 )
 from storage.artifacts import Descriptor
-from storage.registry import ModelRecord, PromotionRecord, RegistryError
+from storage.registry import ModelRecord, PromotionRecord, RegistryError, RunRegistry
 from tasks.clean import corpus_store
 from tasks.evaluate import evaluate_key, evaluate_store, evaluate_task
 from tasks.increment import increment_key, increment_store, increment_task
 from tasks.tokenizer import tokenizer_store
 from tasks.train import train_store
+
+logger = logging.getLogger("lm.retrain")
+# The recorded decision is read back just after the run wrote it: a holder of the registry that
+# came in between is not waited for as long as a record would wait.
+READ_BACK_WAIT_S = 10.0
 
 
 @dataclass
@@ -245,8 +250,9 @@ def _as_recorded(run: RunContext, decision: Decision) -> None:
     """The decision as the registry recorded it. A promotion decided against a champion that
     another retrain replaced before this run was recorded is recorded as not promoted (see
     `RunRegistry.finish_run`); the summary, and the command's verdict, say so too."""
+    registry = RunRegistry(run.registry.path, timeout_s=READ_BACK_WAIT_S)
     try:
-        _, rows = run.registry.query(
+        _, rows = registry.query(
             "SELECT promoted, reason FROM promotions WHERE run_id = ?", [run.run_id]
         )
     except RegistryError as error:  # the run is recorded: this read must not fail it

@@ -4,16 +4,18 @@ glibc's malloc serves a block over its mmap threshold (128 KiB at start, then ra
 largest block freed so far) with a fresh mapping from the kernel and unmaps it on `free`; memory
 freed at the top of the heap beyond its trim threshold goes back to the kernel too. A training
 step allocates and frees the same activations and gradients every step, so the next step pays a
-page fault for every 4 KiB of them again. On nanoGPT's CPU shape that was 900 to 3,000 faults
+page fault for every 4 KiB of them again. On nanoGPT's CPU shape that was up to 3,000 faults
 and 2 to 5 ms of kernel time a step of 30 to 40 ms, varying with what had been freed before
 (bench/bench_train.py, which builds the real Trainer, prints the faults per step).
 
-`keep_freed_memory` raises both thresholds once per process, as PyTorch's CPU tuning guide
-does with jemalloc or tcmalloc (which are not installed here): blocks up to 32 MiB come from
-the heap, and up to 1 GiB of freed heap stays with the process. A training process holds its
-peak memory at every step anyway; blocks above 32 MiB still come from the kernel, whose faults
-are small beside the work on such a block. Only glibc on Linux has these knobs; elsewhere this
-does nothing. `LMFORGE_KEEP_FREED_MEMORY=0` leaves the allocator as it is.
+`keep_freed_memory` raises both thresholds, as PyTorch's CPU tuning guide does with jemalloc or
+tcmalloc (which are not installed here): blocks up to 32 MiB come from the heap, and up to
+1 GiB of freed heap stays with the process. Blocks above 32 MiB still come from the kernel,
+whose faults are small beside the work on such a block. The thresholds hold for the whole
+process, after training too: the flow trains a single-process model in its own process, so its
+later stages keep the heap training left, until the run's process ends. A training process
+holds its peak memory at every step anyway. Only glibc has these knobs; elsewhere this does
+nothing. `LMFORGE_KEEP_FREED_MEMORY=0` leaves the allocator as it is.
 """
 
 from __future__ import annotations
@@ -50,13 +52,14 @@ def _glibc() -> ctypes.CDLL | None:
 def keep_freed_memory() -> bool:
     """Raise glibc's mmap and trim thresholds for this process (once); True where they were
     raised, False where the C library is not glibc, they are turned off by
-    `LMFORGE_KEEP_FREED_MEMORY=0`, or glibc refused them."""
+    `LMFORGE_KEEP_FREED_MEMORY=0`, or glibc refused one (the mmap threshold may then be raised
+    alone, which only keeps more blocks in the heap)."""
     if os.environ.get(OPT_OUT, "1").strip().lower() in ("0", "false", "no", "off"):
         return False
     libc = _glibc()
     if libc is None:
         return False
-    # mmap first: glibc stops adjusting its thresholds by itself once either is set.
+    # Setting either stops glibc from adjusting both by itself.
     raised = (libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
               and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1)  # fmt: skip
     if raised:

@@ -159,7 +159,7 @@ def make_batches(tokens: np.ndarray, config: TrainConfig, seed: int, eot_id: int
                  batch: int | None = None):  # fmt: skip
     """The sampler `config.samples` names, over `tokens`, drawing `batch` rows at a time
     (default: `micro_batch`)."""
-    batch = batch or config.micro_batch
+    batch = config.micro_batch if batch is None else batch
     if config.samples == "documents":
         if eot_id is None:
             raise TrainingError('train.samples = "documents" needs the end-of-text id')

@@ -276,11 +276,10 @@ def fixed_val_sample(
     much is computed at once."""
     val = make_batches(val_tokens, config, config.seed + 1, eot_id, split="val",
                        batch=config.global_batch)  # fmt: skip
-    pieces = []
+    pieces, size = [], config.micro_batch
     for _ in range(config.eval_batches):
         x, y = val.next(device)
-        step = config.micro_batch
-        pieces += [(x[i : i + step], y[i : i + step]) for i in range(0, len(x), step)]
+        pieces += [(x[i : i + size], y[i : i + size]) for i in range(0, len(x), size)]
     return pieces
 
 
@@ -371,8 +370,13 @@ class Trainer:
             train_tokens, config, config.seed, eot_id,
             rank=self.ranks.rank, world_size=self.ranks.world_size,
         )  # fmt: skip
-        # The same on every rank (each evaluates its part of it).
-        self.val_sample = fixed_val_sample(val_tokens, config, self.device, eot_id)
+        # The same sample on every rank, drawn on the host; each rank keeps and scores every
+        # W-th piece. The shares are equal: the pieces number eval_batches × global_batch /
+        # micro_batch, a multiple of W.
+        sample = fixed_val_sample(val_tokens, config, CPU, eot_id)
+        share = sample[self.ranks.rank :: self.ranks.world_size]
+        self.val_sample = [(to_device(x, self.device), to_device(y, self.device))
+                           for x, y in share]  # fmt: skip
         self.val_scored = [scored_targets(y) for _, y in self.val_sample]
         self.out_dir = out_dir
         self.metrics_path = metrics_path or out_dir / "metrics.jsonl"
@@ -437,9 +441,8 @@ class Trainer:
     def evaluate(self, model: torch.nn.Module | None = None) -> float:
         """Mean loss on the fixed val sample, of the model being trained or of another one
         (a baseline scored on exactly the same windows). With several ranks each evaluates
-        every W-th batch and the sums are reduced: every rank gets the same number. Ranks with
-        one batch fewer run a discarded extra forward, so that the collectives inside a
-        DDP/FSDP forward line up."""
+        its share, every W-th piece, and the sums are reduced: every rank gets the same number.
+        The shares are equal, so the collectives inside a DDP/FSDP forward line up."""
         if model is None and self.average is not None:  # the average is what is published
             with self.average.swapped_in():
                 return self._evaluate(self.model)
@@ -451,16 +454,11 @@ class Trainer:
             # few batches; under DDP/FSDP the wrapper's forward must run on every rank.
             model = self.module
         model.eval()
-        rank, world = self.ranks.rank, self.ranks.world_size
-        mine = self.val_sample[rank::world]
-        rounds = math.ceil(len(self.val_sample) / world)
-        scored = self.val_scored[rank::world]
         total, count = 0.0, 0
-        for index in range(rounds):
-            x, y = mine[index] if index < len(mine) else self.val_sample[0]
+        for (x, y), scored in zip(self.val_sample, self.val_scored, strict=True):
             loss = self._forward(x, y, model)[1].item()
-            if index < len(mine):  # the mean over scored targets, as the test NLL counts them
-                total, count = total + loss * scored[index], count + scored[index]
+            # The mean over scored targets, as the test NLL counts them.
+            total, count = total + loss * scored, count + scored
         total, count = all_reduce_sum([total, count], self.device)
         self.model.train()
         return total / count

@@ -571,6 +571,14 @@ class RunRegistry:
         if outcome.promotion is not None:
             connection.execute("DELETE FROM promotions WHERE run_id = ?", [run_id])
             self._record_promotion(connection, run_id, outcome.promotion)
+        # A retrain logs its decision as a metric before the record, which can overturn it
+        # (`_record_promotion`): the metric says what was recorded, also when a later record
+        # of the run (say of its failure) reloads the metrics file.
+        connection.execute(
+            "UPDATE metrics SET value = 0 WHERE run_id = ? AND key = 'retrain/promoted' AND "
+            "EXISTS (SELECT 1 FROM promotions WHERE run_id = ? AND NOT promoted)",
+            [run_id, run_id],
+        )
         self._set_outcome(connection, run_id, outcome.status, outcome.ended_at, outcome.error,
                           outcome.corpus_digest)  # fmt: skip
 
@@ -688,11 +696,6 @@ class RunRegistry:
                 promoted=False,
                 reason=f"{decision.reason}; not promoted after all: the {alias} changed from "
                 f"{decision.against or 'none'} to {now} before this run was recorded",
-            )
-            # The run logged its decision as a metric before the record: say what happened.
-            connection.execute(
-                "UPDATE metrics SET value = 0 WHERE run_id = ? AND key = 'retrain/promoted'",
-                [run_id],
             )
         if decision.promoted:
             connection.execute("UPDATE models SET alias = NULL WHERE alias = ?", [alias])

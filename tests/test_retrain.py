@@ -120,6 +120,7 @@ def test_a_promotion_overtaken_by_another_retrain_is_reported_as_not_promoted(
     registry records this one as not promoted, and the run's summary (what `lmforge retrain`
     prints) and its `retrain/promoted` metric say the same, not "promoted"."""
     import flows.retrain as retrain_flow
+    from flows.pipeline import RUN_METRICS_FILE
     from storage.registry import ModelRecord, PromotionRecord
 
     folder, config = twelve_documents(tmp_path)
@@ -146,12 +147,18 @@ def test_a_promotion_overtaken_by_another_retrain_is_reported_as_not_promoted(
     assert f"not promoted after all: the champion changed from {first['run_id']}/gpt to " \
            "r-other/gpt" in decision["reason"]  # fmt: skip
     assert registry.champion()["run_id"] == "r-other"
-    _, rows = registry.query(
+    recorded_decision = (
         "SELECT p.promoted, m.value FROM promotions p JOIN metrics m USING (run_id) "
-        "WHERE run_id = ? AND m.key = 'retrain/promoted'",
-        [late["run_id"]],
+        "WHERE run_id = ? AND m.key = 'retrain/promoted'"
     )
-    assert rows == [(False, 0.0)]
+    assert registry.query(recorded_decision, [late["run_id"]])[1] == [(False, 0.0)]
+    # Recorded again without its decision (a failure after the record), the metrics are
+    # reloaded from the run's file, which logged 1.0: the registry still says 0.
+    metrics = workspace.runs / late["run_id"] / RUN_METRICS_FILE
+    logged = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [m["value"] for m in logged if m["key"] == "retrain/promoted"] == [1.0]
+    registry.finish_run(late["run_id"], "failed", NOW, [], metrics_file=metrics, error="later")
+    assert registry.query(recorded_decision, [late["run_id"]])[1] == [(False, 0.0)]
 
 
 def test_the_retrain_command_prints_its_model_and_decision_and_exits_0(workspace, tmp_path):
