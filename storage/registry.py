@@ -384,11 +384,14 @@ class RunRegistry:
 
         Each is recorded in a transaction of its own, which first checks that its run still
         waits for it (two runs starting at once record it once), and its file is removed
-        after. A file whose run is recorded already (left by a process stopped between the
-        two) is removed; one whose run the registry does not know (a registry moved aside) is
-        left for the registry it belongs to. One that cannot be read or recorded is named in a
-        warning and set aside as `outcome.unrecorded.json`; its run is then closed like any
-        other whose process is gone."""
+        after. An outcome that ended after the run's recorded one replaces it, as a later
+        record of the same run does (a run that recorded its success, or had it recorded from
+        its file, then failed while the registry was held open). A file whose run is recorded
+        already (left by a process stopped between the two) is removed; one whose run the
+        registry does not know (a registry moved aside) is left for the registry it belongs
+        to. One that cannot be read or recorded is named in a warning and set aside as
+        `outcome.unrecorded.json`; its run is then closed like any other whose process is
+        gone."""
         folders = sorted(path.parent for path in runs_dir.glob(f"*/{OUTCOME_FILE}"))
         return [folder.name for folder in folders if self._record_pending_outcome(folder)]
 
@@ -400,9 +403,12 @@ class RunRegistry:
                 return False
             with self.writing() as connection:
                 found = connection.execute(
-                    "SELECT status FROM runs WHERE run_id = ?", [outcome.run_id]
+                    "SELECT status, ended_at FROM runs WHERE run_id = ?", [outcome.run_id]
                 ).fetchone()
-                waiting = found is not None and found[0] in OUTCOME_REPLACES
+                waiting = found is not None and (
+                    found[0] in OUTCOME_REPLACES
+                    or (found[1] is not None and outcome.ended_at > found[1])
+                )
                 if waiting:
                     self._record_outcome(connection, outcome)
         except RegistryBusy:  # held open still: the run starting cannot write either, and says so

@@ -240,6 +240,26 @@ def test_an_outcome_left_just_before_its_run_is_found_gone_is_recorded_not_crash
     assert not (workspace.runs / "r1" / OUTCOME_FILE).exists()
 
 
+def test_an_outcome_that_ended_after_its_run_was_recorded_replaces_the_record(workspace):
+    """The run's success was recorded (by itself, or by another run from its file), then the
+    run failed while the registry was held open: its failure, the later outcome, is recorded
+    by the next run, as a later record of the same run would be, and only once."""
+    registry = _start(workspace, "r1")
+    registry.record(_outcome("r1"))  # completed at 10:30
+    failed = _outcome("r1", status="failed", error="OSError: late",
+                      ended_at=datetime(2026, 12, 5, 10, 31))  # fmt: skip
+    write_pending_outcome(workspace.runs / "r1", failed)
+    assert registry.record_pending_outcomes(workspace.runs) == ["r1"]
+    assert (_status(registry, "r1"), registry.find_run("r1")["error"]) == (
+        "failed",
+        "OSError: late",
+    )
+    assert not (workspace.runs / "r1" / OUTCOME_FILE).exists()
+    write_pending_outcome(workspace.runs / "r1", failed)  # left again by a process stopped
+    assert registry.record_pending_outcomes(workspace.runs) == []  # between record and removal
+    assert not (workspace.runs / "r1" / OUTCOME_FILE).exists()
+
+
 def test_recording_a_run_again_keeps_the_alias_its_model_holds(workspace):
     registry = _start(workspace, "r1")
     registry.record(_outcome("r1", promotion=_promotion()))
