@@ -154,6 +154,19 @@ def large_jsonl(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def uninterrupted_digest(tmp_path_factory, large_jsonl) -> str:
+    """The corpus digest of an uninterrupted run over `large_jsonl`, in a workspace of its own:
+    what every killed-then-rerun run must end with (run once for all of them)."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    config = str(write_config(folder / "c.toml", [{"path": str(large_jsonl)}]))
+    run_cli("run", config, home=folder / "home")
+    _, rows = RunRegistry(folder / "home" / "registry.duckdb").query(
+        "SELECT corpus_digest FROM runs WHERE status = 'completed'"
+    )
+    return rows[0][0]
+
+
 def _kill_during(stage_folder, config: str) -> None:
     """Start a run, SIGKILL it while `stage_folder` holds a half-built output, and check that
     nothing half-built was published."""
@@ -174,18 +187,13 @@ def _kill_during(stage_folder, config: str) -> None:
 
 @pytest.mark.parametrize("stage", ["ingest", "clean"])
 def test_kill_9_mid_stage_then_rerun_gives_the_uninterrupted_corpus(
-    workspace, tmp_path, large_jsonl, stage
+    workspace, tmp_path, large_jsonl, uninterrupted_digest, stage
 ):
     config = str(write_config(tmp_path / "c.toml", [{"path": str(large_jsonl)}]))
     stage_folder = workspace.artifacts / "ingest" if stage == "ingest" else workspace.corpus
     _kill_during(stage_folder, config)
     run_cli("run", config)
-    reference_home = tmp_path / "reference"
-    run_cli("run", config, home=reference_home)
-    _, rows = RunRegistry(reference_home / "registry.duckdb").query(
-        "SELECT corpus_digest FROM runs WHERE status = 'completed'"
-    )
-    assert completed_digests(workspace) == [rows[0][0]]
+    assert completed_digests(workspace) == [uninterrupted_digest]
     assert not list(stage_folder.glob("*.partial-*")), "the rerun removed the killed staging"
     _, statuses = RunRegistry(workspace.registry_path).query(
         "SELECT status FROM runs ORDER BY started_at"
