@@ -116,7 +116,8 @@ def ablation(config: str | None = "ablation", overrides: list[str] | None = None
             )
         log_data_metrics(run, corpus, tokenizer, shards)
         failure = _failure_message(table, len(arms), folder / TABLE_FILE) if failed else None
-        recorded = record_success(run, corpus, tokenizer, models, failed_with=failure)
+        recorded = record_success(run, corpus, tokenizer, models,
+                                  failed_with=failure).in_registry  # fmt: skip
     except BaseException as error:
         record_failure(run, error, models)
         raise

@@ -50,7 +50,7 @@ from tasks.encode import encode_key, encode_task, shards_store
 from tasks.evaluate import METRICS_FILE as EVAL_METRICS_FILE
 from tasks.evaluate import evaluate_key, evaluate_store, evaluate_task
 from tasks.ingest import ingest_key, ingest_store, ingest_task
-from tasks.record import record_task
+from tasks.record import Recorded, record_task
 from tasks.tokenizer import tokenizer_key, tokenizer_store, tokenizer_task
 from tasks.train import METRICS_FILE, train_key, train_store, train_task, work_folder
 from tasks.word2vec import word2vec_key, word2vec_store, word2vec_task
@@ -423,13 +423,13 @@ def record_success(
     models: list[ModelRecord],
     failed_with: str | None = None,
     promotion: PromotionRecord | None = None,
-) -> bool:
+) -> Recorded:
     """Record the run with everything it produced: the corpus, the tokenizer, the models.
     With `failed_with`, the run is failed though it produced them (an ablation some of whose
     variants failed), the error naming what did not finish. With `promotion`, a retrain's
-    decision is recorded with the run, in the same transaction. False: the registry could not
-    be written (held open too long, or damaged), and the run's outcome waits in its folder for
-    the next run to record."""
+    decision is recorded with the run, in the same transaction. Not `in_registry`: the registry
+    could not be written (held open too long, or damaged), and the run's outcome waits in its
+    folder for the next run to record."""
     return record_task(
         run.run_id,
         "failed" if failed_with else "completed",
@@ -476,7 +476,7 @@ def lm_pipeline(config: str | None = None, overrides: list[str] | None = None) -
             models.append(train_model(run, model_run, shards, tokenizer, corpus,
                                       settings.eval, ladder, vectors))  # fmt: skip
         log_data_metrics(run, corpus, tokenizer, shards)
-        recorded = record_success(run, corpus, tokenizer, models)
+        recorded = record_success(run, corpus, tokenizer, models).in_registry
     except BaseException as error:
         record_failure(run, error, models)
         raise

@@ -27,6 +27,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from lm.atomic_files import write_text_atomically
 from storage.processes import group_alive, pid_alive
 from storage.workspace import Workspace
 
@@ -70,9 +71,7 @@ def _recorded(workspace: Workspace) -> dict | None:
 
 
 def _write_record(workspace: Workspace, state: dict) -> None:
-    partial = _state_path(workspace).with_suffix(".partial")
-    partial.write_text(json.dumps(state))
-    os.replace(partial, _state_path(workspace))
+    write_text_atomically(_state_path(workspace), json.dumps(state))
 
 
 def _is_recorded_process(state: dict) -> bool:

@@ -21,7 +21,6 @@ is cached, so a second trigger on the same data trains nothing.
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -48,17 +47,12 @@ from lm.config import (
     resolve_preset,
 )
 from storage.artifacts import Descriptor
-from storage.registry import ModelRecord, PromotionRecord, RegistryError, RunRegistry
+from storage.registry import ModelRecord, PromotionRecord
 from tasks.clean import corpus_store
 from tasks.evaluate import evaluate_key, evaluate_store, evaluate_task
 from tasks.increment import increment_key, increment_store, increment_task
 from tasks.tokenizer import tokenizer_store
 from tasks.train import train_store
-
-logger = logging.getLogger("lm.retrain")
-# The recorded decision is read back just after the run wrote it: a holder of the registry that
-# came in between is not waited for as long as a record would wait.
-READ_BACK_WAIT_S = 10.0
 
 
 @dataclass
@@ -232,36 +226,21 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
         )
         recorded = record_success(run, corpus, tokenizer or build_tokenizer(run, settings, corpus),
                                   models, promotion=promotion)  # fmt: skip
-        if recorded and decision.promoted:
-            _as_recorded(run, decision)
+        if recorded.promotion is not None and not recorded.promotion.promoted:
+            # Another retrain took the alias before this run was recorded (see
+            # `RunRegistry.finish_run`): the summary, and the command's verdict, say so too.
+            decision.promoted = False
+            decision.reason = recorded.promotion.reason.removeprefix(f"{decision.mode}: ")
     except BaseException as error:
         record_failure(run, error, models)
         raise
     return {
         "run_id": run.run_id,
-        "recorded": recorded,
+        "recorded": recorded.in_registry,
         "decision": asdict(decision),
         "stages": [asdict(stage) for stage in run.stages],
         "models": [{"label": m.label, "kind": m.kind, "path": m.path, **m.stats} for m in models],
     }
-
-
-def _as_recorded(run: RunContext, decision: Decision) -> None:
-    """The decision as the registry recorded it. A promotion decided against a champion that
-    another retrain replaced before this run was recorded is recorded as not promoted (see
-    `RunRegistry.finish_run`); the summary, and the command's verdict, say so too."""
-    registry = RunRegistry(run.registry.path, timeout_s=READ_BACK_WAIT_S)
-    try:
-        _, rows = registry.query(
-            "SELECT promoted, reason FROM promotions WHERE run_id = ?", [run.run_id]
-        )
-    except RegistryError as error:  # the run is recorded: this read must not fail it
-        logger.warning("the recorded promotion could not be read back (%s); see `lmforge sql "
-                       "\"SELECT * FROM promotions\"`", error)  # fmt: skip
-        return
-    if rows and not rows[0][0]:
-        decision.promoted = False
-        decision.reason = rows[0][1].removeprefix(f"{decision.mode}: ")
 
 
 def _why_scratch(champion: Champion | None) -> str:

@@ -28,10 +28,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -41,6 +39,7 @@ import numpy as np
 import torch
 
 from lm.allocator import keep_freed_memory
+from lm.atomic_files import staging_path, write_text_atomically
 from lm.batches import (
     RANK_SEED_STRIDE,
     TokenBatches,
@@ -52,7 +51,6 @@ from lm.checkpoint_fit import tensor_misfit
 from lm.checkpoints import (
     DONE_MARKER,
     INFO_FILE,
-    STAGING_INFIX,
     WEIGHTS_FILE,
     complete_checkpoints,
     digest_mismatch,
@@ -721,7 +719,7 @@ class Trainer:
         ))  # fmt: skip
         if not self.ranks.is_main:
             return final
-        staging = self.out_dir / f"{name}{STAGING_INFIX}{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        staging = staging_path(self.out_dir / name)
         try:
             self._write_checkpoint(staging, model_state, optimizer_state, rank_states)
             replace_folder(staging, final)
@@ -946,9 +944,7 @@ class Trainer:
                 and _logged_step(line) <= step]  # fmt: skip
         if len(kept) == len(lines):
             return
-        staging = path.with_name(f"{path.name}{STAGING_INFIX}{os.getpid()}-{uuid.uuid4().hex[:6]}")
-        staging.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        os.replace(staging, path)
+        write_text_atomically(path, "".join(line + "\n" for line in kept))
 
 
 def _misfit(module: torch.nn.Module, weights: dict, error: Exception) -> str:

@@ -504,10 +504,10 @@ class RunRegistry:
             error += f" (during stage {during})"
         self._set_outcome(connection, run_id, "crashed", ended_at, error)
 
-    def record(self, outcome: RunOutcome) -> None:
+    def record(self, outcome: RunOutcome) -> PromotionRecord | None:
         """`finish_run` for an outcome held as one value."""
         with self.writing() as connection:
-            self._record_outcome(connection, outcome)
+            return self._record_outcome(connection, outcome)
 
     def finish_run(
         self,
@@ -522,22 +522,25 @@ class RunRegistry:
         tokenizers: list[TokenizerRecord] = (),
         models: list[ModelRecord] = (),
         promotion: PromotionRecord | None = None,
-    ) -> None:
+    ) -> PromotionRecord | None:
         """Everything a run produced, in one transaction: stages, artifacts, corpus versions,
         metrics (bulk-loaded from the run's JSONL file), a retrain's promotion decision, and
-        the final status.
+        the final status. Returns the promotion decision as recorded (`_record_promotion` may
+        overturn it), None without one.
 
         A second call for the same run (a flow that fails after recording its success, say
         while publishing its run card) replaces the first's stages, artifacts and metrics
         rather than adding to them: `stages` and the metrics file hold everything so far. Its
         models are kept unless the call names models of its own, and an alias a model holds
         stays with it."""
-        self.record(
+        return self.record(
             RunOutcome(run_id, status, ended_at, list(stages), list(datasets), corpus_digest,
                        metrics_file, error, list(tokenizers), list(models), promotion)
         )  # fmt: skip
 
-    def _record_outcome(self, connection: duckdb.DuckDBPyConnection, outcome: RunOutcome) -> None:
+    def _record_outcome(
+        self, connection: duckdb.DuckDBPyConnection, outcome: RunOutcome
+    ) -> PromotionRecord | None:
         run_id, models = outcome.run_id, outcome.models
         aliases = []  # the models replaced keep the aliases they hold
         if models:
@@ -574,9 +577,10 @@ class RunRegistry:
             )
         if outcome.metrics_file is not None:
             self._insert_metrics(connection, run_id, outcome.metrics_file)
+        promotion = None
         if outcome.promotion is not None:
             connection.execute("DELETE FROM promotions WHERE run_id = ?", [run_id])
-            self._record_promotion(connection, run_id, outcome.promotion)
+            promotion = self._record_promotion(connection, run_id, outcome.promotion)
         # A retrain logs its decision as a metric before the record, which can overturn it
         # (`_record_promotion`): the metric says what was recorded, also when a later record
         # of the run (say of its failure) reloads the metrics file.
@@ -587,6 +591,7 @@ class RunRegistry:
         )
         self._set_outcome(connection, run_id, outcome.status, outcome.ended_at, outcome.error,
                           outcome.corpus_digest)  # fmt: skip
+        return promotion
 
     @staticmethod
     def _insert_stage(
@@ -686,11 +691,12 @@ class RunRegistry:
     @staticmethod
     def _record_promotion(
         connection: duckdb.DuckDBPyConnection, run_id: str, decision: PromotionRecord
-    ) -> None:
-        """The decision; when promoted, `alias` moves to the run's model (one model holds an
-        alias at a time). A promotion decided against a model that no longer holds the alias
-        (another retrain promoted its own meanwhile, or this run is recorded late, having found
-        the registry held open) is recorded as not promoted: it beat a champion that is gone."""
+    ) -> PromotionRecord:
+        """Record the decision, and return it as recorded; when promoted, `alias` moves to
+        the run's model (one model holds an alias at a time). A promotion decided against a
+        model that no longer holds the alias (another retrain promoted its own meanwhile, or
+        this run is recorded late, having found the registry held open) is recorded as not
+        promoted: it beat a champion that is gone."""
         alias, label = decision.alias, decision.label
         holder = connection.execute(
             "SELECT run_id, label FROM models WHERE alias = ? LIMIT 1", [alias]
@@ -714,6 +720,7 @@ class RunRegistry:
             [run_id, label, alias, decision.promoted, decision.candidate_val_bpb,
              decision.champion_val_bpb, decision.reason, decision.decided_at],
         )  # fmt: skip
+        return decision
 
     def _insert_dataset(
         self, connection: duckdb.DuckDBPyConnection, dataset: DatasetRecord

@@ -8,6 +8,7 @@ records it (`storage.pending_outcome`)."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -32,6 +33,16 @@ from storage.workspace import Workspace
 logger = logging.getLogger("storage.pending_outcome")
 
 
+@dataclass
+class Recorded:
+    """What the record stage did: whether the run is in the registry now (False: its outcome
+    waits in the run's folder), and a retrain's promotion decision as the registry recorded it,
+    which may have overturned it (None without one, or while the outcome waits)."""
+
+    in_registry: bool
+    promotion: PromotionRecord | None = None
+
+
 @task(name="record", cache_policy=NONE, persist_result=False)
 def record_task(
     run_id: str,
@@ -44,9 +55,9 @@ def record_task(
     tokenizers: list[TokenizerRecord] = (),
     models: list[ModelRecord] = (),
     promotion: PromotionRecord | None = None,
-) -> bool:
-    """Record the run; True if it is in the registry now, False if its outcome waits in the
-    run's folder for the registry to be free."""
+) -> Recorded:
+    """Record the run, or leave its outcome in the run's folder for the registry to be
+    free."""
     workspace = Workspace.from_env()
     outcome = RunOutcome(
         run_id,
@@ -64,7 +75,7 @@ def record_task(
     folder = workspace.runs / run_id
     registry = RunRegistry(workspace.registry_path)
     try:
-        registry.record(outcome)
+        recorded_promotion = registry.record(outcome)
     except RegistryError as error:
         path = write_pending_outcome(folder, outcome)
         if isinstance(error, RegistryBusy):
@@ -75,6 +86,6 @@ def record_task(
             why, when = str(error), "once the registry can be written again"
         logger.warning("run %s is %s but not in the registry yet: %s. Its outcome is kept in %s; "
                        "the next run records it %s", run_id, status, why, path, when)  # fmt: skip
-        return False
+        return Recorded(False)
     discard_pending_outcome(folder)  # one left by an earlier record of this run is outdated
-    return True
+    return Recorded(True, recorded_promotion)

@@ -92,8 +92,10 @@ def _hold_open(path: Path) -> subprocess.Popen:
 
 
 def _record(run_id: str, status: str, metrics_file: Path | None = None, **more) -> bool:
-    return record_task.fn(run_id, status, [StageRecord("train", "key", False, 1.5)], [], "c",
-                          str(metrics_file) if metrics_file else None, **more)  # fmt: skip
+    """True if the run is in the registry now, False if its outcome waits in its folder."""
+    recorded = record_task.fn(run_id, status, [StageRecord("train", "key", False, 1.5)], [], "c",
+                              str(metrics_file) if metrics_file else None, **more)  # fmt: skip
+    return recorded.in_registry
 
 
 def _status(registry: RunRegistry, run_id: str) -> str:
