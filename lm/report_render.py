@@ -434,7 +434,7 @@ def _run_card(report: RunReport) -> str:
                 _e(
                     f"{_model_summary(model)}: {_format(model.parameters)} parameters, "
                     f"{_format(model.steps)} steps, {_format(model.tokens_seen)} tokens seen"
-                    f"{_continued_tokens(model)}"
+                    f"{_published_tokens(model)}"
                 ),
             )
         )
@@ -732,15 +732,18 @@ COMPARED_RUN_FIELDS = (
     ("parameters", lambda r, m: m.parameters if m else None),
     ("steps", lambda r, m: m.steps if m else None),
     ("tokens seen", lambda r, m: m.tokens_seen if m else None),
-    ("tokens trained, with what it continues", lambda r, m: m.tokens_trained if m else None),
+    ("tokens behind the published weights", lambda r, m: m.tokens_trained if m else None),
 )
 
 
-def _continued_tokens(model: ModelSection) -> str:
-    """For a model continued from another's weights, the tokens over both trainings."""
+def _published_tokens(model: ModelSection) -> str:
+    """Where they differ from the tokens this training saw, the tokens the published weights
+    (`best/`) were trained on: more for a model continued from another's weights (both
+    trainings count), fewer where the best val loss came before the last step."""
     if model.tokens_trained is None or model.tokens_trained == model.tokens_seen:
         return ""
-    return f" ({_format(model.tokens_trained)} with the training it continues)"
+    return (f" ({_format(model.tokens_trained)} behind the published weights, with any "
+            "training they continue)")  # fmt: skip
 
 
 def _flat_config(document: object, prefix: str = "") -> dict[str, object]:

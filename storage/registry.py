@@ -198,8 +198,9 @@ MIGRATIONS: list[str] = [
         WHERE r.status = 'completed' AND m.val_bpb IS NOT NULL
         ORDER BY m.val_bpb;
     """,
-    # 4: the tokens a model was trained on over every training it continues (`tokens_seen`
-    # counts the run's own training only); NULL where a starting checkpoint did not record it.
+    # 4: the tokens a model's published weights (`best/`) were trained on, over every training
+    # they continue (`tokens_seen` counts the run's own training, to its last step); NULL where
+    # a starting checkpoint did not record it.
     """
     ALTER TABLE models ADD COLUMN tokens_trained BIGINT;
     CREATE OR REPLACE VIEW leaderboard AS

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from prefect import task
 
-from lm.checkpoints import resolve_init_from, weights_digest
+from lm.checkpoints import read_info, resolve_init_from, weights_digest
 from lm.models.config import BigramCountConfig, ModelConfig, uses_word2vec
 from lm.tokenizer import load_tokenizer
 from lm.train_config import TrainConfig, TrainingError
@@ -179,12 +179,14 @@ def train_task(
                        "world_size": 1}  # fmt: skip
             baseline_loss = trainer.evaluate(baseline.to(trainer.device))
         seconds = time.perf_counter() - started
+        outcome["tokens_trained"] = tokens_behind_best(work, outcome["tokens_trained"])
         stats = {
             "model": model.kind,
             "parameters": outcome["parameters"],
             "steps": outcome["steps"],
             "tokens_seen": outcome["tokens_seen"],  # padding after a document not counted
-            # and with what the weights it continues were trained on (`train.init_from`)
+            # what the published weights (`best/`) were trained on, with what the weights
+            # they continue were trained on (`train.init_from`)
             "tokens_trained": outcome["tokens_trained"],
             "val_loss": outcome["best_val_loss"],
             "baseline_val_loss": baseline_loss,
@@ -200,6 +202,16 @@ def train_task(
             descriptor = store.describe(staging, STAGE, key, key, stats)
     shutil.rmtree(work, ignore_errors=True)
     return descriptor
+
+
+def tokens_behind_best(work: Path, at_last_step: int | None) -> int | None:
+    """The tokens the `best/` checkpoint's weights were trained on, over every training they
+    continue, as its `checkpoint.json` records it: the weights the model's row scores, and the
+    ones a continuation (`train.init_from`, a retrain) starts from, so that counts add up from
+    one generation to the next. `at_last_step` (the training's count to its last step) where
+    there is no `best/`, or it predates the count."""
+    count = read_info(work / "best").get("tokens_trained") if (work / "best").is_dir() else None
+    return count if isinstance(count, int) else at_last_step
 
 
 def _train_with_torchrun(workspace, work, model, settings, shard_folder, tokenizer_digest,

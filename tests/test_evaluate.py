@@ -105,6 +105,40 @@ def evaluated(trained_run, monkeypatch):
     return home, trained, descriptor
 
 
+def test_the_published_count_of_tokens_is_the_best_checkpoint_s_not_the_last_step_s(
+    tmp_path, monkeypatch
+):
+    """The model's row scores `best/` and a continuation starts from it, so its
+    `tokens_trained` must be what `best/` was trained on, even where training went on past it
+    (here the val text is made of letters the train text rarely uses: the better the model
+    fits the train text, the worse it scores them, so the best val loss comes first)."""
+    from lm.checkpoints import INFO_FILE
+    from tasks.train import train_task
+
+    monkeypatch.setenv("LMFORGE_HOME", str(tmp_path))
+    workspace = Workspace.from_env().ensure()
+    tokenizer = train_tokenizer(iter(TRAIN_DOCS), TokenizerConfig(kind="char"))
+    (workspace.artifacts / "tokenizer" / "t").mkdir(parents=True)
+    tokenizer.save(workspace.artifacts / "tokenizer" / "t")
+    shard_folder = workspace.artifacts / "shards" / "s"
+    shard_folder.mkdir(parents=True)
+    val_docs = ["éïü à—é " * 40] * 3
+    for split, documents in (("train", TRAIN_DOCS), ("val", val_docs), ("test", [])):
+        write_shard(shard_folder / f"{split}.bin", tokenizer, documents)
+    trained = train_task.fn(
+        Descriptor("encode", "s", "artifacts/shards/s", "shards-digest"),
+        Descriptor("tokenizer", "t", "artifacts/tokenizer/t", tokenizer.digest),
+        GPTConfig(block_size=WINDOW, n_layer=1, n_head=2, n_embd=32),
+        TrainConfig(max_steps=16, micro_batch=8, global_batch=8, warmup_steps=2,
+                    learning_rate=1e-2, eval_every=4, eval_batches=2, device="cpu"),
+    )  # fmt: skip
+    folder = workspace.resolve(trained.path)
+    best, final = (json.loads((folder / n / INFO_FILE).read_text()) for n in ("best", "final"))
+    assert best["step"] < final["step"] == 16, "the val loss should have been best before the end"
+    assert final["tokens_trained"] == trained.stats["tokens_seen"] == 16 * 8 * WINDOW
+    assert trained.stats["tokens_trained"] == best["tokens_trained"] == best["step"] * 8 * WINDOW
+
+
 def bytes_by_decoding(tokenizer, previous: int, target: int, anchor: int) -> int:
     """The UTF-8 bytes a target token adds to the decoded text."""
     if target == tokenizer.eot_id:

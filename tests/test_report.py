@@ -427,11 +427,16 @@ def test_a_failed_runs_report_says_where_each_val_figure_was_measured(workspace,
     assert "val loss during training (sampled windows)" in page.text["loss"]
 
 
-def test_a_continued_model_shows_the_tokens_of_the_training_it_continues():
+def test_the_tokens_behind_the_published_weights_are_shown_where_they_differ_from_those_seen():
+    """A continued model's weights count the training they continue too; a model whose best
+    val loss came before its last step publishes weights trained on fewer tokens than it saw."""
     from lm.report_render import ModelSection, RunReport
 
     continued = ModelSection("gpt", kind="gpt", steps=4, tokens_seen=512, tokens_trained=1536)
     fresh = ModelSection("mlp", kind="mlp", steps=4, tokens_seen=512, tokens_trained=512)
-    html = render_run_report(RunReport("r1", "completed", models=[continued, fresh])).html
-    assert "4 steps, 512 tokens seen (1,536 with the training it continues)" in html
-    assert html.count("with the training it continues") == 1, "only where they differ"
+    early = ModelSection("bigram", kind="bigram", steps=4, tokens_seen=512, tokens_trained=256)
+    html = render_run_report(RunReport("r1", "completed", models=[continued, fresh, early])).html
+    said = "behind the published weights, with any training they continue"
+    assert f"4 steps, 512 tokens seen (1,536 {said})" in html
+    assert f"4 steps, 512 tokens seen (256 {said})" in html
+    assert html.count(said) == 2, "only where they differ"

@@ -93,12 +93,14 @@ def test_retrain_trains_once_per_new_data_and_promotes_only_on_improvement(works
     champion_scores = _stage_stats(strict, "evaluate/champion")
     scores = strict["models"][0]
     assert scores["baseline_val_bpb"] == pytest.approx(champion_scores["baseline_val_bpb"])
-    # Its tokens trained count the champion's (to the checkpoint it continued) and its own.
+    # Each row counts the tokens behind its published weights (`best/`): the champion's are
+    # the ones the candidate continued, and the candidate's add its own up to its `best/`.
     champion = first["models"][0]
-    assert champion["tokens_trained"] == champion["tokens_seen"] > 0
     continued = json.loads((champion_folder / "best" / INFO_FILE).read_text())["tokens_trained"]
-    assert 0 < continued <= champion["tokens_seen"]
-    assert scores["tokens_trained"] == continued + scores["tokens_seen"]
+    assert champion["tokens_trained"] == continued and 0 < continued <= champion["tokens_seen"]
+    published = json.loads((candidate / "best" / INFO_FILE).read_text())["tokens_trained"]
+    assert scores["tokens_trained"] == published
+    assert continued < published <= continued + scores["tokens_seen"]
     assert registry.find_model(strict["run_id"])["tokens_trained"] == scores["tokens_trained"]
 
     again = _trigger(config, "retrain.margin=10.0")
