@@ -22,7 +22,8 @@ def _format_amount(value: float, unit: str) -> str:
     return f"{value:,.0f} {unit}"
 
 
-def _format_seconds(seconds: float) -> str:
+def format_seconds(seconds: float) -> str:
+    """H:MM:SS, as every progress line (stages and training) gives durations."""
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
@@ -55,8 +56,8 @@ class ProgressLog:
             text += f" / {_format_amount(self.total, self.unit)} ({share:.0%})"
         text += f", {_format_amount(rate, self.unit)}/s"
         if self.total and rate > 0:
-            text += f", ETA {_format_seconds(max(self.total - self.done, 0) / rate)}"
-        return text + f", elapsed {_format_seconds(elapsed)}"
+            text += f", ETA {format_seconds(max(self.total - self.done, 0) / rate)}"
+        return text + f", elapsed {format_seconds(elapsed)}"
 
     def finish(self) -> None:
         self.update(self.done, force=True)

@@ -78,6 +78,7 @@ from lm.distributed import (
     wrap_model,
 )
 from lm.models.base import LanguageModel
+from lm.progress import format_seconds
 from lm.train_config import TrainConfig, TrainingError
 from lm.weight_average import WeightAverage
 
@@ -694,8 +695,8 @@ class Trainer:
             )
             mfu = f", MFU {values['train/mfu']:.1%}"
         self._info(
-            "train: step %d/%d, loss %.4f, %.0f tokens/s%s, ETA %.0fs",
-            step, self.config.max_steps, loss, tokens_per_s, mfu, remaining,
+            "train: step %d/%d, loss %.4f, %.0f tokens/s%s, ETA %s",
+            step, self.config.max_steps, loss, tokens_per_s, mfu, format_seconds(remaining),
         )  # fmt: skip
         self._log(values, step)
 

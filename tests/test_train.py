@@ -714,12 +714,12 @@ def test_tokens_per_second_count_training_steps_and_the_eta_counts_evaluations_t
     assert len(speeds) >= 2 and speeds == pytest.approx([8 * 16] * len(speeds))
     # First report after step 3, at 13 s: 9 steps left (9 s) and 5 evaluations (4, 6, ..., 12:
     # 50 s), exactly what remains. The wall-clock pace (13 s for 3 steps) would say 39 s.
-    assert "train: step 3/12, loss" in caplog.text and "128 tokens/s, ETA 59s" in caplog.text
+    assert "train: step 3/12, loss" in caplog.text and "128 tokens/s, ETA 0:00:59" in caplog.text
     # Next after step 5, at 25 s: 7 steps and 4 evaluations. The pace of that report's window
     # (12 s for 2 steps, one evaluation in it) would say 42 s.
-    assert "train: step 5/12, loss" in caplog.text and "128 tokens/s, ETA 47s" in caplog.text
+    assert "train: step 5/12, loss" in caplog.text and "128 tokens/s, ETA 0:00:47" in caplog.text
     # The last report comes before the last step's evaluation, still to run.
-    assert re.search(r"step 12/12, loss [\d.]+, 128 tokens/s, ETA 10s", caplog.text)
+    assert re.search(r"step 12/12, loss [\d.]+, 128 tokens/s, ETA 0:00:10", caplog.text)
 
 
 @pytest.mark.parametrize(
