@@ -1,8 +1,10 @@
 """Typed pipeline configuration, loaded from TOML presets.
 
-Every default lives here, in one place. Models forbid unknown keys so that a typo in a preset is an
-error naming the key and the file, not a silently ignored setting. Each stage receives only its own
-section, and the digest of that section is part of the stage's cache key.
+Every default lives in the typed models: the data stages' here, the model's, training's and
+evaluation's in `lm/models/config.py`, `lm/train_config.py` and `lm/eval_config.py`, which this
+module gathers into one `PipelineConfig`. Models forbid unknown keys so that a typo in a preset
+is an error naming the key and the file, not a silently ignored setting. Each stage receives only
+its own section, and the digest of that section is part of the stage's cache key.
 """
 
 from __future__ import annotations
