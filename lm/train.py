@@ -175,6 +175,10 @@ def planned_flops(config: TrainConfig, flops_per_token: float) -> float:
     return flops_per_token * config.max_steps * config.global_batch * config.block_size
 
 
+# Weight of the newest report's pace in the ETA's (tqdm's default smoothing).
+ETA_SMOOTHING = 0.3
+
+
 def compile_wanted(
     config: TrainConfig, device: torch.device, flops_per_token: float | None = None
 ) -> bool:
@@ -397,6 +401,7 @@ class Trainer:
         self.evaluations_without_improvement = 0
         self.stopped_early = False
         self.evaluation_seconds = 0.0  # what the last evaluation took, with its checkpoints
+        self.step_pace: float | None = None  # seconds a step, smoothed over reports (the ETA's)
         self.autocast = autocast_dtype(config, self.device)
         self.peak_flops = peak_flops(self.device)
 
@@ -678,14 +683,20 @@ class Trainer:
         time they took (`stepping`; evaluations and checkpoints are not training speed), and
         the ETA: the steps left at that pace plus the evaluations left at what the last one
         took. (A wall-clock pace would jump whenever a report's window held an evaluation, or
-        carry the first step's compilation for the whole run.)"""
+        carry the first step's compilation for the whole run.) The pace is smoothed from one
+        report to the next as tqdm smooths its rate (`ETA_SMOOTHING`): on a shared machine one
+        window slowed by another process swung the ETA tenfold; tokens/s stays the window's."""
         tokens_per_s = tokens_per_step * steps / max(stepping, 1e-9)
         config = self.config
         # Evaluations at steps `step` … max_steps (this step's own comes after this report).
         evaluations_left = config.max_steps // config.eval_every
         evaluations_left -= (step - 1) // config.eval_every
         evaluations_left += 1 if config.max_steps % config.eval_every else 0
-        remaining = (config.max_steps - step) * stepping / max(steps, 1)
+        pace = stepping / max(steps, 1)
+        if self.step_pace is not None:
+            pace = ETA_SMOOTHING * pace + (1 - ETA_SMOOTHING) * self.step_pace
+        self.step_pace = pace
+        remaining = (config.max_steps - step) * pace
         remaining += evaluations_left * self.evaluation_seconds
         values = {"train/tokens_per_s": tokens_per_s}
         mfu = ""

@@ -722,6 +722,32 @@ def test_tokens_per_second_count_training_steps_and_the_eta_counts_evaluations_t
     assert re.search(r"step 12/12, loss [\d.]+, 128 tokens/s, ETA 0:00:10", caplog.text)
 
 
+def test_one_slow_stretch_moves_the_eta_by_a_smoothed_share_of_its_pace(
+    tmp_path, monkeypatch, caplog
+):
+    """Steps of 1 s, then one of 11 s (another process took the cores): the report after it
+    gives that step's own speed, but an ETA from a pace moved only 30 % of the way (4 s a step
+    for the 5 steps left: 20 s, where the raw pace would say 55 s)."""
+    from lm.train import ETA_SMOOTHING
+
+    clock = {"now": 0.0, "steps": 0}
+    monkeypatch.setattr("lm.train.time", SimpleNamespace(monotonic=lambda: clock["now"]))
+    run = trainer(tmp_path, config(max_steps=12, eval_every=100, checkpoint_every=100))
+    settle = run._settle
+
+    def timed_step(launched):
+        clock["steps"] += 1
+        clock["now"] += 11.0 if clock["steps"] == 7 else 1.0
+        return settle(launched)
+
+    run._settle = timed_step
+    with caplog.at_level(logging.INFO, logger="lm.train"):
+        run.train()
+    assert ETA_SMOOTHING == 0.3
+    assert re.search(r"step 6/12, loss [\d.]+, 128 tokens/s, ETA 0:00:06", caplog.text)
+    assert re.search(r"step 7/12, loss [\d.]+, 12 tokens/s, ETA 0:00:20", caplog.text)
+
+
 @pytest.mark.parametrize(
     "model",
     [GPTConfig(block_size=32, n_layer=2, n_head=2, n_embd=32, pos="learned"),
