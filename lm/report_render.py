@@ -73,7 +73,8 @@ class ModelSection:
     parameters: int | None = None
     steps: int | None = None
     tokens_seen: int | None = None
-    # With the trainings it continues (`train.init_from`); None where not recorded.
+    # Behind the published weights (`best/`), with the trainings they continue
+    # (`train.init_from`); None where not recorded.
     tokens_trained: int | None = None
     tokens_per_step: int | None = None
     scores: dict[str, float | None] = field(default_factory=dict)

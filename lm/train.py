@@ -402,6 +402,7 @@ class Trainer:
         self.stopped_early = False
         self.evaluation_seconds = 0.0  # what the last evaluation took, with its checkpoints
         self.step_pace: float | None = None  # seconds a step, smoothed over reports (the ETA's)
+        self.reports_made = 0  # by this process: its first window holds the first step's compile
         self.autocast = autocast_dtype(config, self.device)
         self.peak_flops = peak_flops(self.device)
 
@@ -685,7 +686,9 @@ class Trainer:
         took. (A wall-clock pace would jump whenever a report's window held an evaluation, or
         carry the first step's compilation for the whole run.) The pace is smoothed from one
         report to the next as tqdm smooths its rate (`ETA_SMOOTHING`): on a shared machine one
-        window slowed by another process swung the ETA tenfold; tokens/s stays the window's."""
+        window slowed by another process swung the ETA tenfold; tokens/s stays the window's.
+        A process's first window, which holds its first step's compilation, gives its own ETA
+        but is left out of the smoothed pace (it would have lingered for dozens of reports)."""
         tokens_per_s = tokens_per_step * steps / max(stepping, 1e-9)
         config = self.config
         # Evaluations at steps `step` … max_steps (this step's own comes after this report).
@@ -695,7 +698,9 @@ class Trainer:
         pace = stepping / max(steps, 1)
         if self.step_pace is not None:
             pace = ETA_SMOOTHING * pace + (1 - ETA_SMOOTHING) * self.step_pace
-        self.step_pace = pace
+        if self.reports_made:
+            self.step_pace = pace
+        self.reports_made += 1
         remaining = (config.max_steps - step) * pace
         remaining += evaluations_left * self.evaluation_seconds
         values = {"train/tokens_per_s": tokens_per_s}

@@ -200,7 +200,8 @@ MIGRATIONS: list[str] = [
     """,
     # 4: the tokens a model's published weights (`best/`) were trained on, over every training
     # they continue (`tokens_seen` counts the run's own training, to its last step); NULL where
-    # a starting checkpoint did not record it.
+    # a starting checkpoint did not record it. Rows recorded before December 2026 count to the
+    # training's last step instead.
     """
     ALTER TABLE models ADD COLUMN tokens_trained BIGINT;
     CREATE OR REPLACE VIEW leaderboard AS

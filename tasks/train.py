@@ -208,10 +208,14 @@ def tokens_behind_best(work: Path, at_last_step: int | None) -> int | None:
     """The tokens the `best/` checkpoint's weights were trained on, over every training they
     continue, as its `checkpoint.json` records it: the weights the model's row scores, and the
     ones a continuation (`train.init_from`, a retrain) starts from, so that counts add up from
-    one generation to the next. `at_last_step` (the training's count to its last step) where
-    there is no `best/`, or it predates the count."""
-    count = read_info(work / "best").get("tokens_trained") if (work / "best").is_dir() else None
-    return count if isinstance(count, int) else at_last_step
+    one generation to the next: None where it records none (weights continued from a
+    checkpoint that did not count). `at_last_step` (the training's count to its last step)
+    where there is no `best/`, or its `checkpoint.json` predates the count."""
+    info = read_info(work / "best") if (work / "best").is_dir() else {}
+    if "tokens_trained" not in info:
+        return at_last_step
+    count = info["tokens_trained"]
+    return count if isinstance(count, int) else None
 
 
 def _train_with_torchrun(workspace, work, model, settings, shard_folder, tokenizer_digest,

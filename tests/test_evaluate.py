@@ -139,6 +139,20 @@ def test_the_published_count_of_tokens_is_the_best_checkpoint_s_not_the_last_ste
     assert trained.stats["tokens_trained"] == best["tokens_trained"] == best["step"] * 8 * WINDOW
 
 
+def test_the_published_count_falls_back_only_where_best_has_no_count(tmp_path):
+    """No `best/`, or one written before checkpoints counted: the last step's count. A `best/`
+    that records no count (its weights continued a checkpoint that did not count): None."""
+    from lm.checkpoints import INFO_FILE
+    from tasks.train import tokens_behind_best
+
+    assert tokens_behind_best(tmp_path, 300) == 300
+    (tmp_path / "best").mkdir()
+    assert tokens_behind_best(tmp_path, 300) == 300
+    for recorded, published in ((120, 120), (None, None)):
+        (tmp_path / "best" / INFO_FILE).write_text(json.dumps({"tokens_trained": recorded}))
+        assert tokens_behind_best(tmp_path, 300) == published
+
+
 def bytes_by_decoding(tokenizer, previous: int, target: int, anchor: int) -> int:
     """The UTF-8 bytes a target token adds to the decoded text."""
     if target == tokenizer.eot_id:

@@ -725,27 +725,30 @@ def test_tokens_per_second_count_training_steps_and_the_eta_counts_evaluations_t
 def test_one_slow_stretch_moves_the_eta_by_a_smoothed_share_of_its_pace(
     tmp_path, monkeypatch, caplog
 ):
-    """Steps of 1 s, then one of 11 s (another process took the cores): the report after it
-    gives that step's own speed, but an ETA from a pace moved only 30 % of the way (4 s a step
-    for the 5 steps left: 20 s, where the raw pace would say 55 s)."""
+    """Steps of 1 s, but the first takes 61 s (compilation) and the 14th 11 s (another process
+    took the cores). The first step's time is not carried into later ETAs. The report after
+    the slow step gives that step's own speed, but an ETA from a pace moved only 30 % of the way
+    (4 s a step for the 10 steps left: 40 s, where the raw pace would say 110 s)."""
     from lm.train import ETA_SMOOTHING
 
     clock = {"now": 0.0, "steps": 0}
     monkeypatch.setattr("lm.train.time", SimpleNamespace(monotonic=lambda: clock["now"]))
-    run = trainer(tmp_path, config(max_steps=12, eval_every=100, checkpoint_every=100))
+    run = trainer(tmp_path, config(max_steps=24, eval_every=100, checkpoint_every=100))
     settle = run._settle
 
     def timed_step(launched):
         clock["steps"] += 1
-        clock["now"] += 11.0 if clock["steps"] == 7 else 1.0
+        clock["now"] += {1: 61.0, 14: 11.0}.get(clock["steps"], 1.0)
         return settle(launched)
 
     run._settle = timed_step
     with caplog.at_level(logging.INFO, logger="lm.train"):
         run.train()
     assert ETA_SMOOTHING == 0.3
-    assert re.search(r"step 6/12, loss [\d.]+, 128 tokens/s, ETA 0:00:06", caplog.text)
-    assert re.search(r"step 7/12, loss [\d.]+, 12 tokens/s, ETA 0:00:20", caplog.text)
+    assert re.search(r"step 1/24, loss [\d.]+, 2 tokens/s, ETA 0:23:23", caplog.text)
+    assert re.search(r"step 7/24, loss [\d.]+, 128 tokens/s, ETA 0:00:17", caplog.text)
+    assert re.search(r"step 13/24, loss [\d.]+, 128 tokens/s, ETA 0:00:11", caplog.text)
+    assert re.search(r"step 14/24, loss [\d.]+, 12 tokens/s, ETA 0:00:40", caplog.text)
 
 
 @pytest.mark.parametrize(
