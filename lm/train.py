@@ -402,7 +402,7 @@ class Trainer:
         self.stopped_early = False
         self.evaluation_seconds = 0.0  # what the last evaluation took, with its checkpoints
         self.step_pace: float | None = None  # seconds a step, smoothed over reports (the ETA's)
-        self.reports_made = 0  # by this process: its first window holds the first step's compile
+        self.reported = False  # by this process: its first window holds the first step's compile
         self.autocast = autocast_dtype(config, self.device)
         self.peak_flops = peak_flops(self.device)
 
@@ -698,9 +698,9 @@ class Trainer:
         pace = stepping / max(steps, 1)
         if self.step_pace is not None:
             pace = ETA_SMOOTHING * pace + (1 - ETA_SMOOTHING) * self.step_pace
-        if self.reports_made:
+        if self.reported:
             self.step_pace = pace
-        self.reports_made += 1
+        self.reported = True
         remaining = (config.max_steps - step) * pace
         remaining += evaluations_left * self.evaluation_seconds
         values = {"train/tokens_per_s": tokens_per_s}

@@ -179,7 +179,6 @@ def train_task(
                        "world_size": 1}  # fmt: skip
             baseline_loss = trainer.evaluate(baseline.to(trainer.device))
         seconds = time.perf_counter() - started
-        outcome["tokens_trained"] = tokens_behind_best(work, outcome["tokens_trained"])
         stats = {
             "model": model.kind,
             "parameters": outcome["parameters"],
@@ -187,7 +186,7 @@ def train_task(
             "tokens_seen": outcome["tokens_seen"],  # padding after a document not counted
             # what the published weights (`best/`) were trained on, with what the weights
             # they continue were trained on (`train.init_from`)
-            "tokens_trained": outcome["tokens_trained"],
+            "tokens_trained": tokens_behind_best(work, outcome["tokens_trained"]),
             "val_loss": outcome["best_val_loss"],
             "baseline_val_loss": baseline_loss,
             "baseline_smoothing": smoothing,
@@ -211,7 +210,7 @@ def tokens_behind_best(work: Path, at_last_step: int | None) -> int | None:
     one generation to the next: None where it records none (weights continued from a
     checkpoint that did not count). `at_last_step` (the training's count to its last step)
     where there is no `best/`, or its `checkpoint.json` predates the count."""
-    info = read_info(work / "best") if (work / "best").is_dir() else {}
+    info = read_info(work / "best")  # {} where there is none
     if "tokens_trained" not in info:
         return at_last_step
     count = info["tokens_trained"]
