@@ -258,6 +258,9 @@ def _rekeyed(state: dict, key: Callable[[object], object]) -> dict:
 # -- launching -------------------------------------------------------------------------------
 
 STDERR_TAIL_LINES = 40
+# How often the wait for torchrun returns to the interpreter, to run a signal's handler that a
+# thread other than the main one took (`_wait_heeding_signals`); the wait sleeps 50 ms at most.
+SIGNAL_POLL_S = 1.0
 LAUNCHER_FAILURE = "failed (exitcode"
 # torchrun's own log lines (glog style: "E1123 04:08:50.338000 27577 path:line] message").
 LAUNCHER_LOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ .*\] ")
@@ -515,7 +518,7 @@ def _run_relaying_output(
     for reader in readers:
         reader.start()
     try:
-        code = process.wait()
+        code = _wait_heeding_signals(process)
     finally:
         if process.poll() is None:  # interrupted: torchrun forwards SIGTERM to its ranks
             process.terminate()
@@ -526,6 +529,17 @@ def _run_relaying_output(
         for reader in readers:
             reader.join(timeout=5)
     return code, error_tail(list(tail))
+
+
+def _wait_heeding_signals(process: subprocess.Popen) -> int:
+    """Wait for `process`, raising KeyboardInterrupt within moments of a Ctrl-C. The kernel
+    hands a signal sent to this process to any of its threads: taken by a reader thread above,
+    it only flags Python's main thread, which, blocked in one long `waitpid`, would sleep on
+    until torchrun ended. `wait` with a timeout polls instead, and each poll returns to the
+    interpreter, which runs the flagged handler."""
+    while True:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            return process.wait(timeout=SIGNAL_POLL_S)
 
 
 def error_tail(lines: list[str]) -> list[str]:

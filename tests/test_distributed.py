@@ -209,6 +209,29 @@ def test_a_failing_rank_is_not_pushed_out_of_the_error_by_the_ranks_it_took_down
     ]
 
 
+def test_a_ctrl_c_another_thread_takes_still_stops_the_wait_and_the_processes_at_once(tmp_path):
+    """The kernel hands a signal sent to a process to any of its threads. Taken by one of the
+    threads relaying torchrun's output, a SIGINT only flags the main thread: the wait must
+    still notice it, stop the processes and raise, not sleep on until they end (a joiner's
+    Ctrl-C was seen to do nothing for a minute)."""
+    assert threading.current_thread() is threading.main_thread()
+    pid_file = tmp_path / "pid"
+    sleeps = "import os, sys, time; open(sys.argv[1], 'w').write(f'{os.getpid()}\\n')"
+    sleeps += "; time.sleep(90)"
+    command = [sys.executable, "-c", sleeps, str(pid_file)]
+
+    def interrupt_through_this_thread() -> None:
+        assert wait_until(lambda: pid_file.is_file() and pid_file.read_text().endswith("\n"), 60)
+        signal.pthread_kill(threading.get_ident(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_through_this_thread, daemon=True).start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        _run_relaying_output(command, dict(os.environ), log=lambda line: None)
+    assert time.monotonic() - started < 30  # the command alone would take 90 s
+    assert not pid_alive(int(pid_file.read_text()))
+
+
 @pytest.mark.slow
 def test_a_rank_killed_by_a_segfault_says_where(tmp_path):
     # A native crash gives no traceback of its own: torchrun reports "exitcode: -11" only.
