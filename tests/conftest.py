@@ -2,13 +2,15 @@
 
 Prefect reads its settings at import, so the environment is prepared in `pytest_configure`,
 before any test module is collected. Each test then gets its own `$LMFORGE_HOME` (corpus,
-artifacts, registry) while sharing the server, which keeps a flow run to about a second.
+artifacts, registry) while sharing the server, which keeps a flow run to about a second. Under
+pytest-xdist each worker process is its own session, with its own server.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -20,7 +22,20 @@ REPO = Path(__file__).resolve().parent.parent
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="lmforge-tests-"))
 
 
+def _is_xdist_controller(config: pytest.Config) -> bool:
+    """Under pytest-xdist (`make test` runs two workers), the controller only hands out test
+    files: each worker process starts its own server, so the controller needs none."""
+    return bool(getattr(config.option, "numprocesses", None)) and not hasattr(config, "workerinput")
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    # A suite started in the background of a script (`make test &`) inherits SIGINT ignored,
+    # and so would every command a test starts: the tests that interrupt one (a joiner, a
+    # served deployment) would then wait for nothing. Ctrl-C reaches the tests as from a terminal.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if _is_xdist_controller(config):
+        return
     os.environ["LMFORGE_HOME"] = str(_SESSION_HOME)
     os.environ.pop("PREFECT_API_URL", None)
     os.environ.pop("PREFECT_HOME", None)
@@ -33,6 +48,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     import contextlib
+
+    if _is_xdist_controller(config):
+        shutil.rmtree(_SESSION_HOME, ignore_errors=True)
+        return
 
     from flows.prefect_server import stop_server
     from storage.workspace import Workspace

@@ -210,10 +210,9 @@ def test_a_failing_rank_is_not_pushed_out_of_the_error_by_the_ranks_it_took_down
 
 
 def test_a_ctrl_c_another_thread_takes_still_stops_the_wait_and_the_processes_at_once(tmp_path):
-    """The kernel hands a signal sent to a process to any of its threads. Taken by one of the
-    threads relaying torchrun's output, a SIGINT only flags the main thread: the wait must
-    still notice it, stop the processes and raise, not sleep on until they end (a joiner's
-    Ctrl-C was seen to do nothing for a minute)."""
+    """The kernel may hand a signal sent to a process to any of its threads. Taken by one of
+    the threads relaying torchrun's output, a SIGINT only flags the main thread: the wait must
+    still notice it, stop the processes and raise, not sleep on in `waitpid` until they end."""
     assert threading.current_thread() is threading.main_thread()
     pid_file = tmp_path / "pid"
     sleeps = "import os, sys, time; open(sys.argv[1], 'w').write(f'{os.getpid()}\\n')"
