@@ -533,7 +533,7 @@ def _run_relaying_output(
 
 def _wait_heeding_signals(process: subprocess.Popen) -> int:
     """Wait for `process`, raising KeyboardInterrupt within moments of a Ctrl-C. The kernel
-    hands a signal sent to this process to any of its threads: taken by a reader thread above,
+    may hand a signal sent to this process to any of its threads: taken by a reader thread,
     it only flags Python's main thread, which, blocked in one long `waitpid`, would sleep on
     until torchrun ended. `wait` with a timeout polls instead, and each poll returns to the
     interpreter, which runs the flagged handler."""
