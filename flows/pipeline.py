@@ -30,6 +30,7 @@ from flows.run_card import publish_run_card
 from flows.user_errors import hide_prefect_tracebacks_of, user_error_types
 from lm.config import ModelRun, PipelineConfig, load_config, resolve_preset
 from lm.eval_config import EvalConfig
+from lm.machine import describe_machine
 from lm.text.sources import InputError
 from storage.artifacts import ArtifactStore, Descriptor
 from storage.metrics_log import RUN_METRICS_FILE, MetricsLog
@@ -129,7 +130,7 @@ def _run_row(
         "code_digest": code_digest("lm", "storage", "tasks", "flows"),
         "git_sha": _git_sha(),
         "package_versions": _package_versions(),
-        "device": f"cpu x{os.cpu_count()}",
+        "device": describe_machine(),
         "seed": config.seed,
         "command": reproduce_command(config_path, overrides, command),
         "hostname": this_host(),

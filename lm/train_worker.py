@@ -86,6 +86,7 @@ def train_in(work: Path):
     TrainResult. Rank 0 writes `result.json`."""
     import torch
 
+    from lm.machine import device_name
     from lm.models.registry import build_model
     from lm.train import Trainer
 
@@ -108,6 +109,8 @@ def train_in(work: Path):
             "stopped_early": result.stopped_early,
             "parameters": trainer.module.num_params(),
             "device": str(trainer.device),
+            "device_name": device_name(trainer.device),
+            "threads": torch.get_num_threads(),
             "world_size": trainer.ranks.world_size,
             "parallel": trainer.parallel,
         }

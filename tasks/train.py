@@ -116,6 +116,7 @@ def train_task(
     # torch is imported here, not at module level: the flow imports this module on every run.
     import torch
 
+    from lm.machine import device_name
     from lm.models.bigram_count import BigramCountModel, tuned_smoothing
     from lm.models.registry import build_model
     from lm.train import Trainer, val_loss_of
@@ -176,7 +177,8 @@ def train_task(
             outcome = {"best_val_loss": val_loss, "steps": steps, "stopped_early": stopped_early,
                        "tokens_seen": tokens_seen, "tokens_trained": tokens_trained,
                        "parameters": trainer.module.num_params(), "device": str(trainer.device),
-                       "world_size": 1}  # fmt: skip
+                       "device_name": device_name(trainer.device),
+                       "threads": torch.get_num_threads(), "world_size": 1}  # fmt: skip
             baseline_loss = trainer.evaluate(baseline.to(trainer.device))
         seconds = time.perf_counter() - started
         stats = {
@@ -193,7 +195,11 @@ def train_task(
             "stopped_early": outcome["stopped_early"],
             "seconds": seconds,
             "device": outcome["device"],
+            "device_name": outcome.get("device_name"),
             "processes": outcome["world_size"],
+            # PyTorch's CPU threads in each process: the order of summation, so the figures
+            # (None: from ranks that predate the count)
+            "threads": outcome.get("threads"),
             **coverage,
         }
         with store.build(key) as staging:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 from dataclasses import asdict
 
@@ -14,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from lm.config import ConfigError
+from lm.machine import cpu_model_name
 from lm.text.sources import InputError
 from storage.corpus import CORPUS_SCHEMA, DOCUMENTS_FILE
 from storage.registry import RunRegistry
@@ -70,6 +72,13 @@ def test_pipeline_writes_a_parquet_corpus_and_a_completed_run(workspace, config)
         "SELECT status, corpus_digest, flow_run_id IS NOT NULL FROM runs"
     )
     assert rows == [("completed", summary["corpus"]["digest"], True)]
+    # What the figures were computed on: processor, cores and PyTorch's thread count.
+    import torch
+
+    _, rows = RunRegistry(workspace.registry_path).query("SELECT device FROM runs")
+    [(device,)] = rows
+    assert device.startswith(f"{cpu_model_name()}, {os.cpu_count()} core")
+    assert f", {torch.get_num_threads()} torch thread" in device
 
 
 def test_second_run_with_nothing_changed_is_served_from_cache(workspace, config):
@@ -282,11 +291,16 @@ TINY_GPT = [
 
 
 def test_train_stage_publishes_a_self_contained_model_and_its_baseline(workspace, config):
+    import torch
+
     from storage.registry import RunRegistry
 
     summary = run_pipeline(config, TINY_GPT)
     model = summary["models"][-1]
     assert model["steps"] == 12 and model["tokens_seen"] == 12 * 4 * 16
+    assert (model["device"], model["processes"]) == ("cpu", 1)
+    assert model["threads"] == torch.get_num_threads()  # trained in this process
+    assert model["device_name"] == cpu_model_name()
     vocabulary = (workspace.resolve(summary["tokenizer"]["path"]) / "tokenizer.json").read_text()
     log_vocab = math.log(len(json.loads(vocabulary)["chars"]) + 2)
     assert 0 < model["baseline_val_loss"] < log_vocab  # counts beat a uniform guess
@@ -506,6 +520,9 @@ def test_word2vec_fed_models_train_on_the_run_s_piece_vectors(workspace, tmp_pat
     ranked = run_pipeline(config, ["train.nproc_per_node=2", "train.global_batch=8"])
     in_ranks = {model["label"]: model for model in ranked["models"]}
     assert [in_ranks[label]["processes"] for label in ("w2v", "gpt-word2vec")] == [2, 2]
+    # torchrun gives each of several ranks one thread unless OMP_NUM_THREADS says otherwise.
+    threads = int(os.environ.get("OMP_NUM_THREADS", 1))
+    assert [in_ranks[label]["threads"] for label in ("w2v", "gpt-word2vec")] == [threads] * 2
 
     def table(model) -> torch.Tensor:
         weights = workspace.resolve(model["path"]) / "final" / "model.pt"
