@@ -55,6 +55,45 @@ def test_recursive_glob_matches_files_at_any_depth(tmp_path):
     assert sorted(d.text for d in docs) == ["deep", "top"]
 
 
+def test_a_recursive_glob_reads_each_file_once_and_never_follows_a_linked_folder(tmp_path, caplog):
+    # Links to the folder itself and to its parent: glob.glob's `**` followed them, reading
+    # every file again at each level of `x/x/x/...` (and listing without end with two links).
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    (data / "a.txt").write_text("alpha")
+    (data / "sub" / "b.txt").write_text("beta")
+    (data / ".cache").mkdir()
+    (data / ".cache" / "c.txt").write_text("hidden")
+    (data / "x").symlink_to(".")
+    (data / "y").symlink_to(".")
+    (data / "sub" / "up").symlink_to("..")
+    docs = read(tmp_path, str(data / "**" / "*.txt"))
+    assert sorted(d.text for d in docs) == ["alpha", "beta"]
+    assert sorted(d.text for d in read(tmp_path, str(data / "**"))) == ["alpha", "beta"]
+    # A name with a leading dot matches where the pattern spells one, as in a shell.
+    assert [d.text for d in read(tmp_path, str(data / ".*" / "*.txt"))] == ["hidden"]
+    # A folder source skips the links too, and says so (once, however often it is resolved).
+    with caplog.at_level(logging.WARNING, logger="lm.text.sources"):
+        assert [d.text for d in read(tmp_path, str(data))] == ["alpha", "beta"]
+        resolve_sources([SourceConfig(path=str(data))])
+    warnings = [r.getMessage() for r in caplog.records if "not followed" in r.getMessage()]
+    assert len(warnings) == 1 and str(data / "x") in warnings[0] and "sub/up" in warnings[0]
+
+
+def test_a_file_that_two_sources_reach_is_read_once_with_a_warning(tmp_path, caplog):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("alpha")
+    (tmp_path / "docs" / "b.txt").write_text("beta")
+    (tmp_path / "link.txt").symlink_to(tmp_path / "docs" / "b.txt")
+    listed = [str(tmp_path / "docs" / "a.txt"), str(tmp_path / "docs"), str(tmp_path / "link.txt")]
+    with caplog.at_level(logging.WARNING, logger="lm.text.sources"):
+        docs = read(tmp_path, *listed)
+    assert [d.text for d in docs] == ["alpha", "beta"]
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert f"also reached by source {str(tmp_path / 'docs')!r}" in said
+    assert f"also reached by source {str(tmp_path / 'link.txt')!r}" in said
+
+
 def test_one_document_per_line(tmp_path):
     (tmp_path / "names.txt").write_text("emma\n\nolivia\nava\n")
     spec = SourceConfig(path=str(tmp_path / "names.txt"), one_doc_per_line=True)
@@ -176,6 +215,87 @@ def test_wide_lines_are_whole_when_reads_end_inside_a_newline():
 def test_csv_with_a_utf8_bom_finds_its_first_column(tmp_path):
     (tmp_path / "excel.csv").write_bytes(b"\xef\xbb\xbftext,id\r\nfrom excel,1\r\n")
     assert [d.text for d in read(tmp_path, str(tmp_path / "excel.csv"))] == ["from excel"]
+
+
+def test_csv_invalid_utf8_names_the_record_s_line_or_is_replaced_with_one_warning(tmp_path, caplog):
+    # The bad byte sits far past the decoder's first 8 KB: the line must still be its own.
+    rows = [f'{i},"row {i}"' for i in range(1, 700)] + ['700,"multi\nline caf\xe9"', '701,"ok"']
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(("id,text\n" + "\n".join(rows) + "\n").encode("latin-1"))
+    with pytest.raises(InputError, match=r"latin1\.csv:701: field 'text' holds invalid UTF-8 at "
+                                         r"byte 14 of the field"):  # fmt: skip
+        read(tmp_path, str(path))
+    with caplog.at_level(logging.WARNING):
+        docs = read(tmp_path, str(path), errors="replace")
+    assert (docs[699].text, docs[699].source) == ("multi\nline caf\ufffd", f"{path}:701")
+    assert (docs[700].text, docs[700].source) == ("ok", f"{path}:703")
+    assert f"{path}:701: invalid UTF-8 replaced with U+FFFD" in caplog.text
+
+
+def test_replacements_past_the_first_few_are_summed_up_in_one_warning(tmp_path, caplog):
+    path = tmp_path / "names.txt"
+    path.write_bytes(b"".join(b"name\xff %d\n" % i for i in range(500)))
+    with caplog.at_level(logging.WARNING):
+        docs = read(tmp_path, SourceConfig(path=str(path), one_doc_per_line=True), errors="replace")
+    assert len(docs) == 500 and all("\ufffd" in d.text for d in docs)
+    said = [r.getMessage() for r in caplog.records if "U+FFFD" in r.getMessage()]
+    assert len(said) == 4 and said[0] == f"{path}:1: invalid UTF-8 replaced with U+FFFD"
+    assert said[-1] == (f"{path}: invalid text replaced with U+FFFD in 500 places in all "
+                        "(the first 3 named above)")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ('id,text\n1,"opens\n2,never closes\n3,gone\n', r":2: malformed CSV .*unexpected end"),
+        ("id,text\n1,one\n2\n3,three\n", r":3: the record has 1 of the header's 2 fields, so no"),
+    ],
+    ids=["unclosed-quote", "short-record"],
+)
+def test_csv_damage_is_an_error_naming_the_line_not_a_silent_loss(tmp_path, content, problem):
+    # Unchecked, the open quote swallowed every record after it into one document, and the
+    # short record was skipped without a word (a JSONL line without its field is an error).
+    (tmp_path / "d.csv").write_text(content)
+    with pytest.raises(InputError, match=r"d\.csv" + problem):
+        read(tmp_path, str(tmp_path / "d.csv"))
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-32"])
+def test_jsonl_and_csv_in_utf16_or_utf32_with_a_bom_are_read(tmp_path, encoding):
+    # Read as UTF-8 they failed, and the error advised "replace", which did not help either.
+    (tmp_path / "d.jsonl").write_bytes('{"text": "ünï"}\n{"text": "two"}\n'.encode(encoding))
+    (tmp_path / "d.csv").write_bytes('id,text\n1,"ünï\nline"\n'.encode(encoding))
+    docs = read(tmp_path, str(tmp_path / "d.jsonl"), str(tmp_path / "d.csv"))
+    assert [(d.text, d.source.rpartition(":")[2]) for d in docs] == [
+        ("ünï", "1"), ("two", "2"), ("ünï\nline", "2")
+    ]  # fmt: skip
+
+
+def test_parquet_invalid_utf8_names_the_row_unless_replace_is_asked(tmp_path, caplog):
+    # Parquet promises UTF-8 but a writer may not check: pyarrow's own error named no file.
+    values = pa.array([b"fine", None, b"caf\xe9"], pa.binary()).view(pa.string())
+    pq.write_table(pa.table({"text": values}), tmp_path / "w.parquet")
+    with pytest.raises(InputError, match=r"w\.parquet#2: column 'text' holds invalid UTF-8 at "
+                                         r"byte 3 of the value"):  # fmt: skip
+        read(tmp_path, str(tmp_path / "w.parquet"))
+    with caplog.at_level(logging.WARNING):
+        docs = read(tmp_path, str(tmp_path / "w.parquet"), errors="replace")
+    assert [(d.text, d.source.rpartition("#")[2]) for d in docs] == [
+        ("fine", "0"), ("caf\ufffd", "2")
+    ]  # fmt: skip
+    assert "w.parquet#2: invalid UTF-8 replaced with U+FFFD" in caplog.text
+
+
+def test_a_parquet_page_damaged_past_the_footer_names_the_file(tmp_path):
+    path = tmp_path / "hurt.parquet"
+    texts = [f"document number {i} " * 3 for i in range(2000)]
+    pq.write_table(pa.table({"text": texts}), path, compression="none", use_dictionary=False)
+    data = bytearray(path.read_bytes())
+    page = data.index(b"document number 1000 ")
+    data[page - 4 : page] = b"\xff\xff\xff\x7f"  # a string's length prefix, far too large
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"hurt\.parquet: corrupt from about row \d+ on"):
+        read(tmp_path, str(path))
 
 
 @pytest.mark.parametrize(

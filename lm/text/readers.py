@@ -44,6 +44,8 @@ WIDE_BOMS = (
 # A lone UTF-16 surrogate: a JSON escape like "\ud83d" without its pair decodes to one, and no
 # UTF-8 writer (Parquet) can encode it.
 UNPAIRED_SURROGATE = re.compile("[\ud800-\udfff]")
+# What Python's "surrogateescape" decoding makes of each byte that is not UTF-8.
+ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 
 
 class RawDocument(NamedTuple):
@@ -110,33 +112,58 @@ def _peek(stream: BinaryIO) -> bytes:
         raise InputError(f"the file is truncated or corrupt ({error})") from error
 
 
+class Replacements:
+    """Where one input's invalid text was replaced with U+FFFD (`encoding_errors = "replace"`):
+    the first few places get a warning each, the rest one line at the end. A file with a bad
+    byte on every line would otherwise log one warning per line, thousands of them."""
+
+    SHOWN = 3
+
+    def __init__(self, name: str):
+        self.name = name
+        self.count = 0
+
+    def note(self, where: str, what: str) -> None:
+        self.count += 1
+        if self.count <= self.SHOWN:
+            logger.warning("%s: %s replaced with U+FFFD", where, what)
+
+    def summarise(self) -> None:
+        if self.count > self.SHOWN:
+            logger.warning("%s: invalid text replaced with U+FFFD in %d places in all (the "
+                           "first %d named above)", self.name, self.count, self.SHOWN)  # fmt: skip
+
+
 def read_documents(
     item: ResolvedInput, stream: BinaryIO, encoding_errors: str
 ) -> Iterator[RawDocument]:
     """Stream the documents of one input (already decompressed)."""
+    replaced = Replacements(item.name)
     try:
         fmt = detect_format(item, stream)
         if fmt == "parquet":
-            yield from _read_parquet(item, stream)
+            yield from _read_parquet(item, stream, encoding_errors, replaced)
         elif fmt == "csv":
-            yield from _read_csv(item, stream, encoding_errors)
+            yield from _read_csv(item, stream, encoding_errors, replaced)
         elif fmt == "jsonl":
-            yield from _read_jsonl(item, stream, encoding_errors)
+            yield from _read_jsonl(item, stream, encoding_errors, replaced)
         elif fmt == "census-names":
             yield from _read_census_names(item, stream)
         elif fmt == "wikipedia":
             for title, text in read_wikipedia_dump(stream, item.name):
                 yield RawDocument(f"{item.name}#{title}", item.name, text, "wikitext")
         else:
-            yield from _read_text(item, stream, encoding_errors)
+            yield from _read_text(item, stream, encoding_errors, replaced)
+        replaced.summarise()
     except InputError as error:
         message = str(error)
         if not message.startswith(item.name):
             message = f"{item.name}: {message}"
         raise InputError(message) from error.__cause__
-    except (EOFError, OSError, zlib.error) as error:
+    except (EOFError, OSError, zlib.error, pa.ArrowException) as error:
         # A truncated or corrupt compressed stream surfaces here, part-way through the input
-        # (gzip raises zlib.error for a damaged deflate block, OSError or EOFError otherwise).
+        # (gzip raises zlib.error for a damaged deflate block, OSError or EOFError otherwise;
+        # pyarrow, ArrowException for a damaged Parquet file).
         raise InputError(f"{item.name}: the file is truncated or corrupt ({error})") from error
 
 
@@ -157,6 +184,7 @@ def _decode(
     item: ResolvedInput,
     encoding_errors: str,
     line: int | None,
+    replaced: Replacements,
     encoding: str = "utf-8",
 ) -> str:
     where = f"{item.name}:{line}" if line else item.name
@@ -174,12 +202,12 @@ def _decode(
                 f"{item.name}: invalid {label} {position}; fix the file or set "
                 'ingest.encoding_errors = "replace" to substitute U+FFFD'
             ) from None
-        logger.warning("%s: invalid %s replaced with U+FFFD", where, label)
+        replaced.note(where, f"invalid {label}")
         return data.decode(encoding, errors="replace")
 
 
 def _read_text(
-    item: ResolvedInput, stream: BinaryIO, encoding_errors: str
+    item: ResolvedInput, stream: BinaryIO, encoding_errors: str, replaced: Replacements
 ) -> Iterator[RawDocument]:
     head = _peek(stream)
     wide = _wide_bom(head)
@@ -189,23 +217,34 @@ def _read_text(
         )
         return
     if item.spec.one_doc_per_line:
-        encoding = "utf-8"
-        lines: Iterator[bytes] = stream
-        if wide is not None:
-            bom, encoding = wide
-            stream.read(len(bom))
-            lines = _wide_lines(stream, encoding)
+        lines, encoding = _lines(stream, wide)
         for line_no, line in enumerate(lines, start=1):
-            text = _decode(line, item, encoding_errors, line_no, encoding).strip()
+            text = _decode(line, item, encoding_errors, line_no, replaced, encoding).strip()
             if text:
                 yield RawDocument(f"{item.name}:{line_no}", item.name, text, "plain")
         return
     # The BOM stays in the data and the codec ("utf-16", "utf-32") reads the byte order from it
     # and drops it, so an error's byte offset is the file's.
-    encoding = wide[1].removesuffix("-le").removesuffix("-be") if wide else "utf-8"
-    text = _decode(stream.read(), item, encoding_errors, None, encoding).removeprefix("\ufeff")
+    encoding = _codec_reading_its_bom(wide) if wide else "utf-8"
+    text = _decode(stream.read(), item, encoding_errors, None, replaced, encoding)
+    text = text.removeprefix("\ufeff")
     if text.strip():
         yield RawDocument(item.name, item.name, text, "plain")
+
+
+def _lines(stream: BinaryIO, wide: tuple[bytes, str] | None) -> tuple[Iterator[bytes], str]:
+    """The stream's lines as bytes, with the codec that decodes each: UTF-8, or past its BOM
+    the UTF-16/32 byte order the BOM named."""
+    if wide is None:
+        return stream, "utf-8"
+    bom, encoding = wide
+    stream.read(len(bom))
+    return _wide_lines(stream, encoding), encoding
+
+
+def _codec_reading_its_bom(wide: tuple[bytes, str]) -> str:
+    """The codec that takes the byte order from the BOM and drops it: utf-16 or utf-32."""
+    return wide[1].removesuffix("-le").removesuffix("-be")
 
 
 def _wide_lines(stream: BinaryIO, encoding: str) -> Iterator[bytes]:
@@ -238,11 +277,12 @@ def _read_census_names(item: ResolvedInput, stream: BinaryIO) -> Iterator[RawDoc
 
 
 def _read_jsonl(
-    item: ResolvedInput, stream: BinaryIO, encoding_errors: str
+    item: ResolvedInput, stream: BinaryIO, encoding_errors: str, replaced: Replacements
 ) -> Iterator[RawDocument]:
     field = item.spec.text_field
-    for line_no, raw in enumerate(stream, start=1):
-        line = _decode(raw, item, encoding_errors, line_no)
+    lines, encoding = _lines(stream, _wide_bom(_peek(stream)))
+    for line_no, raw in enumerate(lines, start=1):
+        line = _decode(raw, item, encoding_errors, line_no, replaced, encoding)
         if line_no == 1:
             line = line.removeprefix("\ufeff")  # json.loads refuses a BOM in a str
         if not line.strip():
@@ -271,18 +311,15 @@ def _read_jsonl(
                     f"(\\u{ord(surrogate.group()):04x}); fix the file or set "
                     'ingest.encoding_errors = "replace" to substitute U+FFFD'
                 )
-            logger.warning(
-                "%s:%d: unpaired surrogate in field '%s' replaced with U+FFFD",
-                item.name,
-                line_no,
-                field,
-            )
+            replaced.note(f"{item.name}:{line_no}", f"unpaired surrogate in field '{field}'")
             text = UNPAIRED_SURROGATE.sub("\ufffd", text)
         if text.strip():
             yield RawDocument(f"{item.name}:{line_no}", item.name, text, "plain")
 
 
-def _read_parquet(item: ResolvedInput, stream: BinaryIO) -> Iterator[RawDocument]:
+def _read_parquet(
+    item: ResolvedInput, stream: BinaryIO, encoding_errors: str, replaced: Replacements
+) -> Iterator[RawDocument]:
     field = item.spec.text_field
     try:
         parquet = pq.ParquetFile(stream)
@@ -298,11 +335,48 @@ def _read_parquet(item: ResolvedInput, stream: BinaryIO) -> Iterator[RawDocument
     if not _is_text_type(column_type):
         raise InputError(f"{item.name}: column '{field}' holds {column_type}, not text")
     row = 0
-    for batch in parquet.iter_batches(columns=[field], batch_size=1024):
-        for text in batch.column(0).to_pylist():
+    batches = parquet.iter_batches(columns=[field], batch_size=1024)
+    while True:
+        try:  # a damaged page is found as its batch is read, part-way through the file
+            batch = next(batches, None)
+        except (pa.ArrowException, OSError) as error:
+            raise InputError(f"{item.name}: corrupt from about row {row} on ({error})") from None
+        if batch is None:
+            return
+        for text in _texts(batch.column(0), item, row, encoding_errors, replaced):
             if text and text.strip():
                 yield RawDocument(f"{item.name}#{row}", item.name, text, "plain")
             row += 1
+
+
+def _texts(
+    column: pa.Array, item: ResolvedInput, first_row: int, encoding_errors: str,
+    replaced: Replacements,
+) -> list[str | None]:  # fmt: skip
+    """A batch's strings. Parquet promises UTF-8, but a writer may not have checked: where a
+    value is not, it is refused naming its row, or replaced, as `ingest.encoding_errors` says,
+    like invalid UTF-8 in any other input."""
+    try:
+        return column.to_pylist()
+    except UnicodeDecodeError:
+        pass
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
+    texts: list[str | None] = []
+    for row, data in enumerate(column.cast(pa.large_binary()).to_pylist(), start=first_row):
+        try:
+            texts.append(None if data is None else data.decode("utf-8"))
+        except UnicodeDecodeError as error:
+            where = f"{item.name}#{row}"
+            if encoding_errors == "strict":
+                raise InputError(
+                    f"{where}: column '{item.spec.text_field}' holds invalid UTF-8 at byte "
+                    f"{error.start} of the value; fix the file or set "
+                    'ingest.encoding_errors = "replace" to substitute U+FFFD'
+                ) from None
+            replaced.note(where, "invalid UTF-8")
+            texts.append(data.decode("utf-8", errors="replace"))
+    return texts
 
 
 def _is_text_type(column_type: pa.DataType) -> bool:
@@ -318,29 +392,80 @@ def _is_text_type(column_type: pa.DataType) -> bool:
     )
 
 
-def _read_csv(item: ResolvedInput, stream: BinaryIO, encoding_errors: str) -> Iterator[RawDocument]:
+def _read_csv(
+    item: ResolvedInput, stream: BinaryIO, encoding_errors: str, replaced: Replacements
+) -> Iterator[RawDocument]:
+    """One document per record, from the text column. A record is labelled with the line it
+    starts on. Damage is an error naming the line, never a silent loss: a quote that never
+    closes (it would swallow every record after it), a record too short to reach the column."""
     field = item.spec.text_field
     csv.field_size_limit(sys.maxsize)
-    # utf-8-sig: Excel's "CSV UTF-8" starts with a BOM, which would stick to the first column name.
-    text_stream = io.TextIOWrapper(stream, encoding="utf-8-sig", errors=encoding_errors, newline="")
+    wide = _wide_bom(_peek(stream))
+    # utf-8-sig: Excel's "CSV UTF-8" starts with a BOM, which would stick to the first column
+    # name. Bytes that are not UTF-8 are kept as escapes and dealt with per record, where the
+    # line is known: the decoder reads 8 KB ahead of the parser, so its own errors name none.
+    encoding, errors = ("utf-8-sig", "surrogateescape")
+    if wide:
+        encoding, errors = _codec_reading_its_bom(wide), encoding_errors
+    text_stream = io.TextIOWrapper(stream, encoding=encoding, errors=errors, newline="")
+    label = encoding.upper().removesuffix("-SIG")
+    line = 0  # lines read: the next record starts on the line after
     try:
-        reader = csv.DictReader(text_stream)
-        if reader.fieldnames is None or field not in reader.fieldnames:
-            found = ", ".join(reader.fieldnames or [])
+        reader = csv.reader(text_stream, strict=True)
+        header = [_unescaped(name) for name in next(reader, [])]
+        if field not in header:
             raise InputError(
-                f"{item.name}: no column '{field}' (columns: {found}); "
+                f"{item.name}: no column '{field}' (columns: {', '.join(header)}); "
                 "set text_field on this source"
             )
-        for row in reader:
-            text = row.get(field)
-            if text and text.strip():
-                yield RawDocument(f"{item.name}:{reader.line_num}", item.name, text, "plain")
-    except UnicodeDecodeError as error:
+        column = header.index(field)
+        line = reader.line_num
+        for record in reader:
+            start, line = line + 1, reader.line_num
+            if not record:  # a blank line
+                continue
+            if len(record) <= column:
+                raise InputError(
+                    f"{item.name}:{start}: the record has {len(record)} of the header's "
+                    f"{len(header)} fields, so no '{field}' (field {column + 1}); fix the file"
+                )
+            text = record[column]
+            if ESCAPED_BYTE.search(text):
+                text = _invalid_utf8_in_csv(text, item, start, encoding_errors, replaced)
+            if text.strip():
+                yield RawDocument(f"{item.name}:{start}", item.name, text, "plain")
+    except UnicodeDecodeError as error:  # UTF-16/32 only: UTF-8 is escaped, not raised
         raise InputError(
-            f"{item.name}: invalid UTF-8 near line {reader.line_num + 1} ({error.reason}); "
+            f"{item.name}: invalid {label} near line {line + 1} ({error.reason}); "
             'fix the file or set ingest.encoding_errors = "replace"'
         ) from None
     except csv.Error as error:
-        raise InputError(f"{item.name}: line {reader.line_num}: malformed CSV ({error})") from None
+        raise InputError(
+            f"{item.name}:{line + 1}: malformed CSV in the record that starts on this line "
+            f"({error}; a quote that opens a field must close it)"
+        ) from None
     finally:
         text_stream.detach()
+
+
+def _unescaped(text: str) -> str:
+    """A header name with any invalid bytes shown as U+FFFD: the escapes cannot be printed."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _invalid_utf8_in_csv(
+    text: str, item: ResolvedInput, line: int, encoding_errors: str, replaced: Replacements
+) -> str:
+    """A field that held bytes that are not UTF-8: refused (strict), or with each bad sequence
+    replaced by U+FFFD exactly as decoding with errors="replace" would have done."""
+    data = text.encode("utf-8", "surrogateescape")
+    if encoding_errors == "strict":
+        error_at = ESCAPED_BYTE.search(text).start()  # type: ignore[union-attr]
+        offset = len(text[:error_at].encode("utf-8", "surrogateescape"))
+        raise InputError(
+            f"{item.name}:{line}: field '{item.spec.text_field}' holds invalid UTF-8 at byte "
+            f'{offset} of the field; fix the file or set ingest.encoding_errors = "replace" '
+            "to substitute U+FFFD"
+        )
+    replaced.note(f"{item.name}:{line}", "invalid UTF-8")
+    return data.decode("utf-8", errors="replace")

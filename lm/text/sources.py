@@ -8,8 +8,8 @@ exactly the files that will be read.
 
 from __future__ import annotations
 
-import glob
 import hashlib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +20,15 @@ from lm.gensim_data import gensim_test_file
 from lm.text.census_names import census_names_file, shipped_census_files
 
 GLOB_CHARACTERS = set("*?[")
+
+logger = logging.getLogger("lm.text.sources")
+_said: set[str] = set()  # sources are resolved several times a run (check, cache key, read)
+
+
+def _warn_once(message: str) -> None:
+    if message not in _said:
+        _said.add(message)
+        logger.warning("%s", message)
 
 
 class InputError(ValueError):
@@ -47,10 +56,20 @@ def is_url(text: str) -> bool:
 
 
 def resolve_sources(specs: list[SourceConfig]) -> list[ResolvedInput]:
-    """Expand every spec into the files it names, in a deterministic order."""
+    """Expand every spec into the files it names, in a deterministic order. A file that two
+    specs reach (listed, and in a listed folder; or through a link) is read once, as the
+    first says: reading it twice would put its documents in the corpus twice."""
     inputs: list[ResolvedInput] = []
+    first_source: dict[Path, str] = {}
     for spec in specs:
-        inputs.extend(_resolve_one(spec))
+        for item in _resolve_one(spec):
+            if item.path is not None and item.path in first_source:
+                _warn_once(f"{item.path}: also reached by source {spec.path!r}; read once, "
+                           f"as source {first_source[item.path]!r} says")  # fmt: skip
+                continue
+            if item.path is not None:
+                first_source[item.path] = spec.path
+            inputs.append(item)
     return inputs
 
 
@@ -67,23 +86,60 @@ def _resolve_one(spec: SourceConfig) -> list[ResolvedInput]:
     # A name that exists is taken literally: `report [final].txt` is a file, not a pattern.
     literal = os.path.isfile(expanded) or os.path.isdir(expanded)
     if GLOB_CHARACTERS & set(expanded) and not literal:
-        matches = sorted(p for p in glob.glob(expanded, recursive=True) if os.path.isfile(p))
+        matches = glob_files(expanded)
         if not matches:
             raise InputError(f"{text}: the pattern matches no files")
-        return [_file_input(Path(p), spec) for p in matches]
+        return [_file_input(p, spec) for p in matches]
     path = Path(expanded)
     if path.is_dir():
-        files = sorted(
-            p
-            for p in path.rglob("*")
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
-        )
+        files = folder_files(path)
         if not files:
             raise InputError(f"{text}: the folder contains no files")
         return [_file_input(p, spec) for p in files]
     if path.is_file():
         return [_file_input(path, spec)]
     raise InputError(f"{text}: no such file or directory")
+
+
+def glob_files(pattern: str) -> list[Path]:
+    """The files a pattern matches, sorted, once each. `**` matches folders at any depth but
+    never descends into a linked folder: `glob.glob` does, and a link to a folder above it
+    (`x -> .`) made it read every file again at each level, or never end. As in a shell, a
+    name that starts with a dot matches only a pattern that spells a dot (`data/**/.env`)."""
+    parts = Path(pattern).parts
+    first = next(i for i, part in enumerate(parts) if GLOB_CHARACTERS & set(part))
+    base, rest = Path(*parts[:first]) if first else Path(), list(parts[first:])
+    if rest[-1] == "**":  # "every file below": pathlib's bare `**` lists folders only
+        rest.append("*")
+    hidden_asked = any(part.startswith(".") for part in rest)
+    matches = set()
+    for path in base.glob(str(Path(*rest))):
+        relative = path.relative_to(base).parts
+        if not hidden_asked and any(part.startswith(".") for part in relative):
+            continue
+        if path.is_file():
+            matches.add(path)
+    return sorted(matches)
+
+
+def folder_files(folder: Path) -> list[Path]:
+    """Every file below `folder`, sorted, but hidden ones (a name with a leading dot, or in
+    such a folder). Linked files are read; linked folders are not followed (a link to a
+    folder above would loop), and a warning names them."""
+    files, linked_folders = [], []
+    for path in folder.rglob("*"):
+        if any(part.startswith(".") for part in path.relative_to(folder).parts):
+            continue
+        if path.is_file():
+            files.append(path)
+        elif path.is_symlink() and path.is_dir():
+            linked_folders.append(path)
+    if linked_folders:
+        shown = ", ".join(str(p) for p in sorted(linked_folders)[:3])
+        more = f" and {len(linked_folders) - 3} more" if len(linked_folders) > 3 else ""
+        _warn_once(f"{folder}: linked folders are not followed: {shown}{more} (list them as "
+                   "sources to read them)")  # fmt: skip
+    return sorted(files)
 
 
 def _file_input(path: Path, spec: SourceConfig, name: str | None = None) -> ResolvedInput:
