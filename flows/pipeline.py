@@ -337,11 +337,20 @@ def build_corpus(run: RunContext, settings: PipelineConfig) -> Descriptor:
 
 
 def require_kept_documents(corpus: Descriptor) -> None:
-    """Stop after cleaning, saying what it removed, when it kept nothing: the next stage's
-    "the training split is empty" would blame the tokenizer for what the filters did."""
+    """Stop after cleaning, saying what it removed, when it kept nothing, or how the split
+    went, when it kept nothing for training: the next stage's "the training split is empty"
+    would blame the tokenizer for what the filters or the split did."""
     stats = corpus.stats
-    if stats.get("kept", 1):
+    kept, splits = stats.get("kept", 1), stats.get("split_documents")
+    if kept and (splits is None or splits.get("train", 0)):
         return
+    if kept:  # a few documents, every one hashed into val or test
+        held_out = ", ".join(f"{name} {count:,}" for name, count in splits.items())
+        raise InputError(
+            f"cleaning kept {kept:,} documents, but none is in the training split ({held_out}): "
+            "the split is by a hash of each document, so a handful can all land in val and "
+            "test; add documents, or lower split.val and split.test"
+        )
     removed = [f"{flag} {count:,}" for flag, count in stats.get("removed", {}).items() if count]
     raise InputError(
         f"cleaning kept none of the {stats.get('documents', 0):,} documents (removed by: "

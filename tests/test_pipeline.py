@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -196,6 +197,15 @@ def _bad_input(kind: str, tmp_path) -> dict:
         (bad / "short" / "a.txt").write_text("two words")
         (bad / "short" / "b.txt").write_text("three words here")
         return {"path": str(bad / "short")}
+    if kind == "one document, held out":
+        from lm.config import SplitConfig
+        from lm.text.clean import split_of
+
+        text = next(prose(seed) for seed in range(1000)
+                    if split_of(hashlib.sha256(prose(seed).encode()).hexdigest(),
+                                SplitConfig()) != "train")  # fmt: skip
+        (bad / "alone.txt").write_text(text)
+        return {"path": str(bad / "alone.txt")}
     assert kind == "unreachable url"
     return {"path": "http://127.0.0.1:9/corpus.jsonl"}
 
@@ -210,6 +220,8 @@ BAD_INPUTS = {
     "unreachable url": r"127\.0\.0\.1:9/corpus\.jsonl: cannot fetch",
     "texts all too short to keep": r"cleaning kept none of the 2 documents \(removed by: "
     r"too_few_words 2\); loosen \[clean\]",
+    "one document, held out": r"cleaning kept 1 documents, but none is in the training split "
+    r"\((val|test) 1\).*lower split\.val and split\.test",
 }
 
 
