@@ -28,9 +28,18 @@ class ReportError(ValueError):
 
 def write_report_folder(rendered: RenderedReport, folder: Path) -> Path:
     """Write `rendered` as `folder/report.html` plus its images, replacing any previous report
-    there in one rename; returns the HTML file's path."""
+    there in one rename; returns the HTML file's path. A folder that holds anything else is
+    refused: replacing it would delete what is in it (`--out .`, `--out ~`, the workspace)."""
     if folder.exists() and not folder.is_dir():
         raise ReportError(f"{folder}: exists and is not a folder; pass another --out")
+    if folder.is_dir():
+        others = sorted(entry.name for entry in folder.iterdir() if not _written_by_reports(entry))
+        if others:
+            shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if others[3:] else "")
+            raise ReportError(
+                f"{folder}: holds files that are not a report's ({shown}); writing the report "
+                "replaces the folder whole, so pass --out a new or empty folder (or a report's)"
+            )
     nonce = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     staging = folder.with_name(f"{folder.name}.partial-{nonce}")
     try:
@@ -56,6 +65,15 @@ def write_report_folder(rendered: RenderedReport, folder: Path) -> Path:
     if previous is not None:
         shutil.rmtree(previous, ignore_errors=True)
     return folder / REPORT_FILE
+
+
+def _written_by_reports(entry: Path) -> bool:
+    """What a report folder holds: the page and its images, nothing else, no subfolder."""
+    return (
+        entry.is_file()
+        and not entry.is_symlink()
+        and (entry.name == REPORT_FILE or entry.suffix == ".png")
+    )
 
 
 def _output_folder(out: Path | None, default: Path) -> Path:

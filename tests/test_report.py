@@ -282,6 +282,26 @@ def test_rewriting_a_report_replaces_it_in_one_rename(tmp_path):
     assert [p.name for p in folder.parent.iterdir()] == ["run"]  # no staging folder left
 
 
+@pytest.mark.parametrize("other", ["thesis.txt", "sub/", "registry.duckdb"])
+def test_a_folder_holding_anything_but_a_report_is_refused_and_left_whole(tmp_path, other):
+    # `--out .`, `--out ~` or `--out $LMFORGE_HOME` replaced the folder whole, deleting it all.
+    folder = tmp_path / "mine"
+    write_report_folder(RenderedReport("<p>old</p>", {"old.png": PNG_MAGIC}), folder)
+    if other.endswith("/"):
+        (folder / other).mkdir()
+    else:
+        (folder / other).write_text("precious")
+    before = sorted(p.name for p in folder.iterdir())
+    with pytest.raises(ReportError, match=rf"mine: holds files that are not a report's \("
+                                          rf"{other.rstrip('/')}\)"):  # fmt: skip
+        write_report_folder(RenderedReport("<p>new</p>", {}), folder)
+    assert sorted(p.name for p in folder.iterdir()) == before
+    assert (folder / "report.html").read_text() == "<p>old</p>"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert write_report_folder(RenderedReport("<p>new</p>", {}), empty).read_text() == "<p>new</p>"
+
+
 def test_a_report_that_cannot_be_written_is_a_report_error_naming_the_folder(tmp_path):
     blocked = tmp_path / "a-file"
     blocked.write_text("not a folder")
