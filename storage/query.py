@@ -23,7 +23,7 @@ from pathlib import Path
 import duckdb
 
 from storage.corpus import DOCUMENTS_FILE
-from storage.registry import DAMAGE_ERRORS, RegistryError, RunRegistry
+from storage.registry import RegistryError, RunRegistry, is_damage
 
 logger = logging.getLogger("storage.query")
 # Statements that only read: queries (SHOW, DESCRIBE, SUMMARIZE and VALUES parse as SELECT),
@@ -60,9 +60,12 @@ def sql_session(registry: RunRegistry, workspace_root: Path) -> Iterator[duckdb.
             if newest and Path(newest[0]).is_file():
                 _add_corpus_views(connection, newest[0])
             yield connection
-        except DAMAGE_ERRORS as error:
-            if str(registry.path) not in str(error):
-                raise  # another file (a corpus Parquet): DuckDB's message names it
+        except duckdb.Error as error:
+            # Another file's damage (a corpus Parquet): DuckDB's message names it. A damaged
+            # block's message names no file, but only the registry is a DuckDB database here.
+            names_registry = str(registry.path) in str(error) or "Corrupt database" in str(error)
+            if not (is_damage(error) and names_registry):
+                raise
             raise registry.unusable(error) from error
     finally:
         connection.close()

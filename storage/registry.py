@@ -214,13 +214,24 @@ MIGRATIONS: list[str] = [
 ]
 
 T = TypeVar("T")
-LOCK_ERRORS = ("lock", "Conflicting")
+# DuckDB's lock errors ("Could not set lock on file ...: Conflicting lock is held in ..."), as
+# words: "block" is in the message of a damaged file, which waiting would never mend.
+LOCK_ERROR = re.compile(r"\block\b|Conflicting")
 CRASHED = "the process ended without recording an outcome"
 SHOWN_TIME = "%Y-%m-%d %H:%M:%S"  # to the second, as `lmforge runs` shows times
 logger = logging.getLogger("storage.registry")
 # What DuckDB raises for a file it cannot make sense of: truncated by a full disk or a copy cut
-# short, or damaged ("Could not read enough bytes", "Corrupt database file", ...).
+# short, or damaged ("Could not read enough bytes", "Corrupt database file", ...). A block whose
+# checksum fails comes as the base duckdb.Error, told by its message.
 DAMAGE_ERRORS = (duckdb.IOException, duckdb.InternalException, duckdb.SerializationException)
+DAMAGE_MESSAGES = ("Corrupt database file", "computed checksum")
+
+
+def is_damage(error: BaseException) -> bool:
+    """Whether DuckDB `error` says a database file is damaged or cut short (not locked)."""
+    if not isinstance(error, duckdb.Error) or _is_lock_error(error):
+        return False
+    return isinstance(error, DAMAGE_ERRORS) or any(m in str(error) for m in DAMAGE_MESSAGES)
 
 
 class RegistryError(RuntimeError):
@@ -257,7 +268,7 @@ def registry_wait_s() -> float:
 
 
 def _is_lock_error(error: Exception) -> bool:
-    return any(text in str(error) for text in LOCK_ERRORS)
+    return LOCK_ERROR.search(str(error)) is not None
 
 
 class RunRegistry:
@@ -298,7 +309,7 @@ class RunRegistry:
                 holder_program=holder[1],
             )
         message = f"{self.path}: cannot {doing} the registry ({said})"
-        if isinstance(error, DAMAGE_ERRORS) and not _is_lock_error(error):
+        if is_damage(error):
             message += (
                 "; if the file is damaged or cut short, restore it from a backup, or move it "
                 "aside and the next `lmforge run` starts a new one"
@@ -331,7 +342,9 @@ class RunRegistry:
                     except BaseException:
                         connection.execute("ROLLBACK")
                         raise
-                except DAMAGE_ERRORS as error:  # a file DuckDB cannot read, found mid-write
+                except duckdb.Error as error:  # a file DuckDB cannot read, found mid-write
+                    if not is_damage(error):
+                        raise
                     raise self.unusable(error, "write to") from error
                 finally:
                     connection.close()

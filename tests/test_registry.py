@@ -214,6 +214,27 @@ def test_reading_a_truncated_registry_is_a_registry_error_naming_it(tmp_path):
     assert "restore it from a backup, or move it aside" in str(raised.value)
 
 
+def test_a_block_that_fails_its_checksum_is_said_at_once_as_damage_not_waited_on(tmp_path):
+    # DuckDB's message ("... in block at location 4096") held "lock": it was retried as a
+    # held file for the whole wait (120 s by default), then said without the advice.
+    import random
+    import time
+
+    registry = RunRegistry(tmp_path / "registry.duckdb", timeout_s=60)
+    registry.start_run(_run_row("r1"))
+    with open(registry.path, "r+b") as file:
+        file.seek(12288)  # past DuckDB's three header blocks
+        file.write(random.Random(0).randbytes(80_000))
+    for action in (lambda: registry.find_run("r1"), lambda: registry.start_run(_run_row("r2"))):
+        started = time.monotonic()
+        with pytest.raises(RegistryError) as raised:
+            action()
+        assert time.monotonic() - started < 10
+        said = str(raised.value)
+        assert said.startswith(f"{registry.path}: cannot open the registry (")
+        assert "checksum" in said and "restore it from a backup, or move it aside" in said
+
+
 def test_writing_to_a_truncated_registry_is_a_registry_error_and_changes_nothing(tmp_path):
     registry = truncated_registry(tmp_path)
     before = registry.path.read_bytes()
