@@ -279,6 +279,10 @@ class RunContext:
     metrics: MetricsLog
     journal: StageJournal
     stages: list[StageRecord] = field(default_factory=list)
+    # What the run built, once built: recorded even if a later stage fails, so that the
+    # corpus a tokenizer failed on is the one `lmforge corpus stats` shows.
+    corpus: Descriptor | None = None
+    tokenizer: Descriptor | None = None
 
 
 def open_run(
@@ -297,16 +301,26 @@ def open_run(
 
 
 def record_failure(run: RunContext, error: BaseException, models: list[ModelRecord] = ()) -> None:
-    """Record the run as failed, with its stages so far and the `models` it finished (the
-    lower rungs of a ladder whose top failed are still trained models, worth comparing)."""
+    """Record the run as failed, with its stages so far, the corpus and tokenizer it built,
+    and the `models` it finished (the lower rungs of a ladder whose top failed are still
+    trained models, worth comparing)."""
+    corpus, tokenizer = run.corpus, run.tokenizer
+    datasets, tokenizers = [], []
+    if corpus is not None:
+        datasets.append(DatasetRecord(corpus.digest, corpus.key, corpus.path, corpus.stats))
+        if tokenizer is not None:
+            tokenizers.append(
+                TokenizerRecord(tokenizer.digest, corpus.digest, tokenizer.path, tokenizer.stats)
+            )
     record_task(
         run.run_id,
         "failed",
         run.stages,
-        [],
-        None,
+        datasets,
+        corpus.digest if corpus else None,
         str(run.metrics.path),
         error=f"{type(error).__name__}: {error}",
+        tokenizers=tokenizers,
         models=list(models),
     )
 
@@ -332,6 +346,7 @@ def build_corpus(run: RunContext, settings: PipelineConfig) -> Descriptor:
         split=settings.split,
         runtime=settings.runtime,
     )
+    run.corpus = corpus
     require_kept_documents(corpus)
     return corpus
 
@@ -360,7 +375,7 @@ def require_kept_documents(corpus: Descriptor) -> None:
 
 
 def build_tokenizer(run: RunContext, settings: PipelineConfig, corpus: Descriptor) -> Descriptor:
-    return run_stage(
+    run.tokenizer = run_stage(
         run,
         tokenizer_task,
         tokenizer_key(corpus, settings.tokenizer),
@@ -368,6 +383,7 @@ def build_tokenizer(run: RunContext, settings: PipelineConfig, corpus: Descripto
         corpus=corpus,
         config=settings.tokenizer,
     )
+    return run.tokenizer
 
 
 def encode_corpus(

@@ -294,6 +294,15 @@ def test_a_user_error_found_mid_flow_is_one_error_line_without_prefect_s_traceba
         in said
     )
     assert "Traceback" not in said
+    # The corpus the tokenizer failed on is recorded with the failed run: the one to look at.
+    _, rows = RunRegistry(workspace.registry_path).query(
+        "SELECT r.status, d.kept, d.digest FROM runs r "
+        "JOIN datasets d ON d.digest = r.corpus_digest"
+    )
+    [(status, kept, digest)] = rows
+    assert status == "failed" and kept > 0
+    stats = run_cli("corpus", "stats").stdout
+    assert " ".join(stats.split()).startswith(f"corpus {digest}")
 
 
 def test_prefect_s_run_logs_keep_the_traceback_of_a_bug():
