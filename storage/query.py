@@ -6,7 +6,8 @@ added beside the registry's tables:
 
 - `corpus`: every document of the newest corpus, rejected ones included, with decision columns;
 - `clean_corpus`: the kept documents (the clean view is a query, not a copy);
-- `corpus_versions`: the `datasets` table with each version's absolute Parquet path.
+- `corpus_versions`: the `datasets` table with each version's absolute Parquet path, and
+  `last_used`: when a run last started on it. The newest version is the one last used.
 
 Read-only attachment keeps the registry safe, but DuckDB can also write files of its own
 (`COPY ... TO`, `EXPORT DATABASE`, `ATTACH` of a new database), over the corpus Parquet for one:
@@ -48,14 +49,17 @@ def sql_session(registry: RunRegistry, workspace_root: Path) -> Iterator[duckdb.
         try:
             connection.execute("USE registry")
             root = _quote(str(workspace_root) + "/")
+            # `last_used`: when a run last started on the version (its creation, if later),
+            # so the newest is the one the latest run read: a rerun on an older corpus makes
+            # it the current one again, for `corpus`, `corpus stats` and `sql` alike.
             connection.execute(
-                "CREATE TEMP VIEW corpus_versions AS SELECT *, "
-                f"{root} || path || '/{DOCUMENTS_FILE}' AS parquet_path FROM datasets"
+                "CREATE TEMP VIEW corpus_versions AS SELECT d.*, "
+                f"{root} || d.path || '/{DOCUMENTS_FILE}' AS parquet_path, "
+                "greatest(d.created_at, (SELECT max(r.started_at) FROM runs r "
+                "WHERE r.corpus_digest = d.digest)) AS last_used FROM datasets d"
             )
             newest = connection.execute(
-                "SELECT v.parquet_path FROM corpus_versions v "
-                "LEFT JOIN runs r ON r.corpus_digest = v.digest AND r.status = 'completed' "
-                "ORDER BY coalesce(r.ended_at, v.created_at) DESC LIMIT 1"
+                f"SELECT parquet_path FROM corpus_versions ORDER BY {NEWEST_FIRST} LIMIT 1"
             ).fetchone()
             if newest and Path(newest[0]).is_file():
                 _add_corpus_views(connection, newest[0])
@@ -101,12 +105,16 @@ def run_query(connection: duckdb.DuckDBPyConnection, query: str) -> duckdb.DuckD
     return connection.execute(query)
 
 
+NEWEST_FIRST = "last_used DESC, created_at DESC, digest"
+
+
 def find_corpus_version(connection: duckdb.DuckDBPyConnection, digest_prefix: str | None) -> dict:
     """The newest corpus version whose digest starts with `digest_prefix` (any, when None), as a
     row of `corpus_versions`."""
-    result = connection.execute(
-        "SELECT * FROM corpus_versions WHERE digest LIKE ? ORDER BY created_at DESC LIMIT 1",
-        [(digest_prefix or "") + "%"],
+    result = connection.execute(  # starts_with: a `%` or `_` the user types is no wildcard
+        "SELECT * FROM corpus_versions WHERE starts_with(digest, ?) "
+        f"ORDER BY {NEWEST_FIRST} LIMIT 1",
+        [digest_prefix or ""],
     )
     row = result.fetchone()
     if row is None:

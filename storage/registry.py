@@ -781,7 +781,7 @@ class RunRegistry:
         if not prefix.strip():
             raise RegistryError("no run id given (see `lmforge runs` for them)")
         columns, rows = self.query(
-            "SELECT * FROM runs WHERE run_id LIKE ? ORDER BY started_at", [prefix + "%"]
+            "SELECT * FROM runs WHERE starts_with(run_id, ?) ORDER BY started_at", [prefix]
         )
         if not rows:
             raise RegistryError(f"no run with an id starting '{prefix}' (see `lmforge runs`)")

@@ -69,6 +69,9 @@ def test_finish_run_records_stages_datasets_and_bulk_loads_metrics(tmp_path):
     )
     assert rows == [("completed", "d1", 2, 1, 2.0)]
     assert registry.find_run("r")["run_id"] == "r1"
+    for typed in ("%1", "_1"):  # no SQL wildcards: a prefix is matched as typed
+        with pytest.raises(RegistryError, match="no run"):
+            registry.find_run(typed)
 
 
 def test_a_run_recorded_twice_is_replaced_not_duplicated(tmp_path):

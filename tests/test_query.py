@@ -1,0 +1,46 @@
+"""Read-only SQL: which corpus version the `corpus` view and `corpus stats` mean."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from storage.query import find_corpus_version, sql_session
+from storage.registry import DatasetRecord, RegistryError, RunRegistry
+
+STATS = {"documents": 1, "kept": 1, "kept_chars": 5, "kept_bytes": 5, "flagged": {},
+         "split_documents": {"train": 1}, "split_bytes": {"train": 5}}  # fmt: skip
+
+
+def _run_on(registry: RunRegistry, root, run_id: str, digest: str) -> None:
+    folder = root / "corpus" / digest
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"text": [f"text of {digest}"], "keep": [True]}),
+                   folder / "documents.parquet")  # fmt: skip
+    registry.start_run({"run_id": run_id, "status": "running", "started_at": datetime.now()})
+    registry.finish_run(run_id, "completed", datetime.now(), [],
+                        [DatasetRecord(digest, digest, f"corpus/{digest}", STATS)],
+                        digest, None)  # fmt: skip
+
+
+def test_the_newest_corpus_is_the_one_the_latest_run_read_for_sql_and_stats_alike(tmp_path):
+    # `sql` took the corpus of the latest completed run, `corpus stats` the latest built:
+    # after a rerun on an older corpus the two showed different corpora as "the newest".
+    registry = RunRegistry(tmp_path / "registry.duckdb")
+    _run_on(registry, tmp_path, "r1", "aaaa")
+    _run_on(registry, tmp_path, "r2", "bbbb")
+    with sql_session(registry, tmp_path) as connection:
+        assert find_corpus_version(connection, None)["digest"] == "bbbb"
+        assert connection.execute("SELECT text FROM clean_corpus").fetchall() == [("text of bbbb",)]
+    _run_on(registry, tmp_path, "r3", "aaaa")  # a rerun on the first corpus
+    with sql_session(registry, tmp_path) as connection:
+        assert find_corpus_version(connection, None)["digest"] == "aaaa"
+        assert connection.execute("SELECT text FROM corpus").fetchall() == [("text of aaaa",)]
+        assert find_corpus_version(connection, "bb")["digest"] == "bbbb"
+        # A prefix is matched as typed: `%` and `_` are no wildcards.
+        for prefix in ("%", "_a"):
+            with pytest.raises(RegistryError, match="no corpus version"):
+                find_corpus_version(connection, prefix)
