@@ -47,6 +47,7 @@ app.command("train-join")(train_join_command)
 # Piped output (CI logs, `| less`) gets wide tables instead of 80 columns of wrapped ids.
 console = Console(width=None if sys.stdout.isatty() else 200)
 errors = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+SQL_MAX_ROWS = 1000  # `lmforge sql` shows this many rows unless told otherwise
 
 
 def _fail(message: str) -> typer.Exit:
@@ -407,13 +408,20 @@ def report(
         )
     except (RegistryError, ReportError) as error:
         raise _fail(str(error)) from None
-    console.print(str(path), highlight=False, soft_wrap=True)
+    console.print(str(path), markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
-def sql(query: Annotated[str, typer.Argument(help="a DuckDB SQL query (read-only)")]) -> None:
+def sql(
+    query: Annotated[str, typer.Argument(help="a DuckDB SQL query (read-only)")],
+    max_rows: Annotated[
+        int, typer.Option(min=0, help="rows to show at most (0: every row)")
+    ] = SQL_MAX_ROWS,
+) -> None:
     """Query the registry (runs, stages, metrics, datasets, ...) and the corpus (`corpus`,
-    `clean_corpus`, `corpus_versions`) with SQL. Nothing can be changed from here."""
+    `clean_corpus`, `corpus_versions`) with SQL. Nothing can be changed from here. A result
+    longer than --max-rows shows its first rows and says so: a table of a whole metrics log
+    takes minutes and gigabytes to draw."""
     import duckdb
 
     from storage.query import run_query, sql_session
@@ -424,10 +432,14 @@ def sql(query: Annotated[str, typer.Argument(help="a DuckDB SQL query (read-only
         with sql_session(_registry(), workspace.root) as connection:
             result = run_query(connection, query)
             columns = [d[0] for d in result.description] if result.description else []
-            rows = result.fetchall()
+            rows = result.fetchmany(max_rows + 1) if max_rows else result.fetchall()
     except (RegistryError, duckdb.Error) as error:
         raise _fail(str(error)) from None
-    console.print(_table(columns, rows))
+    cut = bool(max_rows) and len(rows) > max_rows
+    console.print(_table(columns, rows[:max_rows] if cut else rows))
+    if cut:
+        errors.print(f"the first {max_rows:,} rows are shown, and there are more: add a LIMIT "
+                     "or a WHERE, or pass --max-rows 0 for every row", highlight=False)  # fmt: skip
 
 
 @corpus_app.command("stats")

@@ -28,7 +28,7 @@ def prune_command(
     workspace = Workspace.from_env()
     leftovers = find_leftovers(workspace) if workspace.root.is_dir() else []
     if not leftovers:
-        console.print(f"nothing to prune in {workspace.root}", highlight=False)
+        console.print(f"nothing to prune in {workspace.root}", markup=False, highlight=False)
         return
     table = Table("kind", "size", "last written", "folder")
     for leftover in leftovers:
@@ -51,7 +51,8 @@ def prune_command(
     removed = [leftover for leftover in leftovers if remove_leftover(leftover)]
     for leftover in leftovers:
         if leftover not in removed:
-            console.print(f"kept {leftover.path}: a process took it up meanwhile", highlight=False)
+            console.print(f"kept {leftover.path}: a process took it up meanwhile", markup=False,
+                          highlight=False)  # fmt: skip
     freed = _size(sum(leftover.size for leftover in removed))
     console.print(f"removed {len(removed)} folders, {freed}", highlight=False)
 

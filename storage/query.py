@@ -17,6 +17,7 @@ Read-only attachment keeps the registry safe, but DuckDB can also write files of
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -94,15 +95,24 @@ def _add_corpus_views(connection: duckdb.DuckDBPyConnection, parquet_path: str) 
 
 
 def run_query(connection: duckdb.DuckDBPyConnection, query: str) -> duckdb.DuckDBPyConnection:
-    """Run `query` if every statement in it only reads; RegistryError names one that does not."""
-    for statement in connection.extract_statements(query):
-        kind = statement.type.name
-        if kind not in READING_STATEMENTS:
+    """Run `query` if every statement in it only reads; RegistryError names one that does not,
+    by its own first word (DuckDB files INSTALL under LOAD and USE under SET)."""
+    statements = connection.extract_statements(query)
+    if not statements:
+        raise RegistryError('no SQL statement given (try `lmforge sql "SHOW TABLES"`)')
+    for statement in statements:
+        if statement.type.name not in READING_STATEMENTS:
+            words = _without_comments(statement.query).split()
+            word = words[0].upper() if words else statement.type.name
             raise RegistryError(
-                f"`lmforge sql` is read-only: {kind} statements are refused (it runs SELECT, "
+                f"`lmforge sql` is read-only: {word} statements are refused (it runs SELECT, "
                 "WITH, SHOW, DESCRIBE, SUMMARIZE, EXPLAIN and PIVOT)"
             )
     return connection.execute(query)
+
+
+def _without_comments(sql: str) -> str:
+    return re.sub(r"--[^\n]*|/\*.*?\*/", " ", sql, flags=re.DOTALL)
 
 
 NEWEST_FIRST = "last_used DESC, created_at DESC, digest"

@@ -95,6 +95,18 @@ def test_sql_is_read_only(workspace, tmp_path):
     # Values and errors print as they are, never read as Rich markup ('[final]' is a tag).
     shown = run_cli("sql", "SELECT 'report [final].txt' AS name").stdout
     assert "report [final].txt" in shown
+    # A long result shows its first rows and says so; an empty query and the statements
+    # DuckDB files under another type are named as typed.
+    long = run_cli("sql", "SELECT range AS i FROM range(1500)")
+    assert re.findall(r"│\s*(\d+)\s*│", long.stdout) == [str(i) for i in range(1000)]
+    assert "the first 1,000 rows are shown, and there are more" in long.stderr
+    every = run_cli("sql", "--max-rows", "0", "SELECT range AS i FROM range(1500)").stdout
+    assert len(re.findall(r"│\s*\d+\s*│", every)) == 1500
+    for statement, said in (("", "no SQL statement given"), ("/* a comment */", "no SQL"),
+                            ("INSTALL httpfs", "INSTALL statements are refused"),
+                            ("USE memory", "USE statements are refused")):  # fmt: skip
+        result = run_cli("sql", statement, check=False)
+        assert result.returncode == 1 and said in result.stderr and not result.stdout
     unknown = run_cli("runs", "show", "[final]", check=False)
     assert "no run with an id starting '[final]'" in unknown.stderr
     # DuckDB writes files too: over the corpus Parquet, or a new database beside it.
