@@ -445,7 +445,7 @@ def sql(
 @corpus_app.command("stats")
 def corpus_stats(
     digest: Annotated[str | None, typer.Option(help="a corpus version (default: newest)")] = None,
-    documents: Annotated[int, typer.Option(help="how many documents to list")] = 20,
+    documents: Annotated[int, typer.Option(min=0, help="how many documents to list")] = 20,
     all_documents: Annotated[bool, typer.Option("--all", help="list every document")] = False,
 ) -> None:
     """Documents kept and removed per filter, characters, split sizes and sources."""

@@ -103,7 +103,8 @@ def _package_versions() -> dict[str, str]:
 def reproduce_command(config_path: str, overrides: list[str], command: str = "run") -> str:
     """The command line that runs this again: `command` is the flow's (`run`, `retrain`,
     `ablation`)."""
-    words = ["lmforge", command, config_path, *(f"--set {shlex.quote(o)}" for o in overrides)]
+    words = ["lmforge", command, shlex.quote(config_path),
+             *(f"--set {shlex.quote(o)}" for o in overrides)]  # fmt: skip
     return " ".join(words)
 
 

@@ -67,7 +67,12 @@ def _recorded(workspace: Workspace) -> dict | None:
         state = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    return state if isinstance(state, dict) and "pid" in state else None
+    if not isinstance(state, dict):
+        return None
+    # A record edited by hand, or by another version, is no record: never a traceback.
+    pid, port = state.get("pid"), state.get("port")
+    is_number = [isinstance(value, int) and not isinstance(value, bool) for value in (pid, port)]
+    return state if all(is_number) and pid > 0 and isinstance(state.get("api_url"), str) else None
 
 
 def _write_record(workspace: Workspace, state: dict) -> None:

@@ -41,7 +41,10 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     now = now or datetime.now()
     age = AGE.fullmatch(text.strip())
     if age:
-        return now - timedelta(**{AGE_UNITS[age.group(2)]: int(age.group(1))})
+        try:
+            return now - timedelta(**{AGE_UNITS[age.group(2)]: int(age.group(1))})
+        except OverflowError:  # older than the calendar: every run is newer
+            return datetime.min
     try:
         return datetime.fromisoformat(text.strip())
     except ValueError:

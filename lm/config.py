@@ -453,7 +453,10 @@ def resolve_preset(config: str | None) -> Path:
     """A config argument is a TOML path, or the name of a preset in `configs/`."""
     if config is None:
         config = DEFAULT_PRESET
-    path = Path(config).expanduser()
+    try:
+        path = Path(config).expanduser()
+    except RuntimeError:  # `~someone/x.toml` for a user this machine does not know
+        raise ConfigError(f"{config}: no such user's home folder") from None
     if path.suffix != ".toml" and not path.is_file():
         preset = REPO_CONFIGS / f"{config}.toml"
         if preset.is_file() or not path.is_dir():  # a folder `names/` does not hide a preset

@@ -283,6 +283,23 @@ def test_an_eval_window_longer_than_a_gpt_s_context_is_refused_at_load_time():
     assert load_config("names", ["eval.window=16"]).eval.window == 16
 
 
+def test_a_config_in_the_home_of_an_unknown_user_is_a_config_error():
+    from lm.config import resolve_preset
+
+    with pytest.raises(ConfigError, match=r"~no-such-user-here/x\.toml: no such user's home"):
+        resolve_preset("~no-such-user-here/x.toml")
+
+
+def test_the_command_that_reproduces_a_run_quotes_what_the_shell_would_split():
+    import shlex
+
+    from flows.pipeline import reproduce_command
+
+    line = reproduce_command("/tmp/my cfg.toml", ["name=x y", "train.max_steps=5"])
+    assert shlex.split(line) == ["lmforge", "run", "/tmp/my cfg.toml", "--set", "name=x y",
+                                 "--set", "train.max_steps=5"]  # fmt: skip
+
+
 def test_a_long_error_is_one_line_on_a_pipe(workspace, tmp_path):
     # Piped stderr is 200 columns wide, and a longer message was cut into two lines.
     missing = tmp_path / ("a-long-folder-name-" * 12) / "config.toml"

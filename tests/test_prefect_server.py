@@ -176,3 +176,17 @@ def test_the_next_start_replaces_a_server_that_never_answers(own_server, tmp_pat
     ensure_server(own_server)
     assert not pid_alive(server) and not pid_alive(helper)
     assert running_server(own_server)["pid"] == started_pids(fresh)[0]
+
+
+@pytest.mark.parametrize(
+    "written",
+    ['{"pid": 1}', '{"pid": "x", "port": 5, "api_url": "u"}', '{"pid": null}',
+     '{"pid": true, "port": 5, "api_url": "u"}', '[1, 2]'],
+)  # fmt: skip
+def test_a_server_record_edited_out_of_shape_is_no_record_not_a_traceback(own_server, written):
+    # `server status` and `stop` raised KeyError or TypeError on these.
+    path = own_server.prefect_home / prefect_server.STATE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(written)
+    assert running_server(own_server) is None
+    assert stop_server(own_server, timeout_s=1) is False

@@ -261,6 +261,7 @@ def test_parse_since_takes_ages_and_dates():
     assert parse_since("2w", now) == datetime(2026, 11, 9, 12, 0)
     assert parse_since("2026-11-20", now) == datetime(2026, 11, 20)
     assert parse_since("2026-11-20T08:15", now) == datetime(2026, 11, 20, 8, 15)
+    assert parse_since("99999999d", now) == datetime.min  # past the calendar: every run
     with pytest.raises(ValueError, match="'7 days'"):
         parse_since("7 days", now)
 
