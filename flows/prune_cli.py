@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from storage.prune import find_leftovers, remove_leftover
+from storage.prune import INTERRUPTED, find_leftovers, remove_leftover
 from storage.workspace import Workspace
 
 console = Console(width=None if sys.stdout.isatty() else 200)
@@ -41,12 +41,13 @@ def prune_command(
     console.print(table)
     total = _size(sum(leftover.size for leftover in leftovers))
     if not yes:
+        resumable = any(leftover.kind == INTERRUPTED for leftover in leftovers)
         console.print(
-            f"{len(leftovers)} folders, {total}: `lmforge prune --yes` removes them. A rerun "
-            "with an interrupted training's settings would no longer resume it, but train "
-            "from the start.",
+            f"{len(leftovers)} folders, {total}: `lmforge prune --yes` removes them."
+            + (" A rerun with an interrupted training's settings would no longer resume it, "
+               "but train from the start." if resumable else ""),
             highlight=False,
-        )
+        )  # fmt: skip
         return
     removed = [leftover for leftover in leftovers if remove_leftover(leftover)]
     for leftover in leftovers:

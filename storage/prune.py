@@ -32,12 +32,14 @@ from storage.workspace import Workspace
 WORK_SUFFIX = ".work"
 WORK_LOCK = "lock"  # the file a training flocks in its work folder (tasks/train.py)
 PRUNED_INFIX = ".pruned-"
+INTERRUPTED = "interrupted training"
+NEVER_STARTED = "training that never started"
 
 
 @dataclass(frozen=True)
 class Leftover:
     path: Path
-    kind: str  # "interrupted training" or "abandoned build"
+    kind: str  # "interrupted training", "training that never started" or "abandoned build"
     size: int  # bytes
     modified: float  # seconds since the epoch, the newest file's
 
@@ -46,7 +48,7 @@ def find_leftovers(workspace: Workspace) -> list[Leftover]:
     """Every interrupted training and abandoned build of `workspace` no process is using,
     oldest first."""
     found = [
-        _describe(folder, "interrupted training")
+        _describe(folder, _work_kind(folder))
         for folder in sorted((workspace.artifacts).glob(f"*/*{WORK_SUFFIX}"))
         if folder.is_dir() and not training_lock_held(folder)
     ]
@@ -111,6 +113,14 @@ def _staging_folders(workspace: Workspace) -> Iterator[Path]:
         if base.is_dir():
             for pattern in (f"*{STAGING_INFIX}*", f"*{PRUNED_INFIX}*"):
                 yield from (folder for folder in sorted(base.glob(pattern)) if folder.is_dir())
+
+
+def _work_kind(work: Path) -> str:
+    """A work folder that holds nothing but its lock is a training that failed before its
+    first checkpoint (a `train.init_from` that does not fit, say): nothing a rerun resumes."""
+    if all(entry.name == WORK_LOCK for entry in work.iterdir()):
+        return NEVER_STARTED
+    return INTERRUPTED
 
 
 def _owner_alive(folder: Path) -> bool:

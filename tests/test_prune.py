@@ -30,6 +30,9 @@ def test_leftovers_are_found_and_removed_but_live_work_is_kept(tmp_path):
     interrupted = _folder(train / "train-old.work", 5000)
     (interrupted / "lock").touch()
     never_locked = _folder(train / "train-early.work")  # killed before it made its lock
+    failed_at_start = train / "train-misfit.work"  # its init_from did not fit: only the lock
+    failed_at_start.mkdir()
+    (failed_at_start / "lock").touch()
     training_now = _folder(train / "train-live.work")
     abandoned = _folder(workspace.corpus / f"clean-k.partial-{_dead_pid()}-abcd1234")
     building_now = _folder(workspace.artifacts / "encode" / f"encode-k.partial-{os.getpid()}-ab")
@@ -40,12 +43,14 @@ def test_leftovers_are_found_and_removed_but_live_work_is_kept(tmp_path):
         assert {leftover.path: leftover.kind for leftover in leftovers} == {
             interrupted: "interrupted training",
             never_locked: "interrupted training",
+            failed_at_start: "training that never started",
             abandoned: "abandoned build",
         }
         assert next(x.size for x in leftovers if x.path == interrupted) == 5000
         assert all(remove_leftover(leftover) for leftover in leftovers)
         assert find_leftovers(workspace) == []
     assert not interrupted.exists() and not never_locked.exists() and not abandoned.exists()
+    assert not failed_at_start.exists()
     assert training_now.is_dir() and building_now.is_dir() and published.is_dir()
     assert [leftover.path for leftover in find_leftovers(workspace)] == [training_now]  # free now
 
