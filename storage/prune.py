@@ -62,7 +62,7 @@ def find_leftovers(workspace: Workspace) -> list[Leftover]:
 
 def remove_leftover(leftover: Leftover) -> bool:
     """Delete one leftover; False when a process took it up since it was found (kept)."""
-    if leftover.kind == "interrupted training":
+    if leftover.kind in (INTERRUPTED, NEVER_STARTED):  # a work folder: take its lock first
         with _locked(leftover.path) as locked:
             if not locked:
                 return False
