@@ -621,6 +621,13 @@ class Trainer:
                                self.tokens_trained)  # fmt: skip
         tokens_per_step = config.global_batch * config.block_size
         last_report, steps_at_report, stepping = time.monotonic(), self.step, 0.0
+        if self.step == 0 and config.warmup_steps >= config.max_steps and self.ranks.is_main:
+            # Legal (a quick `--set train.max_steps=10` under the default 20), but rarely meant.
+            logger.warning(
+                "train.warmup_steps (%d) is not below train.max_steps (%d): the whole training "
+                "warms up, so the learning rate never reaches train.learning_rate nor decays",
+                config.warmup_steps, config.max_steps,
+            )  # fmt: skip
 
         def evaluates_at(step: int) -> bool:
             return step % config.eval_every == 0 or step == config.max_steps

@@ -102,6 +102,20 @@ def test_every_gpt_variant_learns(tmp_path, pos, mlp, norm, kv_heads):
     assert np.mean(result.losses[-5:]) < np.mean(result.losses[:5]) - 0.5
 
 
+def test_a_training_that_never_leaves_warmup_says_so(tmp_path, caplog):
+    rates = []
+    with caplog.at_level(logging.WARNING, logger="lm.train"):
+        short = trainer(tmp_path / "short", config(max_steps=4, warmup_steps=10))
+        short._log = lambda values, step: rates.append(values.get("train/lr"))
+        short.train()
+    assert "train.warmup_steps (10) is not below train.max_steps (4)" in caplog.text
+    assert max(r for r in rates if r is not None) < 3e-3 / 2  # it never came near the peak
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="lm.train"):
+        trainer(tmp_path / "long", config(max_steps=4, warmup_steps=3)).train()
+    assert "warmup_steps" not in caplog.text
+
+
 def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     accumulated = trainer(tmp_path / "a", config(micro_batch=2, global_batch=8, max_steps=1))
     whole = trainer(tmp_path / "b", config(micro_batch=8, global_batch=8, max_steps=1))
