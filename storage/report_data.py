@@ -136,7 +136,7 @@ def gather_run_report(registry: RunRegistry, workspace: Workspace, run_prefix: s
     _add_ablation(report, workspace)
     _add_tokenizer(report, stages, workspace)
     _add_word2vec(report, stages, workspace)
-    report.models = _models(model_rows, stages, metrics, workspace)
+    report.models = _models(model_rows, stages, metrics, workspace, report.config, report.status)
     if not report.models and (report.config.get("model") or report.config.get("models")):
         report.missing.append(
             f"The config names a model, but none was recorded: the run is {report.status}."
@@ -202,9 +202,12 @@ def _models(
     stages: list[dict],
     metrics: list[dict],
     workspace: Workspace,
+    config: dict | None = None,
+    status: str = "completed",
 ) -> list[ModelSection]:
     """One section per trained model: from the `models` table when the registry has one and the
-    run has rows there, else from the run's train stages."""
+    run has rows there, else from the run's train stages; and one per training cut short (a
+    killed or failed run), from the curve it logged, which the registry keeps."""
     if model_rows:
         models = [_model_from_row(row, workspace) for row in model_rows]
     else:
@@ -213,6 +216,11 @@ def _models(
             for stage in stages
             if (label := _stage_label(stage["stage"], TRAIN_STAGE)) is not None
         ]
+    known = {model.label for model in models}
+    cut_short = [row["model"] for row in metrics if row["key"] in CURVE_KEYS]
+    for label in dict.fromkeys(cut_short):
+        if label is not None and label not in known:
+            models.append(_model_cut_short(label, config or {}, status))
     _add_metrics(models, metrics)
     _add_evaluations(models, stages, workspace)
     for model in models:
@@ -279,6 +287,27 @@ def _model_from_train_stage(label: str, stage: dict, workspace: Workspace) -> Mo
         },
         config=config,
         path=path,
+    )
+
+
+def _model_cut_short(label: str, config: dict, status: str) -> ModelSection:
+    """A model whose training logged a curve but never finished: its kind and tokens per step
+    from the run's config (the ladder entry of that label, or the run's one model)."""
+    train = dict(config.get("train") or {})
+    model = config.get("model") or {}
+    for entry in config.get("models") or []:
+        entry_model = entry.get("model") or {}
+        if (entry.get("name") or entry_model.get("kind")) == label:
+            model, train = entry_model, train | (entry.get("train") or {})
+    block_size = model.get("block_size") or train.get("block_size")
+    why = (f"its training did not finish (the run is {status}): the curves are what it logged "
+           "before it stopped, and there are no scores")  # fmt: skip
+    return ModelSection(
+        label=label,
+        kind=model.get("kind"),
+        tokens_per_step=_tokens_per_step(train | {"block_size": block_size}),
+        config=model,
+        missing=[why],
     )
 
 

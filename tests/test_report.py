@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -460,3 +461,30 @@ def test_the_tokens_behind_the_published_weights_are_shown_where_they_differ_fro
     assert f"4 steps, 512 tokens seen (1,536 {said})" in html
     assert f"4 steps, 512 tokens seen (256 {said})" in html
     assert html.count(said) == 2, "only where they differ"
+
+
+def test_a_training_cut_short_keeps_its_curve_in_the_report(tmp_path):
+    # A killed run has no models row and no train stage for the model it was training: its
+    # curve, which the registry holds, was dropped ("No training curves were recorded").
+    workspace = Workspace(tmp_path)
+    registry = RunRegistry(workspace.registry_path)
+    config = {"train": {"global_batch": 8, "block_size": 16},
+              "models": [{"name": None, "model": {"kind": "bigram"}, "train": {}},
+                         {"name": "big", "model": {"kind": "gpt", "block_size": 32},
+                          "train": {"global_batch": 4}}]}  # fmt: skip
+    registry.start_run({"run_id": "killed", "status": "running", "started_at": datetime.now(),
+                        "config": config})  # fmt: skip
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(
+        json.dumps({"key": key, "step": step, "value": value, "model": "big", "ts": "2026-12-05"})
+        + "\n" for step, (key, value) in enumerate([("train/loss", 4.0), ("train/loss", 3.0),
+                                                   ("train/lr", 0.001)], start=1)
+    ))  # fmt: skip
+    registry.finish_run("killed", "crashed", datetime.now(), [], [], None, metrics)
+    report = gather_run_report(registry, workspace, "killed")
+    (model,) = report.models
+    assert (model.label, model.kind, model.tokens_per_step) == ("big", "gpt", 4 * 32)
+    assert model.curves["train/loss"].values == [4.0, 3.0]
+    assert "did not finish (the run is crashed)" in model.missing[0]
+    page = Page(render_run_report(report).html)
+    assert "No training curves were recorded" not in page.text["loss"]
