@@ -325,26 +325,26 @@ def size(
             raise _fail("a char tokenizer's vocabulary comes from the data: pass --vocab-size")
         vocab_size = settings.tokenizer.vocab_size
     sizes = [size_model(run.model, run.train, vocab_size) for run in runs]
-    mib = 1 << 20
     measures = [
         ("trainable parameters", lambda size: f"{size.parameters:,}"),
         ("stored values (trained or not)", lambda size: f"{size.stored_values:,}"),
         ("training FLOPs per token",
          lambda size: "a count" if size.closed_form else f"{size.flops_per_token:,.0f}"),
-        ("weights (fp32; counts fp64)", lambda size: f"{size.weights_bytes / mib:,.1f} MiB"),
-        ("gradients (fp32)", lambda size: f"{size.gradients_bytes / mib:,.1f} MiB"),
-        ("AdamW state", lambda size: f"{size.optimizer_bytes / mib:,.1f} MiB"),
-        ("activations per micro-batch", lambda size: f"{size.activations_bytes / mib:,.1f} MiB"),
+        ("weights (fp32; counts fp64)", lambda size: _bytes(size.weights_bytes)),
+        ("gradients (fp32)", lambda size: _bytes(size.gradients_bytes)),
+        ("AdamW state", lambda size: _bytes(size.optimizer_bytes)),
+        ("activations per micro-batch",
+         lambda size: "not estimated" if size.activations_bytes is None
+         else _bytes(size.activations_bytes)),
         ("Chinchilla-optimal tokens (20/param)",
          lambda size: "none: closed form" if size.closed_form else f"{size.chinchilla_tokens:,}"),
-        ("tokens the train settings will see",
-         lambda size: "train split, once" if size.closed_form else f"{size.planned_tokens:,}"),
+        ("tokens the train settings will see", _planned_tokens),
     ]  # fmt: skip
     if any(size.processes > 1 for size in sizes):  # what one of several processes holds
         measures[7:7] = [
             ("processes (nproc_per_node × nnodes)", _processes),
             ("weights, gradients, AdamW per process",
-             lambda size: f"{size.state_bytes_per_process() / mib:,.1f} MiB"),
+             lambda size: _bytes(size.state_bytes_per_process())),
         ]  # fmt: skip
     rows = [(name, *(shown(size) for size in sizes)) for name, shown in measures]
     newest = _newest_train_tokens(settings.name)
@@ -357,12 +357,28 @@ def size(
     console.print(_table(["", *labels], rows, f"size of {settings.name}"))
 
 
+def _bytes(count: float) -> str:
+    """In MiB, or GiB and TiB once it reaches a thousand of the smaller unit."""
+    for unit in ("MiB", "GiB"):
+        count /= 1 << (20 if unit == "MiB" else 10)
+        if count < 1000:
+            return f"{count:,.1f} {unit}"
+    return f"{count / 1024:,.1f} TiB"
+
+
+def _planned_tokens(size) -> str:
+    if size.closed_form:
+        return "train split, once"
+    if size.planned_tokens_at_most:  # train.samples = "documents": padding is not counted
+        return f"at most {size.planned_tokens:,}"
+    return f"{size.planned_tokens:,}"
+
+
 def _processes(size) -> str:
     if size.processes == 1:
         return "1"
     if size.shards > 1:
-        in_flight = size.gathered_bytes / (1 << 20)
-        return f"{size.processes}, sharded (FSDP: + {in_flight:,.1f} MiB in flight)"
+        return f"{size.processes}, sharded (FSDP: + {_bytes(size.gathered_bytes)} in flight)"
     return f"{size.processes}, each a whole copy (DDP)"
 
 

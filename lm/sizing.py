@@ -65,9 +65,12 @@ class ModelSize:
     weights_bytes: int
     gradients_bytes: int
     optimizer_bytes: int
-    activations_bytes: int
+    activations_bytes: int | None  # estimated for a GPT only; 0 for the count bigram
     chinchilla_tokens: int | None
     planned_tokens: int | None
+    # True where `planned_tokens` is a ceiling: with `train.samples = "documents"` a row's
+    # padding after its document's end is never scored, and never counted as seen.
+    planned_tokens_at_most: bool = False
     processes: int = 1  # train.nproc_per_node × nnodes
     shards: int = 1  # processes the trained state is split over: `processes` under FSDP, else 1
     gathered_bytes: int = 0  # FSDP: the full parameters of the units in flight, per process
@@ -151,7 +154,7 @@ def size_model(
     fsdp = train.parallel == "fsdp" and train.world_size > 1 and not closed_form
     shards = train.world_size if fsdp else 1
     flops = 6.0 * (parameters - lookup_parameter_count(model, vocab_size))
-    activations = 0
+    activations = 0 if closed_form else None
     context = train.block_size
     if isinstance(model, GPTConfig):
         context = model.block_size
@@ -168,6 +171,7 @@ def size_model(
         activations_bytes=activations,
         chinchilla_tokens=None if closed_form else CHINCHILLA_TOKENS_PER_PARAMETER * parameters,
         planned_tokens=None if closed_form else train.max_steps * train.global_batch * context,
+        planned_tokens_at_most=train.samples == "documents",
         # The count bigram is fit in the train stage's own process, never under torchrun.
         processes=1 if closed_form else train.world_size,
         shards=shards,

@@ -92,6 +92,9 @@ def test_size_command_shows_the_ladders_count_bigram_as_closed_form():
     assert cells("training FLOPs per token")[0] == "a count"
     assert cells("Chinchilla-optimal tokens (20/param)")[:2] == ["none: closed form", "14,580"]
     assert cells("tokens the train settings will see")[0] == "train split, once"
+    # One name per row (`train.samples = "documents"`): padding after it is never counted.
+    assert cells("tokens the train settings will see")[1] == f"at most {1000 * 128 * 16:,}"
+    assert cells("activations per micro-batch")[:3] == ["0.0 MiB", "not estimated", "not estimated"]
 
 
 def test_activation_memory_follows_the_precision_auto_resolves_to(monkeypatch):
@@ -170,3 +173,12 @@ def test_size_command_shows_what_each_process_holds_only_for_several():
     found = re.search(r"│ weights, gradients, AdamW per process\s*│ ([\d.]+) MiB", sharded)
     whole = 16 * 1_233_536 / 2**20  # the default GPT's state, 18.8 MiB
     assert whole / 4 < float(found.group(1)) < whole / 2
+
+
+def test_sizes_are_shown_in_the_unit_that_keeps_them_under_a_thousand():
+    from flows.cli import _bytes
+
+    # A 175B-parameter model's AdamW state was "1,335,... MiB".
+    assert [_bytes(n) for n in (0, 5 << 20, 999 << 20, 1000 << 20, 1300 << 30, 3 << 40)] == [
+        "0.0 MiB", "5.0 MiB", "999.0 MiB", "1.0 GiB", "1.3 TiB", "3.0 TiB"
+    ]  # fmt: skip
