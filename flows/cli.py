@@ -23,7 +23,7 @@ from flows.runs_cli import runs_app
 from flows.serve import serve_command
 from flows.train_join_cli import train_join_command
 from storage.pending_outcome import OUTCOME_FILE
-from storage.workspace import WorkspaceError, activate_workspace
+from storage.workspace import Workspace, WorkspaceError, activate_workspace
 
 # Markdown, not Rich markup: help text reflows, and a `[section]` in a docstring stays visible.
 app = typer.Typer(
@@ -48,6 +48,15 @@ app.command("train-join")(train_join_command)
 console = Console(width=None if sys.stdout.isatty() else 200)
 errors = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 SQL_MAX_ROWS = 1000  # `lmforge sql` shows this many rows unless told otherwise
+
+
+@app.callback()
+def _check_workspace() -> None:
+    # A workspace that is a file would read as "no registry yet" to every command.
+    root = Workspace.from_env().root
+    if root.exists() and not root.is_dir():
+        raise _fail(f"LMFORGE_HOME={root}: is a file, not a folder; point LMFORGE_HOME at a "
+                    "folder (it is made if it does not exist)")  # fmt: skip
 
 
 def _fail(message: str) -> typer.Exit:

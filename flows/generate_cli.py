@@ -167,6 +167,8 @@ def chat_command(
         prompt = _read_line()
         if prompt is None:
             break
+        if index == 0:  # a file saved with a BOM (Windows editors): a mark, not a character
+            prompt = prompt.removeprefix("\ufeff")
         line_sampling = sampling.model_copy(update={"seed": sampling.seed + index})
         try:
             _stream(network, tokenizer, prompt, line_sampling, echo=False, one_line=not multiline)

@@ -473,7 +473,8 @@ def load_config(config: str | None = None, overrides: list[str] | None = None) -
     """Load a preset or TOML file, apply `key.path=value` overrides, and validate it."""
     path = resolve_preset(config)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        # utf-8-sig: a byte-order mark (Windows editors) is a mark, not a TOML statement.
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not valid TOML: {error}") from error
     except UnicodeDecodeError as error:  # TOML is UTF-8 by definition

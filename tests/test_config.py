@@ -18,6 +18,25 @@ def test_a_config_that_is_not_utf8_names_the_file_the_byte_and_the_line(tmp_path
         load_config(str(config))
 
 
+def test_a_config_saved_with_a_byte_order_mark_loads(tmp_path):
+    # tomllib refused it: "Invalid statement (at line 1, column 1)".
+    config = tmp_path / "notepad.toml"
+    config.write_bytes(b'\xef\xbb\xbfname = "from-notepad"\n[ingest]\nsources = ["a.txt"]\n')
+    assert load_config(str(config)).name == "from-notepad"
+
+
+def test_a_workspace_that_is_a_file_is_said_to_be_one(tmp_path):
+    # Every command read it as "no registry yet; `lmforge run` creates it".
+    home = tmp_path / "home"
+    home.write_text("not a folder")
+    result = run_cli("runs", check=False, home=home)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"error: LMFORGE_HOME={home}: is a file, not a folder; point "
+        "LMFORGE_HOME at a folder (it is made if it does not exist)"
+    )
+
+
 def test_a_folder_given_as_the_config_is_said_to_be_a_folder(tmp_path):
     folder = tmp_path / "configs.toml"
     folder.mkdir()

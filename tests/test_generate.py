@@ -378,7 +378,7 @@ def test_a_prompt_that_is_not_utf8_is_an_error_naming_its_first_bad_byte():
 
 def test_chat_strips_crlf_and_answers_a_line_that_is_not_utf8_with_an_error(recorded_run):
     """Under a strict locale a line that is not UTF-8 was a UnicodeDecodeError traceback that
-    ended the chat; a CRLF line end was fed to the model as a character."""
+    ended the chat; a CRLF line end was fed to the model as a character, and a file's BOM too."""
     from flows.cli import app
 
     home, trained, _ = recorded_run
@@ -386,7 +386,7 @@ def test_chat_strips_crlf_and_answers_a_line_that_is_not_utf8_with_an_error(reco
     result = CliRunner().invoke(
         app,
         ["chat", folder, "--temperature", "0", "--max-new-tokens", "10"],
-        input=b"The river\r\n\xff river\nA quiet\n",
+        input=b"\xef\xbb\xbfThe river\r\n\xff river\nA quiet\n",  # a BOM, as Notepad saves
         env={"LMFORGE_HOME": str(home)},
     )
     assert result.exit_code == 0, result.output
