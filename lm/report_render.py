@@ -371,20 +371,22 @@ def _config_summary(config: dict, tokenizer_stats: dict | None) -> list[tuple[st
     if tokenizer:
         rows.append(("tokenizer", f"{tokenizer.get('kind')} (vocab {tokenizer.get('vocab_size')})"))
     train = config.get("train") or {}
-    if train:
-        rows.append(
-            (
-                "training",
-                f"{train.get('max_steps')} steps, global batch {train.get('global_batch')}, "
-                f"lr {train.get('learning_rate')} ({train.get('schedule')})",
-            )
-        )
+    if train and config.get("model"):  # one model: the run's [train]
+        rows.append(("training", _training_summary(train)))
+    for entry in config.get("models") or []:  # a ladder: each model's own overrides on it
+        label = entry.get("name") or (entry.get("model") or {}).get("kind")
+        rows.append((f"training {label}", _training_summary(train | (entry.get("train") or {}))))
     word2vec = config.get("word2vec") or {}
     if word2vec:
         enabled = word2vec.get("enabled", True)
         rows.append(("word2vec", "on" if enabled else "off"))
     rows.append(("seed", str(config.get("seed"))))
     return rows
+
+
+def _training_summary(train: dict) -> str:
+    return (f"{train.get('max_steps')} steps, global batch {train.get('global_batch')}, "
+            f"lr {train.get('learning_rate')} ({train.get('schedule')})")  # fmt: skip
 
 
 def _model_summary(model: ModelSection) -> str:

@@ -468,10 +468,10 @@ def test_a_training_cut_short_keeps_its_curve_in_the_report(tmp_path):
     # curve, which the registry holds, was dropped ("No training curves were recorded").
     workspace = Workspace(tmp_path)
     registry = RunRegistry(workspace.registry_path)
-    config = {"train": {"global_batch": 8, "block_size": 16},
+    config = {"train": {"global_batch": 8, "block_size": 16, "max_steps": 100},
               "models": [{"name": None, "model": {"kind": "bigram"}, "train": {}},
                          {"name": "big", "model": {"kind": "gpt", "block_size": 32},
-                          "train": {"global_batch": 4}}]}  # fmt: skip
+                          "train": {"global_batch": 4, "max_steps": 50}}]}  # fmt: skip
     registry.start_run({"run_id": "killed", "status": "running", "started_at": datetime.now(),
                         "config": config})  # fmt: skip
     metrics = tmp_path / "metrics.jsonl"
@@ -488,3 +488,6 @@ def test_a_training_cut_short_keeps_its_curve_in_the_report(tmp_path):
     assert "did not finish (the run is crashed)" in model.missing[0]
     page = Page(render_run_report(report).html)
     assert "No training curves were recorded" not in page.text["loss"]
+    # The card gives each ladder model's own training settings, not the shared [train] alone.
+    assert "training bigram100 steps, global batch 8" in page.text["run"]
+    assert "training big50 steps, global batch 4" in page.text["run"]
