@@ -557,8 +557,11 @@ def tokenizers_compare(
             settings = load_config(config)
         except ConfigError as error:
             raise _fail(str(error)) from None
-        if settings.model is None:
-            raise _fail(f"{config or 'default'}: --train-steps needs a config with a [model]")
+        runs = settings.model_runs()
+        if not runs:
+            raise _fail(f"{config or 'default'}: --train-steps needs a config with a [model] "
+                        "or [[models]] (of a ladder, its last model is trained)")  # fmt: skip
+        compared = runs[-1]  # a ladder's top, as `retrain` trains
     try:
         tokenizer_configs = {
             k: TokenizerConfig(kind=k, vocab_size=vocab_size) for k in ("bpe", "unigram")
@@ -592,10 +595,10 @@ def tokenizers_compare(
 
             train_tokens = encode_documents(tokenizer, iter_split_texts(Path(documents), "train"))
             val_tokens = encode_documents(tokenizer, iter_split_texts(Path(documents), "val"))
-            steps = comparison_train_settings(settings.train, train_steps)
+            steps = comparison_train_settings(compared.train, train_steps)
             with tempfile.TemporaryDirectory(prefix=f"compare-{kind}-", dir=workspace.root) as work:
                 try:
-                    score = train_and_score(tokenizer, train_tokens, val_tokens, settings.model,
+                    score = train_and_score(tokenizer, train_tokens, val_tokens, compared.model,
                                             steps, settings.eval, Path(work))  # fmt: skip
                 except (TrainingError, ValueError) as error:  # ValueError: EvaluationError
                     raise _fail(f"{kind}: {error}") from None
@@ -615,7 +618,7 @@ def tokenizers_compare(
     columns = ["model", "vocab", "bytes/token (val)", "val tokens", "vocab used", "byte fallback",
                "longest pieces"]  # fmt: skip
     if train_steps > 0:
-        model_name = f"{settings.model.kind}, {train_steps} steps"
+        model_name = f"{compared.label}, {train_steps} steps"
         columns += [f"val bpb ({model_name})", "count-bigram val bpb"]
     console.print(_table(columns, rows, f"corpus {corpus_digest[:12]}, val split"))
 

@@ -376,6 +376,14 @@ def test_tokenizer_comparison_trains_the_same_model_on_each_and_reports_bits_per
     val = [t for batch in iter_split_texts(documents, "val") for t in batch]
     assert scores["bpe"].bytes == scores["unigram"].bytes == sum(
         len(text.encode()) + 1 for text in val)  # fmt: skip
+    # A ladder's last model is the one compared (it was refused: "needs a [model]").
+    ladder = TINY_MODEL_TOML.replace("[model]", '[[models]]\nkind = "bigram"\n\n[[models]]\n'
+                                     'name = "top"', 1)  # fmt: skip
+    ladder_config = write_config(tmp_path / "ladder.toml", [{"path": str(tmp_path)}], ladder)
+    arguments = ["tokenizers", "compare", "--vocab-size", "350", "--train-steps", "2"]
+    result = CliRunner().invoke(app, [*arguments, "--config", str(ladder_config)])
+    assert result.exit_code == 0, result.output
+    assert "val bpb (top, 2 steps)" in " ".join(result.stdout.split())
 
 
 LADDER_FAILING_SECOND = """
