@@ -218,6 +218,9 @@ T = TypeVar("T")
 # words: "block" is in the message of a damaged file, which waiting would never mend.
 LOCK_ERROR = re.compile(r"\block\b|Conflicting")
 CRASHED = "the process ended without recording an outcome"
+CORPUS_STAGE = "clean"  # the stage whose output is a corpus version (tasks/clean.py's STAGE)
+# The counts a `datasets` row (and its `dataset_filters`) is made of, from the clean stage.
+DATASET_COUNTS = {"documents", "kept", "kept_chars", "kept_bytes", "flagged", "removed"}
 SHOWN_TIME = "%Y-%m-%d %H:%M:%S"  # to the second, as `lmforge runs` shows times
 logger = logging.getLogger("storage.registry")
 # What DuckDB raises for a file it cannot make sense of: truncated by a full disk or a copy cut
@@ -517,7 +520,24 @@ class RunRegistry:
         if journal.unfinished:
             during = "; ".join(_unfinished_stage(*item) for item in journal.unfinished.items())
             error += f" (during stage {during})"
-        self._set_outcome(connection, run_id, "crashed", ended_at, error)
+        corpus = self._record_journal_corpus(connection, journal.finished)
+        self._set_outcome(connection, run_id, "crashed", ended_at, error, corpus)
+
+    def _record_journal_corpus(
+        self, connection: duckdb.DuckDBPyConnection, finished: list[StageRecord]
+    ) -> str | None:
+        """The corpus version a crashed run's clean stage built, recorded (once) from its
+        journal line, which holds what the stage handed on; its digest, or None for a run
+        killed before it, or a line without the counts a dataset row needs."""
+        clean = next((r for r in finished if r.stage == CORPUS_STAGE and r.output_digest), None)
+        if clean is None or not clean.cache_key or not clean.output_path:
+            return None
+        if not clean.stats.keys() >= DATASET_COUNTS:  # a line of an older version, say
+            return None
+        dataset = DatasetRecord(clean.output_digest, clean.cache_key, clean.output_path,
+                                clean.stats)  # fmt: skip
+        self._insert_dataset(connection, dataset)
+        return clean.output_digest
 
     def record(self, outcome: RunOutcome) -> PromotionRecord | None:
         """`finish_run` for an outcome held as one value."""

@@ -347,6 +347,25 @@ def test_a_crashed_run_is_recorded_from_its_stage_journal_and_metrics(tmp_path):
                        ("gpt", "train/loss", 2, 2.0), ("gpt", "train/loss", 3, 1.0)]  # fmt: skip
 
 
+def test_a_crashed_run_records_the_corpus_its_clean_stage_built(tmp_path):
+    # Its corpus was left out: `corpus stats` and its report could not show what it read.
+    registry = RunRegistry(tmp_path / "registry.duckdb")
+    _abandoned_run(registry, "r1")
+    journal = StageJournal(tmp_path / "runs" / "r1" / JOURNAL_FILE)
+    counts = {"documents": 5, "kept": 4, "kept_chars": 40, "kept_bytes": 41,
+              "flagged": {"too_few_words": 1}, "removed": {"too_few_words": 1},
+              "split_documents": {"train": 3, "val": 1}}  # fmt: skip
+    journal.finished(StageRecord("clean", "clean-k", False, 1.5, "d1", "corpus/clean-k", counts))
+    journal.started("tokenizer")
+    assert registry.close_abandoned_runs("me@here", lambda pid: False, tmp_path / "runs") == ["r1"]
+    _, rows = registry.query(
+        "SELECT r.status, d.digest, d.kept, d.train_documents, f.removed FROM runs r "
+        "JOIN datasets d ON d.digest = r.corpus_digest "
+        "JOIN dataset_filters f ON f.dataset_digest = d.digest"
+    )
+    assert rows == [("crashed", "d1", 4, 3, 1)]
+
+
 def test_a_stage_journal_line_cut_short_by_the_kill_is_skipped(tmp_path):
     registry = RunRegistry(tmp_path / "registry.duckdb")
     _abandoned_run(registry, "r1")
