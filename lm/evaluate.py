@@ -261,6 +261,11 @@ def split_batches(
                                   config.seed, split)  # fmt: skip
     documents = config.scoring == "documents" or (config.scoring == "auto" and per_document)
     if overlap is None:
+        if getattr(getattr(model, "config", None), "kind", None) != "gpt":
+            # A fixed context (MLP, w2v) needs a window that holds it, or every target after a
+            # window's first would be scored with part of it padding. The window is only how
+            # the targets are batched for these models: widening it changes no prediction.
+            window = max(window, model.block_size)
         overlap = context_overlap(model, window)
     rows = scoring_rows(tokens, eot_id, window, overlap, documents)
     return batch_rows(rows, config.batch_size, eot_id)
