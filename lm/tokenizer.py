@@ -508,13 +508,41 @@ def _train_char(documents: Iterable[str], config: TokenizerConfig) -> CharTokeni
     return CharTokenizer(chars, config.unknown_chars)
 
 
-def _lines(documents: Iterable[str], counter: list[int]) -> Iterator[str]:
-    """The non-blank lines of `documents`, escaped as the model will see text."""
+def _lines(documents: Iterable[str], counter: list[int], limit: int) -> Iterator[str]:
+    """The non-blank lines of `documents`, escaped as the model will see text, each in parts
+    of at most `limit` UTF-8 bytes: SentencePiece drops a longer sentence without a word (its
+    warning is below the log level), so a corpus of long paragraphs trained on a fraction of
+    its text, or on none ("the training split is empty")."""
     for text in documents:
         counter[0] += 1
         for line in escape_space_symbol(text).split("\n"):
             if line.strip():
-                yield line
+                yield from _parts_of_at_most(line, limit)
+
+
+def _parts_of_at_most(line: str, limit: int) -> Iterator[str]:
+    """`line` in consecutive parts of at most `limit` UTF-8 bytes, each cut at the last space
+    within the limit (which is dropped: SentencePiece gives each part the leading word mark
+    the space stood for), or at a character boundary where the limit holds no space."""
+    data = line.encode()
+    start = 0
+    while len(data) - start > limit:
+        end = start + limit
+        while (data[end] & 0xC0) == 0x80:  # not inside a character's bytes
+            end -= 1
+        if end == start:  # one character longer than the limit: a part of its own
+            end = start + 1
+            while end < len(data) and (data[end] & 0xC0) == 0x80:
+                end += 1
+        space = data.rfind(b" ", start + 1, end + 1)
+        if space > start:
+            part, start = data[start:space], space + 1
+        else:
+            part, start = data[start:end], end
+        if part.strip():
+            yield part.decode()
+    if data[start:].strip():
+        yield data[start:].decode()
 
 
 def _train_sentencepiece(documents: Iterable[str], config: TokenizerConfig) -> Tokenizer:
@@ -525,7 +553,7 @@ def _train_sentencepiece(documents: Iterable[str], config: TokenizerConfig) -> T
     spm.set_random_generator_seed(config.seed)  # the sentence sampling is seeded
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=_lines(documents, seen),
+            sentence_iterator=_lines(documents, seen, config.max_sentence_length),
             model_writer=model,
             model_type=config.kind,
             vocab_size=config.vocab_size,

@@ -305,3 +305,27 @@ def test_truncated_shard_is_refused(tmp_path):
     assert read_shard_info(path).tokens == 4
     with pytest.raises(ShardError, match="truncated"):
         open_shard(path, "a" * 64)
+
+
+def test_lines_longer_than_sentencepiece_takes_are_trained_on_in_parts():
+    # SentencePiece skips a sentence over max_sentence_length bytes without a word: a corpus
+    # of long one-line documents failed as "the training split is empty", and long lines
+    # mixed with short ones were left out, their letters learned as byte pieces.
+    from lm.tokenizer import train_tokenizer
+
+    words = ["zebra", "quagga", "xylophone", "yak", "whale", "vole"]
+    lines = [" ".join(words[(i + j) % 6] for j in range(3000)) for i in range(10)]  # ~20 KB
+    config = TokenizerConfig(kind="bpe", vocab_size=300, max_sentence_length=4096)
+    tokenizer = train_tokenizer(iter(lines), config)
+    ids = tokenizer.encode(lines[0])
+    assert len(ids) < len(lines[0].encode()) / 2  # pieces learned, not spelled out in bytes
+    assert tokenizer.decode(ids) == lines[0]
+
+
+def test_a_long_line_is_cut_at_spaces_into_parts_that_fit():
+    from lm.tokenizer import _parts_of_at_most
+
+    assert list(_parts_of_at_most("aaa bbb ccc", 7)) == ["aaa bbb", "ccc"]
+    assert list(_parts_of_at_most("abcdefgh", 3)) == ["abc", "def", "gh"]
+    assert list(_parts_of_at_most("ééé", 3)) == ["é", "é", "é"]  # never inside a character
+    assert list(_parts_of_at_most("short", 16)) == ["short"]
