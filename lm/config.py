@@ -156,6 +156,7 @@ class TokenizerConfig(StrictModel):
     threads: int = Field(0, ge=0, description="0 means one per core")
     # SentencePiece samples this many sentences (shuffled) from large corpora.
     input_sentence_size: int = Field(2_000_000, ge=0)
+    # Bytes per sentence SentencePiece trains on: longer lines are cut at spaces into parts.
     max_sentence_length: int = Field(16384, ge=1)
     # Characters the char tokenizer did not see in training: an <unk> id, UTF-8 byte ids
     # (lossless, 256 more ids), or an error naming them.
