@@ -98,10 +98,12 @@ def _run_flow(name: str, config: str | None, overrides: list[str] | None) -> dic
                 settings.ablation_runs()
             except ValueError as error:
                 raise ConfigError(f"{resolve_preset(config)}: {error}") from None
-        if name == "retrain" and not settings.model_runs():
-            raise ConfigError(
-                f"{resolve_preset(config)}: retrain needs a [model] (or [[models]]) to train"
-            )
+        if name == "retrain":
+            from lm.config import retrain_problem
+
+            problem = retrain_problem(settings)
+            if problem:
+                raise ConfigError(f"{resolve_preset(config)}: {problem}")
         workspace.ensure()
     except (ConfigError, WorkspaceError) as error:
         raise _fail(str(error)) from None

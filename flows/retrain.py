@@ -45,6 +45,7 @@ from lm.config import (
     TokenizerConfig,
     load_config,
     resolve_preset,
+    retrain_problem,
 )
 from storage.artifacts import Descriptor
 from storage.registry import ModelRecord, PromotionRecord
@@ -138,10 +139,10 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
     overrides = list(overrides or [])
     config_path = str(resolve_preset(config))
     settings = load_config(config_path, overrides)
-    model_runs = settings.model_runs()
-    if not model_runs:
-        raise ConfigError(f"{config_path}: retrain needs a [model] (or [[models]]) to train")
-    model_run = model_runs[-1]  # the top of a ladder is the model kept current
+    problem = retrain_problem(settings)
+    if problem:
+        raise ConfigError(f"{config_path}: {problem}")
+    model_run = settings.model_runs()[-1]  # the top of a ladder is the model kept current
     policy = settings.retrain
     run = open_run(settings, config_path, overrides, command="retrain")
     models: list[ModelRecord] = []

@@ -450,6 +450,23 @@ class PipelineConfig(StrictModel):
         return runs
 
 
+def retrain_problem(settings: PipelineConfig) -> str | None:
+    """Why `settings` cannot be retrained, or None. A candidate is continued on the documents
+    added since the champion's corpus and both are scored on the held-out split, which must
+    therefore hold the same documents as the corpus grows: only the hash split does. Under
+    `random` (by row) an added file moves the champion's own training documents into val and
+    test; under `ordered` the new documents are the end of the stream, where val and test are
+    cut, so the candidate would train on the text it is scored on."""
+    if not settings.model_runs():
+        return "retrain needs a [model] (or [[models]]) to train"
+    if settings.split.method != "hash":
+        return (f'retrain needs split.method = "hash" (this config has '
+                f'"{settings.split.method}"): only a split by each document\'s hash keeps val and '
+                "test the same documents as sources grow, so that the champion and a candidate "
+                "continued on new documents are scored on text neither trained on")  # fmt: skip
+    return None
+
+
 def resolve_preset(config: str | None) -> Path:
     """A config argument is a TOML path, or the name of a preset in `configs/`."""
     if config is None:

@@ -177,6 +177,22 @@ def test_the_retrain_command_prints_its_model_and_decision_and_exits_0(workspace
     assert commands == [(f"lmforge retrain {config}",)]  # was: `lmforge run`, another flow
 
 
+@pytest.mark.parametrize("method", ["random", "ordered"])
+def test_retrain_refuses_a_split_that_moves_as_sources_grow(workspace, tmp_path, method):
+    # `random` split by row: one file added first moved 6 of the champion's 13 train documents
+    # into val and test; `ordered` cut val and test from the end of the stream, the new text the
+    # candidate was continued on (promoted on 1.10 bpb against the champion's 4.33).
+    from lm.config import ConfigError
+    from tests.conftest import run_cli
+
+    _, config = twelve_documents(tmp_path)
+    with pytest.raises(ConfigError, match=rf'retrain needs split.method = "hash" .*"{method}"'):
+        _trigger(config, f'split.method="{method}"')
+    result = run_cli("retrain", str(config), "--set", f'split.method="{method}"', check=False)
+    assert result.returncode == 1 and 'retrain needs split.method = "hash"' in result.stderr
+    assert not workspace.registry_path.exists()  # refused before anything ran
+
+
 def test_documents_the_champion_s_corpus_dropped_count_as_new_once_kept(workspace, tmp_path):
     folder, config = twelve_documents(tmp_path)
     for index in range(8):  # about 30 words: dropped by the first corpus's rules
