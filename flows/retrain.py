@@ -172,7 +172,7 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
                 )
                 new_documents = data.stats["new_train_documents"]
                 decision = Decision(
-                    "continue", f"continued the champion on {new_documents} new train documents"
+                    "continue", f"continued the champion on {_documents(new_documents)}"
                 )
                 steps = policy.steps or train.max_steps
                 train = train.model_copy(
@@ -189,7 +189,7 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
             if new_documents < policy.min_new_documents:
                 decision = Decision(
                     "up-to-date",
-                    f"{new_documents} new train documents, fewer than "
+                    f"{_documents(new_documents)}, fewer than "
                     f"retrain.min_new_documents = {policy.min_new_documents}",
                 )
             else:
@@ -254,6 +254,10 @@ def _why_scratch(champion: Champion | None) -> str:
     return "settings changed"
 
 
+def _documents(count: int) -> str:
+    return f"{count} new train document{'' if count == 1 else 's'}"
+
+
 def _decide(decision: Decision, margin: float, holder: Champion | None) -> None:
     candidate, champion = decision.candidate_val_bpb, decision.champion_val_bpb
     if champion is None:
@@ -265,7 +269,10 @@ def _decide(decision: Decision, margin: float, holder: Champion | None) -> None:
         )
     elif candidate < champion - margin:
         decision.promoted = True
-        decision.reason += f"; promoted: val bpb {candidate:.4f} < {champion:.4f} - {margin}"
+        sign = "-" if margin >= 0 else "+"  # "- -0.5" read as a typo
+        decision.reason += (
+            f"; promoted: val bpb {candidate:.4f} < {champion:.4f} {sign} {abs(margin)}"
+        )
     else:
         decision.reason += f"; kept the champion: val bpb {candidate:.4f} vs {champion:.4f}"
         decision.reason += f" (margin {margin})"

@@ -30,8 +30,11 @@ WAITING = "waiting to be recorded by the next run"
 # lmforge wrote may lack a later column (`tokens_trained`, migration 4): shown as absent.
 MODEL_METRICS = ("val_bpb", "test_bpb", "val_loss", "baseline_val_bpb", "parameters",
                  "tokens_seen", "tokens_trained", "steps", "train_seconds")  # fmt: skip
-# Run-level metrics (latest value) that say what data a run saw.
-DATA_METRICS = ("corpus/kept", "corpus/kept_bytes", "tokens/train", "tokenizer/bytes_per_token")
+# Run-level metrics (latest value) that say what data a run saw, and what a retrain decided.
+DATA_METRICS = (
+    "corpus/kept", "corpus/kept_bytes", "tokens/train", "tokenizer/bytes_per_token",
+    "retrain/promoted", "retrain/candidate_val_bpb", "retrain/champion_val_bpb",
+)  # fmt: skip
 ABSENT = "—"
 
 
@@ -335,9 +338,15 @@ def _model_metrics(model: dict[str, Any]) -> tuple:
 
 
 def _stage_rows(ids: list[str], stage_rows: list[tuple]) -> list[tuple]:
+    """One row per stage, in order; a stage a run ran more than once (a retrain encodes the
+    corpus and the new documents apart) gets a row per time, `encode #2` on: keyed by name
+    alone, the last time hid the others."""
     by_stage: dict[str, dict[str, str]] = {}
+    times_seen: dict[tuple[str, str], int] = {}
     for run_id, stage, seconds, cached in stage_rows:
-        by_stage.setdefault(stage, {})[run_id] = f"{seconds:.2f}" + (" cached" if cached else "")
+        nth = times_seen[run_id, stage] = times_seen.get((run_id, stage), 0) + 1
+        label = stage if nth == 1 else f"{stage} #{nth}"
+        by_stage.setdefault(label, {})[run_id] = f"{seconds:.2f}" + (" cached" if cached else "")
     return [(stage, *(times.get(i, ABSENT) for i in ids)) for stage, times in by_stage.items()]
 
 

@@ -115,6 +115,16 @@ def test_retrain_trains_once_per_new_data_and_promotes_only_on_improvement(works
     _, decisions = registry.query("SELECT promoted, reason FROM promotions ORDER BY decided_at")
     assert [promoted for promoted, _ in decisions] == [True, False, False, False, True]
     assert "kept the champion" in decisions[2][1]
+    # Two retrains side by side: the decisions, and every stage each ran (a continued run
+    # encodes the corpus and the new documents: two `encode` rows, not one).
+    from tests.conftest import run_cli
+
+    compared = run_cli("runs", "compare", strict["run_id"], lenient["run_id"]).stdout
+    assert re.search(r"│ retrain/promoted\s+│ 0\s+│ 1\s+│", compared), compared
+    candidate_bpb = f"{lenient['decision']['candidate_val_bpb']:.4f}"
+    assert re.search(rf"│ retrain/candidate_val_bpb\s+│ [\d.]+\s+│ {candidate_bpb}\s+│", compared)
+    encodes = sum(stage["stage"] == "encode" for stage in strict["stages"])
+    assert encodes >= 2 and re.search(rf"│ encode #{encodes}\s+│", compared)
 
 
 def test_a_promotion_overtaken_by_another_retrain_is_reported_as_not_promoted(
@@ -201,7 +211,7 @@ def test_documents_the_champion_s_corpus_dropped_count_as_new_once_kept(workspac
     looser = _trigger(config, "clean.quality.min_words=10")
     decision = looser["decision"]
     assert decision["mode"] == "continue", decision["reason"]  # was: up-to-date, 0 new
-    assert re.search(r"\b[1-8] new train documents", decision["reason"])
+    assert re.search(r"\b(1 new train document|[2-8] new train documents)\b", decision["reason"])
 
 
 def test_a_champion_whose_corpus_is_gone_is_still_scored_not_beaten_by_default(workspace, tmp_path):
@@ -223,3 +233,12 @@ def test_a_champion_whose_corpus_is_gone_is_still_scored_not_beaten_by_default(w
     assert decision["champion_val_bpb"] is not None and not decision["promoted"]
     assert "kept the champion" in decision["reason"]
     assert registry.champion()["run_id"] == first["run_id"]
+
+
+def test_a_decision_reads_as_arithmetic_with_a_negative_margin_and_one_document():
+    from flows.retrain import Decision, _decide, _documents
+
+    decision = Decision("continue", f"continued the champion on {_documents(1)}", False, 3.47, 3.72)
+    _decide(decision, -0.5, holder=None)
+    assert decision.reason == ("continued the champion on 1 new train document; promoted: val bpb "
+                               "3.4700 < 3.7200 + 0.5")  # fmt: skip

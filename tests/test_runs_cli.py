@@ -377,3 +377,21 @@ def test_a_run_killed_mid_training_is_shown_crashed_with_its_finished_stages_and
     for stage in ("ingest", "clean", "tokenizer", "encode"):
         assert re.search(rf"^│ {stage}\s*│ ran\s*│", shown, flags=re.MULTILINE), stage
     assert re.search(r"^│ gpt\s*│ train/loss\s*│", shown, flags=re.MULTILINE)
+
+
+def test_compare_gives_a_stage_a_run_ran_twice_a_row_each_time():
+    # A retrain encodes the corpus and then the new documents: keyed by name, the second
+    # (cached) hid the first (ran).
+    from flows.runs_cli import _stage_rows
+
+    rows = [
+        ("a", "clean", 1.0, False),
+        ("a", "encode", 2.0, False),
+        ("a", "encode", 0.5, True),
+        ("b", "clean", 1.5, True),
+        ("b", "encode", 3.0, False),
+    ]
+    assert _stage_rows(["a", "b"], rows) == [
+        ("clean", "1.00", "1.50 cached"), ("encode", "2.00", "3.00"),
+        ("encode #2", "0.50 cached", "—"),
+    ]  # fmt: skip
