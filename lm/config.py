@@ -418,6 +418,7 @@ class PipelineConfig(StrictModel):
         if not self.ablation.variants:
             raise ValueError("an ablation needs [[ablation.variants]]")
         arms = []
+        trained_by: dict[str, str] = {}  # a variant's settings → its name
         for variant in self.ablation.variants:
             fields = self.model.model_dump() | variant.model
             try:
@@ -427,6 +428,14 @@ class PipelineConfig(StrictModel):
                 root = TrainConfig if error.title == TrainConfig.__name__ else type(self.model)
                 problem = _describe(error, root)
                 raise ValueError(f"ablation variant '{variant.name}': {problem}") from None
+            settings = model.model_dump_json() + train.model_dump_json()
+            if settings in trained_by:  # the same numbers twice, read as two findings
+                raise ValueError(
+                    f"ablation variants '{trained_by[settings]}' and '{variant.name}' train the "
+                    "same model with the same settings (a variant that sets what the base "
+                    "[model] or [train] already has); change or remove one"
+                )
+            trained_by[settings] = variant.name
             for seed in self.ablation.seeds:
                 label = f"{variant.name}/seed-{seed}"
                 seeded = train.model_copy(update={"seed": seed})

@@ -160,6 +160,15 @@ def test_an_ablation_variant_s_unknown_key_names_the_nearest():
             "default.toml: ablation variant 'a': unknown key 'n_emb' (did you mean 'n_embd'?)",
         ),
         (["retrain", "names", "--set", "models=[]"], "names.toml: retrain needs a [model]"),
+        (  # the same numbers twice, in two rows of the table
+            [
+                "ablation",
+                "default",
+                "--set",
+                'ablation.variants=[{name="base"}, {name="swiglu", model={mlp="swiglu"}}]',
+            ],
+            "default.toml: ablation variants 'base' and 'swiglu' train the same model",
+        ),
         (  # ingest said so, after Prefect had logged the error's traceback
             ["run", "default", "--set", 'ingest.sources=["no/such/file.txt"]'],
             "default.toml: ingest.sources: no/such/file.txt: no such file or directory",
