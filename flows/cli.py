@@ -331,10 +331,18 @@ def size(
         raise _fail(f"{config or 'default'}: {error}") from None
     if not runs:
         raise _fail(f"{config or 'default'}: the config has no [model] or [[models]] section")
+    vocabulary_from = None  # the run whose char tokenizer gave the vocabulary size
     if vocab_size is None:
         if settings.tokenizer.kind == "char":
-            raise _fail("a char tokenizer's vocabulary comes from the data: pass --vocab-size")
-        vocab_size = settings.tokenizer.vocab_size
+            newest = _newest_char_vocabulary(settings.name)
+            if newest is None:
+                raise _fail(
+                    "a char tokenizer's vocabulary comes from the data: pass --vocab-size "
+                    f"(or run {settings.name} once; size then reads its tokenizer's)"
+                )
+            vocabulary_from, vocab_size = newest
+        else:
+            vocab_size = settings.tokenizer.vocab_size
     sizes = [size_model(run.model, run.train, vocab_size) for run in runs]
     measures = [
         ("trainable parameters", lambda size: f"{size.parameters:,}"),
@@ -366,6 +374,12 @@ def size(
         )
     labels = [run.label for run in runs]
     console.print(_table(["", *labels], rows, f"size of {settings.name}"))
+    if vocabulary_from is not None:
+        console.print(
+            f"vocabulary: {vocab_size:,} characters, those of run {escape(vocabulary_from)}'s "
+            "char tokenizer (--vocab-size sets another)",
+            highlight=False,
+        )
 
 
 def _bytes(count: float) -> str:
@@ -402,6 +416,24 @@ def _newest_train_tokens(preset: str) -> tuple[str, int] | None:
         _, rows = _registry().query(
             "SELECT r.run_id, m.value FROM latest_metrics m JOIN runs r USING (run_id) "
             "WHERE m.key = 'tokens/train' AND r.status = 'completed' AND r.preset = ? "
+            "ORDER BY r.ended_at DESC LIMIT 1",
+            [preset],
+        )
+    except RegistryError:
+        return None
+    return (rows[0][0], int(rows[0][1])) if rows else None
+
+
+def _newest_char_vocabulary(preset: str) -> tuple[str, int] | None:
+    """The run id and vocabulary size of the char tokenizer this preset's newest completed run
+    trained: a char vocabulary is the corpus's characters, which only a run has counted."""
+    from storage.registry import RegistryError
+
+    try:
+        _, rows = _registry().query(
+            "SELECT r.run_id, t.vocab_size FROM runs r JOIN models m USING (run_id) "
+            "JOIN tokenizers t ON t.digest = m.tokenizer_digest "
+            "WHERE r.status = 'completed' AND r.preset = ? AND t.kind = 'char' "
             "ORDER BY r.ended_at DESC LIMIT 1",
             [preset],
         )

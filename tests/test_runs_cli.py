@@ -196,6 +196,36 @@ def test_size_counts_the_corpus_tokens_of_the_same_preset_s_newest_run(history):
     assert "tokens in the train split of run r-ladder" in default  # not r-mlp-old: older
 
 
+def test_size_of_a_char_preset_reads_the_vocabulary_of_its_newest_completed_run(tmp_path):
+    from storage.registry import TokenizerRecord
+
+    unrun = run_cli("size", "names", check=False, home=tmp_path)
+    assert unrun.returncode == 1
+    assert "pass --vocab-size (or run names once; size then reads its tokenizer's)" in unrun.stderr
+    registry = RunRegistry(tmp_path / "registry.duckdb")
+    runs = {"r-old": ("completed", 30, 3), "r-new": ("completed", 33, 2),
+            "r-bad": ("failed", 40, 1)}  # fmt: skip
+    for run_id, (status, vocabulary, age) in runs.items():
+        registry.start_run({"run_id": run_id, "status": "running", "preset": "names",
+                            "started_at": NOW - timedelta(hours=age)})  # fmt: skip
+        stats = {"kind": "char", "vocab_size": vocabulary, "bytes_per_token": 1.0,
+                 "vocab_used_fraction": 1.0, "byte_fallback_rate": 0.0}  # fmt: skip
+        registry.finish_run(
+            run_id, status, NOW - timedelta(hours=age, minutes=-1), [],
+            tokenizers=[TokenizerRecord(f"t-{run_id}", "c", "tok", stats)],
+            models=[ModelRecord("gpt", "gpt", "d", "m", f"t-{run_id}", "c", {}, {})],
+        )  # fmt: skip
+
+    sized = run_cli("size", "names", home=tmp_path).stdout
+    given = run_cli("size", "names", "--vocab-size", "33", home=tmp_path).stdout
+    other = run_cli("size", "names", "--vocab-size", "30", home=tmp_path).stdout
+
+    said = " ".join(sized.split())
+    assert "vocabulary: 33 characters, those of run r-new's char tokenizer" in said
+    table = sized.split("vocabulary:")[0]
+    assert table == given and table != other  # the parameters a 33-character vocabulary gives
+
+
 def test_compare_shows_config_differences_model_metrics_and_stage_times(history):
     output = run_cli("runs", "compare", "r-gpt-new", "r-ladder", home=history).stdout
     differences = dict(re.findall(r"^│ ([\w.\[\]]+)\s+│ (.+?)\s+│", output, flags=re.MULTILINE))
