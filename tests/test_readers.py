@@ -102,6 +102,23 @@ def test_one_document_per_line(tmp_path):
     assert docs[1].source.endswith("names.txt:3")
 
 
+def test_one_document_per_line_reads_classic_mac_and_windows_line_ends(tmp_path):
+    spec = SourceConfig(path=str(tmp_path / "names.txt"), one_doc_per_line=True)
+    (tmp_path / "names.txt").write_bytes(b"emma\rolivia\r\rava\r")  # classic Mac OS
+    mac = read(tmp_path, spec)
+    (tmp_path / "names.txt").write_bytes(b"emma\r\nolivia\r\n\r\nava\r\n")  # Windows
+    windows = read(tmp_path, spec)
+    for docs in (mac, windows):
+        assert [(d.text, d.source.rpartition(":")[2]) for d in docs] == [
+            ("emma", "1"),
+            ("olivia", "2"),
+            ("ava", "4"),
+        ]
+    (tmp_path / "names.txt").write_bytes(b"emma\rolivia\rav\xffa\r")
+    with pytest.raises(InputError, match=r"names\.txt: invalid UTF-8 at byte 2 of line 3;"):
+        read(tmp_path, spec)
+
+
 def test_jsonl_and_gzipped_jsonl_with_a_configurable_field(tmp_path):
     (tmp_path / "a.jsonl").write_text('{"text": "alpha"}\n\n{"text": "beta", "id": 2}\n')
     with gzip.open(tmp_path / "b.jsonl.gz", "wt") as out:

@@ -193,8 +193,10 @@ def _decode(
         return data.decode(encoding)
     except UnicodeDecodeError as error:
         if encoding_errors == "strict":
-            if line:  # `data` is the line: the offset counts from its start
-                position = f"at byte {error.start} of line {line}"
+            if line:  # `data` is the line (or lines, ended by lone "\r"s) starting at `line`
+                before = data[: error.start].decode(encoding).split("\r")
+                offset = len(before[-1].encode(encoding))
+                position = f"at byte {offset} of line {line + len(before) - 1}"
             else:  # counted on the decoded prefix: in UTF-16/32 a newline is several bytes
                 line_no = data[: error.start].decode(encoding, "replace").count("\n") + 1
                 position = f"at byte {error.start} (line {line_no})"
@@ -218,10 +220,13 @@ def _read_text(
         return
     if item.spec.one_doc_per_line:
         lines, encoding = _lines(stream, wide)
-        for line_no, line in enumerate(lines, start=1):
-            text = _decode(line, item, encoding_errors, line_no, replaced, encoding).strip()
-            if text:
-                yield RawDocument(f"{item.name}:{line_no}", item.name, text, "plain")
+        line_no = 0
+        for chunk in lines:
+            text = _decode(chunk, item, encoding_errors, line_no + 1, replaced, encoding)
+            for line in _split_at_lone_carriage_returns(text):
+                line_no += 1
+                if line := line.strip():
+                    yield RawDocument(f"{item.name}:{line_no}", item.name, line, "plain")
         return
     # The BOM stays in the data and the codec ("utf-16", "utf-32") reads the byte order from it
     # and drops it, so an error's byte offset is the file's.
@@ -230,6 +235,14 @@ def _read_text(
     text = text.removeprefix("\ufeff")
     if text.strip():
         yield RawDocument(item.name, item.name, text, "plain")
+
+
+def _split_at_lone_carriage_returns(text: str) -> list[str]:
+    """A newline-ended chunk's lines: one, or several where a carriage return alone ends a line
+    (classic Mac OS files end every line so, and the chunk is then the whole file). The "\r\n"
+    of a Windows line ends one line, not two."""
+    body = text.removesuffix("\n").removesuffix("\r")
+    return body.split("\r")
 
 
 def _lines(stream: BinaryIO, wide: tuple[bytes, str] | None) -> tuple[Iterator[bytes], str]:
