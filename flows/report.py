@@ -33,7 +33,12 @@ def write_report_folder(rendered: RenderedReport, folder: Path) -> Path:
     if folder.exists() and not folder.is_dir():
         raise ReportError(f"{folder}: exists and is not a folder; pass another --out")
     if folder.is_dir():
-        others = sorted(entry.name for entry in folder.iterdir() if not _written_by_reports(entry))
+        entries = list(folder.iterdir())
+        # PNGs are a report's only beside its page: a folder of screenshots is not a report.
+        is_report = any(entry.name == REPORT_FILE for entry in entries)
+        others = sorted(
+            entry.name for entry in entries if not _written_by_reports(entry, is_report)
+        )
         if others:
             shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if others[3:] else "")
             raise ReportError(
@@ -67,12 +72,13 @@ def write_report_folder(rendered: RenderedReport, folder: Path) -> Path:
     return folder / REPORT_FILE
 
 
-def _written_by_reports(entry: Path) -> bool:
-    """What a report folder holds: the page and its images, nothing else, no subfolder."""
+def _written_by_reports(entry: Path, beside_a_report: bool) -> bool:
+    """What a report folder holds: the page and its images, nothing else, no subfolder. An
+    image is a report's only in a folder that holds a report's page."""
     return (
         entry.is_file()
         and not entry.is_symlink()
-        and (entry.name == REPORT_FILE or entry.suffix == ".png")
+        and (entry.name == REPORT_FILE or (beside_a_report and entry.suffix == ".png"))
     )
 
 

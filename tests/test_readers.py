@@ -55,6 +55,16 @@ def test_recursive_glob_matches_files_at_any_depth(tmp_path):
     assert sorted(d.text for d in docs) == ["deep", "top"]
 
 
+def test_stars_glued_to_a_name_match_within_one_folder_as_one_star(tmp_path):
+    (tmp_path / "data" / "deeper").mkdir(parents=True)
+    (tmp_path / "data" / "a.txt").write_text("alpha")
+    (tmp_path / "data" / "deeper" / "b.txt").write_text("beta")
+    for pattern in ("**.txt", "a**", "***/*.txt"):
+        docs = read(tmp_path, str(tmp_path / "data" / pattern))
+        expected = ["beta"] if pattern.startswith("***") else ["alpha"]
+        assert sorted(d.text for d in docs if d.text) == expected, pattern
+
+
 def test_a_recursive_glob_reads_each_file_once_and_never_follows_a_linked_folder(tmp_path, caplog):
     # Links to the folder itself and to its parent: glob.glob's `**` followed them, reading
     # every file again at each level of `x/x/x/...` (and listing without end with two links).
@@ -92,6 +102,17 @@ def test_a_file_that_two_sources_reach_is_read_once_with_a_warning(tmp_path, cap
     said = " ".join(r.getMessage() for r in caplog.records)
     assert f"also reached by source {str(tmp_path / 'docs')!r}" in said
     assert f"also reached by source {str(tmp_path / 'link.txt')!r}" in said
+
+
+def test_a_file_that_two_sources_read_differently_is_read_under_each(tmp_path, caplog):
+    (tmp_path / "qa.csv").write_text("question,answer\nwhy?,because\n")
+    listed = [SourceConfig(path=str(tmp_path / "qa.csv"), text_field=field)
+              for field in ("question", "answer")]  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="lm.text.sources"):
+        docs = read(tmp_path, *listed)
+    assert [d.text for d in docs] == ["why?", "because"]
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "whose settings differ (text_field); read under each" in said
 
 
 def test_one_document_per_line(tmp_path):

@@ -303,6 +303,17 @@ def test_a_folder_holding_anything_but_a_report_is_refused_and_left_whole(tmp_pa
     assert write_report_folder(RenderedReport("<p>new</p>", {}), empty).read_text() == "<p>new</p>"
 
 
+def test_a_folder_of_images_without_a_report_page_is_refused(tmp_path):
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    (pictures / "holiday.png").write_bytes(PNG_MAGIC + b"mine")
+    with pytest.raises(ReportError, match=r"pictures: holds files that are not a report's "
+                                          r"\(holiday\.png\)"):  # fmt: skip
+        write_report_folder(RenderedReport("<p>new</p>", {"loss.png": PNG_MAGIC}), pictures)
+    assert [p.name for p in pictures.iterdir()] == ["holiday.png"]
+    assert (pictures / "holiday.png").read_bytes() == PNG_MAGIC + b"mine"
+
+
 def test_a_report_that_cannot_be_written_is_a_report_error_naming_the_folder(tmp_path):
     blocked = tmp_path / "a-file"
     blocked.write_text("not a folder")

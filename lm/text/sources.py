@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -57,20 +58,39 @@ def is_url(text: str) -> bool:
 
 def resolve_sources(specs: list[SourceConfig]) -> list[ResolvedInput]:
     """Expand every spec into the files it names, in a deterministic order. A file that two
-    specs reach (listed, and in a listed folder; or through a link) is read once, as the
-    first says: reading it twice would put its documents in the corpus twice."""
+    specs with the same settings reach (listed, and in a listed folder; or through a link) is
+    read once, as the first says: reading it twice would put its documents in the corpus twice.
+    Specs whose settings differ read different documents from it (a CSV's `question` column
+    and its `answer` column), so it is read under each, with a warning naming the settings."""
     inputs: list[ResolvedInput] = []
-    first_source: dict[Path, str] = {}
+    read_as: dict[Path, list[SourceConfig]] = {}  # a file → the specs it is read under
     for spec in specs:
         for item in _resolve_one(spec):
-            if item.path is not None and item.path in first_source:
-                _warn_once(f"{item.path}: also reached by source {spec.path!r}; read once, "
-                           f"as source {first_source[item.path]!r} says")  # fmt: skip
+            if item.path is None:
+                inputs.append(item)
                 continue
-            if item.path is not None:
-                first_source[item.path] = spec.path
+            earlier = read_as.setdefault(item.path, [])
+            same = next((first for first in earlier if _settings(first) == _settings(spec)), None)
+            if same is not None:
+                _warn_once(f"{item.path}: also reached by source {spec.path!r}; read once, "
+                           f"as source {same.path!r} says")  # fmt: skip
+                continue
+            if earlier:
+                differing = sorted(
+                    key for key, value in _settings(spec).items()
+                    if _settings(earlier[0])[key] != value
+                )  # fmt: skip
+                _warn_once(f"{item.path}: reached by sources {earlier[0].path!r} and "
+                           f"{spec.path!r}, whose settings differ ({', '.join(differing)}); "
+                           "read under each")  # fmt: skip
+            earlier.append(spec)
             inputs.append(item)
     return inputs
+
+
+def _settings(spec: SourceConfig) -> dict:
+    """How a spec reads its files: everything but the path that named them."""
+    return spec.model_dump(exclude={"path"})
 
 
 def _resolve_one(spec: SourceConfig) -> list[ResolvedInput]:
@@ -106,7 +126,7 @@ def glob_files(pattern: str) -> list[Path]:
     never descends into a linked folder: `glob.glob` does, and a link to a folder above it
     (`x -> .`) made it read every file again at each level, or never end. As in a shell, a
     name that starts with a dot matches only a pattern that spells a dot (`data/**/.env`)."""
-    parts = Path(pattern).parts
+    parts = [_glued_stars_as_one(part) for part in Path(pattern).parts]
     first = next(i for i, part in enumerate(parts) if GLOB_CHARACTERS & set(part))
     base, rest = Path(*parts[:first]) if first else Path(), list(parts[first:])
     if rest[-1] == "**":  # "every file below": pathlib's bare `**` lists folders only
@@ -120,6 +140,12 @@ def glob_files(pattern: str) -> list[Path]:
         if path.is_file():
             matches.add(path)
     return sorted(matches)
+
+
+def _glued_stars_as_one(part: str) -> str:
+    """A `**` is "any depth" only as a whole path component; glued to other characters
+    (`**.txt`, `***`) it means `*`, as in `glob.glob`, where pathlib refuses it."""
+    return part if part == "**" else re.sub(r"\*{2,}", "*", part)
 
 
 def folder_files(folder: Path) -> list[Path]:
