@@ -85,7 +85,7 @@ def ablation(config: str | None = "ablation", overrides: list[str] | None = None
         corpus = build_corpus(run, settings)
         tokenizer = build_tokenizer(run, settings, corpus)
         shards = encode_corpus(run, settings, corpus, tokenizer)
-        vectors = train_word2vec(run, settings, corpus, tokenizer)
+        vectors = train_word2vec(run, settings, corpus, tokenizer, shards)
         scored: list[tuple[str, int, dict]] = []
         failed: list[FailedArm] = []
         for number, (variant, seed, model_run) in enumerate(arms, start=1):

@@ -403,18 +403,26 @@ def encode_corpus(
 
 
 def train_word2vec(
-    run: RunContext, settings: PipelineConfig, corpus: Descriptor, tokenizer: Descriptor
+    run: RunContext,
+    settings: PipelineConfig,
+    corpus: Descriptor,
+    tokenizer: Descriptor,
+    shards: Descriptor,
 ) -> Descriptor | None:
     if not settings.word2vec.enabled:
         return None
+    # Under the ordered split the corpus's train split is all of it: the train shard is the
+    # train text (see tasks/word2vec.py).
+    ordered_shards = shards if settings.split.method == "ordered" else None
     vectors = run_stage(
         run,
         word2vec_task,
-        word2vec_key(corpus, tokenizer, settings.word2vec),
+        word2vec_key(corpus, tokenizer, settings.word2vec, ordered_shards),
         word2vec_store(run.workspace),
         corpus=corpus,
         tokenizer=tokenizer,
         config=settings.word2vec,
+        ordered_shards=ordered_shards,
     )
     run.metrics.log_many(
         {
@@ -497,7 +505,7 @@ def lm_pipeline(config: str | None = None, overrides: list[str] | None = None) -
         corpus = build_corpus(run, settings)
         tokenizer = build_tokenizer(run, settings, corpus)
         shards = encode_corpus(run, settings, corpus, tokenizer)
-        vectors = train_word2vec(run, settings, corpus, tokenizer)
+        vectors = train_word2vec(run, settings, corpus, tokenizer, shards)
         ladder = bool(settings.models)
         for model_run in settings.model_runs():
             models.append(train_model(run, model_run, shards, tokenizer, corpus,

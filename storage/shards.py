@@ -19,7 +19,7 @@ import json
 import os
 import uuid
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -169,6 +169,27 @@ class OrderedSplitter:
         del stream
         self.stream_path.unlink()
         return infos
+
+
+def shard_documents(
+    path: Path, tokenizer_digest: str, decode: Callable[[list[int]], str], chunk: int = 1 << 22
+) -> Iterator[str]:
+    """The text of each document in a shard, decoded from the tokens between its end-of-text
+    marks (under the ordered split, a document the cut divides gives its part). Read in chunks
+    of `chunk` tokens, so memory holds one chunk and one document."""
+    tokens, info = open_shard(path, tokenizer_digest)
+    pending: list[int] = []
+    for low in range(0, len(tokens), chunk):
+        part = np.asarray(tokens[low : low + chunk])
+        start = 0
+        for end in np.flatnonzero(part == info.eot_id).tolist():
+            pending.extend(part[start:end].tolist())
+            if pending:
+                yield decode(pending)
+            pending, start = [], end + 1
+        pending.extend(part[start:].tolist())
+    if pending:
+        yield decode(pending)
 
 
 def read_shard_info(path: Path) -> ShardInfo:

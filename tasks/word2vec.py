@@ -1,7 +1,10 @@
 """The word2vec stage: the clean train split (as words, or as tokenizer pieces) → gensim
 vectors, their evaluation and a labelled projection under `artifacts/word2vec/<key>/`.
 
-On words, the key leaves the tokenizer out, so a tokenizer change does not retrain it."""
+On words, the key leaves the tokenizer out, so a tokenizer change does not retrain it. Under
+`split.method = "ordered"` every document is in the corpus's train split and the val and test
+text is the end of the token stream, so the vectors learn from the train shard's documents
+(decoded), never from text the models are scored on; the shards' digest is then in the key."""
 
 from __future__ import annotations
 
@@ -23,12 +26,15 @@ from lm.word2vec import (
 from lm.word2vec import word_sentences as words_of
 from storage.artifacts import ArtifactStore, Descriptor
 from storage.corpus import DOCUMENTS_FILE, iter_split_texts
+from storage.shards import shard_documents
 from storage.workspace import Workspace
 from tasks.caching import cache_key_from, code_digest, stage_key
 
 STAGE = "word2vec"
 VERSION = 1
-CODE = ("lm/word2vec.py", "lm/tokenizer.py", "lm/config.py", "storage/corpus.py")
+CODE = (
+    "lm/word2vec.py", "lm/tokenizer.py", "lm/config.py", "storage/corpus.py", "storage/shards.py"
+)  # fmt: skip
 VECTORS_FILE = "vectors.kv"
 METRICS_FILE = "metrics.json"
 PROJECTION_FILE = "projection.png"
@@ -38,26 +44,45 @@ def word2vec_store(workspace: Workspace) -> ArtifactStore:
     return ArtifactStore(workspace.artifacts / STAGE, workspace.root)
 
 
-def word2vec_key(corpus: Descriptor, tokenizer: Descriptor, config: Word2VecConfig) -> str:
+def word2vec_key(
+    corpus: Descriptor,
+    tokenizer: Descriptor,
+    config: Word2VecConfig,
+    ordered_shards: Descriptor | None = None,
+) -> str:
     upstream = [corpus.digest] + ([tokenizer.digest] if config.input == "pieces" else [])
+    if ordered_shards is not None:
+        upstream.append(ordered_shards.digest)
     return stage_key(STAGE, VERSION, config.digest(), upstream, code_digest(*CODE))
 
 
 @task(name=STAGE, cache_key_fn=cache_key_from(word2vec_key), persist_result=True)
-def word2vec_task(corpus: Descriptor, tokenizer: Descriptor, config: Word2VecConfig) -> Descriptor:
+def word2vec_task(
+    corpus: Descriptor,
+    tokenizer: Descriptor,
+    config: Word2VecConfig,
+    ordered_shards: Descriptor | None = None,
+) -> Descriptor:
+    """`ordered_shards`: the shards of an ordered split, whose train shard is the train text."""
     workspace = Workspace.from_env()
     store = word2vec_store(workspace)
-    key = word2vec_key(corpus, tokenizer, config)
+    key = word2vec_key(corpus, tokenizer, config, ordered_shards)
     existing = store.load_descriptor(key)
     if existing is not None:
         return existing
-    documents_path = workspace.resolve(corpus.path) / DOCUMENTS_FILE
+    model = load_tokenizer(workspace.resolve(tokenizer.path))
+    if ordered_shards is not None:
+        train_shard = workspace.resolve(ordered_shards.path) / "train.bin"
 
-    def documents():
-        return (text for batch in iter_split_texts(documents_path, "train") for text in batch)
+        def documents():
+            return shard_documents(train_shard, tokenizer.digest, model.decode)
+    else:
+        documents_path = workspace.resolve(corpus.path) / DOCUMENTS_FILE
+
+        def documents():
+            return (text for batch in iter_split_texts(documents_path, "train") for text in batch)
 
     if config.input == "pieces":
-        model = load_tokenizer(workspace.resolve(tokenizer.path))
         # Documents encoded whole, as the shards encode them, so the pieces are the ones the
         # language model sees (see piece_sentences).
         sentences = SentenceStream(documents, piece_sentences(model))

@@ -295,6 +295,28 @@ def test_tokenizer_and_word2vec_changes_rerun_only_what_depends_on_them(workspac
     assert stage_states(on_pieces)["word2vec"] == "ran"
 
 
+def test_word2vec_under_the_ordered_split_learns_only_the_train_part_of_the_stream(
+    workspace, tmp_path
+):
+    from gensim.models import KeyedVectors
+
+    folder = tmp_path / "stream"
+    folder.mkdir()
+    for index in range(12):
+        (folder / f"doc{index:02d}.txt").write_text(prose(index, 150))
+    # The stream's end, which the ordered split makes val: words no other document has.
+    (folder / "zz-last.txt").write_text(" ".join(["quokkaberry wuzzlestan"] * 40) + ".")
+    config = write_config(tmp_path / "ordered.toml", [{"path": str(folder)}])
+    word2vec = ["word2vec.enabled=true", "word2vec.vector_size=16", "word2vec.epochs=1",
+                "word2vec.min_count=1", 'word2vec.projection="pca"', 'split.method="ordered"',
+                "split.val=0.1", "split.test=0.0"]  # fmt: skip
+    run_pipeline(config, word2vec)
+    [vectors_file] = (workspace.artifacts / "word2vec").glob("*/vectors.kv")
+    words = set(KeyedVectors.load(str(vectors_file)).index_to_key)
+    assert "quokkaberry" not in words and "wuzzlestan" not in words
+    assert {"mountain", "teacher", "garden"} <= words  # the train documents' words
+
+
 TINY_GPT = [
     'model.kind="gpt"', "model.block_size=16", "model.n_layer=1", "model.n_head=2",
     "model.n_embd=16", "train.max_steps=12", "train.micro_batch=4", "train.global_batch=4",
