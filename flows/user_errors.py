@@ -27,12 +27,13 @@ def user_error_types() -> tuple[type[Exception], ...]:
     from lm.text.sources import InputError
     from lm.tokenizer import TokenizerError
     from lm.train_config import TrainingError
+    from lm.word2vec import Word2VecError
     from storage.registry import RegistryError
     from storage.shards import ShardError
     from storage.workspace import WorkspaceError
 
     return (InputError, ConfigError, RegistryError, TokenizerError, ShardError, TrainingError,
-            EvaluationError, CheckpointError, WorkspaceError)  # fmt: skip
+            EvaluationError, CheckpointError, WorkspaceError, Word2VecError)  # fmt: skip
 
 
 class HideTracebackOf(logging.Filter):

@@ -23,6 +23,11 @@ from lm.gensim_data import gensim_test_file
 
 logger = logging.getLogger("lm.word2vec")
 
+
+class Word2VecError(ValueError):
+    """Vectors that cannot be trained or used as asked; the message says what to change."""
+
+
 ANALOGIES = "questions-words.txt"
 SIMILARITY_SETS = {"wordsim353": "wordsim353.tsv", "simlex999": "simlex999.txt"}
 
@@ -32,12 +37,14 @@ def stable_hash(text: str) -> int:
 
 
 def word_sentences(text: str) -> Iterator[list[str]]:
+    """A text's lines as lists of lowercased words; a line longer than gensim's limit is cut
+    into sentences that fit it (see GENSIM_MAX_SENTENCE)."""
     from gensim.utils import simple_preprocess
 
     for line in text.split("\n"):
         words = simple_preprocess(line, min_len=1, max_len=30)
-        if words:
-            yield words
+        for start in range(0, len(words), GENSIM_MAX_SENTENCE):
+            yield words[start : start + GENSIM_MAX_SENTENCE]
 
 
 # gensim's optimised training silently drops the part of a sentence beyond 10,000 tokens.
@@ -103,7 +110,7 @@ def train_word2vec(sentences: Iterable[list[str]], config: Word2VecConfig):
     )
     model.build_vocab(sentences)
     if not model.wv.key_to_index:
-        raise ValueError(
+        raise Word2VecError(
             f"word2vec: no word occurs {config.min_count} times in the training split; "
             "lower word2vec.min_count or add text"
         )

@@ -332,6 +332,10 @@ def test_prefect_s_run_logs_keep_the_traceback_of_a_bug():
         return record
 
     assert logged(TokenizerError("vocab_size too large")).exc_info is None
+    from flows.user_errors import user_error_types
+    from lm.word2vec import Word2VecError
+
+    assert Word2VecError in user_error_types()  # "no word occurs 3000 times": one line
     assert logged(KeyError("a bug")).exc_info is not None
 
 

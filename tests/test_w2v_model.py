@@ -159,6 +159,17 @@ def test_vectors_of_no_piece_are_a_clear_error():
         embedding_matrix(keyed_vectors(["river", "valley"], 8), TOKENIZER, 8, seed=0)
 
 
+def test_one_vector_to_narrow_is_a_clear_error_not_nan_embeddings():
+    # PCA centres the rows it maps: one row became zero, and every random row with it.
+    from lm.word2vec import Word2VecError
+
+    too_few = r"only 1 of the tokenizer's 18 pieces has a word2vec vector: too few to map 16 "
+    with pytest.raises(Word2VecError, match=too_few + "dimensions to 8"):
+        embedding_matrix(keyed_vectors(CHARS[:1], 16), TOKENIZER, 8, seed=0)
+    one_wider = embedding_matrix(keyed_vectors(CHARS[:1], 8), TOKENIZER, 16, seed=0).matrix
+    assert torch.isfinite(one_wider).all() and one_wider.abs().sum() > 0  # mapped, not centred
+
+
 def test_gpt_token_rows_start_as_the_vectors_scaled_by_one_factor():
     torch.manual_seed(3)
     vectors = keyed_vectors(CHARS[:12], 16)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import subprocess
 import sys
@@ -62,6 +63,15 @@ def test_projection_is_a_png_with_the_probes(tmp_path, method):
 def test_vocabulary_left_empty_by_min_count_is_a_clear_error():
     with pytest.raises(ValueError, match="no word occurs 1000 times"):
         train_word2vec(small_sentences(), Word2VecConfig(min_count=1000))
+
+
+def test_a_line_longer_than_gensim_s_limit_is_cut_into_sentences_it_trains_whole():
+    from lm.word2vec import GENSIM_MAX_SENTENCE, word_sentences
+
+    words = ["".join(letters) for letters in itertools.product("abcdefghij", repeat=5)][:25_000]
+    sentences = list(word_sentences(" ".join(words) + "\nlast line"))
+    assert [len(s) for s in sentences] == [GENSIM_MAX_SENTENCE, GENSIM_MAX_SENTENCE, 5_000, 2]
+    assert [word for sentence in sentences[:3] for word in sentence] == words
 
 
 def test_piece_vectors_are_evaluated_by_their_whole_word_pieces():

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from lm.models.config import ModelConfig, word2vec_width
+from lm.word2vec import Word2VecError
 
 logger = logging.getLogger("lm.models.embeddings")
 
@@ -58,12 +59,12 @@ def load_keyed_vectors(path: Path):
     try:
         vectors = KeyedVectors.load(str(path))
     except Exception as error:  # gensim raises whatever unpickling or numpy raised
-        raise ValueError(
+        raise Word2VecError(
             f"{path}: not readable as gensim KeyedVectors ({error}); delete its folder and run "
             "the word2vec stage again"
         ) from None
     if not isinstance(vectors, KeyedVectors):
-        raise ValueError(f"{path}: holds a {type(vectors).__name__}, not gensim KeyedVectors")
+        raise Word2VecError(f"{path}: holds a {type(vectors).__name__}, not gensim KeyedVectors")
     return vectors
 
 
@@ -78,14 +79,25 @@ def embedding_matrix(vectors, tokenizer, dim: int, seed: int) -> PieceEmbedding:
             ids.append(token_id)
             rows.append(row)
     if not ids:
-        raise ValueError(
+        raise Word2VecError(
             f"none of the tokenizer's {vocab_size} pieces has a word2vec vector: train word2vec "
             'on this tokenizer\'s pieces (word2vec.input = "pieces")'
+        )
+    if len(ids) < 2 and dim < vectors.vector_size:
+        raise Word2VecError(
+            f"only {len(ids)} of the tokenizer's {vocab_size} pieces has a word2vec vector: "
+            f"too few to map {vectors.vector_size} dimensions to {dim} (PCA needs two); lower "
+            f"word2vec.min_count, or set word2vec.vector_size = {dim}"
         )
     generator = torch.Generator().manual_seed(seed)
     found = torch.from_numpy(vectors.vectors[rows]).double()
     found, how = _map_width(found, dim, generator)
     scale = found.square().mean().sqrt()
+    if not scale > 0:  # every vector found is zero (or not finite): nothing to scale by
+        raise Word2VecError(
+            f"the {len(ids)} word2vec vectors of the tokenizer's pieces are all zero or not "
+            "finite after mapping them to the model's width; train word2vec on more text"
+        )
     matrix = torch.randn(vocab_size, dim, generator=generator, dtype=torch.float64) * scale
     index = torch.tensor(ids)
     matrix[index] = found
@@ -136,7 +148,7 @@ def load_piece_vectors(config: ModelConfig, path: Path, tokenizer, seed: int) ->
     reads the vectors as they are, so their size must equal its `vector_size`."""
     vectors = load_keyed_vectors(path)
     if config.kind == "w2v" and vectors.vector_size != config.vector_size:
-        raise ValueError(
+        raise Word2VecError(
             f"{path}: the word2vec vectors have {vectors.vector_size} dimensions but "
             f"model.vector_size is {config.vector_size}; set model.vector_size = "
             f"{vectors.vector_size} (or word2vec.vector_size = {config.vector_size})"
@@ -153,7 +165,7 @@ def init_token_embedding(embedding: nn.Embedding, vectors: torch.Tensor) -> None
     the bundled Wikipedia excerpt at vector_size 100)."""
     weight = embedding.weight
     if tuple(vectors.shape) != tuple(weight.shape):
-        raise ValueError(
+        raise Word2VecError(
             f"word2vec init: the vectors are {tuple(vectors.shape)} but the token embedding is "
             f"{tuple(weight.shape)} (vocab_size, n_embd); build them with dim = n_embd"
         )
