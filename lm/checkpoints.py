@@ -187,12 +187,18 @@ def recover_staging(folder: Path) -> None:
 
 def resolve_init_from(path: Path) -> Path:
     """The checkpoint a run starts from: `path` itself if it is one, else its `best/`, its
-    `final/`, or its newest step checkpoint (a trained model folder or a work folder)."""
+    `final/`, or its newest step checkpoint (a trained model folder or a work folder). A
+    `best/` or `final/` whose weights are cut short or changed is skipped, with a warning, for
+    the next; a damaged `path` itself is the caller's to refuse."""
     if (path / DONE_MARKER).is_file() and (path / WEIGHTS_FILE).is_file():
         return path
     for name in ("best", "final"):
-        if (path / name / DONE_MARKER).is_file() and (path / name / WEIGHTS_FILE).is_file():
-            return path / name
+        candidate = path / name
+        if (candidate / DONE_MARKER).is_file() and (candidate / WEIGHTS_FILE).is_file():
+            problem = damage(candidate) or digest_mismatch(candidate, [WEIGHTS_FILE])
+            if problem is None:
+                return candidate
+            logger.warning("%s: damaged checkpoint (%s), skipped", candidate, problem)
     newest = latest_checkpoint(path)
     if newest is not None:
         return newest

@@ -60,7 +60,7 @@ from pydantic import ValidationError
 from lm.allocator import keep_freed_memory
 from lm.batches import IGNORED_TARGET, scored_targets
 from lm.checkpoint_fit import first_misfit, tokenizer_difference
-from lm.checkpoints import DONE_MARKER, WEIGHTS_FILE, damage
+from lm.checkpoints import DONE_MARKER, WEIGHTS_FILE, damage, digest_mismatch
 from lm.eval_config import EvalConfig
 from lm.models.base import LanguageModel
 from lm.progress import ProgressLog
@@ -473,8 +473,9 @@ def _check_fit(folder, checkpoint, config, tokenizer, model, weights) -> None:
 
 
 def _read_weights(checkpoint: Path) -> tuple[dict | None, str | None]:
-    """A checkpoint's state dict, or None and why it cannot be read."""
-    problem = damage(checkpoint)
+    """A checkpoint's state dict, or None and why it cannot be read: cut short, or changed
+    since it was written (torch loads a file with a flipped bit without noticing)."""
+    problem = damage(checkpoint) or digest_mismatch(checkpoint, [WEIGHTS_FILE])
     if problem:
         return None, problem
     try:

@@ -53,6 +53,7 @@ from lm.checkpoints import (
     INFO_FILE,
     WEIGHTS_FILE,
     complete_checkpoints,
+    damage,
     digest_mismatch,
     file_sha256,
     latest_checkpoint,
@@ -898,7 +899,7 @@ class Trainer:
         schedule and step start afresh. Returns the checkpoint used."""
         checkpoint = resolve_init_from(path)
         self._check_tokenizer(checkpoint, read_info(checkpoint))
-        problem = digest_mismatch(checkpoint, [WEIGHTS_FILE])
+        problem = damage(checkpoint) or digest_mismatch(checkpoint, [WEIGHTS_FILE])
         if problem:
             raise TrainingError(f"train.init_from: {checkpoint}: {problem}")
         state = self._load(checkpoint, WEIGHTS_FILE)

@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 from dataclasses import asdict
 
@@ -372,9 +373,12 @@ def test_a_damaged_published_model_falls_back_then_is_trained_again(workspace, c
     folder = workspace.resolve(first["models"][-1]["path"])
     best = torch.load(folder / "best" / "model.pt")
     final = torch.load(folder / "final" / "model.pt")
-    # Bytes of the right size that will not load: only reading finds it; final/ serves instead.
-    size = (folder / "best" / "model.pt").stat().st_size
-    (folder / "best" / "model.pt").write_bytes(b"\0" * size)
+    # One byte changed, the size kept (torch would load it, changed): the sha256 recorded
+    # finds it, and final/ serves instead.
+    data = bytearray((folder / "best" / "model.pt").read_bytes())
+    size = len(data)
+    data[size // 2] ^= 0x10
+    (folder / "best" / "model.pt").write_bytes(bytes(data))
     # The flow's logging set-up replaced the root handlers caplog listens on: listen here.
     logging.getLogger("lm.evaluate").addHandler(caplog.handler)
     try:
@@ -382,10 +386,11 @@ def test_a_damaged_published_model_falls_back_then_is_trained_again(workspace, c
     finally:
         logging.getLogger("lm.evaluate").removeHandler(caplog.handler)
     assert all(torch.equal(model.state_dict()[name], final[name]) for name in final)
-    assert f"{folder / 'best'}: damaged checkpoint (model.pt will not load" in caplog.text
+    changed = "model.pt is not the file written (its sha256 differs from the one recorded)"
+    assert f"{folder / 'best'}: damaged checkpoint ({changed})" in caplog.text
     with open(folder / "final" / "model.pt", "r+b") as weights:
         weights.truncate(100)
-    expected = rf"{folder}: no checkpoint can be read \(best/: model.pt will not load.*; final/: "
+    expected = rf"{folder}: no checkpoint can be read \(best/: {re.escape(changed)}; final/: "
     with pytest.raises(CheckpointError, match=expected + f"model.pt has 100 bytes, {size}"):
         load_trained(folder)
     # The pipeline finds the published files shorter than written, and trains the model again.

@@ -507,6 +507,27 @@ def test_init_from_starts_from_the_weights_with_a_fresh_optimizer_and_step(tmp_p
         tokenized_trainer(tmp_path / "other", "tok-b").initialize_from(tmp_path / "source")
 
 
+def test_init_from_a_model_folder_skips_a_damaged_best_for_final(tmp_path, caplog):
+    source = tokenized_trainer(tmp_path / "source", "tok-a")
+    source.train(until_step=10)
+    published = tmp_path / "published"
+    for name in ("best", "final"):
+        shutil.copytree(latest_checkpoint(tmp_path / "source"), published / name)
+    size = (published / "best" / "model.pt").stat().st_size
+    with open(published / "best" / "model.pt", "r+b") as weights:
+        weights.truncate(1000)
+    follower = tokenized_trainer(tmp_path / "follower", "tok-a")
+    with caplog.at_level(logging.WARNING, logger="lm.train"):
+        assert follower.initialize_from(published) == published / "final"
+    said = (
+        f"{published / 'best'}: damaged checkpoint (model.pt has 1000 bytes, {size} were written)"
+    )
+    assert said in caplog.text
+    # Named itself, a cut-short checkpoint is refused, as cut short.
+    with pytest.raises(TrainingError, match=r"best: model\.pt has 1000 bytes, \d+ were written"):
+        tokenized_trainer(tmp_path / "other", "tok-a").initialize_from(published / "best")
+
+
 def test_tokens_trained_add_up_over_the_trainings_a_model_continues(tmp_path):
     """`tokens_seen` counts a run's own training; `tokens_trained` also what the weights it
     started from were trained on, as their checkpoint recorded it, through a resume too."""
