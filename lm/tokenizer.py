@@ -615,10 +615,24 @@ def load_tokenizer(folder: Path, threads: int = 0) -> Tokenizer:
     path = tokenizer_file(folder)
     if path.name == SENTENCEPIECE_FILE:
         meta_path = folder / META_FILE
-        kind = json.loads(meta_path.read_text())["kind"] if meta_path.is_file() else "bpe"
+        kind = _sentencepiece_kind(meta_path) if meta_path.is_file() else "bpe"
         return SentencePieceTokenizer(path.read_bytes(), kind, threads, str(path))
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
         return CharTokenizer(document["chars"], document["unknown_chars"])
     except (json.JSONDecodeError, KeyError, UnicodeDecodeError):
         raise TokenizerError(f"{path}: not a valid character tokenizer") from None
+
+
+def _sentencepiece_kind(meta_path: Path) -> str:
+    """The kind ("bpe" or "unigram") the tokenizer's metadata file records."""
+    try:
+        kind = json.loads(meta_path.read_text(encoding="utf-8"))["kind"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        kind = None
+    if kind not in ("bpe", "unigram"):
+        raise TokenizerError(
+            f'{meta_path}: not valid tokenizer metadata (a JSON object whose "kind" is '
+            '"bpe" or "unigram"); put back the file the tokenizer was saved with'
+        )
+    return kind

@@ -243,6 +243,15 @@ def test_corrupt_model_file_is_a_clear_error(bundled_splits, tmp_path):
         load_tokenizer(tmp_path)
 
 
+@pytest.mark.parametrize("meta", ["{bad", '{"vocab": 1}', '{"kind": "wordpiece"}', "[1]"])
+def test_corrupt_tokenizer_metadata_is_a_clear_error_naming_it(bundled_splits, tmp_path, meta):
+    tokenizer = train_tokenizer(iter(bundled_splits["train"]), TokenizerConfig(vocab_size=1500))
+    tokenizer.save(tmp_path)
+    (tmp_path / "tokenizer_meta.json").write_text(meta)
+    with pytest.raises(TokenizerError, match=r"tokenizer_meta\.json: not valid tokenizer metadata"):
+        load_tokenizer(tmp_path)
+
+
 def test_vocabulary_too_large_for_the_corpus_says_the_largest_possible():
     texts = ["the cat sat on the mat", "a dog ran in the park"] * 20
     with pytest.raises(
