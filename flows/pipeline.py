@@ -232,8 +232,12 @@ def train_model(
         tokenizer=tokenizer,
         config=eval_config,
     )
-    # The evaluator's numbers (a fixed sample, with bytes) replace training's running ones.
-    stats = dict(trained.stats) | {
+    # The evaluator's numbers (a fixed sample, with bytes) replace training's running ones;
+    # where it did not score val (`eval.splits`), the val loss is left unknown rather than
+    # training's, a figure on other windows in a column of the evaluator's (its curve stays).
+    stats = {key: value for key, value in trained.stats.items()
+             if not key.startswith(("val_", "baseline_val_"))}  # fmt: skip
+    stats |= {
         key: value
         for key, value in evaluated.stats.items()
         if key.startswith(("val_", "test_", "baseline_")) and isinstance(value, int | float)

@@ -218,6 +218,12 @@ def _steps_plot(models: list[ModelSection], key: str, y_label: str, title: str) 
     return _png(draw, (8.0, 3.6))
 
 
+def _has_bpb(scores: dict) -> bool:
+    """Whether the evaluate stage scored the model on val or test (`eval.splits` may omit
+    either)."""
+    return scores.get("val_bpb") is not None or scores.get("test_bpb") is not None
+
+
 def _scores_plot(rows: list[tuple[str, dict[str, float | None]]]) -> bytes:
     """Bits per byte of each model against the count-bigram baseline, val and test."""
     pairs = [("val_bpb", "baseline_val_bpb", "val"), ("test_bpb", "baseline_test_bpb", "test")]
@@ -533,7 +539,7 @@ def _scores_section(report: RunReport, images: dict[str, bytes]) -> str:
         return _missing("This run trained no model: no scores to show.")
     rows = _score_rows(report.models)
     body = _table(["", *(m.label for m in report.models)], rows) if rows else ""
-    with_bpb = [(m.label, m.scores) for m in report.models if m.scores.get("val_bpb") is not None]
+    with_bpb = [(m.label, m.scores) for m in report.models if _has_bpb(m.scores)]
     if with_bpb:
         images["scores.png"] = _scores_plot(with_bpb)
         body += _image("scores.png", "bits per byte against the baseline")
@@ -812,7 +818,7 @@ def render_comparison(reports: list[RunReport]) -> RenderedReport:
             train_series, ("train/loss",), "train loss against tokens"
         )
         curves += _image("train-loss.png", "train loss against tokens, per run")
-    with_bpb = [(column_name(r, m), m.scores) for r, m in columns if m and m.scores.get("val_bpb")]
+    with_bpb = [(column_name(r, m), m.scores) for r, m in columns if m and _has_bpb(m.scores)]
     if with_bpb:
         images["scores.png"] = _scores_plot(with_bpb)
         scores = _image("scores.png", "bits per byte per run")

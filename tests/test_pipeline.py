@@ -364,6 +364,23 @@ def test_train_stage_publishes_a_self_contained_model_and_its_baseline(workspace
     }  # fmt: skip
 
 
+def test_a_run_scored_on_test_alone_records_no_val_loss_and_reports_its_test_bits(
+    workspace, config
+):
+    from flows.report import build_run_report
+
+    scored_on_test = ['eval.splits=["test"]', "split.val=0.25", "split.test=0.25"]
+    summary = run_pipeline(config, [*TINY_GPT, *scored_on_test])
+    _, rows = RunRegistry(workspace.registry_path).query(
+        "SELECT val_loss, val_bpb, test_bpb FROM models WHERE run_id = ?", [summary["run_id"]]
+    )
+    [(val_loss, val_bpb, test_bpb)] = rows
+    # Was training's loss on its sampled windows, in the evaluator's column.
+    assert val_loss is None and val_bpb is None and test_bpb > 0
+    page = build_run_report(summary["run_id"]).read_text()
+    assert "Bits per byte were not recorded" not in page and 'src="scores.png"' in page
+
+
 def test_a_damaged_published_model_falls_back_then_is_trained_again(workspace, config, caplog):
     import torch
 
