@@ -101,14 +101,37 @@ def run_query(connection: duckdb.DuckDBPyConnection, query: str) -> duckdb.DuckD
     if not statements:
         raise RegistryError('no SQL statement given (try `lmforge sql "SHOW TABLES"`)')
     for statement in statements:
-        if statement.type.name not in READING_STATEMENTS:
-            words = _without_comments(statement.query).split()
-            word = words[0].upper() if words else statement.type.name
+        refused = _first_writing(connection, statement)
+        if refused is not None:
             raise RegistryError(
-                f"`lmforge sql` is read-only: {word} statements are refused (it runs SELECT, "
+                f"`lmforge sql` is read-only: {refused} statements are refused (it runs SELECT, "
                 "WITH, SHOW, DESCRIBE, SUMMARIZE, EXPLAIN and PIVOT)"
             )
     return connection.execute(query)
+
+
+def _first_writing(connection: duckdb.DuckDBPyConnection, statement) -> str | None:
+    """The name of what `statement` would run that does not only read, None if it only reads.
+    `EXPLAIN ANALYZE` runs the statement it explains, so that one is checked too; a `WITH`
+    clause in front names the statement it leads to (DELETE, not WITH)."""
+    kind = statement.type.name
+    if kind == "EXPLAIN":
+        explained = re.match(
+            r"\s*explain\s+(?:analy[sz]e\s+|\([^)]*\)\s*)*(.*)",
+            _without_comments(statement.query),
+            flags=re.IGNORECASE | re.DOTALL,
+        )
+        inner = connection.extract_statements(explained.group(1)) if explained else []
+        for part in inner:
+            refused = _first_writing(connection, part)
+            if refused is not None:
+                return f"EXPLAIN of {refused}"
+        return None
+    if kind in READING_STATEMENTS:
+        return None
+    words = _without_comments(statement.query).split()
+    word = words[0].upper() if words else kind
+    return kind if word == "WITH" else word
 
 
 def _without_comments(sql: str) -> str:

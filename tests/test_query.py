@@ -44,3 +44,22 @@ def test_the_newest_corpus_is_the_one_the_latest_run_read_for_sql_and_stats_alik
         for prefix in ("%", "_a"):
             with pytest.raises(RegistryError, match="no corpus version"):
                 find_corpus_version(connection, prefix)
+
+
+def test_explain_analyze_of_a_write_and_a_write_behind_with_are_refused_by_name(tmp_path):
+    from storage.query import run_query
+
+    registry = RunRegistry(tmp_path / "registry.duckdb")
+    _run_on(registry, tmp_path, "r1", "aaaa")
+    written = tmp_path / "written.csv"
+    with sql_session(registry, tmp_path) as connection:
+        for query, refused in (
+            (f"EXPLAIN ANALYZE COPY (SELECT 1) TO '{written}'", "EXPLAIN of COPY statements"),
+            (f"explain /* why */ analyse (FORMAT json) COPY runs TO '{written}'", "EXPLAIN of"),
+            ("WITH x AS (SELECT 1) DELETE FROM runs", "DELETE statements"),
+        ):
+            with pytest.raises(RegistryError, match=rf"read-only: {refused}"):
+                run_query(connection, query)
+        assert not written.exists()  # EXPLAIN ANALYZE runs what it explains
+        plan = run_query(connection, "EXPLAIN ANALYZE SELECT count(*) FROM runs").fetchall()
+        assert plan and run_query(connection, "EXPLAIN SELECT 1").fetchall()
