@@ -56,7 +56,15 @@ def _load(run: str, label: str | None):
         raise _fail(f"--model {label}: {run} is a model folder, not a run; leave --model out")
     try:
         if not folder.is_dir():
-            found = RunRegistry(workspace.registry_path).find_model(run, label)
+            registry = RunRegistry(workspace.registry_path)
+            found = registry.find_model(run, label)
+            status = registry.find_run(found["run_id"])["status"]
+            if label is None and status != "completed":  # its last model may not be the top
+                typer.echo(
+                    f"note: run {found['run_id']} is {status}; using the last model it "
+                    f"trained, '{found['label']}' (--model picks another)",
+                    err=True,
+                )
             if not found.get("path"):
                 raise _fail(f"run {found['run_id']}: model '{found['label']}' has no folder")
             folder = workspace.resolve(found["path"])

@@ -425,6 +425,34 @@ def test_model_with_a_folder_and_a_run_whose_model_folder_is_gone_are_errors(
     assert str(home / "artifacts/train/deleted") in result.stderr
 
 
+def test_generate_from_a_failed_run_says_which_model_answers(recorded_run, monkeypatch):
+    """A ladder whose top failed answered with the model below it, without a word."""
+    from flows.cli import app
+
+    home, trained, tokenizer = recorded_run
+    monkeypatch.setenv("LMFORGE_HOME", str(home))
+    registry = RunRegistry(Workspace.from_env().registry_path)
+    registry.start_run({"run_id": "20250202-000000-0d0e0f", "status": "running",
+                        "started_at": datetime.now()})  # fmt: skip
+    lower = ModelRecord("counts", "bigram-count", trained.digest, trained.path,
+                        tokenizer.digest, "corpus", {}, {})  # fmt: skip
+    registry.finish_run("20250202-000000-0d0e0f", "failed", datetime.now(), [], models=[lower])
+    runner = CliRunner()
+    result = runner.invoke(
+        app, ["generate", "20250202", "--prompt", "The", "--max-new-tokens", "3"]
+    )
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.stderr.split())
+    assert ("note: run 20250202-000000-0d0e0f is failed; using the last model it trained, "
+            "'counts' (--model picks another)") in said  # fmt: skip
+    named = runner.invoke(app, ["generate", "20250202", "--model", "counts", "--prompt", "The",
+                                "--max-new-tokens", "3"])  # fmt: skip
+    assert named.exit_code == 0 and "note:" not in named.stderr
+    completed = runner.invoke(app, ["generate", "20260101", "--prompt", "The",
+                                    "--max-new-tokens", "3"])  # fmt: skip
+    assert completed.exit_code == 0 and "note:" not in completed.stderr
+
+
 def test_the_evaluate_stage_names_an_eval_prompt_the_tokenizer_cannot_encode(
     recorded_run, monkeypatch
 ):
