@@ -49,7 +49,8 @@ def test_batch_normalization_equals_normalizing_each_text():
     rng = random.Random(2)
     specials = ["\r\n", "\r", "\u2028", "\u2029", "\x00", "\x07", "\t", "\x0b", "\x1f", "\x7f",
                 "\x85", "\xa0", "\u1680", "\u2003", "\u200b", "\u202e", "\u2060", "\u3000",
-                "\ufeff", "  ", " \n", "\n ", "\n\n\n", "–", "…", "é", "日", "|", "¼"]  # fmt: skip
+                "\ufeff", "  ", " \n", "\n ", "\n\n\n", "–", "…", "é", "日", "|", "¼", "\x0c",
+                "\u0301", "\x1c"]  # fmt: skip
     batch = [
         "".join(rng.choice(specials + PIECES) for _ in range(rng.randint(0, 40)))
         for _ in range(400)

@@ -31,6 +31,23 @@ def test_normalization_composes_unicode_and_drops_controls_and_extra_space():
     assert normalize_text("ﬁne", "NFKC") == "fine"
 
 
+def test_line_ending_controls_become_newlines_and_the_unit_separator_a_space():
+    # Deleted, they glued the words either side together ("linenext").
+    for control in ("\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2029"):
+        assert normalize_text(f"line{control}next") == "line\nnext", repr(control)
+        assert normalize_text(f"line{control}next", collapse_whitespace=False) == "line\nnext"
+    assert normalize_text("field\x1fvalue") == "field value"
+    assert normalize_text("a\x0c\x0c\x0c\x0cb") == "a\n\nb"  # page breaks fold as blank lines
+
+
+def test_a_deleted_character_between_a_letter_and_its_mark_leaves_normalized_text():
+    # Normalized before the zero-width space went, "e" and U+0301 stayed apart: not NFC, and
+    # not an exact duplicate of the composed spelling.
+    composed = normalize_text("caf\u00e9 au lait")
+    assert normalize_text("cafe\u200b\u0301 au lait") == composed
+    assert normalize_text("cafe\x00\u0301 au lait", "NFKC", collapse_whitespace=False) == composed
+
+
 def test_prose_passes_every_quality_rule():
     flags = quality_flags(measure_quality(prose(1, 200)), RULES)
     assert not any(flags.values()), flags

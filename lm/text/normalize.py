@@ -14,19 +14,23 @@ import numpy as np
 
 from lm.text.utf8_scan import CodePointFinder
 
-# C0/C1 controls other than tab and newline, plus zero-width and bidi-formatting characters:
-# deleted. Tabs and exotic spaces: turned into plain spaces. One `str.translate` does both.
-_DELETED = [*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), *range(0x7F, 0xA0),
+# Controls that end a line (vertical tab: Word's manual line break; form feed: a page break;
+# the file, group and record separators; NEL; the paragraph separator): newlines, as
+# `str.splitlines` reads them. The unit separator: a space. Deleting them glued the words on
+# either side together. The other C0/C1 controls but tab and newline, and zero-width and
+# bidi-formatting characters: deleted. Tabs and exotic spaces: turned into plain spaces. One
+# `str.translate` does it all.
+_LINE_BREAKS = [0x0B, 0x0C, 0x1C, 0x1D, 0x1E, 0x85, 0x2029]
+_DELETED = [*range(0x00, 0x09), *range(0x0E, 0x1C), *range(0x7F, 0x85), *range(0x86, 0xA0),
             *range(0x200B, 0x2010), *range(0x202A, 0x202F), 0x2060, 0xFEFF]  # fmt: skip
 _SPACES = [0x09, 0xA0, 0x1680, *range(0x2000, 0x200B), 0x202F, 0x205F, 0x3000]
-_CONTROL_TABLE = dict.fromkeys(_DELETED) | {0x09: 0x09}
+_CONTROL_TABLE = dict.fromkeys(_DELETED) | dict.fromkeys(_LINE_BREAKS, 0x0A) | {0x1F: 0x20}
 _WHITESPACE_TABLE = _CONTROL_TABLE | dict.fromkeys(_SPACES, 0x20)
+_TRANSLATED = {*_DELETED, *_LINE_BREAKS, 0x1F, *_SPACES}
 # `str.translate` with a table costs a dictionary lookup per character; most documents contain
 # none of these characters, which one regex scan (in C) finds out first.
-_NEEDS_TRANSLATION = re.compile(
-    "[" + "".join(re.escape(chr(c)) for c in sorted(set(_DELETED) | set(_SPACES))) + "]"
-)
-_SPECIAL_NON_ASCII = CodePointFinder.of({chr(c) for c in set(_DELETED) | set(_SPACES) if c >= 0x80})
+_NEEDS_TRANSLATION = re.compile("[" + "".join(re.escape(chr(c)) for c in sorted(_TRANSLATED)) + "]")
+_SPECIAL_NON_ASCII = CodePointFinder.of({chr(c) for c in _TRANSLATED if c >= 0x80})
 _SPACE_RUN = re.compile(r" {2,}")
 _TRAILING_SPACE = re.compile(r" +\n")
 _LEADING_SPACE = re.compile(r"\n +")
@@ -36,7 +40,7 @@ _MANY_NEWLINES = re.compile(r"\n{3,}")
 def normalize_text(text: str, form: str = "NFC", collapse_whitespace: bool = True) -> str:
     """Normalize Unicode (`NFC` or `NFKC`), unify line endings and drop control characters;
     with `collapse_whitespace`, also fold runs of spaces and of blank lines."""
-    return _clean_up(_unify(text, form), collapse_whitespace)
+    return _clean_up(_unify(text, form), collapse_whitespace, form)
 
 
 def normalize_texts(
@@ -56,7 +60,7 @@ def normalize_texts(
     starts = np.cumsum([0] + [len(e) + 1 for e in encoded[:-1]])
     touched = set(np.searchsorted(starts, np.flatnonzero(flagged), side="right") - 1)
     return [
-        _clean_up(text, collapse_whitespace) if index in touched else text.strip()
+        _clean_up(text, collapse_whitespace, form) if index in touched else text.strip()
         for index, text in enumerate(unified)
     ]
 
@@ -83,11 +87,15 @@ def _special_bytes(data: np.ndarray, collapse_whitespace: bool) -> np.ndarray:
     return flagged
 
 
-def _clean_up(text: str, collapse_whitespace: bool) -> str:
+def _clean_up(text: str, collapse_whitespace: bool, form: str) -> str:
+    if _NEEDS_TRANSLATION.search(text):
+        text = text.translate(_WHITESPACE_TABLE if collapse_whitespace else _CONTROL_TABLE)
+        # A mark the deleted character stood before now follows a letter it composes with
+        # ("e", U+200B, U+0301 → "e", U+0301): normalize again, or copies would differ.
+        if not unicodedata.is_normalized(form, text):
+            text = unicodedata.normalize(form, text)
     if collapse_whitespace:
         # Each substitution only when its pattern can occur: `in` is far cheaper than a scan.
-        if _NEEDS_TRANSLATION.search(text):
-            text = text.translate(_WHITESPACE_TABLE)
         if "  " in text:
             text = _SPACE_RUN.sub(" ", text)
         if " \n" in text:
@@ -96,6 +104,4 @@ def _clean_up(text: str, collapse_whitespace: bool) -> str:
             text = _LEADING_SPACE.sub("\n", text)
         if "\n\n\n" in text:
             text = _MANY_NEWLINES.sub("\n\n", text)
-    elif _NEEDS_TRANSLATION.search(text):
-        text = text.translate(_CONTROL_TABLE)
     return text.strip()
