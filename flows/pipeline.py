@@ -28,7 +28,7 @@ from prefect.runtime import deployment, flow_run
 
 from flows.run_card import publish_run_card
 from flows.user_errors import hide_prefect_tracebacks_of, user_error_types
-from lm.config import ModelRun, PipelineConfig, load_config, resolve_preset
+from lm.config import ModelRun, PipelineConfig, SplitConfig, load_config, resolve_preset
 from lm.eval_config import EvalConfig
 from lm.machine import describe_machine
 from lm.text.sources import InputError
@@ -352,25 +352,41 @@ def build_corpus(run: RunContext, settings: PipelineConfig) -> Descriptor:
         runtime=settings.runtime,
     )
     run.corpus = corpus
-    require_kept_documents(corpus)
+    require_kept_documents(corpus, settings.split, trains_models=bool(settings.model_runs()))
     return corpus
 
 
-def require_kept_documents(corpus: Descriptor) -> None:
+SPLIT_BY = {
+    "hash": "by a hash of each document, so a handful can all land in one split",
+    "random": "at random by position, so a handful can all land in one split",
+}
+
+
+def require_kept_documents(corpus: Descriptor, split: SplitConfig, trains_models: bool) -> None:
     """Stop after cleaning, saying what it removed, when it kept nothing, or how the split
-    went, when it kept nothing for training: the next stage's "the training split is empty"
-    would blame the tokenizer for what the filters or the split did."""
+    went, when it kept nothing for training (or, for models, nothing to score them on): the
+    tokenizer's "the training split is empty", or training's "the val split has 0 tokens"
+    stages later, would blame those stages for what the filters or the split did."""
     stats = corpus.stats
     kept, splits = stats.get("kept", 1), stats.get("split_documents")
-    if kept and (splits is None or splits.get("train", 0)):
-        return
-    if kept:  # a few documents, every one hashed into val or test
-        held_out = ", ".join(f"{name} {count:,}" for name, count in splits.items())
+    counts = ", ".join(f"{name} {count:,}" for name, count in (splits or {}).items())
+    if kept and splits is not None and not splits.get("train", 0):
         raise InputError(
-            f"cleaning kept {kept:,} documents, but none is in the training split ({held_out}): "
-            "the split is by a hash of each document, so a handful can all land in val and "
-            "test; add documents, or lower split.val and split.test"
+            f"cleaning kept {kept:,} documents, but none is in the training split ({counts}): "
+            f"the split is {SPLIT_BY.get(split.method, split.method)}; add documents, or "
+            "lower split.val and split.test"
         )
+    # Under "ordered" the cut is made in the token stream, after encoding.
+    empty_val = splits is not None and not splits.get("val", 0) and split.method != "ordered"
+    if kept and trains_models and empty_val:
+        raise InputError(
+            f"cleaning kept {kept:,} documents, but none is in the val split ({counts}), which "
+            "the models are scored and stopped on: "
+            + (f"the split is {SPLIT_BY[split.method]}; add documents, or raise split.val"
+               if split.val > 0 else "split.val is 0; set it above 0")
+        )  # fmt: skip
+    if kept:
+        return
     removed = [f"{flag} {count:,}" for flag, count in stats.get("removed", {}).items() if count]
     raise InputError(
         f"cleaning kept none of the {stats.get('documents', 0):,} documents (removed by: "

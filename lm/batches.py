@@ -82,7 +82,8 @@ class TokenBatches(SeededCursor):
             more = "lower split.val and split.test" if split == "train" else f"raise split.{split}"
             raise TrainingError(
                 f"{where} has {share} tokens, not more than block_size {block_size}: lower "
-                f"block_size, {more} or add data"
+                "the block_size (model.block_size of a gpt, train.block_size of other models), "
+                f"{more} or add data"
             )
         super().__init__(seed, rank)
         self.tokens = tokens

@@ -226,6 +226,31 @@ BAD_INPUTS = {
 }
 
 
+def test_a_split_that_leaves_models_nothing_to_score_on_stops_after_cleaning():
+    """Training said so stages later ("the val split has 0 tokens"), after the tokenizer and
+    the encoding had run."""
+    from flows.pipeline import require_kept_documents
+    from lm.config import SplitConfig
+    from storage.artifacts import Descriptor
+
+    def corpus(**splits: int) -> Descriptor:
+        stats = {"kept": sum(splits.values()), "split_documents": splits}
+        return Descriptor("clean", "k", "corpus/k", "d", stats)
+
+    no_val = corpus(train=3, val=0, test=1)
+    with pytest.raises(InputError, match=r"kept 4 documents, but none is in the val split "
+                       r"\(train 3, val 0, test 1\), which the models are scored and stopped "
+                       r"on: the split is by a hash .*raise split\.val"):  # fmt: skip
+        require_kept_documents(no_val, SplitConfig(), trains_models=True)
+    require_kept_documents(no_val, SplitConfig(), trains_models=False)  # a tokenizer needs none
+    require_kept_documents(no_val, SplitConfig(method="ordered"), trains_models=True)  # cut later
+    with pytest.raises(InputError, match=r"split\.val is 0; set it above 0"):
+        require_kept_documents(no_val, SplitConfig(val=0.0), trains_models=True)
+    with pytest.raises(InputError, match=r"none is in the training split \(train 0, val 2\): "
+                                         r"the split is at random by position"):  # fmt: skip
+        require_kept_documents(corpus(train=0, val=2), SplitConfig(method="random"), False)
+
+
 @pytest.mark.parametrize("kind", list(BAD_INPUTS))
 def test_bad_input_fails_clearly_and_damages_nothing_stored(workspace, config, tmp_path, kind):
     good = run_pipeline(config)
