@@ -166,7 +166,9 @@ def run_stage(
         with tags(*([concurrency_tag] if concurrency_tag and refresh else [])):
             state = stage_task.with_options(**options)(**parameters, return_state=True)
         descriptor: Descriptor = state.result()
-    except Exception:
+    except BaseException:  # a failure, or a stop (Ctrl-C, SIGTERM): the run records it
+        if live_metrics is not None:  # the curve so far, for the run's report
+            run.metrics.append_file(live_metrics.path, live_metrics.model, cut_short=True)
         run.journal.failed(name)  # an ablation goes on to its next arm: this one is not running
         raise
     record = StageRecord(

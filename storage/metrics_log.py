@@ -32,16 +32,22 @@ class MetricsLog:
     def log(self, key: str, value: float, step: int = 0, model: str | None = None) -> None:
         self.log_many({key: value}, step, model)
 
-    def append_file(self, other: Path, model: str | None = None) -> None:
+    def append_file(self, other: Path, model: str | None = None, cut_short: bool = False) -> None:
         """Add another metrics file's lines (a training run's curve) to this run's, tagged
-        with the model they belong to."""
+        with the model they belong to. With `cut_short` (the file of a training that was
+        stopped), a line its writer did not finish is left out."""
         if not other.is_file():
             return
         with open(other, encoding="utf-8") as source, open(self.path, "a", encoding="utf-8") as out:
             for raw in source:
                 if not raw.strip():
                     continue
-                line = json.loads(raw)
+                try:
+                    line = json.loads(raw)
+                except json.JSONDecodeError:
+                    if cut_short:
+                        continue
+                    raise
                 if model is not None:
                     line["model"] = model
                 out.write(json.dumps(line) + "\n")

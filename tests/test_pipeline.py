@@ -406,6 +406,42 @@ def test_a_run_scored_on_test_alone_records_no_val_loss_and_reports_its_test_bit
     assert "Bits per byte were not recorded" not in page and 'src="scores.png"' in page
 
 
+@pytest.mark.parametrize("stop", [RuntimeError("diverged"), KeyboardInterrupt()])
+def test_a_training_that_fails_or_is_stopped_leaves_its_curve_to_the_run_s_report(
+    workspace, config, stop
+):
+    """Only a crashed run's record read the curve from the work folder: a failed or stopped
+    (Ctrl-C, SIGTERM) one said "No training curves were recorded"."""
+    from prefect import task
+
+    from flows.pipeline import open_run, record_failure, run_stage
+    from lm.config import load_config
+    from storage.artifacts import ArtifactStore
+    from storage.report_data import gather_run_report
+    from storage.stage_journal import LiveMetrics
+
+    live = workspace.root / "work" / "metrics.jsonl"
+
+    @task(name="train")
+    def training_that_stops():
+        live.parent.mkdir(parents=True)
+        points = [json.dumps({"key": "train/loss", "step": step, "value": 5.0 - step,
+                              "ts": "2026-12-05T10:00:00"}) for step in (1, 2)]  # fmt: skip
+        live.write_text("\n".join(points) + '\n{"key": "train/lo')  # its last line half-written
+        raise stop
+
+    run = open_run(load_config(str(config)), str(config), [])
+    store = ArtifactStore(workspace.artifacts / "train", workspace.root)
+    with pytest.raises(type(stop)):
+        try:
+            run_stage(run, training_that_stops, "k", store, live_metrics=LiveMetrics(live, "gpt"))
+        except BaseException as error:
+            record_failure(run, error)
+            raise
+    (model,) = gather_run_report(run.registry, workspace, run.run_id).models
+    assert model.label == "gpt" and model.curves["train/loss"].values == [4.0, 3.0]
+
+
 def test_a_damaged_published_model_falls_back_then_is_trained_again(workspace, config, caplog):
     import torch
 

@@ -285,10 +285,21 @@ def test_replacements_past_the_first_few_are_summed_up_in_one_warning(tmp_path, 
 @pytest.mark.parametrize(
     ("content", "problem"),
     [
-        ('id,text\n1,"opens\n2,never closes\n3,gone\n', r":2: malformed CSV .*unexpected end"),
+        (
+            'id,text\n1,"opens\n2,never closes\n3,gone\n',
+            r":2: malformed CSV .*unexpected end of data: a quote that opens a field never closes",
+        ),
         ("id,text\n1,one\n2\n3,three\n", r":3: the record has 1 of the header's 2 fields, so no"),
+        (
+            'id,text\n1,one\n2,"quoted" then more\n',  # lenient parsers drop the quotes
+            r":3: malformed CSV .*: text follows the quote that closes a field; quote the whole",
+        ),
+        (
+            "text,id,text\n1,2,3\n",  # a reader that keeps the last column read another text
+            r": the header names column 'text' 2 times \(fields 1, 3\); rename all but one",
+        ),
     ],
-    ids=["unclosed-quote", "short-record"],
+    ids=["unclosed-quote", "short-record", "text-after-closing-quote", "column-named-twice"],
 )
 def test_csv_damage_is_an_error_naming_the_line_not_a_silent_loss(tmp_path, content, problem):
     # Unchecked, the open quote swallowed every record after it into one document, and the

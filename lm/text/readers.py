@@ -431,7 +431,13 @@ def _read_csv(
                 f"{item.name}: no column '{field}' (columns: {', '.join(header)}); "
                 "set text_field on this source"
             )
-        column = header.index(field)
+        columns = [number for number, name in enumerate(header, start=1) if name == field]
+        if len(columns) > 1:
+            raise InputError(
+                f"{item.name}: the header names column '{field}' {len(columns)} times (fields "
+                f"{', '.join(map(str, columns))}); rename all but one, or set text_field"
+            )
+        column = columns[0] - 1
         line = reader.line_num
         for record in reader:
             start, line = line + 1, reader.line_num
@@ -455,10 +461,23 @@ def _read_csv(
     except csv.Error as error:
         raise InputError(
             f"{item.name}:{line + 1}: malformed CSV in the record that starts on this line "
-            f"({error}; a quote that opens a field must close it)"
+            f"({_csv_problem(error)})"
         ) from None
     finally:
         text_stream.detach()
+
+
+def _csv_problem(error: csv.Error) -> str:
+    """What the csv module's strict parser found, said as the fix."""
+    message = str(error)
+    if "expected after" in message:  # `"quoted" then more`
+        return (
+            f"{message}: text follows the quote that closes a field; quote the whole field "
+            'and double the quotes inside it ("""quoted"" then more")'
+        )
+    if "end of data" in message:
+        return f"{message}: a quote that opens a field never closes"
+    return message
 
 
 def _unescaped(text: str) -> str:
