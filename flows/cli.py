@@ -334,11 +334,12 @@ def size(
     vocabulary_from = None  # the run whose char tokenizer gave the vocabulary size
     if vocab_size is None:
         if settings.tokenizer.kind == "char":
-            newest = _newest_char_vocabulary(settings.name)
+            newest = _newest_char_vocabulary(settings)
             if newest is None:
                 raise _fail(
                     "a char tokenizer's vocabulary comes from the data: pass --vocab-size "
-                    f"(or run {settings.name} once; size then reads its tokenizer's)"
+                    f"(or run {settings.name} once with these data and tokenizer settings; "
+                    "size then reads its tokenizer's)"
                 )
             vocabulary_from, vocab_size = newest
         else:
@@ -424,22 +425,33 @@ def _newest_train_tokens(preset: str) -> tuple[str, int] | None:
     return (rows[0][0], int(rows[0][1])) if rows else None
 
 
-def _newest_char_vocabulary(preset: str) -> tuple[str, int] | None:
-    """The run id and vocabulary size of the char tokenizer this preset's newest completed run
-    trained: a char vocabulary is the corpus's characters, which only a run has counted."""
+# What decides a char vocabulary: the text (its sources and cleaning) and the tokenizer's own
+# settings (byte fallback adds 256 ids).
+VOCABULARY_SETTINGS = ("ingest", "clean", "split", "tokenizer")
+
+
+def _newest_char_vocabulary(settings) -> tuple[str, int] | None:
+    """The run id and vocabulary size of the char tokenizer that the newest completed run of
+    this preset trained with the same data and tokenizer settings: a char vocabulary is the
+    corpus's characters, which only a run has counted."""
     from storage.registry import RegistryError
 
     try:
         _, rows = _registry().query(
-            "SELECT r.run_id, t.vocab_size FROM runs r JOIN models m USING (run_id) "
-            "JOIN tokenizers t ON t.digest = m.tokenizer_digest "
+            "SELECT DISTINCT r.run_id, t.vocab_size, r.config, r.ended_at FROM runs r "
+            "JOIN models m USING (run_id) JOIN tokenizers t ON t.digest = m.tokenizer_digest "
             "WHERE r.status = 'completed' AND r.preset = ? AND t.kind = 'char' "
-            "ORDER BY r.ended_at DESC LIMIT 1",
-            [preset],
+            "ORDER BY r.ended_at DESC",
+            [settings.name],
         )
     except RegistryError:
         return None
-    return (rows[0][0], int(rows[0][1])) if rows else None
+    wanted = settings.model_dump(mode="json", include=set(VOCABULARY_SETTINGS))
+    for run_id, vocab_size, config, _ in rows:
+        recorded = json.loads(config) if isinstance(config, str) else (config or {})
+        if {key: recorded.get(key) for key in VOCABULARY_SETTINGS} == wanted:
+            return run_id, int(vocab_size)
+    return None
 
 
 @app.command()

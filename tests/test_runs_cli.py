@@ -201,13 +201,17 @@ def test_size_of_a_char_preset_reads_the_vocabulary_of_its_newest_completed_run(
 
     unrun = run_cli("size", "names", check=False, home=tmp_path)
     assert unrun.returncode == 1
-    assert "pass --vocab-size (or run names once; size then reads its tokenizer's)" in unrun.stderr
+    assert "pass --vocab-size (or run names once with these" in unrun.stderr
     registry = RunRegistry(tmp_path / "registry.duckdb")
+    from lm.config import load_config
+
+    config = load_config("names").model_dump(mode="json")
     runs = {"r-old": ("completed", 30, 3), "r-new": ("completed", 33, 2),
             "r-bad": ("failed", 40, 1)}  # fmt: skip
     for run_id, (status, vocabulary, age) in runs.items():
+        started = NOW - timedelta(hours=age)
         registry.start_run({"run_id": run_id, "status": "running", "preset": "names",
-                            "started_at": NOW - timedelta(hours=age)})  # fmt: skip
+                            "started_at": started, "config": config})  # fmt: skip
         stats = {"kind": "char", "vocab_size": vocabulary, "bytes_per_token": 1.0,
                  "vocab_used_fraction": 1.0, "byte_fallback_rate": 0.0}  # fmt: skip
         registry.finish_run(
@@ -224,6 +228,10 @@ def test_size_of_a_char_preset_reads_the_vocabulary_of_its_newest_completed_run(
     assert "vocabulary: 33 characters, those of run r-new's char tokenizer" in said
     table = sized.split("vocabulary:")[0]
     assert table == given and table != other  # the parameters a 33-character vocabulary gives
+    # Other data or tokenizer settings make another vocabulary: the runs' is not this one.
+    for setting in ('tokenizer.unknown_chars="bytes"', 'ingest.sources=["other.txt"]'):
+        elsewhere = run_cli("size", "names", "--set", setting, check=False, home=tmp_path)
+        assert elsewhere.returncode == 1 and "pass --vocab-size" in elsewhere.stderr, setting
 
 
 def test_compare_shows_config_differences_model_metrics_and_stage_times(history):
