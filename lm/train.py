@@ -624,10 +624,13 @@ class Trainer:
         last_report, steps_at_report, stepping = time.monotonic(), self.step, 0.0
         if self.step == 0 and config.warmup_steps >= config.max_steps and self.ranks.is_main:
             # Legal (a quick `--set train.max_steps=10` under the default 20), but rarely meant.
+            reached = ("reaches train.learning_rate only on the last step"
+                       if config.warmup_steps == config.max_steps
+                       else "never reaches train.learning_rate")  # fmt: skip
             logger.warning(
                 "train.warmup_steps (%d) is not below train.max_steps (%d): the whole training "
-                "warms up, so the learning rate never reaches train.learning_rate nor decays",
-                config.warmup_steps, config.max_steps,
+                "warms up, so the learning rate %s and never decays",
+                config.warmup_steps, config.max_steps, reached,
             )  # fmt: skip
 
         def evaluates_at(step: int) -> bool:

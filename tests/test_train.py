@@ -109,7 +109,16 @@ def test_a_training_that_never_leaves_warmup_says_so(tmp_path, caplog):
         short._log = lambda values, step: rates.append(values.get("train/lr"))
         short.train()
     assert "train.warmup_steps (10) is not below train.max_steps (4)" in caplog.text
+    assert "never reaches train.learning_rate and never decays" in caplog.text
     assert max(r for r in rates if r is not None) < 3e-3 / 2  # it never came near the peak
+    caplog.clear()
+    rates.clear()
+    with caplog.at_level(logging.WARNING, logger="lm.train"):
+        even = trainer(tmp_path / "even", config(max_steps=4, warmup_steps=4))
+        even._log = lambda values, step: rates.append(values.get("train/lr"))
+        even.train()
+    assert "reaches train.learning_rate only on the last step and never decays" in caplog.text
+    assert [r for r in rates if r is not None][-1] == pytest.approx(3e-3)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="lm.train"):
         trainer(tmp_path / "long", config(max_steps=4, warmup_steps=3)).train()
