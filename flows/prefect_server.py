@@ -72,7 +72,10 @@ def _recorded(workspace: Workspace) -> dict | None:
     # A record edited by hand, or by another version, is no record: never a traceback.
     pid, port = state.get("pid"), state.get("port")
     is_number = [isinstance(value, int) and not isinstance(value, bool) for value in (pid, port)]
-    return state if all(is_number) and pid > 0 and isinstance(state.get("api_url"), str) else None
+    started_at = state.get("started_at", 0.0)
+    is_time = isinstance(started_at, int | float) and not isinstance(started_at, bool)
+    is_record = all(is_number) and pid > 0 and isinstance(state.get("api_url"), str) and is_time
+    return state if is_record else None
 
 
 def _write_record(workspace: Workspace, state: dict) -> None:

@@ -181,7 +181,8 @@ def test_the_next_start_replaces_a_server_that_never_answers(own_server, tmp_pat
 @pytest.mark.parametrize(
     "written",
     ['{"pid": 1}', '{"pid": "x", "port": 5, "api_url": "u"}', '{"pid": null}',
-     '{"pid": true, "port": 5, "api_url": "u"}', '[1, 2]'],
+     '{"pid": true, "port": 5, "api_url": "u"}', '[1, 2]',
+     '{"pid": 7, "port": 5, "api_url": "u", "status": "starting", "started_at": "soon"}'],
 )  # fmt: skip
 def test_a_server_record_edited_out_of_shape_is_no_record_not_a_traceback(own_server, written):
     # `server status` and `stop` raised KeyError or TypeError on these.
