@@ -217,10 +217,14 @@ def _models(
             if (label := _stage_label(stage["stage"], TRAIN_STAGE)) is not None
         ]
     known = {model.label for model in models}
+    trained = {label for stage in stages
+               if (label := _stage_label(stage["stage"], TRAIN_STAGE)) is not None}  # fmt: skip
     cut_short = [row["model"] for row in metrics if row["key"] in CURVE_KEYS]
     for label in dict.fromkeys(cut_short):
         if label is not None and label not in known:
-            models.append(_model_cut_short(label, config or {}, status))
+            # A train stage recorded for it ("" for a run's one model): trained, not scored.
+            finished = label in trained or ("" in trained and not (config or {}).get("models"))
+            models.append(_model_cut_short(label, config or {}, status, finished))
     _add_metrics(models, metrics)
     _add_evaluations(models, stages, workspace)
     for model in models:
@@ -290,9 +294,10 @@ def _model_from_train_stage(label: str, stage: dict, workspace: Workspace) -> Mo
     )
 
 
-def _model_cut_short(label: str, config: dict, status: str) -> ModelSection:
-    """A model whose training logged a curve but never finished: its kind and tokens per step
-    from the run's config (the ladder entry of that label, or the run's one model)."""
+def _model_cut_short(label: str, config: dict, status: str, trained: bool = False) -> ModelSection:
+    """A model whose training logged a curve but never finished (or, `trained`, finished but
+    was never scored): its kind and tokens per step from the run's config (the ladder entry of
+    that label, or the run's one model)."""
     train = dict(config.get("train") or {})
     model = config.get("model") or {}
     for entry in config.get("models") or []:
@@ -302,6 +307,9 @@ def _model_cut_short(label: str, config: dict, status: str) -> ModelSection:
     block_size = model.get("block_size") or train.get("block_size")
     why = (f"its training did not finish (the run is {status}): the curves are what it logged "
            "before it stopped, and there are no scores")  # fmt: skip
+    if trained:
+        why = (f"its training finished, but the run ({status}) stopped before it was scored: "
+               "the curves are its training's, and there are no scores")  # fmt: skip
     return ModelSection(
         label=label,
         kind=model.get("kind"),

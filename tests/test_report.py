@@ -510,3 +510,27 @@ def test_a_training_cut_short_keeps_its_curve_in_the_report(tmp_path):
     # The card gives each ladder model's own training settings, not the shared [train] alone.
     assert "training bigram100 steps, global batch 8" in page.text["run"]
     assert "training big50 steps, global batch 4" in page.text["run"]
+
+
+def test_a_ladder_model_trained_but_not_scored_is_not_said_to_have_stopped_training(tmp_path):
+    from storage.registry import ModelRecord, StageRecord
+
+    workspace = Workspace(tmp_path)
+    registry = RunRegistry(workspace.registry_path)
+    config = {"train": {"global_batch": 8, "block_size": 16},
+              "models": [{"name": "small", "model": {"kind": "bigram"}, "train": {}},
+                         {"name": "big", "model": {"kind": "gpt"}, "train": {}}]}  # fmt: skip
+    registry.start_run({"run_id": "unscored", "status": "running", "started_at": datetime.now(),
+                        "config": config})  # fmt: skip
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text(json.dumps({"key": "train/loss", "step": 1, "value": 4.0, "model": "big",
+                                   "ts": "2026-12-05"}) + "\n")  # fmt: skip
+    trained = StageRecord("train/big", "k", False, 3.0)  # then its evaluate stage failed
+    small = ModelRecord("small", "bigram", "d", "artifacts/train/s", "t", "c", {}, {})
+    registry.finish_run("unscored", "failed", datetime.now(), [trained], [], None, metrics,
+                        models=[small])  # fmt: skip
+    _, model = gather_run_report(registry, workspace, "unscored").models
+    assert model.label == "big" and model.missing == [
+        "its training finished, but the run (failed) stopped before it was scored: the curves "
+        "are its training's, and there are no scores"
+    ]
