@@ -112,6 +112,26 @@ def test_minhash_estimates_jaccard_similarity():
     assert abs(estimate - 1 / 3) < 0.08
 
 
+def test_a_near_duplicate_is_found_where_an_unrelated_document_holds_the_band_key_first():
+    # Each bucket kept its first document only: A's one band in common with C was B's, so C
+    # was compared with B alone and kept, a near copy of A.
+    import numpy as np
+
+    from lm.text.near_duplicates import NearDuplicateIndex
+
+    index = NearDuplicateIndex(threshold=0.8, num_perm=128)
+    rows, rng = index.rows, np.random.default_rng(0)
+    a = rng.integers(0, 2**32, 128, dtype=np.uint64)
+    b = rng.integers(0, 2**32, 128, dtype=np.uint64)
+    b[:rows] = a[:rows]  # band 0 as A's, nothing else
+    c = a.copy()
+    for band in range(1, index.bands):  # one value off in every other band: no key in common
+        c[band * rows] += 1
+    assert np.mean(c == a) >= 0.8 and np.mean(b == a) < 0.8
+    assert index.find_or_add("b", b) is None and index.find_or_add("a", a) is None
+    assert index.find_or_add("c", c) == "a"
+
+
 def test_banding_uses_at_most_num_perm_rows():
     bands, rows = optimal_banding(0.8, 128)
     assert bands * rows <= 128 and bands > 1
