@@ -378,10 +378,13 @@ def _config_summary(config: dict, tokenizer_stats: dict | None) -> list[tuple[st
         rows.append(("tokenizer", f"{tokenizer.get('kind')} (vocab {tokenizer.get('vocab_size')})"))
     train = config.get("train") or {}
     if train and config.get("model"):  # one model: the run's [train]
-        rows.append(("training", _training_summary(train)))
+        rows.append(("training", _training_summary(train, config["model"])))
     for entry in config.get("models") or []:  # a ladder: each model's own overrides on it
-        label = entry.get("name") or (entry.get("model") or {}).get("kind")
-        rows.append((f"training {label}", _training_summary(train | (entry.get("train") or {}))))
+        model = entry.get("model") or {}
+        label = entry.get("name") or model.get("kind")
+        rows.append(
+            (f"training {label}", _training_summary(train | (entry.get("train") or {}), model))
+        )
     word2vec = config.get("word2vec") or {}
     if word2vec:
         enabled = word2vec.get("enabled", True)
@@ -390,7 +393,9 @@ def _config_summary(config: dict, tokenizer_stats: dict | None) -> list[tuple[st
     return rows
 
 
-def _training_summary(train: dict) -> str:
+def _training_summary(train: dict, model: dict) -> str:
+    if model.get("kind") == "bigram-count":  # counted in one pass: no steps, no optimizer
+        return "counted in closed form (no steps)"
     return (f"{train.get('max_steps')} steps, global batch {train.get('global_batch')}, "
             f"lr {train.get('learning_rate')} ({train.get('schedule')})")  # fmt: skip
 

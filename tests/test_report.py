@@ -512,6 +512,18 @@ def test_a_training_cut_short_keeps_its_curve_in_the_report(tmp_path):
     assert "training big50 steps, global batch 4" in page.text["run"]
 
 
+def test_the_card_gives_a_count_model_no_steps_or_learning_rate():
+    from lm.report_render import _config_summary
+
+    config = {"train": {"max_steps": 60, "global_batch": 128, "learning_rate": 0.001,
+                        "schedule": "cosine"},
+              "models": [{"name": "counts", "model": {"kind": "bigram-count"}, "train": {}},
+                         {"name": "gpt", "model": {"kind": "gpt"}, "train": {}}]}  # fmt: skip
+    rows = dict(_config_summary(config, None))
+    assert rows["training counts"] == "counted in closed form (no steps)"
+    assert rows["training gpt"] == "60 steps, global batch 128, lr 0.001 (cosine)"
+
+
 def test_a_ladder_model_trained_but_not_scored_is_not_said_to_have_stopped_training(tmp_path):
     from storage.registry import ModelRecord, StageRecord
 
