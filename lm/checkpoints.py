@@ -39,10 +39,25 @@ def read_info(checkpoint: Path) -> dict:
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
+        info = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         logger.warning("%s: unreadable (%s)", path, error)
         return {}
+    return info if isinstance(info, dict) else {}
+
+
+def _info_problem(checkpoint: Path) -> str | None:
+    """Why a checkpoint's `checkpoint.json`, which it has, cannot be read; None if it can (or
+    it has none: written before it existed). Read as `{}`, it would switch off the size,
+    digest and tokenizer checks that it records the values of."""
+    path = checkpoint / INFO_FILE
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return f"{INFO_FILE} is unreadable"
+    return None if isinstance(info, dict) else f"{INFO_FILE} holds no JSON object"
 
 
 def other_tokenizer(info: dict, digest: str | None) -> str | None:
@@ -56,6 +71,9 @@ def other_tokenizer(info: dict, digest: str | None) -> str | None:
 
 def damage(checkpoint: Path) -> str | None:
     """Why this complete checkpoint cannot be trusted, or None if its files are whole."""
+    problem = _info_problem(checkpoint)
+    if problem:
+        return problem
     problem = size_mismatch(checkpoint, read_info(checkpoint).get("files", {}))
     if problem is None and not (checkpoint / WEIGHTS_FILE).is_file():
         return f"{WEIGHTS_FILE} is missing"

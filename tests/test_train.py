@@ -616,6 +616,19 @@ def test_a_writer_killed_before_its_rename_leaves_nothing_that_breaks_a_resume(t
     assert sorted(p.name for p in tmp_path.iterdir() if "." in p.name) == ["metrics.jsonl"]
 
 
+@pytest.mark.parametrize("written", ["{bad", "[1, 2]"])
+def test_a_checkpoint_whose_record_is_unreadable_is_skipped_for_the_previous_one(
+    tmp_path, caplog, written
+):
+    """Read as `{}` (the record of a checkpoint older than it), it switched off the size,
+    sha256 and tokenizer checks, and the checkpoint loaded unchecked."""
+    trainer(tmp_path, config(max_steps=20)).train(until_step=10)
+    (tmp_path / "step-00000010" / "checkpoint.json").write_text(written)
+    assert latest_checkpoint(tmp_path).name == "step-00000005"
+    problem = "is unreadable" if written == "{bad" else "holds no JSON object"
+    assert f"step-00000010: damaged checkpoint (checkpoint.json {problem})" in caplog.text
+
+
 def test_a_truncated_checkpoint_is_skipped_for_the_previous_one(tmp_path, caplog):
     trainer(tmp_path, config(max_steps=20)).train(until_step=10)
     weights = tmp_path / "step-00000010" / "model.pt"
