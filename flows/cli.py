@@ -53,7 +53,10 @@ SQL_MAX_ROWS = 1000  # `lmforge sql` shows this many rows unless told otherwise
 @app.callback()
 def _check_workspace() -> None:
     # A workspace that is a file would read as "no registry yet" to every command.
-    root = Workspace.from_env().root
+    try:
+        root = Workspace.from_env().root
+    except WorkspaceError as error:
+        raise _fail(str(error)) from None
     if root.exists() and not root.is_dir():
         raise _fail(f"LMFORGE_HOME={root}: is a file, not a folder; point LMFORGE_HOME at a "
                     "folder (it is made if it does not exist)")  # fmt: skip

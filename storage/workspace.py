@@ -29,7 +29,14 @@ class Workspace:
     @classmethod
     def from_env(cls) -> Workspace:
         """The workspace named by `$LMFORGE_HOME` (default `./.lmforge`), as an absolute path."""
-        root = Path(os.environ.get("LMFORGE_HOME") or DEFAULT_HOME).expanduser().resolve()
+        named = os.environ.get("LMFORGE_HOME") or DEFAULT_HOME
+        try:
+            root = Path(named).expanduser().resolve()
+        except RuntimeError:  # `~someone` for a user this machine does not know
+            raise WorkspaceError(
+                f"LMFORGE_HOME={named}: no home folder for '{named.split('/')[0]}' on this "
+                "machine; give the workspace's path"
+            ) from None
         return cls(root)
 
     @property

@@ -4,6 +4,7 @@ problem, before anything runs."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -34,6 +35,16 @@ def test_a_workspace_that_is_a_file_is_said_to_be_one(tmp_path):
     assert result.stderr.strip() == (
         f"error: LMFORGE_HOME={home}: is a file, not a folder; point "
         "LMFORGE_HOME at a folder (it is made if it does not exist)"
+    )
+
+
+def test_a_workspace_under_an_unknown_user_s_home_is_one_line():
+    # A traceback: "RuntimeError: Could not determine home directory."
+    result = run_cli("runs", check=False, home=Path("~no-such-user-4242/ws"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        "error: LMFORGE_HOME=~no-such-user-4242/ws: no home folder for '~no-such-user-4242' on "
+        "this machine; give the workspace's path"
     )
 
 
