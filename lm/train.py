@@ -7,8 +7,8 @@ clipping, bf16 autocast and `torch.compile` (each "auto" by default: on for CUDA
 where it is native and compile when the run is long enough to repay it), evaluation on a fixed
 val sample every N steps, early stopping with patience and minimum delta, a NaN/inf guard,
 metrics as JSON lines, and a progress line with tokens/s, MFU (on GPUs of known peak) and ETA.
-In one process with fused AdamW the loop runs a step ahead (`Trainer.run_steps`): a GPU gets the
-next step queued before the host reads the last one's loss.
+In one process with fused AdamW on a GPU the loop runs a step ahead (`Trainer.run_steps`): the GPU
+gets the next step queued before the host reads the last one's loss.
 
 Under `torchrun` (see `lm.distributed`) the same loop runs on every rank: the model is wrapped in
 DDP or sharded with FSDP2, each rank draws its windows from its own contiguous share of the
@@ -349,6 +349,12 @@ class Trainer:
         self.config = config
         self.ranks = Ranks.from_env()
         self.device = pick_device(config.device, self.ranks)
+        # Whether `run_steps` may queue a step before reading the last one's loss: on a device
+        # that runs what it is given later (CUDA, MPS). A CPU runs a step as it is launched, so
+        # running ahead gains nothing there, and the time of the step launched ahead was
+        # counted with the step yielded (the last step's window held almost none of it: a
+        # final tokens/s in the hundreds of thousands, the report's headline figure).
+        self.runs_ahead = self.device.type != "cpu"
         init_process_group(self.ranks, self.device)
         self.accumulation = config.accumulation_steps_for(self.ranks.world_size)
         if self.device.type == "cpu":  # no page faults for every step's activations again
@@ -491,10 +497,11 @@ class Trainer:
         self, last_step: int, settle_at: Callable[[int], bool] = lambda step: False
     ) -> Iterator[tuple[int, float, float]]:
         """Train until step `last_step`, yielding (step, loss, learning rate) as each step's
-        loss is read. One process with a fused optimizer runs a step ahead: step n+1 is queued
-        before step n's loss is read, so the device need not idle while the host prepares the
-        next step (GPT-2 124M on an H200: 1.5 % more tokens/s at batch 16, none at batch 64,
-        where the update queued before the read had already kept the GPU 98 % busy). A
+        loss is read. One process with a fused optimizer on a GPU (`runs_ahead`) runs a step
+        ahead: step n+1 is queued before step n's loss is read, so the device need not idle
+        while the host prepares the next step (GPT-2 124M on an H200: 1.5 % more tokens/s at
+        batch 16, none at batch 64, where the update queued before the read had already kept
+        the GPU 98 % busy). A
         step for which `settle_at(step)` holds, and the last, is yielded with nothing in
         flight: the weights, optimizer and data cursor are that step's, and the caller may
         evaluate or save there. Other setups read each loss before the update, so every step is
@@ -511,7 +518,8 @@ class Trainer:
                 previous, in_flight = in_flight, launched
                 if previous is not None:
                     yield previous.number, *self._settle(previous)
-                if not launched.updated or settle_at(self.step) or self.step >= last_step:
+                if (not launched.updated or settle_at(self.step) or self.step >= last_step
+                        or not self.runs_ahead):  # fmt: skip
                     in_flight = None
                     yield launched.number, *self._settle(launched)
         except GeneratorExit:  # the caller stopped early: read the step it left queued

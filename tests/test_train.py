@@ -357,6 +357,7 @@ def test_running_a_step_ahead_trains_and_logs_exactly_as_step_by_step(tmp_path):
     same losses, weights and metric lines as steps read one at a time."""
     settings = config(max_steps=12, eval_every=100, checkpoint_every=100)
     ahead = trainer(tmp_path / "ahead", settings)
+    ahead.runs_ahead = True  # as on a GPU
     launched_before_read = []
     settle = ahead._settle
 
@@ -381,6 +382,7 @@ def test_a_nan_loss_read_a_step_late_still_changes_no_weight(tmp_path):
     """Step 3's loss is NaN; step 4 is already queued, update and all, when the host reads
     it. Step 4's update skips itself too: the run stops with step 3's weights."""
     run = trainer(tmp_path, config(max_steps=12, eval_every=100, checkpoint_every=100))
+    run.runs_ahead = True  # as on a GPU
     calls = nan_loss_at(run, 3)
     snapshots = {}
     update = run._update_weights
@@ -407,6 +409,7 @@ def test_gradients_that_are_not_finite_under_a_finite_loss_change_no_weight(tmp_
     after it kept them, and resuming from it failed again ("loss is nan at step 4")."""
     run = trainer(tmp_path, config(max_steps=8, eval_every=100, checkpoint_every=4))
     run.train(until_step=3)
+    run.runs_ahead = ahead  # as on a GPU
     if not ahead:  # the path of several ranks: each step's loss and norm read before its update
         run.optimizer.defaults["fused"] = False
     first = next(run.module.parameters())
@@ -423,6 +426,7 @@ def test_stopping_the_steps_early_still_reads_the_step_left_in_flight(tmp_path):
     """The caller stops after step 3, while step 4 runs ahead with a NaN loss: closing the
     steps reads it and raises, instead of leaving a skipped step for the next call to miss."""
     run = trainer(tmp_path, config(max_steps=12, eval_every=100, checkpoint_every=100))
+    run.runs_ahead = True  # as on a GPU
     nan_loss_at(run, 3)
     steps = run.run_steps(10)
     assert [step for step, _, _ in itertools.islice(steps, 3)] == [1, 2, 3]
@@ -777,6 +781,26 @@ def test_tokens_per_second_count_training_steps_and_the_eta_counts_evaluations_t
     assert "train: step 5/12, loss" in caplog.text and "128 tokens/s, ETA 0:00:47" in caplog.text
     # The last report comes before the last step's evaluation, still to run.
     assert re.search(r"step 12/12, loss [\d.]+, 128 tokens/s, ETA 0:00:10", caplog.text)
+
+
+def test_a_cpu_step_is_timed_in_its_own_window_and_the_last_is_not_inflated(tmp_path, monkeypatch):
+    """A CPU does a step's work as it is launched. Run ahead, each window held the next step's
+    time and the last window almost none: its tokens/s read thousands of times the true rate."""
+    clock = {"now": 0.0}
+    monkeypatch.setattr("lm.train.time", SimpleNamespace(monotonic=lambda: clock["now"]))
+    run = trainer(tmp_path, config(max_steps=12, eval_every=100, checkpoint_every=100))
+    assert not run.runs_ahead  # a CPU trainer
+    launch = run._launch_step
+
+    def one_second_launch(unread=None):  # the work happens in the launch, as on a CPU
+        clock["now"] += 1.0
+        return launch(unread)
+
+    run._launch_step = one_second_launch
+    run.train()
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    speeds = [m["value"] for m in lines if m["key"] == "train/tokens_per_s"]
+    assert len(speeds) >= 2 and speeds == pytest.approx([8 * 16] * len(speeds))
 
 
 def test_one_slow_stretch_moves_the_eta_by_a_smoothed_share_of_its_pace(
