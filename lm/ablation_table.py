@@ -118,8 +118,8 @@ def summarize(
 ) -> AblationTable:
     """Mean and sample standard deviation over the seeds that finished, per variant, best val
     bits per byte first. `planned` is every (variant, seed) of the config, in its order;
-    `scored` holds the train stats (`val_bpb`, `tokens_seen`, `seconds`, `parameters`) of
-    those that finished."""
+    `scored` holds the train stats (`val_bpb`, `tokens_seen`, `seconds`, `parameters`, and
+    `tokens_this_run` where recorded) of those that finished."""
     planned_seeds: dict[str, int] = {}
     for variant, _ in planned:
         planned_seeds[variant] = planned_seeds.get(variant, 0) + 1
@@ -129,7 +129,9 @@ def summarize(
     results = []
     for variant, runs in by_variant.items():
         bpb = [stats["val_bpb"] for _, stats in runs]
-        speed = [stats["tokens_seen"] / max(stats["seconds"], 1e-9) for _, stats in runs]
+        # The tokens trained in the seconds measured: a resumed seed's earlier ones are not.
+        speed = [stats.get("tokens_this_run", stats["tokens_seen"]) / max(stats["seconds"], 1e-9)
+                 for _, stats in runs]  # fmt: skip
         results.append(
             VariantResult(
                 variant=variant,

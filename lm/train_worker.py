@@ -99,11 +99,13 @@ def train_in(work: Path):
                       eot_id=spec.eot_id)  # fmt: skip
     init_from = Path(spec.init_from) if spec.init_from else None
     trainer.resume_or_initialize(work, init_from)
+    seen_before = trainer.tokens_seen  # by the run this one resumes
     result = trainer.train()
     if trainer.ranks.is_main:
         summary = {
             "steps": result.step,
             "tokens_seen": result.tokens_seen,
+            "tokens_this_run": result.tokens_seen - seen_before,
             "tokens_trained": result.tokens_trained,
             "best_val_loss": result.best_val_loss,
             "stopped_early": result.stopped_early,

@@ -166,16 +166,19 @@ def train_task(
             if model.kind == "bigram-count":
                 network.fit(_as_tensor(train_tokens))
                 val_loss, steps, stopped_early = trainer.evaluate(network), 0, False
-                tokens_seen = tokens_trained = 0
+                tokens_seen = tokens_trained = tokens_this_run = 0
                 trainer.save("best")
             else:
                 trainer.resume_or_initialize(work, init_from)
+                seen_before = trainer.tokens_seen  # by the run this one resumes
                 result = trainer.train()
                 val_loss, steps = result.best_val_loss, result.step
                 stopped_early, tokens_seen = result.stopped_early, result.tokens_seen
                 tokens_trained = result.tokens_trained
+                tokens_this_run = tokens_seen - seen_before
             outcome = {"best_val_loss": val_loss, "steps": steps, "stopped_early": stopped_early,
                        "tokens_seen": tokens_seen, "tokens_trained": tokens_trained,
+                       "tokens_this_run": tokens_this_run,
                        "parameters": trainer.module.num_params(), "device": str(trainer.device),
                        "device_name": device_name(trainer.device),
                        "threads": torch.get_num_threads(), "world_size": 1}  # fmt: skip
@@ -189,6 +192,9 @@ def train_task(
             # what the published weights (`best/`) were trained on, with what the weights
             # they continue were trained on (`train.init_from`)
             "tokens_trained": tokens_behind_best(work, outcome["tokens_trained"]),
+            # trained in `seconds`: a resumed training's tokens before the resume took time
+            # this stage did not measure (speeds are this over `seconds`)
+            "tokens_this_run": outcome.get("tokens_this_run", outcome["tokens_seen"]),
             "val_loss": outcome["best_val_loss"],
             "baseline_val_loss": baseline_loss,
             "baseline_smoothing": smoothing,

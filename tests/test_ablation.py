@@ -263,6 +263,16 @@ def test_a_rerun_serves_the_variants_that_finished_from_cache(broken, rerun):
     }  # the failing variant recorded no train stage: it trained again, and failed again
 
 
+def test_a_resumed_seed_s_speed_counts_only_the_tokens_trained_in_its_seconds():
+    from lm.ablation_table import summarize
+
+    whole = {"val_bpb": 2.0, "tokens_seen": 1000, "tokens_this_run": 1000, "seconds": 2.0,
+             "parameters": 10}  # fmt: skip
+    resumed = whole | {"tokens_this_run": 250, "seconds": 0.5}  # killed at 75 %, then rerun
+    table = summarize([("a", 1), ("a", 2)], [("a", 1, whole), ("a", 2, resumed)], [])
+    assert table.rows() == [["a", "2", "10", "2.0000 ± 0.0000", "500 ± 0"]]  # was 1,250 ± 1,061
+
+
 def test_a_variant_that_lost_a_seed_says_how_many_finished_and_claims_no_spread_from_one():
     from lm.ablation_table import FailedArm, summarize
 

@@ -490,10 +490,14 @@ def test_training_resumes_from_the_work_folder_after_a_crash(workspace, config):
     work = folder.with_name(folder.name + ".work")
     work.mkdir()
     shutil.copytree(folder / "best", work / "step-00000006")  # best = step 6 or 12
+    best_step = json.loads((folder / "best" / "checkpoint.json").read_text())["step"]
     shutil.rmtree(folder)
     resumed = run_pipeline(config, TINY_GPT)
     assert resumed["models"][-1]["steps"] == 12
     assert latest_checkpoint(work) is None  # the work folder was consumed
+    # The speed of this stage's seconds counts only what it trained (4 × 16 tokens a step).
+    assert first["models"][-1]["tokens_this_run"] == first["models"][-1]["tokens_seen"] == 768
+    assert resumed["models"][-1]["tokens_this_run"] == (12 - best_step) * 64
 
 
 LADDER = """
