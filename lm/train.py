@@ -573,14 +573,14 @@ class Trainer:
             step_loss = all_reduce_sum([step_loss], self.device)[0] / self.ranks.world_size
         if not math.isfinite(step_loss):
             raise TrainingError(
-                f"loss is {step_loss} at step {launched.number - 1}: {NOT_FINITE_ADVICE}"
+                f"loss is {step_loss} at step {launched.number}: {NOT_FINITE_ADVICE}"
             )
         norm = launched.gradient_norm if launched.updated else self._clip_gradients()
         norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: DTensor
         if not math.isfinite(norm):
             self.optimizer.zero_grad(set_to_none=True)  # never applied
             raise TrainingError(
-                f"the gradients' norm is {norm} at step {launched.number - 1} (its loss, "
+                f"the gradients' norm is {norm} at step {launched.number} (its loss, "
                 f"{step_loss:.4f}, is finite): {NOT_FINITE_ADVICE}"
             )
         if not launched.updated:

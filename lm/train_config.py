@@ -99,6 +99,16 @@ class TrainConfig(StrictModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _average_of_whole_weights(self) -> TrainConfig:
+        # Checked here, before any stage runs, not first by the ranks after the data stages.
+        if self.ema_decay and self.parallel == "fsdp" and self.world_size > 1:
+            raise ValueError(
+                'ema_decay averages whole weights, which FSDP shards: use parallel = "ddp", '
+                "or ema_decay = 0"
+            )
+        return self
+
     @property
     def world_size(self) -> int:
         """Training processes over every node."""

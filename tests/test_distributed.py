@@ -438,6 +438,10 @@ def test_nodes_and_their_meeting_point_are_checked_with_the_config():
                     master_addr="node0")  # fmt: skip
     with pytest.raises(ValueError, match="nnodes = 2 needs master_addr"):
         TrainConfig(micro_batch=2, global_batch=8, nnodes=2)
+    # Refused by the ranks once the data stages had run; now with the config.
+    with pytest.raises(ValueError, match="ema_decay averages whole weights, which FSDP shards"):
+        TrainConfig(global_batch=24, nproc_per_node=2, parallel="fsdp", ema_decay=0.99)
+    TrainConfig(global_batch=24, nproc_per_node=2, parallel="ddp", ema_decay=0.99)
     settings = TrainConfig(micro_batch=2, global_batch=16, nproc_per_node=2, nnodes=2,
                            master_addr="node0")  # fmt: skip
     assert (settings.world_size, settings.accumulation_steps) == (4, 2)

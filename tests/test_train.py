@@ -315,13 +315,14 @@ def test_nan_loss_stops_with_a_clear_error(tmp_path):
     run = trainer(tmp_path, config())
     with torch.no_grad():
         next(run.module.parameters()).fill_(math.nan)
-    with pytest.raises(TrainingError, match="loss is nan at step 0"):
+    with pytest.raises(TrainingError, match="loss is nan at step 1"):
         run.train()
 
 
 def nan_loss_at(run: Trainer, step: int) -> list[int]:
     """Make `run`'s training loss NaN on step `step` (counted from 0, as `run.step` is while
-    the step runs); returns the steps whose forward ran, as they run."""
+    the step runs: the error and the metrics call it step `step + 1`); returns the steps whose
+    forward ran, as they run."""
     forward, calls = run._forward, []
 
     def forward_with_a_nan(x, y, model=None):
@@ -343,7 +344,7 @@ def test_a_nan_step_leaves_the_weights_and_the_optimizer_as_they_were(tmp_path):
     moments = [state["exp_avg"].clone() for state in run.optimizer.state.values()]
     steps = [float(state["step"]) for state in run.optimizer.state.values()]
     nan_loss_at(run, 3)
-    with pytest.raises(TrainingError, match="loss is nan at step 3"):
+    with pytest.raises(TrainingError, match="loss is nan at step 4"):
         run.train_step()
     for name, tensor in run.module.state_dict().items():
         assert torch.equal(tensor, weights[name]), name
@@ -379,8 +380,8 @@ def test_running_a_step_ahead_trains_and_logs_exactly_as_step_by_step(tmp_path):
 
 
 def test_a_nan_loss_read_a_step_late_still_changes_no_weight(tmp_path):
-    """Step 3's loss is NaN; step 4 is already queued, update and all, when the host reads
-    it. Step 4's update skips itself too: the run stops with step 3's weights."""
+    """Step 4's loss is NaN; step 5 is already queued, update and all, when the host reads
+    it. Step 5's update skips itself too: the run stops with step 3's weights."""
     run = trainer(tmp_path, config(max_steps=12, eval_every=100, checkpoint_every=100))
     run.runs_ahead = True  # as on a GPU
     calls = nan_loss_at(run, 3)
@@ -394,9 +395,10 @@ def test_a_nan_loss_read_a_step_late_still_changes_no_weight(tmp_path):
         update()
 
     run._update_weights = snapshotting_update
-    with pytest.raises(TrainingError, match="loss is nan at step 3"):
+    with pytest.raises(TrainingError, match="loss is nan at step 4"):
         run.train()
-    assert max(calls) == 4  # step 4 ran, and its update was queued, before the NaN was read
+    assert max(calls) == 4  # step 5 ran (`run.step` 4 then), and its update was queued,
+    # before the NaN was read
     for name, tensor in run.module.state_dict().items():
         assert torch.equal(tensor, snapshots["weights"][name]), name
     assert [float(s["step"]) for s in run.optimizer.state.values()] == snapshots["steps"]
@@ -414,7 +416,7 @@ def test_gradients_that_are_not_finite_under_a_finite_loss_change_no_weight(tmp_
         run.optimizer.defaults["fused"] = False
     first = next(run.module.parameters())
     first.register_hook(lambda grad: grad * math.nan if run.step == 3 else grad)
-    with pytest.raises(TrainingError, match=r"gradients' norm is nan at step 3 \(its loss, "):
+    with pytest.raises(TrainingError, match=r"gradients' norm is nan at step 4 \(its loss, "):
         run.train()
     saved = torch.load(tmp_path / "step-00000003" / "model.pt", weights_only=True)
     for name, tensor in run.module.state_dict().items():
@@ -430,7 +432,7 @@ def test_stopping_the_steps_early_still_reads_the_step_left_in_flight(tmp_path):
     nan_loss_at(run, 3)
     steps = run.run_steps(10)
     assert [step for step, _, _ in itertools.islice(steps, 3)] == [1, 2, 3]
-    with pytest.raises(TrainingError, match="loss is nan at step 3"):
+    with pytest.raises(TrainingError, match="loss is nan at step 4"):
         steps.close()
 
 
