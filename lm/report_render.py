@@ -64,9 +64,9 @@ class Curve:
 
 @dataclass
 class ModelSection:
-    """A trained model of a run. `tokens_per_step` (global batch × block size) turns steps into
-    tokens; `None` when the train settings are not available, and curves are then drawn
-    against steps."""
+    """A trained model of a run. `tokens_per_step` (global batch × block size, or for rows of
+    documents the mean targets a step trained on) turns steps into tokens; `None` when the
+    train settings are not available, and curves are then drawn against steps."""
 
     label: str
     kind: str | None = None
@@ -76,7 +76,7 @@ class ModelSection:
     # Behind the published weights (`best/`), with the trainings they continue
     # (`train.init_from`); None where not recorded.
     tokens_trained: int | None = None
-    tokens_per_step: int | None = None
+    tokens_per_step: float | None = None
     scores: dict[str, float | None] = field(default_factory=dict)
     curves: dict[str, Curve] = field(default_factory=dict)
     evaluation: dict[str, float] = field(default_factory=dict)

@@ -495,13 +495,13 @@ class Trainer:
 
     def run_steps(
         self, last_step: int, settle_at: Callable[[int], bool] = lambda step: False
-    ) -> Iterator[tuple[int, float, float]]:
-        """Train until step `last_step`, yielding (step, loss, learning rate) as each step's
-        loss is read. One process with a fused optimizer on a GPU (`runs_ahead`) runs a step
-        ahead: step n+1 is queued before step n's loss is read, so the device need not idle
-        while the host prepares the next step (GPT-2 124M on an H200: 1.5 % more tokens/s at
-        batch 16, none at batch 64, where the update queued before the read had already kept
-        the GPU 98 % busy). A
+    ) -> Iterator[tuple[int, float, float, int]]:
+        """Train until step `last_step`, yielding (step, loss, learning rate, targets scored)
+        as each step's loss is read. One process with a fused optimizer on a GPU
+        (`runs_ahead`) runs a step ahead: step n+1 is queued before step n's loss is read, so
+        the device need not idle while the host prepares the next step (GPT-2 124M on an
+        H200: 1.5 % more tokens/s at batch 16, none at batch 64, where the update queued
+        before the read had already kept the GPU 98 % busy). A
         step for which `settle_at(step)` holds, and the last, is yielded with nothing in
         flight: the weights, optimizer and data cursor are that step's, and the caller may
         evaluate or save there. Other setups read each loss before the update, so every step is
@@ -517,11 +517,11 @@ class Trainer:
                 launched = self._launch_step(in_flight)
                 previous, in_flight = in_flight, launched
                 if previous is not None:
-                    yield previous.number, *self._settle(previous)
+                    yield previous.number, *self._settle(previous), previous.scored
                 if (not launched.updated or settle_at(self.step) or self.step >= last_step
                         or not self.runs_ahead):  # fmt: skip
                     in_flight = None
-                    yield launched.number, *self._settle(launched)
+                    yield launched.number, *self._settle(launched), launched.scored
         except GeneratorExit:  # the caller stopped early: read the step it left queued
             if in_flight is not None:
                 self._settle(in_flight)
@@ -628,8 +628,9 @@ class Trainer:
         if self.stopped_early:  # resumed from the checkpoint where early stopping ended it
             return TrainResult(self.step, self.best_val_loss, True, losses, self.tokens_seen,
                                self.tokens_trained)  # fmt: skip
-        tokens_per_step = config.global_batch * config.block_size
         last_report, steps_at_report, stepping = time.monotonic(), self.step, 0.0
+        tokens_in_window = 0  # the targets trained on: rows of documents score fewer than
+        # global_batch × block_size (their padding), windows exactly that
         if self.step == 0 and config.warmup_steps >= config.max_steps and self.ranks.is_main:
             # Legal (a quick `--set train.max_steps=10` under the default 20), but rarely meant.
             reached = ("reaches train.learning_rate only on the last step"
@@ -652,15 +653,16 @@ class Trainer:
 
         self.model.train()
         resumed = time.monotonic()
-        for step, step_loss, rate in self.run_steps(last_step, settle_at):
+        for step, step_loss, rate, scored in self.run_steps(last_step, settle_at):
             now = time.monotonic()
             stepping += now - resumed  # the steps' own time: the device's too, up to the read
+            tokens_in_window += scored
             losses.append(step_loss)
             self._log({"train/loss": step_loss, "train/lr": rate}, step)
             if now - last_report > 5 or step == config.max_steps:
                 self._report_throughput(step, step_loss, stepping, step - steps_at_report,
-                                        tokens_per_step)  # fmt: skip
-                last_report, steps_at_report, stepping = now, step, 0.0
+                                        tokens_in_window)  # fmt: skip
+                last_report, steps_at_report, stepping, tokens_in_window = now, step, 0.0, 0
             if evaluates_at(step):
                 evaluated_at = time.monotonic()
                 val_loss = self.evaluate()
@@ -698,17 +700,18 @@ class Trainer:
         )  # fmt: skip
 
     def _report_throughput(self, step: int, loss: float, stepping: float, steps: int,
-                           tokens_per_step: int):  # fmt: skip
-        """Tokens/s (and MFU) of the `steps` training steps since the last report, over the
-        time they took (`stepping`; evaluations and checkpoints are not training speed), and
-        the ETA: the steps left at that pace plus the evaluations left at what the last one
-        took. (A wall-clock pace would jump whenever a report's window held an evaluation, or
-        carry the first step's compilation for the whole run.) The pace is smoothed from one
-        report to the next as tqdm smooths its rate (`ETA_SMOOTHING`): on a shared machine one
-        window slowed by another process swung the ETA tenfold; tokens/s stays the window's.
-        A process's first window, which holds its first step's compilation, gives its own ETA
-        but is left out of the smoothed pace (it would have lingered for dozens of reports)."""
-        tokens_per_s = tokens_per_step * steps / max(stepping, 1e-9)
+                           tokens: int):  # fmt: skip
+        """Tokens/s (and MFU) of the `steps` training steps since the last report (`tokens`
+        targets trained on), over the time they took (`stepping`; evaluations and checkpoints
+        are not training speed), and the ETA: the steps left at that pace plus the
+        evaluations left at what the last one took. (A wall-clock pace would jump whenever a
+        report's window held an evaluation, or carry the first step's compilation for the
+        whole run.) The pace is smoothed from one report to the next as tqdm smooths its rate
+        (`ETA_SMOOTHING`): on a shared machine one window slowed by another process swung the
+        ETA tenfold; tokens/s stays the window's. A process's first window, which holds its
+        first step's compilation, gives its own ETA but is left out of the smoothed pace (it
+        would have lingered for dozens of reports)."""
+        tokens_per_s = tokens / max(stepping, 1e-9)
         config = self.config
         # Evaluations at steps `step` … max_steps (this step's own comes after this report).
         evaluations_left = config.max_steps // config.eval_every

@@ -246,7 +246,14 @@ def _train_settings(path: str | None, workspace: Workspace) -> dict:
     return _read_json_file(workspace.resolve(path) / "train.json") or {}
 
 
-def _tokens_per_step(train: dict) -> int | None:
+def _tokens_per_step(
+    train: dict, tokens_seen: int | None = None, steps: int | None = None
+) -> float | None:
+    """Targets trained on per step: global batch × block size for windows; for rows of
+    documents, whose padding is not trained on, the mean the training counted (None when it
+    did not finish, and its curves are drawn against steps)."""
+    if train.get("samples") == "documents":
+        return tokens_seen / steps if tokens_seen and steps else None
     if train.get("global_batch") and train.get("block_size"):
         return int(train["global_batch"]) * int(train["block_size"])
     return None
@@ -262,7 +269,7 @@ def _model_from_row(row: dict, workspace: Workspace) -> ModelSection:
         steps=row.get("steps"),
         tokens_seen=row.get("tokens_seen"),
         tokens_trained=row.get("tokens_trained"),
-        tokens_per_step=_tokens_per_step(train),
+        tokens_per_step=_tokens_per_step(train, row.get("tokens_seen"), row.get("steps")),
         scores={k: row.get(k) for k in MODEL_SCORE_COLUMNS},
         config=config.get("model", config),
         path=row.get("path"),
@@ -284,7 +291,9 @@ def _model_from_train_stage(label: str, stage: dict, workspace: Workspace) -> Mo
         steps=stats.get("steps"),
         tokens_seen=stats.get("tokens_seen"),
         tokens_trained=stats.get("tokens_trained"),
-        tokens_per_step=_tokens_per_step(_train_settings(path, workspace)),
+        tokens_per_step=_tokens_per_step(
+            _train_settings(path, workspace), stats.get("tokens_seen"), stats.get("steps")
+        ),
         scores={  # training's own (its best on sampled val windows), not the evaluator's
             "training_val_loss": stats.get("val_loss"),
             "training_baseline_val_loss": stats.get("baseline_val_loss"),

@@ -512,6 +512,25 @@ def test_a_training_cut_short_keeps_its_curve_in_the_report(tmp_path):
     assert "training big50 steps, global batch 4" in page.text["run"]
 
 
+def test_curves_of_rows_of_documents_are_drawn_against_the_targets_trained_on(tmp_path):
+    # Against global batch × block size, the names ladder's axis counted padding: 2.26x.
+    from storage.registry import ModelRecord
+
+    workspace = Workspace(tmp_path)
+    registry = RunRegistry(workspace.registry_path)
+    registry.start_run({"run_id": "names", "status": "running", "started_at": datetime.now()})
+    train = {"samples": "documents", "global_batch": 32, "block_size": 16}
+    rows = ModelRecord("gpt", "gpt", "d", "artifacts/train/gone", "t", "c", {"train": train},
+                       {"steps": 200, "tokens_seen": 45_242})  # fmt: skip
+    windows = ModelRecord("mlp", "mlp", "d", "artifacts/train/gone-too", "t", "c",
+                          {"train": train | {"samples": "windows"}}, {"steps": 200,
+                          "tokens_seen": 102_400})  # fmt: skip
+    registry.finish_run("names", "completed", datetime.now(), [], models=[rows, windows])
+    gpt, mlp = gather_run_report(registry, workspace, "names").models
+    assert gpt.tokens_per_step == pytest.approx(45_242 / 200)
+    assert mlp.tokens_per_step == 32 * 16
+
+
 def test_the_card_gives_a_count_model_no_steps_or_learning_rate():
     from lm.report_render import _config_summary
 

@@ -228,7 +228,7 @@ def test_the_val_sample_does_not_depend_on_the_micro_batch(samples):
         assert loss == pytest.approx(whole, rel=1e-6), micro_batch
 
 
-def test_tokens_seen_count_the_targets_trained_on_and_resume_with_the_run(tmp_path):
+def test_tokens_seen_count_the_targets_trained_on_and_resume_with_the_run(tmp_path, monkeypatch):
     """Rows of documents are padded after their end mark, and the padding is not trained on:
     the tokens seen (the registry's `tokens_seen`) count the scored targets. Before, they were
     steps × global_batch × block_size, here 2.95 times the targets trained on. Windows score
@@ -249,8 +249,19 @@ def test_tokens_seen_count_the_targets_trained_on_and_resume_with_the_run(tmp_pa
         return Trainer(build_model(SMALL_GPT, VOCAB), settings, tokens, tokens, folder,
                        eot_id=eot)  # fmt: skip
 
-    assert run(tmp_path / "straight").train().tokens_seen == scored
+    clock = {"now": 0.0}  # a step takes 10 s: a report after each
+    monkeypatch.setattr("lm.train.time", SimpleNamespace(monotonic=lambda: clock["now"]))
+    straight = run(tmp_path / "straight")
+    launch = straight._launch_step
+    straight._launch_step = lambda unread=None: (
+        clock.update(now=clock["now"] + 10) or launch(unread)
+    )
+    assert straight.train().tokens_seen == scored
     assert 6 * 4 * 16 / scored == pytest.approx(2.95, abs=0.01)
+    # Tokens/s counts them too (it counted padding: 2.95 times too fast).
+    lines = (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
+    speeds = [json.loads(line)["value"] for line in lines if "tokens_per_s" in line]
+    assert len(speeds) == 6 and sum(speeds) * 10 == pytest.approx(scored, rel=1e-9)  # a step each
     run(tmp_path / "split").train(until_step=3)
     resumed = run(tmp_path / "split")
     resumed.resume(latest_checkpoint(tmp_path / "split"))
@@ -431,7 +442,7 @@ def test_stopping_the_steps_early_still_reads_the_step_left_in_flight(tmp_path):
     run.runs_ahead = True  # as on a GPU
     nan_loss_at(run, 3)
     steps = run.run_steps(10)
-    assert [step for step, _, _ in itertools.islice(steps, 3)] == [1, 2, 3]
+    assert [step for step, *_ in itertools.islice(steps, 3)] == [1, 2, 3]
     with pytest.raises(TrainingError, match="loss is nan at step 4"):
         steps.close()
 
