@@ -21,6 +21,7 @@ is cached, so a second trigger on the same data trains nothing.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -42,18 +43,24 @@ from lm.config import (
     ConfigError,
     ModelRun,
     PipelineConfig,
+    SplitConfig,
     TokenizerConfig,
     load_config,
     resolve_preset,
     retrain_problem,
 )
+from lm.evaluate import CheckpointError, EvaluationError
+from lm.tokenizer import TokenizerError
 from storage.artifacts import Descriptor
 from storage.registry import ModelRecord, PromotionRecord
+from storage.shards import ShardError
 from tasks.clean import corpus_store
 from tasks.evaluate import evaluate_key, evaluate_store, evaluate_task
 from tasks.increment import increment_key, increment_store, increment_task
 from tasks.tokenizer import tokenizer_store
 from tasks.train import train_store
+
+logger = logging.getLogger("flows.retrain")
 
 
 @dataclass
@@ -67,6 +74,7 @@ class Champion:
     corpus: Descriptor | None
     tokenizer_config: dict
     model_config: dict
+    split_config: dict | None = None  # its run's [split]; None for runs recorded without one
 
 
 @dataclass
@@ -76,6 +84,7 @@ class Decision:
     promoted: bool = False
     candidate_val_bpb: float | None = None
     champion_val_bpb: float | None = None
+    champion_unscored: str | None = None  # why the champion could not be scored, if it could not
 
 
 def _descriptor(store, path: str | None) -> Descriptor | None:
@@ -102,34 +111,59 @@ def load_champion(run: RunContext, alias: str) -> Champion | None:
         corpus=_descriptor(corpus_store(workspace), datasets[0][0] if datasets else None),
         tokenizer_config=run_config.get("tokenizer", {}),
         model_config=json.loads(row["config"]).get("model", {}) if row["config"] else {},
+        split_config=run_config.get("split"),
     )
 
 
 def _same_settings(champion: Champion, settings: PipelineConfig, model_run: ModelRun) -> bool:
+    """Whether the candidate can continue the champion: the same tokenizer (its thread count,
+    which changes no piece, aside) and the same model."""
     tokenizer = TokenizerConfig.model_validate(champion.tokenizer_config)
-    same_tokenizer = tokenizer.digest() == settings.tokenizer.digest()
+    same_tokenizer = _output_digest(tokenizer) == _output_digest(settings.tokenizer)
     same_model = champion.model_config == model_run.model.model_dump(mode="json")
     return same_tokenizer and same_model
 
 
+def _output_digest(tokenizer: TokenizerConfig) -> str:
+    return tokenizer.model_copy(update={"threads": 0}).digest()
+
+
+def _split_change(champion: Champion, settings: PipelineConfig) -> str | None:
+    """How [split] differs from the champion's run, in words; None if it does not (or that run
+    recorded none). Other fractions put other documents in val and test: some the champion
+    trained on would be scored as held out."""
+    if champion.split_config is None:
+        return None
+    before = SplitConfig.model_validate(champion.split_config).model_dump()
+    now = settings.split.model_dump()
+    changed = [f"split.{key} {before[key]} → {now[key]}" for key in now if before[key] != now[key]]
+    return ", ".join(changed) or None
+
+
 def _champion_score(
     run: RunContext, settings: PipelineConfig, champion: Champion, corpus: Descriptor
-) -> float:
+) -> tuple[float | None, str | None]:
     """The champion's val bits per byte on the current held-out split, encoded with its own
-    tokenizer."""
-    shards = encode_corpus(run, settings, corpus, champion.tokenizer)
-    scored = run_stage(
-        run,
-        evaluate_task,
-        evaluate_key(champion.trained, shards, champion.tokenizer, settings.eval),
-        evaluate_store(run.workspace),
-        stage_name="evaluate/champion",
-        trained=champion.trained,
-        shards=shards,
-        tokenizer=champion.tokenizer,
-        config=settings.eval,
-    )
-    return scored.stats["val_bpb"]
+    tokenizer; or None and why it cannot be scored there (a character its tokenizer refuses,
+    an eval setting its model does not fit). Raised, the run failed, and every rerun with it:
+    the candidate came from the cache, the champion failed again."""
+    try:
+        shards = encode_corpus(run, settings, corpus, champion.tokenizer)
+        scored = run_stage(
+            run,
+            evaluate_task,
+            evaluate_key(champion.trained, shards, champion.tokenizer, settings.eval),
+            evaluate_store(run.workspace),
+            stage_name="evaluate/champion",
+            trained=champion.trained,
+            shards=shards,
+            tokenizer=champion.tokenizer,
+            config=settings.eval,
+        )
+    except (TokenizerError, EvaluationError, CheckpointError, ShardError) as error:
+        logger.warning("retrain: the champion cannot be scored on this corpus: %s", error)
+        return None, f"{type(error).__name__}: {error}"
+    return scored.stats["val_bpb"], None
 
 
 @flow(name="retrain", persist_result=False)
@@ -147,8 +181,16 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
     run = open_run(settings, config_path, overrides, command="retrain")
     models: list[ModelRecord] = []
     try:
-        corpus = build_corpus(run, settings)
         champion = load_champion(run, policy.alias)
+        changed = _split_change(champion, settings) if champion is not None else None
+        if changed:
+            raise ConfigError(
+                f"{config_path}: [split] differs from the run of the champion "
+                f"({champion.row['run_id']}): {changed}; other fractions move documents it "
+                "trained on into val and test, where both models are scored. Keep the "
+                "champion's [split], or retrain under another retrain.alias"
+            )
+        corpus = build_corpus(run, settings)
         # Scoring the champion needs only its model and tokenizer; continuing it needs its
         # corpus too (to tell the new documents from those it has seen).
         scorable = champion is not None and None not in (champion.trained, champion.tokenizer)
@@ -204,7 +246,9 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
                 models.append(candidate)
                 decision.candidate_val_bpb = candidate.stats["val_bpb"]
                 if scorable:
-                    decision.champion_val_bpb = _champion_score(run, settings, champion, corpus)
+                    decision.champion_val_bpb, decision.champion_unscored = _champion_score(
+                        run, settings, champion, corpus
+                    )
                 _decide(decision, policy.margin, champion)
         run.metrics.log_many(
             {
@@ -262,11 +306,17 @@ def _decide(decision: Decision, margin: float, holder: Champion | None) -> None:
     candidate, champion = decision.candidate_val_bpb, decision.champion_val_bpb
     if champion is None:
         decision.promoted = True
-        decision.reason += (
-            "; promoted: no champion to beat"
-            if holder is None
-            else "; promoted: the champion could not be scored (its model or tokenizer is gone)"
-        )
+        if holder is None:
+            decision.reason += "; promoted: no champion to beat"
+        elif decision.champion_unscored:
+            decision.reason += (
+                f"; promoted: the champion could not be scored on this corpus "
+                f"({decision.champion_unscored})"
+            )
+        else:
+            decision.reason += (
+                "; promoted: the champion could not be scored (its model or tokenizer is gone)"
+            )
     elif candidate < champion - margin:
         decision.promoted = True
         sign = "-" if margin >= 0 else "+"  # "- -0.5" read as a typo

@@ -235,6 +235,45 @@ def test_a_champion_whose_corpus_is_gone_is_still_scored_not_beaten_by_default(w
     assert registry.champion()["run_id"] == first["run_id"]
 
 
+def test_the_tokenizer_s_thread_count_does_not_stop_a_continue_and_a_new_split_is_refused(
+    workspace, tmp_path
+):
+    from lm.config import ConfigError
+
+    folder, config = twelve_documents(tmp_path)
+    first = _trigger(config)
+    for index in range(100, 104):
+        (folder / f"new{index}.txt").write_text(prose(index, 120))
+    # The tokenizer stage leaves `threads` out of its key: no piece changes with it. Retrain
+    # compared it, and trained from scratch ("settings changed").
+    later = _trigger(config, "tokenizer.threads=1", "retrain.margin=-10.0")
+    assert later["decision"]["mode"] == "continue", later["decision"]["reason"]
+    # Other fractions put some of the champion's train documents in val: it was accepted, and
+    # both models scored partly on text the champion trained on.
+    with pytest.raises(ConfigError, match=rf"\[split\] differs from the run of the champion "
+                       rf"\({later['run_id']}\): split.val 0.25 → 0.4; "):  # fmt: skip
+        _trigger(config, "split.val=0.4")
+    assert RunRegistry(workspace.registry_path).champion()["run_id"] != first["run_id"]
+
+
+def test_a_champion_its_tokenizer_cannot_score_on_new_text_is_beaten_not_a_failure_for_good(
+    workspace, tmp_path
+):
+    """New documents bring a character the champion's tokenizer refuses: scoring it raised
+    after the candidate trained, and every rerun did the same (the candidate from cache)."""
+    folder, config = twelve_documents(tmp_path)
+    strict = 'tokenizer.unknown_chars="error"'
+    first = _trigger(config, strict)
+    for index in range(100, 112):
+        (folder / f"runes{index}.txt").write_text(prose(index, 120) + " ᚠᚡ ᚠ ᚡᚠ.")
+    later = _trigger(config, strict, "model.n_embd=24")  # other settings: from scratch
+    decision = later["decision"]
+    assert decision["mode"] == "scratch" and decision["promoted"], decision["reason"]
+    assert "the champion could not be scored on this corpus (TokenizerError: " in decision["reason"]
+    assert RunRegistry(workspace.registry_path).champion()["run_id"] == later["run_id"]
+    assert first["run_id"] != later["run_id"]
+
+
 def test_a_decision_reads_as_arithmetic_with_a_negative_margin_and_one_document():
     from flows.retrain import Decision, _decide, _documents
 
