@@ -592,7 +592,6 @@ def tokenizers_compare(
     from lm.config import TokenizerConfig
     from lm.tokenizer import TokenizerError, train_tokenizer
     from lm.tokenizer_stats import tokenizer_statistics
-    from storage.corpus import iter_split_texts
     from storage.query import find_corpus_version, sql_session
     from storage.registry import RegistryError
 
@@ -625,14 +624,15 @@ def tokenizers_compare(
     except (RegistryError, duckdb.Error) as error:
         raise _fail(str(error)) from None
     corpus_digest, documents = version["digest"], version["parquet_path"]
+    train_part, val_part = _compared_parts(Path(documents), corpus_digest)
     rows = []
     for kind, tokenizer_config in tokenizer_configs.items():
-        train = (t for batch in iter_split_texts(Path(documents), "train") for t in batch)
+        train = (t for batch in train_part() for t in batch)
         try:
             tokenizer = train_tokenizer(train, tokenizer_config)
         except TokenizerError as error:
             raise _fail(f"{kind}: {error}") from None
-        stats = tokenizer_statistics(tokenizer, iter_split_texts(Path(documents), "val"))
+        stats = tokenizer_statistics(tokenizer, val_part())
         scored = ()
         if train_steps > 0:
             from lm.tokenizer_bpb import (
@@ -642,8 +642,8 @@ def tokenizers_compare(
             )
             from lm.train_config import TrainingError
 
-            train_tokens = encode_documents(tokenizer, iter_split_texts(Path(documents), "train"))
-            val_tokens = encode_documents(tokenizer, iter_split_texts(Path(documents), "val"))
+            train_tokens = encode_documents(tokenizer, train_part())
+            val_tokens = encode_documents(tokenizer, val_part())
             steps = comparison_train_settings(compared.train, train_steps)
             with tempfile.TemporaryDirectory(prefix=f"compare-{kind}-", dir=workspace.root) as work:
                 try:
@@ -670,6 +670,32 @@ def tokenizers_compare(
         model_name = f"{compared.label}, {train_steps} steps"
         columns += [f"val bpb ({model_name})", "count-bigram val bpb"]
     console.print(_table(columns, rows, f"corpus {corpus_digest[:12]}, val split"))
+
+
+def _compared_parts(documents: Path, corpus_digest: str):
+    """(train texts, val texts) of a corpus version, each a callable giving batches: its
+    splits, or, for a corpus its runs split `ordered` (every document in `train` until the
+    token stream is cut), the parts of the stream the split's fractions name."""
+    from lm.config import SplitConfig
+    from storage.corpus import iter_split_texts, iter_stream_part
+    from storage.registry import RegistryError
+
+    try:
+        _, rows = _registry().query(
+            "SELECT config FROM runs WHERE corpus_digest = ? AND config IS NOT NULL "
+            "ORDER BY started_at DESC LIMIT 1",
+            [corpus_digest],
+        )
+        recorded = json.loads(rows[0][0]).get("split") if rows else None
+        split = SplitConfig.model_validate(recorded) if recorded else None
+    except (RegistryError, ValueError):
+        split = None
+    if split is None or split.method != "ordered":
+        return (lambda: iter_split_texts(documents, "train"),
+                lambda: iter_split_texts(documents, "val"))  # fmt: skip
+    cut = 1.0 - split.val - split.test
+    return (lambda: iter_stream_part(documents, 0.0, cut),
+            lambda: iter_stream_part(documents, cut, 1.0 - split.test))  # fmt: skip
 
 
 @server_app.command("start")

@@ -405,6 +405,7 @@ def build_tokenizer(run: RunContext, settings: PipelineConfig, corpus: Descripto
         tokenizer_store(run.workspace),
         corpus=corpus,
         config=settings.tokenizer,
+        split=settings.split,
     )
     return run.tokenizer
 

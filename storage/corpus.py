@@ -177,3 +177,29 @@ def iter_split_texts(path: Path, split: str, batch_size: int = 256) -> Iterator[
     for batch in dataset.to_batches(columns=["text"], filter=wanted, batch_size=batch_size):
         if batch.num_rows:
             yield batch.column(0).to_pylist()
+
+
+def iter_stream_part(
+    path: Path, start: float, end: float, batch_size: int = 256
+) -> Iterator[list[str]]:
+    """Of an ordered corpus (`split.method = "ordered"`: every kept document is in `train`,
+    and the encode stage cuts the token stream), the documents whose first byte falls in the
+    fraction `[start, end)` of the text's bytes, in corpus order, a batch at a time: the text an
+    ordered split holds out, for what is measured before tokens exist (the tokenizer's
+    statistics). A document the cut divides counts whole where it starts. Reads the corpus
+    twice: once to count its bytes, once to stream the part."""
+    total = sum(len(text.encode()) for batch in iter_split_texts(path, "train") for text in batch)
+    low, high = start * total, end * total
+    offset, part = 0, []
+    for batch in iter_split_texts(path, "train", batch_size):
+        for text in batch:
+            if low <= offset < high:
+                part.append(text)
+            offset += len(text.encode())
+        if len(part) >= batch_size:
+            yield part
+            part = []
+        if offset >= high:
+            break
+    if part:
+        yield part

@@ -1,17 +1,20 @@
 """The tokenizer stage: the clean train split → a tokenizer (SentencePiece or characters) under
-`artifacts/tokenizer/<key>/`, with its statistics on the val split."""
+`artifacts/tokenizer/<key>/`, with its statistics on the val split (of an ordered split, the
+stream's val part)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from pathlib import Path
 
 from prefect import task
 
-from lm.config import TokenizerConfig
+from lm.config import SplitConfig, TokenizerConfig
 from lm.tokenizer import train_tokenizer
 from lm.tokenizer_stats import tokenizer_statistics
 from storage.artifacts import ArtifactStore, Descriptor
-from storage.corpus import DOCUMENTS_FILE, iter_split_texts
+from storage.corpus import DOCUMENTS_FILE, iter_split_texts, iter_stream_part
 from storage.workspace import Workspace
 from tasks.caching import cache_key_from, code_digest, stage_key
 
@@ -25,13 +28,27 @@ def tokenizer_store(workspace: Workspace) -> ArtifactStore:
     return ArtifactStore(workspace.artifacts / STAGE, workspace.root)
 
 
-def tokenizer_key(corpus: Descriptor, config: TokenizerConfig) -> str:
+def tokenizer_key(
+    corpus: Descriptor, config: TokenizerConfig, split: SplitConfig | None = None
+) -> str:
+    """`split` is not in the key: the corpus's digest already depends on it."""
     settings = config.model_copy(update={"threads": 0}).digest()
     return stage_key(STAGE, VERSION, settings, [corpus.digest], code_digest(*CODE))
 
 
+def held_out_texts(documents: Path, split: SplitConfig | None) -> Iterator[list[str]]:
+    """The text the statistics are measured on: the val split, or under an ordered split
+    (whose val is cut from the token stream later, every document in `train` until then) the
+    documents of the stream's val part."""
+    if split is not None and split.method == "ordered":
+        return iter_stream_part(documents, 1.0 - split.val - split.test, 1.0 - split.test)
+    return iter_split_texts(documents, "val")
+
+
 @task(name=STAGE, cache_key_fn=cache_key_from(tokenizer_key), persist_result=True)
-def tokenizer_task(corpus: Descriptor, config: TokenizerConfig) -> Descriptor:
+def tokenizer_task(
+    corpus: Descriptor, config: TokenizerConfig, split: SplitConfig | None = None
+) -> Descriptor:
     workspace = Workspace.from_env()
     store = tokenizer_store(workspace)
     key = tokenizer_key(corpus, config)
@@ -41,7 +58,7 @@ def tokenizer_task(corpus: Descriptor, config: TokenizerConfig) -> Descriptor:
     documents = workspace.resolve(corpus.path) / DOCUMENTS_FILE
     train_texts = (text for batch in iter_split_texts(documents, "train") for text in batch)
     tokenizer = train_tokenizer(train_texts, config)
-    stats = tokenizer_statistics(tokenizer, iter_split_texts(documents, "val"))
+    stats = tokenizer_statistics(tokenizer, held_out_texts(documents, split))
     with store.build(key) as staging:
         tokenizer.save(staging)
         (staging / STATS_FILE).write_text(json.dumps(stats, indent=2, ensure_ascii=False))

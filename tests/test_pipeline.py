@@ -330,17 +330,31 @@ def test_word2vec_under_the_ordered_split_learns_only_the_train_part_of_the_stre
     folder.mkdir()
     for index in range(12):
         (folder / f"doc{index:02d}.txt").write_text(prose(index, 150))
-    # The stream's end, which the ordered split makes val: words no other document has.
-    (folder / "zz-last.txt").write_text(" ".join(["quokkaberry wuzzlestan"] * 40) + ".")
+    # The stream's end, which the ordered split makes val: words no other document has (in
+    # a text the quality rules keep).
+    last = prose(99, 150) + (" The quokkaberry grows in Wuzzlestan. A quokkaberry is sweet. "
+                             "Wuzzlestan sells quokkaberry jam.")  # fmt: skip
+    (folder / "zz-last.txt").write_text(last)
     config = write_config(tmp_path / "ordered.toml", [{"path": str(folder)}])
     word2vec = ["word2vec.enabled=true", "word2vec.vector_size=16", "word2vec.epochs=1",
                 "word2vec.min_count=1", 'word2vec.projection="pca"', 'split.method="ordered"',
                 "split.val=0.1", "split.test=0.0"]  # fmt: skip
-    run_pipeline(config, word2vec)
+    summary = run_pipeline(config, word2vec)
+    assert summary["corpus"]["kept"] == 13  # the last document too
     [vectors_file] = (workspace.artifacts / "word2vec").glob("*/vectors.kv")
     words = set(KeyedVectors.load(str(vectors_file)).index_to_key)
     assert "quokkaberry" not in words and "wuzzlestan" not in words
     assert {"mountain", "teacher", "garden"} <= words  # the train documents' words
+    # The tokenizer's statistics are measured on the stream's val part (the last document):
+    # read from the corpus's empty val split, they were all 0, and so was `tokenizers compare`.
+    stats = summary["tokenizer"]
+    assert stats["tokens"] == len(last) and stats["bytes_per_token"] == 1.0  # characters
+    from tests.conftest import run_cli
+
+    compared = run_cli("tokenizers", "compare", "--vocab-size", "400").stdout
+    val_tokens = re.findall(r"^│ (?:bpe|unigram)\s+│ 400\s+│ [\d.]+\s+│ ([\d,]+)", compared,
+                            flags=re.MULTILINE)  # fmt: skip
+    assert len(val_tokens) == 2 and all(int(n.replace(",", "")) > 0 for n in val_tokens)
 
 
 TINY_GPT = [
