@@ -26,6 +26,8 @@ def prune_command(
     folders, with their sizes; `--yes` removes them. What a running process uses is never
     listed."""
     workspace = Workspace.from_env()
+    if yes:
+        _record_crashed_runs(workspace)
     leftovers = find_leftovers(workspace) if workspace.root.is_dir() else []
     if not leftovers:
         console.print(f"nothing to prune in {workspace.root}", markup=False, highlight=False)
@@ -56,6 +58,23 @@ def prune_command(
                           highlight=False)  # fmt: skip
     freed = _size(sum(leftover.size for leftover in removed))
     console.print(f"removed {len(removed)} folders, {freed}", highlight=False)
+
+
+def _record_crashed_runs(workspace: Workspace) -> None:
+    """Record this machine's runs whose process died, as the next run would: a crashed run's
+    record reads its time and its training's curve from the work folder that pruning removes."""
+    from storage.processes import pid_alive, this_host
+    from storage.registry import RegistryError, RunRegistry
+
+    if not workspace.registry_path.is_file():
+        return
+    try:
+        RunRegistry(workspace.registry_path).close_abandoned_runs(
+            this_host(), pid_alive, workspace.runs
+        )
+    except RegistryError as error:  # pruning frees disk even so; the next run says it again
+        console.print(f"warning: crashed runs not recorded first: {error}", markup=False,
+                      highlight=False)  # fmt: skip
 
 
 def _size(size: float) -> str:

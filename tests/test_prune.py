@@ -107,4 +107,12 @@ def test_lmforge_prune_lists_then_removes_the_training_a_killed_run_left(workspa
     assert "lmforge prune --yes removes them" in listed.replace("`", "")
     removed = " ".join(run_cli("prune", "--yes").stdout.split())
     assert "removed 1 folders" in removed and not work.exists()
+    # The run was recorded as crashed first, from the work folder's curve: recorded by the
+    # next run instead, it had lost its training's metrics and lasted 0.2 s.
+    from storage.registry import RunRegistry
+
+    registry = RunRegistry(workspace.registry_path)
+    _, [(status, seconds)] = registry.query("SELECT status, epoch(ended_at - started_at) FROM runs")
+    _, [(losses,)] = registry.query("SELECT count(*) FROM metrics WHERE key = 'train/loss'")
+    assert status == "crashed" and seconds > 0.5 and losses >= 5
     assert "nothing to prune" in run_cli("prune").stdout
