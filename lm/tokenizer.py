@@ -431,8 +431,10 @@ class CharTokenizer(Tokenizer):
         unseen = sorted({c for c in text if c not in self._ids})
         if self.unknown_chars == "error":
             raise TokenizerError(
-                f"characters not in the vocabulary: {''.join(unseen)!r}; retrain with them, or "
-                'set tokenizer.unknown_chars = "unk" or "bytes"'
+                f"characters not in the vocabulary: {''.join(unseen)!r} (a char tokenizer's "
+                "vocabulary is the characters of the text it was trained on, the train split); "
+                'set tokenizer.unknown_chars = "unk" or "bytes", or give the train split text '
+                "that has them"
             )
         out: list[int] = []
         for char in text:
@@ -599,6 +601,25 @@ def _explain_training_error(error: RuntimeError, config: TokenizerConfig, docume
             f"(and the 256 byte pieces, with byte_fallback) need at least {required.group(2)}"
         )
     return TokenizerError(f"SentencePiece training failed: {message}")
+
+
+def encode_documents_naming_refusals(
+    tokenizer: Tokenizer, texts: list[str], splits: list[str]
+) -> list[list[int]]:
+    """`encode_batch` of documents of the given splits; a document the tokenizer refuses (a
+    character a char vocabulary lacks, under `unknown_chars = "error"`) is named by its split
+    and first characters, so the user can find it."""
+    try:
+        return tokenizer.encode_batch(texts)
+    except TokenizerError as error:
+        for text, split in zip(texts, splits, strict=True):
+            try:
+                tokenizer.encode(text)
+            except TokenizerError:
+                raise TokenizerError(
+                    f"{error} (first met in a {split} document starting {text[:40]!r})"
+                ) from None
+        raise
 
 
 def tokenizer_file(folder: Path) -> Path:

@@ -33,7 +33,12 @@ from flows.encode_flow import (
 from lm.config import RuntimeConfig, SplitConfig
 from lm.progress import ProgressLog
 from lm.text.clean import RowSlice, SlicePolicy, plan_slices
-from lm.tokenizer import Tokenizer, TokenizerError, load_tokenizer
+from lm.tokenizer import (
+    Tokenizer,
+    TokenizerError,
+    encode_documents_naming_refusals,
+    load_tokenizer,
+)
 from storage.artifacts import ArtifactStore, Descriptor
 from storage.corpus import DOCUMENTS_FILE, row_count
 from storage.shards import OrderedSplitter, ShardInfo
@@ -179,7 +184,8 @@ def _encode_by_doc_id(
     writers, done_bytes = shard_writers(staging, model), 0
     for split, writer in writers.items():
         for batch in _iter_split_texts_by_doc_id(documents, split):
-            for text, ids in zip(batch, model.encode_batch(batch), strict=True):
+            encoded = encode_documents_naming_refusals(model, batch, [split] * len(batch))
+            for text, ids in zip(batch, encoded, strict=True):
                 n_bytes = len(text.encode())
                 writer.write(ids, n_bytes)
                 done_bytes += n_bytes
@@ -193,7 +199,8 @@ def _encode_ordered(
     splitter = OrderedSplitter(staging, model.digest, model.eot_id, model.vocab_size)
     done_bytes = 0
     for batch in _iter_kept_texts(documents):
-        for text, ids in zip(batch, model.encode_batch(batch), strict=True):
+        encoded = encode_documents_naming_refusals(model, batch, ["kept"] * len(batch))
+        for text, ids in zip(batch, encoded, strict=True):
             n_bytes = len(text.encode())
             splitter.write(ids, n_bytes)
             done_bytes += n_bytes

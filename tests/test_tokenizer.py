@@ -282,6 +282,14 @@ def test_char_tokenizer_unseen_character_policies():
     strict = CharTokenizer(list("ab"), "error")
     with pytest.raises(TokenizerError, match="characters not in the vocabulary: 'xz'"):
         strict.encode("axbz")
+    # In the encode stage the refused document is named by its split and first characters
+    # ("retrain with them" could not help a character only val holds).
+    from lm.tokenizer import encode_documents_naming_refusals
+
+    named = r"'x' \(a char tokenizer's .* \(first met in a val document starting 'abax'\)"
+    with pytest.raises(TokenizerError, match=named):
+        encode_documents_naming_refusals(strict, ["abba", "abax"], ["train", "val"])
+    assert encode_documents_naming_refusals(strict, ["ab"], ["val"]) == strict.encode_batch(["ab"])
 
 
 def test_shard_round_trip_and_header(tmp_path):
