@@ -75,6 +75,7 @@ class Champion:
     tokenizer_config: dict
     model_config: dict
     split_config: dict | None = None  # its run's [split]; None for runs recorded without one
+    preset: str | None = None  # the name of its run's config
 
 
 @dataclass
@@ -102,8 +103,9 @@ def load_champion(run: RunContext, alias: str) -> Champion | None:
     _, datasets = registry.query(
         "SELECT path FROM datasets WHERE digest = ?", [row["corpus_digest"]]
     )
-    _, configs = registry.query("SELECT config FROM runs WHERE run_id = ?", [row["run_id"]])
+    _, configs = registry.query("SELECT config, preset FROM runs WHERE run_id = ?", [row["run_id"]])
     run_config = json.loads(configs[0][0]) if configs and configs[0][0] else {}
+    preset = configs[0][1] if configs else None
     return Champion(
         row=row,
         trained=_descriptor(train_store(workspace), row["path"]),
@@ -112,6 +114,7 @@ def load_champion(run: RunContext, alias: str) -> Champion | None:
         tokenizer_config=run_config.get("tokenizer", {}),
         model_config=json.loads(row["config"]).get("model", {}) if row["config"] else {},
         split_config=run_config.get("split"),
+        preset=preset,
     )
 
 
@@ -182,6 +185,13 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
     models: list[ModelRecord] = []
     try:
         champion = load_champion(run, policy.alias)
+        if champion is not None and champion.preset not in (None, settings.name):
+            # One alias per workspace: two presets retrained under it take it from each other.
+            logger.warning(
+                "retrain: the '%s' alias is held by a model of preset '%s', and this config is "
+                "'%s': it is scored on this corpus and may be replaced; set retrain.alias to "
+                "keep a champion per preset", policy.alias, champion.preset, settings.name,
+            )  # fmt: skip
         changed = _split_change(champion, settings) if champion is not None else None
         if changed:
             raise ConfigError(
