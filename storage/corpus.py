@@ -183,19 +183,23 @@ def iter_stream_part(
     path: Path, start: float, end: float, batch_size: int = 256
 ) -> Iterator[list[str]]:
     """Of an ordered corpus (`split.method = "ordered"`: every kept document is in `train`,
-    and the encode stage cuts the token stream), the documents whose first byte falls in the
-    fraction `[start, end)` of the text's bytes, in corpus order, a batch at a time: the text an
-    ordered split holds out, for what is measured before tokens exist (the tokenizer's
-    statistics). A document the cut divides counts whole where it starts. Reads the corpus
-    twice: once to count its bytes, once to stream the part."""
+    and the encode stage cuts the token stream), the text in the fraction `[start, end)` of its
+    bytes, in corpus order, a batch of texts at a time: the text an ordered split holds out,
+    for what is measured before tokens exist (the tokenizer's statistics). A document the cut
+    divides gives each part its own bytes (one long text, the ordered split's usual input, is
+    all one document). Reads the corpus twice: once to count its bytes, once for the part."""
     total = sum(len(text.encode()) for batch in iter_split_texts(path, "train") for text in batch)
-    low, high = start * total, end * total
+    low, high = round(start * total), round(end * total)  # 1 - 0.05 - 0.05 is 0.8999…
     offset, part = 0, []
     for batch in iter_split_texts(path, "train", batch_size):
         for text in batch:
-            if low <= offset < high:
-                part.append(text)
-            offset += len(text.encode())
+            data = text.encode()
+            first, last = max(low, offset), min(high, offset + len(data))
+            if first < last:  # a cut inside a character drops its bytes on either side
+                piece = data[first - offset : last - offset].decode("utf-8", "ignore")
+                if piece.strip():
+                    part.append(piece)
+            offset += len(data)
         if len(part) >= batch_size:
             yield part
             part = []

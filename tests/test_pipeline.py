@@ -348,13 +348,38 @@ def test_word2vec_under_the_ordered_split_learns_only_the_train_part_of_the_stre
     # The tokenizer's statistics are measured on the stream's val part (the last document):
     # read from the corpus's empty val split, they were all 0, and so was `tokenizers compare`.
     stats = summary["tokenizer"]
-    assert stats["tokens"] == len(last) and stats["bytes_per_token"] == 1.0  # characters
+    held_out = round(0.1 * summary["corpus"]["kept_bytes"])  # the stream's last tenth
+    assert abs(stats["tokens"] - held_out) <= 1 and stats["bytes_per_token"] == 1.0  # characters
     from tests.conftest import run_cli
 
     compared = run_cli("tokenizers", "compare", "--vocab-size", "400").stdout
     val_tokens = re.findall(r"^│ (?:bpe|unigram)\s+│ 400\s+│ [\d.]+\s+│ ([\d,]+)", compared,
                             flags=re.MULTILINE)  # fmt: skip
     assert len(val_tokens) == 2 and all(int(n.replace(",", "")) > 0 for n in val_tokens)
+
+
+def test_the_stream_parts_of_one_long_text_cut_it_by_its_bytes(tmp_path):
+    # One text, the ordered split's usual input, started in the train part, so the val part
+    # held nothing: a document now gives each part its own bytes.
+    import pyarrow as pa
+
+    from lm.config import SplitConfig
+    from storage.corpus import iter_stream_part
+    from tasks.tokenizer import held_out_texts
+
+    text = "".join(f"line {index:05d} ü\n" for index in range(10_000))  # 14 bytes a line
+    path = tmp_path / DOCUMENTS_FILE
+    pq.write_table(pa.table({"text": [text], "split": ["train"], "keep": [True]}), path)
+
+    def part(start: float, end: float) -> str:
+        return "".join(t for batch in iter_stream_part(path, start, end) for t in batch)
+
+    total = len(text.encode())
+    assert (part(0.0, 0.9) + part(0.9, 0.95) + part(0.95, 1.0)).encode() == text.encode()
+    assert len(part(0.9, 0.95).encode()) == total // 20
+    ordered = SplitConfig(method="ordered", val=0.05, test=0.05)
+    held_out = "".join(t for batch in held_out_texts(path, ordered) for t in batch)
+    assert held_out == part(0.9, 0.95) and held_out.startswith("line 09000")
 
 
 TINY_GPT = [
