@@ -116,17 +116,25 @@ def _first_writing(connection: duckdb.DuckDBPyConnection, statement) -> str | No
     clause in front names the statement it leads to (DELETE, not WITH)."""
     kind = statement.type.name
     if kind == "EXPLAIN":
-        explained = re.match(
-            r"\s*explain\s+(?:analy[sz]e\s+|\([^)]*\)\s*)*(.*)",
-            _without_comments(statement.query),
+        analyzed = re.match(
+            r"\s*explain\s+analy[sz]e\b(.*)", _without_comments(statement.query),
             flags=re.IGNORECASE | re.DOTALL,
-        )
-        inner = connection.extract_statements(explained.group(1)) if explained else []
-        for part in inner:
-            refused = _first_writing(connection, part)
-            if refused is not None:
-                return f"EXPLAIN of {refused}"
-        return None
+        )  # fmt: skip
+        if analyzed is None:  # a plan alone runs nothing
+            return None
+        rest = analyzed.group(1)
+        # What it runs: the rest, or the rest past an option list (`(FORMAT json)`).
+        for explained in (rest, re.sub(r"^\s*\([^)]*\)", "", rest)):
+            try:
+                inner = connection.extract_statements(explained)
+            except duckdb.Error:
+                continue
+            for part in inner:
+                refused = _first_writing(connection, part)
+                if refused is not None:
+                    return f"EXPLAIN ANALYZE of {refused}"
+            return None
+        return "EXPLAIN ANALYZE of an unreadable"  # parsed whole, so not expected
     if kind in READING_STATEMENTS:
         return None
     words = _without_comments(statement.query).split()

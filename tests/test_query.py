@@ -54,8 +54,11 @@ def test_explain_analyze_of_a_write_and_a_write_behind_with_are_refused_by_name(
     written = tmp_path / "written.csv"
     with sql_session(registry, tmp_path) as connection:
         for query, refused in (
-            (f"EXPLAIN ANALYZE COPY (SELECT 1) TO '{written}'", "EXPLAIN of COPY statements"),
-            (f"explain /* why */ analyse (FORMAT json) COPY runs TO '{written}'", "EXPLAIN of"),
+            (
+                f"EXPLAIN ANALYZE COPY (SELECT 1) TO '{written}'",
+                "EXPLAIN ANALYZE of COPY statements",
+            ),
+            (f"explain /* why */ analyse COPY runs TO '{written}'", "EXPLAIN ANALYZE of"),
             ("WITH x AS (SELECT 1) DELETE FROM runs", "DELETE statements"),
         ):
             with pytest.raises(RegistryError, match=rf"read-only: {refused}"):
@@ -63,3 +66,6 @@ def test_explain_analyze_of_a_write_and_a_write_behind_with_are_refused_by_name(
         assert not written.exists()  # EXPLAIN ANALYZE runs what it explains
         plan = run_query(connection, "EXPLAIN ANALYZE SELECT count(*) FROM runs").fetchall()
         assert plan and run_query(connection, "EXPLAIN SELECT 1").fetchall()
+        # A subquery in parentheses is no option list (it was cut off as one).
+        union = "EXPLAIN ANALYZE (SELECT 1) UNION ALL (SELECT 2)"
+        assert run_query(connection, union).fetchall()
