@@ -32,7 +32,7 @@ class VariantResult:
     planned: int
     val_bpb_mean: float
     val_bpb_std: float | None
-    tokens_per_s_mean: float
+    tokens_per_s_mean: float | None  # None: no seed trained in the seconds measured
     tokens_per_s_std: float | None
     parameters: int
     val_bpb_by_seed: dict[int, float]
@@ -67,7 +67,8 @@ class AblationTable:
                 seeds,
                 f"{r.parameters:,}",
                 f"{r.val_bpb_mean:.4f} ± {_spread(r.val_bpb_std, '.4f')}",
-                f"{r.tokens_per_s_mean:,.0f} ± {_spread(r.tokens_per_s_std, ',.0f')}",
+                f"{r.tokens_per_s_mean:,.0f} ± {_spread(r.tokens_per_s_std, ',.0f')}"
+                if r.tokens_per_s_mean is not None else NO_SPREAD,
             ])  # fmt: skip
         for variant, planned in self.lost.items():
             rows.append([variant, f"0 of {planned}", "—", FAILED, FAILED])
@@ -129,9 +130,10 @@ def summarize(
     results = []
     for variant, runs in by_variant.items():
         bpb = [stats["val_bpb"] for _, stats in runs]
-        # The tokens trained in the seconds measured: a resumed seed's earlier ones are not.
+        # The tokens trained in the seconds measured: a resumed seed's earlier ones are not,
+        # and one resumed at its end, which trained nothing here, has no speed to give.
         speed = [stats.get("tokens_this_run", stats["tokens_seen"]) / max(stats["seconds"], 1e-9)
-                 for _, stats in runs]  # fmt: skip
+                 for _, stats in runs if stats.get("tokens_this_run", 1) > 0]  # fmt: skip
         results.append(
             VariantResult(
                 variant=variant,
@@ -139,7 +141,7 @@ def summarize(
                 planned=planned_seeds.get(variant, len(runs)),
                 val_bpb_mean=statistics.fmean(bpb),
                 val_bpb_std=statistics.stdev(bpb) if len(bpb) > 1 else None,
-                tokens_per_s_mean=statistics.fmean(speed),
+                tokens_per_s_mean=statistics.fmean(speed) if speed else None,
                 tokens_per_s_std=statistics.stdev(speed) if len(speed) > 1 else None,
                 parameters=int(runs[0][1]["parameters"]),
                 val_bpb_by_seed={seed: stats["val_bpb"] for seed, stats in runs},

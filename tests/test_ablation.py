@@ -93,6 +93,17 @@ def test_ablation_shares_the_data_stages_and_tabulates_mean_and_spread(workspace
     assert table_file.read_text().strip() == summary["table"]
 
 
+def test_an_ablation_of_one_seed_finishes_and_claims_no_spread(workspace, config):
+    # Its spread (None) was logged as a metric: a TypeError after every variant had trained.
+    from flows.ablation import ablation
+
+    summary = ablation(config=str(config), overrides=["ablation.seeds=[3]"])
+    results = {r["variant"]: r for r in summary["results"]}
+    assert set(results) == {"gelu", "swiglu"}
+    assert all(r["seeds"] == 1 and r["val_bpb_std"] is None for r in results.values())
+    assert "± n/a" in summary["table"]
+
+
 def test_an_ablation_without_variants_is_a_clear_error(workspace, tmp_path):
     from flows.ablation import ablation
 
@@ -271,6 +282,12 @@ def test_a_resumed_seed_s_speed_counts_only_the_tokens_trained_in_its_seconds():
     resumed = whole | {"tokens_this_run": 250, "seconds": 0.5}  # killed at 75 %, then rerun
     table = summarize([("a", 1), ("a", 2)], [("a", 1, whole), ("a", 2, resumed)], [])
     assert table.rows() == [["a", "2", "10", "2.0000 ± 0.0000", "500 ± 0"]]  # was 1,250 ± 1,061
+    # Resumed at its end (killed after its last checkpoint): no tokens in its seconds, no speed.
+    finished = whole | {"tokens_this_run": 0, "seconds": 0.4}
+    table = summarize([("a", 1), ("a", 2)], [("a", 1, whole), ("a", 2, finished)], [])
+    assert table.rows() == [["a", "2", "10", "2.0000 ± 0.0000", "500 ± n/a"]]  # was 250 ± 354
+    alone = summarize([("a", 2)], [("a", 2, finished)], [])
+    assert alone.rows() == [["a", "1", "10", "2.0000 ± n/a", "n/a"]]
 
 
 def test_a_variant_that_lost_a_seed_says_how_many_finished_and_claims_no_spread_from_one():
