@@ -449,10 +449,17 @@ def _newest_char_vocabulary(settings) -> tuple[str, int] | None:
         )
     except RegistryError:
         return None
-    wanted = settings.model_dump(mode="json", include=set(VOCABULARY_SETTINGS))
+
+    def vocabulary_settings(config: dict) -> dict:
+        chosen = {key: config.get(key) for key in VOCABULARY_SETTINGS}
+        if isinstance(chosen["tokenizer"], dict):  # its thread count changes no character
+            chosen["tokenizer"] = chosen["tokenizer"] | {"threads": 0}
+        return chosen
+
+    wanted = vocabulary_settings(settings.model_dump(mode="json"))
     for run_id, vocab_size, config, _ in rows:
         recorded = json.loads(config) if isinstance(config, str) else (config or {})
-        if {key: recorded.get(key) for key in VOCABULARY_SETTINGS} == wanted:
+        if vocabulary_settings(recorded) == wanted:
             return run_id, int(vocab_size)
     return None
 

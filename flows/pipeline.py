@@ -167,9 +167,13 @@ def run_stage(
             state = stage_task.with_options(**options)(**parameters, return_state=True)
         descriptor: Descriptor = state.result()
     except BaseException:  # a failure, or a stop (Ctrl-C, SIGTERM): the run records it
-        if live_metrics is not None:  # the curve so far, for the run's report
-            run.metrics.append_file(live_metrics.path, live_metrics.model, cut_short=True)
         run.journal.failed(name)  # an ablation goes on to its next arm: this one is not running
+        if live_metrics is not None:  # the curve so far, for the run's report
+            try:
+                run.metrics.append_file(live_metrics.path, live_metrics.model, cut_short=True)
+            except Exception as error:  # never in place of the error being raised
+                logger.warning("%s: the curve so far was not kept (%s)", live_metrics.path,
+                               error)  # fmt: skip
         raise
     record = StageRecord(
         stage=name,

@@ -137,7 +137,10 @@ def _split_change(champion: Champion, settings: PipelineConfig) -> str | None:
     trained on would be scored as held out."""
     if champion.split_config is None:
         return None
-    before = SplitConfig.model_validate(champion.split_config).model_dump()
+    try:
+        before = SplitConfig.model_validate(champion.split_config).model_dump()
+    except ValueError:  # recorded under another version's schema: nothing to compare
+        return None
     now = settings.split.model_dump()
     changed = [f"split.{key} {before[key]} → {now[key]}" for key in now if before[key] != now[key]]
     return ", ".join(changed) or None

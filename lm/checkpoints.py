@@ -210,6 +210,7 @@ def resolve_init_from(path: Path) -> Path:
     the next; a damaged `path` itself is the caller's to refuse."""
     if (path / DONE_MARKER).is_file() and (path / WEIGHTS_FILE).is_file():
         return path
+    damaged = []
     for name in ("best", "final"):
         candidate = path / name
         if (candidate / DONE_MARKER).is_file() and (candidate / WEIGHTS_FILE).is_file():
@@ -217,9 +218,15 @@ def resolve_init_from(path: Path) -> Path:
             if problem is None:
                 return candidate
             logger.warning("%s: damaged checkpoint (%s), skipped", candidate, problem)
+            damaged.append(f"{name}/: {problem}")
     newest = latest_checkpoint(path)
     if newest is not None:
         return newest
+    if damaged:
+        raise TrainingError(
+            f"train.init_from: {path}: no checkpoint can be read ({'; '.join(damaged)}); start "
+            "from another, or train that model again"
+        )
     raise TrainingError(
         f"train.init_from: {path} is not a checkpoint (a folder with {WEIGHTS_FILE} and "
         f"{DONE_MARKER}) nor a trained model folder holding best/ or final/"

@@ -48,6 +48,8 @@ class MetricsLog:
                     if cut_short:
                         continue
                     raise
+                if cut_short and not isinstance(line, dict):
+                    continue
                 if model is not None:
                     line["model"] = model
                 out.write(json.dumps(line) + "\n")

@@ -31,11 +31,17 @@ class Workspace:
         """The workspace named by `$LMFORGE_HOME` (default `./.lmforge`), as an absolute path."""
         named = os.environ.get("LMFORGE_HOME") or DEFAULT_HOME
         try:
-            root = Path(named).expanduser().resolve()
+            expanded = Path(named).expanduser()
         except RuntimeError:  # `~someone` for a user this machine does not know
             raise WorkspaceError(
                 f"LMFORGE_HOME={named}: no home folder for '{named.split('/')[0]}' on this "
                 "machine; give the workspace's path"
+            ) from None
+        try:
+            root = expanded.resolve()
+        except (RuntimeError, OSError) as error:  # a loop of symbolic links
+            raise WorkspaceError(
+                f"LMFORGE_HOME={named}: cannot be resolved ({error}); give another path"
             ) from None
         return cls(root)
 

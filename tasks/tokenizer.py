@@ -20,7 +20,8 @@ from tasks.caching import cache_key_from, code_digest, stage_key
 
 STAGE = "tokenizer"
 VERSION = 2  # 2: a literal "▁" is escaped (SentencePiece read it as a space); no stale model
-CODE = ("lm/tokenizer.py", "lm/tokenizer_stats.py", "lm/config.py", "storage/corpus.py")
+CODE = ("lm/tokenizer.py", "lm/tokenizer_stats.py", "lm/config.py", "storage/corpus.py",
+        "tasks/tokenizer.py")  # fmt: skip
 STATS_FILE = "stats.json"
 
 

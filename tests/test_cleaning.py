@@ -33,9 +33,10 @@ def test_normalization_composes_unicode_and_drops_controls_and_extra_space():
 
 def test_line_ending_controls_become_newlines_and_the_unit_separator_a_space():
     # Deleted, they glued the words either side together ("linenext").
-    for control in ("\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2029"):
+    for control in ("\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85"):
         assert normalize_text(f"line{control}next") == "line\nnext", repr(control)
         assert normalize_text(f"line{control}next", collapse_whitespace=False) == "line\nnext"
+    assert normalize_text("one paragraph\u2029the next") == "one paragraph\n\nthe next"
     assert normalize_text("field\x1fvalue") == "field value"
     assert normalize_text("a\x0c\x0c\x0c\x0cb") == "a\n\nb"  # page breaks fold as blank lines
 

@@ -48,6 +48,14 @@ def test_a_workspace_under_an_unknown_user_s_home_is_one_line():
     )
 
 
+def test_a_workspace_path_in_a_loop_of_links_is_one_line(tmp_path):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    result = run_cli("runs", check=False, home=tmp_path / "a" / "ws")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"error: LMFORGE_HOME={tmp_path / 'a' / 'ws'}: cannot be ")
+
+
 def test_a_folder_given_as_the_config_is_said_to_be_a_folder(tmp_path):
     folder = tmp_path / "configs.toml"
     folder.mkdir()

@@ -549,6 +549,12 @@ def test_init_from_a_model_folder_skips_a_damaged_best_for_final(tmp_path, caplo
         f"{published / 'best'}: damaged checkpoint (model.pt has 1000 bytes, {size} were written)"
     )
     assert said in caplog.text
+    # Both damaged: said so (it said the folder held neither).
+    with open(published / "final" / "model.pt", "r+b") as weights:
+        weights.truncate(500)
+    neither = r"no checkpoint can be read \(best/: model\.pt has 1000 bytes, \d+ were written; "
+    with pytest.raises(TrainingError, match=neither + r"final/: model\.pt has 500 bytes"):
+        tokenized_trainer(tmp_path / "none", "tok-a").initialize_from(published)
     # Named itself, a cut-short checkpoint is refused, as cut short.
     with pytest.raises(TrainingError, match=r"best: model\.pt has 1000 bytes, \d+ were written"):
         tokenized_trainer(tmp_path / "other", "tok-a").initialize_from(published / "best")

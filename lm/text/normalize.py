@@ -15,18 +15,20 @@ import numpy as np
 from lm.text.utf8_scan import CodePointFinder
 
 # Controls that end a line (vertical tab: Word's manual line break; form feed: a page break;
-# the file, group and record separators; NEL; the paragraph separator): newlines, as
-# `str.splitlines` reads them. The unit separator: a space. Deleting them glued the words on
+# the file, group and record separators; NEL): newlines, as `str.splitlines` reads them; the
+# paragraph separator a blank line. The unit separator: a space. Deleting them glued the words on
 # either side together. The other C0/C1 controls but tab and newline, and zero-width and
 # bidi-formatting characters: deleted. Tabs and exotic spaces: turned into plain spaces. One
 # `str.translate` does it all.
-_LINE_BREAKS = [0x0B, 0x0C, 0x1C, 0x1D, 0x1E, 0x85, 0x2029]
+_LINE_BREAKS = [0x0B, 0x0C, 0x1C, 0x1D, 0x1E, 0x85]
+_PARAGRAPH_SEPARATOR = 0x2029  # a paragraph break: a blank line
 _DELETED = [*range(0x00, 0x09), *range(0x0E, 0x1C), *range(0x7F, 0x85), *range(0x86, 0xA0),
             *range(0x200B, 0x2010), *range(0x202A, 0x202F), 0x2060, 0xFEFF]  # fmt: skip
 _SPACES = [0x09, 0xA0, 0x1680, *range(0x2000, 0x200B), 0x202F, 0x205F, 0x3000]
-_CONTROL_TABLE = dict.fromkeys(_DELETED) | dict.fromkeys(_LINE_BREAKS, 0x0A) | {0x1F: 0x20}
+_CONTROL_TABLE = (dict.fromkeys(_DELETED) | dict.fromkeys(_LINE_BREAKS, 0x0A)
+                  | {_PARAGRAPH_SEPARATOR: "\n\n", 0x1F: 0x20})  # fmt: skip
 _WHITESPACE_TABLE = _CONTROL_TABLE | dict.fromkeys(_SPACES, 0x20)
-_TRANSLATED = {*_DELETED, *_LINE_BREAKS, 0x1F, *_SPACES}
+_TRANSLATED = {*_DELETED, *_LINE_BREAKS, _PARAGRAPH_SEPARATOR, 0x1F, *_SPACES}
 # `str.translate` with a table costs a dictionary lookup per character; most documents contain
 # none of these characters, which one regex scan (in C) finds out first.
 _NEEDS_TRANSLATION = re.compile("[" + "".join(re.escape(chr(c)) for c in sorted(_TRANSLATED)) + "]")
