@@ -113,6 +113,18 @@ def test_a_file_that_two_sources_read_differently_is_read_under_each(tmp_path, c
     assert [d.text for d in docs] == ["why?", "because"]
     said = " ".join(r.getMessage() for r in caplog.records)
     assert "whose settings differ (text_field); read under each" in said
+    # A file named with its own settings is read so, not also as the folder around it says.
+    (tmp_path / "names").mkdir()
+    (tmp_path / "names" / "list.txt").write_text("emma\nolivia\n")
+    (tmp_path / "names" / "notes.txt").write_text("a note")
+    listed = [
+        SourceConfig(path=str(tmp_path / "names")),
+        SourceConfig(path=str(tmp_path / "names" / "list.txt"), one_doc_per_line=True),
+    ]
+    with caplog.at_level(logging.WARNING, logger="lm.text.sources"):
+        docs = read(tmp_path, *listed)
+    assert sorted(d.text for d in docs) == ["a note", "emma", "olivia"]  # not "emma\nolivia"
+    assert f"named by source {str(tmp_path / 'names' / 'list.txt')!r}; read as" in caplog.text
 
 
 def test_one_document_per_line(tmp_path):

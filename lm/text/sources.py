@@ -60,32 +60,51 @@ def resolve_sources(specs: list[SourceConfig]) -> list[ResolvedInput]:
     """Expand every spec into the files it names, in a deterministic order. A file that two
     specs with the same settings reach (listed, and in a listed folder; or through a link) is
     read once, as the first says: reading it twice would put its documents in the corpus twice.
-    Specs whose settings differ read different documents from it (a CSV's `question` column
-    and its `answer` column), so it is read under each, with a warning naming the settings."""
+    A file a spec names itself is read as that spec says, not as a folder or pattern that also
+    reaches it (`["data/", {path = "data/names.txt", one_doc_per_line = true}]` reads the names
+    a line each, not also whole). Two specs that name it with different settings read different
+    documents from it (a CSV's `question` column and its `answer` column): it is read under
+    each, with a warning naming the settings."""
+    resolved = [(spec, item, _names_itself(spec)) for spec in specs for item in _resolve_one(spec)]
+    named_by: dict[Path, SourceConfig] = {}
+    for spec, item, names_itself in resolved:
+        if names_itself and item.path is not None:
+            named_by.setdefault(item.path, spec)
     inputs: list[ResolvedInput] = []
     read_as: dict[Path, list[SourceConfig]] = {}  # a file → the specs it is read under
-    for spec in specs:
-        for item in _resolve_one(spec):
-            if item.path is None:
-                inputs.append(item)
-                continue
-            earlier = read_as.setdefault(item.path, [])
-            same = next((first for first in earlier if _settings(first) == _settings(spec)), None)
-            if same is not None:
-                _warn_once(f"{item.path}: also reached by source {spec.path!r}; read once, "
-                           f"as source {same.path!r} says")  # fmt: skip
-                continue
-            if earlier:
-                differing = sorted(
-                    key for key, value in _settings(spec).items()
-                    if _settings(earlier[0])[key] != value
-                )  # fmt: skip
-                _warn_once(f"{item.path}: reached by sources {earlier[0].path!r} and "
-                           f"{spec.path!r}, whose settings differ ({', '.join(differing)}); "
-                           "read under each")  # fmt: skip
-            earlier.append(spec)
+    for spec, item, names_itself in resolved:
+        if item.path is None:
             inputs.append(item)
+            continue
+        named = named_by.get(item.path)
+        if not names_itself and named is not None and _settings(named) != _settings(spec):
+            _warn_once(f"{item.path}: reached by source {spec.path!r} and named by source "
+                       f"{named.path!r}; read as {named.path!r} says")  # fmt: skip
+            continue
+        earlier = read_as.setdefault(item.path, [])
+        same = next((first for first in earlier if _settings(first) == _settings(spec)), None)
+        if same is not None:
+            _warn_once(f"{item.path}: also reached by source {spec.path!r}; read once, "
+                       f"as source {same.path!r} says")  # fmt: skip
+            continue
+        if earlier:
+            differing = sorted(
+                key for key, value in _settings(spec).items()
+                if _settings(earlier[0])[key] != value
+            )  # fmt: skip
+            _warn_once(f"{item.path}: reached by sources {earlier[0].path!r} and "
+                       f"{spec.path!r}, whose settings differ ({', '.join(differing)}); "
+                       "read under each")  # fmt: skip
+        earlier.append(spec)
+        inputs.append(item)
     return inputs
+
+
+def _names_itself(spec: SourceConfig) -> bool:
+    """Whether a spec names one file (not a folder or a pattern that reaches several)."""
+    if spec.path.startswith(("gensim:", "names:")):
+        return True
+    return not is_url(spec.path) and os.path.isfile(os.path.expanduser(spec.path))
 
 
 def _settings(spec: SourceConfig) -> dict:
