@@ -106,14 +106,12 @@ def ablation(config: str | None = "ablation", overrides: list[str] | None = None
         (folder / TABLE_FILE).write_text(markdown + "\n")
         (folder / RESULTS_FILE).write_text(json.dumps(table.to_json(), indent=2))
         for result in table.results:
-            figures = {
-                "ablation/val_bpb_mean": result.val_bpb_mean,
-                "ablation/val_bpb_std": result.val_bpb_std,
-                "ablation/tokens_per_s_mean": result.tokens_per_s_mean,
-            }
-            # One seed has no spread (None): logged, it failed the run after all its training.
             run.metrics.log_many(
-                {key: value for key, value in figures.items() if value is not None},
+                {
+                    "ablation/val_bpb_mean": result.val_bpb_mean,
+                    "ablation/val_bpb_std": result.val_bpb_std,  # None for one seed: left out
+                    "ablation/tokens_per_s_mean": result.tokens_per_s_mean,
+                },
                 model=result.variant,
             )
         log_data_metrics(run, corpus, tokenizer, shards)

@@ -437,6 +437,7 @@ def _newest_char_vocabulary(settings) -> tuple[str, int] | None:
     """The run id and vocabulary size of the char tokenizer that the newest completed run of
     this preset trained with the same data and tokenizer settings: a char vocabulary is the
     corpus's characters, which only a run has counted."""
+    from lm.config import TokenizerConfig
     from storage.registry import RegistryError
 
     try:
@@ -452,8 +453,11 @@ def _newest_char_vocabulary(settings) -> tuple[str, int] | None:
 
     def vocabulary_settings(config: dict) -> dict:
         chosen = {key: config.get(key) for key in VOCABULARY_SETTINGS}
-        if isinstance(chosen["tokenizer"], dict):  # its thread count changes no character
-            chosen["tokenizer"] = chosen["tokenizer"] | {"threads": 0}
+        try:  # the tokenizer's thread count changes no character
+            tokenizer = TokenizerConfig.model_validate(chosen["tokenizer"])
+            chosen["tokenizer"] = tokenizer.output_digest()
+        except ValueError:  # a run recorded under another version's settings
+            return {}
         return chosen
 
     wanted = vocabulary_settings(settings.model_dump(mode="json"))
@@ -684,7 +688,7 @@ def _compared_parts(documents: Path, corpus_digest: str):
     splits, or, for a corpus its runs split `ordered` (every document in `train` until the
     token stream is cut), the parts of the stream the split's fractions name."""
     from lm.config import SplitConfig
-    from storage.corpus import iter_split_texts, iter_stream_part
+    from storage.corpus import iter_split_part
     from storage.registry import RegistryError
 
     try:
@@ -697,12 +701,8 @@ def _compared_parts(documents: Path, corpus_digest: str):
         split = SplitConfig.model_validate(recorded) if recorded else None
     except (RegistryError, ValueError):
         split = None
-    if split is None or split.method != "ordered":
-        return (lambda: iter_split_texts(documents, "train"),
-                lambda: iter_split_texts(documents, "val"))  # fmt: skip
-    cut = 1.0 - split.val - split.test
-    return (lambda: iter_stream_part(documents, 0.0, cut),
-            lambda: iter_stream_part(documents, cut, 1.0 - split.test))  # fmt: skip
+    return (lambda: iter_split_part(documents, "train", split),
+            lambda: iter_split_part(documents, "val", split))  # fmt: skip
 
 
 @server_app.command("start")

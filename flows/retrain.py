@@ -122,13 +122,9 @@ def _same_settings(champion: Champion, settings: PipelineConfig, model_run: Mode
     """Whether the candidate can continue the champion: the same tokenizer (its thread count,
     which changes no piece, aside) and the same model."""
     tokenizer = TokenizerConfig.model_validate(champion.tokenizer_config)
-    same_tokenizer = _output_digest(tokenizer) == _output_digest(settings.tokenizer)
+    same_tokenizer = tokenizer.output_digest() == settings.tokenizer.output_digest()
     same_model = champion.model_config == model_run.model.model_dump(mode="json")
     return same_tokenizer and same_model
-
-
-def _output_digest(tokenizer: TokenizerConfig) -> str:
-    return tokenizer.model_copy(update={"threads": 0}).digest()
 
 
 def _split_change(champion: Champion, settings: PipelineConfig) -> str | None:
@@ -266,12 +262,10 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
         run.metrics.log_many(
             {
                 "retrain/promoted": float(decision.promoted),
-                **({"retrain/candidate_val_bpb": decision.candidate_val_bpb}
-                   if decision.candidate_val_bpb is not None else {}),
-                **({"retrain/champion_val_bpb": decision.champion_val_bpb}
-                   if decision.champion_val_bpb is not None else {}),
+                "retrain/candidate_val_bpb": decision.candidate_val_bpb,  # None: not trained
+                "retrain/champion_val_bpb": decision.champion_val_bpb,  # None: not scored
             }
-        )  # fmt: skip
+        )
         promotion = PromotionRecord(
             model_run.label if models else None,
             policy.alias,

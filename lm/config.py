@@ -163,6 +163,11 @@ class TokenizerConfig(StrictModel):
     unknown_chars: Literal["unk", "bytes", "error"] = "unk"
     seed: int = 1
 
+    def output_digest(self) -> str:
+        """The digest of what decides the trained tokenizer: every setting but `threads`,
+        which changes the speed of training, never a piece."""
+        return self.model_copy(update={"threads": 0}).digest()
+
     @model_validator(mode="after")
     def _room_for_the_byte_pieces(self) -> TokenizerConfig:
         """SentencePiece with byte fallback needs a piece for each of the 256 bytes, <unk>,

@@ -17,17 +17,23 @@ NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 CPUINFO = Path("/proc/cpuinfo")
 
 
+def cpuinfo_field(name: str, path: Path = CPUINFO) -> str | None:
+    """The value of the first CPU's `name` line in /proc/cpuinfo (`flags`, `model name`); None
+    where there is no such line or file (not Linux)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(name):
+            return line.partition(":")[2].strip()
+    return None
+
+
 @cache
 def cpu_flags() -> frozenset[str]:
     """The instruction-set flags of the first CPU in /proc/cpuinfo; empty where there is none."""
-    try:
-        text = CPUINFO.read_text(errors="replace")
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.partition(":")[2].split())
-    return frozenset()
+    return frozenset((cpuinfo_field("flags", CPUINFO) or "").split())
 
 
 def cpu_has_native_bf16() -> bool:

@@ -11,20 +11,13 @@ from __future__ import annotations
 
 import os
 
-from lm.cpu_features import CPUINFO
+from lm.cpu_features import CPUINFO, cpuinfo_field
 
 
 def cpu_model_name() -> str:
     """The first CPU's model name from /proc/cpuinfo ("AMD EPYC 7B13"); "cpu" where there is
     none to read (not Linux, or a kernel that leaves it out)."""
-    try:
-        text = CPUINFO.read_text(errors="replace")
-    except OSError:
-        return "cpu"
-    for line in text.splitlines():
-        if line.startswith("model name"):
-            return line.partition(":")[2].strip() or "cpu"
-    return "cpu"
+    return cpuinfo_field("model name", CPUINFO) or "cpu"
 
 
 def describe_machine() -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lm.config import SplitConfig
 from lm.text.clean import BATCH_DOCS, DECISION_FLAGS, RawRow
 
 DOCUMENTS_FILE = "documents.parquet"
@@ -207,3 +208,14 @@ def iter_stream_part(
             break
     if part:
         yield part
+
+
+def iter_split_part(path: Path, part: str, split: SplitConfig | None) -> Iterator[list[str]]:
+    """The text of one split (`train`, `val` or `test`) as `split` makes it: the documents the
+    corpus labels so, or under an ordered split (every document labelled `train` until the
+    encode stage cuts the token stream) the part of the stream its fractions name."""
+    if split is None or split.method != "ordered":
+        return iter_split_texts(path, part)
+    cut, test_start = 1.0 - split.val - split.test, 1.0 - split.test
+    start, end = {"train": (0.0, cut), "val": (cut, test_start), "test": (test_start, 1.0)}[part]
+    return iter_stream_part(path, start, end)

@@ -19,11 +19,16 @@ class MetricsLog:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
 
-    def log_many(self, values: dict[str, float], step: int = 0, model: str | None = None) -> None:
+    def log_many(
+        self, values: dict[str, float | None], step: int = 0, model: str | None = None
+    ) -> None:
+        """Append the values, all at `step`; one that is None (a figure with nothing to say,
+        as the spread of one seed) is left out."""
         timestamp = datetime.now().isoformat()
         lines = [
             json.dumps(_line(key, step, float(value), timestamp, model))
             for key, value in values.items()
+            if value is not None
         ]
         if lines:
             with open(self.path, "a", encoding="utf-8") as out:

@@ -5,8 +5,6 @@ stream's val part)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 from prefect import task
 
@@ -14,7 +12,7 @@ from lm.config import SplitConfig, TokenizerConfig
 from lm.tokenizer import train_tokenizer
 from lm.tokenizer_stats import tokenizer_statistics
 from storage.artifacts import ArtifactStore, Descriptor
-from storage.corpus import DOCUMENTS_FILE, iter_split_texts, iter_stream_part
+from storage.corpus import DOCUMENTS_FILE, iter_split_part, iter_split_texts
 from storage.workspace import Workspace
 from tasks.caching import cache_key_from, code_digest, stage_key
 
@@ -33,17 +31,7 @@ def tokenizer_key(
     corpus: Descriptor, config: TokenizerConfig, split: SplitConfig | None = None
 ) -> str:
     """`split` is not in the key: the corpus's digest already depends on it."""
-    settings = config.model_copy(update={"threads": 0}).digest()
-    return stage_key(STAGE, VERSION, settings, [corpus.digest], code_digest(*CODE))
-
-
-def held_out_texts(documents: Path, split: SplitConfig | None) -> Iterator[list[str]]:
-    """The text the statistics are measured on: the val split, or under an ordered split
-    (whose val is cut from the token stream later, every document in `train` until then) the
-    documents of the stream's val part."""
-    if split is not None and split.method == "ordered":
-        return iter_stream_part(documents, 1.0 - split.val - split.test, 1.0 - split.test)
-    return iter_split_texts(documents, "val")
+    return stage_key(STAGE, VERSION, config.output_digest(), [corpus.digest], code_digest(*CODE))
 
 
 @task(name=STAGE, cache_key_fn=cache_key_from(tokenizer_key), persist_result=True)
@@ -59,7 +47,7 @@ def tokenizer_task(
     documents = workspace.resolve(corpus.path) / DOCUMENTS_FILE
     train_texts = (text for batch in iter_split_texts(documents, "train") for text in batch)
     tokenizer = train_tokenizer(train_texts, config)
-    stats = tokenizer_statistics(tokenizer, held_out_texts(documents, split))
+    stats = tokenizer_statistics(tokenizer, iter_split_part(documents, "val", split))
     with store.build(key) as staging:
         tokenizer.save(staging)
         (staging / STATS_FILE).write_text(json.dumps(stats, indent=2, ensure_ascii=False))

@@ -364,8 +364,7 @@ def test_the_stream_parts_of_one_long_text_cut_it_by_its_bytes(tmp_path):
     import pyarrow as pa
 
     from lm.config import SplitConfig
-    from storage.corpus import iter_stream_part
-    from tasks.tokenizer import held_out_texts
+    from storage.corpus import iter_split_part, iter_stream_part
 
     text = "".join(f"line {index:05d} ü\n" for index in range(10_000))  # 14 bytes a line
     path = tmp_path / DOCUMENTS_FILE
@@ -378,7 +377,7 @@ def test_the_stream_parts_of_one_long_text_cut_it_by_its_bytes(tmp_path):
     assert (part(0.0, 0.9) + part(0.9, 0.95) + part(0.95, 1.0)).encode() == text.encode()
     assert len(part(0.9, 0.95).encode()) == total // 20
     ordered = SplitConfig(method="ordered", val=0.05, test=0.05)
-    held_out = "".join(t for batch in held_out_texts(path, ordered) for t in batch)
+    held_out = "".join(t for batch in iter_split_part(path, "val", ordered) for t in batch)
     assert held_out == part(0.9, 0.95) and held_out.startswith("line 09000")
 
 
