@@ -159,6 +159,7 @@ def run_stage(
     training's curve), noted in the journal for a run killed before the flow copies it."""
     name = stage_name or stage_task.name
     run.journal.started(name, live_metrics)
+    run.failed_stage = None  # an earlier stage's failure, caught (an ablation's arm), is over
     started = time.perf_counter()
     refresh = not store.is_complete(key)
     options = {"refresh_cache": refresh} | ({"task_run_name": stage_name} if stage_name else {})
@@ -168,6 +169,7 @@ def run_stage(
         descriptor: Descriptor = state.result()
     except BaseException:  # a failure, or a stop (Ctrl-C, SIGTERM): the run records it
         run.journal.failed(name)  # an ablation goes on to its next arm: this one is not running
+        run.failed_stage = name
         if live_metrics is not None:  # the curve so far, for the run's report
             try:
                 run.metrics.append_file(live_metrics.path, live_metrics.model, cut_short=True)
@@ -294,6 +296,8 @@ class RunContext:
     # corpus a tokenizer failed on is the one `lmforge corpus stats` shows.
     corpus: Descriptor | None = None
     tokenizer: Descriptor | None = None
+    # The stage that raised, named in a failed run's error as a crashed run's is.
+    failed_stage: str | None = None
 
 
 def open_run(
@@ -330,15 +334,23 @@ def record_failure(run: RunContext, error: BaseException, models: list[ModelReco
         datasets,
         corpus.digest if corpus else None,
         str(run.metrics.path),
-        error=f"{type(error).__name__}: {error}",
+        error=failure_text(error, run.failed_stage),
         tokenizers=tokenizers,
         models=list(models),
     )
 
 
+def failure_text(error: BaseException, stage: str | None) -> str:
+    """A failed run's error as `runs show` gives it: the exception, and the stage it came
+    from, worded as a crashed run's is."""
+    text = f"{type(error).__name__}: {error}"
+    return f"{text} (during stage {stage})" if stage else text
+
+
 def build_corpus(run: RunContext, settings: PipelineConfig) -> Descriptor:
     """Ingest and clean: the corpus version for this config and these sources."""
     workspace = run.workspace
+    run.failed_stage = "ingest"  # reading the sources for its key is ingest's work, and can fail
     raw = run_stage(
         run,
         ingest_task,
@@ -358,7 +370,9 @@ def build_corpus(run: RunContext, settings: PipelineConfig) -> Descriptor:
         runtime=settings.runtime,
     )
     run.corpus = corpus
+    run.failed_stage = "clean"  # what cleaning kept
     require_kept_documents(corpus, settings.split, trains_models=bool(settings.model_runs()))
+    run.failed_stage = None
     return corpus
 
 

@@ -264,6 +264,7 @@ def test_bad_input_fails_clearly_and_damages_nothing_stored(workspace, config, t
     _, rows = registry.query("SELECT status, error FROM runs ORDER BY started_at")
     assert [status for status, _ in rows] == ["completed", "failed"]
     assert "InputError" in rows[1][1]
+    assert re.search(r" \(during stage (ingest|clean)\)$", rows[1][1])  # as a crashed run's
     assert not list(workspace.artifacts.glob("*/*.partial-*")), "no staging left behind"
     assert set(stage_states(run_pipeline(config)).values()) == {"cached"}
 
@@ -478,6 +479,9 @@ def test_a_training_that_fails_or_is_stopped_leaves_its_curve_to_the_run_s_repor
             raise
     (model,) = gather_run_report(run.registry, workspace, run.run_id).models
     assert model.label == "gpt" and model.curves["train/loss"].values == [4.0, 3.0]
+    # The failed run names the stage it failed in, as a crashed run does.
+    error = run.registry.find_run(run.run_id)["error"]
+    assert error == f"{type(stop).__name__}: {stop} (during stage train)"
 
 
 def test_a_damaged_published_model_falls_back_then_is_trained_again(workspace, config, caplog):
