@@ -641,8 +641,10 @@ def tokenizers_compare(
         train = (t for batch in train_part() for t in batch)
         try:
             tokenizer = train_tokenizer(train, tokenizer_config)
-        except TokenizerError as error:
-            raise _fail(f"{kind}: {error}") from None
+        except TokenizerError as error:  # here the size is this command's option
+            message = str(error).replace(f"tokenizer.vocab_size = {vocab_size}",
+                                         f"--vocab-size {vocab_size}")  # fmt: skip
+            raise _fail(f"{kind}: {message}") from None
         stats = tokenizer_statistics(tokenizer, val_part())
         scored = ()
         if train_steps > 0:

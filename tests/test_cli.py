@@ -225,6 +225,7 @@ def test_tokenizers_compare_trains_bpe_and_unigram_alike(workspace, tmp_path):
     assert all(1.0 < float(bytes_per_token) < 10.0 for _, _, bytes_per_token in rows)
     too_big = run_cli("tokenizers", "compare", "--vocab-size", "90000", check=False)
     assert too_big.returncode == 1 and "the largest possible is" in too_big.stderr
+    assert "--vocab-size 90000 is more than" in too_big.stderr  # the option given, not a key
 
 
 def every_command(group, path=()):
