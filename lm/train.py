@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -97,14 +98,16 @@ __all__ = [
 logger = logging.getLogger("lm.train")
 CPU = torch.device("cpu")
 CHECKPOINT_FILES = (WEIGHTS_FILE, "optimizer.pt", "state.pt")
-# Dense bf16 tensor-core peaks (vendor datasheets, FLOP/s), matched against the CUDA device
-# name, longest name first: MFU is measured against these.
+# Dense bf16 tensor-core peaks (vendor datasheets, FLOP/s), matched as whole words against the
+# CUDA device name, longest name first: MFU is measured against these.
 BF16_PEAK_FLOPS = {
     "H100 PCIe": 756e12,
     "H100": 989e12,
     "H200": 989e12,
+    "GH200": 989e12,
     "A100": 312e12,
     "L40S": 362e12,
+    "L40": 181e12,
     "L4": 121e12,
 }
 
@@ -257,7 +260,8 @@ def flops_per_token(module: torch.nn.Module, block_size: int) -> float:
 def peak_flops_of(device_name: str) -> float | None:
     """The dense bf16 peak of a GPU named like `torch.cuda.get_device_name()`, if known."""
     for model in sorted(BF16_PEAK_FLOPS, key=len, reverse=True):
-        if model in device_name:
+        # Whole words: an "L40" is not an "L4", nor an "A1000" an "A100".
+        if re.search(rf"(?<![A-Za-z0-9]){re.escape(model)}(?![A-Za-z0-9])", device_name):
             return BF16_PEAK_FLOPS[model]
     return None
 

@@ -878,6 +878,10 @@ def test_mfu_peaks_are_matched_by_device_name():
     assert peak_flops_of("NVIDIA H100 80GB HBM3") == 989e12
     assert peak_flops_of("NVIDIA H100 PCIe") == 756e12
     assert peak_flops_of("NVIDIA GeForce GTX 1080") is None
+    assert peak_flops_of("NVIDIA A100-SXM4-80GB") == 312e12
+    assert peak_flops_of("NVIDIA L40") == 181e12  # not the L4's peak, a substring of its name
+    assert peak_flops_of("NVIDIA L4") == 121e12
+    assert peak_flops_of("NVIDIA RTX A1000") is None  # nor an A1000 an A100
 
 
 def test_auto_precision_is_bf16_on_cuda_and_on_cpus_with_native_bf16(monkeypatch):
