@@ -415,12 +415,15 @@ def require_kept_documents(corpus: Descriptor, split: SplitConfig, trains_models
     )
 
 
-def build_tokenizer(run: RunContext, settings: PipelineConfig, corpus: Descriptor) -> Descriptor:
+def build_tokenizer(
+    run: RunContext, settings: PipelineConfig, corpus: Descriptor, stage_name: str | None = None
+) -> Descriptor:
     run.tokenizer = run_stage(
         run,
         tokenizer_task,
         tokenizer_key(corpus, settings.tokenizer),
         tokenizer_store(run.workspace),
+        stage_name=stage_name,
         corpus=corpus,
         config=settings.tokenizer,
         split=settings.split,

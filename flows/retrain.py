@@ -199,6 +199,8 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
                 "trained on into val and test, where both models are scored. Keep the "
                 "champion's [split], or retrain under another retrain.alias"
             )
+        if champion is not None:
+            _rebuild_lost_tokenizer(run, settings, champion)
         corpus = build_corpus(run, settings)
         # Scoring the champion needs only its model and tokenizer; continuing it needs its
         # corpus too (to tell the new documents from those it has seen).
@@ -293,6 +295,32 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
         "stages": [asdict(stage) for stage in run.stages],
         "models": [{"label": m.label, "kind": m.kind, "path": m.path, **m.stats} for m in models],
     }
+
+
+def _rebuild_lost_tokenizer(run: RunContext, settings: PipelineConfig, champion: Champion) -> None:
+    """Give a champion whose tokenizer files are gone its tokenizer back, from the corpus and
+    settings it was trained on: its stage is deterministic, so the same pieces come back, which
+    the recorded digest confirms. The champion can then be scored, and continued, rather than
+    beaten unscored."""
+    if champion.tokenizer is not None or champion.trained is None or champion.corpus is None:
+        return
+    try:
+        config = TokenizerConfig.model_validate(champion.tokenizer_config)
+    except ValueError:  # recorded under another version's schema: not rebuildable here
+        return
+    rebuilt = build_tokenizer(run, settings.model_copy(update={"tokenizer": config}),
+                              champion.corpus, stage_name="tokenizer/champion")  # fmt: skip
+    run.tokenizer = None  # the run's own tokenizer is decided later
+    if rebuilt.digest == champion.row["tokenizer_digest"]:
+        logger.info("retrain: the champion's tokenizer was gone and is rebuilt (%s)",
+                    rebuilt.digest[:12])  # fmt: skip
+        champion.tokenizer = rebuilt
+    else:
+        logger.warning(
+            "retrain: the champion's tokenizer is gone, and training it again gave other pieces "
+            "(digest %s, not %s): the champion cannot be scored", rebuilt.digest[:12],
+            champion.row["tokenizer_digest"][:12],
+        )  # fmt: skip
 
 
 def _why_scratch(champion: Champion | None) -> str:

@@ -235,6 +235,32 @@ def test_a_champion_whose_corpus_is_gone_is_still_scored_not_beaten_by_default(w
     assert registry.champion()["run_id"] == first["run_id"]
 
 
+def test_a_champion_whose_tokenizer_is_gone_gets_it_back_and_is_scored(workspace, tmp_path):
+    import shutil
+
+    folder, config = twelve_documents(tmp_path)
+    first = _trigger(config)
+    registry = RunRegistry(workspace.registry_path)
+    _, [(digest, tokenizer_path)] = registry.query("SELECT digest, path FROM tokenizers")
+    shutil.rmtree(workspace.resolve(tokenizer_path))
+
+    same_data = _trigger(config)
+    # Was: trained from scratch, the champion unscored, and the candidate promoted for that.
+    assert same_data["decision"]["mode"] == "up-to-date", same_data["decision"]["reason"]
+    assert _stages(same_data)["tokenizer/champion"] is False  # trained again, not cached
+    assert workspace.resolve(tokenizer_path).is_dir()
+    for index in range(100, 104):
+        (folder / f"new{index}.txt").write_text(prose(index, 120))
+    shutil.rmtree(workspace.resolve(tokenizer_path))
+    later = _trigger(config, "retrain.margin=10.0")
+    decision = later["decision"]
+    assert decision["mode"] == "continue", decision["reason"]
+    assert decision["champion_val_bpb"] is not None and not decision["promoted"]
+    _, rows = registry.query("SELECT DISTINCT digest FROM tokenizers")
+    assert rows == [(digest,)]  # the same pieces came back
+    assert registry.champion()["run_id"] == first["run_id"]
+
+
 def test_the_tokenizer_s_thread_count_does_not_stop_a_continue_and_a_new_split_is_refused(
     workspace, tmp_path
 ):
