@@ -121,6 +121,7 @@ def _run_flow(name: str, config: str | None, overrides: list[str] | None) -> dic
         ensure_server(workspace)
     except ServerError as error:
         raise _fail(str(error)) from None
+    _exit_cleanly_on_sigterm()
     from flows.user_errors import hide_prefect_tracebacks_of, user_error_types
 
     known = user_error_types()
@@ -150,6 +151,20 @@ def _run_flow(name: str, config: str | None, overrides: list[str] | None) -> dic
             "time: run again, raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, or let runs "
             "share the workspace's background server (unset LMFORGE_PREFECT_SERVER)"
         ) from None
+
+
+def _exit_cleanly_on_sigterm() -> None:
+    """End on SIGTERM as on an error, by `SystemExit`, not by the signal's default action:
+    `atexit` handlers then run, among them the one stopping Prefect's per-process temporary
+    server (`LMFORGE_PREFECT_SERVER=ephemeral`), which was left running on its own otherwise.
+    Prefect's flow engine takes SIGTERM while a flow runs, records the crash, puts this handler
+    back and sends the signal again."""
+    import signal
+
+    def exit_with_status(number: int, _frame) -> None:
+        raise SystemExit(128 + number)
+
+    signal.signal(signal.SIGTERM, exit_with_status)
 
 
 def _check_sources(settings, config_path: Path) -> None:

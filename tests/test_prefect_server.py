@@ -191,3 +191,56 @@ def test_a_server_record_edited_out_of_shape_is_no_record_not_a_traceback(own_se
     path.write_text(written)
     assert running_server(own_server) is None
     assert stop_server(own_server, timeout_s=1) is False
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of each process whose parent is `pid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == pid:
+            found.append((int(entry.name), command))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_sigterm_of_a_run_stops_prefect_s_temporary_server_and_records_the_run(tmp_path):
+    """Under `LMFORGE_PREFECT_SERVER=ephemeral` Prefect starts a server for the process and
+    stops it at exit; SIGTERM's default action skipped that, and the server ran on, orphaned."""
+    from storage.registry import RunRegistry
+    from tests.helpers import prose, write_config
+
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    for index in range(12):
+        (texts / f"{index}.txt").write_text(prose(index, 120))
+    config = write_config(
+        tmp_path / "c.toml", [{"path": str(texts)}], "[train]\nmax_steps = 4000\n"
+    )
+    home = tmp_path / "home"
+    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
+    env |= {"LMFORGE_HOME": str(home), "LMFORGE_PREFECT_SERVER": "ephemeral"}
+    command = [str(Path(sys.executable).with_name("lmforge")), "run", str(config)]
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+    try:
+        started = wait_until(lambda: any((home / "runs").glob("*/stages.jsonl")), 120)
+        assert started, process.poll() is not None and process.stderr.read().decode()
+        servers = [pid for pid, line in _children(process.pid) if "uvicorn" in line]
+        assert len(servers) == 1, _children(process.pid)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 128 + signal.SIGTERM
+        assert wait_until(lambda: not pid_alive(servers[0]), 15), "the server ran on"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    registry = RunRegistry(home / "registry.duckdb")
+    [(status, error)] = registry.query("SELECT status, error FROM runs")[1]
+    assert status == "failed" and "TerminationSignal" in error, (status, error)
