@@ -106,6 +106,7 @@ def choose_next(
         ordered, order = probs.sort(descending=True)
         # Drop a token when the more likely ones already reach p; the first always stays.
         drop = ordered.cumsum(0) - ordered >= sampling.top_p
+        drop[0] = False  # a p that is 0 in float32 (1e-46) dropped it too, and nothing was left
         probs = torch.zeros_like(probs).scatter(0, order, ordered.masked_fill(drop, 0.0))
     return int(torch.multinomial(probs, 1, generator=generator))
 

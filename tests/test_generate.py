@@ -214,6 +214,8 @@ def test_top_k_and_top_p_sample_only_the_likeliest_tokens():
     assert draws(top_k=2) == {0, 1}
     assert draws(top_p=0.65) == {0, 1}  # 0.4 < 0.65 ≤ 0.4 + 0.3
     assert draws(top_p=0.01) == {0}
+    assert draws(top_p=1e-46) == {0}  # 0 in float32: was "invalid multinomial distribution"
+    assert draws(top_k=1, top_p=1e-300) == {0}
     ties = torch.zeros(50)  # all alike: top-k still keeps exactly k of them
     assert len({choose_next(ties, [], SamplingConfig(temperature=1.0, top_k=3), generator)
                 for _ in range(300)}) == 3  # fmt: skip
