@@ -385,7 +385,7 @@ def size(
              lambda size: _bytes(size.state_bytes_per_process())),
         ]  # fmt: skip
     rows = [(name, *(shown(size) for size in sizes)) for name, shown in measures]
-    newest = _newest_train_tokens(settings.name)
+    newest = _newest_train_tokens(settings)
     if newest is not None:
         run_id, corpus_tokens = newest
         rows.append(
@@ -426,61 +426,69 @@ def _processes(size) -> str:
     return f"{size.processes}, each a whole copy (DDP)"
 
 
-def _newest_train_tokens(preset: str) -> tuple[str, int] | None:
-    """The run id and `tokens/train` of this preset's newest completed run, if the registry has
-    one: the corpus this config reads, as far as the registry can tell without running it."""
-    from storage.registry import RegistryError
-
-    try:
-        _, rows = _registry().query(
-            "SELECT r.run_id, m.value FROM latest_metrics m JOIN runs r USING (run_id) "
-            "WHERE m.key = 'tokens/train' AND r.status = 'completed' AND r.preset = ? "
-            "ORDER BY r.ended_at DESC LIMIT 1",
-            [preset],
-        )
-    except RegistryError:
-        return None
-    return (rows[0][0], int(rows[0][1])) if rows else None
+# What decides a run's tokens: the text (its sources, cleaning and split) and the tokenizer's
+# own settings (byte fallback adds 256 ids to a char vocabulary).
+DATA_SETTINGS = ("ingest", "clean", "split", "tokenizer")
 
 
-# What decides a char vocabulary: the text (its sources and cleaning) and the tokenizer's own
-# settings (byte fallback adds 256 ids).
-VOCABULARY_SETTINGS = ("ingest", "clean", "split", "tokenizer")
-
-
-def _newest_char_vocabulary(settings) -> tuple[str, int] | None:
-    """The run id and vocabulary size of the char tokenizer that the newest completed run of
-    this preset trained with the same data and tokenizer settings: a char vocabulary is the
-    corpus's characters, which only a run has counted."""
+def _newest_same_data(settings, rows: list[tuple]) -> tuple[str, int] | None:
+    """The (run id, number) of the first of `rows` (run id, number, config; newest first)
+    whose run read the same data with the same tokenizer settings as `settings`: the runs of
+    one preset may have been pointed at other files, or another tokenizer, by `--set`."""
     from lm.config import TokenizerConfig
-    from storage.registry import RegistryError
 
-    try:
-        _, rows = _registry().query(
-            "SELECT DISTINCT r.run_id, t.vocab_size, r.config, r.ended_at FROM runs r "
-            "JOIN models m USING (run_id) JOIN tokenizers t ON t.digest = m.tokenizer_digest "
-            "WHERE r.status = 'completed' AND r.preset = ? AND t.kind = 'char' "
-            "ORDER BY r.ended_at DESC",
-            [settings.name],
-        )
-    except RegistryError:
-        return None
-
-    def vocabulary_settings(config: dict) -> dict:
-        chosen = {key: config.get(key) for key in VOCABULARY_SETTINGS}
-        try:  # the tokenizer's thread count changes no character
+    def data_settings(config: dict) -> dict:
+        chosen = {key: config.get(key) for key in DATA_SETTINGS}
+        try:  # the tokenizer's thread count changes no token
             tokenizer = TokenizerConfig.model_validate(chosen["tokenizer"])
             chosen["tokenizer"] = tokenizer.output_digest()
         except ValueError:  # a run recorded under another version's settings
             return {}
         return chosen
 
-    wanted = vocabulary_settings(settings.model_dump(mode="json"))
-    for run_id, vocab_size, config, _ in rows:
+    wanted = data_settings(settings.model_dump(mode="json"))
+    for run_id, number, config, *_ in rows:
         recorded = json.loads(config) if isinstance(config, str) else (config or {})
-        if vocabulary_settings(recorded) == wanted:
-            return run_id, int(vocab_size)
+        if data_settings(recorded) == wanted:
+            return run_id, int(number)
     return None
+
+
+def _completed_runs(settings, query: str) -> list[tuple]:
+    """`query`'s rows for this preset's completed runs; none when there is no registry."""
+    from storage.registry import RegistryError
+
+    try:
+        return _registry().query(query, [settings.name])[1]
+    except RegistryError:
+        return []
+
+
+def _newest_train_tokens(settings) -> tuple[str, int] | None:
+    """The run id and `tokens/train` of the newest completed run of this preset with the same
+    data and tokenizer settings: the corpus this config reads, as far as the registry can tell
+    without running it."""
+    rows = _completed_runs(
+        settings,
+        "SELECT r.run_id, m.value, r.config, r.ended_at FROM latest_metrics m "
+        "JOIN runs r USING (run_id) WHERE m.key = 'tokens/train' AND r.status = 'completed' "
+        "AND r.preset = ? ORDER BY r.ended_at DESC",
+    )
+    return _newest_same_data(settings, rows)
+
+
+def _newest_char_vocabulary(settings) -> tuple[str, int] | None:
+    """The run id and vocabulary size of the char tokenizer that the newest completed run of
+    this preset trained with the same data and tokenizer settings: a char vocabulary is the
+    corpus's characters, which only a run has counted."""
+    rows = _completed_runs(
+        settings,
+        "SELECT DISTINCT r.run_id, t.vocab_size, r.config, r.ended_at FROM runs r "
+        "JOIN models m USING (run_id) JOIN tokenizers t ON t.digest = m.tokenizer_digest "
+        "WHERE r.status = 'completed' AND r.preset = ? AND t.kind = 'char' "
+        "ORDER BY r.ended_at DESC",
+    )
+    return _newest_same_data(settings, rows)
 
 
 @app.command()

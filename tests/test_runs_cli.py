@@ -189,11 +189,31 @@ def test_a_truncated_registry_is_one_line_naming_it_and_is_left_as_it_was(tmp_pa
     assert path.read_bytes() == before
 
 
-def test_size_counts_the_corpus_tokens_of_the_same_preset_s_newest_run(history):
-    names = run_cli("size", "names", "--vocab-size", "30", home=history).stdout
-    assert re.search(r"tokens in the train split of run r-gpt-new\s*│\s*5,000", names)
-    default = run_cli("size", "default", home=history).stdout
-    assert "tokens in the train split of run r-ladder" in default  # not r-mlp-old: older
+def test_size_counts_the_corpus_tokens_of_the_newest_run_of_the_same_data(tmp_path):
+    """Of the preset's completed runs, the newest that read the same data with the same
+    tokenizer settings: a run pointed at other files by `--set` counted other tokens."""
+    from lm.config import load_config
+
+    registry = RunRegistry(tmp_path / "registry.duckdb")
+    same = load_config("default").model_dump(mode="json")
+    other_files = load_config("default", ['ingest.sources=["other.txt"]']).model_dump(mode="json")
+    runs = {"r-same": ("completed", same, 5000, 3), "r-other": ("completed", other_files, 7000, 2),
+            "r-failed": ("failed", same, 9000, 1)}  # fmt: skip
+    for run_id, (status, config, tokens, age) in runs.items():
+        registry.start_run({"run_id": run_id, "status": "running", "preset": "default",
+                            "started_at": NOW - timedelta(hours=age), "config": config})  # fmt: skip
+        metrics = tmp_path / f"{run_id}.jsonl"
+        metrics.write_text(json.dumps({"key": "tokens/train", "step": 0, "value": tokens,
+                                       "ts": NOW.isoformat()}))  # fmt: skip
+        registry.finish_run(run_id, status, NOW - timedelta(hours=age, minutes=-1), [],
+                            metrics_file=metrics)  # fmt: skip
+
+    default = run_cli("size", "default", home=tmp_path).stdout
+    assert re.search(r"tokens in the train split of run r-same\s*│\s*5,000", default), default
+    pointed = run_cli("size", "default", "--set", 'ingest.sources=["other.txt"]', home=tmp_path)
+    assert re.search(r"of run r-other\s*│\s*7,000", pointed.stdout)
+    elsewhere = run_cli("size", "default", "--set", "tokenizer.vocab_size=999", home=tmp_path)
+    assert "tokens in the train split" not in elsewhere.stdout  # no run of that tokenizer
 
 
 def test_size_of_a_char_preset_reads_the_vocabulary_of_its_newest_completed_run(tmp_path):
