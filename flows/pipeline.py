@@ -49,7 +49,7 @@ from tasks.caching import REPO_ROOT, code_digest
 from tasks.clean import clean_key, clean_task, corpus_store
 from tasks.encode import encode_key, encode_task, shards_store
 from tasks.evaluate import METRICS_FILE as EVAL_METRICS_FILE
-from tasks.evaluate import evaluate_key, evaluate_store, evaluate_task
+from tasks.evaluate import check_prompts, evaluate_key, evaluate_store, evaluate_task
 from tasks.ingest import ingest_key, ingest_store, ingest_task
 from tasks.record import Recorded, record_task
 from tasks.tokenizer import tokenizer_key, tokenizer_store, tokenizer_task
@@ -229,22 +229,40 @@ def train_model(
         vectors=vectors,
     )
     run.metrics.append_file(workspace.resolve(trained.path) / METRICS_FILE, model=label)
-    evaluated = run_stage(
-        run,
-        evaluate_task,
-        evaluate_key(trained, eval_shards, tokenizer, eval_config),
-        evaluate_store(workspace),
-        stage_name=f"evaluate{suffix}",
-        trained=trained,
-        shards=eval_shards,
-        tokenizer=tokenizer,
-        config=eval_config,
-    )
     # The evaluator's numbers (a fixed sample, with bytes) replace training's running ones;
     # where it did not score val (`eval.splits`), the val loss is left unknown rather than
     # training's, a figure on other windows in a column of the evaluator's (its curve stays).
     stats = {key: value for key, value in trained.stats.items()
              if not key.startswith(("val_", "baseline_val_"))}  # fmt: skip
+    record = ModelRecord(
+        label=label,
+        kind=model_run.model.kind,
+        digest=trained.digest,
+        path=trained.path,
+        tokenizer_digest=tokenizer.digest,
+        corpus_digest=corpus.digest,
+        config={
+            "model": model_run.model.model_dump(mode="json"),
+            "train": model_run.train.model_dump(),
+        },
+        stats=stats,
+    )
+    try:
+        evaluated = run_stage(
+            run,
+            evaluate_task,
+            evaluate_key(trained, eval_shards, tokenizer, eval_config),
+            evaluate_store(workspace),
+            stage_name=f"evaluate{suffix}",
+            trained=trained,
+            shards=eval_shards,
+            tokenizer=tokenizer,
+            config=eval_config,
+        )
+    except BaseException:
+        # Trained, but not scored: a failed run records it unscored, and `generate` can use it.
+        run.unscored_models.append(record)
+        raise
     stats |= {
         key: value
         for key, value in evaluated.stats.items()
@@ -266,19 +284,7 @@ def train_model(
         },
         model=label,
     )
-    return ModelRecord(
-        label=label,
-        kind=model_run.model.kind,
-        digest=trained.digest,
-        path=trained.path,
-        tokenizer_digest=tokenizer.digest,
-        corpus_digest=corpus.digest,
-        config={
-            "model": model_run.model.model_dump(mode="json"),
-            "train": model_run.train.model_dump(),
-        },
-        stats=stats,
-    )
+    return record
 
 
 @dataclass
@@ -298,6 +304,8 @@ class RunContext:
     tokenizer: Descriptor | None = None
     # The stage that raised, named in a failed run's error as a crashed run's is.
     failed_stage: str | None = None
+    # Models trained whose evaluation failed: a failed run records them, unscored.
+    unscored_models: list[ModelRecord] = field(default_factory=list)
 
 
 def open_run(
@@ -336,7 +344,7 @@ def record_failure(run: RunContext, error: BaseException, models: list[ModelReco
         str(run.metrics.path),
         error=failure_text(error, run.failed_stage),
         tokenizers=tokenizers,
-        models=list(models),
+        models=[*models, *run.unscored_models],
     )
 
 
@@ -428,6 +436,11 @@ def build_tokenizer(
         config=settings.tokenizer,
         split=settings.split,
     )
+    if stage_name is None and settings.eval.samples and settings.model_runs():
+        # A prompt the tokenizer cannot encode, said now rather than after the training.
+        from lm.tokenizer import load_tokenizer
+
+        check_prompts(load_tokenizer(run.workspace.resolve(run.tokenizer.path)), settings.eval)
     return run.tokenizer
 
 

@@ -74,7 +74,7 @@ def evaluate_task(
             f"{trained_folder / 'tokenizer'}: the model's tokenizer has digest "
             f"{model_tokenizer.digest}, not {tokenizer.digest} (the shards'); rerun the pipeline"
         )
-    _check_prompts(model_tokenizer, config)  # before the scoring's minutes, not after
+    check_prompts(model_tokenizer, config)  # before the scoring's minutes, not after
     device = pick_device(config.device, key="eval.device")
     model.to(device)
     autocast = autocast_dtype(config.precision, device)
@@ -136,7 +136,7 @@ def _train_settings(folder) -> dict:
     return json.loads(settings.read_text()) if settings.is_file() else {}
 
 
-def _check_prompts(tokenizer, config: EvalConfig) -> None:
+def check_prompts(tokenizer, config: EvalConfig) -> None:
     """Refuse, naming it, a prompt of `eval.prompts` that the samples would use and the
     tokenizer cannot encode."""
     from lm.generate import encode_prompt

@@ -15,6 +15,7 @@ import duckdb
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from lm.config import ConfigError
 from lm.machine import cpu_model_name
@@ -768,3 +769,43 @@ def test_a_run_that_finds_the_registry_held_open_ends_and_the_next_run_records_i
     _, rows = registry.query("SELECT count(*) FROM stages WHERE run_id = ?", [run_id])
     assert rows[0][0] == len(held["stages"])
     assert not (workspace.runs / run_id / OUTCOME_FILE).exists()
+
+
+def test_a_prompt_the_tokenizer_cannot_encode_is_refused_before_training(workspace, config):
+    from lm.tokenizer import TokenizerError
+    from storage.registry import RunRegistry
+
+    settings = [
+        *TINY_GPT,
+        'tokenizer.kind="char"',
+        'eval.prompts=["ok", "日本語"]',
+        "eval.samples=2",
+    ]
+    with pytest.raises(TokenizerError, match=r"eval\.prompts\[1\] '日本語': "):
+        run_pipeline(config, settings)
+    registry = RunRegistry(workspace.registry_path)
+    _, stages = registry.query("SELECT stage FROM stages")
+    assert ("tokenizer",) in stages and not any(s.startswith("train") for (s,) in stages)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_model_trained_but_not_scored_is_recorded_with_its_failed_run(workspace, config):
+    """Its evaluation failed (here: eval.device names a GPU this machine lacks): the run is
+    failed, but the model is trained, and `generate` answers with it."""
+    from lm.train_config import TrainingError
+    from storage.registry import RunRegistry
+
+    with pytest.raises(TrainingError, match=r"eval\.device"):
+        run_pipeline(config, [*TINY_GPT, 'eval.device="cuda"'])
+    registry = RunRegistry(workspace.registry_path)
+    [(run_id, status, error)] = registry.query("SELECT run_id, status, error FROM runs")[1]
+    assert status == "failed" and error.endswith("(during stage evaluate)")
+    [(label, steps, val_bpb)] = registry.query(
+        "SELECT label, steps, val_bpb FROM models WHERE run_id = ?", [run_id]
+    )[1]
+    assert (label, steps, val_bpb) == ("gpt", 12, None)  # trained, unscored
+    from tests.conftest import run_cli
+
+    result = run_cli("generate", run_id, "--prompt", "The", "--max-new-tokens", "5", "--seed", "1")
+    assert f"run {run_id} is failed; using the last model it trained" in result.stderr
+    assert result.stdout.startswith("The")

@@ -200,8 +200,9 @@ def test_size_counts_the_corpus_tokens_of_the_newest_run_of_the_same_data(tmp_pa
     runs = {"r-same": ("completed", same, 5000, 3), "r-other": ("completed", other_files, 7000, 2),
             "r-failed": ("failed", same, 9000, 1)}  # fmt: skip
     for run_id, (status, config, tokens, age) in runs.items():
+        started = NOW - timedelta(hours=age)
         registry.start_run({"run_id": run_id, "status": "running", "preset": "default",
-                            "started_at": NOW - timedelta(hours=age), "config": config})  # fmt: skip
+                            "started_at": started, "config": config})  # fmt: skip
         metrics = tmp_path / f"{run_id}.jsonl"
         metrics.write_text(json.dumps({"key": "tokens/train", "step": 0, "value": tokens,
                                        "ts": NOW.isoformat()}))  # fmt: skip
