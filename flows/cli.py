@@ -112,7 +112,7 @@ def _run_flow(name: str, config: str | None, overrides: list[str] | None) -> dic
         raise _fail(str(error)) from None
     arms = [arm for *_, arm in settings.ablation_runs()] if name == "ablation" else []
     runs, config_path = arms or settings.model_runs(), resolve_preset(config)
-    _check_init_from([run.train for run in runs], workspace)
+    _check_init_from(runs, workspace)
     _check_devices(settings, runs, config_path)
     _check_sources(settings, config_path)
     from flows.prefect_server import ServerError, ensure_server
@@ -179,17 +179,17 @@ def _check_sources(settings, config_path: Path) -> None:
         raise _fail(f"{config_path}: ingest.sources: {error}") from None
 
 
-def _check_init_from(trains: list, workspace) -> None:
-    """A `train.init_from` that names no checkpoint is said now, not by the train stage once
-    the data stages have run."""
-    if not any(train.init_from for train in trains):
+def _check_init_from(runs: list, workspace) -> None:
+    """A `train.init_from` that names no checkpoint, or one the model cannot start from, is
+    said now, not by the train stage once the data stages have run."""
+    if not any(run.train.init_from for run in runs):
         return
     from lm.train_config import TrainingError
     from tasks.train import init_checkpoint
 
     try:
-        for train in trains:
-            init_checkpoint(train, workspace)
+        for run in runs:
+            init_checkpoint(run.train, workspace, run.model)
     except TrainingError as error:
         raise _fail(str(error)) from None
 

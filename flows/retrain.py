@@ -124,7 +124,8 @@ def _same_settings(champion: Champion, settings: PipelineConfig, model_run: Mode
     tokenizer = TokenizerConfig.model_validate(champion.tokenizer_config)
     same_tokenizer = tokenizer.output_digest() == settings.tokenizer.output_digest()
     same_model = champion.model_config == model_run.model.model_dump(mode="json")
-    return same_tokenizer and same_model
+    counted = model_run.model.kind == "bigram-count"  # no weights to continue: counted again
+    return same_tokenizer and same_model and not counted
 
 
 def _split_change(champion: Champion, settings: PipelineConfig) -> str | None:
@@ -238,7 +239,10 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
             else:
                 tokenizer = build_tokenizer(run, settings, corpus)
                 new_documents = corpus.stats["split_documents"].get("train", 0)
-                decision = Decision("scratch", f"trained from scratch ({_why_scratch(champion)})")
+                decision = Decision(
+                    "scratch",
+                    f"trained from scratch ({_why_scratch(champion, model_run.model.kind)})",
+                )
             if new_documents < policy.min_new_documents:
                 decision = Decision(
                     "up-to-date",
@@ -323,13 +327,15 @@ def _rebuild_lost_tokenizer(run: RunContext, settings: PipelineConfig, champion:
         )  # fmt: skip
 
 
-def _why_scratch(champion: Champion | None) -> str:
+def _why_scratch(champion: Champion | None, kind: str) -> str:
     if champion is None:
         return "no champion yet"
     parts = {"trained": "model", "tokenizer": "tokenizer", "corpus": "corpus"}
     gone = [name for attribute, name in parts.items() if getattr(champion, attribute) is None]
     if gone:
         return f"the champion's {' and '.join(gone)} is gone"
+    if champion.model_config.get("kind") == kind == "bigram-count":
+        return "a count model is counted again, on the whole corpus"
     return "settings changed"
 
 

@@ -64,12 +64,52 @@ def effective_train_config(model: ModelConfig, train: TrainConfig) -> TrainConfi
     return train
 
 
-def init_checkpoint(train: TrainConfig, workspace: Workspace) -> Path | None:
-    """The checkpoint `train.init_from` names (relative paths are inside the workspace)."""
+def init_checkpoint(
+    train: TrainConfig, workspace: Workspace, model: ModelConfig | None = None
+) -> Path | None:
+    """The checkpoint `train.init_from` names (relative paths are inside the workspace);
+    with `model`, refused when that model cannot start from it (`init_from_problem`)."""
     if not train.init_from:
         return None
+    if model is not None and model.kind == "bigram-count":
+        raise TrainingError(
+            "train.init_from: a bigram-count model is counted from the train split in closed "
+            "form, with no weights to start from; drop train.init_from"
+        )
     path = Path(train.init_from).expanduser()
-    return resolve_init_from(path if path.is_absolute() else workspace.root / path)
+    checkpoint = resolve_init_from(path if path.is_absolute() else workspace.root / path)
+    problem = init_from_problem(checkpoint, model) if model is not None else None
+    if problem:
+        raise TrainingError(f"train.init_from: {checkpoint}: {problem}")
+    return checkpoint
+
+
+# Switches that change what a GPT's weights mean but not their shapes: weights trained under
+# one setting load under another without a complaint, and start from nonsense (rope's blocks
+# never learned sinusoids' amplitude, a LayerNorm gain is not an RMSNorm's).
+MEANING_SWITCHES = ("pos", "mlp", "norm")
+
+
+def init_from_problem(checkpoint: Path, model: ModelConfig) -> str | None:
+    """Why `model` cannot start from `checkpoint`, as far as the model folder around it says
+    (a work folder's step checkpoint has none: its tensors are still checked as they load)."""
+    described = checkpoint.parent / "model.json"
+    try:
+        theirs = json.loads(described.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(theirs, dict) or theirs.get("kind") != model.kind or model.kind != "gpt":
+        return None  # another kind: the tensors will not fit, which loading says
+    ours = model.model_dump(mode="json")
+    changed = [f"model.{key} {theirs[key]!r} → {ours[key]!r}" for key in MEANING_SWITCHES
+               if key in theirs and theirs[key] != ours[key]]  # fmt: skip
+    if not changed:
+        return None
+    return (
+        f"trained with other model switches ({', '.join(changed)}), which its weights would "
+        "load under without meaning the same thing; keep the settings of "
+        f"{described}, or drop train.init_from to train from scratch"
+    )
 
 
 # Settings that never change the trained model: how often checkpoints are written and how
@@ -133,7 +173,7 @@ def train_task(
             'word2vec with input = "pieces"'
         )
     settings = effective_train_config(model, train)
-    init_from = init_checkpoint(train, workspace)
+    init_from = init_checkpoint(train, workspace, model)
     shard_folder = workspace.resolve(shards.path)
     train_tokens, shard_info = open_shard(shard_folder / "train.bin", tokenizer.digest)
     eot_id = shard_info.eot_id

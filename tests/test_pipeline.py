@@ -809,3 +809,27 @@ def test_a_model_trained_but_not_scored_is_recorded_with_its_failed_run(workspac
     result = run_cli("generate", run_id, "--prompt", "The", "--max-new-tokens", "5", "--seed", "1")
     assert f"run {run_id} is failed; using the last model it trained" in result.stderr
     assert result.stdout.startswith("The")
+
+
+def test_init_from_under_other_meaning_switches_is_refused_and_bigram_count_has_no_init(
+    workspace, config
+):
+    """Rope weights loaded silently into a sinusoidal GPT (the sinusoids at full amplitude),
+    and an RMSNorm's gains into a LayerNorm; a count model ignored init_from."""
+    from lm.models.config import BigramCountConfig
+    from lm.train_config import TrainConfig, TrainingError
+    from tasks.train import init_checkpoint
+
+    first = run_pipeline(config, [*TINY_GPT, 'model.pos="rope"', 'model.norm="rmsnorm"'])
+    start = f"train.init_from={json.dumps(first['models'][-1]['path'])}"
+    changed = r"model\.pos 'rope' → 'sinusoidal', model\.norm 'rmsnorm' → 'layernorm'\), which"
+    with pytest.raises(TrainingError, match=changed):
+        run_pipeline(config, [*TINY_GPT, start, 'model.pos="sinusoidal"'])
+    # Switches that keep the weights' meaning may change: here dropout.
+    continued = run_pipeline(
+        config, [*TINY_GPT, start, 'model.pos="rope"', 'model.norm="rmsnorm"', "model.dropout=0.1"]
+    )
+    assert continued["models"][-1]["steps"] == 12
+    counted = TrainConfig(init_from=first["models"][-1]["path"])
+    with pytest.raises(TrainingError, match=r"a bigram-count model is counted .* drop train"):
+        init_checkpoint(counted, workspace, BigramCountConfig())

@@ -307,3 +307,15 @@ def test_a_decision_reads_as_arithmetic_with_a_negative_margin_and_one_document(
     _decide(decision, -0.5, holder=None)
     assert decision.reason == ("continued the champion on 1 new train document; promoted: val bpb "
                                "3.4700 < 3.7200 + 0.5")  # fmt: skip
+
+
+def test_a_count_model_is_counted_again_on_the_whole_corpus_not_continued(workspace, tmp_path):
+    folder, config = twelve_documents(tmp_path)
+    counted = 'model={kind="bigram-count"}'
+    assert "no champion yet" in _trigger(config, counted)["decision"]["reason"]
+    for index in range(100, 104):
+        (folder / f"new{index}.txt").write_text(prose(index, 120))
+    decision = _trigger(config, counted)["decision"]
+    # Was: "continued" with init_from, which a count model ignored: counted on 4 documents.
+    assert decision["mode"] == "scratch", decision["reason"]
+    assert "a count model is counted again, on the whole corpus" in decision["reason"]
