@@ -351,7 +351,7 @@ def record_failure(run: RunContext, error: BaseException, models: list[ModelReco
 def failure_text(error: BaseException, stage: str | None) -> str:
     """A failed run's error as `runs show` gives it: the exception, and the stage it came
     from, worded as a crashed run's is."""
-    text = f"{type(error).__name__}: {error}"
+    text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
     return f"{text} (during stage {stage})" if stage else text
 
 

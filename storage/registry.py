@@ -341,9 +341,15 @@ class RunRegistry:
                     connection.execute("BEGIN TRANSACTION")
                     try:
                         yield connection
-                        connection.execute("COMMIT")
+                        try:
+                            connection.execute("COMMIT")
+                        except duckdb.Error as error:  # the disk full, say: nothing was written
+                            raise self.unusable(error, "write to") from error
                     except BaseException:
-                        connection.execute("ROLLBACK")
+                        # A failed COMMIT has rolled back already, and ROLLBACK would raise
+                        # "no transaction is active" in place of the error that matters.
+                        with contextlib.suppress(duckdb.Error):
+                            connection.execute("ROLLBACK")
                         raise
                 except duckdb.Error as error:  # a file DuckDB cannot read, found mid-write
                     if not is_damage(error):

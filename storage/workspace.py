@@ -43,6 +43,12 @@ class Workspace:
             raise WorkspaceError(
                 f"LMFORGE_HOME={named}: cannot be resolved ({error}); give another path"
             ) from None
+        if "?" in str(root):  # DuckDB cuts a file name at "?": the registry's log went elsewhere
+            raise WorkspaceError(
+                f"LMFORGE_HOME={named}: the path has a '?', which DuckDB reads as the start of "
+                "connection options, so the run registry cannot be written there; give a path "
+                "without one"
+            )
         return cls(root)
 
     @property

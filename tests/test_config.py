@@ -56,6 +56,14 @@ def test_a_workspace_path_in_a_loop_of_links_is_one_line(tmp_path):
     assert result.stderr.startswith(f"error: LMFORGE_HOME={tmp_path / 'a' / 'ws'}: cannot be ")
 
 
+def test_a_workspace_path_with_a_question_mark_is_refused_before_duckdb_cuts_it(tmp_path):
+    # DuckDB wrote the registry's log to "…/q.wal?ws/registry.duckdb" and failed every commit.
+    result = run_cli("run", "default", check=False, home=tmp_path / "q?ws")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"error: LMFORGE_HOME={tmp_path / 'q?ws'}: the path has a '?'")
+    assert not (tmp_path / "q?ws").exists()
+
+
 def test_a_folder_given_as_the_config_is_said_to_be_a_folder(tmp_path):
     folder = tmp_path / "configs.toml"
     folder.mkdir()

@@ -482,7 +482,8 @@ def test_a_training_that_fails_or_is_stopped_leaves_its_curve_to_the_run_s_repor
     assert model.label == "gpt" and model.curves["train/loss"].values == [4.0, 3.0]
     # The failed run names the stage it failed in, as a crashed run does.
     error = run.registry.find_run(run.run_id)["error"]
-    assert error == f"{type(stop).__name__}: {stop} (during stage train)"
+    said = f"{type(stop).__name__}: {stop}" if str(stop) else type(stop).__name__  # Ctrl-C: ""
+    assert error == f"{said} (during stage train)"
 
 
 def test_a_damaged_published_model_falls_back_then_is_trained_again(workspace, config, caplog):

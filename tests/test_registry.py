@@ -263,6 +263,44 @@ def test_an_export_that_cannot_write_its_file_names_that_file_not_the_registry(
     assert str(raised.value).startswith(f"{out / 'artifacts.parquet'}: cannot write it (")
 
 
+FULL_DISK_WRITER = """
+import resource, signal, sys
+from datetime import datetime
+from pathlib import Path
+from storage.registry import RegistryError, RunRegistry
+
+registry = RunRegistry(Path(sys.argv[1]))
+registry.start_run({"run_id": "r1", "status": "running", "started_at": datetime.now()})
+# Files may grow to 64 KiB no more (a full disk, as DuckDB sees it): the log of the next write
+# cannot be written, and its COMMIT fails.
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, 1 << 16))
+try:
+    registry.start_run({"run_id": "r2", "status": "running", "started_at": datetime.now(),
+                        "config": {"text": "x" * 300_000}})
+except RegistryError as error:
+    print(error)
+"""
+
+
+def test_a_commit_that_fails_is_a_registry_error_with_its_cause_and_changes_nothing(tmp_path):
+    """A failed COMMIT has rolled back already: the ROLLBACK after it raised "cannot rollback
+    - no transaction is active" in place of the disk's error, and that DuckDB error was not a
+    `RegistryError`, so the run's outcome was not kept for the next run to record."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "registry.duckdb"
+    command = [sys.executable, "-c", FULL_DISK_WRITER, str(path)]
+    repository = Path(__file__).parent.parent
+    written = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=repository)
+    assert written.returncode == 0, written.stderr
+    said = written.stdout.strip()
+    assert said.startswith(f"{path}: cannot write to the registry (") and "Failed to commit" in said
+    assert "File too large" in said and "no transaction is active" not in said
+    assert RunRegistry(path).query("SELECT run_id FROM runs")[1] == [("r1",)]
+
+
 def test_a_registry_another_process_holds_open_names_that_process_not_damage(tmp_path):
     import subprocess
     import sys
