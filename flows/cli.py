@@ -743,12 +743,44 @@ def server_start() -> None:
 
 
 @server_app.command("stop")
-def server_stop() -> None:
+def server_stop(
+    force: Annotated[
+        bool, typer.Option("--force", help="stop it even while runs of this workspace report to it")
+    ] = False,
+) -> None:
     """Stop the workspace's Prefect server."""
     from flows.prefect_server import stop_server
 
-    stopped = stop_server(activate_workspace())
+    workspace = activate_workspace()
+    live = [] if force else _live_runs(workspace)
+    if live:
+        raise _fail(
+            f"run{'s' if len(live) > 1 else ''} {', '.join(live)} of this workspace "
+            f"{'are' if len(live) > 1 else 'is'} running and reporting to the server: stopped "
+            "now, a run retries it for minutes and then fails, its work done; wait for it to "
+            "end, or pass --force"
+        )
+    stopped = stop_server(workspace)
     console.print("stopped" if stopped else "no server was running")
+
+
+def _live_runs(workspace: Workspace) -> list[str]:
+    """The ids of this workspace's runs recorded as running by a process alive on this host;
+    none when the registry cannot be read (it is no reason to keep a server up)."""
+    from storage.processes import pid_alive, this_host
+    from storage.registry import RegistryError, RunRegistry
+
+    if not workspace.registry_path.exists():
+        return []
+    try:
+        _, rows = RunRegistry(workspace.registry_path).query(
+            "SELECT run_id, pid FROM runs WHERE status = 'running' AND hostname = ? "
+            "ORDER BY started_at",
+            [this_host()],
+        )
+    except RegistryError:
+        return []
+    return [run_id for run_id, pid in rows if pid is not None and pid_alive(pid)]
 
 
 @server_app.command("status")

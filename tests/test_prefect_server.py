@@ -244,3 +244,25 @@ def test_sigterm_of_a_run_stops_prefect_s_temporary_server_and_records_the_run(t
     registry = RunRegistry(home / "registry.duckdb")
     [(status, error)] = registry.query("SELECT status, error FROM runs")[1]
     assert status == "failed" and "TerminationSignal" in error, (status, error)
+
+
+def test_server_stop_refuses_while_a_run_reports_to_it_unless_forced(tmp_path):
+    """Stopped under a live run, the server left that run retrying for minutes, then failing
+    with a traceback after its work was done and recorded."""
+    from datetime import datetime
+
+    from storage.processes import this_host
+    from storage.registry import RunRegistry
+    from tests.conftest import run_cli
+
+    registry = RunRegistry(tmp_path / "registry.duckdb")
+    for run_id, pid in (("r-live", os.getpid()), ("r-gone", 2**22 + 12345)):
+        registry.start_run({"run_id": run_id, "status": "running", "started_at": datetime.now(),
+                            "hostname": this_host(), "pid": pid})  # fmt: skip
+    refused = run_cli("server", "stop", check=False, home=tmp_path)
+    assert refused.returncode == 1
+    assert " ".join(refused.stderr.split()).startswith(
+        "error: run r-live of this workspace is running and reporting to the server"
+    )
+    forced = run_cli("server", "stop", "--force", home=tmp_path)
+    assert forced.stdout.strip() == "no server was running"
