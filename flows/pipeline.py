@@ -32,7 +32,7 @@ from lm.config import ModelRun, PipelineConfig, SplitConfig, load_config, resolv
 from lm.eval_config import EvalConfig
 from lm.machine import describe_machine
 from lm.text.sources import InputError
-from storage.artifacts import ArtifactStore, Descriptor
+from storage.artifacts import ArtifactStore, Descriptor, take_reused
 from storage.metrics_log import RUN_METRICS_FILE, MetricsLog
 from storage.processes import pid_alive, this_host
 from storage.registry import (
@@ -180,7 +180,8 @@ def run_stage(
     record = StageRecord(
         stage=name,
         cache_key=key,
-        cached=state.name == "Cached",
+        # Prefect's cache, or the store's: the artifact built by another process meanwhile.
+        cached=take_reused(key) or state.name == "Cached",
         seconds=time.perf_counter() - started,
         output_digest=descriptor.digest,
         output_path=descriptor.path,

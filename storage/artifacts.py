@@ -52,6 +52,27 @@ class Descriptor:
     stats: dict = field(default_factory=dict, hash=False, compare=False)
 
 
+# Keys whose stage, in this process, found its artifact built by another process (it waited
+# on the same work, or it finished between the flow's check and the task's start): the stage
+# is recorded as cached, not as run, though Prefect ran the task.
+_REUSED_KEYS: set[str] = set()
+
+
+def reused(descriptor: Descriptor) -> Descriptor:
+    """`descriptor`, found complete by the task that was to build it: noted for the flow."""
+    _REUSED_KEYS.add(descriptor.key)
+    return descriptor
+
+
+def take_reused(key: str) -> bool:
+    """Whether the stage of `key` found its artifact built by another process (and forget it)."""
+    try:
+        _REUSED_KEYS.remove(key)
+    except KeyError:
+        return False
+    return True
+
+
 class ArtifactStore:
     """Directories of one kind of output, each named by a cache key, inside a workspace whose
     root descriptor paths are relative to."""

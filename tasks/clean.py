@@ -41,7 +41,7 @@ from lm.text.clean import (
     decide_batches,
     plan_slices,
 )
-from storage.artifacts import ArtifactStore, Descriptor
+from storage.artifacts import ArtifactStore, Descriptor, reused
 from storage.corpus import (
     CORPUS_SCHEMA,
     DOCUMENTS_FILE,
@@ -99,7 +99,7 @@ def clean_task(
     key = clean_key(raw, config, split)
     existing = store.load_descriptor(key)
     if existing is not None:
-        return existing
+        return reused(existing)
     raw_path = workspace.resolve(raw.path) / DOCUMENTS_FILE
     total = row_count(raw_path)
     decider = DecisionMaker(config, split)

@@ -39,7 +39,7 @@ from lm.tokenizer import (
     encode_documents_naming_refusals,
     load_tokenizer,
 )
-from storage.artifacts import ArtifactStore, Descriptor
+from storage.artifacts import ArtifactStore, Descriptor, reused
 from storage.corpus import DOCUMENTS_FILE, row_count
 from storage.shards import OrderedSplitter, ShardInfo
 from storage.workspace import Workspace
@@ -106,7 +106,7 @@ def encode_task(
     key = encode_key(corpus, tokenizer, split)
     existing = store.load_descriptor(key)
     if existing is not None:
-        return existing
+        return reused(existing)
     tokenizer_folder = workspace.resolve(tokenizer.path)
     model = load_tokenizer(tokenizer_folder)
     if model.digest != tokenizer.digest:

@@ -16,7 +16,7 @@ from prefect import task
 
 from lm.eval_config import EvalConfig
 from lm.tokenizer import TokenizerError
-from storage.artifacts import ArtifactStore, Descriptor
+from storage.artifacts import ArtifactStore, Descriptor, reused
 from storage.shards import open_shard
 from storage.workspace import Workspace
 from tasks.caching import cache_key_from, code_digest, module_sources, stage_key
@@ -65,7 +65,7 @@ def evaluate_task(
     key = evaluate_key(trained, shards, tokenizer, config)
     existing = store.load_descriptor(key)
     if existing is not None:
-        return existing
+        return reused(existing)
     started = time.perf_counter()
     trained_folder = workspace.resolve(trained.path)
     model, model_tokenizer = load_trained(trained_folder)

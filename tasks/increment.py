@@ -13,7 +13,7 @@ import hashlib
 import duckdb
 from prefect import task
 
-from storage.artifacts import ArtifactStore, Descriptor
+from storage.artifacts import ArtifactStore, Descriptor, reused
 from storage.corpus import DOCUMENTS_FILE
 from storage.workspace import Workspace
 from tasks.caching import cache_key_from, code_digest, stage_key
@@ -39,7 +39,7 @@ def increment_task(corpus: Descriptor, previous: Descriptor) -> Descriptor:
     key = increment_key(corpus, previous)
     existing = store.load_descriptor(key)
     if existing is not None:
-        return existing
+        return reused(existing)
     current_file = workspace.resolve(corpus.path) / DOCUMENTS_FILE
     previous_file = workspace.resolve(previous.path) / DOCUMENTS_FILE
     with store.build(key) as staging:

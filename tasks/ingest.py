@@ -22,7 +22,7 @@ from lm.text.clean import SlicePolicy
 from lm.text.ingest import PERSISTENT_OS_ERRORS, iter_input_documents
 from lm.text.readers import RawDocument
 from lm.text.sources import InputError, ResolvedInput, fingerprint_inputs, resolve_sources
-from storage.artifacts import ArtifactStore, Descriptor
+from storage.artifacts import ArtifactStore, Descriptor, reused
 from storage.corpus import DOCUMENTS_FILE, RAW_SCHEMA, DocumentWriter
 from storage.workspace import Workspace
 from tasks.caching import cache_key_from, code_digest, stage_key
@@ -89,7 +89,7 @@ def ingest_task(config: IngestConfig, runtime: RuntimeConfig | None = None) -> D
     key = ingest_key(config)
     existing = store.load_descriptor(key)
     if existing is not None:
-        return existing
+        return reused(existing)
     inputs = resolve_sources(config.sources)
     content = hashlib.sha256()
     with store.build(key) as staging:

@@ -11,7 +11,7 @@ from prefect import task
 from lm.config import SplitConfig, TokenizerConfig
 from lm.tokenizer import train_tokenizer
 from lm.tokenizer_stats import tokenizer_statistics
-from storage.artifacts import ArtifactStore, Descriptor
+from storage.artifacts import ArtifactStore, Descriptor, reused
 from storage.corpus import DOCUMENTS_FILE, iter_split_part, iter_split_texts
 from storage.workspace import Workspace
 from tasks.caching import cache_key_from, code_digest, stage_key
@@ -43,7 +43,7 @@ def tokenizer_task(
     key = tokenizer_key(corpus, config)
     existing = store.load_descriptor(key)
     if existing is not None:
-        return existing
+        return reused(existing)
     documents = workspace.resolve(corpus.path) / DOCUMENTS_FILE
     train_texts = (text for batch in iter_split_texts(documents, "train") for text in batch)
     tokenizer = train_tokenizer(train_texts, config)

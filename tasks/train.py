@@ -30,7 +30,7 @@ from lm.checkpoints import read_info, resolve_init_from, weights_digest
 from lm.models.config import BigramCountConfig, ModelConfig, uses_word2vec
 from lm.tokenizer import load_tokenizer
 from lm.train_config import TrainConfig, TrainingError
-from storage.artifacts import ArtifactStore, Descriptor
+from storage.artifacts import ArtifactStore, Descriptor, reused
 from storage.prune import WORK_LOCK, WORK_SUFFIX
 from storage.shards import open_shard
 from storage.workspace import Workspace
@@ -166,7 +166,7 @@ def train_task(
     key = train_key(shards, tokenizer, model, train, vectors)
     existing = store.load_descriptor(key)
     if existing is not None:
-        return existing
+        return reused(existing)
     if uses_word2vec(model) and vectors is None:
         raise TrainingError(
             f"model '{model.kind}' needs word2vec vectors of the tokenizer's pieces: enable "
@@ -185,7 +185,7 @@ def train_task(
         fcntl.flock(lock, fcntl.LOCK_EX)  # one process trains a key; a second waits for it
         existing = store.load_descriptor(key)
         if existing is not None:
-            return existing
+            return reused(existing)
         started = time.perf_counter()
         coverage: dict[str, float] = {}
         smoothing = tuned_smoothing(train_tokens, vocab_size)  # as the evaluate stage's

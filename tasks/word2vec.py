@@ -24,7 +24,7 @@ from lm.word2vec import (
     whole_word_view,
 )
 from lm.word2vec import word_sentences as words_of
-from storage.artifacts import ArtifactStore, Descriptor
+from storage.artifacts import ArtifactStore, Descriptor, reused
 from storage.corpus import DOCUMENTS_FILE, iter_split_texts
 from storage.shards import shard_documents
 from storage.workspace import Workspace
@@ -69,7 +69,7 @@ def word2vec_task(
     key = word2vec_key(corpus, tokenizer, config, ordered_shards)
     existing = store.load_descriptor(key)
     if existing is not None:
-        return existing
+        return reused(existing)
     model = load_tokenizer(workspace.resolve(tokenizer.path))
     if ordered_shards is not None:
         train_shard = workspace.resolve(ordered_shards.path) / "train.bin"

@@ -363,3 +363,27 @@ def test_a_run_a_deployment_starts_logs_a_user_error_without_prefect_s_traceback
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
                             cwd=REPO, timeout=120)  # fmt: skip
     assert result.stdout.strip() == "hidden", result.stderr[-2000:]
+
+
+def test_stages_whose_artifacts_were_already_built_are_recorded_cached_not_run(workspace, tmp_path):
+    """Prefect's result cache lost (another PREFECT_HOME, a worker elsewhere) or a stage built by
+    another process while this run waited: every task ran, found its artifact complete and
+    returned it, and each stage was recorded as run, with seconds it never spent."""
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    for index in range(12):
+        (texts / f"{index}.txt").write_text(prose(index, 120))
+    tiny = "[train]\nmax_steps = 6\neval_every = 3\n[eval]\nbatches = 2\nsamples = 0\n"
+    config = str(write_config(tmp_path / "c.toml", [{"path": str(texts)}], tiny))
+    run_cli("run", config)
+    env = dict(os.environ) | {"PREFECT_LOCAL_STORAGE_PATH": str(tmp_path / "other-results")}
+    again = subprocess.run(lmforge_command("run", config), capture_output=True, text=True,
+                           timeout=300, cwd=REPO, env=env)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    registry = RunRegistry(workspace.registry_path)
+    _, rows = registry.query(
+        "SELECT s.stage, s.cached FROM stages s JOIN runs r USING (run_id) "
+        "WHERE r.started_at = (SELECT max(started_at) FROM runs) ORDER BY s.rowid"
+    )
+    assert [stage for stage, _ in rows][:3] == ["ingest", "clean", "tokenizer"]
+    assert all(cached for _, cached in rows), rows
