@@ -362,7 +362,10 @@ def size(
             vocabulary_from, vocab_size = newest
         else:
             vocab_size = settings.tokenizer.vocab_size
-    sizes = [size_model(run.model, run.train, vocab_size) for run in runs]
+    newest = _newest_train_tokens(settings)  # what the count bigram can hold, at most
+    corpus_tokens = newest[1] if newest is not None else None
+    sizes = [size_model(run.model, run.train, vocab_size, train_tokens=corpus_tokens)
+             for run in runs]  # fmt: skip
     measures = [
         ("trainable parameters", lambda size: f"{size.parameters:,}"),
         ("stored values (trained or not)", lambda size: f"{size.stored_values:,}"),
@@ -385,7 +388,6 @@ def size(
              lambda size: _bytes(size.state_bytes_per_process())),
         ]  # fmt: skip
     rows = [(name, *(shown(size) for size in sizes)) for name, shown in measures]
-    newest = _newest_train_tokens(settings)
     if newest is not None:
         run_id, corpus_tokens = newest
         rows.append(

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from lm.checkpoints import INFO_FILE, other_tokenizer, read_info
-from lm.models.base import SUPPLIED_WHEN_MISSING, LanguageModel
+from lm.models.base import CONVERTED_ON_LOAD, DATA_SIZED, SUPPLIED_WHEN_MISSING, LanguageModel
 from lm.models.config import ModelConfig
 from lm.tokenizer import Tokenizer
 
@@ -66,6 +66,8 @@ def trained_vocab_size(
         found = weights.get(name)
         if found is None or found.dim() != tensor.dim() or found.shape == tensor.shape:
             continue
+        if name.rpartition(".")[2] in DATA_SIZED:  # its length is the data's
+            continue
         candidates = {
             size for size, own in zip(found.shape, tensor.shape, strict=True)
             if own == model.vocab_size and size != own
@@ -105,7 +107,15 @@ def tensor_misfit(
 ) -> TensorMisfit:
     """Compare the weights `found` with a model's `expected` state dict: what loading checks,
     said as names instead of PyTorch's list of every tensor."""
-    reshaped = [n for n, t in expected.items() if n in found and found[n].shape != t.shape]
+    found = dict(found)
+    for old, names in CONVERTED_ON_LOAD.items():  # as the module converts them on loading
+        for name in [n for n in found if n.rpartition(".")[2] == old]:
+            prefix = name[: -len(old)]
+            if all(prefix + new not in found and prefix + new in expected for new in names):
+                found.pop(name)
+                found.update({prefix + new: expected[prefix + new] for new in names})
+    reshaped = [n for n, t in expected.items() if n in found and found[n].shape != t.shape
+                and n.rpartition(".")[2] not in DATA_SIZED]  # fmt: skip
     missing = [
         n for n in expected
         if n not in found and n.rpartition(".")[2] not in SUPPLIED_WHEN_MISSING

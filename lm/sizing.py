@@ -2,10 +2,12 @@
 memory for weights, gradients, optimizer state and activations, and the Chinchilla-optimal
 token budget (about 20 tokens per parameter, Hoffmann et al. 2022).
 
-The count bigram (`bigram-count`) trains nothing: it holds a V×V table of pair counts (fp64),
-filled in closed form by one pass over the train split. It is sized as what it holds: no
-trainable parameters, V² stored values, one count per token, and no Chinchilla budget (that
-rule is about models fit by gradient descent). Frozen word2vec vectors are held, not trained.
+The count bigram (`bigram-count`) trains nothing: it holds the pairs the train split holds (an
+int64 id and an fp64 count each) and one fp64 total per token, filled in closed form by one
+pass over the split. It is sized as what it holds: no trainable parameters; as stored values,
+the V totals and the pairs, at most V² and at most one per train token (the corpus's count,
+where a run has measured it); and no Chinchilla budget (that rule is about models fit by
+gradient descent). Frozen word2vec vectors are held, not trained.
 
 FLOPs per token follow nanoGPT's `estimate_mfu` (PaLM appendix B): 6 per parameter for the
 forward and backward matrix products, plus 12·layers·width·context for attention scores.
@@ -42,7 +44,7 @@ from lm.train_config import TrainConfig
 CHINCHILLA_TOKENS_PER_PARAMETER = 20
 # Per trained parameter: the fp32 weight, its fp32 gradient and AdamW's two fp32 moments.
 TRAINED_STATE_BYTES = 4 + 4 + 8
-# The count bigram's table is float64 (`BigramCountModel.counts`); frozen vectors are fp32.
+# The count bigram's values (pair ids, counts, totals) are 8 bytes; frozen vectors are fp32.
 COUNT_BYTES = 8
 VECTOR_BYTES = 4
 # Bytes per logit at the loss's peak (backward): under bf16 autocast, the bf16 logits (2), the
@@ -114,11 +116,17 @@ def parameter_count(model: ModelConfig, vocab_size: int) -> int:
     return total + width * vocab_size + vocab_size
 
 
-def untrained_values(model: ModelConfig, vocab_size: int) -> tuple[int, int]:
+def untrained_values(
+    model: ModelConfig, vocab_size: int, train_tokens: int | None = None
+) -> tuple[int, int]:
     """The values a model holds but does not train, and the bytes each takes: the count
-    bigram's V×V pair counts, and word2vec vectors kept frozen."""
+    bigram's totals and pairs (an id and a count each; at most V², and at most one per token of
+    `train_tokens` where known), and word2vec vectors kept frozen."""
     if model.kind == "bigram-count":
-        return vocab_size * vocab_size, COUNT_BYTES
+        pairs = vocab_size * vocab_size
+        if train_tokens is not None:
+            pairs = min(pairs, max(train_tokens - 1, 0))
+        return vocab_size + 2 * pairs, COUNT_BYTES
     if model.kind == "w2v" and model.freeze:
         return vocab_size * model.vector_size, VECTOR_BYTES
     return 0, 0
@@ -141,15 +149,20 @@ def lookup_parameter_count(model: ModelConfig, vocab_size: int) -> int:
 
 
 def size_model(
-    model: ModelConfig, train: TrainConfig, vocab_size: int, device: torch.device | None = None
+    model: ModelConfig,
+    train: TrainConfig,
+    vocab_size: int,
+    device: torch.device | None = None,
+    train_tokens: int | None = None,
 ) -> ModelSize:
     """Sizes for training on `device` (default: the one `train.device` picks on this machine),
-    which decides what `precision = "auto"` means: bf16 activations take half the bytes."""
+    which decides what `precision = "auto"` means: bf16 activations take half the bytes.
+    `train_tokens`, the train split's size where known, bounds what the count bigram holds."""
     if device is None:  # a device named outright is sized as asked, present here or not
         device = pick_device() if train.device == "auto" else torch.device(train.device)
     bf16 = autocast_dtype(train, device) is not None
     parameters = parameter_count(model, vocab_size)
-    untrained, untrained_bytes = untrained_values(model, vocab_size)
+    untrained, untrained_bytes = untrained_values(model, vocab_size, train_tokens)
     closed_form = model.kind == "bigram-count"
     fsdp = train.parallel == "fsdp" and train.world_size > 1 and not closed_form
     shards = train.world_size if fsdp else 1

@@ -335,7 +335,7 @@ def test_the_baseline_smoothing_is_the_grid_value_that_predicts_held_out_train_t
     held_out = torch.from_numpy(train[cut - 1 :])
 
     def dense_nll(k: float) -> float:  # the whole table, by hand
-        table = fitted.counts + k
+        table = fitted.dense_counts() + k
         log_probs = (table / table.sum(dim=1, keepdim=True)).log()
         return -log_probs[held_out[:-1], held_out[1:]].mean().item()
 

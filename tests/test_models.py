@@ -243,21 +243,40 @@ class NewStorageBytes(TorchDispatchMode):
         return out
 
 
-def test_bigram_count_fits_without_a_table_sized_temporary_and_scores_with_one():
-    """The V×V float64 table dominates a large vocabulary's memory (8 GB at V = 32000): fitting
-    adds to it in place, and scoring makes one float64 table of log-probabilities (and the
-    float32 copy it keeps), not three."""
-    vocab = 500
-    table = vocab * vocab * 8
+def test_bigram_count_holds_the_pairs_it_saw_not_a_vocabulary_squared_table():
+    """A dense V×V float64 table was 8 GB at V = 32000 (20 GB at GPT-2's 50,257), made by every
+    run as its baseline: the counts are the pairs seen, and scoring makes only the logits of
+    the positions asked for, as any model does."""
+    vocab = 32000
     tokens = torch.randint(0, vocab, (20_000,))
     model = build_model(BigramCountConfig(smoothing=0.5), vocab)
     with NewStorageBytes() as fitting:
         model.fit(tokens)
     with NewStorageBytes() as scoring:
-        model(tokens[None, :10])
-    assert fitting.made < 0.5 * table  # the pairs' ids: a few values per token
-    assert scoring.made < 1.6 * table
-    assert int(model.counts.sum()) == len(tokens) - 1
+        logits, _ = model(tokens[None, :10])
+    logits_bytes = 10 * vocab * 4
+    assert fitting.made < 200 * len(tokens)  # the pairs' ids and counts: a few values a token
+    assert scoring.made < 3 * logits_bytes
+    assert int(model.pair_counts.sum()) == int(model.row_totals.sum()) == len(tokens) - 1
+    assert model.pairs_seen <= len(tokens) - 1
+    # Exactly the add-k table, where the pairs were counted and where they were not.
+    first, second = tokens[0].item(), tokens[1].item()
+    total = model.row_totals[first].item() + 0.5 * vocab
+    row = logits[0, 0].double()
+    counted = (model.pair_counts[model.pair_ids == first * vocab + second].item() + 0.5) / total
+    assert row[second].exp().item() == pytest.approx(counted, rel=1e-6)
+    never = next(b for b in range(vocab) if not (model.pair_ids == first * vocab + b).any())
+    assert row[never].exp().item() == pytest.approx(0.5 / total, rel=1e-6)
+    assert row.exp().sum().item() == pytest.approx(1.0, rel=1e-5)
+
+
+def test_a_count_bigram_saved_as_a_dense_table_still_loads():
+    tokens = torch.tensor([0, 1, 2, 1, 2, 0, 2, 2, 1, 3])
+    model = build_model(BigramCountConfig(smoothing=0.1), 5).fit(tokens)
+    old = build_model(BigramCountConfig(smoothing=0.1), 5)
+    old.load_state_dict({"counts": model.dense_counts()})  # as checkpoints held it before
+    idx = torch.tensor([[0, 1, 2, 3, 4]])
+    assert torch.equal(old(idx)[0], model(idx)[0])
 
 
 def test_mlp_sees_only_its_context_window():

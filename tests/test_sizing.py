@@ -54,18 +54,24 @@ def test_size_command_reports_the_default_model():
     assert refused.returncode == 2 and "--vocab-size" in refused.stderr
 
 
-def test_the_count_bigram_is_sized_as_the_table_it_holds():
-    """It trains nothing: its V×V fp64 pair counts are stored values, filled by counting one
-    pass over the train split, so it has no gradients, optimizer state, FLOPs or Chinchilla
-    budget, and the train settings' token count is not what it reads."""
+def test_the_count_bigram_is_sized_as_the_counts_it_holds():
+    """It trains nothing: its pairs (an id and a count each, 8 bytes apiece) and per-token
+    totals are stored values, filled by counting one pass over the train split, so it has no
+    gradients, optimizer state, FLOPs or Chinchilla budget, and the train settings' token count
+    is not what it reads. It holds at most V² pairs, and at most one per train token."""
     model = BigramCountConfig()
     size = size_model(model, TrainConfig(), vocab_size=27)
-    counts = build_model(model, 27).counts
-    assert (size.parameters, size.stored_values) == (0, counts.numel()) == (0, 27 * 27)
-    assert size.weights_bytes == counts.numel() * counts.element_size()
+    assert (size.parameters, size.stored_values) == (0, 27 + 2 * 27 * 27)
+    assert size.weights_bytes == 8 * size.stored_values
     assert size.gradients_bytes == size.optimizer_bytes == size.flops_per_token == 0
     assert size.closed_form
     assert size.chinchilla_tokens is None and size.planned_tokens is None
+    # GPT-2's vocabulary over a million-token corpus: a million pairs at most, not 2.5 billion.
+    large = size_model(model, TrainConfig(), vocab_size=50257, train_tokens=1_000_001)
+    assert large.stored_values == 50257 + 2 * 1_000_000
+    fitted = build_model(model, 27).fit(torch.randint(0, 27, (5000,)))
+    held = sum(buffer.numel() for buffer in fitted.buffers())
+    assert held <= size.stored_values and fitted.pairs_seen <= 27 * 27
 
 
 def test_frozen_word2vec_vectors_are_stored_but_not_trained():
@@ -88,7 +94,7 @@ def test_size_command_shows_the_ladders_count_bigram_as_closed_form():
         return [cell.strip() for cell in row.split("│")]
 
     assert cells("trainable parameters")[:2] == ["0", "729"]  # bigram-count, then bigram
-    assert cells("stored values (trained or not)")[:2] == ["729", "729"]
+    assert cells("stored values (trained or not)")[:2] == ["1,485", "729"]  # 27 + 2 × 729 at most
     assert cells("training FLOPs per token")[0] == "a count"
     assert cells("Chinchilla-optimal tokens (20/param)")[:2] == ["none: closed form", "14,580"]
     assert cells("tokens the train settings will see")[0] == "train split, once"

@@ -11,6 +11,12 @@ from torch import nn
 # supplies, on loading, the value the model had then (its `_load_from_state_dict`), so such a
 # checkpoint still fits (`lm.checkpoint_fit.first_misfit`).
 SUPPLIED_WHEN_MISSING = frozenset({"pad_token", "position_scale"})
+# Buffers whose length is the data's, not the config's (the count bigram's pairs seen): a
+# checkpoint's fits whatever its length.
+DATA_SIZED = frozenset({"pair_ids", "pair_counts"})
+# Tensors older checkpoints held in another form, which the module converts on loading: the
+# count bigram's dense V×V table, now its pairs and totals.
+CONVERTED_ON_LOAD = {"counts": ("pair_ids", "pair_counts", "row_totals")}
 
 
 class LanguageModel(nn.Module):

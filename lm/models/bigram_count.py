@@ -5,6 +5,8 @@ end mark), the table is makemore's 27×27."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -40,47 +42,105 @@ def tuned_smoothing(train_tokens: np.ndarray, vocab_size: int, held_out: float =
 
 
 class BigramCountModel(LanguageModel):
+    """The pair counts are kept sparse: the pairs seen (sorted `a * V + b` ids and their
+    counts) and each token's total as the first of a pair. A dense V×V float64 table was 8 GB
+    at V = 32000 and 20 GB at GPT-2's 50,257, for a text that holds a few million pairs: every
+    run computes this model as its baseline, so a common vocabulary size ran out of memory.
+    Logits are built per position, as any model's: add-k's floor for the whole row, then the
+    counted pairs of its token written over it."""
+
     def __init__(self, config: BigramCountConfig, vocab_size: int):
         super().__init__()
         self.config = config
         self.vocab_size = vocab_size
         self.block_size = 1
-        self.register_buffer("counts", torch.zeros(vocab_size, vocab_size, dtype=torch.float64))
-        # The normalised table, kept between calls: renormalising a 4000×4000 table on every
-        # forward made scoring ~50× slower than a lookup. Stale once the counts change.
-        self._table: torch.Tensor | None = None
-        self._table_key: tuple | None = None
+        self.register_buffer("pair_ids", torch.zeros(0, dtype=torch.int64))
+        self.register_buffer("pair_counts", torch.zeros(0, dtype=torch.float64))
+        self.register_buffer("row_totals", torch.zeros(vocab_size, dtype=torch.float64))
+        # Where each token's pairs start in `pair_ids` (V + 1 offsets), kept between calls;
+        # stale once the counts change.
+        self._rows: torch.Tensor | None = None
+        self._rows_key: tuple | None = None
+
+    @property
+    def pairs_seen(self) -> int:
+        return len(self.pair_ids)
 
     @torch.no_grad()
     def fit(self, tokens: torch.Tensor) -> BigramCountModel:
         """Count every adjacent pair of a token stream (documents separated by end-of-text,
-        which so serves as the start mark of the next document)."""
-        tokens = tokens.long().flatten().to(self.counts.device)
+        which so serves as the start mark of the next document), adding to the counts so far."""
+        tokens = tokens.long().flatten().to(self.pair_ids.device)
         pairs = tokens[:-1] * self.vocab_size + tokens[1:]
-        # Added in place, one per pair: a dense bincount (int64) and its float64 copy were two
-        # more V×V tables at the peak (3x the table's memory; 24 GB at V = 32000).
-        ones = torch.ones(1, dtype=self.counts.dtype, device=self.counts.device)
-        self.counts.view(-1).index_add_(0, pairs, ones.expand(len(pairs)))
+        ids, inverse = torch.unique(torch.cat([self.pair_ids, pairs]), return_inverse=True)
+        counts = torch.zeros(len(ids), dtype=torch.float64, device=ids.device)
+        counts.index_add_(0, inverse[: len(self.pair_ids)], self.pair_counts)
+        ones = torch.ones(1, dtype=torch.float64, device=ids.device)
+        counts.index_add_(0, inverse[len(self.pair_ids) :], ones.expand(len(pairs)))
+        self.pair_ids, self.pair_counts = ids, counts
+        self.row_totals.index_add_(
+            0, tokens[:-1], torch.ones_like(tokens[:-1], dtype=torch.float64)
+        )
         return self
 
-    def log_probs(self) -> torch.Tensor:
-        """log P(next | token) with add-k smoothing. k = 0 is the maximum-likelihood table: a
-        pair never counted has probability 0 (log -inf), and a token never counted as the
-        first of a pair (never in the text, or only at its end) predicts uniformly, the limit of
-        add-k as k → 0, where dividing its zero counts by their zero total gave NaN logits."""
-        probs = self.counts + self.config.smoothing  # the one V×V table made: the rest in place
-        totals = probs.sum(dim=1, keepdim=True)
-        probs.div_(totals)
-        probs[totals.squeeze(1) == 0] = 1.0 / self.vocab_size
-        return probs.log_()
+    def dense_counts(self) -> torch.Tensor:
+        """The V×V table of counts (for a small vocabulary: tests, and a look at names)."""
+        table = torch.zeros(self.vocab_size * self.vocab_size, dtype=torch.float64)
+        table[self.pair_ids.cpu()] = self.pair_counts.cpu()
+        return table.view(self.vocab_size, self.vocab_size)
 
-    def _log_table(self) -> torch.Tensor:
-        # In-place updates (fit, load_state_dict) bump the tensor's version; .to() moves it.
-        key = (self.counts._version, self.counts.data_ptr(), self.counts.device)
-        if self._table is None or self._table_key != key:
-            self._table, self._table_key = self.log_probs().float(), key
-        return self._table
+    def _row_starts(self) -> torch.Tensor:
+        key = (self.pair_ids._version, self.pair_ids.data_ptr(), self.pair_ids.device)
+        if self._rows is None or self._rows_key != key:
+            first = torch.div(self.pair_ids, self.vocab_size, rounding_mode="floor")
+            every = torch.arange(self.vocab_size + 1, device=first.device)
+            self._rows, self._rows_key = torch.searchsorted(first, every), key
+        return self._rows
+
+    def log_probs_of(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(N, V) float32: log P(next | token) for each of `tokens` (N,), with add-k smoothing.
+        k = 0 is the maximum-likelihood table: a pair never counted has probability 0 (log
+        -inf), and a token never counted as the first of a pair (never in the text, or only at
+        its end) predicts uniformly, the limit of add-k as k → 0, where dividing its zero
+        counts by their zero total gave NaN logits."""
+        k, vocab = self.config.smoothing, self.vocab_size
+        totals = self.row_totals[tokens] + k * vocab
+        unseen = totals == 0  # k = 0 and a token never first of a pair
+        floor = torch.log(torch.tensor(k, dtype=torch.float64)) - totals.log()
+        floor = torch.where(unseen, -math.log(vocab), floor)
+        logits = floor.float()[:, None].expand(len(tokens), vocab).clone()
+        rows = self._row_starts()
+        starts, ends = rows[tokens], rows[tokens + 1]
+        lengths = ends - starts
+        position = torch.repeat_interleave(torch.arange(len(tokens), device=tokens.device), lengths)
+        first_entry = torch.cumsum(lengths, 0) - lengths
+        entry = (
+            starts[position]
+            + torch.arange(len(position), device=tokens.device)
+            - first_entry[position]
+        )
+        counted = (self.pair_counts[entry] + k).log() - totals[position].log()
+        logits[position, self.pair_ids[entry] % vocab] = counted.float()
+        return logits
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        logits = self._log_table()[idx]  # log-probabilities are valid logits
-        return logits, self.loss_of(logits, targets)
+        # Each distinct token's row once (a frequent token has thousands of counted successors
+        # and fills a batch's positions), then one gather, as a table lookup would.
+        tokens, at = torch.unique(idx.reshape(-1).long(), return_inverse=True)
+        logits = self.log_probs_of(tokens)[at].view(*idx.shape, self.vocab_size)
+        return logits, self.loss_of(logits, targets)  # log-probabilities are valid logits
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A checkpoint written when the counts were a dense V×V table: its nonzero pairs.
+        dense = state_dict.pop(prefix + "counts", None)
+        if dense is not None:
+            flat = dense.reshape(-1)
+            ids = flat.nonzero().flatten()
+            state_dict.setdefault(prefix + "pair_ids", ids)
+            state_dict.setdefault(prefix + "pair_counts", flat[ids].double())
+            state_dict.setdefault(prefix + "row_totals", dense.sum(dim=1).double())
+        # The pairs seen decide the buffers' lengths: take the checkpoint's before loading.
+        for name in ("pair_ids", "pair_counts"):
+            if prefix + name in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
