@@ -124,8 +124,7 @@ def _same_settings(champion: Champion, settings: PipelineConfig, model_run: Mode
     tokenizer = TokenizerConfig.model_validate(champion.tokenizer_config)
     same_tokenizer = tokenizer.output_digest() == settings.tokenizer.output_digest()
     same_model = champion.model_config == model_run.model.model_dump(mode="json")
-    counted = model_run.model.kind == "bigram-count"  # no weights to continue: counted again
-    return same_tokenizer and same_model and not counted
+    return same_tokenizer and same_model
 
 
 def _split_change(champion: Champion, settings: PipelineConfig) -> str | None:
@@ -164,6 +163,7 @@ def _champion_score(
             config=settings.eval,
         )
     except (TokenizerError, EvaluationError, CheckpointError, ShardError) as error:
+        run.failed_stage = None  # caught: a later failure is not this stage's
         logger.warning("retrain: the champion cannot be scored on this corpus: %s", error)
         return None, f"{type(error).__name__}: {error}"
     return scored.stats["val_bpb"], None
@@ -225,23 +225,30 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
                     previous=champion.corpus,
                 )
                 new_documents = data.stats["new_train_documents"]
-                decision = Decision(
-                    "continue", f"continued the champion on {_documents(new_documents)}"
-                )
-                steps = policy.steps or train.max_steps
-                train = train.model_copy(
-                    update={
-                        "init_from": str(run.workspace.resolve(champion.row["path"])),
-                        "max_steps": steps,
-                        "warmup_steps": min(train.warmup_steps, steps - 1),
-                    }
-                )
+                if model_run.model.kind == "bigram-count":  # no weights: counted again, on all
+                    data = corpus
+                    decision = Decision(
+                        "scratch", f"a count model is counted again, on the whole corpus "
+                        f"({_documents(new_documents)})",
+                    )  # fmt: skip
+                else:
+                    decision = Decision(
+                        "continue", f"continued the champion on {_documents(new_documents)}"
+                    )
+                    steps = policy.steps or train.max_steps
+                    train = train.model_copy(
+                        update={
+                            "init_from": str(run.workspace.resolve(champion.row["path"])),
+                            "max_steps": steps,
+                            "warmup_steps": min(train.warmup_steps, steps - 1),
+                        }
+                    )
             else:
                 tokenizer = build_tokenizer(run, settings, corpus)
                 new_documents = corpus.stats["split_documents"].get("train", 0)
                 decision = Decision(
                     "scratch",
-                    f"trained from scratch ({_why_scratch(champion, model_run.model.kind)})",
+                    f"trained from scratch ({_why_scratch(champion)})",
                 )
             if new_documents < policy.min_new_documents:
                 decision = Decision(
@@ -312,9 +319,16 @@ def _rebuild_lost_tokenizer(run: RunContext, settings: PipelineConfig, champion:
         config = TokenizerConfig.model_validate(champion.tokenizer_config)
     except ValueError:  # recorded under another version's schema: not rebuildable here
         return
-    rebuilt = build_tokenizer(run, settings.model_copy(update={"tokenizer": config}),
-                              champion.corpus, stage_name="tokenizer/champion")  # fmt: skip
-    run.tokenizer = None  # the run's own tokenizer is decided later
+    try:
+        rebuilt = build_tokenizer(run, settings.model_copy(update={"tokenizer": config}),
+                                  champion.corpus, stage_name="tokenizer/champion")  # fmt: skip
+    except Exception as error:  # the champion is then beaten unscored, as before the rebuild
+        logger.warning("retrain: the champion's tokenizer is gone and could not be rebuilt: %s",
+                       error)  # fmt: skip
+        return
+    finally:
+        run.failed_stage = None  # caught: a later failure is not this stage's
+        run.tokenizer = None  # the run's own tokenizer is decided later
     if rebuilt.digest == champion.row["tokenizer_digest"]:
         logger.info("retrain: the champion's tokenizer was gone and is rebuilt (%s)",
                     rebuilt.digest[:12])  # fmt: skip
@@ -327,15 +341,13 @@ def _rebuild_lost_tokenizer(run: RunContext, settings: PipelineConfig, champion:
         )  # fmt: skip
 
 
-def _why_scratch(champion: Champion | None, kind: str) -> str:
+def _why_scratch(champion: Champion | None) -> str:
     if champion is None:
         return "no champion yet"
     parts = {"trained": "model", "tokenizer": "tokenizer", "corpus": "corpus"}
     gone = [name for attribute, name in parts.items() if getattr(champion, attribute) is None]
     if gone:
         return f"the champion's {' and '.join(gone)} is gone"
-    if champion.model_config.get("kind") == kind == "bigram-count":
-        return "a count model is counted again, on the whole corpus"
     return "settings changed"
 
 

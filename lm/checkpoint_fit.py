@@ -62,6 +62,7 @@ def trained_vocab_size(
     what differs is not the vocabulary). The candidate sizes are read off the first tensor
     whose shape differs, where `model` has its vocabulary size."""
     expected = model.state_dict()
+    weights = as_loaded(weights, expected)
     for name, tensor in expected.items():
         found = weights.get(name)
         if found is None or found.dim() != tensor.dim() or found.shape == tensor.shape:
@@ -102,18 +103,33 @@ class TensorMisfit:
         return bool(self.reshaped or self.missing or self.extra)
 
 
+def as_loaded(
+    found: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """The weights `found` as the model converts them on loading (`CONVERTED_ON_LOAD`): an old
+    count bigram's dense V×V `counts` become its pairs (data-sized) and V totals, shaped by
+    the table's V, so that a table of another vocabulary is still seen to differ."""
+    found = dict(found)
+    for old in CONVERTED_ON_LOAD:
+        for name in [n for n in found if n.rpartition(".")[2] == old]:
+            prefix, table = name[: -len(old)], found[name]
+            converted = {
+                "pair_ids": torch.empty(0, dtype=torch.int64, device="meta"),
+                "pair_counts": torch.empty(0, dtype=torch.float64, device="meta"),
+                "row_totals": torch.empty(table.shape[:1], dtype=torch.float64, device="meta"),
+            }
+            if all(prefix + new in expected and prefix + new not in found for new in converted):
+                found.pop(name)
+                found.update({prefix + new: tensor for new, tensor in converted.items()})
+    return found
+
+
 def tensor_misfit(
     expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]
 ) -> TensorMisfit:
     """Compare the weights `found` with a model's `expected` state dict: what loading checks,
     said as names instead of PyTorch's list of every tensor."""
-    found = dict(found)
-    for old, names in CONVERTED_ON_LOAD.items():  # as the module converts them on loading
-        for name in [n for n in found if n.rpartition(".")[2] == old]:
-            prefix = name[: -len(old)]
-            if all(prefix + new not in found and prefix + new in expected for new in names):
-                found.pop(name)
-                found.update({prefix + new: expected[prefix + new] for new in names})
+    found = as_loaded(found, expected)
     reshaped = [n for n, t in expected.items() if n in found and found[n].shape != t.shape
                 and n.rpartition(".")[2] not in DATA_SIZED]  # fmt: skip
     missing = [
@@ -130,6 +146,7 @@ def first_misfit(
     """The first tensor, in the model's order, that the weights `found` lack or have in another
     shape than the model's `expected`, else the first they have that the model has not, said
     as `<name> is <shape> in the weights but <shape> by model.json`; None when they fit."""
+    found = as_loaded(found, expected)
     misfit = tensor_misfit(expected, found)
     differing = set(misfit.reshaped) | set(misfit.missing)
     name = next((name for name in expected if name in differing), None)

@@ -277,6 +277,15 @@ def test_a_count_bigram_saved_as_a_dense_table_still_loads():
     old.load_state_dict({"counts": model.dense_counts()})  # as checkpoints held it before
     idx = torch.tensor([[0, 1, 2, 3, 4]])
     assert torch.equal(old(idx)[0], model(idx)[0])
+    # A table of another vocabulary is still told apart before loading, and its size read.
+    from lm.checkpoint_fit import first_misfit, trained_vocab_size
+
+    larger = build_model(BigramCountConfig(smoothing=0.1), 7)
+    table = {"counts": model.dense_counts()}
+    assert first_misfit(larger.state_dict(), table) == (
+        "row_totals is [5] in the weights but [7] by model.json"
+    )
+    assert trained_vocab_size(BigramCountConfig(smoothing=0.1), larger, table) == 5
 
 
 def test_mlp_sees_only_its_context_window():

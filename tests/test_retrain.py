@@ -318,4 +318,7 @@ def test_a_count_model_is_counted_again_on_the_whole_corpus_not_continued(worksp
     decision = _trigger(config, counted)["decision"]
     # Was: "continued" with init_from, which a count model ignored: counted on 4 documents.
     assert decision["mode"] == "scratch", decision["reason"]
-    assert "a count model is counted again, on the whole corpus" in decision["reason"]
+    assert "a count model is counted again, on the whole corpus (4 new" in decision["reason"]
+    (folder / "new200.txt").write_text(prose(200, 120))
+    few = _trigger(config, counted, "retrain.min_new_documents=3")["decision"]
+    assert few["mode"] == "up-to-date", few["reason"]  # new documents still count, for the rule

@@ -16,7 +16,7 @@ SUPPLIED_WHEN_MISSING = frozenset({"pad_token", "position_scale"})
 DATA_SIZED = frozenset({"pair_ids", "pair_counts"})
 # Tensors older checkpoints held in another form, which the module converts on loading: the
 # count bigram's dense V×V table, now its pairs and totals.
-CONVERTED_ON_LOAD = {"counts": ("pair_ids", "pair_counts", "row_totals")}
+CONVERTED_ON_LOAD = frozenset({"counts"})
 
 
 class LanguageModel(nn.Module):

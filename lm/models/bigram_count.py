@@ -78,6 +78,7 @@ class BigramCountModel(LanguageModel):
         ones = torch.ones(1, dtype=torch.float64, device=ids.device)
         counts.index_add_(0, inverse[len(self.pair_ids) :], ones.expand(len(pairs)))
         self.pair_ids, self.pair_counts = ids, counts
+        self._rows = None  # new tensors: a freed one's address may come back
         self.row_totals.index_add_(
             0, tokens[:-1], torch.ones_like(tokens[:-1], dtype=torch.float64)
         )
@@ -142,5 +143,8 @@ class BigramCountModel(LanguageModel):
         # The pairs seen decide the buffers' lengths: take the checkpoint's before loading.
         for name in ("pair_ids", "pair_counts"):
             if prefix + name in state_dict:
-                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+                own = getattr(self, name)  # its dtype and device, the checkpoint's length
+                length = state_dict[prefix + name].shape
+                setattr(self, name, torch.empty(length, dtype=own.dtype, device=own.device))
+        self._rows = None
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
