@@ -377,6 +377,24 @@ class PipelineConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _batch_norm_has_a_batch(self) -> PipelineConfig:
+        """Batch norm in training needs two rows a forward to normalise over: one (a micro-batch
+        of one window of one position) failed with torch's "Expected more than 1 value per
+        channel" after the data stages."""
+        if self.model is not None and self.models:
+            return self  # refused below, with the reason
+        for run in self.model_runs():
+            model, train = run.model, run.train
+            rows = train.micro_batch * train.block_size
+            if model.kind == "mlp" and model.norm == "batchnorm" and rows < 2:
+                raise ValueError(
+                    f"model '{run.label}': norm \"batchnorm\" normalises over the rows of a "
+                    f"micro-batch, and train.micro_batch × train.block_size is {rows}: raise "
+                    'either, or use norm = "layernorm"'
+                )
+        return self
+
+    @model_validator(mode="after")
     def _one_way_to_name_models(self) -> PipelineConfig:
         if self.model is not None and self.models:
             raise ValueError("give either [model] or [[models]], not both")

@@ -71,6 +71,16 @@ def test_a_folder_given_as_the_config_is_said_to_be_a_folder(tmp_path):
         load_config(str(folder))
 
 
+def test_batch_norm_over_a_micro_batch_of_one_row_is_refused_at_load():
+    mlp = 'model={kind="mlp", context=3, n_embd=8, hiddens=[16], norm="batchnorm"}'
+    one_row = ["train.micro_batch=1", "train.global_batch=1", "train.block_size=1"]
+    said = r"norm \"batchnorm\" normalises over the rows of a micro-batch, and train\.micro_batch"
+    with pytest.raises(ConfigError, match=said + r" × train\.block_size is 1"):
+        load_config("default", [mlp, *one_row])
+    load_config("default", [mlp, *one_row[:2], "train.block_size=2"])  # two rows: fine
+    load_config("default", [mlp.replace("batchnorm", "layernorm"), *one_row])
+
+
 @pytest.mark.parametrize("kind", ["mlp", "w2v"])
 @pytest.mark.parametrize("hiddens", [[0], [200, -5]])
 def test_a_hidden_layer_of_no_units_is_refused(kind, hiddens):
