@@ -741,7 +741,12 @@ def server_start() -> None:
         url = ensure_server(activate_workspace())
     except ServerError as error:
         raise _fail(str(error)) from None
-    console.print(url or "ephemeral mode: no server", highlight=False)
+    if url is None:  # `export PREFECT_API_URL=$(lmforge server start)` must not take a sentence
+        raise _fail(
+            "LMFORGE_PREFECT_SERVER=ephemeral: each run starts Prefect's temporary server of its "
+            "own, and no workspace server is started; unset it to start one"
+        )
+    console.print(url, highlight=False)
 
 
 @server_app.command("stop")

@@ -266,3 +266,15 @@ def test_server_stop_refuses_while_a_run_reports_to_it_unless_forced(tmp_path):
     )
     forced = run_cli("server", "stop", "--force", home=tmp_path)
     assert forced.stdout.strip() == "no server was running"
+
+
+def test_server_start_in_ephemeral_mode_is_an_error_not_a_url(tmp_path, monkeypatch):
+    """It printed "ephemeral mode: no server" and exited 0: `export PREFECT_API_URL=$(lmforge
+    server start)` set the API URL to that sentence."""
+    from tests.conftest import run_cli
+
+    monkeypatch.setenv("LMFORGE_PREFECT_SERVER", "ephemeral")
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    result = run_cli("server", "start", check=False, home=tmp_path)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith("error: LMFORGE_PREFECT_SERVER=ephemeral: each run starts")
