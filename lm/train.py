@@ -159,12 +159,20 @@ def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | N
     return torch.bfloat16 if config.precision == "bf16" else None
 
 
-# What to do about a loss or gradient that is not finite. Not "rerun": resuming is exact, so a
-# rerun with the same settings meets the same NaN at the same step.
-NOT_FINITE_ADVICE = (
-    'lower train.learning_rate, or train.grad_clip, or set train.precision = "fp32" (a rerun '
-    "with the same settings resumes exactly and meets it again)"
-)
+def not_finite_advice(config: TrainConfig, autocast: torch.dtype | None) -> str:
+    """What to do about a loss or gradient that is not finite, from the settings it came
+    under (not a setting already in place). Not "rerun": resuming is exact, so a rerun with the
+    same settings meets the same NaN at the same step."""
+    remedies = [f"lower train.learning_rate (now {config.learning_rate:g})"]
+    if config.grad_clip > 0:
+        remedies.append(f"train.grad_clip (now {config.grad_clip:g})")
+    else:
+        remedies.append("turn gradient clipping on (train.grad_clip = 1.0; now 0, off)")
+    if autocast is not None:
+        remedies.append('set train.precision = "fp32"')
+    return (f"{', or '.join(remedies)} (a rerun with the same settings resumes exactly and "
+            "meets it again)")  # fmt: skip
+
 
 # Training FLOPs from which `compile = "auto"` compiles on a CPU. Compiling nanoGPT's CPU shape
 # costs about 15 s on 2 cores and then saves about a quarter of each bf16 step
@@ -569,6 +577,9 @@ class Trainer:
         self.tokens_seen += scored
         return LaunchedStep(self.step, total, rate, scored, found_inf, norm)
 
+    def _not_finite_advice(self) -> str:
+        return not_finite_advice(self.config, self.autocast)
+
     def _settle(self, launched: LaunchedStep) -> tuple[float, float]:
         """Read a launched step's loss and gradients' norm, refuse the step if either is not
         finite, and finish the step if its update was not queued with it."""
@@ -577,7 +588,7 @@ class Trainer:
             step_loss = all_reduce_sum([step_loss], self.device)[0] / self.ranks.world_size
         if not math.isfinite(step_loss):
             raise TrainingError(
-                f"loss is {step_loss} at step {launched.number}: {NOT_FINITE_ADVICE}"
+                f"loss is {step_loss} at step {launched.number}: {self._not_finite_advice()}"
             )
         norm = launched.gradient_norm if launched.updated else self._clip_gradients()
         norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: DTensor
@@ -585,7 +596,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)  # never applied
             raise TrainingError(
                 f"the gradients' norm is {norm} at step {launched.number} (its loss, "
-                f"{step_loss:.4f}, is finite): {NOT_FINITE_ADVICE}"
+                f"{step_loss:.4f}, is finite): {self._not_finite_advice()}"
             )
         if not launched.updated:
             self._update_weights()
@@ -673,7 +684,7 @@ class Trainer:
                 if not math.isfinite(val_loss):  # never "no improvement": the weights are broken
                     raise TrainingError(
                         f"val loss is {val_loss} at step {step} (the training loss, "
-                        f"{step_loss:.4f}, is finite): {NOT_FINITE_ADVICE}"
+                        f"{step_loss:.4f}, is finite): {self._not_finite_advice()}"
                     )
                 self._log({"val/loss": val_loss}, step)
                 if val_loss < self.val_loss_to_beat - config.min_delta:

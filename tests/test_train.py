@@ -326,8 +326,20 @@ def test_nan_loss_stops_with_a_clear_error(tmp_path):
     run = trainer(tmp_path, config())
     with torch.no_grad():
         next(run.module.parameters()).fill_(math.nan)
-    with pytest.raises(TrainingError, match="loss is nan at step 1"):
+    with pytest.raises(TrainingError, match="loss is nan at step 1") as raised:
         run.train()
+    # Advice from the settings in place: clipping is on; fp32 only where it is a change.
+    said = str(raised.value)
+    assert "train.grad_clip (now 1)" in said
+    assert ('train.precision = "fp32"' in said) == (run.autocast is not None)
+
+
+def test_the_not_finite_advice_suggests_only_settings_not_already_in_place():
+    from lm.train import not_finite_advice
+
+    unclipped = not_finite_advice(config(grad_clip=0.0), torch.bfloat16)
+    assert "turn gradient clipping on (train.grad_clip = 1.0; now 0, off)" in unclipped
+    assert 'set train.precision = "fp32"' in unclipped
 
 
 def nan_loss_at(run: Trainer, step: int) -> list[int]:
