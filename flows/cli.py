@@ -336,7 +336,7 @@ def size(
     ] = None,
 ) -> None:
     """Parameters, FLOPs per token, memory, and the Chinchilla token budget of a config's model."""
-    from lm.config import ConfigError, load_config
+    from lm.config import ConfigError, ModelRun, load_config
     from lm.sizing import size_model
 
     try:
@@ -345,6 +345,9 @@ def size(
         raise _fail(str(error)) from None
     try:
         runs = settings.model_runs()
+        if settings.ablation.variants:  # one column a variant: the sizes an ablation compares
+            arms = {variant: run for variant, _, run in settings.ablation_runs()}
+            runs = [ModelRun(variant, run.model, run.train) for variant, run in arms.items()]
     except ValueError as error:
         raise _fail(f"{config or 'default'}: {error}") from None
     if not runs:

@@ -188,3 +188,20 @@ def test_sizes_are_shown_in_the_unit_that_keeps_them_under_a_thousand():
     assert [_bytes(n) for n in (0, 5 << 20, 999 << 20, 1000 << 20, 1300 << 30, 3 << 40)] == [
         "0.0 MiB", "5.0 MiB", "999.0 MiB", "1.0 GiB", "1.3 TiB", "3.0 TiB"
     ]  # fmt: skip
+
+
+def test_size_of_an_ablation_shows_each_variant_it_compares():
+    """It showed the base model alone: the variants' sizes (a multi-query or a wider one) were
+    only seen once the ablation had trained them."""
+    from lm.config import load_config
+    from tests.conftest import run_cli
+
+    output = run_cli("size", "ablation").stdout
+    variants = [variant.name for variant in load_config("ablation").ablation.variants]
+    header = next(line for line in output.splitlines() if "baseline" in line)
+    assert re.findall(r"┃ ([\w-]+)\s*", header) == variants
+    row = re.search(r"│ trainable parameters\s*│(.*)│", output).group(1)
+    counts = dict(
+        zip(variants, (int(c.strip().replace(",", "")) for c in row.split("│")), strict=True)
+    )
+    assert counts["mqa"] < counts["baseline"]  # fewer key/value heads, fewer weights
