@@ -69,11 +69,12 @@ class TokenBatches(SeededCursor):
     text rather than scattered windows."""
 
     def __init__(self, tokens: np.ndarray, block_size: int, batch: int, seed: int,
-                 split: str = "train", rank: int = 0, world_size: int = 1):  # fmt: skip
+                 split: str = "train", rank: int = 0, world_size: int = 1,
+                 history: int = 0):  # fmt: skip
         self.low = len(tokens) * rank // world_size
         self.high = len(tokens) * (rank + 1) // world_size
         share = self.high - self.low
-        if share <= block_size:
+        if share <= block_size + history:
             where = f"the {split} split"
             if world_size > 1:
                 where = f"rank {rank}'s share of the {split} split ({len(tokens)} over "
@@ -89,17 +90,27 @@ class TokenBatches(SeededCursor):
         self.tokens = tokens
         self.block_size = block_size
         self.batch = batch
+        # Tokens read before each window, as context only (their targets are not scored): a
+        # fixed-context model (MLP, w2v) then sees real text before a window's first targets,
+        # as it does when scored, not padding that reads as a document's start.
+        self.history = history
 
     def sample_starts(self) -> list[int]:
         """The positions (in the whole array) where the next batch's windows start."""
-        span = self.high - self.low - self.block_size
+        span = self.high - self.low - self.block_size - self.history
         starts = torch.randint(span, (self.batch,), generator=self.generator)
-        return [self.low + start for start in starts.tolist()]
+        return [self.low + self.history + start for start in starts.tolist()]
 
     def next(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = np.stack([self.tokens[s : s + self.block_size + 1] for s in self.sample_starts()])
-        window = to_device(torch.from_numpy(rows.astype(np.int64)), device)
-        return window[:, :-1], window[:, 1:]
+        history = self.history
+        rows = np.stack([self.tokens[s - history : s + self.block_size + 1]
+                         for s in self.sample_starts()])  # fmt: skip
+        window = torch.from_numpy(rows.astype(np.int64))
+        inputs, targets = window[:, :-1], window[:, 1:]
+        if history:
+            targets = targets.clone()
+            targets[:, :history] = IGNORED_TARGET
+        return to_device(inputs, device), to_device(targets, device)
 
 
 class DocumentBatches(SeededCursor):
@@ -157,13 +168,14 @@ class DocumentBatches(SeededCursor):
 
 def make_batches(tokens: np.ndarray, config: TrainConfig, seed: int, eot_id: int | None,
                  split: str = "train", rank: int = 0, world_size: int = 1,
-                 batch: int | None = None):  # fmt: skip
+                 batch: int | None = None, history: int = 0):  # fmt: skip
     """The sampler `config.samples` names, over `tokens`, drawing `batch` rows at a time
-    (default: `micro_batch`)."""
+    (default: `micro_batch`); windows with `history` tokens of context before each (a
+    document's row starts at its start mark, and needs none)."""
     batch = config.micro_batch if batch is None else batch
     if config.samples == "documents":
         if eot_id is None:
             raise TrainingError('train.samples = "documents" needs the end-of-text id')
         return DocumentBatches(tokens, config.block_size, batch, seed, eot_id, split, rank,
                                world_size)  # fmt: skip
-    return TokenBatches(tokens, config.block_size, batch, seed, split, rank, world_size)
+    return TokenBatches(tokens, config.block_size, batch, seed, split, rank, world_size, history)

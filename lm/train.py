@@ -80,6 +80,7 @@ from lm.distributed import (
     wrap_model,
 )
 from lm.models.base import LanguageModel
+from lm.models.config import window_history
 from lm.progress import format_seconds
 from lm.train_config import TrainConfig, TrainingError
 from lm.weight_average import WeightAverage
@@ -282,16 +283,20 @@ def peak_flops(device: torch.device) -> float | None:
 
 
 def fixed_val_sample(
-    val_tokens: np.ndarray, config: TrainConfig, device: torch.device, eot_id: int | None = None
+    val_tokens: np.ndarray,
+    config: TrainConfig,
+    device: torch.device,
+    eot_id: int | None = None,
+    history: int = 0,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The val rows every evaluation scores (cut as `config.samples` cuts the training rows):
     the same at every evaluation, so curves compare, and the same for a baseline scored beside
     the model. They are `eval_batches` draws of `global_batch` rows, scored in pieces of
     `micro_batch` rows: the sample, and so early stopping and the `best` checkpoint, do not
     depend on how the global batch is cut into micro-batches and processes, which only say how
-    much is computed at once."""
+    much is computed at once. `history`: the model's (`window_history`), for a baseline too."""
     val = make_batches(val_tokens, config, config.seed + 1, eot_id, split="val",
-                       batch=config.global_batch)  # fmt: skip
+                       batch=config.global_batch, history=history)  # fmt: skip
     pieces, size = [], config.micro_batch
     for _ in range(config.eval_batches):
         x, y = val.next(device)
@@ -301,7 +306,11 @@ def fixed_val_sample(
 
 @torch.no_grad()
 def val_loss_of(
-    model: torch.nn.Module, val_tokens: np.ndarray, config: TrainConfig, eot_id: int | None = None
+    model: torch.nn.Module,
+    val_tokens: np.ndarray,
+    config: TrainConfig,
+    eot_id: int | None = None,
+    history: int = 0,
 ) -> float:
     """Mean loss of `model` on the fixed val sample, in this process (what `Trainer.evaluate`
     gives, without a Trainer): for a baseline scored after training ran elsewhere."""
@@ -309,7 +318,7 @@ def val_loss_of(
     dtype = autocast_dtype(config, device)
     model = model.to(device).eval()
     total, count = 0.0, 0
-    for x, y in fixed_val_sample(val_tokens, config, device, eot_id):
+    for x, y in fixed_val_sample(val_tokens, config, device, eot_id, history):
         with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
             loss = model(x, y)[1].item()
         scored = scored_targets(y)  # the mean over scored targets, as the test NLL counts them
@@ -388,14 +397,16 @@ class Trainer:
         if config.ema_decay and self.parallel == "fsdp":
             raise TrainingError('train.ema_decay needs whole weights: use parallel = "ddp"')
         self.average = WeightAverage(self.module, config.ema_decay) if config.ema_decay else None
+        model_config = getattr(self.module, "config", None)
+        self.history = window_history(model_config) if model_config is not None else 0
         self.train_batches = make_batches(
             train_tokens, config, config.seed, eot_id,
-            rank=self.ranks.rank, world_size=self.ranks.world_size,
+            rank=self.ranks.rank, world_size=self.ranks.world_size, history=self.history,
         )  # fmt: skip
         # The same sample on every rank, drawn on the host; each rank keeps and scores every
         # W-th piece. The shares are equal: the pieces number eval_batches × global_batch /
         # micro_batch, a multiple of W.
-        sample = fixed_val_sample(val_tokens, config, CPU, eot_id)
+        sample = fixed_val_sample(val_tokens, config, CPU, eot_id, self.history)
         share = sample[self.ranks.rank :: self.ranks.world_size]
         self.val_sample = [(to_device(x, self.device), to_device(y, self.device))
                            for x, y in share]  # fmt: skip

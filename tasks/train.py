@@ -27,7 +27,7 @@ from pathlib import Path
 from prefect import task
 
 from lm.checkpoints import read_info, resolve_init_from, weights_digest
-from lm.models.config import BigramCountConfig, ModelConfig, uses_word2vec
+from lm.models.config import BigramCountConfig, ModelConfig, uses_word2vec, window_history
 from lm.tokenizer import load_tokenizer
 from lm.train_config import TrainConfig, TrainingError
 from storage.artifacts import ArtifactStore, Descriptor, reused
@@ -196,7 +196,8 @@ def train_task(
             outcome = _train_with_torchrun(workspace, work, model, settings, shard_folder,
                                            tokenizer.digest, vocab_size, eot_id, init_from,
                                            pieces)  # fmt: skip
-            baseline_loss = val_loss_of(baseline, val_tokens, settings, eot_id)
+            baseline_loss = val_loss_of(baseline, val_tokens, settings, eot_id,
+                                        window_history(model))  # fmt: skip
         else:
             torch.manual_seed(settings.seed)  # initial weights from the seed, as in a worker
             network = build_model(model, vocab_size, vectors=pieces, eot_id=eot_id)

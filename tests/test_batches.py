@@ -120,3 +120,28 @@ def test_a_split_shorter_than_the_block_names_settings_that_exist(split, remedy)
     # It said "raise split.train", a key there is not: train is what val and test leave.
     with pytest.raises(TrainingError, match=f"the {split} split has 10 tokens.*{remedy} or add"):
         TokenBatches(np.arange(10), block_size=16, batch=2, seed=0, split=split)
+
+
+def test_windows_for_a_fixed_context_model_carry_real_history_scored_nowhere(tmp_path):
+    """An MLP's windows began with padding that reads as a document's start: its first targets
+    were predicted from made-up context, unlike when scored. Now `context - 1` real tokens come
+    before each window, as context only."""
+    from lm.models.config import MLPConfig
+
+    tokens = np.arange(1, 400, dtype=np.uint16)  # no end-of-text: one long text
+    windows = TokenBatches(tokens, block_size=6, batch=32, seed=3, history=2)
+    x, y = windows.next(CPU)
+    assert x.shape == y.shape == (32, 8)
+    assert (x[:, 1:] == x[:, :-1] + 1).all()  # consecutive text, history included
+    assert (y[:, :2] == IGNORED_TARGET).all() and (y[:, 2:] == x[:, 2:] + 1).all()
+    assert int((x[:, 0] >= 1).sum()) == 32  # never before the text's start
+    # A trainer gives an MLP its context's history, for training and for the val sample.
+    settings = TrainConfig(max_steps=2, micro_batch=4, global_batch=4, block_size=6,
+                           eval_batches=1, device="cpu")  # fmt: skip
+    model = build_model(MLPConfig(context=4, hiddens=[8]), 400)
+    trainer = Trainer(model, settings, tokens, tokens, tmp_path, eot_id=EOT)
+    assert trainer.train_batches.history == 3
+    _, val_targets = trainer.val_sample[0]
+    assert val_targets.shape[1] == 9 and (val_targets[:, :3] == IGNORED_TARGET).all()
+    gpt = build_model(GPTConfig(block_size=6, n_layer=1, n_head=2, n_embd=8), 400)
+    assert Trainer(gpt, settings, tokens, tokens, tmp_path / "g").train_batches.history == 0

@@ -164,6 +164,12 @@ def gpt_preset(name: str, **overrides) -> GPTConfig:
 ModelConfig = BigramCountConfig | BigramConfig | MLPConfig | W2VConfig | GPTConfig
 
 
+def window_history(model: ModelConfig) -> int:
+    """Tokens of context a training window of the stream needs before its first target: a
+    fixed-context model (MLP, w2v) reads `context` tokens for each prediction."""
+    return model.context - 1 if model.kind in ("mlp", "w2v") else 0
+
+
 def uses_word2vec(config: ModelConfig) -> bool:
     """Whether building this model for training needs vectors trained on the tokenizer's
     pieces (the train stage then depends on the word2vec stage)."""
