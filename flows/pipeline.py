@@ -163,6 +163,10 @@ def run_stage(
     started = time.perf_counter()
     refresh = not store.is_complete(key)
     options = {"refresh_cache": refresh} | ({"task_run_name": stage_name} if stage_name else {})
+    if concurrency_tag and refresh:
+        waiting = slots_taken(concurrency_tag)
+        if waiting:
+            logger.info("%s: %s", name, waiting)
     try:
         with tags(*([concurrency_tag] if concurrency_tag and refresh else [])):
             state = stage_task.with_options(**options)(**parameters, return_state=True)
@@ -191,6 +195,24 @@ def run_stage(
     run.stages.append(record)
     run.journal.finished(record)
     return descriptor
+
+
+def slots_taken(tag: str) -> str | None:
+    """Whether a stage tagged `tag` will wait: its concurrency limit's slots all held (by other
+    runs' trainings), said as the log line a silent wait of minutes needs; None when a slot is
+    free, the tag has no limit, or the API cannot tell (never a reason to fail a run)."""
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            limit = client.read_concurrency_limit_by_tag(tag)
+    except Exception:  # no such limit (ObjectNotFound), or no answer
+        return None
+    held, size = len(limit.active_slots or []), limit.concurrency_limit
+    if held < size:
+        return None
+    return (f"waiting for a free '{tag}' slot: {held} of {size} held by other runs' trainings "
+            f"(prefect concurrency-limit inspect {tag})")  # fmt: skip
 
 
 def train_model(

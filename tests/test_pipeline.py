@@ -834,3 +834,25 @@ def test_init_from_under_other_meaning_switches_is_refused_and_bigram_count_has_
     counted = TrainConfig(init_from=first["models"][-1]["path"])
     with pytest.raises(TrainingError, match=r"a bigram-count model is counted .* drop train"):
         init_checkpoint(counted, workspace, BigramCountConfig())
+
+
+def test_a_stage_that_will_wait_for_a_concurrency_slot_says_so():
+    """A training queued behind another run's, for minutes, logged nothing at all."""
+    import uuid
+
+    from prefect.client.orchestration import get_client
+
+    from flows.pipeline import slots_taken
+
+    tag = f"lmforge-test-{uuid.uuid4().hex[:8]}"
+    assert slots_taken(tag) is None  # no limit: nothing to wait for
+    with get_client(sync_client=True) as client:
+        client.create_concurrency_limit(tag=tag, concurrency_limit=1)
+        try:
+            assert slots_taken(tag) is None  # a free slot
+            client.reset_concurrency_limit_by_tag(tag, slot_override=[uuid.uuid4()])
+            said = slots_taken(tag)
+        finally:
+            client.delete_concurrency_limit_by_tag(tag)
+    assert said == (f"waiting for a free '{tag}' slot: 1 of 1 held by other runs' trainings "
+                    f"(prefect concurrency-limit inspect {tag})")  # fmt: skip
