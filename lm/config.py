@@ -535,6 +535,10 @@ def load_config(config: str | None = None, overrides: list[str] | None = None) -
         ) from None
     except OSError as error:
         raise ConfigError(f"{path}: cannot be read ({error.strerror})") from None
+    if isinstance(data, dict) and "name" not in data:
+        # A file without a name is its own preset, recorded and looked up as such: under the
+        # default's name its runs mixed with the bundled preset's (`runs --preset`, `size`).
+        data["name"] = path.stem
     for override in overrides or []:
         _apply_override(data, override, path)
     return parse_config(data, origin=str(path), overrides=overrides)

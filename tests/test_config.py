@@ -64,6 +64,15 @@ def test_a_workspace_path_with_a_question_mark_is_refused_before_duckdb_cuts_it(
     assert not (tmp_path / "q?ws").exists()
 
 
+def test_a_config_file_without_a_name_is_named_after_itself(tmp_path):
+    """It was recorded as preset "default", mixed with the bundled preset's runs."""
+    plain = tmp_path / "my-corpus.toml"
+    plain.write_text('[ingest]\nsources = [{ path = "x.txt" }]\n')
+    assert load_config(str(plain)).name == "my-corpus"
+    assert load_config(str(plain), ['name="other"']).name == "other"
+    assert load_config("default").name == "default"
+
+
 def test_a_folder_given_as_the_config_is_said_to_be_a_folder(tmp_path):
     folder = tmp_path / "configs.toml"
     folder.mkdir()
