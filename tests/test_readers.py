@@ -216,6 +216,21 @@ def test_fingerprint_changes_when_a_file_changes(tmp_path):
     assert fingerprint_inputs(resolve_sources([SourceConfig(path=str(tmp_path))])) != before
 
 
+def test_a_file_name_that_is_not_utf8_is_read_under_a_printable_name(tmp_path):
+    """An old archive's `caf\xe9.txt` (Latin-1 bytes): its name held Python's stand-ins for
+    the byte, which could not be encoded, and the run died with UnicodeEncodeError."""
+    import os
+
+    os.makedirs(tmp_path / "d")
+    with open(os.path.join(os.fsencode(tmp_path / "d"), b"caf\xe9.txt"), "wb") as out:
+        out.write(b"a coffee house")
+    inputs = resolve_sources([SourceConfig(path=str(tmp_path / "d"))])
+    assert [item.name for item in inputs] == [str(tmp_path / "d" / "caf\\xe9.txt")]
+    assert len(fingerprint_inputs(inputs)) == 64
+    [document] = iter_input_documents(inputs, "strict", tmp_path / "downloads")
+    assert document.text == "a coffee house" and document.source.encode()  # writable
+
+
 def test_literal_name_with_glob_characters_is_read_as_that_file_or_folder(tmp_path):
     (tmp_path / "report [final].txt").write_text("the final report")
     (tmp_path / "report f.txt").write_text("what the pattern would match")

@@ -190,9 +190,15 @@ def folder_files(folder: Path) -> list[Path]:
 def _file_input(path: Path, spec: SourceConfig, name: str | None = None) -> ResolvedInput:
     path = path.resolve()
     stat = path.stat()
-    return ResolvedInput(
-        name=name or str(path), spec=spec, path=path, size=stat.st_size, mtime_ns=stat.st_mtime_ns
-    )
+    return ResolvedInput(name=name or printable_path(path), spec=spec, path=path,
+                         size=stat.st_size, mtime_ns=stat.st_mtime_ns)  # fmt: skip
+
+
+def printable_path(path: Path) -> str:
+    """`path` as text that can be written anywhere: a name whose bytes are not UTF-8 (from an
+    old archive or another system) holds Python's stand-ins for them, which cannot be encoded
+    (the `source` column, hashes, logs); they are shown as escapes (`caf\\xe9.txt`)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _gensim_test_file(text: str) -> Path:
