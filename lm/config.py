@@ -16,7 +16,7 @@ from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from lm.eval_config import EvalConfig
 from lm.models.config import ModelConfig
@@ -43,6 +43,18 @@ class SourceConfig(StrictModel):
     format: SourceFormat = "auto"
     text_field: str = Field("text", description="JSONL field or Parquet/CSV column with the text")
     one_doc_per_line: bool = Field(False, description="each non-empty line is its own document")
+
+    @field_validator("path")
+    @classmethod
+    def _path_names_something(cls, path: str) -> str:
+        """An empty path (what an unset shell variable gives) was the current folder, read
+        whole and recursively."""
+        if not path.strip():
+            raise ValueError(
+                "is empty: name a file, a folder or a pattern (an empty path would read the "
+                "current folder)"
+            )
+        return path
 
 
 class IngestConfig(StrictModel):

@@ -64,6 +64,12 @@ def test_a_workspace_path_with_a_question_mark_is_refused_before_duckdb_cuts_it(
     assert not (tmp_path / "q?ws").exists()
 
 
+@pytest.mark.parametrize("empty", ['[""]', '[{ path = "  " }]'])
+def test_an_empty_source_path_is_refused_not_read_as_the_current_folder(empty):
+    with pytest.raises(ConfigError, match=r"'ingest\.sources\.0\.path': is empty: name a file"):
+        load_config("default", [f"ingest.sources={empty}"])
+
+
 def test_a_config_file_without_a_name_is_named_after_itself(tmp_path):
     """It was recorded as preset "default", mixed with the bundled preset's runs."""
     plain = tmp_path / "my-corpus.toml"
