@@ -164,6 +164,23 @@ def test_jsonl_and_gzipped_jsonl_with_a_configurable_field(tmp_path):
     assert [d.text for d in docs] == ["alpha", "beta", "gamma"]
 
 
+@pytest.mark.parametrize("suffix", [".xz", ".zst"])
+def test_xz_and_zstd_inputs_are_read_and_a_cut_one_is_named(tmp_path, suffix):
+    """They were skipped as binary files, with only a warning."""
+    import lzma
+
+    lines = "".join(json.dumps({"text": f"document {i}"}) + "\n" for i in range(500)).encode()
+    packed = (
+        lzma.compress(lines) if suffix == ".xz" else pa.Codec("zstd").compress(lines).to_pybytes()
+    )
+    (tmp_path / f"a.jsonl{suffix}").write_bytes(packed)
+    (tmp_path / f"cut.jsonl{suffix}").write_bytes(packed[: len(packed) // 2])
+    docs = read(tmp_path, str(tmp_path / f"a.jsonl{suffix}"))
+    assert [d.text for d in docs] == [f"document {i}" for i in range(500)]
+    with pytest.raises(InputError, match=rf"cut\.jsonl\{suffix}: the file is truncated or corrupt"):
+        read(tmp_path, str(tmp_path / f"cut.jsonl{suffix}"))
+
+
 def test_parquet_and_csv_with_a_configurable_column(tmp_path):
     pq.write_table(pa.table({"content": ["one", "two"], "n": [1, 2]}), tmp_path / "d.parquet")
     (tmp_path / "d.csv").write_text('id,content\n1,"three, with a comma"\n2,"four\nlines"\n')

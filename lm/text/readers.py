@@ -15,6 +15,7 @@ import gzip
 import io
 import json
 import logging
+import lzma
 import re
 import sys
 import zlib
@@ -62,7 +63,7 @@ def detect_format(item: ResolvedInput, stream: BinaryIO) -> str:
     if item.name.startswith("names:"):
         return "census-names"
     name = ((item.url and item.url.split("?")[0]) or item.name).lower()
-    for suffix in (".gz", ".bz2"):
+    for suffix in COMPRESSED_SUFFIXES:
         name = name.removesuffix(suffix)
     if name.endswith((".jsonl", ".ndjson")):
         return "jsonl"
@@ -95,6 +96,10 @@ def _skip_xml_prolog(head: bytes) -> bytes:
         rest = rest[end + len(closing) :]
 
 
+# The compressions an input's name may end in; each read as a stream.
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")
+
+
 def open_decompressed(item: ResolvedInput, raw: BinaryIO) -> BinaryIO:
     """Wrap a raw stream in the decompressor its name asks for."""
     name = (item.url or item.name).split("?")[0].lower()
@@ -102,7 +107,27 @@ def open_decompressed(item: ResolvedInput, raw: BinaryIO) -> BinaryIO:
         return gzip.open(raw)  # type: ignore[return-value]
     if name.endswith(".bz2"):
         return bz2.open(raw)  # type: ignore[return-value]
+    if name.endswith(".xz"):
+        return lzma.open(raw)  # type: ignore[return-value]
+    if name.endswith(".zst"):  # Python has no zstd of its own before 3.14; pyarrow's
+        zstd = pa.CompressedInputStream(pa.PythonFile(raw, mode="r"), "zstd")
+        return io.BufferedReader(_ArrowReader(zstd))  # type: ignore[return-value]
     return raw
+
+
+class _ArrowReader(io.RawIOBase):
+    """A pyarrow input stream as a Python one (buffered on top, it can be peeked)."""
+
+    def __init__(self, stream: pa.NativeFile):
+        self.stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self.stream.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
 
 def _peek(stream: BinaryIO) -> bytes:
@@ -160,7 +185,7 @@ def read_documents(
         if not message.startswith(item.name):
             message = f"{item.name}: {message}"
         raise InputError(message) from error.__cause__
-    except (EOFError, OSError, zlib.error, pa.ArrowException) as error:
+    except (EOFError, OSError, zlib.error, lzma.LZMAError, pa.ArrowException) as error:
         # A truncated or corrupt compressed stream surfaces here, part-way through the input
         # (gzip raises zlib.error for a damaged deflate block, OSError or EOFError otherwise;
         # pyarrow, ArrowException for a damaged Parquet file).
