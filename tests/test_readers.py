@@ -104,6 +104,19 @@ def test_a_file_that_two_sources_reach_is_read_once_with_a_warning(tmp_path, cap
     assert f"also reached by source {str(tmp_path / 'link.txt')!r}" in said
 
 
+def test_many_files_two_sources_reach_are_one_warning_not_one_each(tmp_path, caplog):
+    (tmp_path / "many").mkdir()
+    for index in range(50):
+        (tmp_path / "many" / f"{index:02d}.txt").write_text(f"text {index}")
+    with caplog.at_level(logging.WARNING, logger="lm.text.sources"):
+        docs = read(tmp_path, str(tmp_path / "many"), str(tmp_path / "many" / "*.txt"))
+    assert len(docs) == 50
+    [said] = [r.getMessage() for r in caplog.records if "also reached" in r.getMessage()]
+    assert said.startswith(f"50 files ({tmp_path / 'many' / '00.txt'}, ")
+    assert said.endswith(f"also reached by source {str(tmp_path / 'many' / '*.txt')!r}; read "
+                         f"once, as source {str(tmp_path / 'many')!r} says")  # fmt: skip
+
+
 def test_a_file_that_two_sources_read_differently_is_read_under_each(tmp_path, caplog):
     (tmp_path / "qa.csv").write_text("question,answer\nwhy?,because\n")
     listed = [SourceConfig(path=str(tmp_path / "qa.csv"), text_field=field)

@@ -72,6 +72,7 @@ def resolve_sources(specs: list[SourceConfig]) -> list[ResolvedInput]:
             named_by.setdefault(item.path, spec)
     inputs: list[ResolvedInput] = []
     read_as: dict[Path, list[SourceConfig]] = {}  # a file → the specs it is read under
+    read_once: dict[tuple[str, str], list[Path]] = {}  # (source, the one read as) → files
     for spec, item, names_itself in resolved:
         if item.path is None:
             inputs.append(item)
@@ -84,8 +85,7 @@ def resolve_sources(specs: list[SourceConfig]) -> list[ResolvedInput]:
         earlier = read_as.setdefault(item.path, [])
         same = next((first for first in earlier if _settings(first) == _settings(spec)), None)
         if same is not None:
-            _warn_once(f"{item.path}: also reached by source {spec.path!r}; read once, "
-                       f"as source {same.path!r} says")  # fmt: skip
+            read_once.setdefault((spec.path, same.path), []).append(item.path)
             continue
         if earlier:
             differing = sorted(
@@ -97,6 +97,14 @@ def resolve_sources(specs: list[SourceConfig]) -> list[ResolvedInput]:
                        "read under each")  # fmt: skip
         earlier.append(spec)
         inputs.append(item)
+    for (source, first), paths in read_once.items():  # one line a pair: a folder holds thousands
+        shown = ", ".join(printable_path(path) for path in paths[:3])
+        files = (
+            f"{shown}: also reached"
+            if len(paths) == 1
+            else (f"{len(paths):,} files ({shown}{', …' if len(paths) > 3 else ''}) also reached")
+        )
+        _warn_once(f"{files} by source {source!r}; read once, as source {first!r} says")
     return inputs
 
 
