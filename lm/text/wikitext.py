@@ -28,10 +28,20 @@ _REFERENCES_OPENER = re.compile(r"<(references)\b[^<>]*>", re.IGNORECASE)
 # Every position where a template or table opens or closes, overlaps included ('|}}' holds both).
 _BRACKET_TOKEN = re.compile(r"(?=(\{\{|\}\}|\{\||\|\}))")
 _LINK_BRACKET = re.compile(r"\[\[|\]\]")
-_DROPPED_LINK_TARGET = re.compile(
-    r"^\s*(?:file|image|media|category|wikipedia|wp|template|help|portal|special|user|talk"
-    r"|wikt|wiktionary|commons|meta|s|q|b|n|v|[a-z]{2,3}(?:-[a-z0-9]+)*)\s*:",
+# Links that never show text where they stand: files (their captions belong to the picture)
+# and categories, under the namespace names of the larger Wikipedias too.
+_MEDIA_OR_CATEGORY = re.compile(
+    r"^\s*(?:file|image|media|category|datei|bild|kategorie|fichier|catégorie|archivo|imagen"
+    r"|categoría|categoria|immagine|ficheiro|arquivo|bestand|afbeelding|categorie|plik|grafika"
+    r"|kategoria|soubor|kategorie|fil|kategori|tiedosto|luokka|файл|изображение|категория"
+    r"|ファイル|画像|カテゴリ|文件|图像|分类|分類|파일|분류)\s*:",
     re.IGNORECASE,
+)
+# Links to other wikis and namespaces: an interlanguage link (`[[de:Berlin]]`, a lowercase code)
+# or a project page shows nothing, but one with an anchor shows it (`[[wikt:word|word]]`).
+_OTHER_WIKI = re.compile(
+    r"^\s*(?:(?i:wikipedia|wp|template|help|portal|special|user|talk|wikt|wiktionary|commons"
+    r"|meta|w|s|q|b|n|v)|[a-z]{2,3}(?:-[a-z0-9]+)*)\s*:"
 )
 # Neither the address nor the anchor text holds a bracket, so a scan stops at the next one.
 _EXTERNAL_LINK = re.compile(r"\[(?:https?:|ftp:)?//[^\s\[\]]++(?:\s+([^\[\]]*+))?\]")
@@ -138,9 +148,11 @@ def _link_text(inner: str) -> str:
     category or interlanguage link. One holding a lone bracket is not a link: it stays."""
     if "[" in inner or "]" in inner:
         return f"[[{inner}]]"
-    if _DROPPED_LINK_TARGET.match(inner):
+    if _MEDIA_OR_CATEGORY.match(inner):
         return ""
     target, _, anchor = inner.partition("|")
+    if _OTHER_WIKI.match(target) and not anchor:
+        return ""
     if anchor:
         return anchor.rpartition("|")[2] if "|" in anchor else anchor
     return target.split("#")[0] if not target.startswith("#") else target[1:]
@@ -164,7 +176,7 @@ def resolve_links(text: str) -> str:
         else:
             open_links[-1].append("]]")
     open_links[-1].append(text[position:])
-    while len(open_links) > 1:  # never closed: the brackets stay, for the stray-markup pass
-        inner = "".join(open_links.pop())
-        open_links[-1].append(f"[[{inner}")
-    return "".join(open_links[0])
+    # Never closed: the brackets stay, for the stray-markup pass. Each level's text follows the
+    # one it opened in, so one join in order is the text (joining level by level, into the
+    # level below, copied the innermost text once per level: quadratic for n open links).
+    return "[[".join("".join(level) for level in open_links)
