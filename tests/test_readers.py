@@ -194,6 +194,21 @@ def test_xz_and_zstd_inputs_are_read_and_a_cut_one_is_named(tmp_path, suffix):
         read(tmp_path, str(tmp_path / f"cut.jsonl{suffix}"))
 
 
+def test_a_damaged_bz2_is_named_damaged_not_blamed_on_its_content(tmp_path):
+    """bz2 checks a block's CRC after handing out its bytes: the garbage failed first, as
+    "the line is not valid JSON"."""
+    lines = "".join(json.dumps({"text": f"document number {i} says hello"}) + "\n"
+                    for i in range(3000))  # fmt: skip
+    damaged = bytearray(bz2.compress(lines.encode()))
+    damaged[197] ^= 0x10  # in the first block: its first line decodes to broken JSON
+    (tmp_path / "x.jsonl.bz2").write_bytes(bytes(damaged))
+    with pytest.raises(InputError, match=r"x\.jsonl\.bz2: the file is truncated or corrupt"):
+        read(tmp_path, str(tmp_path / "x.jsonl.bz2"))
+    (tmp_path / "bad.jsonl.bz2").write_bytes(bz2.compress(b'{"text": "fine"}\nnot json\n'))
+    with pytest.raises(InputError, match=r"bad\.jsonl\.bz2:2: the line is not valid JSON"):
+        read(tmp_path, str(tmp_path / "bad.jsonl.bz2"))  # a whole stream: its content is at fault
+
+
 def test_parquet_and_csv_with_a_configurable_column(tmp_path):
     pq.write_table(pa.table({"content": ["one", "two"], "n": [1, 2]}), tmp_path / "d.parquet")
     (tmp_path / "d.csv").write_text('id,content\n1,"three, with a comma"\n2,"four\nlines"\n')

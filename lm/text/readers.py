@@ -181,6 +181,7 @@ def read_documents(
             yield from _read_text(item, stream, encoding_errors, replaced)
         replaced.summarise()
     except InputError as error:
+        _raise_if_corrupt(item, stream)  # garbage from a damaged stream, not the file's content
         message = str(error)
         if not message.startswith(item.name):
             message = f"{item.name}: {message}"
@@ -189,6 +190,20 @@ def read_documents(
         # A truncated or corrupt compressed stream surfaces here, part-way through the input
         # (gzip raises zlib.error for a damaged deflate block, OSError or EOFError otherwise;
         # pyarrow, ArrowException for a damaged Parquet file).
+        raise InputError(f"{item.name}: the file is truncated or corrupt ({error})") from error
+
+
+def _raise_if_corrupt(item: ResolvedInput, stream: BinaryIO) -> None:
+    """For a compressed input whose content failed to parse: read the rest of the stream, and
+    if the decompressor finds it damaged (bz2 checks a block's CRC only after handing out its
+    bytes, garbage that fails as "not valid JSON"), say that instead."""
+    name = (item.url or item.name).split("?")[0].lower()
+    if not name.endswith(COMPRESSED_SUFFIXES):
+        return
+    try:
+        while stream.read(1 << 20):
+            pass
+    except (EOFError, OSError, zlib.error, lzma.LZMAError, pa.ArrowException) as error:
         raise InputError(f"{item.name}: the file is truncated or corrupt ({error})") from error
 
 
