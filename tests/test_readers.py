@@ -209,6 +209,14 @@ def test_a_damaged_bz2_is_named_damaged_not_blamed_on_its_content(tmp_path):
         read(tmp_path, str(tmp_path / "bad.jsonl.bz2"))  # a whole stream: its content is at fault
 
 
+def test_a_jsonl_null_text_is_skipped_as_a_parquet_null_and_a_number_is_named(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"text": "one"}\n{"text": null}\n{"text": "two"}\n')
+    assert [d.text for d in read(tmp_path, str(tmp_path / "a.jsonl"))] == ["one", "two"]
+    (tmp_path / "b.jsonl").write_text('{"text": "one"}\n{"text": 42}\n')
+    with pytest.raises(InputError, match=r"b\.jsonl:2: field 'text' holds 42 \(int\), not a string"):
+        read(tmp_path, str(tmp_path / "b.jsonl"))
+
+
 def test_parquet_and_csv_with_a_configurable_column(tmp_path):
     pq.write_table(pa.table({"content": ["one", "two"], "n": [1, 2]}), tmp_path / "d.parquet")
     (tmp_path / "d.csv").write_text('id,content\n1,"three, with a comma"\n2,"four\nlines"\n')

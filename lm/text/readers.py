@@ -355,8 +355,13 @@ def _read_jsonl(
                 "set text_field on this source"
             )
         text = record[field]
+        if text is None:  # no text, as a Parquet null or an empty line: nothing to read
+            continue
         if not isinstance(text, str):
-            raise InputError(f"{item.name}:{line_no}: field '{field}' is not a string")
+            raise InputError(
+                f"{item.name}:{line_no}: field '{field}' holds {json.dumps(text)[:40]} "
+                f"({type(text).__name__}), not a string"
+            )
         if surrogate := UNPAIRED_SURROGATE.search(text):
             if encoding_errors == "strict":
                 raise InputError(
