@@ -213,8 +213,23 @@ def test_a_jsonl_null_text_is_skipped_as_a_parquet_null_and_a_number_is_named(tm
     (tmp_path / "a.jsonl").write_text('{"text": "one"}\n{"text": null}\n{"text": "two"}\n')
     assert [d.text for d in read(tmp_path, str(tmp_path / "a.jsonl"))] == ["one", "two"]
     (tmp_path / "b.jsonl").write_text('{"text": "one"}\n{"text": 42}\n')
-    with pytest.raises(InputError, match=r"b\.jsonl:2: field 'text' holds 42 \(int\), not a string"):
+    with pytest.raises(
+        InputError, match=r"b\.jsonl:2: field 'text' holds 42 \(int\), not a string"
+    ):
         read(tmp_path, str(tmp_path / "b.jsonl"))
+
+
+def test_empty_files_of_any_kind_are_skipped_with_a_warning(tmp_path, caplog):
+    """An empty .csv in a folder failed the whole ingest ("no column 'text' (columns: )")."""
+    for name in ("a.csv", "b.jsonl", "c.txt", "d.jsonl.gz"):
+        (tmp_path / name).write_bytes(gzip.compress(b"") if name.endswith(".gz") else b"")
+    (tmp_path / "e.txt").write_text("the only text")
+    with caplog.at_level(logging.WARNING, logger="lm.text.readers"):
+        docs = read(tmp_path, str(tmp_path))
+    assert [d.text for d in docs] == ["the only text"]
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [f"{tmp_path / name}: empty, skipped" for name in
+                    ("a.csv", "b.jsonl", "c.txt", "d.jsonl.gz")]  # fmt: skip
 
 
 def test_parquet_and_csv_with_a_configurable_column(tmp_path):

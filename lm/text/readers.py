@@ -165,6 +165,9 @@ def read_documents(
     """Stream the documents of one input (already decompressed)."""
     replaced = Replacements(item.name)
     try:
+        if not _peek(stream):  # an empty file holds no documents, whatever its kind
+            logger.warning("%s: empty, skipped", item.name)
+            return
         fmt = detect_format(item, stream)
         if fmt == "parquet":
             yield from _read_parquet(item, stream, encoding_errors, replaced)
