@@ -442,7 +442,9 @@ def require_kept_documents(corpus: Descriptor, split: SplitConfig, trains_models
     raise InputError(
         f"cleaning kept none of the {stats.get('documents', 0):,} documents (removed by: "
         f"{', '.join(removed) or 'nothing'}); loosen [clean] (for example "
-        "clean.quality.min_words) or add longer texts"
+        "clean.quality.min_words; text written without spaces between words, as Chinese, "
+        "Japanese or Thai is, reads as a few long words: set clean.quality.enabled = false) "
+        "or add longer texts"
     )
 
 

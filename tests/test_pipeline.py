@@ -221,7 +221,8 @@ BAD_INPUTS = {
     "parquet without the text column": r"p\.parquet: no column 'text'",
     "unreachable url": r"127\.0\.0\.1:9/corpus\.jsonl: cannot fetch",
     "texts all too short to keep": r"cleaning kept none of the 2 documents \(removed by: "
-    r"too_few_words 2\); loosen \[clean\]",
+    r"too_few_words 2\); loosen \[clean\] .*Chinese, Japanese or Thai.*"
+    r"clean\.quality\.enabled = false",
     "one document, held out": r"cleaning kept 1 documents, but none is in the training split "
     r"\((val|test) 1\).*lower split\.val and split\.test",
 }
