@@ -232,6 +232,15 @@ def test_empty_files_of_any_kind_are_skipped_with_a_warning(tmp_path, caplog):
                     ("a.csv", "b.jsonl", "c.txt", "d.jsonl.gz")]  # fmt: skip
 
 
+def test_a_utf8_bom_is_no_part_of_the_first_name(tmp_path):
+    (tmp_path / "names.txt").write_bytes(b"\xef\xbb\xbfalice\nbob\n")
+    spec = SourceConfig(path=str(tmp_path / "names.txt"), one_doc_per_line=True)
+    assert [d.text for d in read(tmp_path, spec)] == ["alice", "bob"]
+    (tmp_path / "census.txt").write_bytes(b"\xef\xbb\xbfMARY 2.629 2.629 1\nANNA 0.5 3.1 2\n")
+    census = SourceConfig(path=str(tmp_path / "census.txt"), format="census-names")
+    assert [d.text for d in read(tmp_path, census)] == ["mary", "anna"]  # was: "not ASCII"
+
+
 def test_parquet_and_csv_with_a_configurable_column(tmp_path):
     pq.write_table(pa.table({"content": ["one", "two"], "n": [1, 2]}), tmp_path / "d.parquet")
     (tmp_path / "d.csv").write_text('id,content\n1,"three, with a comma"\n2,"four\nlines"\n')

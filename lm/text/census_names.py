@@ -9,6 +9,7 @@ through the import system, as gensim's test data is, without importing the packa
 
 from __future__ import annotations
 
+import codecs
 import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,6 +45,8 @@ def read_census_names(stream: BinaryIO, source: str) -> Iterator[tuple[int, str]
     """`(line number, lowercased name)` for every line; blank lines are skipped, a line that is
     not `NAME FREQUENCY CUMULATIVE RANK` is an error naming `source` and the line."""
     for line_no, raw in enumerate(stream, start=1):
+        if line_no == 1:
+            raw = raw.removeprefix(codecs.BOM_UTF8)  # a mark an editor may add, not a name
         try:
             line = raw.decode("ascii")
         except UnicodeDecodeError:

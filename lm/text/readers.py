@@ -266,6 +266,8 @@ def _read_text(
         line_no = 0
         for chunk in lines:
             text = _decode(chunk, item, encoding_errors, line_no + 1, replaced, encoding)
+            if line_no == 0:
+                text = text.removeprefix("\ufeff")  # a UTF-8 BOM: a mark, not the first name's
             for line in _split_at_lone_carriage_returns(text):
                 line_no += 1
                 if line := line.strip():
