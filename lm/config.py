@@ -165,7 +165,9 @@ class TokenizerConfig(StrictModel):
     character_coverage: float = Field(0.9995, gt=0.0, le=1.0)
     byte_fallback: bool = True
     user_defined_symbols: list[str] = []
-    threads: int = Field(0, ge=0, description="0 means one per core")
+    # Encoding's threads. Training always runs on SentencePiece's 16 (`TRAINING_THREADS`), so
+    # a tokenizer is the same on every machine.
+    threads: int = Field(0, ge=0, description="encoding threads; 0 means one per core")
     # SentencePiece samples this many sentences (shuffled) from large corpora.
     input_sentence_size: int = Field(2_000_000, ge=0)
     # Bytes per sentence SentencePiece trains on: longer lines are cut at spaces into parts.

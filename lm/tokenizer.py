@@ -547,6 +547,14 @@ def _parts_of_at_most(line: str, limit: int) -> Iterator[str]:
         yield data[start:].decode()
 
 
+# The threads SentencePiece trains with: always its own default, whatever the machine or
+# `tokenizer.threads` (which sets encoding's). The trainer writes the count into the model, and
+# a unigram model's scores depend on it (its EM sums each thread's share): with one thread per
+# core, the same corpus and settings made a different tokenizer, and digest, on another
+# machine, so every later stage ran again there and retrain could not rebuild a champion's.
+TRAINING_THREADS = 16
+
+
 def _train_sentencepiece(documents: Iterable[str], config: TokenizerConfig) -> Tokenizer:
     import sentencepiece as spm
 
@@ -573,7 +581,7 @@ def _train_sentencepiece(documents: Iterable[str], config: TokenizerConfig) -> T
             bos_id=-1,
             eos_id=-1,
             pad_id=-1,
-            num_threads=config.threads or os.cpu_count() or 1,
+            num_threads=TRAINING_THREADS,
             input_sentence_size=config.input_sentence_size,
             shuffle_input_sentence=True,
             max_sentence_length=config.max_sentence_length,

@@ -346,3 +346,18 @@ def test_a_long_line_is_cut_at_spaces_into_parts_that_fit():
     assert list(_parts_of_at_most("abcdefgh", 3)) == ["abc", "def", "gh"]
     assert list(_parts_of_at_most("ééé", 3)) == ["é", "é", "é"]  # never inside a character
     assert list(_parts_of_at_most("short", 16)) == ["short"]
+
+
+@pytest.mark.parametrize("kind", ["bpe", "unigram"])
+def test_a_tokenizer_is_the_same_file_on_any_machine_and_any_thread_setting(kind, monkeypatch):
+    """SentencePiece trained on one thread per core and wrote the count into the model, and a
+    unigram model's scores depend on it: another machine made another tokenizer digest."""
+    from tests.helpers import prose
+
+    documents = [prose(index, 200) for index in range(60)]
+    digests = set()
+    for cores, threads in ((2, 0), (8, 0), (2, 3)):
+        monkeypatch.setattr(lm.tokenizer.os, "cpu_count", lambda cores=cores: cores)
+        settings = TokenizerConfig(kind=kind, vocab_size=400, threads=threads)
+        digests.add(train_tokenizer(iter(documents), settings).digest)
+    assert len(digests) == 1
