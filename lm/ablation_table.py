@@ -130,9 +130,12 @@ def summarize(
     results = []
     for variant, runs in by_variant.items():
         bpb = [stats["val_bpb"] for _, stats in runs]
-        # The tokens trained in the seconds measured: a resumed seed's earlier ones are not,
-        # and one resumed at its end, which trained nothing here, has no speed to give.
-        speed = [stats.get("tokens_this_run", stats["tokens_seen"]) / max(stats["seconds"], 1e-9)
+        # The tokens trained in the steps' own seconds (the stage's seconds held set-up, the
+        # baseline and evaluations, which weighed most on whichever arm came first): a resumed
+        # seed's earlier tokens are not counted, and one resumed at its end, which trained
+        # nothing here, has no speed to give.
+        speed = [stats.get("tokens_this_run", stats["tokens_seen"])
+                 / max(stats.get("step_seconds") or stats["seconds"], 1e-9)
                  for _, stats in runs if stats.get("tokens_this_run", 1) > 0]  # fmt: skip
         results.append(
             VariantResult(

@@ -353,6 +353,9 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     tokens_seen: int = 0  # the targets scored since step 0 (see `Trainer.tokens_seen`)
     tokens_trained: int | None = 0  # and over the trainings it continues (`Trainer.tokens_trained`)
+    # The steps' own time in this call: not evaluations, checkpoints, or what came before (a
+    # baseline, the model's build): what a training speed divides by.
+    step_seconds: float = 0.0
 
 
 class Trainer:
@@ -655,6 +658,7 @@ class Trainer:
             return TrainResult(self.step, self.best_val_loss, True, losses, self.tokens_seen,
                                self.tokens_trained)  # fmt: skip
         last_report, steps_at_report, stepping = time.monotonic(), self.step, 0.0
+        step_seconds = 0.0
         tokens_in_window = 0  # the targets trained on: rows of documents score fewer than
         # global_batch × block_size (their padding), windows exactly that
         if self.step == 0 and config.warmup_steps >= config.max_steps and self.ranks.is_main:
@@ -682,6 +686,7 @@ class Trainer:
         for step, step_loss, rate, scored in self.run_steps(last_step, settle_at):
             now = time.monotonic()
             stepping += now - resumed  # the steps' own time: the device's too, up to the read
+            step_seconds += now - resumed
             tokens_in_window += scored
             losses.append(step_loss)
             self._log({"train/loss": step_loss, "train/lr": rate}, step)
@@ -722,7 +727,7 @@ class Trainer:
             resumed = time.monotonic() if settle_at(step) else now
         return TrainResult(
             self.step, self.best_val_loss, self.stopped_early, losses, self.tokens_seen,
-            self.tokens_trained
+            self.tokens_trained, step_seconds,
         )  # fmt: skip
 
     def _report_throughput(self, step: int, loss: float, stepping: float, steps: int,

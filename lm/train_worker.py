@@ -106,6 +106,7 @@ def train_in(work: Path):
             "steps": result.step,
             "tokens_seen": result.tokens_seen,
             "tokens_this_run": result.tokens_seen - seen_before,
+            "step_seconds": result.step_seconds,
             "tokens_trained": result.tokens_trained,
             "best_val_loss": result.best_val_loss,
             "stopped_early": result.stopped_early,

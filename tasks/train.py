@@ -208,6 +208,7 @@ def train_task(
                 network.fit(_as_tensor(train_tokens))
                 val_loss, steps, stopped_early = trainer.evaluate(network), 0, False
                 tokens_seen = tokens_trained = tokens_this_run = 0
+                step_seconds = 0.0
                 trainer.save("best")
             else:
                 trainer.resume_or_initialize(work, init_from)
@@ -217,9 +218,10 @@ def train_task(
                 stopped_early, tokens_seen = result.stopped_early, result.tokens_seen
                 tokens_trained = result.tokens_trained
                 tokens_this_run = tokens_seen - seen_before
+                step_seconds = result.step_seconds
             outcome = {"best_val_loss": val_loss, "steps": steps, "stopped_early": stopped_early,
                        "tokens_seen": tokens_seen, "tokens_trained": tokens_trained,
-                       "tokens_this_run": tokens_this_run,
+                       "tokens_this_run": tokens_this_run, "step_seconds": step_seconds,
                        "parameters": trainer.module.num_params(), "device": str(trainer.device),
                        "device_name": device_name(trainer.device),
                        "threads": torch.get_num_threads(), "world_size": 1}  # fmt: skip
@@ -241,6 +243,9 @@ def train_task(
             "baseline_smoothing": smoothing,
             "stopped_early": outcome["stopped_early"],
             "seconds": seconds,
+            # The training steps' own seconds (no evaluations, checkpoints, baseline or
+            # set-up): training speed is tokens_this_run over these.
+            "step_seconds": outcome.get("step_seconds"),
             "device": outcome["device"],
             "device_name": outcome.get("device_name"),
             "processes": outcome["world_size"],

@@ -288,6 +288,11 @@ def test_a_resumed_seed_s_speed_counts_only_the_tokens_trained_in_its_seconds():
     assert table.rows() == [["a", "2", "10", "2.0000 ± 0.0000", "500 ± n/a"]]  # was 250 ± 354
     alone = summarize([("a", 2)], [("a", 2, finished)], [])
     assert alone.rows() == [["a", "1", "10", "2.0000 ± n/a", "n/a"]]
+    # Over the steps' own seconds where recorded: the first arm's set-up and evaluations were
+    # in the stage's seconds, and made it look slowest.
+    first = whole | {"seconds": 8.0, "step_seconds": 2.0}
+    table = summarize([("a", 1), ("a", 2)], [("a", 1, first), ("a", 2, whole)], [])
+    assert table.rows() == [["a", "2", "10", "2.0000 ± 0.0000", "500 ± 0"]]
 
 
 def test_a_variant_that_lost_a_seed_says_how_many_finished_and_claims_no_spread_from_one():

@@ -399,6 +399,7 @@ def test_train_stage_publishes_a_self_contained_model_and_its_baseline(workspace
     summary = run_pipeline(config, TINY_GPT)
     model = summary["models"][-1]
     assert model["steps"] == 12 and model["tokens_seen"] == 12 * 4 * 16
+    assert 0 < model["step_seconds"] < model["seconds"]  # the steps, not set-up or evaluations
     assert (model["device"], model["processes"]) == ("cpu", 1)
     assert model["threads"] == torch.get_num_threads()  # trained in this process
     assert model["device_name"] == cpu_model_name()
