@@ -252,6 +252,36 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="a run id or a unique p
     console.print(
         "[bold]reproduce[/]:", escape(found["command"] or "(not recorded)"), highlight=False
     )
+    drift = config_drift(found["command"], found["config"])
+    if drift:
+        console.print(f"[bold yellow]note[/]: {escape(drift)}", highlight=False)
+
+
+def config_drift(command: str | None, recorded: str | dict | None) -> str | None:
+    """Whether the reproduce `command` would now run other settings than the run recorded (its
+    config file edited since, or gone), in words; None when it runs the same, or cannot tell.
+    Only settings the run recorded count: one added by a later version is no edit."""
+    import shlex
+
+    from lm.config import ConfigError, load_config
+
+    if not command or not recorded:
+        return None
+    words = shlex.split(command)
+    if len(words) < 3 or words[1] not in ("run", "retrain", "ablation"):
+        return None
+    overrides = [words[i + 1] for i, word in enumerate(words[:-1]) if word == "--set"]
+    try:
+        current = load_config(words[2], overrides).model_dump(mode="json")
+    except ConfigError as error:
+        return f"the reproduce command no longer loads its config ({error})"
+    before = json.loads(recorded) if isinstance(recorded, str) else recorded
+    changed = [key for key, (was, now) in config_differences([before, current]) if was != ABSENT]
+    if not changed:
+        return None
+    shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+    return (f"{words[2]} has changed since this run: the reproduce command would run other "
+            f"settings ({shown})")  # fmt: skip
 
 
 @runs_app.command("compare")

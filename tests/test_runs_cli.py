@@ -454,3 +454,30 @@ def test_compare_gives_a_stage_a_run_ran_twice_a_row_each_time():
         ("clean", "1.00", "1.50 cached"), ("encode", "2.00", "3.00"),
         ("encode #2", "0.50 cached", "—"),
     ]  # fmt: skip
+
+
+def test_runs_show_says_when_the_reproduce_command_would_run_other_settings(tmp_path):
+    """The config file edited since the run: the reproduce line ran other settings silently."""
+    from flows.pipeline import reproduce_command
+    from lm.config import load_config
+    from tests.helpers import write_config
+
+    config = write_config(
+        tmp_path / "c.toml", [{"path": str(tmp_path)}], "[train]\nmax_steps = 30\n"
+    )
+    overrides = ["train.learning_rate=0.002"]
+    registry = RunRegistry(tmp_path / "registry.duckdb")
+    registry.start_run({"run_id": "r1", "status": "completed", "started_at": NOW,
+                        "config": load_config(str(config), overrides).model_dump(mode="json"),
+                        "command": reproduce_command(str(config), overrides)})  # fmt: skip
+
+    def note() -> str:
+        shown = run_cli("runs", "show", "r1", home=tmp_path).stdout
+        return " ".join(shown.split("reproduce", 1)[1].split())
+
+    assert "note" not in note()
+    config.write_text(config.read_text().replace("max_steps = 30", "max_steps = 31"))
+    assert f"note: {config} has changed since this run: the reproduce command would run other " \
+           "settings (train.max_steps)" in note()  # fmt: skip
+    config.unlink()
+    assert "note: the reproduce command no longer loads its config" in note()
