@@ -645,7 +645,12 @@ def _tokenizer_section(report: RunReport, images: dict[str, bytes]) -> str:
 
 def _word2vec_section(report: RunReport, images: dict[str, bytes]) -> str:
     if report.word2vec is None:
-        return _missing("word2vec was not trained in this run (word2vec.enabled = false).")
+        enabled = (report.config.get("word2vec") or {}).get("enabled", True)
+        why = ("word2vec.enabled = false" if not enabled
+               else "a retrain trains none")  # fmt: skip
+        if enabled and not (report.command or "").startswith("lmforge retrain"):
+            why = "no word2vec stage was recorded"
+        return _missing(f"word2vec was not trained in this run ({why}).")
     numbers = sorted((k, v) for k, v in report.word2vec.items() if isinstance(v, int | float))
     body = _table(["metric", "value"], numbers)
     if report.projection_png is not None and report.projection_png.is_file():

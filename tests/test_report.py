@@ -208,6 +208,19 @@ def test_the_piece_length_histogram_counts_learned_pieces_only(tmp_path):
     assert lengths == [len(tokenizer.piece(i).replace("\u2581", " ").encode()) for i in learned]
 
 
+def test_the_word2vec_note_says_why_it_was_not_trained():
+    """A retrain run's page said "word2vec.enabled = false" of a config that enables it."""
+    from lm.report_render import RunReport, _word2vec_section
+
+    def said(config: dict, command: str) -> str:
+        return _word2vec_section(RunReport("r", "completed", config=config, command=command), {})
+
+    assert "(word2vec.enabled = false)" in said({"word2vec": {"enabled": False}}, "lmforge run x")
+    retrained = said({"word2vec": {"enabled": True}}, "lmforge retrain x")
+    assert "(a retrain trains none)" in retrained and "= false" not in retrained
+    assert "no word2vec stage was recorded" in said({"word2vec": {}}, "lmforge run x")
+
+
 def test_what_a_run_did_not_record_is_shown_as_missing(runs):
     page = read_page(build_run_report(runs.plain))
     assert page.sections == RUN_SECTIONS
