@@ -38,6 +38,7 @@ from flows.pipeline import (
     record_success,
     run_stage,
     train_model,
+    train_word2vec,
 )
 from lm.config import (
     ConfigError,
@@ -50,6 +51,7 @@ from lm.config import (
     retrain_problem,
 )
 from lm.evaluate import CheckpointError, EvaluationError
+from lm.models.config import uses_word2vec
 from lm.tokenizer import TokenizerError
 from storage.artifacts import Descriptor
 from storage.registry import ModelRecord, PromotionRecord
@@ -260,10 +262,15 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
                 shards = encode_corpus(run, settings, data, tokenizer)
                 if data is not corpus:  # scored, as the champion is, on the whole corpus
                     full_shards = encode_corpus(run, settings, corpus, tokenizer)
+                # A model fed by word2vec (w2v, or a GPT's first embeddings) needs the vectors
+                # of this tokenizer's pieces, on the whole corpus; continued, its checkpoint's
+                # weights replace what they set.
+                vectors = (train_word2vec(run, settings, corpus, tokenizer, full_shards or shards)
+                           if uses_word2vec(model_run.model) else None)  # fmt: skip
                 candidate_run = ModelRun(model_run.label, model_run.model, train)
                 candidate = train_model(
                     run, candidate_run, shards, tokenizer, corpus, settings.eval,
-                    eval_shards=full_shards,
+                    vectors=vectors, eval_shards=full_shards,
                 )  # fmt: skip
                 models.append(candidate)
                 decision.candidate_val_bpb = candidate.stats["val_bpb"]

@@ -647,7 +647,7 @@ def _word2vec_section(report: RunReport, images: dict[str, bytes]) -> str:
     if report.word2vec is None:
         enabled = (report.config.get("word2vec") or {}).get("enabled", True)
         why = ("word2vec.enabled = false" if not enabled
-               else "a retrain trains none")  # fmt: skip
+               else "a retrain trains it only for a model that reads its vectors")  # fmt: skip
         if enabled and not (report.command or "").startswith("lmforge retrain"):
             why = "no word2vec stage was recorded"
         return _missing(f"word2vec was not trained in this run ({why}).")

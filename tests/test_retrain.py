@@ -322,3 +322,18 @@ def test_a_count_model_is_counted_again_on_the_whole_corpus_not_continued(worksp
     (folder / "new200.txt").write_text(prose(200, 120))
     few = _trigger(config, counted, "retrain.min_new_documents=3")["decision"]
     assert few["mode"] == "up-to-date", few["reason"]  # new documents still count, for the rule
+
+
+def test_a_model_fed_by_word2vec_is_retrained_with_vectors_of_its_pieces(workspace, tmp_path):
+    """Retrain trained no word2vec: a w2v model failed, told to enable the word2vec it had."""
+    folder, config = twelve_documents(tmp_path)
+    w2v = ['model={kind="w2v", context=3, vector_size=16, hiddens=[16]}', 'word2vec.input="pieces"',
+           "word2vec.enabled=true",
+           "word2vec.vector_size=16", "word2vec.epochs=1", "word2vec.min_count=1"]  # fmt: skip
+    first = _trigger(config, *w2v)
+    assert first["decision"]["promoted"] and "word2vec" in _stages(first)
+    for index in range(100, 104):
+        (folder / f"new{index}.txt").write_text(prose(index, 120))
+    later = _trigger(config, *w2v, "retrain.margin=-10.0")
+    assert later["decision"]["mode"] == "continue", later["decision"]["reason"]
+    assert later["decision"]["candidate_val_bpb"] > 0 and later["decision"]["promoted"]
