@@ -220,9 +220,11 @@ def test_sigterm_of_a_run_stops_prefect_s_temporary_server_and_records_the_run(t
     texts.mkdir()
     for index in range(12):
         (texts / f"{index}.txt").write_text(prose(index, 120))
-    config = write_config(
-        tmp_path / "c.toml", [{"path": str(texts)}], "[train]\nmax_steps = 4000\n"
-    )
+    # A model that trains for minutes: the signal comes while it trains, never after the end.
+    model = ('[model]\nkind = "gpt"\nblock_size = 16\nn_layer = 1\nn_head = 2\nn_embd = 16\n'
+             "[train]\nmax_steps = 1000000\nmicro_batch = 4\nglobal_batch = 4\n"
+             "[split]\nval = 0.3\n")  # fmt: skip
+    config = write_config(tmp_path / "c.toml", [{"path": str(texts)}], model)
     home = tmp_path / "home"
     env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
     env |= {"LMFORGE_HOME": str(home), "LMFORGE_PREFECT_SERVER": "ephemeral"}
@@ -230,7 +232,12 @@ def test_sigterm_of_a_run_stops_prefect_s_temporary_server_and_records_the_run(t
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
     try:
-        started = wait_until(lambda: any((home / "runs").glob("*/stages.jsonl")), 120)
+
+        def training() -> bool:
+            journals = (home / "runs").glob("*/stages.jsonl")
+            return any('"stage": "train"' in journal.read_text() for journal in journals)
+
+        started = wait_until(training, 180)
         assert started, process.poll() is not None and process.stderr.read().decode()
         servers = [pid for pid, line in _children(process.pid) if "uvicorn" in line]
         assert len(servers) == 1, _children(process.pid)
@@ -243,7 +250,7 @@ def test_sigterm_of_a_run_stops_prefect_s_temporary_server_and_records_the_run(t
         process.wait()
     registry = RunRegistry(home / "registry.duckdb")
     [(status, error)] = registry.query("SELECT status, error FROM runs")[1]
-    assert status == "failed" and "TerminationSignal" in error, (status, error)
+    assert status == "failed" and error == "TerminationSignal (during stage train)", error
 
 
 def test_server_stop_refuses_while_a_run_reports_to_it_unless_forced(tmp_path):
