@@ -62,7 +62,7 @@ def detect_format(item: ResolvedInput, stream: BinaryIO) -> str:
         return item.spec.format
     if item.name.startswith("names:"):
         return "census-names"
-    name = ((item.url and item.url.split("?")[0]) or item.name).lower()
+    name = _file_name(item)
     for suffix in COMPRESSED_SUFFIXES:
         name = name.removesuffix(suffix)
     if name.endswith((".jsonl", ".ndjson")):
@@ -100,9 +100,14 @@ def _skip_xml_prolog(head: bytes) -> bytes:
 COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")
 
 
+def _file_name(item: ResolvedInput) -> str:
+    """The input's name as its suffixes read: lowercased, a URL without its query."""
+    return (item.url.split("?")[0] if item.url else item.name).lower()
+
+
 def open_decompressed(item: ResolvedInput, raw: BinaryIO) -> BinaryIO:
     """Wrap a raw stream in the decompressor its name asks for."""
-    name = (item.url or item.name).split("?")[0].lower()
+    name = _file_name(item)
     if name.endswith(".gz"):
         return gzip.open(raw)  # type: ignore[return-value]
     if name.endswith(".bz2"):
@@ -200,8 +205,7 @@ def _raise_if_corrupt(item: ResolvedInput, stream: BinaryIO) -> None:
     """For a compressed input whose content failed to parse: read the rest of the stream, and
     if the decompressor finds it damaged (bz2 checks a block's CRC only after handing out its
     bytes, garbage that fails as "not valid JSON"), say that instead."""
-    name = (item.url or item.name).split("?")[0].lower()
-    if not name.endswith(COMPRESSED_SUFFIXES):
+    if not _file_name(item).endswith(COMPRESSED_SUFFIXES):
         return
     try:
         while stream.read(1 << 20):
