@@ -96,7 +96,6 @@ def ablation(config: str | None = "ablation", overrides: list[str] | None = None
                 )
             except Exception as error:  # one arm's failure must not cost the others' results
                 failed.append(FailedArm(variant, seed, one_line_error(error)))
-                run.failed_stage = None  # caught: a later failure is not this stage's
                 logger.error("ablation: %s, seed %d failed: %s", variant, seed, failed[-1].error)
                 continue
             models.append(record)

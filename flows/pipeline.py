@@ -18,7 +18,8 @@ import shlex
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -159,7 +160,6 @@ def run_stage(
     training's curve), noted in the journal for a run killed before the flow copies it."""
     name = stage_name or stage_task.name
     run.journal.started(name, live_metrics)
-    run.failed_stage = None  # an earlier stage's failure, caught (an ablation's arm), is over
     started = time.perf_counter()
     refresh = not store.is_complete(key)
     options = {"refresh_cache": refresh} | ({"task_run_name": stage_name} if stage_name else {})
@@ -171,9 +171,9 @@ def run_stage(
         with tags(*([concurrency_tag] if concurrency_tag and refresh else [])):
             state = stage_task.with_options(**options)(**parameters, return_state=True)
         descriptor: Descriptor = state.result()
-    except BaseException:  # a failure, or a stop (Ctrl-C, SIGTERM): the run records it
+    except BaseException as error:  # a failure, or a stop (Ctrl-C, SIGTERM): the run records it
         run.journal.failed(name)  # an ablation goes on to its next arm: this one is not running
-        run.failed_stage = name
+        run.failures.append((error, name))
         if live_metrics is not None:  # the curve so far, for the run's report
             try:
                 run.metrics.append_file(live_metrics.path, live_metrics.model, cut_short=True)
@@ -325,8 +325,14 @@ class RunContext:
     # corpus a tokenizer failed on is the one `lmforge corpus stats` shows.
     corpus: Descriptor | None = None
     tokenizer: Descriptor | None = None
-    # The stage that raised, named in a failed run's error as a crashed run's is.
-    failed_stage: str | None = None
+    # Each error a stage raised, with the stage: a failed run's error names it, as a crashed
+    # run's does. Matched by the error itself, a failure caught and survived (an ablation's
+    # arm) is never blamed for a later one.
+    failures: list[tuple[BaseException, str]] = field(default_factory=list)
+
+    def stage_of(self, error: BaseException) -> str | None:
+        return next((stage for raised, stage in self.failures if raised is error), None)
+
     # Models trained whose evaluation failed: a failed run records them, unscored.
     unscored_models: list[ModelRecord] = field(default_factory=list)
 
@@ -365,7 +371,7 @@ def record_failure(run: RunContext, error: BaseException, models: list[ModelReco
         datasets,
         corpus.digest if corpus else None,
         str(run.metrics.path),
-        error=failure_text(error, run.failed_stage),
+        error=failure_text(error, run.stage_of(error)),
         tokenizers=tokenizers,
         models=[*models, *run.unscored_models],
     )
@@ -378,14 +384,26 @@ def failure_text(error: BaseException, stage: str | None) -> str:
     return f"{text} (during stage {stage})" if stage else text
 
 
+@contextmanager
+def failing_in(run: RunContext, stage: str) -> Iterator[None]:
+    """Work outside a stage's task that belongs to `stage`: an error it raises is named as that
+    stage's (as `run_stage` names its task's)."""
+    try:
+        yield
+    except BaseException as error:
+        run.failures.append((error, stage))
+        raise
+
+
 def build_corpus(run: RunContext, settings: PipelineConfig) -> Descriptor:
     """Ingest and clean: the corpus version for this config and these sources."""
     workspace = run.workspace
-    run.failed_stage = "ingest"  # reading the sources for its key is ingest's work, and can fail
+    with failing_in(run, "ingest"):  # reading the sources for its key is ingest's work
+        key = ingest_key(settings.ingest)
     raw = run_stage(
         run,
         ingest_task,
-        ingest_key(settings.ingest),
+        key,
         ingest_store(workspace),
         config=settings.ingest,
         runtime=settings.runtime,
@@ -401,9 +419,8 @@ def build_corpus(run: RunContext, settings: PipelineConfig) -> Descriptor:
         runtime=settings.runtime,
     )
     run.corpus = corpus
-    run.failed_stage = "clean"  # what cleaning kept
-    require_kept_documents(corpus, settings.split, trains_models=bool(settings.model_runs()))
-    run.failed_stage = None
+    with failing_in(run, "clean"):  # what cleaning kept
+        require_kept_documents(corpus, settings.split, trains_models=bool(settings.model_runs()))
     return corpus
 
 

@@ -165,7 +165,6 @@ def _champion_score(
             config=settings.eval,
         )
     except (TokenizerError, EvaluationError, CheckpointError, ShardError) as error:
-        run.failed_stage = None  # caught: a later failure is not this stage's
         logger.warning("retrain: the champion cannot be scored on this corpus: %s", error)
         return None, f"{type(error).__name__}: {error}"
     return scored.stats["val_bpb"], None
@@ -334,7 +333,6 @@ def _rebuild_lost_tokenizer(run: RunContext, settings: PipelineConfig, champion:
                        error)  # fmt: skip
         return
     finally:
-        run.failed_stage = None  # caught: a later failure is not this stage's
         run.tokenizer = None  # the run's own tokenizer is decided later
     if rebuilt.digest == champion.row["tokenizer_digest"]:
         logger.info("retrain: the champion's tokenizer was gone and is rebuilt (%s)",
