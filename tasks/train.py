@@ -27,7 +27,7 @@ from pathlib import Path
 from prefect import task
 
 from lm.checkpoints import read_info, resolve_init_from, weights_digest
-from lm.models.config import BigramCountConfig, ModelConfig, uses_word2vec, window_history
+from lm.models.config import ModelConfig, uses_word2vec, window_history
 from lm.tokenizer import load_tokenizer
 from lm.train_config import TrainConfig, TrainingError
 from storage.artifacts import ArtifactStore, Descriptor, reused
@@ -156,8 +156,9 @@ def train_task(
     # torch is imported here, not at module level: the flow imports this module on every run.
     import torch
 
+    from lm.evaluate import count_bigram_baseline
     from lm.machine import device_name
-    from lm.models.bigram_count import BigramCountModel, tuned_smoothing
+    from lm.models.bigram_count import tuned_smoothing
     from lm.models.registry import build_model
     from lm.train import Trainer, val_loss_of
 
@@ -189,8 +190,7 @@ def train_task(
         started = time.perf_counter()
         coverage: dict[str, float] = {}
         smoothing = tuned_smoothing(train_tokens, vocab_size)  # as the evaluate stage's
-        baseline = BigramCountModel(BigramCountConfig(smoothing=smoothing), vocab_size)
-        baseline.fit(_as_tensor(train_tokens))
+        baseline = count_bigram_baseline(train_tokens, vocab_size, smoothing)
         pieces = _piece_vectors(model, vectors, workspace, tokenizer, settings.seed, coverage)
         if settings.world_size > 1 and model.kind != "bigram-count":
             outcome = _train_with_torchrun(workspace, work, model, settings, shard_folder,
