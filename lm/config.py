@@ -14,7 +14,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
@@ -176,6 +176,13 @@ class TokenizerConfig(StrictModel):
     # (lossless, 256 more ids), or an error naming them.
     unknown_chars: Literal["unk", "bytes", "error"] = "unk"
     seed: int = 1
+
+    # Keys only SentencePiece reads, and the one only the char tokenizer reads.
+    SENTENCEPIECE_KEYS: ClassVar[tuple[str, ...]] = (
+        "vocab_size", "character_coverage", "byte_fallback", "user_defined_symbols",
+        "input_sentence_size", "max_sentence_length",
+    )  # fmt: skip
+    CHAR_KEYS: ClassVar[tuple[str, ...]] = ("unknown_chars",)
 
     def output_digest(self) -> str:
         """The digest of what decides the trained tokenizer: every setting but `threads`,
@@ -562,9 +569,41 @@ def parse_config(
     data: dict[str, Any], origin: str, overrides: list[str] | None = None
 ) -> PipelineConfig:
     try:
-        return PipelineConfig.model_validate(data)
+        settings = PipelineConfig.model_validate(data)
     except ValidationError as error:
         raise ConfigError(f"{origin}: {_describe(error, PipelineConfig, overrides)}") from None
+    problem = _tokenizer_keys_of_another_kind(data, settings.tokenizer.kind, overrides)
+    if problem:
+        raise ConfigError(f"{origin}: {problem}")
+    return settings
+
+
+def _tokenizer_keys_of_another_kind(
+    data: dict[str, Any], kind: str, overrides: list[str] | None
+) -> str | None:
+    """Keys written in `[tokenizer]` (or by `--set`) that its kind ignores: `vocab_size = 100`
+    on a char tokenizer (whose vocabulary is the train text's characters) changed nothing,
+    silently. Refused, as a model table's keys of another model kind are. Only keys as written
+    count: a stored config (every field, defaults too) is read again by retrain unchecked."""
+    table = data.get("tokenizer")
+    if not isinstance(table, dict):
+        return None
+    if kind == "char":
+        foreign, owners = TokenizerConfig.SENTENCEPIECE_KEYS, "kinds 'bpe' and 'unigram'"
+    else:
+        foreign, owners = TokenizerConfig.CHAR_KEYS, "kind 'char'"
+    written = [f"tokenizer.{key}" for key in foreign if key in table]
+    if not written:
+        return None
+    source = _from_overrides("tokenizer.kind", overrides).removeprefix(", ")
+    are = "are keys" if len(written) > 1 else "is a key"
+    them = "them" if len(written) > 1 else "it"
+    why = " (its vocabulary is the train text's characters)" if kind == "char" else ""
+    return (
+        f"tokenizer.kind is '{kind}'{f' ({source})' if source else ''}, but "
+        f"{', '.join(written)} {are} of {owners}, which a '{kind}' tokenizer ignores{why}: "
+        f"remove {them}"
+    )
 
 
 def _describe(

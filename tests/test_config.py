@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lm.config import ConfigError, load_config
+from lm.config import ConfigError, TokenizerConfig, load_config
 from tests.conftest import REPO, run_cli
 
 
@@ -171,6 +171,29 @@ def test_keys_left_from_another_model_kind_are_said_to_be_that_kind_s():
     )
 
 
+def test_tokenizer_keys_of_the_other_kind_are_refused_not_ignored():
+    # `vocab_size` on a char tokenizer changed nothing, silently: its vocabulary is the text's.
+    with pytest.raises(ConfigError) as caught:
+        load_config("names", ["tokenizer.vocab_size=100"])
+    assert str(caught.value).endswith(
+        "names.toml: tokenizer.kind is 'char', but tokenizer.vocab_size is a key of kinds 'bpe' "
+        "and 'unigram', which a 'char' tokenizer ignores (its vocabulary is the train text's "
+        "characters): remove it"
+    )
+    with pytest.raises(ConfigError, match=r"byte_fallback, tokenizer\.max_sentence_length are"):
+        load_config("names", ["tokenizer.byte_fallback=false", "tokenizer.max_sentence_length=9"])
+    # The names preset's `unknown_chars = "error"` is a char key: a bpe tokenizer ignores it.
+    with pytest.raises(ConfigError) as caught:
+        load_config("names", ["tokenizer.kind=bpe"])
+    said = str(caught.value)
+    assert "tokenizer.kind is 'bpe' (from --set tokenizer.kind=bpe), but tokenizer.unknown_" in said
+    # Keys every kind reads, and defaults not written, pass; so does a stored config (every
+    # field, as a run records it), which retrain validates again.
+    assert load_config("names", ["tokenizer.seed=3"]).tokenizer.seed == 3
+    char = load_config("default", ["tokenizer.kind=char"]).tokenizer
+    assert TokenizerConfig.model_validate(char.model_dump()) == char
+
+
 def test_a_model_without_a_known_kind_lists_the_kinds():
     kinds = "'bigram-count', 'bigram', 'mlp', 'w2v', 'gpt'"
     with pytest.raises(ConfigError, match=re.escape(f"'model' needs a kind (one of {kinds})")):
@@ -302,7 +325,6 @@ def test_a_vocabulary_too_small_for_the_byte_pieces_is_refused_at_load_time():
     with pytest.raises(ConfigError, match=re.escape("vocab_size (10) is too small: byte_fallback")):
         load_config("default", ["tokenizer.vocab_size=10"])
     load_config("default", ["tokenizer.vocab_size=10", "tokenizer.byte_fallback=false"])
-    load_config("names", ["tokenizer.vocab_size=10"])  # a char vocabulary comes from the data
 
 
 @pytest.mark.parametrize(
