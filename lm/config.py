@@ -31,7 +31,9 @@ class ConfigError(ValueError):
     """A configuration file or override that cannot be used; the message names the file."""
 
 
-SourceFormat = Literal["auto", "text", "jsonl", "parquet", "csv", "wikipedia", "census-names"]
+SourceFormat = Literal[
+    "auto", "text", "jsonl", "json", "parquet", "csv", "tsv", "wikipedia", "census-names"
+]
 
 
 class SourceConfig(StrictModel):
@@ -41,7 +43,9 @@ class SourceConfig(StrictModel):
 
     path: str
     format: SourceFormat = "auto"
-    text_field: str = Field("text", description="JSONL field or Parquet/CSV column with the text")
+    text_field: str = Field(
+        "text", description="JSON/JSONL field or Parquet/CSV/TSV column with the text"
+    )
     one_doc_per_line: bool = Field(False, description="each non-empty line is its own document")
 
     @field_validator("path")

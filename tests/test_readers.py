@@ -219,6 +219,57 @@ def test_a_jsonl_null_text_is_skipped_as_a_parquet_null_and_a_number_is_named(tm
         read(tmp_path, str(tmp_path / "b.jsonl"))
 
 
+def test_a_json_file_is_read_as_records_not_as_text(tmp_path):
+    """A `.json` file was plain text: its braces, quotes and field names went into the corpus."""
+    (tmp_path / "array.json").write_text(json.dumps(
+        [{"text": "first", "id": 1}, {"text": None}, {"text": "second\nline"}], indent=2
+    ))  # fmt: skip
+    docs = read(tmp_path, str(tmp_path / "array.json"))
+    assert [(d.text, d.source) for d in docs] == [
+        ("first", f"{tmp_path / 'array.json'}#0"), ("second\nline", f"{tmp_path / 'array.json'}#2")
+    ]  # fmt: skip
+    (tmp_path / "strings.json").write_text('["one text", "another text"]')
+    assert [d.text for d in read(tmp_path, str(tmp_path / "strings.json"))] == [
+        "one text", "another text"
+    ]  # fmt: skip
+    (tmp_path / "one.json").write_text('{\n  "body": "a whole record",\n  "n": 3\n}\n')
+    spec = SourceConfig(path=str(tmp_path / "one.json"), text_field="body")
+    assert [d.text for d in read(tmp_path, spec)] == ["a whole record"]
+    # JSON Lines under a .json name (Hugging Face datasets' to_json), a BOM before it.
+    (tmp_path / "lines.json").write_bytes(b'\xef\xbb\xbf{"text": "a"}\n{"text": "b"}\n')
+    docs = read(tmp_path, str(tmp_path / "lines.json"))
+    assert [(d.text, d.source) for d in docs] == [
+        ("a", f"{tmp_path / 'lines.json'}:1"), ("b", f"{tmp_path / 'lines.json'}:2")
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ('[{"text": "a"},\n {"text": "b"]', r"bad\.json:2: not valid JSON \(Expecting"),
+        ('[{"text": "a"}, {"body": "b"}]', r"bad\.json#1: no field 'text' \(found: body\)"),
+        ('[{"text": "a"}, 7]', r"bad\.json#1: no field 'text' \(found: int\)"),
+        ('{"text": ["a"]}', r"bad\.json:1: field 'text' holds \[\"a\"\] \(list\)"),
+    ],
+)
+def test_a_bad_json_file_is_an_error_naming_the_file_and_place(tmp_path, content, problem):
+    (tmp_path / "bad.json").write_text(content)
+    with pytest.raises(InputError, match=problem):
+        read(tmp_path, str(tmp_path / "bad.json"))
+
+
+def test_a_tsv_file_is_read_by_its_column_with_tabs_between_fields(tmp_path):
+    (tmp_path / "d.tsv").write_text('id\ttext\n1\ta text, with a comma\n2\t"quoted\tfield"\n')
+    docs = read(tmp_path, str(tmp_path / "d.tsv"))
+    assert [(d.text, d.source) for d in docs] == [
+        ("a text, with a comma", f"{tmp_path / 'd.tsv'}:2"),
+        ("quoted\tfield", f"{tmp_path / 'd.tsv'}:3"),
+    ]
+    (tmp_path / "e.tsv").write_text('id\ttext\n1\t"open\n')
+    with pytest.raises(InputError, match=r"e\.tsv:2: malformed TSV .* never closes"):
+        read(tmp_path, str(tmp_path / "e.tsv"))
+
+
 def test_empty_files_of_any_kind_are_skipped_with_a_warning(tmp_path, caplog):
     """An empty .csv in a folder failed the whole ingest ("no column 'text' (columns: )")."""
     for name in ("a.csv", "b.jsonl", "c.txt", "d.jsonl.gz"):

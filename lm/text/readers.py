@@ -20,7 +20,7 @@ import re
 import sys
 import zlib
 from collections.abc import Iterator
-from typing import BinaryIO, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -71,6 +71,10 @@ def detect_format(item: ResolvedInput, stream: BinaryIO) -> str:
         return "parquet"
     if name.endswith(".csv"):
         return "csv"
+    if name.endswith(".tsv"):
+        return "tsv"
+    if name.endswith(".json"):
+        return "json"
     if _skip_xml_prolog(_peek(stream)).startswith(b"<mediawiki"):
         return "wikipedia"
     return "text"
@@ -176,8 +180,10 @@ def read_documents(
         fmt = detect_format(item, stream)
         if fmt == "parquet":
             yield from _read_parquet(item, stream, encoding_errors, replaced)
-        elif fmt == "csv":
-            yield from _read_csv(item, stream, encoding_errors, replaced)
+        elif fmt in ("csv", "tsv"):
+            yield from _read_csv(item, stream, encoding_errors, replaced, fmt)
+        elif fmt == "json":
+            yield from _read_json(item, stream, encoding_errors, replaced)
         elif fmt == "jsonl":
             yield from _read_jsonl(item, stream, encoding_errors, replaced)
         elif fmt == "census-names":
@@ -357,31 +363,92 @@ def _read_jsonl(
             raise InputError(
                 f"{item.name}:{line_no}: the line is not valid JSON ({reason})"
             ) from None
-        if not isinstance(record, dict) or field not in record:
-            found = ", ".join(record) if isinstance(record, dict) else type(record).__name__
-            raise InputError(
-                f"{item.name}:{line_no}: no field '{field}' (found: {found}); "
-                "set text_field on this source"
-            )
+        where = f"{item.name}:{line_no}"
+        text = _record_text(record, where, field, encoding_errors, replaced)
+        if text is not None and text.strip():
+            yield RawDocument(where, item.name, text, "plain")
+
+
+def _record_text(
+    record: Any, where: str, field: str, encoding_errors: str, replaced: Replacements,
+    strings: bool = False,
+) -> str | None:  # fmt: skip
+    """The text of one JSON record: its `field`, a string (None for a null: no text, as a
+    Parquet null or an empty line). `strings`: a bare string is a record too (a JSON array of
+    texts)."""
+    if strings and isinstance(record, str):
+        text = record
+    elif not isinstance(record, dict) or field not in record:
+        found = ", ".join(record) if isinstance(record, dict) else type(record).__name__
+        raise InputError(
+            f"{where}: no field '{field}' (found: {found}); set text_field on this source"
+        )
+    else:
         text = record[field]
-        if text is None:  # no text, as a Parquet null or an empty line: nothing to read
-            continue
-        if not isinstance(text, str):
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise InputError(
+            f"{where}: field '{field}' holds {json.dumps(text)[:40]} "
+            f"({type(text).__name__}), not a string"
+        )
+    if surrogate := UNPAIRED_SURROGATE.search(text):
+        if encoding_errors == "strict":
             raise InputError(
-                f"{item.name}:{line_no}: field '{field}' holds {json.dumps(text)[:40]} "
-                f"({type(text).__name__}), not a string"
+                f"{where}: field '{field}' holds an unpaired surrogate "
+                f"(\\u{ord(surrogate.group()):04x}); fix the file or set "
+                'ingest.encoding_errors = "replace" to substitute U+FFFD'
             )
-        if surrogate := UNPAIRED_SURROGATE.search(text):
-            if encoding_errors == "strict":
-                raise InputError(
-                    f"{item.name}:{line_no}: field '{field}' holds an unpaired surrogate "
-                    f"(\\u{ord(surrogate.group()):04x}); fix the file or set "
-                    'ingest.encoding_errors = "replace" to substitute U+FFFD'
-                )
-            replaced.note(f"{item.name}:{line_no}", f"unpaired surrogate in field '{field}'")
-            text = UNPAIRED_SURROGATE.sub("\ufffd", text)
-        if text.strip():
-            yield RawDocument(f"{item.name}:{line_no}", item.name, text, "plain")
+        replaced.note(where, f"unpaired surrogate in field '{field}'")
+        text = UNPAIRED_SURROGATE.sub("\ufffd", text)
+    return text
+
+
+def _read_json(
+    item: ResolvedInput, stream: BinaryIO, encoding_errors: str, replaced: Replacements
+) -> Iterator[RawDocument]:
+    """A `.json` input. Many exporters (Hugging Face datasets' `to_json`, pandas with
+    `lines=True`) write JSON Lines under that name: read as such when its first line is a whole
+    JSON object. Otherwise one JSON document: an array of records (or of strings), each a
+    document labelled by its index, or one record. Read as plain text, its braces, quotes and
+    field names went into the corpus."""
+    head = _peek(stream)
+    wide = _wide_bom(head)
+    if wide is None:
+        start = head.removeprefix(codecs.BOM_UTF8).lstrip()
+        first_line = start.split(b"\n", 1)[0]
+        if start.startswith(b"{") and (len(first_line) == len(start) or _is_json(first_line)):
+            yield from _read_jsonl(item, stream, encoding_errors, replaced)
+            return
+    encoding = _codec_reading_its_bom(wide) if wide else "utf-8"
+    content = _decode(stream.read(), item, encoding_errors, None, replaced, encoding)
+    try:
+        document = json.loads(content.removeprefix("\ufeff"))
+    except json.JSONDecodeError as error:
+        reason = error.msg.removesuffix(" at")
+        raise InputError(
+            f"{item.name}:{error.lineno}: not valid JSON ({reason} at column {error.colno}); "
+            "a file of one JSON value per line reads as JSON Lines: name it .jsonl"
+        ) from None
+    field = item.spec.text_field
+    if not isinstance(document, list):
+        text = _record_text(document, item.name, field, encoding_errors, replaced)
+        if text is not None and text.strip():
+            yield RawDocument(item.name, item.name, text, "plain")
+        return
+    for index, record in enumerate(document):
+        where = f"{item.name}#{index}"
+        text = _record_text(record, where, field, encoding_errors, replaced, strings=True)
+        if text is not None and text.strip():
+            yield RawDocument(where, item.name, text, "plain")
+
+
+def _is_json(data: bytes) -> bool:
+    try:
+        json.loads(data)
+    except ValueError:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not UTF-8
+        return False
+    return True
 
 
 def _read_parquet(
@@ -460,11 +527,13 @@ def _is_text_type(column_type: pa.DataType) -> bool:
 
 
 def _read_csv(
-    item: ResolvedInput, stream: BinaryIO, encoding_errors: str, replaced: Replacements
-) -> Iterator[RawDocument]:
+    item: ResolvedInput, stream: BinaryIO, encoding_errors: str, replaced: Replacements,
+    fmt: str = "csv",
+) -> Iterator[RawDocument]:  # fmt: skip
     """One document per record, from the text column. A record is labelled with the line it
     starts on. Damage is an error naming the line, never a silent loss: a quote that never
-    closes (it would swallow every record after it), a record too short to reach the column."""
+    closes (it would swallow every record after it), a record too short to reach the column.
+    `tsv`: fields separated by tabs, quoted as in CSV (as pandas and spreadsheets write it)."""
     field = item.spec.text_field
     csv.field_size_limit(sys.maxsize)
     wide = _wide_bom(_peek(stream))
@@ -478,7 +547,7 @@ def _read_csv(
     label = encoding.upper().removesuffix("-SIG")
     line = 0  # lines read: the next record starts on the line after
     try:
-        reader = csv.reader(text_stream, strict=True)
+        reader = csv.reader(text_stream, strict=True, delimiter="\t" if fmt == "tsv" else ",")
         header = [_unescaped(name) for name in next(reader, [])]
         if field not in header:
             raise InputError(
@@ -514,8 +583,8 @@ def _read_csv(
         ) from None
     except csv.Error as error:
         raise InputError(
-            f"{item.name}:{line + 1}: malformed CSV in the record that starts on this line "
-            f"({_csv_problem(error)})"
+            f"{item.name}:{line + 1}: malformed {fmt.upper()} in the record that starts on "
+            f"this line ({_csv_problem(error)})"
         ) from None
     finally:
         text_stream.detach()
