@@ -475,6 +475,23 @@ def test_jsonl_and_csv_in_utf16_or_utf32_with_a_bom_are_read(tmp_path, encoding)
     ]  # fmt: skip
 
 
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+def test_utf16_without_a_byte_order_mark_is_read_not_skipped_as_binary(
+    tmp_path, encoding, caplog
+):
+    # Windows' "Unicode" without a signature: skipped as binary (text), or "not valid JSON".
+    (tmp_path / "a.txt").write_bytes("Grüße aus Köln, 𝄞 and more\n".encode(encoding))
+    (tmp_path / "b.jsonl").write_bytes('{"text": "ünï"}\n{"text": "two"}\n'.encode(encoding))
+    (tmp_path / "c.csv").write_bytes('id,text\n1,"ünï\nline"\n'.encode(encoding))
+    (tmp_path / "d.bin").write_bytes(bytes([1, 0, 2, 0, 0, 0, 3, 0]) * 100)  # binary: NUL pairs
+    with caplog.at_level(logging.WARNING, logger="lm.text.readers"):
+        docs = read(tmp_path, str(tmp_path))
+    assert [d.text for d in docs] == ["Grüße aus Köln, 𝄞 and more\n", "ünï", "two", "ünï\nline"]
+    label = encoding.upper()
+    assert f"{tmp_path / 'a.txt'}: read as {label} (it has no byte-order mark)" in caplog.text
+    assert f"{tmp_path / 'd.bin'}: skipped, it looks like a binary file" in caplog.text
+
+
 def test_parquet_invalid_utf8_names_the_row_unless_replace_is_asked(tmp_path, caplog):
     # Parquet promises UTF-8 but a writer may not check: pyarrow's own error named no file.
     values = pa.array([b"fine", None, b"caf\xe9"], pa.binary()).view(pa.string())

@@ -139,6 +139,52 @@ class _ArrowReader(io.RawIOBase):
         return len(data)
 
 
+class _Prefixed(io.RawIOBase):
+    """`prefix`, then the rest of `stream`: a UTF-16 file without its byte-order mark read as
+    if it had one, so every reader's BOM handling applies."""
+
+    def __init__(self, prefix: bytes, stream: BinaryIO):
+        self.prefix, self.stream = prefix, stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self.prefix:
+            data, self.prefix = self.prefix[: len(buffer)], self.prefix[len(buffer) :]
+        else:
+            data = self.stream.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _bomless_utf16(head: bytes) -> tuple[bytes, str] | None:
+    """The BOM a UTF-16 file without one would have had, and its byte order's name, or None.
+    Windows tools write such files ("Unicode" without a signature); their Latin text has a NUL
+    in every other byte, so they were skipped as binary (text) or failed as "not valid JSON" or
+    "no column" (JSON, CSV). Said only when one byte of each pair is NUL half the time or more,
+    the other never, and the head decodes to printable text."""
+    head = head[: len(head) // 2 * 2]
+    if len(head) < 4:
+        return None
+    even, odd = head[0::2], head[1::2]
+    for zeros, others, bom, encoding in (
+        (odd, even, codecs.BOM_UTF16_LE, "utf-16-le"),
+        (even, odd, codecs.BOM_UTF16_BE, "utf-16-be"),
+    ):
+        if others.count(0) == 0 and zeros.count(0) * 2 >= len(zeros):
+            try:  # the head may end inside a surrogate pair: one code unit less
+                text = head.decode(encoding) if head else ""
+            except UnicodeDecodeError:
+                try:
+                    text = head[:-2].decode(encoding)
+                except UnicodeDecodeError:
+                    return None
+            if all(char.isprintable() or char in "\t\n\r" for char in text):
+                return bom, encoding
+    return None
+
+
 def _peek(stream: BinaryIO) -> bytes:
     try:
         return stream.peek(SNIFF_BYTES)[:SNIFF_BYTES]  # type: ignore[attr-defined]
@@ -178,6 +224,12 @@ def read_documents(
             logger.warning("%s: empty, skipped", item.name)
             return
         fmt = detect_format(item, stream)
+        if fmt in ("text", "json", "jsonl", "csv", "tsv") and (
+            bomless := _bomless_utf16(_peek(stream))
+        ):
+            logger.warning("%s: read as %s (it has no byte-order mark)", item.name,
+                           bomless[1].upper())  # fmt: skip
+            stream = io.BufferedReader(_Prefixed(bomless[0], stream))  # type: ignore[assignment]
         if fmt == "parquet":
             yield from _read_parquet(item, stream, encoding_errors, replaced)
         elif fmt in ("csv", "tsv"):
