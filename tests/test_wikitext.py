@@ -25,6 +25,13 @@ def test_empty_template_parameter_is_not_read_as_a_table_end():
     assert remove_templates_and_tables("x {{a|}} y") == "x  y"
 
 
+def test_template_parameters_disappear_whole_inside_templates_or_alone():
+    # `{{{1|default}}}` left a stray `}`: its `{{` and `}}` matched, the third brace stayed.
+    assert strip_wikitext("A {{{1|default}}} b, x {{a|{{{2|y}}}}} z.") == "A  b, x  z."
+    # `}}}}` closing two templates is still two `}}`, not a parameter's closer and a stray.
+    assert remove_templates_and_tables("p {{a|{{b}}}} q {{c|{{{d}}}}} r") == "p  q  r"
+
+
 def test_unclosed_template_drops_only_its_opener():
     assert "kept text" in remove_templates_and_tables("before {{broken kept text")
 
@@ -32,32 +39,36 @@ def test_unclosed_template_drops_only_its_opener():
 def removed_the_recursive_way(text: str) -> str:
     """The first definition of template removal, kept as the reference: scan; if an opener is
     never closed, drop it alone and scan what follows it again, recursively."""
-    tokens = re.compile(r"(?=(\{\{|\}\}|\{\||\|\}))")
+    tokens = re.compile(r"(?=(\{\{\{|\}\}\}|\{\{|\}\}|\{\||\|\}))")
     kept, stack, keep_from, cursor = [], [], 0, 0
     for match in tokens.finditer(text):
         position, token = match.start(), match.group(1)
         if position < cursor:
             continue
-        if token in ("{{", "{|"):
+        opened = stack[-1][0] if stack else None
+        if token == "}}}" and opened == "{{":
+            token = "}}"
+        if token in ("{{{", "{{", "{|"):
             if not stack:
                 kept.append(text[keep_from:position])
             stack.append((token, position))
-        elif stack and (token, stack[-1][0]) in (("}}", "{{"), ("|}", "{|")):
+        elif (token, opened) in (("}}}", "{{{"), ("}}", "{{"), ("|}", "{|")):
             stack.pop()
             if not stack:
-                keep_from = position + 2
+                keep_from = position + len(token)
         else:
             continue
-        cursor = position + 2
+        cursor = position + len(token)
     if stack:
-        kept.append(removed_the_recursive_way(text[stack[0][1] + 2 :]))
+        opener, position = stack[0]
+        kept.append(removed_the_recursive_way(text[position + len(opener) :]))
     else:
         kept.append(text[keep_from:])
     return "".join(kept)
 
 
 def test_template_removal_equals_the_recursive_definition_on_random_markup():
-    pieces = ["{{", "}}", "{|", "|}", "{", "}", "|", "a", "b ", "|}}", "{{{"]
+    pieces = ["{{", "}}", "{|", "|}", "{", "}", "|", "a", "b ", "|}}", "{{{", "}}}"]
     rng = random.Random(7)
     unclosed = 0
     for _ in range(3000):

@@ -25,8 +25,9 @@ _DROPPED_BLOCK_OPENER = re.compile(
 _REF_SELF_CLOSING = re.compile(r"<ref\b[^<>]*/>", re.IGNORECASE)
 _REF_OPENER = re.compile(r"<(ref)\b[^<>]*>", re.IGNORECASE)
 _REFERENCES_OPENER = re.compile(r"<(references)\b[^<>]*>", re.IGNORECASE)
-# Every position where a template or table opens or closes, overlaps included ('|}}' holds both).
-_BRACKET_TOKEN = re.compile(r"(?=(\{\{|\}\}|\{\||\|\}))")
+# Every position where a template parameter, template or table opens or closes, overlaps
+# included ('|}}' holds both; a parameter's `{{{` is tried before a template's `{{`).
+_BRACKET_TOKEN = re.compile(r"(?=(\{\{\{|\}\}\}|\{\{|\}\}|\{\||\|\}))")
 _LINK_BRACKET = re.compile(r"\[\[|\]\]")
 # Links that never show text where they stand: files (their captions belong to the picture)
 # and categories, under the namespace names of the larger Wikipedias too.
@@ -107,7 +108,8 @@ def _drop_blocks(text: str, opener: re.Pattern[str], unclosed: str = "keep") -> 
 
 
 def remove_templates_and_tables(text: str) -> str:
-    """Drop every `{{template}}` and `{| table |}`, however they nest in each other.
+    """Drop every `{{template}}`, `{{{parameter}}}` and `{| table |}`, however they nest in
+    each other.
 
     A `|}` closes a table only when a table is the innermost open construct, so `{{a|}}` (an empty
     template parameter) is read as a template. An opener that is never closed is dropped alone,
@@ -124,14 +126,18 @@ def remove_templates_and_tables(text: str) -> str:
         if position < cursor:
             continue
         token = match.group(1)
-        if token in ("{{", "{|"):
+        opened = stack[-1][0] if stack else None
+        if token in ("{{{", "{{", "{|"):
             stack.append((token, position))
-        elif stack and (token, stack[-1][0]) in (("}}", "{{"), ("|}", "{|")):
+        elif (token, opened) in (("}}}", "{{{"), ("}}", "{{"), ("|}", "{|")):
+            removed.append((stack.pop()[1], position + len(token)))
+        elif token == "}}}" and opened == "{{":  # `{{a|{{b}}}}`: the inner template's `}}`
+            token = "}}"
             removed.append((stack.pop()[1], position + 2))
         else:
             continue  # a closer with nothing to close: ordinary text
-        cursor = position + 2
-    removed.extend((position, position + 2) for _, position in stack)
+        cursor = position + len(token)
+    removed.extend((position, position + len(token)) for token, position in stack)
     removed.sort()
     kept: list[str] = []
     keep_from = 0
