@@ -476,9 +476,7 @@ def test_jsonl_and_csv_in_utf16_or_utf32_with_a_bom_are_read(tmp_path, encoding)
 
 
 @pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
-def test_utf16_without_a_byte_order_mark_is_read_not_skipped_as_binary(
-    tmp_path, encoding, caplog
-):
+def test_utf16_without_a_byte_order_mark_is_read_not_skipped_as_binary(tmp_path, encoding, caplog):
     # Windows' "Unicode" without a signature: skipped as binary (text), or "not valid JSON".
     (tmp_path / "a.txt").write_bytes("Grüße aus Köln, 𝄞 and more\n".encode(encoding))
     (tmp_path / "b.jsonl").write_bytes('{"text": "ünï"}\n{"text": "two"}\n'.encode(encoding))
