@@ -609,7 +609,13 @@ def corpus_stats(
 @tokenizers_app.command("compare")
 def tokenizers_compare(
     vocab_size: Annotated[int, typer.Option(min=2, help="the vocabulary size of both")] = 4000,
-    digest: Annotated[str | None, typer.Option(help="a corpus version (default: newest)")] = None,
+    digest: Annotated[
+        str | None,
+        typer.Option(
+            help="the digest (or a prefix) of the corpus version to train on (default: the "
+            "newest; `corpus stats` lists them)"
+        ),
+    ] = None,
     train_steps: Annotated[
         int,
         typer.Option(
