@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -19,7 +20,7 @@ from rich.text import Text
 
 from flows.generate_cli import chat_command, generate_command
 from flows.prune_cli import prune_command
-from flows.runs_cli import runs_app
+from flows.runs_cli import MAX_COUNT, runs_app
 from flows.serve import serve_command
 from flows.train_join_cli import train_join_command
 from storage.pending_outcome import OUTCOME_FILE
@@ -50,6 +51,12 @@ errors = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 SQL_MAX_ROWS = 1000  # `lmforge sql` shows this many rows unless told otherwise
 
 
+class SqlFormat(StrEnum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
 @app.callback()
 def _check_workspace() -> None:
     # A workspace that is a file would read as "no registry yet" to every command.
@@ -78,8 +85,8 @@ def _table(columns: list[str], rows: list[tuple], title: str | None = None) -> T
     """A table of values shown as they are: a `[final]` in a path or a query's result is text,
     not Rich markup to swallow."""
     table = Table(title=title and escape(title), title_justify="left")
-    for column in columns:
-        table.add_column(escape(column))
+    for column in columns:  # wrapped, not cut with "…": a run id or digest must stay whole
+        table.add_column(escape(column), overflow="fold")
     for row in rows:
         table.add_row(*(Text("" if value is None else str(value)) for value in row))
     return table
@@ -528,31 +535,56 @@ def report(
 def sql(
     query: Annotated[str, typer.Argument(help="a DuckDB SQL query (read-only)")],
     max_rows: Annotated[
-        int, typer.Option(min=0, help="rows to show at most (0: every row)")
+        int, typer.Option(min=0, max=MAX_COUNT, help="rows to show at most (0: every row)")
     ] = SQL_MAX_ROWS,
+    output: Annotated[
+        SqlFormat,
+        typer.Option("--format", help="a table, or every value whole: CSV, or JSON Lines"),
+    ] = SqlFormat.table,
 ) -> None:
     """Query the registry (runs, stages, metrics, datasets, ...) and the corpus (`corpus`,
     `clean_corpus`, `corpus_versions`) with SQL. Nothing can be changed from here. A result
     longer than --max-rows shows its first rows and says so: a table of a whole metrics log
-    takes minutes and gigabytes to draw."""
+    takes minutes and gigabytes to draw. Several statements (`;`) show a result each."""
     import duckdb
 
-    from storage.query import run_query, sql_session
+    from storage.query import run_queries, sql_session
     from storage.registry import RegistryError
 
     workspace = activate_workspace()
     try:
         with sql_session(_registry(), workspace.root) as connection:
-            result = run_query(connection, query)
-            columns = [d[0] for d in result.description] if result.description else []
-            rows = result.fetchmany(max_rows + 1) if max_rows else result.fetchall()
+            for number, result in enumerate(run_queries(connection, query)):
+                columns = [d[0] for d in result.description] if result.description else []
+                rows = result.fetchmany(max_rows + 1) if max_rows else result.fetchall()
+                cut = bool(max_rows) and len(rows) > max_rows
+                if number and output is SqlFormat.table:
+                    console.print()
+                _print_result(output, columns, rows[:max_rows] if cut else rows)
+                if cut:
+                    errors.print(f"the first {max_rows:,} rows are shown, and there are more: add "
+                                 "a LIMIT or a WHERE, or pass --max-rows 0 for every row",
+                                 highlight=False)  # fmt: skip
     except (RegistryError, duckdb.Error) as error:
         raise _fail(str(error)) from None
-    cut = bool(max_rows) and len(rows) > max_rows
-    console.print(_table(columns, rows[:max_rows] if cut else rows))
-    if cut:
-        errors.print(f"the first {max_rows:,} rows are shown, and there are more: add a LIMIT "
-                     "or a WHERE, or pass --max-rows 0 for every row", highlight=False)  # fmt: skip
+
+
+def _print_result(output: SqlFormat, columns: list[str], rows: list[tuple]) -> None:
+    """A query's result on stdout: a table for reading, or CSV / JSON Lines (one object per
+    row) for a program, every value whole (a table wraps a long one to the terminal)."""
+    if output is SqlFormat.table:
+        console.print(_table(columns, rows))
+        return
+    if output is SqlFormat.csv:
+        import csv
+
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(["" if value is None else value for value in row] for row in rows)
+        return
+    for row in rows:
+        record = dict(zip(columns, row, strict=True))
+        sys.stdout.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
 
 
 @corpus_app.command("stats")

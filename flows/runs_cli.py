@@ -36,6 +36,7 @@ DATA_METRICS = (
     "retrain/promoted", "retrain/candidate_val_bpb", "retrain/champion_val_bpb",
 )  # fmt: skip
 ABSENT = "—"
+MAX_COUNT = 2**62  # a count option's bound: larger ones overflowed DuckDB's 64-bit integers
 
 
 def parse_since(text: str, now: datetime | None = None) -> datetime:
@@ -125,7 +126,9 @@ def runs_list(
     model_kind: Annotated[
         str | None, typer.Option(help="only runs that trained a model of this kind (gpt, mlp, …)")
     ] = None,
-    limit: Annotated[int, typer.Option(min=1, help="how many of the newest runs")] = 20,
+    limit: Annotated[
+        int, typer.Option(min=1, max=MAX_COUNT, help="how many of the newest runs")
+    ] = 20,
 ) -> None:
     """List runs, newest first: status, config, corpus, models and their best val bits/byte."""
     if context.invoked_subcommand is not None:

@@ -96,7 +96,23 @@ def _add_corpus_views(connection: duckdb.DuckDBPyConnection, parquet_path: str) 
 
 def run_query(connection: duckdb.DuckDBPyConnection, query: str) -> duckdb.DuckDBPyConnection:
     """Run `query` if every statement in it only reads; RegistryError names one that does not,
-    by its own first word (DuckDB files INSTALL under LOAD and USE under SET)."""
+    by its own first word (DuckDB files INSTALL under LOAD and USE under SET). The result is
+    the last statement's: `run_queries` gives each."""
+    reading_statements(connection, query)
+    return connection.execute(query)
+
+
+def run_queries(
+    connection: duckdb.DuckDBPyConnection, query: str
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Each statement of `query` run in turn, once all are known to only read; each result is
+    to be read before the next is asked for (`SELECT 1; SELECT 2` showed only the second)."""
+    for statement in reading_statements(connection, query):
+        yield connection.execute(statement)
+
+
+def reading_statements(connection: duckdb.DuckDBPyConnection, query: str) -> list:
+    """The statements of `query`, or RegistryError for the first that does not only read."""
     statements = connection.extract_statements(query)
     if not statements:
         raise RegistryError('no SQL statement given (try `lmforge sql "SHOW TABLES"`)')
@@ -107,34 +123,35 @@ def run_query(connection: duckdb.DuckDBPyConnection, query: str) -> duckdb.DuckD
                 f"`lmforge sql` is read-only: {refused} statements are refused (it runs SELECT, "
                 "WITH, SHOW, DESCRIBE, SUMMARIZE, EXPLAIN and PIVOT)"
             )
-    return connection.execute(query)
+    return statements
 
 
 def _first_writing(connection: duckdb.DuckDBPyConnection, statement) -> str | None:
     """The name of what `statement` would run that does not only read, None if it only reads.
-    `EXPLAIN ANALYZE` runs the statement it explains, so that one is checked too; a `WITH`
-    clause in front names the statement it leads to (DELETE, not WITH)."""
+    An EXPLAIN is judged by the statement it explains: `EXPLAIN ANALYZE` runs it, and so does
+    `EXPLAIN (ANALYZE)`, the option-list form (a COPY under it overwrote a corpus file). A
+    `WITH` clause in front names the statement it leads to (DELETE, not WITH)."""
     kind = statement.type.name
     if kind == "EXPLAIN":
-        analyzed = re.match(
-            r"\s*explain\s+analy[sz]e\b(.*)", _without_comments(statement.query),
+        explained = re.match(
+            r"\s*explain\b\s*(?:analy[sz]e\b)?(.*)", _without_comments(statement.query),
             flags=re.IGNORECASE | re.DOTALL,
         )  # fmt: skip
-        if analyzed is None:  # a plan alone runs nothing
-            return None
-        rest = analyzed.group(1)
-        # What it runs: the rest, or the rest past an option list (`(FORMAT json)`).
-        for explained in (rest, re.sub(r"^\s*\([^)]*\)", "", rest)):
+        rest = explained.group(1) if explained else ""
+        # What it runs: the rest, or the rest past an option list (`(ANALYZE, FORMAT json)`);
+        # a parenthesised subquery looks alike, so each reading that parses is judged.
+        readings = 0
+        for text in (rest, re.sub(r"^\s*\([^)]*\)", "", rest)):
             try:
-                inner = connection.extract_statements(explained)
+                inner = connection.extract_statements(text)
             except duckdb.Error:
                 continue
+            readings += bool(inner)
             for part in inner:
                 refused = _first_writing(connection, part)
                 if refused is not None:
-                    return f"EXPLAIN ANALYZE of {refused}"
-            return None
-        return "EXPLAIN ANALYZE of an unreadable"  # parsed whole, so not expected
+                    return f"EXPLAIN of {refused}"
+        return None if readings else "EXPLAIN of an unreadable"
     if kind in READING_STATEMENTS:
         return None
     words = _without_comments(statement.query).split()

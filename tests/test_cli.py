@@ -109,6 +109,19 @@ def test_sql_is_read_only(workspace, tmp_path):
         assert result.returncode == 1 and said in result.stderr and not result.stdout
     unknown = run_cli("runs", "show", "[final]", check=False)
     assert "no run with an id starting '[final]'" in unknown.stderr
+    # Several statements show a result each (only the last was shown); values stay whole in a
+    # table too narrow for them (cut with "…" before), and CSV / JSON Lines give them as data.
+    digest = run_cli("sql", "SELECT corpus_digest FROM runs").stdout
+    both = run_cli("sql", "SELECT 'first' AS a; SELECT corpus_digest FROM runs").stdout
+    assert "first" in both and "corpus_digest" in both and "…" not in digest + both
+    [stored] = [row[0] for row in RunRegistry(workspace.registry_path).query(
+        "SELECT corpus_digest FROM runs")[1]]  # fmt: skip
+    assert stored in digest.replace("│", "").replace("\n", "").replace(" ", "")
+    csv = run_cli("sql", "--format", "csv", "SELECT 'a,b' AS x, NULL AS y; SELECT 2 AS z").stdout
+    assert csv == 'x,y\n"a,b",\nz\n2\n'
+    lines = run_cli("sql", "--format", "json", "SELECT run_id, started_at FROM runs").stdout
+    [record] = [json.loads(line) for line in lines.splitlines()]
+    assert record["run_id"].startswith("2") and record["started_at"][:2] == "20"
     # DuckDB writes files too: over the corpus Parquet, or a new database beside it.
     [parquet] = workspace.corpus.glob("*/documents.parquet")
     before = parquet.read_bytes()
@@ -117,6 +130,8 @@ def test_sql_is_read_only(workspace, tmp_path):
         (f"ATTACH '{tmp_path / 'new.duckdb'}' AS n", "ATTACH"),
         (f"EXPORT DATABASE '{tmp_path / 'export'}'", "EXPORT"),
         ("SELECT 1; COPY runs TO 'runs.csv'", "COPY"),
+        # `EXPLAIN (ANALYZE)` runs what it explains, as `EXPLAIN ANALYZE` does.
+        (f"EXPLAIN (ANALYZE) COPY (SELECT 1 AS x) TO '{parquet}'", "EXPLAIN of COPY"),
     ):
         result = run_cli("sql", statement, check=False)
         assert result.returncode == 1 and f"read-only: {kind} statements" in result.stderr
