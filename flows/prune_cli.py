@@ -26,9 +26,17 @@ def prune_command(
     folders, with their sizes; `--yes` removes them. What a running process uses is never
     listed."""
     workspace = Workspace.from_env()
-    if yes:
-        _record_crashed_runs(workspace)
+    recorded = _record_crashed_runs(workspace) if yes else True
     leftovers = find_leftovers(workspace) if workspace.root.is_dir() else []
+    if not recorded:  # a crashed run's curve is in its training's work folder: kept for it
+        kept = [leftover for leftover in leftovers if leftover.kind == INTERRUPTED]
+        leftovers = [leftover for leftover in leftovers if leftover.kind != INTERRUPTED]
+        if kept:
+            console.print(
+                f"kept {len(kept)} interrupted trainings: a crashed run's record reads its "
+                "curve from them; `lmforge prune --yes` again once the registry can be written",
+                markup=False, highlight=False,
+            )  # fmt: skip
     if not leftovers:
         console.print(f"nothing to prune in {workspace.root}", markup=False, highlight=False)
         return
@@ -60,21 +68,24 @@ def prune_command(
     console.print(f"removed {len(removed)} folders, {freed}", highlight=False)
 
 
-def _record_crashed_runs(workspace: Workspace) -> None:
+def _record_crashed_runs(workspace: Workspace) -> bool:
     """Record this machine's runs whose process died, as the next run would: a crashed run's
-    record reads its time and its training's curve from the work folder that pruning removes."""
+    record reads its time and its training's curve from the work folder that pruning removes.
+    False when they could not be (the registry held open, or damaged)."""
     from storage.processes import pid_alive, this_host
     from storage.registry import RegistryError, RunRegistry
 
     if not workspace.registry_path.is_file():
-        return
+        return True
     try:
         RunRegistry(workspace.registry_path).close_abandoned_runs(
             this_host(), pid_alive, workspace.runs
         )
-    except RegistryError as error:  # pruning frees disk even so; the next run says it again
+    except RegistryError as error:  # other leftovers are freed even so
         console.print(f"warning: crashed runs not recorded first: {error}", markup=False,
                       highlight=False)  # fmt: skip
+        return False
+    return True
 
 
 def _size(size: float) -> str:

@@ -74,7 +74,9 @@ def test_a_prune_cut_short_is_finished_by_the_next(tmp_path):
     assert remove_leftover(leftover) and not half.exists()
 
 
-def test_lmforge_prune_lists_then_removes_the_training_a_killed_run_left(workspace, tmp_path):
+def test_lmforge_prune_lists_then_removes_the_training_a_killed_run_left(
+    workspace, tmp_path, monkeypatch
+):
     import signal
     import time
 
@@ -105,6 +107,24 @@ def test_lmforge_prune_lists_then_removes_the_training_a_killed_run_left(workspa
     listed = " ".join(run_cli("prune").stdout.split())
     assert "interrupted training" in listed and work.name in listed and work.is_dir()
     assert "lmforge prune --yes removes them" in listed.replace("`", "")
+    # A registry another process holds open: the crashed run cannot be recorded, so its
+    # training's curve (the work folder) is kept for the next prune; it was removed, for good.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys, time; held = duckdb.connect(sys.argv[1], "
+         "read_only=True); print('open', flush=True); time.sleep(120)",
+         str(workspace.registry_path)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline() == "open\n"
+        with monkeypatch.context() as patched:
+            patched.setenv("LMFORGE_REGISTRY_WAIT_S", "1")
+            held = " ".join(run_cli("prune", "--yes").stdout.split())
+    finally:
+        holder.kill()
+        holder.wait()
+    assert "crashed runs not recorded first" in held and "kept 1 interrupted trainings" in held
+    assert work.is_dir()
     removed = " ".join(run_cli("prune", "--yes").stdout.split())
     assert "removed 1 folders" in removed and not work.exists()
     # The run was recorded as crashed first, from the work folder's curve: recorded by the
