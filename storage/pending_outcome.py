@@ -17,6 +17,7 @@ from pathlib import Path
 
 from lm.atomic_files import write_text_atomically
 from storage.records import RunOutcome
+from storage.workspace import relocated
 
 OUTCOME_FILE = "outcome.json"
 UNRECORDED_FILE = "outcome.unrecorded.json"  # one that could not be recorded, kept for a person
@@ -46,6 +47,8 @@ def read_pending_outcome(folder: Path) -> RunOutcome | None:
         raise ValueError(f"{path}: not a run outcome ({type(error).__name__}: {error})") from None
     if outcome.run_id != folder.name:
         raise ValueError(f"{path}: the outcome of run {outcome.run_id}, not of {folder.name}")
+    if outcome.metrics_file is not None:  # `folder` is `<root>/runs/<run_id>`
+        outcome.metrics_file = relocated(outcome.metrics_file, folder.parent.parent)
     return outcome
 
 

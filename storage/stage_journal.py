@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 
+from storage.workspace import relocated
+
 JOURNAL_FILE = "stages.jsonl"
 
 
@@ -111,10 +113,11 @@ def read_stage_journal(path: Path) -> StageJournalContents:
             stage, event = line["stage"], line.get("event")
             if event == "started":
                 metrics_file = line.get("metrics_file")
-                unfinished[stage] = UnfinishedStage(
-                    _written_at(line),
-                    LiveMetrics(Path(metrics_file), line.get("model")) if metrics_file else None,
-                )
+                live = None
+                if metrics_file:  # the journal is `<root>/runs/<run_id>/stages.jsonl`
+                    moved = relocated(Path(metrics_file), path.parent.parent.parent)
+                    live = LiveMetrics(moved, line.get("model"))
+                unfinished[stage] = UnfinishedStage(_written_at(line), live)
                 continue
             unfinished.pop(stage, None)  # finished, or failed: either way no longer running
             if event == "finished":

@@ -101,6 +101,22 @@ class Workspace:
         return self.root / relative_path
 
 
+def relocated(path: Path, root: Path) -> Path:
+    """`path`, a file a run recorded by its absolute path, in the workspace now at `root`: the
+    same path while it exists, else the part of it from its `artifacts/` or `runs/` folder on
+    under `root` (a workspace moved or renamed since: the curve of a crashed run, a run's
+    metrics waiting to be recorded, were skipped as missing)."""
+    if path.exists():
+        return path
+    parts = path.parts
+    for index in range(len(parts) - 1, -1, -1):
+        if parts[index] in ("artifacts", "runs"):
+            moved = root.joinpath(*parts[index:])
+            if moved.exists():
+                return moved
+    return path
+
+
 def activate_workspace() -> Workspace:
     """Resolve the workspace and point Prefect at it. Must run before `prefect` is imported:
     Prefect reads `PREFECT_HOME` once, at import, and resolves a relative one against the current

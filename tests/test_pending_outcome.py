@@ -174,6 +174,29 @@ def test_a_run_ending_while_the_registry_is_held_open_is_recorded_by_the_next(wo
     assert shown_status("r1", "completed", "me@here", GONE) == "completed"
 
 
+def test_an_outcome_left_in_a_workspace_moved_since_is_recorded_with_its_metrics(workspace):
+    # outcome.json names the run's metrics by their absolute path: recorded after a `mv` of
+    # the workspace, the run had its models but none of its metrics, without a word.
+    _start(workspace, "r1")
+    folder = workspace.runs / "r1"
+    folder.mkdir()
+    metrics = folder / "metrics.jsonl"
+    metrics.write_text(json.dumps({"key": "eval/val/bpb", "step": 5, "value": 1.9,
+                                   "ts": "2026-12-05T10:29"}) + "\n")  # fmt: skip
+    holder = _hold_open(workspace.registry_path)
+    try:
+        assert _record("r1", "completed", metrics, models=[_model(1.9)]) is False
+    finally:
+        holder.kill()
+        holder.wait()
+    moved = workspace.root.rename(workspace.root.with_name("moved"))
+    registry = RunRegistry(moved / "registry.duckdb")
+    assert registry.close_abandoned_runs("me@here", never_alive, moved / "runs") == []
+    _, rows = registry.query("SELECT status, (SELECT value FROM metrics WHERE key = "
+                             "'eval/val/bpb') FROM runs")  # fmt: skip
+    assert rows == [("completed", 1.9)]
+
+
 def test_a_registry_damaged_at_a_run_s_end_keeps_its_outcome_to_record_once_repaired(
     workspace, caplog
 ):

@@ -385,6 +385,24 @@ def test_a_crashed_run_is_recorded_from_its_stage_journal_and_metrics(tmp_path):
                        ("gpt", "train/loss", 2, 2.0), ("gpt", "train/loss", 3, 1.0)]  # fmt: skip
 
 
+def test_a_crashed_run_of_a_workspace_moved_since_keeps_its_training_curve(tmp_path):
+    # The journal names the curve by its absolute path: after a `mv` of the workspace, the
+    # curve was skipped as missing, and prune then removed it.
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    _abandoned_run(RunRegistry(old / "registry.duckdb"), "r1")
+    curve = old / "artifacts" / "train" / "train-k.work" / "metrics.jsonl"
+    curve.parent.mkdir(parents=True)
+    StageJournal(old / "runs" / "r1" / JOURNAL_FILE).started("train/gpt", LiveMetrics(curve, "gpt"))
+    curve.write_text("".join(_metric_line("train/loss", step, 4.0 - step) + "\n"
+                             for step in (1, 2)))  # fmt: skip
+    old.rename(new)
+    registry = RunRegistry(new / "registry.duckdb")
+    assert registry.close_abandoned_runs("me@here", lambda pid: False, new / "runs") == ["r1"]
+    _, metrics = registry.query("SELECT model, key, step FROM metrics ORDER BY step")
+    assert metrics == [("gpt", "train/loss", 1), ("gpt", "train/loss", 2)]
+
+
 def test_a_crashed_run_records_the_corpus_its_clean_stage_built(tmp_path):
     # Its corpus was left out: `corpus stats` and its report could not show what it read.
     registry = RunRegistry(tmp_path / "registry.duckdb")
