@@ -135,13 +135,16 @@ def train_key(
     train: TrainConfig,
     vectors: Descriptor | None = None,
 ) -> str:
-    settings = f"{model.digest()}:{train_settings_digest(train)}"
     upstream = [shards.digest, tokenizer.digest]
     if uses_word2vec(model):  # the vectors a w2v model reads or a GPT starts from
         upstream.append(vectors.digest if vectors is not None else "no-vectors")
     start = init_checkpoint(train, Workspace.from_env())
-    if start is not None:  # the weights, not just their path
+    if start is not None:
+        # The weights, not their path: a retrain's path is absolute, so after a `mv` of the
+        # workspace the same continuation was trained again.
         upstream.append(weights_digest(start))
+        train = train.model_copy(update={"init_from": "(weights)"})
+    settings = f"{model.digest()}:{train_settings_digest(train)}"
     return stage_key(STAGE, VERSION, settings, upstream, code_digest(*CODE))
 
 

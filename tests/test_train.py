@@ -1077,6 +1077,11 @@ def test_the_train_stage_key_follows_the_init_from_weights_not_just_their_path(t
     continued = config(init_from=str(tmp_path))
     first = train_key(shards, tokenizer, SMALL_GPT, continued)
     assert first != train_key(shards, tokenizer, SMALL_GPT, config())
+    # The same weights at another path (a workspace moved): the same key, so a retrain after
+    # a `mv` finds the continuation it trained (an absolute path in the key trained it again).
+    moved = tmp_path.with_name(tmp_path.name + "-moved")
+    shutil.copytree(tmp_path, moved)
+    assert train_key(shards, tokenizer, SMALL_GPT, config(init_from=str(moved))) == first
     source.train_step()
     source.save("best")  # new weights at the same path
     assert train_key(shards, tokenizer, SMALL_GPT, continued) != first
