@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from storage.prune import INTERRUPTED, find_leftovers, remove_leftover
-from storage.workspace import Workspace
+from storage.workspace import Workspace, WorkspaceError
 
 console = Console(width=None if sys.stdout.isatty() else 200)
 
@@ -26,6 +26,13 @@ def prune_command(
     folders, with their sizes; `--yes` removes them. What a running process uses is never
     listed."""
     workspace = Workspace.from_env()
+    if yes and workspace.root.is_dir():
+        try:  # removing needs a workspace it can write (a read-only one gave a traceback)
+            workspace.ensure()
+        except WorkspaceError as error:
+            from flows.cli import _fail
+
+            raise _fail(str(error)) from None
     recorded = _record_crashed_runs(workspace) if yes else True
     leftovers = find_leftovers(workspace) if workspace.root.is_dir() else []
     if not recorded:  # a crashed run's curve is in its training's work folder: kept for it

@@ -95,7 +95,7 @@ def _locked(work: Path) -> Iterator[bool]:
     if not path.exists():
         yield True
         return
-    with open(path, "a+") as lock:
+    with open(path, "rb") as lock:  # flock needs no write access: a read-only listing works
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -136,3 +136,19 @@ def test_lmforge_prune_lists_then_removes_the_training_a_killed_run_left(
     _, [(losses,)] = registry.query("SELECT count(*) FROM metrics WHERE key = 'train/loss'")
     assert status == "crashed" and seconds > 0.5 and losses >= 5
     assert "nothing to prune" in run_cli("prune").stdout
+
+
+def test_prune_yes_on_a_workspace_it_cannot_write_is_one_error_line(tmp_path):
+    # A read-only workspace gave a traceback (the registry's lock file); `runs` made a file
+    # stands in for one here, as tests run as root, whom no mode bit stops.
+    from tests.conftest import run_cli
+
+    home = tmp_path / "home"
+    (home / "artifacts" / "train" / "train-k.work").mkdir(parents=True)
+    (home / "runs").write_text("not a folder")
+    listed = run_cli("prune", home=home)
+    assert "train-k.work" in listed.stdout
+    refused = run_cli("prune", "--yes", home=home, check=False)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.startswith(f"error: LMFORGE_HOME {home} is not writable")
+    assert (home / "artifacts" / "train" / "train-k.work").is_dir()
