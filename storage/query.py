@@ -64,6 +64,9 @@ def sql_session(registry: RunRegistry, workspace_root: Path) -> Iterator[duckdb.
             ).fetchone()
             if newest and Path(newest[0]).is_file():
                 _add_corpus_views(connection, newest[0])
+            elif newest:  # deleted by hand, or pruned: said, as an unreadable file is
+                logger.warning("%s: missing, so the corpus and clean_corpus views are missing; "
+                               "`lmforge run` builds it again", newest[0])  # fmt: skip
             yield connection
         except duckdb.Error as error:
             # Another file's damage (a corpus Parquet): DuckDB's message names it. A damaged
@@ -168,7 +171,7 @@ NEWEST_FIRST = "last_used DESC, created_at DESC, digest"
 
 def find_corpus_version(connection: duckdb.DuckDBPyConnection, digest_prefix: str | None) -> dict:
     """The newest corpus version whose digest starts with `digest_prefix` (any, when None), as a
-    row of `corpus_versions`."""
+    row of `corpus_versions`; RegistryError when there is none, or its documents are gone."""
     result = connection.execute(  # starts_with: a `%` or `_` the user types is no wildcard
         "SELECT * FROM corpus_versions WHERE starts_with(digest, ?) "
         f"ORDER BY {NEWEST_FIRST} LIMIT 1",
@@ -177,4 +180,11 @@ def find_corpus_version(connection: duckdb.DuckDBPyConnection, digest_prefix: st
     row = result.fetchone()
     if row is None:
         raise RegistryError(f"no corpus version {digest_prefix or ''} (run `lmforge run`)")
-    return dict(zip([d[0] for d in result.description], row, strict=True))
+    version = dict(zip([d[0] for d in result.description], row, strict=True))
+    if not Path(version["parquet_path"]).is_file():  # deleted by hand: DuckDB's error named none
+        raise RegistryError(
+            f"corpus version {version['digest']}: its documents are gone "
+            f"({version['parquet_path']}); `lmforge run` builds them again, or pass --digest "
+            "for another version"
+        )
+    return version

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import shutil
 from datetime import datetime
 
 import pyarrow as pa
@@ -26,7 +28,7 @@ def _run_on(registry: RunRegistry, root, run_id: str, digest: str) -> None:
                         digest, None)  # fmt: skip
 
 
-def test_the_newest_corpus_is_the_one_the_latest_run_read_for_sql_and_stats_alike(tmp_path):
+def test_the_newest_corpus_is_the_one_the_latest_run_read_for_sql_and_stats_alike(tmp_path, caplog):
     # `sql` took the corpus of the latest completed run, `corpus stats` the latest built:
     # after a rerun on an older corpus the two showed different corpora as "the newest".
     registry = RunRegistry(tmp_path / "registry.duckdb")
@@ -44,6 +46,20 @@ def test_the_newest_corpus_is_the_one_the_latest_run_read_for_sql_and_stats_alik
         for prefix in ("%", "_a"):
             with pytest.raises(RegistryError, match="no corpus version"):
                 find_corpus_version(connection, prefix)
+    # The newest version's folder deleted by hand: named, for `corpus stats` and `sql` alike
+    # (DuckDB's "No files found" named no version; the views went missing without a word).
+    shutil.rmtree(tmp_path / "corpus" / "aaaa")
+    gone = r"corpus version aaaa: its documents are gone"
+    with (
+        caplog.at_level(logging.WARNING, logger="storage.query"),
+        sql_session(registry, tmp_path) as connection,
+    ):
+        with pytest.raises(RegistryError, match=gone):
+            find_corpus_version(connection, None)
+        assert find_corpus_version(connection, "bb")["digest"] == "bbbb"
+    assert "documents.parquet: missing, so the corpus and clean_corpus views are missing" in (
+        caplog.text
+    )
 
 
 def test_explain_analyze_of_a_write_and_a_write_behind_with_are_refused_by_name(tmp_path):
