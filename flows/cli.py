@@ -76,9 +76,14 @@ def _fail(message: str) -> typer.Exit:
 
 
 def _registry():
-    from storage.registry import RunRegistry
+    """The workspace's registry; a bad `LMFORGE_REGISTRY_WAIT_S` is one error line wherever
+    the command asks for it (inside its own error handling or not: `runs` gave a traceback)."""
+    from storage.registry import RegistryError, RunRegistry
 
-    return RunRegistry(activate_workspace().registry_path)
+    try:
+        return RunRegistry(activate_workspace().registry_path)
+    except RegistryError as error:
+        raise _fail(str(error)) from None
 
 
 def _table(columns: list[str], rows: list[tuple], title: str | None = None) -> Table:

@@ -807,13 +807,14 @@ class RunRegistry:
         if not prefix.strip():
             raise RegistryError("no run id given (see `lmforge runs` for them)")
         columns, rows = self.query(
-            "SELECT * FROM runs WHERE starts_with(run_id, ?) ORDER BY started_at", [prefix]
+            "SELECT * FROM runs WHERE starts_with(run_id, ?) ORDER BY started_at DESC", [prefix]
         )
         if not rows:
             raise RegistryError(f"no run with an id starting '{prefix}' (see `lmforge runs`)")
-        if len(rows) > 1:
+        if len(rows) > 1:  # the newest first: the likeliest meant, and never left out
             ids = ", ".join(row[0] for row in rows[:5])
-            raise RegistryError(f"run id '{prefix}' is ambiguous: {ids}")
+            more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
+            raise RegistryError(f"run id '{prefix}' is ambiguous: {ids}{more}")
         return dict(zip(columns, rows[0], strict=True))
 
     def find_model(self, run_prefix: str, label: str | None = None) -> dict:
@@ -824,6 +825,11 @@ class RunRegistry:
             "SELECT * FROM models WHERE run_id = ? ORDER BY created_at, rowid", [run["run_id"]]
         )
         found = [dict(zip(columns, row, strict=True)) for row in rows]
+        if not found and run["status"] == "running":
+            raise RegistryError(
+                f"run {run['run_id']} has no model recorded yet: a run's models are recorded "
+                f"when it ends (`lmforge runs show {run['run_id']}` says where it stands)"
+            )
         if not found:
             raise RegistryError(
                 f"run {run['run_id']} ({run['status']}) has no trained model: its config has no "

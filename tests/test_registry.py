@@ -101,6 +101,18 @@ def test_unknown_run_id_is_a_clear_error(tmp_path):
         registry.find_run("zz")
 
 
+def test_an_ambiguous_run_id_lists_the_newest_matches_and_counts_the_rest(tmp_path):
+    # The five oldest were listed, without a word of more: the newest, likeliest meant, hidden.
+    registry = RunRegistry(tmp_path / "registry.duckdb")
+    for minute in range(7):
+        registry.start_run(
+            _run_row(f"r{minute}") | {"started_at": datetime(2026, 12, 5, 9, minute)}
+        )
+    with pytest.raises(RegistryError) as caught:
+        registry.find_run("r")
+    assert str(caught.value) == "run id 'r' is ambiguous: r6, r5, r4, r3, r2 and 2 more"
+
+
 def test_reading_before_any_run_says_how_to_create_the_registry(tmp_path):
     with pytest.raises(RegistryError, match="no registry yet"):
         RunRegistry(tmp_path / "registry.duckdb").query("SELECT 1")
@@ -171,6 +183,10 @@ def test_models_are_found_by_run_and_label_and_a_run_without_one_says_so(tmp_pat
         registry.find_model("r1", "rnn")
     with pytest.raises(RegistryError, match="r2 \\(failed\\) has no trained model"):
         registry.find_model("r2")
+    # A run still going was said to have no model ("its config has no model, or it ended").
+    registry.start_run(_run_row("r3"))
+    with pytest.raises(RegistryError, match="r3 has no model recorded yet: a run's models are"):
+        registry.find_model("r3")
     _, board = registry.query("SELECT label, val_bpb FROM leaderboard")
     assert board == [("gpt", 1.5), ("mlp", 2.0)]
 
