@@ -26,7 +26,7 @@ from pathlib import Path
 
 from prefect import task
 
-from lm.checkpoints import read_info, resolve_init_from, weights_digest
+from lm.checkpoints import damage, read_info, resolve_init_from, weights_digest
 from lm.models.config import ModelConfig, uses_word2vec, window_history
 from lm.tokenizer import load_tokenizer
 from lm.train_config import TrainConfig, TrainingError
@@ -78,7 +78,9 @@ def init_checkpoint(
         )
     path = Path(train.init_from).expanduser()
     checkpoint = resolve_init_from(path if path.is_absolute() else workspace.root / path)
-    problem = init_from_problem(checkpoint, model) if model is not None else None
+    problem = damage(checkpoint)  # a checkpoint named itself: `resolve_init_from` leaves it
+    if problem is None and model is not None:
+        problem = init_from_problem(checkpoint, model)
     if problem:
         raise TrainingError(f"train.init_from: {checkpoint}: {problem}")
     return checkpoint
@@ -98,18 +100,62 @@ def init_from_problem(checkpoint: Path, model: ModelConfig) -> str | None:
         theirs = json.loads(described.read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(theirs, dict) or theirs.get("kind") != model.kind or model.kind != "gpt":
-        return None  # another kind: the tensors will not fit, which loading says
+    if not isinstance(theirs, dict):
+        return None
+    if theirs.get("kind") != model.kind or model.kind != "gpt":
+        return _tensor_misfit(theirs, model)
     ours = model.model_dump(mode="json")
     changed = [f"model.{key} {theirs[key]!r} → {ours[key]!r}" for key in MEANING_SWITCHES
                if key in theirs and theirs[key] != ours[key]]  # fmt: skip
-    if not changed:
-        return None
+    if theirs.get("tie_embeddings") is False and ours["tie_embeddings"]:
+        # One tensor for two: the checkpoint's output layer, loaded last, overwrote its token
+        # embedding. (Tied → untied loads both from the one trained tensor, as meant.) A
+        # `rope_base` change is allowed: raising it is how a context is lengthened on purpose.
+        changed.append("model.tie_embeddings False → True: its output layer would overwrite "
+                       "its token embedding")  # fmt: skip
+    if not changed:  # the switches named first: a norm's change changes its tensors too
+        return _tensor_misfit(theirs, model)
     return (
         f"trained with other model switches ({', '.join(changed)}), which its weights would "
         "load under without meaning the same thing; keep the settings of "
         f"{described}, or drop train.init_from to train from scratch"
     )
+
+
+def _tensor_misfit(theirs: dict, model: ModelConfig) -> str | None:
+    """The first parameter the checkpoint's model (as its `model.json` describes it) holds in
+    another shape than `model` would, or lacks, or has beyond it: said before any stage runs
+    (the train stage found it after the data stages). Both are built on the meta device, at one
+    made-up vocabulary: the tokenizer, not yet known, is checked as the weights load."""
+    import torch
+
+    from lm.models.registry import MODELS, build_model
+
+    kind = theirs.get("kind")
+    if kind not in MODELS:
+        return None
+    try:
+        their_config = MODELS[kind][1].model_validate(theirs)
+    except ValueError:  # a description this version cannot read: loading says what it finds
+        return None
+    with torch.device("meta"):
+        them, us = (
+            {name: list(p.shape) for name, p in _parameters(build_model(config, 64))}
+            for config in (their_config, model)
+        )
+    for name, shape in us.items():
+        if name not in them:
+            return f"does not fit this model: it has no {name}"
+        if them[name] != shape:
+            return f"does not fit this model: {name} is {them[name]} in it, {shape} in this model"
+    extra = [name for name in them if name not in us]
+    return f"does not fit this model: it has {extra[0]}, this model none" if extra else None
+
+
+def _parameters(model):
+    """Every parameter by every name: a tied GPT's `head.weight` too, which is its token
+    embedding (an untied checkpoint has the same names)."""
+    return model.named_parameters(remove_duplicate=False)
 
 
 # Settings that never change the trained model: how often checkpoints are written and how

@@ -1149,3 +1149,59 @@ def test_a_device_this_machine_lacks_is_a_clear_error():
         pytest.skip("this machine has a CUDA GPU")
     with pytest.raises(TrainingError, match=r'train\.device = "cuda", but this PyTorch sees no'):
         pick_device("cuda")
+
+
+def test_init_from_untied_weights_into_a_tied_gpt_is_refused(tmp_path):
+    # The untied checkpoint's output layer, loaded into the one shared tensor, overwrote its
+    # trained token embedding, silently. Tied into untied starts both from the one tensor.
+    from lm.models.config import GPTConfig
+    from tasks.train import init_from_problem
+
+    untied = GPTConfig(n_layer=1, n_embd=16, n_head=2, tie_embeddings=False)
+    (tmp_path / "model.json").write_text(json.dumps(untied.model_dump(mode="json")))
+    problem = init_from_problem(
+        tmp_path / "best", untied.model_copy(update={"tie_embeddings": True})
+    )
+    assert (
+        problem and "model.tie_embeddings False → True: its output layer would overwrite" in problem
+    )
+    assert init_from_problem(tmp_path / "best", untied) is None
+    (tmp_path / "model.json").write_text(json.dumps(GPTConfig(n_layer=1).model_dump(mode="json")))
+    assert init_from_problem(tmp_path / "best", GPTConfig(n_layer=1, tie_embeddings=False)) is None
+    # A longer rotary base is how a context is lengthened on purpose: allowed.
+    rope = GPTConfig(n_layer=1, pos="rope")
+    (tmp_path / "model.json").write_text(json.dumps(rope.model_dump(mode="json")))
+    assert init_from_problem(tmp_path / "best", rope.model_copy(update={"rope_base": 5e5})) is None
+
+
+def test_init_from_a_model_of_other_shapes_or_a_cut_checkpoint_is_refused_before_any_stage(
+    tmp_path, monkeypatch
+):
+    # Both were found by the train stage, after the data stages had run: `init_checkpoint` is
+    # what the command line asks before the flow starts.
+    from lm.checkpoints import WEIGHTS_FILE
+    from storage.workspace import Workspace
+    from tasks.train import init_checkpoint
+
+    monkeypatch.setenv("LMFORGE_HOME", str(tmp_path / "home"))
+    workspace = Workspace.from_env()
+    source = tokenized_trainer(tmp_path / "model", "t1")
+    source.save("best")
+    (tmp_path / "model" / "model.json").write_text(json.dumps(SMALL_GPT.model_dump(mode="json")))
+    start = config(init_from=str(tmp_path / "model"))
+    assert init_checkpoint(start, workspace, SMALL_GPT) == tmp_path / "model" / "best"
+    untied = SMALL_GPT.model_copy(update={"tie_embeddings": False})
+    assert init_checkpoint(start, workspace, untied) is not None  # tied → untied: as meant
+    wider = SMALL_GPT.model_copy(update={"n_embd": 32})
+    misfit = r"does not fit this model: token_embedding\.weight is \[64, 16\] in it, \[64, 32\]"
+    with pytest.raises(TrainingError, match=misfit):
+        init_checkpoint(start, workspace, wider)
+    deeper = SMALL_GPT.model_copy(update={"n_layer": 2})
+    with pytest.raises(TrainingError, match=r"does not fit this model: it has no blocks\.1\."):
+        init_checkpoint(start, workspace, deeper)
+    # The checkpoint folder named itself, its weights cut short: refused, not loaded later.
+    weights = tmp_path / "model" / "best" / WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[:100])
+    cut = config(init_from=str(tmp_path / "model" / "best"))
+    with pytest.raises(TrainingError, match=rf"{WEIGHTS_FILE} has 100 bytes, \d+ were written"):
+        init_checkpoint(cut, workspace, SMALL_GPT)
