@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from lm.eval_config import EvalConfig
 from lm.models.config import ModelConfig
 from lm.strict_model import StrictModel
-from lm.train_config import TrainConfig
+from lm.train_config import TRAIN_SEED_MAX, TrainConfig
 
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_PRESET = "default"
@@ -115,7 +115,7 @@ class NearDupConfig(StrictModel):
     shingle_size: int = Field(5, ge=1)
     threshold: float = Field(0.8, gt=0.0, le=1.0)
     num_perm: int = Field(128, ge=8)
-    seed: int = 1
+    seed: int = Field(1, ge=0, le=2**63 - 1)  # numpy's generator takes no negative seed
 
 
 class CleanConfig(StrictModel):
@@ -179,7 +179,7 @@ class TokenizerConfig(StrictModel):
     # Characters the char tokenizer did not see in training: an <unk> id, UTF-8 byte ids
     # (lossless, 256 more ids), or an error naming them.
     unknown_chars: Literal["unk", "bytes", "error"] = "unk"
-    seed: int = 1
+    seed: int = Field(1, ge=0, le=2**32 - 1)  # SentencePiece's seed is 32 bits
 
     # Keys only SentencePiece reads, and the one only the char tokenizer reads.
     SENTENCEPIECE_KEYS: ClassVar[tuple[str, ...]] = (
@@ -224,7 +224,7 @@ class Word2VecConfig(StrictModel):
     epochs: int = Field(10, ge=1)
     # One worker (with the stable hash lmforge passes to gensim) makes training reproducible.
     workers: int = Field(1, ge=1)
-    seed: int = 1
+    seed: int = Field(1, ge=0, le=2**32 - 1)  # gensim seeds numpy's 32-bit RandomState
     probes: list[str] = ["king", "war", "france", "computer", "music", "water", "money", "god"]
     neighbours: int = Field(8, ge=1)
     projection: Literal["tsne", "pca"] = "tsne"
@@ -284,7 +284,9 @@ class AblationConfig(StrictModel):
     trains on the same corpus, tokenizer and shards with the same token budget (the base
     `[train]`), so only the switch differs."""
 
-    seeds: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1)
+    seeds: list[Annotated[int, Field(ge=0, le=TRAIN_SEED_MAX)]] = Field(
+        default_factory=lambda: [1, 2, 3], min_length=1
+    )
     variants: list[AblationVariant] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -327,7 +329,7 @@ class PipelineConfig(StrictModel):
     # The run's seed: the training seed (initial weights, batch order) unless `[train]` sets
     # its own. Data stages and evaluation windows keep their own seeds, so a seed sweep
     # compares models on the same corpus and the same held-out windows.
-    seed: int = 1337
+    seed: int = Field(1337, ge=0, le=TRAIN_SEED_MAX)
     ingest: IngestConfig
     clean: CleanConfig = CleanConfig()
     split: SplitConfig = SplitConfig()

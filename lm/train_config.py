@@ -8,6 +8,8 @@ from pydantic import Field, field_validator, model_validator
 
 from lm.strict_model import StrictModel
 
+TRAIN_SEED_MAX = 2**62  # a training seed's largest value (see `TrainConfig.seed`)
+
 
 class TrainingError(RuntimeError):
     """Training cannot go on; the message says why. Defined here, beside the settings, because
@@ -54,7 +56,9 @@ class TrainConfig(StrictModel):
     # compile (lm.train.CPU_COMPILE_MIN_FLOPS); eager elsewhere. Compiled bf16 trains nanoGPT's
     # CPU shape at about 1.6x eager fp32 (bench/bench_train.py).
     compile: bool | Literal["auto"] = "auto"
-    seed: int = 1337
+    # Room above it for the offsets each rank and step adds (`seed + 1_000_003·rank + step`):
+    # a seed near 2**64 passed, then overflowed torch's generator mid-run, in a traceback.
+    seed: int = Field(1337, ge=0, le=TRAIN_SEED_MAX)
     # Processes on this machine; above 1 the train stage runs `torchrun` with that many ranks.
     nproc_per_node: int = Field(1, ge=1)
     # How the ranks share the model: "ddp" replicates it, "fsdp" shards parameters, gradients

@@ -419,3 +419,20 @@ def test_a_table_or_array_written_as_something_else_is_named_in_toml_s_words(tmp
         load_config(str(config))
     with pytest.raises(ConfigError, match=r"'ingest\.sources': should be an array, not a string"):
         load_config("default", ['ingest.sources="notes/"'])
+
+
+@pytest.mark.parametrize(
+    ("override", "said"),
+    [
+        # Accepted, then a traceback from torch's generator once the data stages had run.
+        ("train.seed=18446744073709551615", "'train.seed': Input should be less than or equal"),
+        ("tokenizer.seed=4294967296", "'tokenizer.seed': Input should be less than or equal"),
+        ("word2vec.seed=-3", "'word2vec.seed': Input should be greater than or equal to 0"),
+        ("clean.near_dup.seed=-1", "'clean.near_dup.seed': Input should be greater than"),
+    ],
+)
+def test_a_seed_the_generators_cannot_take_is_refused_at_load_time(override, said):
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        load_config("default", [override])
+    key = override.partition("=")[0]
+    assert load_config("default", [f"{key}=0"]) is not None
