@@ -850,13 +850,15 @@ class Trainer:
         (staging / INFO_FILE).write_text(json.dumps(info, indent=2))
         (staging / DONE_MARKER).write_text(str(self.step))
 
-    def _check_tokenizer(self, checkpoint: Path, info: dict) -> None:
+    def _check_tokenizer(self, checkpoint: Path, info: dict, key: str = "") -> None:
+        """`key`: the setting that named the checkpoint (`train.init_from`), said first."""
         theirs = other_tokenizer(info, self.tokenizer_digest)
         if theirs:
             raise TrainingError(
-                f"{checkpoint}: made with tokenizer {theirs}, but this run's tokenizer is "
-                f"{self.tokenizer_digest}; token ids differ between tokenizers, so these "
-                "weights cannot continue here (train from scratch, or use that tokenizer)"
+                f"{key + ': ' if key else ''}{checkpoint}: made with tokenizer {theirs}, but "
+                f"this run's tokenizer is {self.tokenizer_digest}; token ids differ between "
+                "tokenizers, so these weights cannot continue here (train from scratch, or use "
+                "that tokenizer)"
             )
 
     def _load(self, checkpoint: Path, name: str):
@@ -943,7 +945,7 @@ class Trainer:
         """Start from the weights of another run's checkpoint (`init_from`); the optimizer,
         schedule and step start afresh. Returns the checkpoint used."""
         checkpoint = resolve_init_from(path)
-        self._check_tokenizer(checkpoint, read_info(checkpoint))
+        self._check_tokenizer(checkpoint, read_info(checkpoint), "train.init_from")
         problem = damage(checkpoint) or digest_mismatch(checkpoint, [WEIGHTS_FILE])
         if problem:
             raise TrainingError(f"train.init_from: {checkpoint}: {problem}")
