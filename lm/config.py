@@ -577,11 +577,34 @@ def parse_config(
     try:
         settings = PipelineConfig.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(f"{origin}: {_describe(error, PipelineConfig, overrides)}") from None
+        said = _ladder_train_problem(data, overrides) or _describe(error, PipelineConfig, overrides)
+        raise ConfigError(f"{origin}: {said}") from None
     problem = _tokenizer_keys_of_another_kind(data, settings.tokenizer.kind, overrides)
     if problem:
         raise ConfigError(f"{origin}: {problem}")
     return settings
+
+
+def _ladder_train_problem(data: dict[str, Any], overrides: list[str] | None) -> str | None:
+    """A ladder model's `[models.train]`, merged over `[train]`, that does not validate, said
+    under its own keys and `--set` as `[train]`'s are: the merge happens inside the config's
+    own checks, which said `models 'mlp' train: unknown key 'max_step'`, no key, no `--set`."""
+    entries, shared = data.get("models"), data.get("train", {})
+    if not isinstance(entries, list) or not isinstance(shared, dict):
+        return None
+    try:
+        base = TrainConfig.model_validate(shared).model_dump()
+    except ValidationError:  # `[train]`'s own problem: said as such
+        return None
+    for index, entry in enumerate(entries):
+        own = entry.get("train", {}) if isinstance(entry, dict) else {}
+        if not isinstance(own, dict):
+            continue
+        try:
+            TrainConfig.model_validate(base | own)
+        except ValidationError as error:
+            return _describe(error, TrainConfig, overrides, prefix=f"models.{index}.train")
+    return None
 
 
 def _tokenizer_keys_of_another_kind(
@@ -613,16 +636,19 @@ def _tokenizer_keys_of_another_kind(
 
 
 def _describe(
-    error: ValidationError, root: type[BaseModel], overrides: list[str] | None = None
-) -> str:
+    error: ValidationError, root: type[BaseModel], overrides: list[str] | None = None,
+    prefix: str = "",
+) -> str:  # fmt: skip
     """Every problem pydantic found in one line, each under the key as the TOML writes it
     (pydantic's paths also hold the tags of unions, `model.gpt.n_layer`), an unknown key with
-    the nearest valid one, and a problem in a key that a `--set` gave with that override."""
+    the nearest valid one, and a problem in a key that a `--set` gave with that override.
+    `prefix`: where `root` sits in the file (`models.2.train` for a ladder model's settings)."""
     problems: dict[tuple[str, str], list[str]] = {}
     # (model table, its kind): the keys it holds that belong to other kinds, and those kinds
     misplaced: dict[tuple[str, str], list[tuple[str, list[str]]]] = {}
     for item in error.errors():
         key, siblings, node = _written_key(item["loc"], root)
+        key = ".".join(part for part in (prefix, key) if part)
         owners = _other_kinds_having(item["loc"]) if item["type"] == "extra_forbidden" else []
         if owners:
             misplaced.setdefault((key.rpartition(".")[0], item["loc"][-2]), []).append(

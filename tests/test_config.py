@@ -436,3 +436,17 @@ def test_a_seed_the_generators_cannot_take_is_refused_at_load_time(override, sai
         load_config("default", [override])
     key = override.partition("=")[0]
     assert load_config("default", [f"{key}=0"]) is not None
+
+
+def test_a_ladder_model_s_train_settings_are_named_by_their_keys_and_set():
+    # They said `models 'mlp' train: unknown key 'max_step'`: no dotted key, no --set.
+    with pytest.raises(ConfigError) as caught:
+        load_config("names", ["models.2.train.max_step=5"])
+    assert str(caught.value).endswith(
+        "names.toml: unknown key 'models.2.train.max_step' (did you mean "
+        "'models.2.train.max_steps'?), from --set models.2.train.max_step=5"
+    )
+    with pytest.raises(ConfigError, match=re.escape("'models.2.train.max_steps': Input should")):
+        load_config("names", ["models.2.train.max_steps=0"])
+    with pytest.raises(ConfigError, match=r"'models\.1\.train': global_batch \(128\) must be"):
+        load_config("names", ["models.1.train.micro_batch=256"])
