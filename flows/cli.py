@@ -174,9 +174,33 @@ def _exit_cleanly_on_sigterm() -> None:
     import signal
 
     def exit_with_status(number: int, _frame) -> None:
+        _exit_anyway_after(SIGTERM_GRACE_S, 128 + number)
         raise SystemExit(128 + number)
 
     signal.signal(signal.SIGTERM, exit_with_status)
+
+
+# How long the exit after SIGTERM may take before it is forced. `timeout` and a CI runner
+# signal the whole process group, so the temporary Prefect server may be gone first: Prefect's
+# events worker then retried it for minutes, one event per 7 s, with the run already recorded.
+SIGTERM_GRACE_S = 20.0
+
+
+def _exit_anyway_after(seconds: float, status: int) -> None:
+    """End the process with `status` in `seconds` if its orderly exit has not ended it."""
+    import os
+    import threading
+
+    def force() -> None:
+        errors.print(f"lmforge: still exiting {seconds:.0f} s after the termination signal "
+                     "(its Prefect server gone?): exiting now", highlight=False)  # fmt: skip
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+
+    timer = threading.Timer(seconds, force)
+    timer.daemon = True
+    timer.start()
 
 
 def _check_sources(settings, config_path: Path) -> None:

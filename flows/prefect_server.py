@@ -113,12 +113,38 @@ def starting_server(workspace: Workspace) -> dict | None:
     return None
 
 
+class _OwnSessionSubprocess:
+    """The `subprocess` module as Prefect's server module sees it, but a `Popen` that starts
+    its process in a session of its own."""
+
+    class Popen(subprocess.Popen):
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("start_new_session", True)
+            super().__init__(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(subprocess, name)
+
+
+def _temporary_server_in_its_own_session() -> None:
+    """Start Prefect's per-process temporary server outside this process's group. `timeout`,
+    `docker stop` and CI runners signal the whole group: the server died with the run's first
+    SIGTERM, and the run, finding its API gone while it recorded the crash, retried it for
+    minutes (one event every 7 s) instead of exiting. Outside the group it lives until this
+    process's exit stops it (Prefect's `atexit`), as on a SIGTERM to this process alone."""
+    from prefect.server.api import server
+
+    if not isinstance(server.subprocess, _OwnSessionSubprocess):
+        server.subprocess = _OwnSessionSubprocess()  # type: ignore[assignment]
+
+
 def ensure_server(workspace: Workspace) -> str | None:
     """Point this process (and its children) at a Prefect API, starting the workspace's server
     if needed. Returns the API URL, or None for Prefect's ephemeral mode."""
     if os.environ.get("PREFECT_API_URL"):
         return os.environ["PREFECT_API_URL"]
     if os.environ.get("LMFORGE_PREFECT_SERVER", "").lower() == "ephemeral":
+        _temporary_server_in_its_own_session()
         return None
     lock_path = workspace.prefect_home / "lmforge-server.lock"
     try:

@@ -210,9 +210,14 @@ def _children(pid: int) -> list[tuple[int, str]]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
-def test_sigterm_of_a_run_stops_prefect_s_temporary_server_and_records_the_run(tmp_path):
+@pytest.mark.parametrize("to_group", [False, True], ids=["process", "process-group"])
+def test_sigterm_of_a_run_stops_prefect_s_temporary_server_and_records_the_run(
+    tmp_path, to_group
+):
     """Under `LMFORGE_PREFECT_SERVER=ephemeral` Prefect starts a server for the process and
-    stops it at exit; SIGTERM's default action skipped that, and the server ran on, orphaned."""
+    stops it at exit; SIGTERM's default action skipped that, and the server ran on, orphaned.
+    `timeout` and CI runners signal the whole process group: the server died first, and the
+    run retried it for minutes instead of exiting."""
     from storage.registry import RunRegistry
     from tests.helpers import prose, write_config
 
@@ -241,7 +246,10 @@ def test_sigterm_of_a_run_stops_prefect_s_temporary_server_and_records_the_run(t
         assert started, process.poll() is not None and process.stderr.read().decode()
         servers = [pid for pid, line in _children(process.pid) if "uvicorn" in line]
         assert len(servers) == 1, _children(process.pid)
-        process.send_signal(signal.SIGTERM)
+        if to_group:
+            os.killpg(process.pid, signal.SIGTERM)
+        else:
+            process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 128 + signal.SIGTERM
         assert wait_until(lambda: not pid_alive(servers[0]), 15), "the server ran on"
     finally:
