@@ -152,6 +152,26 @@ def _tensor_misfit(theirs: dict, model: ModelConfig) -> str | None:
     return f"does not fit this model: it has {extra[0]}, this model none" if extra else None
 
 
+def _say_other_interrupted_trainings(workspace: Workspace, work: Path) -> None:
+    """A training about to start afresh while interrupted ones of other settings wait in the
+    workspace says so: killed at step 100 and rerun with `--set train.max_steps=3000`, a run
+    said only "started afresh", with no word of the checkpoints it could not use, or why."""
+    from lm.checkpoints import latest_checkpoint
+    from storage.prune import INTERRUPTED, find_leftovers
+
+    if latest_checkpoint(work) is not None:
+        return  # it resumes
+    others = [found for found in find_leftovers(workspace)
+              if found.kind == INTERRUPTED and found.path != work]  # fmt: skip
+    if others:
+        logging.getLogger("lm.train").info(
+            "train: %d interrupted training(s) of other settings, data or code are in the "
+            "workspace (`lmforge prune` lists them); a training resumes only with the settings, "
+            "data and code it began with",
+            len(others),
+        )
+
+
 def _parameters(model):
     """Every parameter by every name: a tied GPT's `head.weight` too, which is its token
     embedding (an untied checkpoint has the same names)."""
@@ -237,6 +257,8 @@ def train_task(
         if existing is not None:
             return reused(existing)
         started = time.perf_counter()
+        if model.kind != "bigram-count":
+            _say_other_interrupted_trainings(workspace, work)
         coverage: dict[str, float] = {}
         smoothing = tuned_smoothing(train_tokens, vocab_size)  # as the evaluate stage's
         baseline = count_bigram_baseline(train_tokens, vocab_size, smoothing)

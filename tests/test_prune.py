@@ -4,12 +4,16 @@ process uses is neither listed nor removed."""
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import subprocess
 import sys
 
 from storage.prune import find_leftovers, remove_leftover
 from storage.workspace import Workspace
+
+# Imported before any test: Prefect sets up logging as it loads, taking caplog's handler away.
+from tasks.train import _say_other_interrupted_trainings
 
 
 def _dead_pid() -> int:
@@ -152,3 +156,22 @@ def test_prune_yes_on_a_workspace_it_cannot_write_is_one_error_line(tmp_path):
     assert refused.returncode == 1 and "Traceback" not in refused.stderr
     assert refused.stderr.startswith(f"error: LMFORGE_HOME {home} is not writable")
     assert (home / "artifacts" / "train" / "train-k.work").is_dir()
+
+
+def test_a_training_starting_afresh_names_the_interrupted_ones_it_cannot_resume(tmp_path, caplog):
+    # Killed at step 100, rerun with another `train.max_steps`: "started afresh", no more.
+    workspace = Workspace(tmp_path)
+    trains = tmp_path / "artifacts" / "train"
+    (trains / "train-old.work" / "step-00000100").mkdir(parents=True)
+    new = trains / "train-new.work"
+    new.mkdir()
+    with caplog.at_level(logging.INFO, logger="lm.train"):
+        _say_other_interrupted_trainings(workspace, new)
+    assert "train: 1 interrupted training(s) of other settings, data or code are in the " in (
+        caplog.text
+    )
+    caplog.clear()
+    (trains / "train-old.work").rename(trains / "train-gone")
+    with caplog.at_level(logging.INFO, logger="lm.train"):
+        _say_other_interrupted_trainings(workspace, new)
+    assert "interrupted" not in caplog.text
