@@ -141,6 +141,9 @@ def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
+    # Text as written: a model named `c$\alpha$` was read as TeX, and one named `$\alph$`
+    # failed the whole report with matplotlib's "Unknown symbol".
+    matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt
 
     return plt

@@ -209,6 +209,7 @@ def plot_projection(vectors, neighbours: dict[str, list[str]], method: str, path
     import matplotlib
 
     matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False  # a word `$\alph` is text, not bad TeX
     import matplotlib.pyplot as plt
 
     words = list(dict.fromkeys(w for probe, near in neighbours.items() for w in (probe, *near)))

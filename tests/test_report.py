@@ -11,6 +11,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -578,3 +579,30 @@ def test_a_ladder_model_trained_but_not_scored_is_not_said_to_have_stopped_train
         "its training finished, but the run (failed) stopped before it was scored: the curves "
         "are its training's, and there are no scores"
     ]
+
+
+def test_a_model_name_with_dollar_signs_is_drawn_as_text_not_read_as_tex(tmp_path):
+    # matplotlib read `$\alph$` as TeX: "Unknown symbol", and no report at all.
+    workspace = Workspace(tmp_path)
+    registry = RunRegistry(workspace.registry_path)
+    name = "c$\\alph$"
+    config = {"train": {"global_batch": 4, "block_size": 8, "max_steps": 10},
+              "models": [{"name": name, "model": {"kind": "bigram"}, "train": {}}]}  # fmt: skip
+    registry.start_run({"run_id": "tex", "status": "running", "started_at": datetime.now(),
+                        "config": config})  # fmt: skip
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(
+        json.dumps({"key": "train/loss", "step": step, "value": 4.0 - step, "model": name,
+                    "ts": "2026-12-05"}) + "\n" for step in (1, 2, 3)
+    ))  # fmt: skip
+    registry.finish_run("tex", "crashed", datetime.now(), [], [], None, metrics)
+    rendered = render_run_report(gather_run_report(registry, workspace, "tex"))
+    assert name in Page(rendered.html).text["run"] and rendered.images  # drawn, named
+    from gensim.models import KeyedVectors
+
+    from lm.word2vec import plot_projection
+
+    vectors = KeyedVectors(4)
+    vectors.add_vectors(["$\\alph", "b$", "c"], np.eye(3, 4, dtype=np.float32))
+    path = plot_projection(vectors, {"$\\alph": ["b$", "c"]}, "pca", tmp_path / "p.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
