@@ -162,7 +162,10 @@ def run_stage(
     run.journal.started(name, live_metrics)
     started = time.perf_counter()
     refresh = not store.is_complete(key)
-    options = {"refresh_cache": refresh} | ({"task_run_name": stage_name} if stage_name else {})
+    # Prefect fills a run name in with `str.format(**parameters)`: a model named `count {v2}`
+    # failed the run with KeyError 'v2'. Its braces are doubled, so the name reads as written.
+    named = stage_name.replace("{", "{{").replace("}", "}}") if stage_name else None
+    options = {"refresh_cache": refresh} | ({"task_run_name": named} if named else {})
     if concurrency_tag and refresh:
         waiting = slots_taken(concurrency_tag)
         if waiting:
