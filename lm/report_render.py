@@ -378,7 +378,10 @@ def _config_summary(config: dict, tokenizer_stats: dict | None) -> list[tuple[st
     rows: list[tuple[str, object]] = []
     tokenizer = {**(config.get("tokenizer") or {}), **(tokenizer_stats or {})}
     if tokenizer:
-        rows.append(("tokenizer", f"{tokenizer.get('kind')} (vocab {tokenizer.get('vocab_size')})"))
+        vocab = tokenizer.get("vocab_size")
+        if tokenizer_stats is None and tokenizer.get("kind") == "char":
+            vocab = "from the data; not recorded yet"  # the config's 4000 is SentencePiece's
+        rows.append(("tokenizer", f"{tokenizer.get('kind')} (vocab {vocab})"))
     train = config.get("train") or {}
     if train and config.get("model"):  # one model: the run's [train]
         rows.append(("training", _training_summary(train, config["model"])))
@@ -691,6 +694,8 @@ def _samples_section(report: RunReport) -> str:
 
 
 def _stages_section(report: RunReport, images: dict[str, bytes]) -> str:
+    if not report.stages and report.status == "running":  # stages are recorded at its end
+        return _missing("No stage is recorded yet: a run's stages are recorded when it ends.")
     if not report.stages:
         return _missing("No stage was recorded for this run (it ended before the first finished).")
     images["stages.png"] = _stages_plot(report.stages)

@@ -606,3 +606,24 @@ def test_a_model_name_with_dollar_signs_is_drawn_as_text_not_read_as_tex(tmp_pat
     vectors.add_vectors(["$\\alph", "b$", "c"], np.eye(3, 4, dtype=np.float32))
     path = plot_projection(vectors, {"$\\alph": ["b$", "c"]}, "pca", tmp_path / "p.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_running_run_s_report_says_its_records_come_at_its_end(tmp_path):
+    # It said "vocab 4000" for a char tokenizer (the config's SentencePiece size) and that the
+    # run "ended before the first" stage finished, while ten had, and it ran on.
+    from lm.report_render import _config_summary
+
+    workspace = Workspace(tmp_path)
+    registry = RunRegistry(workspace.registry_path)
+    config = {"tokenizer": {"kind": "char", "vocab_size": 4000}, "seed": 1}
+    registry.start_run({"run_id": "live", "status": "running", "started_at": datetime.now(),
+                        "config": config})  # fmt: skip
+    page = Page(render_run_report(gather_run_report(registry, workspace, "live")).html)
+    assert (
+        "No stage is recorded yet: a run's stages are recorded when it ends." in page.text["stages"]
+    )
+    assert dict(_config_summary(config, None))["tokenizer"] == (
+        "char (vocab from the data; not recorded yet)"
+    )
+    stats = {"kind": "char", "vocab_size": 27}
+    assert dict(_config_summary(config, stats))["tokenizer"] == "char (vocab 27)"
