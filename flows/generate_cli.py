@@ -51,7 +51,11 @@ def _load(run: str, label: str | None):
     from storage.registry import RegistryError, RunRegistry
 
     workspace = activate_workspace()
+    if not run.strip():  # Path("") is the current folder, read as a model folder
+        raise _fail("no run id or model folder given (see `lmforge runs` for the runs)")
     folder = Path(run).expanduser()
+    if not folder.exists() and ("/" in run or run.startswith("~")):  # a path, not an id
+        raise _fail(f"{run}: no such model folder")
     if folder.is_dir() and label is not None:
         raise _fail(f"--model {label}: {run} is a model folder, not a run; leave --model out")
     try:

@@ -329,6 +329,11 @@ def test_unknown_runs_labels_and_folders_are_clear_errors(recorded_run, tmp_path
     runner = CliRunner()
     unknown = runner.invoke(app, ["generate", "19990101", "--prompt", "x"])
     assert unknown.exit_code == 1 and "no run with an id starting '19990101'" in unknown.stderr
+    # "" was the current folder ("not a trained model folder"); a path, a run id prefix.
+    nothing = runner.invoke(app, ["generate", "", "--prompt", "x"])
+    assert nothing.exit_code == 1 and "no run id or model folder given" in nothing.stderr
+    missing = runner.invoke(app, ["generate", str(tmp_path / "gone"), "--prompt", "x"])
+    assert missing.exit_code == 1 and f"{tmp_path / 'gone'}: no such model folder" in missing.stderr
     label = runner.invoke(app, ["generate", "20260101", "--model", "gpt", "--prompt", "x"])
     assert label.exit_code == 1 and "has no model 'gpt' (models: counts)" in label.stderr
     empty = tmp_path / "model"
