@@ -87,7 +87,7 @@ def _output_folder(out: Path | None, default: Path) -> Path:
     together, and the folder is what is renamed into place."""
     if out is None:
         return default
-    if out.suffix == ".html":
+    if out.suffix.lower() in (".html", ".htm"):
         raise ReportError(
             f"--out {out}: name a folder; report.html and its PNGs are written inside it"
         )
@@ -113,6 +113,7 @@ def build_comparison_report(run_prefixes: list[str], out: Path | None = None) ->
     ids = [r.run_id for r in reports]
     if len(set(ids)) != len(ids):
         raise ReportError(f"--compare names the same run twice: {', '.join(ids)}")
-    name = "compare-" + hashlib.sha256("\n".join(ids).encode()).hexdigest()[:12]
+    # The same runs in another order are the same comparison: one folder, the newest page.
+    name = "compare-" + hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:12]
     folder = _output_folder(out, workspace.root / "reports" / name)
     return write_report_folder(render_comparison(reports), folder)

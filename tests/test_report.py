@@ -247,6 +247,12 @@ def test_comparison_tabulates_both_runs_and_overlays_their_val_loss(runs):
     assert "model.kind" in page.text["table"]  # the setting that differs: gpt vs bigram-count
     for name in page.images:
         assert (path.parent / name).read_bytes().startswith(PNG_MAGIC)
+    # The same runs in the other order: the same folder (it was a second one), their order.
+    again = build_comparison_report([runs.plain, runs.full])
+    assert again == path
+    assert [c for c in read_page(again).header_cells if c.startswith("20")][:2] == [
+        runs.plain, runs.full
+    ]  # fmt: skip
 
 
 def test_a_registry_from_before_model_labels_still_reports(tmp_path):
@@ -351,6 +357,8 @@ def test_report_command_prints_the_page_path_and_names_a_bad_run(runs, tmp_path)
     assert compared.exit_code == 0 and Path(compared.stdout.strip()).is_file()
     missing = runner.invoke(app, ["report", "no-such-run"])
     assert missing.exit_code == 1 and "no run with an id starting 'no-such-run'" in missing.stderr
+    page = runner.invoke(app, ["report", runs.plain, "--out", str(tmp_path / "OUT.HTML")])
+    assert page.exit_code == 1 and "name a folder" in page.stderr  # a folder OUT.HTML before
 
 
 def test_comparison_needs_two_distinct_runs(runs):
