@@ -119,6 +119,15 @@ def ensure_training_limit() -> bool:
     return False
 
 
+def _temporary_server_url() -> str:
+    """` at URL` of the temporary server Prefect started for this process, or "" if none."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    instances = getattr(SubprocessASGIServer, "_instances", {})  # Prefect's own registry
+    running = [server for server in instances.values() if getattr(server, "running", False)]
+    return f" at {running[0].api_url}" if running else ""
+
+
 def serve_command(
     limit: Annotated[
         int | None,
@@ -153,5 +162,11 @@ def serve_command(
     from prefect import serve
 
     names = ", ".join(f"{d.flow_name}/{d.name}" for d in deployments)
+    if api_url is None:  # only this process's temporary server knows the deployments
+        server = f"this process's temporary Prefect server{_temporary_server_url()}"
     typer.echo(f"serving {names} on {server} (Ctrl-C stops)")
+    if api_url is None:
+        typer.echo("  (LMFORGE_PREFECT_SERVER=ephemeral: `prefect deployment run` reaches it "
+                   "only with PREFECT_API_URL set to that address; without the variable, "
+                   "`lmforge serve` uses the workspace's lasting server)")  # fmt: skip
     serve(*deployments, limit=limit, print_starting_message=False)
