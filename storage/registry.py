@@ -542,7 +542,7 @@ class RunRegistry:
             return None
         dataset = DatasetRecord(clean.output_digest, clean.cache_key, clean.output_path,
                                 clean.stats)  # fmt: skip
-        self._insert_dataset(connection, dataset)
+        self._insert_dataset(connection, dataset, clean.finished_at)
         return clean.output_digest
 
     def record(self, outcome: RunOutcome) -> PromotionRecord | None:
@@ -592,8 +592,10 @@ class RunRegistry:
             connection.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
         for stage in outcome.stages:  # one recorded without its time finished by the run's end
             self._insert_stage(connection, run_id, stage, stage.finished_at or outcome.ended_at)
+        built = {stage.output_digest: stage.finished_at for stage in outcome.stages
+                 if stage.stage == CORPUS_STAGE}  # fmt: skip
         for dataset in outcome.datasets:
-            self._insert_dataset(connection, dataset)
+            self._insert_dataset(connection, dataset, built.get(dataset.digest))
         for tokenizer in outcome.tokenizers:
             stats = tokenizer.stats
             connection.execute(
@@ -764,8 +766,12 @@ class RunRegistry:
         return decision
 
     def _insert_dataset(
-        self, connection: duckdb.DuckDBPyConnection, dataset: DatasetRecord
-    ) -> None:
+        self, connection: duckdb.DuckDBPyConnection, dataset: DatasetRecord,
+        created_at: datetime | None = None,
+    ) -> None:  # fmt: skip
+        """A corpus version, created when its clean stage finished (`created_at`) if known:
+        recorded days later from a crashed run's journal, it was dated by the recording, which
+        moved it in `corpus growth` and `last_used`."""
         exists = connection.execute(
             "SELECT 1 FROM datasets WHERE digest = ?", [dataset.digest]
         ).fetchone()
@@ -775,11 +781,13 @@ class RunRegistry:
         split_documents = stats.get("split_documents", {})
         split_bytes = stats.get("split_bytes", {})
         connection.execute(
-            "INSERT INTO datasets VALUES (?, ?, ?, now(), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO datasets VALUES "
+            "(?, ?, ?, coalesce(CAST(? AS TIMESTAMP), now()), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 dataset.digest,
                 dataset.cache_key,
                 dataset.path,
+                created_at,
                 stats["documents"],
                 stats["kept"],
                 stats["kept_chars"],

@@ -427,15 +427,18 @@ def test_a_crashed_run_records_the_corpus_its_clean_stage_built(tmp_path):
     counts = {"documents": 5, "kept": 4, "kept_chars": 40, "kept_bytes": 41,
               "flagged": {"too_few_words": 1}, "removed": {"too_few_words": 1},
               "split_documents": {"train": 3, "val": 1}}  # fmt: skip
-    journal.finished(StageRecord("clean", "clean-k", False, 1.5, "d1", "corpus/clean-k", counts))
+    built = STARTED + timedelta(seconds=40)
+    journal.finished(StageRecord("clean", "clean-k", False, 1.5, "d1", "corpus/clean-k", counts,
+                                 built))  # fmt: skip
     journal.started("tokenizer")
     assert registry.close_abandoned_runs("me@here", lambda pid: False, tmp_path / "runs") == ["r1"]
     _, rows = registry.query(
-        "SELECT r.status, d.digest, d.kept, d.train_documents, f.removed FROM runs r "
-        "JOIN datasets d ON d.digest = r.corpus_digest "
+        "SELECT r.status, d.digest, d.kept, d.train_documents, f.removed, d.created_at "
+        "FROM runs r JOIN datasets d ON d.digest = r.corpus_digest "
         "JOIN dataset_filters f ON f.dataset_digest = d.digest"
     )
-    assert rows == [("crashed", "d1", 4, 3, 1)]
+    # Created when its clean stage finished, not when the crash was recorded (days later).
+    assert rows == [("crashed", "d1", 4, 3, 1, built)]
 
 
 def test_a_stage_journal_line_cut_short_by_the_kill_is_skipped(tmp_path):
