@@ -211,9 +211,7 @@ def _children(pid: int) -> list[tuple[int, str]]:
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 @pytest.mark.parametrize("to_group", [False, True], ids=["process", "process-group"])
-def test_sigterm_of_a_run_stops_prefect_s_temporary_server_and_records_the_run(
-    tmp_path, to_group
-):
+def test_sigterm_of_a_run_stops_prefect_s_temporary_server_and_records_the_run(tmp_path, to_group):
     """Under `LMFORGE_PREFECT_SERVER=ephemeral` Prefect starts a server for the process and
     stops it at exit; SIGTERM's default action skipped that, and the server ran on, orphaned.
     `timeout` and CI runners signal the whole process group: the server died first, and the
