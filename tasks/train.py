@@ -123,7 +123,7 @@ def init_from_problem(checkpoint: Path, model: ModelConfig) -> str | None:
 
 
 def _tensor_misfit(theirs: dict, model: ModelConfig) -> str | None:
-    """The first parameter the checkpoint's model (as its `model.json` describes it) holds in
+    """The first tensor the checkpoint's model (as its `model.json` describes it) holds in
     another shape than `model` would, or lacks, or has beyond it: said before any stage runs
     (the train stage found it after the data stages). Both are built on the meta device, at one
     made-up vocabulary: the tokenizer, not yet known, is checked as the weights load."""
@@ -173,9 +173,10 @@ def _say_other_interrupted_trainings(workspace: Workspace, work: Path) -> None:
 
 
 def _parameters(model):
-    """Every parameter by every name: a tied GPT's `head.weight` too, which is its token
-    embedding (an untied checkpoint has the same names)."""
-    return model.named_parameters(remove_duplicate=False)
+    """Every tensor a checkpoint of `model` holds, by name, as a strict load checks them:
+    parameters and saved buffers alike (a frozen w2v model's vectors are a buffer, a
+    fine-tuned one's a parameter, under one name), a tied GPT's `head.weight` too."""
+    return model.state_dict(keep_vars=True).items()
 
 
 # Settings that never change the trained model: how often checkpoints are written and how

@@ -237,8 +237,10 @@ def test_sigterm_of_a_run_stops_prefect_s_temporary_server_and_records_the_run(t
     try:
 
         def training() -> bool:
-            journals = (home / "runs").glob("*/stages.jsonl")
-            return any('"stage": "train"' in journal.read_text() for journal in journals)
+            # A step logged: inside the train task. The journal's "started" line comes before
+            # the task runs, and a signal there (a loaded machine) named no stage.
+            logs = (home / "artifacts" / "train").glob("*.work/metrics.jsonl")
+            return any('"train/loss"' in log.read_text() for log in logs)
 
         started = wait_until(training, 180)
         assert started, process.poll() is not None and process.stderr.read().decode()

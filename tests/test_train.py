@@ -1199,6 +1199,22 @@ def test_init_from_a_model_of_other_shapes_or_a_cut_checkpoint_is_refused_before
     deeper = SMALL_GPT.model_copy(update={"n_layer": 2})
     with pytest.raises(TrainingError, match=r"does not fit this model: it has no blocks\.1\."):
         init_checkpoint(start, workspace, deeper)
+    # Other kinds, by the tensors a strict load checks: a w2v model's vectors are a buffer when
+    # frozen, a parameter when fine-tuned, under one name: training frozen, then fine-tuning,
+    # loads (parameters alone were compared, and refused it).
+    from lm.models.config import MLPConfig, W2VConfig
+    from tasks.train import init_from_problem
+
+    for theirs, ours, fits in (
+        (W2VConfig(freeze=True), W2VConfig(freeze=False), True),
+        (W2VConfig(freeze=False), W2VConfig(freeze=True), True),
+        (W2VConfig(context=3), W2VConfig(context=5), False),
+        (MLPConfig(norm="batchnorm"), MLPConfig(norm="batchnorm"), True),
+        (MLPConfig(norm="batchnorm"), MLPConfig(norm="layernorm"), False),
+    ):
+        (tmp_path / "model.json").write_text(json.dumps(theirs.model_dump(mode="json")))
+        problem = init_from_problem(tmp_path / "best", ours)
+        assert (problem is None) == fits, (theirs, ours, problem)
     # The checkpoint folder named itself, its weights cut short: refused, not loaded later.
     weights = tmp_path / "model" / "best" / WEIGHTS_FILE
     weights.write_bytes(weights.read_bytes()[:100])
