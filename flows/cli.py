@@ -178,6 +178,8 @@ def _exit_cleanly_on_sigterm() -> None:
         raise SystemExit(128 + number)
 
     signal.signal(signal.SIGTERM, exit_with_status)
+    # A closed terminal or dropped ssh session: the same orderly end (its default skipped it).
+    signal.signal(signal.SIGHUP, exit_with_status)
 
 
 # How long the exit after SIGTERM may take before it is forced. `timeout` and a CI runner
@@ -192,10 +194,9 @@ def _exit_anyway_after(seconds: float, status: int) -> None:
     import threading
 
     def force() -> None:
-        errors.print(f"lmforge: still exiting {seconds:.0f} s after the termination signal "
-                     "(its Prefect server gone?): exiting now", highlight=False)  # fmt: skip
-        sys.stdout.flush()
-        sys.stderr.flush()
+        # A raw write: the main thread may hold the streams' locks, blocked on a full pipe.
+        os.write(2, f"lmforge: still exiting {seconds:.0f} s after the termination signal "
+                    "(its Prefect server gone?): exiting now\n".encode())  # fmt: skip
         os._exit(status)
 
     timer = threading.Timer(seconds, force)

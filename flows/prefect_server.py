@@ -115,12 +115,23 @@ def starting_server(workspace: Workspace) -> dict | None:
 
 class _OwnSessionSubprocess:
     """The `subprocess` module as Prefect's server module sees it, but a `Popen` that starts
-    its process in a session of its own."""
+    its process in a session of its own, dying with this process (`lm.parent_death`): out of
+    the group, a SIGKILL to the group or this process's death would have left it running."""
 
     class Popen(subprocess.Popen):
-        def __init__(self, *args, **kwargs):
+        def __init__(self, args, *rest, **kwargs):
+            import threading
+
+            from lm.parent_death import PARENT_PID_VARIABLE
+
             kwargs.setdefault("start_new_session", True)
-            super().__init__(*args, **kwargs)
+            # The kernel's signal comes when the *thread* that started it exits: only the main
+            # thread lives as long as the process (Prefect starts it there, from `lmforge`).
+            if threading.current_thread() is threading.main_thread():
+                args = [sys.executable, "-m", "lm.parent_death", *args]
+                kwargs["env"] = dict(kwargs.get("env") or os.environ)
+                kwargs["env"][PARENT_PID_VARIABLE] = str(os.getpid())
+            super().__init__(args, *rest, **kwargs)
 
     def __getattr__(self, name: str):
         return getattr(subprocess, name)
@@ -131,7 +142,8 @@ def _temporary_server_in_its_own_session() -> None:
     `docker stop` and CI runners signal the whole group: the server died with the run's first
     SIGTERM, and the run, finding its API gone while it recorded the crash, retried it for
     minutes (one event every 7 s) instead of exiting. Outside the group it lives until this
-    process's exit stops it (Prefect's `atexit`), as on a SIGTERM to this process alone."""
+    process's exit stops it (Prefect's `atexit`), as on a SIGTERM to this process alone, or
+    until this process dies (`kill -9`), which the kernel tells it."""
     from prefect.server.api import server
 
     if not isinstance(server.subprocess, _OwnSessionSubprocess):
