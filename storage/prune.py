@@ -95,7 +95,11 @@ def _locked(work: Path) -> Iterator[bool]:
     if not path.exists():
         yield True
         return
-    with open(path, "rb") as lock:  # flock needs no write access: a read-only listing works
+    try:  # for writing: on NFS flock is emulated by fcntl, whose exclusive lock needs it
+        lock = open(path, "a+")  # noqa: SIM115 (closed by the `with` below)
+    except OSError:  # a read-only workspace: local flock needs no write access
+        lock = open(path, "rb")  # noqa: SIM115
+    with lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -161,8 +161,11 @@ def _say_other_interrupted_trainings(workspace: Workspace, work: Path) -> None:
 
     if latest_checkpoint(work) is not None:
         return  # it resumes
-    others = [found for found in find_leftovers(workspace)
-              if found.kind == INTERRUPTED and found.path != work]  # fmt: skip
+    try:
+        others = [found for found in find_leftovers(workspace)
+                  if found.kind == INTERRUPTED and found.path != work]  # fmt: skip
+    except OSError:  # a note, never a reason for a training to fail
+        return
     if others:
         logging.getLogger("lm.train").info(
             "train: %d interrupted training(s) of other settings, data or code are in the "
