@@ -243,6 +243,24 @@ def test_a_json_file_is_read_as_records_not_as_text(tmp_path):
     ]  # fmt: skip
 
 
+def test_a_json_file_in_utf16_reads_as_json_lines_and_metadata_in_a_folder_is_skipped(
+    tmp_path, caplog
+):
+    # UTF-16 JSON Lines under a .json name failed as "Extra data": the first line was looked
+    # for in the raw bytes. A dataset's metadata .json in a folder failed the whole ingest.
+    lines = '{"text": "a"}\n{"text": "b"}\n'
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "bom.json").write_bytes(lines.encode("utf-16"))
+    (tmp_path / "data" / "bare.json").write_bytes(lines.encode("utf-16-le"))
+    (tmp_path / "data" / "dataset_info.json").write_text('{"version": 1, "splits": ["train"]}')
+    with caplog.at_level(logging.WARNING, logger="lm.text.readers"):
+        docs = read(tmp_path, str(tmp_path / "data"))
+    assert [d.text for d in docs] == ["a", "b", "a", "b"]
+    assert "dataset_info.json: skipped, its first record has no field 'text'" in caplog.text
+    with pytest.raises(InputError, match=r"dataset_info\.json:1: no field 'text'"):
+        read(tmp_path, str(tmp_path / "data" / "dataset_info.json"))  # named: an error
+
+
 @pytest.mark.parametrize(
     ("content", "problem"),
     [

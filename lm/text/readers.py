@@ -20,6 +20,7 @@ import re
 import sys
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
 import pyarrow as pa
@@ -150,10 +151,11 @@ class _Prefixed(io.RawIOBase):
         return True
 
     def readinto(self, buffer) -> int:
-        if self.prefix:
-            data, self.prefix = self.prefix[: len(buffer)], self.prefix[len(buffer) :]
-        else:
-            data = self.stream.read(len(buffer))
+        # The prefix and the stream's first bytes in one read: a peek sees both (it was the
+        # BOM alone, so a sniff of the first line found none).
+        data, self.prefix = self.prefix[: len(buffer)], self.prefix[len(buffer) :]
+        if len(data) < len(buffer):
+            data += self.stream.read(len(buffer) - len(data))
         buffer[: len(data)] = data
         return len(data)
 
@@ -463,16 +465,44 @@ def _read_json(
     `lines=True`) write JSON Lines under that name: read as such when its first line is a whole
     JSON object. Otherwise one JSON document: an array of records (or of strings), each a
     document labelled by its index, or one record. Read as plain text, its braces, quotes and
-    field names went into the corpus."""
+    field names went into the corpus. In a folder or pattern, a file whose first record has no
+    text field (`dataset_info.json`, `package.json`) is skipped with a warning."""
+    yielded = False
+    try:
+        for document in _json_documents(item, stream, encoding_errors, replaced):
+            yielded = True
+            yield document
+    except InputError as error:
+        if yielded or _named_itself(item) or "no field" not in str(error):
+            raise
+        logger.warning(
+            "%s: skipped, its first record has no field '%s' (a metadata file?); to read it, "
+            "name it as a source of its own with its text_field", item.name, item.spec.text_field,
+        )  # fmt: skip
+
+
+def _named_itself(item: ResolvedInput) -> bool:
+    """Whether the source named this very file (or URL), rather than a folder or pattern."""
+    if item.url is not None or item.path is None:
+        return True
+    try:
+        return Path(item.spec.path).expanduser().resolve() == item.path.resolve()
+    except (OSError, RuntimeError):
+        return True
+
+
+def _json_documents(
+    item: ResolvedInput, stream: BinaryIO, encoding_errors: str, replaced: Replacements
+) -> Iterator[RawDocument]:
     head = _peek(stream)
     wide = _wide_bom(head)
-    if wide is None:
-        start = head.removeprefix(codecs.BOM_UTF8).lstrip()
-        first_line = start.split(b"\n", 1)[0]
-        if start.startswith(b"{") and (len(first_line) == len(start) or _is_json(first_line)):
-            yield from _read_jsonl(item, stream, encoding_errors, replaced)
-            return
     encoding = _codec_reading_its_bom(wide) if wide else "utf-8"
+    # The head as text (UTF-16/32 too), cut where a character may be: decoded leniently.
+    start = head.decode(encoding, errors="ignore").removeprefix("\ufeff").lstrip()
+    first_line = start.split("\n", 1)[0]
+    if start.startswith("{") and (len(first_line) == len(start) or _is_json(first_line)):
+        yield from _read_jsonl(item, stream, encoding_errors, replaced)
+        return
     content = _decode(stream.read(), item, encoding_errors, None, replaced, encoding)
     try:
         document = json.loads(content.removeprefix("\ufeff"))
@@ -495,10 +525,10 @@ def _read_json(
             yield RawDocument(where, item.name, text, "plain")
 
 
-def _is_json(data: bytes) -> bool:
+def _is_json(data: str) -> bool:
     try:
         json.loads(data)
-    except ValueError:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not UTF-8
+    except ValueError:
         return False
     return True
 
