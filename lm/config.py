@@ -10,6 +10,7 @@ its own section, and the digest of that section is part of the stage's cache key
 from __future__ import annotations
 
 import difflib
+import json
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -628,10 +629,13 @@ def _tokenizer_keys_of_another_kind(
     are = "are keys" if len(written) > 1 else "is a key"
     them = "them" if len(written) > 1 else "it"
     why = " (its vocabulary is the train text's characters)" if kind == "char" else ""
+    # A bundled preset's keys cannot be removed: `--set` replaces the whole table instead.
+    replaced = "tokenizer={kind=" + json.dumps(kind) + "}"
+    table_hint = f", or replace the table: --set '{replaced}'" if source else ""
     return (
         f"tokenizer.kind is '{kind}'{f' ({source})' if source else ''}, but "
         f"{', '.join(written)} {are} of {owners}, which a '{kind}' tokenizer ignores{why}: "
-        f"remove {them}"
+        f"remove {them}{table_hint}"
     )
 
 

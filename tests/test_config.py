@@ -187,6 +187,8 @@ def test_tokenizer_keys_of_the_other_kind_are_refused_not_ignored():
         load_config("names", ["tokenizer.kind=bpe"])
     said = str(caught.value)
     assert "tokenizer.kind is 'bpe' (from --set tokenizer.kind=bpe), but tokenizer.unknown_" in said
+    assert said.endswith("""remove it, or replace the table: --set 'tokenizer={kind="bpe"}'""")
+    assert load_config("names", ['tokenizer={kind="bpe"}']).tokenizer.kind == "bpe"
     # Keys every kind reads, and defaults not written, pass; so does a stored config (every
     # field, as a run records it), which retrain validates again.
     assert load_config("names", ["tokenizer.seed=3"]).tokenizer.seed == 3
