@@ -612,9 +612,27 @@ def _print_result(output: SqlFormat, columns: list[str], rows: list[tuple]) -> N
         writer.writerow(columns)
         writer.writerows(["" if value is None else value for value in row] for row in rows)
         return
+    names = _unique(columns)  # `SELECT 1 a, 2 a`: a dict would keep one `a`
     for row in rows:
-        record = dict(zip(columns, row, strict=True))
+        record = dict(zip(names, map(_json_value, row), strict=True))
         sys.stdout.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+
+
+def _unique(columns: list[str]) -> list[str]:
+    """Column names, a repeated one numbered (`a`, `a_2`)."""
+    seen: dict[str, int] = {}
+    names = []
+    for column in columns:
+        seen[column] = seen.get(column, 0) + 1
+        names.append(column if seen[column] == 1 else f"{column}_{seen[column]}")
+    return names
+
+
+def _json_value(value):
+    """A value JSON can hold: a float that is not finite is null (`NaN` is no JSON)."""
+    import math
+
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 @corpus_app.command("stats")

@@ -39,7 +39,9 @@ class EvalConfig(StrictModel):
     scoring: Literal["auto", "whole", "documents", "sample"] = "auto"
     batches: int = Field(32, ge=1, description='scoring = "sample": windows in this many batches')
     batch_size: int = Field(16, ge=1, description="windows per forward pass")
-    seed: int = Field(4242, description='scoring = "sample": draws the windows')
+    seed: int = Field(
+        4242, ge=SEED_MIN, le=SEED_MAX, description='scoring = "sample": draws the windows'
+    )
     # Window length in tokens; None: the length the model was trained on. Set it to score the
     # models of a ladder on identical windows (at most the smallest GPT context).
     window: int | None = Field(None, ge=1)

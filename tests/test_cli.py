@@ -122,6 +122,8 @@ def test_sql_is_read_only(workspace, tmp_path):
     lines = run_cli("sql", "--format", "json", "SELECT run_id, started_at FROM runs").stdout
     [record] = [json.loads(line) for line in lines.splitlines()]
     assert record["run_id"].startswith("2") and record["started_at"][:2] == "20"
+    odd = run_cli("sql", "--format", "json", "SELECT 'nan'::DOUBLE AS x, 1 AS a, 2 AS a").stdout
+    assert json.loads(odd) == {"x": None, "a": 1, "a_2": 2}  # NaN is no JSON: null
     # DuckDB writes files too: over the corpus Parquet, or a new database beside it.
     [parquet] = workspace.corpus.glob("*/documents.parquet")
     before = parquet.read_bytes()

@@ -431,6 +431,7 @@ def test_a_table_or_array_written_as_something_else_is_named_in_toml_s_words(tmp
         ("tokenizer.seed=4294967296", "'tokenizer.seed': Input should be less than or equal"),
         ("word2vec.seed=-3", "'word2vec.seed': Input should be greater than or equal to 0"),
         ("clean.near_dup.seed=-1", "'clean.near_dup.seed': Input should be greater than"),
+        ("eval.seed=1180591620717411303424", "'eval.seed': Input should be less than or equal"),
     ],
 )
 def test_a_seed_the_generators_cannot_take_is_refused_at_load_time(override, said):
