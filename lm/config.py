@@ -20,9 +20,9 @@ from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origi
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from lm.eval_config import EvalConfig
-from lm.models.config import ModelConfig
+from lm.models.config import GPT_PRESETS, ModelConfig
 from lm.strict_model import StrictModel
-from lm.train_config import TRAIN_SEED_MAX, TrainConfig
+from lm.train_config import BOOKKEEPING, TRAIN_SEED_MAX, TrainConfig
 
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_PRESET = "default"
@@ -452,7 +452,21 @@ class PipelineConfig(StrictModel):
         checks above; unvalidated: `ablation_runs` validates them and names a bad one."""
         if self.model is None:
             return []
-        return [(v, self.model.model_copy(update=v.model)) for v in self.ablation.variants]
+        return [
+            (v, self.model.model_copy(update=self._variant_fields(v)))
+            for v in self.ablation.variants
+        ]
+
+    def _variant_fields(self, variant: AblationVariant) -> dict[str, Any]:
+        """The base `[model]`'s settings with the variant's over them. A variant's gpt `preset`
+        brings its switches over the base's: merged under the base's written values, which
+        beat a preset, a `modern` variant trained the base model under its name."""
+        assert self.model is not None
+        fields = self.model.model_dump()
+        preset = variant.model.get("preset")
+        if self.model.kind == "gpt" and isinstance(preset, str) and preset in GPT_PRESETS:
+            fields |= GPT_PRESETS[preset]
+        return fields | variant.model
 
     @model_validator(mode="after")
     def _models_have_a_val_split(self) -> PipelineConfig:
@@ -471,7 +485,7 @@ class PipelineConfig(StrictModel):
         arms = []
         trained_by: dict[str, str] = {}  # a variant's settings → its name
         for variant in self.ablation.variants:
-            fields = self.model.model_dump() | variant.model
+            fields = self._variant_fields(variant)
             try:
                 model = type(self.model).model_validate(fields)
                 train = TrainConfig.model_validate(self.train.model_dump() | variant.train)
@@ -479,7 +493,14 @@ class PipelineConfig(StrictModel):
                 root = TrainConfig if error.title == TrainConfig.__name__ else type(self.model)
                 problem = _describe(error, root)
                 raise ValueError(f"ablation variant '{variant.name}': {problem}") from None
-            settings = model.model_dump_json() + train.model_dump_json()
+            ignored = [key for key in variant.train if key == "seed" or key in BOOKKEEPING]
+            if ignored:  # the arm would train what the base does, under another name
+                raise ValueError(
+                    f"ablation variant '{variant.name}': train.{ignored[0]} does not change the "
+                    "trained model (ablation.seeds set every arm's seed; checkpoints and the "
+                    "meeting of nodes are bookkeeping): remove it"
+                )
+            settings = _trained_settings(model, train)
             if settings in trained_by:  # the same numbers twice, read as two findings
                 raise ValueError(
                     f"ablation variants '{trained_by[settings]}' and '{variant.name}' train the "
@@ -508,6 +529,18 @@ class PipelineConfig(StrictModel):
                 ) from None
             runs.append(ModelRun(entry.name or entry.model.kind, entry.model, train))
         return runs
+
+
+def _trained_settings(model: ModelConfig, train: TrainConfig) -> str:
+    """What decides an ablation arm's numbers, written one way: a gpt's `preset` name is only
+    a way to write its switches, and `n_kv_heads` equal to `n_head` is plain multi-head
+    attention, as None is."""
+    fields = model.model_dump(mode="json")
+    if model.kind == "gpt":
+        fields.pop("preset", None)
+        if fields.get("n_kv_heads") == fields.get("n_head"):
+            fields["n_kv_heads"] = None
+    return json.dumps(fields, sort_keys=True) + train.model_dump_json()
 
 
 def retrain_problem(settings: PipelineConfig) -> str | None:

@@ -10,6 +10,13 @@ from lm.strict_model import StrictModel
 
 TRAIN_SEED_MAX = 2**62  # a training seed's largest value (see `TrainConfig.seed`)
 
+# Settings that never change the trained model: how often checkpoints are written and how
+# many are kept (resume is exact), and where and how long the nodes of a multi-node training
+# meet. Changing them, even mid-run, neither retrains nor loses an interrupted run's checkpoints
+# (they are left out of the train stage's cache key, `tasks.train.train_settings_digest`).
+BOOKKEEPING = ("checkpoint_every", "keep_checkpoints", "master_addr", "master_port",
+               "join_timeout_s")  # fmt: skip
+
 
 class TrainingError(RuntimeError):
     """Training cannot go on; the message says why. Defined here, beside the settings, because

@@ -29,7 +29,7 @@ from prefect import task
 from lm.checkpoints import damage, read_info, resolve_init_from, weights_digest
 from lm.models.config import ModelConfig, uses_word2vec, window_history
 from lm.tokenizer import load_tokenizer
-from lm.train_config import TrainConfig, TrainingError
+from lm.train_config import BOOKKEEPING, TrainConfig, TrainingError
 from storage.artifacts import ArtifactStore, Descriptor, reused
 from storage.prune import WORK_LOCK, WORK_SUFFIX
 from storage.shards import open_shard
@@ -180,13 +180,6 @@ def _parameters(model):
     parameters and saved buffers alike (a frozen w2v model's vectors are a buffer, a
     fine-tuned one's a parameter, under one name), a tied GPT's `head.weight` too."""
     return model.state_dict(keep_vars=True).items()
-
-
-# Settings that never change the trained model: how often checkpoints are written and how
-# many are kept (resume is exact), and where and how long the nodes of a multi-node training
-# meet. Changing them, even mid-run, neither retrains nor loses an interrupted run's checkpoints.
-BOOKKEEPING = ("checkpoint_every", "keep_checkpoints", "master_addr", "master_port",
-               "join_timeout_s")  # fmt: skip
 
 
 def train_settings_digest(train: TrainConfig) -> str:

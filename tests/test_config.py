@@ -228,6 +228,39 @@ def test_an_ablation_variant_s_unknown_key_names_the_nearest():
         settings.ablation_runs()
 
 
+def test_an_ablation_variant_s_preset_brings_its_switches_over_the_base_s():
+    # Merged under the base's written values, a `modern` variant trained the base model.
+    settings = load_config("ablation", ['ablation.variants=[{name="base"}, '
+                                        '{name="modern", model={preset="modern"}}]'])  # fmt: skip
+    arms = {variant: run.model for variant, _, run in settings.ablation_runs()}
+    modern, base = arms["modern"], arms["base"]
+    assert (modern.pos, modern.mlp, modern.norm, modern.n_kv_heads, modern.bias) == (
+        "rope", "swiglu", "rmsnorm", 2, False
+    )  # fmt: skip
+    assert (modern.n_layer, modern.n_embd) == (base.n_layer, base.n_embd)  # the base's own
+    assert base.pos == "learned"
+    # A variant's own value beats its preset's.
+    own = '{name="m", model={preset="modern", pos="learned"}}'
+    settings = load_config("ablation", [f'ablation.variants=[{{name="base"}}, {own}]'])
+    assert {v: run.model.pos for v, _, run in settings.ablation_runs()}["m"] == "learned"
+
+
+@pytest.mark.parametrize(
+    ("variants", "said"),
+    [
+        # ablation.seeds set every arm's seed: served from the base's cache, the same numbers.
+        ('[{name="base"}, {name="s", train={seed=99}}]', "variant 's': train.seed does not"),
+        ('[{name="base"}, {name="c", train={checkpoint_every=2}}]', "train.checkpoint_every"),
+        # Two ways to write multi-head attention: the same numbers, as two findings.
+        ('[{name="base"}, {name="mha", model={n_kv_heads=4}}]', "'base' and 'mha' train the"),
+    ],
+)
+def test_an_ablation_variant_that_cannot_change_the_model_is_refused(variants, said):
+    settings = load_config("ablation", [f"ablation.variants={variants}"])
+    with pytest.raises(ValueError, match=re.escape(said)):
+        settings.ablation_runs()
+
+
 @pytest.mark.parametrize(
     "args, expected",
     [
