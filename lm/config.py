@@ -411,12 +411,15 @@ class PipelineConfig(StrictModel):
         channel" after the data stages."""
         if self.model is not None and self.models:
             return self  # refused below, with the reason
-        for run in self.model_runs():
-            model, train = run.model, run.train
+        checked = [(f"model '{run.label}'", run.model, run.train) for run in self.model_runs()]
+        for variant, model in self._variant_models():  # unvalidated: `ablation_runs` checks
+            train = self.train.model_copy(update=variant.train)
+            checked.append((f"ablation variant '{variant.name}'", model, train))
+        for label, model, train in checked:
             rows = train.micro_batch * train.block_size
             if model.kind == "mlp" and model.norm == "batchnorm" and rows < 2:
                 raise ValueError(
-                    f"model '{run.label}': norm \"batchnorm\" normalises over the rows of a "
+                    f"{label}: norm \"batchnorm\" normalises over the rows of a "
                     f"micro-batch, and train.micro_batch × train.block_size is {rows}: raise "
                     'either, or use norm = "layernorm"'
                 )

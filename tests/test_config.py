@@ -94,6 +94,11 @@ def test_batch_norm_over_a_micro_batch_of_one_row_is_refused_at_load():
         load_config("default", [mlp, *one_row])
     load_config("default", [mlp, *one_row[:2], "train.block_size=2"])  # two rows: fine
     load_config("default", [mlp.replace("batchnorm", "layernorm"), *one_row])
+    # An ablation variant's own micro-batch of one row: trained, and scored, before.
+    variants = ('ablation.variants=[{name="base"}, {name="one", train={micro_batch=1, '
+                "global_batch=1, block_size=1}}]")  # fmt: skip
+    with pytest.raises(ConfigError, match=r"ablation variant 'one': norm \"batchnorm\""):
+        load_config("default", [mlp, "train.block_size=2", variants])
 
 
 @pytest.mark.parametrize("kind", ["mlp", "w2v"])
