@@ -735,6 +735,17 @@ def tokenizers_compare(
             raise _fail(f"{config or 'default'}: --train-steps needs a config with a [model] "
                         "or [[models]] (of a ladder, its last model is trained)")  # fmt: skip
         compared = runs[-1]  # a ladder's top, as `retrain` trains
+        from lm.models.config import uses_word2vec
+
+        if compared.model.kind == "bigram-count":
+            raise _fail(f"{config or 'default'}: --train-steps trains a model, and a "
+                        "bigram-count is counted; the count bigram's bits per byte are "
+                        "reported for each tokenizer anyway")  # fmt: skip
+        if uses_word2vec(compared.model):
+            raise _fail(f"{config or 'default'}: its '{compared.label}' model reads word2vec "
+                        "vectors of the pieces, which --train-steps does not train for each "
+                        "tokenizer (it would start from random ones); pick a config whose "
+                        "model needs none")  # fmt: skip
     try:
         tokenizer_configs = {
             k: TokenizerConfig(kind=k, vocab_size=vocab_size) for k in ("bpe", "unigram")

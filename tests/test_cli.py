@@ -404,3 +404,20 @@ def test_stages_whose_artifacts_were_already_built_are_recorded_cached_not_run(w
     )
     assert [stage for stage, _ in rows][:3] == ["ingest", "clean", "tokenizer"]
     assert all(cached for _, cached in rows), rows
+
+
+@pytest.mark.parametrize(
+    ("model", "said"),
+    [
+        # A traceback from the trainer ("element 0 of tensors does not require grad").
+        ('[model]\nkind = "bigram-count"\n', "a bigram-count is counted"),
+        # Trained on random vectors, silently, under the config's name.
+        ('[model]\nkind = "w2v"\n', "its 'w2v' model reads word2vec vectors of the pieces"),
+    ],
+)
+def test_tokenizers_compare_refuses_a_model_it_cannot_train_alike(tmp_path, model, said):
+    config = write_config(tmp_path / "c.toml", [{"path": str(tmp_path)}], model)
+    config.write_text(config.read_text().replace("enabled = false", 'input = "pieces"'))
+    result = run_cli("tokenizers", "compare", "--train-steps", "2", "--config", str(config),
+                     check=False)  # fmt: skip
+    assert result.returncode == 1 and said in result.stderr and "Traceback" not in result.stderr
