@@ -279,6 +279,18 @@ class AblationVariant(StrictModel):
     model: dict[str, Any] = {}
     train: dict[str, Any] = {}
 
+    @field_validator("name")
+    @classmethod
+    def _name_reads_in_labels_and_tables(cls, name: str) -> str:
+        """The name labels the arm's models (`NAME/seed-1`) and a row of `ablation.md`: an
+        empty one made the label `/seed-1`, and a `|` split the row into two columns."""
+        if not name.strip():
+            raise ValueError("is empty: name the variant")
+        if "/" in name or "|" in name:
+            raise ValueError(f"'{name}' has a '/' or '|', which its labels and table cannot "
+                             "hold: rename it")  # fmt: skip
+        return name
+
 
 class AblationConfig(StrictModel):
     """Which variants of the base model to compare and over how many seeds. Every variant
