@@ -266,10 +266,10 @@ def test_an_ablation_variant_that_cannot_change_the_model_is_refused(variants, s
         settings.ablation_runs()
 
 
-@pytest.mark.parametrize(("name", "said"), [("", "is empty"), ("a|b", "has a '/' or '|'")])
+@pytest.mark.parametrize(("name", "said"), [("", "is empty"), ("a|b", "'a|b' has a '/' or '|'")])
 def test_an_ablation_variant_name_its_labels_and_table_cannot_hold_is_refused(name, said):
     # "" labelled its models `/seed-1`; a `|` split its row of ablation.md in two.
-    with pytest.raises(ConfigError, match=re.escape(f"'ablation.variants.0.name': {said}"[:40])):
+    with pytest.raises(ConfigError, match=re.escape(f"'ablation.variants.0.name': {said}")):
         load_config("ablation", [f'ablation.variants=[{{name="{name}"}}]'])
 
 
