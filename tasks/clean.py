@@ -64,6 +64,7 @@ CODE = (
     "storage/corpus.py",
     "storage/artifacts.py",
     "flows/clean_flow.py",
+    "tasks/clean.py",
 )
 # Annotations of the slices, inside the staging directory; removed before it is published.
 SCRATCH_DIR = "annotations"

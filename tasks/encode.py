@@ -15,6 +15,7 @@ shards are the same bytes either way. The doc_id order and the ordered split enc
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from flows.encode_flow import (
     kept_batch_bytes,
     shard_writers,
 )
+from lm.checkpoints import file_sha256
 from lm.config import RuntimeConfig, SplitConfig
 from lm.progress import ProgressLog
 from lm.text.clean import RowSlice, SlicePolicy, plan_slices
@@ -48,7 +50,8 @@ from tasks.runners import make_task_runner, worker_count
 
 STAGE = "encode"
 VERSION = 2  # 2: the split method (hash or ordered), recorded in the shard sidecars
-CODE = ("lm/tokenizer.py", "storage/shards.py", "storage/corpus.py", "flows/encode_flow.py")
+CODE = ("lm/tokenizer.py", "storage/shards.py", "storage/corpus.py", "flows/encode_flow.py",
+        "tasks/encode.py")  # fmt: skip
 # The slices' shards, inside the staging directory; removed before it is published.
 SCRATCH_DIR = "slices"
 # Slices of at least 32 MB of kept text: several seconds of encoding, which pays for a Prefect
@@ -134,8 +137,20 @@ def encode_task(
             "split_method": split.method,
             "splits": splits,
         }
-        descriptor = store.describe(staging, STAGE, key, key, stats | fan_out)
+        descriptor = store.describe(staging, STAGE, key, shards_digest(staging), stats | fan_out)
     return descriptor
+
+
+def shards_digest(folder: Path) -> str:
+    """The digest of the token shards themselves, not of the key that built them: training and
+    evaluation follow it. A renamed source file, or one whose documents cleaning all rejected,
+    changes the corpus digest and so the key, yet encodes to the same tokens: keyed on the key,
+    every model trained again, for the same numbers."""
+    digest = hashlib.sha256()
+    for split in ("train", "val", "test"):
+        for suffix in (".json", ".bin"):  # the sidecar holds dtype, eot id and tokenizer digest
+            digest.update(file_sha256(folder / f"{split}{suffix}").encode())
+    return digest.hexdigest()
 
 
 def _encode_by_hash(

@@ -37,6 +37,7 @@ CODE = (
     "storage/corpus.py",
     "storage/artifacts.py",
     "flows/ingest_flow.py",
+    "tasks/ingest.py",
 )
 # Parts read by the mapped tasks, inside the staging directory; removed before it is published.
 SCRATCH_DIR = "parts"

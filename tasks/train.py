@@ -41,7 +41,7 @@ VERSION = 1
 # The training code and all it imports; the tokenizer and shards it reads the data with; this
 # task, which chooses the seed, the vectors and the baseline.
 CODE = (
-    *module_sources("lm.train", "lm.train_worker"),
+    *module_sources("lm.train", "lm.train_worker", "lm.evaluate"),  # the baseline's fit
     "lm/tokenizer.py", "storage/shards.py", "tasks/train.py",
 )  # fmt: skip
 METRICS_FILE = "metrics.jsonl"

@@ -33,7 +33,8 @@ from tasks.caching import cache_key_from, code_digest, stage_key
 STAGE = "word2vec"
 VERSION = 1
 CODE = (
-    "lm/word2vec.py", "lm/tokenizer.py", "lm/config.py", "storage/corpus.py", "storage/shards.py"
+    "lm/word2vec.py", "lm/tokenizer.py", "lm/config.py", "storage/corpus.py", "storage/shards.py",
+    "lm/gensim_data.py", "tasks/word2vec.py",
 )  # fmt: skip
 VECTORS_FILE = "vectors.kv"
 METRICS_FILE = "metrics.json"

@@ -93,6 +93,20 @@ def test_second_run_with_nothing_changed_is_served_from_cache(workspace, config)
     assert second["corpus"]["digest"] == first["corpus"]["digest"]
 
 
+def test_a_renamed_source_file_encoding_to_the_same_tokens_trains_nothing(
+    workspace, config, tmp_path
+):
+    # The shards' digest was their cache key: a renamed file (a new corpus digest, the same
+    # text) encoded to byte-identical shards, then trained and scored every model again.
+    first = run_pipeline(config, TINY_GPT)
+    (tmp_path / "texts" / "doc05.txt").rename(tmp_path / "texts" / "doc05-renamed.txt")
+    second = run_pipeline(config, TINY_GPT)
+    states = stage_states(second)
+    assert second["corpus"]["digest"] != first["corpus"]["digest"]
+    assert states["encode"] == "ran" and states["train"] == states["evaluate"] == "cached"
+    assert second["models"][-1]["val_bpb"] == first["models"][-1]["val_bpb"]
+
+
 def test_every_stage_is_journaled_beside_the_run_s_metrics_as_it_finishes(workspace, config):
     """The journal a killed run leaves holds what the record of a finished one does, times
     included: each stage is recorded as finished when it finished, not when the run ended."""
