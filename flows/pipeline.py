@@ -474,7 +474,7 @@ def build_tokenizer(
     run.tokenizer = run_stage(
         run,
         tokenizer_task,
-        tokenizer_key(corpus, settings.tokenizer),
+        tokenizer_key(corpus, settings.tokenizer, settings.split),
         tokenizer_store(run.workspace),
         stage_name=stage_name,
         corpus=corpus,

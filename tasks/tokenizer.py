@@ -30,8 +30,14 @@ def tokenizer_store(workspace: Workspace) -> ArtifactStore:
 def tokenizer_key(
     corpus: Descriptor, config: TokenizerConfig, split: SplitConfig | None = None
 ) -> str:
-    """`split` is not in the key: the corpus's digest already depends on it."""
-    return stage_key(STAGE, VERSION, config.output_digest(), [corpus.digest], code_digest(*CODE))
+    """`split` is not in the key where the corpus's digest already depends on it. Under
+    `ordered` it does not (every document is labelled train, the cut is made by encode), yet
+    the statistics are measured on the val part of the stream: a changed `split.val` reused
+    the old part's figures."""
+    settings = config.output_digest()
+    if split is not None and split.method == "ordered":
+        settings += ":" + split.digest()
+    return stage_key(STAGE, VERSION, settings, [corpus.digest], code_digest(*CODE))
 
 
 @task(name=STAGE, cache_key_fn=cache_key_from(tokenizer_key), persist_result=True)
@@ -40,7 +46,7 @@ def tokenizer_task(
 ) -> Descriptor:
     workspace = Workspace.from_env()
     store = tokenizer_store(workspace)
-    key = tokenizer_key(corpus, config)
+    key = tokenizer_key(corpus, config, split)
     existing = store.load_descriptor(key)
     if existing is not None:
         return reused(existing)

@@ -367,6 +367,10 @@ def test_word2vec_under_the_ordered_split_learns_only_the_train_part_of_the_stre
     stats = summary["tokenizer"]
     held_out = round(0.1 * summary["corpus"]["kept_bytes"])  # the stream's last tenth
     assert abs(stats["tokens"] - held_out) <= 1 and stats["bytes_per_token"] == 1.0  # characters
+    # Another val part, the same corpus digest: measured again (the first part's were reused).
+    wider = run_pipeline(config, [*word2vec, "split.val=0.3"])
+    assert wider["corpus"]["digest"] == summary["corpus"]["digest"]
+    assert abs(wider["tokenizer"]["tokens"] - round(0.3 * summary["corpus"]["kept_bytes"])) <= 1
     from tests.conftest import run_cli
 
     compared = run_cli("tokenizers", "compare", "--vocab-size", "400").stdout
