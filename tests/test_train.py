@@ -1085,6 +1085,11 @@ def test_the_train_stage_key_follows_the_init_from_weights_not_just_their_path(t
     source.train_step()
     source.save("best")  # new weights at the same path
     assert train_key(shards, tokenizer, SMALL_GPT, continued) != first
+    # `n_kv_heads` equal to `n_head` is multi-head attention, as None is: the same model.
+    written_out = SMALL_GPT.model_copy(update={"n_kv_heads": SMALL_GPT.n_head})
+    assert train_key(shards, tokenizer, written_out, config()) == train_key(
+        shards, tokenizer, SMALL_GPT, config()
+    )
 
 
 def test_weight_average_is_what_is_evaluated_and_published_and_resumes_exactly(tmp_path):
