@@ -220,4 +220,13 @@ def open_shard(path: Path, tokenizer_digest: str) -> tuple[np.memmap, ShardInfo]
         raise ShardError(f"{path}: {actual} bytes, the header says {expected}: truncated?")
     if info.tokens == 0:
         return np.zeros(0, dtype=dtype), info  # type: ignore[return-value]
-    return np.memmap(path, dtype=dtype, mode="r"), info
+    tokens = np.memmap(path, dtype=dtype, mode="r")
+    # Damage of the right size (overwritten bytes): an id past the vocabulary failed training
+    # deep in an embedding lookup ("index out of range in self"), naming no file.
+    largest = int(tokens.max())
+    if largest >= info.vocab_size:
+        raise ShardError(
+            f"{path}: holds token id {largest}, past the tokenizer's {info.vocab_size} ids: the "
+            f"file is damaged; delete {path.parent} and rerun to encode it again"
+        )
+    return tokens, info  # type: ignore[return-value]

@@ -484,3 +484,21 @@ def test_a_fixed_context_model_keeps_its_whole_context_in_any_window():
                                window=window) for window in (256, 8, 4, 2)}  # fmt: skip
     assert len({score.tokens for score in scores.values()}) == 1
     assert len({round(score.loss, 9) for score in scores.values()}) == 1
+
+
+def test_a_shard_overwritten_in_place_is_named_when_it_is_opened(tmp_path):
+    # Bytes overwritten at the same size: ids past the vocabulary, and a training that failed
+    # deep in an embedding lookup ("index out of range in self"), naming no file.
+    from storage.shards import ShardError, ShardWriter, open_shard
+
+    path = tmp_path / "shards" / "val.bin"
+    path.parent.mkdir()
+    writer = ShardWriter(path, "tok", eot_id=0, vocab_size=300)
+    writer.write([1, 2, 299], 3)
+    writer.close()
+    tokens, _ = open_shard(path, "tok")
+    assert list(tokens)[:3] == [1, 2, 299]
+    path.write_bytes(b"\xff" * path.stat().st_size)
+    with pytest.raises(ShardError, match=r"val\.bin: holds token id 65535, past the tokenizer's "
+                                         r"300 ids: the file is damaged"):  # fmt: skip
+        open_shard(path, "tok")
