@@ -496,8 +496,8 @@ def _newest_same_data(settings, rows: list[tuple]) -> tuple[str, int] | None:
     return None
 
 
-def _completed_runs(settings, query: str) -> list[tuple]:
-    """`query`'s rows for this preset's completed runs; none when there is no registry."""
+def _preset_runs(settings, query: str) -> list[tuple]:
+    """`query`'s rows for this preset's runs; none when there is no registry."""
     from storage.registry import RegistryError
 
     try:
@@ -507,28 +507,30 @@ def _completed_runs(settings, query: str) -> list[tuple]:
 
 
 def _newest_train_tokens(settings) -> tuple[str, int] | None:
-    """The run id and `tokens/train` of the newest completed run of this preset with the same
-    data and tokenizer settings: the corpus this config reads, as far as the registry can tell
-    without running it."""
-    rows = _completed_runs(
+    """The run id and `tokens/train` of the newest run of this preset with the same data and
+    tokenizer settings that encoded its corpus (whatever failed later: an ablation with one
+    failed arm had counted its tokens): the corpus this config reads, as far as the registry
+    can tell without running it."""
+    rows = _preset_runs(
         settings,
         "SELECT r.run_id, m.value, r.config, r.ended_at FROM latest_metrics m "
-        "JOIN runs r USING (run_id) WHERE m.key = 'tokens/train' AND r.status = 'completed' "
-        "AND r.preset = ? ORDER BY r.ended_at DESC",
+        "JOIN runs r USING (run_id) WHERE m.key = 'tokens/train' AND r.preset = ? "
+        "ORDER BY r.ended_at DESC NULLS LAST",
     )
     return _newest_same_data(settings, rows)
 
 
 def _newest_char_vocabulary(settings) -> tuple[str, int] | None:
-    """The run id and vocabulary size of the char tokenizer that the newest completed run of
-    this preset trained with the same data and tokenizer settings: a char vocabulary is the
-    corpus's characters, which only a run has counted."""
-    rows = _completed_runs(
+    """The run id and vocabulary size of the char tokenizer that the newest run of this preset
+    trained with the same data and tokenizer settings, found by its tokenizer stage (through
+    its models, a run that trained none never counted): a char vocabulary is the corpus's
+    characters, which only a run has counted."""
+    rows = _preset_runs(
         settings,
         "SELECT DISTINCT r.run_id, t.vocab_size, r.config, r.ended_at FROM runs r "
-        "JOIN models m USING (run_id) JOIN tokenizers t ON t.digest = m.tokenizer_digest "
-        "WHERE r.status = 'completed' AND r.preset = ? AND t.kind = 'char' "
-        "ORDER BY r.ended_at DESC",
+        "JOIN stages s USING (run_id) JOIN tokenizers t ON t.digest = s.output_digest "
+        "WHERE s.stage = 'tokenizer' AND r.preset = ? AND t.kind = 'char' "
+        "ORDER BY r.ended_at DESC NULLS LAST",
     )
     return _newest_same_data(settings, rows)
 

@@ -197,8 +197,9 @@ def test_size_counts_the_corpus_tokens_of_the_newest_run_of_the_same_data(tmp_pa
     registry = RunRegistry(tmp_path / "registry.duckdb")
     same = load_config("default").model_dump(mode="json")
     other_files = load_config("default", ['ingest.sources=["other.txt"]']).model_dump(mode="json")
-    runs = {"r-same": ("completed", same, 5000, 3), "r-other": ("completed", other_files, 7000, 2),
-            "r-failed": ("failed", same, 9000, 1)}  # fmt: skip
+    # A run that failed after encoding (an ablation's failed arm) counted its tokens too.
+    runs = {"r-old": ("completed", same, 5000, 4), "r-other": ("completed", other_files, 7000, 2),
+            "r-same": ("failed", same, 6000, 3)}  # fmt: skip
     for run_id, (status, config, tokens, age) in runs.items():
         started = NOW - timedelta(hours=age)
         registry.start_run({"run_id": run_id, "status": "running", "preset": "default",
@@ -210,15 +211,15 @@ def test_size_counts_the_corpus_tokens_of_the_newest_run_of_the_same_data(tmp_pa
                             metrics_file=metrics)  # fmt: skip
 
     default = run_cli("size", "default", home=tmp_path).stdout
-    assert re.search(r"tokens in the train split of run r-same\s*│\s*5,000", default), default
+    assert re.search(r"tokens in the train split of run r-same\s*│\s*6,000", default), default
     pointed = run_cli("size", "default", "--set", 'ingest.sources=["other.txt"]', home=tmp_path)
     assert re.search(r"of run r-other\s*│\s*7,000", pointed.stdout)
     elsewhere = run_cli("size", "default", "--set", "tokenizer.vocab_size=999", home=tmp_path)
     assert "tokens in the train split" not in elsewhere.stdout  # no run of that tokenizer
 
 
-def test_size_of_a_char_preset_reads_the_vocabulary_of_its_newest_completed_run(tmp_path):
-    from storage.registry import TokenizerRecord
+def test_size_of_a_char_preset_reads_the_vocabulary_of_its_newest_run(tmp_path):
+    from storage.registry import StageRecord, TokenizerRecord
 
     unrun = run_cli("size", "names", check=False, home=tmp_path)
     assert unrun.returncode == 1
@@ -227,6 +228,8 @@ def test_size_of_a_char_preset_reads_the_vocabulary_of_its_newest_completed_run(
     from lm.config import load_config
 
     config = load_config("names").model_dump(mode="json")
+    # The newest trained no model (looked for through its models, it never counted); a run
+    # whose tokenizer stage never finished has no vocabulary to give.
     runs = {"r-old": ("completed", 30, 3), "r-new": ("completed", 33, 2),
             "r-bad": ("failed", 40, 1)}  # fmt: skip
     for run_id, (status, vocabulary, age) in runs.items():
@@ -235,10 +238,16 @@ def test_size_of_a_char_preset_reads_the_vocabulary_of_its_newest_completed_run(
                             "started_at": started, "config": config})  # fmt: skip
         stats = {"kind": "char", "vocab_size": vocabulary, "bytes_per_token": 1.0,
                  "vocab_used_fraction": 1.0, "byte_fallback_rate": 0.0}  # fmt: skip
+        stages = [StageRecord("tokenizer", "k", False, 1.0, f"t-{run_id}", "tok")]
         registry.finish_run(
-            run_id, status, NOW - timedelta(hours=age, minutes=-1), [],
-            tokenizers=[TokenizerRecord(f"t-{run_id}", "c", "tok", stats)],
-            models=[ModelRecord("gpt", "gpt", "d", "m", f"t-{run_id}", "c", {}, {})],
+            run_id, status, NOW - timedelta(hours=age, minutes=-1),
+            [] if status == "failed" else stages,
+            tokenizers=[] if status == "failed" else [
+                TokenizerRecord(f"t-{run_id}", "c", "tok", stats)
+            ],
+            models=[] if run_id == "r-new" else [
+                ModelRecord("gpt", "gpt", "d", "m", f"t-{run_id}", "c", {}, {})
+            ],
         )  # fmt: skip
 
     sized = run_cli("size", "names", home=tmp_path).stdout
