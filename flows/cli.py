@@ -402,6 +402,15 @@ def size(
             vocabulary_from, vocab_size = newest
         else:
             vocab_size = settings.tokenizer.vocab_size
+    elif settings.tokenizer.kind != "char":  # a SentencePiece vocabulary has a floor
+        from pydantic import ValidationError
+
+        tokenizer = settings.tokenizer.model_dump() | {"vocab_size": vocab_size}
+        try:
+            type(settings.tokenizer).model_validate(tokenizer)
+        except ValidationError as error:
+            said = error.errors()[0]["msg"].removeprefix("Value error, ")
+            raise _fail(f"--vocab-size {vocab_size}: {said}") from None
     newest = _newest_train_tokens(settings)  # what the count bigram can hold, at most
     corpus_tokens = newest[1] if newest is not None else None
     sizes = [size_model(run.model, run.train, vocab_size, train_tokens=corpus_tokens)

@@ -44,8 +44,11 @@ def test_size_command_reports_the_default_model():
     output = run_cli("size").stdout
     assert "1,233,536" in output  # the default preset's GPT with BPE 4000
     assert "Chinchilla-optimal tokens" in output and "24,670,720" in output
-    char = run_cli("size", "--vocab-size", "27", check=False)
+    char = run_cli("size", "--vocab-size", "27", "--set", 'tokenizer={kind="char"}', check=False)
     assert char.returncode == 0
+    # A SentencePiece vocabulary with byte fallback has a floor the tokenizer stage enforces.
+    below = run_cli("size", "--vocab-size", "27", check=False)
+    assert below.returncode == 1 and "--vocab-size 27: vocab_size (27) is too small" in below.stderr
     smaller = run_cli("size", "--set", "model.n_layer=1").stdout
     found = re.search(r"│ trainable parameters\s*│ ([\d,]+)", smaller)
     parameters = int(found.group(1).replace(",", ""))
