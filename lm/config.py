@@ -431,7 +431,7 @@ class PipelineConfig(StrictModel):
             rows = train.micro_batch * train.block_size
             if model.kind == "mlp" and model.norm == "batchnorm" and rows < 2:
                 raise ValueError(
-                    f"{label}: norm \"batchnorm\" normalises over the rows of a "
+                    f'{label}: norm "batchnorm" normalises over the rows of a '
                     f"micro-batch, and train.micro_batch × train.block_size is {rows}: raise "
                     'either, or use norm = "layernorm"'
                 )
