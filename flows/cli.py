@@ -178,8 +178,10 @@ def _exit_cleanly_on_sigterm() -> None:
         raise SystemExit(128 + number)
 
     signal.signal(signal.SIGTERM, exit_with_status)
-    # A closed terminal or dropped ssh session: the same orderly end (its default skipped it).
-    signal.signal(signal.SIGHUP, exit_with_status)
+    # A closed terminal or dropped ssh session: the same orderly end (its default skipped it),
+    # unless the run was told to outlive it (`nohup` sets SIGHUP ignored: kept so).
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, exit_with_status)
 
 
 # How long the exit after SIGTERM may take before it is forced. `timeout` and a CI runner

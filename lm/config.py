@@ -286,9 +286,9 @@ class AblationVariant(StrictModel):
         empty one made the label `/seed-1`, and a `|` split the row into two columns."""
         if not name.strip():
             raise ValueError("is empty: name the variant")
-        if "/" in name or "|" in name:
-            raise ValueError(f"'{name}' has a '/' or '|', which its labels and table cannot "
-                             "hold: rename it")  # fmt: skip
+        if "/" in name or "|" in name or not name.isprintable():
+            raise ValueError(f"{name!r} has a '/', '|' or control character, which its labels "
+                             "and table cannot hold: rename it")  # fmt: skip
         return name
 
 
@@ -424,8 +424,11 @@ class PipelineConfig(StrictModel):
         if self.model is not None and self.models:
             return self  # refused below, with the reason
         checked = [(f"model '{run.label}'", run.model, run.train) for run in self.model_runs()]
-        for variant, model in self._variant_models():  # unvalidated: `ablation_runs` checks
-            train = self.train.model_copy(update=variant.train)
+        for variant, model in self._variant_models():
+            try:
+                train = TrainConfig.model_validate(self.train.model_dump() | variant.train)
+            except ValidationError:  # `ablation_runs` names the variant's bad setting
+                continue
             checked.append((f"ablation variant '{variant.name}'", model, train))
         for label, model, train in checked:
             rows = train.micro_batch * train.block_size

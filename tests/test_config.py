@@ -99,6 +99,11 @@ def test_batch_norm_over_a_micro_batch_of_one_row_is_refused_at_load():
                 "global_batch=1, block_size=1}}]")  # fmt: skip
     with pytest.raises(ConfigError, match=r"ablation variant 'one': norm \"batchnorm\""):
         load_config("default", [mlp, "train.block_size=2", variants])
+    # A variant's bad value is its own error (a traceback when compared with 2 unvalidated).
+    text = 'ablation.variants=[{name="base"}, {name="t", train={micro_batch="4"}}]'
+    settings = load_config("default", [mlp, "train.block_size=2", text])
+    with pytest.raises(ValueError, match=r"ablation variant 't': 'micro_batch'"):
+        settings.ablation_runs()
 
 
 @pytest.mark.parametrize("kind", ["mlp", "w2v"])
@@ -266,7 +271,10 @@ def test_an_ablation_variant_that_cannot_change_the_model_is_refused(variants, s
         settings.ablation_runs()
 
 
-@pytest.mark.parametrize(("name", "said"), [("", "is empty"), ("a|b", "'a|b' has a '/' or '|'")])
+@pytest.mark.parametrize(
+    ("name", "said"),
+    [("", "is empty"), ("a|b", "'a|b' has a '/', '|'"), ("a\\nb", r"'a\nb' has a '/'")],
+)
 def test_an_ablation_variant_name_its_labels_and_table_cannot_hold_is_refused(name, said):
     # "" labelled its models `/seed-1`; a `|` split its row of ablation.md in two.
     with pytest.raises(ConfigError, match=re.escape(f"'ablation.variants.0.name': {said}")):

@@ -252,13 +252,19 @@ def test_a_json_file_in_utf16_reads_as_json_lines_and_metadata_in_a_folder_is_sk
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "bom.json").write_bytes(lines.encode("utf-16"))
     (tmp_path / "data" / "bare.json").write_bytes(lines.encode("utf-16-le"))
-    (tmp_path / "data" / "dataset_info.json").write_text('{"version": 1, "splits": ["train"]}')
+    info = tmp_path / "data" / "dataset_info.json"
+    info.write_text(json.dumps({"version": 1, "splits": ["train"]}, indent=2))
     with caplog.at_level(logging.WARNING, logger="lm.text.readers"):
         docs = read(tmp_path, str(tmp_path / "data"))
     assert [d.text for d in docs] == ["a", "b", "a", "b"]
-    assert "dataset_info.json: skipped, its first record has no field 'text'" in caplog.text
-    with pytest.raises(InputError, match=r"dataset_info\.json:1: no field 'text'"):
-        read(tmp_path, str(tmp_path / "data" / "dataset_info.json"))  # named: an error
+    assert "dataset_info.json: skipped, one JSON object without a field 'text'" in caplog.text
+    with pytest.raises(InputError, match=r"dataset_info\.json: one JSON object without a field"):
+        read(tmp_path, str(info))  # named itself: an error
+    # Records under another field (a wrong text_field) stay an error in a folder too: skipped,
+    # a folder of them built the corpus from the other sources alone.
+    (tmp_path / "data" / "bom.json").write_text('{"content": "a"}\n{"content": "b"}\n')
+    with pytest.raises(InputError, match=r"bom\.json:1: no field 'text' \(found: content\)"):
+        read(tmp_path, str(tmp_path / "data"))
 
 
 @pytest.mark.parametrize(

@@ -465,20 +465,22 @@ def _read_json(
     `lines=True`) write JSON Lines under that name: read as such when its first line is a whole
     JSON object. Otherwise one JSON document: an array of records (or of strings), each a
     document labelled by its index, or one record. Read as plain text, its braces, quotes and
-    field names went into the corpus. In a folder or pattern, a file whose first record has no
-    text field (`dataset_info.json`, `package.json`) is skipped with a warning."""
-    yielded = False
+    field names went into the corpus. In a folder or pattern, a file that is one JSON object
+    without the text field (`dataset_info.json`, `package.json`: no records at all) is skipped
+    with a warning; records without it (a wrong `text_field`) stay an error."""
     try:
-        for document in _json_documents(item, stream, encoding_errors, replaced):
-            yielded = True
-            yield document
-    except InputError as error:
-        if yielded or _named_itself(item) or "no field" not in str(error):
+        yield from _json_documents(item, stream, encoding_errors, replaced)
+    except _NotARecord:
+        if _named_itself(item):
             raise
         logger.warning(
-            "%s: skipped, its first record has no field '%s' (a metadata file?); to read it, "
+            "%s: skipped, one JSON object without a field '%s' (a metadata file?); to read it, "
             "name it as a source of its own with its text_field", item.name, item.spec.text_field,
         )  # fmt: skip
+
+
+class _NotARecord(InputError):
+    """A `.json` file that is one object without the text field: metadata, most likely."""
 
 
 def _named_itself(item: ResolvedInput) -> bool:
@@ -513,6 +515,12 @@ def _json_documents(
             "a file of one JSON value per line reads as JSON Lines: name it .jsonl"
         ) from None
     field = item.spec.text_field
+    if isinstance(document, dict) and field not in document:
+        found = ", ".join(document)
+        raise _NotARecord(
+            f"{item.name}: one JSON object without a field '{field}' (found: {found}); set "
+            "text_field on this source"
+        )
     if not isinstance(document, list):
         text = _record_text(document, item.name, field, encoding_errors, replaced)
         if text is not None and text.strip():
