@@ -128,9 +128,14 @@ class _OwnSessionSubprocess:
             # The kernel's signal comes when the *thread* that started it exits: only the main
             # thread lives as long as the process (Prefect starts it there, from `lmforge`).
             if threading.current_thread() is threading.main_thread():
+                import lm
+
                 args = [sys.executable, "-m", "lm.parent_death", *args]
-                kwargs["env"] = dict(kwargs.get("env") or os.environ)
-                kwargs["env"][PARENT_PID_VARIABLE] = str(os.getpid())
+                env = kwargs["env"] = dict(kwargs.get("env") or os.environ)
+                env[PARENT_PID_VARIABLE] = str(os.getpid())
+                # `lm` importable in the child whatever its path (a checkout run in place).
+                home = str(Path(lm.__file__).resolve().parents[1])
+                env["PYTHONPATH"] = os.pathsep.join(filter(None, [home, env.get("PYTHONPATH")]))
             super().__init__(args, *rest, **kwargs)
 
     def __getattr__(self, name: str):

@@ -207,8 +207,11 @@ def train_key(
         # workspace the same continuation was trained again.
         upstream.append(weights_digest(start))
         train = train.model_copy(update={"init_from": "(weights)"})
-    if model.kind == "gpt" and model.n_kv_heads == model.n_head:  # multi-head, written out
-        model = model.model_copy(update={"n_kv_heads": None})
+    if model.kind == "gpt":  # one model however written: a preset's name or its switches,
+        written = {"preset": None}  # multi-head attention as None or as n_head
+        if model.n_kv_heads == model.n_head:
+            written["n_kv_heads"] = None
+        model = model.model_copy(update=written)
     settings = f"{model.digest()}:{train_settings_digest(train)}"
     return stage_key(STAGE, VERSION, settings, upstream, code_digest(*CODE))
 

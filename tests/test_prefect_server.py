@@ -258,8 +258,8 @@ def test_sigterm_of_a_run_stops_prefect_s_temporary_server_and_records_the_run(t
         if how == "sigkill-to-group":
             assert status == -signal.SIGKILL
             return
-        # Well before the exit forced 20 s after the signal: the server answered to the end.
-        assert status == 128 + signal.SIGTERM and time.monotonic() - began < 15
+        # Before the exit forced 20 s after the signal (about 3 s here): the server answered.
+        assert status == 128 + signal.SIGTERM and time.monotonic() - began < 19
         assert b"still exiting" not in process.stderr.read()
     finally:
         with contextlib.suppress(ProcessLookupError):

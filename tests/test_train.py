@@ -1090,6 +1090,16 @@ def test_the_train_stage_key_follows_the_init_from_weights_not_just_their_path(t
     assert train_key(shards, tokenizer, written_out, config()) == train_key(
         shards, tokenizer, SMALL_GPT, config()
     )
+    # A preset's name, or its switches written out: the same model.
+    from lm.models.config import GPT_PRESETS, GPTConfig
+
+    shape = {"block_size": 16, "n_layer": 1, "n_head": 2, "n_embd": 16}
+    named = GPTConfig(preset="modern", **shape)
+    spelled = GPTConfig(**shape, **GPT_PRESETS["modern"])
+    assert named == spelled.model_copy(update={"preset": "modern"})
+    assert train_key(shards, tokenizer, named, config()) == train_key(
+        shards, tokenizer, spelled, config()
+    )
 
 
 def test_weight_average_is_what_is_evaluated_and_published_and_resumes_exactly(tmp_path):
