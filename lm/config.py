@@ -20,7 +20,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origi
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from lm.eval_config import EvalConfig
-from lm.models.config import GPT_PRESETS, ModelConfig
+from lm.models.config import GPT_PRESETS, ModelConfig, written_one_way
 from lm.strict_model import StrictModel
 from lm.train_config import BOOKKEEPING, TRAIN_SEED_MAX, TrainConfig
 
@@ -550,15 +550,8 @@ class PipelineConfig(StrictModel):
 
 
 def _trained_settings(model: ModelConfig, train: TrainConfig) -> str:
-    """What decides an ablation arm's numbers, written one way: a gpt's `preset` name is only
-    a way to write its switches, and `n_kv_heads` equal to `n_head` is plain multi-head
-    attention, as None is."""
-    fields = model.model_dump(mode="json")
-    if model.kind == "gpt":
-        fields.pop("preset", None)
-        if fields.get("n_kv_heads") == fields.get("n_head"):
-            fields["n_kv_heads"] = None
-    return json.dumps(fields, sort_keys=True) + train.model_dump_json()
+    """What decides an ablation arm's numbers, the model written one way."""
+    return written_one_way(model).model_dump_json() + train.model_dump_json()
 
 
 def retrain_problem(settings: PipelineConfig) -> str | None:

@@ -27,7 +27,7 @@ from pathlib import Path
 from prefect import task
 
 from lm.checkpoints import damage, read_info, resolve_init_from, weights_digest
-from lm.models.config import ModelConfig, uses_word2vec, window_history
+from lm.models.config import ModelConfig, uses_word2vec, window_history, written_one_way
 from lm.tokenizer import load_tokenizer
 from lm.train_config import BOOKKEEPING, TrainConfig, TrainingError
 from storage.artifacts import ArtifactStore, Descriptor, reused
@@ -140,7 +140,7 @@ def _tensor_misfit(theirs: dict, model: ModelConfig) -> str | None:
         return None
     with torch.device("meta"):
         them, us = (
-            {name: list(p.shape) for name, p in _parameters(build_model(config, 64))}
+            {name: list(p.shape) for name, p in _saved_tensors(build_model(config, 64))}
             for config in (their_config, model)
         )
     for name, shape in us.items():
@@ -175,7 +175,7 @@ def _say_other_interrupted_trainings(workspace: Workspace, work: Path) -> None:
         )
 
 
-def _parameters(model):
+def _saved_tensors(model):
     """Every tensor a checkpoint of `model` holds, by name, as a strict load checks them:
     parameters and saved buffers alike (a frozen w2v model's vectors are a buffer, a
     fine-tuned one's a parameter, under one name), a tied GPT's `head.weight` too."""
@@ -207,12 +207,8 @@ def train_key(
         # workspace the same continuation was trained again.
         upstream.append(weights_digest(start))
         train = train.model_copy(update={"init_from": "(weights)"})
-    if model.kind == "gpt":  # one model however written: a preset's name or its switches,
-        written = {"preset": None}  # multi-head attention as None or as n_head
-        if model.n_kv_heads == model.n_head:
-            written["n_kv_heads"] = None
-        model = model.model_copy(update=written)
-    settings = f"{model.digest()}:{train_settings_digest(train)}"
+    # One model however written (a preset's name or its switches): trained once.
+    settings = f"{written_one_way(model).digest()}:{train_settings_digest(train)}"
     return stage_key(STAGE, VERSION, settings, upstream, code_digest(*CODE))
 
 

@@ -157,6 +157,18 @@ GPT_PRESETS: dict[str, dict] = {
 }  # fmt: skip
 
 
+def written_one_way(model: ModelConfig) -> ModelConfig:
+    """`model` as one spelling of the network it builds: a gpt's `preset` is a way to write
+    its switches (already applied), and `n_kv_heads` equal to `n_head` is plain multi-head
+    attention, as None is. Cache keys and the ablation's same-model check compare this."""
+    if model.kind != "gpt":
+        return model
+    written: dict = {"preset": None}
+    if model.n_kv_heads == model.n_head:
+        written["n_kv_heads"] = None
+    return model.model_copy(update=written)
+
+
 def gpt_preset(name: str, **overrides) -> GPTConfig:
     return GPTConfig(preset=name, **overrides)
 
