@@ -11,7 +11,7 @@ added beside the registry's tables:
 
 Read-only attachment keeps the registry safe, but DuckDB can also write files of its own
 (`COPY ... TO`, `EXPORT DATABASE`, `ATTACH` of a new database), over the corpus Parquet for one:
-`run_query` runs queries and nothing else.
+`run_queries` runs queries and nothing else.
 """
 
 from __future__ import annotations
@@ -97,19 +97,12 @@ def _add_corpus_views(connection: duckdb.DuckDBPyConnection, parquet_path: str) 
         )
 
 
-def run_query(connection: duckdb.DuckDBPyConnection, query: str) -> duckdb.DuckDBPyConnection:
-    """Run `query` if every statement in it only reads; RegistryError names one that does not,
-    by its own first word (DuckDB files INSTALL under LOAD and USE under SET). The result is
-    the last statement's: `run_queries` gives each."""
-    reading_statements(connection, query)
-    return connection.execute(query)
-
-
 def run_queries(
     connection: duckdb.DuckDBPyConnection, query: str
 ) -> Iterator[duckdb.DuckDBPyConnection]:
-    """Each statement of `query` run in turn, once all are known to only read; each result is
-    to be read before the next is asked for (`SELECT 1; SELECT 2` showed only the second)."""
+    """Each statement of `query` run in turn, once all are known to only read (RegistryError
+    names one that does not, by its own first word: DuckDB files INSTALL under LOAD and USE
+    under SET); each result is to be read before the next is asked for."""
     for statement in reading_statements(connection, query):
         yield connection.execute(statement)
 

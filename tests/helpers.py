@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import bz2
+import contextlib
 import json
 import random
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -90,3 +94,21 @@ def wait_until(condition, timeout_s: float) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+@contextlib.contextmanager
+def registry_held_open(path: Path) -> Iterator[int]:
+    """Another process with the registry open read-only for the block, as a `duckdb` shell
+    would have it; yields its pid."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys, time\n"
+         "connection = duckdb.connect(sys.argv[1], read_only=True)\n"
+         "print('open', flush=True)\ntime.sleep(120)", str(path)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline() == "open\n"
+        yield holder.pid
+    finally:
+        holder.kill()
+        holder.wait()

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -32,6 +30,7 @@ from storage.registry import (
 )
 from storage.workspace import Workspace
 from tasks.record import record_task
+from tests.helpers import registry_held_open
 
 GONE = 4242  # the pid of the runs below, which `never_alive` says has ended
 
@@ -79,16 +78,15 @@ def _outcome(run_id: str, **changes) -> RunOutcome:
     return RunOutcome(run_id, **(fields | changes))
 
 
-def _hold_open(path: Path) -> subprocess.Popen:
-    """Another process with the registry open read-only, as a `duckdb` shell would have it."""
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import duckdb, sys, time\n"
-         "connection = duckdb.connect(sys.argv[1], read_only=True)\n"
-         "print('open', flush=True)\ntime.sleep(120)", str(path)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert holder.stdout.readline() == "open\n"
-    return holder
+def _waiting_outcome(workspace: Workspace, run_id: str) -> Path:
+    """A run that ends, with one metric, while another process holds the registry open: its
+    outcome is left in its folder. Returns the metrics file."""
+    folder = workspace.runs / run_id
+    folder.mkdir()
+    metrics = folder / "metrics.jsonl"
+    metrics.write_text(json.dumps({"key": "eval/val/bpb", "step": 5, "value": 1.9,
+                                   "ts": "2026-12-05T10:29"}) + "\n")  # fmt: skip
+    return metrics
 
 
 def _record(run_id: str, status: str, metrics_file: Path | None = None, **more) -> bool:
@@ -143,21 +141,16 @@ def test_a_retrain_recorded_late_promotes_its_model_only_over_the_champion_it_be
 
 def test_a_run_ending_while_the_registry_is_held_open_is_recorded_by_the_next(workspace, caplog):
     registry = _start(workspace, "r1")
-    folder = workspace.runs / "r1"
-    folder.mkdir()
-    metrics = folder / "metrics.jsonl"
-    metrics.write_text(json.dumps({"key": "eval/val/bpb", "step": 5, "value": 1.9,
-                                   "ts": "2026-12-05T10:29"}) + "\n")  # fmt: skip
-    holder = _hold_open(workspace.registry_path)
-    try:
-        with caplog.at_level(logging.WARNING, logger="storage.pending_outcome"):
-            recorded = _record("r1", "completed", metrics, models=[_model(1.9)])
-    finally:
-        holder.kill()
-        holder.wait()
+    metrics = _waiting_outcome(workspace, "r1")
+    folder = metrics.parent
+    with (
+        registry_held_open(workspace.registry_path) as holder,
+        caplog.at_level(logging.WARNING, logger="storage.pending_outcome"),
+    ):
+        recorded = _record("r1", "completed", metrics, models=[_model(1.9)])
     assert recorded is False
     said = caplog.text
-    assert f"run r1 is completed but not in the registry yet: process {holder.pid} (" in said
+    assert f"run r1 is completed but not in the registry yet: process {holder} (" in said
     assert f"kept in {folder / OUTCOME_FILE}; the next run records it once that process" in said
     assert _status(registry, "r1") == "running"
     assert shown_status("r1", "running", "me@here", GONE) == f"completed ({WAITING})"
@@ -178,17 +171,9 @@ def test_an_outcome_left_in_a_workspace_moved_since_is_recorded_with_its_metrics
     # outcome.json names the run's metrics by their absolute path: recorded after a `mv` of
     # the workspace, the run had its models but none of its metrics, without a word.
     _start(workspace, "r1")
-    folder = workspace.runs / "r1"
-    folder.mkdir()
-    metrics = folder / "metrics.jsonl"
-    metrics.write_text(json.dumps({"key": "eval/val/bpb", "step": 5, "value": 1.9,
-                                   "ts": "2026-12-05T10:29"}) + "\n")  # fmt: skip
-    holder = _hold_open(workspace.registry_path)
-    try:
+    metrics = _waiting_outcome(workspace, "r1")
+    with registry_held_open(workspace.registry_path):
         assert _record("r1", "completed", metrics, models=[_model(1.9)]) is False
-    finally:
-        holder.kill()
-        holder.wait()
     moved = workspace.root.rename(workspace.root.with_name("moved"))
     registry = RunRegistry(moved / "registry.duckdb")
     assert registry.close_abandoned_runs("me@here", never_alive, moved / "runs") == []

@@ -85,7 +85,7 @@ def test_lmforge_prune_lists_then_removes_the_training_a_killed_run_left(
     import time
 
     from tests.conftest import REPO, lmforge_command, run_cli
-    from tests.helpers import prose, write_config
+    from tests.helpers import prose, registry_held_open, write_config
 
     texts = tmp_path / "texts"
     texts.mkdir()
@@ -113,20 +113,9 @@ def test_lmforge_prune_lists_then_removes_the_training_a_killed_run_left(
     assert "lmforge prune --yes removes them" in listed.replace("`", "")
     # A registry another process holds open: the crashed run cannot be recorded, so its
     # training's curve (the work folder) is kept for the next prune; it was removed, for good.
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import duckdb, sys, time; held = duckdb.connect(sys.argv[1], "
-         "read_only=True); print('open', flush=True); time.sleep(120)",
-         str(workspace.registry_path)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout.readline() == "open\n"
-        with monkeypatch.context() as patched:
-            patched.setenv("LMFORGE_REGISTRY_WAIT_S", "1")
-            held = " ".join(run_cli("prune", "--yes").stdout.split())
-    finally:
-        holder.kill()
-        holder.wait()
+    with registry_held_open(workspace.registry_path), monkeypatch.context() as patched:
+        patched.setenv("LMFORGE_REGISTRY_WAIT_S", "1")
+        held = " ".join(run_cli("prune", "--yes").stdout.split())
     assert "crashed runs not recorded first" in held and "kept 1 interrupted trainings" in held
     assert work.is_dir()
     removed = " ".join(run_cli("prune", "--yes").stdout.split())

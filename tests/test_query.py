@@ -63,7 +63,11 @@ def test_the_newest_corpus_is_the_one_the_latest_run_read_for_sql_and_stats_alik
 
 
 def test_explain_analyze_of_a_write_and_a_write_behind_with_are_refused_by_name(tmp_path):
-    from storage.query import run_query
+    from storage.query import run_queries
+
+    def run_query(connection, query):  # the only statement's result
+        [result] = run_queries(connection, query)
+        return result
 
     registry = RunRegistry(tmp_path / "registry.duckdb")
     _run_on(registry, tmp_path, "r1", "aaaa")
