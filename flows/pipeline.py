@@ -32,7 +32,7 @@ from flows.user_errors import hide_prefect_tracebacks_of, user_error_types
 from lm.config import ModelRun, PipelineConfig, SplitConfig, load_config, resolve_preset
 from lm.eval_config import EvalConfig
 from lm.machine import describe_machine
-from lm.text.sources import InputError
+from lm.text.sources import InputError, is_url
 from storage.artifacts import ArtifactStore, Descriptor, take_reused
 from storage.metrics_log import RUN_METRICS_FILE, MetricsLog
 from storage.processes import pid_alive, this_host
@@ -101,12 +101,28 @@ def _package_versions() -> dict[str, str]:
     return versions
 
 
-def reproduce_command(config_path: str, overrides: list[str], command: str = "run") -> str:
+def reproduce_command(
+    config_path: str, overrides: list[str], command: str = "run", cwd: str | None = None
+) -> str:
     """The command line that runs this again: `command` is the flow's (`run`, `retrain`,
-    `ablation`)."""
+    `ablation`). With `cwd` (the run read paths relative to it), it starts by going there."""
     words = ["lmforge", command, shlex.quote(config_path),
              *(f"--set {shlex.quote(o)}" for o in overrides)]  # fmt: skip
+    if cwd is not None:
+        words = ["cd", shlex.quote(cwd), "&&", *words]
     return " ".join(words)
+
+
+def relative_paths_of(settings: PipelineConfig) -> list[str]:
+    """The paths `settings` reads relative to the working folder (sources, `init_from`): the
+    same command elsewhere would read other files, so the reproduce command says where."""
+    paths = [s.path for s in settings.ingest.sources
+             if not s.path.startswith(("gensim:", "names:")) and not is_url(s.path)]  # fmt: skip
+    try:
+        paths += [run.train.init_from for run in settings.model_runs() if run.train.init_from]
+    except ValueError:  # a ladder entry's train settings the checks refuse later
+        pass
+    return [p for p in paths if not os.path.isabs(os.path.expanduser(p))]
 
 
 def _deployment_name() -> str | None:
@@ -134,7 +150,9 @@ def _run_row(
         "package_versions": _package_versions(),
         "device": describe_machine(),
         "seed": config.seed,
-        "command": reproduce_command(config_path, overrides, command),
+        "command": reproduce_command(
+            config_path, overrides, command, os.getcwd() if relative_paths_of(config) else None
+        ),
         "hostname": this_host(),
         "pid": os.getpid(),
     }

@@ -271,6 +271,8 @@ def config_drift(command: str | None, recorded: str | dict | None) -> str | None
     if not command or not recorded:
         return None
     words = shlex.split(command)
+    if words[:1] == ["cd"] and words[2:3] == ["&&"]:  # the run read paths relative to a folder
+        words = words[3:]
     if len(words) < 3 or words[1] not in ("run", "retrain", "ablation"):
         return None
     overrides = [words[i + 1] for i, word in enumerate(words[:-1]) if word == "--set"]

@@ -457,6 +457,29 @@ def test_the_command_that_reproduces_a_run_quotes_what_the_shell_would_split():
                                  "--set", "train.max_steps=5"]  # fmt: skip
 
 
+def test_a_run_that_read_relative_paths_is_reproduced_from_its_working_folder(tmp_path):
+    """`lmforge run c.toml` with `sources = ["data/"]` read the folder under the working
+    directory: the reproduce line run from anywhere else read another folder, or none."""
+    import shlex
+
+    from flows.pipeline import relative_paths_of, reproduce_command
+    from tests.helpers import write_config
+
+    sources = [{"path": "data/"}, {"path": "gensim:lee_background.cor"},
+               {"path": "names:dist.male.first"}, {"path": "https://example.org/a.txt"},
+               {"path": str(tmp_path / "abs.txt")}, {"path": "~/home.txt"}]  # fmt: skip
+    config = write_config(tmp_path / "c.toml", sources)
+    assert relative_paths_of(load_config(str(config))) == ["data/"]
+    assert relative_paths_of(load_config(str(config), ["ingest.sources=['/x']"])) == []
+    continued = load_config(str(config), ["ingest.sources=['/x']", 'model={kind="bigram"}',
+                                          "train.init_from=runs/a/ck"])  # fmt: skip
+    assert relative_paths_of(continued) == ["runs/a/ck"]
+
+    line = reproduce_command(str(config), ["name=x"], "run", cwd="/work/my data")
+    assert shlex.split(line) == ["cd", "/work/my data", "&&", "lmforge", "run", str(config),
+                                 "--set", "name=x"]  # fmt: skip
+
+
 def test_a_long_error_is_one_line_on_a_pipe(workspace, tmp_path):
     # Piped stderr is 200 columns wide, and a longer message was cut into two lines.
     missing = tmp_path / ("a-long-folder-name-" * 12) / "config.toml"

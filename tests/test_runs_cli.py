@@ -465,8 +465,10 @@ def test_compare_gives_a_stage_a_run_ran_twice_a_row_each_time():
     ]  # fmt: skip
 
 
-def test_runs_show_says_when_the_reproduce_command_would_run_other_settings(tmp_path):
-    """The config file edited since the run: the reproduce line ran other settings silently."""
+@pytest.mark.parametrize("cwd", [None, "/somewhere else"])
+def test_runs_show_says_when_the_reproduce_command_would_run_other_settings(tmp_path, cwd):
+    """The config file edited since the run: the reproduce line ran other settings silently.
+    A line that starts by going to the run's working folder is read the same way."""
     from flows.pipeline import reproduce_command
     from lm.config import load_config
     from tests.helpers import write_config
@@ -478,7 +480,7 @@ def test_runs_show_says_when_the_reproduce_command_would_run_other_settings(tmp_
     registry = RunRegistry(tmp_path / "registry.duckdb")
     registry.start_run({"run_id": "r1", "status": "completed", "started_at": NOW,
                         "config": load_config(str(config), overrides).model_dump(mode="json"),
-                        "command": reproduce_command(str(config), overrides)})  # fmt: skip
+                        "command": reproduce_command(str(config), overrides, cwd=cwd)})  # fmt: skip
 
     def note() -> str:
         shown = run_cli("runs", "show", "r1", home=tmp_path).stdout
