@@ -632,12 +632,15 @@ def _print_result(output: SqlFormat, columns: list[str], rows: list[tuple]) -> N
 
 
 def _unique(columns: list[str]) -> list[str]:
-    """Column names, a repeated one numbered (`a`, `a_2`)."""
-    seen: dict[str, int] = {}
-    names = []
+    """Column names, a repeated one numbered (`a`, `a_2`), never onto a name already taken
+    (`a, a, a_2` gives `a, a_3, a_2`)."""
+    taken, names = set(columns), []
     for column in columns:
-        seen[column] = seen.get(column, 0) + 1
-        names.append(column if seen[column] == 1 else f"{column}_{seen[column]}")
+        name, number = column, 1
+        while name in names or (name != column and name in taken):
+            number += 1
+            name = f"{column}_{number}"
+        names.append(name)
     return names
 
 
