@@ -114,14 +114,11 @@ def reproduce_command(
 
 
 def relative_paths_of(settings: PipelineConfig) -> list[str]:
-    """The paths `settings` reads relative to the working folder (sources, `init_from`): the
-    same command elsewhere would read other files, so the reproduce command says where."""
+    """The sources `settings` reads relative to the working folder: the same command elsewhere
+    would read other files, so the reproduce command says where. (A relative `init_from` is
+    inside the workspace, wherever the command runs.)"""
     paths = [s.path for s in settings.ingest.sources
              if not s.path.startswith(("gensim:", "names:")) and not is_url(s.path)]  # fmt: skip
-    try:
-        paths += [run.train.init_from for run in settings.model_runs() if run.train.init_from]
-    except ValueError:  # a ladder entry's train settings the checks refuse later
-        pass
     return [p for p in paths if not os.path.isabs(os.path.expanduser(p))]
 
 
