@@ -100,7 +100,8 @@ def ablation(config: str | None = "ablation", overrides: list[str] | None = None
                 continue
             models.append(record)
             scored.append((variant, seed, record.stats))
-        table = summarize([(variant, seed) for variant, seed, _ in arms], scored, failed)
+        table = summarize([(variant, seed) for variant, seed, _ in arms], scored, failed,
+                          settings.ablation_changes())  # fmt: skip
         markdown = table.markdown()
         folder = run.workspace.runs / run.run_id
         (folder / TABLE_FILE).write_text(markdown + "\n")

@@ -14,7 +14,9 @@ from dataclasses import asdict, dataclass, field
 TABLE_FILE = "ablation.md"
 RESULTS_FILE = "ablation.json"
 HEADER = ["variant", "seeds", "parameters", "val bits/byte (mean ± std)",
-          "tokens/s (mean ± std)"]  # fmt: skip
+          "tokens/s (mean ± std)", "changes from the base"]  # fmt: skip
+# The changes cell of the base's own row.
+THE_BASE = "none (the base)"
 FAILED = "failed"
 # The standard deviation of one seed is not zero but unknown.
 NO_SPREAD = "n/a"
@@ -56,6 +58,8 @@ class AblationTable:
     failed: list[FailedArm] = field(default_factory=list)
     # Variant → how many seeds it was to train, for variants without any result.
     lost: dict[str, int] = field(default_factory=dict)
+    # Variant → what it sets otherwise than the base (`mlp = "swiglu"`), "" for the base.
+    changes: dict[str, str] = field(default_factory=dict)
 
     def rows(self) -> list[list[str]]:
         """The table's cells, formatted: the markdown file and the HTML report show these."""
@@ -69,16 +73,23 @@ class AblationTable:
                 f"{r.val_bpb_mean:.4f} ± {_spread(r.val_bpb_std, '.4f')}",
                 f"{r.tokens_per_s_mean:,.0f} ± {_spread(r.tokens_per_s_std, ',.0f')}"
                 if r.tokens_per_s_mean is not None else NO_SPREAD,
+                self._changes_of(r.variant),
             ])  # fmt: skip
         for variant, planned in self.lost.items():
-            rows.append([variant, f"0 of {planned}", "—", FAILED, FAILED])
+            rows.append([variant, f"0 of {planned}", "—", FAILED, FAILED,
+                         self._changes_of(variant)])  # fmt: skip
         return rows
+
+    def _changes_of(self, variant: str) -> str:
+        if variant not in self.changes:  # a table written before lmforge listed the changes
+            return "—"
+        return self.changes[variant] or THE_BASE
 
     def failure_lines(self) -> list[str]:
         return [f"{arm.variant}, seed {arm.seed}: {arm.error}" for arm in self.failed]
 
     def markdown(self) -> str:
-        lines = ["| " + " | ".join(HEADER) + " |", "|---|---:|---:|---:|---:|"]
+        lines = ["| " + " | ".join(HEADER) + " |", "|---|---:|---:|---:|---:|---|"]
         lines += ["| " + " | ".join(row) + " |" for row in self.rows()]
         if self.failed:
             lines += ["", "Failed, left out of the means above:", ""]
@@ -90,6 +101,7 @@ class AblationTable:
             "results": [asdict(r) for r in self.results],
             "failed": [asdict(arm) for arm in self.failed],
             "lost": self.lost,
+            "changes": self.changes,
         }
 
     @classmethod
@@ -99,7 +111,9 @@ class AblationTable:
             by_seed = {int(seed): bpb for seed, bpb in entry["val_bpb_by_seed"].items()}
             results.append(VariantResult(**(entry | {"val_bpb_by_seed": by_seed})))
         failed = [FailedArm(**arm) for arm in document.get("failed", [])]
-        return cls(results, failed, dict(document.get("lost", {})))
+        return cls(
+            results, failed, dict(document.get("lost", {})), dict(document.get("changes", {}))
+        )
 
 
 def _spread(value: float | None, spec: str) -> str:
@@ -115,12 +129,16 @@ def one_line_error(error: BaseException) -> str:
 
 
 def summarize(
-    planned: list[tuple[str, int]], scored: list[tuple[str, int, dict]], failed: list[FailedArm]
+    planned: list[tuple[str, int]],
+    scored: list[tuple[str, int, dict]],
+    failed: list[FailedArm],
+    changes: dict[str, str] | None = None,
 ) -> AblationTable:
     """Mean and sample standard deviation over the seeds that finished, per variant, best val
     bits per byte first. `planned` is every (variant, seed) of the config, in its order;
     `scored` holds the train stats (`val_bpb`, `tokens_seen`, `seconds`, `parameters`, and
-    `tokens_this_run` where recorded) of those that finished."""
+    `tokens_this_run` where recorded) of those that finished; `changes` says what each variant
+    sets otherwise than the base."""
     planned_seeds: dict[str, int] = {}
     for variant, _ in planned:
         planned_seeds[variant] = planned_seeds.get(variant, 0) + 1
@@ -152,4 +170,4 @@ def summarize(
         )
     results.sort(key=lambda result: result.val_bpb_mean)
     lost = {v: n for v, n in planned_seeds.items() if v not in by_variant}
-    return AblationTable(results, failed, lost)
+    return AblationTable(results, failed, lost, dict(changes or {}))

@@ -532,6 +532,27 @@ class PipelineConfig(StrictModel):
                 arms.append((variant.name, seed, ModelRun(label, model, seeded)))
         return arms
 
+    def ablation_changes(self) -> dict[str, str]:
+        """Per variant, what it sets otherwise than the base `[model]` and `[train]`, in TOML's
+        words (`mlp = "swiglu"`, `train.learning_rate = 0.001`; empty for the base itself): the
+        table says what each row measured, which its name need not. Call after
+        `ablation_runs()`, which refuses variants these settings cannot build."""
+        assert self.model is not None
+        base_model = written_one_way(self.model).model_dump(mode="json")
+        base_train = self.train.model_dump(mode="json")
+        changes = {}
+        for variant in self.ablation.variants:
+            model = type(self.model).model_validate(self._variant_fields(variant))
+            train = TrainConfig.model_validate(self.train.model_dump() | variant.train)
+            words = [f"{key} = {json.dumps(value)}"
+                     for key, value in written_one_way(model).model_dump(mode="json").items()
+                     if value != base_model.get(key)]  # fmt: skip
+            words += [f"train.{key} = {json.dumps(value)}"
+                      for key, value in train.model_dump(mode="json").items()
+                      if value != base_train.get(key)]  # fmt: skip
+            changes[variant.name] = ", ".join(words)
+        return changes
+
     def model_runs(self) -> list[ModelRun]:
         """Every model this run trains, in order, each with its merged train settings."""
         if self.model is not None:

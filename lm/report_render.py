@@ -477,7 +477,7 @@ def _ablation_section(table: AblationTable) -> str:
         "<p>Per variant, best first: mean ± sample standard deviation over seeds of the "
         "evaluator's val bits per byte and of training tokens/s (each seed's model is below).</p>"
     )
-    body += _table(ABLATION_HEADER, table.rows(), number_columns=range(1, len(ABLATION_HEADER)))
+    body += _table(ABLATION_HEADER, table.rows(), number_columns=range(1, len(ABLATION_HEADER) - 1))
     if table.failed:
         body += "<p>Failed, left out of the means above:</p>"
         body += _table(

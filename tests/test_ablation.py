@@ -3,6 +3,7 @@ mean ± std over seeds; a variant that fails costs only its own results."""
 
 from __future__ import annotations
 
+import json
 import re
 import statistics
 from dataclasses import dataclass
@@ -174,7 +175,9 @@ def test_a_failing_variant_leaves_the_others_table_and_a_line_saying_why(broken)
         bpb = [value for label, value in scored if label.startswith(f"{variant}/")]
         mean, std = statistics.fmean(bpb), statistics.stdev(bpb)
         assert rows[variant][:1] == ["2"] and rows[variant][2] == f"{mean:.4f} ± {std:.4f}"
-    assert rows["diverges"] == ["0 of 2", "—", "failed", "failed"]
+    assert rows["diverges"] == ["0 of 2", "—", "failed", "failed", "train.learning_rate = 1e+30"]
+    # Each row says what it measured: its name need not.
+    assert rows["gelu"][-1] == "none (the base)" and rows["swiglu"][-1] == 'mlp = "swiglu"'
     for seed in (1, 2):
         line = re.search(rf"^- diverges, seed {seed}: (.*)$", table, re.MULTILINE)
         assert line and line.group(1).startswith("TrainingError: loss is "), table
@@ -213,7 +216,7 @@ def test_the_ablation_report_shows_the_table_of_ablation_md(broken):
     table = (broken.workspace.runs / broken.run_id / "ablation.md").read_text()
     expected = [[variant, *cells] for variant, cells in markdown_rows(table).items()]
     assert {row[0] for row in expected} == {"gelu", "swiglu", "diverges"}
-    assert [row for row in shown if len(row) == 5][1:] == expected  # after the header row
+    assert [row for row in shown if len(row) == 6][1:] == expected  # after the header row
     failures = [list(line) for line in re.findall(r"^- (\S+), seed (\d+): (.*)$", table, re.M)]
     assert len(failures) == 2 and [row for row in shown if len(row) == 3][1:] == failures
 
@@ -281,32 +284,35 @@ def test_a_resumed_seed_s_speed_counts_only_the_tokens_trained_in_its_seconds():
              "parameters": 10}  # fmt: skip
     resumed = whole | {"tokens_this_run": 250, "seconds": 0.5}  # killed at 75 %, then rerun
     table = summarize([("a", 1), ("a", 2)], [("a", 1, whole), ("a", 2, resumed)], [])
-    assert table.rows() == [["a", "2", "10", "2.0000 ± 0.0000", "500 ± 0"]]  # was 1,250 ± 1,061
+    # Was 1,250 ± 1,061. (No changes given: "—".)
+    assert table.rows() == [["a", "2", "10", "2.0000 ± 0.0000", "500 ± 0", "—"]]
     # Resumed at its end (killed after its last checkpoint): no tokens in its seconds, no speed.
     finished = whole | {"tokens_this_run": 0, "seconds": 0.4}
     table = summarize([("a", 1), ("a", 2)], [("a", 1, whole), ("a", 2, finished)], [])
-    assert table.rows() == [["a", "2", "10", "2.0000 ± 0.0000", "500 ± n/a"]]  # was 250 ± 354
+    assert table.rows() == [["a", "2", "10", "2.0000 ± 0.0000", "500 ± n/a", "—"]]  # was 250 ± 354
     alone = summarize([("a", 2)], [("a", 2, finished)], [])
-    assert alone.rows() == [["a", "1", "10", "2.0000 ± n/a", "n/a"]]
+    assert alone.rows() == [["a", "1", "10", "2.0000 ± n/a", "n/a", "—"]]
     # Over the steps' own seconds where recorded: the first arm's set-up and evaluations were
     # in the stage's seconds, and made it look slowest.
     first = whole | {"seconds": 8.0, "step_seconds": 2.0}
     table = summarize([("a", 1), ("a", 2)], [("a", 1, first), ("a", 2, whole)], [])
-    assert table.rows() == [["a", "2", "10", "2.0000 ± 0.0000", "500 ± 0"]]
+    assert table.rows() == [["a", "2", "10", "2.0000 ± 0.0000", "500 ± 0", "—"]]
 
 
 def test_a_variant_that_lost_a_seed_says_how_many_finished_and_claims_no_spread_from_one():
-    from lm.ablation_table import FailedArm, summarize
+    from lm.ablation_table import AblationTable, FailedArm, summarize
 
     def stats(val_bpb: float) -> dict:
         return {"val_bpb": val_bpb, "tokens_seen": 1000, "seconds": 2.0, "parameters": 10}
 
     planned = [("a", 1), ("a", 2), ("b", 1), ("b", 2)]
     scored = [("a", 1, stats(2.0)), ("a", 2, stats(2.2)), ("b", 1, stats(1.9))]
-    table = summarize(planned, scored, [FailedArm("b", 2, "TrainingError: loss is nan")])
+    failed = [FailedArm("b", 2, "TrainingError: loss is nan")]
+    table = summarize(planned, scored, failed, {"a": "", "b": 'mlp = "swiglu"'})
     rows = {row[0]: row[1:] for row in table.rows()}
     assert rows == {
-        "b": ["1 of 2", "10", "1.9000 ± n/a", "500 ± n/a"],
-        "a": ["2", "10", "2.1000 ± 0.1414", "500 ± 0"],
+        "b": ["1 of 2", "10", "1.9000 ± n/a", "500 ± n/a", 'mlp = "swiglu"'],
+        "a": ["2", "10", "2.1000 ± 0.1414", "500 ± 0", "none (the base)"],
     }
+    assert AblationTable.from_json(json.loads(json.dumps(table.to_json()))) == table
     assert table.markdown().endswith("\n- b, seed 2: TrainingError: loss is nan")
