@@ -173,7 +173,8 @@ class TokenizerConfig(StrictModel):
     # Encoding's threads. Training always runs on SentencePiece's 16 (`TRAINING_THREADS`), so
     # a tokenizer is the same on every machine.
     threads: int = Field(0, ge=0, description="encoding threads; 0 means one per core")
-    # SentencePiece samples this many sentences (shuffled) from large corpora.
+    # At most this many lines of the train split are trained on: a uniform sample by `seed`
+    # from a larger one (0: every line).
     input_sentence_size: int = Field(2_000_000, ge=0)
     # Bytes per sentence SentencePiece trains on: longer lines are cut at spaces into parts.
     max_sentence_length: int = Field(16384, ge=1)

@@ -12,8 +12,9 @@ faster than SentencePiece on whole documents and with exactly its ids (`Sentence
 says why).
 
 Training streams text (an iterator of documents, e.g. read batch by batch from Parquet); the
-corpus is never held whole in memory. SentencePiece samples `input_sentence_size` lines of it,
-shuffled, as its own trainer does.
+corpus is never held whole in memory. At most `input_sentence_size` lines of it are trained on:
+a uniform sample drawn here, seeded by `tokenizer.seed` (`sample_lines`), since SentencePiece's
+own sampling drew another sample in every process whatever its seed.
 """
 
 from __future__ import annotations
@@ -555,15 +556,43 @@ def _parts_of_at_most(line: str, limit: int) -> Iterator[str]:
 TRAINING_THREADS = 16
 
 
+def sample_lines(lines: Iterable[str], size: int, seed: int) -> Iterator[str]:
+    """A uniform sample of `size` of `lines` (all of them when there are no more; 0: no limit),
+    in their order, drawn by reservoir sampling with a generator seeded by `seed`: the same
+    lines in every process. SentencePiece's own sampling (`input_sentence_size`) drew another
+    sample in each process whatever `set_random_generator_seed` said, so a corpus of more lines
+    than that made a different tokenizer, and digest, on every machine and in every fresh
+    workspace. Holds `size` lines, as SentencePiece's sampling did."""
+    if size == 0:
+        yield from lines
+        return
+    import random
+
+    generator = random.Random(seed)
+    kept: list[tuple[int, str]] = []
+    for index, line in enumerate(lines):
+        if index < size:
+            kept.append((index, line))
+            continue
+        slot = generator.randrange(index + 1)
+        if slot < size:
+            kept[slot] = (index, line)
+    kept.sort()
+    for position in range(len(kept)):  # each line let go once handed over
+        line, kept[position] = kept[position][1], (0, "")
+        yield line
+
+
 def _train_sentencepiece(documents: Iterable[str], config: TokenizerConfig) -> Tokenizer:
     import sentencepiece as spm
 
     model = io.BytesIO()
     seen = [0]
-    spm.set_random_generator_seed(config.seed)  # the sentence sampling is seeded
+    spm.set_random_generator_seed(config.seed)
+    lines = _lines(documents, seen, config.max_sentence_length)
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=_lines(documents, seen, config.max_sentence_length),
+            sentence_iterator=sample_lines(lines, config.input_sentence_size, config.seed),
             model_writer=model,
             model_type=config.kind,
             vocab_size=config.vocab_size,
@@ -582,8 +611,7 @@ def _train_sentencepiece(documents: Iterable[str], config: TokenizerConfig) -> T
             eos_id=-1,
             pad_id=-1,
             num_threads=TRAINING_THREADS,
-            input_sentence_size=config.input_sentence_size,
-            shuffle_input_sentence=True,
+            input_sentence_size=0,  # sampled above, by `tokenizer.seed`
             max_sentence_length=config.max_sentence_length,
             minloglevel=2,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import re
 
 import numpy as np
@@ -337,6 +338,54 @@ def test_lines_longer_than_sentencepiece_takes_are_trained_on_in_parts():
     ids = tokenizer.encode(lines[0])
     assert len(ids) < len(lines[0].encode()) / 2  # pieces learned, not spelled out in bytes
     assert tokenizer.decode(ids) == lines[0]
+
+
+def test_a_corpus_of_more_lines_than_input_sentence_size_gives_the_seed_s_tokenizer_anywhere():
+    """SentencePiece sampled `input_sentence_size` lines itself, differently in every process
+    whatever its seed: a large corpus made another tokenizer in every fresh workspace, and
+    `tokenizer.seed` changed nothing. Each process here trains on the same corpus."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from lm.config import TokenizerConfig\n"
+        "from lm.tokenizer import train_tokenizer\n"
+        "from tests.helpers import prose\n"
+        "lines = [prose(i, 12) for i in range(900)]\n"
+        "config = TokenizerConfig(vocab_size=340, input_sentence_size=300, seed=int(sys.argv[1]))\n"
+        "print(train_tokenizer(iter(lines), config).digest)\n"
+    )
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def digest(seed: int) -> str:
+        run = subprocess.run([sys.executable, "-c", script, str(seed)], capture_output=True,
+                             text=True, check=True, cwd=root)  # fmt: skip
+        return run.stdout.strip()
+
+    first = digest(1)
+    assert digest(1) == first  # was another digest in each process
+    assert digest(2) != first  # the seed draws another sample
+
+
+def test_the_line_sample_is_uniform_in_order_and_the_seed_s():
+    from lm.tokenizer import sample_lines
+
+    lines = [f"line {i}" for i in range(1000)]
+    assert list(sample_lines(iter(lines), 0, 1)) == lines  # 0: every line
+    assert list(sample_lines(iter(lines), 1000, 1)) == lines
+    sample = list(sample_lines(iter(lines), 100, 7))
+    assert len(sample) == 100 == len(set(sample))
+    assert sample == sorted(sample, key=lines.index)  # in the corpus's order
+    assert list(sample_lines(iter(lines), 100, 7)) == sample
+    assert list(sample_lines(iter(lines), 100, 8)) != sample
+    # Uniform: over many seeds, each tenth of the corpus holds about a tenth of the sample.
+    tenths = [0] * 10
+    for seed in range(200):
+        for line in sample_lines(iter(lines), 100, seed):
+            tenths[int(line.split()[1]) // 100] += 1
+    assert all(1700 < count < 2300 for count in tenths), tenths
 
 
 def test_a_long_line_is_cut_at_spaces_into_parts_that_fit():
