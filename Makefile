@@ -36,4 +36,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_data.py
 
 clean:
-	rm -rf $(VENV) .lmforge .pytest_cache .ruff_cache
+	rm -rf $(VENV) .lmforge .pytest_cache .ruff_cache build dist *.egg-info

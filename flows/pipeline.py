@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from prefect import Task, flow, tags
@@ -82,13 +83,18 @@ def new_run_id() -> str:
 
 
 def _git_sha() -> str | None:
+    """The commit of lmforge's checkout; None for an install from a wheel, whose folder
+    (site-packages) may lie inside another repository (a project's `.venv/`): its commit is
+    not lmforge's."""
     try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5
-        )
+        result = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], cwd=REPO_ROOT,
+                                capture_output=True, text=True, timeout=5)  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return None
-    return result.stdout.strip() or None if result.returncode == 0 else None
+    lines = result.stdout.split("\n")
+    if result.returncode != 0 or len(lines) < 2 or Path(lines[0]).resolve() != REPO_ROOT:
+        return None
+    return lines[1].strip() or None
 
 
 def _package_versions() -> dict[str, str]:

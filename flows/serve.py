@@ -22,10 +22,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from lm.config import shipped_path
+
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
 
-PREFECT_YAML = Path(__file__).resolve().parent.parent / "prefect.yaml"
+PREFECT_YAML = shipped_path("prefect.yaml")
 # Keys of a prefect.yaml deployment that `to_deployment` takes as they are.
 PASSED_THROUGH = ("description", "tags", "parameters", "concurrency_limit", "version")
 

@@ -10,6 +10,7 @@ its own section, and the digest of that section is part of the stage's cache key
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import tomllib
 from dataclasses import dataclass
@@ -24,8 +25,39 @@ from lm.models.config import GPT_PRESETS, ModelConfig, written_one_way
 from lm.strict_model import StrictModel
 from lm.train_config import BOOKKEEPING, TRAIN_SEED_MAX, TrainConfig
 
-REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PRESET = "default"
+# Where an install from a wheel puts `configs/` and `prefect.yaml`, under its prefix
+# (pyproject.toml's data-files): the wheel's packages are lm, storage, tasks and flows alone.
+INSTALLED_DATA = "share/lmforge"
+
+
+def shipped_path(relative: str) -> Path:
+    """`configs` or `prefect.yaml`: the checkout's (a clone, an editable install), or where an
+    install from a wheel put them (`share/lmforge/` under its prefix), found through the
+    installed files' record. The checkout's path when neither has it, for the error."""
+    checkout = REPO_ROOT / relative
+    if checkout.exists():
+        return checkout
+    return _installed_data(relative) or checkout
+
+
+@functools.cache
+def _installed_data(relative: str) -> Path | None:
+    import importlib.metadata
+
+    try:
+        files = importlib.metadata.distribution("lmforge").files or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    wanted = f"{INSTALLED_DATA}/{relative}"
+    for file in files:
+        name = file.as_posix()
+        if name.endswith(wanted):
+            return Path(file.locate()).resolve()
+        if f"{wanted}/" in name:  # a file of the folder
+            return Path(file.locate()).resolve().parent
+    return None
 
 
 class ConfigError(ValueError):
@@ -602,14 +634,15 @@ def resolve_preset(config: str | None) -> Path:
     except RuntimeError:  # `~someone/x.toml` for a user this machine does not know
         raise ConfigError(f"{config}: no such user's home folder") from None
     if path.suffix != ".toml" and not path.is_file():
-        preset = REPO_CONFIGS / f"{config}.toml"
+        preset = shipped_path("configs") / f"{config}.toml"
         if preset.is_file() or not path.is_dir():  # a folder `names/` does not hide a preset
             path = preset
     if path.is_dir():
         raise ConfigError(f"{config}: is a folder, not a config file (a TOML file or a preset)")
     if not path.is_file():
-        presets = sorted(p.stem for p in REPO_CONFIGS.glob("*.toml"))
-        raise ConfigError(f"{config}: no such config file (presets: {', '.join(presets)})")
+        presets = sorted(p.stem for p in shipped_path("configs").glob("*.toml"))
+        known = f"presets: {', '.join(presets)}" if presets else "no presets are installed"
+        raise ConfigError(f"{config}: no such config file ({known})")
     return path.resolve()
 
 

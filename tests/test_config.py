@@ -530,3 +530,22 @@ def test_a_ladder_model_s_train_settings_are_named_by_their_keys_and_set():
         load_config("names", ["models.2.train.max_steps=0"])
     with pytest.raises(ConfigError, match=r"'models\.1\.train': global_batch \(128\) must be"):
         load_config("names", ["models.1.train.micro_batch=256"])
+
+
+def test_every_toml_example_in_readme_is_a_config_lmforge_accepts(tmp_path):
+    """A user pastes them: the main example once set a char-only key under a bpe tokenizer, and
+    was refused. A snippet without sources gets one."""
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"^```toml\n(.*?)^```", readme, re.MULTILINE | re.DOTALL)
+    assert len(blocks) >= 3
+    for number, block in enumerate(blocks):
+        if "[ingest]" not in block:
+            block = '[ingest]\nsources = ["gensim:lee_background.cor"]\n' + block
+        path = tmp_path / f"example-{number}.toml"
+        path.write_text(block, encoding="utf-8")
+        try:
+            load_config(str(path))
+        except ConfigError as error:
+            raise AssertionError(f"README's toml example {number}: {error}\n{block}") from None
