@@ -194,12 +194,18 @@ class SplitConfig(StrictModel):
         return self
 
 
+# The pieces every SentencePiece tokenizer of lmforge defines itself (lm/tokenizer.py: UNKNOWN,
+# END_OF_TEXT, the newline and SPACE_SYMBOL_ESCAPE), which a user symbol cannot repeat.
+RESERVED_PIECES = ("<unk>", "<|endoftext|>", "\n", "\U000f0000")
+
+
 class TokenizerConfig(StrictModel):
     """A SentencePiece model (`bpe` or `unigram`) or a character vocabulary (`char`)."""
 
     kind: Literal["bpe", "unigram", "char"] = "bpe"
     vocab_size: int = Field(4000, ge=2)
-    character_coverage: float = Field(0.9995, gt=0.0, le=1.0)
+    # SentencePiece refuses less than 0.98 (its trainer's check), after the data stages.
+    character_coverage: float = Field(0.9995, ge=0.98, le=1.0)
     byte_fallback: bool = True
     user_defined_symbols: list[str] = []
     # Encoding's threads. Training always runs on SentencePiece's 16 (`TRAINING_THREADS`), so
@@ -209,7 +215,8 @@ class TokenizerConfig(StrictModel):
     # from a larger one (0: every line).
     input_sentence_size: int = Field(2_000_000, ge=0)
     # Bytes per sentence SentencePiece trains on: longer lines are cut at spaces into parts.
-    max_sentence_length: int = Field(16384, ge=1)
+    # (SentencePiece refuses fewer than 10.)
+    max_sentence_length: int = Field(16384, ge=10)
     # Characters the char tokenizer did not see in training: an <unk> id, UTF-8 byte ids
     # (lossless, 256 more ids), or an error naming them.
     unknown_chars: Literal["unk", "bytes", "error"] = "unk"
@@ -226,6 +233,23 @@ class TokenizerConfig(StrictModel):
         """The digest of what decides the trained tokenizer: every setting but `threads`,
         which changes the speed of training, never a piece."""
         return self.model_copy(update={"threads": 0}).digest()
+
+    @field_validator("user_defined_symbols")
+    @classmethod
+    def _symbols_are_new_pieces(cls, symbols: list[str]) -> list[str]:
+        """SentencePiece refuses a symbol twice, an empty one, and the pieces lmforge defines
+        itself: said at load time, not by its trainer once the data stages have run."""
+        for index, symbol in enumerate(symbols):
+            if not symbol:
+                raise ValueError(f"[{index}] is empty: a symbol is one or more characters")
+            if symbol in RESERVED_PIECES:
+                raise ValueError(
+                    f"[{index}] {symbol!r} is a piece every tokenizer already has (unknown, "
+                    "end-of-text, newline, the space mark's escape)"
+                )
+            if symbol in symbols[:index]:
+                raise ValueError(f"[{index}] {symbol!r} is listed twice")
+        return symbols
 
     @model_validator(mode="after")
     def _room_for_the_byte_pieces(self) -> TokenizerConfig:

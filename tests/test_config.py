@@ -191,7 +191,7 @@ def test_tokenizer_keys_of_the_other_kind_are_refused_not_ignored():
         "characters): remove it"
     )
     with pytest.raises(ConfigError, match=r"byte_fallback, tokenizer\.max_sentence_length are"):
-        load_config("names", ["tokenizer.byte_fallback=false", "tokenizer.max_sentence_length=9"])
+        load_config("names", ["tokenizer.byte_fallback=false", "tokenizer.max_sentence_length=99"])
     # The names preset's `unknown_chars = "error"` is a char key: a bpe tokenizer ignores it.
     with pytest.raises(ConfigError) as caught:
         load_config("names", ["tokenizer.kind=bpe"])
@@ -549,3 +549,28 @@ def test_every_toml_example_in_readme_is_a_config_lmforge_accepts(tmp_path):
             load_config(str(path))
         except ConfigError as error:
             raise AssertionError(f"README's toml example {number}: {error}\n{block}") from None
+
+
+@pytest.mark.parametrize(
+    ("override", "said"),
+    [
+        (
+            "tokenizer.character_coverage=0.5",
+            "'tokenizer.character_coverage': Input should be greater than or equal to 0.98",
+        ),
+        (
+            "tokenizer.max_sentence_length=5",
+            "'tokenizer.max_sentence_length': Input should be greater than or equal to 10",
+        ),
+        ("tokenizer.user_defined_symbols=['<|endoftext|>']", "[0] '<|endoftext|>' is a piece"),
+        ("tokenizer.user_defined_symbols=['<unk>']", "[0] '<unk>' is a piece every tokenizer"),
+        ("tokenizer.user_defined_symbols=['<a>', '<a>']", "[1] '<a>' is listed twice"),
+        ("tokenizer.user_defined_symbols=['']", "[0] is empty"),
+    ],
+)
+def test_tokenizer_settings_sentencepiece_refuses_are_refused_at_load(override, said):
+    """SentencePiece's trainer refused these once ingest and clean had run, in its own words
+    (`trainer_interface.cc(94) [trainer_spec.character_coverage() >= 0.98 ...]`), naming no key."""
+    with pytest.raises(ConfigError) as caught:
+        load_config("default", [override])
+    assert said in str(caught.value)

@@ -33,8 +33,10 @@ def test_an_install_from_a_wheel_finds_its_presets_and_deployments_and_claims_no
                     source], check=True, timeout=300)  # fmt: skip
     [wheel] = (tmp_path / "wheel").glob("lmforge-*.whl")
     prefix = tmp_path / "prefix"
-    subprocess.run([*pip, "install", "--no-deps", "--prefix", prefix, wheel], check=True,
-                   timeout=300)  # fmt: skip
+    # --ignore-installed: without it, pip uninstalled this environment's lmforge (the editable
+    # install the suite runs from) before installing into the prefix.
+    subprocess.run([*pip, "install", "--no-deps", "--ignore-installed", "--prefix", prefix,
+                    wheel], check=True, timeout=300)  # fmt: skip
     [site_packages] = prefix.glob("lib/python3*/site-packages")
     assert not (site_packages / "configs").exists()  # not beside the packages: found as data
     # Inside another repository (a project's `.venv/`): its commit is not lmforge's.
@@ -64,3 +66,4 @@ def test_an_install_from_a_wheel_finds_its_presets_and_deployments_and_claims_no
     assert Path(prefect_yaml) == shared / "prefect.yaml"
     assert int(deployments) >= 3
     assert commit == "None"
+    assert (Path(sys.prefix) / "bin" / "lmforge").exists()  # this environment's install kept

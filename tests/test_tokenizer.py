@@ -410,3 +410,10 @@ def test_a_tokenizer_is_the_same_file_on_any_machine_and_any_thread_setting(kind
         settings = TokenizerConfig(kind=kind, vocab_size=400, threads=threads)
         digests.add(train_tokenizer(iter(documents), settings).digest)
     assert len(digests) == 1
+
+
+def test_the_pieces_a_config_cannot_repeat_are_those_the_tokenizer_defines():
+    from lm.config import RESERVED_PIECES
+
+    assert set(RESERVED_PIECES) == {lm.tokenizer.UNKNOWN, lm.tokenizer.END_OF_TEXT, "\n",
+                                    lm.tokenizer.SPACE_SYMBOL_ESCAPE}  # fmt: skip
