@@ -138,7 +138,9 @@ def evaluate_vectors(vectors, config: Word2VecConfig) -> dict:
             metrics.update(_similarity_scores(vectors, name, path))
     neighbours = {}
     for probe in config.probes:
-        word = probe.lower()
+        # As written, else lowercased: `words` vectors are lowercase (gensim's preprocessing),
+        # pieces keep the text's case ("▁Australia").
+        word = probe if probe in vectors.key_to_index else probe.lower()
         if word not in vectors.key_to_index:
             logger.warning("word2vec: probe word '%s' is not in the vocabulary; skipped", probe)
             continue

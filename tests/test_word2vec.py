@@ -51,6 +51,20 @@ def test_evaluation_reports_every_set_and_warns_about_absent_probes(caplog):
     assert "analogy_accuracy" in metrics
 
 
+def test_a_probe_is_found_as_written_among_pieces_and_lowercased_among_words():
+    """Pieces keep the text's case (`▁Australia`): the probe was lowercased, then reported
+    missing. Words are lowercase, so `River` finds `river` there."""
+    sentences = [["▁" + word.capitalize() if i % 2 else "▁" + word for i, word in enumerate(s)]
+                 for s in small_sentences()]  # fmt: skip
+    pieces = train_word2vec(sentences, SMALL.model_copy(update={"input": "pieces"}))
+    capitalised = next(k[1:] for k in pieces.index_to_key if k[1:2].isupper() and len(k) > 3)
+    config = SMALL.model_copy(update={"input": "pieces", "probes": [capitalised]})
+    assert list(evaluate_vectors(pieces, config)["neighbours"]) == [capitalised]
+    words = train_word2vec(small_sentences(), SMALL)
+    config = SMALL.model_copy(update={"probes": ["River"]})
+    assert list(evaluate_vectors(words, config)["neighbours"]) == ["river"]
+
+
 @pytest.mark.parametrize("method", ["pca", "tsne"])
 def test_projection_is_a_png_with_the_probes(tmp_path, method):
     vectors = train_word2vec(small_sentences(), SMALL)
