@@ -810,10 +810,10 @@ def tokenizers_compare(
             (
                 kind,
                 stats["vocab_size"],
-                f"{stats['bytes_per_token']:.3f}",
+                _measured(stats["bytes_per_token"], ".3f"),
                 f"{stats['tokens']:,}",
-                f"{stats['vocab_used_fraction']:.1%}",
-                f"{stats['byte_fallback_rate']:.2%}",
+                _measured(stats["vocab_used_fraction"], ".1%"),
+                _measured(stats["byte_fallback_rate"], ".2%"),
                 ", ".join(repr(p) for p in stats["longest_pieces"][:3]),
                 *scored,
             )
@@ -824,6 +824,11 @@ def tokenizers_compare(
         model_name = f"{compared.label}, {train_steps} steps"
         columns += [f"val bpb ({model_name})", "count-bigram val bpb"]
     console.print(_table(columns, rows, f"corpus {corpus_digest[:12]}, val split"))
+
+
+def _measured(value: float | None, spec: str) -> str:
+    """A statistic, or "—" where there was no text to measure it on (an empty val split)."""
+    return "—" if value is None else format(value, spec)
 
 
 def _compared_parts(documents: Path, corpus_digest: str):

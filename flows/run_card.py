@@ -18,6 +18,11 @@ def _number(value: float | None, digits: int = 4) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def _bytes_per_token(stats: dict) -> str:
+    value = stats.get("bytes_per_token")
+    return "no val text to measure bytes/token" if value is None else f"{value:.2f} bytes/token"
+
+
 def model_rows(models: list[ModelRecord]) -> list[dict]:
     return [
         {
@@ -47,7 +52,7 @@ def run_card(
         f"- corpus `{corpus.digest[:12]}`: {corpus.stats['kept']:,} of "
         f"{corpus.stats['documents']:,} documents kept, {corpus.stats['kept_bytes']:,} bytes",
         f"- tokenizer `{tokenizer.digest[:12]}`: {tokenizer.stats['kind']}, vocabulary "
-        f"{tokenizer.stats['vocab_size']:,}, {tokenizer.stats['bytes_per_token']:.2f} bytes/token",
+        f"{tokenizer.stats['vocab_size']:,}, {_bytes_per_token(tokenizer.stats)}",
         "",
     ]
     if models:

@@ -4,6 +4,7 @@ say nothing of what it learned). The numbers `lmforge tokenizers compare` puts s
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 import numpy as np
@@ -11,10 +12,12 @@ import numpy as np
 from lm.tokenizer import Tokenizer
 
 LONGEST_PIECES = 10
+logger = logging.getLogger(__name__)
 
 
 def tokenizer_statistics(tokenizer: Tokenizer, texts: Iterable[list[str]]) -> dict:
-    """`texts` is a stream of batches of documents (typically the val split)."""
+    """`texts` is a stream of batches of documents (typically the val split). Over no text the
+    ratios are None: no measurement, not a tokenizer that used none of its vocabulary."""
     used = np.zeros(tokenizer.vocab_size, dtype=bool)
     tokens = text_bytes = byte_tokens = documents = 0
     byte_ids = _byte_piece_ids(tokenizer)
@@ -27,6 +30,9 @@ def tokenizer_statistics(tokenizer: Tokenizer, texts: Iterable[list[str]]) -> di
                 array = np.asarray(ids)
                 used[array] = True
                 byte_tokens += int(np.isin(array, byte_ids).sum()) if len(byte_ids) else 0
+    if not tokens:
+        logger.warning("the tokenizer's statistics (bytes per token, vocabulary use, byte "
+                       "fallback) are not measured: the val split holds no text")  # fmt: skip
     pieces = [tokenizer.piece(i) for i in range(tokenizer.vocab_size)]
     learned = [i for i in range(len(pieces)) if tokenizer.is_learned(i)]
     longest = sorted(learned, key=lambda i: (-len(pieces[i]), i))[:LONGEST_PIECES]
@@ -34,10 +40,10 @@ def tokenizer_statistics(tokenizer: Tokenizer, texts: Iterable[list[str]]) -> di
         "documents": documents,
         "tokens": tokens,
         "text_bytes": text_bytes,
-        "bytes_per_token": text_bytes / tokens if tokens else 0.0,
+        "bytes_per_token": text_bytes / tokens if tokens else None,
         "vocab_size": tokenizer.vocab_size,
-        "vocab_used_fraction": float(used.mean()),
-        "byte_fallback_rate": byte_tokens / tokens if tokens else 0.0,
+        "vocab_used_fraction": float(used.mean()) if tokens else None,
+        "byte_fallback_rate": byte_tokens / tokens if tokens else None,
         "longest_pieces": [pieces[i] for i in longest],
     }
 

@@ -205,6 +205,18 @@ def test_statistics_on_val(bundled_splits):
     assert all(len(longest) >= len(tokenizer.piece(i)) for i in learned)
 
 
+def test_statistics_of_an_empty_val_split_are_no_measurement(bundled_splits, caplog):
+    """They were 0.0: "0.000 bytes/token, 0.0 % of the vocabulary used" in the registry and in
+    `tokenizers compare`, read as a tokenizer that does nothing."""
+    tokenizer = train_tokenizer(iter(bundled_splits["train"]), TokenizerConfig(vocab_size=2000))
+    with caplog.at_level("WARNING", logger="lm.tokenizer_stats"):
+        stats = tokenizer_statistics(tokenizer, [[]])
+    assert stats["documents"] == stats["tokens"] == 0
+    assert stats["bytes_per_token"] is stats["vocab_used_fraction"] is None
+    assert stats["byte_fallback_rate"] is None
+    assert "the val split holds no text" in caplog.text
+
+
 @pytest.mark.parametrize(
     "config",
     [TokenizerConfig(vocab_size=270), TokenizerConfig(kind="char", unknown_chars="bytes")],
