@@ -49,6 +49,17 @@ def test_a_deleted_character_between_a_letter_and_its_mark_leaves_normalized_tex
     assert normalize_text("cafe\x00\u0301 au lait", "NFKC", collapse_whitespace=False) == composed
 
 
+def test_joiners_are_spelling_kept_and_bidi_formatting_goes():
+    """The zero-width non-joiner and joiner were deleted with the zero-width space: Persian
+    "می‌خواهم" became another word, an emoji family three faces, a Devanagari conjunct another
+    form. The bidi isolates stayed while the embeddings and marks went."""
+    for text in ("می\u200cخواهم", "👨\u200d👩\u200d👧", "क्\u200dष"):
+        assert normalize_text(text) == text
+    assert normalize_text("a\u200bb") == "ab"  # the zero-width space still goes
+    for mark in ("\u200e", "\u200f", "\u202a", "\u202e", "\u2066", "\u2069"):
+        assert normalize_text(f"left{mark}right") == "leftright", repr(mark)
+
+
 def test_prose_passes_every_quality_rule():
     flags = quality_flags(measure_quality(prose(1, 200)), RULES)
     assert not any(flags.values()), flags

@@ -17,13 +17,17 @@ from lm.text.utf8_scan import CodePointFinder
 # Controls that end a line (vertical tab: Word's manual line break; form feed: a page break;
 # the file, group and record separators; NEL): newlines, as `str.splitlines` reads them; the
 # paragraph separator a blank line. The unit separator: a space. Deleting them glued the words on
-# either side together. The other C0/C1 controls but tab and newline, and zero-width and
-# bidi-formatting characters: deleted. Tabs and exotic spaces: turned into plain spaces. One
+# either side together. The other C0/C1 controls but tab and newline, the zero-width space, word
+# joiner and byte-order mark, and the bidi-formatting marks, embeddings and isolates: deleted.
+# The zero-width non-joiner and joiner (U+200C, U+200D) are spelling, kept: Persian writes
+# "می‌خواهم" with one, Indic scripts choose a conjunct's form by them, and emoji sequences (a
+# family, a flag) are joined by them. Tabs and exotic spaces: turned into plain spaces. One
 # `str.translate` does it all.
 _LINE_BREAKS = [0x0B, 0x0C, 0x1C, 0x1D, 0x1E, 0x85]
 _PARAGRAPH_SEPARATOR = 0x2029  # a paragraph break: a blank line
 _DELETED = [*range(0x00, 0x09), *range(0x0E, 0x1C), *range(0x7F, 0x85), *range(0x86, 0xA0),
-            *range(0x200B, 0x2010), *range(0x202A, 0x202F), 0x2060, 0xFEFF]  # fmt: skip
+            0x200B, 0x200E, 0x200F, *range(0x202A, 0x202F), 0x2060, *range(0x2066, 0x206A),
+            0xFEFF]  # fmt: skip
 _SPACES = [0x09, 0xA0, 0x1680, *range(0x2000, 0x200B), 0x202F, 0x205F, 0x3000]
 _CONTROL_TABLE = (dict.fromkeys(_DELETED) | dict.fromkeys(_LINE_BREAKS, 0x0A)
                   | {_PARAGRAPH_SEPARATOR: "\n\n", 0x1F: 0x20})  # fmt: skip
