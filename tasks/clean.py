@@ -40,6 +40,7 @@ from lm.text.clean import (
     annotate_batches,
     decide_batches,
     plan_slices,
+    split_assignment,
 )
 from storage.artifacts import ArtifactStore, Descriptor, reused
 from storage.corpus import (
@@ -81,9 +82,9 @@ def clean_key(
     split: SplitConfig,
     runtime: RuntimeConfig | None = None,
 ) -> str:
-    """Neither the worker count nor the runtime is part of the key: they never change the
-    corpus."""
-    settings = f"{config.model_copy(update={'workers': 0}).digest()}:{split.digest()}"
+    """Neither the worker count nor the runtime is part of the key, nor the split settings the
+    corpus does not hold (`split_assignment`): they never change the corpus."""
+    settings = f"{config.model_copy(update={'workers': 0}).digest()}:{split_assignment(split)}"
     return stage_key(STAGE, VERSION, settings, [raw.digest], code_digest(*CODE))
 
 

@@ -59,3 +59,22 @@ def test_a_stage_code_digest_covers_its_own_task_module(name):
     import importlib
 
     assert f"tasks/{name}.py" in importlib.import_module(f"tasks.{name}").CODE
+
+
+def test_the_clean_key_holds_only_the_split_settings_the_corpus_holds():
+    """`split.shuffle` orders the shards, and under `ordered` the fractions cut the token
+    stream: changing them re-ran clean to a byte-identical corpus (a second copy on disk)."""
+    from lm.config import CleanConfig, SplitConfig
+    from storage.artifacts import Descriptor
+    from tasks.clean import clean_key
+
+    raw = Descriptor("ingest", "k", "raw/k", "d" * 64)
+
+    def key(**split) -> str:
+        return clean_key(raw, CleanConfig(), SplitConfig(**split))
+
+    assert key() == key(shuffle=True)
+    assert key(method="ordered") == key(method="ordered", val=0.2, test=0.0)
+    assert key() != key(val=0.1) != key(val=0.1, test=0.1)  # hash: the fractions assign
+    assert key(method="random") != key()
+    assert key(method="ordered") != key(method="hash")

@@ -114,6 +114,15 @@ def _min_hasher(num_perm: int, shingle_size: int, seed: int) -> MinHasher:
     return MinHasher(num_perm, shingle_size, seed)
 
 
+def split_assignment(split: SplitConfig) -> str:
+    """What `split_of` reads of `split`, as text for the clean stage's cache key: `shuffle`
+    orders the shards, and under `ordered` the fractions cut the token stream, neither in the
+    corpus, so changing them re-ran clean to the same corpus."""
+    if split.method == "ordered":
+        return "ordered"
+    return f"{split.method}:{split.val!r}:{split.test!r}"
+
+
 def split_of(doc_id: str, split: SplitConfig, row: int = 0) -> str:
     """`train`, `val` or `test`, from the document's hash alone (`hash`), or from its row in the
     corpus (`random`); both are stable as the corpus grows at its end. With the `ordered` method
