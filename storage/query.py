@@ -163,17 +163,24 @@ NEWEST_FIRST = "last_used DESC, created_at DESC, digest"
 
 
 def find_corpus_version(connection: duckdb.DuckDBPyConnection, digest_prefix: str | None) -> dict:
-    """The newest corpus version whose digest starts with `digest_prefix` (any, when None), as a
-    row of `corpus_versions`; RegistryError when there is none, or its documents are gone."""
+    """The corpus version whose digest starts with `digest_prefix` (the newest, when None), as
+    a row of `corpus_versions`; RegistryError when there is none, when the prefix names several
+    (the newest was taken silently), or when its documents are gone."""
+    prefix = (digest_prefix or "").strip().lower()  # digests are lowercase hex
     result = connection.execute(  # starts_with: a `%` or `_` the user types is no wildcard
-        "SELECT * FROM corpus_versions WHERE starts_with(digest, ?) "
-        f"ORDER BY {NEWEST_FIRST} LIMIT 1",
-        [digest_prefix or ""],
+        f"SELECT * FROM corpus_versions WHERE starts_with(digest, ?) ORDER BY {NEWEST_FIRST}",
+        [prefix],
     )
-    row = result.fetchone()
-    if row is None:
-        raise RegistryError(f"no corpus version {digest_prefix or ''} (run `lmforge run`)")
-    version = dict(zip([d[0] for d in result.description], row, strict=True))
+    rows = result.fetchmany(6)
+    if not rows:
+        raise RegistryError(f"no corpus version {prefix} (run `lmforge run`)")
+    columns = [d[0] for d in result.description]
+    if prefix and len(rows) > 1:
+        digests = [row[columns.index("digest")][:12] for row in rows[:5]]
+        more = ", …" if len(rows) > 5 else ""
+        raise RegistryError(f"corpus version {prefix} is ambiguous: {', '.join(digests)}{more} "
+                            "(give more of the digest)")  # fmt: skip
+    version = dict(zip(columns, rows[0], strict=True))
     if not Path(version["parquet_path"]).is_file():  # deleted by hand: DuckDB's error named none
         raise RegistryError(
             f"corpus version {version['digest']}: its documents are gone "

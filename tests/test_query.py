@@ -89,3 +89,18 @@ def test_explain_analyze_of_a_write_and_a_write_behind_with_are_refused_by_name(
         # A subquery in parentheses is no option list (it was cut off as one).
         union = "EXPLAIN ANALYZE (SELECT 1) UNION ALL (SELECT 2)"
         assert run_query(connection, union).fetchall()
+
+
+def test_a_digest_prefix_that_names_several_versions_is_refused_and_case_does_not_matter(
+    tmp_path,
+):
+    """`--digest b` took the newest of the versions starting `b`, silently; `--digest BE94`
+    found none (digests are lowercase hex)."""
+    registry = RunRegistry(tmp_path / "registry.duckdb")
+    _run_on(registry, tmp_path, "r1", "ba01")
+    _run_on(registry, tmp_path, "r2", "be94")
+    with sql_session(registry, tmp_path) as connection:
+        with pytest.raises(RegistryError, match=r"corpus version b is ambiguous: be94, ba01 \("):
+            find_corpus_version(connection, "b")
+        assert find_corpus_version(connection, "BE9")["digest"] == "be94"
+        assert find_corpus_version(connection, None)["digest"] == "be94"  # none: the newest
