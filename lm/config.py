@@ -113,23 +113,27 @@ class QualityConfig(StrictModel):
     """Document quality rules after Gopher (Rae et al. 2021, appendix A). Each one is a column in
     the corpus, so a threshold can be changed without re-reading sources."""
 
+    # Bounds: a fraction past 1 (`min_alpha_word_fraction = 2`) or a negative count rejected
+    # every document, and the error then blamed the data ("add longer texts").
     enabled: bool = True
-    min_words: int = 50
-    max_words: int = 100_000
-    min_mean_word_length: float = 3.0
-    max_mean_word_length: float = 10.0
-    max_symbol_word_ratio: float = 0.1
-    max_ellipsis_line_fraction: float = 0.3
-    max_bullet_line_fraction: float = 0.9
-    min_alpha_word_fraction: float = 0.8
-    max_duplicate_line_fraction: float = 0.3
-    max_duplicate_line_char_fraction: float = 0.2
-    max_duplicate_paragraph_fraction: float = 0.3
-    max_duplicate_paragraph_char_fraction: float = 0.2
+    min_words: int = Field(50, ge=0)
+    max_words: int = Field(100_000, ge=1)
+    min_mean_word_length: float = Field(3.0, ge=0.0)
+    max_mean_word_length: float = Field(10.0, gt=0.0)
+    max_symbol_word_ratio: float = Field(0.1, ge=0.0)
+    max_ellipsis_line_fraction: float = Field(0.3, ge=0.0, le=1.0)
+    max_bullet_line_fraction: float = Field(0.9, ge=0.0, le=1.0)
+    min_alpha_word_fraction: float = Field(0.8, ge=0.0, le=1.0)
+    max_duplicate_line_fraction: float = Field(0.3, ge=0.0, le=1.0)
+    max_duplicate_line_char_fraction: float = Field(0.2, ge=0.0, le=1.0)
+    max_duplicate_paragraph_fraction: float = Field(0.3, ge=0.0, le=1.0)
+    max_duplicate_paragraph_char_fraction: float = Field(0.2, ge=0.0, le=1.0)
     # Most frequent 2-, 3-, 4-gram: largest share of characters it may cover.
-    max_top_ngram_char_fraction: list[float] = [0.20, 0.18, 0.16]
+    max_top_ngram_char_fraction: list[Annotated[float, Field(ge=0.0, le=1.0)]] = [0.20, 0.18, 0.16]
     # All repeated 5- to 10-grams: largest share of characters they may cover.
-    max_duplicate_ngram_char_fraction: list[float] = [0.15, 0.14, 0.13, 0.12, 0.11, 0.10]
+    max_duplicate_ngram_char_fraction: list[Annotated[float, Field(ge=0.0, le=1.0)]] = [
+        0.15, 0.14, 0.13, 0.12, 0.11, 0.10,
+    ]  # fmt: skip
 
     @model_validator(mode="after")
     def _ngram_lists_have_the_right_length(self) -> QualityConfig:
@@ -137,6 +141,13 @@ class QualityConfig(StrictModel):
             raise ValueError("max_top_ngram_char_fraction needs 3 values (n = 2, 3, 4)")
         if len(self.max_duplicate_ngram_char_fraction) != 6:
             raise ValueError("max_duplicate_ngram_char_fraction needs 6 values (n = 5 … 10)")
+        if self.min_words > self.max_words:
+            raise ValueError(f"min_words ({self.min_words}) is above max_words "
+                             f"({self.max_words}): no document can pass")  # fmt: skip
+        if self.min_mean_word_length > self.max_mean_word_length:
+            raise ValueError(f"min_mean_word_length ({self.min_mean_word_length}) is above "
+                             f"max_mean_word_length ({self.max_mean_word_length}): no document "
+                             "can pass")  # fmt: skip
         return self
 
 

@@ -574,3 +574,19 @@ def test_tokenizer_settings_sentencepiece_refuses_are_refused_at_load(override, 
     with pytest.raises(ConfigError) as caught:
         load_config("default", [override])
     assert said in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "said"),
+    [
+        ("clean.quality.max_words=-1", "'clean.quality.max_words': Input should be greater"),
+        ("clean.quality.min_alpha_word_fraction=2", "min_alpha_word_fraction': Input should be"),
+        ("clean.quality.min_words=200000", "min_words (200000) is above max_words (100000)"),
+        ("clean.quality.max_top_ngram_char_fraction=[0.2,1.5,0.1]", "char_fraction.1': Input"),
+    ],
+)
+def test_quality_thresholds_no_document_could_pass_are_refused_at_load(override, said):
+    """They rejected every document, and the error blamed the data ("add longer texts")."""
+    with pytest.raises(ConfigError) as caught:
+        load_config("default", [override])
+    assert said in str(caught.value)
