@@ -511,13 +511,18 @@ def build_tokenizer(
 
 
 def encode_corpus(
-    run: RunContext, settings: PipelineConfig, corpus: Descriptor, tokenizer: Descriptor
+    run: RunContext,
+    settings: PipelineConfig,
+    corpus: Descriptor,
+    tokenizer: Descriptor,
+    stage_name: str | None = None,
 ) -> Descriptor:
     return run_stage(
         run,
         encode_task,
         encode_key(corpus, tokenizer, settings.split),
         shards_store(run.workspace),
+        stage_name=stage_name,
         corpus=corpus,
         tokenizer=tokenizer,
         split=settings.split,

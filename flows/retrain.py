@@ -4,10 +4,11 @@ Scheduled (nightly by default, see prefect.yaml), it re-reads the configured sou
 clean are cached, so a new corpus version appears only when documents were added. Then:
 
 - no champion yet: train the configured model from scratch and promote it;
-- no new train documents since the champion's corpus: nothing to learn, nothing trained;
-- the tokenizer and model settings are the champion's: continue training the champion from its
+- the tokenizer and model settings are the champion's: with no new documents since its
+  corpus, nothing to learn, nothing trained; else continue training the champion from its
   checkpoint on the new train documents only (same tokenizer, so token ids still mean the same);
-- otherwise (a changed tokenizer or model): train from scratch on the whole corpus.
+- otherwise (a changed tokenizer or model, new documents or not): train from scratch on the
+  whole corpus, and compare.
 
 The candidate and the champion are both scored on the current corpus's held-out split, which a
 hash of `doc_id` fixes, so the champion's number is remeasured on the same text rather than
@@ -78,6 +79,9 @@ class Champion:
     model_config: dict
     split_config: dict | None = None  # its run's [split]; None for runs recorded without one
     preset: str | None = None  # the name of its run's config
+    # The corpus its tokenizer was trained on: a continued champion's is an earlier champion's
+    # corpus, not its own. None where it is gone or was not recorded.
+    tokenizer_corpus: Descriptor | None = None
 
 
 @dataclass
@@ -100,10 +104,14 @@ def load_champion(run: RunContext, alias: str) -> Champion | None:
         return None
     workspace, registry = run.workspace, run.registry
     _, tokenizers = registry.query(
-        "SELECT path FROM tokenizers WHERE digest = ?", [row["tokenizer_digest"]]
+        "SELECT path, corpus_digest FROM tokenizers WHERE digest = ?", [row["tokenizer_digest"]]
     )
     _, datasets = registry.query(
         "SELECT path FROM datasets WHERE digest = ?", [row["corpus_digest"]]
+    )
+    tokenizer_corpus_digest = tokenizers[0][1] if tokenizers else None
+    _, tokenizer_datasets = registry.query(
+        "SELECT path FROM datasets WHERE digest = ?", [tokenizer_corpus_digest]
     )
     _, configs = registry.query("SELECT config, preset FROM runs WHERE run_id = ?", [row["run_id"]])
     run_config = json.loads(configs[0][0]) if configs and configs[0][0] else {}
@@ -117,6 +125,9 @@ def load_champion(run: RunContext, alias: str) -> Champion | None:
         model_config=json.loads(row["config"]).get("model", {}) if row["config"] else {},
         split_config=run_config.get("split"),
         preset=preset,
+        tokenizer_corpus=_descriptor(
+            corpus_store(workspace), tokenizer_datasets[0][0] if tokenizer_datasets else None
+        ),
     )
 
 
@@ -152,7 +163,7 @@ def _champion_score(
     an eval setting its model does not fit). Raised, the run failed, and every rerun with it:
     the candidate came from the cache, the champion failed again."""
     try:
-        shards = encode_corpus(run, settings, corpus, champion.tokenizer)
+        shards = encode_corpus(run, settings, corpus, champion.tokenizer, "encode/champion")
         scored = run_stage(
             run,
             evaluate_task,
@@ -208,7 +219,12 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
         # corpus too (to tell the new documents from those it has seen).
         scorable = champion is not None and None not in (champion.trained, champion.tokenizer)
         tokenizer = champion.tokenizer if scorable else None
-        if scorable and champion.row["corpus_digest"] == corpus.digest:
+        if (
+            scorable
+            and champion.row["corpus_digest"] == corpus.digest
+            and _same_settings(champion, settings, model_run)
+        ):  # changed settings train a candidate on the same corpus: the tokenizer or model
+            # a user changed in the retrain config is tried that night, not once data grows
             decision = Decision("up-to-date", "no new documents since the champion's corpus")
         else:
             data, train, full_shards = corpus, model_run.train, None
@@ -260,7 +276,8 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
             else:
                 shards = encode_corpus(run, settings, data, tokenizer)
                 if data is not corpus:  # scored, as the champion is, on the whole corpus
-                    full_shards = encode_corpus(run, settings, corpus, tokenizer)
+                    full_shards = encode_corpus(run, settings, corpus, tokenizer,
+                                                "encode/whole-corpus")  # fmt: skip
                 # A model fed by word2vec (w2v, or a GPT's first embeddings) needs the vectors
                 # of this tokenizer's pieces, on the whole corpus; continued, its checkpoint's
                 # weights replace what they set.
@@ -318,8 +335,11 @@ def _rebuild_lost_tokenizer(run: RunContext, settings: PipelineConfig, champion:
     """Give a champion whose tokenizer files are gone its tokenizer back, from the corpus and
     settings it was trained on: its stage is deterministic, so the same pieces come back, which
     the recorded digest confirms. The champion can then be scored, and continued, rather than
-    beaten unscored."""
-    if champion.tokenizer is not None or champion.trained is None or champion.corpus is None:
+    beaten unscored. That corpus is the tokenizer's own (`tokenizers.corpus_digest`): a
+    continued champion's model corpus gave other pieces, and the champion was replaced
+    unscored by a model trained from scratch."""
+    corpus = champion.tokenizer_corpus
+    if champion.tokenizer is not None or champion.trained is None or corpus is None:
         return
     try:
         config = TokenizerConfig.model_validate(champion.tokenizer_config)
@@ -327,7 +347,7 @@ def _rebuild_lost_tokenizer(run: RunContext, settings: PipelineConfig, champion:
         return
     try:
         rebuilt = build_tokenizer(run, settings.model_copy(update={"tokenizer": config}),
-                                  champion.corpus, stage_name="tokenizer/champion")  # fmt: skip
+                                  corpus, stage_name="tokenizer/champion")  # fmt: skip
     except Exception as error:  # the champion is then beaten unscored, as before the rebuild
         logger.warning("retrain: the champion's tokenizer is gone and could not be rebuilt: %s",
                        error)  # fmt: skip

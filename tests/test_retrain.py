@@ -116,15 +116,34 @@ def test_retrain_trains_once_per_new_data_and_promotes_only_on_improvement(works
     assert [promoted for promoted, _ in decisions] == [True, False, False, False, True]
     assert "kept the champion" in decisions[2][1]
     # Two retrains side by side: the decisions, and every stage each ran (a continued run
-    # encodes the corpus and the new documents: two `encode` rows, not one).
+    # encodes the new documents, the corpus to score on, and the corpus in the champion's
+    # tokenizer: each its own row, named for what it is; the champion's was a plain `encode`).
     from tests.conftest import run_cli
 
     compared = run_cli("runs", "compare", strict["run_id"], lenient["run_id"]).stdout
     assert re.search(r"│ retrain/promoted\s+│ 0\s+│ 1\s+│", compared), compared
     candidate_bpb = f"{lenient['decision']['candidate_val_bpb']:.4f}"
     assert re.search(rf"│ retrain/candidate_val_bpb\s+│ [\d.]+\s+│ {candidate_bpb}\s+│", compared)
-    encodes = sum(stage["stage"] == "encode" for stage in strict["stages"])
-    assert encodes >= 2 and re.search(rf"│ encode #{encodes}\s+│", compared)
+    encodes = [stage["stage"] for stage in strict["stages"] if stage["stage"].startswith("enc")]
+    assert sorted(encodes) == ["encode", "encode/champion", "encode/whole-corpus"]
+    assert re.search(r"│ encode/champion\s+│", compared) and "encode #2" not in compared
+
+
+def test_changed_model_settings_train_a_candidate_without_new_documents(workspace, tmp_path):
+    """A wider model in the retrain config was never tried until documents were added ("no new
+    documents since the champion's corpus"): it is trained from scratch on the same corpus and
+    compared with the champion; the next trigger serves it from the cache."""
+    _, config = twelve_documents(tmp_path)
+    first = _trigger(config)
+    wider = _trigger(config, "model.n_embd=24", "retrain.margin=10.0")
+    decision = wider["decision"]
+    assert decision["mode"] == "scratch" and "settings changed" in decision["reason"]
+    assert decision["candidate_val_bpb"] is not None and decision["champion_val_bpb"] is not None
+    assert not decision["promoted"] and _stages(wider)["train"] is False
+    assert RunRegistry(workspace.registry_path).champion()["run_id"] == first["run_id"]
+    again = _trigger(config, "model.n_embd=24", "retrain.margin=10.0")
+    assert again["decision"]["mode"] == "scratch" and _stages(again)["train"] is True
+    assert _trigger(config)["decision"]["mode"] == "up-to-date"  # the champion's settings
 
 
 def test_a_promotion_overtaken_by_another_retrain_is_reported_as_not_promoted(
@@ -259,6 +278,40 @@ def test_a_champion_whose_tokenizer_is_gone_gets_it_back_and_is_scored(workspace
     _, rows = registry.query("SELECT DISTINCT digest FROM tokenizers")
     assert rows == [(digest,)]  # the same pieces came back
     assert registry.champion()["run_id"] == first["run_id"]
+
+
+def test_a_continued_champion_s_lost_tokenizer_comes_back_from_the_corpus_it_was_trained_on(
+    workspace, tmp_path
+):
+    """A continued champion keeps the tokenizer an earlier champion trained on an earlier
+    corpus. Rebuilt from the champion's own (later) corpus, it came back with other pieces: the
+    champion could not be scored, and a model trained from scratch replaced it, with no new
+    document in sight."""
+    import shutil
+
+    folder, config = twelve_documents(tmp_path)
+    bpe = 'tokenizer={kind="bpe", vocab_size=340}'
+    _trigger(config, bpe)
+    for index in range(6):  # other words: a tokenizer trained on them would have other pieces
+        words = [w[::-1] for w in prose(200 + index, 120).split()]
+        (folder / f"new{index}.txt").write_text(" ".join(words) + ".")
+    continued = _trigger(config, bpe, "retrain.margin=-10.0")
+    assert continued["decision"]["mode"] == "continue" and continued["decision"]["promoted"]
+    registry = RunRegistry(workspace.registry_path)
+    champion = registry.champion()
+    _, [(tokenizer_path, tokenizer_corpus)] = registry.query(
+        "SELECT path, corpus_digest FROM tokenizers WHERE digest = ?",
+        [champion["tokenizer_digest"]],
+    )
+    assert tokenizer_corpus != champion["corpus_digest"]  # the earlier champion's corpus
+    shutil.rmtree(workspace.resolve(tokenizer_path))
+
+    same_data = _trigger(config, bpe)
+    assert same_data["decision"]["mode"] == "up-to-date", same_data["decision"]["reason"]
+    assert _stages(same_data)["tokenizer/champion"] is False  # trained again
+    assert registry.champion()["run_id"] == champion["run_id"]
+    _, rows = registry.query("SELECT count(*) FROM tokenizers")
+    assert rows == [(1,)]  # the same pieces came back
 
 
 def test_the_tokenizer_s_thread_count_does_not_stop_a_continue_and_a_new_split_is_refused(
