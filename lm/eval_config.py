@@ -9,9 +9,10 @@ from pydantic import Field
 
 from lm.strict_model import StrictModel
 
-# torch.Generator takes seeds from -2**63 to 2**64 - 1; capping at 2**63 - 1 leaves room for the
-# `seed + i` of chat lines and evaluation samples.
-SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
+# torch's CPU generator (a Mersenne Twister) reads only the low 32 bits of a seed: 7 and 2**32 + 7
+# drew the same samples, and -1 those of 2**32 - 1. Seeds are what it reads, each its own stream
+# (the `seed + i` of chat lines past the top wraps, which torch.Generator takes).
+SEED_MIN, SEED_MAX = 0, 2**32 - 1
 
 
 class SamplingConfig(StrictModel):

@@ -8,7 +8,10 @@ from pydantic import Field, field_validator, model_validator
 
 from lm.strict_model import StrictModel
 
-TRAIN_SEED_MAX = 2**62  # a training seed's largest value (see `TrainConfig.seed`)
+# A training seed's largest value: torch's CPU generator reads the low 32 bits of a seed, so a
+# larger one trained the same model as a smaller one under another cache key. The offsets each
+# rank and step adds (`seed + 1_000_003·rank + step`) may pass it: torch takes seeds to 2**64.
+TRAIN_SEED_MAX = 2**32 - 1
 
 # Settings that never change the trained model: how often checkpoints are written and how
 # many are kept (resume is exact), and where and how long the nodes of a multi-node training
@@ -63,8 +66,7 @@ class TrainConfig(StrictModel):
     # compile (lm.train.CPU_COMPILE_MIN_FLOPS); eager elsewhere. Compiled bf16 trains nanoGPT's
     # CPU shape at about 1.6x eager fp32 (bench/bench_train.py).
     compile: bool | Literal["auto"] = "auto"
-    # Room above it for the offsets each rank and step adds (`seed + 1_000_003·rank + step`):
-    # a seed near 2**64 passed, then overflowed torch's generator mid-run, in a traceback.
+    # At most 2**32 - 1 (TRAIN_SEED_MAX): a larger seed repeated a smaller one's training.
     seed: int = Field(1337, ge=0, le=TRAIN_SEED_MAX)
     # Processes on this machine; above 1 the train stage runs `torchrun` with that many ranks.
     nproc_per_node: int = Field(1, ge=1)

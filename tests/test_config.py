@@ -509,6 +509,12 @@ def test_a_table_or_array_written_as_something_else_is_named_in_toml_s_words(tmp
         ("word2vec.seed=-3", "'word2vec.seed': Input should be greater than or equal to 0"),
         ("clean.near_dup.seed=-1", "'clean.near_dup.seed': Input should be greater than"),
         ("eval.seed=1180591620717411303424", "'eval.seed': Input should be less than or equal"),
+        # torch's generator reads 32 bits: these trained or sampled what 7 and 2**32 - 1 do,
+        # under cache keys of their own.
+        ("seed=4294967303", "'seed': Input should be less than or equal to 4294967295"),
+        ("train.seed=4294967296", "'train.seed': Input should be less than or equal to 4294"),
+        ("eval.sampling.seed=-1", "'eval.sampling.seed': Input should be greater than or equal"),
+        ("eval.seed=-1", "'eval.seed': Input should be greater than or equal to 0"),
     ],
 )
 def test_a_seed_the_generators_cannot_take_is_refused_at_load_time(override, said):
