@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +127,11 @@ def wrap_model(module: nn.Module, parallel: str, device: torch.device) -> nn.Mod
         for layer in shard_units(module):
             fully_shard(layer)
         fully_shard(module)
+        # An output layer with a bias over (batch, time, width) returns its logits as a view of
+        # addmm's (MLP, w2v), which FSDP warns about on every rank and every step's first
+        # forward: an in-place edit of them would skip its hooks. The models and the engine
+        # only read the logits (the loss is taken out of place), so the warning says nothing.
+        warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view")
         return module
     from torch.nn.parallel import DistributedDataParallel
 
