@@ -17,6 +17,7 @@ concurrency-limit create`.
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -163,10 +164,15 @@ def serve_command(
         raise _fail(f"{server}: cannot create the training concurrency limit: {error}") from None
     from prefect import serve
 
+    # The runs start where a worker's do (prefect.yaml's pull step: the checkout, or where an
+    # install put prefect.yaml, beside its configs/): a relative `config`, such as README's
+    # `configs/default.toml`, failed from any other folder serve was started in.
+    os.environ["PREFECT_HOME"] = str(Path(os.environ["PREFECT_HOME"]).resolve())
+    os.chdir(PREFECT_YAML.parent)
     names = ", ".join(f"{d.flow_name}/{d.name}" for d in deployments)
     if api_url is None:  # only this process's temporary server knows the deployments
         server = f"this process's temporary Prefect server{_temporary_server_url()}"
-    typer.echo(f"serving {names} on {server} (Ctrl-C stops)")
+    typer.echo(f"serving {names} on {server} (Ctrl-C stops); runs start in {PREFECT_YAML.parent}")
     if api_url is None:
         typer.echo("  (LMFORGE_PREFECT_SERVER=ephemeral: `prefect deployment run` reaches it "
                    "only with PREFECT_API_URL set to that address; without the variable, "

@@ -83,8 +83,11 @@ def test_lmforge_serve_runs_a_triggered_deployment_and_records_it(workspace, tmp
     )  # fmt: skip
     try:
         _wait_for_deployment("lm-pipeline/default", serve)
+        # Relative to the checkout, where a worker's runs start (prefect.yaml's pull step): it
+        # was read from the folder serve was started in.
+        relative = os.path.relpath(config, PREFECT_YAML.parent)
         flow_run = run_deployment(
-            "lm-pipeline/default", parameters={"config": str(config)}, timeout=240, poll_interval=1
+            "lm-pipeline/default", parameters={"config": relative}, timeout=240, poll_interval=1
         )
     finally:
         serve.send_signal(signal.SIGINT)
