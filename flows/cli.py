@@ -873,7 +873,12 @@ def server_start() -> None:
 @server_app.command("stop")
 def server_stop(
     force: Annotated[
-        bool, typer.Option("--force", help="stop it even while runs of this workspace report to it")
+        bool,
+        typer.Option(
+            "--force",
+            help="stop it even while runs of this workspace report to it, or `lmforge serve` "
+            "serves from it",
+        ),
     ] = False,
 ) -> None:
     """Stop the workspace's Prefect server."""
@@ -881,6 +886,13 @@ def server_stop(
 
     workspace = activate_workspace()
     live = [] if force else _live_runs(workspace)
+    serving = [] if force else _serving_from_the_server(workspace)
+    if serving:
+        raise _fail(
+            f"lmforge serve (pid {', '.join(map(str, serving))}) serves this workspace's "
+            "deployments from the server: stopped now, it can run nothing more; stop it first "
+            "(Ctrl-C), or pass --force"
+        )
     if live:
         raise _fail(
             f"run{'s' if len(live) > 1 else ''} {', '.join(live)} of this workspace "
@@ -890,6 +902,15 @@ def server_stop(
         )
     stopped = stop_server(workspace)
     console.print("stopped" if stopped else "no server was running")
+
+
+def _serving_from_the_server(workspace: Workspace) -> list[int]:
+    """The pids of `lmforge serve` processes serving from the workspace's running server."""
+    from flows.prefect_server import running_server
+    from flows.serve import live_serving
+
+    state = running_server(workspace)
+    return live_serving(workspace, state["api_url"]) if state else []
 
 
 def _live_runs(workspace: Workspace) -> list[str]:

@@ -28,6 +28,8 @@ from lm.config import shipped_path
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
 
+    from storage.workspace import Workspace
+
 PREFECT_YAML = shipped_path("prefect.yaml")
 # Keys of a prefect.yaml deployment that `to_deployment` takes as they are.
 PASSED_THROUGH = ("description", "tags", "parameters", "concurrency_limit", "version")
@@ -122,6 +124,47 @@ def ensure_training_limit() -> bool:
     return False
 
 
+def _serving_records(workspace: Workspace) -> Path:
+    return workspace.prefect_home / "serving"
+
+
+def record_serving(workspace: Workspace, api_url: str) -> Path:
+    """Say that this process serves the deployments from the server at `api_url`, so that
+    `lmforge server stop` does not stop that server from under it (it could run nothing more,
+    its log filling with connection errors). The caller removes the file when serving ends."""
+    import json
+
+    from lm.atomic_files import write_text_atomically
+    from storage.processes import this_host
+
+    record = {"pid": os.getpid(), "host": this_host(), "api_url": api_url}
+    path = _serving_records(workspace) / f"{this_host()}-{os.getpid()}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_text_atomically(path, json.dumps(record))
+
+
+def live_serving(workspace: Workspace, api_url: str) -> list[int]:
+    """The pids of `lmforge serve` processes of this host serving from `api_url`; the records
+    of those gone (killed without their clean-up) are removed."""
+    import json
+
+    from storage.processes import pid_alive, this_host
+
+    pids = []
+    for path in sorted(_serving_records(workspace).glob("*.json")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if record.get("host") != this_host():
+            continue
+        if not pid_alive(record.get("pid", -1)):
+            path.unlink(missing_ok=True)
+        elif record.get("api_url") == api_url:
+            pids.append(record["pid"])
+    return pids
+
+
 def _temporary_server_url() -> str:
     """` at URL` of the temporary server Prefect started for this process, or "" if none."""
     from prefect.server.api.server import SubprocessASGIServer
@@ -173,8 +216,13 @@ def serve_command(
     if api_url is None:  # only this process's temporary server knows the deployments
         server = f"this process's temporary Prefect server{_temporary_server_url()}"
     typer.echo(f"serving {names} on {server} (Ctrl-C stops); runs start in {PREFECT_YAML.parent}")
+    record = record_serving(workspace, api_url) if api_url is not None else None
     if api_url is None:
         typer.echo("  (LMFORGE_PREFECT_SERVER=ephemeral: `prefect deployment run` reaches it "
                    "only with PREFECT_API_URL set to that address; without the variable, "
                    "`lmforge serve` uses the workspace's lasting server)")  # fmt: skip
-    serve(*deployments, limit=limit, print_starting_message=False)
+    try:
+        serve(*deployments, limit=limit, print_starting_message=False)
+    finally:
+        if record is not None:
+            record.unlink(missing_ok=True)

@@ -305,3 +305,34 @@ def test_server_start_in_ephemeral_mode_is_an_error_not_a_url(tmp_path, monkeypa
     result = run_cli("server", "start", check=False, home=tmp_path)
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.startswith("error: LMFORGE_PREFECT_SERVER=ephemeral: each run starts")
+
+
+def test_server_stop_refuses_while_lmforge_serve_serves_from_it_unless_forced(
+    own_server, tmp_path, monkeypatch
+):
+    """Stopped under `lmforge serve`, the server left it alive but unable to run anything, its
+    log filling with connection errors, and a Ctrl-C hanging for a minute."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from flows.serve import record_serving
+    from storage.processes import this_host
+
+    folder = tmp_path / "server"
+    monkeypatch.setattr(prefect_server, "_server_command", stand_in_command(folder))
+    (folder / "ready").touch()
+    url = ensure_server(own_server)
+    record_serving(own_server, url)  # this process stands for `lmforge serve`
+    serving = own_server.prefect_home / "serving"
+    other = {"pid": os.getppid(), "host": this_host(), "api_url": "http://127.0.0.1:1/api"}
+    (serving / "other.json").write_text(json.dumps(other))  # serving from another server
+    gone = serving / "gone.json"  # a serve killed with -9
+    gone.write_text(json.dumps({"pid": 2**22 + 12345, "host": this_host(), "api_url": url}))
+    monkeypatch.setenv("LMFORGE_HOME", str(own_server.root))
+
+    refused = CliRunner().invoke(app, ["server", "stop"])
+    assert refused.exit_code == 1, refused.output
+    assert f"lmforge serve (pid {os.getpid()}) serves this workspace's" in refused.stderr
+    assert running_server(own_server) is not None and not gone.exists()
+    forced = CliRunner().invoke(app, ["server", "stop", "--force"])
+    assert forced.exit_code == 0 and "stopped" in forced.stdout
