@@ -423,3 +423,11 @@ def test_tokenizers_compare_refuses_a_model_it_cannot_train_alike(tmp_path, mode
     result = run_cli("tokenizers", "compare", "--train-steps", "2", "--config", str(config),
                      check=False)  # fmt: skip
     assert result.returncode == 1 and said in result.stderr and "Traceback" not in result.stderr
+    # Only [model], [train] and [eval] are read: a config without [ingest] is one (it was
+    # refused, "'ingest': Field required").
+    alone = tmp_path / "model-only.toml"
+    alone.write_text(model)
+    result = run_cli("tokenizers", "compare", "--train-steps", "2", "--config", str(alone),
+                     check=False)  # fmt: skip
+    assert result.returncode == 1 and "ingest" not in result.stderr, result.stderr
+    assert said in result.stderr or "word2vec.enabled = true" in result.stderr
