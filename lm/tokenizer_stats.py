@@ -9,20 +9,25 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from lm.tokenizer import Tokenizer
+from lm.tokenizer import Tokenizer, encode_documents_naming_refusals
 
 LONGEST_PIECES = 10
 logger = logging.getLogger(__name__)
 
 
-def tokenizer_statistics(tokenizer: Tokenizer, texts: Iterable[list[str]]) -> dict:
-    """`texts` is a stream of batches of documents (typically the val split). Over no text the
-    ratios are None: no measurement, not a tokenizer that used none of its vocabulary."""
+def tokenizer_statistics(
+    tokenizer: Tokenizer, texts: Iterable[list[str]], split: str = "val"
+) -> dict:
+    """`texts` is a stream of batches of documents of `split` (typically val). Over no text the
+    ratios are None: no measurement, not a tokenizer that used none of its vocabulary. A
+    document the tokenizer refuses (`unknown_chars = "error"`) is named by its split and first
+    characters, as the encode stage names it."""
     used = np.zeros(tokenizer.vocab_size, dtype=bool)
     tokens = text_bytes = byte_tokens = documents = 0
     byte_ids = _byte_piece_ids(tokenizer)
     for batch in texts:
-        for text, ids in zip(batch, tokenizer.encode_batch(batch), strict=True):
+        encoded = encode_documents_naming_refusals(tokenizer, batch, [split] * len(batch))
+        for text, ids in zip(batch, encoded, strict=True):
             documents += 1
             tokens += len(ids)
             text_bytes += len(text.encode())

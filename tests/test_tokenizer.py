@@ -429,3 +429,13 @@ def test_the_pieces_a_config_cannot_repeat_are_those_the_tokenizer_defines():
 
     assert set(RESERVED_PIECES) == {lm.tokenizer.UNKNOWN, lm.tokenizer.END_OF_TEXT, "\n",
                                     lm.tokenizer.SPACE_SYMBOL_ESCAPE}  # fmt: skip
+
+
+def test_a_val_document_the_char_tokenizer_refuses_is_named_by_the_statistics():
+    """The tokenizer stage measures it on val before encode runs: it failed there with the
+    characters alone, without the split and document that encode names."""
+    tokenizer = train_tokenizer(
+        iter(["abc abc"]), TokenizerConfig(kind="char", unknown_chars="error")
+    )
+    with pytest.raises(TokenizerError, match=r"first met in a val document starting 'ab€"):
+        tokenizer_statistics(tokenizer, [["abc", "ab€ more"]])
