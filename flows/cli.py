@@ -654,7 +654,9 @@ def _json_value(value):
 @corpus_app.command("stats")
 def corpus_stats(
     digest: Annotated[str | None, typer.Option(help="a corpus version (default: newest)")] = None,
-    documents: Annotated[int, typer.Option(min=0, help="how many documents to list")] = 20,
+    documents: Annotated[
+        int, typer.Option(min=0, help="how many documents (and sources) to list")
+    ] = 20,
     all_documents: Annotated[bool, typer.Option("--all", help="list every document")] = False,
 ) -> None:
     """Documents kept and removed per filter, characters, split sizes and sources."""
@@ -678,6 +680,10 @@ def corpus_stats(
                 f"n_words, n_chars FROM read_parquet(?) {limit}",
                 [version["parquet_path"]],
             ).fetchall()
+            methods = connection.execute(  # the split of the runs that read this version
+                "SELECT DISTINCT config->'split'->>'method' FROM runs WHERE corpus_digest = ?",
+                [version["digest"]],
+            ).fetchall()
     except (RegistryError, duckdb.Error) as error:
         raise _fail(str(error)) from None
     total, kept = version["documents"], version["kept"]
@@ -690,12 +696,19 @@ def corpus_stats(
         (s, version[f"{s}_documents"], version[f"{s}_bytes"]) for s in ("train", "val", "test")
     ]
     console.print(_table(["split", "documents", "bytes"], splits, "splits (kept documents)"))
+    if ("ordered",) in methods:
+        console.print("  split.method = \"ordered\": every document is train here; val and test "
+                      "are cut from the token stream at encode (`lmforge sql \"SELECT stats FROM "
+                      "stages WHERE stage = 'encode'\"` has their tokens)")  # fmt: skip
     console.print(
         _table(["filter", "documents failing it", "removed by it first"], filters, "filters")
     )
     sources = json.loads(version["sources"])
     source_rows = [(name, c["documents"], c["kept"]) for name, c in sources.items()]
-    console.print(_table(["source", "documents", "kept"], source_rows, "sources"))
+    listed = source_rows if all_documents else source_rows[:documents]
+    more = (f" (first {len(listed)} of {len(source_rows):,}; --all lists every one)"
+            if len(listed) < len(source_rows) else "")  # fmt: skip
+    console.print(_table(["source", "documents", "kept"], listed, "sources" + more))
     shown = "" if all_documents else f" (first {len(listing)} of {total:,}; --all lists every one)"
     console.print(
         _table(["document", "split", "decision", "words", "chars"], listing, "documents" + shown)

@@ -431,3 +431,22 @@ def test_tokenizers_compare_refuses_a_model_it_cannot_train_alike(tmp_path, mode
                      check=False)  # fmt: skip
     assert result.returncode == 1 and "ingest" not in result.stderr, result.stderr
     assert said in result.stderr or "word2vec.enabled = true" in result.stderr
+
+
+def test_corpus_stats_says_an_ordered_split_is_cut_later_and_lists_sources_as_documents(
+    workspace, tmp_path
+):
+    """Under `ordered` the table said val 0 and test 0, as if nothing were held out; and the
+    sources table listed every file of a folder whatever --documents said."""
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    for index in range(6):
+        (texts / f"{index}.txt").write_text(prose(index, 120))
+    ordered = '[split]\nmethod = "ordered"\nval = 0.2\ntest = 0.1\n'
+    run_cli("run", str(write_config(tmp_path / "c.toml", [{"path": str(texts)}], ordered)))
+    stats = " ".join(run_cli("corpus", "stats", "--documents", "2").stdout.split())
+    assert 'split.method = "ordered": every document is train here; val and test are cut' in stats
+    assert "sources (first 2 of 6; --all lists every one)" in stats
+    assert "5.txt" not in stats.split("documents (first")[0].split("sources")[1]
+    everything = run_cli("corpus", "stats", "--all").stdout
+    assert all(f"{index}.txt" in everything for index in range(6))
