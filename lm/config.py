@@ -37,7 +37,9 @@ def shipped_path(relative: str) -> Path:
     install from a wheel put them (`share/lmforge/` under its prefix), found through the
     installed files' record. The checkout's path when neither has it, for the error."""
     checkout = REPO_ROOT / relative
-    if checkout.exists():
+    # A checkout has its pyproject.toml; site-packages has none (and may hold another
+    # distribution's `configs/`).
+    if (REPO_ROOT / "pyproject.toml").is_file():
         return checkout
     return _installed_data(relative) or checkout
 

@@ -39,6 +39,8 @@ def test_an_install_from_a_wheel_finds_its_presets_and_deployments_and_claims_no
                     wheel], check=True, timeout=300)  # fmt: skip
     [site_packages] = prefix.glob("lib/python3*/site-packages")
     assert not (site_packages / "configs").exists()  # not beside the packages: found as data
+    (site_packages / "configs").mkdir()  # another distribution's top-level `configs` package
+    (site_packages / "configs" / "__init__.py").write_text("")
     # Inside another repository (a project's `.venv/`): its commit is not lmforge's.
     subprocess.run(["git", "init", "--quiet", tmp_path], check=True)
     subprocess.run(["git", "-c", "user.name=x", "-c", "user.email=x@y", "commit", "--quiet",
