@@ -562,24 +562,26 @@ def sample_lines(lines: Iterable[str], size: int, seed: int) -> Iterator[str]:
     lines in every process. SentencePiece's own sampling (`input_sentence_size`) drew another
     sample in each process whatever `set_random_generator_seed` said, so a corpus of more lines
     than that made a different tokenizer, and digest, on every machine and in every fresh
-    workspace. Holds `size` lines, as SentencePiece's sampling did."""
+    workspace. Holds `size` lines (and an index each) while it reads."""
     if size == 0:
         yield from lines
         return
     import random
+    from array import array
 
     generator = random.Random(seed)
-    kept: list[tuple[int, str]] = []
+    kept: list[str] = []
+    positions = array("q")  # each kept line's index in `lines`
     for index, line in enumerate(lines):
         if index < size:
-            kept.append((index, line))
+            kept.append(line)
+            positions.append(index)
             continue
         slot = generator.randrange(index + 1)
         if slot < size:
-            kept[slot] = (index, line)
-    kept.sort()
-    for position in range(len(kept)):  # each line let go once handed over
-        line, kept[position] = kept[position][1], (0, "")
+            kept[slot], positions[slot] = line, index
+    for slot in sorted(range(len(kept)), key=positions.__getitem__):
+        line, kept[slot] = kept[slot], ""  # each line let go once handed over
         yield line
 
 
@@ -611,7 +613,11 @@ def _train_sentencepiece(documents: Iterable[str], config: TokenizerConfig) -> T
             eos_id=-1,
             pad_id=-1,
             num_threads=TRAINING_THREADS,
-            input_sentence_size=0,  # sampled above, by `tokenizer.seed`
+            # Sampled above, by `tokenizer.seed`: SentencePiece gets at most this many lines
+            # and keeps them all, in order. (Set as before, since the model file records it: a
+            # tokenizer of a corpus that needs no sample keeps its digest.)
+            input_sentence_size=config.input_sentence_size,
+            shuffle_input_sentence=True,
             max_sentence_length=config.max_sentence_length,
             minloglevel=2,
         )

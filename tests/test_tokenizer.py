@@ -352,7 +352,10 @@ def test_lines_longer_than_sentencepiece_takes_are_trained_on_in_parts():
     assert tokenizer.decode(ids) == lines[0]
 
 
-def test_a_corpus_of_more_lines_than_input_sentence_size_gives_the_seed_s_tokenizer_anywhere():
+@pytest.mark.parametrize("kind", ["bpe", "unigram"])
+def test_a_corpus_of_more_lines_than_input_sentence_size_gives_the_seed_s_tokenizer_anywhere(
+    kind,
+):
     """SentencePiece sampled `input_sentence_size` lines itself, differently in every process
     whatever its seed: a large corpus made another tokenizer in every fresh workspace, and
     `tokenizer.seed` changed nothing. Each process here trains on the same corpus."""
@@ -365,14 +368,15 @@ def test_a_corpus_of_more_lines_than_input_sentence_size_gives_the_seed_s_tokeni
         "from lm.tokenizer import train_tokenizer\n"
         "from tests.helpers import prose\n"
         "lines = [prose(i, 12) for i in range(900)]\n"
-        "config = TokenizerConfig(vocab_size=340, input_sentence_size=300, seed=int(sys.argv[1]))\n"
+        "config = TokenizerConfig(kind=sys.argv[2], vocab_size=340, input_sentence_size=300,\n"
+        "                         seed=int(sys.argv[1]))\n"
         "print(train_tokenizer(iter(lines), config).digest)\n"
     )
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
     def digest(seed: int) -> str:
-        run = subprocess.run([sys.executable, "-c", script, str(seed)], capture_output=True,
+        run = subprocess.run([sys.executable, "-c", script, str(seed), kind], capture_output=True,
                              text=True, check=True, cwd=root)  # fmt: skip
         return run.stdout.strip()
 
