@@ -53,8 +53,10 @@ from lm.config import (
 )
 from lm.evaluate import CheckpointError, EvaluationError
 from lm.models.config import uses_word2vec
+from lm.text.normalize import NORMALIZATION_VERSION
 from lm.tokenizer import TokenizerError
 from storage.artifacts import Descriptor
+from storage.corpus import DOCUMENTS_FILE, documents_gone
 from storage.registry import ModelRecord, PromotionRecord
 from storage.shards import ShardError
 from tasks.clean import corpus_store
@@ -228,11 +230,13 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
             decision = Decision("up-to-date", "no new documents since the champion's corpus")
         else:
             data, train, full_shards = corpus, model_run.train, None
-            if (
+            continuable = (
                 scorable
                 and champion.corpus is not None
                 and _same_settings(champion, settings, model_run)
-            ):
+            )
+            renamed = continuable and not _same_documents(run, champion, corpus)
+            if continuable and not renamed:
                 data = run_stage(
                     run,
                     increment_task,
@@ -265,7 +269,7 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
                 new_documents = corpus.stats["split_documents"].get("train", 0)
                 decision = Decision(
                     "scratch",
-                    f"trained from scratch ({_why_scratch(champion)})",
+                    f"trained from scratch ({_why_scratch(champion, renamed)})",
                 )
             if new_documents < policy.min_new_documents:
                 decision = Decision(
@@ -366,9 +370,29 @@ def _rebuild_lost_tokenizer(run: RunContext, settings: PipelineConfig, champion:
         )  # fmt: skip
 
 
-def _why_scratch(champion: Champion | None) -> str:
+def _same_documents(run: RunContext, champion: Champion, corpus: Descriptor) -> bool:
+    """Whether the champion's documents keep their `doc_id`s in the current corpus. Under
+    another normalization (an lmforge upgrade) a document can have another id, and would count
+    as new and move between splits, where the champion would be scored on text it trained on:
+    so where its corpus was normalized otherwise, none of its documents may be missing now."""
+    assert champion.corpus is not None
+    if champion.corpus.stats.get("normalization_version", 1) == NORMALIZATION_VERSION:
+        return True
+    resolve = run.workspace.resolve
+    gone = documents_gone(resolve(champion.corpus.path) / DOCUMENTS_FILE,
+                          resolve(corpus.path) / DOCUMENTS_FILE)  # fmt: skip
+    if gone:
+        logger.warning("retrain: %d document(s) of the champion's corpus, normalized by an earlier "
+                       "lmforge, have no match in the current corpus", gone)  # fmt: skip
+    return gone == 0
+
+
+def _why_scratch(champion: Champion | None, renamed: bool = False) -> str:
     if champion is None:
         return "no champion yet"
+    if renamed:
+        return ("the champion's corpus was normalized by an earlier lmforge, and some of its "
+                "documents have other ids now: they cannot be told from new ones")  # fmt: skip
     parts = {"trained": "model", "tokenizer": "tokenizer", "corpus": "corpus"}
     gone = [name for attribute, name in parts.items() if getattr(champion, attribute) is None]
     if gone:

@@ -167,6 +167,24 @@ def row_count(path: Path) -> int:
     return pq.ParquetFile(path).metadata.num_rows
 
 
+def documents_gone(previous: Path, current: Path) -> int:
+    """How many kept documents of corpus file `previous` have no document of the same `doc_id`
+    in `current`: removed from the sources, or (under another normalization) the same text
+    under another id."""
+    import duckdb
+
+    connection = duckdb.connect()
+    try:
+        [(gone,)] = connection.execute(
+            "SELECT count(*) FROM read_parquet(?) WHERE keep AND doc_id NOT IN "
+            "(SELECT doc_id FROM read_parquet(?))",
+            [str(previous), str(current)],
+        ).fetchall()
+    finally:
+        connection.close()
+    return int(gone)
+
+
 def iter_split_texts(path: Path, split: str, batch_size: int = 256) -> Iterator[list[str]]:
     """The kept documents of one split (`train`, `val` or `test`), a batch of texts at a time,
     in corpus order: the clean view, read as it streams."""

@@ -42,6 +42,7 @@ from lm.text.clean import (
     plan_slices,
     split_assignment,
 )
+from lm.text.normalize import NORMALIZATION_VERSION
 from storage.artifacts import ArtifactStore, Descriptor, reused
 from storage.corpus import (
     CORPUS_SCHEMA,
@@ -113,6 +114,7 @@ def clean_task(
         shutil.rmtree(staging / SCRATCH_DIR, ignore_errors=True)
         fan_out["annotated_by"] = sorted(fan_out["annotated_by"])
         stats = decider.stats.as_dict() | {"sources": sources} | fan_out
+        stats["normalization_version"] = NORMALIZATION_VERSION
         descriptor = store.describe(staging, STAGE, key, digest, stats)
     return descriptor
 

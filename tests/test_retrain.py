@@ -146,6 +146,33 @@ def test_changed_model_settings_train_a_candidate_without_new_documents(workspac
     assert _trigger(config)["decision"]["mode"] == "up-to-date"  # the champion's settings
 
 
+def test_a_corpus_normalized_otherwise_is_continued_only_while_its_documents_keep_their_ids(
+    workspace, tmp_path, monkeypatch
+):
+    """A `doc_id` is the hash of the normalized text: after an upgrade that normalizes some
+    text otherwise, those documents have new ids, would count as new and move between splits,
+    where the champion is scored on text it trained on. A corpus whose ids all survive (most
+    are untouched by such a change) is continued as before."""
+    folder, config = twelve_documents(tmp_path)
+    _trigger(config)
+    monkeypatch.setattr("flows.retrain.NORMALIZATION_VERSION", 99)  # an upgrade since then
+    for index in range(100, 104):
+        (folder / f"new{index}.txt").write_text(prose(index, 120))
+    added = _trigger(config)
+    assert added["decision"]["mode"] == "continue", added["decision"]["reason"]
+    (folder / "doc00.txt").write_text(prose(0, 120) + " Written again.")  # its id moves
+    moved = _trigger(config)
+    assert moved["decision"]["mode"] == "scratch"
+    assert "normalized by an earlier lmforge" in moved["decision"]["reason"]
+    from lm.text.normalize import NORMALIZATION_VERSION
+
+    # The same normalization: an edited document is a new one, continued.
+    monkeypatch.setattr("flows.retrain.NORMALIZATION_VERSION", NORMALIZATION_VERSION)
+    (folder / "doc01.txt").write_text(prose(1, 120) + " Written again.")
+    again = _trigger(config)["decision"]
+    assert again["mode"] == "continue", again["reason"]
+
+
 def test_a_promotion_overtaken_by_another_retrain_is_reported_as_not_promoted(
     workspace, tmp_path, monkeypatch
 ):
