@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from prefect import Task, flow, tags
@@ -83,18 +82,19 @@ def new_run_id() -> str:
 
 
 def _git_sha() -> str | None:
-    """The commit of lmforge's checkout; None for an install from a wheel, whose folder
-    (site-packages) may lie inside another repository (a project's `.venv/`): its commit is
-    not lmforge's."""
+    """The commit of lmforge's checkout (or of a repository that keeps lmforge in a folder);
+    None where lmforge's own files are not in the repository around them: an install from a
+    wheel, in a project's `.venv/`, whose commit is not lmforge's."""
     try:
-        result = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], cwd=REPO_ROOT,
-                                capture_output=True, text=True, timeout=5)  # fmt: skip
+        tracked = subprocess.run(["git", "ls-files", "--error-unmatch", "lm/config.py"],
+                                 cwd=REPO_ROOT, capture_output=True, timeout=5)  # fmt: skip
+        if tracked.returncode != 0:
+            return None
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                                text=True, timeout=5)  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return None
-    lines = result.stdout.split("\n")
-    if result.returncode != 0 or len(lines) < 2 or Path(lines[0]).resolve() != REPO_ROOT:
-        return None
-    return lines[1].strip() or None
+    return result.stdout.strip() or None if result.returncode == 0 else None
 
 
 def _package_versions() -> dict[str, str]:

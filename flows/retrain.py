@@ -145,14 +145,14 @@ def _same_settings(champion: Champion, settings: PipelineConfig, model_run: Mode
 def _split_change(champion: Champion, settings: PipelineConfig) -> str | None:
     """How [split] differs from the champion's run, in words; None if it does not (or that run
     recorded none). Other fractions put other documents in val and test: some the champion
-    trained on would be scored as held out."""
+    trained on would be scored as held out. (`shuffle` orders the shards, not the splits.)"""
     if champion.split_config is None:
         return None
     try:
         before = SplitConfig.model_validate(champion.split_config).model_dump()
     except ValueError:  # recorded under another version's schema: nothing to compare
         return None
-    now = settings.split.model_dump()
+    now = settings.split.model_dump(exclude={"shuffle"})
     changed = [f"split.{key} {before[key]} → {now[key]}" for key in now if before[key] != now[key]]
     return ", ".join(changed) or None
 

@@ -160,7 +160,7 @@ def live_serving(workspace: Workspace, api_url: str) -> list[int]:
             continue
         if not pid_alive(record.get("pid", -1)):
             path.unlink(missing_ok=True)
-        elif record.get("api_url") == api_url:
+        elif str(record.get("api_url", "")).rstrip("/") == api_url.rstrip("/"):
             pids.append(record["pid"])
     return pids
 
@@ -211,6 +211,11 @@ def serve_command(
     # install put prefect.yaml, beside its configs/): a relative `config`, such as README's
     # `configs/default.toml`, failed from any other folder serve was started in.
     os.environ["PREFECT_HOME"] = str(Path(os.environ["PREFECT_HOME"]).resolve())
+    if os.environ.get("PYTHONPATH"):  # the runs import from it too, after the move
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            str(Path(entry).resolve())  # "" (the current folder) too
+            for entry in os.environ["PYTHONPATH"].split(os.pathsep)
+        )
     os.chdir(PREFECT_YAML.parent)
     names = ", ".join(f"{d.flow_name}/{d.name}" for d in deployments)
     if api_url is None:  # only this process's temporary server knows the deployments

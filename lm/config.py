@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import functools
 import json
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,9 +53,9 @@ def _installed_data(relative: str) -> Path | None:
         files = importlib.metadata.distribution("lmforge").files or []
     except importlib.metadata.PackageNotFoundError:
         return None
-    wanted = f"{INSTALLED_DATA}/{relative}"
+    wanted = f"/{INSTALLED_DATA}/{relative}"
     for file in files:
-        name = file.as_posix()
+        name = "/" + file.as_posix()
         if name.endswith(wanted):
             return Path(file.locate()).resolve()
         if f"{wanted}/" in name:  # a file of the folder
@@ -229,7 +230,7 @@ class TokenizerConfig(StrictModel):
     input_sentence_size: int = Field(2_000_000, ge=0)
     # Bytes per sentence SentencePiece trains on: longer lines are cut at spaces into parts.
     # (SentencePiece refuses fewer than 10.)
-    max_sentence_length: int = Field(16384, ge=10)
+    max_sentence_length: int = Field(16384, ge=10, le=2**30)
     # Characters the char tokenizer did not see in training: an <unk> id, UTF-8 byte ids
     # (lossless, 256 more ids), or an error naming them.
     unknown_chars: Literal["unk", "bytes", "error"] = "unk"
@@ -255,10 +256,10 @@ class TokenizerConfig(StrictModel):
         for index, symbol in enumerate(symbols):
             if not symbol:
                 raise ValueError(f"[{index}] is empty: a symbol is one or more characters")
-            if symbol in RESERVED_PIECES:
+            if symbol in RESERVED_PIECES or re.fullmatch(r"<0x[0-9A-F]{2}>", symbol):
                 raise ValueError(
                     f"[{index}] {symbol!r} is a piece every tokenizer already has (unknown, "
-                    "end-of-text, newline, the space mark's escape)"
+                    "end-of-text, newline, the space mark's escape, the byte pieces)"
                 )
             if symbol in symbols[:index]:
                 raise ValueError(f"[{index}] {symbol!r} is listed twice")
@@ -614,10 +615,10 @@ class PipelineConfig(StrictModel):
         for variant in self.ablation.variants:
             model = type(self.model).model_validate(self._variant_fields(variant))
             train = TrainConfig.model_validate(self.train.model_dump() | variant.train)
-            words = [f"{key} = {json.dumps(value)}"
+            words = [_setting(key, value)
                      for key, value in written_one_way(model).model_dump(mode="json").items()
                      if value != base_model.get(key)]  # fmt: skip
-            words += [f"train.{key} = {json.dumps(value)}"
+            words += [_setting(f"train.{key}", value)
                       for key, value in train.model_dump(mode="json").items()
                       if value != base_train.get(key)]  # fmt: skip
             changes[variant.name] = ", ".join(words)
@@ -638,6 +639,11 @@ class PipelineConfig(StrictModel):
                 ) from None
             runs.append(ModelRun(entry.name or entry.model.kind, entry.model, train))
         return runs
+
+
+def _setting(key: str, value: Any) -> str:
+    """`key = value` as TOML writes it; a setting left to its default (None) as `key unset`."""
+    return f"{key} unset" if value is None else f"{key} = {json.dumps(value)}"
 
 
 def _trained_settings(model: ModelConfig, train: TrainConfig) -> str:

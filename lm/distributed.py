@@ -34,11 +34,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from lm.config import REPO_ROOT
 from lm.parent_death import PARENT_PID_VARIABLE
 from lm.train_config import TrainingError
 
 logger = logging.getLogger("lm.train")
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)

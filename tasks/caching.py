@@ -16,7 +16,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from lm.config import REPO_ROOT
+
 # The packages whose code decides what a stage produces; tasks/ and flows/ only orchestrate.
 LIBRARY_PACKAGES = ("lm", "storage")
 

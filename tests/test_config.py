@@ -572,6 +572,8 @@ def test_every_toml_example_in_readme_is_a_config_lmforge_accepts(tmp_path):
         ("tokenizer.user_defined_symbols=['<unk>']", "[0] '<unk>' is a piece every tokenizer"),
         ("tokenizer.user_defined_symbols=['<a>', '<a>']", "[1] '<a>' is listed twice"),
         ("tokenizer.user_defined_symbols=['']", "[0] is empty"),
+        ("tokenizer.user_defined_symbols=['<0x41>']", "[0] '<0x41>' is a piece every"),
+        ("tokenizer.max_sentence_length=2147483648", "less than or equal to 1073741824"),
     ],
 )
 def test_tokenizer_settings_sentencepiece_refuses_are_refused_at_load(override, said):

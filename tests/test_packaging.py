@@ -56,11 +56,15 @@ def test_an_install_from_a_wheel_finds_its_presets_and_deployments_and_claims_no
         "print(flows.pipeline._git_sha())\n"
         "print(lm.config.__file__)\n"
     )
-    shown = subprocess.run([sys.executable, "-c", probe], cwd=elsewhere, capture_output=True,
-                           text=True, check=True, timeout=120,
-                           env={"PYTHONPATH": str(site_packages), "PATH": "/usr/bin:/bin",
-                                "HOME": str(tmp_path)})  # fmt: skip
-    default, names, prefect_yaml, deployments, commit, module = shown.stdout.splitlines()
+
+    def probed() -> list[str]:
+        shown = subprocess.run([sys.executable, "-c", probe], cwd=elsewhere, capture_output=True,
+                               text=True, check=True, timeout=120,
+                               env={"PYTHONPATH": str(site_packages), "PATH": "/usr/bin:/bin",
+                                    "HOME": str(tmp_path)})  # fmt: skip
+        return shown.stdout.splitlines()
+
+    default, names, prefect_yaml, deployments, commit, module = probed()
     assert Path(module).is_relative_to(site_packages)  # the installed copy ran, not this one
     shared = (prefix / "share" / "lmforge").resolve()
     assert Path(default) == shared / "configs" / "default.toml"
@@ -68,4 +72,11 @@ def test_an_install_from_a_wheel_finds_its_presets_and_deployments_and_claims_no
     assert Path(prefect_yaml) == shared / "prefect.yaml"
     assert int(deployments) >= 3
     assert commit == "None"
+    # A repository that keeps lmforge's files (vendored in a folder): its commit pins them.
+    git = ["git", "-c", "user.name=x", "-c", "user.email=x@y"]
+    subprocess.run([*git, "add", site_packages], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "--quiet", "-m", "vendored"], cwd=tmp_path, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True,
+                          text=True, check=True).stdout.strip()  # fmt: skip
+    assert probed()[4] == head
     assert (Path(sys.prefix) / "bin" / "lmforge").exists()  # this environment's install kept
