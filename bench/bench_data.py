@@ -27,6 +27,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.cli_args import description  # noqa: E402
+
 
 def _synthetic_jsonl(path: Path, size_mb: float, seed: int = 0) -> None:
     """Documents of 1-8 real paragraphs; 4% exact duplicates, 4% near duplicates, 3% junk."""
@@ -112,7 +114,8 @@ def _in_subprocess(name: str, config_path: str, workers: int) -> dict:
 
 def _print(result: dict) -> None:
     print(
-        f"{result['case']:>8}: {result['input_mb']:7.1f} MB input, {result['documents']:,} docs "
+        f"{result['case']:>8}: {result['input_mb']:7.1f} MB of input files, "
+        f"{result['documents']:,} docs "
         f"({result['kept']:,} kept, {result['kept_text_mb']:.1f} MB)  "
         f"ingest {result['ingest_s']:5.1f}s + clean {result['clean_s']:5.1f}s = "
         f"{result['total_s']:5.1f}s -> {result['mb_per_s']:5.1f} MB/s end to end  "
@@ -124,7 +127,7 @@ def _print(result: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--size-mb", type=float, default=200.0)
     parser.add_argument("--workers", type=int, default=0, help="clean workers; 0 = one per core")
     parser.add_argument("--only", choices=["bundled", "jsonl"])

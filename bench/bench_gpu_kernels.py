@@ -31,6 +31,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_train import build_trainer, timed_steps
+from bench.cli_args import description, positive_int
 from lm.train import peak_flops_of
 
 ATTENTION = {  # label: the SDPA backends left on
@@ -68,24 +69,32 @@ def set_inductor_option(assignment: str) -> None:
     sections (`triton.cudagraphs=False`). An unknown name is refused, not silently added."""
     import torch._inductor.config as inductor
 
-    name, _, value = assignment.partition("=")
+    name, equals, value = assignment.partition("=")
+    if not equals:
+        raise SystemExit(f"--inductor {assignment}: expected NAME=VALUE")
     *sections, option = name.strip().split(".")
     target = inductor
     for section in sections:
-        target = getattr(target, section)
+        target = getattr(target, section, None)
+        if target is None:
+            raise SystemExit(f"--inductor {assignment}: torch._inductor.config has no {name!r}")
     if not hasattr(target, option):
         raise SystemExit(f"--inductor {assignment}: torch._inductor.config has no {name!r}")
-    setattr(target, option, ast.literal_eval(value.strip()))
+    try:
+        setattr(target, option, ast.literal_eval(value.strip()))
+    except (ValueError, SyntaxError):
+        raise SystemExit(f"--inductor {assignment}: the value is not a Python literal "
+                         "(True, 3, 'text')") from None  # fmt: skip
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--accumulation", type=int, default=1, help="micro-batches a step")
-    parser.add_argument("--steps", type=int, default=10)
+    parser = argparse.ArgumentParser(description=description(__doc__))
+    parser.add_argument("--batch", type=positive_int, default=64)
+    parser.add_argument("--accumulation", type=positive_int, default=1, help="micro-batches a step")
+    parser.add_argument("--steps", type=positive_int, default=10)
     parser.add_argument("--attention", choices=sorted(ATTENTION), default="default")
     parser.add_argument("--compile-mode", default=None, help="torch.compile's mode")
-    parser.add_argument("--top", type=int, default=12, help="largest kernels listed")
+    parser.add_argument("--top", type=positive_int, default=12, help="largest kernels listed")
     parser.add_argument("--inductor", action="append", default=[], metavar="NAME=VALUE",
                         help="a torch._inductor.config option (repeatable)")  # fmt: skip
     args = parser.parse_args()

@@ -37,6 +37,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.cli_args import description, positive_int  # noqa: E402
 from lm.config import PipelineConfig, load_config  # noqa: E402
 from lm.models.base import LanguageModel  # noqa: E402
 
@@ -112,7 +113,7 @@ def trained_model(descriptor) -> tuple[LanguageModel, object]:
 
 
 def split_nll(model: LanguageModel, tokenizer, tokens: np.ndarray, scoring: str,
-             overlap: int | None = None) -> tuple[float, int]:  # fmt: skip
+             overlap: int | None = None, split: str = "test") -> tuple[float, int]:  # fmt: skip
     """Mean NLL (nats per token) over every token of the split, each predicted once, and the
     count, as the evaluate stage scores (`lm.evaluate`): `documents`, each name alone from
     the start mark; `whole`, the split as one stream with at least half a GPT's block (an
@@ -121,7 +122,7 @@ def split_nll(model: LanguageModel, tokenizer, tokens: np.ndarray, scoring: str,
     from lm.evaluate import evaluate
 
     config = EvalConfig(scoring=scoring, batch_size=256, device="cpu", precision="fp32")
-    score = evaluate(model, tokens, tokenizer, config, "test", overlap=overlap)
+    score = evaluate(model, tokens, tokenizer, config, split, overlap=overlap)
     return score.loss, score.tokens
 
 
@@ -142,7 +143,7 @@ def not_overridden(defaults: list[str], overrides: list[str]) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("names", nargs="?", default=str(DEFAULT_NAMES),
                         help="a names file, one name per line")  # fmt: skip
     parser.add_argument("--config", default="names", help="the ladder preset")
@@ -154,7 +155,10 @@ def main() -> None:
         "--preset-gpt", action="store_true", help="train the preset's GPT, not LARGE_LIST_GPT"
     )
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch threads (1 is faster on a busy machine)"
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch threads (1 is faster on a busy machine)",
     )
     args = parser.parse_args()
     if args.threads:
@@ -170,6 +174,11 @@ def main() -> None:
     if args.overrides:
         print("command line: " + " ".join(f"--set {o}" for o in args.overrides))
     settings = load_config(args.config, [source, *larger, *args.overrides])
+    labels = [run.label for run in settings.model_runs()]
+    unknown = [label for label in args.only if label not in labels]
+    if unknown:  # trained nothing, printed an empty table and exited 0
+        parser.error(f"--only {unknown[0]}: no such model in {args.config} "
+                     f"(its labels: {', '.join(labels)})")  # fmt: skip
 
     from tasks.train import train_task
 

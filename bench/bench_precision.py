@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.cli_args import description, non_negative_int, positive_int
 from lm.config import load_config
 from lm.models.registry import build_model
 from lm.train import Trainer
@@ -55,11 +56,12 @@ def default_run_shards(workspace: Workspace) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=300)
+    parser = argparse.ArgumentParser(description=description(__doc__))
+    parser.add_argument("--steps", type=positive_int, default=300)
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES)[:3])
-    parser.add_argument("--seed", type=int, default=None, help="default: the preset's")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (one: less noise)")
+    parser.add_argument("--seed", type=non_negative_int, default=None, help="default: the preset's")
+    parser.add_argument("--threads", type=positive_int, default=1,
+                        help="torch threads (one: less noise)")  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     shards = default_run_shards(Workspace.from_env())
@@ -73,7 +75,8 @@ def main() -> None:
         train = effective_train_config(settings.model, settings.train).model_copy(
             update={"max_steps": args.steps, "eval_every": args.steps,
                     "checkpoint_every": args.steps, "precision": precision,
-                    "compile": compiled, "seed": args.seed or settings.train.seed}
+                    "compile": compiled,
+                    "seed": settings.train.seed if args.seed is None else args.seed}
         )  # fmt: skip
         torch.manual_seed(train.seed)
         model = build_model(settings.model, info.vocab_size, eot_id=info.eot_id)

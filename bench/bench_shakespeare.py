@@ -33,6 +33,7 @@ from bench.bench_ladder import (  # noqa: E402
     split_nll,
     trained_model,
 )
+from bench.cli_args import description  # noqa: E402
 from lm.config import load_config  # noqa: E402
 
 DEFAULT_TEXT = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
@@ -40,7 +41,7 @@ NANOGPT_VAL_LOSS = 1.88
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("text", nargs="?", default=str(DEFAULT_TEXT))
     parser.add_argument("--set", action="append", default=[], dest="overrides",
                         help="KEY.PATH=VALUE override, as `lmforge run --set`")  # fmt: skip
@@ -74,7 +75,9 @@ def main() -> None:
     ]
     model, tokenizer = trained_model(trained)
     started = time.perf_counter()
-    val_loss, count = split_nll(model, tokenizer, shard_tokens(data, "val"), "whole", overlap=0)
+    val_loss, count = split_nll(
+        model, tokenizer, shard_tokens(data, "val"), "whole", overlap=0, split="val"
+    )
     print()
     print(f"steps            {stats['steps']}")
     print(f"parameters       {stats['parameters']}")

@@ -26,12 +26,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.cli_args import description, positive_int  # noqa: E402
+
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=3)
+    parser = argparse.ArgumentParser(description=description(__doc__))
+    parser.add_argument("--repeat", type=positive_int, default=3)
     args = parser.parse_args()
-    os.environ["LMFORGE_HOME"] = tempfile.mkdtemp(prefix="lmforge-bench-")
+    with tempfile.TemporaryDirectory(prefix="lmforge-bench-") as workspace:  # left none behind
+        os.environ["LMFORGE_HOME"] = workspace
+        _measure(args.repeat)
+
+
+def _measure(repeat: int) -> None:
 
     from lm.config import TokenizerConfig, load_config
     from lm.tokenizer import train_tokenizer
@@ -56,9 +63,9 @@ def main() -> None:
         print(f"{kind:>8} vocab {tokenizer.vocab_size:>5}: trained in {trained:5.2f}s")
         if kind != "char":
             for threads in (1, 2):
-                _compare_with_processor(tokenizer, texts, threads, args.repeat, megabytes)
+                _compare_with_processor(tokenizer, texts, threads, repeat, megabytes)
         else:  # the character tokenizer is single-threaded Python
-            best = min(_seconds(partial(tokenizer.encode_batch, texts)) for _ in range(args.repeat))
+            best = min(_seconds(partial(tokenizer.encode_batch, texts)) for _ in range(repeat))
             tokens = sum(len(ids) for ids in tokenizer.encode_batch(texts))
             print(f"  1 thread(s): {_rate(tokens, best, megabytes)}")
 

@@ -31,6 +31,7 @@ import argparse
 import resource
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,6 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.cli_args import description, non_negative_int, positive_int
 from lm.cpu_features import cpu_has_native_bf16
 from lm.models.config import GPTConfig
 from lm.models.registry import build_model
@@ -89,8 +91,10 @@ def build_trainer(
     )  # fmt: skip
     tokens = np.random.default_rng(0).integers(0, vocab, 200_000).astype(np.uint32)
     torch.manual_seed(0)
-    trainer = Trainer(build_model(model_config, vocab), settings, tokens, tokens,
-                      Path("/tmp/lmforge-bench-train"))  # fmt: skip
+    # It never saves (checkpoint_every is past the steps): a folder of its own, left empty.
+    folder = Path(tempfile.mkdtemp(prefix="lmforge-bench-train-"))
+    trainer = Trainer(build_model(model_config, vocab), settings, tokens, tokens, folder)
+    folder.rmdir()
     if not fused:
         groups = [
             {k: v for k, v in g.items() if k != "fused"} for g in trainer.optimizer.param_groups
@@ -142,16 +146,18 @@ def timed_steps(trainer: Trainer, steps: int, step_by_step: bool = False) -> flo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--shape", choices=sorted(SHAPES), default=None,
                         help="default: cpu on CPU, gpt2 on CUDA")  # fmt: skip
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--steps", type=int, default=30, help="timed steps per repeat")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps (compile here)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--batch", type=int, default=None, help="default: the shape's batch")
-    parser.add_argument("--accumulation", type=int, default=1,
+    parser.add_argument("--steps", type=positive_int, default=30, help="timed steps per repeat")
+    parser.add_argument("--warmup", type=non_negative_int, default=3,
+                        help="untimed steps (compile here)")  # fmt: skip
+    parser.add_argument("--repeats", type=positive_int, default=3)
+    parser.add_argument("--threads", type=positive_int, default=None)
+    parser.add_argument("--batch", type=positive_int, default=None,
+                        help="default: the shape's batch")  # fmt: skip
+    parser.add_argument("--accumulation", type=positive_int, default=1,
                         help="micro-batches of --batch sequences per optimizer step")  # fmt: skip
     parser.add_argument("--modes", default=",".join(DEFAULT_MODES),
                         help=f"comma-separated labels of {list(MODES)}")  # fmt: skip
@@ -166,6 +172,9 @@ def main() -> None:
     if peak is None and args.device == "cuda":
         peak = peak_flops_of(torch.cuda.get_device_name())
     modes = [m.strip() for m in args.modes.split(",")]
+    unknown = [mode for mode in modes if mode not in MODES]
+    if unknown:
+        parser.error(f"--modes: no mode {unknown[0]!r} (modes: {', '.join(MODES)})")
     print(f"CPU capability {torch.backends.cpu.get_cpu_capability()}, native bf16 "
           f"{'yes' if cpu_has_native_bf16() else 'no'} (AVX512-BF16 or AMX)")  # fmt: skip
     print(f"shape {shape}, device {args.device}, torch {torch.__version__}, threads "

@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gensim.test.utils import datapath
 
+from bench.cli_args import description, positive_int
 from lm.text.wikipedia_dump import read_wikipedia_dump
 from lm.text.wikitext import strip_wikitext
 
@@ -44,8 +45,8 @@ def timed(text: str) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=20_000)
+    parser = argparse.ArgumentParser(description=description(__doc__))
+    parser.add_argument("--repeat", type=positive_int, default=20_000)
     args = parser.parse_args()
     path = datapath(BUNDLED_DUMP)
     with bz2.open(path) as stream:

@@ -17,15 +17,19 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import queue
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.cli_args import description
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -108,12 +112,18 @@ def start_chromium(chromium: str, profile: Path, timeout_s: float) -> tuple[subp
          "about:blank"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+    # Read on a thread: a Chromium that starts and prints nothing held a blocking readline past
+    # the timeout, for as long as it ran.
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stderr],
+                     daemon=True).start()  # fmt: skip
     deadline = time.monotonic() + timeout_s
     seen = []
-    while time.monotonic() < deadline:
-        line = process.stderr.readline()
-        if not line:
-            if process.poll() is not None:
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=min(left, 0.5))
+        except queue.Empty:
+            if process.poll() is not None and lines.empty():
                 break
             continue
         seen.append(line)
@@ -121,7 +131,8 @@ def start_chromium(chromium: str, profile: Path, timeout_s: float) -> tuple[subp
         if found:
             return process, found.group(1)
     process.kill()
-    raise RuntimeError(f"{chromium} did not start its DevTools endpoint:\n{''.join(seen)}")
+    raise SystemExit(f"{chromium} did not start its DevTools endpoint within {timeout_s:g} s:\n"
+                     + "".join(seen))  # fmt: skip
 
 
 def console_errors(events: list[dict]) -> list[str]:
@@ -195,14 +206,16 @@ def build_report(run_id: str) -> Path:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("run_id", nargs="?", help="build this run's report first")
     parser.add_argument("--path", type=Path, help="an existing report.html to check")
     parser.add_argument("--screenshot", type=Path, help="where to save the screenshot")
     parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     parser.add_argument("--timeout", type=float, default=60.0)
     args = parser.parse_args()
-    if (args.run_id is None) == (args.path is None):
+    if args.run_id is None and args.path is None:
+        parser.error("give a run id or --path")
+    if args.run_id is not None and args.path is not None:
         parser.error("give a run id or --path, not both")
     if not Path(args.chromium).is_file():
         parser.error(f"{args.chromium}: no Chromium there; `apt-get install -y chromium`")
