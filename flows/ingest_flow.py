@@ -16,6 +16,7 @@ sees at the same path.
 from __future__ import annotations
 
 import os
+import pickle
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -97,11 +98,21 @@ def read_part_task(
     return ReadPart(part, str(path), writer.rows_written, f"{socket.gethostname()}:{os.getpid()}")
 
 
+def write_plan(parts: list[InputPart], scratch: Path) -> Path:
+    """The parts, in a file of the stage's scratch space for `read_parts`: as the flow's own
+    parameters (every file's name, size and time) a folder of a few thousand files passed
+    Prefect's 512 KB limit on a flow run's parameters, a 422 error and a traceback."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    plan = scratch / "parts.pickle"
+    plan.write_bytes(pickle.dumps(parts))
+    return plan
+
+
 @flow(name="ingest-read", persist_result=False)
-def read_parts(
-    parts: list[InputPart], config: IngestConfig, download_dir: str, scratch: str
-) -> list[ReadPart]:
-    """Read every part on this flow's task runner; the result is in input order."""
+def read_parts(plan: str, config: IngestConfig, download_dir: str, scratch: str) -> list[ReadPart]:
+    """Read every part of the plan file (`write_plan`) on this flow's task runner; the result
+    is in input order."""
+    parts: list[InputPart] = pickle.loads(Path(plan).read_bytes())  # written by this stage
     Path(scratch).mkdir(parents=True, exist_ok=True)
     futures = read_part_task.map(
         part=parts,

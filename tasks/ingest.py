@@ -16,7 +16,7 @@ from pathlib import Path
 
 from prefect import task
 
-from flows.ingest_flow import load_parts, plan_parts, read_parts
+from flows.ingest_flow import load_parts, plan_parts, read_parts, write_plan
 from lm.config import IngestConfig, RuntimeConfig
 from lm.text.clean import SlicePolicy
 from lm.text.ingest import PERSISTENT_OS_ERRORS, iter_input_documents
@@ -130,9 +130,11 @@ def _read(
         )
         return documents, {"runner": "inline", "workers": 1, "parts": 1, "read_by": []}
     runner = make_task_runner(runtime, workers)
+    plan = write_plan(parts, scratch)
     pieces = read_parts.with_options(task_runner=runner)(
-        parts=parts, config=config, download_dir=str(workspace.downloads), scratch=str(scratch)
+        plan=str(plan), config=config, download_dir=str(workspace.downloads), scratch=str(scratch)
     )
+    plan.unlink()
     fan_out = {
         "runner": runtime.task_runner,
         "workers": workers,

@@ -365,3 +365,19 @@ def test_the_doc_id_order_and_the_ordered_split_are_encoded_in_the_task(
     for split in (SplitConfig(val=0.2, shuffle=True), SplitConfig(method="ordered")):
         shards = encode_task.fn(corpus, tokenizers["char"], split, PROCESSES)
         assert shards.stats["runner"] == "inline"
+
+
+@pytest.mark.slow
+def test_thousands_of_files_read_in_parts_stay_under_prefect_s_parameter_limit(
+    workspace, tmp_path, monkeypatch
+):
+    """The parts went to the read subflow as its parameters, every file's name, size and
+    time: from about 2,200 files Prefect refused the flow run (a 422, over 512 KB)."""
+    monkeypatch.setattr(tasks.ingest, "PART_POLICY", TINY_PARTS)
+    folder = tmp_path / "many-notes-in-a-folder-with-a-long-name"
+    folder.mkdir()
+    for n in range(3000):
+        (folder / f"note-{n:05d}-written-on-a-long-afternoon.txt").write_text(prose(n, 12))
+    raw = ingest_task.fn(IngestConfig(sources=[{"path": str(folder)}]), THREADS)
+    assert raw.stats["runner"] == "threads" and raw.stats["parts"] >= 2
+    assert raw.stats["documents"] == 3000
