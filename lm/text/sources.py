@@ -239,6 +239,10 @@ def fingerprint_inputs(inputs: list[ResolvedInput]) -> str:
     """A cheap identity for the inputs: path, size and modification time of each file (as make
     does), and the address of each URL. Changing, adding or removing a file changes it."""
     digest = hashlib.sha256()
+    spec_digests: dict[int, str] = {}  # per spec, not per file: 100,000 files took 18 s here
     for item in inputs:
-        digest.update(f"{item.name}\0{item.size}\0{item.mtime_ns}\0{item.spec.digest()}\n".encode())
+        spec = spec_digests.get(id(item.spec)) or spec_digests.setdefault(
+            id(item.spec), item.spec.digest()
+        )
+        digest.update(f"{item.name}\0{item.size}\0{item.mtime_ns}\0{spec}\n".encode())
     return digest.hexdigest()
