@@ -93,6 +93,25 @@ class SentenceStream:
             yield from self.to_sentences(text)
 
 
+def _epoch_progress(words_per_epoch: int, epochs: int):
+    """A gensim callback that logs, after each epoch, the words trained on so far with rate
+    and ETA: a word2vec stage ran for minutes (hours, on a large corpus) without a line."""
+    from gensim.models.callbacks import CallbackAny2Vec
+
+    from lm.progress import ProgressLog
+
+    class EpochProgress(CallbackAny2Vec):
+        def __init__(self):
+            self.progress = ProgressLog("word2vec", total=words_per_epoch * epochs, unit="words")
+            self.epoch = 0
+
+        def on_epoch_end(self, model):
+            self.epoch += 1
+            self.progress.update(words_per_epoch * self.epoch, force=True)
+
+    return EpochProgress()
+
+
 def train_word2vec(sentences: Iterable[list[str]], config: Word2VecConfig):
     """Train and return gensim `KeyedVectors`."""
     from gensim.models import Word2Vec
@@ -114,7 +133,15 @@ def train_word2vec(sentences: Iterable[list[str]], config: Word2VecConfig):
             f"word2vec: no word occurs {config.min_count} times in the training split; "
             "lower word2vec.min_count or add text"
         )
-    model.train(sentences, total_examples=model.corpus_count, epochs=config.epochs)
+    logger.info(
+        "word2vec: %s words in %s sentences, a vocabulary of %s; %d epoch(s) to train",
+        f"{model.corpus_total_words:,}", f"{model.corpus_count:,}",
+        f"{len(model.wv.key_to_index):,}", config.epochs,
+    )  # fmt: skip
+    progress = _epoch_progress(model.corpus_total_words, config.epochs)
+    model.train(sentences, total_examples=model.corpus_count, epochs=config.epochs,
+                callbacks=[progress])  # fmt: skip
+    model.callbacks = ()  # not kept with the model: nothing of it is saved
     return model.wv
 
 

@@ -138,3 +138,15 @@ def test_the_pair_count_agrees_with_gensim_s_own_oov_rate():
         found, total = _pairs_in_vocabulary(vectors, path)
         _, _, oov = vectors.evaluate_word_pairs(str(path))
         assert found >= 3 and 1 - found / total == pytest.approx(oov / 100)
+
+
+def test_training_logs_its_progress_each_epoch_with_rate_and_eta(caplog):
+    """A word2vec stage ran for minutes without a line (hours, on a large corpus)."""
+    with caplog.at_level(logging.INFO):
+        train_word2vec(small_sentences(), SMALL.model_copy(update={"epochs": 3}))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("word2vec: ")]
+    progress = [line for line in lines if "ETA" in line]
+    assert len(progress) == 3 and progress[-1].split(" words")[0].endswith(
+        progress[-1].split("/ ")[1].split(" words")[0]
+    )  # the last line's count is its total
+    assert "(100%)" in progress[-1] and "words/s" in progress[0]
