@@ -39,12 +39,15 @@ class ProgressLog:
     _start: float = field(default_factory=time.monotonic)
     _last_log: float = field(default_factory=time.monotonic)
     done: float = 0.0
+    _logged: float | None = None  # the amount the last line gave
 
     def update(self, done: float, force: bool = False) -> None:
+        """A forced line (the last one) is left out when the last line already said `done`:
+        "100%" was printed twice."""
         self.done = done
         now = time.monotonic()
-        if force or now - self._last_log >= self.interval_s:
-            self._last_log = now
+        if (force and done != self._logged) or now - self._last_log >= self.interval_s:
+            self._last_log, self._logged = now, done
             logger.info(self.line(now))
 
     def line(self, now: float | None = None) -> str:

@@ -5,10 +5,13 @@ stream's val part)."""
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Iterator
 
 from prefect import task
 
 from lm.config import SplitConfig, TokenizerConfig
+from lm.progress import ProgressLog
 from lm.tokenizer import train_tokenizer
 from lm.tokenizer_stats import tokenizer_statistics
 from storage.artifacts import ArtifactStore, Descriptor, reused
@@ -40,6 +43,18 @@ def tokenizer_key(
     return stage_key(STAGE, VERSION, settings, [corpus.digest], code_digest(*CODE))
 
 
+def _counted(texts: Iterator[str], progress: ProgressLog) -> Iterator[str]:
+    """`texts`, logging the bytes read with rate and ETA; then a line saying the training
+    proper starts, which logs nothing itself (a large corpus was silent for minutes)."""
+    done = 0
+    for text in texts:
+        done += len(text.encode())
+        progress.update(done)
+        yield text
+    progress.update(done, force=True)
+    logging.getLogger("lm.progress").info("tokenizer: text read, training")
+
+
 @task(name=STAGE, cache_key_fn=cache_key_from(tokenizer_key), persist_result=True)
 def tokenizer_task(
     corpus: Descriptor, config: TokenizerConfig, split: SplitConfig | None = None
@@ -51,7 +66,11 @@ def tokenizer_task(
     if existing is not None:
         return reused(existing)
     documents = workspace.resolve(corpus.path) / DOCUMENTS_FILE
-    train_texts = (text for batch in iter_split_texts(documents, "train") for text in batch)
+    train_bytes = corpus.stats.get("split_bytes", {}).get("train")
+    progress = ProgressLog("tokenizer: read", total=train_bytes)
+    train_texts = _counted(
+        (text for batch in iter_split_texts(documents, "train") for text in batch), progress
+    )
     tokenizer = train_tokenizer(train_texts, config)
     stats = tokenizer_statistics(tokenizer, iter_split_part(documents, "val", split))
     with store.build(key) as staging:

@@ -23,3 +23,14 @@ def test_progress_logs_at_most_once_per_interval(caplog):
             progress.update(done)
         progress.finish()
     assert len(caplog.records) == 1 and "960.0 kB / 1.0 MB (94%)" in caplog.text
+
+
+def test_the_last_line_is_not_printed_twice(caplog):
+    """An update that logged the total, then the forced last line: "100%" twice."""
+    progress = ProgressLog("encode", total=100, interval_s=5.0)
+    progress._last_log -= 10.0  # an interval has passed: the next update logs
+    with caplog.at_level(logging.INFO, logger="lm.progress"):
+        progress.update(100)
+        progress.update(100, force=True)
+        progress.finish()
+    assert len(caplog.records) == 1 and "(100%)" in caplog.text
