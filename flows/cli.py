@@ -7,6 +7,7 @@ at import), which is why flow modules are imported inside the commands that need
 from __future__ import annotations
 
 import json
+import re
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -609,6 +610,10 @@ def sql(
                                  "a LIMIT or a WHERE, or pass --max-rows 0 for every row",
                                  highlight=False)  # fmt: skip
     except (RegistryError, duckdb.Error) as error:
+        if re.search(r"Table with name (clean_)?corpus does not exist", str(error)):
+            raise _fail("the corpus and clean_corpus views are missing: no corpus version is "
+                        "recorded yet, or the newest one's documents are gone (`lmforge run` "
+                        "builds them)") from None  # fmt: skip
         raise _fail(str(error)) from None
 
 

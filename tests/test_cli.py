@@ -450,3 +450,19 @@ def test_corpus_stats_says_an_ordered_split_is_cut_later_and_lists_sources_as_do
     assert "5.txt" not in stats.split("documents (first")[0].split("sources")[1]
     everything = run_cli("corpus", "stats", "--all").stdout
     assert all(f"{index}.txt" in everything for index in range(6))
+
+
+def test_sql_over_the_corpus_before_any_corpus_is_recorded_says_so(tmp_path):
+    """A first run still ingesting, or one killed before clean: DuckDB's "Table with name corpus
+    does not exist! Did you mean corpus_versions?"."""
+    from datetime import datetime
+
+    RunRegistry(tmp_path / "registry.duckdb").start_run(
+        {"run_id": "r1", "status": "running", "started_at": datetime.now()}
+    )
+    for view in ("corpus", "clean_corpus"):
+        result = run_cli("sql", f"SELECT count(*) FROM {view}", check=False, home=tmp_path)
+        assert result.returncode == 1
+        assert result.stderr.startswith("error: the corpus and clean_corpus views are missing")
+    other = run_cli("sql", "SELECT * FROM nothing", check=False, home=tmp_path)
+    assert "Table with name nothing does not exist" in other.stderr
