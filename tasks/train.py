@@ -152,6 +152,26 @@ def _tensor_misfit(theirs: dict, model: ModelConfig) -> str | None:
     return f"does not fit this model: it has {extra[0]}, this model none" if extra else None
 
 
+def _wait_for_the_training_lock(lock, key: str) -> None:
+    """Take the lock of this training's work folder, saying so when another process holds it
+    (it trains the same model: this run then finds its result): the wait was silent, and the
+    stage recorded as cached, after minutes."""
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return
+    except BlockingIOError:
+        pass
+    logging.getLogger("lm.train").info(
+        "train: another process is training this model (%s); waiting for it to finish, then "
+        "using its result", key[:12],
+    )  # fmt: skip
+    waited = time.monotonic()
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    logging.getLogger("lm.train").info(
+        "train: waited %.0f s for the other process", time.monotonic() - waited
+    )
+
+
 def _say_other_interrupted_trainings(workspace: Workspace, work: Path) -> None:
     """A training about to start afresh while interrupted ones of other settings wait in the
     workspace says so: killed at step 100 and rerun with `--set train.max_steps=3000`, a run
@@ -250,7 +270,7 @@ def train_task(
     work = work_folder(store, key)
     work.mkdir(parents=True, exist_ok=True)
     with open(work / WORK_LOCK, "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one process trains a key; a second waits for it
+        _wait_for_the_training_lock(lock, key)  # one process trains a key; a second waits
         existing = store.load_descriptor(key)
         if existing is not None:
             return reused(existing)

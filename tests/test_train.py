@@ -1236,3 +1236,28 @@ def test_init_from_a_model_of_other_shapes_or_a_cut_checkpoint_is_refused_before
     cut = config(init_from=str(tmp_path / "model" / "best"))
     with pytest.raises(TrainingError, match=rf"{WEIGHTS_FILE} has 100 bytes, \d+ were written"):
         init_checkpoint(cut, workspace, SMALL_GPT)
+
+
+def test_a_training_another_process_holds_is_waited_for_out_loud(tmp_path, caplog):
+    """Two runs of one config: the second waited minutes on the first's training in silence,
+    then recorded its stage as cached."""
+    import fcntl
+    import threading
+
+    from tasks.train import _wait_for_the_training_lock
+
+    path = tmp_path / "work.lock"
+    logger = logging.getLogger("lm.train")  # Prefect's logging stops it before the root's
+    logger.addHandler(caplog.handler)
+    with open(path, "a+") as held, open(path, "a+") as wanted:
+        fcntl.flock(held, fcntl.LOCK_EX)  # the other process's training
+        with caplog.at_level(logging.INFO, logger="lm.train"):
+            waiter = threading.Thread(target=_wait_for_the_training_lock, args=(wanted, "k" * 40))
+            waiter.start()
+            waiter.join(timeout=0.5)
+            assert waiter.is_alive()  # still waiting, and said so
+            assert "another process is training this model (kkkkkkkkkkkk)" in caplog.text
+            fcntl.flock(held, fcntl.LOCK_UN)
+            waiter.join(timeout=10)
+        assert not waiter.is_alive() and "waited" in caplog.text
+    logger.removeHandler(caplog.handler)
