@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
+import hashlib
 import json
 import logging
 import os
@@ -28,13 +30,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from lm.checkpoints import size_mismatch
-from storage.processes import pid_alive
+from storage.processes import pid_alive, this_host
 
 logger = logging.getLogger("storage.artifacts")
 DONE_MARKER = "DONE"
 DESCRIPTOR_FILE = "descriptor.json"
 MANIFEST_FILE = "manifest.json"
-STAGING_INFIX = ".partial-"  # <key>.partial-<pid>-<nonce>: a build in progress
+STAGING_INFIX = ".partial-"  # <key>.partial-<pid>-<nonce>-<host tag>: a build in progress
 _REPORTED_DAMAGE: set[tuple[Path, str]] = set()  # (folder, problem) warned about
 
 
@@ -161,18 +163,28 @@ class ArtifactStore:
 
 
 def staging_name(name: str) -> str:
-    """`<name>.partial-<pid>-<nonce>`: this process's staging folder for `name`."""
-    return f"{name}{STAGING_INFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    """`<name>.partial-<pid>-<nonce>-<host tag>`: this process's staging folder for `name`."""
+    return f"{name}{STAGING_INFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{_host_tag()}"
 
 
 def staging_owner(folder: Path) -> int | None:
-    """The pid a staging folder's name `<key>.partial-<pid>-<nonce>` holds; None for a name
-    without one (not ours to judge)."""
+    """The pid a staging folder's name holds, where this machine can judge it; None for a name
+    without one, or one another machine's process named (a workspace that several machines
+    share: a build in progress there was deleted here, its pid not running here)."""
     try:
-        pid = int(folder.name.rsplit(STAGING_INFIX, 1)[1].split("-")[0])
+        fields = folder.name.rsplit(STAGING_INFIX, 1)[1].split("-")
+        pid = int(fields[0])
     except (IndexError, ValueError):
         return None
+    if len(fields) >= 3 and fields[2] != _host_tag():  # (names before the tag: this host's)
+        return None
     return pid if pid > 0 else None
+
+
+@functools.cache
+def _host_tag() -> str:
+    """A short name of this machine and account (`user@host`), fit for a folder name."""
+    return hashlib.sha256(this_host().encode()).hexdigest()[:8]
 
 
 def write_manifest(folder: Path) -> None:

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+from storage.artifacts import ArtifactStore, staging_name
 from storage.prune import find_leftovers, remove_leftover
 from storage.workspace import Workspace
 
@@ -40,6 +41,11 @@ def test_leftovers_are_found_and_removed_but_live_work_is_kept(tmp_path):
     training_now = _folder(train / "train-live.work")
     abandoned = _folder(workspace.corpus / f"clean-k.partial-{_dead_pid()}-abcd1234")
     building_now = _folder(workspace.artifacts / "encode" / f"encode-k.partial-{os.getpid()}-ab")
+    # Another machine of a shared workspace builds this: its pid means nothing here (it was
+    # deleted as abandoned). This machine's own dead build, named as builds are now, is not.
+    elsewhere = _folder(workspace.artifacts / "encode" / f"encode-j.partial-{_dead_pid()}-ab-0ther")
+    here = _folder(workspace.corpus / staging_name("clean-j").replace(
+        f".partial-{os.getpid()}-", f".partial-{_dead_pid()}-"))  # fmt: skip
     published = _folder(train / "train-done")
     with open(training_now / "lock", "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # as the train stage holds it while it trains
@@ -49,6 +55,7 @@ def test_leftovers_are_found_and_removed_but_live_work_is_kept(tmp_path):
             never_locked: "interrupted training",
             failed_at_start: "training that never started",
             abandoned: "abandoned build",
+            here: "abandoned build",
         }
         assert next(x.size for x in leftovers if x.path == interrupted) == 5000
         assert all(remove_leftover(leftover) for leftover in leftovers)
@@ -56,6 +63,9 @@ def test_leftovers_are_found_and_removed_but_live_work_is_kept(tmp_path):
     assert not interrupted.exists() and not never_locked.exists() and not abandoned.exists()
     assert not failed_at_start.exists()
     assert training_now.is_dir() and building_now.is_dir() and published.is_dir()
+    assert elsewhere.is_dir() and not here.exists()
+    ArtifactStore(workspace.artifacts / "encode", workspace.root).remove_abandoned_builds()
+    assert elsewhere.is_dir()  # the next build here leaves it too
     assert [leftover.path for leftover in find_leftovers(workspace)] == [training_now]  # free now
 
 
