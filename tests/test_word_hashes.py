@@ -76,3 +76,18 @@ def test_batch_signatures_equal_signatures_of_each_documents_words():
     assert all(np.array_equal(a, b) for a, b in zip(together, alone, strict=True))
     # Documents with fewer words than a shingle still get a signature of their own.
     assert not np.array_equal(hasher.signature(["w1"]), hasher.signature(["w2"]))
+
+
+def test_words_are_hashed_the_same_whatever_span_of_bytes_holds_them(monkeypatch):
+    """Hashed a span of whole words at a time (a 200 MB document's prefix sums took gigabytes):
+    a word's hash must not depend on where its span starts, nor a word longer than a span."""
+    import lm.text.word_hashes
+
+    generator = random.Random(5)
+    alphabet = "abcdeé漢 \n\t"
+    texts = ["".join(generator.choice(alphabet) for _ in range(generator.randint(0, 400)))
+             for _ in range(40)] + ["x" * 300]  # fmt: skip
+    whole = BatchWords.of(texts)
+    for span in (1, 7, 64):
+        monkeypatch.setattr(lm.text.word_hashes, "HASH_SPAN", span)
+        assert np.array_equal(BatchWords.of(texts).ids, whole.ids), span
