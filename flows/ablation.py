@@ -101,7 +101,7 @@ def ablation(config: str | None = "ablation", overrides: list[str] | None = None
             models.append(record)
             scored.append((variant, seed, record.stats))
         table = summarize([(variant, seed) for variant, seed, _ in arms], scored, failed,
-                          settings.ablation_changes())  # fmt: skip
+                          settings.ablation_changes(arms))  # fmt: skip
         markdown = table.markdown()
         folder = run.workspace.runs / run.run_id
         (folder / TABLE_FILE).write_text(markdown + "\n")

@@ -603,25 +603,25 @@ class PipelineConfig(StrictModel):
                 arms.append((variant.name, seed, ModelRun(label, model, seeded)))
         return arms
 
-    def ablation_changes(self) -> dict[str, str]:
-        """Per variant, what it sets otherwise than the base `[model]` and `[train]`, in TOML's
-        words (`mlp = "swiglu"`, `train.learning_rate = 0.001`; empty for the base itself): the
-        table says what each row measured, which its name need not. Call after
-        `ablation_runs()`, which refuses variants these settings cannot build."""
+    def ablation_changes(self, arms: list[tuple[str, int, ModelRun]]) -> dict[str, str]:
+        """Per variant of `arms` (`ablation_runs()`), what it sets otherwise than the base
+        `[model]` and `[train]`, in TOML's words (`mlp = "swiglu"`, `train.learning_rate =
+        0.001`; empty for the base itself; the seed, which `ablation.seeds` sets, left out): the
+        table says what each row measured, which its name need not."""
         assert self.model is not None
         base_model = written_one_way(self.model).model_dump(mode="json")
-        base_train = self.train.model_dump(mode="json")
+        base_train = self.train.model_dump(mode="json", exclude={"seed"})
         changes = {}
-        for variant in self.ablation.variants:
-            model = type(self.model).model_validate(self._variant_fields(variant))
-            train = TrainConfig.model_validate(self.train.model_dump() | variant.train)
+        for variant, _, run in arms:
+            if variant in changes:
+                continue
             words = [_setting(key, value)
-                     for key, value in written_one_way(model).model_dump(mode="json").items()
+                     for key, value in written_one_way(run.model).model_dump(mode="json").items()
                      if value != base_model.get(key)]  # fmt: skip
             words += [_setting(f"train.{key}", value)
-                      for key, value in train.model_dump(mode="json").items()
+                      for key, value in run.train.model_dump(mode="json", exclude={"seed"}).items()
                       if value != base_train.get(key)]  # fmt: skip
-            changes[variant.name] = ", ".join(words)
+            changes[variant] = ", ".join(words)
         return changes
 
     def model_runs(self) -> list[ModelRun]:

@@ -141,7 +141,6 @@ def train_word2vec(sentences: Iterable[list[str]], config: Word2VecConfig):
     progress = _epoch_progress(model.corpus_total_words, config.epochs)
     model.train(sentences, total_examples=model.corpus_count, epochs=config.epochs,
                 callbacks=[progress])  # fmt: skip
-    model.callbacks = ()  # not kept with the model: nothing of it is saved
     return model.wv
 
 

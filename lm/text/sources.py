@@ -241,8 +241,8 @@ def fingerprint_inputs(inputs: list[ResolvedInput]) -> str:
     digest = hashlib.sha256()
     spec_digests: dict[int, str] = {}  # per spec, not per file: 100,000 files took 18 s here
     for item in inputs:
-        spec = spec_digests.get(id(item.spec)) or spec_digests.setdefault(
-            id(item.spec), item.spec.digest()
-        )
+        spec = spec_digests.get(id(item.spec))
+        if spec is None:
+            spec = spec_digests[id(item.spec)] = item.spec.digest()
         digest.update(f"{item.name}\0{item.size}\0{item.mtime_ns}\0{spec}\n".encode())
     return digest.hexdigest()
