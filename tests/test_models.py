@@ -348,6 +348,27 @@ def test_an_mlp_norm_without_a_hidden_layer_is_refused_not_ignored():
     assert MLPConfig(norm="none", hiddens=[]).hiddens == []
 
 
+def test_batch_norm_takes_its_statistics_over_scored_positions_only():
+    """Padding after a short document (targets ignored) is never scored, so it must not move
+    the scored positions' normalisation or the running statistics evaluation uses."""
+    from lm.batches import IGNORED_TARGET
+
+    torch.manual_seed(0)
+    model = build_model(MLPConfig(context=3, n_embd=8, hiddens=[16], norm="batchnorm"), VOCAB)
+    idx = torch.randint(1, VOCAB, (4, 12))
+    targets = torch.randint(1, VOCAB, (4, 12))
+    targets[:, 7:] = IGNORED_TARGET
+    repadded = idx.clone()
+    repadded[:, 7:] = 5  # inputs that only unscored positions read
+    norm = model.hidden[1]
+    model.train()
+    loss = model(idx, targets)[1]
+    running = norm.running_mean.clone()
+    norm.reset_running_stats()
+    assert torch.equal(model(repadded, targets)[1], loss)
+    assert torch.equal(norm.running_mean, running)
+
+
 def test_a_sequence_longer_than_the_context_is_refused():
     model = build_model(GPTConfig(block_size=8, n_layer=1, n_head=2, n_embd=16), VOCAB)
     with pytest.raises(ValueError, match="9 tokens is longer than block_size 8"):

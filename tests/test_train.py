@@ -232,7 +232,7 @@ def test_tokens_seen_count_the_targets_trained_on_and_resume_with_the_run(tmp_pa
     """Rows of documents are padded after their end mark, and the padding is not trained on:
     the tokens seen (the registry's `tokens_seen`) count the scored targets. Before, they were
     steps × global_batch × block_size, here 2.95 times the targets trained on. Windows score
-    every position, as before."""
+    every position, as before. MFU, how busy the device is, counts the positions computed."""
     from lm.batches import make_batches, scored_targets
 
     eot = VOCAB - 1
@@ -252,6 +252,7 @@ def test_tokens_seen_count_the_targets_trained_on_and_resume_with_the_run(tmp_pa
     clock = {"now": 0.0}  # a step takes 10 s: a report after each
     monkeypatch.setattr("lm.train.time", SimpleNamespace(monotonic=lambda: clock["now"]))
     straight = run(tmp_path / "straight")
+    straight.peak_flops = 1e9  # as on a GPU of known peak: MFU is logged
     launch = straight._launch_step
     straight._launch_step = lambda unread=None: (
         clock.update(now=clock["now"] + 10) or launch(unread)
@@ -262,6 +263,10 @@ def test_tokens_seen_count_the_targets_trained_on_and_resume_with_the_run(tmp_pa
     lines = (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
     speeds = [json.loads(line)["value"] for line in lines if "tokens_per_s" in line]
     assert len(speeds) == 6 and sum(speeds) * 10 == pytest.approx(scored, rel=1e-9)  # a step each
+    # MFU counts every position the device computed, padding included (it counted targets).
+    mfu = [json.loads(line)["value"] for line in lines if "train/mfu" in line]
+    positions_per_s = 4 * 16 / 10
+    assert mfu == [pytest.approx(positions_per_s * straight.flops_per_token / 1e9)] * 6
     run(tmp_path / "split").train(until_step=3)
     resumed = run(tmp_path / "split")
     resumed.resume(latest_checkpoint(tmp_path / "split"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lm.batches import IGNORED_TARGET
 from lm.models.base import FixedContextModel, context_windows
 from lm.models.config import MLPConfig
 
@@ -41,5 +42,19 @@ class MLPModel(FixedContextModel):
         context = self.config.context
         windows = context_windows(idx, context, self.pad_id)
         features = self.embedding(windows).reshape(batch * time, -1)
-        logits = self.head(self.hidden(features)).view(batch, time, -1)
+        logits = self.head(self._hidden_of(features, targets)).view(batch, time, -1)
         return logits, self.loss_of(logits, targets)
+
+    def _hidden_of(self, features: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+        """Batch norm in training takes its statistics (and its running averages, used at
+        evaluation) over the rows it is given: only the scored positions are given it, since the
+        padding after a short document (more than half the rows on a names list) or a window's
+        unscored history would otherwise shift every scored position's normalisation. Unscored
+        rows are left at zero; their logits are never scored."""
+        if not (self.training and self.config.norm == "batchnorm" and targets is not None):
+            return self.hidden(features)
+        scored = targets.reshape(-1) != IGNORED_TARGET
+        if bool(scored.all()) or int(scored.sum()) < 2:  # one row has no batch statistics
+            return self.hidden(features)
+        hidden = self.hidden(features[scored])
+        return hidden.new_zeros(features.shape[0], hidden.shape[1]).index_put((scored,), hidden)
