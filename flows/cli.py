@@ -155,15 +155,6 @@ def _run_flow(name: str, config: str | None, overrides: list[str] | None) -> dic
         return chosen(config=config, overrides=overrides or [])
     except known as error:
         raise _fail(str(error)) from None
-    except RuntimeError as error:
-        if "ephemeral Prefect API server" not in str(error):
-            raise
-        # Prefect's per-process temporary server gives up after a fixed wait on a busy machine.
-        raise _fail(
-            f"{error.args[0].split(' stdout:')[0]} The machine may be too busy to start one in "
-            "time: run again, raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, or let runs "
-            "share the workspace's background server (unset LMFORGE_PREFECT_SERVER)"
-        ) from None
 
 
 def _exit_cleanly_on_sigterm() -> None:
@@ -874,17 +865,20 @@ def _compared_parts(documents: Path, corpus_digest: str):
 @server_app.command("start")
 def server_start() -> None:
     """Start (or find) the workspace's Prefect server and print its API URL."""
-    from flows.prefect_server import ServerError, ensure_server
+    import os
 
-    try:
-        url = ensure_server(activate_workspace())
-    except ServerError as error:
-        raise _fail(str(error)) from None
-    if url is None:  # `export PREFECT_API_URL=$(lmforge server start)` must not take a sentence
+    from flows.prefect_server import ServerError, ensure_server, ephemeral_mode
+
+    if ephemeral_mode() and not os.environ.get("PREFECT_API_URL"):
+        # `export PREFECT_API_URL=$(lmforge server start)` must not take a sentence.
         raise _fail(
             "LMFORGE_PREFECT_SERVER=ephemeral: each run starts Prefect's temporary server of its "
             "own, and no workspace server is started; unset it to start one"
         )
+    try:
+        url = ensure_server(activate_workspace())
+    except ServerError as error:
+        raise _fail(str(error)) from None
     console.print(url, highlight=False)
 
 

@@ -160,10 +160,28 @@ def ensure_server(workspace: Workspace) -> str | None:
     if needed. Returns the API URL, or None for Prefect's ephemeral mode."""
     if os.environ.get("PREFECT_API_URL"):
         return os.environ["PREFECT_API_URL"]
-    if os.environ.get("LMFORGE_PREFECT_SERVER", "").lower() == "ephemeral":
+    if ephemeral_mode():
         _temporary_server_in_its_own_session()
+        with _workspace_lock(workspace, "lmforge-ephemeral.lock"):
+            _start_temporary_server()
         return None
-    lock_path = workspace.prefect_home / "lmforge-server.lock"
+    with _workspace_lock(workspace, "lmforge-server.lock"):  # two runs starting together
+        state = running_server(workspace) or _adopt_starting(workspace) or _start(workspace)
+        if state.get("status", "running") != "running":
+            state = state | {"status": "running"}
+            _write_record(workspace, state)
+    os.environ["PREFECT_API_URL"] = state["api_url"]
+    return state["api_url"]
+
+
+def ephemeral_mode() -> bool:
+    return os.environ.get("LMFORGE_PREFECT_SERVER", "").lower() == "ephemeral"
+
+
+@contextlib.contextmanager
+def _workspace_lock(workspace: Workspace, name: str):
+    """An exclusive lock on a file in the workspace's Prefect folder, held for the block."""
+    lock_path = workspace.prefect_home / name
     try:
         workspace.prefect_home.mkdir(parents=True, exist_ok=True)
         lock = open(lock_path, "a+")  # noqa: SIM115 (closed by the `with` below)
@@ -173,13 +191,28 @@ def ensure_server(workspace: Workspace) -> str | None:
             f"LMFORGE_HOME {workspace.root} writable?"
         ) from error
     with lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # two runs starting together start one server
-        state = running_server(workspace) or _adopt_starting(workspace) or _start(workspace)
-        if state.get("status", "running") != "running":
-            state = state | {"status": "running"}
-            _write_record(workspace, state)
-    os.environ["PREFECT_API_URL"] = state["api_url"]
-    return state["api_url"]
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _start_temporary_server() -> None:
+    """Start this process's temporary server now, one process at a time (the caller holds the
+    workspace's lock), rather than when the flow first calls the API. Each one migrates the
+    workspace's database as it starts: two runs starting together on a fresh workspace ran the
+    migration twice at once, and one printed alembic's long traceback ("Online migration
+    expected to match one row"). Prefect's client later finds this server running."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    try:
+        SubprocessASGIServer().start()
+    except RuntimeError as error:
+        if "ephemeral Prefect API server" not in str(error):
+            raise
+        raise ServerError(  # Prefect's fixed wait ran out on a busy machine
+            f"{error.args[0].split(' stdout:')[0]} The machine may be too busy to start one in "
+            "time: run again, raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, or let runs "
+            "share the workspace's background server (unset LMFORGE_PREFECT_SERVER)"
+        ) from None
 
 
 def _adopt_starting(workspace: Workspace) -> dict | None:

@@ -336,3 +336,40 @@ def test_server_stop_refuses_while_lmforge_serve_serves_from_it_unless_forced(
     assert running_server(own_server) is not None and not gone.exists()
     forced = CliRunner().invoke(app, ["server", "stop", "--force"])
     assert forced.exit_code == 0 and "stopped" in forced.stdout
+
+
+def test_temporary_servers_start_one_at_a_time_as_each_migrates_the_database(tmp_path):
+    """Under `LMFORGE_PREFECT_SERVER=ephemeral` each run's temporary server migrates the
+    workspace's database as it starts: two runs starting together on a fresh workspace migrated
+    it twice at once, and one printed alembic's traceback. The server now starts as the run
+    begins, under the workspace's lock: while another process holds it, nothing is migrated."""
+    import fcntl
+
+    home = tmp_path / "home"
+    (home / "prefect").mkdir(parents=True)
+    script = (
+        "from storage.workspace import activate_workspace\n"
+        "from flows.prefect_server import ensure_server\n"
+        "from prefect.server.api.server import SubprocessASGIServer\n"
+        "assert ensure_server(activate_workspace().ensure()) is None\n"
+        "print('running', SubprocessASGIServer().running)\n"
+    )
+    unset = ("PREFECT_API_URL", "PREFECT_HOME")  # the session's workspace set its own
+    env = {key: value for key, value in os.environ.items() if key not in unset}
+    env |= {"LMFORGE_HOME": str(home), "LMFORGE_PREFECT_SERVER": "ephemeral",
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300"}  # fmt: skip
+    database = home / "prefect" / "prefect.db"
+    with open(home / "prefect" / "lmforge-ephemeral.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        process = subprocess.Popen(
+            [sys.executable, "-c", script], cwd=REPO, env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            time.sleep(8)  # long enough for an unlocked start to create and migrate the database
+            assert process.poll() is None and not database.exists()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+        out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+    assert out.strip() == "running True" and database.exists()
