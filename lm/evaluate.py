@@ -10,13 +10,18 @@ nanochat's `evaluate_bpb`). The bytes of a token come from a table (`TokenBytes`
   it stands for (`SentencePieceTokenizer.text_bytes`, `escape_space_symbol`); a byte-fallback
   piece `<0xNN>` is 1 byte; a character is its UTF-8 length;
 - the end-of-text id counts 1 byte: it stands for the break between two documents;
-- the unknown id counts 1 byte: the text it replaced is lost, and it was at least one byte.
-  Counting the least it could be never flatters a model;
+- the unknown id counts 1 byte in the table: the text it replaced is lost, and it was at least
+  one byte (a character tokenizer's `<unk>` stands for one character of 1 to 4 bytes,
+  SentencePiece's without byte fallback for a whole run of unknown characters). Where every
+  token of a split is scored, the split's own byte count (its shard's text bytes plus one per
+  document) is the divisor instead, so a tokenizer that cannot spell some of the text divides
+  by the same bytes as one that can;
 - SentencePiece adds a "dummy prefix" space to each document it encodes (`Hello` → `▁Hello`)
   that is no byte of the text, so the first token of each document (the token after an
   end-of-text) counts one byte less when its piece starts with `▁`.
 
-With that, the bytes of every token of a shard add up to its text bytes plus one per document.
+With that, the bytes of every token of a shard add up to its text bytes plus one per document,
+for any tokenizer that spells the whole text (byte fallback, or no unknown character in it).
 
 What is scored (`eval.scoring`):
 
@@ -292,8 +297,12 @@ def score_windows(
     token_bytes: TokenBytes,
     autocast: torch.dtype | None = None,
     name: str = "evaluate",
+    split_bytes: int | None = None,
 ) -> SplitScore:
-    """Loss, perplexity and bits per byte of `model` over `windows`, in float64 sums."""
+    """Loss, perplexity and bits per byte of `model` over `windows`, in float64 sums.
+    `split_bytes`, where the windows score every token of a split once: its text bytes plus one
+    per document, the divisor in place of the tokens' table (which counts an unknown id as one
+    byte, whatever text it replaced)."""
     device = model_device(model)
     if device.type == "cpu":  # each batch's activations reuse the last one's memory
         keep_freed_memory()
@@ -326,6 +335,13 @@ def score_windows(
         model.train(was_training)
     progress.finish()
     nats, tokens, n_bytes = np.array(batch_nats), np.array(batch_tokens), np.array(batch_bytes)
+    if split_bytes is not None and split_bytes != n_bytes.sum() and n_bytes.sum() > 0:
+        logger.info(
+            "%s: the tokens stand for %d bytes by the tokenizer's table, the text for %d (unknown "
+            "characters replaced): bits per byte divide by the text's", name, n_bytes.sum(),
+            split_bytes,
+        )  # fmt: skip
+        n_bytes = n_bytes * (split_bytes / n_bytes.sum())  # each batch its share
     if n_bytes.sum() <= 0:
         raise EvaluationError(f"{name}: the target tokens stand for no text bytes")
     losses = nats / tokens
@@ -341,7 +357,7 @@ def score_windows(
         bpb_std=bpb_std,
         bpb_se=bpb_std / math.sqrt(len(windows)),
         tokens=int(tokens.sum()),
-        bytes=int(n_bytes.sum()),
+        bytes=int(split_bytes if split_bytes is not None else n_bytes.sum()),
     )
 
 
@@ -354,17 +370,27 @@ def evaluate(
     window: int | None = None,
     per_document: bool = False,
     overlap: int | None = None,
+    split_bytes: int | None = None,
 ) -> SplitScore:
     """Score `model` on one split's tokens as `config.scoring` says (`per_document`: the model
     trained on documents). Windows are the model's block size unless `window` says otherwise
-    (a baseline is scored on the windows of the model it is compared with)."""
+    (a baseline is scored on the windows of the model it is compared with). `split_bytes`: the
+    split's text bytes plus one per document, the divisor where every token is scored
+    (`divisor_bytes`)."""
     if window is None:  # a transformer reads its block; the others any length
         kind = getattr(getattr(model, "config", None), "kind", None)
         window = model.block_size if kind == "gpt" else DEFAULT_WINDOW
     windows = split_batches(model, tokens, config, tokenizer.eot_id, window, split,
                             per_document, overlap)  # fmt: skip
     autocast = autocast_dtype(config.precision, model_device(model))
-    return score_windows(model, windows, TokenBytes.of(tokenizer), autocast, f"evaluate {split}")
+    return score_windows(model, windows, TokenBytes.of(tokenizer), autocast, f"evaluate {split}",
+                         divisor_bytes(config, split_bytes))  # fmt: skip
+
+
+def divisor_bytes(config: EvalConfig, split_bytes: int | None) -> int | None:
+    """The split's bytes where `config.scoring` scores every token of it; a sample of windows
+    is divided by the bytes of the tokens it drew (None)."""
+    return None if config.scoring == "sample" else split_bytes
 
 
 def count_bigram_baseline(

@@ -52,6 +52,7 @@ def evaluate_task(
         TokenBytes,
         autocast_dtype,
         count_bigram_baseline,
+        divisor_bytes,
         load_trained,
         score_windows,
         split_batches,
@@ -97,13 +98,15 @@ def evaluate_task(
         path = shard_folder / f"{split}.bin"
         if not path.is_file():
             continue
-        tokens, _ = open_shard(path, tokenizer.digest)
+        tokens, info = open_shard(path, tokenizer.digest)
         if len(tokens) == 0:
             continue
         windows = split_batches(model, tokens, config, model_tokenizer.eot_id, window, split,
                                 per_document)  # fmt: skip
+        split_bytes = divisor_bytes(config, info.text_bytes + info.documents)
         for name, scored in (("model", model), ("baseline", baseline)):
-            score = score_windows(scored, windows, token_bytes, autocast, f"evaluate {split}")
+            score = score_windows(scored, windows, token_bytes, autocast, f"evaluate {split}",
+                                  split_bytes)  # fmt: skip
             metrics[name][split] = score.as_dict()
     samples = _samples(model, model_tokenizer, config)
     stats = _flat_stats(metrics) | {

@@ -405,6 +405,20 @@ def test_tokenizer_comparison_trains_the_same_model_on_each_and_reports_bits_per
         )
         assert printed[kind] == f"{scores[kind].bpb:.4f}"
         assert 0 < scores[kind].baseline_bpb < 8 and scores[kind].steps == 4
+    # The baseline is fitted at eval.baseline_smoothing where set, as the evaluate stage fits it
+    # (the tuned add-k was used whatever it said).
+    fixed = settings.eval.model_copy(update={"baseline_smoothing": 5.0})
+    again = train_and_score(
+        tokenizer,
+        encode_documents(tokenizer, iter_split_texts(documents, "train")),
+        encode_documents(tokenizer, iter_split_texts(documents, "val")),
+        settings.model,
+        comparison_train_settings(settings.train, 4),
+        fixed,
+        tmp_path / "work-fixed",
+    )
+    assert again.bpb == scores["unigram"].bpb
+    assert again.baseline_bpb > scores["unigram"].baseline_bpb + 0.01
     # Every val token scored: both tokenizers are measured on exactly the val text.
     val = [t for batch in iter_split_texts(documents, "val") for t in batch]
     assert scores["bpe"].bytes == scores["unigram"].bytes == sum(
