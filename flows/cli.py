@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from flows.generate_cli import chat_command, generate_command
-from flows.prune_cli import prune_command
+from flows.prune_cli import decimal_size, prune_command
 from flows.runs_cli import MAX_COUNT, runs_app
 from flows.serve import serve_command
 from flows.train_join_cli import train_join_command
@@ -291,7 +291,7 @@ def run(
     folder = escape(str(workspace.root / corpus["path"]))
     console.print(
         f"corpus {corpus['digest'][:12]}: {corpus['kept']:,} of {corpus['documents']:,} documents"
-        f" kept, {corpus['kept_bytes'] / 1e6:.1f} MB  ({folder})"
+        f" kept, {decimal_size(corpus['kept_bytes'])}  ({folder})"
     )
     _say_if_not_recorded(summary)
 

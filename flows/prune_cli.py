@@ -51,12 +51,12 @@ def prune_command(
     for leftover in leftovers:
         table.add_row(
             leftover.kind,
-            _size(leftover.size),
+            decimal_size(leftover.size),
             f"{datetime.fromtimestamp(leftover.modified):%Y-%m-%d %H:%M}",
             Text(str(leftover.path.relative_to(workspace.root))),
         )
     console.print(table)
-    total = _size(sum(leftover.size for leftover in leftovers))
+    total = decimal_size(sum(leftover.size for leftover in leftovers))
     if not yes:
         resumable = any(leftover.kind == INTERRUPTED for leftover in leftovers)
         console.print(
@@ -71,7 +71,7 @@ def prune_command(
         if leftover not in removed:
             console.print(f"kept {leftover.path}: a process took it up meanwhile", markup=False,
                           highlight=False)  # fmt: skip
-    freed = _size(sum(leftover.size for leftover in removed))
+    freed = decimal_size(sum(leftover.size for leftover in removed))
     console.print(f"removed {len(removed)} folders, {freed}", highlight=False)
 
 
@@ -95,7 +95,7 @@ def _record_crashed_runs(workspace: Workspace) -> bool:
     return True
 
 
-def _size(size: float) -> str:
+def decimal_size(size: float) -> str:
     """Bytes in the largest decimal unit under 1000 of it: 512 B, 4.2 MB, 1.3 GB."""
     unit = "B"
     for larger in ("KB", "MB", "GB", "TB"):

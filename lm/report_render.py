@@ -325,9 +325,11 @@ def _format(value: object) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, float):
-        if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
+        if value % 1 == 0 and abs(value) < 1e15:  # a count the registry holds as a DOUBLE
+            return f"{value:,.0f}"
+        if abs(value) >= 1e5 or abs(value) < 1e-3:
             return f"{value:.4g}"
-        return f"{value:,.4f}" if value % 1 else f"{value:,.0f}"
+        return f"{value:,.4f}"
     return str(value)
 
 
@@ -630,7 +632,8 @@ def _tokenizer_section(report: RunReport, images: dict[str, bytes]) -> str:
         ("kind", stats.get("kind")),
         ("vocabulary size", stats.get("vocab_size")),
         ("bytes per token (val)", stats.get("bytes_per_token")),
-        ("val tokens", stats.get("tokens")),
+        # The encoded text's own tokens; the evaluation's count adds one end-of-text a document.
+        ("val tokens (without end-of-text marks)", stats.get("tokens")),
         ("val documents", stats.get("documents")),
         ("vocabulary used on val", stats.get("vocab_used_fraction")),
         ("byte-fallback rate on val", stats.get("byte_fallback_rate")),

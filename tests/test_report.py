@@ -649,3 +649,12 @@ def test_a_running_run_s_report_says_its_records_come_at_its_end(tmp_path):
     )
     stats = {"kind": "char", "vocab_size": 27}
     assert dict(_config_summary(config, stats))["tokenizer"] == "char (vocab 27)"
+
+
+def test_counts_the_registry_holds_as_doubles_print_whole_with_separators():
+    """Byte and token counts of 100,000 or more printed as 1.549e+05 beside 65,066."""
+    from lm.report_render import _format
+
+    assert _format(154936.0) == "154,936" and _format(65066.0) == "65,066"
+    assert _format(1.9698123) == "1.9698" and _format(0.00025) == "0.00025"
+    assert _format(123456.789) == "1.235e+05"
