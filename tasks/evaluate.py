@@ -5,16 +5,22 @@ the count-bigram baseline fitted on the train split, on the same tokens) and `sa
 By default every token of a split is scored once (`eval.scoring`, see `lm.evaluate`), in windows
 `eval.window` tokens long (default: the model's training sequence length), so every model is
 scored on the same text, and its baseline with it. Splits that are empty in the shards (a test
-fraction of 0) are skipped."""
+fraction of 0) are skipped.
+
+The scores are also kept on their own (`artifacts/scores/<key>/`), under a key without the
+samples' settings (`eval.samples`, `eval.prompts`, `eval.sampling`): a new temperature or prompt
+draws new samples from the same model without scoring every split again (minutes on a large
+one)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 from prefect import task
 
-from lm.eval_config import EvalConfig
+from lm.eval_config import EvalConfig, SamplingConfig
 from lm.tokenizer import TokenizerError
 from storage.artifacts import ArtifactStore, Descriptor, reused
 from storage.shards import open_shard
@@ -22,17 +28,24 @@ from storage.workspace import Workspace
 from tasks.caching import cache_key_from, code_digest, module_sources, stage_key
 
 STAGE = "evaluate"
+SCORES = "scores"  # the evaluate stage's numbers alone, reused when only its samples change
 VERSION = 1
-CODE = (
-    *module_sources("lm.evaluate", "lm.generate", "lm.eval_config", "lm.train"),
-    "storage/shards.py", "tasks/evaluate.py",
+SCORES_CODE = (
+    *module_sources("lm.evaluate", "lm.eval_config", "lm.train"), "storage/shards.py",
+    "tasks/evaluate.py",
 )  # fmt: skip
+CODE = (*SCORES_CODE, *module_sources("lm.generate"))
 METRICS_FILE = "metrics.json"
+logger = logging.getLogger("lm.evaluate")
 SAMPLES_FILE = "samples.json"
 
 
 def evaluate_store(workspace: Workspace) -> ArtifactStore:
     return ArtifactStore(workspace.artifacts / STAGE, workspace.root)
+
+
+def scores_store(workspace: Workspace) -> ArtifactStore:
+    return ArtifactStore(workspace.artifacts / SCORES, workspace.root)
 
 
 def evaluate_key(
@@ -42,23 +55,21 @@ def evaluate_key(
     return stage_key(STAGE, VERSION, config.digest(), upstream, code_digest(*CODE))
 
 
+def scores_key(
+    trained: Descriptor, shards: Descriptor, tokenizer: Descriptor, config: EvalConfig
+) -> str:
+    """What the numbers depend on: the evaluate key without the samples' settings."""
+    scoring = config.model_copy(update={"samples": 0, "prompts": [""],
+                                        "sampling": SamplingConfig()})  # fmt: skip
+    upstream = [trained.digest, shards.digest, tokenizer.digest]
+    return stage_key(SCORES, VERSION, scoring.digest(), upstream, code_digest(*SCORES_CODE))
+
+
 @task(name=STAGE, cache_key_fn=cache_key_from(evaluate_key), persist_result=True)
 def evaluate_task(
     trained: Descriptor, shards: Descriptor, tokenizer: Descriptor, config: EvalConfig
 ) -> Descriptor:
-    # torch is imported here, not at module level: the flow imports this module on every run.
-    from lm.evaluate import (
-        EvaluationError,
-        TokenBytes,
-        autocast_dtype,
-        count_bigram_baseline,
-        divisor_bytes,
-        load_trained,
-        score_windows,
-        split_batches,
-    )
-    from lm.models.bigram_count import tuned_smoothing
-    from lm.models.gpt import GPT
+    from lm.evaluate import load_trained
     from lm.train import pick_device
 
     workspace = Workspace.from_env()
@@ -78,6 +89,63 @@ def evaluate_task(
     check_prompts(model_tokenizer, config)  # before the scoring's minutes, not after
     device = pick_device(config.device, key="eval.device")
     model.to(device)
+    metrics, scored = _stored_scores(workspace, trained, shards, tokenizer, config, model,
+                                     model_tokenizer)  # fmt: skip
+    samples = _samples(model, model_tokenizer, config)
+    stats = _flat_stats(metrics) | {
+        "model": trained.stats.get("model", ""),
+        **scored,
+        "samples": len(samples),
+        "seconds": time.perf_counter() - started,
+    }
+    with store.build(key) as staging:
+        (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+        (staging / SAMPLES_FILE).write_text(json.dumps(samples, indent=2, ensure_ascii=False))
+        descriptor = store.describe(staging, STAGE, key, key, stats)
+    return descriptor
+
+
+def _stored_scores(
+    workspace: Workspace, trained: Descriptor, shards: Descriptor, tokenizer: Descriptor,
+    config: EvalConfig, model, model_tokenizer,
+) -> tuple[dict[str, dict], dict]:  # fmt: skip
+    """The scores of `model` (on its device) and how they were taken (window, baseline add-k,
+    scoring, device): those stored under `scores_key`, else measured and stored."""
+    store = scores_store(workspace)
+    key = scores_key(trained, shards, tokenizer, config)
+    existing = store.load_descriptor(key)
+    if existing is not None:
+        logger.info("evaluate: the scores are those taken before (%s); drawing new samples",
+                    key[:12])  # fmt: skip
+        stored = json.loads((workspace.resolve(existing.path) / METRICS_FILE).read_text())
+        return stored, existing.stats
+    metrics, how = _score(workspace, trained, shards, tokenizer, config, model, model_tokenizer)
+    with store.build(key) as staging:
+        (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+        store.describe(staging, SCORES, key, key, how)
+    return metrics, how
+
+
+def _score(
+    workspace: Workspace, trained: Descriptor, shards: Descriptor, tokenizer: Descriptor,
+    config: EvalConfig, model, model_tokenizer,
+) -> tuple[dict[str, dict], dict]:  # fmt: skip
+    """Score `model` and the count-bigram baseline on every split of `config.splits`."""
+    from lm.evaluate import (
+        EvaluationError,
+        TokenBytes,
+        autocast_dtype,
+        count_bigram_baseline,
+        divisor_bytes,
+        model_device,
+        score_windows,
+        split_batches,
+    )
+    from lm.models.bigram_count import tuned_smoothing
+    from lm.models.gpt import GPT
+
+    trained_folder = workspace.resolve(trained.path)
+    device = model_device(model)
     autocast = autocast_dtype(config.precision, device)
     trained_on = _train_settings(trained_folder)
     window = config.window or int(trained_on.get("block_size", model.block_size))
@@ -108,21 +176,13 @@ def evaluate_task(
             score = score_windows(scored, windows, token_bytes, autocast, f"evaluate {split}",
                                   split_bytes)  # fmt: skip
             metrics[name][split] = score.as_dict()
-    samples = _samples(model, model_tokenizer, config)
-    stats = _flat_stats(metrics) | {
-        "model": trained.stats.get("model", ""),
+    how = {
         "window": window,
         "baseline_smoothing": smoothing,
         "scoring": _scoring(config.scoring, per_document),
-        "samples": len(samples),
-        "seconds": time.perf_counter() - started,
         "device": str(device),
     }
-    with store.build(key) as staging:
-        (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
-        (staging / SAMPLES_FILE).write_text(json.dumps(samples, indent=2, ensure_ascii=False))
-        descriptor = store.describe(staging, STAGE, key, key, stats)
-    return descriptor
+    return metrics, how
 
 
 def _scoring(asked: str, per_document: bool) -> str:

@@ -233,9 +233,38 @@ def test_evaluation_is_cached_and_reproducible(trained_run, evaluated):
     samples = (folder / "samples.json").read_text()
     assert evaluate_task.fn(trained, shards, tokenizer, EVAL) == first  # served from its folder
     shutil.rmtree(folder)
+    shutil.rmtree(home / "artifacts" / "scores")  # scored again, not read back
     again = evaluate_task.fn(trained, shards, tokenizer, EVAL)
     assert (home / again.path / "metrics.json").read_text() == metrics
     assert (home / again.path / "samples.json").read_text() == samples
+
+
+def test_new_sampling_settings_draw_new_samples_without_scoring_again(
+    trained_run, evaluated, monkeypatch
+):
+    """The scores do not depend on the samples' settings: a new temperature reused them (it
+    scored every split again, minutes on a large one); a new window scores again."""
+    from tasks.evaluate import evaluate_task
+
+    home, trained, shards, tokenizer = trained_run
+    first = evaluated[2]
+    hotter = EVAL.model_copy(update={"sampling": EVAL.sampling.model_copy(
+        update={"temperature": 1.5})})  # fmt: skip
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("scored again")
+
+    monkeypatch.setattr("lm.evaluate.score_windows", no_scoring)
+    again = evaluate_task.fn(trained, shards, tokenizer, hotter)
+    assert again.key != first.key
+    assert (home / again.path / "metrics.json").read_text() == (
+        home / first.path / "metrics.json").read_text()  # fmt: skip
+    assert (home / again.path / "samples.json").read_text() != (
+        home / first.path / "samples.json").read_text()  # fmt: skip
+    assert {k: v for k, v in again.stats.items() if k not in ("seconds", "samples")} == {
+        k: v for k, v in first.stats.items() if k not in ("seconds", "samples")}  # fmt: skip
+    with pytest.raises(AssertionError, match="scored again"):
+        evaluate_task.fn(trained, shards, tokenizer, EVAL.model_copy(update={"window": 8}))
 
 
 def test_a_common_window_is_used_when_set_and_refused_past_a_gpts_context(trained_run, monkeypatch):
