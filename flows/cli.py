@@ -103,6 +103,7 @@ def _run_flow(name: str, config: str | None, overrides: list[str] | None) -> dic
     flows (`lm-pipeline`, `retrain`, `ablation`), turning the errors a user can fix into one
     clear line."""
     from lm.config import ConfigError, load_config, resolve_preset
+    from storage.registry import RegistryError, registry_wait_s
 
     workspace = activate_workspace()
     try:
@@ -121,7 +122,8 @@ def _run_flow(name: str, config: str | None, overrides: list[str] | None) -> dic
             if problem:
                 raise ConfigError(f"{resolve_preset(config)}: {problem}")
         workspace.ensure()
-    except (ConfigError, WorkspaceError) as error:
+        registry_wait_s()  # a bad $LMFORGE_REGISTRY_WAIT_S failed the flow, after its start-up
+    except (ConfigError, WorkspaceError, RegistryError) as error:
         raise _fail(str(error)) from None
     arms = [arm for *_, arm in settings.ablation_runs()] if name == "ablation" else []
     runs, config_path = arms or settings.model_runs(), resolve_preset(config)
@@ -651,12 +653,17 @@ def _json_value(value):
 def corpus_stats(
     digest: Annotated[str | None, typer.Option(help="a corpus version (default: newest)")] = None,
     documents: Annotated[
-        int, typer.Option(min=0, help="how many documents (and sources) to list")
-    ] = 20,
+        int | None,
+        typer.Option(min=0, help="how many documents (and sources) to list  [default: 20]"),
+    ] = None,
     all_documents: Annotated[bool, typer.Option("--all", help="list every document")] = False,
 ) -> None:
     """Documents kept and removed per filter, characters, split sizes and sources."""
     import duckdb
+
+    if all_documents and documents is not None:  # which was meant? (`--all` listed every one)
+        raise _fail("--all lists every document, --documents N the first N: give one of them")
+    documents = 20 if documents is None else documents
 
     from storage.query import find_corpus_version, sql_session
     from storage.registry import RegistryError
@@ -895,9 +902,14 @@ def server_stop(
     ] = False,
 ) -> None:
     """Stop the workspace's Prefect server."""
-    from flows.prefect_server import stop_server
+    from flows.prefect_server import running_server, starting_server, stop_server
 
     workspace = activate_workspace()
+    if not (running_server(workspace) or starting_server(workspace)):
+        # Runs under their own temporary servers (LMFORGE_PREFECT_SERVER=ephemeral, or another
+        # workspace's PREFECT_API_URL) were a reason to refuse to stop nothing.
+        console.print("no server was running")
+        return
     live = [] if force else _live_runs(workspace)
     serving = [] if force else _serving_from_the_server(workspace)
     if serving:

@@ -35,6 +35,7 @@ def prune_command(
             raise _fail(str(error)) from None
     recorded = _record_crashed_runs(workspace) if yes else True
     leftovers = find_leftovers(workspace) if workspace.root.is_dir() else []
+    kept = []
     if not recorded:  # a crashed run's curve is in its training's work folder: kept for it
         kept = [leftover for leftover in leftovers if leftover.kind == INTERRUPTED]
         leftovers = [leftover for leftover in leftovers if leftover.kind != INTERRUPTED]
@@ -45,7 +46,8 @@ def prune_command(
                 markup=False, highlight=False,
             )  # fmt: skip
     if not leftovers:
-        console.print(f"nothing to prune in {workspace.root}", markup=False, highlight=False)
+        nothing = "nothing else to prune" if kept else "nothing to prune"
+        console.print(f"{nothing} in {workspace.root}", markup=False, highlight=False)
         return
     table = Table("kind", "size", "last written", "folder")
     for leftover in leftovers:

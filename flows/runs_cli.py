@@ -99,6 +99,8 @@ def _number(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         value = int(value)  # counts stored as DOUBLE in `metrics`
     if isinstance(value, float):
+        if 0 < abs(value) < 1e-3:  # a learning rate of 3e-05 is not 0.0000
+            return f"{value:.4g}"
         return f"{value:.4f}" if abs(value) < 1000 else f"{value:,.0f}"
     if isinstance(value, int):
         return f"{value:,}"
@@ -150,6 +152,10 @@ def runs_list(
         conditions.append("r.preset = ?")
         parameters.append(preset)
     if model_kind is not None:
+        from lm.models.config import MODEL_KINDS
+
+        if model_kind not in MODEL_KINDS:  # it listed no run, as if none had trained one
+            raise _fail(f"--model-kind {model_kind!r}: not a model kind ({', '.join(MODEL_KINDS)})")
         conditions.append(
             "EXISTS (SELECT 1 FROM models m WHERE m.run_id = r.run_id AND m.kind = ?)"
         )
@@ -251,7 +257,9 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="a run id or a unique p
     if models:
         console.print(_table(model_columns, models, "models"))
     if metrics:
-        console.print(_table(metric_columns, metrics, "metrics"))
+        # Values as `runs compare` shows them (raw, a count read 400.0, a rate 0.000753295668…).
+        shown = [(*row[:-1], _number(row[-1])) for row in metrics]
+        console.print(_table(metric_columns, shown, "metrics"))
     console.print(
         "[bold]reproduce[/]:", escape(found["command"] or "(not recorded)"), highlight=False
     )

@@ -409,7 +409,18 @@ class ModelRun:
 
 
 class PipelineConfig(StrictModel):
-    name: str = DEFAULT_PRESET
+    name: str = DEFAULT_PRESET  # the preset: the registry's `runs.preset`, a retrain's champion
+
+    @field_validator("name")
+    @classmethod
+    def _name_reads_in_tables(cls, name: str) -> str:
+        """An empty name titled tables `size of ` and recorded runs no `--preset` could pick."""
+        if not name.strip():
+            raise ValueError("is empty: name the preset")
+        if not name.isprintable():
+            raise ValueError(f"{name!r} has a control character: rename it")
+        return name
+
     # The run's seed: the training seed (initial weights, batch order) unless `[train]` sets
     # its own. Data stages and evaluation windows keep their own seeds, so a seed sweep
     # compares models on the same corpus and the same held-out windows.

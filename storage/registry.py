@@ -306,8 +306,8 @@ class RunRegistry:
                 f"{self.path}: cannot {doing} the registry: process {holder[2]} "
                 f"({holder[1]}) has held it open for over {self.timeout_s:.0f} s, and DuckDB lets "
                 "no other process write while one has the file open, even read-only; close it "
-                "(`lmforge sql` and `lmforge runs` open it only while they read) and run again: "
-                "every finished stage is cached",
+                "(`lmforge sql` and `lmforge runs` open it only while they read) and run again "
+                "(a pipeline run's finished stages are cached)",
                 holder_pid=int(holder[2]),
                 holder_program=holder[1],
             )

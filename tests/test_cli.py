@@ -450,6 +450,8 @@ def test_corpus_stats_says_an_ordered_split_is_cut_later_and_lists_sources_as_do
     assert "5.txt" not in stats.split("documents (first")[0].split("sources")[1]
     everything = run_cli("corpus", "stats", "--all").stdout
     assert all(f"{index}.txt" in everything for index in range(6))
+    both = run_cli("corpus", "stats", "--all", "--documents", "2", check=False)
+    assert both.returncode == 1 and "give one of them" in both.stderr  # --all won, silently
 
 
 def test_sql_over_the_corpus_before_any_corpus_is_recorded_says_so(tmp_path):

@@ -281,6 +281,14 @@ def test_an_ablation_variant_name_its_labels_and_table_cannot_hold_is_refused(na
         load_config("ablation", [f'ablation.variants=[{{name="{name}"}}]'])
 
 
+@pytest.mark.parametrize(("name", "said"), [("  ", "is empty"), ("a\\tb", r"'a\tb' has a control")])
+def test_a_preset_name_tables_and_the_registry_cannot_show_is_refused(name, said):
+    # "" titled `lmforge size`'s table "size of " and recorded runs no --preset could pick.
+    with pytest.raises(ConfigError, match=re.escape(f"'name': {said}")):
+        load_config("default", [f'name="{name}"'])
+    assert load_config("default", ['name="my run"']).name == "my run"
+
+
 @pytest.mark.parametrize(
     "args, expected",
     [

@@ -302,7 +302,8 @@ def test_a_registry_wait_that_is_not_seconds_is_refused_naming_the_variable(monk
     if value == "soon":  # every command says it in one line: `runs` gave a traceback
         from tests.conftest import run_cli
 
-        for command in (("runs",), ("runs", "show", "x"), ("sql", "SELECT 1")):
+        # `run` before its flow starts (it failed the flow, after the server's start-up).
+        for command in (("runs",), ("runs", "show", "x"), ("sql", "SELECT 1"), ("run",)):
             said = run_cli(*command, check=False)
             assert said.returncode == 1 and "Traceback" not in said.stderr
             assert said.stderr.startswith("error: LMFORGE_REGISTRY_WAIT_S='soon': not a number")

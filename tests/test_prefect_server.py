@@ -273,26 +273,39 @@ def test_sigterm_of_a_run_stops_prefect_s_temporary_server_and_records_the_run(t
     assert status == "failed" and error == "TerminationSignal (during stage train)", error
 
 
-def test_server_stop_refuses_while_a_run_reports_to_it_unless_forced(tmp_path):
+def test_server_stop_refuses_while_a_run_reports_to_it_unless_forced(
+    own_server, tmp_path, monkeypatch
+):
     """Stopped under a live run, the server left that run retrying for minutes, then failing
-    with a traceback after its work was done and recorded."""
+    with a traceback after its work was done and recorded. With no server to stop, a live run
+    (under a temporary server of its own) is no reason to refuse."""
     from datetime import datetime
 
+    from typer.testing import CliRunner
+
+    from flows.cli import app
     from storage.processes import this_host
     from storage.registry import RunRegistry
-    from tests.conftest import run_cli
 
-    registry = RunRegistry(tmp_path / "registry.duckdb")
+    registry = RunRegistry(own_server.registry_path)
     for run_id, pid in (("r-live", os.getpid()), ("r-gone", 2**22 + 12345)):
         registry.start_run({"run_id": run_id, "status": "running", "started_at": datetime.now(),
                             "hostname": this_host(), "pid": pid})  # fmt: skip
-    refused = run_cli("server", "stop", check=False, home=tmp_path)
-    assert refused.returncode == 1
+    monkeypatch.setenv("LMFORGE_HOME", str(own_server.root))
+    nothing = CliRunner().invoke(app, ["server", "stop"])
+    assert nothing.exit_code == 0 and nothing.stdout.strip() == "no server was running"
+    folder = tmp_path / "server"
+    monkeypatch.setattr(prefect_server, "_server_command", stand_in_command(folder))
+    (folder / "ready").touch()
+    ensure_server(own_server)
+    refused = CliRunner().invoke(app, ["server", "stop"])
+    assert refused.exit_code == 1
     assert " ".join(refused.stderr.split()).startswith(
         "error: run r-live of this workspace is running and reporting to the server"
     )
-    forced = run_cli("server", "stop", "--force", home=tmp_path)
-    assert forced.stdout.strip() == "no server was running"
+    assert running_server(own_server) is not None
+    forced = CliRunner().invoke(app, ["server", "stop", "--force"])
+    assert forced.exit_code == 0 and forced.stdout.strip() == "stopped"
 
 
 def test_server_start_in_ephemeral_mode_is_an_error_not_a_url(tmp_path, monkeypatch):

@@ -127,6 +127,7 @@ def test_lmforge_prune_lists_then_removes_the_training_a_killed_run_left(
         patched.setenv("LMFORGE_REGISTRY_WAIT_S", "1")
         held = " ".join(run_cli("prune", "--yes").stdout.split())
     assert "crashed runs not recorded first" in held and "kept 1 interrupted trainings" in held
+    assert "nothing else to prune" in held and "nothing to prune" not in held
     assert work.is_dir()
     removed = " ".join(run_cli("prune", "--yes").stdout.split())
     assert "removed 1 folders" in removed and not work.exists()

@@ -56,6 +56,8 @@ def history(tmp_path_factory):
         metrics = home / f"{run_id}.jsonl"
         metrics.write_text(
             json.dumps({"key": "tokens/train", "step": 0, "value": 5000, "ts": NOW.isoformat()})
+            + "\n"
+            + json.dumps({"key": "train/lr", "step": 9, "value": 3e-05, "ts": NOW.isoformat()})
         )
         stages = [
             StageRecord("ingest", "k", status == "completed", 0.5),
@@ -98,6 +100,16 @@ def test_runs_rejects_a_bad_since_and_an_unknown_status(history):
     assert bad_since.returncode == 1 and "--since 'yesterday': expected an age" in bad_since.stderr
     bad_status = run_cli("runs", "--status", "complete", check=False, home=history)
     assert bad_status.returncode == 1 and "--status 'complete': no such status" in bad_status.stderr
+    bad_kind = run_cli("runs", "--model-kind", "transformer", check=False, home=history)
+    assert bad_kind.returncode == 1  # it listed nothing, as if no run had trained one
+    assert "--model-kind 'transformer': not a model kind (bigram-count, bigram" in bad_kind.stderr
+
+
+def test_runs_show_formats_metric_values_as_compare_does(history):
+    """Raw floats: a count read 5000.0, a learning rate 3e-05 or 0.000753295668…"""
+    shown = run_cli("runs", "show", "r-gpt-new", home=history).stdout
+    assert re.search(r"│ tokens/train\s+│ 0\s+│ 5,000\s+│", shown)
+    assert re.search(r"│ train/lr\s+│ 9\s+│ 3e-05\s+│", shown)
 
 
 def test_a_run_whose_process_is_gone_is_shown_as_killed_without_writing(tmp_path):

@@ -174,6 +174,10 @@ def gpt_preset(name: str, **overrides) -> GPTConfig:
 
 
 ModelConfig = BigramCountConfig | BigramConfig | MLPConfig | W2VConfig | GPTConfig
+MODEL_KINDS = tuple(
+    kind.model_fields["kind"].default
+    for kind in (BigramCountConfig, BigramConfig, MLPConfig, W2VConfig, GPTConfig)
+)
 
 
 def window_history(model: ModelConfig) -> int:
