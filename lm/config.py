@@ -813,7 +813,9 @@ def _describe(
             )
             continue
         if item["type"] == "extra_forbidden":
-            problem = f"unknown key '{key}'" + _nearest(key, siblings)
+            problem = f"unknown key '{key}'" + (
+                _nearest(key, siblings) or _variant_hint(key, siblings)
+            )
         elif item["type"] == "union_tag_invalid":
             kinds = item["ctx"]["expected_tags"]
             problem = f"unknown {key or 'model'} kind '{item['ctx']['tag']}' (kinds: {kinds})"
@@ -927,6 +929,19 @@ def _kinds_of(node: Any) -> list[str]:
         and issubclass(member, BaseModel)
         and "kind" in member.model_fields
     ]
+
+
+def _variant_hint(key: str, siblings: list[str]) -> str:
+    """An ablation variant's setting written beside its name, not in its `model` or `train`
+    table (`{ name = "wide", n_embd = 64 }`): where it goes."""
+    if siblings != list(AblationVariant.model_fields):
+        return ""
+    leaf = key.rpartition(".")[2]
+    if any(leaf in kind.model_fields for kind in _union_members(ModelConfig)):
+        return f" (a model setting: write model = {{ {leaf} = ... }})"
+    if leaf in TrainConfig.model_fields:
+        return f" (a training setting: write train = {{ {leaf} = ... }})"
+    return ""
 
 
 def _nearest(key: str, siblings: list[str]) -> str:

@@ -236,6 +236,12 @@ def test_an_ablation_variant_s_unknown_key_names_the_nearest():
         ValueError, match=re.escape("unknown key 'max_step' (did you mean 'max_steps'")
     ):
         settings.ablation_runs()
+    # A setting beside the variant's name, not in its model or train table: where it goes.
+    for key, table in (("n_embd", "a model setting: write model"),
+                       ("warmup_steps", "a training setting: write train")):  # fmt: skip
+        said = f"unknown key 'ablation.variants.0.{key}' ({table} = {{ {key} = ... }})"
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            load_config("default", [f'ablation.variants=[{{name="c", {key}=3}}]'])
 
 
 def test_an_ablation_variant_s_preset_brings_its_switches_over_the_base_s():
