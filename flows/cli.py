@@ -818,8 +818,7 @@ def tokenizers_compare(
             with tempfile.TemporaryDirectory(prefix=f"compare-{kind}-", dir=workspace.root) as work:
                 try:
                     score = train_and_score(tokenizer, train_tokens, val_tokens, compared.model,
-                                            steps, settings.eval, Path(work),
-                                            stats["text_bytes"] + stats["documents"])  # fmt: skip
+                                            steps, settings.eval, Path(work))  # fmt: skip
                 except (TrainingError, ValueError) as error:  # ValueError: EvaluationError
                     raise _fail(f"{kind}: {error}") from None
             scored = (f"{score.bpb:.4f} ± {score.bpb_se:.4f}", f"{score.baseline_bpb:.4f}")

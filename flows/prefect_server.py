@@ -32,6 +32,9 @@ from storage.processes import group_alive, pid_alive
 from storage.workspace import Workspace
 
 STATE_FILE = "lmforge-server.json"
+# Held while a server starts (and migrates the workspace's database): a workspace server or a
+# run's temporary one, one at a time.
+SERVER_LOCK = "lmforge-server.lock"
 STARTUP_TIMEOUT_S = 90.0
 KILL_WAIT_S = 5.0  # for a group sent SIGKILL to be gone
 
@@ -162,10 +165,10 @@ def ensure_server(workspace: Workspace) -> str | None:
         return os.environ["PREFECT_API_URL"]
     if ephemeral_mode():
         _temporary_server_in_its_own_session()
-        with _workspace_lock(workspace, "lmforge-ephemeral.lock"):
+        with _workspace_lock(workspace, SERVER_LOCK):  # as the workspace's server migrates it
             _start_temporary_server()
         return None
-    with _workspace_lock(workspace, "lmforge-server.lock"):  # two runs starting together
+    with _workspace_lock(workspace, SERVER_LOCK):  # two runs starting together start one
         state = running_server(workspace) or _adopt_starting(workspace) or _start(workspace)
         if state.get("status", "running") != "running":
             state = state | {"status": "running"}

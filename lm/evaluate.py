@@ -10,18 +10,18 @@ nanochat's `evaluate_bpb`). The bytes of a token come from a table (`TokenBytes`
   it stands for (`SentencePieceTokenizer.text_bytes`, `escape_space_symbol`); a byte-fallback
   piece `<0xNN>` is 1 byte; a character is its UTF-8 length;
 - the end-of-text id counts 1 byte: it stands for the break between two documents;
-- the unknown id counts 1 byte in the table: the text it replaced is lost, and it was at least
-  one byte (a character tokenizer's `<unk>` stands for one character of 1 to 4 bytes,
-  SentencePiece's without byte fallback for a whole run of unknown characters). Where every
-  token of a split is scored, the split's own byte count (its shard's text bytes plus one per
-  document) is the divisor instead, so a tokenizer that cannot spell some of the text divides
-  by the same bytes as one that can;
+- the unknown id counts 1 byte: the text it replaced is lost, and it was at least one byte
+  (a character tokenizer's `<unk>` stands for one character of 1 to 4 bytes, SentencePiece's
+  without byte fallback for a whole run of them). Counting the least it could be flatters a
+  model least: a tokenizer that cannot spell the text is flattered anyway, since its model
+  predicts one cheap `<unk>` instead of the text it replaced. So the scores count the `<unk>`
+  targets (`unknown_tokens`), and the evaluate stage warns when there are any: such a model
+  compares fairly only with others on the same tokenizer;
 - SentencePiece adds a "dummy prefix" space to each document it encodes (`Hello` → `▁Hello`)
   that is no byte of the text, so the first token of each document (the token after an
   end-of-text) counts one byte less when its piece starts with `▁`.
 
-With that, the bytes of every token of a shard add up to its text bytes plus one per document,
-for any tokenizer that spells the whole text (byte fallback, or no unknown character in it).
+With that, the bytes of every token of a shard add up to its text bytes plus one per document.
 
 What is scored (`eval.scoring`):
 
@@ -100,13 +100,16 @@ class TokenBytes:
     starts_with_space: torch.Tensor  # (vocab,) bool: pieces that can carry the dummy prefix
     eot_id: int
     dummy_prefix: int  # bytes the tokenizer adds to each document's first piece: 0 or 1
+    unknown_id: int | None = None  # the id standing for text the tokenizer cannot spell
 
     @classmethod
     def of(cls, tokenizer: Tokenizer) -> TokenBytes:
         sentencepiece = isinstance(tokenizer, SentencePieceTokenizer)
-        lengths, spaced = [], []
+        lengths, spaced, unknown = [], [], None
         for token_id in range(tokenizer.vocab_size):
             piece = tokenizer.piece(token_id)
+            if piece == UNKNOWN:
+                unknown = token_id
             if token_id == tokenizer.eot_id or piece == UNKNOWN or BYTE_PIECE.fullmatch(piece):
                 lengths.append(1)
                 spaced.append(False)
@@ -116,12 +119,17 @@ class TokenBytes:
             else:
                 lengths.append(len(piece.encode()))
                 spaced.append(False)
-        table = cls(torch.tensor(lengths), torch.tensor(spaced), tokenizer.eot_id, 0)
+        table = cls(torch.tensor(lengths), torch.tensor(spaced), tokenizer.eot_id, 0, unknown)
         if not sentencepiece:  # only SentencePiece adds a dummy prefix
             return table
         # A one-letter document measures the prefix: its tokens add up to 1 byte, or 2.
         measured = int(table.lengths[tokenizer.encode("a")].sum()) - 1
-        return cls(table.lengths, table.starts_with_space, tokenizer.eot_id, int(measured == 1))
+        return cls(table.lengths, table.starts_with_space, tokenizer.eot_id, int(measured == 1),
+                   unknown)  # fmt: skip
+
+    def unknown_targets(self, targets: torch.Tensor) -> int:
+        """How many of `targets` are the unknown id."""
+        return 0 if self.unknown_id is None else int((targets == self.unknown_id).sum())
 
     def of_targets(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Bytes of each target token; `inputs` are the tokens before them (same shape). A
@@ -139,7 +147,8 @@ class TokenBytes:
 class SplitScore:
     """A model's numbers on one split. `loss` is nats per target token; `bpb` bits per UTF-8
     byte; `*_std` the sample standard deviation over batches (0 with one batch); `bpb_se` the
-    standard error of `bpb` that spread implies (`bpb_std` / √batches)."""
+    standard error of `bpb` that spread implies (`bpb_std` / √batches); `unknown_tokens` the
+    targets that are the tokenizer's `<unk>` (see the module docstring)."""
 
     loss: float
     loss_std: float
@@ -149,6 +158,7 @@ class SplitScore:
     bpb_se: float
     tokens: int
     bytes: int
+    unknown_tokens: int = 0
 
     def as_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -297,12 +307,8 @@ def score_windows(
     token_bytes: TokenBytes,
     autocast: torch.dtype | None = None,
     name: str = "evaluate",
-    split_bytes: int | None = None,
 ) -> SplitScore:
-    """Loss, perplexity and bits per byte of `model` over `windows`, in float64 sums.
-    `split_bytes`, where the windows score every token of a split once: its text bytes plus one
-    per document, the divisor in place of the tokens' table (which counts an unknown id as one
-    byte, whatever text it replaced)."""
+    """Loss, perplexity and bits per byte of `model` over `windows`, in float64 sums."""
     device = model_device(model)
     if device.type == "cpu":  # each batch's activations reuse the last one's memory
         keep_freed_memory()
@@ -313,6 +319,7 @@ def score_windows(
     scored = [scored_targets(y) for _, y in windows]
     progress = ProgressLog(name, total=sum(scored), unit="tokens")
     batch_nats, batch_tokens, batch_bytes = [], [], []
+    unknown = 0
     try:
         for (x, y), count in zip(windows, scored, strict=True):
             x, y = x.to(device), y.to(device)
@@ -330,18 +337,12 @@ def score_windows(
             batch_nats.append(nats.double().sum().item())
             batch_tokens.append(count)
             batch_bytes.append(int(token_bytes.of_targets(x, y).sum().item()))
+            unknown += token_bytes.unknown_targets(y)
             progress.update(sum(batch_tokens))
     finally:
         model.train(was_training)
     progress.finish()
     nats, tokens, n_bytes = np.array(batch_nats), np.array(batch_tokens), np.array(batch_bytes)
-    if split_bytes is not None and split_bytes != n_bytes.sum() and n_bytes.sum() > 0:
-        logger.info(
-            "%s: the tokens stand for %d bytes by the tokenizer's table, the text for %d (unknown "
-            "characters replaced): bits per byte divide by the text's", name, n_bytes.sum(),
-            split_bytes,
-        )  # fmt: skip
-        n_bytes = n_bytes * (split_bytes / n_bytes.sum())  # each batch its share
     if n_bytes.sum() <= 0:
         raise EvaluationError(f"{name}: the target tokens stand for no text bytes")
     losses = nats / tokens
@@ -357,7 +358,8 @@ def score_windows(
         bpb_std=bpb_std,
         bpb_se=bpb_std / math.sqrt(len(windows)),
         tokens=int(tokens.sum()),
-        bytes=int(split_bytes if split_bytes is not None else n_bytes.sum()),
+        bytes=int(n_bytes.sum()),
+        unknown_tokens=unknown,
     )
 
 
@@ -370,27 +372,17 @@ def evaluate(
     window: int | None = None,
     per_document: bool = False,
     overlap: int | None = None,
-    split_bytes: int | None = None,
 ) -> SplitScore:
     """Score `model` on one split's tokens as `config.scoring` says (`per_document`: the model
     trained on documents). Windows are the model's block size unless `window` says otherwise
-    (a baseline is scored on the windows of the model it is compared with). `split_bytes`: the
-    split's text bytes plus one per document, the divisor where every token is scored
-    (`divisor_bytes`)."""
+    (a baseline is scored on the windows of the model it is compared with)."""
     if window is None:  # a transformer reads its block; the others any length
         kind = getattr(getattr(model, "config", None), "kind", None)
         window = model.block_size if kind == "gpt" else DEFAULT_WINDOW
     windows = split_batches(model, tokens, config, tokenizer.eot_id, window, split,
                             per_document, overlap)  # fmt: skip
     autocast = autocast_dtype(config.precision, model_device(model))
-    return score_windows(model, windows, TokenBytes.of(tokenizer), autocast, f"evaluate {split}",
-                         divisor_bytes(config, split_bytes))  # fmt: skip
-
-
-def divisor_bytes(config: EvalConfig, split_bytes: int | None) -> int | None:
-    """The split's bytes where `config.scoring` scores every token of it; a sample of windows
-    is divided by the bytes of the tokens it drew (None)."""
-    return None if config.scoring == "sample" else split_bytes
+    return score_windows(model, windows, TokenBytes.of(tokenizer), autocast, f"evaluate {split}")
 
 
 def count_bigram_baseline(

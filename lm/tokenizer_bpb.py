@@ -60,14 +60,12 @@ def train_and_score(
     train: TrainConfig,
     evaluation: EvalConfig,
     work: Path,
-    val_bytes: int | None = None,
 ) -> TrainedScore:
     """Train `model` for `train.max_steps` on `train_tokens` (checkpoints under `work`) and
     score the weights the pipeline would publish (`best/`) and the count-bigram baseline (at
     `evaluation.baseline_smoothing`, else the tuned add-k, as the evaluate stage fits it) on
-    the val split, as `evaluation.scoring` says: by default every val token once, divided by
-    `val_bytes` (the val text's UTF-8 bytes plus one per document), so each tokenizer is scored
-    on the same text."""
+    the val split, as `evaluation.scoring` says: by default every val token once, so each
+    tokenizer is scored on the same text."""
     from lm.evaluate import count_bigram_baseline, evaluate
     from lm.models.registry import build_model
     from lm.train import Trainer
@@ -87,11 +85,11 @@ def train_and_score(
     trained.load_state_dict(torch.load(best, map_location=trainer.device, weights_only=True))
     documents = train.samples == "documents"
     score = evaluate(trained, val_tokens, tokenizer, evaluation, "val", train.block_size,
-                     documents, split_bytes=val_bytes)  # fmt: skip
+                     documents)  # fmt: skip
     baseline = count_bigram_baseline(train_tokens, tokenizer.vocab_size,
                                      evaluation.baseline_smoothing).to(trainer.device)  # fmt: skip
     baseline_score = evaluate(baseline, val_tokens, tokenizer, evaluation, "val",
-                              train.block_size, documents, split_bytes=val_bytes)  # fmt: skip
+                              train.block_size, documents)  # fmt: skip
     return TrainedScore(
         bpb=score.bpb,
         bpb_se=score.bpb_se,

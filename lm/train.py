@@ -762,7 +762,8 @@ class Trainer:
             # The device computes every position of every row, padding after a short document
             # and a window's unscored history included: MFU is how busy it is, so it counts
             # them (on a names list, scored targets alone put it at about 2.4x too low).
-            positions_per_s = steps * config.global_batch * config.block_size / max(stepping, 1e-9)
+            row = config.block_size + (self.history if config.samples == "windows" else 0)
+            positions_per_s = steps * config.global_batch * row / max(stepping, 1e-9)
             values["train/mfu"] = (
                 positions_per_s * self.flops_per_token / (self.peak_flops * self.ranks.world_size)
             )

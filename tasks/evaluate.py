@@ -136,7 +136,6 @@ def _score(
         TokenBytes,
         autocast_dtype,
         count_bigram_baseline,
-        divisor_bytes,
         model_device,
         score_windows,
         split_batches,
@@ -166,16 +165,15 @@ def _score(
         path = shard_folder / f"{split}.bin"
         if not path.is_file():
             continue
-        tokens, info = open_shard(path, tokenizer.digest)
+        tokens, _ = open_shard(path, tokenizer.digest)
         if len(tokens) == 0:
             continue
         windows = split_batches(model, tokens, config, model_tokenizer.eot_id, window, split,
                                 per_document)  # fmt: skip
-        split_bytes = divisor_bytes(config, info.text_bytes + info.documents)
         for name, scored in (("model", model), ("baseline", baseline)):
-            score = score_windows(scored, windows, token_bytes, autocast, f"evaluate {split}",
-                                  split_bytes)  # fmt: skip
+            score = score_windows(scored, windows, token_bytes, autocast, f"evaluate {split}")
             metrics[name][split] = score.as_dict()
+        _warn_of_unknown_tokens(split, metrics["model"][split])
     how = {
         "window": window,
         "baseline_smoothing": smoothing,
@@ -183,6 +181,17 @@ def _score(
         "device": str(device),
     }
     return metrics, how
+
+
+def _warn_of_unknown_tokens(split: str, score: dict) -> None:
+    if score["unknown_tokens"]:
+        logger.warning(
+            "evaluate %s: %d of the %d tokens scored are <unk>, text the tokenizer cannot spell: "
+            "the model predicts one cheap <unk> for it, so these bits per byte are lower than "
+            "that text deserves and compare only with models of the same tokenizer (spell it "
+            'all with tokenizer.byte_fallback = true, or unknown_chars = "bytes")',
+            split, score["unknown_tokens"], score["tokens"],
+        )  # fmt: skip
 
 
 def _scoring(asked: str, per_document: bool) -> str:

@@ -369,6 +369,30 @@ def test_batch_norm_takes_its_statistics_over_scored_positions_only():
     assert torch.equal(norm.running_mean, running)
 
 
+def test_masked_batch_norm_is_batch_norm_over_the_kept_rows_and_compiles_whole():
+    """As nn.BatchNorm1d given only those rows (outputs and running statistics), and with no
+    shape or host read depending on the mask: a graph break recompiled it for every count of
+    scored positions (`fullgraph` refuses any break)."""
+    from torch import nn
+
+    from lm.models.mlp import masked_batch_norm
+
+    torch.manual_seed(0)
+    rows, kept = torch.randn(40, 6), torch.rand(40, 1) > 0.4
+    plain, masked = nn.BatchNorm1d(6), nn.BatchNorm1d(6)
+    with torch.no_grad():
+        plain.weight.uniform_()
+        plain.bias.uniform_()
+    masked.load_state_dict(plain.state_dict())
+    expected = plain(rows[kept[:, 0]])
+    compiled = torch.compile(masked_batch_norm, backend="eager", fullgraph=True, dynamic=False)
+    got = compiled(masked, rows, kept)
+    torch.testing.assert_close(got[kept[:, 0]], expected)
+    torch.testing.assert_close(masked.running_mean, plain.running_mean)
+    torch.testing.assert_close(masked.running_var, plain.running_var)
+    compiled(masked, rows, torch.rand(40, 1) > 0.7)  # another count, the same graph
+
+
 def test_a_sequence_longer_than_the_context_is_refused():
     model = build_model(GPTConfig(block_size=8, n_layer=1, n_head=2, n_embd=16), VOCAB)
     with pytest.raises(ValueError, match="9 tokens is longer than block_size 8"):

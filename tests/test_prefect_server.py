@@ -372,7 +372,7 @@ def test_temporary_servers_start_one_at_a_time_as_each_migrates_the_database(tmp
     env |= {"LMFORGE_HOME": str(home), "LMFORGE_PREFECT_SERVER": "ephemeral",
             "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300"}  # fmt: skip
     database = home / "prefect" / "prefect.db"
-    with open(home / "prefect" / "lmforge-ephemeral.lock", "a+") as lock:
+    with open(home / "prefect" / prefect_server.SERVER_LOCK, "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         process = subprocess.Popen(
             [sys.executable, "-c", script], cwd=REPO, env=env, stdout=subprocess.PIPE,

@@ -275,6 +275,24 @@ def test_tokens_seen_count_the_targets_trained_on_and_resume_with_the_run(tmp_pa
     assert windows.tokens_seen == 3 * 8 * 16
 
 
+def test_mfu_counts_the_history_positions_a_window_computes(tmp_path, monkeypatch):
+    """An MLP's windows carry `context - 1` positions of unscored history before the block:
+    computed, so counted in MFU (tokens/s counts the scored targets)."""
+    clock = {"now": 0.0}  # a step takes 10 s: a report after each
+    monkeypatch.setattr("lm.train.time", SimpleNamespace(monotonic=lambda: clock["now"]))
+    run = trainer(tmp_path, config(max_steps=2, eval_every=100), MLPConfig(context=4, hiddens=[8]))
+    assert run.history == 3
+    run.peak_flops = 1e9
+    launch = run._launch_step
+    run._launch_step = lambda unread=None: clock.update(now=clock["now"] + 10) or launch(unread)
+    run.train()
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    mfu = [line["value"] for line in lines if line["key"] == "train/mfu"]
+    speeds = [line["value"] for line in lines if line["key"] == "train/tokens_per_s"]
+    assert speeds == [8 * 16 / 10] * 2
+    assert mfu == [pytest.approx(8 * (16 + 3) / 10 * run.flops_per_token / 1e9)] * 2
+
+
 def test_early_stopping_keeps_the_best_checkpoint(tmp_path):
     settings = config(max_steps=200, learning_rate=1e-6, eval_every=5, patience=2,
                       min_delta=10.0)  # fmt: skip

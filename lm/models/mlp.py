@@ -47,14 +47,35 @@ class MLPModel(FixedContextModel):
 
     def _hidden_of(self, features: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
         """Batch norm in training takes its statistics (and its running averages, used at
-        evaluation) over the rows it is given: only the scored positions are given it, since the
-        padding after a short document (more than half the rows on a names list) or a window's
-        unscored history would otherwise shift every scored position's normalisation. Unscored
-        rows are left at zero; their logits are never scored."""
+        evaluation) over the scored positions only: the padding after a short document (more
+        than half the rows on a names list) or a window's unscored history would otherwise shift
+        every scored position's normalisation (`masked_batch_norm`)."""
         if not (self.training and self.config.norm == "batchnorm" and targets is not None):
             return self.hidden(features)
-        scored = targets.reshape(-1) != IGNORED_TARGET
-        if bool(scored.all()) or int(scored.sum()) < 2:  # one row has no batch statistics
-            return self.hidden(features)
-        hidden = self.hidden(features[scored])
-        return hidden.new_zeros(features.shape[0], hidden.shape[1]).index_put((scored,), hidden)
+        scored = targets.reshape(-1, 1) != IGNORED_TARGET
+        for layer in self.hidden:
+            if isinstance(layer, nn.BatchNorm1d):
+                features = masked_batch_norm(layer, features, scored)
+            else:
+                features = layer(features)
+        return features
+
+
+def masked_batch_norm(norm: nn.BatchNorm1d, rows: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """`norm` in training over the `kept` rows (a (rows, 1) bool mask) alone, every row
+    normalised by their statistics, as `nn.BatchNorm1d` over those rows would be (the biased
+    variance to normalise, the unbiased one into the running average). No shape depends on
+    the mask and nothing is read back to the host: `torch.compile` traces it once (selecting
+    the rows recompiled for every count of them, and a CUDA step waited on the read)."""
+    weight = kept.to(rows.dtype)
+    count = weight.sum()
+    mean = (rows * weight).sum(0) / count.clamp(min=1)
+    variance = ((rows - mean) ** 2 * weight).sum(0) / count.clamp(min=1)
+    with torch.no_grad():
+        momentum = norm.momentum if norm.momentum is not None else 0.1
+        norm.running_mean.lerp_(mean.detach().to(norm.running_mean.dtype), momentum)
+        unbiased = variance.detach() * count / (count - 1).clamp(min=1)
+        norm.running_var.lerp_(unbiased.to(norm.running_var.dtype), momentum)
+        norm.num_batches_tracked.add_(1)
+    normalised = (rows - mean) * torch.rsqrt(variance + norm.eps)
+    return normalised * norm.weight + norm.bias
