@@ -33,7 +33,7 @@ from bench.bench_ladder import (  # noqa: E402
     split_nll,
     trained_model,
 )
-from bench.cli_args import description  # noqa: E402
+from bench.cli_args import description, positive_int  # noqa: E402
 from lm.config import load_config  # noqa: E402
 
 DEFAULT_TEXT = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
@@ -46,9 +46,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], dest="overrides",
                         help="KEY.PATH=VALUE override, as `lmforge run --set`")  # fmt: skip
     parser.add_argument("--workspace", default="/tmp/lmforge-bench-shakespeare")
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch threads (1 is faster on a busy machine)"
-    )
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="torch threads (1 is faster on a busy machine)")  # fmt: skip
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -81,15 +80,20 @@ def main() -> None:
     print()
     print(f"steps            {stats['steps']}")
     print(f"parameters       {stats['parameters']}")
-    print(f"val loss         {stats['val_loss']:.4f}  (best fixed sample, 20 x 12 windows)")
+    sample = f"{settings.train.eval_batches} x {settings.train.micro_batch} windows"
+    print(f"val loss         {stats['val_loss']:.4f}  (best fixed sample, {sample})")
     print(f"val loss, whole  {val_loss:.4f}  ({count} characters, "
           f"{time.perf_counter() - started:.1f}s)  nanoGPT: {NANOGPT_VAL_LOSS}")  # fmt: skip
     print(f"train time       {stats['seconds']:.0f}s")
-    print(f"tokens/s         {stats['tokens_seen'] / stats['seconds']:.0f} overall, "
+    # This run's own tokens: a resumed training's seconds are its own, its tokens_seen are not.
+    this_run = stats.get("tokens_this_run", stats["tokens_seen"])
+    print(f"tokens/s         {this_run / stats['seconds']:.0f} overall, "
           f"{rates[-1] if rates else float('nan'):.0f} at the end of training")  # fmt: skip
     met = "yes" if val_loss <= NANOGPT_VAL_LOSS else "NO"
     print(f"target met       {met} (≤ {NANOGPT_VAL_LOSS}, whole val split)")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if met != "yes":  # a gate can rely on the exit status
+        sys.exit(f"target missed: val loss {val_loss:.4f} > {NANOGPT_VAL_LOSS}")
 
 
 if __name__ == "__main__":

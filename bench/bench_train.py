@@ -1,7 +1,9 @@
 """Training throughput (tokens/s) of a GPT shape under eager fp32, bf16 autocast, and compiled
 fp32 and bf16, with MFU against the GPU's dense bf16 peak (or a peak you give). The CPU's
 instruction set is printed: bf16 pays off only where the CPU has native bf16 (AMX, AVX512-BF16),
-and `default` is what the engine picks there by itself (`precision` and `compile` "auto").
+and `default` is what the engine picks there by itself (`precision` and `compile` "auto") for a
+run of the shape's length (`--run-steps`: nanoGPT's 2000 iterations for its CPU shape; a CPU
+compiles only a run long enough to repay it).
 
     .venv/bin/python bench/bench_train.py                      # nanoGPT's CPU shape (issue 4)
     .venv/bin/python bench/bench_train.py --shape default      # configs/default.toml's model
@@ -45,9 +47,12 @@ from lm.cpu_features import cpu_has_native_bf16
 from lm.models.config import GPTConfig
 from lm.models.registry import build_model
 from lm.sizing import size_model
-from lm.train import Trainer, peak_flops_of
+from lm.train import Trainer, compile_wanted, flops_per_token, peak_flops_of
 from lm.train_config import TrainConfig
 
+# The training `default` is decided for, in optimizer steps: nanoGPT's shakespeare-char run,
+# configs/default.toml's, nanoGPT's GPT-2 run.
+RUN_STEPS = {"cpu": 2000, "default": 1500, "gpt2": 600_000}
 SHAPES = {
     # nanoGPT's shakespeare-char CPU shape: 4 layers, 4 heads, 128 wide, context 64, batch 12.
     "cpu": (GPTConfig(block_size=64, n_layer=4, n_head=4, n_embd=128, pos="learned"), 65, 12),
@@ -79,11 +84,17 @@ def build_trainer(
     fused: bool = True,
     batch: int | None = None,
     accumulation: int = 1,
+    run_steps: int | None = None,
 ) -> Trainer:
     """A trainer for `shape` whose optimizer steps take `accumulation` micro-batches of
-    `batch` sequences each."""
+    `batch` sequences each. `compile_model = "auto"` is decided as for a training of
+    `run_steps` steps (default: the shape's `RUN_STEPS`); the trainer itself never ends."""
     model_config, vocab, shape_batch = SHAPES[shape]
     batch = batch or shape_batch
+    if compile_model == "auto":
+        steps = run_steps or RUN_STEPS[shape]
+        compile_model = _auto_compile(model_config, vocab, device, precision, steps,
+                                      batch * accumulation)  # fmt: skip
     settings = TrainConfig(
         max_steps=10**6, micro_batch=batch, global_batch=batch * accumulation,
         block_size=model_config.block_size, device=device, precision=precision,
@@ -101,6 +112,17 @@ def build_trainer(
         ]
         trainer.optimizer = torch.optim.AdamW(groups, foreach=True)
     return trainer
+
+
+def _auto_compile(model_config: GPTConfig, vocab: int, device: str, precision: str, steps: int,
+                  global_batch: int) -> bool:  # fmt: skip
+    """Whether `compile = "auto"` compiles a training of `steps` optimizer steps."""
+    planned = TrainConfig(max_steps=steps, micro_batch=global_batch, global_batch=global_batch,
+                          block_size=model_config.block_size, device=device, precision=precision,
+                          compile="auto")  # fmt: skip
+    model = build_model(model_config, vocab)
+    return compile_wanted(planned, torch.device(device),
+                          flops_per_token(model, model_config.block_size))  # fmt: skip
 
 
 def _sync(trainer: Trainer) -> None:
@@ -162,6 +184,9 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(DEFAULT_MODES),
                         help=f"comma-separated labels of {list(MODES)}")  # fmt: skip
     parser.add_argument("--peak-flops", type=float, default=None)
+    parser.add_argument("--run-steps", type=positive_int, default=None,
+                        help="the training `default` decides compiling for (default: the "
+                        "shape's: 2000 for cpu, 1500 for default)")  # fmt: skip
     parser.add_argument("--step-by-step", action="store_true",
                         help="also time each mode reading each loss before the next")  # fmt: skip
     args = parser.parse_args()
@@ -188,7 +213,7 @@ def main() -> None:
         precision, compile_model, fused = MODES[label]
         held = _reset_peak_memory(args.device)
         trainer = build_trainer(shape, args.device, precision, compile_model, fused, args.batch,
-                                args.accumulation)  # fmt: skip
+                                args.accumulation, args.run_steps)  # fmt: skip
         first = timed_steps(trainer, 1)  # compilation, if any, happens here
         timed_steps(trainer, args.warmup - 1)
         trainers[label] = trainer
@@ -196,8 +221,10 @@ def main() -> None:
               f"{_memory_report(trainer, held)}")  # fmt: skip
         if label == "default":  # what the trainer runs, a compile that fell back included
             compiled = trainer.model is not trainer.module
-            print(f"{'':>14}  the default here: precision {trainer.autocast or torch.float32}, "
-                  f"{'compiled' if compiled else 'eager'}")  # fmt: skip
+            steps = args.run_steps or RUN_STEPS[shape]
+            how = "compiled" if compiled else "eager"
+            print(f"{'':>14}  the default here, for a {steps}-step run: precision "
+                  f"{trainer.autocast or torch.float32}, {how}")  # fmt: skip
     tokens_per_step = trainer.config.global_batch * trainer.config.block_size  # every mode's
     for _ in range(args.repeats):  # interleaved: a burst of load slows every mode alike
         for label, step_by_step in ways:
