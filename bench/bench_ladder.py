@@ -37,7 +37,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.cli_args import description, positive_int  # noqa: E402
+from bench.cli_args import description, positive_int, run_reporting_user_errors  # noqa: E402
 from lm.config import PipelineConfig, load_config  # noqa: E402
 from lm.models.base import LanguageModel  # noqa: E402
 
@@ -221,4 +221,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_reporting_user_errors(main)

@@ -33,7 +33,7 @@ from bench.bench_ladder import (  # noqa: E402
     split_nll,
     trained_model,
 )
-from bench.cli_args import description, positive_int  # noqa: E402
+from bench.cli_args import description, positive_int, run_reporting_user_errors  # noqa: E402
 from lm.config import load_config  # noqa: E402
 
 DEFAULT_TEXT = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
@@ -97,4 +97,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_reporting_user_errors(main)

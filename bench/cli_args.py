@@ -32,3 +32,16 @@ def _int(text: str) -> int:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text}: not a whole number") from None
+
+
+def run_reporting_user_errors(main) -> None:
+    """Run a benchmark's `main`; lmforge's own errors (a missing data file, a mistyped `--set`)
+    end it with their one line, as `lmforge` ends on them, not a traceback."""
+    import sys
+
+    from flows.user_errors import user_error_types
+
+    try:
+        main()
+    except user_error_types() as error:
+        sys.exit(f"error: {error}")
