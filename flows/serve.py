@@ -165,13 +165,13 @@ def live_serving(workspace: Workspace, api_url: str) -> list[int]:
     return pids
 
 
-def _temporary_server_url() -> str:
-    """` at URL` of the temporary server Prefect started for this process, or "" if none."""
+def _temporary_server_url() -> str | None:
+    """The API URL of the temporary server Prefect started for this process, if any."""
     from prefect.server.api.server import SubprocessASGIServer
 
     instances = getattr(SubprocessASGIServer, "_instances", {})  # Prefect's own registry
     running = [server for server in instances.values() if getattr(server, "running", False)]
-    return f" at {running[0].api_url}" if running else ""
+    return running[0].api_url if running else None
 
 
 def serve_command(
@@ -218,8 +218,16 @@ def serve_command(
         )
     os.chdir(PREFECT_YAML.parent)
     names = ", ".join(f"{d.flow_name}/{d.name}" for d in deployments)
+    temporary = _temporary_server_url() if api_url is None else None
     if api_url is None:  # only this process's temporary server knows the deployments
-        server = f"this process's temporary Prefect server{_temporary_server_url()}"
+        server = "this process's temporary Prefect server" + (
+            f" at {temporary}" if temporary else ""
+        )
+    if temporary:
+        # The runs' own processes report to it: each started a temporary server of its own on
+        # the workspace's database, which knew nothing of the deployment's concurrency slot
+        # this one leased, and every run was cancelled ("slot lost during provisioning").
+        os.environ["PREFECT_API_URL"] = temporary
     typer.echo(f"serving {names} on {server} (Ctrl-C stops); runs start in {PREFECT_YAML.parent}")
     record = record_serving(workspace, api_url) if api_url is not None else None
     if api_url is None:

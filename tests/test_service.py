@@ -8,8 +8,10 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -102,6 +104,53 @@ def test_lmforge_serve_runs_a_triggered_deployment_and_records_it(workspace, tmp
         [str(flow_run.id)],
     )
     assert rows == [("completed", "lm-pipeline/default", True)]  # was "default": which flow?
+
+
+@pytest.mark.slow
+def test_serve_on_a_temporary_server_runs_a_triggered_deployment(tmp_path):
+    """Under LMFORGE_PREFECT_SERVER=ephemeral every run serve started began a temporary server
+    of its own on the workspace's database, which knew nothing of the concurrency slot serve
+    leased for it: each was cancelled ("slot lost during provisioning"), none recorded."""
+    import re
+
+    home = tmp_path / "home"
+    config = write_config(tmp_path / "c.toml", [{"path": str(readme_sections(tmp_path / "r"))}])
+    unset = ("PREFECT_API_URL", "PREFECT_HOME")  # the test session's server and folder
+    environment = {key: value for key, value in os.environ.items() if key not in unset}
+    environment |= {"LMFORGE_HOME": str(home), "LMFORGE_PREFECT_SERVER": "ephemeral",
+                    "PREFECT_RUNNER_POLL_FREQUENCY": "1"}  # fmt: skip
+    serve = subprocess.Popen(
+        lmforge_command("serve"), cwd=tmp_path, env=environment, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    said: list[str] = []
+    try:
+        for line in serve.stdout:  # its first line names the temporary server
+            said.append(line)
+            if line.startswith("serving "):
+                break
+        url = re.search(r"temporary Prefect server at (\S+)", "".join(said))
+        assert url, "".join(said)
+        trigger = [str(Path(sys.executable).with_name("prefect")), "deployment", "run",
+                   "lm-pipeline/default", "-p", f"config={config}", "--watch",
+                   "--watch-timeout", "240"]  # fmt: skip
+        deadline = time.monotonic() + SERVE_START_TIMEOUT_S
+        while True:  # until serve has registered the deployment
+            ran = subprocess.run(trigger, env=environment | {"PREFECT_API_URL": url[1]},
+                                 capture_output=True, text=True, timeout=300)  # fmt: skip
+            if "not found" not in ran.stdout + ran.stderr or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+    finally:
+        serve.send_signal(signal.SIGINT)
+        try:
+            output, _ = serve.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(serve.pid, signal.SIGKILL)
+            output, _ = serve.communicate()
+    assert ran.returncode == 0, f"{ran.stdout}{ran.stderr}\n{''.join(said)}{output}"
+    _, rows = RunRegistry(home / "registry.duckdb").query("SELECT status, deployment FROM runs")
+    assert rows == [("completed", "lm-pipeline/default")], output
 
 
 @task(name="slot-probe", cache_policy=NO_CACHE, persist_result=False)
