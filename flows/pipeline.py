@@ -369,8 +369,10 @@ def open_run(
     workspace = Workspace.from_env().ensure()
     registry = RunRegistry(workspace.registry_path)
     run_id = new_run_id()
+    row = _run_row(run_id, settings, config_path, overrides, command)  # started now: the
+    # registry may be held open for a while, and its wait is part of the run (it was left out)
     registry.close_abandoned_runs(this_host(), pid_alive, workspace.runs)
-    registry.start_run(_run_row(run_id, settings, config_path, overrides, command))
+    registry.start_run(row)
     folder = workspace.runs / run_id
     metrics = MetricsLog(folder / RUN_METRICS_FILE)
     return RunContext(run_id, workspace, registry, metrics, StageJournal(folder / JOURNAL_FILE))

@@ -163,6 +163,7 @@ def ensure_server(workspace: Workspace) -> str | None:
     if needed. Returns the API URL, or None for Prefect's ephemeral mode."""
     if os.environ.get("PREFECT_API_URL"):
         return os.environ["PREFECT_API_URL"]
+    _ensure_prefect_home(workspace)
     if ephemeral_mode():
         _temporary_server_in_its_own_session()
         with _workspace_lock(workspace, SERVER_LOCK):  # as the workspace's server migrates it
@@ -175,6 +176,17 @@ def ensure_server(workspace: Workspace) -> str | None:
             _write_record(workspace, state)
     os.environ["PREFECT_API_URL"] = state["api_url"]
     return state["api_url"]
+
+
+def _ensure_prefect_home(workspace: Workspace) -> None:
+    """The folder of Prefect's database, `PREFECT_HOME` (the workspace's `prefect/` unless one
+    was set): a missing one was SQLite's "unable to open database file" deep in the server's
+    log, and a temporary server's start-up timeout on the terminal."""
+    home = Path(os.environ.get("PREFECT_HOME") or workspace.prefect_home)
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ServerError(f"PREFECT_HOME {home}: cannot create it ({error.strerror})") from error
 
 
 def ephemeral_mode() -> bool:

@@ -123,7 +123,10 @@ def activate_workspace() -> Workspace:
     directory. Creates nothing: a command that writes calls `Workspace.ensure` too."""
     workspace = Workspace.from_env()
     os.environ["LMFORGE_HOME"] = str(workspace.root)
-    os.environ.setdefault("PREFECT_HOME", str(workspace.prefect_home))
+    # One set beforehand (a Prefect home shared across workspaces) is kept, made absolute: a
+    # relative one would move with a later `chdir` (serve's), and Prefect reads it once.
+    prefect_home = os.environ.get("PREFECT_HOME") or str(workspace.prefect_home)
+    os.environ["PREFECT_HOME"] = str(Path(prefect_home).expanduser().resolve())
     # Offline machine: no telemetry, and our own loggers' records go to Prefect's run logs.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")

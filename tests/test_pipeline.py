@@ -878,3 +878,33 @@ def test_a_stage_that_will_wait_for_a_concurrency_slot_says_so():
             client.delete_concurrency_limit_by_tag(tag)
     assert said == (f"waiting for a free '{tag}' slot: 1 of 1 held by other runs' trainings "
                     f"(prefect concurrency-limit inspect {tag})")  # fmt: skip
+
+
+def test_a_run_that_waits_for_the_registry_is_timed_from_its_start(workspace, config):
+    """Its row was made after the wait for a registry held open: `started_at` came late, and a
+    run that waited most of its time for the registry was recorded as lasting 0.5 s."""
+    import subprocess
+    import sys
+    from datetime import datetime
+
+    from flows.pipeline import open_run
+    from lm.config import load_config
+
+    open_run(load_config(str(config)), str(config), [])  # the registry exists
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys, time\n"
+         "connection = duckdb.connect(sys.argv[1], read_only=True)\n"
+         "print('open', flush=True)\ntime.sleep(3)", str(workspace.registry_path)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline() == "open\n"
+        before = datetime.now()
+        run = open_run(load_config(str(config)), str(config), [])
+        opened = datetime.now()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (opened - before).total_seconds() > 1  # it did wait for the holder
+    started = RunRegistry(workspace.registry_path).find_run(run.run_id)["started_at"]
+    assert (started - before).total_seconds() < 1

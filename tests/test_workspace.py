@@ -78,3 +78,22 @@ def test_a_server_lock_that_cannot_be_written_is_a_server_error(workspace, monke
     lock.mkdir()  # opening it for writing fails, as a read-only workspace's would
     with pytest.raises(ServerError, match=f"{lock}: cannot write the server's lock file"):
         ensure_server(workspace)
+
+
+def test_a_prefect_home_set_beforehand_is_kept_absolute_and_created_or_named(
+    workspace, tmp_path, monkeypatch
+):
+    """A relative one followed a later `chdir`, and a missing one was SQLite's "unable to open
+    database file" in the server's log, a start-up timeout on the terminal."""
+    from storage.workspace import activate_workspace
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PREFECT_HOME", "shared/prefect")
+    activate_workspace()
+    assert os.environ["PREFECT_HOME"] == str(tmp_path / "shared" / "prefect")
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.delenv("LMFORGE_PREFECT_SERVER", raising=False)
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "file" / "prefect"))  # below a file
+    with pytest.raises(ServerError, match=r"PREFECT_HOME .*/file/prefect: cannot create it"):
+        ensure_server(workspace)
