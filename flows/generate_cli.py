@@ -15,7 +15,11 @@ import typer
 from storage.workspace import activate_workspace
 
 RunArgument = Annotated[
-    str, typer.Argument(help="a run id (or a unique prefix), or a trained model folder")
+    str,
+    typer.Argument(
+        help="a run id (or a unique prefix), a trained model folder, or one of its checkpoints "
+        "(its best/ or final/)"
+    ),
 ]
 ModelOption = Annotated[
     str | None, typer.Option("--model", help="the label of a ladder's model (default: its last)")

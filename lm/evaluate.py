@@ -409,16 +409,24 @@ CHECKPOINTS = ("best", "final")  # preferred first
 
 def load_trained(folder: Path) -> tuple[LanguageModel, Tokenizer]:
     """The model and tokenizer of a train artifact folder (`model.json`, `tokenizer/`, and the
-    `best/` checkpoint, else `final/`), in eval mode on the CPU. A checkpoint whose files are
-    damaged (shorter than written, or unreadable) is skipped, with a warning, for the next. A
-    tokenizer the weights were not trained with, or a `model.json` that does not describe them
-    (files swapped or edited by hand), is a one-line error naming the file and what differs."""
+    `best/` checkpoint, else `final/`; or the checkpoint folder given, in one), in eval mode on the
+    CPU. A checkpoint whose files are damaged (shorter than written, or unreadable) is skipped, with
+    a warning, for the next. A tokenizer the weights were not trained with, or a `model.json` that
+    does not describe them (files swapped or edited by hand), is a one-line error naming the file
+    and what differs."""
     from lm.models.registry import MODELS, build_model
 
     model_file = folder / "model.json"
+    named = None  # a checkpoint named itself (`…/best`): that one, the folder around it read
+    if not model_file.is_file() and (folder.parent / "model.json").is_file():
+        named, folder, model_file = folder, folder.parent, folder.parent / "model.json"
     if not model_file.is_file():
         raise CheckpointError(f"{folder}: not a trained model folder (no model.json)")
     complete = [folder / name for name in CHECKPOINTS if (folder / name / DONE_MARKER).is_file()]
+    if named is not None:
+        if not (named / DONE_MARKER).is_file():
+            raise CheckpointError(f"{named}: not a complete checkpoint (no {DONE_MARKER} marker)")
+        complete = [named]
     if not complete:
         raise CheckpointError(
             f"{folder}: no complete checkpoint (best/ or final/ with a DONE marker); the "

@@ -528,6 +528,22 @@ def test_a_folder_without_a_checkpoint_is_a_clear_error(trained_run, tmp_path):
         load_trained(tmp_path)
 
 
+def test_a_checkpoint_folder_loads_its_own_weights_with_the_folder_around_it(
+    trained_run, tmp_path
+):
+    """`lmforge generate …/final` said "not a trained model folder (no model.json)"."""
+    home, trained, _, _ = trained_run
+    folder = tmp_path / "model"
+    shutil.copytree(home / trained.path, folder)
+    final = torch.load(folder / "final" / "model.pt", weights_only=True)
+    (folder / "best" / "model.pt").write_bytes(b"")  # so `final` must be the one loaded
+    model, _ = load_trained(folder / "final")
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in final.items())
+    (folder / "final" / "DONE").unlink()
+    with pytest.raises(CheckpointError, match=r"final: not a complete checkpoint"):
+        load_trained(folder / "final")
+
+
 def test_a_fixed_context_model_keeps_its_whole_context_in_any_window():
     # An MLP reading 8 tokens, scored in windows of 4 or 2: its targets after a window's
     # first read padding for the context the window could not hold (2.4196 and 2.4372 nats
