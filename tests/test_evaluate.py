@@ -528,9 +528,7 @@ def test_a_folder_without_a_checkpoint_is_a_clear_error(trained_run, tmp_path):
         load_trained(tmp_path)
 
 
-def test_a_checkpoint_folder_loads_its_own_weights_with_the_folder_around_it(
-    trained_run, tmp_path
-):
+def test_a_checkpoint_folder_loads_its_own_weights_with_the_folder_around_it(trained_run, tmp_path):
     """`lmforge generate …/final` said "not a trained model folder (no model.json)"."""
     home, trained, _, _ = trained_run
     folder = tmp_path / "model"
