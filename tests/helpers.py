@@ -97,13 +97,13 @@ def wait_until(condition, timeout_s: float) -> bool:
 
 
 @contextlib.contextmanager
-def registry_held_open(path: Path) -> Iterator[int]:
-    """Another process with the registry open read-only for the block, as a `duckdb` shell
-    would have it; yields its pid."""
+def registry_held_open(path: Path, seconds: float = 120) -> Iterator[int]:
+    """Another process with the registry open read-only for the block (or `seconds`, if
+    fewer), as a `duckdb` shell would have it; yields its pid."""
     holder = subprocess.Popen(
         [sys.executable, "-c", "import duckdb, sys, time\n"
          "connection = duckdb.connect(sys.argv[1], read_only=True)\n"
-         "print('open', flush=True)\ntime.sleep(120)", str(path)],
+         "print('open', flush=True)\ntime.sleep(float(sys.argv[2]))", str(path), str(seconds)],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:

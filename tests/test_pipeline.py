@@ -883,28 +883,17 @@ def test_a_stage_that_will_wait_for_a_concurrency_slot_says_so():
 def test_a_run_that_waits_for_the_registry_is_timed_from_its_start(workspace, config):
     """Its row was made after the wait for a registry held open: `started_at` came late, and a
     run that waited most of its time for the registry was recorded as lasting 0.5 s."""
-    import subprocess
-    import sys
     from datetime import datetime
 
     from flows.pipeline import open_run
     from lm.config import load_config
+    from tests.helpers import registry_held_open
 
     open_run(load_config(str(config)), str(config), [])  # the registry exists
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import duckdb, sys, time\n"
-         "connection = duckdb.connect(sys.argv[1], read_only=True)\n"
-         "print('open', flush=True)\ntime.sleep(3)", str(workspace.registry_path)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout.readline() == "open\n"
+    with registry_held_open(workspace.registry_path, seconds=3):
         before = datetime.now()
         run = open_run(load_config(str(config)), str(config), [])
         opened = datetime.now()
-    finally:
-        holder.kill()
-        holder.wait()
     assert (opened - before).total_seconds() > 1  # it did wait for the holder
     started = RunRegistry(workspace.registry_path).find_run(run.run_id)["started_at"]
     assert (started - before).total_seconds() < 1

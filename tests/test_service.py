@@ -72,6 +72,18 @@ def _wait_for_deployment(name: str, process: subprocess.Popen) -> None:
             time.sleep(0.5)
 
 
+def _stop_serving(serve: subprocess.Popen) -> str:
+    """Ctrl-C to `lmforge serve`, as a user stops it (SIGKILL to its group if it hangs); what it
+    printed."""
+    serve.send_signal(signal.SIGINT)
+    try:
+        output, _ = serve.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(serve.pid, signal.SIGKILL)
+        output, _ = serve.communicate()
+    return output
+
+
 @pytest.mark.slow
 def test_lmforge_serve_runs_a_triggered_deployment_and_records_it(workspace, tmp_path):
     from prefect.deployments import run_deployment
@@ -92,12 +104,7 @@ def test_lmforge_serve_runs_a_triggered_deployment_and_records_it(workspace, tmp
             "lm-pipeline/default", parameters={"config": relative}, timeout=240, poll_interval=1
         )
     finally:
-        serve.send_signal(signal.SIGINT)
-        try:
-            output, _ = serve.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(serve.pid, signal.SIGKILL)
-            output, _ = serve.communicate()
+        output = _stop_serving(serve)
     assert flow_run.state.is_completed(), f"{flow_run.state}\n{output}"
     _, rows = RunRegistry(workspace.registry_path).query(
         "SELECT status, deployment, corpus_digest IS NOT NULL FROM runs WHERE flow_run_id = ?",
@@ -142,12 +149,7 @@ def test_serve_on_a_temporary_server_runs_a_triggered_deployment(tmp_path):
                 break
             time.sleep(1)
     finally:
-        serve.send_signal(signal.SIGINT)
-        try:
-            output, _ = serve.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(serve.pid, signal.SIGKILL)
-            output, _ = serve.communicate()
+        output = _stop_serving(serve)
     assert ran.returncode == 0, f"{ran.stdout}{ran.stderr}\n{''.join(said)}{output}"
     _, rows = RunRegistry(home / "registry.duckdb").query("SELECT status, deployment FROM runs")
     assert rows == [("completed", "lm-pipeline/default")], output
