@@ -47,7 +47,7 @@ from lm.cpu_features import cpu_has_native_bf16
 from lm.models.config import GPTConfig
 from lm.models.registry import build_model
 from lm.sizing import size_model
-from lm.train import Trainer, compile_wanted, flops_per_token, peak_flops_of
+from lm.train import Trainer, compile_wanted, peak_flops_of
 from lm.train_config import TrainConfig
 
 # The training `default` is decided for, in optimizer steps: nanoGPT's shakespeare-char run,
@@ -120,9 +120,8 @@ def _auto_compile(model_config: GPTConfig, vocab: int, device: str, precision: s
     planned = TrainConfig(max_steps=steps, micro_batch=global_batch, global_batch=global_batch,
                           block_size=model_config.block_size, device=device, precision=precision,
                           compile="auto")  # fmt: skip
-    model = build_model(model_config, vocab)
-    return compile_wanted(planned, torch.device(device),
-                          flops_per_token(model, model_config.block_size))  # fmt: skip
+    flops = size_model(model_config, planned, vocab).flops_per_token  # the engine's, unbuilt
+    return compile_wanted(planned, torch.device(device), flops)
 
 
 def _sync(trainer: Trainer) -> None:

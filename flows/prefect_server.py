@@ -166,10 +166,10 @@ def ensure_server(workspace: Workspace) -> str | None:
     _ensure_prefect_home(workspace)
     if ephemeral_mode():
         _temporary_server_in_its_own_session()
-        with _workspace_lock(workspace, SERVER_LOCK):  # as the workspace's server migrates it
+        with _server_lock(workspace):  # as the workspace's server migrates it
             _start_temporary_server()
         return None
-    with _workspace_lock(workspace, SERVER_LOCK):  # two runs starting together start one
+    with _server_lock(workspace):  # two runs starting together start one
         state = running_server(workspace) or _adopt_starting(workspace) or _start(workspace)
         if state.get("status", "running") != "running":
             state = state | {"status": "running"}
@@ -194,9 +194,9 @@ def ephemeral_mode() -> bool:
 
 
 @contextlib.contextmanager
-def _workspace_lock(workspace: Workspace, name: str):
-    """An exclusive lock on a file in the workspace's Prefect folder, held for the block."""
-    lock_path = workspace.prefect_home / name
+def _server_lock(workspace: Workspace):
+    """The workspace's `SERVER_LOCK`, held exclusively for the block."""
+    lock_path = workspace.prefect_home / SERVER_LOCK
     try:
         workspace.prefect_home.mkdir(parents=True, exist_ok=True)
         lock = open(lock_path, "a+")  # noqa: SIM115 (closed by the `with` below)

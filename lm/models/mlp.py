@@ -72,7 +72,7 @@ def masked_batch_norm(norm: nn.BatchNorm1d, rows: torch.Tensor, kept: torch.Tens
     mean = (rows * weight).sum(0) / count.clamp(min=1)
     variance = ((rows - mean) ** 2 * weight).sum(0) / count.clamp(min=1)
     with torch.no_grad():
-        momentum = norm.momentum if norm.momentum is not None else 0.1
+        momentum = norm.momentum  # MLPModel's are built with one (None would mean a plain mean)
         norm.running_mean.lerp_(mean.detach().to(norm.running_mean.dtype), momentum)
         unbiased = variance.detach() * count / (count - 1).clamp(min=1)
         norm.running_var.lerp_(unbiased.to(norm.running_var.dtype), momentum)
