@@ -26,6 +26,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+import torch._inductor
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -93,7 +94,8 @@ def main() -> None:
     parser.add_argument("--accumulation", type=positive_int, default=1, help="micro-batches a step")
     parser.add_argument("--steps", type=positive_int, default=10)
     parser.add_argument("--attention", choices=sorted(ATTENTION), default="default")
-    parser.add_argument("--compile-mode", default=None, help="torch.compile's mode")
+    parser.add_argument("--compile-mode", default=None, choices=list(torch._inductor.list_mode_options()),
+                        help="torch.compile's mode")  # fmt: skip
     parser.add_argument("--top", type=positive_int, default=12, help="largest kernels listed")
     parser.add_argument("--inductor", action="append", default=[], metavar="NAME=VALUE",
                         help="a torch._inductor.config option (repeatable)")  # fmt: skip
@@ -104,8 +106,12 @@ def main() -> None:
     if args.compile_mode:
         torch.compile = functools.partial(torch.compile, mode=args.compile_mode)
     started = time.perf_counter()
+    if not torch.cuda.is_available():
+        parser.error("no CUDA GPU visible to torch: this bench profiles GPU kernels")
     trainer = build_trainer("gpt2", "cuda", "auto", "auto", True, args.batch, args.accumulation)
     timed_steps(trainer, 3)  # compile and warm up
+    if trainer.model is trainer.module:  # the compiler failed (its warning is above)
+        print(f"NOT compiled: torch.compile (mode {args.compile_mode or 'default'}) failed")
     ready = time.perf_counter() - started
     mode = args.compile_mode or "default"
     options = f", inductor {' '.join(args.inductor)}" if args.inductor else ""
@@ -123,6 +129,8 @@ def main() -> None:
         if event.device_type == torch.autograd.DeviceType.CUDA:
             per_kernel[event.name] += event.device_time / 1e3 / args.steps  # ms a step
     total = sum(per_kernel.values())
+    if total == 0:  # CUPTI not permitted (some containers), or a profiler that saw no kernel
+        raise SystemExit("the profiler recorded no CUDA kernel time: no breakdown")
     per_kind: dict[str, float] = defaultdict(float)
     for name, ms in per_kernel.items():
         per_kind[kind_of(name)] += ms

@@ -108,7 +108,9 @@ def build_trainer(
     folder.rmdir()
     if not fused:
         groups = [
-            {k: v for k, v in g.items() if k != "fused"} for g in trainer.optimizer.param_groups
+            # A group's own `foreach: None` would override the constructor's `foreach=True`.
+            {k: v for k, v in g.items() if k not in ("fused", "foreach")}
+            for g in trainer.optimizer.param_groups
         ]
         trainer.optimizer = torch.optim.AdamW(groups, foreach=True)
     return trainer
@@ -170,7 +172,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--shape", choices=sorted(SHAPES), default=None,
                         help="default: cpu on CPU, gpt2 on CUDA")  # fmt: skip
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--steps", type=positive_int, default=30, help="timed steps per repeat")
     parser.add_argument("--warmup", type=non_negative_int, default=3,
                         help="untimed steps (compile here)")  # fmt: skip
@@ -189,6 +191,8 @@ def main() -> None:
     parser.add_argument("--step-by-step", action="store_true",
                         help="also time each mode reading each loss before the next")  # fmt: skip
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA GPU visible to torch")
     shape = args.shape or ("gpt2" if args.device == "cuda" else "cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -218,20 +222,25 @@ def main() -> None:
         trainers[label] = trainer
         print(f"{label:>14}: first step {first:.2f}s (compile included), warmed up"
               f"{_memory_report(trainer, held)}")  # fmt: skip
+        how = "compiled" if trainer.model is not trainer.module else "eager"
         if label == "default":  # what the trainer runs, a compile that fell back included
-            compiled = trainer.model is not trainer.module
             steps = args.run_steps or RUN_STEPS[shape]
-            how = "compiled" if compiled else "eager"
             print(f"{'':>14}  the default here, for a {steps}-step run: precision "
                   f"{trainer.autocast or torch.float32}, {how}")  # fmt: skip
+        elif compile_model and how == "eager":  # the compiler failed: the label would mislead
+            print(f"{'':>14}  NOT compiled: torch.compile failed (warning above), ran eager")
     tokens_per_step = trainer.config.global_batch * trainer.config.block_size  # every mode's
-    for _ in range(args.repeats):  # interleaved: a burst of load slows every mode alike
+    for repeat in range(args.repeats):  # interleaved: a burst of load slows every mode alike
         for label, step_by_step in ways:
             before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             seconds = timed_steps(trainers[label], args.steps, step_by_step)
             after = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             rates[label, step_by_step].append(args.steps * tokens_per_step / seconds)
             faults[label, step_by_step].append((after - before) / args.steps)
+        # As it goes, so that a run cut short by a time limit still shows its figures.
+        print(f"repeat {repeat + 1}, tokens/s: " + ", ".join(
+            f"{label}{' (step by step)' if by_step else ''} {rates[label, by_step][-1]:,.0f}"
+            for label, by_step in ways))  # fmt: skip
     baseline = max(rates[modes[0], False])
     for label, step_by_step in ways:
         measured = rates[label, step_by_step]

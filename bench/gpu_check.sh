@@ -22,6 +22,12 @@ if compgen -G ".whl/*.whl" >/dev/null; then
         --target /tmp/lmforge-site .whl/*.whl || exit 1
     export PYTHONPATH=/tmp/lmforge-site
 fi
+# Without .whl (carried by hand: it is git-ignored) every stage would end on a missing import.
+if ! "$python" -c "import pydantic" 2>/dev/null; then
+    echo "pydantic is not importable: run bench/gpu_wheels.sh here and carry .whl" \
+        "with the checkout (the device tool's carry: [\".whl\"])" | tee "$out/gpu.txt"
+    exit 1
+fi
 "$python" - <<'PY' 2>&1 | tee "$out/gpu.txt" || exit 1
 import torch
 assert torch.cuda.is_available(), "no CUDA GPU visible to torch"

@@ -13,9 +13,12 @@ names = ["pydantic", "pydantic_core", "annotated-types", "typing-inspection", "t
 print(" ".join(f"{name}=={version(name)}" for name in names))
 PY
 )
-rm -rf .whl
+# Into a fresh folder first: a failed download leaves the wheels fetched before in place.
+rm -rf .whl.partial
 # shellcheck disable=SC2086  # one argument per pin
 "$python" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-    --platform manylinux2014_x86_64 -d .whl $pins
+    --platform manylinux2014_x86_64 -d .whl.partial $pins
+rm -rf .whl
+mv .whl.partial .whl
 ls -1 .whl

@@ -20,11 +20,17 @@ def _probe(x: torch.Tensor) -> torch.Tensor:
 
 
 def compiler_works(device: torch.device) -> str | None:
-    """None when a compiled function runs on `device`; otherwise why it did not."""
+    """None when a compiled function and its gradient run on `device`; otherwise why not.
+    The backward is compiled apart, at the first `backward()`, so the probe takes one too."""
     try:
-        x = torch.linspace(-1.0, 1.0, 8, device=device)
+        x = torch.linspace(-1.0, 1.0, 8, device=device, requires_grad=True)
         compiled = torch.compile(_probe, dynamic=False)
-        if not torch.allclose(compiled(x), _probe(x), atol=1e-5):
+        with torch.enable_grad():
+            got, expected = compiled(x), _probe(x)
+            (got_gradient,) = torch.autograd.grad(got.sum(), x)
+            (expected_gradient,) = torch.autograd.grad(expected.sum(), x)
+        if not (torch.allclose(got, expected, atol=1e-5)
+                and torch.allclose(got_gradient, expected_gradient, atol=1e-5)):  # fmt: skip
             return "a compiled probe gave different numbers from eager"
     except Exception as error:  # any failure means: do not compile
         return describe(error)

@@ -103,8 +103,13 @@ CHECKPOINT_FILES = (WEIGHTS_FILE, "optimizer.pt", "state.pt")
 # CUDA device name, longest name first: MFU is measured against these.
 BF16_PEAK_FLOPS = {
     "H100 PCIe": 756e12,
+    "H100 NVL": 835e12,
     "H100": 989e12,
+    "H200 NVL": 835e12,
     "H200": 989e12,
+    "H800 PCIe": 756e12,
+    "H800": 989e12,
+    "H20": 148e12,
     "GH200": 989e12,
     "A100": 312e12,
     "L40S": 362e12,
@@ -436,6 +441,7 @@ class Trainer:
         self.evaluation_seconds = 0.0  # what the last evaluation took, with its checkpoints
         self.step_pace: float | None = None  # seconds a step, smoothed over reports (the ETA's)
         self.reported = False  # by this process: its first window holds the first step's compile
+        self.backward_ran = False  # a step's backward has run in this process
         self.autocast = autocast_dtype(config, self.device)
         self.peak_flops = peak_flops(self.device)
 
@@ -569,13 +575,7 @@ class Trainer:
         drawn = [self.train_batches.next(CPU) for _ in range(self.accumulation)]
         divisors, scored = self._loss_divisors([y for _, y in drawn])
         batches = [(to_device(x, self.device), to_device(y, self.device)) for x, y in drawn]
-        total = torch.zeros((), device=self.device)
-        for micro, ((x, y), divisor) in enumerate(zip(batches, divisors, strict=True)):
-            # Gradients are reduced across ranks on the last micro-batch only.
-            with gradient_sync(self.wrapped, micro == self.accumulation - 1):
-                _, loss = self._forward(x, y)
-                (loss / divisor).backward()
-            total += loss.detach() / divisor
+        total = self._forward_backward(batches, divisors)
         if self.ranks.distributed or not self.optimizer.defaults.get("fused"):
             return LaunchedStep(self.step + 1, total, rate, scored)
         found_inf = (~torch.isfinite(total)).float()
@@ -590,6 +590,37 @@ class Trainer:
         self.step += 1
         self.tokens_seen += scored
         return LaunchedStep(self.step, total, rate, scored, found_inf, norm)
+
+    def _forward_backward(self, batches, divisors) -> torch.Tensor:
+        """Accumulate one step's gradients; the step's loss, still on the device.
+
+        A compiled model compiles its backward lazily, at its first `backward()`, outside
+        Dynamo's error handling (`_forward`'s), so a compiler that lowers the forward but not
+        the backward fails here as a plain exception. On the first compiled step of a single
+        process the step is redone eager, with a warning, as `_forward` does for the forward;
+        after that step, or across ranks, the error is the run's."""
+        try:
+            total = self._accumulate(batches, divisors)
+        except Exception as error:
+            if self.backward_ran or self.model is self.module or self.parallel != "none":
+                raise
+            logger.warning("torch.compile failed on this model's backward (%s); training eager",
+                           describe(error))  # fmt: skip
+            self.model = self.module
+            self.optimizer.zero_grad(set_to_none=True)
+            total = self._accumulate(batches, divisors)
+        self.backward_ran = True
+        return total
+
+    def _accumulate(self, batches, divisors) -> torch.Tensor:
+        total = torch.zeros((), device=self.device)
+        for micro, ((x, y), divisor) in enumerate(zip(batches, divisors, strict=True)):
+            # Gradients are reduced across ranks on the last micro-batch only.
+            with gradient_sync(self.wrapped, micro == self.accumulation - 1):
+                _, loss = self._forward(x, y)
+                (loss / divisor).backward()
+            total += loss.detach() / divisor
+        return total
 
     def _not_finite_advice(self) -> str:
         return not_finite_advice(self.config, self.autocast)

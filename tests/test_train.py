@@ -912,6 +912,9 @@ def test_flops_per_token_match_the_sizing_helper(model):
 def test_mfu_peaks_are_matched_by_device_name():
     assert peak_flops_of("NVIDIA H100 80GB HBM3") == 989e12
     assert peak_flops_of("NVIDIA H100 PCIe") == 756e12
+    assert peak_flops_of("NVIDIA H100 NVL") == peak_flops_of("NVIDIA H200 NVL") == 835e12
+    assert peak_flops_of("NVIDIA H200") == peak_flops_of("NVIDIA H800") == 989e12
+    assert peak_flops_of("NVIDIA H20") == 148e12  # not an H200's
     assert peak_flops_of("NVIDIA GeForce GTX 1080") is None
     assert peak_flops_of("NVIDIA A100-SXM4-80GB") == 312e12
     assert peak_flops_of("NVIDIA L40") == 181e12  # not the L4's peak, a substring of its name
@@ -1026,6 +1029,51 @@ def test_a_model_that_fails_to_compile_at_its_first_step_trains_eager(
     assert "cannot lower" in caplog.text and run.model is run.module
     monkeypatch.undo()
     assert losses == trainer(tmp_path / "eager", settings).train().losses
+
+
+def test_a_model_whose_backward_fails_to_compile_trains_eager(tmp_path, monkeypatch, caplog):
+    """The backward compiles apart, at the first `backward()`, outside Dynamo's error
+    handling: failing there must not end the run either, nor leave a half-made gradient."""
+    import lm.compilation
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.aot_autograd import make_boxed_func
+
+    def failing_backward(graph, example_inputs):
+        raise RuntimeError("a backward this backend cannot lower")
+
+    backend = aot_autograd(fw_compiler=lambda graph, inputs: make_boxed_func(graph.forward),
+                           bw_compiler=failing_backward)  # fmt: skip
+    real_compile = torch.compile
+    monkeypatch.setattr(lm.compilation, "compiler_works", lambda device: None)
+    monkeypatch.setattr(lm.compilation.torch, "compile",
+                        lambda model, **options: real_compile(model, backend=backend))  # fmt: skip
+    settings = config(max_steps=3, eval_every=100, checkpoint_every=100, micro_batch=2)
+    run = trainer(tmp_path / "failing", settings.model_copy(update={"compile": True}))
+    assert run.model is not run.module
+    with caplog.at_level("WARNING", logger="lm.train"):
+        losses = run.train().losses
+    assert "torch.compile failed on this model's backward" in caplog.text
+    assert "backward this backend cannot lower" in caplog.text and run.model is run.module
+    monkeypatch.undo()
+    assert losses == trainer(tmp_path / "eager", settings).train().losses
+
+
+def test_the_compiler_probe_compiles_a_backward_too(monkeypatch):
+    """A toolchain that lowers forwards but not backwards is found before training starts,
+    where every rank of a distributed run can still fall back together."""
+    import lm.compilation
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.aot_autograd import make_boxed_func
+
+    def failing_backward(graph, example_inputs):
+        raise RuntimeError("no backward here")
+
+    backend = aot_autograd(fw_compiler=lambda graph, inputs: make_boxed_func(graph.forward),
+                           bw_compiler=failing_backward)  # fmt: skip
+    real_compile = torch.compile
+    monkeypatch.setattr(lm.compilation.torch, "compile",
+                        lambda model, **options: real_compile(model, backend=backend))  # fmt: skip
+    assert "no backward here" in lm.compilation.compiler_works(torch.device("cpu"))
 
 
 # -- kill -9 -------------------------------------------------------------------------------------
