@@ -94,7 +94,8 @@ def main() -> None:
     parser.add_argument("--accumulation", type=positive_int, default=1, help="micro-batches a step")
     parser.add_argument("--steps", type=positive_int, default=10)
     parser.add_argument("--attention", choices=sorted(ATTENTION), default="default")
-    parser.add_argument("--compile-mode", default=None, choices=list(torch._inductor.list_mode_options()),
+    parser.add_argument("--compile-mode", default=None,
+                        choices=list(torch._inductor.list_mode_options()),
                         help="torch.compile's mode")  # fmt: skip
     parser.add_argument("--top", type=positive_int, default=12, help="largest kernels listed")
     parser.add_argument("--inductor", action="append", default=[], metavar="NAME=VALUE",

@@ -1031,22 +1031,31 @@ def test_a_model_that_fails_to_compile_at_its_first_step_trains_eager(
     assert losses == trainer(tmp_path / "eager", settings).train().losses
 
 
-def test_a_model_whose_backward_fails_to_compile_trains_eager(tmp_path, monkeypatch, caplog):
-    """The backward compiles apart, at the first `backward()`, outside Dynamo's error
-    handling: failing there must not end the run either, nor leave a half-made gradient."""
-    import lm.compilation
+def compile_with_a_backward_that_fails(monkeypatch, message: str) -> None:
+    """`torch.compile` as `lm.compilation` calls it, with a backend whose forward compiles
+    and whose backward, compiled apart at the first `backward()`, raises `message`."""
     from torch._dynamo.backends.common import aot_autograd
     from torch._functorch.aot_autograd import make_boxed_func
 
+    import lm.compilation
+
     def failing_backward(graph, example_inputs):
-        raise RuntimeError("a backward this backend cannot lower")
+        raise RuntimeError(message)
 
     backend = aot_autograd(fw_compiler=lambda graph, inputs: make_boxed_func(graph.forward),
                            bw_compiler=failing_backward)  # fmt: skip
     real_compile = torch.compile
-    monkeypatch.setattr(lm.compilation, "compiler_works", lambda device: None)
     monkeypatch.setattr(lm.compilation.torch, "compile",
                         lambda model, **options: real_compile(model, backend=backend))  # fmt: skip
+
+
+def test_a_model_whose_backward_fails_to_compile_trains_eager(tmp_path, monkeypatch, caplog):
+    """The backward compiles apart, at the first `backward()`, outside Dynamo's error
+    handling: failing there must not end the run either, nor leave a half-made gradient."""
+    import lm.compilation
+
+    compile_with_a_backward_that_fails(monkeypatch, "a backward this backend cannot lower")
+    monkeypatch.setattr(lm.compilation, "compiler_works", lambda device: None)
     settings = config(max_steps=3, eval_every=100, checkpoint_every=100, micro_batch=2)
     run = trainer(tmp_path / "failing", settings.model_copy(update={"compile": True}))
     assert run.model is not run.module
@@ -1062,17 +1071,8 @@ def test_the_compiler_probe_compiles_a_backward_too(monkeypatch):
     """A toolchain that lowers forwards but not backwards is found before training starts,
     where every rank of a distributed run can still fall back together."""
     import lm.compilation
-    from torch._dynamo.backends.common import aot_autograd
-    from torch._functorch.aot_autograd import make_boxed_func
 
-    def failing_backward(graph, example_inputs):
-        raise RuntimeError("no backward here")
-
-    backend = aot_autograd(fw_compiler=lambda graph, inputs: make_boxed_func(graph.forward),
-                           bw_compiler=failing_backward)  # fmt: skip
-    real_compile = torch.compile
-    monkeypatch.setattr(lm.compilation.torch, "compile",
-                        lambda model, **options: real_compile(model, backend=backend))  # fmt: skip
+    compile_with_a_backward_that_fails(monkeypatch, "no backward here")
     assert "no backward here" in lm.compilation.compiler_works(torch.device("cpu"))
 
 
