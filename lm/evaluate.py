@@ -51,7 +51,6 @@ import json
 import logging
 import math
 import pickle
-import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from itertools import pairwise
@@ -69,10 +68,8 @@ from lm.checkpoints import DONE_MARKER, WEIGHTS_FILE, damage, digest_mismatch
 from lm.eval_config import EvalConfig
 from lm.models.base import LanguageModel
 from lm.progress import ProgressLog
+from lm.token_bytes import PieceBytes
 from lm.tokenizer import (
-    SPACE_SYMBOL,
-    UNKNOWN,
-    SentencePieceTokenizer,
     Tokenizer,
     load_tokenizer,
     tokenizer_file,
@@ -81,7 +78,6 @@ from lm.train import TokenBatches
 
 logger = logging.getLogger("lm.evaluate")
 DEFAULT_WINDOW = 256  # tokens per scored row for models without a block of their own
-BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 
 
 class EvaluationError(ValueError):
@@ -104,32 +100,22 @@ class TokenBytes:
 
     @classmethod
     def of(cls, tokenizer: Tokenizer) -> TokenBytes:
-        sentencepiece = isinstance(tokenizer, SentencePieceTokenizer)
-        lengths, spaced, unknown = [], [], None
-        for token_id in range(tokenizer.vocab_size):
-            piece = tokenizer.piece(token_id)
-            if piece == UNKNOWN:
-                unknown = token_id
-            if token_id == tokenizer.eot_id or piece == UNKNOWN or BYTE_PIECE.fullmatch(piece):
-                lengths.append(1)
-                spaced.append(False)
-            elif sentencepiece:
-                lengths.append(tokenizer.text_bytes(token_id))
-                spaced.append(piece.startswith(SPACE_SYMBOL))
-            else:
-                lengths.append(len(piece.encode()))
-                spaced.append(False)
-        table = cls(torch.tensor(lengths), torch.tensor(spaced), tokenizer.eot_id, 0, unknown)
-        if not sentencepiece:  # only SentencePiece adds a dummy prefix
-            return table
-        # A one-letter document measures the prefix: its tokens add up to 1 byte, or 2.
-        measured = int(table.lengths[tokenizer.encode("a")].sum()) - 1
-        return cls(table.lengths, table.starts_with_space, tokenizer.eot_id, int(measured == 1),
-                   unknown)  # fmt: skip
+        table = PieceBytes.of(tokenizer)
+        return cls(torch.from_numpy(table.lengths), torch.from_numpy(table.starts_with_space),
+                   table.eot_id, table.dummy_prefix, table.unknown_id)  # fmt: skip
 
     def unknown_targets(self, targets: torch.Tensor) -> int:
         """How many of `targets` are the unknown id."""
         return 0 if self.unknown_id is None else int((targets == self.unknown_id).sum())
+
+    def of_document_start(self, ids: np.ndarray) -> int:
+        """Bytes of the text that a document's first tokens `ids` stand for, counted as its
+        scored targets are (a cut through a character's byte pieces, or just before a
+        `▁word` piece, would not decode to the bytes of that part of the text)."""
+        if not len(ids):
+            return 0
+        total = int(self.lengths.numpy()[ids].sum())
+        return total - self.dummy_prefix * int(self.starts_with_space[int(ids[0])])
 
     def of_targets(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Bytes of each target token; `inputs` are the tokens before them (same shape). A

@@ -108,6 +108,18 @@ def ordered_boundaries(total_tokens: int, val: float, test: float) -> tuple[int,
     return train_end, max(val_end, train_end)
 
 
+def _part_bytes(tokens: np.ndarray, size: int, first: int, last: int,
+                start_bytes: Callable[[np.ndarray], int]) -> int:  # fmt: skip
+    """Bytes of `tokens[first:last]`, a part of a document of `size` bytes: the parts of a
+    document add up to its size, whatever `start_bytes` (bytes its first tokens stand for)
+    makes of text its tokens cannot spell."""
+
+    def before(count: int) -> int:
+        return size if count >= len(tokens) else min(size, start_bytes(tokens[:count]))
+
+    return max(0, before(last) - before(first))
+
+
 class OrderedSplitter:
     """nanoGPT's split for a corpus of documents: every document's tokens go to one stream, in
     corpus order, with end-of-text between documents (none after the last: a single text splits
@@ -116,7 +128,8 @@ class OrderedSplitter:
     The stream is written to a temporary file beside the shards and copied out in chunks, so
     memory stays bounded; per document it keeps only its start, length and byte count (24 bytes)
     to count the documents and text bytes of each shard. A document cut by a boundary counts in
-    both shards, and its bytes are divided by decoding the two parts."""
+    both shards, and its bytes are divided where its tokens are cut, by the bytes its tokens
+    before the cut stand for."""
 
     def __init__(self, folder: Path, tokenizer_digest: str, eot_id: int, vocab_size: int):
         self.folder = folder
@@ -138,10 +151,11 @@ class OrderedSplitter:
         self.tokens += len(tokens)
 
     def cut(
-        self, val: float, test: float, decode: Callable[[list[int]], str]
+        self, val: float, test: float, start_bytes: Callable[[np.ndarray], int]
     ) -> dict[str, ShardInfo]:
         """Write `train.bin`, `val.bin` and `test.bin` (with sidecars) and remove the stream.
-        `decode` turns token ids back into text, to count the bytes of a cut document's parts."""
+        `start_bytes` gives the bytes of text a document's first tokens stand for, to divide a
+        cut document's bytes between its parts (which add up to the document's bytes)."""
         self._file.close()
         train_end, val_end = ordered_boundaries(self.tokens, val, test)
         bounds = {"train": (0, train_end), "val": (train_end, val_end),
@@ -162,8 +176,10 @@ class OrderedSplitter:
             touching = np.flatnonzero((starts < high) & (ends > low) & ~inside)
             text_bytes = int(doc_bytes[inside].sum())
             for doc in touching:  # at most two: the documents cut at `low` and at `high`
-                part = stream[max(low, starts[doc]) : min(high, ends[doc])]
-                text_bytes += len(decode(part.tolist()).encode())
+                start, end = int(starts[doc]), int(ends[doc])
+                text_bytes += _part_bytes(np.asarray(stream[start:end]), int(doc_bytes[doc]),
+                                          max(low, start) - start, min(high, end) - start,
+                                          start_bytes)  # fmt: skip
             writer.write_span(stream[low:high], int(inside.sum()) + len(touching), text_bytes)
             infos[split] = writer.close()
         del stream

@@ -35,6 +35,7 @@ from lm.checkpoints import file_sha256
 from lm.config import RuntimeConfig, SplitConfig
 from lm.progress import ProgressLog
 from lm.text.clean import RowSlice, SlicePolicy, plan_slices
+from lm.token_bytes import PieceBytes
 from lm.tokenizer import (
     Tokenizer,
     TokenizerError,
@@ -50,8 +51,8 @@ from tasks.runners import make_task_runner, worker_count
 
 STAGE = "encode"
 VERSION = 2  # 2: the split method (hash or ordered), recorded in the shard sidecars
-CODE = ("lm/tokenizer.py", "storage/shards.py", "storage/corpus.py", "flows/encode_flow.py",
-        "tasks/encode.py")  # fmt: skip
+CODE = ("lm/tokenizer.py", "lm/token_bytes.py", "storage/shards.py", "storage/corpus.py",
+        "flows/encode_flow.py", "tasks/encode.py")  # fmt: skip
 # The slices' shards, inside the staging directory; removed before it is published.
 SCRATCH_DIR = "slices"
 # Slices of at least 32 MB of kept text: several seconds of encoding, which pays for a Prefect
@@ -220,7 +221,7 @@ def _encode_ordered(
             splitter.write(ids, n_bytes)
             done_bytes += n_bytes
         progress.update(done_bytes)
-    return splitter.cut(split.val, split.test, model.decode)
+    return splitter.cut(split.val, split.test, PieceBytes.of(model).of_document_start)
 
 
 def _iter_split_texts_by_doc_id(documents: Path, split: str) -> Iterator[list[str]]:

@@ -16,6 +16,7 @@ from lm.config import ConfigError, SplitConfig, load_config
 from lm.text.clean import split_of
 from lm.text.normalize import normalize_text
 from lm.text.sources import InputError, resolve_sources
+from lm.token_bytes import PieceBytes
 from storage.artifacts import Descriptor
 from storage.shards import OrderedSplitter, open_shard, ordered_boundaries, read_shard_info
 from tests.helpers import prose, write_config
@@ -32,7 +33,7 @@ def data_stages(settings):
 
     raw = ingest_task.fn(settings.ingest)
     corpus = clean_task.fn(raw, settings.clean, settings.split)
-    tokenizer = tokenizer_task.fn(corpus, settings.tokenizer)
+    tokenizer = tokenizer_task.fn(corpus, settings.tokenizer, settings.split)
     return corpus, tokenizer, encode_task.fn(corpus, tokenizer, settings.split)
 
 
@@ -79,6 +80,29 @@ def test_ordered_split_cuts_one_document_by_position_into_a_prefix_and_the_rest(
     assert [info.documents for info in infos.values()] == [1, 1, 1]
     assert sum(info.text_bytes for info in infos.values()) == len(normalize_text(text).encode())
     assert shards.stats["split_method"] == "ordered"
+
+
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_under_an_ordered_split_the_tokenizer_learns_from_the_head_of_the_stream(
+    workspace, tmp_path, kind
+):
+    """Every document is labelled train until encode cuts the stream: the tokenizer must still
+    learn from the train part only, or the held-out tail shapes its vocabulary."""
+    head = prose(3, 1500)
+    tail = " ".join(["zyqwx§"] * 300)  # only in the last 30 %: a character and a word
+    (tmp_path / "book.txt").write_text(head + "\n" + tail)
+    settings = load_config(
+        str(write_config(tmp_path / "c.toml", [{"path": str(tmp_path / "book.txt")}], ORDERED)),
+        ["clean.quality.enabled=false",
+         f'tokenizer={{kind="{kind}"{", vocab_size=500" if kind == "bpe" else ""}}}'],
+    )  # fmt: skip
+    assert len(tail.encode()) < 0.3 * len((head + "\n" + tail).encode())
+    corpus, tokenizer, _ = data_stages(settings)
+    assert corpus.stats["kept"] == 1  # the tail is in the corpus, in the stream's test part
+    model = loaded_tokenizer(workspace, tokenizer)
+    pieces = [model.piece(i) for i in range(model.vocab_size)]
+    assert not any("§" in piece or "zyq" in piece for piece in pieces)
+    assert any("th" in piece for piece in pieces) or kind == "char"
 
 
 def test_ordered_split_ignores_the_hash_split_and_keeps_corpus_order(workspace, tmp_path):
@@ -157,6 +181,34 @@ def test_encode_cache_key_follows_the_split_settings():
     assert len(keys) == 4
 
 
+@pytest.mark.parametrize("text", ["Small words and longer sentences " * 20, "漢字かな交じり" * 20],
+                         ids=["before-a-word", "inside-a-character"])  # fmt: skip
+def test_the_parts_of_a_document_cut_anywhere_add_up_to_its_bytes(tmp_path, text):
+    """Decoding a part misjudged its bytes: a part that starts with a `▁word` piece lost the
+    space (read as the dummy prefix), and a character cut between its byte pieces decoded to
+    U+FFFD (3 bytes for each dangling byte)."""
+    from lm.config import TokenizerConfig
+    from lm.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer([prose(seed, 200) for seed in range(5)],
+                                TokenizerConfig(kind="bpe", vocab_size=300))  # fmt: skip
+    ids = tokenizer.encode(text)
+    start_bytes = PieceBytes.of(tokenizer).of_document_start
+    for val in (0.31, 0.5, 0.77, 0.93):
+        folder = tmp_path / str(val)
+        folder.mkdir()
+        splitter = OrderedSplitter(folder, "d" * 64, tokenizer.eot_id, tokenizer.vocab_size)
+        splitter.write(ids, len(text.encode()))
+        infos = splitter.cut(val=val, test=0.0, start_bytes=start_bytes)
+        train, rest = infos["train"].tokens, ids[infos["train"].tokens :]
+        assert infos["train"].text_bytes + infos["val"].text_bytes == len(text.encode())
+        if tokenizer.decode(ids[:train]) + tokenizer.decode(rest) == text:  # a clean cut
+            assert infos["train"].text_bytes == len(tokenizer.decode(ids[:train]).encode())
+        if not text.isascii():  # every character spelled by byte pieces, after one "▁"
+            assert ids[0] == tokenizer.encode(" ")[0] and len(ids) == len(text.encode()) + 1
+            assert infos["val"].text_bytes == infos["val"].tokens  # a byte each, however cut
+
+
 def test_a_document_cut_by_a_boundary_counts_its_bytes_on_each_side(tmp_path):
     from lm.tokenizer import CharTokenizer
 
@@ -165,7 +217,7 @@ def test_a_document_cut_by_a_boundary_counts_its_bytes_on_each_side(tmp_path):
     documents = ["éé€€ zz", "a€a"]  # 7 + 3 characters, 13 + 5 bytes, one separator
     for text in documents:
         splitter.write(tokenizer.encode(text), len(text.encode()))
-    infos = splitter.cut(val=0.5, test=0.0, decode=tokenizer.decode)
+    infos = splitter.cut(val=0.5, test=0.0, start_bytes=PieceBytes.of(tokenizer).of_document_start)
     assert ordered_boundaries(11, 0.5, 0.0) == (5, 11)
     # train: "éé€€ " (2 + 2 + 3 + 3 + 1 bytes); val: "zz", the separator, "a€a"
     assert (infos["train"].tokens, infos["train"].text_bytes, infos["train"].documents) == (
