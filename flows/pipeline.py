@@ -529,6 +529,7 @@ def encode_corpus(
         tokenizer=tokenizer,
         split=settings.split,
         runtime=settings.runtime,
+        threads=settings.tokenizer.threads,
     )
 
 

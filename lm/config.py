@@ -263,7 +263,23 @@ class TokenizerConfig(StrictModel):
                 )
             if symbol in symbols[:index]:
                 raise ValueError(f"[{index}] {symbol!r} is listed twice")
+            if any(char.isspace() for char in symbol):
+                # SentencePiece matches symbols in its own spelling of the text, where a space
+                # is "▁": "New York" never matched, a piece that took a slot and was never used.
+                spelled = "\u2581".join(symbol.split())
+                raise ValueError(
+                    f"[{index}] {symbol!r} holds whitespace, which a symbol never matches: "
+                    f"SentencePiece spells a space '\u2581' ({spelled!r} matches the words "
+                    "with one space between them)"
+                )
         return symbols
+
+    @field_validator("input_sentence_size")
+    @classmethod
+    def _sample_sentencepiece_takes(cls, size: int) -> int:
+        if 0 < size <= 100:  # SentencePiece's trainer refuses these, after the data stages
+            raise ValueError(f"{size} is too few: 0 (every line) or more than 100 lines")
+        return size
 
     @model_validator(mode="after")
     def _room_for_the_byte_pieces(self) -> TokenizerConfig:

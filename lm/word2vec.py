@@ -164,15 +164,24 @@ def evaluate_vectors(vectors, config: Word2VecConfig) -> dict:
             metrics.update(_similarity_scores(vectors, name, path))
     neighbours = {}
     for probe in config.probes:
-        # As written, else lowercased: `words` vectors are lowercase (gensim's preprocessing),
-        # pieces keep the text's case ("▁Australia").
-        word = probe if probe in vectors.key_to_index else probe.lower()
-        if word not in vectors.key_to_index:
+        word = _key_of(probe, vectors)
+        if word is None:
             logger.warning("word2vec: probe word '%s' is not in the vocabulary; skipped", probe)
             continue
         neighbours[word] = [w for w, _ in vectors.most_similar(word, topn=config.neighbours)]
     metrics["neighbours"] = neighbours
     return metrics
+
+
+def _key_of(probe: str, vectors) -> str | None:
+    """The key a probe word looks up: as written, else in any case, the most frequent such
+    key first (`words` vectors are lowercase, gensim's preprocessing; pieces keep the text's
+    case, so "france" finds "France"), as the evaluation sets match words; None if absent."""
+    if probe in vectors.key_to_index:
+        return probe
+    folded = probe.casefold()
+    # `index_to_key` runs from the most frequent key down.
+    return next((key for key in vectors.index_to_key if key.casefold() == folded), None)
 
 
 MIN_SIMILARITY_PAIRS = 3  # a correlation over two pairs is always ±1: no evidence

@@ -70,9 +70,10 @@ def encode_key(
     tokenizer: Descriptor,
     split: SplitConfig = SplitConfig(),
     runtime: RuntimeConfig | None = None,
+    threads: int = 0,
 ) -> str:
     """Depends on the split settings: with `ordered` they decide where the stream is cut. Not
-    on the runtime: the runner and the worker count never change the shards."""
+    on the runtime nor the encoding threads: they never change the shards."""
     return stage_key(
         STAGE, VERSION, split.digest(), [corpus.digest, tokenizer.digest], code_digest(*CODE)
     )
@@ -103,7 +104,10 @@ def encode_task(
     tokenizer: Descriptor,
     split: SplitConfig = SplitConfig(),
     runtime: RuntimeConfig | None = None,
+    threads: int = 0,
 ) -> Descriptor:
+    """`threads`: SentencePiece's encoding threads in each process (`tokenizer.threads`; 0:
+    this machine's cores, shared among the processes encoding)."""
     runtime = runtime or RuntimeConfig()
     workspace = Workspace.from_env()
     store = shards_store(workspace)
@@ -112,7 +116,7 @@ def encode_task(
     if existing is not None:
         return reused(existing)
     tokenizer_folder = workspace.resolve(tokenizer.path)
-    model = load_tokenizer(tokenizer_folder)
+    model = load_tokenizer(tokenizer_folder, threads)
     if model.digest != tokenizer.digest:
         raise TokenizerError(
             f"{tokenizer_folder}: the tokenizer there has digest {model.digest}, "
@@ -127,7 +131,7 @@ def encode_task(
             infos, fan_out = _encode_by_doc_id(documents, model, staging, progress), INLINE
         else:
             infos, fan_out = _encode_by_hash(
-                documents, model, tokenizer_folder, runtime, staging, progress
+                documents, model, tokenizer_folder, runtime, staging, progress, threads
             )
         progress.finish()
         counts = ("tokens", "documents", "text_bytes")
@@ -161,6 +165,7 @@ def _encode_by_hash(
     runtime: RuntimeConfig,
     staging: Path,
     progress: ProgressLog,
+    threads: int = 0,
 ) -> tuple[dict[str, ShardInfo], dict]:
     """Every kept document into its split's shard, in corpus order: fanned out over slices on
     the runtime's task runner, or here when that adds no cores or the corpus is small."""
@@ -180,7 +185,7 @@ def _encode_by_hash(
             documents=str(documents),
             slices=slices,
             tokenizer=str(tokenizer_folder),
-            threads=tokenizer_threads(runtime, workers),
+            threads=threads or tokenizer_threads(runtime, workers),
             scratch=str(scratch),
         )
         append_slices(pieces, writers)

@@ -4,12 +4,20 @@ vectors, their evaluation and a labelled projection under `artifacts/word2vec/<k
 On words, the key leaves the tokenizer out, so a tokenizer change does not retrain it. Under
 `split.method = "ordered"` every document is in the corpus's train split and the val and test
 text is the end of the token stream, so the vectors learn from the train shard's documents
-(decoded), never from text the models are scored on; the shards' digest is then in the key."""
+(decoded), never from text the models are scored on; the shards' digest is then in the key.
+
+The vectors are kept apart too (`artifacts/word2vec-vectors/<key>`, keyed without the settings
+that only look at them: `probes`, `neighbours`, `projection`), so that new probe words evaluate
+the vectors trained before instead of training them again (hours on a large corpus)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
+import shutil
+from pathlib import Path
 
 from prefect import task
 
@@ -36,13 +44,33 @@ CODE = (
     "lm/word2vec.py", "lm/tokenizer.py", "lm/config.py", "storage/corpus.py", "storage/shards.py",
     "lm/gensim_data.py", "tasks/word2vec.py",
 )  # fmt: skip
+VECTORS = "word2vec-vectors"
+# Settings that evaluate or show the vectors, never change them: not in the vectors' key.
+EVALUATION_ONLY = ("probes", "neighbours", "projection")
 VECTORS_FILE = "vectors.kv"
 METRICS_FILE = "metrics.json"
 PROJECTION_FILE = "projection.png"
+logger = logging.getLogger("lm.word2vec")
 
 
 def word2vec_store(workspace: Workspace) -> ArtifactStore:
     return ArtifactStore(workspace.artifacts / STAGE, workspace.root)
+
+
+def vectors_store(workspace: Workspace) -> ArtifactStore:
+    return ArtifactStore(workspace.artifacts / VECTORS, workspace.root)
+
+
+def vectors_key(
+    corpus: Descriptor,
+    tokenizer: Descriptor,
+    config: Word2VecConfig,
+    ordered_shards: Descriptor | None = None,
+) -> str:
+    """The key of the vectors alone: `word2vec_key` without the settings that only evaluate."""
+    defaults = {name: Word2VecConfig.model_fields[name].default for name in EVALUATION_ONLY}
+    trained_by = config.model_copy(update=defaults)
+    return _key(VECTORS, corpus, tokenizer, trained_by, ordered_shards)
 
 
 def word2vec_key(
@@ -51,10 +79,20 @@ def word2vec_key(
     config: Word2VecConfig,
     ordered_shards: Descriptor | None = None,
 ) -> str:
+    return _key(STAGE, corpus, tokenizer, config, ordered_shards)
+
+
+def _key(
+    stage: str,
+    corpus: Descriptor,
+    tokenizer: Descriptor,
+    config: Word2VecConfig,
+    ordered_shards: Descriptor | None,
+) -> str:
     upstream = [corpus.digest] + ([tokenizer.digest] if config.input == "pieces" else [])
     if ordered_shards is not None:
         upstream.append(ordered_shards.digest)
-    return stage_key(STAGE, VERSION, config.digest(), upstream, code_digest(*CODE))
+    return stage_key(stage, VERSION, config.digest(), upstream, code_digest(*CODE))
 
 
 @task(name=STAGE, cache_key_fn=cache_key_from(word2vec_key), persist_result=True)
@@ -71,6 +109,68 @@ def word2vec_task(
     existing = store.load_descriptor(key)
     if existing is not None:
         return reused(existing)
+    vectors, trained = _stored_vectors(workspace, corpus, tokenizer, config, ordered_shards)
+    metrics = evaluate_vectors(vectors, config)
+    with store.build(key) as staging:
+        for file in workspace.resolve(trained.path).glob(f"{VECTORS_FILE}*"):
+            _link(file, staging / file.name)  # gensim may keep large arrays in files beside it
+        (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
+        shown = whole_word_view(vectors) if config.input == "pieces" else vectors
+        plot_projection(shown, metrics["neighbours"], config.projection, staging / PROJECTION_FILE)
+        descriptor = store.describe(
+            staging,
+            STAGE,
+            key,
+            trained.digest,
+            {k: v for k, v in metrics.items() if k != "neighbours"},
+        )
+    return descriptor
+
+
+def _link(source: Path, target: Path) -> None:
+    """A hard link (the vectors once on disk), or a copy where links are not to be had."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _stored_vectors(
+    workspace: Workspace,
+    corpus: Descriptor,
+    tokenizer: Descriptor,
+    config: Word2VecConfig,
+    ordered_shards: Descriptor | None,
+):
+    """(the vectors, their descriptor in the vectors store): those stored under `vectors_key`,
+    else trained and stored."""
+    from gensim.models import KeyedVectors
+
+    store = vectors_store(workspace)
+    key = vectors_key(corpus, tokenizer, config, ordered_shards)
+    existing = store.load_descriptor(key)
+    if existing is not None:
+        logger.info("word2vec: the vectors are those trained before (%s); evaluating them",
+                    key[:12])  # fmt: skip
+        path = workspace.resolve(existing.path) / VECTORS_FILE
+        return KeyedVectors.load(str(path)), existing
+    vectors = _train(workspace, corpus, tokenizer, config, ordered_shards)
+    digest = hashlib.sha256(vectors.vectors.tobytes())
+    digest.update("\n".join(vectors.index_to_key).encode())
+    with store.build(key) as staging:
+        vectors.save(str(staging / VECTORS_FILE))
+        stored = store.describe(staging, VECTORS, key, digest.hexdigest(),
+                                {"vocabulary": len(vectors.key_to_index)})  # fmt: skip
+    return vectors, stored
+
+
+def _train(
+    workspace: Workspace,
+    corpus: Descriptor,
+    tokenizer: Descriptor,
+    config: Word2VecConfig,
+    ordered_shards: Descriptor | None,
+):
     model = load_tokenizer(workspace.resolve(tokenizer.path))
     if ordered_shards is not None:
         train_shard = workspace.resolve(ordered_shards.path) / "train.bin"
@@ -89,20 +189,4 @@ def word2vec_task(
         sentences = SentenceStream(documents, piece_sentences(model))
     else:
         sentences = SentenceStream(documents, words_of)
-    vectors = train_word2vec(sentences, config)
-    metrics = evaluate_vectors(vectors, config)
-    digest = hashlib.sha256(vectors.vectors.tobytes())
-    digest.update("\n".join(vectors.index_to_key).encode())
-    with store.build(key) as staging:
-        vectors.save(str(staging / VECTORS_FILE))
-        (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
-        shown = whole_word_view(vectors) if config.input == "pieces" else vectors
-        plot_projection(shown, metrics["neighbours"], config.projection, staging / PROJECTION_FILE)
-        descriptor = store.describe(
-            staging,
-            STAGE,
-            key,
-            digest.hexdigest(),
-            {k: v for k, v in metrics.items() if k != "neighbours"},
-        )
-    return descriptor
+    return train_word2vec(sentences, config)

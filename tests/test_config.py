@@ -587,6 +587,9 @@ def test_every_toml_example_in_readme_is_a_config_lmforge_accepts(tmp_path):
         ("tokenizer.user_defined_symbols=['<a>', '<a>']", "[1] '<a>' is listed twice"),
         ("tokenizer.user_defined_symbols=['']", "[0] is empty"),
         ("tokenizer.user_defined_symbols=['<0x41>']", "[0] '<0x41>' is a piece every"),
+        ("tokenizer.user_defined_symbols=['New York']", "holds whitespace, which a symbol never"),
+        ("tokenizer.user_defined_symbols=['a  b']", "('a▁b' matches the words"),
+        ("tokenizer.input_sentence_size=100", "100 is too few: 0 (every line) or more than 100"),
         ("tokenizer.max_sentence_length=2147483648", "less than or equal to 1073741824"),
     ],
 )

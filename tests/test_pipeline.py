@@ -107,6 +107,20 @@ def test_a_renamed_source_file_encoding_to_the_same_tokens_trains_nothing(
     assert second["models"][-1]["val_bpb"] == first["models"][-1]["val_bpb"]
 
 
+def test_under_shuffle_a_file_renamed_to_another_place_in_the_list_trains_nothing(
+    workspace, config, tmp_path
+):
+    """The corpus lists files by path, and a hash split's shards follow it: a rename that moves
+    a file in that list reorders them (and trains again); shuffled shards follow content."""
+    shuffled = [*TINY_GPT, "split.shuffle=true"]
+    first = run_pipeline(config, shuffled)
+    (tmp_path / "texts" / "doc05.txt").rename(tmp_path / "texts" / "aaa-first-now.txt")
+    second = run_pipeline(config, shuffled)
+    states = stage_states(second)
+    assert second["corpus"]["digest"] != first["corpus"]["digest"]
+    assert states["encode"] == "ran" and states["train"] == states["evaluate"] == "cached"
+
+
 def test_every_stage_is_journaled_beside_the_run_s_metrics_as_it_finishes(workspace, config):
     """The journal a killed run leaves holds what the record of a finished one does, times
     included: each stage is recorded as finished when it finished, not when the run ended."""
@@ -336,6 +350,35 @@ def test_tokenizer_and_word2vec_changes_rerun_only_what_depends_on_them(workspac
     }  # fmt: skip
     on_pieces = run_pipeline(config, [*word2vec, 'word2vec.input="pieces"'])
     assert stage_states(on_pieces)["word2vec"] == "ran"
+
+
+def test_new_probe_words_evaluate_the_vectors_trained_before(workspace, config, monkeypatch):
+    """Probes, neighbours and the projection only look at the vectors: changing them retrained
+    word2vec (hours on a large corpus) to the same vectors."""
+    import tasks.word2vec
+
+    word2vec = ["word2vec.enabled=true", "word2vec.vector_size=16", "word2vec.epochs=1",
+                "word2vec.min_count=1", 'word2vec.projection="pca"']  # fmt: skip
+    first = run_pipeline(config, word2vec)
+    trainings = []
+    real_train = tasks.word2vec.train_word2vec
+    monkeypatch.setattr(tasks.word2vec, "train_word2vec",
+                        lambda *args: trainings.append(args) or real_train(*args))  # fmt: skip
+    probed = run_pipeline(config, [*word2vec, 'word2vec.probes=["zzz", "river"]',
+                                   "word2vec.neighbours=2", 'word2vec.projection="tsne"'])
+    assert stage_states(probed)["word2vec"] == "ran" and trainings == []
+
+    def word2vec_stage(summary):
+        return next(stage for stage in summary["stages"] if stage["stage"] == "word2vec")
+
+    before, after = word2vec_stage(first), word2vec_stage(probed)
+    assert before["output_digest"] == after["output_digest"]  # the same vectors
+    assert before["output_path"] != after["output_path"]
+    metrics = json.loads((workspace.resolve(after["output_path"]) / "metrics.json").read_text())
+    assert set(metrics["neighbours"]) == {"river"}
+    assert all(len(near) == 2 for near in metrics["neighbours"].values())
+    epochs_changed = run_pipeline(config, [*word2vec, "word2vec.epochs=2"])
+    assert stage_states(epochs_changed)["word2vec"] == "ran" and len(trainings) == 1
 
 
 def test_word2vec_under_the_ordered_split_learns_only_the_train_part_of_the_stream(

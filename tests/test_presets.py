@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -123,6 +125,34 @@ def test_ordered_split_ignores_the_hash_split_and_keeps_corpus_order(workspace, 
     parts = shard_arrays(workspace, shards, tokenizer)
     assert np.concatenate(list(parts.values())).tolist() == expected
     assert len(parts["train"]) == int(len(expected) * 0.7)
+
+
+def test_encoding_runs_on_the_threads_tokenizer_threads_asks_for(workspace, tmp_path, monkeypatch):
+    """`tokenizer.threads` ("encoding threads") reached the tokenizer stage's statistics only:
+    encode loaded the tokenizer on every core."""
+    import tasks.encode
+    from flows.pipeline import encode_corpus
+
+    (tmp_path / "book.txt").write_text(prose(5, 400))
+    settings = load_config(
+        str(write_config(tmp_path / "c.toml", [{"path": str(tmp_path / "book.txt")}])),
+        ['tokenizer={kind="bpe", vocab_size=300, threads=1}'],
+    )
+    corpus, tokenizer, _ = data_stages(settings)
+    loaded = []
+    real_load = tasks.encode.load_tokenizer
+    monkeypatch.setattr(
+        tasks.encode,
+        "load_tokenizer",
+        lambda folder, threads=0: loaded.append(threads) or real_load(folder),
+    )
+    monkeypatch.setattr(
+        "flows.pipeline.run_stage",
+        lambda run, task, key, store, stage_name=None, **kw: task.fn(**kw),
+    )
+    shutil.rmtree(workspace.artifacts / "shards")  # encoded again, here
+    encode_corpus(SimpleNamespace(workspace=workspace), settings, corpus, tokenizer)
+    assert loaded == [1]
 
 
 def test_hash_split_shards_are_marked_hash(workspace, tmp_path):

@@ -53,13 +53,19 @@ def test_evaluation_reports_every_set_and_warns_about_absent_probes(caplog):
 
 def test_a_probe_is_found_as_written_among_pieces_and_lowercased_among_words():
     """Pieces keep the text's case (`▁Australia`): the probe was lowercased, then reported
-    missing. Words are lowercase, so `River` finds `river` there."""
+    missing; and `australia` did not find `▁Australia`. Words are lowercase, so `River` finds
+    `river` there."""
     sentences = [["▁" + word.capitalize() if i % 2 else "▁" + word for i, word in enumerate(s)]
                  for s in small_sentences()]  # fmt: skip
     pieces = train_word2vec(sentences, SMALL.model_copy(update={"input": "pieces"}))
     capitalised = next(k[1:] for k in pieces.index_to_key if k[1:2].isupper() and len(k) > 3)
     config = SMALL.model_copy(update={"input": "pieces", "probes": [capitalised]})
     assert list(evaluate_vectors(pieces, config)["neighbours"]) == [capitalised]
+    # A lowercase probe finds a capitalised piece, as the evaluation sets match any case.
+    named = train_word2vec(sentences + [["▁Zanzibar", "▁river", "▁bank"]] * 5,
+                           SMALL.model_copy(update={"input": "pieces"}))  # fmt: skip
+    config = SMALL.model_copy(update={"input": "pieces", "probes": ["zanzibar"]})
+    assert list(evaluate_vectors(named, config)["neighbours"]) == ["Zanzibar"]
     words = train_word2vec(small_sentences(), SMALL)
     config = SMALL.model_copy(update={"probes": ["River"]})
     assert list(evaluate_vectors(words, config)["neighbours"]) == ["river"]
