@@ -364,8 +364,15 @@ def test_new_probe_words_evaluate_the_vectors_trained_before(workspace, config, 
     real_train = tasks.word2vec.train_word2vec
     monkeypatch.setattr(tasks.word2vec, "train_word2vec",
                         lambda *args: trainings.append(args) or real_train(*args))  # fmt: skip
-    probed = run_pipeline(config, [*word2vec, 'word2vec.probes=["zzz", "river"]',
-                                   "word2vec.neighbours=2", 'word2vec.projection="tsne"'])
+    probed = run_pipeline(
+        config,
+        [
+            *word2vec,
+            'word2vec.probes=["zzz", "river"]',
+            "word2vec.neighbours=2",
+            'word2vec.projection="tsne"',
+        ],
+    )
     assert stage_states(probed)["word2vec"] == "ran" and trainings == []
 
     def word2vec_stage(summary):
