@@ -90,6 +90,18 @@ def test_a_recursive_glob_reads_each_file_once_and_never_follows_a_linked_folder
     assert len(warnings) == 1 and str(data / "x") in warnings[0] and "sub/up" in warnings[0]
 
 
+def test_a_link_to_nothing_in_a_folder_or_a_glob_is_named_not_dropped_silently(tmp_path, caplog):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_text("alpha")
+    (tmp_path / "d" / "gone.txt").symlink_to(tmp_path / "nowhere.txt")
+    for source in (tmp_path / "d", tmp_path / "d" / "*.txt"):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="lm.text.sources"):
+            assert [d.text for d in read(tmp_path, str(source))] == ["alpha"]
+        said = [r.getMessage() for r in caplog.records if "links to nothing" in r.getMessage()]
+        assert len(said) == 1 and said[0].endswith(str(tmp_path / "d" / "gone.txt"))
+
+
 def test_a_file_that_two_sources_reach_is_read_once_with_a_warning(tmp_path, caplog):
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "a.txt").write_text("alpha")
@@ -207,6 +219,14 @@ def test_a_damaged_bz2_is_named_damaged_not_blamed_on_its_content(tmp_path):
     (tmp_path / "bad.jsonl.bz2").write_bytes(bz2.compress(b'{"text": "fine"}\nnot json\n'))
     with pytest.raises(InputError, match=r"bad\.jsonl\.bz2:2: the line is not valid JSON"):
         read(tmp_path, str(tmp_path / "bad.jsonl.bz2"))  # a whole stream: its content is at fault
+
+
+def test_a_jsonl_line_cut_inside_a_string_is_said_to_be_unterminated(tmp_path):
+    """The line went to `json.loads` with its newline, read as a control character inside
+    the string: "Invalid control character at column 30" for a line cut short."""
+    (tmp_path / "cut.jsonl").write_text('{"text": "fine"}\n{"id": 99, "text": "broken\n')
+    with pytest.raises(InputError, match=r"cut\.jsonl:2: .*\(Unterminated string starting at"):
+        read(tmp_path, str(tmp_path / "cut.jsonl"))
 
 
 def test_a_jsonl_null_text_is_skipped_as_a_parquet_null_and_a_number_is_named(tmp_path):
@@ -646,7 +666,23 @@ def test_invalid_utf8_is_an_error_naming_file_and_byte_unless_replace_is_asked(t
     with caplog.at_level(logging.WARNING):
         docs = read(tmp_path, str(path), errors="replace")
     assert docs[0].text == "line one\ncaf\ufffd au lait"
-    assert "latin1.txt: invalid UTF-8 replaced" in caplog.text
+    assert "latin1.txt: invalid UTF-8 at byte 12 (line 2) replaced with U+FFFD" in caplog.text
+
+
+def test_a_whole_file_s_replacements_are_placed_and_counted_as_lines_are(tmp_path, caplog):
+    """Read whole, a file said "invalid UTF-8 replaced" once, with no place and no count."""
+    path = tmp_path / "cafes.txt"
+    path.write_bytes(b"".join(b"caf\xe9 number %d\n" % i for i in range(1, 6)))
+    with caplog.at_level(logging.WARNING):
+        docs = read(tmp_path, str(path), errors="replace")
+    assert docs[0].text.count("\ufffd") == 5
+    said = [r.getMessage() for r in caplog.records if "U+FFFD" in r.getMessage()]
+    assert said == [
+        f"{path}: invalid UTF-8 at byte 3 (line 1) replaced with U+FFFD",
+        f"{path}: invalid UTF-8 at byte 17 (line 2) replaced with U+FFFD",
+        f"{path}: invalid UTF-8 at byte 31 (line 3) replaced with U+FFFD",
+        f"{path}: invalid text replaced with U+FFFD in 5 places in all (the first 3 named above)",
+    ]
 
 
 def test_truncated_bz2_names_the_file(tmp_path):
@@ -720,7 +756,7 @@ def test_invalid_utf16_follows_encoding_errors(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         docs = read(tmp_path, str(path), errors="replace")
     assert [d.text for d in docs] == ["ab\ufffdc"]
-    assert "bad16.txt: invalid UTF-16 replaced with U+FFFD" in caplog.text
+    assert "bad16.txt: invalid UTF-16 at byte 6 (line 1) replaced with U+FFFD" in caplog.text
 
 
 def test_parquet_column_that_is_not_text_is_refused(tmp_path):

@@ -18,6 +18,7 @@ import logging
 import lzma
 import re
 import sys
+import threading
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -311,8 +312,35 @@ def _decode(
                 f"{item.name}: invalid {label} {position}; fix the file or set "
                 'ingest.encoding_errors = "replace" to substitute U+FFFD'
             ) from None
-        replaced.note(where, f"invalid {label}")
-        return data.decode(encoding, errors="replace")
+        if line:
+            replaced.note(where, f"invalid {label}")
+            return data.decode(encoding, errors="replace")
+        # A whole file: each invalid sequence noted where it is, as lines are (the first few
+        # by place, then a count), not one line for the file.
+        _invalid_offsets.found = []
+        text = data.decode(encoding, errors=NOTE_AND_REPLACE)
+        found = _invalid_offsets.found
+        for offset in found[: Replacements.SHOWN]:  # the line of each shown, not of every one
+            line_no = data[:offset].decode(encoding, "replace").count("\n") + 1
+            replaced.note(item.name, f"invalid {label} at byte {offset} (line {line_no})")
+        replaced.count += max(0, len(found) - Replacements.SHOWN)
+        return text
+
+
+# The byte offsets of the invalid sequences of the decode in progress, per thread (ingest may
+# read files on several).
+_invalid_offsets = threading.local()
+NOTE_AND_REPLACE = "lmforge-note-and-replace"
+
+
+def _note_and_replace(error: UnicodeError) -> tuple[str, int]:
+    """Python's "replace" (one U+FFFD for each invalid sequence), noting where each was."""
+    assert isinstance(error, UnicodeDecodeError)
+    _invalid_offsets.found.append(error.start)
+    return "\ufffd", error.end
+
+
+codecs.register_error(NOTE_AND_REPLACE, _note_and_replace)
 
 
 def _read_text(
@@ -409,8 +437,8 @@ def _read_jsonl(
             line = line.removeprefix("\ufeff")  # json.loads refuses a BOM in a str
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
+        try:  # without its line ending, which would be the "invalid control character" of
+            record = json.loads(line.rstrip("\r\n"))  # a line cut inside a string
         except json.JSONDecodeError as error:
             # Some messages end in "at", expecting the position that str(error) appends.
             reason = f"{error.msg.removesuffix(' at')} at column {error.colno}"

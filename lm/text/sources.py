@@ -159,13 +159,16 @@ def glob_files(pattern: str) -> list[Path]:
     if rest[-1] == "**":  # "every file below": pathlib's bare `**` lists folders only
         rest.append("*")
     hidden_asked = any(part.startswith(".") for part in rest)
-    matches = set()
+    matches, broken = set(), []
     for path in base.glob(str(Path(*rest))):
         relative = path.relative_to(base).parts
         if not hidden_asked and any(part.startswith(".") for part in relative):
             continue
         if path.is_file():
             matches.add(path)
+        elif path.is_symlink() and not path.exists():
+            broken.append(path)
+    _warn_of_broken_links(pattern, broken)
     return sorted(matches)
 
 
@@ -179,7 +182,7 @@ def folder_files(folder: Path) -> list[Path]:
     """Every file below `folder`, sorted, but hidden ones (a name with a leading dot, or in
     such a folder). Linked files are read; linked folders are not followed (a link to a
     folder above would loop), and a warning names them."""
-    files, linked_folders = [], []
+    files, linked_folders, broken = [], [], []
     for path in folder.rglob("*"):
         if any(part.startswith(".") for part in path.relative_to(folder).parts):
             continue
@@ -187,12 +190,25 @@ def folder_files(folder: Path) -> list[Path]:
             files.append(path)
         elif path.is_symlink() and path.is_dir():
             linked_folders.append(path)
+        elif path.is_symlink() and not path.exists():
+            broken.append(path)
     if linked_folders:
-        shown = ", ".join(str(p) for p in sorted(linked_folders)[:3])
-        more = f" and {len(linked_folders) - 3} more" if len(linked_folders) > 3 else ""
-        _warn_once(f"{folder}: linked folders are not followed: {shown}{more} (list them as "
-                   "sources to read them)")  # fmt: skip
+        _warn_once(f"{folder}: linked folders are not followed: {_some(linked_folders)} (list "
+                   "them as sources to read them)")  # fmt: skip
+    _warn_of_broken_links(folder, broken)
     return sorted(files)
+
+
+def _some(paths: list[Path]) -> str:
+    """The first three of `paths` in order, and how many more."""
+    shown = ", ".join(str(p) for p in sorted(paths)[:3])
+    return shown + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+
+
+def _warn_of_broken_links(where: Path | str, broken: list[Path]) -> None:
+    """Links whose target is gone read as nothing: said, not silently dropped."""
+    if broken:
+        _warn_once(f"{where}: skipped links to nothing (their target is gone): {_some(broken)}")
 
 
 def _file_input(path: Path, spec: SourceConfig, name: str | None = None) -> ResolvedInput:
