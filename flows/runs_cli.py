@@ -168,7 +168,7 @@ def runs_list(
         columns, rows = registry.query(
             "SELECT r.run_id, r.status, r.preset, r.deployment, "
             "r.started_at::TIMESTAMP(0) AS started, round(r.seconds, 1) AS seconds, "
-            "left(r.corpus_digest, 12) AS corpus, d.kept AS documents, "
+            "left(r.corpus_digest, 12) AS corpus, d.kept AS kept_documents, "
             "(SELECT string_agg(m.label, ' ' ORDER BY m.created_at) FROM models m "
             " WHERE m.run_id = r.run_id) AS models, "
             "(SELECT round(min(m.val_bpb), 4) FROM models m WHERE m.run_id = r.run_id) AS val_bpb, "
