@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from prefect import Task, flow, tags
@@ -53,7 +54,13 @@ from tasks.evaluate import METRICS_FILE as EVAL_METRICS_FILE
 from tasks.evaluate import check_prompts, evaluate_key, evaluate_store, evaluate_task
 from tasks.ingest import ingest_key, ingest_store, ingest_task
 from tasks.record import Recorded, record_task
-from tasks.tokenizer import tokenizer_key, tokenizer_store, tokenizer_task
+from tasks.tokenizer import (
+    adopt_tokenizer_task,
+    adopted_key,
+    tokenizer_key,
+    tokenizer_store,
+    tokenizer_task,
+)
 from tasks.train import METRICS_FILE, train_key, train_store, train_task, work_folder
 from tasks.word2vec import word2vec_key, word2vec_store, word2vec_task
 
@@ -494,22 +501,86 @@ def require_kept_documents(corpus: Descriptor, split: SplitConfig, trains_models
 def build_tokenizer(
     run: RunContext, settings: PipelineConfig, corpus: Descriptor, stage_name: str | None = None
 ) -> Descriptor:
-    run.tokenizer = run_stage(
-        run,
-        tokenizer_task,
-        tokenizer_key(corpus, settings.tokenizer, settings.split),
-        tokenizer_store(run.workspace),
-        stage_name=stage_name,
-        corpus=corpus,
-        config=settings.tokenizer,
-        split=settings.split,
-    )
+    """The run's tokenizer: trained on the corpus, or, for a run that continues a model
+    (`train.init_from`), the one that model was trained with."""
+    continued = continued_tokenizer(run, settings)
+    if continued is not None:
+        folder, digest = continued
+        logger.info("tokenizer: the one train.init_from's checkpoint was trained with (%s, in "
+                    "%s); the [tokenizer] settings are not used", digest[:12], folder)  # fmt: skip
+        run.tokenizer = run_stage(
+            run,
+            adopt_tokenizer_task,
+            adopted_key(corpus, str(folder), digest, settings.split),
+            tokenizer_store(run.workspace),
+            stage_name=stage_name,
+            corpus=corpus,
+            source=str(folder),
+            tokenizer_digest=digest,
+            split=settings.split,
+        )
+    else:
+        run.tokenizer = run_stage(
+            run,
+            tokenizer_task,
+            tokenizer_key(corpus, settings.tokenizer, settings.split),
+            tokenizer_store(run.workspace),
+            stage_name=stage_name,
+            corpus=corpus,
+            config=settings.tokenizer,
+            split=settings.split,
+        )
     if stage_name is None and settings.eval.samples and settings.model_runs():
         # A prompt the tokenizer cannot encode, said now rather than after the training.
         from lm.tokenizer import load_tokenizer
 
         check_prompts(load_tokenizer(run.workspace.resolve(run.tokenizer.path)), settings.eval)
     return run.tokenizer
+
+
+def continued_tokenizer(run: RunContext, settings: PipelineConfig) -> tuple[Path, str] | None:
+    """(the folder holding it, its digest) of the tokenizer the checkpoints of the run's
+    `train.init_from` were made with: this workspace's tokenizer output of that digest, else
+    the copy in the trained model folder around the checkpoint. None for a run that continues
+    nothing, or a checkpoint too old to record its tokenizer (the trainer still checks the ids'
+    count). Continuing on new data needs this: the tokenizer trained again on it is another."""
+    from lm.checkpoints import read_info
+    from lm.tokenizer import TokenizerError, load_tokenizer
+    from lm.train_config import TrainingError
+    from tasks.train import init_checkpoint
+
+    found: dict[str, Path] = {}  # tokenizer digest → a checkpoint made with it
+    for model_run in settings.model_runs():
+        checkpoint = init_checkpoint(model_run.train, run.workspace, model_run.model)
+        digest = read_info(checkpoint).get("tokenizer_digest") if checkpoint else None
+        if digest:
+            found.setdefault(digest, checkpoint)
+    if len(found) > 1:
+        raise TrainingError(
+            "train.init_from: the models continue checkpoints made with different tokenizers ("
+            + ", ".join(f"{d[:12]} in {c}" for d, c in found.items())
+            + "); a run has one tokenizer: continue them in runs of their own"
+        )
+    if not found:
+        return None
+    [(digest, checkpoint)] = found.items()
+    candidates = []
+    if run.registry.path.exists():
+        _, rows = run.registry.query("SELECT path FROM tokenizers WHERE digest = ?", [digest])
+        candidates += [run.workspace.resolve(path) for (path,) in rows]
+    # A checkpoint folder (best/, final/) sits in its trained model folder, beside tokenizer/.
+    candidates += [checkpoint.parent / "tokenizer", checkpoint.parent.parent / "tokenizer"]
+    for folder in candidates:
+        try:
+            if load_tokenizer(folder).digest == digest:
+                return folder, digest
+        except (OSError, TokenizerError):
+            continue
+    raise TrainingError(
+        f"train.init_from: {checkpoint}: made with tokenizer {digest}, which is neither in "
+        "this workspace nor in a tokenizer/ folder beside the checkpoint; continuing needs it "
+        "(token ids mean what that tokenizer made them mean)"
+    )
 
 
 def encode_corpus(

@@ -1,18 +1,23 @@
 """The tokenizer stage: the clean train split → a tokenizer (SentencePiece or characters) under
 `artifacts/tokenizer/<key>/`, with its statistics on the val split (of an ordered split, the
-stream's val part)."""
+stream's val part).
+
+A run that continues a model (`train.init_from`) takes the tokenizer that model was trained
+with instead (`adopt_tokenizer_task`): token ids must keep their meaning, and a tokenizer trained
+again on new data would be another one."""
 
 from __future__ import annotations
 
 import json
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 from prefect import task
 
 from lm.config import SplitConfig, TokenizerConfig
 from lm.progress import ProgressLog
-from lm.tokenizer import train_tokenizer
+from lm.tokenizer import TokenizerError, load_tokenizer, train_tokenizer
 from lm.tokenizer_stats import tokenizer_statistics
 from storage.artifacts import ArtifactStore, Descriptor, reused
 from storage.corpus import DOCUMENTS_FILE, iter_split_part
@@ -86,4 +91,43 @@ def tokenizer_task(
         descriptor = store.describe(
             staging, STAGE, key, tokenizer.digest, {"kind": config.kind, **stats}
         )
+    return descriptor
+
+
+def adopted_key(
+    corpus: Descriptor, source: str, tokenizer_digest: str, split: SplitConfig | None = None
+) -> str:
+    """The tokenizer of digest `tokenizer_digest` (wherever `source` holds it) with its
+    statistics on this corpus's val split."""
+    settings = f"adopted:{tokenizer_digest}"
+    if split is not None and split.method == "ordered":
+        settings += ":" + split.digest()
+    return stage_key(STAGE, VERSION, settings, [corpus.digest], code_digest(*CODE))
+
+
+@task(name=STAGE, cache_key_fn=cache_key_from(adopted_key), persist_result=True)
+def adopt_tokenizer_task(
+    corpus: Descriptor, source: str, tokenizer_digest: str, split: SplitConfig | None = None
+) -> Descriptor:
+    """The tokenizer in folder `source` (a model's, or a tokenizer stage's output) as this
+    run's tokenizer output, measured on this corpus as a trained one is."""
+    workspace = Workspace.from_env()
+    store = tokenizer_store(workspace)
+    key = adopted_key(corpus, source, tokenizer_digest, split)
+    existing = store.load_descriptor(key)
+    if existing is not None:
+        return reused(existing)
+    tokenizer = load_tokenizer(Path(source))
+    if tokenizer.digest != tokenizer_digest:
+        raise TokenizerError(
+            f"{source}: the tokenizer there has digest {tokenizer.digest}, not "
+            f"{tokenizer_digest} (the checkpoint's); it was changed since"
+        )
+    documents = workspace.resolve(corpus.path) / DOCUMENTS_FILE
+    stats = tokenizer_statistics(tokenizer, iter_split_part(documents, "val", split))
+    with store.build(key) as staging:
+        tokenizer.save(staging)
+        (staging / STATS_FILE).write_text(json.dumps(stats, indent=2, ensure_ascii=False))
+        descriptor = store.describe(staging, STAGE, key, tokenizer.digest,
+                                    {"kind": tokenizer.kind, **stats})  # fmt: skip
     return descriptor

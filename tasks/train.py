@@ -219,9 +219,10 @@ def train_key(
     vectors: Descriptor | None = None,
 ) -> str:
     upstream = [shards.digest, tokenizer.digest]
-    if uses_word2vec(model):  # the vectors a w2v model reads or a GPT starts from
-        upstream.append(vectors.digest if vectors is not None else "no-vectors")
     start = init_checkpoint(train, Workspace.from_env())
+    if uses_word2vec(model) and start is None:  # the vectors a w2v model reads or a GPT
+        # starts from; a continued model's are its checkpoint's, whatever this run's are
+        upstream.append(vectors.digest if vectors is not None else "no-vectors")
     if start is not None:
         # The weights, not their path: a retrain's path is absolute, so after a `mv` of the
         # workspace the same continuation was trained again.

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from lm.config import ConfigError
+from lm.config import ConfigError, load_config
 from lm.machine import cpu_model_name
 from lm.text.sources import InputError
 from storage.corpus import CORPUS_SCHEMA, DOCUMENTS_FILE
@@ -747,6 +747,16 @@ def test_word2vec_fed_models_train_on_the_run_s_piece_vectors(workspace, tmp_pat
     states = stage_states(again)
     assert states["word2vec"] == "ran" and states["train/w2v"] == "ran"
     assert states["train/gpt-word2vec"] == "ran"
+    # A continued model's vectors are its checkpoint's: other vectors do not train it again.
+    from storage.artifacts import Descriptor
+    from tasks.train import train_key
+
+    w2v = next(run for run in load_config(str(config)).model_runs() if run.label == "w2v")
+    continued = w2v.train.model_copy(update={"init_from": models["w2v"]["path"]})
+    shards = tokenizer = Descriptor("x", "k", "p", "d", {})
+    keys = {train_key(shards, tokenizer, w2v.model, settings, Descriptor("v", "k", "p", d, {}))
+            for settings in (w2v.train, continued) for d in ("vectors-1", "vectors-2")}  # fmt: skip
+    assert len(keys) == 3  # from scratch two, continued one
     with pytest.raises(ConfigError, match=r'word2vec\.input = "pieces"'):
         run_pipeline(config, ['word2vec.input="words"'])
 
@@ -906,6 +916,28 @@ def test_init_from_under_other_meaning_switches_is_refused_and_bigram_count_has_
     counted = TrainConfig(init_from=first["models"][-1]["path"])
     with pytest.raises(TrainingError, match=r"a bigram-count model is counted .* drop train"):
         init_checkpoint(counted, workspace, BigramCountConfig())
+
+
+def test_init_from_continues_on_new_data_with_the_checkpoint_s_tokenizer(
+    workspace, config, tmp_path
+):
+    """New documents train another BPE tokenizer, and the continued run was refused ("made
+    with tokenizer …, but this run's tokenizer is …") with no way to keep the old one."""
+    bpe = [*TINY_GPT, 'tokenizer={kind="bpe", vocab_size=400}']
+    first = run_pipeline(config, bpe)
+    (tmp_path / "texts" / "doc-new.txt").write_text(prose(99, 300))
+    retokenized = run_pipeline(config, [*bpe, "train.max_steps=6"])
+    assert retokenized["tokenizer"]["digest"] != first["tokenizer"]["digest"]
+    start = f"train.init_from={json.dumps(first['models'][-1]['path'])}"
+    continued = run_pipeline(config, [*bpe, start])
+    assert continued["corpus"]["digest"] == retokenized["corpus"]["digest"]
+    assert continued["tokenizer"]["digest"] == first["tokenizer"]["digest"]
+    assert continued["models"][-1]["steps"] == 12 and continued["tokenizer"]["bytes_per_token"]
+    # Its tokenizer output gone, the copy in the trained model folder serves.
+    shutil.rmtree(workspace.artifacts / "tokenizer")
+    again = run_pipeline(config, [*bpe, start, "train.max_steps=8"])
+    assert again["tokenizer"]["digest"] == first["tokenizer"]["digest"]
+    assert stage_states(again)["tokenizer"] == "ran" and again["models"][-1]["steps"] == 8
 
 
 def test_a_stage_that_will_wait_for_a_concurrency_slot_says_so():
