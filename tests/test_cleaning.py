@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from lm.config import CleanConfig, NearDupConfig, QualityConfig, SplitConfig
 from lm.text.clean import DecisionMaker, clean_documents, split_of
-from lm.text.near_duplicates import MinHasher, optimal_banding
+from lm.text.near_duplicates import MinHasher, NearDuplicateIndex, optimal_banding
 from lm.text.normalize import normalize_text
 from lm.text.quality import measure_quality, quality_flags
 from tests.helpers import prose
@@ -116,6 +118,32 @@ def test_near_duplicate_threshold_is_configurable():
     assert clean([original, edited], loose)[1]["near_dup_of"] is not None
 
 
+def test_a_signature_half_equal_to_a_stored_one_is_no_near_duplicate_at_0_8():
+    """Thresholds far apart (0.9 and 0.3, above) would not see the comparison made against
+    half the threshold: one that shares a band key (a candidate) but agrees in only half of its
+    positions is kept; one agreeing in 90 % is not."""
+    index = NearDuplicateIndex(threshold=0.8, num_perm=128)
+    rng = np.random.default_rng(0)
+    first = rng.integers(0, 2**32, 128, dtype=np.uint32)
+    assert index.find_or_add("a", first) is None
+    half = first.copy()
+    half[64:] = rng.integers(0, 2**32, 64, dtype=np.uint32)  # the first bands shared
+    assert index.find_or_add("b", half) is None
+    most = first.copy()
+    most[115:] = rng.integers(0, 2**32, 13, dtype=np.uint32)
+    assert index.find_or_add("c", most) == "a"
+
+
+def test_a_document_of_exactly_min_chars_is_long_enough():
+    config = CleanConfig(min_chars=10, quality=QualityConfig(enabled=False),
+                         near_dup=NearDupConfig(enabled=False))  # fmt: skip
+    rows = clean(["abcdefghij", "abcdefghi"], config)
+    assert [(row["keep"], row["reject_reason"]) for row in rows] == [
+        (True, None),
+        (False, "too_short"),
+    ]
+
+
 def test_minhash_estimates_jaccard_similarity():
     hasher = MinHasher(num_perm=256, shingle_size=1, seed=3)
     a = [f"w{i}" for i in range(100)]
@@ -128,8 +156,6 @@ def test_a_near_duplicate_is_found_where_an_unrelated_document_holds_the_band_ke
     # Each bucket kept its first document only: A's one band in common with C was B's, so C
     # was compared with B alone and kept, a near copy of A.
     import numpy as np
-
-    from lm.text.near_duplicates import NearDuplicateIndex
 
     index = NearDuplicateIndex(threshold=0.8, num_perm=128)
     rows, rng = index.rows, np.random.default_rng(0)
@@ -180,6 +206,13 @@ def test_random_split_follows_rows_and_lets_copies_of_a_text_part():
     by_hash = [r["split"] for rows in clean_documents(batches, DecisionMaker(config, hashed))
                for r in rows]  # fmt: skip
     assert all(by_hash[i] == by_hash[i + 1500] for i in range(1500))  # copies never part
+    # A row is the corpus's row, rejected ones counted: a changed quality rule moves no kept
+    # document between splits.
+    deduped = config.model_copy(update={"exact_dedup": True})
+    rows = [row for rows in clean_documents(batches, DecisionMaker(deduped, split))
+            for row in rows]  # fmt: skip
+    assert sum(row["keep"] for row in rows) == 1500  # the second copies are rejected
+    assert [row["split"] for row in rows] == assigned
 
 
 def test_worker_processes_give_the_same_rows_as_one_process():

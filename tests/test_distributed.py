@@ -406,6 +406,24 @@ def test_fsdp_trains_a_model_with_a_biased_output_layer_without_a_warning_per_ra
     assert not [line for line in lines if "returned a view" in line], lines
 
 
+@pytest.mark.slow
+def test_two_ranks_on_documents_weigh_their_loss_as_one_process_would(tmp_path):
+    """Each rank divides its documents' loss by the targets all ranks score: left out, the
+    world size made the step's gradient (and logged loss) half what it is on one process.
+    A fresh model's loss is about ln(vocab), however many ranks measure it."""
+    job = tmp_path / "job"
+    spec = write_job(job, samples="documents", max_steps=2, eval_every=100, checkpoint_every=100)
+    eot = VOCAB - 1
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):  # documents of 3 to 20 ids, each ended by end-of-text
+        documents = [np.append(rng.integers(0, eot, int(n)), eot) for n in rng.integers(3, 20, 300)]
+        np.concatenate(documents).astype("<u2").tofile(job / f"{split}.bin")
+    write_spec(job, spec.model_copy(update={"eot_id": eot}))
+    run_torchrun(2, "lm.train_worker", str(job), log=lambda line: None)
+    first_loss = next(value for key, step, value in logged(job) if key == "train/loss")
+    assert first_loss == pytest.approx(math.log(VOCAB), rel=0.15)
+
+
 def test_a_node_not_joined_in_time_names_the_command_that_joins(tmp_path):
     job = tmp_path / "job"
     write_job(job, nproc_per_node=1, nnodes=2, master_addr="127.0.0.1")

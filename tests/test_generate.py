@@ -223,6 +223,18 @@ def test_top_k_and_top_p_sample_only_the_likeliest_tokens():
     assert choose_next(logits, [], SamplingConfig(temperature=1e-45), generator) == 0
 
 
+def test_temperature_divides_the_logits_before_sampling():
+    """Every other test samples at temperature 1 or greedily, where multiplying by it would
+    pass as well: the draws follow softmax(logits / t)."""
+    logits = torch.tensor([0.0, 1.0])
+    generator = torch.Generator().manual_seed(0)
+    for temperature in (0.5, 2.0):
+        sampling = SamplingConfig(temperature=temperature)
+        ones = sum(choose_next(logits, [], sampling, generator) for _ in range(4000)) / 4000
+        expected = float(torch.softmax(logits / temperature, 0)[1])  # 0.881, then 0.622
+        assert ones == pytest.approx(expected, abs=0.025), temperature
+
+
 def test_repetition_penalty_divides_positive_and_multiplies_negative_logits():
     logits = torch.tensor([2.0, 1.5, -1.0, -1.2])
     generator = torch.Generator()

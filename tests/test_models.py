@@ -177,6 +177,20 @@ def test_stochastic_depth_in_training_never_lets_a_later_token_reach_an_earlier_
     assert not torch.allclose(before[:, 7:], after[:, 7:], atol=1e-6)
 
 
+def test_layers_writing_into_the_residual_stream_start_scaled_down_with_depth():
+    """GPT-2's initialisation: 0.02 everywhere, over sqrt(2 · n_layer) for the attention and
+    MLP output projections, so the residual stream's variance does not grow with depth."""
+    torch.manual_seed(0)
+    model = build_model(GPTConfig(block_size=8, n_layer=8, n_head=4, n_embd=256), 64)
+    residual = {name: p for name, p in model.named_parameters()
+                if name.endswith(("proj.weight", "down.weight"))}  # fmt: skip
+    assert len(residual) == 2 * 8
+    for name, weight in model.named_parameters():
+        if weight.dim() == 2 and "norm" not in name:
+            expected = 0.02 / math.sqrt(16) if name in residual else 0.02
+            assert float(weight.std()) == pytest.approx(expected, rel=0.05), name
+
+
 @pytest.mark.parametrize(
     "config",
     [

@@ -155,6 +155,27 @@ def test_encoding_runs_on_the_threads_tokenizer_threads_asks_for(workspace, tmp_
     assert loaded == [1]
 
 
+def test_moving_documents_between_hash_splits_is_a_new_corpus_and_tokenizer(workspace, tmp_path):
+    """The corpus digest is the tokenizer stage's only input under a hash split: a digest
+    blind to the documents' splits would keep a tokenizer trained on the old train part."""
+    from tasks.tokenizer import tokenizer_key
+
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    for index in range(12):
+        (folder / f"{index}.txt").write_text(prose(index, 40))
+    config = str(write_config(tmp_path / "c.toml", [{"path": str(folder)}]))
+    corpora = {}
+    for val in (0.1, 0.4):
+        settings = load_config(config, [f"split.val={val}", "split.test=0.1"])
+        corpus, _, _ = data_stages(settings)
+        corpora[val] = corpus
+        keys = tokenizer_key(corpus, settings.tokenizer, settings.split)
+    assert corpora[0.1].stats["split_documents"] != corpora[0.4].stats["split_documents"]
+    assert corpora[0.1].digest != corpora[0.4].digest
+    assert keys != tokenizer_key(corpora[0.1], settings.tokenizer, settings.split)
+
+
 def test_hash_split_shards_are_marked_hash(workspace, tmp_path):
     folder = tmp_path / "texts"
     folder.mkdir()

@@ -171,20 +171,22 @@ def test_every_decay_has_its_share_of_the_steps_and_ends_at_the_floor():
     )
 
 
-def test_gradient_accumulation_weighs_every_scored_target_alike():
+@pytest.mark.parametrize("samples", ["windows", "documents"])
+def test_gradient_accumulation_weighs_every_scored_target_alike(tmp_path, samples):
     """Rows of documents score different numbers of targets (padding is not scored): the
     step's gradient is the mean over all the global batch scores, however it is cut into
-    micro-batches (a mean of micro-batch means would give short documents more weight)."""
+    micro-batches (a mean of micro-batch means would give short documents more weight).
+    Windows score every position: each micro-batch's mean weighs 1/accumulation."""
     eot = VOCAB - 1
     rng = np.random.default_rng(0)
     documents = [rng.integers(0, eot, int(n)) for n in rng.integers(1, 15, 200)]
     tokens = np.concatenate([np.append(d, eot) for d in documents]).astype(np.uint16)
 
     def first_step(micro_batch: int) -> tuple[float, list[torch.Tensor]]:
-        settings = config(samples="documents", micro_batch=micro_batch, global_batch=8,
+        settings = config(samples=samples, micro_batch=micro_batch, global_batch=8,
                           max_steps=1, grad_clip=0.0, precision="fp32")  # fmt: skip
         torch.manual_seed(settings.seed)
-        run = Trainer(build_model(SMALL_GPT, VOCAB), settings, tokens, tokens, Path("unused"),
+        run = Trainer(build_model(SMALL_GPT, VOCAB), settings, tokens, tokens, tmp_path,
                       eot_id=eot)  # fmt: skip
         gradients = []
         run.optimizer.step = lambda: gradients.extend(p.grad.clone() for p in
@@ -200,7 +202,7 @@ def test_gradient_accumulation_weighs_every_scored_target_alike():
 
 
 @pytest.mark.parametrize("samples", ["windows", "documents"])
-def test_the_val_sample_does_not_depend_on_the_micro_batch(samples):
+def test_the_val_sample_does_not_depend_on_the_micro_batch(tmp_path, samples):
     """Evaluation during training (early stopping, the `best` checkpoint) scores the same val
     rows however the global batch is cut into micro-batches: `eval_batches` draws of
     `global_batch` rows, scored in micro-batch pieces. It used to draw `eval_batches`
@@ -216,7 +218,7 @@ def test_the_val_sample_does_not_depend_on_the_micro_batch(samples):
         settings = config(samples=samples, micro_batch=micro_batch, global_batch=8,
                           eval_batches=3, precision="fp32")  # fmt: skip
         torch.manual_seed(settings.seed)
-        run = Trainer(build_model(SMALL_GPT, VOCAB), settings, tokens, tokens, Path("unused"),
+        run = Trainer(build_model(SMALL_GPT, VOCAB), settings, tokens, tokens, tmp_path,
                       eot_id=eot)  # fmt: skip
         assert all(len(x) == micro_batch for x, _ in run.val_sample)
         return run.evaluate(), sum(len(x) for x, _ in run.val_sample)
@@ -1171,6 +1173,35 @@ def test_the_train_stage_key_follows_the_init_from_weights_not_just_their_path(t
     assert train_key(shards, tokenizer, named, config()) == train_key(
         shards, tokenizer, spelled, config()
     )
+
+
+def test_the_weight_average_follows_its_formula_in_and_after_its_warm_up():
+    """The test below checks that the average is what is evaluated, published and resumed,
+    not its value: a wrong lerp weight or a lost warm-up passed it."""
+    from lm.weight_average import WeightAverage
+
+    module = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        module.weight.fill_(0.0)
+    average = WeightAverage(module, decay=0.9)
+    with torch.no_grad():
+        module.weight.fill_(1.0)
+    average.update(step=1000)  # past the warm-up: d = 0.9
+    assert float(average.average[0]) == pytest.approx(0.1)
+    average = WeightAverage(module, decay=0.999)  # starts from 1.0
+    with torch.no_grad():
+        module.weight.fill_(2.0)
+    average.update(step=0)  # in the warm-up: d = (1 + 0) / (10 + 0)
+    assert float(average.average[0]) == pytest.approx(1.0 * 0.1 + 2.0 * 0.9)
+
+
+def test_only_the_newest_keep_checkpoints_step_checkpoints_remain(tmp_path):
+    from lm.checkpoints import complete_checkpoints
+
+    run = trainer(tmp_path, config(max_steps=10, checkpoint_every=2, eval_every=100,
+                                   keep_checkpoints=2))  # fmt: skip
+    run.train()
+    assert [p.name for p in complete_checkpoints(tmp_path)] == ["step-00000008", "step-00000010"]
 
 
 def test_weight_average_is_what_is_evaluated_and_published_and_resumes_exactly(tmp_path):
