@@ -83,7 +83,8 @@ def ablation(config: str | None = "ablation", overrides: list[str] | None = None
     models: list[ModelRecord] = []
     try:
         corpus = build_corpus(run, settings)
-        tokenizer = build_tokenizer(run, settings, corpus)
+        tokenizer = build_tokenizer(run, settings, corpus,
+                                    runs=[model_run for _, _, model_run in arms])  # fmt: skip
         shards = encode_corpus(run, settings, corpus, tokenizer)
         vectors = train_word2vec(run, settings, corpus, tokenizer, shards)
         scored: list[tuple[str, int, dict]] = []

@@ -34,7 +34,7 @@ from lm.config import ModelRun, PipelineConfig, SplitConfig, load_config, resolv
 from lm.eval_config import EvalConfig
 from lm.machine import describe_machine
 from lm.text.sources import InputError, is_url
-from storage.artifacts import ArtifactStore, Descriptor, take_reused
+from storage.artifacts import DESCRIPTOR_FILE, ArtifactStore, Descriptor, take_reused
 from storage.metrics_log import RUN_METRICS_FILE, MetricsLog
 from storage.processes import pid_alive, this_host
 from storage.registry import (
@@ -499,11 +499,17 @@ def require_kept_documents(corpus: Descriptor, split: SplitConfig, trains_models
 
 
 def build_tokenizer(
-    run: RunContext, settings: PipelineConfig, corpus: Descriptor, stage_name: str | None = None
+    run: RunContext,
+    settings: PipelineConfig,
+    corpus: Descriptor,
+    stage_name: str | None = None,
+    runs: list[ModelRun] | None = None,
+    adopt: bool = True,
 ) -> Descriptor:
-    """The run's tokenizer: trained on the corpus, or, for a run that continues a model
-    (`train.init_from`), the one that model was trained with."""
-    continued = continued_tokenizer(run, settings)
+    """The run's tokenizer: trained on the corpus, or, for a run whose models (`runs`, default
+    the config's) continue one (`train.init_from`), the one that model was trained with.
+    `adopt=False` trains the configured one whatever (a lost tokenizer rebuilt)."""
+    continued = continued_tokenizer(run, runs or settings.model_runs()) if adopt else None
     if continued is not None:
         folder, digest = continued
         logger.info("tokenizer: the one train.init_from's checkpoint was trained with (%s, in "
@@ -519,6 +525,7 @@ def build_tokenizer(
             tokenizer_digest=digest,
             split=settings.split,
         )
+        _warn_of_unused_tokenizer_settings(settings, run.tokenizer)
     else:
         run.tokenizer = run_stage(
             run,
@@ -538,19 +545,36 @@ def build_tokenizer(
     return run.tokenizer
 
 
-def continued_tokenizer(run: RunContext, settings: PipelineConfig) -> tuple[Path, str] | None:
-    """(the folder holding it, its digest) of the tokenizer the checkpoints of the run's
-    `train.init_from` were made with: this workspace's tokenizer output of that digest, else
-    the copy in the trained model folder around the checkpoint. None for a run that continues
-    nothing, or a checkpoint too old to record its tokenizer (the trainer still checks the ids'
-    count). Continuing on new data needs this: the tokenizer trained again on it is another."""
+def _warn_of_unused_tokenizer_settings(settings: PipelineConfig, adopted: Descriptor) -> None:
+    """Said when [tokenizer] asks for another kind or size than the tokenizer adopted: the run
+    records its config as written, and readers of it (`lmforge size`, a retrain of this config)
+    would take that tokenizer for this run's."""
+    config, stats = settings.tokenizer, adopted.stats
+    wanted = config.kind if config.kind == "char" else f"{config.kind}, {config.vocab_size} ids"
+    has = stats.get("kind")
+    if has != "char":
+        has = f"{has}, {stats.get('vocab_size')} ids"
+    if wanted != has:
+        logger.warning("[tokenizer] asks for %s, but this run continues a model whose tokenizer "
+                       "(%s) it keeps; [tokenizer] is recorded with the run as written",
+                       wanted, has)  # fmt: skip
+
+
+def continued_tokenizer(run: RunContext, runs: list[ModelRun]) -> tuple[Path, str] | None:
+    """(the folder holding it, its digest) of the tokenizer the checkpoints of `runs`'
+    `train.init_from` were made with: a tokenizer output of that digest in this workspace, else
+    the copy in the trained model folder around the checkpoint. None for runs that continue
+    nothing, a checkpoint too old to record its tokenizer, or one whose tokenizer is nowhere to
+    be found (with a warning: the configured one is trained, and the trainer refuses the
+    checkpoint unless it comes out the same). Continuing on new data needs this: the tokenizer
+    trained again on it is another."""
     from lm.checkpoints import read_info
     from lm.tokenizer import TokenizerError, load_tokenizer
     from lm.train_config import TrainingError
     from tasks.train import init_checkpoint
 
     found: dict[str, Path] = {}  # tokenizer digest → a checkpoint made with it
-    for model_run in settings.model_runs():
+    for model_run in runs:
         checkpoint = init_checkpoint(model_run.train, run.workspace, model_run.model)
         digest = read_info(checkpoint).get("tokenizer_digest") if checkpoint else None
         if digest:
@@ -568,6 +592,8 @@ def continued_tokenizer(run: RunContext, settings: PipelineConfig) -> tuple[Path
     if run.registry.path.exists():
         _, rows = run.registry.query("SELECT path FROM tokenizers WHERE digest = ?", [digest])
         candidates += [run.workspace.resolve(path) for (path,) in rows]
+    # Outputs no registry row names (a run killed before it recorded them), newest first.
+    candidates += _tokenizer_outputs_of(tokenizer_store(run.workspace), digest)
     # A checkpoint folder (best/, final/) sits in its trained model folder, beside tokenizer/.
     candidates += [checkpoint.parent / "tokenizer", checkpoint.parent.parent / "tokenizer"]
     for folder in candidates:
@@ -576,11 +602,26 @@ def continued_tokenizer(run: RunContext, settings: PipelineConfig) -> tuple[Path
                 return folder, digest
         except (OSError, TokenizerError):
             continue
-    raise TrainingError(
-        f"train.init_from: {checkpoint}: made with tokenizer {digest}, which is neither in "
-        "this workspace nor in a tokenizer/ folder beside the checkpoint; continuing needs it "
-        "(token ids mean what that tokenizer made them mean)"
-    )
+    logger.warning(
+        "train.init_from: %s was made with tokenizer %s, which is neither in this workspace nor "
+        "in a tokenizer/ folder beside the checkpoint: training the configured one, which "
+        "continues it only if it comes out the same", checkpoint, digest[:12],
+    )  # fmt: skip
+    return None
+
+
+def _tokenizer_outputs_of(store: ArtifactStore, digest: str) -> list[Path]:
+    """The complete tokenizer outputs in `store` whose descriptor gives `digest`."""
+    outputs = []
+    for descriptor_file in store.base.glob(f"*/{DESCRIPTOR_FILE}"):
+        try:
+            if json.loads(descriptor_file.read_text()).get("digest") != digest:
+                continue
+        except (OSError, ValueError, AttributeError):
+            continue
+        if store.is_complete(descriptor_file.parent.name):
+            outputs.append(descriptor_file.parent)
+    return sorted(outputs, key=lambda folder: folder.stat().st_mtime, reverse=True)
 
 
 def encode_corpus(

@@ -136,7 +136,10 @@ def load_champion(run: RunContext, alias: str) -> Champion | None:
 def _same_settings(champion: Champion, settings: PipelineConfig, model_run: ModelRun) -> bool:
     """Whether the candidate can continue the champion: the same tokenizer (its thread count,
     which changes no piece, aside) and the same model."""
-    tokenizer = TokenizerConfig.model_validate(champion.tokenizer_config)
+    try:
+        tokenizer = TokenizerConfig.model_validate(champion.tokenizer_config)
+    except ValueError:  # settings an earlier lmforge accepted and this one refuses: changed
+        return False
     same_tokenizer = tokenizer.output_digest() == settings.tokenizer.output_digest()
     same_model = champion.model_config == model_run.model.model_dump(mode="json")
     return same_tokenizer and same_model
@@ -351,7 +354,8 @@ def _rebuild_lost_tokenizer(run: RunContext, settings: PipelineConfig, champion:
         return
     try:
         rebuilt = build_tokenizer(run, settings.model_copy(update={"tokenizer": config}),
-                                  corpus, stage_name="tokenizer/champion")  # fmt: skip
+                                  corpus, stage_name="tokenizer/champion",
+                                  adopt=False)  # fmt: skip
     except Exception as error:  # the champion is then beaten unscored, as before the rebuild
         logger.warning("retrain: the champion's tokenizer is gone and could not be rebuilt: %s",
                        error)  # fmt: skip

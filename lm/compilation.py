@@ -37,6 +37,24 @@ def compiler_works(device: torch.device) -> str | None:
     return None
 
 
+COMPILER_PACKAGES = ("torch/_inductor/", "torch/_functorch/", "torch/_dynamo/")
+
+
+def raised_by_the_compiler(error: BaseException) -> bool:
+    """Whether `error` came from inside torch.compile's stack (Dynamo, AOT autograd, Inductor),
+    as a backward compiled at its first call fails; not an out-of-memory or a data error
+    raised in a compiled model's own code, which running it eager would raise again."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return False
+    traceback = error.__traceback__
+    while traceback is not None:
+        filename = traceback.tb_frame.f_code.co_filename.replace("\\", "/")
+        if any(package in filename for package in COMPILER_PACKAGES):
+            return True
+        traceback = traceback.tb_next
+    return False
+
+
 def describe(error: Exception) -> str:
     """The error's type and the first line of its message (compiler errors run to pages); for
     a backend's failure wrapped by Dynamo (`BackendCompilerFailed`), the backend's own error."""

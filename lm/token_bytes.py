@@ -13,6 +13,7 @@ import numpy as np
 from lm.tokenizer import SPACE_SYMBOL, UNKNOWN, SentencePieceTokenizer, Tokenizer
 
 BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+CHUNK = 1 << 20  # ids summed at a time
 
 
 @dataclass(frozen=True)
@@ -55,5 +56,6 @@ class PieceBytes:
         piece, does not decode to the bytes of that part of the text)."""
         if not len(ids):
             return 0
-        total = int(self.lengths[ids].sum())
+        # In chunks: one long document (an ordered split's usual input) is millions of ids.
+        total = sum(int(self.lengths[ids[i : i + CHUNK]].sum()) for i in range(0, len(ids), CHUNK))
         return total - self.dummy_prefix * int(self.starts_with_space[int(ids[0])])

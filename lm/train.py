@@ -65,7 +65,7 @@ from lm.checkpoints import (
     resolve_init_from,
     usable_checkpoints,
 )
-from lm.compilation import compile_or_eager, describe
+from lm.compilation import compile_or_eager, describe, raised_by_the_compiler
 from lm.cpu_features import cpu_has_native_bf16
 from lm.distributed import (
     Ranks,
@@ -602,7 +602,8 @@ class Trainer:
         try:
             total = self._accumulate(batches, divisors)
         except Exception as error:
-            if self.backward_ran or self.model is self.module or self.parallel != "none":
+            if (self.backward_ran or self.model is self.module or self.parallel != "none"
+                    or not raised_by_the_compiler(error)):  # fmt: skip
                 raise
             logger.warning("torch.compile failed on this model's backward (%s); training eager",
                            describe(error))  # fmt: skip

@@ -124,10 +124,17 @@ def adopt_tokenizer_task(
             f"{tokenizer_digest} (the checkpoint's); it was changed since"
         )
     documents = workspace.resolve(corpus.path) / DOCUMENTS_FILE
-    stats = tokenizer_statistics(tokenizer, iter_split_part(documents, "val", split))
+    try:
+        stats = tokenizer_statistics(tokenizer, iter_split_part(documents, "val", split))
+    except TokenizerError as error:  # its advice (another unknown_chars) cannot apply here
+        raise TokenizerError(
+            f"train.init_from: the tokenizer the checkpoint was made with ({source}) cannot "
+            f"encode this corpus: {error}. A continued model keeps its tokenizer, whatever "
+            "[tokenizer] says: drop train.init_from to train a new one"
+        ) from None
     with store.build(key) as staging:
         tokenizer.save(staging)
         (staging / STATS_FILE).write_text(json.dumps(stats, indent=2, ensure_ascii=False))
         descriptor = store.describe(staging, STAGE, key, tokenizer.digest,
-                                    {"kind": tokenizer.kind, **stats})  # fmt: skip
+                                    {"kind": tokenizer.kind, **stats, "adopted": True})  # fmt: skip
     return descriptor

@@ -105,6 +105,29 @@ def test_an_ablation_of_one_seed_finishes_and_claims_no_spread(workspace, config
     assert "± n/a" in summary["table"]
 
 
+def test_an_arm_that_continues_a_model_gives_the_ablation_that_model_s_tokenizer(
+    workspace, config, tmp_path
+):
+    """ "From scratch or continued?" on new data: the continued arm's checkpoint was made with
+    the tokenizer of the old data, and a tokenizer trained on the new was refused by it."""
+    from flows.ablation import ablation
+    from flows.pipeline import lm_pipeline
+
+    bpe = ['tokenizer={kind="bpe", vocab_size=400}', "ablation.seeds=[1]"]
+    first = lm_pipeline(config=str(config), overrides=bpe)
+    (tmp_path / "texts" / "new.txt").write_text(prose(77, 300))
+    path = json.dumps(first["models"][-1]["path"])
+    text = config.read_text().replace(
+        'name = "swiglu"\nmodel = { mlp = "swiglu" }',
+        f'name = "continued"\ntrain = {{ init_from = {path} }}',
+    )
+    config.write_text(text)
+    summary = ablation(config=str(config), overrides=bpe)
+    tokenizer = next(stage for stage in summary["stages"] if stage["stage"] == "tokenizer")
+    assert tokenizer["output_digest"] == first["tokenizer"]["digest"]
+    assert {r["variant"] for r in summary["results"]} == {"gelu", "continued"}
+
+
 def test_an_ablation_without_variants_is_a_clear_error(workspace, tmp_path):
     from flows.ablation import ablation
 

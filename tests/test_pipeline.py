@@ -9,6 +9,7 @@ import math
 import os
 import re
 import shutil
+import string
 from dataclasses import asdict
 
 import duckdb
@@ -918,11 +919,19 @@ def test_init_from_under_other_meaning_switches_is_refused_and_bigram_count_has_
         init_checkpoint(counted, workspace, BigramCountConfig())
 
 
+def forget_tokenizers(workspace) -> None:
+    """The registry's tokenizer rows deleted, as a run killed before recording leaves none."""
+    with duckdb.connect(str(workspace.registry_path)) as connection:
+        connection.execute("DELETE FROM tokenizers")
+
+
 def test_init_from_continues_on_new_data_with_the_checkpoint_s_tokenizer(
     workspace, config, tmp_path
 ):
     """New documents train another BPE tokenizer, and the continued run was refused ("made
     with tokenizer …, but this run's tokenizer is …") with no way to keep the old one."""
+    from lm.train_config import TrainingError
+
     bpe = [*TINY_GPT, 'tokenizer={kind="bpe", vocab_size=400}']
     first = run_pipeline(config, bpe)
     (tmp_path / "texts" / "doc-new.txt").write_text(prose(99, 300))
@@ -933,11 +942,55 @@ def test_init_from_continues_on_new_data_with_the_checkpoint_s_tokenizer(
     assert continued["corpus"]["digest"] == retokenized["corpus"]["digest"]
     assert continued["tokenizer"]["digest"] == first["tokenizer"]["digest"]
     assert continued["models"][-1]["steps"] == 12 and continued["tokenizer"]["bytes_per_token"]
+    # A checkpoint copied out of its model folder, its tokenizer in no registry row (a run
+    # killed before it recorded): the workspace's tokenizer outputs are searched.
+    copied = tmp_path / "elsewhere" / "checkpoint"
+    shutil.copytree(workspace.resolve(first["models"][-1]["path"]) / "best", copied)
+    forget_tokenizers(workspace)
+    moved = f"train.init_from={json.dumps(str(copied))}"
+    from_store = run_pipeline(config, [*bpe, moved, "train.max_steps=10"])
+    assert from_store["tokenizer"]["digest"] == first["tokenizer"]["digest"]
     # Its tokenizer output gone, the copy in the trained model folder serves.
     shutil.rmtree(workspace.artifacts / "tokenizer")
     again = run_pipeline(config, [*bpe, start, "train.max_steps=8"])
     assert again["tokenizer"]["digest"] == first["tokenizer"]["digest"]
     assert stage_states(again)["tokenizer"] == "ran" and again["models"][-1]["steps"] == 8
+    # Nowhere at all: the configured tokenizer is trained, with a warning, and the checkpoint
+    # refuses it as before (it came out another).
+    shutil.rmtree(workspace.artifacts / "tokenizer")
+    forget_tokenizers(workspace)
+    with pytest.raises(TrainingError, match="made with tokenizer"):
+        run_pipeline(config, [*bpe, moved, "train.max_steps=9"])
+
+
+def test_a_continued_char_model_that_cannot_spell_new_text_says_what_to_do(
+    workspace, tmp_path, caplog
+):
+    """Its tokenizer refuses unseen characters (`unknown_chars = "error"`), and the advice
+    it gives (another unknown_chars) cannot apply: the continued model keeps its tokenizer."""
+    from lm.tokenizer import TokenizerError
+
+    folder = tmp_path / "letters"
+    folder.mkdir()
+    alphabet = " ".join(string.ascii_letters) + " ."
+    for index in range(8):  # every character in every document: no split lacks one
+        (folder / f"{index}.txt").write_text(f"{prose(index, 100)} {alphabet}")
+    config = write_config(tmp_path / "letters.toml", [{"path": str(folder)}])
+    char = [*TINY_GPT, 'tokenizer={kind="char", unknown_chars="error"}']
+    first = run_pipeline(config, char)
+    (folder / "greek.txt").write_text(f"{prose(50, 100)} {alphabet} αβγδε ζηθ")
+    start = f"train.init_from={json.dumps(first['models'][-1]['path'])}"
+    with pytest.raises(TokenizerError, match=r"drop train\.init_from to train a new one"):
+        run_pipeline(config, [*char, start, "split.val=0.9"])
+    (folder / "greek.txt").unlink()
+    # Another [tokenizer] is said to be unused. (The flow's logging set-up replaced the root
+    # handlers caplog listens on: listen here.)
+    logging.getLogger("lm.pipeline").addHandler(caplog.handler)
+    try:
+        run_pipeline(config, [*TINY_GPT, 'tokenizer={kind="bpe", vocab_size=400}', start])
+    finally:
+        logging.getLogger("lm.pipeline").removeHandler(caplog.handler)
+    assert "[tokenizer] asks for bpe, 400 ids, but this run continues a model" in caplog.text
 
 
 def test_a_stage_that_will_wait_for_a_concurrency_slot_says_so():

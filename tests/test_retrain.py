@@ -380,6 +380,24 @@ def test_a_champion_its_tokenizer_cannot_score_on_new_text_is_beaten_not_a_failu
     assert first["run_id"] != later["run_id"]
 
 
+def test_a_champion_whose_recorded_tokenizer_settings_are_now_refused_is_not_continued():
+    """Settings an earlier lmforge accepted (a user symbol with a space, which never matched)
+    failed every retrain with a validation error: they count as changed settings."""
+    from types import SimpleNamespace
+
+    from flows.retrain import _same_settings
+    from lm.config import load_config
+
+    settings = load_config("default")
+    [model_run] = settings.model_runs()
+    old = settings.tokenizer.model_dump(mode="json") | {"user_defined_symbols": ["New York"]}
+    champion = SimpleNamespace(tokenizer_config=old,
+                               model_config=model_run.model.model_dump(mode="json"))  # fmt: skip
+    assert not _same_settings(champion, settings, model_run)
+    champion.tokenizer_config = settings.tokenizer.model_dump(mode="json")
+    assert _same_settings(champion, settings, model_run)
+
+
 def test_a_decision_reads_as_arithmetic_with_a_negative_margin_and_one_document():
     from flows.retrain import Decision, _decide, _documents
 

@@ -1069,6 +1069,25 @@ def test_a_model_whose_backward_fails_to_compile_trains_eager(tmp_path, monkeypa
     assert losses == trainer(tmp_path / "eager", settings).train().losses
 
 
+def test_only_errors_from_inside_the_compiler_send_a_first_step_eager():
+    """A first compiled step that fails for another reason (out of memory, bad data) must
+    fail as it is, not be logged as a compiler failure and run again."""
+    from lm.compilation import raised_by_the_compiler
+
+    def raised(error):
+        try:
+            raise error
+        except Exception as caught:
+            return caught
+
+    assert not raised_by_the_compiler(raised(RuntimeError("a shape mismatch in the model")))
+    assert not raised_by_the_compiler(raised(torch.OutOfMemoryError("no memory")))
+    compiled = torch.compile(lambda x: x.view(3), backend="eager")
+    with pytest.raises(Exception) as caught:
+        compiled(torch.ones(4))
+    assert raised_by_the_compiler(caught.value)
+
+
 def test_the_compiler_probe_compiles_a_backward_too(monkeypatch):
     """A toolchain that lowers forwards but not backwards is found before training starts,
     where every rank of a distributed run can still fall back together."""

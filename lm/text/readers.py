@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bz2
 import codecs
+import contextlib
 import csv
 import gzip
 import io
@@ -315,32 +316,40 @@ def _decode(
         if line:
             replaced.note(where, f"invalid {label}")
             return data.decode(encoding, errors="replace")
-        # A whole file: each invalid sequence noted where it is, as lines are (the first few
-        # by place, then a count), not one line for the file.
-        _invalid_offsets.found = []
-        text = data.decode(encoding, errors=NOTE_AND_REPLACE)
-        found = _invalid_offsets.found
-        for offset in found[: Replacements.SHOWN]:  # the line of each shown, not of every one
+        # A whole file: its invalid sequences placed and counted as lines' are (the first few
+        # by place, then a count), not one line for the file. Replacing and counting run at C
+        # speed; only the first few places go through a Python handler, which then stops.
+        text = data.decode(encoding, errors="replace")
+        invalid = text.count("\ufffd") - data.decode(encoding, errors="ignore").count("\ufffd")
+        _first_invalid.found = []
+        with contextlib.suppress(_EnoughFound):
+            data.decode(encoding, errors=NOTE_FIRST_INVALID)
+        for offset in _first_invalid.found:
             line_no = data[:offset].decode(encoding, "replace").count("\n") + 1
             replaced.note(item.name, f"invalid {label} at byte {offset} (line {line_no})")
-        replaced.count += max(0, len(found) - Replacements.SHOWN)
+        replaced.count += max(0, invalid - len(_first_invalid.found))
         return text
 
 
-# The byte offsets of the invalid sequences of the decode in progress, per thread (ingest may
-# read files on several).
-_invalid_offsets = threading.local()
-NOTE_AND_REPLACE = "lmforge-note-and-replace"
+# Where the first invalid sequences of the decode in progress are, per thread (ingest may read
+# files on several threads).
+_first_invalid = threading.local()
+NOTE_FIRST_INVALID = "lmforge-note-first-invalid"
 
 
-def _note_and_replace(error: UnicodeError) -> tuple[str, int]:
-    """Python's "replace" (one U+FFFD for each invalid sequence), noting where each was."""
+class _EnoughFound(Exception):
+    """Raised by the handler once the places shown are found: the rest need not be decoded."""
+
+
+def _note_first_invalid(error: UnicodeError) -> tuple[str, int]:
     assert isinstance(error, UnicodeDecodeError)
-    _invalid_offsets.found.append(error.start)
+    _first_invalid.found.append(error.start)
+    if len(_first_invalid.found) >= Replacements.SHOWN:
+        raise _EnoughFound
     return "\ufffd", error.end
 
 
-codecs.register_error(NOTE_AND_REPLACE, _note_and_replace)
+codecs.register_error(NOTE_FIRST_INVALID, _note_first_invalid)
 
 
 def _read_text(
