@@ -108,7 +108,7 @@ def test_an_ablation_of_one_seed_finishes_and_claims_no_spread(workspace, config
 def test_an_arm_that_continues_a_model_gives_the_ablation_that_model_s_tokenizer(
     workspace, config, tmp_path
 ):
-    """ "From scratch or continued?" on new data: the continued arm's checkpoint was made with
+    """Scratch against continued, on new data: the continued arm's checkpoint was made with
     the tokenizer of the old data, and a tokenizer trained on the new was refused by it."""
     from flows.ablation import ablation
     from flows.pipeline import lm_pipeline
