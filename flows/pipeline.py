@@ -708,6 +708,9 @@ def record_success(
     decision is recorded with the run, in the same transaction. Not `in_registry`: the registry
     could not be written (held open too long, or damaged), and the run's outcome waits in its
     folder for the next run to record."""
+    # An adopted tokenizer (`train.init_from`) was not trained on this corpus: recorded with
+    # none, so nothing rebuilds it from this one.
+    tokenizer_corpus = None if tokenizer.stats.get("adopted") else corpus.digest
     return record_task(
         run.run_id,
         "failed" if failed_with else "completed",
@@ -717,7 +720,7 @@ def record_success(
         str(run.metrics.path),
         error=failed_with,
         tokenizers=[
-            TokenizerRecord(tokenizer.digest, corpus.digest, tokenizer.path, tokenizer.stats)
+            TokenizerRecord(tokenizer.digest, tokenizer_corpus, tokenizer.path, tokenizer.stats)
         ],
         models=models,
         promotion=promotion,

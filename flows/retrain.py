@@ -62,7 +62,7 @@ from storage.shards import ShardError
 from tasks.clean import corpus_store
 from tasks.evaluate import evaluate_key, evaluate_store, evaluate_task
 from tasks.increment import increment_key, increment_store, increment_task
-from tasks.tokenizer import tokenizer_store
+from tasks.tokenizer import adopt_tokenizer_task, adopted_key, tokenizer_store
 from tasks.train import train_store
 
 logger = logging.getLogger("flows.retrain")
@@ -344,9 +344,15 @@ def _rebuild_lost_tokenizer(run: RunContext, settings: PipelineConfig, champion:
     the recorded digest confirms. The champion can then be scored, and continued, rather than
     beaten unscored. That corpus is the tokenizer's own (`tokenizers.corpus_digest`): a
     continued champion's model corpus gave other pieces, and the champion was replaced
-    unscored by a model trained from scratch."""
+    unscored by a model trained from scratch. First, though, the copy in the champion's own
+    model folder is taken, if it has that digest: the only way back for a tokenizer adopted
+    from a model trained elsewhere (`train.init_from`), whose corpus this workspace never had."""
+    if champion.tokenizer is not None or champion.trained is None:
+        return
+    if _take_the_model_folder_s_tokenizer(run, settings, champion):
+        return
     corpus = champion.tokenizer_corpus
-    if champion.tokenizer is not None or champion.trained is None or corpus is None:
+    if corpus is None:
         return
     try:
         config = TokenizerConfig.model_validate(champion.tokenizer_config)
@@ -372,6 +378,32 @@ def _rebuild_lost_tokenizer(run: RunContext, settings: PipelineConfig, champion:
             "(digest %s, not %s): the champion cannot be scored", rebuilt.digest[:12],
             champion.row["tokenizer_digest"][:12],
         )  # fmt: skip
+
+
+def _take_the_model_folder_s_tokenizer(
+    run: RunContext, settings: PipelineConfig, champion: Champion
+) -> bool:
+    """Whether the champion's tokenizer came back from the `tokenizer/` of its model folder
+    (measured on a corpus of its: the tokenizer's own, or the champion's)."""
+    from lm.tokenizer import TokenizerError, load_tokenizer
+
+    folder = run.workspace.resolve(champion.row["path"]) / "tokenizer"
+    digest = champion.row["tokenizer_digest"]
+    corpus = champion.tokenizer_corpus or champion.corpus
+    try:
+        if corpus is None or load_tokenizer(folder).digest != digest:
+            return False
+        champion.tokenizer = run_stage(
+            run, adopt_tokenizer_task, adopted_key(corpus, str(folder), digest, settings.split),
+            tokenizer_store(run.workspace), stage_name="tokenizer/champion", corpus=corpus,
+            source=str(folder), tokenizer_digest=digest, split=settings.split,
+        )  # fmt: skip
+    except (OSError, TokenizerError) as error:
+        logger.info("retrain: the champion's model folder has no usable tokenizer (%s)", error)
+        return False
+    logger.info("retrain: the champion's tokenizer was gone; its model folder's copy serves (%s)",
+                digest[:12])  # fmt: skip
+    return True
 
 
 def _same_documents(run: RunContext, champion: Champion, corpus: Descriptor) -> bool:

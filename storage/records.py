@@ -16,7 +16,7 @@ from storage.stage_journal import StageRecord
 @dataclass
 class TokenizerRecord:
     digest: str
-    corpus_digest: str
+    corpus_digest: str | None  # None for a tokenizer adopted by a continued model
     path: str
     stats: dict
 
@@ -31,7 +31,7 @@ class ModelRecord:
     digest: str
     path: str
     tokenizer_digest: str
-    corpus_digest: str
+    corpus_digest: str | None  # None for a tokenizer adopted by a continued model
     config: dict
     stats: dict
 

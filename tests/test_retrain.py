@@ -293,11 +293,10 @@ def test_a_champion_whose_tokenizer_is_gone_gets_it_back_and_is_scored(workspace
     same_data = _trigger(config)
     # Was: trained from scratch, the champion unscored, and the candidate promoted for that.
     assert same_data["decision"]["mode"] == "up-to-date", same_data["decision"]["reason"]
-    assert _stages(same_data)["tokenizer/champion"] is False  # trained again, not cached
-    assert workspace.resolve(tokenizer_path).is_dir()
+    assert _stages(same_data)["tokenizer/champion"] is False  # back, not cached
     for index in range(100, 104):
         (folder / f"new{index}.txt").write_text(prose(index, 120))
-    shutil.rmtree(workspace.resolve(tokenizer_path))
+    shutil.rmtree(workspace.artifacts / "tokenizer")
     later = _trigger(config, "retrain.margin=10.0")
     decision = later["decision"]
     assert decision["mode"] == "continue", decision["reason"]
@@ -308,7 +307,7 @@ def test_a_champion_whose_tokenizer_is_gone_gets_it_back_and_is_scored(workspace
 
 
 def test_a_continued_champion_s_lost_tokenizer_comes_back_from_the_corpus_it_was_trained_on(
-    workspace, tmp_path
+    workspace, tmp_path, monkeypatch
 ):
     """A continued champion keeps the tokenizer an earlier champion trained on an earlier
     corpus. Rebuilt from the champion's own (later) corpus, it came back with other pieces: the
@@ -332,6 +331,9 @@ def test_a_continued_champion_s_lost_tokenizer_comes_back_from_the_corpus_it_was
     )
     assert tokenizer_corpus != champion["corpus_digest"]  # the earlier champion's corpus
     shutil.rmtree(workspace.resolve(tokenizer_path))
+    # Not from the copy in its model folder (taken first; a model folder of an older lmforge
+    # may have none): trained again on that corpus.
+    monkeypatch.setattr("flows.retrain._take_the_model_folder_s_tokenizer", lambda *a: False)
 
     same_data = _trigger(config, bpe)
     assert same_data["decision"]["mode"] == "up-to-date", same_data["decision"]["reason"]
@@ -339,6 +341,42 @@ def test_a_continued_champion_s_lost_tokenizer_comes_back_from_the_corpus_it_was
     assert registry.champion()["run_id"] == champion["run_id"]
     _, rows = registry.query("SELECT count(*) FROM tokenizers")
     assert rows == [(1,)]  # the same pieces came back
+
+
+def test_a_champion_continued_from_a_model_trained_elsewhere_gets_its_tokenizer_back(
+    workspace, tmp_path
+):
+    """Its tokenizer was adopted from the model it continued (`train.init_from`), one this
+    workspace never trained: recorded as trained on the champion's corpus, it was rebuilt from
+    that one, came back with other pieces, and the champion was replaced unscored. The copy
+    in the champion's model folder now serves, and no corpus is recorded for it."""
+    import shutil
+
+    from flows.pipeline import lm_pipeline
+
+    folder, config = twelve_documents(tmp_path)
+    bpe = 'tokenizer={kind="bpe", vocab_size=340}'
+    parent = lm_pipeline(config=str(config), overrides=[bpe])
+    exported = tmp_path / "exported"
+    shutil.copytree(workspace.resolve(parent["models"][-1]["path"]), exported)
+    shutil.rmtree(workspace.artifacts)  # as if trained on another machine
+    workspace.registry_path.unlink()
+    for index in range(6):  # other words: a tokenizer trained on them has other pieces
+        words = [w[::-1] for w in prose(300 + index, 120).split()]
+        (folder / f"new{index}.txt").write_text(" ".join(words) + ".")
+    start = f"train.init_from={json.dumps(str(exported))}"
+    first = _trigger(config, bpe, start)
+    assert first["decision"]["promoted"]
+    registry = RunRegistry(workspace.registry_path)
+    _, [(digest, path, corpus)] = registry.query(
+        "SELECT digest, path, corpus_digest FROM tokenizers"
+    )
+    assert digest == parent["tokenizer"]["digest"] and corpus is None
+    shutil.rmtree(workspace.resolve(path))
+    same_data = _trigger(config, bpe, start)
+    assert same_data["decision"]["mode"] == "up-to-date", same_data["decision"]["reason"]
+    assert _stages(same_data)["tokenizer/champion"] is False
+    assert registry.champion()["run_id"] == first["run_id"]
 
 
 def test_the_tokenizer_s_thread_count_does_not_stop_a_continue_and_a_new_split_is_refused(
