@@ -212,6 +212,27 @@ def _check_sources(settings, config_path: Path) -> None:
         raise _fail(f"{config_path}: ingest.sources: {error}") from None
 
 
+def _continued_vocabulary(runs: list) -> tuple[str, int] | None:
+    """(where it is, its size) of the vocabulary of the tokenizer the runs' `train.init_from`
+    checkpoint was made with, which a continued run adopts; None where none continues one."""
+    if not any(run.train.init_from for run in runs):
+        return None
+    from flows.pipeline import continued_tokenizer
+    from lm.tokenizer import load_tokenizer
+    from lm.train_config import TrainingError
+
+    try:
+        found = continued_tokenizer(activate_workspace(), _registry(), runs)
+    except TrainingError as error:
+        raise _fail(str(error)) from None
+    if found is None:
+        return None
+    folder, _ = found
+    return f"the tokenizer of train.init_from's checkpoint ({folder})", load_tokenizer(
+        folder
+    ).vocab_size
+
+
 def _check_init_from(runs: list, workspace) -> None:
     """A `train.init_from` that names no checkpoint, or one the model cannot start from, is
     said now, not by the train stage once the data stages have run."""
@@ -386,7 +407,10 @@ def size(
     if not runs:
         raise _fail(f"{config or 'default'}: the config has no [model] or [[models]] section")
     vocabulary_from = None  # the run whose char tokenizer gave the vocabulary size
-    if vocab_size is None:
+    continued = _continued_vocabulary(runs) if vocab_size is None else None
+    if continued is not None:  # a continued model keeps its tokenizer, whatever [tokenizer] says
+        continued_from, vocab_size = continued
+    elif vocab_size is None:
         if settings.tokenizer.kind == "char":
             newest = _newest_char_vocabulary(settings)
             if newest is None:
@@ -446,6 +470,9 @@ def size(
             "char tokenizer (--vocab-size sets another)",
             highlight=False,
         )
+    if continued is not None:
+        console.print(f"vocabulary: {vocab_size:,} ids, {escape(continued_from)}",
+                      highlight=False)  # fmt: skip
 
 
 def _bytes(count: float) -> str:

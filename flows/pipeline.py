@@ -509,7 +509,8 @@ def build_tokenizer(
     """The run's tokenizer: trained on the corpus, or, for a run whose models (`runs`, default
     the config's) continue one (`train.init_from`), the one that model was trained with.
     `adopt=False` trains the configured one whatever (a lost tokenizer rebuilt)."""
-    continued = continued_tokenizer(run, runs or settings.model_runs()) if adopt else None
+    continued = (continued_tokenizer(run.workspace, run.registry, runs or settings.model_runs())
+                 if adopt else None)  # fmt: skip
     if continued is not None:
         folder, digest = continued
         logger.info("tokenizer: the one train.init_from's checkpoint was trained with (%s, in "
@@ -560,7 +561,9 @@ def _warn_of_unused_tokenizer_settings(settings: PipelineConfig, adopted: Descri
                        wanted, has)  # fmt: skip
 
 
-def continued_tokenizer(run: RunContext, runs: list[ModelRun]) -> tuple[Path, str] | None:
+def continued_tokenizer(
+    workspace: Workspace, registry: RunRegistry, runs: list[ModelRun]
+) -> tuple[Path, str] | None:
     """(the folder holding it, its digest) of the tokenizer the checkpoints of `runs`'
     `train.init_from` were made with: a tokenizer output of that digest in this workspace, else
     the copy in the trained model folder around the checkpoint. None for runs that continue
@@ -575,7 +578,7 @@ def continued_tokenizer(run: RunContext, runs: list[ModelRun]) -> tuple[Path, st
 
     found: dict[str, Path] = {}  # tokenizer digest → a checkpoint made with it
     for model_run in runs:
-        checkpoint = init_checkpoint(model_run.train, run.workspace, model_run.model)
+        checkpoint = init_checkpoint(model_run.train, workspace, model_run.model)
         digest = read_info(checkpoint).get("tokenizer_digest") if checkpoint else None
         if digest:
             found.setdefault(digest, checkpoint)
@@ -589,11 +592,11 @@ def continued_tokenizer(run: RunContext, runs: list[ModelRun]) -> tuple[Path, st
         return None
     [(digest, checkpoint)] = found.items()
     candidates = []
-    if run.registry.path.exists():
-        _, rows = run.registry.query("SELECT path FROM tokenizers WHERE digest = ?", [digest])
-        candidates += [run.workspace.resolve(path) for (path,) in rows]
+    if registry.path.exists():
+        _, rows = registry.query("SELECT path FROM tokenizers WHERE digest = ?", [digest])
+        candidates += [workspace.resolve(path) for (path,) in rows]
     # Outputs no registry row names (a run killed before it recorded them), newest first.
-    candidates += _tokenizer_outputs_of(tokenizer_store(run.workspace), digest)
+    candidates += _tokenizer_outputs_of(tokenizer_store(workspace), digest)
     # A checkpoint folder (best/, final/) sits in its trained model folder, beside tokenizer/.
     candidates += [checkpoint.parent / "tokenizer", checkpoint.parent.parent / "tokenizer"]
     for folder in candidates:

@@ -942,6 +942,12 @@ def test_init_from_continues_on_new_data_with_the_checkpoint_s_tokenizer(
     assert continued["corpus"]["digest"] == retokenized["corpus"]["digest"]
     assert continued["tokenizer"]["digest"] == first["tokenizer"]["digest"]
     assert continued["models"][-1]["steps"] == 12 and continued["tokenizer"]["bytes_per_token"]
+    # `size` counts the parameters with that tokenizer's vocabulary too, not [tokenizer]'s.
+    from tests.conftest import run_cli
+
+    other = [*TINY_GPT, 'tokenizer={kind="bpe", vocab_size=2000}', start]
+    sized = run_cli("size", str(config), *[arg for item in other for arg in ("--set", item)])
+    assert "vocabulary: 400 ids, the tokenizer of train.init_from's checkpoint" in sized.stdout
     # A checkpoint copied out of its model folder, its tokenizer in no registry row (a run
     # killed before it recorded): the workspace's tokenizer outputs are searched.
     copied = tmp_path / "elsewhere" / "checkpoint"
