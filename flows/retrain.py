@@ -270,10 +270,10 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
             else:
                 tokenizer = build_tokenizer(run, settings, corpus)
                 new_documents = corpus.stats["split_documents"].get("train", 0)
-                decision = Decision(
-                    "scratch",
-                    f"trained from scratch ({_why_scratch(champion, renamed)})",
-                )
+                # The config's own init_from starts it from those weights: not from scratch.
+                start = (f"trained from train.init_from {train.init_from}" if train.init_from
+                         else "trained from scratch")  # fmt: skip
+                decision = Decision("scratch", f"{start} ({_why_scratch(champion, renamed)})")
             if new_documents < policy.min_new_documents:
                 decision = Decision(
                     "up-to-date",

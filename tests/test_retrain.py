@@ -366,7 +366,8 @@ def test_a_champion_continued_from_a_model_trained_elsewhere_gets_its_tokenizer_
         (folder / f"new{index}.txt").write_text(" ".join(words) + ".")
     start = f"train.init_from={json.dumps(str(exported))}"
     first = _trigger(config, bpe, start)
-    assert first["decision"]["promoted"]
+    assert first["decision"]["promoted"]  # not "from scratch": from the weights it names
+    assert first["decision"]["reason"].startswith(f"trained from train.init_from {exported}")
     registry = RunRegistry(workspace.registry_path)
     _, [(digest, path, corpus)] = registry.query(
         "SELECT digest, path, corpus_digest FROM tokenizers"
