@@ -217,12 +217,13 @@ def _continued_vocabulary(runs: list) -> tuple[str, int] | None:
     checkpoint was made with, which a continued run adopts; None where none continues one."""
     if not any(run.train.init_from for run in runs):
         return None
+    workspace = activate_workspace()  # before Prefect is imported (by flows.pipeline)
     from flows.pipeline import continued_tokenizer
     from lm.tokenizer import load_tokenizer
     from lm.train_config import TrainingError
 
     try:
-        found = continued_tokenizer(activate_workspace(), _registry(), runs)
+        found = continued_tokenizer(workspace, _registry(), runs)
     except TrainingError as error:
         raise _fail(str(error)) from None
     if found is None:

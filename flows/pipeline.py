@@ -41,6 +41,7 @@ from storage.registry import (
     DatasetRecord,
     ModelRecord,
     PromotionRecord,
+    RegistryError,
     RunRegistry,
     StageRecord,
     TokenizerRecord,
@@ -592,9 +593,13 @@ def continued_tokenizer(
         return None
     [(digest, checkpoint)] = found.items()
     candidates = []
-    if registry.path.exists():
-        _, rows = registry.query("SELECT path FROM tokenizers WHERE digest = ?", [digest])
-        candidates += [workspace.resolve(path) for (path,) in rows]
+    try:
+        if registry.path.exists():
+            _, rows = registry.query("SELECT path FROM tokenizers WHERE digest = ?", [digest])
+            candidates += [workspace.resolve(path) for (path,) in rows]
+    except RegistryError as error:  # held open, or damaged: the store and the folder remain
+        logger.warning("the registry could not be read (%s); looking for the tokenizer of "
+                       "train.init_from's checkpoint in the workspace's files", error)  # fmt: skip
     # Outputs no registry row names (a run killed before it recorded them), newest first.
     candidates += _tokenizer_outputs_of(tokenizer_store(workspace), digest)
     # A checkpoint folder (best/, final/) sits in its trained model folder, beside tokenizer/.

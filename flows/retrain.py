@@ -385,21 +385,24 @@ def _take_the_model_folder_s_tokenizer(
 ) -> bool:
     """Whether the champion's tokenizer came back from the `tokenizer/` of its model folder
     (measured on a corpus of its: the tokenizer's own, or the champion's)."""
-    from lm.tokenizer import TokenizerError, load_tokenizer
+    from lm.tokenizer import load_tokenizer
 
     folder = run.workspace.resolve(champion.row["path"]) / "tokenizer"
     digest = champion.row["tokenizer_digest"]
     corpus = champion.tokenizer_corpus or champion.corpus
+    if corpus is None or not folder.is_dir():  # a model folder of an older lmforge has none
+        return False
     try:
-        if corpus is None or load_tokenizer(folder).digest != digest:
+        if load_tokenizer(folder).digest != digest:
             return False
         champion.tokenizer = run_stage(
             run, adopt_tokenizer_task, adopted_key(corpus, str(folder), digest, settings.split),
             tokenizer_store(run.workspace), stage_name="tokenizer/champion", corpus=corpus,
             source=str(folder), tokenizer_digest=digest, split=settings.split,
         )  # fmt: skip
-    except (OSError, TokenizerError) as error:
-        logger.info("retrain: the champion's model folder has no usable tokenizer (%s)", error)
+    except Exception as error:  # the rebuild from its corpus is tried next, as before
+        logger.warning("retrain: the tokenizer in the champion's model folder did not serve (%s)",
+                       f"{type(error).__name__}: {error}")  # fmt: skip
         return False
     logger.info("retrain: the champion's tokenizer was gone; its model folder's copy serves (%s)",
                 digest[:12])  # fmt: skip

@@ -37,19 +37,25 @@ def compiler_works(device: torch.device) -> str | None:
     return None
 
 
-COMPILER_PACKAGES = ("torch/_inductor/", "torch/_functorch/", "torch/_dynamo/")
+COMPILER_PACKAGES = ("torch/_inductor/", "torch/_functorch/", "torch/_dynamo/", "triton/")
+# Frames of those packages that every call of a compiled model runs through, compiling nothing.
+RUNTIME_FRAMES = ("compile_wrapper", "_compiled_forward", "_compiled_backward")
 
 
 def raised_by_the_compiler(error: BaseException) -> bool:
-    """Whether `error` came from inside torch.compile's stack (Dynamo, AOT autograd, Inductor),
-    as a backward compiled at its first call fails; not an out-of-memory or a data error
-    raised in a compiled model's own code, which running it eager would raise again."""
+    """Whether `error` came from compiling (Dynamo, AOT autograd, Inductor, Triton), as a
+    backward compiled at its first call fails: a frame of theirs whose function compiles
+    (`get_or_compile`, `compile_fx`, a backend's `bw_compiler`). Not an error of the compiled
+    model's own run (an index out of range, an out-of-memory), which every call of a compiled
+    model also raises through their frames, and which running eager would raise again."""
     if isinstance(error, torch.OutOfMemoryError):
         return False
     traceback = error.__traceback__
     while traceback is not None:
-        filename = traceback.tb_frame.f_code.co_filename.replace("\\", "/")
-        if any(package in filename for package in COMPILER_PACKAGES):
+        code = traceback.tb_frame.f_code
+        filename = code.co_filename.replace("\\", "/")
+        if (any(package in filename for package in COMPILER_PACKAGES)
+                and "compile" in code.co_name and code.co_name not in RUNTIME_FRAMES):  # fmt: skip
             return True
         traceback = traceback.tb_next
     return False

@@ -682,9 +682,13 @@ def load_tokenizer(folder: Path, threads: int = 0) -> Tokenizer:
         return SentencePieceTokenizer(path.read_bytes(), kind, threads, str(path))
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
-        return CharTokenizer(document["chars"], document["unknown_chars"])
-    except (json.JSONDecodeError, KeyError, UnicodeDecodeError):
+        chars, unknown = document["chars"], document["unknown_chars"]
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
         raise TokenizerError(f"{path}: not a valid character tokenizer") from None
+    if not (isinstance(chars, list) and all(isinstance(c, str) and len(c) == 1 for c in chars)
+            and unknown in ("unk", "bytes", "error")):  # fmt: skip
+        raise TokenizerError(f"{path}: not a valid character tokenizer")
+    return CharTokenizer(chars, unknown)
 
 
 def _sentencepiece_kind(meta_path: Path) -> str:

@@ -31,7 +31,7 @@ class ModelRecord:
     digest: str
     path: str
     tokenizer_digest: str
-    corpus_digest: str | None  # None for a tokenizer adopted by a continued model
+    corpus_digest: str
     config: dict
     stats: dict
 

@@ -443,3 +443,19 @@ def test_a_val_document_the_char_tokenizer_refuses_is_named_by_the_statistics():
     )
     with pytest.raises(TokenizerError, match=r"first met in a val document starting 'ab€"):
         tokenizer_statistics(tokenizer, [["abc", "ab€ more"]])
+
+
+@pytest.mark.parametrize(
+    "document",
+    ["[1]", '{"chars": 5, "unknown_chars": "unk"}', '{"chars": ["ab"], "unknown_chars": "unk"}',
+     '{"chars": ["a"], "unknown_chars": "maybe"}'],
+)  # fmt: skip
+def test_a_char_tokenizer_file_of_the_wrong_shape_is_named_not_a_type_error(tmp_path, document):
+    """Valid JSON of another shape raised TypeError, which the callers that look for a
+    tokenizer among candidate folders (a continued model's) do not expect."""
+    from lm.tokenizer import TokenizerError, load_tokenizer
+
+    train_tokenizer(["abc"], TokenizerConfig(kind="char")).save(tmp_path)
+    (tmp_path / "tokenizer.json").write_text(document)
+    with pytest.raises(TokenizerError, match=r"tokenizer\.json: not a valid character tokenizer"):
+        load_tokenizer(tmp_path)

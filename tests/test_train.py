@@ -1082,10 +1082,15 @@ def test_only_errors_from_inside_the_compiler_send_a_first_step_eager():
 
     assert not raised_by_the_compiler(raised(RuntimeError("a shape mismatch in the model")))
     assert not raised_by_the_compiler(raised(torch.OutOfMemoryError("no memory")))
-    compiled = torch.compile(lambda x: x.view(3), backend="eager")
-    with pytest.raises(Exception) as caught:
-        compiled(torch.ones(4))
-    assert raised_by_the_compiler(caught.value)
+    # A compiled model's own error passes through the compiler's runtime frames: not its.
+    embedding = torch.nn.Embedding(10, 4)
+    for backend in ("eager", "aot_eager"):
+        torch._dynamo.reset()
+        compiled = torch.compile(embedding, backend=backend)
+        compiled(torch.tensor([1, 2])).sum().backward()
+        with pytest.raises(IndexError) as caught:
+            compiled(torch.tensor([20, 2])).sum().backward()
+        assert not raised_by_the_compiler(caught.value), backend
 
 
 def test_the_compiler_probe_compiles_a_backward_too(monkeypatch):
