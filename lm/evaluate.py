@@ -108,15 +108,6 @@ class TokenBytes:
         """How many of `targets` are the unknown id."""
         return 0 if self.unknown_id is None else int((targets == self.unknown_id).sum())
 
-    def of_document_start(self, ids: np.ndarray) -> int:
-        """Bytes of the text that a document's first tokens `ids` stand for, counted as its
-        scored targets are (a cut through a character's byte pieces, or just before a
-        `▁word` piece, would not decode to the bytes of that part of the text)."""
-        if not len(ids):
-            return 0
-        total = int(self.lengths.numpy()[ids].sum())
-        return total - self.dummy_prefix * int(self.starts_with_space[int(ids[0])])
-
     def of_targets(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Bytes of each target token; `inputs` are the tokens before them (same shape). A
         target that is not scored (`IGNORED_TARGET`) counts 0."""
