@@ -516,17 +516,7 @@ def build_tokenizer(
         folder, digest = continued
         logger.info("tokenizer: the one train.init_from's checkpoint was trained with (%s, in "
                     "%s); the [tokenizer] settings are not used", digest[:12], folder)  # fmt: skip
-        run.tokenizer = run_stage(
-            run,
-            adopt_tokenizer_task,
-            adopted_key(corpus, str(folder), digest, settings.split),
-            tokenizer_store(run.workspace),
-            stage_name=stage_name,
-            corpus=corpus,
-            source=str(folder),
-            tokenizer_digest=digest,
-            split=settings.split,
-        )
+        run.tokenizer = adopt_tokenizer(run, folder, digest, corpus, settings.split, stage_name)
         _warn_of_unused_tokenizer_settings(settings, run.tokenizer)
     else:
         run.tokenizer = run_stage(
@@ -545,6 +535,25 @@ def build_tokenizer(
 
         check_prompts(load_tokenizer(run.workspace.resolve(run.tokenizer.path)), settings.eval)
     return run.tokenizer
+
+
+def adopt_tokenizer(
+    run: RunContext, folder: Path, digest: str, corpus: Descriptor, split: SplitConfig,
+    stage_name: str | None = None,
+) -> Descriptor:  # fmt: skip
+    """The tokenizer of digest `digest` in `folder` (a trained model's) as a tokenizer output,
+    measured on `corpus`."""
+    return run_stage(
+        run,
+        adopt_tokenizer_task,
+        adopted_key(corpus, str(folder), digest, split),
+        tokenizer_store(run.workspace),
+        stage_name=stage_name,
+        corpus=corpus,
+        source=str(folder),
+        tokenizer_digest=digest,
+        split=split,
+    )
 
 
 def _warn_of_unused_tokenizer_settings(settings: PipelineConfig, adopted: Descriptor) -> None:

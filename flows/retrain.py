@@ -31,6 +31,7 @@ from prefect import flow
 
 from flows.pipeline import (
     RunContext,
+    adopt_tokenizer,
     build_corpus,
     build_tokenizer,
     encode_corpus,
@@ -62,7 +63,7 @@ from storage.shards import ShardError
 from tasks.clean import corpus_store
 from tasks.evaluate import evaluate_key, evaluate_store, evaluate_task
 from tasks.increment import increment_key, increment_store, increment_task
-from tasks.tokenizer import adopt_tokenizer_task, adopted_key, tokenizer_store
+from tasks.tokenizer import tokenizer_store
 from tasks.train import train_store
 
 logger = logging.getLogger("flows.retrain")
@@ -395,11 +396,8 @@ def _take_the_model_folder_s_tokenizer(
     try:
         if load_tokenizer(folder).digest != digest:
             return False
-        champion.tokenizer = run_stage(
-            run, adopt_tokenizer_task, adopted_key(corpus, str(folder), digest, settings.split),
-            tokenizer_store(run.workspace), stage_name="tokenizer/champion", corpus=corpus,
-            source=str(folder), tokenizer_digest=digest, split=settings.split,
-        )  # fmt: skip
+        champion.tokenizer = adopt_tokenizer(run, folder, digest, corpus, settings.split,
+                                             "tokenizer/champion")  # fmt: skip
     except Exception as error:  # the rebuild from its corpus is tried next, as before
         logger.warning("retrain: the tokenizer in the champion's model folder did not serve (%s)",
                        f"{type(error).__name__}: {error}")  # fmt: skip

@@ -42,10 +42,22 @@ def tokenizer_key(
     `ordered` it does not (every document is labelled train, the cut is made by encode), yet
     the statistics are measured on the val part of the stream: a changed `split.val` reused
     the old part's figures."""
-    settings = config.output_digest()
+    return _key(config.output_digest(), corpus, split)
+
+
+def _key(settings: str, corpus: Descriptor, split: SplitConfig | None) -> str:
     if split is not None and split.method == "ordered":
         settings += ":" + split.digest()
     return stage_key(STAGE, VERSION, settings, [corpus.digest], code_digest(*CODE))
+
+
+def _publish(store: ArtifactStore, key: str, tokenizer, stats: dict, **described) -> Descriptor:
+    """`tokenizer` and its statistics as the stage's output `key`."""
+    with store.build(key) as staging:
+        tokenizer.save(staging)
+        (staging / STATS_FILE).write_text(json.dumps(stats, indent=2, ensure_ascii=False))
+        return store.describe(staging, STAGE, key, tokenizer.digest,
+                              {"kind": tokenizer.kind, **stats, **described})  # fmt: skip
 
 
 def _counted(texts: Iterator[str], progress: ProgressLog) -> Iterator[str]:
@@ -85,13 +97,7 @@ def tokenizer_task(
     )
     tokenizer = train_tokenizer(train_texts, config)
     stats = tokenizer_statistics(tokenizer, iter_split_part(documents, "val", split))
-    with store.build(key) as staging:
-        tokenizer.save(staging)
-        (staging / STATS_FILE).write_text(json.dumps(stats, indent=2, ensure_ascii=False))
-        descriptor = store.describe(
-            staging, STAGE, key, tokenizer.digest, {"kind": config.kind, **stats}
-        )
-    return descriptor
+    return _publish(store, key, tokenizer, stats)
 
 
 def adopted_key(
@@ -99,10 +105,7 @@ def adopted_key(
 ) -> str:
     """The tokenizer of digest `tokenizer_digest` (wherever `source` holds it) with its
     statistics on this corpus's val split."""
-    settings = f"adopted:{tokenizer_digest}"
-    if split is not None and split.method == "ordered":
-        settings += ":" + split.digest()
-    return stage_key(STAGE, VERSION, settings, [corpus.digest], code_digest(*CODE))
+    return _key(f"adopted:{tokenizer_digest}", corpus, split)
 
 
 @task(name=STAGE, cache_key_fn=cache_key_from(adopted_key), persist_result=True)
@@ -132,9 +135,4 @@ def adopt_tokenizer_task(
             f"encode this corpus: {error}. A continued model keeps its tokenizer, whatever "
             "[tokenizer] says: drop train.init_from to train a new one"
         ) from None
-    with store.build(key) as staging:
-        tokenizer.save(staging)
-        (staging / STATS_FILE).write_text(json.dumps(stats, indent=2, ensure_ascii=False))
-        descriptor = store.describe(staging, STAGE, key, tokenizer.digest,
-                                    {"kind": tokenizer.kind, **stats, "adopted": True})  # fmt: skip
-    return descriptor
+    return _publish(store, key, tokenizer, stats, adopted=True)

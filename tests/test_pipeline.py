@@ -94,32 +94,25 @@ def test_second_run_with_nothing_changed_is_served_from_cache(workspace, config)
     assert second["corpus"]["digest"] == first["corpus"]["digest"]
 
 
+@pytest.mark.parametrize(
+    ("new_name", "overrides"),
+    [("doc05-renamed.txt", []), ("aaa-first-now.txt", ["split.shuffle=true"])],
+    ids=["same-place", "another-place-under-shuffle"],
+)
 def test_a_renamed_source_file_encoding_to_the_same_tokens_trains_nothing(
-    workspace, config, tmp_path
+    workspace, config, tmp_path, new_name, overrides
 ):
-    # The shards' digest was their cache key: a renamed file (a new corpus digest, the same
-    # text) encoded to byte-identical shards, then trained and scored every model again.
-    first = run_pipeline(config, TINY_GPT)
-    (tmp_path / "texts" / "doc05.txt").rename(tmp_path / "texts" / "doc05-renamed.txt")
-    second = run_pipeline(config, TINY_GPT)
+    """The shards' digest was their cache key: a renamed file (a new corpus digest, the same
+    text) encoded to byte-identical shards, then trained and scored every model again. The
+    corpus lists files by path, and a hash split's shards follow it: a rename that moves a file
+    in that list reorders them (and trains again); shuffled shards follow content."""
+    first = run_pipeline(config, [*TINY_GPT, *overrides])
+    (tmp_path / "texts" / "doc05.txt").rename(tmp_path / "texts" / new_name)
+    second = run_pipeline(config, [*TINY_GPT, *overrides])
     states = stage_states(second)
     assert second["corpus"]["digest"] != first["corpus"]["digest"]
     assert states["encode"] == "ran" and states["train"] == states["evaluate"] == "cached"
     assert second["models"][-1]["val_bpb"] == first["models"][-1]["val_bpb"]
-
-
-def test_under_shuffle_a_file_renamed_to_another_place_in_the_list_trains_nothing(
-    workspace, config, tmp_path
-):
-    """The corpus lists files by path, and a hash split's shards follow it: a rename that moves
-    a file in that list reorders them (and trains again); shuffled shards follow content."""
-    shuffled = [*TINY_GPT, "split.shuffle=true"]
-    first = run_pipeline(config, shuffled)
-    (tmp_path / "texts" / "doc05.txt").rename(tmp_path / "texts" / "aaa-first-now.txt")
-    second = run_pipeline(config, shuffled)
-    states = stage_states(second)
-    assert second["corpus"]["digest"] != first["corpus"]["digest"]
-    assert states["encode"] == "ran" and states["train"] == states["evaluate"] == "cached"
 
 
 def test_every_stage_is_journaled_beside_the_run_s_metrics_as_it_finishes(workspace, config):

@@ -1023,12 +1023,24 @@ def test_a_model_that_fails_to_compile_at_its_first_step_trains_eager(
     monkeypatch.setattr(lm.compilation, "compiler_works", lambda device: None)
     monkeypatch.setattr(lm.compilation.torch, "compile", compile_with_the_failing_backend)
     settings = config(max_steps=3, eval_every=100, checkpoint_every=100)
+    trains_as_eager_after_its_compile_fails(
+        tmp_path,
+        monkeypatch,
+        caplog,
+        settings,
+        "torch.compile failed on this model",
+        "cannot lower",
+    )
+
+
+def trains_as_eager_after_its_compile_fails(tmp_path, monkeypatch, caplog, settings, *said):
+    """A run asked to compile, whose compile fails (as `monkeypatch` arranged), warns with
+    `said`, goes on eager and trains exactly as an eager run."""
     run = trainer(tmp_path / "failing", settings.model_copy(update={"compile": True}))
     assert run.model is not run.module  # compiled, as far as the probe could tell
     with caplog.at_level("WARNING", logger="lm.train"):
         losses = run.train().losses
-    assert "torch.compile failed on this model" in caplog.text
-    assert "cannot lower" in caplog.text and run.model is run.module
+    assert all(text in caplog.text for text in said) and run.model is run.module
     monkeypatch.undo()
     assert losses == trainer(tmp_path / "eager", settings).train().losses
 
@@ -1059,14 +1071,9 @@ def test_a_model_whose_backward_fails_to_compile_trains_eager(tmp_path, monkeypa
     compile_with_a_backward_that_fails(monkeypatch, "a backward this backend cannot lower")
     monkeypatch.setattr(lm.compilation, "compiler_works", lambda device: None)
     settings = config(max_steps=3, eval_every=100, checkpoint_every=100, micro_batch=2)
-    run = trainer(tmp_path / "failing", settings.model_copy(update={"compile": True}))
-    assert run.model is not run.module
-    with caplog.at_level("WARNING", logger="lm.train"):
-        losses = run.train().losses
-    assert "torch.compile failed on this model's backward" in caplog.text
-    assert "backward this backend cannot lower" in caplog.text and run.model is run.module
-    monkeypatch.undo()
-    assert losses == trainer(tmp_path / "eager", settings).train().losses
+    trains_as_eager_after_its_compile_fails(tmp_path, monkeypatch, caplog, settings,
+                                            "torch.compile failed on this model's backward",
+                                            "backward this backend cannot lower")  # fmt: skip
 
 
 def test_only_errors_from_inside_the_compiler_send_a_first_step_eager():
