@@ -8,6 +8,7 @@ import http.server
 import io
 import json
 import logging
+import re
 import threading
 from functools import partial
 from pathlib import Path
@@ -758,6 +759,23 @@ def test_invalid_utf16_follows_encoding_errors(tmp_path, caplog):
     assert [d.text for d in docs] == ["ab\ufffdc"]
     assert "bad16.txt: invalid UTF-16 at byte 6 (line 1) replaced with U+FFFD" in caplog.text
 
+
+
+@pytest.mark.parametrize("errors", ["strict", "replace"])
+def test_invalid_utf16_without_a_bom_is_placed_at_the_file_s_own_byte(tmp_path, caplog, errors):
+    # The byte-order mark read in front of such a file was counted: every offset 2 too high.
+    path = tmp_path / "bare16.txt"
+    head = "plain text line\n".encode("utf-16-le") * 600  # past the sniff: still read as UTF-16
+    path.write_bytes(head + b"\x3d\xd8" + "c".encode("utf-16-le"))
+    where = rf"bare16\.txt: invalid UTF-16 at byte {len(head)} \(line 601\)"
+    if errors == "strict":
+        with pytest.raises(InputError, match=where):
+            read(tmp_path, str(path))
+        return
+    with caplog.at_level(logging.WARNING):
+        docs = read(tmp_path, str(path), errors="replace")
+    assert docs[0].text.endswith("line\n\ufffdc")
+    assert re.search(where + " replaced with U\\+FFFD", caplog.text)
 
 def test_parquet_column_that_is_not_text_is_refused(tmp_path):
     pq.write_table(pa.table({"text": [1, 2]}), tmp_path / "n.parquet")

@@ -206,6 +206,9 @@ class Replacements:
     def __init__(self, name: str):
         self.name = name
         self.count = 0
+        # Bytes read before the file's own: the byte-order mark given to a UTF-16 file without
+        # one. A whole file's byte offsets leave them out, so they are the file's.
+        self.prepended = 0
 
     def note(self, where: str, what: str) -> None:
         self.count += 1
@@ -234,6 +237,7 @@ def read_documents(
             logger.warning("%s: read as %s (it has no byte-order mark)", item.name,
                            bomless[1].upper())  # fmt: skip
             stream = io.BufferedReader(_Prefixed(bomless[0], stream))  # type: ignore[assignment]
+            replaced.prepended = len(bomless[0])
         if fmt == "parquet":
             yield from _read_parquet(item, stream, encoding_errors, replaced)
         elif fmt in ("csv", "tsv"):
@@ -308,7 +312,7 @@ def _decode(
                 position = f"at byte {offset} of line {line + len(before) - 1}"
             else:  # counted on the decoded prefix: in UTF-16/32 a newline is several bytes
                 line_no = data[: error.start].decode(encoding, "replace").count("\n") + 1
-                position = f"at byte {error.start} (line {line_no})"
+                position = f"at byte {error.start - replaced.prepended} (line {line_no})"
             raise InputError(
                 f"{item.name}: invalid {label} {position}; fix the file or set "
                 'ingest.encoding_errors = "replace" to substitute U+FFFD'
@@ -326,7 +330,8 @@ def _decode(
             data.decode(encoding, errors=NOTE_FIRST_INVALID)
         for offset in _first_invalid.found:
             line_no = data[:offset].decode(encoding, "replace").count("\n") + 1
-            replaced.note(item.name, f"invalid {label} at byte {offset} (line {line_no})")
+            at = offset - replaced.prepended
+            replaced.note(item.name, f"invalid {label} at byte {at} (line {line_no})")
         replaced.count += max(0, invalid - len(_first_invalid.found))
         return text
 
