@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -12,8 +13,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from storage.prune import INTERRUPTED, find_leftovers, remove_leftover
-from storage.workspace import Workspace, WorkspaceError
+from storage.prune import INTERRUPTED, WORK_SUFFIX, find_leftovers, remove_leftover
+from storage.workspace import Workspace, WorkspaceError, relocated
 
 console = Console(width=None if sys.stdout.isatty() else 200)
 
@@ -45,6 +46,15 @@ def prune_command(
                 "curve from them; `lmforge prune --yes` again once the registry can be written",
                 markup=False, highlight=False,
             )  # fmt: skip
+    continued = _continued_from(workspace) if leftovers else {}
+    for leftover in [x for x in leftovers if x.path.resolve() in continued]:
+        leftovers.remove(leftover)
+        kept.append(leftover)
+        console.print(
+            f"kept {leftover.path}: {continued[leftover.path.resolve()]} continued from its checkpoint "
+            "(train.init_from); delete it by hand once that run need not be repeated",
+            markup=False, highlight=False,
+        )  # fmt: skip
     if not leftovers:
         nothing = "nothing else to prune" if kept else "nothing to prune"
         console.print(f"{nothing} in {workspace.root}", markup=False, highlight=False)
@@ -95,6 +105,35 @@ def _record_crashed_runs(workspace: Workspace) -> bool:
                       highlight=False)  # fmt: skip
         return False
     return True
+
+
+def _continued_from(workspace: Workspace) -> dict[Path, str]:
+    """The work folders whose checkpoints recorded models continued from (`train.init_from`
+    naming a checkpoint of an interrupted training), each with the first such model: pruning
+    them would leave those runs impossible to repeat."""
+    from storage.registry import RegistryError, RunRegistry
+
+    if not workspace.registry_path.is_file():
+        return {}
+    try:
+        _, rows = RunRegistry(workspace.registry_path).query(
+            "SELECT run_id, label, json_extract_string(config, '$.train.init_from') FROM models "
+            "WHERE json_extract_string(config, '$.train.init_from') IS NOT NULL "
+            "ORDER BY created_at"
+        )
+    except RegistryError as error:
+        console.print(f"warning: the models that continued from a checkpoint are not known: "
+                      f"{error}", markup=False, highlight=False)  # fmt: skip
+        return {}
+    found: dict[Path, str] = {}
+    for run_id, label, init_from in rows:
+        path = Path(init_from).expanduser()
+        path = relocated(path if path.is_absolute() else workspace.root / path, workspace.root)
+        for folder in (path, *path.parents):
+            if folder.name.endswith(WORK_SUFFIX):
+                found.setdefault(folder.resolve(), f"model {label} of run {run_id[:8]}")
+                break
+    return found
 
 
 def decimal_size(size: float) -> str:

@@ -175,3 +175,32 @@ def test_a_training_starting_afresh_names_the_interrupted_ones_it_cannot_resume(
     with caplog.at_level(logging.INFO, logger="lm.train"):
         _say_other_interrupted_trainings(workspace, new)
     assert "interrupted" not in caplog.text
+
+
+def test_prune_keeps_an_interrupted_training_a_recorded_model_continued_from(tmp_path):
+    # Its checkpoint was a recorded run's `train.init_from`: pruning it left that run impossible
+    # to repeat. Another interrupted training, continued from by no model, is removed.
+    import json
+
+    from storage.registry import RunRegistry
+    from tests.conftest import run_cli
+
+    workspace = Workspace(tmp_path / "home").ensure()
+    train = workspace.artifacts / "train"
+    started_from = _folder(train / "train-a.work" / "step-000010")
+    forgotten = _folder(train / "train-b.work")
+    registry = RunRegistry(workspace.registry_path)
+    with registry.writing() as connection:
+        for run_id, init_from in (("r" * 32, "artifacts/train/train-a.work/step-000010"),
+                                  ("s" * 32, None)):  # fmt: skip
+            config = {"train": {"init_from": init_from}}
+            connection.execute(
+                "INSERT INTO models (run_id, label, kind, config, created_at) "
+                "VALUES (?, 'gpt', 'gpt', ?, now())", [run_id, json.dumps(config)],
+            )  # fmt: skip
+    listed = " ".join(run_cli("prune", home=workspace.root).stdout.split())
+    assert f"kept {started_from.parent}: model gpt of run rrrrrrrr continued from" in listed
+    assert "train-b.work" in listed
+    removed = " ".join(run_cli("prune", "--yes", home=workspace.root).stdout.split())
+    assert "removed 1 folders" in removed
+    assert started_from.is_dir() and not forgotten.exists()
