@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import shutil
+import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -214,10 +215,12 @@ def resolve_init_from(path: Path) -> Path:
     for name in ("best", "final"):
         candidate = path / name
         if (candidate / DONE_MARKER).is_file() and (candidate / WEIGHTS_FILE).is_file():
-            problem = damage(candidate) or digest_mismatch(candidate, [WEIGHTS_FILE])
+            problem = damage(candidate) or _weights_changed(candidate)
             if problem is None:
                 return candidate
-            logger.warning("%s: damaged checkpoint (%s), skipped", candidate, problem)
+            if time.monotonic() - _warned.get((candidate, problem), -WARN_AGAIN_S) >= WARN_AGAIN_S:
+                _warned[(candidate, problem)] = time.monotonic()
+                logger.warning("%s: damaged checkpoint (%s), skipped", candidate, problem)
             damaged.append(f"{name}/: {problem}")
     newest = latest_checkpoint(path)
     if newest is not None:
@@ -231,6 +234,24 @@ def resolve_init_from(path: Path) -> Path:
         f"train.init_from: {path} is not a checkpoint (a folder with {WEIGHTS_FILE} and "
         f"{DONE_MARKER}) nor a trained model folder holding best/ or final/"
     )
+
+
+# A run looks its `train.init_from` up several times (the command's check, the tokenizer search,
+# the train stage's key): each hashed the weights (seconds for a GB) and warned of a damaged
+# `best/` again. Hashed once per state of the file; warned once in ten minutes (a service that
+# retrains daily warns each day).
+_hashed: dict[tuple, str | None] = {}
+_warned: dict[tuple[Path, str], float] = {}
+WARN_AGAIN_S = 600
+
+
+def _weights_changed(checkpoint: Path) -> str | None:
+    """`digest_mismatch` of the weights, once per state of the file (inode, size, mtime)."""
+    stat = (checkpoint / WEIGHTS_FILE).stat()
+    state = (checkpoint.resolve(), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    if state not in _hashed:
+        _hashed[state] = digest_mismatch(checkpoint, [WEIGHTS_FILE])
+    return _hashed[state]
 
 
 def weights_digest(checkpoint: Path) -> str:

@@ -597,6 +597,33 @@ def test_init_from_a_model_folder_skips_a_damaged_best_for_final(tmp_path, caplo
         tokenized_trainer(tmp_path / "other", "tok-a").initialize_from(published / "best")
 
 
+
+def test_init_from_hashes_a_model_folder_s_weights_once_and_warns_of_damage_once(
+    tmp_path, caplog, monkeypatch
+):
+    # A run looks its init_from up three times: each hashed a GB of weights and warned again.
+    from lm import checkpoints
+
+    source = tokenized_trainer(tmp_path / "source", "tok-a")
+    source.train(until_step=10)
+    published = tmp_path / "published"
+    for name in ("best", "final"):
+        shutil.copytree(latest_checkpoint(tmp_path / "source"), published / name)
+    hashed = []
+    real_sha256 = checkpoints.file_sha256
+    monkeypatch.setattr(checkpoints, "file_sha256", lambda p: hashed.append(p) or real_sha256(p))
+    for _ in range(3):
+        assert checkpoints.resolve_init_from(published) == published / "best"
+    assert hashed == [published / "best" / "model.pt"]
+    weights = bytearray((published / "best" / "model.pt").read_bytes())
+    weights[-1] ^= 1  # a flipped bit, written anew: the same size, another state
+    (published / "best" / "model.pt").write_bytes(bytes(weights))
+    with caplog.at_level(logging.WARNING, logger="lm.train"):
+        for _ in range(3):
+            assert checkpoints.resolve_init_from(published) == published / "final"
+    assert caplog.text.count(f"{published / 'best'}: damaged checkpoint (model.pt is not") == 1
+    assert len(hashed) == 3  # the changed best/ once, final/ once
+
 def test_tokens_trained_add_up_over_the_trainings_a_model_continues(tmp_path):
     """`tokens_seen` counts a run's own training; `tokens_trained` also what the weights it
     started from were trained on, as their checkpoint recorded it, through a resume too."""
