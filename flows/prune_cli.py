@@ -51,8 +51,8 @@ def prune_command(
         leftovers.remove(leftover)
         kept.append(leftover)
         console.print(
-            f"kept {leftover.path}: {continued[leftover.path.resolve()]} continued from its checkpoint "
-            "(train.init_from); delete it by hand once that run need not be repeated",
+            f"kept {leftover.path}: {continued[leftover.path.resolve()]} continued from its "
+            "checkpoint (train.init_from); delete it by hand once that run need not be repeated",
             markup=False, highlight=False,
         )  # fmt: skip
     if not leftovers:

@@ -760,7 +760,6 @@ def test_invalid_utf16_follows_encoding_errors(tmp_path, caplog):
     assert "bad16.txt: invalid UTF-16 at byte 6 (line 1) replaced with U+FFFD" in caplog.text
 
 
-
 @pytest.mark.parametrize("errors", ["strict", "replace"])
 def test_invalid_utf16_without_a_bom_is_placed_at_the_file_s_own_byte(tmp_path, caplog, errors):
     # The byte-order mark read in front of such a file was counted: every offset 2 too high.
@@ -776,6 +775,7 @@ def test_invalid_utf16_without_a_bom_is_placed_at_the_file_s_own_byte(tmp_path, 
         docs = read(tmp_path, str(path), errors="replace")
     assert docs[0].text.endswith("line\n\ufffdc")
     assert re.search(where + " replaced with U\\+FFFD", caplog.text)
+
 
 def test_parquet_column_that_is_not_text_is_refused(tmp_path):
     pq.write_table(pa.table({"text": [1, 2]}), tmp_path / "n.parquet")

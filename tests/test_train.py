@@ -597,7 +597,6 @@ def test_init_from_a_model_folder_skips_a_damaged_best_for_final(tmp_path, caplo
         tokenized_trainer(tmp_path / "other", "tok-a").initialize_from(published / "best")
 
 
-
 def test_init_from_hashes_a_model_folder_s_weights_once_and_warns_of_damage_once(
     tmp_path, caplog, monkeypatch
 ):
@@ -623,6 +622,7 @@ def test_init_from_hashes_a_model_folder_s_weights_once_and_warns_of_damage_once
             assert checkpoints.resolve_init_from(published) == published / "final"
     assert caplog.text.count(f"{published / 'best'}: damaged checkpoint (model.pt is not") == 1
     assert len(hashed) == 3  # the changed best/ once, final/ once
+
 
 def test_tokens_trained_add_up_over_the_trainings_a_model_continues(tmp_path):
     """`tokens_seen` counts a run's own training; `tokens_trained` also what the weights it
