@@ -464,6 +464,9 @@ class PipelineConfig(StrictModel):
         train = data.get("train", {})
         if isinstance(train, dict) and "seed" not in train:
             return {**data, "train": {**train, "seed": data["seed"]}}
+        if isinstance(train, TrainConfig) and "seed" not in train.model_fields_set:
+            # Built in Python: a seed sweep with a `TrainConfig` trained one model each time.
+            return {**data, "train": train.model_copy(update={"seed": data["seed"]})}
         return data
 
     @model_validator(mode="after")

@@ -248,6 +248,13 @@ def split_batches(
             f"the {split} split has {len(tokens)} token(s): nothing to predict; give the split "
             "more data (split settings) or leave it out of eval.splits"
         )
+    if window < 1 or (overlap is not None and not 0 <= overlap < window):
+        # A negative overlap strode past targets no window scored; 0 or a negative window
+        # failed later, naming bytes or block_size; overlap ≥ window strode by 1 token.
+        raise EvaluationError(
+            f"evaluate {split}: window {window} and overlap {overlap}: the window must hold a "
+            "token and the overlap be from 0 to window - 1"
+        )
     if config.scoring == "sample":
         return evaluation_windows(tokens, window, config.batches, config.batch_size,
                                   config.seed, split)  # fmt: skip

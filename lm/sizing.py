@@ -158,8 +158,14 @@ def size_model(
     """Sizes for training on `device` (default: the one `train.device` picks on this machine),
     which decides what `precision = "auto"` means: bf16 activations take half the bytes.
     `train_tokens`, the train split's size where known, bounds what the count bigram holds."""
+    if vocab_size < 1 or (train_tokens is not None and train_tokens < 0):
+        raise ValueError(
+            f"vocab_size {vocab_size} and train_tokens {train_tokens}: a model needs a "
+            "vocabulary of 1 or more, and a split holds 0 tokens or more"
+        )
     if device is None:  # a device named outright is sized as asked, present here or not
         device = pick_device() if train.device == "auto" else torch.device(train.device)
+    device = torch.device(device)  # "cpu" as well
     bf16 = autocast_dtype(train, device) is not None
     parameters = parameter_count(model, vocab_size)
     untrained, untrained_bytes = untrained_values(model, vocab_size, train_tokens)

@@ -90,6 +90,20 @@ class Tokenizer(ABC):
     @abstractmethod
     def decode(self, ids: Iterable[int]) -> str: ...
 
+    def _checked_ids(self, ids: Iterable[int]) -> list[int]:
+        """`ids` (a list, an array or a tensor) as Python ints, each an id of this vocabulary:
+        a character tokenizer read -1 as its last character, SentencePiece said only "piece id
+        is out of range", and a tensor was a TypeError."""
+        values = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+        values = values if isinstance(values, list) else [values]  # a 0-d tensor: one id
+        wrong = next((i for i in values if not 0 <= i < self.vocab_size), None)
+        if wrong is not None:
+            raise TokenizerError(
+                f"token id {wrong} is outside the vocabulary of {self.vocab_size} "
+                f"(ids 0 to {self.vocab_size - 1})"
+            )
+        return values
+
     @property
     @abstractmethod
     def vocab_size(self) -> int: ...
@@ -261,7 +275,7 @@ class SentencePieceTokenizer(Tokenizer):
         return pa.array(encoded, pa.large_list(pa.int32()))
 
     def decode(self, ids: Iterable[int]) -> str:
-        text = self._processor.decode(list(ids))
+        text = self._processor.decode(self._checked_ids(ids))
         return unescape_space_symbol(text) if self._escapes else text
 
     @property
@@ -273,13 +287,13 @@ class SentencePieceTokenizer(Tokenizer):
         return self._eot
 
     def piece(self, token_id: int) -> str:
-        return self._processor.id_to_piece(token_id)
+        return self._processor.id_to_piece(self._checked_ids([token_id])[0])
 
     def is_byte(self, token_id: int) -> bool:
         return self._processor.is_byte(token_id)
 
     def is_learned(self, token_id: int) -> bool:
-        return bool(self._learned[token_id])
+        return bool(self._learned[self._checked_ids([token_id])[0]])
 
     def text_bytes(self, token_id: int) -> int:
         """The UTF-8 bytes of text a piece stands for, when it stands for text of its own (not
@@ -450,14 +464,14 @@ class CharTokenizer(Tokenizer):
     def decode(self, ids: Iterable[int]) -> str:
         pieces: list[str] = []
         pending = bytearray()
-        for token_id in ids:
+        for token_id in self._checked_ids(ids):
             if self._byte_base is not None and token_id >= self._byte_base:
                 pending.append(token_id - self._byte_base)
                 continue
             if pending:
                 pieces.append(pending.decode("utf-8", errors="replace"))
                 pending.clear()
-            pieces.append(self.piece(token_id) if token_id != self._eot else "")
+            pieces.append(self._piece(token_id) if token_id != self._eot else "")
         if pending:
             pieces.append(pending.decode("utf-8", errors="replace"))
         return "".join(pieces)
@@ -472,9 +486,12 @@ class CharTokenizer(Tokenizer):
         return self._eot
 
     def is_learned(self, token_id: int) -> bool:
-        return token_id < len(self.chars)
+        return 0 <= self._checked_ids([token_id])[0] < len(self.chars)
 
     def piece(self, token_id: int) -> str:
+        return self._piece(self._checked_ids([token_id])[0])
+
+    def _piece(self, token_id: int) -> str:
         if token_id < len(self.chars):
             return self.chars[token_id]
         if token_id == self._eot:

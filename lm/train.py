@@ -523,6 +523,7 @@ class Trainer:
     def train_step(self) -> tuple[float, float]:
         """One optimizer step over `global_batch` sequences; returns (loss averaged over the
         micro-batches and ranks, learning rate), the loss read before it returns."""
+        self._require_weights_to_train()
         return self._settle(self._launch_step())
 
     def run_steps(
@@ -558,6 +559,16 @@ class Trainer:
             if in_flight is not None:
                 self._settle(in_flight)
             raise
+
+    def _require_weights_to_train(self) -> None:
+        """A model without trainable weights (the count bigram, which a Trainer evaluates and
+        saves) is refused a step: torch said "element 0 of tensors does not require grad"."""
+        if not any(parameter.requires_grad for parameter in self.module.parameters()):
+            fitted = ": a bigram-count model is counted in closed form, with .fit(tokens)"
+            raise TrainingError(
+                f"{type(self.module).__name__} has no weights to train"
+                + (fitted if hasattr(self.module, "fit") else "")
+            )
 
     def _launch_step(self, unread: LaunchedStep | None = None) -> LaunchedStep:
         """Queue one step's forward and backward, and, in one process with a fused optimizer,
@@ -683,6 +694,7 @@ class Trainer:
     def train(self, until_step: int | None = None) -> TrainResult:
         """Train to `max_steps` (or stop after `until_step`, with a checkpoint there, as an
         interruption would: the schedule still spans `max_steps`)."""
+        self._require_weights_to_train()
         config = self.config
         last_step = min(until_step or config.max_steps, config.max_steps)
         losses: list[float] = []

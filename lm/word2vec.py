@@ -113,8 +113,17 @@ def _epoch_progress(words_per_epoch: int, epochs: int):
 
 
 def train_word2vec(sentences: Iterable[list[str]], config: Word2VecConfig):
-    """Train and return gensim `KeyedVectors`."""
+    """Train and return gensim `KeyedVectors`. `sentences` is read once for the vocabulary and
+    once per epoch: a list, or an iterable whose `iter()` starts again (`SentenceStream`)."""
     from gensim.models import Word2Vec
+
+    if iter(sentences) is sentences:  # type: ignore[comparison-overlap]
+        # An iterator or generator: the vocabulary pass used it up and gensim trained on
+        # nothing, returning the random initial vectors (a generator: a TypeError, later).
+        raise Word2VecError(
+            "word2vec: the sentences are an iterator, which the vocabulary pass would use up "
+            "before training; pass a list or an iterable that starts again on each iter()"
+        )
 
     model = Word2Vec(
         vector_size=config.vector_size,

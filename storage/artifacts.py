@@ -84,6 +84,10 @@ class ArtifactStore:
         self.root = root
 
     def directory(self, key: str) -> Path:
+        """The folder of `key`, a name within the store: "", "." or a path would be the store
+        itself or another folder (a build of "" moved the whole store aside)."""
+        if key in ("", ".", "..") or "/" in key or "\0" in key:
+            raise ValueError(f"{self.base}: artifact key {key!r} is not a folder name")
         return self.base / key
 
     def is_complete(self, key: str) -> bool:
@@ -109,6 +113,7 @@ class ArtifactStore:
         """Yield an empty staging directory; on success publish it as `key` atomically."""
         self.base.mkdir(parents=True, exist_ok=True)
         self.remove_abandoned_builds()
+        self.directory(key)  # a key that names no folder of its own, refused first
         staging = self.base / staging_name(key)
         staging.mkdir()
         try:

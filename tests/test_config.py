@@ -615,3 +615,16 @@ def test_quality_thresholds_no_document_could_pass_are_refused_at_load(override,
     with pytest.raises(ConfigError) as caught:
         load_config("default", [override])
     assert said in str(caught.value)
+
+
+def test_the_run_seed_seeds_a_train_config_built_in_python_unless_it_sets_its_own():
+    # A seed sweep written with typed objects trained the same model each time (seed 1337).
+    from lm.config import PipelineConfig
+    from lm.train_config import TrainConfig
+
+    def built(seed: int, train) -> int:
+        return PipelineConfig(ingest={"sources": ["x"]}, seed=seed, train=train).train.seed
+
+    assert [built(seed, TrainConfig(max_steps=100)) for seed in (1, 2)] == [1, 2]
+    assert [built(seed, {"max_steps": 100}) for seed in (1, 2)] == [1, 2]
+    assert built(2, TrainConfig(seed=7)) == 7

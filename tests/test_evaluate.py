@@ -351,6 +351,20 @@ def test_a_character_tokenizer_without_the_letter_a_gets_a_byte_table():
     assert table.dummy_prefix == 0 and int(table.lengths.sum()) == tokenizer.vocab_size
 
 
+@pytest.mark.parametrize(("window", "overlap"), [(32, -5), (32, 32), (32, 40), (0, None), (-4, 0)])
+def test_a_window_or_overlap_that_cannot_score_every_target_once_is_refused(window, overlap):
+    # A negative overlap strode past targets (1735 of 2000 scored, a bpb of part of the split);
+    # a window of 0 failed naming bytes; an overlap of the window or more strode by one token.
+    tokenizer = train_tokenizer(iter(TRAIN_DOCS[:5]), TokenizerConfig(kind="char"))
+    tokens = np.array([*tokenizer.encode(TRAIN_DOCS[0]), tokenizer.eot_id], dtype=np.uint16)
+    model = BigramCountModel(BigramCountConfig(), tokenizer.vocab_size)
+    model.fit(torch.from_numpy(tokens.astype(np.int64)))
+    whole = EVAL.model_copy(update={"scoring": "whole"})
+    with pytest.raises(EvaluationError, match=f"window {window} and overlap {overlap}: the"):
+        evaluate(model, tokens, tokenizer, whole, window=window, overlap=overlap)
+    assert evaluate(model, tokens, tokenizer, whole, window=32, overlap=31).tokens == len(tokens)
+
+
 def test_char_model_bits_per_byte_on_ascii_is_loss_over_ln2():
     tokenizer = train_tokenizer(iter(TRAIN_DOCS[:5]), TokenizerConfig(kind="char"))
     ascii_text = "\n".join(prose(i, 60) for i in range(5))

@@ -284,6 +284,18 @@ def test_bigram_count_holds_the_pairs_it_saw_not_a_vocabulary_squared_table():
     assert row.exp().sum().item() == pytest.approx(1.0, rel=1e-5)
 
 
+@pytest.mark.parametrize("wrong", [[4, 5, 12], [12, 1], [1, -1, 2]], ids=["last", "first", "neg"])
+def test_bigram_count_refuses_an_id_outside_its_vocabulary_before_counting(wrong):
+    # A last id of 12 in a vocabulary of 10 was counted as the pair 6→2 (a row summing to 2);
+    # one elsewhere raised an IndexError after the pair table had changed.
+    model = build_model(BigramCountConfig(smoothing=0.1), 10).fit(torch.tensor([1, 2, 3, 1, 2]))
+    before = (model.pair_ids.clone(), model.pair_counts.clone(), model.row_totals.clone())
+    with pytest.raises(ValueError, match=r"token id (12|-1) is outside the vocabulary of 10"):
+        model.fit(torch.tensor(wrong))
+    after = (model.pair_ids, model.pair_counts, model.row_totals)
+    assert all(torch.equal(old, new) for old, new in zip(before, after, strict=True))
+
+
 def test_a_count_bigram_saved_as_a_dense_table_still_loads():
     tokens = torch.tensor([0, 1, 2, 1, 2, 0, 2, 2, 1, 3])
     model = build_model(BigramCountConfig(smoothing=0.1), 5).fit(tokens)

@@ -6,8 +6,11 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
 import subprocess
 import sys
+
+import pytest
 
 from storage.artifacts import ArtifactStore, staging_name
 from storage.prune import find_leftovers, remove_leftover
@@ -204,3 +207,19 @@ def test_prune_keeps_an_interrupted_training_a_recorded_model_continued_from(tmp
     removed = " ".join(run_cli("prune", "--yes", home=workspace.root).stdout.split())
     assert "removed 1 folders" in removed
     assert started_from.is_dir() and not forgotten.exists()
+
+
+@pytest.mark.parametrize("key", ["", ".", "..", "a/b"])
+def test_a_key_that_names_no_folder_of_its_own_is_refused_before_the_store_is_touched(
+    tmp_path, key
+):
+    # build("") published its staging folder as the store itself: the store was moved aside
+    # (to a name a later sweep deletes) and every artifact in it was lost to lookups.
+    store = ArtifactStore(tmp_path / "artifacts" / "tokenizer", tmp_path)
+    with store.build("abc123") as staging:
+        (staging / "m").write_text("x")
+    refused = f"artifact key {re.escape(repr(key))} is not a folder"
+    with pytest.raises(ValueError, match=refused), store.build(key) as staging:
+        (staging / "x").write_text("y")
+    assert store.is_complete("abc123")
+    assert [path.name for path in store.base.parent.iterdir()] == ["tokenizer"]

@@ -208,3 +208,13 @@ def test_size_of_an_ablation_shows_each_variant_it_compares():
         zip(variants, (int(c.strip().replace(",", "")) for c in row.split("│")), strict=True)
     )
     assert counts["mqa"] < counts["baseline"]  # fewer key/value heads, fewer weights
+
+
+def test_a_vocabulary_or_split_that_cannot_be_is_refused_and_a_device_may_be_named():
+    # A vocabulary of -10 was sized as 808,448 parameters; "cpu" was an AttributeError.
+    with pytest.raises(ValueError, match="vocab_size -10 and train_tokens None: a model needs"):
+        size_model(GPTConfig(), TrainConfig(), -10)
+    with pytest.raises(ValueError, match="vocab_size 50 and train_tokens -1"):
+        size_model(BigramCountConfig(), TrainConfig(), 50, train_tokens=-1)
+    named = size_model(GPTConfig(), TrainConfig(), 50, device="cpu")
+    assert named == size_model(GPTConfig(), TrainConfig(), 50, device=torch.device("cpu"))

@@ -287,6 +287,33 @@ def test_char_tokenizer_takes_its_vocabulary_from_the_data():
     assert tokenizer.vocab_size == len(tokenizer.chars) + 2  # end-of-text and <unk>
 
 
+@pytest.mark.parametrize("kind", ["char", "char-bytes", "bpe"])
+def test_ids_outside_the_vocabulary_are_refused_and_arrays_or_tensors_are_ids(kind):
+    # A char tokenizer decoded -1 as its last character and one past the end as a TypeError;
+    # SentencePiece said only "piece id is out of range" and a tensor was a TypeError.
+    import torch
+
+    texts = ["emma olivia ava", "the river bank"] * 20
+    if kind == "bpe":
+        tokenizer = train_tokenizer(iter(texts), TokenizerConfig(kind="bpe", vocab_size=300))
+    else:
+        unknown = "bytes" if kind == "char-bytes" else "unk"
+        settings = TokenizerConfig(kind="char", unknown_chars=unknown)
+        tokenizer = train_tokenizer(iter(texts), settings)
+    ids = tokenizer.encode("olivia")
+    for given in (np.array(ids, dtype=np.uint16), torch.tensor(ids)):
+        assert tokenizer.decode(given) == "olivia"
+    size = tokenizer.vocab_size
+    for wrong in (-1, size):
+        outside = f"token id {wrong} is outside the vocabulary of {size}"
+        with pytest.raises(TokenizerError, match=outside):
+            tokenizer.decode([*ids, wrong])
+        with pytest.raises(TokenizerError, match=outside):
+            tokenizer.is_learned(wrong)
+        with pytest.raises(TokenizerError, match=outside):
+            tokenizer.piece(wrong)
+
+
 def test_char_tokenizer_unseen_character_policies():
     unk = CharTokenizer(list("ab"), "unk")
     assert unk.decode(unk.encode("abz")) == "ab<unk>"

@@ -545,6 +545,17 @@ def tokenized_trainer(tmp_path, digest: str, **fields) -> Trainer:
                    tokenizer_digest=digest)  # fmt: skip
 
 
+def test_a_model_without_weights_to_train_is_refused_with_the_way_it_is_fitted(tmp_path):
+    # torch said "element 0 of tensors does not require grad" at the first backward.
+    from lm.models.config import BigramCountConfig
+
+    trainer = Trainer(build_model(BigramCountConfig(), VOCAB), config(), TRAIN, VAL, tmp_path)
+    for step in (trainer.train_step, trainer.train):  # (a Trainer evaluates and saves one)
+        with pytest.raises(TrainingError, match="no weights to train: a bigram-count model is "):
+            step()
+    assert trainer.step == 0
+
+
 def test_resuming_under_another_tokenizer_names_both_digests_and_the_checkpoint(tmp_path):
     tokenized_trainer(tmp_path, "tok-a").train(until_step=5)
     checkpoint = latest_checkpoint(tmp_path)

@@ -110,7 +110,34 @@ def test_a_training_step_moves_the_vectors_only_when_fine_tuned(freeze):
 
 def test_vectors_of_another_width_are_refused_with_both_sizes():
     with pytest.raises(ValueError, match=r"\(18, 5\).*\(18, 8\).*model.vector_size"):
-        build_model(SMALL, VOCAB, vectors=torch.zeros(VOCAB, 5))
+        build_model(SMALL, VOCAB, vectors=torch.ones(VOCAB, 5))
+
+
+@pytest.mark.parametrize("make", ["zeros", "nan", "numpy"])
+def test_vectors_that_start_nothing_are_refused_and_numpy_ones_are_taken(make):
+    # All-zero or NaN vectors gave NaN logits (rescaled by their RMS); numpy's an AttributeError.
+    gpt = GPTConfig(block_size=8, n_layer=1, n_head=2, n_embd=8, init_embeddings="word2vec")
+    for config in (SMALL, gpt):
+        vectors = torch.randn(VOCAB, 8)
+        if make == "numpy":
+            model = build_model(config, VOCAB, vectors=vectors.numpy(), eot_id=0)
+            logits, _ = model(torch.zeros(1, 4, dtype=torch.long))
+            assert torch.isfinite(logits).all()
+            continue
+        vectors = (
+            torch.zeros(VOCAB, 8)
+            if make == "zeros"
+            else vectors.index_fill(0, torch.tensor([3]), math.nan)
+        )
+        with pytest.raises(ValueError, match="all zero" if make == "zeros" else "NaN or infinite"):
+            build_model(config, VOCAB, vectors=vectors)
+
+
+def test_a_vocabulary_or_end_of_text_id_that_cannot_be_is_refused_when_building():
+    with pytest.raises(ValueError, match="eot_id 21 is outside the vocabulary of 18"):
+        build_model(MLPConfig(), VOCAB, eot_id=VOCAB + 3)  # an IndexError at the first forward
+    with pytest.raises(ValueError, match="vocab_size 0: a model needs a vocabulary of 1 or more"):
+        build_model(MLPConfig(), 0)
 
 
 def test_a_vectors_file_of_another_size_is_refused_naming_the_file(tmp_path):

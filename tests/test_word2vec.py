@@ -10,7 +10,13 @@ import sys
 import pytest
 
 from lm.config import Word2VecConfig
-from lm.word2vec import evaluate_vectors, plot_projection, train_word2vec, word_sentences
+from lm.word2vec import (
+    Word2VecError,
+    evaluate_vectors,
+    plot_projection,
+    train_word2vec,
+    word_sentences,
+)
 from tests.conftest import REPO
 from tests.helpers import prose
 
@@ -83,6 +89,14 @@ def test_projection_is_a_png_with_the_probes(tmp_path, method):
 def test_vocabulary_left_empty_by_min_count_is_a_clear_error():
     with pytest.raises(ValueError, match="no word occurs 1000 times"):
         train_word2vec(small_sentences(), Word2VecConfig(min_count=1000))
+
+
+@pytest.mark.parametrize("one_pass", [iter, lambda s: (x for x in s)], ids=["iterator", "gen"])
+def test_sentences_read_only_once_are_refused_not_trained_on_nothing(one_pass):
+    # The vocabulary pass used an iterator up: the random initial vectors came back as trained
+    # (a generator: gensim's TypeError after the vocabulary was built).
+    with pytest.raises(Word2VecError, match="the sentences are an iterator"):
+        train_word2vec(one_pass(small_sentences()), SMALL)
 
 
 def test_a_line_longer_than_gensim_s_limit_is_cut_into_sentences_it_trains_whole():

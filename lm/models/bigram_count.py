@@ -71,6 +71,14 @@ class BigramCountModel(LanguageModel):
         """Count every adjacent pair of a token stream (documents separated by end-of-text,
         which so serves as the start mark of the next document), adding to the counts so far."""
         tokens = tokens.long().flatten().to(self.pair_ids.device)
+        if len(tokens) and not 0 <= int(tokens.min()) <= int(tokens.max()) < self.vocab_size:
+            # Refused before any count changes: a last id out of range was counted as another
+            # pair (5→12 of 10 reads 6→2), one elsewhere failed after the table had changed.
+            wrong = tokens[(tokens < 0) | (tokens >= self.vocab_size)][0]
+            raise ValueError(
+                f"bigram-count: token id {int(wrong)} is outside the vocabulary of "
+                f"{self.vocab_size} (ids 0 to {self.vocab_size - 1})"
+            )
         pairs = tokens[:-1] * self.vocab_size + tokens[1:]
         ids, inverse = torch.unique(torch.cat([self.pair_ids, pairs]), return_inverse=True)
         counts = torch.zeros(len(ids), dtype=torch.float64, device=ids.device)

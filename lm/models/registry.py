@@ -49,11 +49,22 @@ def build_model(
     loading a checkpoint into them needs. `eot_id`: what the fixed-context models (MLP, w2v)
     read before a row's start (a loaded checkpoint brings its own)."""
     model_class, _ = MODELS[config.kind]
+    # Said here, not as an IndexError at the first forward or NaN logits from empty vectors.
+    if vocab_size < 1:
+        raise ValueError(f"vocab_size {vocab_size}: a model needs a vocabulary of 1 or more")
+    if eot_id is not None and not 0 <= eot_id < vocab_size:
+        raise ValueError(f"eot_id {eot_id} is outside the vocabulary of {vocab_size}")
     if eot_id is not None and issubclass(model_class, FixedContextModel):
         extra["pad_id"] = eot_id
     if vectors is not None and not uses_word2vec(config):
         hint = ' (set init_embeddings = "word2vec")' if config.kind == "gpt" else ""
         raise ValueError(f"model kind '{config.kind}' takes no word2vec vectors{hint}")
+    if vectors is not None and not isinstance(vectors, torch.Tensor):
+        vectors = torch.as_tensor(vectors)  # a numpy array (KeyedVectors.vectors) as well
+    if vectors is not None and not bool(torch.isfinite(vectors).all()):
+        raise ValueError("word2vec vectors hold NaN or infinite values")
+    if vectors is not None and not bool(vectors.any()):  # rescaled by their RMS: 0/0
+        raise ValueError("word2vec vectors are all zero: nothing to start from")
     if config.kind == "w2v":
         return model_class(config, vocab_size, vectors=vectors, **extra)
     model = model_class(config, vocab_size, **extra)
