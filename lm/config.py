@@ -533,6 +533,13 @@ class PipelineConfig(StrictModel):
             checked.append((f"ablation variant '{variant.name}'", model, train))
         for label, model, train in checked:
             rows = train.micro_batch * train.block_size
+            sharded = train.parallel == "fsdp" and train.world_size > 1
+            if model.kind == "mlp" and model.norm == "batchnorm" and sharded:
+                raise ValueError(
+                    f'{label}: norm "batchnorm" under train.parallel = "fsdp": FSDP keeps no '
+                    "running statistics the same on every rank (DDP broadcasts them); use "
+                    'parallel = "ddp" or norm = "layernorm"'
+                )
             if model.kind == "mlp" and model.norm == "batchnorm" and rows < 2:
                 raise ValueError(
                     f'{label}: norm "batchnorm" normalises over the rows of a '

@@ -124,6 +124,15 @@ def wrap_model(module: nn.Module, parallel: str, device: torch.device) -> nn.Mod
     if parallel == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
+        if any(isinstance(layer, nn.modules.batchnorm._BatchNorm) for layer in module.modules()):
+            # FSDP keeps no buffer the same across ranks (DDP broadcasts them): each rank's
+            # running statistics drifted apart, rank 0's were saved, and a resume changed the
+            # val curve.
+            raise ValueError(
+                'norm "batchnorm" under parallel = "fsdp": FSDP keeps no running statistics the '
+                'same on every rank; use parallel = "ddp" or norm = "layernorm"'
+            )
+
         for layer in shard_units(module):
             fully_shard(layer)
         fully_shard(module)

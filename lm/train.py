@@ -25,9 +25,11 @@ not load is skipped for the previous one. `init_from` starts a run from another 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
 import re
 import shutil
 import time
@@ -53,7 +55,6 @@ from lm.checkpoints import (
     DONE_MARKER,
     INFO_FILE,
     WEIGHTS_FILE,
-    complete_checkpoints,
     damage,
     digest_mismatch,
     file_sha256,
@@ -63,6 +64,8 @@ from lm.checkpoints import (
     recover_staging,
     replace_folder,
     resolve_init_from,
+    step_checkpoints,
+    step_of,
     usable_checkpoints,
 )
 from lm.compilation import compile_or_eager, describe, raised_by_the_compiler
@@ -287,6 +290,10 @@ def peak_flops(device: torch.device) -> float | None:
     return peak_flops_of(torch.cuda.get_device_name(device))
 
 
+# The val windows training scores: those the default seed (1337) drew when they followed it.
+VAL_SAMPLE_SEED = 1338
+
+
 def fixed_val_sample(
     val_tokens: np.ndarray,
     config: TrainConfig,
@@ -299,8 +306,10 @@ def fixed_val_sample(
     the model. They are `eval_batches` draws of `global_batch` rows, scored in pieces of
     `micro_batch` rows: the sample, and so early stopping and the `best` checkpoint, do not
     depend on how the global batch is cut into micro-batches and processes, which only say how
-    much is computed at once. `history`: the model's (`window_history`), for a baseline too."""
-    val = make_batches(val_tokens, config, config.seed + 1, eot_id, split="val",
+    much is computed at once. `history`: the model's (`window_history`), for a baseline too.
+    Drawn with one seed whatever `train.seed` is: a seed sweep chooses its `best` checkpoints and
+    stops early on the same windows (they followed the training seed)."""
+    val = make_batches(val_tokens, config, VAL_SAMPLE_SEED, eot_id, split="val",
                        batch=config.global_batch, history=history)  # fmt: skip
     pieces, size = [], config.micro_batch
     for _ in range(config.eval_batches):
@@ -609,7 +618,16 @@ class Trainer:
         Dynamo's error handling (`_forward`'s), so a compiler that lowers the forward but not
         the backward fails here as a plain exception. On the first compiled step of a single
         process the step is redone eager, with a warning, as `_forward` does for the forward;
-        after that step, or across ranks, the error is the run's."""
+        after that step, or across ranks, the error is the run's. The redo draws the dropout
+        masks the failed attempt drew (the generators put back), so a run whose first compiled
+        step failed, resumed or not, trains as one that never compiled."""
+        first_compiled = not self.backward_ran and self.model is not self.module
+        cuda = self.device.type == "cuda"
+        if first_compiled:
+            generators = (
+                torch.get_rng_state(),
+                torch.cuda.get_rng_state(self.device) if cuda else None,
+            )
         try:
             total = self._accumulate(batches, divisors)
         except Exception as error:
@@ -620,6 +638,9 @@ class Trainer:
                            describe(error))  # fmt: skip
             self.model = self.module
             self.optimizer.zero_grad(set_to_none=True)
+            torch.set_rng_state(generators[0])
+            if generators[1] is not None:
+                torch.cuda.set_rng_state(generators[1], self.device)
             total = self._accumulate(batches, divisors)
         self.backward_ran = True
         return total
@@ -852,9 +873,24 @@ class Trainer:
                 ) from error
             raise
         if name.startswith("step-"):
-            for old in complete_checkpoints(self.out_dir)[: -self.config.keep_checkpoints]:
-                shutil.rmtree(old)
+            self._prune_step_checkpoints()
         return final
+
+    def _prune_step_checkpoints(self) -> None:
+        """Keep the newest `keep_checkpoints` complete checkpoints up to this step. Those past
+        it were left by a stopped run and skipped by the resume as unusable (a flipped bit), and
+        those without `DONE` will never be used: kept and counted, they took the places of good
+        ones and of the one just written. Each is renamed before it is deleted, so a cleanup
+        cut short leaves a staging folder (`recover_staging` removes it), never a half
+        checkpoint under its own name."""
+        doomed, kept = [], []
+        for checkpoint in step_checkpoints(self.out_dir):
+            complete = (checkpoint / DONE_MARKER).is_file()
+            (kept if complete and step_of(checkpoint) <= self.step else doomed).append(checkpoint)
+        for checkpoint in doomed + kept[: -self.config.keep_checkpoints]:
+            aside = staging_path(checkpoint)
+            os.rename(checkpoint, aside)
+            shutil.rmtree(aside)
 
     def _write_checkpoint(
         self, staging: Path, model_state: dict, optimizer_state: dict, rank_states: list
@@ -975,8 +1011,28 @@ class Trainer:
         self.val_loss_to_beat = state.get("val_loss_to_beat", self.best_val_loss)
         self.evaluations_without_improvement = state["evaluations_without_improvement"]
         self.stopped_early = state.get("stopped_early", False)
+        self._keep_a_later_best()
         if self.ranks.is_main:
             self._drop_metrics_after(self.step)
+
+    def _keep_a_later_best(self) -> None:
+        """A `best/` the stopped run wrote after the checkpoint resumed holds weights with a
+        lower val loss than the checkpoint knew of. Replayed exactly (CPU) the run writes it
+        again; on a GPU, not bit for bit, the replay may measure that step a little higher and
+        leave it, so the published `best/` was not the model the best val loss named. Its loss
+        is taken as the best so far: `best/` and the best val loss stay one model. Every rank
+        takes the same (the lowest any rank read): `save("best")` is a collective."""
+        best = self.out_dir / "best"
+        later = None
+        whole = (best / DONE_MARKER).is_file() and damage(best) is None
+        if whole and read_info(best).get("step", 0) > self.step:
+            with contextlib.suppress(CheckpointUnreadable, KeyError):
+                later = float(self._load(best, "state.pt")["best_val_loss"])
+        losses = [loss for loss in all_gather(later) if loss is not None]
+        if losses and min(losses) < self.best_val_loss:
+            self.best_val_loss = min(losses)
+            self._info("train: %s, written after this checkpoint by the stopped run, has val "
+                       "loss %.4f: kept as the best so far", best, self.best_val_loss)  # fmt: skip
 
     def resume_latest(self, folder: Path) -> Path | None:
         """Resume from the newest checkpoint in `folder` that loads, skipping (with a warning

@@ -94,6 +94,11 @@ def test_batch_norm_over_a_micro_batch_of_one_row_is_refused_at_load():
         load_config("default", [mlp, *one_row])
     load_config("default", [mlp, *one_row[:2], "train.block_size=2"])  # two rows: fine
     load_config("default", [mlp.replace("batchnorm", "layernorm"), *one_row])
+    # Under FSDP each rank's running statistics drifted apart (rank 0's were saved).
+    fsdp = ["train.parallel=fsdp", "train.nproc_per_node=2", "train.global_batch=64"]
+    with pytest.raises(ConfigError, match=r"norm \"batchnorm\" under train\.parallel = \"fsdp\""):
+        load_config("default", [mlp, *fsdp])
+    load_config("default", [mlp, *fsdp[1:]])  # DDP broadcasts them
     # An ablation variant's own micro-batch of one row: trained, and scored, before.
     variants = ('ablation.variants=[{name="base"}, {name="one", train={micro_batch=1, '
                 "global_batch=1, block_size=1}}]")  # fmt: skip

@@ -646,3 +646,15 @@ def test_a_joiner_interrupted_mid_training_stops_its_ranks_and_says_so(workspace
 
 def _text(path: Path) -> str:
     return path.read_text() if path.is_file() else ""
+
+
+def test_fsdp_refuses_a_model_with_batch_norm_whose_statistics_it_would_not_keep_equal():
+    # FSDP syncs no buffers: each rank's running statistics drifted, rank 0's were saved, and
+    # a resume changed the val curve (DDP broadcasts them).
+    from lm.distributed import wrap_model
+    from lm.models.config import MLPConfig
+    from lm.models.registry import build_model
+
+    model = build_model(MLPConfig(context=3, n_embd=8, hiddens=[16], norm="batchnorm"), 20)
+    with pytest.raises(ValueError, match=r'norm "batchnorm" under parallel = "fsdp"'):
+        wrap_model(model, "fsdp", torch.device("cpu"))

@@ -321,10 +321,15 @@ def test_the_best_checkpoint_is_the_lowest_val_loss_and_min_delta_only_paces_pat
     result = run.train()
     assert (result.stopped_early, result.step, result.best_val_loss) == (True, 6, 2.83)
     assert torch.load(tmp_path / "best" / "state.pt", weights_only=True)["step"] == 6
+    (tmp_path / "best").rename(tmp_path / "best-aside")
     resumed = trainer(tmp_path, settings)
     resumed.resume(tmp_path / "step-00000005")
     assert (resumed.best_val_loss, resumed.val_loss_to_beat) == (2.84, 2.89)
     assert resumed.evaluations_without_improvement == 2
+    (tmp_path / "best-aside").rename(tmp_path / "best")  # written after step 5: its loss kept
+    resumed = trainer(tmp_path, settings)
+    resumed.resume(tmp_path / "step-00000005")
+    assert (resumed.best_val_loss, resumed.val_loss_to_beat) == (2.83, 2.89)
 
 
 def test_patience_running_out_on_the_last_step_is_not_stopping_early(tmp_path):
@@ -1071,16 +1076,19 @@ def test_a_model_that_fails_to_compile_at_its_first_step_trains_eager(
     )
 
 
-def trains_as_eager_after_its_compile_fails(tmp_path, monkeypatch, caplog, settings, *said):
+def trains_as_eager_after_its_compile_fails(
+    tmp_path, monkeypatch, caplog, settings, *said, model_config=SMALL_GPT
+):
     """A run asked to compile, whose compile fails (as `monkeypatch` arranged), warns with
     `said`, goes on eager and trains exactly as an eager run."""
-    run = trainer(tmp_path / "failing", settings.model_copy(update={"compile": True}))
+    compiled = settings.model_copy(update={"compile": True})
+    run = trainer(tmp_path / "failing", compiled, model_config)
     assert run.model is not run.module  # compiled, as far as the probe could tell
     with caplog.at_level("WARNING", logger="lm.train"):
         losses = run.train().losses
     assert all(text in caplog.text for text in said) and run.model is run.module
     monkeypatch.undo()
-    assert losses == trainer(tmp_path / "eager", settings).train().losses
+    assert losses == trainer(tmp_path / "eager", settings, model_config).train().losses
 
 
 def compile_with_a_backward_that_fails(monkeypatch, message: str) -> None:
@@ -1101,9 +1109,13 @@ def compile_with_a_backward_that_fails(monkeypatch, message: str) -> None:
                         lambda model, **options: real_compile(model, backend=backend))  # fmt: skip
 
 
-def test_a_model_whose_backward_fails_to_compile_trains_eager(tmp_path, monkeypatch, caplog):
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_a_model_whose_backward_fails_to_compile_trains_eager(
+    tmp_path, monkeypatch, caplog, dropout
+):
     """The backward compiles apart, at the first `backward()`, outside Dynamo's error
-    handling: failing there must not end the run either, nor leave a half-made gradient."""
+    handling: failing there must not end the run either, nor leave a half-made gradient. With
+    dropout, the failed attempt's masks are drawn again (they shifted every later draw)."""
     import lm.compilation
 
     compile_with_a_backward_that_fails(monkeypatch, "a backward this backend cannot lower")
@@ -1111,7 +1123,9 @@ def test_a_model_whose_backward_fails_to_compile_trains_eager(tmp_path, monkeypa
     settings = config(max_steps=3, eval_every=100, checkpoint_every=100, micro_batch=2)
     trains_as_eager_after_its_compile_fails(tmp_path, monkeypatch, caplog, settings,
                                             "torch.compile failed on this model's backward",
-                                            "backward this backend cannot lower")  # fmt: skip
+                                            "backward this backend cannot lower",
+                                            model_config=SMALL_GPT.model_copy(
+                                                update={"dropout": dropout}))  # fmt: skip
 
 
 def test_only_errors_from_inside_the_compiler_send_a_first_step_eager():
@@ -1271,6 +1285,59 @@ def test_only_the_newest_keep_checkpoints_step_checkpoints_remain(tmp_path):
                                    keep_checkpoints=2))  # fmt: skip
     run.train()
     assert [p.name for p in complete_checkpoints(tmp_path)] == ["step-00000008", "step-00000010"]
+
+
+def test_the_val_windows_training_scores_do_not_follow_the_training_seed(tmp_path):
+    # They were drawn with train.seed + 1: a seed sweep chose its best checkpoints, and scored
+    # the "same windows" baseline, on other windows for each seed.
+    samples = [trainer(tmp_path / str(seed), config(seed=seed)).val_sample for seed in (1, 2)]
+    assert len(samples[0]) == len(samples[1]) > 0
+    for (x1, y1), (x2, y2) in zip(*samples, strict=True):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    batches = [trainer(tmp_path / f"t{seed}", config(seed=seed)).train_batches for seed in (1, 2)]
+    cpu = torch.device("cpu")
+    assert not torch.equal(batches[0].next(cpu)[0], batches[1].next(cpu)[0])  # training's do
+
+
+def test_a_best_written_after_the_resumed_checkpoint_stays_the_model_the_best_loss_names(
+    tmp_path, monkeypatch
+):
+    # The stopped run saved best/ at step 15 (val 1.0) after its step-10 checkpoint; a replay
+    # not bit for bit (a GPU) measured step 15 at 2.6 and left best/ alone, so the run said its
+    # best val loss was 2.5 (step 10) and published step 15's weights as best/.
+    from lm.checkpoints import read_info
+
+    scripted = {5: 3.0, 10: 2.5, 15: 1.0}
+    monkeypatch.setattr(Trainer, "evaluate", lambda self, model=None: scripted[self.step])
+    settings = config(max_steps=20, eval_every=5, checkpoint_every=10)
+    trainer(tmp_path, settings).train(until_step=15)
+    shutil.rmtree(tmp_path / "step-00000015")  # killed before its next checkpoint
+    scripted.update({15: 2.6, 20: 2.55})  # the replay measures step 15 a little higher
+    rerun = trainer(tmp_path, settings)
+    assert rerun.resume_latest(tmp_path) == tmp_path / "step-00000010"
+    assert rerun.train().best_val_loss == 1.0
+    assert read_info(tmp_path / "best")["step"] == 15
+
+
+def test_checkpoints_a_resume_skipped_do_not_take_the_places_of_those_it_writes(tmp_path):
+    # A flipped bit in step 10, a rerun keeping one checkpoint every 3 steps: the resume fell
+    # back to step 5, and its step 6 and step 5 were deleted to keep the damaged step 10 alone
+    # (the next rerun started from scratch). A folder without DONE (a cleanup cut short) went.
+    from lm.checkpoints import complete_checkpoints
+
+    trainer(tmp_path, config(keep_checkpoints=2)).train(until_step=10)
+    weights = tmp_path / "step-00000010" / "model.pt"
+    flipped = bytearray(weights.read_bytes())
+    flipped[-1] ^= 1
+    weights.write_bytes(bytes(flipped))
+    (tmp_path / "step-00000003").mkdir()  # no DONE: never usable
+    rerun = trainer(tmp_path, config(keep_checkpoints=1, checkpoint_every=3))
+    assert rerun.resume_latest(tmp_path) == tmp_path / "step-00000005"
+    rerun.train(until_step=6)
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("step-"))
+    assert left == ["step-00000006"] == [p.name for p in complete_checkpoints(tmp_path)]
+    again = trainer(tmp_path, config(keep_checkpoints=1, checkpoint_every=3))
+    assert again.resume_latest(tmp_path) == tmp_path / "step-00000006"
 
 
 def test_weight_average_is_what_is_evaluated_and_published_and_resumes_exactly(tmp_path):
