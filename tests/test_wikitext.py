@@ -17,8 +17,8 @@ MARKUP_LEFTOVERS = ("{{", "[[", "<ref", "|}")
 
 
 def test_nested_templates_and_tables_disappear_whole():
-    text = "A {{outer|x={{inner|{{deep}}}}|y}} B {|\n| cell {{t}} \n|-\n{| nested\n|}\n|} C"
-    assert remove_templates_and_tables(text) == "A  B  C"
+    text = "A {{outer|x={{inner|{{deep}}}}|y}} B\n{|\n| cell {{t}} \n|-\n {| nested\n|}\n:|}\nC"
+    assert remove_templates_and_tables(text) == "A  B\n\nC"
 
 
 def test_empty_template_parameter_is_not_read_as_a_table_end():
@@ -36,14 +36,17 @@ def test_unclosed_template_drops_only_its_opener():
     assert "kept text" in remove_templates_and_tables("before {{broken kept text")
 
 
-def removed_the_recursive_way(text: str) -> str:
+def removed_the_recursive_way(text: str, start: int = 0) -> str:
     """The first definition of template removal, kept as the reference: scan; if an opener is
-    never closed, drop it alone and scan what follows it again, recursively."""
+    never closed, drop it alone and scan what follows it again, recursively. A table's `{|`
+    and `|}` count only at the start of a line (after spaces and `:` indents)."""
     tokens = re.compile(r"(?=(\{\{\{|\}\}\}|\{\{|\}\}|\{\||\|\}))")
-    kept, stack, keep_from, cursor = [], [], 0, 0
-    for match in tokens.finditer(text):
+    kept, stack, keep_from, cursor = [], [], start, start
+    for match in tokens.finditer(text, start):
         position, token = match.start(), match.group(1)
         if position < cursor:
+            continue
+        if token in ("{|", "|}") and not re.search(r"(?:^|\n)[ \t:]*$", text[:position]):
             continue
         opened = stack[-1][0] if stack else None
         if token == "}}}" and opened == "{{":
@@ -61,14 +64,14 @@ def removed_the_recursive_way(text: str) -> str:
         cursor = position + len(token)
     if stack:
         opener, position = stack[0]
-        kept.append(removed_the_recursive_way(text[position + len(opener) :]))
+        kept.append(removed_the_recursive_way(text, position + len(opener)))
     else:
         kept.append(text[keep_from:])
     return "".join(kept)
 
 
 def test_template_removal_equals_the_recursive_definition_on_random_markup():
-    pieces = ["{{", "}}", "{|", "|}", "{", "}", "|", "a", "b ", "|}}", "{{{", "}}}"]
+    pieces = ["{{", "}}", "{|", "|}", "{", "}", "|", "a", "b ", "|}}", "{{{", "}}}", "\n", "\n:"]
     rng = random.Random(7)
     unclosed = 0
     for _ in range(3000):
@@ -165,3 +168,50 @@ def test_real_pages_keep_their_prose(bundled_pages):
     pages = dict(bundled_pages)
     assert pages["Anarchism"].startswith("Anarchism is a political philosophy")
     assert sum(len(text) for text in pages.values()) > 2_500_000
+
+
+def test_nowiki_text_is_shown_as_written_and_tables_open_only_at_a_line_start():
+    # The ASCII article's `<nowiki>{|}~</nowiki>` opened a table that a `|}` in a link closed
+    # paragraphs later: 450 characters of prose gone. A cell's link text leaked a table row.
+    text = (
+        "Printable: <nowiki>{|}~</nowiki>.\n\nReal prose stays.\n\n"
+        "{|\n| brace || [[Bracket|}]]\n|-\n| second row\n|}\nEnd. Use <nowiki>{{t}}</nowiki>."
+    )
+    assert strip_wikitext(text) == "Printable: {|}~.\n\nReal prose stays.\n\nEnd. Use {{t}}."
+    assert strip_wikitext("a <nowiki/>b <nowiki>never closed") == "a b never closed"
+
+
+@pytest.mark.parametrize(
+    ("wikitext", "shown"),
+    [
+        ("The ''Iliad'''s hero", "The Iliad's hero"),  # MediaWiki: an apostrophe, then italic
+        ("l'''''x''''' and ''''four''''", "lx and 'four'"),
+        ("'''Bold''' and ''it'' are gone", "Bold and it are gone"),
+        ("Line one<br>line two<br />three</p><p>four", "Line one\nline two\nthree\n\nfour"),
+        (
+            "[[simple:Berlin]]Kept [[:File:X.jpg]] [[:Category:Y|the list]]",
+            "Kept File:X.jpg the list",
+        ),
+        (
+            "[[Foo (band)|]], [[Seattle, Washington|]], [[Wikipedia:Manual of Style|]]",
+            "Foo, Seattle, Manual of Style",
+        ),
+        ("A. [[File:M.png|thumb|From the [http://x.org survey] [sic] 1900]] B.", "A.  B."),
+        ("[[target|anchor with ] bracket]] and [[a]b]]", "anchor with ] bracket and a]b"),
+    ],
+)
+def test_quotes_breaks_and_links_read_as_mediawiki_shows_them(wikitext, shown):
+    assert strip_wikitext(wikitext) == shown
+
+
+def test_self_closing_references_and_lists_keep_the_paragraphs_after_them():
+    # `<references group="n"/>` was read as an opener: all up to a later `</references>` went.
+    text = 'Intro.\n<references group="n" />\nNotes explain.\n<references>x</references>\nEnd.'
+    assert strip_wikitext(text) == "Intro.\n\nNotes explain.\n\nEnd."
+    assert strip_wikitext("* item\n*\n\nNext paragraph") == "item\n\nNext paragraph"
+
+
+def test_the_bundled_ascii_article_keeps_its_printable_characters_section(bundled_pages):
+    ascii_text = dict(bundled_pages)["ASCII"]
+    assert "Code 20" in ascii_text and "Earlier versions of ASCII used the up arrow" in ascii_text
+    assert "efn|" not in ascii_text

@@ -22,12 +22,27 @@ _DROPPED_BLOCK_OPENER = re.compile(
     r"[^<>]*>",
     re.IGNORECASE,
 )
-_REF_SELF_CLOSING = re.compile(r"<ref\b[^<>]*/>", re.IGNORECASE)
+# `<references/>` matched the references opener too, and the text up to a later
+# `</references>` went with it.
+_SELF_CLOSING_BLOCK = re.compile(
+    r"<(?:ref|references|math|chem|gallery|timeline|score|syntaxhighlight|source|graph|imagemap"
+    r"|mapframe)\b[^<>]*/>",
+    re.IGNORECASE,
+)
+# Text MediaWiki shows as written, markup included (`<nowiki>{{template}}</nowiki>`).
+_NOWIKI_OPENER = re.compile(r"<nowiki\s*>", re.IGNORECASE)
+_NOWIKI_CLOSER = re.compile(r"</nowiki\s*>", re.IGNORECASE)
+_NOWIKI_EMPTY = re.compile(r"<nowiki\s*/>", re.IGNORECASE)
+# Where a nowiki's text waits while the markup around it is removed: private-use characters.
+_KEPT_TEXT = re.compile("\ue000(\\d+)\ue001")
 _REF_OPENER = re.compile(r"<(ref)\b[^<>]*>", re.IGNORECASE)
 _REFERENCES_OPENER = re.compile(r"<(references)\b[^<>]*>", re.IGNORECASE)
 # Every position where a template parameter, template or table opens or closes, overlaps
 # included ('|}}' holds both; a parameter's `{{{` is tried before a template's `{{`).
 _BRACKET_TOKEN = re.compile(r"(?=(\{\{\{|\}\}\}|\{\{|\}\}|\{\||\|\}))")
+# A table opens and closes at the start of a line only (after spaces and `:` indents): a `|}` in
+# `[[Bracket|}]]`, or a `{|` in running text, is text.
+_TABLE_LINE_START = re.compile(r"[ \t:]*")
 _LINK_BRACKET = re.compile(r"\[\[|\]\]")
 # Links that never show text where they stand: files (their captions belong to the picture)
 # and categories, under the namespace names of the larger Wikipedias too.
@@ -42,15 +57,21 @@ _MEDIA_OR_CATEGORY = re.compile(
 # or a project page shows nothing, but one with an anchor shows it (`[[wikt:word|word]]`).
 _OTHER_WIKI = re.compile(
     r"^\s*(?:(?i:wikipedia|wp|template|help|portal|special|user|talk|wikt|wiktionary|commons"
-    r"|meta|w|s|q|b|n|v)|[a-z]{2,3}(?:-[a-z0-9]+)*)\s*:"
+    r"|meta|w|s|q|b|n|v|simple)|[a-z]{2,3}(?:-[a-z0-9]+)*)\s*:"
 )
+# What the pipe trick (`[[Foo (band)|]]`, `[[Seattle, Washington|]]`) leaves out of a title.
+_PIPE_TRICK_PARENTHESES = re.compile(r"\s*\([^()]*\)\s*$")
 # Neither the address nor the anchor text holds a bracket, so a scan stops at the next one.
 _EXTERNAL_LINK = re.compile(r"\[(?:https?:|ftp:)?//[^\s\[\]]++(?:\s+([^\[\]]*+))?\]")
-_BOLD_ITALIC = re.compile(r"'{2,}")
+_QUOTE_RUN = re.compile(r"('{2,})")
+# Tags that end a line where they stand: removed bare, they glued the words around them.
+_LINE_BREAK_TAG = re.compile(
+    r"<(?:br|hr)\b[^<>]*>|</?(?:p|div|li|blockquote)\b[^<>]*>", re.IGNORECASE
+)
 _HTML_TAG = re.compile(r"</?[a-zA-Z][a-zA-Z0-9]*\b[^<>]*>")
 # Spaces and tabs only, not `\s`: `\s*` at each of many blank lines would scan all that follow.
 _HEADING = re.compile(r"^[ \t]*(={1,6})[ \t]*(.*?)[ \t]*\1[ \t]*$", re.MULTILINE)
-_LIST_MARKER = re.compile(r"^[*#:;]+\s*", re.MULTILINE)
+_LIST_MARKER = re.compile(r"^[*#:;]+[ \t]*", re.MULTILINE)  # not `\s*`: it ate blank lines
 _HORIZONTAL_RULE = re.compile(r"^-{4,}\s*$", re.MULTILINE)
 _MAGIC_WORD = re.compile(r"__[A-Z]+__")
 _BLANK_LINES = re.compile(r"\n\s*\n\s*(?:\n\s*)*")
@@ -62,23 +83,85 @@ _LINE_OF_PUNCTUATION = re.compile(r"^[\s|!{}\[\]=*#:;,.()-]*$", re.MULTILINE)
 def strip_wikitext(text: str) -> str:
     """Plain prose from the wikitext of one article."""
     text = _COMMENT.sub("", text)
+    text, kept = _set_nowiki_aside(text)
+    text = _SELF_CLOSING_BLOCK.sub("", text)
     text = _drop_blocks(text, _DROPPED_BLOCK_OPENER)
-    text = _REF_SELF_CLOSING.sub("", text)
     text = _drop_blocks(text, _REF_OPENER)
     text = _drop_blocks(text, _REFERENCES_OPENER, unclosed="opener")
     text = remove_templates_and_tables(text)
     text = resolve_links(text)
     text = _EXTERNAL_LINK.sub(lambda m: m.group(1) or "", text)
-    text = _BOLD_ITALIC.sub("", text)
+    text = "\n".join(remove_bold_and_italic(line) for line in text.split("\n"))
+    text = _LINE_BREAK_TAG.sub("\n", text)
     text = _HTML_TAG.sub("", text)
     text = _HEADING.sub(lambda m: m.group(2), text)
     text = _LIST_MARKER.sub("", text)
     text = _HORIZONTAL_RULE.sub("", text)
     text = _MAGIC_WORD.sub("", text)
     text = _STRAY_MARKUP.sub("", text)
+    text = _KEPT_TEXT.sub(lambda match: kept[int(match.group(1))], text)
     text = html.unescape(text).replace("\xa0", " ")
     text = _LINE_OF_PUNCTUATION.sub("", text)
     return _BLANK_LINES.sub("\n\n", text).strip()
+
+
+def _set_nowiki_aside(text: str) -> tuple[str, list[str]]:
+    """`text` with each `<nowiki>...</nowiki>` replaced by a placeholder, and the texts they
+    hold, put back once the markup is gone: MediaWiki shows them as written (read as markup, a
+    `{|` in one opened a table that swallowed paragraphs). An opener never closed is dropped."""
+    text = text.replace("\ue000", "").replace("\ue001", "")  # no placeholder but ours
+    text = _NOWIKI_EMPTY.sub("", text)
+    kept: list[str] = []
+    pieces: list[str] = []
+    cursor = 0
+    for opener in _NOWIKI_OPENER.finditer(text):
+        if opener.start() < cursor:
+            continue
+        closer = _NOWIKI_CLOSER.search(text, opener.end())
+        if closer is None:  # none after this one either
+            break
+        pieces.append(f"{text[cursor : opener.start()]}\ue000{len(kept)}\ue001")
+        kept.append(text[opener.end() : closer.start()])
+        cursor = closer.end()
+    pieces.append(text[cursor:])
+    return _NOWIKI_OPENER.sub("", "".join(pieces)), kept
+
+
+def remove_bold_and_italic(line: str) -> str:
+    """One line without its bold and italic quotes, read as MediaWiki reads them
+    (`Parser::doQuotes`): four quotes are an apostrophe and bold, more than five are
+    apostrophes and bold italic, and where both bold and italic are left open, the bold most
+    likely meant as an apostrophe and italic becomes one: `''Iliad'''s` is "Iliad's" (with
+    every quote removed it was "Iliads")."""
+    if "''" not in line:
+        return line
+    parts = _QUOTE_RUN.split(line)  # text, quotes, text, quotes, ..., text
+    italics = bolds = 0
+    for index in range(1, len(parts), 2):
+        size = len(parts[index])
+        if size == 4 or size > 5:
+            markup = 3 if size == 4 else 5
+            parts[index - 1] += "'" * (size - markup)
+            parts[index], size = "'" * markup, markup
+        italics += size in (2, 5)
+        bolds += size in (3, 5)
+    if italics % 2 and bolds % 2:
+        single_letter = multi_letter = after_space = None
+        for index in range(1, len(parts), 2):
+            if len(parts[index]) != 3:
+                continue
+            before = parts[index - 1]
+            if before[-1:] == " ":
+                after_space = after_space or index
+            elif before[-2:-1] == " ":
+                single_letter = index
+                break
+            else:
+                multi_letter = multi_letter or index
+        chosen = single_letter or multi_letter or after_space
+        if chosen:
+            parts[chosen - 1] += "'"
+    return "".join(parts[0::2])
 
 
 def _drop_blocks(text: str, opener: re.Pattern[str], unclosed: str = "keep") -> str:
@@ -126,6 +209,8 @@ def remove_templates_and_tables(text: str) -> str:
         if position < cursor:
             continue
         token = match.group(1)
+        if token in ("{|", "|}") and not _starts_a_line(text, position):
+            continue
         opened = stack[-1][0] if stack else None
         if token in ("{{{", "{{", "{|"):
             stack.append((token, position))
@@ -149,18 +234,33 @@ def remove_templates_and_tables(text: str) -> str:
     return "".join(kept)
 
 
+def _starts_a_line(text: str, position: int) -> bool:
+    """Whether only spaces, tabs and `:` indents stand before `position` on its line."""
+    line_start = text.rfind("\n", 0, position) + 1
+    return _TABLE_LINE_START.fullmatch(text, line_start, position) is not None
+
+
 def _link_text(inner: str) -> str:
     """What a link `[[inner]]` shows: its anchor, else its target; nothing for a file, image,
-    category or interlanguage link. One holding a lone bracket is not a link: it stays."""
-    if "[" in inner or "]" in inner:
+    category or interlanguage link (whose caption may hold brackets: `[sic]`, an external
+    link). One whose target holds a bracket is not a link: it stays. A leading colon shows a
+    file, category or other language's page as a link (`[[:File:X.jpg]]` is "File:X.jpg")."""
+    target, bar, anchor = inner.partition("|")
+    if "[" in target or "]" in target:
         return f"[[{inner}]]"
     if _MEDIA_OR_CATEGORY.match(inner):
         return ""
-    target, _, anchor = inner.partition("|")
-    if _OTHER_WIKI.match(target) and not anchor:
+    as_a_page = target.lstrip().startswith(":")
+    if as_a_page:
+        target = target.lstrip().removeprefix(":")
+    elif _OTHER_WIKI.match(target) and not bar:
         return ""
     if anchor:
         return anchor.rpartition("|")[2] if "|" in anchor else anchor
+    if bar:  # the pipe trick: the title without its namespace and what qualifies it
+        title = target.partition(":")[2] if ":" in target else target
+        plain = _PIPE_TRICK_PARENTHESES.sub("", title)
+        return (plain if plain != title else title.split(",")[0]).strip()
     return target.split("#")[0] if not target.startswith("#") else target[1:]
 
 
