@@ -222,6 +222,21 @@ def test_a_damaged_bz2_is_named_damaged_not_blamed_on_its_content(tmp_path):
         read(tmp_path, str(tmp_path / "bad.jsonl.bz2"))  # a whole stream: its content is at fault
 
 
+def test_a_bad_line_early_in_a_large_compressed_file_is_said_without_reading_it_all(
+    tmp_path, monkeypatch
+):
+    # The check for a damaged stream read all the rest: a 20 GB dump, 35 minutes of bz2.
+    import lm.text.readers
+
+    monkeypatch.setattr(lm.text.readers, "CORRUPTION_CHECK_BYTES", 1 << 20)
+    lines = "".join(json.dumps({"text": f"document {i} " * 8}) + "\n" for i in range(40_000))
+    packed = bytearray(bz2.compress(('{"text": "fine"}\nnot json\n' + lines).encode()))
+    packed[-300] ^= 0x10  # damage in the last block, megabytes after the bad line
+    (tmp_path / "late.jsonl.bz2").write_bytes(bytes(packed))
+    with pytest.raises(InputError, match=r"late\.jsonl\.bz2:2: the line is not valid JSON"):
+        read(tmp_path, str(tmp_path / "late.jsonl.bz2"))
+
+
 def test_a_jsonl_line_cut_inside_a_string_is_said_to_be_unterminated(tmp_path):
     """The line went to `json.loads` with its newline, read as a control character inside
     the string: "Invalid control character at column 30" for a line cut short."""
@@ -857,3 +872,57 @@ def test_census_line_of_another_shape_names_file_and_line(tmp_path):
 def test_unknown_names_list_lists_the_ones_shipped():
     with pytest.raises(InputError, match=r"names:nope: .* no list named 'nope' \(it has: dist\."):
         resolve_sources([SourceConfig(path="names:nope")])
+
+
+def test_parquet_compressed_with_zstd_or_named_otherwise_is_read(tmp_path):
+    # .parquet.zst failed as "not a readable Parquet file (seek)"; .pq and .parq files were
+    # skipped as binary, then "no documents found".
+    pq.write_table(pa.table({"text": ["first", "second"]}), tmp_path / "a.parquet")
+    data = (tmp_path / "a.parquet").read_bytes()
+    (tmp_path / "b.parquet.zst").write_bytes(pa.Codec("zstd").compress(data).to_pybytes())
+    (tmp_path / "c.pq").write_bytes(data)
+    (tmp_path / "d.data").write_bytes(data)  # by its content
+    docs = read(tmp_path, *(str(tmp_path / n) for n in ("b.parquet.zst", "c.pq", "d.data")))
+    assert [(d.text, d.source.rpartition("/")[2]) for d in docs] == [
+        ("first", "b.parquet.zst#0"), ("second", "b.parquet.zst#1"),
+        ("first", "c.pq#0"), ("second", "c.pq#1"), ("first", "d.data#0"), ("second", "d.data#1"),
+    ]  # fmt: skip
+
+
+def test_a_parquet_file_with_two_columns_of_the_text_field_s_name_is_named(tmp_path):
+    # pyarrow's KeyError ("Column text does not exist in schema") came out as a traceback.
+    schema = pa.schema([("text", pa.string()), ("text", pa.string())])
+    pq.write_table(pa.Table.from_arrays([pa.array(["a"]), pa.array(["b"])], schema=schema),
+                   tmp_path / "dup.parquet")  # fmt: skip
+    with pytest.raises(InputError, match=r"dup\.parquet: 2 columns are named 'text'"):
+        read(tmp_path, str(tmp_path / "dup.parquet"))
+
+
+@pytest.mark.parametrize("suffix", [".xml", ".xml.bz2"])
+def test_invalid_utf8_in_a_wikipedia_dump_follows_encoding_errors(tmp_path, caplog, suffix):
+    # Both ways it was "malformed XML (not well-formed (invalid token): line 1, column N)".
+    pages = [wiki_page(f"P{i}", f"Page {i} text, long enough to read. " * 40) for i in range(40)]
+    write_wiki_dump(tmp_path / "w.xml", pages)
+    data = (tmp_path / "w.xml").read_bytes()
+    bad = data.index(b"Page 30 text") + 5
+    data = data[:bad] + b"\xe9" + data[bad:]
+    (tmp_path / f"bad{suffix}").write_bytes(bz2.compress(data) if suffix.endswith("bz2") else data)
+    name = re.escape(f"bad{suffix}")
+    with pytest.raises(InputError, match=rf"{name}: invalid UTF-8 at byte {bad}; fix the file"):
+        read(tmp_path, str(tmp_path / f"bad{suffix}"))
+    with caplog.at_level(logging.WARNING):
+        docs = read(tmp_path, str(tmp_path / f"bad{suffix}"), errors="replace")
+    assert len(docs) == 40 and docs[30].text.startswith("Page \ufffd30 text")
+    assert f"bad{suffix}: invalid UTF-8 at byte {bad} replaced with U+FFFD" in caplog.text
+
+
+def test_jsonl_with_lines_ended_by_a_carriage_return_alone_is_read_line_by_line(tmp_path):
+    # Classic Mac OS line endings: "cr.jsonl:1: the line is not valid JSON (Extra data ...)".
+    (tmp_path / "cr.jsonl").write_bytes(b'{"text": "one\\rstill one"}\r{"text": "two"}\r\rx\r')
+    with pytest.raises(InputError, match=r"cr\.jsonl:4: the line is not valid JSON"):
+        read(tmp_path, str(tmp_path / "cr.jsonl"))
+    (tmp_path / "cr.jsonl").write_bytes(b'{"text": "one\\rstill one"}\r{"text": "two"}\r')
+    docs = read(tmp_path, str(tmp_path / "cr.jsonl"))
+    assert [(d.text, d.source.rpartition(":")[2]) for d in docs] == [
+        ("one\rstill one", "1"), ("two", "2")
+    ]  # fmt: skip

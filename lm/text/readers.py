@@ -18,7 +18,9 @@ import json
 import logging
 import lzma
 import re
+import shutil
 import sys
+import tempfile
 import threading
 import zlib
 from collections.abc import Iterator
@@ -59,6 +61,9 @@ class RawDocument(NamedTuple):
     markup: str  # 'plain' or 'wikitext': tells cleaning which markup to strip
 
 
+PARQUET_MAGIC = b"PAR1"  # a Parquet file's first (and last) four bytes
+
+
 def detect_format(item: ResolvedInput, stream: BinaryIO) -> str:
     """The concrete format of an input: its spec's, else from its name, else from its content."""
     if item.spec.format != "auto":
@@ -70,8 +75,8 @@ def detect_format(item: ResolvedInput, stream: BinaryIO) -> str:
         name = name.removesuffix(suffix)
     if name.endswith((".jsonl", ".ndjson")):
         return "jsonl"
-    if name.endswith(".parquet"):
-        return "parquet"
+    if name.endswith((".parquet", ".pq", ".parq")) or _peek(stream).startswith(PARQUET_MAGIC):
+        return "parquet"  # by content too: skipped as binary when not named .parquet
     if name.endswith(".csv"):
         return "csv"
     if name.endswith(".tsv"):
@@ -162,6 +167,60 @@ class _Prefixed(io.RawIOBase):
         return len(data)
 
 
+class _CheckedUtf8(io.RawIOBase):
+    """The bytes of a MediaWiki dump (UTF-8 by its format), checked as they pass: the XML
+    parser said only "not well-formed (invalid token)" at a line and column, whatever
+    `ingest.encoding_errors` was. An invalid sequence is refused naming its byte, or under
+    `replace` passed on as U+FFFD, placed and counted as in every other input."""
+
+    def __init__(self, stream: BinaryIO, name: str, errors: str, replaced: Replacements):
+        self.stream, self.name, self.errors, self.replaced = stream, name, errors, replaced
+        # Each read is decoded on from the last: a character cut by a read is held, not bad.
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors)
+        self.offset = 0  # bytes of the stream read so far
+        self.pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self.pending:
+            data = self.stream.read(max(len(buffer), 1 << 16))
+            held = self.decoder.getstate()[0]  # the start of a character the last read cut
+            try:
+                text = self.decoder.decode(data, final=not data)
+            except UnicodeDecodeError as error:
+                raise InputError(
+                    f"{self.name}: invalid UTF-8 at byte {self.offset - len(held) + error.start}; "
+                    'fix the file or set ingest.encoding_errors = "replace" to substitute U+FFFD'
+                ) from None
+            if self.errors == "strict":
+                self.pending = data
+            else:
+                self.pending = text.encode()
+                invalid = text.count("\ufffd") - data.count(b"\xef\xbf\xbd")
+                if invalid > 0:
+                    self._note(held + data, self.offset - len(held), invalid)
+            self.offset += len(data)
+            if not data:
+                return 0
+        size = min(len(buffer), len(self.pending))
+        buffer[:size], self.pending = self.pending[:size], self.pending[size:]
+        return size
+
+    def _note(self, data: bytes, offset: int, invalid: int) -> None:
+        """The first invalid sequence of `data` (at byte `offset` of the file) placed, the
+        others of it counted."""
+        try:
+            data.decode("utf-8")
+            first = None
+        except UnicodeDecodeError as error:
+            first = offset + error.start
+        where = f" at byte {first}" if first is not None else ""
+        self.replaced.note(self.name, f"invalid UTF-8{where}")
+        self.replaced.count += invalid - 1
+
+
 def _bomless_utf16(head: bytes) -> tuple[bytes, str] | None:
     """The BOM a UTF-16 file without one would have had, and its byte order's name, or None.
     Windows tools write such files ("Unicode" without a signature); their Latin text has a NUL
@@ -249,7 +308,8 @@ def read_documents(
         elif fmt == "census-names":
             yield from _read_census_names(item, stream)
         elif fmt == "wikipedia":
-            for title, text in read_wikipedia_dump(stream, item.name):
+            checked = io.BufferedReader(_CheckedUtf8(stream, item.name, encoding_errors, replaced))
+            for title, text in read_wikipedia_dump(checked, item.name):
                 yield RawDocument(f"{item.name}#{title}", item.name, text, "wikitext")
         else:
             yield from _read_text(item, stream, encoding_errors, replaced)
@@ -267,15 +327,21 @@ def read_documents(
         raise InputError(f"{item.name}: the file is truncated or corrupt ({error})") from error
 
 
+CORRUPTION_CHECK_BYTES = 16 << 20
+
+
 def _raise_if_corrupt(item: ResolvedInput, stream: BinaryIO) -> None:
-    """For a compressed input whose content failed to parse: read the rest of the stream, and
-    if the decompressor finds it damaged (bz2 checks a block's CRC only after handing out its
-    bytes, garbage that fails as "not valid JSON"), say that instead."""
+    """For a compressed input whose content failed to parse: read on, and if the decompressor
+    finds the stream damaged (bz2 checks a block's CRC only after handing out its bytes,
+    garbage that fails as "not valid JSON"), say that instead. Up to `CORRUPTION_CHECK_BYTES`
+    more: past a bz2 block (900 KB at most), and not the whole of a 20 GB dump (35 minutes of
+    bz2 before an error on its second line was said)."""
     if not _file_name(item).endswith(COMPRESSED_SUFFIXES):
         return
     try:
-        while stream.read(1 << 20):
-            pass
+        left = CORRUPTION_CHECK_BYTES
+        while left > 0 and (data := stream.read(min(1 << 20, left))):
+            left -= len(data)
     except (EOFError, OSError, zlib.error, lzma.LZMAError, pa.ArrowException) as error:
         raise InputError(f"{item.name}: the file is truncated or corrupt ({error})") from error
 
@@ -445,14 +511,26 @@ def _read_jsonl(
 ) -> Iterator[RawDocument]:
     field = item.spec.text_field
     lines, encoding = _lines(stream, _wide_bom(_peek(stream)))
-    for line_no, raw in enumerate(lines, start=1):
-        line = _decode(raw, item, encoding_errors, line_no, replaced, encoding)
-        if line_no == 1:
-            line = line.removeprefix("\ufeff")  # json.loads refuses a BOM in a str
-        if not line.strip():
-            continue
+    line_no = 0
+    for raw in lines:
+        chunk = _decode(raw, item, encoding_errors, line_no + 1, replaced, encoding)
+        if line_no == 0:
+            chunk = chunk.removeprefix("\ufeff")  # json.loads refuses a BOM in a str
+        # Lines a carriage return alone ends (classic Mac OS) too: JSON escapes one in a string,
+        # so a bare one ends a record (the file failed as "Extra data" on its first line).
+        for line in _split_at_lone_carriage_returns(chunk):
+            line_no += 1
+            yield from _jsonl_record(item, line, line_no, field, encoding_errors, replaced)
+
+
+def _jsonl_record(
+    item: ResolvedInput, line: str, line_no: int, field: str, encoding_errors: str,
+    replaced: Replacements,
+) -> Iterator[RawDocument]:  # fmt: skip
+    """The document of one JSONL line (without its line ending), if it holds one."""
+    if line.strip():
         try:  # without its line ending, which would be the "invalid control character" of
-            record = json.loads(line.rstrip("\r\n"))  # a line cut inside a string
+            record = json.loads(line)  # a line cut inside a string
         except json.JSONDecodeError as error:
             # Some messages end in "at", expecting the position that str(error) appends.
             reason = f"{error.msg.removesuffix(' at')} at column {error.colno}"
@@ -587,11 +665,25 @@ def _read_parquet(
     item: ResolvedInput, stream: BinaryIO, encoding_errors: str, replaced: Replacements
 ) -> Iterator[RawDocument]:
     field = item.spec.text_field
+    if not stream.seekable():
+        # Parquet is read from its footer back: a stream that cannot seek (zstd's) is copied
+        # to a temporary file first (it failed as "not a readable Parquet file (seek)").
+        copy = tempfile.TemporaryFile()  # noqa: SIM115 (closed with the generator)
+        with contextlib.closing(copy):
+            shutil.copyfileobj(stream, copy, 1 << 20)
+            copy.seek(0)
+            yield from _read_parquet(item, copy, encoding_errors, replaced)  # type: ignore[arg-type]
+        return
     try:
         parquet = pq.ParquetFile(stream)
     except (pa.ArrowException, OSError) as error:
         raise InputError(f"{item.name}: not a readable Parquet file ({error})") from None
     names = parquet.schema_arrow.names
+    if names.count(field) > 1:  # pyarrow's KeyError, "Column text does not exist in schema"
+        raise InputError(
+            f"{item.name}: {names.count(field)} columns are named '{field}'; a Parquet writer "
+            "that allows it made the file: give the text column a name of its own"
+        )
     if field not in names:
         raise InputError(
             f"{item.name}: no column '{field}' (columns: {', '.join(names)}); "
