@@ -96,8 +96,9 @@ class Tokenizer(ABC):
         is out of range", and a tensor was a TypeError."""
         values = ids.tolist() if hasattr(ids, "tolist") else list(ids)
         values = values if isinstance(values, list) else [values]  # a 0-d tensor: one id
-        wrong = next((i for i in values if not 0 <= i < self.vocab_size), None)
-        if wrong is not None:
+        size = self.vocab_size
+        if values and (min(values) < 0 or max(values) >= size):
+            wrong = next(i for i in values if not 0 <= i < size)
             raise TokenizerError(
                 f"token id {wrong} is outside the vocabulary of {self.vocab_size} "
                 f"(ids 0 to {self.vocab_size - 1})"
