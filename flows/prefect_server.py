@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -187,6 +188,14 @@ def _ensure_prefect_home(workspace: Workspace) -> None:
         home.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ServerError(f"PREFECT_HOME {home}: cannot create it ({error.strerror})") from error
+    try:  # one that takes no writes: "the machine may be too busy" after a temporary server died
+        with tempfile.TemporaryFile(dir=home):
+            pass
+    except OSError as error:
+        raise ServerError(
+            f"PREFECT_HOME {home}: not writable ({error.strerror}); Prefect keeps its database "
+            "there: make it writable, or unset PREFECT_HOME to use the workspace's"
+        ) from error
 
 
 def ephemeral_mode() -> bool:
@@ -223,6 +232,11 @@ def _start_temporary_server() -> None:
     except RuntimeError as error:
         if "ephemeral Prefect API server" not in str(error):
             raise
+        if "exited with code" in str(error):  # it died: waiting longer would not help
+            raise ServerError(
+                f"{error.args[0].split(' stdout:')[0]} Its own error is above; is PREFECT_HOME "
+                f"{os.environ.get('PREFECT_HOME', '')} writable, with disk space?"
+            ) from None
         raise ServerError(  # Prefect's fixed wait ran out on a busy machine
             f"{error.args[0].split(' stdout:')[0]} The machine may be too busy to start one in "
             "time: run again, raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, or let runs "

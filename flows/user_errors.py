@@ -28,12 +28,14 @@ def user_error_types() -> tuple[type[Exception], ...]:
     from lm.tokenizer import TokenizerError
     from lm.train_config import TrainingError
     from lm.word2vec import Word2VecError
+    from storage.artifacts import OutputUnwritable
     from storage.registry import RegistryError
     from storage.shards import ShardError
     from storage.workspace import WorkspaceError
 
     return (InputError, ConfigError, RegistryError, TokenizerError, ShardError, TrainingError,
-            EvaluationError, CheckpointError, WorkspaceError, Word2VecError)  # fmt: skip
+            EvaluationError, CheckpointError, WorkspaceError, Word2VecError,
+            OutputUnwritable)  # fmt: skip
 
 
 class HideTracebackOf(logging.Filter):

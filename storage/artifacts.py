@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -38,6 +39,26 @@ DESCRIPTOR_FILE = "descriptor.json"
 MANIFEST_FILE = "manifest.json"
 STAGING_INFIX = ".partial-"  # <key>.partial-<pid>-<nonce>-<host tag>: a build in progress
 _REPORTED_DAMAGE: set[tuple[Path, str]] = set()  # (folder, problem) warned about
+
+
+class OutputUnwritable(Exception):
+    """A stage output that could not be written (a full disk, a file-size limit, a folder that
+    takes no writes), said naming it: pyarrow said only "Error writing bytes to file", with a
+    traceback, after the ingest task had retried it twice."""
+
+
+# What a write that cannot succeed fails with. pyarrow's OSError has no errno of its own: its
+# message holds the system's ("Detail: [errno 27] File too large").
+WRITE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _a_write_failure(error: OSError, staging: Path) -> bool:
+    """Whether `error` is a write into `staging` that failed for want of space or permission,
+    not an input that could not be read (a file named outside the staging folder)."""
+    if error.filename is not None and staging.name not in str(error.filename):
+        return False
+    numbers = {error.errno} | {int(n) for n in re.findall(r"\[errno (\d+)\]", str(error))}
+    return bool(numbers & set(WRITE_ERRNOS))
 
 
 @dataclass(frozen=True)
@@ -125,8 +146,13 @@ class ArtifactStore:
             _REPORTED_DAMAGE.difference_update(
                 {entry for entry in _REPORTED_DAMAGE if entry[0] == self.directory(key)}
             )
-        except BaseException:
+        except BaseException as error:
             shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(error, OSError) and _a_write_failure(error, staging):
+                raise OutputUnwritable(
+                    f"{self.directory(key)}: writing the output failed; is the disk full, or the "
+                    f"folder not writable? ({type(error).__name__}: {error})"
+                ) from error
             raise
 
     def describe(self, staging: Path, kind: str, key: str, digest: str, stats: dict) -> Descriptor:

@@ -230,9 +230,21 @@ DAMAGE_ERRORS = (duckdb.IOException, duckdb.InternalException, duckdb.Serializat
 DAMAGE_MESSAGES = ("Corrupt database file", "computed checksum")
 
 
+# IO errors of a file that is whole but cannot be written: advice to move it aside as damaged
+# would start an empty registry beside a healthy one.
+NOT_DAMAGE = ("Read-only file system", "Permission denied", "No space left", "File too large")
+
+
+def cannot_write(error: BaseException) -> bool:
+    """Whether DuckDB `error` is a whole file that cannot be written (read-only, full disk)."""
+    return isinstance(error, duckdb.Error) and any(cause in str(error) for cause in NOT_DAMAGE)
+
+
 def is_damage(error: BaseException) -> bool:
     """Whether DuckDB `error` says a database file is damaged or cut short (not locked)."""
     if not isinstance(error, duckdb.Error) or _is_lock_error(error):
+        return False
+    if cannot_write(error):
         return False
     return isinstance(error, DAMAGE_ERRORS) or any(m in str(error) for m in DAMAGE_MESSAGES)
 
@@ -312,7 +324,9 @@ class RunRegistry:
                 holder_program=holder[1],
             )
         message = f"{self.path}: cannot {doing} the registry ({said})"
-        if is_damage(error):
+        if cannot_write(error):
+            message += "; the file is whole: make its folder writable, or free disk space"
+        elif is_damage(error):
             message += (
                 "; if the file is damaged or cut short, restore it from a backup, or move it "
                 "aside and the next `lmforge run` starts a new one"
@@ -352,7 +366,7 @@ class RunRegistry:
                             connection.execute("ROLLBACK")
                         raise
                 except duckdb.Error as error:  # a file DuckDB cannot read, found mid-write
-                    if not is_damage(error):
+                    if not (is_damage(error) or cannot_write(error)):
                         raise
                     raise self.unusable(error, "write to") from error
                 finally:

@@ -269,8 +269,12 @@ def train_task(
     val_tokens, _ = open_shard(shard_folder / "val.bin", tokenizer.digest)
     vocab_size = load_tokenizer(workspace.resolve(tokenizer.path)).vocab_size
     work = work_folder(store, key)
-    work.mkdir(parents=True, exist_ok=True)
-    with open(work / WORK_LOCK, "a+") as lock:
+    try:  # a folder of the workspace that takes no writes: a traceback from mkdir
+        work.mkdir(parents=True, exist_ok=True)
+        lock = open(work / WORK_LOCK, "a+")  # noqa: SIM115 (closed by the `with` below)
+    except OSError as error:
+        raise TrainingError(f"{work}: the training's folder cannot be written ({error})") from None
+    with lock:
         _wait_for_the_training_lock(lock, key)  # one process trains a key; a second waits
         existing = store.load_descriptor(key)
         if existing is not None:

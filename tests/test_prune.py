@@ -3,12 +3,14 @@ process uses is neither listed nor removed."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -223,3 +225,32 @@ def test_a_key_that_names_no_folder_of_its_own_is_refused_before_the_store_is_to
         (staging / "x").write_text("y")
     assert store.is_complete("abc123")
     assert [path.name for path in store.base.parent.iterdir()] == ["tokenizer"]
+
+
+def test_an_output_that_cannot_be_written_is_said_naming_it_and_inputs_errors_pass(tmp_path):
+    # A full disk in ingest or clean: pyarrow's "Error writing bytes to file" as a traceback,
+    # after two retries, naming no folder. Here a real file-size limit (`ulimit -f`).
+    script = f"""
+import resource, signal
+from pathlib import Path
+import pyarrow as pa, pyarrow.parquet as pq
+from storage.artifacts import ArtifactStore, OutputUnwritable
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
+store = ArtifactStore(Path({str(tmp_path)!r}) / "artifacts" / "clean", Path({str(tmp_path)!r}))
+try:
+    with store.build("clean-k") as staging:
+        texts = [f"document {{i}} " * 20 for i in range(5000)]
+        pq.write_table(pa.table({{"text": texts}}), staging / "documents.parquet")
+except OutputUnwritable as error:
+    print("SAID", error)
+"""
+    repository = Path(__file__).resolve().parent.parent
+    said = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=repository, check=True).stdout  # fmt: skip
+    assert said.startswith(f"SAID {tmp_path / 'artifacts' / 'clean' / 'clean-k'}: writing the")
+    assert "is the disk full, or the folder not writable?" in said and "File too large" in said
+    assert list((tmp_path / "artifacts" / "clean").iterdir()) == []  # its staging folder gone
+    store = ArtifactStore(tmp_path / "artifacts" / "ingest", tmp_path)
+    with pytest.raises(PermissionError), store.build("ingest-k"):
+        raise PermissionError(errno.EACCES, "Permission denied", "/data/unreadable.txt")

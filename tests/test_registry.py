@@ -9,6 +9,7 @@ import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from storage.registry import (
@@ -231,6 +232,19 @@ def test_reading_a_truncated_registry_is_a_registry_error_naming_it(tmp_path):
         registry.find_run("r1")
     assert str(raised.value).startswith(f"{registry.path}: cannot read the registry (IO Error: ")
     assert "restore it from a backup, or move it aside" in str(raised.value)
+
+
+@pytest.mark.parametrize("cause", ["Read-only file system", "No space left on device"])
+def test_a_registry_that_cannot_be_written_is_not_advised_away_as_damaged(tmp_path, cause):
+    # "move it aside and the next run starts a new one" for a healthy file on a read-only
+    # mount: following it left the history behind. (Tests run as root: no mode bit stops
+    # them, so DuckDB's error is made as it says it.)
+    registry = RunRegistry(tmp_path / "registry.duckdb")
+    error = duckdb.IOException(f'IO Error: Cannot open file "{registry.path}": {cause}')
+    said = str(registry.unusable(error, "open"))
+    assert said.startswith(f"{registry.path}: cannot open the registry (IO Error: ")
+    assert said.endswith("the file is whole: make its folder writable, or free disk space")
+    assert "move it aside" not in said
 
 
 def test_a_block_that_fails_its_checksum_is_said_at_once_as_damage_not_waited_on(tmp_path):

@@ -97,3 +97,16 @@ def test_a_prefect_home_set_beforehand_is_kept_absolute_and_created_or_named(
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "file" / "prefect"))  # below a file
     with pytest.raises(ServerError, match=r"PREFECT_HOME .*/file/prefect: cannot create it"):
         ensure_server(workspace)
+    # One that takes no writes (a read-only mount; root passes any mode bit, so the system's
+    # refusal is made here): a temporary server died on it, said as "the machine may be busy".
+    import errno
+
+    import flows.prefect_server
+
+    def read_only(**options):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "read-only"))
+    monkeypatch.setattr(flows.prefect_server.tempfile, "TemporaryFile", read_only)
+    with pytest.raises(ServerError, match=r"PREFECT_HOME .*/read-only: not writable \(Read-only"):
+        ensure_server(workspace)
