@@ -1099,6 +1099,9 @@ class Trainer:
         fresh model. Returns what happened, for the log."""
         if self.ranks.is_main:
             recover_staging(folder)
+        # The others list the checkpoints once rank 0 has put back one a killed write moved
+        # aside: listing meanwhile, ranks could resume from different steps.
+        all_gather(None)
         resumed = self.resume_latest(folder)
         if resumed is None and self.ranks.is_main:
             # A run killed before its first step checkpoint logged steps this one logs again.

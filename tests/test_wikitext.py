@@ -39,14 +39,16 @@ def test_unclosed_template_drops_only_its_opener():
 def removed_the_recursive_way(text: str, start: int = 0) -> str:
     """The first definition of template removal, kept as the reference: scan; if an opener is
     never closed, drop it alone and scan what follows it again, recursively. A table's `{|`
-    and `|}` count only at the start of a line (after spaces and `:` indents)."""
+    and `|}` count only at the start of a line (after spaces, `:` indents, templates, tags)."""
     tokens = re.compile(r"(?=(\{\{\{|\}\}\}|\{\{|\}\}|\{\||\|\}))")
     kept, stack, keep_from, cursor = [], [], start, start
     for match in tokens.finditer(text, start):
         position, token = match.start(), match.group(1)
         if position < cursor:
             continue
-        if token in ("{|", "|}") and not re.search(r"(?:^|\n)[ \t:]*$", text[:position]):
+        line = text[:position].rpartition("\n")[2]
+        plain = line if len(line) > 200 else re.sub(r"\{\{[^{}]*\}\}|<[^<>]*>", "", line)
+        if token in ("{|", "|}") and line.strip(" \t:") and plain.strip(" \t:"):
             continue
         opened = stack[-1][0] if stack else None
         if token == "}}}" and opened == "{{":
@@ -215,3 +217,26 @@ def test_the_bundled_ascii_article_keeps_its_printable_characters_section(bundle
     ascii_text = dict(bundled_pages)["ASCII"]
     assert "Code 20" in ascii_text and "Earlier versions of ASCII used the up arrow" in ascii_text
     assert "efn|" not in ascii_text
+
+
+@pytest.mark.parametrize(
+    ("wikitext", "shown"),
+    [
+        # Removed markup left the quotes around it one run, read as a stray apostrophe.
+        ("The ''{{flag|Azores}}'' (PRT) islands.", "The  (PRT) islands."),
+        ("'''{{nihongo|Tokyo|東京}}''' is the capital.", "is the capital."),
+        ("'''''{{lang|la|Veni}}''''' vidi.", "vidi."),
+        ("''Foo''<ref>x</ref>''Bar'' and ''Baz''{{sfn|X}}''Qux''", "FooBar and BazQux"),
+        ("''<nowiki/>''x and ''a''[[File:X.png|thumb|c]]''b''", "x and ab"),
+        # A <br> in a heading or before a list marker's character starts a line after them.
+        ("==Early life<br />and education==\nText.", "Early life\nand education\nText."),
+        ("Chart peak<br>#1 in the UK.", "Chart peak\n#1 in the UK."),
+        # A lone <nowiki> inside a dropped block pairs with nothing after it.
+        ('<source lang="xml"><nowiki>code</source>\nProse. <nowiki>x</nowiki>.', "Prose. x."),
+        # A template or tag before a table on its line.
+        ('Intro.\n{{clear}}{| class="t"\n|-\n| cell || cell\n|}\nAfter.', "Intro.\n\nAfter."),
+        ('Intro.\n<center>{| class="t"\n| cell\n|}</center>\nAfter.', "Intro.\n\nAfter."),
+    ],
+)
+def test_removed_markup_breaks_quote_runs_and_line_starts_are_read_first(wikitext, shown):
+    assert strip_wikitext(wikitext) == shown

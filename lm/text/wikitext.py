@@ -35,14 +35,18 @@ _NOWIKI_CLOSER = re.compile(r"</nowiki\s*>", re.IGNORECASE)
 _NOWIKI_EMPTY = re.compile(r"<nowiki\s*/>", re.IGNORECASE)
 # Where a nowiki's text waits while the markup around it is removed: private-use characters.
 _KEPT_TEXT = re.compile("\ue000(\\d+)\ue001")
+_REMOVED = "\ue002"  # where markup was removed, until the quotes are read
 _REF_OPENER = re.compile(r"<(ref)\b[^<>]*>", re.IGNORECASE)
 _REFERENCES_OPENER = re.compile(r"<(references)\b[^<>]*>", re.IGNORECASE)
 # Every position where a template parameter, template or table opens or closes, overlaps
 # included ('|}}' holds both; a parameter's `{{{` is tried before a template's `{{`).
 _BRACKET_TOKEN = re.compile(r"(?=(\{\{\{|\}\}\}|\{\{|\}\}|\{\||\|\}))")
-# A table opens and closes at the start of a line only (after spaces and `:` indents): a `|}` in
-# `[[Bracket|}]]`, or a `{|` in running text, is text.
+# A table opens and closes at the start of a line only (after spaces and `:` indents, or a
+# template or tag standing before it: `{{clear}}{|`, `<center>{|`): a `|}` in `[[Bracket|}]]`,
+# or a `{|` in running text, is text.
 _TABLE_LINE_START = re.compile(r"[ \t:]*")
+_BEFORE_A_TABLE = re.compile(r"\{\{[^{}]*\}\}|<[^<>]*>")
+_BEFORE_A_TABLE_MAX = 200  # characters of a line looked at: no quadratic scan of a long line
 _LINK_BRACKET = re.compile(r"\[\[|\]\]")
 # Links that never show text where they stand: files (their captions belong to the picture)
 # and categories, under the namespace names of the larger Wikipedias too.
@@ -82,20 +86,25 @@ _LINE_OF_PUNCTUATION = re.compile(r"^[\s|!{}\[\]=*#:;,.()-]*$", re.MULTILINE)
 
 def strip_wikitext(text: str) -> str:
     """Plain prose from the wikitext of one article."""
-    text = _COMMENT.sub("", text)
-    text, kept = _set_nowiki_aside(text)
-    text = _SELF_CLOSING_BLOCK.sub("", text)
-    text = _drop_blocks(text, _DROPPED_BLOCK_OPENER)
-    text = _drop_blocks(text, _REF_OPENER)
-    text = _drop_blocks(text, _REFERENCES_OPENER, unclosed="opener")
-    text = remove_templates_and_tables(text)
-    text = resolve_links(text)
-    text = _EXTERNAL_LINK.sub(lambda m: m.group(1) or "", text)
+    text = _COMMENT.sub("", text).replace(_REMOVED, "")
+    # What is removed before the quotes are read leaves a mark where it stood, as MediaWiki's
+    # strip markers do: the quotes on either side of `''{{lang|fr|x}}''` are two runs, not one
+    # run of four that reads as a stray apostrophe.
+    text = _SELF_CLOSING_BLOCK.sub(_REMOVED, text)
+    text = _drop_blocks(text, _DROPPED_BLOCK_OPENER, mark=_REMOVED)
+    text, kept = _set_nowiki_aside(text)  # after those blocks: they may hold a lone <nowiki>
+    text = _drop_blocks(text, _REF_OPENER, mark=_REMOVED)
+    text = _drop_blocks(text, _REFERENCES_OPENER, unclosed="opener", mark=_REMOVED)
+    text = remove_templates_and_tables(text, mark=_REMOVED)
+    text = resolve_links(text, removed=_REMOVED)
+    text = _EXTERNAL_LINK.sub(lambda m: m.group(1) or _REMOVED, text)
     text = "\n".join(remove_bold_and_italic(line) for line in text.split("\n"))
-    text = _LINE_BREAK_TAG.sub("\n", text)
-    text = _HTML_TAG.sub("", text)
+    text = text.replace(_REMOVED, "")
+    # Headings and list markers are read before a <br> in them starts a line of its own.
     text = _HEADING.sub(lambda m: m.group(2), text)
     text = _LIST_MARKER.sub("", text)
+    text = _LINE_BREAK_TAG.sub("\n", text)
+    text = _HTML_TAG.sub("", text)
     text = _HORIZONTAL_RULE.sub("", text)
     text = _MAGIC_WORD.sub("", text)
     text = _STRAY_MARKUP.sub("", text)
@@ -110,7 +119,7 @@ def _set_nowiki_aside(text: str) -> tuple[str, list[str]]:
     hold, put back once the markup is gone: MediaWiki shows them as written (read as markup, a
     `{|` in one opened a table that swallowed paragraphs). An opener never closed is dropped."""
     text = text.replace("\ue000", "").replace("\ue001", "")  # no placeholder but ours
-    text = _NOWIKI_EMPTY.sub("", text)
+    text = _NOWIKI_EMPTY.sub(_REMOVED, text)  # `''<nowiki/>''` breaks a run of quotes
     kept: list[str] = []
     pieces: list[str] = []
     cursor = 0
@@ -164,7 +173,7 @@ def remove_bold_and_italic(line: str) -> str:
     return "".join(parts[0::2])
 
 
-def _drop_blocks(text: str, opener: re.Pattern[str], unclosed: str = "keep") -> str:
+def _drop_blocks(text: str, opener: re.Pattern[str], unclosed: str = "keep", mark: str = "") -> str:
     """Remove each `<tag ...>...</tag>` whose opener `opener` matches (group 1 is the tag's
     name), up to the first closer of the same name. An opener never closed is kept as text, or
     with `unclosed="opener"` removed alone. One pass: once a name has no closer after some
@@ -184,13 +193,13 @@ def _drop_blocks(text: str, opener: re.Pattern[str], unclosed: str = "keep") -> 
             closers[name] = None
             if unclosed == "keep":
                 continue
-        kept.append(text[cursor : match.start()])
+        kept.append(text[cursor : match.start()] + mark)
         cursor = found.end() if found else match.end()
     kept.append(text[cursor:])
     return "".join(kept)
 
 
-def remove_templates_and_tables(text: str) -> str:
+def remove_templates_and_tables(text: str, mark: str = "") -> str:
     """Drop every `{{template}}`, `{{{parameter}}}` and `{| table |}`, however they nest in
     each other.
 
@@ -204,13 +213,17 @@ def remove_templates_and_tables(text: str) -> str:
     removed: list[tuple[int, int]] = []
     stack: list[tuple[str, int]] = []
     cursor = 0
+    line_start = scanned = 0  # the line of the last table token, found scanning forward only
     for match in _BRACKET_TOKEN.finditer(text):
         position = match.start()
         if position < cursor:
             continue
         token = match.group(1)
-        if token in ("{|", "|}") and not _starts_a_line(text, position):
-            continue
+        if token in ("{|", "|}"):
+            line_start = text.rfind("\n", scanned, position) + 1 or line_start
+            scanned = position
+            if not _starts_a_line(text, line_start, position):
+                continue
         opened = stack[-1][0] if stack else None
         if token in ("{{{", "{{", "{|"):
             stack.append((token, position))
@@ -228,16 +241,21 @@ def remove_templates_and_tables(text: str) -> str:
     keep_from = 0
     for start, end in removed:
         if start >= keep_from:
-            kept.append(text[keep_from:start])
+            kept.append(text[keep_from:start] + mark)
         keep_from = max(keep_from, end)
     kept.append(text[keep_from:])
     return "".join(kept)
 
 
-def _starts_a_line(text: str, position: int) -> bool:
-    """Whether only spaces, tabs and `:` indents stand before `position` on its line."""
-    line_start = text.rfind("\n", 0, position) + 1
-    return _TABLE_LINE_START.fullmatch(text, line_start, position) is not None
+def _starts_a_line(text: str, line_start: int, position: int) -> bool:
+    """Whether only spaces, tabs, `:` indents, templates and tags stand before `position` on
+    its line (which starts at `line_start`)."""
+    if _TABLE_LINE_START.fullmatch(text, line_start, position):
+        return True
+    if position - line_start > _BEFORE_A_TABLE_MAX:
+        return False
+    before = _BEFORE_A_TABLE.sub("", text[line_start:position])
+    return _TABLE_LINE_START.fullmatch(before) is not None
 
 
 def _link_text(inner: str) -> str:
@@ -264,7 +282,7 @@ def _link_text(inner: str) -> str:
     return target.split("#")[0] if not target.startswith("#") else target[1:]
 
 
-def resolve_links(text: str) -> str:
+def resolve_links(text: str, removed: str = "") -> str:
     """`[[target|anchor]]` becomes `anchor`, `[[target]]` becomes `target`; files, images,
     categories and interlanguage links vanish. Innermost first, so nested captions resolve."""
     # A stack of the links open at each point, each a list of its text so far: a link's text
@@ -278,7 +296,7 @@ def resolve_links(text: str) -> str:
             open_links.append([])
         elif len(open_links) > 1:
             inner = "".join(open_links.pop())
-            open_links[-1].append(_link_text(inner))
+            open_links[-1].append(_link_text(inner) or removed)
         else:
             open_links[-1].append("]]")
     open_links[-1].append(text[position:])
