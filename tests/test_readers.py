@@ -379,6 +379,24 @@ def test_wikipedia_dump_keeps_articles_with_titles_and_skips_redirects_and_other
     assert all(d.markup == "wikitext" for d in docs)
 
 
+def test_a_history_dump_page_reads_its_latest_revision_with_text(tmp_path):
+    # A latest revision whose text was deleted dropped the page; earlier ones have text.
+    def revision(text: str | None) -> str:
+        body = f'<text xml:space="preserve">{text}</text>' if text else '<text deleted="deleted"/>'
+        return f"<revision><id>1</id>{body}</revision>"
+
+    def page(title: str, *texts: str | None) -> str:
+        revisions = "".join(revision(text) for text in texts)
+        return f"<page><title>{title}</title><ns>0</ns><id>1</id>{revisions}</page>"
+
+    pages = [page("A", "first words", "second words", None), page("B", "only", "latest B")]
+    write_wiki_dump(tmp_path / "history.xml", pages)
+    docs = read(tmp_path, str(tmp_path / "history.xml"))
+    assert [(d.source.rpartition("#")[2], d.text) for d in docs] == [
+        ("A", "second words"), ("B", "latest B")
+    ]  # fmt: skip
+
+
 def test_http_url_is_streamed_and_read_by_its_format(tmp_path):
     served = tmp_path / "served"
     served.mkdir()

@@ -23,6 +23,10 @@ def _local(tag: str) -> str:
 def read_wikipedia_dump(stream: BinaryIO, name: str) -> Iterator[tuple[str, str]]:
     """Yield `(title, wikitext)` for each article page of the dump."""
     root = None
+    # The text of the page's latest revision that has one: in a history dump each revision is
+    # dropped as it ends (a page of 1,000 revisions held them all: 264 MB), and one whose text
+    # was deleted (`<text deleted="deleted"/>`) leaves the one before.
+    latest = None
     try:
         for event, element in ET.iterparse(stream, events=("start", "end")):
             if root is None:
@@ -32,9 +36,18 @@ def read_wikipedia_dump(stream: BinaryIO, name: str) -> Iterator[tuple[str, str]
                         f"{name}: not a MediaWiki XML dump (root <{_local(root.tag)}>)"
                     )
                 continue
-            if event != "end" or _local(element.tag) != "page":
+            if event != "end":
                 continue
-            page = _read_page(element)
+            tag = _local(element.tag)
+            if tag == "revision":
+                text = next((p.text for p in element if _local(p.tag) == "text"), None)
+                latest = text if text and text.strip() else latest
+                element.clear()
+                continue
+            if tag != "page":
+                continue
+            page = _read_page(element, latest or "")
+            latest = None
             root.clear()  # drop the finished page so memory stays flat
             if page is not None:
                 yield page
@@ -42,8 +55,9 @@ def read_wikipedia_dump(stream: BinaryIO, name: str) -> Iterator[tuple[str, str]
         raise InputError(f"{name}: malformed XML ({error})") from None
 
 
-def _read_page(page: ET.Element) -> tuple[str, str] | None:
-    title, namespace, text, redirect = "", "", "", False
+def _read_page(page: ET.Element, text: str) -> tuple[str, str] | None:
+    """The page's (title, `text`), or None for a page that is not an article with text."""
+    title, namespace, redirect = "", "", False
     for child in page:
         tag = _local(child.tag)
         if tag == "title":
@@ -52,10 +66,6 @@ def _read_page(page: ET.Element) -> tuple[str, str] | None:
             namespace = (child.text or "").strip()
         elif tag == "redirect":
             redirect = True
-        elif tag == "revision":
-            for part in child:
-                if _local(part.tag) == "text":
-                    text = part.text or ""
     if namespace and namespace != ARTICLE_NAMESPACE:
         return None
     if redirect or text.lstrip()[:9].lower() == "#redirect":
