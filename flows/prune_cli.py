@@ -131,7 +131,7 @@ def _continued_from(workspace: Workspace) -> dict[Path, str]:
         path = relocated(path if path.is_absolute() else workspace.root / path, workspace.root)
         for folder in (path, *path.parents):
             if folder.name.endswith(WORK_SUFFIX):
-                found.setdefault(folder.resolve(), f"model {label} of run {run_id[:8]}")
+                found.setdefault(folder.resolve(), f"model {label} of run {run_id}")
                 break
     return found
 

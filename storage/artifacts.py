@@ -132,11 +132,17 @@ class ArtifactStore:
     @contextmanager
     def build(self, key: str) -> Iterator[Path]:
         """Yield an empty staging directory; on success publish it as `key` atomically."""
-        self.base.mkdir(parents=True, exist_ok=True)
-        self.remove_abandoned_builds()
         self.directory(key)  # a key that names no folder of its own, refused first
         staging = self.base / staging_name(key)
-        staging.mkdir()
+        try:  # a store folder that takes no writes: a traceback from mkdir
+            self.base.mkdir(parents=True, exist_ok=True)
+            self.remove_abandoned_builds()
+            staging.mkdir()
+        except OSError as error:
+            raise OutputUnwritable(
+                f"{self.directory(key)}: cannot make its staging folder ({error.strerror}); is "
+                "the disk full, or the folder not writable?"
+            ) from error
         try:
             yield staging
             write_manifest(staging)

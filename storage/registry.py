@@ -232,7 +232,8 @@ DAMAGE_MESSAGES = ("Corrupt database file", "computed checksum")
 
 # IO errors of a file that is whole but cannot be written: advice to move it aside as damaged
 # would start an empty registry beside a healthy one.
-NOT_DAMAGE = ("Read-only file system", "Permission denied", "No space left", "File too large")
+NOT_DAMAGE = ("Read-only file system", "Permission denied", "Operation not permitted",
+              "No space left", "File too large", "Disk quota exceeded")  # fmt: skip
 
 
 def cannot_write(error: BaseException) -> bool:

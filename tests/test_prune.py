@@ -196,15 +196,16 @@ def test_prune_keeps_an_interrupted_training_a_recorded_model_continued_from(tmp
     forgotten = _folder(train / "train-b.work")
     registry = RunRegistry(workspace.registry_path)
     with registry.writing() as connection:
-        for run_id, init_from in (("r" * 32, "artifacts/train/train-a.work/step-000010"),
-                                  ("s" * 32, None)):  # fmt: skip
+        for run_id, init_from in (("20261206-092350-8873b6", "artifacts/train/train-a.work/"
+                                   "step-000010"), ("20261206-092351-0000aa", None)):  # fmt: skip
             config = {"train": {"init_from": init_from}}
             connection.execute(
                 "INSERT INTO models (run_id, label, kind, config, created_at) "
                 "VALUES (?, 'gpt', 'gpt', ?, now())", [run_id, json.dumps(config)],
             )  # fmt: skip
     listed = " ".join(run_cli("prune", home=workspace.root).stdout.split())
-    assert f"kept {started_from.parent}: model gpt of run rrrrrrrr continued from" in listed
+    said = f"kept {started_from.parent}: model gpt of run 20261206-092350-8873b6 continued from"
+    assert said in listed  # the whole id: its first 8 characters were the day's date
     assert "train-b.work" in listed
     removed = " ".join(run_cli("prune", "--yes", home=workspace.root).stdout.split())
     assert "removed 1 folders" in removed
@@ -254,3 +255,14 @@ except OutputUnwritable as error:
     store = ArtifactStore(tmp_path / "artifacts" / "ingest", tmp_path)
     with pytest.raises(PermissionError), store.build("ingest-k"):
         raise PermissionError(errno.EACCES, "Permission denied", "/data/unreadable.txt")
+
+
+def test_a_store_folder_that_cannot_be_made_is_said_naming_the_output(tmp_path):
+    # The staging folder was made before the errors were caught: a traceback from mkdir.
+    from storage.artifacts import OutputUnwritable
+
+    (tmp_path / "artifacts").write_text("a file where the stores' folder should be")
+    store = ArtifactStore(tmp_path / "artifacts" / "ingest", tmp_path)
+    said = r"artifacts/ingest/ingest-k: cannot make its staging folder"
+    with pytest.raises(OutputUnwritable, match=said), store.build("ingest-k"):
+        pass

@@ -9,6 +9,8 @@ import io
 import json
 import logging
 import re
+import subprocess
+import sys
 import threading
 from functools import partial
 from pathlib import Path
@@ -944,3 +946,46 @@ def test_jsonl_with_lines_ended_by_a_carriage_return_alone_is_read_line_by_line(
     assert [(d.text, d.source.rpartition(":")[2]) for d in docs] == [
         ("one\rstill one", "1"), ("two", "2")
     ]  # fmt: skip
+
+
+def test_a_text_or_csv_starting_with_par1_is_not_read_as_parquet(tmp_path):
+    # The content check ran before the name checks: "not a readable Parquet file".
+    (tmp_path / "notes.csv").write_text("PAR1,text\n1,hello world\n")
+    (tmp_path / "notes.txt").write_text("PAR1 is the first paragraph.")
+    docs = read(tmp_path, SourceConfig(path=str(tmp_path / "notes.csv"), text_field="text"),
+                str(tmp_path / "notes.txt"))  # fmt: skip
+    assert [d.text for d in docs] == ["hello world", "PAR1 is the first paragraph."]
+
+
+def test_jsonl_lines_ended_by_a_lone_carriage_return_place_invalid_text_on_its_line(
+    tmp_path, caplog
+):
+    (tmp_path / "e.jsonl").write_bytes(b'{"text":"one"}\r{"text":"t\xffwo"}\r{"text":"3"}\r')
+    with caplog.at_level(logging.WARNING):
+        docs = read(tmp_path, str(tmp_path / "e.jsonl"), errors="replace")
+    assert [d.text for d in docs] == ["one", "t\ufffdwo", "3"]
+    assert "e.jsonl:2: invalid UTF-8 replaced with U+FFFD" in caplog.text
+
+
+def test_a_compressed_parquet_whose_copy_finds_no_room_says_so_not_corrupt(tmp_path):
+    # Unpacking to a temporary file under a file-size limit was "truncated or corrupt".
+    texts = [f"document number {i} " * 10 for i in range(3000)]
+    pq.write_table(pa.table({"text": texts}), tmp_path / "a.parquet", compression="none")
+    data = (tmp_path / "a.parquet").read_bytes()
+    (tmp_path / "a.parquet.zst").write_bytes(pa.Codec("zstd").compress(data).to_pybytes())
+    script = f"""
+import resource, signal
+from pathlib import Path
+from tests.test_readers import read
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, ({len(data) // 2}, {len(data) // 2}))
+try:
+    read(Path({str(tmp_path)!r}), {str(tmp_path / "a.parquet.zst")!r})
+except Exception as error:
+    print(type(error).__name__, error)
+"""
+    repository = Path(__file__).resolve().parent.parent
+    said = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=repository, check=True).stdout  # fmt: skip
+    assert said.startswith(f"InputError {tmp_path / 'a.parquet.zst'}: unpacking it to a tempor")
+    assert "set TMPDIR to a folder with room for it" in said

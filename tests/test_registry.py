@@ -234,7 +234,9 @@ def test_reading_a_truncated_registry_is_a_registry_error_naming_it(tmp_path):
     assert "restore it from a backup, or move it aside" in str(raised.value)
 
 
-@pytest.mark.parametrize("cause", ["Read-only file system", "No space left on device"])
+@pytest.mark.parametrize(
+    "cause", ["Read-only file system", "No space left on device", "Operation not permitted"]
+)
 def test_a_registry_that_cannot_be_written_is_not_advised_away_as_damaged(tmp_path, cause):
     # "move it aside and the next run starts a new one" for a healthy file on a read-only
     # mount: following it left the history behind. (Tests run as root: no mode bit stops

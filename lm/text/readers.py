@@ -12,6 +12,7 @@ import bz2
 import codecs
 import contextlib
 import csv
+import errno
 import gzip
 import io
 import json
@@ -75,8 +76,8 @@ def detect_format(item: ResolvedInput, stream: BinaryIO) -> str:
         name = name.removesuffix(suffix)
     if name.endswith((".jsonl", ".ndjson")):
         return "jsonl"
-    if name.endswith((".parquet", ".pq", ".parq")) or _peek(stream).startswith(PARQUET_MAGIC):
-        return "parquet"  # by content too: skipped as binary when not named .parquet
+    if name.endswith((".parquet", ".pq", ".parq")):
+        return "parquet"
     if name.endswith(".csv"):
         return "csv"
     if name.endswith(".tsv"):
@@ -85,6 +86,9 @@ def detect_format(item: ResolvedInput, stream: BinaryIO) -> str:
         return "json"
     if _skip_xml_prolog(_peek(stream)).startswith(b"<mediawiki"):
         return "wikipedia"
+    head = _peek(stream)
+    if head.startswith(PARQUET_MAGIC) and _is_binary(head):  # not a text that starts "PAR1"
+        return "parquet"  # by content: one not named .parquet was skipped as binary
     return "text"
 
 
@@ -512,7 +516,7 @@ def _read_jsonl(
     field = item.spec.text_field
     lines, encoding = _lines(stream, _wide_bom(_peek(stream)))
     line_no = 0
-    for raw in lines:
+    for raw in _utf8_lines_at_lone_carriage_returns(lines, encoding):
         chunk = _decode(raw, item, encoding_errors, line_no + 1, replaced, encoding)
         if line_no == 0:
             chunk = chunk.removeprefix("\ufeff")  # json.loads refuses a BOM in a str
@@ -521,6 +525,21 @@ def _read_jsonl(
         for line in _split_at_lone_carriage_returns(chunk):
             line_no += 1
             yield from _jsonl_record(item, line, line_no, field, encoding_errors, replaced)
+
+
+_LONE_CR = re.compile(rb"\r(?!\n)")
+
+
+def _utf8_lines_at_lone_carriage_returns(lines: Iterator[bytes], encoding: str) -> Iterator[bytes]:
+    """UTF-8 `lines` cut at a carriage return alone as well, before they are decoded, so that
+    invalid text is placed on its own line (a byte 0x0D is never inside a UTF-8 character).
+    Other encodings' lines are cut once decoded."""
+    for raw in lines:
+        if encoding != "utf-8" or b"\r" not in raw.rstrip(b"\r\n"):
+            yield raw
+        else:
+            parts = _LONE_CR.split(raw.removesuffix(b"\n"))
+            yield from (part + b"\r" for part in (parts[:-1] if not parts[-1] else parts))
 
 
 def _jsonl_record(
@@ -662,17 +681,15 @@ def _is_json(data: str) -> bool:
 
 
 def _read_parquet(
-    item: ResolvedInput, stream: BinaryIO, encoding_errors: str, replaced: Replacements
-) -> Iterator[RawDocument]:
+    item: ResolvedInput, stream: BinaryIO, encoding_errors: str, replaced: Replacements,
+    copied: bool = False,
+) -> Iterator[RawDocument]:  # fmt: skip
     field = item.spec.text_field
-    if not stream.seekable():
-        # Parquet is read from its footer back: a stream that cannot seek (zstd's) is copied
-        # to a temporary file first (it failed as "not a readable Parquet file (seek)").
-        copy = tempfile.TemporaryFile()  # noqa: SIM115 (closed with the generator)
-        with contextlib.closing(copy):
-            shutil.copyfileobj(stream, copy, 1 << 20)
-            copy.seek(0)
-            yield from _read_parquet(item, copy, encoding_errors, replaced)  # type: ignore[arg-type]
+    if not copied and (not stream.seekable() or _file_name(item).endswith(COMPRESSED_SUFFIXES)):
+        # Parquet is read from its footer back: a stream that cannot seek (zstd's) failed as
+        # "not a readable Parquet file (seek)", and one of gzip's, bz2's or xz's decompressed
+        # from the start again at each seek back (a row group each). Copied to a file first.
+        yield from _read_parquet_copied(item, stream, encoding_errors, replaced)
         return
     try:
         parquet = pq.ParquetFile(stream)
@@ -705,6 +722,30 @@ def _read_parquet(
             if text and text.strip():
                 yield RawDocument(f"{item.name}#{row}", item.name, text, "plain")
             row += 1
+
+
+def _read_parquet_copied(
+    item: ResolvedInput, stream: BinaryIO, encoding_errors: str, replaced: Replacements
+) -> Iterator[RawDocument]:
+    """`_read_parquet` of a decompressed copy in a temporary file (`TMPDIR`)."""
+    with tempfile.TemporaryFile() as copy:
+        try:
+            shutil.copyfileobj(stream, copy, 1 << 20)
+        except OSError as error:
+            if not _a_write(error):
+                raise  # the input's own damage (a corrupt stream), said as such
+            raise InputError(
+                f"{item.name}: unpacking it to a temporary file failed ({error.strerror}): a "
+                "compressed Parquet file is read from a copy; set TMPDIR to a folder with room "
+                "for it"
+            ) from None
+        copy.seek(0)
+        yield from _read_parquet(item, copy, encoding_errors, replaced, copied=True)  # type: ignore[arg-type]
+
+
+def _a_write(error: OSError) -> bool:
+    """Whether `error` says a write found no room or no permission."""
+    return error.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES)
 
 
 def _texts(
