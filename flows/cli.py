@@ -625,7 +625,9 @@ def sql(
                 cut = bool(max_rows) and len(rows) > max_rows
                 if number and output is SqlFormat.table:
                     console.print()
-                _print_result(output, columns, rows[:max_rows] if cut else rows)
+                # A JSON column (`stats`, `config`) is data in JSON Lines, not a string of it.
+                nested = [str(d[1]) == "JSON" for d in result.description or []]
+                _print_result(output, columns, rows[:max_rows] if cut else rows, nested)
                 if cut:
                     errors.print(f"the first {max_rows:,} rows are shown, and there are more: add "
                                  "a LIMIT or a WHERE, or pass --max-rows 0 for every row",
@@ -638,7 +640,9 @@ def sql(
         raise _fail(str(error)) from None
 
 
-def _print_result(output: SqlFormat, columns: list[str], rows: list[tuple]) -> None:
+def _print_result(
+    output: SqlFormat, columns: list[str], rows: list[tuple], nested: list[bool] | None = None
+) -> None:
     """A query's result on stdout: a table for reading, or CSV / JSON Lines (one object per
     row) for a program, every value whole (a table wraps a long one to the terminal)."""
     if output is SqlFormat.table:
@@ -652,8 +656,11 @@ def _print_result(output: SqlFormat, columns: list[str], rows: list[tuple]) -> N
         writer.writerows(["" if value is None else value for value in row] for row in rows)
         return
     names = _unique(columns)  # `SELECT 1 a, 2 a`: a dict would keep one `a`
+    nested = nested or [False] * len(columns)
     for row in rows:
-        record = dict(zip(names, map(_json_value, row), strict=True))
+        values = [json.loads(v) if is_json and isinstance(v, str) else v
+                  for v, is_json in zip(row, nested, strict=True)]  # fmt: skip
+        record = dict(zip(names, map(_json_value, values), strict=True))
         sys.stdout.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
 
 
