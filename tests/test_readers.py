@@ -989,3 +989,20 @@ except Exception as error:
                           cwd=repository, check=True).stdout  # fmt: skip
     assert said.startswith(f"InputError {tmp_path / 'a.parquet.zst'}: unpacking it to a tempor")
     assert "set TMPDIR to a folder with room for it" in said
+
+
+def test_a_dump_without_ns_tags_tells_namespaces_by_the_titles_siteinfo_names(tmp_path):
+    # Exports older than 0.5 give pages no <ns>: Talk: and User: pages were kept as articles.
+    siteinfo = ('<siteinfo><sitename>Old</sitename><namespaces><namespace key="0" />'
+                '<namespace key="1">Talk</namespace><namespace key="2">User</namespace>'
+                "</namespaces></siteinfo>")  # fmt: skip
+
+    def page(title: str) -> str:
+        text = f'<revision><text xml:space="preserve">{title} has words.</text></revision>'
+        return f"<page><title>{title}</title><id>1</id>{text}</page>"
+
+    titles = ["Alpha", "Talk:Alpha", "user:Someone", "Ali: Fear Eats the Soul"]
+    xml = f"<mediawiki>{siteinfo}{''.join(page(t) for t in titles)}</mediawiki>"
+    (tmp_path / "old.xml").write_text(xml)
+    docs = read(tmp_path, str(tmp_path / "old.xml"))
+    assert [d.source.rpartition("#")[2] for d in docs] == ["Alpha", "Ali: Fear Eats the Soul"]

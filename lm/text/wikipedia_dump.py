@@ -27,6 +27,9 @@ def read_wikipedia_dump(stream: BinaryIO, name: str) -> Iterator[tuple[str, str]
     # dropped as it ends (a page of 1,000 revisions held them all: 264 MB), and one whose text
     # was deleted (`<text deleted="deleted"/>`) leaves the one before.
     latest = None
+    # The names of the namespaces other than articles' (`<siteinfo>`): a dump older than export
+    # 0.5 gives a page no `<ns>`, and its Talk: and User: pages were kept as articles.
+    other_namespaces: set[str] = set()
     try:
         for event, element in ET.iterparse(stream, events=("start", "end")):
             if root is None:
@@ -39,6 +42,9 @@ def read_wikipedia_dump(stream: BinaryIO, name: str) -> Iterator[tuple[str, str]
             if event != "end":
                 continue
             tag = _local(element.tag)
+            if tag == "namespace" and element.get("key", ARTICLE_NAMESPACE) != ARTICLE_NAMESPACE:
+                other_namespaces.add((element.text or "").strip().casefold())
+                continue
             if tag == "revision":
                 text = next((p.text for p in element if _local(p.tag) == "text"), None)
                 latest = text if text and text.strip() else latest
@@ -46,7 +52,7 @@ def read_wikipedia_dump(stream: BinaryIO, name: str) -> Iterator[tuple[str, str]
                 continue
             if tag != "page":
                 continue
-            page = _read_page(element, latest or "")
+            page = _read_page(element, latest or "", other_namespaces)
             latest = None
             root.clear()  # drop the finished page so memory stays flat
             if page is not None:
@@ -55,8 +61,9 @@ def read_wikipedia_dump(stream: BinaryIO, name: str) -> Iterator[tuple[str, str]
         raise InputError(f"{name}: malformed XML ({error})") from None
 
 
-def _read_page(page: ET.Element, text: str) -> tuple[str, str] | None:
-    """The page's (title, `text`), or None for a page that is not an article with text."""
+def _read_page(page: ET.Element, text: str, other_namespaces: set[str]) -> tuple[str, str] | None:
+    """The page's (title, `text`), or None for a page that is not an article with text. One
+    without `<ns>` is in the namespace its title's prefix names, if `<siteinfo>` lists it."""
     title, namespace, redirect = "", "", False
     for child in page:
         tag = _local(child.tag)
@@ -67,6 +74,9 @@ def _read_page(page: ET.Element, text: str) -> tuple[str, str] | None:
         elif tag == "redirect":
             redirect = True
     if namespace and namespace != ARTICLE_NAMESPACE:
+        return None
+    prefix, colon, _ = title.partition(":")
+    if not namespace and colon and prefix.strip().casefold() in other_namespaces:
         return None
     if redirect or text.lstrip()[:9].lower() == "#redirect":
         return None
