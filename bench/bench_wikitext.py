@@ -66,6 +66,10 @@ def main() -> None:
         f"{'links nested ' + str(args.repeat) + ' deep':32s} {len(deep) / 1e3:7.0f} k chars "
         f"{timed(deep):7.3f} s"
     )
+    # A line whose long indent each `|}` after it was checked against again.
+    indented = "Intro.\n" + " " * (10 * args.repeat) + "a|}" * args.repeat + "\nend"
+    print(f"{'|} after a long indent':32s} {len(indented) / 1e3:7.0f} k chars "
+          f"{timed(indented):7.3f} s")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -175,12 +175,15 @@ class _CheckedUtf8(io.RawIOBase):
     """The bytes of a MediaWiki dump (UTF-8 by its format), checked as they pass: the XML
     parser said only "not well-formed (invalid token)" at a line and column, whatever
     `ingest.encoding_errors` was. An invalid sequence is refused naming its byte, or under
-    `replace` passed on as U+FFFD, placed and counted as in every other input."""
+    `replace` passed on as U+FFFD, placed and counted as in every other input. Valid bytes pass
+    as they are; only a read holding invalid ones is decoded and encoded again."""
 
     def __init__(self, stream: BinaryIO, name: str, errors: str, replaced: Replacements):
         self.stream, self.name, self.errors, self.replaced = stream, name, errors, replaced
-        # Each read is decoded on from the last: a character cut by a read is held, not bad.
-        self.decoder = codecs.getincrementaldecoder("utf-8")(errors)
+        # Each read is checked on from the last: a character cut by a read is held back (not
+        # passed on) until the next read completes it.
+        self.decoder = codecs.getincrementaldecoder("utf-8")("strict")
+        self.held = b""
         self.offset = 0  # bytes of the stream read so far
         self.pending = b""
 
@@ -190,39 +193,37 @@ class _CheckedUtf8(io.RawIOBase):
     def readinto(self, buffer) -> int:
         while not self.pending:
             data = self.stream.read(max(len(buffer), 1 << 16))
-            held = self.decoder.getstate()[0]  # the start of a character the last read cut
-            try:
-                text = self.decoder.decode(data, final=not data)
-            except UnicodeDecodeError as error:
-                raise InputError(
-                    f"{self.name}: invalid UTF-8 at byte {self.offset - len(held) + error.start}; "
-                    'fix the file or set ingest.encoding_errors = "replace" to substitute U+FFFD'
-                ) from None
-            if self.errors == "strict":
-                self.pending = data
-            else:
-                self.pending = text.encode()
-                invalid = text.count("\ufffd") - data.count(b"\xef\xbf\xbd")
-                if invalid > 0:
-                    self._note(held + data, self.offset - len(held), invalid)
+            self._take(data)
             self.offset += len(data)
-            if not data:
+            if not data and not self.pending:
                 return 0
         size = min(len(buffer), len(self.pending))
         buffer[:size], self.pending = self.pending[:size], self.pending[size:]
         return size
 
-    def _note(self, data: bytes, offset: int, invalid: int) -> None:
-        """The first invalid sequence of `data` (at byte `offset` of the file) placed, the
-        others of it counted."""
+    def _take(self, data: bytes) -> None:
+        """Check `data`, the next read (b"" at the end), and queue what may be passed on."""
+        whole, start = self.held + data, self.offset - len(self.held)
         try:
-            data.decode("utf-8")
-            first = None
+            self.decoder.decode(data, final=not data)
         except UnicodeDecodeError as error:
-            first = offset + error.start
-        where = f" at byte {first}" if first is not None else ""
-        self.replaced.note(self.name, f"invalid UTF-8{where}")
-        self.replaced.count += invalid - 1
+            if self.errors == "strict":
+                raise InputError(
+                    f"{self.name}: invalid UTF-8 at byte {start + error.start}; fix the file or "
+                    'set ingest.encoding_errors = "replace" to substitute U+FFFD'
+                ) from None
+            replacing = codecs.getincrementaldecoder("utf-8")("replace")
+            text = replacing.decode(whole, final=not data)
+            self.held = replacing.getstate()[0]
+            self.decoder.reset()
+            self.decoder.decode(self.held)  # held again, to be completed by the next read
+            self.pending = text.encode()
+            invalid = text.count("\ufffd") - whole.count(b"\xef\xbf\xbd")
+            self.replaced.note(self.name, f"invalid UTF-8 at byte {start + error.start}")
+            self.replaced.count += max(0, invalid - 1)
+            return
+        self.held = self.decoder.getstate()[0]
+        self.pending = whole[: len(whole) - len(self.held)]
 
 
 def _bomless_utf16(head: bytes) -> tuple[bytes, str] | None:

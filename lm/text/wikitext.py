@@ -213,16 +213,23 @@ def remove_templates_and_tables(text: str, mark: str = "") -> str:
     removed: list[tuple[int, int]] = []
     stack: list[tuple[str, int]] = []
     cursor = 0
-    line_start = scanned = 0  # the line of the last table token, found scanning forward only
+    # The line of the last table token, found scanning forward only, and where the spaces and
+    # indents it starts with end (looked for once a line: from every token, a long run of them
+    # was walked again and again).
+    line_start = scanned = 0
+    indent_end = _TABLE_LINE_START.match(text).end()
     for match in _BRACKET_TOKEN.finditer(text):
         position = match.start()
         if position < cursor:
             continue
         token = match.group(1)
         if token in ("{|", "|}"):
-            line_start = text.rfind("\n", scanned, position) + 1 or line_start
+            newline = text.rfind("\n", scanned, position)
+            if newline >= 0:
+                line_start = newline + 1
+                indent_end = _TABLE_LINE_START.match(text, line_start).end()
             scanned = position
-            if not _starts_a_line(text, line_start, position):
+            if not _starts_a_line(text, line_start, indent_end, position):
                 continue
         opened = stack[-1][0] if stack else None
         if token in ("{{{", "{{", "{|"):
@@ -247,10 +254,10 @@ def remove_templates_and_tables(text: str, mark: str = "") -> str:
     return "".join(kept)
 
 
-def _starts_a_line(text: str, line_start: int, position: int) -> bool:
+def _starts_a_line(text: str, line_start: int, indent_end: int, position: int) -> bool:
     """Whether only spaces, tabs, `:` indents, templates and tags stand before `position` on
-    its line (which starts at `line_start`)."""
-    if _TABLE_LINE_START.fullmatch(text, line_start, position):
+    its line (which starts at `line_start`, its indent ending at `indent_end`)."""
+    if position <= indent_end:
         return True
     if position - line_start > _BEFORE_A_TABLE_MAX:
         return False
