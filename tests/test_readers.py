@@ -1006,3 +1006,22 @@ def test_a_dump_without_ns_tags_tells_namespaces_by_the_titles_siteinfo_names(tm
     (tmp_path / "old.xml").write_text(xml)
     docs = read(tmp_path, str(tmp_path / "old.xml"))
     assert [d.source.rpartition("#")[2] for d in docs] == ["Alpha", "Ali: Fear Eats the Soul"]
+
+
+def test_a_setting_the_input_s_format_never_reads_is_said_once_a_source(tmp_path, caplog):
+    # A text_field on a folder of text files, one_doc_per_line on JSONL: dropped in silence.
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    for index in range(3):
+        (folder / f"n{index}.txt").write_text(f"note {index}")
+    (tmp_path / "d.jsonl").write_text('{"text": "a"}\n')
+    sources = [SourceConfig(path=str(folder), text_field="body"),
+               SourceConfig(path=str(tmp_path / "d.jsonl"), one_doc_per_line=True)]  # fmt: skip
+    with caplog.at_level(logging.WARNING):
+        docs = read(tmp_path, *sources)
+    assert len(docs) == 4
+    said = [r.getMessage() for r in caplog.records if "is ignored" in r.getMessage()]
+    assert len(said) == 2
+    assert "text_field (read from JSON, JSONL, CSV, TSV and Parquet inputs) is ignored: this " \
+           f"input is text (said once for the text inputs of {folder})" in said[0]  # fmt: skip
+    assert said[1].startswith(f"{tmp_path / 'd.jsonl'}: one_doc_per_line (read from text")

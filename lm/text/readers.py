@@ -295,6 +295,7 @@ def read_documents(
             logger.warning("%s: empty, skipped", item.name)
             return
         fmt = detect_format(item, stream)
+        _warn_of_settings_the_format_ignores(item, fmt)
         if fmt in ("text", "json", "jsonl", "csv", "tsv") and (
             bomless := _bomless_utf16(_peek(stream))
         ):
@@ -333,6 +334,26 @@ def read_documents(
 
 
 CORRUPTION_CHECK_BYTES = 16 << 20
+FORMATS_WITH_FIELDS = ("json", "jsonl", "csv", "tsv", "parquet")
+_IGNORED_SETTINGS_SAID: set[tuple[str, str, str]] = set()
+
+
+def _warn_of_settings_the_format_ignores(item: ResolvedInput, fmt: str) -> None:
+    """A `text_field` or `one_doc_per_line` the input's format never reads is said, once a
+    source and format (a folder's thousand text files, one line): set on a source that turned
+    out to be another format, it was dropped in silence."""
+    ignored = []
+    if "text_field" in item.spec.model_fields_set and fmt not in FORMATS_WITH_FIELDS:
+        ignored.append("text_field (read from JSON, JSONL, CSV, TSV and Parquet inputs)")
+    if item.spec.one_doc_per_line and fmt != "text":
+        ignored.append("one_doc_per_line (read from text inputs)")
+    for setting in ignored:
+        said = (item.spec.path, setting, fmt)
+        if said not in _IGNORED_SETTINGS_SAID:
+            _IGNORED_SETTINGS_SAID.add(said)
+            logger.warning("%s: %s is ignored: this input is %s%s", item.name, setting, fmt,
+                           "" if item.name == item.spec.path else
+                           f" (said once for the {fmt} inputs of {item.spec.path})")  # fmt: skip
 
 
 def _raise_if_corrupt(item: ResolvedInput, stream: BinaryIO) -> None:
