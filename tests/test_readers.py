@@ -382,16 +382,19 @@ def test_wikipedia_dump_keeps_articles_with_titles_and_skips_redirects_and_other
 
 
 def test_a_history_dump_page_reads_its_latest_revision_with_text(tmp_path):
-    # A latest revision whose text was deleted dropped the page; earlier ones have text.
+    # A latest revision whose text was deleted dropped the page; earlier ones have text. A
+    # blanked one (empty text, not deleted) is the page's real text: the page has none.
     def revision(text: str | None) -> str:
-        body = f'<text xml:space="preserve">{text}</text>' if text else '<text deleted="deleted"/>'
+        hidden = '<text deleted="deleted"/>'
+        body = hidden if text is None else f'<text xml:space="preserve">{text}</text>'
         return f"<revision><id>1</id>{body}</revision>"
 
     def page(title: str, *texts: str | None) -> str:
         revisions = "".join(revision(text) for text in texts)
         return f"<page><title>{title}</title><ns>0</ns><id>1</id>{revisions}</page>"
 
-    pages = [page("A", "first words", "second words", None), page("B", "only", "latest B")]
+    pages = [page("A", "first words", "second words", None), page("B", "only", "latest B"),
+             page("Blanked", "old words", ""), page("Spaces", "old words", "  ")]  # fmt: skip
     write_wiki_dump(tmp_path / "history.xml", pages)
     docs = read(tmp_path, str(tmp_path / "history.xml"))
     assert [(d.source.rpartition("#")[2], d.text) for d in docs] == [
@@ -1025,3 +1028,16 @@ def test_a_setting_the_input_s_format_never_reads_is_said_once_a_source(tmp_path
     assert "text_field (read from JSON, JSONL, CSV, TSV and Parquet inputs) is ignored: this " \
            f"input is text (said once for the text inputs of {folder})" in said[0]  # fmt: skip
     assert said[1].startswith(f"{tmp_path / 'd.jsonl'}: one_doc_per_line (read from text")
+
+
+def test_text_lines_ended_by_a_lone_carriage_return_place_invalid_text_on_its_line(
+    tmp_path, caplog
+):
+    (tmp_path / "t.txt").write_bytes(b"one\rtwo\rth\xffree\rfour\r")
+    with caplog.at_level(logging.WARNING):
+        docs = read(tmp_path, SourceConfig(path=str(tmp_path / "t.txt"), one_doc_per_line=True),
+                    errors="replace")  # fmt: skip
+    assert [(d.text, d.source.rpartition(":")[2]) for d in docs] == [
+        ("one", "1"), ("two", "2"), ("th\ufffdree", "3"), ("four", "4")
+    ]  # fmt: skip
+    assert "t.txt:3: invalid UTF-8 replaced with U+FFFD" in caplog.text

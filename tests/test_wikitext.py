@@ -240,3 +240,30 @@ def test_the_bundled_ascii_article_keeps_its_printable_characters_section(bundle
 )
 def test_removed_markup_breaks_quote_runs_and_line_starts_are_read_first(wikitext, shown):
     assert strip_wikitext(wikitext) == shown
+
+
+@pytest.mark.parametrize(
+    ("wikitext", "shown"),
+    [
+        # An anchor that is a template alone showed nothing (Afghanistan: "latitudes  and ,").
+        (
+            "between [[29th parallel north|{{nowrap|29° N}}]] and [[Foo|<ref>r</ref>]].",
+            "between 29th parallel north and Foo.",
+        ),
+        # Markup inside <nowiki> is shown as written; the marks of removed markup never leak.
+        (
+            "a <nowiki><ref name=x/></nowiki> b <nowiki><math>x</math></nowiki>",
+            "a <ref name=x/> b <math>x</math>",
+        ),
+        (
+            "a <nowiki><nowiki/></nowiki> b <nowiki><references/></nowiki>",
+            "a <nowiki/> b <references/>",
+        ),
+        # A table after a removed ref or formula on its line is a table.
+        ("<ref name=a/>{| class=t\n| cell\n|}\nAfter.", "After."),
+        ("<math>x</math>{| class=t\n| cell\n|}\nAfter.", "After."),
+    ],
+)
+def test_marks_of_removed_markup_leave_anchors_tables_and_nowiki_as_they_were(wikitext, shown):
+    assert strip_wikitext(wikitext) == shown
+    assert not any("\ue000" <= char <= "\ue002" for char in strip_wikitext(wikitext))

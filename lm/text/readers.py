@@ -462,7 +462,7 @@ def _read_text(
     if item.spec.one_doc_per_line:
         lines, encoding = _lines(stream, wide)
         line_no = 0
-        for chunk in lines:
+        for chunk in _utf8_lines_at_lone_carriage_returns(lines, encoding):
             text = _decode(chunk, item, encoding_errors, line_no + 1, replaced, encoding)
             if line_no == 0:
                 text = text.removeprefix("\ufeff")  # a UTF-8 BOM: a mark, not the first name's

@@ -46,8 +46,9 @@ def read_wikipedia_dump(stream: BinaryIO, name: str) -> Iterator[tuple[str, str]
                 other_namespaces.add((element.text or "").strip().casefold())
                 continue
             if tag == "revision":
-                text = next((p.text for p in element if _local(p.tag) == "text"), None)
-                latest = text if text and text.strip() else latest
+                body = next((part for part in element if _local(part.tag) == "text"), None)
+                if body is not None and body.get("deleted") is None:  # a blanked page: ""
+                    latest = body.text or ""
                 element.clear()
                 continue
             if tag != "page":

@@ -33,6 +33,11 @@ _SELF_CLOSING_BLOCK = re.compile(
 _NOWIKI_OPENER = re.compile(r"<nowiki\s*>", re.IGNORECASE)
 _NOWIKI_CLOSER = re.compile(r"</nowiki\s*>", re.IGNORECASE)
 _NOWIKI_EMPTY = re.compile(r"<nowiki\s*/>", re.IGNORECASE)
+_NOWIKI_OR_BLOCK_OPENER = re.compile(
+    r"<nowiki\s*>|<(?P<block>math|chem|gallery|timeline|score|syntaxhighlight|source|graph"
+    r"|imagemap|mapframe)\b[^<>/]*>",
+    re.IGNORECASE,
+)
 # Where a nowiki's text waits while the markup around it is removed: private-use characters.
 _KEPT_TEXT = re.compile("\ue000(\\d+)\ue001")
 _REMOVED = "\ue002"  # where markup was removed, until the quotes are read
@@ -45,7 +50,7 @@ _BRACKET_TOKEN = re.compile(r"(?=(\{\{\{|\}\}\}|\{\{|\}\}|\{\||\|\}))")
 # template or tag standing before it: `{{clear}}{|`, `<center>{|`): a `|}` in `[[Bracket|}]]`,
 # or a `{|` in running text, is text.
 _TABLE_LINE_START = re.compile(r"[ \t:]*")
-_BEFORE_A_TABLE = re.compile(r"\{\{[^{}]*\}\}|<[^<>]*>")
+_BEFORE_A_TABLE = re.compile(r"\{\{[^{}]*\}\}|<[^<>]*>|\ue002|\ue000\d+\ue001")
 _BEFORE_A_TABLE_MAX = 200  # characters of a line looked at: no quadratic scan of a long line
 _LINK_BRACKET = re.compile(r"\[\[|\]\]")
 # Links that never show text where they stand: files (their captions belong to the picture)
@@ -87,12 +92,12 @@ _LINE_OF_PUNCTUATION = re.compile(r"^[\s|!{}\[\]=*#:;,.()-]*$", re.MULTILINE)
 def strip_wikitext(text: str) -> str:
     """Plain prose from the wikitext of one article."""
     text = _COMMENT.sub("", text).replace(_REMOVED, "")
+    text, kept = _set_nowiki_aside(text)
     # What is removed before the quotes are read leaves a mark where it stood, as MediaWiki's
     # strip markers do: the quotes on either side of `''{{lang|fr|x}}''` are two runs, not one
     # run of four that reads as a stray apostrophe.
     text = _SELF_CLOSING_BLOCK.sub(_REMOVED, text)
     text = _drop_blocks(text, _DROPPED_BLOCK_OPENER, mark=_REMOVED)
-    text, kept = _set_nowiki_aside(text)  # after those blocks: they may hold a lone <nowiki>
     text = _drop_blocks(text, _REF_OPENER, mark=_REMOVED)
     text = _drop_blocks(text, _REFERENCES_OPENER, unclosed="opener", mark=_REMOVED)
     text = remove_templates_and_tables(text, mark=_REMOVED)
@@ -117,23 +122,37 @@ def strip_wikitext(text: str) -> str:
 def _set_nowiki_aside(text: str) -> tuple[str, list[str]]:
     """`text` with each `<nowiki>...</nowiki>` replaced by a placeholder, and the texts they
     hold, put back once the markup is gone: MediaWiki shows them as written (read as markup, a
-    `{|` in one opened a table that swallowed paragraphs). An opener never closed is dropped."""
+    `{|` in one opened a table that swallowed paragraphs). As in MediaWiki the first opener
+    wins: a `<nowiki>` inside a block dropped later (`<math>`, `<source>`) is that block's
+    text, and a block inside a nowiki is shown. An opener never closed is dropped."""
     text = text.replace("\ue000", "").replace("\ue001", "")  # no placeholder but ours
-    text = _NOWIKI_EMPTY.sub(_REMOVED, text)  # `''<nowiki/>''` breaks a run of quotes
     kept: list[str] = []
     pieces: list[str] = []
-    cursor = 0
-    for opener in _NOWIKI_OPENER.finditer(text):
-        if opener.start() < cursor:
+    cursor = scan_from = 0
+    closers: dict[str, re.Pattern[str] | None] = {}  # a block's; None: none after this point
+    for opener in _NOWIKI_OR_BLOCK_OPENER.finditer(text):
+        if opener.start() < scan_from:
+            continue
+        block = opener.group("block")
+        if block is not None:  # left for `_drop_blocks`, with any <nowiki> inside it
+            name = block.lower()
+            if name not in closers:
+                closers[name] = re.compile(rf"</{re.escape(name)}\s*>", re.IGNORECASE)
+            closer = closers[name]
+            found = closer.search(text, opener.end()) if closer else None
+            if found is None:
+                closers[name] = None
+            scan_from = found.end() if found else opener.end()
             continue
         closer = _NOWIKI_CLOSER.search(text, opener.end())
         if closer is None:  # none after this one either
             break
         pieces.append(f"{text[cursor : opener.start()]}\ue000{len(kept)}\ue001")
         kept.append(text[opener.end() : closer.start()])
-        cursor = closer.end()
+        cursor = scan_from = closer.end()
     pieces.append(text[cursor:])
-    return _NOWIKI_OPENER.sub("", "".join(pieces)), kept
+    rest = _NOWIKI_EMPTY.sub(_REMOVED, "".join(pieces))  # `''<nowiki/>''` breaks a quote run
+    return _NOWIKI_OPENER.sub("", rest), kept
 
 
 def remove_bold_and_italic(line: str) -> str:
@@ -271,6 +290,8 @@ def _link_text(inner: str) -> str:
     link). One whose target holds a bracket is not a link: it stays. A leading colon shows a
     file, category or other language's page as a link (`[[:File:X.jpg]]` is "File:X.jpg")."""
     target, bar, anchor = inner.partition("|")
+    if not anchor.replace(_REMOVED, "").strip():  # an anchor of a template alone: the target's
+        anchor = ""
     if "[" in target or "]" in target:
         return f"[[{inner}]]"
     if _MEDIA_OR_CATEGORY.match(inner):
