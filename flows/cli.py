@@ -625,8 +625,9 @@ def sql(
                 cut = bool(max_rows) and len(rows) > max_rows
                 if number and output is SqlFormat.table:
                     console.print()
-                # A JSON column (`stats`, `config`) is data in JSON Lines, not a string of it.
-                nested = [str(d[1]) == "JSON" for d in result.description or []]
+                # A JSON column (`stats`, `config`), or a list of JSON, is data in JSON Lines,
+                # not a string of it.
+                nested = [str(d[1]) in ("JSON", "JSON[]") for d in result.description or []]
                 _print_result(output, columns, rows[:max_rows] if cut else rows, nested)
                 if cut:
                     errors.print(f"the first {max_rows:,} rows are shown, and there are more: add "
@@ -658,8 +659,7 @@ def _print_result(
     names = _unique(columns)  # `SELECT 1 a, 2 a`: a dict would keep one `a`
     nested = nested or [False] * len(columns)
     for row in rows:
-        values = [json.loads(v) if is_json and isinstance(v, str) else v
-                  for v, is_json in zip(row, nested, strict=True)]  # fmt: skip
+        values = [_decoded(v) if is_json else v for v, is_json in zip(row, nested, strict=True)]
         record = dict(zip(names, map(_json_value, values), strict=True))
         sys.stdout.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
 
@@ -675,6 +675,13 @@ def _unique(columns: list[str]) -> list[str]:
             name = f"{column}_{number}"
         names.append(name)
     return names
+
+
+def _decoded(value):
+    """A JSON value DuckDB gave as its text, or a list of them, as data."""
+    if isinstance(value, list):
+        return [_decoded(item) for item in value]
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def _json_value(value):

@@ -127,9 +127,10 @@ def test_sql_is_read_only(workspace, tmp_path):
     # NaN is no JSON: null; a repeated name is numbered onto no name already there.
     assert json.loads(odd) == {"x": None, "a": 1, "a_3": 2, "a_4": 3, "a_2": 4}
     # A JSON column is data, not a string of it (a program decoded each twice).
-    nested = run_cli("sql", "--format", "json", "SELECT '{\"k\": [1, 2]}'::JSON AS j, "
-                     "'{\"k\": 1}' AS s, NULL::JSON AS n").stdout  # fmt: skip
-    assert json.loads(nested) == {"j": {"k": [1, 2]}, "s": '{"k": 1}', "n": None}
+    query = ("SELECT '{\"k\": [1, 2]}'::JSON AS j, '{\"k\": 1}' AS s, NULL::JSON AS n, "
+             "['{\"b\": 2}'::JSON] AS l")  # fmt: skip
+    nested = json.loads(run_cli("sql", "--format", "json", query).stdout)
+    assert nested == {"j": {"k": [1, 2]}, "s": '{"k": 1}', "n": None, "l": [{"b": 2}]}
     # DuckDB writes files too: over the corpus Parquet, or a new database beside it.
     [parquet] = workspace.corpus.glob("*/documents.parquet")
     before = parquet.read_bytes()

@@ -47,7 +47,9 @@ def removed_the_recursive_way(text: str, start: int = 0) -> str:
         if position < cursor:
             continue
         line = text[:position].rpartition("\n")[2]
-        plain = line if len(line) > 200 else re.sub(r"\{\{[^{}]*\}\}|<[^<>]*>", "", line)
+        plain, before_a_table = line, r"\{\{[^{}]*\}\}|<[^<>]*>"
+        while len(line) <= 200 and plain != (stripped := re.sub(before_a_table, "", plain)):
+            plain = stripped
         if token in ("{|", "|}") and line.strip(" \t:") and plain.strip(" \t:"):
             continue
         opened = stack[-1][0] if stack else None
@@ -262,6 +264,7 @@ def test_removed_markup_breaks_quote_runs_and_line_starts_are_read_first(wikitex
         # A table after a removed ref or formula on its line is a table.
         ("<ref name=a/>{| class=t\n| cell\n|}\nAfter.", "After."),
         ("<math>x</math>{| class=t\n| cell\n|}\nAfter.", "After."),
+        ("{{a|{{b}}}}{| class=t\n| cell\n|}\nAfter.", "After."),  # a nested template too
     ],
 )
 def test_marks_of_removed_markup_leave_anchors_tables_and_nowiki_as_they_were(wikitext, shown):

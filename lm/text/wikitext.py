@@ -280,7 +280,9 @@ def _starts_a_line(text: str, line_start: int, indent_end: int, position: int) -
         return True
     if position - line_start > _BEFORE_A_TABLE_MAX:
         return False
-    before = _BEFORE_A_TABLE.sub("", text[line_start:position])
+    before, removed = text[line_start:position], 1
+    while removed:  # innermost first: `{{a|{{b}}}}` is gone after two passes
+        before, removed = _BEFORE_A_TABLE.subn("", before)
     return _TABLE_LINE_START.fullmatch(before) is not None
 
 
