@@ -5,9 +5,13 @@ folder is atomic). The staging name ends in `.partial-…`, which no reader's pa
 
 from __future__ import annotations
 
+import errno
 import os
 import uuid
 from pathlib import Path
+
+# What a write that cannot succeed fails with: no room, a size limit, no permission.
+WRITE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def staging_path(path: Path) -> Path:

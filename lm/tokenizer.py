@@ -487,7 +487,7 @@ class CharTokenizer(Tokenizer):
         return self._eot
 
     def is_learned(self, token_id: int) -> bool:
-        return 0 <= self._checked_ids([token_id])[0] < len(self.chars)
+        return self._checked_ids([token_id])[0] < len(self.chars)
 
     def piece(self, token_id: int) -> str:
         return self._piece(self._checked_ids([token_id])[0])

@@ -621,9 +621,8 @@ class Trainer:
         after that step, or across ranks, the error is the run's. The redo draws the dropout
         masks the failed attempt drew (the generators put back), so a run whose first compiled
         step failed, resumed or not, trains as one that never compiled."""
-        first_compiled = not self.backward_ran and self.model is not self.module
-        cuda = self.device.type == "cuda"
-        if first_compiled:
+        if not self.backward_ran and self.model is not self.module:  # the first compiled step
+            cuda = self.device.type == "cuda"
             generators = (
                 torch.get_rng_state(),
                 torch.cuda.get_rng_state(self.device) if cuda else None,

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from lm.atomic_files import WRITE_ERRNOS
 from lm.checkpoints import size_mismatch
 from storage.processes import pid_alive, this_host
 
@@ -47,16 +48,13 @@ class OutputUnwritable(Exception):
     traceback, after the ingest task had retried it twice."""
 
 
-# What a write that cannot succeed fails with. pyarrow's OSError has no errno of its own: its
-# message holds the system's ("Detail: [errno 27] File too large").
-WRITE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
-
-
 def _a_write_failure(error: OSError, staging: Path) -> bool:
     """Whether `error` is a write into `staging` that failed for want of space or permission,
     not an input that could not be read (a file named outside the staging folder)."""
     if error.filename is not None and staging.name not in str(error.filename):
         return False
+    # pyarrow's OSError has no errno of its own: its message holds the system's ("Detail:
+    # [errno 27] File too large").
     numbers = {error.errno} | {int(n) for n in re.findall(r"\[errno (\d+)\]", str(error))}
     return bool(numbers & set(WRITE_ERRNOS))
 

@@ -12,7 +12,6 @@ import bz2
 import codecs
 import contextlib
 import csv
-import errno
 import gzip
 import io
 import json
@@ -31,6 +30,7 @@ from typing import Any, BinaryIO, NamedTuple
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lm.atomic_files import WRITE_ERRNOS
 from lm.text.census_names import CensusNamesError, read_census_names
 from lm.text.sources import InputError, ResolvedInput
 from lm.text.wikipedia_dump import read_wikipedia_dump
@@ -84,9 +84,9 @@ def detect_format(item: ResolvedInput, stream: BinaryIO) -> str:
         return "tsv"
     if name.endswith(".json"):
         return "json"
-    if _skip_xml_prolog(_peek(stream)).startswith(b"<mediawiki"):
-        return "wikipedia"
     head = _peek(stream)
+    if _skip_xml_prolog(head).startswith(b"<mediawiki"):
+        return "wikipedia"
     if head.startswith(PARQUET_MAGIC) and _is_binary(head):  # not a text that starts "PAR1"
         return "parquet"  # by content: one not named .parquet was skipped as binary
     return "text"
@@ -703,16 +703,21 @@ def _is_json(data: str) -> bool:
 
 
 def _read_parquet(
-    item: ResolvedInput, stream: BinaryIO, encoding_errors: str, replaced: Replacements,
-    copied: bool = False,
-) -> Iterator[RawDocument]:  # fmt: skip
-    field = item.spec.text_field
-    if not copied and (not stream.seekable() or _file_name(item).endswith(COMPRESSED_SUFFIXES)):
+    item: ResolvedInput, stream: BinaryIO, encoding_errors: str, replaced: Replacements
+) -> Iterator[RawDocument]:
+    if stream.seekable() and not _file_name(item).endswith(COMPRESSED_SUFFIXES):
+        yield from _read_parquet_file(item, stream, encoding_errors, replaced)
+    else:
         # Parquet is read from its footer back: a stream that cannot seek (zstd's) failed as
         # "not a readable Parquet file (seek)", and one of gzip's, bz2's or xz's decompressed
         # from the start again at each seek back (a row group each). Copied to a file first.
         yield from _read_parquet_copied(item, stream, encoding_errors, replaced)
-        return
+
+
+def _read_parquet_file(
+    item: ResolvedInput, stream: BinaryIO, encoding_errors: str, replaced: Replacements
+) -> Iterator[RawDocument]:
+    field = item.spec.text_field
     try:
         parquet = pq.ParquetFile(stream)
     except (pa.ArrowException, OSError) as error:
@@ -749,12 +754,12 @@ def _read_parquet(
 def _read_parquet_copied(
     item: ResolvedInput, stream: BinaryIO, encoding_errors: str, replaced: Replacements
 ) -> Iterator[RawDocument]:
-    """`_read_parquet` of a decompressed copy in a temporary file (`TMPDIR`)."""
+    """`_read_parquet_file` of a decompressed copy in a temporary file (`TMPDIR`)."""
     with tempfile.TemporaryFile() as copy:
         try:
             shutil.copyfileobj(stream, copy, 1 << 20)
         except OSError as error:
-            if not _a_write(error):
+            if error.errno not in WRITE_ERRNOS:
                 raise  # the input's own damage (a corrupt stream), said as such
             raise InputError(
                 f"{item.name}: unpacking it to a temporary file failed ({error.strerror}): a "
@@ -762,12 +767,7 @@ def _read_parquet_copied(
                 "for it"
             ) from None
         copy.seek(0)
-        yield from _read_parquet(item, copy, encoding_errors, replaced, copied=True)  # type: ignore[arg-type]
-
-
-def _a_write(error: OSError) -> bool:
-    """Whether `error` says a write found no room or no permission."""
-    return error.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES)
+        yield from _read_parquet_file(item, copy, encoding_errors, replaced)  # type: ignore[arg-type]
 
 
 def _texts(

@@ -41,6 +41,7 @@ _NOWIKI_OR_BLOCK_OPENER = re.compile(
 # Where a nowiki's text waits while the markup around it is removed: private-use characters.
 _KEPT_TEXT = re.compile("\ue000(\\d+)\ue001")
 _REMOVED = "\ue002"  # where markup was removed, until the quotes are read
+_NO_PRIVATE_MARKS = dict.fromkeys(map(ord, "\ue000\ue001\ue002"))
 _REF_OPENER = re.compile(r"<(ref)\b[^<>]*>", re.IGNORECASE)
 _REFERENCES_OPENER = re.compile(r"<(references)\b[^<>]*>", re.IGNORECASE)
 # Every position where a template parameter, template or table opens or closes, overlaps
@@ -91,7 +92,7 @@ _LINE_OF_PUNCTUATION = re.compile(r"^[\s|!{}\[\]=*#:;,.()-]*$", re.MULTILINE)
 
 def strip_wikitext(text: str) -> str:
     """Plain prose from the wikitext of one article."""
-    text = _COMMENT.sub("", text).replace(_REMOVED, "")
+    text = _COMMENT.sub("", text).translate(_NO_PRIVATE_MARKS)  # no placeholder or mark but ours
     text, kept = _set_nowiki_aside(text)
     # What is removed before the quotes are read leaves a mark where it stood, as MediaWiki's
     # strip markers do: the quotes on either side of `''{{lang|fr|x}}''` are two runs, not one
@@ -125,23 +126,16 @@ def _set_nowiki_aside(text: str) -> tuple[str, list[str]]:
     `{|` in one opened a table that swallowed paragraphs). As in MediaWiki the first opener
     wins: a `<nowiki>` inside a block dropped later (`<math>`, `<source>`) is that block's
     text, and a block inside a nowiki is shown. An opener never closed is dropped."""
-    text = text.replace("\ue000", "").replace("\ue001", "")  # no placeholder but ours
     kept: list[str] = []
     pieces: list[str] = []
     cursor = scan_from = 0
-    closers: dict[str, re.Pattern[str] | None] = {}  # a block's; None: none after this point
+    closers = _Closers(text)
     for opener in _NOWIKI_OR_BLOCK_OPENER.finditer(text):
         if opener.start() < scan_from:
             continue
         block = opener.group("block")
         if block is not None:  # left for `_drop_blocks`, with any <nowiki> inside it
-            name = block.lower()
-            if name not in closers:
-                closers[name] = re.compile(rf"</{re.escape(name)}\s*>", re.IGNORECASE)
-            closer = closers[name]
-            found = closer.search(text, opener.end()) if closer else None
-            if found is None:
-                closers[name] = None
+            found = closers.after(block, opener.end())
             scan_from = found.end() if found else opener.end()
             continue
         closer = _NOWIKI_CLOSER.search(text, opener.end())
@@ -192,6 +186,26 @@ def remove_bold_and_italic(line: str) -> str:
     return "".join(parts[0::2])
 
 
+class _Closers:
+    """The closers `</name>` of `text`'s blocks, found from a position on. Once a name has no
+    closer after some point it has none after any later one, so a page of openers never closed
+    is searched to its end once a name, not once an opener (quadratic time)."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.patterns: dict[str, re.Pattern[str] | None] = {}  # None: no closer any more
+
+    def after(self, name: str, position: int) -> re.Match[str] | None:
+        name = name.lower()
+        if name not in self.patterns:
+            self.patterns[name] = re.compile(rf"</{re.escape(name)}\s*>", re.IGNORECASE)
+        pattern = self.patterns[name]
+        found = pattern.search(self.text, position) if pattern else None
+        if found is None:
+            self.patterns[name] = None
+        return found
+
+
 def _drop_blocks(text: str, opener: re.Pattern[str], unclosed: str = "keep", mark: str = "") -> str:
     """Remove each `<tag ...>...</tag>` whose opener `opener` matches (group 1 is the tag's
     name), up to the first closer of the same name. An opener never closed is kept as text, or
@@ -199,19 +213,13 @@ def _drop_blocks(text: str, opener: re.Pattern[str], unclosed: str = "keep", mar
     point, it has none after any later one either."""
     kept: list[str] = []
     cursor = 0
-    closers: dict[str, re.Pattern[str] | None] = {}
+    closers = _Closers(text)
     for match in opener.finditer(text):
         if match.start() < cursor:
             continue
-        name = match.group(1).lower()
-        if name not in closers:
-            closers[name] = re.compile(rf"</{re.escape(name)}\s*>", re.IGNORECASE)
-        closer = closers[name]
-        found = closer.search(text, match.end()) if closer else None
-        if found is None:
-            closers[name] = None
-            if unclosed == "keep":
-                continue
+        found = closers.after(match.group(1), match.end())
+        if found is None and unclosed == "keep":
+            continue
         kept.append(text[cursor : match.start()] + mark)
         cursor = found.end() if found else match.end()
     kept.append(text[cursor:])
