@@ -21,7 +21,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from prefect.runtime import deployment, flow_run
 
 from flows.run_card import publish_run_card
 from flows.user_errors import hide_prefect_tracebacks_of, user_error_types
+from lm.clock import utc_now
 from lm.config import ModelRun, PipelineConfig, SplitConfig, load_config, resolve_preset
 from lm.eval_config import EvalConfig
 from lm.machine import describe_machine
@@ -86,7 +86,7 @@ TRAINING_SLOTS = 1
 
 
 def new_run_id() -> str:
-    return f"{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+    return f"{utc_now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
 
 
 def _git_sha() -> str | None:
@@ -153,7 +153,7 @@ def _run_row(
         "preset": config.name,
         "config_path": config_path,
         "status": "running",
-        "started_at": datetime.now(),
+        "started_at": utc_now(),
         "config": config.model_dump(mode="json"),
         "config_digest": config.digest(),
         "code_digest": code_digest("lm", "storage", "tasks", "flows"),
@@ -222,7 +222,7 @@ def run_stage(
         output_digest=descriptor.digest,
         output_path=descriptor.path,
         stats=descriptor.stats,
-        finished_at=datetime.now(),
+        finished_at=utc_now(),
     )
     run.stages.append(record)
     run.journal.finished(record)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from pathlib import Path
 
 from prefect import flow
@@ -42,6 +41,7 @@ from flows.pipeline import (
     train_model,
     train_word2vec,
 )
+from lm.clock import utc_now
 from lm.config import (
     ConfigError,
     ModelRun,
@@ -317,7 +317,7 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
             decision.candidate_val_bpb,
             decision.champion_val_bpb,
             f"{decision.mode}: {decision.reason}",
-            decided_at=datetime.now(),
+            decided_at=utc_now(),
             against=f"{champion.row['run_id']}/{champion.row['label']}" if champion else None,
         )
         recorded = record_success(run, corpus, tokenizer or build_tokenizer(run, settings, corpus),

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 
+from lm.clock import read_time, shown_time, utc_now
 from storage.pending_outcome import pending_status
 from storage.processes import run_looks_abandoned
 
@@ -36,21 +37,22 @@ DATA_METRICS = (
     "retrain/promoted", "retrain/candidate_val_bpb", "retrain/champion_val_bpb",
 )  # fmt: skip
 ABSENT = "—"
+EARLIEST = datetime.min.replace(tzinfo=UTC)  # an age past the calendar: every run is newer
 MAX_COUNT = 2**62  # a count option's bound: larger ones overflowed DuckDB's 64-bit integers
 
 
 def parse_since(text: str, now: datetime | None = None) -> datetime:
-    """`--since`: an age (`30m`, `12h`, `7d`, `2w`) or an ISO date or date-time (local time,
-    like the registry's timestamps)."""
-    now = now or datetime.now()
+    """`--since`: an age (`30m`, `12h`, `7d`, `2w`) or an ISO date or date-time, in local time
+    unless it names its offset (`2026-11-20T08:00+00:00`); an aware datetime."""
+    now = now or utc_now()
     age = AGE.fullmatch(text.strip())
     if age:
         try:
             return now - timedelta(**{AGE_UNITS[age.group(2)]: int(age.group(1))})
         except OverflowError:  # older than the calendar: every run is newer
-            return datetime.min
+            return EARLIEST
     try:
-        return datetime.fromisoformat(text.strip())
+        return read_time(text.strip())
     except ValueError:
         raise ValueError(
             f"--since '{text}': expected an age like 30m, 12h, 7d or 2w, or a date such as "
@@ -105,7 +107,7 @@ def _number(value: Any) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, datetime):
-        return f"{value:%Y-%m-%d %H:%M:%S}"
+        return shown_time(value)
     return str(value)
 
 
@@ -240,7 +242,9 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="a run id or a unique p
     )
     keys = ("run_id", "status", "preset", "started_at", "ended_at", "seconds", "flow_run_id")
     for key in keys:
-        console.print(f"[bold]{key}[/]: {escape(str(found[key]))}", highlight=False)
+        value = found[key]
+        shown = shown_time(value) if isinstance(value, datetime) else str(value)
+        console.print(f"[bold]{key}[/]: {escape(shown)}", highlight=False)
     optional = ("deployment", "corpus_digest", "config_digest", "code_digest", "git_sha",
                 "device", "error")  # fmt: skip
     for key in optional:

@@ -35,7 +35,6 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +67,7 @@ from lm.checkpoints import (
     step_of,
     usable_checkpoints,
 )
+from lm.clock import utc_now
 from lm.compilation import compile_or_eager, describe, raised_by_the_compiler
 from lm.cpu_features import cpu_has_native_bf16
 from lm.distributed import (
@@ -521,7 +521,7 @@ class Trainer:
         step. Rank 0 alone writes."""
         if not self.ranks.is_main:
             return
-        timestamp = datetime.now().isoformat()
+        timestamp = utc_now().isoformat()
         lines = [
             json.dumps({"key": key, "step": step, "value": float(value), "ts": timestamp})
             for key, value in values.items()

@@ -8,8 +8,9 @@ run killed before that, the next run does when it records it as `crashed`. A lin
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from pathlib import Path
+
+from lm.clock import utc_now
 
 RUN_METRICS_FILE = "metrics.jsonl"
 
@@ -24,7 +25,7 @@ class MetricsLog:
     ) -> None:
         """Append the values, all at `step`; one that is None (a figure with nothing to say,
         as the spread of one seed) is left out."""
-        timestamp = datetime.now().isoformat()
+        timestamp = utc_now().isoformat()
         lines = [
             json.dumps(_line(key, step, float(value), timestamp, model))
             for key, value in values.items()

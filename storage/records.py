@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from lm.clock import read_time
 from storage.stage_journal import StageRecord
 
 
@@ -100,7 +101,7 @@ class RunOutcome:
         return cls(
             run_id=data["run_id"],
             status=data["status"],
-            ended_at=datetime.fromisoformat(data["ended_at"]),
+            ended_at=read_time(data["ended_at"]),
             stages=stages,
             datasets=[DatasetRecord(**dataset) for dataset in data["datasets"]],
             corpus_digest=data["corpus_digest"],
@@ -115,8 +116,8 @@ class RunOutcome:
 def _promotion(data: dict | None) -> PromotionRecord | None:
     if data is None:
         return None
-    return PromotionRecord(**(data | {"decided_at": datetime.fromisoformat(data["decided_at"])}))
+    return PromotionRecord(**(data | {"decided_at": read_time(data["decided_at"])}))
 
 
 def _time_or_none(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text) if text else None
+    return read_time(text) if text else None

@@ -27,6 +27,7 @@ from typing import TypeVar
 
 import duckdb
 
+from lm.clock import file_time, shown_time
 from storage.metrics_log import RUN_METRICS_FILE
 from storage.pending_outcome import (
     OUTCOME_FILE,
@@ -211,6 +212,28 @@ MIGRATIONS: list[str] = [
         WHERE r.status = 'completed' AND m.val_bpb IS NOT NULL
         ORDER BY m.val_bpb;
     """,
+    # 5: times as instants (TIMESTAMPTZ; lm/clock.py says why). Earlier lmforge wrote its
+    # writer's local time without a zone; DuckDB reads those in the session's time zone, the
+    # local zone of the machine that migrates, the best guess there is for where they were
+    # written.
+    """
+    ALTER TABLE runs ALTER started_at TYPE TIMESTAMPTZ;
+    ALTER TABLE runs ALTER ended_at TYPE TIMESTAMPTZ;
+    ALTER TABLE stages ALTER finished_at TYPE TIMESTAMPTZ;
+    ALTER TABLE metrics ALTER ts TYPE TIMESTAMPTZ;
+    ALTER TABLE datasets ALTER created_at TYPE TIMESTAMPTZ;
+    ALTER TABLE artifacts ALTER created_at TYPE TIMESTAMPTZ;
+    ALTER TABLE tokenizers ALTER created_at TYPE TIMESTAMPTZ;
+    ALTER TABLE models ALTER created_at TYPE TIMESTAMPTZ;
+    ALTER TABLE promotions ALTER decided_at TYPE TIMESTAMPTZ;
+    ALTER TABLE schema_version ALTER applied_at TYPE TIMESTAMPTZ;
+    CREATE OR REPLACE VIEW leaderboard AS
+        SELECT m.run_id, m.label, m.kind, r.preset, r.started_at, m.parameters, m.tokens_seen,
+               m.tokens_trained, m.val_bpb, m.test_bpb, m.baseline_val_bpb, m.alias
+        FROM models m JOIN runs r USING (run_id)
+        WHERE r.status = 'completed' AND m.val_bpb IS NOT NULL
+        ORDER BY m.val_bpb;
+    """,
 ]
 
 T = TypeVar("T")
@@ -221,7 +244,6 @@ CRASHED = "the process ended without recording an outcome"
 CORPUS_STAGE = "clean"  # the stage whose output is a corpus version (tasks/clean.py's STAGE)
 # The counts a `datasets` row (and its `dataset_filters`) is made of, from the clean stage.
 DATASET_COUNTS = {"documents", "kept", "kept_chars", "kept_bytes", "flagged", "removed"}
-SHOWN_TIME = "%Y-%m-%d %H:%M:%S"  # to the second, as `lmforge runs` shows times
 logger = logging.getLogger("storage.registry")
 # What DuckDB raises for a file it cannot make sense of: truncated by a full disk or a copy cut
 # short, or damaged ("Could not read enough bytes", "Corrupt database file", ...). A block whose
@@ -394,6 +416,12 @@ class RunRegistry:
         )
         current = connection.execute("SELECT coalesce(max(version), 0) FROM schema_version")
         version = current.fetchone()[0]
+        if version > len(MIGRATIONS):  # its tables may hold what this version would break
+            raise RegistryError(
+                f"{self.path}: the registry was written by a newer lmforge (its schema is "
+                f"version {version}; this lmforge knows {len(MIGRATIONS)}): upgrade lmforge to "
+                "write to it; reading it (`lmforge runs`, `lmforge sql`) still works"
+            )
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             connection.execute("BEGIN TRANSACTION")
             connection.execute(script)
@@ -693,7 +721,7 @@ class RunRegistry:
         connection.execute(
             "INSERT INTO metrics (run_id, key, step, value, ts, model) "
             "SELECT ?, key, step, value, ts, coalesce(?, model) FROM read_json(?, "
-            "columns = {key: 'VARCHAR', step: 'BIGINT', value: 'DOUBLE', ts: 'TIMESTAMP',"
+            "columns = {key: 'VARCHAR', step: 'BIGINT', value: 'DOUBLE', ts: 'TIMESTAMPTZ',"
             " model: 'VARCHAR'}, format = 'newline_delimited', ignore_errors = true) "
             "WHERE key IS NOT NULL",
             [run_id, model, str(path)],
@@ -711,7 +739,7 @@ class RunRegistry:
         connection.execute(
             "UPDATE runs SET status = ?, ended_at = ?, error = ?, "
             "corpus_digest = coalesce(?, corpus_digest), "
-            "seconds = epoch(CAST(? AS TIMESTAMP) - started_at) WHERE run_id = ?",
+            "seconds = epoch(CAST(? AS TIMESTAMPTZ) - started_at) WHERE run_id = ?",
             [status, ended_at, error, corpus_digest, ended_at, run_id],
         )
 
@@ -797,7 +825,7 @@ class RunRegistry:
         split_bytes = stats.get("split_bytes", {})
         connection.execute(
             "INSERT INTO datasets VALUES "
-            "(?, ?, ?, coalesce(CAST(? AS TIMESTAMP), now()), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "(?, ?, ?, coalesce(CAST(? AS TIMESTAMPTZ), now()), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 dataset.digest,
                 dataset.cache_key,
@@ -909,12 +937,12 @@ def _unfinished_stage(name: str, stage: UnfinishedStage) -> str:
     """A stage a crashed run never finished, as its error names it: with when it started."""
     if stage.started_at is None:
         return name
-    return f"{name}, started {stage.started_at:{SHOWN_TIME}}"
+    return f"{name}, started {shown_time(stage.started_at)}"
 
 
 def _last_written(paths: list[Path], since: datetime) -> datetime:
     """When the newest of `paths` that exist was last modified, or `since` if none is newer."""
-    times = [datetime.fromtimestamp(path.stat().st_mtime) for path in paths if path.is_file()]
+    times = [file_time(path.stat().st_mtime) for path in paths if path.is_file()]
     return max([since, *times])
 
 

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 
+from lm.clock import read_time, utc_now
 from storage.workspace import relocated
 
 JOURNAL_FILE = "stages.jsonl"
@@ -92,7 +93,7 @@ class StageJournal:
         self._append({"event": "failed", "stage": stage})
 
     def _append(self, line: dict, at: datetime | None = None) -> None:
-        line["at"] = (at or datetime.now()).isoformat()
+        line["at"] = (at or utc_now()).isoformat()
         with open(self.path, "a", encoding="utf-8") as out:
             out.write(json.dumps(line, ensure_ascii=False) + "\n")
             out.flush()
@@ -138,6 +139,6 @@ def _parse(raw: str) -> dict | None:
 
 def _written_at(line: dict) -> datetime | None:
     try:
-        return datetime.fromisoformat(line["at"])
+        return read_time(line["at"])
     except (KeyError, TypeError, ValueError):
         return None

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NONE
 
+from lm.clock import utc_now
 from storage.pending_outcome import discard_pending_outcome, write_pending_outcome
 from storage.registry import (
     DatasetRecord,
@@ -62,7 +62,7 @@ def record_task(
     outcome = RunOutcome(
         run_id,
         status,
-        ended_at=datetime.now(),
+        ended_at=utc_now(),
         stages=list(stages),
         datasets=list(datasets),
         corpus_digest=corpus_digest,

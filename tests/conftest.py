@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,20 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     home = tmp_path / "workspace"
     monkeypatch.setenv("LMFORGE_HOME", str(home))
     return Workspace.from_env().ensure()
+
+
+@pytest.fixture
+def local_zone(monkeypatch: pytest.MonkeyPatch):
+    """Sets this process's local time zone (`TZ`, as Python and DuckDB read it) for a test:
+    call it with a zone name; the machine's zone comes back after the test."""
+
+    def set_zone(name: str) -> None:
+        monkeypatch.setenv("TZ", name)
+        time.tzset()
+
+    yield set_zone
+    monkeypatch.undo()
+    time.tzset()
 
 
 def lmforge_command(*args: str) -> list[str]:

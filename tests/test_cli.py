@@ -8,6 +8,8 @@ import re
 import signal
 import subprocess
 import time
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -161,6 +163,27 @@ def test_unknown_run_id_is_a_clear_error(workspace, tmp_path):
     run_cli("run", str(write_config(tmp_path / "c.toml", [{"path": str(readme)}])))
     result = run_cli("runs", "show", "no-such-run", check=False)
     assert result.returncode == 1 and "no run with an id starting 'no-such-run'" in result.stderr
+
+
+def test_a_run_made_in_one_time_zone_is_listed_by_its_age_and_local_time_in_another(
+    workspace, tmp_path, monkeypatch
+):
+    """A scheduled retrain on a worker at UTC-5, looked at from a shell at UTC+9: the registry
+    holds when the run happened, and each shows it in its own local time."""
+    readme = readme_sections(tmp_path / "readme")
+    monkeypatch.setenv("TZ", "America/New_York")
+    before = datetime.now(UTC).replace(microsecond=0)
+    run_cli("run", str(write_config(tmp_path / "c.toml", [{"path": str(readme)}])))
+    after = datetime.now(UTC) + timedelta(seconds=1)
+
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    [run_id] = re.findall(r"^│ (\d{8}-\d{6}-\w+)", run_cli("runs", "--since", "30m").stdout, re.M)
+    _, rows = RunRegistry(workspace.registry_path).query("SELECT run_id, started_at FROM runs")
+    [(recorded_id, started)] = rows
+    assert recorded_id == run_id and before <= started <= after
+    shown = run_cli("runs", "show", run_id).stdout
+    in_tokyo = started.astimezone(ZoneInfo("Asia/Tokyo"))
+    assert f"started_at: {in_tokyo:%Y-%m-%d %H:%M:%S}" in shown
 
 
 def test_two_runs_started_at_the_same_moment_both_finish_and_are_recorded(workspace, tmp_path):

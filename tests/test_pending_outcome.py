@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -48,7 +48,8 @@ def workspace(tmp_path, monkeypatch) -> Workspace:
 
 def _start(workspace: Workspace, run_id: str) -> RunRegistry:
     registry = RunRegistry(workspace.registry_path)
-    registry.start_run({"run_id": run_id, "status": "running", "started_at": datetime(2026, 12, 5),
+    registry.start_run({"run_id": run_id, "status": "running",
+                        "started_at": datetime(2026, 12, 5, tzinfo=UTC),
                         "hostname": "me@here", "pid": GONE})  # fmt: skip
     return registry
 
@@ -67,9 +68,9 @@ def _model(val_bpb: float) -> ModelRecord:
 
 def _outcome(run_id: str, **changes) -> RunOutcome:
     fields = dict(
-        status="completed", ended_at=datetime(2026, 12, 5, 10, 30),
+        status="completed", ended_at=datetime(2026, 12, 5, 10, 30, tzinfo=UTC),
         stages=[StageRecord("train", "key", False, 1.5, "d", "artifacts/train/1", {"steps": 5},
-                            datetime(2026, 12, 5, 10, 29))],
+                            datetime(2026, 12, 5, 10, 29, tzinfo=UTC))],
         datasets=[DatasetRecord("c", "corpus-key", "artifacts/corpus/c", CORPUS_STATS)],
         corpus_digest="c", metrics_file=None,
         tokenizers=[TokenizerRecord("t", "c", "artifacts/tokenizer/t", TOKENIZER_STATS)],
@@ -100,7 +101,7 @@ def _status(registry: RunRegistry, run_id: str) -> str:
     return registry.find_run(run_id)["status"]
 
 
-DECIDED = datetime(2026, 12, 5, 10, 31)
+DECIDED = datetime(2026, 12, 5, 10, 31, tzinfo=UTC)
 
 
 def _promotion(against: str | None = None) -> PromotionRecord:
@@ -257,7 +258,7 @@ def test_an_outcome_that_ended_after_its_run_was_recorded_replaces_the_record(wo
     registry = _start(workspace, "r1")
     registry.record(_outcome("r1"))  # completed at 10:30
     failed = _outcome("r1", status="failed", error="OSError: late",
-                      ended_at=datetime(2026, 12, 5, 10, 31))  # fmt: skip
+                      ended_at=datetime(2026, 12, 5, 10, 31, tzinfo=UTC))  # fmt: skip
     write_pending_outcome(workspace.runs / "r1", failed)
     assert registry.record_pending_outcomes(workspace.runs) == ["r1"]
     assert (_status(registry, "r1"), registry.find_run("r1")["error"]) == (

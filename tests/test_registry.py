@@ -6,12 +6,13 @@ import json
 import multiprocessing
 import os
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
 import pytest
 
+from storage.metrics_log import MetricsLog
 from storage.registry import (
     CRASHED,
     MIGRATIONS,
@@ -26,7 +27,7 @@ from storage.stage_journal import JOURNAL_FILE, LiveMetrics, StageJournal
 
 
 def _run_row(run_id: str) -> dict:
-    return {"run_id": run_id, "status": "running", "started_at": datetime.now(), "seed": 1}
+    return {"run_id": run_id, "status": "running", "started_at": datetime.now(UTC), "seed": 1}
 
 
 def test_first_write_creates_the_schema_at_the_newest_version(tmp_path):
@@ -56,7 +57,7 @@ def test_finish_run_records_stages_datasets_and_bulk_loads_metrics(tmp_path):
     registry.finish_run(
         "r1",
         status="completed",
-        ended_at=datetime.now(),
+        ended_at=datetime.now(UTC),
         stages=[StageRecord("clean", "clean-k", False, 1.5, "d1", "corpus/clean-k", {"a": 1})],
         datasets=[DatasetRecord("d1", "clean-k", "corpus/clean-k", stats)],
         corpus_digest="d1",
@@ -83,9 +84,9 @@ def test_a_run_recorded_twice_is_replaced_not_duplicated(tmp_path):
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text(json.dumps({"key": "loss", "step": 1, "value": 2.0, "ts": "2026-12-04"}))
     stages = [StageRecord("train", "k", False, 1.0, "d", "artifacts/train/k", {})]
-    registry.finish_run("r1", "completed", datetime.now(), stages, metrics_file=metrics,
+    registry.finish_run("r1", "completed", datetime.now(UTC), stages, metrics_file=metrics,
                         models=[_model("gpt", 1.5)])  # fmt: skip
-    registry.finish_run("r1", "failed", datetime.now(), stages, metrics_file=metrics,
+    registry.finish_run("r1", "failed", datetime.now(UTC), stages, metrics_file=metrics,
                         error="OSError: disk full")  # fmt: skip
     counts = {
         table: registry.query(f"SELECT count(*) FROM {table} WHERE run_id = 'r1'")[1][0][0]
@@ -107,7 +108,7 @@ def test_an_ambiguous_run_id_lists_the_newest_matches_and_counts_the_rest(tmp_pa
     registry = RunRegistry(tmp_path / "registry.duckdb")
     for minute in range(7):
         registry.start_run(
-            _run_row(f"r{minute}") | {"started_at": datetime(2026, 12, 5, 9, minute)}
+            _run_row(f"r{minute}") | {"started_at": datetime(2026, 12, 5, 9, minute, tzinfo=UTC)}
         )
     with pytest.raises(RegistryError) as caught:
         registry.find_run("r")
@@ -176,8 +177,8 @@ def test_models_are_found_by_run_and_label_and_a_run_without_one_says_so(tmp_pat
     for run_id in ("r1", "r2"):
         registry.start_run(_run_row(run_id))
     ladder = [_model("mlp", 2.0), _model("gpt", 1.5)]
-    registry.finish_run("r1", "completed", datetime.now(), [], models=ladder)
-    registry.finish_run("r2", "failed", datetime.now(), [])
+    registry.finish_run("r1", "completed", datetime.now(UTC), [], models=ladder)
+    registry.finish_run("r2", "failed", datetime.now(UTC), [])
     assert registry.find_model("r1")["label"] == "gpt"  # the top of the ladder
     assert registry.find_model("r1", "mlp")["path"] == "artifacts/train/mlp"
     with pytest.raises(RegistryError, match=r"no model 'rnn' \(models: mlp, gpt\)"):
@@ -202,7 +203,7 @@ def test_promotion_moves_the_alias_and_records_every_decision(tmp_path):
     for minute, (run_id, (label, promoted, candidate, champion, why, against)) in enumerate(
         decisions.items()
     ):
-        decided = datetime(2026, 12, 5, 10, minute)
+        decided = datetime(2026, 12, 5, 10, minute, tzinfo=UTC)
         promotion = PromotionRecord(label, "champion", promoted, candidate, champion, why, decided,
                                     against)  # fmt: skip
         registry.start_run(_run_row(run_id))
@@ -297,18 +298,18 @@ def test_an_export_that_cannot_write_its_file_names_that_file_not_the_registry(
 
 FULL_DISK_WRITER = """
 import resource, signal, sys
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from storage.registry import RegistryError, RunRegistry
 
 registry = RunRegistry(Path(sys.argv[1]))
-registry.start_run({"run_id": "r1", "status": "running", "started_at": datetime.now()})
+registry.start_run({"run_id": "r1", "status": "running", "started_at": datetime.now(UTC)})
 # Files may grow to 64 KiB no more (a full disk, as DuckDB sees it): the log of the next write
 # cannot be written, and its COMMIT fails.
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, 1 << 16))
 try:
-    registry.start_run({"run_id": "r2", "status": "running", "started_at": datetime.now(),
+    registry.start_run({"run_id": "r2", "status": "running", "started_at": datetime.now(UTC),
                         "config": {"text": "x" * 300_000}})
 except RegistryError as error:
     print(error)
@@ -359,7 +360,7 @@ def test_a_registry_another_process_holds_open_names_that_process_not_damage(tmp
     assert registry.find_run("r2")["status"] == "running"
 
 
-STARTED = datetime(2026, 12, 4, 10, 0, 0)
+STARTED = datetime(2026, 12, 4, 10, 0, 0, tzinfo=UTC)
 
 
 def _abandoned_run(registry: RunRegistry, run_id: str, pid: int = 4242) -> None:
@@ -580,3 +581,81 @@ def test_a_crashed_run_whose_journal_cannot_be_recorded_is_still_closed_and_spoi
     assert registry.find_run("odd")["error"] == "the process ended without recording an outcome"
     assert registry.query("SELECT run_id, stage FROM stages")[1] == [("fine", "ingest")]
     assert f"run odd crashed; what it left in {odd.parent} could not be recorded" in caplog.text
+
+
+def test_times_written_in_one_time_zone_are_the_same_instants_read_in_another(tmp_path, local_zone):
+    """A worker at UTC-5 writes a run's journal and metrics; a shell at UTC+9 records them:
+    the registry holds when they happened, not the writer's wall clock read as the reader's."""
+    local_zone("America/New_York")
+    before = datetime.now(UTC).replace(microsecond=0)
+    registry = RunRegistry(tmp_path / "registry.duckdb")
+    registry.start_run(_run_row("r1") | {"pid": 4242, "hostname": "me@here"})
+    folder = tmp_path / "runs" / "r1"
+    StageJournal(folder / JOURNAL_FILE).finished(StageRecord("ingest", "k", False, 0.5))
+    MetricsLog(folder / "metrics.jsonl").log("corpus/kept", 12)
+    after = datetime.now(UTC) + timedelta(seconds=1)
+
+    local_zone("Asia/Tokyo")
+    registry.close_abandoned_runs("me@here", lambda pid: False, tmp_path / "runs")
+
+    _, rows = registry.query(
+        "SELECT r.started_at, r.ended_at, s.finished_at, m.ts FROM runs r "
+        "JOIN stages s USING (run_id) JOIN metrics m USING (run_id)"
+    )
+    assert len(rows) == 1 and all(before <= at <= after for at in rows[0]), rows
+    assert 0 <= registry.find_run("r1")["seconds"] < 60
+
+
+def _schema_4_registry(path: Path) -> None:
+    """A registry as lmforge wrote it before times were instants: local time, no zone."""
+    connection = duckdb.connect(str(path))
+    connection.execute("CREATE TABLE schema_version (version INTEGER, applied_at TIMESTAMP)")
+    for number, script in enumerate(MIGRATIONS[:4], start=1):
+        connection.execute(script)
+        connection.execute("INSERT INTO schema_version VALUES (?, '2026-07-01 12:00')", [number])
+    connection.execute(
+        "INSERT INTO runs (run_id, status, started_at, ended_at) "
+        "VALUES ('old', 'completed', '2026-07-01 12:00', '2026-07-01 12:30')"
+    )
+    connection.execute(
+        "INSERT INTO metrics VALUES ('old', 'loss', 1, 2.5, '2026-07-01 12:10', NULL)"
+    )
+    connection.close()
+
+
+def test_migration_5_reads_an_old_registrys_local_times_in_the_migrating_machines_zone(
+    tmp_path, local_zone
+):
+    path = tmp_path / "registry.duckdb"
+    local_zone("Europe/Paris")  # UTC+2 in July: where the old times were written
+    _schema_4_registry(path)
+    registry = RunRegistry(path)
+
+    registry.start_run(_run_row("new"))
+
+    assert registry.schema_version() == len(MIGRATIONS) == 5
+    _, rows = registry.query(
+        "SELECT r.started_at, r.ended_at, m.ts FROM runs r JOIN metrics m USING (run_id)"
+    )
+    noon_in_paris = datetime(2026, 7, 1, 10, 0, tzinfo=UTC)
+    assert rows == [(noon_in_paris, noon_in_paris + timedelta(minutes=30),
+                     noon_in_paris + timedelta(minutes=10))]  # fmt: skip
+    _, naive_columns = registry.query(
+        "SELECT table_name || '.' || column_name FROM duckdb_columns() "
+        "WHERE data_type = 'TIMESTAMP' AND NOT internal"
+    )
+    assert naive_columns == []
+
+
+def test_a_registry_from_a_newer_lmforge_is_read_but_not_written(tmp_path):
+    registry = RunRegistry(tmp_path / "registry.duckdb")
+    registry.start_run(_run_row("r1"))
+    with duckdb.connect(str(registry.path)) as connection:
+        connection.execute(f"INSERT INTO schema_version VALUES ({len(MIGRATIONS) + 1}, now())")
+    before = registry.path.read_bytes()
+
+    with pytest.raises(RegistryError, match=r"written by a newer lmforge .*upgrade lmforge"):
+        registry.start_run(_run_row("r2"))
+
+    assert registry.find_run("r1")["status"] == "running"
+    assert registry.path.read_bytes() == before

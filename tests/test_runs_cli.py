@@ -7,12 +7,12 @@ import json
 import os
 import re
 import subprocess
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import duckdb
 import pytest
 
-from flows.runs_cli import config_differences, flatten_config, parse_since
+from flows.runs_cli import EARLIEST, config_differences, flatten_config, parse_since
 from storage.registry import MIGRATIONS, ModelRecord, RunRegistry, StageRecord
 from tests.conftest import REPO, run_cli
 from tests.helpers import prose, write_config
@@ -335,13 +335,15 @@ def test_export_writes_every_table_as_parquet_without_leftovers(history, tmp_pat
     assert reader.execute(query).fetchall() == models
 
 
-def test_parse_since_takes_ages_and_dates():
-    now = datetime(2026, 11, 23, 12, 0)
-    assert parse_since("90m", now) == datetime(2026, 11, 23, 10, 30)
-    assert parse_since("2w", now) == datetime(2026, 11, 9, 12, 0)
-    assert parse_since("2026-11-20", now) == datetime(2026, 11, 20)
-    assert parse_since("2026-11-20T08:15", now) == datetime(2026, 11, 20, 8, 15)
-    assert parse_since("99999999d", now) == datetime.min  # past the calendar: every run
+def test_parse_since_takes_ages_and_dates_in_local_time_unless_given_an_offset(local_zone):
+    local_zone("America/New_York")  # UTC-5 in November
+    now = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+    assert parse_since("90m", now) == datetime(2026, 11, 23, 10, 30, tzinfo=UTC)
+    assert parse_since("2w", now) == datetime(2026, 11, 9, 12, 0, tzinfo=UTC)
+    assert parse_since("2026-11-20", now) == datetime(2026, 11, 20, 5, tzinfo=UTC)
+    assert parse_since("2026-11-20T08:15", now) == datetime(2026, 11, 20, 13, 15, tzinfo=UTC)
+    assert parse_since("2026-11-20T08:15+00:00", now) == datetime(2026, 11, 20, 8, 15, tzinfo=UTC)
+    assert parse_since("99999999d", now) == EARLIEST  # past the calendar: every run
     with pytest.raises(ValueError, match="'7 days'"):
         parse_since("7 days", now)
 
