@@ -1,7 +1,7 @@
 """Ingest + clean throughput (MB/s of input) and peak memory, on the bundled corpus and on a
-synthetic ~200 MB JSONL.
+synthetic ~200 MB JSONL, and on the same records as one JSON array (a `.json` file).
 
-    .venv/bin/python bench/bench_data.py [--size-mb 200] [--workers 0] [--only bundled|jsonl]
+    .venv/bin/python bench/bench_data.py [--size-mb 200] [--workers 0] [--only bundled|jsonl|array]
 
 Each case runs the real stage code (the ingest and clean task bodies, without the Prefect engine
 around them) in a fresh workspace, in its own process, so peak RSS is that case's alone: the
@@ -130,7 +130,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--size-mb", type=float, default=200.0)
     parser.add_argument("--workers", type=int, default=0, help="clean workers; 0 = one per core")
-    parser.add_argument("--only", choices=["bundled", "jsonl"])
+    parser.add_argument("--only", choices=["bundled", "jsonl", "array"])
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -140,16 +140,34 @@ def main() -> None:
     print(f"cores: {os.cpu_count()}, python {sys.version.split()[0]}")
     if args.only in (None, "bundled"):
         _print(_in_subprocess("bundled", str(REPO / "configs" / "default.toml"), args.workers))
-    if args.only in (None, "jsonl"):
+    if args.only in (None, "jsonl", "array"):
         with tempfile.TemporaryDirectory(prefix="lmforge-bench-data-") as folder:
             data = Path(folder) / "synthetic.jsonl"
             started = time.perf_counter()
             _synthetic_jsonl(data, args.size_mb)
             print(f"generated {data.stat().st_size / 1e6:.0f} MB of JSONL in "
                   f"{time.perf_counter() - started:.0f}s")  # fmt: skip
-            config = Path(folder) / "synthetic.toml"
-            config.write_text(f'name = "bench"\n[ingest]\nsources = ["{data}"]\n')
-            _print(_in_subprocess("jsonl", str(config), args.workers))
+            if args.only in (None, "array"):
+                array = data.with_suffix(".json")
+                _as_json_array(data, array)
+                _print(_in_subprocess("array", _config_reading(array), args.workers))
+            if args.only in (None, "jsonl"):
+                _print(_in_subprocess("jsonl", _config_reading(data), args.workers))
+
+
+def _as_json_array(lines: Path, array: Path) -> None:
+    """The records of JSON Lines file `lines` as one JSON array, one record per line."""
+    with open(lines, encoding="utf-8") as records, open(array, "w", encoding="utf-8") as out:
+        out.write("[\n")
+        for index, record in enumerate(records):
+            out.write((",\n" if index else "") + record.rstrip("\n"))
+        out.write("\n]\n")
+
+
+def _config_reading(data: Path) -> str:
+    config = data.with_name(f"{data.stem}-{data.suffix.lstrip('.')}.toml")
+    config.write_text(f'name = "bench"\n[ingest]\nsources = ["{data}"]\n')
+    return str(config)
 
 
 if __name__ == "__main__":

@@ -305,10 +305,63 @@ def test_a_json_file_in_utf16_reads_as_json_lines_and_metadata_in_a_folder_is_sk
         read(tmp_path, str(tmp_path / "data"))
 
 
+def test_a_json_array_is_read_record_by_record_compressed_wide_or_with_invalid_utf8(tmp_path):
+    """One record at a time (`lm.text.json_array`), UTF-8 checked as it is read: the same
+    documents, labels and errors as the whole file decoded at once gave."""
+    text = json.dumps([{"text": f"record {i} é"} for i in range(3)], ensure_ascii=False, indent=1)
+    (tmp_path / "a.json.gz").write_bytes(gzip.compress(text.encode()))
+    (tmp_path / "w.json").write_bytes(text.encode("utf-16"))
+    for name in ("a.json.gz", "w.json"):
+        docs = read(tmp_path, str(tmp_path / name))
+        assert [(d.text, d.source) for d in docs] == [
+            (f"record {i} é", f"{tmp_path / name}#{i}") for i in range(3)
+        ]
+    invalid = text.encode().replace(b"record 1", b"record \xff1")
+    (tmp_path / "bad.json").write_bytes(invalid)
+    at = invalid.index(b"\xff")
+    with pytest.raises(InputError, match=rf"bad\.json: invalid UTF-8 at byte {at}; fix the file"):
+        read(tmp_path, str(tmp_path / "bad.json"))
+    docs = read(tmp_path, str(tmp_path / "bad.json"), errors="replace")
+    assert [d.text for d in docs] == ["record 0 é", "record \ufffd1 é", "record 2 é"]
+
+
+DEEP = "[" * 5000 + "]" * 5000
+LONG_INTEGER = "9" * 5000
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "problem"),
+    [
+        ("a.jsonl", f'{{"text": "a", "m": {DEEP}}}\n',
+         r"a\.jsonl:1: the line holds JSON nested deeper"),
+        ("a.jsonl", f'{{"text": "a"}}\n{{"text": "b", "id": {LONG_INTEGER}}}\n',
+         r"a\.jsonl:2: the line holds JSON with an integer longer than Python reads \(4300"),
+        ("a.json", f'[{{"text": "a"}},\n {{"m": {DEEP}}}]',
+         r"a\.json:2: the value at column 2 holds JSON nested"),
+        ("a.json", f'[{{"text": "a"}}, {LONG_INTEGER}]',
+         r"a\.json:1: the value at column 17 holds JSON with an"),
+        ("a.json", f'{{"text": "a",\n "m": {DEEP[3000:7000]}}}',
+         r"a\.json: the file holds JSON nested deeper"),
+    ],
+)  # fmt: skip
+def test_json_deeper_or_longer_than_python_reads_is_an_error_naming_the_place(
+    tmp_path, name, content, problem
+):
+    """Valid JSON that `json` cannot read raised RecursionError or ValueError: a traceback."""
+    (tmp_path / name).write_text(content)
+    with pytest.raises(InputError, match=problem):
+        read(tmp_path, str(tmp_path / name))
+
+
 @pytest.mark.parametrize(
     ("content", "problem"),
     [
         ('[{"text": "a"},\n {"text": "b"]', r"bad\.json:2: not valid JSON \(Expecting"),
+        (
+            '[{"text": "a"},\n {"text": "b"},\n]',
+            r"bad\.json:3: not valid JSON \(Expecting value at column 1\)",
+        ),
+        ('[{"text": "a"}] {}', r"bad\.json:1: not valid JSON \(Extra data at column 17\)"),
         ('[{"text": "a"}, {"body": "b"}]', r"bad\.json#1: no field 'text' \(found: body\)"),
         ('[{"text": "a"}, 7]', r"bad\.json#1: no field 'text' \(found: int\)"),
         ('{"text": ["a"]}', r"bad\.json:1: field 'text' holds \[\"a\"\] \(list\)"),

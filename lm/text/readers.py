@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 
 from lm.atomic_files import WRITE_ERRNOS
 from lm.text.census_names import CensusNamesError, read_census_names
+from lm.text.json_array import JsonArrayError, beyond_python, json_array_values
 from lm.text.sources import InputError, ResolvedInput
 from lm.text.wikipedia_dump import read_wikipedia_dump
 
@@ -578,6 +579,10 @@ def _jsonl_record(
             raise InputError(
                 f"{item.name}:{line_no}: the line is not valid JSON ({reason})"
             ) from None
+        except (RecursionError, ValueError) as error:
+            if (why := beyond_python(error)) is None:
+                raise
+            raise InputError(f"{item.name}:{line_no}: the line holds JSON {why}") from None
         where = f"{item.name}:{line_no}"
         text = _record_text(record, where, field, encoding_errors, replaced)
         if text is not None and text.strip():
@@ -666,38 +671,73 @@ def _json_documents(
     if start.startswith("{") and (len(first_line) == len(start) or _is_json(first_line)):
         yield from _read_jsonl(item, stream, encoding_errors, replaced)
         return
+    field = item.spec.text_field
+    if start.startswith("["):
+        yield from _json_array_documents(item, stream, encoding_errors, replaced, encoding)
+        return
     content = _decode(stream.read(), item, encoding_errors, None, replaced, encoding)
     try:
         document = json.loads(content.removeprefix("\ufeff"))
     except json.JSONDecodeError as error:
         reason = error.msg.removesuffix(" at")
-        raise InputError(
-            f"{item.name}:{error.lineno}: not valid JSON ({reason} at column {error.colno}); "
-            "a file of one JSON value per line reads as JSON Lines: name it .jsonl"
-        ) from None
-    field = item.spec.text_field
+        raise _not_valid_json(item, reason, error.lineno, error.colno) from None
+    except (RecursionError, ValueError) as error:
+        if (why := beyond_python(error)) is None:
+            raise
+        raise InputError(f"{item.name}: the file holds JSON {why}") from None
     if isinstance(document, dict) and field not in document:
         found = ", ".join(document)
         raise _NotARecord(
             f"{item.name}: one JSON object without a field '{field}' (found: {found}); set "
             "text_field on this source"
         )
-    if not isinstance(document, list):
-        text = _record_text(document, item.name, field, encoding_errors, replaced)
-        if text is not None and text.strip():
-            yield RawDocument(item.name, item.name, text, "plain")
-        return
-    for index, record in enumerate(document):
-        where = f"{item.name}#{index}"
-        text = _record_text(record, where, field, encoding_errors, replaced, strings=True)
-        if text is not None and text.strip():
-            yield RawDocument(where, item.name, text, "plain")
+    text = _record_text(document, item.name, field, encoding_errors, replaced)
+    if text is not None and text.strip():
+        yield RawDocument(item.name, item.name, text, "plain")
+
+
+def _json_array_documents(
+    item: ResolvedInput,
+    stream: BinaryIO,
+    encoding_errors: str,
+    replaced: Replacements,
+    encoding: str,
+) -> Iterator[RawDocument]:
+    """A `.json` file that is one array: each record (or string) a document labelled by its
+    index, read one at a time (`lm.text.json_array`). UTF-8 is checked as it is read; a
+    UTF-16/32 file (rare) is decoded whole first."""
+    if encoding == "utf-8":
+        checked = io.BufferedReader(_CheckedUtf8(stream, item.name, encoding_errors, replaced))
+        text: Any = io.TextIOWrapper(checked, encoding="utf-8-sig", newline="")
+    else:
+        content = _decode(stream.read(), item, encoding_errors, None, replaced, encoding)
+        text = io.StringIO(content.removeprefix("\ufeff"), newline="")
+    try:
+        for index, record in enumerate(json_array_values(text)):
+            where = f"{item.name}#{index}"
+            text_of = _record_text(record, where, item.spec.text_field, encoding_errors, replaced,
+                                   strings=True)  # fmt: skip
+            if text_of is not None and text_of.strip():
+                yield RawDocument(where, item.name, text_of, "plain")
+    except JsonArrayError as error:
+        if error.beyond_python:
+            place = f"{item.name}:{error.line}"
+            raise InputError(f"{place}: the value at column {error.column} holds JSON "
+                             f"{error.reason}") from None  # fmt: skip
+        raise _not_valid_json(item, error.reason, error.line, error.column) from None
+
+
+def _not_valid_json(item: ResolvedInput, reason: str, line: int, column: int) -> InputError:
+    return InputError(
+        f"{item.name}:{line}: not valid JSON ({reason} at column {column}); a file of one "
+        "JSON value per line reads as JSON Lines: name it .jsonl"
+    )
 
 
 def _is_json(data: str) -> bool:
     try:
         json.loads(data)
-    except ValueError:
+    except (RecursionError, ValueError):  # nested deeper than Python reads: not JSON Lines
         return False
     return True
 
