@@ -696,7 +696,9 @@ def corpus_stats(
     digest: Annotated[str | None, typer.Option(help="a corpus version (default: newest)")] = None,
     documents: Annotated[
         int | None,
-        typer.Option(min=0, help="how many documents (and sources) to list  [default: 20]"),
+        typer.Option(
+            min=0, max=MAX_COUNT, help="how many documents (and sources) to list  [default: 20]"
+        ),
     ] = None,
     all_documents: Annotated[bool, typer.Option("--all", help="list every document")] = False,
 ) -> None:

@@ -8,6 +8,7 @@ one. Reports read the registry only; they can be made while a pipeline runs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -91,7 +92,17 @@ def _output_folder(out: Path | None, default: Path) -> Path:
         raise ReportError(
             f"--out {out}: name a folder; report.html and its PNGs are written inside it"
         )
-    return out.expanduser().resolve()
+    folder = out.expanduser().resolve()
+    with contextlib.suppress(OSError):  # a working folder since deleted is above nothing
+        here = Path.cwd()
+        if folder == here or folder in here.parents:
+            # Replaced whole, it would be renamed away from under the shell that is in it.
+            where = "the folder you are in" if folder == here else "above the folder you are in"
+            raise ReportError(
+                f"--out {out}: {where}; the report replaces its folder whole, so name a folder "
+                "of its own (--out report)"
+            )
+    return folder
 
 
 def build_run_report(run_prefix: str, out: Path | None = None) -> Path:

@@ -399,14 +399,17 @@ def _stage_rows(ids: list[str], stage_rows: list[tuple]) -> list[tuple]:
 
 @runs_app.command("export")
 def runs_export(
-    parquet: Annotated[
-        Path, typer.Option("--parquet", help="folder to write `<table>.parquet` files into")
+    folder: Annotated[
+        str, typer.Option("--parquet", help="folder to write `<table>.parquet` files into")
     ],
 ) -> None:
     """Every registry table as `OUT_DIR/<table>.parquet`, for pandas, Spark or another DuckDB."""
     from flows.cli import _registry, _table, console
     from storage.registry import RegistryError
 
+    if not folder.strip():  # as a path, "" is the folder one is in: its files said nothing
+        raise _fail("--parquet '': name a folder to write the tables into")
+    parquet = Path(folder).expanduser()
     if parquet.exists() and not parquet.is_dir():
         raise _fail(f"{parquet}: exists and is not a folder")
     try:

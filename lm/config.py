@@ -476,8 +476,7 @@ class PipelineConfig(StrictModel):
         from lm.models.config import uses_word2vec
 
         entries = [self.model] if self.model is not None else [e.model for e in self.models]
-        entries += [self.model.model_copy(update=v.model) for v in self.ablation.variants
-                    if self.model is not None]  # fmt: skip
+        entries += [model for _, model in self._variant_models()]
         for model in entries:
             if not uses_word2vec(model):
                 continue
@@ -575,13 +574,19 @@ class PipelineConfig(StrictModel):
 
     def _variant_models(self) -> list[tuple[AblationVariant, ModelConfig]]:
         """Each ablation variant with its model (the base `[model]` with its changes), for the
-        checks above; unvalidated: `ablation_runs` validates them and names a bad one."""
+        checks above: those whose model is valid. `ablation_runs` names a variant whose model
+        is not (unvalidated, `kind = "w2v"` over a gpt or a text `block_size` reached the
+        checks as a traceback)."""
         if self.model is None:
             return []
-        return [
-            (v, self.model.model_copy(update=self._variant_fields(v)))
-            for v in self.ablation.variants
-        ]
+        variants = []
+        for variant in self.ablation.variants:
+            try:
+                model = type(self.model).model_validate(self._variant_fields(variant))
+            except ValidationError:
+                continue
+            variants.append((variant, model))
+        return variants
 
     def _variant_fields(self, variant: AblationVariant) -> dict[str, Any]:
         """The base `[model]`'s settings with the variant's over them. A variant's gpt `preset`

@@ -11,9 +11,12 @@ from pathlib import Path
 
 
 def gensim_test_file(name: str) -> Path | None:
-    """The path of a gensim test-data file, or None when gensim or the file is missing."""
+    """The path of a gensim test-data file, or None when gensim or the file is missing, or
+    `name` leaves the folder (`../../__init__.py` read gensim's own code as a corpus)."""
     spec = importlib.util.find_spec("gensim")
     if spec is None or not spec.submodule_search_locations:
         return None
-    path = Path(spec.submodule_search_locations[0]) / "test" / "test_data" / name
-    return path if path.is_file() else None
+    folder = Path(spec.submodule_search_locations[0]) / "test" / "test_data"
+    path = folder / name
+    inside = folder.resolve() in path.resolve().parents
+    return path if inside and path.is_file() else None

@@ -111,6 +111,34 @@ def test_batch_norm_over_a_micro_batch_of_one_row_is_refused_at_load():
         settings.ablation_runs()
 
 
+@pytest.mark.parametrize(
+    "change",
+    ['{name="v", model={kind="w2v"}}', '{name="v", model={block_size="abc"}}',
+     '{name="v", model={preset=[1]}}'],
+)  # fmt: skip
+def test_a_variant_s_invalid_model_is_named_by_ablation_runs_not_a_traceback_at_load(change):
+    """The load-time checks of variants' models (word2vec vectors, eval.window, batch norm)
+    read unvalidated copies: a w2v kind over a gpt raised AttributeError, a text block_size
+    TypeError."""
+    settings = load_config(
+        "ablation", ["eval.window=32", f'ablation.variants=[{{name="base"}}, {change}]']
+    )
+    with pytest.raises(ValueError, match=r"ablation variant 'v': '(kind|block_size|preset)'"):
+        settings.ablation_runs()
+
+
+@pytest.mark.parametrize(("preset", "said"), [
+    ("[1]", r"'model\.preset': Input should be a valid string"),
+    ("{a=1}", r"'model\.preset': Input should be a valid string"),
+    ('""', r"unknown gpt preset '' \(presets: atinuke, modern\)"),
+])  # fmt: skip
+def test_a_gpt_preset_that_is_not_a_preset_s_name_is_refused(preset, said):
+    """A list or table raised "unhashable type" from the preset lookup; an empty name was
+    taken as no preset."""
+    with pytest.raises(ConfigError, match=said):
+        load_config("default", [f"model.preset={preset}"])
+
+
 @pytest.mark.parametrize("kind", ["mlp", "w2v"])
 @pytest.mark.parametrize("hiddens", [[0], [200, -5]])
 def test_a_hidden_layer_of_no_units_is_refused(kind, hiddens):

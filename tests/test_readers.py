@@ -209,6 +209,21 @@ def test_xz_and_zstd_inputs_are_read_and_a_cut_one_is_named(tmp_path, suffix):
         read(tmp_path, str(tmp_path / f"cut.jsonl{suffix}"))
 
 
+def test_a_zstd_file_made_with_a_long_window_is_not_called_corrupt(tmp_path):
+    """`zstd --long=31` declares a 2 GB window, more than the decoder takes: the file is
+    whole, and was said to be truncated or corrupt."""
+    sink = pa.BufferOutputStream()
+    with pa.CompressedOutputStream(sink, "zstd") as out:  # streamed: the header has a window
+        out.write(b"some text line\n" * 100)
+    frame = bytearray(sink.getvalue().to_pybytes())
+    assert frame[4] >> 5 & 1 == 0, "a single-segment frame has no window descriptor"
+    frame[5] = 21 << 3  # window log 10 + 21: 2 GB, as `zstd --long=31` writes it
+    (tmp_path / "long.txt.zst").write_bytes(bytes(frame))
+    with pytest.raises(InputError, match=r"long\.txt\.zst: compressed with a window larger than "
+                                         r"the reader takes .*zstd -d --long=31"):  # fmt: skip
+        read(tmp_path, str(tmp_path / "long.txt.zst"))
+
+
 def test_a_damaged_bz2_is_named_damaged_not_blamed_on_its_content(tmp_path):
     """bz2 checks a block's CRC after handing out its bytes: the garbage failed first, as
     "the line is not valid JSON"."""
@@ -905,6 +920,10 @@ def test_gensim_names_resolve_to_the_files_datapath_names():
     assert item.name == "gensim:lee_background.cor"
     with pytest.raises(InputError, match=r"gensim ships no test-data file named 'nope\.txt'"):
         resolve_sources([SourceConfig(path="gensim:nope.txt")])
+    # A name that leaves the test-data folder read gensim's own code as a corpus.
+    assert (Path(datapath("lee_background.cor")).parent / "../../__init__.py").is_file()
+    with pytest.raises(InputError, match=r"gensim ships no test-data file named '\.\./\.\./"):
+        resolve_sources([SourceConfig(path="gensim:../../__init__.py")])
 
 
 # -- US Census name lists --------------------------------------------------------------------

@@ -361,6 +361,25 @@ def test_report_command_prints_the_page_path_and_names_a_bad_run(runs, tmp_path)
     assert page.exit_code == 1 and "name a folder" in page.stderr  # a folder OUT.HTML before
 
 
+@pytest.mark.parametrize(("out", "said"), [
+    (".", "the folder you are in"), ("", "the folder you are in"),
+    ("..", "above the folder you are in"),
+])  # fmt: skip
+def test_report_out_the_folder_one_is_in_is_refused_not_renamed_away(
+    runs, tmp_path, monkeypatch, out, said
+):
+    """An empty working folder passed the not-a-report check and was replaced whole: renamed
+    aside and deleted, the shell left in a folder that no longer existed."""
+    from flows.cli import app
+
+    here = tmp_path / "empty" / "here"
+    here.mkdir(parents=True)
+    monkeypatch.chdir(here)
+    refused = CliRunner().invoke(app, ["report", runs.plain, "--out", out])
+    assert refused.exit_code == 1 and f"{said}; the report replaces its folder" in refused.stderr
+    assert here.is_dir() and not list(here.iterdir()) and Path.cwd() == here
+
+
 def test_comparison_needs_two_distinct_runs(runs):
     with pytest.raises(ReportError, match="at least two run ids"):
         build_comparison_report([runs.full])

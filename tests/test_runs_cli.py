@@ -319,6 +319,13 @@ def test_compare_reads_a_registry_from_before_tokens_trained(tmp_path):
     assert RunRegistry(path).schema_version() == 3
 
 
+def test_export_to_an_empty_folder_name_is_refused_not_written_where_one_is(history):
+    """`--parquet ''` wrote every table into the working folder (as a path, "" is ".")."""
+    empty = run_cli("runs", "export", "--parquet", "", check=False, home=history)
+    assert empty.returncode == 1 and "--parquet '': name a folder" in empty.stderr
+    assert not list(REPO.glob("*.parquet"))  # run_cli's working folder
+
+
 def test_export_writes_every_table_as_parquet_without_leftovers(history, tmp_path):
     out = tmp_path / "export"
     run_cli("runs", "export", "--parquet", str(out), home=history)

@@ -92,7 +92,9 @@ class GPTConfig(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, data):
-        if isinstance(data, dict) and data.get("preset"):
+        # A preset that is not text is left to the field's type check; an empty one names
+        # no preset (it was taken as none: the base switches, silently).
+        if isinstance(data, dict) and isinstance(data.get("preset"), str):
             name = data["preset"]
             if name not in GPT_PRESETS:
                 raise ValueError(f"unknown gpt preset '{name}' (presets: {', '.join(GPT_PRESETS)})")

@@ -258,7 +258,17 @@ def _peek(stream: BinaryIO) -> bytes:
     try:
         return stream.peek(SNIFF_BYTES)[:SNIFF_BYTES]  # type: ignore[attr-defined]
     except (OSError, EOFError, zlib.error) as error:
-        raise InputError(f"the file is truncated or corrupt ({error})") from error
+        raise InputError(_unreadable(error)) from error
+
+
+def _unreadable(error: BaseException) -> str:
+    """What an error reading a file's (decompressed) bytes says about it."""
+    if "requires too much memory" in str(error):  # whole, but made by `zstd --long`
+        return (
+            "compressed with a window larger than the reader takes (128 MB: `zstd --long=28` or "
+            "more); decompress it first (`zstd -d --long=31`), or compress it without --long"
+        )
+    return f"the file is truncated or corrupt ({error})"
 
 
 class Replacements:
@@ -331,7 +341,7 @@ def read_documents(
         # A truncated or corrupt compressed stream surfaces here, part-way through the input
         # (gzip raises zlib.error for a damaged deflate block, OSError or EOFError otherwise;
         # pyarrow, ArrowException for a damaged Parquet file).
-        raise InputError(f"{item.name}: the file is truncated or corrupt ({error})") from error
+        raise InputError(f"{item.name}: {_unreadable(error)}") from error
 
 
 CORRUPTION_CHECK_BYTES = 16 << 20
@@ -370,7 +380,7 @@ def _raise_if_corrupt(item: ResolvedInput, stream: BinaryIO) -> None:
         while left > 0 and (data := stream.read(min(1 << 20, left))):
             left -= len(data)
     except (EOFError, OSError, zlib.error, lzma.LZMAError, pa.ArrowException) as error:
-        raise InputError(f"{item.name}: the file is truncated or corrupt ({error})") from error
+        raise InputError(f"{item.name}: {_unreadable(error)}") from error
 
 
 def _is_binary(head: bytes) -> bool:
