@@ -576,11 +576,11 @@ def continued_tokenizer(
 ) -> tuple[Path, str] | None:
     """(the folder holding it, its digest) of the tokenizer the checkpoints of `runs`'
     `train.init_from` were made with: a tokenizer output of that digest in this workspace, else
-    the copy in the trained model folder around the checkpoint. None for runs that continue
-    nothing, a checkpoint too old to record its tokenizer, or one whose tokenizer is nowhere to
-    be found (with a warning: the configured one is trained, and the trainer refuses the
-    checkpoint unless it comes out the same). Continuing on new data needs this: the tokenizer
-    trained again on it is another."""
+    the copy in the trained model folder around the checkpoint (for a checkpoint too old to
+    record its tokenizer, that copy is the one). None for runs that continue nothing, or a
+    checkpoint whose tokenizer is nowhere to be found (with a warning: the configured one is
+    trained, and the trainer refuses the checkpoint unless it comes out the same). Continuing
+    on new data needs this: the tokenizer trained again on it is another."""
     from lm.checkpoints import read_info
     from lm.tokenizer import TokenizerError, load_tokenizer
     from lm.train_config import TrainingError
@@ -589,7 +589,9 @@ def continued_tokenizer(
     found: dict[str, Path] = {}  # tokenizer digest → a checkpoint made with it
     for model_run in runs:
         checkpoint = init_checkpoint(model_run.train, workspace, model_run.model)
-        digest = read_info(checkpoint).get("tokenizer_digest") if checkpoint else None
+        if checkpoint is None:
+            continue
+        digest = read_info(checkpoint).get("tokenizer_digest") or _tokenizer_beside(checkpoint)
         if digest:
             found.setdefault(digest, checkpoint)
     if len(found) > 1:
@@ -623,6 +625,26 @@ def continued_tokenizer(
         "train.init_from: %s was made with tokenizer %s, which is neither in this workspace nor "
         "in a tokenizer/ folder beside the checkpoint: training the configured one, which "
         "continues it only if it comes out the same", checkpoint, digest[:12],
+    )  # fmt: skip
+    return None
+
+
+def _tokenizer_beside(checkpoint: Path) -> str | None:
+    """The digest of the tokenizer in the model folder around `checkpoint`, for a checkpoint
+    that records none (lmforge before November 2026): the configured tokenizer, trained again
+    on other data, gave 3,921 of 4,000 ids other pieces, and the weights continued on them in
+    silence. None, with a warning, where there is no such copy."""
+    from lm.tokenizer import TokenizerError, load_tokenizer
+
+    for folder in (checkpoint.parent / "tokenizer", checkpoint.parent.parent / "tokenizer"):
+        try:
+            return load_tokenizer(folder).digest
+        except (OSError, TokenizerError):
+            continue
+    logger.warning(
+        "train.init_from: %s records no tokenizer (an lmforge before November 2026 made it) and "
+        "has no tokenizer/ folder beside it: training the configured one, which continues these "
+        "weights rightly only if it is the tokenizer they were trained with", checkpoint,
     )  # fmt: skip
     return None
 

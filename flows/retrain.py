@@ -60,7 +60,7 @@ from storage.artifacts import Descriptor
 from storage.corpus import DOCUMENTS_FILE, documents_gone
 from storage.registry import ModelRecord, PromotionRecord
 from storage.shards import ShardError
-from tasks.clean import corpus_store
+from tasks.clean import corpus_store, text_code_digest
 from tasks.evaluate import evaluate_key, evaluate_store, evaluate_task
 from tasks.increment import increment_key, increment_store, increment_task
 from tasks.tokenizer import tokenizer_store
@@ -409,18 +409,22 @@ def _take_the_model_folder_s_tokenizer(
 
 def _same_documents(run: RunContext, champion: Champion, corpus: Descriptor) -> bool:
     """Whether the champion's documents keep their `doc_id`s in the current corpus. Under
-    another normalization (an lmforge upgrade) a document can have another id, and would count
-    as new and move between splits, where the champion would be scored on text it trained on:
-    so where its corpus was normalized otherwise, none of its documents may be missing now."""
+    other text code (an lmforge upgrade that reads, strips markup or normalizes otherwise) a
+    document can have another id, and would count as new and move between splits, where the
+    champion would be scored on text it trained on: so where its corpus was made by other
+    such code, none of its documents may be missing now. The normalization version alone
+    missed reader and markup changes (62 "new" documents after one, with none added)."""
     assert champion.corpus is not None
-    if champion.corpus.stats.get("normalization_version", 1) == NORMALIZATION_VERSION:
+    made = champion.corpus.stats
+    if (made.get("normalization_version", 1) == NORMALIZATION_VERSION
+            and made.get("text_code_digest") == text_code_digest()):  # fmt: skip
         return True
     resolve = run.workspace.resolve
     gone = documents_gone(resolve(champion.corpus.path) / DOCUMENTS_FILE,
                           resolve(corpus.path) / DOCUMENTS_FILE)  # fmt: skip
     if gone:
-        logger.warning("retrain: %d document(s) of the champion's corpus, normalized by an earlier "
-                       "lmforge, have no match in the current corpus", gone)  # fmt: skip
+        logger.warning("retrain: %d document(s) of the champion's corpus, made by other "
+                       "lmforge code, have no match in the current corpus", gone)  # fmt: skip
     return gone == 0
 
 
@@ -428,8 +432,9 @@ def _why_scratch(champion: Champion | None, renamed: bool = False) -> str:
     if champion is None:
         return "no champion yet"
     if renamed:
-        return ("the champion's corpus was normalized by an earlier lmforge, and some of its "
-                "documents have other ids now: they cannot be told from new ones")  # fmt: skip
+        return ("the champion's corpus was made by other lmforge code (reading, markup removal "
+                "or normalization), and some of its documents have other ids now or are gone: "
+                "they cannot be told from new ones")  # fmt: skip
     parts = {"trained": "model", "tokenizer": "tokenizer", "corpus": "corpus"}
     gone = [name for attribute, name in parts.items() if getattr(champion, attribute) is None]
     if gone:

@@ -115,8 +115,16 @@ def clean_task(
         fan_out["annotated_by"] = sorted(fan_out["annotated_by"])
         stats = decider.stats.as_dict() | {"sources": sources} | fan_out
         stats["normalization_version"] = NORMALIZATION_VERSION
+        stats["text_code_digest"] = text_code_digest()
         descriptor = store.describe(staging, STAGE, key, digest, stats)
     return descriptor
+
+
+def text_code_digest() -> str:
+    """A digest of the code that makes a document's text, and so its `doc_id` (the hash of
+    that text): reading, markup removal, normalization (`lm/text`). A corpus made by other
+    such code may hold the same documents under other ids (`flows.retrain`)."""
+    return code_digest("lm/text")
 
 
 def annotate_workers(runtime: RuntimeConfig, config: CleanConfig) -> int:

@@ -962,6 +962,33 @@ def test_init_from_continues_on_new_data_with_the_checkpoint_s_tokenizer(
         run_pipeline(config, [*bpe, moved, "train.max_steps=9"])
 
 
+def test_init_from_a_checkpoint_too_old_to_name_its_tokenizer_takes_its_folder_s_copy(
+    workspace, config, tmp_path, caplog
+):
+    """Checkpoints from before November 2026 record no tokenizer digest: the configured
+    tokenizer, trained again on new data, was used in silence (3,921 of 4,000 ids other
+    pieces). The copy in the model folder is the one; without it, a warning."""
+    bpe = [*TINY_GPT, 'tokenizer={kind="bpe", vocab_size=400}']
+    first = run_pipeline(config, bpe)
+    old_model = tmp_path / "old-model"
+    shutil.copytree(workspace.resolve(first["models"][-1]["path"]), old_model)
+    for checkpoint in (old_model / "best", old_model / "final"):
+        info = json.loads((checkpoint / "checkpoint.json").read_text())
+        del info["tokenizer_digest"]
+        (checkpoint / "checkpoint.json").write_text(json.dumps(info))
+    (tmp_path / "texts" / "doc-new.txt").write_text(prose(99, 300))
+    start = f"train.init_from={json.dumps(str(old_model))}"
+    continued = run_pipeline(config, [*bpe, start, "train.max_steps=6"])
+    assert continued["tokenizer"]["digest"] == first["tokenizer"]["digest"]
+    shutil.rmtree(old_model / "tokenizer")
+    logging.getLogger("lm.pipeline").addHandler(caplog.handler)  # the flow replaced the root's
+    try:
+        run_pipeline(config, [*bpe, start, "train.max_steps=7"])
+    finally:
+        logging.getLogger("lm.pipeline").removeHandler(caplog.handler)
+    assert "records no tokenizer (an lmforge before November 2026 made it)" in caplog.text
+
+
 def test_a_continued_char_model_that_cannot_spell_new_text_says_what_to_do(
     workspace, tmp_path, caplog
 ):
