@@ -297,8 +297,11 @@ def config_drift(command: str | None, recorded: str | dict | None) -> str | None
     if not changed:
         return None
     shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
-    return (f"{words[2]} has changed since this run: the reproduce command would run other "
-            f"settings ({shown})")  # fmt: skip
+    # Which, the file or the defaults, cannot be told from the resolved settings alone: a
+    # default that moved (train.compile: false, then "auto") was blamed on an unedited file.
+    return (f"{words[2]} now loads other settings than this run recorded ({shown}): the file "
+            "was edited, or lmforge's defaults changed; the reproduce command would run "
+            "these")  # fmt: skip
 
 
 @runs_app.command("compare")
@@ -339,6 +342,8 @@ def runs_compare(
     if differences:
         rows = [(key, *values) for key, values in differences]
         console.print(_table(["config key", *ids], rows, "config differences"))
+    elif len({run["code_digest"] for run in runs}) > 1:  # git_sha is empty outside a checkout
+        console.print("config: identical, but lmforge's code differs (code_digest)")
     else:
         console.print("config: identical")
     model_rows = [_model_metrics(dict(zip(model_columns, row, strict=True))) for row in models]
@@ -351,8 +356,9 @@ def runs_compare(
 
 
 def _summary_rows(runs: list[dict]) -> list[tuple]:
-    keys = ("status", "preset", "deployment", "started_at", "seconds", "corpus_digest", "git_sha")
-    shortened = ("corpus_digest", "git_sha")
+    keys = ("status", "preset", "deployment", "started_at", "seconds", "corpus_digest",
+            "code_digest", "git_sha")  # fmt: skip
+    shortened = ("corpus_digest", "code_digest", "git_sha")
     return [
         (key, *(_number(run[key])[: 12 if key in shortened else None] for run in runs))
         for key in keys

@@ -291,6 +291,23 @@ def test_compare_shows_config_differences_model_metrics_and_stage_times(history)
     assert same.returncode == 1 and "the same run is named twice" in same.stderr
 
 
+def test_compare_says_when_identical_configs_ran_under_other_code(tmp_path):
+    """An upgrade between two runs showed "config: identical" and nothing of the code: the
+    figures' difference looked like chance (git_sha is empty outside a checkout)."""
+    registry = RunRegistry(tmp_path / "registry.duckdb")
+    config = {"train": {"max_steps": 5}}
+    for run_id, code in (("r-before", "a" * 64), ("r-after", "b" * 64)):
+        registry.start_run({"run_id": run_id, "status": "completed", "started_at": NOW,
+                            "config": config, "code_digest": code})  # fmt: skip
+    output = run_cli("runs", "compare", "r-before", "r-after", home=tmp_path).stdout
+    assert "config: identical, but lmforge's code differs (code_digest)" in output
+    assert re.search(r"│ code_digest\s+│ a{12}\s+│ b{12}\s+│", output)
+    registry.start_run({"run_id": "r-again", "status": "completed", "started_at": NOW,
+                        "config": config, "code_digest": "b" * 64})  # fmt: skip
+    same = run_cli("runs", "compare", "r-after", "r-again", home=tmp_path).stdout
+    assert "config: identical\n" in same
+
+
 def test_compare_reads_a_registry_from_before_tokens_trained(tmp_path):
     """Schema 3 (no `tokens_trained` column): compared as it is, the column shown as absent,
     and the file is not migrated by a command that only reads."""
@@ -509,7 +526,7 @@ def test_runs_show_says_when_the_reproduce_command_would_run_other_settings(tmp_
 
     assert "note" not in note()
     config.write_text(config.read_text().replace("max_steps = 30", "max_steps = 31"))
-    assert f"note: {config} has changed since this run: the reproduce command would run other " \
-           "settings (train.max_steps)" in note()  # fmt: skip
+    assert f"note: {config} now loads other settings than this run recorded (train.max_steps): " \
+           "the file was edited, or lmforge's defaults changed" in note()  # fmt: skip
     config.unlink()
     assert "note: the reproduce command no longer loads its config" in note()
