@@ -57,7 +57,7 @@ from lm.models.config import uses_word2vec
 from lm.text.normalize import NORMALIZATION_VERSION
 from lm.tokenizer import TokenizerError
 from storage.artifacts import Descriptor
-from storage.corpus import DOCUMENTS_FILE, documents_gone
+from storage.corpus import DOCUMENTS_FILE, documents_renamed
 from storage.registry import ModelRecord, PromotionRecord
 from storage.shards import ShardError
 from tasks.clean import corpus_store, text_code_digest
@@ -412,20 +412,22 @@ def _same_documents(run: RunContext, champion: Champion, corpus: Descriptor) -> 
     other text code (an lmforge upgrade that reads, strips markup or normalizes otherwise) a
     document can have another id, and would count as new and move between splits, where the
     champion would be scored on text it trained on: so where its corpus was made by other
-    such code, none of its documents may be missing now. The normalization version alone
-    missed reader and markup changes (62 "new" documents after one, with none added)."""
+    such code, none of its documents still read from their source may have lost their ids
+    (one whose source is gone was deleted: no cause to start over). The normalization version
+    alone missed reader and markup changes (62 "new" documents after one, with none added)."""
     assert champion.corpus is not None
     made = champion.corpus.stats
     if (made.get("normalization_version", 1) == NORMALIZATION_VERSION
             and made.get("text_code_digest") == text_code_digest()):  # fmt: skip
         return True
     resolve = run.workspace.resolve
-    gone = documents_gone(resolve(champion.corpus.path) / DOCUMENTS_FILE,
-                          resolve(corpus.path) / DOCUMENTS_FILE)  # fmt: skip
-    if gone:
+    renamed = documents_renamed(resolve(champion.corpus.path) / DOCUMENTS_FILE,
+                                resolve(corpus.path) / DOCUMENTS_FILE)  # fmt: skip
+    if renamed:
         logger.warning("retrain: %d document(s) of the champion's corpus, made by other "
-                       "lmforge code, have no match in the current corpus", gone)  # fmt: skip
-    return gone == 0
+                       "lmforge code, are read from their sources under other ids now",
+                       renamed)  # fmt: skip
+    return renamed == 0
 
 
 def _why_scratch(champion: Champion | None, renamed: bool = False) -> str:
@@ -433,8 +435,8 @@ def _why_scratch(champion: Champion | None, renamed: bool = False) -> str:
         return "no champion yet"
     if renamed:
         return ("the champion's corpus was made by other lmforge code (reading, markup removal "
-                "or normalization), and some of its documents have other ids now or are gone: "
-                "they cannot be told from new ones")  # fmt: skip
+                "or normalization), and some of its documents have other ids now: they cannot "
+                "be told from new ones")  # fmt: skip
     parts = {"trained": "model", "tokenizer": "tokenizer", "corpus": "corpus"}
     gone = [name for attribute, name in parts.items() if getattr(champion, attribute) is None]
     if gone:

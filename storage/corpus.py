@@ -167,18 +167,20 @@ def row_count(path: Path) -> int:
     return pq.ParquetFile(path).metadata.num_rows
 
 
-def documents_gone(previous: Path, current: Path) -> int:
+def documents_renamed(previous: Path, current: Path) -> int:
     """How many kept documents of corpus file `previous` have no document of the same `doc_id`
-    in `current`: removed from the sources, or (under another normalization) the same text
-    under another id."""
+    in `current` though their `source` (file, line, page) is still read: text that reads
+    otherwise now, under another id (or edited). A document whose source is gone (a deleted
+    file) is not counted: it was removed, and no other document took its id."""
     import duckdb
 
     connection = duckdb.connect()
     try:
         [(gone,)] = connection.execute(
-            "SELECT count(*) FROM read_parquet(?) WHERE keep AND doc_id NOT IN "
-            "(SELECT doc_id FROM read_parquet(?))",
-            [str(previous), str(current)],
+            "SELECT count(*) FROM read_parquet(?) WHERE keep "
+            "AND doc_id NOT IN (SELECT doc_id FROM read_parquet(?)) "
+            "AND source IN (SELECT source FROM read_parquet(?))",
+            [str(previous), str(current), str(current)],
         ).fetchall()
     finally:
         connection.close()

@@ -120,11 +120,19 @@ def clean_task(
     return descriptor
 
 
+# The code that makes a document's text, and so its `doc_id` (the hash of that text):
+# reading, markup removal, normalization; not the quality rules or near-duplicate search,
+# which decide what is kept.
+TEXT_CODE = tuple(f"lm/text/{name}.py" for name in (
+    "census_names", "clean", "ingest", "json_array", "normalize", "readers", "sources",
+    "utf8_scan", "wikipedia_dump", "wikitext",
+))  # fmt: skip
+
+
 def text_code_digest() -> str:
-    """A digest of the code that makes a document's text, and so its `doc_id` (the hash of
-    that text): reading, markup removal, normalization (`lm/text`). A corpus made by other
-    such code may hold the same documents under other ids (`flows.retrain`)."""
-    return code_digest("lm/text")
+    """A digest of `TEXT_CODE`: a corpus made by other such code may hold the same documents
+    under other ids (`flows.retrain`)."""
+    return code_digest(*TEXT_CODE)
 
 
 def annotate_workers(runtime: RuntimeConfig, config: CleanConfig) -> int:

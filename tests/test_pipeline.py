@@ -1044,7 +1044,7 @@ def test_a_stage_that_will_wait_for_a_concurrency_slot_says_so():
 def test_a_run_that_waits_for_the_registry_is_timed_from_its_start(workspace, config):
     """Its row was made after the wait for a registry held open: `started_at` came late, and a
     run that waited most of its time for the registry was recorded as lasting 0.5 s."""
-    from datetime import datetime
+    from datetime import UTC, datetime
 
     from flows.pipeline import open_run
     from lm.config import load_config
@@ -1052,9 +1052,9 @@ def test_a_run_that_waits_for_the_registry_is_timed_from_its_start(workspace, co
 
     open_run(load_config(str(config)), str(config), [])  # the registry exists
     with registry_held_open(workspace.registry_path, seconds=3):
-        before = datetime.now()
+        before = datetime.now(UTC)
         run = open_run(load_config(str(config)), str(config), [])
-        opened = datetime.now()
+        opened = datetime.now(UTC)
     assert (opened - before).total_seconds() > 1  # it did wait for the holder
     started = RunRegistry(workspace.registry_path).find_run(run.run_id)["started_at"]
     assert (started - before).total_seconds() < 1
