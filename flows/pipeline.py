@@ -636,11 +636,10 @@ def _tokenizer_beside(checkpoint: Path) -> str | None:
     silence. None, with a warning, where there is no such copy."""
     from lm.tokenizer import TokenizerError, load_tokenizer
 
-    for folder in (checkpoint.parent / "tokenizer", checkpoint.parent.parent / "tokenizer"):
-        try:
-            return load_tokenizer(folder).digest
-        except (OSError, TokenizerError):
-            continue
+    try:  # only the model folder's own: a `tokenizer/` further up may be any model's
+        return load_tokenizer(checkpoint.parent / "tokenizer").digest
+    except (OSError, TokenizerError):
+        pass
     logger.warning(
         "train.init_from: %s records no tokenizer (an lmforge before November 2026 made it) and "
         "has no tokenizer/ folder beside it: training the configured one, which continues these "

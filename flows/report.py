@@ -8,7 +8,6 @@ one. Reports read the registry only; they can be made while a pipeline runs.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import shutil
@@ -85,23 +84,29 @@ def _written_by_reports(entry: Path, beside_a_report: bool) -> bool:
 
 def _output_folder(out: Path | None, default: Path) -> Path:
     """`--out` names the report's folder, never the page alone: the page and its PNGs move
-    together, and the folder is what is renamed into place."""
-    if out is None:
-        return default
-    if out.suffix.lower() in (".html", ".htm"):
+    together, and the folder is what is renamed into place. Never the folder one is in or
+    one above it (`--out .`, or the report's own folder, from inside it): renamed away from
+    under the shell that is in it, it left that shell in a folder that no longer existed."""
+    if out is not None and out.suffix.lower() in (".html", ".htm"):
         raise ReportError(
             f"--out {out}: name a folder; report.html and its PNGs are written inside it"
         )
-    folder = out.expanduser().resolve()
-    with contextlib.suppress(OSError):  # a working folder since deleted is above nothing
+    folder = (default if out is None else out.expanduser()).resolve()
+    try:
         here = Path.cwd()
-        if folder == here or folder in here.parents:
-            # Replaced whole, it would be renamed away from under the shell that is in it.
-            where = "the folder you are in" if folder == here else "above the folder you are in"
+    except OSError:  # a working folder since deleted is above nothing
+        return folder
+    if folder == here or folder in here.parents:
+        where = "the folder you are in" if folder == here else "above the folder you are in"
+        if out is None:
             raise ReportError(
-                f"--out {out}: {where}; the report replaces its folder whole, so name a folder "
-                "of its own (--out report)"
+                f"{folder}: the report's folder is {where}, and writing the report replaces it "
+                "whole: run it from another folder, or pass --out"
             )
+        raise ReportError(
+            f"--out {out}: {where}; the report replaces its folder whole, so name a folder "
+            "of its own (--out report)"
+        )
     return folder
 
 

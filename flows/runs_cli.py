@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from lm.clock import read_time, shown_time, utc_now
+from lm.clock import shown_time, utc_now
 from storage.pending_outcome import pending_status
 from storage.processes import run_looks_abandoned
 
@@ -38,6 +38,7 @@ DATA_METRICS = (
 )  # fmt: skip
 ABSENT = "—"
 EARLIEST = datetime.min.replace(tzinfo=UTC)  # an age past the calendar: every run is newer
+LATEST = datetime.max.replace(tzinfo=UTC)
 MAX_COUNT = 2**62  # a count option's bound: larger ones overflowed DuckDB's 64-bit integers
 
 
@@ -52,12 +53,18 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
         except OverflowError:  # older than the calendar: every run is newer
             return EARLIEST
     try:
-        return read_time(text.strip())
+        value = datetime.fromisoformat(text.strip())
     except ValueError:
         raise ValueError(
             f"--since '{text}': expected an age like 30m, 12h, 7d or 2w, or a date such as "
             "2026-11-20 or 2026-11-20T08:00"
         ) from None
+    if value.tzinfo is not None:
+        return value
+    try:
+        return value.astimezone()  # local time
+    except (OverflowError, ValueError):  # at the calendar's ends: no UTC instant
+        return EARLIEST if value.year < 5000 else LATEST
 
 
 def flatten_config(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -169,7 +176,7 @@ def runs_list(
             _check_status(registry, status)
         columns, rows = registry.query(
             "SELECT r.run_id, r.status, r.preset, r.deployment, "
-            "r.started_at::TIMESTAMP(0) AS started, round(r.seconds, 1) AS seconds, "
+            "r.started_at AS started, round(r.seconds, 1) AS seconds, "
             "left(r.corpus_digest, 12) AS corpus, d.kept AS kept_documents, "
             "(SELECT string_agg(m.label, ' ' ORDER BY m.created_at) FROM models m "
             " WHERE m.run_id = r.run_id) AS models, "
@@ -181,8 +188,11 @@ def runs_list(
         )
     except RegistryError as error:
         raise _fail(str(error)) from None
-    shown = [(run_id, shown_status(run_id, status, host, pid), *rest)
-             for run_id, status, *rest, host, pid in rows]  # fmt: skip
+    # Times in Python's local zone, as `runs show` gives them (DuckDB's may differ: a POSIX
+    # TZ such as UTC-3 is UTC to it).
+    shown = [(run_id, shown_status(run_id, status, host, pid), preset, deployment,
+              shown_time(started), *rest)
+             for run_id, status, preset, deployment, started, *rest, host, pid in rows]  # fmt: skip
     console.print(_table(columns[:-2], shown))
 
 
@@ -219,11 +229,12 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="a run id or a unique p
         # Each stage finished when the run (or a crashed run's journal) noted it finished.
         stage_columns, stages = registry.query(
             "SELECT stage, CASE WHEN cached THEN 'cached' ELSE 'ran' END AS state, "
-            "round(seconds, 2) AS seconds, finished_at::TIMESTAMP(0) AS finished, "
+            "round(seconds, 2) AS seconds, finished_at AS finished, "
             "left(output_digest, 12) AS digest, "
             "output_path FROM stages WHERE run_id = ? ORDER BY finished_at, rowid",
             [found["run_id"]],
         )
+        stages = [(*row[:3], row[3] and shown_time(row[3]), *row[4:]) for row in stages]
         model_columns, models = registry.query(
             "SELECT label, kind, parameters, steps, round(val_loss, 4) AS val_loss, "
             "round(val_bpb, 4) AS val_bpb, round(test_bpb, 4) AS test_bpb, alias, path "

@@ -75,7 +75,8 @@ def launches_folder(workspace: Workspace) -> Path:
 def new_launch(work: Path, nnodes: int, nproc_per_node: int, master_addr: str,
                master_port: int, join_timeout_s: int, code: str) -> Launch:  # fmt: skip
     return Launch(
-        launch_id=f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}", work=str(work),
+        launch_id=f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}",
+        work=str(work),
         nnodes=nnodes, nproc_per_node=nproc_per_node, master_addr=master_addr,
         master_port=master_port, join_timeout_s=join_timeout_s, host=this_host(),
         announced_at=time.time(), code=code,

@@ -714,15 +714,19 @@ class RunRegistry:
         connection: duckdb.DuckDBPyConnection, run_id: str, path: Path, model: str | None = None
     ) -> None:
         """Bulk-load a metrics JSONL file, its lines tagged with `model` when given (a training
-        curve read from its work folder). A line that is not valid JSON (the last one, cut
-        short when a writer was killed) is skipped: DuckDB reads it as a row of NULLs."""
+        curve read from its work folder). Times are read as text and cast in the session's
+        zone, so a time an earlier lmforge wrote without an offset is local time, as migration
+        5 reads the registry's own (`read_json` typed them as UTC). A line that is not valid
+        JSON (the last one, cut short when a writer was killed) is skipped: DuckDB reads it as
+        a row of NULLs."""
         if not path.is_file() or not path.stat().st_size:
             return
         connection.execute(
             "INSERT INTO metrics (run_id, key, step, value, ts, model) "
-            "SELECT ?, key, step, value, ts, coalesce(?, model) FROM read_json(?, "
-            "columns = {key: 'VARCHAR', step: 'BIGINT', value: 'DOUBLE', ts: 'TIMESTAMPTZ',"
-            " model: 'VARCHAR'}, format = 'newline_delimited', ignore_errors = true) "
+            "SELECT ?, key, step, value, TRY_CAST(ts AS TIMESTAMPTZ), coalesce(?, model) "
+            "FROM read_json(?, columns = {key: 'VARCHAR', step: 'BIGINT', value: 'DOUBLE', "
+            "ts: 'VARCHAR', model: 'VARCHAR'}, format = 'newline_delimited', "
+            "ignore_errors = true) "
             "WHERE key IS NOT NULL",
             [run_id, model, str(path)],
         )

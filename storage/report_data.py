@@ -17,6 +17,7 @@ import duckdb
 
 from lm.ablation_table import RESULTS_FILE as ABLATION_RESULTS_FILE
 from lm.ablation_table import AblationTable
+from lm.clock import shown_time
 from lm.report_render import CURVE_KEYS, Curve, ModelSection, RunReport, StageRow
 from storage.registry import RunRegistry
 from storage.workspace import Workspace
@@ -114,8 +115,8 @@ def gather_run_report(registry: RunRegistry, workspace: Workspace, run_prefix: s
         run_id=run_id,
         status=run["status"],
         preset=run.get("preset"),
-        started_at=str(run["started_at"])[:19] if run.get("started_at") else None,
-        ended_at=str(run["ended_at"])[:19] if run.get("ended_at") else None,
+        started_at=shown_time(run["started_at"]) if run.get("started_at") else None,
+        ended_at=shown_time(run["ended_at"]) if run.get("ended_at") else None,
         seconds=run.get("seconds"),
         device=run.get("device"),
         git_sha=run.get("git_sha"),

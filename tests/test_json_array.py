@@ -63,8 +63,12 @@ def test_values_and_errors_are_json_loads_own_wherever_the_reads_cut(monkeypatch
         texts = [text, f"\n  {text}\n\n"]
         for _ in range(3):
             at = rng.randrange(len(text))
-            texts += [text[:at] + text[at + 1 :], text[:at] + text[at] + text[at:],
-                      text[:at] + rng.choice('[]{},:"1 x\n') + text[at:]]  # fmt: skip
+            texts += [
+                text[:at] + text[at + 1 :],
+                text[:at] + text[at] + text[at:],
+                text[:at] + rng.choice('[]{},:"1 x\n') + text[at:],
+                text[:at],
+            ]  # fmt: skip (the last: a file cut short, in a number, say)
         for candidate in texts:
             expected = _expected(candidate)
             if not isinstance(expected, list | tuple) or not candidate.lstrip().startswith("["):
@@ -73,6 +77,15 @@ def test_values_and_errors_are_json_loads_own_wherever_the_reads_cut(monkeypatch
             checked += 1
             errors += isinstance(expected, tuple)
     assert checked > 1000 and errors > 300  # both kinds were checked, many times
+
+
+@pytest.mark.parametrize("read_chars", range(1, 12))
+def test_a_file_cut_short_in_a_number_is_placed_where_json_loads_places_it(monkeypatch, read_chars):
+    """The read that found the end also dropped the text before the number: its end was
+    taken in the old text's places, and the error came a column late."""
+    monkeypatch.setattr(json_array, "READ_CHARS", read_chars)
+    for text in ["[1.", '["abcdef", 12e', "[10000000, 2.", "[1, 2, 3, 45.", "[0, -", "[7e+"]:
+        assert _values_or_error(text) == _expected(text), text
 
 
 def test_values_before_an_error_are_yielded_and_then_the_error_names_its_place():
@@ -122,3 +135,31 @@ def test_reading_a_large_array_holds_a_value_at_a_time_not_the_array():
     count, grown_mb = map(int, result.stdout.split())
     assert count == 20_000 * 10_000
     assert grown_mb < 50, f"peak memory grew by {grown_mb} MB"
+
+
+READER_PROBE = """
+import sys, tracemalloc
+from lm.config import SourceConfig
+from lm.text.readers import read_documents
+from lm.text.sources import resolve_sources
+
+[item] = resolve_sources([SourceConfig(path=sys.argv[1])])
+tracemalloc.start()  # Python's own allocations: what the reader holds, not the imports' pages
+with open(sys.argv[1], "rb") as raw:
+    count = sum(len(document.text) for document in read_documents(item, raw, "strict"))
+print(count, tracemalloc.get_traced_memory()[1] >> 20)
+"""
+
+
+def test_a_json_array_file_is_read_by_the_reader_a_record_at_a_time(tmp_path):
+    """The `.json` reader itself streams (json.loads of the file held bytes, text and every
+    record: 2.5 times the file's size)."""
+    path = tmp_path / "records.json"
+    record = json.dumps({"text": "word " * 2000, "id": 1})
+    with open(path, "w") as out:
+        out.write("[" + ",\n".join(record for _ in range(6000)) + "]")  # 60 MB
+    result = subprocess.run([sys.executable, "-c", READER_PROBE, str(path)], capture_output=True,
+                            text=True, check=True, cwd=REPO, timeout=300)  # fmt: skip
+    count, grown_mb = map(int, result.stdout.split())
+    assert count == 6000 * 10_000
+    assert grown_mb < 20, f"the reader held {grown_mb} MB at its peak reading a 60 MB array"

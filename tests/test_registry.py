@@ -659,3 +659,22 @@ def test_a_registry_from_a_newer_lmforge_is_read_but_not_written(tmp_path):
 
     assert registry.find_run("r1")["status"] == "running"
     assert registry.path.read_bytes() == before
+
+
+def test_metrics_an_earlier_lmforge_wrote_without_an_offset_are_read_as_local_time(
+    tmp_path, local_zone
+):
+    """Recording a crashed run's metrics file from before the upgrade: `read_json` typed its
+    times as UTC, 5½ hours off here, after the run had ended."""
+    local_zone("Asia/Kolkata")
+    registry = RunRegistry(tmp_path / "registry.duckdb")
+    registry.start_run(_run_row("r1"))
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text(
+        json.dumps({"key": "old", "step": 1, "value": 1.0, "ts": "2026-12-06T17:05:00"}) + "\n"
+        + json.dumps({"key": "new", "step": 1, "value": 1.0, "ts": "2026-12-06T11:35:00+00:00"})
+    )  # fmt: skip
+    registry.finish_run("r1", "completed", datetime.now(UTC), [], metrics_file=metrics)
+    _, rows = registry.query("SELECT key, ts FROM metrics ORDER BY key")
+    instant = datetime(2026, 12, 6, 11, 35, tzinfo=UTC)
+    assert rows == [("new", instant), ("old", instant)]

@@ -380,6 +380,19 @@ def test_report_out_the_folder_one_is_in_is_refused_not_renamed_away(
     assert here.is_dir() and not list(here.iterdir()) and Path.cwd() == here
 
 
+def test_report_from_inside_its_own_default_folder_is_refused_not_renamed_away(runs, monkeypatch):
+    from flows.cli import app
+
+    runner = CliRunner()
+    written = Path(runner.invoke(app, ["report", runs.plain]).stdout.strip())
+    folder = written.parent
+    monkeypatch.chdir(folder)
+    refused = runner.invoke(app, ["report", runs.plain])
+    assert refused.exit_code == 1
+    assert "the report's folder is the folder you are in" in " ".join(refused.stderr.split())
+    assert Path.cwd() == folder and written.is_file()
+
+
 def test_comparison_needs_two_distinct_runs(runs):
     with pytest.raises(ReportError, match="at least two run ids"):
         build_comparison_report([runs.full])

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import duckdb
 import pytest
 
-from flows.runs_cli import EARLIEST, config_differences, flatten_config, parse_since
+from flows.runs_cli import EARLIEST, LATEST, config_differences, flatten_config, parse_since
 from storage.registry import MIGRATIONS, ModelRecord, RunRegistry, StageRecord
 from tests.conftest import REPO, run_cli
 from tests.helpers import prose, write_config
@@ -368,6 +368,9 @@ def test_parse_since_takes_ages_and_dates_in_local_time_unless_given_an_offset(l
     assert parse_since("2026-11-20T08:15", now) == datetime(2026, 11, 20, 13, 15, tzinfo=UTC)
     assert parse_since("2026-11-20T08:15+00:00", now) == datetime(2026, 11, 20, 8, 15, tzinfo=UTC)
     assert parse_since("99999999d", now) == EARLIEST  # past the calendar: every run
+    # Local times at the calendar's ends have no UTC instant (OverflowError, a traceback).
+    assert parse_since("0001-01-01", now) == EARLIEST
+    assert parse_since("9999-12-31T23:59", now) == LATEST
     with pytest.raises(ValueError, match="'7 days'"):
         parse_since("7 days", now)
 

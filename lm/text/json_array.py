@@ -98,20 +98,25 @@ class _ArrayReader:
     def _value(self) -> object:
         self._next_char()
         while True:
+            # A read may drop the text before the value (a new buffer) and yet find the end:
+            # then the value is decoded again, so that its end and errors are the new buffer's.
+            buffer = self.buffer
             try:
-                value, end = DECODER.raw_decode(self.buffer, self.at)
+                value, end = DECODER.raw_decode(buffer, self.at)
             except json.JSONDecodeError as error:
-                if _cut_by_the_read(error) and self._read_more(len(self.buffer) - self.at):
+                if _cut_by_the_read(error) and self._read_more(len(buffer) - self.at):
                     continue  # read on, at least as much again, and decode the value again
-                if error.doc is not self.buffer:
-                    continue  # the text before the value was dropped: decode it to place it
+                if self.buffer is not buffer:
+                    continue
                 raise self._error(error.msg.removesuffix(" at"), error.pos) from None
             except (RecursionError, ValueError) as error:
                 reason = beyond_python(error)
                 if reason is None:
                     raise
                 raise self._error(reason, beyond_python=True) from None
-            if NUMBER_GOING_ON.fullmatch(self.buffer, end) and self._read_more(READ_CHARS):
+            if NUMBER_GOING_ON.fullmatch(buffer, end) and (
+                self._read_more(READ_CHARS) or self.buffer is not buffer
+            ):
                 continue  # a number may go on past the read: `12` of `123`, `1` of `1.5`
             self.at = end
             return value
