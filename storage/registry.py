@@ -21,13 +21,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
 import duckdb
 
-from lm.clock import file_time, shown_time
+from lm.clock import SHOWN_TIME, file_time
 from storage.metrics_log import RUN_METRICS_FILE
 from storage.pending_outcome import (
     OUTCOME_FILE,
@@ -938,10 +938,13 @@ class RunRegistry:
 
 
 def _unfinished_stage(name: str, stage: UnfinishedStage) -> str:
-    """A stage a crashed run never finished, as its error names it: with when it started."""
+    """A stage a crashed run never finished, as its error names it: with when it started, in
+    UTC (the error is text, shown as written in every zone: in the recording process's local
+    time it read as New York's beside New York's times when Tokyo had recorded it)."""
     if stage.started_at is None:
         return name
-    return f"{name}, started {shown_time(stage.started_at)}"
+    started = stage.started_at.astimezone(UTC) if stage.started_at.tzinfo else stage.started_at
+    return f"{name}, started {started:{SHOWN_TIME}} UTC"
 
 
 def _last_written(paths: list[Path], since: datetime) -> datetime:

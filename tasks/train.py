@@ -278,6 +278,7 @@ def train_task(
         _wait_for_the_training_lock(lock, key)  # one process trains a key; a second waits
         existing = store.load_descriptor(key)
         if existing is not None:
+            remove_unused_work(work)
             return reused(existing)
         started = time.perf_counter()
         if model.kind != "bigram-count":
@@ -353,6 +354,17 @@ def train_task(
             descriptor = store.describe(staging, STAGE, key, key, stats)
     shutil.rmtree(work, ignore_errors=True)
     return descriptor
+
+
+def remove_unused_work(work: Path) -> None:
+    """Remove `work` if it holds nothing but its lock: a process that made it only to find
+    the model published by another (which removed its own folder first) left it behind, and
+    `prune` listed a "training that never started". Called with the lock held."""
+    try:
+        if {entry.name for entry in work.iterdir()} <= {WORK_LOCK}:
+            shutil.rmtree(work, ignore_errors=True)
+    except OSError:
+        pass
 
 
 def tokens_behind_best(work: Path, at_last_step: int | None) -> int | None:

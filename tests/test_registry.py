@@ -498,10 +498,14 @@ def _journal_line(event: str, stage: str, seconds_after_start: int, **record) ->
     return json.dumps({"event": event, "stage": stage, **record, "at": at}) + "\n"
 
 
-def test_a_crashed_runs_stages_finished_when_its_journal_says_not_when_it_was_closed(tmp_path):
+def test_a_crashed_runs_stages_finished_when_its_journal_says_not_when_it_was_closed(
+    tmp_path, local_zone
+):
     """The next run may close it days later: its stages and their artifacts keep the times
     their journal lines were written, and the stage it never finished is named in the error
-    with when it started (it gets no row: it has no seconds, no output)."""
+    with when it started (it gets no row: it has no seconds, no output), in UTC: the error is
+    text, read in every zone (it was the closing process's local time, Tokyo's here)."""
+    local_zone("Asia/Tokyo")
     registry = RunRegistry(tmp_path / "registry.duckdb")
     _abandoned_run(registry, "r1")
     journal = tmp_path / "runs" / "r1" / JOURNAL_FILE
@@ -523,7 +527,7 @@ def test_a_crashed_runs_stages_finished_when_its_journal_says_not_when_it_was_cl
     _, artifacts = registry.query("SELECT stage, created_at FROM artifacts")
     assert artifacts == [("ingest", STARTED + timedelta(seconds=5))]
     error = registry.find_run("r1")["error"]
-    assert error == f"{CRASHED} (during stage train/gpt, started 2026-12-04 10:00:07)"
+    assert error == f"{CRASHED} (during stage train/gpt, started 2026-12-04 10:00:07 UTC)"
 
 
 def test_a_journal_time_that_cannot_be_read_is_recorded_as_unknown(tmp_path):

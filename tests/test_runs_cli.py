@@ -166,7 +166,7 @@ def test_runs_show_gives_a_crashed_runs_stages_the_times_its_journal_recorded(tm
     assert "stages it finished before it crashed" in shown
     row = r"^│ ingest\s*│ ran\s*│ 4\.0\s*│ 2026-12-04 10:00:05\s*│"
     assert re.search(row, shown, flags=re.MULTILINE), shown
-    assert "(during stage train/gpt, started 2026-12-04 10:00:07)" in shown
+    assert "(during stage train/gpt, started 2026-12-04 10:00:07 UTC)" in shown
 
 
 TRUNCATED_REGISTRY_READERS = [

@@ -1499,3 +1499,20 @@ def test_a_training_another_process_holds_is_waited_for_out_loud(tmp_path, caplo
             waiter.join(timeout=10)
         assert not waiter.is_alive() and "waited" in caplog.text
     logger.removeHandler(caplog.handler)
+
+
+def test_a_work_folder_made_only_to_find_the_model_published_is_removed(tmp_path):
+    """Two runs of one training: the second made the work folder after the first had
+    published and removed its own, found the model, and left a folder of one lock file."""
+    from tasks.train import remove_unused_work
+
+    raced = tmp_path / "train-k.work"
+    raced.mkdir()
+    (raced / "lock").touch()
+    remove_unused_work(raced)
+    assert not raced.exists()
+    interrupted = tmp_path / "train-j.work"
+    (interrupted / "step-00000010").mkdir(parents=True)
+    (interrupted / "lock").touch()
+    remove_unused_work(interrupted)  # checkpoints of a training cut short: prune's to remove
+    assert (interrupted / "step-00000010").is_dir()
