@@ -381,6 +381,8 @@ def open_run(
     # registry may be held open for a while, and its wait is part of the run (it was left out)
     registry.close_abandoned_runs(this_host(), pid_alive, workspace.runs)
     registry.start_run(row)
+    # The way from a Prefect flow run to lmforge's record of it (`lmforge runs show RUN_ID`).
+    logger.info("lmforge run %s (`lmforge runs show %s`)", run_id, run_id)
     folder = workspace.runs / run_id
     metrics = MetricsLog(folder / RUN_METRICS_FILE)
     return RunContext(run_id, workspace, registry, metrics, StageJournal(folder / JOURNAL_FILE))

@@ -859,13 +859,23 @@ class RunRegistry:
             return columns, result.fetchall()
 
     def find_run(self, prefix: str) -> dict:
+        """The run whose id starts with `prefix`, or else whose Prefect flow run's id does (as
+        the Prefect UI and `prefect flow-run ls` show runs)."""
         if not prefix.strip():
             raise RegistryError("no run id given (see `lmforge runs` for them)")
         columns, rows = self.query(
             "SELECT * FROM runs WHERE starts_with(run_id, ?) ORDER BY started_at DESC", [prefix]
         )
         if not rows:
-            raise RegistryError(f"no run with an id starting '{prefix}' (see `lmforge runs`)")
+            columns, rows = self.query(
+                "SELECT * FROM runs WHERE starts_with(flow_run_id, ?) ORDER BY started_at DESC",
+                [prefix],
+            )
+        if not rows:
+            raise RegistryError(
+                f"no run with an id (or Prefect flow run id) starting '{prefix}' (see "
+                "`lmforge runs`)"
+            )
         if len(rows) > 1:  # the newest first: the likeliest meant, and never left out
             ids = ", ".join(row[0] for row in rows[:5])
             more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_HOME = ".lmforge"
+# lmforge's loggers whose records go to Prefect's run logs (prefect.yaml's worker env too).
+EXTRA_LOGGERS = "lm,storage"
 
 
 class WorkspaceError(RuntimeError):
@@ -130,7 +132,7 @@ def activate_workspace() -> Workspace:
     # Offline machine: no telemetry, and our own loggers' records go to Prefect's run logs.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
-    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "lm,storage")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", EXTRA_LOGGERS)
     # The library logs outside flow runs too (benchmarks, notebooks): no warning for that.
     os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
     return workspace

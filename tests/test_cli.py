@@ -110,7 +110,7 @@ def test_sql_is_read_only(workspace, tmp_path):
         result = run_cli("sql", statement, check=False)
         assert result.returncode == 1 and said in result.stderr and not result.stdout
     unknown = run_cli("runs", "show", "[final]", check=False)
-    assert "no run with an id starting '[final]'" in unknown.stderr
+    assert "no run with an id (or Prefect flow run id) starting '[final]'" in unknown.stderr
     # Several statements show a result each (only the last was shown); values stay whole in a
     # table too narrow for them (cut with "…" before), and CSV / JSON Lines give them as data.
     digest = run_cli("sql", "SELECT corpus_digest FROM runs").stdout
@@ -162,7 +162,7 @@ def test_unknown_run_id_is_a_clear_error(workspace, tmp_path):
     readme = readme_sections(tmp_path / "readme")
     run_cli("run", str(write_config(tmp_path / "c.toml", [{"path": str(readme)}])))
     result = run_cli("runs", "show", "no-such-run", check=False)
-    assert result.returncode == 1 and "no run with an id starting 'no-such-run'" in result.stderr
+    assert result.returncode == 1 and "flow run id) starting 'no-such-run'" in result.stderr
 
 
 def test_a_run_made_in_one_time_zone_is_listed_by_its_age_and_local_time_in_another(

@@ -340,7 +340,7 @@ def test_unknown_runs_labels_and_folders_are_clear_errors(recorded_run, tmp_path
     monkeypatch.setenv("LMFORGE_HOME", str(home))
     runner = CliRunner()
     unknown = runner.invoke(app, ["generate", "19990101", "--prompt", "x"])
-    assert unknown.exit_code == 1 and "no run with an id starting '19990101'" in unknown.stderr
+    assert unknown.exit_code == 1 and "flow run id) starting '19990101'" in unknown.stderr
     # "" was the current folder ("not a trained model folder"); a path, a run id prefix.
     nothing = runner.invoke(app, ["generate", "", "--prompt", "x"])
     assert nothing.exit_code == 1 and "no run id or model folder given" in nothing.stderr

@@ -99,8 +99,20 @@ def test_a_run_recorded_twice_is_replaced_not_duplicated(tmp_path):
 def test_unknown_run_id_is_a_clear_error(tmp_path):
     registry = RunRegistry(tmp_path / "registry.duckdb")
     registry.start_run(_run_row("r1"))
-    with pytest.raises(RegistryError, match="no run with an id starting 'zz'"):
+    with pytest.raises(RegistryError, match=r"no run with an id \(or Prefect flow run id\) "
+                                            r"starting 'zz'"):  # fmt: skip
         registry.find_run("zz")
+
+
+def test_a_run_is_found_by_its_prefect_flow_run_id_too(tmp_path):
+    """The Prefect UI shows flow run ids; lmforge's run id was only to be had through SQL."""
+    registry = RunRegistry(tmp_path / "registry.duckdb")
+    flow_run = "57020a03-aceb-408a-8737-0b93759f8a26"
+    registry.start_run(_run_row("20261206-120000-abcdef") | {"flow_run_id": flow_run})
+    registry.start_run(_run_row("20261206-120100-fedcba") | {"flow_run_id": "9f" + flow_run[2:]})
+    assert registry.find_run(flow_run)["run_id"] == "20261206-120000-abcdef"
+    assert registry.find_run("57020a03")["run_id"] == "20261206-120000-abcdef"
+    assert registry.find_run("20261206-1201")["flow_run_id"].startswith("9f")
 
 
 def test_an_ambiguous_run_id_lists_the_newest_matches_and_counts_the_rest(tmp_path):

@@ -356,7 +356,7 @@ def test_report_command_prints_the_page_path_and_names_a_bad_run(runs, tmp_path)
     compared = runner.invoke(app, ["report", "--compare", runs.full, runs.plain])
     assert compared.exit_code == 0 and Path(compared.stdout.strip()).is_file()
     missing = runner.invoke(app, ["report", "no-such-run"])
-    assert missing.exit_code == 1 and "no run with an id starting 'no-such-run'" in missing.stderr
+    assert missing.exit_code == 1 and "flow run id) starting 'no-such-run'" in missing.stderr
     page = runner.invoke(app, ["report", runs.plain, "--out", str(tmp_path / "OUT.HTML")])
     assert page.exit_code == 1 and "name a folder" in page.stderr  # a folder OUT.HTML before
 

@@ -48,6 +48,16 @@ def test_every_prefect_yaml_deployment_imports_and_serves_with_its_settings():
     assert (nightly.schedule.cron, nightly.schedule.timezone) == ("0 3 * * *", "UTC")
 
 
+def test_a_worker_s_flow_runs_send_lmforge_s_logs_to_prefect():
+    """A worker's flow run never activates the workspace that sets the extra loggers: its
+    Prefect log held no training progress, warning or wait for the training slot."""
+    from storage.workspace import EXTRA_LOGGERS
+
+    for spec in yaml.safe_load(PREFECT_YAML.read_text())["deployments"]:
+        env = spec["work_pool"]["job_variables"]["env"]
+        assert env["PREFECT_LOGGING_EXTRA_LOGGERS"] == EXTRA_LOGGERS, spec["name"]
+
+
 def test_a_bad_entrypoint_in_prefect_yaml_is_an_error_naming_it(tmp_path):
     path = tmp_path / "prefect.yaml"
     path.write_text("deployments:\n  - name: x\n    entrypoint: flows/missing.py:nothing\n")
