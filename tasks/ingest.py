@@ -21,7 +21,13 @@ from lm.config import IngestConfig, RuntimeConfig
 from lm.text.clean import SlicePolicy
 from lm.text.ingest import PERSISTENT_OS_ERRORS, iter_input_documents
 from lm.text.readers import RawDocument
-from lm.text.sources import InputError, ResolvedInput, fingerprint_inputs, resolve_sources
+from lm.text.sources import (
+    InputError,
+    ResolvedInput,
+    TransientInputError,
+    fingerprint_inputs,
+    resolve_sources,
+)
 from storage.artifacts import ArtifactStore, Descriptor, reused
 from storage.corpus import DOCUMENTS_FILE, RAW_SCHEMA, DocumentWriter
 from storage.workspace import Workspace
@@ -66,6 +72,8 @@ def _is_transient(task, task_run, state) -> bool:
     does opening an unreadable one or a missing one again."""
     try:
         state.result()
+    except TransientInputError:  # a server error, a timeout, a disk's I/O error
+        return True
     except (InputError, *PERSISTENT_OS_ERRORS):
         return False
     except OSError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bz2
 import contextlib
+import http.server
 import json
 import random
 import subprocess
@@ -112,3 +113,37 @@ def registry_held_open(path: Path, seconds: float = 120) -> Iterator[int]:
     finally:
         holder.kill()
         holder.wait()
+
+
+class BusyOnce(http.server.SimpleHTTPRequestHandler):
+    """503 for the first request of each path, then the file: a server restarting."""
+
+    seen: set[str]  # per server (`serving_busy_once`)
+
+    def do_GET(self):
+        if self.path not in self.seen:
+            self.seen.add(self.path)
+            self.send_error(503, "Service Unavailable")
+            return
+        super().do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def serving_busy_once(directory: Path) -> Iterator[str]:
+    """An HTTP server of `directory` on this machine that answers the first request of each
+    path with 503 (`BusyOnce`); yields its address."""
+    import functools
+    import threading
+
+    handler = type("BusyOnceHere", (BusyOnce,), {"seen": set()})
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(handler, directory=str(directory))
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()

@@ -23,7 +23,7 @@ from lm.machine import cpu_model_name
 from lm.text.sources import InputError
 from storage.corpus import CORPUS_SCHEMA, DOCUMENTS_FILE
 from storage.registry import RunRegistry
-from tests.helpers import prose, wiki_page, write_config, write_wiki_dump
+from tests.helpers import prose, serving_busy_once, wiki_page, write_config, write_wiki_dump
 
 
 @pytest.fixture
@@ -960,6 +960,19 @@ def test_init_from_continues_on_new_data_with_the_checkpoint_s_tokenizer(
     forget_tokenizers(workspace)
     with pytest.raises(TrainingError, match="made with tokenizer"):
         run_pipeline(config, [*bpe, moved, "train.max_steps=9"])
+
+
+def test_ingest_tries_a_busy_server_again_and_the_run_completes(workspace, tmp_path, sources):
+    """A 503 failed the run at once (every failed fetch was an InputError, never retried),
+    where the same run a second later worked."""
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "web.txt").write_text(prose(77, 150))
+    with serving_busy_once(served) as base:
+        config = write_config(tmp_path / "web.toml", [*sources, {"path": f"{base}/web.txt"}])
+        summary = run_pipeline(config)
+    read = pq.read_table(corpus_file(workspace, summary), columns=["source"])
+    assert f"{base}/web.txt" in read.column("source").to_pylist()
 
 
 def test_init_from_a_checkpoint_too_old_to_name_its_tokenizer_takes_its_folder_s_copy(

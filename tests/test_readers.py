@@ -23,7 +23,7 @@ import pytest
 from lm.config import SourceConfig
 from lm.text.ingest import iter_input_documents
 from lm.text.sources import InputError, fingerprint_inputs, resolve_sources
-from tests.helpers import wiki_page, write_wiki_dump
+from tests.helpers import serving_busy_once, wiki_page, write_wiki_dump
 
 
 def read(tmp_path: Path, *sources: SourceConfig | str, errors: str = "strict"):
@@ -485,6 +485,34 @@ def test_http_url_is_streamed_and_read_by_its_format(tmp_path):
         server.shutdown()
     assert [(d.text, d.source) for d in docs] == [("from the web", f"{url}:1")]
     assert not any((tmp_path / "downloads").iterdir()), "the download is removed after reading"
+
+
+def test_a_fetch_that_may_succeed_later_is_transient_and_a_missing_page_is_not(tmp_path):
+    """Every failed fetch was an InputError, which ingest never retries: a 503 failed the run,
+    where running it again a second later worked."""
+    from lm.text.sources import TransientInputError
+
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "docs.jsonl").write_text('{"text": "from the web"}\n')
+    with serving_busy_once(served) as base:
+        with pytest.raises(TransientInputError, match=r"docs\.jsonl: cannot fetch \(Service"):
+            read(tmp_path, f"{base}/docs.jsonl")
+        assert [d.text for d in read(tmp_path, f"{base}/docs.jsonl")] == ["from the web"]
+        with pytest.raises(TransientInputError):
+            read(tmp_path, f"{base}/gone.jsonl")  # 503 first
+        with pytest.raises(InputError, match="File not found") as missing:
+            read(tmp_path, f"{base}/gone.jsonl")  # then 404: trying again will not help
+    assert not isinstance(missing.value, TransientInputError)
+
+
+def test_an_io_error_reading_a_file_is_transient_not_called_corrupt(tmp_path):
+    """EIO (a failing disk, a network file system) read as "truncated or corrupt", and was
+    never retried."""
+    from lm.text.sources import TransientInputError
+
+    with pytest.raises(TransientInputError, match=r"cannot be read now \(Input/output error\)"):
+        read(tmp_path, SourceConfig(path="/proc/self/mem", format="text"))
 
 
 def test_fingerprint_changes_when_a_file_changes(tmp_path):

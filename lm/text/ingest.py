@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import socket
 import urllib.error
 import urllib.request
 import uuid
@@ -20,7 +21,7 @@ from urllib.parse import urlparse
 
 from lm.progress import ProgressLog
 from lm.text.readers import RawDocument, open_decompressed, read_documents
-from lm.text.sources import InputError, ResolvedInput
+from lm.text.sources import InputError, ResolvedInput, TransientInputError
 
 logger = logging.getLogger("lm.text.ingest")
 DOWNLOAD_CHUNK = 1 << 20
@@ -71,6 +72,23 @@ def _open_input(item: ResolvedInput, path: Path) -> BinaryIO:
         raise InputError(f"{item.name}: {reason}") from error
 
 
+# HTTP statuses a later request may not get: the server busy, failing or rate-limiting.
+TRANSIENT_HTTP = {408, 425, 429, 500, 502, 503, 504}
+
+
+def _may_pass(error: OSError) -> bool:
+    """Whether a failed fetch may succeed if tried again (a 503, a timeout, a reset), not a
+    404, a refused TLS certificate, an unknown host or a download the disk cannot hold."""
+    if isinstance(error, urllib.error.HTTPError):
+        return error.code in TRANSIENT_HTTP
+    if isinstance(error, urllib.error.URLError):
+        reason = error.reason
+        if isinstance(reason, socket.gaierror):  # "temporary failure in name resolution"
+            return reason.errno == socket.EAI_AGAIN
+        return isinstance(reason, TimeoutError | ConnectionError)
+    return isinstance(error, TimeoutError | ConnectionError)
+
+
 def _download(url: str, download_dir: Path, timeout_s: float) -> Path:
     """Stream a URL to a file (never whole in memory), keeping its name for format detection."""
     download_dir.mkdir(parents=True, exist_ok=True)
@@ -86,6 +104,7 @@ def _download(url: str, download_dir: Path, timeout_s: float) -> Path:
     except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as error:
         target.unlink(missing_ok=True)
         reason = getattr(error, "reason", None) or error
-        raise InputError(f"{url}: cannot fetch ({reason})") from error
+        kind = TransientInputError if _may_pass(error) else InputError
+        raise kind(f"{url}: cannot fetch ({reason})") from error
     logger.info("%s: downloaded %d bytes", url, target.stat().st_size)
     return target

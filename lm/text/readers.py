@@ -12,6 +12,7 @@ import bz2
 import codecs
 import contextlib
 import csv
+import errno
 import gzip
 import io
 import json
@@ -33,7 +34,7 @@ import pyarrow.parquet as pq
 from lm.atomic_files import WRITE_ERRNOS
 from lm.text.census_names import CensusNamesError, read_census_names
 from lm.text.json_array import JsonArrayError, beyond_python, json_array_values
-from lm.text.sources import InputError, ResolvedInput
+from lm.text.sources import InputError, ResolvedInput, TransientInputError
 from lm.text.wikipedia_dump import read_wikipedia_dump
 
 logger = logging.getLogger("lm.text.readers")
@@ -258,17 +259,27 @@ def _peek(stream: BinaryIO) -> bytes:
     try:
         return stream.peek(SNIFF_BYTES)[:SNIFF_BYTES]  # type: ignore[attr-defined]
     except (OSError, EOFError, zlib.error) as error:
-        raise InputError(_unreadable(error)) from error
+        raise _unreadable(error) from error
 
 
-def _unreadable(error: BaseException) -> str:
-    """What an error reading a file's (decompressed) bytes says about it."""
+# The errnos of a read that failed in the device or the network under the file, not in its
+# bytes: a later read may succeed, and it is no sign of damage.
+TRANSIENT_READ_ERRNOS = {errno.EIO, errno.ETIMEDOUT, errno.ESTALE, errno.ECONNRESET,
+                         errno.EHOSTDOWN, errno.ENETDOWN}  # fmt: skip
+
+
+def _unreadable(error: BaseException, prefix: str = "") -> InputError:
+    """The error for a failed read of a file's (decompressed) bytes, `prefix` (its name)
+    first: an I/O error of the disk is transient (retried), not a truncated or corrupt file."""
+    if isinstance(error, OSError) and error.errno in TRANSIENT_READ_ERRNOS:
+        return TransientInputError(f"{prefix}cannot be read now ({error.strerror})")
     if "requires too much memory" in str(error):  # whole, but made by `zstd --long`
-        return (
-            "compressed with a window larger than the reader takes (128 MB: `zstd --long=28` or "
-            "more); decompress it first (`zstd -d --long=31`), or compress it without --long"
+        return InputError(
+            f"{prefix}compressed with a window larger than the reader takes (128 MB: `zstd "
+            "--long=28` or more); decompress it first (`zstd -d --long=31`), or compress it "
+            "without --long"
         )
-    return f"the file is truncated or corrupt ({error})"
+    return InputError(f"{prefix}the file is truncated or corrupt ({error})")
 
 
 class Replacements:
@@ -336,12 +347,12 @@ def read_documents(
         message = str(error)
         if not message.startswith(item.name):
             message = f"{item.name}: {message}"
-        raise InputError(message) from error.__cause__
+        raise type(error)(message) from error.__cause__  # a transient one stays transient
     except (EOFError, OSError, zlib.error, lzma.LZMAError, pa.ArrowException) as error:
         # A truncated or corrupt compressed stream surfaces here, part-way through the input
         # (gzip raises zlib.error for a damaged deflate block, OSError or EOFError otherwise;
         # pyarrow, ArrowException for a damaged Parquet file).
-        raise InputError(f"{item.name}: {_unreadable(error)}") from error
+        raise _unreadable(error, f"{item.name}: ") from error
 
 
 CORRUPTION_CHECK_BYTES = 16 << 20
@@ -380,7 +391,7 @@ def _raise_if_corrupt(item: ResolvedInput, stream: BinaryIO) -> None:
         while left > 0 and (data := stream.read(min(1 << 20, left))):
             left -= len(data)
     except (EOFError, OSError, zlib.error, lzma.LZMAError, pa.ArrowException) as error:
-        raise InputError(f"{item.name}: {_unreadable(error)}") from error
+        raise _unreadable(error, f"{item.name}: ") from error
 
 
 def _is_binary(head: bytes) -> bool:

@@ -36,6 +36,12 @@ class InputError(ValueError):
     """An input that cannot be read; the message names the input and the problem."""
 
 
+class TransientInputError(InputError):
+    """An input that could not be read this time, for a cause that may pass: a server error or
+    timeout, a dropped connection, an I/O error of the disk or network file system. The ingest
+    task retries these; another `InputError` would fail the same way again."""
+
+
 @dataclass(frozen=True)
 class ResolvedInput:
     """One file or URL to read, with the spec it came from."""
