@@ -400,24 +400,57 @@ def record_failure(run: RunContext, error: BaseException, models: list[ModelReco
             tokenizers.append(
                 TokenizerRecord(tokenizer.digest, corpus.digest, tokenizer.path, tokenizer.stats)
             )
+    cancelled = cancelled_from_prefect(error)
     record_task(
         run.run_id,
-        "failed",
+        "cancelled" if cancelled else "failed",
         run.stages,
         datasets,
         corpus.digest if corpus else None,
         str(run.metrics.path),
-        error=failure_text(error, run.stage_of(error)),
+        error=failure_text(error, run.stage_of(error), cancelled),
         tokenizers=tokenizers,
         models=[*models, *run.unscored_models],
     )
 
 
-def failure_text(error: BaseException, stage: str | None) -> str:
+def failure_text(error: BaseException, stage: str | None, cancelled: bool = False) -> str:
     """A failed run's error as `runs show` gives it: the exception, and the stage it came
     from, worded as a crashed run's is."""
-    text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    if cancelled:
+        text = "cancelled from Prefect"
+    else:
+        text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
     return f"{text} (during stage {stage})" if stage else text
+
+
+def cancelled_from_prefect(error: BaseException) -> bool:
+    """Whether `error` is how a cancellation from Prefect (the UI, `prefect flow-run cancel`)
+    ended this flow run: its worker or serve process sends SIGTERM, which Prefect raises as
+    TerminationSignal, with the run's state set to Cancelling first. A SIGTERM from anyone
+    else (a shutdown, `kill`) leaves the run a failure. Such runs were recorded `failed`, a
+    deliberate stop mixed into the history's failures."""
+    from prefect.exceptions import TerminationSignal
+
+    if not isinstance(error, TerminationSignal):
+        return False
+    flow_run_id = flow_run.get_id()
+    return bool(flow_run_id) and flow_run_is_cancelled(flow_run_id)
+
+
+def flow_run_is_cancelled(flow_run_id: str) -> bool:
+    """Whether Prefect's server has the flow run Cancelling or Cancelled (False where it
+    cannot be asked)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType
+
+    try:
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(flow_run_id).state
+    except Exception:  # the server gone too: the run is recorded failed, as before
+        logger.debug("could not read the state of flow run %s", flow_run_id, exc_info=True)
+        return False
+    return state is not None and state.type in (StateType.CANCELLING, StateType.CANCELLED)
 
 
 @contextmanager

@@ -24,7 +24,7 @@ runs_app = typer.Typer(help="Run history from the DuckDB registry.")
 
 AGE = re.compile(r"(\d+)([mhdw])")
 AGE_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-KNOWN_STATUSES = ("running", "completed", "failed", "crashed")
+KNOWN_STATUSES = ("running", "completed", "failed", "cancelled", "crashed")
 PROCESS_GONE = "running (process gone: killed?)"
 WAITING = "waiting to be recorded by the next run"
 # Per-model numbers worth comparing across runs, in this order. A registry a run of an older

@@ -1071,3 +1071,43 @@ def test_a_run_that_waits_for_the_registry_is_timed_from_its_start(workspace, co
     assert (opened - before).total_seconds() > 1  # it did wait for the holder
     started = RunRegistry(workspace.registry_path).find_run(run.run_id)["started_at"]
     assert (started - before).total_seconds() < 1
+
+
+def test_a_run_cancelled_from_prefect_is_recorded_cancelled_not_failed(
+    workspace, config, monkeypatch
+):
+    """A cancellation (the UI, `prefect flow-run cancel`) reaches the flow as SIGTERM, raised as
+    TerminationSignal: it was recorded `failed` with the bare error "TerminationSignal". The
+    run's state on the server tells it from another process's SIGTERM."""
+    import signal
+
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import TerminationSignal
+    from prefect.states import Cancelling, Running
+
+    from flows.pipeline import flow_run_is_cancelled, open_run, record_failure
+    from lm.config import load_config
+
+    @flow
+    def stand_in() -> None:
+        """A flow run whose state this test sets, as a worker's cancellation does."""
+
+    with get_client(sync_client=True) as client:
+        cancelling = client.create_flow_run(stand_in, state=Cancelling())
+        running = client.create_flow_run(stand_in, state=Running())
+    assert flow_run_is_cancelled(str(cancelling.id))
+    assert not flow_run_is_cancelled(str(running.id))
+    assert not flow_run_is_cancelled("00000000-0000-0000-0000-000000000000")  # no such run
+
+    registry = RunRegistry(workspace.registry_path)
+    for flow_run_id, status, error in (
+        (cancelling.id, "cancelled", "cancelled from Prefect (during stage train)"),
+        (running.id, "failed", "TerminationSignal (during stage train)"),
+    ):
+        run = open_run(load_config(str(config)), str(config), [])
+        run.failures.append((signal_error := TerminationSignal(signal=signal.SIGTERM), "train"))
+        monkeypatch.setenv("PREFECT__FLOW_RUN_ID", str(flow_run_id))  # as in its process
+        record_failure(run, signal_error)
+        found = registry.find_run(run.run_id)
+        assert (found["status"], found["error"]) == (status, error)
