@@ -419,9 +419,26 @@ def failure_text(error: BaseException, stage: str | None, cancelled: bool = Fals
     from, worded as a crashed run's is."""
     if cancelled:
         text = "cancelled from Prefect"
+    elif _output_cut(error):
+        text = ("its output was cut: the worker or terminal it wrote to was gone (rich's "
+                "SystemExit: 1 on a broken pipe)")  # fmt: skip
     else:
         text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
     return f"{text} (during stage {stage})" if stage else text
+
+
+def _output_cut(error: BaseException) -> bool:
+    """Whether `error` is the SystemExit rich raises when the pipe its console writes to is
+    broken: a worker killed takes the runs it started with it so (their output is piped to it),
+    recorded as a bare "SystemExit: 1"."""
+    if not isinstance(error, SystemExit):
+        return False
+    frame = error.__traceback__
+    while frame is not None:
+        if frame.tb_frame.f_code.co_name == "on_broken_pipe":
+            return True
+        frame = frame.tb_next
+    return False
 
 
 def cancelled_from_prefect(error: BaseException) -> bool:

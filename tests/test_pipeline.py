@@ -1111,3 +1111,28 @@ def test_a_run_cancelled_from_prefect_is_recorded_cancelled_not_failed(
         record_failure(run, signal_error)
         found = registry.find_run(run.run_id)
         assert (found["status"], found["error"]) == (status, error)
+
+
+def test_a_run_whose_worker_died_says_its_output_was_cut_not_systemexit():
+    """A killed worker breaks the pipe its runs' consoles write to, and rich ends the run with
+    SystemExit(1): recorded as the bare "SystemExit: 1 (during stage train)"."""
+    import io
+    import os
+
+    from rich.console import Console
+
+    from flows.pipeline import failure_text
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the worker is gone
+    console = Console(file=io.TextIOWrapper(os.fdopen(write_end, "wb")), force_terminal=False)
+    stdout = os.dup(1)  # rich points the process's stdout at /dev/null: put it back after
+    try:
+        with pytest.raises(SystemExit) as raised:
+            console.print("train: step 10/20")
+    finally:
+        os.dup2(stdout, 1)
+        os.close(stdout)
+    said = failure_text(raised.value, "train")
+    assert said.startswith("its output was cut: the worker or terminal it wrote to was gone")
+    assert failure_text(SystemExit(1), "train") == "SystemExit: 1 (during stage train)"
