@@ -50,6 +50,15 @@ from storage.stage_journal import (
     read_stage_journal,
 )
 
+# The leaderboard as migration 4 left it: made again by those after it that change its columns.
+LEADERBOARD = """
+    CREATE OR REPLACE VIEW leaderboard AS
+        SELECT m.run_id, m.label, m.kind, r.preset, r.started_at, m.parameters, m.tokens_seen,
+               m.tokens_trained, m.val_bpb, m.test_bpb, m.baseline_val_bpb, m.alias
+        FROM models m JOIN runs r USING (run_id)
+        WHERE r.status = 'completed' AND m.val_bpb IS NOT NULL
+        ORDER BY m.val_bpb;
+"""
 MIGRATIONS: list[str] = [
     # 1: the MLflow-shaped tracking tables plus pipeline lineage.
     """
@@ -203,15 +212,7 @@ MIGRATIONS: list[str] = [
     # they continue (`tokens_seen` counts the run's own training, to its last step); NULL where
     # a starting checkpoint did not record it. Rows recorded before December 2026 count to the
     # training's last step instead.
-    """
-    ALTER TABLE models ADD COLUMN tokens_trained BIGINT;
-    CREATE OR REPLACE VIEW leaderboard AS
-        SELECT m.run_id, m.label, m.kind, r.preset, r.started_at, m.parameters, m.tokens_seen,
-               m.tokens_trained, m.val_bpb, m.test_bpb, m.baseline_val_bpb, m.alias
-        FROM models m JOIN runs r USING (run_id)
-        WHERE r.status = 'completed' AND m.val_bpb IS NOT NULL
-        ORDER BY m.val_bpb;
-    """,
+    "ALTER TABLE models ADD COLUMN tokens_trained BIGINT;" + LEADERBOARD,
     # 5: times as instants (TIMESTAMPTZ; lm/clock.py says why). Earlier lmforge wrote its
     # writer's local time without a zone; DuckDB reads those in the session's time zone, the
     # local zone of the machine that migrates, the best guess there is for where they were
@@ -227,13 +228,8 @@ MIGRATIONS: list[str] = [
     ALTER TABLE models ALTER created_at TYPE TIMESTAMPTZ;
     ALTER TABLE promotions ALTER decided_at TYPE TIMESTAMPTZ;
     ALTER TABLE schema_version ALTER applied_at TYPE TIMESTAMPTZ;
-    CREATE OR REPLACE VIEW leaderboard AS
-        SELECT m.run_id, m.label, m.kind, r.preset, r.started_at, m.parameters, m.tokens_seen,
-               m.tokens_trained, m.val_bpb, m.test_bpb, m.baseline_val_bpb, m.alias
-        FROM models m JOIN runs r USING (run_id)
-        WHERE r.status = 'completed' AND m.val_bpb IS NOT NULL
-        ORDER BY m.val_bpb;
-    """,
+    """
+    + LEADERBOARD,  # a view's column types are fixed when it is made: made again
 ]
 
 T = TypeVar("T")
