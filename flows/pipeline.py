@@ -441,6 +441,9 @@ def _output_cut(error: BaseException) -> bool:
     return False
 
 
+CANCEL_CHECK_TIMEOUT_S = 3.0
+
+
 def cancelled_from_prefect(error: BaseException) -> bool:
     """Whether `error` is how a cancellation from Prefect (the UI, `prefect flow-run cancel`)
     ended this flow run: its worker or serve process sends SIGTERM, which Prefect raises as
@@ -455,14 +458,22 @@ def cancelled_from_prefect(error: BaseException) -> bool:
     return bool(flow_run_id) and flow_run_is_cancelled(flow_run_id)
 
 
-def flow_run_is_cancelled(flow_run_id: str) -> bool:
+def flow_run_is_cancelled(flow_run_id: str, timeout_s: float = CANCEL_CHECK_TIMEOUT_S) -> bool:
     """Whether Prefect's server has the flow run Cancelling or Cancelled (False where it
-    cannot be asked)."""
+    cannot be asked within `timeout_s`, once: a SIGTERM comes with a deadline, and the
+    client's own 60 s and five retries would let the SIGKILL after it land before the run is
+    recorded)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.objects import StateType
+    from prefect.settings import (
+        PREFECT_API_REQUEST_TIMEOUT,
+        PREFECT_CLIENT_MAX_RETRIES,
+        temporary_settings,
+    )
 
+    quick = {PREFECT_CLIENT_MAX_RETRIES: 0, PREFECT_API_REQUEST_TIMEOUT: timeout_s}
     try:
-        with get_client(sync_client=True) as client:
+        with temporary_settings(quick), get_client(sync_client=True) as client:
             state = client.read_flow_run(flow_run_id).state
     except Exception:  # the server gone too: the run is recorded failed, as before
         logger.debug("could not read the state of flow run %s", flow_run_id, exc_info=True)

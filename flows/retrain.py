@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -66,7 +67,7 @@ from tasks.increment import increment_key, increment_store, increment_task
 from tasks.tokenizer import tokenizer_store
 from tasks.train import train_store
 
-logger = logging.getLogger("flows.retrain")
+logger = logging.getLogger("lm.retrain")  # under `lm`: its lines reach Prefect's run log
 
 
 @dataclass
@@ -81,6 +82,8 @@ class Champion:
     tokenizer_config: dict
     model_config: dict
     split_config: dict | None = None  # its run's [split]; None for runs recorded without one
+    # Its run's settings that make a document's text, and so its id (`text_settings`).
+    text_settings: dict | None = None
     preset: str | None = None  # the name of its run's config
     # The corpus its tokenizer was trained on: a continued champion's is an earlier champion's
     # corpus, not its own. None where it is gone or was not recorded.
@@ -127,6 +130,7 @@ def load_champion(run: RunContext, alias: str) -> Champion | None:
         tokenizer_config=run_config.get("tokenizer", {}),
         model_config=json.loads(row["config"]).get("model", {}) if row["config"] else {},
         split_config=run_config.get("split"),
+        text_settings=text_settings(run_config),
         preset=preset,
         tokenizer_corpus=_descriptor(
             corpus_store(workspace), tokenizer_datasets[0][0] if tokenizer_datasets else None
@@ -239,7 +243,7 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
                 and champion.corpus is not None
                 and _same_settings(champion, settings, model_run)
             )
-            renamed = continuable and not _same_documents(run, champion, corpus)
+            renamed = continuable and not _same_documents(run, champion, corpus, settings)
             if continuable and not renamed:
                 data = run_stage(
                     run,
@@ -407,7 +411,25 @@ def _take_the_model_folder_s_tokenizer(
     return True
 
 
-def _same_documents(run: RunContext, champion: Champion, corpus: Descriptor) -> bool:
+# The [clean] settings that make a document's text (the others decide what is kept).
+TEXT_CLEAN_KEYS = ("normalization", "strip_wiki_markup", "collapse_whitespace")
+
+
+def text_settings(config: dict) -> dict:
+    """What of a run's config (as JSON) makes its documents' text, and so their ids: how each
+    source is read (its path aside: adding one changes no other's text) and the [clean]
+    settings that change text. An earlier run's and this one's are compared as they are."""
+    ingest = dict(config.get("ingest") or {})
+    sources = [{k: v for k, v in source.items() if k != "path"} if isinstance(source, dict)
+               else {} for source in ingest.pop("sources", [])]  # fmt: skip
+    clean = config.get("clean") or {}
+    return {"ingest": ingest, "sources": sources,
+            "clean": {key: clean.get(key) for key in TEXT_CLEAN_KEYS}}  # fmt: skip
+
+
+def _same_documents(
+    run: RunContext, champion: Champion, corpus: Descriptor, settings: PipelineConfig
+) -> bool:
     """Whether the champion's documents keep their `doc_id`s in the current corpus. Under
     other text code (an lmforge upgrade that reads, strips markup or normalizes otherwise) a
     document can have another id, and would count as new and move between splits, where the
@@ -417,26 +439,37 @@ def _same_documents(run: RunContext, champion: Champion, corpus: Descriptor) -> 
     alone missed reader and markup changes (62 "new" documents after one, with none added)."""
     assert champion.corpus is not None
     made = champion.corpus.stats
+    now = text_settings(settings.model_dump(mode="json"))
     if (made.get("normalization_version", 1) == NORMALIZATION_VERSION
-            and made.get("text_code_digest") == text_code_digest()):  # fmt: skip
+            and made.get("text_code_digest") == text_code_digest()
+            and made.get("unicode_version") == unicodedata.unidata_version
+            and champion.text_settings == now):  # fmt: skip
         return True
     resolve = run.workspace.resolve
-    renamed = documents_renamed(resolve(champion.corpus.path) / DOCUMENTS_FILE,
-                                resolve(corpus.path) / DOCUMENTS_FILE)  # fmt: skip
+    renamed, of_files_gone, kept = documents_renamed(
+        resolve(champion.corpus.path) / DOCUMENTS_FILE, resolve(corpus.path) / DOCUMENTS_FILE
+    )
     if renamed:
-        logger.warning("retrain: %d document(s) of the champion's corpus, made by other "
-                       "lmforge code, are read from their sources under other ids now",
+        logger.warning("retrain: %d document(s) of the champion's corpus, made by other lmforge "
+                       "code or text settings, have no match in files that are still read (a "
+                       "text read otherwise, or a line or record edited or removed)",
                        renamed)  # fmt: skip
-    return renamed == 0
+        return False
+    if of_files_gone * 2 > kept:  # a moved folder: its documents cannot be matched at all
+        logger.warning("retrain: %d of the champion's %d documents are from files no longer "
+                       "read (moved?), under other lmforge code or text settings: their ids "
+                       "cannot be checked", of_files_gone, kept)  # fmt: skip
+        return False
+    return True
 
 
 def _why_scratch(champion: Champion | None, renamed: bool = False) -> str:
     if champion is None:
         return "no champion yet"
     if renamed:
-        return ("the champion's corpus was made by other lmforge code (reading, markup removal "
-                "or normalization), and some of its documents have other ids now: they cannot "
-                "be told from new ones")  # fmt: skip
+        return ("the champion's corpus was made by other lmforge code or text settings "
+                "(reading, markup removal, normalization), and some of its documents may have "
+                "other ids now: they cannot be told from new ones")  # fmt: skip
     parts = {"trained": "model", "tokenizer": "tokenizer", "corpus": "corpus"}
     gone = [name for attribute, name in parts.items() if getattr(champion, attribute) is None]
     if gone:

@@ -167,24 +167,29 @@ def row_count(path: Path) -> int:
     return pq.ParquetFile(path).metadata.num_rows
 
 
-def documents_renamed(previous: Path, current: Path) -> int:
-    """How many kept documents of corpus file `previous` have no document of the same `doc_id`
-    in `current` though their `source` (file, line, page) is still read: text that reads
-    otherwise now, under another id (or edited). A document whose source is gone (a deleted
-    file) is not counted: it was removed, and no other document took its id."""
+def documents_renamed(previous: Path, current: Path) -> tuple[int, int, int]:
+    """(renamed, of files gone, kept) for the kept documents of corpus file `previous` against
+    `current`: how many have no document of the same `doc_id` though their file is still read
+    (text that reads otherwise now, under another id; or edited, or its line removed), how
+    many come from files no longer read (deleted, or moved), and how many there are. The file,
+    not the locator in it: a reader that now labels records (`x.json#0` for `x.json`) would
+    hide every renamed one."""
     import duckdb
 
     connection = duckdb.connect()
     try:
-        [(gone,)] = connection.execute(
-            "SELECT count(*) FROM read_parquet(?) WHERE keep "
-            "AND doc_id NOT IN (SELECT doc_id FROM read_parquet(?)) "
-            "AND source IN (SELECT source FROM read_parquet(?))",
-            [str(previous), str(current), str(current)],
+        [(renamed, of_files_gone, kept)] = connection.execute(
+            "WITH now AS (SELECT DISTINCT source_file FROM read_parquet(?)), "
+            "before AS (SELECT doc_id, source_file FROM read_parquet(?) WHERE keep) "
+            "SELECT count(*) FILTER (doc_id NOT IN (SELECT doc_id FROM read_parquet(?)) "
+            "                        AND source_file IN (SELECT source_file FROM now)), "
+            "count(*) FILTER (source_file NOT IN (SELECT source_file FROM now)), count(*) "
+            "FROM before",
+            [str(current), str(previous), str(current)],
         ).fetchall()
     finally:
         connection.close()
-    return int(gone)
+    return int(renamed), int(of_files_gone), int(kept)
 
 
 def iter_split_texts(path: Path, split: str, batch_size: int = 256) -> Iterator[list[str]]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import math
 import shutil
+import unicodedata
 from collections.abc import Iterable, Iterator
 from functools import partial
 from pathlib import Path
@@ -116,6 +117,7 @@ def clean_task(
         stats = decider.stats.as_dict() | {"sources": sources} | fan_out
         stats["normalization_version"] = NORMALIZATION_VERSION
         stats["text_code_digest"] = text_code_digest()
+        stats["unicode_version"] = unicodedata.unidata_version  # what NFC/NFKC follow
         descriptor = store.describe(staging, STAGE, key, digest, stats)
     return descriptor
 

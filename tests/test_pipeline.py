@@ -1136,3 +1136,24 @@ def test_a_run_whose_worker_died_says_its_output_was_cut_not_systemexit():
     said = failure_text(raised.value, "train")
     assert said.startswith("its output was cut: the worker or terminal it wrote to was gone")
     assert failure_text(SystemExit(1), "train") == "SystemExit: 1 (during stage train)"
+
+
+def test_the_cancel_check_gives_up_quickly_on_a_server_that_does_not_answer():
+    """It runs after a SIGTERM, which comes with a deadline: the client's 60 s timeout and
+    five retries took 70 s with a 1 s timeout (about 7 minutes by default)."""
+    import socket
+    import time
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.pipeline import flow_run_is_cancelled
+
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts, never answers
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}/api"
+    try:
+        with temporary_settings({PREFECT_API_URL: url}):
+            started = time.monotonic()
+            assert not flow_run_is_cancelled("00000000-0000-0000-0000-000000000000", 0.5)
+            assert time.monotonic() - started < 10
+    finally:
+        silent.close()

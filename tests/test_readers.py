@@ -506,6 +506,33 @@ def test_a_fetch_that_may_succeed_later_is_transient_and_a_missing_page_is_not(t
     assert not isinstance(missing.value, TransientInputError)
 
 
+@pytest.mark.parametrize("framing", ["Content-Length: 1000", "Transfer-Encoding: chunked"])
+def test_a_download_whose_connection_ends_early_is_transient_not_a_cut_corpus(tmp_path, framing):
+    """A body cut short: with its length said, http.client ended it without an error and the
+    first 10 bytes became the document; chunked, IncompleteRead escaped as a traceback."""
+    import socket
+
+    from lm.text.sources import TransientInputError
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    body = b"a\r\nsome text\r\n" if "chunked" in framing else b"some text "
+
+    def answer_then_hang_up():
+        connection, _ = listener.accept()
+        connection.recv(65536)
+        connection.sendall(f"HTTP/1.1 200 OK\r\n{framing}\r\n\r\n".encode() + body)
+        connection.close()
+
+    threading.Thread(target=answer_then_hang_up, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/cut.txt"
+    try:
+        with pytest.raises(TransientInputError, match=r"cut\.txt: cannot fetch \("):
+            read(tmp_path, url)
+    finally:
+        listener.close()
+    assert not any((tmp_path / "downloads").iterdir()), "the cut download is removed"
+
+
 def test_an_io_error_reading_a_file_is_transient_not_called_corrupt(tmp_path):
     """EIO (a failing disk, a network file system) read as "truncated or corrupt", and was
     never retried."""

@@ -146,16 +146,16 @@ def test_changed_model_settings_train_a_candidate_without_new_documents(workspac
     assert _trigger(config)["decision"]["mode"] == "up-to-date"  # the champion's settings
 
 
-@pytest.mark.parametrize("upgraded", ["normalization", "text code"])
+@pytest.mark.parametrize("upgraded", ["normalization", "text code", "text settings"])
 def test_a_corpus_made_by_other_text_code_is_continued_only_while_its_documents_keep_their_ids(
     workspace, tmp_path, monkeypatch, upgraded
 ):
     """A `doc_id` is the hash of the document's text: after an upgrade that normalizes, reads
-    or strips markup otherwise, some documents have new ids, would count as new and move
-    between splits, where the champion is scored on text it trained on. A corpus whose ids
-    all survive (most are untouched by such a change) is continued as before. Only the
-    normalization version was compared: a markup fix upgraded in with it the same gave 62
-    "new" documents of 406, none added, 8 held-out ones trained on."""
+    or strips markup otherwise (or a [clean] setting that changes text), some documents have
+    new ids, would count as new and move between splits, where the champion is scored on text
+    it trained on. A corpus whose ids all survive (most are untouched by such a change) is
+    continued as before. Only the normalization version was compared: a markup fix upgraded in
+    with it the same gave 62 "new" documents of 406, none added, 8 held-out ones trained on."""
     import flows.retrain as retrain_flow
 
     folder, config = twelve_documents(tmp_path)
@@ -163,24 +163,59 @@ def test_a_corpus_made_by_other_text_code_is_continued_only_while_its_documents_
     normalization, text_code = retrain_flow.NORMALIZATION_VERSION, retrain_flow.text_code_digest
     if upgraded == "normalization":
         monkeypatch.setattr(retrain_flow, "NORMALIZATION_VERSION", 99)
-    else:
+    elif upgraded == "text code":
         monkeypatch.setattr(retrain_flow, "text_code_digest", lambda: "another lmforge's")
+    # Under other text settings each time, each candidate promoted (a tolerance of 10 bits).
+    nfkc, nfc = [], []
+    if upgraded == "text settings":
+        nfkc, nfc = (
+            ["retrain.margin=-10", f"clean.normalization={form}"] for form in ("NFKC", "NFC")
+        )
     for index in range(100, 104):
         (folder / f"new{index}.txt").write_text(prose(index, 120))
-    (folder / "doc05.txt").unlink()  # deleted: gone with its source, no id taken by another
-    added = _trigger(config)
+    (folder / "doc05.txt").unlink()  # deleted: gone with its file, no id taken by another
+    added = _trigger(config, *nfkc)
     assert added["decision"]["mode"] == "continue", added["decision"]["reason"]
     (folder / "doc00.txt").write_text(prose(0, 120) + " Written again.")  # its id moves
-    moved = _trigger(config)
+    moved = _trigger(config, *nfc)
     assert moved["decision"]["mode"] == "scratch"
-    assert "made by other lmforge code (reading, markup removal" in moved["decision"]["reason"]
+    assert "made by other lmforge code or text settings" in moved["decision"]["reason"]
 
-    # The same text code: an edited document is a new one, continued.
+    # The same text code and settings as the champion's: an edited document is a new one.
     monkeypatch.setattr(retrain_flow, "NORMALIZATION_VERSION", normalization)
     monkeypatch.setattr(retrain_flow, "text_code_digest", text_code)
     (folder / "doc01.txt").write_text(prose(1, 120) + " Written again.")
-    again = _trigger(config)["decision"]
+    for index in range(200, 204):  # new train documents, whatever split the edited one gets
+        (folder / f"new{index}.txt").write_text(prose(index, 120))
+    again = _trigger(config, *nfc)["decision"]
     assert again["mode"] == "continue", again["reason"]
+
+
+def test_documents_renamed_counts_by_file_so_a_relabelled_record_is_still_counted(tmp_path):
+    """A reader that labels records where it read files whole (`x.json` became `x.json#0`)
+    changes every `source` of the file: matched by source, no renamed document was seen, and
+    a moved folder is said apart from renamed documents."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from storage.corpus import documents_renamed
+
+    def corpus(name, rows):
+        path = tmp_path / name
+        columns = list(zip(*rows, strict=True))
+        pq.write_table(pa.table({"doc_id": columns[0], "source": columns[1],
+                                 "source_file": columns[2], "keep": columns[3]}), path)  # fmt: skip
+        return path
+
+    before = corpus("before.parquet", [("a", "/d/x.json", "/d/x.json", True),
+                                       ("b", "/d/y.txt", "/d/y.txt", True),
+                                       ("c", "/d/z.txt", "/d/z.txt", False)])  # fmt: skip
+    relabelled = corpus("relabelled.parquet", [("a2", "/d/x.json#0", "/d/x.json", True),
+                                               ("b", "/d/y.txt", "/d/y.txt", True)])  # fmt: skip
+    moved = corpus("moved.parquet", [("a2", "/e/x.json#0", "/e/x.json", True),
+                                     ("b2", "/e/y.txt", "/e/y.txt", True)])  # fmt: skip
+    assert documents_renamed(before, relabelled) == (1, 0, 2)
+    assert documents_renamed(before, moved) == (0, 2, 2)
 
 
 def test_the_text_code_digest_covers_every_module_but_those_that_decide_what_is_kept():

@@ -8,9 +8,11 @@ honest rates and ETAs.
 
 from __future__ import annotations
 
+import http.client
 import logging
 import shutil
 import socket
+import ssl
 import urllib.error
 import urllib.request
 import uuid
@@ -76,17 +78,28 @@ def _open_input(item: ResolvedInput, path: Path) -> BinaryIO:
 TRANSIENT_HTTP = {408, 425, 429, 500, 502, 503, 504}
 
 
-def _may_pass(error: OSError) -> bool:
-    """Whether a failed fetch may succeed if tried again (a 503, a timeout, a reset), not a
-    404, a refused TLS certificate, an unknown host or a download the disk cannot hold."""
+# A connection that ended early: a reset, a TLS stream cut without its close, a body cut short.
+DROPPED = (TimeoutError, ConnectionError, ssl.SSLEOFError, http.client.IncompleteRead)
+
+
+def _may_pass(error: Exception) -> bool:
+    """Whether a failed fetch may succeed if tried again (a 503, a timeout, a dropped
+    connection), not a 404, a refused TLS certificate, an unknown host or a download the disk
+    cannot hold."""
     if isinstance(error, urllib.error.HTTPError):
         return error.code in TRANSIENT_HTTP
     if isinstance(error, urllib.error.URLError):
         reason = error.reason
         if isinstance(reason, socket.gaierror):  # "temporary failure in name resolution"
             return reason.errno == socket.EAI_AGAIN
-        return isinstance(reason, TimeoutError | ConnectionError)
-    return isinstance(error, TimeoutError | ConnectionError)
+        return isinstance(reason, DROPPED)
+    return isinstance(error, DROPPED)
+
+
+def _said(error: Exception) -> str:
+    if isinstance(error, http.client.IncompleteRead):  # its repr holds the bytes read
+        return f"the connection ended with {error.expected} bytes still to come"
+    return str(error) or type(error).__name__
 
 
 def _download(url: str, download_dir: Path, timeout_s: float) -> Path:
@@ -101,9 +114,13 @@ def _download(url: str, download_dir: Path, timeout_s: float) -> Path:
             open(target, "wb") as out,
         ):
             shutil.copyfileobj(response, out, DOWNLOAD_CHUNK)
-    except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as error:
+            length = response.headers.get("Content-Length", "")
+        if length.isdigit() and target.stat().st_size != int(length):
+            # http.client ends a body cut short without an error: it became corpus, cut.
+            raise http.client.IncompleteRead(b"", int(length) - target.stat().st_size)
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
         target.unlink(missing_ok=True)
-        reason = getattr(error, "reason", None) or error
+        reason = getattr(error, "reason", None) or _said(error)
         kind = TransientInputError if _may_pass(error) else InputError
         raise kind(f"{url}: cannot fetch ({reason})") from error
     logger.info("%s: downloaded %d bytes", url, target.stat().st_size)

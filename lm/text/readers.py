@@ -268,11 +268,20 @@ TRANSIENT_READ_ERRNOS = {errno.EIO, errno.ETIMEDOUT, errno.ESTALE, errno.ECONNRE
                          errno.EHOSTDOWN, errno.ENETDOWN}  # fmt: skip
 
 
+def _transient_read(error: BaseException) -> bool:
+    """Whether a read failed in the device or network under the file (pyarrow's own errors
+    carry no errno: its message names it)."""
+    if isinstance(error, OSError) and error.errno in TRANSIENT_READ_ERRNOS:
+        return True
+    return isinstance(error, pa.ArrowException) and "Input/output error" in str(error)
+
+
 def _unreadable(error: BaseException, prefix: str = "") -> InputError:
     """The error for a failed read of a file's (decompressed) bytes, `prefix` (its name)
     first: an I/O error of the disk is transient (retried), not a truncated or corrupt file."""
-    if isinstance(error, OSError) and error.errno in TRANSIENT_READ_ERRNOS:
-        return TransientInputError(f"{prefix}cannot be read now ({error.strerror})")
+    if _transient_read(error):
+        reason = getattr(error, "strerror", None) or "Input/output error"
+        return TransientInputError(f"{prefix}cannot be read now ({reason})")
     if "requires too much memory" in str(error):  # whole, but made by `zstd --long`
         return InputError(
             f"{prefix}compressed with a window larger than the reader takes (128 MB: `zstd "
@@ -343,7 +352,8 @@ def read_documents(
             yield from _read_text(item, stream, encoding_errors, replaced)
         replaced.summarise()
     except InputError as error:
-        _raise_if_corrupt(item, stream)  # garbage from a damaged stream, not the file's content
+        if not isinstance(error, TransientInputError):  # read on after an I/O error: no
+            _raise_if_corrupt(item, stream)  # garbage from a damaged stream, not the content
         message = str(error)
         if not message.startswith(item.name):
             message = f"{item.name}: {message}"
@@ -782,6 +792,8 @@ def _read_parquet_file(
     try:
         parquet = pq.ParquetFile(stream)
     except (pa.ArrowException, OSError) as error:
+        if _transient_read(error):
+            raise _unreadable(error, f"{item.name}: ") from None
         raise InputError(f"{item.name}: not a readable Parquet file ({error})") from None
     names = parquet.schema_arrow.names
     if names.count(field) > 1:  # pyarrow's KeyError, "Column text does not exist in schema"
@@ -803,6 +815,8 @@ def _read_parquet_file(
         try:  # a damaged page is found as its batch is read, part-way through the file
             batch = next(batches, None)
         except (pa.ArrowException, OSError) as error:
+            if _transient_read(error):
+                raise _unreadable(error, f"{item.name}: ") from None
             raise InputError(f"{item.name}: corrupt from about row {row} on ({error})") from None
         if batch is None:
             return
