@@ -147,3 +147,18 @@ def serving_busy_once(directory: Path) -> Iterator[str]:
         yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
+
+
+def registry_at_schema(path: Path, version: int):
+    """A registry file made as the lmforge of schema `version` made it (its first `version`
+    migrations), open for the test to fill; the caller closes the connection."""
+    import duckdb
+
+    from storage.registry import MIGRATIONS
+
+    connection = duckdb.connect(str(path))
+    connection.execute("CREATE TABLE schema_version (version INTEGER, applied_at TIMESTAMP)")
+    for number, script in enumerate(MIGRATIONS[:version], start=1):
+        connection.execute(script)
+        connection.execute("INSERT INTO schema_version VALUES (?, now())", [number])
+    return connection

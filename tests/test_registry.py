@@ -24,6 +24,7 @@ from storage.registry import (
     StageRecord,
 )
 from storage.stage_journal import JOURNAL_FILE, LiveMetrics, StageJournal
+from tests.helpers import registry_at_schema
 
 
 def _run_row(run_id: str) -> dict:
@@ -624,11 +625,7 @@ def test_times_written_in_one_time_zone_are_the_same_instants_read_in_another(tm
 
 def _schema_4_registry(path: Path) -> None:
     """A registry as lmforge wrote it before times were instants: local time, no zone."""
-    connection = duckdb.connect(str(path))
-    connection.execute("CREATE TABLE schema_version (version INTEGER, applied_at TIMESTAMP)")
-    for number, script in enumerate(MIGRATIONS[:4], start=1):
-        connection.execute(script)
-        connection.execute("INSERT INTO schema_version VALUES (?, '2026-07-01 12:00')", [number])
+    connection = registry_at_schema(path, 4)
     connection.execute(
         "INSERT INTO runs (run_id, status, started_at, ended_at) "
         "VALUES ('old', 'completed', '2026-07-01 12:00', '2026-07-01 12:30')"

@@ -10,7 +10,6 @@ from datetime import datetime
 from html.parser import HTMLParser
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -22,10 +21,10 @@ from flows.report import (
     write_report_folder,
 )
 from lm.report_render import RenderedReport, render_run_report
-from storage.registry import MIGRATIONS, RunRegistry
+from storage.registry import RunRegistry
 from storage.report_data import gather_run_report
 from storage.workspace import Workspace
-from tests.helpers import prose, write_config
+from tests.helpers import prose, registry_at_schema, write_config
 
 RUN_SECTIONS = ["run", "scores", "loss", "learning-rate", "throughput", "tokenizer", "word2vec",
                 "samples", "stages", "config"]  # fmt: skip
@@ -258,11 +257,7 @@ def test_comparison_tabulates_both_runs_and_overlays_their_val_loss(runs):
 def test_a_registry_from_before_model_labels_still_reports(tmp_path):
     """Schema 2: no `models` table, no `model` column; the train stage's curve is the run's."""
     workspace = Workspace(tmp_path)
-    connection = duckdb.connect(str(workspace.registry_path))
-    connection.execute("CREATE TABLE schema_version (version INTEGER, applied_at TIMESTAMP)")
-    for number, script in enumerate(MIGRATIONS[:2], start=1):
-        connection.execute(script)
-        connection.execute("INSERT INTO schema_version VALUES (?, now())", [number])
+    connection = registry_at_schema(workspace.registry_path, 2)
     connection.execute(
         "INSERT INTO runs (run_id, status, started_at, config, command) "
         "VALUES ('old-run', 'completed', now(), '{\"seed\": 7}', 'lmforge run old.toml')"

@@ -13,9 +13,9 @@ import duckdb
 import pytest
 
 from flows.runs_cli import EARLIEST, LATEST, config_differences, flatten_config, parse_since
-from storage.registry import MIGRATIONS, ModelRecord, RunRegistry, StageRecord
+from storage.registry import ModelRecord, RunRegistry, StageRecord
 from tests.conftest import REPO, run_cli
-from tests.helpers import prose, write_config
+from tests.helpers import prose, registry_at_schema, write_config
 
 NOW = datetime.now()
 
@@ -312,11 +312,7 @@ def test_compare_reads_a_registry_from_before_tokens_trained(tmp_path):
     """Schema 3 (no `tokens_trained` column): compared as it is, the column shown as absent,
     and the file is not migrated by a command that only reads."""
     path = tmp_path / "registry.duckdb"
-    connection = duckdb.connect(str(path))
-    connection.execute("CREATE TABLE schema_version (version INTEGER, applied_at TIMESTAMP)")
-    for number, script in enumerate(MIGRATIONS[:3], start=1):
-        connection.execute(script)
-        connection.execute("INSERT INTO schema_version VALUES (?, now())", [number])
+    connection = registry_at_schema(path, 3)
     for run_id, bpb in (("old-a", 2.5), ("old-b", 2.25)):
         connection.execute(
             "INSERT INTO runs (run_id, status, started_at, config) "

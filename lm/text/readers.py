@@ -702,10 +702,10 @@ def _json_documents(
     if start.startswith("{") and (len(first_line) == len(start) or _is_json(first_line)):
         yield from _read_jsonl(item, stream, encoding_errors, replaced)
         return
-    field = item.spec.text_field
     if start.startswith("["):
         yield from _json_array_documents(item, stream, encoding_errors, replaced, encoding)
         return
+    field = item.spec.text_field
     content = _decode(stream.read(), item, encoding_errors, None, replaced, encoding)
     try:
         document = json.loads(content.removeprefix("\ufeff"))
