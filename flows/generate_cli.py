@@ -6,6 +6,7 @@ that no registry knows."""
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -106,20 +107,32 @@ def _sampling(temperature, top_k, top_p, repetition_penalty, max_new_tokens, see
         raise _fail(problems) from None
 
 
+# Control characters but the line's own (newline, tab): a model's byte pieces can write ESC
+# sequences that retitle a terminal, set its clipboard (OSC 52) or hide the text after them.
+_TERMINAL_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text: str) -> str:
+    """`text` with each control character a terminal would act on written as `\\xHH`."""
+    return _TERMINAL_CONTROLS.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
+
+
 def _stream(model, tokenizer, prompt: str, sampling, echo: bool, one_line: bool) -> None:
     """Write the continuation as it comes (after the prompt when `echo`); `one_line` stops it at
     its first newline. A prompt the tokenizer cannot encode raises `TokenizerError` before
-    anything is written."""
+    anything is written. To a terminal, control characters are shown, not obeyed (a pipe or a
+    file gets the text as generated)."""
     from lm.generate import generate
 
     pieces = generate(model, tokenizer, prompt, sampling)
+    shown = terminal_safe if sys.stdout.isatty() else str
     if echo:
-        sys.stdout.write(prompt)
+        sys.stdout.write(shown(prompt))
     for piece in pieces:
         if one_line and "\n" in piece:
-            sys.stdout.write(piece.split("\n", 1)[0])
+            sys.stdout.write(shown(piece.split("\n", 1)[0]))
             break
-        sys.stdout.write(piece)
+        sys.stdout.write(shown(piece))
         sys.stdout.flush()
     sys.stdout.write("\n")
     sys.stdout.flush()

@@ -74,13 +74,13 @@ def trained_vocab_size(
             if own == model.vocab_size and size != own
         }  # fmt: skip
         for size in sorted(candidates):
-            if first_misfit(_shapes_only(config, size).state_dict(), weights) is None:
+            if first_misfit(shapes_only(config, size).state_dict(), weights) is None:
                 return size
         return None
     return None
 
 
-def _shapes_only(config: ModelConfig, vocab_size: int) -> LanguageModel:
+def shapes_only(config: ModelConfig, vocab_size: int) -> LanguageModel:
     """The model of `config` for `vocab_size` tokens, its tensors on the meta device: shapes
     without memory or initialization, however large the model."""
     from lm.models.registry import build_model

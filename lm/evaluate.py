@@ -63,7 +63,7 @@ from pydantic import ValidationError
 
 from lm.allocator import keep_freed_memory
 from lm.batches import IGNORED_TARGET, scored_targets
-from lm.checkpoint_fit import first_misfit, tokenizer_difference
+from lm.checkpoint_fit import first_misfit, shapes_only, tokenizer_difference
 from lm.checkpoints import DONE_MARKER, WEIGHTS_FILE, damage, digest_mismatch
 from lm.eval_config import EvalConfig
 from lm.models.base import LanguageModel
@@ -428,7 +428,9 @@ def load_trained(folder: Path) -> tuple[LanguageModel, Tokenizer]:
         said = _validation_problems(error) if isinstance(error, ValidationError) else error
         raise CheckpointError(f"{model_file}: not a valid model description ({said})") from None
     tokenizer = load_tokenizer(folder / "tokenizer")
-    model = build_model(config, tokenizer.vocab_size)
+    # Checked on shapes alone before any memory is taken: a model.json edited to a wider model
+    # than its weights asked the allocator for terabytes.
+    shapes = shapes_only(config, tokenizer.vocab_size)
     problems = []
     for checkpoint in complete:
         weights, problem = _read_weights(checkpoint)
@@ -436,7 +438,8 @@ def load_trained(folder: Path) -> tuple[LanguageModel, Tokenizer]:
             logger.warning("%s: damaged checkpoint (%s), skipped", checkpoint, problem)
             problems.append(f"{checkpoint.name}/: {problem}")
             continue
-        _check_fit(folder, checkpoint, config, tokenizer, model, weights)
+        _check_fit(folder, checkpoint, config, tokenizer, shapes, weights)
+        model = build_model(config, tokenizer.vocab_size)
         model.load_state_dict(weights)
         return model.eval(), tokenizer
     raise CheckpointError(

@@ -19,6 +19,8 @@ time) or half of SentencePiece's escape of a literal `▁`, so characters are ne
 
 from __future__ import annotations
 
+import codecs
+import re
 from collections.abc import Iterator
 
 import torch
@@ -189,9 +191,28 @@ def stream_text(
             yield text
             start, read = read, len(ids)
             seen = len(tokenizer.decode(ids[start:read]))
+    del ids[len(ids) - _unfinished_character(tokenizer, ids[read:]) :]
     text = new_text()
     if text:
         yield text
+
+
+_BYTE_PIECE = re.compile(r"<0x([0-9A-F]{2})>")
+
+
+def _unfinished_character(tokenizer: Tokenizer, ids: list[int]) -> int:
+    """How many of the byte pieces that end `ids` begin a UTF-8 character the text stopped
+    before it was whole (generation ran out of tokens mid-character): written, they were a
+    replacement character at the sample's end."""
+    run = []
+    for token in reversed(ids):
+        byte = _BYTE_PIECE.fullmatch(tokenizer.piece(token))
+        if byte is None:
+            break
+        run.append(int(byte.group(1), 16))
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    decoder.decode(bytes(reversed(run)))
+    return len(decoder.getstate()[0])
 
 
 def generate(

@@ -50,7 +50,7 @@ def find_leftovers(workspace: Workspace) -> list[Leftover]:
     found = [
         _describe(folder, _work_kind(folder))
         for folder in sorted((workspace.artifacts).glob(f"*/*{WORK_SUFFIX}"))
-        if folder.is_dir() and not training_lock_held(folder)
+        if _our_folder(folder) and not training_lock_held(folder)
     ]
     found += [
         _describe(folder, "abandoned build")
@@ -116,7 +116,13 @@ def _staging_folders(workspace: Workspace) -> Iterator[Path]:
     for base in (workspace.corpus, *sorted(workspace.artifacts.glob("*"))):
         if base.is_dir():
             for pattern in (f"*{STAGING_INFIX}*", f"*{PRUNED_INFIX}*"):
-                yield from (folder for folder in sorted(base.glob(pattern)) if folder.is_dir())
+                yield from (folder for folder in sorted(base.glob(pattern)) if _our_folder(folder))
+
+
+def _our_folder(path: Path) -> bool:
+    """A folder lmforge made: a link to one is someone else's (rmtree refuses links, and prune
+    crashed with the link renamed)."""
+    return path.is_dir() and not path.is_symlink()
 
 
 def _work_kind(work: Path) -> str:

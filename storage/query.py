@@ -156,7 +156,15 @@ def _first_writing(connection: duckdb.DuckDBPyConnection, statement) -> str | No
 
 
 def _without_comments(sql: str) -> str:
-    return re.sub(r"--[^\n]*|/\*.*?\*/", " ", sql, flags=re.DOTALL)
+    """`sql` with its comments as DuckDB's own tokenizer reads them: DuckDB nests `/* */`
+    comments, so `/* /* */ SELECT 1 --*/ COPY ...` is a comment and a COPY, which a pattern
+    that stops at the first `*/` read as `SELECT 1` (the COPY wrote any file)."""
+    tokens = duckdb.tokenize(sql)
+    ends = [start for start, _ in tokens[1:]] + [len(sql)] if tokens else []
+    return "".join(
+        " " if kind == duckdb.token_type.comment else sql[start:end]
+        for (start, kind), end in zip(tokens, ends, strict=True)
+    )
 
 
 NEWEST_FIRST = "last_used DESC, created_at DESC, digest"

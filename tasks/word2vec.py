@@ -144,7 +144,7 @@ def _stored_vectors(
 ):
     """(the vectors, their descriptor in the vectors store): those stored under `vectors_key`,
     else trained and stored."""
-    from gensim.models import KeyedVectors
+    from lm.models.embeddings import load_keyed_vectors
 
     store = vectors_store(workspace)
     key = vectors_key(corpus, tokenizer, config, ordered_shards)
@@ -152,8 +152,7 @@ def _stored_vectors(
     if existing is not None:
         logger.info("word2vec: the vectors are those trained before (%s); evaluating them",
                     key[:12])  # fmt: skip
-        path = workspace.resolve(existing.path) / VECTORS_FILE
-        return KeyedVectors.load(str(path)), existing
+        return load_keyed_vectors(workspace.resolve(existing.path) / VECTORS_FILE), existing
     vectors = _train(workspace, corpus, tokenizer, config, ordered_shards)
     digest = hashlib.sha256(vectors.vectors.tobytes())
     digest.update("\n".join(vectors.index_to_key).encode())

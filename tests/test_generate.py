@@ -4,6 +4,7 @@ tokenizer cannot encode, and the `generate` and `chat` commands."""
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -132,6 +133,31 @@ def test_multibyte_characters_arriving_byte_by_byte_are_never_garbled():
     model = BigramCountModel(BigramCountConfig(), tokenizer.vocab_size).fit(torch.tensor(stream))
     pieces = list(generate(model, tokenizer, "a", GREEDY.model_copy(update={"max_new_tokens": 12})))
     assert pieces == ["日", "é", "a", "日", "é", "a"]
+    # Out of tokens one or two bytes into 日: the unfinished character is left out (it was a
+    # replacement character at the sample's end).
+    for cut in (13, 14):
+        sampling = GREEDY.model_copy(update={"max_new_tokens": cut})
+        assert "".join(generate(model, tokenizer, "a", sampling)) == "日éa日éa"
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_control_characters_a_model_writes_are_shown_not_obeyed_on_a_terminal(monkeypatch):
+    # Byte pieces let a model write ESC sequences (a terminal title, OSC 52 clipboard writes);
+    # a terminal gets them as text, a pipe gets the text as generated.
+    from flows.generate_cli import _stream
+
+    tokenizer = char_tokenizer("a", unknown_chars="bytes")  # ESC exists only as a byte
+    stream = tokenizer.encode("a\x1b]0;x\x07" * 10)
+    model = BigramCountModel(BigramCountConfig(), tokenizer.vocab_size).fit(torch.tensor(stream))
+    sampling = GREEDY.model_copy(update={"max_new_tokens": 6})
+    for output, expected in ((Terminal(), "\\x1b]0;x\\x07\n"), (io.StringIO(), "\x1b]0;x\x07\n")):
+        monkeypatch.setattr("sys.stdout", output)
+        _stream(model, tokenizer, "a", sampling, echo=False, one_line=False)
+        assert output.getvalue() == expected
 
 
 def test_sentencepiece_streaming_reassembles_the_decoded_text():
@@ -166,7 +192,7 @@ def test_streaming_a_long_text_decodes_short_windows_into_the_same_text():
     tokenizer = train_tokenizer(iter(DOCS), TokenizerConfig(kind="bpe", vocab_size=400))
     rng = random.Random(0)
     ids = [rng.randrange(tokenizer.vocab_size) for _ in range(3000)]  # byte pieces too
-    ids = [i for i in ids if i != tokenizer.eot_id]
+    ids = [i for i in ids if i != tokenizer.eot_id] + tokenizer.encode(" end")  # whole at the end
     prompt_ids = tokenizer.encode("The river")
     recording = DecodeLengths(tokenizer)
     text = "".join(stream_text(recording, prompt_ids, iter(ids)))
@@ -602,6 +628,10 @@ def test_a_model_json_edited_to_other_shapes_names_the_first_tensor_that_differs
         f"{folder / 'best' / 'model.pt'}: token_embedding.weight is [{vocab}, 16] in the "
         f"weights but [{vocab}, 24] by model.json; "
     )
+    # Far wider: said the same way, before the model is built (it asked for terabytes).
+    (folder / "model.json").write_text(json.dumps(settings | {"n_embd": 1 << 22, "n_head": 1}))
+    huge = generate_in(folder, monkeypatch)
+    assert huge.exit_code == 1 and f"but [{vocab}, 4194304] by model.json; " in huge.stderr
     (folder / "model.json").write_text(json.dumps(settings | {"n_layer": 2}))
     deeper = generate_in(folder, monkeypatch)
     assert deeper.exit_code == 1

@@ -85,6 +85,19 @@ def test_a_training_that_takes_its_folder_up_again_is_not_removed(tmp_path):
     assert (work / "model.pt").is_file()
 
 
+def test_links_that_look_like_leftovers_are_not_listed_and_their_targets_survive(tmp_path):
+    # A link named as a work folder crashed `prune --yes` (rmtree refuses links) and was left
+    # renamed; it is not a folder lmforge made, so it is not prune's to remove.
+    workspace = Workspace(tmp_path / "ws").ensure()
+    precious = _folder(tmp_path / "precious")
+    (precious / "lock").touch()
+    (workspace.artifacts / "train").mkdir()
+    (workspace.artifacts / "train" / "train-k.work").symlink_to(precious)
+    (workspace.corpus / f"clean-k.partial-{_dead_pid()}-ab").symlink_to(precious)
+    assert find_leftovers(workspace) == []
+    assert (precious / "model.pt").is_file()
+
+
 def test_a_prune_cut_short_is_finished_by_the_next(tmp_path):
     workspace = Workspace(tmp_path).ensure()
     half = _folder(workspace.artifacts / "train" / "train-k.work.pruned-123")

@@ -80,6 +80,12 @@ def test_explain_analyze_of_a_write_and_a_write_behind_with_are_refused_by_name(
             (f"EXPLAIN (ANALYZE) COPY (SELECT 1) TO '{written}'", "EXPLAIN of COPY"),
             (f"explain (format json, analyze true) COPY runs TO '{written}'", "EXPLAIN of COPY"),
             ("WITH x AS (SELECT 1) DELETE FROM runs", "DELETE statements"),
+            # DuckDB nests block comments: this is a comment, then a COPY that wrote any file.
+            (
+                f"EXPLAIN ANALYZE /* /* */ SELECT 1 --*/ COPY (SELECT 1) TO '{written}'",
+                "EXPLAIN of COPY",
+            ),
+            (f"/* /* */ SELECT 1 --*/ COPY (SELECT 1) TO '{written}'", "COPY statements"),
         ):
             with pytest.raises(RegistryError, match=rf"read-only: {refused}"):
                 run_query(connection, query)

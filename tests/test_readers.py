@@ -105,6 +105,25 @@ def test_a_link_to_nothing_in_a_folder_or_a_glob_is_named_not_dropped_silently(t
         assert len(said) == 1 and said[0].endswith(str(tmp_path / "d" / "gone.txt"))
 
 
+def test_a_linked_file_from_outside_a_folder_is_read_with_a_warning_naming_its_target(
+    tmp_path, caplog
+):
+    # A folder from someone else could link `~/.ssh/id_rsa` into a corpus without a word.
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "secret" / "key.txt").write_text("SECRET")
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    (tmp_path / "d" / "a.txt").write_text("alpha")
+    (tmp_path / "d" / "notes.txt").symlink_to(tmp_path / "secret" / "key.txt")
+    (tmp_path / "d" / "sub" / "again.txt").symlink_to("../a.txt")  # inside: no warning
+    with caplog.at_level(logging.WARNING, logger="lm.text.sources"):
+        assert sorted(d.text for d in read(tmp_path, str(tmp_path / "d"))) == ["SECRET", "alpha"]
+    said = [r.getMessage() for r in caplog.records if "from outside" in r.getMessage()]
+    assert said == [
+        f"{tmp_path / 'd'}: reading linked files from outside it: "
+        f"{tmp_path / 'd' / 'notes.txt'} -> {tmp_path / 'secret' / 'key.txt'}"
+    ]
+
+
 def test_a_file_that_two_sources_reach_is_read_once_with_a_warning(tmp_path, caplog):
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "a.txt").write_text("alpha")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 import subprocess
 import sys
 
@@ -170,3 +171,22 @@ def test_training_logs_its_progress_each_epoch_with_rate_and_eta(caplog):
         progress[-1].split("/ ")[1].split(" words")[0]
     )  # the last line's count is its total
     assert "(100%)" in progress[-1] and "words/s" in progress[0]
+
+
+def test_stored_vectors_that_will_not_load_are_an_error_naming_the_file(tmp_path):
+    # Damage its manifest cannot see (same size) was gensim's unpickling traceback.
+    from storage.artifacts import Descriptor
+    from storage.workspace import Workspace
+    from tasks.word2vec import VECTORS, VECTORS_FILE, _stored_vectors, vectors_key, vectors_store
+
+    workspace = Workspace(tmp_path).ensure()
+    corpus = Descriptor(kind="corpus", key="c", path="corpus/c", digest="c" * 64, stats={})
+    tokenizer = Descriptor(kind="tokenizer", key="t", path="tokenizer/t", digest="t" * 64, stats={})
+    store, key = vectors_store(workspace), vectors_key(corpus, tokenizer, SMALL)
+    with store.build(key) as staging:
+        (staging / VECTORS_FILE).write_bytes(b"not a pickle")
+        store.describe(staging, VECTORS, key, "d" * 64, {})
+    path = store.directory(key) / VECTORS_FILE
+    said = re.escape(f"{path}: not readable as gensim KeyedVectors")
+    with pytest.raises(Word2VecError, match=f"^{said}"):
+        _stored_vectors(workspace, corpus, tokenizer, SMALL, None)

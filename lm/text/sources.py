@@ -187,13 +187,18 @@ def _glued_stars_as_one(part: str) -> str:
 def folder_files(folder: Path) -> list[Path]:
     """Every file below `folder`, sorted, but hidden ones (a name with a leading dot, or in
     such a folder). Linked files are read; linked folders are not followed (a link to a
-    folder above would loop), and a warning names them."""
-    files, linked_folders, broken = [], [], []
+    folder above would loop), and a warning names them. A linked file whose target is outside
+    the folder is read with a warning naming both: a folder from someone else (an unpacked
+    archive keeps its links) could pull `~/.ssh/id_rsa` into a corpus, and its models."""
+    files, linked_folders, broken, outside = [], [], [], []
+    inside = folder.resolve()
     for path in folder.rglob("*"):
         if any(part.startswith(".") for part in path.relative_to(folder).parts):
             continue
         if path.is_file():
             files.append(path)
+            if path.is_symlink() and not path.resolve().is_relative_to(inside):
+                outside.append(path)
         elif path.is_symlink() and path.is_dir():
             linked_folders.append(path)
         elif path.is_symlink() and not path.exists():
@@ -202,6 +207,10 @@ def folder_files(folder: Path) -> list[Path]:
         _warn_once(f"{folder}: linked folders are not followed: {_some(linked_folders)} (list "
                    "them as sources to read them)")  # fmt: skip
     _warn_of_broken_links(folder, broken)
+    if outside:
+        _warn_once(f"{folder}: reading linked files from outside it: " + ", ".join(
+            f"{path} -> {path.resolve()}" for path in sorted(outside)[:3]
+        ) + (f" and {len(outside) - 3} more" if len(outside) > 3 else ""))  # fmt: skip
     return sorted(files)
 
 
