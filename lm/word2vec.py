@@ -2,16 +2,20 @@
 standard sets gensim ships (analogies, WordSim353, SimLex-999), nearest neighbours of probe
 words, and a labelled 2-D projection.
 
-Sentences are words (lower-cased, `gensim.utils.simple_preprocess`) or tokenizer pieces, one
-sentence per line of a document. The corpus is read again for every pass gensim makes (vocabulary,
-then each epoch), so it is never held in memory. Training is reproducible with one worker: gensim
-seeds each word's initial vector with `hashfxn(word + seed)`, and Python's own `hash` is salted per
-process, so a stable hash is passed instead.
+Sentences are words (lower-cased, cut much as `gensim.utils.simple_preprocess` cuts them) or
+tokenizer pieces, one sentence per line of a document. The corpus is read again for every pass
+gensim makes (vocabulary, then each epoch), so it is never held in memory. Training is reproducible
+with one worker: gensim seeds each word's initial vector with `hashfxn(word + seed)`, and Python's
+own `hash` is salted per process, so a stable hash is passed instead.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
+import sys
+import unicodedata
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -38,13 +42,45 @@ def stable_hash(text: str) -> int:
 
 def word_sentences(text: str) -> Iterator[list[str]]:
     """A text's lines as lists of lowercased words; a line longer than gensim's limit is cut
-    into sentences that fit it (see GENSIM_MAX_SENTENCE)."""
-    from gensim.utils import simple_preprocess
-
+    into sentences that fit it (see GENSIM_MAX_SENTENCE). A word is what gensim's
+    `simple_preprocess` takes (a run of word characters but digits, at most 30 of them, not
+    starting with `_`), with two changes for scripts it cuts apart: a combining mark belongs to
+    its word (Hindi's vowel signs and Arabic's vowel points split every word into letters), and
+    each Chinese or Japanese character is a word of its own (without spaces a whole clause was
+    one word, and one over 30 characters was dropped)."""
     for line in text.split("\n"):
-        words = simple_preprocess(line, min_len=1, max_len=30)
+        words = [
+            word
+            for word in _words_pattern().findall(line.lower())
+            if len(word) <= MAX_WORD and not word.startswith("_")
+        ]
         for start in range(0, len(words), GENSIM_MAX_SENTENCE):
             yield words[start : start + GENSIM_MAX_SENTENCE]
+
+
+MAX_WORD = 30  # simple_preprocess's max_len as lmforge has always called it
+# Han ideographs (with extensions and compatibility forms), hiragana, katakana and half-width
+# katakana: scripts written without spaces, where a character is the unit of meaning at hand.
+_CHARACTER_WORDS = (
+    "\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f"
+    "\U00020000-\U0003134f"
+)
+
+
+@functools.cache
+def _words_pattern() -> re.Pattern[str]:
+    """Built once a process: the combining marks (Unicode categories Mn, Mc, Me) are listed from
+    `unicodedata`, which Python's `re` cannot name as a class."""
+    marks, start = [], None
+    for code in range(sys.maxunicode + 2):
+        is_mark = code <= sys.maxunicode and unicodedata.category(chr(code))[0] == "M"
+        if is_mark and start is None:
+            start = code
+        elif not is_mark and start is not None:
+            marks.append(f"{re.escape(chr(start))}-{re.escape(chr(code - 1))}")
+            start = None
+    letter = rf"[^\W\d{_CHARACTER_WORDS}]|[{''.join(marks)}]"  # a word character but a digit
+    return re.compile(rf"[{_CHARACTER_WORDS}]|(?:{letter})+")
 
 
 # gensim's optimised training silently drops the part of a sentence beyond 10,000 tokens.

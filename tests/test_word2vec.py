@@ -109,6 +109,24 @@ def test_a_line_longer_than_gensim_s_limit_is_cut_into_sentences_it_trains_whole
     assert [word for sentence in sentences[:3] for word in sentence] == words
 
 
+def test_words_keep_their_combining_marks_and_chinese_and_japanese_are_cut_by_character():
+    # gensim's simple_preprocess cut Hindi and pointed Arabic into letters, and took a Chinese
+    # clause for one word (dropped past 30 characters).
+    from gensim.utils import simple_preprocess
+
+    chinese = "我们今天天气很好，学生喜欢北京和东京的大学图书馆里面的书籍非常多。"
+    said = f"लड़की सड़क नमस्ते\nمُدَرِّسَة\n{chinese}カタカナ"
+    assert list(word_sentences(said)) == [
+        ["लड़की", "सड़क", "नमस्ते"],
+        ["مُدَرِّسَة"],
+        [*"我们今天天气很好学生喜欢北京和东京的大学图书馆里面的书籍非常多", *"カタカナ"],
+    ]
+    # Other text is cut as simple_preprocess cuts it (digits, `_`, case, 30 characters).
+    text = "The Río foo_bar _x 1990s A3b co-op " + "x" * 31 + "\n" + prose(3, 200)
+    expected = [simple_preprocess(line, min_len=1, max_len=30) for line in text.split("\n")]
+    assert list(word_sentences(text)) == expected
+
+
 def test_piece_vectors_are_evaluated_by_their_whole_word_pieces():
     # SentencePiece marks a word's first piece with "▁"; the evaluation sets hold bare words.
     sentences = small_sentences() + [["tiger", "cat", "money", "bank", "love", "sex"]] * 20
