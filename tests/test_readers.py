@@ -23,7 +23,7 @@ import pytest
 from lm.config import SourceConfig
 from lm.text.ingest import iter_input_documents
 from lm.text.sources import InputError, fingerprint_inputs, resolve_sources
-from tests.helpers import serving_busy_once, wiki_page, write_wiki_dump
+from tests.helpers import prose, serving_busy_once, wiki_page, write_wiki_dump
 
 
 def read(tmp_path: Path, *sources: SourceConfig | str, errors: str = "strict"):
@@ -700,6 +700,13 @@ def test_jsonl_and_csv_in_utf16_or_utf32_with_a_bom_are_read(tmp_path, encoding)
     ]  # fmt: skip
 
 
+NOT_LATIN = {  # a NUL in every other byte is Latin text's alone; 一 is U+4E00, a NUL either way
+    "e.txt": "Привет, как дела? Сегодня хорошая погода.\n" * 40,
+    "f.txt": "我们今天天气很好，学生喜欢北京。一个人一天一年。" * 100,  # no space, no line end
+    "g.txt": "नमस्ते दुनिया, लड़की सड़क पर है।\nשלום עולם, מה שלומך?\n" * 30,
+}
+
+
 @pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
 def test_utf16_without_a_byte_order_mark_is_read_not_skipped_as_binary(tmp_path, encoding, caplog):
     # Windows' "Unicode" without a signature: skipped as binary (text), or "not valid JSON".
@@ -707,12 +714,20 @@ def test_utf16_without_a_byte_order_mark_is_read_not_skipped_as_binary(tmp_path,
     (tmp_path / "b.jsonl").write_bytes('{"text": "ünï"}\n{"text": "two"}\n'.encode(encoding))
     (tmp_path / "c.csv").write_bytes('id,text\n1,"ünï\nline"\n'.encode(encoding))
     (tmp_path / "d.bin").write_bytes(bytes([1, 0, 2, 0, 0, 0, 3, 0]) * 100)  # binary: NUL pairs
+    stray = prose(0, 400).encode()  # UTF-8 with a NUL: binary still, in either alignment
+    (tmp_path / "h.bin").write_bytes(stray[:1001] + b"\0" + stray[1001:])
+    (tmp_path / "i.bin").write_bytes(stray[:1000] + b"\0" + stray[1000:])
+    for name, text in NOT_LATIN.items():
+        (tmp_path / name).write_bytes(text.encode(encoding))
     with caplog.at_level(logging.WARNING, logger="lm.text.readers"):
         docs = read(tmp_path, str(tmp_path))
-    assert [d.text for d in docs] == ["Grüße aus Köln, 𝄞 and more\n", "ünï", "two", "ünï\nline"]
+    assert [d.text for d in docs] == [
+        "Grüße aus Köln, 𝄞 and more\n", "ünï", "two", "ünï\nline", *NOT_LATIN.values()
+    ]  # fmt: skip
     label = encoding.upper()
     assert f"{tmp_path / 'a.txt'}: read as {label} (it has no byte-order mark)" in caplog.text
-    assert f"{tmp_path / 'd.bin'}: skipped, it looks like a binary file" in caplog.text
+    for name in ("d.bin", "h.bin", "i.bin"):
+        assert f"{tmp_path / name}: skipped, it looks like a binary file" in caplog.text
 
 
 def test_parquet_invalid_utf8_names_the_row_unless_replace_is_asked(tmp_path, caplog):

@@ -230,29 +230,38 @@ class _CheckedUtf8(io.RawIOBase):
 
 def _bomless_utf16(head: bytes) -> tuple[bytes, str] | None:
     """The BOM a UTF-16 file without one would have had, and its byte order's name, or None.
-    Windows tools write such files ("Unicode" without a signature); their Latin text has a NUL
-    in every other byte, so they were skipped as binary (text) or failed as "not valid JSON" or
-    "no column" (JSON, CSV). Said only when one byte of each pair is NUL half the time or more,
-    the other never, and the head decodes to printable text."""
+    Windows tools write such files ("Unicode" without a signature); they were skipped as binary
+    (text) or failed as "not valid JSON" or "no column" (JSON, CSV). Said when the head holds a
+    NUL and decodes to printable text in exactly one byte order. Read in the other order, a
+    space or a line end becomes a character no text holds (U+2000, U+0A00), and so does most
+    of any script; a NUL in every other byte, the sign this looked for first, is Latin text's
+    alone (Cyrillic, Chinese and Hindi files were skipped as binary)."""
     head = head[: len(head) // 2 * 2]
-    if len(head) < 4:
+    if len(head) < 4 or b"\0" not in head:
         return None
-    even, odd = head[0::2], head[1::2]
-    for zeros, others, bom, encoding in (
-        (odd, even, codecs.BOM_UTF16_LE, "utf-16-le"),
-        (even, odd, codecs.BOM_UTF16_BE, "utf-16-be"),
-    ):
-        if others.count(0) == 0 and zeros.count(0) * 2 >= len(zeros):
-            try:  # the head may end inside a surrogate pair: one code unit less
-                text = head.decode(encoding) if head else ""
-            except UnicodeDecodeError:
-                try:
-                    text = head[:-2].decode(encoding)
-                except UnicodeDecodeError:
-                    return None
-            if all(char.isprintable() or char in "\t\n\r" for char in text):
-                return bom, encoding
-    return None
+    readings = [
+        (bom, encoding)
+        for bom, encoding in (
+            (codecs.BOM_UTF16_LE, "utf-16-le"),
+            (codecs.BOM_UTF16_BE, "utf-16-be"),
+        )
+        if _printable(_utf16_head(head, encoding))
+    ]
+    return readings[0] if len(readings) == 1 else None
+
+
+def _utf16_head(head: bytes, encoding: str) -> str | None:
+    try:  # the head may end inside a surrogate pair: one code unit less
+        return head.decode(encoding)
+    except UnicodeDecodeError:
+        try:
+            return head[:-2].decode(encoding)
+        except UnicodeDecodeError:
+            return None
+
+
+def _printable(text: str | None) -> bool:
+    return text is not None and all(char.isprintable() or char in "\t\n\r" for char in text)
 
 
 def _peek(stream: BinaryIO) -> bytes:
@@ -488,7 +497,9 @@ def _read_text(
     wide = _wide_bom(head)
     if wide is None and _is_binary(head):
         logger.warning(
-            "%s: skipped, it looks like a binary file (it contains NUL bytes)", item.name
+            "%s: skipped, it looks like a binary file (it contains NUL bytes; UTF-16 text "
+            "without a byte-order mark that could not be told apart: convert it to UTF-8)",
+            item.name,
         )
         return
     if item.spec.one_doc_per_line:
