@@ -108,6 +108,24 @@ def test_near_duplicate_points_at_the_first_document_of_its_cluster():
     assert rows[2]["near_dup_of"] is None
 
 
+def test_near_duplicates_of_text_without_spaces_are_found_by_character_shingles():
+    # Chinese is written without spaces: a clause was one "word", so one character changed
+    # changed every shingle, and no copy was ever found (at threshold 0.5 either).
+    import random
+
+    hanzi = "的一是不了人我在有他这中大来上国个到说们为子和你地出道也时年得就那要下以生会自着去之过家学对可她里后小么心多天而能好都然没日于起还发成事只作当想看文无开手十用主行方又如前所本见经头面公同三已老从动两长知民样现与"  # noqa: E501
+    rng = random.Random(0)
+
+    def chinese(length: int) -> str:
+        return "。".join("".join(rng.choice(hanzi) for _ in range(20)) for _ in range(length // 20))
+
+    original = chinese(400)
+    edited = original[:200] + ("人" if original[200] != "人" else "我") + original[201:]
+    config = CleanConfig(quality=QualityConfig(enabled=False))
+    rows = clean([original, edited, chinese(400), "東京の" + chinese(400)], config)
+    assert [row["near_dup_of"] for row in rows] == [None, rows[0]["doc_id"], None, None]
+
+
 def test_near_duplicate_threshold_is_configurable():
     original = prose(8, 300)
     words = original.split()

@@ -39,7 +39,7 @@ from lm.text.near_duplicates import MinHasher, NearDuplicateIndex
 from lm.text.normalize import normalize_texts
 from lm.text.quality import QUALITY_FLAGS, measure_quality_batch, quality_flags
 from lm.text.wikitext import strip_wikitext
-from lm.text.word_hashes import BatchWords
+from lm.text.word_hashes import BatchWords, character_ids
 
 logger = logging.getLogger("lm.text.clean")
 
@@ -50,6 +50,12 @@ RawRow = tuple[str, str, str, str]  # (source, source_file, text, markup)
 # faster than 32, 128 no faster again). Small enough that a few Wikipedia articles make a
 # batch, so work can be spread evenly; slices are cut between batches.
 BATCH_DOCS = 64
+
+
+# A document with more characters a word than this is written without spaces (Chinese,
+# Japanese, Thai: its "words" are clauses) and is shingled by characters for near-duplicate
+# detection; prose with spaces has 5 to 9 (German and Finnish compounds included).
+UNSPACED_CHARS_PER_WORD = 15
 
 
 @dataclass
@@ -87,7 +93,12 @@ def annotate_batch(batch: list[RawRow], config: CleanConfig) -> list[AnnotatedDo
             config.near_dup.num_perm, config.near_dup.shingle_size, config.near_dup.seed
         )
         starts, counts = words.starts.tolist(), words.counts.tolist()
-        ids = [words.ids[starts[i] : starts[i] + counts[i]] for i in passing]
+        ids = [
+            character_ids(texts[i])
+            if len(texts[i]) > UNSPACED_CHARS_PER_WORD * max(counts[i], 1)
+            else words.ids[starts[i] : starts[i] + counts[i]]
+            for i in passing
+        ]
         for index, signature in zip(passing, hasher.signatures_of_ids(ids), strict=True):
             signatures[index] = signature
     return [

@@ -193,6 +193,14 @@ def _fmix(hashes: np.ndarray) -> np.ndarray:
         return hashes ^ (hashes >> _SHIFT)
 
 
+def character_ids(text: str) -> np.ndarray:
+    """A stable hash per character of `text` but whitespace: the "words" of a text written
+    without spaces (Chinese, Japanese, Thai), whose whitespace-separated words are whole
+    clauses, so that any edit changed every shingle of a document."""
+    points = np.frombuffer("".join(text.split()).encode("utf-32-le"), dtype=np.uint32)
+    return _fmix(points.astype(np.uint64) + np.uint64(1))
+
+
 def ngram_hashes(ids: np.ndarray, n: int) -> np.ndarray:
     """One hash per window of `n` consecutive words (empty when there are fewer words)."""
     count = len(ids) - n + 1
