@@ -874,12 +874,13 @@ def tokenizers_compare(
                 f"{stats['tokens']:,}",
                 _measured(stats["vocab_used_fraction"], ".1%"),
                 _measured(stats["byte_fallback_rate"], ".2%"),
+                _measured(stats.get("unknown_rate"), ".2%"),
                 ", ".join(repr(p) for p in stats["longest_pieces"][:3]),
                 *scored,
             )
         )
     columns = ["model", "vocab", "bytes/token (val)", "val tokens", "vocab used", "byte fallback",
-               "longest pieces"]  # fmt: skip
+               "<unk>", "longest pieces"]  # fmt: skip
     if train_steps > 0:
         model_name = f"{compared.label}, {train_steps} steps"
         columns += [f"val bpb ({model_name})", "count-bigram val bpb"]

@@ -637,6 +637,7 @@ def _tokenizer_section(report: RunReport, images: dict[str, bytes]) -> str:
         ("val documents", stats.get("documents")),
         ("vocabulary used on val", stats.get("vocab_used_fraction")),
         ("byte-fallback rate on val", stats.get("byte_fallback_rate")),
+        ("<unk> rate on val", stats.get("unknown_rate")),
     ]
     body = _table(["statistic", "value"], rows)
     longest = stats.get("longest_pieces") or []

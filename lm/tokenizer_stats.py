@@ -1,5 +1,6 @@
 """How a tokenizer does on held-out text: bytes per token, vocabulary use, byte-fallback rate,
-and its longest learned pieces (not end-of-text, `<unk>`, `<0xNN>` or configured symbols, which
+the rate of `<unk>` (text it cannot spell, which makes bytes per token look better), and its
+longest learned pieces (not end-of-text, `<unk>`, `<0xNN>` or configured symbols, which
 say nothing of what it learned). The numbers `lmforge tokenizers compare` puts side by side."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from lm.tokenizer import Tokenizer, encode_documents_naming_refusals
+from lm.tokenizer import UNKNOWN, Tokenizer, encode_documents_naming_refusals
 
 LONGEST_PIECES = 10
 logger = logging.getLogger(__name__)
@@ -23,8 +24,11 @@ def tokenizer_statistics(
     document the tokenizer refuses (`unknown_chars = "error"`) is named by its split and first
     characters, as the encode stage names it."""
     used = np.zeros(tokenizer.vocab_size, dtype=bool)
-    tokens = text_bytes = byte_tokens = documents = 0
+    tokens = text_bytes = byte_tokens = unknown_tokens = documents = 0
     byte_ids = _byte_piece_ids(tokenizer)
+    unknown_ids = np.array(
+        [i for i in range(tokenizer.vocab_size) if tokenizer.piece(i) == UNKNOWN], dtype=np.int64
+    )
     for batch in texts:
         encoded = encode_documents_naming_refusals(tokenizer, batch, [split] * len(batch))
         for text, ids in zip(batch, encoded, strict=True):
@@ -35,6 +39,7 @@ def tokenizer_statistics(
                 array = np.asarray(ids)
                 used[array] = True
                 byte_tokens += int(np.isin(array, byte_ids).sum()) if len(byte_ids) else 0
+                unknown_tokens += int(np.isin(array, unknown_ids).sum())
     if not tokens:
         logger.warning("the tokenizer's statistics (bytes per token, vocabulary use, byte "
                        "fallback) are not measured: the val split holds no text")  # fmt: skip
@@ -49,6 +54,7 @@ def tokenizer_statistics(
         "vocab_size": tokenizer.vocab_size,
         "vocab_used_fraction": float(used.mean()) if tokens else None,
         "byte_fallback_rate": byte_tokens / tokens if tokens else None,
+        "unknown_rate": unknown_tokens / tokens if tokens else None,
         "longest_pieces": [pieces[i] for i in longest],
     }
 

@@ -193,6 +193,7 @@ def evaluate_vectors(vectors, config: Word2VecConfig) -> dict:
     """Analogy accuracy, Spearman correlations with their out-of-vocabulary rates, and the
     nearest neighbours of each probe word in the vocabulary (absent probes are warned about)."""
     metrics: dict = {"vocabulary": len(vectors.key_to_index)}
+    pieces = vectors
     if config.input == "pieces":
         vectors = whole_word_view(vectors)
     analogies = gensim_test_file(ANALOGIES)
@@ -211,7 +212,10 @@ def evaluate_vectors(vectors, config: Word2VecConfig) -> dict:
     for probe in config.probes:
         word = _key_of(probe, vectors)
         if word is None:
-            logger.warning("word2vec: probe word '%s' is not in the vocabulary; skipped", probe)
+            inside = config.input == "pieces" and _key_of(probe, pieces) is not None
+            logger.warning("word2vec: probe word '%s' %s; skipped", probe,
+                           "is a piece only inside words, with no vector as a word of its own"
+                           if inside else "is not in the vocabulary")  # fmt: skip
             continue
         neighbours[word] = [w for w, _ in vectors.most_similar(word, topn=config.neighbours)]
     metrics["neighbours"] = neighbours
@@ -276,14 +280,27 @@ def _pairs_in_vocabulary(vectors, path) -> tuple[int, int]:
 
 def whole_word_view(vectors):
     """The vectors of whole-word pieces ("▁said") keyed by their word ("said"): the keys the
-    word evaluation sets and the probes look up. Pieces inside words have no word to answer for."""
+    word evaluation sets and the probes look up. Pieces inside words have no word to answer for.
+    In Chinese and Japanese, written without spaces, only a document's first piece has the
+    space mark: a piece of their characters alone ("银行") is a word too."""
     from gensim.models import KeyedVectors
 
-    pieces = [key for key in vectors.index_to_key if key.startswith("\u2581") and len(key) > 1]
+    words: dict[str, str] = {}  # word: its piece, the most frequent first
+    for key in vectors.index_to_key:
+        if key.startswith("\u2581") and len(key) > 1:
+            words.setdefault(key[1:], key)
+    for key in vectors.index_to_key:
+        if _written_without_spaces().fullmatch(key):
+            words.setdefault(key, key)
     view = KeyedVectors(vectors.vector_size)
-    if pieces:
-        view.add_vectors([piece[1:] for piece in pieces], [vectors[piece] for piece in pieces])
+    if words:
+        view.add_vectors(list(words), [vectors[piece] for piece in words.values()])
     return view
+
+
+@functools.cache
+def _written_without_spaces() -> re.Pattern[str]:
+    return re.compile(f"[{_CHARACTER_WORDS}]+")
 
 
 def plot_projection(vectors, neighbours: dict[str, list[str]], method: str, path: Path) -> Path:

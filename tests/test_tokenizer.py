@@ -192,6 +192,19 @@ def test_unseen_characters_fall_back_to_bytes_and_still_round_trip(bundled_split
     assert tokenizer.decode(tokenizer.encode(text)) == text
     stats = tokenizer_statistics(tokenizer, [[text]])
     assert stats["byte_fallback_rate"] > 0
+    assert stats["unknown_rate"] == 0
+
+
+def test_text_a_tokenizer_cannot_spell_is_its_unknown_rate(bundled_splits):
+    # Without byte fallback each run of unknown characters is one cheap <unk>: bytes per token
+    # looked better for it, with no sign of the text lost.
+    config = TokenizerConfig(vocab_size=1000, byte_fallback=False, character_coverage=0.98)
+    tokenizer = train_tokenizer(iter(bundled_splits["train"]), config)
+    text = "the river 日本語 and ☃☃ the river"
+    stats = tokenizer_statistics(tokenizer, [[text]])
+    unknown = sum(tokenizer.piece(i) == "<unk>" for i in tokenizer.encode(text))
+    assert unknown == 2 and stats["unknown_rate"] == unknown / stats["tokens"]
+    assert stats["byte_fallback_rate"] == 0
 
 
 def test_statistics_on_val(bundled_splits):
@@ -213,7 +226,7 @@ def test_statistics_of_an_empty_val_split_are_no_measurement(bundled_splits, cap
         stats = tokenizer_statistics(tokenizer, [[]])
     assert stats["documents"] == stats["tokens"] == 0
     assert stats["bytes_per_token"] is stats["vocab_used_fraction"] is None
-    assert stats["byte_fallback_rate"] is None
+    assert stats["byte_fallback_rate"] is stats["unknown_rate"] is None
     assert "the val split holds no text" in caplog.text
 
 

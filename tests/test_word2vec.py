@@ -143,6 +143,23 @@ def test_piece_vectors_are_evaluated_by_their_whole_word_pieces():
     assert metrics["analogy_accuracy"] is None  # nothing answered is no score, not 0 %
 
 
+def test_chinese_pieces_are_words_and_a_piece_inside_words_is_said_to_be_one(caplog):
+    # Written without spaces, only a document's first piece has "▁": the probe 学生 was "not
+    # in the vocabulary" though its piece was trained; "ing" is in it, inside words only.
+    sentences = [["▁river", "▁bank", "学生", "银行", "ing", "喜欢"] * 3] * 40
+    config = SMALL.model_copy(update={"input": "pieces", "probes": ["学生", "ing", "zzz"]})
+    with caplog.at_level(logging.WARNING, logger="lm.word2vec"):
+        metrics = evaluate_vectors(train_word2vec(sentences, config), config)
+    assert list(metrics["neighbours"]) == ["学生"]
+    assert set(metrics["neighbours"]["学生"]) <= {"river", "bank", "银行", "喜欢"}
+    said = [record.getMessage() for record in caplog.records]
+    assert (
+        "word2vec: probe word 'ing' is a piece only inside words, with no vector as a word "
+        "of its own; skipped" in said
+    )
+    assert "word2vec: probe word 'zzz' is not in the vocabulary; skipped" in said
+
+
 @pytest.mark.parametrize("words", [["love", "sex"], ["tiger", "cat"], ["zzz"]])
 def test_too_few_similarity_pairs_give_no_correlation_but_a_true_oov_rate(words, caplog):
     import numpy as np

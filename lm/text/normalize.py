@@ -26,12 +26,13 @@ from lm.text.utf8_scan import CodePointFinder
 # Which normalization a corpus was built with (the clean stage records it): a `doc_id` is the
 # hash of the normalized text, so another normalization gives some documents other ids, and a
 # retrain cannot tell the champion's documents from new ones. 2: the joiners kept, the bidi
-# isolates removed (December 2026); corpora recorded without it are 1.
-NORMALIZATION_VERSION = 2
+# isolates removed (December 2026); 3: the Arabic letter mark removed with the other bidi marks
+# (December 2026); corpora recorded without it are 1.
+NORMALIZATION_VERSION = 3
 _LINE_BREAKS = [0x0B, 0x0C, 0x1C, 0x1D, 0x1E, 0x85]
 _PARAGRAPH_SEPARATOR = 0x2029  # a paragraph break: a blank line
 _DELETED = [*range(0x00, 0x09), *range(0x0E, 0x1C), *range(0x7F, 0x85), *range(0x86, 0xA0),
-            0x200B, 0x200E, 0x200F, *range(0x202A, 0x202F), 0x2060, *range(0x2066, 0x206A),
+            0x061C, 0x200B, 0x200E, 0x200F, *range(0x202A, 0x202F), 0x2060, *range(0x2066, 0x206A),
             0xFEFF]  # fmt: skip
 _SPACES = [0x09, 0xA0, 0x1680, *range(0x2000, 0x200B), 0x202F, 0x205F, 0x3000]
 _CONTROL_TABLE = (dict.fromkeys(_DELETED) | dict.fromkeys(_LINE_BREAKS, 0x0A)
