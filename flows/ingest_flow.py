@@ -89,8 +89,9 @@ def read_part_task(
     path = Path(scratch) / f"part-{part.index:06d}.parquet"
     partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
     documents = iter_input_documents(
-        list(part.inputs), config.encoding_errors, Path(download_dir), config.url_timeout_s
-    )
+        list(part.inputs), config.encoding_errors, Path(download_dir), config.url_timeout_s,
+        name=f"ingest: inputs {part.start}-{part.stop}",
+    )  # fmt: skip
     with DocumentWriter(partial, RAW_SCHEMA, config.row_group_docs) as writer:
         for document in documents:
             writer.write(document._asdict())

@@ -369,6 +369,13 @@ def evaluate(
     return score_windows(model, windows, TokenBytes.of(tokenizer), autocast, f"evaluate {split}")
 
 
+def say_baseline_fit(stage: str, train_tokens: int) -> None:
+    """A line before the count-bigram baseline is fitted: on a large train split that takes
+    tens of seconds, which were silent."""
+    logger.info("%s: fitting the count-bigram baseline on %s train tokens", stage,
+                f"{train_tokens:,}")  # fmt: skip
+
+
 def count_bigram_baseline(
     train_tokens: np.ndarray, vocab_size: int, smoothing: float | None = None
 ):

@@ -129,23 +129,23 @@ class SentenceStream:
             yield from self.to_sentences(text)
 
 
-def _epoch_progress(words_per_epoch: int, epochs: int):
-    """A gensim callback that logs, after each epoch, the words trained on so far with rate
-    and ETA: a word2vec stage ran for minutes (hours, on a large corpus) without a line."""
-    from gensim.models.callbacks import CallbackAny2Vec
+PROGRESS_EVERY_S = 5.0
 
-    from lm.progress import ProgressLog
 
-    class EpochProgress(CallbackAny2Vec):
-        def __init__(self):
-            self.progress = ProgressLog("word2vec", total=words_per_epoch * epochs, unit="words")
-            self.epoch = 0
+class _CountedSentences:
+    """`sentences`, counting the words gensim reads into `progress`: its callbacks come only at
+    an epoch's end, so a line each epoch left a large corpus's stage silent for many minutes
+    (and its vocabulary pass for all of its own)."""
 
-        def on_epoch_end(self, model):
-            self.epoch += 1
-            self.progress.update(words_per_epoch * self.epoch, force=True)
+    def __init__(self, sentences: Iterable[list[str]], progress):
+        self.sentences = sentences
+        self.progress = progress
 
-    return EpochProgress()
+    def __iter__(self) -> Iterator[list[str]]:
+        progress = self.progress
+        for sentence in self.sentences:
+            progress.update(progress.done + len(sentence))
+            yield sentence
 
 
 def train_word2vec(sentences: Iterable[list[str]], config: Word2VecConfig):
@@ -172,7 +172,11 @@ def train_word2vec(sentences: Iterable[list[str]], config: Word2VecConfig):
         seed=config.seed,
         hashfxn=stable_hash,
     )
-    model.build_vocab(sentences)
+    from lm.progress import ProgressLog
+
+    logger.info("word2vec: reading the training split for its vocabulary")
+    read = ProgressLog("word2vec: vocabulary", None, unit="words", interval_s=PROGRESS_EVERY_S)
+    model.build_vocab(_CountedSentences(sentences, read))
     if not model.wv.key_to_index:
         raise Word2VecError(
             f"word2vec: no word occurs {config.min_count} times in the training split; "
@@ -183,9 +187,11 @@ def train_word2vec(sentences: Iterable[list[str]], config: Word2VecConfig):
         f"{model.corpus_total_words:,}", f"{model.corpus_count:,}",
         f"{len(model.wv.key_to_index):,}", config.epochs,
     )  # fmt: skip
-    progress = _epoch_progress(model.corpus_total_words, config.epochs)
-    model.train(sentences, total_examples=model.corpus_count, epochs=config.epochs,
-                callbacks=[progress])  # fmt: skip
+    total = model.corpus_total_words * config.epochs
+    trained = ProgressLog("word2vec", total, unit="words", interval_s=PROGRESS_EVERY_S)
+    model.train(_CountedSentences(sentences, trained), total_examples=model.corpus_count,
+                epochs=config.epochs)  # fmt: skip
+    trained.finish()
     return model.wv
 
 

@@ -189,6 +189,7 @@ def _encode_by_hash(
             scratch=str(scratch),
         )
         append_slices(pieces, writers)
+        progress.update(progress.total or 0)  # the slices said their own progress: all done
         shutil.rmtree(scratch, ignore_errors=True)
         fan_out = {
             "runner": runtime.task_runner,

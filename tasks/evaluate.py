@@ -137,6 +137,7 @@ def _score(
         autocast_dtype,
         count_bigram_baseline,
         model_device,
+        say_baseline_fit,
         score_windows,
         split_batches,
     )
@@ -157,21 +158,24 @@ def _score(
     shard_folder = workspace.resolve(shards.path)
     train_tokens, _ = open_shard(shard_folder / "train.bin", tokenizer.digest)
     vocab_size = model_tokenizer.vocab_size
+    say_baseline_fit("evaluate", len(train_tokens))
     smoothing = config.baseline_smoothing or tuned_smoothing(train_tokens, vocab_size)
     baseline = count_bigram_baseline(train_tokens, vocab_size, smoothing).to(device)
     token_bytes = TokenBytes.of(model_tokenizer)
     metrics: dict[str, dict] = {"model": {}, "baseline": {}}
+    splits = {}  # the splits with tokens to score
     for split in config.splits:
         path = shard_folder / f"{split}.bin"
-        if not path.is_file():
-            continue
-        tokens, _ = open_shard(path, tokenizer.digest)
-        if len(tokens) == 0:
-            continue
+        if path.is_file() and len(tokens := open_shard(path, tokenizer.digest)[0]):
+            splits[split] = tokens
+    passes = iter(range(1, 2 * len(splits) + 1))
+    for split, tokens in splits.items():
         windows = split_batches(model, tokens, config, model_tokenizer.eot_id, window, split,
                                 per_document)  # fmt: skip
         for name, scored in (("model", model), ("baseline", baseline)):
-            score = score_windows(scored, windows, token_bytes, autocast, f"evaluate {split}")
+            # Named by pass: the baseline's lines under the model's name read as a restart.
+            said = f"evaluate {split}, {name} ({next(passes)} of {2 * len(splits)})"
+            score = score_windows(scored, windows, token_bytes, autocast, said)
             metrics[name][split] = score.as_dict()
         _warn_of_unknown_tokens(split, metrics["model"][split])
     how = {

@@ -244,7 +244,7 @@ def train_task(
     # torch is imported here, not at module level: the flow imports this module on every run.
     import torch
 
-    from lm.evaluate import count_bigram_baseline
+    from lm.evaluate import count_bigram_baseline, say_baseline_fit
     from lm.machine import device_name
     from lm.models.bigram_count import tuned_smoothing
     from lm.models.registry import build_model
@@ -284,6 +284,7 @@ def train_task(
         if model.kind != "bigram-count":
             _say_other_interrupted_trainings(workspace, work)
         coverage: dict[str, float] = {}
+        say_baseline_fit("train", len(train_tokens))
         smoothing = tuned_smoothing(train_tokens, vocab_size)  # as the evaluate stage's
         baseline = count_bigram_baseline(train_tokens, vocab_size, smoothing)
         pieces = _piece_vectors(model, vectors, workspace, tokenizer, settings.seed, coverage)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch.utils import _pytree as pytree
@@ -488,3 +489,22 @@ def test_cpu_bf16_attention_avoids_the_bf16_fused_kernel_and_matches_the_math_pa
     (fused_logits, fused_grad), (math_logits, math_grad) = results
     assert torch.allclose(fused_logits, math_logits, atol=0.05)
     assert torch.allclose(fused_grad, math_grad, atol=1e-3, rtol=0.05)
+
+
+def test_pairs_counted_in_a_table_are_those_counted_by_sorting(monkeypatch):
+    # The table (one linear pass) replaced sorting where it fits: the same counts, and so the
+    # same tuned smoothing and baseline, either way.
+    import lm.models.bigram_count as bigram_count
+    from lm.models.bigram_count import BigramCountModel, tuned_smoothing
+
+    rng = np.random.default_rng(0)
+    first, more = rng.integers(0, 50, 5000), rng.integers(0, 50, 3000)
+    results = []
+    for limit in (1 << 24, 0):  # 0: every count by sorting
+        monkeypatch.setattr(bigram_count, "DENSE_PAIRS", limit)
+        model = BigramCountModel(BigramCountConfig(), 50).fit(torch.from_numpy(first))
+        model.fit(torch.from_numpy(more))  # counts added to those so far
+        results.append((model.pair_ids, model.pair_counts, tuned_smoothing(first, 50)))
+    (ids, counts, smoothing), (sorted_ids, sorted_counts, sorted_smoothing) = results
+    assert torch.equal(ids, sorted_ids) and torch.equal(counts, sorted_counts)
+    assert smoothing == sorted_smoothing and counts.sum() == 4999 + 2999

@@ -555,7 +555,23 @@ def test_a_damaged_published_model_falls_back_then_is_trained_again(workspace, c
 
     from lm.evaluate import CheckpointError, load_trained
 
-    first = run_pipeline(config, TINY_GPT)
+    said = [logging.getLogger(name) for name in ("lm.evaluate", "lm.progress")]
+    for logger in said:  # the flow's logging set-up replaced the root handlers caplog hears
+        logger.addHandler(caplog.handler)
+    try:
+        first = run_pipeline(config, TINY_GPT)
+    finally:
+        for logger in said:
+            logger.removeHandler(caplog.handler)
+    # The baseline's fit is said before it starts (silent for tens of seconds on a large split),
+    # and each evaluate pass is named (the baseline's read as the model's pass restarting).
+    lines = [record.getMessage() for record in caplog.records]
+    tokens = first["shards"]["splits"]["train"]["tokens"]
+    for stage in ("train", "evaluate"):
+        assert f"{stage}: fitting the count-bigram baseline on {tokens:,} train tokens" in lines
+    passes = [line.split(":")[0] for line in lines if re.match(r"evaluate \w+, ", line)]
+    assert passes == ["evaluate val, model (1 of 2)", "evaluate val, baseline (2 of 2)"]
+    caplog.clear()
     folder = workspace.resolve(first["models"][-1]["path"])
     best = torch.load(folder / "best" / "model.pt")
     final = torch.load(folder / "final" / "model.pt")

@@ -22,7 +22,17 @@ def test_progress_logs_at_most_once_per_interval(caplog):
         for done in range(0, 1 << 20, 1 << 16):
             progress.update(done)
         progress.finish()
-    assert len(caplog.records) == 1 and "960.0 kB / 1.0 MB (94%)" in caplog.text
+    # Decimal units, as the run's summary gives them (it was 960.0 "kB" / 1.0 "MB", binary).
+    assert len(caplog.records) == 1 and "983.0 kB / 1.0 MB (94%)" in caplog.text
+
+
+def test_time_spent_elsewhere_is_left_out_of_the_rate_and_the_eta():
+    # A 30 s download before a file was read made its reading look 46 B/s.
+    progress = ProgressLog("ingest", total=100)
+    progress._start -= 40.0  # forty seconds in, thirty of them downloading
+    progress.leave_out(30.0)
+    progress.done = 50
+    assert "5 B/s, ETA 0:00:10" in progress.line()
 
 
 def test_the_last_line_is_not_printed_twice(caplog):

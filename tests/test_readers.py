@@ -489,7 +489,7 @@ def test_a_history_dump_page_reads_its_latest_revision_with_text(tmp_path):
     ]  # fmt: skip
 
 
-def test_http_url_is_streamed_and_read_by_its_format(tmp_path):
+def test_http_url_is_streamed_and_read_by_its_format(tmp_path, caplog):
     served = tmp_path / "served"
     served.mkdir()
     (served / "docs.jsonl").write_text('{"text": "from the web"}\n')
@@ -499,11 +499,16 @@ def test_http_url_is_streamed_and_read_by_its_format(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/docs.jsonl"
-        docs = read(tmp_path, url)
+        with caplog.at_level(logging.INFO, logger="lm.progress"):
+            docs = read(tmp_path, url)
     finally:
         server.shutdown()
     assert [(d.text, d.source) for d in docs] == [("from the web", f"{url}:1")]
     assert not any((tmp_path / "downloads").iterdir()), "the download is removed after reading"
+    # The download has progress lines of its own (it was silent), and reading counts its size.
+    lines = [record.getMessage() for record in caplog.records]
+    assert lines[0].startswith("download docs.jsonl: 25 B / 25 B (100%)")
+    assert lines[1].startswith("ingest: 25 B / 25 B (100%)")
 
 
 def test_a_fetch_that_may_succeed_later_is_transient_and_a_missing_page_is_not(tmp_path):

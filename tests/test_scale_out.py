@@ -8,6 +8,7 @@ import hashlib
 import importlib.util
 import itertools
 import json
+import logging
 import os
 import shutil
 import socket
@@ -244,11 +245,21 @@ def ingest_with(workspace, config: IngestConfig, runtime: RuntimeConfig):
 
 @pytest.mark.slow
 def test_threads_and_processes_read_the_files_in_parts_and_give_the_inline_raw_corpus(
-    workspace, inputs, monkeypatch
+    workspace, inputs, monkeypatch, caplog
 ):
     monkeypatch.setattr(tasks.ingest, "PART_POLICY", TINY_PARTS)
     alone, inline = ingest_with(workspace, inputs, ONE_WORKER)
-    on_threads, threads = ingest_with(workspace, inputs, THREADS)
+    progress = logging.getLogger("lm.progress")
+    progress.addHandler(caplog.handler)  # Prefect's logging set-up took the root's handlers
+    try:
+        with caplog.at_level(logging.INFO, logger="lm.progress"):
+            on_threads, threads = ingest_with(workspace, inputs, THREADS)
+    finally:
+        progress.removeHandler(caplog.handler)
+    # A part's lines name its inputs: each said "ingest: ... (100%)" while the stage was not.
+    said = {r.getMessage().split(":")[1] for r in caplog.records}
+    assert " read" in said and " inputs 0-1" in said
+    assert all(part == " read" or part.startswith(" inputs ") for part in said)
     on_processes, processes = ingest_with(workspace, inputs, PROCESSES)
 
     assert inline.stats["runner"] == "inline"
@@ -323,14 +334,23 @@ def encode_with(workspace, corpus, tokenizer, runtime: RuntimeConfig):
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["bpe", "char"])
 def test_threads_and_processes_encode_slices_into_the_inline_shards(
-    workspace, encoded_corpus, monkeypatch, kind
+    workspace, encoded_corpus, monkeypatch, kind, caplog
 ):
     corpus, tokenizers = encoded_corpus
     monkeypatch.setattr(tasks.encode, "SLICE_POLICY", TINY_SLICES)
     alone, inline = encode_with(workspace, corpus, tokenizers[kind], ONE_WORKER)
     on_processes, processes = encode_with(workspace, corpus, tokenizers[kind], PROCESSES)
     monkeypatch.setattr(tasks.encode, "encode_workers", lambda runtime: 2)  # threads, forced
-    on_threads, threads = encode_with(workspace, corpus, tokenizers[kind], THREADS)
+    progress = logging.getLogger("lm.progress")
+    progress.addHandler(caplog.handler)  # Prefect's logging set-up took the root's handlers
+    try:
+        with caplog.at_level(logging.INFO, logger="lm.progress"):
+            on_threads, threads = encode_with(workspace, corpus, tokenizers[kind], THREADS)
+    finally:
+        progress.removeHandler(caplog.handler)
+    # The stage's own line ends at 100% (it said "encode: 0 B / 291.0 kB (0%)" after the slices).
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("encode: ")]
+    assert said and "(100%)" in said[-1] and not said[-1].startswith("encode: slices")
 
     assert inline.stats["runner"] == "inline"
     assert threads.stats["runner"] == "threads" and threads.stats["slices"] >= 3

@@ -196,16 +196,24 @@ def test_the_pair_count_agrees_with_gensim_s_own_oov_rate():
         assert found >= 3 and 1 - found / total == pytest.approx(oov / 100)
 
 
-def test_training_logs_its_progress_each_epoch_with_rate_and_eta(caplog):
-    """A word2vec stage ran for minutes without a line (hours, on a large corpus)."""
+def test_training_logs_its_progress_within_each_epoch_with_rate_and_eta(caplog, monkeypatch):
+    """A word2vec stage ran for minutes without a line (hours, on a large corpus); then a line
+    an epoch left an epoch, and the vocabulary pass, silent."""
+    import lm.word2vec
+
+    monkeypatch.setattr(lm.word2vec, "PROGRESS_EVERY_S", 0.0)  # a line for every sentence read
+    sentences = small_sentences()
+    words = sum(map(len, sentences))
     with caplog.at_level(logging.INFO):
-        train_word2vec(small_sentences(), SMALL.model_copy(update={"epochs": 3}))
-    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("word2vec: ")]
+        train_word2vec(sentences, SMALL.model_copy(update={"epochs": 3}))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("word2vec")]
+    vocabulary = [line for line in lines if line.startswith("word2vec: vocabulary: ")]
+    assert len(vocabulary) == len(sentences) and f"{words:,} words," in vocabulary[-1]
     progress = [line for line in lines if "ETA" in line]
-    assert len(progress) == 3 and progress[-1].split(" words")[0].endswith(
-        progress[-1].split("/ ")[1].split(" words")[0]
-    )  # the last line's count is its total
-    assert "(100%)" in progress[-1] and "words/s" in progress[0]
+    first_epoch = [line for line in progress if int(line.split()[1].replace(",", "")) <= words]
+    assert len(first_epoch) == len(sentences)  # a line a sentence, each epoch
+    assert progress[0].startswith(f"word2vec: {len(sentences[0]):,} words / {3 * words:,} words")
+    assert progress[-1].startswith(f"word2vec: {3 * words:,} words / {3 * words:,} words (100%)")
 
 
 def test_stored_vectors_that_will_not_load_are_an_error_naming_the_file(tmp_path):

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import http.client
 import logging
-import shutil
 import socket
 import ssl
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -43,14 +43,20 @@ def iter_input_documents(
     encoding_errors: str,
     download_dir: Path,
     url_timeout_s: float = 30.0,
+    name: str = "ingest",
 ) -> Iterator[RawDocument]:
+    """The documents of `inputs` in order, with progress lines under `name` (a part of a
+    fanned-out ingest names its inputs: each part's "ingest: ... (100%)" read as the stage's)."""
     known_sizes = [item.size for item in inputs if item.size is not None]
-    progress = ProgressLog("ingest", total=sum(known_sizes) if known_sizes else None)
+    progress = ProgressLog(name, total=sum(known_sizes) if known_sizes else None)
     done_bytes = 0
     for item in inputs:
         path = item.path
         if item.is_url:
+            started = time.monotonic()
             path = _download(item.url, download_dir, url_timeout_s)
+            progress.leave_out(time.monotonic() - started)
+            progress.total = (progress.total or 0) + path.stat().st_size
         try:
             with _open_input(item, path) as raw:
                 stream = open_decompressed(item, raw)
@@ -113,8 +119,12 @@ def _download(url: str, download_dir: Path, timeout_s: float) -> Path:
             urllib.request.urlopen(request, timeout=timeout_s) as response,
             open(target, "wb") as out,
         ):
-            shutil.copyfileobj(response, out, DOWNLOAD_CHUNK)
             length = response.headers.get("Content-Length", "")
+            progress = ProgressLog(f"download {name}", int(length) if length.isdigit() else None)
+            while chunk := response.read(DOWNLOAD_CHUNK):
+                out.write(chunk)
+                progress.update(progress.done + len(chunk))
+            progress.finish()
         if length.isdigit() and target.stat().st_size != int(length):
             # http.client ends a body cut short without an error: it became corpus, cut.
             raise http.client.IncompleteRead(b"", int(length) - target.stat().st_size)
