@@ -81,6 +81,33 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 @pytest.fixture
+def sources(tmp_path):
+    """The small corpus the pipeline tests run on: twelve texts, a copy, a text too short to
+    keep, and a Wikipedia dump of one page."""
+    from tests.helpers import prose, wiki_page, write_wiki_dump
+
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    for index in range(12):
+        (folder / f"doc{index:02d}.txt").write_text(prose(index, 150))
+    (folder / "copy.txt").write_text(prose(3, 150))  # an exact duplicate
+    (folder / "short.txt").write_text("too short to keep")
+    write_wiki_dump(
+        tmp_path / "wiki.xml.bz2",
+        [wiki_page("Gamma", "'''Gamma''' is {{lang|el|γάμμα}} a [[letter]]. " + prose(50, 150))],
+    )
+    return [{"path": str(folder)}, {"path": str(tmp_path / "wiki.xml.bz2")}]
+
+
+@pytest.fixture
+def config(tmp_path, sources):
+    """A config of the pipeline tests over `sources`."""
+    from tests.helpers import write_config
+
+    return write_config(tmp_path / "small.toml", sources)
+
+
+@pytest.fixture
 def local_zone(monkeypatch: pytest.MonkeyPatch):
     """Sets this process's local time zone (`TZ`, as Python and DuckDB read it) for a test:
     call it with a zone name; the machine's zone comes back after the test."""

@@ -9,7 +9,6 @@ import math
 import os
 import re
 import shutil
-import string
 from dataclasses import asdict
 
 import duckdb
@@ -24,26 +23,6 @@ from lm.text.sources import InputError
 from storage.corpus import CORPUS_SCHEMA, DOCUMENTS_FILE
 from storage.registry import RunRegistry
 from tests.helpers import prose, serving_busy_once, wiki_page, write_config, write_wiki_dump
-
-
-@pytest.fixture
-def sources(tmp_path):
-    folder = tmp_path / "texts"
-    folder.mkdir()
-    for index in range(12):
-        (folder / f"doc{index:02d}.txt").write_text(prose(index, 150))
-    (folder / "copy.txt").write_text(prose(3, 150))  # an exact duplicate
-    (folder / "short.txt").write_text("too short to keep")
-    write_wiki_dump(
-        tmp_path / "wiki.xml.bz2",
-        [wiki_page("Gamma", "'''Gamma''' is {{lang|el|γάμμα}} a [[letter]]. " + prose(50, 150))],
-    )
-    return [{"path": str(folder)}, {"path": str(tmp_path / "wiki.xml.bz2")}]
-
-
-@pytest.fixture
-def config(tmp_path, sources):
-    return write_config(tmp_path / "small.toml", sources)
 
 
 def run_pipeline(config, overrides=()):
@@ -275,21 +254,26 @@ def test_a_split_that_leaves_models_nothing_to_score_on_stops_after_cleaning():
         require_kept_documents(corpus(train=0, val=2), SplitConfig(method="random"), False)
 
 
-@pytest.mark.parametrize("kind", list(BAD_INPUTS))
-def test_bad_input_fails_clearly_and_damages_nothing_stored(workspace, config, tmp_path, kind):
+def test_bad_input_fails_clearly_and_damages_nothing_stored(workspace, config, tmp_path):
+    """Every kind of bad input, one after another in one workspace: each fails clearly, as a
+    failed run, and none of them touches the corpus the good run stored (one good run and one
+    cached rerun for all of them, not a pair for each: 66 s became 23 s)."""
     good = run_pipeline(config)
     corpus = corpus_file(workspace, good)
     before = pq.read_table(corpus)
-    bad_config = write_config(tmp_path / "bad.toml", [_bad_input(kind, tmp_path)])
-    with pytest.raises(InputError, match=BAD_INPUTS[kind]):
-        run_pipeline(bad_config)
-    assert pq.read_table(corpus).equals(before)
     registry = RunRegistry(workspace.registry_path)
-    _, rows = registry.query("SELECT status, error FROM runs ORDER BY started_at")
-    assert [status for status, _ in rows] == ["completed", "failed"]
-    assert "InputError" in rows[1][1]
-    assert re.search(r" \(during stage (ingest|clean)\)$", rows[1][1])  # as a crashed run's
-    assert not list(workspace.artifacts.glob("*/*.partial-*")), "no staging left behind"
+    for number, (kind, said) in enumerate(BAD_INPUTS.items(), start=1):
+        folder = tmp_path / f"bad-{number}"
+        folder.mkdir()
+        bad_config = write_config(folder / "bad.toml", [_bad_input(kind, folder)])
+        with pytest.raises(InputError, match=said):
+            run_pipeline(bad_config)
+        assert pq.read_table(corpus).equals(before), kind
+        _, rows = registry.query("SELECT status, error FROM runs ORDER BY started_at")
+        assert [status for status, _ in rows] == ["completed"] + ["failed"] * number, kind
+        assert "InputError" in rows[-1][1], kind
+        assert re.search(r" \(during stage (ingest|clean)\)$", rows[-1][1]), kind  # as a crash's
+        assert not list(workspace.artifacts.glob("*/*.partial-*")), f"{kind}: staging left"
     assert set(stage_states(run_pipeline(config)).values()) == {"cached"}
 
 
@@ -382,47 +366,6 @@ def test_new_probe_words_evaluate_the_vectors_trained_before(workspace, config, 
     assert stage_states(epochs_changed)["word2vec"] == "ran" and len(trainings) == 1
 
 
-def test_word2vec_under_the_ordered_split_learns_only_the_train_part_of_the_stream(
-    workspace, tmp_path
-):
-    from gensim.models import KeyedVectors
-
-    folder = tmp_path / "stream"
-    folder.mkdir()
-    for index in range(12):
-        (folder / f"doc{index:02d}.txt").write_text(prose(index, 150))
-    # The stream's end, which the ordered split makes val: words no other document has (in
-    # a text the quality rules keep).
-    last = prose(99, 150) + (" The quokkaberry grows in Wuzzlestan. A quokkaberry is sweet. "
-                             "Wuzzlestan sells quokkaberry jam.")  # fmt: skip
-    (folder / "zz-last.txt").write_text(last)
-    config = write_config(tmp_path / "ordered.toml", [{"path": str(folder)}])
-    word2vec = ["word2vec.enabled=true", "word2vec.vector_size=16", "word2vec.epochs=1",
-                "word2vec.min_count=1", 'word2vec.projection="pca"', 'split.method="ordered"',
-                "split.val=0.1", "split.test=0.0"]  # fmt: skip
-    summary = run_pipeline(config, word2vec)
-    assert summary["corpus"]["kept"] == 13  # the last document too
-    [vectors_file] = (workspace.artifacts / "word2vec").glob("*/vectors.kv")
-    words = set(KeyedVectors.load(str(vectors_file)).index_to_key)
-    assert "quokkaberry" not in words and "wuzzlestan" not in words
-    assert {"mountain", "teacher", "garden"} <= words  # the train documents' words
-    # The tokenizer's statistics are measured on the stream's val part (the last document):
-    # read from the corpus's empty val split, they were all 0, and so was `tokenizers compare`.
-    stats = summary["tokenizer"]
-    held_out = round(0.1 * summary["corpus"]["kept_bytes"])  # the stream's last tenth
-    assert abs(stats["tokens"] - held_out) <= 1 and stats["bytes_per_token"] == 1.0  # characters
-    # Another val part, the same corpus digest: measured again (the first part's were reused).
-    wider = run_pipeline(config, [*word2vec, "split.val=0.3"])
-    assert wider["corpus"]["digest"] == summary["corpus"]["digest"]
-    assert abs(wider["tokenizer"]["tokens"] - round(0.3 * summary["corpus"]["kept_bytes"])) <= 1
-    from tests.conftest import run_cli
-
-    compared = run_cli("tokenizers", "compare", "--vocab-size", "400").stdout
-    val_tokens = re.findall(r"^│ (?:bpe|unigram)\s+│ 400\s+│ [\d.]+\s+│ ([\d,]+)", compared,
-                            flags=re.MULTILINE)  # fmt: skip
-    assert len(val_tokens) == 2 and all(int(n.replace(",", "")) > 0 for n in val_tokens)
-
-
 def test_the_stream_parts_of_one_long_text_cut_it_by_its_bytes(tmp_path):
     # One text, the ordered split's usual input, started in the train part, so the val part
     # held nothing: a document now gives each part its own bytes.
@@ -450,6 +393,7 @@ TINY_GPT = [
     'model.kind="gpt"', "model.block_size=16", "model.n_layer=1", "model.n_head=2",
     "model.n_embd=16", "train.max_steps=12", "train.micro_batch=4", "train.global_batch=4",
     "train.eval_every=6", "train.checkpoint_every=6", "train.eval_batches=2", "split.val=0.3",
+    "eval.samples=1", "eval.sampling.max_new_tokens=8",  # samples took most of a tiny run
 ]  # fmt: skip
 
 
@@ -519,7 +463,6 @@ def test_a_training_that_fails_or_is_stopped_leaves_its_curve_to_the_run_s_repor
     from prefect import task
 
     from flows.pipeline import open_run, record_failure, run_stage
-    from lm.config import load_config
     from storage.artifacts import ArtifactStore
     from storage.report_data import gather_run_report
     from storage.stage_journal import LiveMetrics
@@ -570,7 +513,10 @@ def test_a_damaged_published_model_falls_back_then_is_trained_again(workspace, c
     for stage in ("train", "evaluate"):
         assert f"{stage}: fitting the count-bigram baseline on {tokens:,} train tokens" in lines
     passes = [line.split(":")[0] for line in lines if re.match(r"evaluate \w+, ", line)]
-    assert passes == ["evaluate val, model (1 of 2)", "evaluate val, baseline (2 of 2)"]
+    # (Heard twice where the root's handler is caplog's too: in order, once each.)
+    assert list(dict.fromkeys(passes)) == [
+        "evaluate val, model (1 of 2)", "evaluate val, baseline (2 of 2)"
+    ]  # fmt: skip
     caplog.clear()
     folder = workspace.resolve(first["models"][-1]["path"])
     best = torch.load(folder / "best" / "model.pt")
@@ -700,94 +646,6 @@ def test_a_run_publishes_its_card_and_models_table_as_prefect_artifacts(workspac
     assert table is not None and '"val_bpb"' in table.data
 
 
-WORD2VEC_LADDER = """
-[split]
-val = 0.3
-
-[word2vec]
-enabled = true
-input = "pieces"
-vector_size = 16
-min_count = 1
-epochs = 1
-probes = []
-
-[train]
-max_steps = 6
-micro_batch = 4
-global_batch = 4
-eval_every = 6
-eval_batches = 2
-block_size = 8
-
-[eval]
-batches = 2
-batch_size = 4
-samples = 0
-
-[[models]]
-kind = "w2v"
-context = 3
-vector_size = 16
-hiddens = [32]
-
-[[models]]
-name = "gpt-word2vec"
-kind = "gpt"
-block_size = 16
-n_layer = 1
-n_head = 2
-n_embd = 16
-init_embeddings = "word2vec"
-"""
-
-
-def test_word2vec_fed_models_train_on_the_run_s_piece_vectors(workspace, tmp_path, sources):
-    config = write_config(tmp_path / "w2v.toml", sources, WORD2VEC_LADDER)
-    # The helper turns word2vec off; this run's own [word2vec] table replaces that one.
-    config.write_text(config.read_text().replace("[word2vec]\nenabled = false\n", "", 1))
-    summary = run_pipeline(config)
-    models = {model["label"]: model for model in summary["models"]}
-    assert set(models) == {"w2v", "gpt-word2vec"}
-    for model in models.values():
-        assert model["word2vec_coverage"] > 0.9  # every character seen once is a vector
-        assert model["steps"] == 6
-    # Changing the vectors retrains the models that read them.
-    again = run_pipeline(config, ["word2vec.seed=2"])
-    states = stage_states(again)
-    assert states["word2vec"] == "ran" and states["train/w2v"] == "ran"
-    assert states["train/gpt-word2vec"] == "ran"
-    # A continued model's vectors are its checkpoint's: other vectors do not train it again.
-    from storage.artifacts import Descriptor
-    from tasks.train import train_key
-
-    w2v = next(run for run in load_config(str(config)).model_runs() if run.label == "w2v")
-    continued = w2v.train.model_copy(update={"init_from": models["w2v"]["path"]})
-    shards = tokenizer = Descriptor("x", "k", "p", "d", {})
-    keys = {train_key(shards, tokenizer, w2v.model, settings, Descriptor("v", "k", "p", d, {}))
-            for settings in (w2v.train, continued) for d in ("vectors-1", "vectors-2")}  # fmt: skip
-    assert len(keys) == 3  # from scratch two, continued one
-    with pytest.raises(ConfigError, match=r'word2vec\.input = "pieces"'):
-        run_pipeline(config, ['word2vec.input="words"'])
-
-    # Under torchrun the ranks build the models from the same vectors, handed over in a file:
-    # the frozen w2v table published is the one-process run's.
-    import torch
-
-    ranked = run_pipeline(config, ["train.nproc_per_node=2", "train.global_batch=8"])
-    in_ranks = {model["label"]: model for model in ranked["models"]}
-    assert [in_ranks[label]["processes"] for label in ("w2v", "gpt-word2vec")] == [2, 2]
-    # torchrun gives each of several ranks one thread unless OMP_NUM_THREADS says otherwise.
-    threads = int(os.environ.get("OMP_NUM_THREADS", 1))
-    assert [in_ranks[label]["threads"] for label in ("w2v", "gpt-word2vec")] == [threads] * 2
-
-    def table(model) -> torch.Tensor:
-        weights = workspace.resolve(model["path"]) / "final" / "model.pt"
-        return torch.load(weights, weights_only=True)["vectors"]
-
-    assert torch.equal(table(in_ranks["w2v"]), table(models["w2v"]))
-
-
 def test_a_run_card_that_cannot_be_published_leaves_the_run_completed(
     workspace, config, monkeypatch
 ):
@@ -904,80 +762,6 @@ def test_a_model_trained_but_not_scored_is_recorded_with_its_failed_run(workspac
     assert result.stdout.startswith("The")
 
 
-def test_init_from_under_other_meaning_switches_is_refused_and_bigram_count_has_no_init(
-    workspace, config
-):
-    """Rope weights loaded silently into a sinusoidal GPT (the sinusoids at full amplitude),
-    and an RMSNorm's gains into a LayerNorm; a count model ignored init_from."""
-    from lm.models.config import BigramCountConfig
-    from lm.train_config import TrainConfig, TrainingError
-    from tasks.train import init_checkpoint
-
-    first = run_pipeline(config, [*TINY_GPT, 'model.pos="rope"', 'model.norm="rmsnorm"'])
-    start = f"train.init_from={json.dumps(first['models'][-1]['path'])}"
-    changed = r"model\.pos 'rope' → 'sinusoidal', model\.norm 'rmsnorm' → 'layernorm'\), which"
-    with pytest.raises(TrainingError, match=changed):
-        run_pipeline(config, [*TINY_GPT, start, 'model.pos="sinusoidal"'])
-    # Switches that keep the weights' meaning may change: here dropout.
-    continued = run_pipeline(
-        config, [*TINY_GPT, start, 'model.pos="rope"', 'model.norm="rmsnorm"', "model.dropout=0.1"]
-    )
-    assert continued["models"][-1]["steps"] == 12
-    counted = TrainConfig(init_from=first["models"][-1]["path"])
-    with pytest.raises(TrainingError, match=r"a bigram-count model is counted .* drop train"):
-        init_checkpoint(counted, workspace, BigramCountConfig())
-
-
-def forget_tokenizers(workspace) -> None:
-    """The registry's tokenizer rows deleted, as a run killed before recording leaves none."""
-    with duckdb.connect(str(workspace.registry_path)) as connection:
-        connection.execute("DELETE FROM tokenizers")
-
-
-def test_init_from_continues_on_new_data_with_the_checkpoint_s_tokenizer(
-    workspace, config, tmp_path
-):
-    """New documents train another BPE tokenizer, and the continued run was refused ("made
-    with tokenizer …, but this run's tokenizer is …") with no way to keep the old one."""
-    from lm.train_config import TrainingError
-
-    bpe = [*TINY_GPT, 'tokenizer={kind="bpe", vocab_size=400}']
-    first = run_pipeline(config, bpe)
-    (tmp_path / "texts" / "doc-new.txt").write_text(prose(99, 300))
-    retokenized = run_pipeline(config, [*bpe, "train.max_steps=6"])
-    assert retokenized["tokenizer"]["digest"] != first["tokenizer"]["digest"]
-    start = f"train.init_from={json.dumps(first['models'][-1]['path'])}"
-    continued = run_pipeline(config, [*bpe, start])
-    assert continued["corpus"]["digest"] == retokenized["corpus"]["digest"]
-    assert continued["tokenizer"]["digest"] == first["tokenizer"]["digest"]
-    assert continued["models"][-1]["steps"] == 12 and continued["tokenizer"]["bytes_per_token"]
-    # `size` counts the parameters with that tokenizer's vocabulary too, not [tokenizer]'s.
-    from tests.conftest import run_cli
-
-    other = [*TINY_GPT, 'tokenizer={kind="bpe", vocab_size=2000}', start]
-    sized = run_cli("size", str(config), *[arg for item in other for arg in ("--set", item)])
-    assert "vocabulary: 400 ids, the tokenizer of train.init_from's checkpoint" in sized.stdout
-    # A checkpoint copied out of its model folder, its tokenizer in no registry row (a run
-    # killed before it recorded): the workspace's tokenizer outputs are searched.
-    copied = tmp_path / "elsewhere" / "checkpoint"
-    shutil.copytree(workspace.resolve(first["models"][-1]["path"]) / "best", copied)
-    forget_tokenizers(workspace)
-    moved = f"train.init_from={json.dumps(str(copied))}"
-    from_store = run_pipeline(config, [*bpe, moved, "train.max_steps=10"])
-    assert from_store["tokenizer"]["digest"] == first["tokenizer"]["digest"]
-    # Its tokenizer output gone, the copy in the trained model folder serves.
-    shutil.rmtree(workspace.artifacts / "tokenizer")
-    again = run_pipeline(config, [*bpe, start, "train.max_steps=8"])
-    assert again["tokenizer"]["digest"] == first["tokenizer"]["digest"]
-    assert stage_states(again)["tokenizer"] == "ran" and again["models"][-1]["steps"] == 8
-    # Nowhere at all: the configured tokenizer is trained, with a warning, and the checkpoint
-    # refuses it as before (it came out another).
-    shutil.rmtree(workspace.artifacts / "tokenizer")
-    forget_tokenizers(workspace)
-    with pytest.raises(TrainingError, match="made with tokenizer"):
-        run_pipeline(config, [*bpe, moved, "train.max_steps=9"])
-
-
 def test_ingest_tries_a_busy_server_again_and_the_run_completes(workspace, tmp_path, sources):
     """A 503 failed the run at once (every failed fetch was an InputError, never retried),
     where the same run a second later worked."""
@@ -989,63 +773,6 @@ def test_ingest_tries_a_busy_server_again_and_the_run_completes(workspace, tmp_p
         summary = run_pipeline(config)
     read = pq.read_table(corpus_file(workspace, summary), columns=["source"])
     assert f"{base}/web.txt" in read.column("source").to_pylist()
-
-
-def test_init_from_a_checkpoint_too_old_to_name_its_tokenizer_takes_its_folder_s_copy(
-    workspace, config, tmp_path, caplog
-):
-    """Checkpoints from before November 2026 record no tokenizer digest: the configured
-    tokenizer, trained again on new data, was used in silence (3,921 of 4,000 ids other
-    pieces). The copy in the model folder is the one; without it, a warning."""
-    bpe = [*TINY_GPT, 'tokenizer={kind="bpe", vocab_size=400}']
-    first = run_pipeline(config, bpe)
-    old_model = tmp_path / "old-model"
-    shutil.copytree(workspace.resolve(first["models"][-1]["path"]), old_model)
-    for checkpoint in (old_model / "best", old_model / "final"):
-        info = json.loads((checkpoint / "checkpoint.json").read_text())
-        del info["tokenizer_digest"]
-        (checkpoint / "checkpoint.json").write_text(json.dumps(info))
-    (tmp_path / "texts" / "doc-new.txt").write_text(prose(99, 300))
-    start = f"train.init_from={json.dumps(str(old_model))}"
-    continued = run_pipeline(config, [*bpe, start, "train.max_steps=6"])
-    assert continued["tokenizer"]["digest"] == first["tokenizer"]["digest"]
-    shutil.rmtree(old_model / "tokenizer")
-    logging.getLogger("lm.pipeline").addHandler(caplog.handler)  # the flow replaced the root's
-    try:
-        run_pipeline(config, [*bpe, start, "train.max_steps=7"])
-    finally:
-        logging.getLogger("lm.pipeline").removeHandler(caplog.handler)
-    assert "records no tokenizer (an lmforge before November 2026 made it)" in caplog.text
-
-
-def test_a_continued_char_model_that_cannot_spell_new_text_says_what_to_do(
-    workspace, tmp_path, caplog
-):
-    """Its tokenizer refuses unseen characters (`unknown_chars = "error"`), and the advice
-    it gives (another unknown_chars) cannot apply: the continued model keeps its tokenizer."""
-    from lm.tokenizer import TokenizerError
-
-    folder = tmp_path / "letters"
-    folder.mkdir()
-    alphabet = " ".join(string.ascii_letters) + " ."
-    for index in range(8):  # every character in every document: no split lacks one
-        (folder / f"{index}.txt").write_text(f"{prose(index, 100)} {alphabet}")
-    config = write_config(tmp_path / "letters.toml", [{"path": str(folder)}])
-    char = [*TINY_GPT, 'tokenizer={kind="char", unknown_chars="error"}']
-    first = run_pipeline(config, char)
-    (folder / "greek.txt").write_text(f"{prose(50, 100)} {alphabet} αβγδε ζηθ")
-    start = f"train.init_from={json.dumps(first['models'][-1]['path'])}"
-    with pytest.raises(TokenizerError, match=r"drop train\.init_from to train a new one"):
-        run_pipeline(config, [*char, start, "split.val=0.9"])
-    (folder / "greek.txt").unlink()
-    # Another [tokenizer] is said to be unused. (The flow's logging set-up replaced the root
-    # handlers caplog listens on: listen here.)
-    logging.getLogger("lm.pipeline").addHandler(caplog.handler)
-    try:
-        run_pipeline(config, [*TINY_GPT, 'tokenizer={kind="bpe", vocab_size=400}', start])
-    finally:
-        logging.getLogger("lm.pipeline").removeHandler(caplog.handler)
-    assert "[tokenizer] asks for bpe, 400 ids, but this run continues a model" in caplog.text
 
 
 def test_a_stage_that_will_wait_for_a_concurrency_slot_says_so():
@@ -1076,7 +803,6 @@ def test_a_run_that_waits_for_the_registry_is_timed_from_its_start(workspace, co
     from datetime import UTC, datetime
 
     from flows.pipeline import open_run
-    from lm.config import load_config
     from tests.helpers import registry_held_open
 
     open_run(load_config(str(config)), str(config), [])  # the registry exists
@@ -1103,7 +829,6 @@ def test_a_run_cancelled_from_prefect_is_recorded_cancelled_not_failed(
     from prefect.states import Cancelling, Running
 
     from flows.pipeline import flow_run_is_cancelled, open_run, record_failure
-    from lm.config import load_config
 
     @flow
     def stand_in() -> None:

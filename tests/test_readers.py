@@ -506,7 +506,7 @@ def test_http_url_is_streamed_and_read_by_its_format(tmp_path, caplog):
     assert [(d.text, d.source) for d in docs] == [("from the web", f"{url}:1")]
     assert not any((tmp_path / "downloads").iterdir()), "the download is removed after reading"
     # The download has progress lines of its own (it was silent), and reading counts its size.
-    lines = [record.getMessage() for record in caplog.records]
+    lines = [record.getMessage() for record in caplog.records if record.name == "lm.progress"]
     assert lines[0].startswith("download docs.jsonl: 25 B / 25 B (100%)")
     assert lines[1].startswith("ingest: 25 B / 25 B (100%)")
 

@@ -257,7 +257,11 @@ def test_threads_and_processes_read_the_files_in_parts_and_give_the_inline_raw_c
     finally:
         progress.removeHandler(caplog.handler)
     # A part's lines name its inputs: each said "ingest: ... (100%)" while the stage was not.
-    said = {r.getMessage().split(":")[1] for r in caplog.records}
+    said = {
+        r.getMessage().split(":")[1]
+        for r in caplog.records
+        if r.name == "lm.progress" and r.getMessage().startswith("ingest: ")
+    }
     assert " read" in said and " inputs 0-1" in said
     assert all(part == " read" or part.startswith(" inputs ") for part in said)
     on_processes, processes = ingest_with(workspace, inputs, PROCESSES)
@@ -349,7 +353,11 @@ def test_threads_and_processes_encode_slices_into_the_inline_shards(
     finally:
         progress.removeHandler(caplog.handler)
     # The stage's own line ends at 100% (it said "encode: 0 B / 291.0 kB (0%)" after the slices).
-    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("encode: ")]
+    said = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "lm.progress" and r.getMessage().startswith("encode: ")
+    ]
     assert said and "(100%)" in said[-1] and not said[-1].startswith("encode: slices")
 
     assert inline.stats["runner"] == "inline"
