@@ -317,6 +317,10 @@ def run(
         f"corpus {corpus['digest'][:12]}: {corpus['kept']:,} of {corpus['documents']:,} documents"
         f" kept, {decimal_size(corpus['kept_bytes'])}  ({folder})"
     )
+    if summary["models"]:  # where to look next: the run's page, and its model at work
+        run_id = summary["run_id"]
+        console.print(f"next: lmforge report {run_id}  ·  lmforge generate {run_id} --prompt "
+                      "'...'  ·  lmforge runs show " + run_id, highlight=False)  # fmt: skip
     _say_if_not_recorded(summary)
 
 

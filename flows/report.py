@@ -9,7 +9,9 @@ one. Reports read the registry only; they can be made while a pipeline runs.
 from __future__ import annotations
 
 import hashlib
+import html
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -34,11 +36,11 @@ def write_report_folder(rendered: RenderedReport, folder: Path) -> Path:
         raise ReportError(f"{folder}: exists and is not a folder; pass another --out")
     if folder.is_dir():
         entries = list(folder.iterdir())
-        # PNGs are a report's only beside its page: a folder of screenshots is not a report.
-        is_report = any(entry.name == REPORT_FILE for entry in entries)
-        others = sorted(
-            entry.name for entry in entries if not _written_by_reports(entry, is_report)
-        )
+        # PNGs are a report's only where its page shows them: a folder of screenshots is not a
+        # report, and a photo beside a page was deleted with the folder.
+        page = folder / REPORT_FILE
+        shown = _images_shown(page) if page.is_file() and not page.is_symlink() else set()
+        others = sorted(entry.name for entry in entries if not _written_by_reports(entry, shown))
         if others:
             shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if others[3:] else "")
             raise ReportError(
@@ -72,14 +74,23 @@ def write_report_folder(rendered: RenderedReport, folder: Path) -> Path:
     return folder / REPORT_FILE
 
 
-def _written_by_reports(entry: Path, beside_a_report: bool) -> bool:
-    """What a report folder holds: the page and its images, nothing else, no subfolder. An
-    image is a report's only in a folder that holds a report's page."""
+def _written_by_reports(entry: Path, shown: set[str]) -> bool:
+    """What a report folder holds: the page and the images it shows, nothing else, no
+    subfolder."""
     return (
         entry.is_file()
         and not entry.is_symlink()
-        and (entry.name == REPORT_FILE or (beside_a_report and entry.suffix == ".png"))
+        and (entry.name == REPORT_FILE or (entry.suffix == ".png" and entry.name in shown))
     )
+
+
+def _images_shown(page: Path) -> set[str]:
+    """The images a report page shows (`<img src="NAME">`); none from a page not read."""
+    try:
+        text = page.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return set()
+    return {html.unescape(name) for name in re.findall(r'<img src="([^"/]+)"', text)}
 
 
 def _output_folder(out: Path | None, default: Path) -> Path:

@@ -24,6 +24,8 @@ def test_default_run_on_the_bundled_corpus_then_fully_cached(workspace):
     )
     assert len(models) == 1 and models[0][0] == "gpt" and models[0][1] > 0 and models[0][2] > 0
     assert f"{models[0][1]:.4f}" in first.stdout
+    run_id = re.search(r"run (\d{8}-\d{6}-\w+)", first.stdout).group(1)
+    assert f"next: lmforge report {run_id}  ·  lmforge generate {run_id} --prompt" in first.stdout
     second = run_cli("run", *short)
     assert printed_stage_states(second.stdout) == dict.fromkeys(stages, "cached")
     assert len(set(completed_digests(workspace))) == 1

@@ -289,20 +289,35 @@ def test_a_registry_from_before_model_labels_still_reports(tmp_path):
     assert "No tokenizer statistics were recorded" in page.text["tokenizer"]
 
 
+OLD_PAGE = '<p>old</p><img src="old.png" alt="old">'
+
+
 def test_rewriting_a_report_replaces_it_in_one_rename(tmp_path):
     folder = tmp_path / "reports" / "run"
-    write_report_folder(RenderedReport("<p>old</p>", {"old.png": PNG_MAGIC}), folder)
+    write_report_folder(RenderedReport(OLD_PAGE, {"old.png": PNG_MAGIC}), folder)
     path = write_report_folder(RenderedReport("<p>new</p>", {"new.png": PNG_MAGIC}), folder)
     assert path.read_text() == "<p>new</p>"
     assert sorted(p.name for p in folder.iterdir()) == ["new.png", "report.html"]
     assert [p.name for p in folder.parent.iterdir()] == ["run"]  # no staging folder left
 
 
+def test_an_image_its_page_does_not_show_is_not_the_report_s(tmp_path):
+    # Any PNG beside a report.html was taken for the report's, and deleted with the folder.
+    folder = tmp_path / "mine"
+    write_report_folder(RenderedReport(OLD_PAGE, {"old.png": PNG_MAGIC}), folder)
+    (folder / "family-photo.png").write_bytes(PNG_MAGIC + b"mine")
+    with pytest.raises(ReportError, match=r"mine: holds files that are not a report's "
+                                          r"\(family-photo\.png\)"):  # fmt: skip
+        write_report_folder(RenderedReport("<p>new</p>", {}), folder)
+    assert (folder / "family-photo.png").read_bytes() == PNG_MAGIC + b"mine"
+    assert (folder / "report.html").read_text() == OLD_PAGE
+
+
 @pytest.mark.parametrize("other", ["thesis.txt", "sub/", "registry.duckdb"])
 def test_a_folder_holding_anything_but_a_report_is_refused_and_left_whole(tmp_path, other):
     # `--out .`, `--out ~` or `--out $LMFORGE_HOME` replaced the folder whole, deleting it all.
     folder = tmp_path / "mine"
-    write_report_folder(RenderedReport("<p>old</p>", {"old.png": PNG_MAGIC}), folder)
+    write_report_folder(RenderedReport(OLD_PAGE, {"old.png": PNG_MAGIC}), folder)
     if other.endswith("/"):
         (folder / other).mkdir()
     else:
@@ -312,7 +327,7 @@ def test_a_folder_holding_anything_but_a_report_is_refused_and_left_whole(tmp_pa
                                           rf"{other.rstrip('/')}\)"):  # fmt: skip
         write_report_folder(RenderedReport("<p>new</p>", {}), folder)
     assert sorted(p.name for p in folder.iterdir()) == before
-    assert (folder / "report.html").read_text() == "<p>old</p>"
+    assert (folder / "report.html").read_text() == OLD_PAGE
     empty = tmp_path / "empty"
     empty.mkdir()
     assert write_report_folder(RenderedReport("<p>new</p>", {}), empty).read_text() == "<p>new</p>"
