@@ -39,8 +39,8 @@ def write_report_folder(rendered: RenderedReport, folder: Path) -> Path:
         # PNGs are a report's only where its page shows them: a folder of screenshots is not a
         # report, and a photo beside a page was deleted with the folder.
         page = folder / REPORT_FILE
-        shown = _images_shown(page) if page.is_file() and not page.is_symlink() else set()
-        others = sorted(entry.name for entry in entries if not _written_by_reports(entry, shown))
+        images = _images_shown(page) if page.is_file() and not page.is_symlink() else set()
+        others = sorted(entry.name for entry in entries if not _written_by_reports(entry, images))
         if others:
             shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if others[3:] else "")
             raise ReportError(
