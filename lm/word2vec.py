@@ -16,6 +16,7 @@ import logging
 import re
 import sys
 import unicodedata
+import warnings
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -334,10 +335,34 @@ def plot_projection(vectors, neighbours: dict[str, list[str]], method: str, path
     axes.set_title(f"word2vec: probe words and their nearest neighbours ({method.upper()})")
     axes.set_xticks([])
     axes.set_yticks([])
-    figure.tight_layout()
-    figure.savefig(path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        figure.tight_layout()
+        figure.savefig(path)
     plt.close(figure)
+    _say_missing_glyphs(caught)
     return path
+
+
+_MISSING_GLYPH = re.compile(r"Glyph (\d+) .*missing from font")
+
+
+def _say_missing_glyphs(caught: list[warnings.WarningMessage]) -> None:
+    """One line for the characters of the labels the plot's font lacks (drawn as boxes), where
+    matplotlib warned once a character, dozens of lines for a Chinese probe; other warnings
+    pass on as they came."""
+    missing = []
+    for warning in caught:
+        found = _MISSING_GLYPH.match(str(warning.message))
+        if found:
+            missing.append(chr(int(found.group(1))))
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                   warning.lineno)  # fmt: skip
+    if missing:
+        shown = "".join(dict.fromkeys(missing))
+        logger.warning("word2vec: the projection's font lacks %d character(s) of its labels "
+                       "(%s), drawn as boxes", len(shown), shown[:20])  # fmt: skip
 
 
 def _project(matrix: np.ndarray, method: str) -> np.ndarray:

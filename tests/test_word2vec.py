@@ -87,6 +87,22 @@ def test_projection_is_a_png_with_the_probes(tmp_path, method):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
 
 
+def test_labels_the_font_cannot_draw_are_one_warning_not_one_a_character(tmp_path, caplog):
+    # matplotlib warned once a glyph: a Chinese probe put dozens of lines in the run's log.
+    import warnings
+
+    sentences = [["学生", "银行", "喜欢", "北京", "river", "bank"] * 3] * 30
+    vectors = train_word2vec(sentences, SMALL.model_copy(update={"probes": []}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning left to pass on fails the test
+        with caplog.at_level(logging.WARNING, logger="lm.word2vec"):
+            plot_projection(vectors, {"学生": ["银行", "喜欢", "北京"]}, "pca", tmp_path / "p.png")
+    said = [r.getMessage() for r in caplog.records if "font lacks" in r.getMessage()]
+    # (None where the machine has a font with Chinese: matplotlib's own DejaVu Sans has none.)
+    assert said in ([], ["word2vec: the projection's font lacks 8 character(s) of its labels "
+                         "(学生银行喜欢北京), drawn as boxes"])  # fmt: skip
+
+
 def test_vocabulary_left_empty_by_min_count_is_a_clear_error():
     with pytest.raises(ValueError, match="no word occurs 1000 times"):
         train_word2vec(small_sentences(), Word2VecConfig(min_count=1000))
