@@ -249,6 +249,7 @@ def test_threads_and_processes_read_the_files_in_parts_and_give_the_inline_raw_c
 ):
     monkeypatch.setattr(tasks.ingest, "PART_POLICY", TINY_PARTS)
     alone, inline = ingest_with(workspace, inputs, ONE_WORKER)
+    caplog.clear()  # where the root's handler is caplog's, it heard the inline run too
     progress = logging.getLogger("lm.progress")
     progress.addHandler(caplog.handler)  # Prefect's logging set-up took the root's handlers
     try:
@@ -345,6 +346,7 @@ def test_threads_and_processes_encode_slices_into_the_inline_shards(
     alone, inline = encode_with(workspace, corpus, tokenizers[kind], ONE_WORKER)
     on_processes, processes = encode_with(workspace, corpus, tokenizers[kind], PROCESSES)
     monkeypatch.setattr(tasks.encode, "encode_workers", lambda runtime: 2)  # threads, forced
+    caplog.clear()  # where the root's handler is caplog's, it heard the runs above too
     progress = logging.getLogger("lm.progress")
     progress.addHandler(caplog.handler)  # Prefect's logging set-up took the root's handlers
     try:
