@@ -790,11 +790,11 @@ def log_data_metrics(
             "tokenizer/vocab_used_fraction": tokenizer.stats["vocab_used_fraction"],
             "tokenizer/byte_fallback_rate": tokenizer.stats["byte_fallback_rate"],
             # Measured since December 2026: a tokenizer built before has none.
-            **{
-                f"tokenizer/{key}": tokenizer.stats[key]
-                for key in ("unknown_rate",)
-                if key in tokenizer.stats
-            },
+            **(
+                {"tokenizer/unknown_rate": tokenizer.stats["unknown_rate"]}
+                if "unknown_rate" in tokenizer.stats
+                else {}
+            ),
             **{f"tokens/{s}": v["tokens"] for s, v in shards.stats["splits"].items()},
             **{f"stage/{s.stage}/seconds": s.seconds for s in run.stages},
         }

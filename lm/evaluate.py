@@ -369,23 +369,23 @@ def evaluate(
     return score_windows(model, windows, TokenBytes.of(tokenizer), autocast, f"evaluate {split}")
 
 
-def say_baseline_fit(stage: str, train_tokens: int) -> None:
-    """A line before the count-bigram baseline is fitted: on a large train split that takes
-    tens of seconds, which were silent."""
-    logger.info("%s: fitting the count-bigram baseline on %s train tokens", stage,
-                f"{train_tokens:,}")  # fmt: skip
-
-
 def count_bigram_baseline(
-    train_tokens: np.ndarray, vocab_size: int, smoothing: float | None = None
+    train_tokens: np.ndarray,
+    vocab_size: int,
+    smoothing: float | None = None,
+    stage: str | None = None,
 ):
     """The count bigram (add-`smoothing`; None: `tuned_smoothing`, chosen on held-out train
     text) fitted on `train_tokens`, as the reference every model is reported beside. Its counts
     are sparse: memory grows with the pairs the text holds, not with V² (a dense table of
-    them was 8 GB at V = 32000)."""
+    them was 8 GB at V = 32000). A `stage` says so first: on a large train split the fit takes
+    tens of seconds, which were silent."""
     from lm.models.bigram_count import BigramCountModel, tuned_smoothing
     from lm.models.config import BigramCountConfig
 
+    if stage is not None:
+        logger.info("%s: fitting the count-bigram baseline on %s train tokens", stage,
+                    f"{len(train_tokens):,}")  # fmt: skip
     if smoothing is None:
         smoothing = tuned_smoothing(train_tokens, vocab_size)
     counts = BigramCountModel(BigramCountConfig(smoothing=smoothing), vocab_size)

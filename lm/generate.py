@@ -20,7 +20,6 @@ time) or half of SentencePiece's escape of a literal `▁`, so characters are ne
 from __future__ import annotations
 
 import codecs
-import re
 from collections.abc import Iterator
 
 import torch
@@ -28,6 +27,7 @@ import torch
 from lm.eval_config import SamplingConfig
 from lm.evaluate import model_device
 from lm.models.base import LanguageModel
+from lm.token_bytes import BYTE_PIECE
 from lm.tokenizer import SPACE_SYMBOL_ESCAPE, UNKNOWN, Tokenizer, TokenizerError
 
 REPLACEMENT = "\ufffd"
@@ -197,16 +197,13 @@ def stream_text(
         yield text
 
 
-_BYTE_PIECE = re.compile(r"<0x([0-9A-F]{2})>")
-
-
 def _unfinished_character(tokenizer: Tokenizer, ids: list[int]) -> int:
     """How many of the byte pieces that end `ids` begin a UTF-8 character the text stopped
     before it was whole (generation ran out of tokens mid-character): written, they were a
     replacement character at the sample's end."""
     run = []
     for token in reversed(ids):
-        byte = _BYTE_PIECE.fullmatch(tokenizer.piece(token))
+        byte = BYTE_PIECE.fullmatch(tokenizer.piece(token))
         if byte is None:
             break
         run.append(int(byte.group(1), 16))

@@ -12,7 +12,7 @@ import numpy as np
 
 from lm.tokenizer import SPACE_SYMBOL, UNKNOWN, SentencePieceTokenizer, Tokenizer
 
-BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # a byte-fallback piece, and its byte
 CHUNK = 1 << 20  # ids summed at a time
 
 

@@ -23,27 +23,22 @@ def tokenizer_statistics(
     ratios are None: no measurement, not a tokenizer that used none of its vocabulary. A
     document the tokenizer refuses (`unknown_chars = "error"`) is named by its split and first
     characters, as the encode stage names it."""
-    used = np.zeros(tokenizer.vocab_size, dtype=bool)
-    tokens = text_bytes = byte_tokens = unknown_tokens = documents = 0
-    byte_ids = _byte_piece_ids(tokenizer)
-    unknown_ids = np.array(
-        [i for i in range(tokenizer.vocab_size) if tokenizer.piece(i) == UNKNOWN], dtype=np.int64
-    )
+    counts = np.zeros(tokenizer.vocab_size, dtype=np.int64)  # the tokens of each id
+    text_bytes = documents = 0
     for batch in texts:
         encoded = encode_documents_naming_refusals(tokenizer, batch, [split] * len(batch))
-        for text, ids in zip(batch, encoded, strict=True):
-            documents += 1
-            tokens += len(ids)
-            text_bytes += len(text.encode())
-            if ids:
-                array = np.asarray(ids)
-                used[array] = True
-                byte_tokens += int(np.isin(array, byte_ids).sum()) if len(byte_ids) else 0
-                unknown_tokens += int(np.isin(array, unknown_ids).sum())
+        documents += len(batch)
+        text_bytes += sum(len(text.encode()) for text in batch)
+        ids = [np.asarray(each, dtype=np.int64) for each in encoded]
+        counts += np.bincount(np.concatenate([np.empty(0, np.int64), *ids]),
+                              minlength=tokenizer.vocab_size)  # fmt: skip
+    tokens = int(counts.sum())
     if not tokens:
         logger.warning("the tokenizer's statistics (bytes per token, vocabulary use, byte "
                        "fallback) are not measured: the val split holds no text")  # fmt: skip
     pieces = [tokenizer.piece(i) for i in range(tokenizer.vocab_size)]
+    byte_tokens = int(counts[_byte_piece_ids(tokenizer)].sum())
+    unknown_tokens = int(sum(counts[i] for i, piece in enumerate(pieces) if piece == UNKNOWN))
     learned = [i for i in range(len(pieces)) if tokenizer.is_learned(i)]
     longest = sorted(learned, key=lambda i: (-len(pieces[i]), i))[:LONGEST_PIECES]
     return {
@@ -52,7 +47,7 @@ def tokenizer_statistics(
         "text_bytes": text_bytes,
         "bytes_per_token": text_bytes / tokens if tokens else None,
         "vocab_size": tokenizer.vocab_size,
-        "vocab_used_fraction": float(used.mean()) if tokens else None,
+        "vocab_used_fraction": float((counts > 0).mean()) if tokens else None,
         "byte_fallback_rate": byte_tokens / tokens if tokens else None,
         "unknown_rate": unknown_tokens / tokens if tokens else None,
         "longest_pieces": [pieces[i] for i in longest],

@@ -67,6 +67,8 @@ _CHARACTER_WORDS = (
     "\U00020000-\U0003134f"
 )
 
+_WRITTEN_WITHOUT_SPACES = re.compile(f"[{_CHARACTER_WORDS}]+")
+
 
 @functools.cache
 def _words_pattern() -> re.Pattern[str]:
@@ -297,17 +299,12 @@ def whole_word_view(vectors):
         if key.startswith("\u2581") and len(key) > 1:
             words.setdefault(key[1:], key)
     for key in vectors.index_to_key:
-        if _written_without_spaces().fullmatch(key):
+        if _WRITTEN_WITHOUT_SPACES.fullmatch(key):
             words.setdefault(key, key)
     view = KeyedVectors(vectors.vector_size)
     if words:
         view.add_vectors(list(words), [vectors[piece] for piece in words.values()])
     return view
-
-
-@functools.cache
-def _written_without_spaces() -> re.Pattern[str]:
-    return re.compile(f"[{_CHARACTER_WORDS}]+")
 
 
 def plot_projection(vectors, neighbours: dict[str, list[str]], method: str, path: Path) -> Path:

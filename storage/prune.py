@@ -126,11 +126,14 @@ def _our_folder(path: Path) -> bool:
 
 
 def _work_kind(work: Path) -> str:
-    """A work folder that holds nothing but its lock is a training that failed before its
-    first checkpoint (a `train.init_from` that does not fit, say): nothing a rerun resumes."""
-    if all(entry.name == WORK_LOCK for entry in work.iterdir()):
-        return NEVER_STARTED
-    return INTERRUPTED
+    return NEVER_STARTED if never_started(work) else INTERRUPTED
+
+
+def never_started(work: Path) -> bool:
+    """Whether a work folder holds nothing but its lock: a training that failed before its
+    first checkpoint (a `train.init_from` that does not fit, say), or never began: nothing a
+    rerun resumes."""
+    return all(entry.name == WORK_LOCK for entry in work.iterdir())
 
 
 def _owner_alive(folder: Path) -> bool:

@@ -137,11 +137,9 @@ def _score(
         autocast_dtype,
         count_bigram_baseline,
         model_device,
-        say_baseline_fit,
         score_windows,
         split_batches,
     )
-    from lm.models.bigram_count import tuned_smoothing
     from lm.models.gpt import GPT
 
     trained_folder = workspace.resolve(trained.path)
@@ -158,9 +156,9 @@ def _score(
     shard_folder = workspace.resolve(shards.path)
     train_tokens, _ = open_shard(shard_folder / "train.bin", tokenizer.digest)
     vocab_size = model_tokenizer.vocab_size
-    say_baseline_fit("evaluate", len(train_tokens))
-    smoothing = config.baseline_smoothing or tuned_smoothing(train_tokens, vocab_size)
-    baseline = count_bigram_baseline(train_tokens, vocab_size, smoothing).to(device)
+    baseline = count_bigram_baseline(
+        train_tokens, vocab_size, config.baseline_smoothing, stage="evaluate"
+    ).to(device)
     token_bytes = TokenBytes.of(model_tokenizer)
     metrics: dict[str, dict] = {"model": {}, "baseline": {}}
     splits = {}  # the splits with tokens to score
@@ -180,7 +178,7 @@ def _score(
         _warn_of_unknown_tokens(split, metrics["model"][split])
     how = {
         "window": window,
-        "baseline_smoothing": smoothing,
+        "baseline_smoothing": baseline.config.smoothing,
         "scoring": _scoring(config.scoring, per_document),
         "device": str(device),
     }

@@ -31,7 +31,7 @@ from lm.models.config import ModelConfig, uses_word2vec, window_history, written
 from lm.tokenizer import load_tokenizer
 from lm.train_config import BOOKKEEPING, TrainConfig, TrainingError
 from storage.artifacts import ArtifactStore, Descriptor, reused
-from storage.prune import WORK_LOCK, WORK_SUFFIX
+from storage.prune import WORK_LOCK, WORK_SUFFIX, never_started
 from storage.shards import open_shard
 from storage.workspace import Workspace
 from tasks.caching import cache_key_from, code_digest, module_sources, stage_key
@@ -244,9 +244,8 @@ def train_task(
     # torch is imported here, not at module level: the flow imports this module on every run.
     import torch
 
-    from lm.evaluate import count_bigram_baseline, say_baseline_fit
+    from lm.evaluate import count_bigram_baseline
     from lm.machine import device_name
-    from lm.models.bigram_count import tuned_smoothing
     from lm.models.registry import build_model
     from lm.train import Trainer, val_loss_of
 
@@ -284,9 +283,8 @@ def train_task(
         if model.kind != "bigram-count":
             _say_other_interrupted_trainings(workspace, work)
         coverage: dict[str, float] = {}
-        say_baseline_fit("train", len(train_tokens))
-        smoothing = tuned_smoothing(train_tokens, vocab_size)  # as the evaluate stage's
-        baseline = count_bigram_baseline(train_tokens, vocab_size, smoothing)
+        # Its smoothing tuned, as the evaluate stage's is.
+        baseline = count_bigram_baseline(train_tokens, vocab_size, stage="train")
         pieces = _piece_vectors(model, vectors, workspace, tokenizer, settings.seed, coverage)
         if settings.world_size > 1 and model.kind != "bigram-count":
             outcome = _train_with_torchrun(workspace, work, model, settings, shard_folder,
@@ -336,7 +334,7 @@ def train_task(
             "tokens_this_run": outcome.get("tokens_this_run", outcome["tokens_seen"]),
             "val_loss": outcome["best_val_loss"],
             "baseline_val_loss": baseline_loss,
-            "baseline_smoothing": smoothing,
+            "baseline_smoothing": baseline.config.smoothing,
             "stopped_early": outcome["stopped_early"],
             "seconds": seconds,
             # The training steps' own seconds (no evaluations, checkpoints, baseline or
@@ -362,7 +360,7 @@ def remove_unused_work(work: Path) -> None:
     the model published by another (which removed its own folder first) left it behind, and
     `prune` listed a "training that never started". Called with the lock held."""
     try:
-        if {entry.name for entry in work.iterdir()} <= {WORK_LOCK}:
+        if never_started(work):
             shutil.rmtree(work, ignore_errors=True)
     except OSError:
         pass

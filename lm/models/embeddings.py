@@ -19,7 +19,6 @@ rather than refused, because word2vec's usual sizes (100, 300) rarely equal a tr
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 from typing import NamedTuple
 
@@ -27,6 +26,7 @@ import torch
 from torch import nn
 
 from lm.models.config import ModelConfig, word2vec_width
+from lm.token_bytes import BYTE_PIECE
 from lm.word2vec import Word2VecError
 
 logger = logging.getLogger("lm.models.embeddings")
@@ -34,7 +34,6 @@ logger = logging.getLogger("lm.models.embeddings")
 # Below this share of the non-byte pieces found, the vectors were most likely not trained on
 # this tokenizer's pieces. Byte-fallback pieces are left out of it: most never occur in text.
 LOW_COVERAGE = 0.5
-BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")
 
 
 class PieceEmbedding(NamedTuple):

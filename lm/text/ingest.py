@@ -120,14 +120,15 @@ def _download(url: str, download_dir: Path, timeout_s: float) -> Path:
             open(target, "wb") as out,
         ):
             length = response.headers.get("Content-Length", "")
-            progress = ProgressLog(f"download {name}", int(length) if length.isdigit() else None)
+            expected = int(length) if length.isdigit() else None
+            progress = ProgressLog(f"download {name}", expected)
             while chunk := response.read(DOWNLOAD_CHUNK):
                 out.write(chunk)
                 progress.update(progress.done + len(chunk))
             progress.finish()
-        if length.isdigit() and target.stat().st_size != int(length):
+        if expected is not None and progress.done != expected:
             # http.client ends a body cut short without an error: it became corpus, cut.
-            raise http.client.IncompleteRead(b"", int(length) - target.stat().st_size)
+            raise http.client.IncompleteRead(b"", expected - int(progress.done))
     except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
         target.unlink(missing_ok=True)
         reason = getattr(error, "reason", None) or _said(error)

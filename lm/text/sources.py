@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -208,15 +209,14 @@ def folder_files(folder: Path) -> list[Path]:
                    "them as sources to read them)")  # fmt: skip
     _warn_of_broken_links(folder, broken)
     if outside:
-        _warn_once(f"{folder}: reading linked files from outside it: " + ", ".join(
-            f"{path} -> {path.resolve()}" for path in sorted(outside)[:3]
-        ) + (f" and {len(outside) - 3} more" if len(outside) > 3 else ""))  # fmt: skip
+        targets = _some(outside, lambda path: f"{path} -> {path.resolve()}")
+        _warn_once(f"{folder}: reading linked files from outside it: {targets}")
     return sorted(files)
 
 
-def _some(paths: list[Path]) -> str:
-    """The first three of `paths` in order, and how many more."""
-    shown = ", ".join(str(p) for p in sorted(paths)[:3])
+def _some(paths: list[Path], said: Callable[[Path], str] = str) -> str:
+    """The first three of `paths` in order, each as `said` says it, and how many more."""
+    shown = ", ".join(said(p) for p in sorted(paths)[:3])
     return shown + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
 
 
