@@ -139,7 +139,7 @@ def _continued_from(workspace: Workspace) -> dict[Path, str]:
 def decimal_size(size: float) -> str:
     """Bytes in the largest decimal unit under 1000 of it: 512 B, 4.2 MB, 1.3 GB."""
     unit = "B"
-    for larger in ("KB", "MB", "GB", "TB"):
+    for larger in ("kB", "MB", "GB", "TB"):
         if size < 1000:
             break
         size, unit = size / 1000, larger

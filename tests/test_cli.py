@@ -40,11 +40,11 @@ def test_sql_is_read_only(workspace, tmp_path):
     assert "report [final].txt" in shown
     # A long result shows its first rows and says so; an empty query and the statements
     # DuckDB files under another type are named as typed.
-    long = run_cli("sql", "SELECT range AS i FROM range(1500)")
-    assert re.findall(r"│\s*(\d+)\s*│", long.stdout) == [str(i) for i in range(1000)]
+    long = run_cli("sql", "SELECT range AS i, 'x' AS j FROM range(1500)")
+    assert re.findall(r"(\d+)\s*│ x", long.stdout) == [str(i) for i in range(1000)]
     assert "the first 1,000 rows are shown, and there are more" in long.stderr
-    every = run_cli("sql", "--max-rows", "0", "SELECT range AS i FROM range(1500)").stdout
-    assert len(re.findall(r"│\s*\d+\s*│", every)) == 1500
+    every = run_cli("sql", "--max-rows", "0", "SELECT range AS i, 'x' FROM range(1500)").stdout
+    assert re.findall(r"(\d+)\s*│ x", every) == [str(i) for i in range(1500)]
     for statement, said in (("", "no SQL statement given"), ("/* a comment */", "no SQL"),
                             ("INSTALL httpfs", "INSTALL statements are refused"),
                             ("USE memory", "USE statements are refused")):  # fmt: skip
@@ -443,3 +443,33 @@ def test_sql_over_the_corpus_before_any_corpus_is_recorded_says_so(tmp_path):
         assert result.stderr.startswith("error: the corpus and clean_corpus views are missing")
     other = run_cli("sql", "SELECT * FROM nothing", check=False, home=tmp_path)
     assert "Table with name nothing does not exist" in other.stderr
+
+
+def test_a_long_table_is_printed_a_block_at_a_time_its_blocks_lined_up(monkeypatch):
+    """Rich lays a table out whole before its first line: 60,000 documents of `corpus stats
+    --all` were minutes of nothing. A long table is printed in blocks, with the whole table's
+    column widths fitted to the terminal (the long names wrap), so that the blocks line up."""
+    import io
+
+    from rich.console import Console
+
+    from flows import cli
+
+    out = io.StringIO()
+    monkeypatch.setattr(cli, "console", Console(file=out, width=60))
+    printed = []  # what had been printed when each block was
+    monkeypatch.setattr(cli.console, "print", lambda *a, **k: (
+        printed.append(out.getvalue()), Console.print(cli.console, *a, **k)))  # fmt: skip
+    rows = [(f"source/{'long-' * (n % 17)}{n}", "train", n * 7) for n in range(1234)]
+    cli._print_table(["document", "split", "words"], rows, "documents")
+    lines = out.getvalue().splitlines()
+    assert len(printed) == 3 and printed[1].count("\n") < len(lines) / 2
+    assert lines[0].strip() == "documents" and sum("┃" in line for line in lines) == 1
+    assert max(len(line) for line in lines) <= 60
+    body = [line for line in lines[3:] if line.strip()]
+    assert {(line.index("│"), line.rindex("│")) for line in body} == {
+        (body[0].index("│"), body[0].rindex("│"))
+    }
+    words = [line.split("│")[2].strip() for line in body if line.split("│")[2].strip()]
+    assert words == [str(n * 7) for n in range(1234)]  # every row, whole, in order
+    assert "".join(line.split("│")[0].strip() for line in body).count("source/") == 1234
