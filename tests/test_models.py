@@ -74,6 +74,26 @@ def test_kv_cache_gives_the_logits_of_full_recomputation(config):
     assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
 
 
+@pytest.mark.parametrize("attention", ["math", "sdpa"])
+def test_in_fp64_the_cache_and_full_recomputation_agree_to_fp64_rounding(attention):
+    """Rotary positions and written-out attention keep an fp64 model in fp64 (they computed
+    in fp32, which held a check against a reference implementation to about 1e-7)."""
+    torch.manual_seed(2)
+    config = GPTConfig(block_size=16, n_layer=2, n_head=4, n_embd=32, pos="rope", mlp="swiglu",
+                       norm="rmsnorm", n_kv_heads=2, bias=False, attention=attention)  # fmt: skip
+    model = build_model(config, VOCAB).double().eval()
+    for parameter in model.parameters():  # weights of order 1: positions matter to the logits
+        parameter.data.normal_(0, 0.5)
+    idx = torch.randint(0, VOCAB, (2, 14))
+    with torch.no_grad():
+        full, _ = model(idx)
+        cache = model.new_cache(batch=2)
+        steps = [model(idx[:, :5], cache=cache)[0]]
+        steps += [model(idx[:, t : t + 1], cache=cache)[0] for t in range(5, 14)]
+    assert full.dtype == torch.float64 and full.abs().max() > 1
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=0, atol=1e-11)
+
+
 def _greedy(model, prompt, new_tokens, use_cache):
     idx = prompt
     cache = model.new_cache(batch=prompt.size(0)) if use_cache else None

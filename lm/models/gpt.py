@@ -68,8 +68,14 @@ def rope_tables(length: int, head_dim: int, base: float) -> tuple[torch.Tensor, 
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate each pair (x[2i], x[2i+1]) by its position's angle; x is (B, heads, T, D)."""
-    even, odd = x[..., 0::2].float(), x[..., 1::2].float()
+    """Rotate each pair (x[2i], x[2i+1]) by its position's angle; x is (B, heads, T, D).
+
+    Pairs of neighbours, as Meta's original LLaMA code and GPT-J: Hugging Face's Llama rotates
+    the two halves instead (`rotate_half`), so weights moved between the two need the rows of
+    each head's q and k projections reordered ([0, 2, 4, ..., 1, 3, 5, ...]). A bf16 q or k is
+    rotated in fp32 and rounded once; an fp64 one stays fp64 (a check against a reference)."""
+    precision = torch.promote_types(x.dtype, torch.float32)
+    even, odd = x[..., 0::2].to(precision), x[..., 1::2].to(precision)
     rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
     return rotated.flatten(-2).type_as(x)
 
@@ -93,7 +99,8 @@ def explicit_attention(q, k, v, mask: torch.Tensor | None, dropout: float) -> to
     in fp32. Their product is a few percent of a step's work: no measurable speed lost."""
     time, keys = q.size(2), k.size(2)
     with torch.autocast(q.device.type, enabled=False):
-        scores = (q.float() @ k.float().transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))
+        precision = torch.promote_types(q.dtype, torch.float32)  # fp64 stays fp64
+        scores = (q.to(precision) @ k.to(precision).transpose(-2, -1)) * (1 / math.sqrt(q.size(-1)))
     if time > 1:
         allowed = mask if mask is not None else torch.ones(
             time, keys, dtype=torch.bool, device=q.device
