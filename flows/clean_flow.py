@@ -55,9 +55,9 @@ class AnnotatedSlice:
 def read_raw_slice(
     path: Path, rows: RowSlice, batch_docs: int = BATCH_DOCS
 ) -> Iterator[list[RawRow]]:
-    """Raw documents of `rows` as batches of `batch_docs`, counted from the slice's start
-    (slices start on a batch boundary, so batches are the same as when the whole file is read
-    as one slice)."""
+    """Raw documents of `rows` as batches of `batch_docs` (fewer where they are long), counted
+    from the slice's start. A document's annotations do not depend on its batch, so slices
+    annotate as the whole file read as one slice does."""
     return read_raw_rows(path, rows.start, rows.stop, batch_docs)
 
 

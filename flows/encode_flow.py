@@ -29,7 +29,7 @@ from prefect.cache_policies import NO_CACHE
 
 from lm.progress import ProgressLog
 from lm.text.clean import RowSlice
-from lm.tokenizer import Tokenizer, encode_documents_naming_refusals, load_tokenizer
+from lm.tokenizer import Tokenizer, encoded_documents, load_tokenizer
 from storage.shards import ShardInfo, ShardWriter
 from tasks.runners import results_in_order
 
@@ -116,7 +116,7 @@ def encode_rows(
     order."""
     done_bytes = 0
     for texts, splits in read_kept_rows(path, rows):
-        encoded = encode_documents_naming_refusals(model, texts, splits)
+        encoded = encoded_documents(model, texts, splits)
         for text, split, ids in zip(texts, splits, encoded, strict=True):
             n_bytes = len(text.encode())
             writers[split].write(ids, n_bytes)

@@ -90,7 +90,7 @@ def read_part_task(
     partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
     documents = iter_input_documents(
         list(part.inputs), config.encoding_errors, Path(download_dir), config.url_timeout_s,
-        name=f"ingest: inputs {part.start}-{part.stop}",
+        name=f"ingest: inputs {part.start}-{part.stop}", max_document_mb=config.max_document_mb,
     )  # fmt: skip
     with DocumentWriter(partial, RAW_SCHEMA, config.row_group_docs) as writer:
         for document in documents:

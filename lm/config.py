@@ -101,6 +101,9 @@ class IngestConfig(StrictModel):
     sources: list[SourceConfig] = Field(min_length=1)
     encoding_errors: Literal["strict", "replace"] = "strict"
     url_timeout_s: float = Field(30.0, gt=0.0)
+    # Plain text longer than this is cut into documents at paragraph breaks
+    # (lm/text/long_documents.py): every later stage holds a document whole. 0: never cut.
+    max_document_mb: float = Field(8.0, ge=0.0)
     row_group_docs: int = Field(2000, ge=1)
 
     @model_validator(mode="before")

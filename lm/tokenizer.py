@@ -663,6 +663,26 @@ def _explain_training_error(error: RuntimeError, config: TokenizerConfig, docume
     return TokenizerError(f"SentencePiece training failed: {message}")
 
 
+ENCODE_BATCH_CHARS = 8_000_000  # documents encoded together, at most (a longer one alone)
+
+
+def encoded_documents(
+    tokenizer: Tokenizer, texts: list[str], splits: list[str]
+) -> Iterator[list[int]]:
+    """The ids of each of `texts`, in order, encoded a few MB of text at a time: encoding holds
+    about 20 times the text it is given (its words, then the ids as Python integers), and a
+    batch of 256 book-sized documents given whole took gigabytes."""
+    start = 0
+    while start < len(texts):
+        stop, chars = start + 1, len(texts[start])
+        while stop < len(texts) and chars + len(texts[stop]) <= ENCODE_BATCH_CHARS:
+            chars += len(texts[stop])
+            stop += 1
+        yield from encode_documents_naming_refusals(tokenizer, texts[start:stop],
+                                                    splits[start:stop])  # fmt: skip
+        start = stop
+
+
 def encode_documents_naming_refusals(
     tokenizer: Tokenizer, texts: list[str], splits: list[str]
 ) -> list[list[int]]:

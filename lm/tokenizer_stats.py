@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from lm.tokenizer import UNKNOWN, Tokenizer, encode_documents_naming_refusals
+from lm.tokenizer import UNKNOWN, Tokenizer, encoded_documents
 
 LONGEST_PIECES = 10
 logger = logging.getLogger(__name__)
@@ -26,9 +26,9 @@ def tokenizer_statistics(
     counts = np.zeros(tokenizer.vocab_size, dtype=np.int64)  # the tokens of each id
     text_bytes = documents = 0
     for batch in texts:
-        encoded = encode_documents_naming_refusals(tokenizer, batch, [split] * len(batch))
         documents += len(batch)
         text_bytes += sum(len(text.encode()) for text in batch)
+        encoded = encoded_documents(tokenizer, batch, [split] * len(batch))
         ids = [np.asarray(each, dtype=np.int64) for each in encoded]
         counts += np.bincount(np.concatenate([np.empty(0, np.int64), *ids]),
                               minlength=tokenizer.vocab_size)  # fmt: skip

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lm.config import SplitConfig
-from lm.text.clean import BATCH_DOCS, DECISION_FLAGS, RawRow
+from lm.text.clean import BATCH_CHARS, BATCH_DOCS, DECISION_FLAGS, RawRow
 
 DOCUMENTS_FILE = "documents.parquet"
 
@@ -66,10 +66,15 @@ CORPUS_SCHEMA = pa.schema(
 )
 
 
+ROW_GROUP_CHARS = 64_000_000  # the text of a row group, at most (a longer document alone)
+
+
 class DocumentWriter:
-    """Streams rows (dicts) into one Parquet file, a row group every `row_group_rows` rows.
-    Rows wait as they are and become columns once per row group (one list per column, built
-    in a comprehension: several times cheaper than appending to every column per row)."""
+    """Streams rows (dicts) into one Parquet file, a row group every `row_group_rows` rows, or
+    sooner where their `text` reaches ROW_GROUP_CHARS: a reader holds a row group whole, and
+    2000 book-sized documents are gigabytes. Rows wait as they are and become columns once per
+    row group (one list per column, built in a comprehension: several times cheaper than
+    appending to every column per row)."""
 
     def __init__(self, path: Path, schema: pa.Schema, row_group_rows: int = 2000):
         self.path = path
@@ -77,11 +82,13 @@ class DocumentWriter:
         self.row_group_rows = row_group_rows
         self.rows_written = 0
         self._rows: list[dict] = []
+        self._chars = 0
         self._writer = pq.ParquetWriter(path, schema, compression="zstd")
 
     def write(self, row: dict) -> None:
         self._rows.append(row)
-        if len(self._rows) >= self.row_group_rows:
+        self._chars += len(row.get("text") or "")
+        if len(self._rows) >= self.row_group_rows or self._chars >= ROW_GROUP_CHARS:
             self._flush()
 
     def _flush(self) -> None:
@@ -90,7 +97,7 @@ class DocumentWriter:
             columns = {name: [row[name] for row in rows] for name in self.schema.names}
             self._writer.write_table(pa.table(columns, schema=self.schema))
             self.rows_written += len(rows)
-            self._rows = []
+            self._rows, self._chars = [], 0
 
     def close(self) -> None:
         self._flush()
@@ -133,11 +140,12 @@ def iter_raw_batches(
 def read_raw_rows(
     path: Path, start: int, stop: int, batch_docs: int = BATCH_DOCS
 ) -> Iterator[list[RawRow]]:
-    """Raw documents `start` to `stop` as batches of `batch_docs`, counted from `start`. Reads
-    only the row groups that overlap the range."""
+    """Raw documents `start` to `stop` as batches of `batch_docs`, or fewer where they reach
+    BATCH_CHARS of text, counted from `start`. Reads only the row groups that overlap the
+    range. (What a document is annotated to does not depend on its batch.)"""
     parquet = pq.ParquetFile(path)
     pending: list[RawRow] = []
-    offset = 0
+    chars = offset = 0
     for group in range(parquet.metadata.num_row_groups):
         group_rows = parquet.metadata.row_group(group).num_rows
         low, high = max(start, offset), min(stop, offset + group_rows)
@@ -145,10 +153,13 @@ def read_raw_rows(
             table = parquet.read_row_group(group, columns=RAW_SCHEMA.names)
             table = table.slice(low - offset, high - low)
             columns = [table.column(name).to_pylist() for name in RAW_SCHEMA.names]
-            pending.extend(zip(*columns, strict=True))
-            while len(pending) >= batch_docs:
-                yield pending[:batch_docs]
-                pending = pending[batch_docs:]
+            del table
+            for row in zip(*columns, strict=True):
+                pending.append(row)
+                chars += len(row[2])
+                if len(pending) >= batch_docs or chars >= BATCH_CHARS:
+                    yield pending
+                    pending, chars = [], 0
         offset += group_rows
         if offset >= stop:
             break

@@ -39,7 +39,7 @@ from lm.token_bytes import PieceBytes
 from lm.tokenizer import (
     Tokenizer,
     TokenizerError,
-    encode_documents_naming_refusals,
+    encoded_documents,
     load_tokenizer,
 )
 from storage.artifacts import ArtifactStore, Descriptor, reused
@@ -206,7 +206,7 @@ def _encode_by_doc_id(
     writers, done_bytes = shard_writers(staging, model), 0
     for split, writer in writers.items():
         for batch in _iter_split_texts_by_doc_id(documents, split):
-            encoded = encode_documents_naming_refusals(model, batch, [split] * len(batch))
+            encoded = encoded_documents(model, batch, [split] * len(batch))
             for text, ids in zip(batch, encoded, strict=True):
                 n_bytes = len(text.encode())
                 writer.write(ids, n_bytes)
@@ -221,7 +221,7 @@ def _encode_ordered(
     splitter = OrderedSplitter(staging, model.digest, model.eot_id, model.vocab_size)
     done_bytes = 0
     for batch in _iter_kept_texts(documents):
-        encoded = encode_documents_naming_refusals(model, batch, ["kept"] * len(batch))
+        encoded = encoded_documents(model, batch, ["kept"] * len(batch))
         for text, ids in zip(batch, encoded, strict=True):
             n_bytes = len(text.encode())
             splitter.write(ids, n_bytes)

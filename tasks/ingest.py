@@ -134,8 +134,9 @@ def _read(
     parts = plan_parts(inputs, workers, PART_POLICY) if workers > 1 else []
     if len(parts) <= 1:
         documents = iter_input_documents(
-            inputs, config.encoding_errors, workspace.downloads, config.url_timeout_s
-        )
+            inputs, config.encoding_errors, workspace.downloads, config.url_timeout_s,
+            max_document_mb=config.max_document_mb,
+        )  # fmt: skip
         return documents, {"runner": "inline", "workers": 1, "parts": 1, "read_by": []}
     runner = make_task_runner(runtime, workers)
     plan = write_plan(parts, scratch)

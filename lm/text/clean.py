@@ -50,6 +50,9 @@ RawRow = tuple[str, str, str, str]  # (source, source_file, text, markup)
 # faster than 32, 128 no faster again). Small enough that a few Wikipedia articles make a
 # batch, so work can be spread evenly; slices are cut between batches.
 BATCH_DOCS = 64
+# ... and at most this many characters (a longer document alone): annotation holds about 25
+# times the text of its batch, and 64 book-sized documents are hundreds of MB of text.
+BATCH_CHARS = 4_000_000
 
 
 # A document with more characters a word than this is written without spaces (Chinese,

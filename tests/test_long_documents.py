@@ -1,0 +1,112 @@
+"""Plain text too long for one document is cut into pieces of a bounded size."""
+
+from __future__ import annotations
+
+import pytest
+
+from lm.config import IngestConfig
+from lm.text.ingest import iter_input_documents
+from lm.text.long_documents import cut_long_documents
+from lm.text.readers import RawDocument
+from lm.text.sources import resolve_sources
+from tests.helpers import prose
+
+
+def _cut(text: str, max_mb: float, markup: str = "plain") -> list[RawDocument]:
+    return list(cut_long_documents([RawDocument("book.txt", "book.txt", text, markup)], max_mb))
+
+
+def test_a_long_text_is_cut_at_paragraph_breaks_into_pieces_that_make_it_up_exactly():
+    paragraphs = [prose(n, 40 + n % 30) for n in range(200)]
+    text = "\n\n".join(paragraphs) + "\n"
+    pieces = _cut(text, 0.01)  # 10 kB
+    assert "".join(piece.text for piece in pieces) == text
+    assert len(pieces) == pytest.approx(len(text.encode()) / 7_500, rel=0.35)
+    assert all(len(piece.text.encode()) <= 10_000 for piece in pieces)
+    assert all(piece.text.endswith("\n\n") for piece in pieces[:-1])  # never mid-paragraph
+    assert {piece.source_file for piece in pieces} == {"book.txt"}
+    # Named by the line each starts on, as a line of a one-document-per-line file.
+    lines = [int(piece.source.removeprefix("book.txt:")) for piece in pieces]
+    assert lines == [1 + sum(p.text.count("\n") for p in pieces[:n]) for n in range(len(pieces))]
+    assert text.splitlines()[lines[1] - 1] == pieces[1].text.splitlines()[0]
+
+
+def test_without_paragraphs_a_piece_ends_at_a_line_a_space_or_between_characters():
+    lines = "\n".join(prose(n, 30) for n in range(400))
+    assert all(piece.text.endswith("\n") for piece in _cut(lines, 0.01)[:-1])
+    one_line = prose(1, 5000)
+    pieces = _cut(one_line, 0.01)
+    assert len(pieces) > 2 and all(piece.text.endswith(" ") for piece in pieces[:-1])
+    assert "".join(piece.text for piece in pieces) == one_line
+    unspaced = "長い文書を読む。" * 2000  # 3 bytes a character, no space, no line end
+    pieces = _cut(unspaced, 0.01)
+    assert "".join(piece.text for piece in pieces) == unspaced
+    assert all(9_998 <= len(piece.text.encode()) <= 10_000 for piece in pieces[:-1])
+
+
+def test_short_text_markup_and_a_limit_of_zero_are_left_whole():
+    text = prose(2, 3000)
+    assert _cut(text, 0.01, markup="wikitext") == [RawDocument("book.txt", "book.txt", text,
+                                                                "wikitext")]  # fmt: skip
+    assert len(_cut(text, 0)) == 1 and len(_cut(text, 1.0)) == 1
+    assert len(_cut(text, 0.01)) > 1
+    assert IngestConfig(sources=["x"]).max_document_mb == 8.0
+
+
+def test_a_text_file_over_the_limit_is_read_as_several_documents(tmp_path):
+    book = tmp_path / "book.txt"
+    book.write_text("\n\n".join(prose(n, 60) for n in range(300)))
+    inputs = resolve_sources(IngestConfig(sources=[str(book)]).sources)
+    whole = list(iter_input_documents(inputs, "strict", tmp_path / "downloads"))
+    cut = list(iter_input_documents(inputs, "strict", tmp_path / "downloads",
+                                    max_document_mb=0.02))  # fmt: skip
+    assert len(whole) == 1 and len(cut) > 3
+    assert "".join(document.text for document in cut) == whole[0].text
+    assert cut[0].source == f"{whole[0].source}:1" and cut[1].source.startswith(f"{book}:")
+
+
+def test_clean_batches_and_row_groups_are_bounded_by_text_as_well_as_by_count(
+    tmp_path, monkeypatch
+):
+    """64 documents a batch and 2000 a row group held gigabytes of book-sized documents: a
+    batch also ends at BATCH_CHARS, a row group at ROW_GROUP_CHARS (a longer document alone),
+    and every row is read back once, in order."""
+    import pyarrow.parquet as pq
+
+    from storage import corpus
+    from storage.corpus import RAW_SCHEMA, DocumentWriter, read_raw_rows
+
+    monkeypatch.setattr(corpus, "ROW_GROUP_CHARS", 20_000)
+    monkeypatch.setattr(corpus, "BATCH_CHARS", 5_000)
+    rows = [(f"d{n}", "f", "x" * (100 if n % 10 else 7_000), "plain") for n in range(300)]
+    path = tmp_path / "raw.parquet"
+    with DocumentWriter(path, RAW_SCHEMA, row_group_rows=2000) as writer:
+        for row in rows:
+            writer.write(dict(zip(RAW_SCHEMA.names, row, strict=True)))
+    metadata = pq.ParquetFile(path).metadata
+    groups = [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
+    assert len(groups) > 5 and max(groups) <= 30 and sum(groups) == 300
+    batches = list(read_raw_rows(path, 0, 300, batch_docs=64))
+    assert [row for batch in batches for row in batch] == rows
+    assert all(sum(len(row[2]) for row in batch[:-1]) < 5_000 for batch in batches)
+    assert max(len(batch) for batch in batches) < 64 and len(batches) >= 30
+
+
+def test_encoding_a_few_megabytes_at_a_time_gives_the_ids_of_encoding_all_at_once(monkeypatch):
+    from lm import tokenizer as tokenizers
+    from lm.config import TokenizerConfig
+    from lm.tokenizer import encoded_documents, train_tokenizer
+
+    texts = [prose(n, 20 + 37 * (n % 5)) for n in range(60)]
+    model = train_tokenizer(texts, TokenizerConfig(kind="char"))
+    monkeypatch.setattr(tokenizers, "ENCODE_BATCH_CHARS", 2_000)
+    calls = []
+    encode_batch = type(model).encode_batch
+
+    def counted(self, batch):
+        calls.append(len(batch))
+        return encode_batch(self, batch)
+
+    monkeypatch.setattr(type(model), "encode_batch", counted)
+    assert list(encoded_documents(model, texts, ["train"] * 60)) == encode_batch(model, texts)
+    assert len(calls) > 10 and sum(calls) == 60
