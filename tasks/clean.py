@@ -126,8 +126,8 @@ def clean_task(
 # reading, markup removal, normalization; not the quality rules or near-duplicate search,
 # which decide what is kept.
 TEXT_CODE = tuple(f"lm/text/{name}.py" for name in (
-    "census_names", "clean", "ingest", "json_array", "normalize", "readers", "sources",
-    "utf8_scan", "wikipedia_dump", "wikitext",
+    "census_names", "clean", "ingest", "json_array", "long_documents", "normalize", "readers",
+    "sources", "utf8_scan", "wikipedia_dump", "wikitext",
 ))  # fmt: skip
 
 
