@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from lm.config import IngestConfig
@@ -53,7 +55,8 @@ def test_short_text_markup_and_a_limit_of_zero_are_left_whole():
     assert IngestConfig(sources=["x"]).max_document_mb == 8.0
 
 
-def test_a_text_file_over_the_limit_is_read_as_several_documents(tmp_path):
+def test_a_text_file_over_the_limit_is_read_as_several_documents(tmp_path, caplog):
+    caplog.set_level(logging.INFO, "lm.text.ingest")
     book = tmp_path / "book.txt"
     book.write_text("\n\n".join(prose(n, 60) for n in range(300)))
     inputs = resolve_sources(IngestConfig(sources=[str(book)]).sources)
@@ -63,6 +66,11 @@ def test_a_text_file_over_the_limit_is_read_as_several_documents(tmp_path):
     assert len(whole) == 1 and len(cut) > 3
     assert "".join(document.text for document in cut) == whole[0].text
     assert cut[0].source == f"{whole[0].source}:1" and cut[1].source.startswith(f"{book}:")
+    said = [r.getMessage() for r in caplog.records if "cut into" in r.getMessage()]
+    assert len(said) == 1 and said[0] == (
+        f"{book}: {len(whole[0].text) / 1e6:.1f} MB of text, cut into {len(cut)} documents of "
+        "at most 0.02 MB (ingest.max_document_mb)"
+    )
 
 
 def test_clean_batches_and_row_groups_are_bounded_by_text_as_well_as_by_count(

@@ -17,10 +17,12 @@ paragraph break.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 
 from lm.text.readers import RawDocument
 
+logger = logging.getLogger("lm.text.ingest")
 MEGABYTE = 1_000_000
 BREAKS = (b"\n\n", b"\n\r\n", b"\n", b" ")  # where a piece may end, the best first
 
@@ -41,13 +43,16 @@ def cut_long_documents(documents: Iterable[RawDocument], max_mb: float) -> Itera
 
 
 def _pieces(document: RawDocument, utf8: bytes, limit: int) -> Iterator[RawDocument]:
-    start, line = 0, 1
+    start, line, pieces = 0, 1, 0
     while start < len(utf8):
         end = len(utf8) if len(utf8) - start <= limit else _piece_end(utf8, start, limit)
         text = utf8[start:end].decode("utf-8", "surrogatepass")
         yield RawDocument(f"{document.source}:{line}", document.source_file, text, "plain")
         line += utf8.count(b"\n", start, end)
-        start = end
+        start, pieces = end, pieces + 1
+    logger.info("%s: %.1f MB of text, cut into %d documents of at most %g MB (ingest."
+                "max_document_mb)", document.source, len(utf8) / MEGABYTE, pieces,
+                limit / MEGABYTE)  # fmt: skip
 
 
 def _piece_end(utf8: bytes, start: int, limit: int) -> int:
