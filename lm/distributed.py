@@ -122,7 +122,10 @@ def shard_units(module: nn.Module) -> list[nn.Module]:
 def wrap_model(module: nn.Module, parallel: str, device: torch.device) -> nn.Module:
     """DDP around the module, or FSDP2 sharding it in place (the module itself is returned)."""
     if parallel == "fsdp":
-        from torch.distributed.fsdp import fully_shard
+        try:
+            from torch.distributed.fsdp import fully_shard
+        except ImportError:  # torch < 2.6 has FSDP2 under its first name only
+            from torch.distributed._composable.fsdp import fully_shard
 
         if any(isinstance(layer, nn.modules.batchnorm._BatchNorm) for layer in module.modules()):
             # FSDP keeps no buffer the same across ranks (DDP broadcasts them): each rank's

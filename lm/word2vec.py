@@ -341,7 +341,8 @@ def plot_projection(vectors, neighbours: dict[str, list[str]], method: str, path
     return path
 
 
-_MISSING_GLYPH = re.compile(r"Glyph (\d+) .*missing from font")
+# matplotlib < 3.9 says "missing from current font.", later "missing from font(s) NAME."
+_MISSING_GLYPH = re.compile(r"Glyph (\d+) .*missing from (?:current )?font")
 
 
 def _say_missing_glyphs(caught: list[warnings.WarningMessage]) -> None:

@@ -147,7 +147,7 @@ def _first_writing(connection: duckdb.DuckDBPyConnection, statement) -> str | No
                 refused = _first_writing(connection, part)
                 if refused is not None:
                     return f"EXPLAIN of {refused}"
-        return None if readings else "EXPLAIN of an unreadable"
+        return None if readings else "EXPLAIN of unparsable"
     if kind in READING_STATEMENTS:
         return None
     words = _without_comments(statement.query).split()

@@ -103,6 +103,26 @@ def test_labels_the_font_cannot_draw_are_one_warning_not_one_a_character(tmp_pat
                          "(学生银行喜欢北京), drawn as boxes"])  # fmt: skip
 
 
+def test_the_missing_glyph_warnings_of_every_matplotlib_the_bounds_allow_are_gathered(caplog):
+    """matplotlib before 3.9 ends its warning "missing from current font.", later ones "missing
+    from font(s) DejaVu Sans.": pyproject allows both."""
+    import warnings
+
+    from lm.word2vec import _say_missing_glyphs
+
+    caught = [
+        warnings.WarningMessage(
+            UserWarning(f"Glyph {ord(c)} ({c}) missing from {font}"), UserWarning, "text.py", 1
+        )
+        for c, font in (("学", "current font."), ("生", "font(s) DejaVu Sans."))
+    ]
+    with caplog.at_level(logging.WARNING, logger="lm.word2vec"):
+        _say_missing_glyphs(caught)
+    assert [r.getMessage() for r in caplog.records] == [
+        "word2vec: the projection's font lacks 2 character(s) of its labels (学生), drawn as boxes"
+    ]
+
+
 def test_vocabulary_left_empty_by_min_count_is_a_clear_error():
     with pytest.raises(ValueError, match="no word occurs 1000 times"):
         train_word2vec(small_sentences(), Word2VecConfig(min_count=1000))

@@ -111,6 +111,10 @@ class MinHasher:
         return minimum
 
 
+# numpy < 2.0 names it trapz (trapezoid arrived in 2.0).
+_trapezoid = getattr(np, "trapezoid", None) or np.trapz
+
+
 def optimal_banding(threshold: float, num_perm: int) -> tuple[int, int]:
     """(bands, rows) with bands * rows <= num_perm that best separates pairs above and below
     the Jaccard threshold."""
@@ -122,8 +126,8 @@ def optimal_banding(threshold: float, num_perm: int) -> tuple[int, int]:
             break
         candidate = 1.0 - (1.0 - grid**rows) ** bands
         below = grid <= threshold
-        false_positive = np.trapezoid(candidate[below], grid[below])
-        false_negative = np.trapezoid(1.0 - candidate[~below], grid[~below])
+        false_positive = _trapezoid(candidate[below], grid[below])
+        false_negative = _trapezoid(1.0 - candidate[~below], grid[~below])
         if false_positive + false_negative < best_error:
             best, best_error = (bands, rows), false_positive + false_negative
     return best
