@@ -1,18 +1,17 @@
 """Plain text too long to be one document is cut into documents of a bounded size.
 
-A text file is one document, and every later stage holds a document whole, several times
-over: cleaning annotates it at about 25 times its size, encoding at about 20, word2vec holds
-its words as Python strings. One 100 MB file (enwik8, a book collection in one file) peaked at
-4.6 GB, and a 1 GB one could not be read on a 24 GB machine. Cut into pieces of at most
-`ingest.max_document_mb`, each stage holds a piece at a time, and the file trains as before,
-with an end-of-text token where each piece ends.
+A text file is one document, and every stage after ingest holds a document whole, several
+times over: cleaning annotates it at about 25 times its size, encoding at about 20, word2vec
+holds its words as Python strings. One 100 MB file (enwik8, a book collection in one file)
+took 3.6 to 4.6 GB, and a 1 GB one would have needed about 30. Cut into pieces of at most
+`ingest.max_document_mb`, each later stage holds a piece at a time, and the file trains as
+before, with an end-of-text token where each piece ends.
 
 Pieces end at a paragraph break where one lies in the last half of the allowed size, else at a
 line end, else at a space (else, in text written without spaces, between two characters, never
-inside one). Each piece is named by the
-line it starts on (`book.txt:1`, `book.txt:48213`), as a line of a `one_doc_per_line` file
-is. Only plain text is cut: MediaWiki markup is stripped later, and a template may span a
-paragraph break.
+inside one). Each piece is named by the line it starts on (`book.txt:1`, `book.txt:48213`), as
+a line of a `one_doc_per_line` file is. Only plain text is cut: MediaWiki markup is stripped
+later, and a template may span a paragraph break.
 """
 
 from __future__ import annotations
