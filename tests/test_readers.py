@@ -1117,6 +1117,20 @@ def test_jsonl_with_lines_ended_by_a_carriage_return_alone_is_read_line_by_line(
     ]  # fmt: skip
 
 
+def test_parquet_named_as_json_or_csv_is_read_as_the_parquet_it_is_with_a_warning(tmp_path, caplog):
+    # An export saved under the wrong name failed as "invalid UTF-8 at byte 7" (.json) or as
+    # "no column 'text' (columns: PAR1...)", the file's bytes as a column name (.csv).
+    pq.write_table(pa.table({"text": ["first", "second"]}), tmp_path / "a.json")
+    (tmp_path / "b.csv").write_bytes((tmp_path / "a.json").read_bytes())
+    with caplog.at_level(logging.WARNING):
+        docs = read(tmp_path, str(tmp_path / "a.json"), str(tmp_path / "b.csv"))
+    assert [(d.text, d.source.rpartition("/")[2]) for d in docs] == [
+        ("first", "a.json#0"), ("second", "a.json#1"), ("first", "b.csv#0"), ("second", "b.csv#1"),
+    ]  # fmt: skip
+    assert "a.json: read as Parquet, which it holds (its name says JSON)" in caplog.text
+    assert "b.csv: read as Parquet, which it holds (its name says CSV)" in caplog.text
+
+
 def test_a_text_or_csv_starting_with_par1_is_not_read_as_parquet(tmp_path):
     # The content check ran before the name checks: "not a readable Parquet file".
     (tmp_path / "notes.csv").write_text("PAR1,text\n1,hello world\n")

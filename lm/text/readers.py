@@ -73,25 +73,31 @@ def detect_format(item: ResolvedInput, stream: BinaryIO) -> str:
         return item.spec.format
     if item.name.startswith("names:"):
         return "census-names"
-    name = _file_name(item)
-    for suffix in COMPRESSED_SUFFIXES:
-        name = name.removesuffix(suffix)
-    if name.endswith((".jsonl", ".ndjson")):
-        return "jsonl"
-    if name.endswith((".parquet", ".pq", ".parq")):
-        return "parquet"
-    if name.endswith(".csv"):
-        return "csv"
-    if name.endswith(".tsv"):
-        return "tsv"
-    if name.endswith(".json"):
-        return "json"
+    by_name = _format_by_name(_file_name(item))
     head = _peek(stream)
+    if head.startswith(PARQUET_MAGIC) and _is_binary(head):  # not a text that starts "PAR1"
+        # By content: one not named .parquet was skipped as binary, and one named .json or
+        # .csv (an export saved under the wrong name) failed as invalid UTF-8 or columnless.
+        if by_name not in (None, "parquet"):
+            logger.warning("%s: read as Parquet, which it holds (its name says %s)", item.name,
+                           by_name.upper())  # fmt: skip
+        return "parquet"
+    if by_name is not None:
+        return by_name
     if _skip_xml_prolog(head).startswith(b"<mediawiki"):
         return "wikipedia"
-    if head.startswith(PARQUET_MAGIC) and _is_binary(head):  # not a text that starts "PAR1"
-        return "parquet"  # by content: one not named .parquet was skipped as binary
     return "text"
+
+
+def _format_by_name(name: str) -> str | None:
+    for suffix in COMPRESSED_SUFFIXES:
+        name = name.removesuffix(suffix)
+    for suffixes, format_named in (((".jsonl", ".ndjson"), "jsonl"),
+                                   ((".parquet", ".pq", ".parq"), "parquet"), ((".csv",), "csv"),
+                                   ((".tsv",), "tsv"), ((".json",), "json")):  # fmt: skip
+        if name.endswith(suffixes):
+            return format_named
+    return None
 
 
 def _skip_xml_prolog(head: bytes) -> bytes:
