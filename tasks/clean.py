@@ -29,6 +29,7 @@ from flows.clean_flow import (
     raw_text_bytes,
     read_raw_slice,
 )
+from lm.allocator import gives_back_freed_memory
 from lm.config import CleanConfig, RuntimeConfig, SplitConfig
 from lm.progress import ProgressLog
 from lm.text.clean import (
@@ -91,6 +92,7 @@ def clean_key(
 
 
 @task(name=STAGE, cache_key_fn=cache_key_from(clean_key), persist_result=True)
+@gives_back_freed_memory
 def clean_task(
     raw: Descriptor,
     config: CleanConfig,

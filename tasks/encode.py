@@ -31,6 +31,7 @@ from flows.encode_flow import (
     kept_batch_bytes,
     shard_writers,
 )
+from lm.allocator import gives_back_freed_memory
 from lm.checkpoints import file_sha256
 from lm.config import RuntimeConfig, SplitConfig
 from lm.progress import ProgressLog
@@ -99,6 +100,7 @@ def tokenizer_threads(runtime: RuntimeConfig, workers: int) -> int:
 
 
 @task(name=STAGE, cache_key_fn=cache_key_from(encode_key), persist_result=True)
+@gives_back_freed_memory
 def encode_task(
     corpus: Descriptor,
     tokenizer: Descriptor,

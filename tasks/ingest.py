@@ -17,6 +17,7 @@ from pathlib import Path
 from prefect import task
 
 from flows.ingest_flow import load_parts, plan_parts, read_parts, write_plan
+from lm.allocator import gives_back_freed_memory
 from lm.config import IngestConfig, RuntimeConfig
 from lm.text.clean import SlicePolicy
 from lm.text.ingest import PERSISTENT_OS_ERRORS, iter_input_documents
@@ -91,6 +92,7 @@ def _is_transient(task, task_run, state) -> bool:
     retry_delay_seconds=2,
     retry_condition_fn=_is_transient,
 )
+@gives_back_freed_memory
 def ingest_task(config: IngestConfig, runtime: RuntimeConfig | None = None) -> Descriptor:
     runtime = runtime or RuntimeConfig()
     workspace = Workspace.from_env()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from prefect import task
 
+from lm.allocator import gives_back_freed_memory
 from lm.config import SplitConfig, TokenizerConfig
 from lm.progress import ProgressLog
 from lm.tokenizer import TokenizerError, load_tokenizer, train_tokenizer
@@ -73,6 +74,7 @@ def _counted(texts: Iterator[str], progress: ProgressLog) -> Iterator[str]:
 
 
 @task(name=STAGE, cache_key_fn=cache_key_from(tokenizer_key), persist_result=True)
+@gives_back_freed_memory
 def tokenizer_task(
     corpus: Descriptor, config: TokenizerConfig, split: SplitConfig | None = None
 ) -> Descriptor:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from prefect import task
 
+from lm.allocator import gives_back_freed_memory
 from lm.config import Word2VecConfig
 from lm.tokenizer import load_tokenizer
 from lm.word2vec import (
@@ -96,6 +97,7 @@ def _key(
 
 
 @task(name=STAGE, cache_key_fn=cache_key_from(word2vec_key), persist_result=True)
+@gives_back_freed_memory
 def word2vec_task(
     corpus: Descriptor,
     tokenizer: Descriptor,
