@@ -135,10 +135,13 @@ def _fitted_widths(columns: list[str], rows: list[tuple], room: int) -> list[int
     wanted = [max(1, cell_len(column), *(cell_len(_cell(row[n])) for row in rows))
               for n, column in enumerate(columns)]  # fmt: skip
     room -= 3 * len(columns) - 1  # a space either side of each value, a line between columns
-    cap = max(wanted)
-    while cap > 1 and sum(min(width, cap) for width in wanted) > room:
-        cap -= 1
-    return [min(width, cap) for width in wanted]
+    low, high = 1, max(wanted)  # the widest cap that fits (1 where none does), by bisection:
+    while low < high:  # a multi-megabyte value took seconds one character at a time
+        cap = (low + high + 1) // 2
+        low, high = (
+            (cap, high) if sum(min(width, cap) for width in wanted) <= room else (low, cap - 1)
+        )
+    return [min(width, low) for width in wanted]
 
 
 def _run_flow(name: str, config: str | None, overrides: list[str] | None) -> dict:

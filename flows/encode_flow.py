@@ -90,17 +90,15 @@ def read_kept_rows(
         offset += group_rows
     if not groups:
         return
-    columns = ["text", "split", "keep"]
-    for batch in parquet.iter_batches(batch_docs, row_groups=groups, columns=columns):
-        low, high = max(rows.start - position, 0), min(rows.stop - position, batch.num_rows)
-        position += batch.num_rows
-        if low < high:
-            part = batch.slice(low, high - low)
-            values = [part.column(name).to_pylist() for name in columns]
-            kept = [(text, split) for text, split, keep in zip(*values, strict=True) if keep]
-            if kept:
-                texts, splits = zip(*kept, strict=True)
-                yield list(texts), list(splits)
+    from storage.corpus import bounded_row_batches
+
+    for rows_read in bounded_row_batches(parquet, ["text", "split", "keep"], batch_docs, groups):
+        low, high = max(rows.start - position, 0), min(rows.stop - position, len(rows_read))
+        position += len(rows_read)
+        kept = [(text, split) for text, split, keep in rows_read[low:high] if keep]
+        if kept:
+            texts, splits = zip(*kept, strict=True)
+            yield list(texts), list(splits)
         if position >= rows.stop:
             break
 

@@ -32,7 +32,7 @@ from lm.text.clean import SlicePolicy, plan_slices
 from lm.text.ingest import iter_input_documents
 from lm.text.readers import RawDocument
 from lm.text.sources import ResolvedInput
-from storage.corpus import RAW_SCHEMA, DocumentWriter
+from storage.corpus import RAW_SCHEMA, DocumentWriter, bounded_row_batches
 from tasks.runners import results_in_order
 
 READ_BATCH_DOCS = 256  # documents per batch when a part is copied into the raw documents file
@@ -131,9 +131,8 @@ def load_parts(pieces: list[ReadPart]) -> Iterator[RawDocument]:
     for piece in pieces:
         path = Path(piece.path)
         parquet = pq.ParquetFile(path)
-        for batch in parquet.iter_batches(READ_BATCH_DOCS, columns=RAW_SCHEMA.names):
-            columns = [batch.column(name).to_pylist() for name in RAW_SCHEMA.names]
-            for row in zip(*columns, strict=True):
+        for rows in bounded_row_batches(parquet, RAW_SCHEMA.names, READ_BATCH_DOCS):
+            for row in rows:
                 yield RawDocument(*row)
         parquet.close()
         path.unlink()

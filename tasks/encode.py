@@ -250,7 +250,10 @@ def _iter_kept_texts(documents: Path) -> Iterator[list[str]]:
     """Every kept document, whatever its split column, in corpus order, a batch at a time."""
     import pyarrow.parquet as pq
 
-    for batch in pq.ParquetFile(documents).iter_batches(BATCH_DOCS, columns=["text", "keep"]):
-        texts = [t for t, keep in zip(*(c.to_pylist() for c in batch.columns), strict=True) if keep]
+    from storage.corpus import bounded_row_batches
+
+    parquet = pq.ParquetFile(documents)
+    for rows in bounded_row_batches(parquet, ["text", "keep"], BATCH_DOCS):
+        texts = [text for text, keep in rows if keep]
         if texts:
             yield texts

@@ -43,7 +43,8 @@ def test_without_paragraphs_a_piece_ends_at_a_line_a_space_or_between_characters
     unspaced = "長い文書を読む。" * 2000  # 3 bytes a character, no space, no line end
     pieces = _cut(unspaced, 0.01)
     assert "".join(piece.text for piece in pieces) == unspaced
-    assert all(9_998 <= len(piece.text.encode()) <= 10_000 for piece in pieces[:-1])
+    sizes = [len(piece.text.encode()) for piece in pieces]
+    assert max(sizes) <= 10_000 and max(sizes) - min(sizes) <= 6  # equal, to the character
 
 
 def test_short_text_markup_and_a_limit_of_zero_are_left_whole():
@@ -118,3 +119,56 @@ def test_encoding_a_few_megabytes_at_a_time_gives_the_ids_of_encoding_all_at_onc
     monkeypatch.setattr(type(model), "encode_batch", counted)
     assert list(encoded_documents(model, texts, ["train"] * 60)) == encode_batch(model, texts)
     assert len(calls) > 10 and sum(calls) == 60
+
+
+def test_pieces_of_one_line_have_names_of_their_own_and_mac_lines_count():
+    """A piece that starts inside a line is named by its column too (a long line's pieces were
+    all `book.txt:1`); a carriage return alone ends a line and a paragraph, as readers take it;
+    a piece never starts with an accent that normalization would join to the character before."""
+    one_line = prose(1, 5000)
+    names = [piece.source for piece in _cut(one_line, 0.01)]
+    assert len(set(names)) == len(names) and names[0] == "book.txt:1"
+    assert names[1] == f"book.txt:1+{len(_cut(one_line, 0.01)[0].text)}"
+    mac = "\r\r".join(prose(n, 40) for n in range(200))
+    pieces = _cut(mac, 0.01)
+    assert all(piece.text.endswith("\r\r") for piece in pieces[:-1])
+    lines = [1 + sum(q.text.count("\r") for q in pieces[:n]) for n in range(len(pieces))]
+    assert [p.source for p in pieces] == [f"book.txt:{line}" for line in lines]
+    accented = "e\u0301" * 30000
+    assert not any(piece.text.startswith("\u0301") for piece in _cut(accented, 0.01))
+    assert "".join(piece.text for piece in _cut(accented, 0.01)) == accented
+
+
+def test_pieces_are_about_equal_so_that_the_last_is_not_a_scrap():
+    """A file just over the limit was a full piece and a scrap of a few words, which the
+    quality rules then removed (text the uncut file kept)."""
+    text = "\n\n".join(prose(n, 60) for n in range(200))
+    limit_mb = len(text.encode()) / 2.05 / 1e6  # just under half: three pieces
+    sizes = [len(piece.text.encode()) for piece in _cut(text, limit_mb)]
+    assert len(sizes) == 3 and min(sizes) > 0.8 * max(sizes), sizes
+
+
+def test_encode_reads_a_few_megabytes_of_corpus_at_a_time_across_row_groups(tmp_path, monkeypatch):
+    """`ParquetFile.iter_batches(256)` joins row groups: 256 documents of up to 8 MB at once,
+    however small the row groups."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from flows.encode_flow import read_kept_rows
+    from lm.text.clean import RowSlice
+    from storage import corpus
+    from tasks.encode import _iter_kept_texts
+
+    monkeypatch.setattr(corpus, "BATCH_CHARS", 5_000)
+    texts = [f"{n} " + "x" * (100 if n % 10 else 7_000) for n in range(300)]
+    table = pa.table({"text": texts, "split": ["train"] * 300, "keep": [n % 7 > 0 for n in
+                                                                       range(300)]})  # fmt: skip
+    pq.write_table(table, tmp_path / "corpus.parquet", row_group_size=40)
+    kept = [text for n, text in enumerate(texts) if n % 7]
+    for batches in (
+        [batch for batch, _ in read_kept_rows(tmp_path / "corpus.parquet", RowSlice(0, 0, 300))],
+        list(_iter_kept_texts(tmp_path / "corpus.parquet")),
+    ):
+        assert [text for batch in batches for text in batch] == kept
+        assert all(len(batch) == 1 or sum(map(len, batch)) < 5_000 + 7_010 for batch in batches)
+        assert max(len(batch) for batch in batches) < 60
