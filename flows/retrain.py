@@ -468,7 +468,8 @@ def _why_scratch(champion: Champion | None, renamed: bool = False) -> str:
         return "no champion yet"
     if renamed:
         return ("the champion's corpus was made by other lmforge code or text settings "
-                "(reading, markup removal, normalization), and some of its documents may have "
+                "(reading, cutting long texts, markup removal, normalization), and some of its "
+                "documents may have "
                 "other ids now: they cannot be told from new ones")  # fmt: skip
     parts = {"trained": "model", "tokenizer": "tokenizer", "corpus": "corpus"}
     gone = [name for attribute, name in parts.items() if getattr(champion, attribute) is None]

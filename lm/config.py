@@ -106,6 +106,14 @@ class IngestConfig(StrictModel):
     max_document_mb: float = Field(8.0, ge=0.0)
     row_group_docs: int = Field(2000, ge=1)
 
+    @field_validator("max_document_mb")
+    @classmethod
+    def _cut_at_a_kilobyte_at_least(cls, value: float) -> float:
+        """A limit under a byte was taken as 0, which never cuts: said, not done silently."""
+        if 0 < value < 0.001:
+            raise ValueError("must be at least 0.001 (1 kB), or 0 never to cut a document")
+        return value
+
     @model_validator(mode="before")
     @classmethod
     def _sources_may_be_plain_paths(cls, data: Any) -> Any:

@@ -54,6 +54,8 @@ def test_short_text_markup_and_a_limit_of_zero_are_left_whole():
     assert len(_cut(text, 0)) == 1 and len(_cut(text, 1.0)) == 1
     assert len(_cut(text, 0.01)) > 1
     assert IngestConfig(sources=["x"]).max_document_mb == 8.0
+    with pytest.raises(ValueError, match=r"must be at least 0.001 \(1 kB\), or 0 never to cut"):
+        IngestConfig(sources=["x"], max_document_mb=1e-7)  # a limit of 0 bytes: never cut
 
 
 def test_a_text_file_over_the_limit_is_read_as_several_documents(tmp_path, caplog):
@@ -69,7 +71,7 @@ def test_a_text_file_over_the_limit_is_read_as_several_documents(tmp_path, caplo
     assert cut[0].source == f"{whole[0].source}:1" and cut[1].source.startswith(f"{book}:")
     said = [r.getMessage() for r in caplog.records if "cut into" in r.getMessage()]
     assert len(said) == 1 and said[0] == (
-        f"{book}: {len(whole[0].text) / 1e6:.1f} MB of text, cut into {len(cut)} documents of "
+        f"{book}: {len(whole[0].text) / 1e6:.2f} MB of text, cut into {len(cut)} documents of "
         "at most 0.02 MB (ingest.max_document_mb)"
     )
 

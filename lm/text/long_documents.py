@@ -75,8 +75,8 @@ def _pieces(document: RawDocument, utf8: bytes, limit: int) -> Iterator[RawDocum
         column = (len(utf8[ends[-1] : end].decode("utf-8", "surrogatepass")) if ends
                   else column + len(text))  # fmt: skip
         start, pieces = end, pieces + 1
-    logger.info("%s: %.1f MB of text, cut into %d documents of at most %g MB (ingest."
-                "max_document_mb)", document.source, len(utf8) / MEGABYTE, pieces,
+    logger.info("%s: %s MB of text, cut into %d documents of at most %g MB (ingest."
+                "max_document_mb)", document.source, f"{len(utf8) / MEGABYTE:,.2f}", pieces,
                 limit / MEGABYTE)  # fmt: skip
 
 
