@@ -15,7 +15,8 @@ whose faults are small beside the work on such a block. The thresholds hold for 
 process, after training too: the flow trains a single-process model in its own process, so its
 later stages keep the heap training left, until the run's process ends. A training process
 holds its peak memory at every step anyway. Only glibc has these knobs; elsewhere this does
-nothing. `LMFORGE_KEEP_FREED_MEMORY=0` leaves the allocator as it is.
+nothing. `LMFORGE_KEEP_FREED_MEMORY=0` leaves the thresholds as they are (a data stage still
+gives back what it freed when it ends: `give_back_freed_memory`).
 """
 
 from __future__ import annotations

@@ -151,7 +151,9 @@ def bounded_row_batches(
     allows (its metadata says it): 16 at a time for every group made 1 M small rows 8x slower."""
     text = columns.index("text")
     leaves = parquet.metadata.schema
-    text_leaf = next(i for i in range(len(leaves)) if leaves.column(i).path == "text")
+    text_leaf = next((i for i in range(len(leaves)) if leaves.column(i).path == "text"), None)
+    if text_leaf is None:
+        raise ValueError(f"no top-level 'text' column (columns: {parquet.schema_arrow.names})")
     pending: list[tuple] = []
     chars = 0
     groups = row_groups if row_groups is not None else range(parquet.metadata.num_row_groups)

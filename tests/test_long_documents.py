@@ -174,3 +174,17 @@ def test_encode_reads_a_few_megabytes_of_corpus_at_a_time_across_row_groups(tmp_
         assert [text for batch in batches for text in batch] == kept
         assert all(len(batch) == 1 or sum(map(len, batch)) < 5_000 + 7_010 for batch in batches)
         assert max(len(batch) for batch in batches) < 60
+
+
+def test_a_cut_never_falls_between_the_two_bytes_of_a_windows_line_end():
+    """Text without spaces whose only line end in reach is a \r\n at the limit: the piece
+    ended in a lone \r, and every later piece was named a line too far."""
+    text = "\r\n".join(["中" * 333] * 3 + ["中" * 332])
+    pieces = _cut(text, 0.001)
+    assert "".join(piece.text for piece in pieces) == text
+    assert not any(piece.text.endswith("\r") for piece in pieces)
+    starts = [sum(len(p.text) for p in pieces[:n]) for n in range(len(pieces))]
+    for piece, start in zip(pieces, starts, strict=True):  # each named by where it starts
+        line = text.count("\r\n", 0, start) + 1
+        column = start - (text.rfind("\n", 0, start) + 1)
+        assert piece.source == f"book.txt:{line}" + (f"+{column}" if column else "")

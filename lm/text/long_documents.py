@@ -92,6 +92,8 @@ def _piece_end(utf8: bytes, start: int, limit: int) -> int:
             return found + len(mark)
     while end > start and utf8[end] & 0xC0 == 0x80:  # a continuation byte: mid-character
         end -= 1
+    if end - 1 > start and utf8[end - 1] == 0x0D and utf8[end] == 0x0A:  # not inside a "\r\n"
+        end -= 1
     # Not before an accent or a joiner either: normalization composes it with the character
     # before (e + U+0301 is é), which then would not match the uncut text's.
     backed = end
