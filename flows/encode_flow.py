@@ -30,6 +30,7 @@ from prefect.cache_policies import NO_CACHE
 from lm.progress import ProgressLog
 from lm.text.clean import RowSlice
 from lm.tokenizer import Tokenizer, encoded_documents, load_tokenizer
+from storage.corpus import bounded_row_batches
 from storage.shards import ShardInfo, ShardWriter
 from tasks.runners import results_in_order
 
@@ -90,8 +91,6 @@ def read_kept_rows(
         offset += group_rows
     if not groups:
         return
-    from storage.corpus import bounded_row_batches
-
     for rows_read in bounded_row_batches(parquet, ["text", "split", "keep"], batch_docs, groups):
         low, high = max(rows.start - position, 0), min(rows.stop - position, len(rows_read))
         position += len(rows_read)

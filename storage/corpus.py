@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -127,16 +127,6 @@ class CorpusDigest:
         return self._hash.hexdigest()
 
 
-def iter_raw_batches(
-    path: Path, batch_size: int = 256
-) -> Iterator[list[tuple[str, str, str, str]]]:
-    """Raw documents as `(source, source_file, text, markup)` tuples, a batch at a time."""
-    parquet = pq.ParquetFile(path)
-    for batch in parquet.iter_batches(batch_size=batch_size, columns=RAW_SCHEMA.names):
-        columns = [batch.column(name).to_pylist() for name in RAW_SCHEMA.names]
-        yield list(zip(*columns, strict=True))
-
-
 def bounded_row_batches(
     parquet: pq.ParquetFile,
     columns: list[str],
@@ -154,20 +144,30 @@ def bounded_row_batches(
     text_leaf = next((i for i in range(len(leaves)) if leaves.column(i).path == "text"), None)
     if text_leaf is None:
         raise ValueError(f"no top-level 'text' column (columns: {parquet.schema_arrow.names})")
+    groups = row_groups if row_groups is not None else range(parquet.metadata.num_row_groups)
+
+    def rows() -> Iterator[tuple]:
+        for group in groups:
+            metadata = parquet.metadata.row_group(group)
+            size = max(metadata.column(text_leaf).total_uncompressed_size, 1)
+            at_once = max(1, min(batch_docs, metadata.num_rows * BATCH_CHARS // size))
+            for batch in parquet.iter_batches(at_once, row_groups=[group], columns=columns):
+                yield from zip(*(batch.column(name).to_pylist() for name in columns), strict=True)
+
+    return _batched_by_text(rows(), text, batch_docs)
+
+
+def _batched_by_text(rows: Iterable[tuple], text: int, batch_docs: int) -> Iterator[list[tuple]]:
+    """`rows` in lists of `batch_docs`, or fewer where their `text` column reaches BATCH_CHARS
+    (a longer row alone)."""
     pending: list[tuple] = []
     chars = 0
-    groups = row_groups if row_groups is not None else range(parquet.metadata.num_row_groups)
-    for group in groups:
-        metadata = parquet.metadata.row_group(group)
-        size = max(metadata.column(text_leaf).total_uncompressed_size, 1)
-        rows = max(1, min(batch_docs, metadata.num_rows * BATCH_CHARS // size))
-        for batch in parquet.iter_batches(rows, row_groups=[group], columns=columns):
-            for row in zip(*(batch.column(name).to_pylist() for name in columns), strict=True):
-                pending.append(row)
-                chars += len(row[text] or "")
-                if len(pending) >= batch_docs or chars >= BATCH_CHARS:
-                    yield pending
-                    pending, chars = [], 0
+    for row in rows:
+        pending.append(row)
+        chars += len(row[text] or "")
+        if len(pending) >= batch_docs or chars >= BATCH_CHARS:
+            yield pending
+            pending, chars = [], 0
     if pending:
         yield pending
 
@@ -179,27 +179,23 @@ def read_raw_rows(
     BATCH_CHARS of text, counted from `start`. Reads only the row groups that overlap the
     range. (What a document is annotated to does not depend on its batch.)"""
     parquet = pq.ParquetFile(path)
-    pending: list[RawRow] = []
-    chars = offset = 0
-    for group in range(parquet.metadata.num_row_groups):
-        group_rows = parquet.metadata.row_group(group).num_rows
-        low, high = max(start, offset), min(stop, offset + group_rows)
-        if low < high:
-            table = parquet.read_row_group(group, columns=RAW_SCHEMA.names)
-            table = table.slice(low - offset, high - low)
-            columns = [table.column(name).to_pylist() for name in RAW_SCHEMA.names]
-            del table
-            for row in zip(*columns, strict=True):
-                pending.append(row)
-                chars += len(row[2])
-                if len(pending) >= batch_docs or chars >= BATCH_CHARS:
-                    yield pending
-                    pending, chars = [], 0
-        offset += group_rows
-        if offset >= stop:
-            break
-    if pending:
-        yield pending
+
+    def rows() -> Iterator[RawRow]:
+        offset = 0
+        for group in range(parquet.metadata.num_row_groups):
+            group_rows = parquet.metadata.row_group(group).num_rows
+            low, high = max(start, offset), min(stop, offset + group_rows)
+            if low < high:
+                table = parquet.read_row_group(group, columns=RAW_SCHEMA.names)
+                table = table.slice(low - offset, high - low)
+                columns = [table.column(name).to_pylist() for name in RAW_SCHEMA.names]
+                del table
+                yield from zip(*columns, strict=True)
+            offset += group_rows
+            if offset >= stop:
+                break
+
+    return _batched_by_text(rows(), RAW_SCHEMA.names.index("text"), batch_docs)
 
 
 def row_group_bounds(path: Path) -> list[int]:

@@ -44,7 +44,7 @@ from lm.tokenizer import (
     load_tokenizer,
 )
 from storage.artifacts import ArtifactStore, Descriptor, reused
-from storage.corpus import DOCUMENTS_FILE, row_count
+from storage.corpus import DOCUMENTS_FILE, bounded_row_batches, row_count
 from storage.shards import OrderedSplitter, ShardInfo
 from storage.workspace import Workspace
 from tasks.caching import cache_key_from, code_digest, stage_key
@@ -249,8 +249,6 @@ def _iter_split_texts_by_doc_id(documents: Path, split: str) -> Iterator[list[st
 def _iter_kept_texts(documents: Path) -> Iterator[list[str]]:
     """Every kept document, whatever its split column, in corpus order, a batch at a time."""
     import pyarrow.parquet as pq
-
-    from storage.corpus import bounded_row_batches
 
     parquet = pq.ParquetFile(documents)
     for rows in bounded_row_batches(parquet, ["text", "keep"], BATCH_DOCS):
