@@ -1,7 +1,9 @@
 """Ingest + clean throughput (MB/s of input) and peak memory, on the bundled corpus and on a
-synthetic ~200 MB JSONL, and on the same records as one JSON array (a `.json` file).
+synthetic ~200 MB JSONL, on the same records as one JSON array (a `.json` file), and on their
+texts as one plain text file (a book collection in one file, cut into pieces as it is read).
 
-    .venv/bin/python bench/bench_data.py [--size-mb 200] [--workers 0] [--only bundled|jsonl|array]
+    .venv/bin/python bench/bench_data.py [--size-mb 200] [--workers 0]
+                                         [--only bundled|jsonl|array|book]
 
 Each case runs the real stage code (the ingest and clean task bodies, without the Prefect engine
 around them) in a fresh workspace, in its own process, so peak RSS is that case's alone: the
@@ -130,7 +132,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--size-mb", type=float, default=200.0)
     parser.add_argument("--workers", type=int, default=0, help="clean workers; 0 = one per core")
-    parser.add_argument("--only", choices=["bundled", "jsonl", "array"])
+    parser.add_argument("--only", choices=["bundled", "jsonl", "array", "book"])
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -140,7 +142,7 @@ def main() -> None:
     print(f"cores: {os.cpu_count()}, python {sys.version.split()[0]}")
     if args.only in (None, "bundled"):
         _print(_in_subprocess("bundled", str(REPO / "configs" / "default.toml"), args.workers))
-    if args.only in (None, "jsonl", "array"):
+    if args.only in (None, "jsonl", "array", "book"):
         with tempfile.TemporaryDirectory(prefix="lmforge-bench-data-") as folder:
             data = Path(folder) / "synthetic.jsonl"
             started = time.perf_counter()
@@ -153,6 +155,10 @@ def main() -> None:
                 _print(_in_subprocess("array", _config_reading(array), args.workers))
             if args.only in (None, "jsonl"):
                 _print(_in_subprocess("jsonl", _config_reading(data), args.workers))
+            if args.only in (None, "book"):
+                book = data.with_suffix(".txt")
+                _as_one_text_file(data, book)
+                _print(_in_subprocess("book", _config_reading(book), args.workers))
 
 
 def _as_json_array(lines: Path, array: Path) -> None:
@@ -162,6 +168,13 @@ def _as_json_array(lines: Path, array: Path) -> None:
         for index, record in enumerate(records):
             out.write((",\n" if index else "") + record.rstrip("\n"))
         out.write("\n]\n")
+
+
+def _as_one_text_file(lines: Path, book: Path) -> None:
+    """The texts of JSON Lines file `lines` as one text file, a blank line between them."""
+    with open(lines, encoding="utf-8") as records, open(book, "w", encoding="utf-8") as out:
+        for record in records:
+            out.write(json.loads(record)["text"] + "\n\n")
 
 
 def _config_reading(data: Path) -> str:

@@ -516,9 +516,38 @@ def build_corpus(run: RunContext, settings: PipelineConfig) -> Descriptor:
         runtime=settings.runtime,
     )
     run.corpus = corpus
+    warn_of_long_texts_removed(corpus.stats, settings)
     with failing_in(run, "clean"):  # what cleaning kept
         require_kept_documents(corpus, settings.split, trains_models=bool(settings.model_runs()))
     return corpus
+
+
+# The fewest UTF-8 bytes a word takes in running text, with its space (English averages 6).
+FEWEST_BYTES_A_WORD = 2.5
+
+
+def warn_of_long_texts_removed(stats: dict, settings: PipelineConfig) -> None:
+    """Documents removed as too long (`too_many_words`), said with what to change where plain
+    text is cut into pieces the rule removes too: at 8 MB, a novel's pieces (or a whole novel,
+    uncut) were removed, and with them every word of a one-file corpus but for a count in the
+    corpus statistics."""
+    removed = stats.get("removed", {}).get("too_many_words", 0)
+    if not removed:
+        return
+    max_mb, max_words = settings.ingest.max_document_mb, settings.clean.quality.max_words
+    fitting_mb = max_words * FEWEST_BYTES_A_WORD / 1e6
+    if not max_mb:
+        advice = (f"; plain text is never cut (ingest.max_document_mb = 0): set it to "
+                  f"{fitting_mb:g} to cut long texts into documents the rule keeps")  # fmt: skip
+    elif max_mb > fitting_mb:
+        advice = (f"; ingest.max_document_mb = {max_mb:g} cuts plain text into pieces of up to "
+                  f"about {max_mb * 1e6 / 6:,.0f} English words: set it to {fitting_mb:g} to "
+                  "keep them")  # fmt: skip
+    else:
+        advice = ""
+    logger.warning("clean: %s removed as longer than clean.quality.max_words (%s words)%s",
+                   f"{removed:,} document" + ("s" if removed != 1 else ""), f"{max_words:,}",
+                   advice)  # fmt: skip
 
 
 SPLIT_BY = {

@@ -102,8 +102,10 @@ class IngestConfig(StrictModel):
     encoding_errors: Literal["strict", "replace"] = "strict"
     url_timeout_s: float = Field(30.0, gt=0.0)
     # Plain text longer than this is cut into documents at paragraph breaks
-    # (lm/text/long_documents.py): every later stage holds a document whole. 0: never cut.
-    max_document_mb: float = Field(8.0, ge=0.0)
+    # (lm/text/long_documents.py): every later stage holds a document whole, and a piece of
+    # 0.25 MB holds about 40,000 English words, within clean.quality.max_words (a whole novel,
+    # or pieces of 1 MB, were removed as too_many_words). 0: never cut.
+    max_document_mb: float = Field(0.25, ge=0.0)
     row_group_docs: int = Field(2000, ge=1)
 
     @field_validator("max_document_mb")

@@ -22,7 +22,6 @@ from typing import BinaryIO
 from urllib.parse import urlparse
 
 from lm.progress import ProgressLog
-from lm.text.long_documents import cut_long_documents
 from lm.text.readers import RawDocument, open_decompressed, read_documents
 from lm.text.sources import InputError, ResolvedInput, TransientInputError
 
@@ -49,7 +48,7 @@ def iter_input_documents(
 ) -> Iterator[RawDocument]:
     """The documents of `inputs` in order, with progress lines under `name` (a part of a
     fanned-out ingest names its inputs: each part's "ingest: ... (100%)" read as the stage's),
-    plain text over `max_document_mb` cut into pieces (`cut_long_documents`; 0: never)."""
+    plain text over `max_document_mb` cut into pieces (`read_documents`; 0: never)."""
     known_sizes = [item.size for item in inputs if item.size is not None]
     progress = ProgressLog(name, total=sum(known_sizes) if known_sizes else None)
     done_bytes = 0
@@ -63,11 +62,10 @@ def iter_input_documents(
         try:
             with _open_input(item, path) as raw:
                 stream = open_decompressed(item, raw)
-                documents = read_documents(item, stream, encoding_errors)
-                documents = cut_long_documents(documents, max_document_mb)
+                documents = read_documents(item, stream, encoding_errors, max_document_mb)
                 for count, document in enumerate(documents):
                     yield document
-                    if count % 64 == 0:
+                    if count % 64 == 0 or len(document.text) > 1 << 16:
                         progress.update(done_bytes + raw.tell())
                 done_bytes += raw.tell()
         finally:

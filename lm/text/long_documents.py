@@ -7,12 +7,19 @@ took 3.6 to 4.6 GB, and a 1 GB one would have needed about 30. Cut into pieces o
 `ingest.max_document_mb`, each later stage holds a piece at a time, and the file trains as
 before, with an end-of-text token where each piece ends.
 
-Pieces are about equal in size. Each ends at a paragraph break where one lies in the last half
-of its share, else at a line end, else at a space (else, in text written without spaces, between
-two characters, never inside one nor before an accent). Each piece is named by the line it
-starts on (`book.txt:1`, `book.txt:48213`), as a line of a `one_doc_per_line` file is, and by
-its column where it starts inside a line (`book.txt:1+49998`). Only plain text is cut:
-MediaWiki markup is stripped later, and a template may span a paragraph break.
+Each piece is of `ingest.max_document_mb`, but the last two, which share what is left equally
+(no scrap of a few words at the end). Each ends at a paragraph break where one lies in the last
+half of its share, else at a line end, else at a space (else, in text written without spaces,
+between two characters, never inside one nor before an accent). Where a piece ends depends only
+on where it starts, so a file that grows at its end keeps all its pieces but the last two. Each
+piece is named by the line it starts on (`book.txt:1`, `book.txt:48213`), as a line of a
+`one_doc_per_line` file is, and by its column where it starts inside a line
+(`book.txt:1+49998`). Only plain text is cut: MediaWiki markup is stripped later, and a template
+may span a paragraph break.
+
+A UTF-8 text file is cut as it is read (`utf8_pieces` over its blocks), never whole in memory:
+read whole, a 1 GB file took about 7 GB before it was cut. Its pieces are those of the whole
+text.
 """
 
 from __future__ import annotations
@@ -21,15 +28,17 @@ import logging
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
-from lm.text.readers import RawDocument
+if TYPE_CHECKING:  # the readers cut a text file with this module's functions
+    from lm.text.readers import RawDocument
 
 logger = logging.getLogger("lm.text.ingest")
 MEGABYTE = 1_000_000
 # Where a piece may end, the best first: a paragraph break, a line end (a carriage return alone
 # ends a line of a classic Mac OS file, as the readers take it), a space.
 BREAKS = (b"\n\n", b"\n\r\n", b"\r\r", b"\n", b"\r", b" ")
-LINE_ENDS = re.compile(rb"\r\n|\r|\n")
+LINE_ENDS = re.compile(r"\r\n|\r|\n")
 # A character never to begin a piece: it belongs to the one before (an accent, a joiner, a
 # vowel or final consonant of a Hangul syllable written in jamo).
 _JOINING = {"\u200d", "\u200c", "\u034f"}
@@ -58,26 +67,65 @@ def cut_long_documents(documents: Iterable[RawDocument], max_mb: float) -> Itera
 
 
 def _pieces(document: RawDocument, utf8: bytes, limit: int) -> Iterator[RawDocument]:
-    """Named `SOURCE:LINE`, or `SOURCE:LINE+COLUMN` (characters into the line) for a piece that
-    starts inside a line: a long line's pieces would all be `SOURCE:LINE`."""
-    start, line, column, pieces = 0, 1, 0, 0
-    while start < len(utf8):
-        left = len(utf8) - start
-        # As many pieces as the limit asks, of about equal size: a full piece and a scrap of a
-        # few words (which the quality rules then removed) left text out that the whole kept.
-        share = -(-left // -(-left // limit))
-        end = len(utf8) if left <= limit else _piece_end(utf8, start, share)
-        text = utf8[start:end].decode("utf-8", "surrogatepass")
-        name = f"{document.source}:{line}" + (f"+{column}" if column else "")
-        yield RawDocument(name, document.source_file, text, "plain")
-        ends = [match.end() for match in LINE_ENDS.finditer(utf8, start, end)]
-        line += len(ends)
-        column = (len(utf8[ends[-1] : end].decode("utf-8", "surrogatepass")) if ends
-                  else column + len(text))  # fmt: skip
-        start, pieces = end, pieces + 1
-    logger.info("%s: %s MB of text, cut into %d documents of at most %g MB (ingest."
-                "max_document_mb)", document.source, f"{len(utf8) / MEGABYTE:,.2f}", pieces,
-                limit / MEGABYTE)  # fmt: skip
+    names = PieceNames(document.source)
+    for _, piece in utf8_pieces([utf8], limit):
+        text = piece.decode("utf-8", "surrogatepass")
+        yield document._replace(source=names.next_name(text), text=text)
+    names.say_cut(len(utf8), limit)
+
+
+def utf8_pieces(blocks: Iterable[bytes], limit: int) -> Iterator[tuple[int, bytes]]:
+    """The pieces of the UTF-8 text that `blocks` make up, each with its byte offset, holding at
+    most about 3 × `limit` bytes of it at a time. Each is of `limit` (to the best break in its
+    second half) but the last two, which share what is left equally: no piece is a scrap of a
+    few words (which the quality rules then removed), and a piece's end depends only on where
+    it starts, so text added at the end changes the last two pieces alone (with pieces of equal
+    size, it moved every cut, and every piece was drawn to a split again)."""
+    blocks = iter(blocks)
+    buffer, start, offset, ended = b"", 0, 0, False  # `offset`: of `buffer[start]`
+    while True:
+        # Enough read ahead to place a piece's end (a few bytes past its limit are looked at)
+        # and to know whether the text ends within two pieces.
+        if not ended and len(buffer) - start < 2 * limit + 8:
+            taken = [buffer[start:]] if start < len(buffer) else []
+            size = len(buffer) - start
+            while size < 2 * limit + 8 and (block := next(blocks, None)) is not None:
+                taken.append(block)
+                size += len(block)
+            ended = size < 2 * limit + 8
+            buffer, start = (taken[0] if len(taken) == 1 else b"".join(taken)), 0  # not copied
+        left = len(buffer) - start
+        if not left:
+            return
+        if left <= limit:
+            yield offset, buffer[start:]
+            return
+        end = _piece_end(buffer, start, limit if left > 2 * limit else -(-left // 2))
+        yield offset, buffer[start:end]
+        offset += end - start
+        start = end
+
+
+class PieceNames:
+    """Names the pieces of one text in order: `SOURCE:LINE`, or `SOURCE:LINE+COLUMN`
+    (characters into the line) for a piece that starts inside a line (a long line's pieces
+    would all be `SOURCE:LINE`)."""
+
+    def __init__(self, source: str):
+        self.source, self.line, self.column, self.count = source, 1, 0, 0
+
+    def next_name(self, text: str) -> str:
+        name = f"{self.source}:{self.line}" + (f"+{self.column}" if self.column else "")
+        ends = [match.end() for match in LINE_ENDS.finditer(text)]
+        self.line += len(ends)
+        self.column = len(text) - ends[-1] if ends else self.column + len(text)
+        self.count += 1
+        return name
+
+    def say_cut(self, size: int, limit: int) -> None:
+        logger.info("%s: %s MB of text, cut into %d documents of at most %g MB (ingest."
+                    "max_document_mb)", self.source, f"{size / MEGABYTE:,.2f}", self.count,
+                    limit / MEGABYTE)  # fmt: skip
 
 
 def _piece_end(utf8: bytes, start: int, limit: int) -> int:

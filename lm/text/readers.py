@@ -15,6 +15,7 @@ import csv
 import errno
 import gzip
 import io
+import itertools
 import json
 import logging
 import lzma
@@ -34,6 +35,7 @@ import pyarrow.parquet as pq
 from lm.atomic_files import WRITE_ERRNOS
 from lm.text.census_names import CensusNamesError, read_census_names
 from lm.text.json_array import JsonArrayError, beyond_python, json_array_values
+from lm.text.long_documents import MEGABYTE, PieceNames, cut_long_documents, utf8_pieces
 from lm.text.sources import InputError, ResolvedInput, TransientInputError
 from lm.text.wikipedia_dump import read_wikipedia_dump
 
@@ -332,9 +334,10 @@ class Replacements:
 
 
 def read_documents(
-    item: ResolvedInput, stream: BinaryIO, encoding_errors: str
+    item: ResolvedInput, stream: BinaryIO, encoding_errors: str, max_document_mb: float = 0.0
 ) -> Iterator[RawDocument]:
-    """Stream the documents of one input (already decompressed)."""
+    """Stream the documents of one input (already decompressed), plain text over
+    `max_document_mb` cut into pieces (`cut_long_documents`; 0: never)."""
     replaced = Replacements(item.name)
     try:
         if not _peek(stream):  # an empty file holds no documents, whatever its kind
@@ -350,21 +353,22 @@ def read_documents(
             stream = io.BufferedReader(_Prefixed(bomless[0], stream))  # type: ignore[assignment]
             replaced.prepended = len(bomless[0])
         if fmt == "parquet":
-            yield from _read_parquet(item, stream, encoding_errors, replaced)
+            documents = _read_parquet(item, stream, encoding_errors, replaced)
         elif fmt in ("csv", "tsv"):
-            yield from _read_csv(item, stream, encoding_errors, replaced, fmt)
+            documents = _read_csv(item, stream, encoding_errors, replaced, fmt)
         elif fmt == "json":
-            yield from _read_json(item, stream, encoding_errors, replaced)
+            documents = _read_json(item, stream, encoding_errors, replaced)
         elif fmt == "jsonl":
-            yield from _read_jsonl(item, stream, encoding_errors, replaced)
+            documents = _read_jsonl(item, stream, encoding_errors, replaced)
         elif fmt == "census-names":
-            yield from _read_census_names(item, stream)
+            documents = _read_census_names(item, stream)
         elif fmt == "wikipedia":
-            checked = io.BufferedReader(_CheckedUtf8(stream, item.name, encoding_errors, replaced))
-            for title, text in read_wikipedia_dump(checked, item.name):
-                yield RawDocument(f"{item.name}#{title}", item.name, text, "wikitext")
-        else:
-            yield from _read_text(item, stream, encoding_errors, replaced)
+            documents = _read_wikipedia(item, stream, encoding_errors, replaced)
+        else:  # a text file is cut as it is read
+            documents = _read_text(item, stream, encoding_errors, replaced, max_document_mb)
+        if fmt != "text":
+            documents = cut_long_documents(documents, max_document_mb)
+        yield from documents
         replaced.summarise()
     except InputError as error:
         if not isinstance(error, TransientInputError):  # read on after an I/O error: no
@@ -403,6 +407,14 @@ def _warn_of_settings_the_format_ignores(item: ResolvedInput, fmt: str) -> None:
                            f" (said once for the {fmt} inputs of {item.spec.path})")  # fmt: skip
 
 
+def _read_wikipedia(
+    item: ResolvedInput, stream: BinaryIO, encoding_errors: str, replaced: Replacements
+) -> Iterator[RawDocument]:
+    checked = io.BufferedReader(_CheckedUtf8(stream, item.name, encoding_errors, replaced))
+    for title, text in read_wikipedia_dump(checked, item.name):
+        yield RawDocument(f"{item.name}#{title}", item.name, text, "wikitext")
+
+
 def _raise_if_corrupt(item: ResolvedInput, stream: BinaryIO) -> None:
     """For a compressed input whose content failed to parse: read on, and if the decompressor
     finds the stream damaged (bz2 checks a block's CRC only after handing out its bytes,
@@ -438,7 +450,11 @@ def _decode(
     line: int | None,
     replaced: Replacements,
     encoding: str = "utf-8",
+    at_byte: int = 0,
+    lines_before: int = 0,
 ) -> str:
+    """`data` decoded: a line (or lines) from `line`, or a whole file, or (`line` None) a piece
+    of one that starts at byte `at_byte` after `lines_before` line ends."""
     where = f"{item.name}:{line}" if line else item.name
     label = encoding.upper().removesuffix("-LE").removesuffix("-BE")
     try:
@@ -450,8 +466,10 @@ def _decode(
                 offset = len(before[-1].encode(encoding))
                 position = f"at byte {offset} of line {line + len(before) - 1}"
             else:  # counted on the decoded prefix: in UTF-16/32 a newline is several bytes
-                line_no = data[: error.start].decode(encoding, "replace").count("\n") + 1
-                position = f"at byte {error.start - replaced.prepended} (line {line_no})"
+                before = data[: error.start].decode(encoding, "replace")
+                line_no = lines_before + before.count("\n") + 1
+                at = at_byte + error.start - replaced.prepended
+                position = f"at byte {at} (line {line_no})"
             raise InputError(
                 f"{item.name}: invalid {label} {position}; fix the file or set "
                 'ingest.encoding_errors = "replace" to substitute U+FFFD'
@@ -465,11 +483,12 @@ def _decode(
         text = data.decode(encoding, errors="replace")
         invalid = text.count("\ufffd") - data.decode(encoding, errors="ignore").count("\ufffd")
         _first_invalid.found = []
-        with contextlib.suppress(_EnoughFound):
-            data.decode(encoding, errors=NOTE_FIRST_INVALID)
+        if replaced.count < Replacements.SHOWN:  # a later piece's places are counted only
+            with contextlib.suppress(_EnoughFound):
+                data.decode(encoding, errors=NOTE_FIRST_INVALID)
         for offset in _first_invalid.found:
-            line_no = data[:offset].decode(encoding, "replace").count("\n") + 1
-            at = offset - replaced.prepended
+            line_no = lines_before + data[:offset].decode(encoding, "replace").count("\n") + 1
+            at = at_byte + offset - replaced.prepended
             replaced.note(item.name, f"invalid {label} at byte {at} (line {line_no})")
         replaced.count += max(0, invalid - len(_first_invalid.found))
         return text
@@ -497,7 +516,11 @@ codecs.register_error(NOTE_FIRST_INVALID, _note_first_invalid)
 
 
 def _read_text(
-    item: ResolvedInput, stream: BinaryIO, encoding_errors: str, replaced: Replacements
+    item: ResolvedInput,
+    stream: BinaryIO,
+    encoding_errors: str,
+    replaced: Replacements,
+    max_document_mb: float = 0.0,
 ) -> Iterator[RawDocument]:
     head = _peek(stream)
     wide = _wide_bom(head)
@@ -509,16 +532,11 @@ def _read_text(
         )
         return
     if item.spec.one_doc_per_line:
-        lines, encoding = _lines(stream, wide)
-        line_no = 0
-        for chunk in _utf8_lines_at_lone_carriage_returns(lines, encoding):
-            text = _decode(chunk, item, encoding_errors, line_no + 1, replaced, encoding)
-            if line_no == 0:
-                text = text.removeprefix("\ufeff")  # a UTF-8 BOM: a mark, not the first name's
-            for line in _split_at_lone_carriage_returns(text):
-                line_no += 1
-                if line := line.strip():
-                    yield RawDocument(f"{item.name}:{line_no}", item.name, line, "plain")
+        lines = _read_lines(item, stream, encoding_errors, replaced, wide)
+        yield from cut_long_documents(lines, max_document_mb)
+        return
+    if wide is None and max_document_mb:
+        yield from _read_text_in_pieces(item, stream, encoding_errors, replaced, max_document_mb)
         return
     # The BOM stays in the data and the codec ("utf-16", "utf-32") reads the byte order from it
     # and drops it, so an error's byte offset is the file's.
@@ -526,7 +544,65 @@ def _read_text(
     text = _decode(stream.read(), item, encoding_errors, None, replaced, encoding)
     text = text.removeprefix("\ufeff")
     if text.strip():
-        yield RawDocument(item.name, item.name, text, "plain")
+        yield from cut_long_documents([RawDocument(item.name, item.name, text, "plain")],
+                                      max_document_mb)  # fmt: skip
+
+
+def _read_lines(
+    item: ResolvedInput,
+    stream: BinaryIO,
+    encoding_errors: str,
+    replaced: Replacements,
+    wide: tuple[bytes, str] | None,
+) -> Iterator[RawDocument]:
+    """A `one_doc_per_line` file's lines, each named by its number."""
+    lines, encoding = _lines(stream, wide)
+    line_no = 0
+    for chunk in _utf8_lines_at_lone_carriage_returns(lines, encoding):
+        text = _decode(chunk, item, encoding_errors, line_no + 1, replaced, encoding)
+        if line_no == 0:
+            text = text.removeprefix("\ufeff")  # a UTF-8 BOM: a mark, not the first name's
+        for line in _split_at_lone_carriage_returns(text):
+            line_no += 1
+            if line := line.strip():
+                yield RawDocument(f"{item.name}:{line_no}", item.name, line, "plain")
+
+
+TEXT_READ_BYTES = 1 << 20
+
+
+def _read_text_in_pieces(
+    item: ResolvedInput,
+    stream: BinaryIO,
+    encoding_errors: str,
+    replaced: Replacements,
+    max_document_mb: float,
+) -> Iterator[RawDocument]:
+    """A UTF-8 text file as one document, or cut as it is read into the pieces that
+    `cut_long_documents` cuts the whole text into: a 1 GB file read whole took about 7 GB
+    before it was cut. A piece's invalid bytes are placed by their byte and line in the file;
+    replaced with U+FFFD (3 bytes) they may take a piece a little over the limit."""
+    limit = int(max_document_mb * MEGABYTE)
+    bom = len(codecs.BOM_UTF8) if _peek(stream).startswith(codecs.BOM_UTF8) else 0
+    stream.read(bom)  # a mark, not the text's: the byte offsets still count it
+    pieces = utf8_pieces(iter(lambda: stream.read(TEXT_READ_BYTES), b""), limit)
+    first = next(pieces, None)
+    if first is None:
+        return
+    second = next(pieces, None)
+    if second is None:  # short enough to stay whole
+        text = _decode(first[1], item, encoding_errors, None, replaced, at_byte=bom)
+        if text.strip():
+            yield RawDocument(item.name, item.name, text, "plain")
+        return
+    names, lines_before, read = PieceNames(item.name), 0, 0
+    for offset, data in itertools.chain([first, second], pieces):
+        text = _decode(data, item, encoding_errors, None, replaced, at_byte=bom + offset,
+                       lines_before=lines_before)  # fmt: skip
+        lines_before += data.count(b"\n")
+        read = offset + len(data)
+        yield RawDocument(names.next_name(text), item.name, text, "plain")
+    names.say_cut(read, limit)
 
 
 def _split_at_lone_carriage_returns(text: str) -> list[str]:
