@@ -582,12 +582,15 @@ def require_kept_documents(corpus: Descriptor, split: SplitConfig, trains_models
     if kept:
         return
     removed = [f"{flag} {count:,}" for flag, count in stats.get("removed", {}).items() if count]
+    too_long = ("; a text over clean.quality.max_words is removed whole: cut long texts smaller "
+                "(ingest.max_document_mb) or raise clean.quality.max_words"
+                if stats.get("removed", {}).get("too_many_words") else "")  # fmt: skip
     raise InputError(
         f"cleaning kept none of the {stats.get('documents', 0):,} documents (removed by: "
         f"{', '.join(removed) or 'nothing'}); loosen [clean] (for example "
         "clean.quality.min_words; text written without spaces between words, as Chinese, "
         "Japanese or Thai is, reads as a few long words: set clean.quality.enabled = false) "
-        "or add longer texts"
+        f"or add longer texts{too_long}"
     )
 
 

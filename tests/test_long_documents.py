@@ -303,16 +303,18 @@ def test_invalid_bytes_in_a_later_piece_are_placed_in_the_file(tmp_path, caplog)
     assert "in 5 places in all" in said[0][1][3]
 
 
-def test_a_novel_in_one_file_is_kept_by_the_default_quality_rules(workspace, tmp_path, caplog):
+def test_a_novel_in_one_file_is_kept_by_the_default_quality_rules(workspace, tmp_path):
     """Cut at 8 MB (or not at all), a novel's pieces held over 100,000 words and were removed
     as too_many_words, every word of a one-file corpus; at the default they are kept, and a
     limit that loses them says what to set."""
-    from flows.pipeline import warn_of_long_texts_removed
+    from flows.pipeline import require_kept_documents, warn_of_long_texts_removed
     from lm.config import CleanConfig, PipelineConfig, SplitConfig
     from tasks.clean import clean_task
     from tasks.ingest import ingest_task
 
-    caplog.set_level(logging.WARNING, "lm.pipeline")
+    warnings: list[str] = []
+    listener = logging.Handler(logging.WARNING)  # Prefect's logging replaced the root's handlers
+    listener.emit = lambda record: warnings.append(record.getMessage())  # type: ignore[method-assign]
     novel = tmp_path / "novel.txt"
     novel.write_text("\n\n".join(prose(n, 90) for n in range(1400)))  # ~130,000 words
     said = {}
@@ -320,15 +322,25 @@ def test_a_novel_in_one_file_is_kept_by_the_default_quality_rules(workspace, tmp
         ingest = IngestConfig(sources=[str(novel)], **({} if max_mb is None else
                                                        {"max_document_mb": max_mb}))  # fmt: skip
         corpus = clean_task.fn(ingest_task.fn(ingest), CleanConfig(), SplitConfig())
-        caplog.clear()
-        warn_of_long_texts_removed(corpus.stats, PipelineConfig(ingest=ingest))
+        warnings.clear()
+        logging.getLogger("lm.pipeline").addHandler(listener)
+        try:
+            warn_of_long_texts_removed(corpus.stats, PipelineConfig(ingest=ingest))
+        finally:
+            logging.getLogger("lm.pipeline").removeHandler(listener)
         said[max_mb] = (corpus.stats["kept"], corpus.stats["removed"]["too_many_words"],
-                        [record.getMessage() for record in caplog.records])  # fmt: skip
+                        list(warnings))  # fmt: skip
     assert said[None][0] >= 3 and said[None][1:] == (0, [])
     assert said[0] == (0, 1, ["clean: 1 document removed as longer than clean.quality.max_words "
                               "(100,000 words); plain text is never cut (ingest.max_document_mb "
                               "= 0): set it to 0.25 to cut long texts into documents the rule "
                               "keeps"])  # fmt: skip
+    with pytest.raises(
+        InputError,
+        match=r"removed by: too_many_words 1\); .* cut long texts "
+        r"smaller \(ingest\.max_document_mb\) or raise clean\.quality\.max_words",
+    ):
+        require_kept_documents(corpus, SplitConfig(), trains_models=True)
     assert said[8][:2] == (0, 1) and said[8][2][0].endswith(
         "ingest.max_document_mb = 8 cuts plain text into pieces of up to about 1,333,333 "
         "English words: set it to 0.25 to keep them"
