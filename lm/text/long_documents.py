@@ -7,15 +7,15 @@ took 3.6 to 4.6 GB, and a 1 GB one would have needed about 30. Cut into pieces o
 `ingest.max_document_mb`, each later stage holds a piece at a time, and the file trains as
 before, with an end-of-text token where each piece ends.
 
-Each piece is of `ingest.max_document_mb`, but the last two, which share what is left equally
-(no scrap of a few words at the end). Each ends at a paragraph break where one lies in the last
-half of its share, else at a line end, else at a space (else, in text written without spaces,
-between two characters, never inside one nor before an accent). Where a piece ends depends only
-on where it starts, so a file that grows at its end keeps all its pieces but the last two. Each
-piece is named by the line it starts on (`book.txt:1`, `book.txt:48213`), as a line of a
-`one_doc_per_line` file is, and by its column where it starts inside a line
-(`book.txt:1+49998`). Only plain text is cut: MediaWiki markup is stripped later, and a template
-may span a paragraph break.
+Each piece is of `ingest.max_document_mb`, but those of the last twice that, which share it
+about equally (no scrap of a few words at the end). Each ends at a paragraph break where one
+lies in the last half of its share, else at a line end, else at a space (else, in text written
+without spaces, between two characters, never inside one nor before an accent). Where a piece
+ends depends only on where it starts, so a file that grows at its end keeps all its pieces but
+the last two or three. Each piece is named by the line it starts on (`book.txt:1`,
+`book.txt:48213`), as a line of a `one_doc_per_line` file is, and by its column where it starts
+inside a line (`book.txt:1+49998`). Only plain text is cut: MediaWiki markup is stripped later,
+and a template may span a paragraph break.
 
 A UTF-8 text file is cut as it is read (`utf8_pieces` over its blocks), never whole in memory:
 read whole, a 1 GB file took about 7 GB before it was cut. Its pieces are those of the whole
@@ -77,10 +77,11 @@ def _pieces(document: RawDocument, utf8: bytes, limit: int) -> Iterator[RawDocum
 def utf8_pieces(blocks: Iterable[bytes], limit: int) -> Iterator[tuple[int, bytes]]:
     """The pieces of the UTF-8 text that `blocks` make up, each with its byte offset, holding at
     most about 3 × `limit` bytes of it at a time. Each is of `limit` (to the best break in its
-    second half) but the last two, which share what is left equally: no piece is a scrap of a
-    few words (which the quality rules then removed), and a piece's end depends only on where
-    it starts, so text added at the end changes the last two pieces alone (with pieces of equal
-    size, it moved every cut, and every piece was drawn to a split again)."""
+    second half) but those of the last 2 × `limit` bytes, which share them about equally (two,
+    or three where a break lies early): no piece is a scrap of a few words (which the quality
+    rules then removed), and a piece's end depends only on where it starts, so text added at
+    the end changes those last pieces alone (with pieces of equal size, it moved every cut,
+    and every piece was drawn to a split again)."""
     blocks = iter(blocks)
     buffer, start, offset, ended = b"", 0, 0, False  # `offset`: of `buffer[start]`
     while True:
