@@ -535,7 +535,7 @@ def warn_of_long_texts_removed(stats: dict, settings: PipelineConfig) -> None:
     if not removed:
         return
     max_mb, max_words = settings.ingest.max_document_mb, settings.clean.quality.max_words
-    fitting_mb = max_words * FEWEST_BYTES_A_WORD / 1e6
+    fitting_mb = max(max_words * FEWEST_BYTES_A_WORD / 1e6, 0.001)  # the least it may be
     if not max_mb:
         advice = (f"; plain text is never cut (ingest.max_document_mb = 0): set it to "
                   f"{fitting_mb:g} to cut long texts into documents the rule keeps")  # fmt: skip

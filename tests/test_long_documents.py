@@ -8,7 +8,7 @@ import pytest
 
 from lm.config import IngestConfig
 from lm.text.ingest import iter_input_documents
-from lm.text.long_documents import cut_long_documents
+from lm.text.long_documents import PieceNames, cut_long_documents, utf8_pieces
 from lm.text.readers import RawDocument
 from lm.text.sources import InputError, resolve_sources
 from tests.helpers import prose
@@ -345,3 +345,114 @@ def test_a_novel_in_one_file_is_kept_by_the_default_quality_rules(workspace, tmp
         "ingest.max_document_mb = 8 cuts plain text into pieces of up to about 1,333,333 "
         "English words: set it to 0.25 to keep them"
     )
+
+
+def test_a_growing_text_keeps_its_pieces_but_the_last_two_whatever_its_paragraphs():
+    """Where the first of the last two ended at a paragraph break early in its share, more
+    than a piece was left after it and the text ended in three pieces (a full-size cut then
+    moved all three when text was added)."""
+    import random
+
+    for seed in range(40):
+        rng = random.Random(seed)
+        paragraphs, size = [], rng.randint(3000, 12000)
+        while sum(map(len, paragraphs)) < size:
+            paragraphs.append(prose(rng.randrange(10**6), rng.randint(2, 40)) + "\n\n")
+        text = "".join(paragraphs)
+        before = _cut(text, 0.001)
+        after = _cut(text + " more words" * rng.randint(1, 300), 0.001)
+        assert after[: len(before) - 2] == before[:-2], seed
+    text = "x " * 249 + "\n\n" + "y " * 700  # 1900 bytes: a break at 500, spaces after it
+    assert [len(piece.text) for piece in _cut(text, 0.001)] == [950, 950]
+
+
+def test_a_run_of_invalid_continuation_bytes_is_cut_within_the_limit():
+    """Backing off to a character's first byte crossed a whole run of stray continuation bytes
+    (`encoding_errors = "replace"`): a 499-byte piece, then one as long as the run and the
+    megabyte read ahead of it (3 MB of U+FFFD under a 0.25 MB limit)."""
+    from lm.text.long_documents import utf8_pieces
+
+    data = b"word " * 100 + b"\x80" * 30_000 + b" end" * 100
+    pieces = [piece for _, piece in utf8_pieces([data[i : i + 997] for i in
+                                                 range(0, len(data), 997)], 1000)]  # fmt: skip
+    assert b"".join(pieces) == data
+    assert max(map(len, pieces)) <= 1000 and min(map(len, pieces)) > 500, list(map(len, pieces))
+
+
+def test_a_piece_never_starts_with_what_nfkc_joins_to_the_character_before():
+    """Halfwidth katakana with its voiced mark (U+FF9E, a letter until NFKC makes it U+3099)
+    was cut between the two: normalized, the pieces held 7 characters the uncut text had not."""
+    import unicodedata
+
+    for text in ("ｶﾞ" * 2000, "가ㄳ" * 1500):
+        pieces = _cut(text, 0.001)
+        assert len(pieces) > 4 and "".join(piece.text for piece in pieces) == text
+        assert "".join(unicodedata.normalize("NFKC", piece.text) for piece in pieces) == (
+            unicodedata.normalize("NFKC", text)
+        )
+
+
+def test_a_utf8_bom_split_between_gzip_members_is_left_out_of_the_pieces(tmp_path):
+    """Peeked, the mark was seen only where the first gzip member held all three of its bytes:
+    else U+FEFF began the first piece (read whole, the text never held it)."""
+    import gzip
+
+    book = tmp_path / "book.txt.gz"
+    text = "\n\n".join(prose(n, 40) for n in range(40))
+    book.write_bytes(gzip.compress(b"\xef") + gzip.compress(b"\xbb\xbf" + text.encode()))
+    pieces = _read_file(book, 0.001)
+    assert len(pieces) > 3 and "".join(piece.text for piece in pieces) == text
+
+
+def test_the_first_few_cut_texts_are_named_and_the_rest_summed_up(tmp_path, caplog):
+    """At 0.25 MB, a JSON Lines file of books logged a line for each of its thousands."""
+    import json
+
+    caplog.set_level(logging.INFO, "lm.text.ingest")
+    books = tmp_path / "books.jsonl"
+    texts = ["\n\n".join(prose(100 * n + k, 60) for k in range(8)) for n in range(5)]
+    books.write_text("".join(json.dumps({"text": text}) + "\n" for text in texts))
+    documents = _read_file(books, 0.001)
+    said = [r.getMessage() for r in caplog.records if "cut into" in r.getMessage()]
+    assert [line.split(":")[1] for line in said[:3]] == ["1", "2", "3"]  # books.jsonl:LINE
+    size = sum(len(text.encode()) for text in texts) / 1e6
+    assert len(said) == 4 and said[3] == (
+        f"5 texts over 0.001 MB in all ({size:,.2f} MB), cut into {len(documents)} documents "
+        "(the first 3 named above; ingest.max_document_mb)"
+    )
+
+
+def test_a_stretch_of_blank_is_no_document_and_the_pieces_after_it_keep_their_lines(tmp_path):
+    """A blank text was no document read whole; cut, its pieces were (a blank file of 10 MB
+    became 40 documents), and so was a blank stretch inside a text."""
+    blank = tmp_path / "blank.txt"
+    blank.write_text(" \n" * 2000)
+    assert _read_file(blank, 0.001) == [] == _cut(" \n" * 2000, 0.001)
+    text = "\n\n".join(prose(n, 60) for n in range(5)) + "\n" * 3000 + prose(9, 300)
+    book = tmp_path / "book.txt"
+    book.write_text(text)
+    names = PieceNames(str(book))
+    every = [(names.next_name(t.decode()), t.decode()) for _, t in utf8_pieces([text.encode()],
+                                                                               1000)]  # fmt: skip
+    assert sum(piece.isspace() for _, piece in every) >= 2  # the stretch is pieces of its own
+    pieces = _read_file(book, 0.001)
+    assert [(p.source, p.text) for p in pieces] == [(n, t) for n, t in every if not t.isspace()]
+
+
+def test_too_many_words_advice_never_names_a_limit_under_a_kilobyte(caplog):
+    from flows.pipeline import warn_of_long_texts_removed
+    from lm.config import PipelineConfig
+
+    warnings: list[str] = []
+    listener = logging.Handler(logging.WARNING)
+    listener.emit = lambda record: warnings.append(record.getMessage())  # type: ignore[method-assign]
+    settings = PipelineConfig(ingest=IngestConfig(sources=["x"]),
+                              clean={"quality": {"max_words": 100, "min_words": 5}})  # fmt: skip
+    logging.getLogger("lm.pipeline").addHandler(listener)
+    try:
+        warn_of_long_texts_removed({"removed": {"too_many_words": 2}}, settings)
+    finally:
+        logging.getLogger("lm.pipeline").removeHandler(listener)
+    assert warnings == ["clean: 2 documents removed as longer than clean.quality.max_words (100 "
+                        "words); ingest.max_document_mb = 0.25 cuts plain text into pieces of up "
+                        "to about 41,667 English words: set it to 0.001 to keep them"]  # fmt: skip

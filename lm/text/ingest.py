@@ -22,6 +22,7 @@ from typing import BinaryIO
 from urllib.parse import urlparse
 
 from lm.progress import ProgressLog
+from lm.text.long_documents import CutLog
 from lm.text.readers import RawDocument, open_decompressed, read_documents
 from lm.text.sources import InputError, ResolvedInput, TransientInputError
 
@@ -51,6 +52,7 @@ def iter_input_documents(
     plain text over `max_document_mb` cut into pieces (`read_documents`; 0: never)."""
     known_sizes = [item.size for item in inputs if item.size is not None]
     progress = ProgressLog(name, total=sum(known_sizes) if known_sizes else None)
+    cuts = CutLog()
     done_bytes = 0
     for item in inputs:
         path = item.path
@@ -62,7 +64,7 @@ def iter_input_documents(
         try:
             with _open_input(item, path) as raw:
                 stream = open_decompressed(item, raw)
-                documents = read_documents(item, stream, encoding_errors, max_document_mb)
+                documents = read_documents(item, stream, encoding_errors, max_document_mb, cuts)
                 for count, document in enumerate(documents):
                     yield document
                     if count % 64 == 0 or len(document.text) > 1 << 16:
@@ -72,6 +74,7 @@ def iter_input_documents(
             if item.is_url:
                 path.unlink(missing_ok=True)
         progress.update(done_bytes)
+    cuts.summarise()
     progress.finish()
 
 

@@ -7,12 +7,12 @@ took 3.6 to 4.6 GB, and a 1 GB one would have needed about 30. Cut into pieces o
 `ingest.max_document_mb`, each later stage holds a piece at a time, and the file trains as
 before, with an end-of-text token where each piece ends.
 
-Each piece is of `ingest.max_document_mb`, but those of the last twice that, which share it
-about equally (no scrap of a few words at the end). Each ends at a paragraph break where one
+Each piece is of `ingest.max_document_mb`, but the last two, which share what is left about
+equally (no scrap of a few words at the end). Each ends at a paragraph break where one
 lies in the last half of its share, else at a line end, else at a space (else, in text written
 without spaces, between two characters, never inside one nor before an accent). Where a piece
 ends depends only on where it starts, so a file that grows at its end keeps all its pieces but
-the last two or three. Each piece is named by the line it starts on (`book.txt:1`,
+the last two. Each piece is named by the line it starts on (`book.txt:1`,
 `book.txt:48213`), as a line of a `one_doc_per_line` file is, and by its column where it starts
 inside a line (`book.txt:1+49998`). Only plain text is cut: MediaWiki markup is stripped later,
 and a template may span a paragraph break.
@@ -25,7 +25,6 @@ text.
 from __future__ import annotations
 
 import logging
-import re
 import unicodedata
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
@@ -38,22 +37,28 @@ MEGABYTE = 1_000_000
 # Where a piece may end, the best first: a paragraph break, a line end (a carriage return alone
 # ends a line of a classic Mac OS file, as the readers take it), a space.
 BREAKS = (b"\n\n", b"\n\r\n", b"\r\r", b"\n", b"\r", b" ")
-LINE_ENDS = re.compile(r"\r\n|\r|\n")
 # A character never to begin a piece: it belongs to the one before (an accent, a joiner, a
 # vowel or final consonant of a Hangul syllable written in jamo).
 _JOINING = {"\u200d", "\u200c", "\u034f"}
 
 
 def _joins_the_one_before(character: str) -> bool:
+    # As `clean.normalization = "NFKC"` reads it: a halfwidth voiced mark (U+FF9E) is a
+    # combining one there, a Hangul compatibility letter a conjoining vowel or final consonant.
+    character = unicodedata.normalize("NFKC", character)[:1]
     return bool(character) and (
         unicodedata.category(character).startswith("M") or character in _JOINING
         or "\u1160" <= character <= "\u11ff" or "\ud7b0" <= character <= "\ud7ff"
     )  # fmt: skip
 
 
-def cut_long_documents(documents: Iterable[RawDocument], max_mb: float) -> Iterator[RawDocument]:
-    """`documents`, each plain one over `max_mb` MB of UTF-8 cut into pieces (0: none is)."""
+def cut_long_documents(
+    documents: Iterable[RawDocument], max_mb: float, cuts: CutLog | None = None
+) -> Iterator[RawDocument]:
+    """`documents`, each plain one over `max_mb` MB of UTF-8 cut into pieces (0: none is),
+    said in `cuts` (else in a log of its own, summarised at the end)."""
     limit = int(max_mb * MEGABYTE)
+    log = cuts or CutLog()
     for document in documents:
         # A character is 4 UTF-8 bytes at most: most documents are known short unencoded.
         if not limit or document.markup != "plain" or 4 * len(document.text) <= limit:
@@ -63,25 +68,62 @@ def cut_long_documents(documents: Iterable[RawDocument], max_mb: float) -> Itera
         if len(utf8) <= limit:
             yield document
             continue
-        yield from _pieces(document, utf8, limit)
+        texts = (piece.decode("utf-8", "surrogatepass") for _, piece in utf8_pieces([utf8], limit))
+        count = 0
+        for name, text in named_pieces(document.source, texts):
+            count += 1
+            yield document._replace(source=name, text=text)
+        log.note(document.source, len(utf8), count, limit)
+    if cuts is None:
+        log.summarise()
 
 
-def _pieces(document: RawDocument, utf8: bytes, limit: int) -> Iterator[RawDocument]:
-    names = PieceNames(document.source)
-    for _, piece in utf8_pieces([utf8], limit):
-        text = piece.decode("utf-8", "surrogatepass")
-        yield document._replace(source=names.next_name(text), text=text)
-    names.say_cut(len(utf8), limit)
+def named_pieces(source: str, texts: Iterable[str]) -> Iterator[tuple[str, str]]:
+    """The name and text of each piece of `source` (its `texts` in order) that holds more than
+    whitespace: a stretch of blank alone is no document (a blank text, whole, was none)."""
+    names = PieceNames(source)
+    for text in texts:
+        name = names.next_name(text)
+        if not text.isspace():
+            yield name, text
+
+
+class CutLog:
+    """Says which documents were cut into pieces: the first few each by name, the rest in one
+    line at the end (a JSON Lines file of 28,000 books said a line for each)."""
+
+    SHOWN = 3
+
+    def __init__(self) -> None:
+        self.documents, self.pieces, self.size, self.limit = 0, 0, 0, 0
+
+    def note(self, source: str, size: int, pieces: int, limit: int) -> None:
+        if not pieces:  # a blank text, read whole, was no document either
+            return
+        self.documents, self.pieces, self.size = self.documents + 1, self.pieces + pieces, \
+            self.size + size  # fmt: skip
+        self.limit = limit
+        if self.documents <= self.SHOWN:
+            logger.info("%s: %s MB of text, cut into %d documents of at most %g MB (ingest."
+                        "max_document_mb)", source, f"{size / MEGABYTE:,.2f}", pieces,
+                        limit / MEGABYTE)  # fmt: skip
+
+    def summarise(self) -> None:
+        if self.documents > self.SHOWN:
+            logger.info("%s texts over %g MB in all (%s MB), cut into %s documents (the first %d "
+                        "named above; ingest.max_document_mb)", f"{self.documents:,}",
+                        self.limit / MEGABYTE, f"{self.size / MEGABYTE:,.2f}",
+                        f"{self.pieces:,}", self.SHOWN)  # fmt: skip
 
 
 def utf8_pieces(blocks: Iterable[bytes], limit: int) -> Iterator[tuple[int, bytes]]:
     """The pieces of the UTF-8 text that `blocks` make up, each with its byte offset, holding at
-    most about 3 × `limit` bytes of it at a time. Each is of `limit` (to the best break in its
-    second half) but those of the last 2 × `limit` bytes, which share them about equally (two,
-    or three where a break lies early): no piece is a scrap of a few words (which the quality
-    rules then removed), and a piece's end depends only on where it starts, so text added at
-    the end changes those last pieces alone (with pieces of equal size, it moved every cut,
-    and every piece was drawn to a split again)."""
+    most about 3 × `limit` bytes of it at a time (read ahead). Each is of `limit` (to the best
+    break in its second half) but the last two, which share what is left about equally: no
+    piece is a scrap of a few words (which the quality rules then removed), and a piece's end
+    depends only on where it starts, so text added at the end changes the last two alone
+    (with pieces of equal size, it moved every cut, and every piece was drawn to a split
+    again)."""
     blocks = iter(blocks)
     buffer, start, offset, ended = b"", 0, 0, False  # `offset`: of `buffer[start]`
     while True:
@@ -101,7 +143,10 @@ def utf8_pieces(blocks: Iterable[bytes], limit: int) -> Iterator[tuple[int, byte
         if left <= limit:
             yield offset, buffer[start:]
             return
-        end = _piece_end(buffer, start, limit if left > 2 * limit else -(-left // 2))
+        if left > 2 * limit:
+            end = _piece_end(buffer, start, limit)
+        else:  # the last two: the first ends where what is left fits in one piece
+            end = _piece_end(buffer, start, -(-left // 2), shortest=left - limit)
         yield offset, buffer[start:end]
         offset += end - start
         start = end
@@ -113,34 +158,38 @@ class PieceNames:
     would all be `SOURCE:LINE`)."""
 
     def __init__(self, source: str):
-        self.source, self.line, self.column, self.count = source, 1, 0, 0
+        self.source, self.line, self.column = source, 1, 0
 
     def next_name(self, text: str) -> str:
         name = f"{self.source}:{self.line}" + (f"+{self.column}" if self.column else "")
-        ends = [match.end() for match in LINE_ENDS.finditer(text)]
-        self.line += len(ends)
-        self.column = len(text) - ends[-1] if ends else self.column + len(text)
-        self.count += 1
+        # Counted, not listed: a list of every line end's place took 36 bytes a line (a piece
+        # of short lines, 20 times its size).
+        ends = text.count("\n") + text.count("\r") - text.count("\r\n")
+        self.line += ends
+        last_end = max(text.rfind("\n"), text.rfind("\r")) + 1
+        self.column = len(text) - last_end if ends else self.column + len(text)
         return name
 
-    def say_cut(self, size: int, limit: int) -> None:
-        logger.info("%s: %s MB of text, cut into %d documents of at most %g MB (ingest."
-                    "max_document_mb)", self.source, f"{size / MEGABYTE:,.2f}", self.count,
-                    limit / MEGABYTE)  # fmt: skip
 
-
-def _piece_end(utf8: bytes, start: int, limit: int) -> int:
+def _piece_end(utf8: bytes, start: int, limit: int, shortest: int = 0) -> int:
     """Where the piece from `start` ends: after the last break of the best kind in the second
-    half of the `limit` bytes from `start`, else at the last character boundary within them."""
+    half of the `limit` bytes from `start` (and at least `shortest` bytes from it: the first of
+    the last two, ended at a break early in its share, left more than a piece after it, so the
+    text ended in three pieces, all cut anew when it grew), else at the last character
+    boundary within them."""
     end = start + limit
+    lowest = start + max(limit // 2, shortest - 1)  # a mark of one byte ends at `shortest`
     for mark in BREAKS:
-        found = utf8.rfind(mark, start + limit // 2, end)
+        found = utf8.rfind(mark, lowest, end)
         while found != -1 and mark.endswith(b"\r") and utf8[found + len(mark)] == 0x0A:
-            found = utf8.rfind(mark, start + limit // 2, found)  # not inside a "\r\n"
+            found = utf8.rfind(mark, lowest, found)  # not inside a "\r\n"
         if found != -1:
             return found + len(mark)
-    while end > start and utf8[end] & 0xC0 == 0x80:  # a continuation byte: mid-character
-        end -= 1
+    back = 0  # to the first byte of the character: 3 continuation bytes at most, where more
+    while back < 3 and end - back > start and utf8[end - back] & 0xC0 == 0x80:  # are invalid
+        back += 1
+    if utf8[end - back] & 0xC0 != 0x80:  # else amid invalid bytes: the piece was a byte long,
+        end -= back  # or as long as the run and the bytes read ahead of it
     if end - 1 > start and utf8[end - 1] == 0x0D and utf8[end] == 0x0A:  # not inside a "\r\n"
         end -= 1
     # Not before an accent or a joiner either: normalization composes it with the character
@@ -157,6 +206,6 @@ def _piece_end(utf8: bytes, start: int, limit: int) -> int:
         end = backed
     if end == start:  # a limit shorter than one character: the character alone
         end += 1
-        while end < len(utf8) and utf8[end] & 0xC0 == 0x80:
+        while end < len(utf8) and end - start < 4 and utf8[end] & 0xC0 == 0x80:
             end += 1
     return end

@@ -35,7 +35,13 @@ import pyarrow.parquet as pq
 from lm.atomic_files import WRITE_ERRNOS
 from lm.text.census_names import CensusNamesError, read_census_names
 from lm.text.json_array import JsonArrayError, beyond_python, json_array_values
-from lm.text.long_documents import MEGABYTE, PieceNames, cut_long_documents, utf8_pieces
+from lm.text.long_documents import (
+    MEGABYTE,
+    CutLog,
+    cut_long_documents,
+    named_pieces,
+    utf8_pieces,
+)
 from lm.text.sources import InputError, ResolvedInput, TransientInputError
 from lm.text.wikipedia_dump import read_wikipedia_dump
 
@@ -334,11 +340,17 @@ class Replacements:
 
 
 def read_documents(
-    item: ResolvedInput, stream: BinaryIO, encoding_errors: str, max_document_mb: float = 0.0
+    item: ResolvedInput,
+    stream: BinaryIO,
+    encoding_errors: str,
+    max_document_mb: float = 0.0,
+    cuts: CutLog | None = None,
 ) -> Iterator[RawDocument]:
     """Stream the documents of one input (already decompressed), plain text over
-    `max_document_mb` cut into pieces (`cut_long_documents`; 0: never)."""
+    `max_document_mb` cut into pieces (`cut_long_documents`; 0: never), said in `cuts` (else
+    in a log of this input's)."""
     replaced = Replacements(item.name)
+    log = cuts or CutLog()
     try:
         if not _peek(stream):  # an empty file holds no documents, whatever its kind
             logger.warning("%s: empty, skipped", item.name)
@@ -365,11 +377,13 @@ def read_documents(
         elif fmt == "wikipedia":
             documents = _read_wikipedia(item, stream, encoding_errors, replaced)
         else:  # a text file is cut as it is read
-            documents = _read_text(item, stream, encoding_errors, replaced, max_document_mb)
+            documents = _read_text(item, stream, encoding_errors, replaced, max_document_mb, log)
         if fmt != "text":
-            documents = cut_long_documents(documents, max_document_mb)
+            documents = cut_long_documents(documents, max_document_mb, log)
         yield from documents
         replaced.summarise()
+        if cuts is None:
+            log.summarise()
     except InputError as error:
         if not isinstance(error, TransientInputError):  # read on after an I/O error: no
             _raise_if_corrupt(item, stream)  # garbage from a damaged stream, not the content
@@ -520,7 +534,8 @@ def _read_text(
     stream: BinaryIO,
     encoding_errors: str,
     replaced: Replacements,
-    max_document_mb: float = 0.0,
+    max_document_mb: float,
+    cuts: CutLog,
 ) -> Iterator[RawDocument]:
     head = _peek(stream)
     wide = _wide_bom(head)
@@ -533,10 +548,11 @@ def _read_text(
         return
     if item.spec.one_doc_per_line:
         lines = _read_lines(item, stream, encoding_errors, replaced, wide)
-        yield from cut_long_documents(lines, max_document_mb)
+        yield from cut_long_documents(lines, max_document_mb, cuts)
         return
     if wide is None and max_document_mb:
-        yield from _read_text_in_pieces(item, stream, encoding_errors, replaced, max_document_mb)
+        yield from _read_text_in_pieces(item, stream, encoding_errors, replaced, max_document_mb,
+                                        cuts)  # fmt: skip
         return
     # The BOM stays in the data and the codec ("utf-16", "utf-32") reads the byte order from it
     # and drops it, so an error's byte offset is the file's.
@@ -545,7 +561,7 @@ def _read_text(
     text = text.removeprefix("\ufeff")
     if text.strip():
         yield from cut_long_documents([RawDocument(item.name, item.name, text, "plain")],
-                                      max_document_mb)  # fmt: skip
+                                      max_document_mb, cuts)  # fmt: skip
 
 
 def _read_lines(
@@ -577,15 +593,20 @@ def _read_text_in_pieces(
     encoding_errors: str,
     replaced: Replacements,
     max_document_mb: float,
+    cuts: CutLog,
 ) -> Iterator[RawDocument]:
     """A UTF-8 text file as one document, or cut as it is read into the pieces that
     `cut_long_documents` cuts the whole text into: a 1 GB file read whole took about 7 GB
     before it was cut. A piece's invalid bytes are placed by their byte and line in the file;
     replaced with U+FFFD (3 bytes) they may take a piece a little over the limit."""
     limit = int(max_document_mb * MEGABYTE)
-    bom = len(codecs.BOM_UTF8) if _peek(stream).startswith(codecs.BOM_UTF8) else 0
-    stream.read(bom)  # a mark, not the text's: the byte offsets still count it
-    pieces = utf8_pieces(iter(lambda: stream.read(TEXT_READ_BYTES), b""), limit)
+    # Read, not peeked: a peek holds what one read of the decompressor gave, and a BOM split
+    # between two gzip members stayed in the first piece's text (it is a mark, not the text's:
+    # the byte offsets still count it).
+    head = stream.read(len(codecs.BOM_UTF8))
+    bom = len(head) if head == codecs.BOM_UTF8 else 0
+    blocks = itertools.chain([head[bom:]], iter(lambda: stream.read(TEXT_READ_BYTES), b""))
+    pieces = utf8_pieces(blocks, limit)
     first = next(pieces, None)
     if first is None:
         return
@@ -595,14 +616,22 @@ def _read_text_in_pieces(
         if text.strip():
             yield RawDocument(item.name, item.name, text, "plain")
         return
-    names, lines_before, read = PieceNames(item.name), 0, 0
-    for offset, data in itertools.chain([first, second], pieces):
-        text = _decode(data, item, encoding_errors, None, replaced, at_byte=bom + offset,
-                       lines_before=lines_before)  # fmt: skip
-        lines_before += data.count(b"\n")
-        read = offset + len(data)
-        yield RawDocument(names.next_name(text), item.name, text, "plain")
-    names.say_cut(read, limit)
+    read = 0
+
+    def decoded() -> Iterator[str]:
+        nonlocal read
+        lines_before = 0
+        for offset, data in itertools.chain([first, second], pieces):
+            yield _decode(data, item, encoding_errors, None, replaced, at_byte=bom + offset,
+                          lines_before=lines_before)  # fmt: skip
+            lines_before += data.count(b"\n")
+            read = offset + len(data)
+
+    count = 0
+    for name, text in named_pieces(item.name, decoded()):
+        count += 1
+        yield RawDocument(name, item.name, text, "plain")
+    cuts.note(item.name, read, count, limit)
 
 
 def _split_at_lone_carriage_returns(text: str) -> list[str]:
