@@ -415,6 +415,11 @@ def test_the_first_few_cut_texts_are_named_and_the_rest_summed_up(tmp_path, capl
     documents = _read_file(books, 0.001)
     said = [r.getMessage() for r in caplog.records if "cut into" in r.getMessage()]
     assert [line.split(":")[1] for line in said[:3]] == ["1", "2", "3"]  # books.jsonl:LINE
+    # A piece of a record is named by its text's line after an @ (a second colon reads as a
+    # column): books.jsonl:1@1, books.jsonl:1@9 (line 9 of the text of line 1's record).
+    firsts = [document.source for document in documents if document.source.endswith("@1")]
+    assert firsts == [f"{books}:{n}@1" for n in range(1, 6)]
+    assert {d.source.split("@")[0] for d in documents} == {f"{books}:{n}" for n in range(1, 6)}
     size = sum(len(text.encode()) for text in texts) / 1e6
     assert len(said) == 4 and said[3] == (
         f"5 texts over 0.001 MB in all ({size:,.2f} MB), cut into {len(documents)} documents "

@@ -14,7 +14,8 @@ without spaces, between two characters, never inside one nor before an accent). 
 ends depends only on where it starts, so a file that grows at its end keeps all its pieces but
 the last two. Each piece is named by the line it starts on (`book.txt:1`,
 `book.txt:48213`), as a line of a `one_doc_per_line` file is, and by its column where it starts
-inside a line (`book.txt:1+49998`). Only plain text is cut: MediaWiki markup is stripped later,
+inside a line (`book.txt:1+49998`); a record's by the line of its text after an `@`
+(`books.jsonl:17@1840`). Only plain text is cut: MediaWiki markup is stripped later,
 and a template may span a paragraph break.
 
 A UTF-8 text file is cut as it is read (`utf8_pieces` over its blocks), never whole in memory:
@@ -70,7 +71,8 @@ def cut_long_documents(
             continue
         texts = (piece.decode("utf-8", "surrogatepass") for _, piece in utf8_pieces([utf8], limit))
         count = 0
-        for name, text in named_pieces(document.source, texts):
+        in_record = document.source != document.source_file  # `data.jsonl:17`, `data.parquet#3`
+        for name, text in named_pieces(document.source, texts, in_record):
             count += 1
             yield document._replace(source=name, text=text)
         log.note(document.source, len(utf8), count, limit)
@@ -78,10 +80,12 @@ def cut_long_documents(
         log.summarise()
 
 
-def named_pieces(source: str, texts: Iterable[str]) -> Iterator[tuple[str, str]]:
+def named_pieces(
+    source: str, texts: Iterable[str], in_record: bool = False
+) -> Iterator[tuple[str, str]]:
     """The name and text of each piece of `source` (its `texts` in order) that holds more than
     whitespace: a stretch of blank alone is no document (a blank text, whole, was none)."""
-    names = PieceNames(source)
+    names = PieceNames(source, in_record)
     for text in texts:
         name = names.next_name(text)
         if not text.isspace():
@@ -155,13 +159,17 @@ def utf8_pieces(blocks: Iterable[bytes], limit: int) -> Iterator[tuple[int, byte
 class PieceNames:
     """Names the pieces of one text in order: `SOURCE:LINE`, or `SOURCE:LINE+COLUMN`
     (characters into the line) for a piece that starts inside a line (a long line's pieces
-    would all be `SOURCE:LINE`)."""
+    would all be `SOURCE:LINE`). The line of a record's text follows an `@`
+    (`books.jsonl:17@1840`: line 1840 of the record on line 17), not a second colon, which
+    reads as a column."""
 
-    def __init__(self, source: str):
+    def __init__(self, source: str, in_record: bool = False):
         self.source, self.line, self.column = source, 1, 0
+        self.separator = "@" if in_record else ":"
 
     def next_name(self, text: str) -> str:
-        name = f"{self.source}:{self.line}" + (f"+{self.column}" if self.column else "")
+        name = f"{self.source}{self.separator}{self.line}" + (f"+{self.column}" if self.column
+                                                              else "")  # fmt: skip
         # Counted, not listed: a list of every line end's place took 36 bytes a line (a piece
         # of short lines, 20 times its size).
         ends = text.count("\n") + text.count("\r") - text.count("\r\n")
