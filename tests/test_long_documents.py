@@ -148,7 +148,8 @@ def test_the_last_two_pieces_share_what_is_left_so_that_the_last_is_not_a_scrap(
     text = "\n\n".join(prose(n, 60) for n in range(200))
     limit_mb = len(text.encode()) / 2.05 / 1e6  # just under half: three pieces
     sizes = [len(piece.text.encode()) for piece in _cut(text, limit_mb)]
-    assert len(sizes) == 3 and sizes[0] > 0.9 * limit_mb * 1e6, sizes
+    # A full piece ends at a break in the second half of its share, chosen by the text there.
+    assert len(sizes) == 3 and sizes[0] > 0.5 * limit_mb * 1e6, sizes
     assert min(sizes[1:]) > 0.8 * max(sizes[1:]), sizes
     sizes = [len(piece.text.encode()) for piece in _cut(text, len(text.encode()) / 1.02 / 1e6)]
     assert len(sizes) == 2 and min(sizes) > 0.8 * max(sizes), sizes
@@ -461,3 +462,19 @@ def test_too_many_words_advice_never_names_a_limit_under_a_kilobyte(caplog):
     assert warnings == ["clean: 2 documents removed as longer than clean.quality.max_words (100 "
                         "words); ingest.max_document_mb = 0.25 cuts plain text into pieces of up "
                         "to about 41,667 English words: set it to 0.001 to keep them"]  # fmt: skip
+
+
+def test_an_edit_or_a_preface_moves_only_the_piece_it_falls_in():
+    """Cut at the last paragraph break of each share, a paragraph added early in a book moved
+    every later cut: every piece got a new doc_id (and split), and a second edition with a
+    preface overlapped each piece of the first too little to be a near duplicate, so the book
+    trained twice and its text was also held out."""
+    text = "\n\n".join(prose(n, 20 + n % 50) for n in range(3000))
+    before = [piece.text for piece in _cut(text, 0.01)]
+    assert len(before) > 20
+    for added in ("One more paragraph. " * 40, "A preface. " * 3000):
+        at = text.index("\n\n", len(text) // 10) + 2
+        after = [piece.text for piece in _cut(text[:at] + added + "\n\n" + text[at:], 0.01)]
+        assert len(set(before) - set(after)) <= 6, (len(before), len(set(before) - set(after)))
+    crlf = [piece.text.replace("\r\n", "\n") for piece in _cut(text.replace("\n", "\r\n"), 0.01)]
+    assert len(set(before) - set(crlf)) <= 6

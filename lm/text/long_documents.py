@@ -8,15 +8,17 @@ took 3.6 to 4.6 GB, and a 1 GB one would have needed about 30. Cut into pieces o
 before, with an end-of-text token where each piece ends.
 
 Each piece is of `ingest.max_document_mb`, but the last two, which share what is left about
-equally (no scrap of a few words at the end). Each ends at a paragraph break where one
-lies in the last half of its share, else at a line end, else at a space (else, in text written
-without spaces, between two characters, never inside one nor before an accent). Where a piece
-ends depends only on where it starts, so a file that grows at its end keeps all its pieces but
-the last two. Each piece is named by the line it starts on (`book.txt:1`,
-`book.txt:48213`), as a line of a `one_doc_per_line` file is, and by its column where it starts
-inside a line (`book.txt:1+49998`); a record's by the line of its text after an `@`
-(`books.jsonl:17@1840`). Only plain text is cut: MediaWiki markup is stripped later,
-and a template may span a paragraph break.
+equally (no scrap of a few words at the end). Each ends at a paragraph break where one lies in
+the last half of its share, else at a line end, else at a space (else, in text written without
+spaces, between two characters, never inside one nor before an accent). Which paragraph break
+or line end is chosen by the text just before it, not by its place (`_anchor`), so a piece is
+half the limit to all of it. Where a piece ends depends only on where it starts and the text
+near its end, so a file that grows at its end keeps all its pieces but the last two, and one
+edited (or copied with a preface) keeps all but the few around the change. Each piece is named
+by the line it starts on (`book.txt:1`, `book.txt:48213`), as a line of a `one_doc_per_line`
+file is, and by its column where it starts inside a line (`book.txt:1+49998`); a record's by
+the line of its text after an `@` (`books.jsonl:17@1840`). Only plain text is cut: MediaWiki
+markup is stripped later, and a template may span a paragraph break.
 
 A UTF-8 text file is cut as it is read (`utf8_pieces` over its blocks), never whole in memory:
 read whole, a 1 GB file took about 7 GB before it was cut. Its pieces are those of the whole
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import unicodedata
+import zlib
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
@@ -122,10 +125,11 @@ class CutLog:
 
 def utf8_pieces(blocks: Iterable[bytes], limit: int) -> Iterator[tuple[int, bytes]]:
     """The pieces of the UTF-8 text that `blocks` make up, each with its byte offset, holding at
-    most about 3 × `limit` bytes of it at a time (read ahead). Each is of `limit` (to the best
-    break in its second half) but the last two, which share what is left about equally: no
-    piece is a scrap of a few words (which the quality rules then removed), and a piece's end
-    depends only on where it starts, so text added at the end changes the last two alone
+    most about 3 × `limit` bytes of it at a time (read ahead). Each is of up to `limit` (to a
+    break in its second half that the text before it picks) but the last two, which share
+    what is left about equally: no piece is a scrap of a few words (which the quality rules
+    then removed), and a piece's end depends only on where it starts and the text near its
+    end, so text added at the end changes the last two alone
     (with pieces of equal size, it moved every cut, and every piece was drawn to a split
     again)."""
     blocks = iter(blocks)
@@ -148,7 +152,7 @@ def utf8_pieces(blocks: Iterable[bytes], limit: int) -> Iterator[tuple[int, byte
             yield offset, buffer[start:]
             return
         if left > 2 * limit:
-            end = _piece_end(buffer, start, limit)
+            end = _piece_end(buffer, start, limit, anchored=True)
         else:  # the last two: the first ends where what is left fits in one piece
             end = _piece_end(buffer, start, -(-left // 2), shortest=left - limit)
         yield offset, buffer[start:end]
@@ -179,7 +183,9 @@ class PieceNames:
         return name
 
 
-def _piece_end(utf8: bytes, start: int, limit: int, shortest: int = 0) -> int:
+def _piece_end(
+    utf8: bytes, start: int, limit: int, shortest: int = 0, anchored: bool = False
+) -> int:
     """Where the piece from `start` ends: after the last break of the best kind in the second
     half of the `limit` bytes from `start` (and at least `shortest` bytes from it: the first of
     the last two, ended at a break early in its share, left more than a piece after it, so the
@@ -192,6 +198,8 @@ def _piece_end(utf8: bytes, start: int, limit: int, shortest: int = 0) -> int:
         while found != -1 and mark.endswith(b"\r") and utf8[found + len(mark)] == 0x0A:
             found = utf8.rfind(mark, lowest, found)  # not inside a "\r\n"
         if found != -1:
+            if anchored and mark != b" ":  # spaces: too many to weigh, in a long line
+                return _anchor(utf8, mark, lowest, found)
             return found + len(mark)
     back = 0  # to the first byte of the character: 3 continuation bytes at most, where more
     while back < 3 and end - back > start and utf8[end - back] & 0xC0 == 0x80:  # are invalid
@@ -217,3 +225,27 @@ def _piece_end(utf8: bytes, start: int, limit: int, shortest: int = 0) -> int:
         while end < len(utf8) and end - start < 4 and utf8[end] & 0xC0 == 0x80:
             end += 1
     return end
+
+
+ANCHOR_CONTEXT = 64
+
+
+def _anchor(utf8: bytes, mark: bytes, lowest: int, last: int) -> int:
+    """The end, after one of the breaks of kind `mark` from `lowest` to `last`, chosen by the
+    text before it (the least CRC of its last bytes, line ends read alike), not by its place:
+    a text edited or copied with something added before (a preface, a longer licence, a
+    paragraph more) is cut where it was once past the change, so its later pieces keep their
+    doc_id (and split), and a copy's pieces are exact duplicates of the original's. Cut at the
+    last break, every piece after an insertion of a paragraph moved, so every piece was new
+    and a copy's pieces overlapped the original's too little to be near duplicates."""
+    best, best_key = last + len(mark), None
+    found = utf8.find(mark, lowest, last + 1)
+    while found != -1:
+        if not (mark.endswith(b"\r") and utf8[found + len(mark)] == 0x0A):
+            end = found + len(mark)
+            context = utf8[max(0, end - 2 * ANCHOR_CONTEXT) : end].replace(b"\r", b"")
+            key = zlib.crc32(context[-ANCHOR_CONTEXT:])
+            if best_key is None or key < best_key:
+                best, best_key = end, key
+        found = utf8.find(mark, found + 1, last + 1)
+    return best
