@@ -423,7 +423,7 @@ def test_the_first_few_cut_texts_are_named_and_the_rest_summed_up(tmp_path, capl
     assert {d.source.split("@")[0] for d in documents} == {f"{books}:{n}" for n in range(1, 6)}
     size = sum(len(text.encode()) for text in texts) / 1e6
     assert len(said) == 4 and said[3] == (
-        f"5 texts over 0.001 MB in all ({size:,.2f} MB), cut into {len(documents)} documents "
+        f"ingest: 5 texts over 0.001 MB ({size:,.2f} MB), cut into {len(documents)} documents "
         "(the first 3 named above; ingest.max_document_mb)"
     )
 

@@ -269,3 +269,39 @@ def test_stored_vectors_that_will_not_load_are_an_error_naming_the_file(tmp_path
     said = re.escape(f"{path}: not readable as gensim KeyedVectors")
     with pytest.raises(Word2VecError, match=f"^{said}"):
         _stored_vectors(workspace, corpus, tokenizer, SMALL, None)
+
+
+def test_analogies_are_scored_in_chunks_with_progress_as_gensim_scores_them_at_once(
+    monkeypatch, caplog
+):
+    """Over a large vocabulary the 19,544 questions took a minute or more with no line said
+    after word2vec's "100%"; scored a chunk at a time, the accuracy and the count answered are
+    gensim's to the last question."""
+    import numpy as np
+    from gensim.models import KeyedVectors
+
+    from lm import word2vec
+    from lm.gensim_data import gensim_test_file
+
+    questions = gensim_test_file(word2vec.ANALOGIES)
+    lines = questions.read_text().splitlines()
+    words = list(dict.fromkeys(w.lower() for line in lines if not line.startswith(":")
+                               for w in line.split()))  # fmt: skip
+    rng = np.random.default_rng(0)
+    table = dict(zip(words, rng.normal(size=(len(words), 32)).astype(np.float32), strict=True))
+    offset = rng.normal(size=32).astype(np.float32)
+    for line in lines[1 : lines.index(": capital-world")]:  # a country is its capital + offset
+        capital, country = line.lower().split()[:2]
+        table[country] = table[capital] + offset
+    vectors = KeyedVectors(vector_size=32)
+    kept = words[: len(words) * 2 // 3]  # some questions out of the vocabulary
+    vectors.add_vectors(kept, np.stack([table[word] for word in kept]))
+    accuracy, sections = vectors.evaluate_word_analogies(str(questions))
+    answered = len(sections[-1]["correct"]) + len(sections[-1]["incorrect"])
+    assert 1000 < answered < 19_544 and 0.01 < accuracy < 0.5, (answered, accuracy)
+    caplog.set_level(logging.INFO, "lm.progress")
+    monkeypatch.setattr(word2vec, "ANALOGY_CHUNK", 700)
+    assert word2vec.analogy_accuracy(vectors, questions) == (accuracy, answered)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("word2vec: ana")]
+    assert said[-1].startswith("word2vec: analogies: 19,544 questions / 19,544 questions (100%)")
+    assert word2vec.analogy_accuracy(KeyedVectors(vector_size=8), questions) == (None, 0)

@@ -52,7 +52,7 @@ def iter_input_documents(
     plain text over `max_document_mb` cut into pieces (`read_documents`; 0: never)."""
     known_sizes = [item.size for item in inputs if item.size is not None]
     progress = ProgressLog(name, total=sum(known_sizes) if known_sizes else None)
-    cuts = CutLog()
+    cuts = CutLog(name)
     done_bytes = 0
     for item in inputs:
         path = item.path

@@ -101,7 +101,8 @@ class CutLog:
 
     SHOWN = 3
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "ingest") -> None:
+        self.name = name  # a part of a fanned-out ingest names its inputs: its sum is its own
         self.documents, self.pieces, self.size, self.limit = 0, 0, 0, 0
 
     def note(self, source: str, size: int, pieces: int, limit: int) -> None:
@@ -117,10 +118,11 @@ class CutLog:
 
     def summarise(self) -> None:
         if self.documents > self.SHOWN:
-            logger.info("%s texts over %g MB in all (%s MB), cut into %s documents (the first %d "
-                        "named above; ingest.max_document_mb)", f"{self.documents:,}",
-                        self.limit / MEGABYTE, f"{self.size / MEGABYTE:,.2f}",
-                        f"{self.pieces:,}", self.SHOWN)  # fmt: skip
+            logger.info("%s: %s texts over %g MB (%s MB), cut into %s documents (the first %d "
+                        "named above; ingest.max_document_mb)", self.name,
+                        f"{self.documents:,}", self.limit / MEGABYTE,
+                        f"{self.size / MEGABYTE:,.2f}", f"{self.pieces:,}",
+                        self.SHOWN)  # fmt: skip
 
 
 def utf8_pieces(blocks: Iterable[bytes], limit: int) -> Iterator[tuple[int, bytes]]:
