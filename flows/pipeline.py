@@ -581,16 +581,20 @@ def require_kept_documents(corpus: Descriptor, split: SplitConfig, trains_models
         )  # fmt: skip
     if kept:
         return
-    removed = [f"{flag} {count:,}" for flag, count in stats.get("removed", {}).items() if count]
-    too_long = ("; a text over clean.quality.max_words is removed whole: cut long texts smaller "
-                "(ingest.max_document_mb) or raise clean.quality.max_words"
-                if stats.get("removed", {}).get("too_many_words") else "")  # fmt: skip
+    counts = {flag: count for flag, count in stats.get("removed", {}).items() if count}
+    removed = ", ".join(f"{flag} {count:,}" for flag, count in counts.items()) or "nothing"
+    too_long = ("a text over clean.quality.max_words is removed whole: cut long texts smaller "
+                "(ingest.max_document_mb) or raise clean.quality.max_words")  # fmt: skip
+    loosen = ("loosen [clean] (for example clean.quality.min_words; text written without spaces "
+              "between words, as Chinese, Japanese or Thai is, reads as a few long words: set "
+              "clean.quality.enabled = false) or add longer texts")  # fmt: skip
+    if set(counts) == {"too_many_words"}:  # "add longer texts" said the opposite
+        advice = too_long
+    else:
+        advice = loosen + (f"; {too_long}" if "too_many_words" in counts else "")
     raise InputError(
         f"cleaning kept none of the {stats.get('documents', 0):,} documents (removed by: "
-        f"{', '.join(removed) or 'nothing'}); loosen [clean] (for example "
-        "clean.quality.min_words; text written without spaces between words, as Chinese, "
-        "Japanese or Thai is, reads as a few long words: set clean.quality.enabled = false) "
-        f"or add longer texts{too_long}"
+        f"{removed}); {advice}"
     )
 
 

@@ -338,8 +338,9 @@ def test_a_novel_in_one_file_is_kept_by_the_default_quality_rules(workspace, tmp
                               "keeps"])  # fmt: skip
     with pytest.raises(
         InputError,
-        match=r"removed by: too_many_words 1\); .* cut long texts "
-        r"smaller \(ingest\.max_document_mb\) or raise clean\.quality\.max_words",
+        match=r"removed by: too_many_words 1\); a text over clean\.quality\.max_words is "
+        r"removed whole: cut long texts smaller \(ingest\.max_document_mb\) or raise "
+        r"clean\.quality\.max_words$",
     ):
         require_kept_documents(corpus, SplitConfig(), trains_models=True)
     assert said[8][:2] == (0, 1) and said[8][2][0].endswith(
