@@ -7,18 +7,19 @@ took 3.6 to 4.6 GB, and a 1 GB one would have needed about 30. Cut into pieces o
 `ingest.max_document_mb`, each later stage holds a piece at a time, and the file trains as
 before, with an end-of-text token where each piece ends.
 
-Each piece is of `ingest.max_document_mb`, but the last two, which share what is left about
-equally (no scrap of a few words at the end). Each ends at a paragraph break where one lies in
-the last half of its share, else at a line end, else at a space (else, in text written without
-spaces, between two characters, never inside one nor before an accent). Which paragraph break
-or line end is chosen by the text just before it, not by its place (`_anchor`), so a piece is
-half the limit to all of it. Where a piece ends depends only on where it starts and the text
-near its end, so a file that grows at its end keeps all its pieces but the last two, and one
-edited (or copied with a preface) keeps all but the few around the change. Each piece is named
-by the line it starts on (`book.txt:1`, `book.txt:48213`), as a line of a `one_doc_per_line`
-file is, and by its column where it starts inside a line (`book.txt:1+49998`); a record's by
-the line of its text after an `@` (`books.jsonl:17@1840`). Only plain text is cut: MediaWiki
-markup is stripped later, and a template may span a paragraph break.
+Each piece is of up to `ingest.max_document_mb`, but the last two, which share what is left
+about equally (no scrap of a few words at the end). Each ends at a paragraph break where one
+lies in the last half of its share, else at a line end, else at a space (else, in text written
+without spaces, between two characters, never inside one nor before an accent). Which
+paragraph break or line end is chosen by the text just before it, not by its place
+(`_anchor`), so a piece is half the limit to all of it. Where a piece ends depends only on
+where it starts and the text near its end, so a file that grows at its end keeps all its pieces
+but the last two, and one edited (or copied with a preface) keeps all but the few around the
+change. Each piece is named by the line it starts on (`book.txt:1`, `book.txt:48213`), as a
+line of a `one_doc_per_line` file is, and by its column where it starts inside a line
+(`book.txt:1+49998`); a record's by the line of its text after an `@` (`books.jsonl:17@1840`).
+Only plain text is cut: MediaWiki markup is stripped later, and a template may span a paragraph
+break.
 
 A UTF-8 text file is cut as it is read (`utf8_pieces` over its blocks), never whole in memory:
 read whole, a 1 GB file took about 7 GB before it was cut. Its pieces are those of the whole
@@ -108,8 +109,9 @@ class CutLog:
     def note(self, source: str, size: int, pieces: int, limit: int) -> None:
         if not pieces:  # a blank text, read whole, was no document either
             return
-        self.documents, self.pieces, self.size = self.documents + 1, self.pieces + pieces, \
-            self.size + size  # fmt: skip
+        self.documents += 1
+        self.pieces += pieces
+        self.size += size
         self.limit = limit
         if self.documents <= self.SHOWN:
             logger.info("%s: %s MB of text, cut into %d documents of at most %g MB (ingest."
@@ -131,9 +133,8 @@ def utf8_pieces(blocks: Iterable[bytes], limit: int) -> Iterator[tuple[int, byte
     break in its second half that the text before it picks) but the last two, which share
     what is left about equally: no piece is a scrap of a few words (which the quality rules
     then removed), and a piece's end depends only on where it starts and the text near its
-    end, so text added at the end changes the last two alone
-    (with pieces of equal size, it moved every cut, and every piece was drawn to a split
-    again)."""
+    end, so text added at the end changes the last two alone (with pieces of equal size, it
+    moved every cut, and every piece was drawn to a split again)."""
     blocks = iter(blocks)
     buffer, start, offset, ended = b"", 0, 0, False  # `offset`: of `buffer[start]`
     while True:
@@ -188,11 +189,11 @@ class PieceNames:
 def _piece_end(
     utf8: bytes, start: int, limit: int, shortest: int = 0, anchored: bool = False
 ) -> int:
-    """Where the piece from `start` ends: after the last break of the best kind in the second
-    half of the `limit` bytes from `start` (and at least `shortest` bytes from it: the first of
-    the last two, ended at a break early in its share, left more than a piece after it, so the
-    text ended in three pieces, all cut anew when it grew), else at the last character
-    boundary within them."""
+    """Where the piece from `start` ends: after a break of the best kind in the second half of
+    the `limit` bytes from `start` (the last one, or, `anchored`, the one the text before it
+    picks: `_anchor`), and at least `shortest` bytes from it (the first of the last two, ended
+    at a break early in its share, left more than a piece after it, so the text ended in three
+    pieces, all cut anew when it grew); else at the last character boundary within them."""
     end = start + limit
     lowest = start + max(limit // 2, shortest - 1)  # a mark of one byte ends at `shortest`
     for mark in BREAKS:
