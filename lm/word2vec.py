@@ -232,8 +232,8 @@ ANALOGY_CHUNK = 1000  # questions scored between two progress lines
 
 
 def analogy_accuracy(vectors, questions: Path) -> tuple[float | None, int]:
-    """gensim's `evaluate_word_analogies` on `questions` (word2vec's compute-accuracy: the
-    300,000 most frequent words), and how many questions it answered (None for no accuracy
+    """gensim's `evaluate_word_analogies` on `questions` (after word2vec's compute-accuracy,
+    over the 300,000 most frequent words), and how many questions it answered (None for no accuracy
     when none was, not 0). Scored `ANALOGY_CHUNK` questions at a time, with progress lines:
     over a large vocabulary the 19,544 questions took a minute or more, and no line was said
     after word2vec's "100%"."""
