@@ -479,3 +479,35 @@ def test_an_edit_or_a_preface_moves_only_the_piece_it_falls_in():
         assert len(set(before) - set(after)) <= 6, (len(before), len(set(before) - set(after)))
     crlf = [piece.text.replace("\r\n", "\n") for piece in _cut(text.replace("\n", "\r\n"), 0.01)]
     assert len(set(before) - set(crlf)) <= 6
+
+
+def test_the_last_break_in_reach_is_weighed_like_the_others():
+    """`find(mark, lowest, last + 1)` never found a mark of two bytes at `last`: the last
+    paragraph break in reach was taken only where it was the only one, so which break ended a
+    piece depended on its place, not only on the text before it."""
+    import random
+    import zlib
+
+    from lm.text.long_documents import _anchor
+
+    def least_crc(utf8: bytes, lowest: int, last: int) -> int:
+        ends = [i + 2 for i in range(lowest, last + 1) if utf8.startswith(b"\n\n", i)]
+        return min(ends, key=lambda end: (zlib.crc32(utf8[max(0, end - 128) : end][-64:]), end))
+
+    rng = random.Random(0)
+    for _ in range(200):
+        utf8 = "\n\n".join(prose(rng.randrange(10**6), rng.randint(2, 30))
+                            for _ in range(60)).encode()  # fmt: skip
+        last = utf8.rfind(b"\n\n", 500, 1000)
+        assert _anchor(utf8, b"\n\n", 500, last) == least_crc(utf8, 500, last)
+
+
+def test_an_invalid_byte_in_a_later_piece_of_a_file_with_a_bom_is_placed_by_the_file(tmp_path):
+    """The byte offset of a piece's error counts the UTF-8 BOM, as the uncut file's does."""
+    data = ("word " * 30 + "\n").encode() * 100
+    at = len(data) - 500
+    book = tmp_path / "book.txt"
+    book.write_bytes(b"\xef\xbb\xbf" + data[:at] + b"\xff" + data[at:])
+    for max_mb in (0, 0.001):
+        with pytest.raises(InputError, match=f"at byte {at + 3} \\(line 97\\)"):
+            _read_file(book, max_mb)

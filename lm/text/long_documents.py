@@ -242,7 +242,8 @@ def _anchor(utf8: bytes, mark: bytes, lowest: int, last: int) -> int:
     last break, every piece after an insertion of a paragraph moved, so every piece was new
     and a copy's pieces overlapped the original's too little to be near duplicates."""
     best, best_key = last + len(mark), None
-    found = utf8.find(mark, lowest, last + 1)
+    stop = last + len(mark)  # `find` looks for the whole mark within: the last one is a candidate
+    found = utf8.find(mark, lowest, stop)
     while found != -1:
         if not (mark.endswith(b"\r") and utf8[found + len(mark)] == 0x0A):
             end = found + len(mark)
@@ -250,5 +251,5 @@ def _anchor(utf8: bytes, mark: bytes, lowest: int, last: int) -> int:
             key = zlib.crc32(context[-ANCHOR_CONTEXT:])
             if best_key is None or key < best_key:
                 best, best_key = end, key
-        found = utf8.find(mark, found + 1, last + 1)
+        found = utf8.find(mark, found + 1, stop)
     return best
