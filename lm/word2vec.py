@@ -245,7 +245,9 @@ def analogy_accuracy(vectors, questions: Path) -> tuple[float | None, int]:
     for line in questions.read_text(encoding="utf-8").splitlines(keepends=True):
         if line.startswith(": "):
             parts.append((line, []))
-        elif parts and line.strip():
+        elif line.strip() and not parts:  # as gensim says it
+            raise ValueError(f"Missing section header before a question in {questions}")
+        elif line.strip():
             if len(parts[-1][1]) >= ANALOGY_CHUNK:
                 parts.append((parts[-1][0], []))
             parts[-1][1].append(line)

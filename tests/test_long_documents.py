@@ -511,3 +511,19 @@ def test_an_invalid_byte_in_a_later_piece_of_a_file_with_a_bom_is_placed_by_the_
     for max_mb in (0, 0.001):
         with pytest.raises(InputError, match=f"at byte {at + 3} \\(line 97\\)"):
             _read_file(book, max_mb)
+
+
+def test_a_text_up_to_twice_the_limit_ends_in_two_pieces_whatever_its_characters():
+    """Where no break lay in reach, the first of the last two ended at half of what was left,
+    stepped back off a character, a \\r\\n or an accent: more than a piece was left, and the
+    text ended in three pieces, all cut anew when it grew."""
+    from lm.text.long_documents import utf8_pieces
+
+    t = ("a" * 600 + "\n" + "a" * 398 + "é" + "b" * 999).encode()  # é across the half
+    assert [len(piece) for _, piece in utf8_pieces([t], 1000)] == [1001, 999]
+    for size in range(1001, 2001, 7):
+        for unit in ("中", "e\u0301", "ab\r\n", "é"):
+            text = (unit * size)[: size // len(unit.encode()) * len(unit)].encode()
+            if 1000 < len(text) <= 2000:
+                pieces = [piece for _, piece in utf8_pieces([text], 1000)]
+                assert len(pieces) == 2 and b"".join(pieces) == text, (unit, size)

@@ -305,3 +305,16 @@ def test_analogies_are_scored_in_chunks_with_progress_as_gensim_scores_them_at_o
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("word2vec: ana")]
     assert said[-1].startswith("word2vec: analogies: 19,544 questions / 19,544 questions (100%)")
     assert word2vec.analogy_accuracy(KeyedVectors(vector_size=8), questions) == (None, 0)
+
+
+def test_analogy_questions_before_any_section_are_refused_as_gensim_refuses_them(tmp_path):
+    from gensim.models import KeyedVectors
+
+    from lm.word2vec import analogy_accuracy
+
+    questions = tmp_path / "questions.txt"
+    questions.write_text("athens greece baghdad iraq\n: capitals\nathens greece rome italy\n")
+    with pytest.raises(ValueError, match="Missing section header"):
+        KeyedVectors(vector_size=4).evaluate_word_analogies(str(questions))
+    with pytest.raises(ValueError, match="Missing section header"):
+        analogy_accuracy(KeyedVectors(vector_size=4), questions)

@@ -114,8 +114,9 @@ class CutLog:
         self.size += size
         self.limit = limit
         if self.documents <= self.SHOWN:
-            logger.info("%s: %s MB of text, cut into %d documents of at most %g MB (ingest."
-                        "max_document_mb)", source, f"{size / MEGABYTE:,.2f}", pieces,
+            logger.info("%s: %s MB of text, cut into %s of at most %g MB (ingest."
+                        "max_document_mb)", source, f"{size / MEGABYTE:,.2f}",
+                        f"{pieces} document" + ("s" if pieces != 1 else ""),
                         limit / MEGABYTE)  # fmt: skip
 
     def summarise(self) -> None:
@@ -129,12 +130,12 @@ class CutLog:
 
 def utf8_pieces(blocks: Iterable[bytes], limit: int) -> Iterator[tuple[int, bytes]]:
     """The pieces of the UTF-8 text that `blocks` make up, each with its byte offset, holding at
-    most about 3 × `limit` bytes of it at a time (read ahead). Each is of up to `limit` (to a
-    break in its second half that the text before it picks) but the last two, which share
-    what is left about equally: no piece is a scrap of a few words (which the quality rules
-    then removed), and a piece's end depends only on where it starts and the text near its
-    end, so text added at the end changes the last two alone (with pieces of equal size, it
-    moved every cut, and every piece was drawn to a split again)."""
+    most about 3 × `limit` bytes of it and one block at a time (read ahead). Each is of up to
+    `limit` (to a break in its second half that the text before it picks) but the last two,
+    which share what is left about equally: no piece is a scrap of a few words (which the
+    quality rules then removed), and a piece's end depends only on where it starts and the
+    text near its end, so text added at the end changes the last two alone (with pieces of
+    equal size, it moved every cut, and every piece was drawn to a split again)."""
     blocks = iter(blocks)
     buffer, start, offset, ended = b"", 0, 0, False  # `offset`: of `buffer[start]`
     while True:
@@ -223,10 +224,26 @@ def _piece_end(
             backed -= 1
     if backed > start:
         end = backed
+    if end - start < shortest:  # backed off below what the last two need (more than a piece
+        end = _next_boundary(utf8, start + limit)  # left: three), so forward, a few bytes over
     if end == start:  # a limit shorter than one character: the character alone
         end += 1
         while end < len(utf8) and end - start < 4 and utf8[end] & 0xC0 == 0x80:
             end += 1
+    return end
+
+
+def _next_boundary(utf8: bytes, end: int) -> int:
+    """The first place from `end` on where a piece may end: not inside a character or a
+    "\r\n", nor before what joins the character before (32 characters on at most)."""
+    for _ in range(128):
+        if end >= len(utf8):
+            return len(utf8)
+        following = utf8[end : end + 4].decode("utf-8", "ignore")[:1]
+        if not (utf8[end] & 0xC0 == 0x80 or (utf8[end - 1] == 0x0D and utf8[end] == 0x0A)
+                or _joins_the_one_before(following)):  # fmt: skip
+            return end
+        end += 1
     return end
 
 

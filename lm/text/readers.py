@@ -598,7 +598,8 @@ def _read_text_in_pieces(
     """A UTF-8 text file as one document, or cut as it is read into the pieces that
     `cut_long_documents` cuts the whole text into: a 1 GB file read whole took about 7 GB
     before it was cut. A piece's invalid bytes are placed by their byte and line in the file;
-    replaced with U+FFFD (3 bytes) they may take a piece a little over the limit."""
+    replaced with U+FFFD (3 bytes) they take a piece over the limit (3 times it, were every
+    byte invalid)."""
     limit = int(max_document_mb * MEGABYTE)
     # Read, not peeked: a peek holds what one read of the decompressor gave, and a BOM split
     # between two gzip members stayed in the first piece's text (it is a mark, not the text's:
