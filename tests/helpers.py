@@ -6,6 +6,7 @@ import bz2
 import contextlib
 import http.server
 import json
+import logging
 import random
 import subprocess
 import sys
@@ -95,6 +96,20 @@ def wait_until(condition, timeout_s: float) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+@contextlib.contextmanager
+def warnings_said_by(logger_name: str) -> Iterator[list[str]]:
+    """The warnings `logger_name` says inside the block, heard on the logger itself: Prefect's
+    logging replaces the root's handlers, so pytest's `caplog` may hear none."""
+    said: list[str] = []
+    listener = logging.Handler(logging.WARNING)
+    listener.emit = lambda record: said.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger(logger_name).addHandler(listener)
+    try:
+        yield said
+    finally:
+        logging.getLogger(logger_name).removeHandler(listener)
 
 
 @contextlib.contextmanager

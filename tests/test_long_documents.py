@@ -11,7 +11,7 @@ from lm.text.ingest import iter_input_documents
 from lm.text.long_documents import PieceNames, cut_long_documents, utf8_pieces
 from lm.text.readers import RawDocument
 from lm.text.sources import InputError, resolve_sources
-from tests.helpers import prose
+from tests.helpers import prose, warnings_said_by
 
 
 def _cut(text: str, max_mb: float, markup: str = "plain") -> list[RawDocument]:
@@ -313,9 +313,6 @@ def test_a_novel_in_one_file_is_kept_by_the_default_quality_rules(workspace, tmp
     from tasks.clean import clean_task
     from tasks.ingest import ingest_task
 
-    warnings: list[str] = []
-    listener = logging.Handler(logging.WARNING)  # Prefect's logging replaced the root's handlers
-    listener.emit = lambda record: warnings.append(record.getMessage())  # type: ignore[method-assign]
     novel = tmp_path / "novel.txt"
     novel.write_text("\n\n".join(prose(n, 90) for n in range(1400)))  # ~130,000 words
     said = {}
@@ -323,14 +320,10 @@ def test_a_novel_in_one_file_is_kept_by_the_default_quality_rules(workspace, tmp
         ingest = IngestConfig(sources=[str(novel)], **({} if max_mb is None else
                                                        {"max_document_mb": max_mb}))  # fmt: skip
         corpus = clean_task.fn(ingest_task.fn(ingest), CleanConfig(), SplitConfig())
-        warnings.clear()
-        logging.getLogger("lm.pipeline").addHandler(listener)
-        try:
+        with warnings_said_by("lm.pipeline") as warnings:
             warn_of_long_texts_removed(corpus.stats, PipelineConfig(ingest=ingest))
-        finally:
-            logging.getLogger("lm.pipeline").removeHandler(listener)
         said[max_mb] = (corpus.stats["kept"], corpus.stats["removed"]["too_many_words"],
-                        list(warnings))  # fmt: skip
+                        warnings)  # fmt: skip
     assert said[None][0] >= 3 and said[None][1:] == (0, [])
     assert said[0] == (0, 1, ["clean: 1 document removed as longer than clean.quality.max_words "
                               "(100,000 words); plain text is never cut (ingest.max_document_mb "
@@ -446,20 +439,14 @@ def test_a_stretch_of_blank_is_no_document_and_the_pieces_after_it_keep_their_li
     assert [(p.source, p.text) for p in pieces] == [(n, t) for n, t in every if not t.isspace()]
 
 
-def test_too_many_words_advice_never_names_a_limit_under_a_kilobyte(caplog):
+def test_too_many_words_advice_never_names_a_limit_under_a_kilobyte():
     from flows.pipeline import warn_of_long_texts_removed
     from lm.config import PipelineConfig
 
-    warnings: list[str] = []
-    listener = logging.Handler(logging.WARNING)
-    listener.emit = lambda record: warnings.append(record.getMessage())  # type: ignore[method-assign]
     settings = PipelineConfig(ingest=IngestConfig(sources=["x"]),
                               clean={"quality": {"max_words": 100, "min_words": 5}})  # fmt: skip
-    logging.getLogger("lm.pipeline").addHandler(listener)
-    try:
+    with warnings_said_by("lm.pipeline") as warnings:
         warn_of_long_texts_removed({"removed": {"too_many_words": 2}}, settings)
-    finally:
-        logging.getLogger("lm.pipeline").removeHandler(listener)
     assert warnings == ["clean: 2 documents removed as longer than clean.quality.max_words (100 "
                         "words); ingest.max_document_mb = 0.25 cuts plain text into pieces of up "
                         "to about 41,667 English words: set it to 0.001 to keep them"]  # fmt: skip

@@ -22,7 +22,14 @@ from lm.machine import cpu_model_name
 from lm.text.sources import InputError
 from storage.corpus import CORPUS_SCHEMA, DOCUMENTS_FILE
 from storage.registry import RunRegistry
-from tests.helpers import prose, serving_busy_once, wiki_page, write_config, write_wiki_dump
+from tests.helpers import (
+    prose,
+    serving_busy_once,
+    warnings_said_by,
+    wiki_page,
+    write_config,
+    write_wiki_dump,
+)
 
 
 def run_pipeline(config, overrides=()):
@@ -657,14 +664,8 @@ def test_a_run_card_that_cannot_be_published_leaves_the_run_completed(
         raise ConnectionError("[Errno 111] Connection refused")
 
     monkeypatch.setattr(flows.pipeline, "publish_run_card", server_gone)
-    warnings: list[str] = []
-    listener = logging.Handler(logging.WARNING)
-    listener.emit = lambda record: warnings.append(record.getMessage())
-    logging.getLogger("lm.pipeline").addHandler(listener)
-    try:
+    with warnings_said_by("lm.pipeline") as warnings:
         summary = run_pipeline(config, TINY_GPT)
-    finally:
-        logging.getLogger("lm.pipeline").removeHandler(listener)
     registry = RunRegistry(workspace.registry_path)
     assert registry.find_run(summary["run_id"])["status"] == "completed"
     _, rows = registry.query("SELECT count(*) FROM leaderboard")
