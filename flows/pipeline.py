@@ -556,6 +556,18 @@ SPLIT_BY = {
 }
 
 
+def _drawn_whole(stats: dict, split: SplitConfig) -> str:
+    """Advice where documents are pieces of long texts, each text drawn to a split whole: a
+    handful of books, or one, leaves a split with none."""
+    pieces, texts = stats.get("pieces", 0), stats.get("texts_cut", 0)
+    if not pieces or split.unit != "text":
+        return ""
+    return (f"; {pieces:,} of the documents are pieces of {texts:,} long "
+            f"text{'s' if texts != 1 else ''}, each text drawn to one split whole (split.unit = "
+            "\"text\"): split.unit = \"piece\" draws each piece on its own, and split.method = "
+            "\"ordered\" holds out the end of the text stream, as nanoGPT does")  # fmt: skip
+
+
 def require_kept_documents(corpus: Descriptor, split: SplitConfig, trains_models: bool) -> None:
     """Stop after cleaning, saying what it removed, when it kept nothing, or how the split
     went, when it kept nothing for training (or, for models, nothing to score them on): the
@@ -568,7 +580,7 @@ def require_kept_documents(corpus: Descriptor, split: SplitConfig, trains_models
         raise InputError(
             f"cleaning kept {kept:,} documents, but none is in the training split ({counts}): "
             f"the split is {SPLIT_BY.get(split.method, split.method)}; add documents, or "
-            "lower split.val and split.test"
+            f"lower split.val and split.test{_drawn_whole(stats, split)}"
         )
     # Under "ordered" the cut is made in the token stream, after encoding.
     empty_val = splits is not None and not splits.get("val", 0) and split.method != "ordered"
@@ -577,7 +589,8 @@ def require_kept_documents(corpus: Descriptor, split: SplitConfig, trains_models
             f"cleaning kept {kept:,} documents, but none is in the val split ({counts}), which "
             "the models are scored and stopped on: "
             + (f"the split is {SPLIT_BY[split.method]}; add documents, or raise split.val"
-               if split.val > 0 else "split.val is 0; set it above 0")
+               f"{_drawn_whole(stats, split)}" if split.val > 0
+               else "split.val is 0; set it above 0")
         )  # fmt: skip
     if kept:
         return

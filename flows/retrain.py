@@ -58,7 +58,7 @@ from lm.models.config import uses_word2vec
 from lm.text.normalize import NORMALIZATION_VERSION
 from lm.tokenizer import TokenizerError
 from storage.artifacts import Descriptor
-from storage.corpus import DOCUMENTS_FILE, documents_renamed
+from storage.corpus import DOCUMENTS_FILE, documents_renamed, held_out_trained_on
 from storage.registry import ModelRecord, PromotionRecord
 from storage.shards import ShardError
 from tasks.clean import corpus_store, text_code_digest
@@ -244,7 +244,8 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
                 and _same_settings(champion, settings, model_run)
             )
             renamed = continuable and not _same_documents(run, champion, corpus, settings)
-            if continuable and not renamed:
+            trained_on = _held_out_trained_on(run, champion, corpus)
+            if continuable and not renamed and not trained_on:
                 data = run_stage(
                     run,
                     increment_task,
@@ -278,7 +279,8 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
                 # The config's own init_from starts it from those weights: not from scratch.
                 start = (f"trained from train.init_from {train.init_from}" if train.init_from
                          else "trained from scratch")  # fmt: skip
-                decision = Decision("scratch", f"{start} ({_why_scratch(champion, renamed)})")
+                why = _why_scratch(champion, renamed, trained_on)
+                decision = Decision("scratch", f"{start} ({why})")
             if new_documents < policy.min_new_documents:
                 decision = Decision(
                     "up-to-date",
@@ -302,7 +304,9 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
                 )  # fmt: skip
                 models.append(candidate)
                 decision.candidate_val_bpb = candidate.stats["val_bpb"]
-                if scorable:
+                if scorable and trained_on:  # a score on text it trained on is no score
+                    decision.champion_unscored = f"{_held_out(trained_on)} it trained on"
+                elif scorable:
                     decision.champion_val_bpb, decision.champion_unscored = _champion_score(
                         run, settings, champion, corpus
                     )
@@ -463,9 +467,33 @@ def _same_documents(
     return True
 
 
-def _why_scratch(champion: Champion | None, renamed: bool = False) -> str:
+def _held_out_trained_on(run: RunContext, champion: Champion | None, corpus: Descriptor) -> int:
+    """How many held-out documents of `corpus` the champion trained on (0 where its corpus is
+    gone: nothing to tell by). A text cut into pieces is drawn to a split by its first piece
+    (`split.unit = "text"`), so an edit there can move pieces it trained on into val or test:
+    continued, or scored there, it would be judged on text it has seen."""
+    if champion is None or champion.corpus is None:
+        return 0
+    resolve = run.workspace.resolve
+    count = held_out_trained_on(resolve(champion.corpus.path) / DOCUMENTS_FILE,
+                                resolve(corpus.path) / DOCUMENTS_FILE)  # fmt: skip
+    if count:
+        logger.warning("retrain: %s the champion trained on (a text cut into pieces whose first "
+                       "piece changed is drawn to a split again): a candidate is trained from "
+                       "scratch, and the champion is not scored", _held_out(count))  # fmt: skip
+    return count
+
+
+def _held_out(count: int) -> str:
+    documents, are = ("document", "is") if count == 1 else ("documents", "are")
+    return f"{count} held-out {documents} of this corpus {are} text"
+
+
+def _why_scratch(champion: Champion | None, renamed: bool = False, trained_on: int = 0) -> str:
     if champion is None:
         return "no champion yet"
+    if trained_on:
+        return f"{_held_out(trained_on)} the champion trained on"
     if renamed:
         return ("the champion's corpus was made by other lmforge code or text settings "
                 "(reading, cutting long texts, markup removal, normalization), and some of its "

@@ -207,6 +207,10 @@ class SplitConfig(StrictModel):
     method: Literal["hash", "random", "ordered"] = "hash"
     val: float = Field(0.05, ge=0.0, lt=1.0)
     test: float = Field(0.05, ge=0.0, lt=1.0)
+    # What `hash` and `random` draw: a text cut into pieces (`ingest.max_document_mb`) whole,
+    # every piece where its first one goes (`text`), or each piece on its own (`piece`: a val
+    # piece's neighbours train the model, as in nanoGPT's split of one play).
+    unit: Literal["text", "piece"] = "text"
     # Hash or random split: shards list each split's documents in doc_id order instead of corpus
     # order, so a sorted input (an alphabetical names list) does not put look-alike documents
     # side by side, where a model would learn to copy its neighbours.
@@ -218,6 +222,9 @@ class SplitConfig(StrictModel):
             raise ValueError("split.val + split.test must leave some data for train")
         if self.shuffle and self.method == "ordered":
             raise ValueError("split.shuffle applies to hash and random; 'ordered' keeps the order")
+        if self.unit == "piece" and self.method == "ordered":
+            raise ValueError("split.unit applies to hash and random; 'ordered' cuts the token "
+                             "stream, not documents")  # fmt: skip
         return self
 
 

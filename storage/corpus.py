@@ -30,6 +30,7 @@ RAW_SCHEMA = pa.schema(
         ("source_file", pa.string()),
         ("text", pa.large_string()),
         ("markup", pa.string()),
+        ("part_of", pa.string()),  # the text a piece was cut from (RawDocument.part_of)
     ]
 )
 
@@ -53,6 +54,7 @@ CORPUS_SCHEMA = pa.schema(
         ("doc_id", pa.string()),
         ("source", pa.string()),
         ("source_file", pa.string()),
+        ("part_of", pa.string()),
         ("text", pa.large_string()),
         ("n_chars", pa.int64()),
         ("n_bytes", pa.int64()),
@@ -234,6 +236,25 @@ def documents_renamed(previous: Path, current: Path) -> tuple[int, int, int]:
     finally:
         connection.close()
     return int(renamed), int(of_files_gone), int(kept)
+
+
+def held_out_trained_on(previous: Path, current: Path) -> int:
+    """How many kept val and test documents of corpus file `current` are kept train documents
+    of `previous`: text a model trained on `previous` would be scored on. None under the hash
+    of `doc_id`; a piece of a text is drawn with the text's first piece (`split.unit =
+    "text"`), and an edit there draws the whole text again."""
+    import duckdb
+
+    connection = duckdb.connect()
+    try:
+        [(count,)] = connection.execute(
+            "SELECT count(*) FROM read_parquet(?) WHERE keep AND split <> 'train' AND doc_id IN "
+            "(SELECT doc_id FROM read_parquet(?) WHERE keep AND split = 'train')",
+            [str(current), str(previous)],
+        ).fetchall()
+    finally:
+        connection.close()
+    return int(count)
 
 
 def iter_split_texts(path: Path, split: str, batch_size: int = 256) -> Iterator[list[str]]:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from lm.config import CleanConfig, NearDupConfig, QualityConfig, SplitConfig
 from lm.text.clean import DecisionMaker, clean_documents, split_of
@@ -22,7 +23,7 @@ RULES = QualityConfig(min_words=20)
 
 def clean(texts: list[str], config: CleanConfig | None = None, workers: int = 1) -> list[dict]:
     config = config or CleanConfig(quality=RULES)
-    batches = [[(f"doc{i}", "test", text, "plain") for i, text in enumerate(texts)]]
+    batches = [[(f"doc{i}", "test", text, "plain", None) for i, text in enumerate(texts)]]
     decider = DecisionMaker(config, SplitConfig())
     return [row for rows in clean_documents(batches, decider, workers) for row in rows]
 
@@ -211,7 +212,7 @@ def test_random_split_follows_rows_and_lets_copies_of_a_text_part():
         near_dup=NearDupConfig(enabled=False),
     )
     split = SplitConfig(method="random", val=0.1, test=0.1)
-    batches = [[(f"doc{i}", "names", name, "plain") for i, name in enumerate(names)]]
+    batches = [[(f"doc{i}", "names", name, "plain", None) for i, name in enumerate(names)]]
     rows = [row for rows in clean_documents(batches, DecisionMaker(config, split)) for row in rows]
     assert all(row["keep"] for row in rows)
     assigned = [row["split"] for row in rows]
@@ -249,7 +250,7 @@ def test_annotation_workers_do_not_rerun_the_parents_main_module(tmp_path):
         "from lm.config import CleanConfig\n"
         "from lm.text.clean import ProcessAnnotator\n"
         "if __name__ == '__main__':\n"
-        "    rows = [('s', 'f', 'some words here ' * 20, 'plain')] * 8\n"
+        "    rows = [('s', 'f', 'some words here ' * 20, 'plain', None)] * 8\n"
         "    batches = ProcessAnnotator.of_batches([rows] * 4, CleanConfig(), 2)\n"
         "    print(sum(len(batch) for batch in batches))\n"
     )
@@ -258,3 +259,41 @@ def test_annotation_workers_do_not_rerun_the_parents_main_module(tmp_path):
     )
     assert result.stdout.strip() == "32"  # every document annotated, by the workers
     assert len(marks.read_text().split()) == 1  # the parent alone ran main
+
+
+@pytest.mark.parametrize("method", ["hash", "random"])
+def test_the_pieces_of_a_text_are_drawn_to_the_split_of_its_first_piece(method):
+    """Cut only to bound memory, a book is held out whole, as it was when read whole, not as
+    pieces whose neighbours train the model; `split.unit = "piece"` draws each on its own."""
+    config = CleanConfig(
+        quality=QualityConfig(enabled=False), near_dup=NearDupConfig(enabled=False)
+    )
+    rows = [(f"loose{n}", "loose.txt", f"a short text {n}", "plain", None) for n in range(20)]
+    for book in range(60):  # 60 books of 5 pieces, between the loose documents
+        rows += [(f"book{book}.txt:{piece}", f"book{book}.txt", f"book {book} piece {piece}",
+                  "plain", f"book{book}.txt") for piece in range(5)]  # fmt: skip
+        rows.append((f"after{book}", "after.txt", f"read after book {book}", "plain", None))
+
+    def decided(unit: str) -> tuple[list[dict], dict]:
+        decider = DecisionMaker(config, SplitConfig(method=method, val=0.1, test=0.1, unit=unit))
+        decided = [row for rows in clean_documents([rows], decider) for row in rows]
+        return decided, decider.stats.as_dict()
+
+    whole, stats = decided("text")
+    pieces, _ = decided("piece")
+    own = [split_of(row["doc_id"], SplitConfig(method=method, val=0.1, test=0.1), index)
+           for index, row in enumerate(pieces)]  # fmt: skip
+    assert [row["split"] for row in pieces] == own  # each piece on its own, as before
+    first_of: dict[str, str] = {}
+    for row, alone in zip(whole, own, strict=True):
+        assert row["part_of"] == (row["source_file"] if row["source"].startswith("book") else None)
+        if row["part_of"] is None:
+            assert row["split"] == alone  # a text read whole: unchanged
+        else:
+            assert row["split"] == first_of.setdefault(row["part_of"], alone)
+    books = {split: sum(value == split for value in first_of.values()) for split in ("val", "test")}
+    assert books["val"] and books["test"]  # whole books held out
+    assert sum(a["split"] != b["split"] for a, b in zip(whole, pieces, strict=True)) > 20
+    assert (stats["pieces"], stats["texts_cut"]) == (300, 60)
+    splits = [row["split"] for row in whole]
+    assert stats["split_documents"] == {split: splits.count(split) for split in set(splits)}

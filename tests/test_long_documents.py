@@ -90,7 +90,7 @@ def test_clean_batches_and_row_groups_are_bounded_by_text_as_well_as_by_count(
 
     monkeypatch.setattr(corpus, "ROW_GROUP_CHARS", 20_000)
     monkeypatch.setattr(corpus, "BATCH_CHARS", 5_000)
-    rows = [(f"d{n}", "f", "x" * (100 if n % 10 else 7_000), "plain") for n in range(300)]
+    rows = [(f"d{n}", "f", "x" * (100 if n % 10 else 7_000), "plain", None) for n in range(300)]
     path = tmp_path / "raw.parquet"
     with DocumentWriter(path, RAW_SCHEMA, row_group_rows=2000) as writer:
         for row in rows:
@@ -514,3 +514,59 @@ def test_a_text_up_to_twice_the_limit_ends_in_two_pieces_whatever_its_characters
             if 1000 < len(text) <= 2000:
                 pieces = [piece for _, piece in utf8_pieces([text], 1000)]
                 assert len(pieces) == 2 and b"".join(pieces) == text, (unit, size)
+
+
+def test_a_books_pieces_are_held_out_together_and_one_book_alone_says_what_to_set(
+    workspace, tmp_path
+):
+    """The corpus names the text each piece was cut from (`part_of`), and every piece of a
+    book is in its first piece's split; a corpus of one book cannot be split by book, and
+    says what splits it."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from flows.pipeline import require_kept_documents
+    from lm.config import CleanConfig, SplitConfig
+    from storage.corpus import DOCUMENTS_FILE
+    from tasks.clean import clean_task
+    from tasks.ingest import ingest_task
+
+    books = tmp_path / "books"
+    books.mkdir()
+    for book in range(12):
+        (books / f"book{book:02}.txt").write_text("\n\n".join(prose(book * 50 + n, 90)
+                                                              for n in range(50)))  # fmt: skip
+    records = [{"text": "\n\n".join(prose(1000 + n, 90) for n in range(50))}, {"text": "short"}]
+    (books / "more.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    split = SplitConfig(val=0.25, test=0.25)
+    ingest = IngestConfig(sources=[str(books)], max_document_mb=0.01)
+    corpus = clean_task.fn(ingest_task.fn(ingest), CleanConfig(), split)
+    rows = pq.read_table(workspace.resolve(corpus.path) / DOCUMENTS_FILE).to_pylist()
+    splits_of: dict[str, set[str]] = {}
+    for row in rows:
+        if row["source"] == f"{books / 'more.jsonl'}:2":
+            assert row["part_of"] is None  # read whole
+        else:
+            assert row["part_of"] in (row["source_file"], f"{books / 'more.jsonl'}:1")
+            splits_of.setdefault(row["part_of"], set()).add(row["split"])
+    assert len(splits_of) == 13 and all(len(splits) == 1 for splits in splits_of.values())
+    held_out = [part for part, splits in splits_of.items() if splits != {"train"}]
+    assert 0 < len(held_out) < 13
+    assert corpus.stats["texts_cut"] == 13 and corpus.stats["pieces"] == len(rows) - 1
+
+    one = IngestConfig(sources=[str(books / "book00.txt")], max_document_mb=0.003)
+    alone = clean_task.fn(ingest_task.fn(one), CleanConfig(), SplitConfig())
+    assert set(alone.stats["split_documents"]) == {"train"}
+    pieces = alone.stats["pieces"]
+    with pytest.raises(
+        InputError,
+        match=rf"none is in the val split \(train {pieces}\).*; "
+        rf"{pieces} of the documents are pieces of 1 long text, each text drawn "
+        r'to one split whole \(split.unit = "text"\): split.unit = "piece"',
+    ):
+        require_kept_documents(alone, SplitConfig(), trains_models=True)
+    by_piece = SplitConfig(unit="piece", val=0.3)
+    drawn = clean_task.fn(ingest_task.fn(one), CleanConfig(), by_piece)
+    assert drawn.stats["split_documents"]["val"] > 0
+    require_kept_documents(drawn, by_piece, trains_models=True)

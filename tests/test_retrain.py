@@ -191,6 +191,49 @@ def test_a_corpus_made_by_other_text_code_is_continued_only_while_its_documents_
     assert again["mode"] == "continue", again["reason"]
 
 
+def _first_piece_split(text: str, max_mb: float) -> str:
+    """The split the first piece of `text`, cut at `max_mb`, is drawn to under TINY's split."""
+    import hashlib
+
+    from lm.config import CleanConfig, SplitConfig
+    from lm.text.clean import split_of
+    from lm.text.long_documents import cut_long_documents
+    from lm.text.normalize import normalize_texts
+    from lm.text.readers import RawDocument
+
+    first = next(iter(cut_long_documents([RawDocument("b", "b", text, "plain")], max_mb)))
+    clean = CleanConfig()
+    [normalized] = normalize_texts([first.text], clean.normalization, clean.collapse_whitespace)
+    return split_of(hashlib.sha256(normalized.encode()).hexdigest(), SplitConfig(val=0.25))
+
+
+def test_a_book_drawn_again_into_val_is_no_text_to_continue_or_score_the_champion_on(
+    workspace, tmp_path
+):
+    """A book cut into pieces is drawn to a split with its first piece: an edit there moved the
+    pieces the champion trained on into val. Continued, it would be scored on text it has seen,
+    and so would the champion: a candidate trains from scratch, and the champion is not
+    scored (the candidate is promoted, as over a champion that cannot be scored)."""
+    folder, config = twelve_documents(tmp_path)
+    cut = ["ingest.max_document_mb=0.002"]
+    paragraphs = ["\n\n".join(prose(100 * n + k, 50) for k in range(40)) for n in range(50)]
+    book = next(text for text in paragraphs if _first_piece_split(text, 0.002) == "train")
+    preface = next(f"Preface {n}.\n\n" for n in range(200)
+                   if _first_piece_split(f"Preface {n}.\n\n{book}", 0.002) == "val")  # fmt: skip
+    (folder / "book.txt").write_text(book)
+    first = _trigger(config, *cut)
+    assert first["decision"]["promoted"]
+    (folder / "book.txt").write_text(preface + book)
+    again = _trigger(config, *cut)
+    decision = again["decision"]
+    assert decision["mode"] == "scratch" and decision["promoted"], decision
+    held_out = re.search(r"(\d+) held-out documents of this corpus are text the champion "
+                         r"trained on\)", decision["reason"])  # fmt: skip
+    assert held_out and int(held_out[1]) >= 2, decision["reason"]
+    assert decision["champion_val_bpb"] is None
+    assert "promoted: the champion could not be scored on this corpus" in decision["reason"]
+
+
 def test_documents_renamed_counts_by_file_so_a_relabelled_record_is_still_counted(tmp_path):
     """A reader that labels records where it read files whole (`x.json` became `x.json#0`)
     changes every `source` of the file: matched by source, no renamed document was seen, and

@@ -45,7 +45,7 @@ logger = logging.getLogger("lm.text.clean")
 
 # Decision columns in the order a document is judged; `reject_reason` names the first that holds.
 DECISION_FLAGS = ("too_short", *QUALITY_FLAGS, "exact_duplicate", "near_duplicate")
-RawRow = tuple[str, str, str, str]  # (source, source_file, text, markup)
+RawRow = tuple[str, str, str, str, str | None]  # (source, source_file, text, markup, part_of)
 # Documents annotated together: the numpy passes amortise over a batch (measured: 64 a tenth
 # faster than 32, 128 no faster again). Small enough that a few Wikipedia articles make a
 # batch, so work can be spread evenly; slices are cut between batches.
@@ -65,6 +65,7 @@ UNSPACED_CHARS_PER_WORD = 15
 class AnnotatedDocument:
     source: str
     source_file: str
+    part_of: str | None  # the text it is a piece of (`RawDocument.part_of`)
     text: str
     n_bytes: int  # of the text in UTF-8
     doc_id: str
@@ -78,7 +79,7 @@ def annotate_batch(batch: list[RawRow], config: CleanConfig) -> list[AnnotatedDo
     strip = config.strip_wiki_markup
     raw_texts = [
         strip_wikitext(text) if strip and markup == "wikitext" else text
-        for _, _, text, markup in batch
+        for _, _, text, markup, _ in batch
     ]
     texts = normalize_texts(raw_texts, config.normalization, config.collapse_whitespace)
     encoded = [text.encode() for text in texts]
@@ -108,6 +109,7 @@ def annotate_batch(batch: list[RawRow], config: CleanConfig) -> list[AnnotatedDo
         AnnotatedDocument(
             source=source,
             source_file=source_file,
+            part_of=part_of,
             text=text,
             n_bytes=len(utf8),
             doc_id=hashlib.sha256(utf8).hexdigest(),
@@ -115,7 +117,7 @@ def annotate_batch(batch: list[RawRow], config: CleanConfig) -> list[AnnotatedDo
             flags=f,
             signature=signature,
         )
-        for (source, source_file, _, _), text, utf8, m, f, signature in zip(
+        for (source, source_file, _, _, part_of), text, utf8, m, f, signature in zip(
             batch, texts, encoded, measurements, flags, signatures, strict=True
         )
     ]
@@ -134,7 +136,7 @@ def split_assignment(split: SplitConfig) -> str:
     corpus, so changing them re-ran clean to the same corpus."""
     if split.method == "ordered":
         return "ordered"
-    return f"{split.method}:{split.val!r}:{split.test!r}"
+    return f"{split.method}:{split.val!r}:{split.test!r}:{split.unit}"
 
 
 def split_of(doc_id: str, split: SplitConfig, row: int = 0) -> str:
@@ -167,10 +169,14 @@ class CleaningStats:
     removed: Counter = field(default_factory=Counter)
     split_documents: Counter = field(default_factory=Counter)
     split_bytes: Counter = field(default_factory=Counter)
+    pieces: int = 0  # documents that are pieces of a longer text ...
+    texts_cut: int = 0  # ... and how many texts they were cut from
 
     def as_dict(self) -> dict:
         return {
             "documents": self.documents,
+            "pieces": self.pieces,
+            "texts_cut": self.texts_cut,
             "kept": self.kept,
             "kept_chars": self.kept_chars,
             "kept_bytes": self.kept_bytes,
@@ -188,6 +194,7 @@ class DecisionMaker:
         self.config = config
         self.split = split
         self.stats = CleaningStats()
+        self._text: tuple[str, str] | None = None  # the text being read in pieces, its split
         self._seen: set[bytes] = set()
         self._near = (
             NearDuplicateIndex(config.near_dup.threshold, config.near_dup.num_perm)
@@ -207,7 +214,7 @@ class DecisionMaker:
         reason = next((flag for flag in DECISION_FLAGS if flags[flag]), None)
         keep = reason is None
         n_bytes = doc.n_bytes
-        split = split_of(doc.doc_id, self.split, row=self.stats.documents)
+        split = self._split_of(doc)
 
         stats = self.stats
         stats.documents += 1
@@ -224,6 +231,7 @@ class DecisionMaker:
             "doc_id": doc.doc_id,
             "source": doc.source,
             "source_file": doc.source_file,
+            "part_of": doc.part_of,
             "text": doc.text,
             "n_chars": len(doc.text),
             "n_bytes": n_bytes,
@@ -234,6 +242,21 @@ class DecisionMaker:
             **flags,
             **doc.measurements,
         }
+
+    def _split_of(self, doc: AnnotatedDocument) -> str:
+        """The document's split; a piece's, under `split.unit = "text"`, is the first piece's of
+        its text (a text's pieces come one after another: one reader cut them): cut only to
+        bound memory, a book is held out whole, as it was read whole, and not as pieces of a
+        book whose others train the model. The first piece's draw, not the text's name: a file
+        renamed or moved keeps its split, as a document read whole does."""
+        own = split_of(doc.doc_id, self.split, row=self.stats.documents)
+        if doc.part_of is None:
+            return own
+        self.stats.pieces += 1
+        if self._text is None or self._text[0] != doc.part_of:  # a text's first piece
+            self.stats.texts_cut += 1
+            self._text = (doc.part_of, own)
+        return self._text[1] if self.split.unit == "text" else own
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,7 @@ def cut_long_documents(
         in_record = document.source != document.source_file  # `data.jsonl:17`, `data.parquet#3`
         for name, text in named_pieces(document.source, texts, in_record):
             count += 1
-            yield document._replace(source=name, text=text)
+            yield document._replace(source=name, text=text, part_of=document.source)
         log.note(document.source, len(utf8), count, limit)
     if cuts is None:
         log.summarise()

@@ -70,6 +70,9 @@ class RawDocument(NamedTuple):
     source_file: str  # the input alone, for grouping
     text: str
     markup: str  # 'plain' or 'wikitext': tells cleaning which markup to strip
+    # A piece of a text too long to be one document: that text's `source` (its pieces are
+    # drawn to one split together: `split.unit`). None for a text read whole.
+    part_of: str | None = None
 
 
 PARQUET_MAGIC = b"PAR1"  # a Parquet file's first (and last) four bytes
@@ -631,7 +634,7 @@ def _read_text_in_pieces(
     count = 0
     for name, text in named_pieces(item.name, decoded()):
         count += 1
-        yield RawDocument(name, item.name, text, "plain")
+        yield RawDocument(name, item.name, text, "plain", part_of=item.name)
     cuts.note(item.name, read, count, limit)
 
 
