@@ -36,9 +36,28 @@ def make_task_runner(runtime: RuntimeConfig, workers: int | None = None) -> Task
     workers = workers or worker_count(runtime)
     if runtime.task_runner == "threads":
         return ThreadPoolTaskRunner(max_workers=workers)
+    if not runtime.dask_address:
+        share_temporary_server()
     if runtime.task_runner == "processes":
         return ProcessPoolTaskRunner(max_workers=workers)
     return _dask_task_runner(runtime, workers)
+
+
+def share_temporary_server() -> None:
+    """Point the worker processes this machine is about to start at this process's temporary
+    Prefect server (`LMFORGE_PREFECT_SERVER=ephemeral`), as `PREFECT_API_URL`: without one,
+    each worker started a temporary server of its own on the workspace's database (about 10 s
+    of start-up per worker and stage, every run). A URL already configured (the workspace's
+    server, a test harness's) is left as it is."""
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import get_current_settings
+
+    if os.environ.get("PREFECT_API_URL") or get_current_settings().api.url:
+        return
+    instances = getattr(SubprocessASGIServer, "_instances", {})  # Prefect's own registry
+    running = [server for server in instances.values() if getattr(server, "running", False)]
+    if running:
+        os.environ["PREFECT_API_URL"] = running[0].api_url
 
 
 def _dask_task_runner(runtime: RuntimeConfig, workers: int) -> TaskRunner:

@@ -160,6 +160,28 @@ def test_runtime_config_picks_the_runner_and_its_worker_count():
     assert isinstance(processes, ProcessPoolTaskRunner) and processes._max_workers == 2
 
 
+def test_worker_processes_report_to_this_process_s_temporary_server(monkeypatch):
+    """Under LMFORGE_PREFECT_SERVER=ephemeral each worker process started a temporary Prefect
+    server of its own (two more per fanned-out stage, ~10 s each on 2 cores)."""
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    class Running:
+        running = True
+        api_url = "http://127.0.0.1:8123/api"
+
+    monkeypatch.setitem(SubprocessASGIServer._instances, "test", Running())
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        make_task_runner(RuntimeConfig(task_runner="threads"), workers=2)
+        assert "PREFECT_API_URL" not in os.environ  # threads share this process's server
+        make_task_runner(RuntimeConfig(task_runner="processes"), workers=2)
+        assert os.environ["PREFECT_API_URL"] == Running.api_url
+    monkeypatch.setenv("PREFECT_API_URL", "http://elsewhere/api")
+    make_task_runner(RuntimeConfig(task_runner="processes"), workers=2)
+    assert os.environ["PREFECT_API_URL"] == "http://elsewhere/api"  # one set always wins
+
+
 def test_dask_without_the_extra_names_the_command_that_installs_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "prefect_dask", None)  # as if it were not installed
     with pytest.raises(MissingExtraError, match=r"pip install -e '\.\[dask\]'"):
