@@ -772,6 +772,8 @@ def load_config(config: str | None = None, overrides: list[str] | None = None) -
         # default's name its runs mixed with the bundled preset's (`runs --preset`, `size`).
         data["name"] = path.stem
     for override in overrides or []:
+        _clear_switches_for_preset(data, override)
+    for override in overrides or []:
         _apply_override(data, override, path)
     return parse_config(data, origin=str(path), overrides=overrides)
 
@@ -1045,6 +1047,34 @@ def _apply_override(data: dict[str, Any], override: str, path: Path) -> None:
         node[_entry_index(node, leaf, override, path)] = value
     else:
         node[leaf] = value
+
+
+def _clear_switches_for_preset(data: dict[str, Any], override: str) -> None:
+    """A `--set` that changes a gpt's `preset` (`model.preset`, `models.N.preset`) brings the
+    preset's switches over those the file writes, as an ablation variant's preset does: kept
+    under them (written values beat a preset), `--set model.preset=atinuke` trained the bundled
+    default's grouped-query attention, and on a file writing every switch the file's model
+    under the preset's name. Switches a `--set` gives still win: they are applied after this."""
+    key, sep, raw_value = override.partition("=")
+    parts = [part.strip() for part in key.split(".")]
+    if not sep or parts[-1] != "preset":
+        return
+    table: Any = None
+    if parts[:-1] == ["model"]:
+        table = data.get("model")
+    elif len(parts) == 3 and parts[0] == "models" and parts[1].isdigit():
+        entries = data.get("models")
+        if isinstance(entries, list) and int(parts[1]) < len(entries):
+            table = entries[int(parts[1])]
+    if not isinstance(table, dict) or table.get("kind", "gpt") != "gpt":
+        return
+    try:
+        name = _override_value(override, key.strip(), raw_value)
+    except ConfigError:
+        return  # `_apply_override` says what is wrong with it
+    if isinstance(name, str) and name in GPT_PRESETS and table.get("preset") != name:
+        for switch in GPT_PRESETS[name]:
+            table.pop(switch, None)
 
 
 def _override_value(override: str, key: str, raw_value: str) -> Any:

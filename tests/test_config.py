@@ -294,6 +294,30 @@ def test_an_ablation_variant_s_preset_brings_its_switches_over_the_base_s():
     assert {v: run.model.pos for v, _, run in settings.ablation_runs()}["m"] == "learned"
 
 
+def test_a_preset_given_by_set_brings_its_switches_over_the_file_s():
+    # Under the file's written switches, `--set model.preset=atinuke` on the default (which
+    # writes n_kv_heads = 2) trained grouped-query attention, and on shakespeare (which writes
+    # every switch) the file's model, recorded as preset "atinuke".
+    model = load_config("default", ["model.preset=atinuke"]).model
+    assert (model.pos, model.mlp, model.norm, model.bias, model.dropout) == (
+        "sinusoidal", "gelu", "layernorm", True, 0.1
+    )  # fmt: skip
+    assert model.kv_heads == model.n_head  # multi-head, as the preset says
+    model = load_config("shakespeare", ["model.preset=atinuke"]).model
+    atinuke = ("sinusoidal", "gelu", "layernorm", True)
+    assert (model.pos, model.mlp, model.norm, model.bias) == atinuke
+    assert (model.n_layer, model.n_embd, model.block_size) == (4, 128, 64)  # the file's own
+    # A switch a --set gives wins, whatever the order of the --sets.
+    for overrides in (["model.preset=atinuke", "model.n_kv_heads=1"],
+                      ["model.n_kv_heads=1", "model.preset=atinuke"]):  # fmt: skip
+        assert load_config("default", overrides).model.kv_heads == 1
+    # The preset the file already names changes nothing of what it writes.
+    assert load_config("default", ["model.preset=modern"]).model.n_kv_heads == 2
+    # A ladder entry, by its index.
+    gpt = load_config("names", ["models.3.preset=atinuke"]).models[3].model
+    assert (gpt.pos, gpt.mlp, gpt.norm, gpt.bias) == atinuke
+
+
 @pytest.mark.parametrize(
     ("variants", "said"),
     [
