@@ -333,11 +333,21 @@ def _bpb(value: float | None) -> str:
     return "" if value is None else f"{value:.4f}"
 
 
+def _steps(model: dict) -> str:
+    """Steps trained, and the step of the weights scored where it is another (early stopping
+    went on for `patience` evaluations past it): "20 steps" beside a step-10 model's score
+    read as the step-20 model's."""
+    best = model.get("best_step")
+    if best is None or best == model["steps"]:
+        return str(model["steps"])
+    return f"{model['steps']} (best {best})"
+
+
 def _print_models(models: list[dict]) -> None:
     if not models:
         return
     rows = [
-        (m["label"], m["kind"], f"{m['parameters']:,}", str(m["steps"]), _bpb(m.get("val_bpb")),
+        (m["label"], m["kind"], f"{m['parameters']:,}", _steps(m), _bpb(m.get("val_bpb")),
          _bpb(m.get("test_bpb")), _bpb(m.get("baseline_val_bpb")))
         for m in models
     ]  # fmt: skip

@@ -325,6 +325,9 @@ def train_task(
             "model": model.kind,
             "parameters": outcome["parameters"],
             "steps": outcome["steps"],
+            # the step of the published weights (`best/`): before `steps` where training went
+            # on past its best val loss (early stopping's patience) or ended worse
+            "best_step": read_info(work / "best").get("step"),
             "tokens_seen": outcome["tokens_seen"],  # padding after a document not counted
             # what the published weights (`best/`) were trained on, with what the weights
             # they continue were trained on (`train.init_from`)

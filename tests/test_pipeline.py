@@ -404,6 +404,19 @@ TINY_GPT = [
 ]  # fmt: skip
 
 
+def test_a_model_stopped_early_says_the_step_of_the_weights_it_scores(workspace, config):
+    """Early stopping trains `patience` evaluations past the best weights, which are the ones
+    scored: "15 steps" beside a step-5 model's bits per byte read as the step-15 model's."""
+    from flows.cli import _steps
+
+    still = ["train.learning_rate=1e-12", "train.max_steps=200", "train.eval_every=5",
+             "train.checkpoint_every=5", "train.patience=2"]  # fmt: skip
+    [model] = run_pipeline(config, [*TINY_GPT, *still])["models"]
+    assert (model["steps"], model["best_step"], model["stopped_early"]) == (15, 5, True)
+    assert _steps(model) == "15 (best 5)"
+    assert _steps({"steps": 12, "best_step": 12}) == _steps({"steps": 12}) == "12"
+
+
 def test_train_stage_publishes_a_self_contained_model_and_its_baseline(workspace, config):
     import torch
 
