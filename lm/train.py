@@ -735,6 +735,17 @@ class Trainer:
                 "warms up, so the learning rate %s and never decays",
                 config.warmup_steps, config.max_steps, reached,
             )  # fmt: skip
+        evaluations = -(-config.max_steps // config.eval_every)  # the last step evaluates too
+        stoppable = not config.patience or evaluations >= config.patience + 2
+        if self.step == 0 and self.ranks.is_main and not stoppable:
+            # The first evaluation is the best so far, and running out of patience on the last
+            # step ends nothing early: `patience` given, a user expects it can stop the run.
+            logger.warning(
+                "train.patience = %d, but training evaluates %d time%s (train.eval_every = %d "
+                "of train.max_steps = %d): early stopping can never end it early",
+                config.patience, evaluations, "" if evaluations == 1 else "s",
+                config.eval_every, config.max_steps,
+            )  # fmt: skip
 
         def evaluates_at(step: int) -> bool:
             return step % config.eval_every == 0 or step == config.max_steps

@@ -36,7 +36,7 @@ from lm.train import (
     learning_rate,
     peak_flops_of,
 )
-from tests.helpers import periodic_tokens
+from tests.helpers import periodic_tokens, warnings_said_by
 
 VOCAB = 20
 REPO = Path(__file__).resolve().parent.parent
@@ -340,6 +340,22 @@ def test_patience_running_out_on_the_last_step_is_not_stopping_early(tmp_path):
     run.evaluate = lambda model=None: next(scores)
     result = run.train()
     assert (result.step, result.stopped_early, result.best_val_loss) == (6, False, 3.0)
+
+
+def test_patience_that_cannot_end_a_run_early_is_said(tmp_path):
+    """Two evaluations (steps 3 and 6) leave patience 1 nothing to stop: the first is the best
+    so far and the last ends the run anyway."""
+    said = {}
+    for patience, every in ((1, 3), (1, 2), (2, 2), (0, 3)):
+        with warnings_said_by("lm.train") as warnings:
+            trainer(tmp_path / f"{patience}-{every}",
+                    config(max_steps=6, eval_every=every, patience=patience)).train()  # fmt: skip
+        said[patience, every] = [w for w in warnings if "train.patience" in w]
+    assert said[1, 3] == [
+        "train.patience = 1, but training evaluates 2 times (train.eval_every "
+        "= 3 of train.max_steps = 6): early stopping can never end it early"
+    ]
+    assert said[2, 2] and not said[1, 2] and not said[0, 3]
 
 
 def test_a_nan_val_loss_stops_the_run_and_keeps_the_best_before_it(tmp_path):
