@@ -15,12 +15,16 @@ import hashlib
 import itertools
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lm.config import SplitConfig
 from lm.text.clean import BATCH_CHARS, BATCH_DOCS, DECISION_FLAGS, RawRow
+
+if TYPE_CHECKING:
+    from storage.artifacts import Descriptor
 
 DOCUMENTS_FILE = "documents.parquet"
 
@@ -119,6 +123,7 @@ class CorpusDigest:
 
     def __init__(self) -> None:
         self._hash = hashlib.sha256()
+        self._text = hashlib.sha256()
 
     def update(self, row: dict) -> None:
         fingerprint = "\t".join(
@@ -126,9 +131,24 @@ class CorpusDigest:
             for name in ("doc_id", "source", "split", "reject_reason", "near_dup_of")
         )
         self._hash.update(fingerprint.encode() + b"\n")
+        if row["keep"]:
+            self._text.update(f"{row['doc_id']}\t{row['split']}\n".encode())
 
     def hexdigest(self) -> str:
         return self._hash.hexdigest()
+
+    def text_hexdigest(self) -> str:
+        """The identity of the text the stages after clean read: the kept documents' ids and
+        splits, in order, without their sources. A moved input folder gives another corpus
+        digest (sources are paths) and the same text digest."""
+        return self._text.hexdigest()
+
+
+def text_digest(corpus: Descriptor) -> str:
+    """What a stage that reads only the kept text is keyed by: the corpus's text digest (the
+    corpus digest where it was made before one was recorded). Keyed by the corpus digest, a
+    moved input folder trained word2vec again on the same text."""
+    return corpus.stats.get("text_digest") or corpus.digest
 
 
 def bounded_row_batches(

@@ -114,13 +114,14 @@ def clean_task(
         digest, sources = _write_corpus(
             decide_batches(annotated, decider), staging / DOCUMENTS_FILE, config, total
         )
+        stats_of_text = {"text_digest": digest.text_hexdigest()}
         shutil.rmtree(staging / SCRATCH_DIR, ignore_errors=True)
         fan_out["annotated_by"] = sorted(fan_out["annotated_by"])
-        stats = decider.stats.as_dict() | {"sources": sources} | fan_out
+        stats = decider.stats.as_dict() | {"sources": sources} | fan_out | stats_of_text
         stats["normalization_version"] = NORMALIZATION_VERSION
         stats["text_code_digest"] = text_code_digest()
         stats["unicode_version"] = unicodedata.unidata_version  # what NFC/NFKC follow
-        descriptor = store.describe(staging, STAGE, key, digest, stats)
+        descriptor = store.describe(staging, STAGE, key, digest.hexdigest(), stats)
     return descriptor
 
 
@@ -207,8 +208,8 @@ def row_ranges(path: Path, at_least: int) -> list[tuple[int, int]]:
 
 def _write_corpus(
     rows_by_batch: Iterator[list[dict]], path: Path, config: CleanConfig, total: int
-) -> tuple[str, dict[str, dict[str, int]]]:
-    """Write the decided rows in order; return the corpus digest and per-source counts."""
+) -> tuple[CorpusDigest, dict[str, dict[str, int]]]:
+    """Write the decided rows in order; return the corpus's digests and per-source counts."""
     digest = CorpusDigest()
     sources: dict[str, dict[str, int]] = {}
     progress = ProgressLog("clean", total=total, unit="docs")
@@ -224,4 +225,4 @@ def _write_corpus(
             processed += len(rows)
             progress.update(processed)
     progress.finish()
-    return digest.hexdigest(), sources
+    return digest, sources

@@ -44,7 +44,7 @@ from lm.tokenizer import (
     load_tokenizer,
 )
 from storage.artifacts import ArtifactStore, Descriptor, reused
-from storage.corpus import DOCUMENTS_FILE, bounded_row_batches, row_count
+from storage.corpus import DOCUMENTS_FILE, bounded_row_batches, row_count, text_digest
 from storage.shards import OrderedSplitter, ShardInfo
 from storage.workspace import Workspace
 from tasks.caching import cache_key_from, code_digest, stage_key
@@ -76,7 +76,7 @@ def encode_key(
     """Depends on the split settings: with `ordered` they decide where the stream is cut. Not
     on the runtime nor the encoding threads: they never change the shards."""
     return stage_key(
-        STAGE, VERSION, split.digest(), [corpus.digest, tokenizer.digest], code_digest(*CODE)
+        STAGE, VERSION, split.digest(), [text_digest(corpus), tokenizer.digest], code_digest(*CODE)
     )
 
 

@@ -21,7 +21,7 @@ from lm.progress import ProgressLog
 from lm.tokenizer import TokenizerError, load_tokenizer, train_tokenizer
 from lm.tokenizer_stats import tokenizer_statistics
 from storage.artifacts import ArtifactStore, Descriptor, reused
-from storage.corpus import DOCUMENTS_FILE, iter_split_part
+from storage.corpus import DOCUMENTS_FILE, iter_split_part, text_digest
 from storage.workspace import Workspace
 from tasks.caching import cache_key_from, code_digest, stage_key
 
@@ -49,7 +49,7 @@ def tokenizer_key(
 def _key(settings: str, corpus: Descriptor, split: SplitConfig | None) -> str:
     if split is not None and split.method == "ordered":
         settings += ":" + split.digest()
-    return stage_key(STAGE, VERSION, settings, [corpus.digest], code_digest(*CODE))
+    return stage_key(STAGE, VERSION, settings, [text_digest(corpus)], code_digest(*CODE))
 
 
 def _publish(store: ArtifactStore, key: str, tokenizer, stats: dict, **described) -> Descriptor:

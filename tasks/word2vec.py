@@ -34,7 +34,7 @@ from lm.word2vec import (
 )
 from lm.word2vec import word_sentences as words_of
 from storage.artifacts import ArtifactStore, Descriptor, reused
-from storage.corpus import DOCUMENTS_FILE, iter_split_texts
+from storage.corpus import DOCUMENTS_FILE, iter_split_texts, text_digest
 from storage.shards import shard_documents
 from storage.workspace import Workspace
 from tasks.caching import cache_key_from, code_digest, stage_key
@@ -90,7 +90,7 @@ def _key(
     config: Word2VecConfig,
     ordered_shards: Descriptor | None,
 ) -> str:
-    upstream = [corpus.digest] + ([tokenizer.digest] if config.input == "pieces" else [])
+    upstream = [text_digest(corpus)] + ([tokenizer.digest] if config.input == "pieces" else [])
     if ordered_shards is not None:
         upstream.append(ordered_shards.digest)
     return stage_key(stage, VERSION, config.digest(), upstream, code_digest(*CODE))

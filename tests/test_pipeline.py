@@ -91,13 +91,17 @@ def test_a_renamed_source_file_encoding_to_the_same_tokens_trains_nothing(
     """The shards' digest was their cache key: a renamed file (a new corpus digest, the same
     text) encoded to byte-identical shards, then trained and scored every model again. The
     corpus lists files by path, and a hash split's shards follow it: a rename that moves a file
-    in that list reorders them (and trains again); shuffled shards follow content."""
+    in that list reorders them (and trains again); shuffled shards follow content. The stages
+    that read only the kept text follow the corpus's text digest (ids and splits in order, no
+    paths): a rename in place (or a moved folder) tokenizes and encodes nothing again."""
     first = run_pipeline(config, [*TINY_GPT, *overrides])
     (tmp_path / "texts" / "doc05.txt").rename(tmp_path / "texts" / new_name)
     second = run_pipeline(config, [*TINY_GPT, *overrides])
     states = stage_states(second)
     assert second["corpus"]["digest"] != first["corpus"]["digest"]
-    assert states["encode"] == "ran" and states["train"] == states["evaluate"] == "cached"
+    in_place = new_name == "doc05-renamed.txt"  # the kept text in the same order
+    assert states["tokenizer"] == states["encode"] == ("cached" if in_place else "ran")
+    assert states["train"] == states["evaluate"] == "cached"
     assert second["models"][-1]["val_bpb"] == first["models"][-1]["val_bpb"]
 
 

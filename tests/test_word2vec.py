@@ -318,3 +318,24 @@ def test_analogy_questions_before_any_section_are_refused_as_gensim_refuses_them
         KeyedVectors(vector_size=4).evaluate_word_analogies(str(questions))
     with pytest.raises(ValueError, match="Missing section header"):
         analogy_accuracy(KeyedVectors(vector_size=4), questions)
+
+
+def test_the_vectors_follow_the_corpus_s_text_not_where_its_files_were_read():
+    """A moved input folder gives another corpus digest (sources are paths) and the same kept
+    text: word2vec, keyed by the corpus digest, trained again (10 epochs by default) on it."""
+    from storage.artifacts import Descriptor
+    from tasks.word2vec import vectors_key, word2vec_key
+
+    def corpus(digest: str, text: str | None) -> Descriptor:
+        stats = {} if text is None else {"text_digest": text}
+        return Descriptor(kind="corpus", key=digest, path="c", digest=digest, stats=stats)
+
+    tokenizer = Descriptor(kind="tokenizer", key="t", path="t", digest="t" * 64, stats={})
+    for key_of in (vectors_key, word2vec_key):
+        here, moved = (key_of(corpus(d, "x" * 64), tokenizer, SMALL) for d in ("a" * 64, "b" * 64))
+        assert here == moved
+        assert key_of(corpus("a" * 64, "y" * 64), tokenizer, SMALL) != here  # other text
+        # A corpus made before it recorded a text digest: keyed by its own digest, as it was.
+        assert key_of(corpus("a" * 64, None), tokenizer, SMALL) != key_of(
+            corpus("b" * 64, None), tokenizer, SMALL
+        )
