@@ -47,21 +47,6 @@ def pytest_configure(config: pytest.Config) -> None:
     ensure_server(activate_workspace())
 
 
-# The files that take longest, longest first (measured on 2 cores: 150 to 50 s each). The two
-# test workers take whole files in collection order (`--dist loadfile`); taken in name order,
-# the last file handed out could be a long one, which one worker ran while the other waited.
-LONGEST_FILES = (
-    "test_distributed.py", "test_retrain.py", "test_cli.py", "test_pipeline_continued.py",
-    "test_pipeline.py", "test_prefect_server.py", "test_default_run.py", "test_train.py",
-    "test_service.py", "test_runs_cli.py", "test_ablation.py",
-)  # fmt: skip
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    first = {name: rank for rank, name in enumerate(LONGEST_FILES)}
-    items.sort(key=lambda item: first.get(item.path.name, len(first)))  # stable: the rest as named
-
-
 def pytest_unconfigure(config: pytest.Config) -> None:
     import contextlib
 
