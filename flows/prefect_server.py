@@ -63,7 +63,13 @@ def _free_port() -> int:
 
 
 def _recorded(workspace: Workspace) -> dict | None:
-    """The recorded server, whatever its state; None for no record or one cut short."""
+    """The recorded server, whatever its state; None for no record, one cut short, or one
+    brought from another place (`_of_another_place`)."""
+    state = _read_record(workspace)
+    return state if state and not _of_another_place(workspace, state) else None
+
+
+def _read_record(workspace: Workspace) -> dict | None:
     path = _state_path(workspace)
     if not path.is_file():
         return None
@@ -80,6 +86,35 @@ def _recorded(workspace: Workspace) -> dict | None:
     is_time = isinstance(started_at, int | float) and not isinstance(started_at, bool)
     is_record = all(is_number) and pid > 0 and isinstance(state.get("api_url"), str) and is_time
     return state if is_record else None
+
+
+def _of_another_place(workspace: Workspace, state: dict) -> bool:
+    """Whether the record was written where the workspace no longer is: it was moved (or
+    copied) with its record, and the server it names serves the database at the old place.
+    The same folder by another path (a symlink) is no other place."""
+    log = state.get("log")
+    if not isinstance(log, str) or log == str(workspace.prefect_home / "server.log"):
+        return False
+    try:
+        return not os.path.samefile(Path(log).parent, workspace.prefect_home)
+    except OSError:  # the old place is gone
+        return True
+
+
+def _retire_record_of_another_place(workspace: Workspace) -> bool:
+    """Remove a record the workspace brought from another place (`_of_another_place`), first
+    stopping its server where that place is gone: a workspace moved while its server ran was
+    served by it from the old path, whose database file it held open, and any new connection
+    it made would fail there. A copy's original still runs where it was: its server is left
+    to it. Returns whether a server was stopped."""
+    state = _read_record(workspace)
+    if state is None or not _of_another_place(workspace, state):
+        return False
+    stopped = not Path(state["log"]).parent.exists() and _is_recorded_process(state)
+    if stopped:
+        _stop_group(state["pid"], timeout_s=5.0)
+    _state_path(workspace).unlink(missing_ok=True)
+    return stopped
 
 
 def _write_record(workspace: Workspace, state: dict) -> None:
@@ -171,6 +206,7 @@ def ensure_server(workspace: Workspace) -> str | None:
             _start_temporary_server()
         return None
     with _server_lock(workspace):  # two runs starting together start one
+        _retire_record_of_another_place(workspace)
         state = running_server(workspace) or _adopt_starting(workspace) or _start(workspace)
         if state.get("status", "running") != "running":
             state = state | {"status": "running"}
@@ -331,6 +367,8 @@ def stop_server(workspace: Workspace, timeout_s: float = 15.0) -> bool:
     """Stop the workspace's server, running or still starting, and everything it started.
     Returns whether one was running."""
     path = _state_path(workspace)
+    if _retire_record_of_another_place(workspace):
+        return True
     state = _recorded(workspace)
     if state is None:
         path.unlink(missing_ok=True)

@@ -178,6 +178,42 @@ def test_the_next_start_replaces_a_server_that_never_answers(own_server, tmp_pat
     assert running_server(own_server)["pid"] == started_pids(fresh)[0]
 
 
+def test_a_moved_workspace_replaces_its_old_server_and_a_copy_leaves_the_original_s(
+    own_server, tmp_path, monkeypatch
+):
+    """Moved (or copied) with its server's record, a workspace adopted that server, which
+    served the database at the old path: moved, it held the moved file open, and a new
+    connection would fail there; copied, the copy's runs went to the original's database."""
+    from storage.workspace import Workspace
+
+    first = tmp_path / "first"
+    monkeypatch.setattr(prefect_server, "_server_command", stand_in_command(first))
+    (first / "ready").touch()
+    url = ensure_server(own_server)
+    original, _ = started_pids(first)
+    os.environ.pop("PREFECT_API_URL")  # set by ensure_server; the next workspace's is its own
+    state = own_server.prefect_home / prefect_server.STATE_FILE
+
+    copy = Workspace(tmp_path / "copy").ensure()
+    copy.prefect_home.mkdir(parents=True, exist_ok=True)
+    (copy.prefect_home / prefect_server.STATE_FILE).write_text(state.read_text())
+    assert running_server(copy) is None  # not the copy's
+    second = tmp_path / "second"
+    monkeypatch.setattr(prefect_server, "_server_command", stand_in_command(second))
+    (second / "ready").touch()
+    assert ensure_server(copy) != url
+    assert pid_alive(original) and running_server(own_server)["pid"] == original
+    assert running_server(copy)["pid"] == started_pids(second)[0]
+    stop_server(copy, timeout_s=5)
+
+    moved = Workspace(tmp_path / "moved").ensure()
+    moved.prefect_home.mkdir(parents=True, exist_ok=True)
+    gone = json.loads(state.read_text()) | {"log": str(tmp_path / "gone" / "server.log")}
+    (moved.prefect_home / prefect_server.STATE_FILE).write_text(json.dumps(gone))
+    assert stop_server(moved, timeout_s=5)  # the old place's server: stopped, as asked
+    assert not pid_alive(original) and record(moved) is None
+
+
 @pytest.mark.parametrize(
     "written",
     ['{"pid": 1}', '{"pid": "x", "port": 5, "api_url": "u"}', '{"pid": null}',
