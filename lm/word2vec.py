@@ -215,15 +215,24 @@ def evaluate_vectors(vectors, config: Word2VecConfig) -> dict:
         if path is not None:
             metrics.update(_similarity_scores(vectors, name, path))
     neighbours = {}
+    absent: dict[bool, list[str]] = {False: [], True: []}  # by: a piece inside words?
     for probe in config.probes:
         word = _key_of(probe, vectors)
         if word is None:
-            inside = config.input == "pieces" and _key_of(probe, pieces) is not None
-            logger.warning("word2vec: probe word '%s' %s; skipped", probe,
-                           "is a piece only inside words, with no vector as a word of its own"
-                           if inside else "is not in the vocabulary")  # fmt: skip
+            absent[config.input == "pieces" and _key_of(probe, pieces) is not None].append(probe)
             continue
         neighbours[word] = [w for w, _ in vectors.most_similar(word, topn=config.neighbours)]
+    # One line for all (a character tokenizer's pieces hold none of the default probes: a
+    # line each was six warnings of one thing).
+    for inside, probes in absent.items():
+        if not probes:
+            continue
+        many = len(probes) > 1
+        why = ((f"{'are pieces' if many else 'is a piece'} only inside words, with no vector as "
+                f"a word of {'their' if many else 'its'} own") if inside
+               else f"{'are' if many else 'is'} not in the vocabulary")  # fmt: skip
+        logger.warning("word2vec: probe word%s %s %s; skipped", "s" if many else "",
+                       ", ".join(f"'{probe}'" for probe in probes), why)  # fmt: skip
     metrics["neighbours"] = neighbours
     return metrics
 

@@ -51,7 +51,7 @@ def test_evaluation_reports_every_set_and_warns_about_absent_probes(caplog):
     vectors = train_word2vec(small_sentences(), SMALL)
     with caplog.at_level(logging.WARNING, logger="lm.word2vec"):
         metrics = evaluate_vectors(vectors, SMALL)
-    assert "probe word 'zzzunseen' is not in the vocabulary" in caplog.text
+    assert "probe word 'zzzunseen' is not in the vocabulary; skipped" in caplog.text
     assert list(metrics["neighbours"]) == ["river"] and len(metrics["neighbours"]["river"]) == 8
     for name in ("wordsim353", "simlex999"):
         assert 0.9 < metrics[f"{name}_oov_rate"] <= 1.0  # tiny vocabulary: most pairs unseen
@@ -183,7 +183,7 @@ def test_chinese_pieces_are_words_and_a_piece_inside_words_is_said_to_be_one(cap
     # Written without spaces, only a document's first piece has "▁": the probe 学生 was "not
     # in the vocabulary" though its piece was trained; "ing" is in it, inside words only.
     sentences = [["▁river", "▁bank", "学生", "银行", "ing", "喜欢"] * 3] * 40
-    config = SMALL.model_copy(update={"input": "pieces", "probes": ["学生", "ing", "zzz"]})
+    config = SMALL.model_copy(update={"input": "pieces", "probes": ["学生", "ing", "zzz", "yy"]})
     with caplog.at_level(logging.WARNING, logger="lm.word2vec"):
         metrics = evaluate_vectors(train_word2vec(sentences, config), config)
     assert list(metrics["neighbours"]) == ["学生"]
@@ -193,7 +193,7 @@ def test_chinese_pieces_are_words_and_a_piece_inside_words_is_said_to_be_one(cap
         "word2vec: probe word 'ing' is a piece only inside words, with no vector as a word "
         "of its own; skipped" in said
     )
-    assert "word2vec: probe word 'zzz' is not in the vocabulary; skipped" in said
+    assert "word2vec: probe words 'zzz', 'yy' are not in the vocabulary; skipped" in said
 
 
 @pytest.mark.parametrize("words", [["love", "sex"], ["tiger", "cat"], ["zzz"]])
