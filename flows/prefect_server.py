@@ -106,11 +106,17 @@ def _retire_record_of_another_place(workspace: Workspace) -> bool:
     stopping its server where that place is gone: a workspace moved while its server ran was
     served by it from the old path, whose database file it held open, and any new connection
     it made would fail there. A copy's original still runs where it was: its server is left
-    to it. Returns whether a server was stopped."""
+    to it, while the original's record names it. A workspace made at the old place since (a
+    default `.lmforge` made again after a move) has none or its own: left, the old server
+    ran on with no record naming it, which no `lmforge server stop` could find. Returns
+    whether a server was stopped."""
     state = _read_record(workspace)
     if state is None or not _of_another_place(workspace, state):
         return False
-    stopped = not Path(state["log"]).parent.exists() and _is_recorded_process(state)
+    old_place = Workspace(Path(state["log"]).parent.parent)  # the log is in its prefect/
+    there = _read_record(old_place)
+    theirs = there is not None and (there["pid"], there["port"]) == (state["pid"], state["port"])
+    stopped = not theirs and _is_recorded_process(state)
     if stopped:
         _stop_group(state["pid"], timeout_s=5.0)
     _state_path(workspace).unlink(missing_ok=True)

@@ -161,7 +161,12 @@ def _split_change(champion: Champion, settings: PipelineConfig) -> str | None:
     except ValueError:  # recorded under another version's schema: nothing to compare
         return None
     now = settings.split.model_dump(exclude={"shuffle"})
-    changed = [f"split.{key} {before[key]} → {now[key]}" for key in now if before[key] != now[key]]
+    # A setting that run's lmforge did not have is not compared: read as its default, a
+    # champion of the split before `unit` ("piece" then) was "split.unit text → piece" to a
+    # config that asked for that very split. What the new setting moved shows in the
+    # documents (`_held_out_trained_on`).
+    changed = [f"split.{key} {before[key]} → {now[key]}" for key in now
+               if key in champion.split_config and before[key] != now[key]]  # fmt: skip
     return ", ".join(changed) or None
 
 

@@ -214,6 +214,28 @@ def test_a_moved_workspace_replaces_its_old_server_and_a_copy_leaves_the_origina
     assert not pid_alive(original) and record(moved) is None
 
 
+def test_a_moved_workspace_stops_its_old_server_where_a_new_workspace_took_the_old_place(
+    own_server, tmp_path, monkeypatch
+):
+    """Moved, and a workspace made at the old path since (the default `.lmforge`, made again by
+    the next run there): that place exists, but its record names no server or its own. Left
+    running, the old server had no record naming it: `lmforge server stop` found it nowhere."""
+    from storage.workspace import Workspace
+
+    first = tmp_path / "first"
+    monkeypatch.setattr(prefect_server, "_server_command", stand_in_command(first))
+    (first / "ready").touch()
+    ensure_server(own_server)
+    original, _ = started_pids(first)
+    os.environ.pop("PREFECT_API_URL")
+    state = own_server.prefect_home / prefect_server.STATE_FILE
+    moved = Workspace(tmp_path / "moved").ensure()
+    (moved.prefect_home / prefect_server.STATE_FILE).write_text(state.read_text())
+    state.unlink()  # the workspace now at the old place has started no server yet
+    assert stop_server(moved, timeout_s=5)
+    assert not pid_alive(original) and record(moved) is None
+
+
 @pytest.mark.parametrize(
     "written",
     ['{"pid": 1}', '{"pid": "x", "port": 5, "api_url": "u"}', '{"pid": null}',

@@ -573,3 +573,26 @@ def test_a_model_fed_by_word2vec_is_retrained_with_vectors_of_its_pieces(workspa
     later = _trigger(config, *w2v, "retrain.margin=-10.0")
     assert later["decision"]["mode"] == "continue", later["decision"]["reason"]
     assert later["decision"]["candidate_val_bpb"] > 0 and later["decision"]["promoted"]
+
+
+def test_a_split_setting_the_champion_s_lmforge_did_not_have_is_no_change_of_split():
+    """A champion recorded before `split.unit` (each piece drawn on its own, as "piece" does
+    now) was refused to a config asking for "piece": its missing `unit` read as the default,
+    "split.unit text → piece". A setting its run did write is still compared."""
+    from types import SimpleNamespace
+
+    from flows.retrain import _split_change
+    from lm.config import SplitConfig
+
+    before_unit = SimpleNamespace(
+        split_config={"method": "hash", "val": 0.05, "test": 0.05, "shuffle": False}
+    )
+    assert _split_change(before_unit, SimpleNamespace(split=SplitConfig(unit="piece"))) is None
+    assert _split_change(before_unit, SimpleNamespace(split=SplitConfig())) is None
+    assert _split_change(before_unit, SimpleNamespace(split=SplitConfig(val=0.1))) == (
+        "split.val 0.05 → 0.1"
+    )
+    recorded = SimpleNamespace(split_config=SplitConfig().model_dump(mode="json"))
+    assert _split_change(recorded, SimpleNamespace(split=SplitConfig(unit="piece"))) == (
+        "split.unit text → piece"
+    )

@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -170,7 +171,8 @@ def test_worker_processes_report_to_this_process_s_temporary_server(monkeypatch)
         running = True
         api_url = "http://127.0.0.1:8123/api"
 
-    monkeypatch.setitem(SubprocessASGIServer._instances, "test", Running())
+    # Its only one: a suite run under LMFORGE_PREFECT_SERVER=ephemeral has its own running
+    monkeypatch.setattr(SubprocessASGIServer, "_instances", {"test": Running()})
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     with temporary_settings(restore_defaults={PREFECT_API_URL}):
         make_task_runner(RuntimeConfig(task_runner="threads"), workers=2)
@@ -180,6 +182,23 @@ def test_worker_processes_report_to_this_process_s_temporary_server(monkeypatch)
     monkeypatch.setenv("PREFECT_API_URL", "http://elsewhere/api")
     make_task_runner(RuntimeConfig(task_runner="processes"), workers=2)
     assert os.environ["PREFECT_API_URL"] == "http://elsewhere/api"  # one set always wins
+
+
+def test_a_run_on_a_configured_server_does_not_load_prefect_s_server_to_look_for_one():
+    """With `PREFECT_API_URL` set (the workspace's server, the default), there is no temporary
+    server to share: importing Prefect's server app to look for one took 1.5 s and 80 MB."""
+    probe = (
+        "import sys\n"
+        "from lm.config import RuntimeConfig\n"
+        "from tasks.runners import make_task_runner\n"
+        "make_task_runner(RuntimeConfig(task_runner='processes'), workers=2)\n"
+        "print('prefect.server.api.server' in sys.modules)\n"
+    )
+    environment = os.environ | {"PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    repo = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            cwd=repo, env=environment, check=True)  # fmt: skip
+    assert result.stdout.split()[-1] == "False"
 
 
 def test_dask_without_the_extra_names_the_command_that_installs_it(monkeypatch):
