@@ -497,8 +497,6 @@ def _held_out(count: int) -> str:
 def _why_scratch(champion: Champion | None, renamed: bool = False, trained_on: int = 0) -> str:
     if champion is None:
         return "no champion yet"
-    if trained_on:
-        return f"{_held_out(trained_on)} the champion trained on"
     if renamed:
         return ("the champion's corpus was made by other lmforge code or text settings "
                 "(reading, cutting long texts, markup removal, normalization), and some of its "
@@ -508,6 +506,8 @@ def _why_scratch(champion: Champion | None, renamed: bool = False, trained_on: i
     gone = [name for attribute, name in parts.items() if getattr(champion, attribute) is None]
     if gone:
         return f"the champion's {' and '.join(gone)} is gone"
+    if trained_on:
+        return f"{_held_out(trained_on)} the champion trained on"
     return "settings changed"
 
 
