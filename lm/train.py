@@ -746,6 +746,9 @@ class Trainer:
                 config.patience, evaluations, "" if evaluations == 1 else "s",
                 config.eval_every, config.max_steps,
             )  # fmt: skip
+        if self.step == 0 and self.ranks.is_main and config.min_delta and not config.patience:
+            logger.warning("train.min_delta = %g paces early stopping, which train.patience = 0 "
+                           "turns off: it changes nothing", config.min_delta)  # fmt: skip
 
         def evaluates_at(step: int) -> bool:
             return step % config.eval_every == 0 or step == config.max_steps

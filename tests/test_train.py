@@ -342,7 +342,7 @@ def test_patience_running_out_on_the_last_step_is_not_stopping_early(tmp_path):
     assert (result.step, result.stopped_early, result.best_val_loss) == (6, False, 3.0)
 
 
-def test_patience_that_cannot_end_a_run_early_is_said(tmp_path):
+def test_patience_that_cannot_end_a_run_early_and_min_delta_without_patience_are_said(tmp_path):
     """Two evaluations (steps 3 and 6) leave patience 1 nothing to stop: the first is the best
     so far and the last ends the run anyway."""
     said = {}
@@ -356,6 +356,10 @@ def test_patience_that_cannot_end_a_run_early_is_said(tmp_path):
         "= 3 of train.max_steps = 6): early stopping can never end it early"
     ]
     assert said[2, 2] and not said[1, 2] and not said[0, 3]
+    with warnings_said_by("lm.train") as warnings:
+        trainer(tmp_path / "delta", config(max_steps=6, eval_every=3, min_delta=0.1)).train()
+    assert warnings == ["train.min_delta = 0.1 paces early stopping, which train.patience = 0 "
+                        "turns off: it changes nothing"]  # fmt: skip
 
 
 def test_a_nan_val_loss_stops_the_run_and_keeps_the_best_before_it(tmp_path):
