@@ -198,6 +198,14 @@ def train_word2vec(sentences: Iterable[list[str]], config: Word2VecConfig):
     return model.wv
 
 
+# Why probe words have no neighbours: (one, several), by whether they are pieces inside words.
+ABSENT_PROBES = {
+    False: ("is not in the vocabulary", "are not in the vocabulary"),
+    True: ("is a piece only inside words, with no vector as a word of its own",
+           "are pieces only inside words, with no vectors as words of their own"),
+}  # fmt: skip
+
+
 def evaluate_vectors(vectors, config: Word2VecConfig) -> dict:
     """Analogy accuracy, Spearman correlations with their out-of-vocabulary rates, and the
     nearest neighbours of each probe word in the vocabulary (absent probes are warned about)."""
@@ -225,14 +233,11 @@ def evaluate_vectors(vectors, config: Word2VecConfig) -> dict:
     # One line for all (a character tokenizer's pieces hold none of the default probes: a
     # line each was six warnings of one thing).
     for inside, probes in absent.items():
-        if not probes:
-            continue
-        many = len(probes) > 1
-        why = ((f"{'are pieces' if many else 'is a piece'} only inside words, with no vector as "
-                f"a word of {'their' if many else 'its'} own") if inside
-               else f"{'are' if many else 'is'} not in the vocabulary")  # fmt: skip
-        logger.warning("word2vec: probe word%s %s %s; skipped", "s" if many else "",
-                       ", ".join(f"'{probe}'" for probe in probes), why)  # fmt: skip
+        if probes:
+            many = len(probes) > 1
+            logger.warning("word2vec: probe word%s %s %s; skipped", "s" if many else "",
+                           ", ".join(f"'{probe}'" for probe in probes),
+                           ABSENT_PROBES[inside][many])  # fmt: skip
     metrics["neighbours"] = neighbours
     return metrics
 
