@@ -172,6 +172,19 @@ def _wait_for_the_training_lock(lock, key: str) -> None:
     )
 
 
+def _trained_already(existing: Descriptor) -> Descriptor:
+    """The published model of these settings and data, said to be reused: a run whose training
+    another run had finished (a scheduled one beside it, say) logged no line of training at
+    all, and Prefect showed its train task as Completed, not Cached."""
+    stats = existing.stats or {}
+    logging.getLogger("lm.train").info(
+        "train: this model is trained already (%s: %s steps, val loss %s); using it",
+        existing.key[:12], stats.get("steps", "?"),
+        f"{stats['val_loss']:.4f}" if isinstance(stats.get("val_loss"), float) else "?",
+    )  # fmt: skip
+    return reused(existing)
+
+
 def _say_other_interrupted_trainings(workspace: Workspace, work: Path) -> None:
     """A training about to start afresh while interrupted ones of other settings wait in the
     workspace says so: killed at step 100 and rerun with `--set train.max_steps=3000`, a run
@@ -254,7 +267,7 @@ def train_task(
     key = train_key(shards, tokenizer, model, train, vectors)
     existing = store.load_descriptor(key)
     if existing is not None:
-        return reused(existing)
+        return _trained_already(existing)
     if uses_word2vec(model) and vectors is None:
         raise TrainingError(
             f"model '{model.kind}' needs word2vec vectors of the tokenizer's pieces: enable "
@@ -278,7 +291,7 @@ def train_task(
         existing = store.load_descriptor(key)
         if existing is not None:
             remove_unused_work(work)
-            return reused(existing)
+            return _trained_already(existing)
         started = time.perf_counter()
         if model.kind != "bigram-count":
             _say_other_interrupted_trainings(workspace, work)

@@ -66,6 +66,12 @@ def write_shard(path, tokenizer, documents) -> None:
     writer.close()
 
 
+FIXTURE_MODEL = GPTConfig(block_size=WINDOW, n_layer=1, n_head=2, n_embd=32)
+FIXTURE_TRAINING = TrainConfig(max_steps=12, micro_batch=8, global_batch=8, warmup_steps=2,
+                               learning_rate=3e-3, eval_every=12, eval_batches=2,
+                               checkpoint_every=12, device="cpu")  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     """A real train artifact: a SentencePiece tokenizer and shards (test split empty, as with a
@@ -87,12 +93,28 @@ def trained_run(tmp_path_factory):
             write_shard(shard_folder / f"{split}.bin", tokenizer, documents)
         tokenizer_d = Descriptor("tokenizer", "t", "artifacts/tokenizer/t", tokenizer.digest)
         shards_d = Descriptor("encode", "s", "artifacts/shards/s", "shards-digest")
-        model = GPTConfig(block_size=WINDOW, n_layer=1, n_head=2, n_embd=32)
-        train = TrainConfig(max_steps=12, micro_batch=8, global_batch=8, warmup_steps=2,
-                            learning_rate=3e-3, eval_every=12, eval_batches=2,
-                            checkpoint_every=12, device="cpu")  # fmt: skip
-        trained = train_task.fn(shards_d, tokenizer_d, model, train)
+        trained = train_task.fn(shards_d, tokenizer_d, FIXTURE_MODEL, FIXTURE_TRAINING)
     return home, trained, shards_d, tokenizer_d
+
+
+def test_a_model_trained_already_is_said_to_be_reused(trained_run, monkeypatch, caplog):
+    """A run whose training another run had finished (a scheduled run beside it) logged no
+    line of training: its train task looked Completed, as if it had trained."""
+    from storage.artifacts import take_reused
+    from tasks.train import train_task
+
+    home, trained, shards, tokenizer = trained_run
+    monkeypatch.setenv("LMFORGE_HOME", str(home))
+    logger = logging.getLogger("lm.train")  # Prefect's logging stops it before the root's
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="lm.train"):
+            again = train_task.fn(shards, tokenizer, FIXTURE_MODEL, FIXTURE_TRAINING)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert again == trained and take_reused(trained.key)
+    said = f"train: this model is trained already ({trained.key[:12]}: 12 steps, val loss "
+    assert said + f"{trained.stats['val_loss']:.4f}); using it" in caplog.text
 
 
 @pytest.fixture
