@@ -751,6 +751,20 @@ def _json_value(value):
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
+def _pieces_kept(connection, parquet_path: str) -> tuple[int, int] | None:
+    """How many kept documents are pieces of a text cut at ingest, and of how many texts: the
+    split table counted pieces as documents, with no word of the texts they were cut from
+    (None for a corpus written before pieces were named, or with none)."""
+    columns = connection.execute("SELECT * FROM read_parquet(?) LIMIT 0", [parquet_path])
+    if "part_of" not in {column[0] for column in columns.description}:
+        return None
+    counted = connection.execute(
+        "SELECT count(part_of), count(DISTINCT part_of) FROM read_parquet(?) WHERE keep",
+        [parquet_path],
+    ).fetchone()
+    return counted if counted[0] else None
+
+
 @corpus_app.command("stats")
 def corpus_stats(
     digest: Annotated[str | None, typer.Option(help="a corpus version (default: newest)")] = None,
@@ -787,6 +801,7 @@ def corpus_stats(
                 f"n_words, n_chars FROM read_parquet(?) {limit}",
                 [version["parquet_path"]],
             ).fetchall()
+            pieces = _pieces_kept(connection, version["parquet_path"])
             methods = connection.execute(  # the split of the runs that read this version
                 "SELECT DISTINCT config->'split'->>'method' FROM runs WHERE corpus_digest = ?",
                 [version["digest"]],
@@ -803,6 +818,10 @@ def corpus_stats(
         (s, version[f"{s}_documents"], version[f"{s}_bytes"]) for s in ("train", "val", "test")
     ]
     console.print(_table(["split", "documents", "bytes"], splits, "splits (kept documents)"))
+    if pieces:
+        texts = f"{pieces[1]:,} long text" + ("" if pieces[1] == 1 else "s")
+        console.print(f"  {pieces[0]:,} of the kept documents are pieces of {texts} cut at "
+                      "ingest.max_document_mb (`part_of` names each one's text)")  # fmt: skip
     if ("ordered",) in methods:
         console.print("  split.method = \"ordered\": every document is train here; val and test "
                       "are cut from the token stream at encode (`lmforge sql \"SELECT stats FROM "

@@ -411,11 +411,18 @@ def test_corpus_stats_says_an_ordered_split_is_cut_later_and_lists_sources_as_do
     texts.mkdir()
     for index in range(6):
         (texts / f"{index}.txt").write_text(prose(index, 120))
+    (texts / "long.txt").write_text("\n\n".join(prose(100 + n, 60) for n in range(12)))
     ordered = '[split]\nmethod = "ordered"\nval = 0.2\ntest = 0.1\n'
-    run_cli("run", str(write_config(tmp_path / "c.toml", [{"path": str(texts)}], ordered)))
+    config = write_config(tmp_path / "c.toml", [{"path": str(texts)}], ordered)
+    cut = config.read_text().replace("[ingest]\n", "[ingest]\nmax_document_mb = 0.002\n")
+    config.write_text(cut)
+    run_cli("run", str(config))
     stats = " ".join(run_cli("corpus", "stats", "--documents", "2").stdout.split())
     assert 'split.method = "ordered": every document is train here; val and test are cut' in stats
-    assert "sources (first 2 of 6; --all lists every one)" in stats
+    assert "sources (first 2 of 7; --all lists every one)" in stats
+    # The pieces of a cut text were counted as documents, with no word of the text.
+    pieces = re.search(r"(\d+) of the kept documents are pieces of 1 long text cut", stats)
+    assert pieces and 2 < int(pieces[1]) < 12, stats
     assert "5.txt" not in stats.split("documents (first")[0].split("sources")[1]
     everything = run_cli("corpus", "stats", "--all").stdout
     assert all(f"{index}.txt" in everything for index in range(6))
