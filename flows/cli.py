@@ -175,6 +175,7 @@ def _run_flow(name: str, config: str | None, overrides: list[str] | None) -> dic
     runs, config_path = arms or settings.model_runs(), resolve_preset(config)
     _check_init_from(runs, workspace)
     _check_devices(settings, runs, config_path)
+    _check_memory(settings, runs, config_path, given_sets=bool(overrides))
     _check_sources(settings, config_path)
     from flows.prefect_server import ServerError, ensure_server
 
@@ -314,6 +315,55 @@ def _check_devices(settings, runs: list, config_path: Path) -> None:
         except TrainingError as error:
             whose = f"model '{label}': " if label and device != settings.train.device else ""
             raise _fail(f"{config_path}: {whose}{error}") from None
+
+
+def _machine_memory(device) -> tuple[int, str] | None:
+    """(bytes, what they are) of the memory a training process on `device` has at most: the
+    machine's RAM for the CPU; None where it cannot be told. Not asked of a GPU: that would
+    start CUDA in the flow's process, which may fork later (`lm.machine`)."""
+    import os
+
+    if device.type != "cpu":
+        return None
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "of RAM"
+    except (AttributeError, OSError, ValueError):  # no sysconf (Windows)
+        return None
+
+
+def _check_memory(settings, runs: list, config_path: Path, given_sets: bool = False) -> None:
+    """A model whose weights, gradients and AdamW state alone exceed the memory it would train
+    in (a CPU's RAM) is said now: the train stage met it once every data stage had run, as a
+    500-line allocator traceback, or, without a memory limit, as the kernel's OOM kill (no
+    message at all, and other processes killed with it). Activations are left out, and a char
+    tokenizer counted at 2 ids, so a model refused here cannot fit whatever the data. A model
+    continued from `train.init_from` keeps its checkpoint's vocabulary: not sized here."""
+    if not runs:
+        return
+    from lm.sizing import size_model
+    from lm.train import pick_device
+
+    vocab = 2 if settings.tokenizer.kind == "char" else settings.tokenizer.vocab_size
+    for run in runs:
+        if run.train.init_from:
+            continue
+        device = pick_device(run.train.device)  # `_check_devices` said a missing one
+        memory = _machine_memory(device)
+        if memory is None:
+            continue
+        size = size_model(run.model, run.train, vocab, device=device)
+        share = run.train.nproc_per_node  # every process of this node in one machine's RAM
+        needed = size.state_bytes_per_process() * share
+        available, where = memory
+        if needed > available:
+            whose = f"model '{run.label}'" if len(runs) > 1 else "the model"
+            processes = f" in {share} processes" if share > 1 else ""
+            raise _fail(
+                f"{config_path}: {whose} needs {_bytes(needed)} for its weights, gradients and "
+                f"AdamW state alone{processes} ({size.parameters:,} parameters), more than the "
+                f"{_bytes(available)} {where}: make it smaller (lmforge size {config_path}"
+                f"{' with the same --set' if given_sets else ''} shows the sizes)"
+            )
 
 
 def _print_stages(summary: dict) -> None:

@@ -568,6 +568,25 @@ def _drawn_whole(stats: dict, split: SplitConfig) -> str:
             "\"ordered\" holds out the end of the text stream, as nanoGPT does")  # fmt: skip
 
 
+# Kept documents below which a hash or random split is advised against: with fewer, a split of
+# 5% holds none more often than not.
+FEW_DOCUMENTS = 20
+
+
+def _few_documents(stats: dict, split: SplitConfig) -> str:
+    """Advice where a handful of documents were kept (most often one text file, which is one
+    document up to `ingest.max_document_mb`): no val or test fraction puts one document in two
+    splits, so "add documents, or lower split.val" could not be followed."""
+    kept = stats.get("kept", 0)
+    if split.method == "ordered" or kept >= FEW_DOCUMENTS or stats.get("pieces", 0):
+        return ""  # `_drawn_whole` advises on pieces of long texts
+    held = f"{kept} document{'s' if kept != 1 else ''}"
+    return (f"; with {held} (a plain text file is one document, unless longer than "
+            "ingest.max_document_mb), split.method = \"ordered\" holds out the end of the text "
+            "stream, as nanoGPT does, and one_doc_per_line = true on a source reads each line "
+            "as a document")  # fmt: skip
+
+
 def require_kept_documents(corpus: Descriptor, split: SplitConfig, trains_models: bool) -> None:
     """Stop after cleaning, saying what it removed, when it kept nothing, or how the split
     went, when it kept nothing for training (or, for models, nothing to score them on): the
@@ -576,20 +595,22 @@ def require_kept_documents(corpus: Descriptor, split: SplitConfig, trains_models
     stats = corpus.stats
     kept, splits = stats.get("kept", 1), stats.get("split_documents")
     counts = ", ".join(f"{name} {count:,}" for name, count in (splits or {}).items())
+    held = f"{kept:,} document" + ("" if kept == 1 else "s")
     if kept and splits is not None and not splits.get("train", 0):
         raise InputError(
-            f"cleaning kept {kept:,} documents, but none is in the training split ({counts}): "
+            f"cleaning kept {held}, but none is in the training split ({counts}): "
             f"the split is {SPLIT_BY.get(split.method, split.method)}; add documents, or "
             f"lower split.val and split.test{_drawn_whole(stats, split)}"
+            f"{_few_documents(stats, split)}"
         )
     # Under "ordered" the cut is made in the token stream, after encoding.
     empty_val = splits is not None and not splits.get("val", 0) and split.method != "ordered"
     if kept and trains_models and empty_val:
         raise InputError(
-            f"cleaning kept {kept:,} documents, but none is in the val split ({counts}), which "
+            f"cleaning kept {held}, but none is in the val split ({counts}), which "
             "the models are scored and stopped on: "
             + (f"the split is {SPLIT_BY[split.method]}; add documents, or raise split.val"
-               f"{_drawn_whole(stats, split)}" if split.val > 0
+               f"{_drawn_whole(stats, split)}{_few_documents(stats, split)}" if split.val > 0
                else "split.val is 0; set it above 0")
         )  # fmt: skip
     if kept:

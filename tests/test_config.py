@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lm.config import ConfigError, TokenizerConfig, load_config
+from lm.config import ConfigError, TokenizerConfig, load_config, resolve_preset
 from tests.conftest import REPO, run_cli
 
 
@@ -685,3 +685,24 @@ def test_the_run_seed_seeds_a_train_config_built_in_python_unless_it_sets_its_ow
     assert [built(seed, TrainConfig(max_steps=100)) for seed in (1, 2)] == [1, 2]
     assert [built(seed, {"max_steps": 100}) for seed in (1, 2)] == [1, 2]
     assert built(2, TrainConfig(seed=7)) == 7
+
+
+def test_a_model_larger_than_the_machine_is_refused_before_the_flow_starts(
+    workspace, monkeypatch, capsys
+):
+    # The train stage met it once every data stage had run: torch's allocator traceback
+    # (500 lines) under a memory limit, or the kernel's OOM kill, with no message, without one.
+    import typer
+
+    from flows import cli
+
+    settings, path = load_config("default"), resolve_preset("default")
+    cli._check_memory(settings, settings.model_runs(), path)  # it fits this machine
+    monkeypatch.setattr(cli, "_machine_memory", lambda device: (2**20, "of RAM"))
+    with pytest.raises(typer.Exit) as refused:
+        cli._check_memory(settings, settings.model_runs(), path)
+    assert refused.value.exit_code == 1
+    said = capsys.readouterr().err
+    assert said.splitlines() == [said.strip()]  # one line
+    assert said.startswith(f"error: {path}: the model needs ")
+    assert "weights, gradients and AdamW state alone" in said and "1.0 MiB of RAM" in said

@@ -235,7 +235,7 @@ BAD_INPUTS = {
     "texts all too short to keep": r"cleaning kept none of the 2 documents \(removed by: "
     r"too_few_words 2\); loosen \[clean\] .*Chinese, Japanese or Thai.*"
     r"clean\.quality\.enabled = false",
-    "one document, held out": r"cleaning kept 1 documents, but none is in the training split "
+    "one document, held out": r"cleaning kept 1 document, but none is in the training split "
     r"\((val|test) 1\).*lower split\.val and split\.test",
 }
 
@@ -263,6 +263,28 @@ def test_a_split_that_leaves_models_nothing_to_score_on_stops_after_cleaning():
     with pytest.raises(InputError, match=r"none is in the training split \(train 0, val 2\): "
                                          r"the split is at random by position"):  # fmt: skip
         require_kept_documents(corpus(train=0, val=2), SplitConfig(method="random"), False)
+
+
+def test_one_text_file_kept_whole_is_told_of_the_ordered_split():
+    """A user's first config (one .txt file, a model) kept one document: "add documents, or
+    lower split.val and split.test" (or "raise split.val") could not be followed, as no
+    fraction puts one document in two splits."""
+    from flows.pipeline import require_kept_documents
+    from lm.config import SplitConfig
+    from storage.artifacts import Descriptor
+
+    def corpus(**splits: int) -> Descriptor:
+        stats = {"kept": sum(splits.values()), "split_documents": splits}
+        return Descriptor("clean", "k", "corpus/k", "d", stats)
+
+    ordered = r"with 1 document \(a plain text file is one document.*split\.method = \"ordered\""
+    with pytest.raises(InputError, match=r"none is in the training split.*" + ordered):
+        require_kept_documents(corpus(train=0, val=0, test=1), SplitConfig(), True)
+    with pytest.raises(InputError, match=r"none is in the val split.*" + ordered):
+        require_kept_documents(corpus(train=1, val=0, test=0), SplitConfig(), True)
+    with pytest.raises(InputError) as many:  # plenty of documents: the advice as it was
+        require_kept_documents(corpus(train=300, val=0, test=20), SplitConfig(), True)
+    assert "ordered" not in str(many.value)
 
 
 def test_bad_input_fails_clearly_and_damages_nothing_stored(workspace, config, tmp_path):
