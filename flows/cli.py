@@ -256,7 +256,24 @@ def _check_sources(settings, config_path: Path) -> None:
     try:
         resolve_sources(settings.ingest.sources)
     except InputError as error:
-        raise _fail(f"{config_path}: ingest.sources: {error}") from None
+        beside = _beside(settings, config_path)
+        raise _fail(f"{config_path}: ingest.sources: {error}{beside}") from None
+
+
+def _beside(settings, config_path: Path) -> str:
+    """Where a relative source that names nothing from the current folder names a file or
+    folder beside the config: the path to write (a config moved into a project folder, with
+    its sources beside it, and run from elsewhere)."""
+    import os
+
+    for source in settings.ingest.sources:
+        written = os.path.expanduser(source.path)
+        if os.path.isabs(written) or os.path.exists(written) or "://" in written:
+            continue
+        there = config_path.parent / written
+        if there.exists():
+            return f"; beside the config is {there.resolve()}: write that path"
+    return ""
 
 
 def _continued_vocabulary(runs: list) -> tuple[str, int] | None:

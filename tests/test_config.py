@@ -390,6 +390,26 @@ def test_what_a_flow_would_refuse_is_one_line_before_the_flow_starts(workspace, 
     assert "Flow run" not in result.stdout + result.stderr
 
 
+def test_a_relative_source_says_where_it_was_read_from_and_the_file_beside_the_config(
+    workspace, tmp_path
+):
+    """A config moved into a project folder with its text beside it, run from elsewhere: "no
+    such file or directory", with no word of the folder the path was read from."""
+    from tests.helpers import prose, write_config
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "notes.txt").write_text(prose(1))
+    config = write_config(tmp_path / "project.toml", [{"path": "data/notes.txt"}])
+    result = run_cli("run", str(config), check=False)  # from the repository's folder
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert (f"ingest.sources: data/notes.txt: no such file or directory (read from the current "
+            f"folder, {REPO})") in result.stderr  # fmt: skip
+    beside = tmp_path.resolve() / "data" / "notes.txt"
+    assert result.stderr.strip().endswith(f"beside the config is {beside}: write that path")
+    (tmp_path / "data" / "notes.txt").unlink()  # nothing beside it: no such advice
+    assert "beside" not in run_cli("run", str(config), check=False).stderr
+
+
 def test_a_cuda_device_on_a_machine_without_one_is_refused_before_the_flow_starts(workspace):
     # The train stage said so once every data stage had run, after Prefect's traceback.
     if __import__("torch").cuda.is_available():

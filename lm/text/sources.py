@@ -152,7 +152,9 @@ def _resolve_one(spec: SourceConfig) -> list[ResolvedInput]:
         return [_file_input(p, spec) for p in files]
     if path.is_file():
         return [_file_input(path, spec)]
-    raise InputError(f"{text}: no such file or directory")
+    # Read from the current folder: where a config lies is not where it is run (a worker's).
+    relative = "" if path.is_absolute() else f" (read from the current folder, {os.getcwd()})"
+    raise InputError(f"{text}: no such file or directory{relative}")
 
 
 def glob_files(pattern: str) -> list[Path]:
