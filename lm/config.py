@@ -856,6 +856,7 @@ def _describe(
     problems: dict[tuple[str, str], list[str]] = {}
     # (model table, its kind): the keys it holds that belong to other kinds, and those kinds
     misplaced: dict[tuple[str, str], list[tuple[str, list[str]]]] = {}
+    given: dict[tuple[str, str], str] = {}  # what a value of the wrong type was, said once
     for item in error.errors():
         key, siblings, node = _written_key(item["loc"], root)
         key = ".".join(part for part in (prefix, key) if part)
@@ -882,6 +883,8 @@ def _describe(
             message = f"should be a table, not {_toml_type(item['input'])}"
         elif item["type"] == "list_type":
             message = f"should be an array, not {_toml_type(item['input'])}"
+        elif item["type"] in SCALAR_ERRORS:  # "should be a valid integer", of `n_layer = "2"`
+            given[(key, problem)] = f", not {_given(item['input'])}"
         problems.setdefault((key, problem), []).append(message)
     lines = [
         _keys_of_another_kind(table, kind, keys, overrides)
@@ -889,12 +892,15 @@ def _describe(
     ]
     for (key, problem), messages in problems.items():
         if problem.endswith(": ") or not problem:
-            problem += " or ".join(messages)
+            problem += " or ".join(messages) + given.get((key, problem), "")
         lines.append(problem + _from_overrides(key, overrides))
     return "; ".join(lines)
 
 
 TABLE_ERRORS = ("model_type", "model_attributes_type", "dict_type")
+# pydantic's errors of a value of the wrong type, whose message leaves out what was given
+SCALAR_ERRORS = ("int_type", "int_parsing", "float_type", "float_parsing", "bool_type",
+                 "bool_parsing", "string_type", "literal_error", "enum")  # fmt: skip
 
 
 def _other_kinds_having(loc: tuple) -> list[str]:
@@ -929,6 +935,18 @@ def _keys_of_another_kind(
         f"{kind_key} is '{kind}'{f' ({source})' if source else ''}, but {named} {are} of kind "
         f"{whose}, not '{kind}': remove {them}, or start from a config written for kind '{kind}'"
     )
+
+
+def _given(value: Any) -> str:
+    """What was written, as a reader would name it: `the string "2"`, `an array`."""
+    if isinstance(value, (list, dict)):
+        return _toml_type(value)
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    shown = json.dumps(value, ensure_ascii=False) if isinstance(value, str) else str(value)
+    if len(shown) > 40:
+        shown = shown[:37] + "..."
+    return f"the {_toml_type(value).split(' ', 1)[1]} {shown}"
 
 
 def _toml_type(value: Any) -> str:

@@ -364,14 +364,25 @@ def test_shakespeare_preset_without_its_text_names_the_missing_file(tmp_path):
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ("train.learning_rate=true", "'train.learning_rate': Input should be a valid number"),
-        ('train.compile="yes"', "'train.compile': Input should be a valid boolean or Input"),
-        ("model.bias=1", "'model.bias': Input should be a valid boolean"),
-        ('train.max_steps="100"', "'train.max_steps': Input should be a valid integer"),
+        ("train.learning_rate=true",
+         "'train.learning_rate': Input should be a valid number, not the boolean true"),
+        ('train.compile="yes"', "'train.compile': Input should be a valid boolean or Input "
+         "should be 'auto', not the string \"yes\", from --set"),
+        ("model.bias=1", "'model.bias': Input should be a valid boolean, not the integer 1"),
+        ('train.max_steps="100"',
+         "'train.max_steps': Input should be a valid integer, not the string \"100\""),
+        ("model.n_layer=1.5", "'model.n_layer': Input should be a valid integer, not the float"),
+        ('tokenizer.kind=["bpe"]',
+         "'tokenizer.kind': Input should be 'bpe', 'unigram' or 'char', not an array"),
+        ('train.precision="fp16"',
+         "'train.precision': Input should be 'auto', 'fp32' or 'bf16', not the string \"fp16\""),
+        ("name=true", "'name': Input should be a valid string, not the boolean true"),
     ],
-)
+)  # fmt: skip
 def test_a_value_of_the_wrong_type_is_refused_not_converted(override, expected):
-    # Lax validation read `true` as a learning rate of 1.0 and "yes" or 1 as True.
+    # Lax validation read `true` as a learning rate of 1.0 and "yes" or 1 as True; and
+    # pydantic's "Input should be a valid integer" of `n_layer = "2"` did not show the value
+    # (the quotes that make it a string are easy to miss).
     with pytest.raises(ConfigError, match=r"default\.toml: " + re.escape(expected)):
         load_config("default", [override])
     assert load_config("default", ["train.learning_rate=1"]).train.learning_rate == 1.0
