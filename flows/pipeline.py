@@ -422,9 +422,39 @@ def failure_text(error: BaseException, stage: str | None, cancelled: bool = Fals
     elif _output_cut(error):
         text = ("its output was cut: the worker or terminal it wrote to was gone (rich's "
                 "SystemExit: 1 on a broken pipe)")  # fmt: skip
+    elif (signal_name := _stopping_signal(error)) is not None:
+        # Was the bare "TerminationSignal", "KeyboardInterrupt" or "SystemExit: 129" (SIGHUP):
+        # three words for one thing, a stop from outside, none of them saying a rerun resumes.
+        text = (f"stopped by {signal_name}; a rerun reuses its finished stages and resumes an "
+                "interrupted training from its last checkpoint")  # fmt: skip
     else:
         text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
     return f"{text} (during stage {stage})" if stage else text
+
+
+def _stopping_signal(error: BaseException) -> str | None:
+    """The signal that stopped the run, by name, when `error` is how one ends it: Prefect's
+    TerminationSignal (SIGTERM), KeyboardInterrupt (SIGINT: Ctrl-C), or the SystemExit of
+    128 + N that `lmforge run` raises on SIGTERM or SIGHUP outside a flow's own handler."""
+    import signal
+
+    from prefect.exceptions import TerminationSignal
+
+    if isinstance(error, KeyboardInterrupt):
+        return "SIGINT (Ctrl-C)"
+    if isinstance(error, TerminationSignal):
+        number = getattr(error, "signal", signal.SIGTERM)
+    elif isinstance(error, SystemExit) and error.code in (
+        128 + signal.SIGTERM,
+        128 + signal.SIGHUP,
+    ):
+        number = error.code - 128
+    else:
+        return None
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _output_cut(error: BaseException) -> bool:

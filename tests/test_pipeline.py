@@ -535,8 +535,11 @@ def test_a_training_that_fails_or_is_stopped_leaves_its_curve_to_the_run_s_repor
     assert model.label == "gpt" and model.curves["train/loss"].values == [4.0, 3.0]
     # The failed run names the stage it failed in, as a crashed run does.
     error = run.registry.find_run(run.run_id)["error"]
-    said = f"{type(stop).__name__}: {stop}" if str(stop) else type(stop).__name__  # Ctrl-C: ""
-    assert error == f"{said} (during stage train)"
+    if isinstance(stop, KeyboardInterrupt):  # Ctrl-C: named as the signal it was
+        assert error.startswith("stopped by SIGINT (Ctrl-C); a rerun "), error
+        assert error.endswith(" (during stage train)"), error
+    else:
+        assert error == f"{type(stop).__name__}: {stop} (during stage train)"
 
 
 def test_a_damaged_published_model_falls_back_then_is_trained_again(workspace, config, caplog):
@@ -870,6 +873,11 @@ def test_a_run_cancelled_from_prefect_is_recorded_cancelled_not_failed(
 
     from flows.pipeline import flow_run_is_cancelled, open_run, record_failure
 
+    STOPPED_BY_SIGTERM = (  # another process's SIGTERM: a stop, not a cancellation
+        "stopped by SIGTERM; a rerun reuses its finished stages and resumes an interrupted "
+        "training from its last checkpoint"
+    )
+
     @flow
     def stand_in() -> None:
         """A flow run whose state this test sets, as a worker's cancellation does."""
@@ -884,7 +892,7 @@ def test_a_run_cancelled_from_prefect_is_recorded_cancelled_not_failed(
     registry = RunRegistry(workspace.registry_path)
     for flow_run_id, status, error in (
         (cancelling.id, "cancelled", "cancelled from Prefect (during stage train)"),
-        (running.id, "failed", "TerminationSignal (during stage train)"),
+        (running.id, "failed", STOPPED_BY_SIGTERM + " (during stage train)"),
     ):
         run = open_run(load_config(str(config)), str(config), [])
         run.failures.append((signal_error := TerminationSignal(signal=signal.SIGTERM), "train"))
@@ -917,6 +925,36 @@ def test_a_run_whose_worker_died_says_its_output_was_cut_not_systemexit():
     said = failure_text(raised.value, "train")
     assert said.startswith("its output was cut: the worker or terminal it wrote to was gone")
     assert failure_text(SystemExit(1), "train") == "SystemExit: 1 (during stage train)"
+
+
+def test_a_run_stopped_by_a_signal_says_which_and_that_a_rerun_resumes():
+    """SIGTERM, Ctrl-C and SIGHUP were recorded as the bare "TerminationSignal",
+    "KeyboardInterrupt" and "SystemExit: 129": names of exceptions, not of what happened."""
+    import signal
+
+    from prefect.exceptions import TerminationSignal
+
+    from flows.pipeline import failure_text
+
+    said = {
+        error_name: failure_text(error, "train")
+        for error_name, error in [
+            ("term", TerminationSignal(signal.SIGTERM)),
+            ("int", KeyboardInterrupt()),
+            ("hup", SystemExit(128 + signal.SIGHUP)),
+            ("term-exit", SystemExit(128 + signal.SIGTERM)),
+        ]
+    }
+    assert said["term"].startswith("stopped by SIGTERM; a rerun ")
+    assert said["term"].endswith(
+        "interrupted training from its last checkpoint (during stage train)"
+    )
+    assert said["int"].startswith("stopped by SIGINT (Ctrl-C); ")
+    assert said["hup"].startswith("stopped by SIGHUP; ")
+    assert said["term-exit"].startswith("stopped by SIGTERM; ")
+    # Other exits keep their words.
+    assert failure_text(SystemExit(1), "train") == "SystemExit: 1 (during stage train)"
+    assert failure_text(SystemExit(2), None) == "SystemExit: 2"
 
 
 def test_the_cancel_check_gives_up_quickly_on_a_server_that_does_not_answer():
