@@ -148,6 +148,40 @@ def _run_flow(name: str, config: str | None, overrides: list[str] | None) -> dic
     """Validate the config, make sure the workspace's Prefect server is up, and run one of the
     flows (`lm-pipeline`, `retrain`, `ablation`), turning the errors a user can fix into one
     clear line."""
+    workspace, *_ = _preflight(name, config, overrides)
+    from flows.prefect_server import ServerError, ensure_server
+
+    try:
+        ensure_server(workspace)
+    except ServerError as error:
+        raise _fail(str(error)) from None
+    _exit_cleanly_on_sigterm()
+    from flows.user_errors import hide_prefect_tracebacks_of, user_error_types
+
+    known = user_error_types()
+    quiet = known
+    if name == "retrain":
+        from flows.retrain import retrain as chosen
+    elif name == "ablation":
+        from flows.ablation import AblationError
+        from flows.ablation import ablation as chosen
+
+        quiet = (*known, AblationError)  # the arms' own errors are logged as they fail
+    else:
+        from flows.pipeline import lm_pipeline as chosen
+    # An error found mid-flow (a vocabulary too large for the corpus) is the `error:` line
+    # below, not also a traceback in Prefect's log; a bug keeps its traceback.
+    hide_prefect_tracebacks_of(quiet)
+    try:
+        return chosen(config=config, overrides=overrides or [])
+    except known as error:
+        raise _fail(str(error)) from None
+
+
+def _preflight(name: str, config: str | None, overrides: list[str] | None):
+    """What a flow would refuse, said before any server starts, as one line naming the file:
+    the config's keys and values, then its `train.init_from`, devices, memory and sources.
+    Gives the workspace, the settings, the models the flow trains and the config's path."""
     from lm.config import ConfigError, load_config, resolve_preset
     from storage.registry import RegistryError, registry_wait_s
 
@@ -177,33 +211,7 @@ def _run_flow(name: str, config: str | None, overrides: list[str] | None) -> dic
     _check_devices(settings, runs, config_path)
     _check_memory(settings, runs, config_path, given_sets=bool(overrides))
     _check_sources(settings, config_path)
-    from flows.prefect_server import ServerError, ensure_server
-
-    try:
-        ensure_server(workspace)
-    except ServerError as error:
-        raise _fail(str(error)) from None
-    _exit_cleanly_on_sigterm()
-    from flows.user_errors import hide_prefect_tracebacks_of, user_error_types
-
-    known = user_error_types()
-    quiet = known
-    if name == "retrain":
-        from flows.retrain import retrain as chosen
-    elif name == "ablation":
-        from flows.ablation import AblationError
-        from flows.ablation import ablation as chosen
-
-        quiet = (*known, AblationError)  # the arms' own errors are logged as they fail
-    else:
-        from flows.pipeline import lm_pipeline as chosen
-    # An error found mid-flow (a vocabulary too large for the corpus) is the `error:` line
-    # below, not also a traceback in Prefect's log; a bug keeps its traceback.
-    hide_prefect_tracebacks_of(quiet)
-    try:
-        return chosen(config=config, overrides=overrides or [])
-    except known as error:
-        raise _fail(str(error)) from None
+    return workspace, settings, runs, config_path
 
 
 def _exit_cleanly_on_sigterm() -> None:
@@ -456,6 +464,43 @@ def _say_if_not_recorded(summary: dict) -> None:
         f"[bold]not in the registry yet[/]: it could not be written (the warning above says "
         f"why); the run's outcome waits in {waiting}, and the next run (`lmforge run`, "
         "`retrain`, `ablation`) records it",
+        highlight=False,
+    )
+
+
+CHECKED_FLOWS = {"run": "lm-pipeline", "retrain": "retrain", "ablation": "ablation"}
+
+
+@app.command()
+def check(
+    config: Annotated[str | None, typer.Argument(help="preset name or TOML path")] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="override a setting: key.path=value")
+    ] = None,
+    command: Annotated[
+        str, typer.Option("--for", help="the command it is for: run, retrain or ablation")
+    ] = "run",
+) -> None:
+    """Check a config as `run` (or `retrain`, `ablation`) checks it before it starts: its keys
+    and values, the sources it names, devices, `train.init_from` and memory. Nothing is run;
+    a config for `prefect deployment run` can be checked before it is sent to a worker."""
+    from lm.text.sources import resolve_sources
+
+    if command not in CHECKED_FLOWS:
+        raise _fail(f"--for {command}: one of {', '.join(CHECKED_FLOWS)}")
+    _, settings, runs, config_path = _preflight(CHECKED_FLOWS[command], config, overrides)
+    inputs = resolve_sources(settings.ingest.sources)  # `_preflight` found each
+    known = [item.size for item in inputs if item.size is not None]  # a URL's is not known
+    size = f" ({decimal_size(sum(known))})" if known else ""
+    # An ablation's arms once each, not once a seed; a model's kind where its label hides it.
+    labels = {run.label.rpartition("/seed-")[0] or run.label: run.model.kind for run in runs}
+    models = ", ".join(label if label == kind else f"{label} ({kind})"
+                       for label, kind in labels.items()) or "none (data stages only)"  # fmt: skip
+    console.print(
+        f"{escape(str(config_path))}: ready for `lmforge {command}`\n"
+        f"  inputs: {len(inputs):,}{size}\n  models: {escape(models)}\n"
+        "  (what only the data can tell, as files that hold no text or too few documents for "
+        "the split, is said by ingest and clean)",
         highlight=False,
     )
 

@@ -390,6 +390,30 @@ def test_what_a_flow_would_refuse_is_one_line_before_the_flow_starts(workspace, 
     assert "Flow run" not in result.stdout + result.stderr
 
 
+def test_check_says_what_run_would_refuse_and_starts_nothing(workspace, tmp_path):
+    """A config for a deployment run could be checked only by running it: on a worker, after
+    a server, a flow run and perhaps the data stages."""
+    from tests.helpers import prose, write_config
+
+    (tmp_path / "notes.txt").write_text(prose(1))
+    model = '[model]\nkind = "gpt"\nn_layer = 1\nn_head = 2\nn_embd = 32\nblock_size = 32\n'
+    config = write_config(tmp_path / "c.toml", [{"path": str(tmp_path / "notes.txt")}], model)
+    ready = run_cli("check", str(config)).stdout
+    assert f"{config}: ready for `lmforge run`" in ready
+    assert "inputs: 1 (" in ready and "models: gpt" in ready
+    for args, said in (
+        (["--set", "model.n_head=5"], "n_embd"),  # the config's own values
+        (["--set", 'ingest.sources=["nowhere.txt"]'], "nowhere.txt: no such file or directory"),
+        (["--for", "ablation"], "an ablation needs [[ablation.variants]]"),
+        (["--for", "train"], "--for train: one of run, retrain, ablation"),
+    ):
+        refused = run_cli("check", str(config), *args, check=False)
+        assert refused.returncode == 1 and said in refused.stderr, refused.stderr
+        assert refused.stderr.count("\n") == 1 and refused.stderr.startswith("error: ")
+    assert not list((workspace.root / "prefect").iterdir())  # no server was started
+    assert not list(workspace.artifacts.iterdir()) and not workspace.registry_path.exists()
+
+
 def test_a_relative_source_says_where_it_was_read_from_and_the_file_beside_the_config(
     workspace, tmp_path
 ):
