@@ -301,6 +301,18 @@ def registry_wait_s() -> float:
     return seconds
 
 
+def _command_line(pid: int, limit: int = 80) -> str | None:
+    """The command line of process `pid` (Linux's /proc), cut to `limit` characters: DuckDB
+    names the holder of a lock by its program alone, `/usr/bin/python3.11` for `lmforge sql`
+    and a notebook alike. None where it cannot be read (another OS, a process gone)."""
+    try:
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+    except OSError:
+        return None
+    shown = " ".join(" ".join(word.decode(errors="replace").split()) for word in words if word)
+    return (shown[: limit - 3] + "...") if len(shown) > limit else (shown or None)
+
+
 def _is_lock_error(error: Exception) -> bool:
     return LOCK_ERROR.search(str(error)) is not None
 
@@ -333,14 +345,15 @@ class RunRegistry:
         said = " ".join(str(error).split())
         holder = re.search(r"Conflicting lock is held in (.+?) \(PID (\d+)\)", said)
         if holder:  # DuckDB's lock, which a read-only connection holds too
+            program = _command_line(int(holder[2])) or holder[1]
             return RegistryBusy(
                 f"{self.path}: cannot {doing} the registry: process {holder[2]} "
-                f"({holder[1]}) has held it open for over {self.timeout_s:.0f} s, and DuckDB lets "
+                f"({program}) has held it open for over {self.timeout_s:.0f} s, and DuckDB lets "
                 "no other process write while one has the file open, even read-only; close it "
                 "(`lmforge sql` and `lmforge runs` open it only while they read) and run again "
                 "(a pipeline run's finished stages are cached)",
                 holder_pid=int(holder[2]),
-                holder_program=holder[1],
+                holder_program=program,
             )
         message = f"{self.path}: cannot {doing} the registry ({said})"
         if cannot_write(error):
