@@ -1154,9 +1154,9 @@ def server_stop(
     if live:
         raise _fail(
             f"run{'s' if len(live) > 1 else ''} {', '.join(live)} of this workspace "
-            f"{'are' if len(live) > 1 else 'is'} running and reporting to the server: stopped "
-            "now, a run retries it for minutes and then fails, its work done; wait for it to "
-            "end, or pass --force"
+            f"{'are' if len(live) > 1 else 'is'} reporting to the server: stopping it now "
+            f"would make {'each' if len(live) > 1 else 'it'} fail once its work is done (after "
+            "retrying the server for minutes); wait for the run to end, or pass --force"
         )
     stopped = stop_server(workspace)
     console.print("stopped" if stopped else "no server was running")
