@@ -14,6 +14,7 @@ import functools
 import json
 import re
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import UnionType
@@ -869,7 +870,8 @@ def _describe(
         if item["type"] == "extra_forbidden":
             problem = f"unknown key '{key}'" + (
                 _nearest(key, siblings) or _variant_hint(key, siblings)
-            )
+                or _alias_hint(key, siblings) or _other_table_hint(key)
+            )  # fmt: skip
         elif item["type"] == "union_tag_invalid":
             kinds = item["ctx"]["expected_tags"]
             problem = f"unknown {key or 'model'} kind '{item['ctx']['tag']}' (kinds: {kinds})"
@@ -883,6 +885,8 @@ def _describe(
             message = f"should be a table, not {_toml_type(item['input'])}"
         elif item["type"] == "list_type":
             message = f"should be an array, not {_toml_type(item['input'])}"
+        elif item["type"] == "missing":  # pydantic's "Field required"
+            message = REQUIRED.get(key, "required, and missing")
         elif item["type"] in SCALAR_ERRORS:  # "should be a valid integer", of `n_layer = "2"`
             given[(key, problem)] = f", not {_given(item['input'])}"
         problems.setdefault((key, problem), []).append(message)
@@ -898,6 +902,11 @@ def _describe(
 
 
 TABLE_ERRORS = ("model_type", "model_attributes_type", "dict_type")
+# What to write where a required table or key is missing
+REQUIRED = {
+    "ingest": 'required, and missing: add [ingest] with sources = ["a file, folder or glob"]',
+    "ingest.sources": 'required, and missing: write sources = ["a file, folder or glob"]',
+}
 # pydantic's errors of a value of the wrong type, whose message leaves out what was given
 SCALAR_ERRORS = ("int_type", "int_parsing", "float_type", "float_parsing", "bool_type",
                  "bool_parsing", "string_type", "literal_error", "enum")  # fmt: skip
@@ -1013,6 +1022,46 @@ def _variant_hint(key: str, siblings: list[str]) -> str:
     if leaf in TrainConfig.model_fields:
         return f" (a training setting: write train = {{ {leaf} = ... }})"
     return ""
+
+
+# nanoGPT's and other trainers' names for settings that have another name here
+ALIASES = {"lr": "learning_rate", "max_iters": "max_steps", "eval_interval": "eval_every",
+           "eval_iters": "eval_batches", "warmup_iters": "warmup_steps",
+           "batch_size": "micro_batch", "grad_clip_norm": "grad_clip", "dtype": "precision",
+           "epochs": "max_steps", "context_length": "block_size", "n_heads": "n_head",
+           "n_layers": "n_layer", "d_model": "n_embd", "vocab": "vocab_size"}  # fmt: skip
+
+
+def _alias_hint(key: str, siblings: list[str]) -> str:
+    """`lr` for `learning_rate`, as nanoGPT's config names it: too far apart to be a typo."""
+    parent, _, leaf = key.rpartition(".")
+    meant = ALIASES.get(leaf)
+    if meant is None or meant not in siblings:
+        return ""
+    return f" (did you mean '{parent + '.' if parent else ''}{meant}'?)"
+
+
+def _other_table_hint(key: str) -> str:
+    """A key of another table, written in this one (`[train] n_layer = 4`, `[tokenizer]
+    min_words = 3`): which tables have it. Said for keys of the top-level tables."""
+    table, _, leaf = key.partition(".")
+    if not leaf or "." in leaf:
+        return ""
+    owners = [f"[{name}]" for name, kind in _tables(PipelineConfig)
+              if name.partition(".")[0] != table and leaf in kind.model_fields]  # fmt: skip
+    return f" (a key of {' and '.join(dict.fromkeys(owners))})" if owners else ""
+
+
+def _tables(config: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, type[BaseModel]]]:
+    """(dotted name, model class) of every table under `config`: `clean.quality`, and `model`
+    once for each of its kinds."""
+    for name, field in config.model_fields.items():
+        annotation = field.annotation
+        kinds = [annotation] if isinstance(annotation, type) else _union_members(annotation)
+        for kind in kinds:
+            if isinstance(kind, type) and issubclass(kind, BaseModel):
+                yield prefix + name, kind
+                yield from _tables(kind, f"{prefix}{name}.")
 
 
 def _nearest(key: str, siblings: list[str]) -> str:

@@ -181,11 +181,32 @@ def test_a_bare_word_override_is_a_string():
         ("train.max_step=3", "unknown key 'train.max_step' (did you mean 'train.max_steps'?)"),
         ("model.n_layr=3", "unknown key 'model.n_layr' (did you mean 'model.n_layer'?)"),
         ("zzz=1", "unknown key 'zzz', from --set zzz=1"),
+        # nanoGPT's names, too far from these to be typos
+        ("train.lr=0.1", "unknown key 'train.lr' (did you mean 'train.learning_rate'?)"),
+        ("train.max_iters=5", "unknown key 'train.max_iters' (did you mean 'train.max_steps'?)"),
+        # a key of another table: "unknown" alone sent a user looking for a typo
+        ("train.n_layer=3", "unknown key 'train.n_layer' (a key of [model]), from --set"),
+        ("tokenizer.min_words=3", "unknown key 'tokenizer.min_words' (a key of [clean.quality])"),
+        ("train.window=3", "unknown key 'train.window' (a key of [word2vec] and [eval])"),
     ],
 )
 def test_an_unknown_key_names_the_nearest_valid_one(override, expected):
     with pytest.raises(ConfigError, match=r"default\.toml: " + re.escape(expected)):
         load_config("default", [override])
+
+
+@pytest.mark.parametrize(("written", "said"), [
+    ('[model]\nkind = "gpt"\n', "'ingest': required, and missing: add [ingest] with sources = "),
+    ("[ingest]\n", "'ingest.sources': required, and missing: write sources = ["),
+    ('[ingest]\nsources = [{ text_field = "t" }]\n', "'ingest.sources.0.path': required, and "
+     "missing"),
+])  # fmt: skip
+def test_a_missing_table_or_key_says_what_to_write(tmp_path, written, said):
+    """pydantic's "'ingest': Field required", for a config a new user started from scratch."""
+    config = tmp_path / "mine.toml"
+    config.write_text('name = "mine"\n' + written)
+    with pytest.raises(ConfigError, match=re.escape(f"{config}: {said}")):
+        load_config(str(config))
 
 
 def test_an_unknown_key_in_a_ladder_entry_is_named_as_written_with_its_nearest():
