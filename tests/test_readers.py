@@ -1129,6 +1129,14 @@ def test_parquet_named_as_json_or_csv_is_read_as_the_parquet_it_is_with_a_warnin
     ]  # fmt: skip
     assert "a.json: read as Parquet, which it holds (its name says JSON)" in caplog.text
     assert "b.csv: read as Parquet, which it holds (its name says CSV)" in caplog.text
+    # A source's format that says otherwise failed as "invalid UTF-8 at byte 4", advising
+    # encoding_errors = "replace", which would read the file as garbage.
+    said = SourceConfig(path=str(tmp_path / "a.json"), format="jsonl")
+    with caplog.at_level(logging.WARNING):
+        assert [d.text for d in read(tmp_path, said)] == ["first", "second"]
+    assert 'a.json: read as Parquet, which it holds (its source says format = "jsonl")' in (
+        caplog.text
+    )
 
 
 def test_a_text_or_csv_starting_with_par1_is_not_read_as_parquet(tmp_path):

@@ -80,6 +80,14 @@ PARQUET_MAGIC = b"PAR1"  # a Parquet file's first (and last) four bytes
 
 def detect_format(item: ResolvedInput, stream: BinaryIO) -> str:
     """The concrete format of an input: its spec's, else from its name, else from its content."""
+    if item.spec.format not in ("auto", "parquet"):
+        head = _peek(stream)
+        if head.startswith(PARQUET_MAGIC) and _is_binary(head):
+            # Read as the text it is not, it failed as "invalid UTF-8 at byte 4" with advice to
+            # substitute U+FFFD: advice that reads the file as garbage. As for a wrong name.
+            logger.warning('%s: read as Parquet, which it holds (its source says format = "%s")',
+                           item.name, item.spec.format)  # fmt: skip
+            return "parquet"
     if item.spec.format != "auto":
         return item.spec.format
     if item.name.startswith("names:"):
