@@ -396,7 +396,11 @@ def test_json_deeper_or_longer_than_python_reads_is_an_error_naming_the_place(
             r"bad\.json:3: not valid JSON \(Expecting value at column 1\)",
         ),
         ('[{"text": "a"}] {}', r"bad\.json:1: not valid JSON \(Extra data at column 17\)"),
-        ('[{"text": "a"}, {"body": "b"}]', r"bad\.json#1: no field 'text' \(found: body\)"),
+        (
+            '[{"text": "a"}, {"body": "b"}]',
+            r"bad\.json#1: no field 'text' \(found: body\); the "
+            "records before it have 'text': fix or remove this one",
+        ),
         ('[{"text": "a"}, 7]', r"bad\.json#1: no field 'text' \(found: int\)"),
         ('{"text": ["a"]}', r"bad\.json:1: field 'text' holds \[\"a\"\] \(list\)"),
     ],
@@ -985,8 +989,14 @@ def test_parquet_column_that_is_not_text_is_refused(tmp_path):
 
 def test_jsonl_without_the_field_lists_the_fields_found(tmp_path):
     (tmp_path / "other.jsonl").write_text('{"body": "x", "id": 1}\n')
-    with pytest.raises(InputError, match=r"other\.jsonl:1: no field 'text' \(found: body, id\)"):
+    with pytest.raises(InputError, match=r"other\.jsonl:1: no field 'text' \(found: body, id\); "
+                       "set text_field on this source"):  # fmt: skip
         read(tmp_path, str(tmp_path / "other.jsonl"))
+    # One record in the middle without it: its fault, not the source's text_field's.
+    (tmp_path / "mixed.jsonl").write_text('\n{"text": "a"}\n{"text": "b"}\n{"body": "c"}\n')
+    with pytest.raises(InputError, match=r"mixed\.jsonl:4: no field 'text' \(found: body\); the "
+                       "records before it have 'text': fix or remove this one"):  # fmt: skip
+        read(tmp_path, str(tmp_path / "mixed.jsonl"))
 
 
 def test_parquet_without_the_text_column_lists_its_columns(tmp_path):

@@ -703,7 +703,7 @@ def _read_jsonl(
 ) -> Iterator[RawDocument]:
     field = item.spec.text_field
     lines, encoding = _lines(stream, _wide_bom(_peek(stream)))
-    line_no = 0
+    line_no, seen = 0, False  # seen: a record before this line
     for raw in _utf8_lines_at_lone_carriage_returns(lines, encoding):
         chunk = _decode(raw, item, encoding_errors, line_no + 1, replaced, encoding)
         if line_no == 0:
@@ -712,7 +712,9 @@ def _read_jsonl(
         # so a bare one ends a record (the file failed as "Extra data" on its first line).
         for line in _split_at_lone_carriage_returns(chunk):
             line_no += 1
-            yield from _jsonl_record(item, line, line_no, field, encoding_errors, replaced)
+            yield from _jsonl_record(item, line, line_no, field, encoding_errors, replaced,
+                                     first=not seen)  # fmt: skip
+            seen = seen or bool(line.strip())
 
 
 _LONE_CR = re.compile(rb"\r(?!\n)")
@@ -732,7 +734,7 @@ def _utf8_lines_at_lone_carriage_returns(lines: Iterator[bytes], encoding: str) 
 
 def _jsonl_record(
     item: ResolvedInput, line: str, line_no: int, field: str, encoding_errors: str,
-    replaced: Replacements,
+    replaced: Replacements, first: bool = True,
 ) -> Iterator[RawDocument]:  # fmt: skip
     """The document of one JSONL line (without its line ending), if it holds one."""
     if line.strip():
@@ -749,25 +751,26 @@ def _jsonl_record(
                 raise
             raise InputError(f"{item.name}:{line_no}: the line holds JSON {why}") from None
         where = f"{item.name}:{line_no}"
-        text = _record_text(record, where, field, encoding_errors, replaced)
+        text = _record_text(record, where, field, encoding_errors, replaced, first=first)
         if text is not None and text.strip():
             yield RawDocument(where, item.name, text, "plain")
 
 
 def _record_text(
     record: Any, where: str, field: str, encoding_errors: str, replaced: Replacements,
-    strings: bool = False,
+    strings: bool = False, first: bool = True,
 ) -> str | None:  # fmt: skip
     """The text of one JSON record: its `field`, a string (None for a null: no text, as a
     Parquet null or an empty line). `strings`: a bare string is a record too (a JSON array of
-    texts)."""
+    texts). `first`: no record came before it (after one, a missing field is this record's
+    fault, not the source's `text_field`'s)."""
     if strings and isinstance(record, str):
         text = record
     elif not isinstance(record, dict) or field not in record:
         found = ", ".join(record) if isinstance(record, dict) else type(record).__name__
-        raise InputError(
-            f"{where}: no field '{field}' (found: {found}); set text_field on this source"
-        )
+        fix = ("set text_field on this source" if first else
+               f"the records before it have '{field}': fix or remove this one")  # fmt: skip
+        raise InputError(f"{where}: no field '{field}' (found: {found}); {fix}")
     else:
         text = record[field]
     if text is None:
@@ -881,7 +884,7 @@ def _json_array_documents(
         for index, record in enumerate(json_array_values(text)):
             where = f"{item.name}#{index}"
             text_of = _record_text(record, where, item.spec.text_field, encoding_errors, replaced,
-                                   strings=True)  # fmt: skip
+                                   strings=True, first=index == 0)  # fmt: skip
             if text_of is not None and text_of.strip():
                 yield RawDocument(where, item.name, text_of, "plain")
     except JsonArrayError as error:
