@@ -152,13 +152,13 @@ def _tensor_misfit(theirs: dict, model: ModelConfig) -> str | None:
     return f"does not fit this model: it has {extra[0]}, this model none" if extra else None
 
 
-def _wait_for_the_training_lock(lock, key: str) -> None:
+def _wait_for_the_training_lock(lock, key: str) -> bool:
     """Take the lock of this training's work folder, saying so when another process holds it
     (it trains the same model: this run then finds its result): the wait was silent, and the
-    stage recorded as cached, after minutes."""
+    stage recorded as cached, after minutes. Whether it waited."""
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return
+        return False
     except BlockingIOError:
         pass
     logging.getLogger("lm.train").info(
@@ -170,6 +170,7 @@ def _wait_for_the_training_lock(lock, key: str) -> None:
     logging.getLogger("lm.train").info(
         "train: waited %.0f s for the other process", time.monotonic() - waited
     )
+    return True
 
 
 def _trained_already(existing: Descriptor) -> Descriptor:
@@ -287,11 +288,16 @@ def train_task(
     except OSError as error:
         raise TrainingError(f"{work}: the training's folder cannot be written ({error})") from None
     with lock:
-        _wait_for_the_training_lock(lock, key)  # one process trains a key; a second waits
+        waited = _wait_for_the_training_lock(lock, key)  # one trains a key; a second waits
         existing = store.load_descriptor(key)
         if existing is not None:
             remove_unused_work(work)
             return _trained_already(existing)
+        if waited:  # "waited 1 s", then "resumed from step 30" said nothing of why
+            logging.getLogger("lm.train").info(
+                "train: the other process ended without finishing this model (stopped or "
+                "killed); this run trains it, from its last checkpoint where there is one"
+            )
         started = time.perf_counter()
         if model.kind != "bigram-count":
             _say_other_interrupted_trainings(workspace, work)

@@ -36,7 +36,7 @@ from lm.train_config import TrainConfig
 from storage.artifacts import Descriptor
 from storage.shards import ShardWriter
 from storage.workspace import Workspace
-from tests.helpers import prose
+from tests.helpers import prose, wait_until
 
 EXTRA = " Déjà vu — a café, naïve and über.\n"
 TRAIN_DOCS = [prose(i, 80) + EXTRA for i in range(40)]
@@ -125,6 +125,47 @@ def evaluated(trained_run, monkeypatch):
     monkeypatch.setenv("LMFORGE_HOME", str(home))
     descriptor = evaluate_task.fn(trained, shards, tokenizer, EVAL)
     return home, trained, descriptor
+
+
+def test_a_training_whose_other_trainer_ended_unfinished_says_it_trains_it(
+    tmp_path, monkeypatch, caplog
+):
+    """A run waiting on another's training of the same model, which was killed: "waited 1 s
+    for the other process", then "resumed from ... (step 30)", with no word of why."""
+    import fcntl
+    import threading
+
+    from storage.prune import WORK_LOCK
+    from tasks.train import train_key, train_store, train_task, work_folder
+
+    monkeypatch.setenv("LMFORGE_HOME", str(tmp_path))
+    workspace = Workspace.from_env().ensure()
+    tokenizer = train_tokenizer(iter(TRAIN_DOCS), TokenizerConfig(kind="char"))
+    (workspace.artifacts / "tokenizer" / "t").mkdir(parents=True)
+    tokenizer.save(workspace.artifacts / "tokenizer" / "t")
+    (workspace.artifacts / "shards" / "s").mkdir(parents=True)
+    for split, documents in (("train", TRAIN_DOCS), ("val", VAL_DOCS), ("test", [])):
+        write_shard(workspace.artifacts / "shards" / "s" / f"{split}.bin", tokenizer, documents)
+    arguments = (Descriptor("encode", "s", "artifacts/shards/s", "shards-digest"),
+                 Descriptor("tokenizer", "t", "artifacts/tokenizer/t", tokenizer.digest),
+                 FIXTURE_MODEL, FIXTURE_TRAINING.model_copy(update={"max_steps": 2}))  # fmt: skip
+    work = work_folder(train_store(workspace), train_key(*arguments))
+    work.mkdir(parents=True)
+    logger = logging.getLogger("lm.train")  # Prefect's logging stops it before the root's
+    logger.addHandler(caplog.handler)
+    trained = []
+    try:
+        with caplog.at_level(logging.INFO, "lm.train"):
+            with open(work / WORK_LOCK, "a+") as other:
+                fcntl.flock(other, fcntl.LOCK_EX)  # the other process's training, then its end
+                waiter = threading.Thread(target=lambda: trained.append(train_task.fn(*arguments)))
+                waiter.start()
+                assert wait_until(lambda: "another process is training" in caplog.text, 30)
+            waiter.join(timeout=120)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert trained and trained[0].stats["steps"] == 2
+    assert "train: the other process ended without finishing this model" in caplog.text
 
 
 def test_the_published_count_of_tokens_is_the_best_checkpoint_s_not_the_last_step_s(
