@@ -209,8 +209,8 @@ def _preflight(name: str, config: str | None, overrides: list[str] | None):
     runs, config_path = arms or settings.model_runs(), resolve_preset(config)
     _check_init_from(runs, workspace)
     _check_devices(settings, runs, config_path)
+    _check_sources(settings, config_path)  # before torch is imported (by the memory check)
     _check_memory(settings, runs, config_path, given_sets=bool(overrides))
-    _check_sources(settings, config_path)
     return workspace, settings, runs, config_path
 
 
@@ -264,17 +264,20 @@ def _check_sources(settings, config_path: Path) -> None:
     try:
         resolve_sources(settings.ingest.sources)
     except InputError as error:
-        beside = _beside(settings, config_path)
+        beside = _beside(settings, config_path, str(error))
         raise _fail(f"{config_path}: ingest.sources: {error}{beside}") from None
 
 
-def _beside(settings, config_path: Path) -> str:
+def _beside(settings, config_path: Path, said: str) -> str:
     """Where a relative source that names nothing from the current folder names a file or
     folder beside the config: the path to write (a config moved into a project folder, with
-    its sources beside it, and run from elsewhere)."""
+    its sources beside it, and run from elsewhere). Only the source that `said` names: the
+    first missing one is said, and another beside the config is not its path."""
     import os
 
     for source in settings.ingest.sources:
+        if not said.startswith(f"{source.path}: "):
+            continue
         written = os.path.expanduser(source.path)
         if os.path.isabs(written) or os.path.exists(written) or "://" in written:
             continue
@@ -377,6 +380,8 @@ def _check_memory(settings, runs: list, config_path: Path, given_sets: bool = Fa
         if memory is None:
             continue
         size = size_model(run.model, run.train, vocab, device=device)
+        if size.closed_form:  # the count bigram: its sparse table holds the pairs its text
+            continue  # has, bounded here by V² only (40 GB at GPT-2's 50,257); no optimizer
         share = run.train.nproc_per_node  # every process of this node in one machine's RAM
         needed = size.state_bytes_per_process() * share
         available, where = memory
@@ -1154,9 +1159,9 @@ def server_stop(
     if live:
         raise _fail(
             f"run{'s' if len(live) > 1 else ''} {', '.join(live)} of this workspace "
-            f"{'are' if len(live) > 1 else 'is'} reporting to the server: stopping it now "
-            f"would make {'each' if len(live) > 1 else 'it'} fail once its work is done (after "
-            "retrying the server for minutes); wait for the run to end, or pass --force"
+            f"{'are' if len(live) > 1 else 'is'} reporting to the server: stopping the server "
+            f"now would make {'each run' if len(live) > 1 else 'the run'} fail once its work is "
+            "done (after retrying the server for minutes); wait for it to end, or pass --force"
         )
     stopped = stop_server(workspace)
     console.print("stopped" if stopped else "no server was running")

@@ -1043,13 +1043,20 @@ def _alias_hint(key: str, siblings: list[str]) -> str:
 
 def _other_table_hint(key: str) -> str:
     """A key of another table, written in this one (`[train] n_layer = 4`, `[tokenizer]
-    min_words = 3`): which tables have it. Said for keys of the top-level tables."""
-    table, _, leaf = key.partition(".")
-    if not leaf or "." in leaf:
+    min_words = 3`, `[clean] threshold = 0.8`, `max_steps = 3` above any table): which tables
+    have it. Not said inside an array of tables (`[[models]]`, `sources`)."""
+    table, _, leaf = key.rpartition(".")
+    if any(part.isdigit() for part in key.split(".")):  # an entry of an array of tables
         return ""
     owners = [f"[{name}]" for name, kind in _tables(PipelineConfig)
-              if name.partition(".")[0] != table and leaf in kind.model_fields]  # fmt: skip
-    return f" (a key of {' and '.join(dict.fromkeys(owners))})" if owners else ""
+              if name != table and leaf in kind.model_fields]  # fmt: skip
+    if table and leaf in PipelineConfig.model_fields:  # `seed`, `name`: above every table
+        owners.insert(0, "the top level")
+    owners = list(dict.fromkeys(owners))
+    if not owners:
+        return ""
+    listed = owners[0] if len(owners) == 1 else f"{', '.join(owners[:-1])} or {owners[-1]}"
+    return f" (a key of {listed})"
 
 
 def _tables(config: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, type[BaseModel]]]:

@@ -187,7 +187,15 @@ def test_a_bare_word_override_is_a_string():
         # a key of another table: "unknown" alone sent a user looking for a typo
         ("train.n_layer=3", "unknown key 'train.n_layer' (a key of [model]), from --set"),
         ("tokenizer.min_words=3", "unknown key 'tokenizer.min_words' (a key of [clean.quality])"),
-        ("train.window=3", "unknown key 'train.window' (a key of [word2vec] and [eval])"),
+        ("train.window=3", "unknown key 'train.window' (a key of [word2vec] or [eval])"),
+        ("model.name=x", "unknown key 'model.name' (a key of the top level), from --set"),
+        # a key of a table beside it, or below the top level
+        ("clean.min_words=3", "unknown key 'clean.min_words' (a key of [clean.quality])"),
+        (
+            "clean.quality.threshold=0.5",
+            "unknown key 'clean.quality.threshold' (a key of [clean.near_dup])",
+        ),
+        ("max_steps=3", "unknown key 'max_steps' (a key of [train]), from --set"),
     ],
 )
 def test_an_unknown_key_names_the_nearest_valid_one(override, expected):
@@ -771,3 +779,32 @@ def test_a_model_larger_than_the_machine_is_refused_before_the_flow_starts(
     assert said.splitlines() == [said.strip()]  # one line
     assert said.startswith(f"error: {path}: the model needs ")
     assert "weights, gradients and AdamW state alone" in said and "1.0 MiB of RAM" in said
+
+
+def test_a_count_bigram_of_a_large_vocabulary_is_not_refused(workspace, monkeypatch):
+    # Its table is sparse: the pairs the text holds, not V² (40 GB bound at GPT-2's 50,257),
+    # and it is counted in one process, whatever train.nproc_per_node says.
+    from flows import cli
+
+    overrides = ["model={kind = \"bigram-count\"}", "tokenizer.vocab_size=50257",
+                 "train.device=cpu"]  # fmt: skip
+    settings, path = load_config("default", overrides), resolve_preset("default")
+    monkeypatch.setattr(cli, "_machine_memory", lambda device: (16 * 2**30, "of RAM"))
+    cli._check_memory(settings, settings.model_runs(), path)
+
+
+def test_the_path_beside_the_config_is_that_of_the_missing_source(workspace, tmp_path, capsys):
+    # "missing.txt: no such file ...; beside the config is .../long.txt: write that path"
+    # gave one source's path as the other's.
+    import typer
+
+    from flows import cli
+    from tests.helpers import prose, write_config
+
+    (tmp_path / "long.txt").write_text(prose(1))
+    config = write_config(tmp_path / "c.toml", [{"path": "missing.txt"}, {"path": "long.txt"}])
+    with pytest.raises(typer.Exit):
+        cli._check_sources(load_config(str(config)), config)
+    said = capsys.readouterr().err
+    assert "missing.txt: no such file or directory" in said, said
+    assert "beside the config is" not in said, said

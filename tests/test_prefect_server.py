@@ -362,8 +362,8 @@ def test_server_stop_refuses_while_a_run_reports_to_it_unless_forced(
     refused = CliRunner().invoke(app, ["server", "stop"])
     assert refused.exit_code == 1
     assert " ".join(refused.stderr.split()).startswith(
-        "error: run r-live of this workspace is reporting to the server: stopping it now "
-        "would make it fail once its work is done"
+        "error: run r-live of this workspace is reporting to the server: stopping the server "
+        "now would make the run fail once its work is done"
     )
     assert running_server(own_server) is not None
     forced = CliRunner().invoke(app, ["server", "stop", "--force"])
