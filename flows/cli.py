@@ -345,18 +345,28 @@ def _check_devices(settings, runs: list, config_path: Path) -> None:
             raise _fail(f"{config_path}: {whose}{error}") from None
 
 
-def _machine_memory(device) -> tuple[int, str] | None:
-    """(bytes, what they are) of the memory a training process on `device` has at most: the
-    machine's RAM for the CPU; None where it cannot be told. Not asked of a GPU: that would
-    start CUDA in the flow's process, which may fork later (`lm.machine`)."""
+def _machine_memory() -> tuple[int, str] | None:
+    """(bytes, what they are) of the memory a CPU training has at most: the machine's RAM;
+    None where it cannot be told."""
     import os
 
-    if device.type != "cpu":
-        return None
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "of RAM"
     except (AttributeError, OSError, ValueError):  # no sysconf (Windows)
         return None
+
+
+def _trains_on_the_cpu(requested: str) -> bool:
+    """Whether a `train.device` of `requested` trains on this machine's CPU, asked without
+    starting CUDA in this process, which may fork later (`lm.machine`): `is_available` would,
+    `device_count` asks NVML. A GPU's memory is not checked."""
+    if requested in ("cpu", "auto"):
+        import torch
+
+        mps = getattr(torch.backends, "mps", None)
+        gpu = torch.cuda.device_count() > 0 or bool(mps and mps.is_available())
+        return requested == "cpu" or not gpu
+    return False
 
 
 def _check_memory(settings, runs: list, config_path: Path, given_sets: bool = False) -> None:
@@ -368,18 +378,18 @@ def _check_memory(settings, runs: list, config_path: Path, given_sets: bool = Fa
     continued from `train.init_from` keeps its checkpoint's vocabulary: not sized here."""
     if not runs:
         return
+    memory = _machine_memory()
+    if memory is None:
+        return
+    import torch
+
     from lm.sizing import size_model
-    from lm.train import pick_device
 
     vocab = 2 if settings.tokenizer.kind == "char" else settings.tokenizer.vocab_size
     for run in runs:
-        if run.train.init_from:
+        if run.train.init_from or not _trains_on_the_cpu(run.train.device):
             continue
-        device = pick_device(run.train.device)  # `_check_devices` said a missing one
-        memory = _machine_memory(device)
-        if memory is None:
-            continue
-        size = size_model(run.model, run.train, vocab, device=device)
+        size = size_model(run.model, run.train, vocab, device=torch.device("cpu"))
         if size.closed_form:  # the count bigram: its sparse table holds the pairs its text
             continue  # has, bounded here by V² only (40 GB at GPT-2's 50,257); no optimizer
         share = run.train.nproc_per_node  # every process of this node in one machine's RAM

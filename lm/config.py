@@ -1036,9 +1036,13 @@ def _alias_hint(key: str, siblings: list[str]) -> str:
     """`lr` for `learning_rate`, as nanoGPT's config names it: too far apart to be a typo."""
     parent, _, leaf = key.rpartition(".")
     meant = ALIASES.get(leaf)
-    if meant is None or meant not in siblings:
+    if meant is None:
         return ""
-    return f" (did you mean '{parent + '.' if parent else ''}{meant}'?)"
+    if meant in siblings:
+        return f" (did you mean '{parent + '.' if parent else ''}{meant}'?)"
+    # `model.lr`: the setting of another table
+    owners = [name for name, kind in _tables(PipelineConfig) if meant in kind.model_fields]
+    return f" (did you mean '{owners[0]}.{meant}'?)" if owners else ""
 
 
 def _other_table_hint(key: str) -> str:

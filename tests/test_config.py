@@ -184,6 +184,7 @@ def test_a_bare_word_override_is_a_string():
         # nanoGPT's names, too far from these to be typos
         ("train.lr=0.1", "unknown key 'train.lr' (did you mean 'train.learning_rate'?)"),
         ("train.max_iters=5", "unknown key 'train.max_iters' (did you mean 'train.max_steps'?)"),
+        ("model.lr=0.1", "unknown key 'model.lr' (did you mean 'train.learning_rate'?)"),
         # a key of another table: "unknown" alone sent a user looking for a typo
         ("train.n_layer=3", "unknown key 'train.n_layer' (a key of [model]), from --set"),
         ("tokenizer.min_words=3", "unknown key 'tokenizer.min_words' (a key of [clean.quality])"),
@@ -461,6 +462,11 @@ def test_a_relative_source_says_where_it_was_read_from_and_the_file_beside_the_c
     assert result.stderr.strip().endswith(f"beside the config is {beside}: write that path")
     (tmp_path / "data" / "notes.txt").unlink()  # nothing beside it: no such advice
     assert "beside" not in run_cli("run", str(config), check=False).stderr
+    pattern = write_config(tmp_path / "glob.toml", [{"path": "data/*.txt"}])
+    matched = run_cli("check", str(pattern), check=False).stderr
+    assert f"data/*.txt: the pattern matches no files (read from the current folder, {REPO})" in (
+        matched
+    )
 
 
 def test_a_cuda_device_on_a_machine_without_one_is_refused_before_the_flow_starts(workspace):
@@ -771,7 +777,7 @@ def test_a_model_larger_than_the_machine_is_refused_before_the_flow_starts(
 
     settings, path = load_config("default"), resolve_preset("default")
     cli._check_memory(settings, settings.model_runs(), path)  # it fits this machine
-    monkeypatch.setattr(cli, "_machine_memory", lambda device: (2**20, "of RAM"))
+    monkeypatch.setattr(cli, "_machine_memory", lambda: (2**20, "of RAM"))
     with pytest.raises(typer.Exit) as refused:
         cli._check_memory(settings, settings.model_runs(), path)
     assert refused.value.exit_code == 1
@@ -789,7 +795,7 @@ def test_a_count_bigram_of_a_large_vocabulary_is_not_refused(workspace, monkeypa
     overrides = ["model={kind = \"bigram-count\"}", "tokenizer.vocab_size=50257",
                  "train.device=cpu"]  # fmt: skip
     settings, path = load_config("default", overrides), resolve_preset("default")
-    monkeypatch.setattr(cli, "_machine_memory", lambda device: (16 * 2**30, "of RAM"))
+    monkeypatch.setattr(cli, "_machine_memory", lambda: (16 * 2**30, "of RAM"))
     cli._check_memory(settings, settings.model_runs(), path)
 
 

@@ -142,7 +142,10 @@ def _resolve_one(spec: SourceConfig) -> list[ResolvedInput]:
     if GLOB_CHARACTERS & set(expanded) and not literal:
         matches = glob_files(expanded)
         if not matches:
-            raise InputError(f"{text}: the pattern matches no files")
+            relative = (
+                "" if os.path.isabs(expanded) else f" (read from the current folder, {os.getcwd()})"
+            )
+            raise InputError(f"{text}: the pattern matches no files{relative}")
         return [_file_input(p, spec) for p in matches]
     path = Path(expanded)
     if path.is_dir():
