@@ -522,8 +522,9 @@ def failing_in(run: RunContext, stage: str) -> Iterator[None]:
         raise
 
 
-def build_corpus(run: RunContext, settings: PipelineConfig) -> Descriptor:
-    """Ingest and clean: the corpus version for this config and these sources."""
+def build_corpus(run: RunContext, settings: PipelineConfig, retraining: bool = False) -> Descriptor:
+    """Ingest and clean: the corpus version for this config and these sources. `retraining`:
+    for a retrain, whose split must stay the hash split (no advice of another)."""
     workspace = run.workspace
     with failing_in(run, "ingest"):  # reading the sources for its key is ingest's work
         key = ingest_key(settings.ingest)
@@ -548,7 +549,8 @@ def build_corpus(run: RunContext, settings: PipelineConfig) -> Descriptor:
     run.corpus = corpus
     warn_of_long_texts_removed(corpus.stats, settings)
     with failing_in(run, "clean"):  # what cleaning kept
-        require_kept_documents(corpus, settings.split, trains_models=bool(settings.model_runs()))
+        require_kept_documents(corpus, settings.split, trains_models=bool(settings.model_runs()),
+                               ordered=not retraining)  # fmt: skip
     return corpus
 
 
@@ -586,16 +588,20 @@ SPLIT_BY = {
 }
 
 
-def _drawn_whole(stats: dict, split: SplitConfig) -> str:
+ORDERED_ADVICE = 'split.method = "ordered" holds out the end of the text stream, as nanoGPT does'
+
+
+def _drawn_whole(stats: dict, split: SplitConfig, ordered: bool = True) -> str:
     """Advice where documents are pieces of long texts, each text drawn to a split whole: a
-    handful of books, or one, leaves a split with none."""
+    handful of books, or one, leaves a split with none. `ordered`: whether the ordered split
+    may be advised (retrain allows only the hash split)."""
     pieces, texts = stats.get("pieces", 0), stats.get("texts_cut", 0)
     if not pieces or split.unit != "text":
         return ""
     return (f"; {pieces:,} of the documents are pieces of {texts:,} long "
             f"text{'s' if texts != 1 else ''}, each text drawn to one split whole (split.unit = "
-            "\"text\"): split.unit = \"piece\" draws each piece on its own, and split.method = "
-            "\"ordered\" holds out the end of the text stream, as nanoGPT does")  # fmt: skip
+            "\"text\"): split.unit = \"piece\" draws each piece on its own"
+            + (f", and {ORDERED_ADVICE}" if ordered else ""))  # fmt: skip
 
 
 # Kept documents below which a hash or random split is advised against: with fewer, a split of
@@ -603,7 +609,7 @@ def _drawn_whole(stats: dict, split: SplitConfig) -> str:
 FEW_DOCUMENTS = 20
 
 
-def _few_documents(stats: dict, split: SplitConfig) -> str:
+def _few_documents(stats: dict, split: SplitConfig, ordered: bool = True) -> str:
     """Advice where a handful of documents were kept (most often one text file, which is one
     document up to `ingest.max_document_mb`): no val or test fraction puts one document in two
     splits, so "add documents, or lower split.val" could not be followed."""
@@ -612,16 +618,18 @@ def _few_documents(stats: dict, split: SplitConfig) -> str:
         return ""  # `_drawn_whole` advises on pieces of long texts
     held = f"{kept} document{'s' if kept != 1 else ''}"
     return (f"; with {held} (a plain text file is one document, unless longer than "
-            "ingest.max_document_mb), split.method = \"ordered\" holds out the end of the text "
-            "stream, as nanoGPT does, and one_doc_per_line = true on a source reads each line "
-            "as a document")  # fmt: skip
+            "ingest.max_document_mb), " + (f"{ORDERED_ADVICE}, and " if ordered else "")
+            + "one_doc_per_line = true on a source reads each line as a document")  # fmt: skip
 
 
-def require_kept_documents(corpus: Descriptor, split: SplitConfig, trains_models: bool) -> None:
+def require_kept_documents(
+    corpus: Descriptor, split: SplitConfig, trains_models: bool, ordered: bool = True
+) -> None:
     """Stop after cleaning, saying what it removed, when it kept nothing, or how the split
     went, when it kept nothing for training (or, for models, nothing to score them on): the
     tokenizer's "the training split is empty", or training's "the val split has 0 tokens"
-    stages later, would blame those stages for what the filters or the split did."""
+    stages later, would blame those stages for what the filters or the split did. `ordered`:
+    whether the ordered split may be advised (not to a retrain, which refuses it)."""
     stats = corpus.stats
     kept, splits = stats.get("kept", 1), stats.get("split_documents")
     counts = ", ".join(f"{name} {count:,}" for name, count in (splits or {}).items())
@@ -630,8 +638,8 @@ def require_kept_documents(corpus: Descriptor, split: SplitConfig, trains_models
         raise InputError(
             f"cleaning kept {held}, but none is in the training split ({counts}): "
             f"the split is {SPLIT_BY.get(split.method, split.method)}; add documents, or "
-            f"lower split.val and split.test{_drawn_whole(stats, split)}"
-            f"{_few_documents(stats, split)}"
+            f"lower split.val and split.test{_drawn_whole(stats, split, ordered)}"
+            f"{_few_documents(stats, split, ordered)}"
         )
     # Under "ordered" the cut is made in the token stream, after encoding.
     empty_val = splits is not None and not splits.get("val", 0) and split.method != "ordered"
@@ -640,7 +648,8 @@ def require_kept_documents(corpus: Descriptor, split: SplitConfig, trains_models
             f"cleaning kept {held}, but none is in the val split ({counts}), which "
             "the models are scored and stopped on: "
             + (f"the split is {SPLIT_BY[split.method]}; add documents, or raise split.val"
-               f"{_drawn_whole(stats, split)}{_few_documents(stats, split)}" if split.val > 0
+               f"{_drawn_whole(stats, split, ordered)}{_few_documents(stats, split, ordered)}"
+               if split.val > 0
                else "split.val is 0; set it above 0")
         )  # fmt: skip
     if kept:

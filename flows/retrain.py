@@ -229,7 +229,7 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
             )
         if champion is not None:
             _rebuild_lost_tokenizer(run, settings, champion)
-        corpus = build_corpus(run, settings)
+        corpus = build_corpus(run, settings, retraining=True)
         # Scoring the champion needs only its model and tokenizer; continuing it needs its
         # corpus too (to tell the new documents from those it has seen).
         scorable = champion is not None and None not in (champion.trained, champion.tokenizer)

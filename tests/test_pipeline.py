@@ -285,6 +285,11 @@ def test_one_text_file_kept_whole_is_told_of_the_ordered_split():
     with pytest.raises(InputError) as many:  # plenty of documents: the advice as it was
         require_kept_documents(corpus(train=300, val=0, test=20), SplitConfig(), True)
     assert "ordered" not in str(many.value)
+    # A retrain refuses any split but the hash split: advised to it, "ordered" led nowhere.
+    with pytest.raises(InputError) as retrained:
+        require_kept_documents(corpus(train=1, val=0, test=0), SplitConfig(), True, ordered=False)
+    assert "one_doc_per_line = true" in str(retrained.value)
+    assert "ordered" not in str(retrained.value)
 
 
 def test_bad_input_fails_clearly_and_damages_nothing_stored(workspace, config, tmp_path):
