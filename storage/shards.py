@@ -10,7 +10,8 @@ Documents are separated by the tokenizer's end-of-text id.
 Two ways to split: `hash` shards hold the documents that cleaning assigned to each split, each
 followed by end-of-text; `ordered` shards (nanoGPT's split, `OrderedSplitter`) are consecutive
 pieces of one stream of every kept document in corpus order, with end-of-text between
-documents, cut by position, so a document may straddle two shards. The sidecar records which.
+documents, cut where the split's fractions fall in the text's bytes (the same text for every
+tokenizer, to within a token), so a document may straddle two shards. The sidecar records which.
 """
 
 from __future__ import annotations
@@ -100,11 +101,11 @@ class ShardWriter:
         return info
 
 
-def ordered_boundaries(total_tokens: int, val: float, test: float) -> tuple[int, int]:
-    """Where an ordered stream is cut: train is `[0, train_end)`, val `[train_end, val_end)`,
-    test the rest. nanoGPT's `int(n * 0.9)`, extended to three parts."""
-    train_end = int(total_tokens * (1.0 - val - test))
-    val_end = int(total_tokens * (1.0 - test))
+def ordered_boundaries(total: int, val: float, test: float) -> tuple[int, int]:
+    """Where an ordered stream of `total` bytes of text is cut: train is `[0, train_end)`, val
+    `[train_end, val_end)`, test the rest. nanoGPT's `int(n * 0.9)`, extended to three parts."""
+    train_end = int(total * (1.0 - val - test))
+    val_end = int(total * (1.0 - test))
     return train_end, max(val_end, train_end)
 
 
@@ -120,10 +121,35 @@ def _part_bytes(tokens: np.ndarray, size: int, first: int, last: int,
     return max(0, before(last) - before(first))
 
 
+def _token_at(offset: int, stream: np.ndarray, starts: np.ndarray, ends: np.ndarray,
+              doc_bytes: np.ndarray, start_bytes: Callable[[np.ndarray], int]) -> int:  # fmt: skip
+    """The stream position of the first token at or after byte `offset` of the documents'
+    text (separators hold no bytes): the start of a document the offset begins, else, inside
+    one, the end of the first of its tokens whose text reaches the offset (so a token the
+    offset falls inside stays on the earlier side)."""
+    ends_bytes = np.cumsum(doc_bytes)
+    if not len(starts) or offset >= int(ends_bytes[-1]):
+        return len(stream)
+    doc = int(np.searchsorted(ends_bytes, offset, side="right"))
+    within = offset - (int(ends_bytes[doc]) - int(doc_bytes[doc]))
+    start, end = int(starts[doc]), int(ends[doc])
+    if within <= 0:
+        return start
+    tokens = np.asarray(stream[start:end])
+    low, high = 1, len(tokens)  # the fewest tokens whose bytes reach `within`
+    while low < high:
+        middle = (low + high) // 2
+        if min(int(doc_bytes[doc]), start_bytes(tokens[:middle])) >= within:
+            high = middle
+        else:
+            low = middle + 1
+    return start + low
+
+
 class OrderedSplitter:
     """nanoGPT's split for a corpus of documents: every document's tokens go to one stream, in
     corpus order, with end-of-text between documents (none after the last: a single text splits
-    exactly as nanoGPT splits it), then the stream is cut by position into consecutive shards.
+    exactly as nanoGPT splits it), then the stream is cut into consecutive shards.
 
     The stream is written to a temporary file beside the shards and copied out in chunks, so
     memory stays bounded; per document it keeps only its start, length and byte count (24 bytes)
@@ -157,9 +183,6 @@ class OrderedSplitter:
         `start_bytes` gives the bytes of text a document's first tokens stand for, to divide a
         cut document's bytes between its parts (which add up to the document's bytes)."""
         self._file.close()
-        train_end, val_end = ordered_boundaries(self.tokens, val, test)
-        bounds = {"train": (0, train_end), "val": (train_end, val_end),
-                  "test": (val_end, self.tokens)}  # fmt: skip
         stream = (
             np.memmap(self.stream_path, dtype=self.dtype, mode="r")
             if self.tokens
@@ -168,6 +191,18 @@ class OrderedSplitter:
         starts = np.frombuffer(self._starts, dtype=np.int64)
         ends = starts + np.frombuffer(self._lengths, dtype=np.int64)
         doc_bytes = np.frombuffer(self._bytes, dtype=np.int64)
+        # Cut where the fractions fall in the text's bytes, not in its tokens: a fraction of the
+        # tokens is another stretch of text for every tokenizer (a BPE stream's last 10% of
+        # tokens is not its last 10% of bytes), so models of different tokenizers were scored
+        # on different text. The bytes are the tokenizer stage's cut too (`iter_stream_part`).
+        # One document as characters (nanoGPT's Shakespeare) cuts where it did.
+        byte_train_end, byte_val_end = ordered_boundaries(int(doc_bytes.sum()), val, test)
+        train_end = _token_at(byte_train_end, stream, starts, ends, doc_bytes, start_bytes)
+        val_end = max(
+            train_end, _token_at(byte_val_end, stream, starts, ends, doc_bytes, start_bytes)
+        )
+        bounds = {"train": (0, train_end), "val": (train_end, val_end),
+                  "test": (val_end, self.tokens)}  # fmt: skip
         infos = {}
         for split, (low, high) in bounds.items():
             writer = ShardWriter(self.folder / f"{split}.bin", self.tokenizer_digest, self.eot_id,

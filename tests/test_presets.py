@@ -271,16 +271,48 @@ def test_a_document_cut_by_a_boundary_counts_its_bytes_on_each_side(tmp_path):
     for text in documents:
         splitter.write(tokenizer.encode(text), len(text.encode()))
     infos = splitter.cut(val=0.5, test=0.0, start_bytes=PieceBytes.of(tokenizer).of_document_start)
-    assert ordered_boundaries(11, 0.5, 0.0) == (5, 11)
-    # train: "éé€€ " (2 + 2 + 3 + 3 + 1 bytes); val: "zz", the separator, "a€a"
+    assert ordered_boundaries(18, 0.5, 0.0) == (9, 18)  # cut at byte 9 of 18, inside "€"
+    # train: "éé€€" (2 + 2 + 3 + 3 bytes, the "€" the cut falls in); val: " zz", the
+    # separator, "a€a"
     assert (infos["train"].tokens, infos["train"].text_bytes, infos["train"].documents) == (
-        5,
-        11,
+        4,
+        10,
         1,
     )
-    assert (infos["val"].tokens, infos["val"].text_bytes, infos["val"].documents) == (6, 7, 2)
+    assert (infos["val"].tokens, infos["val"].text_bytes, infos["val"].documents) == (7, 8, 2)
     assert (infos["test"].tokens, infos["test"].documents) == (0, 0)
     assert not list(tmp_path.glob("*.partial-*")), "the temporary stream is removed"
+
+
+def test_an_ordered_split_holds_out_the_same_text_whatever_the_tokenizer(tmp_path):
+    """The stream was cut at a fraction of its tokens: another stretch of text for each
+    tokenizer. Prose, then lines a BPE tokenizer trained on the prose spells in many more
+    tokens a byte: its cut moved thousands of bytes into them, so its model trained on text
+    the character model was scored on, and the two were scored on different text."""
+    from lm.config import TokenizerConfig
+    from lm.tokenizer import train_tokenizer
+
+    texts = [prose(seed, 300) for seed in range(8)]
+    rng = np.random.default_rng(0)
+    texts += ["\n".join("".join(rng.choice(list("qxzjkvw"), 7)) for _ in range(400))
+              for _ in range(2)]  # fmt: skip
+    total = sum(len(text.encode()) for text in texts)
+    train_end, val_end = ordered_boundaries(total, 0.1, 0.1)
+    for kind, config in (("bpe", TokenizerConfig(kind="bpe", vocab_size=400)),
+                         ("char", TokenizerConfig(kind="char"))):  # fmt: skip
+        tokenizer = train_tokenizer(texts[:8], config)
+        folder = tmp_path / kind
+        folder.mkdir()
+        splitter = OrderedSplitter(folder, "d" * 64, tokenizer.eot_id, tokenizer.vocab_size)
+        for text in texts:
+            splitter.write(tokenizer.encode(text), len(text.encode()))
+        infos = splitter.cut(val=0.1, test=0.1,
+                             start_bytes=PieceBytes.of(tokenizer).of_document_start)  # fmt: skip
+        longest = max(len(tokenizer.piece(i).encode()) for i in range(tokenizer.vocab_size))
+        train = infos["train"].text_bytes
+        held_out = infos["train"].text_bytes + infos["val"].text_bytes
+        assert 0 <= train - train_end < longest, (kind, train, train_end)
+        assert 0 <= held_out - val_end < longest, (kind, held_out, val_end)
 
 
 # -- the presets ---------------------------------------------------------------------------
