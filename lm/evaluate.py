@@ -21,7 +21,8 @@ nanochat's `evaluate_bpb`). The bytes of a token come from a table (`TokenBytes`
   that is no byte of the text, so the first token of each document (the token after an
   end-of-text) counts one byte less when its piece starts with `▁`.
 
-With that, the bytes of every token of a shard add up to its text bytes plus one per document.
+With that, the bytes of every token of a shard add up to its text bytes plus one per end-of-text
+(one per document, but for a piece of a document that an ordered split cut).
 
 What is scored (`eval.scoring`):
 
@@ -30,14 +31,16 @@ What is scored (`eval.scoring`):
   token is predicted too. Windows advance with an overlap, and in each only the targets no
   earlier window scored count: a transformer sees at least half its window before every scored
   target after the first window, a fixed-context model (MLP, w2v) its whole context. The bytes
-  scored are then exactly the split's text bytes plus one per document, for every tokenizer: two
-  tokenizers are compared on the same text, not on samples of it.
+  scored are then exactly the split's text bytes plus one per end-of-text, for every tokenizer:
+  two tokenizers are compared on the same text, not on samples of it (under an ordered split,
+  to within the token a cut falls in).
 - `documents` (the default for a model trained with `train.samples = "documents"`): each
   document is scored alone from its start mark, as such a model is trained and as makemore
   scores a name; every target still exactly once.
 - `sample`: `batches` × `batch_size` windows drawn with a seeded generator (with replacement),
   for a split too large to score whole. Every model scored on the same shard with the same
-  settings sees the same windows.
+  settings and context sees the same windows; models of different tokenizers or contexts see
+  different text, so `whole` is the fair comparison across them.
 
 Each score carries the spread of the per-batch figures and, from it, a standard error of the
 split's figure (batches of the whole split hold disjoint targets; sampled ones may overlap, so
