@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from storage.registry import RunRegistry
-from tests.conftest import REPO, lmforge_command, run_cli
+from tests.conftest import REPO, cli_in_process, lmforge_command, run_cli
 from tests.helpers import prose, readme_sections, write_config
 
 
@@ -32,47 +32,52 @@ def completed_digests(workspace) -> list[str]:
 def test_sql_is_read_only(workspace, tmp_path):
     readme = readme_sections(tmp_path / "readme")
     run_cli("run", str(write_config(tmp_path / "c.toml", [{"path": str(readme)}])))
-    result = run_cli("sql", "DELETE FROM runs", check=False)
+    # The queries in this process: 20 subprocesses spent most of the test importing.
+    result = cli_in_process("sql", "DELETE FROM runs", check=False)
     assert result.returncode == 1 and "read-only: DELETE statements are refused" in result.stderr
     assert len(completed_digests(workspace)) == 1
     # Values and errors print as they are, never read as Rich markup ('[final]' is a tag).
-    shown = run_cli("sql", "SELECT 'report [final].txt' AS name").stdout
+    shown = cli_in_process("sql", "SELECT 'report [final].txt' AS name").stdout
     assert "report [final].txt" in shown
     # A long result shows its first rows and says so; an empty query and the statements
     # DuckDB files under another type are named as typed.
-    long = run_cli("sql", "SELECT range AS i, 'x' AS j FROM range(1500)")
+    long = cli_in_process("sql", "SELECT range AS i, 'x' AS j FROM range(1500)")
     assert re.findall(r"(\d+)\s*│ x", long.stdout) == [str(i) for i in range(1000)]
     assert "the first 1,000 rows are shown, and there are more" in long.stderr
-    every = run_cli("sql", "--max-rows", "0", "SELECT range AS i, 'x' FROM range(1500)").stdout
+    every = cli_in_process(
+        "sql", "--max-rows", "0", "SELECT range AS i, 'x' FROM range(1500)"
+    ).stdout
     assert re.findall(r"(\d+)\s*│ x", every) == [str(i) for i in range(1500)]
     for statement, said in (("", "no SQL statement given"), ("/* a comment */", "no SQL"),
                             ("INSTALL httpfs", "INSTALL statements are refused"),
                             ("USE memory", "USE statements are refused")):  # fmt: skip
-        result = run_cli("sql", statement, check=False)
+        result = cli_in_process("sql", statement, check=False)
         assert result.returncode == 1 and said in result.stderr and not result.stdout
-    unknown = run_cli("runs", "show", "[final]", check=False)
+    unknown = cli_in_process("runs", "show", "[final]", check=False)
     assert "no run with an id (or Prefect flow run id) starting '[final]'" in unknown.stderr
     # Several statements show a result each (only the last was shown); values stay whole in a
     # table too narrow for them (cut with "…" before), and CSV / JSON Lines give them as data.
-    digest = run_cli("sql", "SELECT corpus_digest FROM runs").stdout
-    both = run_cli("sql", "SELECT 'first' AS a; SELECT corpus_digest FROM runs").stdout
+    digest = cli_in_process("sql", "SELECT corpus_digest FROM runs").stdout
+    both = cli_in_process("sql", "SELECT 'first' AS a; SELECT corpus_digest FROM runs").stdout
     assert "first" in both and "corpus_digest" in both and "…" not in digest + both
     [stored] = [row[0] for row in RunRegistry(workspace.registry_path).query(
         "SELECT corpus_digest FROM runs")[1]]  # fmt: skip
     assert stored in digest.replace("│", "").replace("\n", "").replace(" ", "")
-    csv = run_cli("sql", "--format", "csv", "SELECT 'a,b' AS x, NULL AS y; SELECT 2 AS z").stdout
+    csv = cli_in_process(
+        "sql", "--format", "csv", "SELECT 'a,b' AS x, NULL AS y; SELECT 2 AS z"
+    ).stdout
     assert csv == 'x,y\n"a,b",\nz\n2\n'
-    lines = run_cli("sql", "--format", "json", "SELECT run_id, started_at FROM runs").stdout
+    lines = cli_in_process("sql", "--format", "json", "SELECT run_id, started_at FROM runs").stdout
     [record] = [json.loads(line) for line in lines.splitlines()]
     assert record["run_id"].startswith("2") and record["started_at"][:2] == "20"
-    odd = run_cli("sql", "--format", "json",
+    odd = cli_in_process("sql", "--format", "json",
                   "SELECT 'nan'::DOUBLE AS x, 1 AS a, 2 AS a, 3 AS a, 4 AS a_2").stdout  # fmt: skip
     # NaN is no JSON: null; a repeated name is numbered onto no name already there.
     assert json.loads(odd) == {"x": None, "a": 1, "a_3": 2, "a_4": 3, "a_2": 4}
     # A JSON column is data, not a string of it (a program decoded each twice).
     query = ("SELECT '{\"k\": [1, 2]}'::JSON AS j, '{\"k\": 1}' AS s, NULL::JSON AS n, "
              "['{\"b\": 2}'::JSON] AS l")  # fmt: skip
-    nested = json.loads(run_cli("sql", "--format", "json", query).stdout)
+    nested = json.loads(cli_in_process("sql", "--format", "json", query).stdout)
     assert nested == {"j": {"k": [1, 2]}, "s": '{"k": 1}', "n": None, "l": [{"b": 2}]}
     # DuckDB writes files too: over the corpus Parquet, or a new database beside it.
     [parquet] = workspace.corpus.glob("*/documents.parquet")
@@ -85,14 +90,14 @@ def test_sql_is_read_only(workspace, tmp_path):
         # `EXPLAIN (ANALYZE)` runs what it explains, as `EXPLAIN ANALYZE` does.
         (f"EXPLAIN (ANALYZE) COPY (SELECT 1 AS x) TO '{parquet}'", "EXPLAIN of COPY"),
     ):
-        result = run_cli("sql", statement, check=False)
+        result = cli_in_process("sql", statement, check=False)
         assert result.returncode == 1 and f"read-only: {kind} statements" in result.stderr
     assert parquet.read_bytes() == before
     assert not (tmp_path / "new.duckdb").exists() and not (tmp_path / "export").exists()
     # A corpus file that cannot be read takes its views away, not the registry's tables.
     with open(parquet, "r+b") as damaged:
         damaged.truncate(100)
-    result = run_cli("sql", "SELECT count(*) AS n FROM runs")
+    result = run_cli("sql", "SELECT count(*) AS n FROM runs")  # its warning is a log line
     assert re.search(r"│\s*1\s*│", result.stdout)
     assert f"{parquet}: unreadable, so the corpus and clean_corpus views are missing" in (
         result.stderr

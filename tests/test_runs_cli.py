@@ -14,7 +14,7 @@ import pytest
 
 from flows.runs_cli import EARLIEST, LATEST, config_differences, flatten_config, parse_since
 from storage.registry import ModelRecord, RunRegistry, StageRecord
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, cli_in_process, run_cli
 from tests.helpers import prose, registry_at_schema, write_config
 
 NOW = datetime.now()
@@ -192,7 +192,7 @@ def test_a_truncated_registry_is_one_line_naming_it_and_is_left_as_it_was(tmp_pa
     os.truncate(path, 300_000)
     before = path.read_bytes()
     arguments = [argument.format(tmp=tmp_path) for argument in command]
-    result = run_cli(*arguments, check=False, home=tmp_path)
+    result = cli_in_process(*arguments, check=False, home=tmp_path)
     said = " ".join(result.stderr.split())
     assert result.returncode == 1
     assert said.startswith(f"error: {path}: cannot "), said

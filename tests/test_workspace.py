@@ -12,7 +12,7 @@ import pytest
 
 from flows.prefect_server import ServerError, ensure_server
 from storage.workspace import Workspace, WorkspaceError
-from tests.conftest import run_cli
+from tests.conftest import cli_in_process, run_cli
 
 READING_COMMANDS = [
     ("runs",),
@@ -31,7 +31,7 @@ def said(result) -> str:
 @pytest.mark.parametrize("command", READING_COMMANDS, ids=" ".join)
 def test_a_reading_command_creates_no_workspace(tmp_path, command):
     home = tmp_path / "never-used"
-    result = run_cli(*command, check=False, home=home)
+    result = cli_in_process(*command, check=False, home=home)
     assert result.returncode == 1
     assert "no registry yet; `lmforge run` creates it with the first run" in said(result)
     assert not home.exists()
@@ -40,7 +40,7 @@ def test_a_reading_command_creates_no_workspace(tmp_path, command):
 @pytest.mark.parametrize("command", READING_COMMANDS, ids=" ".join)
 def test_a_reading_command_in_an_impossible_home_says_there_is_no_registry(tmp_path, command):
     (tmp_path / "a-file").write_text("")
-    result = run_cli(*command, check=False, home=tmp_path / "a-file" / "home")
+    result = cli_in_process(*command, check=False, home=tmp_path / "a-file" / "home")
     assert result.returncode == 1
     assert said(result).startswith("error: ")
     assert "no registry yet" in said(result)
