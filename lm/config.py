@@ -202,8 +202,9 @@ class SplitConfig(StrictModel):
     document's position in the corpus: appending documents moves none, and copies of a text
     (with `clean.exact_dedup = false`) can fall in different splits, as lines of a shuffled file
     do. With `ordered` (nanoGPT's split, for one long text), the kept documents are concatenated
-    in corpus order and the token stream is cut by position: the first (1 - val - test) is
-    train, then val, then test."""
+    in corpus order and the token stream is cut where those fractions fall in the text's bytes
+    (the same text for every tokenizer): the first (1 - val - test) is train, then val, then
+    test."""
 
     method: Literal["hash", "random", "ordered"] = "hash"
     val: float = Field(0.05, ge=0.0, lt=1.0)

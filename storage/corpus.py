@@ -299,8 +299,10 @@ def iter_stream_part(
     for what is measured before tokens exist (the tokenizer's statistics). A document the cut
     divides gives each part its own bytes (one long text, the ordered split's usual input, is
     all one document). Reads the corpus twice: once to count its bytes, once for the part."""
+    from storage.shards import fraction_of  # the shards' cut, rounded as they round it
+
     total = sum(len(text.encode()) for batch in iter_split_texts(path, "train") for text in batch)
-    low, high = round(start * total), round(end * total)  # 1 - 0.05 - 0.05 is 0.8999…
+    low, high = fraction_of(total, start), fraction_of(total, end)
     offset, part = 0, []
     for batch in iter_split_texts(path, "train", batch_size):
         for text in batch:

@@ -144,7 +144,8 @@ def cli_in_process(
 ) -> subprocess.CompletedProcess:
     """`lmforge ARGS` run in this process by typer's runner, for commands that only read the
     workspace (`sql`, `runs show`): a subprocess spends about 1.5 s importing before it starts,
-    20 of them most of a test's time. A bug's exception is raised, not read as an exit code."""
+    20 of them most of a test's time. A bug's exception is raised, not read as an exit code.
+    Its log lines (`logging`) reach neither stream here: a test of a warning uses `run_cli`."""
     from typer.testing import CliRunner
 
     from flows.cli import app

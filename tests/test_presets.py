@@ -315,6 +315,54 @@ def test_an_ordered_split_holds_out_the_same_text_whatever_the_tokenizer(tmp_pat
         assert 0 <= held_out - val_end < longest, (kind, held_out, val_end)
 
 
+def test_the_shards_and_the_tokenizer_stage_cut_an_ordered_corpus_at_the_same_byte(tmp_path):
+    """The shards floored `n * (1 - 0.05 - 0.05)` (0.8999…: byte 899 of 1,000) while the
+    tokenizer stage rounded it (900): the tokenizer learned from a byte of the val shard."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lm.config import SplitConfig
+    from storage.corpus import DOCUMENTS_FILE, iter_split_part
+
+    text = "abcdefghij" * 100
+    path = tmp_path / DOCUMENTS_FILE
+    pq.write_table(pa.table({"text": [text], "split": ["train"], "keep": [True]}), path)
+    split = SplitConfig(method="ordered", val=0.05, test=0.05)
+    train = "".join(t for batch in iter_split_part(path, "train", split) for t in batch)
+    assert ordered_boundaries(1000, 0.05, 0.05) == (900, 950) == (len(train), 950)
+    assert ordered_boundaries(1115394, 0.1, 0.0) == (int(1115394 * 0.9), 1115394)  # nanoGPT's
+
+
+def test_an_ordered_cut_in_text_spelled_as_unk_is_said_to_be_placed_late(tmp_path):
+    """A char tokenizer trained on the English head of a text spells its Russian tail as
+    `<unk>`, each counted 1 byte: the cut lands past its byte, unseen."""
+    from lm.config import TokenizerConfig
+    from lm.tokenizer import train_tokenizer
+    from tests.helpers import warnings_said_by
+
+    text = "the head of the text\n" * 40 + "хвост текста " * 40
+    tokenizer = train_tokenizer([text[:800]], TokenizerConfig(kind="char"))
+    splitter = OrderedSplitter(tmp_path, "d" * 64, tokenizer.eot_id, tokenizer.vocab_size)
+    splitter.write(tokenizer.encode(text), len(text.encode()))
+    with warnings_said_by("storage.shards") as said:
+        splitter.cut(val=0.0, test=0.2, start_bytes=PieceBytes.of(tokenizer).of_document_start)
+    assert any("holds text its tokenizer spells as <unk>" in line for line in said), said
+
+
+def test_an_empty_ordered_part_counts_no_document(tmp_path):
+    """val = 0 with the cut inside a document: the val shard held 0 tokens and 1 document."""
+    from lm.config import TokenizerConfig
+    from lm.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer(["abcdefghij"], TokenizerConfig(kind="char"))
+    splitter = OrderedSplitter(tmp_path, "d" * 64, tokenizer.eot_id, tokenizer.vocab_size)
+    for text in ("abc", "defg", "hij"):
+        splitter.write(tokenizer.encode(text), len(text.encode()))
+    infos = splitter.cut(val=0.0, test=0.1, start_bytes=PieceBytes.of(tokenizer).of_document_start)
+    assert (infos["val"].tokens, infos["val"].text_bytes, infos["val"].documents) == (0, 0, 0)
+    assert (infos["test"].tokens, infos["test"].documents) == (1, 1)
+
+
 # -- the presets ---------------------------------------------------------------------------
 
 
