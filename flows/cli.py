@@ -181,7 +181,8 @@ def _run_flow(name: str, config: str | None, overrides: list[str] | None) -> dic
 def _preflight(name: str, config: str | None, overrides: list[str] | None):
     """What a flow would refuse, said before any server starts, as one line naming the file:
     the config's keys and values, then its `train.init_from`, devices, memory and sources.
-    Gives the workspace, the settings, the models the flow trains and the config's path."""
+    Gives the workspace, the settings, the models the flow trains, the config's path and the
+    inputs its sources name."""
     from lm.config import ConfigError, load_config, resolve_preset
     from storage.registry import RegistryError, registry_wait_s
 
@@ -209,9 +210,9 @@ def _preflight(name: str, config: str | None, overrides: list[str] | None):
     runs, config_path = arms or settings.model_runs(), resolve_preset(config)
     _check_init_from(runs, workspace)
     _check_devices(settings, runs, config_path)
-    _check_sources(settings, config_path)  # before torch is imported (by the memory check)
+    inputs = _check_sources(settings, config_path)  # before torch is imported (memory check)
     _check_memory(settings, runs, config_path, given_sets=bool(overrides))
-    return workspace, settings, runs, config_path
+    return workspace, settings, runs, config_path, inputs
 
 
 def _exit_cleanly_on_sigterm() -> None:
@@ -255,14 +256,15 @@ def _exit_anyway_after(seconds: float, status: int) -> None:
     timer.start()
 
 
-def _check_sources(settings, config_path: Path) -> None:
+def _check_sources(settings, config_path: Path) -> list:
     """A source that names no file (a typo, a glob that matches nothing, an empty folder) is
     said before the flow starts, naming the config; ingest would find it too, after Prefect had
-    started and logged the error's traceback. URLs are left to ingest: nothing is fetched here."""
+    started and logged the error's traceback. URLs are left to ingest: nothing is fetched here.
+    Gives the inputs the sources name."""
     from lm.text.sources import InputError, resolve_sources
 
     try:
-        resolve_sources(settings.ingest.sources)
+        return resolve_sources(settings.ingest.sources)
     except InputError as error:
         beside = _beside(settings, config_path, str(error))
         raise _fail(f"{config_path}: ingest.sources: {error}{beside}") from None
@@ -499,12 +501,9 @@ def check(
     """Check a config as `run` (or `retrain`, `ablation`) checks it before it starts: its keys
     and values, the sources it names, devices, `train.init_from` and memory. Nothing is run;
     a config for `prefect deployment run` can be checked before it is sent to a worker."""
-    from lm.text.sources import resolve_sources
-
     if command not in CHECKED_FLOWS:
         raise _fail(f"--for {command}: one of {', '.join(CHECKED_FLOWS)}")
-    _, settings, runs, config_path = _preflight(CHECKED_FLOWS[command], config, overrides)
-    inputs = resolve_sources(settings.ingest.sources)  # `_preflight` found each
+    _, _, runs, config_path, inputs = _preflight(CHECKED_FLOWS[command], config, overrides)
     known = [item.size for item in inputs if item.size is not None]  # a URL's is not known
     size = f" ({decimal_size(sum(known))})" if known else ""
     # An ablation's arms once each, not once a seed; a model's kind where its label hides it.
