@@ -44,7 +44,7 @@ def _error(message: str) -> None:
 
     from flows.cli import errors
 
-    errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def _load(run: str, label: str | None):
@@ -59,6 +59,8 @@ def _load(run: str, label: str | None):
     if not run.strip():  # Path("") is the current folder, read as a model folder
         raise _fail("no run id or model folder given (see `lmforge runs` for the runs)")
     folder = Path(run).expanduser()
+    if folder.is_file():  # a checkpoint's file (`best/model.pt`): its folder, not a run id
+        folder = folder.parent
     if not folder.exists() and ("/" in run or run.startswith("~")):  # a path, not an id
         raise _fail(f"{run}: no such model folder")
     if folder.is_dir() and label is not None:

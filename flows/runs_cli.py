@@ -141,7 +141,8 @@ def runs_list(
         int, typer.Option(min=1, max=MAX_COUNT, help="how many of the newest runs")
     ] = 20,
 ) -> None:
-    """List runs, newest first: status, config, corpus, models and their best val bits/byte."""
+    """List runs, newest first: status, config, corpus, models and their best val bits/byte
+    (of the --model-kind's models, with that option)."""
     if context.invoked_subcommand is not None:
         return
     from flows.cli import _registry, _table, console
@@ -180,11 +181,13 @@ def runs_list(
             "left(r.corpus_digest, 12) AS corpus, d.kept AS kept_documents, "
             "(SELECT string_agg(m.label, ' ' ORDER BY m.created_at) FROM models m "
             " WHERE m.run_id = r.run_id) AS models, "
-            "(SELECT round(min(m.val_bpb), 4) FROM models m WHERE m.run_id = r.run_id) AS val_bpb, "
+            # With --model-kind, that kind's best: the ladder's gpt showed bigram-count's.
+            "(SELECT round(min(m.val_bpb), 4) FROM models m WHERE m.run_id = r.run_id"
+            f"{' AND m.kind = ?' if model_kind else ''}) AS val_bpb, "
             "r.hostname, r.pid "
             f"FROM runs r LEFT JOIN datasets d ON d.digest = r.corpus_digest {where}"
             "ORDER BY r.started_at DESC LIMIT ?",
-            [*parameters, limit],
+            [*([model_kind] if model_kind else []), *parameters, limit],
         )
     except RegistryError as error:
         raise _fail(str(error)) from None
@@ -275,8 +278,13 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="a run id or a unique p
         # Values as `runs compare` shows them (raw, a count read 400.0, a rate 0.000753295668…).
         shown = [(*row[:-1], _number(row[-1])) for row in metrics]
         console.print(_table(metric_columns, shown, "metrics"))
+    # One line however long: wrapped at the console's width (200 columns piped), the command
+    # pasted into a shell ran its first line alone.
     console.print(
-        "[bold]reproduce[/]:", escape(found["command"] or "(not recorded)"), highlight=False
+        "[bold]reproduce[/]:",
+        escape(found["command"] or "(not recorded)"),
+        highlight=False,
+        soft_wrap=True,
     )
     drift = config_drift(found["command"], found["config"])
     if drift:

@@ -497,9 +497,15 @@ class PipelineConfig(StrictModel):
         said at load time, not after word2vec has trained."""
         from lm.models.config import uses_word2vec
 
-        entries = [self.model] if self.model is not None else [e.model for e in self.models]
-        entries += [model for _, model in self._variant_models()]
-        for model in entries:
+        # (the table that holds the model's settings, the model): a ladder's `[[models]]` entry
+        # is `models.N`, so a mismatch is said at the key to change, not at a `[model]` it lacks.
+        if self.model is not None:
+            entries = [("model", self.model)]
+        else:
+            entries = [(f"models.{index}", entry.model) for index, entry in enumerate(self.models)]
+        entries += [(f"ablation variant '{variant.name}': model", model)
+                    for variant, model in self._variant_models()]  # fmt: skip
+        for table, model in entries:
             if not uses_word2vec(model):
                 continue
             if not self.word2vec.enabled or self.word2vec.input != "pieces":
@@ -509,8 +515,8 @@ class PipelineConfig(StrictModel):
                 )
             if model.kind == "w2v" and model.vector_size != self.word2vec.vector_size:
                 raise ValueError(
-                    f"model.vector_size ({model.vector_size}) must equal word2vec.vector_size "
-                    f"({self.word2vec.vector_size})"
+                    f"{table}.vector_size ({model.vector_size}) must equal "
+                    f"word2vec.vector_size ({self.word2vec.vector_size})"
                 )
         return self
 

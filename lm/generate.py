@@ -52,9 +52,10 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
         ) from None
     ids = _encoded(tokenizer, prompt)
     if ids is None:
-        unknown = sorted(c for c in set(prompt) if _encoded(tokenizer, c) is None)
+        # One quoted character each: 'AN' read as the substring "AN", not A and N.
+        unknown = ", ".join(sorted(repr(c) for c in set(prompt) if _encoded(tokenizer, c) is None))
         raise TokenizerError(
-            f"the prompt has characters the tokenizer cannot encode: {''.join(unknown)!r} (it "
+            f"the prompt has characters the tokenizer cannot encode: {unknown} (it "
             "has no byte fallback); leave them out, or train the tokenizer with "
             'byte_fallback = true (SentencePiece) or unknown_chars = "bytes" (char)'
         )

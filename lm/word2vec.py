@@ -5,8 +5,10 @@ words, and a labelled 2-D projection.
 Sentences are words (lower-cased, cut much as `gensim.utils.simple_preprocess` cuts them) or
 tokenizer pieces, one sentence per line of a document. The corpus is read again for every pass
 gensim makes (vocabulary, then each epoch), so it is never held in memory. Training is reproducible
-with one worker: gensim seeds each word's initial vector with `hashfxn(word + seed)`, and Python's
-own `hash` is salted per process, so a stable hash is passed instead.
+with one worker: gensim 4 draws the initial vectors and the negative samples from generators seeded
+by `seed`. Its `hashfxn` (Python's `hash` by default, salted per process) seeds only vectors it
+makes one at a time (`seeded_vector`, unused here); a stable hash is passed all the same, so a
+vector made that way is reproducible too.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from prefect import task
 
 from lm.eval_config import EvalConfig, SamplingConfig
 from lm.tokenizer import TokenizerError
-from storage.artifacts import ArtifactStore, Descriptor, reused
+from storage.artifacts import ArtifactStore, Descriptor, reused, short_key
 from storage.shards import open_shard
 from storage.workspace import Workspace
 from tasks.caching import cache_key_from, code_digest, module_sources, stage_key
@@ -116,7 +116,7 @@ def _stored_scores(
     existing = store.load_descriptor(key)
     if existing is not None:
         logger.info("evaluate: the scores are those taken before (%s); drawing new samples",
-                    key[:12])  # fmt: skip
+                    short_key(key))  # fmt: skip
         stored = json.loads((workspace.resolve(existing.path) / METRICS_FILE).read_text())
         return stored, existing.stats
     metrics, how = _score(workspace, trained, shards, tokenizer, config, model, model_tokenizer)

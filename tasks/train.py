@@ -30,7 +30,7 @@ from lm.checkpoints import damage, read_info, resolve_init_from, weights_digest
 from lm.models.config import ModelConfig, uses_word2vec, window_history, written_one_way
 from lm.tokenizer import load_tokenizer
 from lm.train_config import BOOKKEEPING, TrainConfig, TrainingError
-from storage.artifacts import ArtifactStore, Descriptor, reused
+from storage.artifacts import ArtifactStore, Descriptor, reused, short_key
 from storage.prune import WORK_LOCK, WORK_SUFFIX, never_started
 from storage.shards import open_shard
 from storage.workspace import Workspace
@@ -163,7 +163,7 @@ def _wait_for_the_training_lock(lock, key: str) -> bool:
         pass
     logging.getLogger("lm.train").info(
         "train: another process is training this model (%s); waiting for it to finish, then "
-        "using its result", key[:12],
+        "using its result", short_key(key),
     )  # fmt: skip
     waited = time.monotonic()
     fcntl.flock(lock, fcntl.LOCK_EX)
@@ -180,7 +180,7 @@ def _trained_already(existing: Descriptor) -> Descriptor:
     stats = existing.stats or {}
     logging.getLogger("lm.train").info(
         "train: this model is trained already (%s: %s steps, val loss %s); using it",
-        existing.key[:12], stats.get("steps", "?"),
+        short_key(existing.key), stats.get("steps", "?"),
         f"{stats['val_loss']:.4f}" if isinstance(stats.get("val_loss"), float) else "?",
     )  # fmt: skip
     return reused(existing)

@@ -33,7 +33,7 @@ from lm.word2vec import (
     whole_word_view,
 )
 from lm.word2vec import word_sentences as words_of
-from storage.artifacts import ArtifactStore, Descriptor, reused
+from storage.artifacts import ArtifactStore, Descriptor, reused, short_key
 from storage.corpus import DOCUMENTS_FILE, iter_split_texts, text_digest
 from storage.shards import shard_documents
 from storage.workspace import Workspace
@@ -153,7 +153,7 @@ def _stored_vectors(
     existing = store.load_descriptor(key)
     if existing is not None:
         logger.info("word2vec: the vectors are those trained before (%s); evaluating them",
-                    key[:12])  # fmt: skip
+                    short_key(key))  # fmt: skip
         return load_keyed_vectors(workspace.resolve(existing.path) / VECTORS_FILE), existing
     vectors = _train(workspace, corpus, tokenizer, config, ordered_shards)
     digest = hashlib.sha256(vectors.vectors.tobytes())

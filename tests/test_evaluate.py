@@ -113,7 +113,8 @@ def test_a_model_trained_already_is_said_to_be_reused(trained_run, monkeypatch, 
     finally:
         logger.removeHandler(caplog.handler)
     assert again == trained and take_reused(trained.key)
-    said = f"train: this model is trained already ({trained.key[:12]}: 12 steps, val loss "
+    stage, digest = trained.key.rsplit("-", 1)  # the folder it is in, to 12 digest characters
+    said = f"train: this model is trained already ({stage}-{digest[:12]}: 12 steps, val loss "
     assert said + f"{trained.stats['val_loss']:.4f}); using it" in caplog.text
 
 

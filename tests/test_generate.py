@@ -224,7 +224,7 @@ def test_unencodable_prompt_characters_use_byte_fallback_or_are_named():
     char = char_tokenizer(" ".join(DOCS), unknown_chars="unk")
     refusing = char_tokenizer(" ".join(DOCS), unknown_chars="error")  # was: "retrain with them"
     for tokenizer in (without, char, refusing):
-        with pytest.raises(TokenizerError, match="cannot encode: '日本'"):
+        with pytest.raises(TokenizerError, match="cannot encode: '日', '本'"):
             generate(model, tokenizer, "the 日本 river", GREEDY)
 
 
@@ -382,7 +382,7 @@ def test_unknown_runs_labels_and_folders_are_clear_errors(recorded_run, tmp_path
     bad = runner.invoke(app, ["generate", str(home / trained.path), "--top-p", "1.5"])
     assert bad.exit_code == 1 and "--top-p" in bad.stderr
     unencodable = runner.invoke(app, ["generate", str(home / trained.path), "--prompt", "日本"])
-    assert unencodable.exit_code == 1 and "cannot encode: '日本'" in unencodable.stderr
+    assert unencodable.exit_code == 1 and "cannot encode: '日', '本'" in unencodable.stderr
 
 
 def test_sampling_options_out_of_range_are_one_line_errors_naming_the_value(
@@ -409,6 +409,20 @@ def test_sampling_options_out_of_range_are_one_line_errors_naming_the_value(
         assert result.exit_code == 1 and message in result.stderr, result.output
     largest = runner.invoke(app, ["generate", folder, "--prompt", "The", "--seed", str(maximum)])
     assert largest.exit_code == 0, largest.output
+
+
+def test_a_checkpoint_file_given_generates_with_its_checkpoint(recorded_run):
+    """`generate …/best/model.pt` was looked up as a run id: "no run with an id starting …"."""
+    from flows.cli import app
+
+    home, trained, _ = recorded_run
+    greedy = ["--temperature", "0", "--max-new-tokens", "12", "--prompt", "The"]
+    said = [
+        CliRunner().invoke(app, ["generate", str(path), *greedy], env={"LMFORGE_HOME": str(home)})
+        for path in (home / trained.path / "best", home / trained.path / "best" / "model.pt")
+    ]
+    assert [result.exit_code for result in said] == [0, 0], said[1].output
+    assert said[1].stdout == said[0].stdout and said[0].stdout.startswith("The")
 
 
 def test_a_prompt_that_is_not_utf8_is_an_error_naming_its_first_bad_byte():
@@ -512,7 +526,9 @@ def test_the_evaluate_stage_names_an_eval_prompt_the_tokenizer_cannot_encode(
     shards = Descriptor("encode", "s", "artifacts", "shards")
     tokenizer_d = Descriptor("tokenizer", "t", "artifacts/tokenizer", tokenizer.digest)
     config = EvalConfig(prompts=["The river", "日本"], samples=2, device="cpu")
-    with pytest.raises(TokenizerError, match=r"eval\.prompts\[1\] '日本': .*cannot encode: '日本'"):
+    with pytest.raises(
+        TokenizerError, match=r"eval\.prompts\[1\] '日本': .*cannot encode: '日', '本'"
+    ):
         evaluate_task.fn(trained, shards, tokenizer_d, config)
 
 
@@ -680,3 +696,19 @@ def test_generation_puts_a_training_model_back_in_training_mode_however_it_ends(
     assert model.training
     list(generate_ids(model.eval(), [1, 2], sampling, eot_id=-1))
     assert not model.training  # a model in eval mode stays there
+
+
+def test_chat_says_a_long_error_on_one_line(recorded_run):
+    """Each bad line's error is one stderr line, however long (piped stderr is 200 columns):
+    a prompt of many characters the tokenizer lacks was wrapped into two."""
+    from flows.cli import app
+
+    home, trained, _ = recorded_run
+    unknown = "".join(chr(code) for code in range(0x4E00, 0x4E00 + 120))  # no CJK in DOCS
+    result = CliRunner().invoke(
+        app, ["chat", str(home / trained.path), "--max-new-tokens", "5"],
+        input=f"{unknown}\n".encode(), env={"LMFORGE_HOME": str(home)},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    errors = result.stderr.splitlines()
+    assert len(errors) == 1 and errors[0].startswith("error: line 1: the prompt has characters")

@@ -467,6 +467,19 @@ def test_a_w2v_model_section_parses_and_says_it_needs_vectors_of_its_size():
         parse_config({**data, "word2vec": {**pieces, "input": "words"}}, origin="test.toml")
 
 
+def test_a_ladder_w2v_of_another_vector_size_is_named_by_its_models_entry():
+    from lm.config import ConfigError, parse_config
+
+    data = {
+        "ingest": {"sources": ["x.txt"]},
+        "word2vec": {"input": "pieces", "vector_size": 100},
+        "models": [{"kind": "bigram"}, {"kind": "w2v", "vector_size": 50}],
+    }
+    # The key to change is `models.1.vector_size`: the config has no [model] table.
+    with pytest.raises(ConfigError, match=r"models\.1\.vector_size \(50\) must equal"):
+        parse_config(data, origin="test.toml")
+
+
 def test_only_a_gpt_set_to_start_from_word2vec_needs_vectors_of_its_width():
     gpt = GPTConfig(n_embd=64, n_head=4)
     assert not uses_word2vec(gpt) and not uses_word2vec(MLPConfig())

@@ -57,7 +57,7 @@ def test_pipeline_writes_a_parquet_corpus_and_a_completed_run(workspace, config)
     kept = sql.execute(f"SELECT count(*) FROM read_parquet('{path}') WHERE keep").fetchone()[0]
     assert kept == summary["corpus"]["kept"] == 13  # the duplicate and the short one removed
     gamma = sql.execute(f"SELECT text FROM read_parquet('{path}') WHERE source LIKE '%#Gamma'")
-    assert gamma.fetchone()[0].startswith("Gamma is a letter.")
+    assert gamma.fetchone()[0].startswith("Gamma is γάμμα a letter.")
     _, rows = RunRegistry(workspace.registry_path).query(
         "SELECT status, corpus_digest, flow_run_id IS NOT NULL FROM runs"
     )

@@ -95,6 +95,18 @@ def test_runs_lists_newest_first_and_filters_by_status_since_preset_and_model_ki
     assert runs("--model-kind", "mlp") == ["r-ladder", "r-mlp-old"]  # a ladder's model counts
 
 
+def test_runs_of_a_model_kind_show_that_kinds_val_bits_per_byte(history):
+    """r-ladder trained an mlp (2.8) and a gpt (2.5): listed for its mlp, it showed the gpt's."""
+
+    def val_bpb(*options: str) -> str:
+        shown = cli_in_process("runs", *options, home=history).stdout
+        row = next(line for line in shown.splitlines() if line.startswith("│ r-ladder"))
+        return re.findall(r"│ (\d\.\d+) +│", row)[-1]
+
+    assert val_bpb() == "2.5" and val_bpb("--model-kind", "gpt") == "2.5"
+    assert val_bpb("--model-kind", "mlp") == "2.8"
+
+
 def test_runs_rejects_a_bad_since_and_an_unknown_status(history):
     bad_since = run_cli("runs", "--since", "yesterday", check=False, home=history)
     assert bad_since.returncode == 1 and "--since 'yesterday': expected an age" in bad_since.stderr
@@ -529,3 +541,19 @@ def test_runs_show_says_when_the_reproduce_command_would_run_other_settings(tmp_
            "the file was edited, or lmforge's defaults changed" in note()  # fmt: skip
     config.unlink()
     assert "note: the reproduce command no longer loads its config" in note()
+
+
+def test_runs_show_prints_a_long_reproduce_command_on_one_line(tmp_path):
+    """Piped output is 200 columns wide: a longer command was cut into two lines, and the line
+    copied from a log ran without its last overrides."""
+    command = (
+        "lmforge run configs/names.toml "
+        + " ".join(f"--set models.{i}.train.max_steps=30" for i in range(1, 4))
+        + " --set train.eval_every=10 --set train.checkpoint_every=10 --set seed=7"
+    )
+    assert len("reproduce: " + command) > 200
+    registry = RunRegistry(tmp_path / "registry.duckdb")
+    registry.start_run({"run_id": "r1", "status": "completed", "started_at": NOW,
+                        "command": command})  # fmt: skip
+    shown = cli_in_process("runs", "show", "r1", home=tmp_path).stdout
+    assert f"reproduce: {command}\n" in shown

@@ -208,6 +208,24 @@ def test_quotes_breaks_and_links_read_as_mediawiki_shows_them(wikitext, shown):
     assert strip_wikitext(wikitext) == shown
 
 
+@pytest.mark.parametrize(
+    ("wikitext", "shown"),
+    [
+        ("At {{convert|1300|mi|km}}, Alabama has", "At 1300 miles, Alabama has"),
+        ("a height of {{convert|2413|ft|m|abbr=on}}.", "a height of 2413 ft."),
+        ("rivers {{convert|10|to|20|km}} long", "rivers 10 to 20 kilometres long"),
+        ("from {{lang|grc|ἀναρχία}}, anarchy", "from ἀναρχία, anarchy"),
+        ("({{lang-fr|[[Paris|la ville]]}})", "(la ville)"),
+        ("was {{nowrap|{{convert|5|kg}} heavy}} then", "was 5 kilograms heavy then"),
+        ("{{nowrap|Tokyo}} and {{nihongo|Tokyo|東京|Tōkyō}}", "Tokyo and"),
+        ("Born {{birth date|1990|1|2}}. {{Infobox|area={{convert|5|km2}}}}", "Born ."),
+    ],
+)
+def test_templates_that_stand_for_words_show_them(wikitext, shown):
+    # Removed with the others, they left holes: "At , Alabama has", "from , anarchy".
+    assert strip_wikitext(wikitext) == shown
+
+
 def test_self_closing_references_and_lists_keep_the_paragraphs_after_them():
     # `<references group="n"/>` was read as an opener: all up to a later `</references>` went.
     text = 'Intro.\n<references group="n" />\nNotes explain.\n<references>x</references>\nEnd.'
@@ -227,7 +245,7 @@ def test_the_bundled_ascii_article_keeps_its_printable_characters_section(bundle
         # Removed markup left the quotes around it one run, read as a stray apostrophe.
         ("The ''{{flag|Azores}}'' (PRT) islands.", "The  (PRT) islands."),
         ("'''{{nihongo|Tokyo|東京}}''' is the capital.", "is the capital."),
-        ("'''''{{lang|la|Veni}}''''' vidi.", "vidi."),
+        ("'''''{{lang|la|Veni}}''''' vidi.", "Veni vidi."),
         ("''Foo''<ref>x</ref>''Bar'' and ''Baz''{{sfn|X}}''Qux''", "FooBar and BazQux"),
         ("''<nowiki/>''x and ''a''[[File:X.png|thumb|c]]''b''", "x and ab"),
         # A <br> in a heading or before a list marker's character starts a line after them.
@@ -250,7 +268,7 @@ def test_removed_markup_breaks_quote_runs_and_line_starts_are_read_first(wikitex
         # An anchor that is a template alone showed nothing (Afghanistan: "latitudes  and ,").
         (
             "between [[29th parallel north|{{nowrap|29° N}}]] and [[Foo|<ref>r</ref>]].",
-            "between 29th parallel north and Foo.",
+            "between 29° N and Foo.",
         ),
         # Markup inside <nowiki> is shown as written; the marks of removed markup never leak.
         (

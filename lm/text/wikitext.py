@@ -2,10 +2,11 @@
 
 What goes: comments, references, templates and tables (nested in any order), files, images,
 categories and interlanguage links, math and other non-prose blocks, bold/italic quotes, HTML
-tags, heading and list markers, magic words. What stays: the prose, link anchor text, and heading
-text on its own line. Templates and tables are removed with a bracket-matching scan (regular
-expressions cannot match nesting); links are resolved innermost first, so a file caption that
-contains links disappears whole.
+tags, heading and list markers, magic words. What stays: the prose, link anchor text, heading
+text on its own line, and the words of the templates that stand for words in a sentence
+(`{{convert}}`'s amount and unit, `{{lang}}`'s text, `{{nowrap}}`'s). Templates and tables are
+removed with a bracket-matching scan (regular expressions cannot match nesting); links are
+resolved innermost first, so a file caption that contains links disappears whole.
 """
 
 from __future__ import annotations
@@ -43,6 +44,24 @@ _KEPT_TEXT = re.compile("\ue000(\\d+)\ue001")
 _REMOVED = "\ue002"  # where markup was removed, until the quotes are read
 _NO_PRIVATE_MARKS = dict.fromkeys(map(ord, "\ue000\ue001\ue002"))
 _REF_OPENER = re.compile(r"<(ref)\b[^<>]*>", re.IGNORECASE)
+# Templates that stand for words of the sentence around them, innermost (no brace inside):
+# removed with the others, they left holes in the prose ("at a height of .", "from , anarchos";
+# in the bundled dump 356 {{convert}}, 85 {{lang}}, 22 {{nowrap}}).
+_SHOWN_TEMPLATE = re.compile(
+    r"\{\{\s*(convert|cvt|lang|lang-[a-z]+(?:-[a-z]+)*|nowrap)\s*\|([^{}]*)\}\}",
+    re.IGNORECASE,
+)
+_TEMPLATE_BAR = re.compile(r"\|(?![^\[\]]*\]\])")  # not the bar of a `[[link|anchor]]` inside
+_NAMED_ARGUMENT = re.compile(r"^\s*[\w -]+=")
+_RANGE_WORDS = {"to": " to ", "and": " and ", "or": " or ", "-": "–", "–": "–", "x": " × ",
+                "by": " by ", "+/-": " ± ", "±": " ± "}  # fmt: skip
+# `{{convert}}` shows the first unit's name unless abbreviated (`abbr=on`): the common ones.
+_UNIT_NAMES = {"km": "kilometres", "m": "metres", "cm": "centimetres", "mm": "millimetres",
+               "mi": "miles", "ft": "feet", "in": "inches", "yd": "yards", "nmi": "nautical miles",
+               "km2": "square kilometres", "sqmi": "square miles", "m2": "square metres",
+               "sqft": "square feet", "ha": "hectares", "acre": "acres", "kg": "kilograms",
+               "g": "grams", "lb": "pounds", "t": "tonnes", "C": "°C", "F": "°F",
+               "km/h": "kilometres per hour", "mph": "miles per hour", "L": "litres"}  # fmt: skip
 _REFERENCES_OPENER = re.compile(r"<(references)\b[^<>]*>", re.IGNORECASE)
 # Every position where a template parameter, template or table opens or closes, overlaps
 # included ('|}}' holds both; a parameter's `{{{` is tried before a template's `{{`).
@@ -101,6 +120,7 @@ def strip_wikitext(text: str) -> str:
     text = _drop_blocks(text, _DROPPED_BLOCK_OPENER, mark=_REMOVED)
     text = _drop_blocks(text, _REF_OPENER, mark=_REMOVED)
     text = _drop_blocks(text, _REFERENCES_OPENER, unclosed="opener", mark=_REMOVED)
+    text = _show_inline_templates(text)
     text = remove_templates_and_tables(text, mark=_REMOVED)
     text = resolve_links(text, removed=_REMOVED)
     text = _EXTERNAL_LINK.sub(lambda m: m.group(1) or _REMOVED, text)
@@ -118,6 +138,40 @@ def strip_wikitext(text: str) -> str:
     text = html.unescape(text).replace("\xa0", " ")
     text = _LINE_OF_PUNCTUATION.sub("", text)
     return _BLANK_LINES.sub("\n\n", text).strip()
+
+
+def _show_inline_templates(text: str) -> str:
+    """`text` with each template that stands for words in a sentence (`_SHOWN_TEMPLATE`) replaced
+    by the words MediaWiki shows for it (a `{{convert}}`: the given amount, not the conversion),
+    innermost first, up to 4 deep (a pass per level: a page nesting thousands stays linear); the
+    other templates, and any left deeper, are removed after."""
+    for _ in range(4):
+        shown = _SHOWN_TEMPLATE.sub(_shown_template, text)
+        if shown == text:
+            break
+        text = shown
+    return text
+
+
+def _shown_template(match: re.Match[str]) -> str:
+    name = match.group(1).strip().lower()
+    parts = _TEMPLATE_BAR.split(match.group(2))
+    arguments = [part.strip() for part in parts if not _NAMED_ARGUMENT.match(part)]
+    if name in ("convert", "cvt"):
+        if len(arguments) < 2:
+            return ""
+        amount, rest = arguments[0], arguments[1:]
+        if len(rest) >= 2 and rest[0].lower() in _RANGE_WORDS:
+            amount += _RANGE_WORDS[rest[0].lower()] + rest[1]
+            rest = rest[2:]
+        if not rest:
+            return amount
+        abbreviated = name == "cvt" or any(
+            part.replace(" ", "").lower() == "abbr=on" for part in parts
+        )
+        return f"{amount} {rest[0] if abbreviated else _UNIT_NAMES.get(rest[0], rest[0])}"
+    index = 1 if name == "lang" else 0
+    return arguments[index] if len(arguments) > index else ""
 
 
 def _set_nowiki_aside(text: str) -> tuple[str, list[str]]:
