@@ -42,19 +42,28 @@ class ProgressLog:
     _last_log: float = field(default_factory=time.monotonic)
     done: float = 0.0
     _logged: float | None = None  # the amount the last line gave
+    # (when, how much) of the first update that counted work done: the rate is measured from
+    # there, not from the start, whose set-up (cleaning's workers starting, a first batch read)
+    # did none: clean's first line said "ETA 0:04:14" of a stage that took 48 s.
+    _first: tuple[float, float] | None = None
 
     def update(self, done: float, force: bool = False) -> None:
         """A forced line (the last one) is left out when the last line already said `done`:
         "100%" was printed twice."""
         self.done = done
         now = time.monotonic()
+        if self._first is None and done > 0:
+            self._first = (now, done)
         if (force and done != self._logged) or now - self._last_log >= self.interval_s:
             self._last_log, self._logged = now, done
             logger.info(self.line(now))
 
     def line(self, now: float | None = None) -> str:
-        elapsed = max((now or time.monotonic()) - self._start, 1e-9)
+        now = now or time.monotonic()
+        elapsed = max(now - self._start, 1e-9)
         rate = self.done / elapsed
+        if self._first is not None and now - self._first[0] >= 1.0 and self.done > self._first[1]:
+            rate = (self.done - self._first[1]) / (now - self._first[0])
         text = f"{self.name}: {_format_amount(self.done, self.unit)}"
         if self.total:
             share = min(self.done / self.total, 1.0)
@@ -72,3 +81,5 @@ class ProgressLog:
         left out of the rate and the ETA: counted in, a 60 MB file read at 8 MB/s after a
         30 s download was said to be read at 46 B/s."""
         self._start += seconds
+        if self._first is not None:
+            self._first = (self._first[0] + seconds, self._first[1])

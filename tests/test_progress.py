@@ -44,3 +44,17 @@ def test_the_last_line_is_not_printed_twice(caplog):
         progress.update(100, force=True)
         progress.finish()
     assert len(caplog.records) == 1 and "(100%)" in caplog.text
+
+
+def test_the_rate_is_measured_from_the_first_work_done_not_from_set_up(monkeypatch):
+    """Cleaning's workers took 10 s to start; its first line then said "ETA 0:04:14" of a
+    stage that took 48 s."""
+    clock = [100.0]
+    monkeypatch.setattr("lm.progress.time.monotonic", lambda: clock[0])
+    progress = ProgressLog("clean", total=1000, unit="docs", _start=clock[0])
+    clock[0] += 10.0  # set-up: nothing done
+    progress.update(100)
+    clock[0] += 5.0
+    progress.update(600)  # 500 docs in 5 s since the first batch: 100 docs/s
+    line = progress.line()
+    assert "100 docs/s" in line and "ETA 0:00:04" in line and "elapsed 0:00:15" in line
