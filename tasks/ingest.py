@@ -112,7 +112,15 @@ def ingest_task(config: IngestConfig, runtime: RuntimeConfig | None = None) -> D
         shutil.rmtree(staging / SCRATCH_DIR, ignore_errors=True)
         if writer.rows_written == 0:
             names = ", ".join(item.name for item in inputs[:5])
-            raise InputError(f"{names}: no documents found in the configured sources")
+            more = f" and {len(inputs) - 5:,} more" if len(inputs) > 5 else ""
+            # The reason is each file's own warning, logged by the process that read it (a
+            # binary file, an empty one, records without the text field): said as one line,
+            # this read as if the sources had named nothing.
+            raise InputError(
+                f"{names}{more}: no documents found in the configured sources: "
+                f"{'each file' if len(inputs) > 1 else 'the file'} was empty or skipped, or held "
+                "only empty texts (the warnings above say why)"
+            )
         stats = {
             "documents": writer.rows_written,
             "inputs": len(inputs),

@@ -304,6 +304,23 @@ def test_invalid_bytes_in_a_later_piece_are_placed_in_the_file(tmp_path, caplog)
     assert "in 5 places in all" in said[0][1][3]
 
 
+def test_sources_that_hold_no_documents_say_their_files_were_skipped(workspace, tmp_path):
+    """A binary file and an empty one: "no documents found in the configured sources" read as
+    if the sources named nothing, the reasons in warnings lines above it."""
+    from lm.text.sources import InputError
+    from tasks.ingest import ingest_task
+
+    (tmp_path / "a.bin").write_bytes(bytes(range(256)) * 4)
+    (tmp_path / "b.txt").write_bytes(b"")
+    with warnings_said_by("lm.text.readers") as warnings, pytest.raises(InputError) as error:
+        ingest_task.fn(IngestConfig(sources=[str(tmp_path)]))
+    assert str(error.value) == (
+        f"{tmp_path}/a.bin, {tmp_path}/b.txt: no documents found in the configured sources: "
+        "each file was empty or skipped, or held only empty texts (the warnings above say why)"
+    )
+    assert any("a.bin: skipped, it looks like a binary file" in line for line in warnings)
+
+
 def test_a_novel_in_one_file_is_kept_by_the_default_quality_rules(workspace, tmp_path):
     """Cut at 8 MB (or not at all), a novel's pieces held over 100,000 words and were removed
     as too_many_words, every word of a one-file corpus; at the default they are kept, and a
