@@ -786,34 +786,46 @@ def report(
 def sql(
     query: Annotated[str, typer.Argument(help="a DuckDB SQL query (read-only)")],
     max_rows: Annotated[
-        int, typer.Option(min=0, max=MAX_COUNT, help="rows to show at most (0: every row)")
-    ] = SQL_MAX_ROWS,
+        int | None,
+        typer.Option(
+            min=0,
+            max=MAX_COUNT,
+            help=f"rows to show at most (0: every row); a table {SQL_MAX_ROWS:,}, CSV and JSON all",
+        ),
+    ] = None,
     output: Annotated[
         SqlFormat,
         typer.Option("--format", help="a table, or every value whole: CSV, or JSON Lines"),
     ] = SqlFormat.table,
 ) -> None:
     """Query the registry (runs, stages, metrics, datasets, ...) and the corpus (`corpus`,
-    `clean_corpus`, `corpus_versions`) with SQL. Nothing can be changed from here. A result
+    `clean_corpus`, `corpus_versions`) with SQL. Nothing can be changed from here. A table
     longer than --max-rows shows its first rows and says so: a table of a whole metrics log
-    takes minutes and gigabytes to draw. Several statements (`;`) show a result each."""
+    takes minutes and gigabytes to draw. CSV and JSON Lines, for a program, give every row
+    unless --max-rows is given (cut at 1,000 with exit 0, a file of them looked whole). Several
+    statements (`;`) show a result each."""
     import duckdb
 
     from storage.query import run_queries, sql_session
     from storage.registry import RegistryError
 
+    if max_rows is None:
+        max_rows = SQL_MAX_ROWS if output is SqlFormat.table else 0
     workspace = activate_workspace()
     try:
         with sql_session(_registry(), workspace.root) as connection:
             for number, result in enumerate(run_queries(connection, query)):
                 columns = [d[0] for d in result.description] if result.description else []
+                # A JSON column (`stats`, `config`), or a list of JSON, is data in JSON Lines,
+                # not a string of it.
+                nested = [str(d[1]) in ("JSON", "JSON[]") for d in result.description or []]
+                if output is not SqlFormat.table and not max_rows:
+                    _stream_result(output, columns, result, nested)
+                    continue
                 rows = result.fetchmany(max_rows + 1) if max_rows else result.fetchall()
                 cut = bool(max_rows) and len(rows) > max_rows
                 if number and output is SqlFormat.table:
                     console.print()
-                # A JSON column (`stats`, `config`), or a list of JSON, is data in JSON Lines,
-                # not a string of it.
-                nested = [str(d[1]) in ("JSON", "JSON[]") for d in result.description or []]
                 _print_result(output, columns, rows[:max_rows] if cut else rows, nested)
                 if cut:
                     errors.print(f"the first {max_rows:,} rows are shown, and there are more: add "
@@ -827,8 +839,28 @@ def sql(
         raise _fail(str(error)) from None
 
 
+SQL_FETCH_ROWS = 10_000  # CSV and JSON Lines are written this many rows at a time
+
+
+def _stream_result(output: SqlFormat, columns: list[str], result, nested: list[bool]) -> None:
+    """Every row of `result` as CSV or JSON Lines, a batch at a time: a metrics log of
+    millions of rows is never held whole."""
+    header = True
+    while True:
+        rows = result.fetchmany(SQL_FETCH_ROWS)
+        if rows or header:
+            _print_result(output, columns, rows, nested, header=header)
+        header = False
+        if len(rows) < SQL_FETCH_ROWS:
+            return
+
+
 def _print_result(
-    output: SqlFormat, columns: list[str], rows: list[tuple], nested: list[bool] | None = None
+    output: SqlFormat,
+    columns: list[str],
+    rows: list[tuple],
+    nested: list[bool] | None = None,
+    header: bool = True,
 ) -> None:
     """A query's result on stdout: a table for reading, or CSV / JSON Lines (one object per
     row) for a program, every value whole (a table wraps a long one to the terminal)."""
@@ -839,8 +871,9 @@ def _print_result(
         import csv
 
         writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(columns)
-        writer.writerows(["" if value is None else value for value in row] for row in rows)
+        if header:
+            writer.writerow(columns)
+        writer.writerows([_csv_value(value) for value in row] for row in rows)
         return
     names = _unique(columns)  # `SELECT 1 a, 2 a`: a dict would keep one `a`
     nested = nested or [False] * len(columns)
@@ -848,6 +881,18 @@ def _print_result(
         values = [_decoded(v) if is_json else v for v, is_json in zip(row, nested, strict=True)]
         record = dict(zip(names, map(_json_value, values), strict=True))
         sys.stdout.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+
+
+def _csv_value(value):
+    """A value as DuckDB's own CSV writes it, readable by another program: a boolean `true`,
+    a list or struct as JSON (Python's `True` and `['a', 'b']` were written), NULL empty."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | dict):
+        return json.dumps(value, ensure_ascii=False, default=str)
+    return value
 
 
 def _unique(columns: list[str]) -> list[str]:

@@ -17,6 +17,7 @@ import typer
 from rich.markup import escape
 
 from lm.clock import shown_time, utc_now
+from lm.flat_config import flatten_config
 from storage.pending_outcome import pending_status
 from storage.processes import run_looks_abandoned
 
@@ -65,22 +66,6 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
         return value.astimezone()  # local time
     except (OverflowError, ValueError):  # at the calendar's ends: no UTC instant
         return EARLIEST if value.year < 5000 else LATEST
-
-
-def flatten_config(value: Any, prefix: str = "") -> dict[str, Any]:
-    """A nested config as `section.key` → value; lists of tables by index (`sources[0].path`),
-    so two configs can be compared key by key."""
-    if isinstance(value, dict):
-        flat: dict[str, Any] = {}
-        for key, item in value.items():
-            flat |= flatten_config(item, f"{prefix}.{key}" if prefix else str(key))
-        return flat
-    if isinstance(value, list) and any(isinstance(item, dict | list) for item in value):
-        flat = {}
-        for index, item in enumerate(value):
-            flat |= flatten_config(item, f"{prefix}[{index}]")
-        return flat
-    return {prefix: value}
 
 
 def config_differences(configs: list[dict]) -> list[tuple[str, list[str]]]:

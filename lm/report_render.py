@@ -23,6 +23,7 @@ from typing import Any
 
 from lm.ablation_table import HEADER as ABLATION_HEADER
 from lm.ablation_table import AblationTable
+from lm.flat_config import flatten_config
 
 CURVE_KEYS = ("train/loss", "val/loss", "train/lr", "train/tokens_per_s", "train/mfu")
 # Val loss is measured in two places, and the two numbers differ: training measures it every
@@ -777,21 +778,13 @@ def _published_tokens(model: ModelSection) -> str:
             "training they continue)")  # fmt: skip
 
 
-def _flat_config(document: object, prefix: str = "") -> dict[str, object]:
-    if isinstance(document, dict):
-        flat: dict[str, object] = {}
-        for key, value in document.items():
-            flat.update(_flat_config(value, f"{prefix}{key}."))
-        return flat
-    return {prefix.rstrip("."): document}
-
-
 def _config_differences(reports: list[RunReport]) -> list[list[object]]:
-    """One row per config setting whose value is not the same in every run (`train.max_steps`),
-    lists shown as JSON."""
+    """One row per config setting whose value is not the same in every run (`train.max_steps`,
+    `models[3].train.learning_rate`: keys as `lmforge runs compare` names them), lists shown as
+    JSON."""
     import json
 
-    flats = [_flat_config(r.config) for r in reports]
+    flats = [flatten_config(r.config) for r in reports]
     keys = sorted({key for flat in flats for key in flat})
     rows = []
     for key in keys:

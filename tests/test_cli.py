@@ -67,6 +67,15 @@ def test_sql_is_read_only(workspace, tmp_path):
         "sql", "--format", "csv", "SELECT 'a,b' AS x, NULL AS y; SELECT 2 AS z"
     ).stdout
     assert csv == 'x,y\n"a,b",\nz\n2\n'
+    # CSV and JSON Lines are for programs: every row (cut at 1,000 with exit 0, a file of them
+    # looked whole), and values as DuckDB's CSV writes them, not Python's `True`, `['a']`.
+    many = "SELECT range AS i, range % 2 = 0 AS even, ['a', 'b'] AS l FROM range(25000)"
+    every_row = cli_in_process("sql", "--format", "csv", many)
+    assert every_row.stdout.count("\n") == 25001 and not every_row.stderr
+    assert every_row.stdout.startswith('i,even,l\n0,true,"[""a"", ""b""]"\n1,false,')
+    assert len(cli_in_process("sql", "--format", "json", many).stdout.splitlines()) == 25000
+    first = cli_in_process("sql", "--format", "csv", "--max-rows", "3", many)
+    assert first.stdout.count("\n") == 4 and "the first 3 rows are shown" in first.stderr
     lines = cli_in_process("sql", "--format", "json", "SELECT run_id, started_at FROM runs").stdout
     [record] = [json.loads(line) for line in lines.splitlines()]
     assert record["run_id"].startswith("2") and record["started_at"][:2] == "20"

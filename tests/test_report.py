@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from html.parser import HTMLParser
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from flows.report import (
     build_run_report,
     write_report_folder,
 )
-from lm.report_render import RenderedReport, render_run_report
+from lm.report_render import RenderedReport, _config_differences, render_run_report
 from storage.registry import RunRegistry
 from storage.report_data import gather_run_report
 from storage.workspace import Workspace
@@ -408,6 +409,23 @@ def test_comparison_needs_two_distinct_runs(runs):
         build_comparison_report([runs.full])
     with pytest.raises(ReportError, match="the same run twice"):
         build_comparison_report([runs.full, runs.full[:15]])
+
+
+def test_settings_that_differ_name_the_ladder_entry_that_differs():
+    # One changed key of one `[[models]]` entry is that key, as `lmforge runs compare` names it,
+    # not the whole ladder of each run; a list of plain values is still shown whole.
+    def config(learning_rate: float, sources: list[str]) -> SimpleNamespace:
+        ladder = [
+            {"model": {"kind": "bigram"}, "train": {"max_steps": 40}},
+            {"model": {"kind": "gpt"}, "train": {"learning_rate": learning_rate}},
+        ]
+        return SimpleNamespace(config={"models": ladder, "ingest": {"sources": sources}})
+
+    differences = _config_differences([config(3e-3, ["a", "b"]), config(1e9, ["a"])])
+    assert differences == [
+        ["ingest.sources", '["a", "b"]', '["a"]'],
+        ["models[1].train.learning_rate", 3e-3, 1e9],
+    ]
 
 
 def test_tokenizer_comparison_trains_the_same_model_on_each_and_reports_bits_per_byte(
