@@ -46,7 +46,7 @@ def sql_session(registry: RunRegistry, workspace_root: Path) -> Iterator[duckdb.
     connection = duckdb.connect()
     try:
         attach = f"ATTACH {_quote(str(registry.path))} AS registry (READ_ONLY)"
-        registry.retry_while_locked(lambda: connection.execute(attach))
+        registry.retry_while_locked(lambda: connection.execute(attach), "read")
         try:
             connection.execute("USE registry")
             root = _quote(str(workspace_root) + "/")

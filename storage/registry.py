@@ -325,9 +325,9 @@ class RunRegistry:
 
     # -- connections -------------------------------------------------------------------------
 
-    def retry_while_locked(self, action: Callable[[], T]) -> T:
-        """Run `action` (an open or attach of the file), retrying with backoff while another
-        process holds the database, up to `timeout_s`."""
+    def retry_while_locked(self, action: Callable[[], T], doing: str = "open") -> T:
+        """Run `action` (an open or attach of the file, to `doing`), retrying with backoff
+        while another process holds the database, up to `timeout_s`."""
         deadline = time.monotonic() + self.timeout_s
         delay = 0.02
         while True:
@@ -335,7 +335,7 @@ class RunRegistry:
                 return action()
             except duckdb.Error as error:
                 if not _is_lock_error(error) or time.monotonic() > deadline:
-                    raise self.unusable(error, "open") from error
+                    raise self.unusable(error, doing) from error
                 time.sleep(delay * (1 + random.random()))
                 delay = min(delay * 2, 0.5)
 
@@ -344,6 +344,16 @@ class RunRegistry:
         naming the file; for a damaged one, what to do without losing what it holds."""
         said = " ".join(str(error).split())
         holder = re.search(r"Conflicting lock is held in (.+?) \(PID (\d+)\)", said)
+        if holder and doing == "read":  # only a writer's open keeps readers out
+            program = _command_line(int(holder[2])) or holder[1]
+            return RegistryBusy(
+                f"{self.path}: cannot {doing} the registry: process {holder[2]} ({program}) has "
+                f"held it open to write for over {self.timeout_s:.0f} s, and DuckDB lets no "
+                "other process read a file one writes to; wait for it, or close it (from "
+                "Python, open the registry with `duckdb.connect(path, read_only=True)`)",
+                holder_pid=int(holder[2]),
+                holder_program=program,
+            )
         if holder:  # DuckDB's lock, which a read-only connection holds too
             program = _command_line(int(holder[2])) or holder[1]
             return RegistryBusy(
@@ -372,7 +382,10 @@ class RunRegistry:
             )
 
     def _connect(self, read_only: bool) -> duckdb.DuckDBPyConnection:
-        return self.retry_while_locked(lambda: duckdb.connect(str(self.path), read_only=read_only))
+        return self.retry_while_locked(
+            lambda: duckdb.connect(str(self.path), read_only=read_only),
+            "read" if read_only else "open",
+        )
 
     @contextmanager
     def writing(self) -> Iterator[duckdb.DuckDBPyConnection]:

@@ -280,8 +280,12 @@ def test_a_block_that_fails_its_checksum_is_said_at_once_as_damage_not_waited_on
             action()
         assert time.monotonic() - started < 10
         said = str(raised.value)
-        assert said.startswith(f"{registry.path}: cannot open the registry (")
-        assert "checksum" in said and "restore it from a backup, or move it aside" in said
+        assert said.startswith(f"{registry.path}: cannot ")  # read it, or open it to write
+        assert (
+            " the registry (" in said
+            and "checksum" in said
+            and "restore it from a backup, or move it aside" in said
+        )
 
 
 def test_writing_to_a_truncated_registry_is_a_registry_error_and_changes_nothing(tmp_path):
@@ -371,6 +375,38 @@ def test_a_registry_another_process_holds_open_names_that_process_not_damage(tmp
     assert "close it" in said and "damaged" not in said
     registry.start_run(_run_row("r2"))  # once it is closed, writing works again
     assert registry.find_run("r2")["status"] == "running"
+
+
+def test_a_reader_kept_out_by_a_writer_is_told_to_wait_or_close_it(tmp_path):
+    """A Python connection open to write kept `lmforge sql` out, which was told that DuckDB
+    lets no process write while one reads, and that a run's stages are cached."""
+    import subprocess
+    import sys
+
+    from storage.query import sql_session
+
+    registry = RunRegistry(tmp_path / "registry.duckdb", timeout_s=0.5)
+    registry.start_run(_run_row("r1"))
+    writer = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys, time\n"
+         "connection = duckdb.connect(sys.argv[1])\n"
+         "print('open', flush=True)\ntime.sleep(60)", str(registry.path)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    said = []
+    try:
+        assert writer.stdout.readline() == "open\n"
+        for read in (lambda: registry.find_run("r1"), lambda: sql_session(registry, tmp_path)):
+            with pytest.raises(RegistryError) as raised, read():
+                pass
+            said.append(str(raised.value))
+    finally:
+        writer.kill()
+        writer.wait()
+    for message in said:
+        assert message.startswith(f"{registry.path}: cannot read the registry: process ")
+        assert f"process {writer.pid} (" in message and "held it open to write" in message
+        assert "read_only=True" in message and "cached" not in message
 
 
 STARTED = datetime(2026, 12, 4, 10, 0, 0, tzinfo=UTC)
