@@ -409,12 +409,14 @@ def _check_memory(settings, runs: list, config_path: Path, given_sets: bool = Fa
 
 
 def _print_stages(summary: dict) -> None:
+    from lm.artifact_keys import short_key
+
     rows = [
         (
             s["stage"],
             "cached" if s["cached"] else "ran",
             f"{s['seconds']:.2f}",
-            (s["output_digest"] or "")[:12],
+            short_key(s["output_digest"] or ""),  # "evaluate-ceb": 3 of its digits
         )
         for s in summary["stages"]
     ]

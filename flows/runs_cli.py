@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
+from lm.artifact_keys import short_key
 from lm.clock import shown_time, utc_now
 from lm.flat_config import flatten_config
 from storage.pending_outcome import pending_status
@@ -218,11 +219,12 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="a run id or a unique p
         stage_columns, stages = registry.query(
             "SELECT stage, CASE WHEN cached THEN 'cached' ELSE 'ran' END AS state, "
             "round(seconds, 2) AS seconds, finished_at AS finished, "
-            "left(output_digest, 12) AS digest, "
+            "output_digest AS digest, "
             "output_path FROM stages WHERE run_id = ? ORDER BY finished_at, rowid",
             [found["run_id"]],
         )
-        stages = [(*row[:3], row[3] and shown_time(row[3]), *row[4:]) for row in stages]
+        stages = [(*row[:3], row[3] and shown_time(row[3]), short_key(row[4] or ""), *row[5:])
+                  for row in stages]  # fmt: skip
         model_columns, models = registry.query(
             "SELECT label, kind, parameters, steps, round(val_loss, 4) AS val_loss, "
             "round(val_bpb, 4) AS val_bpb, round(test_bpb, 4) AS test_bpb, alias, path "

@@ -23,6 +23,7 @@ from typing import Any
 
 from lm.ablation_table import HEADER as ABLATION_HEADER
 from lm.ablation_table import AblationTable
+from lm.artifact_keys import short_key
 from lm.flat_config import flatten_config
 
 CURVE_KEYS = ("train/loss", "val/loss", "train/lr", "train/tokens_per_s", "train/mfu")
@@ -705,7 +706,7 @@ def _stages_section(report: RunReport, images: dict[str, bytes]) -> str:
         return _missing("No stage was recorded for this run (it ended before the first finished).")
     images["stages.png"] = _stages_plot(report.stages)
     rows = [
-        (s.stage, "cached" if s.cached else "ran", round(s.seconds, 3), (s.digest or "")[:12])
+        (s.stage, "cached" if s.cached else "ran", round(s.seconds, 3), short_key(s.digest or ""))
         for s in report.stages
     ]
     hits = sum(s.cached for s in report.stages)

@@ -79,13 +79,6 @@ class Descriptor:
 _REUSED_KEYS: set[str] = set()
 
 
-def short_key(key: str) -> str:
-    """`key` as a log line names it: its stage and the first 12 characters of its digest
-    (`key[:12]` left "word2vec-vec" of a vectors key, no digest at all)."""
-    stage, _, digest = key.rpartition("-")
-    return f"{stage}-{digest[:12]}" if stage else key[:12]
-
-
 def reused(descriptor: Descriptor) -> Descriptor:
     """`descriptor`, found complete by the task that was to build it: noted for the flow."""
     _REUSED_KEYS.add(descriptor.key)

@@ -20,9 +20,10 @@ import time
 
 from prefect import task
 
+from lm.artifact_keys import short_key
 from lm.eval_config import EvalConfig, SamplingConfig
 from lm.tokenizer import TokenizerError
-from storage.artifacts import ArtifactStore, Descriptor, reused, short_key
+from storage.artifacts import ArtifactStore, Descriptor, reused
 from storage.shards import open_shard
 from storage.workspace import Workspace
 from tasks.caching import cache_key_from, code_digest, module_sources, stage_key

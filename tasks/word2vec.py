@@ -22,6 +22,7 @@ from pathlib import Path
 from prefect import task
 
 from lm.allocator import gives_back_freed_memory
+from lm.artifact_keys import short_key
 from lm.config import Word2VecConfig
 from lm.tokenizer import load_tokenizer
 from lm.word2vec import (
@@ -33,7 +34,7 @@ from lm.word2vec import (
     whole_word_view,
 )
 from lm.word2vec import word_sentences as words_of
-from storage.artifacts import ArtifactStore, Descriptor, reused, short_key
+from storage.artifacts import ArtifactStore, Descriptor, reused
 from storage.corpus import DOCUMENTS_FILE, iter_split_texts, text_digest
 from storage.shards import shard_documents
 from storage.workspace import Workspace

@@ -78,3 +78,14 @@ def test_the_clean_key_holds_only_the_split_settings_the_corpus_holds():
     assert key() != key(val=0.1) != key(val=0.1, test=0.1)  # hash: the fractions assign
     assert key(method="random") != key()
     assert key(method="ordered") != key(method="hash")
+
+
+def test_a_key_is_shown_by_its_stage_and_12_digest_characters():
+    """`key[:12]` left "word2vec-vec" of a vectors key and "evaluate-ceb" of a scores key:
+    three digits of the folder the artifact is in, or none."""
+    from lm.artifact_keys import short_key
+
+    digest = "ceb0123456789abcdef0123456789abcdef01234"
+    assert short_key(f"evaluate-{digest}") == "evaluate-ceb012345678"
+    assert short_key(f"word2vec-vectors-{digest}") == "word2vec-vectors-ceb012345678"
+    assert short_key(digest) == digest[:12] and short_key("") == ""
