@@ -119,8 +119,9 @@ def test_runs_rejects_a_bad_since_and_an_unknown_status(history):
 
 def test_runs_show_formats_metric_values_as_compare_does(history):
     """Raw floats: a count read 5000.0, a learning rate 3e-05 or 0.000753295668…"""
-    shown = run_cli("runs", "show", "r-gpt-new", home=history).stdout
+    shown = cli_in_process("runs", "show", "r-gpt-new", home=history).stdout
     assert re.search(r"│ tokens/train\s+│ 0\s+│ 5,000\s+│", shown)
+    assert "\nseconds: 60.00\n" in shown  # the run's own time too (110.219991)
     assert re.search(r"│ train/lr\s+│ 9\s+│ 3e-05\s+│", shown)
 
 
