@@ -423,8 +423,8 @@ def load_trained(folder: Path) -> tuple[LanguageModel, Tokenizer]:
         complete = [named]
     if not complete:
         raise CheckpointError(
-            f"{folder}: no complete checkpoint (best/ or final/ with a DONE marker); the "
-            "training did not finish: rerun the pipeline"
+            f"{folder}: no complete checkpoint (best/ or final/ with a DONE marker): the "
+            "training did not finish, or they were removed; rerun the pipeline"
         )
     try:
         settings = json.loads(model_file.read_text())
