@@ -70,6 +70,9 @@ def main() -> None:
     indented = "Intro.\n" + " " * (10 * args.repeat) + "a|}" * args.repeat + "\nend"
     print(f"{'|} after a long indent':32s} {len(indented) / 1e3:7.0f} k chars "
           f"{timed(indented):7.3f} s")  # fmt: skip
+    # A template shown as words, of many bars: each bar looked ahead to the template's end.
+    bars = "{{convert|" + "|" * (8 * args.repeat) + "}}"
+    print(f"{'{{convert}} of many bars':32s} {len(bars) / 1e3:7.0f} k chars {timed(bars):7.3f} s")
 
 
 if __name__ == "__main__":

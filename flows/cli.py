@@ -875,7 +875,12 @@ def _print_result(
         writer = csv.writer(sys.stdout, lineterminator="\n")
         if header:
             writer.writerow(columns)
-        writer.writerows([_csv_value(value) for value in row] for row in rows)
+        nested = nested or [False] * len(columns)
+        writer.writerows(
+            [_csv_value(_decoded(v) if is_json and isinstance(v, list) else v)
+             for v, is_json in zip(row, nested, strict=True)]
+            for row in rows
+        )  # fmt: skip
         return
     names = _unique(columns)  # `SELECT 1 a, 2 a`: a dict would keep one `a`
     nested = nested or [False] * len(columns)
@@ -887,13 +892,17 @@ def _print_result(
 
 def _csv_value(value):
     """A value as DuckDB's own CSV writes it, readable by another program: a boolean `true`,
-    a list or struct as JSON (Python's `True` and `['a', 'b']` were written), NULL empty."""
+    a list or struct as JSON (Python's `True` and `['a', 'b']` were written; a list of JSON
+    comes decoded, not as strings of JSON), a blob's bytes as DuckDB writes them (`\\xFF`, not
+    Python's `b'\\xff'`), NULL empty."""
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, list | dict):
         return json.dumps(value, ensure_ascii=False, default=str)
+    if isinstance(value, bytes):
+        return "".join(chr(b) if 32 <= b < 127 and b != 92 else f"\\x{b:02X}" for b in value)
     return value
 
 

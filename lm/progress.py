@@ -62,8 +62,12 @@ class ProgressLog:
         now = now or time.monotonic()
         elapsed = max(now - self._start, 1e-9)
         rate = self.done / elapsed
-        if self._first is not None and now - self._first[0] >= 1.0 and self.done > self._first[1]:
-            rate = (self.done - self._first[1]) / (now - self._first[0])
+        # Once all is done, the whole stage's rate: from the first update, a fan-out's last line
+        # read the gap between its two parts' results ("33.3 MB/s" of a 3 MB/s encode).
+        running = not self.total or self.done < self.total
+        first = self._first
+        if running and first is not None and now - first[0] >= 1.0 and self.done > first[1]:
+            rate = (self.done - first[1]) / (now - first[0])
         text = f"{self.name}: {_format_amount(self.done, self.unit)}"
         if self.total:
             share = min(self.done / self.total, 1.0)

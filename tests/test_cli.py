@@ -466,6 +466,19 @@ def test_sql_over_the_corpus_before_any_corpus_is_recorded_says_so(tmp_path):
     assert "Table with name nothing does not exist" in other.stderr
 
 
+def test_sql_csv_gives_a_list_of_json_as_data_and_a_blob_as_duckdb_writes_it(tmp_path):
+    """A JSON[] column (`list(stats)`) was written as JSON strings inside JSON, and a blob as
+    Python's `b'ab'`."""
+    from datetime import datetime
+
+    RunRegistry(tmp_path / "registry.duckdb").start_run(
+        {"run_id": "r1", "status": "running", "started_at": datetime.now()}
+    )
+    query = "SELECT ['{\"a\": 1}'::JSON] AS l, '\\x5C\\xFFab'::BLOB AS b"
+    csv = cli_in_process("sql", "--format", "csv", query, home=tmp_path).stdout
+    assert csv == 'l,b\n"[{""a"": 1}]",\\x5C\\xFFab\n'
+
+
 def test_a_long_table_is_printed_a_block_at_a_time_its_blocks_lined_up(monkeypatch):
     """Rich lays a table out whole before its first line: 60,000 documents of `corpus stats
     --all` were minutes of nothing. A long table is printed in blocks, with the whole table's

@@ -58,3 +58,16 @@ def test_the_rate_is_measured_from_the_first_work_done_not_from_set_up(monkeypat
     progress.update(600)  # 500 docs in 5 s since the first batch: 100 docs/s
     line = progress.line()
     assert "100 docs/s" in line and "ETA 0:00:04" in line and "elapsed 0:00:15" in line
+
+
+def test_the_last_line_gives_the_whole_stage_s_rate(monkeypatch):
+    """Two parts of a fan-out finishing 1.5 s apart after 32 s: the last line said 33.3 MB/s,
+    the 50 MB of the second part over the 1.5 s between the two results."""
+    clock = [100.0]
+    monkeypatch.setattr("lm.progress.time.monotonic", lambda: clock[0])
+    progress = ProgressLog("encode", total=100e6, _start=clock[0])
+    clock[0] += 32.0
+    progress.update(50e6)
+    clock[0] += 1.5
+    progress.update(100e6)
+    assert "3.0 MB/s" in progress.line()

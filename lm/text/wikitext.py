@@ -48,20 +48,48 @@ _REF_OPENER = re.compile(r"<(ref)\b[^<>]*>", re.IGNORECASE)
 # removed with the others, they left holes in the prose ("at a height of .", "from , anarchos";
 # in the bundled dump 356 {{convert}}, 85 {{lang}}, 22 {{nowrap}}).
 _SHOWN_TEMPLATE = re.compile(
-    r"\{\{\s*(convert|cvt|lang|lang-[a-z]+(?:-[a-z]+)*|nowrap)\s*\|([^{}]*)\}\}",
+    # Not the `{{{` of a template parameter (`{{{lang|}}}` showed "{}").
+    r"(?<!\{)\{\{(?!\{)\s*(convert|cvt|lang|lang-[a-z]+(?:-[a-z]+)*|nowrap)\s*\|([^{}]*)\}\}",
     re.IGNORECASE,
 )
-_TEMPLATE_BAR = re.compile(r"\|(?![^\[\]]*\]\])")  # not the bar of a `[[link|anchor]]` inside
-_NAMED_ARGUMENT = re.compile(r"^\s*[\w -]+=")
-_RANGE_WORDS = {"to": " to ", "and": " and ", "or": " or ", "-": "–", "–": "–", "x": " × ",
-                "by": " by ", "+/-": " ± ", "±": " ± "}  # fmt: skip
-# `{{convert}}` shows the first unit's name unless abbreviated (`abbr=on`): the common ones.
-_UNIT_NAMES = {"km": "kilometres", "m": "metres", "cm": "centimetres", "mm": "millimetres",
-               "mi": "miles", "ft": "feet", "in": "inches", "yd": "yards", "nmi": "nautical miles",
-               "km2": "square kilometres", "sqmi": "square miles", "m2": "square metres",
-               "sqft": "square feet", "ha": "hectares", "acre": "acres", "kg": "kilograms",
-               "g": "grams", "lb": "pounds", "t": "tonnes", "C": "°C", "F": "°F",
-               "km/h": "kilometres per hour", "mph": "miles per hour", "L": "litres"}  # fmt: skip
+# A template's bars and the `[[`, `]]` around a link's bar, read in one pass: a lookahead from
+# each bar to the next `]]` read the rest of the template again per bar (quadratic: 160 k bars
+# in one {{convert}} took 37 s).
+_TEMPLATE_BAR_OR_LINK = re.compile(r"\[\[|\]\]|\|")
+_NAMED_ARGUMENT = re.compile(r"^\s*([\w -]+?)\s*=")
+_RANGE_WORDS = {"to": " to ", "to(-)": " to ", "and": " and ", "and(-)": " and ", "or": " or ",
+                "-": "–", "–": "–", "x": " × ", "×": " × ", "by": " by ", "+/-": " ± ",
+                "±": " ± ", "+": " + ", ",": ", ", ", and": ", and ", ", or": ", or "}  # fmt: skip
+# `{{convert}}` shows the first unit's name unless abbreviated (`abbr=on`), singular for 1 and
+# before a noun (`adj=on`): the common ones, and those of the bundled dump (a code such as
+# "koilbbl/d" or "e6acre" left as itself is no word of the text).
+_UNIT_NAMES = {
+    "km": ("kilometre", "kilometres"), "m": ("metre", "metres"),
+    "cm": ("centimetre", "centimetres"), "mm": ("millimetre", "millimetres"),
+    "mi": ("mile", "miles"), "ft": ("foot", "feet"), "in": ("inch", "inches"),
+    "yd": ("yard", "yards"), "nmi": ("nautical mile", "nautical miles"),
+    "km2": ("square kilometre", "square kilometres"), "sqmi": ("square mile", "square miles"),
+    "m2": ("square metre", "square metres"), "sqft": ("square foot", "square feet"),
+    "ha": ("hectare", "hectares"), "acre": ("acre", "acres"), "kg": ("kilogram", "kilograms"),
+    "g": ("gram", "grams"), "lb": ("pound", "pounds"), "t": ("tonne", "tonnes"),
+    "C": ("°C", "°C"), "F": ("°F", "°F"), "C-change": ("°C", "°C"), "F-change": ("°F", "°F"),
+    "km/h": ("kilometre per hour", "kilometres per hour"),
+    "mph": ("mile per hour", "miles per hour"),
+    "m/s": ("metre per second", "metres per second"),
+    "ft/s": ("foot per second", "feet per second"), "L": ("litre", "litres"),
+    "m3": ("cubic metre", "cubic metres"), "ft3": ("cubic foot", "cubic feet"),
+    "USgal": ("US gallon", "US gallons"), "MUSgal": ("million US gallons", "million US gallons"),
+    "oilbbl": ("barrel", "barrels"), "oilbbl/d": ("barrel per day", "barrels per day"),
+    "koilbbl/d": ("thousand barrels per day", "thousand barrels per day"),
+    "Moilbbl": ("million barrels", "million barrels"),
+    "Moilbbl/d": ("million barrels per day", "million barrels per day"),
+    "Goilbbl": ("billion barrels", "billion barrels"),
+    "Tcuft": ("trillion cubic feet", "trillion cubic feet"),
+    "e6acre": ("million acres", "million acres"), "e6carat": ("million carats", "million carats"),
+}  # fmt: skip
+_AMOUNT = re.compile(r"[\d.,]+")
+# Abbreviated, a unit shows its symbol: a code that is not one.
+_UNIT_SYMBOLS = {"C": "°C", "F": "°F", "C-change": "°C", "F-change": "°F"}
 _REFERENCES_OPENER = re.compile(r"<(references)\b[^<>]*>", re.IGNORECASE)
 # Every position where a template parameter, template or table opens or closes, overlaps
 # included ('|}}' holds both; a parameter's `{{{` is tried before a template's `{{`).
@@ -153,25 +181,69 @@ def _show_inline_templates(text: str) -> str:
     return text
 
 
+def _template_arguments(body: str) -> tuple[list[str], dict[str, str]]:
+    """A template's positional arguments and its named ones (`abbr=on`; `1=a=b`, MediaWiki's way
+    to give a positional one that holds `=`, sets the first), split at the bars outside links."""
+    parts, depth, start = [], 0, 0
+    for token in _TEMPLATE_BAR_OR_LINK.finditer(body):
+        if token.group() == "[[":
+            depth += 1
+        elif token.group() == "]]":
+            depth = max(depth - 1, 0)
+        elif not depth:
+            parts.append(body[start : token.start()])
+            start = token.end()
+    parts.append(body[start:])
+    positional: list[str] = []
+    named: dict[str, str] = {}
+    for part in parts:
+        name = _NAMED_ARGUMENT.match(part)
+        if name is None:
+            positional.append(part.strip())
+        else:
+            named[name.group(1).lower()] = part[name.end() :].strip()
+    for key, value in named.items():
+        if key.isdigit() and 0 < int(key) <= len(positional) + 1:
+            index = int(key) - 1
+            positional[index : index + 1] = [value]
+    return positional, named
+
+
 def _shown_template(match: re.Match[str]) -> str:
     name = match.group(1).strip().lower()
-    parts = _TEMPLATE_BAR.split(match.group(2))
-    arguments = [part.strip() for part in parts if not _NAMED_ARGUMENT.match(part)]
+    arguments, named = _template_arguments(match.group(2))
     if name in ("convert", "cvt"):
         if len(arguments) < 2:
             return ""
         amount, rest = arguments[0], arguments[1:]
-        if len(rest) >= 2 and rest[0].lower() in _RANGE_WORDS:
+        ranged = len(rest) >= 2 and rest[0].lower() in _RANGE_WORDS
+        if ranged:
             amount += _RANGE_WORDS[rest[0].lower()] + rest[1]
             rest = rest[2:]
         if not rest:
             return amount
-        abbreviated = name == "cvt" or any(
-            part.replace(" ", "").lower() == "abbr=on" for part in parts
-        )
-        return f"{amount} {rest[0] if abbreviated else _UNIT_NAMES.get(rest[0], rest[0])}"
+        unit = rest[0]
+        # Feet and inches (`|6|ft|2|in|cm`): both amounts shown, "6 feet 2 inches".
+        if len(rest) >= 3 and _AMOUNT.fullmatch(rest[1]) and rest[2] in _UNIT_NAMES:
+            plain = {**named, "adj": ""}
+            return (f"{_shown_convert(name, amount, unit, plain, ranged)} "
+                    f"{_shown_convert(name, rest[1], rest[2], plain, False)}")  # fmt: skip
+        return _shown_convert(name, amount, unit, named, ranged)
+    if name == "lang" and "text" in named:
+        return named["text"]
     index = 1 if name == "lang" else 0
     return arguments[index] if len(arguments) > index else ""
+
+
+def _shown_convert(name: str, amount: str, unit: str, named: dict[str, str], ranged: bool) -> str:
+    """An amount and its unit as `{{convert}}` shows them: abbreviated ("5 km"), singular for 1
+    ("1 kilometre"), or before a noun with `adj=on` ("a 5-kilometre road")."""
+    if name == "cvt" or named.get("abbr", "").lower() == "on":
+        return f"{amount} {_UNIT_SYMBOLS.get(unit, unit)}"
+    singular, plural = _UNIT_NAMES.get(unit, (unit, unit))
+    if named.get("adj", "").lower() == "on" and not ranged:
+        return f"{amount}-{singular.replace(' ', '-')}"
+    return f"{amount} {singular if amount == '1' else plural}"
 
 
 def _set_nowiki_aside(text: str) -> tuple[str, list[str]]:
