@@ -60,11 +60,15 @@ def _load(run: str, label: str | None):
         raise _fail("no run id or model folder given (see `lmforge runs` for the runs)")
     folder = Path(run).expanduser()
     if folder.is_file():  # a checkpoint's file (`best/model.pt`): its folder, not a run id
-        folder = folder.parent
+        parent = folder.parent
+        if not any((place / "model.json").is_file() for place in (parent, parent.parent)):
+            raise _fail(f"{run}: a file, not a model folder (one holding model.json), a file "
+                        "in one, or a run id (see `lmforge runs` for the runs)")  # fmt: skip
+        folder = parent
     if not folder.exists() and ("/" in run or run.startswith("~")):  # a path, not an id
         raise _fail(f"{run}: no such model folder")
     if folder.is_dir() and label is not None:
-        raise _fail(f"--model {label}: {run} is a model folder, not a run; leave --model out")
+        raise _fail(f"--model {label}: {run} is a model, not a run; leave --model out")
     try:
         if not folder.is_dir():
             registry = RunRegistry(workspace.registry_path)

@@ -52,8 +52,11 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
         ) from None
     ids = _encoded(tokenizer, prompt)
     if ids is None:
-        # One quoted character each: 'AN' read as the substring "AN", not A and N.
-        unknown = ", ".join(sorted(repr(c) for c in set(prompt) if _encoded(tokenizer, c) is None))
+        # One quoted character each: 'AN' read as the substring "AN", not A and N; in the order
+        # they come; a pasted paragraph of another script is named by its first 20.
+        missing = [repr(c) for c in dict.fromkeys(prompt) if _encoded(tokenizer, c) is None]
+        more = f" and {len(missing) - 20:,} more" if len(missing) > 20 else ""
+        unknown = ", ".join(missing[:20]) + more
         raise TokenizerError(
             f"the prompt has characters the tokenizer cannot encode: {unknown} (it "
             "has no byte fallback); leave them out, or train the tokenizer with "

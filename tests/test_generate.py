@@ -423,6 +423,21 @@ def test_a_checkpoint_file_given_generates_with_its_checkpoint(recorded_run):
     ]
     assert [result.exit_code for result in said] == [0, 0], said[1].output
     assert said[1].stdout == said[0].stdout and said[0].stdout.startswith("The")
+    notes = home / "notes.txt"  # a file in no model folder: named, not "." (its folder)
+    notes.write_text("x")
+    other = CliRunner().invoke(app, ["generate", str(notes)], env={"LMFORGE_HOME": str(home)})
+    assert other.exit_code == 1
+    assert f"error: {notes}: a file, not a model folder (one holding model.json)" in other.stderr
+
+
+def test_a_prompt_of_many_characters_the_tokenizer_lacks_names_the_first_20():
+    """A pasted paragraph of another script listed every character in one error line."""
+    char = char_tokenizer(" ".join(DOCS), unknown_chars="error")
+    prompt = "the " + "".join(chr(code) for code in range(0x4E00, 0x4E00 + 50))
+    with pytest.raises(TokenizerError) as raised:
+        encode_prompt(char, prompt)
+    listed = ", ".join(repr(chr(code)) for code in range(0x4E00, 0x4E00 + 20))
+    assert f"cannot encode: {listed} and 30 more (it has no byte fallback)" in str(raised.value)
 
 
 def test_a_prompt_that_is_not_utf8_is_an_error_naming_its_first_bad_byte():
@@ -471,7 +486,7 @@ def test_model_with_a_folder_and_a_run_whose_model_folder_is_gone_are_errors(
     folder = str(home / trained.path)
     both = runner.invoke(app, ["generate", folder, "--model", "counts", "--prompt", "The"])
     assert both.exit_code == 1
-    assert f"--model counts: {folder} is a model folder, not a run" in both.stderr
+    assert f"--model counts: {folder} is a model, not a run" in both.stderr
 
     registry = RunRegistry(Workspace.from_env().registry_path)
     registry.start_run({"run_id": "20250101-000000-0a0b0c", "status": "running",
