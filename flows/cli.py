@@ -887,7 +887,17 @@ def _print_result(
     for row in rows:
         values = [_decoded(v) if is_json else v for v, is_json in zip(row, nested, strict=True)]
         record = dict(zip(names, map(_json_value, values), strict=True))
-        sys.stdout.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+        sys.stdout.write(json.dumps(record, ensure_ascii=False, default=_json_default) + "\n")
+
+
+def _json_default(value):
+    """A value JSON has no type for: a DECIMAL (DuckDB's type of a literal such as `1.5`, and
+    of arithmetic on one) as a number, not the string "1.5"; a time, a UUID, a blob as text."""
+    from decimal import Decimal
+
+    if isinstance(value, Decimal) and value.is_finite():
+        return int(value) if value == value.to_integral_value() else float(value)
+    return str(value)
 
 
 def _csv_value(value):

@@ -477,6 +477,10 @@ def test_sql_csv_gives_a_list_of_json_as_data_and_a_blob_as_duckdb_writes_it(tmp
     query = "SELECT ['{\"a\": 1}'::JSON] AS l, '\\x5C\\xFFab'::BLOB AS b"
     csv = cli_in_process("sql", "--format", "csv", query, home=tmp_path).stdout
     assert csv == 'l,b\n"[{""a"": 1}]",\\x5C\\xFFab\n'
+    # A DECIMAL (the type of a literal `1.5`) is a number in JSON Lines, not the string "1.5".
+    numbers = "SELECT 1.5 AS x, 2.0 * 3 AS y, 10::DECIMAL(20, 0) AS z"
+    line = cli_in_process("sql", "--format", "json", numbers, home=tmp_path).stdout
+    assert json.loads(line) == {"x": 1.5, "y": 6, "z": 10} and '"1.5"' not in line
 
 
 def test_a_long_table_is_printed_a_block_at_a_time_its_blocks_lined_up(monkeypatch):
