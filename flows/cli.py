@@ -901,10 +901,10 @@ def _json_default(value):
 
 
 def _csv_value(value):
-    """A value as DuckDB's own CSV writes it, readable by another program: a boolean `true`,
-    a list or struct as JSON (Python's `True` and `['a', 'b']` were written; a list of JSON
-    comes decoded, not as strings of JSON), a blob's bytes as DuckDB writes them (`\\xFF`, not
-    Python's `b'\\xff'`), NULL empty."""
+    """A value readable by another program: a boolean `true` and a blob's bytes (`\\xFF`) as
+    DuckDB's own CSV writes them (not Python's `True`, `b'\\xff'`), a list, struct or map as
+    JSON (DuckDB writes `{'x': 1}`, which no JSON reader takes; a list of JSON comes decoded,
+    not as strings of JSON), NULL empty."""
     if value is None:
         return ""
     if isinstance(value, bool):
