@@ -49,7 +49,7 @@ _REF_OPENER = re.compile(r"<(ref)\b[^<>]*>", re.IGNORECASE)
 # in the bundled dump 356 {{convert}}, 85 {{lang}}, 22 {{nowrap}}).
 _SHOWN_TEMPLATE = re.compile(
     # Not the `{{{` of a template parameter (`{{{lang|}}}` showed "{}").
-    r"(?<!\{)\{\{(?!\{)\s*(convert|cvt|lang|lang-[a-z]+(?:-[a-z]+)*|nowrap)\s*\|([^{}]*)\}\}",
+    r"(?<!\{)\{\{(?!\{)\s*(convert|cvt|langx?|lang-[a-z]+(?:-[a-z]+)*|nowrap)\s*\|([^{}]*)\}\}",
     re.IGNORECASE,
 )
 # A template's bars and the `[[`, `]]` around a link's bar, read in one pass: a lookahead from
@@ -229,9 +229,10 @@ def _shown_template(match: re.Match[str]) -> str:
             return (f"{_shown_convert(name, amount, unit, plain, ranged)} "
                     f"{_shown_convert(name, rest[1], rest[2], plain, False)}")  # fmt: skip
         return _shown_convert(name, amount, unit, named, ranged)
-    if name == "lang" and "text" in named:
+    # `{{langx|fr|…}}` (the name that replaced `{{lang-fr|…}}` in 2024) gives its code first.
+    if name in ("lang", "langx") and "text" in named:
         return named["text"]
-    index = 1 if name == "lang" else 0
+    index = 1 if name in ("lang", "langx") else 0
     return arguments[index] if len(arguments) > index else ""
 
 
