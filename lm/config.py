@@ -641,6 +641,12 @@ class PipelineConfig(StrictModel):
             raise ValueError("an ablation needs a base [model] that its variants change")
         if not self.ablation.variants:
             raise ValueError("an ablation needs [[ablation.variants]]")
+        if "val" not in self.eval.splits:  # the table is of val bits per byte: a KeyError after
+            # every arm had trained, before
+            raise ValueError(
+                f"eval.splits is {json.dumps(self.eval.splits)}, but an ablation compares the "
+                'variants\' val bits per byte: add "val"'
+            )
         arms = []
         trained_by: dict[str, str] = {}  # a variant's settings → its name
         for variant in self.ablation.variants:

@@ -364,6 +364,14 @@ def test_an_ablation_variant_that_cannot_change_the_model_is_refused(variants, s
         settings.ablation_runs()
 
 
+def test_an_ablation_that_does_not_score_val_is_refused_before_it_trains():
+    # The table is of the evaluator's val bits per byte: a KeyError after every arm trained.
+    settings = load_config("ablation", ['eval.splits=["test"]'])
+    with pytest.raises(ValueError, match=re.escape('eval.splits is ["test"], but an ablation')):
+        settings.ablation_runs()
+    load_config("ablation", ['eval.splits=["val"]']).ablation_runs()
+
+
 @pytest.mark.parametrize(
     ("name", "said"),
     [("", "is empty"), ("a|b", "'a|b' has a '/', '|'"), ("a\\nb", r"'a\nb' has a '/'")],
