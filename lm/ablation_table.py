@@ -128,6 +128,18 @@ def one_line_error(error: BaseException) -> str:
     return text
 
 
+def _speed(stats: dict) -> float:
+    """An arm's training tokens/s: over its steps after the first where recorded (the first
+    holds the allocations and start-up that only the first arm a process trains pays for in
+    full), else over the steps' own seconds (the stage's seconds held set-up, the baseline and
+    evaluations, which weighed most on whichever arm came first)."""
+    if stats.get("steady_tokens") and stats.get("steady_seconds"):
+        return stats["steady_tokens"] / max(stats["steady_seconds"], 1e-9)
+    return stats.get("tokens_this_run", stats["tokens_seen"]) / max(
+        stats.get("step_seconds") or stats["seconds"], 1e-9
+    )
+
+
 def summarize(
     planned: list[tuple[str, int]],
     scored: list[tuple[str, int, dict]],
@@ -148,13 +160,9 @@ def summarize(
     results = []
     for variant, runs in by_variant.items():
         bpb = [stats["val_bpb"] for _, stats in runs]
-        # The tokens trained in the steps' own seconds (the stage's seconds held set-up, the
-        # baseline and evaluations, which weighed most on whichever arm came first): a resumed
-        # seed's earlier tokens are not counted, and one resumed at its end, which trained
-        # nothing here, has no speed to give.
-        speed = [stats.get("tokens_this_run", stats["tokens_seen"])
-                 / max(stats.get("step_seconds") or stats["seconds"], 1e-9)
-                 for _, stats in runs if stats.get("tokens_this_run", 1) > 0]  # fmt: skip
+        # A resumed seed's earlier tokens are not counted, and one resumed at its end, which
+        # trained nothing here, has no speed to give.
+        speed = [_speed(stats) for _, stats in runs if stats.get("tokens_this_run", 1) > 0]
         results.append(
             VariantResult(
                 variant=variant,

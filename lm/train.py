@@ -370,6 +370,13 @@ class TrainResult:
     # The steps' own time in this call: not evaluations, checkpoints, or what came before (a
     # baseline, the model's build): what a training speed divides by.
     step_seconds: float = 0.0
+    # The targets and seconds of this call's steps after its first, which holds the process's
+    # first allocations, thread start-up and (compiled) compilation: a speed compared across
+    # trainings (an ablation's arms) is taken from these, else the first arm a process trains
+    # looks slowest (587 tokens/s against 1,808 to 4,729 of the same model in 20 steps). None
+    # for a call of one step or none.
+    steady_tokens: int | None = None
+    steady_seconds: float | None = None
 
 
 class Trainer:
@@ -723,6 +730,8 @@ class Trainer:
                                self.tokens_trained)  # fmt: skip
         last_report, steps_at_report, stepping = time.monotonic(), self.step, 0.0
         step_seconds = 0.0
+        first_step: tuple[int, float] | None = None  # (targets, seconds) of this call's first
+        tokens_in_call = 0
         tokens_in_window = 0  # the targets trained on: rows of documents score fewer than
         # global_batch × block_size (their padding), windows exactly that
         if self.step == 0 and config.warmup_steps >= config.max_steps and self.ranks.is_main:
@@ -766,6 +775,9 @@ class Trainer:
             stepping += now - resumed  # the steps' own time: the device's too, up to the read
             step_seconds += now - resumed
             tokens_in_window += scored
+            tokens_in_call += scored
+            if first_step is None:
+                first_step = (scored, step_seconds)
             losses.append(step_loss)
             self._log({"train/loss": step_loss, "train/lr": rate}, step)
             if now - last_report > 5 or step == config.max_steps:
@@ -803,9 +815,12 @@ class Trainer:
             # Evaluations and checkpoints are not training time; logging a step is (when
             # running ahead, the next step runs on the device meanwhile).
             resumed = time.monotonic() if settle_at(step) else now
+        steady = len(losses) > 1 and first_step is not None
         return TrainResult(
             self.step, self.best_val_loss, self.stopped_early, losses, self.tokens_seen,
             self.tokens_trained, step_seconds,
+            tokens_in_call - first_step[0] if steady else None,
+            step_seconds - first_step[1] if steady else None,
         )  # fmt: skip
 
     def _report_throughput(self, step: int, loss: float, stepping: float, steps: int,

@@ -107,6 +107,8 @@ def train_in(work: Path):
             "tokens_seen": result.tokens_seen,
             "tokens_this_run": result.tokens_seen - seen_before,
             "step_seconds": result.step_seconds,
+            "steady_tokens": result.steady_tokens,
+            "steady_seconds": result.steady_seconds,
             "tokens_trained": result.tokens_trained,
             "best_val_loss": result.best_val_loss,
             "stopped_early": result.stopped_early,

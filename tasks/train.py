@@ -322,7 +322,7 @@ def train_task(
                 network.fit(_as_tensor(train_tokens))
                 val_loss, steps, stopped_early = trainer.evaluate(network), 0, False
                 tokens_seen = tokens_trained = tokens_this_run = 0
-                step_seconds = 0.0
+                step_seconds, steady = 0.0, (None, None)
                 trainer.save("best")
             else:
                 trainer.resume_or_initialize(work, init_from)
@@ -333,9 +333,11 @@ def train_task(
                 tokens_trained = result.tokens_trained
                 tokens_this_run = tokens_seen - seen_before
                 step_seconds = result.step_seconds
+                steady = (result.steady_tokens, result.steady_seconds)
             outcome = {"best_val_loss": val_loss, "steps": steps, "stopped_early": stopped_early,
                        "tokens_seen": tokens_seen, "tokens_trained": tokens_trained,
                        "tokens_this_run": tokens_this_run, "step_seconds": step_seconds,
+                       "steady_tokens": steady[0], "steady_seconds": steady[1],
                        "parameters": trainer.module.num_params(), "device": str(trainer.device),
                        "device_name": device_name(trainer.device),
                        "threads": torch.get_num_threads(), "world_size": 1}  # fmt: skip
@@ -363,6 +365,10 @@ def train_task(
             # The training steps' own seconds (no evaluations, checkpoints, baseline or
             # set-up): training speed is tokens_this_run over these.
             "step_seconds": outcome.get("step_seconds"),
+            # Those of the steps after the first (its allocations and start-up, which only the
+            # first training in a process pays for in full): what an ablation compares.
+            "steady_tokens": outcome.get("steady_tokens"),
+            "steady_seconds": outcome.get("steady_seconds"),
             "device": outcome["device"],
             "device_name": outcome.get("device_name"),
             "processes": outcome["world_size"],

@@ -1536,3 +1536,13 @@ def test_a_work_folder_made_only_to_find_the_model_published_is_removed(tmp_path
     (interrupted / "lock").touch()
     remove_unused_work(interrupted)  # checkpoints of a training cut short: prune's to remove
     assert (interrupted / "step-00000010").is_dir()
+
+
+def test_a_training_measures_its_steady_speed_after_its_first_step(tmp_path):
+    """The first step of a training (allocations, start-up) is left out of its steady speed;
+    the targets and seconds of the others are what an ablation compares."""
+    result = trainer(tmp_path / "five", config(max_steps=5)).train()
+    assert result.steady_tokens == 4 * 8 * 16  # steps 2 to 5 of global batch × context
+    assert 0 < result.steady_seconds < result.step_seconds
+    one = trainer(tmp_path / "one", config(max_steps=1)).train()
+    assert one.steady_tokens is None and one.steady_seconds is None
