@@ -1,8 +1,9 @@
 """The `ablation` flow: which of these model variants is better on my corpus?
 
 One corpus, one tokenizer, one set of shards (built once, cached like every stage), then every
-variant of `[ablation]` trained with the same token budget for every seed, each evaluated on the
-same held-out windows. The answer is a table of mean ± standard deviation over seeds of val bits
+variant of `[ablation]` trained with the base `[train]` settings for every seed (warned of when a
+variant's steps, batch or context give it another number of tokens), each evaluated on the same
+held-out windows. The answer is a table of mean ± standard deviation over seeds of val bits
 per byte and of training tokens/s, published as a Prefect table artifact, a markdown file in the
 run folder, and the run's HTML report (the table, and every model's curves).
 
@@ -73,12 +74,21 @@ def ablation(config: str | None = "ablation", overrides: list[str] | None = None
     tokenizer, and tabulate val bits per byte and tokens/s as mean ± std over seeds. Raises
     `AblationError`, after writing the table of the others, when any variant × seed failed."""
     overrides = list(overrides or [])
-    config_path = str(resolve_preset(config))
+    # A deployment run given `config: null` read the default preset, which has no variants.
+    config_path = str(resolve_preset(config or "ablation"))
     settings = load_config(config_path, overrides)
     try:
         arms = settings.ablation_runs()
     except ValueError as error:
         raise ConfigError(f"{config_path}: {error}") from None
+    tokens = settings.ablation_tokens(arms)
+    if len(set(tokens.values())) > 1:  # "the same token budget" no longer holds
+        logger.warning(
+            "ablation: the variants train on different numbers of tokens (%s): their bits per "
+            "byte compare budgets as well as switches; give them the same steps, batch and "
+            "context to compare the switches alone",
+            ", ".join(f"{variant} {count:,}" for variant, count in tokens.items()),
+        )
     run = open_run(settings, config_path, overrides, command="ablation")
     models: list[ModelRecord] = []
     try:

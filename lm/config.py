@@ -403,8 +403,8 @@ class AblationVariant(StrictModel):
 
 class AblationConfig(StrictModel):
     """Which variants of the base model to compare and over how many seeds. Every variant
-    trains on the same corpus, tokenizer and shards with the same token budget (the base
-    `[train]`), so only the switch differs."""
+    trains on the same corpus, tokenizer and shards with the base `[train]` (the same tokens,
+    unless a variant changes its steps, batch or a GPT's context), so only the switch differs."""
 
     seeds: list[Annotated[int, Field(ge=0, le=TRAIN_SEED_MAX)]] = Field(
         default_factory=lambda: [1, 2, 3], min_length=1
@@ -509,8 +509,8 @@ class PipelineConfig(StrictModel):
             if not uses_word2vec(model):
                 continue
             if not self.word2vec.enabled or self.word2vec.input != "pieces":
-                raise ValueError(
-                    f"model '{model.kind}' uses word2vec vectors: set word2vec.enabled = true "
+                raise ValueError(  # named by its table: one of a ladder's or an ablation's
+                    f"{table} ({model.kind}) uses word2vec vectors: set word2vec.enabled = true "
                     'and word2vec.input = "pieces" (vectors of the tokenizer\'s pieces)'
                 )
             if model.kind == "w2v" and model.vector_size != self.word2vec.vector_size:
@@ -678,6 +678,14 @@ class PipelineConfig(StrictModel):
                 seeded = train.model_copy(update={"seed": seed})
                 arms.append((variant.name, seed, ModelRun(label, model, seeded)))
         return arms
+
+    def ablation_tokens(self, arms: list[tuple[str, int, ModelRun]]) -> dict[str, int]:
+        """Per variant of `arms`, the tokens its training sees: steps × global batch × its
+        context (a GPT's `block_size`, else `train.block_size`), as `lmforge size` counts them.
+        Variants that differ in it compare budgets as well as switches."""
+        return {variant: run.train.max_steps * run.train.global_batch
+                * (run.model.block_size if run.model.kind == "gpt" else run.train.block_size)
+                for variant, _, run in arms}  # fmt: skip
 
     def ablation_changes(self, arms: list[tuple[str, int, ModelRun]]) -> dict[str, str]:
         """Per variant of `arms` (`ablation_runs()`), what it sets otherwise than the base

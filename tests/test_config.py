@@ -364,6 +364,20 @@ def test_an_ablation_variant_that_cannot_change_the_model_is_refused(variants, s
         settings.ablation_runs()
 
 
+def test_an_ablation_counts_the_tokens_each_variant_trains_on():
+    """A variant of a shorter context trained on half the base's tokens in the same steps,
+    while the config said every variant had the same token budget."""
+    variants = [
+        'ablation.variants=[{name = "base"}, {name = "ctx", model = {block_size = 32}}, '
+        '{name = "long", train = {max_steps = 3000}}]'
+    ]
+    settings = load_config("ablation", variants)
+    tokens = settings.ablation_tokens(settings.ablation_runs())
+    base = settings.train.max_steps * settings.train.global_batch * settings.model.block_size
+    assert tokens == {"base": base, "ctx": base * 32 // settings.model.block_size,
+                      "long": base * 3000 // settings.train.max_steps}  # fmt: skip
+
+
 def test_an_ablation_that_does_not_score_val_is_refused_before_it_trains():
     # The table is of the evaluator's val bits per byte: a KeyError after every arm trained.
     settings = load_config("ablation", ['eval.splits=["test"]'])

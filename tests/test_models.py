@@ -467,6 +467,22 @@ def test_a_w2v_model_section_parses_and_says_it_needs_vectors_of_its_size():
         parse_config({**data, "word2vec": {**pieces, "input": "words"}}, origin="test.toml")
 
 
+def test_a_variant_fed_by_word2vec_without_vectors_is_named_by_its_variant():
+    from lm.config import ConfigError, parse_config
+
+    data = {
+        "ingest": {"sources": ["x.txt"]},
+        "word2vec": {"enabled": False},
+        "model": {"kind": "gpt", "n_embd": 32, "n_head": 2},
+        "ablation": {"variants": [{"name": "base"},
+                                  {"name": "w2v-init", "model": {"init_embeddings": "word2vec"}}]},
+    }  # fmt: skip
+    # It said "model 'gpt' uses word2vec vectors", the base's kind, not which variant.
+    said = r"ablation variant 'w2v-init': model \(gpt\) uses word2vec vectors: set word2vec"
+    with pytest.raises(ConfigError, match=said):
+        parse_config(data, origin="test.toml")
+
+
 def test_a_ladder_w2v_of_another_vector_size_is_named_by_its_models_entry():
     from lm.config import ConfigError, parse_config
 
