@@ -656,7 +656,8 @@ class PipelineConfig(StrictModel):
                 train = TrainConfig.model_validate(self.train.model_dump() | variant.train)
             except ValidationError as error:
                 root = TrainConfig if error.title == TrainConfig.__name__ else type(self.model)
-                problem = _describe(error, root)
+                # The variant's table the key is in: "unknown key 'learning_rat'" named neither.
+                problem = _describe(error, root, prefix="train" if root is TrainConfig else "model")
                 raise ValueError(f"ablation variant '{variant.name}': {problem}") from None
             ignored = [key for key in variant.train if key == "seed" or key in BOOKKEEPING]
             if ignored:  # the arm would train what the base does, under another name
