@@ -589,7 +589,7 @@ def size(
     try:
         runs = settings.model_runs()
         if settings.ablation.variants:  # one column a variant: the sizes an ablation compares
-            arms = {variant: run for variant, _, run in settings.ablation_runs()}
+            arms = {variant: run for variant, _, run in settings.ablation_runs(scored=False)}
             runs = [ModelRun(variant, run.model, run.train) for variant, run in arms.items()]
     except ValueError as error:
         raise _fail(f"{config or 'default'}: {error}") from None
@@ -897,7 +897,14 @@ def _json_default(value):
 
     if isinstance(value, Decimal) and value.is_finite():
         return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, bytes):
+        return _blob_text(value)
     return str(value)
+
+
+def _blob_text(value: bytes) -> str:
+    """A blob as DuckDB writes it as text (`\\xFF`, a backslash `\\x5C`): not Python's `b'..'`."""
+    return "".join(chr(b) if 32 <= b < 127 and b != 92 else f"\\x{b:02X}" for b in value)
 
 
 def _csv_value(value):
@@ -909,10 +916,10 @@ def _csv_value(value):
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, list | dict):
-        return json.dumps(value, ensure_ascii=False, default=str)
+    if isinstance(value, list | dict):  # its values as JSON Lines gives them
+        return json.dumps(_json_value(value), ensure_ascii=False, default=_json_default)
     if isinstance(value, bytes):
-        return "".join(chr(b) if 32 <= b < 127 and b != 92 else f"\\x{b:02X}" for b in value)
+        return _blob_text(value)
     return value
 
 
@@ -937,10 +944,22 @@ def _decoded(value):
 
 
 def _json_value(value):
-    """A value JSON can hold: a float that is not finite is null (`NaN` is no JSON)."""
+    """A value JSON can hold: a float that is not finite is null (`NaN` is no JSON), in a list,
+    struct or map too; a map's key of a type JSON has no key for (a DECIMAL, a date) as
+    `_json_default` gives it (json.dumps raised on one)."""
     import math
 
-    return None if isinstance(value, float) and not math.isfinite(value) else value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, list | tuple):
+        return [_json_value(item) for item in value]
+    if isinstance(value, dict):
+        plain = (str, int, float, type(None))  # a key json.dumps takes
+        return {
+            (key if isinstance(key, plain) else _json_default(key)): _json_value(item)
+            for key, item in value.items()
+        }
+    return value
 
 
 def _pieces_kept(connection, parquet_path: str) -> tuple[int, int] | None:

@@ -61,10 +61,12 @@ def _load(run: str, label: str | None):
     folder = Path(run).expanduser()
     if folder.is_file():  # a checkpoint's file (`best/model.pt`): its folder, not a run id
         parent = folder.parent
-        if not any((place / "model.json").is_file() for place in (parent, parent.parent)):
+        checkpoint = (parent / "model.pt").is_file() and (parent.parent / "model.json").is_file()
+        if checkpoint or (parent / "model.json").is_file():
+            folder = parent
+        elif "/" in run or run.startswith("~"):  # a file here named like a run id is looked up
             raise _fail(f"{run}: a file, not a model folder (one holding model.json), a file "
                         "in one, or a run id (see `lmforge runs` for the runs)")  # fmt: skip
-        folder = parent
     if not folder.exists() and ("/" in run or run.startswith("~")):  # a path, not an id
         raise _fail(f"{run}: no such model folder")
     if folder.is_dir() and label is not None:

@@ -635,14 +635,15 @@ class PipelineConfig(StrictModel):
             raise ValueError("split.val is 0, but training evaluates on the val split: raise it")
         return self
 
-    def ablation_runs(self) -> list[tuple[str, int, ModelRun]]:
-        """(variant, seed, model run) for every arm of `[ablation]`, over the base `[model]`."""
+    def ablation_runs(self, scored: bool = True) -> list[tuple[str, int, ModelRun]]:
+        """(variant, seed, model run) for every arm of `[ablation]`, over the base `[model]`;
+        `scored=False` (`lmforge size`, which evaluates nothing) leaves `eval.splits` alone."""
         if self.model is None:
             raise ValueError("an ablation needs a base [model] that its variants change")
         if not self.ablation.variants:
             raise ValueError("an ablation needs [[ablation.variants]]")
-        if "val" not in self.eval.splits:  # the table is of val bits per byte: a KeyError after
-            # every arm had trained, before
+        # The table is of val bits per byte: a KeyError after every arm had trained, before.
+        if scored and "val" not in self.eval.splits:
             raise ValueError(
                 f"eval.splits is {json.dumps(self.eval.splits)}, but an ablation compares the "
                 'variants\' val bits per byte: add "val"'

@@ -483,6 +483,32 @@ def test_sql_csv_gives_a_list_of_json_as_data_and_a_blob_as_duckdb_writes_it(tmp
     assert json.loads(line) == {"x": 1.5, "y": 6, "z": 10} and '"1.5"' not in line
 
 
+def test_sql_values_inside_lists_structs_and_maps_are_json_too(tmp_path):
+    """A NaN in a list was written `NaN`, which no JSON reader takes; a map keyed by a DECIMAL
+    or a date was a TypeError; CSV gave a list of DECIMALs as strings and a blob in a list as
+    Python's `b'..'`."""
+    RunRegistry(tmp_path / "registry.duckdb").start_run(
+        {"run_id": "r1", "status": "running", "started_at": datetime.now()}
+    )
+    query = ("SELECT ['nan'::DOUBLE, 1.5] AS l, {'x': 'inf'::DOUBLE} AS s, MAP {2.5: 'a'} AS m, "
+             "MAP {DATE '2024-01-02': 1} AS d, [1.5, 2.0] AS n, [from_hex('FF')] AS b")  # fmt: skip
+    line = cli_in_process("sql", "--format", "json", query, home=tmp_path).stdout
+    assert json.loads(line) == {"l": [None, 1.5], "s": {"x": None}, "m": {"2.5": "a"},
+                                "d": {"2024-01-02": 1}, "n": [1.5, 2], "b": ["\\xFF"]}  # fmt: skip
+    csv = cli_in_process("sql", "--format", "csv", query, home=tmp_path).stdout
+    assert csv.splitlines()[1] == (
+        '"[null, 1.5]","{""x"": null}","{""2.5"": ""a""}","{""2024-01-02"": 1}",'
+        '"[1.5, 2]","[""\\\\xFF""]"'
+    )
+
+
+def test_size_of_an_ablation_that_scores_no_val_still_sizes_its_variants(tmp_path):
+    """`lmforge size` evaluates nothing: the ablation's refusal of `eval.splits` without
+    "val" refused it too."""
+    sized = cli_in_process("size", "ablation", "--set", 'eval.splits=["test"]', home=tmp_path)
+    assert sized.returncode == 0 and "swiglu" in sized.stdout
+
+
 def test_a_long_table_is_printed_a_block_at_a_time_its_blocks_lined_up(monkeypatch):
     """Rich lays a table out whole before its first line: 60,000 documents of `corpus stats
     --all` were minutes of nothing. A long table is printed in blocks, with the whole table's

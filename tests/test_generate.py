@@ -425,9 +425,11 @@ def test_a_checkpoint_file_given_generates_with_its_checkpoint(recorded_run):
     assert said[1].stdout == said[0].stdout and said[0].stdout.startswith("The")
     notes = home / "notes.txt"  # a file in no model folder: named, not "." (its folder)
     notes.write_text("x")
-    other = CliRunner().invoke(app, ["generate", str(notes)], env={"LMFORGE_HOME": str(home)})
-    assert other.exit_code == 1
-    assert f"error: {notes}: a file, not a model folder (one holding model.json)" in other.stderr
+    tokenizer = next((home / trained.path / "tokenizer").iterdir())  # not of a checkpoint
+    for path in (notes, tokenizer):
+        other = CliRunner().invoke(app, ["generate", str(path)], env={"LMFORGE_HOME": str(home)})
+        assert other.exit_code == 1
+        assert f"error: {path}: a file, not a model folder (one holding model" in other.stderr
 
 
 def test_a_prompt_of_many_characters_the_tokenizer_lacks_names_the_first_20():

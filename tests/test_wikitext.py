@@ -235,6 +235,8 @@ def test_quotes_breaks_and_links_read_as_mediawiki_shows_them(wikitext, shown):
         ("{{convert|6|ft|4|in|m}} tall, {{cvt|30|C}}", "6 feet 4 inches tall, 30 °C"),
         # A positional argument given by number or name, as text holding `=` must be.
         ("x {{nowrap|1=a=b}} {{lang|fr|text=la ville}} y", "x a=b la ville y"),
+        # Numbered arguments in any order: the `2=` given before the `1=` was lost.
+        ("x {{langx|2=ville|1=fr}} {{convert|2=km|1=5}} y", "x ville 5 kilometres y"),
         # `{{langx}}`, the 2024 name of `{{lang-fr}}`, gives the language's code first.
         ("the {{langx|fr|ville}} and {{Langx|de|text=Stadt}}", "the ville and Stadt"),
         # A template parameter's `{{{...}}}` is no template: "{x}" was left.

@@ -202,8 +202,10 @@ def _template_arguments(body: str) -> tuple[list[str], dict[str, str]]:
             positional.append(part.strip())
         else:
             named[name.group(1).lower()] = part[name.end() :].strip()
-    for key, value in named.items():
-        if key.isdigit() and 0 < int(key) <= len(positional) + 1:
+    # In the order of their numbers: `{{lang|2=ville|1=fr}}` lost its `2=`, given before a first.
+    for key, value in sorted((item for item in named.items() if item[0].isdigit()),
+                             key=lambda item: int(item[0])):  # fmt: skip
+        if 0 < int(key) <= len(positional) + 1:
             index = int(key) - 1
             positional[index : index + 1] = [value]
     return positional, named
