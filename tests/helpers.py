@@ -113,13 +113,15 @@ def warnings_said_by(logger_name: str) -> Iterator[list[str]]:
 
 
 @contextlib.contextmanager
-def registry_held_open(path: Path, seconds: float = 120) -> Iterator[int]:
-    """Another process with the registry open read-only for the block (or `seconds`, if
-    fewer), as a `duckdb` shell would have it; yields its pid."""
+def registry_held_open(path: Path, seconds: float = 120, read_only: bool = True) -> Iterator[int]:
+    """Another process with the registry open read-only (else to write, as a notebook's
+    `duckdb.connect(path)` has it) for the block (or `seconds`, if fewer), as a `duckdb` shell
+    would have it; yields its pid."""
     holder = subprocess.Popen(
         [sys.executable, "-c", "import duckdb, sys, time\n"
-         "connection = duckdb.connect(sys.argv[1], read_only=True)\n"
-         "print('open', flush=True)\ntime.sleep(float(sys.argv[2]))", str(path), str(seconds)],
+         "connection = duckdb.connect(sys.argv[1], read_only=sys.argv[3] == 'r')\n"
+         "print('open', flush=True)\ntime.sleep(float(sys.argv[2]))", str(path), str(seconds),
+         "r" if read_only else "w"],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:

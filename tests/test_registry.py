@@ -24,7 +24,7 @@ from storage.registry import (
     StageRecord,
 )
 from storage.stage_journal import JOURNAL_FILE, LiveMetrics, StageJournal
-from tests.helpers import registry_at_schema
+from tests.helpers import registry_at_schema, registry_held_open
 
 
 def _run_row(run_id: str) -> dict:
@@ -352,26 +352,12 @@ def test_a_commit_that_fails_is_a_registry_error_with_its_cause_and_changes_noth
 
 
 def test_a_registry_another_process_holds_open_names_that_process_not_damage(tmp_path):
-    import subprocess
-    import sys
-
     registry = RunRegistry(tmp_path / "registry.duckdb", timeout_s=0.5)
     registry.start_run(_run_row("r1"))
-    reader = subprocess.Popen(
-        [sys.executable, "-c", "import duckdb, sys, time\n"
-         "connection = duckdb.connect(sys.argv[1], read_only=True)\n"
-         "print('open', flush=True)\ntime.sleep(60)", str(registry.path)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert reader.stdout.readline() == "open\n"
-        with pytest.raises(RegistryError) as raised:
-            registry.start_run(_run_row("r2"))
-    finally:
-        reader.kill()
-        reader.wait()
+    with registry_held_open(registry.path) as reader, pytest.raises(RegistryError) as raised:
+        registry.start_run(_run_row("r2"))
     said = str(raised.value)
-    assert said.startswith(f"{registry.path}: cannot open the registry: process {reader.pid} (")
+    assert said.startswith(f"{registry.path}: cannot open the registry: process {reader} (")
     assert "close it" in said and "damaged" not in said
     registry.start_run(_run_row("r2"))  # once it is closed, writing works again
     assert registry.find_run("r2")["status"] == "running"
@@ -380,32 +366,19 @@ def test_a_registry_another_process_holds_open_names_that_process_not_damage(tmp
 def test_a_reader_kept_out_by_a_writer_is_told_to_wait_or_close_it(tmp_path):
     """A Python connection open to write kept `lmforge sql` out, which was told that DuckDB
     lets no process write while one reads, and that a run's stages are cached."""
-    import subprocess
-    import sys
-
     from storage.query import sql_session
 
     registry = RunRegistry(tmp_path / "registry.duckdb", timeout_s=0.5)
     registry.start_run(_run_row("r1"))
-    writer = subprocess.Popen(
-        [sys.executable, "-c", "import duckdb, sys, time\n"
-         "connection = duckdb.connect(sys.argv[1])\n"
-         "print('open', flush=True)\ntime.sleep(60)", str(registry.path)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
     said = []
-    try:
-        assert writer.stdout.readline() == "open\n"
+    with registry_held_open(registry.path, read_only=False) as writer:
         for read in (lambda: registry.find_run("r1"), lambda: sql_session(registry, tmp_path)):
             with pytest.raises(RegistryError) as raised, read():
                 pass
             said.append(str(raised.value))
-    finally:
-        writer.kill()
-        writer.wait()
     for message in said:
         assert message.startswith(f"{registry.path}: cannot read the registry: process ")
-        assert f"process {writer.pid} (" in message and "held it open to write" in message
+        assert f"process {writer} (" in message and "held it open to write" in message
         assert "read_only=True" in message and "cached" not in message
 
 
