@@ -212,6 +212,8 @@ def _template_arguments(body: str) -> tuple[list[str], dict[str, str]]:
 
 
 def _shown_template(match: re.Match[str]) -> str:
+    """The words MediaWiki shows for one template of `_SHOWN_TEMPLATE`: a `{{convert}}`'s
+    amount and unit (not its conversion), a `{{lang}}`'s text, a `{{nowrap}}`'s content."""
     name = match.group(1).strip().lower()
     arguments, named = _template_arguments(match.group(2))
     if name in ("convert", "cvt"):
