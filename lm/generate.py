@@ -20,6 +20,7 @@ time) or half of SentencePiece's escape of a literal `▁`, so characters are ne
 from __future__ import annotations
 
 import codecs
+import math
 from collections.abc import Iterator
 
 import torch
@@ -120,23 +121,24 @@ def choose_next(
 @torch.no_grad()
 def generate_ids(
     model: LanguageModel, context: list[int], sampling: SamplingConfig, eot_id: int,
-    penalized: list[int] | None = None,
+    penalized: list[int] | None = None, never: list[int] | None = None,
 ) -> Iterator[int]:  # fmt: skip
     """New token ids after `context`, until end-of-text (not yielded) or `max_new_tokens`.
-    `penalized` are the ids the repetition penalty starts with (default: the context). The
+    `penalized` are the ids the repetition penalty starts with (default: the context); `never`
+    are ids never chosen (the tokenizer's `<unk>`, which stands for no text). The
     model samples in eval mode (no dropout) and is put back in the mode it was in when the
     generation ends, however it ends: sampling mid-training leaves training as it was."""
     was_training = model.training
     model.eval()
     try:
-        yield from _sampled_ids(model, context, sampling, eot_id, penalized)
+        yield from _sampled_ids(model, context, sampling, eot_id, penalized, never or [])
     finally:
         model.train(was_training)
 
 
 def _sampled_ids(
     model: LanguageModel, context: list[int], sampling: SamplingConfig, eot_id: int,
-    penalized: list[int] | None,
+    penalized: list[int] | None, never: list[int],
 ) -> Iterator[int]:  # fmt: skip
     device = model_device(model)
     block = model.block_size
@@ -155,6 +157,8 @@ def _sampled_ids(
     else:
         logits = recompute()
     for step in range(sampling.max_new_tokens):
+        if never:
+            logits = logits.index_fill(0, torch.tensor(never, device=logits.device), -math.inf)
         token = choose_next(logits, seen, sampling, generator)
         if token == eot_id:
             return
@@ -222,7 +226,9 @@ def generate(
     """Continue `prompt`, yielding text pieces as they are produced (the prompt itself is not
     repeated). The prompt is checked at once: a bad one fails here, not at the first piece."""
     prompt_ids = encode_prompt(tokenizer, prompt)
-    new_ids = generate_ids(
-        model, [tokenizer.eot_id, *prompt_ids], sampling, tokenizer.eot_id, penalized=prompt_ids
-    )
+    # An undertrained model samples `<unk>`, written " ⁇ ": text the tokenizer could not
+    # spell, never text of its own.
+    unknown = [] if tokenizer.unknown_id is None else [tokenizer.unknown_id]
+    new_ids = generate_ids(model, [tokenizer.eot_id, *prompt_ids], sampling, tokenizer.eot_id,
+                           penalized=prompt_ids, never=unknown)  # fmt: skip
     return stream_text(tokenizer, prompt_ids, new_ids)

@@ -113,6 +113,12 @@ class Tokenizer(ABC):
     @abstractmethod
     def eot_id(self) -> int: ...
 
+    @property
+    @abstractmethod
+    def unknown_id(self) -> int | None:
+        """The id of text the vocabulary cannot spell (`<unk>`), None where it has none: a
+        generation never samples it, which stands for no text (decoded " ⁇ ")."""
+
     @abstractmethod
     def serialized(self) -> bytes:
         """The saved form: what `digest` hashes and `save` writes."""
@@ -286,6 +292,11 @@ class SentencePieceTokenizer(Tokenizer):
     @property
     def eot_id(self) -> int:
         return self._eot
+
+    @property
+    def unknown_id(self) -> int | None:
+        unknown = self._processor.unk_id()
+        return unknown if 0 <= unknown < self.vocab_size else None
 
     def piece(self, token_id: int) -> str:
         return self._processor.id_to_piece(self._checked_ids([token_id])[0])
@@ -485,6 +496,10 @@ class CharTokenizer(Tokenizer):
     @property
     def eot_id(self) -> int:
         return self._eot
+
+    @property
+    def unknown_id(self) -> int | None:
+        return self._unk
 
     def is_learned(self, token_id: int) -> bool:
         return self._checked_ids([token_id])[0] < len(self.chars)

@@ -126,6 +126,21 @@ def test_generation_stops_at_end_of_text():
     assert "".join(generate(model, tokenizer, "a", GREEDY)) == "b"  # a → b → end-of-text
 
 
+def test_generation_never_samples_the_unknown_piece():
+    """An undertrained model sampled `<unk>` (written " ⁇ " by SentencePiece, "<unk>" by the
+    char tokenizer): text the tokenizer could not spell, never text the model can mean."""
+    tokenizer = char_tokenizer("ab")  # "x" is <unk>
+    stream = tokenizer.encode("axaxaxaxab" * 20)  # after "a" the likeliest is <unk>
+    assert tokenizer.unknown_id in stream
+    model = BigramCountModel(BigramCountConfig(), tokenizer.vocab_size).fit(torch.tensor(stream))
+    assert "".join(generate(model, tokenizer, "a", GREEDY))[0] == "b"  # not " ⁇ "
+    sampled = SamplingConfig(temperature=1.0, max_new_tokens=200, seed=3)
+    assert "<unk>" not in "".join(generate(model, tokenizer, "a", sampled))  # its decoding
+    bpe = train_tokenizer(iter(DOCS), TokenizerConfig(kind="bpe", vocab_size=300))
+    assert bpe.piece(bpe.unknown_id) == "<unk>" and tokenizer.piece(tokenizer.unknown_id) == "<unk>"
+    assert char_tokenizer("ab", unknown_chars="bytes").unknown_id is None
+
+
 def test_multibyte_characters_arriving_byte_by_byte_are_never_garbled():
     tokenizer = char_tokenizer("a", unknown_chars="bytes")  # 日 and é exist only as bytes
     stream = tokenizer.encode("a日é" * 10)
