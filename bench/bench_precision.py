@@ -32,10 +32,10 @@ from bench.cli_args import description, non_negative_int, positive_int
 from lm.config import load_config
 from lm.models.registry import build_model
 from lm.train import Trainer
+from lm.train_config import effective_train_config
 from storage.registry import RunRegistry
 from storage.shards import open_shard, read_shard_info
 from storage.workspace import Workspace
-from tasks.train import effective_train_config
 
 MODES = {"fp32": ("fp32", False), "bf16": ("bf16", False), "bf16-compiled": ("bf16", True),
          "fp32-compiled": ("fp32", True)}  # fmt: skip

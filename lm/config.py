@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from lm.eval_config import EvalConfig
 from lm.models.config import GPT_PRESETS, ModelConfig, written_one_way
 from lm.strict_model import StrictModel
-from lm.train_config import BOOKKEEPING, TRAIN_SEED_MAX, TrainConfig
+from lm.train_config import BOOKKEEPING, TRAIN_SEED_MAX, TrainConfig, planned_tokens
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PRESET = "default"
@@ -522,7 +522,7 @@ class PipelineConfig(StrictModel):
 
     @model_validator(mode="after")
     def _gpt_context_is_the_model_s(self) -> PipelineConfig:
-        """A gpt trains on its own `block_size` (`tasks.train.effective_train_config`), so a
+        """A gpt trains on its own `block_size` (`lm.train_config.effective_train_config`), so a
         different `block_size` in the train settings given for it alone would be ignored. A
         ladder's shared `[train]` one is for the models without a context of their own."""
         given = []  # (where, the train block_size given there, the model, its table)
@@ -685,9 +685,7 @@ class PipelineConfig(StrictModel):
         """Per variant of `arms`, the tokens its training sees: steps × global batch × its
         context (a GPT's `block_size`, else `train.block_size`), as `lmforge size` counts them.
         Variants that differ in it compare budgets as well as switches."""
-        return {variant: run.train.max_steps * run.train.global_batch
-                * (run.model.block_size if run.model.kind == "gpt" else run.train.block_size)
-                for variant, _, run in arms}  # fmt: skip
+        return {variant: planned_tokens(run.model, run.train) for variant, _, run in arms}
 
     def ablation_changes(self, arms: list[tuple[str, int, ModelRun]]) -> dict[str, str]:
         """Per variant of `arms` (`ablation_runs()`), what it sets otherwise than the base

@@ -39,7 +39,7 @@ import torch
 
 from lm.models.config import GPTConfig, ModelConfig
 from lm.train import autocast_dtype, pick_device
-from lm.train_config import TrainConfig
+from lm.train_config import TrainConfig, effective_train_config, planned_tokens
 
 CHINCHILLA_TOKENS_PER_PARAMETER = 20
 # Per trained parameter: the fp32 weight, its fp32 gradient and AdamW's two fp32 moments.
@@ -174,9 +174,8 @@ def size_model(
     shards = train.world_size if fsdp else 1
     flops = 6.0 * (parameters - lookup_parameter_count(model, vocab_size))
     activations = 0 if closed_form else None
-    context = train.block_size
+    context = effective_train_config(model, train).block_size
     if isinstance(model, GPTConfig):
-        context = model.block_size
         flops += 12.0 * model.n_layer * model.n_embd * context
         activations = gpt_activation_bytes(model, vocab_size, train.micro_batch, bf16, device)
     return ModelSize(
@@ -189,7 +188,7 @@ def size_model(
         optimizer_bytes=8 * parameters,  # AdamW: two fp32 moments per parameter
         activations_bytes=activations,
         chinchilla_tokens=None if closed_form else CHINCHILLA_TOKENS_PER_PARAMETER * parameters,
-        planned_tokens=None if closed_form else train.max_steps * train.global_batch * context,
+        planned_tokens=None if closed_form else planned_tokens(model, train),
         planned_tokens_at_most=train.samples == "documents",
         # The count bigram is fit in the train stage's own process, never under torchrun.
         processes=1 if closed_form else train.world_size,

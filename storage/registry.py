@@ -344,24 +344,21 @@ class RunRegistry:
         naming the file; for a damaged one, what to do without losing what it holds."""
         said = " ".join(str(error).split())
         holder = re.search(r"Conflicting lock is held in (.+?) \(PID (\d+)\)", said)
-        if holder and doing == "read":  # only a writer's open keeps readers out
-            program = _command_line(int(holder[2])) or holder[1]
-            return RegistryBusy(
-                f"{self.path}: cannot {doing} the registry: process {holder[2]} ({program}) has "
-                f"held it open to write for over {self.timeout_s:.0f} s, and DuckDB lets no "
-                "other process read a file one writes to; wait for it, or close it (from "
-                "Python, open the registry with `duckdb.connect(path, read_only=True)`)",
-                holder_pid=int(holder[2]),
-                holder_program=program,
-            )
         if holder:  # DuckDB's lock, which a read-only connection holds too
             program = _command_line(int(holder[2])) or holder[1]
+            if doing == "read":  # only a writer's open keeps readers out
+                why = ("held it open to write for over {s:.0f} s, and DuckDB lets no other "
+                       "process read a file one writes to; wait for it, or close it (from Python, "
+                       "open the registry with `duckdb.connect(path, read_only=True)`)"
+                       )  # fmt: skip
+            else:
+                why = ("held it open for over {s:.0f} s, and DuckDB lets no other process write "
+                       "while one has the file open, even read-only; close it (`lmforge sql` and "
+                       "`lmforge runs` open it only while they read) and run again (a pipeline "
+                       "run's finished stages are cached)")  # fmt: skip
             return RegistryBusy(
-                f"{self.path}: cannot {doing} the registry: process {holder[2]} "
-                f"({program}) has held it open for over {self.timeout_s:.0f} s, and DuckDB lets "
-                "no other process write while one has the file open, even read-only; close it "
-                "(`lmforge sql` and `lmforge runs` open it only while they read) and run again "
-                "(a pipeline run's finished stages are cached)",
+                f"{self.path}: cannot {doing} the registry: process {holder[2]} ({program}) has "
+                + why.format(s=self.timeout_s),
                 holder_pid=int(holder[2]),
                 holder_program=program,
             )

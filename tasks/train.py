@@ -30,7 +30,7 @@ from lm.artifact_keys import short_key
 from lm.checkpoints import damage, read_info, resolve_init_from, weights_digest
 from lm.models.config import ModelConfig, uses_word2vec, window_history, written_one_way
 from lm.tokenizer import load_tokenizer
-from lm.train_config import BOOKKEEPING, TrainConfig, TrainingError
+from lm.train_config import BOOKKEEPING, TrainConfig, TrainingError, effective_train_config
 from storage.artifacts import ArtifactStore, Descriptor, reused
 from storage.prune import WORK_LOCK, WORK_SUFFIX, never_started
 from storage.shards import open_shard
@@ -56,13 +56,6 @@ def work_folder(store: ArtifactStore, key: str) -> Path:
     """Where the training of `key` keeps its checkpoints and its curve (`METRICS_FILE`) until
     it is published: the flow notes it, so a run killed mid-training still has its curve."""
     return store.base / f"{key}{WORK_SUFFIX}"
-
-
-def effective_train_config(model: ModelConfig, train: TrainConfig) -> TrainConfig:
-    """A transformer trains on its own context length."""
-    if model.kind == "gpt":
-        return train.model_copy(update={"block_size": model.block_size})
-    return train
 
 
 def init_checkpoint(
