@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.cli_args import description, non_negative_int, positive_int
 from lm.config import load_config
+from lm.models.config import effective_train_config
 from lm.models.registry import build_model
 from lm.train import Trainer
-from lm.train_config import effective_train_config
 from storage.registry import RunRegistry
 from storage.shards import open_shard, read_shard_info
 from storage.workspace import Workspace

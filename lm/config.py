@@ -23,9 +23,9 @@ from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origi
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from lm.eval_config import EvalConfig
-from lm.models.config import GPT_PRESETS, ModelConfig, written_one_way
+from lm.models.config import GPT_PRESETS, ModelConfig, planned_tokens, written_one_way
 from lm.strict_model import StrictModel
-from lm.train_config import BOOKKEEPING, TRAIN_SEED_MAX, TrainConfig, planned_tokens
+from lm.train_config import BOOKKEEPING, TRAIN_SEED_MAX, TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PRESET = "default"
@@ -522,7 +522,7 @@ class PipelineConfig(StrictModel):
 
     @model_validator(mode="after")
     def _gpt_context_is_the_model_s(self) -> PipelineConfig:
-        """A gpt trains on its own `block_size` (`lm.train_config.effective_train_config`), so a
+        """A gpt trains on its own `block_size` (`lm.models.config.effective_train_config`), so a
         different `block_size` in the train settings given for it alone would be ignored. A
         ladder's shared `[train]` one is for the models without a context of their own."""
         given = []  # (where, the train block_size given there, the model, its table)

@@ -37,9 +37,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from lm.models.config import GPTConfig, ModelConfig
+from lm.models.config import GPTConfig, ModelConfig, effective_train_config, planned_tokens
 from lm.train import autocast_dtype, pick_device
-from lm.train_config import TrainConfig, effective_train_config, planned_tokens
+from lm.train_config import TrainConfig
 
 CHINCHILLA_TOKENS_PER_PARAMETER = 20
 # Per trained parameter: the fp32 weight, its fp32 gradient and AdamW's two fp32 moments.

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from lm.strict_model import StrictModel
-
-if TYPE_CHECKING:
-    from lm.models.config import ModelConfig
 
 # A training seed's largest value: torch's CPU generator reads the low 32 bits of a seed, so a
 # larger one trained the same model as a smaller one under another cache key. The offsets each
@@ -143,17 +140,3 @@ class TrainConfig(StrictModel):
     @property
     def accumulation_steps(self) -> int:
         return self.accumulation_steps_for(self.world_size)
-
-
-def effective_train_config(model: ModelConfig, train: TrainConfig) -> TrainConfig:
-    """A transformer trains on its own context length."""
-    if model.kind == "gpt":
-        return train.model_copy(update={"block_size": model.block_size})
-    return train
-
-
-def planned_tokens(model: ModelConfig, train: TrainConfig) -> int:
-    """The tokens a training of `model` with `train` sees: steps × global batch × the context
-    it trains on (`lmforge size`; an ablation's variants compared by it)."""
-    settings = effective_train_config(model, train)
-    return settings.max_steps * settings.global_batch * settings.block_size

@@ -28,9 +28,15 @@ from prefect import task
 
 from lm.artifact_keys import short_key
 from lm.checkpoints import damage, read_info, resolve_init_from, weights_digest
-from lm.models.config import ModelConfig, uses_word2vec, window_history, written_one_way
+from lm.models.config import (
+    ModelConfig,
+    effective_train_config,
+    uses_word2vec,
+    window_history,
+    written_one_way,
+)
 from lm.tokenizer import load_tokenizer
-from lm.train_config import BOOKKEEPING, TrainConfig, TrainingError, effective_train_config
+from lm.train_config import BOOKKEEPING, TrainConfig, TrainingError
 from storage.artifacts import ArtifactStore, Descriptor, reused
 from storage.prune import WORK_LOCK, WORK_SUFFIX, never_started
 from storage.shards import open_shard

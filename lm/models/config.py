@@ -7,11 +7,14 @@ any tensor is allocated.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, model_validator
 
 from lm.strict_model import StrictModel
+
+if TYPE_CHECKING:
+    from lm.train_config import TrainConfig
 
 # A hidden layer's width; `hiddens = []` is no hidden layer (the embeddings straight to the
 # logits), but a layer of 0 units would leave only the output bias to learn.
@@ -202,3 +205,17 @@ def word2vec_width(config: ModelConfig) -> int:
     if config.kind == "gpt":
         return config.n_embd
     raise ValueError(f"model kind '{config.kind}' takes no word2vec vectors")
+
+
+def effective_train_config(model: ModelConfig, train: TrainConfig) -> TrainConfig:
+    """A transformer trains on its own context length."""
+    if model.kind == "gpt":
+        return train.model_copy(update={"block_size": model.block_size})
+    return train
+
+
+def planned_tokens(model: ModelConfig, train: TrainConfig) -> int:
+    """The tokens a training of `model` with `train` sees: steps × global batch × the context
+    it trains on (`lmforge size`; an ablation's variants compared by it)."""
+    settings = effective_train_config(model, train)
+    return settings.max_steps * settings.global_batch * settings.block_size
