@@ -35,6 +35,7 @@ from lm.eval_config import EvalConfig
 from lm.machine import describe_machine
 from lm.text.sources import InputError, is_url
 from storage.artifacts import DESCRIPTOR_FILE, ArtifactStore, Descriptor, take_reused
+from storage.heartbeat import HEARTBEAT_FILE, Heartbeat
 from storage.metrics_log import RUN_METRICS_FILE, MetricsLog
 from storage.processes import pid_alive, this_host
 from storage.registry import (
@@ -367,6 +368,9 @@ class RunContext:
 
     # Models trained whose evaluation failed: a failed run records them, unscored.
     unscored_models: list[ModelRecord] = field(default_factory=list)
+    # Touches `runs/<run_id>/alive` while the run lives: a run killed with `kill -9` is
+    # recorded as ended at its last touch. Stopped once the run is recorded.
+    heartbeat: Heartbeat | None = None
 
 
 def open_run(
@@ -385,7 +389,9 @@ def open_run(
     logger.info("lmforge run %s (`lmforge runs show %s`)", run_id, run_id)
     folder = workspace.runs / run_id
     metrics = MetricsLog(folder / RUN_METRICS_FILE)
-    return RunContext(run_id, workspace, registry, metrics, StageJournal(folder / JOURNAL_FILE))
+    heartbeat = Heartbeat(folder / HEARTBEAT_FILE).start()
+    return RunContext(run_id, workspace, registry, metrics, StageJournal(folder / JOURNAL_FILE),
+                      heartbeat=heartbeat)  # fmt: skip
 
 
 def record_failure(run: RunContext, error: BaseException, models: list[ModelRecord] = ()) -> None:
@@ -401,17 +407,18 @@ def record_failure(run: RunContext, error: BaseException, models: list[ModelReco
                 TokenizerRecord(tokenizer.digest, corpus.digest, tokenizer.path, tokenizer.stats)
             )
     cancelled = cancelled_from_prefect(error)
-    record_task(
-        run.run_id,
-        "cancelled" if cancelled else "failed",
-        run.stages,
-        datasets,
-        corpus.digest if corpus else None,
-        str(run.metrics.path),
-        error=failure_text(error, run.stage_of(error), cancelled),
-        tokenizers=tokenizers,
-        models=[*models, *run.unscored_models],
-    )
+    with _beating_until_recorded(run):
+        record_task(
+            run.run_id,
+            "cancelled" if cancelled else "failed",
+            run.stages,
+            datasets,
+            corpus.digest if corpus else None,
+            str(run.metrics.path),
+            error=failure_text(error, run.stage_of(error), cancelled),
+            tokenizers=tokenizers,
+            models=[*models, *run.unscored_models],
+        )
 
 
 def failure_text(error: BaseException, stage: str | None, cancelled: bool = False) -> str:
@@ -927,20 +934,32 @@ def record_success(
     # An adopted tokenizer (`train.init_from`) was not trained on this corpus: recorded with
     # none, so nothing rebuilds it from this one.
     tokenizer_corpus = None if tokenizer.stats.get("adopted") else corpus.digest
-    return record_task(
-        run.run_id,
-        "failed" if failed_with else "completed",
-        run.stages,
-        [DatasetRecord(corpus.digest, corpus.key, corpus.path, corpus.stats)],
-        corpus.digest,
-        str(run.metrics.path),
-        error=failed_with,
-        tokenizers=[
-            TokenizerRecord(tokenizer.digest, tokenizer_corpus, tokenizer.path, tokenizer.stats)
-        ],
-        models=models,
-        promotion=promotion,
-    )
+    with _beating_until_recorded(run):
+        return record_task(
+            run.run_id,
+            "failed" if failed_with else "completed",
+            run.stages,
+            [DatasetRecord(corpus.digest, corpus.key, corpus.path, corpus.stats)],
+            corpus.digest,
+            str(run.metrics.path),
+            error=failed_with,
+            tokenizers=[
+                TokenizerRecord(tokenizer.digest, tokenizer_corpus, tokenizer.path, tokenizer.stats)
+            ],
+            models=models,
+            promotion=promotion,
+        )
+
+
+@contextmanager
+def _beating_until_recorded(run: RunContext) -> Iterator[None]:
+    """The run's heartbeat goes on while it is recorded (the registry may be held open for a
+    while, and a kill then is still a crash), and stops once that is done, or has failed."""
+    try:
+        yield
+    finally:
+        if run.heartbeat is not None:
+            run.heartbeat.stop()
 
 
 def publish_or_warn(what: str, publish: Callable[..., Any], *arguments: Any) -> None:

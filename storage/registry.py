@@ -28,6 +28,7 @@ from typing import TypeVar
 import duckdb
 
 from lm.clock import SHOWN_TIME, file_time
+from storage.heartbeat import HEARTBEAT_FILE
 from storage.metrics_log import RUN_METRICS_FILE
 from storage.pending_outcome import (
     OUTCOME_FILE,
@@ -566,7 +567,8 @@ class RunRegistry:
         folder: Path,
     ) -> None:
         """A crashed run's journal and metrics, as `finish_run` would have recorded them, ended
-        when its files were last written (or when it started, if it wrote none).
+        when its files were last written (or when it started, if it wrote none): its heartbeat
+        file's last touch, for a run that lived on in a stage that writes nothing.
 
         Its finished stages finished when their journal lines say, not when this reads them
         (maybe days later). A stage it never finished gets no row: `stages` holds finished
@@ -583,7 +585,8 @@ class RunRegistry:
         ]
         for path, model in metrics:
             self._insert_metrics(connection, run_id, path, model)
-        ended_at = _last_written([journal_path, *(path for path, _ in metrics)], started_at)
+        written = [journal_path, folder / HEARTBEAT_FILE, *(path for path, _ in metrics)]
+        ended_at = _last_written(written, started_at)
         error = CRASHED
         if journal.unfinished:
             during = "; ".join(_unfinished_stage(*item) for item in journal.unfinished.items())

@@ -9,6 +9,7 @@ import math
 import os
 import re
 import shutil
+import threading
 from dataclasses import asdict
 
 import duckdb
@@ -21,6 +22,7 @@ from lm.config import ConfigError, load_config
 from lm.machine import cpu_model_name
 from lm.text.sources import InputError
 from storage.corpus import CORPUS_SCHEMA, DOCUMENTS_FILE
+from storage.heartbeat import HEARTBEAT_FILE
 from storage.registry import RunRegistry
 from tests.helpers import (
     prose,
@@ -44,6 +46,11 @@ def stage_states(summary: dict) -> dict[str, str]:
 
 def corpus_file(workspace, summary) -> str:
     return str(workspace.resolve(summary["corpus"]["path"]) / DOCUMENTS_FILE)
+
+
+def heartbeats_beating() -> bool:
+    """Whether a run's heartbeat thread is still touching its file in this process."""
+    return any(t.name == "lmforge-heartbeat" and t.is_alive() for t in threading.enumerate())
 
 
 def test_pipeline_writes_a_parquet_corpus_and_a_completed_run(workspace, config):
@@ -123,6 +130,9 @@ def test_every_stage_is_journaled_beside_the_run_s_metrics_as_it_finishes(worksp
     finished = [stage.finished_at for stage in journal.finished]
     assert [stage_end for stage_end, _ in rows] == finished == sorted(set(finished))
     assert finished[0] < rows[0][1]  # the first stage ended well before the run did
+    # Its heartbeat, which dates a killed run's end, was touched and stopped once recorded.
+    assert (workspace.runs / summary["run_id"] / HEARTBEAT_FILE).is_file()
+    assert not heartbeats_beating()
 
 
 def test_changing_a_cleaning_threshold_reruns_clean_and_nothing_upstream(workspace, config):
@@ -312,6 +322,7 @@ def test_bad_input_fails_clearly_and_damages_nothing_stored(workspace, config, t
         assert "InputError" in rows[-1][1], kind
         assert re.search(r" \(during stage (ingest|clean)\)$", rows[-1][1]), kind  # as a crash's
         assert not list(workspace.artifacts.glob("*/*.partial-*")), f"{kind}: staging left"
+        assert not heartbeats_beating(), kind  # a failed run stops its heartbeat too
     assert set(stage_states(run_pipeline(config)).values()) == {"cached"}
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from storage.heartbeat import HEARTBEAT_FILE, Heartbeat
 from storage.metrics_log import MetricsLog
 from storage.registry import (
     CRASHED,
@@ -566,6 +567,44 @@ def test_a_journal_time_that_cannot_be_read_is_recorded_as_unknown(tmp_path):
 
     assert registry.query("SELECT stage, finished_at FROM stages")[1] == [("ingest", None)]
     assert registry.find_run("r1")["error"] == f"{CRASHED} (during stage clean)"
+
+
+def test_a_run_killed_in_a_stage_that_writes_nothing_ended_at_its_last_heartbeat(tmp_path):
+    """Cleaning logs no metrics: a run killed 17 s into it last wrote its journal when the
+    stage started, and read as 0.2 s long. Its heartbeat file, touched while it lived, dates
+    the end."""
+    registry = RunRegistry(tmp_path / "registry.duckdb")
+    _abandoned_run(registry, "r1")
+    folder = tmp_path / "runs" / "r1"
+    journal = StageJournal(folder / JOURNAL_FILE)
+    journal.started("ingest")
+    journal.finished(StageRecord("ingest", "ingest-k", True, 0.2))
+    journal.started("clean")
+    _touch(folder / JOURNAL_FILE, 0)
+    (folder / HEARTBEAT_FILE).touch()
+    _touch(folder / HEARTBEAT_FILE, 17)
+
+    registry.close_abandoned_runs("me@here", lambda pid: False, tmp_path / "runs")
+
+    run = registry.find_run("r1")
+    assert run["status"] == "crashed"
+    assert (run["ended_at"], run["seconds"]) == (STARTED + timedelta(seconds=17), 17)
+
+
+def test_a_heartbeat_touches_its_file_until_stopped(tmp_path):
+    path = tmp_path / "runs" / "r1" / HEARTBEAT_FILE
+    heartbeat = Heartbeat(path, interval=0.02).start()
+    assert path.is_file()  # touched at once, its folder made
+    os.utime(path, (0, 0))
+    deadline = time.monotonic() + 10
+    while path.stat().st_mtime == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert path.stat().st_mtime > 0  # touched again
+    heartbeat.stop()
+    heartbeat.stop()  # twice: no harm
+    os.utime(path, (0, 0))
+    time.sleep(0.1)
+    assert path.stat().st_mtime == 0 and not heartbeat._thread.is_alive()
 
 
 def test_a_crashed_run_that_left_no_files_ends_when_it_started_and_live_runs_are_kept(tmp_path):
