@@ -643,7 +643,7 @@ def _tokenizer_section(report: RunReport, images: dict[str, bytes]) -> str:
     ]
     body = _table(["statistic", "value"], rows)
     longest = stats.get("longest_pieces") or []
-    if longest:
+    if any(len(piece) > 1 for piece in longest):  # a char tokenizer's are one character each
         body += "<p>Longest pieces: " + ", ".join(f"<code>{_e(p)}</code>" for p in longest) + "</p>"
     if report.tokenizer_piece_bytes:
         images["tokenizer.png"] = _piece_length_plot(

@@ -209,6 +209,18 @@ def test_the_piece_length_histogram_counts_learned_pieces_only(tmp_path):
     assert lengths == [len(tokenizer.piece(i).replace("\u2581", " ").encode()) for i in learned]
 
 
+def test_longest_pieces_are_listed_for_a_subword_tokenizer_not_a_char_one():
+    """A char tokenizer's pieces are all one character: its ten "longest" were any ten."""
+    from lm.report_render import _tokenizer_section
+
+    def section(kind: str, longest: list[str]) -> str:
+        stats = {"kind": kind, "vocab_size": 40, "longest_pieces": longest}
+        return _tokenizer_section(SimpleNamespace(tokenizer=stats, tokenizer_piece_bytes=[]), {})
+
+    assert "Longest pieces" not in section("char", ["a", "b", "\u00e9"])
+    assert "Longest pieces: <code>\u2581the</code>" in section("bpe", ["\u2581the", "s"])
+
+
 def test_the_word2vec_note_says_why_it_was_not_trained():
     """A retrain run's page said "word2vec.enabled = false" of a config that enables it."""
     from lm.report_render import RunReport, _word2vec_section
