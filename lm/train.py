@@ -174,7 +174,7 @@ def not_finite_advice(config: TrainConfig, autocast: torch.dtype | None) -> str:
     same settings meets the same NaN at the same step."""
     remedies = [f"lower train.learning_rate (now {config.learning_rate:g})"]
     if config.grad_clip > 0:
-        remedies.append(f"train.grad_clip (now {config.grad_clip:g})")
+        remedies.append(f"lower train.grad_clip (now {config.grad_clip:g})")
     else:
         remedies.append("turn gradient clipping on (train.grad_clip = 1.0; now 0, off)")
     if autocast is not None:
@@ -1000,6 +1000,9 @@ class Trainer:
         model_state = self._load(checkpoint, WEIGHTS_FILE)
         optimizer_state = self._load(checkpoint, "optimizer.pt")
         state = self._load(checkpoint, "state.pt")
+        lacking = _lacking_state(state)
+        if lacking:  # loaded, but not a training state (in a checkpoint without digests)
+            raise CheckpointUnreadable(f"{checkpoint / 'state.pt'}: cannot be loaded ({lacking})")
         if self.average is not None and "trained_weights" not in state:
             raise TrainingError(f"{checkpoint}: written without train.ema_decay; it cannot "
                                 "continue a run that averages its weights")  # fmt: skip
@@ -1176,6 +1179,18 @@ def _misfit(module: torch.nn.Module, weights: dict, error: Exception) -> str:
     if misfit.extra:
         said.append(f"it has {len(misfit.extra)} tensors this model has not ({misfit.extra[0]}, …)")
     return "; ".join(said) or describe(error)
+
+
+# What `resume` reads from `state.pt` whatever version wrote it.
+STATE_KEYS = ("step", "torch", "data", "best_val_loss", "evaluations_without_improvement")
+
+
+def _lacking_state(state) -> str | None:
+    """Why a loaded `state.pt` is not a training state (in words), or None when it is."""
+    if not isinstance(state, dict):
+        return f"it holds a {type(state).__name__}, not a training state"
+    missing = [key for key in STATE_KEYS if key not in state]
+    return f"it lacks {', '.join(missing)}" if missing else None
 
 
 def _for_rank(state: dict, key: str, rank: int):
