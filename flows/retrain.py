@@ -171,14 +171,16 @@ def _split_change(champion: Champion, settings: PipelineConfig) -> str | None:
 
 
 def _champion_score(
-    run: RunContext, settings: PipelineConfig, champion: Champion, corpus: Descriptor
-) -> tuple[float | None, str | None]:
+    run: RunContext, settings: PipelineConfig, champion: Champion, corpus: Descriptor,
+    shards: Descriptor | None = None,
+) -> tuple[float | None, str | None]:  # fmt: skip
     """The champion's val bits per byte on the current held-out split, encoded with its own
     tokenizer; or None and why it cannot be scored there (a character its tokenizer refuses,
     an eval setting its model does not fit). Raised, the run failed, and every rerun with it:
     the candidate came from the cache, the champion failed again."""
     try:
-        shards = encode_corpus(run, settings, corpus, champion.tokenizer, "encode/champion")
+        shards = shards or encode_corpus(run, settings, corpus, champion.tokenizer,
+                                         "encode/champion")  # fmt: skip
         scored = run_stage(
             run,
             evaluate_task,
@@ -250,7 +252,12 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
             )
             renamed = continuable and not _same_documents(run, champion, corpus, settings)
             trained_on = _held_out_trained_on(run, champion, corpus)
-            if continuable and not renamed and not trained_on:
+            # Its tokenizer is kept when it is continued: new text it refuses (a character
+            # outside a char vocabulary) needs one trained on this corpus, from scratch.
+            keep = continuable and not renamed and not trained_on
+            champion_shards = _champion_shards(run, settings, champion, corpus) if keep else None
+            refused = keep and champion_shards is None
+            if keep and not refused:
                 data = run_stage(
                     run,
                     increment_task,
@@ -284,7 +291,7 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
                 # The config's own init_from starts it from those weights: not from scratch.
                 start = (f"trained from train.init_from {train.init_from}" if train.init_from
                          else "trained from scratch")  # fmt: skip
-                why = _why_scratch(champion, renamed, trained_on)
+                why = _why_scratch(champion, renamed, trained_on, refused)
                 decision = Decision("scratch", f"{start} ({why})")
             if new_documents < policy.min_new_documents:
                 decision = Decision(
@@ -313,7 +320,7 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
                     decision.champion_unscored = f"{_held_out(trained_on)} it trained on"
                 elif scorable:
                     decision.champion_val_bpb, decision.champion_unscored = _champion_score(
-                        run, settings, champion, corpus
+                        run, settings, champion, corpus, champion_shards
                     )
                 _decide(decision, policy.margin, champion)
         run.metrics.log_many(
@@ -472,6 +479,20 @@ def _same_documents(
     return True
 
 
+def _champion_shards(
+    run: RunContext, settings: PipelineConfig, champion: Champion, corpus: Descriptor
+) -> Descriptor | None:
+    """`corpus` in the champion's tokenizer, which scores it (and is the whole-corpus encode
+    of a continued candidate: served from the cache then); None where that tokenizer refuses
+    some of its text (said in the log)."""
+    try:
+        return encode_corpus(run, settings, corpus, champion.tokenizer, "encode/champion")
+    except TokenizerError as error:
+        logger.warning("retrain: the champion's tokenizer cannot encode this corpus, so it is "
+                       "not continued: %s", error)  # fmt: skip
+        return None
+
+
 def _held_out_trained_on(run: RunContext, champion: Champion | None, corpus: Descriptor) -> int:
     """How many held-out documents of `corpus` the champion trained on (0 where its corpus is
     gone: nothing to tell by). A text cut into pieces is drawn to a split by its first piece
@@ -494,9 +515,14 @@ def _held_out(count: int) -> str:
     return f"{count} held-out {documents} of this corpus {are} text"
 
 
-def _why_scratch(champion: Champion | None, renamed: bool = False, trained_on: int = 0) -> str:
+def _why_scratch(
+    champion: Champion | None, renamed: bool = False, trained_on: int = 0,
+    refused: bool = False,
+) -> str:  # fmt: skip
     if champion is None:
         return "no champion yet"
+    if refused:
+        return "the champion's tokenizer cannot encode this corpus"  # the reason's end says why
     if renamed:
         return ("the champion's corpus was made by other lmforge code or text settings "
                 "(reading, cutting long texts, markup removal, normalization), and some of its "

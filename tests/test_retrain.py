@@ -518,6 +518,30 @@ def test_a_champion_its_tokenizer_cannot_score_on_new_text_is_beaten_not_a_failu
     assert first["run_id"] != later["run_id"]
 
 
+def test_new_text_the_champion_s_tokenizer_refuses_trains_a_candidate_from_scratch(
+    workspace, tmp_path
+):
+    """The same settings as the champion's, and new documents with a character its char
+    tokenizer refuses: continuing it (its tokenizer kept) failed every night on encoding the new
+    documents. A tokenizer trained on the current corpus takes them, from scratch."""
+    from lm.tokenizer import TokenizerError
+
+    folder, config = twelve_documents(tmp_path)
+    strict = 'tokenizer.unknown_chars="error"'
+    first = _trigger(config, strict)
+    for index in range(100, 112):
+        (folder / f"runes{index}.txt").write_text(prose(index, 120) + " ᚠᚡ ᚠ ᚡᚠ.")
+    try:
+        later = _trigger(config, strict)  # the champion's settings: it would be continued
+    except TokenizerError as error:
+        pytest.fail(f"the retrain failed instead of training from scratch: {error}")
+    decision = later["decision"]
+    assert decision["mode"] == "scratch" and decision["promoted"], decision["reason"]
+    assert "the champion's tokenizer cannot encode this corpus" in decision["reason"]
+    assert RunRegistry(workspace.registry_path).champion()["run_id"] == later["run_id"]
+    assert first["run_id"] != later["run_id"]
+
+
 def test_a_champion_whose_recorded_tokenizer_settings_are_now_refused_is_not_continued():
     """Settings an earlier lmforge accepted (a user symbol with a space, which never matched)
     failed every retrain with a validation error: they count as changed settings."""
