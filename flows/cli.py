@@ -1308,7 +1308,18 @@ def server_status() -> None:
 
 
 def main() -> None:
+    _write_what_the_terminal_cannot_show_escaped()
     app()
+
+
+def _write_what_the_terminal_cannot_show_escaped() -> None:
+    """Text the output's encoding cannot hold (generated Chinese to a Latin-1 terminal, or a
+    Windows console's code page) written as `\\u6771`, not a UnicodeEncodeError's traceback
+    halfway through the output."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None and stream.encoding.lower().replace("-", "") != "utf8":
+            reconfigure(errors="backslashreplace")
 
 
 if __name__ == "__main__":

@@ -660,6 +660,7 @@ def require_kept_documents(
                else "split.val is 0; set it above 0")
         )  # fmt: skip
     if kept:
+        _warn_of_emptied_sources(stats)
         return
     counts = {flag: count for flag, count in stats.get("removed", {}).items() if count}
     removed = ", ".join(f"{flag} {count:,}" for flag, count in counts.items()) or "nothing"
@@ -676,6 +677,37 @@ def require_kept_documents(
         f"cleaning kept none of the {stats.get('documents', 0):,} documents (removed by: "
         f"{removed}); {advice}"
     )
+
+
+# The word rules that text written without spaces between words fails (a clause reads as one
+# long word), and the settings that loosen them.
+WORD_RULES = {"too_few_words": "min_words", "bad_mean_word_length": "max_mean_word_length",
+              "too_few_alpha_words": "min_alpha_word_fraction"}  # fmt: skip
+EMPTIED_SOURCES_NAMED = 5
+
+
+def _warn_of_emptied_sources(stats: dict) -> None:
+    """Warn of sources of several documents cleaning kept none of (and the run goes on): a
+    file of Chinese text among English ones lost every document to the word rules, and the run
+    said nothing but "291 of 340 documents kept". A one-document file removed (too short, a
+    copy of another) is the filters' everyday work, and a folder of them would fill the line."""
+    sources = stats.get("sources") or {}
+    emptied = [(counts["documents"], name) for name, counts in sources.items()
+               if counts.get("documents", 0) > 1 and not counts.get("kept")]  # fmt: skip
+    emptied.sort(key=lambda source: (-source[0], source[1]))  # the largest first
+    if not emptied:
+        return
+    named = ", ".join(f"{name} ({count:,})" for count, name in emptied[:EMPTIED_SOURCES_NAMED])
+    more = len(emptied) - EMPTIED_SOURCES_NAMED
+    removed = stats.get("removed") or {}
+    loosen = [f"clean.quality.{key}" for flag, key in WORD_RULES.items() if removed.get(flag)]
+    advice = (f"; text written without spaces between words (Chinese, Japanese, Thai) reads as "
+              f"a few long words: loosen {', '.join(loosen)} for it" if loosen else "")  # fmt: skip
+    logger.warning(
+        "cleaning kept none of the documents of %d of %d sources: %s%s (`lmforge corpus stats` "
+        "says what removed them)%s", len(emptied), len(sources), named,
+        f" and {more:,} more" if more > 0 else "", advice,
+    )  # fmt: skip
 
 
 def build_tokenizer(

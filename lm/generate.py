@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import codecs
 import math
+import unicodedata
 from collections.abc import Iterator
 
 import torch
@@ -43,7 +44,10 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
     the tokenizer has it, and is an error naming it when it has none (an unknown id would feed
     the model something the prompt did not say). A prompt that is not UTF-8 text (bytes that
     Python kept as lone surrogates, from a command line or a pipe) is an error naming the first
-    bad byte: the tokenizers encode UTF-8 and would fail deep inside."""
+    bad byte: the tokenizers encode UTF-8 and would fail deep inside. The prompt is composed
+    (NFC) as the corpus was: typed or pasted decomposed ("e" + U+0301, as macOS gives file names),
+    its accents were byte pieces the model never saw, or characters a char tokenizer lacks. A
+    corpus normalized with NFKC is composed too, so NFC never makes what training did not see."""
     try:
         prompt.encode("utf-8")
     except UnicodeEncodeError as error:
@@ -51,6 +55,7 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
             f"the prompt is not UTF-8 text: {_bad_byte(prompt[error.start])} at character "
             f"{error.start}; give it as UTF-8"
         ) from None
+    prompt = unicodedata.normalize("NFC", prompt)
     ids = _encoded(tokenizer, prompt)
     if ids is None:
         # One quoted character each: 'AN' read as the substring "AN", not A and N; in the order

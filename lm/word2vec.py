@@ -48,7 +48,8 @@ def word_sentences(text: str) -> Iterator[list[str]]:
     into sentences that fit it (see GENSIM_MAX_SENTENCE). A word is what gensim's
     `simple_preprocess` takes (a run of word characters but digits, at most 30 of them, not
     starting with `_`), with two changes for scripts it cuts apart: a combining mark belongs to
-    its word (Hindi's vowel signs and Arabic's vowel points split every word into letters), and
+    its word (Hindi's vowel signs and Arabic's vowel points split every word into letters, as a
+    joiner between two letters does), and
     each Chinese or Japanese character is a word of its own (without spaces a whole clause was
     one word, and one over 30 characters was dropped)."""
     for line in text.split("\n"):
@@ -85,7 +86,10 @@ def _words_pattern() -> re.Pattern[str]:
             marks.append(f"{re.escape(chr(start))}-{re.escape(chr(code - 1))}")
             start = None
     letter = rf"[^\W\d{_CHARACTER_WORDS}]|[{''.join(marks)}]"  # a word character but a digit
-    return re.compile(rf"[{_CHARACTER_WORDS}]|(?:{letter})+")
+    # The zero-width non-joiner and joiner between letters are spelling, as cleaning keeps them
+    # (Persian "می‌خواهم" is one word); between emoji, or alone, they make no word.
+    joined = rf"(?:{letter})+(?:[\u200c\u200d](?:{letter})+)*"
+    return re.compile(rf"[{_CHARACTER_WORDS}]|{joined}")
 
 
 # gensim's optimised training silently drops the part of a sentence beyond 10,000 tokens.

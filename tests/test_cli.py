@@ -466,6 +466,17 @@ def test_sql_over_the_corpus_before_any_corpus_is_recorded_says_so(tmp_path):
     assert "Table with name nothing does not exist" in other.stderr
 
 
+def test_text_the_output_encoding_cannot_hold_is_escaped_not_a_traceback(tmp_path, monkeypatch):
+    """Generated Chinese to a Latin-1 terminal (or a Windows code page) ended in a
+    UnicodeEncodeError's traceback halfway through the output."""
+    RunRegistry(tmp_path / "registry.duckdb").start_run(
+        {"run_id": "r1", "status": "running", "started_at": datetime.now()}
+    )
+    monkeypatch.setenv("PYTHONIOENCODING", "latin-1")
+    result = run_cli("sql", "--format", "csv", "SELECT '東京' AS city", home=tmp_path)
+    assert result.stdout == "city\n\\u6771\\u4eac\n"
+
+
 def test_sql_csv_gives_a_list_of_json_as_data_and_a_blob_as_duckdb_writes_it(tmp_path):
     """A JSON[] column (`list(stats)`) was written as JSON strings inside JSON, and a blob as
     Python's `b'ab'`."""

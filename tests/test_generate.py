@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import unicodedata
 from datetime import datetime
 
 import pytest
@@ -241,6 +242,19 @@ def test_unencodable_prompt_characters_use_byte_fallback_or_are_named():
     for tokenizer in (without, char, refusing):
         with pytest.raises(TokenizerError, match="cannot encode: '日', '本'"):
             generate(model, tokenizer, "the 日本 river", GREEDY)
+
+
+def test_a_decomposed_prompt_is_encoded_as_the_composed_text_the_corpus_holds():
+    """The corpus is stored NFC; a prompt typed decomposed (NFD, as macOS input can give it) was
+    encoded as it came: its accents became byte pieces the model never trained on (BPE), or were
+    refused as characters a char tokenizer lacks though the text looked the same."""
+    text = "Tiếng Việt và tiếng Pháp, café, naïve. " * 5
+    composed, decomposed = "Tiếng Việt café", unicodedata.normalize("NFD", "Tiếng Việt café")
+    assert composed != decomposed
+    bpe = train_tokenizer(iter([text, *DOCS]), TokenizerConfig(kind="bpe", vocab_size=320))
+    char = char_tokenizer(text, unknown_chars="error")
+    for tokenizer in (bpe, char):
+        assert encode_prompt(tokenizer, decomposed) == tokenizer.encode(composed)
 
 
 def test_top_k_and_top_p_sample_only_the_likeliest_tokens():

@@ -326,10 +326,23 @@ def test_bad_input_fails_clearly_and_damages_nothing_stored(workspace, config, t
     assert set(stage_states(run_pipeline(config)).values()) == {"cached"}
 
 
-def test_binary_file_in_a_folder_is_skipped_and_the_run_completes(workspace, config, tmp_path):
+def test_a_binary_file_is_skipped_and_a_source_cleaning_emptied_is_named_as_the_run_completes(
+    workspace, config, tmp_path
+):
+    """A file of Chinese records among English texts lost every one to the word rules, and the
+    run said only how many documents it kept: it is named, with the rules to loosen. The
+    fixture's one-document copy and too-short text, removed too, are not."""
     (tmp_path / "texts" / "picture.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" * 10)
-    summary = run_pipeline(config)
-    assert summary["corpus"]["documents"] == 15  # the binary file contributed nothing
+    clause = "我们今天天气很好，学生喜欢北京的大学和图书馆。"
+    records = [json.dumps({"text": clause * (8 + n)}, ensure_ascii=False) for n in range(6)]
+    (tmp_path / "texts" / "zh.jsonl").write_text("\n".join(records) + "\n")
+    with warnings_said_by("lm.pipeline") as warnings:
+        summary = run_pipeline(config)
+    assert summary["corpus"]["documents"] == 21  # the binary file contributed nothing
+    (emptied,) = [w for w in warnings if w.startswith("cleaning kept none of the documents")]
+    assert emptied.startswith(f"cleaning kept none of the documents of 1 of 16 sources: "
+                              f"{tmp_path / 'texts' / 'zh.jsonl'} (6) (")  # fmt: skip
+    assert "clean.quality.min_words" in emptied and "copy.txt" not in emptied
 
 
 def test_shards_hold_every_split_separated_by_end_of_text(workspace, config):

@@ -713,6 +713,10 @@ NOT_LATIN = {  # a NUL in every other byte is Latin text's alone; 一 is U+4E00,
     "e.txt": "Привет, как дела? Сегодня хорошая погода.\n" * 40,
     "f.txt": "我们今天天气很好，学生喜欢北京。一个人一天一年。" * 100,  # no space, no line end
     "g.txt": "नमस्ते दुनिया, लड़की सड़क पर है।\nשלום עולם, מה שלומך?\n" * 30,
+    # Characters `str.isprintable` refuses: these were skipped as binary, "could not be told apart".
+    "j.txt": "東京は、　日本の首都です。　今日はいい天気ですね。\n" * 30,  # ideographic space
+    "k.txt": "Bonjour\u00a0! Ça va\u00a0? Oui, très bien.\n" * 30,  # no-break spaces
+    "l.txt": "می\u200cخواهم \u200fسلام 👩\u200d💻 co\u00adoperate\n" * 30,  # joiners, marks
 }
 
 

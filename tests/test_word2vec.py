@@ -157,6 +157,9 @@ def test_words_keep_their_combining_marks_and_chinese_and_japanese_are_cut_by_ch
         ["مُدَرِّسَة"],
         [*"我们今天天气很好学生喜欢北京和东京的大学图书馆里面的书籍非常多", *"カタカナ"],
     ]
+    # A joiner between letters is spelling (cleaning keeps it): Persian, a Hindi conjunct.
+    joined = "می\u200cخواهم क्\u200dष 👩\u200d💻 \u200c"
+    assert list(word_sentences(joined)) == [["می\u200cخواهم", "क्\u200dष"]]
     # Other text is cut as simple_preprocess cuts it (digits, `_`, case, 30 characters).
     text = "The Río foo_bar _x 1990s A3b co-op " + "x" * 31 + "\n" + prose(3, 200)
     expected = [simple_preprocess(line, min_len=1, max_len=30) for line in text.split("\n")]

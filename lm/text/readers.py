@@ -24,6 +24,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import unicodedata
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -285,8 +286,19 @@ def _utf16_head(head: bytes, encoding: str) -> str | None:
             return None
 
 
+# Characters text holds that `str.isprintable` refuses: the spaces but the ASCII one (the
+# ideographic space of Chinese and Japanese, the no-break space of French) and the format
+# characters (the joiners of emoji and Persian, the soft hyphen, the bidi marks of Arabic and
+# Hebrew). All but U+2000, the ASCII space read in the other byte order, which tells it apart.
+_TEXT_SPACES_AND_FORMATS = ("Zs", "Zl", "Zp", "Cf")
+
+
 def _printable(text: str | None) -> bool:
-    return text is not None and all(char.isprintable() or char in "\t\n\r" for char in text)
+    return text is not None and all(
+        char.isprintable() or char in "\t\n\r"
+        or (unicodedata.category(char) in _TEXT_SPACES_AND_FORMATS and char != "\u2000")
+        for char in text
+    )  # fmt: skip
 
 
 def _peek(stream: BinaryIO) -> bytes:
