@@ -362,7 +362,16 @@ def evaluate(
 ) -> SplitScore:
     """Score `model` on one split's tokens as `config.scoring` says (`per_document`: the model
     trained on documents). Windows are the model's block size unless `window` says otherwise
-    (a baseline is scored on the windows of the model it is compared with)."""
+    (a baseline is scored on the windows of the model it is compared with).
+
+    `tokens` is a 1-D integer array of the split as the shards hold it: each document's ids
+    (`tokenizer.encode(text)`) followed by `tokenizer.eot_id`, the mark scored as one byte.
+    It runs where the model is: `config.device` is the evaluate stage's (it moves the model);
+    from Python, move the model first (`model.to("cuda")`)."""
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
+        raise ValueError(f"evaluate takes a 1-D array of token ids, not an array of shape "
+                         f"{tokens.shape} and type {tokens.dtype}")  # fmt: skip
     if window is None:  # a transformer reads its block; the others any length
         kind = getattr(getattr(model, "config", None), "kind", None)
         window = model.block_size if kind == "gpt" else DEFAULT_WINDOW
@@ -401,7 +410,7 @@ def count_bigram_baseline(
 CHECKPOINTS = ("best", "final")  # preferred first
 
 
-def load_trained(folder: Path) -> tuple[LanguageModel, Tokenizer]:
+def load_trained(folder: Path | str) -> tuple[LanguageModel, Tokenizer]:
     """The model and tokenizer of a train artifact folder (`model.json`, `tokenizer/`, and the
     `best/` checkpoint, else `final/`; or the checkpoint folder given, in one), in eval mode on the
     CPU. A checkpoint whose files are damaged (shorter than written, or unreadable) is skipped, with
@@ -410,6 +419,7 @@ def load_trained(folder: Path) -> tuple[LanguageModel, Tokenizer]:
     and what differs."""
     from lm.models.registry import MODELS, build_model
 
+    folder = Path(folder)
     model_file = folder / "model.json"
     named = None  # a checkpoint named itself (`…/best`): that one, the folder around it read
     if not model_file.is_file() and (folder.parent / "model.json").is_file():

@@ -138,8 +138,11 @@ class Tokenizer(ABC):
     @abstractmethod
     def _write_model(self, folder: Path) -> Path: ...
 
-    def save(self, folder: Path) -> Path:
-        """Write the model and a small description of it; returns the model file."""
+    def save(self, folder: Path | str) -> Path:
+        """Write the model and a small description of it into `folder` (created if missing);
+        returns the model file."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
         path = self._write_model(folder)
         meta = {
             "kind": self.kind,
@@ -528,6 +531,11 @@ class CharTokenizer(Tokenizer):
 
 def train_tokenizer(documents: Iterable[str], config: TokenizerConfig) -> Tokenizer:
     """Train on a stream of documents (the clean train split)."""
+    if isinstance(documents, str):  # iterated, it is one document per character
+        raise TypeError(
+            "train_tokenizer takes documents, an iterable of texts, not one text: a text given "
+            "whole was read as one document per character; pass [text]"
+        )
     if config.kind == "char":
         return _train_char(documents, config)
     return _train_sentencepiece(documents, config)
@@ -717,17 +725,19 @@ def encode_documents_naming_refusals(
         raise
 
 
-def tokenizer_file(folder: Path) -> Path:
+def tokenizer_file(folder: Path | str) -> Path:
     """The model file `Tokenizer.save` wrote into `folder`, the one `load_tokenizer` reads:
     SentencePiece's, else the character vocabulary."""
+    folder = Path(folder)
     for path in (folder / SENTENCEPIECE_FILE, folder / CHAR_FILE):
         if path.is_file():
             return path
     raise TokenizerError(f"{folder}: no tokenizer here ({SENTENCEPIECE_FILE} or {CHAR_FILE})")
 
 
-def load_tokenizer(folder: Path, threads: int = 0) -> Tokenizer:
+def load_tokenizer(folder: Path | str, threads: int = 0) -> Tokenizer:
     """Load what `Tokenizer.save` wrote into `folder`."""
+    folder = Path(folder)
     path = tokenizer_file(folder)
     if path.name == SENTENCEPIECE_FILE:
         meta_path = folder / META_FILE

@@ -361,6 +361,9 @@ class LaunchedStep:
 
 @dataclass
 class TrainResult:
+    """What `Trainer.train` did: the step it ended at, the lowest val loss (the `best/`
+    checkpoint's), whether early stopping ended it, and each step's train loss."""
+
     step: int
     best_val_loss: float
     stopped_early: bool
@@ -380,14 +383,31 @@ class TrainResult:
 
 
 class Trainer:
+    """Trains `model` on token arrays, as DESIGN §4 says: checkpoints in `out_dir` every
+    `checkpoint_every` steps (`step-NNNNNNNN/`), the lowest val loss's weights in `out_dir/best/`,
+    its curve in `metrics.jsonl`. Used from Python:
+
+    - seed before building the model (`torch.manual_seed(config.seed)`): its initial weights are
+      drawn there; the Trainer seeds the global generator again for dropout (the notebook's
+      random state with it);
+    - call `resume_or_initialize(out_dir)` before `train()` to continue an interrupted training:
+      a new Trainer in a used folder starts at step 0 and writes over its checkpoints;
+    - after `train()`, `module` holds the last step's weights; the best are in `out_dir/best/`
+      (`lm.evaluate.load_trained` reads a folder laid out as the train stage publishes it);
+    - a GPT trains on windows of its own context: `effective_train_config(model_config, train)`
+      (lm.models.config) is the config the pipeline gives it.
+
+    On a CPU it keeps freed memory mapped (`keep_freed_memory`), on CUDA it turns TF32 on:
+    settings of the whole process."""
+
     def __init__(
         self,
         model: LanguageModel,
         config: TrainConfig,
         train_tokens: np.ndarray,
         val_tokens: np.ndarray,
-        out_dir: Path,
-        metrics_path: Path | None = None,
+        out_dir: Path | str,
+        metrics_path: Path | str | None = None,
         tokenizer_digest: str | None = None,
         eot_id: int | None = None,
     ):
@@ -412,6 +432,14 @@ class Trainer:
         # initial weights were drawn before, from the same seed on every rank.
         torch.manual_seed(config.seed + RANK_SEED_STRIDE * self.ranks.rank)
         self.tokenizer_digest = tokenizer_digest
+        model_kind = getattr(getattr(model, "config", None), "kind", None)
+        context = model.block_size if model_kind == "gpt" else None  # no longer sequence fits
+        if context is not None and config.block_size > context:
+            raise TrainingError(
+                f"train.block_size {config.block_size} is longer than the model's context "
+                f"({context} tokens): a GPT trains on windows of its own block_size "
+                "(lm.models.config.effective_train_config gives the config it trains with)"
+            )
         self.module = model.to(self.device)  # the uncompiled module: what checkpoints save
         self.flops_per_token = flops_per_token(self.module, config.block_size)
         # How the ranks share the model; "none" for a single process.
@@ -435,8 +463,8 @@ class Trainer:
         self.val_sample = [(to_device(x, self.device), to_device(y, self.device))
                            for x, y in share]  # fmt: skip
         self.val_scored = [scored_targets(y) for _, y in self.val_sample]
-        self.out_dir = out_dir
-        self.metrics_path = metrics_path or out_dir / "metrics.jsonl"
+        self.out_dir = Path(out_dir)  # a notebook's string path too
+        self.metrics_path = Path(metrics_path or self.out_dir / "metrics.jsonl")
         if self.ranks.is_main:
             self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
         self.step = 0

@@ -319,9 +319,9 @@ def _is_lock_error(error: Exception) -> bool:
 
 
 class RunRegistry:
-    def __init__(self, path: Path, timeout_s: float | None = None):
-        self.path = path
-        self.lock_path = path.with_name(path.name + ".lock")
+    def __init__(self, path: Path | str, timeout_s: float | None = None):
+        self.path = Path(path)
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
         self.timeout_s = registry_wait_s() if timeout_s is None else timeout_s
 
     # -- connections -------------------------------------------------------------------------

@@ -28,6 +28,9 @@ class WorkspaceError(RuntimeError):
 class Workspace:
     root: Path
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))  # a notebook's string path too
+
     @classmethod
     def from_env(cls) -> Workspace:
         """The workspace named by `$LMFORGE_HOME` (default `./.lmforge`), as an absolute path."""

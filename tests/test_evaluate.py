@@ -606,6 +606,24 @@ def test_a_folder_without_a_checkpoint_is_a_clear_error(trained_run, tmp_path):
         load_trained(tmp_path)
 
 
+def test_a_folder_named_by_a_string_path_loads(trained_run):
+    """A notebook names folders by strings: `str / "model.json"` was a TypeError."""
+    home, trained, _, _ = trained_run
+    model, tokenizer = load_trained(str(home / trained.path))
+    assert tokenizer.digest == load_trained(home / trained.path)[1].digest
+    assert model.num_params() > 0
+
+
+def test_tokens_that_are_not_a_1d_array_of_ids_are_refused_clearly(trained_run):
+    """From Python: a text, or ids in 2-D, was numpy's "all the input arrays must have same
+    number of dimensions"; floats were cut to integers silently."""
+    home, trained, _, _ = trained_run
+    model, tokenizer = load_trained(home / trained.path)
+    for wrong in ("the text", np.zeros((2, 8), dtype=np.int64), np.ones(8) * 1.5):
+        with pytest.raises(ValueError, match="evaluate takes a 1-D array of token ids"):
+            evaluate(model, wrong, tokenizer, EVAL)
+
+
 def test_a_checkpoint_folder_loads_its_own_weights_with_the_folder_around_it(trained_run, tmp_path):
     """`lmforge generate …/final` said "not a trained model folder (no model.json)"."""
     home, trained, _, _ = trained_run

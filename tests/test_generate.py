@@ -348,6 +348,22 @@ def recorded_run(tmp_path_factory):
     return home, trained, tokenizer
 
 
+def test_readme_s_python_example_runs_on_a_recorded_run(recorded_run):
+    """README's "From Python": load a run's model by its id, sample it, score a text, query."""
+    home, trained, _ = recorded_run
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("\n## From Python\n", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    assert code.count('home = "./.lmforge"') == 1
+    names = {"RUN_ID": "20260101"}  # a prefix, as a user may give it
+    exec(code.replace('home = "./.lmforge"', f"home = {str(home)!r}"), names)
+    assert names["text"] == expected_text(home, trained, "The river", names["SamplingConfig"](
+        max_new_tokens=40, seed=1))  # fmt: skip
+    score = names["score"]
+    assert score.bytes == len(b"A held-out sentence.") + 1 and score.bpb > 0
+    assert names["rows"] == [("counts", None)]
+
+
 def expected_text(home, trained, prompt: str, sampling: SamplingConfig) -> str:
     from lm.evaluate import load_trained
 

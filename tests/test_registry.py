@@ -98,6 +98,13 @@ def test_a_run_recorded_twice_is_replaced_not_duplicated(tmp_path):
     assert registry.find_run("r1")["status"] == "failed"
 
 
+def test_a_registry_named_by_a_string_path_reads(tmp_path):
+    """A notebook names files by strings: `str.with_name` was an AttributeError."""
+    RunRegistry(tmp_path / "registry.duckdb").start_run(_run_row("r1"))
+    registry = RunRegistry(str(tmp_path / "registry.duckdb"))
+    assert registry.query("SELECT run_id FROM runs")[1] == [("r1",)]
+
+
 def test_unknown_run_id_is_a_clear_error(tmp_path):
     registry = RunRegistry(tmp_path / "registry.duckdb")
     registry.start_run(_run_row("r1"))

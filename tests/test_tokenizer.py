@@ -292,6 +292,19 @@ def test_empty_training_split_is_a_clear_error(kind):
         train_tokenizer(iter([]), TokenizerConfig(kind=kind))
 
 
+def test_a_text_given_whole_is_refused_not_read_as_one_document_per_character():
+    """Iterated, a str is its characters: BPE trained on one-character documents learned no
+    merge across them, silently."""
+    with pytest.raises(TypeError, match=r"not one text.*pass \[text\]"):
+        train_tokenizer("the cat sat on the mat", TokenizerConfig(kind="char"))
+
+
+def test_save_makes_its_folder_and_load_takes_a_string_path(tmp_path):
+    tokenizer = train_tokenizer(iter(["the cat sat on the mat"]), TokenizerConfig(kind="char"))
+    tokenizer.save(tmp_path / "model" / "tokenizer")
+    assert load_tokenizer(str(tmp_path / "model" / "tokenizer")).digest == tokenizer.digest
+
+
 def test_char_tokenizer_takes_its_vocabulary_from_the_data():
     tokenizer = train_tokenizer(iter(["emma", "olivia", "ava"]), TokenizerConfig(kind="char"))
     assert sorted(tokenizer.chars) == sorted(set("emmaoliviaava"))

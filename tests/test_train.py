@@ -792,6 +792,21 @@ def test_a_state_file_that_loads_but_is_no_training_state_is_skipped_and_changes
         assert torch.equal(tensor, resumed.module.state_dict()[name]), name
 
 
+def test_a_trainer_given_a_string_folder_writes_its_checkpoints_there(tmp_path):
+    """A notebook names folders by strings: `str / "metrics.jsonl"` was a TypeError."""
+    torch.manual_seed(0)
+    settings = config(max_steps=2)
+    Trainer(build_model(SMALL_GPT, VOCAB), settings, TRAIN, VAL, str(tmp_path)).train()
+    assert (tmp_path / "metrics.jsonl").is_file() and (tmp_path / "best").is_dir()
+
+
+def test_windows_longer_than_a_gpt_s_context_are_refused_naming_both(tmp_path):
+    """From Python: "sequence of 64 tokens is longer than block_size 16", at the first step."""
+    with pytest.raises(TrainingError, match=r"train.block_size 32 is longer than the model's "
+                       r"context \(16 tokens\)"):  # fmt: skip
+        trainer(tmp_path, config(block_size=32))
+
+
 def test_an_optimizer_state_keyed_by_name_as_fsdp_saves_it_resumes_in_one_process(tmp_path, caplog):
     """FSDP saves the full optimizer state keyed by parameter name, one process and DDP by
     index: one process resumes either, on the same moments, so the run ends as if unmoved."""

@@ -110,3 +110,8 @@ def test_a_prefect_home_set_beforehand_is_kept_absolute_and_created_or_named(
     monkeypatch.setattr(flows.prefect_server.tempfile, "TemporaryFile", read_only)
     with pytest.raises(ServerError, match=r"PREFECT_HOME .*/read-only: not writable \(Read-only"):
         ensure_server(workspace)
+
+
+def test_a_workspace_named_by_a_string_path_gives_paths(tmp_path):
+    """A notebook names folders by strings: `Workspace(str).registry_path` was a TypeError."""
+    assert Workspace(str(tmp_path)).registry_path == tmp_path / "registry.duckdb"
