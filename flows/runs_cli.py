@@ -236,6 +236,11 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="a run id or a unique p
             "ORDER BY model NULLS FIRST, key",
             [found["run_id"]],
         )
+        _, decisions = registry.query(
+            "SELECT promoted, alias, candidate_val_bpb, champion_val_bpb, against, reason "
+            "FROM promotions WHERE run_id = ?",
+            [found["run_id"]],
+        )
     except RegistryError as error:
         raise _fail(str(error)) from None
     found["status"] = shown_status(
@@ -253,6 +258,8 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="a run id or a unique p
     for key in optional:
         if found[key]:
             console.print(f"[bold]{key}[/]: {escape(str(found[key]))}", highlight=False)
+    for decision in decisions:  # a retrain's: the reason was on its last line alone
+        console.print(f"[bold]retrain[/]: {escape(promotion_text(*decision))}", highlight=False)
     if stages:
         crashed = found["status"] == "crashed"
         title = "stages it finished before it crashed" if crashed else "stages"
@@ -278,6 +285,27 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="a run id or a unique p
     drift = config_drift(found["command"], found["config"])
     if drift:
         console.print(f"[bold yellow]note[/]: {escape(drift)}", highlight=False)
+
+
+def promotion_text(
+    promoted: bool,
+    alias: str,
+    candidate: float | None,
+    champion: float | None,
+    against: str | None,
+    reason: str | None,
+) -> str:
+    """A retrain's recorded decision in one line: what it did with the alias, the two val
+    bits per byte, the model it was compared with, and why."""
+    scores = []
+    if candidate is not None:
+        scores.append(f"candidate val bpb {candidate:.4f}")
+    if champion is not None:
+        scores.append(f"champion's {champion:.4f}")
+    if against:
+        scores.append(f"the {alias} then {against}")
+    said = f"promoted to {alias}" if promoted else "not promoted"
+    return said + (f" ({', '.join(scores)})" if scores else "") + (f": {reason}" if reason else "")
 
 
 def config_drift(command: str | None, recorded: str | dict | None) -> str | None:

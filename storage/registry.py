@@ -231,6 +231,10 @@ MIGRATIONS: list[str] = [
     ALTER TABLE schema_version ALTER applied_at TYPE TIMESTAMPTZ;
     """
     + LEADERBOARD,  # a view's column types are fixed when it is made: made again
+    # 6: the model a retrain's candidate was compared with (`run_id/label`, the alias's holder
+    # when it was decided; NULL for no champion): a refused candidate's row did not say whose
+    # score it lost to. NULL in rows recorded before December 2026.
+    "ALTER TABLE promotions ADD COLUMN against VARCHAR;",
 ]
 
 T = TypeVar("T")
@@ -828,9 +832,10 @@ class RunRegistry:
                 [alias, run_id, label, label],
             )
         connection.execute(
-            "INSERT INTO promotions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO promotions (run_id, label, alias, promoted, candidate_val_bpb, "
+            "champion_val_bpb, reason, decided_at, against) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [run_id, label, alias, decision.promoted, decision.candidate_val_bpb,
-             decision.champion_val_bpb, decision.reason, decision.decided_at],
+             decision.champion_val_bpb, decision.reason, decision.decided_at, decision.against],
         )  # fmt: skip
         return decision
 

@@ -235,8 +235,10 @@ def test_promotion_moves_the_alias_and_records_every_decision(tmp_path):
     assert registry.champion()["run_id"] == "r3"
     _, rows = registry.query("SELECT count(*) FROM models WHERE alias = 'champion'")
     assert rows == [(1,)]
-    _, recorded = registry.query("SELECT run_id, promoted FROM promotions ORDER BY decided_at")
-    assert recorded == [("r1", True), ("r2", False), ("r3", True)]
+    _, recorded = registry.query(
+        "SELECT run_id, promoted, against FROM promotions ORDER BY decided_at"
+    )
+    assert recorded == [("r1", True, None), ("r2", False, "r1/gpt"), ("r3", True, "r1/gpt")]
 
 
 def truncated_registry(tmp_path: Path) -> RunRegistry:
@@ -701,7 +703,7 @@ def test_migration_5_reads_an_old_registrys_local_times_in_the_migrating_machine
 
     registry.start_run(_run_row("new"))
 
-    assert registry.schema_version() == len(MIGRATIONS) == 5
+    assert registry.schema_version() == len(MIGRATIONS) == 6
     _, rows = registry.query(
         "SELECT r.started_at, r.ended_at, m.ts FROM runs r JOIN metrics m USING (run_id)"
     )

@@ -11,6 +11,7 @@ import pytest
 
 from lm.checkpoints import INFO_FILE
 from storage.registry import RunRegistry
+from tests.conftest import cli_in_process
 from tests.helpers import prose, write_config
 
 TINY = """
@@ -127,6 +128,15 @@ def test_retrain_trains_once_per_new_data_and_promotes_only_on_improvement(works
     encodes = [stage["stage"] for stage in strict["stages"] if stage["stage"].startswith("enc")]
     assert sorted(encodes) == ["encode", "encode/champion", "encode/whole-corpus"]
     assert re.search(r"│ encode/champion\s+│", compared) and "encode #2" not in compared
+    # `runs show` gives the decision, its reason and the model it was compared with (the
+    # registry's `promotions.against`): the reason was on the command's last line alone.
+    shown = cli_in_process("runs", "show", strict["run_id"]).stdout
+    scored = f"{decision['candidate_val_bpb']:.4f}, champion's {decision['champion_val_bpb']:.4f}"
+    assert re.search(
+        rf"retrain: not promoted \(candidate val bpb {scored}, the champion then "
+        rf"{first['run_id']}/\S+\): continue: .*kept the champion",
+        shown,
+    ), shown
 
 
 def test_changed_model_settings_train_a_candidate_without_new_documents(workspace, tmp_path):
