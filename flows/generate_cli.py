@@ -18,8 +18,8 @@ from storage.workspace import activate_workspace
 RunArgument = Annotated[
     str,
     typer.Argument(
-        help="a run id (or a unique prefix), a trained model folder, or one of its checkpoints "
-        "(its best/ or final/)"
+        help="a run id (or a unique prefix), a model alias a retrain keeps (`champion`), a "
+        "trained model folder, or one of its checkpoints (its best/ or final/)"
     ),
 ]
 ModelOption = Annotated[
@@ -74,7 +74,11 @@ def _load(run: str, label: str | None):
     try:
         if not folder.is_dir():
             registry = RunRegistry(workspace.registry_path)
-            found = registry.find_model(run, label)
+            # Run ids start with their date; an alias (`champion`, a retrain.alias) never does.
+            found = registry.champion(run) if not run[:1].isdigit() else None
+            if found is not None and label is not None:
+                raise _fail(f"--model {label}: {run} names one model; leave --model out")
+            found = found or registry.find_model(run, label)
             status = registry.find_run(found["run_id"])["status"]
             if label is None and status != "completed":  # its last model may not be the top
                 typer.echo(

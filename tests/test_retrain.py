@@ -113,6 +113,10 @@ def test_retrain_trains_once_per_new_data_and_promotes_only_on_improvement(works
     lenient = _trigger(config, "retrain.margin=-10.0")
     assert _stages(lenient)["train"] is True and lenient["decision"]["promoted"]
     assert registry.champion()["run_id"] == lenient["run_id"]
+    # `generate champion`: the alias's model, without looking its run id up.
+    greedy = ("--prompt", "The", "--temperature", "0", "--max-new-tokens", "12")
+    by_alias = cli_in_process("generate", "champion", *greedy).stdout
+    assert by_alias == cli_in_process("generate", lenient["run_id"], *greedy).stdout
     _, decisions = registry.query("SELECT promoted, reason FROM promotions ORDER BY decided_at")
     assert [promoted for promoted, _ in decisions] == [True, False, False, False, True]
     assert "kept the champion" in decisions[2][1]
