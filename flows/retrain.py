@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -54,9 +55,10 @@ from lm.config import (
     retrain_problem,
 )
 from lm.evaluate import CheckpointError, EvaluationError
-from lm.models.config import uses_word2vec
+from lm.models.config import effective_train_config, uses_word2vec
 from lm.text.normalize import NORMALIZATION_VERSION
 from lm.tokenizer import TokenizerError
+from lm.train_config import TrainConfig
 from storage.artifacts import Descriptor
 from storage.corpus import DOCUMENTS_FILE, documents_renamed, held_out_trained_on
 from storage.registry import ModelRecord, PromotionRecord
@@ -283,6 +285,7 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
                             "init_from": str(run.workspace.resolve(champion.row["path"])),
                             "max_steps": steps,
                             "warmup_steps": min(train.warmup_steps, steps - 1),
+                            "learning_rate": policy.learning_rate or train.learning_rate,
                         }
                     )
             else:
@@ -301,6 +304,8 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
                 )
             else:
                 shards = encode_corpus(run, settings, data, tokenizer)
+                if decision.mode == "continue":
+                    train = _capped_passes(train, model_run, shards, policy.max_passes, decision)
                 if data is not corpus:  # scored, as the champion is, on the whole corpus
                     full_shards = encode_corpus(run, settings, corpus, tokenizer,
                                                 "encode/whole-corpus")  # fmt: skip
@@ -477,6 +482,28 @@ def _same_documents(
                        "cannot be checked", of_files_gone, kept)  # fmt: skip
         return False
     return True
+
+
+def _capped_passes(
+    train: TrainConfig,
+    model_run: ModelRun,
+    shards: Descriptor,
+    max_passes: float,
+    decision: Decision,
+) -> TrainConfig:
+    """`train` with no more steps than read the new train tokens `max_passes` times (0: as it
+    is), the reason saying so when it cuts them."""
+    tokens = shards.stats["splits"]["train"]["tokens"]
+    settings = effective_train_config(model_run.model, train)
+    per_step = settings.global_batch * settings.block_size
+    steps = max(1, math.ceil(max_passes * tokens / per_step))
+    if not max_passes or steps >= train.max_steps:
+        return train
+    decision.reason += (f" ({steps:,} steps, not {train.max_steps:,}: retrain.max_passes = "
+                        f"{max_passes:g} over its {tokens:,} tokens)")  # fmt: skip
+    return train.model_copy(
+        update={"max_steps": steps, "warmup_steps": min(train.warmup_steps, steps - 1)}
+    )
 
 
 def _champion_shards(

@@ -79,7 +79,8 @@ def test_retrain_trains_once_per_new_data_and_promotes_only_on_improvement(works
 
     for index in range(100, 110):  # ten new documents
         (folder / f"new{index}.txt").write_text(prose(index, 120))
-    strict = _trigger(config, "retrain.margin=10.0")  # no candidate can gain 10 bits per byte
+    slower = "retrain.learning_rate=0.0005"  # a continuation's own peak learning rate
+    strict = _trigger(config, "retrain.margin=10.0", slower)  # no candidate can gain 10 bits
     decision = strict["decision"]
     assert decision["mode"] == "continue" and "new train documents" in decision["reason"]
     assert _stages(strict)["train"] is False  # it trained
@@ -88,6 +89,7 @@ def test_retrain_trains_once_per_new_data_and_promotes_only_on_improvement(works
     settings = json.loads((candidate / "train.json").read_text())
     champion_folder = workspace.resolve(registry.find_model(first["run_id"])["path"])
     assert settings["init_from"] == str(champion_folder)  # continued from the champion
+    assert settings["learning_rate"] == 0.0005
     assert registry.champion()["run_id"] == first["run_id"]
     # Scored as the champion is, with the baseline fitted on the whole corpus's train split
     # (it was fitted on the new documents alone), so the two runs' baselines agree.
@@ -106,11 +108,11 @@ def test_retrain_trains_once_per_new_data_and_promotes_only_on_improvement(works
     assert continued < published <= continued + scores["tokens_seen"]
     assert registry.find_model(strict["run_id"])["tokens_trained"] == scores["tokens_trained"]
 
-    again = _trigger(config, "retrain.margin=10.0")
+    again = _trigger(config, "retrain.margin=10.0", slower)
     assert _stages(again)["train"] is True  # the same data: served from cache, not retrained
     assert again["decision"]["candidate_val_bpb"] == pytest.approx(decision["candidate_val_bpb"])
 
-    lenient = _trigger(config, "retrain.margin=-10.0")
+    lenient = _trigger(config, "retrain.margin=-10.0", slower)
     assert _stages(lenient)["train"] is True and lenient["decision"]["promoted"]
     assert registry.champion()["run_id"] == lenient["run_id"]
     # `generate champion`: the alias's model, without looking its run id up.
@@ -634,3 +636,27 @@ def test_a_split_setting_the_champion_s_lmforge_did_not_have_is_no_change_of_spl
     assert _split_change(recorded, SimpleNamespace(split=SplitConfig(unit="piece"))) == (
         "split.unit text → piece"
     )
+
+
+def test_a_continuation_reads_the_new_tokens_at_most_max_passes_times():
+    """One new 579-token document and 150 steps of 8 × 64 tokens: 133 passes over it, and the
+    model forgot the rest. Ten passes take 12 steps; a large increment keeps its steps."""
+    from flows.retrain import Decision, _capped_passes
+    from lm.config import ModelRun
+    from lm.models.config import GPTConfig
+    from lm.train_config import TrainConfig
+    from storage.artifacts import Descriptor
+
+    train = TrainConfig(max_steps=150, warmup_steps=20, global_batch=8, micro_batch=8)
+    model_run = ModelRun("gpt", GPTConfig(block_size=64), train)
+
+    def capped(tokens: int, passes: float) -> tuple[TrainConfig, str]:
+        shards = Descriptor("encode", "k", "p", "d", {"splits": {"train": {"tokens": tokens}}})
+        decision = Decision("continue", "continued the champion on 1 new train document")
+        return _capped_passes(train, model_run, shards, passes, decision), decision.reason
+
+    few, reason = capped(579, 10)
+    assert (few.max_steps, few.warmup_steps) == (12, 11)
+    assert reason.endswith("(12 steps, not 150: retrain.max_passes = 10 over its 579 tokens)")
+    assert capped(579, 0) == (train, "continued the champion on 1 new train document")
+    assert capped(1_000_000, 10)[0] == train
