@@ -339,6 +339,47 @@ def test_a_json_file_in_utf16_reads_as_json_lines_and_metadata_in_a_folder_is_sk
         read(tmp_path, str(tmp_path / "data"))
 
 
+def test_metadata_json_on_one_line_in_a_folder_is_skipped(tmp_path, caplog):
+    # Hugging Face datasets writes dataset_info.json and dataset_dict.json on one line (no
+    # indent): read as JSON Lines, it failed the whole ingest as "no field 'text'".
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.json").write_text('{"text": "a"}\n{"text": "b"}\n')
+    info = tmp_path / "data" / "dataset_info.json"
+    info.write_text(json.dumps({"description": "", "splits": {"train": {}}}))  # no newline
+    (tmp_path / "data" / "dataset_dict.json").write_text('{"splits": ["train"]}\n\n')
+    with caplog.at_level(logging.WARNING, logger="lm.text.readers"):
+        docs = read(tmp_path, str(tmp_path / "data"))
+    assert [d.text for d in docs] == ["a", "b"]
+    assert "dataset_info.json: skipped, one JSON object without a field 'text'" in caplog.text
+    assert "dataset_dict.json: skipped, one JSON object without a field 'text'" in caplog.text
+    with pytest.raises(InputError, match=r"dataset_info\.json: one JSON object without a field "
+                       r"'text' \(found: description, splits\)"):  # fmt: skip
+        read(tmp_path, str(info))  # named itself: an error
+    # Two records under another field stay an error in a folder, said at the first.
+    (tmp_path / "data" / "train.json").write_text('{"content": "a"}\n\n{"content": "b"}\n')
+    with pytest.raises(InputError, match=r"train\.json:1: no field 'text' \(found: content\)"):
+        read(tmp_path, str(tmp_path / "data"))
+
+
+def test_a_parquet_summary_file_beside_its_dataset_is_skipped(tmp_path, caplog):
+    # Dask's and Spark's `_metadata` holds the footers of the files beside it, no pages: read,
+    # it failed the whole ingest as "corrupt from about row 0 on".
+    folder = tmp_path / "data"
+    folder.mkdir()
+    footers = []
+    for n in range(2):
+        pq.write_table(pa.table({"text": [f"part {n}"]}), folder / f"part.{n}.parquet",
+                       metadata_collector=footers)  # fmt: skip
+        footers[-1].set_file_path(f"part.{n}.parquet")
+    schema = pa.schema([("text", pa.string())])
+    pq.write_metadata(schema, folder / "_metadata", metadata_collector=footers)
+    pq.write_metadata(schema, folder / "_common_metadata")
+    with caplog.at_level(logging.WARNING, logger="lm.text.readers"):
+        docs = read(tmp_path, str(folder))
+    assert [d.text for d in docs] == ["part 0", "part 1"]
+    assert "_metadata: skipped, a Parquet summary file" in caplog.text
+
+
 def test_a_json_array_is_read_record_by_record_compressed_wide_or_with_invalid_utf8(tmp_path):
     """One record at a time (`lm.text.json_array`), UTF-8 checked as it is read: the same
     documents, labels and errors as the whole file decoded at once gave."""

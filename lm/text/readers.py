@@ -711,11 +711,17 @@ def _read_census_names(item: ResolvedInput, stream: BinaryIO) -> Iterator[RawDoc
 
 
 def _read_jsonl(
-    item: ResolvedInput, stream: BinaryIO, encoding_errors: str, replaced: Replacements
-) -> Iterator[RawDocument]:
+    item: ResolvedInput, stream: BinaryIO, encoding_errors: str, replaced: Replacements,
+    one_object_may_be_metadata: bool = False,
+) -> Iterator[RawDocument]:  # fmt: skip
+    """`one_object_may_be_metadata` (a `.json` input): a file whose one line is an object
+    without the text field is `_NotARecord` (metadata: Hugging Face datasets writes its
+    `dataset_info.json` and `dataset_dict.json` on one line), not records under another
+    field; told once a second record is looked for."""
     field = item.spec.text_field
     lines, encoding = _lines(stream, _wide_bom(_peek(stream)))
     line_no, seen = 0, False  # seen: a record before this line
+    alone: _FirstRecordWithoutField | None = None  # the first record, if it lacks the field
     for raw in _utf8_lines_at_lone_carriage_returns(lines, encoding):
         chunk = _decode(raw, item, encoding_errors, line_no + 1, replaced, encoding)
         if line_no == 0:
@@ -724,9 +730,23 @@ def _read_jsonl(
         # so a bare one ends a record (the file failed as "Extra data" on its first line).
         for line in _split_at_lone_carriage_returns(chunk):
             line_no += 1
-            yield from _jsonl_record(item, line, line_no, field, encoding_errors, replaced,
-                                     first=not seen)  # fmt: skip
+            if alone is not None:
+                if line.strip():  # a second record: records under another field
+                    raise alone
+                continue
+            try:
+                yield from _jsonl_record(item, line, line_no, field, encoding_errors, replaced,
+                                         first=not seen)  # fmt: skip
+            except _FirstRecordWithoutField as error:
+                if not one_object_may_be_metadata:
+                    raise
+                alone = error
             seen = seen or bool(line.strip())
+    if alone is not None:
+        raise _NotARecord(
+            f"{item.name}: one JSON object without a field '{field}' (found: {alone.found}); "
+            "set text_field on this source"
+        )
 
 
 _LONE_CR = re.compile(rb"\r(?!\n)")
@@ -780,9 +800,13 @@ def _record_text(
         text = record
     elif not isinstance(record, dict) or field not in record:
         found = ", ".join(record) if isinstance(record, dict) else type(record).__name__
-        fix = ("set text_field on this source" if first else
-               f"the records before it have '{field}': fix or remove this one")  # fmt: skip
-        raise InputError(f"{where}: no field '{field}' (found: {found}); {fix}")
+        if first:
+            raise _FirstRecordWithoutField(
+                f"{where}: no field '{field}' (found: {found}); set text_field on this source",
+                found,
+            )
+        raise InputError(f"{where}: no field '{field}' (found: {found}); the records before "
+                         f"it have '{field}': fix or remove this one")  # fmt: skip
     else:
         text = record[field]
     if text is None:
@@ -829,6 +853,14 @@ class _NotARecord(InputError):
     """A `.json` file that is one object without the text field: metadata, most likely."""
 
 
+class _FirstRecordWithoutField(InputError):
+    """The first JSON record lacks the text field; `found` names the fields it has."""
+
+    def __init__(self, message: str, found: str = ""):
+        super().__init__(message)
+        self.found = found
+
+
 def _named_itself(item: ResolvedInput) -> bool:
     """Whether the source named this very file (or URL), rather than a folder or pattern."""
     if item.url is not None or item.path is None:
@@ -849,7 +881,8 @@ def _json_documents(
     start = head.decode(encoding, errors="ignore").removeprefix("\ufeff").lstrip()
     first_line = start.split("\n", 1)[0]
     if start.startswith("{") and (len(first_line) == len(start) or _is_json(first_line)):
-        yield from _read_jsonl(item, stream, encoding_errors, replaced)
+        yield from _read_jsonl(item, stream, encoding_errors, replaced,
+                               one_object_may_be_metadata=True)  # fmt: skip
         return
     if start.startswith("["):
         yield from _json_array_documents(item, stream, encoding_errors, replaced, encoding)
@@ -944,6 +977,12 @@ def _read_parquet_file(
         if _transient_read(error):
             raise _unreadable(error, f"{item.name}: ") from None
         raise InputError(f"{item.name}: not a readable Parquet file ({error})") from None
+    if _summary_of_other_files(parquet):
+        # Dask's and Spark's `_metadata`: the footers of the dataset's files, whose pages it
+        # does not hold; read, it failed the whole ingest as "corrupt from about row 0 on".
+        logger.warning("%s: skipped, a Parquet summary file (its row groups are in the files "
+                       "beside it, which are read on their own)", item.name)  # fmt: skip
+        return
     names = parquet.schema_arrow.names
     if names.count(field) > 1:  # pyarrow's KeyError, "Column text does not exist in schema"
         raise InputError(
@@ -973,6 +1012,14 @@ def _read_parquet_file(
             if text and text.strip():
                 yield RawDocument(f"{item.name}#{row}", item.name, text, "plain")
             row += 1
+
+
+def _summary_of_other_files(parquet: pq.ParquetFile) -> bool:
+    """Whether a Parquet file's row groups lie in other files (`ColumnChunk.file_path`), as in
+    the `_metadata` summary that Dask, Spark and `pq.write_metadata` write beside a dataset."""
+    metadata = parquet.metadata  # the first chunk says: a writer sets it on every one or none
+    return bool(metadata.num_row_groups and metadata.num_columns
+                and metadata.row_group(0).column(0).file_path)  # fmt: skip
 
 
 def _read_parquet_copied(
