@@ -784,6 +784,18 @@ def test_utf16_without_a_byte_order_mark_is_read_not_skipped_as_binary(tmp_path,
         assert f"{tmp_path / name}: skipped, it looks like a binary file" in caplog.text
 
 
+def test_a_parquet_file_that_gives_no_documents_says_why(tmp_path, caplog):
+    """A zero-row file, or a text column of nulls and blanks, gave nothing without a word, and
+    a run of it alone failed "(the warnings above say why)" with no warning above."""
+    pq.write_table(pa.table({"text": pa.array([], pa.string())}), tmp_path / "zero.parquet")
+    pq.write_table(pa.table({"text": [None, "  ", ""]}), tmp_path / "blank.parquet")
+    with caplog.at_level(logging.WARNING, logger="lm.text.readers"):
+        assert read(tmp_path, str(tmp_path)) == []
+    assert f"{tmp_path / 'zero.parquet'}: no documents: it has no rows" in caplog.text
+    assert (f"{tmp_path / 'blank.parquet'}: no documents: 3 rows, none with text in column "
+            "'text'") in caplog.text  # fmt: skip
+
+
 def test_parquet_invalid_utf8_names_the_row_unless_replace_is_asked(tmp_path, caplog):
     # Parquet promises UTF-8 but a writer may not check: pyarrow's own error named no file.
     values = pa.array([b"fine", None, b"caf\xe9"], pa.binary()).view(pa.string())
@@ -899,13 +911,25 @@ def _raise(error: Exception):
     raise error
 
 
-def test_binary_file_is_skipped_with_a_warning_naming_it(tmp_path, caplog):
+def test_binary_file_is_skipped_with_a_warning_naming_it_and_its_kind(tmp_path, caplog):
+    """A PDF beside the texts failed the whole run as invalid UTF-8 (it has no NUL in its
+    first bytes); an Arrow file of Hugging Face datasets was skipped as maybe UTF-16."""
     (tmp_path / "image.bin").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    (tmp_path / "paper.pdf").write_bytes(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n")
+    (tmp_path / "data-00000-of-00001.arrow").write_bytes(b"\xff\xff\xff\xff\x10\x01\x00\x00")
+    (tmp_path / "notes").write_bytes(gzip.compress(b"some words"))
+    (tmp_path / "other.bin").write_bytes(b"\x00\x00\x01\x02" * 8)
     (tmp_path / "real.txt").write_text("words")
     with caplog.at_level(logging.WARNING):
         docs = read(tmp_path, str(tmp_path))
     assert [d.text for d in docs] == ["words"]
-    assert "image.bin: skipped, it looks like a binary file" in caplog.text
+    skipped = [("image.bin", "a PNG image, not text"),
+               ("paper.pdf", "a PDF document: extract its text first, not text"),
+               ("data-00000-of-00001.arrow", "an Arrow IPC stream (Hugging Face"),
+               ("notes", "gzip-compressed without .gz in its name: name it so"),
+               ("other.bin", "it looks like a binary file (it contains NUL bytes")]  # fmt: skip
+    for name, said in skipped:
+        assert f"{tmp_path / name}: skipped, {said}" in caplog.text, name
 
 
 def test_invalid_utf8_is_an_error_naming_file_and_byte_unless_replace_is_asked(tmp_path, caplog):

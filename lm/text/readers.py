@@ -472,6 +472,30 @@ def _is_binary(head: bytes) -> bool:
     return b"\x00" in head
 
 
+# Files found beside texts that are not text, by their first bytes, and what to do about them.
+BINARY_KINDS = (
+    (b"ARROW1", "an Arrow IPC file (Hugging Face datasets' save_to_disk, Feather): write it as "
+                "Parquet or JSON Lines (Dataset.to_parquet)"),
+    (b"\xff\xff\xff\xff", "an Arrow IPC stream (Hugging Face datasets' save_to_disk and cache): "
+                          "write it as Parquet or JSON Lines (Dataset.to_parquet)"),
+    (b"\x1f\x8b", "gzip-compressed without .gz in its name: name it so"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed without .zst in its name: name it so"),
+    (b"\xfd7zXZ\x00", "xz-compressed without .xz in its name: name it so"),
+    (b"BZh91AY&SY", "bzip2-compressed without .bz2 in its name: name it so"),
+    (b"%PDF-", "a PDF document: extract its text first"),
+    (b"PK\x03\x04", "a zip archive (or a Word, Excel or EPUB file): unpack it or extract its text"),
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"SQLite format 3\x00", "an SQLite database"),
+)  # fmt: skip
+
+
+def _binary_kind(head: bytes) -> str | None:
+    """What a file that is not text is, by its first bytes, with what to do; None for text
+    (or a binary file of a kind not known here)."""
+    return next((kind for magic, kind in BINARY_KINDS if head.startswith(magic)), None)
+
+
 def _wide_bom(head: bytes) -> tuple[bytes, str] | None:
     """The BOM and codec of a UTF-16 or UTF-32 file, which would otherwise look binary (NULs)."""
     for bom, encoding in WIDE_BOMS:
@@ -562,6 +586,10 @@ def _read_text(
 ) -> Iterator[RawDocument]:
     head = _peek(stream)
     wide = _wide_bom(head)
+    kind = _binary_kind(head) if wide is None else None
+    if kind is not None:  # a PDF in a folder of texts failed the run as invalid UTF-8
+        logger.warning("%s: skipped, %s, not text", item.name, kind)
+        return
     if wide is None and _is_binary(head):
         logger.warning(
             "%s: skipped, it looks like a binary file (it contains NUL bytes; UTF-16 text "
@@ -997,7 +1025,7 @@ def _read_parquet_file(
     column_type = parquet.schema_arrow.field(field).type
     if not _is_text_type(column_type):
         raise InputError(f"{item.name}: column '{field}' holds {column_type}, not text")
-    row = 0
+    row = found = 0
     batches = parquet.iter_batches(columns=[field], batch_size=1024)
     while True:
         try:  # a damaged page is found as its batch is read, part-way through the file
@@ -1007,11 +1035,16 @@ def _read_parquet_file(
                 raise _unreadable(error, f"{item.name}: ") from None
             raise InputError(f"{item.name}: corrupt from about row {row} on ({error})") from None
         if batch is None:
-            return
+            break
         for text in _texts(batch.column(0), item, row, encoding_errors, replaced):
             if text and text.strip():
+                found += 1
                 yield RawDocument(f"{item.name}#{row}", item.name, text, "plain")
             row += 1
+    if not found:  # else "no documents found ... (the warnings above say why)", and none did
+        logger.warning("%s: no documents: %s", item.name,
+                       f"{row:,} rows, none with text in column '{field}'" if row
+                       else "it has no rows")  # fmt: skip
 
 
 def _summary_of_other_files(parquet: pq.ParquetFile) -> bool:
