@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import html
 import io
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -315,8 +316,16 @@ nav a { margin-right: .8rem; }
 """
 
 
+# Characters HTML may not hold as text (NUL, the other C0 controls but tab and line ends, DEL
+# and the C1 controls): a sample's byte pieces decoded to them, and the page held a raw NUL.
+_NOT_HTML_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
 def _e(value: object) -> str:
-    return html.escape("" if value is None else str(value))
+    """`value` as HTML text: escaped, with each control character written as `\\xHH`, as
+    `lmforge generate` shows it on a terminal."""
+    text = html.escape("" if value is None else str(value))
+    return _NOT_HTML_TEXT.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
 
 
 def _format(value: object) -> str:

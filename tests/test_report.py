@@ -221,6 +221,13 @@ def test_longest_pieces_are_listed_for_a_subword_tokenizer_not_a_char_one():
     assert "Longest pieces: <code>\u2581the</code>" in section("bpe", ["\u2581the", "s"])
 
 
+def test_control_characters_of_a_sample_are_shown_not_written_raw():
+    """A sample's byte pieces decoded to a NUL and an escape: the page held them raw."""
+    from lm.report_render import _e
+
+    assert _e("a\x00b\x1b[2J<c>\td\n\x85") == "a\\x00b\\x1b[2J&lt;c&gt;\td\n\\x85"
+
+
 def test_the_word2vec_note_says_why_it_was_not_trained():
     """A retrain run's page said "word2vec.enabled = false" of a config that enables it."""
     from lm.report_render import RunReport, _word2vec_section
