@@ -43,6 +43,9 @@ CHAR_FILE = "tokenizer.json"
 META_FILE = "tokenizer_meta.json"
 # Distinct words whose ids a BPE tokenizer keeps (some tens of MB); past it the cache starts over.
 WORD_CACHE_SIZE = 200_000
+# ... and their characters: text written without spaces (Chinese, Japanese) is one "word" a
+# document, and 200,000 of them held hundreds of MB (h120: 27 MB of CJK text left 307 MB).
+WORD_CACHE_CHARS = 10_000_000
 # Words a BPE tokenizer hands SentencePiece in one input when it encodes words it has not cached
 # (measured on the bundled corpus: 4 → 1.5x fewer seconds than 1; 16 or more, slower again).
 WORDS_PER_CALL = 4
@@ -212,7 +215,7 @@ class SentencePieceTokenizer(Tokenizer):
         self._word_processor = None
         # Each cached word's row in a list array of ids. Replaced, never changed in place, so that
         # a batch in another thread keeps a consistent pair.
-        self._word_cache = ({}, pa.array([], pa.large_list(pa.int32())))
+        self._word_cache = ({}, pa.array([], pa.large_list(pa.int32())), 0)  # and its chars
         if _encodes_words_apart(model_proto, self._processor):
             self._word_processor = spm.SentencePieceProcessor(
                 model_proto=model_proto + _NO_DUMMY_PREFIX
@@ -247,16 +250,17 @@ class SentencePieceTokenizer(Tokenizer):
         words it lacks are encoded and added."""
         import pyarrow as pa
 
-        rows, ids = self._word_cache
+        rows, ids, chars = self._word_cache
         found = list(map(rows.get, words))
         if None in found:
             missing = [word for word, row in zip(words, found, strict=True) if row is None]
-            if len(rows) + len(missing) > WORD_CACHE_SIZE:
-                rows, ids, missing = {}, ids[:0], words
+            added = sum(map(len, missing))
+            if len(rows) + len(missing) > WORD_CACHE_SIZE or chars + added > WORD_CACHE_CHARS:
+                rows, ids, missing, chars, added = {}, ids[:0], words, 0, sum(map(len, words))
             new_rows = range(len(ids), len(ids) + len(missing))
             rows = rows | dict(zip(missing, new_rows, strict=True))
             ids = pa.concat_arrays([ids, self._encode_words(missing)])
-            self._word_cache = rows, ids
+            self._word_cache = rows, ids, chars + added
             found = list(map(rows.__getitem__, words))
         return ids.take(pa.array(found, pa.int64()))
 

@@ -175,6 +175,20 @@ def test_word_cache_starting_over_keeps_the_ids(sentencepiece_models, bundled_sp
     assert [ids for batch in in_batches_of_4 for ids in batch] == expected
 
 
+def test_word_cache_starts_over_at_its_characters_too(sentencepiece_models, bundled_splits,
+                                                      monkeypatch):  # fmt: skip
+    """Text without spaces is one word a document: the cache is bounded by characters too."""
+    monkeypatch.setattr(lm.tokenizer, "WORD_CACHE_CHARS", 20_000)
+    val = bundled_splits["val"]
+    expected = _processor_ids(sentencepiece_models["bpe"], val)
+    tokenizer = _fresh(sentencepiece_models, "bpe")
+    in_batches_of_4 = [tokenizer.encode_batch(val[i : i + 4]) for i in range(0, len(val), 4)]
+    assert [ids for batch in in_batches_of_4 for ids in batch] == expected
+    rows, _, chars = tokenizer._word_cache
+    assert chars == sum(map(len, rows)) <= 20_000
+    assert len(rows) < len({word for text in val for word in text.split()})  # it started over
+
+
 @pytest.mark.usefixtures("short_texts_word_by_word")
 def test_user_defined_symbol_spanning_a_space_keeps_the_processors_ids(bundled_splits):
     # The symbol would join two words, so the tokenizer must not encode them apart.
