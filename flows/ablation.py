@@ -29,6 +29,7 @@ from flows.pipeline import (
     build_tokenizer,
     encode_corpus,
     log_data_metrics,
+    log_stage_seconds,
     open_run,
     publish_or_warn,
     record_failure,
@@ -127,6 +128,7 @@ def ablation(config: str | None = "ablation", overrides: list[str] | None = None
                 model=result.variant,
             )
         log_data_metrics(run, corpus, tokenizer, shards)
+        log_stage_seconds(run)
         failure = _failure_message(table, len(arms), folder / TABLE_FILE) if failed else None
         recorded = record_success(run, corpus, tokenizer, models,
                                   failed_with=failure).in_registry  # fmt: skip

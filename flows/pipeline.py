@@ -701,6 +701,8 @@ def _warn_of_emptied_sources(stats: dict) -> None:
     more = len(emptied) - EMPTIED_SOURCES_NAMED
     removed = stats.get("removed") or {}
     loosen = [f"clean.quality.{key}" for flag, key in WORD_RULES.items() if removed.get(flag)]
+    if sum(removed.get(flag, 0) for flag in WORD_RULES) < emptied[-1][0]:
+        loosen = []  # too few to have emptied even the smallest (copies deduplicated, say)
     advice = (f"; text written without spaces between words (Chinese, Japanese, Thai) reads as "
               f"a few long words: loosen {', '.join(loosen)} for it" if loosen else "")  # fmt: skip
     logger.warning(
@@ -927,26 +929,29 @@ def train_word2vec(
 
 
 def log_data_metrics(
-    run: RunContext, corpus: Descriptor, tokenizer: Descriptor, shards: Descriptor
+    run: RunContext, corpus: Descriptor, tokenizer: Descriptor, shards: Descriptor | None
 ) -> None:
+    """What data the run saw (`lmforge runs compare` tabulates these); `shards` of the whole
+    corpus, None where the run encoded none (a retrain with nothing to train)."""
+    splits = shards.stats["splits"] if shards is not None else {}
     run.metrics.log_many(
         {
             "corpus/documents": corpus.stats["documents"],
             "corpus/kept": corpus.stats["kept"],
             "corpus/kept_bytes": corpus.stats["kept_bytes"],
-            "tokenizer/bytes_per_token": tokenizer.stats["bytes_per_token"],
-            "tokenizer/vocab_used_fraction": tokenizer.stats["vocab_used_fraction"],
-            "tokenizer/byte_fallback_rate": tokenizer.stats["byte_fallback_rate"],
-            # Measured since December 2026: a tokenizer built before has none.
-            **(
-                {"tokenizer/unknown_rate": tokenizer.stats["unknown_rate"]}
-                if "unknown_rate" in tokenizer.stats
-                else {}
-            ),
-            **{f"tokens/{s}": v["tokens"] for s, v in shards.stats["splits"].items()},
-            **{f"stage/{s.stage}/seconds": s.seconds for s in run.stages},
+            # None (left out) where a tokenizer's stats lack one: `unknown_rate` is measured
+            # since December 2026, and a retrain's champion brings the stats it was built with.
+            "tokenizer/bytes_per_token": tokenizer.stats.get("bytes_per_token"),
+            "tokenizer/vocab_used_fraction": tokenizer.stats.get("vocab_used_fraction"),
+            "tokenizer/byte_fallback_rate": tokenizer.stats.get("byte_fallback_rate"),
+            "tokenizer/unknown_rate": tokenizer.stats.get("unknown_rate"),
+            **{f"tokens/{s}": v["tokens"] for s, v in splits.items()},
         }
     )
+
+
+def log_stage_seconds(run: RunContext) -> None:
+    run.metrics.log_many({f"stage/{s.stage}/seconds": s.seconds for s in run.stages})
 
 
 def record_success(
@@ -1018,12 +1023,14 @@ def lm_pipeline(config: str | None = None, overrides: list[str] | None = None) -
         corpus = build_corpus(run, settings)
         tokenizer = build_tokenizer(run, settings, corpus)
         shards = encode_corpus(run, settings, corpus, tokenizer)
+        # Before training: a run that fails or is killed there keeps what data it saw.
+        log_data_metrics(run, corpus, tokenizer, shards)
         vectors = train_word2vec(run, settings, corpus, tokenizer, shards)
         ladder = bool(settings.models)
         for model_run in settings.model_runs():
             models.append(train_model(run, model_run, shards, tokenizer, corpus,
                                       settings.eval, ladder, vectors))  # fmt: skip
-        log_data_metrics(run, corpus, tokenizer, shards)
+        log_stage_seconds(run)
         recorded = record_success(run, corpus, tokenizer, models).in_registry
     except BaseException as error:
         record_failure(run, error, models)

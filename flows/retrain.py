@@ -36,6 +36,8 @@ from flows.pipeline import (
     build_corpus,
     build_tokenizer,
     encode_corpus,
+    log_data_metrics,
+    log_stage_seconds,
     open_run,
     record_failure,
     record_success,
@@ -238,6 +240,7 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
         # corpus too (to tell the new documents from those it has seen).
         scorable = champion is not None and None not in (champion.trained, champion.tokenizer)
         tokenizer = champion.tokenizer if scorable else None
+        whole_shards = None  # the whole corpus's, where this run encoded it
         if (
             scorable
             and champion.row["corpus_digest"] == corpus.digest
@@ -257,8 +260,9 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
             # Its tokenizer is kept when it is continued: new text it refuses (a character
             # outside a char vocabulary) needs one trained on this corpus, from scratch.
             keep = continuable and not renamed and not trained_on
-            champion_shards = _champion_shards(run, settings, champion, corpus) if keep else None
-            refused = keep and champion_shards is None
+            champion_shards, refusal = (_champion_shards(run, settings, champion, corpus)
+                                        if keep else (None, None))  # fmt: skip
+            refused = refusal is not None
             if keep and not refused:
                 data = run_stage(
                     run,
@@ -309,6 +313,7 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
                 if data is not corpus:  # scored, as the champion is, on the whole corpus
                     full_shards = encode_corpus(run, settings, corpus, tokenizer,
                                                 "encode/whole-corpus")  # fmt: skip
+                whole_shards = full_shards or shards
                 # A model fed by word2vec (w2v, or a GPT's first embeddings) needs the vectors
                 # of this tokenizer's pieces, on the whole corpus; continued, its checkpoint's
                 # weights replace what they set.
@@ -323,6 +328,8 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
                 decision.candidate_val_bpb = candidate.stats["val_bpb"]
                 if scorable and trained_on:  # a score on text it trained on is no score
                     decision.champion_unscored = f"{_held_out(trained_on)} it trained on"
+                elif refused:  # its encoding failed above: not tried, and failed, again
+                    decision.champion_unscored = refusal
                 elif scorable:
                     decision.champion_val_bpb, decision.champion_unscored = _champion_score(
                         run, settings, champion, corpus, champion_shards
@@ -345,8 +352,10 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
             decided_at=utc_now(),
             against=f"{champion.row['run_id']}/{champion.row['label']}" if champion else None,
         )
-        recorded = record_success(run, corpus, tokenizer or build_tokenizer(run, settings, corpus),
-                                  models, promotion=promotion)  # fmt: skip
+        tokenizer = tokenizer or build_tokenizer(run, settings, corpus)
+        log_data_metrics(run, corpus, tokenizer, whole_shards)
+        log_stage_seconds(run)
+        recorded = record_success(run, corpus, tokenizer, models, promotion=promotion)
         if recorded.promotion is not None and not recorded.promotion.promoted:
             # Another retrain took the alias before this run was recorded (see
             # `RunRegistry.finish_run`): the summary, and the command's verdict, say so too.
@@ -493,9 +502,15 @@ def _capped_passes(
 ) -> TrainConfig:
     """`train` with no more steps than read the new train tokens `max_passes` times (0: as it
     is), the reason saying so when it cuts them."""
-    tokens = shards.stats["splits"]["train"]["tokens"]
+    split = shards.stats["splits"]["train"]
+    tokens = split["tokens"]
     settings = effective_train_config(model_run.model, train)
-    per_step = settings.global_batch * settings.block_size
+    per_row = settings.block_size
+    if settings.samples == "documents" and split.get("documents"):
+        # A row is one document (cropped to the block): names of 7 tokens in rows of 16 were
+        # read 4.4 times, not 10.
+        per_row = min(per_row, math.ceil(tokens / split["documents"]))
+    per_step = settings.global_batch * per_row
     steps = max(1, math.ceil(max_passes * tokens / per_step))
     if not max_passes or steps >= train.max_steps:
         return train
@@ -508,16 +523,16 @@ def _capped_passes(
 
 def _champion_shards(
     run: RunContext, settings: PipelineConfig, champion: Champion, corpus: Descriptor
-) -> Descriptor | None:
+) -> tuple[Descriptor | None, str | None]:
     """`corpus` in the champion's tokenizer, which scores it (and is the whole-corpus encode
-    of a continued candidate: served from the cache then); None where that tokenizer refuses
-    some of its text (said in the log)."""
+    of a continued candidate: served from the cache then); or None and why, where that
+    tokenizer refuses some of its text (said in the log)."""
     try:
-        return encode_corpus(run, settings, corpus, champion.tokenizer, "encode/champion")
+        return encode_corpus(run, settings, corpus, champion.tokenizer, "encode/champion"), None
     except TokenizerError as error:
         logger.warning("retrain: the champion's tokenizer cannot encode this corpus, so it is "
                        "not continued: %s", error)  # fmt: skip
-        return None
+        return None, f"{type(error).__name__}: {error}"
 
 
 def _held_out_trained_on(run: RunContext, champion: Champion | None, corpus: Descriptor) -> int:

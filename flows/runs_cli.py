@@ -236,11 +236,15 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="a run id or a unique p
             "ORDER BY model NULLS FIRST, key",
             [found["run_id"]],
         )
-        _, decisions = registry.query(
-            "SELECT promoted, alias, candidate_val_bpb, champion_val_bpb, against, reason "
-            "FROM promotions WHERE run_id = ?",
-            [found["run_id"]],
+        # `*`: a registry no run has migrated yet (a command that reads does not) has no
+        # `against` (migration 6), and naming it failed `runs show` for every run.
+        promotion_columns, promotions = registry.query(
+            "SELECT * FROM promotions WHERE run_id = ? ORDER BY decided_at", [found["run_id"]]
         )
+        decisions = [(row["promoted"], row["alias"], row["candidate_val_bpb"],
+                      row["champion_val_bpb"], row.get("against"), row["reason"])
+                     for row in (dict(zip(promotion_columns, values, strict=True))
+                                 for values in promotions)]  # fmt: skip
     except RegistryError as error:
         raise _fail(str(error)) from None
     found["status"] = shown_status(
@@ -259,7 +263,10 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="a run id or a unique p
         if found[key]:
             console.print(f"[bold]{key}[/]: {escape(str(found[key]))}", highlight=False)
     for decision in decisions:  # a retrain's: the reason was on its last line alone
-        console.print(f"[bold]retrain[/]: {escape(promotion_text(*decision))}", highlight=False)
+        from lm.promotion_text import promotion_text
+
+        console.print(f"[bold]retrain[/]: {escape(promotion_text(*decision))}", highlight=False,
+                      soft_wrap=True)  # fmt: skip
     if stages:
         crashed = found["status"] == "crashed"
         title = "stages it finished before it crashed" if crashed else "stages"
@@ -285,27 +292,6 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="a run id or a unique p
     drift = config_drift(found["command"], found["config"])
     if drift:
         console.print(f"[bold yellow]note[/]: {escape(drift)}", highlight=False)
-
-
-def promotion_text(
-    promoted: bool,
-    alias: str,
-    candidate: float | None,
-    champion: float | None,
-    against: str | None,
-    reason: str | None,
-) -> str:
-    """A retrain's recorded decision in one line: what it did with the alias, the two val
-    bits per byte, the model it was compared with, and why."""
-    scores = []
-    if candidate is not None:
-        scores.append(f"candidate val bpb {candidate:.4f}")
-    if champion is not None:
-        scores.append(f"champion's {champion:.4f}")
-    if against:
-        scores.append(f"the {alias} then {against}")
-    said = f"promoted to {alias}" if promoted else "not promoted"
-    return said + (f" ({', '.join(scores)})" if scores else "") + (f": {reason}" if reason else "")
 
 
 def config_drift(command: str | None, recorded: str | dict | None) -> str | None:

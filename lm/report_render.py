@@ -26,6 +26,7 @@ from lm.ablation_table import HEADER as ABLATION_HEADER
 from lm.ablation_table import AblationTable
 from lm.artifact_keys import short_key
 from lm.flat_config import flatten_config
+from lm.promotion_text import promotion_text
 
 CURVE_KEYS = ("train/loss", "val/loss", "train/lr", "train/tokens_per_s", "train/mfu")
 # Val loss is measured in two places, and the two numbers differ: training measures it every
@@ -124,6 +125,8 @@ class RunReport:
     run_metrics: dict[str, float] = field(default_factory=dict)
     # An ablation's mean ± std table over seeds; None for any other run.
     ablation: AblationTable | None = None
+    # A retrain's decision (the `promotions` rows of the run); empty for any other run.
+    promotions: list[dict] = field(default_factory=list)
     models: list[ModelSection] = field(default_factory=list)
     stages: list[StageRow] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
@@ -471,6 +474,8 @@ def _run_card(report: RunReport) -> str:
                 ),
             )
         )
+    for decision in report.promotions:
+        rows.append(("retrain decision", _e(promotion_text(*decision.values()))))
     if report.error:
         rows.append(("error", f"<pre>{_e(report.error)}</pre>"))
     body = "<table><tbody>" + "".join(
@@ -567,10 +572,15 @@ def _scores_section(report: RunReport, images: dict[str, bytes]) -> str:
     if with_bpb:
         images["scores.png"] = _scores_plot(with_bpb)
         body += _image("scores.png", "bits per byte against the baseline")
-    else:
+    elif rows:
         body += _missing(
             "Bits per byte were not recorded for this run (no evaluate stage): the table shows "
             "the training losses in nats per token, which do not compare across tokenizers."
+        )
+    else:  # no table to point at: a training stopped before its first evaluation
+        body += _missing(
+            "Bits per byte were not recorded for this run (no evaluate stage), nor a val loss "
+            "during training."
         )
     if any(_shown_scores(m).keys() & set(TRAINING_SCORES) for m in report.models):
         body += (

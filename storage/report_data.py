@@ -105,6 +105,18 @@ def gather_run_report(registry: RunRegistry, workspace: Workspace, run_prefix: s
             if _columns(connection, "models")
             else None
         )
+        # A retrain's decision (whether its model took the alias, and why); none for any other run.
+        promotions = (
+            _rows(
+                connection,
+                "SELECT promoted, alias, candidate_val_bpb, champion_val_bpb, "
+                + ("against, " if "against" in _columns(connection, "promotions") else "NULL, ")
+                + "reason FROM promotions WHERE run_id = ? ORDER BY decided_at",
+                [run_id],
+            )
+            if _columns(connection, "promotions")
+            else []
+        )
         corpus = None
         if run.get("corpus_digest"):
             found = _rows(
@@ -124,6 +136,7 @@ def gather_run_report(registry: RunRegistry, workspace: Workspace, run_prefix: s
         error=run.get("error"),
         config=_json(run.get("config")) or {},
         corpus=corpus,
+        promotions=promotions,
         stages=[
             StageRow(s["stage"], bool(s["cached"]), s["seconds"] or 0.0, s["output_digest"])
             for s in stages
@@ -138,7 +151,12 @@ def gather_run_report(registry: RunRegistry, workspace: Workspace, run_prefix: s
     _add_tokenizer(report, stages, workspace)
     _add_word2vec(report, stages, workspace)
     report.models = _models(model_rows, stages, metrics, workspace, report.config, report.status)
-    if not report.models and (report.config.get("model") or report.config.get("models")):
+    # A retrain that found nothing to train says so in its decision.
+    if (
+        not report.models
+        and not report.promotions
+        and (report.config.get("model") or report.config.get("models"))
+    ):
         report.missing.append(
             f"The config names a model, but none was recorded: the run is {report.status}."
         )
@@ -230,7 +248,18 @@ def _models(
     _add_evaluations(models, stages, workspace)
     for model in models:
         _attribute_val_loss(model)
+        if model.label not in known:  # cut short: its best val loss so far is its curve's
+            _best_logged_val_loss(model)
     return models
+
+
+def _best_logged_val_loss(model: ModelSection) -> None:
+    """A training cut short has no train stage stats: training's best val loss (what a
+    finished training's stage records, and the score tables show for a model the evaluate
+    stage did not score) is the lowest point of the val loss curve it logged."""
+    curve = model.curves.get("val/loss")
+    if curve and curve.values and model.scores.get("training_val_loss") is None:
+        model.scores["training_val_loss"] = min(curve.values)
 
 
 def _attribute_val_loss(model: ModelSection) -> None:

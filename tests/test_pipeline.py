@@ -1005,3 +1005,27 @@ def test_the_cancel_check_gives_up_quickly_on_a_server_that_does_not_answer():
             assert time.monotonic() - started < 10
     finally:
         silent.close()
+
+
+def test_a_source_deduplication_emptied_gets_no_advice_about_text_without_spaces():
+    """The advice to loosen the word rules for Chinese or Thai came from the whole corpus's
+    removals: one short English text removed by min_words, and a JSONL whose three records
+    were copies of another file's was told to loosen min_words for text without spaces."""
+    from flows.pipeline import _warn_of_emptied_sources
+
+    stats = {
+        "sources": {"forum.jsonl": {"documents": 3, "kept": 0},
+                    "forum-backup.jsonl": {"documents": 3, "kept": 3},
+                    "short.txt": {"documents": 1, "kept": 0}},
+        "removed": {"too_few_words": 1, "exact_duplicate": 3},
+    }  # fmt: skip
+    with warnings_said_by("lm.pipeline") as warnings:
+        _warn_of_emptied_sources(stats)
+    (said,) = warnings
+    assert said.startswith("cleaning kept none of the documents of 1 of 3 sources: forum.jsonl")
+    assert "without spaces" not in said and "min_words" not in said
+    stats["sources"]["zh.jsonl"] = {"documents": 6, "kept": 0}
+    stats["removed"]["too_few_words"] = 7  # enough to have emptied zh.jsonl
+    with warnings_said_by("lm.pipeline") as warnings:
+        _warn_of_emptied_sources(stats)
+    assert "loosen clean.quality.min_words for it" in warnings[0]

@@ -580,6 +580,9 @@ def test_a_failed_runs_report_says_where_each_val_figure_was_measured(workspace,
     assert f"val loss (nats/token), evaluation (whole split){evaluated:,.4f}" in scores
     assert f"{training:.4f}" not in scores  # training's own is its curve, under Loss
     assert "val loss during training (sampled windows)" in page.text["loss"]
+    # What data it saw, logged before training (was: at the end, which a failed run never
+    # reached): its card gives the tokens per split, and `runs compare` its corpus.
+    assert re.search(r"tokens per splittrain [\d,]+, val [\d,]+", page.text["run"])
 
 
 def test_the_tokens_behind_the_published_weights_are_shown_where_they_differ_from_those_seen():
@@ -737,3 +740,69 @@ def test_counts_the_registry_holds_as_doubles_print_whole_with_separators():
     assert _format(154936.0) == "154,936" and _format(65066.0) == "65,066"
     assert _format(1.9698123) == "1.9698" and _format(0.00025) == "0.00025"
     assert _format(123456.789) == "1.235e+05"
+
+
+def test_a_retrain_s_report_shows_its_decision(tmp_path):
+    # The page of a retrain said nothing of whether its model was promoted, nor why: the
+    # decision was in `promotions` (and `lmforge retrain`'s last line) alone.
+    from storage.records import PromotionRecord
+    from storage.registry import ModelRecord
+
+    workspace = Workspace(tmp_path)
+    registry = RunRegistry(workspace.registry_path)
+    for run_id, promoted, champion in (("first", True, None), ("second", False, 3.2701)):
+        registry.start_run({"run_id": run_id, "status": "running", "started_at": datetime.now(),
+                            "command": "lmforge retrain c.toml"})  # fmt: skip
+        model = ModelRecord("gpt", "gpt", "d", "artifacts/train/gone", "t", "c", {}, {})
+        reason = "trained from scratch; " + ("no champion to beat" if promoted else "kept it")
+        decision = PromotionRecord(None, "champion", promoted, 3.42, champion, reason,
+                                   datetime.now(), "first/gpt" if champion else None)  # fmt: skip
+        registry.finish_run(run_id, "completed", datetime.now(), [], models=[model],
+                            promotion=decision)  # fmt: skip
+    first = Page(render_run_report(gather_run_report(registry, workspace, "first")).html)
+    second = Page(render_run_report(gather_run_report(registry, workspace, "second")).html)
+    assert ("retrain decisionpromoted to champion (candidate val bpb 3.4200): trained from "
+            "scratch; no champion to beat") in first.text["run"]  # fmt: skip
+    assert ("retrain decisionnot promoted, the champion stays (candidate val bpb 3.4200, "
+            "champion's 3.2701, the champion then first/gpt): trained from scratch; kept it"
+            ) in second.text["run"]  # fmt: skip
+    # A retrain with no new documents trains nothing: its decision says so, no "none recorded".
+    registry.start_run({"run_id": "third", "status": "running", "started_at": datetime.now(),
+                        "config": {"model": {"kind": "gpt"}}})  # fmt: skip
+    idle = PromotionRecord(None, "champion", False, None, None,
+                           "up-to-date: no new documents", datetime.now())  # fmt: skip
+    registry.finish_run("third", "completed", datetime.now(), [], promotion=idle)
+    third = Page(render_run_report(gather_run_report(registry, workspace, "third")).html)
+    assert "not promoted, the champion stays: up-to-date: no new documents" in third.text["run"]
+    assert "none was recorded" not in third.text["run"]
+
+
+def test_a_training_cut_short_shows_its_best_val_loss_so_far(tmp_path):
+    # A killed run's page said "the table shows the training losses in nats per token" above
+    # no table: the val loss curve it logged gave no score row.
+    workspace = Workspace(tmp_path)
+    registry = RunRegistry(workspace.registry_path)
+    config = {"train": {"global_batch": 8, "block_size": 16, "max_steps": 100},
+              "model": {"kind": "gpt", "block_size": 16}}  # fmt: skip
+    registry.start_run({"run_id": "killed", "status": "running", "started_at": datetime.now(),
+                        "config": config})  # fmt: skip
+    metrics = tmp_path / "metrics.jsonl"
+    logged = [("train/loss", 1, 4.0), ("val/loss", 40, 5.25), ("val/loss", 80, 5.125),
+              ("train/loss", 81, 3.0)]  # fmt: skip
+    metrics.write_text("".join(
+        json.dumps({"key": key, "step": step, "value": value, "model": "gpt",
+                    "ts": "2026-12-05"}) + "\n" for key, step, value in logged
+    ))  # fmt: skip
+    registry.finish_run("killed", "crashed", datetime.now(), [], [], None, metrics)
+    page = Page(render_run_report(gather_run_report(registry, workspace, "killed")).html)
+    best = "best val loss (nats/token) during training (sampled windows)5.1250"
+    assert best in page.text["scores"]
+
+
+def test_a_run_without_any_score_does_not_point_at_a_table():
+    from lm.report_render import ModelSection, RunReport
+
+    report = RunReport("nan", "failed", models=[ModelSection("gpt", kind="gpt")])
+    page = Page(render_run_report(report).html)
+    assert "the table shows" not in page.text["scores"]
+    assert "nor a val loss during training" in page.text["scores"]

@@ -139,8 +139,8 @@ def test_retrain_trains_once_per_new_data_and_promotes_only_on_improvement(works
     shown = cli_in_process("runs", "show", strict["run_id"]).stdout
     scored = f"{decision['candidate_val_bpb']:.4f}, champion's {decision['champion_val_bpb']:.4f}"
     assert re.search(
-        rf"retrain: not promoted \(candidate val bpb {scored}, the champion then "
-        rf"{first['run_id']}/\S+\): continue: .*kept the champion",
+        rf"retrain: not promoted, the champion stays \(candidate val bpb {scored}, the champion "
+        rf"then {first['run_id']}/\S+\): continue: .*kept the champion",
         shown,
     ), shown
 
@@ -160,6 +160,28 @@ def test_changed_model_settings_train_a_candidate_without_new_documents(workspac
     again = _trigger(config, "model.n_embd=24", "retrain.margin=10.0")
     assert again["decision"]["mode"] == "scratch" and _stages(again)["train"] is True
     assert _trigger(config)["decision"]["mode"] == "up-to-date"  # the champion's settings
+
+
+def test_a_retrain_records_the_data_it_saw_as_a_run_does(workspace, tmp_path):
+    """`lmforge runs compare` lists corpus/kept, tokens/train and the tokenizer's bytes per token
+    beside retrain/promoted ("what data a run saw, and what a retrain decided"): a retrain
+    recorded none of them, so two nights' retrains could not be compared by their corpus."""
+    _, config = twelve_documents(tmp_path)
+    first = _trigger(config)
+    unchanged = _trigger(config)
+    registry = RunRegistry(workspace.registry_path)
+
+    def recorded(run_id: str) -> dict:
+        _, rows = registry.query(
+            "SELECT key, value FROM latest_metrics WHERE run_id = ? AND model IS NULL", [run_id]
+        )
+        return dict(rows)
+
+    trained, up_to_date = recorded(first["run_id"]), recorded(unchanged["run_id"])
+    assert trained["corpus/kept"] == up_to_date["corpus/kept"] == 12
+    assert trained["tokens/train"] > 0 and trained["tokenizer/bytes_per_token"] > 0
+    assert "tokens/train" not in up_to_date  # it encoded nothing
+    assert up_to_date["retrain/promoted"] == 0
 
 
 @pytest.mark.parametrize("upgraded", ["normalization", "text code", "text settings"])
@@ -554,6 +576,10 @@ def test_new_text_the_champion_s_tokenizer_refuses_trains_a_candidate_from_scrat
     decision = later["decision"]
     assert decision["mode"] == "scratch" and decision["promoted"], decision["reason"]
     assert "the champion's tokenizer cannot encode this corpus" in decision["reason"]
+    assert "could not be scored on this corpus (TokenizerError: " in decision["reason"]
+    journal = (workspace.runs / later["run_id"] / "stages.jsonl").read_text().splitlines()
+    tried = [line for line in journal if '"encode/champion"' in line and '"started"' in line]
+    assert len(tried) == 1, "the champion's refused encoding was tried twice"
     assert RunRegistry(workspace.registry_path).champion()["run_id"] == later["run_id"]
     assert first["run_id"] != later["run_id"]
 
@@ -660,3 +686,22 @@ def test_a_continuation_reads_the_new_tokens_at_most_max_passes_times():
     assert reason.endswith("(12 steps, not 150: retrain.max_passes = 10 over its 579 tokens)")
     assert capped(579, 0) == (train, "continued the champion on 1 new train document")
     assert capped(1_000_000, 10)[0] == train
+
+
+def test_a_continuation_of_a_model_trained_on_documents_reads_each_new_one_max_passes_times():
+    """`train.samples = "documents"` (the names preset): a row is one document, not a block of
+    tokens. 300 new names of 7 tokens in rows of 16 took 11 steps of 128 rows, 4.7 passes."""
+    from flows.retrain import Decision, _capped_passes
+    from lm.config import ModelRun
+    from lm.models.config import GPTConfig
+    from lm.train_config import TrainConfig
+    from storage.artifacts import Descriptor
+
+    train = TrainConfig(max_steps=6000, warmup_steps=100, global_batch=128, micro_batch=128,
+                        samples="documents")  # fmt: skip
+    model_run = ModelRun("gpt", GPTConfig(block_size=16), train)
+    stats = {"splits": {"train": {"tokens": 300 * 7, "documents": 300}}}
+    decision = Decision("continue", "continued the champion on 300 new train documents")
+    capped = _capped_passes(train, model_run, Descriptor("encode", "k", "p", "d", stats), 10,
+                            decision)  # fmt: skip
+    assert 10 <= capped.max_steps * train.global_batch / 300 < 11

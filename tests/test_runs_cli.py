@@ -345,6 +345,24 @@ def test_compare_reads_a_registry_from_before_tokens_trained(tmp_path):
     assert RunRegistry(path).schema_version() == 3
 
 
+def test_show_reads_a_retrain_of_a_registry_from_before_promotions_against(tmp_path):
+    """Schema 5 (no `promotions.against`): `runs show` failed on every run as "cannot read
+    the registry (Binder Error ... against)" until a new run migrated the file."""
+    path = tmp_path / "registry.duckdb"
+    connection = registry_at_schema(path, 5)
+    connection.execute("INSERT INTO runs (run_id, status, started_at, config) "
+                       "VALUES ('old-r', 'completed', now(), '{}')")  # fmt: skip
+    connection.execute(
+        "INSERT INTO promotions (run_id, label, alias, promoted, candidate_val_bpb, "
+        "champion_val_bpb, reason, decided_at) VALUES ('old-r', 'gpt', 'champion', true, 2.5, "
+        "NULL, 'scratch: trained from scratch (no champion yet)', now())"
+    )
+    connection.close()
+    shown = cli_in_process("runs", "show", "old-r", home=tmp_path).stdout
+    assert "retrain: promoted to champion (candidate val bpb 2.5000): scratch:" in shown
+    assert RunRegistry(path).schema_version() == 5
+
+
 def test_export_to_an_empty_folder_name_is_refused_not_written_where_one_is(history):
     """`--parquet ''` wrote every table into the working folder (as a path, "" is ".")."""
     empty = run_cli("runs", "export", "--parquet", "", check=False, home=history)

@@ -1,0 +1,26 @@
+"""A retrain's promotion decision in one line, as `lmforge runs show` and the report give it."""
+
+from __future__ import annotations
+
+
+def promotion_text(
+    promoted: bool,
+    alias: str,
+    candidate: float | None,
+    champion: float | None,
+    against: str | None,
+    reason: str | None,
+) -> str:
+    """What the retrain did with the alias, the two val bits per byte (none where nothing was
+    trained), the model it was compared with (`run_id/label`), and why."""
+    scores = []
+    if candidate is not None:
+        scores.append(f"candidate val bpb {candidate:.4f}")
+    if champion is not None:
+        scores.append(f"champion's {champion:.4f}")
+    if against:
+        scores.append(f"the {alias} then {against}")
+    said = f"promoted to {alias}" if promoted else f"not promoted, the {alias} stays"
+    return (
+        said + (f" ({', '.join(scores)})" if scores else "") + f": {reason or 'no reason recorded'}"
+    )
