@@ -813,6 +813,11 @@ def sql(
 
     if max_rows is None:
         max_rows = SQL_MAX_ROWS if output is SqlFormat.table else 0
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if output is not SqlFormat.table and reconfigure is not None:
+        # Data for a program: UTF-8 whatever the terminal's encoding, every value whole (an
+        # escape, `\u6771` in a CSV cell or `\U0001f469` in JSON, would change the data).
+        reconfigure(encoding="utf-8", errors="strict")
     workspace = activate_workspace()
     try:
         with sql_session(_registry(), workspace.root) as connection:

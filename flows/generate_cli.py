@@ -78,7 +78,13 @@ def _load(run: str, label: str | None):
             found = registry.champion(run) if not run[:1].isdigit() else None
             if found is not None and label is not None:
                 raise _fail(f"--model {label}: {run} names one model; leave --model out")
-            found = found or registry.find_model(run, label)
+            try:
+                found = found or registry.find_model(run, label)
+            except RegistryError as error:
+                if run[:1].isdigit() or "no run with" not in str(error):
+                    raise
+                raise RegistryError(f"{error}, and no model holds the alias '{run}' (a "
+                                    "retrain's retrain.alias)") from None  # fmt: skip
             status = registry.find_run(found["run_id"])["status"]
             if label is None and status != "completed":  # its last model may not be the top
                 typer.echo(

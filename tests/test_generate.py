@@ -412,6 +412,8 @@ def test_unknown_runs_labels_and_folders_are_clear_errors(recorded_run, tmp_path
     runner = CliRunner()
     unknown = runner.invoke(app, ["generate", "19990101", "--prompt", "x"])
     assert unknown.exit_code == 1 and "flow run id) starting '19990101'" in unknown.stderr
+    alias = runner.invoke(app, ["generate", "best", "--prompt", "x"])
+    assert alias.exit_code == 1 and "and no model holds the alias 'best'" in alias.stderr
     # "" was the current folder ("not a trained model folder"); a path, a run id prefix.
     nothing = runner.invoke(app, ["generate", "", "--prompt", "x"])
     assert nothing.exit_code == 1 and "no run id or model folder given" in nothing.stderr

@@ -763,8 +763,8 @@ def test_a_retrain_s_report_shows_its_decision(tmp_path):
     second = Page(render_run_report(gather_run_report(registry, workspace, "second")).html)
     assert ("retrain decisionpromoted to champion (candidate val bpb 3.4200): trained from "
             "scratch; no champion to beat") in first.text["run"]  # fmt: skip
-    assert ("retrain decisionnot promoted, the champion stays (candidate val bpb 3.4200, "
-            "champion's 3.2701, the champion then first/gpt): trained from scratch; kept it"
+    assert ("retrain decisionnot promoted, the champion stays (candidate val bpb 3.4200 against "
+            "the champion's 3.2701; the champion was first/gpt): trained from scratch; kept it"
             ) in second.text["run"]  # fmt: skip
     # A retrain with no new documents trains nothing: its decision says so, no "none recorded".
     registry.start_run({"run_id": "third", "status": "running", "started_at": datetime.now(),

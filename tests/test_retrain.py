@@ -137,10 +137,11 @@ def test_retrain_trains_once_per_new_data_and_promotes_only_on_improvement(works
     # `runs show` gives the decision, its reason and the model it was compared with (the
     # registry's `promotions.against`): the reason was on the command's last line alone.
     shown = cli_in_process("runs", "show", strict["run_id"]).stdout
-    scored = f"{decision['candidate_val_bpb']:.4f}, champion's {decision['champion_val_bpb']:.4f}"
+    scored = (f"{decision['candidate_val_bpb']:.4f} against the champion's "
+              f"{decision['champion_val_bpb']:.4f}")  # fmt: skip
     assert re.search(
-        rf"retrain: not promoted, the champion stays \(candidate val bpb {scored}, the champion "
-        rf"then {first['run_id']}/\S+\): continue: .*kept the champion",
+        rf"retrain: not promoted, the champion stays \(candidate val bpb {scored}; the champion "
+        rf"was {first['run_id']}/\S+\): continue: .*kept the champion",
         shown,
     ), shown
 
@@ -682,7 +683,7 @@ def test_a_continuation_reads_the_new_tokens_at_most_max_passes_times():
         return _capped_passes(train, model_run, shards, passes, decision), decision.reason
 
     few, reason = capped(579, 10)
-    assert (few.max_steps, few.warmup_steps) == (12, 11)
+    assert (few.max_steps, few.warmup_steps) == (12, 2)  # warmup cut as the steps: 20 × 12/150
     assert reason.endswith("(12 steps, not 150: retrain.max_passes = 10 over its 579 tokens)")
     assert capped(579, 0) == (train, "continued the champion on 1 new train document")
     assert capped(1_000_000, 10)[0] == train
