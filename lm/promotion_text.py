@@ -15,12 +15,10 @@ def promotion_text(
     trained), the model it was compared with (`run_id/label`), and why."""
     scores = []
     if candidate is not None:
-        scores.append(f"candidate val bpb {candidate:.4f}")
-    if champion is not None:
-        scores.append(f"champion's {champion:.4f}")
+        against_champion = f" against the {alias}'s {champion:.4f}" if champion is not None else ""
+        scores.append(f"candidate val bpb {candidate:.4f}{against_champion}")
     if against:
-        scores.append(f"the {alias} then {against}")
+        scores.append(f"the {alias} was {against}")
     said = f"promoted to {alias}" if promoted else f"not promoted, the {alias} stays"
-    return (
-        said + (f" ({', '.join(scores)})" if scores else "") + f": {reason or 'no reason recorded'}"
-    )
+    shown = f" ({'; '.join(scores)})" if scores else ""
+    return f"{said}{shown}: {reason or 'no reason recorded'}"
