@@ -951,6 +951,7 @@ def log_data_metrics(
 
 
 def log_stage_seconds(run: RunContext) -> None:
+    """Each stage's seconds as a metric (`stage/<name>/seconds`), once every stage has run."""
     run.metrics.log_many({f"stage/{s.stage}/seconds": s.seconds for s in run.stages})
 
 
