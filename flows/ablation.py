@@ -97,6 +97,7 @@ def ablation(config: str | None = "ablation", overrides: list[str] | None = None
         tokenizer = build_tokenizer(run, settings, corpus,
                                     runs=[model_run for _, _, model_run in arms])  # fmt: skip
         shards = encode_corpus(run, settings, corpus, tokenizer)
+        log_data_metrics(run, corpus, tokenizer, shards)  # before its arms: kept if it is killed
         vectors = train_word2vec(run, settings, corpus, tokenizer, shards)
         scored: list[tuple[str, int, dict]] = []
         failed: list[FailedArm] = []
@@ -127,7 +128,6 @@ def ablation(config: str | None = "ablation", overrides: list[str] | None = None
                 },
                 model=result.variant,
             )
-        log_data_metrics(run, corpus, tokenizer, shards)
         log_stage_seconds(run)
         failure = _failure_message(table, len(arms), folder / TABLE_FILE) if failed else None
         recorded = record_success(run, corpus, tokenizer, models,

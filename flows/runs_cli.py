@@ -210,6 +210,7 @@ def _check_status(registry, status: str) -> None:
 def runs_show(run_id: Annotated[str, typer.Argument(help="a run id or a unique prefix")]) -> None:
     """One run in full: settings, stages, models, metrics, and the command that reproduces it."""
     from flows.cli import _registry, _table, console
+    from lm.promotion_text import promotion_text
     from storage.registry import RegistryError
 
     registry = _registry()
@@ -263,8 +264,6 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="a run id or a unique p
         if found[key]:
             console.print(f"[bold]{key}[/]: {escape(str(found[key]))}", highlight=False)
     for decision in decisions:  # a retrain's: the reason was on its last line alone
-        from lm.promotion_text import promotion_text
-
         console.print(f"[bold]retrain[/]: {escape(promotion_text(*decision))}", highlight=False,
                       soft_wrap=True)  # fmt: skip
     if stages:

@@ -345,10 +345,10 @@ def _model_cut_short(label: str, config: dict, status: str, trained: bool = Fals
             model, train = entry_model, train | (entry.get("train") or {})
     block_size = model.get("block_size") or train.get("block_size")
     why = (f"its training did not finish (the run is {status}): the curves are what it logged "
-           "before it stopped, and there are no scores")  # fmt: skip
+           "before it stopped, and no evaluation scored it")  # fmt: skip
     if trained:
         why = (f"its training finished, but the run ({status}) stopped before it was scored: "
-               "the curves are its training's, and there are no scores")  # fmt: skip
+               "the curves are its training's, and no evaluation scored it")  # fmt: skip
     return ModelSection(
         label=label,
         kind=model.get("kind"),

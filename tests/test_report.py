@@ -681,7 +681,7 @@ def test_a_ladder_model_trained_but_not_scored_is_not_said_to_have_stopped_train
     _, model = gather_run_report(registry, workspace, "unscored").models
     assert model.label == "big" and model.missing == [
         "its training finished, but the run (failed) stopped before it was scored: the curves "
-        "are its training's, and there are no scores"
+        "are its training's, and no evaluation scored it"
     ]
 
 
@@ -797,6 +797,8 @@ def test_a_training_cut_short_shows_its_best_val_loss_so_far(tmp_path):
     page = Page(render_run_report(gather_run_report(registry, workspace, "killed")).html)
     best = "best val loss (nats/token) during training (sampled windows)5.1250"
     assert best in page.text["scores"]
+    # ... and its note does not say, under that score, that there are none.
+    assert "no scores" not in page.text["scores"]
 
 
 def test_a_run_without_any_score_does_not_point_at_a_table():

@@ -706,3 +706,8 @@ def test_a_continuation_of_a_model_trained_on_documents_reads_each_new_one_max_p
     capped = _capped_passes(train, model_run, Descriptor("encode", "k", "p", "d", stats), 10,
                             decision)  # fmt: skip
     assert 10 <= capped.max_steps * train.global_batch / 300 < 11
+    # Names of 7.1 tokens on average: rows of 7.1, not 8 (21 steps, 9 passes).
+    stats = {"splits": {"train": {"tokens": 2130, "documents": 300}}}
+    capped = _capped_passes(train, model_run, Descriptor("encode", "k", "p", "d", stats), 10,
+                            Decision("continue", "continued"))  # fmt: skip
+    assert 10 <= capped.max_steps * train.global_batch / 300 < 11
