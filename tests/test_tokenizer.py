@@ -165,27 +165,21 @@ def test_bpe_encodes_word_by_word_and_unigram_with_the_processor(sentencepiece_m
     assert _fresh(sentencepiece_models, "unigram")._word_processor is None
 
 
-def test_word_cache_starting_over_keeps_the_ids(sentencepiece_models, bundled_splits, monkeypatch):
-    # About the distinct words of 4 val documents: the cache grows, starts over, and grows again.
-    monkeypatch.setattr(lm.tokenizer, "WORD_CACHE_SIZE", 7000)
-    val = bundled_splits["val"]
-    expected = _processor_ids(sentencepiece_models["bpe"], val)
-    tokenizer = _fresh(sentencepiece_models, "bpe")
-    in_batches_of_4 = [tokenizer.encode_batch(val[i : i + 4]) for i in range(0, len(val), 4)]
-    assert [ids for batch in in_batches_of_4 for ids in batch] == expected
-
-
-def test_word_cache_starts_over_at_its_characters_too(sentencepiece_models, bundled_splits,
-                                                      monkeypatch):  # fmt: skip
-    """Text without spaces is one word a document: the cache is bounded by characters too."""
-    monkeypatch.setattr(lm.tokenizer, "WORD_CACHE_CHARS", 20_000)
+@pytest.mark.parametrize("bound, most", [("WORD_CACHE_SIZE", 7000), ("WORD_CACHE_CHARS", 20_000)])
+def test_word_cache_starting_over_keeps_the_ids(sentencepiece_models, bundled_splits, monkeypatch,
+                                                bound, most):  # fmt: skip
+    """The cache starts over past its words, or past their characters (text without spaces is
+    one word a document: whole documents filled it); the ids stay the processor's. About the
+    distinct words of 4 val documents: it grows, starts over, and grows again."""
+    monkeypatch.setattr(lm.tokenizer, bound, most)
     val = bundled_splits["val"]
     expected = _processor_ids(sentencepiece_models["bpe"], val)
     tokenizer = _fresh(sentencepiece_models, "bpe")
     in_batches_of_4 = [tokenizer.encode_batch(val[i : i + 4]) for i in range(0, len(val), 4)]
     assert [ids for batch in in_batches_of_4 for ids in batch] == expected
     rows, _, chars = tokenizer._word_cache
-    assert chars == sum(map(len, rows)) <= 20_000
+    assert chars == sum(map(len, rows))
+    assert (len(rows) if bound == "WORD_CACHE_SIZE" else chars) <= most
     assert len(rows) < len({word for text in val for word in text.split()})  # it started over
 
 
