@@ -47,11 +47,11 @@ def word_sentences(text: str) -> Iterator[list[str]]:
     """A text's lines as lists of lowercased words; a line longer than gensim's limit is cut
     into sentences that fit it (see GENSIM_MAX_SENTENCE). A word is what gensim's
     `simple_preprocess` takes (a run of word characters but digits, at most 30 of them, not
-    starting with `_`), with two changes for scripts it cuts apart: a combining mark belongs to
-    its word (Hindi's vowel signs and Arabic's vowel points split every word into letters, as a
-    joiner between two letters does), and
-    each Chinese or Japanese character is a word of its own (without spaces a whole clause was
-    one word, and one over 30 characters was dropped)."""
+    starting with `_`), with two changes for scripts it cuts apart: a combining mark, and a
+    joiner between two letters, belong to their word (Hindi's vowel signs and Arabic's vowel
+    points split every word into letters), and each Chinese or Japanese character is a word of
+    its own (without spaces a whole clause was one word, and one over 30 characters was
+    dropped)."""
     for line in text.split("\n"):
         words = [
             word
