@@ -75,13 +75,14 @@ def _load(run: str, label: str | None):
         if not folder.is_dir():
             registry = RunRegistry(workspace.registry_path)
             # Run ids start with their date; an alias (`champion`, a retrain.alias) never does.
-            found = registry.champion(run) if not run[:1].isdigit() else None
+            may_be_alias = not run[:1].isdigit()
+            found = registry.champion(run) if may_be_alias else None
             if found is not None and label is not None:
                 raise _fail(f"--model {label}: {run} names one model; leave --model out")
             try:
                 found = found or registry.find_model(run, label)
             except RegistryError as error:
-                if run[:1].isdigit() or "no run with" not in str(error):
+                if not may_be_alias or "no run with" not in str(error):
                     raise
                 raise RegistryError(f"{error}, and no model holds the alias '{run}' (a "
                                     "retrain's retrain.alias)") from None  # fmt: skip

@@ -510,8 +510,7 @@ def _capped_passes(
         # A row is one document (cropped to the block): names of 7 tokens in rows of 16 were
         # read 4.4 times, not 10. The mean, not rounded up: 7.1 read as 8 left 1 pass in 9 out.
         per_row = min(per_row, tokens / split["documents"])
-    per_step = settings.global_batch * per_row
-    steps = max(1, math.ceil(max_passes * tokens / per_step))
+    steps = max(1, math.ceil(max_passes * tokens / (settings.global_batch * per_row)))
     if not max_passes or steps >= train.max_steps:
         return train
     decision.reason += (f" ({steps:,} steps, not {train.max_steps:,}: retrain.max_passes = "

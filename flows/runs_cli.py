@@ -242,10 +242,7 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="a run id or a unique p
         promotion_columns, promotions = registry.query(
             "SELECT * FROM promotions WHERE run_id = ? ORDER BY decided_at", [found["run_id"]]
         )
-        decisions = [(row["promoted"], row["alias"], row["candidate_val_bpb"],
-                      row["champion_val_bpb"], row.get("against"), row["reason"])
-                     for row in (dict(zip(promotion_columns, values, strict=True))
-                                 for values in promotions)]  # fmt: skip
+        decisions = [dict(zip(promotion_columns, row, strict=True)) for row in promotions]
     except RegistryError as error:
         raise _fail(str(error)) from None
     found["status"] = shown_status(
@@ -264,7 +261,7 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="a run id or a unique p
         if found[key]:
             console.print(f"[bold]{key}[/]: {escape(str(found[key]))}", highlight=False)
     for decision in decisions:  # a retrain's: the reason was on its last line alone
-        console.print(f"[bold]retrain[/]: {escape(promotion_text(*decision))}", highlight=False,
+        console.print(f"[bold]retrain[/]: {escape(promotion_text(decision))}", highlight=False,
                       soft_wrap=True)  # fmt: skip
     if stages:
         crashed = found["status"] == "crashed"

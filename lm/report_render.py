@@ -475,7 +475,7 @@ def _run_card(report: RunReport) -> str:
             )
         )
     for decision in report.promotions:
-        rows.append(("retrain decision", _e(promotion_text(*decision.values()))))
+        rows.append(("retrain decision", _e(promotion_text(decision))))
     if report.error:
         rows.append(("error", f"<pre>{_e(report.error)}</pre>"))
     body = "<table><tbody>" + "".join(

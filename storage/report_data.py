@@ -106,12 +106,10 @@ def gather_run_report(registry: RunRegistry, workspace: Workspace, run_prefix: s
             else None
         )
         # A retrain's decision (whether its model took the alias, and why); none for any other run.
-        promotions = (
+        promotions = (  # `*`: a registry before migration 6 has no `against`
             _rows(
                 connection,
-                "SELECT promoted, alias, candidate_val_bpb, champion_val_bpb, "
-                + ("against, " if "against" in _columns(connection, "promotions") else "NULL, ")
-                + "reason FROM promotions WHERE run_id = ? ORDER BY decided_at",
+                "SELECT * FROM promotions WHERE run_id = ? ORDER BY decided_at",
                 [run_id],
             )
             if _columns(connection, "promotions")
