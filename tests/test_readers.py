@@ -943,6 +943,43 @@ def test_invalid_utf8_is_an_error_naming_file_and_byte_unless_replace_is_asked(t
     assert "latin1.txt: invalid UTF-8 at byte 12 (line 2) replaced with U+FFFD" in caplog.text
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "word", "where"),
+    [
+        (
+            "notes.txt",
+            "one\nshe said \u201cdon\u2019t\u201d",
+            "\u201cdon\u2019t",
+            "byte 13 (line 2)",
+        ),
+        ("rows.jsonl", '{"text": "ok"}\n{"text": "Zo\u00eb"}\n', "Zo\u00eb", "byte 12 of line 2"),
+        ("rows.csv", 'id,text\n1,"fine"\n2,"Zo\u00eb"\n', "Zo\u00eb", None),
+    ],
+)
+def test_a_windows_1252_file_is_named_as_one_with_its_word_and_the_conversion(
+    tmp_path, name, content, word, where
+):
+    """Said as "invalid UTF-8 at byte 20" alone, the user had to guess what the file was."""
+    (tmp_path / name).write_bytes(content.encode("cp1252"))
+    with pytest.raises(InputError) as raised:
+        read(tmp_path, str(tmp_path / name))
+    message = str(raised.value)
+    assert (
+        f'it reads as Windows-1252 (Latin-1) there ("{word}"): convert the file to UTF-8 '
+        "(iconv -f cp1252 -t utf-8) or set ingest.encoding_errors" in message
+    ), message
+    assert where is None or f"invalid UTF-8 at {where};" in message, message
+
+
+def test_a_utf8_file_with_a_stray_byte_is_not_called_windows_1252(tmp_path):
+    """Converting it would garble its valid UTF-8: only the byte is named."""
+    path = tmp_path / "mixed.txt"
+    path.write_bytes("na\u00efve caf\u00e9 ".encode() + b"stray \xe9 byte")
+    with pytest.raises(InputError, match=r"mixed\.txt: invalid UTF-8 at byte \d+ \(line 1\); "
+                                         r"fix the file or set"):  # fmt: skip
+        read(tmp_path, str(path))
+
+
 def test_a_whole_file_s_replacements_are_placed_and_counted_as_lines_are(tmp_path, caplog):
     """Read whole, a file said "invalid UTF-8 replaced" once, with no place and no count."""
     path = tmp_path / "cafes.txt"

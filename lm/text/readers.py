@@ -531,8 +531,9 @@ def _decode(
                 line_no = lines_before + before.count("\n") + 1
                 at = at_byte + error.start - replaced.prepended
                 position = f"at byte {at} (line {line_no})"
+            fix = _windows_1252_advice(data, error.start) if label == "UTF-8" else ""
             raise InputError(
-                f"{item.name}: invalid {label} {position}; fix the file or set "
+                f"{item.name}: invalid {label} {position}; {fix or 'fix the file'} or set "
                 'ingest.encoding_errors = "replace" to substitute U+FFFD'
             ) from None
         if line:
@@ -553,6 +554,41 @@ def _decode(
             replaced.note(item.name, f"invalid {label} at byte {at} (line {line_no})")
         replaced.count += max(0, invalid - len(_first_invalid.found))
         return text
+
+
+def _windows_1252_advice(data: bytes, at: int) -> str:
+    """How to convert a file that is not UTF-8 but Windows-1252 (Latin-1 with curly quotes and
+    dashes: what Windows editors, Excel and older Project Gutenberg texts write), with the word
+    at the invalid byte as it reads in that encoding, or "" when it does not read as one. Said
+    as "invalid UTF-8 at byte 13" alone, the user had to guess the encoding. Not said where the
+    bytes around hold valid UTF-8 beyond ASCII (a UTF-8 file with a stray byte: converting it
+    would garble the rest), nor where Windows-1252 gives a control character or an unassigned
+    byte (not text in that encoding either)."""
+    start = max(0, at - 2048)
+    window = data[start : at + 2048]
+    if any(char > "\x7f" and char != "\ufffd" for char in window.decode("utf-8", "replace")):
+        return ""
+    try:
+        text = window.decode("cp1252")
+    except UnicodeDecodeError:  # 0x81, 0x8D, 0x8F, 0x90, 0x9D are unassigned
+        return ""
+    if not all(char.isprintable() or char in "\t\n\r\f" for char in text):
+        return ""
+    spot = at - start  # one byte per character
+    left, right = spot, spot + 1
+    while left > max(0, spot - 20) and _in_a_word(text[left - 1]):
+        left -= 1
+    while right < min(len(text), spot + 20) and _in_a_word(text[right]):
+        right += 1
+    word = text[left:right]
+    return (
+        f'it reads as Windows-1252 (Latin-1) there ("{word}"): convert the file to UTF-8 '
+        "(iconv -f cp1252 -t utf-8)"
+    )
+
+
+def _in_a_word(char: str) -> bool:
+    return char.isalnum() or char in "'\u2019-"
 
 
 # Where the first invalid sequences of the decode in progress are, per thread (ingest may read
@@ -1208,9 +1244,10 @@ def _invalid_utf8_in_csv(
     if encoding_errors == "strict":
         error_at = ESCAPED_BYTE.search(text).start()  # type: ignore[union-attr]
         offset = len(text[:error_at].encode("utf-8", "surrogateescape"))
+        fix = _windows_1252_advice(data, offset) or "fix the file"
         raise InputError(
             f"{item.name}:{line}: field '{item.spec.text_field}' holds invalid UTF-8 at byte "
-            f'{offset} of the field; fix the file or set ingest.encoding_errors = "replace" '
+            f'{offset} of the field; {fix} or set ingest.encoding_errors = "replace" '
             "to substitute U+FFFD"
         )
     replaced.note(f"{item.name}:{line}", "invalid UTF-8")
