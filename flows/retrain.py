@@ -314,6 +314,9 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
                     full_shards = encode_corpus(run, settings, corpus, tokenizer,
                                                 "encode/whole-corpus")  # fmt: skip
                 whole_shards = full_shards or shards
+                # Before training: a retrain that fails or is killed there keeps what data it
+                # saw (logged at its end, it kept none).
+                log_data_metrics(run, corpus, tokenizer, whole_shards)
                 # A model fed by word2vec (w2v, or a GPT's first embeddings) needs the vectors
                 # of this tokenizer's pieces, on the whole corpus; continued, its checkpoint's
                 # weights replace what they set.
@@ -352,8 +355,9 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
             decided_at=utc_now(),
             against=f"{champion.row['run_id']}/{champion.row['label']}" if champion else None,
         )
-        tokenizer = tokenizer or build_tokenizer(run, settings, corpus)
-        log_data_metrics(run, corpus, tokenizer, whole_shards)
+        if whole_shards is None:  # nothing encoded, so not logged above
+            tokenizer = tokenizer or build_tokenizer(run, settings, corpus)
+            log_data_metrics(run, corpus, tokenizer, None)
         log_stage_seconds(run)
         recorded = record_success(run, corpus, tokenizer, models, promotion=promotion)
         if recorded.promotion is not None and not recorded.promotion.promoted:

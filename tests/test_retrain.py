@@ -185,6 +185,27 @@ def test_a_retrain_records_the_data_it_saw_as_a_run_does(workspace, tmp_path):
     assert up_to_date["retrain/promoted"] == 0
 
 
+def test_a_retrain_that_fails_in_training_keeps_the_data_it_saw(workspace, tmp_path, monkeypatch):
+    """Logged at its end, a retrain that failed or was killed while training had none."""
+    import flows.retrain as retrain_flow
+
+    _, config = twelve_documents(tmp_path)
+
+    def training_fails(*args, **kwargs):
+        raise RuntimeError("the machine went away")
+
+    monkeypatch.setattr(retrain_flow, "train_model", training_fails)
+    with pytest.raises(RuntimeError, match="went away"):
+        _trigger(config)
+    registry = RunRegistry(workspace.registry_path)
+    _, rows = registry.query(
+        "SELECT r.status, m.key, m.value FROM runs r JOIN latest_metrics m USING (run_id) "
+        "WHERE m.model IS NULL"
+    )
+    seen = {key: value for status, key, value in rows if status == "failed"}
+    assert seen["corpus/kept"] == 12 and seen["tokens/train"] > 0, seen
+
+
 @pytest.mark.parametrize("upgraded", ["normalization", "text code", "text settings"])
 def test_a_corpus_made_by_other_text_code_is_continued_only_while_its_documents_keep_their_ids(
     workspace, tmp_path, monkeypatch, upgraded
