@@ -289,12 +289,18 @@ def analogy_accuracy(vectors, questions: Path) -> tuple[float | None, int]:
 def _key_of(probe: str, vectors) -> str | None:
     """The key a probe word looks up: as written, else in any case, the most frequent such
     key first (`words` vectors are lowercase, gensim's preprocessing; pieces keep the text's
-    case, so "france" finds "France"), as the evaluation sets match words; None if absent."""
-    if probe in vectors.key_to_index:
-        return probe
-    folded = probe.casefold()
+    case, so "france" finds "France"), as the evaluation sets match words; None if absent.
+    Composed as the corpus is (NFC, or NFKC): a probe typed decomposed ("café" from macOS
+    input) was absent however often the word occurred."""
+    spellings = dict.fromkeys(
+        [probe, unicodedata.normalize("NFC", probe), unicodedata.normalize("NFKC", probe)]
+    )
+    for spelling in spellings:
+        if spelling in vectors.key_to_index:
+            return spelling
+    folded = {spelling.casefold() for spelling in spellings}
     # `index_to_key` runs from the most frequent key down.
-    return next((key for key in vectors.index_to_key if key.casefold() == folded), None)
+    return next((key for key in vectors.index_to_key if key.casefold() in folded), None)
 
 
 MIN_SIMILARITY_PAIRS = 3  # a correlation over two pairs is always ±1: no evidence

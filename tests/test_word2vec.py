@@ -78,6 +78,14 @@ def test_a_probe_is_found_as_written_among_pieces_and_lowercased_among_words():
     assert list(evaluate_vectors(words, config)["neighbours"]) == ["river"]
 
 
+def test_a_probe_typed_decomposed_finds_the_composed_word_of_the_corpus():
+    """The corpus is NFC (or NFKC); a probe typed as macOS input gives it (NFD) was absent."""
+    sentences = small_sentences() + [["le", "caf\u00e9", "est", "ouvert", "river"]] * 5
+    vectors = train_word2vec(sentences, SMALL)
+    config = SMALL.model_copy(update={"probes": ["cafe\u0301", "CAFE\u0301"]})
+    assert list(evaluate_vectors(vectors, config)["neighbours"]) == ["caf\u00e9"]
+
+
 @pytest.mark.parametrize("method", ["pca", "tsne"])
 def test_projection_is_a_png_with_the_probes(tmp_path, method):
     vectors = train_word2vec(small_sentences(), SMALL)
