@@ -62,7 +62,12 @@ from lm.text.normalize import NORMALIZATION_VERSION
 from lm.tokenizer import TokenizerError
 from lm.train_config import TrainConfig
 from storage.artifacts import Descriptor
-from storage.corpus import DOCUMENTS_FILE, documents_renamed, held_out_trained_on
+from storage.corpus import (
+    DOCUMENTS_FILE,
+    documents_renamed,
+    held_out_edited,
+    held_out_trained_on,
+)
 from storage.registry import ModelRecord, PromotionRecord
 from storage.shards import ShardError
 from tasks.clean import corpus_store, text_code_digest
@@ -552,6 +557,19 @@ def _held_out_trained_on(run: RunContext, champion: Champion | None, corpus: Des
         logger.warning("retrain: %s the champion trained on (a text cut into pieces whose first "
                        "piece changed is drawn to a split again): a candidate is trained from "
                        "scratch, and the champion is not scored", _held_out(count))  # fmt: skip
+        return count
+    # An edited file has a new id, so it may be drawn into val or test: not text the champion
+    # trained on, but close to it. Said, not acted on (a typo fixed is no reason to start over).
+    edited = held_out_edited(resolve(champion.corpus.path) / DOCUMENTS_FILE,
+                             resolve(corpus.path) / DOCUMENTS_FILE)  # fmt: skip
+    if edited:
+        files, are = ("file", "is") if edited == 1 else ("files", "are")
+        logger.warning(
+            "retrain: %d held-out %s of this corpus %s edited since the champion trained on "
+            "their earlier text, which flatters its score there (and a candidate's continued "
+            "from it); after large edits, start a new champion under another retrain.alias",
+            edited, files, are,
+        )  # fmt: skip
     return count
 
 

@@ -277,6 +277,27 @@ def held_out_trained_on(previous: Path, current: Path) -> int:
     return int(count)
 
 
+def held_out_edited(previous: Path, current: Path) -> int:
+    """How many kept val and test documents of corpus file `current` are whole files that were
+    kept train documents of `previous` with other text: files edited since, whose earlier text
+    a model trained on `previous` has seen (a new `doc_id`, so `held_out_trained_on` cannot
+    tell). Whole files only: a line's or row's place (`file:12`) moves when lines are added."""
+    import duckdb
+
+    connection = duckdb.connect()
+    try:
+        [(count,)] = connection.execute(
+            "SELECT count(*) FROM read_parquet(?) AS now WHERE keep AND split <> 'train' "
+            "AND part_of IS NULL AND source = source_file AND source IN (SELECT source FROM "
+            "read_parquet(?) AS before WHERE keep AND split = 'train' AND part_of IS NULL "
+            "AND source = source_file AND before.doc_id <> now.doc_id)",
+            [str(current), str(previous)],
+        ).fetchall()
+    finally:
+        connection.close()
+    return int(count)
+
+
 def iter_split_texts(path: Path, split: str, batch_size: int = 256) -> Iterator[list[str]]:
     """The kept documents of one split (`train`, `val` or `test`), a batch of texts at a time,
     in corpus order: the clean view, read as it streams."""

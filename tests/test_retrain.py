@@ -12,7 +12,7 @@ import pytest
 from lm.checkpoints import INFO_FILE
 from storage.registry import RunRegistry
 from tests.conftest import cli_in_process
-from tests.helpers import prose, write_config
+from tests.helpers import prose, warnings_said_by, write_config
 
 TINY = """
 [split]
@@ -79,8 +79,17 @@ def test_retrain_trains_once_per_new_data_and_promotes_only_on_improvement(works
 
     for index in range(100, 110):  # ten new documents
         (folder / f"new{index}.txt").write_text(prose(index, 120))
+    # And a file the champion trained on, edited so that its new id draws it into val: close to
+    # text the champion has seen, said (a new id, so not "trained on").
+    trained = next(i for i in range(12) if _first_piece_split(prose(i, 120), 1.0) == "train")
+    edited = next(text for k in range(100) if _first_piece_split(
+        text := f"{prose(trained, 120)} Edit {k}.", 1.0) == "val")  # fmt: skip
+    (folder / f"doc{trained:02d}.txt").write_text(edited)
     slower = "retrain.learning_rate=0.0005"  # a continuation's own peak learning rate
-    strict = _trigger(config, "retrain.margin=10.0", slower)  # no candidate can gain 10 bits
+    with warnings_said_by("lm.retrain") as said:
+        strict = _trigger(config, "retrain.margin=10.0", slower)  # no candidate can gain 10 bits
+    assert any("1 held-out file of this corpus is edited since the champion trained on" in w
+               for w in said), said  # fmt: skip
     decision = strict["decision"]
     assert decision["mode"] == "continue" and "new train documents" in decision["reason"]
     assert _stages(strict)["train"] is False  # it trained
