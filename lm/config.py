@@ -69,7 +69,7 @@ class ConfigError(ValueError):
 
 
 SourceFormat = Literal[
-    "auto", "text", "jsonl", "json", "parquet", "csv", "tsv", "wikipedia", "census-names"
+    "auto", "text", "jsonl", "json", "parquet", "arrow", "csv", "tsv", "wikipedia", "census-names"
 ]
 
 

@@ -913,10 +913,10 @@ def _raise(error: Exception):
 
 def test_binary_file_is_skipped_with_a_warning_naming_it_and_its_kind(tmp_path, caplog):
     """A PDF beside the texts failed the whole run as invalid UTF-8 (it has no NUL in its
-    first bytes); an Arrow file of Hugging Face datasets was skipped as maybe UTF-16."""
+    first bytes). A file that starts as an Arrow stream does but is none is skipped too."""
     (tmp_path / "image.bin").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
     (tmp_path / "paper.pdf").write_bytes(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n")
-    (tmp_path / "data-00000-of-00001.arrow").write_bytes(b"\xff\xff\xff\xff\x10\x01\x00\x00")
+    (tmp_path / "data-00000").write_bytes(b"\xff\xff\xff\xff\x10\x01\x00\x00")
     (tmp_path / "notes").write_bytes(gzip.compress(b"some words"))
     (tmp_path / "other.bin").write_bytes(b"\x00\x00\x01\x02" * 8)
     (tmp_path / "real.txt").write_text("words")
@@ -925,11 +925,46 @@ def test_binary_file_is_skipped_with_a_warning_naming_it_and_its_kind(tmp_path, 
     assert [d.text for d in docs] == ["words"]
     skipped = [("image.bin", "a PNG image, not text"),
                ("paper.pdf", "a PDF document: extract its text first, not text"),
-               ("data-00000-of-00001.arrow", "an Arrow IPC stream (Hugging Face"),
+               ("data-00000", "it looks like a binary file (it starts as Arrow does, but"),
                ("notes", "gzip-compressed without .gz in its name: name it so"),
                ("other.bin", "it looks like a binary file (it contains NUL bytes")]  # fmt: skip
     for name, said in skipped:
         assert f"{tmp_path / name}: skipped, {said}" in caplog.text, name
+
+
+def test_a_hugging_face_dataset_folder_and_arrow_files_are_read_batch_by_batch(tmp_path, caplog):
+    """`Dataset.save_to_disk` writes Arrow IPC streams beside two JSON files of metadata; they
+    were skipped, with advice to write the dataset as Parquet first. Feather 2 files (Arrow's
+    file format, read from its footer: a compressed one from a copy) are read too."""
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    texts = [f"row {i} of the dataset" for i in range(2500)]
+    table = pa.table({"id": list(range(2500)), "text": texts})
+    with pa.ipc.new_stream(saved / "data-00000-of-00001.arrow", table.schema) as writer:
+        for batch in table.to_batches(max_chunksize=1000):
+            writer.write_batch(batch)
+    (saved / "dataset_info.json").write_text('{"citation": "", "features": {}}')
+    (saved / "state.json").write_text('{"_data_files": [{"filename": "data.arrow"}]}')
+    with caplog.at_level(logging.WARNING):
+        docs = read(tmp_path, str(saved))
+    assert [d.text for d in docs] == texts
+    assert docs[7].source == f"{saved / 'data-00000-of-00001.arrow'}#7"
+    assert "skipped" in caplog.text and "state.json" in caplog.text
+    feather = pa.table({"body": ["first text", None, "  ", "second text"]})
+    import pyarrow.feather as pf
+
+    pf.write_feather(feather, tmp_path / "t.feather", compression="uncompressed")
+    with open(tmp_path / "t.feather", "rb") as plain:
+        (tmp_path / "t.arrow.gz").write_bytes(gzip.compress(plain.read()))
+    (tmp_path / "unnamed").write_bytes((tmp_path / "t.feather").read_bytes())  # by content
+    for name in ("t.feather", "t.arrow.gz", "unnamed"):
+        spec = SourceConfig(path=str(tmp_path / name), text_field="body")
+        assert [d.text for d in read(tmp_path, spec)] == ["first text", "second text"], name
+    with pytest.raises(InputError, match=r"t\.feather: no column 'text' \(columns: body\)"):
+        read(tmp_path, str(tmp_path / "t.feather"))
+    (tmp_path / "broken.arrow").write_bytes(b"\xff\xff\xff\xff\x10\x01\x00\x00")
+    with pytest.raises(InputError, match=r"broken\.arrow: not a readable Arrow file or stream"):
+        read(tmp_path, str(tmp_path / "broken.arrow"))
 
 
 def test_invalid_utf8_is_an_error_naming_file_and_byte_unless_replace_is_asked(tmp_path, caplog):
@@ -1329,7 +1364,7 @@ def test_a_setting_the_input_s_format_never_reads_is_said_once_a_source(tmp_path
     assert len(docs) == 4
     said = [r.getMessage() for r in caplog.records if "is ignored" in r.getMessage()]
     assert len(said) == 2
-    assert "text_field (read from JSON, JSONL, CSV, TSV and Parquet inputs) is ignored: this " \
+    assert "text_field (read from JSON, JSONL, CSV, TSV, Parquet and Arrow inputs) is ignored: this " \
            f"input is text (said once for the text inputs of {folder})" in said[0]  # fmt: skip
     assert said[1].startswith(f"{tmp_path / 'd.jsonl'}: one_doc_per_line (read from text")
 

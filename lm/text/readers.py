@@ -26,7 +26,7 @@ import tempfile
 import threading
 import unicodedata
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
@@ -77,6 +77,10 @@ class RawDocument(NamedTuple):
 
 
 PARQUET_MAGIC = b"PAR1"  # a Parquet file's first (and last) four bytes
+ARROW_FILE_MAGIC = b"ARROW1"  # an Arrow IPC file's (Feather 2's)
+# An Arrow IPC stream's first message: the continuation marker, then its metadata's length (a
+# Hugging Face dataset's `save_to_disk` and cache files are streams).
+ARROW_STREAM_MAGIC = b"\xff\xff\xff\xff"
 
 
 def detect_format(item: ResolvedInput, stream: BinaryIO) -> str:
@@ -102,6 +106,8 @@ def detect_format(item: ResolvedInput, stream: BinaryIO) -> str:
             logger.warning("%s: read as Parquet, which it holds (its name says %s)", item.name,
                            by_name.upper())  # fmt: skip
         return "parquet"
+    if by_name is None and head.startswith((ARROW_FILE_MAGIC, ARROW_STREAM_MAGIC)):
+        return "arrow"  # by content: read if it parses as Arrow, else skipped as binary
     if by_name is not None:
         return by_name
     if _skip_xml_prolog(head).startswith(b"<mediawiki"):
@@ -112,12 +118,20 @@ def detect_format(item: ResolvedInput, stream: BinaryIO) -> str:
 def _format_by_name(name: str) -> str | None:
     for suffix in COMPRESSED_SUFFIXES:
         name = name.removesuffix(suffix)
-    for suffixes, format_named in (((".jsonl", ".ndjson"), "jsonl"),
-                                   ((".parquet", ".pq", ".parq"), "parquet"), ((".csv",), "csv"),
-                                   ((".tsv",), "tsv"), ((".json",), "json")):  # fmt: skip
+    for suffixes, format_named in NAMED_FORMATS:
         if name.endswith(suffixes):
             return format_named
     return None
+
+
+NAMED_FORMATS = (
+    ((".jsonl", ".ndjson"), "jsonl"),
+    ((".parquet", ".pq", ".parq"), "parquet"),
+    ((".csv",), "csv"),
+    ((".tsv",), "tsv"),
+    ((".json",), "json"),
+    ((".arrow", ".arrows", ".feather", ".ipc"), "arrow"),
+)
 
 
 def _skip_xml_prolog(head: bytes) -> bytes:
@@ -389,6 +403,8 @@ def read_documents(
             replaced.prepended = len(bomless[0])
         if fmt == "parquet":
             documents = _read_parquet(item, stream, encoding_errors, replaced)
+        elif fmt == "arrow":
+            documents = _read_arrow(item, stream, encoding_errors, replaced)
         elif fmt in ("csv", "tsv"):
             documents = _read_csv(item, stream, encoding_errors, replaced, fmt)
         elif fmt == "json":
@@ -422,7 +438,7 @@ def read_documents(
 
 
 CORRUPTION_CHECK_BYTES = 16 << 20
-FORMATS_WITH_FIELDS = ("json", "jsonl", "csv", "tsv", "parquet")
+FORMATS_WITH_FIELDS = ("json", "jsonl", "csv", "tsv", "parquet", "arrow")
 _IGNORED_SETTINGS_SAID: set[tuple[str, str, str]] = set()
 
 
@@ -432,7 +448,7 @@ def _warn_of_settings_the_format_ignores(item: ResolvedInput, fmt: str) -> None:
     out to be another format, it was dropped in silence."""
     ignored = []
     if "text_field" in item.spec.model_fields_set and fmt not in FORMATS_WITH_FIELDS:
-        ignored.append("text_field (read from JSON, JSONL, CSV, TSV and Parquet inputs)")
+        ignored.append("text_field (read from JSON, JSONL, CSV, TSV, Parquet and Arrow inputs)")
     if item.spec.one_doc_per_line and fmt != "text":
         ignored.append("one_doc_per_line (read from text inputs)")
     for setting in ignored:
@@ -474,10 +490,6 @@ def _is_binary(head: bytes) -> bool:
 
 # Files found beside texts that are not text, by their first bytes, and what to do about them.
 BINARY_KINDS = (
-    (b"ARROW1", "an Arrow IPC file (Hugging Face datasets' save_to_disk, Feather): write it as "
-                "Parquet or JSON Lines (Dataset.to_parquet)"),
-    (b"\xff\xff\xff\xff", "an Arrow IPC stream (Hugging Face datasets' save_to_disk and cache): "
-                          "write it as Parquet or JSON Lines (Dataset.to_parquet)"),
     (b"\x1f\x8b", "gzip-compressed without .gz in its name: name it so"),
     (b"\x28\xb5\x2f\xfd", "zstd-compressed without .zst in its name: name it so"),
     (b"\xfd7zXZ\x00", "xz-compressed without .xz in its name: name it so"),
@@ -1028,7 +1040,7 @@ def _read_parquet(
         # Parquet is read from its footer back: a stream that cannot seek (zstd's) failed as
         # "not a readable Parquet file (seek)", and one of gzip's, bz2's or xz's decompressed
         # from the start again at each seek back (a row group each). Copied to a file first.
-        yield from _read_parquet_copied(item, stream, encoding_errors, replaced)
+        yield from _read_copied(item, stream, encoding_errors, replaced)
 
 
 def _read_parquet_file(
@@ -1047,10 +1059,19 @@ def _read_parquet_file(
         logger.warning("%s: skipped, a Parquet summary file (its row groups are in the files "
                        "beside it, which are read on their own)", item.name)  # fmt: skip
         return
-    names = parquet.schema_arrow.names
+    _check_text_column(item, parquet.schema_arrow, "Parquet")
+    batches = parquet.iter_batches(columns=[field], batch_size=1024)
+    yield from _column_documents(item, (batch.column(0) for batch in batches), encoding_errors,
+                                 replaced)  # fmt: skip
+
+
+def _check_text_column(item: ResolvedInput, schema: pa.Schema, kind: str) -> int:
+    """The index of the source's text column in `schema`, refused where there is none, or
+    more than one, or it does not hold text."""
+    field, names = item.spec.text_field, schema.names
     if names.count(field) > 1:  # pyarrow's KeyError, "Column text does not exist in schema"
         raise InputError(
-            f"{item.name}: {names.count(field)} columns are named '{field}'; a Parquet writer "
+            f"{item.name}: {names.count(field)} columns are named '{field}'; a {kind} writer "
             "that allows it made the file: give the text column a name of its own"
         )
     if field not in names:
@@ -1058,29 +1079,74 @@ def _read_parquet_file(
             f"{item.name}: no column '{field}' (columns: {', '.join(names)}); "
             "set text_field on this source"
         )
-    column_type = parquet.schema_arrow.field(field).type
+    column_type = schema.field(field).type
     if not _is_text_type(column_type):
         raise InputError(f"{item.name}: column '{field}' holds {column_type}, not text")
+    return names.index(field)
+
+
+def _column_documents(
+    item: ResolvedInput, columns: Iterator[pa.Array], encoding_errors: str,
+    replaced: Replacements,
+) -> Iterator[RawDocument]:  # fmt: skip
+    """One document per row with text, from the text column's batches (Parquet's or Arrow's),
+    each labelled `file#row`; said where there is none."""
     row = found = 0
-    batches = parquet.iter_batches(columns=[field], batch_size=1024)
     while True:
         try:  # a damaged page is found as its batch is read, part-way through the file
-            batch = next(batches, None)
+            column = next(columns, None)
         except (pa.ArrowException, OSError) as error:
             if _transient_read(error):
                 raise _unreadable(error, f"{item.name}: ") from None
             raise InputError(f"{item.name}: corrupt from about row {row} on ({error})") from None
-        if batch is None:
+        if column is None:
             break
-        for text in _texts(batch.column(0), item, row, encoding_errors, replaced):
+        for text in _texts(column, item, row, encoding_errors, replaced):
             if text and text.strip():
                 found += 1
                 yield RawDocument(f"{item.name}#{row}", item.name, text, "plain")
             row += 1
     if not found:  # else "no documents found ... (the warnings above say why)", and none did
+        field = item.spec.text_field
         logger.warning("%s: no documents: %s", item.name,
                        f"{row:,} rows, none with text in column '{field}'" if row
                        else "it has no rows")  # fmt: skip
+
+
+def _read_arrow(
+    item: ResolvedInput, stream: BinaryIO, encoding_errors: str, replaced: Replacements,
+    copied: bool = False,
+) -> Iterator[RawDocument]:  # fmt: skip
+    """An Arrow IPC stream (what a Hugging Face dataset's `save_to_disk` writes, `.arrow`) or
+    file (Feather 2), one record batch at a time. They were skipped, with advice to write the
+    dataset as Parquet first. A file found Arrow by its first bytes alone that does not parse
+    is skipped as binary, as it was; one named so is refused."""
+    named = _format_by_name(_file_name(item)) == "arrow" or item.spec.format == "arrow"
+    head = _peek(stream)
+    try:
+        if head.startswith(ARROW_FILE_MAGIC):
+            if not copied and (
+                not stream.seekable() or _file_name(item).endswith(COMPRESSED_SUFFIXES)
+            ):  # read from its footer: a decompressing stream is copied to a file first
+                yield from _read_copied(item, stream, encoding_errors, replaced, _read_arrow_copy)
+                return
+            file_reader = pa.ipc.open_file(stream)
+            schema = file_reader.schema
+            batches = (file_reader.get_batch(i) for i in range(file_reader.num_record_batches))
+        else:
+            stream_reader = pa.ipc.open_stream(stream)
+            schema, batches = stream_reader.schema, iter(stream_reader)
+    except (pa.ArrowException, OSError) as error:
+        if _transient_read(error):
+            raise _unreadable(error, f"{item.name}: ") from None
+        if not named:
+            logger.warning("%s: skipped, it looks like a binary file (it starts as Arrow does, "
+                           "but is not: %s)", item.name, error)  # fmt: skip
+            return
+        raise InputError(f"{item.name}: not a readable Arrow file or stream ({error})") from None
+    index = _check_text_column(item, schema, "Arrow")
+    yield from _column_documents(item, (batch.column(index) for batch in batches),
+                                 encoding_errors, replaced)  # fmt: skip
 
 
 def _summary_of_other_files(parquet: pq.ParquetFile) -> bool:
@@ -1091,10 +1157,19 @@ def _summary_of_other_files(parquet: pq.ParquetFile) -> bool:
                 and metadata.row_group(0).column(0).file_path)  # fmt: skip
 
 
-def _read_parquet_copied(
+def _read_arrow_copy(
     item: ResolvedInput, stream: BinaryIO, encoding_errors: str, replaced: Replacements
 ) -> Iterator[RawDocument]:
-    """`_read_parquet_file` of a decompressed copy in a temporary file (`TMPDIR`)."""
+    return _read_arrow(item, stream, encoding_errors, replaced, copied=True)
+
+
+def _read_copied(
+    item: ResolvedInput, stream: BinaryIO, encoding_errors: str, replaced: Replacements,
+    read: Callable[..., Iterator[RawDocument]] | None = None,
+) -> Iterator[RawDocument]:  # fmt: skip
+    """`read` (`_read_parquet_file`, or an Arrow file's) of a decompressed copy in a temporary
+    file (`TMPDIR`): both formats are read from their footer back."""
+    read = read or _read_parquet_file
     with tempfile.TemporaryFile() as copy:
         try:
             shutil.copyfileobj(stream, copy, 1 << 20)
@@ -1103,11 +1178,11 @@ def _read_parquet_copied(
                 raise  # the input's own damage (a corrupt stream), said as such
             raise InputError(
                 f"{item.name}: unpacking it to a temporary file failed ({error.strerror}): a "
-                "compressed Parquet file is read from a copy; set TMPDIR to a folder with room "
-                "for it"
+                "compressed Parquet or Arrow file is read from a copy; set TMPDIR to a folder "
+                "with room for it"
             ) from None
         copy.seek(0)
-        yield from _read_parquet_file(item, copy, encoding_errors, replaced)  # type: ignore[arg-type]
+        yield from read(item, io.BufferedReader(copy), encoding_errors, replaced)  # type: ignore[arg-type]
 
 
 def _texts(
