@@ -84,6 +84,18 @@ class SourceConfig(StrictModel):
         "text", description="JSON/JSONL field or Parquet/CSV/TSV column with the text"
     )
     one_doc_per_line: bool = Field(False, description="each non-empty line is its own document")
+    delimiter: str | None = Field(
+        None, description='CSV/TSV field separator (";" for European Excel); default "," or tab'
+    )
+
+    @field_validator("delimiter")
+    @classmethod
+    def _one_separating_character(cls, delimiter: str | None) -> str | None:
+        if delimiter is not None and (len(delimiter) != 1 or delimiter in '"\r\n'):
+            raise ValueError(
+                f"must be one character other than a quote or a line end, not {delimiter!r}"
+            )
+        return delimiter
 
     @field_validator("path")
     @classmethod

@@ -700,6 +700,22 @@ def test_csv_invalid_utf8_names_the_record_s_line_or_is_replaced_with_one_warnin
     assert f"{path}:701: invalid UTF-8 replaced with U+FFFD" in caplog.text
 
 
+def test_a_semicolon_csv_is_read_with_its_delimiter_and_without_it_the_error_says_so(tmp_path):
+    """European Excel separates by ";" (the comma is its decimal mark): the whole header was
+    one column, "no column 'text' (columns: id;text)", with no way to read the file."""
+    path = tmp_path / "export.csv"
+    path.write_text('id;text;price\n1;"first; with a semicolon";3,50\n2;second;4,00\n')
+    with pytest.raises(InputError, match=r"export\.csv: no column 'text' \(columns: id;text;price\)"
+                                         r"; the header is one column that holds \";\": set "
+                                         r'delimiter = ";" on this source'):  # fmt: skip
+        read(tmp_path, str(path))
+    docs = read(tmp_path, SourceConfig(path=str(path), delimiter=";"))
+    assert [d.text for d in docs] == ["first; with a semicolon", "second"]
+    for bad in ("", ";;", '"', "\n"):
+        with pytest.raises(ValueError, match="must be one character other than a quote"):
+            SourceConfig(path=str(path), delimiter=bad)
+
+
 def test_replacements_past_the_first_few_are_summed_up_in_one_warning(tmp_path, caplog):
     path = tmp_path / "names.txt"
     path.write_bytes(b"".join(b"name\xff %d\n" % i for i in range(500)))
@@ -1358,15 +1374,19 @@ def test_a_setting_the_input_s_format_never_reads_is_said_once_a_source(tmp_path
         (folder / f"n{index}.txt").write_text(f"note {index}")
     (tmp_path / "d.jsonl").write_text('{"text": "a"}\n')
     sources = [SourceConfig(path=str(folder), text_field="body"),
-               SourceConfig(path=str(tmp_path / "d.jsonl"), one_doc_per_line=True)]  # fmt: skip
+               SourceConfig(path=str(tmp_path / "d.jsonl"), one_doc_per_line=True,
+                            delimiter=";")]  # fmt: skip
     with caplog.at_level(logging.WARNING):
         docs = read(tmp_path, *sources)
     assert len(docs) == 4
     said = [r.getMessage() for r in caplog.records if "is ignored" in r.getMessage()]
-    assert len(said) == 2
-    assert "text_field (read from JSON, JSONL, CSV, TSV, Parquet and Arrow inputs) is ignored: this " \
-           f"input is text (said once for the text inputs of {folder})" in said[0]  # fmt: skip
+    assert len(said) == 3
+    assert said[0].endswith(
+        "text_field (read from JSON, JSONL, CSV, TSV, Parquet and Arrow inputs) is ignored: "
+        f"this input is text (said once for the text inputs of {folder})"
+    )
     assert said[1].startswith(f"{tmp_path / 'd.jsonl'}: one_doc_per_line (read from text")
+    assert said[2].startswith(f"{tmp_path / 'd.jsonl'}: delimiter (read from CSV and TSV")
 
 
 def test_text_lines_ended_by_a_lone_carriage_return_place_invalid_text_on_its_line(

@@ -451,6 +451,8 @@ def _warn_of_settings_the_format_ignores(item: ResolvedInput, fmt: str) -> None:
         ignored.append("text_field (read from JSON, JSONL, CSV, TSV, Parquet and Arrow inputs)")
     if item.spec.one_doc_per_line and fmt != "text":
         ignored.append("one_doc_per_line (read from text inputs)")
+    if item.spec.delimiter is not None and fmt not in ("csv", "tsv"):
+        ignored.append("delimiter (read from CSV and TSV inputs)")
     for setting in ignored:
         said = (item.spec.path, setting, fmt)
         if said not in _IGNORED_SETTINGS_SAID:
@@ -1249,12 +1251,13 @@ def _read_csv(
     label = encoding.upper().removesuffix("-SIG")
     line = 0  # lines read: the next record starts on the line after
     try:
-        reader = csv.reader(text_stream, strict=True, delimiter="\t" if fmt == "tsv" else ",")
+        delimiter = item.spec.delimiter or ("\t" if fmt == "tsv" else ",")
+        reader = csv.reader(text_stream, strict=True, delimiter=delimiter)
         header = [_unescaped(name) for name in next(reader, [])]
         if field not in header:
             raise InputError(
                 f"{item.name}: no column '{field}' (columns: {', '.join(header)}); "
-                "set text_field on this source"
+                f"{_other_delimiter(header, delimiter) or 'set text_field on this source'}"
             )
         columns = [number for number, name in enumerate(header, start=1) if name == field]
         if len(columns) > 1:
@@ -1290,6 +1293,19 @@ def _read_csv(
         ) from None
     finally:
         text_stream.detach()
+
+
+def _other_delimiter(header: list[str], delimiter: str) -> str | None:
+    """Advice for a header read as one column that another common separator would cut: a
+    European Excel's CSV separates by ";" (the comma is its decimal mark)."""
+    if len(header) != 1:
+        return None
+    for other in (";", "\t", "|", ","):
+        if other != delimiter and other in header[0]:
+            shown = "\\t" if other == "\t" else other
+            return (f'the header is one column that holds "{shown}": set delimiter = "{shown}" '
+                    "on this source")  # fmt: skip
+    return None
 
 
 def _csv_problem(error: csv.Error) -> str:
