@@ -35,7 +35,7 @@ from lm.models.config import (
     window_history,
     written_one_way,
 )
-from lm.tokenizer import load_tokenizer
+from lm.tokenizer import META_FILE, load_tokenizer
 from lm.train_config import BOOKKEEPING, TrainConfig, TrainingError
 from storage.artifacts import ArtifactStore, Descriptor, reused
 from storage.prune import WORK_LOCK, WORK_SUFFIX, never_started
@@ -103,7 +103,7 @@ def init_from_problem(checkpoint: Path, model: ModelConfig) -> str | None:
     if not isinstance(theirs, dict):
         return None
     if theirs.get("kind") != model.kind or model.kind != "gpt":
-        return _tensor_misfit(theirs, model)
+        return _tensor_misfit(theirs, model, checkpoint)
     ours = model.model_dump(mode="json")
     changed = [f"model.{key} {theirs[key]!r} → {ours[key]!r}" for key in MEANING_SWITCHES
                if key in theirs and theirs[key] != ours[key]]  # fmt: skip
@@ -114,7 +114,7 @@ def init_from_problem(checkpoint: Path, model: ModelConfig) -> str | None:
         changed.append("model.tie_embeddings False → True: its output layer would overwrite "
                        "its token embedding")  # fmt: skip
     if not changed:  # the switches named first: a norm's change changes its tensors too
-        return _tensor_misfit(theirs, model)
+        return _tensor_misfit(theirs, model, checkpoint)
     return (
         f"trained with other model switches ({', '.join(changed)}), which its weights would "
         "load under without meaning the same thing; keep the settings of "
@@ -122,11 +122,27 @@ def init_from_problem(checkpoint: Path, model: ModelConfig) -> str | None:
     )
 
 
-def _tensor_misfit(theirs: dict, model: ModelConfig) -> str | None:
+# The vocabulary both models are built at when the checkpoint's tokenizer does not say its own.
+MADE_UP_VOCABULARY = 64
+
+
+def _trained_vocabulary(checkpoint: Path) -> int | None:
+    """The vocabulary size the `tokenizer/` of the model folder around `checkpoint` records
+    (the tokenizer a continued run takes), or None where there is none to read."""
+    try:
+        meta = json.loads((checkpoint.parent / "tokenizer" / META_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    size = meta.get("vocab_size") if isinstance(meta, dict) else None
+    return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
+
+
+def _tensor_misfit(theirs: dict, model: ModelConfig, checkpoint: Path) -> str | None:
     """The first tensor the checkpoint's model (as its `model.json` describes it) holds in
     another shape than `model` would, or lacks, or has beyond it: said before any stage runs
-    (the train stage found it after the data stages). Both are built on the meta device, at one
-    made-up vocabulary: the tokenizer, not yet known, is checked as the weights load."""
+    (the train stage found it after the data stages). Both are built on the meta device, at the
+    vocabulary of the tokenizer beside the checkpoint (the one the run takes), else at a made-up
+    one, which the message says: the tokenizer is then checked as the weights load."""
     import torch
 
     from lm.models.registry import MODELS, build_model
@@ -138,16 +154,20 @@ def _tensor_misfit(theirs: dict, model: ModelConfig) -> str | None:
         their_config = MODELS[kind][1].model_validate(theirs)
     except ValueError:  # a description this version cannot read: loading says what it finds
         return None
+    vocabulary = _trained_vocabulary(checkpoint)
     with torch.device("meta"):
         them, us = (
-            {name: list(p.shape) for name, p in _saved_tensors(build_model(config, 64))}
+            {name: list(p.shape) for name, p in
+             _saved_tensors(build_model(config, vocabulary or MADE_UP_VOCABULARY))}
             for config in (their_config, model)
-        )
+        )  # fmt: skip
+    made_up = "" if vocabulary else f" (at a made-up vocabulary of {MADE_UP_VOCABULARY})"
     for name, shape in us.items():
         if name not in them:
             return f"does not fit this model: it has no {name}"
         if them[name] != shape:
-            return f"does not fit this model: {name} is {them[name]} in it, {shape} in this model"
+            return (f"does not fit this model: {name} is {them[name]} in it, {shape} in this "
+                    f"model{made_up}")  # fmt: skip
     extra = [name for name in them if name not in us]
     return f"does not fit this model: it has {extra[0]}, this model none" if extra else None
 

@@ -1505,6 +1505,15 @@ def test_init_from_a_model_of_other_shapes_or_a_cut_checkpoint_is_refused_before
     deeper = SMALL_GPT.model_copy(update={"n_layer": 2})
     with pytest.raises(TrainingError, match=r"does not fit this model: it has no blocks\.1\."):
         init_checkpoint(start, workspace, deeper)
+    # With the model folder's tokenizer beside it, the shapes are the real ones, not those
+    # of the made-up vocabulary the models are otherwise built at.
+    (tmp_path / "model" / "tokenizer").mkdir()
+    (tmp_path / "model" / "tokenizer" / "tokenizer_meta.json").write_text(
+        json.dumps({"kind": "bpe", "vocab_size": 500})
+    )
+    real = r"token_embedding\.weight is \[500, 16\] in it, \[500, 32\] in this model$"
+    with pytest.raises(TrainingError, match=real):
+        init_checkpoint(start, workspace, wider)
     # Other kinds, by the tensors a strict load checks: a w2v model's vectors are a buffer when
     # frozen, a parameter when fine-tuned, under one name: training frozen, then fine-tuning,
     # loads (parameters alone were compared, and refused it).
