@@ -388,9 +388,12 @@ def _page(title: str, sections: list[tuple[str, str, str]]) -> str:
     )
 
 
-def _config_summary(config: dict, tokenizer_stats: dict | None) -> list[tuple[str, object]]:
+def _config_summary(
+    config: dict, tokenizer_stats: dict | None, ablation: bool = False
+) -> list[tuple[str, object]]:
     """The settings a reader wants first; the full config is at the end of the page. The
-    tokenizer's vocabulary is the trained one (a char tokenizer's comes from the data)."""
+    tokenizer's vocabulary is the trained one (a char tokenizer's comes from the data). An
+    ablation trains under `ablation.seeds`, not the run's `seed` (which the card gave)."""
     rows: list[tuple[str, object]] = []
     tokenizer = {**(config.get("tokenizer") or {}), **(tokenizer_stats or {})}
     if tokenizer:
@@ -411,7 +414,11 @@ def _config_summary(config: dict, tokenizer_stats: dict | None) -> list[tuple[st
     if word2vec:
         enabled = word2vec.get("enabled", True)
         rows.append(("word2vec", "on" if enabled else "off"))
-    rows.append(("seed", str(config.get("seed"))))
+    seeds = (config.get("ablation") or {}).get("seeds") if ablation else None
+    if seeds:
+        rows.append(("seeds", ", ".join(map(str, seeds))))
+    else:
+        rows.append(("seed", str(config.get("seed"))))
     return rows
 
 
@@ -445,7 +452,9 @@ def _run_card(report: RunReport) -> str:
     ]
     rows += [
         (name, _e(_format(value)))
-        for name, value in _config_summary(report.config, report.tokenizer)
+        for name, value in _config_summary(
+            report.config, report.tokenizer, ablation=report.ablation is not None
+        )
     ]
     corpus = report.corpus
     if corpus:

@@ -661,6 +661,15 @@ def test_the_card_gives_a_count_model_no_steps_or_learning_rate():
     assert rows["training gpt"] == "60 steps, global batch 128, lr 0.001 (cosine)"
 
 
+def test_an_ablation_s_card_gives_the_seeds_its_variants_trained_under():
+    """The card said the run's `seed` (1), which no variant of the ablation trained under."""
+    from lm.report_render import _config_summary
+
+    config = {"seed": 1, "ablation": {"seeds": [7, 8, 9]}}
+    assert dict(_config_summary(config, None, ablation=True))["seeds"] == "7, 8, 9"
+    assert dict(_config_summary(config, None))["seed"] == "1"  # a run that ablated nothing
+
+
 def test_a_ladder_model_trained_but_not_scored_is_not_said_to_have_stopped_training(tmp_path):
     from storage.registry import ModelRecord, StageRecord
 
