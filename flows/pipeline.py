@@ -205,7 +205,10 @@ def run_stage(
             state = stage_task.with_options(**options)(**parameters, return_state=True)
         descriptor: Descriptor = state.result()
     except BaseException as error:  # a failure, or a stop (Ctrl-C, SIGTERM): the run records it
-        run.journal.failed(name)  # an ablation goes on to its next arm: this one is not running
+        try:  # an ablation goes on to its next arm: this one is not running
+            run.journal.failed(name)
+        except Exception as unwritten:  # never in place of the error being raised
+            logger.warning("%s", unwritten)
         run.failures.append((error, name))
         if live_metrics is not None:  # the curve so far, for the run's report
             try:
@@ -407,18 +410,25 @@ def record_failure(run: RunContext, error: BaseException, models: list[ModelReco
                 TokenizerRecord(tokenizer.digest, corpus.digest, tokenizer.path, tokenizer.stats)
             )
     cancelled = cancelled_from_prefect(error)
-    with _beating_until_recorded(run):
-        record_task(
-            run.run_id,
-            "cancelled" if cancelled else "failed",
-            run.stages,
-            datasets,
-            corpus.digest if corpus else None,
-            str(run.metrics.path),
-            error=failure_text(error, run.stage_of(error), cancelled),
-            tokenizers=tokenizers,
-            models=[*models, *run.unscored_models],
-        )
+    try:
+        with _beating_until_recorded(run):
+            record_task(
+                run.run_id,
+                "cancelled" if cancelled else "failed",
+                run.stages,
+                datasets,
+                corpus.digest if corpus else None,
+                str(run.metrics.path),
+                error=failure_text(error, run.stage_of(error), cancelled),
+                tokenizers=tokenizers,
+                models=[*models, *run.unscored_models],
+            )
+    except Exception as unrecorded:  # the run's own error, raised next, says what went wrong
+        # (often the same full disk, which left neither the registry nor outcome.json
+        # writable): this one would replace it with a traceback that names no file.
+        logger.error("run %s could not be recorded as failed (%s: %s); the next run records "
+                     "it as crashed", run.run_id, type(unrecorded).__name__,
+                     unrecorded)  # fmt: skip
 
 
 def failure_text(error: BaseException, stage: str | None, cancelled: bool = False) -> str:

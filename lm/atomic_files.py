@@ -22,6 +22,10 @@ def staging_path(path: Path) -> Path:
 def write_text_atomically(path: Path, text: str) -> Path:
     """`text` (UTF-8) in `path`, replacing what was there in one step."""
     staging = staging_path(path)
-    staging.write_text(text, encoding="utf-8")
-    os.replace(staging, path)
+    try:
+        staging.write_text(text, encoding="utf-8")
+        os.replace(staging, path)
+    except BaseException:  # a full disk: no `.partial-` file left behind, cut short
+        staging.unlink(missing_ok=True)
+        raise
     return path

@@ -94,9 +94,15 @@ class StageJournal:
 
     def _append(self, line: dict, at: datetime | None = None) -> None:
         line["at"] = (at or utc_now()).isoformat()
-        with open(self.path, "a", encoding="utf-8") as out:
-            out.write(json.dumps(line, ensure_ascii=False) + "\n")
-            out.flush()
+        try:
+            with open(self.path, "a", encoding="utf-8") as out:
+                out.write(json.dumps(line, ensure_ascii=False) + "\n")
+                out.flush()
+        except OSError as error:  # a full disk: a bare "[Errno 28]" named no file
+            from storage.artifacts import OutputUnwritable
+
+            raise OutputUnwritable(f"{self.path}: the run's stage journal cannot be written "
+                                   f"({error.strerror}); is the disk full?") from error  # fmt: skip
 
 
 def read_stage_journal(path: Path) -> StageJournalContents:

@@ -93,7 +93,9 @@ class Workspace:
         # would otherwise fail later, halfway through a run, wherever it first writes.
         for folder in (self.root, *folders):
             if not os.access(folder, os.W_OK):
-                raise WorkspaceError(self._not_writable("Permission denied", folder))
+                read_only = os.statvfs(folder).f_flag & os.ST_RDONLY  # a read-only mount
+                reason = "Read-only file system" if read_only else "Permission denied"
+                raise WorkspaceError(self._not_writable(reason, folder))
         return self
 
     def _not_writable(self, reason: str, path: object) -> str:

@@ -587,3 +587,19 @@ def test_a_books_pieces_are_held_out_together_and_one_book_alone_says_what_to_se
     drawn = clean_task.fn(ingest_task.fn(one), CleanConfig(), by_piece)
     assert drawn.stats["split_documents"]["val"] > 0
     require_kept_documents(drawn, by_piece, trains_models=True)
+
+
+def test_a_file_that_changes_while_it_is_read_is_an_error_naming_it(tmp_path):
+    """Truncated midway (a copy being replaced, a log rotated), a file gave part of its text;
+    cached under the size it was listed with, that part would be served again for the whole."""
+    book = tmp_path / "book.txt"
+    book.write_text("\n\n".join(prose(n, 60) for n in range(300)))
+    inputs = resolve_sources(IngestConfig(sources=[str(book)]).sources)
+    documents = iter_input_documents(inputs, "strict", tmp_path / "downloads",
+                                     max_document_mb=0.02)  # fmt: skip
+    next(documents)
+    with open(book, "r+b") as out:
+        out.truncate(1000)
+    with pytest.raises(InputError, match=r"book.txt: changed while it was read \([0-9,]+ bytes "
+                                         r"when the sources were listed, 1,000 now\)"):  # fmt: skip
+        list(documents)

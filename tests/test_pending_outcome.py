@@ -310,3 +310,21 @@ def test_a_registry_wait_that_is_not_seconds_is_refused_naming_the_variable(monk
             said = run_cli(*command, check=False)
             assert said.returncode == 1 and "Traceback" not in said.stderr
             assert said.stderr.startswith("error: LMFORGE_REGISTRY_WAIT_S='soon': not a number")
+
+
+def test_a_write_cut_short_by_a_full_disk_leaves_no_staging_file(tmp_path, monkeypatch):
+    """A full disk failed the write of `outcome.json.partial-…` and left it in the run's
+    folder, half written, for nothing to remove."""
+    import errno
+
+    from lm.atomic_files import write_text_atomically
+
+    def write_half_then_fail(self, text, *args, **kwargs):
+        with open(self, "w", encoding="utf-8") as out:
+            out.write(text[: len(text) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", write_half_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        write_text_atomically(tmp_path / "outcome.json", '{"run_id": "x"}')
+    assert list(tmp_path.iterdir()) == []

@@ -1029,3 +1029,24 @@ def test_a_source_deduplication_emptied_gets_no_advice_about_text_without_spaces
     with warnings_said_by("lm.pipeline") as warnings:
         _warn_of_emptied_sources(stats)
     assert "loosen clean.quality.min_words for it" in warnings[0]
+
+
+def test_a_failure_that_cannot_be_recorded_leaves_the_run_s_own_error_to_be_said(monkeypatch):
+    """A full disk failed the stage, then the registry and `outcome.json`: the run's clear
+    error was replaced by a bare "[Errno 28] No space left on device" with a traceback."""
+    import errno
+    from types import SimpleNamespace
+
+    import flows.pipeline as pipeline
+
+    def record_task_on_a_full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pipeline, "record_task", record_task_on_a_full_disk)
+    run = SimpleNamespace(run_id="20261207-000000-abcdef", corpus=None, tokenizer=None, stages=[],
+                          metrics=SimpleNamespace(path="metrics.jsonl"), unscored_models=[],
+                          heartbeat=None, stage_of=lambda error: "clean")  # fmt: skip
+    with warnings_said_by("lm.pipeline") as said:
+        pipeline.record_failure(run, RuntimeError("the stage's own error"))  # raises nothing
+    assert any("20261207-000000-abcdef could not be recorded as failed (OSError" in line
+               for line in said), said  # fmt: skip

@@ -887,6 +887,26 @@ def test_empty_folder_names_the_folder(tmp_path):
         read(tmp_path, str(tmp_path / "empty"))
 
 
+def test_a_subfolder_that_cannot_be_listed_is_an_error_naming_it(tmp_path, monkeypatch):
+    """`Path.rglob` skipped a folder it could not list, and its files were silently left out
+    of the corpus. As root, chmod 000 does not stop a listing: the denial is simulated."""
+    import os
+
+    (tmp_path / "a.txt").write_text("readable")
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "locked" / "b.txt").write_text("in a folder that cannot be listed")
+    scandir = os.scandir
+
+    def scandir_denying_locked(path="."):
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir_denying_locked)
+    with pytest.raises(InputError, match=r"cannot read \S*locked \(permission denied\)"):
+        resolve_sources([SourceConfig(path=str(tmp_path))])
+
+
 def test_an_input_that_cannot_be_opened_is_an_error_naming_it(tmp_path, monkeypatch):
     # As root, chmod 000 does not stop a read: the denial is simulated at the open.
     import lm.text.ingest
@@ -1400,3 +1420,15 @@ def test_text_lines_ended_by_a_lone_carriage_return_place_invalid_text_on_its_li
         ("one", "1"), ("two", "2"), ("th\ufffdree", "3"), ("four", "4")
     ]  # fmt: skip
     assert "t.txt:3: invalid UTF-8 replaced with U+FFFD" in caplog.text
+
+
+def test_a_named_pipe_or_a_looping_link_given_as_a_source_is_said_for_what_it_is(tmp_path):
+    """Both exist: "no such file or directory" sent people looking for them."""
+    import os
+
+    os.mkfifo(tmp_path / "pipe.txt")
+    (tmp_path / "loop.txt").symlink_to("loop.txt")
+    with pytest.raises(InputError, match=r"pipe\.txt: a named pipe \(FIFO\), not a file or folder"):
+        resolve_sources([SourceConfig(path=str(tmp_path / "pipe.txt"))])
+    with pytest.raises(InputError, match=r"loop\.txt: a link that loops back to itself"):
+        resolve_sources([SourceConfig(path=str(tmp_path / "loop.txt"))])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import logging
+import os
 import socket
 import ssl
 import time
@@ -70,12 +71,29 @@ def iter_input_documents(
                     if count % 64 == 0 or len(document.text) > 1 << 16:
                         progress.update(done_bytes + raw.tell())
                 done_bytes += raw.tell()
+                if not item.is_url:
+                    _check_unchanged(item, raw)
         finally:
             if item.is_url:
                 path.unlink(missing_ok=True)
         progress.update(done_bytes)
     cuts.summarise()
     progress.finish()
+
+
+def _check_unchanged(item: ResolvedInput, raw: BinaryIO) -> None:
+    """A file written while it was read (truncated, rewritten, appended to) gave documents that
+    are neither its old text nor its new, and the stage's output would be cached under the size
+    and modification time it was listed with: a copy of the old file put back (`cp -p`,
+    `rsync -a`) would then be served the partial read."""
+    if item.size is None or item.mtime_ns is None:
+        return
+    now = os.fstat(raw.fileno())
+    if (now.st_size, now.st_mtime_ns) != (item.size, item.mtime_ns):
+        raise InputError(
+            f"{item.name}: changed while it was read ({item.size:,} bytes when the sources were "
+            f"listed, {now.st_size:,} now); run again once nothing is writing it"
+        )
 
 
 def _open_input(item: ResolvedInput, path: Path) -> BinaryIO:

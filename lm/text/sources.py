@@ -8,11 +8,13 @@ exactly the files that will be read.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
 import re
-from collections.abc import Callable
+import stat
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -155,9 +157,26 @@ def _resolve_one(spec: SourceConfig) -> list[ResolvedInput]:
         return [_file_input(p, spec) for p in files]
     if path.is_file():
         return [_file_input(path, spec)]
+    if os.path.lexists(path):  # there, but neither: "no such file" sent people looking for it
+        raise InputError(f"{text}: {_not_a_file(path)}, not a file or folder to read")
     # Read from the current folder: where a config lies is not where it is run (a worker's).
     relative = "" if path.is_absolute() else f" (read from the current folder, {os.getcwd()})"
     raise InputError(f"{text}: no such file or directory{relative}")
+
+
+def _not_a_file(path: Path) -> str:
+    """What `path` is, that exists but is neither a file nor a folder."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as error:  # a link: to nothing, or round in a loop
+        if error.errno == errno.ELOOP:
+            return "a link that loops back to itself"
+        return f"a link to {os.readlink(path)}, which is gone"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device"
 
 
 def glob_files(pattern: str) -> list[Path]:
@@ -198,9 +217,7 @@ def folder_files(folder: Path) -> list[Path]:
     archive keeps its links) could pull `~/.ssh/id_rsa` into a corpus, and its models."""
     files, linked_folders, broken, outside = [], [], [], []
     inside = folder.resolve()
-    for path in folder.rglob("*"):
-        if any(part.startswith(".") for part in path.relative_to(folder).parts):
-            continue
+    for path in _below(folder):
         if path.is_file():
             files.append(path)
             if path.is_symlink() and not path.resolve().is_relative_to(inside):
@@ -217,6 +234,28 @@ def folder_files(folder: Path) -> list[Path]:
         targets = _some(outside, lambda path: f"{path} -> {path.resolve()}")
         _warn_once(f"{folder}: reading linked files from outside it: {targets}")
     return sorted(files)
+
+
+def _below(folder: Path) -> Iterator[Path]:
+    """Every entry below `folder` but hidden ones, never inside a linked folder. A folder that
+    cannot be listed or entered (no read or search permission) is an error naming it:
+    `Path.rglob` skipped it without a word, and its files were left out of the corpus."""
+    unlistable: list[OSError] = []
+    for here, folders, names in os.walk(folder, onerror=unlistable.append):
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        for name in sorted([*folders, *names]):
+            if not name.startswith("."):
+                path = Path(here) / name
+                try:
+                    path.is_file()  # a folder that lists its names but cannot be entered
+                except PermissionError as error:
+                    unlistable.append(error)
+                    continue
+                yield path
+    if unlistable:
+        where = _some([Path(error.filename) for error in unlistable])
+        raise InputError(f"{folder}: cannot read {where} (permission denied); make it readable, "
+                         "or leave it out of the sources")  # fmt: skip
 
 
 def _some(paths: list[Path], said: Callable[[Path], str] = str) -> str:
