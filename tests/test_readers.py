@@ -905,6 +905,8 @@ def test_a_subfolder_that_cannot_be_listed_is_an_error_naming_it(tmp_path, monke
     monkeypatch.setattr(os, "scandir", scandir_denying_locked)
     with pytest.raises(InputError, match=r"cannot read \S*locked \(permission denied\)"):
         resolve_sources([SourceConfig(path=str(tmp_path))])
+    with pytest.raises(InputError, match=r"\*\*/\*\.txt: cannot read \S*locked \(permission"):
+        resolve_sources([SourceConfig(path=str(tmp_path / "**" / "*.txt"))])
 
 
 def test_an_input_that_cannot_be_opened_is_an_error_naming_it(tmp_path, monkeypatch):

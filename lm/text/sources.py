@@ -190,6 +190,8 @@ def glob_files(pattern: str) -> list[Path]:
     if rest[-1] == "**":  # "every file below": pathlib's bare `**` lists folders only
         rest.append("*")
     hidden_asked = any(part.startswith(".") for part in rest)
+    if "**" in rest:  # pathlib's glob skips a folder it cannot list without a word
+        _refuse_unlistable(base, hidden_asked, pattern)
     matches, broken = set(), []
     for path in base.glob(str(Path(*rest))):
         relative = path.relative_to(base).parts
@@ -201,6 +203,18 @@ def glob_files(pattern: str) -> list[Path]:
             broken.append(path)
     _warn_of_broken_links(pattern, broken)
     return sorted(matches)
+
+
+def _refuse_unlistable(base: Path, hidden_too: bool, source: str) -> None:
+    """An error naming the folders below `base` that cannot be listed (no read or search
+    permission): a `**` pattern's files in them were left out of the corpus in silence."""
+    unlistable: list[OSError] = []
+    for _, folders, _ in os.walk(base, onerror=unlistable.append):
+        folders[:] = [name for name in folders if hidden_too or not name.startswith(".")]
+    if unlistable:
+        where = _some([Path(error.filename) for error in unlistable])
+        raise InputError(f"{source}: cannot read {where} (permission denied); make it "
+                         "readable, or leave it out of the sources")  # fmt: skip
 
 
 def _glued_stars_as_one(part: str) -> str:
