@@ -53,12 +53,25 @@ def _info_problem(checkpoint: Path) -> str | None:
     digest and tokenizer checks that it records the values of."""
     path = checkpoint / INFO_FILE
     if not path.is_file():
-        return None
+        return f"{INFO_FILE} is missing" if _published_with(checkpoint, INFO_FILE) else None
     try:
         info = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return f"{INFO_FILE} is unreadable"
     return None if isinstance(info, dict) else f"{INFO_FILE} holds no JSON object"
+
+
+def _published_with(checkpoint: Path, name: str) -> bool:
+    """Whether the published output around `checkpoint` (`best/`, `final/` of a train artifact)
+    recorded `name` in it when it was written: its `manifest.json` lists every file by size. A
+    `checkpoint.json` lost since (a sync tool, a careless rm) is then damage, not a checkpoint
+    older than the file: read as one, its size, digest and tokenizer checks were switched off,
+    and weights with a flipped bit loaded silently."""
+    try:
+        files = json.loads((checkpoint.parent / "manifest.json").read_text())["files"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return False
+    return isinstance(files, dict) and f"{checkpoint.name}/{name}" in files
 
 
 def other_tokenizer(info: dict, digest: str | None) -> str | None:

@@ -368,7 +368,14 @@ class RunRegistry:
                 holder_program=program,
             )
         message = f"{self.path}: cannot {doing} the registry ({said})"
-        if cannot_write(error):
+        wal = self.path.with_name(self.path.name + ".wal")
+        if "replaying WAL" in said:  # the registry may be whole: moving it aside lost it all
+            message += (
+                f"; {wal.name}, its write-ahead log, is not this file's (left beside a copy "
+                f"restored from elsewhere) or is damaged: move {wal} aside, not the registry, "
+                "and run again (the writes the log held are lost)"
+            )
+        elif cannot_write(error):
             message += "; the file is whole: make its folder writable, or free disk space"
         elif is_damage(error):
             message += (

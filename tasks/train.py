@@ -300,7 +300,15 @@ def train_task(
     train_tokens, shard_info = open_shard(shard_folder / "train.bin", tokenizer.digest)
     eot_id = shard_info.eot_id
     val_tokens, _ = open_shard(shard_folder / "val.bin", tokenizer.digest)
-    vocab_size = load_tokenizer(workspace.resolve(tokenizer.path)).vocab_size
+    tokenizer_folder = workspace.resolve(tokenizer.path)
+    loaded = load_tokenizer(tokenizer_folder)
+    if loaded.digest != tokenizer.digest:  # copied into the model's folder, it spread there
+        raise TrainingError(
+            f"{tokenizer_folder}: the tokenizer there is not the one written (its digest is "
+            f"{short_key(loaded.digest)}, its descriptor records {short_key(tokenizer.digest)}):"
+            " a file changed on the disk or in a copy; delete that folder and run again"
+        )
+    vocab_size = loaded.vocab_size
     work = work_folder(store, key)
     try:  # a folder of the workspace that takes no writes: a traceback from mkdir
         work.mkdir(parents=True, exist_ok=True)
@@ -504,6 +512,7 @@ def _piece_vectors(model, vectors, workspace, tokenizer, seed: int, coverage: di
         workspace.resolve(vectors.path) / VECTORS_FILE,
         load_tokenizer(workspace.resolve(tokenizer.path)),
         seed=seed,
+        digest=vectors.digest,
     )
     coverage["word2vec_coverage"] = pieces.coverage
     return pieces.matrix

@@ -155,7 +155,8 @@ def _stored_vectors(
     if existing is not None:
         logger.info("word2vec: the vectors are those trained before (%s); evaluating them",
                     short_key(key))  # fmt: skip
-        return load_keyed_vectors(workspace.resolve(existing.path) / VECTORS_FILE), existing
+        path = workspace.resolve(existing.path) / VECTORS_FILE
+        return load_keyed_vectors(path, existing.digest), existing
     vectors = _train(workspace, corpus, tokenizer, config, ordered_shards)
     digest = hashlib.sha256(vectors.vectors.tobytes())
     digest.update("\n".join(vectors.index_to_key).encode())

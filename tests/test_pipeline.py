@@ -1050,3 +1050,24 @@ def test_a_failure_that_cannot_be_recorded_leaves_the_run_s_own_error_to_be_said
         pipeline.record_failure(run, RuntimeError("the stage's own error"))  # raises nothing
     assert any("20261207-000000-abcdef could not be recorded as failed (OSError" in line
                for line in said), said  # fmt: skip
+
+
+def test_a_tokenizer_changed_in_place_is_refused_before_training_not_copied_on(workspace, config):
+    """Bytes changed inside the tokenizer stage's file keep its size (the manifest's check):
+    a new training copied the changed tokenizer into its published model folder, and only the
+    evaluation found it, naming that copy as the model's wrong tokenizer."""
+    from lm.train_config import TrainingError
+
+    first = run_pipeline(config, TINY_GPT)
+    folder = workspace.resolve(first["tokenizer"]["path"])
+    path = folder / "tokenizer.json"
+    document = json.loads(path.read_text(encoding="utf-8"))
+    chars = document["chars"]  # two swapped: a valid tokenizer of the same size, another digest
+    chars[-2], chars[-1] = chars[-1], chars[-2]
+    size = path.stat().st_size
+    path.write_text(json.dumps(document, ensure_ascii=False, sort_keys=True), encoding="utf-8")
+    assert path.stat().st_size == size
+    trained = set((workspace.root / "artifacts" / "train").iterdir())
+    with pytest.raises(TrainingError, match=rf"^{re.escape(str(folder))}: the tokenizer there is"):
+        run_pipeline(config, [*TINY_GPT, "train.max_steps=13"])
+    assert set((workspace.root / "artifacts" / "train").iterdir()) == trained

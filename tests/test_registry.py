@@ -748,3 +748,18 @@ def test_metrics_an_earlier_lmforge_wrote_without_an_offset_are_read_as_local_ti
     _, rows = registry.query("SELECT key, ts FROM metrics ORDER BY key")
     instant = datetime(2026, 12, 6, 11, 35, tzinfo=UTC)
     assert rows == [("new", instant), ("old", instant)]
+
+
+def test_a_stale_write_ahead_log_is_named_not_the_registry(tmp_path):
+    # A registry restored from a copy beside the `.wal` of a later one: DuckDB refuses to replay
+    # it, and the advice was to move the registry aside, leaving its whole history behind.
+    registry = RunRegistry(tmp_path / "registry.duckdb")
+    error = duckdb.IOException(
+        f'IO Error: Failure while replaying WAL file "{registry.path}.wal": This WAL was created '
+        "for this database file, but the WAL checkpoint iteration does not match the database "
+        "file. File checkpoint iteration: 9, WAL checkpoint iteration: 7"
+    )
+    said = str(registry.unusable(error, "read"))
+    assert said.startswith(f"{registry.path}: cannot read the registry (IO Error: Failure while")
+    assert f"move {registry.path}.wal aside, not the registry" in said
+    assert "the next `lmforge run` starts a new one" not in said

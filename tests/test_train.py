@@ -1588,3 +1588,22 @@ def test_a_training_measures_its_steady_speed_after_its_first_step(tmp_path):
     assert 0 < result.steady_seconds < result.step_seconds
     one = trainer(tmp_path / "one", config(max_steps=1)).train()
     assert one.steady_tokens is None and one.steady_seconds is None
+
+
+def test_a_published_checkpoint_that_lost_its_checkpoint_json_is_damaged(tmp_path):
+    """Read as a checkpoint older than `checkpoint.json`, it switched its checks off: weights
+    with flipped bits then loaded silently (`lmforge generate`)."""
+    from lm.checkpoints import damage
+
+    for name in ("best", "step-00000010"):
+        (tmp_path / name).mkdir()
+        for file in ("model.pt", "DONE"):
+            (tmp_path / name / file).write_bytes(b"x")
+    manifest = {"files": {"best/checkpoint.json": 100, "best/model.pt": 1, "best/DONE": 1}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert damage(tmp_path / "best") == f"{INFO_FILE} is missing"
+    # A checkpoint the manifest does not list (a work folder's, or one written before the
+    # file existed) is trusted as before.
+    assert damage(tmp_path / "step-00000010") is None
+    (tmp_path / "manifest.json").unlink()
+    assert damage(tmp_path / "best") is None

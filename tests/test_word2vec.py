@@ -350,3 +350,32 @@ def test_the_vectors_follow_the_corpus_s_text_not_where_its_files_were_read():
         assert key_of(corpus("a" * 64, None), tokenizer, SMALL) != key_of(
             corpus("b" * 64, None), tokenizer, SMALL
         )
+
+
+def test_stored_vectors_changed_in_place_are_an_error_naming_the_file(tmp_path, monkeypatch):
+    # Bytes flipped inside vectors.kv keep its size (the manifest's check) and gensim loads
+    # them: the vectors were evaluated, and cached again, under the digest of the originals.
+    import tasks.word2vec
+    from storage.artifacts import Descriptor
+    from storage.workspace import Workspace
+    from tasks.word2vec import VECTORS_FILE, _stored_vectors, vectors_store
+
+    workspace = Workspace(tmp_path).ensure()
+    corpus = Descriptor(kind="corpus", key="c", path="corpus/c", digest="c" * 64, stats={})
+    tokenizer = Descriptor(kind="tokenizer", key="t", path="tokenizer/t", digest="t" * 64, stats={})
+    monkeypatch.setattr(
+        tasks.word2vec, "_train", lambda *a: train_word2vec(small_sentences(), SMALL)
+    )
+    vectors, stored = _stored_vectors(workspace, corpus, tokenizer, SMALL, None)
+    again, _ = _stored_vectors(workspace, corpus, tokenizer, SMALL, None)  # intact: reused
+    assert (again.vectors == vectors.vectors).all()
+    path = vectors_store(workspace).directory(stored.key) / VECTORS_FILE
+    changed = vectors.vectors.copy()
+    changed[0, 0] += 1.0
+    data = path.read_bytes()
+    old, new = vectors.vectors[0, :2].tobytes(), changed[0, :2].tobytes()
+    assert data.count(old) == 1
+    path.write_bytes(data.replace(old, new))
+    said = re.escape(f"{path}: not the vectors written")
+    with pytest.raises(Word2VecError, match=f"^{said}"):
+        _stored_vectors(workspace, corpus, tokenizer, SMALL, None)

@@ -115,3 +115,34 @@ def test_a_prefect_home_set_beforehand_is_kept_absolute_and_created_or_named(
 def test_a_workspace_named_by_a_string_path_gives_paths(tmp_path):
     """A notebook names folders by strings: `Workspace(str).registry_path` was a TypeError."""
     assert Workspace(str(tmp_path)).registry_path == tmp_path / "registry.duckdb"
+
+
+def test_an_output_whose_descriptor_is_changed_or_another_outputs_is_built_again(tmp_path):
+    """A descriptor.json with bytes flipped was a UnicodeDecodeError traceback from the stage
+    that read it; two outputs' folders swapped served the other model under this key."""
+    from storage.artifacts import ArtifactStore
+
+    store = ArtifactStore(tmp_path / "train", tmp_path)
+    for key in ("train-a", "train-b"):
+        with store.build(key) as staging:
+            (staging / "model.pt").write_bytes(b"weights")
+            store.describe(staging, "train", key, "d" * 64, {})
+    assert store.is_complete("train-a") and store.load_descriptor("train-a").key == "train-a"
+    a, b, aside = store.directory("train-a"), store.directory("train-b"), tmp_path / "aside"
+
+    def swap() -> None:
+        a.rename(aside)
+        b.rename(a)
+        aside.rename(b)
+
+    swap()
+    assert not store.is_complete("train-a") and store.load_descriptor("train-a") is None
+    swap()
+    data = bytearray((a / "descriptor.json").read_bytes())
+    data[10:14] = b"\xff\xfe\xfd\xfc"  # the same size: the manifest's check passes
+    (a / "descriptor.json").write_bytes(bytes(data))
+    assert store.load_descriptor("train-a") is None
+    with store.build("train-a") as staging:  # built again: the damaged folder is replaced
+        (staging / "model.pt").write_bytes(b"weights")
+        store.describe(staging, "train", "train-a", "d" * 64, {})
+    assert store.load_descriptor("train-a").key == "train-a"

@@ -46,8 +46,19 @@ class PieceEmbedding(NamedTuple):
         return float(self.covered.float().mean())
 
 
-def load_keyed_vectors(path: Path):
-    """The gensim `KeyedVectors` the word2vec stage saved (`vectors.kv`)."""
+def vectors_digest(vectors) -> str:
+    """The digest the word2vec stage records for `vectors`: their values and their words."""
+    import hashlib
+
+    digest = hashlib.sha256(vectors.vectors.tobytes())
+    digest.update("\n".join(vectors.index_to_key).encode())
+    return digest.hexdigest()
+
+
+def load_keyed_vectors(path: Path, digest: str | None = None):
+    """The gensim `KeyedVectors` the word2vec stage saved (`vectors.kv`); with `digest` (the
+    one its descriptor records), refused when they are not those written: bytes changed on the
+    disk or in a copy keep the file's size, and gensim loads them without noticing."""
     from gensim.models import KeyedVectors
 
     if not path.is_file():
@@ -64,6 +75,11 @@ def load_keyed_vectors(path: Path):
         ) from None
     if not isinstance(vectors, KeyedVectors):
         raise Word2VecError(f"{path}: holds a {type(vectors).__name__}, not gensim KeyedVectors")
+    if digest is not None and vectors_digest(vectors) != digest:
+        raise Word2VecError(
+            f"{path}: not the vectors written (their digest differs from the one recorded); "
+            "delete its folder and run the word2vec stage again"
+        )
     return vectors
 
 
@@ -141,11 +157,13 @@ def _map_width(found: torch.Tensor, dim: int, generator: torch.Generator):
     return found @ q.T, "a random orthonormal map"
 
 
-def load_piece_vectors(config: ModelConfig, path: Path, tokenizer, seed: int) -> PieceEmbedding:
+def load_piece_vectors(
+    config: ModelConfig, path: Path, tokenizer, seed: int, digest: str | None = None
+) -> PieceEmbedding:
     """What the train stage passes to `build_model(config, vocab_size, vectors=...matrix)`:
     the word2vec stage's `vectors.kv` as a matrix of the width `config` takes. A `w2v` model
     reads the vectors as they are, so their size must equal its `vector_size`."""
-    vectors = load_keyed_vectors(path)
+    vectors = load_keyed_vectors(path, digest)
     if config.kind == "w2v" and vectors.vector_size != config.vector_size:
         raise Word2VecError(
             f"{path}: the word2vec vectors have {vectors.vector_size} dimensions but "
