@@ -843,7 +843,19 @@ def sql(
             raise _fail("the corpus and clean_corpus views are missing: no corpus version is "
                         "recorded yet, or the newest one's documents are gone (`lmforge run` "
                         "builds them)") from None  # fmt: skip
-        raise _fail(str(error)) from None
+        raise _fail(str(error) + _older_schema(error)) from None
+
+
+def _older_schema(error: Exception) -> str:
+    """Why a column or table the README names may be missing: a registry of an earlier lmforge
+    is migrated by the first run of this one that writes to it, not by a command that reads."""
+    from storage.registry import RegistryError, older_schema_note
+
+    try:
+        version = _registry().schema_version()
+    except RegistryError:
+        return ""
+    return older_schema_note(version, error)
 
 
 SQL_FETCH_ROWS = 10_000  # CSV and JSON Lines are written this many rows at a time

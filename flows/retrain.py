@@ -58,6 +58,7 @@ from lm.config import (
 )
 from lm.evaluate import CheckpointError, EvaluationError
 from lm.models.config import effective_train_config, uses_word2vec
+from lm.models.registry import MODELS
 from lm.text.normalize import NORMALIZATION_VERSION
 from lm.tokenizer import TokenizerError
 from lm.train_config import TrainConfig
@@ -155,7 +156,16 @@ def _same_settings(champion: Champion, settings: PipelineConfig, model_run: Mode
     except ValueError:  # settings an earlier lmforge accepted and this one refuses: changed
         return False
     same_tokenizer = tokenizer.output_digest() == settings.tokenizer.output_digest()
-    same_model = champion.model_config == model_run.model.model_dump(mode="json")
+    # Read as this lmforge reads a model's config: a field added since the champion was
+    # recorded (a GPT's `drop_path`) is its default, not a change (h128: every champion of an
+    # upgraded workspace was "settings changed" and retrained from scratch).
+    kind = MODELS.get(champion.model_config.get("kind"))
+    try:
+        recorded = kind[1].model_validate(champion.model_config) if kind else None
+    except ValueError:  # settings an earlier lmforge accepted and this one refuses: changed
+        return False
+    now = model_run.model.model_dump(mode="json")
+    same_model = recorded is not None and recorded.model_dump(mode="json") == now
     return same_tokenizer and same_model
 
 

@@ -437,6 +437,13 @@ class RunRegistry:
         try:
             yield connection
         except duckdb.Error as error:
+            try:
+                version = connection.execute("SELECT max(version) FROM schema_version").fetchone()
+            except duckdb.Error:
+                version = (None,)
+            note = older_schema_note(version[0], error)
+            if note:  # not damage: an earlier lmforge's registry, which no run has migrated yet
+                raise RegistryError(f"{self.path}: {' '.join(str(error).split())}{note}") from error
             raise self.unusable(error) from error
         finally:
             connection.close()
@@ -989,6 +996,18 @@ def _unfinished_stage(name: str, stage: UnfinishedStage) -> str:
         return name
     started = stage.started_at.astimezone(UTC) if stage.started_at.tzinfo else stage.started_at
     return f"{name}, started {started:{SHOWN_TIME}} UTC"
+
+
+def older_schema_note(version: int | None, error: Exception) -> str:
+    """Why a table or column is missing where the registry (schema `version`) is an earlier
+    lmforge's: a command that reads does not migrate it, only a writer does; "" otherwise."""
+    if not str(error).startswith(("Catalog Error", "Binder Error")):
+        return ""
+    if version is None or version >= len(MIGRATIONS):
+        return ""
+    return (f" (the registry was written by an earlier lmforge, schema version {version} of "
+            f"{len(MIGRATIONS)}: the tables and columns added since appear once a run of this "
+            "lmforge has written to it, e.g. the next `lmforge run`)")  # fmt: skip
 
 
 def _last_written(paths: list[Path], since: datetime) -> datetime:

@@ -466,6 +466,41 @@ def test_sql_over_the_corpus_before_any_corpus_is_recorded_says_so(tmp_path):
     assert "Table with name nothing does not exist" in other.stderr
 
 
+def test_sql_of_a_column_an_unmigrated_registry_lacks_says_why(tmp_path):
+    """After an upgrade, before any run, the registry is an earlier lmforge's (readers do not
+    migrate): the README's `against` was a bare Binder Error (h128)."""
+    from tests.helpers import registry_at_schema
+
+    registry_at_schema(tmp_path / "registry.duckdb", 3).close()
+    query = "SELECT against FROM promotions"
+    result = cli_in_process("sql", query, check=False, home=tmp_path)
+    assert result.returncode == 1
+    assert "schema version 3 of 6" in result.stderr
+    assert "once a run of this lmforge has written to it" in result.stderr
+    RunRegistry(tmp_path / "registry.duckdb").start_run(
+        {"run_id": "r1", "status": "running", "started_at": datetime.now()}
+    )  # migrated: the column is there, and a query's own mistake gets no such note
+    assert cli_in_process("sql", query, home=tmp_path).returncode == 0
+    wrong = cli_in_process("sql", "SELECT nothing FROM runs", check=False, home=tmp_path)
+    assert "earlier lmforge" not in wrong.stderr
+
+
+def test_runs_of_a_registry_from_before_models_says_why_not_damage(tmp_path):
+    """A November 2026 workspace (schema 2, no `models` table) upgraded: `runs` and `runs show`
+    said "cannot read the registry (Catalog Error ...)" until a run migrated it (h128)."""
+    from tests.helpers import registry_at_schema
+
+    connection = registry_at_schema(tmp_path / "registry.duckdb", 2)
+    connection.execute("INSERT INTO runs (run_id, status, started_at) "
+                       "VALUES ('r1', 'completed', now())")  # fmt: skip
+    connection.close()
+    for args in (["runs"], ["runs", "show", "r1"]):
+        result = cli_in_process(*args, check=False, home=tmp_path)
+        assert result.returncode == 1
+        assert "earlier lmforge, schema version 2 of" in result.stderr, result.stderr
+        assert "damaged" not in result.stderr
+
+
 def test_text_the_output_encoding_cannot_hold_is_escaped_not_a_traceback(tmp_path, monkeypatch):
     """Generated Chinese to a Latin-1 terminal (or a Windows code page) ended in a
     UnicodeEncodeError's traceback halfway through the output."""

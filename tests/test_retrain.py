@@ -633,6 +633,28 @@ def test_a_champion_whose_recorded_tokenizer_settings_are_now_refused_is_not_con
     assert _same_settings(champion, settings, model_run)
 
 
+def test_a_champion_recorded_before_a_model_field_existed_is_continued():
+    """A champion an earlier lmforge recorded lacks the fields added since (a GPT's
+    `drop_path`): read with their defaults, the same model as the config's, not changed
+    settings that retrain it from scratch every night (h128)."""
+    from types import SimpleNamespace
+
+    from flows.retrain import _same_settings
+    from lm.config import load_config
+
+    settings = load_config("default")
+    [model_run] = settings.model_runs()
+    recorded = model_run.model.model_dump(mode="json")
+    del recorded["drop_path"]
+    champion = SimpleNamespace(tokenizer_config=settings.tokenizer.model_dump(mode="json"),
+                               model_config=recorded)  # fmt: skip
+    assert _same_settings(champion, settings, model_run)
+    champion.model_config = recorded | {"drop_path": 0.1}
+    assert not _same_settings(champion, settings, model_run)
+    champion.model_config = recorded | {"n_layer": "many"}  # refused now: changed
+    assert not _same_settings(champion, settings, model_run)
+
+
 def test_a_decision_reads_as_arithmetic_with_a_negative_margin_and_one_document():
     from flows.retrain import Decision, _decide, _documents
 
