@@ -14,6 +14,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import re
 import shlex
 import subprocess
 import time
@@ -382,6 +383,7 @@ def open_run(
     """Register a new run (closing this host's runs whose process died) and return its
     context."""
     workspace = Workspace.from_env().ensure()
+    _warn_of_history_elsewhere(workspace)
     registry = RunRegistry(workspace.registry_path)
     run_id = new_run_id()
     row = _run_row(run_id, settings, config_path, overrides, command)  # started now: the
@@ -395,6 +397,29 @@ def open_run(
     heartbeat = Heartbeat(folder / HEARTBEAT_FILE).start()
     return RunContext(run_id, workspace, registry, metrics, StageJournal(folder / JOURNAL_FILE),
                       heartbeat=heartbeat)  # fmt: skip
+
+
+RUN_FOLDER = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")
+
+
+def _warn_of_history_elsewhere(workspace: Workspace) -> None:
+    """A run about to start a new registry beside the folders of earlier runs: the registry
+    that held their history (runs, metrics, a retrain's champion) was deleted or moved aside,
+    and the next retrain would promote with "no champion yet". Said before it is replaced for
+    good by a new one, while a backup can still be put back."""
+    if workspace.registry_path.exists() or not workspace.runs.is_dir():
+        return
+    earlier = sorted(p.name for p in workspace.runs.iterdir()
+                     if p.is_dir() and RUN_FOLDER.fullmatch(p.name))  # fmt: skip
+    if earlier:
+        logger.warning(
+            "%s is not there, but %s holds the folders of %d earlier run%s (the newest %s): "
+            "their history (runs, metrics, models, the retrain champion) was in it. This run "
+            "starts a new registry; to keep that history, stop it and put the old registry "
+            "back (from a backup, or where it was moved aside)",
+            workspace.registry_path, workspace.runs, len(earlier),
+            "" if len(earlier) == 1 else "s", earlier[-1],
+        )  # fmt: skip
 
 
 def record_failure(run: RunContext, error: BaseException, models: list[ModelRecord] = ()) -> None:

@@ -869,6 +869,25 @@ def test_a_stage_that_will_wait_for_a_concurrency_slot_says_so():
                     f"(prefect concurrency-limit inspect {tag})")  # fmt: skip
 
 
+def test_a_run_that_starts_a_registry_beside_earlier_runs_says_their_history_is_gone(
+    workspace, config
+):
+    """Deleted (or moved aside on advice), the registry was started anew with no word, and the
+    runs, metrics and champion alias of every earlier run were lost."""
+    from flows.pipeline import open_run
+
+    open_run(load_config(str(config)), str(config), [])
+    with warnings_said_by("lm.pipeline") as said:
+        open_run(load_config(str(config)), str(config), [])
+    assert not any("earlier run" in line for line in said), said
+    for file in workspace.registry_path.parent.glob(f"{workspace.registry_path.name}*"):
+        file.unlink()  # with its write-ahead log and lock, if any
+    with warnings_said_by("lm.pipeline") as said:
+        open_run(load_config(str(config)), str(config), [])
+    assert any("holds the folders of 2 earlier runs" in line and "put the old registry back"
+               in line for line in said), said  # fmt: skip
+
+
 def test_a_run_that_waits_for_the_registry_is_timed_from_its_start(workspace, config):
     """Its row was made after the wait for a registry held open: `started_at` came late, and a
     run that waited most of its time for the registry was recorded as lasting 0.5 s."""
