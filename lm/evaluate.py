@@ -461,6 +461,8 @@ def load_trained(folder: Path | str) -> tuple[LanguageModel, Tokenizer]:
         _check_fit(folder, checkpoint, config, tokenizer, shapes, weights)
         model = build_model(config, tokenizer.vocab_size)
         model.load_state_dict(weights)
+        if problems:  # the weights used are not those asked for (the best): said which
+            logger.warning("%s: using %s/ instead", folder, checkpoint.name)
         return model.eval(), tokenizer
     raise CheckpointError(
         f"{folder}: no checkpoint can be read ({'; '.join(problems)}); rerun the pipeline to "

@@ -614,6 +614,7 @@ def test_a_damaged_published_model_falls_back_then_is_trained_again(workspace, c
     assert all(torch.equal(model.state_dict()[name], final[name]) for name in final)
     changed = "model.pt is not the file written (its sha256 differs from the one recorded)"
     assert f"{folder / 'best'}: damaged checkpoint ({changed})" in caplog.text
+    assert f"{folder}: using final/ instead" in caplog.text
     with open(folder / "final" / "model.pt", "r+b") as weights:
         weights.truncate(100)
     expected = rf"{folder}: no checkpoint can be read \(best/: {re.escape(changed)}; final/: "
