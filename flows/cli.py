@@ -698,13 +698,18 @@ def _newest_same_data(settings, rows: list[tuple]) -> tuple[str, int] | None:
     """The (run id, number) of the first of `rows` (run id, number, config; newest first)
     whose run read the same data with the same tokenizer settings as `settings`: the runs of
     one preset may have been pointed at other files, or another tokenizer, by `--set`."""
-    from lm.config import TokenizerConfig
+    from lm.config import CleanConfig, IngestConfig, SplitConfig, TokenizerConfig
 
     def data_settings(config: dict) -> dict:
         chosen = {key: config.get(key) for key in DATA_SETTINGS}
         try:  # the tokenizer's thread count changes no token
             tokenizer = TokenizerConfig.model_validate(chosen["tokenizer"])
             chosen["tokenizer"] = tokenizer.output_digest()
+            # Read as this lmforge reads them: a setting added since the run was recorded (a
+            # source's `delimiter`) is its default there, not other data.
+            for key, settings_class in (("ingest", IngestConfig), ("clean", CleanConfig),
+                                        ("split", SplitConfig)):  # fmt: skip
+                chosen[key] = settings_class.model_validate(chosen[key]).model_dump(mode="json")
         except ValueError:  # a run recorded under another version's settings
             return {}
         return chosen

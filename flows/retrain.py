@@ -21,6 +21,7 @@ is cached, so a second trigger on the same data trains nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -48,6 +49,7 @@ from flows.pipeline import (
 from lm.clock import utc_now
 from lm.config import (
     ConfigError,
+    IngestConfig,
     ModelRun,
     PipelineConfig,
     SplitConfig,
@@ -467,8 +469,11 @@ TEXT_CLEAN_KEYS = ("normalization", "strip_wiki_markup", "collapse_whitespace")
 def text_settings(config: dict) -> dict:
     """What of a run's config (as JSON) makes its documents' text, and so their ids: how each
     source is read (its path aside: adding one changes no other's text) and the [clean]
-    settings that change text. An earlier run's and this one's are compared as they are."""
+    settings that change text. An earlier run's and this one's are compared as this lmforge
+    reads them: a source setting added since (`delimiter`) is its default in both."""
     ingest = dict(config.get("ingest") or {})
+    with contextlib.suppress(ValueError):  # one this lmforge refuses is compared as it is
+        ingest = IngestConfig.model_validate(ingest).model_dump(mode="json")
     sources = [{k: v for k, v in source.items() if k != "path"} if isinstance(source, dict)
                else {} for source in ingest.pop("sources", [])]  # fmt: skip
     clean = config.get("clean") or {}

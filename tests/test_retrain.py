@@ -763,3 +763,18 @@ def test_a_continuation_of_a_model_trained_on_documents_reads_each_new_one_max_p
     capped = _capped_passes(train, model_run, Descriptor("encode", "k", "p", "d", stats), 10,
                             Decision("continue", "continued"))  # fmt: skip
     assert 10 <= capped.max_steps * train.global_batch / 300 < 11
+
+
+def test_text_settings_recorded_before_a_source_setting_existed_are_the_same():
+    """A source's `delimiter`, added since a champion was recorded, is its default in both: the
+    champion's corpus was taken as made by other text settings, and its documents checked."""
+    from flows.retrain import text_settings
+    from lm.config import load_config
+
+    now = load_config("default").model_dump(mode="json")
+    recorded = json.loads(json.dumps(now))
+    for source in recorded["ingest"]["sources"]:
+        del source["delimiter"]
+    assert text_settings(recorded) == text_settings(now)
+    recorded["ingest"]["sources"][0]["one_doc_per_line"] = True  # a change that is one
+    assert text_settings(recorded) != text_settings(now)

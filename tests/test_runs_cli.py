@@ -221,6 +221,8 @@ def test_size_counts_the_corpus_tokens_of_the_newest_run_of_the_same_data(tmp_pa
 
     registry = RunRegistry(tmp_path / "registry.duckdb")
     same = load_config("default").model_dump(mode="json")
+    for source in same["ingest"]["sources"]:  # recorded before sources had a delimiter
+        del source["delimiter"]
     other_files = load_config("default", ['ingest.sources=["other.txt"]']).model_dump(mode="json")
     # A run that failed after encoding (an ablation's failed arm) counted its tokens too.
     runs = {"r-old": ("completed", same, 5000, 4), "r-other": ("completed", other_files, 7000, 2),
