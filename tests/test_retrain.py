@@ -249,6 +249,8 @@ def test_a_corpus_made_by_other_text_code_is_continued_only_while_its_documents_
     moved = _trigger(config, *nfc)
     assert moved["decision"]["mode"] == "scratch"
     assert "made by other lmforge code or text settings" in moved["decision"]["reason"]
+    if upgraded != "normalization":
+        return  # the rest does not depend on what changed: once is enough
 
     # The same text code and settings as the champion's: an edited document is a new one.
     monkeypatch.setattr(retrain_flow, "NORMALIZATION_VERSION", normalization)
