@@ -25,7 +25,7 @@ TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 # The README's "Run as a service" commands end to end: server, pool, deploy, worker, schedule,
 # kill -9 of the worker mid-run (a few minutes on 2 cores).
