@@ -1096,6 +1096,28 @@ def test_jsonl_parse_error_gives_the_column(tmp_path, line, reason):
         read(tmp_path, str(tmp_path / "bad.jsonl"))
 
 
+def test_a_nested_field_is_named_by_its_dotted_path(tmp_path):
+    """Crawls and API dumps nest the text (`{"content": {"text": ...}}`): it could not be read."""
+    rows = [{"id": 1, "content": {"text": "first", "lang": "en"}},
+            {"id": 2, "content": {"text": None}},
+            {"id": 3, "content": {"text": "third"}}]  # fmt: skip
+    (tmp_path / "crawl.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (tmp_path / "crawl.json").write_text(json.dumps(rows))
+    for name in ("crawl.jsonl", "crawl.json"):
+        spec = SourceConfig(path=str(tmp_path / name), text_field="content.text")
+        assert [d.text for d in read(tmp_path, spec)] == ["first", "third"], name
+    dotted = tmp_path / "dotted.jsonl"  # a key that holds the dots itself comes first
+    dotted.write_text(json.dumps({"a.b": "the key's", "a": {"b": "the path's"}}) + "\n")
+    assert [d.text for d in read(tmp_path, SourceConfig(path=str(dotted), text_field="a.b"))] == [
+        "the key's"
+    ]
+    (tmp_path / "short.jsonl").write_text('{"content": {"text": "ok"}}\n{"content": {}}\n')
+    spec = SourceConfig(path=str(tmp_path / "short.jsonl"), text_field="content.text")
+    with pytest.raises(InputError, match=r"short\.jsonl:2: no field 'content\.text' \(found: "
+                                         r"content\); the records before it have"):  # fmt: skip
+        read(tmp_path, spec)
+
+
 def test_jsonl_invalid_utf8_follows_encoding_errors(tmp_path, caplog):
     path = tmp_path / "latin1.jsonl"
     # The BOM on the first line is still accepted, as before lines were decoded first.

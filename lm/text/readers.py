@@ -876,6 +876,8 @@ def _record_text(
     fault, not the source's `text_field`'s)."""
     if strings and isinstance(record, str):
         text = record
+    elif isinstance(record, dict) and field not in record and (nested := _nested(record, field)):
+        text = nested[0]
     elif not isinstance(record, dict) or field not in record:
         found = ", ".join(record) if isinstance(record, dict) else type(record).__name__
         if first:
@@ -904,6 +906,18 @@ def _record_text(
         replaced.note(where, f"unpaired surrogate in field '{field}'")
         text = UNPAIRED_SURROGATE.sub("\ufffd", text)
     return text
+
+
+def _nested(record: dict, field: str) -> tuple[Any] | None:
+    """The value at a dotted path (`text_field = "content.text"` for `{"content": {"text":
+    ...}}`, as crawls and API dumps nest it), in a tuple, or None where the path leads nowhere.
+    A key that holds the dots itself is found first, by the caller."""
+    value: Any = record
+    for key in field.split(".") if "." in field else ():
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return (value,) if value is not record else None
 
 
 def _read_json(
