@@ -92,8 +92,10 @@ class SourceConfig(StrictModel):
     @classmethod
     def _one_separating_character(cls, delimiter: str | None) -> str | None:
         if delimiter is not None and (len(delimiter) != 1 or delimiter in '"\r\n'):
+            tab = (' (a tab is "\\t" in double quotes: single quotes keep the backslash)'
+                   if delimiter == "\\t" else "")  # fmt: skip
             raise ValueError(
-                f"must be one character other than a quote or a line end, not {delimiter!r}"
+                f"must be one character other than a quote or a line end, not {delimiter!r}{tab}"
             )
         return delimiter
 

@@ -603,3 +603,20 @@ def test_a_file_that_changes_while_it_is_read_is_an_error_naming_it(tmp_path):
     with pytest.raises(InputError, match=r"book.txt: changed while it was read \([0-9,]+ bytes "
                                          r"when the sources were listed, 1,000 now\)"):  # fmt: skip
         list(documents)
+
+
+def test_a_file_touched_while_it_is_read_says_so_not_the_same_size_twice(tmp_path):
+    """Its size the same, it was "(58,000 bytes when the sources were listed, 58,000 now)"."""
+    import os
+
+    book = tmp_path / "book.txt"
+    book.write_text("\n\n".join(prose(n, 60) for n in range(300)))
+    inputs = resolve_sources(IngestConfig(sources=[str(book)]).sources)
+    documents = iter_input_documents(inputs, "strict", tmp_path / "downloads",
+                                     max_document_mb=0.02)  # fmt: skip
+    next(documents)
+    stat = book.stat()
+    os.utime(book, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    said = r"book.txt: changed while it was read \(modified since the sources were listed, at"
+    with pytest.raises(InputError, match=said):
+        list(documents)

@@ -714,6 +714,8 @@ def test_a_semicolon_csv_is_read_with_its_delimiter_and_without_it_the_error_say
     for bad in ("", ";;", '"', "\n"):
         with pytest.raises(ValueError, match="must be one character other than a quote"):
             SourceConfig(path=str(path), delimiter=bad)
+    with pytest.raises(ValueError, match=r'a tab is "\\t" in double quotes'):  # TOML's '\t'
+        SourceConfig(path=str(path), delimiter="\\t")
 
 
 def test_replacements_past_the_first_few_are_summed_up_in_one_warning(tmp_path, caplog):
@@ -909,6 +911,49 @@ def test_a_subfolder_that_cannot_be_listed_is_an_error_naming_it(tmp_path, monke
         resolve_sources([SourceConfig(path=str(tmp_path / "**" / "*.txt"))])
 
 
+def test_a_pattern_is_not_refused_for_an_unreadable_folder_it_cannot_reach(tmp_path, monkeypatch):
+    """`*/text/**` was refused for `x/other/locked`, which it never reads: the folders below
+    the pattern's start were walked, not those its parts before `**` match."""
+    import os
+
+    for folder in ("x/text", "y/text", "x/other/locked"):
+        (tmp_path / folder).mkdir(parents=True)
+    (tmp_path / "x/text/a.txt").write_text("first")
+    (tmp_path / "y/text/b.txt").write_text("second")
+    scandir = os.scandir
+
+    def scandir_denying_locked(path="."):
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir_denying_locked)
+    found = resolve_sources([SourceConfig(path=str(tmp_path / "*" / "text" / "**" / "*.txt"))])
+    assert [item.path.name for item in found] == ["a.txt", "b.txt"]
+    with pytest.raises(InputError, match=r"\*\*/b\.txt: cannot read \S*locked \(permission"):
+        resolve_sources([SourceConfig(path=str(tmp_path / "**" / "b.txt"))])
+
+
+def test_a_file_in_a_folder_that_cannot_be_entered_is_an_error_naming_it(tmp_path, monkeypatch):
+    """A folder with read but no search permission lists its names, which cannot be looked
+    at: a pattern's match there failed as a bare PermissionError (a traceback from `check`)."""
+    (tmp_path / "open").mkdir()
+    (tmp_path / "open" / "a.txt").write_text("readable")
+    (tmp_path / "shut").mkdir()
+    (tmp_path / "shut" / "b.txt").write_text("in a folder that cannot be entered")
+    is_file = Path.is_file
+
+    def is_file_denied_in_shut(path):
+        if path.parent.name == "shut":
+            raise PermissionError(13, "Permission denied", str(path))
+        return is_file(path)
+
+    monkeypatch.setattr(Path, "is_file", is_file_denied_in_shut)
+    for pattern in (tmp_path / "*" / "*.txt", tmp_path / "**" / "*.txt"):
+        with pytest.raises(InputError, match=r"\*\.txt: cannot read \S*shut/b\.txt \(permission"):
+            resolve_sources([SourceConfig(path=str(pattern))])
+
+
 def test_an_input_that_cannot_be_opened_is_an_error_naming_it(tmp_path, monkeypatch):
     # As root, chmod 000 does not stop a read: the denial is simulated at the open.
     import lm.text.ingest
@@ -1005,6 +1050,34 @@ def test_a_hugging_face_dataset_folder_and_arrow_files_are_read_batch_by_batch(t
         read(tmp_path, str(tmp_path / "broken.arrow"))
 
 
+def test_a_saved_dataset_read_with_format_arrow_skips_its_metadata(tmp_path, caplog):
+    """`format = "arrow"` on a `save_to_disk` folder failed on its dataset_info.json as "not a
+    readable Arrow file (Expected to read 538970747 metadata bytes...)"."""
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    table = pa.table({"text": ["one row", "another row"]})
+    with pa.ipc.new_stream(saved / "data-00000-of-00001.arrow", table.schema) as writer:
+        writer.write_table(table)
+    (saved / "dataset_info.json").write_text('{\n  "citation": "",\n  "features": {}\n}')
+    spec = SourceConfig(path=str(saved), format="arrow")
+    with caplog.at_level(logging.WARNING):
+        assert [d.text for d in read(tmp_path, spec)] == ["one row", "another row"]
+    assert "dataset_info.json: skipped, JSON (a dataset's metadata?)" in caplog.text
+    named = SourceConfig(path=str(saved / "dataset_info.json"), format="arrow")
+    with pytest.raises(InputError, match=r"dataset_info\.json: not a readable Arrow file"):
+        read(tmp_path, named)
+
+
+def test_a_feather_version_1_file_is_said_to_be_one(tmp_path):
+    """It failed as "not a readable Arrow file or stream (Expected to read 826361158 metadata
+    bytes, but only read 164)"."""
+    path = tmp_path / "old.feather"
+    path.write_bytes(b"FEA1" + b"\x00" * 60 + b"FEA1")
+    with pytest.raises(InputError, match=r"old\.feather: a Feather version 1 file, which is "
+                                         r"not read: write it again as Feather 2"):  # fmt: skip
+        read(tmp_path, str(path))
+
+
 def test_invalid_utf8_is_an_error_naming_file_and_byte_unless_replace_is_asked(tmp_path, caplog):
     path = tmp_path / "latin1.txt"
     path.write_bytes("line one\ncaf\xe9 au lait".encode("latin-1"))
@@ -1051,6 +1124,41 @@ def test_a_utf8_file_with_a_stray_byte_is_not_called_windows_1252(tmp_path):
     with pytest.raises(InputError, match=r"mixed\.txt: invalid UTF-8 at byte \d+ \(line 1\); "
                                          r"fix the file or set"):  # fmt: skip
         read(tmp_path, str(path))
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("rows.jsonl", b'{"text": "na\xc3\xafve caf\xc3\xa9"}\n{"text": "stray \xe9 byte"}\n'),
+        ("rows.csv", b"id,text\n1,na\xc3\xafve caf\xc3\xa9\n2,stray \xe9byte\n"),
+        ("lines.txt", b"na\xc3\xafve caf\xc3\xa9\nstray \xe9byte\n"),
+    ],
+)
+def test_a_stray_byte_on_a_line_after_utf8_ones_is_not_called_windows_1252(tmp_path, name, content):
+    """Read a line (or record) at a time, only the bad byte's line was looked at: the valid
+    UTF-8 on the lines before was not seen, and converting would have garbled it."""
+    (tmp_path / name).write_bytes(content)
+    spec = SourceConfig(path=str(tmp_path / name), one_doc_per_line=name.endswith(".txt"))
+    with pytest.raises(InputError, match=r"invalid UTF-8 at byte \d+ of (line 2|the field); "
+                                         r"fix the file or set"):  # fmt: skip
+        read(tmp_path, spec)
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("russian.txt", "\u041f\u0440\u0438\u0432\u0435\u0442".encode("cp1251")),
+        ("greek.txt", "\u039a\u03b1\u03bb\u03b7\u03bc\u03ad\u03c1\u03b1".encode("cp1253")),
+        ("tokyo.jsonl", '{"text": "\u6771\u4eac"}\n'.encode("shift_jis")),
+    ],
+)
+def test_a_cyrillic_greek_or_japanese_file_is_not_called_windows_1252(tmp_path, name, content):
+    """Windows-1252 decodes nearly any byte: a Cyrillic file was said to read as it there
+    ("\u00cf\u00f0\u00e8\u00e2\u00e5\u00f2"), with advice to convert it from cp1252 into garbage."""
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(InputError) as raised:
+        read(tmp_path, str(tmp_path / name))
+    assert "Windows-1252" not in str(raised.value) and "fix the file or set" in str(raised.value)
 
 
 def test_a_whole_file_s_replacements_are_placed_and_counted_as_lines_are(tmp_path, caplog):

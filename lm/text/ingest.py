@@ -90,9 +90,13 @@ def _check_unchanged(item: ResolvedInput, raw: BinaryIO) -> None:
         return
     now = os.fstat(raw.fileno())
     if (now.st_size, now.st_mtime_ns) != (item.size, item.mtime_ns):
+        how = (
+            f"{item.size:,} bytes when the sources were listed, {now.st_size:,} now"
+            if now.st_size != item.size  # else "1,000 bytes ..., 1,000 now" said no change
+            else "modified since the sources were listed, at the same size"
+        )
         raise InputError(
-            f"{item.name}: changed while it was read ({item.size:,} bytes when the sources were "
-            f"listed, {now.st_size:,} now); run again once nothing is writing it"
+            f"{item.name}: changed while it was read ({how}); run again once nothing is writing it"
         )
 
 

@@ -364,6 +364,9 @@ class Replacements:
         # Bytes read before the file's own: the byte-order mark given to a UTF-16 file without
         # one. A whole file's byte offsets leave them out, so they are the file's.
         self.prepended = 0
+        # Whether valid UTF-8 beyond ASCII was read before: a bad byte after it is a stray one
+        # in a UTF-8 file, not a Windows-1252 file (converting would garble the rest).
+        self.utf8_seen = False
 
     def note(self, where: str, what: str) -> None:
         self.count += 1
@@ -533,7 +536,9 @@ def _decode(
     where = f"{item.name}:{line}" if line else item.name
     label = encoding.upper().removesuffix("-LE").removesuffix("-BE")
     try:
-        return data.decode(encoding)
+        text = data.decode(encoding)
+        replaced.utf8_seen = replaced.utf8_seen or not data.isascii()
+        return text
     except UnicodeDecodeError as error:
         if encoding_errors == "strict":
             if line:  # `data` is the line (or lines, ended by lone "\r"s) starting at `line`
@@ -545,7 +550,8 @@ def _decode(
                 line_no = lines_before + before.count("\n") + 1
                 at = at_byte + error.start - replaced.prepended
                 position = f"at byte {at} (line {line_no})"
-            fix = _windows_1252_advice(data, error.start) if label == "UTF-8" else ""
+            fix = (_windows_1252_advice(data, error.start)
+                   if label == "UTF-8" and not replaced.utf8_seen else "")  # fmt: skip
             raise InputError(
                 f"{item.name}: invalid {label} {position}; {fix or 'fix the file'} or set "
                 'ingest.encoding_errors = "replace" to substitute U+FFFD'
@@ -587,6 +593,17 @@ def _windows_1252_advice(data: bytes, at: int) -> str:
     except UnicodeDecodeError:  # 0x81, 0x8D, 0x8F, 0x90, 0x9D are unassigned
         return ""
     if not all(char.isprintable() or char in "\t\n\r\f" for char in text):
+        return ""
+    # Latin-script text has its accented letters inside ASCII words ("café", "Straße"); a
+    # Cyrillic or Greek code page, or Shift-JIS, has runs of high bytes that Windows-1252
+    # reads as garbage ("Ïðèâåò"): not said to be Windows-1252 then.
+    high = [i for i, byte in enumerate(window) if byte > 0x7F]
+    beside_letters = sum(
+        any(0 <= j < len(window) and chr(window[j]).isascii() and chr(window[j]).isalpha()
+            for j in (i - 1, i + 1))
+        for i in high
+    )  # fmt: skip
+    if 2 * beside_letters < len(high):
         return ""
     spot = at - start  # one byte per character
     left, right = spot, spot + 1
@@ -1075,7 +1092,7 @@ def _read_parquet_file(
         logger.warning("%s: skipped, a Parquet summary file (its row groups are in the files "
                        "beside it, which are read on their own)", item.name)  # fmt: skip
         return
-    _check_text_column(item, parquet.schema_arrow, "Parquet")
+    _check_text_column(item, parquet.schema_arrow, "a Parquet")
     batches = parquet.iter_batches(columns=[field], batch_size=1024)
     yield from _column_documents(item, (batch.column(0) for batch in batches), encoding_errors,
                                  replaced)  # fmt: skip
@@ -1087,7 +1104,7 @@ def _check_text_column(item: ResolvedInput, schema: pa.Schema, kind: str) -> int
     field, names = item.spec.text_field, schema.names
     if names.count(field) > 1:  # pyarrow's KeyError, "Column text does not exist in schema"
         raise InputError(
-            f"{item.name}: {names.count(field)} columns are named '{field}'; a {kind} writer "
+            f"{item.name}: {names.count(field)} columns are named '{field}'; {kind} writer "
             "that allows it made the file: give the text column a name of its own"
         )
     if field not in names:
@@ -1139,6 +1156,20 @@ def _read_arrow(
     is skipped as binary, as it was; one named so is refused."""
     named = _format_by_name(_file_name(item)) == "arrow" or item.spec.format == "arrow"
     head = _peek(stream)
+    if head.startswith(b"FEA1"):  # pyarrow reads these whole into memory, or not at all
+        raise InputError(
+            f"{item.name}: a Feather version 1 file, which is not read: write it again as "
+            "Feather 2 or Parquet (pyarrow.feather.read_table, then write_feather or "
+            "pyarrow.parquet.write_table)"
+        )
+    if (
+        not head.startswith((ARROW_FILE_MAGIC, ARROW_STREAM_MAGIC))
+        and _format_by_name(_file_name(item)) == "json"
+        and not _named_itself(item)
+    ):  # `format = "arrow"` on a `save_to_disk` folder: its dataset_info.json and state.json
+        logger.warning('%s: skipped, JSON (a dataset\'s metadata?), not the Arrow that the '
+                       'source\'s format = "arrow" reads', item.name)  # fmt: skip
+        return
     try:
         if head.startswith(ARROW_FILE_MAGIC):
             if not copied and (
@@ -1160,7 +1191,7 @@ def _read_arrow(
                            "but is not: %s)", item.name, error)  # fmt: skip
             return
         raise InputError(f"{item.name}: not a readable Arrow file or stream ({error})") from None
-    index = _check_text_column(item, schema, "Arrow")
+    index = _check_text_column(item, schema, "an Arrow")
     yield from _column_documents(item, (batch.column(index) for batch in batches),
                                  encoding_errors, replaced)  # fmt: skip
 
@@ -1293,6 +1324,8 @@ def _read_csv(
             text = record[column]
             if ESCAPED_BYTE.search(text):
                 text = _invalid_utf8_in_csv(text, item, start, encoding_errors, replaced)
+            elif not replaced.utf8_seen:
+                replaced.utf8_seen = not text.isascii()
             if text.strip():
                 yield RawDocument(f"{item.name}:{start}", item.name, text, "plain")
     except UnicodeDecodeError as error:  # UTF-16/32 only: UTF-8 is escaped, not raised
@@ -1349,7 +1382,7 @@ def _invalid_utf8_in_csv(
     if encoding_errors == "strict":
         error_at = ESCAPED_BYTE.search(text).start()  # type: ignore[union-attr]
         offset = len(text[:error_at].encode("utf-8", "surrogateescape"))
-        fix = _windows_1252_advice(data, offset) or "fix the file"
+        fix = (not replaced.utf8_seen and _windows_1252_advice(data, offset)) or "fix the file"
         raise InputError(
             f"{item.name}:{line}: field '{item.spec.text_field}' holds invalid UTF-8 at byte "
             f'{offset} of the field; {fix} or set ingest.encoding_errors = "replace" '

@@ -191,16 +191,28 @@ def glob_files(pattern: str) -> list[Path]:
         rest.append("*")
     hidden_asked = any(part.startswith(".") for part in rest)
     if "**" in rest:  # pathlib's glob skips a folder it cannot list without a word
-        _refuse_unlistable(base, hidden_asked, pattern)
-    matches, broken = set(), []
+        # From the folders the parts before it match: `data/*/text/**` never reaches
+        # `data/x/other/`, and an unreadable folder there is none of its business.
+        before = rest[: rest.index("**")]
+        for top in base.glob(str(Path(*before))) if before else [base]:
+            hidden = any(part.startswith(".") for part in top.relative_to(base).parts)
+            if os.path.isdir(top) and (hidden_asked or not hidden):
+                _refuse_unlistable(top, hidden_asked, pattern)
+    matches, broken, unreadable = set(), [], []
     for path in base.glob(str(Path(*rest))):
         relative = path.relative_to(base).parts
         if not hidden_asked and any(part.startswith(".") for part in relative):
             continue
-        if path.is_file():
+        try:
+            is_file = path.is_file()
+        except PermissionError as error:  # in a folder that lists its names but cannot be entered
+            unreadable.append(error)
+            continue
+        if is_file:
             matches.add(path)
         elif path.is_symlink() and not path.exists():
             broken.append(path)
+    _refuse_unreadable(pattern, unreadable)
     _warn_of_broken_links(pattern, broken)
     return sorted(matches)
 
@@ -211,8 +223,12 @@ def _refuse_unlistable(base: Path, hidden_too: bool, source: str) -> None:
     unlistable: list[OSError] = []
     for _, folders, _ in os.walk(base, onerror=unlistable.append):
         folders[:] = [name for name in folders if hidden_too or not name.startswith(".")]
-    if unlistable:
-        where = _some([Path(error.filename) for error in unlistable])
+    _refuse_unreadable(source, unlistable)
+
+
+def _refuse_unreadable(source: str | Path, errors: list[OSError]) -> None:
+    if errors:
+        where = _some([Path(error.filename) for error in errors])
         raise InputError(f"{source}: cannot read {where} (permission denied); make it "
                          "readable, or leave it out of the sources")  # fmt: skip
 
@@ -266,10 +282,7 @@ def _below(folder: Path) -> Iterator[Path]:
                     unlistable.append(error)
                     continue
                 yield path
-    if unlistable:
-        where = _some([Path(error.filename) for error in unlistable])
-        raise InputError(f"{folder}: cannot read {where} (permission denied); make it readable, "
-                         "or leave it out of the sources")  # fmt: skip
+    _refuse_unreadable(folder, unlistable)
 
 
 def _some(paths: list[Path], said: Callable[[Path], str] = str) -> str:
