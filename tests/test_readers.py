@@ -1078,6 +1078,22 @@ def test_a_feather_version_1_file_is_said_to_be_one(tmp_path):
         read(tmp_path, str(path))
 
 
+def test_a_dataset_dict_folder_says_its_splits_are_read_as_one_corpus(tmp_path, caplog):
+    """Its test split went into the corpus, and so maybe into train, with no word."""
+    saved = tmp_path / "dd"
+    for split in ("train", "test"):
+        (saved / split).mkdir(parents=True)
+        table = pa.table({"text": [f"{split} row {i}" for i in range(3)]})
+        with pa.ipc.new_stream(saved / split / "data-00000-of-00001.arrow", table.schema) as out:
+            out.write_table(table)
+    (saved / "dataset_dict.json").write_text('{"splits": ["train", "test"]}')
+    with caplog.at_level(logging.WARNING):
+        docs = read(tmp_path, str(saved))
+    assert len(docs) == 6
+    said = f"{saved}: a Hugging Face DatasetDict: its splits (test, train) are read as one corpus"
+    assert said in caplog.text and f"({saved / 'test'}) to read it alone" in caplog.text
+
+
 def test_invalid_utf8_is_an_error_naming_file_and_byte_unless_replace_is_asked(tmp_path, caplog):
     path = tmp_path / "latin1.txt"
     path.write_bytes("line one\ncaf\xe9 au lait".encode("latin-1"))

@@ -154,6 +154,7 @@ def _resolve_one(spec: SourceConfig) -> list[ResolvedInput]:
         files = folder_files(path)
         if not files:
             raise InputError(f"{text}: the folder contains no files")
+        _warn_of_dataset_splits(text, path, files)
         return [_file_input(p, spec) for p in files]
     if path.is_file():
         return [_file_input(path, spec)]
@@ -162,6 +163,22 @@ def _resolve_one(spec: SourceConfig) -> list[ResolvedInput]:
     # Read from the current folder: where a config lies is not where it is run (a worker's).
     relative = "" if path.is_absolute() else f" (read from the current folder, {os.getcwd()})"
     raise InputError(f"{text}: no such file or directory{relative}")
+
+
+def _warn_of_dataset_splits(text: str, folder: Path, files: list[Path]) -> None:
+    """A Hugging Face `DatasetDict` saved whole (`dataset_dict.json` beside `train/`, `test/`)
+    is read as one corpus: its test split goes into lmforge's own split like any other text,
+    maybe into train. Said, with how to read one split alone."""
+    marker = folder / "dataset_dict.json"
+    if marker not in files:
+        return
+    splits = sorted({p.relative_to(folder).parts[0] for p in files
+                     if len(p.relative_to(folder).parts) > 1})  # fmt: skip
+    logger.warning(
+        "%s: a Hugging Face DatasetDict: its splits (%s) are read as one corpus, which [split] "
+        "divides again by its own hash (their test text may be trained on); name one split's "
+        "folder (%s) to read it alone", text, ", ".join(splits), folder / (splits or ["train"])[0],
+    )  # fmt: skip
 
 
 def _not_a_file(path: Path) -> str:
