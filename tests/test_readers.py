@@ -718,6 +718,19 @@ def test_a_semicolon_csv_is_read_with_its_delimiter_and_without_it_the_error_say
         SourceConfig(path=str(path), delimiter="\\t")
 
 
+def test_a_record_with_more_fields_than_the_header_is_an_error_not_a_cut_text(tmp_path):
+    """A separator inside an unquoted field cut the text there and dropped the rest silently;
+    empty fields past the header (a spreadsheet's trailing separators) are no text lost."""
+    path = tmp_path / "notes.csv"
+    path.write_text("id;text\n1;first\n2;cut here; the rest was dropped\n")
+    with pytest.raises(InputError, match=r'notes\.csv:3: the record has 3 fields, the header 2: '
+                                         r'a ";" inside a field that is not quoted\?'):  # fmt: skip
+        read(tmp_path, SourceConfig(path=str(path), delimiter=";"))
+    trailing = tmp_path / "excel.csv"
+    trailing.write_text("id,text\n1,first,,\n2,second,\n")
+    assert [d.text for d in read(tmp_path, str(trailing))] == ["first", "second"]
+
+
 def test_replacements_past_the_first_few_are_summed_up_in_one_warning(tmp_path, caplog):
     path = tmp_path / "names.txt"
     path.write_bytes(b"".join(b"name\xff %d\n" % i for i in range(500)))

@@ -1321,6 +1321,13 @@ def _read_csv(
                     f"{item.name}:{start}: the record has {len(record)} of the header's "
                     f"{len(header)} fields, so no '{field}' (field {column + 1}); fix the file"
                 )
+            if len(record) > len(header) and any(extra.strip() for extra in record[len(header) :]):
+                # Its text cut at a separator inside an unquoted field: the rest was dropped.
+                raise InputError(
+                    f"{item.name}:{start}: the record has {len(record)} fields, the header "
+                    f'{len(header)}: a "{_shown(delimiter)}" inside a field that is not quoted? '
+                    'quote such fields ("a; b"), or set the delimiter this file uses'
+                )
             text = record[column]
             if ESCAPED_BYTE.search(text):
                 text = _invalid_utf8_in_csv(text, item, start, encoding_errors, replaced)
@@ -1342,6 +1349,10 @@ def _read_csv(
         text_stream.detach()
 
 
+def _shown(delimiter: str) -> str:
+    return "\\t" if delimiter == "\t" else delimiter
+
+
 def _other_delimiter(header: list[str], delimiter: str) -> str | None:
     """Advice for a header read as one column that another common separator would cut: a
     European Excel's CSV separates by ";" (the comma is its decimal mark)."""
@@ -1349,7 +1360,7 @@ def _other_delimiter(header: list[str], delimiter: str) -> str | None:
         return None
     for other in (";", "\t", "|", ","):
         if other != delimiter and other in header[0]:
-            shown = "\\t" if other == "\t" else other
+            shown = _shown(other)
             return (f'the header is one column that holds "{shown}": set delimiter = "{shown}" '
                     "on this source")  # fmt: skip
     return None
