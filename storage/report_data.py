@@ -39,6 +39,9 @@ EVAL_SCORES = {
     "baseline/val/bpb": "baseline_val_bpb",
     "baseline/test/bpb": "baseline_test_bpb",
 }
+# The per-step training curves a report draws from at most CURVE_POINTS points each.
+THINNED_CURVES = tuple(key for key in CURVE_KEYS if key != "val/loss")
+CURVE_POINTS = 2000
 MODEL_SCORE_COLUMNS = ("val_loss", "val_bpb", "test_loss", "test_bpb", "baseline_val_bpb",
                        "baseline_test_bpb")  # fmt: skip
 
@@ -94,11 +97,21 @@ def gather_run_report(registry: RunRegistry, workspace: Workspace, run_prefix: s
         )
         has_model_column = "model" in _columns(connection, "metrics")
         model_column = "model" if has_model_column else "NULL AS model"
+        # A per-step curve is thinned to CURVE_POINTS evenly spaced points (its first and
+        # last kept) in the query: a long training logs a million, which took gigabytes as
+        # rows here and drew no better than a few thousand. Val loss is kept whole (its
+        # lowest point is a score), as is every other metric.
         metrics = _rows(
             connection,
-            f"SELECT {model_column}, key, step, value FROM metrics WHERE run_id = ? "
+            "SELECT model, key, step, value FROM ("
+            "SELECT *, row_number() OVER curve AS nth, count(*) OVER curve_all AS points FROM ("
+            f"SELECT {model_column}, key, step, value, ts FROM metrics WHERE run_id = ?) "
+            "WINDOW curve AS (PARTITION BY model, key ORDER BY step, ts), "
+            "curve_all AS (PARTITION BY model, key)) "
+            "WHERE NOT list_contains(?, key) OR points <= ? OR nth = points "
+            "OR (nth - 1) % ceil(points / ?)::BIGINT = 0 "
             "ORDER BY step, ts",
-            [run_id],
+            [run_id, list(THINNED_CURVES), CURVE_POINTS, CURVE_POINTS],
         )
         model_rows = (
             _rows(connection, "SELECT * FROM models WHERE run_id = ? ORDER BY rowid", [run_id])
