@@ -563,6 +563,9 @@ class RunRegistry:
         # What each left, in a transaction of its own: files a crash left unreadable cost that
         # run its details, never the run that is starting (nor the other crashed runs).
         crashed = []
+        if len(abandoned) > 1:  # a run that starts after many were killed said nothing for a while
+            logger.info("recording %d runs of this host whose process is gone (%s, …) as crashed",
+                        len(abandoned), abandoned[0][0])  # fmt: skip
         for run_id, started_at in abandoned:
             if self._record_pending_outcome(runs_dir / run_id):
                 continue
