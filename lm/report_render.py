@@ -170,6 +170,34 @@ def _png(draw: Callable[[Any], None], size: tuple[float, float] = (8.0, 4.2)) ->
         plt.close(figure)
 
 
+# More legend entries than fit inside a plot (a comparison of 20 runs has 40): the legend goes
+# beside it, in columns, where it hid the curves and the title.
+LEGEND_INSIDE = 8
+
+
+def _legend(axes) -> None:
+    entries = len(axes.get_legend_handles_labels()[1])
+    if entries <= LEGEND_INSIDE:
+        axes.legend(fontsize=8)
+    else:  # the figure widened by the legend's columns: the plot keeps its own width
+        columns = 1 + (entries - 1) // 24
+        axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0,
+                    ncols=columns)  # fmt: skip
+        width, height = axes.figure.get_size_inches()
+        rows = -(-entries // columns)
+        axes.figure.set_size_inches(width + 3.4 * columns, max(height, 0.16 * rows + 0.8))
+
+
+def _colour(index: int, count: int) -> Any:
+    """Matplotlib's ten colours, or twenty paler ones for more series (they repeated past ten:
+    runs 1 and 11 of a comparison looked one)."""
+    if count <= 10:
+        return f"C{index}"
+    from matplotlib import colormaps
+
+    return colormaps["tab20"](index % 20)
+
+
 def _x_axis(model: ModelSection, steps: list[int]) -> tuple[list[float], str]:
     if model.tokens_per_step:
         return [s * model.tokens_per_step for s in steps], "tokens"
@@ -191,7 +219,7 @@ def _loss_plot(series: list[tuple[str, ModelSection]], keys: Iterable[str], titl
         axes = figure.add_subplot()
         x_label = "tokens"
         for index, (owner, model) in enumerate(series):
-            colour = f"C{index % 10}"
+            colour = _colour(index, len(series))
             for key in keys:
                 curve = model.curves.get(key)
                 if curve is None or not curve.steps:
@@ -204,7 +232,7 @@ def _loss_plot(series: list[tuple[str, ModelSection]], keys: Iterable[str], titl
         axes.set_ylabel("loss (nats per token)")
         axes.set_title(title)
         axes.grid(alpha=0.3)
-        axes.legend(fontsize=8)
+        _legend(axes)
 
     return _png(draw)
 
@@ -215,14 +243,15 @@ def _steps_plot(models: list[ModelSection], key: str, y_label: str, title: str) 
         for index, model in enumerate(models):
             curve = model.curves.get(key)
             if curve and curve.steps:
-                axes.plot(curve.steps, curve.values, color=f"C{index % 10}", label=model.label,
+                axes.plot(curve.steps, curve.values, color=_colour(index, len(models)),
+                          label=model.label,
                           marker="o" if len(curve.steps) < 50 else None)  # fmt: skip
         axes.set_xlim(left=0)  # a short run logs throughput once: keep that point in context
         axes.set_xlabel("optimizer step")
         axes.set_ylabel(y_label)
         axes.set_title(title)
         axes.grid(alpha=0.3)
-        axes.legend(fontsize=8)
+        _legend(axes)
 
     return _png(draw, (8.0, 3.6))
 

@@ -849,3 +849,27 @@ def test_a_run_without_any_score_does_not_point_at_a_table():
     page = Page(render_run_report(report).html)
     assert "the table shows" not in page.text["scores"]
     assert "nor a val loss during training" in page.text["scores"]
+
+
+def test_a_comparison_of_many_runs_keeps_its_legend_beside_the_plot_and_colours_apart():
+    """20 runs' 40 entries hid the curves and the title, and run 11 took run 1's colour."""
+    from lm.report_render import _colour, _legend, _pyplot
+
+    figure = _pyplot().figure()
+    try:
+        few, many = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
+        for index in range(3):
+            few.plot([0, 1], [index, index], label=f"run {index}")
+        for index in range(20):
+            many.plot([0, 1], [index, index], label=f"run {index}")
+        _legend(few)
+        _legend(many)
+        figure.canvas.draw()
+        plot, legend = many.get_window_extent(), many.get_legend().get_window_extent()
+        assert legend.x0 >= plot.x1  # beside the plot, not over it
+        inside = few.get_legend().get_window_extent()
+        assert few.get_window_extent().x0 <= inside.x0 and inside.x1 <= few.get_window_extent().x1
+    finally:
+        _pyplot().close(figure)
+    assert len({_colour(index, 20) for index in range(20)}) == 20
+    assert [_colour(index, 3) for index in range(3)] == ["C0", "C1", "C2"]
