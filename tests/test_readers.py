@@ -726,6 +726,11 @@ def test_a_record_with_more_fields_than_the_header_is_an_error_not_a_cut_text(tm
     with pytest.raises(InputError, match=r'notes\.csv:3: the record has 3 fields, the header 2: '
                                          r'a ";" inside a field that is not quoted\?'):  # fmt: skip
         read(tmp_path, SourceConfig(path=str(path), delimiter=";"))
+    tags = tmp_path / "tags.csv"  # the example quoted is the file's own separator's
+    tags.write_text("text,tags\nA review,drama,romance\n")
+    with pytest.raises(InputError, match=r'tags\.csv:2: .* a "," inside a field that is not '
+                                         r'quoted\? quote such fields \("a, b"\)'):  # fmt: skip
+        read(tmp_path, str(tags))
     trailing = tmp_path / "excel.csv"
     trailing.write_text("id,text\n1,first,,\n2,second,\n")
     assert [d.text for d in read(tmp_path, str(trailing))] == ["first", "second"]
@@ -947,6 +952,36 @@ def test_a_pattern_is_not_refused_for_an_unreadable_folder_it_cannot_reach(tmp_p
         resolve_sources([SourceConfig(path=str(tmp_path / "**" / "b.txt"))])
 
 
+def test_a_volume_s_lost_and_found_is_skipped_and_other_failures_say_their_own_reason(
+    tmp_path, monkeypatch
+):
+    """A data disk's mount point holds fsck's `lost+found`, root's alone: a source of the whole
+    disk failed on it, where `Path.rglob` had skipped it. A folder that failed otherwise (an
+    I/O error, one removed while listed) was said to be "permission denied"."""
+    import errno
+    import os
+
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "a.txt").write_text("readable")
+    (tmp_path / "lost+found").mkdir()
+    scandir = os.scandir
+
+    def scandir_denying(path="."):
+        if Path(path).name == "lost+found":
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        if Path(path).name == "flaky":
+            raise OSError(errno.EIO, "Input/output error", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir_denying)
+    for source in (tmp_path, tmp_path / "**" / "*.txt"):
+        found = resolve_sources([SourceConfig(path=str(source))])
+        assert [item.path.name for item in found] == ["a.txt"], source
+    (tmp_path / "flaky").mkdir()
+    with pytest.raises(InputError, match=r"cannot read \S*flaky \(input/output error\)"):
+        resolve_sources([SourceConfig(path=str(tmp_path))])
+
+
 def test_a_file_in_a_folder_that_cannot_be_entered_is_an_error_naming_it(tmp_path, monkeypatch):
     """A folder with read but no search permission lists its names, which cannot be looked
     at: a pattern's match there failed as a bare PermissionError (a traceback from `check`)."""
@@ -1063,6 +1098,25 @@ def test_a_hugging_face_dataset_folder_and_arrow_files_are_read_batch_by_batch(t
         read(tmp_path, str(tmp_path / "broken.arrow"))
 
 
+def test_a_hugging_face_cache_file_without_the_text_column_is_skipped_in_a_folder(tmp_path, caplog):
+    """`Dataset.map` writes `cache-<fingerprint>.arrow` beside the dataset (a tokenized copy):
+    skipped as Arrow before Arrow was read, it then failed the run as "no column 'text'"."""
+    folder = tmp_path / "wikitext"
+    folder.mkdir()
+    table = pa.table({"text": ["one row", "another row"]})
+    with pa.ipc.new_stream(folder / "wikitext-train.arrow", table.schema) as writer:
+        writer.write_table(table)
+    tokens = pa.table({"input_ids": [[1, 2], [3]]})
+    with pa.ipc.new_stream(folder / "cache-0a1b2c3d.arrow", tokens.schema) as writer:
+        writer.write_table(tokens)
+    with caplog.at_level(logging.WARNING):
+        assert [d.text for d in read(tmp_path, str(folder))] == ["one row", "another row"]
+    assert "cache-0a1b2c3d.arrow: skipped, a Hugging Face datasets cache file without " \
+           "column 'text' (columns: input_ids)" in caplog.text  # fmt: skip
+    with pytest.raises(InputError, match=r"cache-0a1b2c3d\.arrow: no column 'text'"):  # named
+        read(tmp_path, str(folder / "cache-0a1b2c3d.arrow"))
+
+
 def test_a_saved_dataset_read_with_format_arrow_skips_its_metadata(tmp_path, caplog):
     """`format = "arrow"` on a `save_to_disk` folder failed on its dataset_info.json as "not a
     readable Arrow file (Expected to read 538970747 metadata bytes...)"."""
@@ -1104,7 +1158,12 @@ def test_a_dataset_dict_folder_says_its_splits_are_read_as_one_corpus(tmp_path, 
         docs = read(tmp_path, str(saved))
     assert len(docs) == 6
     said = f"{saved}: a Hugging Face DatasetDict: its splits (test, train) are read as one corpus"
-    assert said in caplog.text and f"({saved / 'test'}) to read it alone" in caplog.text
+    # The split to read alone is the train one, not the first by name (test).
+    assert said in caplog.text and f"({saved / 'train'}) to read it alone" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # a folder above it said nothing
+        assert len(read(tmp_path, str(tmp_path))) == 6
+    assert f"{saved}: a Hugging Face DatasetDict: its splits (test, train)" in caplog.text
 
 
 def test_invalid_utf8_is_an_error_naming_file_and_byte_unless_replace_is_asked(tmp_path, caplog):
@@ -1151,6 +1210,18 @@ def test_a_utf8_file_with_a_stray_byte_is_not_called_windows_1252(tmp_path):
     path = tmp_path / "mixed.txt"
     path.write_bytes("na\u00efve caf\u00e9 ".encode() + b"stray \xe9 byte")
     with pytest.raises(InputError, match=r"mixed\.txt: invalid UTF-8 at byte \d+ \(line 1\); "
+                                         r"fix the file or set"):  # fmt: skip
+        read(tmp_path, str(path))
+
+
+def test_a_utf8_text_read_whole_with_a_stray_byte_far_after_its_accents_is_not_called_1252(
+    tmp_path,
+):
+    """Only 2 KB either side of the byte were looked at: a book's accents 5 KB before it were
+    not seen, and `iconv -f cp1252` would have garbled them ("naÃ¯ve")."""
+    path = tmp_path / "book.txt"
+    path.write_bytes("na\u00efve caf\u00e9\n".encode() + b"plain line\n" * 500 + b"stray caf\xe9\n")
+    with pytest.raises(InputError, match=r"book\.txt: invalid UTF-8 at byte \d+ \(line 502\); "
                                          r"fix the file or set"):  # fmt: skip
         read(tmp_path, str(path))
 

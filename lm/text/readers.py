@@ -584,6 +584,11 @@ def _windows_1252_advice(data: bytes, at: int) -> str:
     bytes around hold valid UTF-8 beyond ASCII (a UTF-8 file with a stray byte: converting it
     would garble the rest), nor where Windows-1252 gives a control character or an unassigned
     byte (not text in that encoding either)."""
+    # All of what was read before the byte decoded, so a byte beyond ASCII there is valid
+    # UTF-8: a text read whole with its accents 3 KB before a stray byte was said to be
+    # Windows-1252 (searched in place: the bytes before may be a 1 GB file's).
+    if NON_ASCII_BYTE.search(data, 0, at):
+        return ""
     start = max(0, at - 2048)
     window = data[start : at + 2048]
     if any(char > "\x7f" and char != "\ufffd" for char in window.decode("utf-8", "replace")):
@@ -616,6 +621,9 @@ def _windows_1252_advice(data: bytes, at: int) -> str:
         f'it reads as Windows-1252 (Latin-1) there ("{word}"): convert the file to UTF-8 '
         "(iconv -f cp1252 -t utf-8)"
     )
+
+
+NON_ASCII_BYTE = re.compile(rb"[\x80-\xff]")
 
 
 def _in_a_word(char: str) -> bool:
@@ -1191,9 +1199,23 @@ def _read_arrow(
                            "but is not: %s)", item.name, error)  # fmt: skip
             return
         raise InputError(f"{item.name}: not a readable Arrow file or stream ({error})") from None
+    field = item.spec.text_field
+    if field not in schema.names and _hugging_face_cache(item):
+        # `Dataset.map` and `filter` write these beside the dataset (a tokenized copy): it was
+        # skipped as an Arrow file, and failed the run once Arrow was read.
+        logger.warning("%s: skipped, a Hugging Face datasets cache file without column '%s' "
+                       "(columns: %s)", item.name, field, ", ".join(schema.names))  # fmt: skip
+        return
     index = _check_text_column(item, schema, "an Arrow")
     yield from _column_documents(item, (batch.column(index) for batch in batches),
                                  encoding_errors, replaced)  # fmt: skip
+
+
+def _hugging_face_cache(item: ResolvedInput) -> bool:
+    """Whether a folder or pattern found this Arrow file under the name `datasets` gives the
+    output of a `map` or `filter` (`cache-<fingerprint>.arrow`)."""
+    return (item.path is not None and item.path.name.startswith("cache-")
+            and not _named_itself(item))  # fmt: skip
 
 
 def _summary_of_other_files(parquet: pq.ParquetFile) -> bool:
@@ -1326,7 +1348,8 @@ def _read_csv(
                 raise InputError(
                     f"{item.name}:{start}: the record has {len(record)} fields, the header "
                     f'{len(header)}: a "{_shown(delimiter)}" inside a field that is not quoted? '
-                    'quote such fields ("a; b"), or set the delimiter this file uses'
+                    f'quote such fields ("a{_shown(delimiter)} b"), or set the delimiter this '
+                    "file uses"
                 )
             text = record[column]
             if ESCAPED_BYTE.search(text):

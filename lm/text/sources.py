@@ -169,16 +169,17 @@ def _warn_of_dataset_splits(text: str, folder: Path, files: list[Path]) -> None:
     """A Hugging Face `DatasetDict` saved whole (`dataset_dict.json` beside `train/`, `test/`)
     is read as one corpus: its test split goes into lmforge's own split like any other text,
     maybe into train. Said, with how to read one split alone."""
-    marker = folder / "dataset_dict.json"
-    if marker not in files:
-        return
-    splits = sorted({p.relative_to(folder).parts[0] for p in files
-                     if len(p.relative_to(folder).parts) > 1})  # fmt: skip
-    logger.warning(
-        "%s: a Hugging Face DatasetDict: its splits (%s) are read as one corpus, which [split] "
-        "divides again by its own hash (their test text may be trained on); name one split's "
-        "folder (%s) to read it alone", text, ", ".join(splits), folder / (splits or ["train"])[0],
-    )  # fmt: skip
+    for marker in [path for path in files if path.name == "dataset_dict.json"]:
+        top = marker.parent  # the folder named, or one below it
+        below = [p.relative_to(top).parts for p in files if p.is_relative_to(top)]
+        splits = sorted({parts[0] for parts in below if len(parts) > 1})
+        one = "train" if "train" in splits else (splits or ["train"])[0]  # not "test" first
+        logger.warning(
+            "%s: a Hugging Face DatasetDict: its splits (%s) are read as one corpus, which "
+            "[split] divides again by its own hash (their test text may be trained on); name "
+            "one split's folder (%s) to read it alone", text if top == folder else top,
+            ", ".join(splits), top / one,
+        )  # fmt: skip
 
 
 def _not_a_file(path: Path) -> str:
@@ -244,10 +245,14 @@ def _refuse_unlistable(base: Path, hidden_too: bool, source: str) -> None:
 
 
 def _refuse_unreadable(source: str | Path, errors: list[OSError]) -> None:
+    # fsck's `lost+found` at a volume's root is root's alone and never a corpus's: a source of
+    # a data disk's mount point failed on it (Path.rglob had skipped it, as it still is).
+    errors = [error for error in errors if Path(error.filename).name != "lost+found"]
     if errors:
         where = _some([Path(error.filename) for error in errors])
-        raise InputError(f"{source}: cannot read {where} (permission denied); make it "
-                         "readable, or leave it out of the sources")  # fmt: skip
+        why = "; ".join(sorted({(error.strerror or str(error)).lower() for error in errors}))
+        raise InputError(f"{source}: cannot read {where} ({why}); make it readable, or leave "
+                         "it out of the sources")  # fmt: skip
 
 
 def _glued_stars_as_one(part: str) -> str:
