@@ -35,7 +35,13 @@ from lm.config import ModelRun, PipelineConfig, SplitConfig, load_config, resolv
 from lm.eval_config import EvalConfig
 from lm.machine import describe_machine
 from lm.text.sources import InputError, is_url
-from storage.artifacts import DESCRIPTOR_FILE, ArtifactStore, Descriptor, take_reused
+from storage.artifacts import (
+    DESCRIPTOR_FILE,
+    STAGING_INFIX,
+    ArtifactStore,
+    Descriptor,
+    take_reused,
+)
 from storage.heartbeat import HEARTBEAT_FILE, Heartbeat
 from storage.metrics_log import RUN_METRICS_FILE, MetricsLog
 from storage.processes import pid_alive, this_host
@@ -451,9 +457,9 @@ def record_failure(run: RunContext, error: BaseException, models: list[ModelReco
     except Exception as unrecorded:  # the run's own error, raised next, says what went wrong
         # (often the same full disk, which left neither the registry nor outcome.json
         # writable): this one would replace it with a traceback that names no file.
-        logger.error("run %s could not be recorded as failed (%s: %s); the next run records "
-                     "it as crashed", run.run_id, type(unrecorded).__name__,
-                     unrecorded)  # fmt: skip
+        logger.error("run %s could not be recorded as %s (%s: %s); the next run records "
+                     "it as crashed", run.run_id, "cancelled" if cancelled else "failed",
+                     type(unrecorded).__name__, unrecorded)  # fmt: skip
 
 
 def failure_text(error: BaseException, stage: str | None, cancelled: bool = False) -> str:
@@ -900,6 +906,8 @@ def _tokenizer_outputs_of(store: ArtifactStore, digest: str) -> list[Path]:
     """The complete tokenizer outputs in `store` whose descriptor gives `digest`."""
     outputs = []
     for descriptor_file in store.base.glob(f"*/{DESCRIPTOR_FILE}"):
+        if STAGING_INFIX in descriptor_file.parent.name:  # a build, or a leftover being removed
+            continue
         try:
             if json.loads(descriptor_file.read_text()).get("digest") != digest:
                 continue

@@ -5,6 +5,7 @@ folder is atomic). The staging name ends in `.partial-…`, which no reader's pa
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import uuid
@@ -26,6 +27,7 @@ def write_text_atomically(path: Path, text: str) -> Path:
         staging.write_text(text, encoding="utf-8")
         os.replace(staging, path)
     except BaseException:  # a full disk: no `.partial-` file left behind, cut short
-        staging.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # never in place of the write's own error
+            staging.unlink(missing_ok=True)
         raise
     return path

@@ -564,8 +564,8 @@ class RunRegistry:
         # run its details, never the run that is starting (nor the other crashed runs).
         crashed = []
         if len(abandoned) > 1:  # a run that starts after many were killed said nothing for a while
-            logger.info("recording %d runs of this host whose process is gone (%s, …) as crashed",
-                        len(abandoned), abandoned[0][0])  # fmt: skip
+            logger.info("recording what %d runs of this host whose process is gone left (%s)",
+                        len(abandoned), _some_ids([run_id for run_id, _ in abandoned]))  # fmt: skip
         for run_id, started_at in abandoned:
             if self._record_pending_outcome(runs_dir / run_id):
                 continue
@@ -1001,16 +1001,32 @@ def _unfinished_stage(name: str, stage: UnfinishedStage) -> str:
     return f"{name}, started {started:{SHOWN_TIME}} UTC"
 
 
+# The name a Binder or Catalog Error says is missing: `Referenced column "x" not found`,
+# `Table "r" does not have a column named "x"`, `Table with name x does not exist`.
+MISSING_NAME = re.compile(r'column(?: named)? "([^"]+)"|with name (\S+) does not exist')
+
+
 def older_schema_note(version: int | None, error: Exception) -> str:
     """Why a table or column is missing where the registry (schema `version`) is an earlier
-    lmforge's: a command that reads does not migrate it, only a writer does; "" otherwise."""
+    lmforge's: a command that reads does not migrate it, only a writer does; "" otherwise, and
+    for a name no later migration adds (a typo in a query is not explained by the upgrade)."""
     if not str(error).startswith(("Catalog Error", "Binder Error")):
         return ""
     if version is None or version >= len(MIGRATIONS):
         return ""
+    names = [a or b for a, b in MISSING_NAME.findall(str(error).splitlines()[0])]
+    added = "\n".join(MIGRATIONS[version:])
+    if names and not any(re.search(rf"\b{re.escape(name)}\b", added, re.IGNORECASE)
+                         for name in names):  # fmt: skip
+        return ""
     return (f" (the registry was written by an earlier lmforge, schema version {version} of "
             f"{len(MIGRATIONS)}: the tables and columns added since appear once a run of this "
             "lmforge has written to it, e.g. the next `lmforge run`)")  # fmt: skip
+
+
+def _some_ids(run_ids: list[str], shown: int = 3) -> str:
+    more = f" and {len(run_ids) - shown} more" if len(run_ids) > shown else ""
+    return ", ".join(run_ids[:shown]) + more
 
 
 def _last_written(paths: list[Path], since: datetime) -> datetime:

@@ -101,8 +101,9 @@ class StageJournal:
         except OSError as error:  # a full disk: a bare "[Errno 28]" named no file
             from storage.artifacts import OutputUnwritable
 
+            why = error.strerror or error
             raise OutputUnwritable(f"{self.path}: the run's stage journal cannot be written "
-                                   f"({error.strerror}); is the disk full?") from error  # fmt: skip
+                                   f"({why}); is the disk full?") from error  # fmt: skip
 
 
 def read_stage_journal(path: Path) -> StageJournalContents:

@@ -12,7 +12,6 @@ the vectors trained before instead of training them again (hours on a large corp
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -147,7 +146,7 @@ def _stored_vectors(
 ):
     """(the vectors, their descriptor in the vectors store): those stored under `vectors_key`,
     else trained and stored."""
-    from lm.models.embeddings import load_keyed_vectors
+    from lm.models.embeddings import load_keyed_vectors, vectors_digest
 
     store = vectors_store(workspace)
     key = vectors_key(corpus, tokenizer, config, ordered_shards)
@@ -158,11 +157,9 @@ def _stored_vectors(
         path = workspace.resolve(existing.path) / VECTORS_FILE
         return load_keyed_vectors(path, existing.digest), existing
     vectors = _train(workspace, corpus, tokenizer, config, ordered_shards)
-    digest = hashlib.sha256(vectors.vectors.tobytes())
-    digest.update("\n".join(vectors.index_to_key).encode())
     with store.build(key) as staging:
         vectors.save(str(staging / VECTORS_FILE))
-        stored = store.describe(staging, VECTORS, key, digest.hexdigest(),
+        stored = store.describe(staging, VECTORS, key, vectors_digest(vectors),
                                 {"vocabulary": len(vectors.key_to_index)})  # fmt: skip
     return vectors, stored
 

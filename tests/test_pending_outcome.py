@@ -337,4 +337,4 @@ def test_a_run_that_finds_many_runs_gone_says_it_records_them(workspace, caplog)
     with caplog.at_level(logging.INFO, logger="storage.registry"):
         closed = registry.close_abandoned_runs("me@here", never_alive, workspace.runs)
     assert sorted(closed) == ["r1", "r2", "r3"]
-    assert "recording 3 runs of this host whose process is gone (r" in caplog.text
+    assert "recording what 3 runs of this host whose process is gone left (r" in caplog.text

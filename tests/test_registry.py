@@ -763,3 +763,21 @@ def test_a_stale_write_ahead_log_is_named_not_the_registry(tmp_path):
     assert said.startswith(f"{registry.path}: cannot read the registry (IO Error: Failure while")
     assert f"move {registry.path}.wal aside, not the registry" in said
     assert "the next `lmforge run` starts a new one" not in said
+
+
+def test_a_name_no_later_migration_adds_is_not_explained_by_an_older_schema():
+    # A typo in `lmforge sql` on a registry not yet migrated was told that a run would add it.
+    from storage.registry import older_schema_note
+
+    connection = duckdb.connect()
+    connection.execute("CREATE TABLE runs (run_id VARCHAR)")
+    connection.execute("CREATE TABLE promotions (run_id VARCHAR)")
+    said = {}
+    for query in ("SELECT against FROM promotions", "SELECT p.against FROM promotions p",
+                  "SELECT * FROM models", "SELECT nothing FROM runs",
+                  "SELECT r.nothing FROM runs r", "SELECT * FROM runz"):  # fmt: skip
+        with pytest.raises(duckdb.Error) as error:
+            connection.execute(query)
+        said[query] = older_schema_note(2, error.value)
+    assert all("schema version 2 of" in said[query] for query in list(said)[:3]), said
+    assert not any(said[query] for query in list(said)[3:]), said

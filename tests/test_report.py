@@ -662,6 +662,27 @@ def test_a_long_training_s_curves_are_thinned_for_its_page_but_val_loss_is_whole
     assert model.scores["training_val_loss"] == 1.5
 
 
+@pytest.mark.parametrize("logged", [101, 199, 201, 1000])
+def test_a_thinned_curve_keeps_as_many_points_as_it_may_whatever_its_length(
+    tmp_path, monkeypatch, logged
+):
+    # A stride of ceil(points / CURVE_POINTS) kept 51 of 101 points where 100 may be drawn.
+    monkeypatch.setattr("storage.report_data.CURVE_POINTS", 100, raising=False)
+    workspace = Workspace(tmp_path)
+    registry = RunRegistry(workspace.registry_path)
+    registry.start_run({"run_id": "r", "status": "running", "started_at": datetime.now(),
+                        "config": {"model": {"kind": "gpt"}}})  # fmt: skip
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(
+        json.dumps({"key": "train/loss", "step": step, "value": 1.0, "model": "gpt",
+                    "ts": "2026-12-05"}) + "\n" for step in range(1, logged + 1)
+    ))  # fmt: skip
+    registry.finish_run("r", "crashed", datetime.now(), [], [], None, metrics)
+    (model,) = gather_run_report(registry, workspace, "r").models
+    steps = model.curves["train/loss"].steps
+    assert (len(steps), steps[0], steps[-1]) == (100, 1, logged)
+
+
 def test_curves_of_rows_of_documents_are_drawn_against_the_targets_trained_on(tmp_path):
     # Against global batch × block size, the names ladder's axis counted padding: 2.26x.
     from storage.registry import ModelRecord
