@@ -910,42 +910,41 @@ def test_empty_folder_names_the_folder(tmp_path):
 def test_a_subfolder_that_cannot_be_listed_is_an_error_naming_it(tmp_path, monkeypatch):
     """`Path.rglob` skipped a folder it could not list, and its files were silently left out
     of the corpus. As root, chmod 000 does not stop a listing: the denial is simulated."""
-    import os
 
     (tmp_path / "a.txt").write_text("readable")
     (tmp_path / "locked").mkdir()
     (tmp_path / "locked" / "b.txt").write_text("in a folder that cannot be listed")
-    scandir = os.scandir
-
-    def scandir_denying_locked(path="."):
-        if Path(path).name == "locked":
-            raise PermissionError(13, "Permission denied", str(path))
-        return scandir(path)
-
-    monkeypatch.setattr(os, "scandir", scandir_denying_locked)
+    _deny_listing(monkeypatch, "locked")
     with pytest.raises(InputError, match=r"cannot read \S*locked \(permission denied\)"):
         resolve_sources([SourceConfig(path=str(tmp_path))])
     with pytest.raises(InputError, match=r"\*\*/\*\.txt: cannot read \S*locked \(permission"):
         resolve_sources([SourceConfig(path=str(tmp_path / "**" / "*.txt"))])
 
 
+def _deny_listing(monkeypatch, name: str) -> None:
+    """Listing a folder called `name` fails as without permission: as root, chmod 000 does not
+    stop a listing."""
+    import os
+
+    scandir = os.scandir
+
+    def scandir_denying(path="."):
+        if Path(path).name == name:
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir_denying)
+
+
 def test_a_pattern_is_not_refused_for_an_unreadable_folder_it_cannot_reach(tmp_path, monkeypatch):
     """`*/text/**` was refused for `x/other/locked`, which it never reads: the folders below
     the pattern's start were walked, not those its parts before `**` match."""
-    import os
 
     for folder in ("x/text", "y/text", "x/other/locked"):
         (tmp_path / folder).mkdir(parents=True)
     (tmp_path / "x/text/a.txt").write_text("first")
     (tmp_path / "y/text/b.txt").write_text("second")
-    scandir = os.scandir
-
-    def scandir_denying_locked(path="."):
-        if Path(path).name == "locked":
-            raise PermissionError(13, "Permission denied", str(path))
-        return scandir(path)
-
-    monkeypatch.setattr(os, "scandir", scandir_denying_locked)
+    _deny_listing(monkeypatch, "locked")
     found = resolve_sources([SourceConfig(path=str(tmp_path / "*" / "text" / "**" / "*.txt"))])
     assert [item.path.name for item in found] == ["a.txt", "b.txt"]
     with pytest.raises(InputError, match=r"\*\*/b\.txt: cannot read \S*locked \(permission"):
