@@ -18,7 +18,7 @@ run: $(STAMP)
 	$(BIN)/lmforge run $(CONFIG)
 
 # Two test processes, each with its own Prefect server, one test file at a time (module fixtures
-# are built once): on 2 cores the suite takes 9 to 10 minutes, less than in one process, since
+# are built once): on 2 cores the suite takes 10 to 11 minutes, less than in one process, since
 # many tests wait on subprocesses and servers. TEST_WORKERS=0 runs it in this process.
 TEST_WORKERS ?= 2
 
