@@ -263,18 +263,12 @@ def held_out_trained_on(previous: Path, current: Path) -> int:
     of `previous`: text a model trained on `previous` would be scored on. None under the hash
     of `doc_id`; a piece of a text is drawn with the text's first piece (`split.unit =
     "text"`), and an edit there draws the whole text again."""
-    import duckdb
-
-    connection = duckdb.connect()
-    try:
-        [(count,)] = connection.execute(
-            "SELECT count(*) FROM read_parquet(?) WHERE keep AND split <> 'train' AND doc_id IN "
-            "(SELECT doc_id FROM read_parquet(?) WHERE keep AND split = 'train')",
-            [str(current), str(previous)],
-        ).fetchall()
-    finally:
-        connection.close()
-    return int(count)
+    return _count_of_current(
+        current,
+        previous,
+        "SELECT count(*) FROM read_parquet(?) WHERE keep AND split <> 'train' AND doc_id IN "
+        "(SELECT doc_id FROM read_parquet(?) WHERE keep AND split = 'train')",
+    )
 
 
 def held_out_edited(previous: Path, current: Path) -> int:
@@ -282,17 +276,23 @@ def held_out_edited(previous: Path, current: Path) -> int:
     kept train documents of `previous` with other text: files edited since, whose earlier text
     a model trained on `previous` has seen (a new `doc_id`, so `held_out_trained_on` cannot
     tell). Whole files only: a line's or row's place (`file:12`) moves when lines are added."""
+    return _count_of_current(
+        current,
+        previous,
+        "SELECT count(*) FROM read_parquet(?) AS now WHERE keep AND split <> 'train' "
+        "AND part_of IS NULL AND source = source_file AND source IN (SELECT source FROM "
+        "read_parquet(?) AS before WHERE keep AND split = 'train' AND part_of IS NULL "
+        "AND source = source_file AND before.doc_id <> now.doc_id)",
+    )
+
+
+def _count_of_current(current: Path, previous: Path, query: str) -> int:
+    """The count `query` gives, its parameters the corpus files `current` then `previous`."""
     import duckdb
 
     connection = duckdb.connect()
     try:
-        [(count,)] = connection.execute(
-            "SELECT count(*) FROM read_parquet(?) AS now WHERE keep AND split <> 'train' "
-            "AND part_of IS NULL AND source = source_file AND source IN (SELECT source FROM "
-            "read_parquet(?) AS before WHERE keep AND split = 'train' AND part_of IS NULL "
-            "AND source = source_file AND before.doc_id <> now.doc_id)",
-            [str(current), str(previous)],
-        ).fetchall()
+        [(count,)] = connection.execute(query, [str(current), str(previous)]).fetchall()
     finally:
         connection.close()
     return int(count)

@@ -142,6 +142,25 @@ def full_report(runs) -> Path:
     return build_run_report(runs.full)
 
 
+def crashed_run(
+    tmp_path: Path, run_id: str, config: dict, logged: list[tuple[str, int, float]],
+    model: str = "gpt",
+) -> tuple[Workspace, RunRegistry]:  # fmt: skip
+    """A run recorded as crashed with `logged` (key, step, value) metrics of `model`, as a
+    killed run's are (no models row, no stages): the workspace and registry that hold it."""
+    workspace = Workspace(tmp_path)
+    registry = RunRegistry(workspace.registry_path)
+    registry.start_run({"run_id": run_id, "status": "running", "started_at": datetime.now(),
+                        "config": config})  # fmt: skip
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(
+        json.dumps({"key": key, "step": step, "value": value, "model": model,
+                    "ts": "2026-12-05"}) + "\n" for key, step, value in logged
+    ))  # fmt: skip
+    registry.finish_run(run_id, "crashed", datetime.now(), [], [], None, metrics)
+    return workspace, registry
+
+
 def test_run_report_has_every_section_and_every_image_is_a_png_beside_it(runs, full_report):
     assert full_report == runs.workspace.root / "reports" / runs.full / "report.html"
     page = read_page(full_report)
@@ -603,21 +622,12 @@ def test_the_tokens_behind_the_published_weights_are_shown_where_they_differ_fro
 def test_a_training_cut_short_keeps_its_curve_in_the_report(tmp_path):
     # A killed run has no models row and no train stage for the model it was training: its
     # curve, which the registry holds, was dropped ("No training curves were recorded").
-    workspace = Workspace(tmp_path)
-    registry = RunRegistry(workspace.registry_path)
     config = {"train": {"global_batch": 8, "block_size": 16, "max_steps": 100},
               "models": [{"name": None, "model": {"kind": "bigram"}, "train": {}},
                          {"name": "big", "model": {"kind": "gpt", "block_size": 32},
                           "train": {"global_batch": 4, "max_steps": 50}}]}  # fmt: skip
-    registry.start_run({"run_id": "killed", "status": "running", "started_at": datetime.now(),
-                        "config": config})  # fmt: skip
-    metrics = tmp_path / "metrics.jsonl"
-    metrics.write_text("".join(
-        json.dumps({"key": key, "step": step, "value": value, "model": "big", "ts": "2026-12-05"})
-        + "\n" for step, (key, value) in enumerate([("train/loss", 4.0), ("train/loss", 3.0),
-                                                   ("train/lr", 0.001)], start=1)
-    ))  # fmt: skip
-    registry.finish_run("killed", "crashed", datetime.now(), [], [], None, metrics)
+    logged = [("train/loss", 1, 4.0), ("train/loss", 2, 3.0), ("train/lr", 3, 0.001)]
+    workspace, registry = crashed_run(tmp_path, "killed", config, logged, model="big")
     report = gather_run_report(registry, workspace, "killed")
     (model,) = report.models
     assert (model.label, model.kind, model.tokens_per_step) == ("big", "gpt", 4 * 32)
@@ -636,23 +646,14 @@ def test_a_long_training_s_curves_are_thinned_for_its_page_but_val_loss_is_whole
     # A month-long training logs a million steps: the report held them all as rows (750 MB
     # for one run, 1.9 GB and 52 s for `report --compare` of 20 such runs) to draw 800 pixels.
     monkeypatch.setattr("storage.report_data.CURVE_POINTS", 100, raising=False)
-    workspace = Workspace(tmp_path)
-    registry = RunRegistry(workspace.registry_path)
     config = {"train": {"global_batch": 4, "block_size": 8, "max_steps": 1000},
               "model": {"kind": "gpt", "block_size": 8}}  # fmt: skip
-    registry.start_run({"run_id": "long", "status": "running", "started_at": datetime.now(),
-                        "config": config})  # fmt: skip
     lines = []
     for step in range(1, 1001):
         lines += [("train/loss", step, 5.0 - step / 1000), ("train/lr", step, 1e-3)]
         if step % 3 == 0:
             lines.append(("val/loss", step, 4.0 if step != 999 else 1.5))
-    metrics = tmp_path / "metrics.jsonl"
-    metrics.write_text("".join(
-        json.dumps({"key": key, "step": step, "value": value, "model": "gpt", "ts": "2026-12-05"})
-        + "\n" for key, step, value in lines
-    ))  # fmt: skip
-    registry.finish_run("long", "crashed", datetime.now(), [], [], None, metrics)
+    workspace, registry = crashed_run(tmp_path, "long", config, lines)
     (model,) = gather_run_report(registry, workspace, "long").models
     loss = model.curves["train/loss"]
     assert 90 <= len(loss.steps) <= 101 and len(model.curves["train/lr"].steps) == len(loss.steps)
@@ -668,16 +669,8 @@ def test_a_thinned_curve_keeps_as_many_points_as_it_may_whatever_its_length(
 ):
     # A stride of ceil(points / CURVE_POINTS) kept 51 of 101 points where 100 may be drawn.
     monkeypatch.setattr("storage.report_data.CURVE_POINTS", 100, raising=False)
-    workspace = Workspace(tmp_path)
-    registry = RunRegistry(workspace.registry_path)
-    registry.start_run({"run_id": "r", "status": "running", "started_at": datetime.now(),
-                        "config": {"model": {"kind": "gpt"}}})  # fmt: skip
-    metrics = tmp_path / "metrics.jsonl"
-    metrics.write_text("".join(
-        json.dumps({"key": "train/loss", "step": step, "value": 1.0, "model": "gpt",
-                    "ts": "2026-12-05"}) + "\n" for step in range(1, logged + 1)
-    ))  # fmt: skip
-    registry.finish_run("r", "crashed", datetime.now(), [], [], None, metrics)
+    points = [("train/loss", step, 1.0) for step in range(1, logged + 1)]
+    workspace, registry = crashed_run(tmp_path, "r", {"model": {"kind": "gpt"}}, points)
     (model,) = gather_run_report(registry, workspace, "r").models
     steps = model.curves["train/loss"].steps
     assert (len(steps), steps[0], steps[-1]) == (100, 1, logged)
@@ -749,19 +742,11 @@ def test_a_ladder_model_trained_but_not_scored_is_not_said_to_have_stopped_train
 
 def test_a_model_name_with_dollar_signs_is_drawn_as_text_not_read_as_tex(tmp_path):
     # matplotlib read `$\alph$` as TeX: "Unknown symbol", and no report at all.
-    workspace = Workspace(tmp_path)
-    registry = RunRegistry(workspace.registry_path)
     name = "c$\\alph$"
     config = {"train": {"global_batch": 4, "block_size": 8, "max_steps": 10},
               "models": [{"name": name, "model": {"kind": "bigram"}, "train": {}}]}  # fmt: skip
-    registry.start_run({"run_id": "tex", "status": "running", "started_at": datetime.now(),
-                        "config": config})  # fmt: skip
-    metrics = tmp_path / "metrics.jsonl"
-    metrics.write_text("".join(
-        json.dumps({"key": "train/loss", "step": step, "value": 4.0 - step, "model": name,
-                    "ts": "2026-12-05"}) + "\n" for step in (1, 2, 3)
-    ))  # fmt: skip
-    registry.finish_run("tex", "crashed", datetime.now(), [], [], None, metrics)
+    logged = [("train/loss", step, 4.0 - step) for step in (1, 2, 3)]
+    workspace, registry = crashed_run(tmp_path, "tex", config, logged, model=name)
     rendered = render_run_report(gather_run_report(registry, workspace, "tex"))
     assert name in Page(rendered.html).text["run"] and rendered.images  # drawn, named
     from gensim.models import KeyedVectors
@@ -842,20 +827,11 @@ def test_a_retrain_s_report_shows_its_decision(tmp_path):
 def test_a_training_cut_short_shows_its_best_val_loss_so_far(tmp_path):
     # A killed run's page said "the table shows the training losses in nats per token" above
     # no table: the val loss curve it logged gave no score row.
-    workspace = Workspace(tmp_path)
-    registry = RunRegistry(workspace.registry_path)
     config = {"train": {"global_batch": 8, "block_size": 16, "max_steps": 100},
               "model": {"kind": "gpt", "block_size": 16}}  # fmt: skip
-    registry.start_run({"run_id": "killed", "status": "running", "started_at": datetime.now(),
-                        "config": config})  # fmt: skip
-    metrics = tmp_path / "metrics.jsonl"
     logged = [("train/loss", 1, 4.0), ("val/loss", 40, 5.25), ("val/loss", 80, 5.125),
               ("train/loss", 81, 3.0)]  # fmt: skip
-    metrics.write_text("".join(
-        json.dumps({"key": key, "step": step, "value": value, "model": "gpt",
-                    "ts": "2026-12-05"}) + "\n" for key, step, value in logged
-    ))  # fmt: skip
-    registry.finish_run("killed", "crashed", datetime.now(), [], [], None, metrics)
+    workspace, registry = crashed_run(tmp_path, "killed", config, logged)
     page = Page(render_run_report(gather_run_report(registry, workspace, "killed")).html)
     best = "best val loss (nats/token) during training (sampled windows)5.1250"
     assert best in page.text["scores"]

@@ -13,6 +13,7 @@ import codecs
 import contextlib
 import csv
 import errno
+import functools
 import gzip
 import io
 import itertools
@@ -591,7 +592,8 @@ def _windows_1252_advice(data: bytes, at: int) -> str:
         return ""
     start = max(0, at - 2048)
     window = data[start : at + 2048]
-    if any(char > "\x7f" and char != "\ufffd" for char in window.decode("utf-8", "replace")):
+    after = data[at : at + 2048].decode("utf-8", "replace")  # before it, ASCII alone (above)
+    if any(char > "\x7f" and char != "\ufffd" for char in after):
         return ""
     try:
         text = window.decode("cp1252")
@@ -937,12 +939,14 @@ def _nested(record: dict, field: str) -> tuple[Any] | None:
     """The value at a dotted path (`text_field = "content.text"` for `{"content": {"text":
     ...}}`, as crawls and API dumps nest it), in a tuple, or None where the path leads nowhere.
     A key that holds the dots itself is found first, by the caller."""
+    if "." not in field:
+        return None
     value: Any = record
-    for key in field.split(".") if "." in field else ():
+    for key in field.split("."):
         if not isinstance(value, dict) or key not in value:
             return None
         value = value[key]
-    return (value,) if value is not record else None
+    return (value,)
 
 
 def _read_json(
@@ -1081,7 +1085,7 @@ def _read_parquet(
         # Parquet is read from its footer back: a stream that cannot seek (zstd's) failed as
         # "not a readable Parquet file (seek)", and one of gzip's, bz2's or xz's decompressed
         # from the start again at each seek back (a row group each). Copied to a file first.
-        yield from _read_copied(item, stream, encoding_errors, replaced)
+        yield from _read_copied(item, stream, encoding_errors, replaced, _read_parquet_file)
 
 
 def _read_parquet_file(
@@ -1183,7 +1187,8 @@ def _read_arrow(
             if not copied and (
                 not stream.seekable() or _file_name(item).endswith(COMPRESSED_SUFFIXES)
             ):  # read from its footer: a decompressing stream is copied to a file first
-                yield from _read_copied(item, stream, encoding_errors, replaced, _read_arrow_copy)
+                copy_reader = functools.partial(_read_arrow, copied=True)
+                yield from _read_copied(item, stream, encoding_errors, replaced, copy_reader)
                 return
             file_reader = pa.ipc.open_file(stream)
             schema = file_reader.schema
@@ -1226,19 +1231,12 @@ def _summary_of_other_files(parquet: pq.ParquetFile) -> bool:
                 and metadata.row_group(0).column(0).file_path)  # fmt: skip
 
 
-def _read_arrow_copy(
-    item: ResolvedInput, stream: BinaryIO, encoding_errors: str, replaced: Replacements
-) -> Iterator[RawDocument]:
-    return _read_arrow(item, stream, encoding_errors, replaced, copied=True)
-
-
 def _read_copied(
     item: ResolvedInput, stream: BinaryIO, encoding_errors: str, replaced: Replacements,
-    read: Callable[..., Iterator[RawDocument]] | None = None,
+    read: Callable[..., Iterator[RawDocument]],
 ) -> Iterator[RawDocument]:  # fmt: skip
     """`read` (`_read_parquet_file`, or an Arrow file's) of a decompressed copy in a temporary
     file (`TMPDIR`): both formats are read from their footer back."""
-    read = read or _read_parquet_file
     with tempfile.TemporaryFile() as copy:
         try:
             shutil.copyfileobj(stream, copy, 1 << 20)

@@ -269,8 +269,8 @@ def folder_files(folder: Path) -> list[Path]:
     archive keeps its links) could pull `~/.ssh/id_rsa` into a corpus, and its models."""
     files, linked_folders, broken, outside = [], [], [], []
     inside = folder.resolve()
-    for path in _below(folder):
-        if path.is_file():
+    for path, is_file in _below(folder):
+        if is_file:
             files.append(path)
             if path.is_symlink() and not path.resolve().is_relative_to(inside):
                 outside.append(path)
@@ -288,22 +288,23 @@ def folder_files(folder: Path) -> list[Path]:
     return sorted(files)
 
 
-def _below(folder: Path) -> Iterator[Path]:
-    """Every entry below `folder` but hidden ones, never inside a linked folder. A folder that
-    cannot be listed or entered (no read or search permission) is an error naming it:
-    `Path.rglob` skipped it without a word, and its files were left out of the corpus."""
+def _below(folder: Path) -> Iterator[tuple[Path, bool]]:
+    """Every entry below `folder` but hidden ones, never inside a linked folder, with whether
+    it is a file. A folder that cannot be listed or entered (no read or search permission) is
+    an error naming it: `Path.rglob` skipped it without a word, and its files were left out of
+    the corpus."""
     unlistable: list[OSError] = []
     for here, folders, names in os.walk(folder, onerror=unlistable.append):
         folders[:] = [name for name in folders if not name.startswith(".")]
-        for name in sorted([*folders, *names]):
+        for name in [*folders, *names]:
             if not name.startswith("."):
                 path = Path(here) / name
-                try:
-                    path.is_file()  # a folder that lists its names but cannot be entered
+                try:  # raises in a folder that lists its names but cannot be entered
+                    is_file = path.is_file()
                 except PermissionError as error:
                     unlistable.append(error)
                     continue
-                yield path
+                yield path, is_file
     _refuse_unreadable(folder, unlistable)
 
 
