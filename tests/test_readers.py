@@ -93,16 +93,31 @@ def test_a_recursive_glob_reads_each_file_once_and_never_follows_a_linked_folder
     assert len(warnings) == 1 and str(data / "x") in warnings[0] and "sub/up" in warnings[0]
 
 
-def test_a_link_to_nothing_in_a_folder_or_a_glob_is_named_not_dropped_silently(tmp_path, caplog):
-    (tmp_path / "d").mkdir()
-    (tmp_path / "d" / "a.txt").write_text("alpha")
-    (tmp_path / "d" / "gone.txt").symlink_to(tmp_path / "nowhere.txt")
-    for source in (tmp_path / "d", tmp_path / "d" / "*.txt"):
-        caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="lm.text.sources"):
-            assert [d.text for d in read(tmp_path, str(source))] == ["alpha"]
-        said = [r.getMessage() for r in caplog.records if "links to nothing" in r.getMessage()]
-        assert len(said) == 1 and said[0].endswith(str(tmp_path / "d" / "gone.txt"))
+def test_what_is_not_a_file_in_a_folder_or_a_glob_is_named_for_what_it_is(tmp_path, caplog):
+    """A link to nothing was named; a named pipe, a socket or a looping link was dropped in
+    silence (or called a link whose target is gone)."""
+    import os
+    import socket
+
+    folder = tmp_path / "d"
+    folder.mkdir()
+    (folder / "a.txt").write_text("alpha")
+    (folder / "gone.txt").symlink_to(tmp_path / "nowhere.txt")
+    (folder / "loop.txt").symlink_to("loop.txt")
+    os.mkfifo(folder / "pipe.txt")
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(str(folder / "sock.txt"))
+        for source in (folder, folder / "*.txt"):
+            caplog.clear()
+            with caplog.at_level(logging.WARNING, logger="lm.text.sources"):
+                assert [d.text for d in read(tmp_path, str(source))] == ["alpha"]
+            said = [r.getMessage() for r in caplog.records if "not a file" in r.getMessage()]
+            assert said == [
+                f"{source}: skipped what is not a file to read: {folder / 'gone.txt'} (a link "
+                f"to {tmp_path / 'nowhere.txt'}, which is gone), {folder / 'loop.txt'} (a link "
+                f"that loops back to itself), {folder / 'pipe.txt'} (a named pipe (FIFO)) and "
+                "1 more"
+            ]
 
 
 def test_a_linked_file_from_outside_a_folder_is_read_with_a_warning_naming_its_target(
@@ -718,6 +733,27 @@ def test_a_semicolon_csv_is_read_with_its_delimiter_and_without_it_the_error_say
         SourceConfig(path=str(path), delimiter="\\t")
 
 
+def test_a_folder_s_delimiter_leaves_its_tsvs_their_tab_unless_the_format_says_tsv(
+    tmp_path, caplog
+):
+    """`delimiter = ";"` on a folder of European CSVs read its one TSV with ";" too: one
+    column, and the whole source failed."""
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    (folder / "a.csv").write_text("id;text\n1;from the csv\n")
+    (folder / "b.tsv").write_text("id\ttext\n2\tfrom the tsv; with a semicolon\n")
+    with caplog.at_level(logging.WARNING):
+        docs = read(tmp_path, SourceConfig(path=str(folder), delimiter=";"))
+    assert [d.text for d in docs] == ["from the csv", "from the tsv; with a semicolon"]
+    assert f'{folder / "b.tsv"}: delimiter (a .tsv is read with tabs; format = "tsv" sets' in (
+        caplog.text
+    )
+    piped = tmp_path / "piped.tsv"
+    piped.write_text("id|text\n3|piped\n")
+    docs = read(tmp_path, SourceConfig(path=str(piped), format="tsv", delimiter="|"))
+    assert [d.text for d in docs] == ["piped"]
+
+
 def test_a_record_with_more_fields_than_the_header_is_an_error_not_a_cut_text(tmp_path):
     """A separator inside an unquoted field cut the text there and dropped the rest silently;
     empty fields past the header (a spreadsheet's trailing separators) are no text lost."""
@@ -951,6 +987,34 @@ def test_a_pattern_is_not_refused_for_an_unreadable_folder_it_cannot_reach(tmp_p
         resolve_sources([SourceConfig(path=str(tmp_path / "**" / "b.txt"))])
 
 
+def test_a_wildcard_part_names_a_folder_it_cannot_list_and_a_source_it_cannot_reach(
+    tmp_path, monkeypatch
+):
+    """`data/*/*.txt` skipped an unlistable `data/locked/` in silence (only `**` was checked),
+    and a file named in a folder that cannot be entered was a PermissionError traceback."""
+    import os
+
+    for folder in ("data/open", "data/locked"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "a.txt").write_text(folder)
+    _deny_listing(monkeypatch, "locked")
+    with pytest.raises(InputError, match=r"\*\.txt: cannot read \S*data/locked \(permission"):
+        resolve_sources([SourceConfig(path=str(tmp_path / "data/*/*.txt"))])
+    found = resolve_sources([SourceConfig(path=str(tmp_path / "data/o*/*.txt"))])
+    assert [item.path.parent.name for item in found] == ["open"]
+    stat = os.stat
+
+    def stat_denying_below_locked(path, *args, **kwargs):
+        if "/locked/" in str(path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", stat_denying_below_locked)
+    with pytest.raises(InputError, match=r"locked/a\.txt: cannot reach it \(permission denied\): "
+                                         "a folder on its way cannot be entered"):  # fmt: skip
+        resolve_sources([SourceConfig(path=str(tmp_path / "data/locked/a.txt"))])
+
+
 def test_a_volume_s_lost_and_found_is_skipped_and_other_failures_say_their_own_reason(
     tmp_path, monkeypatch
 ):
@@ -1163,6 +1227,35 @@ def test_a_dataset_dict_folder_says_its_splits_are_read_as_one_corpus(tmp_path, 
     with caplog.at_level(logging.WARNING):  # a folder above it said nothing
         assert len(read(tmp_path, str(tmp_path))) == 6
     assert f"{saved}: a Hugging Face DatasetDict: its splits (test, train)" in caplog.text
+
+
+def test_a_datasets_cache_folder_says_its_cached_splits_are_read_as_one_corpus(tmp_path, caplog):
+    """The `datasets` cache keeps a dataset's splits side by side, read as one corpus with no
+    word; a pattern that picks one split says nothing."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    names = [
+        "imdb-test.arrow",
+        "imdb-train-00000-of-00002.arrow",
+        "imdb-train-00001-of-00002.arrow",
+    ]
+    for name in names:
+        table = pa.table({"text": [f"{name} row"]})
+        with pa.ipc.new_stream(cache / name, table.schema) as out:
+            out.write_table(table)
+    for source in (cache, cache / "*.arrow"):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            assert len(read(tmp_path, str(source))) == 3
+        assert (
+            f"{source}: cached splits of a Hugging Face dataset (test, train) are read as one "
+            "corpus, which [split] divides again by its own hash (their test text may be trained "
+            f"on); name one split's files ({cache / 'imdb-train*.arrow'}) to read it alone"
+        ) in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert len(read(tmp_path, str(cache / "imdb-train*.arrow"))) == 2
+    assert "cached splits" not in caplog.text
 
 
 def test_invalid_utf8_is_an_error_naming_file_and_byte_unless_replace_is_asked(tmp_path, caplog):

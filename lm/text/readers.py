@@ -457,6 +457,8 @@ def _warn_of_settings_the_format_ignores(item: ResolvedInput, fmt: str) -> None:
         ignored.append("one_doc_per_line (read from text inputs)")
     if item.spec.delimiter is not None and fmt not in ("csv", "tsv"):
         ignored.append("delimiter (read from CSV and TSV inputs)")
+    elif item.spec.delimiter not in (None, "\t") and _delimiter_of(item, fmt) == "\t":
+        ignored.append('delimiter (a .tsv is read with tabs; format = "tsv" sets its separator)')
     for setting in ignored:
         said = (item.spec.path, setting, fmt)
         if said not in _IGNORED_SETTINGS_SAID:
@@ -1316,7 +1318,7 @@ def _read_csv(
     label = encoding.upper().removesuffix("-SIG")
     line = 0  # lines read: the next record starts on the line after
     try:
-        delimiter = item.spec.delimiter or ("\t" if fmt == "tsv" else ",")
+        delimiter = _delimiter_of(item, fmt)
         reader = csv.reader(text_stream, strict=True, delimiter=delimiter)
         header = [_unescaped(name) for name in next(reader, [])]
         if field not in header:
@@ -1368,6 +1370,15 @@ def _read_csv(
         ) from None
     finally:
         text_stream.detach()
+
+
+def _delimiter_of(item: ResolvedInput, fmt: str) -> str:
+    """A source's `delimiter` is its CSVs' separator. A `.tsv` keeps its tab unless the source
+    says `format = "tsv"`: a folder of semicolon CSVs holding one TSV read that TSV as one
+    column, and failed."""
+    if fmt == "tsv" and item.spec.format != "tsv":
+        return "\t"
+    return item.spec.delimiter or ("\t" if fmt == "tsv" else ",")
 
 
 def _shown(delimiter: str) -> str:

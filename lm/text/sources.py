@@ -148,15 +148,21 @@ def _resolve_one(spec: SourceConfig) -> list[ResolvedInput]:
                 "" if os.path.isabs(expanded) else f" (read from the current folder, {os.getcwd()})"
             )
             raise InputError(f"{text}: the pattern matches no files{relative}")
+        _warn_of_cached_splits(text, matches)
         return [_file_input(p, spec) for p in matches]
     path = Path(expanded)
-    if path.is_dir():
+    try:
+        is_folder, is_file = path.is_dir(), path.is_file()
+    except PermissionError as error:  # a folder on its way cannot be entered: a traceback
+        raise InputError(f"{text}: cannot reach it (permission denied): a folder on its way "
+                         "cannot be entered; make it readable") from error  # fmt: skip
+    if is_folder:
         files = folder_files(path)
         if not files:
             raise InputError(f"{text}: the folder contains no files")
         _warn_of_dataset_splits(text, path, files)
         return [_file_input(p, spec) for p in files]
-    if path.is_file():
+    if is_file:
         return [_file_input(path, spec)]
     if os.path.lexists(path):  # there, but neither: "no such file" sent people looking for it
         raise InputError(f"{text}: {_not_a_file(path)}, not a file or folder to read")
@@ -180,6 +186,28 @@ def _warn_of_dataset_splits(text: str, folder: Path, files: list[Path]) -> None:
             "one split's folder (%s) to read it alone", text if top == folder else top,
             ", ".join(splits), top / one,
         )  # fmt: skip
+    _warn_of_cached_splits(text, files)
+
+
+CACHED_SPLIT = re.compile(r"-(train|test|validation|valid|dev)(-\d+-of-\d+)?\.arrow$")
+
+
+def _warn_of_cached_splits(text: str, files: list[Path]) -> None:
+    """The `datasets` cache holds a dataset's splits side by side (`imdb-train.arrow`,
+    `imdb-test.arrow`): read as one corpus, like a `DatasetDict` folder, with no word."""
+    by_folder: dict[Path, dict[str, str]] = {}
+    for path in files:
+        if found := CACHED_SPLIT.search(path.name):
+            by_folder.setdefault(path.parent, {})[found[1]] = path.name[: found.start()]
+    for folder, splits in sorted(by_folder.items()):
+        if len(splits) > 1:
+            one = "train" if "train" in splits else sorted(splits)[0]
+            logger.warning(
+                "%s: cached splits of a Hugging Face dataset (%s) are read as one corpus, "
+                "which [split] divides again by its own hash (their test text may be trained "
+                "on); name one split's files (%s) to read it alone", text,
+                ", ".join(sorted(splits)), folder / f"{splits[one]}-{one}*.arrow",
+            )  # fmt: skip
 
 
 def _not_a_file(path: Path) -> str:
@@ -208,15 +236,8 @@ def glob_files(pattern: str) -> list[Path]:
     if rest[-1] == "**":  # "every file below": pathlib's bare `**` lists folders only
         rest.append("*")
     hidden_asked = any(part.startswith(".") for part in rest)
-    if "**" in rest:  # pathlib's glob skips a folder it cannot list without a word
-        # From the folders the parts before it match: `data/*/text/**` never reaches
-        # `data/x/other/`, and an unreadable folder there is none of its business.
-        before = rest[: rest.index("**")]
-        for top in base.glob(str(Path(*before))) if before else [base]:
-            hidden = any(part.startswith(".") for part in top.relative_to(base).parts)
-            if os.path.isdir(top) and (hidden_asked or not hidden):
-                _refuse_unlistable(top, hidden_asked, pattern)
-    matches, broken, unreadable = set(), [], []
+    _refuse_unlistable_on_the_way(base, rest, hidden_asked, pattern)
+    matches, skipped, unreadable = set(), [], []
     for path in base.glob(str(Path(*rest))):
         relative = path.relative_to(base).parts
         if not hidden_asked and any(part.startswith(".") for part in relative):
@@ -228,11 +249,40 @@ def glob_files(pattern: str) -> list[Path]:
             continue
         if is_file:
             matches.add(path)
-        elif path.is_symlink() and not path.exists():
-            broken.append(path)
+        elif not path.is_dir():
+            skipped.append(path)
     _refuse_unreadable(pattern, unreadable)
-    _warn_of_broken_links(pattern, broken)
+    _warn_of_what_is_not_a_file(pattern, skipped)
     return sorted(matches)
+
+
+def _refuse_unlistable_on_the_way(
+    base: Path, parts: list[str], hidden_asked: bool, pattern: str
+) -> None:
+    """pathlib's glob skips a folder it cannot list without a word, and its files were left
+    out of the corpus: an error names each folder a wildcard part is matched in (for `**`,
+    every folder below) that cannot be listed. Only the folders the parts before it match:
+    `data/*/text/**` never reaches `data/x/other/`, and an unreadable folder there is none of
+    its business."""
+    unlistable: list[OSError] = []
+    for index, part in enumerate(parts):
+        if not GLOB_CHARACTERS & set(part):
+            continue
+        before = parts[:index]
+        for top in base.glob(str(Path(*before))) if before else [base]:
+            hidden = any(name.startswith(".") for name in top.relative_to(base).parts)
+            if not os.path.isdir(top) or (hidden and not hidden_asked):
+                continue
+            if part == "**":
+                _refuse_unlistable(top, hidden_asked, pattern)
+            else:
+                try:
+                    os.scandir(top).close()
+                except OSError as error:
+                    unlistable.append(error)
+        if part == "**":  # the walk went below every folder the later parts match in
+            break
+    _refuse_unreadable(pattern, unlistable)
 
 
 def _refuse_unlistable(base: Path, hidden_too: bool, source: str) -> None:
@@ -267,7 +317,7 @@ def folder_files(folder: Path) -> list[Path]:
     folder above would loop), and a warning names them. A linked file whose target is outside
     the folder is read with a warning naming both: a folder from someone else (an unpacked
     archive keeps its links) could pull `~/.ssh/id_rsa` into a corpus, and its models."""
-    files, linked_folders, broken, outside = [], [], [], []
+    files, linked_folders, skipped, outside = [], [], [], []
     inside = folder.resolve()
     for path, is_file in _below(folder):
         if is_file:
@@ -276,12 +326,12 @@ def folder_files(folder: Path) -> list[Path]:
                 outside.append(path)
         elif path.is_symlink() and path.is_dir():
             linked_folders.append(path)
-        elif path.is_symlink() and not path.exists():
-            broken.append(path)
+        elif not path.is_dir():
+            skipped.append(path)
     if linked_folders:
         _warn_once(f"{folder}: linked folders are not followed: {_some(linked_folders)} (list "
                    "them as sources to read them)")  # fmt: skip
-    _warn_of_broken_links(folder, broken)
+    _warn_of_what_is_not_a_file(folder, skipped)
     if outside:
         targets = _some(outside, lambda path: f"{path} -> {path.resolve()}")
         _warn_once(f"{folder}: reading linked files from outside it: {targets}")
@@ -314,10 +364,12 @@ def _some(paths: list[Path], said: Callable[[Path], str] = str) -> str:
     return shown + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
 
 
-def _warn_of_broken_links(where: Path | str, broken: list[Path]) -> None:
-    """Links whose target is gone read as nothing: said, not silently dropped."""
-    if broken:
-        _warn_once(f"{where}: skipped links to nothing (their target is gone): {_some(broken)}")
+def _warn_of_what_is_not_a_file(where: Path | str, skipped: list[Path]) -> None:
+    """Links to nothing or round in a loop, named pipes, sockets and devices read as nothing:
+    said, each for what it is, not dropped in silence."""
+    if skipped:
+        named = _some(skipped, lambda path: f"{path} ({_not_a_file(path)})")
+        _warn_once(f"{where}: skipped what is not a file to read: {named}")
 
 
 def _file_input(path: Path, spec: SourceConfig, name: str | None = None) -> ResolvedInput:
