@@ -53,6 +53,7 @@ def _load(run: str, label: str | None):
     from lm.evaluate import CheckpointError, load_trained
     from lm.tokenizer import TokenizerError
     from lm.train import pick_device
+    from storage.artifacts import foreign_descriptor
     from storage.registry import RegistryError, RunRegistry
 
     workspace = activate_workspace()
@@ -101,6 +102,12 @@ def _load(run: str, label: str | None):
                     f"run {found['run_id']}: the folder of model '{found['label']}' is gone "
                     f"({folder}); `lmforge runs show {found['run_id']}` prints the command that "
                     "trains it again"
+                )
+            if problem := foreign_descriptor(folder):  # folders swapped or moved by hand
+                raise _fail(
+                    f"run {found['run_id']}: the folder of model '{found['label']}' ({folder}) "
+                    f"holds another output: {problem}; `lmforge runs show {found['run_id']}` "
+                    "prints the command that trains it again"
                 )
         model, tokenizer = load_trained(folder)
     except (RegistryError, CheckpointError, TokenizerError) as error:

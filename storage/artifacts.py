@@ -243,10 +243,10 @@ def damage(folder: Path) -> str | None:
         sizes = {str(name): int(size) for name, size in files.items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         return f"{MANIFEST_FILE} is unreadable ({error})"
-    return size_mismatch(folder, sizes) or _foreign_descriptor(folder)
+    return size_mismatch(folder, sizes) or foreign_descriptor(folder)
 
 
-def _foreign_descriptor(folder: Path) -> str | None:
+def foreign_descriptor(folder: Path) -> str | None:
     """Why the folder's `descriptor.json` does not describe this output: bytes changed in it
     (a traceback where a stage read it), or another output's (two folders' contents swapped:
     another model was served under this key). None when it names this folder's key."""

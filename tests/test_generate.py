@@ -549,6 +549,31 @@ def test_model_with_a_folder_and_a_run_whose_model_folder_is_gone_are_errors(
     assert str(home / "artifacts/train/deleted") in result.stderr
 
 
+def test_a_run_whose_model_folder_holds_another_output_is_refused_not_served(
+    recorded_run, monkeypatch
+):
+    """Two train folders swapped by hand: `generate RUN` served the other run's model (the
+    pipeline's stages rebuild such a folder; generate read it as it was)."""
+    from flows.cli import app
+
+    home, trained, _ = recorded_run
+    monkeypatch.setenv("LMFORGE_HOME", str(home))
+    folder = home / trained.path
+    descriptor = folder / "descriptor.json"
+    kept = descriptor.read_text()
+    descriptor.write_text(kept.replace(trained.key, "train-another"))
+    try:
+        result = CliRunner().invoke(app, ["generate", "20260101", "--prompt", "The"])
+    finally:
+        descriptor.write_text(kept)
+    assert result.exit_code == 1
+    said = (f"run 20260101-000000-abcdef: the folder of model 'counts' ({folder}) holds another "
+            "output: descriptor.json is another output's (train-another)")  # fmt: skip
+    assert said in result.stderr
+    again = CliRunner().invoke(app, ["generate", "20260101", "--prompt", "The"])
+    assert again.exit_code == 0, again.stderr
+
+
 def test_generate_from_a_failed_run_says_which_model_answers(recorded_run, monkeypatch):
     """A ladder whose top failed answered with the model below it, without a word."""
     from flows.cli import app
