@@ -601,7 +601,8 @@ def test_a_damaged_published_model_falls_back_then_is_trained_again(workspace, c
     final = torch.load(folder / "final" / "model.pt")
     # One byte changed, the size kept (torch would load it, changed): the sha256 recorded
     # finds it, and final/ serves instead.
-    data = bytearray((folder / "best" / "model.pt").read_bytes())
+    original = (folder / "best" / "model.pt").read_bytes()
+    data = bytearray(original)
     size = len(data)
     data[size // 2] ^= 0x10
     (folder / "best" / "model.pt").write_bytes(bytes(data))
@@ -615,6 +616,19 @@ def test_a_damaged_published_model_falls_back_then_is_trained_again(workspace, c
     changed = "model.pt is not the file written (its sha256 differs from the one recorded)"
     assert f"{folder / 'best'}: damaged checkpoint ({changed})" in caplog.text
     assert f"{folder}: using final/ instead" in caplog.text
+    (folder / "best" / "model.pt").write_bytes(original)
+    caplog.clear()
+    (folder / "best" / "DONE").rename(folder / "best" / "DONE.kept")
+    logging.getLogger("lm.evaluate").addHandler(caplog.handler)
+    try:  # best/ without its marker: final/ answered without a word
+        model, _ = load_trained(folder)
+    finally:
+        logging.getLogger("lm.evaluate").removeHandler(caplog.handler)
+    (folder / "best" / "DONE.kept").rename(folder / "best" / "DONE")
+    assert all(torch.equal(model.state_dict()[name], final[name]) for name in final)
+    assert f"{folder / 'best'}: incomplete checkpoint (no DONE marker), skipped" in caplog.text
+    assert f"{folder}: using final/ instead" in caplog.text
+    (folder / "best" / "model.pt").write_bytes(bytes(data))
     with open(folder / "final" / "model.pt", "r+b") as weights:
         weights.truncate(100)
     expected = rf"{folder}: no checkpoint can be read \(best/: {re.escape(changed)}; final/: "
