@@ -89,3 +89,63 @@ def test_a_key_is_shown_by_its_stage_and_12_digest_characters():
     assert short_key(f"evaluate-{digest}") == "evaluate-ceb012345678"
     assert short_key(f"word2vec-vectors-{digest}") == "word2vec-vectors-ceb012345678"
     assert short_key(digest) == digest[:12] and short_key("") == ""
+
+
+def test_every_ingredient_of_a_stage_key_changes_it_and_nothing_else_does():
+    """A cache key that left out the code digest, the stage's version, its settings or an
+    upstream digest served an output the old code or the old data had made."""
+    from tasks.caching import stage_key
+
+    base = ("train", 3, "c" * 64, ["u" * 64, "v" * 64], "d" * 64)
+    key = stage_key(*base)
+    assert key == stage_key(*base) and key.startswith("train-") and len(key) == len("train-") + 40
+    changed = [
+        ("evaluate", 3, "c" * 64, ["u" * 64, "v" * 64], "d" * 64),
+        ("train", 4, "c" * 64, ["u" * 64, "v" * 64], "d" * 64),
+        ("train", 3, "e" * 64, ["u" * 64, "v" * 64], "d" * 64),
+        ("train", 3, "c" * 64, ["w" * 64, "v" * 64], "d" * 64),
+        ("train", 3, "c" * 64, ["u" * 64, "w" * 64], "d" * 64),
+        ("train", 3, "c" * 64, ["v" * 64, "u" * 64], "d" * 64),
+        ("train", 3, "c" * 64, ["u" * 64, "v" * 64], "e" * 64),
+    ]
+    keys = {stage_key(*parts) for parts in changed}
+    assert key not in keys and len(keys) == len(changed)
+    # Parts are kept apart: a digest moved across a boundary is another key.
+    assert stage_key("train", 3, "ab", ["c"], "d") != stage_key("train", 3, "a", ["bc"], "d")
+
+
+def test_a_code_digest_follows_each_file_s_bytes_and_name(tmp_path, monkeypatch):
+    from tasks import caching
+
+    monkeypatch.setattr(caching, "REPO_ROOT", tmp_path)
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
+    (tmp_path / "pkg" / "b.py").write_text("y = 2\n")
+
+    def digest(*paths: str) -> str:
+        return caching.code_digest.__wrapped__(*paths)
+
+    before = digest("pkg")
+    assert before == digest("pkg") == digest("pkg/b.py", "pkg/a.py") != digest("pkg/a.py")
+    (tmp_path / "pkg" / "b.py").write_text("y = 3\n")
+    edited = digest("pkg")
+    assert edited != before
+    (tmp_path / "pkg" / "b.py").rename(tmp_path / "pkg" / "c.py")  # same bytes, another module
+    assert digest("pkg") != edited
+
+
+def test_module_sources_follow_plain_imports_and_packages(tmp_path, monkeypatch):
+    from tasks import caching
+
+    monkeypatch.setattr(caching, "REPO_ROOT", tmp_path)
+    (tmp_path / "lm" / "sub").mkdir(parents=True)
+    (tmp_path / "lm" / "top.py").write_text("import lm.plain\nfrom lm import sub\n")
+    (tmp_path / "lm" / "plain.py").write_text("def f():\n    from lm.inner import g\n")
+    (tmp_path / "lm" / "inner.py").write_text("from . import plain\n")
+    (tmp_path / "lm" / "sub" / "__init__.py").write_text("")
+    assert caching.module_sources("lm.top") == (
+        "lm/inner.py",
+        "lm/plain.py",
+        "lm/sub/__init__.py",
+        "lm/top.py",
+    )

@@ -279,3 +279,33 @@ def test_a_store_folder_that_cannot_be_made_is_said_naming_the_output(tmp_path):
     said = r"artifacts/ingest/ingest-k: cannot make its staging folder"
     with pytest.raises(OutputUnwritable, match=said), store.build("ingest-k"):
         pass
+
+
+def test_leftovers_are_listed_oldest_first_by_their_newest_file_and_sized_by_their_files(
+    tmp_path,
+):
+    """A folder is as old as the newest file in it (a checkpoint written last night in a
+    folder made last month), and its size is its files' bytes, not its folders'."""
+    workspace = Workspace(tmp_path).ensure()
+    train = workspace.artifacts / "train"
+    recent = _folder(train / "train-a.work", 300)
+    nested = _folder(recent / "step-00000010", 200)
+    old = _folder(train / "train-b.work", 100)
+    for path, seconds in ((old / "model.pt", 2000), (old, 2000), (recent, 1000),
+                          (recent / "model.pt", 1000), (nested, 1000),
+                          (nested / "model.pt", 3000)):  # fmt: skip
+        os.utime(path, (seconds, seconds))
+    leftovers = find_leftovers(workspace)
+    assert [(x.path, x.size, x.modified) for x in leftovers] == [
+        (old, 100, 2000),
+        (recent, 500, 3000),
+    ]
+
+
+def test_a_build_whose_process_is_alive_when_it_is_removed_is_kept(tmp_path):
+    from storage.prune import Leftover
+
+    workspace = Workspace(tmp_path).ensure()
+    building = _folder(workspace.corpus / staging_name("clean-k"))  # this process's
+    assert remove_leftover(Leftover(building, "abandoned build", 1000, 0.0)) is False
+    assert (building / "model.pt").is_file()

@@ -110,3 +110,15 @@ def test_a_digest_prefix_that_names_several_versions_is_refused_and_case_does_no
             find_corpus_version(connection, "b")
         assert find_corpus_version(connection, "BE9")["digest"] == "be94"
         assert find_corpus_version(connection, None)["digest"] == "be94"  # none: the newest
+
+
+def test_the_sql_session_attaches_the_registry_read_only(tmp_path):
+    """Attached for writing, `lmforge sql` took DuckDB's write lock: a run finishing meanwhile
+    could not record itself (and a statement the read-only check missed wrote the registry)."""
+    registry = RunRegistry(tmp_path / "registry.duckdb")
+    _run_on(registry, tmp_path, "r1", "aaa1")
+    with sql_session(registry, tmp_path) as connection:
+        [(read_only,)] = connection.execute(
+            "SELECT readonly FROM duckdb_databases() WHERE database_name = 'registry'"
+        ).fetchall()
+        assert read_only is True

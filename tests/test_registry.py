@@ -781,3 +781,133 @@ def test_a_name_no_later_migration_adds_is_not_explained_by_an_older_schema():
         said[query] = older_schema_note(2, error.value)
     assert all("schema version 2 of" in said[query] for query in list(said)[:3]), said
     assert not any(said[query] for query in list(said)[3:]), said
+
+
+def test_a_corpus_version_keeps_each_split_s_counts_and_each_filter_s_numbers_apart(tmp_path):
+    """Every count of a `datasets` row in its own column: train, val and test swapped, or a
+    filter's flagged and removed, and `lmforge corpus stats` said so without a test noticing."""
+    registry = RunRegistry(tmp_path / "registry.duckdb")
+    registry.start_run(_run_row("r1"))
+    stats = {
+        "documents": 9, "kept": 6, "kept_chars": 60, "kept_bytes": 70,
+        "flagged": {"too_few_words": 3, "near_duplicate": 2}, "removed": {"too_few_words": 1},
+        "split_documents": {"train": 4, "val": 1, "test": 2},
+        "split_bytes": {"train": 40, "val": 10, "test": 20},
+    }  # fmt: skip
+    ended = datetime(2026, 12, 6, 9, 0, tzinfo=UTC)
+    stage = StageRecord("clean", "clean-k", False, 1.5, "d1", "corpus/clean-k", {})
+    registry.finish_run("r1", "completed", ended, [stage],
+                        datasets=[DatasetRecord("d1", "clean-k", "corpus/clean-k", stats)],
+                        corpus_digest="d1")  # fmt: skip
+    _, rows = registry.query(
+        "SELECT train_documents, val_documents, test_documents, train_bytes, val_bytes, "
+        "test_bytes FROM datasets"
+    )
+    assert rows == [(4, 1, 2, 40, 10, 20)]
+    _, filters = registry.query(
+        "SELECT filter, flagged, removed FROM dataset_filters ORDER BY filter"
+    )
+    assert filters == [("near_duplicate", 2, 0), ("too_few_words", 3, 1)]
+    # A stage recorded without its end finished with the run; its artifact is its output's.
+    _, stages = registry.query("SELECT finished_at FROM stages")
+    _, artifacts = registry.query("SELECT run_id, stage, kind, digest, path FROM artifacts")
+    assert stages == [(ended,)]
+    assert artifacts == [("r1", "clean", "clean", "d1", "corpus/clean-k")]
+    # The same corpus built again by a later run is one version, as first recorded.
+    registry.start_run(_run_row("r2"))
+    again = stats | {"kept": 5}
+    rebuilt = DatasetRecord("d1", "clean-k", "corpus/clean-k", again)
+    registry.finish_run("r2", "completed", ended, [], datasets=[rebuilt])
+    _, versions = registry.query("SELECT kept FROM datasets")
+    assert versions == [(6,)]
+    assert registry.query("SELECT count(*) FROM dataset_filters")[1] == [(2,)]
+
+
+def test_a_second_record_of_a_run_keeps_its_corpus_and_its_metric_lines_models(tmp_path):
+    """A later record of a run (its failure after its success) that names no corpus keeps
+    the one recorded; metric lines keep the model they name, and lines without a key (a line
+    cut short by a kill reads as NULLs) are left out."""
+    registry = RunRegistry(tmp_path / "registry.duckdb")
+    registry.start_run(_run_row("r1"))
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text(
+        json.dumps({"key": "val/bpb", "step": 1, "value": 2.0, "ts": "2026-12-04T10:00",
+                    "model": "mlp"}) + "\n"
+        + json.dumps({"key": "loss", "step": 1, "value": 3.0, "ts": "2026-12-04T10:00"}) + "\n"
+        + '{"key": "lo'
+    )  # fmt: skip
+    registry.finish_run("r1", "completed", datetime.now(UTC), [], corpus_digest="d1",
+                        metrics_file=metrics)  # fmt: skip
+    registry.finish_run("r1", "failed", datetime.now(UTC), [], metrics_file=metrics)
+    assert registry.find_run("r1")["corpus_digest"] == "d1"
+    _, rows = registry.query("SELECT key, model FROM metrics ORDER BY key")
+    assert rows == [("loss", None), ("val/bpb", "mlp")]
+
+
+def test_a_model_s_training_curve_is_tagged_with_it_over_what_its_lines_say(tmp_path):
+    from storage.registry import RunRegistry as Registry
+
+    registry = Registry(tmp_path / "registry.duckdb")
+    registry.start_run(_run_row("r1"))
+    curve = tmp_path / "metrics.jsonl"
+    curve.write_text(
+        _metric_line("loss", 1, 3.0, model="other") + "\n" + _metric_line("loss", 2, 2.5)
+    )
+    with registry.writing() as connection:
+        Registry._insert_metrics(connection, "r1", curve, "gpt")
+    _, rows = registry.query("SELECT step, model FROM metrics ORDER BY step")
+    assert rows == [(1, "gpt"), (2, "gpt")]
+
+
+def test_a_refused_promotion_sets_the_logged_decision_to_0_and_a_rerecord_keeps_the_alias(
+    tmp_path,
+):
+    """A promotion overturned at its record (the champion changed meanwhile) logs
+    `retrain/promoted` 0, and only then; a run recorded again keeps the alias it won."""
+    registry = RunRegistry(tmp_path / "registry.duckdb")
+    decided = datetime(2026, 12, 5, 10, 0, tzinfo=UTC)
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text(_metric_line("retrain/promoted", 0, 1.0))
+    for run_id, against in (("r1", None), ("r2", "r1/gpt"), ("late", "gone/gpt")):
+        registry.start_run(_run_row(run_id))
+        promotion = PromotionRecord(None, "champion", True, 1.0, None, "better", decided, against)
+        recorded = registry.finish_run(run_id, "completed", decided, [], metrics_file=metrics,
+                                       models=[_model("gpt", 1.0)],
+                                       promotion=promotion)  # fmt: skip
+        assert recorded.promoted is (run_id != "late")
+    _, logged = registry.query(
+        "SELECT run_id, value FROM metrics WHERE key = 'retrain/promoted' ORDER BY run_id"
+    )
+    assert logged == [("late", 0.0), ("r1", 1.0), ("r2", 1.0)]
+    assert registry.champion()["run_id"] == "r2"
+    # r2 recorded again (failed after its success): still the champion, one decision recorded.
+    promotion = PromotionRecord(None, "champion", True, 1.0, None, "better", decided, "r1/gpt")
+    again = registry.finish_run("r2", "failed", decided, [], metrics_file=metrics,
+                                models=[_model("gpt", 1.0)], promotion=promotion)  # fmt: skip
+    assert again.promoted and registry.champion()["run_id"] == "r2"
+    _, decisions = registry.query("SELECT count(*) FROM promotions WHERE run_id = 'r2'")
+    assert decisions == [(1,)]
+
+
+def test_a_promotion_moves_the_alias_to_the_label_it_names_only(tmp_path):
+    registry = RunRegistry(tmp_path / "registry.duckdb")
+    registry.start_run(_run_row("r1"))
+    decided = datetime(2026, 12, 5, 10, 0, tzinfo=UTC)
+    promotion = PromotionRecord("mlp", "champion", True, 2.0, None, "first", decided, None)
+    registry.finish_run("r1", "completed", decided, [], promotion=promotion,
+                        models=[_model("mlp", 2.0), _model("gpt", 1.5)])  # fmt: skip
+    _, rows = registry.query("SELECT label, alias FROM models ORDER BY label")
+    assert rows == [("gpt", None), ("mlp", "champion")]
+
+
+def test_only_this_host_s_runs_whose_process_is_gone_are_closed(tmp_path):
+    registry = RunRegistry(tmp_path / "registry.duckdb")
+    _abandoned_run(registry, "gone", pid=4242)
+    registry.start_run({"run_id": "elsewhere", "status": "running", "started_at": STARTED,
+                        "hostname": "you@there", "pid": 4242})  # fmt: skip
+    registry.start_run({"run_id": "no-pid", "status": "running", "started_at": STARTED,
+                        "hostname": "me@here"})  # fmt: skip
+    closed = registry.close_abandoned_runs("me@here", lambda pid: False, tmp_path / "runs")
+    assert closed == ["gone"]
+    assert registry.find_run("elsewhere")["status"] == "running"
+    assert registry.find_run("no-pid")["status"] == "running"

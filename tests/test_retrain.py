@@ -780,3 +780,106 @@ def test_text_settings_recorded_before_a_source_setting_existed_are_the_same():
     assert text_settings(recorded) == text_settings(now)
     recorded["ingest"]["sources"][0]["one_doc_per_line"] = True  # a change that is one
     assert text_settings(recorded) != text_settings(now)
+
+
+@pytest.mark.parametrize(
+    ("candidate", "champion", "margin", "promoted"),
+    [(3.5, 3.5, 0.0, False),  # a tie keeps the champion
+     (3.4, 3.5, 0.1, False),  # a gain of exactly the margin is not enough
+     (3.39, 3.5, 0.1, True),
+     (3.45, 3.5, 0.1, False),  # better, by less than the margin
+     (3.6, 3.5, -0.2, True),  # a negative margin lets a slightly worse one through
+     (3.5, 3.4, 0.0, False)],
+)  # fmt: skip
+def test_a_candidate_is_promoted_only_when_it_beats_the_champion_by_more_than_the_margin(
+    candidate, champion, margin, promoted
+):
+    from flows.retrain import Decision, _decide
+
+    decision = Decision("continue", "continued", False, candidate, champion)
+    _decide(decision, margin, holder=None)
+    assert decision.promoted is promoted
+    assert ("; promoted: " in decision.reason) is promoted
+
+
+def test_a_champion_that_could_not_be_scored_is_beaten_and_the_reason_says_why():
+    from flows.retrain import Decision, _decide
+
+    holder = object()  # a champion was there
+    unscored = Decision("scratch", "trained", False, 3.9, None)
+    unscored.champion_unscored = "its tokenizer refuses the new text"
+    _decide(unscored, 10.0, holder=holder)
+    assert unscored.promoted
+    assert unscored.reason.endswith("could not be scored on this corpus (its tokenizer refuses "
+                                    "the new text)")  # fmt: skip
+    gone = Decision("scratch", "trained", False, 3.9, None)
+    _decide(gone, 10.0, holder=holder)
+    assert gone.promoted and gone.reason.endswith("(its model or tokenizer is gone)")
+    first = Decision("scratch", "trained", False, 3.9, None)
+    _decide(first, 10.0, holder=None)
+    assert first.promoted and first.reason.endswith("; promoted: no champion to beat")
+
+
+def _corpus_file(path, rows):
+    """A corpus Parquet of `rows`: (doc_id, source, split, keep, part_of)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = list(zip(*rows, strict=True))
+    pq.write_table(pa.table({"doc_id": columns[0], "source": columns[1],
+                             "source_file": [s.split("#")[0] for s in columns[1]],
+                             "split": columns[2], "keep": columns[3],
+                             "part_of": pa.array(columns[4], pa.string())}), path)  # fmt: skip
+    return path
+
+
+def test_held_out_text_a_champion_trained_on_is_counted_in_val_and_test_alike(tmp_path):
+    """The documents the current corpus holds out that the previous one trained on, kept in
+    both: a champion scored on them would be scored on its own training text."""
+    from storage.corpus import held_out_edited, held_out_trained_on
+
+    before = _corpus_file(tmp_path / "before.parquet", [
+        ("a", "/d/a.txt", "train", True, None), ("b", "/d/b.txt", "train", True, None),
+        ("c", "/d/c.txt", "train", False, None), ("d", "/d/d.txt", "val", True, None),
+        ("e", "/d/e.txt", "train", True, None), ("f", "/d/f.txt#2", "train", True, "/d/f.txt"),
+        ("h", "/d/h.txt", "train", True, None),
+    ])  # fmt: skip
+    now = _corpus_file(tmp_path / "now.parquet", [
+        ("a", "/d/a.txt", "val", True, None),  # trained on, now held out
+        ("b", "/d/b.txt", "test", True, None),  # trained on, now held out
+        ("c", "/d/c.txt", "val", True, None),  # was not kept: never trained on
+        ("d", "/d/d.txt", "test", True, None),  # held out before too
+        ("e2", "/d/e.txt", "val", True, None),  # e.txt edited: a new id, its old text seen
+        ("f2", "/d/f.txt#2", "val", True, "/d/f.txt"),  # a piece: its place may move
+        ("g", "/d/g.txt", "val", False, None),  # not kept now
+        ("h", "/d/h.txt", "val", False, None),  # trained on, but not kept now: not scored
+    ])  # fmt: skip
+    assert held_out_trained_on(before, now) == 2
+    assert held_out_trained_on(now, before) == 0  # the other way round: the held out trained
+    assert held_out_edited(before, now) == 1
+    assert held_out_edited(now, before) == 0
+
+
+def test_the_corpus_digest_follows_the_split_and_the_text_digest_only_the_kept():
+    from storage.corpus import CorpusDigest
+
+    def digests(*rows):
+        digest = CorpusDigest()
+        for doc_id, split, keep in rows:
+            digest.update(
+                {
+                    "doc_id": doc_id,
+                    "source": "/d/x.txt",
+                    "split": split,
+                    "keep": keep,
+                    "reject_reason": None if keep else "short",
+                    "near_dup_of": None,
+                }
+            )
+        return digest.hexdigest(), digest.text_hexdigest()
+
+    base = digests(("a", "train", True), ("b", "val", True))
+    moved = digests(("a", "train", True), ("b", "test", True))
+    assert base[0] != moved[0] and base[1] != moved[1]
+    with_rejected = digests(("a", "train", True), ("b", "val", True), ("c", "train", False))
+    assert with_rejected[0] != base[0] and with_rejected[1] == base[1]

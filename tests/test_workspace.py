@@ -146,3 +146,85 @@ def test_an_output_whose_descriptor_is_changed_or_another_outputs_is_built_again
         (staging / "model.pt").write_bytes(b"weights")
         store.describe(staging, "train", "train-a", "d" * 64, {})
     assert store.load_descriptor("train-a").key == "train-a"
+
+
+def test_a_build_over_a_damaged_output_replaces_it_and_over_a_whole_one_keeps_it(tmp_path):
+    """Two builds of one key: the second finds the first's output in place. A whole one stays
+    (the same content); a damaged or unfinished one (no DONE) is replaced, never left served."""
+    from storage.artifacts import DONE_MARKER, ArtifactStore
+
+    store = ArtifactStore(tmp_path / "train", tmp_path)
+    with store.build("train-a") as staging:
+        (staging / "model.pt").write_bytes(b"first")
+    final = store.directory("train-a")
+    with store.build("train-a") as staging:  # a concurrent build's same output
+        (staging / "model.pt").write_bytes(b"again")
+    assert (final / "model.pt").read_bytes() == b"first"
+    (final / "model.pt").write_bytes(b"firs")  # cut short since
+    assert not store.is_complete("train-a")
+    with store.build("train-a") as staging:
+        (staging / "model.pt").write_bytes(b"third")
+        store.describe(staging, "train", "train-a", "d" * 64, {})
+    assert (final / "model.pt").read_bytes() == b"third"
+    assert store.load_descriptor("train-a").key == "train-a"
+    (final / DONE_MARKER).unlink()  # a folder never finished: no DONE
+    assert store.load_descriptor("train-a") is None  # its descriptor.json is there, unfinished
+    assert not store.is_complete("train-a")
+    with store.build("train-a") as staging:
+        (staging / "model.pt").write_bytes(b"fourth")
+    assert (final / "model.pt").read_bytes() == b"fourth" and store.is_complete("train-a")
+    assert sorted(p.name for p in store.base.iterdir()) == ["train-a"]
+
+
+def test_a_build_that_fails_leaves_no_staging_folder_and_no_output(tmp_path):
+    from storage.artifacts import ArtifactStore
+
+    store = ArtifactStore(tmp_path / "train", tmp_path)
+    with pytest.raises(RuntimeError, match="stage failed"), store.build("train-a") as staging:
+        (staging / "model.pt").write_bytes(b"half")
+        raise RuntimeError("stage failed")
+    assert list(store.base.iterdir()) == [] and not store.is_complete("train-a")
+
+
+def test_keys_that_name_no_folder_of_their_own_are_refused(tmp_path):
+    from storage.artifacts import ArtifactStore
+
+    store = ArtifactStore(tmp_path / "train", tmp_path)
+    for key in ("", ".", "..", "a/b", "a\0b"):
+        with pytest.raises(ValueError, match="is not a folder name"):
+            store.directory(key)
+
+
+def test_only_this_machine_s_builds_of_dead_processes_are_abandoned(tmp_path):
+    """A staging name's pid is judged only on the machine that wrote it; pid 0 (or a name
+    without a pid) is no process of ours."""
+    from storage.artifacts import STAGING_INFIX, staging_name, staging_owner
+
+    mine = tmp_path / staging_name("clean-k")
+    assert staging_owner(mine) == os.getpid()
+    tag = mine.name.rsplit("-", 1)[1]
+    assert staging_owner(tmp_path / f"clean-k{STAGING_INFIX}123-ab-{tag}") == 123
+    assert staging_owner(tmp_path / f"clean-k{STAGING_INFIX}123-ab-0ther") is None
+    assert staging_owner(tmp_path / f"clean-k{STAGING_INFIX}123-ab") == 123  # before the tag
+    assert staging_owner(tmp_path / f"clean-k{STAGING_INFIX}0-ab-{tag}") is None
+    assert staging_owner(tmp_path / "clean-k") is None
+
+
+def test_a_build_sweeps_the_staging_folders_of_dead_processes_only(tmp_path):
+    import subprocess
+    import sys
+
+    from storage.artifacts import ArtifactStore, staging_name
+
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    store = ArtifactStore(tmp_path / "train", tmp_path)
+    live = store.base / staging_name("train-b")  # this process builds it
+    dead = store.base / staging_name("train-c").replace(
+        f".partial-{os.getpid()}-", f".partial-{process.pid}-"
+    )
+    for folder in (live, dead):
+        folder.mkdir(parents=True)
+    with store.build("train-a") as staging:
+        (staging / "model.pt").write_bytes(b"weights")
+    assert live.is_dir() and not dead.exists()
