@@ -172,10 +172,47 @@ def _run_flow(name: str, config: str | None, overrides: list[str] | None) -> dic
     # An error found mid-flow (a vocabulary too large for the corpus) is the `error:` line
     # below, not also a traceback in Prefect's log; a bug keeps its traceback.
     hide_prefect_tracebacks_of(quiet)
+    import httpx
+
     try:
         return chosen(config=config, overrides=overrides or [])
     except known as error:
         raise _fail(str(error)) from None
+    except httpx.TransportError as error:  # its Prefect server killed (or out of memory)
+        raise _server_went_away(workspace, error) from None
+
+
+def _server_went_away(workspace: Workspace, error: Exception) -> typer.Exit:
+    """A run whose Prefect server stopped answering trains and records on, and Prefect's
+    engine then failed to report the flow run's end: exit 1 after minutes of its events
+    worker's retries and 400 lines of traceback, for a run recorded completed. Said in one line
+    with the run's recorded status (exit 0 when completed), and the exit is not kept waiting."""
+    import os
+
+    from storage.registry import RegistryError, RunRegistry
+
+    gone = f"its Prefect server went away ({type(error).__name__}: {error})"
+    try:
+        _, rows = RunRegistry(workspace.registry_path).query(
+            "SELECT run_id, status FROM runs WHERE pid = ? ORDER BY started_at DESC LIMIT 1",
+            [os.getpid()],
+        )
+    except RegistryError:
+        rows = []
+    run_id, status = rows[0] if rows else (None, None)
+    _exit_anyway_after(
+        EXIT_GRACE_S, 0 if status == "completed" else 1, "its Prefect server went away"
+    )
+    if status == "completed":
+        errors.print(f"[bold yellow]warning:[/] run {run_id} is recorded completed (`lmforge "
+                     f"runs show {run_id}`), but {escape(gone)}: Prefect's record of the flow "
+                     "run is out of date", highlight=False, soft_wrap=True)  # fmt: skip
+        return typer.Exit(code=0)
+    if run_id is not None:
+        return _fail(
+            f"run {run_id} is recorded {status} (`lmforge runs show {run_id}`), and {gone}"
+        )
+    return _fail(f"the run stopped: {gone} (`lmforge server start` starts the workspace's again)")
 
 
 def _preflight(name: str, config: str | None, overrides: list[str] | None):
@@ -224,7 +261,7 @@ def _exit_cleanly_on_sigterm() -> None:
     import signal
 
     def exit_with_status(number: int, _frame) -> None:
-        _exit_anyway_after(SIGTERM_GRACE_S, 128 + number)
+        _exit_anyway_after(EXIT_GRACE_S, 128 + number, "the termination signal")
         raise SystemExit(128 + number)
 
     signal.signal(signal.SIGTERM, exit_with_status)
@@ -234,21 +271,23 @@ def _exit_cleanly_on_sigterm() -> None:
         signal.signal(signal.SIGHUP, exit_with_status)
 
 
-# How long the exit after SIGTERM may take before it is forced. `timeout` and a CI runner
-# signal the whole process group, so the temporary Prefect server may be gone first: Prefect's
-# events worker then retried it for minutes, one event per 7 s, with the run already recorded.
-SIGTERM_GRACE_S = 20.0
+# How long the exit after SIGTERM (or with the Prefect server gone) may take before it is
+# forced. `timeout` and a CI runner signal the whole process group, so the temporary Prefect
+# server may be gone first: Prefect's events worker then retried it for minutes, one event per
+# 7 s, with the run already recorded.
+EXIT_GRACE_S = 20.0
 
 
-def _exit_anyway_after(seconds: float, status: int) -> None:
-    """End the process with `status` in `seconds` if its orderly exit has not ended it."""
+def _exit_anyway_after(seconds: float, status: int, after: str) -> None:
+    """End the process with `status` in `seconds` after `after` if its orderly exit has not
+    ended it."""
     import os
     import threading
 
     def force() -> None:
         # A raw write: the main thread may hold the streams' locks, blocked on a full pipe.
-        os.write(2, f"lmforge: still exiting {seconds:.0f} s after the termination signal "
-                    "(its Prefect server gone?): exiting now\n".encode())  # fmt: skip
+        os.write(2, f"lmforge: still exiting {seconds:.0f} s after {after} (Prefect's "
+                    "events worker retrying its server?): exiting now\n".encode())  # fmt: skip
         os._exit(status)
 
     timer = threading.Timer(seconds, force)
@@ -1276,8 +1315,9 @@ def server_stop(
         raise _fail(
             f"run{'s' if len(live) > 1 else ''} {', '.join(live)} of this workspace "
             f"{'are' if len(live) > 1 else 'is'} reporting to the server: stopping the server "
-            f"now would make {'each run' if len(live) > 1 else 'the run'} fail once its work is "
-            "done (after retrying the server for minutes); wait for it to end, or pass --force"
+            f"now would leave Prefect's record of {'each run' if len(live) > 1 else 'the run'} "
+            "out of date (lmforge's registry still records it); wait for it to end, or pass "
+            "--force"
         )
     stopped = stop_server(workspace)
     console.print("stopped" if stopped else "no server was running")

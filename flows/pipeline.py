@@ -442,7 +442,7 @@ def record_failure(run: RunContext, error: BaseException, models: list[ModelReco
             )
     cancelled = cancelled_from_prefect(error)
     try:
-        with _beating_until_recorded(run):
+        with _beating_until_recorded(run), _ctrl_c_deferred():
             record_task(
                 run.run_id,
                 "cancelled" if cancelled else "failed",
@@ -1041,6 +1041,32 @@ def _beating_until_recorded(run: RunContext) -> Iterator[None]:
     finally:
         if run.heartbeat is not None:
             run.heartbeat.stop()
+
+
+@contextmanager
+def _ctrl_c_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C back while a stopped run is recorded (about a second): Ctrl-C pressed
+    twice interrupted DuckDB's write ("RuntimeError: Query interrupted", under a wall of
+    traceback) and left the run `running` until the next run. The run ends with its own
+    error once recorded; SIGTERM and SIGKILL still end it at once."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread
+        return
+    pressed: list[int] = []
+
+    def wait(number: int, _frame) -> None:
+        if not pressed:
+            logger.warning("recording the stopped run before exiting (a second or so)")
+        pressed.append(number)
+
+    previous = signal.signal(signal.SIGINT, wait)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def publish_or_warn(what: str, publish: Callable[..., Any], *arguments: Any) -> None:

@@ -588,3 +588,49 @@ def test_a_long_table_is_printed_a_block_at_a_time_its_blocks_lined_up(monkeypat
     words = [line.split("│")[2].strip() for line in body if line.split("│")[2].strip()]
     assert words == [str(n * 7) for n in range(1234)]  # every row, whole, in order
     assert "".join(line.split("│")[0].strip() for line in body).count("source/") == 1234
+
+
+@pytest.mark.parametrize("status", ["completed", "failed"])
+def test_a_run_whose_prefect_server_went_away_says_how_it_is_recorded_in_one_line(
+    workspace, tmp_path, monkeypatch, status
+):
+    """The server killed mid-run (by hand, or for memory): the run trained and recorded on,
+    then Prefect's engine failed to report its end and the command exited 1 after minutes of
+    retries and 400 lines of traceback, for a run recorded completed."""
+    from datetime import datetime
+
+    import httpx
+
+    import flows.cli
+    import flows.pipeline
+    import flows.prefect_server
+
+    forced = []
+
+    def recorded_then_server_gone(config, overrides):
+        registry = RunRegistry(workspace.registry_path)
+        registry.start_run({"run_id": "20261207-000000-5e4e4e", "status": "running",
+                            "started_at": datetime.now(), "pid": os.getpid()})  # fmt: skip
+        registry.finish_run("20261207-000000-5e4e4e", status, datetime.now(), [])
+        raise httpx.ConnectError("[Errno 111] Connection refused")
+
+    monkeypatch.setattr(flows.prefect_server, "ensure_server", lambda workspace: None)
+    monkeypatch.setattr(flows.cli, "_exit_cleanly_on_sigterm", lambda: None)
+    monkeypatch.setattr(flows.cli, "_exit_anyway_after", lambda *said: forced.append(said))
+    monkeypatch.setattr(flows.pipeline, "lm_pipeline", recorded_then_server_gone)
+    readme = readme_sections(tmp_path / "readme")
+    config = write_config(tmp_path / "c.toml", [{"path": str(readme)}])
+    result = cli_in_process("run", str(config), check=False)
+    said = " ".join(result.stderr.split())
+    gone = "its Prefect server went away (ConnectError: [Errno 111] Connection refused)"
+    if status == "completed":
+        assert result.returncode == 0
+        assert said == (f"warning: run 20261207-000000-5e4e4e is recorded completed (`lmforge runs "
+                        f"show 20261207-000000-5e4e4e`), but {gone}: Prefect's record of the flow "
+                        "run is out of date")  # fmt: skip
+    else:
+        assert result.returncode == 1
+        assert said == (f"error: run 20261207-000000-5e4e4e is recorded failed (`lmforge runs show "
+                        f"20261207-000000-5e4e4e`), and {gone}")  # fmt: skip
+    # Prefect's events worker retried the server for minutes as the process exited.
+    assert forced == [(20.0, 0 if status == "completed" else 1, "its Prefect server went away")]

@@ -571,6 +571,29 @@ def test_a_training_that_fails_or_is_stopped_leaves_its_curve_to_the_run_s_repor
         assert error == f"{type(stop).__name__}: {stop} (during stage train)"
 
 
+def test_a_second_ctrl_c_waits_for_the_stopped_run_to_be_recorded(workspace, config, monkeypatch):
+    """Ctrl-C twice: the second one, landing while the first's stop was recorded, interrupted
+    DuckDB ("RuntimeError: Query interrupted") and the run stayed `running` (killed?)."""
+    import signal
+
+    import flows.pipeline as pipeline
+    from flows.pipeline import open_run, record_failure
+
+    recorded = pipeline.record_task
+
+    def pressed_again(*arguments, **options):
+        os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C, as the record starts
+        return recorded(*arguments, **options)
+
+    monkeypatch.setattr(pipeline, "record_task", pressed_again)
+    run = open_run(load_config(str(config)), str(config), [])
+    record_failure(run, KeyboardInterrupt())
+    found = run.registry.find_run(run.run_id)
+    assert found["status"] == "failed", found
+    assert found["error"].startswith("stopped by SIGINT (Ctrl-C)"), found["error"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_a_damaged_published_model_falls_back_then_is_trained_again(workspace, config, caplog):
     import torch
 

@@ -337,8 +337,9 @@ def test_sigterm_of_a_run_stops_prefect_s_temporary_server_and_records_the_run(t
 def test_server_stop_refuses_while_a_run_reports_to_it_unless_forced(
     own_server, tmp_path, monkeypatch
 ):
-    """Stopped under a live run, the server left that run retrying for minutes, then failing
-    with a traceback after its work was done and recorded. With no server to stop, a live run
+    """Stopped under a live run, the server left that run's Prefect record out of date (and
+    it failed with a traceback after its work was done and recorded, before lmforge said so in
+    one line). With no server to stop, a live run
     (under a temporary server of its own) is no reason to refuse."""
     from datetime import datetime
 
@@ -363,7 +364,7 @@ def test_server_stop_refuses_while_a_run_reports_to_it_unless_forced(
     assert refused.exit_code == 1
     assert " ".join(refused.stderr.split()).startswith(
         "error: run r-live of this workspace is reporting to the server: stopping the server "
-        "now would make the run fail once its work is done"
+        "now would leave Prefect's record of the run out of date"
     )
     assert running_server(own_server) is not None
     forced = CliRunner().invoke(app, ["server", "stop", "--force"])
