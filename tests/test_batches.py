@@ -4,6 +4,8 @@ that learns from them."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -145,3 +147,19 @@ def test_windows_for_a_fixed_context_model_carry_real_history_scored_nowhere(tmp
     assert val_targets.shape[1] == 9 and (val_targets[:, :3] == IGNORED_TARGET).all()
     gpt = build_model(GPTConfig(block_size=6, n_layer=1, n_head=2, n_embd=8), 400)
     assert Trainer(gpt, settings, tokens, tokens, tmp_path / "g").train_batches.history == 0
+
+
+def test_windows_reach_every_start_in_their_share_and_no_further():
+    """A window of `block_size` inputs needs one token more for its last target: with n
+    tokens the starts run 0 … n - block_size - 1, the first and the last both drawn, and each
+    rank's windows stay inside its share (history before a window included)."""
+    tokens = np.arange(40)
+    smallest = TokenBatches(np.arange(9), block_size=8, batch=3, seed=0)  # one window fits
+    x, y = smallest.next(torch.device("cpu"))
+    assert x.tolist() == [list(range(8))] * 3 and y.tolist() == [list(range(1, 9))] * 3
+    for rank, history in itertools.product(range(2), (0, 3)):
+        batches = TokenBatches(tokens, block_size=8, batch=64, seed=rank, rank=rank,
+                               world_size=2, history=history)  # fmt: skip
+        starts = {s for _ in range(5) for s in batches.sample_starts()}
+        low, high = 20 * rank, 20 * (rank + 1)
+        assert starts == set(range(low + history, high - 8)), (rank, history)

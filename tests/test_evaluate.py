@@ -676,3 +676,40 @@ def test_a_shard_overwritten_in_place_is_named_when_it_is_opened(tmp_path):
     with pytest.raises(ShardError, match=r"val\.bin: holds token id 65535, past the tokenizer's "
                                          r"300 ids: the file is damaged"):  # fmt: skip
         open_shard(path, "tok")
+
+
+def test_a_score_is_summed_over_targets_and_its_spread_is_the_sample_deviation_over_batches():
+    """Loss and bits per byte are sums over every scored target (a batch with fewer scored
+    targets weighs less, not as much as the others); their spreads are the sample standard
+    deviations (n - 1) of the per-batch values, and `bpb_se` that over √batches."""
+    import statistics
+
+    from lm.evaluate import score_windows
+
+    model = BigramCountModel(BigramCountConfig(smoothing=0.5), 5)
+    model.fit(torch.tensor([0, 1, 2, 3, 1, 2, 0, 4, 4, 1, 0]))
+    lengths = torch.tensor([1, 2, 3, 1, 4])
+    token_bytes = TokenBytes(lengths, torch.zeros(5, dtype=torch.bool), 0, 0)
+    windows = [
+        (torch.tensor([[0, 1, 2, 3]]), torch.tensor([[1, 2, 3, 1]])),
+        (torch.tensor([[4, 4, 1, 0]]), torch.tensor([[4, 1, 0, -100]])),
+        (torch.tensor([[2, 0, 3, 3]]), torch.tensor([[0, 3, -100, -100]])),
+    ]
+    nats, tokens, n_bytes = [], [], []
+    with torch.no_grad():
+        for x, y in windows:
+            log_probs = F.log_softmax(model(x)[0][0].double(), dim=-1)
+            scored = [(t, int(target)) for t, target in enumerate(y[0]) if target != -100]
+            nats.append(-sum(log_probs[t, target].item() for t, target in scored))
+            tokens.append(len(scored))
+            n_bytes.append(sum(int(lengths[target]) for _, target in scored))
+    score = score_windows(model, windows, token_bytes)
+    bpbs = [n / math.log(2) / b for n, b in zip(nats, n_bytes, strict=True)]
+    assert score.loss == pytest.approx(sum(nats) / sum(tokens))
+    assert score.bpb == pytest.approx(sum(nats) / math.log(2) / sum(n_bytes))
+    assert (score.tokens, score.bytes) == (sum(tokens), sum(n_bytes))
+    assert score.loss_std == pytest.approx(
+        statistics.stdev(n / t for n, t in zip(nats, tokens, strict=True))
+    )
+    assert score.bpb_std == pytest.approx(statistics.stdev(bpbs))
+    assert score.bpb_se == pytest.approx(statistics.stdev(bpbs) / math.sqrt(3))

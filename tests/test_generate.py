@@ -801,3 +801,35 @@ def test_chat_says_a_long_error_on_one_line(recorded_run):
     assert result.exit_code == 0, result.output
     errors = result.stderr.splitlines()
     assert len(errors) == 1 and errors[0].startswith("error: line 1: the prompt has characters")
+
+
+def test_the_repetition_penalty_starts_from_the_penalized_ids_not_the_whole_context():
+    """`generate` feeds the end-of-text mark before the prompt but penalizes only the prompt:
+    penalizing the mark too made ending a text less likely in every sample."""
+    from lm.models.base import LanguageModel
+
+    class Preferences(LanguageModel):  # the same next-token logits after any text
+        block_size, vocab_size = 8, 3
+
+        def __init__(self):
+            super().__init__()
+            self.logits = torch.nn.Parameter(torch.tensor([2.0, 1.0, 0.5]))
+
+        def forward(self, idx, targets=None):
+            return self.logits.expand(*idx.shape, 3), None
+
+    sampling = SamplingConfig(temperature=0.0, repetition_penalty=4.0, max_new_tokens=3)
+    ended = list(generate_ids(Preferences(), [0, 2], sampling, eot_id=0, penalized=[2]))
+    assert ended == []  # end-of-text (id 0), unpenalized, is the likeliest
+    # Penalizing the whole context: 2 / 4 < 1, then, with 1 penalized as well, 1 / 4 < 2 / 4.
+    assert list(generate_ids(Preferences(), [0, 2], sampling, eot_id=0)) == [1]
+
+
+def test_top_p_keeps_no_token_once_the_kept_ones_reach_p_exactly():
+    """Four equally likely tokens (0.25 each, exact in float32): p = 0.5 is reached by two of
+    them, so exactly two are sampled; keeping a token whose predecessors' sum equals p would
+    keep three."""
+    generator = torch.Generator().manual_seed(0)
+    sampling = SamplingConfig(temperature=1.0, top_p=0.5)
+    drawn = {choose_next(torch.zeros(4), [], sampling, generator) for _ in range(300)}
+    assert len(drawn) == 2

@@ -209,7 +209,7 @@ def test_layers_writing_into_the_residual_stream_start_scaled_down_with_depth():
     for name, weight in model.named_parameters():
         if weight.dim() == 2 and "norm" not in name:
             expected = 0.02 / math.sqrt(16) if name in residual else 0.02
-            assert float(weight.std()) == pytest.approx(expected, rel=0.05), name
+            assert float(weight.detach().std()) == pytest.approx(expected, rel=0.05), name
 
 
 @pytest.mark.parametrize(
@@ -557,3 +557,124 @@ def test_pairs_counted_in_a_table_are_those_counted_by_sorting(monkeypatch):
     (ids, counts, smoothing), (sorted_ids, sorted_counts, sorted_smoothing) = results
     assert torch.equal(ids, sorted_ids) and torch.equal(counts, sorted_counts)
     assert smoothing == sorted_smoothing and counts.sum() == 4999 + 2999
+
+
+@pytest.mark.parametrize("config", VARIANTS[::5], ids=variant_id)
+def test_a_cache_fed_several_tokens_at_a_time_gives_the_logits_of_full_recomputation(config):
+    """Chunks after the first (start > 0, several queries) attend through the offset causal
+    mask, which feeding one token a step never builds: a chunk at position 1 and longer ones."""
+    torch.manual_seed(3)
+    model = build_model(config, VOCAB).eval()
+    idx = torch.randint(0, VOCAB, (2, 14))
+    with torch.no_grad():
+        full, _ = model(idx)
+        cache = model.new_cache(batch=2)
+        chunks = [model(idx[:, a:b], cache=cache)[0] for a, b in [(0, 1), (1, 4), (4, 9), (9, 14)]]
+    assert torch.allclose(torch.cat(chunks, dim=1), full, atol=1e-5)
+
+
+def test_rotary_attention_depends_only_on_how_far_apart_the_positions_are():
+    """RoPE rotates queries and keys alike, so shifting every position by the same amount
+    leaves attention unchanged; absolute positions (a sign flipped in the rotation, or keys
+    left unrotated) would change it."""
+    from lm.models.gpt import CausalSelfAttention, rope_tables
+
+    torch.manual_seed(4)
+    config = GPTConfig(block_size=32, n_layer=1, n_head=4, n_embd=32, pos="rope",
+                       n_kv_heads=2, attention="math")  # fmt: skip
+    attention = CausalSelfAttention(config).double().eval()
+    for parameter in attention.parameters():  # order-1 weights: positions matter to the scores
+        parameter.data.normal_(0, 0.5)
+    cos, sin = (table.double() for table in rope_tables(32, config.head_dim, config.rope_base))
+    x = torch.randn(2, 8, 32, dtype=torch.float64)
+    with torch.no_grad():
+        at_0 = attention(x, (cos[0:8], sin[0:8]), 0, None, 0)
+        at_11 = attention(x, (cos[11:19], sin[11:19]), 0, None, 0)
+    torch.testing.assert_close(at_11, at_0, rtol=0, atol=1e-5)  # fp32 tables
+    with torch.no_grad():  # and the positions do matter within a sequence
+        assert not torch.allclose(
+            attention(x, (cos[0:8], sin[0:8]), 0, None, 0),
+            attention(x, (cos[0:8] * 0 + 1, sin[0:8] * 0), 0, None, 0),
+        )
+
+
+def test_position_tables_follow_their_formulas():
+    """Vaswani et al.'s table: sin(p / 10000^(2i/d)) on feature 2i, cos of the same on 2i + 1;
+    RoPE's angle for pair i at position p is p / base^(2i/d)."""
+    from lm.models.gpt import apply_rope, rope_tables
+
+    table = sinusoidal_table(5, 8)
+    for p, i in itertools.product(range(5), range(4)):
+        angle = p / 10000 ** (2 * i / 8)
+        assert table[p, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-6)
+        assert table[p, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-6)
+    cos, sin = rope_tables(5, 8, 100.0)
+    for p, i in itertools.product(range(5), range(4)):
+        angle = p / 100.0 ** (2 * i / 8)
+        assert cos[p, i].item() == pytest.approx(math.cos(angle), abs=1e-6)
+        assert sin[p, i].item() == pytest.approx(math.sin(angle), abs=1e-6)
+    # Pair (x0, x1) = (1, 0) at angle a turns to (cos a, sin a): a counterclockwise rotation.
+    x = torch.tensor([1.0, 0.0, 0.0, 1.0]).view(1, 1, 1, 4)
+    a, b = 0.3, 0.7
+    turned = apply_rope(x, torch.tensor([[math.cos(a), math.cos(b)]]),
+                        torch.tensor([[math.sin(a), math.sin(b)]])).flatten()  # fmt: skip
+    expected = torch.tensor([math.cos(a), math.sin(a), -math.sin(b), math.cos(b)])
+    torch.testing.assert_close(turned, expected)
+
+
+@pytest.mark.parametrize("kv_heads", [2, 1])
+def test_grouped_query_attention_is_multi_head_attention_with_each_kv_head_copied_to_its_group(
+    kv_heads,
+):
+    """Query head h reads key and value head h // (n_head / n_kv_heads), as Llama's
+    `repeat_kv`: a multi-head model whose key and value rows are the grouped model's, each
+    head's copied to its group, gives the same logits."""
+    torch.manual_seed(5)
+    grouped_config = GPTConfig(block_size=16, n_layer=2, n_head=4, n_embd=32, pos="rope",
+                               n_kv_heads=kv_heads, attention="math")  # fmt: skip
+    grouped = build_model(grouped_config, VOCAB).eval()
+    for parameter in grouped.parameters():
+        parameter.data.normal_(0, 0.3)
+    full = build_model(grouped_config.model_copy(update={"n_kv_heads": 4}), VOCAB).eval()
+    state = dict(grouped.state_dict())
+    head_dim, repeat = grouped_config.head_dim, 4 // kv_heads
+    for name in list(state):
+        if name.endswith((".key.weight", ".value.weight", ".key.bias", ".value.bias")):
+            rows = state[name].unflatten(0, (kv_heads, head_dim))
+            state[name] = rows.repeat_interleave(repeat, dim=0).flatten(0, 1)
+    full.load_state_dict(state)
+    idx = torch.randint(0, VOCAB, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(grouped(idx)[0], full(idx)[0], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("config", VARIANTS[::5], ids=variant_id)
+def test_every_parameter_takes_part_in_the_loss(config):
+    """A layer built but never called (the final norm skipped, a block reading its first norm
+    twice) keeps the parameter count and causality: only its missing gradient shows it."""
+    torch.manual_seed(6)
+    model = build_model(config, VOCAB)
+    for parameter in model.parameters():
+        parameter.data.normal_(0, 0.3)
+    idx = torch.randint(0, VOCAB, (2, 12))
+    model(idx, idx)[1].backward()
+    silent = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.any()]
+    assert silent == []
+
+
+@pytest.mark.parametrize("kind", ["math", "sdpa"])
+def test_attention_is_the_softmax_of_scaled_scores_written_by_hand(kind):
+    """softmax(q·k / sqrt(head_dim)) over the keys at or before each query, times v: checked
+    on order-1 inputs, where a missing scale or a mask shifted by one changes the result."""
+    from lm.models.gpt import attend
+
+    torch.manual_seed(7)
+    q, k, v = (torch.randn(2, 3, 6, 8, dtype=torch.float64) * 2 for _ in range(3))
+    expected = torch.empty_like(q)
+    for i in range(6):
+        scores = q[:, :, i : i + 1] @ k[:, :, : i + 1].transpose(-2, -1) / math.sqrt(8)
+        expected[:, :, i] = (scores.softmax(-1) @ v[:, :, : i + 1])[:, :, 0]
+    torch.testing.assert_close(attend(q, k, v, None, 0.0, kind), expected)
+    # Queries 4 and 5 after a cache of 4 keys: each sees the keys up to its own position.
+    mask = torch.ones(2, 6, dtype=torch.bool).tril(diagonal=4)
+    torch.testing.assert_close(attend(q[:, :, 4:], k, v, mask, 0.0, kind), expected[:, :, 4:])

@@ -1607,3 +1607,22 @@ def test_a_published_checkpoint_that_lost_its_checkpoint_json_is_damaged(tmp_pat
     assert damage(tmp_path / "step-00000010") is None
     (tmp_path / "manifest.json").unlink()
     assert damage(tmp_path / "best") is None
+
+
+def test_the_wsd_decay_length_is_rounded_not_truncated():
+    """10 steps × decay_fraction 0.15 is 1.5 (1.5000000000000002) decay steps: rounded, two,
+    as the docstring's round(decay_fraction · max_steps) says; truncated it would be one."""
+    settings = config(max_steps=10, warmup_steps=0, learning_rate=1.0, min_lr_ratio=0.1,
+                      schedule="wsd", decay_fraction=0.15)  # fmt: skip
+    rates = [learning_rate(step, settings) for step in range(10)]
+    assert rates == pytest.approx([1.0] * 8 + [0.55, 0.1])
+
+
+def test_a_val_loss_that_only_equals_the_one_to_beat_is_no_improvement(tmp_path):
+    """Improving means beating the reference by more than `min_delta` (0 here): a plateau at
+    exactly the same val loss (a frozen model, a learning rate at 0) runs out of patience."""
+    run = trainer(tmp_path, config(max_steps=10, eval_every=1, checkpoint_every=100, patience=2))
+    scores = iter([3.0, 3.0, 3.0, 3.0])
+    run.evaluate = lambda model=None: next(scores)
+    result = run.train()
+    assert (result.stopped_early, result.step, result.best_val_loss) == (True, 3, 3.0)
