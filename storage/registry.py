@@ -959,10 +959,13 @@ class RunRegistry:
     def export_parquet(self, out_dir: Path) -> dict[str, tuple[Path, int]]:
         """Copy every table to `out_dir/<table>.parquet` in one read transaction, so the files
         agree with each other. Each is written as `*.partial-*` and renamed, so a reader never
-        sees half a file. Returns table → (path, rows)."""
+        sees half a file. Rows are written in no particular order: keeping the table's took
+        793 MB and 4.0 s for 20 M metric rows, against 263 MB and 2.0 s (bench/bench_export.py).
+        Returns table → (path, rows)."""
         out_dir.mkdir(parents=True, exist_ok=True)
         written = {}
         with self.reading() as connection:
+            connection.execute("SET preserve_insertion_order = false")
             connection.execute("BEGIN TRANSACTION")
             tables = connection.execute(
                 "SELECT table_name FROM duckdb_tables() "
