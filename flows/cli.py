@@ -460,7 +460,10 @@ def _print_stages(summary: dict) -> None:
         )
         for s in summary["stages"]
     ]
-    console.print(_table(["stage", "state", "seconds", "digest"], rows, f"run {summary['run_id']}"))
+    # Its own line, not the table's title, which Rich pads to the table's width: `sed 's/^run //'`
+    # gave the id with 30 spaces, which no command takes.
+    console.print(f"run {summary['run_id']}", highlight=False)
+    console.print(_table(["stage", "state", "seconds", "digest"], rows))
 
 
 def _bpb(value: float | None) -> str:
@@ -503,9 +506,10 @@ def run(
     _print_models(summary["models"])
     corpus = summary["corpus"]
     folder = escape(str(workspace.root / corpus["path"]))
-    console.print(
+    console.print(  # one line: a long workspace's folder was cut in two at 200 columns piped
         f"corpus {corpus['digest'][:12]}: {corpus['kept']:,} of {corpus['documents']:,} documents"
-        f" kept, {decimal_size(corpus['kept_bytes'])}  ({folder})"
+        f" kept, {decimal_size(corpus['kept_bytes'])}  ({folder})",
+        soft_wrap=True,
     )
     if summary["models"]:  # where to look next: the run's page, and its model at work
         run_id = summary["run_id"]
@@ -601,9 +605,10 @@ def ablation_command(
 
 def _print_ablation(summary: dict) -> None:
     if summary.get("table"):
-        console.print(escape(summary["table"]), highlight=False)
+        # Markdown rows and the path whole: a row wrapped at 200 columns piped is no table.
+        console.print(escape(summary["table"]), highlight=False, soft_wrap=True)
     if summary.get("report"):
-        console.print(f"report: {escape(str(summary['report']))}")
+        console.print(f"report: {escape(str(summary['report']))}", soft_wrap=True)
     _say_if_not_recorded(summary)
 
 
@@ -849,11 +854,11 @@ def sql(
     `clean_corpus`, `corpus_versions`) with SQL. Nothing can be changed from here. A table
     longer than --max-rows shows its first rows and says so: a table of a whole metrics log
     takes minutes and gigabytes to draw. CSV and JSON Lines, for a program, give every row
-    unless --max-rows is given (cut at 1,000 with exit 0, a file of them looked whole). Several
-    statements (`;`) show a result each."""
+    unless --max-rows is given, and take one statement. Several statements (`;`) in a table
+    show a result each."""
     import duckdb
 
-    from storage.query import run_queries, sql_session
+    from storage.query import reading_statements, run_queries, sql_session
     from storage.registry import RegistryError
 
     if max_rows is None:
@@ -866,6 +871,11 @@ def sql(
     workspace = activate_workspace()
     try:
         with sql_session(_registry(), workspace.root) as connection:
+            given = len(reading_statements(connection, query))
+            if output is not SqlFormat.table and given > 1:
+                # One after another, a second header read as a row of the first result's data.
+                raise RegistryError(f"--format {output.value} gives one result, and {given} "
+                                    "statements are given: run one per command")  # fmt: skip
             for number, result in enumerate(run_queries(connection, query)):
                 columns = [d[0] for d in result.description] if result.description else []
                 # A JSON column (`stats`, `config`), or a list of JSON, is data in JSON Lines,
@@ -1082,7 +1092,8 @@ def corpus_stats(
     except (RegistryError, duckdb.Error) as error:
         raise _fail(str(error)) from None
     total, kept = version["documents"], version["kept"]
-    console.print(f"[bold]corpus[/] {version['digest']}  ({escape(version['parquet_path'])})")
+    console.print(f"[bold]corpus[/] {version['digest']}  ({escape(version['parquet_path'])})",
+                  soft_wrap=True)  # fmt: skip
     console.print(
         f"{kept:,} of {total:,} documents kept ({total - kept:,} removed), "
         f"{version['kept_chars']:,} characters, {version['kept_bytes'] / 1e6:.2f} MB"

@@ -167,7 +167,10 @@ def _stream(model, tokenizer, prompt: str, sampling, echo: bool, one_line: bool)
 def _read_line() -> str | None:
     """The next stdin line without its line end (LF or CRLF), None at EOF. Read as bytes and
     decoded with surrogate escapes, so that a line that is not UTF-8 reaches `encode_prompt`,
-    which names its bad byte, under any locale (a strict one raised UnicodeDecodeError here)."""
+    which names its bad byte, under any locale (a strict one raised UnicodeDecodeError here).
+    A closed stdin (`<&-`: Python's `sys.stdin` is None) reads as an empty one."""
+    if sys.stdin is None:
+        return None
     line = sys.stdin.buffer.readline()
     if not line:
         return None
@@ -213,7 +216,7 @@ def chat_command(
 
     sampling = _sampling(temperature, top_k, top_p, repetition_penalty, max_new_tokens, seed)
     network, tokenizer = _load(run, model)
-    interactive = sys.stdin.isatty()
+    interactive = sys.stdin is not None and sys.stdin.isatty()
     index = 0
     while True:
         if interactive:

@@ -254,12 +254,15 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="a run id or a unique p
         shown = shown_time(value) if isinstance(value, datetime) else str(value)
         if key == "seconds" and isinstance(value, float):
             shown = f"{value:.2f}"  # as the stage table gives them, not 110.219991
-        console.print(f"[bold]{key}[/]: {escape(shown)}", highlight=False)
+        console.print(f"[bold]{key}[/]: {escape(shown)}", highlight=False, soft_wrap=True)
     optional = ("deployment", "corpus_digest", "config_digest", "code_digest", "git_sha",
                 "device", "error")  # fmt: skip
     for key in optional:
         if found[key]:
-            console.print(f"[bold]{key}[/]: {escape(str(found[key]))}", highlight=False)
+            # One line however long, as `reproduce`: a failed run's `error` was cut in two at
+            # the 200 columns of a pipe (`runs show ID | grep ^error:` got half of it).
+            console.print(f"[bold]{key}[/]: {escape(str(found[key]))}", highlight=False,
+                          soft_wrap=True)  # fmt: skip
     for decision in decisions:  # a retrain's: the reason was on its last line alone
         console.print(f"[bold]retrain[/]: {escape(promotion_text(decision))}", highlight=False,
                       soft_wrap=True)  # fmt: skip

@@ -63,10 +63,13 @@ def test_sql_is_read_only(workspace, tmp_path):
     [stored] = [row[0] for row in RunRegistry(workspace.registry_path).query(
         "SELECT corpus_digest FROM runs")[1]]  # fmt: skip
     assert stored in digest.replace("│", "").replace("\n", "").replace(" ", "")
-    csv = cli_in_process(
-        "sql", "--format", "csv", "SELECT 'a,b' AS x, NULL AS y; SELECT 2 AS z"
-    ).stdout
-    assert csv == 'x,y\n"a,b",\nz\n2\n'
+    csv = cli_in_process("sql", "--format", "csv", "SELECT 'a,b' AS x, NULL AS y").stdout
+    assert csv == 'x,y\n"a,b",\n'
+    # Two results one after the other: the second's header was read as a row of the first.
+    for output in ("csv", "json"):
+        two = cli_in_process("sql", "--format", output, "SELECT 1 AS x; SELECT 2 AS z", check=False)
+        assert two.returncode == 1 and not two.stdout
+        assert two.stderr.startswith(f"error: --format {output} gives one result, and 2 statements")
     # CSV and JSON Lines are for programs: every row (cut at 1,000 with exit 0, a file of them
     # looked whole), and values as DuckDB's CSV writes them, not Python's `True`, `['a']`.
     many = "SELECT range AS i, range % 2 = 0 AS even, ['a', 'b'] AS l FROM range(25000)"
@@ -652,3 +655,22 @@ def test_the_command_leaves_its_objects_out_of_the_exit_s_last_collection(monkey
         assert ended.value.code == 1 and gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+def test_a_script_reads_the_run_id_and_a_run_s_error_whole(workspace, capsys):
+    """`lmforge run | sed -n 's/^run //p'` gives the id alone (the table's title was padded
+    with spaces to its width), and `runs show ID | grep ^error:` a long error on one line
+    (cut at the 200 columns of a pipe)."""
+    from flows.cli import _print_stages
+
+    _print_stages({"run_id": "20260101-000000-abcdef", "stages": [
+        {"stage": "ingest", "cached": False, "seconds": 0.25, "output_digest": "d5fde4fde854aa"},
+    ]})  # fmt: skip
+    assert capsys.readouterr().out.splitlines()[0] == "run 20260101-000000-abcdef"
+    registry = RunRegistry(workspace.registry_path)
+    registry.start_run({"run_id": "20260101-000000-abcdef", "status": "running",
+                        "started_at": datetime.now()})  # fmt: skip
+    error = "InputError: " + " ".join(["cleaning kept none of the documents"] * 10)
+    registry.finish_run("20260101-000000-abcdef", "failed", datetime.now(), [], error=error)
+    shown = cli_in_process("runs", "show", "20260101").stdout
+    assert f"\nerror: {error}\n" in shown

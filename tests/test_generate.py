@@ -833,3 +833,14 @@ def test_top_p_keeps_no_token_once_the_kept_ones_reach_p_exactly():
     sampling = SamplingConfig(temperature=1.0, top_p=0.5)
     drawn = {choose_next(torch.zeros(4), [], sampling, generator) for _ in range(300)}
     assert len(drawn) == 2
+
+
+def test_chat_reads_a_closed_stdin_as_an_empty_one(recorded_run):
+    """`lmforge chat RUN <&-` (a daemon's closed stdin: Python's `sys.stdin` is None) answers
+    nothing, as `< /dev/null` does, with no AttributeError's traceback."""
+    home, trained, _ = recorded_run
+    env = dict(os.environ) | {"LMFORGE_HOME": str(home)}
+    command = lmforge_command("chat", str(home / trained.path), "--max-new-tokens", "5")
+    result = subprocess.run(["sh", "-c", 'exec "$@" <&-', "sh", *command], capture_output=True,
+                            text=True, timeout=300, cwd=REPO, env=env)  # fmt: skip
+    assert result.returncode == 0 and result.stdout == "" and result.stderr == ""
