@@ -10,6 +10,7 @@ import gc
 import json
 import re
 import sys
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -175,19 +176,24 @@ def _run_flow(name: str, config: str | None, overrides: list[str] | None) -> dic
     hide_prefect_tracebacks_of(quiet)
     import httpx
 
+    from lm.clock import utc_now
+
+    began = utc_now()
     try:
         return chosen(config=config, overrides=overrides or [])
     except known as error:
         raise _fail(str(error)) from None
     except httpx.TransportError as error:  # its Prefect server killed (or out of memory)
-        raise _server_went_away(workspace, error) from None
+        raise _server_went_away(workspace, error, began) from None
 
 
-def _server_went_away(workspace: Workspace, error: Exception) -> typer.Exit:
+def _server_went_away(workspace: Workspace, error: Exception, began: datetime) -> typer.Exit:
     """A run whose Prefect server stopped answering trains and records on, and Prefect's
     engine then failed to report the flow run's end: exit 1 after minutes of its events
     worker's retries and 400 lines of traceback, for a run recorded completed. Said in one line
-    with the run's recorded status (exit 0 when completed), and the exit is not kept waiting."""
+    with the run's recorded status (exit 0 when completed), and the exit is not kept waiting.
+    Only a run this command started (`began`, here) is its: a pid is used again (a container's
+    lmforge is pid 1 every time), and a run of last week was said to be this one, completed."""
     import os
 
     from storage.registry import RegistryError, RunRegistry
@@ -195,8 +201,9 @@ def _server_went_away(workspace: Workspace, error: Exception) -> typer.Exit:
     gone = f"its Prefect server went away ({type(error).__name__}: {error})"
     try:
         _, rows = RunRegistry(workspace.registry_path).query(
-            "SELECT run_id, status FROM runs WHERE pid = ? ORDER BY started_at DESC LIMIT 1",
-            [os.getpid()],
+            "SELECT run_id, status FROM runs WHERE pid = ? AND started_at >= ? "
+            "ORDER BY started_at DESC LIMIT 1",
+            [os.getpid(), began],
         )
     except RegistryError:
         rows = []

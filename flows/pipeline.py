@@ -1048,7 +1048,9 @@ def _ctrl_c_deferred() -> Iterator[None]:
     """Hold a Ctrl-C back while a stopped run is recorded (about a second): Ctrl-C pressed
     twice interrupted DuckDB's write ("RuntimeError: Query interrupted", under a wall of
     traceback) and left the run `running` until the next run. The run ends with its own
-    error once recorded; SIGTERM and SIGKILL still end it at once."""
+    error once recorded; SIGTERM and SIGKILL still end it at once. A registry another process
+    holds keeps the record waiting (up to $LMFORGE_REGISTRY_WAIT_S, 120 s): one more Ctrl-C
+    then stops waiting (it swallowed every press until then)."""
     import signal
     import threading
 
@@ -1058,8 +1060,11 @@ def _ctrl_c_deferred() -> Iterator[None]:
     pressed: list[int] = []
 
     def wait(number: int, _frame) -> None:
-        if not pressed:
-            logger.warning("recording the stopped run before exiting (a second or so)")
+        if pressed:  # asked twice: the record is waiting on the registry, or hung
+            signal.signal(signal.SIGINT, previous)
+            raise KeyboardInterrupt
+        logger.warning("recording the stopped run before exiting (a second or so; Ctrl-C "
+                       "again leaves it to the next run, which records it as crashed)")  # fmt: skip
         pressed.append(number)
 
     previous = signal.signal(signal.SIGINT, wait)

@@ -674,3 +674,37 @@ def test_a_script_reads_the_run_id_and_a_run_s_error_whole(workspace, capsys):
     registry.finish_run("20260101-000000-abcdef", "failed", datetime.now(), [], error=error)
     shown = cli_in_process("runs", "show", "20260101").stdout
     assert f"\nerror: {error}\n" in shown
+
+
+def test_a_run_whose_server_went_away_before_it_was_recorded_is_not_an_earlier_run_of_its_pid(
+    workspace, tmp_path, monkeypatch
+):
+    """The server gone before the run was recorded (the flow run not yet made): the newest run
+    of the same pid, last week's in a container where lmforge is always pid 1, was said to be
+    this one, completed, and the command exited 0."""
+    from datetime import datetime, timedelta
+
+    import httpx
+
+    import flows.cli
+    import flows.pipeline
+    import flows.prefect_server
+
+    registry = RunRegistry(workspace.registry_path)
+    last_week = datetime.now() - timedelta(days=7)
+    registry.start_run({"run_id": "20261130-000000-01d01d", "status": "running",
+                        "started_at": last_week, "pid": os.getpid()})  # fmt: skip
+    registry.finish_run("20261130-000000-01d01d", "completed", last_week, [])
+
+    def gone_before_recording(config, overrides):
+        raise httpx.ConnectError("[Errno 111] Connection refused")
+
+    monkeypatch.setattr(flows.prefect_server, "ensure_server", lambda workspace: None)
+    monkeypatch.setattr(flows.cli, "_exit_cleanly_on_sigterm", lambda: None)
+    monkeypatch.setattr(flows.cli, "_exit_anyway_after", lambda *said: None)
+    monkeypatch.setattr(flows.pipeline, "lm_pipeline", gone_before_recording)
+    config = write_config(tmp_path / "c.toml", [{"path": str(readme_sections(tmp_path / "r"))}])
+    result = cli_in_process("run", str(config), check=False)
+    said = " ".join(result.stderr.split())
+    assert result.returncode == 1 and "01d01d" not in said, said
+    assert said.startswith("error: the run stopped: its Prefect server went away"), said

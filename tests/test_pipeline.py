@@ -594,6 +594,23 @@ def test_a_second_ctrl_c_waits_for_the_stopped_run_to_be_recorded(workspace, con
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_a_third_ctrl_c_stops_waiting_for_a_record_that_waits_on_the_registry():
+    """A registry another process held kept the record waiting up to 120 s (forever on its
+    writer's lock), and every Ctrl-C meanwhile was swallowed: one more press stops waiting."""
+    import signal
+    import time
+
+    from flows.pipeline import _ctrl_c_deferred
+
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt), _ctrl_c_deferred():
+        os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C: waits for the record
+        time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)  # the third: the record waits on the registry
+        time.sleep(5)  # the record, waiting
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 def test_a_damaged_published_model_falls_back_then_is_trained_again(workspace, config, caplog):
     import torch
 

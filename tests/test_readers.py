@@ -120,6 +120,30 @@ def test_what_is_not_a_file_in_a_folder_or_a_glob_is_named_for_what_it_is(tmp_pa
             ]
 
 
+def test_a_file_gone_between_its_folder_s_listing_and_its_check_is_left_out_quietly(
+    tmp_path, monkeypatch, caplog
+):
+    """A writer renaming its temporary file as the folder was read: the name listed, then
+    gone, was asked what it is and raised FileNotFoundError (a traceback for a whole run)."""
+    folder = tmp_path / "d"
+    folder.mkdir()
+    (folder / "a.txt").write_text("alpha")
+    is_file = Path.is_file
+
+    def renamed_meanwhile(path):
+        if path.name == "part.tmp.txt":
+            path.unlink(missing_ok=True)
+        return is_file(path)
+
+    monkeypatch.setattr(Path, "is_file", renamed_meanwhile)
+    for source in (folder, folder / "*.txt"):
+        (folder / "part.tmp.txt").write_text("being renamed")
+        with caplog.at_level(logging.WARNING, logger="lm.text.sources"):
+            found = resolve_sources([SourceConfig(path=str(source))])
+        assert [item.path.name for item in found] == ["a.txt"]
+    assert "not a file" not in caplog.text
+
+
 def test_a_linked_file_from_outside_a_folder_is_read_with_a_warning_naming_its_target(
     tmp_path, caplog
 ):
@@ -752,6 +776,12 @@ def test_a_folder_s_delimiter_leaves_its_tsvs_their_tab_unless_the_format_says_t
     piped.write_text("id|text\n3|piped\n")
     docs = read(tmp_path, SourceConfig(path=str(piped), format="tsv", delimiter="|"))
     assert [d.text for d in docs] == ["piped"]
+    # A source naming the .tsv itself means its delimiter for it: it was refused, the error
+    # saying to set the delimiter it had set.
+    semi = tmp_path / "semi.tsv"
+    semi.write_text("id;text\n4;a semicolon file named .tsv\n")
+    docs = read(tmp_path, SourceConfig(path=str(semi), delimiter=";"))
+    assert [d.text for d in docs] == ["a semicolon file named .tsv"]
 
 
 def test_a_record_with_more_fields_than_the_header_is_an_error_not_a_cut_text(tmp_path):
@@ -1255,6 +1285,19 @@ def test_a_datasets_cache_folder_says_its_cached_splits_are_read_as_one_corpus(t
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         assert len(read(tmp_path, str(cache / "imdb-train*.arrow"))) == 2
+    assert "cached splits" not in caplog.text
+    # Said once a run (sources are resolved several times), and not for two datasets' splits.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            resolve_sources([SourceConfig(path=str(cache))])
+    assert caplog.text.count("cached splits") == 0  # said above, for this source
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("imdb-train.arrow", "squad-test.arrow"):
+        (other / name).write_bytes((cache / "imdb-test.arrow").read_bytes())
+    with caplog.at_level(logging.WARNING):
+        assert len(resolve_sources([SourceConfig(path=str(other))])) == 2
     assert "cached splits" not in caplog.text
 
 

@@ -1373,12 +1373,19 @@ def _read_csv(
 
 
 def _delimiter_of(item: ResolvedInput, fmt: str) -> str:
-    """A source's `delimiter` is its CSVs' separator. A `.tsv` keeps its tab unless the source
-    says `format = "tsv"`: a folder of semicolon CSVs holding one TSV read that TSV as one
-    column, and failed."""
-    if fmt == "tsv" and item.spec.format != "tsv":
+    """A source's `delimiter` is its CSVs' separator. A `.tsv` in a folder or pattern keeps its
+    tab unless the source says `format = "tsv"`: a folder of semicolon CSVs holding one TSV
+    read that TSV as one column, and failed. A source that names the `.tsv` itself means its
+    delimiter for it (refused, the error said to set the delimiter it had set)."""
+    if fmt == "tsv" and item.spec.format != "tsv" and not _names_this_file(item):
         return "\t"
     return item.spec.delimiter or ("\t" if fmt == "tsv" else ",")
+
+
+def _names_this_file(item: ResolvedInput) -> bool:
+    """Whether the input's source names this one file (not a folder or a pattern)."""
+    named = Path(item.spec.path).expanduser()
+    return item.path is not None and named.is_file() and named.resolve() == item.path
 
 
 def _shown(delimiter: str) -> str:

@@ -195,19 +195,20 @@ CACHED_SPLIT = re.compile(r"-(train|test|validation|valid|dev)(-\d+-of-\d+)?\.ar
 def _warn_of_cached_splits(text: str, files: list[Path]) -> None:
     """The `datasets` cache holds a dataset's splits side by side (`imdb-train.arrow`,
     `imdb-test.arrow`): read as one corpus, like a `DatasetDict` folder, with no word."""
-    by_folder: dict[Path, dict[str, str]] = {}
+    # By folder and dataset name: `imdb-train.arrow` beside `squad-test.arrow` is two datasets.
+    by_dataset: dict[tuple[Path, str], set[str]] = {}
     for path in files:
         if found := CACHED_SPLIT.search(path.name):
-            by_folder.setdefault(path.parent, {})[found[1]] = path.name[: found.start()]
-    for folder, splits in sorted(by_folder.items()):
+            by_dataset.setdefault((path.parent, path.name[: found.start()]), set()).add(found[1])
+    for (folder, name), splits in sorted(by_dataset.items()):
         if len(splits) > 1:
             one = "train" if "train" in splits else sorted(splits)[0]
-            logger.warning(
-                "%s: cached splits of a Hugging Face dataset (%s) are read as one corpus, "
-                "which [split] divides again by its own hash (their test text may be trained "
-                "on); name one split's files (%s) to read it alone", text,
-                ", ".join(sorted(splits)), folder / f"{splits[one]}-{one}*.arrow",
-            )  # fmt: skip
+            _warn_once(  # sources are resolved several times a run: said once
+                f"{text}: cached splits of a Hugging Face dataset ({', '.join(sorted(splits))}) "
+                "are read as one corpus, which [split] divides again by its own hash (their test "
+                f"text may be trained on); name one split's files ({folder}/{name}-{one}*.arrow) "
+                "to read it alone"
+            )
 
 
 def _not_a_file(path: Path) -> str:
@@ -217,7 +218,10 @@ def _not_a_file(path: Path) -> str:
     except OSError as error:  # a link: to nothing, or round in a loop
         if error.errno == errno.ELOOP:
             return "a link that loops back to itself"
-        return f"a link to {os.readlink(path)}, which is gone"
+        try:
+            return f"a link to {os.readlink(path)}, which is gone"
+        except OSError:  # not a link: gone itself since it was listed
+            return "gone since it was listed"
     if stat.S_ISFIFO(mode):
         return "a named pipe (FIFO)"
     if stat.S_ISSOCK(mode):
@@ -367,6 +371,9 @@ def _some(paths: list[Path], said: Callable[[Path], str] = str) -> str:
 def _warn_of_what_is_not_a_file(where: Path | str, skipped: list[Path]) -> None:
     """Links to nothing or round in a loop, named pipes, sockets and devices read as nothing:
     said, each for what it is, not dropped in silence."""
+    # A file gone since its folder was listed (a writer's temporary file, renamed) is nothing
+    # to read or say: it was a FileNotFoundError's traceback.
+    skipped = [path for path in skipped if os.path.lexists(path)]
     if skipped:
         named = _some(skipped, lambda path: f"{path} ({_not_a_file(path)})")
         _warn_once(f"{where}: skipped what is not a file to read: {named}")
