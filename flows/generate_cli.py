@@ -219,9 +219,9 @@ def chat_command(
     interactive = sys.stdin is not None and sys.stdin.isatty()
     index = 0
     while True:
-        if interactive:
-            sys.stdout.write("> ")
-            sys.stdout.flush()
+        if interactive:  # on stderr, as Python's own prompt: `chat RUN > answers.txt` kept them
+            sys.stderr.write("> ")
+            sys.stderr.flush()
         prompt = _read_line()
         if prompt is None:
             break

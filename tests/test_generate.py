@@ -404,6 +404,29 @@ def test_chat_answers_each_piped_line_with_one_line_until_eof(recorded_run):
         assert lines[index] == expected_text(home, trained, prompt, sampling).split("\n")[0]
 
 
+def test_chat_at_a_terminal_prompts_on_stderr_and_answers_alone_on_stdout(recorded_run):
+    """`chat RUN > answers.txt` typed at a terminal stored its "> " prompts among the answers."""
+    import pty
+
+    home, trained, _ = recorded_run
+    env = dict(os.environ) | {"LMFORGE_HOME": str(home)}
+    terminal, typed_at = pty.openpty()
+    try:
+        os.write(terminal, b"The river\n\x04")  # a line, then Ctrl-D
+        result = subprocess.run(
+            lmforge_command("chat", str(home / trained.path), "--max-new-tokens", "40", "--seed",
+                            "5"),
+            stdin=typed_at, capture_output=True, text=True, timeout=300, cwd=REPO, env=env,
+        )  # fmt: skip
+    finally:
+        os.close(terminal)
+        os.close(typed_at)
+    assert result.returncode == 0, result.stderr
+    expected = expected_text(home, trained, "The river", SamplingConfig(max_new_tokens=40, seed=5))
+    assert result.stdout == expected.split("\n")[0] + "\n"
+    assert result.stderr == "> > "
+
+
 def test_unknown_runs_labels_and_folders_are_clear_errors(recorded_run, tmp_path, monkeypatch):
     from flows.cli import app
 
