@@ -1078,11 +1078,43 @@ def publish_or_warn(what: str, publish: Callable[..., Any], *arguments: Any) -> 
     """Publish a view of a run already recorded (its Prefect artifacts). A failure here, say
     the Prefect server gone, is a warning: the run did everything it set out to, and is
     recorded as completed; it must not be recorded again as failed."""
+    gone = prefect_server_gone()
+    if gone is not None:
+        logger.warning("%s was not published: the Prefect server does not answer (%s); the "
+                       "run is recorded, and Prefect's record of it will stay out of date", what,
+                       gone)  # fmt: skip
+        return
     try:
         publish(*arguments)
     except Exception as error:
         logger.warning("%s was not published (%s: %s); the run is recorded", what,
                        type(error).__name__, error)  # fmt: skip
+
+
+def prefect_server_gone() -> str | None:
+    """Why the run's Prefect server does not answer (killed, or out of memory, mid-run), or
+    None when it does. Once it is gone, Prefect's client stops retrying for the rest of the
+    process: it retried each request with backoff for a minute or more (the run card, then the
+    flow run's final state: three and a half minutes after a run was recorded completed)."""
+    import httpx
+    from prefect.client.orchestration import get_client
+    from prefect.context import SettingsContext
+
+    context = SettingsContext.get()
+    if context is None:
+        return None
+    client_settings = context.settings.client  # `max_retries` is read at each request
+    retries, client_settings.max_retries = client_settings.max_retries, 0
+    try:  # asked once: the client, having connected before, retried it for a minute
+        with get_client(sync_client=True) as client:
+            failure = client.api_healthcheck()
+    finally:
+        client_settings.max_retries = retries
+    # Refused: nothing listens. A server too busy to answer in time is not gone.
+    if not isinstance(failure, httpx.ConnectError):
+        return None
+    client_settings.max_retries = 0  # for the rest of the process, in every thread
+    return f"{type(failure).__name__}: {failure}"
 
 
 @flow(name="lm-pipeline", persist_result=False)

@@ -779,6 +779,32 @@ def test_a_run_publishes_its_card_and_models_table_as_prefect_artifacts(workspac
     assert table is not None and '"val_bpb"' in table.data
 
 
+def test_a_prefect_server_gone_after_the_record_is_said_once_and_not_retried_for_minutes():
+    """The server killed mid-run: the run card's publishing retried it for over a minute, and
+    Prefect's engine then retried the flow run's final state for minutes more."""
+    import socket
+
+    from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    from flows.pipeline import publish_or_warn
+
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    published = []
+    with temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{port}/api"}):
+        assert PREFECT_CLIENT_MAX_RETRIES.value() > 0
+        with warnings_said_by("lm.pipeline") as warnings:
+            publish_or_warn("the run card", published.append, "card")
+        assert PREFECT_CLIENT_MAX_RETRIES.value() == 0
+    assert PREFECT_CLIENT_MAX_RETRIES.value() > 0  # the test's own settings, as they were
+    assert published == []
+    [said] = warnings
+    assert said.startswith("the run card was not published: the Prefect server does not answer "
+                           "(ConnectError: ")  # fmt: skip
+    assert said.endswith("the run is recorded, and Prefect's record of it will stay out of date")
+
+
 def test_a_run_card_that_cannot_be_published_leaves_the_run_completed(
     workspace, config, monkeypatch
 ):
