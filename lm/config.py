@@ -789,7 +789,10 @@ def resolve_preset(config: str | None) -> Path:
     if not path.is_file():
         presets = sorted(p.stem for p in shipped_path("configs").glob("*.toml"))
         known = f"presets: {', '.join(presets)}" if presets else "no presets are installed"
-        raise ConfigError(f"{config}: no such config file ({known})")
+        # A relative path is read from the current folder: a worker's flow run reads it from
+        # the folder of prefect.yaml, not where `prefect deployment run` was typed.
+        where = "" if path.is_absolute() else f" in {Path.cwd()}"
+        raise ConfigError(f"{config}: no such config file{where} ({known})")
     return path.resolve()
 
 

@@ -665,6 +665,18 @@ def test_a_long_error_is_one_line_on_a_pipe(workspace, tmp_path):
     assert line.startswith(f"error: {missing}: no such config file (presets: ")
 
 
+def test_a_relative_config_that_is_missing_names_the_folder_it_was_read_from(tmp_path, monkeypatch):
+    # A deployment's `config=tiny.toml` is read in the worker's folder; the error said only
+    # "tiny.toml: no such config file", not where it looked.
+    monkeypatch.chdir(tmp_path)
+    said = re.escape(f"tiny.toml: no such config file in {tmp_path} (")
+    with pytest.raises(ConfigError, match=said):
+        resolve_preset("tiny.toml")
+    said = re.escape(f"{tmp_path / 'x.toml'}: no such config file (")  # absolute: no folder
+    with pytest.raises(ConfigError, match=said):
+        resolve_preset(str(tmp_path / "x.toml"))
+
+
 def test_a_table_or_array_written_as_something_else_is_named_in_toml_s_words(tmp_path):
     # pydantic says "a valid dictionary or object to extract fields from" for a table.
     config = tmp_path / "array.toml"
