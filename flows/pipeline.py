@@ -1091,6 +1091,9 @@ def publish_or_warn(what: str, publish: Callable[..., Any], *arguments: Any) -> 
                        type(error).__name__, error)  # fmt: skip
 
 
+SERVER_GONE_AFTER_S = 5.0  # how long a server refuses connections before it is taken as gone
+
+
 def prefect_server_gone() -> str | None:
     """Why the run's Prefect server does not answer (killed, or out of memory, mid-run), or
     None when it does. Once it is gone, Prefect's client stops retrying for the rest of the
@@ -1105,9 +1108,15 @@ def prefect_server_gone() -> str | None:
         return None
     client_settings = context.settings.client  # `max_retries` is read at each request
     retries, client_settings.max_retries = client_settings.max_retries, 0
-    try:  # asked once: the client, having connected before, retried it for a minute
+    try:  # asked without the client's retries: having connected before, it retried a minute
         with get_client(sync_client=True) as client:
-            failure = client.api_healthcheck()
+            deadline = time.monotonic() + SERVER_GONE_AFTER_S
+            # Refused for a few seconds, not once: a shared server restarting (or a moment's
+            # lost route to it) refused one request, and the run's end was then never told.
+            while isinstance(failure := client.api_healthcheck(), httpx.ConnectError):
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.5)
     finally:
         client_settings.max_retries = retries
     # Refused: nothing listens. A server too busy to answer in time is not gone.

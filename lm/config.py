@@ -791,7 +791,10 @@ def resolve_preset(config: str | None) -> Path:
         known = f"presets: {', '.join(presets)}" if presets else "no presets are installed"
         # A relative path is read from the current folder: a worker's flow run reads it from
         # the folder of prefect.yaml, not where `prefect deployment run` was typed.
-        where = "" if path.is_absolute() else f" in {Path.cwd()}"
+        try:
+            where = "" if path.is_absolute() else f" in {Path.cwd()}"
+        except FileNotFoundError:  # the current folder deleted under it: a traceback
+            where = " in the current folder, which was deleted"
         raise ConfigError(f"{config}: no such config file{where} ({known})")
     return path.resolve()
 

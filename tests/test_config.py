@@ -677,6 +677,17 @@ def test_a_relative_config_that_is_missing_names_the_folder_it_was_read_from(tmp
         resolve_preset(str(tmp_path / "x.toml"))
 
 
+def test_a_relative_config_missing_from_a_deleted_current_folder_is_one_line(tmp_path, monkeypatch):
+    # A shell in a folder since deleted (`rm -rf` from another shell): asking where it looked
+    # raised FileNotFoundError, a traceback in place of the error.
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    with pytest.raises(ConfigError, match=re.escape("tiny.toml: no such config file in the ")):
+        resolve_preset("tiny.toml")
+
+
 def test_a_table_or_array_written_as_something_else_is_named_in_toml_s_words(tmp_path):
     # pydantic says "a valid dictionary or object to extract fields from" for a table.
     config = tmp_path / "array.toml"

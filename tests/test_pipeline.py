@@ -805,6 +805,54 @@ def test_a_prefect_server_gone_after_the_record_is_said_once_and_not_retried_for
     assert said.endswith("the run is recorded, and Prefect's record of it will stay out of date")
 
 
+def test_a_prefect_server_that_refuses_a_moment_is_not_taken_as_gone(monkeypatch):
+    """A shared server restarting refused the one health check: the run card was skipped and
+    Prefect's client stopped retrying, so the flow run's end was never told to a server that
+    was back a moment later (its flow run left Running)."""
+    import http.server
+    import socket
+
+    import httpx
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    from flows.pipeline import prefect_server_gone
+
+    class Healthy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "4")
+            self.end_headers()
+            self.wfile.write(b"true")
+
+        def log_message(self, *args):
+            pass
+
+    with socket.socket() as closed:  # a port nothing listens on, yet
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    servers, checked = [], SyncPrefectClient.api_healthcheck
+
+    def back_once_refused(client):
+        failure = checked(client)
+        if isinstance(failure, httpx.ConnectError) and not servers:  # restarted meanwhile
+            servers.append(http.server.HTTPServer(("127.0.0.1", port), Healthy))
+            threading.Thread(target=servers[0].serve_forever, daemon=True).start()
+        return failure
+
+    monkeypatch.setattr(SyncPrefectClient, "api_healthcheck", back_once_refused)
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{port}/api"}):
+            retries = PREFECT_CLIENT_MAX_RETRIES.value()
+            assert prefect_server_gone() is None
+            assert PREFECT_CLIENT_MAX_RETRIES.value() == retries
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+    assert servers  # it was refused first
+
+
 def test_a_run_card_that_cannot_be_published_leaves_the_run_completed(
     workspace, config, monkeypatch
 ):
