@@ -1045,6 +1045,20 @@ def test_a_wildcard_part_names_a_folder_it_cannot_list_and_a_source_it_cannot_re
         resolve_sources([SourceConfig(path=str(tmp_path / "data/locked/a.txt"))])
 
 
+def test_a_relative_source_missing_from_a_deleted_current_folder_is_one_error(
+    tmp_path, monkeypatch
+):
+    """A shell in a folder since deleted: saying where a relative path was read from raised
+    FileNotFoundError, a traceback in place of the error."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    for source in ("notes.txt", "notes/*.txt"):
+        with pytest.raises(InputError, match=r"read from the current folder, which was deleted"):
+            resolve_sources([SourceConfig(path=source)])
+
+
 def test_a_volume_s_lost_and_found_is_skipped_and_other_failures_say_their_own_reason(
     tmp_path, monkeypatch
 ):

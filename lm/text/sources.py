@@ -145,7 +145,7 @@ def _resolve_one(spec: SourceConfig) -> list[ResolvedInput]:
         matches = glob_files(expanded)
         if not matches:
             relative = (
-                "" if os.path.isabs(expanded) else f" (read from the current folder, {os.getcwd()})"
+                "" if os.path.isabs(expanded) else f" (read from the current folder, {_here()})"
             )
             raise InputError(f"{text}: the pattern matches no files{relative}")
         _warn_of_cached_splits(text, matches)
@@ -167,8 +167,17 @@ def _resolve_one(spec: SourceConfig) -> list[ResolvedInput]:
     if os.path.lexists(path):  # there, but neither: "no such file" sent people looking for it
         raise InputError(f"{text}: {_not_a_file(path)}, not a file or folder to read")
     # Read from the current folder: where a config lies is not where it is run (a worker's).
-    relative = "" if path.is_absolute() else f" (read from the current folder, {os.getcwd()})"
+    relative = "" if path.is_absolute() else f" (read from the current folder, {_here()})"
     raise InputError(f"{text}: no such file or directory{relative}")
+
+
+def _here() -> str:
+    """The current folder, for an error about a relative path; one deleted under the shell
+    made the error a FileNotFoundError traceback."""
+    try:
+        return os.getcwd()
+    except FileNotFoundError:
+        return "which was deleted"
 
 
 def _warn_of_dataset_splits(text: str, folder: Path, files: list[Path]) -> None:
