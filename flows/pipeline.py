@@ -1117,6 +1117,8 @@ def prefect_server_gone() -> str | None:
                 if time.monotonic() >= deadline:
                     break
                 time.sleep(0.5)
+    except Exception:  # no client to ask with: publishing says what fails, as before
+        return None
     finally:
         client_settings.max_retries = retries
     # Refused: nothing listens. A server too busy to answer in time is not gone.

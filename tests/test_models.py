@@ -61,16 +61,23 @@ def test_changing_a_token_never_changes_logits_before_it(config):
     assert not torch.allclose(before[:, 7:], after[:, 7:], atol=1e-6)
 
 
+PREFILL_THEN_ONE_AT_A_TIME = [(0, 5)] + [(t, t + 1) for t in range(5, 14)]
+# Chunks after the first (start > 0, several queries) attend through the offset causal mask,
+# which feeding one token a step never builds: a chunk at position 1 and longer ones.
+SEVERAL_AT_A_TIME = [(0, 1), (1, 4), (4, 9), (9, 14)]
+
+
+@pytest.mark.parametrize("chunks", [PREFILL_THEN_ONE_AT_A_TIME, SEVERAL_AT_A_TIME],
+                         ids=["prefill-then-one-at-a-time", "several-at-a-time"])  # fmt: skip
 @pytest.mark.parametrize("config", VARIANTS[::5], ids=variant_id)
-def test_kv_cache_gives_the_logits_of_full_recomputation(config):
+def test_kv_cache_gives_the_logits_of_full_recomputation(config, chunks):
     torch.manual_seed(1)
     model = build_model(config, VOCAB).eval()
     idx = torch.randint(0, VOCAB, (2, 14))
     with torch.no_grad():
         full, _ = model(idx)
         cache = model.new_cache(batch=2)
-        prefill, _ = model(idx[:, :5], cache=cache)
-        steps = [prefill] + [model(idx[:, t : t + 1], cache=cache)[0] for t in range(5, 14)]
+        steps = [model(idx[:, a:b], cache=cache)[0] for a, b in chunks]
     assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
 
 
@@ -557,20 +564,6 @@ def test_pairs_counted_in_a_table_are_those_counted_by_sorting(monkeypatch):
     (ids, counts, smoothing), (sorted_ids, sorted_counts, sorted_smoothing) = results
     assert torch.equal(ids, sorted_ids) and torch.equal(counts, sorted_counts)
     assert smoothing == sorted_smoothing and counts.sum() == 4999 + 2999
-
-
-@pytest.mark.parametrize("config", VARIANTS[::5], ids=variant_id)
-def test_a_cache_fed_several_tokens_at_a_time_gives_the_logits_of_full_recomputation(config):
-    """Chunks after the first (start > 0, several queries) attend through the offset causal
-    mask, which feeding one token a step never builds: a chunk at position 1 and longer ones."""
-    torch.manual_seed(3)
-    model = build_model(config, VOCAB).eval()
-    idx = torch.randint(0, VOCAB, (2, 14))
-    with torch.no_grad():
-        full, _ = model(idx)
-        cache = model.new_cache(batch=2)
-        chunks = [model(idx[:, a:b], cache=cache)[0] for a, b in [(0, 1), (1, 4), (4, 9), (9, 14)]]
-    assert torch.allclose(torch.cat(chunks, dim=1), full, atol=1e-5)
 
 
 def test_rotary_attention_depends_only_on_how_far_apart_the_positions_are():
