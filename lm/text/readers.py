@@ -44,7 +44,7 @@ from lm.text.long_documents import (
     named_pieces,
     utf8_pieces,
 )
-from lm.text.sources import InputError, ResolvedInput, TransientInputError
+from lm.text.sources import InputError, ResolvedInput, TransientInputError, names_one_file
 from lm.text.wikipedia_dump import read_wikipedia_dump
 
 logger = logging.getLogger("lm.text.readers")
@@ -1377,15 +1377,9 @@ def _delimiter_of(item: ResolvedInput, fmt: str) -> str:
     tab unless the source says `format = "tsv"`: a folder of semicolon CSVs holding one TSV
     read that TSV as one column, and failed. A source that names the `.tsv` itself means its
     delimiter for it (refused, the error said to set the delimiter it had set)."""
-    if fmt == "tsv" and item.spec.format != "tsv" and not _names_this_file(item):
+    if fmt == "tsv" and item.spec.format != "tsv" and not names_one_file(item.spec):
         return "\t"
     return item.spec.delimiter or ("\t" if fmt == "tsv" else ",")
-
-
-def _names_this_file(item: ResolvedInput) -> bool:
-    """Whether the input's source names this one file (not a folder or a pattern)."""
-    named = Path(item.spec.path).expanduser()
-    return item.path is not None and named.is_file() and named.resolve() == item.path
 
 
 def _shown(delimiter: str) -> str:

@@ -74,7 +74,7 @@ def resolve_sources(specs: list[SourceConfig]) -> list[ResolvedInput]:
     a line each, not also whole). Two specs that name it with different settings read different
     documents from it (a CSV's `question` column and its `answer` column): it is read under
     each, with a warning naming the settings."""
-    resolved = [(spec, item, _names_itself(spec)) for spec in specs for item in _resolve_one(spec)]
+    resolved = [(spec, item, names_one_file(spec)) for spec in specs for item in _resolve_one(spec)]
     named_by: dict[Path, SourceConfig] = {}
     for spec, item, names_itself in resolved:
         if names_itself and item.path is not None:
@@ -117,7 +117,7 @@ def resolve_sources(specs: list[SourceConfig]) -> list[ResolvedInput]:
     return inputs
 
 
-def _names_itself(spec: SourceConfig) -> bool:
+def names_one_file(spec: SourceConfig) -> bool:
     """Whether a spec names one file (not a folder or a pattern that reaches several)."""
     if spec.path.startswith(("gensim:", "names:")):
         return True
