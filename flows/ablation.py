@@ -34,6 +34,7 @@ from flows.pipeline import (
     publish_or_warn,
     record_failure,
     record_success,
+    refusals_recorded,
     train_model,
     train_word2vec,
 )
@@ -76,12 +77,13 @@ def ablation(config: str | None = "ablation", overrides: list[str] | None = None
     `AblationError`, after writing the table of the others, when any variant × seed failed."""
     overrides = list(overrides or [])
     # A deployment run given `config: null` read the default preset, which has no variants.
-    config_path = str(resolve_preset(config or "ablation"))
-    settings = load_config(config_path, overrides)
-    try:
-        arms = settings.ablation_runs()
-    except ValueError as error:
-        raise ConfigError(f"{config_path}: {error}") from None
+    with refusals_recorded(config or "ablation", overrides, "ablation"):
+        config_path = str(resolve_preset(config or "ablation"))
+        settings = load_config(config_path, overrides)
+        try:
+            arms = settings.ablation_runs()
+        except ValueError as error:
+            raise ConfigError(f"{config_path}: {error}") from None
     tokens = settings.ablation_tokens(arms)
     if len(set(tokens.values())) > 1:  # "the same token budget" no longer holds
         logger.warning(

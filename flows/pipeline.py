@@ -31,7 +31,15 @@ from prefect.runtime import deployment, flow_run
 from flows.run_card import publish_run_card
 from flows.user_errors import hide_prefect_tracebacks_of, user_error_types
 from lm.clock import utc_now
-from lm.config import ModelRun, PipelineConfig, SplitConfig, load_config, resolve_preset
+from lm.config import (
+    DEFAULT_PRESET,
+    ConfigError,
+    ModelRun,
+    PipelineConfig,
+    SplitConfig,
+    load_config,
+    resolve_preset,
+)
 from lm.eval_config import EvalConfig
 from lm.machine import describe_machine
 from lm.text.sources import InputError, is_url
@@ -403,6 +411,56 @@ def open_run(
     heartbeat = Heartbeat(folder / HEARTBEAT_FILE).start()
     return RunContext(run_id, workspace, registry, metrics, StageJournal(folder / JOURNAL_FILE),
                       heartbeat=heartbeat)  # fmt: skip
+
+
+@contextmanager
+def refusals_recorded(config: str | None, overrides: list[str], command: str) -> Iterator[None]:
+    """Record a run whose config a flow refuses before the run is opened: one that `prefect
+    deployment run` (a schedule, an automation) sent with a config that is missing, not valid
+    TOML or not valid settings was only a Failed flow run in Prefect, and the history people
+    query (`lmforge runs`, `runs.status = 'failed'`) never heard of it. The command line says
+    such errors before any flow starts, so its runs never get here."""
+    try:
+        yield
+    except ConfigError as error:
+        _record_refused_run(config, overrides, command, error)
+        raise
+
+
+def _record_refused_run(
+    config: str | None, overrides: list[str], command: str, error: ConfigError
+) -> None:
+    """A `failed` run with no stages and no settings: what was asked and why it was refused."""
+    run_id = new_run_id()
+    now = utc_now()
+    asked = config if config is not None else DEFAULT_PRESET
+    row = {
+        "run_id": run_id,
+        "flow_run_id": flow_run.get_id(),
+        "deployment": _deployment_name(),
+        "preset": Path(asked).stem,
+        "config_path": asked,
+        "status": "failed",
+        "started_at": now,
+        "ended_at": now,
+        "seconds": 0.0,
+        "code_digest": code_digest("lm", "storage", "tasks", "flows"),
+        "git_sha": _git_sha(),
+        "package_versions": _package_versions(),
+        "device": describe_machine(),
+        "command": reproduce_command(asked, overrides, command),
+        "hostname": this_host(),
+        "pid": os.getpid(),
+        "error": f"{type(error).__name__}: {error} (before the run began)",
+    }
+    try:
+        workspace = Workspace.from_env().ensure()
+        RunRegistry(workspace.registry_path).start_run(row)
+    except Exception as unrecorded:  # the config's error, raised next, is the one to see
+        logger.error("the refused config was not recorded as a failed run (%s: %s)",
+                     type(unrecorded).__name__, unrecorded)  # fmt: skip
+        return
+    logger.info("lmforge run %s recorded failed (`lmforge runs show %s`)", run_id, run_id)
 
 
 RUN_FOLDER = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")
@@ -1133,8 +1191,9 @@ def lm_pipeline(config: str | None = None, overrides: list[str] | None = None) -
     """Run the pipeline for a preset name or TOML path, with optional `key.path=value`
     overrides, and return a summary of the run."""
     overrides = list(overrides or [])
-    config_path = str(resolve_preset(config))
-    settings = load_config(config_path, overrides)
+    with refusals_recorded(config, overrides, "run"):
+        config_path = str(resolve_preset(config))
+        settings = load_config(config_path, overrides)
     run = open_run(settings, config_path, overrides)
     models: list[ModelRecord] = []  # those trained so far are recorded even if a later fails
     try:

@@ -42,6 +42,7 @@ from flows.pipeline import (
     open_run,
     record_failure,
     record_success,
+    refusals_recorded,
     run_stage,
     train_model,
     train_word2vec,
@@ -224,11 +225,12 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
     """Retrain the champion on new data from the configured sources, and promote the result
     only if it is better on the held-out split."""
     overrides = list(overrides or [])
-    config_path = str(resolve_preset(config))
-    settings = load_config(config_path, overrides)
-    problem = retrain_problem(settings)
-    if problem:
-        raise ConfigError(f"{config_path}: {problem}")
+    with refusals_recorded(config, overrides, "retrain"):
+        config_path = str(resolve_preset(config))
+        settings = load_config(config_path, overrides)
+        problem = retrain_problem(settings)
+        if problem:
+            raise ConfigError(f"{config_path}: {problem}")
     model_run = settings.model_runs()[-1]  # the top of a ladder is the model kept current
     policy = settings.retrain
     run = open_run(settings, config_path, overrides, command="retrain")

@@ -359,14 +359,7 @@ def runs_compare(
         raise _fail(str(error)) from None
 
     console.print(_table(["", *ids], _summary_rows(runs), "runs"))
-    differences = config_differences([json.loads(run["config"] or "{}") for run in runs])
-    if differences:
-        rows = [(key, *values) for key, values in differences]
-        console.print(_table(["config key", *ids], rows, "config differences"))
-    elif len({run["code_digest"] for run in runs}) > 1:  # git_sha is empty outside a checkout
-        console.print("config: identical, but lmforge's code differs (code_digest)")
-    else:
-        console.print("config: identical")
+    _print_config_differences(runs)
     model_rows = [_model_metrics(dict(zip(model_columns, row, strict=True))) for row in models]
     metric_rows = _metric_rows(ids, model_rows, data_rows)
     if metric_rows:
@@ -374,6 +367,29 @@ def runs_compare(
     stage_rows = _stage_rows(ids, stage_rows)
     if stage_rows:
         console.print(_table(["stage seconds", *ids], stage_rows, "stages"))
+
+
+def _print_config_differences(runs: list[dict]) -> None:
+    """The keys whose values differ, among the runs that recorded their settings: a run whose
+    config was refused before it began has none, and beside it every key read as changed."""
+    from flows.cli import _table, console
+
+    unread = [run["run_id"] for run in runs if run["config"] is None]
+    if unread:
+        console.print(f"config: none recorded for {', '.join(unread)} (refused before the run "
+                      "began: `lmforge runs show` says why)", highlight=False)  # fmt: skip
+    read = [run for run in runs if run["config"] is not None]
+    if len(read) < 2:
+        return
+    differences = config_differences([json.loads(run["config"]) for run in read])
+    if differences:
+        rows = [(key, *values) for key, values in differences]
+        console.print(_table(["config key", *(r["run_id"] for r in read)], rows,
+                             "config differences"))  # fmt: skip
+    elif len({run["code_digest"] for run in read}) > 1:  # git_sha is empty outside a checkout
+        console.print("config: identical, but lmforge's code differs (code_digest)")
+    else:
+        console.print("config: identical")
 
 
 def _summary_rows(runs: list[dict]) -> list[tuple]:

@@ -24,6 +24,7 @@ from lm.text.sources import InputError
 from storage.corpus import CORPUS_SCHEMA, DOCUMENTS_FILE
 from storage.heartbeat import HEARTBEAT_FILE
 from storage.registry import RunRegistry
+from tests.conftest import cli_in_process
 from tests.helpers import (
     prose,
     serving_busy_once,
@@ -189,10 +190,46 @@ def test_changing_a_source_file_reruns_ingest(workspace, config, tmp_path):
     assert second["corpus"]["documents"] == first["corpus"]["documents"] + 1
 
 
-def test_unknown_config_key_names_the_key_and_the_file(tmp_path, config):
+def test_unknown_config_key_names_the_key_and_the_file(workspace, tmp_path, config):
     config.write_text(config.read_text() + "\n[split]\nvalidation = 0.1\n")
     with pytest.raises(ConfigError, match=r"small\.toml: unknown key 'split\.validation'"):
         run_pipeline(config)
+
+
+@pytest.mark.parametrize("flow", ["run", "retrain", "ablation"])
+def test_a_config_a_flow_refuses_is_recorded_as_a_failed_run(workspace, tmp_path, config, flow):
+    """As a deployment run sent with a bad config would be: the command line refuses it before
+    any flow starts, a worker only in the flow. It was a Failed flow run in Prefect alone."""
+    from flows.ablation import ablation
+    from flows.pipeline import lm_pipeline
+    from flows.retrain import retrain
+
+    chosen = {"run": lm_pipeline, "retrain": retrain, "ablation": ablation}[flow]
+    config.write_text(config.read_text() + "\n[split]\nvalidation = 0.1\n")
+    with pytest.raises(ConfigError, match=r"small\.toml: unknown key 'split\.validation'"):
+        chosen(config=str(config), overrides=["seed=3"])
+    missing = tmp_path / "gone.toml"
+    with pytest.raises(ConfigError, match=r"gone\.toml: no such config file"):
+        chosen(config=str(missing))
+    registry = RunRegistry(workspace.registry_path)
+    _, rows = registry.query(
+        "SELECT preset, config_path, status, seconds, error, command, config FROM runs "
+        "ORDER BY started_at"
+    )
+    assert [row[:4] for row in rows] == [
+        ("small", str(config), "failed", 0.0),
+        ("gone", str(missing), "failed", 0.0),
+    ]
+    assert "unknown key 'split.validation'" in rows[0][4] and "before the run began" in rows[0][4]
+    assert "no such config file" in rows[1][4]
+    assert rows[0][5] == f"lmforge {flow} {config} --set seed=3"  # what was asked, to rerun
+    assert rows[0][6] is None  # no settings were read
+    for table in ("stages", "models", "datasets"):
+        assert registry.query(f"SELECT count(*) FROM {table}")[1] == [(0,)]
+    if flow == "run":  # two runs with no settings are not "config: identical"
+        ids = [row[0] for row in registry.query("SELECT run_id FROM runs")[1]]
+        compared = cli_in_process("runs", "compare", *ids).stdout
+        assert "config: none recorded for" in compared and "identical" not in compared
 
 
 def _bad_input(kind: str, tmp_path) -> dict:

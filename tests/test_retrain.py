@@ -416,7 +416,10 @@ def test_retrain_refuses_a_split_that_moves_as_sources_grow(workspace, tmp_path,
         _trigger(config, f'split.method="{method}"')
     result = run_cli("retrain", str(config), "--set", f'split.method="{method}"', check=False)
     assert result.returncode == 1 and 'retrain needs split.method = "hash"' in result.stderr
-    assert not workspace.registry_path.exists()  # refused before anything ran
+    # The flow records its refusal (as a deployment run's); the command line refuses before
+    # any flow starts, and adds nothing.
+    _, rows = RunRegistry(workspace.registry_path).query("SELECT status, error FROM runs")
+    assert [row[0] for row in rows] == ["failed"] and "before the run began" in rows[0][1]
 
 
 def test_documents_the_champion_s_corpus_dropped_count_as_new_once_kept(workspace, tmp_path):
