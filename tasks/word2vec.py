@@ -40,7 +40,8 @@ from storage.workspace import Workspace
 from tasks.caching import cache_key_from, code_digest, stage_key
 
 STAGE = "word2vec"
-VERSION = 1
+# 2: vectors stored as a plain array and a JSON list of words, no longer a gensim pickle.
+VERSION = 2
 CODE = (
     "lm/word2vec.py", "lm/tokenizer.py", "lm/config.py", "storage/corpus.py", "storage/shards.py",
     "lm/gensim_data.py", "tasks/word2vec.py",
@@ -48,7 +49,7 @@ CODE = (
 VECTORS = "word2vec-vectors"
 # Settings that evaluate or show the vectors, never change them: not in the vectors' key.
 EVALUATION_ONLY = ("probes", "neighbours", "projection")
-VECTORS_FILE = "vectors.kv"
+VECTORS_FILE = "vectors.npy"  # and its words beside it (`keys_file`)
 METRICS_FILE = "metrics.json"
 PROJECTION_FILE = "projection.png"
 logger = logging.getLogger("lm.word2vec")
@@ -114,8 +115,11 @@ def word2vec_task(
     vectors, trained = _stored_vectors(workspace, corpus, tokenizer, config, ordered_shards)
     metrics = evaluate_vectors(vectors, config)
     with store.build(key) as staging:
-        for file in workspace.resolve(trained.path).glob(f"{VECTORS_FILE}*"):
-            _link(file, staging / file.name)  # gensim may keep large arrays in files beside it
+        from lm.models.embeddings import keys_file
+
+        trained_file = workspace.resolve(trained.path) / VECTORS_FILE
+        for file in (trained_file, keys_file(trained_file)):
+            _link(file, staging / file.name)
         (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
         shown = whole_word_view(vectors) if config.input == "pieces" else vectors
         plot_projection(shown, metrics["neighbours"], config.projection, staging / PROJECTION_FILE)
@@ -146,7 +150,7 @@ def _stored_vectors(
 ):
     """(the vectors, their descriptor in the vectors store): those stored under `vectors_key`,
     else trained and stored."""
-    from lm.models.embeddings import load_keyed_vectors, vectors_digest
+    from lm.models.embeddings import load_keyed_vectors, save_keyed_vectors, vectors_digest
 
     store = vectors_store(workspace)
     key = vectors_key(corpus, tokenizer, config, ordered_shards)
@@ -158,7 +162,7 @@ def _stored_vectors(
         return load_keyed_vectors(path, existing.digest), existing
     vectors = _train(workspace, corpus, tokenizer, config, ordered_shards)
     with store.build(key) as staging:
-        vectors.save(str(staging / VECTORS_FILE))
+        save_keyed_vectors(vectors, staging / VECTORS_FILE)
         stored = store.describe(staging, VECTORS, key, vectors_digest(vectors),
                                 {"vocabulary": len(vectors.key_to_index)})  # fmt: skip
     return vectors, stored

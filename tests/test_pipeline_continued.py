@@ -23,7 +23,7 @@ from tests.test_pipeline import TINY_GPT, run_pipeline, stage_states
 def test_word2vec_under_the_ordered_split_learns_only_the_train_part_of_the_stream(
     workspace, tmp_path
 ):
-    from gensim.models import KeyedVectors
+    from lm.models.embeddings import load_keyed_vectors
 
     folder = tmp_path / "stream"
     folder.mkdir()
@@ -40,8 +40,8 @@ def test_word2vec_under_the_ordered_split_learns_only_the_train_part_of_the_stre
                 "split.val=0.1", "split.test=0.0"]  # fmt: skip
     summary = run_pipeline(config, word2vec)
     assert summary["corpus"]["kept"] == 13  # the last document too
-    [vectors_file] = (workspace.artifacts / "word2vec").glob("*/vectors.kv")
-    words = set(KeyedVectors.load(str(vectors_file)).index_to_key)
+    [vectors_file] = (workspace.artifacts / "word2vec").glob("*/vectors.npy")
+    words = set(load_keyed_vectors(vectors_file).index_to_key)
     assert "quokkaberry" not in words and "wuzzlestan" not in words
     assert {"mountain", "teacher", "garden"} <= words  # the train documents' words
     # The tokenizer's statistics are measured on the stream's val part (the last document):

@@ -13,7 +13,7 @@ from gensim.models import KeyedVectors
 
 from lm.config import TokenizerConfig, Word2VecConfig
 from lm.models.config import GPTConfig, MLPConfig, W2VConfig
-from lm.models.embeddings import embedding_matrix, load_piece_vectors
+from lm.models.embeddings import embedding_matrix, load_piece_vectors, save_keyed_vectors
 from lm.models.registry import build_model
 from lm.models.w2v import w2v_parameter_count
 from lm.tokenizer import CharTokenizer, train_tokenizer
@@ -141,16 +141,16 @@ def test_a_vocabulary_or_end_of_text_id_that_cannot_be_is_refused_when_building(
 
 
 def test_a_vectors_file_of_another_size_is_refused_naming_the_file(tmp_path):
-    path = tmp_path / "vectors.kv"
-    keyed_vectors(CHARS, 5).save(str(path))
-    with pytest.raises(ValueError, match=r"vectors.kv: the word2vec vectors have 5 dimensions "
+    path = tmp_path / "vectors.npy"
+    save_keyed_vectors(keyed_vectors(CHARS, 5), path)
+    with pytest.raises(ValueError, match=r"vectors.npy: the word2vec vectors have 5 dimensions "
                                          r"but model.vector_size is 8"):  # fmt: skip
         load_piece_vectors(SMALL, path, TOKENIZER, seed=0)
 
 
 def test_a_missing_vectors_file_says_which_stage_makes_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="run the word2vec stage"):
-        load_piece_vectors(SMALL, tmp_path / "vectors.kv", TOKENIZER, seed=0)
+        load_piece_vectors(SMALL, tmp_path / "vectors.npy", TOKENIZER, seed=0)
 
 
 @pytest.mark.parametrize(
@@ -267,9 +267,9 @@ def test_word2vec_on_pieces_is_keyed_by_the_tokenizers_pieces(pieces_run):
 
 def test_w2v_on_piece_vectors_learns_through_the_trainer(pieces_run, tmp_path):
     documents, tokenizer, vectors = pieces_run
-    vectors.save(str(tmp_path / "vectors.kv"))
+    save_keyed_vectors(vectors, tmp_path / "vectors.npy")
     config = W2VConfig(context=3, vector_size=16, hiddens=[64])
-    embedding = load_piece_vectors(config, tmp_path / "vectors.kv", tokenizer, seed=0)
+    embedding = load_piece_vectors(config, tmp_path / "vectors.npy", tokenizer, seed=0)
     tokens = np.array([t for d in documents for t in [*tokenizer.encode(d), tokenizer.eot_id]])
     settings = TrainConfig(max_steps=40, micro_batch=8, global_batch=8, block_size=32,
                            learning_rate=1e-2, warmup_steps=2, eval_every=40, eval_batches=2,

@@ -263,6 +263,51 @@ def test_training_logs_its_progress_within_each_epoch_with_rate_and_eta(caplog, 
     assert progress[-1].startswith(f"word2vec: {3 * words:,} words / {3 * words:,} words (100%)")
 
 
+class _Planted:
+    """A pickle that, once loaded, leaves a file behind: what a hostile `vectors` file runs."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_stored_vectors_round_trip_and_a_planted_pickle_is_refused_unrun(tmp_path):
+    """gensim's `save` is a pickle: a file put in a shared workspace in place of the vectors
+    ran its code as the run's user, before the digest could refuse it (h145)."""
+    import pickle
+
+    from gensim.models import KeyedVectors
+
+    from lm.models.embeddings import (
+        keys_file,
+        load_keyed_vectors,
+        save_keyed_vectors,
+        vectors_digest,
+    )
+
+    vectors = KeyedVectors(4)
+    words = ["\u2581the", " ", "\n", "é", "银行", "[end]"]  # pieces as tokenizers have them
+    vectors.add_vectors(words, [[float(i), -1.5, 0.25, i / 3] for i in range(len(words))])
+    path = tmp_path / "vectors.npy"
+    save_keyed_vectors(vectors, path)
+    loaded = load_keyed_vectors(path, vectors_digest(vectors))
+    assert loaded.index_to_key == words and (loaded.vectors == vectors.vectors).all()
+    assert loaded.vectors.dtype == vectors.vectors.dtype
+    marker = tmp_path / "ran"
+    path.write_bytes(pickle.dumps(_Planted(str(marker))))
+    with pytest.raises(Word2VecError, match=re.escape(f"{path}: not readable as word2vec")):
+        load_keyed_vectors(path, vectors_digest(vectors))
+    assert not marker.exists()
+    save_keyed_vectors(vectors, path)
+    keys_file(path).write_text('["\\u2581the", " "]')  # fewer words than rows
+    with pytest.raises(Word2VecError, match="2 distinct words for an array of"):
+        load_keyed_vectors(path)
+
+
 def test_stored_vectors_that_will_not_load_are_an_error_naming_the_file(tmp_path):
     # Damage its manifest cannot see (same size) was gensim's unpickling traceback.
     from storage.artifacts import Descriptor
@@ -274,10 +319,10 @@ def test_stored_vectors_that_will_not_load_are_an_error_naming_the_file(tmp_path
     tokenizer = Descriptor(kind="tokenizer", key="t", path="tokenizer/t", digest="t" * 64, stats={})
     store, key = vectors_store(workspace), vectors_key(corpus, tokenizer, SMALL)
     with store.build(key) as staging:
-        (staging / VECTORS_FILE).write_bytes(b"not a pickle")
+        (staging / VECTORS_FILE).write_bytes(b"not an array")
         store.describe(staging, VECTORS, key, "d" * 64, {})
     path = store.directory(key) / VECTORS_FILE
-    said = re.escape(f"{path}: not readable as gensim KeyedVectors")
+    said = re.escape(f"{path}: not readable as word2vec vectors")
     with pytest.raises(Word2VecError, match=f"^{said}"):
         _stored_vectors(workspace, corpus, tokenizer, SMALL, None)
 
@@ -353,7 +398,7 @@ def test_the_vectors_follow_the_corpus_s_text_not_where_its_files_were_read():
 
 
 def test_stored_vectors_changed_in_place_are_an_error_naming_the_file(tmp_path, monkeypatch):
-    # Bytes flipped inside vectors.kv keep its size (the manifest's check) and gensim loads
+    # Bytes flipped inside vectors.npy keep its size (the manifest's check) and gensim loads
     # them: the vectors were evaluated, and cached again, under the digest of the originals.
     import tasks.word2vec
     from storage.artifacts import Descriptor

@@ -18,6 +18,7 @@ rather than refused, because word2vec's usual sizes (100, 300) rarely equal a tr
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import NamedTuple
@@ -55,10 +56,28 @@ def vectors_digest(vectors) -> str:
     return digest.hexdigest()
 
 
+def keys_file(path: Path) -> Path:
+    """The file of the words beside a vectors file (`vectors.npy`: `vectors.keys.json`)."""
+    return path.with_suffix(".keys.json")
+
+
+def save_keyed_vectors(vectors, path: Path) -> None:
+    """Write gensim `KeyedVectors` as a plain array (`path`, `.npy` without pickles) and their
+    words in order (`keys_file(path)`, JSON): gensim's own `save` is a pickle, and loading one
+    runs whatever code it names, so a file dropped in a shared workspace (same size as the
+    manifest's, before the digest could be checked) ran a command as the run's user."""
+    import numpy as np
+
+    with open(path, "wb") as file:  # a path not ending .npy would have it added
+        np.save(file, np.asarray(vectors.vectors, dtype=np.float32), allow_pickle=False)
+    keys_file(path).write_text(json.dumps(list(vectors.index_to_key), ensure_ascii=False))
+
+
 def load_keyed_vectors(path: Path, digest: str | None = None):
-    """The gensim `KeyedVectors` the word2vec stage saved (`vectors.kv`); with `digest` (the
-    one its descriptor records), refused when they are not those written: bytes changed on the
-    disk or in a copy keep the file's size, and gensim loads them without noticing."""
+    """The gensim `KeyedVectors` the word2vec stage saved (`save_keyed_vectors`); with `digest`
+    (the one its descriptor records), refused when they are not those written: bytes changed
+    on the disk or in a copy keep the file's size, and numpy loads them without noticing."""
+    import numpy as np
     from gensim.models import KeyedVectors
 
     if not path.is_file():
@@ -67,14 +86,18 @@ def load_keyed_vectors(path: Path, digest: str | None = None):
             'word2vec.input = "pieces")'
         )
     try:
-        vectors = KeyedVectors.load(str(path))
-    except Exception as error:  # gensim raises whatever unpickling or numpy raised
+        matrix = np.load(path, allow_pickle=False)
+        keys = json.loads(keys_file(path).read_text(encoding="utf-8"))
+        words = keys if isinstance(keys, list) and all(isinstance(k, str) for k in keys) else []
+        if matrix.ndim != 2 or len(set(words)) != len(matrix):
+            raise ValueError(f"{len(set(words))} distinct words for an array of {matrix.shape}")
+        vectors = KeyedVectors(matrix.shape[1])
+        vectors.add_vectors(words, matrix)
+    except (OSError, ValueError, TypeError) as error:  # json's errors are ValueErrors
         raise Word2VecError(
-            f"{path}: not readable as gensim KeyedVectors ({error}); delete its folder and run "
-            "the word2vec stage again"
+            f"{path}: not readable as word2vec vectors ({type(error).__name__}: {error}); "
+            "delete its folder and run the word2vec stage again"
         ) from None
-    if not isinstance(vectors, KeyedVectors):
-        raise Word2VecError(f"{path}: holds a {type(vectors).__name__}, not gensim KeyedVectors")
     if digest is not None and vectors_digest(vectors) != digest:
         raise Word2VecError(
             f"{path}: not the vectors written (their digest differs from the one recorded); "
@@ -161,7 +184,7 @@ def load_piece_vectors(
     config: ModelConfig, path: Path, tokenizer, seed: int, digest: str | None = None
 ) -> PieceEmbedding:
     """What the train stage passes to `build_model(config, vocab_size, vectors=...matrix)`:
-    the word2vec stage's `vectors.kv` as a matrix of the width `config` takes. A `w2v` model
+    the word2vec stage's vectors as a matrix of the width `config` takes. A `w2v` model
     reads the vectors as they are, so their size must equal its `vector_size`."""
     vectors = load_keyed_vectors(path, digest)
     if config.kind == "w2v" and vectors.vector_size != config.vector_size:
