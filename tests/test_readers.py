@@ -1605,6 +1605,20 @@ def test_names_source_reads_a_census_list_the_names_package_ships(tmp_path):
     assert all(d.text.isalpha() and d.text.islower() for d in docs)
 
 
+def test_a_names_source_that_leaves_the_package_folder_is_refused(tmp_path):
+    """`names:../../../../etc/passwd` read any file as a census list (the `.py` check aside),
+    where `gensim:` refuses a name that leaves its folder."""
+    from lm.text.census_names import census_names_file
+
+    shipped = census_names_file("dist.male.first")
+    (tmp_path / "list").write_text("MARY 2.629 2.629 1\n")
+    way_out = "/".join([".."] * len(shipped.parent.parts)) + str(tmp_path / "list")
+    assert (shipped.parent / way_out).is_file()
+    assert census_names_file(way_out) is None
+    with pytest.raises(InputError, match=r"the `names` package ships no list named '\.\./"):
+        resolve_sources([SourceConfig(path=f"names:{way_out}")])
+
+
 def test_census_format_on_a_file_keeps_the_first_column_lowercased(tmp_path):
     (tmp_path / "people.txt").write_text(
         "MARY           2.629  2.629      1\n\nPATRICIA       1.073  3.702      2\n"

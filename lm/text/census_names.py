@@ -25,12 +25,15 @@ class CensusNamesError(ValueError):
 
 def census_names_file(name: str) -> Path | None:
     """The path of a list the `names` package ships, or None when the package or the file is
-    missing."""
+    missing, or `name` leaves its folder (`names:../../../../etc/passwd` read any file, past
+    the `.py` check, under a name that says it is a census list)."""
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         return None
-    path = Path(spec.submodule_search_locations[0]) / name
-    return path if path.is_file() and not name.endswith(".py") else None
+    folder = Path(spec.submodule_search_locations[0])
+    path = folder / name
+    inside = path.resolve().parent == folder.resolve()
+    return path if inside and path.is_file() and not name.endswith(".py") else None
 
 
 def shipped_census_files() -> list[str]:
