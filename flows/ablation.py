@@ -119,7 +119,7 @@ def ablation(config: str | None = "ablation", overrides: list[str] | None = None
                           settings.ablation_changes(arms))  # fmt: skip
         markdown = table.markdown()
         folder = run.workspace.runs / run.run_id
-        (folder / TABLE_FILE).write_text(markdown + "\n")
+        (folder / TABLE_FILE).write_text(markdown + "\n", encoding="utf-8")
         (folder / RESULTS_FILE).write_text(json.dumps(table.to_json(), indent=2))
         for result in table.results:
             run.metrics.log_many(

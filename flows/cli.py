@@ -6,8 +6,10 @@ at import), which is why flow modules are imported inside the commands that need
 
 from __future__ import annotations
 
+import codecs
 import gc
 import json
+import os
 import re
 import sys
 from datetime import datetime
@@ -194,8 +196,6 @@ def _server_went_away(workspace: Workspace, error: Exception, began: datetime) -
     with the run's recorded status (exit 0 when completed), and the exit is not kept waiting.
     Only a run this command started (`began`, here) is its: a pid is used again (a container's
     lmforge is pid 1 every time), and a run of last week was said to be this one, completed."""
-    import os
-
     from storage.registry import RegistryError, RunRegistry
 
     gone = f"its Prefect server went away ({type(error).__name__}: {error})"
@@ -289,7 +289,6 @@ EXIT_GRACE_S = 20.0
 def _exit_anyway_after(seconds: float, status: int, after: str) -> None:
     """End the process with `status` in `seconds` after `after` if its orderly exit has not
     ended it."""
-    import os
     import threading
 
     def force() -> None:
@@ -322,8 +321,6 @@ def _beside(settings, config_path: Path, said: str) -> str:
     folder beside the config: the path to write (a config moved into a project folder, with
     its sources beside it, and run from elsewhere). Only the source that `said` names: the
     first missing one is said, and another beside the config is not its path."""
-    import os
-
     for source in settings.ingest.sources:
         if not said.startswith(f"{source.path}: "):
             continue
@@ -395,14 +392,28 @@ def _check_devices(settings, runs: list, config_path: Path) -> None:
 
 
 def _machine_memory() -> tuple[int, str] | None:
-    """(bytes, what they are) of the memory a CPU training has at most: the machine's RAM;
-    None where it cannot be told."""
-    import os
-
+    """(bytes, what they are) of the memory a CPU training has at most: the machine's RAM, or
+    less where the process's address space is limited (`ulimit -v`: a batch system's or a
+    shared machine's cap), which the model met as a 900-line traceback ending "can't allocate
+    memory" once every data stage had run; None where neither can be told."""
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "of RAM"
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "of RAM"
     except (AttributeError, OSError, ValueError):  # no sysconf (Windows)
+        memory = None
+    limit = _address_space_limit()
+    if limit is not None and (memory is None or limit < memory[0]):
+        return limit, "the address-space limit (ulimit -v) allows"
+    return memory
+
+
+def _address_space_limit() -> int | None:
+    """The soft RLIMIT_AS in bytes; None where there is none (or no `resource`: Windows)."""
+    try:
+        import resource
+    except ImportError:
         return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 def _trains_on_the_cpu(requested: str) -> bool:
@@ -422,9 +433,12 @@ def _check_memory(settings, runs: list, config_path: Path, given_sets: bool = Fa
     """A model whose weights, gradients and AdamW state alone exceed the memory it would train
     in (a CPU's RAM) is said now: the train stage met it once every data stage had run, as a
     500-line allocator traceback, or, without a memory limit, as the kernel's OOM kill (no
-    message at all, and other processes killed with it). Activations are left out, and a char
-    tokenizer counted at 2 ids, so a model refused here cannot fit whatever the data. A model
-    continued from `train.init_from` keeps its checkpoint's vocabulary: not sized here."""
+    message at all, and other processes killed with it). A char tokenizer is counted at 2 ids,
+    so a model refused here cannot fit whatever the data. A GPT's activations (`lm.sizing`'s
+    estimate, eager, within 10 % of a measured peak) count at half, below what even
+    `torch.compile` (35 % less) takes: a micro-batch over that is refused too, and one whose
+    whole estimate is over the memory is warned of. A model continued from `train.init_from`
+    keeps its checkpoint's vocabulary: not sized here."""
     if not runs:
         return
     memory = _machine_memory()
@@ -443,15 +457,34 @@ def _check_memory(settings, runs: list, config_path: Path, given_sets: bool = Fa
             continue  # has, bounded here by V² only (40 GB at GPT-2's 50,257); no optimizer
         share = run.train.nproc_per_node  # every process of this node in one machine's RAM
         needed = size.state_bytes_per_process() * share
+        activations = (size.activations_bytes or 0) * share
         available, where = memory
+        whose = f"model '{run.label}'" if len(runs) > 1 else "the model"
+        processes = f" in {share} processes" if share > 1 else ""
+        sizes = (f"lmforge size {config_path}{' with the same --set' if given_sets else ''} "
+                 "shows the sizes")  # fmt: skip
         if needed > available:
-            whose = f"model '{run.label}'" if len(runs) > 1 else "the model"
-            processes = f" in {share} processes" if share > 1 else ""
             raise _fail(
                 f"{config_path}: {whose} needs {_bytes(needed)} for its weights, gradients and "
                 f"AdamW state alone{processes} ({size.parameters:,} parameters), more than the "
-                f"{_bytes(available)} {where}: make it smaller (lmforge size {config_path}"
-                f"{' with the same --set' if given_sets else ''} shows the sizes)"
+                f"{_bytes(available)} {where}: make it smaller ({sizes})"
+            )
+        if needed + activations / 2 > available:
+            raise _fail(
+                f"{config_path}: {whose} needs about {_bytes(needed + activations)} to train"
+                f"{processes}, {_bytes(activations)} of it activations of a micro-batch of "
+                f"{run.train.micro_batch} × {run.model.block_size} tokens, far more than the "
+                f"{_bytes(available)} {where}: lower train.micro_batch (train.global_batch "
+                f"stays, by accumulation) or the context ({sizes})"
+            )
+        if needed + activations > available:
+            errors.print(
+                f"[bold yellow]warning:[/] {escape(str(config_path))}: {whose} may need about "
+                f"{_bytes(needed + activations)} to train{processes}, more than the "
+                f"{_bytes(available)} {where}: it may be killed for memory; a smaller "
+                "train.micro_batch takes less",
+                highlight=False,
+                soft_wrap=True,
             )
 
 
@@ -1285,8 +1318,6 @@ def _compared_parts(documents: Path, corpus_digest: str):
 @server_app.command("start")
 def server_start() -> None:
     """Start (or find) the workspace's Prefect server and print its API URL."""
-    import os
-
     from flows.prefect_server import ServerError, ensure_server, ephemeral_mode
 
     if ephemeral_mode() and not os.environ.get("PREFECT_API_URL"):
@@ -1389,6 +1420,7 @@ def server_status() -> None:
 
 
 def main() -> None:
+    _again_in_utf8_mode_under_an_ascii_locale()
     _write_what_the_terminal_cannot_show_escaped()
     try:
         app()
@@ -1398,6 +1430,19 @@ def main() -> None:
         # Ctrl-C looked hung). Nothing is left to collect that the exit needs: files and
         # connections are closed, and `atexit` handlers (the temporary server's stop) still run.
         gc.freeze()
+
+
+def _again_in_utf8_mode_under_an_ascii_locale() -> None:
+    """The command run again, in the same process (`exec`), in Python's UTF-8 mode when its
+    locale is ASCII with that mode turned off (`LC_ALL=C PYTHONUTF8=0`: cron, `env -i`, a bare
+    container): a config path, a `--set` or a workspace path with an "é" was a 190-line
+    traceback as Prefect sent the run's parameters, `name="café"` was called a control
+    character, and DuckDB would not open a registry under such a folder (`std::bad_cast`). The
+    arguments' bytes are passed on as they came; only how Python reads them changes."""
+    if sys.flags.utf8_mode or codecs.lookup(sys.getfilesystemencoding()).name != "ascii":
+        return
+    os.environ["PYTHONUTF8"] = "1"
+    os.execv(sys.executable, sys.orig_argv)
 
 
 def _write_what_the_terminal_cannot_show_escaped() -> None:

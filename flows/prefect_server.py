@@ -208,6 +208,7 @@ def ensure_server(workspace: Workspace) -> str | None:
     _ensure_prefect_home(workspace)
     if ephemeral_mode():
         _temporary_server_in_its_own_session()
+        _ensure_database_writable(workspace)
         with _server_lock(workspace):  # as the workspace's server migrates it
             _start_temporary_server()
         return None
@@ -238,6 +239,32 @@ def _ensure_prefect_home(workspace: Workspace) -> None:
             f"PREFECT_HOME {home}: not writable ({error.strerror}); Prefect keeps its database "
             "there: make it writable, or unset PREFECT_HOME to use the workspace's"
         ) from error
+
+
+def _ensure_database_writable(workspace: Workspace) -> None:
+    """Prefect's SQLite files in `PREFECT_HOME`, writable by this user before a server of this
+    process opens them. SQLite makes them 0644 whatever the umask, so in a workspace a group
+    shares (umask 002) the second user's server died on "attempt to write a readonly database"
+    in its log, and the terminal said the machine may be too busy."""
+    home = Path(os.environ.get("PREFECT_HOME") or workspace.prefect_home)
+    for name in ("prefect.db", "prefect.db-wal", "prefect.db-shm"):
+        path = home / name
+        if path.exists() and not os.access(path, os.W_OK):
+            owner = _owner(path)
+            raise ServerError(
+                f"{path}: Prefect's database is not writable by this user (it is {owner}'s, "
+                f"mode {path.stat().st_mode & 0o777:o}); let the workspace's group write it "
+                f"(chmod g+w {home}/prefect.db*), run as {owner}, or set PREFECT_HOME to a "
+                "folder of your own"
+            )
+
+
+def _owner(path: Path) -> str:
+    """The name of `path`'s owner, or its uid where no user has it."""
+    try:
+        return path.owner()
+    except (KeyError, NotImplementedError):
+        return str(path.stat().st_uid)
 
 
 def ephemeral_mode() -> bool:
@@ -304,6 +331,7 @@ def _adopt_starting(workspace: Workspace) -> dict | None:
 
 
 def _start(workspace: Workspace) -> dict:
+    _ensure_database_writable(workspace)
     port = _free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     log_path = workspace.prefect_home / "server.log"

@@ -437,7 +437,7 @@ def load_trained(folder: Path | str) -> tuple[LanguageModel, Tokenizer]:
             "training did not finish, or they were removed; rerun the pipeline"
         )
     try:
-        settings = json.loads(model_file.read_text())
+        settings = json.loads(model_file.read_text(encoding="utf-8"))
         kind = settings.get("kind") if isinstance(settings, dict) else None
         if kind not in MODELS:
             raise CheckpointError(

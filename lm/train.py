@@ -976,7 +976,8 @@ class Trainer:
             model_state = self.average.averaged_state(self.module)
         torch.save(model_state, staging / WEIGHTS_FILE)
         torch.save(state, staging / "state.pt")
-        (staging / "config.json").write_text(self.config.model_dump_json(indent=2))
+        config_json = self.config.model_dump_json(indent=2)
+        (staging / "config.json").write_text(config_json, encoding="utf-8")
         digests = {f: file_sha256(staging / f) for f in CHECKPOINT_FILES}
         info = {
             "step": self.step,
@@ -1137,7 +1138,7 @@ class Trainer:
             count = info["tokens_trained"]
             return count if isinstance(count, int) else None
         try:
-            config = json.loads((checkpoint / "config.json").read_text())
+            config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
             if config.get("init_from"):
                 return None
             count = self._load(checkpoint, "state.pt").get("tokens_seen")

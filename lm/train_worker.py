@@ -67,7 +67,7 @@ def write_spec(work: Path, spec: WorkerSpec) -> Path:
 def read_spec(work: Path) -> WorkerSpec:
     path = work / SPEC_FILE
     try:
-        return WorkerSpec.model_validate_json(path.read_text())
+        return WorkerSpec.model_validate_json(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise TrainingError(f"{path}: no worker spec; the train stage writes it") from None
     except ValueError as error:
@@ -78,7 +78,7 @@ def read_result(work: Path) -> dict:
     path = work / RESULT_FILE
     if not path.is_file():
         raise TrainingError(f"{path}: the training processes ended without a result")
-    return json.loads(path.read_text())
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def train_in(work: Path):

@@ -138,7 +138,7 @@ def claimed(workspace: Workspace, launch: Launch, node_rank: int) -> Iterator[No
 
 def _claim_holder(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
 
@@ -154,7 +154,7 @@ def open_launches(workspace: Workspace) -> list[Launch]:
 def _announcements(folder: Path) -> Iterator[tuple[Path, Launch]]:
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         try:
-            launch = Launch.model_validate_json(path.read_text())
+            launch = Launch.model_validate_json(path.read_text(encoding="utf-8"))
         except (OSError, ValidationError):
             continue
         yield path, launch

@@ -101,7 +101,9 @@ def evaluate_task(
     }
     with store.build(key) as staging:
         (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
-        (staging / SAMPLES_FILE).write_text(json.dumps(samples, indent=2, ensure_ascii=False))
+        (staging / SAMPLES_FILE).write_text(
+            json.dumps(samples, indent=2, ensure_ascii=False), encoding="utf-8"
+        )
         descriptor = store.describe(staging, STAGE, key, key, stats)
     return descriptor
 

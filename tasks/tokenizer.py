@@ -56,7 +56,9 @@ def _publish(store: ArtifactStore, key: str, tokenizer, stats: dict, **described
     """`tokenizer` and its statistics as the stage's output `key`."""
     with store.build(key) as staging:
         tokenizer.save(staging)
-        (staging / STATS_FILE).write_text(json.dumps(stats, indent=2, ensure_ascii=False))
+        (staging / STATS_FILE).write_text(
+            json.dumps(stats, indent=2, ensure_ascii=False), encoding="utf-8"
+        )
         return store.describe(staging, STAGE, key, tokenizer.digest,
                               {"kind": tokenizer.kind, **stats, **described})  # fmt: skip
 

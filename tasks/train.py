@@ -97,7 +97,7 @@ def init_from_problem(checkpoint: Path, model: ModelConfig) -> str | None:
     (a work folder's step checkpoint has none: its tensors are still checked as they load)."""
     described = checkpoint.parent / "model.json"
     try:
-        theirs = json.loads(described.read_text())
+        theirs = json.loads(described.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(theirs, dict):
@@ -535,6 +535,6 @@ def _publish(work, staging, tokenizer_folder, model, settings, stats) -> None:
     if (work / METRICS_FILE).is_file():
         shutil.copy2(work / METRICS_FILE, staging / METRICS_FILE)
     shutil.copytree(tokenizer_folder, staging / "tokenizer", ignore=shutil.ignore_patterns("DONE"))
-    (staging / "model.json").write_text(model.model_dump_json(indent=2))
-    (staging / "train.json").write_text(settings.model_dump_json(indent=2))
+    (staging / "model.json").write_text(model.model_dump_json(indent=2), encoding="utf-8")
+    (staging / "train.json").write_text(settings.model_dump_json(indent=2), encoding="utf-8")
     (staging / "stats.json").write_text(json.dumps(stats, indent=2))

@@ -120,7 +120,9 @@ def word2vec_task(
         trained_file = workspace.resolve(trained.path) / VECTORS_FILE
         for file in (trained_file, keys_file(trained_file)):
             _link(file, staging / file.name)
-        (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
+        (staging / METRICS_FILE).write_text(
+            json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8"
+        )
         shown = whole_word_view(vectors) if config.input == "pieces" else vectors
         plot_projection(shown, metrics["neighbours"], config.projection, staging / PROJECTION_FILE)
         descriptor = store.describe(

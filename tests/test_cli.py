@@ -708,3 +708,43 @@ def test_a_run_whose_server_went_away_before_it_was_recorded_is_not_an_earlier_r
     said = " ".join(result.stderr.split())
     assert result.returncode == 1 and "01d01d" not in said, said
     assert said.startswith("error: the run stopped: its Prefect server went away"), said
+
+
+def test_a_run_under_an_ascii_locale_writes_its_non_ascii_samples_as_utf8(workspace, tmp_path):
+    """`LC_ALL=C` with `PYTHONUTF8=0` (cron, `env -i`, a bare container) makes Python's default
+    file encoding ASCII: the evaluate stage's samples.json, written with it, was a
+    UnicodeEncodeError traceback at the run's last stage for any sample with an accent."""
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    for index in range(12):
+        (texts / f"{index}.txt").write_text(prose(index, 120) + " Café crème.", encoding="utf-8")
+    tiny = (
+        '[model]\nkind = "bigram-count"\n[eval]\nbatches = 2\nsamples = 1\n'
+        'prompts = ["Café"]\n[eval.sampling]\nmax_new_tokens = 5\n'
+    )
+    config = str(write_config(tmp_path / "c.toml", [{"path": str(texts)}], tiny))
+    env = dict(os.environ) | {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0"}
+    env.pop("PYTHONIOENCODING", None)
+    result = subprocess.run(lmforge_command("run", config), capture_output=True, text=True,
+                            timeout=300, cwd=REPO, env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    [samples] = workspace.artifacts.glob("evaluate/*/samples.json")
+    assert json.loads(samples.read_text(encoding="utf-8"))[0]["prompt"] == "Café"
+
+
+def test_an_ascii_locale_reads_non_ascii_paths_and_settings_as_typed(workspace, tmp_path):
+    """Under `LC_ALL=C PYTHONUTF8=0` a config named "tïny.toml" or `--set name="café"` was a
+    190-line traceback as Prefect sent the run's parameters, or "a control character": the
+    command runs again in Python's UTF-8 mode, with the arguments' bytes as they came."""
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    for index in range(12):
+        (texts / f"{index}.txt").write_text(prose(index, 120), encoding="utf-8")
+    config = str(write_config(tmp_path / "tïny.toml", [{"path": str(texts)}]))
+    env = dict(os.environ) | {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0"}
+    env.pop("PYTHONIOENCODING", None)
+    result = subprocess.run(lmforge_command("check", config, "--set", 'name="café"'),
+                            capture_output=True, text=True, encoding="utf-8", timeout=300,
+                            cwd=REPO, env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith(f"{config}: ready for `lmforge run`")

@@ -835,6 +835,37 @@ def test_a_model_larger_than_the_machine_is_refused_before_the_flow_starts(
     assert "weights, gradients and AdamW state alone" in said and "1.0 MiB of RAM" in said
 
 
+def test_a_micro_batch_whose_activations_cannot_fit_is_refused_and_one_that_may_not_is_warned(
+    workspace, monkeypatch, capsys
+):
+    # `check` called a config needing 1.2 TiB of activations "ready" (h145): the run met the
+    # allocator's 800-line traceback, or the OOM killer, after every data stage.
+    import torch
+    import typer
+
+    from flows import cli
+    from lm.sizing import size_model
+
+    overrides = ["train.micro_batch=64", "train.global_batch=64", "train.device=cpu"]
+    settings, path = load_config("default", overrides), resolve_preset("default")
+    [run] = settings.model_runs()
+    vocab = settings.tokenizer.vocab_size
+    size = size_model(run.model, run.train, vocab, device=torch.device("cpu"))
+    state, activations = size.state_bytes_per_process(), size.activations_bytes
+    assert activations > 10 * state  # the case: the model is small, its micro-batch is not
+    monkeypatch.setattr(cli, "_machine_memory", lambda: (state + activations * 3 // 4, "of RAM"))
+    cli._check_memory(settings, [run], path)  # may fit (compiled, say): a warning
+    warned = capsys.readouterr().err
+    assert warned.startswith(f"warning: {path}: the model may need about ")
+    assert "it may be killed for memory" in warned and warned.count("\n") == 1
+    monkeypatch.setattr(cli, "_machine_memory", lambda: (state + activations * 2 // 5, "of RAM"))
+    with pytest.raises(typer.Exit):
+        cli._check_memory(settings, [run], path)
+    said = capsys.readouterr().err
+    assert said.startswith(f"error: {path}: the model needs about ") and said.count("\n") == 1
+    assert "of a micro-batch of 64 × 128 tokens" in said and "lower train.micro_batch" in said
+
+
 def test_a_count_bigram_of_a_large_vocabulary_is_not_refused(workspace, monkeypatch):
     # Its table is sparse: the pairs the text holds, not V² (40 GB bound at GPT-2's 50,257),
     # and it is counted in one process, whatever train.nproc_per_node says.
@@ -862,3 +893,16 @@ def test_the_path_beside_the_config_is_that_of_the_missing_source(workspace, tmp
     said = capsys.readouterr().err
     assert "missing.txt: no such file or directory" in said, said
     assert "beside the config is" not in said, said
+
+
+def test_an_address_space_limit_below_the_ram_is_the_memory_a_training_has(monkeypatch):
+    # Under `ulimit -v` a model that fits the RAM but not the limit passed the check and died in
+    # the train stage, after every data stage, as a 900-line "can't allocate memory" traceback.
+    import resource
+
+    from flows import cli
+
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (2**30, resource.RLIM_INFINITY))
+    assert cli._machine_memory() == (2**30, "the address-space limit (ulimit -v) allows")
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (2**62, resource.RLIM_INFINITY))
+    assert cli._machine_memory()[1] == "of RAM"

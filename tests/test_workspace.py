@@ -228,3 +228,27 @@ def test_a_build_sweeps_the_staging_folders_of_dead_processes_only(tmp_path):
     with store.build("train-a") as staging:
         (staging / "model.pt").write_bytes(b"weights")
     assert live.is_dir() and not dead.exists()
+
+
+def test_a_prefect_database_another_user_owns_is_said_before_a_server_opens_it(
+    workspace, monkeypatch
+):
+    """SQLite makes Prefect's database 0644 whatever the umask: in a workspace a group shares,
+    the second user's temporary server died on "attempt to write a readonly database" in its
+    log, and the terminal said the machine may be too busy. (Root passes any mode bit, so the
+    system's refusal is made here.)"""
+    import flows.prefect_server
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.delenv("PREFECT_HOME", raising=False)
+    monkeypatch.setenv("LMFORGE_PREFECT_SERVER", "ephemeral")
+    workspace.prefect_home.mkdir(parents=True, exist_ok=True)
+    database = workspace.prefect_home / "prefect.db"
+    database.write_bytes(b"")
+    real_access = os.access
+    monkeypatch.setattr(
+        flows.prefect_server.os, "access",
+        lambda path, mode: os.fspath(path) != str(database) and real_access(path, mode),
+    )  # fmt: skip
+    with pytest.raises(ServerError, match=r"prefect\.db: Prefect's database is not writable"):
+        ensure_server(workspace)

@@ -70,7 +70,9 @@ def save_keyed_vectors(vectors, path: Path) -> None:
 
     with open(path, "wb") as file:  # a path not ending .npy would have it added
         np.save(file, np.asarray(vectors.vectors, dtype=np.float32), allow_pickle=False)
-    keys_file(path).write_text(json.dumps(list(vectors.index_to_key), ensure_ascii=False))
+    keys_file(path).write_text(
+        json.dumps(list(vectors.index_to_key), ensure_ascii=False), encoding="utf-8"
+    )
 
 
 def load_keyed_vectors(path: Path, digest: str | None = None):
