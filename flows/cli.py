@@ -97,14 +97,23 @@ def _table(
     title: str | None = None,
     widths: list[int] | None = None,
     header: bool = True,
+    whole: tuple[str, ...] = (),
 ) -> Table:
     """A table of values shown as they are: a `[final]` in a path or a query's result is text,
     not Rich markup to swallow. `widths` fixes the columns' widths, and leaves out the frame,
-    for one block of a long table (`_print_table`)."""
+    for one block of a long table (`_print_table`). The `whole` columns are never folded: the
+    others narrow first (in 80 columns, `runs` cut each run id over five lines, to be copied
+    a piece at a time)."""
+    from rich.cells import cell_len
+
     table = Table(title=title and escape(title), title_justify="left", show_header=header,
                   show_edge=widths is None)  # fmt: skip
     for number, column in enumerate(columns):  # wrapped, not cut: a run id must stay whole
         width = widths and widths[number]
+        if column in whole:
+            widest = max((cell_len(_cell(row[number])) for row in rows), default=0)
+            table.add_column(escape(column), no_wrap=True, min_width=widest, width=width)
+            continue
         table.add_column(escape(column), overflow="fold", width=width)
     for row in rows:
         table.add_row(*(Text(_cell(value)) for value in row))

@@ -182,7 +182,7 @@ def runs_list(
     shown = [(run_id, shown_status(run_id, status, host, pid), preset, deployment,
               shown_time(started), *rest)
              for run_id, status, preset, deployment, started, *rest, host, pid in rows]  # fmt: skip
-    console.print(_table(columns[:-2], shown))
+    console.print(_table(columns[:-2], shown, whole=("run_id",)))
 
 
 def shown_status(run_id: str, status: str, hostname: str | None, pid: int | None) -> str:

@@ -107,6 +107,18 @@ def test_runs_of_a_model_kind_show_that_kinds_val_bits_per_byte(history):
     assert val_bpb("--model-kind", "mlp") == "2.8"
 
 
+def test_runs_in_a_narrow_terminal_keeps_each_run_id_on_one_line(history, monkeypatch):
+    """In 80 columns each run id was folded over five lines ("20261 / 207-1 / ..."), to be
+    copied a piece at a time; the other columns narrow instead."""
+    from flows import cli
+
+    monkeypatch.setattr(cli.console, "width", 80)
+    shown = cli_in_process("runs", home=history).stdout
+    assert max(len(line) for line in shown.splitlines()) <= 80
+    assert listed_runs(shown) == ["r-failed", "r-gpt-new", "r-ladder", "r-mlp-old"]
+    assert "│ r-ladder " in shown and "│ r-mlp-old " in shown  # whole, not r-lad / der
+
+
 def test_runs_rejects_a_bad_since_and_an_unknown_status(history):
     bad_since = run_cli("runs", "--since", "yesterday", check=False, home=history)
     assert bad_since.returncode == 1 and "--since 'yesterday': expected an age" in bad_since.stderr
