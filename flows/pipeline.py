@@ -43,6 +43,7 @@ from lm.config import (
 from lm.eval_config import EvalConfig
 from lm.machine import describe_machine
 from lm.text.sources import InputError, is_url
+from lm.text.url_credentials import without_url_credentials
 from storage.artifacts import (
     DESCRIPTOR_FILE,
     STAGING_INFIX,
@@ -170,15 +171,18 @@ def _run_row(
         "config_path": config_path,
         "status": "running",
         "started_at": utc_now(),
-        "config": config.model_dump(mode="json"),
+        # The config and command as recorded: a source URL's token or signature left out.
+        "config": without_url_credentials(config.model_dump(mode="json")),
         "config_digest": config.digest(),
         "code_digest": code_digest("lm", "storage", "tasks", "flows"),
         "git_sha": _git_sha(),
         "package_versions": _package_versions(),
         "device": describe_machine(),
         "seed": config.seed,
-        "command": reproduce_command(
-            config_path, overrides, command, os.getcwd() if relative_paths_of(config) else None
+        "command": without_url_credentials(
+            reproduce_command(
+                config_path, overrides, command, os.getcwd() if relative_paths_of(config) else None
+            )
         ),
         "hostname": this_host(),
         "pid": os.getpid(),
@@ -448,7 +452,7 @@ def _record_refused_run(
         "git_sha": _git_sha(),
         "package_versions": _package_versions(),
         "device": describe_machine(),
-        "command": reproduce_command(asked, overrides, command),
+        "command": without_url_credentials(reproduce_command(asked, overrides, command)),
         "hostname": this_host(),
         "pid": os.getpid(),
         "error": f"{type(error).__name__}: {error} (before the run began)",

@@ -1007,10 +1007,21 @@ def test_ingest_tries_a_busy_server_again_and_the_run_completes(workspace, tmp_p
     served.mkdir()
     (served / "web.txt").write_text(prose(77, 150))
     with serving_busy_once(served) as base:
-        config = write_config(tmp_path / "web.toml", [*sources, {"path": f"{base}/web.txt"}])
+        # A signed link's signature opens the file: it was in the registry, the corpus's
+        # `source` column, the stage journal and the report (h145).
+        url = f"{base}/web.txt?X-Amz-Signature=SECRET123&page=1"
+        config = write_config(tmp_path / "web.toml", [*sources, {"path": url}])
         summary = run_pipeline(config)
     read = pq.read_table(corpus_file(workspace, summary), columns=["source"])
-    assert f"{base}/web.txt" in read.column("source").to_pylist()
+    assert f"{base}/web.txt?X-Amz-Signature=***&page=1" in read.column("source").to_pylist()
+    _, [(recorded, command)] = RunRegistry(workspace.registry_path).query(
+        "SELECT config, command FROM runs"
+    )
+    assert "X-Amz-Signature=***&page=1" in recorded and "SECRET123" not in recorded + command
+    plain = [path for path in workspace.root.rglob("*") if path.is_file()
+             and "prefect" not in path.parts]  # fmt: skip
+    written = [path for path in plain if path.suffix not in (".parquet", ".duckdb")]
+    assert written and not [path for path in written if b"SECRET123" in path.read_bytes()]
 
 
 def test_a_stage_that_will_wait_for_a_concurrency_slot_says_so():

@@ -1827,3 +1827,32 @@ def test_a_named_pipe_or_a_looping_link_given_as_a_source_is_said_for_what_it_is
         resolve_sources([SourceConfig(path=str(tmp_path / "pipe.txt"))])
     with pytest.raises(InputError, match=r"loop\.txt: a link that loops back to itself"):
         resolve_sources([SourceConfig(path=str(tmp_path / "loop.txt"))])
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://h.example/a.txt?page=2", "https://h.example/a.txt?page=2"),
+        ("https://u:pw@h/x?token=abc&author=me", "https://u:***@h/x?token=***&author=me"),
+        ("https://ghp_abc@github.com/r.txt", "https://***@github.com/r.txt"),
+        (
+            "https://b.s3.amazonaws.com/k?X-Amz-Algorithm=A&X-Amz-Credential=K%2F1"
+            "&X-Amz-Signature=f0&X-Amz-Security-Token=t",
+            "https://b.s3.amazonaws.com/k?X-Amz-Algorithm=A&X-Amz-Credential=***"
+            "&X-Amz-Signature=***&X-Amz-Security-Token=***",
+        ),
+        (
+            "https://h/x?sig=z&api_key=1&apikey=2&key=",
+            "https://h/x?sig=***&api_key=***&apikey=***&key=",
+        ),
+    ],
+)
+def test_a_url_is_recorded_without_the_credentials_it_carries(url, shown):
+    from lm.text.url_credentials import shown_url, without_url_credentials
+
+    assert shown_url(url) == shown
+    [source] = resolve_sources([SourceConfig(path=url)])
+    assert source.name == shown and source.url == url  # fetched with them, named without
+    assert without_url_credentials({"sources": [f"see {url} now", 3]}) == {
+        "sources": [f"see {shown} now", 3]
+    }

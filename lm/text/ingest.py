@@ -26,6 +26,7 @@ from lm.progress import ProgressLog
 from lm.text.long_documents import CutLog
 from lm.text.readers import RawDocument, open_decompressed, read_documents
 from lm.text.sources import InputError, ResolvedInput, TransientInputError
+from lm.text.url_credentials import shown_url
 
 logger = logging.getLogger("lm.text.ingest")
 DOWNLOAD_CHUNK = 1 << 20
@@ -161,6 +162,6 @@ def _download(url: str, download_dir: Path, timeout_s: float) -> Path:
         target.unlink(missing_ok=True)
         reason = getattr(error, "reason", None) or _said(error)
         kind = TransientInputError if _may_pass(error) else InputError
-        raise kind(f"{url}: cannot fetch ({reason})") from error
-    logger.info("%s: downloaded %d bytes", url, target.stat().st_size)
+        raise kind(f"{shown_url(url)}: cannot fetch ({reason})") from error
+    logger.info("%s: downloaded %d bytes", shown_url(url), target.stat().st_size)
     return target

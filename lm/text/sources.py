@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 from lm.config import SourceConfig
 from lm.gensim_data import gensim_test_file
 from lm.text.census_names import census_names_file, shipped_census_files
+from lm.text.url_credentials import shown_url
 
 GLOB_CHARACTERS = set("*?[")
 
@@ -132,7 +133,7 @@ def _settings(spec: SourceConfig) -> dict:
 def _resolve_one(spec: SourceConfig) -> list[ResolvedInput]:
     text = spec.path
     if is_url(text):
-        return [ResolvedInput(name=text, spec=spec, url=text)]
+        return [ResolvedInput(name=shown_url(text), spec=spec, url=text)]  # its secrets unsaid
     if text.startswith("gensim:"):
         # Named as written: portable across machines, where the install path is not.
         return [_file_input(_gensim_test_file(text), spec, name=text)]
