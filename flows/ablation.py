@@ -35,6 +35,7 @@ from flows.pipeline import (
     record_failure,
     record_success,
     refusals_recorded,
+    refuse_what_cannot_fit,
     train_model,
     train_word2vec,
 )
@@ -84,6 +85,7 @@ def ablation(config: str | None = "ablation", overrides: list[str] | None = None
             arms = settings.ablation_runs()
         except ValueError as error:
             raise ConfigError(f"{config_path}: {error}") from None
+        refuse_what_cannot_fit(settings, [arm for *_, arm in arms], config_path)
     tokens = settings.ablation_tokens(arms)
     if len(set(tokens.values())) > 1:  # "the same token budget" no longer holds
         logger.warning(

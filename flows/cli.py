@@ -28,6 +28,7 @@ from flows.prune_cli import decimal_size, prune_command
 from flows.runs_cli import MAX_COUNT, runs_app
 from flows.serve import serve_command
 from flows.train_join_cli import train_join_command
+from lm.memory_fit import bytes_text
 from storage.pending_outcome import OUTCOME_FILE
 from storage.workspace import Workspace, WorkspaceError, activate_workspace
 
@@ -400,101 +401,17 @@ def _check_devices(settings, runs: list, config_path: Path) -> None:
             raise _fail(f"{config_path}: {whose}{error}") from None
 
 
-def _machine_memory() -> tuple[int, str] | None:
-    """(bytes, what they are) of the memory a CPU training has at most: the machine's RAM, or
-    less where the process's address space is limited (`ulimit -v`: a batch system's or a
-    shared machine's cap), which the model met as a 900-line traceback ending "can't allocate
-    memory" once every data stage had run; None where neither can be told."""
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "of RAM"
-    except (AttributeError, OSError, ValueError):  # no sysconf (Windows)
-        memory = None
-    limit = _address_space_limit()
-    if limit is not None and (memory is None or limit < memory[0]):
-        return limit, "the address-space limit (ulimit -v) allows"
-    return memory
-
-
-def _address_space_limit() -> int | None:
-    """The soft RLIMIT_AS in bytes; None where there is none (or no `resource`: Windows)."""
-    try:
-        import resource
-    except ImportError:
-        return None
-    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-    return None if soft == resource.RLIM_INFINITY else soft
-
-
-def _trains_on_the_cpu(requested: str) -> bool:
-    """Whether a `train.device` of `requested` trains on this machine's CPU, asked without
-    starting CUDA in this process, which may fork later (`lm.machine`): `is_available` would,
-    `device_count` asks NVML. A GPU's memory is not checked."""
-    if requested in ("cpu", "auto"):
-        import torch
-
-        mps = getattr(torch.backends, "mps", None)
-        gpu = torch.cuda.device_count() > 0 or bool(mps and mps.is_available())
-        return requested == "cpu" or not gpu
-    return False
-
-
 def _check_memory(settings, runs: list, config_path: Path, given_sets: bool = False) -> None:
-    """A model whose weights, gradients and AdamW state alone exceed the memory it would train
-    in (a CPU's RAM) is said now: the train stage met it once every data stage had run, as a
-    500-line allocator traceback, or, without a memory limit, as the kernel's OOM kill (no
-    message at all, and other processes killed with it). A char tokenizer is counted at 2 ids,
-    so a model refused here cannot fit whatever the data. A GPT's activations (`lm.sizing`'s
-    estimate, eager, within 10 % of a measured peak) count at half, below what even
-    `torch.compile` (35 % less) takes: a micro-batch over that is refused too, and one whose
-    whole estimate is over the memory is warned of. A model continued from `train.init_from`
-    keeps its checkpoint's vocabulary: not sized here."""
-    if not runs:
-        return
-    memory = _machine_memory()
-    if memory is None:
-        return
-    import torch
+    """A model that cannot fit the memory it would train in, refused now, and one that may
+    not, warned of (`lm.memory_fit`): the train stage met it once every data stage had run."""
+    from lm.memory_fit import memory_fit
 
-    from lm.sizing import size_model
-
-    vocab = 2 if settings.tokenizer.kind == "char" else settings.tokenizer.vocab_size
-    for run in runs:
-        if run.train.init_from or not _trains_on_the_cpu(run.train.device):
-            continue
-        size = size_model(run.model, run.train, vocab, device=torch.device("cpu"))
-        if size.closed_form:  # the count bigram: its sparse table holds the pairs its text
-            continue  # has, bounded here by V² only (40 GB at GPT-2's 50,257); no optimizer
-        share = run.train.nproc_per_node  # every process of this node in one machine's RAM
-        needed = size.state_bytes_per_process() * share
-        activations = (size.activations_bytes or 0) * share
-        available, where = memory
-        whose = f"model '{run.label}'" if len(runs) > 1 else "the model"
-        processes = f" in {share} processes" if share > 1 else ""
-        sizes = (f"lmforge size {config_path}{' with the same --set' if given_sets else ''} "
-                 "shows the sizes")  # fmt: skip
-        if needed > available:
-            raise _fail(
-                f"{config_path}: {whose} needs {_bytes(needed)} for its weights, gradients and "
-                f"AdamW state alone{processes} ({size.parameters:,} parameters), more than the "
-                f"{_bytes(available)} {where}: make it smaller ({sizes})"
-            )
-        if needed + activations / 2 > available:
-            raise _fail(
-                f"{config_path}: {whose} needs about {_bytes(needed + activations)} to train"
-                f"{processes}, {_bytes(activations)} of it activations of a micro-batch of "
-                f"{run.train.micro_batch} × {run.model.block_size} tokens, far more than the "
-                f"{_bytes(available)} {where}: lower train.micro_batch (train.global_batch "
-                f"stays, by accumulation) or the context ({sizes})"
-            )
-        if needed + activations > available:
-            errors.print(
-                f"[bold yellow]warning:[/] {escape(str(config_path))}: {whose} may need about "
-                f"{_bytes(needed + activations)} to train{processes}, more than the "
-                f"{_bytes(available)} {where}: it may be killed for memory; a smaller "
-                "train.micro_batch takes less",
-                highlight=False,
-                soft_wrap=True,
-            )
+    found = memory_fit(settings, runs, config_path, given_sets)
+    if found.refusal:
+        raise _fail(found.refusal)
+    for warning in found.warnings:
+        errors.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False,
+                     soft_wrap=True)  # fmt: skip
 
 
 def _print_stages(summary: dict) -> None:
@@ -723,12 +640,12 @@ def size(
         ("stored values (trained or not)", lambda size: f"{size.stored_values:,}"),
         ("training FLOPs per token",
          lambda size: "a count" if size.closed_form else f"{size.flops_per_token:,.0f}"),
-        ("weights (fp32; counts fp64)", lambda size: _bytes(size.weights_bytes)),
-        ("gradients (fp32)", lambda size: _bytes(size.gradients_bytes)),
-        ("AdamW state", lambda size: _bytes(size.optimizer_bytes)),
+        ("weights (fp32; counts fp64)", lambda size: bytes_text(size.weights_bytes)),
+        ("gradients (fp32)", lambda size: bytes_text(size.gradients_bytes)),
+        ("AdamW state", lambda size: bytes_text(size.optimizer_bytes)),
         ("activations per micro-batch",
          lambda size: "not estimated" if size.activations_bytes is None
-         else _bytes(size.activations_bytes)),
+         else bytes_text(size.activations_bytes)),
         ("Chinchilla-optimal tokens (20/param)",
          lambda size: "none: closed form" if size.closed_form else f"{size.chinchilla_tokens:,}"),
         ("tokens the train settings will see", _planned_tokens),
@@ -737,7 +654,7 @@ def size(
         measures[7:7] = [
             ("processes (nproc_per_node × nnodes)", _processes),
             ("weights, gradients, AdamW per process",
-             lambda size: _bytes(size.state_bytes_per_process())),
+             lambda size: bytes_text(size.state_bytes_per_process())),
         ]  # fmt: skip
     rows = [(name, *(shown(size) for size in sizes)) for name, shown in measures]
     if newest is not None:
@@ -758,15 +675,6 @@ def size(
                       highlight=False)  # fmt: skip
 
 
-def _bytes(count: float) -> str:
-    """In MiB, or GiB and TiB once it reaches a thousand of the smaller unit."""
-    for unit in ("MiB", "GiB"):
-        count /= 1 << (20 if unit == "MiB" else 10)
-        if count < 1000:
-            return f"{count:,.1f} {unit}"
-    return f"{count / 1024:,.1f} TiB"
-
-
 def _planned_tokens(size) -> str:
     if size.closed_form:
         return "train split, once"
@@ -779,7 +687,7 @@ def _processes(size) -> str:
     if size.processes == 1:
         return "1"
     if size.shards > 1:
-        return f"{size.processes}, sharded (FSDP: + {_bytes(size.gathered_bytes)} in flight)"
+        return f"{size.processes}, sharded (FSDP: + {bytes_text(size.gathered_bytes)} in flight)"
     return f"{size.processes}, each a whole copy (DDP)"
 
 

@@ -431,6 +431,18 @@ def refusals_recorded(config: str | None, overrides: list[str], command: str) ->
         raise
 
 
+def refuse_what_cannot_fit(settings: PipelineConfig, runs: list, config_path: str) -> None:
+    """A model that cannot fit the memory it would train in, as the config's error before the
+    run opens (`lm.memory_fit`): the command line refuses it before any flow starts, but a run
+    a deployment started met it after every data stage, as the allocator's traceback or the
+    OOM killer. (The command line also warns of one that may not fit; a flow does not.)"""
+    from lm.memory_fit import memory_fit
+
+    refusal = memory_fit(settings, runs, Path(config_path)).refusal
+    if refusal:
+        raise ConfigError(refusal)
+
+
 def _record_refused_run(
     config: str | None, overrides: list[str], command: str, error: ConfigError
 ) -> None:
@@ -1198,6 +1210,7 @@ def lm_pipeline(config: str | None = None, overrides: list[str] | None = None) -
     with refusals_recorded(config, overrides, "run"):
         config_path = str(resolve_preset(config))
         settings = load_config(config_path, overrides)
+        refuse_what_cannot_fit(settings, settings.model_runs(), config_path)
     run = open_run(settings, config_path, overrides)
     models: list[ModelRecord] = []  # those trained so far are recorded even if a later fails
     try:

@@ -43,6 +43,7 @@ from flows.pipeline import (
     record_failure,
     record_success,
     refusals_recorded,
+    refuse_what_cannot_fit,
     run_stage,
     train_model,
     train_word2vec,
@@ -231,6 +232,7 @@ def retrain(config: str | None = None, overrides: list[str] | None = None) -> di
         problem = retrain_problem(settings)
         if problem:
             raise ConfigError(f"{config_path}: {problem}")
+        refuse_what_cannot_fit(settings, settings.model_runs(), config_path)
     model_run = settings.model_runs()[-1]  # the top of a ladder is the model kept current
     policy = settings.retrain
     run = open_run(settings, config_path, overrides, command="retrain")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from lm import memory_fit
 from lm.config import ConfigError, TokenizerConfig, load_config, resolve_preset
 from tests.conftest import REPO, run_cli
 
@@ -825,7 +826,7 @@ def test_a_model_larger_than_the_machine_is_refused_before_the_flow_starts(
 
     settings, path = load_config("default"), resolve_preset("default")
     cli._check_memory(settings, settings.model_runs(), path)  # it fits this machine
-    monkeypatch.setattr(cli, "_machine_memory", lambda: (2**20, "of RAM"))
+    monkeypatch.setattr(memory_fit, "machine_memory", lambda: (2**20, "of RAM"))
     with pytest.raises(typer.Exit) as refused:
         cli._check_memory(settings, settings.model_runs(), path)
     assert refused.value.exit_code == 1
@@ -853,12 +854,16 @@ def test_a_micro_batch_whose_activations_cannot_fit_is_refused_and_one_that_may_
     size = size_model(run.model, run.train, vocab, device=torch.device("cpu"))
     state, activations = size.state_bytes_per_process(), size.activations_bytes
     assert activations > 10 * state  # the case: the model is small, its micro-batch is not
-    monkeypatch.setattr(cli, "_machine_memory", lambda: (state + activations * 3 // 4, "of RAM"))
+    monkeypatch.setattr(
+        memory_fit, "machine_memory", lambda: (state + activations * 3 // 4, "of RAM")
+    )
     cli._check_memory(settings, [run], path)  # may fit (compiled, say): a warning
     warned = capsys.readouterr().err
     assert warned.startswith(f"warning: {path}: the model may need about ")
     assert "it may be killed for memory" in warned and warned.count("\n") == 1
-    monkeypatch.setattr(cli, "_machine_memory", lambda: (state + activations * 2 // 5, "of RAM"))
+    monkeypatch.setattr(
+        memory_fit, "machine_memory", lambda: (state + activations * 2 // 5, "of RAM")
+    )
     with pytest.raises(typer.Exit):
         cli._check_memory(settings, [run], path)
     said = capsys.readouterr().err
@@ -874,7 +879,7 @@ def test_a_count_bigram_of_a_large_vocabulary_is_not_refused(workspace, monkeypa
     overrides = ["model={kind = \"bigram-count\"}", "tokenizer.vocab_size=50257",
                  "train.device=cpu"]  # fmt: skip
     settings, path = load_config("default", overrides), resolve_preset("default")
-    monkeypatch.setattr(cli, "_machine_memory", lambda: (16 * 2**30, "of RAM"))
+    monkeypatch.setattr(memory_fit, "machine_memory", lambda: (16 * 2**30, "of RAM"))
     cli._check_memory(settings, settings.model_runs(), path)
 
 
@@ -900,9 +905,7 @@ def test_an_address_space_limit_below_the_ram_is_the_memory_a_training_has(monke
     # the train stage, after every data stage, as a 900-line "can't allocate memory" traceback.
     import resource
 
-    from flows import cli
-
     monkeypatch.setattr(resource, "getrlimit", lambda which: (2**30, resource.RLIM_INFINITY))
-    assert cli._machine_memory() == (2**30, "the address-space limit (ulimit -v) allows")
+    assert memory_fit.machine_memory() == (2**30, "the address-space limit (ulimit -v) allows")
     monkeypatch.setattr(resource, "getrlimit", lambda which: (2**62, resource.RLIM_INFINITY))
-    assert cli._machine_memory()[1] == "of RAM"
+    assert memory_fit.machine_memory()[1] == "of RAM"

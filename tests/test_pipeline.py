@@ -232,6 +232,21 @@ def test_a_config_a_flow_refuses_is_recorded_as_a_failed_run(workspace, tmp_path
         assert "config: none recorded for" in compared and "identical" not in compared
 
 
+def test_a_model_that_cannot_fit_the_memory_is_refused_before_the_run_opens(
+    workspace, config, monkeypatch
+):
+    """The command line refuses it before any flow starts; a run a deployment started met it
+    after every data stage, as the allocator's traceback or the OOM killer."""
+    from lm import memory_fit
+
+    monkeypatch.setattr(memory_fit, "machine_memory", lambda: (1024, "of RAM"))
+    with pytest.raises(ConfigError, match=r"small\.toml: the model needs .* 0\.0 MiB of RAM"):
+        run_pipeline(config, [*TINY_GPT, "train.device=cpu"])
+    _, rows = RunRegistry(workspace.registry_path).query("SELECT status, error FROM runs")
+    assert [row[0] for row in rows] == ["failed"] and "AdamW state alone" in rows[0][1]
+    assert not any(workspace.artifacts.iterdir())  # no stage ran
+
+
 def _bad_input(kind: str, tmp_path) -> dict:
     bad = tmp_path / "bad"
     bad.mkdir(exist_ok=True)

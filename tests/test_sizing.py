@@ -185,10 +185,10 @@ def test_size_command_shows_what_each_process_holds_only_for_several():
 
 
 def test_sizes_are_shown_in_the_unit_that_keeps_them_under_a_thousand():
-    from flows.cli import _bytes
+    from lm.memory_fit import bytes_text
 
     # A 175B-parameter model's AdamW state was "1,335,... MiB".
-    assert [_bytes(n) for n in (0, 5 << 20, 999 << 20, 1000 << 20, 1300 << 30, 3 << 40)] == [
+    assert [bytes_text(n) for n in (0, 5 << 20, 999 << 20, 1000 << 20, 1300 << 30, 3 << 40)] == [
         "0.0 MiB", "5.0 MiB", "999.0 MiB", "1.0 GiB", "1.3 TiB", "3.0 TiB"
     ]  # fmt: skip
 
