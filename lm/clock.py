@@ -33,9 +33,16 @@ def file_time(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
 
-def shown_time(value: datetime) -> str:
+def shown_time(value: datetime, zone: bool = False) -> str:
     """`value` in this machine's local time, to the second; a naive value (a registry from
-    before lmforge wrote UTC) is shown as it is: it was local time already."""
-    if value.tzinfo is not None:
-        value = value.astimezone()
-    return f"{value:{SHOWN_TIME}}"
+    before lmforge wrote UTC) is shown as it is: it was local time already. With `zone`, the
+    local time's offset from UTC follows (`+05:30`), for what is read elsewhere: a report
+    sent from Kolkata to Paris gave a time each read as their own."""
+    if value.tzinfo is None:
+        return f"{value:{SHOWN_TIME}}"
+    value = value.astimezone()
+    if not zone:
+        return f"{value:{SHOWN_TIME}}"
+    minutes = round(value.utcoffset().total_seconds() / 60)
+    sign = "-" if minutes < 0 else "+"
+    return f"{value:{SHOWN_TIME}} {sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"

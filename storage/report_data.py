@@ -140,8 +140,9 @@ def gather_run_report(registry: RunRegistry, workspace: Workspace, run_prefix: s
         run_id=run_id,
         status=run["status"],
         preset=run.get("preset"),
-        started_at=shown_time(run["started_at"]) if run.get("started_at") else None,
-        ended_at=shown_time(run["ended_at"]) if run.get("ended_at") else None,
+        # With their offset: a report is read elsewhere, by people in other zones.
+        started_at=shown_time(run["started_at"], zone=True) if run.get("started_at") else None,
+        ended_at=shown_time(run["ended_at"], zone=True) if run.get("ended_at") else None,
         seconds=run.get("seconds"),
         device=run.get("device"),
         git_sha=run.get("git_sha"),

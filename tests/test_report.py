@@ -870,3 +870,24 @@ def test_a_comparison_of_many_runs_keeps_its_legend_beside_the_plot_and_colours_
         _pyplot().close(figure)
     assert len({_colour(index, 20) for index in range(20)}) == 20
     assert [_colour(index, 3) for index in range(3)] == ["C0", "C1", "C2"]
+
+
+def test_a_report_gives_its_times_with_their_offset_from_utc(tmp_path, local_zone):
+    """A report is read elsewhere: one made in Kolkata gave 18:30, which Paris read as its own
+    evening; `runs`, read where it runs, keeps the bare local time."""
+    from datetime import UTC
+
+    from lm.clock import shown_time
+    from storage.report_data import gather_run_report
+
+    instant = datetime(2026, 12, 7, 13, 0, 5, tzinfo=UTC)
+    for zone, shown in (("Asia/Kolkata", "2026-12-07 18:30:05 +05:30"),
+                        ("America/St_Johns", "2026-12-07 09:30:05 -03:30"),
+                        ("UTC", "2026-12-07 13:00:05 +00:00")):  # fmt: skip
+        local_zone(zone)
+        assert shown_time(instant, zone=True) == shown
+        assert shown_time(instant) == shown[:19]
+    local_zone("Asia/Kolkata")
+    workspace, registry = crashed_run(tmp_path, "sent", {}, [])
+    report = gather_run_report(registry, workspace, "sent")
+    assert report.started_at.endswith(" +05:30") and report.ended_at.endswith(" +05:30")
