@@ -793,7 +793,9 @@ def report(
 
 @app.command()
 def sql(
-    query: Annotated[str, typer.Argument(help="a DuckDB SQL query (read-only)")],
+    query: Annotated[
+        str, typer.Argument(help="a DuckDB SQL query (read-only); - reads it from stdin")
+    ],
     max_rows: Annotated[
         int | None,
         typer.Option(
@@ -820,6 +822,8 @@ def sql(
 
     if max_rows is None:
         max_rows = SQL_MAX_ROWS if output is SqlFormat.table else 0
+    if query == "-":  # a query kept in a file (`lmforge sql - < weekly.sql`), as psql -f
+        query = _query_from_stdin()
     reconfigure = getattr(sys.stdout, "reconfigure", None)
     if output is not SqlFormat.table and reconfigure is not None:
         # Data for a program: UTF-8 whatever the terminal's encoding, every value whole (an
@@ -856,6 +860,19 @@ def sql(
                         "recorded yet, or the newest one's documents are gone (`lmforge run` "
                         "builds them)") from None  # fmt: skip
         raise _fail(str(error) + _older_schema(error)) from None
+
+
+def _query_from_stdin() -> str:
+    """The query a file or pipe gives on stdin, read as UTF-8 whatever the locale."""
+    if sys.stdin is None or sys.stdin.isatty():
+        raise _fail("sql -: give the query on stdin (`lmforge sql - < query.sql`)")
+    try:
+        query = sys.stdin.buffer.read().decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise _fail(f"sql -: the query on stdin is not UTF-8 (byte at {error.start})") from None
+    if not query.strip():
+        raise _fail("sql -: stdin held no query")
+    return query
 
 
 def _older_schema(error: Exception) -> str:

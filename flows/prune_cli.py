@@ -72,7 +72,7 @@ def prune_command(
     if not yes:
         resumable = any(leftover.kind == INTERRUPTED for leftover in leftovers)
         console.print(
-            f"{len(leftovers)} folders, {total}: `lmforge prune --yes` removes them."
+            f"{_folders(len(leftovers))}, {total}: `lmforge prune --yes` removes them."
             + (" A rerun with an interrupted training's settings would no longer resume it, "
                "but train from the start." if resumable else ""),
             highlight=False,
@@ -84,7 +84,11 @@ def prune_command(
             console.print(f"kept {leftover.path}: a process took it up meanwhile", markup=False,
                           highlight=False)  # fmt: skip
     freed = decimal_size(sum(leftover.size for leftover in removed))
-    console.print(f"removed {len(removed)} folders, {freed}", highlight=False)
+    console.print(f"removed {_folders(len(removed))}, {freed}", highlight=False)
+
+
+def _folders(count: int) -> str:
+    return f"{count:,} folder{'' if count == 1 else 's'}"
 
 
 def _record_crashed_runs(workspace: Workspace) -> bool:

@@ -140,7 +140,7 @@ def run_cli(
 
 
 def cli_in_process(
-    *args: str, check: bool = True, home: Path | None = None
+    *args: str, check: bool = True, home: Path | None = None, stdin: bytes | None = None
 ) -> subprocess.CompletedProcess:
     """`lmforge ARGS` run in this process by typer's runner, for commands that only read the
     workspace (`sql`, `runs show`): a subprocess spends about 1.5 s importing before it starts,
@@ -154,7 +154,7 @@ def cli_in_process(
     try:
         if home is not None:
             os.environ["LMFORGE_HOME"] = str(home)
-        result = CliRunner().invoke(app, list(args))
+        result = CliRunner().invoke(app, list(args), input=stdin)
     finally:
         os.environ.clear()
         os.environ.update(saved)

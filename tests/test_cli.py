@@ -537,6 +537,21 @@ def test_sql_csv_gives_a_list_of_json_as_data_and_a_blob_as_duckdb_writes_it(tmp
     assert json.loads(line) == {"x": 1.5, "y": 6, "z": 10} and '"1.5"' not in line
 
 
+def test_sql_reads_a_query_from_stdin_given_as_dash(tmp_path):
+    """`lmforge sql - < weekly.sql`: a query kept in a file was `"$(cat weekly.sql)"`, and
+    `-` was DuckDB's syntax error."""
+    from datetime import datetime
+
+    RunRegistry(tmp_path / "registry.duckdb").start_run(
+        {"run_id": "r1", "status": "running", "started_at": datetime.now()}
+    )
+    query = "-- this week's runs\nSELECT run_id, 'é' AS mark\nFROM runs;\n".encode()
+    csv = cli_in_process("sql", "-", "--format", "csv", stdin=query, home=tmp_path).stdout
+    assert csv == "run_id,mark\nr1,é\n"
+    empty = cli_in_process("sql", "-", stdin=b"  \n", home=tmp_path, check=False)
+    assert empty.returncode == 1 and "sql -: stdin held no query" in empty.stderr
+
+
 def test_sql_values_inside_lists_structs_and_maps_are_json_too(tmp_path):
     """A NaN in a list was written `NaN`, which no JSON reader takes; a map keyed by a DECIMAL
     or a date was a TypeError; CSV gave a list of DECIMALs as strings and a blob in a list as

@@ -148,7 +148,7 @@ def test_lmforge_prune_lists_then_removes_the_training_a_killed_run_left(
     assert "nothing else to prune" in held and "nothing to prune" not in held
     assert work.is_dir()
     removed = " ".join(run_cli("prune", "--yes").stdout.split())
-    assert "removed 1 folders" in removed and not work.exists()
+    assert "removed 1 folder," in removed and not work.exists()
     # The run was recorded as crashed first, from the work folder's curve: recorded by the
     # next run instead, it had lost its training's metrics and lasted 0.2 s.
     from storage.registry import RunRegistry
@@ -221,7 +221,7 @@ def test_prune_keeps_an_interrupted_training_a_recorded_model_continued_from(tmp
     assert said in listed  # the whole id: its first 8 characters were the day's date
     assert "train-b.work" in listed
     removed = " ".join(run_cli("prune", "--yes", home=workspace.root).stdout.split())
-    assert "removed 1 folders" in removed
+    assert "removed 1 folder," in removed
     assert started_from.is_dir() and not forgotten.exists()
 
 
