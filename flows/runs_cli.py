@@ -252,6 +252,8 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="a run id or a unique p
     for key in keys:
         value = found[key]
         shown = shown_time(value) if isinstance(value, datetime) else str(value)
+        if value is None:  # a run not ended yet (or killed, until the next run records it)
+            shown = "—"  # was Python's "None"
         if key == "seconds" and isinstance(value, float):
             shown = f"{value:.2f}"  # as the stage table gives them, not 110.219991
         console.print(f"[bold]{key}[/]: {escape(shown)}", highlight=False, soft_wrap=True)

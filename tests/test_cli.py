@@ -685,6 +685,8 @@ def test_a_script_reads_the_run_id_and_a_run_s_error_whole(workspace, capsys):
     registry = RunRegistry(workspace.registry_path)
     registry.start_run({"run_id": "20260101-000000-abcdef", "status": "running",
                         "started_at": datetime.now()})  # fmt: skip
+    running = cli_in_process("runs", "show", "20260101").stdout
+    assert "\nended_at: —\n" in running and "None" not in running  # was Python's None
     error = "InputError: " + " ".join(["cleaning kept none of the documents"] * 10)
     registry.finish_run("20260101-000000-abcdef", "failed", datetime.now(), [], error=error)
     shown = cli_in_process("runs", "show", "20260101").stdout
