@@ -130,7 +130,7 @@ def clean_task(
 # which decide what is kept.
 TEXT_CODE = tuple(f"lm/text/{name}.py" for name in (
     "census_names", "clean", "ingest", "json_array", "long_documents", "normalize", "readers",
-    "sources", "utf8_scan", "wikipedia_dump", "wikitext",
+    "sources", "url_credentials", "utf8_scan", "wikipedia_dump", "wikitext",
 ))  # fmt: skip
 
 
