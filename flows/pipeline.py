@@ -174,16 +174,23 @@ def _run_row(
         # The config and command as recorded: a source URL's token or signature left out.
         "config": without_url_credentials(config.model_dump(mode="json")),
         "config_digest": config.digest(),
-        "code_digest": code_digest("lm", "storage", "tasks", "flows"),
-        "git_sha": _git_sha(),
-        "package_versions": _package_versions(),
-        "device": describe_machine(),
         "seed": config.seed,
         "command": without_url_credentials(
             reproduce_command(
                 config_path, overrides, command, os.getcwd() if relative_paths_of(config) else None
             )
         ),
+        **_where_it_ran(),
+    }
+
+
+def _where_it_ran() -> dict:
+    """The code, packages, machine and process of a run, as its registry row records them."""
+    return {
+        "code_digest": code_digest("lm", "storage", "tasks", "flows"),
+        "git_sha": _git_sha(),
+        "package_versions": _package_versions(),
+        "device": describe_machine(),
         "hostname": this_host(),
         "pid": os.getpid(),
     }
@@ -460,14 +467,9 @@ def _record_refused_run(
         "started_at": now,
         "ended_at": now,
         "seconds": 0.0,
-        "code_digest": code_digest("lm", "storage", "tasks", "flows"),
-        "git_sha": _git_sha(),
-        "package_versions": _package_versions(),
-        "device": describe_machine(),
         "command": without_url_credentials(reproduce_command(asked, overrides, command)),
-        "hostname": this_host(),
-        "pid": os.getpid(),
         "error": f"{type(error).__name__}: {error} (before the run began)",
+        **_where_it_ran(),
     }
     try:
         workspace = Workspace.from_env().ensure()
