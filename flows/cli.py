@@ -187,6 +187,7 @@ def _run_flow(name: str, config: str | None, overrides: list[str] | None) -> dic
     # below, not also a traceback in Prefect's log; a bug keeps its traceback.
     hide_prefect_tracebacks_of(quiet)
     import httpx
+    from prefect.exceptions import PrefectHTTPStatusError
 
     from lm.clock import utc_now
 
@@ -197,6 +198,25 @@ def _run_flow(name: str, config: str | None, overrides: list[str] | None) -> dic
         raise _fail(str(error)) from None
     except httpx.TransportError as error:  # its Prefect server killed (or out of memory)
         raise _server_went_away(workspace, error, began) from None
+    except PrefectHTTPStatusError as error:
+        if error.response.status_code not in (401, 403):
+            raise
+        raise _fail(_refused_by_the_server(error)) from None
+
+
+def _refused_by_the_server(error) -> str:
+    """A Prefect server with basic authentication (`PREFECT_SERVER_API_AUTH_STRING`, README
+    "Run as a service") that this process gave no credentials or the wrong ones: a 230-line
+    traceback before the run began."""
+    from prefect.settings import PREFECT_API_AUTH_STRING
+
+    response = error.response
+    given = "wrong credentials" if PREFECT_API_AUTH_STRING.value() else "no credentials"
+    return (
+        f"the Prefect server at {response.url.copy_with(path='/api')} refused this command "
+        f"({response.status_code} {response.reason_phrase}: {given}): set "
+        "PREFECT_API_AUTH_STRING to the server's PREFECT_SERVER_API_AUTH_STRING (user:password)"
+    )
 
 
 def _server_went_away(workspace: Workspace, error: Exception, began: datetime) -> typer.Exit:

@@ -654,6 +654,42 @@ def test_a_run_whose_prefect_server_went_away_says_how_it_is_recorded_in_one_lin
     assert forced == [(20.0, 0 if status == "completed" else 1, "its Prefect server went away")]
 
 
+@pytest.mark.parametrize("credentials", [None, "admin:wrong"])
+def test_a_prefect_server_that_refuses_the_client_is_one_error_naming_the_setting(
+    workspace, tmp_path, monkeypatch, credentials
+):
+    """A server with basic authentication (PREFECT_SERVER_API_AUTH_STRING) and a command
+    without the client's string (or with another): a 230-line traceback before the run began."""
+    import httpx
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    import flows.cli
+    import flows.pipeline
+    import flows.prefect_server
+
+    def refused(config, overrides):
+        request = httpx.Request("GET", "http://127.0.0.1:4321/api/admin/version")
+        response = httpx.Response(401, request=request, json={"exception_message": "no"})
+        raise PrefectHTTPStatusError.from_httpx_error(
+            httpx.HTTPStatusError("401", request=request, response=response)
+        )
+
+    from prefect.settings import PREFECT_API_AUTH_STRING, temporary_settings
+
+    monkeypatch.setattr(flows.prefect_server, "ensure_server", lambda workspace: None)
+    monkeypatch.setattr(flows.cli, "_exit_cleanly_on_sigterm", lambda: None)
+    monkeypatch.setattr(flows.pipeline, "lm_pipeline", refused)
+    config = write_config(tmp_path / "c.toml", [{"path": str(readme_sections(tmp_path / "r"))}])
+    with temporary_settings({PREFECT_API_AUTH_STRING: credentials}):
+        result = cli_in_process("run", str(config), check=False)
+    given = "wrong credentials" if credentials else "no credentials"
+    assert result.returncode == 1 and result.stderr == (
+        "error: the Prefect server at http://127.0.0.1:4321/api refused this command (401 "
+        f"Unauthorized: {given}): set PREFECT_API_AUTH_STRING to the server's "
+        "PREFECT_SERVER_API_AUTH_STRING (user:password)\n"
+    )
+
+
 def test_the_command_leaves_its_objects_out_of_the_exit_s_last_collection(monkeypatch):
     """The interpreter's last collection walked every object torch and Prefect made: 1.3 s of
     a cached run's 1.7 s exit on a quiet machine, 25-40 s on a loaded one after the last line,
