@@ -1395,8 +1395,9 @@ def _again_in_utf8_mode_under_an_ascii_locale() -> None:
     arguments' bytes are passed on as they came; only how Python reads them changes."""
     if sys.flags.utf8_mode or codecs.lookup(sys.getfilesystemencoding()).name != "ascii":
         return
-    os.environ["PYTHONUTF8"] = "1"
-    os.execv(sys.executable, sys.orig_argv)
+    # `-X utf8`, not PYTHONUTF8=1: an interpreter started with -E or -I ignores the variable,
+    # and would run itself again and again.
+    os.execv(sys.executable, [sys.orig_argv[0], "-X", "utf8", *sys.orig_argv[1:]])
 
 
 def _write_what_the_terminal_cannot_show_escaped() -> None:
