@@ -721,8 +721,12 @@ def _newest_same_data(settings, rows: list[tuple]) -> tuple[str, int] | None:
     whose run read the same data with the same tokenizer settings as `settings`: the runs of
     one preset may have been pointed at other files, or another tokenizer, by `--set`."""
     from lm.config import CleanConfig, IngestConfig, SplitConfig, TokenizerConfig
+    from lm.text.url_credentials import without_url_credentials
 
     def data_settings(config: dict) -> dict:
+        # A URL's credentials compared as the registry records them (`***`): a run read from
+        # `?token=...` never matched its own config, nor a run recorded before they were hidden.
+        config = without_url_credentials(config)
         chosen = {key: config.get(key) for key in DATA_SETTINGS}
         try:  # the tokenizer's thread count changes no token
             tokenizer = TokenizerConfig.model_validate(chosen["tokenizer"])
@@ -1395,8 +1399,10 @@ def _again_in_utf8_mode_under_an_ascii_locale() -> None:
     arguments' bytes are passed on as they came; only how Python reads them changes."""
     if sys.flags.utf8_mode or codecs.lookup(sys.getfilesystemencoding()).name != "ascii":
         return
-    # `-X utf8`, not PYTHONUTF8=1: an interpreter started with -E or -I ignores the variable,
-    # and would run itself again and again.
+    # `-X utf8`, not PYTHONUTF8=1 alone: an interpreter started with -E or -I ignores the
+    # variable, and would run itself again and again. The variable too, for the processes it
+    # starts: torchrun's ranks, in ASCII mode, could not open a workspace under "hömé".
+    os.environ["PYTHONUTF8"] = "1"
     os.execv(sys.executable, [sys.orig_argv[0], "-X", "utf8", *sys.orig_argv[1:]])
 
 

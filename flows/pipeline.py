@@ -468,7 +468,8 @@ def _record_refused_run(
         "ended_at": now,
         "seconds": 0.0,
         "command": without_url_credentials(reproduce_command(asked, overrides, command)),
-        "error": f"{type(error).__name__}: {error} (before the run began)",
+        # A `--set` that names a source URL is quoted in the error, its token with it.
+        "error": without_url_credentials(f"{type(error).__name__}: {error} (before the run began)"),
         **_where_it_ran(),
     }
     try:

@@ -302,6 +302,7 @@ def config_drift(command: str | None, recorded: str | dict | None) -> str | None
     import shlex
 
     from lm.config import ConfigError, load_config
+    from lm.text.url_credentials import without_url_credentials
 
     if not command or not recorded:
         return None
@@ -316,6 +317,9 @@ def config_drift(command: str | None, recorded: str | dict | None) -> str | None
     except ConfigError as error:
         return f"the reproduce command no longer loads its config ({error})"
     before = json.loads(recorded) if isinstance(recorded, str) else recorded
+    # The registry holds a source URL's token as `***`: compared so, the file that still
+    # holds the token is no edit (every such run was said to have had its config edited).
+    current, before = without_url_credentials(current), without_url_credentials(before)
     changed = [key for key, (was, now) in config_differences([before, current]) if was != ABSENT]
     if not changed:
         return None

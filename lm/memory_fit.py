@@ -38,14 +38,36 @@ def machine_memory() -> tuple[int, str] | None:
     less where the process's address space is limited (`ulimit -v`: a batch system's or a
     shared machine's cap), which the model met as a 900-line traceback ending "can't allocate
     memory" once every data stage had run; None where neither can be told."""
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "of RAM"
-    except (AttributeError, OSError, ValueError):  # no sysconf (Windows)
-        memory = None
+    ram = ram_bytes()
+    memory = None if ram is None else (ram, "of RAM")
     limit = address_space_limit()
     if limit is not None and (memory is None or limit < memory[0]):
-        return limit, "the address-space limit (ulimit -v) allows"
+        return limit, ADDRESS_SPACE
     return memory
+
+
+ADDRESS_SPACE = "the address-space limit (ulimit -v) allows"
+
+
+def ram_bytes() -> int | None:
+    """The machine's RAM; None where it cannot be told (no sysconf: Windows)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def for_processes(memory: tuple[int, str], processes: int) -> tuple[int, str]:
+    """The memory (`machine_memory`) that `processes` of one node share: `ulimit -v` caps
+    each process's own address space, so they have that many times it, within the RAM. A
+    node of 2 processes needing 9 GiB each was refused under a 12 GiB limit, as 18 GiB."""
+    available, where = memory
+    if processes == 1 or where != ADDRESS_SPACE:
+        return memory
+    ram = ram_bytes()
+    if ram is not None and ram < available * processes:
+        return ram, "of RAM"
+    return available * processes, f"the address-space limits (ulimit -v) of {processes} allow"
 
 
 def address_space_limit() -> int | None:
@@ -87,7 +109,6 @@ def memory_fit(settings, runs: list, config_path: Path, given_sets: bool = False
 
     from lm.sizing import size_model
 
-    available, where = memory
     vocab = 2 if settings.tokenizer.kind == "char" else settings.tokenizer.vocab_size
     sizes = (
         f"lmforge size {config_path}{' with the same --set' if given_sets else ''} shows the sizes"
@@ -99,6 +120,7 @@ def memory_fit(settings, runs: list, config_path: Path, given_sets: bool = False
         if size.closed_form:  # the count bigram: its sparse table holds the pairs its text
             continue  # has, bounded here by V² only (40 GB at GPT-2's 50,257); no optimizer
         share = run.train.nproc_per_node  # every process of this node in one machine's RAM
+        available, where = for_processes(memory, share)
         needed = size.state_bytes_per_process() * share
         activations = (size.activations_bytes or 0) * share
         whose = f"model '{run.label}'" if len(runs) > 1 else "the model"

@@ -29,6 +29,7 @@ from lm.text.sources import (
     fingerprint_inputs,
     resolve_sources,
 )
+from lm.text.url_credentials import shown_url
 from storage.artifacts import ArtifactStore, Descriptor, reused
 from storage.corpus import DOCUMENTS_FILE, RAW_SCHEMA, DocumentWriter
 from storage.workspace import Workspace
@@ -130,6 +131,15 @@ def ingest_task(config: IngestConfig, runtime: RuntimeConfig | None = None) -> D
     return descriptor
 
 
+def _shown(config: IngestConfig) -> IngestConfig:
+    """`config` with each source URL as the registry records it (`shown_url`): the subflow
+    reads its parts' URLs from the plan, and its parameters are kept in Prefect's database and
+    shown in its UI, where a source URL's token was, whatever the registry hid."""
+    sources = [source.model_copy(update={"path": shown_url(source.path)})
+               for source in config.sources]  # fmt: skip
+    return config.model_copy(update={"sources": sources})
+
+
 def _read(
     inputs: list[ResolvedInput],
     config: IngestConfig,
@@ -151,8 +161,9 @@ def _read(
     runner = make_task_runner(runtime, workers)
     plan = write_plan(parts, scratch)
     pieces = read_parts.with_options(task_runner=runner)(
-        plan=str(plan), config=config, download_dir=str(workspace.downloads), scratch=str(scratch)
-    )
+        plan=str(plan), config=_shown(config), download_dir=str(workspace.downloads),
+        scratch=str(scratch),
+    )  # fmt: skip
     plan.unlink()
     fan_out = {
         "runner": runtime.task_runner,

@@ -801,3 +801,23 @@ def test_an_ascii_locale_reads_non_ascii_paths_and_settings_as_typed(workspace, 
                             cwd=REPO, env=env)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith(f"{config}: ready for `lmforge run`")
+
+
+def test_what_the_command_starts_under_an_ascii_locale_runs_in_utf8_mode_too():
+    """The command runs again with `-X utf8`, which its children do not inherit: torchrun's
+    ranks (train.nproc_per_node = 2) ran in ASCII mode and could not open the shards of a
+    workspace under "/tmp/hömé" ("token file missing"), where one process trained (h147)."""
+    import sys
+
+    env = dict(os.environ) | {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0"}
+    env.pop("PYTHONIOENCODING", None)
+    child = "import sys; print(sys.flags.utf8_mode)"
+    code = (
+        "import subprocess, sys, flows.cli as c; c._again_in_utf8_mode_under_an_ascii_locale(); "
+        f"print(sys.flags.utf8_mode, subprocess.run([sys.executable, '-c', {child!r}], "
+        "capture_output=True, text=True).stdout.strip())"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, cwd=REPO, env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["1", "1"]  # the command, and what it starts

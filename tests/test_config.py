@@ -909,3 +909,28 @@ def test_an_address_space_limit_below_the_ram_is_the_memory_a_training_has(monke
     assert memory_fit.machine_memory() == (2**30, "the address-space limit (ulimit -v) allows")
     monkeypatch.setattr(resource, "getrlimit", lambda which: (2**62, resource.RLIM_INFINITY))
     assert memory_fit.machine_memory()[1] == "of RAM"
+
+
+def test_an_address_space_limit_is_each_process_s_not_the_node_s(monkeypatch):
+    # `ulimit -v` caps each process's own address space: 2 processes needing 9 GiB each were
+    # refused under a 12 GiB limit as "18.0 GiB ... more than the 11.4 GiB" (h147).
+    import resource
+
+    import torch
+
+    from lm.sizing import size_model
+
+    overrides = ["train.device=cpu", "train.nproc_per_node=2", "train.micro_batch=1",
+                 "train.global_batch=2"]  # fmt: skip
+    settings, path = load_config("default", overrides), resolve_preset("default")
+    [run] = settings.model_runs()
+    size = size_model(run.model, run.train, settings.tokenizer.vocab_size,
+                      device=torch.device("cpu"))  # fmt: skip
+    each = size.state_bytes_per_process() + (size.activations_bytes or 0)
+    limit = each * 3 // 2  # one process fits it, both together do not
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (limit, resource.RLIM_INFINITY))
+    monkeypatch.setattr(memory_fit, "ram_bytes", lambda: 64 * each, raising=False)
+    found = memory_fit.memory_fit(settings, [run], path)
+    assert found.refusal is None and not found.warnings
+    monkeypatch.setattr(memory_fit, "ram_bytes", lambda: each)  # the RAM holds both, or not
+    assert "of RAM" in memory_fit.memory_fit(settings, [run], path).refusal

@@ -1282,3 +1282,21 @@ def test_a_tokenizer_changed_in_place_is_refused_before_training_not_copied_on(w
     with pytest.raises(TrainingError, match=rf"^{re.escape(str(folder))}: the tokenizer there is"):
         run_pipeline(config, [*TINY_GPT, "train.max_steps=13"])
     assert set((workspace.root / "artifacts" / "train").iterdir()) == trained
+
+
+def test_a_refused_run_s_error_hides_the_token_of_the_url_it_quotes(workspace, tmp_path):
+    """A `--set` naming a source URL is quoted in the config's error: the refused run's command
+    hid the token, its error kept it (h147)."""
+    from flows.pipeline import _record_refused_run
+
+    config = write_config(tmp_path / "c.toml", [{"path": str(tmp_path)}])
+    override = 'ingest.sources=[{path="https://h.example/a.txt?token=SECRET1", formt="x"}]'
+    try:
+        load_config(str(config), [override])
+    except ConfigError as error:
+        _record_refused_run(str(config), [override], "run", error)
+    _, [(command, error)] = RunRegistry(workspace.registry_path).query(
+        "SELECT command, error FROM runs"
+    )
+    assert "token=***" in command and "token=***" in error and "formt" in error
+    assert "SECRET1" not in command + error

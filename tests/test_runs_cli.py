@@ -591,3 +591,24 @@ def test_runs_show_prints_a_long_reproduce_command_on_one_line(tmp_path):
                         "command": command})  # fmt: skip
     shown = cli_in_process("runs", "show", "r1", home=tmp_path).stdout
     assert f"reproduce: {command}\n" in shown
+
+
+def test_a_source_url_s_token_hidden_in_the_registry_is_no_edit_of_the_config(tmp_path):
+    """The registry records a source URL's token as `***`: compared with the file that still
+    holds it, every such run was "now loads other settings than this run recorded", and `size`
+    never found the char vocabulary its earlier run had counted (h147)."""
+    from flows.cli import _newest_same_data
+    from flows.runs_cli import config_drift
+    from lm.config import load_config
+    from lm.text.url_credentials import without_url_credentials
+
+    url = "https://h.example/a.txt?token=SECRET1"
+    config = write_config(tmp_path / "c.toml", [{"path": url}])
+    settings = load_config(str(config))
+    recorded = json.dumps(without_url_credentials(settings.model_dump(mode="json")))
+    assert "SECRET1" not in recorded
+    assert config_drift(f"lmforge run {config}", recorded) is None
+    assert _newest_same_data(settings, [("r1", 46, recorded, None)]) == ("r1", 46)
+    # A run recorded before tokens were hidden still reads as the same data.
+    before = json.dumps(settings.model_dump(mode="json"))
+    assert _newest_same_data(settings, [("r0", 45, before, None)]) == ("r0", 45)

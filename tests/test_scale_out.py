@@ -452,3 +452,30 @@ def test_thousands_of_files_read_in_parts_stay_under_prefect_s_parameter_limit(
     raw = ingest_task.fn(IngestConfig(sources=[{"path": str(folder)}]), THREADS)
     assert raw.stats["runner"] == "threads" and raw.stats["parts"] >= 2
     assert raw.stats["documents"] == 3000
+
+
+def test_a_fanned_out_ingest_gives_prefect_its_source_urls_without_their_tokens(
+    tmp_path, monkeypatch
+):
+    """The `ingest-read` subflow's parameters are kept in Prefect's database and shown in its
+    UI: a source URL's token was there, whatever the registry hid (h147)."""
+    from lm.text.sources import resolve_sources
+    from storage.workspace import Workspace
+
+    urls = [f"https://h.example/{name}.txt?token=SECRET1" for name in ("a", "b", "c")]
+    config = IngestConfig(sources=[SourceConfig(path=url) for url in urls])
+    given = []
+
+    class Subflow:
+        def with_options(self, task_runner):
+            return lambda **parameters: given.append(parameters) or []
+
+    monkeypatch.setattr(tasks.ingest, "read_parts", Subflow())
+    workspace = Workspace(tmp_path / "home").ensure()
+    inputs = resolve_sources(config.sources)
+    runtime = RuntimeConfig(max_workers=3)
+    tasks.ingest._read(inputs, config, runtime, workspace, tmp_path / "scratch")
+    [parameters] = given
+    shown = [source.path for source in parameters["config"].sources]
+    assert shown == [url.replace("SECRET1", "***") for url in urls]
+    assert config.sources[0].path == urls[0]  # the settings themselves are unchanged
