@@ -113,9 +113,14 @@ def memory_fit(settings, runs: list, config_path: Path, given_sets: bool = False
     sizes = (
         f"lmforge size {config_path}{' with the same --set' if given_sets else ''} shows the sizes"
     )
+    sized = set()  # an ablation's seeds train one model alike: said once, not per seed
     for run in runs:
         if run.train.init_from or not trains_on_the_cpu(run.train.device):
             continue
+        alike = (run.model.model_dump_json(), run.train.model_dump_json(exclude={"seed"}))
+        if alike in sized:
+            continue
+        sized.add(alike)
         size = size_model(run.model, run.train, vocab, device=torch.device("cpu"))
         if size.closed_form:  # the count bigram: its sparse table holds the pairs its text
             continue  # has, bounded here by V² only (40 GB at GPT-2's 50,257); no optimizer

@@ -934,3 +934,25 @@ def test_an_address_space_limit_is_each_process_s_not_the_node_s(monkeypatch):
     assert found.refusal is None and not found.warnings
     monkeypatch.setattr(memory_fit, "ram_bytes", lambda: each)  # the RAM holds both, or not
     assert "of RAM" in memory_fit.memory_fit(settings, [run], path).refusal
+
+
+def test_an_ablation_s_seeds_are_warned_of_once_per_variant(monkeypatch):
+    # The 21 arms of configs/ablation.toml (7 variants × 3 seeds) gave 21 warnings, three
+    # alike for each variant (h147).
+    import torch
+
+    from lm.sizing import size_model
+
+    settings, path = load_config("ablation"), resolve_preset("ablation")
+    arms = [arm for *_, arm in settings.ablation_runs()]
+    variants = {arm.label.split("/")[0] for arm in arms}
+    assert len(arms) > len(variants) > 1
+    size = size_model(arms[0].model, arms[0].train, settings.tokenizer.vocab_size,
+                      device=torch.device("cpu"))  # fmt: skip
+    state, activations = size.state_bytes_per_process(), size.activations_bytes
+    monkeypatch.setattr(memory_fit, "machine_memory",
+                        lambda: (int(state + 0.8 * activations), "of RAM"))  # fmt: skip
+    monkeypatch.setattr(memory_fit, "trains_on_the_cpu", lambda requested: True)
+    found = memory_fit.memory_fit(settings, arms, path)
+    assert found.refusal is None
+    assert sorted(w.split("'")[1].split("/")[0] for w in found.warnings) == sorted(variants)
