@@ -182,7 +182,33 @@ def runs_list(
     shown = [(run_id, shown_status(run_id, status, host, pid), preset, deployment,
               shown_time(started), *rest)
              for run_id, status, preset, deployment, started, *rest, host, pid in rows]  # fmt: skip
-    console.print(_table(columns[:-2], shown, whole=("run_id",)))
+    columns, shown = _fitting(columns[:-2], shown, console.width)
+    console.print(_table(columns, shown, whole=("run_id",)))
+
+
+# The columns `runs` leaves out first, in this order, where a terminal is too narrow for all:
+# squeezed in, every one was folded a few characters a line ("fai / led", a time over 8 lines).
+DROPPED_FIRST = ("deployment", "kept_documents", "corpus", "seconds", "preset", "models")
+
+
+def _fitting(columns: list[str], rows: list[tuple], width: int) -> tuple[list[str], list[tuple]]:
+    """`columns` and `rows` without the columns of DROPPED_FIRST that a table `width`
+    characters wide has no room for, each value kept on one line where that can be."""
+    from rich.cells import cell_len
+
+    from flows.cli import _cell
+
+    def room(names: list[str]) -> int:  # the widest value, and 3 per column for the frame
+        return 1 + sum(3 + max(cell_len(name), *(cell_len(_cell(r[columns.index(name)]))
+                                                    for r in rows)) for name in names)  # fmt: skip
+
+    kept = list(columns)
+    for name in DROPPED_FIRST:
+        if not rows or room(kept) <= width:
+            break
+        kept.remove(name)
+    indexes = [columns.index(name) for name in kept]
+    return kept, [tuple(row[i] for i in indexes) for row in rows]
 
 
 def shown_status(run_id: str, status: str, hostname: str | None, pid: int | None) -> str:

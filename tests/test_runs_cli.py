@@ -117,6 +117,14 @@ def test_runs_in_a_narrow_terminal_keeps_each_run_id_on_one_line(history, monkey
     assert max(len(line) for line in shown.splitlines()) <= 80
     assert listed_runs(shown) == ["r-failed", "r-gpt-new", "r-ladder", "r-mlp-old"]
     assert "│ r-ladder " in shown and "│ r-mlp-old " in shown  # whole, not r-lad / der
+    # The least useful columns are left out, not every column folded a few characters a line
+    # (h147: "fai / led", a start time over 8 lines).
+    header = shown.splitlines()[1]
+    assert "deployment" not in header and "kept_documents" not in header
+    assert "status" in header and "val_bpb" in header
+    assert len([line for line in shown.splitlines() if line.startswith("│")]) == 4  # a line each
+    monkeypatch.setattr(cli.console, "width", 200)  # room for every column: all shown
+    assert "deployment" in cli_in_process("runs", home=history).stdout.splitlines()[1]
 
 
 def test_runs_rejects_a_bad_since_and_an_unknown_status(history):
