@@ -44,6 +44,25 @@ def test_line_ending_controls_become_newlines_and_the_unit_separator_a_space():
     assert normalize_text("a\x0c\x0c\x0c\x0cb") == "a\n\nb"  # page breaks fold as blank lines
 
 
+def test_every_line_ending_is_a_newline_and_every_text_is_stripped():
+    # Old Mac files end lines with a lone carriage return; a line separator ends a line too.
+    from lm.text.normalize import normalize_texts
+
+    assert normalize_text("one\rtwo\r\nthree\u2028four") == "one\ntwo\nthree\nfour"
+    # A batch with nothing to translate or fold is still stripped, as each text alone is.
+    texts = ["a line read with its newline\n", " indented", "plain"]
+    assert (
+        normalize_texts(texts) == [normalize_text(t) for t in texts] == [t.strip() for t in texts]
+    )
+
+
+def test_without_collapsing_whitespace_tabs_and_exotic_spaces_are_kept():
+    # Code and verse keep their layout: only the controls go, as with collapsing.
+    text = "def f():\n\treturn 1\u00a0 +\u20032\x07"
+    assert normalize_text(text, collapse_whitespace=False) == "def f():\n\treturn 1\u00a0 +\u20032"
+    assert normalize_text(text) == "def f():\nreturn 1 + 2"
+
+
 def test_a_deleted_character_between_a_letter_and_its_mark_leaves_normalized_text():
     # Normalized before the zero-width space went, "e" and U+0301 stayed apart: not NFC, and
     # not an exact duplicate of the composed spelling.
@@ -97,6 +116,8 @@ def test_exact_duplicates_after_normalization_are_marked_not_dropped():
     assert [r["keep"] for r in rows] == [True, False, True]
     assert rows[1]["reject_reason"] == "exact_duplicate"
     assert rows[0]["doc_id"] == rows[1]["doc_id"]
+    # Not also a near duplicate: each removed copy counted once, under its first rule.
+    assert [(r["near_duplicate"], r["near_dup_of"]) for r in rows] == [(False, None)] * 3
 
 
 def test_near_duplicate_points_at_the_first_document_of_its_cluster():
@@ -297,3 +318,137 @@ def test_the_pieces_of_a_text_are_drawn_to_the_split_of_its_first_piece(method):
     assert (stats["pieces"], stats["texts_cut"]) == (300, 60)
     splits = [row["split"] for row in whole]
     assert stats["split_documents"] == {split: splits.count(split) for split in set(splits)}
+
+
+def test_wiki_markup_is_stripped_only_from_wikitext_and_only_when_asked():
+    markup = "'''Paris''' is the [[capital city|capital]] of [[France]].{{cite web|x}}"
+    config = CleanConfig(
+        quality=QualityConfig(enabled=False), near_dup=NearDupConfig(enabled=False)
+    )
+    kept = config.model_copy(update={"strip_wiki_markup": False})
+
+    def cleaned(config: CleanConfig, kind: str) -> str:
+        batches = [[("doc", "test", markup, kind, None)]]
+        return next(clean_documents(batches, DecisionMaker(config, SplitConfig())))[0]["text"]
+
+    assert cleaned(config, "wikitext") == "Paris is the capital of France."
+    assert cleaned(config, "plain") == cleaned(kept, "wikitext") == markup
+
+
+def test_a_rejected_document_makes_no_later_document_a_near_duplicate():
+    """Only a kept document can be the one of its cluster that stays: a near copy of a page
+    rejected by a quality rule (here its trail of "#") is kept, not removed as a duplicate of
+    text that is not in the corpus either."""
+    page = prose(6, 300)
+    rows = clean([page + " #" * 40, page + " The end."])
+    assert rows[0]["reject_reason"] == "too_many_symbols"
+    assert (rows[1]["keep"], rows[1]["near_dup_of"]) == (True, None)
+    assert clean([page, page + " The end."])[1]["near_dup_of"] is not None  # a near copy
+
+
+def test_a_document_is_removed_by_the_first_rule_it_fails_and_the_stats_add_up():
+    """Each document counts as `flagged` by every rule it fails and as `removed` by the first
+    (`DECISION_FLAGS` order); kept bytes are UTF-8 bytes, per split as in all."""
+    config = CleanConfig(min_chars=12, quality=RULES, near_dup=NearDupConfig(enabled=False))
+    texts = ["# # # #", prose(4, 40) + " café", prose(4, 40) + " café", prose(5, 40) + " naïve"]
+    decider = DecisionMaker(config, SplitConfig(val=0.5))
+    batches = [[(f"doc{i}", "test", text, "plain", None) for i, text in enumerate(texts)]]
+    rows = [row for rows in clean_documents(batches, decider) for row in rows]
+    assert rows[0]["too_short"] and rows[0]["too_few_words"] and rows[0]["too_many_symbols"]
+    assert [row["reject_reason"] for row in rows] == ["too_short", None, "exact_duplicate", None]
+    stats = decider.stats.as_dict()
+    assert stats["removed"]["too_short"] == stats["flagged"]["too_short"] == 1
+    assert (stats["removed"]["too_few_words"], stats["flagged"]["too_few_words"]) == (0, 1)
+    kept = [row for row in rows if row["keep"]]
+    assert stats["kept_bytes"] == sum(len(row["text"].encode()) for row in kept)
+    assert stats["kept_bytes"] > stats["kept_chars"]
+    assert stats["split_bytes"] == {
+        split: sum(row["n_bytes"] for row in kept if row["split"] == split)
+        for split in {row["split"] for row in kept}
+    }
+
+
+def test_a_signature_is_the_minimum_over_every_shingle_however_they_are_chunked(monkeypatch):
+    """Shingles are permuted a chunk at a time (a book has millions): a long document's
+    signature, and those of the documents grouped around it, do not depend on the chunk."""
+    hasher = MinHasher(num_perm=32, shingle_size=3, seed=1)
+    long = prose(1, 200).split()
+    documents = [long[:10], long[20:30], long, long[50:60], long[:2]]
+    expected = hasher.signatures(documents)
+    monkeypatch.setattr(MinHasher, "CHUNK_SHINGLES", 16)
+    for got, want in zip(hasher.signatures(documents), expected, strict=True):
+        assert np.array_equal(got, want)
+
+
+def test_a_signature_agreeing_in_exactly_the_threshold_share_is_a_near_duplicate():
+    index = NearDuplicateIndex(threshold=0.75, num_perm=128)
+    rng = np.random.default_rng(1)
+    first = rng.integers(0, 2**32, 128, dtype=np.uint32)
+    assert index.find_or_add("a", first) is None
+    edited = first.copy()
+    edited[96:] += 1  # 96 of 128 positions agree: 0.75
+    assert index.find_or_add("b", edited) == "a"
+
+
+def test_the_word_count_rules_hold_at_their_bounds():
+    rules = QualityConfig(min_words=20, max_words=30)
+    for words, flags in ((19, (True, False)), (20, (False, False)), (30, (False, False)),
+                         (31, (False, True))):  # fmt: skip
+        measured = quality_flags(measure_quality(" ".join(["word"] * words)), rules)
+        assert (measured["too_few_words"], measured["too_many_words"]) == flags, words
+
+
+SENTENCE = "the quick brown fox jumps over the lazy sleeping dog"
+FAILING_ONE_RULE = {
+    "too_few_alpha_words": prose(13, 40) + " " + " ".join(str(1000 + 7 * i) for i in range(20)),
+    "too_many_ellipsis_lines": "\n".join(
+        prose(14 + i, 12) + ".." * (i % 2) + "." for i in range(6)
+    ),
+    "too_many_bullet_lines": "\n".join("- " + prose(20 + i, 8) for i in range(6)),
+    "too_many_symbols": " ".join(
+        w + "..." * (i % 5 == 0) for i, w in enumerate(prose(25, 60).split())
+    ),
+    "bad_mean_word_length": " ".join(f"extraordinarily{word}" for word in prose(30, 30).split()),
+    # Paragraphs of three lines each, and a one-word paragraph repeated: over a third of the
+    # paragraphs repeat, a sixth of the lines, a hundredth of the characters.
+    "repeated_lines": "\n\n".join(
+        ["\n".join(prose(40 + 3 * i + j, 10) for j in range(3)) for i in range(6)] + ["Yes."] * 5
+    ),
+    # A ten-word sentence three times: no 2-, 3- or 4-gram frequent enough, but a tenth of the
+    # characters are repeated 10-grams.
+    "repeated_ngrams": " ".join(
+        [prose(50, 30), SENTENCE, prose(51, 30), SENTENCE, prose(52, 30), SENTENCE]
+    ),
+}
+
+
+@pytest.mark.parametrize("rule", FAILING_ONE_RULE)
+def test_each_quality_rule_flags_a_document_that_fails_it_alone(rule):
+    text = FAILING_ONE_RULE[rule]
+    measured = measure_quality(text)
+    flags = quality_flags(measured, RULES)
+    assert {name for name, failed in flags.items() if failed} == {rule}
+    if rule == "repeated_ngrams":  # the two later copies, each character once
+        repeated = 2 * len(SENTENCE.replace(" ", "")) / len(text.replace(" ", ""))
+        assert measured["duplicate_ngram_char_fraction"] == pytest.approx([repeated] * 6)
+    if rule == "repeated_lines":  # 4 of 11 paragraphs, 4 of 23 lines, by count
+        assert measured["duplicate_paragraph_fraction"] == pytest.approx(4 / 11)
+        assert measured["duplicate_line_fraction"] == pytest.approx(4 / 23)
+
+
+def test_the_top_ngram_is_the_most_frequent_one_not_the_longest():
+    text = " ".join([prose(60, 40), *["a b"] * 5, *["extraordinary wonderfulness"] * 2])
+    shares = measure_quality(text)["top_ngram_char_fraction"]
+    chars = len(text.replace(" ", ""))
+    # "a b" five times (its last "b a" neighbours are bigrams too, but only 4 of them).
+    assert shares[0] == pytest.approx(2 * 5 / chars)
+
+
+def test_text_without_spaces_is_shingled_by_its_characters_but_whitespace():
+    # A line break or a space in Chinese text is layout: a copy laid out otherwise is the
+    # same characters, and so the same shingles.
+    from lm.text.word_hashes import character_ids
+
+    ids = character_ids("東京の天気は晴れ")
+    assert np.array_equal(character_ids("東京の 天気は\n晴れ"), ids) and len(ids) == 8
+    assert len(set(ids.tolist())) == 8  # one id per character, each distinct

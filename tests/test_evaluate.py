@@ -201,6 +201,13 @@ def test_the_published_count_of_tokens_is_the_best_checkpoint_s_not_the_last_ste
     assert best["step"] < final["step"] == 16, "the val loss should have been best before the end"
     assert final["tokens_trained"] == trained.stats["tokens_seen"] == 16 * 8 * WINDOW
     assert trained.stats["tokens_trained"] == best["tokens_trained"] == best["step"] * 8 * WINDOW
+    # The model scored is `best/`'s, not the last step's; a checkpoint named is that one.
+    weights = {name: torch.load(folder / name / "model.pt", weights_only=True)
+               for name in ("best", "final")}  # fmt: skip
+    assert any(not torch.equal(weights["best"][k], v) for k, v in weights["final"].items())
+    for path, name in ((folder, "best"), (folder / "final", "final"), (folder / "best", "best")):
+        state = load_trained(path)[0].state_dict()
+        assert all(torch.equal(state[k], v) for k, v in weights[name].items()), (path, name)
 
 
 def test_the_published_count_falls_back_only_where_best_has_no_count(tmp_path):
@@ -371,6 +378,22 @@ def test_token_bytes_of_a_shard_add_up_to_its_text_bytes_plus_one_per_document(t
         assert total == expected, name
 
 
+def test_a_document_start_longer_than_a_chunk_counts_every_byte(monkeypatch):
+    """An ordered split cuts one long document (millions of ids), summed a chunk at a time:
+    every chunk counted whole, the dummy prefix taken off once."""
+    import lm.token_bytes
+    from lm.token_bytes import PieceBytes
+
+    text = "Déjà vu — a café, naïve and über. " * 3
+    for settings in (TokenizerConfig(kind="char"), TokenizerConfig(kind="bpe", vocab_size=400)):
+        tokenizer = train_tokenizer(iter(TRAIN_DOCS), settings)
+        ids = np.array(tokenizer.encode(text))
+        table = PieceBytes.of(tokenizer)
+        monkeypatch.setattr(lm.token_bytes, "CHUNK", 3)
+        assert table.of_document_start(ids) == len(text.encode()), settings.kind
+        monkeypatch.undo()
+
+
 def test_unknown_tokens_are_counted_and_the_stage_warns_of_them(tmp_path, caplog):
     """A character tokenizer's `<unk>` stands for one character of 1 to 4 bytes, SentencePiece's
     without byte fallback for a run of them. Each counts 1 byte, the least it could be, yet its
@@ -511,6 +534,16 @@ def test_a_split_shorter_than_a_window_is_scored_whole():
     assert x.tolist() == [list(range(9))] and y.tolist() == [list(range(1, 10))]
 
 
+def test_a_split_of_exactly_one_window_is_scored_whole_not_refused():
+    # A split of `window` tokens holds `window - 1` targets, one short of a window: it is
+    # scored whole, as a shorter one is, not refused as too short for its block.
+    tokens = np.arange(8, dtype=np.uint16)
+    windows = evaluation_windows(tokens, 8, batches=2, batch_size=3, seed=0, split="val")
+    assert len(windows) == 1
+    x, y = windows[0]
+    assert x.tolist() == [list(range(7))] and y.tolist() == [list(range(1, 8))]
+
+
 def test_a_split_with_nothing_to_predict_is_refused_naming_it():
     with pytest.raises(EvaluationError, match="the test split has 1 token"):
         evaluation_windows(np.zeros(1, dtype=np.uint16), 8, 2, 2, seed=0, split="test")
@@ -594,6 +627,56 @@ def test_documents_scoring_scores_each_document_alone_from_its_start_mark():
     bigram = count_bigram_baseline(tokens, tokenizer.vocab_size)
     assert evaluate(bigram, tokens, tokenizer, documents).loss == pytest.approx(
         evaluate(bigram, tokens, tokenizer, EVAL).loss, rel=1e-9)  # fmt: skip
+
+
+def test_documents_scoring_scores_a_last_document_without_its_end_mark():
+    """An ordered split can end inside a document: its tail has no end-of-text, and is a
+    document all the same, every token of it scored, as `whole` scores it."""
+    tokenizer = train_tokenizer(iter(TRAIN_DOCS[:5]), TokenizerConfig(kind="char"))
+    eot = tokenizer.eot_id
+    tokens = np.array([*tokenizer.encode("anna"), eot, *tokenizer.encode("bob")], dtype=np.uint16)
+    bigram = count_bigram_baseline(tokens, tokenizer.vocab_size, smoothing=1.0)
+    documents = EVAL.model_copy(update={"scoring": "documents"})
+    score = evaluate(bigram, tokens, tokenizer, documents)
+    assert (score.tokens, score.bytes) == (len(tokens), len("anna") + 1 + len("bob"))
+    assert score == evaluate(
+        bigram, tokens, tokenizer, EVAL.model_copy(update={"scoring": "whole"})
+    )
+
+
+def test_a_split_of_one_token_is_scored_whole_after_its_start_mark():
+    # `whole` scoring predicts the first token too, after an end-of-text: one token is one
+    # target (only a sample needs two tokens, for a window of one target).
+    tokenizer = train_tokenizer(iter(TRAIN_DOCS[:5]), TokenizerConfig(kind="char"))
+    tokens = np.array([tokenizer.eot_id], dtype=np.uint16)
+    bigram = count_bigram_baseline(tokens, tokenizer.vocab_size, smoothing=1.0)
+    score = evaluate(bigram, tokens, tokenizer, EVAL.model_copy(update={"scoring": "whole"}))
+    assert (score.tokens, score.bytes) == (1, 1)
+    assert score.loss == pytest.approx(math.log(tokenizer.vocab_size))
+
+
+def test_evaluate_leaves_the_model_in_the_mode_it_found_it():
+    """A loaded model is in eval mode: scoring it must not switch on its dropout and
+    stochastic depth for what comes next (samples, another split); a model in training, as
+    the trainer's periodic evaluation finds it, goes back to training."""
+    tokenizer = train_tokenizer(iter(TRAIN_DOCS[:5]), TokenizerConfig(kind="char"))
+    tokens = np.array(tokenizer.encode(TRAIN_DOCS[0][:200]), dtype=np.uint16)
+    model = build_model(GPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=16, dropout=0.1),
+                        tokenizer.vocab_size)  # fmt: skip
+    for training in (False, True):
+        model.train(training)
+        evaluate(model, tokens, tokenizer, EVAL)
+        assert all(m.training == training for m in model.modules())
+
+
+def test_auto_precision_is_bf16_on_cuda_only():
+    """`auto` (the default) scores in fp32 on the CPU, where bf16 autocast is slower and
+    rounds the bits per byte; bf16 where asked, or on CUDA."""
+    from lm.evaluate import autocast_dtype
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert autocast_dtype("auto", cpu) is None and autocast_dtype("fp32", cuda) is None
+    assert autocast_dtype("auto", cuda) == autocast_dtype("bf16", cpu) == torch.bfloat16
 
 
 def test_a_folder_without_a_checkpoint_is_a_clear_error(trained_run, tmp_path):

@@ -237,6 +237,17 @@ def test_initial_loss_is_close_to_log_vocabulary(config):
     assert abs(loss.item() - math.log(VOCAB)) < 0.15
 
 
+@pytest.mark.parametrize("config", [MLPConfig(context=3, hiddens=[64]),
+                                    W2VConfig(context=3, vector_size=16, hiddens=[64])],
+                         ids=["mlp", "w2v"])  # fmt: skip
+def test_fixed_context_models_start_with_near_uniform_predictions(config):
+    # The last layer starts a hundred times smaller than its default: every next token about
+    # 1/V, not only on average over random targets (the default's logits are ±1).
+    torch.manual_seed(3)
+    logits, _ = build_model(config, VOCAB)(torch.randint(0, VOCAB, (8, 16)))
+    assert (torch.log_softmax(logits, dim=-1) + math.log(VOCAB)).abs().max() < 0.05
+
+
 def test_bigram_count_nll_equals_a_count_table_by_hand():
     tokens = torch.tensor([0, 1, 2, 1, 2, 0, 2, 2, 1, 0])
     model = build_model(BigramCountConfig(smoothing=1.0), 3).fit(tokens)
@@ -564,6 +575,23 @@ def test_pairs_counted_in_a_table_are_those_counted_by_sorting(monkeypatch):
     (ids, counts, smoothing), (sorted_ids, sorted_counts, sorted_smoothing) = results
     assert torch.equal(ids, sorted_ids) and torch.equal(counts, sorted_counts)
     assert smoothing == sorted_smoothing and counts.sum() == 4999 + 2999
+
+
+def test_tuned_smoothing_scores_the_last_tenth_from_the_pair_across_the_cut():
+    """Counts from the first 90 % of the train tokens; every pair after them held out, the
+    one across the cut included (here it decides between add-0.3 and add-1)."""
+    from lm.models.bigram_count import SMOOTHING_GRID, tuned_smoothing
+
+    tokens = np.random.default_rng(9).integers(0, 6, 40)
+    fit, held_out = tokens[:36], tokens[35:]
+    counts = np.zeros((6, 6))
+    np.add.at(counts, (fit[:-1], fit[1:]), 1)
+
+    def nll(k: float) -> float:
+        table = counts + k
+        return -np.log(table / table.sum(1, keepdims=True))[held_out[:-1], held_out[1:]].mean()
+
+    assert tuned_smoothing(tokens, 6) == min(SMOOTHING_GRID, key=nll) == 0.3
 
 
 def test_rotary_attention_depends_only_on_how_far_apart_the_positions_are():

@@ -123,6 +123,20 @@ def test_awkward_whitespace_and_unseen_characters_get_the_processors_ids(
     assert _fresh(sentencepiece_models, kind).encode_batch(mixed) == expected_mixed
 
 
+@pytest.mark.usefixtures("short_texts_word_by_word")
+def test_runs_of_spaces_inside_texts_get_the_processors_ids_where_spaces_are_pieces():
+    """Text written with double spaces teaches pieces of spaces ("▁▁"), which a run of spaces
+    is cut by before the word after it: a batch whose texts only have runs inside them (none
+    empty or starting with a space) must be cut by the regex as well."""
+    from tests.helpers import prose
+
+    documents = [prose(i, 80).replace(" ", "  ", 30) for i in range(40)]
+    tokenizer = train_tokenizer(iter(documents), TokenizerConfig(kind="bpe", vocab_size=400))
+    assert any(tokenizer.piece(i).startswith("▁▁") for i in range(tokenizer.vocab_size))
+    texts = ["two  spaces inside", "end.  Then   three", "a b"]
+    assert tokenizer.encode_batch(texts) == _processor_ids(tokenizer.serialized(), texts)
+
+
 @pytest.mark.parametrize("word_by_word", [False, True])
 @pytest.mark.parametrize("kind", ["bpe", "unigram"])
 def test_literal_space_symbol_and_its_escape_round_trip(
@@ -317,6 +331,8 @@ def test_char_tokenizer_takes_its_vocabulary_from_the_data():
     tokenizer = train_tokenizer(iter(["emma", "olivia", "ava"]), TokenizerConfig(kind="char"))
     assert sorted(tokenizer.chars) == sorted(set("emmaoliviaava"))
     assert tokenizer.chars[0] == "a"  # the most frequent character gets id 0
+    tied = train_tokenizer(iter(["cab", "bca"]), TokenizerConfig(kind="char"))
+    assert tied.chars == ["a", "b", "c"]  # ties by code point, not by order of appearance
     assert tokenizer.decode(tokenizer.encode("maval")) == "maval"
     assert tokenizer.vocab_size == len(tokenizer.chars) + 2  # end-of-text and <unk>
 
@@ -353,6 +369,14 @@ def test_char_tokenizer_unseen_character_policies():
     assert unk.decode(unk.encode("abz")) == "ab<unk>"
     lossless = CharTokenizer(list("ab"), "bytes")
     assert lossless.decode(lossless.encode("a☃b")) == "a☃b"
+    assert lossless.vocab_size == 2 + 1 + 256  # the characters, end-of-text, every byte
+    assert lossless.piece(lossless.vocab_size - 1) == "<0xFF>"
+    assert lossless.decode(lossless.encode("a\x00b")) == "a\x00b"  # the first byte id too
+    # End-of-text separates documents: it decodes to no text, between bytes or characters.
+    for tokenizer in (unk, lossless):
+        ids = [*tokenizer.encode("ab"), tokenizer.eot_id, *tokenizer.encode("ba")]
+        assert tokenizer.decode(ids) == "abba"
+    assert lossless.decode([*lossless.encode("☃"), lossless.eot_id, *lossless.encode("é")]) == "☃é"
     strict = CharTokenizer(list("ab"), "error")
     with pytest.raises(TokenizerError, match="characters not in the vocabulary: 'xz'"):
         strict.encode("axbz")
@@ -472,6 +496,8 @@ def test_a_long_line_is_cut_at_spaces_into_parts_that_fit():
     assert list(_parts_of_at_most("abcdefgh", 3)) == ["abc", "def", "gh"]
     assert list(_parts_of_at_most("ééé", 3)) == ["é", "é", "é"]  # never inside a character
     assert list(_parts_of_at_most("short", 16)) == ["short"]
+    # A run of spaces longer than a part is no part of its own: nothing to learn from.
+    assert list(_parts_of_at_most("a" + " " * 30 + "b", 10)) == ["a" + " " * 9, " " * 9 + "b"]
 
 
 @pytest.mark.parametrize("kind", ["bpe", "unigram"])

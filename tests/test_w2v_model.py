@@ -73,6 +73,10 @@ def test_initial_loss_is_close_to_log_vocabulary(with_vectors):
     idx, targets = torch.randint(0, VOCAB, (2, 8, 16))
     _, loss = model(idx, targets)
     assert abs(loss.item() - math.log(VOCAB)) < 0.1
+    if with_vectors:  # by one factor: every angle and relative length kept
+        scale = vectors.square().mean().sqrt()
+        assert model.vectors.square().mean().sqrt().item() == pytest.approx(1.0, rel=1e-5)
+        assert torch.allclose(model.vectors * scale, vectors, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("freeze", [True, False], ids=["frozen", "fine-tuned"])
@@ -174,11 +178,22 @@ def test_rows_of_covered_ids_are_their_pieces_vectors_and_the_rest_seeded(caplog
     assert torch.equal(first.matrix[ids], expected.float())
     assert first.coverage == pytest.approx(8 / VOCAB)
     assert "8 of 18 pieces have a vector (44.4%), 10 get random vectors (seed 7)" in caplog.text
+    assert "only 44.4% of the non-byte pieces have a vector" in caplog.text  # under half
     again, other = (embedding_matrix(vectors, TOKENIZER, 8, seed=s) for s in (7, 8))
     assert torch.equal(again.matrix, first.matrix)
     missing = ~first.covered
     assert torch.equal(other.matrix[ids], first.matrix[ids])
     assert not torch.allclose(other.matrix[missing], first.matrix[missing])
+
+
+def test_rows_of_pieces_without_a_vector_start_at_the_scale_of_those_with_one():
+    # Raw word2vec entries are far from N(0, 1) (RMS 0.24 on the bundled text; here 10).
+    vectors = keyed_vectors(CHARS[::2], 8)
+    vectors.vectors *= 10
+    embedding = embedding_matrix(vectors, TOKENIZER, 8, seed=7)
+    found = embedding.matrix[embedding.covered].square().mean().sqrt()
+    random = embedding.matrix[~embedding.covered].square().mean().sqrt()
+    assert 5 < found < 20 and 0.7 < random / found < 1.4
 
 
 def test_vectors_of_no_piece_are_a_clear_error():

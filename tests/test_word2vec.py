@@ -47,6 +47,15 @@ def test_training_is_identical_across_processes_with_one_worker():
     assert len(digests) == 1, "Python's salted hash must not leak into the vectors"
 
 
+def test_the_architecture_and_the_softmax_asked_for_are_those_trained():
+    # CBOW and skip-gram, negative sampling and (negative = 0) hierarchical softmax: each
+    # setting trains vectors of its own from the same seed.
+    sentences = small_sentences()
+    settings = [{}, {"architecture": "cbow"}, {"negative": 0}]
+    trained = [train_word2vec(sentences, SMALL.model_copy(update=s)).vectors for s in settings]
+    assert len({vectors.tobytes() for vectors in trained}) == 3
+
+
 def test_evaluation_reports_every_set_and_warns_about_absent_probes(caplog):
     vectors = train_word2vec(small_sentences(), SMALL)
     with caplog.at_level(logging.WARNING, logger="lm.word2vec"):
@@ -169,7 +178,7 @@ def test_words_keep_their_combining_marks_and_chinese_and_japanese_are_cut_by_ch
     joined = "می\u200cخواهم क्\u200dष 👩\u200d💻 \u200c"
     assert list(word_sentences(joined)) == [["می\u200cخواهم", "क्\u200dष"]]
     # Other text is cut as simple_preprocess cuts it (digits, `_`, case, 30 characters).
-    text = "The Río foo_bar _x 1990s A3b co-op " + "x" * 31 + "\n" + prose(3, 200)
+    text = "The Río foo_bar _x 1990s A3b co-op " + "x" * 31 + " " + "y" * 30 + "\n" + prose(3, 200)
     expected = [simple_preprocess(line, min_len=1, max_len=30) for line in text.split("\n")]
     assert list(word_sentences(text)) == expected
 
@@ -188,6 +197,22 @@ def test_piece_vectors_are_evaluated_by_their_whole_word_pieces():
     assert metrics["wordsim353_oov_rate"] < 1.0
     assert metrics["analogy_questions_answered"] == 0
     assert metrics["analogy_accuracy"] is None  # nothing answered is no score, not 0 %
+
+
+def test_the_whole_word_view_holds_words_not_the_bare_space_piece():
+    # "▁" alone (a space before a piece that does not start a word) stands for no word: as
+    # the word "" it was a neighbour printed blank.
+    import numpy as np
+    from gensim.models import KeyedVectors
+
+    from lm.word2vec import whole_word_view
+
+    vectors = KeyedVectors(4)
+    keys = ["\u2581", "\u2581river", "ing", "学生", "\u2581bank"]
+    vectors.add_vectors(keys, np.eye(5, 4, dtype=np.float32))
+    view = whole_word_view(vectors)
+    assert view.index_to_key == ["river", "bank", "学生"]
+    assert np.array_equal(view["bank"], vectors["\u2581bank"])
 
 
 def test_chinese_pieces_are_words_and_a_piece_inside_words_is_said_to_be_one(caplog):
