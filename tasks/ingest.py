@@ -27,6 +27,7 @@ from lm.text.sources import (
     ResolvedInput,
     TransientInputError,
     fingerprint_inputs,
+    is_url,
     resolve_sources,
 )
 from lm.text.url_credentials import shown_url
@@ -136,7 +137,7 @@ def _shown(config: IngestConfig) -> IngestConfig:
     reads its parts' URLs from the plan, and its parameters are kept in Prefect's database and
     shown in its UI, where a source URL's token was, whatever the registry hid."""
     sources = [source.model_copy(update={"path": shown_url(source.path)})
-               for source in config.sources]  # fmt: skip
+               if is_url(source.path) else source for source in config.sources]  # fmt: skip
     return config.model_copy(update={"sources": sources})
 
 

@@ -526,22 +526,15 @@ def test_bf16_autocast_scores_close_to_fp32():
     assert bf16.bpb != fp32.bpb  # the autocast really ran
 
 
-def test_a_split_shorter_than_a_window_is_scored_whole():
-    tokens = np.arange(10, dtype=np.uint16)
-    windows = evaluation_windows(tokens, 64, batches=4, batch_size=8, seed=0, split="val")
+# A split of `window` tokens holds `window - 1` targets, one short of a window: it is scored
+# whole, as a shorter one is, not refused as too short for its block.
+@pytest.mark.parametrize(("length", "window"), [(10, 64), (8, 8)])
+def test_a_split_no_longer_than_a_window_is_scored_whole(length, window):
+    tokens = np.arange(length, dtype=np.uint16)
+    windows = evaluation_windows(tokens, window, batches=2, batch_size=3, seed=0, split="val")
     assert len(windows) == 1
     x, y = windows[0]
-    assert x.tolist() == [list(range(9))] and y.tolist() == [list(range(1, 10))]
-
-
-def test_a_split_of_exactly_one_window_is_scored_whole_not_refused():
-    # A split of `window` tokens holds `window - 1` targets, one short of a window: it is
-    # scored whole, as a shorter one is, not refused as too short for its block.
-    tokens = np.arange(8, dtype=np.uint16)
-    windows = evaluation_windows(tokens, 8, batches=2, batch_size=3, seed=0, split="val")
-    assert len(windows) == 1
-    x, y = windows[0]
-    assert x.tolist() == [list(range(7))] and y.tolist() == [list(range(1, 8))]
+    assert x.tolist() == [list(range(length - 1))] and y.tolist() == [list(range(1, length))]
 
 
 def test_a_split_with_nothing_to_predict_is_refused_naming_it():
