@@ -38,9 +38,10 @@ What is scored (`eval.scoring`):
   document is scored alone from its start mark, as such a model is trained and as makemore
   scores a name; every target still exactly once.
 - `sample`: `batches` × `batch_size` windows drawn with a seeded generator (with replacement),
-  for a split too large to score whole. Every model scored on the same shard with the same
-  settings and context sees the same windows; models of different tokenizers or contexts see
-  different text, so `whole` is the fair comparison across them.
+  for a split too large to score whole, each after the text before it that a fixed-context
+  model (MLP, w2v) reads, as training draws them. Every model scored on the same shard with
+  the same settings and context sees the same windows; models of different tokenizers or
+  contexts see different text, so `whole` is the fair comparison across them.
 
 Each score carries the spread of the per-batch figures and, from it, a standard error of the
 split's figure (batches of the whole split hold disjoint targets; sampled ones may overlap, so
@@ -145,32 +146,40 @@ class SplitScore:
 
 
 def evaluation_windows(
-    tokens: np.ndarray, length: int, batches: int, batch_size: int, seed: int, split: str
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    tokens: np.ndarray, length: int, batches: int, batch_size: int, seed: int, split: str,
+    history: int = 0,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
     """The fixed sample: `batches` (inputs, targets) pairs of `batch_size` windows of `length`
-    tokens each, drawn as training draws its batches. A split too short for one window is used
-    whole, as a single window."""
+    scored tokens each, drawn as training draws its batches: after `history` tokens read as
+    context only (a fixed-context model's `context - 1`), so that no scored target reads
+    padding for the text before its window. A split too short for one window is used whole,
+    as a single window."""
     if len(tokens) < 2:
         raise EvaluationError(
             f"the {split} split has {len(tokens)} token(s): nothing to predict; give the split "
             "more data (split settings) or leave it out of eval.splits"
         )
-    if len(tokens) <= length:
+    if len(tokens) <= length + history:
         logger.warning(
             "evaluate: the %s split has %d tokens, fewer than a window of %d: scoring it whole, "
-            "as one window", split, len(tokens), length,
+            "as one window", split, len(tokens), length + history,
         )  # fmt: skip
-        length, batches, batch_size = len(tokens) - 1, 1, 1
-    sampler = TokenBatches(tokens, length, batch_size, seed, split=split)
+        length, batches, batch_size, history = len(tokens) - 1, 1, 1, 0
+    sampler = TokenBatches(tokens, length, batch_size, seed, split=split, history=history)
     return [sampler.next(torch.device("cpu")) for _ in range(batches)]
+
+
+def reads_whole_window(model: LanguageModel) -> bool:
+    """Whether the model reads its whole window (a transformer), rather than a fixed context
+    of `block_size` tokens before each prediction (MLP, w2v; a bigram's is 1)."""
+    return getattr(getattr(model, "config", None), "kind", None) == "gpt"
 
 
 def context_overlap(model: LanguageModel, window: int) -> int:
     """How many tokens of context every target after a window's first keeps, when windows
     overlap by this much: half the window for a transformer (it reads all of it), the fixed
     context less one for the MLP and w2v (all they read), none for a bigram."""
-    config = getattr(model, "config", None)
-    if getattr(config, "kind", None) == "gpt":
+    if reads_whole_window(model):
         return window // 2
     return max(0, min(model.block_size - 1, window - 1))
 
@@ -259,11 +268,13 @@ def split_batches(
             "token and the overlap be from 0 to window - 1"
         )
     if config.scoring == "sample":
+        # A fixed context (MLP, w2v) reads the text before a window, as in training.
+        history = 0 if reads_whole_window(model) else max(model.block_size - 1, 0)
         return evaluation_windows(tokens, window, config.batches, config.batch_size,
-                                  config.seed, split)  # fmt: skip
+                                  config.seed, split, history)  # fmt: skip
     documents = config.scoring == "documents" or (config.scoring == "auto" and per_document)
     if overlap is None:
-        if getattr(getattr(model, "config", None), "kind", None) != "gpt":
+        if not reads_whole_window(model):
             # A fixed context (MLP, w2v) needs a window that holds it, or every target after a
             # window's first would be scored with part of it padding. The window is only how
             # the targets are batched for these models: widening it changes no prediction.
@@ -373,8 +384,7 @@ def evaluate(
         raise ValueError(f"evaluate takes a 1-D array of token ids, not an array of shape "
                          f"{tokens.shape} and type {tokens.dtype}")  # fmt: skip
     if window is None:  # a transformer reads its block; the others any length
-        kind = getattr(getattr(model, "config", None), "kind", None)
-        window = model.block_size if kind == "gpt" else DEFAULT_WINDOW
+        window = model.block_size if reads_whole_window(model) else DEFAULT_WINDOW
     windows = split_batches(model, tokens, config, tokenizer.eot_id, window, split,
                             per_document, overlap)  # fmt: skip
     autocast = autocast_dtype(config.precision, model_device(model))

@@ -736,6 +736,39 @@ def test_a_fixed_context_model_keeps_its_whole_context_in_any_window():
     assert len({round(score.loss, 9) for score in scores.values()}) == 1
 
 
+def test_sampled_windows_give_a_fixed_context_model_the_text_before_them():
+    """`sample` scoring drew windows without the context before them: an MLP trained as the
+    trainer trains it (each window after `context - 1` tokens of history) read padding for
+    the text before every window: 1.25 bits per byte at a window of 8 where `whole` scoring
+    gave under 0.05, and the score moved with eval.window."""
+    from lm.batches import TokenBatches
+    from lm.models.mlp import MLPModel
+    from lm.tokenizer import CharTokenizer
+
+    torch.manual_seed(0)
+    tokenizer = CharTokenizer(list("abcdefgh"), "unk")
+    sequence = list(np.random.default_rng(0).integers(0, 8, 4))
+    while len(sequence) < 5000:  # each token the one 4 back plus 1: only the context tells
+        sequence.append((sequence[-4] + 1) % 8)
+    tokens = np.array([*sequence, tokenizer.eot_id], dtype=np.uint16)
+    model = MLPModel(MLPConfig(context=4, n_embd=8, hiddens=[64]), tokenizer.vocab_size,
+                     pad_id=tokenizer.eot_id)  # fmt: skip
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    batches = TokenBatches(tokens, 32, 32, seed=1, history=3)  # as the trainer draws them
+    for _ in range(300):
+        loss = model(*batches.next(torch.device("cpu")))[1]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    whole = evaluate(model, tokens, tokenizer, EvalConfig(scoring="whole", precision="fp32"))
+    assert whole.bpb < 0.05
+    for window in (8, 64):
+        sample = EvalConfig(scoring="sample", batches=4, batch_size=8, precision="fp32")
+        scored = evaluate(model, tokens, tokenizer, sample, window=window)
+        assert scored.tokens == 4 * 8 * window and scored.bpb < 0.05, window
+
+
 def test_a_shard_overwritten_in_place_is_named_when_it_is_opened(tmp_path):
     # Bytes overwritten at the same size: ids past the vocabulary, and a training that failed
     # deep in an embedding lookup ("index out of range in self"), naming no file.
