@@ -18,6 +18,7 @@ import re
 import shlex
 import subprocess
 import time
+import tomllib
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -461,7 +462,7 @@ def _record_refused_run(
         "run_id": run_id,
         "flow_run_id": flow_run.get_id(),
         "deployment": _deployment_name(),
-        "preset": Path(asked).stem,
+        "preset": _preset_named(asked),
         "config_path": asked,
         "status": "failed",
         "started_at": now,
@@ -480,6 +481,18 @@ def _record_refused_run(
                      type(unrecorded).__name__, unrecorded)  # fmt: skip
         return
     logger.info("lmforge run %s recorded failed (`lmforge runs show %s`)", run_id, run_id)
+
+
+def _preset_named(config: str) -> str:
+    """The preset a refused config's runs would record: the `name` its file gives, else the
+    file's stem (as `load_config` names it), so that `runs --preset` finds the refusal beside
+    the runs of the same preset. A file that cannot be read names none but its stem."""
+    try:
+        data = tomllib.loads(resolve_preset(config).read_text(encoding="utf-8-sig"))
+    except (ConfigError, OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return Path(config).stem
+    name = data.get("name")
+    return name if isinstance(name, str) and name.strip() else Path(config).stem
 
 
 RUN_FOLDER = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")

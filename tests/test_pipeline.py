@@ -217,7 +217,7 @@ def test_a_config_a_flow_refuses_is_recorded_as_a_failed_run(workspace, tmp_path
         "ORDER BY started_at"
     )
     assert [row[:4] for row in rows] == [
-        ("small", str(config), "failed", 0.0),
+        ("test", str(config), "failed", 0.0),  # the name small.toml gives, as its runs record
         ("gone", str(missing), "failed", 0.0),
     ]
     assert "unknown key 'split.validation'" in rows[0][4] and "before the run began" in rows[0][4]
