@@ -1845,6 +1845,10 @@ def test_a_named_pipe_or_a_looping_link_given_as_a_source_is_said_for_what_it_is
             "https://h/x?sig=z&api_key=1&apikey=2&key=",
             "https://h/x?sig=***&api_key=***&apikey=***&key=",
         ),
+        (
+            "https://h/x?__token__=a&jwt=b&credentials=c&auth_token%5B%5D=d&tokens_left=9",
+            "https://h/x?__token__=***&jwt=***&credentials=***&auth_token%5B%5D=***&tokens_left=9",
+        ),
     ],
 )
 def test_a_url_is_recorded_without_the_credentials_it_carries(url, shown):
