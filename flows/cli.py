@@ -208,12 +208,14 @@ def _refused_by_the_server(error) -> str:
     """A Prefect server with basic authentication (`PREFECT_SERVER_API_AUTH_STRING`, README
     "Run as a service") that this process gave no credentials or the wrong ones: a 230-line
     traceback before the run began."""
-    from prefect.settings import PREFECT_API_AUTH_STRING
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
 
     response = error.response
     given = "wrong credentials" if PREFECT_API_AUTH_STRING.value() else "no credentials"
+    # The address asked for, which may sit under a path (a proxy's `/prefect/api`).
+    api = PREFECT_API_URL.value() or response.url.copy_with(path="/api", query=None)
     return (
-        f"the Prefect server at {response.url.copy_with(path='/api')} refused this command "
+        f"the Prefect server at {api} refused this command "
         f"({response.status_code} {response.reason_phrase}: {given}): set "
         "PREFECT_API_AUTH_STRING to the server's PREFECT_SERVER_API_AUTH_STRING (user:password)"
     )

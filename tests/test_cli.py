@@ -668,23 +668,24 @@ def test_a_prefect_server_that_refuses_the_client_is_one_error_naming_the_settin
     import flows.prefect_server
 
     def refused(config, overrides):
-        request = httpx.Request("GET", "http://127.0.0.1:4321/api/admin/version")
+        request = httpx.Request("GET", "http://127.0.0.1:4321/prefect/api/admin/version")
         response = httpx.Response(401, request=request, json={"exception_message": "no"})
         raise PrefectHTTPStatusError.from_httpx_error(
             httpx.HTTPStatusError("401", request=request, response=response)
         )
 
-    from prefect.settings import PREFECT_API_AUTH_STRING, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
     monkeypatch.setattr(flows.prefect_server, "ensure_server", lambda workspace: None)
     monkeypatch.setattr(flows.cli, "_exit_cleanly_on_sigterm", lambda: None)
     monkeypatch.setattr(flows.pipeline, "lm_pipeline", refused)
     config = write_config(tmp_path / "c.toml", [{"path": str(readme_sections(tmp_path / "r"))}])
-    with temporary_settings({PREFECT_API_AUTH_STRING: credentials}):
+    behind_a_proxy = {PREFECT_API_URL: "http://127.0.0.1:4321/prefect/api"}
+    with temporary_settings({PREFECT_API_AUTH_STRING: credentials, **behind_a_proxy}):
         result = cli_in_process("run", str(config), check=False)
     given = "wrong credentials" if credentials else "no credentials"
     assert result.returncode == 1 and result.stderr == (
-        "error: the Prefect server at http://127.0.0.1:4321/api refused this command (401 "
+        "error: the Prefect server at http://127.0.0.1:4321/prefect/api refused this command (401 "
         f"Unauthorized: {given}): set PREFECT_API_AUTH_STRING to the server's "
         "PREFECT_SERVER_API_AUTH_STRING (user:password)\n"
     )
