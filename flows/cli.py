@@ -13,7 +13,6 @@ import os
 import re
 import sys
 from datetime import datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -24,6 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from flows.generate_cli import chat_command, generate_command
+from flows.output_format import OutputFormat, print_data_as_utf8
 from flows.prune_cli import decimal_size, prune_command
 from flows.runs_cli import MAX_COUNT, runs_app
 from flows.serve import serve_command
@@ -55,12 +55,6 @@ app.command("train-join")(train_join_command)
 console = Console(width=None if sys.stdout.isatty() else 200)
 errors = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 SQL_MAX_ROWS = 1000  # `lmforge sql` shows this many rows unless told otherwise
-
-
-class SqlFormat(StrEnum):
-    table = "table"
-    csv = "csv"
-    json = "json"
 
 
 @app.callback()
@@ -831,9 +825,9 @@ def sql(
         ),
     ] = None,
     output: Annotated[
-        SqlFormat,
+        OutputFormat,
         typer.Option("--format", help="a table, or every value whole: CSV, or JSON Lines"),
-    ] = SqlFormat.table,
+    ] = OutputFormat.table,
 ) -> None:
     """Query the registry (runs, stages, metrics, datasets, ...) and the corpus (`corpus`,
     `clean_corpus`, `corpus_versions`) with SQL. Nothing can be changed from here. A table
@@ -847,19 +841,15 @@ def sql(
     from storage.registry import RegistryError
 
     if max_rows is None:
-        max_rows = SQL_MAX_ROWS if output is SqlFormat.table else 0
+        max_rows = SQL_MAX_ROWS if output is OutputFormat.table else 0
     if query == "-":  # a query kept in a file (`lmforge sql - < weekly.sql`), as psql -f
         query = _query_from_stdin()
-    reconfigure = getattr(sys.stdout, "reconfigure", None)
-    if output is not SqlFormat.table and reconfigure is not None:
-        # Data for a program: UTF-8 whatever the terminal's encoding, every value whole (an
-        # escape, `\u6771` in a CSV cell or `\U0001f469` in JSON, would change the data).
-        reconfigure(encoding="utf-8", errors="strict")
+    print_data_as_utf8(output)
     workspace = activate_workspace()
     try:
         with sql_session(_registry(), workspace.root) as connection:
             given = len(reading_statements(connection, query))
-            if output is not SqlFormat.table and given > 1:
+            if output is not OutputFormat.table and given > 1:
                 # One after another, a second header read as a row of the first result's data.
                 raise RegistryError(f"--format {output.value} gives one result, and {given} "
                                     "statements are given: run one per command")  # fmt: skip
@@ -868,12 +858,12 @@ def sql(
                 # A JSON column (`stats`, `config`), or a list of JSON, is data in JSON Lines,
                 # not a string of it.
                 nested = [str(d[1]) in ("JSON", "JSON[]") for d in result.description or []]
-                if output is not SqlFormat.table and not max_rows:
+                if output is not OutputFormat.table and not max_rows:
                     _stream_result(output, columns, result, nested)
                     continue
                 rows = result.fetchmany(max_rows + 1) if max_rows else result.fetchall()
                 cut = bool(max_rows) and len(rows) > max_rows
-                if number and output is SqlFormat.table:
+                if number and output is OutputFormat.table:
                     console.print()
                 _print_result(output, columns, rows[:max_rows] if cut else rows, nested)
                 if cut:
@@ -916,7 +906,7 @@ def _older_schema(error: Exception) -> str:
 SQL_FETCH_ROWS = 10_000  # CSV and JSON Lines are written this many rows at a time
 
 
-def _stream_result(output: SqlFormat, columns: list[str], result, nested: list[bool]) -> None:
+def _stream_result(output: OutputFormat, columns: list[str], result, nested: list[bool]) -> None:
     """Every row of `result` as CSV or JSON Lines, a batch at a time: a metrics log of
     millions of rows is never held whole."""
     header = True
@@ -930,7 +920,7 @@ def _stream_result(output: SqlFormat, columns: list[str], result, nested: list[b
 
 
 def _print_result(
-    output: SqlFormat,
+    output: OutputFormat,
     columns: list[str],
     rows: list[tuple],
     nested: list[bool] | None = None,
@@ -938,10 +928,10 @@ def _print_result(
 ) -> None:
     """A query's result on stdout: a table for reading, or CSV / JSON Lines (one object per
     row) for a program, every value whole (a table wraps a long one to the terminal)."""
-    if output is SqlFormat.table:
+    if output is OutputFormat.table:
         _print_table(columns, rows)
         return
-    if output is SqlFormat.csv:
+    if output is OutputFormat.csv:
         import csv
 
         writer = csv.writer(sys.stdout, lineterminator="\n")

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
+from flows.output_format import OutputFormat, print_data_as_utf8
 from lm.artifact_keys import short_key
 from lm.clock import shown_time, utc_now
 from lm.flat_config import flatten_config
@@ -126,12 +127,17 @@ def runs_list(
     limit: Annotated[
         int, typer.Option(min=1, max=MAX_COUNT, help="how many of the newest runs")
     ] = 20,
+    output: Annotated[
+        OutputFormat,
+        typer.Option("--format", help="a table, or every value whole: CSV, or JSON Lines"),
+    ] = OutputFormat.table,
 ) -> None:
     """List runs, newest first: status, config, corpus, models and their best val bits/byte
-    (of the --model-kind's models, with that option)."""
+    (of the --model-kind's models, with that option). CSV and JSON Lines, for a program, give
+    every column whole: the full corpus digest, the start time with its offset from UTC."""
     if context.invoked_subcommand is not None:
         return
-    from flows.cli import _registry, _table, console
+    from flows.cli import _print_result, _registry, _table, console
     from storage.registry import RegistryError
 
     conditions, parameters = [], []
@@ -164,7 +170,7 @@ def runs_list(
         columns, rows = registry.query(
             "SELECT r.run_id, r.status, r.preset, r.deployment, "
             "r.started_at AS started, round(r.seconds, 1) AS seconds, "
-            "left(r.corpus_digest, 12) AS corpus, d.kept AS kept_documents, "
+            "r.corpus_digest AS corpus, d.kept AS kept_documents, "
             "(SELECT string_agg(m.label, ' ' ORDER BY m.created_at) FROM models m "
             " WHERE m.run_id = r.run_id) AS models, "
             # With --model-kind, that kind's best: the ladder's gpt showed bigram-count's.
@@ -179,9 +185,16 @@ def runs_list(
         raise _fail(str(error)) from None
     # Times in Python's local zone, as `runs show` gives them (DuckDB's may differ: a POSIX
     # TZ such as UTC-3 is UTC to it).
+    table = output is OutputFormat.table
     shown = [(run_id, shown_status(run_id, status, host, pid), preset, deployment,
-              shown_time(started), *rest)
-             for run_id, status, preset, deployment, started, *rest, host, pid in rows]  # fmt: skip
+              shown_time(started) if table else started, seconds,
+              corpus[:12] if table and corpus else corpus, *rest)
+             for run_id, status, preset, deployment, started, seconds, corpus, *rest, host, pid
+             in rows]  # fmt: skip
+    if not table:
+        print_data_as_utf8(output)
+        _print_result(output, columns[:-2], shown)
+        return
     columns, shown = _fitting(columns[:-2], shown, console.width)
     console.print(_table(columns, shown, whole=("run_id",)))
 

@@ -127,6 +127,29 @@ def test_runs_in_a_narrow_terminal_keeps_each_run_id_on_one_line(history, monkey
     assert "deployment" in cli_in_process("runs", home=history).stdout.splitlines()[1]
 
 
+def test_runs_as_csv_and_json_lines_give_every_run_and_value_whole(history, monkeypatch):
+    """For a program: `runs` had only a table, its digests cut to 12 characters and its times
+    without their zone, its columns left out in a narrow terminal."""
+    from flows import cli
+
+    monkeypatch.setattr(cli.console, "width", 60)  # no column is left out for a program
+    lines = cli_in_process("runs", "--format", "json", "--status", "completed",
+                           home=history).stdout.splitlines()  # fmt: skip
+    records = [json.loads(line) for line in lines]
+    assert [record["run_id"] for record in records] == ["r-gpt-new", "r-ladder", "r-mlp-old"]
+    ladder = records[1]
+    assert ladder["models"] == "mlp gpt" and ladder["val_bpb"] == 2.5
+    assert ladder["status"] == "completed" and ladder["preset"] == "default"
+    assert "deployment" in ladder and "kept_documents" in ladder
+    started = datetime.fromisoformat(ladder["started"])
+    assert started.utcoffset() is not None  # a moment, read the same in any zone
+    assert abs(started - (NOW - HISTORY["r-ladder"][2]).astimezone()) < timedelta(seconds=1)
+    rows = cli_in_process("runs", "--format", "csv", "--limit", "2", home=history).stdout
+    header, *data = rows.splitlines()
+    assert header.startswith("run_id,status,preset,deployment,started,")
+    assert [row.split(",")[0] for row in data] == ["r-failed", "r-gpt-new"]
+
+
 def test_runs_rejects_a_bad_since_and_an_unknown_status(history):
     bad_since = run_cli("runs", "--since", "yesterday", check=False, home=history)
     assert bad_since.returncode == 1 and "--since 'yesterday': expected an age" in bad_since.stderr
