@@ -38,7 +38,7 @@ from lm.text.clean import (
     RowSlice,
     annotate_batches,
 )
-from storage.corpus import read_raw_rows
+from storage.corpus import damage_named, open_parquet, read_raw_rows
 from tasks.runners import results_in_order
 
 
@@ -77,13 +77,14 @@ def raw_text_bytes(path: Path) -> int:
 
 def raw_batch_bytes(path: Path, batch_docs: int = BATCH_DOCS) -> list[int]:
     """The text size of every batch of the raw documents file, to balance slices by work."""
-    parquet = pq.ParquetFile(path)
-    lengths = [
-        pc.binary_length(parquet.read_row_group(group, columns=["text"]).column("text"))
-        .to_numpy()
-        .astype(np.int64)
-        for group in range(parquet.metadata.num_row_groups)
-    ]
+    parquet = open_parquet(path)
+    with damage_named(path):
+        lengths = [
+            pc.binary_length(parquet.read_row_group(group, columns=["text"]).column("text"))
+            .to_numpy()
+            .astype(np.int64)
+            for group in range(parquet.metadata.num_row_groups)
+        ]
     if not lengths:
         return []
     sizes = np.concatenate(lengths)

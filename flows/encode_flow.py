@@ -23,14 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
 
 from lm.progress import ProgressLog
 from lm.text.clean import RowSlice
 from lm.tokenizer import Tokenizer, encoded_documents, load_tokenizer
-from storage.corpus import bounded_row_batches
+from storage.corpus import bounded_row_batches, damage_named, open_parquet
 from storage.shards import ShardInfo, ShardWriter
 from tasks.runners import results_in_order
 
@@ -60,11 +59,12 @@ def slice_prefix(rows: RowSlice) -> str:
 def kept_batch_bytes(path: Path, batch_docs: int = BATCH_DOCS) -> list[int]:
     """The UTF-8 size of the kept text in every batch of `batch_docs` corpus rows, to balance
     slices by work. Reads two small columns, a row group at a time, never the text."""
-    parquet = pq.ParquetFile(path)
+    parquet = open_parquet(path)
     totals: list[int] = []
     pending = np.zeros(0, dtype=np.int64)  # sizes of the rows of an unfinished batch
     for group in range(parquet.metadata.num_row_groups):
-        table = parquet.read_row_group(group, columns=["n_bytes", "keep"])
+        with damage_named(path):
+            table = parquet.read_row_group(group, columns=["n_bytes", "keep"])
         kept = pc.if_else(table.column("keep"), table.column("n_bytes"), 0).to_numpy()
         pending = np.concatenate([pending, kept.astype(np.int64)])
         whole = len(pending) // batch_docs * batch_docs
@@ -81,7 +81,7 @@ def read_kept_rows(
     """The texts and splits of the kept documents among corpus rows `rows.start` to `rows.stop`,
     in order, at most `batch_docs` rows at a time. Reads only the row groups that overlap, and
     decodes them a batch at a time (a corpus written by DuckDB has row groups of 122,880 rows)."""
-    parquet = pq.ParquetFile(path)
+    parquet = open_parquet(path)
     groups, position, offset = [], None, 0
     for group in range(parquet.metadata.num_row_groups):
         group_rows = parquet.metadata.row_group(group).num_rows
@@ -91,7 +91,8 @@ def read_kept_rows(
         offset += group_rows
     if not groups:
         return
-    for rows_read in bounded_row_batches(parquet, ["text", "split", "keep"], batch_docs, groups):
+    batches = bounded_row_batches(parquet, ["text", "split", "keep"], batch_docs, groups, path)
+    for rows_read in batches:
         low, high = max(rows.start - position, 0), min(rows.stop - position, len(rows_read))
         position += len(rows_read)
         kept = [(text, split) for text, split, keep in rows_read[low:high] if keep]

@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow.parquet as pq
 from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
 
@@ -32,7 +31,7 @@ from lm.text.clean import SlicePolicy, plan_slices
 from lm.text.ingest import iter_input_documents
 from lm.text.readers import RawDocument
 from lm.text.sources import ResolvedInput
-from storage.corpus import RAW_SCHEMA, DocumentWriter, bounded_row_batches
+from storage.corpus import RAW_SCHEMA, DocumentWriter, bounded_row_batches, open_parquet
 from tasks.runners import results_in_order
 
 READ_BATCH_DOCS = 256  # documents per batch when a part is copied into the raw documents file
@@ -130,8 +129,8 @@ def load_parts(pieces: list[ReadPart]) -> Iterator[RawDocument]:
     read, so the scratch space shrinks as the copy advances."""
     for piece in pieces:
         path = Path(piece.path)
-        parquet = pq.ParquetFile(path)
-        for rows in bounded_row_batches(parquet, RAW_SCHEMA.names, READ_BATCH_DOCS):
+        parquet = open_parquet(path)
+        for rows in bounded_row_batches(parquet, RAW_SCHEMA.names, READ_BATCH_DOCS, path=path):
             for row in rows:
                 yield RawDocument(*row)
         parquet.close()

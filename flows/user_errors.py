@@ -29,13 +29,14 @@ def user_error_types() -> tuple[type[Exception], ...]:
     from lm.train_config import TrainingError
     from lm.word2vec import Word2VecError
     from storage.artifacts import OutputUnwritable
+    from storage.corpus import CorpusError
     from storage.registry import RegistryError
     from storage.shards import ShardError
     from storage.workspace import WorkspaceError
 
     return (InputError, ConfigError, RegistryError, TokenizerError, ShardError, TrainingError,
             EvaluationError, CheckpointError, WorkspaceError, Word2VecError,
-            OutputUnwritable)  # fmt: skip
+            OutputUnwritable, CorpusError)  # fmt: skip
 
 
 class HideTracebackOf(logging.Filter):

