@@ -59,9 +59,15 @@ def evaluate_key(
 def scores_key(
     trained: Descriptor, shards: Descriptor, tokenizer: Descriptor, config: EvalConfig
 ) -> str:
-    """What the numbers depend on: the evaluate key without the samples' settings."""
+    """What the numbers depend on: the evaluate key without the samples' settings, nor, where
+    every token is scored (`eval.scoring` other than "sample"), the sample's `batches` and
+    `seed`, which only draw windows: a new `eval.seed` scored every split again, for the same
+    numbers."""
     scoring = config.model_copy(update={"samples": 0, "prompts": [""],
                                         "sampling": SamplingConfig()})  # fmt: skip
+    if config.scoring != "sample":
+        defaults = {name: EvalConfig.model_fields[name].default for name in ("batches", "seed")}
+        scoring = scoring.model_copy(update=defaults)
     upstream = [trained.digest, shards.digest, tokenizer.digest]
     return stage_key(SCORES, VERSION, scoring.digest(), upstream, code_digest(*SCORES_CODE))
 

@@ -42,9 +42,11 @@ from tasks.caching import cache_key_from, code_digest, stage_key
 STAGE = "word2vec"
 # 2: vectors stored as a plain array and a JSON list of words, no longer a gensim pickle.
 VERSION = 2
+# `lm/models/embeddings.py` writes the vectors file, reads it back for new probes and makes the
+# digest the train stage keys on: edited, it served vectors the old code had written.
 CODE = (
     "lm/word2vec.py", "lm/tokenizer.py", "lm/config.py", "storage/corpus.py", "storage/shards.py",
-    "lm/gensim_data.py", "tasks/word2vec.py",
+    "lm/gensim_data.py", "lm/models/embeddings.py", "lm/token_bytes.py", "tasks/word2vec.py",
 )  # fmt: skip
 VECTORS = "word2vec-vectors"
 # Settings that evaluate or show the vectors, never change them: not in the vectors' key.

@@ -61,6 +61,36 @@ def test_a_stage_code_digest_covers_its_own_task_module(name):
     assert f"tasks/{name}.py" in importlib.import_module(f"tasks.{name}").CODE
 
 
+def test_the_word2vec_code_digest_covers_the_code_that_writes_and_digests_the_vectors():
+    """`lm.models.embeddings` (imported inside the task) writes the vectors file, reads it back
+    for new probes and digests the vectors (`vectors_digest`, what the train stage keys on): an
+    edit to it, or to `lm.token_bytes` it reads pieces with, kept the word2vec key, and the
+    vectors the old code had written were served."""
+    from tasks import word2vec as word2vec_stage
+
+    assert {"lm/models/embeddings.py", "lm/token_bytes.py"} <= set(word2vec_stage.CODE)
+
+
+def test_the_scores_key_leaves_out_the_sample_settings_when_every_token_is_scored():
+    """`eval.batches` and `eval.seed` draw the windows of `scoring = "sample"` only: under
+    whole or per-document scoring a new seed scored every split again, for the same numbers."""
+    from lm.eval_config import EvalConfig
+    from storage.artifacts import Descriptor
+    from tasks.evaluate import scores_key
+
+    trained, shards, tokenizer = (Descriptor(stage, "k", f"{stage}/k", stage * 8)
+                                  for stage in ("train", "encode", "tokenizer"))  # fmt: skip
+
+    def key(**config) -> str:
+        return scores_key(trained, shards, tokenizer, EvalConfig(**config))
+
+    for scoring in ("auto", "whole", "documents"):
+        assert key(scoring=scoring) == key(scoring=scoring, seed=5, batches=7)
+    assert key(scoring="sample") != key(scoring="sample", seed=5)
+    assert key(scoring="sample") != key(scoring="sample", batches=7)
+    assert key(scoring="whole") != key(scoring="whole", window=16)
+
+
 def test_the_clean_key_holds_only_the_split_settings_the_corpus_holds():
     """`split.shuffle` orders the shards, and under `ordered` the fractions cut the token
     stream: changing them re-ran clean to a byte-identical corpus (a second copy on disk)."""
