@@ -63,11 +63,12 @@ def ingest_store(workspace: Workspace) -> ArtifactStore:
 
 def ingest_key(config: IngestConfig, runtime: RuntimeConfig | None = None) -> str:
     """Depends on the config and on the inputs' identities (path, size, mtime; URL). Not on
-    the runtime: the runner and the worker count never change the raw documents."""
+    the runtime: the runner and the worker count never change the raw documents; nor on how
+    long a download may wait (`url_timeout_s`), which only decides whether one succeeds."""
     inputs = resolve_sources(config.sources)
-    return stage_key(
-        STAGE, VERSION, config.digest(), [fingerprint_inputs(inputs)], code_digest(*CODE)
-    )
+    waits = {"url_timeout_s": IngestConfig.model_fields["url_timeout_s"].default}
+    settings = config.model_copy(update=waits).digest()
+    return stage_key(STAGE, VERSION, settings, [fingerprint_inputs(inputs)], code_digest(*CODE))
 
 
 def _is_transient(task, task_run, state) -> bool:

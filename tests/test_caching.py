@@ -91,6 +91,22 @@ def test_the_scores_key_leaves_out_the_sample_settings_when_every_token_is_score
     assert key(scoring="whole") != key(scoring="whole", window=16)
 
 
+def test_the_ingest_key_leaves_out_how_long_a_download_may_wait(tmp_path):
+    """`ingest.url_timeout_s` decides whether a fetch succeeds, never what it reads: a new
+    timeout read every source again (h149)."""
+    from lm.config import IngestConfig, SourceConfig
+    from tasks.ingest import ingest_key
+
+    (tmp_path / "a.txt").write_text("Some text to read.\n")
+    sources = [SourceConfig(path=str(tmp_path / "a.txt"))]
+
+    def key(**settings) -> str:
+        return ingest_key(IngestConfig(sources=sources, **settings))
+
+    assert key() == key(url_timeout_s=5.0)
+    assert key() != key(max_document_mb=1.0)
+
+
 def test_the_clean_key_holds_only_the_split_settings_the_corpus_holds():
     """`split.shuffle` orders the shards, and under `ordered` the fractions cut the token
     stream: changing them re-ran clean to a byte-identical corpus (a second copy on disk)."""
