@@ -81,8 +81,13 @@ class TokenBatches(SeededCursor):
                 where += f"{world_size} processes)"
             # There is no split.train: train is what split.val and split.test leave.
             more = "lower split.val and split.test" if split == "train" else f"raise split.{split}"
+            # A fixed-context model's windows also read `history` tokens before them: a split
+            # of 10 tokens was said to be "not more than block_size 8".
+            needed = f"block_size {block_size}"
+            if history:
+                needed += f" plus the {history} tokens of context read before each window"
             raise TrainingError(
-                f"{where} has {share} tokens, not more than block_size {block_size}: lower "
+                f"{where} has {share} tokens, not more than {needed}: lower "
                 "the block_size (model.block_size of a gpt, train.block_size of other models), "
                 f"{more} or add data"
             )

@@ -163,3 +163,70 @@ def test_windows_reach_every_start_in_their_share_and_no_further():
         starts = {s for _ in range(5) for s in batches.sample_starts()}
         low, high = 20 * rank, 20 * (rank + 1)
         assert starts == set(range(low + history, high - 8)), (rank, history)
+
+
+def test_a_share_of_exactly_block_size_tokens_is_refused_in_words_not_a_torch_error():
+    """`block_size` inputs need one token more for the last target: a share of exactly
+    `block_size` (+ history) tokens holds no window, and must be refused as such, not reach
+    `torch.randint(0)` ("random_ expects 'from' to be less than 'to'")."""
+    with pytest.raises(TrainingError, match="the train split has 8 tokens"):
+        TokenBatches(np.arange(8), block_size=8, batch=2, seed=0)
+    # With the context a fixed-context model reads before each window, said as such: "11
+    # tokens, not more than block_size 8" was a puzzle.
+    with pytest.raises(TrainingError, match=r"has 11 tokens, not more than block_size 8 plus "
+                       "the 3 tokens of context read before each window: lower"):  # fmt: skip
+        TokenBatches(np.arange(11), block_size=8, batch=2, seed=0, history=3)
+
+
+def test_ranks_draw_their_windows_and_documents_from_generators_of_their_own():
+    """Rank r's generator is seeded apart from rank 0's: with one seed for all, every rank
+    drew the same offsets into its share, step after step (the same documents in the same
+    order, each rank's batch a shifted copy of the others')."""
+    tokens = np.arange(2000)
+    shares = [TokenBatches(tokens, block_size=4, batch=16, seed=0, rank=r, world_size=2)
+              for r in range(2)]  # fmt: skip
+    offsets = [[s - share.low for s in share.sample_starts()] for share in shares]
+    assert offsets[0] != offsets[1]
+    documents = [[d + 1] * 3 for d in range(40)]
+    rows = [DocumentBatches(shard_of(documents), 4, 32, 0, EOT, rank=r, world_size=2)
+            for r in range(2)]  # fmt: skip
+    firsts = [(row.next(CPU)[1][:, 0] - 1 - 20 * rank).tolist() for rank, row in enumerate(rows)]
+    assert firsts[0] != firsts[1]
+
+
+def test_a_cursor_reseeded_for_a_step_reads_other_batches_than_at_the_start():
+    """A checkpoint resumed by another number of processes reseeds the cursor for its step:
+    seeded as at the start, it read again the very batches the run began with."""
+    fresh = TokenBatches(np.arange(2000), block_size=4, batch=16, seed=5)
+    resumed = TokenBatches(np.arange(2000), block_size=4, batch=16, seed=5)
+    resumed.reseed(100)
+    assert fresh.sample_starts() != resumed.sample_starts()
+    again = TokenBatches(np.arange(2000), block_size=4, batch=16, seed=5)
+    again.reseed(100)
+    resumed.reseed(100)
+    assert again.sample_starts() == resumed.sample_starts()  # reproducible
+
+
+def test_every_crop_of_a_long_document_is_drawn_its_end_mark_included():
+    """A document longer than the block is cropped at a random offset: every offset, the last
+    one (the crop that ends with the end-of-text target) as well, or the end of every long
+    document would never be trained on."""
+    long = list(range(1, 30))
+    batches = DocumentBatches(shard_of([long]), block_size=8, batch=256, seed=0, eot_id=EOT)
+    firsts = set(batches.next(CPU)[0][:, 0].tolist())
+    stream = [EOT, *long, EOT]
+    assert firsts == set(stream[: len(stream) - 8])
+
+
+def test_document_rows_start_and_pad_with_the_end_of_text_id_whatever_it_is():
+    """The tests above use 0 as end-of-text, which is also what zero-filled padding reads as:
+    with another id the start mark and the padding are that id, not 0."""
+    eot = 7
+    tokens = np.array([1, 2, eot, 3, eot], dtype=np.uint16)
+    x, y = DocumentBatches(tokens, block_size=5, batch=16, seed=0, eot_id=eot).next(CPU)
+    rows = {tuple(inputs) for inputs in x.tolist()}
+    assert rows == {(eot, 1, 2, eot, eot), (eot, 3, eot, eot, eot)}
+    assert {tuple(t) for t in y.tolist()} == {
+        (1, 2, eot, IGNORED_TARGET, IGNORED_TARGET),
+        (3, eot, IGNORED_TARGET, IGNORED_TARGET, IGNORED_TARGET),
+    }

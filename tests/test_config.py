@@ -956,3 +956,41 @@ def test_an_ablation_s_seeds_are_warned_of_once_per_variant(monkeypatch):
     found = memory_fit.memory_fit(settings, arms, path)
     assert found.refusal is None
     assert sorted(w.split("'")[1].split("/")[0] for w in found.warnings) == sorted(variants)
+
+
+def test_the_ram_caps_what_the_address_space_limits_of_several_processes_allow(monkeypatch):
+    """Each process has its own `ulimit -v`, but all of a node's share its RAM: 4 processes
+    under an 8 GiB limit have 32 GiB between them only where the machine has 32 GiB."""
+    gib = 2**30
+    monkeypatch.setattr(memory_fit, "ram_bytes", lambda: 20 * gib)
+    limit = (8 * gib, memory_fit.ADDRESS_SPACE)
+    assert memory_fit.for_processes(limit, 4) == (20 * gib, "of RAM")
+    assert memory_fit.for_processes(limit, 2) == (
+        16 * gib, "the address-space limits (ulimit -v) of 2 allow"
+    )  # fmt: skip
+    assert memory_fit.for_processes((8 * gib, "of RAM"), 4) == (8 * gib, "of RAM")
+
+
+def test_a_model_continued_from_init_from_or_a_char_tokenizer_s_is_sized_as_it_will_be(
+    monkeypatch,
+):
+    """A run from `train.init_from` keeps its checkpoint's vocabulary, unknown here: not sized
+    (it was refused for the config's vocabulary). A char tokenizer's vocabulary is its text's,
+    counted at 2 ids: a model refused then cannot fit whatever the text."""
+    import dataclasses
+
+    import torch
+
+    from lm.sizing import size_model
+
+    settings, path = load_config("default"), resolve_preset("default")
+    [run] = settings.model_runs()
+    monkeypatch.setattr(memory_fit, "machine_memory", lambda: (2**20, "of RAM"))
+    assert memory_fit.memory_fit(settings, [run], path).refusal  # 1 MiB: nothing fits
+    continued = dataclasses.replace(run, train=run.train.model_copy(update={"init_from": "x"}))
+    assert memory_fit.memory_fit(settings, [continued], path).refusal is None
+    char = load_config("default", ["tokenizer.kind=char"])
+    [char_run] = char.model_runs()
+    said = memory_fit.memory_fit(char, [char_run], path).refusal
+    two_ids = size_model(char_run.model, char_run.train, 2, device=torch.device("cpu"))
+    assert f"({two_ids.parameters:,} parameters)" in said

@@ -616,3 +616,25 @@ def test_a_file_that_changes_while_it_is_read_is_an_error_naming_it(tmp_path, ch
         os.utime(book, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     with pytest.raises(InputError, match=r"book.txt: changed while it was read " + said):
         list(documents)
+
+
+def test_a_text_under_the_limit_in_characters_but_over_it_in_bytes_is_cut():
+    """The limit is in UTF-8 bytes: 6,000 characters of Greek are 12,000 bytes, over a limit
+    of 10 kB, though fewer characters than it."""
+    text = ("αβγδε " * 1000)[:6000]
+    pieces = _cut(text, 0.01)
+    assert len(pieces) == 2 and "".join(piece.text for piece in pieces) == text
+    assert all(len(piece.text.encode()) <= 10_000 for piece in pieces)
+
+
+def test_a_text_of_exactly_the_limit_stays_one_document_under_its_own_name():
+    text = "a" * 9_999 + "\n"  # 10,000 bytes: at the limit, not over it
+    assert _cut(text, 0.01) == [RawDocument("book.txt", "book.txt", text, "plain")]
+    assert [piece.part_of for piece in _cut(text + "b", 0.01)] == ["book.txt", "book.txt"]
+
+
+def test_pieces_of_one_long_line_are_named_by_the_column_each_starts_at():
+    names = PieceNames("book.txt")
+    assert [names.next_name(text) for text in ("abc", "de", "fgh\nij", "k")] == [
+        "book.txt:1", "book.txt:1+3", "book.txt:1+5", "book.txt:2+2",
+    ]  # fmt: skip

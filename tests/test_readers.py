@@ -1860,3 +1860,91 @@ def test_a_url_is_recorded_without_the_credentials_it_carries(url, shown):
     assert without_url_credentials({"sources": [f"see {url} now", 3]}) == {
         "sources": [f"see {shown} now", 3]
     }
+
+
+def test_one_document_per_line_strips_each_line_and_skips_blank_ones(tmp_path):
+    """A line of spaces is no document, and a name is the same name with a space or a tab
+    around it (an indented list, a line with trailing blanks)."""
+    (tmp_path / "names.txt").write_text("  emma \n \t \n\tolivia\n")
+    docs = read(tmp_path, SourceConfig(path=str(tmp_path / "names.txt"), one_doc_per_line=True))
+    assert [(d.text, d.source.rpartition(":")[2]) for d in docs] == [("emma", "1"), ("olivia", "3")]
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-8"])
+def test_a_text_of_blanks_alone_is_no_document_however_it_is_read(tmp_path, encoding):
+    """A UTF-16 file is read whole (not in pieces), as is every text file where
+    `ingest.max_document_mb` is 0: one of spaces and line ends alone was a blank document."""
+    path = tmp_path / "blank.txt"
+    path.write_bytes(" \n\n \t\n".encode(encoding))
+    for max_mb in (0.0, 5.0):
+        inputs = resolve_sources([SourceConfig(path=str(path))])
+        docs = iter_input_documents(inputs, "strict", tmp_path / "downloads", 5.0,
+                                    max_document_mb=max_mb)  # fmt: skip
+        assert list(docs) == [], (encoding, max_mb)
+
+
+def test_a_windows_line_after_a_lone_carriage_return_keeps_the_line_numbers(tmp_path):
+    """`x\\ra\\r\\n`: a classic Mac OS line end, then a Windows one. The two lines it holds
+    are lines 1 and 2, and the next line is line 3, not 4."""
+    (tmp_path / "names.txt").write_bytes(b"x\ra\r\nnext\n")
+    docs = read(tmp_path, SourceConfig(path=str(tmp_path / "names.txt"), one_doc_per_line=True))
+    assert [(d.text, d.source.rpartition(":")[2]) for d in docs] == [
+        ("x", "1"), ("a", "2"), ("next", "3"),
+    ]  # fmt: skip
+    (tmp_path / "d.jsonl").write_bytes(b'{"text": "x"}\r{"text": "a"}\r\n{"text": "next"}\n')
+    assert [d.source.rpartition(":")[2] for d in read(tmp_path, str(tmp_path / "d.jsonl"))] == [
+        "1", "2", "3",
+    ]  # fmt: skip
+
+
+def test_a_json_lines_record_of_blank_text_is_no_document(tmp_path):
+    (tmp_path / "d.jsonl").write_text('{"text": "one"}\n{"text": " \\n\\t "}\n{"text": "two"}\n')
+    docs = read(tmp_path, str(tmp_path / "d.jsonl"))
+    assert [(d.text, d.source.rpartition(":")[2]) for d in docs] == [("one", "1"), ("two", "3")]
+
+
+def test_a_page_whose_only_text_was_deleted_takes_no_text_from_the_page_before(tmp_path):
+    """The latest revision's text is kept across a page's revisions, and must not outlive the
+    page: the next page whose revisions all had their text deleted was read as an article
+    holding the previous page's text, under its own title (a copy of another article)."""
+    deleted = (
+        "<page><title>Hidden</title><ns>0</ns><id>3</id>"
+        '<revision><id>4</id><text deleted="deleted"/></revision></page>'
+    )
+    dump = write_wiki_dump(tmp_path / "w.xml", [wiki_page("Alpha", "Alpha is a letter."), deleted])
+    assert [d.source.rpartition("#")[2] for d in read(tmp_path, str(dump))] == ["Alpha"]
+
+
+def test_a_redirect_page_is_skipped_by_its_text_where_the_dump_has_no_redirect_tag(tmp_path):
+    """Dumps older than export 0.5 mark a redirect by its text alone."""
+    pages = [wiki_page("Alpha", "Alpha is a letter."), wiki_page("A", " #REDIRECT [[Alpha]]")]
+    dump = write_wiki_dump(tmp_path / "w.xml", pages)
+    assert [d.text for d in read(tmp_path, str(dump))] == ["Alpha is a letter."]
+
+
+def test_a_file_rewritten_at_the_same_size_changes_the_inputs_fingerprint(tmp_path):
+    """The ingest cache is keyed by the fingerprint: a file edited in place at the same size (a
+    typo fixed) must read again, not be served the old documents."""
+    import os
+
+    path = tmp_path / "a.txt"
+    path.write_text("first text")
+    os.utime(path, ns=(1_000_000_000, 1_000_000_000))
+    before = fingerprint_inputs(resolve_sources([SourceConfig(path=str(path))]))
+    path.write_text("other text")  # the same size
+    os.utime(path, ns=(2_000_000_000, 2_000_000_000))
+    assert fingerprint_inputs(resolve_sources([SourceConfig(path=str(path))])) != before
+
+
+def test_only_a_temporary_failure_to_resolve_a_host_is_worth_another_try():
+    """A "temporary failure in name resolution" may pass; an unknown host (a typo in the URL)
+    never will: retried as transient, the run waited out its retries before saying so."""
+    import socket
+    import urllib.error
+
+    from lm.text.ingest import _may_pass
+
+    temporary = socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+    unknown = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    assert _may_pass(urllib.error.URLError(temporary))
+    assert not _may_pass(urllib.error.URLError(unknown))

@@ -218,3 +218,19 @@ def test_a_vocabulary_or_split_that_cannot_be_is_refused_and_a_device_may_be_nam
         size_model(BigramCountConfig(), TrainConfig(), 50, train_tokens=-1)
     named = size_model(GPTConfig(), TrainConfig(), 50, device="cpu")
     assert named == size_model(GPTConfig(), TrainConfig(), 50, device=torch.device("cpu"))
+
+
+@pytest.mark.parametrize(
+    "model",
+    [BigramCountConfig(), BigramConfig(), MLPConfig(context=3, n_embd=10, hiddens=[64, 32]),
+     GPTConfig(preset="modern", n_embd=64, n_layer=2), GPTConfig(preset="atinuke", n_layer=2),
+     GPTConfig(n_embd=32, n_layer=1, n_head=2, pos="learned", tie_embeddings=False),
+     W2VConfig(context=2, vector_size=8, hiddens=[16, 12]), W2VConfig(vector_size=8, freeze=False)],
+)  # fmt: skip
+def test_the_parameters_that_cost_no_flops_are_those_the_built_model_reads_by_index(model):
+    """FLOPs per token leave out what a model reads by index (`lookup_params`): an untied
+    GPT's token embedding, learned positions, the tables of the bigram and the MLP. Counted as
+    multiplied, an untied model's FLOPs (and MFU) came out larger than its tied twin's."""
+    from lm.sizing import lookup_parameter_count
+
+    assert lookup_parameter_count(model, 50) == build_model(model, 50).lookup_params()

@@ -546,3 +546,23 @@ def test_a_char_tokenizer_file_of_the_wrong_shape_is_named_not_a_type_error(tmp_
     (tmp_path / "tokenizer.json").write_text(document)
     with pytest.raises(TokenizerError, match=r"tokenizer\.json: not a valid character tokenizer"):
         load_tokenizer(tmp_path)
+
+
+def test_a_tokenizer_comparison_lays_out_documents_as_the_encode_stage_and_warms_up_briefly():
+    """Each document ends with the end-of-text id, as in a shard (without, the documents ran
+    together and `samples = "documents"` found none); a short comparison warms up for a fifth
+    of its steps at most, so that it reaches its peak learning rate."""
+    from lm.tokenizer_bpb import comparison_train_settings, encode_documents
+    from lm.train_config import TrainConfig
+
+    class Lengths:  # what encode_documents asks of a tokenizer
+        eot_id = 9
+
+        def encode_batch(self, texts: list[str]) -> list[list[int]]:
+            return [[len(text)] * len(text) for text in texts]
+
+    assert encode_documents(Lengths(), [["ab", "c"], ["dd"]]).tolist() == [2, 2, 9, 1, 9, 2, 2, 9]
+    assert encode_documents(Lengths(), []).tolist() == []
+    short = comparison_train_settings(TrainConfig(warmup_steps=100), 50)
+    assert (short.max_steps, short.warmup_steps, short.eval_every) == (50, 10, 50)
+    assert comparison_train_settings(TrainConfig(warmup_steps=3), 50).warmup_steps == 3

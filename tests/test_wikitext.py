@@ -317,3 +317,9 @@ def test_removed_markup_breaks_quote_runs_and_line_starts_are_read_first(wikitex
 def test_marks_of_removed_markup_leave_anchors_tables_and_nowiki_as_they_were(wikitext, shown):
     assert strip_wikitext(wikitext) == shown
     assert not any("\ue000" <= char <= "\ue002" for char in strip_wikitext(wikitext))
+
+
+def test_magic_words_non_breaking_spaces_and_top_level_headings_leave_plain_prose():
+    assert strip_wikitext("Text __NOTOC__ more") == "Text  more"
+    assert strip_wikitext("10&nbsp;km and 5\xa0m") == "10 km and 5 m"
+    assert strip_wikitext("= Title =\nBody text.") == "Title\nBody text."
