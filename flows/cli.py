@@ -12,7 +12,7 @@ import json
 import os
 import re
 import sys
-from datetime import datetime
+from datetime import date, datetime, time
 from pathlib import Path
 from typing import Annotated
 
@@ -204,10 +204,14 @@ def _refused_by_the_server(error) -> str:
     traceback before the run began."""
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
 
+    from lm.text.url_credentials import shown_url
+
     response = error.response
     given = "wrong credentials" if PREFECT_API_AUTH_STRING.value() else "no credentials"
-    # The address asked for, which may sit under a path (a proxy's `/prefect/api`).
-    api = PREFECT_API_URL.value() or response.url.copy_with(path="/api", query=None)
+    # The address asked for, which may sit under a path (a proxy's `/prefect/api`), without
+    # a password it may hold.
+    asked = PREFECT_API_URL.value() or response.url.copy_with(path="/api", query=None)
+    api = shown_url(str(asked))
     return (
         f"the Prefect server at {api} refused this command "
         f"({response.status_code} {response.reason_phrase}: {given}): set "
@@ -961,6 +965,8 @@ def _json_default(value):
         return int(value) if value == value.to_integral_value() else float(value)
     if isinstance(value, bytes):
         return _blob_text(value)
+    if isinstance(value, datetime | date | time):  # ISO 8601, as JSON readers parse it
+        return value.isoformat()
     return str(value)
 
 

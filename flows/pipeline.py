@@ -462,7 +462,7 @@ def _record_refused_run(
         "run_id": run_id,
         "flow_run_id": flow_run.get_id(),
         "deployment": _deployment_name(),
-        "preset": _preset_named(asked),
+        "preset": _preset_named(asked, overrides),
         "config_path": asked,
         "status": "failed",
         "started_at": now,
@@ -483,16 +483,34 @@ def _record_refused_run(
     logger.info("lmforge run %s recorded failed (`lmforge runs show %s`)", run_id, run_id)
 
 
-def _preset_named(config: str) -> str:
-    """The preset a refused config's runs would record: the `name` its file gives, else the
-    file's stem (as `load_config` names it), so that `runs --preset` finds the refusal beside
-    the runs of the same preset. A file that cannot be read names none but its stem."""
-    try:
-        data = tomllib.loads(resolve_preset(config).read_text(encoding="utf-8-sig"))
-    except (ConfigError, OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return Path(config).stem
-    name = data.get("name")
-    return name if isinstance(name, str) and name.strip() else Path(config).stem
+def _preset_named(config: str, overrides: list[str]) -> str:
+    """The preset a refused config's runs would record: the `name` a `--set name=...` gives,
+    else its file's, else the file's stem (as `load_config` names it), so that `runs --preset`
+    finds the refusal beside the runs of the same preset. A file that cannot be read names
+    none but its stem; nor does a name `load_config` refuses (a control character, perhaps
+    the refusal itself), which the run list printed as it is, a newline and all."""
+    name = _name_set(overrides)
+    if name is None:
+        try:
+            data = tomllib.loads(resolve_preset(config).read_text(encoding="utf-8-sig"))
+        except (ConfigError, OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            return Path(config).stem
+        name = data.get("name")
+    readable = isinstance(name, str) and name.strip() and name.isprintable()
+    return name if readable else Path(config).stem
+
+
+def _name_set(overrides: list[str]) -> object:
+    """The value of the last `--set name=...`: a TOML value, or a bare word as `load_config`
+    reads one; None without one."""
+    for override in reversed(overrides):
+        key, _, value = override.partition("=")
+        if key.strip() == "name":
+            try:
+                return tomllib.loads(f"v = {value}").get("v")
+            except tomllib.TOMLDecodeError:
+                return value.strip()
+    return None
 
 
 RUN_FOLDER = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")

@@ -169,12 +169,12 @@ def runs_list(
             _check_status(registry, status)
         columns, rows = registry.query(
             "SELECT r.run_id, r.status, r.preset, r.deployment, "
-            "r.started_at AS started, round(r.seconds, 1) AS seconds, "
+            "r.started_at AS started, r.seconds, "
             "r.corpus_digest AS corpus, d.kept AS kept_documents, "
             "(SELECT string_agg(m.label, ' ' ORDER BY m.created_at) FROM models m "
             " WHERE m.run_id = r.run_id) AS models, "
             # With --model-kind, that kind's best: the ladder's gpt showed bigram-count's.
-            "(SELECT round(min(m.val_bpb), 4) FROM models m WHERE m.run_id = r.run_id"
+            "(SELECT min(m.val_bpb) FROM models m WHERE m.run_id = r.run_id"
             f"{' AND m.kind = ?' if model_kind else ''}) AS val_bpb, "
             "r.hostname, r.pid "
             f"FROM runs r LEFT JOIN datasets d ON d.digest = r.corpus_digest {where}"
@@ -183,20 +183,36 @@ def runs_list(
         )
     except RegistryError as error:
         raise _fail(str(error)) from None
+    if output is not OutputFormat.table:
+        print_data_as_utf8(output)
+        _print_result(output, *_run_data(columns, rows))
+        return
     # Times in Python's local zone, as `runs show` gives them (DuckDB's may differ: a POSIX
     # TZ such as UTC-3 is UTC to it).
-    table = output is OutputFormat.table
     shown = [(run_id, shown_status(run_id, status, host, pid), preset, deployment,
-              shown_time(started) if table else started, seconds,
-              corpus[:12] if table and corpus else corpus, *rest)
-             for run_id, status, preset, deployment, started, seconds, corpus, *rest, host, pid
-             in rows]  # fmt: skip
-    if not table:
-        print_data_as_utf8(output)
-        _print_result(output, columns[:-2], shown)
-        return
+              shown_time(started), _rounded(seconds, 1), corpus[:12] if corpus else corpus,
+              kept, models, _rounded(val_bpb, 4))
+             for run_id, status, preset, deployment, started, seconds, corpus, kept, models,
+             val_bpb, host, pid in rows]  # fmt: skip
     columns, shown = _fitting(columns[:-2], shown, console.width)
     console.print(_table(columns, shown, whole=("run_id",)))
+
+
+def _run_data(columns: list[str], rows: list[tuple]) -> tuple[list[str], list[tuple]]:
+    """The run list for a program: the registry's values whole, `status` as recorded (what a
+    program tests for), and beside it `status_note`, what the registry cannot say yet (a run
+    whose process is gone, or whose outcome waits in its folder), as the table shows it."""
+    at = columns.index("status") + 1
+    data = []
+    for row in rows:
+        run_id, status, *_, host, pid = row
+        shown = shown_status(run_id, status, host, pid)
+        data.append((*row[:at], None if shown == status else shown, *row[at:-2]))
+    return [*columns[:at], "status_note", *columns[at:-2]], data
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 # The columns `runs` leaves out first, in this order, where a terminal is too narrow for all:

@@ -160,9 +160,10 @@ def evaluation_windows(
             "more data (split settings) or leave it out of eval.splits"
         )
     if len(tokens) <= length + history:
+        context = f" and the {history} tokens of context before it" if history else ""
         logger.warning(
-            "evaluate: the %s split has %d tokens, fewer than a window of %d: scoring it whole, "
-            "as one window", split, len(tokens), length + history,
+            "evaluate: the %s split has %d tokens, not more than a window of %d%s: scoring it "
+            "whole, as one window", split, len(tokens), length, context,
         )  # fmt: skip
         length, batches, batch_size, history = len(tokens) - 1, 1, 1, 0
     sampler = TokenBatches(tokens, length, batch_size, seed, split=split, history=history)

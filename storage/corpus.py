@@ -130,8 +130,11 @@ class CorpusError(ValueError):
 
 def open_parquet(path: Path) -> pq.ParquetFile:
     """A Parquet file lmforge wrote, each page's checksum checked as it is read (a file
-    without checksums, from an earlier version or DuckDB, is read unchecked)."""
-    return pq.ParquetFile(path, page_checksum_verification=True)
+    without checksums, from an earlier version or DuckDB, is read unchecked). Opened under
+    `damage_named`: the footer has no checksum, and a changed byte there was pyarrow's
+    "Couldn't deserialize thrift" with a traceback, naming no file."""
+    with damage_named(path):
+        return pq.ParquetFile(path, page_checksum_verification=True)
 
 
 @contextmanager
@@ -141,11 +144,12 @@ def damage_named(path: Path) -> Iterator[None]:
     pyarrow's traceback; a published output holding it is marked for building again (its
     `DONE` marker removed), so the rerun the error asks for rebuilds it from its inputs and
     does not read it again. A file system's own error (missing, no permission) passes as it
-    is."""
+    is. A page's header is outside its checksum: a changed byte there is pyarrow's
+    `ArrowInvalid` ("Index not in dictionary bounds"), damage as much as a checksum's."""
     try:
         yield
-    except OSError as error:
-        if error.errno is not None:
+    except (OSError, pa.ArrowInvalid) as error:
+        if isinstance(error, OSError) and error.errno is not None:
             raise
         raise CorpusError(_damaged(path, error)) from None
 
@@ -164,18 +168,22 @@ def read_checked(batches: Iterable, path: Path) -> Iterator:
 _END = object()
 
 
-def _damaged(path: Path, error: OSError) -> str:
-    from storage.artifacts import DONE_MARKER
+def _damaged(path: Path, error: Exception) -> str:
+    """The message of a damaged `path`, its output's `DONE` marker removed. An output whose
+    marker another reader of the same damage removed first is still built again: its reader
+    is told to rerun as well, not left with no way on."""
+    from storage.artifacts import DONE_MARKER, MANIFEST_FILE
 
     marker = path.parent / DONE_MARKER
     said = f"{path}: damaged, its bytes changed after it was written ({error})"
-    if not marker.is_file():
-        return said
+    rerun = f"{said}; rerun: it will be built again from its inputs"
     try:
         marker.unlink()
+    except FileNotFoundError:
+        return rerun if (path.parent / MANIFEST_FILE).is_file() else said
     except OSError as unmarked:
         return f"{said}; delete {path.parent} and rerun to build it again ({unmarked.strerror})"
-    return f"{said}; rerun: it will be built again from its inputs"
+    return rerun
 
 
 class CorpusDigest:

@@ -680,12 +680,13 @@ def test_a_prefect_server_that_refuses_the_client_is_one_error_naming_the_settin
     monkeypatch.setattr(flows.cli, "_exit_cleanly_on_sigterm", lambda: None)
     monkeypatch.setattr(flows.pipeline, "lm_pipeline", refused)
     config = write_config(tmp_path / "c.toml", [{"path": str(readme_sections(tmp_path / "r"))}])
-    behind_a_proxy = {PREFECT_API_URL: "http://127.0.0.1:4321/prefect/api"}
+    behind_a_proxy = {PREFECT_API_URL: "http://me:secret@127.0.0.1:4321/prefect/api"}
     with temporary_settings({PREFECT_API_AUTH_STRING: credentials, **behind_a_proxy}):
         result = cli_in_process("run", str(config), check=False)
     given = "wrong credentials" if credentials else "no credentials"
     assert result.returncode == 1 and result.stderr == (
-        "error: the Prefect server at http://127.0.0.1:4321/prefect/api refused this command (401 "
+        "error: the Prefect server at http://me:***@127.0.0.1:4321/prefect/api refused this "
+        "command (401 "
         f"Unauthorized: {given}): set PREFECT_API_AUTH_STRING to the server's "
         "PREFECT_SERVER_API_AUTH_STRING (user:password)\n"
     )

@@ -537,6 +537,25 @@ def test_a_split_no_longer_than_a_window_is_scored_whole(length, window):
     assert x.tolist() == [list(range(length - 1))] and y.tolist() == [list(range(1, length))]
 
 
+def test_a_split_just_longer_than_a_window_and_its_context_is_sampled_after_that_context():
+    """With a fixed context's `history`, a split is one window only at `window + history`
+    tokens or fewer (said so, not "fewer than a window of 11" for a window of 8), and one
+    token more gives sampled windows whose first `history` targets are context, not scored."""
+    from lm.batches import IGNORED_TARGET
+    from tests.helpers import warnings_said_by
+
+    [(x, y)] = evaluation_windows(np.arange(12), 8, 1, 2, seed=0, split="val", history=3)
+    assert x.tolist() == [list(range(11))] * 2
+    assert (y[:, :3] == IGNORED_TARGET).all() and y[:, 3:].tolist() == [list(range(4, 12))] * 2
+    with warnings_said_by("lm.evaluate") as said:
+        [(x, y)] = evaluation_windows(np.arange(11), 8, 1, 2, seed=0, split="val", history=3)
+    assert x.tolist() == [list(range(10))] and y.tolist() == [list(range(1, 11))]
+    assert said == [
+        "evaluate: the val split has 11 tokens, not more than a window of 8 and the 3 tokens of "
+        "context before it: scoring it whole, as one window"
+    ]
+
+
 def test_a_split_with_nothing_to_predict_is_refused_naming_it():
     with pytest.raises(EvaluationError, match="the test split has 1 token"):
         evaluation_windows(np.zeros(1, dtype=np.uint16), 8, 2, 2, seed=0, split="test")

@@ -10,7 +10,9 @@ import os
 import re
 import shutil
 import threading
+from collections.abc import Iterator
 from dataclasses import asdict
+from pathlib import Path
 
 import duckdb
 import pandas as pd
@@ -223,6 +225,74 @@ def test_bytes_changed_in_a_stored_corpus_are_named_then_built_again(
     assert pq.ParquetFile(documents, page_checksum_verification=True).read().num_rows > 0
 
 
+def damaged_copies(tmp_path, where) -> Iterator[tuple[int, Path]]:
+    """A raw documents file published as an output (`DONE`, `manifest.json`), and a copy of
+    it with the byte at each of `where(file's bytes, metadata)` flipped, one at a time."""
+    from storage.artifacts import DONE_MARKER, write_manifest
+    from storage.corpus import RAW_SCHEMA, DocumentWriter
+
+    folder = tmp_path / "ingest-k"
+    folder.mkdir()
+    path = folder / DOCUMENTS_FILE
+    with DocumentWriter(path, RAW_SCHEMA, row_group_rows=10) as writer:
+        for number in range(30):
+            writer.write({"source": "s", "source_file": f"f{number % 3}.txt", "markup": "text",
+                          "text": prose(number, 40), "part_of": None})  # fmt: skip
+    whole = path.read_bytes()
+    write_manifest(folder)
+    for position in where(whole, pq.ParquetFile(path).metadata):
+        flipped = bytearray(whole)
+        flipped[position] ^= 0x10
+        path.write_bytes(flipped)
+        (folder / DONE_MARKER).write_text("x")
+        yield position, path
+
+
+def test_a_changed_byte_in_a_page_header_or_the_footer_is_named_as_damage(tmp_path):
+    """A page's checksum covers its data, not its header, and the footer has none: a byte
+    changed there was pyarrow's `ArrowInvalid` ("Index not in dictionary bounds") or "Couldn't
+    deserialize thrift", naming no file, and the output's `DONE` marker stayed: every rerun
+    failed the same way."""
+    from storage.corpus import CorpusError, open_parquet, read_raw_rows
+
+    def page_headers(whole: bytes, metadata) -> list[int]:
+        # Not the footer's bytes in a loop: a few of them end pyarrow (C++ std::terminate).
+        chunk = metadata.row_group(0).column(0)
+        starts = {chunk.dictionary_page_offset or chunk.data_page_offset, chunk.data_page_offset}
+        return sorted({at + step for at in starts for step in range(24)})
+
+    errors = 0
+    for position, path in damaged_copies(tmp_path, page_headers):
+        try:
+            rows = sum(len(batch) for batch in read_raw_rows(path, 0, 30))
+        except CorpusError as error:
+            errors += 1
+            assert str(error).startswith(f"{path}: damaged") and "rerun" in str(error), position
+            assert not (path.parent / "DONE").exists(), position
+            continue
+        assert rows == 30, position  # read, the same or as other text: nothing tells
+    assert errors
+    with pytest.raises(CorpusError, match=re.escape(str(path))):
+        path.write_bytes(b"PAR1" + b"\0" * 64 + (40).to_bytes(4, "little") + b"PAR1")
+        open_parquet(path)
+
+
+def test_a_second_reader_of_the_same_damage_is_told_to_rerun_too(tmp_path):
+    """Two stages (or two runs) reading one damaged output: the first removes its `DONE`
+    marker; the second was told only that the file was damaged, with no way on."""
+    from storage.corpus import CorpusError, read_raw_rows
+
+    def in_the_text(whole: bytes, metadata) -> list[int]:
+        chunk = metadata.row_group(0).column(2)
+        return [(chunk.dictionary_page_offset or chunk.data_page_offset)
+                + chunk.total_compressed_size - 2]  # fmt: skip
+
+    [(_, path)] = list(damaged_copies(tmp_path, in_the_text))
+    for _reader in range(2):
+        with pytest.raises(CorpusError, match="rerun: it will be built again"):
+            list(read_raw_rows(path, 0, 30))
+
+
 def test_changing_a_source_file_reruns_ingest(workspace, config, tmp_path):
     first = run_pipeline(config)
     (tmp_path / "texts" / "new.txt").write_text(prose(99, 150))
@@ -271,6 +341,22 @@ def test_a_config_a_flow_refuses_is_recorded_as_a_failed_run(workspace, tmp_path
         ids = [row[0] for row in registry.query("SELECT run_id FROM runs")[1]]
         compared = cli_in_process("runs", "compare", *ids).stdout
         assert "config: none recorded for" in compared and "identical" not in compared
+
+
+def test_a_refused_run_records_the_name_set_for_it_and_never_one_the_config_refuses(tmp_path):
+    """A deployment's `--set name=nightly` names its runs "nightly": its refusal was recorded
+    under the file's name. A name `load_config` refuses (a control character: the refusal
+    itself, perhaps) was recorded as the run's preset, and `runs` printed its newline."""
+    from flows.pipeline import _preset_named
+
+    config = tmp_path / "weekly.toml"
+    config.write_text('name = "team"\n')
+    assert _preset_named(str(config), []) == "team"
+    assert _preset_named(str(config), ["seed=3", "name=nightly"]) == "nightly"
+    assert _preset_named(str(config), ['name = "night run"']) == "night run"
+    config.write_text('name = "a\\u0007b\\nc"\n')
+    assert _preset_named(str(config), []) == "weekly"
+    assert _preset_named(str(config), ['name=" "']) == "weekly"
 
 
 def test_a_model_that_cannot_fit_the_memory_is_refused_before_the_run_opens(

@@ -1849,6 +1849,10 @@ def test_a_named_pipe_or_a_looping_link_given_as_a_source_is_said_for_what_it_is
             "https://h/x?__token__=a&jwt=b&credentials=c&auth_token%5B%5D=d&tokens_left=9",
             "https://h/x?__token__=***&jwt=***&credentials=***&auth_token%5B%5D=***&tokens_left=9",
         ),
+        (  # an array's entries, as PHP and Rails name them
+            "https://h/x?token%5B0%5D=a&api_key[1]=b&key%5Bprimary%5D=c&page[2]=3",
+            "https://h/x?token%5B0%5D=***&api_key[1]=***&key%5Bprimary%5D=***&page[2]=3",
+        ),
     ],
 )
 def test_a_url_is_recorded_without_the_credentials_it_carries(url, shown):
@@ -1860,6 +1864,16 @@ def test_a_url_is_recorded_without_the_credentials_it_carries(url, shown):
     assert without_url_credentials({"sources": [f"see {url} now", 3]}) == {
         "sources": [f"see {shown} now", 3]
     }
+
+
+def test_a_parameter_name_of_many_marks_is_read_at_once():
+    """Marks after a secret's name are read one way only: with `[]` read either as an array's
+    entry or as two marks, a name of 40 `[]`s not ending as a secret's would take the pattern
+    2**40 tries (a URL in any text of a run's config or error)."""
+    from lm.text.url_credentials import shown_url
+
+    url = "https://h/x?token" + "[]" * 40 + "s=1&token[][]=2"
+    assert shown_url(url) == "https://h/x?token" + "[]" * 40 + "s=1&token[][]=***"
 
 
 def test_one_document_per_line_strips_each_line_and_skips_blank_ones(tmp_path):

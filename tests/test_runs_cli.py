@@ -139,15 +139,31 @@ def test_runs_as_csv_and_json_lines_give_every_run_and_value_whole(history, monk
     assert [record["run_id"] for record in records] == ["r-gpt-new", "r-ladder", "r-mlp-old"]
     ladder = records[1]
     assert ladder["models"] == "mlp gpt" and ladder["val_bpb"] == 2.5
-    assert ladder["status"] == "completed" and ladder["preset"] == "default"
+    assert ladder["status"] == "completed" and ladder["status_note"] is None
+    assert ladder["preset"] == "default" and ladder["seconds"] == 60.0
     assert "deployment" in ladder and "kept_documents" in ladder
+    assert "T" in ladder["started"]  # ISO 8601, as JSON readers parse it
     started = datetime.fromisoformat(ladder["started"])
     assert started.utcoffset() is not None  # a moment, read the same in any zone
     assert abs(started - (NOW - HISTORY["r-ladder"][2]).astimezone()) < timedelta(seconds=1)
     rows = cli_in_process("runs", "--format", "csv", "--limit", "2", home=history).stdout
     header, *data = rows.splitlines()
-    assert header.startswith("run_id,status,preset,deployment,started,")
+    assert header.startswith("run_id,status,status_note,preset,deployment,started,")
     assert [row.split(",")[0] for row in data] == ["r-failed", "r-gpt-new"]
+
+
+def test_runs_for_a_program_keep_a_running_run_s_recorded_status(tmp_path):
+    """`runs --format json` gave "running (process gone: killed?)" as the status: a program
+    testing for "running" missed the run. The recorded status stays; the note is beside it."""
+    from storage.processes import this_host
+
+    registry = RunRegistry(tmp_path / "registry.duckdb")
+    registry.start_run({"run_id": "r-killed", "status": "running", "preset": "x",
+                        "started_at": NOW, "hostname": this_host(), "pid": 2**22 + 1})  # fmt: skip
+    [record] = [json.loads(line) for line in cli_in_process(
+        "runs", "--format", "json", home=tmp_path).stdout.splitlines()]  # fmt: skip
+    assert record["status"] == "running" and "process gone" in record["status_note"]
+    assert "process gone" in cli_in_process("runs", home=tmp_path).stdout
 
 
 def test_runs_rejects_a_bad_since_and_an_unknown_status(history):

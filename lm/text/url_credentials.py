@@ -19,10 +19,11 @@ HIDDEN = "***"
 # Query parameters whose value opens something, by how their names end: `token`,
 # `access_token`, `api_key`, `apikey`, Azure's `sig`, `X-Amz-Signature`, `X-Amz-Credential`,
 # `X-Amz-Security-Token`, `X-Goog-Signature`, `password`, `jwt`, `credentials`, and with
-# marks after the name (`__token__`, `token[]`); not `author` or `page`.
+# marks after the name (`__token__`, `token[]`, an array's entry `token[0]`); not `author` or
+# `page`.
 SECRET_PARAMETER = re.compile(
     r"(token|key|sig|signature|secret|password|passwd|pwd|auth|credentials?|session|jwt)"
-    r"[^a-z0-9]*$",
+    r"(?:\[[^\]]*\]|[^a-z0-9\[\]])*$",
     re.IGNORECASE,
 )
 URL_IN_TEXT = re.compile(r"https?://[^\s'\"<>]+", re.IGNORECASE)
