@@ -293,6 +293,61 @@ def test_a_second_reader_of_the_same_damage_is_told_to_rerun_too(tmp_path):
             list(read_raw_rows(path, 0, 30))
 
 
+def test_a_retrain_s_increment_is_the_new_train_text_and_the_held_out_text_checksummed(
+    workspace, config, tmp_path
+):
+    """The increment (the documents a champion has not trained on) was copied by DuckDB: its
+    inputs read without their pages' checksums, and itself written without any."""
+    from storage.artifacts import Descriptor
+    from storage.corpus import CorpusError, iter_split_texts, open_parquet
+    from tasks.increment import increment_task
+
+    def corpus_descriptor(summary) -> Descriptor:
+        folder = workspace.resolve(summary["corpus"]["path"])
+        return Descriptor(**json.loads((folder / "descriptor.json").read_text()))
+
+    first = run_pipeline(config)
+    for number in range(100, 106):
+        (tmp_path / "texts" / f"new{number}.txt").write_text(prose(number, 150))
+    second = run_pipeline(config)
+    increment = increment_task.fn(corpus_descriptor(second), corpus_descriptor(first))
+    made = str(workspace.resolve(increment.path) / DOCUMENTS_FILE)
+    expected = duckdb.sql(
+        f"SELECT doc_id, split FROM read_parquet('{corpus_file(workspace, second)}') WHERE keep "
+        f"AND (split <> 'train' OR doc_id NOT IN (SELECT doc_id FROM read_parquet("
+        f"'{corpus_file(workspace, first)}') WHERE keep AND split = 'train'))"
+    ).fetchall()
+    table = open_parquet(made).read()
+    assert (
+        list(zip(table["doc_id"].to_pylist(), table["split"].to_pylist(), strict=True)) == expected
+    )
+    new_train = [doc_id for doc_id, split in expected if split == "train"]
+    assert 0 < len(new_train) <= 6 and increment.stats["new_train_documents"] == len(new_train)
+    assert increment.stats["split_bytes"] == {
+        split: sum(len(text.encode()) for text, s in zip(table["text"].to_pylist(),
+                                                         table["split"].to_pylist(), strict=True)
+                   if s == split)
+        for split in set(table["split"].to_pylist())
+    }  # fmt: skip
+    # Flipped, a byte of its text is an error naming it, never other text (DuckDB's copy,
+    # without checksums, read back as other text for 1 flip in 2).
+    whole = Path(made).read_bytes()
+    chunk = pq.ParquetFile(made).metadata.row_group(0).column(table.schema.get_field_index("text"))
+    first = chunk.dictionary_page_offset or chunk.data_page_offset
+    texts = table["text"].to_pylist()
+    for position in range(first, first + chunk.total_compressed_size, 7):
+        flipped = bytearray(whole)
+        flipped[position] ^= 0x10
+        Path(made).write_bytes(flipped)
+        try:  # as the encode stage reads it
+            read = [text for batch in iter_split_texts(Path(made), "train") for text in batch]
+        except CorpusError as error:
+            assert str(error).startswith(made), position
+            continue
+        assert read == [t for t, s in zip(texts, table["split"].to_pylist(), strict=True)
+                        if s == "train"], position  # fmt: skip
+
+
 def test_changing_a_source_file_reruns_ingest(workspace, config, tmp_path):
     first = run_pipeline(config)
     (tmp_path / "texts" / "new.txt").write_text(prose(99, 150))
