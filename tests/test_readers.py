@@ -1849,6 +1849,12 @@ def test_a_named_pipe_or_a_looping_link_given_as_a_source_is_said_for_what_it_is
             "https://h/x?__token__=a&jwt=b&credentials=c&auth_token%5B%5D=d&tokens_left=9",
             "https://h/x?__token__=***&jwt=***&credentials=***&auth_token%5B%5D=***&tokens_left=9",
         ),
+        (
+            "https://h/x?sessionid=a&PHPSESSID=b&authorization=c&password2=d&keys=e&page2=f"
+            "#access_token=g&state=h",
+            "https://h/x?sessionid=***&PHPSESSID=***&authorization=***&password2=***&keys=***"
+            "&page2=f#access_token=***&state=h",
+        ),
         (  # an array's entries, as PHP and Rails name them
             "https://h/x?token%5B0%5D=a&api_key[1]=b&key%5Bprimary%5D=c&page[2]=3",
             "https://h/x?token%5B0%5D=***&api_key[1]=***&key%5Bprimary%5D=***&page[2]=3",

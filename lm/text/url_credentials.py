@@ -18,12 +18,13 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 HIDDEN = "***"
 # Query parameters whose value opens something, by how their names end: `token`,
 # `access_token`, `api_key`, `apikey`, Azure's `sig`, `X-Amz-Signature`, `X-Amz-Credential`,
-# `X-Amz-Security-Token`, `X-Goog-Signature`, `password`, `jwt`, `credentials`, and with
-# marks after the name (`__token__`, `token[]`, an array's entry `token[0]`); not `author` or
-# `page`.
+# `X-Amz-Security-Token`, `X-Goog-Signature`, `password`, `jwt`, `credentials`, `sessionid`,
+# PHP's `PHPSESSID`, `authorization`, and with marks or digits after the name (`__token__`,
+# `token[]`, an array's entry `token[0]`, `password2`, `keys`); not `author` or `page`.
 SECRET_PARAMETER = re.compile(
-    r"(token|key|sig|signature|secret|password|passwd|pwd|auth|credentials?|session|jwt)"
-    r"(?:\[[^\]]*\]|[^a-z0-9\[\]])*$",
+    r"(tokens?|keys?|sig|signature|secrets?|password|passwd|pwd|auth|authorization"
+    r"|credentials?|session|sessionid|sessid|jwt)"
+    r"(?:\[[^\]]*\]|[^a-z\[\]])*$",
     re.IGNORECASE,
 )
 URL_IN_TEXT = re.compile(r"https?://[^\s'\"<>]+", re.IGNORECASE)
@@ -42,10 +43,16 @@ def shown_url(url: str) -> str:
         user, has_password, _ = user_part.partition(":")
         # A user part alone may be a token (`https://ghp_...@github.com/`): hidden whole.
         netloc = f"{user}:{HIDDEN}@{host}" if has_password else f"{HIDDEN}@{host}"
-    query = "&".join(_shown_parameter(piece) for piece in parts.query.split("&"))
-    if netloc == parts.netloc and query == parts.query:
+    query = _shown_parameters(parts.query)
+    # A fragment of parameters carries tokens too: OAuth's implicit flow (`#access_token=`).
+    fragment = _shown_parameters(parts.fragment)
+    if (netloc, query, fragment) == (parts.netloc, parts.query, parts.fragment):
         return url
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
+    return urlunsplit(parts._replace(netloc=netloc, query=query, fragment=fragment))
+
+
+def _shown_parameters(parameters: str) -> str:
+    return "&".join(_shown_parameter(piece) for piece in parameters.split("&"))
 
 
 def _shown_parameter(piece: str) -> str:
