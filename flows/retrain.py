@@ -613,7 +613,7 @@ def _why_scratch(
     parts = {"trained": "model", "tokenizer": "tokenizer", "corpus": "corpus"}
     gone = [name for attribute, name in parts.items() if getattr(champion, attribute) is None]
     if gone:
-        return f"the champion's {' and '.join(gone)} is gone"
+        return f"the champion's {' and '.join(gone)} {'is' if len(gone) == 1 else 'are'} gone"
     if trained_on:
         return f"{_held_out(trained_on)} the champion trained on"
     return "settings changed"

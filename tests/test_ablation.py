@@ -92,6 +92,15 @@ def test_ablation_shares_the_data_stages_and_tabulates_mean_and_spread(workspace
     assert commands == [(f"lmforge ablation {config}",)]  # was: `lmforge run`, another flow
     table_file = workspace.runs / summary["run_id"] / "ablation.md"
     assert table_file.read_text().strip() == summary["table"]
+    # Each variant's mean and spread are its own metrics (`runs show`), not one run-level row.
+    _, logged = RunRegistry(workspace.registry_path).query(
+        "SELECT model, key, value FROM latest_metrics WHERE run_id = ? AND key LIKE 'ablation/%'",
+        [summary["run_id"]],
+    )
+    logged = {(model, key): value for model, key, value in logged}
+    for variant, result in results.items():
+        assert logged[variant, "ablation/val_bpb_mean"] == pytest.approx(result["val_bpb_mean"])
+        assert logged[variant, "ablation/val_bpb_std"] == pytest.approx(result["val_bpb_std"])
 
 
 def test_an_ablation_of_one_seed_finishes_and_claims_no_spread(workspace, config):
@@ -344,3 +353,47 @@ def test_a_variant_that_lost_a_seed_says_how_many_finished_and_claims_no_spread_
     }
     assert AblationTable.from_json(json.loads(json.dumps(table.to_json()))) == table
     assert table.markdown().endswith("\n- b, seed 2: TrainingError: loss is nan")
+
+
+def test_the_variants_are_ranked_by_their_mean_over_every_seed_best_first():
+    """Three seeds, where the mean and the median disagree (two seeds could not tell them
+    apart): `b` is best on average though `a` had the best seed and the best median."""
+    from lm.ablation_table import summarize
+
+    bpb = {"a": [2.0, 2.1, 2.9], "b": [2.2, 2.2, 2.3], "c": [3.0, 3.1, 3.2]}
+    stats = {"tokens_seen": 1000, "seconds": 2.0, "parameters": 10}
+    scored = [
+        (variant, seed, stats | {"val_bpb": value})
+        for variant, values in bpb.items()
+        for seed, value in enumerate(values, 1)
+    ]
+    table = summarize([(variant, seed) for variant, seed, _ in scored], scored, [])
+    assert [result.variant for result in table.results] == ["b", "a", "c"]
+    for result in table.results:
+        assert result.val_bpb_mean == pytest.approx(statistics.fmean(bpb[result.variant]))
+        assert result.val_bpb_by_seed == dict(enumerate(bpb[result.variant], 1))
+    assert [row[3] for row in table.rows()] == ["2.2333 ± 0.0577", "2.3333 ± 0.4933",
+                                                "3.1000 ± 0.1000"]  # fmt: skip
+
+
+def test_a_long_error_is_cut_to_its_line_length_with_the_ellipsis():
+    from lm.ablation_table import ERROR_CHARACTERS, one_line_error
+
+    cut = one_line_error(RuntimeError("x" * 1000))
+    assert len(cut) == ERROR_CHARACTERS and cut.endswith("x…")
+    assert one_line_error(RuntimeError("a\n  b")) == "RuntimeError: a b"
+
+
+def test_a_failed_ablation_s_message_counts_the_arms_that_finished():
+    from pathlib import Path
+
+    from flows.ablation import _failure_message
+    from lm.ablation_table import AblationTable, FailedArm
+
+    failed = [FailedArm("b", 1, "TrainingError: loss is nan"), FailedArm("b", 2, "OOM")]
+    message = _failure_message(AblationTable([], failed), 6, Path("runs/r/ablation.md"))
+    assert message == ("ablation: 2 of 6 variant × seed runs failed (the table of the 4 that "
+                       "finished is in runs/r/ablation.md): b, seed 1: TrainingError: loss is "
+                       "nan; b, seed 2: OOM")  # fmt: skip
+    none = _failure_message(AblationTable([], failed), 2, Path("runs/r/ablation.md"))
+    assert none.startswith("ablation: 2 of 2 variant × seed runs failed (none finished): ")

@@ -1190,6 +1190,11 @@ def test_a_model_trained_but_not_scored_is_recorded_with_its_failed_run(workspac
         "SELECT label, steps, val_bpb FROM models WHERE run_id = ?", [run_id]
     )[1]
     assert (label, steps, val_bpb) == ("gpt", 12, None)  # trained, unscored
+    # And the corpus and tokenizer it built, as a completed run's (`lmforge corpus stats`).
+    [(corpus_digest,)] = registry.query("SELECT corpus_digest FROM runs")[1]
+    assert corpus_digest and registry.query("SELECT corpus_digest FROM tokenizers")[1] == [
+        (corpus_digest,)
+    ]
     from tests.conftest import run_cli
 
     result = run_cli("generate", run_id, "--prompt", "The", "--max-new-tokens", "5", "--seed", "1")

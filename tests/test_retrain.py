@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 
@@ -176,7 +177,8 @@ def test_a_retrain_records_the_data_it_saw_as_a_run_does(workspace, tmp_path):
     """`lmforge runs compare` lists corpus/kept, tokens/train and the tokenizer's bytes per token
     beside retrain/promoted ("what data a run saw, and what a retrain decided"): a retrain
     recorded none of them, so two nights' retrains could not be compared by their corpus."""
-    _, config = twelve_documents(tmp_path)
+    folder, config = twelve_documents(tmp_path)
+    (folder / "short.txt").write_text("Too short to keep.")  # read, and not kept
     first = _trigger(config)
     unchanged = _trigger(config)
     registry = RunRegistry(workspace.registry_path)
@@ -886,3 +888,195 @@ def test_the_corpus_digest_follows_the_split_and_the_text_digest_only_the_kept()
     assert base[0] != moved[0] and base[1] != moved[1]
     with_rejected = digests(("a", "train", True), ("b", "val", True), ("c", "train", False))
     assert with_rejected[0] != base[0] and with_rejected[1] == base[1]
+
+
+def test_a_champion_of_another_tokenizer_is_not_continued_but_one_of_another_thread_count_is():
+    """The tokenizer half of `_same_settings`: a champion of other pieces (another vocabulary
+    size) would be continued, with its own tokenizer, under a config that asks for another,
+    or found "up-to-date" with no new documents; the thread count changes no piece."""
+    from types import SimpleNamespace
+
+    from flows.retrain import _same_settings
+    from lm.config import load_config
+
+    settings = load_config("default")
+    [model_run] = settings.model_runs()
+    tokenizer = settings.tokenizer.model_dump(mode="json")
+    champion = SimpleNamespace(tokenizer_config=tokenizer | {"threads": 3},
+                               model_config=model_run.model.model_dump(mode="json"))  # fmt: skip
+    assert _same_settings(champion, settings, model_run)
+    champion.tokenizer_config = tokenizer | {"vocab_size": tokenizer["vocab_size"] * 2}
+    assert not _same_settings(champion, settings, model_run)
+
+
+def test_a_cap_at_the_steps_a_continuation_has_says_nothing_and_keeps_a_step_past_warmup():
+    """Ten passes over 579 tokens are the 12 steps it has: nothing is cut, and the reason
+    claims no cut ("12 steps, not 12"). A long warmup cut with few steps still leaves a step
+    at the peak learning rate (149 of 150 kept whole made every step a warmup step)."""
+    from flows.retrain import Decision, _capped_passes
+    from lm.config import ModelRun
+    from lm.models.config import GPTConfig
+    from lm.train_config import TrainConfig
+    from storage.artifacts import Descriptor
+
+    def capped(train: TrainConfig, tokens: int) -> tuple[TrainConfig, str]:
+        model_run = ModelRun("gpt", GPTConfig(block_size=64), train)
+        shards = Descriptor("encode", "k", "p", "d", {"splits": {"train": {"tokens": tokens}}})
+        decision = Decision("continue", "continued")
+        return _capped_passes(train, model_run, shards, 10, decision), decision.reason
+
+    exact = TrainConfig(max_steps=12, warmup_steps=2, global_batch=8, micro_batch=8)
+    assert capped(exact, 579) == (exact, "continued")
+    long_warmup = TrainConfig(max_steps=150, warmup_steps=149, global_batch=8, micro_batch=8)
+    for tokens, steps in ((30, 1), (60, 2), (120, 3)):
+        cut, _ = capped(long_warmup, tokens)
+        assert cut.max_steps == steps and cut.warmup_steps == steps - 1, (tokens, cut)
+
+
+def test_exactly_retrain_min_new_documents_is_enough_and_a_short_continuation_warms_up_less(
+    workspace, tmp_path
+):
+    """Two new train documents and `retrain.min_new_documents = 2`: continued, not "fewer than"
+    (the rule is a floor). `retrain.steps = 2` below the config's warmup: one step of warmup,
+    so that the continuation reaches its peak learning rate."""
+    folder, config = twelve_documents(tmp_path)
+    _trigger(config)
+    new = [i for i in range(100, 200) if _first_piece_split(prose(i, 120), 1.0) == "train"][:2]
+    for index in new:
+        (folder / f"new{index}.txt").write_text(prose(index, 120))
+    later = _trigger(config, "retrain.min_new_documents=2", "retrain.steps=2",
+                     "retrain.max_passes=0", "train.warmup_steps=5")  # fmt: skip
+    decision = later["decision"]
+    assert decision["mode"] == "continue", decision["reason"]
+    assert "continued the champion on 2 new train documents" in decision["reason"]
+    candidate = workspace.resolve(later["models"][0]["path"])
+    settings = json.loads((candidate / "train.json").read_text())
+    assert (settings["max_steps"], settings["warmup_steps"]) == (2, 1)
+
+
+LADDER = TINY.replace(
+    '[model]\nkind = "gpt"',
+    '[[models]]\nkind = "bigram-count"\n\n[[models]]\nkind = "gpt"',
+)
+
+
+def test_a_ladder_retrains_its_top_model_alone(workspace, tmp_path):
+    """The top of a ladder is the model a retrain keeps current: not its count model."""
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    for index in range(12):
+        (folder / f"doc{index:02d}.txt").write_text(prose(index, 120))
+    config = write_config(tmp_path / "ladder.toml", [{"path": str(folder)}], LADDER)
+    first = _trigger(config)
+    assert [model["kind"] for model in first["models"]] == ["gpt"]
+    assert RunRegistry(workspace.registry_path).champion()["kind"] == "gpt"
+
+
+def test_a_champion_whose_tokenizer_is_gone_for_good_is_replaced_not_kept_up_to_date(
+    workspace, tmp_path
+):
+    """Its tokenizer deleted, and the corpus it could be rebuilt from too (its model folder's
+    copy is taken only with a corpus to measure it on): the champion cannot be scored nor
+    used, so the same data trains a candidate that takes the alias, rather than "no new
+    documents" keeping a champion nothing can encode text for."""
+    import shutil
+
+    _, config = twelve_documents(tmp_path)
+    _trigger(config)
+    registry = RunRegistry(workspace.registry_path)
+    _, [(tokenizer_path,)] = registry.query("SELECT path FROM tokenizers")
+    _, [(corpus_path,)] = registry.query("SELECT path FROM datasets")
+    shutil.rmtree(workspace.resolve(tokenizer_path))
+    shutil.rmtree(workspace.resolve(corpus_path))
+    later = _trigger(config)
+    decision = later["decision"]
+    assert decision["mode"] == "scratch" and decision["promoted"], decision["reason"]
+    assert "(the champion's tokenizer and corpus are gone)" in decision["reason"]
+    assert "could not be scored (its model or tokenizer is gone)" in decision["reason"]
+    assert registry.champion()["run_id"] == later["run_id"]
+
+
+def test_a_champion_corpus_mostly_of_files_no_longer_read_cannot_have_its_ids_checked(tmp_path):
+    """Under other text code, the champion's documents are matched by file: where most come
+    from files no longer read (a moved folder), nothing tells whether their ids survived, and
+    it is not continued; half of them gone (deleted files) still leaves the rest to check."""
+    from types import SimpleNamespace
+
+    from flows.retrain import _same_documents
+    from lm.config import load_config
+    from storage.artifacts import Descriptor
+    from storage.corpus import DOCUMENTS_FILE
+
+    def corpus(name, files):
+        folder = tmp_path / name
+        folder.mkdir()
+        _corpus_file(folder / DOCUMENTS_FILE,
+                     [(f, f"/d/{f}.txt", "train", True, None) for f in files])  # fmt: skip
+        return Descriptor("clean", name, str(folder), name, {"normalization_version": 0})
+
+    run = SimpleNamespace(workspace=SimpleNamespace(resolve=Path))
+    settings = load_config("default")
+    before = corpus("before", "abcd")
+    champion = SimpleNamespace(corpus=before, text_settings=None)
+    assert not _same_documents(run, champion, corpus("moved", "a"), settings)  # 3 of 4 gone
+    assert _same_documents(run, champion, corpus("deleted", "ab"), settings)  # 2 of 4 gone
+
+
+def test_a_lost_tokenizer_rebuilt_with_other_pieces_is_not_taken_for_the_champion_s(monkeypatch):
+    """Trained again, a tokenizer that gave pieces other than the recorded digest's would
+    encode the held-out text into ids the champion never learned: its score there would be
+    noise, so it stays without one (and is beaten unscored, as before the rebuild)."""
+    from types import SimpleNamespace
+
+    import flows.retrain as retrain_flow
+    from lm.config import load_config
+    from storage.artifacts import Descriptor
+
+    settings = load_config("default")
+    built = []
+
+    def build_tokenizer(run, config, corpus, **keywords):
+        built.append(corpus)
+        return Descriptor("tokenizer", "k", "p", "other pieces")
+
+    monkeypatch.setattr(retrain_flow, "build_tokenizer", build_tokenizer)
+    monkeypatch.setattr(retrain_flow, "_take_the_model_folder_s_tokenizer", lambda *a: False)
+    corpus = Descriptor("clean", "c", "c", "its corpus")
+    champion = retrain_flow.Champion(
+        row={"tokenizer_digest": "the champion's pieces", "path": "m"},
+        trained=Descriptor("train", "t", "t", "t"), tokenizer=None, corpus=None,
+        tokenizer_config=settings.tokenizer.model_dump(mode="json"), model_config={},
+        tokenizer_corpus=corpus,
+    )  # fmt: skip
+    run = SimpleNamespace(tokenizer=None)
+    retrain_flow._rebuild_lost_tokenizer(run, settings, champion)
+    assert built == [corpus] and champion.tokenizer is None
+    monkeypatch.setattr(retrain_flow, "build_tokenizer", lambda *a, **k: Descriptor(
+        "tokenizer", "k", "p", "the champion's pieces"))  # fmt: skip
+    retrain_flow._rebuild_lost_tokenizer(run, settings, champion)
+    assert champion.tokenizer.digest == "the champion's pieces"
+
+
+def test_a_retrain_that_fails_after_training_records_its_candidate(workspace, tmp_path,
+                                                                   monkeypatch):  # fmt: skip
+    """Failed while the champion was scored (an error no scoring expects), the candidate it
+    trained is still a model of the failed run, to compare or use, and the alias stays."""
+    import flows.retrain as retrain_flow
+
+    folder, config = twelve_documents(tmp_path)
+    first = _trigger(config)
+    for index in range(100, 104):
+        (folder / f"new{index}.txt").write_text(prose(index, 120))
+
+    def scoring_fails(*args, **kwargs):
+        raise RuntimeError("the champion's disk went away")
+
+    monkeypatch.setattr(retrain_flow, "_champion_score", scoring_fails)
+    with pytest.raises(RuntimeError, match="went away"):
+        _trigger(config)
+    registry = RunRegistry(workspace.registry_path)
+    _, rows = registry.query("SELECT r.status, m.label, m.val_bpb FROM runs r JOIN models m "
+                             "USING (run_id) WHERE r.run_id <> ?", [first["run_id"]])  # fmt: skip
+    assert [(status, label) for status, label, _ in rows] == [("failed", "gpt")]
+    assert rows[0][2] is not None
+    assert registry.champion()["run_id"] == first["run_id"]

@@ -659,3 +659,55 @@ def test_a_source_url_s_token_hidden_in_the_registry_is_no_edit_of_the_config(tm
     # A run recorded before tokens were hidden still reads as the same data.
     before = json.dumps(settings.model_dump(mode="json"))
     assert _newest_same_data(settings, [("r0", 45, before, None)]) == ("r0", 45)
+
+
+def test_a_setting_added_since_a_run_is_no_edit_of_its_config(tmp_path):
+    """`config_drift` compares only the settings the run recorded: one a later lmforge added
+    (absent from the recorded config) is not said to be an edit of the file."""
+    from flows.pipeline import reproduce_command
+    from flows.runs_cli import config_drift
+    from lm.config import load_config
+    from tests.helpers import write_config
+
+    config = write_config(tmp_path / "c.toml", [{"path": str(tmp_path)}], "")
+    recorded = load_config(str(config)).model_dump(mode="json")
+    del recorded["train"]["warmup_steps"]  # as recorded before lmforge had it
+    command = reproduce_command(str(config), [])
+    assert config_drift(command, recorded) is None
+    recorded["train"]["max_steps"] += 1
+    assert "(train.max_steps)" in config_drift(command, json.dumps(recorded))
+
+
+def test_compare_rows_each_model_s_metrics_in_order_then_the_run_s_data_metrics():
+    from flows.runs_cli import MODEL_METRICS, _metric_rows
+
+    values = dict.fromkeys(MODEL_METRICS)
+    gpt = ("a", "gpt", *(values | {"val_bpb": 2.5, "steps": 100}).values())
+    mlp = ("b", "mlp", *(values | {"val_bpb": 2.75}).values())
+    data = [("b", "corpus/kept", 12.0), ("a", "retrain/promoted", 1.0)]
+    rows = _metric_rows(["a", "b"], [mlp, gpt], data)
+    per_model = [f"{name} ({label})" for label in ("gpt", "mlp") for name in MODEL_METRICS]
+    assert [row[0] for row in rows] == [*per_model, "corpus/kept", "retrain/promoted"]
+    shown = {row[0]: row[1:] for row in rows}
+    assert shown["val_bpb (gpt)"] == ("2.5000", "—") and shown["steps (gpt)"] == ("100", "—")
+    assert shown["val_bpb (mlp)"] == ("—", "2.7500")
+    assert shown["corpus/kept"] == ("—", "12") and shown["retrain/promoted"] == ("1", "—")
+
+
+def test_compare_beside_a_refused_run_claims_no_identical_config(tmp_path):
+    """A refused run recorded no settings: the one run that did has nothing to be compared
+    with, and "config: identical" would claim what nobody measured."""
+    registry = RunRegistry(tmp_path / "registry.duckdb")
+    registry.start_run({"run_id": "r-ran", "status": "completed", "started_at": NOW,
+                        "config": {"train": {"max_steps": 5}}})  # fmt: skip
+    registry.start_run({"run_id": "r-refused", "status": "failed", "started_at": NOW})
+    output = run_cli("runs", "compare", "r-ran", "r-refused", home=tmp_path).stdout
+    assert "config: none recorded for r-refused" in output
+    assert "identical" not in output
+
+
+def test_a_small_metric_keeps_its_significant_digits():
+    from flows.runs_cli import _number
+
+    assert _number(0.000753295668) == "0.0007533"  # a rate, not 0.0008
+    assert _number(3e-05) == "3e-05" and _number(0.25) == "0.2500" and _number(400.0) == "400"
