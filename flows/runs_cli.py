@@ -134,7 +134,8 @@ def runs_list(
 ) -> None:
     """List runs, newest first: status, config, corpus, models and their best val bits/byte
     (of the --model-kind's models, with that option). CSV and JSON Lines, for a program, give
-    every column whole: the full corpus digest, the start time with its offset from UTC."""
+    every column whole: the full corpus digest, the start time with its offset from UTC, the
+    status as recorded with a `status_note` beside it."""
     if context.invoked_subcommand is not None:
         return
     from flows.cli import _print_result, _registry, _table, console
