@@ -658,3 +658,260 @@ def test_fsdp_refuses_a_model_with_batch_norm_whose_statistics_it_would_not_keep
     model = build_model(MLPConfig(context=3, n_embd=8, hiddens=[16], norm="batchnorm"), 20)
     with pytest.raises(ValueError, match=r'norm "batchnorm" under parallel = "fsdp"'):
         wrap_model(model, "fsdp", torch.device("cpu"))
+
+
+# -- the launcher's and the ranks' small pieces, without torchrun ---------------------------
+
+
+def test_a_rank_s_place_is_read_from_what_torchrun_sets(monkeypatch):
+    # Over several machines RANK (global) and LOCAL_RANK (this machine's) differ: rank 0 alone
+    # writes the checkpoints, so confusing them would have every node's first rank write.
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert Ranks.from_env() == Ranks(rank=3, world_size=4, local_rank=1)
+    assert Ranks.from_env().distributed and not Ranks.from_env().is_main
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name)
+    assert Ranks.from_env() == Ranks() and Ranks().is_main and not Ranks().distributed
+    monkeypatch.setenv("RANK", "zero")
+    with pytest.raises(TrainingError, match="RANK/WORLD_SIZE/LOCAL_RANK are not integers"):
+        Ranks.from_env()
+
+
+def test_a_process_group_is_nccl_with_a_gpu_each_and_gloo_on_the_cpu(monkeypatch):
+    joined: list[str] = []
+    chosen: list[torch.device] = []
+    monkeypatch.setattr(torch.distributed, "init_process_group",
+                        lambda backend: joined.append(backend))  # fmt: skip
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    # Exactly as many processes as GPUs: each takes its own.
+    init_process_group(Ranks(rank=1, world_size=2, local_rank=1), torch.device("cuda", 1))
+    assert (joined, chosen) == (["nccl"], [torch.device("cuda", 1)])
+    init_process_group(Ranks(rank=1, world_size=2, local_rank=1), torch.device("cpu"))
+    assert (joined, chosen) == (["nccl", "gloo"], [torch.device("cuda", 1)])
+    init_process_group(Ranks(), torch.device("cpu"))  # one process: no group
+    assert joined == ["nccl", "gloo"]
+
+
+def test_a_rank_meets_the_others_before_leaving_only_after_a_completed_run(monkeypatch):
+    """After a failure the other ranks may never reach a barrier: waiting for them there would
+    hang the rank (gloo's default timeout is 30 minutes) instead of letting it exit."""
+    import gc
+
+    from lm.distributed import leave_process_group
+
+    calls: list[str] = []
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(gc, "collect", lambda: calls.append("collect"))
+    monkeypatch.setattr(torch.distributed, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(torch.distributed, "destroy_process_group",
+                        lambda: calls.append("destroy"))  # fmt: skip
+    leave_process_group(completed=True)
+    assert calls == ["collect", "barrier", "destroy"]
+    calls.clear()
+    leave_process_group(completed=False)
+    assert calls == ["collect", "destroy"]
+
+
+def test_fsdp_shards_a_transformer_block_by_block():
+    from lm.distributed import shard_units
+
+    model = build_model(GPT, VOCAB)
+    assert shard_units(model) == list(model.blocks) and len(model.blocks) == GPT.n_layer
+
+
+def test_a_node_rank_below_zero_is_refused():
+    with pytest.raises(TrainingError, match="node rank -1 is not a node of this training"):
+        NodePlace(2, -1, "node0", 29500, 60)
+
+
+def test_torchrun_is_told_where_the_nodes_meet_and_how_long_to_wait():
+    from lm.distributed import torchrun_command
+
+    place = NodePlace(2, 1, "node0", 29600, 45)
+    assert torchrun_command(2, "lm.train_worker", "/work", log_dir="/logs", nodes=place)[1:] == [
+        "-m", "torch.distributed.run", "--nnodes=2", "--node-rank=1", "--master-addr=node0",
+        "--master-port=29600", "--rdzv-conf=timeout=45", "--log-dir=/logs",
+        "--nproc_per_node=2", "-m", "lm.train_worker", "/work",
+    ]  # fmt: skip
+    assert torchrun_command(3, "m")[1:] == [
+        "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3", "-m", "m"]  # fmt: skip
+
+
+def launched(monkeypatch, code: int = 0, tail: list[str] | None = None) -> list[tuple]:
+    """`run_torchrun` with torchrun itself replaced: each launch's command and environment is
+    recorded, and it ends with `code` and the error output `tail`."""
+    import lm.distributed
+
+    launches: list[tuple] = []
+
+    def relay(command, environment, log, noise=None):
+        launches.append((command, environment))
+        return code, list(tail or [])
+
+    monkeypatch.setattr(lm.distributed, "_run_relaying_output", relay)
+    return launches
+
+
+def test_the_ranks_share_the_cores_and_die_with_this_process(monkeypatch):
+    from lm.parent_death import PARENT_PID_VARIABLE
+
+    launches = launched(monkeypatch)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    # Named by a guard of its own (a process started under `lm.parent_death`): torchrun's
+    # guard must still check for this process, its actual parent.
+    run_torchrun(2, "m", env={"PATH": os.environ["PATH"], PARENT_PID_VARIABLE: "1"})
+    run_torchrun(2, "m", env={"PATH": os.environ["PATH"], "OMP_NUM_THREADS": "3"})
+    (command, first), (_, second) = launches
+    assert command[:4] == [sys.executable, "-m", "lm.parent_death", sys.executable]
+    assert first[PARENT_PID_VARIABLE] == second[PARENT_PID_VARIABLE] == str(os.getpid())
+    assert (first["OMP_NUM_THREADS"], second["OMP_NUM_THREADS"]) == ("4", "3")
+    assert first["PYTHONPATH"].split(os.pathsep)[0] == str(REPO_ROOT)
+
+
+LOST_NOTE = "(rank 0 then failed on the lost connection, their tracebacks left out: Connection)"
+
+
+@pytest.mark.parametrize(("node_rank", "there"), [(0, "there."), (1, "there (or of the run")])
+def test_ranks_that_only_lost_their_peers_point_to_the_other_node(monkeypatch, node_rank, there):
+    launched(monkeypatch, 1, [LOST_NOTE])
+    with pytest.raises(TrainingError) as failure:
+        run_torchrun(1, "m", nodes=NodePlace(2, node_rank, "node0", 29600, 60))
+    assert f"its error is in the output of `lmforge train-join` {there}" in str(failure.value)
+    # A rank of this node that failed on its own: its error is here, not elsewhere.
+    launched(monkeypatch, 1, ["[rank1]: ValueError: bad batch", LOST_NOTE])
+    with pytest.raises(TrainingError) as failure:
+        run_torchrun(1, "m", nodes=NodePlace(2, node_rank, "node0", 29600, 60))
+    assert "only lost their connection" not in str(failure.value)
+    assert "[rank1]: ValueError: bad batch" in str(failure.value)
+
+
+def test_only_node_zero_blames_its_rendezvous_port(monkeypatch):
+    """Node 0 hosts the meeting point; "address already in use" on another node is an error
+    of its own ranks, shown as it is."""
+    launched(monkeypatch, 1, ["OSError: [Errno 98] address already in use"])
+    with pytest.raises(TrainingError, match=r"train\.master_port 29600 is already in use"):
+        run_torchrun(1, "m", nodes=NodePlace(2, 0, "node0", 29600, 60))
+    with pytest.raises(TrainingError, match=r"failed with exit code 1\. The end of its error "
+                       r"output:\nOSError: \[Errno 98\] address already in use"):  # fmt: skip
+        run_torchrun(1, "m", nodes=NodePlace(2, 1, "node0", 29600, 60))
+
+
+def test_the_error_output_keeps_its_end_not_its_beginning():
+    from lm.distributed import STDERR_TAIL_LINES, error_tail
+
+    lines = [f"line {n}" for n in range(3 * STDERR_TAIL_LINES)]
+    assert error_tail(lines) == lines[-STDERR_TAIL_LINES:]
+
+
+def test_c10d_frames_and_the_blank_lines_between_them_are_not_relayed():
+    from lm.distributed import RendezvousNoise
+
+    output = ["W1207 12:00:00.000000 1 socket.cpp:1] TCP client failed to connect",
+              "Exception raised from connect at socket.cpp:1 (most recent call first):",
+              "frame #0: c10::Error::Error() + 0x1", "", "frame #1: start_thread + 0x2", "",
+              "W1207 12:00:01.000000 1 socket.cpp:1] TCP client failed to connect"]  # fmt: skip
+    noise = RendezvousNoise()
+    assert [shown for line in output for shown in noise.feed(line)] == [output[0], output[-1]]
+
+
+def test_the_rendezvous_port_is_free_while_connections_it_served_linger(tmp_path):
+    """A ladder's trainings meet one after another at the same train.master_port: the last
+    one's closed connections linger there (TIME_WAIT) for a minute, which the store's own
+    bind ignores (SO_REUSEADDR); the check must not call the port taken."""
+    with contextlib.closing(socket.socket()) as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = server.accept()
+        accepted.close()  # the side that closes first keeps the TIME_WAIT, on `port`
+        client.recv(1)
+        client.close()
+    check_port_free(NodePlace(2, 0, "node0", port, 60))
+
+
+def test_a_rank_says_whether_it_completed_when_it_leaves_the_group(tmp_path, monkeypatch):
+    """`leave_process_group` waits for the other ranks only after a completed run; a rank that
+    failed must say so, exit 1 and not wait for ranks that may never come."""
+    import lm.distributed
+    from lm import train_worker
+
+    left: list[bool] = []
+    monkeypatch.setattr(lm.distributed, "leave_process_group", left.append)
+    monkeypatch.setattr(train_worker, "train_in", lambda work: None)
+    assert train_worker.main([str(tmp_path)]) == 0
+
+    def fails(work):
+        raise TrainingError("token file missing")
+
+    monkeypatch.setattr(train_worker, "train_in", fails)
+    assert train_worker.main([str(tmp_path)]) == 1
+    assert left == [True, False]
+
+
+def test_a_resumed_worker_counts_the_tokens_it_trained_itself(tmp_path):
+    """`tokens_this_run` is what the ranks trained in this launch, the speed's numerator: a
+    resume after a crash does not count the tokens of the run it continues."""
+    from lm.train_worker import train_in
+
+    job = tmp_path / "job"
+    spec = write_job(job, nproc_per_node=1, max_steps=3, eval_every=3, checkpoint_every=3)
+    train_in(job)
+    first = read_result(job)
+    assert first["tokens_this_run"] == first["tokens_seen"] == 3 * 8 * 16
+    longer = spec.train.model_copy(update={"max_steps": 5})
+    write_spec(job, spec.model_copy(update={"train": longer}))
+    train_in(job)
+    resumed = read_result(job)
+    assert (resumed["tokens_seen"], resumed["tokens_this_run"]) == (5 * 8 * 16, 2 * 8 * 16)
+    assert resumed["world_size"] == 1
+
+
+def test_gradients_sync_on_the_last_micro_batch_and_fsdp_syncs_again_after_a_failure():
+    from lm.distributed import gradient_sync
+
+    class Sharded:  # what FSDP2 offers
+        def __init__(self) -> None:
+            self.said: list[bool] = []
+
+        def set_requires_gradient_sync(self, enabled: bool) -> None:
+            self.said.append(enabled)
+
+    model = Sharded()
+    with gradient_sync(model, enabled=True):
+        assert model.said == []  # the last micro-batch: reduced as usual
+    with pytest.raises(ValueError), gradient_sync(model, enabled=False):
+        assert model.said == [False]
+        raise ValueError("a micro-batch failed")
+    assert model.said == [False, True]
+
+
+def test_a_worker_s_initial_weights_come_from_the_train_seed(tmp_path, monkeypatch):
+    """Every rank builds the model from `train.seed`, whatever the process drew before: the
+    ranks start from the same weights, and another seed starts from others."""
+    import lm.models.registry
+    from lm.train_worker import train_in
+
+    class Built(Exception):
+        pass
+
+    built: list[str] = []
+    build = lm.models.registry.build_model
+
+    def recording(*args, **kwargs):
+        built.append(weights_digest(build(*args, **kwargs).state_dict()))
+        raise Built
+
+    monkeypatch.setattr(lm.models.registry, "build_model", recording)
+    for seed in (1, 1, 2):
+        job = tmp_path / f"job-{len(built)}"
+        write_job(job, nproc_per_node=1, seed=seed)
+        torch.manual_seed(100 + len(built))  # what this process's generator was left at
+        with pytest.raises(Built):
+            train_in(job)
+    assert built[0] == built[1] != built[2]

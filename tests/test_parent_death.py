@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="PR_SET_PDEATHSIG is Linux's")  # fmt: skip
 
+COMMAND = b"import time; time.sleep(120)"
 CHECK = "from lm.parent_death import die_with_parent; die_with_parent(); print('still here')"
 
 
@@ -53,7 +54,7 @@ def test_a_command_run_under_the_guard_dies_when_its_parent_is_killed():
         "import os, subprocess, sys\n"
         f"env = os.environ | {{{PARENT_PID_VARIABLE!r}: str(os.getpid())}}\n"
         "child = subprocess.Popen([sys.executable, '-m', 'lm.parent_death', sys.executable,\n"
-        "                          '-c', 'import time; time.sleep(120)'], env=env)\n"
+        f"                          '-c', {COMMAND.decode()!r}], env=env)\n"
         "print(child.pid, flush=True)\n"
         "child.wait()\n"
     )
@@ -62,9 +63,10 @@ def test_a_command_run_under_the_guard_dies_when_its_parent_is_killed():
     child = int(parent.stdout.readline())
     try:
         # Once the command runs (exec done), the guard is in place: the kernel's signal, not
-        # the check for a parent already gone, is what is tested.
+        # the check for a parent already gone, is what is tested. The guard's own command line
+        # names the command too: only once `lm.parent_death` has left it has exec happened.
         cmdline = Path(f"/proc/{child}/cmdline")
-        assert wait_until(lambda: b"time.sleep" in cmdline.read_bytes(), 60)
+        assert wait_until(lambda: cmdline.read_bytes().split(b"\0")[1:3] == [b"-c", COMMAND], 60)
         parent.send_signal(signal.SIGKILL)
         parent.wait()
         assert wait_until(lambda: not pid_alive(child), 5)

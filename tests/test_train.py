@@ -1626,3 +1626,83 @@ def test_a_val_loss_that_only_equals_the_one_to_beat_is_no_improvement(tmp_path)
     run.evaluate = lambda model=None: next(scores)
     result = run.train()
     assert (result.stopped_early, result.step, result.best_val_loss) == (True, 3, 3.0)
+
+
+def test_the_compiler_probe_checks_the_gradient_as_well_as_the_values(monkeypatch):
+    """A compiled backward that runs but gives wrong numbers would train a wrong model
+    silently: the probe compares its gradient with eager's, not only its forward."""
+    import lm.compilation
+
+    class WrongGradient(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return lm.compilation._probe(x)
+
+        @staticmethod
+        def backward(ctx, gradient):
+            return gradient * 0.5
+
+    monkeypatch.setattr(lm.compilation.torch, "compile", lambda f, **options: WrongGradient.apply)
+    problem = lm.compilation.compiler_works(torch.device("cpu"))
+    assert problem == "a compiled probe gave different numbers from eager"
+
+
+def test_compiling_on_the_cpu_alone_turns_on_deterministic_algorithms(monkeypatch):
+    import lm.compilation
+
+    compiled: list[dict] = []
+    monkeypatch.setattr(lm.compilation, "compiler_works", lambda device: None)
+
+    def compile_recording(model, **options):
+        compiled.append(options)
+        return "compiled"
+
+    monkeypatch.setattr(lm.compilation.torch, "compile", compile_recording)
+    before = (torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled())  # fmt: skip
+    torch.use_deterministic_algorithms(False)  # an earlier compiled run's test turned them on
+    try:
+        model = torch.nn.Linear(2, 2)
+        assert lm.compilation.compile_or_eager(model, torch.device("cuda")) == "compiled"
+        assert not torch.are_deterministic_algorithms_enabled()
+        assert lm.compilation.compile_or_eager(model, torch.device("cpu")) == "compiled"
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+        assert compiled == [{"dynamic": False}] * 2  # every batch has the same shape
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+def test_an_out_of_memory_while_compiling_is_not_the_compiler_s_failure():
+    """Inductor allocates while it compiles (benchmarking its kernels): running out of memory
+    there is the run's problem, which an eager retry would only meet again."""
+    from lm.compilation import raised_by_the_compiler
+
+    namespace: dict = {}
+    exec(compile("def compile_fx(error):\n    raise error\n",
+                 "/site-packages/torch/_inductor/compile_fx.py", "exec"), namespace)  # fmt: skip
+
+    def raised(error):
+        try:
+            namespace["compile_fx"](error)
+        except Exception as caught:
+            return caught
+
+    assert raised_by_the_compiler(raised(RuntimeError("an operator it cannot lower")))
+    assert not raised_by_the_compiler(raised(torch.OutOfMemoryError("CUDA out of memory")))
+
+
+def test_a_model_torch_compile_refuses_trains_eager_with_a_warning(monkeypatch, caplog):
+    """The probe compiled; `torch.compile(model)` itself raising (a module Dynamo cannot wrap)
+    leaves the model eager with a warning, as a failed probe does."""
+    import lm.compilation
+
+    def refuses(model, **options):
+        raise TypeError("cannot wrap this module\nmore detail")
+
+    monkeypatch.setattr(lm.compilation, "compiler_works", lambda device: None)
+    monkeypatch.setattr(lm.compilation.torch, "compile", refuses)
+    model = torch.nn.Linear(2, 2)
+    with caplog.at_level("WARNING", logger="lm.compilation"):
+        assert lm.compilation.compile_or_eager(model, torch.device("cuda")) is model
+    assert "torch.compile unavailable on cuda (TypeError: cannot wrap this module)" in caplog.text
