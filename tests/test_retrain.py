@@ -43,6 +43,15 @@ samples = 0
 NOW = datetime.now()
 
 
+def failing(message: str):
+    """A stand-in for a step that fails with `message`, whatever it is given."""
+
+    def fail(*args, **kwargs):
+        raise RuntimeError(message)
+
+    return fail
+
+
 def _trigger(config, *overrides):
     from flows.retrain import retrain
 
@@ -201,11 +210,7 @@ def test_a_retrain_that_fails_in_training_keeps_the_data_it_saw(workspace, tmp_p
     import flows.retrain as retrain_flow
 
     _, config = twelve_documents(tmp_path)
-
-    def training_fails(*args, **kwargs):
-        raise RuntimeError("the machine went away")
-
-    monkeypatch.setattr(retrain_flow, "train_model", training_fails)
+    monkeypatch.setattr(retrain_flow, "train_model", failing("the machine went away"))
     with pytest.raises(RuntimeError, match="went away"):
         _trigger(config)
     registry = RunRegistry(workspace.registry_path)
@@ -1067,11 +1072,7 @@ def test_a_retrain_that_fails_after_training_records_its_candidate(workspace, tm
     first = _trigger(config)
     for index in range(100, 104):
         (folder / f"new{index}.txt").write_text(prose(index, 120))
-
-    def scoring_fails(*args, **kwargs):
-        raise RuntimeError("the champion's disk went away")
-
-    monkeypatch.setattr(retrain_flow, "_champion_score", scoring_fails)
+    monkeypatch.setattr(retrain_flow, "_champion_score", failing("the champion's disk went away"))
     with pytest.raises(RuntimeError, match="went away"):
         _trigger(config)
     registry = RunRegistry(workspace.registry_path)
