@@ -39,6 +39,7 @@ from lm.config import (
     PipelineConfig,
     SplitConfig,
     load_config,
+    override_value,
     resolve_preset,
 )
 from lm.eval_config import EvalConfig
@@ -501,15 +502,15 @@ def _preset_named(config: str, overrides: list[str]) -> str:
 
 
 def _name_set(overrides: list[str]) -> object:
-    """The value of the last `--set name=...`: a TOML value, or a bare word as `load_config`
-    reads one; None without one."""
+    """The value of the last `--set name=...`, read as `load_config` reads it; None without
+    one, or with one it refuses."""
     for override in reversed(overrides):
         key, _, value = override.partition("=")
         if key.strip() == "name":
             try:
-                return tomllib.loads(f"v = {value}").get("v")
-            except tomllib.TOMLDecodeError:
-                return value.strip()
+                return override_value(override, "name", value)
+            except ConfigError:
+                return None
     return None
 
 

@@ -1153,7 +1153,7 @@ def _apply_override(data: dict[str, Any], override: str, path: Path) -> None:
     parts = [part.strip() for part in key.split(".")]
     if not sep or not all(parts):
         raise ConfigError(f"override '{override}': expected KEY.PATH=VALUE")
-    value = _override_value(override, key.strip(), raw_value)
+    value = override_value(override, key.strip(), raw_value)
     *parents, leaf = parts
     node: Any = data
     for depth, part in enumerate(parents):
@@ -1194,7 +1194,7 @@ def _clear_switches_for_preset(data: dict[str, Any], override: str) -> None:
     if not isinstance(table, dict) or table.get("kind", "gpt") != "gpt":
         return
     try:
-        name = _override_value(override, key.strip(), raw_value)
+        name = override_value(override, key.strip(), raw_value)
     except ConfigError:
         return  # `_apply_override` says what is wrong with it
     if isinstance(name, str) and name in GPT_PRESETS and table.get("preset") != name:
@@ -1202,7 +1202,7 @@ def _clear_switches_for_preset(data: dict[str, Any], override: str) -> None:
             table.pop(switch, None)
 
 
-def _override_value(override: str, key: str, raw_value: str) -> Any:
+def override_value(override: str, key: str, raw_value: str) -> Any:
     """The TOML value of an override; a bare word (`model.pos=rope`) is a string. A value that
     starts as TOML does (a quote, `[`, `{`) but does not parse is an error, not a string that
     would fail later as the wrong type or, for a string setting, be taken as it is."""

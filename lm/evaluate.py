@@ -71,6 +71,7 @@ from lm.checkpoint_fit import first_misfit, shapes_only, tokenizer_difference
 from lm.checkpoints import DONE_MARKER, WEIGHTS_FILE, damage, digest_mismatch
 from lm.eval_config import EvalConfig
 from lm.models.base import LanguageModel
+from lm.models.config import window_history
 from lm.progress import ProgressLog
 from lm.token_bytes import PieceBytes
 from lm.tokenizer import (
@@ -269,8 +270,9 @@ def split_batches(
             "token and the overlap be from 0 to window - 1"
         )
     if config.scoring == "sample":
-        # A fixed context (MLP, w2v) reads the text before a window, as in training.
-        history = 0 if reads_whole_window(model) else max(model.block_size - 1, 0)
+        # A fixed context (MLP, w2v) reads the text before a window, as training gives it.
+        model_config = getattr(model, "config", None)
+        history = window_history(model_config) if model_config is not None else 0
         return evaluation_windows(tokens, window, config.batches, config.batch_size,
                                   config.seed, split, history)  # fmt: skip
     documents = config.scoring == "documents" or (config.scoring == "auto" and per_document)

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import ast
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
 
 from lm.config import REPO_ROOT
 
 # The packages whose code decides what a stage produces; tasks/ and flows/ only orchestrate.
 LIBRARY_PACKAGES = ("lm", "storage")
+M = TypeVar("M", bound=BaseModel)
 
 
 def module_sources(*modules: str) -> tuple[str, ...]:
@@ -72,6 +75,14 @@ def code_digest(*paths: str) -> str:
             digest.update(str(file.relative_to(REPO_ROOT)).encode() + b"\0")
             digest.update(file.read_bytes() + b"\0")
     return digest.hexdigest()
+
+
+def at_defaults(settings: M, names: Iterable[str]) -> M:
+    """`settings` with the fields `names` set back to their defaults: settings that cannot
+    change a stage's output, kept out of its key (changed, they ran the stage again for the
+    same output)."""
+    fields = type(settings).model_fields
+    return settings.model_copy(update={name: fields[name].default for name in names})
 
 
 def stage_key(stage: str, version: int, config_digest: str, upstream: list[str], code: str) -> str:

@@ -26,7 +26,7 @@ from lm.tokenizer import TokenizerError
 from storage.artifacts import ArtifactStore, Descriptor, reused
 from storage.shards import open_shard
 from storage.workspace import Workspace
-from tasks.caching import cache_key_from, code_digest, module_sources, stage_key
+from tasks.caching import at_defaults, cache_key_from, code_digest, module_sources, stage_key
 
 STAGE = "evaluate"
 SCORES = "scores"  # the evaluate stage's numbers alone, reused when only its samples change
@@ -66,8 +66,7 @@ def scores_key(
     scoring = config.model_copy(update={"samples": 0, "prompts": [""],
                                         "sampling": SamplingConfig()})  # fmt: skip
     if config.scoring != "sample":
-        defaults = {name: EvalConfig.model_fields[name].default for name in ("batches", "seed")}
-        scoring = scoring.model_copy(update=defaults)
+        scoring = at_defaults(scoring, ["batches", "seed"])
     upstream = [trained.digest, shards.digest, tokenizer.digest]
     return stage_key(SCORES, VERSION, scoring.digest(), upstream, code_digest(*SCORES_CODE))
 

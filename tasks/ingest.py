@@ -34,7 +34,7 @@ from lm.text.url_credentials import shown_url
 from storage.artifacts import ArtifactStore, Descriptor, reused
 from storage.corpus import DOCUMENTS_FILE, RAW_SCHEMA, DocumentWriter
 from storage.workspace import Workspace
-from tasks.caching import cache_key_from, code_digest, stage_key
+from tasks.caching import at_defaults, cache_key_from, code_digest, stage_key
 from tasks.runners import make_task_runner, worker_count
 
 STAGE = "ingest"
@@ -66,8 +66,7 @@ def ingest_key(config: IngestConfig, runtime: RuntimeConfig | None = None) -> st
     the runtime: the runner and the worker count never change the raw documents; nor on how
     long a download may wait (`url_timeout_s`), which only decides whether one succeeds."""
     inputs = resolve_sources(config.sources)
-    waits = {"url_timeout_s": IngestConfig.model_fields["url_timeout_s"].default}
-    settings = config.model_copy(update=waits).digest()
+    settings = at_defaults(config, ["url_timeout_s"]).digest()
     return stage_key(STAGE, VERSION, settings, [fingerprint_inputs(inputs)], code_digest(*CODE))
 
 

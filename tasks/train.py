@@ -41,7 +41,7 @@ from storage.artifacts import ArtifactStore, Descriptor, reused
 from storage.prune import WORK_LOCK, WORK_SUFFIX, never_started
 from storage.shards import open_shard
 from storage.workspace import Workspace
-from tasks.caching import cache_key_from, code_digest, module_sources, stage_key
+from tasks.caching import at_defaults, cache_key_from, code_digest, module_sources, stage_key
 
 STAGE = "train"
 VERSION = 1
@@ -240,9 +240,8 @@ def train_settings_digest(train: TrainConfig) -> str:
     """The settings that make the model: not the bookkeeping, and the number of processes
     over all machines rather than how they are spread (M machines of N processes train as one
     of M × N, step for step), so a run moved to other machines finds its model or resumes."""
-    defaults = {name: TrainConfig.model_fields[name].default for name in BOOKKEEPING}
     world = {"nproc_per_node": train.world_size, "nnodes": 1}
-    return train.model_copy(update=defaults | world).digest()
+    return at_defaults(train, BOOKKEEPING).model_copy(update=world).digest()
 
 
 def train_key(

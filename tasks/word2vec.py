@@ -37,7 +37,7 @@ from storage.artifacts import ArtifactStore, Descriptor, reused
 from storage.corpus import DOCUMENTS_FILE, iter_split_texts, text_digest
 from storage.shards import shard_documents
 from storage.workspace import Workspace
-from tasks.caching import cache_key_from, code_digest, stage_key
+from tasks.caching import at_defaults, cache_key_from, code_digest, stage_key
 
 STAGE = "word2vec"
 # 2: vectors stored as a plain array and a JSON list of words, no longer a gensim pickle.
@@ -72,8 +72,7 @@ def vectors_key(
     ordered_shards: Descriptor | None = None,
 ) -> str:
     """The key of the vectors alone: `word2vec_key` without the settings that only evaluate."""
-    defaults = {name: Word2VecConfig.model_fields[name].default for name in EVALUATION_ONLY}
-    trained_by = config.model_copy(update=defaults)
+    trained_by = at_defaults(config, EVALUATION_ONLY)
     return _key(VECTORS, corpus, tokenizer, trained_by, ordered_shards)
 
 
