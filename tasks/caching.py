@@ -85,6 +85,24 @@ def at_defaults(settings: M, names: Iterable[str]) -> M:
     return settings.model_copy(update={name: fields[name].default for name in names})
 
 
+def as_run_here(settings: M, bf16_by_default: Callable[[Any], bool]) -> M:
+    """`settings` (a stage's `device` and `precision`) with "auto" replaced by what it picks on
+    this machine, for the stage's key: "auto" and "cpu" on a CPU machine are one computation,
+    which two keys ran twice, and a workspace shared by a GPU machine and a CPU one must not
+    hand either the other's bf16 or fp32 numbers as its own. `bf16_by_default(device)` is
+    the stage's own rule for `precision = "auto"`. A device this machine lacks is kept as
+    written: the stage then refuses it, naming the setting."""
+    from lm.train import pick_device
+
+    device = pick_device("auto").type if settings.device == "auto" else settings.device
+    precision = settings.precision
+    if precision == "auto":
+        import torch
+
+        precision = "bf16" if bf16_by_default(torch.device(device)) else "fp32"
+    return settings.model_copy(update={"device": device, "precision": precision})
+
+
 def stage_key(stage: str, version: int, config_digest: str, upstream: list[str], code: str) -> str:
     parts = [stage, str(version), config_digest, *upstream, code]
     return f"{stage}-{hashlib.sha256('|'.join(parts).encode()).hexdigest()[:40]}"

@@ -26,7 +26,14 @@ from lm.tokenizer import TokenizerError
 from storage.artifacts import ArtifactStore, Descriptor, reused
 from storage.shards import open_shard
 from storage.workspace import Workspace
-from tasks.caching import at_defaults, cache_key_from, code_digest, module_sources, stage_key
+from tasks.caching import (
+    as_run_here,
+    at_defaults,
+    cache_key_from,
+    code_digest,
+    module_sources,
+    stage_key,
+)
 
 STAGE = "evaluate"
 SCORES = "scores"  # the evaluate stage's numbers alone, reused when only its samples change
@@ -53,7 +60,15 @@ def evaluate_key(
     trained: Descriptor, shards: Descriptor, tokenizer: Descriptor, config: EvalConfig
 ) -> str:
     upstream = [trained.digest, shards.digest, tokenizer.digest]
-    return stage_key(STAGE, VERSION, config.digest(), upstream, code_digest(*CODE))
+    here = as_run_here(config, bf16_scores_by_default)
+    return stage_key(STAGE, VERSION, here.digest(), upstream, code_digest(*CODE))
+
+
+def bf16_scores_by_default(device) -> bool:
+    """What `eval.precision = "auto"` picks on `device` (`lm.evaluate.autocast_dtype`)."""
+    from lm.evaluate import autocast_dtype
+
+    return autocast_dtype("auto", device) is not None
 
 
 def scores_key(
@@ -63,8 +78,8 @@ def scores_key(
     every token is scored (`eval.scoring` other than "sample"), the sample's `batches` and
     `seed`, which only draw windows: a new `eval.seed` scored every split again, for the same
     numbers."""
-    scoring = config.model_copy(update={"samples": 0, "prompts": [""],
-                                        "sampling": SamplingConfig()})  # fmt: skip
+    unsampled = {"samples": 0, "prompts": [""], "sampling": SamplingConfig()}
+    scoring = as_run_here(config, bf16_scores_by_default).model_copy(update=unsampled)
     if config.scoring != "sample":
         scoring = at_defaults(scoring, ["batches", "seed"])
     upstream = [trained.digest, shards.digest, tokenizer.digest]

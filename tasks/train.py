@@ -41,7 +41,14 @@ from storage.artifacts import ArtifactStore, Descriptor, reused
 from storage.prune import WORK_LOCK, WORK_SUFFIX, never_started
 from storage.shards import open_shard
 from storage.workspace import Workspace
-from tasks.caching import at_defaults, cache_key_from, code_digest, module_sources, stage_key
+from tasks.caching import (
+    as_run_here,
+    at_defaults,
+    cache_key_from,
+    code_digest,
+    module_sources,
+    stage_key,
+)
 
 STAGE = "train"
 VERSION = 1
@@ -241,7 +248,15 @@ def train_settings_digest(train: TrainConfig) -> str:
     over all machines rather than how they are spread (M machines of N processes train as one
     of M × N, step for step), so a run moved to other machines finds its model or resumes."""
     world = {"nproc_per_node": train.world_size, "nnodes": 1}
-    return at_defaults(train, BOOKKEEPING).model_copy(update=world).digest()
+    here = as_run_here(train, bf16_trains_by_default)
+    return at_defaults(here, BOOKKEEPING).model_copy(update=world).digest()
+
+
+def bf16_trains_by_default(device) -> bool:
+    """What `train.precision = "auto"` picks on `device` (`lm.train.autocast_dtype`)."""
+    from lm.train import autocast_dtype
+
+    return autocast_dtype(TrainConfig(), device) is not None
 
 
 def train_key(

@@ -91,6 +91,41 @@ def test_the_scores_key_leaves_out_the_sample_settings_when_every_token_is_score
     assert key(scoring="whole") != key(scoring="whole", window=16)
 
 
+def test_auto_device_and_precision_are_keyed_by_what_they_pick_on_this_machine(monkeypatch):
+    """`device = "auto"` and `"cpu"` on a CPU machine are one computation: two keys trained
+    and scored it twice (h149). And "auto" on a GPU machine is another computation (CUDA,
+    bf16), which a workspace shared with a CPU machine must not hand out as the CPU's."""
+    from lm.cpu_features import cpu_has_native_bf16
+    from lm.eval_config import EvalConfig
+    from lm.train_config import TrainConfig
+    from storage.artifacts import Descriptor
+    from tasks.evaluate import evaluate_key, scores_key
+    from tasks.train import train_settings_digest
+
+    trained, shards, tokenizer = (Descriptor(stage, "k", f"{stage}/k", stage * 8)
+                                  for stage in ("train", "encode", "tokenizer"))  # fmt: skip
+
+    def train(**settings) -> str:
+        return train_settings_digest(TrainConfig(**settings))
+
+    def scored(**settings) -> tuple[str, str]:
+        config = EvalConfig(**settings)
+        return (scores_key(trained, shards, tokenizer, config),
+                evaluate_key(trained, shards, tokenizer, config))  # fmt: skip
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    cpu_precision = "bf16" if cpu_has_native_bf16() else "fp32"
+    assert train() == train(device="cpu") == train(device="cpu", precision=cpu_precision)
+    assert train() != train(precision="fp32" if cpu_precision == "bf16" else "bf16")
+    assert scored() == scored(device="cpu") == scored(device="cpu", precision="fp32")
+    on_cpu = train(), scored()
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    assert train() == train(device="cuda", precision="bf16") != on_cpu[0]
+    assert train(device="cpu") == on_cpu[0]
+    assert scored() == scored(device="cuda", precision="bf16") != on_cpu[1]
+    assert scored(device="cpu") == on_cpu[1]
+
+
 def test_the_ingest_key_leaves_out_how_long_a_download_may_wait(tmp_path):
     """`ingest.url_timeout_s` decides whether a fetch succeeds, never what it reads: a new
     timeout read every source again (h149)."""
