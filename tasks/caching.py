@@ -66,15 +66,41 @@ def _imported_names(path: Path) -> list[str]:
 
 @cache
 def code_digest(*paths: str) -> str:
-    """Digest of the Python sources under `paths` (relative to the repository root)."""
+    """Digest of the Python code under `paths` (relative to the repository root): what the
+    code does, not how it is laid out, so a comment, a docstring or a reformat keeps every
+    key (a comment in `lm/config.py`, which nearly every stage loads, trained every model
+    again)."""
     digest = hashlib.sha256()
     for relative in sorted(paths):
         root = REPO_ROOT / relative
         files = sorted(root.rglob("*.py")) if root.is_dir() else [root]
         for file in files:
             digest.update(str(file.relative_to(REPO_ROOT)).encode() + b"\0")
-            digest.update(file.read_bytes() + b"\0")
+            digest.update(code_of(file) + b"\0")
     return digest.hexdigest()
+
+
+def code_of(file: Path) -> bytes:
+    """The syntax tree of `file` without its docstrings, comments and layout (which no stage's
+    output depends on); the bytes themselves for a file that does not parse."""
+    source = file.read_bytes()
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return source
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(node, _DOCUMENTED) and body and _is_docstring(body[0]):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree).encode()
+
+
+_DOCUMENTED = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+
+
+def _is_docstring(statement: ast.stmt) -> bool:
+    return (isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant)
+            and isinstance(statement.value.value, str))  # fmt: skip
 
 
 def at_defaults(settings: M, names: Iterable[str]) -> M:

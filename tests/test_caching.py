@@ -195,7 +195,7 @@ def test_every_ingredient_of_a_stage_key_changes_it_and_nothing_else_does():
     assert stage_key("train", 3, "ab", ["c"], "d") != stage_key("train", 3, "a", ["bc"], "d")
 
 
-def test_a_code_digest_follows_each_file_s_bytes_and_name(tmp_path, monkeypatch):
+def test_a_code_digest_follows_each_file_s_code_and_name(tmp_path, monkeypatch):
     from tasks import caching
 
     monkeypatch.setattr(caching, "REPO_ROOT", tmp_path)
@@ -213,6 +213,35 @@ def test_a_code_digest_follows_each_file_s_bytes_and_name(tmp_path, monkeypatch)
     assert edited != before
     (tmp_path / "pkg" / "b.py").rename(tmp_path / "pkg" / "c.py")  # same bytes, another module
     assert digest("pkg") != edited
+
+
+def test_a_code_digest_ignores_comments_docstrings_and_layout_but_not_strings(
+    tmp_path, monkeypatch
+):
+    """A comment in `lm/config.py` (loaded by nearly every stage) trained every model again
+    (h149): the digest is of the code, not its layout. A message string is code: it is what a
+    stage writes or says."""
+    from tasks import caching
+
+    monkeypatch.setattr(caching, "REPO_ROOT", tmp_path)
+    module = tmp_path / "m.py"
+
+    def digest(source: str) -> str:
+        module.write_text(source)
+        return caching.code_digest.__wrapped__("m.py")
+
+    plain = digest('def f(x):\n    return x + 1\n\nclass C:\n    y = "a"\n')
+    documented = digest(
+        '"""Module."""\n# a comment\ndef f(x):\n    """Why."""\n    return (x +\n'
+        '            1)  # one more\n\n\nclass C:\n    """A class."""\n    y = "a"\n'
+    )
+    assert documented == plain
+    assert digest('def f(x):\n    """Only a docstring."""\n') == digest("def f(x):\n    pass\n")
+    assert digest('def f(x):\n    return x + 2\n\nclass C:\n    y = "a"\n') != plain
+    assert digest('def f(x):\n    return x + 1\n\nclass C:\n    y = "b"\n') != plain
+    # A string that is not the first statement is code, and so is a file that does not parse.
+    assert digest('def f(x):\n    x = 1\n    "s"\n') != digest("def f(x):\n    x = 1\n")
+    assert digest("def f(:\n") != digest("def f(: # \n")
 
 
 def test_module_sources_follow_plain_imports_and_packages(tmp_path, monkeypatch):
