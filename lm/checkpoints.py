@@ -163,6 +163,26 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return usable[0] if usable else None
 
 
+# What a published checkpoint (`best/`, `final/` of a trained model) leaves out: the AdamW
+# moments, twice the weights' size, which only an interrupted training resumes with. Published
+# weights are evaluated, sampled, or continued by `init_from`, which starts a fresh optimizer.
+TRAINING_ONLY = ("optimizer.pt",)
+
+
+def publish_checkpoint(checkpoint: Path, target: Path) -> None:
+    """Copy `checkpoint` to the new folder `target` without its `TRAINING_ONLY` files, its
+    `checkpoint.json` listing only what it keeps (sizes and digests still checked)."""
+    shutil.copytree(checkpoint, target, ignore=shutil.ignore_patterns(*TRAINING_ONLY))
+    info = read_info(checkpoint)
+    if not info:  # written before checkpoint.json: nothing lists the files
+        return
+    for listing in ("files", "sha256"):
+        if isinstance(info.get(listing), dict):
+            info[listing] = {name: value for name, value in info[listing].items()
+                             if name not in TRAINING_ONLY}  # fmt: skip
+    (target / INFO_FILE).write_text(json.dumps(info, indent=2))
+
+
 def replace_folder(staging: Path, final: Path) -> None:
     """Put the finished folder `staging` at `final`. Its files reach the disk first, so a
     machine that goes down just after the rename (which a journal may keep while the data it

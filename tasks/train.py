@@ -539,13 +539,14 @@ def _as_tensor(tokens):
 
 
 def _publish(work, staging, tokenizer_folder, model, settings, stats) -> None:
+    from lm.checkpoints import publish_checkpoint
     from lm.train import latest_checkpoint
 
     if (work / "best").is_dir():
-        shutil.copytree(work / "best", staging / "best")
+        publish_checkpoint(work / "best", staging / "best")
     final = latest_checkpoint(work)
     if final is not None:
-        shutil.copytree(final, staging / "final")
+        publish_checkpoint(final, staging / "final")
     if (work / METRICS_FILE).is_file():
         shutil.copy2(work / METRICS_FILE, staging / METRICS_FILE)
     shutil.copytree(tokenizer_folder, staging / "tokenizer", ignore=shutil.ignore_patterns("DONE"))

@@ -208,6 +208,22 @@ def test_the_published_count_of_tokens_is_the_best_checkpoint_s_not_the_last_ste
     for path, name in ((folder, "best"), (folder / "final", "final"), (folder / "best", "best")):
         state = load_trained(path)[0].state_dict()
         assert all(torch.equal(state[k], v) for k, v in weights[name].items()), (path, name)
+    # Published without the optimizer's moments (twice the weights, read only to resume an
+    # interrupted training): their checkpoint.json lists what they keep, and checks it whole.
+    from lm.checkpoints import damage, digest_mismatch
+    from lm.train import CHECKPOINT_FILES
+
+    for name, info in (("best", best), ("final", final)):
+        assert not (folder / name / "optimizer.pt").exists(), name
+        assert set(info["files"]) == set(info["sha256"]) == {"model.pt", "state.pt"}, name
+        assert damage(folder / name) is None, name
+        assert digest_mismatch(folder / name, CHECKPOINT_FILES) is None, name
+    with open(folder / "final" / "state.pt", "r+b") as state_file:  # still checked whole
+        state_file.seek(-1, 2)
+        last = state_file.read(1)
+        state_file.seek(-1, 2)
+        state_file.write(bytes([last[0] ^ 1]))
+    assert "state.pt is not the file written" in digest_mismatch(folder / "final", ["state.pt"])
 
 
 def test_the_published_count_falls_back_only_where_best_has_no_count(tmp_path):
