@@ -25,7 +25,7 @@ from rich.text import Text
 from flows.generate_cli import chat_command, generate_command
 from flows.output_format import OutputFormat, print_data_as_utf8
 from flows.prune_cli import decimal_size, prune_command
-from flows.runs_cli import MAX_COUNT, runs_app
+from flows.runs_cli import capped_count, runs_app
 from flows.serve import serve_command
 from flows.train_join_cli import train_join_command
 from lm.memory_fit import bytes_text
@@ -824,7 +824,7 @@ def sql(
         int | None,
         typer.Option(
             min=0,
-            max=MAX_COUNT,
+            callback=capped_count,
             help=f"rows to show at most (0: every row); a table {SQL_MAX_ROWS:,}, CSV and JSON all",
         ),
     ] = None,
@@ -1050,7 +1050,9 @@ def corpus_stats(
     documents: Annotated[
         int | None,
         typer.Option(
-            min=0, max=MAX_COUNT, help="how many documents (and sources) to list  [default: 20]"
+            min=0,
+            callback=capped_count,
+            help="how many documents (and sources) to list  [default: 20]",
         ),
     ] = None,
     all_documents: Annotated[bool, typer.Option("--all", help="list every document")] = False,
@@ -1115,7 +1117,8 @@ def corpus_stats(
     more = (f" (first {len(listed)} of {len(source_rows):,}; --all lists every one)"
             if len(listed) < len(source_rows) else "")  # fmt: skip
     _print_table(["source", "documents", "kept"], listed, "sources" + more)
-    shown = "" if all_documents else f" (first {len(listing)} of {total:,}; --all lists every one)"
+    shown = (f" (first {len(listing)} of {total:,}; --all lists every one)"
+             if len(listing) < total else "")  # fmt: skip
     _print_table(["document", "split", "decision", "words", "chars"], listing, "documents" + shown)
 
 

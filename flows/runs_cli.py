@@ -45,6 +45,13 @@ LATEST = datetime.max.replace(tzinfo=UTC)
 MAX_COUNT = 2**62  # a count option's bound: larger ones overflowed DuckDB's 64-bit integers
 
 
+def capped_count(value: int | None) -> int | None:
+    """A count option's value, at most `MAX_COUNT`, which no table reaches: a larger count
+    means every row as that one does. Capped rather than bounded, whose help showed the bound
+    as nineteen digits and whose error refused a count that asked for every row."""
+    return None if value is None else min(value, MAX_COUNT)
+
+
 def parse_since(text: str, now: datetime | None = None) -> datetime:
     """`--since`: an age (`30m`, `12h`, `7d`, `2w`) or an ISO date or date-time, in local time
     unless it names its offset (`2026-11-20T08:00+00:00`); an aware datetime."""
@@ -118,14 +125,18 @@ def runs_list(
         str | None, typer.Option(help=f"only runs with this status ({', '.join(KNOWN_STATUSES)})")
     ] = None,
     since: Annotated[
-        str | None, typer.Option(help="only runs started since a date (2026-11-20) or age (7d)")
+        str | None,
+        typer.Option(
+            help="only runs started since a date (2026-11-20), a local date-time "
+            "(2026-11-20T08:00; +00:00 names another offset) or an age (30m, 12h, 7d, 2w)"
+        ),
     ] = None,
     preset: Annotated[str | None, typer.Option(help="only runs of this config name")] = None,
     model_kind: Annotated[
         str | None, typer.Option(help="only runs that trained a model of this kind (gpt, mlp, …)")
     ] = None,
     limit: Annotated[
-        int, typer.Option(min=1, max=MAX_COUNT, help="how many of the newest runs")
+        int, typer.Option(min=1, callback=capped_count, help="how many of the newest runs")
     ] = 20,
     output: Annotated[
         OutputFormat,
