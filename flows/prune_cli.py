@@ -51,8 +51,7 @@ def prune_command(
         leftovers.remove(leftover)
         kept.append(leftover)
         console.print(
-            f"kept {leftover.path}: {continued[leftover.path.resolve()]} continued from its "
-            "checkpoint (train.init_from); delete it by hand once that run need not be repeated",
+            f"kept {leftover.path}: {continued[leftover.path.resolve()]}",
             markup=False, highlight=False,
         )  # fmt: skip
     if not leftovers:
@@ -114,29 +113,63 @@ def _record_crashed_runs(workspace: Workspace) -> bool:
 def _continued_from(workspace: Workspace) -> dict[Path, str]:
     """The work folders whose checkpoints recorded models continued from (`train.init_from`
     naming a checkpoint of an interrupted training), each with the first such model: pruning
-    them would leave those runs impossible to repeat."""
+    them would leave those runs impossible to repeat. And those a live run's config names: its
+    models are recorded only at its end, and it loads the checkpoint once its data stages have
+    run (pruned meanwhile, its train stage failed)."""
     from storage.registry import RegistryError, RunRegistry
 
     if not workspace.registry_path.is_file():
         return {}
     try:
-        _, rows = RunRegistry(workspace.registry_path).query(
+        registry = RunRegistry(workspace.registry_path)
+        _, rows = registry.query(
             "SELECT run_id, label, json_extract_string(config, '$.train.init_from') FROM models "
             "WHERE json_extract_string(config, '$.train.init_from') IS NOT NULL "
             "ORDER BY created_at"
+        )
+        _, running = registry.query(
+            "SELECT run_id, config, hostname, pid FROM runs WHERE status = 'running' "
+            "ORDER BY started_at"
         )
     except RegistryError as error:
         console.print(f"warning: the models that continued from a checkpoint are not known: "
                       f"{error}", markup=False, highlight=False)  # fmt: skip
         return {}
+    named = [(init_from, f"model {label} of run {run_id} continued from its checkpoint "
+              "(train.init_from); delete it by hand once that run need not be repeated")
+             for run_id, label, init_from in rows]  # fmt: skip
+    named += [(init_from, f"run {run_id}, running now, continues from its checkpoint "
+               "(train.init_from)") for run_id, init_from in _live_init_froms(running)]  # fmt: skip
     found: dict[Path, str] = {}
-    for run_id, label, init_from in rows:
+    for init_from, why in named:
         path = Path(init_from).expanduser()
         path = relocated(path if path.is_absolute() else workspace.root / path, workspace.root)
         for folder in (path, *path.parents):
             if folder.name.endswith(WORK_SUFFIX):
-                found.setdefault(folder.resolve(), f"model {label} of run {run_id}")
+                found.setdefault(folder.resolve(), why)
                 break
+    return found
+
+
+def _live_init_froms(running: list[tuple]) -> list[tuple[str, str]]:
+    """(run id, `train.init_from`) of each model of the runs recorded running, whose process
+    lives (on another machine of a shared workspace, it may: kept)."""
+    import json
+
+    from storage.processes import pid_alive, this_host
+
+    found = []
+    for run_id, config, hostname, pid in running:
+        if hostname == this_host() and (pid is None or not pid_alive(pid)):
+            continue
+        try:
+            settings = json.loads(config) if isinstance(config, str) else (config or {})
+            trains = [settings.get("train") or {}]
+            trains += [entry.get("train") or {} for entry in settings.get("models") or []]
+        except (ValueError, AttributeError, TypeError):  # a config of another version
+            continue
+        found += [(run_id, train["init_from"]) for train in trains
+                  if isinstance(train, dict) and train.get("init_from")]  # fmt: skip
     return found
 
 
@@ -144,7 +177,8 @@ def decimal_size(size: float) -> str:
     """Bytes in the largest decimal unit under 1000 of it: 512 B, 4.2 MB, 1.3 GB."""
     unit = "B"
     for larger in ("kB", "MB", "GB", "TB"):
-        if size < 1000:
+        # As it is shown, rounded: 999,960 bytes is "1.0 MB", not "1,000.0 kB".
+        if round(size, 0 if unit == "B" else 1) < 1000:
             break
         size, unit = size / 1000, larger
     return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"

@@ -28,7 +28,7 @@ def bytes_text(count: float) -> str:
     """In MiB, or GiB and TiB once it reaches a thousand of the smaller unit."""
     for unit in ("MiB", "GiB"):
         count /= 1 << (20 if unit == "MiB" else 10)
-        if count < 1000:
+        if round(count, 1) < 1000:  # as shown: 999.96 MiB is "1.0 GiB", not "1,000.0 MiB"
             return f"{count:,.1f} {unit}"
     return f"{count / 1024:,.1f} TiB"
 

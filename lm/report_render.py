@@ -198,10 +198,23 @@ def _colour(index: int, count: int) -> Any:
     return colormaps["tab20"](index % 20)
 
 
-def _x_axis(model: ModelSection, steps: list[int]) -> tuple[list[float], str]:
-    if model.tokens_per_step:
+def _x_axis(
+    model: ModelSection, steps: list[int], by_tokens: bool = True
+) -> tuple[list[float], str]:
+    if by_tokens and model.tokens_per_step:
         return [s * model.tokens_per_step for s in steps], "tokens"
     return list(map(float, steps)), "optimizer step"
+
+
+def _by_tokens(series: list[tuple[str, ModelSection]], keys: Iterable[str]) -> bool:
+    """Whether every curve drawn can go against tokens. One axis holds one unit: a model whose
+    step's tokens are not known (rows of documents cut short, a registry from before train
+    settings) was drawn in steps on an axis labelled by whichever model came last: a
+    comparison set one run's step 200 at 200 tokens, beside another's 204,800, on an axis that
+    said "tokens"."""
+    keys = tuple(keys)
+    drawn = [m for _, m in series if any(m.curves.get(k) and m.curves[k].steps for k in keys)]
+    return all(m.tokens_per_step for m in drawn)
 
 
 def _curve_label(owner: str, model: ModelSection, key: str, several_models: bool) -> str:
@@ -211,9 +224,12 @@ def _curve_label(owner: str, model: ModelSection, key: str, several_models: bool
 
 
 def _loss_plot(series: list[tuple[str, ModelSection]], keys: Iterable[str], title: str) -> bytes:
-    """Loss curves against tokens for every (owner, model) in `series`; val loss with markers,
-    train loss as a thinner line of the same colour."""
+    """Loss curves against tokens (steps where a model's tokens per step are not known) for
+    every (owner, model) in `series`; val loss with markers, train loss as a thinner line of
+    the same colour."""
     several = len(series) > 1
+    keys = tuple(keys)
+    by_tokens = _by_tokens(series, keys)
 
     def draw(figure) -> None:
         axes = figure.add_subplot()
@@ -224,7 +240,7 @@ def _loss_plot(series: list[tuple[str, ModelSection]], keys: Iterable[str], titl
                 curve = model.curves.get(key)
                 if curve is None or not curve.steps:
                     continue
-                x, x_label = _x_axis(model, curve.steps)
+                x, x_label = _x_axis(model, curve.steps, by_tokens)
                 style = {"marker": "o", "linewidth": 2} if key == "val/loss" else {"alpha": 0.45}
                 label = _curve_label(owner, model, key, several)
                 axes.plot(x, curve.values, color=colour, label=label, **style)

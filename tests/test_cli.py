@@ -550,6 +550,24 @@ def test_sql_reads_a_query_from_stdin_given_as_dash(tmp_path):
     assert empty.returncode == 1 and "sql -: stdin held no query" in empty.stderr
 
 
+def test_sql_says_rows_were_left_out_only_when_some_were_and_an_empty_csv_has_its_header(
+    tmp_path,
+):
+    from datetime import datetime
+
+    RunRegistry(tmp_path / "registry.duckdb").start_run(
+        {"run_id": "r1", "status": "running", "started_at": datetime.now()}
+    )
+    query = "SELECT range AS n FROM range(3)"
+    whole = cli_in_process("sql", query, "--max-rows", "3", home=tmp_path)
+    assert "there are more" not in whole.stderr and "│ 2 │" in whole.stdout
+    cut = cli_in_process("sql", query, "--max-rows", "2", home=tmp_path)
+    assert "the first 2 rows are shown, and there are more" in cut.stderr
+    assert "│ 2 │" not in cut.stdout
+    empty = cli_in_process("sql", f"{query} WHERE false", "--format", "csv", home=tmp_path)
+    assert empty.stdout == "n\n"  # a program reads the columns of no rows too
+
+
 def test_sql_values_inside_lists_structs_and_maps_are_json_too(tmp_path):
     """A NaN in a list was written `NaN`, which no JSON reader takes; a map keyed by a DECIMAL
     or a date was a TypeError; CSV gave a list of DECIMALs as strings and a blob in a list as
@@ -576,6 +594,18 @@ def test_size_of_an_ablation_that_scores_no_val_still_sizes_its_variants(tmp_pat
     assert sized.returncode == 0 and "swiglu" in sized.stdout
 
 
+def test_check_for_an_ablation_names_each_variant_once_not_once_a_seed(tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text(prose(0, 200))
+    sources = f"ingest.sources=[{{path={json.dumps(str(text))}}}]"
+    checked = cli_in_process("check", "ablation", "--for", "ablation", "--set", sources,
+                             "--set", "ablation.seeds=[1, 2]", home=tmp_path / "home")  # fmt: skip
+    said = " ".join(checked.stdout.split())
+    assert "ready for `lmforge ablation` inputs: 1 (" in said
+    assert "models: baseline (gpt), swiglu (gpt), sinusoidal (gpt)," in said
+    assert "seed" not in said
+
+
 def test_a_long_table_is_printed_a_block_at_a_time_its_blocks_lined_up(monkeypatch):
     """Rich lays a table out whole before its first line: 60,000 documents of `corpus stats
     --all` were minutes of nothing. A long table is printed in blocks, with the whole table's
@@ -596,7 +626,7 @@ def test_a_long_table_is_printed_a_block_at_a_time_its_blocks_lined_up(monkeypat
     lines = out.getvalue().splitlines()
     assert len(printed) == 3 and printed[1].count("\n") < len(lines) / 2
     assert lines[0].strip() == "documents" and sum("┃" in line for line in lines) == 1
-    assert max(len(line) for line in lines) <= 60
+    assert max(len(line) for line in lines) == 60  # narrowed to fit, and no narrower
     body = [line for line in lines[3:] if line.strip()]
     assert {(line.index("│"), line.rindex("│")) for line in body} == {
         (body[0].index("│"), body[0].rindex("│"))
@@ -652,9 +682,11 @@ def test_a_run_whose_prefect_server_went_away_says_how_it_is_recorded_in_one_lin
     assert forced == [(20.0, 0 if status == "completed" else 1, "its Prefect server went away")]
 
 
-@pytest.mark.parametrize("credentials", [None, "admin:wrong"])
+@pytest.mark.parametrize(
+    "credentials, status", [(None, 401), ("admin:wrong", 401), ("admin:wrong", 403)]
+)
 def test_a_prefect_server_that_refuses_the_client_is_one_error_naming_the_setting(
-    workspace, tmp_path, monkeypatch, credentials
+    workspace, tmp_path, monkeypatch, credentials, status
 ):
     """A server with basic authentication (PREFECT_SERVER_API_AUTH_STRING) and a command
     without the client's string (or with another): a 230-line traceback before the run began."""
@@ -667,9 +699,9 @@ def test_a_prefect_server_that_refuses_the_client_is_one_error_naming_the_settin
 
     def refused(config, overrides):
         request = httpx.Request("GET", "http://127.0.0.1:4321/prefect/api/admin/version")
-        response = httpx.Response(401, request=request, json={"exception_message": "no"})
+        response = httpx.Response(status, request=request, json={"exception_message": "no"})
         raise PrefectHTTPStatusError.from_httpx_error(
-            httpx.HTTPStatusError("401", request=request, response=response)
+            httpx.HTTPStatusError(str(status), request=request, response=response)
         )
 
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
@@ -682,10 +714,10 @@ def test_a_prefect_server_that_refuses_the_client_is_one_error_naming_the_settin
     with temporary_settings({PREFECT_API_AUTH_STRING: credentials, **behind_a_proxy}):
         result = cli_in_process("run", str(config), check=False)
     given = "wrong credentials" if credentials else "no credentials"
+    reason = {401: "Unauthorized", 403: "Forbidden"}[status]  # a proxy's refusal is a 403
     assert result.returncode == 1 and result.stderr == (
         "error: the Prefect server at http://me:***@127.0.0.1:4321/prefect/api refused this "
-        "command (401 "
-        f"Unauthorized: {given}): set PREFECT_API_AUTH_STRING to the server's "
+        f"command ({status} {reason}: {given}): set PREFECT_API_AUTH_STRING to the server's "
         "PREFECT_SERVER_API_AUTH_STRING (user:password)\n"
     )
 
@@ -821,3 +853,31 @@ def test_what_the_command_starts_under_an_ascii_locale_runs_in_utf8_mode_too():
                             timeout=60, cwd=REPO, env=env)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["1", "1"]  # the command, and what it starts
+
+
+def test_a_user_error_s_traceback_is_hidden_for_its_subclasses_and_once_formatted_too():
+    """`CheckpointUnwritable` is a `TrainingError`, `RegistryBusy` a `RegistryError`: one line
+    each, as their base; a traceback a handler had already formatted (`exc_text`) still went
+    out with the record; and setting the filter again replaces it, not adds a second."""
+    import logging
+
+    from flows.user_errors import PREFECT_RUN_LOGGERS, HideTracebackOf, hide_prefect_tracebacks_of
+    from lm.train import CheckpointUnwritable
+    from lm.train_config import TrainingError
+
+    error = CheckpointUnwritable("disk full")
+    record = logging.LogRecord("prefect.task_runs", logging.ERROR, __file__, 1, "failed", None,
+                               (type(error), error, None))  # fmt: skip
+    record.exc_text = "Traceback (most recent call last): ..."
+    assert HideTracebackOf((TrainingError,)).filter(record)
+    assert (record.exc_info, record.exc_text) == (None, None)
+    for name in PREFECT_RUN_LOGGERS:
+        logger = logging.getLogger(name)
+        before = list(logger.filters)
+        try:
+            hide_prefect_tracebacks_of((KeyError,))
+            hide_prefect_tracebacks_of((TrainingError,))
+            (hiding,) = [f for f in logger.filters if isinstance(f, HideTracebackOf)]
+            assert hiding.types == (TrainingError,)
+        finally:
+            logger.filters[:] = before

@@ -435,6 +435,7 @@ def test_unknown_runs_labels_and_folders_are_clear_errors(recorded_run, tmp_path
     runner = CliRunner()
     unknown = runner.invoke(app, ["generate", "19990101", "--prompt", "x"])
     assert unknown.exit_code == 1 and "flow run id) starting '19990101'" in unknown.stderr
+    assert "alias" not in unknown.stderr  # a run id's digits name no alias a retrain keeps
     alias = runner.invoke(app, ["generate", "best", "--prompt", "x"])
     assert alias.exit_code == 1 and "and no model holds the alias 'best'" in alias.stderr
     # "" was the current folder ("not a trained model folder"); a path, a run id prefix.
@@ -489,10 +490,11 @@ def test_a_checkpoint_file_given_generates_with_its_checkpoint(recorded_run):
     greedy = ["--temperature", "0", "--max-new-tokens", "12", "--prompt", "The"]
     said = [
         CliRunner().invoke(app, ["generate", str(path), *greedy], env={"LMFORGE_HOME": str(home)})
-        for path in (home / trained.path / "best", home / trained.path / "best" / "model.pt")
-    ]
-    assert [result.exit_code for result in said] == [0, 0], said[1].output
-    assert said[1].stdout == said[0].stdout and said[0].stdout.startswith("The")
+        for path in (home / trained.path / "best", home / trained.path / "best" / "model.pt",
+                     home / trained.path / "model.json")  # a file of the model folder: its folder
+    ]  # fmt: skip
+    assert [result.exit_code for result in said] == [0, 0, 0], said[1].output + said[2].output
+    assert said[2].stdout == said[1].stdout == said[0].stdout and said[0].stdout.startswith("The")
     notes = home / "notes.txt"  # a file in no model folder: named, not "." (its folder)
     notes.write_text("x")
     tokenizer = next((home / trained.path / "tokenizer").iterdir())  # not of a checkpoint
@@ -856,6 +858,18 @@ def test_top_p_keeps_no_token_once_the_kept_ones_reach_p_exactly():
     sampling = SamplingConfig(temperature=1.0, top_p=0.5)
     drawn = {choose_next(torch.zeros(4), [], sampling, generator) for _ in range(300)}
     assert len(drawn) == 2
+
+
+def test_a_chat_reply_ends_at_its_first_newline_even_one_that_ends_a_piece(monkeypatch, capsys):
+    import lm.generate
+    from flows.generate_cli import _stream
+
+    pieces = ["The", " end\n", "More", "\n"]  # a subword piece may end with the newline
+    monkeypatch.setattr(lm.generate, "generate", lambda *args: iter(pieces))
+    _stream(None, None, "", None, echo=False, one_line=True)
+    assert capsys.readouterr().out == "The end\n"
+    _stream(None, None, "", None, echo=False, one_line=False)  # --multiline
+    assert capsys.readouterr().out == "The end\nMore\n\n"
 
 
 def test_chat_reads_a_closed_stdin_as_an_empty_one(recorded_run):

@@ -1487,3 +1487,36 @@ def test_a_refused_run_s_error_hides_the_token_of_the_url_it_quotes(workspace, t
     )
     assert "token=***" in command and "token=***" in error and "formt" in error
     assert "SECRET1" not in command + error
+
+
+def test_the_run_card_puts_each_model_s_numbers_in_their_own_columns():
+    """The card's table is read column by column: each model's val, test and baseline bits per
+    byte under their own headings, the corpus's kept documents before its total."""
+    from types import SimpleNamespace
+
+    from flows.run_card import run_card
+    from storage.registry import ModelRecord
+
+    corpus = SimpleNamespace(digest="c" * 64, stats={"kept": 90, "documents": 100,
+                                                      "kept_bytes": 123456})  # fmt: skip
+    tokenizer = SimpleNamespace(digest="t" * 64, stats={"kind": "bpe", "vocab_size": 4000,
+                                                         "bytes_per_token": 3.456})  # fmt: skip
+    stats = {"parameters": 1234, "tokens_seen": 5678, "val_bpb": 1.5, "test_bpb": 1.75,
+             "baseline_val_bpb": 3.25}  # fmt: skip
+    models = [ModelRecord("gpt", "gpt", "d", "p", "t", "c", {}, stats),
+              ModelRecord("counts", "bigram-count", "d", "p", "t", "c", {}, {})]  # fmt: skip
+    long = "x" * 599 + "yz"
+    samples = {"gpt": [{"seed": 7, "temperature": 0.8, "text": long}]}
+    card = run_card("r1", SimpleNamespace(name="small"), corpus, tokenizer, models, samples)
+    lines = card.splitlines()
+    assert lines[0] == "# Run `r1` — preset `small`"
+    assert f"- corpus `{'c' * 12}`: 90 of 100 documents kept, 123,456 bytes" in lines
+    assert f"- tokenizer `{'t' * 12}`: bpe, vocabulary 4,000, 3.46 bytes/token" in lines
+    assert "| gpt | gpt | 1,234 | 5,678 | 1.5000 | 1.7500 | 3.2500 |" in lines
+    (unscored,) = [line for line in lines if line.startswith("| counts |")]
+    assert unscored.endswith("| – | – | – |")  # not scored: no figure, rather than a zero
+    assert "**gpt** (seed 7, temperature 0.8):" in lines
+    assert "x" * 599 + "y" in lines  # a sample's first 600 characters
+    del tokenizer.stats["bytes_per_token"]  # no val text
+    card = run_card("r1", SimpleNamespace(name="small"), corpus, tokenizer, [], {})
+    assert "bpe, vocabulary 4,000, no val text to measure bytes/token" in card

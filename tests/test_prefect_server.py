@@ -138,6 +138,16 @@ def test_a_server_whose_starter_was_killed_is_recorded_as_starting(own_server, t
     assert f"the server (pid {server}) is starting and does not answer yet" in said.output
 
 
+def test_server_status_without_a_server_exits_1_and_stop_says_so(tmp_path):
+    # `lmforge server status || lmforge server start`: a script asks by the exit code.
+    from tests.conftest import cli_in_process
+
+    status = cli_in_process("server", "status", home=tmp_path, check=False)
+    assert status.returncode == 1 and status.stdout == ""
+    assert status.stderr == "error: no server is running for this workspace\n"
+    assert cli_in_process("server", "stop", home=tmp_path).stdout == "no server was running\n"
+
+
 def test_server_stop_stops_a_server_whose_starter_was_killed(own_server, tmp_path):
     folder = tmp_path / "server"
     server = start_then_kill_the_starter(own_server, folder)

@@ -225,6 +225,82 @@ def test_prune_keeps_an_interrupted_training_a_recorded_model_continued_from(tmp
     assert started_from.is_dir() and not forgotten.exists()
 
 
+def test_prune_keeps_the_interrupted_trainings_a_live_run_or_a_model_continues_from(tmp_path):
+    # A live run records its models at its end, and loads its `train.init_from` once its data
+    # stages have run: `prune --yes` meanwhile removed the checkpoint, and the train stage
+    # failed. A dead run's is removed. A model's work folder named whole, by its path before
+    # the workspace moved, is the model's too.
+    import json
+    from datetime import UTC, datetime
+
+    from storage.processes import this_host
+    from storage.registry import RunRegistry
+    from tests.conftest import cli_in_process
+
+    home, moved_from = tmp_path / "home", tmp_path / "home-before"
+    workspace = Workspace(home).ensure()
+    train = workspace.artifacts / "train"
+    ladder, whole, dead = (_folder(train / f"train-{n}.work" / "step-000010").parent
+                           for n in ("ladder", "whole", "dead"))  # fmt: skip
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    registry = RunRegistry(workspace.registry_path)
+    try:
+        for run_id, pid, config in (
+            ("20261207-100000-aaaaaa", live.pid, {"models": [
+                {"train": {"init_from": "artifacts/train/train-ladder.work/step-000010"}}]}),
+            ("20261207-100001-bbbbbb", _dead_pid(), {"train": {"init_from": str(dead)}}),
+        ):  # fmt: skip
+            registry.start_run({"run_id": run_id, "status": "running", "pid": pid,
+                                "hostname": this_host(), "started_at": datetime.now(UTC),
+                                "config": json.dumps(config)})  # fmt: skip
+        with registry.writing() as connection:
+            connection.execute(
+                "INSERT INTO models (run_id, label, kind, config, created_at) VALUES "
+                "('20261206-092350-8873b6', 'gpt', 'gpt', ?, now())",
+                [json.dumps({"train": {"init_from": f"{moved_from}/{whole.relative_to(home)}"}})],
+            )
+        listed = " ".join(cli_in_process("prune", home=workspace.root).stdout.split())
+        said = " ".join(cli_in_process("prune", "--yes", home=workspace.root).stdout.split())
+    finally:
+        live.kill()
+        live.wait()
+    assert f"kept {ladder}: run 20261207-100000-aaaaaa, running now, continues from" in said
+    assert f"kept {whole}: model gpt of run 20261206-092350-8873b6 continued from" in said
+    assert f"kept {dead}" not in listed and "train-dead.work" in listed  # its process is gone
+    assert "removed 1 folder," in said
+    assert ladder.is_dir() and whole.is_dir() and not dead.exists()
+
+
+def test_prune_yes_names_what_a_process_took_up_meanwhile_and_counts_only_what_it_freed(
+    tmp_path, monkeypatch
+):
+    import flows.prune_cli
+    from tests.conftest import cli_in_process
+
+    workspace = Workspace(tmp_path / "home").ensure()
+    taken = _folder(workspace.artifacts / "train" / "train-taken.work", 5000)
+    freed = _folder(workspace.artifacts / "train" / "train-freed.work", 2000)
+    monkeypatch.setattr(flows.prune_cli, "remove_leftover", lambda leftover: (
+        leftover.path != taken and remove_leftover(leftover)))  # fmt: skip
+    said = " ".join(cli_in_process("prune", "--yes", home=workspace.root).stdout.split())
+    assert f"kept {taken}: a process took it up meanwhile" in said
+    assert f"kept {freed}" not in said and "removed 1 folder, 2.0 kB" in said
+    assert taken.is_dir() and not freed.exists()
+
+
+def test_prune_yes_in_a_workspace_without_a_registry_removes_an_interrupted_training(tmp_path):
+    # No registry, no crashed run whose record needs the curve: nothing to keep it for.
+    from tests.conftest import cli_in_process
+
+    workspace = Workspace(tmp_path / "home").ensure()
+    work = _folder(workspace.artifacts / "train" / "train-k.work")
+    listed = " ".join(cli_in_process("prune", home=workspace.root).stdout.split())
+    assert "A rerun with an interrupted training's settings would no longer resume it" in listed
+    said = " ".join(cli_in_process("prune", "--yes", home=workspace.root).stdout.split())
+    assert "removed 1 folder," in said and "kept" not in said and not work.exists()
+    assert not workspace.registry_path.exists()  # and none made by pruning
+
+
 @pytest.mark.parametrize("key", ["", ".", "..", "a/b"])
 def test_a_key_that_names_no_folder_of_its_own_is_refused_before_the_store_is_touched(
     tmp_path, key

@@ -891,3 +891,230 @@ def test_a_report_gives_its_times_with_their_offset_from_utc(tmp_path, local_zon
     workspace, registry = crashed_run(tmp_path, "sent", {}, [])
     report = gather_run_report(registry, workspace, "sent")
     assert report.started_at.endswith(" +05:30") and report.ended_at.endswith(" +05:30")
+
+
+# -- what the page says, number by number (each a mutation of the renderer once passed) --------
+
+
+def drawn_axes(monkeypatch, plot, *arguments):
+    """The axes `plot` draws, to be read instead of saved as a PNG."""
+    import lm.report_render as render
+
+    figures = []
+
+    def keep(draw, size=(8.0, 4.2)):
+        figure = render._pyplot().figure(figsize=size)
+        draw(figure)
+        figures.append(figure)
+        return PNG_MAGIC
+
+    monkeypatch.setattr(render, "_png", keep)
+    plot(*arguments)
+    (figure,) = figures
+    render._pyplot().close(figure)
+    return figure.axes[0]
+
+
+def test_the_scores_plot_sets_each_model_beside_its_own_baseline(monkeypatch):
+    from lm.report_render import _scores_plot
+
+    rows = [("gpt", {"val_bpb": 1.5, "baseline_val_bpb": 3.25, "test_bpb": 1.75,
+                     "baseline_test_bpb": 3.5}),
+            ("mlp", {"test_bpb": 2.0}),  # scored on test alone: no val bar, no baseline
+            ("counts", {})]  # fmt: skip
+    axes = drawn_axes(monkeypatch, _scores_plot, rows)
+    assert [t.get_text() for t in axes.get_xticklabels()] == ["gpt\nval", "gpt\ntest", "mlp\ntest"]
+    heights = [bar.get_height() for bar in axes.patches]
+    assert heights == [1.5, 1.75, 2.0, 3.25, 3.5, 0.0]  # the models', then their baselines'
+    model_x = [bar.get_x() + bar.get_width() / 2 for bar in axes.patches[:3]]
+    assert [(t.get_text(), t.xy[0]) for t in axes.texts] == list(
+        zip(["1.500", "1.750", "2.000"], model_x, strict=True)
+    )
+
+
+def test_curves_are_drawn_against_tokens_where_a_step_s_tokens_are_known():
+    from lm.report_render import ModelSection, _x_axis
+
+    assert _x_axis(ModelSection("m", tokens_per_step=64), [1, 3]) == ([64, 192], "tokens")
+    assert _x_axis(ModelSection("m"), [1, 3]) == ([1.0, 3.0], "optimizer step")
+
+
+def test_the_piece_length_histogram_counts_every_length_up_to_the_longest(monkeypatch):
+    from lm.report_render import _piece_length_plot
+
+    axes = drawn_axes(monkeypatch, _piece_length_plot, [1, 1, 3, 2, 3, 3, 5], "bpe")
+    assert [(bar.get_x() + bar.get_width() / 2, bar.get_height()) for bar in axes.patches] == [
+        (1, 2), (2, 1), (3, 3), (4, 0), (5, 1)
+    ]  # fmt: skip
+
+
+def test_text_a_user_or_a_model_wrote_is_shown_as_text_not_markup():
+    """Run ids, commands, errors, model labels, prompts and samples are the user's or the
+    model's text: each goes on the page escaped, the same in a comparison."""
+    from lm.report_render import ModelSection, RunReport, render_comparison
+
+    hostile = "<script>x()</script>"
+    sample = {"prompt": f"p{hostile}", "text": f"p{hostile} t{hostile}"}
+    model = ModelSection(f"m{hostile}", evaluated=True, evaluation={"eval/val/bpb": 1.0},
+                         samples=[sample])  # fmt: skip
+    report = RunReport(f"r{hostile}", "failed", command=f"lmforge run {hostile}",
+                       error=f"boom {hostile}", models=[model])  # fmt: skip
+    for page in (render_run_report(report).html,
+                 render_comparison([report, RunReport("other", "completed")]).html):  # fmt: skip
+        assert "<script>" not in page
+        assert "&lt;script&gt;" in page
+    escaped = "&lt;script&gt;x()&lt;/script&gt;"  # the prompt once, then what followed it
+    assert f"<pre><b>p{escaped}</b> t{escaped}</pre>" in render_run_report(report).html
+
+
+def test_the_run_card_gives_each_recorded_number_under_its_own_name():
+    from lm.report_render import RunReport
+
+    report = RunReport(
+        "r1", "completed", started_at="2026-12-07 10:00:00", ended_at="2026-12-07 11:00:00",
+        config={"word2vec": {"enabled": False}, "seed": 3},
+        corpus={"digest": "abcdef0123456789", "kept": 90, "documents": 100,
+                "kept_bytes": 2_500_000},
+        run_metrics={"tokens/train": 1000.0, "tokens/val": 200.0, "tokens/test": 300.0},
+    )  # fmt: skip
+    card = Page(render_run_report(report).html).text["run"]
+    assert "started / ended2026-12-07 10:00:00 → 2026-12-07 11:00:00" in card
+    assert "corpusabcdef012345: 90 of 100 documents kept, 2.50 MB" in card
+    assert "tokens per splittrain 1,000, val 200, test 300" in card
+    assert "word2vecoff" in card
+
+
+def test_the_evaluation_grid_puts_each_number_under_its_model_and_split():
+    from lm.report_render import _evaluation_table
+
+    table = _evaluation_table({"baseline/val/bpb": 3.25, "eval/test/bpb": 1.75,
+                               "eval/val/bpb": 1.5, "eval/val/loss": 2.5})  # fmt: skip
+    assert Page(table).header_cells == ["eval/val", "eval/test", "baseline/val"]
+    rows = re.findall(r"<tr>(.*?)</tr>", table)
+    cells = [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in rows[1:]]
+    assert cells == [["bpb", "1.5000", "1.7500", "3.2500"], ["loss", "2.5000", "—", "—"]]
+
+
+def test_a_score_row_names_the_evaluation_s_scope_only_where_every_model_shares_it():
+    from lm.report_render import ModelSection, _score_rows
+
+    whole = ModelSection("a", evaluation_scoring="whole", scores={"val_bpb": 1.0})
+    sample = ModelSection("b", evaluation_scoring="sample", scores={"val_bpb": 2.0})
+    unscored = ModelSection("c", evaluation_scoring="sample", scores={"training_val_loss": 3.0})
+    assert _score_rows([whole, sample]) == [["val bits per byte, evaluation", 1.0, 2.0]]
+    assert _score_rows([whole, unscored]) == [
+        ["val bits per byte, evaluation (whole split)", 1.0, None],
+        ["best val loss (nats/token) during training (sampled windows)", None, 3.0],
+    ]
+
+
+def test_a_model_the_evaluate_stage_did_not_score_says_so_beside_one_it_did():
+    from lm.report_render import ModelSection, RunReport
+
+    scored = ModelSection("scored", evaluated=True, samples=[], scores={"val_bpb": 1.0})
+    unscored = ModelSection("unscored", scores={"training_val_loss": 3.0})
+    unrecorded = ModelSection("unrecorded", evaluated=True, scores={"val_bpb": 2.0})
+    models = [scored, unscored, unrecorded]
+    page = Page(render_run_report(RunReport("r", "failed", models=models)).html)
+    assert "unscored: not evaluated in this run" in page.text["scores"]
+    assert "scored: not evaluated" not in page.text["scores"].replace("unscored", "")
+    assert "unscored: no samples recorded (no evaluate stage in this run)." in page.text["samples"]
+    assert "scored: the evaluate stage drew no samples" in page.text["samples"]
+    assert "unrecorded: no samples recorded." in page.text["samples"]  # it was evaluated
+
+
+def test_throughput_gives_the_last_rate_and_the_median():
+    from lm.report_render import Curve, ModelSection, RunReport, _median
+
+    assert (_median([3.0, 1.0, 2.0]), _median([4.0, 1.0, 2.0, 10.0])) == (2.0, 3.0)
+    curve = Curve([1, 2, 3, 4], [100.0, 300.0, 200.0, 250.0])
+    model = ModelSection("gpt", curves={"train/tokens_per_s": curve})
+    page = Page(render_run_report(RunReport("r", "completed", models=[model])).html)
+    assert "gpt: 250 tokens/s at step 4 (median 225)" in page.text["throughput"]
+
+
+def test_the_stages_table_says_which_stages_came_from_the_cache():
+    from lm.report_render import RunReport, StageRow
+
+    stages = [StageRow("ingest", True, 0.5), StageRow("clean", True, 1.0),
+              StageRow("train", False, 2.25)]  # fmt: skip
+    page = render_run_report(RunReport("r", "completed", stages=stages)).html
+    text = Page(page).text["stages"]
+    assert "ingestcached0.5" in text and "trainran2.25" in text
+    assert "2 of 3 stages served from cache" in text
+
+
+def test_a_comparison_names_each_model_and_gives_each_its_own_numbers(monkeypatch):
+    import lm.report_render as render
+    from lm.report_render import ModelSection, RunReport, render_comparison
+
+    plotted = []
+    monkeypatch.setattr(render, "_scores_plot", lambda rows: plotted.extend(rows) or PNG_MAGIC)
+
+    def run(run_id: str, seed: int, *models: ModelSection) -> RunReport:
+        return RunReport(run_id, "completed", config={"seed": seed, "model": {"kind": "gpt"}},
+                         models=list(models))  # fmt: skip
+
+    small = ModelSection("small", steps=4, tokens_seen=512, tokens_trained=256,
+                         scores={"val_bpb": 2.0})  # fmt: skip
+    ladder = run("r1", 1, small, ModelSection("big", steps=8, tokens_seen=1024,
+                                              scores={"val_bpb": 1.5}))  # fmt: skip
+    page = render_comparison([ladder, run("r2", 2, ModelSection("gpt")), run("r3", 1)]).html
+    assert Page(page).header_cells[:5] == ["r1 small", "r1 big", "r2 gpt", "r3 (no model)", "r1"]
+    rows = {}
+    for row in re.findall("<tr>(.*?)</tr>", page):
+        name, *values = re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", row)
+        rows[name] = values
+    assert rows["steps"] == ["4", "8", "—", "—"]
+    assert rows["tokens seen"] == ["512", "1,024", "—", "—"]
+    assert rows["tokens behind the published weights"] == ["256", "—", "—", "—"]
+    assert rows["seed"] == ["1", "2", "1"]  # r2 differs from r1, r3 does not: still a row
+    assert [(name, scores["val_bpb"]) for name, scores in plotted] == [
+        ("r1 small", 2.0), ("r1 big", 1.5)
+    ]  # fmt: skip
+
+
+def test_a_refused_folder_names_three_of_its_files_and_counts_the_rest(tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for name in ("a.txt", "b.txt", "c.txt", "d.txt", "e.txt"):
+        (folder / name).write_text("precious")
+    with pytest.raises(ReportError, match=r"\(a\.txt, b\.txt, c\.txt and 2 more\)"):
+        write_report_folder(RenderedReport("<p>new</p>", {}), folder)
+
+
+def test_curves_of_models_with_and_without_tokens_per_step_share_one_unit(monkeypatch):
+    """A comparison drew one run's val loss in steps and the other's in tokens on one axis,
+    labelled by whichever came last."""
+    from lm.report_render import Curve, ModelSection, _loss_plot
+
+    steps_only = ModelSection("gpt", curves={"val/loss": Curve([100, 200], [3.0, 2.5])})
+    by_tokens = ModelSection("gpt", tokens_per_step=4096,
+                             curves={"val/loss": Curve([100, 200], [3.1, 2.6])})  # fmt: skip
+    for series in ([("old", steps_only), ("new", by_tokens)],
+                   [("new", by_tokens), ("old", steps_only)]):  # fmt: skip
+        axes = drawn_axes(monkeypatch, _loss_plot, series, ("val/loss",), "val loss")
+        assert axes.get_xlabel() == "optimizer step"
+        assert [list(line.get_xdata()) for line in axes.lines] == [[100, 200], [100, 200]]
+        assert [line.get_marker() for line in axes.lines] == ["o", "o"]  # val loss: markers
+    axes = drawn_axes(monkeypatch, _loss_plot, [("new", by_tokens)], ("val/loss",), "val loss")
+    assert axes.get_xlabel() == "tokens"
+    assert list(axes.lines[0].get_xdata()) == [409_600, 819_200]
+
+
+def test_every_control_character_is_written_as_its_code_and_cached_stages_are_grey(monkeypatch):
+    from lm.report_render import RunReport, StageRow, _e, _stages_plot, _word2vec_section
+
+    controls = [*range(0x20), 0x7F, *range(0x80, 0xA0)]
+    kept = {"\t", "\n", "\r"}
+    assert _e("".join(map(chr, controls))) == "".join(
+        chr(c) if chr(c) in kept else f"\\x{c:02x}" for c in controls
+    )
+    stages = [StageRow("ingest", True, 0.5), StageRow("train", False, 2.0),
+              StageRow("evaluate", False, 1.0)]  # fmt: skip
+    axes = drawn_axes(monkeypatch, _stages_plot, stages)
+    grey = [bar.get_facecolor() == (0.7, 0.7, 0.7, 1.0) for bar in axes.patches]
+    assert grey == [False, False, True]  # drawn bottom up: ingest is the top bar
+    word2vec = {"vocabulary": 120, "loss": 2.5, "projection": "pca"}
+    table = _word2vec_section(RunReport("r", "completed", word2vec=word2vec), {})
+    assert "loss" in table and "2.5000" in table and "120" in table

@@ -182,6 +182,13 @@ def test_size_command_shows_what_each_process_holds_only_for_several():
     found = re.search(r"│ weights, gradients, AdamW per process\s*│ ([\d.]+) MiB", sharded)
     whole = 16 * 1_233_536 / 2**20  # the default GPT's state, 18.8 MiB
     assert whole / 4 < float(found.group(1)) < whole / 2
+    from tests.conftest import cli_in_process
+
+    copies = cli_in_process("size", "--set", "train.nproc_per_node=4", "--set",
+                            "train.global_batch=64").stdout  # fmt: skip
+    assert re.search(r"│ processes \(nproc_per_node × nnodes\)\s*│ 4, each a whole copy \(DDP\)",
+                     copies)  # fmt: skip
+    assert re.search(rf"│ weights, gradients, AdamW per process\s*│ {whole:.1f} MiB", copies)
 
 
 def test_sizes_are_shown_in_the_unit_that_keeps_them_under_a_thousand():
@@ -190,6 +197,20 @@ def test_sizes_are_shown_in_the_unit_that_keeps_them_under_a_thousand():
     # A 175B-parameter model's AdamW state was "1,335,... MiB".
     assert [bytes_text(n) for n in (0, 5 << 20, 999 << 20, 1000 << 20, 1300 << 30, 3 << 40)] == [
         "0.0 MiB", "5.0 MiB", "999.0 MiB", "1.0 GiB", "1.3 TiB", "3.0 TiB"
+    ]  # fmt: skip
+
+
+def test_a_size_that_rounds_to_a_thousand_is_shown_in_the_next_unit():
+    from flows.prune_cli import decimal_size
+    from lm.memory_fit import bytes_text
+
+    # 999,960 bytes of a corpus or a leftover folder was "1,000.0 kB": under a thousand until
+    # it was rounded to be shown.
+    assert [decimal_size(n) for n in (999, 999.6, 1000, 999_949, 999_960, 999_950_000)] == [
+        "999 B", "1.0 kB", "1.0 kB", "999.9 kB", "1.0 MB", "1.0 GB"
+    ]  # fmt: skip
+    assert [bytes_text(n) for n in (int(999.9 * (1 << 20)), (1000 << 20) - 1)] == [
+        "999.9 MiB", "1.0 GiB"
     ]  # fmt: skip
 
 

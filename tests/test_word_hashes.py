@@ -91,3 +91,22 @@ def test_words_are_hashed_the_same_whatever_span_of_bytes_holds_them(monkeypatch
     for span in (1, 7, 64):
         monkeypatch.setattr(lm.text.word_hashes, "HASH_SPAN", span)
         assert np.array_equal(BatchWords.of(texts).ids, whole.ids), span
+
+
+def test_a_code_point_finder_finds_each_of_its_characters_wherever_it_is():
+    """Every Unicode space and every special character of normalization, found with its size,
+    one of two bytes at the very end of the data: the tests held a few of them, and none of those
+    whose lead byte is the finder's second (U+1680's E1)."""
+    from lm.text import normalize, word_hashes
+
+    spaces = {c for c in map(chr, range(0x80, 0x3001)) if c.isspace()}
+    special = {chr(c) for c in normalize._TRANSLATED if c >= 0x80}
+    for finder, characters in ((word_hashes._UNICODE_SPACES, spaces),
+                               (normalize._SPECIAL_NON_ASCII, special)):  # fmt: skip
+        last_two_byte = sorted(characters, key=lambda c: (-len(c.encode()), c))  # ends the data
+        text = "".join(f"é{c}" for c in last_two_byte)  # é: a 2-byte lead of neither set
+        data = np.frombuffer(text.encode(), dtype=np.uint8)
+        expected = [(len(text[:i].encode()), len(c.encode())) for i, c in enumerate(text)
+                    if c in characters]  # fmt: skip
+        positions, sizes = finder.find(data)
+        assert list(zip(positions.tolist(), sizes.tolist(), strict=True)) == expected
