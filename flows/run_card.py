@@ -18,6 +18,11 @@ def _number(value: float | None, digits: int = 4) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def _count(value: int | None) -> str:
+    """A count not recorded (a model of a run cut short) as a dash, never as a zero."""
+    return "–" if value is None else f"{value:,}"
+
+
 def _bytes_per_token(stats: dict) -> str:
     value = stats.get("bytes_per_token")
     return "no val text to measure bytes/token" if value is None else f"{value:.2f} bytes/token"
@@ -63,8 +68,8 @@ def run_card(
         ]
         for row in model_rows(models):
             lines.append(
-                f"| {row['model']} | {row['kind']} | {row['parameters'] or 0:,} | "
-                f"{row['tokens_seen'] or 0:,} | {_number(row['val_bpb'])} | "
+                f"| {row['model']} | {row['kind']} | {_count(row['parameters'])} | "
+                f"{_count(row['tokens_seen'])} | {_number(row['val_bpb'])} | "
                 f"{_number(row['test_bpb'])} | {_number(row['baseline_val_bpb'])} |"
             )
     for label, drawn in samples.items():

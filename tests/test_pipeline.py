@@ -1514,7 +1514,7 @@ def test_the_run_card_puts_each_model_s_numbers_in_their_own_columns():
     assert f"- tokenizer `{'t' * 12}`: bpe, vocabulary 4,000, 3.46 bytes/token" in lines
     assert "| gpt | gpt | 1,234 | 5,678 | 1.5000 | 1.7500 | 3.2500 |" in lines
     (unscored,) = [line for line in lines if line.startswith("| counts |")]
-    assert unscored.endswith("| – | – | – |")  # not scored: no figure, rather than a zero
+    assert unscored == "| counts | bigram-count | – | – | – | – | – |"  # not a zero: no figure
     assert "**gpt** (seed 7, temperature 0.8):" in lines
     assert "x" * 599 + "y" in lines  # a sample's first 600 characters
     del tokenizer.stats["bytes_per_token"]  # no val text
