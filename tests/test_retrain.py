@@ -138,6 +138,9 @@ def test_retrain_trains_once_per_new_data_and_promotes_only_on_improvement(works
     greedy = ("--prompt", "The", "--temperature", "0", "--max-new-tokens", "12")
     by_alias = cli_in_process("generate", "champion", *greedy).stdout
     assert by_alias == cli_in_process("generate", lenient["run_id"], *greedy).stdout
+    labelled = cli_in_process("generate", "champion", "--model", "gpt", *greedy, check=False)
+    assert labelled.returncode == 1  # not a label silently ignored
+    assert "--model gpt: champion names one model; leave --model out" in labelled.stderr
     _, decisions = registry.query("SELECT promoted, reason FROM promotions ORDER BY decided_at")
     assert [promoted for promoted, _ in decisions] == [True, False, False, False, True]
     assert "kept the champion" in decisions[2][1]
