@@ -42,15 +42,8 @@ app = typer.Typer(
 corpus_app = typer.Typer(help="The corpus: what ingest and cleaning kept and removed.")
 server_app = typer.Typer(help="The workspace's background Prefect server.")
 tokenizers_app = typer.Typer(help="Tokenizers trained on the corpus.")
-app.add_typer(tokenizers_app, name="tokenizers")
-app.add_typer(runs_app, name="runs")
-app.add_typer(corpus_app, name="corpus")
-app.add_typer(server_app, name="server")
-app.command("generate")(generate_command)
-app.command("serve")(serve_command)
-app.command("chat")(chat_command)
-app.command("prune")(prune_command)
-app.command("train-join")(train_join_command)
+# `--help` lists the commands in these panels, in this order: a newcomer's `run` first.
+TRAIN, RESULTS, OPERATE = "Train", "Look at the results", "Operate a workspace"
 # Piped output (CI logs, `| less`) gets wide tables instead of 80 columns of wrapped ids.
 console = Console(width=None if sys.stdout.isatty() else 200)
 errors = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
@@ -478,7 +471,7 @@ def _print_models(models: list[dict]) -> None:
     console.print(_table(headers, rows, "bits per byte on held-out text"))
 
 
-@app.command()
+@app.command(rich_help_panel=TRAIN)
 def run(
     config: Annotated[str | None, typer.Argument(help="preset name or TOML path")] = None,
     overrides: Annotated[
@@ -520,7 +513,7 @@ def _say_if_not_recorded(summary: dict) -> None:
 CHECKED_FLOWS = {"run": "lm-pipeline", "retrain": "retrain", "ablation": "ablation"}
 
 
-@app.command()
+@app.command(rich_help_panel=TRAIN)
 def check(
     config: Annotated[str | None, typer.Argument(help="preset name or TOML path")] = None,
     overrides: Annotated[
@@ -551,7 +544,7 @@ def check(
     )
 
 
-@app.command()
+@app.command(rich_help_panel=TRAIN)
 def retrain(
     config: Annotated[str | None, typer.Argument(help="preset name or TOML path")] = None,
     overrides: Annotated[
@@ -569,7 +562,7 @@ def retrain(
     _say_if_not_recorded(summary)
 
 
-@app.command(name="ablation")
+@app.command(name="ablation", rich_help_panel=TRAIN)
 def ablation_command(
     config: Annotated[str, typer.Argument(help="preset name or TOML path")] = "ablation",
     overrides: Annotated[
@@ -598,7 +591,7 @@ def _print_ablation(summary: dict) -> None:
     _say_if_not_recorded(summary)
 
 
-@app.command()
+@app.command(rich_help_panel=TRAIN)
 def size(
     config: Annotated[str | None, typer.Argument(help="preset name or TOML path")] = None,
     vocab_size: Annotated[
@@ -787,7 +780,7 @@ def _newest_char_vocabulary(settings) -> tuple[str, int] | None:
     return _newest_same_data(settings, rows)
 
 
-@app.command()
+@app.command(rich_help_panel=RESULTS)
 def report(
     run_ids: Annotated[
         list[str], typer.Argument(help="a run id or unique prefix (several with --compare)")
@@ -815,7 +808,7 @@ def report(
     console.print(str(path), markup=False, highlight=False, soft_wrap=True)
 
 
-@app.command()
+@app.command(rich_help_panel=RESULTS)
 def sql(
     query: Annotated[
         str, typer.Argument(help="a DuckDB SQL query (read-only); - reads it from stdin")
@@ -1415,6 +1408,18 @@ def _write_what_the_terminal_cannot_show_escaped() -> None:
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None and stream.encoding.lower().replace("-", "") != "utf8":
             reconfigure(errors="backslashreplace")
+
+
+# Registered last, so that each panel lists its commands after those defined above.
+app.command("generate", rich_help_panel=RESULTS)(generate_command)
+app.command("chat", rich_help_panel=RESULTS)(chat_command)
+app.add_typer(runs_app, name="runs", rich_help_panel=RESULTS)
+app.add_typer(corpus_app, name="corpus", rich_help_panel=RESULTS)
+app.add_typer(tokenizers_app, name="tokenizers", rich_help_panel=RESULTS)
+app.command("serve", rich_help_panel=OPERATE)(serve_command)
+app.add_typer(server_app, name="server", rich_help_panel=OPERATE)
+app.command("prune", rich_help_panel=OPERATE)(prune_command)
+app.command("train-join", rich_help_panel=OPERATE)(train_join_command)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -272,6 +273,20 @@ def test_help_shows_every_command_s_docstring_whole(monkeypatch):
         assert expected in flattened(listing.output), (path, listing.output)
     options = flattened(runner.invoke(app, ["runs", "export", "--help"]).output)
     assert "folder to write <table>.parquet files into" in options
+
+
+def test_the_top_level_help_lists_run_first_and_groups_the_commands():
+    """`lmforge --help` listed `run` sixth, after generate, serve, chat, prune and train-join
+    (the order their modules were imported in, h155); `python -m flows.cli` must list them
+    all too (registered after `main()` is defined, they must still be before it runs)."""
+    as_module = [sys.executable, "-m", "flows.cli", "--help"]
+    module_help = subprocess.run(as_module, capture_output=True, text=True, cwd=REPO, check=True)
+    for listing in (cli_in_process("--help").stdout, module_help.stdout):
+        names = re.findall(r"^│ ([a-z][a-z-]*) ", listing, flags=re.MULTILINE)
+        assert names[:5] == ["run", "check", "retrain", "ablation", "size"], names
+        assert {"generate", "chat", "runs", "serve", "prune", "train-join", "server"} <= set(names)
+        panels = re.findall(r"╭─ (.+?) ─", listing)
+        assert panels == ["Options", "Train", "Look at the results", "Operate a workspace"]
 
 
 def test_a_temporary_prefect_server_that_never_answers_is_one_clear_line(workspace, tmp_path):
