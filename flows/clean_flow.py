@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
 
@@ -65,7 +64,7 @@ def raw_text_bytes(path: Path) -> int:
     """About how many bytes of text the raw documents file holds, from its metadata alone (the
     text column's uncompressed size, length prefixes included): enough to tell whether the
     input is worth splitting, without reading it."""
-    metadata = pq.ParquetFile(path).metadata
+    metadata = open_parquet(path).metadata
     if metadata.num_row_groups == 0:
         return 0
     text = metadata.schema.to_arrow_schema().get_field_index("text")

@@ -223,13 +223,20 @@ def _host_tag() -> str:
 
 
 def write_manifest(folder: Path) -> None:
-    """Record the byte size of every file under `folder` (written last, before `DONE`)."""
+    """Record the byte size of every file under `folder`, and the footer of each Parquet
+    file in it, which its page checksums do not cover (written last, before `DONE`)."""
+    from storage.parquet_footer import FOOTERS, footers_of
+
     files = {
         str(path.relative_to(folder)): path.stat().st_size
         for path in sorted(folder.rglob("*"))
         if path.is_file()
     }
-    (folder / MANIFEST_FILE).write_text(json.dumps({"files": files}, indent=1))
+    manifest: dict = {"files": files}
+    footers = footers_of(folder)
+    if footers:
+        manifest[FOOTERS] = footers
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
 
 
 def damage(folder: Path) -> str | None:

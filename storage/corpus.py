@@ -130,11 +130,24 @@ class CorpusError(ValueError):
 
 def open_parquet(path: Path) -> pq.ParquetFile:
     """A Parquet file lmforge wrote, each page's checksum checked as it is read (a file
-    without checksums, from an earlier version or DuckDB, is read unchecked). Opened under
-    `damage_named`: the footer has no checksum, and a changed byte there was pyarrow's
-    "Couldn't deserialize thrift" with a traceback, naming no file."""
+    without checksums, from an earlier version or DuckDB, is read unchecked), and its footer
+    first (`check_footer`). Opened under `damage_named`: a changed byte in a footer nothing
+    recorded was pyarrow's "Couldn't deserialize thrift" with a traceback, naming no file."""
+    check_footer(path)
     with damage_named(path):
         return pq.ParquetFile(path, page_checksum_verification=True)
+
+
+def check_footer(path: Path) -> None:
+    """A `CorpusError` naming `path` when its footer is not the one its output's manifest
+    recorded (`storage.parquet_footer`): read by pyarrow, a few such bytes ended the process
+    with C++'s `std::terminate`, which no `except` catches."""
+    from storage.parquet_footer import footer_problem
+
+    with damage_named(path):  # a file system's error passes; nothing else is raised here
+        problem = footer_problem(path)
+    if problem is not None:
+        raise CorpusError(_damaged(path, problem))
 
 
 @contextmanager
@@ -296,13 +309,13 @@ def read_raw_rows(
 
 def row_group_bounds(path: Path) -> list[int]:
     """The first row of every row group, and the row count at the end."""
-    metadata = pq.ParquetFile(path).metadata
+    metadata = open_parquet(path).metadata
     sizes = (metadata.row_group(group).num_rows for group in range(metadata.num_row_groups))
     return list(itertools.accumulate(sizes, initial=0))
 
 
 def row_count(path: Path) -> int:
-    return pq.ParquetFile(path).metadata.num_rows
+    return open_parquet(path).metadata.num_rows
 
 
 def documents_renamed(previous: Path, current: Path) -> tuple[int, int, int]:
@@ -376,6 +389,7 @@ def iter_split_texts(path: Path, split: str, batch_size: int = 256) -> Iterator[
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
+    check_footer(path)
     checked = ds.ParquetFragmentScanOptions(page_checksum_verification=True)
     dataset = ds.dataset(path, format=ds.ParquetFileFormat(default_fragment_scan_options=checked))
     wanted = (pc.field("split") == split) & pc.field("keep")

@@ -47,6 +47,7 @@ from storage.artifacts import ArtifactStore, Descriptor, reused
 from storage.corpus import (
     DOCUMENTS_FILE,
     bounded_row_batches,
+    check_footer,
     damage_named,
     open_parquet,
     row_count,
@@ -245,6 +246,7 @@ def _iter_split_texts_by_doc_id(documents: Path, split: str) -> Iterator[list[st
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    check_footer(documents)
     with damage_named(documents):
         table = pq.read_table(
             documents, columns=["doc_id", "text"], page_checksum_verification=True,

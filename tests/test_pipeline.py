@@ -277,6 +277,32 @@ def test_a_changed_byte_in_a_page_header_or_the_footer_is_named_as_damage(tmp_pa
         open_parquet(path)
 
 
+def test_every_byte_of_the_footer_changed_is_named_as_damage_before_pyarrow_reads_it(tmp_path):
+    """The footer (schema, row groups, page offsets) has no page checksum: a changed byte there
+    was "Couldn't deserialize thrift", or, for a few bytes, C++'s `std::terminate`, ending the
+    process with no word of the file. The manifest records its digest, checked on opening."""
+    from storage.corpus import CorpusError, iter_split_texts, open_parquet, row_count
+    from storage.parquet_footer import FOOTERS
+
+    def footer(whole: bytes, metadata) -> range:
+        return range(len(whole) - 8 - int.from_bytes(whole[-8:-4], "little"), len(whole))
+
+    checked = 0
+    for position, path in damaged_copies(tmp_path, footer):
+        for read in (open_parquet, row_count, lambda p: next(iter_split_texts(p, "train"))):
+            with pytest.raises(CorpusError, match=rf"^{re.escape(str(path))}: damaged, .*foot"):
+                read(path)
+        checked += 1
+        assert not (path.parent / "DONE").exists(), position
+    manifest = json.loads((path.parent / "manifest.json").read_text())
+    [(name, (length, _))] = manifest[FOOTERS].items()
+    assert name == DOCUMENTS_FILE and checked == length > 100
+    whole = bytearray(path.read_bytes())
+    whole[position] ^= 0x10  # the last byte flipped back: the file as written reads
+    path.write_bytes(whole)
+    assert row_count(path) == 30
+
+
 def test_a_second_reader_of_the_same_damage_is_told_to_rerun_too(tmp_path):
     """Two stages (or two runs) reading one damaged output: the first removes its `DONE`
     marker; the second was told only that the file was damaged, with no way on."""
