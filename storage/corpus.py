@@ -187,6 +187,7 @@ def _damaged(path: Path, error: Exception) -> str:
     is told to rerun as well, not left with no way on."""
     from storage.artifacts import DONE_MARKER, MANIFEST_FILE
 
+    path = Path(path)
     marker = path.parent / DONE_MARKER
     said = f"{path}: damaged, its bytes changed after it was written ({error})"
     rerun = f"{said}; rerun: it will be built again from its inputs"
@@ -318,6 +319,20 @@ def row_count(path: Path) -> int:
     return open_parquet(path).metadata.num_rows
 
 
+# The columns the retrain's counts below read with DuckDB, which checks no page checksum.
+COUNTED_COLUMNS = ["doc_id", "source", "source_file", "part_of", "split", "keep"]
+
+
+def check_columns(path: Path, columns: list[str]) -> None:
+    """Read `columns` of corpus file `path` through pyarrow, every page's checksum checked
+    (a `CorpusError` naming the file where one fails), before DuckDB reads them unchecked: a
+    changed byte there was counted as another document, silently."""
+    parquet = open_parquet(path)
+    batches = parquet.iter_batches(batch_size=65536, columns=columns)
+    for _batch in read_checked(batches, path):
+        pass
+
+
 def documents_renamed(previous: Path, current: Path) -> tuple[int, int, int]:
     """(renamed, of files gone, kept) for the kept documents of corpus file `previous` against
     `current`: how many have no document of the same `doc_id` though their file is still read
@@ -327,6 +342,8 @@ def documents_renamed(previous: Path, current: Path) -> tuple[int, int, int]:
     hide every renamed one."""
     import duckdb
 
+    for path in (previous, current):
+        check_columns(path, COUNTED_COLUMNS)
     connection = duckdb.connect()
     try:
         [(renamed, of_files_gone, kept)] = connection.execute(
@@ -375,6 +392,8 @@ def _count_of_current(current: Path, previous: Path, query: str) -> int:
     """The count `query` gives, its parameters the corpus files `current` then `previous`."""
     import duckdb
 
+    for path in (current, previous):
+        check_columns(path, COUNTED_COLUMNS)
     connection = duckdb.connect()
     try:
         [(count,)] = connection.execute(query, [str(current), str(previous)]).fetchall()

@@ -52,6 +52,7 @@ def footers_of(folder: Path) -> dict[str, list]:
 def footer_problem(path: Path) -> str | None:
     """Why `path`'s footer is not the one its output's manifest recorded, in words; None when
     it is, or when nothing recorded it (a file of an earlier version, or not yet published)."""
+    path = Path(path)
     try:
         manifest = json.loads((path.parent / "manifest.json").read_text())
         length, digest = manifest[FOOTERS][path.name]

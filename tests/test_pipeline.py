@@ -184,11 +184,11 @@ def test_a_truncated_output_is_built_again_not_handed_on(workspace, config):
     assert not list(workspace.corpus.glob("*.partial-*")), "the damaged copy was removed"
 
 
-def flip_a_bit_of_the_text(path: str) -> None:
-    """One bit changed in the compressed data of the last page of the first row group's text
-    (a page's data follows its header), the file's size kept."""
+def flip_a_bit_of_the_text(path: str, column: str = "text") -> None:
+    """One bit changed in the compressed data of the last page of the first row group's
+    `column` (a page's data follows its header), the file's size kept."""
     metadata = pq.ParquetFile(path).metadata
-    text = metadata.schema.to_arrow_schema().get_field_index("text")
+    text = metadata.schema.to_arrow_schema().get_field_index(column)
     chunk = metadata.row_group(0).column(text)
     where = (
         (chunk.dictionary_page_offset or chunk.data_page_offset) + chunk.total_compressed_size - 2
@@ -317,6 +317,28 @@ def test_a_second_reader_of_the_same_damage_is_told_to_rerun_too(tmp_path):
     for _reader in range(2):
         with pytest.raises(CorpusError, match="rerun: it will be built again"):
             list(read_raw_rows(path, 0, 30))
+
+
+def test_the_retrain_s_counts_check_the_columns_duckdb_counts(workspace, config, tmp_path):
+    """The counts of renamed documents and of held-out text trained on read the corpus with
+    DuckDB, which checks no page checksum: a changed byte of a `doc_id` was counted as a
+    renamed document, silently."""
+    from storage.corpus import (
+        CorpusError,
+        documents_renamed,
+        held_out_edited,
+        held_out_trained_on,
+    )
+
+    current = corpus_file(workspace, run_pipeline(config))
+    previous = tmp_path / "previous.parquet"
+    shutil.copyfile(current, previous)
+    assert documents_renamed(previous, current)[0] == 0
+    assert held_out_trained_on(previous, current) == held_out_edited(previous, current) == 0
+    flip_a_bit_of_the_text(str(previous), "doc_id")
+    for count in (documents_renamed, held_out_trained_on, held_out_edited):
+        with pytest.raises(CorpusError, match=rf"^{re.escape(str(previous))}: damaged"):
+            count(previous, current)
 
 
 def test_a_retrain_s_increment_is_the_new_train_text_and_the_held_out_text_checksummed(
