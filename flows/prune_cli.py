@@ -17,6 +17,9 @@ from storage.prune import INTERRUPTED, WORK_SUFFIX, find_leftovers, remove_lefto
 from storage.workspace import Workspace, WorkspaceError, relocated
 
 console = Console(width=None if sys.stdout.isatty() else 200)
+# Why an interrupted training is kept when the registry cannot say who continues from it.
+UNKNOWN_USE = ("the registry could not say whether a run continues from it; "
+               "`lmforge prune --yes` again once it can be read")  # fmt: skip
 
 
 def prune_command(
@@ -131,15 +134,15 @@ def _continued_from(workspace: Workspace) -> dict[Path, str]:
             "SELECT run_id, config, hostname, pid FROM runs WHERE status = 'running' "
             "ORDER BY started_at"
         )
-    except RegistryError as error:
-        console.print(f"warning: the models that continued from a checkpoint are not known: "
-                      f"{error}", markup=False, highlight=False)  # fmt: skip
-        return {}
+    except RegistryError as error:  # every interrupted training kept: none is known unused
+        console.print(f"warning: the models and runs that continue from a checkpoint are not "
+                      f"known: {error}", markup=False, highlight=False)  # fmt: skip
+        return {folder.path.resolve(): UNKNOWN_USE for folder in find_leftovers(workspace)
+                if folder.kind == INTERRUPTED}  # fmt: skip
     named = [(init_from, f"model {label} of run {run_id} continued from its checkpoint "
               "(train.init_from); delete it by hand once that run need not be repeated")
              for run_id, label, init_from in rows]  # fmt: skip
-    named += [(init_from, f"run {run_id}, running now, continues from its checkpoint "
-               "(train.init_from)") for run_id, init_from in _live_init_froms(running)]  # fmt: skip
+    named += _live_init_froms(running)
     found: dict[Path, str] = {}
     for init_from, why in named:
         path = Path(init_from).expanduser()
@@ -152,23 +155,33 @@ def _continued_from(workspace: Workspace) -> dict[Path, str]:
 
 
 def _live_init_froms(running: list[tuple]) -> list[tuple[str, str]]:
-    """(run id, `train.init_from`) of each model of the runs recorded running, whose process
-    lives (on another machine of a shared workspace, it may: kept)."""
+    """(`train.init_from`, why it is kept) of each model of the runs recorded running whose
+    process lives (or may: one of another machine sharing the workspace, or recorded without
+    its pid, as `close_abandoned_runs` counts them): the config's `[train]`, a ladder's
+    `[[models]]` and an ablation's variants (whose `train` may name its own)."""
     import json
 
     from storage.processes import pid_alive, this_host
 
     found = []
     for run_id, config, hostname, pid in running:
-        if hostname == this_host() and (pid is None or not pid_alive(pid)):
+        here = hostname == this_host()
+        if here and pid is not None and not pid_alive(pid):
             continue
+        why = (f"run {run_id}, running now, continues from its checkpoint (train.init_from)"
+               if here else
+               f"run {run_id}, recorded running on {hostname}, continues from its checkpoint "
+               f"(train.init_from); if it crashed there, `lmforge prune` on {hostname} records "
+               "it")  # fmt: skip
         try:
             settings = json.loads(config) if isinstance(config, str) else (config or {})
             trains = [settings.get("train") or {}]
             trains += [entry.get("train") or {} for entry in settings.get("models") or []]
+            variants = (settings.get("ablation") or {}).get("variants") or []
+            trains += [variant.get("train") or {} for variant in variants]
         except (ValueError, AttributeError, TypeError):  # a config of another version
             continue
-        found += [(run_id, train["init_from"]) for train in trains
+        found += [(train["init_from"], why) for train in trains
                   if isinstance(train, dict) and train.get("init_from")]  # fmt: skip
     return found
 

@@ -465,7 +465,7 @@ def load_trained(folder: Path | str) -> tuple[LanguageModel, Tokenizer]:
     # than its weights asked the allocator for terabytes.
     shapes = shapes_only(config, tokenizer.vocab_size)
     problems = []
-    # Checkpoints are published whole: one without its marker was damaged, and `final/`
+    # Checkpoints are published with their marker: one without it was damaged, and `final/`
     # answered in its place without a word.
     preferred = CHECKPOINTS[: CHECKPOINTS.index(complete[0].name)] if named is None else ()
     for checkpoint in [folder / name for name in preferred if (folder / name).is_dir()]:

@@ -23,7 +23,7 @@ BOOKKEEPING = ("checkpoint_every", "keep_checkpoints", "master_addr", "master_po
 
 class TrainingError(RuntimeError):
     """Training cannot go on; the message says why. Defined here, beside the settings, because
-    torch-free code (checkpoint folders, the train stage's cache key) raises it too."""
+    torch-free code (checkpoint folders) raises it too."""
 
 
 class TrainConfig(StrictModel):

@@ -246,7 +246,9 @@ def _saved_tensors(model):
 def train_settings_digest(train: TrainConfig) -> str:
     """The settings that make the model: not the bookkeeping, and the number of processes
     over all machines rather than how they are spread (M machines of N processes train as one
-    of M × N, step for step), so a run moved to other machines finds its model or resumes."""
+    of M × N, step for step), so a run moved to other machines finds its model or resumes:
+    machines whose "auto" device and precision pick the same (`as_run_here`; a CPU with native
+    bf16 and one without train apart)."""
     world = {"nproc_per_node": train.world_size, "nnodes": 1}
     here = as_run_here(train, bf16_trains_by_default)
     return at_defaults(here, BOOKKEEPING).model_copy(update=world).digest()

@@ -271,6 +271,92 @@ def test_prune_keeps_the_interrupted_trainings_a_live_run_or_a_model_continues_f
     assert ladder.is_dir() and whole.is_dir() and not dead.exists()
 
 
+def test_prune_keeps_the_interrupted_training_a_live_ablation_s_variant_continues_from(
+    tmp_path,
+):
+    # An ablation variant's `train` may name its own `init_from`: the run's config holds it
+    # under `ablation.variants`, and it was removed while the run built its data.
+    import json
+    from datetime import UTC, datetime
+
+    from storage.processes import this_host
+    from storage.registry import RunRegistry
+    from tests.conftest import cli_in_process
+
+    workspace = Workspace(tmp_path / "home").ensure()
+    work = _folder(workspace.artifacts / "train" / "train-arm.work" / "step-000010").parent
+    config = {"train": {}, "ablation": {"variants": [
+        {"name": "continued", "model": {},
+         "train": {"init_from": "artifacts/train/train-arm.work/step-000010"}}]}}  # fmt: skip
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        row = {"run_id": "20261207-100000-aaaaaa", "status": "running", "pid": live.pid,
+               "hostname": this_host(), "started_at": datetime.now(UTC),
+               "config": json.dumps(config)}  # fmt: skip
+        RunRegistry(workspace.registry_path).start_run(row)
+        said = " ".join(cli_in_process("prune", "--yes", home=workspace.root).stdout.split())
+    finally:
+        live.kill()
+        live.wait()
+    assert f"kept {work}: run 20261207-100000-aaaaaa, running now, continues from" in said
+    assert work.is_dir()
+
+
+def test_prune_keeps_what_a_run_of_another_machine_or_without_a_pid_or_an_unread_registry_may_use(
+    tmp_path, monkeypatch
+):
+    """A run recorded running on another machine may live: its checkpoint is kept, and the
+    message says where to record it if it crashed (it said "running now", and nothing else). A
+    run recorded without its pid is live, as `close_abandoned_runs` counts it. A registry that
+    cannot be read says nothing of who continues from what: every interrupted training is kept
+    (`--yes` removed them all)."""
+    import json
+    from datetime import UTC, datetime
+
+    from storage.processes import this_host
+    from storage.registry import RegistryError, RunRegistry
+    from tests.conftest import cli_in_process
+
+    workspace = Workspace(tmp_path / "home").ensure()
+    train = workspace.artifacts / "train"
+    there, unnumbered, unused = (_folder(train / f"train-{n}.work" / "step-000010").parent
+                                 for n in ("there", "unnumbered", "unused"))  # fmt: skip
+    registry = RunRegistry(workspace.registry_path)
+    for run_id, host, pid, name in (
+        ("20261207-100000-aaaaaa", "gpu-box-7", 12345, "there"),
+        ("20261207-100001-bbbbbb", this_host(), None, "unnumbered"),
+    ):
+        config = {"train": {"init_from": f"artifacts/train/train-{name}.work/step-000010"}}
+        registry.start_run(
+            {
+                "run_id": run_id,
+                "status": "running",
+                "pid": pid,
+                "hostname": host,
+                "started_at": datetime.now(UTC),
+                "config": json.dumps(config),
+            }
+        )
+    listed = " ".join(cli_in_process("prune", home=workspace.root).stdout.split())
+    assert (
+        f"kept {there}: run 20261207-100000-aaaaaa, recorded running on gpu-box-7, continues "
+        "from its checkpoint (train.init_from); if it crashed there, `lmforge prune` on "
+        "gpu-box-7 records it"
+    ) in listed
+    assert f"kept {unnumbered}: run 20261207-100001-bbbbbb, running now" in listed
+    assert f"kept {unused}" not in listed and "train-unused.work" in listed
+
+    def unreadable(*args, **kwargs):
+        raise RegistryError("registry.duckdb: held open by another process")
+
+    monkeypatch.setattr(RunRegistry, "query", unreadable)
+    said = " ".join(cli_in_process("prune", "--yes", home=workspace.root).stdout.split())
+    assert "the models and runs that continue from a checkpoint are not known" in said
+    for folder in (there, unnumbered, unused):
+        assert f"kept {folder}: the registry could not say whether a run continues" in said
+        assert folder.is_dir()
+
+
 def test_prune_yes_names_what_a_process_took_up_meanwhile_and_counts_only_what_it_freed(
     tmp_path, monkeypatch
 ):
