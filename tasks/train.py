@@ -248,8 +248,11 @@ def train_settings_digest(train: TrainConfig) -> str:
     over all machines rather than how they are spread (M machines of N processes train as one
     of M × N, step for step), so a run moved to other machines finds its model or resumes:
     machines whose "auto" device and precision pick the same (`as_run_here`; a CPU with native
-    bf16 and one without train apart)."""
+    bf16 and one without train apart); `parallel` only where there are several processes (one
+    trains alike under either)."""
     world = {"nproc_per_node": train.world_size, "nnodes": 1}
+    if train.world_size == 1:  # one process is not wrapped (`Trainer.parallel` "none")
+        world["parallel"] = TrainConfig.model_fields["parallel"].default
     here = as_run_here(train, bf16_trains_by_default)
     return at_defaults(here, BOOKKEEPING).model_copy(update=world).digest()
 
@@ -278,6 +281,9 @@ def train_key(
         # workspace the same continuation was trained again.
         upstream.append(weights_digest(start))
         train = train.model_copy(update={"init_from": "(weights)"})
+    if model.kind == "gpt":  # it trains on its own context (`effective_train_config`): a
+        # `train.block_size` written equal to it (the config refuses another) trained it again
+        train = at_defaults(train, ["block_size"])
     # One model however written (a preset's name or its switches): trained once.
     settings = f"{written_one_way(model).digest()}:{train_settings_digest(train)}"
     return stage_key(STAGE, VERSION, settings, upstream, code_digest(*CODE))

@@ -159,6 +159,9 @@ def test_the_clean_key_holds_only_the_split_settings_the_corpus_holds():
     assert key() != key(val=0.1) != key(val=0.1, test=0.1)  # hash: the fractions assign
     assert key(method="random") != key()
     assert key(method="ordered") != key(method="hash")
+    # The worker count only spreads the annotation: the same corpus, byte for byte.
+    assert clean_key(raw, CleanConfig(workers=2), SplitConfig()) == key()
+    assert clean_key(raw, CleanConfig(min_chars=5), SplitConfig()) != key()
 
 
 def test_a_key_is_shown_by_its_stage_and_12_digest_characters():
@@ -301,3 +304,181 @@ def test_module_sources_follow_plain_imports_and_packages(tmp_path, monkeypatch)
         "lm/sub/__init__.py",
         "lm/top.py",
     )
+
+
+# Two values of each training setting that makes the model (its weights, its best checkpoint).
+MODEL_MAKING = {
+    "max_steps": (200, 201), "micro_batch": (12, 6), "global_batch": (12, 24),
+    "block_size": (64, 32), "samples": ("windows", "documents"), "learning_rate": (1e-3, 2e-3),
+    "min_lr_ratio": (0.1, 0.2), "schedule": ("cosine", "wsd"), "warmup_steps": (20, 10),
+    "decay_fraction": (0.2, 0.3), "weight_decay": (0.1, 0.0), "beta1": (0.9, 0.8),
+    "beta2": (0.95, 0.99), "grad_clip": (1.0, 0.5), "ema_decay": (0.0, 0.9),
+    "eval_every": (50, 25), "eval_batches": (8, 4), "patience": (0, 3), "min_delta": (0.0, 0.01),
+    "compile": (False, True), "seed": (1337, 1),
+}  # fmt: skip
+# Keyed otherwise: as run here, over all machines, by the weights (the tests above).
+KEYED_OTHERWISE = {"device", "precision", "nproc_per_node", "nnodes", "parallel", "init_from"}
+
+
+def test_every_training_setting_that_makes_the_model_is_in_the_train_key_and_no_bookkeeping():
+    """A setting dropped from the key (a new `train.seed`, say) served the model of the old
+    value; bookkeeping put in it trained the same model again. Every field is sorted into one
+    or the other, so that a new one must be too."""
+    from lm.train_config import BOOKKEEPING, TrainConfig
+    from tasks.train import train_settings_digest
+
+    assert set(TrainConfig.model_fields) == {*MODEL_MAKING, *BOOKKEEPING, *KEYED_OTHERWISE}
+    for name, (one, other) in MODEL_MAKING.items():
+        assert train_settings_digest(TrainConfig(**{name: one})) != train_settings_digest(
+            TrainConfig(**{name: other})
+        ), name
+    bookkept = {"checkpoint_every": 7, "keep_checkpoints": 5, "master_addr": "node0",
+                "master_port": 29600, "join_timeout_s": 30}  # fmt: skip
+    assert set(bookkept) == set(BOOKKEEPING)
+    for name, value in bookkept.items():
+        assert train_settings_digest(TrainConfig(**{name: value})) == train_settings_digest(
+            TrainConfig()
+        ), name
+
+
+def test_the_evaluate_and_scores_keys_follow_the_model_the_shards_and_the_tokenizer():
+    """A scores key without the trained model's digest handed one model's bits per byte to
+    another trained on the same shards; without the shards' digest, the old text's scores."""
+    from lm.eval_config import EvalConfig, SamplingConfig
+    from storage.artifacts import Descriptor
+    from tasks.evaluate import evaluate_key, scores_key
+
+    def described(stage: str, digest: str) -> Descriptor:
+        return Descriptor(stage, "k", f"{stage}/k", digest)
+
+    inputs = [described(stage, stage * 8) for stage in ("train", "encode", "tokenizer")]
+    config = EvalConfig(device="cpu", precision="fp32")
+    for key_of in (scores_key, evaluate_key):
+        key = key_of(*inputs, config)
+        for index in range(3):
+            changed = list(inputs)
+            changed[index] = described(inputs[index].kind, "other" * 8)
+            assert key_of(*changed, config) != key, (key_of.__name__, index)
+        assert key_of(*inputs, config.model_copy(update={"splits": ["val"]})) != key
+        assert key_of(*inputs, config.model_copy(update={"baseline_smoothing": 0.5})) != key
+    # The samples' settings are the evaluate key's, never the scores'.
+    hotter = config.model_copy(update={"sampling": SamplingConfig(temperature=1.5), "samples": 1,
+                                       "prompts": ["The"]})  # fmt: skip
+    assert scores_key(*inputs, hotter) == scores_key(*inputs, config)
+    assert evaluate_key(*inputs, hotter) != evaluate_key(*inputs, config)
+
+
+def test_an_edit_to_the_sampling_code_draws_new_samples_without_scoring_again(monkeypatch):
+    """`lm.generate` draws the samples, never a score: in the scores key, an edit to it scored
+    every split again (minutes on a large model) for the same numbers."""
+    from lm.eval_config import EvalConfig
+    from storage.artifacts import Descriptor
+    from tasks import evaluate
+    from tasks.evaluate import evaluate_key, scores_key
+
+    inputs = [Descriptor(stage, "k", f"{stage}/k", stage * 8)
+              for stage in ("train", "encode", "tokenizer")]  # fmt: skip
+    config = EvalConfig(device="cpu", precision="fp32")
+    keys = []
+    for generate_code in ("old", "edited"):
+        monkeypatch.setattr(evaluate, "code_digest", lambda *paths, code=generate_code: (
+            code if "lm/generate.py" in paths else "scoring"))  # fmt: skip
+        keys.append((scores_key(*inputs, config), evaluate_key(*inputs, config)))
+    assert keys[0][0] == keys[1][0] and keys[0][1] != keys[1][1]
+
+
+def test_the_train_key_follows_its_inputs_and_a_w2v_model_s_vectors_only_where_it_reads_them():
+    """Without the shards' or the tokenizer's digest, a model of other tokens was served;
+    without the vectors' digest, a w2v model of the old vectors. A model that reads no vectors
+    (or continues a checkpoint, whose vectors it has) must not train again for new ones."""
+    from lm.models.config import GPTConfig, W2VConfig
+    from lm.train_config import TrainConfig
+    from storage.artifacts import Descriptor
+    from tasks.train import train_key
+
+    shards, tokenizer, vectors = (Descriptor(stage, "k", f"{stage}/k", stage * 8)
+                                  for stage in ("encode", "tokenizer", "word2vec"))  # fmt: skip
+    other = Descriptor("x", "k", "x/k", "other" * 8)
+    gpt = GPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=16)
+    w2v = W2VConfig(vector_size=16)
+    train = TrainConfig(max_steps=4)
+    for model in (gpt, w2v):
+        key = train_key(shards, tokenizer, model, train, vectors)
+        assert train_key(other, tokenizer, model, train, vectors) != key
+        assert train_key(shards, other, model, train, vectors) != key
+        assert train_key(shards, tokenizer, model, train.model_copy(update={"seed": 1}),
+                         vectors) != key  # fmt: skip
+    assert train_key(shards, tokenizer, w2v, train, other) != train_key(
+        shards, tokenizer, w2v, train, vectors
+    )
+    assert train_key(shards, tokenizer, gpt, train, other) == train_key(
+        shards, tokenizer, gpt, train, vectors
+    )
+    # A GPT trains on its own context: `train.block_size` written equal to it (the config
+    # refuses another) is the same training; a model without a context of its own reads it.
+    context = {"block_size": gpt.block_size}
+    assert train_key(shards, tokenizer, gpt, train.model_copy(update=context)) == train_key(
+        shards, tokenizer, gpt, train
+    )
+    assert train_key(shards, tokenizer, w2v, train.model_copy(update=context), vectors) != (
+        train_key(shards, tokenizer, w2v, train, vectors)
+    )
+    # One process is not wrapped: ddp or fsdp, the same training; over several they differ.
+    fsdp = {"parallel": "fsdp"}
+    assert train_key(shards, tokenizer, gpt, train.model_copy(update=fsdp)) == train_key(
+        shards, tokenizer, gpt, train
+    )
+    two = train.model_copy(update={"nproc_per_node": 2})
+    assert train_key(shards, tokenizer, gpt, two.model_copy(update=fsdp)) != train_key(
+        shards, tokenizer, gpt, two
+    )
+
+
+def stage_keys() -> dict:
+    """Each stage's key function (by its module) with arguments for it."""
+    from lm.config import CleanConfig, SplitConfig, TokenizerConfig, Word2VecConfig
+    from lm.eval_config import EvalConfig
+    from lm.models.config import GPTConfig
+    from lm.train_config import TrainConfig
+    from storage.artifacts import Descriptor
+
+    stages = ("clean", "tokenizer", "encode", "train")
+    corpus, tokenizer, shards, trained = (Descriptor(stage, "k", f"{stage}/k", stage * 8)
+                                          for stage in stages)  # fmt: skip
+    gpt = GPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=16)
+    scoring = EvalConfig(device="cpu", precision="fp32")
+    return {
+        "clean.clean_key": (corpus, CleanConfig(), SplitConfig()),
+        "tokenizer.tokenizer_key": (corpus, TokenizerConfig()),
+        "tokenizer.adopted_key": (corpus, "t", "t" * 64),
+        "encode.encode_key": (corpus, tokenizer),
+        "word2vec.word2vec_key": (corpus, tokenizer, Word2VecConfig()),
+        "word2vec.vectors_key": (corpus, tokenizer, Word2VecConfig()),
+        "increment.increment_key": (corpus, trained),
+        "train.train_key": (shards, tokenizer, gpt, TrainConfig()),
+        "evaluate.evaluate_key": (trained, shards, tokenizer, scoring),
+        "evaluate.scores_key": (trained, shards, tokenizer, scoring),
+    }
+
+
+@pytest.mark.parametrize("name", list(stage_keys()))
+def test_an_edit_to_a_stage_s_code_is_a_new_key(name, monkeypatch):
+    """`CODE` listing every file is worth nothing if the key leaves out its digest: the
+    model (or corpus, or scores) the old code made was served."""
+    import importlib
+
+    module_name, function = name.split(".")
+    module = importlib.import_module(f"tasks.{module_name}")
+    arguments = stage_keys()[name]
+    key = getattr(module, function)(*arguments)
+    monkeypatch.setattr(module, "code_digest", lambda *paths: "edited")
+    assert getattr(module, function)(*arguments) != key
+
+
+def test_the_train_and_evaluate_code_digests_cover_how_the_stage_reads_its_tokens():
+    """The train and evaluate tasks read the shards themselves (`storage.shards.open_shard`),
+    which `lm.train` does not import: left out of `CODE`, a change to how tokens are read kept
+    every key."""
+    assert {"storage/shards.py", "lm/tokenizer.py"} <= set(train_stage.CODE)
+    assert "storage/shards.py" in evaluate_stage.SCORES_CODE
+    assert set(evaluate_stage.SCORES_CODE) <= set(evaluate_stage.CODE)

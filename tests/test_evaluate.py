@@ -169,6 +169,58 @@ def test_a_training_whose_other_trainer_ended_unfinished_says_it_trains_it(
     assert "train: the other process ended without finishing this model" in caplog.text
 
 
+def test_a_training_another_process_finished_while_this_one_waited_is_used_not_trained_again(
+    tmp_path, monkeypatch
+):
+    """Two runs of one model: the second waits on the first's lock, then must find the model
+    the first published (not train it a second time over it) and leave no work folder behind,
+    which `lmforge prune` listed as a training that never started."""
+    import fcntl
+    import threading
+
+    from storage.artifacts import take_reused
+    from storage.prune import WORK_LOCK
+    from tasks.train import STAGE, train_key, train_store, train_task, work_folder
+
+    monkeypatch.setenv("LMFORGE_HOME", str(tmp_path))
+    workspace = Workspace.from_env().ensure()
+    tokenizer = train_tokenizer(iter(TRAIN_DOCS), TokenizerConfig(kind="char"))
+    (workspace.artifacts / "tokenizer" / "t").mkdir(parents=True)
+    tokenizer.save(workspace.artifacts / "tokenizer" / "t")
+    (workspace.artifacts / "shards" / "s").mkdir(parents=True)
+    for split, documents in (("train", TRAIN_DOCS), ("val", VAL_DOCS), ("test", [])):
+        write_shard(workspace.artifacts / "shards" / "s" / f"{split}.bin", tokenizer, documents)
+    arguments = (Descriptor("encode", "s", "artifacts/shards/s", "shards-digest"),
+                 Descriptor("tokenizer", "t", "artifacts/tokenizer/t", tokenizer.digest),
+                 FIXTURE_MODEL, FIXTURE_TRAINING.model_copy(update={"max_steps": 2}))  # fmt: skip
+    store = train_store(workspace)
+    key = train_key(*arguments)
+    work = work_folder(store, key)
+    work.mkdir(parents=True)
+    logger = logging.getLogger("lm.train")
+    said: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    trained = []
+    try:
+        with open(work / WORK_LOCK, "a+") as other:
+            fcntl.flock(other, fcntl.LOCK_EX)  # the other process's training, then its model
+            waiter = threading.Thread(target=lambda: trained.append(train_task.fn(*arguments)))
+            waiter.start()
+            assert wait_until(lambda: any("another process is training" in s for s in said), 30)
+            with store.build(key) as staging:
+                published = store.describe(staging, STAGE, key, key,
+                                           {"steps": 99, "val_loss": 1.5})  # fmt: skip
+        waiter.join(timeout=120)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+    assert trained == [published] and take_reused(key)
+    assert not work.exists()
+
+
 def test_the_published_count_of_tokens_is_the_best_checkpoint_s_not_the_last_step_s(
     tmp_path, monkeypatch
 ):
@@ -310,7 +362,54 @@ def test_evaluate_stage_skips_an_empty_split_and_stores_seeded_samples(evaluated
     assert all(s["text"] for s in samples)
 
 
+def test_a_model_trained_on_documents_is_scored_on_documents(trained_run, monkeypatch):
+    """`eval.scoring = "auto"` scores a model trained a document a row (`train.samples =
+    "documents"`, the names preset) one document at a time, as it read them: scored as a model
+    of windows, it was judged across document boundaries it never saw."""
+    from tasks.evaluate import evaluate_task
+
+    home, trained, shards, tokenizer = trained_run
+    monkeypatch.setenv("LMFORGE_HOME", str(home))
+    folder = home / "artifacts" / "train" / "on-documents"
+    shutil.copytree(home / trained.path, folder)
+    settings = json.loads((folder / "train.json").read_text()) | {"samples": "documents"}
+    (folder / "train.json").write_text(json.dumps(settings))
+    on_documents = Descriptor("train", "on-documents", "artifacts/train/on-documents",
+                              "on-documents", trained.stats)  # fmt: skip
+    scored = evaluate_task.fn(
+        on_documents, shards, tokenizer, EVAL.model_copy(update={"samples": 0})
+    )
+    assert scored.stats["scoring"] == "documents"
+    whole = evaluate_task.fn(trained, shards, tokenizer, EVAL.model_copy(update={"samples": 0}))
+    assert whole.stats["scoring"] == "whole"
+
+
+def test_a_baseline_smoothing_set_for_the_evaluation_is_the_one_scored(trained_run, monkeypatch):
+    """`eval.baseline_smoothing` fixes the count-bigram baseline's add-k; dropped on its way
+    to the baseline, the tuned value was scored under a key that named the one asked for."""
+    from tasks.evaluate import evaluate_task
+
+    home, trained, shards, tokenizer = trained_run
+    monkeypatch.setenv("LMFORGE_HOME", str(home))
+    fixed = EVAL.model_copy(update={"samples": 0, "baseline_smoothing": 0.5})
+    assert evaluate_task.fn(trained, shards, tokenizer, fixed).stats["baseline_smoothing"] == 0.5
+
+
+def test_a_model_is_not_scored_on_shards_of_another_tokenizer(trained_run, monkeypatch):
+    """Token ids mean what the model's tokenizer says: shards of another tokenizer were scored
+    as if they were its text (bits per byte of nonsense, said as the model's)."""
+    from lm.tokenizer import TokenizerError
+    from tasks.evaluate import evaluate_task
+
+    home, trained, shards, tokenizer = trained_run
+    monkeypatch.setenv("LMFORGE_HOME", str(home))
+    other = Descriptor("tokenizer", "t", tokenizer.path, "another-tokenizer")
+    with pytest.raises(TokenizerError, match="the model's tokenizer has digest"):
+        evaluate_task.fn(trained, shards, other, EVAL.model_copy(update={"samples": 0}))
+
+
 def test_evaluation_is_cached_and_reproducible(trained_run, evaluated):
+    from storage.artifacts import take_reused
     from tasks.evaluate import evaluate_task
 
     home, trained, shards, tokenizer = trained_run
@@ -318,7 +417,9 @@ def test_evaluation_is_cached_and_reproducible(trained_run, evaluated):
     folder = home / first.path
     metrics = (folder / "metrics.json").read_text()
     samples = (folder / "samples.json").read_text()
+    take_reused(first.key)  # the first evaluation's own mark, if any
     assert evaluate_task.fn(trained, shards, tokenizer, EVAL) == first  # served from its folder
+    assert take_reused(first.key)  # found, not scored again (which wrote the same files)
     shutil.rmtree(folder)
     shutil.rmtree(home / "artifacts" / "scores")  # scored again, not read back
     again = evaluate_task.fn(trained, shards, tokenizer, EVAL)

@@ -1480,6 +1480,36 @@ def test_init_from_untied_weights_into_a_tied_gpt_is_refused(tmp_path):
     assert init_from_problem(tmp_path / "best", rope.model_copy(update={"rope_base": 5e5})) is None
 
 
+def test_init_from_under_another_switch_of_the_same_shapes_is_refused_naming_it(tmp_path):
+    """Without biases a LayerNorm and an RMSNorm hold one gain each, of one shape, and sines
+    and rope hold no tensor at all: the tensors fit, and only the switches say the weights
+    would load into a model that reads them otherwise."""
+    from tasks.train import init_from_problem
+
+    plain = GPTConfig(n_layer=1, n_embd=16, n_head=2, bias=False)
+    for switch, value in (("norm", "rmsnorm"), ("pos", "rope"), ("mlp", "swiglu")):
+        theirs = plain.model_copy(update={"pos": "sinusoidal"}) if switch == "pos" else plain
+        (tmp_path / "model.json").write_text(json.dumps(theirs.model_dump(mode="json")))
+        problem = init_from_problem(tmp_path / "best", theirs.model_copy(update={switch: value}))
+        assert problem and f"model.{switch} " in problem, (switch, problem)
+
+
+def test_a_relative_init_from_is_inside_the_workspace_wherever_the_command_runs(
+    tmp_path, monkeypatch
+):
+    """`train.init_from = "artifacts/train/<key>"`, as `lmforge runs` shows a model's path:
+    read from the directory the command ran in, it was not found, or another folder's."""
+    from storage.workspace import Workspace
+    from tasks.train import init_checkpoint
+
+    workspace = Workspace(tmp_path / "home")
+    source = tokenized_trainer(workspace.root / "artifacts" / "train" / "m", "t1")
+    source.save("best")
+    monkeypatch.chdir(tmp_path)
+    relative = config(init_from="artifacts/train/m")
+    assert init_checkpoint(relative, workspace) == workspace.root / "artifacts/train/m/best"
+
+
 def test_init_from_a_model_of_other_shapes_or_a_cut_checkpoint_is_refused_before_any_stage(
     tmp_path, monkeypatch
 ):

@@ -449,3 +449,46 @@ def test_stored_vectors_changed_in_place_are_an_error_naming_the_file(tmp_path, 
     said = re.escape(f"{path}: not the vectors written")
     with pytest.raises(Word2VecError, match=f"^{said}"):
         _stored_vectors(workspace, corpus, tokenizer, SMALL, None)
+
+
+def test_piece_vectors_follow_the_tokenizer_and_word_vectors_do_not():
+    """Vectors of the pieces of a tokenizer trained again (a new vocab_size) are vectors of
+    other pieces: keyed without the tokenizer, the old ones were served to the models that read
+    them. Vectors of words never see the tokenizer: a new one trained them again for nothing."""
+    from storage.artifacts import Descriptor
+    from tasks.word2vec import vectors_key, word2vec_key
+
+    corpus = Descriptor(kind="corpus", key="c", path="c", digest="c" * 64, stats={})
+    tokenizers = [Descriptor(kind="tokenizer", key=d, path="t", digest=d * 64, stats={})
+                  for d in ("t", "u")]  # fmt: skip
+    pieces = SMALL.model_copy(update={"input": "pieces"})
+    for key_of in (vectors_key, word2vec_key):
+        assert key_of(corpus, tokenizers[0], pieces) != key_of(corpus, tokenizers[1], pieces)
+        assert key_of(corpus, tokenizers[0], SMALL) == key_of(corpus, tokenizers[1], SMALL)
+        assert key_of(corpus, tokenizers[0], pieces) != key_of(corpus, tokenizers[0], SMALL)
+    # Under an ordered split the shards' train part is the text: other shards, other vectors.
+    shards = [Descriptor(kind="encode", key=d, path="s", digest=d * 64, stats={}) for d in "ab"]
+    assert vectors_key(corpus, tokenizers[0], SMALL, shards[0]) != vectors_key(
+        corpus, tokenizers[0], SMALL, shards[1]
+    )
+    # Probes only look at the vectors: the same vectors, evaluated again.
+    probed = SMALL.model_copy(update={"probes": ["sea"], "neighbours": 3})
+    assert vectors_key(corpus, tokenizers[0], probed) == vectors_key(corpus, tokenizers[0], SMALL)
+    assert word2vec_key(corpus, tokenizers[0], probed) != word2vec_key(corpus, tokenizers[0], SMALL)
+
+
+def test_every_setting_that_trains_the_vectors_is_in_their_key():
+    """A training setting taken for one that only looks at the vectors (`EVALUATION_ONLY`)
+    served the vectors of the old value: a new `word2vec.seed` kept the old vectors."""
+    from storage.artifacts import Descriptor
+    from tasks.word2vec import EVALUATION_ONLY, vectors_key
+
+    corpus = Descriptor(kind="corpus", key="c", path="c", digest="c" * 64, stats={})
+    tokenizer = Descriptor(kind="tokenizer", key="t", path="t", digest="t" * 64, stats={})
+    training = {"architecture": "cbow", "vector_size": 32, "window": 3, "min_count": 2,
+                "negative": 10, "epochs": 3, "workers": 2, "seed": 2,
+                "input": "pieces"}  # fmt: skip
+    assert set(Word2VecConfig.model_fields) == {*training, *EVALUATION_ONLY, "enabled"}
+    key = vectors_key(corpus, tokenizer, SMALL)
+    for name, value in training.items():
+        assert vectors_key(corpus, tokenizer, SMALL.model_copy(update={name: value})) != key, name
