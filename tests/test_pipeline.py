@@ -966,10 +966,13 @@ def test_a_damaged_published_model_falls_back_then_is_trained_again(workspace, c
         load_trained(folder)
 
 
-def test_training_resumes_from_the_work_folder_after_a_crash(workspace, config):
+def test_training_resumes_from_the_work_folder_after_a_crash(workspace, config, monkeypatch):
+    from lm import checkpoints
     from lm.train import latest_checkpoint
 
-    first = run_pipeline(config, TINY_GPT)
+    with monkeypatch.context() as whole:  # published as the work folder holds it: optimizer too
+        whole.setattr(checkpoints, "TRAINING_ONLY", ())
+        first = run_pipeline(config, TINY_GPT)
     folder = workspace.resolve(first["models"][-1]["path"])
     # Simulate a run killed after step 6: its work folder holds the step-6 checkpoint only.
     work = folder.with_name(folder.name + ".work")
