@@ -128,6 +128,23 @@ def evaluated(trained_run, monkeypatch):
     return home, trained, descriptor
 
 
+def two_step_training(tmp_path, monkeypatch) -> tuple[Workspace, tuple]:
+    """A workspace (`LMFORGE_HOME`) holding a char tokenizer and its shards, and the train
+    task's arguments for two steps of the fixture model on them."""
+    monkeypatch.setenv("LMFORGE_HOME", str(tmp_path))
+    workspace = Workspace.from_env().ensure()
+    tokenizer = train_tokenizer(iter(TRAIN_DOCS), TokenizerConfig(kind="char"))
+    (workspace.artifacts / "tokenizer" / "t").mkdir(parents=True)
+    tokenizer.save(workspace.artifacts / "tokenizer" / "t")
+    (workspace.artifacts / "shards" / "s").mkdir(parents=True)
+    for split, documents in (("train", TRAIN_DOCS), ("val", VAL_DOCS), ("test", [])):
+        write_shard(workspace.artifacts / "shards" / "s" / f"{split}.bin", tokenizer, documents)
+    shards = Descriptor("encode", "s", "artifacts/shards/s", "shards-digest")
+    tokens = Descriptor("tokenizer", "t", "artifacts/tokenizer/t", tokenizer.digest)
+    return workspace, (shards, tokens, FIXTURE_MODEL,
+                       FIXTURE_TRAINING.model_copy(update={"max_steps": 2}))  # fmt: skip
+
+
 def test_a_training_whose_other_trainer_ended_unfinished_says_it_trains_it(
     tmp_path, monkeypatch, caplog
 ):
@@ -139,17 +156,7 @@ def test_a_training_whose_other_trainer_ended_unfinished_says_it_trains_it(
     from storage.prune import WORK_LOCK
     from tasks.train import train_key, train_store, train_task, work_folder
 
-    monkeypatch.setenv("LMFORGE_HOME", str(tmp_path))
-    workspace = Workspace.from_env().ensure()
-    tokenizer = train_tokenizer(iter(TRAIN_DOCS), TokenizerConfig(kind="char"))
-    (workspace.artifacts / "tokenizer" / "t").mkdir(parents=True)
-    tokenizer.save(workspace.artifacts / "tokenizer" / "t")
-    (workspace.artifacts / "shards" / "s").mkdir(parents=True)
-    for split, documents in (("train", TRAIN_DOCS), ("val", VAL_DOCS), ("test", [])):
-        write_shard(workspace.artifacts / "shards" / "s" / f"{split}.bin", tokenizer, documents)
-    arguments = (Descriptor("encode", "s", "artifacts/shards/s", "shards-digest"),
-                 Descriptor("tokenizer", "t", "artifacts/tokenizer/t", tokenizer.digest),
-                 FIXTURE_MODEL, FIXTURE_TRAINING.model_copy(update={"max_steps": 2}))  # fmt: skip
+    workspace, arguments = two_step_training(tmp_path, monkeypatch)
     work = work_folder(train_store(workspace), train_key(*arguments))
     work.mkdir(parents=True)
     logger = logging.getLogger("lm.train")  # Prefect's logging stops it before the root's
@@ -182,17 +189,7 @@ def test_a_training_another_process_finished_while_this_one_waited_is_used_not_t
     from storage.prune import WORK_LOCK
     from tasks.train import STAGE, train_key, train_store, train_task, work_folder
 
-    monkeypatch.setenv("LMFORGE_HOME", str(tmp_path))
-    workspace = Workspace.from_env().ensure()
-    tokenizer = train_tokenizer(iter(TRAIN_DOCS), TokenizerConfig(kind="char"))
-    (workspace.artifacts / "tokenizer" / "t").mkdir(parents=True)
-    tokenizer.save(workspace.artifacts / "tokenizer" / "t")
-    (workspace.artifacts / "shards" / "s").mkdir(parents=True)
-    for split, documents in (("train", TRAIN_DOCS), ("val", VAL_DOCS), ("test", [])):
-        write_shard(workspace.artifacts / "shards" / "s" / f"{split}.bin", tokenizer, documents)
-    arguments = (Descriptor("encode", "s", "artifacts/shards/s", "shards-digest"),
-                 Descriptor("tokenizer", "t", "artifacts/tokenizer/t", tokenizer.digest),
-                 FIXTURE_MODEL, FIXTURE_TRAINING.model_copy(update={"max_steps": 2}))  # fmt: skip
+    workspace, arguments = two_step_training(tmp_path, monkeypatch)
     store = train_store(workspace)
     key = train_key(*arguments)
     work = work_folder(store, key)
