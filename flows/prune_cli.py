@@ -50,6 +50,8 @@ def prune_command(
                 markup=False, highlight=False,
             )  # fmt: skip
     continued = _continued_from(workspace) if leftovers else {}
+    if continued is None:  # every interrupted training kept: none is known unused
+        continued = {x.path.resolve(): UNKNOWN_USE for x in leftovers if x.kind == INTERRUPTED}
     for leftover in [x for x in leftovers if x.path.resolve() in continued]:
         leftovers.remove(leftover)
         kept.append(leftover)
@@ -113,12 +115,12 @@ def _record_crashed_runs(workspace: Workspace) -> bool:
     return True
 
 
-def _continued_from(workspace: Workspace) -> dict[Path, str]:
+def _continued_from(workspace: Workspace) -> dict[Path, str] | None:
     """The work folders whose checkpoints recorded models continued from (`train.init_from`
     naming a checkpoint of an interrupted training), each with the first such model: pruning
     them would leave those runs impossible to repeat. And those a live run's config names: its
     models are recorded only at its end, and it loads the checkpoint once its data stages have
-    run (pruned meanwhile, its train stage failed)."""
+    run (pruned meanwhile, its train stage failed). None when the registry cannot say."""
     from storage.registry import RegistryError, RunRegistry
 
     if not workspace.registry_path.is_file():
@@ -134,11 +136,10 @@ def _continued_from(workspace: Workspace) -> dict[Path, str]:
             "SELECT run_id, config, hostname, pid FROM runs WHERE status = 'running' "
             "ORDER BY started_at"
         )
-    except RegistryError as error:  # every interrupted training kept: none is known unused
+    except RegistryError as error:
         console.print(f"warning: the models and runs that continue from a checkpoint are not "
                       f"known: {error}", markup=False, highlight=False)  # fmt: skip
-        return {folder.path.resolve(): UNKNOWN_USE for folder in find_leftovers(workspace)
-                if folder.kind == INTERRUPTED}  # fmt: skip
+        return None
     named = [(init_from, f"model {label} of run {run_id} continued from its checkpoint "
               "(train.init_from); delete it by hand once that run need not be repeated")
              for run_id, label, init_from in rows]  # fmt: skip

@@ -144,8 +144,7 @@ def check_footer(path: Path) -> None:
     with C++'s `std::terminate`, which no `except` catches."""
     from storage.parquet_footer import footer_problem
 
-    with damage_named(path):  # a file system's error passes; nothing else is raised here
-        problem = footer_problem(path)
+    problem = footer_problem(path)
     if problem is not None:
         raise CorpusError(_damaged(path, problem))
 
@@ -326,11 +325,20 @@ COUNTED_COLUMNS = ["doc_id", "source", "source_file", "part_of", "split", "keep"
 def check_columns(path: Path, columns: list[str]) -> None:
     """Read `columns` of corpus file `path` through pyarrow, every page's checksum checked
     (a `CorpusError` naming the file where one fails), before DuckDB reads them unchecked: a
-    changed byte there was counted as another document, silently."""
+    changed byte there was counted as another document, silently. Once a process for a file
+    as it is (a retrain's three counts read both corpus files)."""
+    status = Path(path).stat()
+    checked = (str(path), status.st_size, status.st_mtime_ns, tuple(columns))
+    if checked in _CHECKED:
+        return
     parquet = open_parquet(path)
     batches = parquet.iter_batches(batch_size=65536, columns=columns)
     for _batch in read_checked(batches, path):
         pass
+    _CHECKED.add(checked)
+
+
+_CHECKED: set[tuple] = set()  # (path, size, mtime, columns) that `check_columns` read whole
 
 
 def documents_renamed(previous: Path, current: Path) -> tuple[int, int, int]:

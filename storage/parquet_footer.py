@@ -35,8 +35,13 @@ def footer(path: Path) -> tuple[int, str] | None:
         length = int.from_bytes(tail[:4], "little") + TAIL
         if length > size - len(MAGIC):
             return None
-        file.seek(size - length)
-        return length, hashlib.sha256(file.read(length)).hexdigest()
+        return length, _last_bytes_digest(file, size, length)
+
+
+def _last_bytes_digest(file, size: int, length: int) -> str:
+    """The sha256 of the last `length` bytes of the open `file` of `size` bytes."""
+    file.seek(size - length)
+    return hashlib.sha256(file.read(length)).hexdigest()
 
 
 def footers_of(folder: Path) -> dict[str, list]:
@@ -63,7 +68,6 @@ def footer_problem(path: Path) -> str | None:
         size = file.seek(0, 2)
         if length > size:
             return f"its footer ({length} bytes written) is longer than the file ({size} bytes)"
-        file.seek(size - length)
-        if hashlib.sha256(file.read(length)).hexdigest() != digest:
+        if _last_bytes_digest(file, size, length) != digest:
             return "its footer (schema and row groups) is not the one written: sha256 differs"
     return None
