@@ -156,13 +156,23 @@ def live_serving(workspace: Workspace, api_url: str) -> list[int]:
             record = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if record.get("host") != this_host():
+        if not _is_serving_record(record) or record["host"] != this_host():
             continue
-        if not pid_alive(record.get("pid", -1)):
+        if not pid_alive(record["pid"]):
             path.unlink(missing_ok=True)
         elif str(record.get("api_url", "")).rstrip("/") == api_url.rstrip("/"):
             pids.append(record["pid"])
     return pids
+
+
+def _is_serving_record(record: Any) -> bool:
+    """Whether `record` has the shape `record_serving` writes. One edited or damaged out of it
+    is none: a list was an AttributeError traceback from `lmforge server stop`, a missing pid a
+    KeyError, and pid 0 (this process's own group, which `pid_alive` finds alive) a refusal
+    naming "lmforge serve (pid 0)" that no Ctrl-C could end."""
+    pid = record.get("pid") if isinstance(record, dict) else None
+    is_pid = isinstance(pid, int) and not isinstance(pid, bool) and pid > 0
+    return is_pid and isinstance(record.get("host"), str)
 
 
 def _temporary_server_url() -> str | None:

@@ -12,7 +12,11 @@ from pathlib import Path
 def pid_alive(pid: int) -> bool:
     """Whether process `pid` exists and has not exited. A zombie (a process that has exited but
     whose parent has not yet waited for it) is dead: it runs nothing and holds no files, and its
-    PID answers signals until it is reaped, which may be never if the parent forgot."""
+    PID answers signals until it is reaped, which may be never if the parent forgot. 0 and
+    below name no process (a damaged record's): `kill` reads them as process groups, this
+    process's own among them, and always found them alive."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

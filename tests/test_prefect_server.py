@@ -459,3 +459,185 @@ def test_temporary_servers_start_one_at_a_time_as_each_migrates_the_database(tmp
         out, err = process.communicate(timeout=300)
     assert process.returncode == 0, err
     assert out.strip() == "running True" and database.exists()
+
+
+@pytest.mark.parametrize("pid", [0, -1, "own"])
+def test_a_record_of_pid_0_or_of_a_process_not_started_with_its_port_is_no_server(own_server,
+                                                                                  pid):  # fmt: skip
+    """Pid 0 names this process's own group (and -1 every process): `server stop` would have
+    signalled them. A live pid without the recorded port on its command line is another
+    process that was given the pid later (after a reboot), not the server."""
+    path = own_server.prefect_home / prefect_server.STATE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"pid": os.getpid() if pid == "own" else pid, "port": 1, "status": "starting",
+             "api_url": "http://127.0.0.1:1/api", "started_at": time.time()}  # fmt: skip
+    path.write_text(json.dumps(state))
+    try:
+        assert starting_server(own_server) is None and running_server(own_server) is None
+    finally:
+        path.unlink()  # not for the fixture's `stop_server` to signal, had it been taken
+
+
+def test_a_server_that_exits_as_it_starts_is_said_at_once_not_after_the_start_up_time(
+    own_server, monkeypatch
+):
+    monkeypatch.setattr(prefect_server, "STARTUP_TIMEOUT_S", 20.0)
+    monkeypatch.setattr(prefect_server, "_server_command", lambda port: [
+        sys.executable, "-c", "import sys; print('no such database'); sys.exit(3)"])  # fmt: skip
+    began = time.monotonic()
+    with pytest.raises(prefect_server.ServerError, match=r"(?s)did not start.*no such database"):
+        ensure_server(own_server)
+    assert time.monotonic() - began < 10 and record(own_server) is None
+
+
+STUBBORN = """\
+import os, signal, subprocess, sys, time
+from pathlib import Path
+
+folder = Path(sys.argv[2])
+helper = subprocess.Popen([sys.executable, "-c", "import signal, time; "
+                           "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)"])
+(folder / "pids").write_text(f"{os.getpid()} {helper.pid}")
+time.sleep(300)
+"""
+
+
+def test_server_stop_kills_what_of_the_server_s_group_outlives_sigterm(own_server, tmp_path,
+                                                                      monkeypatch):  # fmt: skip
+    """The server's leader exits on SIGTERM before a process it started (uvicorn, holding the
+    port): `stop` returned with that one still running, and `stopped` was said."""
+    folder = tmp_path / "stubborn"
+    folder.mkdir()
+    (folder / "server.py").write_text(STUBBORN)
+    monkeypatch.setattr(prefect_server, "_server_command",
+                        lambda port: [sys.executable, str(folder / "server.py"), str(port),
+                                      str(folder)])  # fmt: skip
+    monkeypatch.setattr(
+        prefect_server,
+        "_healthy",
+        lambda url, timeout_s=2.0: (
+            (folder / "pids").is_file() and wait_until(lambda: _ignores_sigterm(folder), 10)
+        ),
+    )
+    ensure_server(own_server)
+    server, helper = started_pids(folder)
+    assert stop_server(own_server, timeout_s=1)
+    assert not pid_alive(server) and not pid_alive(helper)
+
+
+def _ignores_sigterm(folder: Path) -> bool:
+    """Whether the stubborn server's helper has set SIGTERM aside yet (bit 15 of SigIgn)."""
+    helper = int((folder / "pids").read_text().split()[1])
+    status = Path(f"/proc/{helper}/status").read_text()
+    ignored = int(status.split("SigIgn:")[1].split()[0], 16)
+    return bool(ignored & (1 << (signal.SIGTERM - 1)))
+
+
+def test_the_server_listens_on_the_loopback_only():
+    # The Prefect API has no authentication by default: on 0.0.0.0 the network could run flows.
+    command = prefect_server._server_command(4200)
+    assert command[command.index("--host") + 1] == "127.0.0.1"
+    assert command[command.index("--port") + 1] == "4200"
+
+
+def test_ephemeral_mode_is_asked_for_in_any_case(monkeypatch):
+    for value, asked in (("ephemeral", True), ("Ephemeral", True), ("", False), ("no", False)):
+        monkeypatch.setenv("LMFORGE_PREFECT_SERVER", value)
+        assert prefect_server.ephemeral_mode() is asked, value
+
+
+def test_the_server_lock_waits_while_another_process_holds_it(workspace):
+    """Two `lmforge` starting together: the second waits for the first's server, not a
+    second server beside it (a lock held shared by another, as much as one held whole)."""
+    import fcntl
+    import threading
+
+    workspace.prefect_home.mkdir(parents=True, exist_ok=True)
+    entered = threading.Event()
+
+    def start() -> None:
+        with prefect_server._server_lock(workspace):
+            entered.set()
+
+    with open(workspace.prefect_home / prefect_server.SERVER_LOCK, "a+") as other:
+        fcntl.flock(other, fcntl.LOCK_SH)
+        waiting = threading.Thread(target=start, daemon=True)
+        waiting.start()
+        assert not entered.wait(0.5), "the lock was taken while another held it"
+    assert entered.wait(10)
+
+
+def test_server_stop_stops_a_server_still_starting(own_server, tmp_path, monkeypatch):
+    """One whose starter was killed before it answered: `server stop` said "no server was
+    running" and left it."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    folder = tmp_path / "server"
+    server = start_then_kill_the_starter(own_server, folder)
+    monkeypatch.setenv("LMFORGE_HOME", str(own_server.root))
+    said = CliRunner().invoke(app, ["server", "stop"])
+    assert said.exit_code == 0 and said.stdout.strip() == "stopped"
+    assert not pid_alive(server) and record(own_server) is None
+
+
+def test_a_temporary_server_starts_under_the_workspace_s_lock(workspace, monkeypatch):
+    """Each temporary server migrates the workspace's database as it starts: two at once ran
+    the migration twice, and one printed alembic's traceback."""
+    import fcntl
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setenv("LMFORGE_PREFECT_SERVER", "ephemeral")
+    monkeypatch.setenv("PREFECT_HOME", str(workspace.prefect_home))
+    held = []
+
+    def start() -> None:
+        with open(workspace.prefect_home / prefect_server.SERVER_LOCK, "a+") as other:
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                held.append(True)
+
+    monkeypatch.setattr(prefect_server, "_temporary_server_in_its_own_session", lambda: None)
+    monkeypatch.setattr(prefect_server, "_start_temporary_server", start)
+    assert ensure_server(workspace) is None and held == [True]
+
+
+def test_server_start_under_ephemeral_mode_with_an_api_url_set_prints_it(tmp_path, monkeypatch):
+    # A worker's environment: the URL set wins over ephemeral mode, as it does for a run.
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    monkeypatch.setenv("LMFORGE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("LMFORGE_PREFECT_SERVER", "ephemeral")
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    said = CliRunner().invoke(app, ["server", "start"])
+    assert said.exit_code == 0 and said.stdout.strip() == "http://127.0.0.1:9/api"
+
+
+def test_a_moved_workspace_adopts_no_server_of_its_old_place(own_server, tmp_path, monkeypatch):
+    """Whether the old place is gone or holds a workspace with a server of its own, the server
+    the moved record names serves the old path's database: never this workspace's, and not
+    left running with no record naming it."""
+    from storage.workspace import Workspace
+
+    folder = tmp_path / "old"
+    monkeypatch.setattr(prefect_server, "_server_command", stand_in_command(folder))
+    (folder / "ready").touch()
+    ensure_server(own_server)
+    old, _ = started_pids(folder)
+    os.environ.pop("PREFECT_API_URL")
+    state = json.loads((own_server.prefect_home / prefect_server.STATE_FILE).read_text())
+    moved = Workspace(tmp_path / "moved").ensure()
+    moved.prefect_home.mkdir(parents=True, exist_ok=True)
+    gone = state | {"log": str(tmp_path / "gone" / "prefect" / "server.log")}
+    (moved.prefect_home / prefect_server.STATE_FILE).write_text(json.dumps(gone))
+    assert running_server(moved) is None and pid_alive(old)
+
+    (moved.prefect_home / prefect_server.STATE_FILE).write_text(json.dumps(state))
+    another = state | {"pid": 2**22 + 12345, "port": state["port"] + 1}  # the new one's own
+    (own_server.prefect_home / prefect_server.STATE_FILE).write_text(json.dumps(another))
+    assert stop_server(moved, timeout_s=5)
+    assert not pid_alive(old) and record(moved) is None

@@ -44,6 +44,13 @@ def test_a_reaped_process_is_dead():
     assert not pid_alive(child.pid)
 
 
+def test_no_pid_below_one_is_a_live_process():
+    """`kill(0, 0)` and `kill(-1, 0)` succeed (this process's group, every process): a record
+    damaged to pid 0 or -1 must not count as a live run, server or serve."""
+    assert not pid_alive(0) and not pid_alive(-1) and not pid_alive(-os.getpid())
+    assert pid_alive(os.getpid())
+
+
 def _state(pid: int) -> str:
     stat = Path(f"/proc/{pid}/stat").read_text()
     return stat[stat.rfind(")") + 1 :].split()[0]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -63,6 +64,64 @@ def test_a_bad_entrypoint_in_prefect_yaml_is_an_error_naming_it(tmp_path):
     path.write_text("deployments:\n  - name: x\n    entrypoint: flows/missing.py:nothing\n")
     with pytest.raises(ServeError, match=r"prefect.yaml: deployment 'x'.*flows/missing.py"):
         runner_deployments(path)
+
+
+@pytest.mark.parametrize(
+    ("written", "said"),
+    [("", "no `deployments` list"), ("deployments: []\n", "no `deployments` list"),
+     ("deployments:\n  - name: x\n", "deployment 'x': needs `name` and `entrypoint`"),
+     ("deployments:\n  - entrypoint: flows/pipeline.py:lm_pipeline\n",
+      "deployment 'None': needs `name` and `entrypoint`"),
+     ("deployments:\n  - name: x\n    entrypoint: flows/pipeline:lm_pipeline\n",
+      "deployment 'x': entrypoint 'flows/pipeline:lm_pipeline' is not FILE.py:FLOW"),
+     ("deployments:\n  - name: x\n    entrypoint: flows/pipeline.py:missing\n",
+      "deployment 'x': flows.pipeline has no flow 'missing'"),
+     ("deployments:\n  - name: x\n    entrypoint: flows/pipeline.py:lm_pipeline\n"
+      "    schedules:\n      - timezone: UTC\n", "a schedule needs `cron` or `interval`")],
+)  # fmt: skip
+def test_a_prefect_yaml_serve_cannot_use_is_one_error_naming_the_deployment(tmp_path, written,
+                                                                           said):  # fmt: skip
+    path = tmp_path / "prefect.yaml"
+    path.write_text(written)
+    with pytest.raises(ServeError, match=re.escape(said)):
+        runner_deployments(path)
+
+
+def test_a_serve_s_record_is_found_whatever_the_url_s_last_slash_and_a_damaged_one_skipped(
+    tmp_path,
+):
+    from flows.serve import live_serving, record_serving
+
+    workspace = Workspace(tmp_path)
+    record_serving(workspace, "http://127.0.0.1:5/api/")
+    (workspace.prefect_home / "serving" / "damaged.json").write_bytes(b"\xff{")
+    assert live_serving(workspace, "http://127.0.0.1:5/api") == [os.getpid()]
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        "[1]",
+        '{"api_url": "U"}',
+        '{"pid": 0, "api_url": "U"}',
+        '{"pid": "1", "api_url": "U"}',
+        '{"pid": 1, "host": 5}',
+    ],
+)
+def test_a_serve_s_record_edited_out_of_shape_is_no_record_not_a_traceback(tmp_path, written):
+    """`lmforge server stop` raised AttributeError or KeyError on these, and on pid 0 (this
+    process's own group, alive) refused for ever to stop the server."""
+    from flows.serve import live_serving
+    from storage.processes import this_host
+
+    workspace = Workspace(tmp_path)
+    serving = workspace.prefect_home / "serving"
+    serving.mkdir(parents=True)
+    record = json.loads(written)
+    if isinstance(record, dict):
+        record.setdefault("host", this_host())
+    (serving / "edited.json").write_text(json.dumps(record).replace('"U"', '"http://h/api"'))
+    assert live_serving(workspace, "http://h/api") == []
 
 
 def _wait_for_deployment(name: str, process: subprocess.Popen) -> None:
@@ -249,3 +308,28 @@ def test_a_serve_limit_below_one_is_an_error_before_anything_starts(tmp_path, mo
         assert result.exit_code == 1, result.output
         assert f"--limit {limit}: must be at least 1" in result.stderr
     assert not (tmp_path / "home").exists()
+
+
+@pytest.mark.parametrize("failing", ["runner_deployments", "ensure_training_limit"])
+def test_serve_that_cannot_start_serving_is_one_error_line(tmp_path, monkeypatch, failing):
+    """A prefect.yaml serve cannot use, or a server refusing the training limit: one line
+    naming it, exit 1, never a traceback, and nothing served."""
+    import httpx
+    from typer.testing import CliRunner
+
+    import flows.serve
+    from flows.cli import app
+
+    def fail(*args):
+        if failing == "runner_deployments":
+            raise ServeError("prefect.yaml: deployment 'x': needs `name` and `entrypoint`")
+        raise httpx.ConnectError("refused")
+
+    monkeypatch.setattr(flows.serve, failing, fail)
+    monkeypatch.setattr("prefect.serve", lambda *a, **k: pytest.fail("served"))
+    monkeypatch.setenv("LMFORGE_HOME", str(tmp_path / "home"))
+    said = CliRunner().invoke(app, ["serve"])
+    assert said.exit_code == 1, said.output
+    expected = ("needs `name` and `entrypoint`" if failing == "runner_deployments"
+                else "cannot create the training concurrency limit: refused")  # fmt: skip
+    assert expected in said.stderr and "Traceback" not in said.output
