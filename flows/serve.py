@@ -90,8 +90,11 @@ def runner_deployments(path: Path = PREFECT_YAML) -> list[RunnerDeployment]:
     from prefect.deployments.runner import EntrypointType
 
     deployments = []
-    for spec in load_deployment_specs(path):
-        origin = f"{path}: deployment '{spec.get('name')}'"
+    for number, spec in enumerate(load_deployment_specs(path), start=1):
+        if not isinstance(spec, dict):
+            raise ServeError(f"{path}: deployment {number} is not a mapping of settings: {spec!r}")
+        named = f"'{spec['name']}'" if spec.get("name") else f"{number} (no name)"
+        origin = f"{path}: deployment {named}"
         if not spec.get("name") or not spec.get("entrypoint"):
             raise ServeError(f"{origin}: needs `name` and `entrypoint`")
         flow = _import_flow(spec["entrypoint"], origin)

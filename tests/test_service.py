@@ -70,8 +70,11 @@ def test_a_bad_entrypoint_in_prefect_yaml_is_an_error_naming_it(tmp_path):
     ("written", "said"),
     [("", "no `deployments` list"), ("deployments: []\n", "no `deployments` list"),
      ("deployments:\n  - name: x\n", "deployment 'x': needs `name` and `entrypoint`"),
-     ("deployments:\n  - entrypoint: flows/pipeline.py:lm_pipeline\n",
-      "deployment 'None': needs `name` and `entrypoint`"),
+     ("deployments:\n  - name: x\n    entrypoint: flows/pipeline.py:lm_pipeline\n"
+      "  - entrypoint: flows/pipeline.py:lm_pipeline\n",
+      "deployment 2 (no name): needs `name` and `entrypoint`"),
+     ("deployments:\n  - lm-pipeline\n",
+      "deployment 1 is not a mapping of settings: 'lm-pipeline'"),
      ("deployments:\n  - name: x\n    entrypoint: flows/pipeline:lm_pipeline\n",
       "deployment 'x': entrypoint 'flows/pipeline:lm_pipeline' is not FILE.py:FLOW"),
      ("deployments:\n  - name: x\n    entrypoint: flows/pipeline.py:missing\n",
