@@ -73,8 +73,13 @@ def _import_flow(entrypoint: str, origin: str):
 def _schedules(specs: list[dict], origin: str) -> list:
     from prefect.schedules import Cron, Interval
 
+    if specs is not None and not isinstance(specs, list):
+        raise ServeError(f"{origin}: `schedules` is a list of schedules, not {specs!r}")
     schedules = []
     for spec in specs or []:
+        if not isinstance(spec, dict):
+            raise ServeError(f"{origin}: a schedule is a mapping with `cron` or `interval`, "
+                             f"not {spec!r}")  # fmt: skip
         timezone = spec.get("timezone")
         if "cron" in spec:
             schedules.append(Cron(spec["cron"], timezone=timezone))

@@ -80,7 +80,13 @@ def test_a_bad_entrypoint_in_prefect_yaml_is_an_error_naming_it(tmp_path):
      ("deployments:\n  - name: x\n    entrypoint: flows/pipeline.py:missing\n",
       "deployment 'x': flows.pipeline has no flow 'missing'"),
      ("deployments:\n  - name: x\n    entrypoint: flows/pipeline.py:lm_pipeline\n"
-      "    schedules:\n      - timezone: UTC\n", "a schedule needs `cron` or `interval`")],
+      "    schedules:\n      - timezone: UTC\n", "a schedule needs `cron` or `interval`"),
+     ("deployments:\n  - name: x\n    entrypoint: flows/pipeline.py:lm_pipeline\n"
+      "    schedules:\n      - '0 3 * * *'\n",
+      "deployment 'x': a schedule is a mapping with `cron` or `interval`, not '0 3 * * *'"),
+     ("deployments:\n  - name: x\n    entrypoint: flows/pipeline.py:lm_pipeline\n"
+      "    schedules:\n      cron: '0 3 * * *'\n",
+      "deployment 'x': `schedules` is a list of schedules, not {'cron': '0 3 * * *'}")],
 )  # fmt: skip
 def test_a_prefect_yaml_serve_cannot_use_is_one_error_naming_the_deployment(tmp_path, written,
                                                                            said):  # fmt: skip
