@@ -994,3 +994,184 @@ def test_a_model_continued_from_init_from_or_a_char_tokenizer_s_is_sized_as_it_w
     said = memory_fit.memory_fit(char, [char_run], path).refusal
     two_ids = size_model(char_run.model, char_run.train, 2, device=torch.device("cpu"))
     assert f"({two_ids.parameters:,} parameters)" in said
+
+
+def test_the_smallest_document_limit_the_message_names_is_accepted():
+    # "must be at least 0.001 (1 kB)": 0.001 itself is that least.
+    assert load_config("default", ["ingest.max_document_mb=0.001"]).ingest.max_document_mb == 0.001
+    with pytest.raises(ConfigError, match=re.escape("must be at least 0.001 (1 kB)")):
+        load_config("default", ["ingest.max_document_mb=0.0009"])
+
+
+def test_a_max_words_of_zero_is_refused_even_with_min_words_zero():
+    # min_words = 0 passes the "min_words above max_words" check: the bound says it.
+    with pytest.raises(ConfigError, match=re.escape("'clean.quality.max_words': Input should be")):
+        load_config("default", ["clean.quality.min_words=0", "clean.quality.max_words=0"])
+
+
+@pytest.mark.parametrize(
+    ("override", "said"),
+    [
+        ("clean.quality.max_top_ngram_char_fraction=[0.2,0.18,0.16,0.1]", "needs 3 values"),
+        ("clean.quality.max_top_ngram_char_fraction=[0.2,0.18]", "needs 3 values"),
+        (
+            "clean.quality.max_duplicate_ngram_char_fraction=[0.1,0.1,0.1,0.1,0.1,0.1,0.1]",
+            "needs 6 values",
+        ),
+    ],
+)
+def test_an_ngram_list_of_the_wrong_length_is_refused_too_long_or_too_short(override, said):
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        load_config("default", [override])
+
+
+def test_equal_lower_and_upper_quality_bounds_are_a_band_documents_can_pass():
+    # "no document can pass" is said of a lower bound above the upper; equal bounds keep those
+    # documents that meet both.
+    loaded = load_config("default", ["clean.quality.min_words=80", "clean.quality.max_words=80"])
+    assert loaded.clean.quality.max_words == 80
+    loaded = load_config(
+        "default",
+        ["clean.quality.min_mean_word_length=4.5", "clean.quality.max_mean_word_length=4.5"],
+    )
+    assert loaded.clean.quality.min_mean_word_length == 4.5
+
+
+def test_a_near_duplicate_threshold_of_zero_is_refused():
+    # A similarity of 0 or more is every pair: every document but the first would be a copy.
+    with pytest.raises(ConfigError, match=re.escape("'clean.near_dup.threshold': Input should be")):
+        load_config("default", ["clean.near_dup.threshold=0"])
+
+
+def test_val_and_test_that_take_the_whole_corpus_are_refused():
+    with pytest.raises(ConfigError, match=re.escape("split.val + split.test must leave some data")):
+        load_config("default", ["split.val=0.5", "split.test=0.5"])
+
+
+def test_a_split_by_piece_applies_to_hash_and_random_and_is_refused_for_ordered():
+    from lm.config import SplitConfig
+
+    with pytest.raises(ValueError, match=re.escape("split.unit applies to hash and random")):
+        SplitConfig(method="ordered", unit="piece")
+    assert SplitConfig(method="random", unit="piece").unit == "piece"
+    assert SplitConfig(method="hash", unit="piece").unit == "piece"
+
+
+def test_a_symbol_holding_a_tab_is_refused_as_one_holding_a_space_is():
+    with pytest.raises(ConfigError, match="holds whitespace, which a symbol never matches"):
+        load_config("default", ['tokenizer.user_defined_symbols=["a\\tb"]'])
+
+
+def test_the_byte_fallback_floor_is_256_bytes_and_4_special_pieces_exactly():
+    with pytest.raises(ConfigError, match=re.escape("vocab_size (260) is too small")):
+        load_config("default", ["tokenizer.vocab_size=260"])
+    assert load_config("default", ["tokenizer.vocab_size=261"]).tokenizer.vocab_size == 261
+    with pytest.raises(ConfigError, match=re.escape("byte_fallback takes 261 pieces")):
+        load_config(
+            "default", ["tokenizer.vocab_size=261", "tokenizer.user_defined_symbols=['<a>']"]
+        )
+
+
+@pytest.mark.parametrize("runner", ["threads", "processes"])
+def test_a_dask_address_without_the_dask_runner_is_refused(runner):
+    # The address would be ignored and the work run on this machine's threads or processes.
+    with pytest.raises(ConfigError, match=f"dask_address is set but task_runner is '{runner}'"):
+        load_config(
+            "default", [f"runtime.task_runner={runner}", "runtime.dask_address=tcp://h:8786"]
+        )
+
+
+def test_two_ablation_variants_of_one_name_are_refused():
+    # Their arms share labels (`wide/seed-1`) and a row of ablation.md.
+    variants = (
+        'ablation.variants=[{name="wide", model={n_embd=64}}, {name="wide", model={n_embd=96}}]'
+    )
+    with pytest.raises(ConfigError, match=re.escape("ablation variant names must differ")):
+        load_config("default", [variants])
+
+
+@pytest.mark.parametrize("override", ["retrain.steps=0", "retrain.min_new_documents=0"])
+def test_a_retrain_of_no_steps_or_on_no_documents_is_refused(override):
+    # No steps promoted the champion's own weights as a candidate; no documents retrained on
+    # nothing new.
+    with pytest.raises(
+        ConfigError, match=re.escape(f"'{override.partition('=')[0]}': Input should")
+    ):
+        load_config("default", [override])
+
+
+def test_a_w2v_model_with_word2vec_switched_off_is_refused_even_on_pieces():
+    from lm.config import parse_config
+
+    data = {
+        "ingest": {"sources": ["x.txt"]},
+        "word2vec": {"enabled": False, "input": "pieces", "vector_size": 50},
+        "model": {"kind": "w2v", "vector_size": 50},
+    }
+    # No vectors would be trained for it to read.
+    with pytest.raises(ConfigError, match=re.escape("set word2vec.enabled = true")):
+        parse_config(data, origin="test.toml")
+
+
+def test_a_model_and_a_ladder_in_one_config_are_refused():
+    from lm.config import parse_config
+
+    data = {"ingest": {"sources": ["x.txt"]}, "model": {"kind": "bigram"},
+            "models": [{"kind": "mlp"}]}  # fmt: skip
+    with pytest.raises(ConfigError, match=re.escape("give either [model] or [[models]], not both")):
+        parse_config(data, origin="test.toml")
+
+
+def test_two_ladder_models_of_one_label_are_refused():
+    # Their curves, stages (`train/mlp`) and registry rows would be one model's.
+    from lm.config import parse_config
+
+    data = {"ingest": {"sources": ["x.txt"]}, "models": [{"kind": "mlp"}, {"kind": "mlp"}]}
+    with pytest.raises(ConfigError, match=re.escape("model labels must differ: ['mlp', 'mlp']")):
+        parse_config(data, origin="test.toml")
+    data["models"][1]["name"] = "mlp-wide"
+    labels = [run.label for run in parse_config(data, origin="test.toml").model_runs()]
+    assert labels == ["mlp", "mlp-wide"]
+
+
+def test_each_ablation_arm_trains_with_its_own_seed_not_the_run_s():
+    # Three "seeds" of one seed: the same numbers three times, and a spread of 0.
+    variants = 'ablation.variants=[{name="base"}, {name="wide", model={n_embd=192}}]'
+    arms = load_config("default", [variants, "ablation.seeds=[4, 5]", "seed=9"]).ablation_runs()
+    assert [(name, seed, run.train.seed, run.label) for name, seed, run in arms] == [
+        ("base", 4, 4, "base/seed-4"), ("base", 5, 5, "base/seed-5"),
+        ("wide", 4, 4, "wide/seed-4"), ("wide", 5, 5, "wide/seed-5"),
+    ]  # fmt: skip
+
+
+def test_a_preset_name_that_is_no_preset_lists_the_presets_without_a_folder():
+    # A bare name is a preset's: "no such config file in /home/me" sent the user looking there.
+    with pytest.raises(ConfigError) as caught:
+        resolve_preset("no-such-preset")
+    assert str(caught.value).startswith("no-such-preset: no such config file (presets: ")
+
+
+def test_a_problem_inside_a_table_a_set_replaced_names_that_set():
+    with pytest.raises(ConfigError) as caught:
+        load_config("default", ['model={kind="gpt", n_layer=0}'])
+    assert "'model.n_layer': Input should be" in str(caught.value)
+    assert 'from --set model={kind="gpt", n_layer=0}' in str(caught.value)
+
+
+def test_an_override_whose_value_holds_a_newline_and_another_key_is_refused():
+    with pytest.raises(ConfigError, match="the value must be one TOML value"):
+        load_config("default", ["train.max_steps=5\nseed = 3"])
+
+
+def test_an_override_of_the_entry_one_past_a_ladder_s_end_names_the_entries_there_are():
+    ladder = len(load_config("names").models)
+    with pytest.raises(ConfigError, match=re.escape(f"(it has {ladder}, numbered from 0)")):
+        load_config("names", [f"models.{ladder}.dropout=0.1"])
+
+
+def test_setting_the_preset_a_file_already_names_keeps_the_file_s_switches(tmp_path):
+    # Only a change of preset brings its switches over the file's.
+    config = tmp_path / "c.toml"
+    config.write_text('[ingest]\nsources = ["x.txt"]\n[model]\nkind = "gpt"\npreset = "modern"\n'
+                      'n_embd = 64\nn_head = 4\nmlp = "gelu"\n')  # fmt: skip
+    assert load_config(str(config), ["model.preset=modern"]).model.mlp == "gelu"

@@ -1571,3 +1571,110 @@ def test_the_run_card_puts_each_model_s_numbers_in_their_own_columns():
     del tokenizer.stats["bytes_per_token"]  # no val text
     card = run_card("r1", SimpleNamespace(name="small"), corpus, tokenizer, [], {})
     assert "bpe, vocabulary 4,000, no val text to measure bytes/token" in card
+
+
+def test_a_single_model_scored_on_test_alone_keeps_no_val_figure_of_training(workspace, config):
+    scored_on_test = ['eval.splits=["test"]', "split.val=0.25", "split.test=0.25"]
+    summary = run_pipeline(config, [*TINY_GPT, *scored_on_test])
+    [model] = summary["models"]
+    # Training's baseline on its sampled val windows is not the evaluator's: left out, as val_.
+    assert not [key for key in model if key.startswith(("val_", "baseline_val_"))], model
+    # One model, no ladder: its stages are `train` and `evaluate`, not `train/gpt`.
+    assert list(stage_states(summary))[-2:] == ["train", "evaluate"]
+    _, rows = RunRegistry(workspace.registry_path).query("SELECT seed FROM runs")
+    assert rows == [(1337,)]  # the run's seed, the default: `[train]` sets none of its own
+    # Each stage's seconds, for `lmforge runs compare`.
+    _, rows = RunRegistry(workspace.registry_path).query(
+        "SELECT key FROM metrics WHERE key LIKE 'stage/%/seconds' ORDER BY key"
+    )
+    assert {key for (key,) in rows} >= {"stage/ingest/seconds", "stage/train/seconds"}
+
+
+def test_a_ladder_whose_top_fails_records_the_models_below_it(workspace, tmp_path, sources):
+    """The lower rungs of a ladder whose top failed are trained models, worth comparing: the
+    failed run records them (`record_failure`'s `models`)."""
+    from lm.train_config import TrainingError
+
+    top_fails = LADDER.rstrip() + '\n[models.train]\ndevice = "cuda"\n'
+    if __import__("torch").cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    with pytest.raises(TrainingError):
+        run_pipeline(write_config(tmp_path / "ladder.toml", sources, top_fails))
+    registry = RunRegistry(workspace.registry_path)
+    [(run_id, status, error)] = registry.query("SELECT run_id, status, error FROM runs")[1]
+    assert status == "failed" and error.endswith("(during stage train/tiny-gpt)"), error
+    _, rows = registry.query("SELECT label FROM models WHERE run_id = ? ORDER BY label", [run_id])
+    assert rows == [("count {v2}",), ("mlp",)]
+
+
+def test_texts_removed_as_too_long_among_other_removals_get_both_pieces_of_advice():
+    """Saying "add longer texts" alone would say the opposite of what a too-long text needs, and the
+    too-long advice alone would leave out the rules that removed the rest."""
+    from flows.pipeline import require_kept_documents
+    from lm.config import SplitConfig
+    from storage.artifacts import Descriptor
+
+    def removed(**counts: int) -> Descriptor:
+        stats = {"kept": 0, "documents": sum(counts.values()), "removed": counts}
+        return Descriptor("clean", "k", "corpus/k", "d", stats)
+
+    with pytest.raises(InputError) as only_long:
+        require_kept_documents(removed(too_many_words=2), SplitConfig(), True)
+    assert "raise clean.quality.max_words" in str(only_long.value)
+    assert "add longer texts" not in str(only_long.value)
+    with pytest.raises(InputError) as mixed:
+        require_kept_documents(removed(too_many_words=1, too_few_words=3), SplitConfig(), True)
+    said = str(mixed.value)
+    assert "removed by: too_many_words 1, too_few_words 3" in said
+    assert "loosen [clean]" in said and "raise clean.quality.max_words" in said
+
+
+def test_a_run_with_a_model_whose_split_holds_no_val_document_stops_after_cleaning(
+    workspace, config
+):
+    """The flow asks `require_kept_documents` whether models will train: a run that did not
+    failed stages later, in training, on "the val split has 0 tokens"."""
+
+    with pytest.raises(InputError, match="none is in the val split"):
+        run_pipeline(config, [*TINY_GPT, "split.val=0.001", "split.test=0.001"])
+    _, rows = RunRegistry(workspace.registry_path).query("SELECT stage FROM stages")
+    assert [stage for (stage,) in rows] == ["ingest", "clean"]
+
+
+def test_a_training_served_from_cache_never_asks_for_a_concurrency_slot(
+    workspace, config, monkeypatch
+):
+    """Only a stage with work to do waits for a slot: a cached one, served at once, said
+    "waiting for a free 'lmforge-training' slot" while every slot was held by other runs."""
+    import flows.pipeline
+
+    asked: list[str] = []
+    monkeypatch.setattr(flows.pipeline, "slots_taken", lambda tag: asked.append(tag))
+    run_pipeline(config, TINY_GPT)
+    assert asked == ["lmforge-training"]
+    second = run_pipeline(config, TINY_GPT)
+    assert stage_states(second)["train"] == "cached" and asked == ["lmforge-training"]
+
+
+def test_the_last_name_set_names_a_refused_run_as_it_names_a_run(tmp_path):
+    from flows.pipeline import _preset_named
+
+    config = tmp_path / "c.toml"
+    config.write_text('name = "team"\n')
+    assert _preset_named(str(config), ["name=first", "name=second"]) == "second"
+
+
+def test_a_run_that_reads_a_relative_source_records_the_folder_to_reproduce_it_from(
+    tmp_path, monkeypatch
+):
+    from flows.pipeline import _run_row
+
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path / "c.toml", [{"path": "data/"}])
+    row = _run_row("r", load_config(str(config)), str(config), [], "run")
+    assert row["command"].startswith(f"cd {tmp_path} && lmforge run "), row["command"]
+    absolute = load_config(str(config), [f"ingest.sources=['{tmp_path}/data']"])
+    assert _run_row("r", absolute, str(config), [], "run")["command"].startswith("lmforge run ")
+    # The run's seed, which `[train]`'s own does not replace.
+    seeded = load_config(str(config), ["seed=5", "train.seed=7"])
+    assert _run_row("r", seeded, str(config), [], "run")["seed"] == 5
