@@ -191,6 +191,20 @@ def test_init_from_continues_on_new_data_with_the_checkpoint_s_tokenizer(
     (tmp_path / "texts" / "doc-new.txt").write_text(prose(99, 300))
     retokenized = run_pipeline(config, [*bpe, "train.max_steps=6"])
     assert retokenized["tokenizer"]["digest"] != first["tokenizer"]["digest"]
+    # Two models continuing checkpoints of those two tokenizers: a run has one tokenizer.
+    shape = 'kind="gpt", block_size=16, n_layer=1, n_head=2, n_embd=16'
+    entries = [
+        f'{{{shape}, name="{name}", train={{init_from={json.dumps(paths)}}}}}'
+        for name, paths in (("old", first["models"][-1]["path"]),
+                            ("new", retokenized["models"][-1]["path"]))
+    ]  # fmt: skip
+    ladder = f"models=[{', '.join(entries)}]"
+    unmodelled = [item for item in bpe if not item.startswith("model.")]
+    with pytest.raises(TrainingError) as mixed:
+        run_pipeline(config, [*unmodelled, ladder])
+    assert "the models continue checkpoints made with different tokenizers (" in str(mixed.value)
+    assert f"{first['tokenizer']['digest'][:12]} in " in str(mixed.value)
+    assert f"{retokenized['tokenizer']['digest'][:12]} in " in str(mixed.value)
     start = f"train.init_from={json.dumps(first['models'][-1]['path'])}"
     continued = run_pipeline(config, [*bpe, start])
     assert continued["corpus"]["digest"] == retokenized["corpus"]["digest"]
