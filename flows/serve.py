@@ -81,6 +81,8 @@ def _schedules(specs: list[dict], origin: str) -> list:
             raise ServeError(f"{origin}: a schedule is a mapping with `cron` or `interval`, "
                              f"not {spec!r}")  # fmt: skip
         timezone = spec.get("timezone")
+        if "cron" in spec and not isinstance(spec["cron"], str):  # Cron(5): AttributeError
+            raise ServeError(f"{origin}: a schedule's `cron` is text, not {spec['cron']!r}")
         if "cron" in spec:
             schedules.append(Cron(spec["cron"], timezone=timezone))
         elif "interval" in spec:
@@ -88,6 +90,14 @@ def _schedules(specs: list[dict], origin: str) -> list:
         else:
             raise ServeError(f"{origin}: a schedule needs `cron` or `interval`: {spec}")
     return schedules
+
+
+def _refused_by_prefect(error: Exception) -> str:
+    """Prefect's (pydantic's) refusal of a setting, on one line: its first problem."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if len(lines) < 3:  # not pydantic's "N validation errors / field / problem [type=...]"
+        return " ".join(lines)
+    return f"{lines[1]}: {lines[2].partition(' [type=')[0]}"
 
 
 def runner_deployments(path: Path = PREFECT_YAML) -> list[RunnerDeployment]:
@@ -102,16 +112,22 @@ def runner_deployments(path: Path = PREFECT_YAML) -> list[RunnerDeployment]:
         origin = f"{path}: deployment {named}"
         if not spec.get("name") or not spec.get("entrypoint"):
             raise ServeError(f"{origin}: needs `name` and `entrypoint`")
+        for key in ("name", "entrypoint"):  # `name: 2024` is YAML's number: AttributeError
+            if not isinstance(spec[key], str):
+                raise ServeError(f"{origin}: `{key}` is text (quote it), not {spec[key]!r}")
         flow = _import_flow(spec["entrypoint"], origin)
         options = {key: spec[key] for key in PASSED_THROUGH if spec.get(key) is not None}
-        deployments.append(
-            flow.to_deployment(
-                name=spec["name"],
-                schedules=_schedules(spec.get("schedules"), origin),
-                entrypoint_type=EntrypointType.MODULE_PATH,
-                **options,
+        try:  # an interval or a setting of the wrong type: pydantic's traceback otherwise
+            deployments.append(
+                flow.to_deployment(
+                    name=spec["name"],
+                    schedules=_schedules(spec.get("schedules"), origin),
+                    entrypoint_type=EntrypointType.MODULE_PATH,
+                    **options,
+                )
             )
-        )
+        except (TypeError, ValueError) as error:
+            raise ServeError(f"{origin}: {_refused_by_prefect(error)}") from None
     return deployments
 
 

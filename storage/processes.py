@@ -14,12 +14,13 @@ def pid_alive(pid: int) -> bool:
     whose parent has not yet waited for it) is dead: it runs nothing and holds no files, and its
     PID answers signals until it is reaped, which may be never if the parent forgot. 0 and
     below name no process (a damaged record's): `kill` reads them as process groups, this
-    process's own among them, and always found them alive."""
+    process's own among them, and always found them alive; one past a C int names none
+    either (`kill` raised OverflowError: a traceback from `lmforge server status`)."""
     if pid <= 0:
         return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:
         pass  # it exists, under another user

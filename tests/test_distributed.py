@@ -730,12 +730,8 @@ def test_fsdp_loads_a_checkpoint_with_separate_query_key_and_value():
     from lm.distributed import full_model_state, load_model_state, wrap_model
     from tests.helpers import with_separate_projections
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    torch.distributed.init_process_group(
-        "gloo", rank=0, world_size=1, init_method=f"tcp://127.0.0.1:{port}"
-    )
+    store = torch.distributed.HashStore()  # one rank: no port to pick, none to race for
+    torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
     try:
         torch.manual_seed(9)
         trained = build_model(GPT, VOCAB)

@@ -183,6 +183,44 @@ def test_a_checkpoint_with_separate_query_key_and_value_loads_as_the_model_it_wa
     )
 
 
+class ThreeProjections(torch.nn.Module):
+    """The attention's parameters as they were before queries, keys and values were fused
+    into `qkv`, built in the same order (for the initial weights a seed gave then)."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        kv_width = config.kv_heads * config.head_dim
+        self.query = torch.nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.key = torch.nn.Linear(config.n_embd, kv_width, bias=config.bias)
+        self.value = torch.nn.Linear(config.n_embd, kv_width, bias=config.bias)
+        self.proj = torch.nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.proj.residual_projection = True
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [{"n_head": 4, "n_embd": 32}, {"n_head": 2, "n_embd": 10},
+     {"n_head": 6, "n_kv_heads": 1, "n_embd": 36}, {"n_head": 3, "n_embd": 21, "bias": False}],
+    ids=["multiple-of-16", "odd-width", "mqa-key-of-216", "no-bias"],
+)  # fmt: skip
+def test_a_seed_gives_the_initial_weights_it_gave_with_three_projections(monkeypatch, shape):
+    """A run's seed makes the model it made before the fusion, whatever its shape: torch
+    draws normals 16 at a time, so one draw over all of `qkv` gave other weights (and moved
+    every tensor drawn after it) where a projection's size is not a multiple of 16."""
+    import lm.models.gpt
+    from lm.models.gpt import with_joined_projections
+
+    config = GPTConfig(block_size=8, n_layer=2, **shape)
+    with monkeypatch.context() as patched:
+        patched.setattr(lm.models.gpt, "CausalSelfAttention", ThreeProjections)
+        torch.manual_seed(3)
+        before = with_joined_projections(build_model(config, VOCAB).state_dict())
+    torch.manual_seed(3)
+    fused = build_model(config, VOCAB).state_dict()
+    assert fused.keys() == before.keys()
+    assert [name for name, tensor in fused.items() if not torch.equal(tensor, before[name])] == []
+
+
 def test_untied_embeddings_add_one_vocabulary_matrix():
     tied = GPTConfig(block_size=8, n_layer=1, n_head=2, n_embd=16)
     untied = tied.model_copy(update={"tie_embeddings": False})

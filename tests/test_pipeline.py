@@ -1596,7 +1596,7 @@ def test_a_ladder_whose_top_fails_records_the_models_below_it(workspace, tmp_pat
     from lm.train_config import TrainingError
 
     top_fails = LADDER.rstrip() + '\n[models.train]\ndevice = "cuda"\n'
-    if __import__("torch").cuda.is_available():
+    if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA GPU")
     with pytest.raises(TrainingError):
         run_pipeline(write_config(tmp_path / "ladder.toml", sources, top_fails))

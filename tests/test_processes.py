@@ -51,6 +51,12 @@ def test_no_pid_below_one_is_a_live_process():
     assert pid_alive(os.getpid())
 
 
+def test_no_pid_past_a_c_int_is_a_live_process():
+    """A record edited to such a pid made `kill` raise OverflowError, a traceback from
+    `lmforge server status` and `server stop`."""
+    assert not pid_alive(2**31) and not pid_alive(2**64)
+
+
 def _state(pid: int) -> str:
     stat = Path(f"/proc/{pid}/stat").read_text()
     return stat[stat.rfind(")") + 1 :].split()[0]

@@ -86,7 +86,21 @@ def test_a_bad_entrypoint_in_prefect_yaml_is_an_error_naming_it(tmp_path):
       "deployment 'x': a schedule is a mapping with `cron` or `interval`, not '0 3 * * *'"),
      ("deployments:\n  - name: x\n    entrypoint: flows/pipeline.py:lm_pipeline\n"
       "    schedules:\n      cron: '0 3 * * *'\n",
-      "deployment 'x': `schedules` is a list of schedules, not {'cron': '0 3 * * *'}")],
+      "deployment 'x': `schedules` is a list of schedules, not {'cron': '0 3 * * *'}"),
+     ("deployments:\n  - name: 2024\n    entrypoint: flows/pipeline.py:lm_pipeline\n",
+      "deployment '2024': `name` is text (quote it), not 2024"),
+     ("deployments:\n  - name: x\n    entrypoint: 5\n",
+      "deployment 'x': `entrypoint` is text (quote it), not 5"),
+     ("deployments:\n  - name: x\n    entrypoint: flows/pipeline.py:lm_pipeline\n"
+      "    schedules:\n      - cron: 5\n", "deployment 'x': a schedule's `cron` is text, not 5"),
+     ("deployments:\n  - name: x\n    entrypoint: flows/pipeline.py:lm_pipeline\n"
+      "    schedules:\n      - cron: every night\n",
+      "deployment 'x': Invalid cron string: \"every night\""),
+     ("deployments:\n  - name: x\n    entrypoint: flows/pipeline.py:lm_pipeline\n"
+      "    schedules:\n      - interval: daily\n",
+      "deployment 'x': interval: Input should be a valid timedelta"),
+     ("deployments:\n  - name: x\n    entrypoint: flows/pipeline.py:lm_pipeline\n"
+      "    parameters: [1]\n", "deployment 'x': parameters: Input should be a valid dictionary")],
 )  # fmt: skip
 def test_a_prefect_yaml_serve_cannot_use_is_one_error_naming_the_deployment(tmp_path, written,
                                                                            said):  # fmt: skip

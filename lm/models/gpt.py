@@ -146,7 +146,7 @@ def join_projections(weights: dict, prefix: str) -> None:
     """Join, in place, the attention at `prefix`'s separate query, key and value tensors (a
     checkpoint written before they were fused) into its one `qkv` tensor of the same rows, so
     older trained models still load, evaluate, generate and continue training. Parts that do
-    not stack (another width each) are left apart, for the shape check to name them."""
+    not stack (another width each) are left apart: the model's `qkv` is then found missing."""
     for kind in ("weight", "bias"):
         parts = [f"{prefix}{projection}.{kind}" for projection in SEPARATE_PROJECTIONS]
         if not all(part in weights for part in parts) or f"{prefix}qkv.{kind}" in weights:
@@ -181,6 +181,7 @@ class CausalSelfAttention(nn.Module):
         # matmul and one kernel launch for the three, and its rows are the three matrices'
         # one after another, so the model is the same as with three.
         self.qkv = nn.Linear(config.n_embd, sum(self.widths), bias=config.bias)
+        self.qkv.row_blocks = self.widths  # drawn block by block (`GPT._init_weights`)
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.proj.residual_projection = True
         self.dropout = nn.Dropout(config.dropout)
@@ -309,7 +310,12 @@ class GPT(LanguageModel):
                 # GPT-2: scale the layers that write into the residual stream by
                 # 1/sqrt(2 * n_layer), so its variance does not grow with depth.
                 std /= math.sqrt(2 * self.config.n_layer)
-            nn.init.normal_(module.weight, mean=0.0, std=std)
+            # A fused matrix's blocks are drawn one after another as the separate matrices
+            # were: one draw over all its rows gave other weights for a seed wherever a
+            # block's size is not a multiple of 16 (torch draws normals 16 at a time).
+            rows = getattr(module, "row_blocks", [module.weight.size(0)])
+            for block in module.weight.split(rows):
+                nn.init.normal_(block, mean=0.0, std=std)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
