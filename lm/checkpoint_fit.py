@@ -23,7 +23,6 @@ import torch
 from lm.checkpoints import INFO_FILE, other_tokenizer, read_info
 from lm.models.base import CONVERTED_ON_LOAD, DATA_SIZED, SUPPLIED_WHEN_MISSING, LanguageModel
 from lm.models.config import ModelConfig
-from lm.models.gpt import join_projections, separate_projection_prefixes
 from lm.tokenizer import Tokenizer
 
 # How many hex digits of a digest a message shows: enough to tell two tokenizers apart.
@@ -109,8 +108,7 @@ def as_loaded(
 ) -> dict[str, torch.Tensor]:
     """The weights `found` as the model converts them on loading (`CONVERTED_ON_LOAD`): an old
     count bigram's dense V×V `counts` become its pairs (data-sized) and V totals, shaped by
-    the table's V, so that a table of another vocabulary is still seen to differ; an old GPT's
-    separate query, key and value projections become its one `qkv` (`join_projections`)."""
+    the table's V, so that a table of another vocabulary is still seen to differ."""
     found = dict(found)
     for old in CONVERTED_ON_LOAD:
         for name in [n for n in found if n.rpartition(".")[2] == old]:
@@ -123,10 +121,6 @@ def as_loaded(
             if all(prefix + new in expected and prefix + new not in found for new in converted):
                 found.pop(name)
                 found.update({prefix + new: tensor for new, tensor in converted.items()})
-    for prefix in separate_projection_prefixes(found):
-        if f"{prefix}qkv.weight" in expected:  # joined on the meta device: shapes suffice
-            found.update({n: t.to("meta") for n, t in found.items() if n.startswith(prefix)})
-            join_projections(found, prefix)
     return found
 
 

@@ -35,7 +35,6 @@ import torch.distributed as dist
 from torch import nn
 
 from lm.config import REPO_ROOT
-from lm.models.gpt import with_joined_projections
 from lm.parent_death import PARENT_PID_VARIABLE
 from lm.train_config import TrainingError
 
@@ -224,8 +223,6 @@ def load_model_state(module: nn.Module, state: dict, parallel: str) -> None:
             set_model_state_dict,
         )
 
-        # Its loading reads the model's own names first: an older GPT's in today's layout.
-        state = with_joined_projections(state)
         set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True))
         return
     module.load_state_dict(state)

@@ -179,20 +179,3 @@ def registry_at_schema(path: Path, version: int):
         connection.execute(script)
         connection.execute("INSERT INTO schema_version VALUES (?, now())", [number])
     return connection
-
-
-def with_separate_projections(weights: dict, widths: list[int]) -> dict:
-    """A GPT's `weights` as checkpoints held them before each attention's query, key and
-    value projections were fused into `qkv`: three tensors apiece, cut from its rows
-    (`widths`: the attention's, queries first)."""
-    import torch
-
-    separate = {}
-    for name, tensor in weights.items():
-        prefix, fused, kind = name.rpartition("qkv.")
-        if not fused:
-            separate[name] = tensor
-            continue
-        for part, rows in zip(("query", "key", "value"), torch.split(tensor, widths), strict=True):
-            separate[f"{prefix}{part}.{kind}"] = rows.clone()
-    return separate

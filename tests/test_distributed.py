@@ -723,29 +723,6 @@ def test_fsdp_shards_a_transformer_block_by_block():
     assert shard_units(model) == list(model.blocks) and len(model.blocks) == GPT.n_layer
 
 
-def test_fsdp_loads_a_checkpoint_with_separate_query_key_and_value():
-    """FSDP loads a state dict by the model's own names, not through the modules' loading
-    that joins an older checkpoint's three projections into `qkv`: a run continuing (by
-    `init_from`) from a model trained before they were fused. One rank, in this process."""
-    from lm.distributed import full_model_state, load_model_state, wrap_model
-    from tests.helpers import with_separate_projections
-
-    store = torch.distributed.HashStore()  # one rank: no port to pick, none to race for
-    torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
-    try:
-        torch.manual_seed(9)
-        trained = build_model(GPT, VOCAB)
-        old = with_separate_projections(trained.state_dict(), trained.blocks[0].attention.widths)
-        sharded = wrap_model(build_model(GPT, VOCAB), "fsdp", torch.device("cpu"))
-        load_model_state(sharded, old, "fsdp")
-        loaded = full_model_state(sharded, "fsdp")
-    finally:
-        torch.distributed.destroy_process_group()
-    expected = trained.state_dict()
-    assert loaded.keys() == expected.keys()
-    assert all(torch.equal(loaded[name], tensor) for name, tensor in expected.items())
-
-
 def test_a_node_rank_below_zero_is_refused():
     with pytest.raises(TrainingError, match="node rank -1 is not a node of this training"):
         NodePlace(2, -1, "node0", 29500, 60)

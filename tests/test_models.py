@@ -26,7 +26,6 @@ from lm.models.config import (
 )
 from lm.models.gpt import POSITION_AMPLITUDE, drop_path, gpt_parameter_count, sinusoidal_table
 from lm.models.registry import build_model
-from tests.helpers import with_separate_projections
 
 VOCAB = 37
 VARIANTS = [
@@ -150,75 +149,6 @@ def test_sinusoidal_positions_leave_the_tokens_audible_and_old_checkpoints_keep_
     loaded.load_state_dict(old)
     assert loaded.position_scale.item() == 1.0
     assert not torch.allclose(loaded(idx)[0], logits)
-
-
-@pytest.mark.parametrize(("bias", "kv_heads"), [(True, 4), (False, 2), (False, 1)])
-def test_a_checkpoint_with_separate_query_key_and_value_loads_as_the_model_it_was(bias, kv_heads):
-    """Checkpoints written before the attention's three projections were fused into `qkv`
-    hold them apart: they fit the model and load as it was, each part in its rows."""
-    config = GPTConfig(block_size=16, n_layer=2, n_head=4, n_embd=32, n_kv_heads=kv_heads,
-                       bias=bias, pos="rope")  # fmt: skip
-    torch.manual_seed(8)
-    model = build_model(config, VOCAB).eval()
-    for parameter in model.parameters():  # biases too, so that a bias in the wrong rows shows
-        parameter.data.normal_(0, 0.3)
-    old = with_separate_projections(model.state_dict(), model.blocks[0].attention.widths)
-    assert "blocks.1.attention.value.weight" in old and not any(".qkv." in name for name in old)
-    loaded = build_model(config, VOCAB).eval()
-    assert first_misfit(loaded.state_dict(), old) is None  # what loading a run's folder checks
-    loaded.load_state_dict(old)
-    idx = torch.randint(0, VOCAB, (2, 12))
-    with torch.no_grad():
-        assert torch.equal(loaded(idx)[0], model(idx)[0])
-    # Of another width, the difference is still named; parts that cannot stack are named apart.
-    wider = build_model(config.model_copy(update={"n_embd": 64}), VOCAB)
-    wider_old = with_separate_projections(wider.state_dict(), wider.blocks[0].attention.widths)
-    assert first_misfit(loaded.state_dict(), wider_old).startswith(
-        "token_embedding.weight is [37, 64] in the weights but [37, 32] by model.json"
-    )
-    old["blocks.0.attention.key.weight"] = old["blocks.0.attention.key.weight"][:, :16]
-    assert first_misfit(loaded.state_dict(), old) == (
-        f"blocks.0.attention.qkv.weight [{sum(model.blocks[0].attention.widths)}, 32] is not in "
-        "the weights, but model.json has it"
-    )
-
-
-class ThreeProjections(torch.nn.Module):
-    """The attention's parameters as they were before queries, keys and values were fused
-    into `qkv`, built in the same order (for the initial weights a seed gave then)."""
-
-    def __init__(self, config: GPTConfig):
-        super().__init__()
-        kv_width = config.kv_heads * config.head_dim
-        self.query = torch.nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.key = torch.nn.Linear(config.n_embd, kv_width, bias=config.bias)
-        self.value = torch.nn.Linear(config.n_embd, kv_width, bias=config.bias)
-        self.proj = torch.nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.proj.residual_projection = True
-
-
-@pytest.mark.parametrize(
-    "shape",
-    [{"n_head": 4, "n_embd": 32}, {"n_head": 2, "n_embd": 10},
-     {"n_head": 6, "n_kv_heads": 1, "n_embd": 36}, {"n_head": 3, "n_embd": 21, "bias": False}],
-    ids=["multiple-of-16", "odd-width", "mqa-key-of-216", "no-bias"],
-)  # fmt: skip
-def test_a_seed_gives_the_initial_weights_it_gave_with_three_projections(monkeypatch, shape):
-    """A run's seed makes the model it made before the fusion, whatever its shape: torch
-    draws normals 16 at a time, so one draw over all of `qkv` gave other weights (and moved
-    every tensor drawn after it) where a projection's size is not a multiple of 16."""
-    import lm.models.gpt
-    from lm.models.gpt import with_joined_projections
-
-    config = GPTConfig(block_size=8, n_layer=2, **shape)
-    with monkeypatch.context() as patched:
-        patched.setattr(lm.models.gpt, "CausalSelfAttention", ThreeProjections)
-        torch.manual_seed(3)
-        before = with_joined_projections(build_model(config, VOCAB).state_dict())
-    torch.manual_seed(3)
-    fused = build_model(config, VOCAB).state_dict()
-    assert fused.keys() == before.keys()
-    assert [name for name, tensor in fused.items() if not torch.equal(tensor, before[name])] == []
 
 
 def test_untied_embeddings_add_one_vocabulary_matrix():
@@ -729,12 +659,10 @@ def test_grouped_query_attention_is_multi_head_attention_with_each_kv_head_copie
     full = build_model(grouped_config.model_copy(update={"n_kv_heads": 4}), VOCAB).eval()
     state = dict(grouped.state_dict())
     head_dim, repeat = grouped_config.head_dim, 4 // kv_heads
-    widths = grouped.blocks[0].attention.widths
-    for name in [n for n in state if ".qkv." in n]:  # rows: the queries, the keys, the values
-        query, *key_value = state[name].split(widths)
-        copied = [rows.unflatten(0, (kv_heads, head_dim)).repeat_interleave(repeat, dim=0)
-                  for rows in key_value]  # fmt: skip
-        state[name] = torch.cat([query, *(rows.flatten(0, 1) for rows in copied)])
+    for name in list(state):
+        if name.endswith((".key.weight", ".value.weight", ".key.bias", ".value.bias")):
+            rows = state[name].unflatten(0, (kv_heads, head_dim))
+            state[name] = rows.repeat_interleave(repeat, dim=0).flatten(0, 1)
     full.load_state_dict(state)
     idx = torch.randint(0, VOCAB, (2, 12))
     with torch.no_grad():

@@ -730,12 +730,12 @@ def test_init_from_a_model_of_another_shape_is_one_line_naming_the_first_misfit(
         wider.initialize_from(tmp_path / "source")
     assert str(refused.value) == (
         f"train.init_from: {tmp_path / 'source' / 'best'} does not fit this model: "
-        "token_embedding.weight is [20, 16] in it, [20, 32] in this model (53 tensors differ in "
+        "token_embedding.weight is [20, 16] in it, [20, 32] in this model (69 tensors differ in "
         "shape); start from a checkpoint of a model with these model settings, or drop "
         "train.init_from"
     )
     deeper = trainer(tmp_path / "deeper", config(), source.model_copy(update={"n_layer": 5}))
-    with pytest.raises(TrainingError, match=r"lacks 12 tensors of this model \(blocks\.4\."):
+    with pytest.raises(TrainingError, match=r"lacks 16 tensors of this model \(blocks\.4\."):
         deeper.initialize_from(tmp_path / "source")
 
 

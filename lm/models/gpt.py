@@ -137,66 +137,24 @@ def attend(q, k, v, mask: torch.Tensor | None, dropout: float, kind: str) -> tor
     return out.to(q.dtype)
 
 
-# The projections a checkpoint written before they were fused into `qkv` holds apart, in the
-# order of `qkv`'s rows.
-SEPARATE_PROJECTIONS = ("query", "key", "value")
-
-
-def join_projections(weights: dict, prefix: str) -> None:
-    """Join, in place, the attention at `prefix`'s separate query, key and value tensors (a
-    checkpoint written before they were fused) into its one `qkv` tensor of the same rows, so
-    older trained models still load, evaluate, generate and continue training. Parts that do
-    not stack (another width each) are left apart: the model's `qkv` is then found missing."""
-    for kind in ("weight", "bias"):
-        parts = [f"{prefix}{projection}.{kind}" for projection in SEPARATE_PROJECTIONS]
-        if not all(part in weights for part in parts) or f"{prefix}qkv.{kind}" in weights:
-            continue
-        if len({weights[part].shape[1:] for part in parts}) == 1:
-            weights[f"{prefix}qkv.{kind}"] = torch.cat([weights.pop(part) for part in parts])
-
-
-def separate_projection_prefixes(weights) -> list[str]:
-    """The prefixes (`blocks.0.attention.`) of the attentions whose projections `weights`
-    hold apart, as checkpoints written before they were fused do."""
-    suffix = f".{SEPARATE_PROJECTIONS[0]}.weight"
-    return [name[: -len(suffix) + 1] for name in weights if name.endswith(suffix)]
-
-
-def with_joined_projections(weights: dict) -> dict:
-    """A copy of a whole model's `weights` with every attention's projections joined
-    (`join_projections`): for loaders that do not go through the modules' own loading."""
-    weights = dict(weights)
-    for prefix in separate_projection_prefixes(weights):
-        join_projections(weights, prefix)
-    return weights
-
-
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
         kv_width = config.kv_heads * config.head_dim
-        self.widths = [config.n_embd, kv_width, kv_width]
-        # Queries, keys and values in one matrix (nanoGPT's `c_attn`, litgpt's `qkv`): one
-        # matmul and one kernel launch for the three, and its rows are the three matrices'
-        # one after another, so the model is the same as with three.
-        self.qkv = nn.Linear(config.n_embd, sum(self.widths), bias=config.bias)
-        self.qkv.row_blocks = self.widths  # drawn block by block (`GPT._init_weights`)
+        self.query = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.key = nn.Linear(config.n_embd, kv_width, bias=config.bias)
+        self.value = nn.Linear(config.n_embd, kv_width, bias=config.bias)
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.proj.residual_projection = True
         self.dropout = nn.Dropout(config.dropout)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        join_projections(state_dict, prefix)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
     def forward(self, x, rope, layer: int, cache: KVCache | None, start: int) -> torch.Tensor:
         config = self.config
         batch, time, _ = x.shape
-        q, k, v = self.qkv(x).split(self.widths, dim=-1)
-        q = q.view(batch, time, config.n_head, config.head_dim).transpose(1, 2)
-        k = k.view(batch, time, config.kv_heads, config.head_dim).transpose(1, 2)
-        v = v.view(batch, time, config.kv_heads, config.head_dim).transpose(1, 2)
+        q = self.query(x).view(batch, time, config.n_head, config.head_dim).transpose(1, 2)
+        k = self.key(x).view(batch, time, config.kv_heads, config.head_dim).transpose(1, 2)
+        v = self.value(x).view(batch, time, config.kv_heads, config.head_dim).transpose(1, 2)
         if rope is not None:
             cos, sin = rope
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -310,12 +268,7 @@ class GPT(LanguageModel):
                 # GPT-2: scale the layers that write into the residual stream by
                 # 1/sqrt(2 * n_layer), so its variance does not grow with depth.
                 std /= math.sqrt(2 * self.config.n_layer)
-            # A fused matrix's blocks are drawn one after another as the separate matrices
-            # were: one draw over all its rows gave other weights for a seed wherever a
-            # block's size is not a multiple of 16 (torch draws normals 16 at a time).
-            rows = getattr(module, "row_blocks", [module.weight.size(0)])
-            for block in module.weight.split(rows):
-                nn.init.normal_(block, mean=0.0, std=std)
+            nn.init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
