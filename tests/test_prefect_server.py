@@ -62,6 +62,14 @@ def started_pids(folder: Path) -> list[int]:
     return [int(pid) for pid in (folder / "pids").read_text().split()]
 
 
+def start_stand_in(workspace, folder: Path, monkeypatch) -> str:
+    """`ensure_server` for `workspace` starting the stand-in in `folder`, ready at once: the
+    server's URL."""
+    monkeypatch.setattr(prefect_server, "_server_command", stand_in_command(folder))
+    (folder / "ready").touch()
+    return ensure_server(workspace)
+
+
 def record(workspace) -> dict | None:
     path = workspace.prefect_home / prefect_server.STATE_FILE
     return json.loads(path.read_text()) if path.is_file() else None
@@ -181,9 +189,7 @@ def test_the_next_start_replaces_a_server_that_never_answers(own_server, tmp_pat
     aged = record(own_server) | {"started_at": time.time() - prefect_server.STARTUP_TIMEOUT_S}
     path.write_text(json.dumps(aged))  # it has had all its start-up time
     fresh = tmp_path / "fresh"
-    monkeypatch.setattr(prefect_server, "_server_command", stand_in_command(fresh))
-    (fresh / "ready").touch()
-    ensure_server(own_server)
+    start_stand_in(own_server, fresh, monkeypatch)
     assert not pid_alive(server) and not pid_alive(helper)
     assert running_server(own_server)["pid"] == started_pids(fresh)[0]
 
@@ -197,9 +203,7 @@ def test_a_moved_workspace_replaces_its_old_server_and_a_copy_leaves_the_origina
     from storage.workspace import Workspace
 
     first = tmp_path / "first"
-    monkeypatch.setattr(prefect_server, "_server_command", stand_in_command(first))
-    (first / "ready").touch()
-    url = ensure_server(own_server)
+    url = start_stand_in(own_server, first, monkeypatch)
     original, _ = started_pids(first)
     os.environ.pop("PREFECT_API_URL")  # set by ensure_server; the next workspace's is its own
     state = own_server.prefect_home / prefect_server.STATE_FILE
@@ -209,9 +213,7 @@ def test_a_moved_workspace_replaces_its_old_server_and_a_copy_leaves_the_origina
     (copy.prefect_home / prefect_server.STATE_FILE).write_text(state.read_text())
     assert running_server(copy) is None  # not the copy's
     second = tmp_path / "second"
-    monkeypatch.setattr(prefect_server, "_server_command", stand_in_command(second))
-    (second / "ready").touch()
-    assert ensure_server(copy) != url
+    assert start_stand_in(copy, second, monkeypatch) != url
     assert pid_alive(original) and running_server(own_server)["pid"] == original
     assert running_server(copy)["pid"] == started_pids(second)[0]
     stop_server(copy, timeout_s=5)
@@ -233,9 +235,7 @@ def test_a_moved_workspace_stops_its_old_server_where_a_new_workspace_took_the_o
     from storage.workspace import Workspace
 
     first = tmp_path / "first"
-    monkeypatch.setattr(prefect_server, "_server_command", stand_in_command(first))
-    (first / "ready").touch()
-    ensure_server(own_server)
+    start_stand_in(own_server, first, monkeypatch)
     original, _ = started_pids(first)
     os.environ.pop("PREFECT_API_URL")
     state = own_server.prefect_home / prefect_server.STATE_FILE
@@ -367,9 +367,7 @@ def test_server_stop_refuses_while_a_run_reports_to_it_unless_forced(
     nothing = CliRunner().invoke(app, ["server", "stop"])
     assert nothing.exit_code == 0 and nothing.stdout.strip() == "no server was running"
     folder = tmp_path / "server"
-    monkeypatch.setattr(prefect_server, "_server_command", stand_in_command(folder))
-    (folder / "ready").touch()
-    ensure_server(own_server)
+    start_stand_in(own_server, folder, monkeypatch)
     refused = CliRunner().invoke(app, ["server", "stop"])
     assert refused.exit_code == 1
     assert " ".join(refused.stderr.split()).startswith(
@@ -405,9 +403,7 @@ def test_server_stop_refuses_while_lmforge_serve_serves_from_it_unless_forced(
     from storage.processes import this_host
 
     folder = tmp_path / "server"
-    monkeypatch.setattr(prefect_server, "_server_command", stand_in_command(folder))
-    (folder / "ready").touch()
-    url = ensure_server(own_server)
+    url = start_stand_in(own_server, folder, monkeypatch)
     record_serving(own_server, url)  # this process stands for `lmforge serve`
     serving = own_server.prefect_home / "serving"
     other = {"pid": os.getppid(), "host": this_host(), "api_url": "http://127.0.0.1:1/api"}
@@ -624,9 +620,7 @@ def test_a_moved_workspace_adopts_no_server_of_its_old_place(own_server, tmp_pat
     from storage.workspace import Workspace
 
     folder = tmp_path / "old"
-    monkeypatch.setattr(prefect_server, "_server_command", stand_in_command(folder))
-    (folder / "ready").touch()
-    ensure_server(own_server)
+    start_stand_in(own_server, folder, monkeypatch)
     old, _ = started_pids(folder)
     os.environ.pop("PREFECT_API_URL")
     state = json.loads((own_server.prefect_home / prefect_server.STATE_FILE).read_text())
