@@ -81,9 +81,9 @@ def _schedules(specs: list[dict], origin: str) -> list:
             raise ServeError(f"{origin}: a schedule is a mapping with `cron` or `interval`, "
                              f"not {spec!r}")  # fmt: skip
         timezone = spec.get("timezone")
-        if "cron" in spec and not isinstance(spec["cron"], str):  # Cron(5): AttributeError
-            raise ServeError(f"{origin}: a schedule's `cron` is text, not {spec['cron']!r}")
         if "cron" in spec:
+            if not isinstance(spec["cron"], str):  # Cron(5): AttributeError
+                raise ServeError(f"{origin}: a schedule's `cron` is text, not {spec['cron']!r}")
             schedules.append(Cron(spec["cron"], timezone=timezone))
         elif "interval" in spec:
             schedules.append(Interval(spec["interval"], timezone=timezone))
@@ -192,10 +192,9 @@ def live_serving(workspace: Workspace, api_url: str) -> list[int]:
 def _is_serving_record(record: Any) -> bool:
     """Whether `record` has the shape `record_serving` writes. One edited or damaged out of it
     is none: a list was an AttributeError traceback from `lmforge server stop`, a missing pid a
-    KeyError, and pid 0 (this process's own group, which `pid_alive` finds alive) a refusal
-    naming "lmforge serve (pid 0)" that no Ctrl-C could end."""
+    KeyError. (A pid no process has, 0 included, is `pid_alive`'s to refuse.)"""
     pid = record.get("pid") if isinstance(record, dict) else None
-    is_pid = isinstance(pid, int) and not isinstance(pid, bool) and pid > 0
+    is_pid = isinstance(pid, int) and not isinstance(pid, bool)
     return is_pid and isinstance(record.get("host"), str)
 
 
