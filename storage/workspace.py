@@ -18,6 +18,11 @@ from pathlib import Path
 DEFAULT_HOME = ".lmforge"
 # lmforge's loggers whose records go to Prefect's run logs (prefect.yaml's worker env too).
 EXTRA_LOGGERS = "lm,storage"
+# Seconds between a flow run's Prefect heartbeats (prefect.yaml's worker env too). The crash
+# automation in prefect.yaml marks a run Crashed after 90 s without one; Prefect's own default
+# is 180 s, which had it mark every `lmforge run` and served run Crashed 90 s in while it trained
+# on (and free the deployment's concurrency slot for a second training).
+HEARTBEAT_SECONDS = "30"
 
 
 class WorkspaceError(RuntimeError):
@@ -134,10 +139,12 @@ def activate_workspace() -> Workspace:
     # relative one would move with a later `chdir` (serve's), and Prefect reads it once.
     prefect_home = os.environ.get("PREFECT_HOME") or str(workspace.prefect_home)
     os.environ["PREFECT_HOME"] = str(Path(prefect_home).expanduser().resolve())
-    # Offline machine: no telemetry, and our own loggers' records go to Prefect's run logs.
+    # Offline machine: no telemetry; our own loggers' records go to Prefect's run logs, and
+    # heartbeats often enough for prefect.yaml's crash automation (see HEARTBEAT_SECONDS).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", EXTRA_LOGGERS)
+    os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", HEARTBEAT_SECONDS)
     # The library logs outside flow runs too (benchmarks, notebooks): no warning for that.
     os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
     return workspace

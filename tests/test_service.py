@@ -59,6 +59,40 @@ def test_a_worker_s_flow_runs_send_lmforge_s_logs_to_prefect():
         assert env["PREFECT_LOGGING_EXTRA_LOGGERS"] == EXTRA_LOGGERS, spec["name"]
 
 
+def _heartbeat_seconds_of_a_command(home: Path, **env: str) -> int:
+    """The heartbeat interval Prefect reads in a process started as lmforge's commands start
+    (`activate_workspace` before Prefect is imported), from an environment with no Prefect
+    setting but `env`: what `lmforge run` and `lmforge serve` (whose runs inherit its
+    environment) send heartbeats by."""
+    clean = {name: value for name, value in os.environ.items() if not name.startswith("PREFECT_")}
+    code = ("from storage.workspace import activate_workspace; activate_workspace(); "
+            "from prefect.settings import get_current_settings; "
+            "print(get_current_settings().flows.heartbeat_frequency)")  # fmt: skip
+    read = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, cwd=PREFECT_YAML.parent,
+                          env=clean | {"LMFORGE_HOME": str(home)} | env)  # fmt: skip
+    return int(read.stdout.strip().splitlines()[-1])
+
+
+def test_every_flow_run_sends_heartbeats_well_within_the_crash_automation_s_window(tmp_path):
+    """Prefect's default is a heartbeat every 180 s, twice the 90 s after which prefect.yaml's
+    automation marks a run Crashed: with the automation installed, a `lmforge run` (or a served
+    run) still training showed Crashed 90 s in, and a served run freed its deployment's
+    concurrency slot for a second training. A worker's runs, the command line's and serve's
+    send one at least twice per window; a user's own setting is kept."""
+    spec = yaml.safe_load(PREFECT_YAML.read_text())
+    [automation] = spec["automations"]
+    within = automation["trigger"]["within"]
+    envs = [deployment["work_pool"]["job_variables"]["env"] for deployment in spec["deployments"]]
+    workers = {int(env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"]) for env in envs}
+    command = _heartbeat_seconds_of_a_command(tmp_path / "ws")
+    for seconds in (command, *workers):
+        assert 2 * seconds <= within, (seconds, within)
+    assert workers == {command}
+    mine = _heartbeat_seconds_of_a_command(tmp_path / "ws", PREFECT_FLOWS_HEARTBEAT_FREQUENCY="60")
+    assert mine == 60
+
+
 def test_a_bad_entrypoint_in_prefect_yaml_is_an_error_naming_it(tmp_path):
     path = tmp_path / "prefect.yaml"
     path.write_text("deployments:\n  - name: x\n    entrypoint: flows/missing.py:nothing\n")
