@@ -45,6 +45,24 @@ def pytest_configure(config: pytest.Config) -> None:
     from storage.workspace import activate_workspace
 
     ensure_server(activate_workspace())
+    _no_heartbeats_in_this_process()
+
+
+_settings_without_heartbeats = None
+
+
+def _no_heartbeats_in_this_process() -> None:
+    """Flow runs in the test process send Prefect no heartbeat. Prefect's heartbeat thread
+    sleeps in whole seconds, and the end of every flow run waits for it to wake: about 0.6 s of
+    the 1.2 s a small run served from cache takes, and the suite runs hundreds. Runs the tests
+    start as commands (`run_cli`, serve, torchrun) keep lmforge's heartbeat setting, which
+    `test_every_flow_run_sends_heartbeats_well_within_the_crash_automation_s_window` checks, and
+    the service smoke sees the crash automation act on it."""
+    global _settings_without_heartbeats
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    _settings_without_heartbeats = temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+    _settings_without_heartbeats.__enter__()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
