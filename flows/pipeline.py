@@ -264,17 +264,27 @@ def run_stage(
 def slots_taken(tag: str) -> str | None:
     """Whether a stage tagged `tag` will wait: its concurrency limit's slots all held (by other
     runs' trainings), said as the log line a silent wait of minutes needs; None when a slot is
-    free, the tag has no limit, or the API cannot tell (never a reason to fail a run)."""
+    free, the tag has no limit, or the API cannot tell (never a reason to fail a run).
+
+    The count that blocks is the limit's own (`tag:<tag>`, a global concurrency limit in the
+    Prefect pinned here), not the holders `prefect concurrency-limit inspect` lists, which are read
+    from its leases: a slot whose lease a server restart lost (Prefect's in-memory leases)
+    stays taken with no holder, and a training waited for it for ever without a word."""
     from prefect.client.orchestration import get_client
 
     try:
         with get_client(sync_client=True) as client:
-            limit = client.read_concurrency_limit_by_tag(tag)
+            limit = client.read_global_concurrency_limit_by_name(f"tag:{tag}")
+            held, size = limit.active_slots, limit.limit
+            if not limit.active or held < size:  # an inactive limit holds nothing back
+                return None
+            holders = client.read_concurrency_limit_by_tag(tag).active_slots
     except Exception:  # no such limit (ObjectNotFound), or no answer
         return None
-    held, size = len(limit.active_slots or []), limit.concurrency_limit
-    if held < size:
-        return None
+    if not holders:
+        return (f"waiting for a free '{tag}' slot: {held} of {size} held, by no run Prefect "
+                f"knows of (lost in a restart of its server?); `prefect gcl update tag:{tag} "
+                f"--active-slots 0` frees them once no training runs")  # fmt: skip
     return (f"waiting for a free '{tag}' slot: {held} of {size} held by other runs' trainings "
             f"(prefect concurrency-limit inspect {tag})")  # fmt: skip
 

@@ -33,6 +33,8 @@ from storage.processes import group_alive, pid_alive
 from storage.workspace import Workspace
 
 STATE_FILE = "lmforge-server.json"
+# The port the workspace's server last listened on, kept when it stops (`_port_for`).
+PORT_FILE = "lmforge-server.port"
 # Held while a server starts (and migrates the workspace's database): a workspace server or a
 # run's temporary one, one at a time.
 SERVER_LOCK = "lmforge-server.lock"
@@ -56,10 +58,29 @@ def _healthy(url: str, timeout_s: float = 2.0) -> bool:
         return False
 
 
-def _free_port() -> int:
+def _free_port(port: int = 0) -> int:
+    """`port` if nothing listens on it (0: any free port), else 0. As uvicorn binds, a port
+    whose last connections linger in TIME_WAIT (a server stopped a moment ago) counts as free."""
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return 0
         return sock.getsockname()[1]
+
+
+def _port_for(workspace: Workspace) -> int:
+    """The port the workspace's server had last time while it is free, else any free one. A
+    service's workers, `lmforge serve`, its running flow runs and every shell that did `export
+    PREFECT_API_URL=$(lmforge server start)` hold the server's URL: a server restarted (`lmforge
+    server stop`, `start`) on a new port left them talking to nothing for good, and the
+    automation then marked the runs they still trained Crashed."""
+    try:
+        last = int((workspace.prefect_home / PORT_FILE).read_text())
+    except (OSError, ValueError):
+        last = 0
+    return (0 < last < 65536 and _free_port(last)) or _free_port()
 
 
 def _recorded(workspace: Workspace) -> dict | None:
@@ -332,8 +353,9 @@ def _adopt_starting(workspace: Workspace) -> dict | None:
 
 def _start(workspace: Workspace) -> dict:
     _ensure_database_writable(workspace)
-    port = _free_port()
+    port = _port_for(workspace)
     api_url = f"http://127.0.0.1:{port}/api"
+    write_text_atomically(workspace.prefect_home / PORT_FILE, str(port))
     log_path = workspace.prefect_home / "server.log"
     environment = dict(os.environ)
     environment.pop("PREFECT_API_URL", None)

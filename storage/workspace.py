@@ -23,6 +23,14 @@ EXTRA_LOGGERS = "lm,storage"
 # is 180 s, which had it mark every `lmforge run` and served run Crashed 90 s in while it trained
 # on (and free the deployment's concurrency slot for a second training).
 HEARTBEAT_SECONDS = "30"
+# Where a Prefect server this environment starts (`lmforge server start`, a run's temporary one,
+# serve's) keeps its concurrency leases. Prefect's default keeps them in the server's memory
+# while the slots they hold are counted in its database: after a server restart a training
+# slot held then was never given back (every later training waited for ever, and `prefect
+# concurrency-limit inspect` showed no holder), and a deployment's run was stopped at its next
+# lease renewal ("Lease not found"). Kept in files under PREFECT_HOME they outlive a restart,
+# and expire as they should.
+LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"
 
 
 class WorkspaceError(RuntimeError):
@@ -145,6 +153,8 @@ def activate_workspace() -> Workspace:
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", EXTRA_LOGGERS)
     os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", HEARTBEAT_SECONDS)
+    # Leases that outlive a restart of the server this environment starts (LEASE_STORAGE).
+    os.environ.setdefault("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", LEASE_STORAGE)
     # The library logs outside flow runs too (benchmarks, notebooks): no warning for that.
     os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
     return workspace

@@ -1299,6 +1299,32 @@ def test_a_stage_that_will_wait_for_a_concurrency_slot_says_so():
                     f"(prefect concurrency-limit inspect {tag})")  # fmt: skip
 
 
+def test_a_slot_held_by_no_known_run_is_said_with_how_to_free_it():
+    """A slot whose lease a restart of the server lost stays counted with no holder: the
+    training waited for it for ever, and said nothing (the holders read as none)."""
+    import uuid
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+
+    from flows.pipeline import slots_taken
+
+    tag = f"lmforge-test-{uuid.uuid4().hex[:8]}"
+    with get_client(sync_client=True) as client:
+        client.create_concurrency_limit(tag=tag, concurrency_limit=1)
+        try:  # the limit's count as a lost lease leaves it: taken, no holder
+            client.update_global_concurrency_limit(
+                f"tag:{tag}", GlobalConcurrencyLimitUpdate(active_slots=1)
+            )
+            assert client.read_concurrency_limit_by_tag(tag).active_slots == []
+            said = slots_taken(tag)
+        finally:
+            client.delete_concurrency_limit_by_tag(tag)
+    assert said == (f"waiting for a free '{tag}' slot: 1 of 1 held, by no run Prefect knows of "
+                    f"(lost in a restart of its server?); `prefect gcl update tag:{tag} "
+                    "--active-slots 0` frees them once no training runs")  # fmt: skip
+
+
 def test_a_run_that_starts_a_registry_beside_earlier_runs_says_their_history_is_gone(
     workspace, config
 ):

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -635,3 +636,26 @@ def test_a_moved_workspace_adopts_no_server_of_its_old_place(own_server, tmp_pat
     (own_server.prefect_home / prefect_server.STATE_FILE).write_text(json.dumps(another))
     assert stop_server(moved, timeout_s=5)
     assert not pid_alive(old) and record(moved) is None
+
+
+def test_a_restarted_server_listens_on_its_old_port_while_it_is_free(own_server, tmp_path,
+                                                                     monkeypatch):  # fmt: skip
+    """Workers, `lmforge serve` and running flow runs hold the server's URL: a `server stop`
+    and `start` that moved it to a new port cut them off for good."""
+
+    def start(name: str) -> str:
+        monkeypatch.delenv("PREFECT_API_URL", raising=False)  # `ensure_server` exported it
+        return start_stand_in(own_server, tmp_path / name, monkeypatch)
+
+    first = start("first")
+    assert stop_server(own_server, timeout_s=5)
+    assert start("second") == first
+    assert running_server(own_server)["pid"] == started_pids(tmp_path / "second")[0]
+    assert stop_server(own_server, timeout_s=5)
+    port = int(first.split(":")[2].split("/")[0])
+    with contextlib.closing(socket.socket()) as taken:  # another program has it meanwhile
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        third = start("third")
+    assert third != first and running_server(own_server)["api_url"] == third

@@ -112,6 +112,24 @@ def test_a_prefect_home_set_beforehand_is_kept_absolute_and_created_or_named(
         ensure_server(workspace)
 
 
+def test_prefect_servers_the_workspace_starts_keep_concurrency_leases_on_disk(monkeypatch):
+    """Prefect keeps leases in its server's memory: after a restart of the server, a training
+    slot taken before it was never given back (every later training waited for ever), and a
+    deployment's run was stopped at its next lease renewal."""
+    import importlib
+
+    from storage.workspace import activate_workspace
+
+    monkeypatch.delenv("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", raising=False)
+    activate_workspace()
+    module = os.environ["PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"]
+    assert module == "prefect.server.concurrency.lease_storage.filesystem"
+    assert hasattr(importlib.import_module(module), "ConcurrencyLeaseStorage")
+    monkeypatch.setenv("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", "my.leases")  # one's own
+    activate_workspace()
+    assert os.environ["PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"] == "my.leases"
+
+
 def test_a_workspace_named_by_a_string_path_gives_paths(tmp_path):
     """A notebook names folders by strings: `Workspace(str).registry_path` was a TypeError."""
     assert Workspace(str(tmp_path)).registry_path == tmp_path / "registry.duckdb"
