@@ -48,6 +48,7 @@ def pytest_configure(config: pytest.Config) -> None:
     _no_heartbeats_in_this_process()
 
 
+# Held for the whole session: a context manager collected unexited would put the settings back.
 _settings_without_heartbeats = None
 
 
